@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make test`: every test suite against real local servers (PostgreSQL, s3s-fs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .ci/lib.sh
+
+ensure_postgres
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export TEST_S3_ENDPOINT="${TEST_S3_ENDPOINT:-http://127.0.0.1:9100}"
+export TEST_S3_ACCESS_KEY="${TEST_S3_ACCESS_KEY:-cbtest}"
+export TEST_S3_SECRET_KEY="${TEST_S3_SECRET_KEY:-cbtest-secret-key}"
+
+run_dir="${TMPDIR:-/tmp}/callbridge-test-$$"
+mkdir -p "$run_dir"
+trap 'stop_pidfile "$run_dir/s3.pid"; rm -rf "$run_dir"' EXIT
+start_s3 "${TEST_S3_ENDPOINT##*:}" "$run_dir/s3" "$TEST_S3_ACCESS_KEY" "$TEST_S3_SECRET_KEY" "$run_dir/s3.pid"
+
+# Databases left by an interrupted run (templates are kept: they are reused).
+psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database where datname like 'cbt\_%' and datname not like 'cbt\_template\_%'" 2>/dev/null |
+  while read -r stale; do psql "$TEST_DATABASE_URL" -qc "drop database if exists \"$stale\" with (force)" >/dev/null 2>&1 || true; done
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --no-fail-fast
+else
+  cargo test --all-targets --no-fail-fast
+fi
+cargo test --doc

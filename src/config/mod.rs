@@ -1,0 +1,934 @@
+//! Configuration: defaults in code < optional TOML file (`--config`) < environment.
+//!
+//! Every setting is read by its environment variable name (DESIGN.md §5); a TOML file uses
+//! the same names in lower case (`database_url = "…"`). Validation collects *every* problem
+//! before failing, so an operator fixes a deployment in one pass. Secrets are wrapped in
+//! [`Secret`] from the moment they are read.
+
+mod secret;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use secret::Secret;
+use url::Url;
+
+/// Which deployment this process is. Production and staging are strict; development fills
+/// in local defaults and disables providers that have no credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppEnv {
+    Development,
+    Staging,
+    Production,
+}
+
+impl AppEnv {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppEnv::Development => "development",
+            AppEnv::Staging => "staging",
+            AppEnv::Production => "production",
+        }
+    }
+
+    /// Staging mirrors production's requirements so a deploy that passes staging passes prod.
+    pub fn is_strict(self) -> bool {
+        !matches!(self, AppEnv::Development)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// How Auth.js session tokens are stored in `{AUTH_SCHEMA}.sessions."sessionToken"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStorage {
+    /// The adapter's default: the token as issued.
+    Raw,
+    /// Hex SHA-256 of the token.
+    Hashed,
+    /// Either form is accepted (the zero-downtime migration window).
+    Dual,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub bind_address: IpAddr,
+    pub port: u16,
+    pub public_base_url: Url,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+    pub providers: ProvidersConfig,
+    pub sentry: Option<SentryConfig>,
+    pub edge: EdgeConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive (`LOG_LEVEL`, else `RUST_LOG`).
+    pub filter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub allowed_origins: Vec<String>,
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    pub shutdown_grace: Duration,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Pooled URL (Neon's pooler in production).
+    pub url: Secret<String>,
+    /// Unpooled URL for migrations and LISTEN/NOTIFY.
+    pub direct_url: Secret<String>,
+    pub pool_max_size: usize,
+    pub pool_timeout: Duration,
+    /// Off for transaction-mode poolers that cannot keep named prepared statements.
+    pub statement_cache: bool,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub schema: String,
+    pub token_storage: TokenStorage,
+    pub secret: Secret<String>,
+    pub cookie_names: Vec<String>,
+    /// How long a resolved session is trusted without asking the database again: also the
+    /// longest a deleted session keeps working (the revocation delay).
+    pub session_cache_ttl: Duration,
+    pub session_cache_capacity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub endpoint: Url,
+    pub access_key_id: String,
+    pub secret_access_key: Secret<String>,
+    pub bucket: String,
+    /// Path-style addressing for local S3 servers; R2 accepts both.
+    pub force_path_style: bool,
+    pub create_bucket_if_missing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SentryConfig {
+    pub dsn: Secret<String>,
+    pub traces_sample_rate: f32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig {
+    pub shared_secret: Option<Secret<String>>,
+    pub cf_access_team_domain: Option<String>,
+    pub cf_access_aud: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProvidersConfig {
+    pub telnyx: Option<TelnyxConfig>,
+    pub assemblyai: Option<AssemblyAiConfig>,
+    pub deepl: Option<DeepLConfig>,
+    pub openai: Option<OpenAiConfig>,
+    pub elevenlabs: Option<ElevenLabsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelnyxConfig {
+    pub api_key: Secret<String>,
+    /// Base64 of the raw 32-byte Ed25519 key (PROVIDERS.md §1.1).
+    pub public_key: String,
+    pub connection_id: String,
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct AssemblyAiConfig {
+    pub api_key: Secret<String>,
+    pub api_base: Url,
+    pub streaming_url: Url,
+    pub webhook_secret: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeepLConfig {
+    pub api_key: Secret<String>,
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    pub api_key: Secret<String>,
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct ElevenLabsConfig {
+    pub api_key: Secret<String>,
+    pub api_base: Url,
+}
+
+/// A provider route was called while its credentials are not configured.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{provider} is not configured: set {}", variables.join(", "))]
+pub struct ProviderDisabled {
+    pub provider: &'static str,
+    pub variables: &'static [&'static str],
+}
+
+impl ProvidersConfig {
+    pub fn telnyx(&self) -> Result<&TelnyxConfig, ProviderDisabled> {
+        self.telnyx.as_ref().ok_or(ProviderDisabled {
+            provider: "Telnyx",
+            variables: &[
+                "TELNYX_API_KEY",
+                "TELNYX_PUBLIC_KEY",
+                "TELNYX_CONNECTION_ID",
+            ],
+        })
+    }
+
+    pub fn assemblyai(&self) -> Result<&AssemblyAiConfig, ProviderDisabled> {
+        self.assemblyai.as_ref().ok_or(ProviderDisabled {
+            provider: "AssemblyAI",
+            variables: &["ASSEMBLYAI_API_KEY"],
+        })
+    }
+
+    pub fn deepl(&self) -> Result<&DeepLConfig, ProviderDisabled> {
+        self.deepl.as_ref().ok_or(ProviderDisabled {
+            provider: "DeepL",
+            variables: &["DEEPL_API_KEY"],
+        })
+    }
+
+    pub fn openai(&self) -> Result<&OpenAiConfig, ProviderDisabled> {
+        self.openai.as_ref().ok_or(ProviderDisabled {
+            provider: "OpenAI",
+            variables: &["OPENAI_API_KEY"],
+        })
+    }
+
+    pub fn elevenlabs(&self) -> Result<&ElevenLabsConfig, ProviderDisabled> {
+        self.elevenlabs.as_ref().ok_or(ProviderDisabled {
+            provider: "ElevenLabs",
+            variables: &["ELEVENLABS_API_KEY"],
+        })
+    }
+}
+
+/// One thing wrong with the configuration, named by its environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub variable: String,
+    pub message: String,
+}
+
+/// Every problem found, reported together.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for problem in &self.problems {
+            writeln!(f, "  - {}: {}", problem.variable, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Default cookie names, newest Auth.js first (DESIGN.md §6).
+pub const DEFAULT_SESSION_COOKIES: &[&str] = &[
+    "__Secure-authjs.session-token",
+    "authjs.session-token",
+    "__Secure-next-auth.session-token",
+    "next-auth.session-token",
+];
+
+const DEV_AUTH_SECRET: &str = "development-only-auth-secret-never-use-in-production";
+
+impl Config {
+    /// Load from the process environment and an optional TOML file.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Load from an explicit environment (tests use this to avoid process-global state).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .map(|(key, value)| (key.to_ascii_lowercase(), value))
+            .collect();
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(config::Environment::default().source(Some(env)));
+        let layered = builder.build().map_err(|error| ConfigError {
+            problems: vec![ConfigProblem {
+                variable: "--config".into(),
+                message: error.to_string(),
+            }],
+        })?;
+        Reader::new(layered).finish()
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.app_env == AppEnv::Production
+    }
+
+    /// A log-safe view of where we connect, with no credentials.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "app_env": self.app_env,
+            "listen": format!("{}:{}", self.bind_address, self.port),
+            "public_base_url": self.public_base_url.as_str(),
+            "database": database_target(self.database.url.expose()),
+            "storage": { "endpoint": self.storage.endpoint.as_str(), "bucket": self.storage.bucket },
+            "auth": { "schema": self.auth.schema, "token_storage": self.auth.token_storage },
+            "providers": {
+                "telnyx": self.providers.telnyx.is_some(),
+                "assemblyai": self.providers.assemblyai.is_some(),
+                "deepl": self.providers.deepl.is_some(),
+                "openai": self.providers.openai.is_some(),
+                "elevenlabs": self.providers.elevenlabs.is_some(),
+            },
+            "sentry": self.sentry.is_some(),
+        })
+    }
+}
+
+/// `host:port/dbname` of a Postgres URL, never the user or password.
+pub fn database_target(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(parsed) => format!(
+            "{}:{}{}",
+            parsed.host_str().unwrap_or("?"),
+            parsed.port().unwrap_or(5432),
+            parsed.path()
+        ),
+        Err(_) => "<unparseable>".into(),
+    }
+}
+
+/// Reads variables one by one, recording problems instead of stopping at the first.
+struct Reader {
+    source: config::Config,
+    problems: Vec<ConfigProblem>,
+    app_env: AppEnv,
+}
+
+impl Reader {
+    fn new(source: config::Config) -> Self {
+        let mut reader = Self {
+            source,
+            problems: Vec::new(),
+            app_env: AppEnv::Development,
+        };
+        reader.app_env = match reader.string("APP_ENV").as_deref() {
+            None | Some("development") => AppEnv::Development,
+            Some("staging") => AppEnv::Staging,
+            Some("production") => AppEnv::Production,
+            Some(other) => {
+                reader.problem(
+                    "APP_ENV",
+                    format!("must be development, staging or production, not {other:?}"),
+                );
+                AppEnv::Development
+            }
+        };
+        reader
+    }
+
+    fn problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            variable: variable.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// The trimmed value, or `None` when unset or empty.
+    fn string(&mut self, variable: &str) -> Option<String> {
+        match self.source.get_string(&variable.to_ascii_lowercase()) {
+            Ok(value) => {
+                let trimmed = value.trim();
+                (!trimmed.is_empty()).then(|| trimmed.to_owned())
+            }
+            Err(config::ConfigError::NotFound(_)) => None,
+            Err(error) => {
+                self.problem(variable, error.to_string());
+                None
+            }
+        }
+    }
+
+    /// Required in staging/production; in development falls back to `dev_default`.
+    fn required(&mut self, variable: &str, dev_default: Option<&str>) -> Option<String> {
+        match (self.string(variable), self.app_env.is_strict(), dev_default) {
+            (Some(value), _, _) => Some(value),
+            (None, false, Some(default)) => Some(default.to_owned()),
+            (None, true, _) => {
+                let env = self.app_env.as_str();
+                self.problem(variable, format!("required when APP_ENV={env}"));
+                None
+            }
+            (None, false, None) => {
+                self.problem(variable, "required");
+                None
+            }
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, variable: &str, default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        match self.string(variable) {
+            None => default,
+            Some(raw) => match raw.parse() {
+                Ok(value) => value,
+                Err(error) => {
+                    self.problem(variable, format!("cannot parse {raw:?}: {error}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn boolean(&mut self, variable: &str, default: bool) -> bool {
+        match self.string(variable).as_deref() {
+            None => default,
+            Some("1" | "true" | "yes" | "on") => true,
+            Some("0" | "false" | "no" | "off") => false,
+            Some(other) => {
+                self.problem(variable, format!("must be true or false, not {other:?}"));
+                default
+            }
+        }
+    }
+
+    fn url(&mut self, variable: &str, value: Option<String>) -> Option<Url> {
+        let raw = value?;
+        match Url::parse(&raw) {
+            Ok(url) if url.cannot_be_a_base() => {
+                self.problem(variable, "must be an absolute URL");
+                None
+            }
+            Ok(url) => Some(url),
+            Err(error) => {
+                self.problem(variable, format!("not a URL: {error}"));
+                None
+            }
+        }
+    }
+
+    fn url_or(&mut self, variable: &str, default: &str) -> Url {
+        let value = self.string(variable);
+        self.url(variable, value)
+            .unwrap_or_else(|| Url::parse(default).expect("default URLs are valid"))
+    }
+
+    fn secret(&mut self, variable: &str) -> Option<Secret<String>> {
+        self.string(variable).map(Secret::new)
+    }
+
+    /// A provider credential: required when strict, otherwise its absence disables it.
+    fn provider_key(&mut self, variable: &str) -> Option<Secret<String>> {
+        let value = self.secret(variable);
+        if value.is_none() && self.app_env.is_strict() {
+            let env = self.app_env.as_str();
+            self.problem(variable, format!("required when APP_ENV={env}"));
+        }
+        value
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        let app_env = self.app_env;
+        let strict = app_env.is_strict();
+        let dev = |value: &'static str| (!strict).then_some(value);
+
+        let bind_address = self.parsed("BIND_ADDRESS", IpAddr::from([0, 0, 0, 0]));
+        let port = self.parsed("PORT", 8080u16);
+        let public_base_url = self.required("PUBLIC_BASE_URL", dev("http://localhost:8080"));
+        let public_base_url = self.url("PUBLIC_BASE_URL", public_base_url);
+        if strict
+            && public_base_url
+                .as_ref()
+                .is_some_and(|u| u.scheme() != "https")
+        {
+            self.problem("PUBLIC_BASE_URL", "must be https outside development");
+        }
+
+        let log = LogConfig {
+            format: match self.string("LOG_FORMAT").as_deref() {
+                Some("json") => LogFormat::Json,
+                Some("pretty") => LogFormat::Pretty,
+                None if strict => LogFormat::Json,
+                None => LogFormat::Pretty,
+                Some(other) => {
+                    self.problem(
+                        "LOG_FORMAT",
+                        format!("must be pretty or json, not {other:?}"),
+                    );
+                    LogFormat::Json
+                }
+            },
+            filter: self
+                .string("LOG_LEVEL")
+                .or_else(|| self.string("RUST_LOG"))
+                .unwrap_or_else(|| "info,tower_http=info".into()),
+        };
+
+        let allowed_origins = self
+            .required("ALLOWED_ORIGINS", dev("http://localhost:3000"))
+            .map(|raw| split_list(&raw))
+            .unwrap_or_default();
+        for origin in &allowed_origins {
+            match Url::parse(origin) {
+                Ok(url) if url.origin().ascii_serialization() == *origin => {}
+                _ => self.problem(
+                    "ALLOWED_ORIGINS",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                ),
+            }
+        }
+        let http = HttpConfig {
+            allowed_origins,
+            request_timeout: Duration::from_secs(self.parsed("HTTP_REQUEST_TIMEOUT_SECS", 30)),
+            body_limit_bytes: self.parsed("HTTP_BODY_LIMIT_BYTES", 1024 * 1024),
+            shutdown_grace: Duration::from_secs(self.parsed("SHUTDOWN_GRACE_SECS", 25)),
+            metrics_token: self.secret("METRICS_TOKEN"),
+        };
+
+        let database_url = self.required(
+            "DATABASE_URL",
+            dev("postgres://postgres@127.0.0.1:5432/callbridge"),
+        );
+        let direct_url = self.string("DATABASE_DIRECT_URL");
+        for (variable, value) in [
+            ("DATABASE_URL", &database_url),
+            ("DATABASE_DIRECT_URL", &direct_url),
+        ] {
+            let Some(url) = value else { continue };
+            match url.parse::<tokio_postgres::Config>() {
+                Err(_) => self.problem(variable, "not a valid postgres:// connection string"),
+                Ok(parsed) if strict && !tls_required_or_local(&parsed) => self.problem(
+                    variable,
+                    "must set sslmode=require for a non-local database outside development",
+                ),
+                Ok(_) => {}
+            }
+        }
+        let migrate_on_start = self.boolean("RUN_MIGRATIONS_ON_START", !strict);
+        if migrate_on_start && app_env == AppEnv::Production {
+            self.problem(
+                "RUN_MIGRATIONS_ON_START",
+                "not allowed in production: run `callbridge migrate` from CI",
+            );
+        }
+        let database = DatabaseConfig {
+            direct_url: Secret::new(
+                direct_url
+                    .clone()
+                    .or_else(|| database_url.clone())
+                    .unwrap_or_default(),
+            ),
+            url: Secret::new(database_url.unwrap_or_default()),
+            pool_max_size: self.parsed("DATABASE_POOL_MAX_SIZE", 16usize),
+            pool_timeout: Duration::from_millis(self.parsed("DATABASE_POOL_TIMEOUT_MS", 3000)),
+            statement_cache: self.boolean("DATABASE_STATEMENT_CACHE", true),
+            migrate_on_start,
+        };
+
+        let schema = self
+            .string("AUTH_SCHEMA")
+            .unwrap_or_else(|| "authjs".into());
+        if !is_sql_identifier(&schema) {
+            self.problem(
+                "AUTH_SCHEMA",
+                "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 bytes)",
+            );
+        }
+        let token_storage = match self.string("AUTH_TOKEN_STORAGE").as_deref() {
+            None | Some("raw") => TokenStorage::Raw,
+            Some("hashed") => TokenStorage::Hashed,
+            Some("dual") => TokenStorage::Dual,
+            Some(other) => {
+                self.problem(
+                    "AUTH_TOKEN_STORAGE",
+                    format!("must be raw, hashed or dual, not {other:?}"),
+                );
+                TokenStorage::Raw
+            }
+        };
+        let auth_secret = self
+            .required("AUTH_SECRET", dev(DEV_AUTH_SECRET))
+            .unwrap_or_default();
+        if strict && !auth_secret.is_empty() && auth_secret.len() < 32 {
+            self.problem("AUTH_SECRET", "must be at least 32 characters");
+        }
+        let cookie_names = self
+            .string("AUTH_COOKIE_NAMES")
+            .map(|raw| split_list(&raw))
+            .unwrap_or_else(|| {
+                DEFAULT_SESSION_COOKIES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
+        let auth = AuthConfig {
+            schema,
+            token_storage,
+            secret: Secret::new(auth_secret),
+            cookie_names,
+            session_cache_ttl: Duration::from_secs(self.parsed("AUTH_SESSION_CACHE_TTL_SECS", 15)),
+            session_cache_capacity: self.parsed("AUTH_SESSION_CACHE_CAPACITY", 10_000usize),
+        };
+
+        let endpoint = self.required("R2_ENDPOINT", dev("http://127.0.0.1:9000"));
+        let endpoint = self.url("R2_ENDPOINT", endpoint);
+        let access_key_id = self.required("R2_ACCESS_KEY_ID", dev("callbridge-dev"));
+        let secret_access_key = self.required("R2_SECRET_ACCESS_KEY", dev("callbridge-dev-secret"));
+        let bucket = self.required("R2_BUCKET", dev("callbridge-dev"));
+        if let Some(bucket) = &bucket
+            && !is_bucket_name(bucket)
+        {
+            self.problem("R2_BUCKET", "must be 3-63 characters of a-z, 0-9 and -");
+        }
+        let storage = StorageConfig {
+            endpoint: endpoint.unwrap_or_else(|| Url::parse("http://invalid.localhost").unwrap()),
+            access_key_id: access_key_id.unwrap_or_default(),
+            secret_access_key: Secret::new(secret_access_key.unwrap_or_default()),
+            bucket: bucket.unwrap_or_default(),
+            force_path_style: self.boolean("R2_FORCE_PATH_STYLE", !strict),
+            create_bucket_if_missing: self.boolean("R2_CREATE_BUCKET", !strict),
+        };
+
+        let providers = self.providers();
+
+        let sentry = match self.secret("SENTRY_DSN") {
+            Some(dsn) => {
+                if dsn.expose().parse::<sentry::types::Dsn>().is_err() {
+                    self.problem("SENTRY_DSN", "not a valid Sentry DSN");
+                }
+                Some(SentryConfig {
+                    dsn,
+                    traces_sample_rate: self.parsed("SENTRY_TRACES_SAMPLE_RATE", 0.0f32),
+                })
+            }
+            None => None,
+        };
+
+        let edge = EdgeConfig {
+            shared_secret: self.provider_key("EDGE_SHARED_SECRET"),
+            cf_access_team_domain: self.string("CF_ACCESS_TEAM_DOMAIN"),
+            cf_access_aud: self.string("CF_ACCESS_AUD"),
+        };
+
+        if !self.problems.is_empty() {
+            return Err(ConfigError {
+                problems: self.problems,
+            });
+        }
+        Ok(Config {
+            app_env,
+            bind_address,
+            port,
+            public_base_url: public_base_url.expect("checked above"),
+            log,
+            http,
+            database,
+            auth,
+            storage,
+            providers,
+            sentry,
+            edge,
+        })
+    }
+
+    fn providers(&mut self) -> ProvidersConfig {
+        let telnyx = {
+            let api_key = self.provider_key("TELNYX_API_KEY");
+            let public_key = self.provider_key("TELNYX_PUBLIC_KEY");
+            let connection_id = self.provider_key("TELNYX_CONNECTION_ID");
+            let api_base = self.url_or("TELNYX_API_BASE", "https://api.telnyx.com/v2");
+            if let Some(key) = &public_key {
+                use base64::Engine as _;
+                let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose());
+                if decoded.map(|bytes| bytes.len()) != Ok(32) {
+                    self.problem(
+                        "TELNYX_PUBLIC_KEY",
+                        "must be standard base64 of the raw 32-byte Ed25519 key",
+                    );
+                }
+            }
+            self.all_or_none(
+                "Telnyx",
+                &[
+                    ("TELNYX_API_KEY", api_key.is_some()),
+                    ("TELNYX_PUBLIC_KEY", public_key.is_some()),
+                    ("TELNYX_CONNECTION_ID", connection_id.is_some()),
+                ],
+            );
+            match (api_key, public_key, connection_id) {
+                (Some(api_key), Some(public_key), Some(connection_id)) => Some(TelnyxConfig {
+                    api_key,
+                    public_key: public_key.expose().clone(),
+                    connection_id: connection_id.expose().clone(),
+                    api_base,
+                }),
+                _ => None,
+            }
+        };
+        let assemblyai = {
+            let api_key = self.provider_key("ASSEMBLYAI_API_KEY");
+            let webhook_secret = self.provider_key("ASSEMBLYAI_WEBHOOK_SECRET");
+            let api_base = self.url_or("ASSEMBLYAI_API_BASE", "https://api.assemblyai.com");
+            let streaming_url = self.url_or(
+                "ASSEMBLYAI_STREAMING_URL",
+                "wss://streaming.assemblyai.com/v3/ws",
+            );
+            api_key.map(|api_key| AssemblyAiConfig {
+                api_key,
+                api_base,
+                streaming_url,
+                webhook_secret,
+            })
+        };
+        let deepl = {
+            let api_key = self.provider_key("DEEPL_API_KEY");
+            // Free-plan keys end in ":fx" and only work on the free host (PROVIDERS.md §4.1).
+            let default_base = match &api_key {
+                Some(key) if key.expose().ends_with(":fx") => "https://api-free.deepl.com",
+                _ => "https://api.deepl.com",
+            };
+            let api_base = self.url_or("DEEPL_API_BASE", default_base);
+            api_key.map(|api_key| DeepLConfig { api_key, api_base })
+        };
+        let openai = {
+            let api_key = self.provider_key("OPENAI_API_KEY");
+            let api_base = self.url_or("OPENAI_API_BASE", "https://api.openai.com/v1");
+            api_key.map(|api_key| OpenAiConfig { api_key, api_base })
+        };
+        let elevenlabs = {
+            let api_key = self.provider_key("ELEVENLABS_API_KEY");
+            let api_base = self.url_or("ELEVENLABS_API_BASE", "https://api.elevenlabs.io");
+            api_key.map(|api_key| ElevenLabsConfig { api_key, api_base })
+        };
+        ProvidersConfig {
+            telnyx,
+            assemblyai,
+            deepl,
+            openai,
+            elevenlabs,
+        }
+    }
+
+    /// A half-configured provider is a mistake worth stopping for, even in development.
+    fn all_or_none(&mut self, provider: &str, variables: &[(&str, bool)]) {
+        let set: Vec<&str> = variables
+            .iter()
+            .filter(|(_, s)| *s)
+            .map(|(v, _)| *v)
+            .collect();
+        if set.is_empty() || set.len() == variables.len() || self.app_env.is_strict() {
+            return;
+        }
+        for (variable, is_set) in variables {
+            if !is_set {
+                self.problem(
+                    variable,
+                    format!("{provider} needs it when {} is set", set.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+/// TLS is only negotiated for `sslmode=require` (see `db::pg_config`).
+fn tls_required_or_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::{Host, SslMode};
+    config.get_ssl_mode() == SslMode::Require
+        || config.get_hosts().iter().all(|host| match host {
+            Host::Tcp(name) => matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
+            Host::Unix(_) => true,
+        })
+}
+
+fn split_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Safe to interpolate into SQL as an identifier: lower-case ASCII, digits, underscores.
+pub fn is_sql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && name.len() <= 63
+}
+
+fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_from(
+            None,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn development_starts_with_no_settings_and_disables_providers() {
+        let config = load(&[]).expect("development defaults are complete");
+        assert_eq!(config.app_env, AppEnv::Development);
+        assert!(config.providers.telnyx().is_err());
+        let disabled = config.providers.deepl().unwrap_err();
+        assert_eq!(disabled.variables, ["DEEPL_API_KEY"]);
+        assert_eq!(config.storage.bucket, "callbridge-dev");
+        assert!(config.database.migrate_on_start);
+    }
+
+    #[test]
+    fn production_reports_every_missing_variable_at_once() {
+        let error = load(&[("APP_ENV", "production")]).unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        for variable in [
+            "DATABASE_URL",
+            "PUBLIC_BASE_URL",
+            "AUTH_SECRET",
+            "ALLOWED_ORIGINS",
+            "R2_ENDPOINT",
+            "R2_BUCKET",
+            "TELNYX_API_KEY",
+            "ASSEMBLYAI_API_KEY",
+            "DEEPL_API_KEY",
+            "EDGE_SHARED_SECRET",
+            "RUN_MIGRATIONS_ON_START",
+        ] {
+            if variable == "RUN_MIGRATIONS_ON_START" {
+                assert!(!named.contains(&variable), "off by default in production");
+            } else {
+                assert!(
+                    named.contains(&variable),
+                    "{variable} missing from {named:?}"
+                );
+            }
+        }
+        assert!(
+            error
+                .to_string()
+                .contains("DATABASE_URL: required when APP_ENV=production")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("cb-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("callbridge.toml");
+        std::fs::write(&file, "port = 9999\nr2_bucket = \"from-file\"\n").unwrap();
+        let config =
+            Config::load_from(Some(&file), [("PORT".to_string(), "7777".to_string())]).unwrap();
+        assert_eq!(config.port, 7777, "environment wins over the file");
+        assert_eq!(
+            config.storage.bucket, "from-file",
+            "file wins over defaults"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn half_configured_provider_names_the_missing_variables() {
+        let error = load(&[("TELNYX_API_KEY", "KEY123")]).unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, ["TELNYX_PUBLIC_KEY", "TELNYX_CONNECTION_ID"]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = load(&[
+            ("PORT", "eighty"),
+            ("AUTH_SCHEMA", "auth; drop table users"),
+            (
+                "ALLOWED_ORIGINS",
+                "https://ok.example.com,https://bad.example.com/path",
+            ),
+            ("AUTH_TOKEN_STORAGE", "plain"),
+        ])
+        .unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "PORT",
+                "ALLOWED_ORIGINS",
+                "AUTH_SCHEMA",
+                "AUTH_TOKEN_STORAGE"
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_debug_output() {
+        let config = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:pg-password-123@db.example/app",
+            ),
+            ("DEEPL_API_KEY", "deepl-secret-456:fx"),
+            ("AUTH_SECRET", "auth-secret-789"),
+        ])
+        .unwrap();
+        let dump = format!("{config:?} {}", config.summary());
+        for secret in ["pg-password-123", "deepl-secret-456", "auth-secret-789"] {
+            assert!(!dump.contains(secret), "{secret} leaked");
+        }
+        assert_eq!(
+            config.providers.deepl().unwrap().api_base.as_str(),
+            "https://api-free.deepl.com/"
+        );
+    }
+}

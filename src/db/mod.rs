@@ -1,0 +1,135 @@
+//! PostgreSQL access: the deadpool pool every request and job uses, migrations, and the
+//! development-only bootstrap of the Auth.js tables.
+//!
+//! Query functions elsewhere take a `&impl GenericClient` so a handler and a job can share
+//! them and an insert plus its enqueue can commit in one transaction.
+
+pub mod authjs;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::Statement;
+
+use crate::config::DatabaseConfig;
+
+/// Embedded migrations; the same `_sqlx_migrations` table `sqlx-cli` uses.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub type Client = deadpool_postgres::Object;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database connection for migrations: {0}")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// The pooled database handle shared by the whole process.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    statement_cache: bool,
+}
+
+impl Db {
+    /// Builds the pool; connections are opened lazily, so a database that is down at start
+    /// is reported by `/readyz` instead of crashing the process.
+    pub fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let pg = pg_config(config.url.expose())?;
+        let manager = Manager::from_config(
+            pg,
+            crate::tls::postgres_connector(),
+            ManagerConfig {
+                // `Fast` only checks the socket is open; a dead server shows up as a
+                // closed connection after a restart, which is what lets /readyz recover.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_max_size)
+            .wait_timeout(Some(config.pool_timeout))
+            .create_timeout(Some(config.pool_timeout))
+            .recycle_timeout(Some(config.pool_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        Ok(Self {
+            pool,
+            statement_cache: config.statement_cache,
+        })
+    }
+
+    pub async fn client(&self) -> Result<Client, DbError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Prepares through the per-connection cache unless a transaction-mode pooler forbids
+    /// named statements that outlive a transaction (`DATABASE_STATEMENT_CACHE=false`).
+    pub async fn prepare(&self, client: &Client, sql: &str) -> Result<Statement, DbError> {
+        Ok(if self.statement_cache {
+            client.prepare_cached(sql).await?
+        } else {
+            client.prepare(sql).await?
+        })
+    }
+
+    /// One round trip through the pool: what `/readyz` reports as `database`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.client().await?;
+        client.simple_query("select 1").await?;
+        Ok(())
+    }
+
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+}
+
+/// Parses a connection URL. TLS is negotiated only for `sslmode=require`, and then the
+/// certificate is verified (Neon has a public one). libpq's default `prefer` would accept any
+/// certificate; we treat it as plaintext instead, and production validation refuses a
+/// non-loopback URL without `sslmode=require` (docs/adr/0003-database-tls.md).
+pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut pg =
+        tokio_postgres::Config::from_str(url).map_err(|e| DbError::Config(e.to_string()))?;
+    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    pg.application_name("callbridge");
+    Ok(pg)
+}
+
+/// One unpooled connection (LISTEN/NOTIFY, bootstrap); the driver task is spawned.
+pub async fn connect_direct(url: &str) -> Result<tokio_postgres::Client, DbError> {
+    let (client, connection) = pg_config(url)?
+        .connect(crate::tls::postgres_connector())
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "direct database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies pending migrations over the unpooled URL (advisory-locked by sqlx, so replicas
+/// starting together do not race).
+pub async fn migrate(direct_url: &str) -> Result<(), DbError> {
+    use sqlx::Connection as _;
+    let mut connection = sqlx::PgConnection::connect(direct_url).await?;
+    MIGRATOR.run(&mut connection).await?;
+    connection.close().await?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The HTTP surface: the router with every route, and the middleware stack around it.
+//!
+//! Routes are registered through `utoipa_axum` so a route cannot exist without appearing in
+//! the OpenAPI document. Layer order (outermost first) is spelled out in [`router`].
+
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+pub mod problems;
+pub mod request_id;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::{Extension, Router, middleware};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::Config;
+use crate::state::AppState;
+
+/// Every route, with its OpenAPI description, before state and middleware are applied.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::render))
+        .routes(routes!(openapi::spec))
+        .routes(routes!(openapi::docs))
+}
+
+/// The generated OpenAPI document (also used by `callbridge routes` and the shim's tooling).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins: Vec<HeaderValue> = config
+        .http
+        .allowed_origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-org-id"),
+            request_id::X_REQUEST_ID.clone(),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([request_id::X_REQUEST_ID.clone()])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+fn span_for(request: &Request<Body>) -> tracing::Span {
+    let request_id = request
+        .extensions()
+        .get::<request_id::RequestId>()
+        .map(|id| id.0.as_str())
+        .unwrap_or_default();
+    // Matched routes are logged by template: raw paths may carry tokens (media streams).
+    match request.extensions().get::<MatchedPath>() {
+        Some(route) => tracing::info_span!("http", method = %request.method(),
+            route = route.as_str(), request_id),
+        None => tracing::info_span!("http", method = %request.method(),
+            route = "unmatched", path = request.uri().path(), request_id),
+    }
+}
+
+/// The whole application router with its middleware, ready to serve.
+pub fn router(state: AppState) -> Router {
+    with_middleware(api_routes(), state)
+}
+
+/// Applies fallbacks, the OpenAPI extension and the middleware stack to `routes`. Public so
+/// tests can wrap extra routes (a panicking handler, say) in exactly production's stack.
+pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Router {
+    let (routes, spec) = routes.split_for_parts();
+    let config = state.config.clone();
+
+    // Outermost first: Sentry hub per request → request id (everything below can quote it)
+    // → trace span → metrics → compression → CORS → problem+json for bare errors → panic
+    // catcher → timeout. Body size is enforced by the extractors (DefaultBodyLimit).
+    let layers = ServiceBuilder::new()
+        .layer(sentry::integrations::tower::NewSentryLayer::<Request<Body>>::new_from_top())
+        .layer(sentry::integrations::tower::SentryHttpLayer::new().enable_transaction())
+        .layer(middleware::from_fn(request_id::assign))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(span_for)
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // 5xx are logged once, by ApiError; no second log line here.
+                .on_failure(()),
+        )
+        .layer(middleware::from_fn(metrics::track))
+        .layer(CompressionLayer::new())
+        .layer(cors(&config))
+        .layer(middleware::from_fn(problems::normalise))
+        .layer(CatchPanicLayer::custom(problems::panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            config.http.request_timeout,
+        ));
+
+    routes
+        .fallback(problems::not_found)
+        .method_not_allowed_fallback(problems::method_not_allowed)
+        .layer(Extension::<openapi::Spec>(Arc::new(spec)))
+        .layer(DefaultBodyLimit::max(config.http.body_limit_bytes))
+        .layer(layers)
+        .with_state(state)
+}

@@ -1,0 +1,115 @@
+//! The `callbridge` binary: one executable, several roles (DESIGN.md §3).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use callbridge::config::Config;
+use callbridge::{Application, app, shutdown, telemetry};
+
+/// Exit status for a configuration error (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "callbridge",
+    version,
+    about = "Live phone-call translation backend"
+)]
+struct Cli {
+    /// Optional TOML file; environment variables override it.
+    #[arg(long, global = true, env = "CALLBRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// HTTP API, webhooks and the media bridge.
+    Serve,
+    /// Apply database migrations (and, outside production, the Auth.js development tables).
+    Migrate,
+    /// Exit 0 if the local server answers `/healthz` (the container HEALTHCHECK).
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Healthcheck = cli.command {
+        return healthcheck();
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("callbridge: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Before any HTTP client exists: Sentry's transport builds one in `telemetry::init`.
+    callbridge::tls::install_crypto_provider();
+    // Sentry before the runtime, so worker threads inherit its hub (PROVIDERS.md §7).
+    let _telemetry = telemetry::init(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("callbridge: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "callbridge stopped with an error"
+            );
+            eprintln!("callbridge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = %config.summary(), "starting");
+    match command {
+        Command::Serve => {
+            let shutdown = shutdown::on_signal();
+            Application::build(config).await?.run(shutdown).await
+        }
+        Command::Migrate => {
+            app::prepare_database(&config).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Healthcheck => unreachable!("handled before configuration is loaded"),
+    }
+}
+
+/// A dependency-free probe: distroless images have no curl. Reads only `PORT`.
+fn healthcheck() -> ExitCode {
+    use std::io::{Read as _, Write as _};
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(8080);
+    let timeout = std::time::Duration::from_secs(2);
+    let probe = || -> std::io::Result<bool> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
