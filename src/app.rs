@@ -10,6 +10,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::SessionResolver;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::http;
@@ -54,11 +55,13 @@ impl Application {
         let listener = TcpListener::bind((config.bind_address, config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind_address, config.port))?;
+        let sessions = Arc::new(SessionResolver::new(db.clone(), &config.auth));
         let state = AppState {
             config: Arc::new(config),
             db,
             storage,
             metrics: http::metrics::recorder(),
+            sessions,
         };
         let router = http::router(state.clone());
         Ok(Self {

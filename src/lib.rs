@@ -4,10 +4,12 @@
 //! the integration tests both go through it.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod orgs;
 pub mod shutdown;
 pub mod state;
 pub mod storage;

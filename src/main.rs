@@ -33,6 +33,21 @@ enum Command {
     Migrate,
     /// Exit 0 if the local server answers `/healthz` (the container HEALTHCHECK).
     Healthcheck,
+    /// Auth.js session maintenance.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Hash raw session tokens in place (resumable; needs AUTH_TOKEN_STORAGE=dual first).
+    MigrateTokens {
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
+        /// Only count what would be rewritten.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,7 +102,39 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => unreachable!("handled before configuration is loaded"),
+        Command::Auth(AuthCommand::MigrateTokens {
+            batch_size,
+            dry_run,
+        }) => migrate_tokens(&config, batch_size, dry_run).await,
     }
+}
+
+async fn migrate_tokens(config: &Config, batch_size: i64, dry_run: bool) -> anyhow::Result<()> {
+    use callbridge::auth::migrate_tokens;
+    use callbridge::config::TokenStorage;
+    use std::io::Write as _;
+
+    let schema = &config.auth.schema;
+    let client = callbridge::db::connect_direct(config.database.direct_url.expose()).await?;
+    if dry_run {
+        let remaining = migrate_tokens::remaining(&client, schema).await?;
+        println!("{remaining} raw session token(s) would be hashed");
+        return Ok(());
+    }
+    if config.auth.token_storage == TokenStorage::Raw {
+        anyhow::bail!(
+            "AUTH_TOKEN_STORAGE is raw: set it to dual on every reader (container, edge, frontend wrapper) \
+             and in this command's environment before hashing tokens (docs/NEON_DATA_MIGRATION_RUNBOOK.md)"
+        );
+    }
+    let rewritten = migrate_tokens::run(&client, schema, batch_size, |done, total| {
+        eprint!("{}", migrate_tokens::render_progress(done, total));
+        let _ = std::io::stderr().flush();
+    })
+    .await?;
+    eprintln!();
+    println!("hashed {rewritten} session token(s)");
+    Ok(())
 }
 
 /// A dependency-free probe: distroless images have no curl. Reads only `PORT`.

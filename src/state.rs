@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::SessionResolver;
 use crate::config::Config;
 use crate::db::Db;
 use crate::storage::Storage;
@@ -15,6 +16,7 @@ pub struct AppState {
     pub db: Db,
     pub storage: Storage,
     pub metrics: PrometheusHandle,
+    pub sessions: Arc<SessionResolver>,
 }
 
 impl FromRef<AppState> for Db {

@@ -5,8 +5,10 @@
 
 pub mod extract;
 pub mod health;
+pub mod me;
 pub mod metrics;
 pub mod openapi;
+pub mod orgs;
 pub mod problems;
 pub mod request_id;
 
@@ -38,6 +40,14 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::render))
         .routes(routes!(openapi::spec))
         .routes(routes!(openapi::docs))
+        .routes(routes!(me::me))
+        .routes(routes!(orgs::create))
+        .routes(routes!(
+            orgs::list_members,
+            orgs::add_member,
+            orgs::remove_member_by_query
+        ))
+        .routes(routes!(orgs::remove_member))
 }
 
 /// The generated OpenAPI document (also used by `callbridge routes` and the shim's tooling).

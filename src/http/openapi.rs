@@ -23,6 +23,8 @@ use crate::error::Problem;
     ),
     tags(
         (name = "ops", description = "Health, readiness, metrics and this contract"),
+        (name = "auth", description = "The signed-in user (Auth.js sessions: cookie or bearer)"),
+        (name = "organisations", description = "Tenants, members and roles"),
     ),
     components(schemas(Problem)),
 )]

@@ -3,6 +3,7 @@
 //! started by `make test`), with a bucket of its own.
 #![allow(dead_code)]
 
+pub mod authjs;
 pub mod tcp_proxy;
 
 use std::collections::HashMap;
@@ -172,6 +173,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    owns_database: bool,
 }
 
 impl TestApp {
@@ -190,6 +192,15 @@ impl TestApp {
             .unwrap_or_else(|| database_url(&database));
         let config = test_config(&url, &bucket, overrides);
         Self::start(config, database, bucket).await
+    }
+
+    /// A second app on another app's database (it will not drop it).
+    pub async fn spawn_on(database: &str, overrides: &[(&str, &str)]) -> Self {
+        let bucket = format!("cbt-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+        let config = test_config(&database_url(database), &bucket, overrides);
+        let mut app = Self::start(config, database.to_owned(), bucket).await;
+        app.owns_database = false;
+        app
     }
 
     pub async fn start(config: Config, database: String, bucket: String) -> Self {
@@ -211,6 +222,7 @@ impl TestApp {
                 .unwrap(),
             shutdown,
             server: Some(server),
+            owns_database: true,
         }
     }
 
@@ -247,7 +259,9 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        drop_database_blocking(&self.database);
+        if self.owns_database {
+            drop_database_blocking(&self.database);
+        }
     }
 }
 

@@ -1,0 +1,197 @@
+//! Who is calling: Auth.js session resolution, the `CurrentUser` / `MaybeUser` extractors,
+//! CSRF for cookie sessions, and `OrgContext` (the active organisation and the caller's role).
+//!
+//! `MaybeUser` exists because `Option<CurrentUser>` would turn a *malformed* credential into
+//! "anonymous"; here a malformed credential is always a 401.
+
+mod cache;
+pub mod credential;
+pub mod csrf;
+pub mod migrate_tokens;
+pub mod sessions;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderName;
+use axum::http::request::Parts;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::orgs::Role;
+use crate::state::AppState;
+use credential::Credential;
+pub use sessions::{Principal, SessionResolver, StoredForm};
+
+pub static X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSource {
+    Cookie,
+    Bearer,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    pub principal: Arc<Principal>,
+    pub source: CredentialSource,
+    /// The cookie the session came from, when it came from one.
+    pub cookie_name: Option<String>,
+    pub cache_hit: bool,
+}
+
+impl CurrentUser {
+    pub fn id(&self) -> &str {
+        &self.principal.user.id
+    }
+}
+
+/// An optional caller: `None` without a credential or with an unknown/expired one, but a
+/// malformed credential is still rejected.
+#[derive(Debug, Clone)]
+pub struct MaybeUser(pub Option<CurrentUser>);
+
+enum Outcome {
+    Anonymous,
+    NotFound,
+    User(CurrentUser),
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Outcome, ApiError> {
+    let credential = credential::from_headers(&parts.headers, &state.config.auth.cookie_names)
+        .map_err(|malformed| {
+            ApiError::Unauthorized(format!("Malformed credential: {malformed}."))
+        })?;
+    let Some(credential) = credential else {
+        return Ok(Outcome::Anonymous);
+    };
+    let resolved = state
+        .sessions
+        .resolve(credential.token())
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(resolved) = resolved else {
+        return Ok(Outcome::NotFound);
+    };
+    if credential.is_cookie() && csrf::is_unsafe(&parts.method) {
+        csrf::check(&parts.headers, &state.config.http.allowed_origins).map_err(|refused| {
+            ApiError::Forbidden(format!("Cross-site request refused: {refused}."))
+        })?;
+    }
+    let (source, cookie_name) = match credential {
+        Credential::Bearer(_) => (CredentialSource::Bearer, None),
+        Credential::Cookie { name, .. } => (CredentialSource::Cookie, Some(name)),
+    };
+    Ok(Outcome::User(CurrentUser {
+        principal: resolved.principal,
+        source,
+        cookie_name,
+        cache_hit: resolved.cache_hit,
+    }))
+}
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(user) = parts.extensions.get::<CurrentUser>() {
+            return Ok(MaybeUser(Some(user.clone())));
+        }
+        match authenticate(parts, state).await? {
+            Outcome::User(user) => {
+                parts.extensions.insert(user.clone());
+                Ok(MaybeUser(Some(user)))
+            }
+            Outcome::Anonymous | Outcome::NotFound => Ok(MaybeUser(None)),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(user) = parts.extensions.get::<CurrentUser>() {
+            return Ok(user.clone());
+        }
+        match authenticate(parts, state).await? {
+            Outcome::User(user) => {
+                parts.extensions.insert(user.clone());
+                Ok(user)
+            }
+            Outcome::Anonymous => Err(ApiError::Unauthorized(
+                "Sign in first: no session cookie or bearer token was sent.".into(),
+            )),
+            Outcome::NotFound => Err(ApiError::Unauthorized(
+                "The session is unknown, expired or signed out.".into(),
+            )),
+        }
+    }
+}
+
+/// The organisation a request acts in (`X-Org-Id`, else the caller's default) and the
+/// caller's role there. Not a member (or no such organisation) is 404: existence is not
+/// revealed to outsiders.
+#[derive(Debug, Clone)]
+pub struct OrgContext {
+    pub user: CurrentUser,
+    pub organisation_id: Uuid,
+    pub role: Role,
+}
+
+impl OrgContext {
+    /// 403 unless the caller's role is at least `minimum`.
+    pub fn require(&self, minimum: Role) -> Result<(), ApiError> {
+        if self.role >= minimum {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "This needs the {} role in the organisation.",
+                minimum.as_str()
+            )))
+        }
+    }
+}
+
+/// Finds `organisation_id` among the caller's memberships.
+pub fn membership_in(user: &CurrentUser, organisation_id: Uuid) -> Result<Role, ApiError> {
+    user.principal
+        .memberships
+        .iter()
+        .find(|m| m.id == organisation_id)
+        .map(|m| m.role)
+        .ok_or(ApiError::NotFound)
+}
+
+impl FromRequestParts<AppState> for OrgContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = CurrentUser::from_request_parts(parts, state).await?;
+        let organisation_id = match parts.headers.get(&X_ORG_ID) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|text| Uuid::parse_str(text.trim()).ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("X-Org-Id must be an organisation id (a UUID).".into())
+                })?,
+            None => user
+                .principal
+                .memberships
+                .first()
+                .map(|m| m.id)
+                .ok_or_else(|| ApiError::Forbidden("You belong to no organisation.".into()))?,
+        };
+        let role = membership_in(&user, organisation_id)?;
+        Ok(OrgContext {
+            user,
+            organisation_id,
+            role,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! Resolving an Auth.js session token to a user and their organisations.
+//!
+//! The lookup is one query against `{AUTH_SCHEMA}.sessions` joined to `users`, using the
+//! adapter's exact quoted camelCase columns, in the form `AUTH_TOKEN_STORAGE` says tokens are
+//! stored: `raw` (the adapter's default), `hashed` (hex SHA-256) or `dual` (either, for the
+//! zero-downtime move). Results are cached briefly (see `cache`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::cache::{TokenDigest, TtlCache};
+use crate::config::{AuthConfig, TokenStorage};
+use crate::db::{Db, DbError};
+use crate::orgs::{self, Membership};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct User {
+    /// The Auth.js user id, as text (integers with @auth/pg-adapter).
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub image: Option<String>,
+}
+
+/// Who a session belongs to, with everything authorisation needs, so an authenticated
+/// request needs no further database round trip to know its tenants and roles.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub session_expires: DateTime<Utc>,
+    /// Personal organisation first, then by age.
+    pub memberships: Vec<Membership>,
+    /// Which stored form matched: what the debug endpoint and the migration metrics report.
+    pub stored_form: StoredForm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredForm {
+    Raw,
+    Hashed,
+}
+
+pub struct Resolved {
+    pub principal: Arc<Principal>,
+    pub cache_hit: bool,
+}
+
+/// Hex SHA-256 of a token: the `hashed` storage form. Unkeyed on purpose
+/// (docs/adr/0005-session-token-hashing.md).
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub struct SessionResolver {
+    db: Db,
+    storage: TokenStorage,
+    cache: TtlCache<Principal>,
+    lookup_sql: String,
+}
+
+impl SessionResolver {
+    pub fn new(db: Db, config: &AuthConfig) -> Self {
+        let schema = &config.schema;
+        // `= any($1)` lets one statement serve all three modes; the index on
+        // "sessionToken" serves it. `expires > now()` refuses expired sessions.
+        let lookup_sql = format!(
+            r#"select u.id::text, u.name, u.email, u.image, s.expires, s."sessionToken" = $2 as raw_match
+               from {schema}.sessions s join {schema}.users u on u.id = s."userId"
+               where s."sessionToken" = any($1) and s.expires > now()
+               order by s.expires desc limit 1"#
+        );
+        Self {
+            db,
+            storage: config.token_storage,
+            cache: TtlCache::new(config.session_cache_ttl, config.session_cache_capacity),
+            lookup_sql,
+        }
+    }
+
+    pub fn storage(&self) -> TokenStorage {
+        self.storage
+    }
+
+    pub fn cache_ttl(&self) -> Duration {
+        self.cache.ttl()
+    }
+
+    fn candidates(&self, token: &str) -> Vec<String> {
+        match self.storage {
+            TokenStorage::Raw => vec![token.to_owned()],
+            TokenStorage::Hashed => vec![hash_token(token)],
+            TokenStorage::Dual => vec![token.to_owned(), hash_token(token)],
+        }
+    }
+
+    /// The principal for `token`, or `None` when it is unknown, expired or deleted.
+    pub async fn resolve(&self, token: &str) -> Result<Option<Resolved>, DbError> {
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        if let Some(principal) = self.cache.get(&digest) {
+            return Ok(Some(Resolved {
+                principal,
+                cache_hit: true,
+            }));
+        }
+        let Some(principal) = self.lookup(token).await? else {
+            return Ok(None);
+        };
+        let until_expiry = (principal.session_expires - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let principal = Arc::new(principal);
+        self.cache.insert(
+            digest,
+            principal.clone(),
+            Some(Instant::now() + until_expiry),
+        );
+        Ok(Some(Resolved {
+            principal,
+            cache_hit: false,
+        }))
+    }
+
+    async fn lookup(&self, token: &str) -> Result<Option<Principal>, DbError> {
+        let mut client = self.db.client().await?;
+        let statement = self.db.prepare(&client, &self.lookup_sql).await?;
+        let Some(row) = client
+            .query_opt(&statement, &[&self.candidates(token), &token])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user = User {
+            id: row.get(0),
+            name: row.get(1),
+            email: row.get(2),
+            image: row.get(3),
+        };
+        let stored_form = if row.get::<_, bool>(5) {
+            StoredForm::Raw
+        } else {
+            StoredForm::Hashed
+        };
+        let mut memberships = orgs::memberships_of(&**client, &user.id).await?;
+        if memberships.is_empty() {
+            // First time we see this user: give them a personal organisation.
+            let display = user
+                .name
+                .clone()
+                .or_else(|| user.email.clone())
+                .unwrap_or_else(|| "Personal".into());
+            orgs::ensure_personal_organisation(&mut **client, &user.id, &display).await?;
+            memberships = orgs::memberships_of(&**client, &user.id).await?;
+        }
+        Ok(Some(Principal {
+            user,
+            session_expires: row.get(4),
+            memberships,
+            stored_form,
+        }))
+    }
+
+    /// Sessions currently cached on this replica.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Drops cached sessions of `user_id` on this replica (after a membership change).
+    /// Other replicas see the change within the cache TTL.
+    pub fn forget_user(&self, user_id: &str) {
+        self.cache
+            .remove_where(|principal| principal.user.id == user_id);
+    }
+}

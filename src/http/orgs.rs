@@ -1,0 +1,237 @@
+//! Organisations and their members: `POST /api/orgs`, `GET|POST|DELETE /api/orgs/{id}/members`.
+//!
+//! Roles are read from the database here (not the session cache), so a just-removed admin
+//! cannot manage members during the cache window. Outsiders get 404 for every organisation.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::CurrentUser;
+use crate::error::{ApiError, Problem};
+use crate::http::extract::{Json, Path, Query};
+use crate::orgs::{self, AddOutcome, Member, Membership, RemoveOutcome, Role};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrganisation {
+    /// 1–200 characters.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    /// Email of someone who has signed in at least once; or give `user_id`.
+    pub email: Option<String>,
+    pub user_id: Option<String>,
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Member
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct MemberQuery {
+    /// The member to remove (alternative to the path form).
+    pub user_id: String,
+}
+
+async fn caller_role(
+    state: &AppState,
+    organisation_id: Uuid,
+    user_id: &str,
+) -> Result<Role, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    orgs::role_of(&**client, organisation_id, user_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)
+}
+
+/// Create an organisation; the caller becomes its owner.
+#[utoipa::path(post, path = "/api/orgs", tag = "organisations", request_body = NewOrganisation,
+    responses(
+        (status = 201, description = "Created; the caller is owner", body = Membership),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Cross-site request refused", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Json(body): Json<NewOrganisation>,
+) -> Result<(StatusCode, Json<Membership>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::Unprocessable(
+            "name must be 1 to 200 characters".into(),
+        ));
+    }
+    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    let membership = orgs::create_organisation(&mut **client, user.id(), name)
+        .await
+        .map_err(ApiError::internal)?;
+    state.sessions.forget_user(user.id());
+    Ok((StatusCode::CREATED, Json(membership)))
+}
+
+/// Members of an organisation the caller belongs to.
+#[utoipa::path(get, path = "/api/orgs/{id}/members", tag = "organisations",
+    params(("id" = Uuid, Path, description = "Organisation id")),
+    responses(
+        (status = 200, description = "Members with their roles", body = Vec<Member>),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such organisation, or not a member", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_members(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(organisation_id): Path<Uuid>,
+) -> Result<Json<Vec<Member>>, ApiError> {
+    caller_role(&state, organisation_id, user.id()).await?;
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let members = orgs::members(&**client, &state.config.auth.schema, organisation_id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(members))
+}
+
+/// Add someone who has signed in before. Admins add members; owners add any role.
+#[utoipa::path(post, path = "/api/orgs/{id}/members", tag = "organisations", request_body = NewMember,
+    params(("id" = Uuid, Path, description = "Organisation id")),
+    responses(
+        (status = 201, description = "Added", body = Member),
+        (status = 403, description = "The caller's role may not grant this role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such organisation, or not a member", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already a member", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(organisation_id): Path<Uuid>,
+    Json(body): Json<NewMember>,
+) -> Result<(StatusCode, Json<Member>), ApiError> {
+    let role = caller_role(&state, organisation_id, user.id()).await?;
+    if !role.may_assign(body.role) {
+        return Err(ApiError::Forbidden(format!(
+            "A {} cannot add a {}.",
+            role.as_str(),
+            body.role.as_str()
+        )));
+    }
+    let schema = &state.config.auth.schema;
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let target = match (&body.user_id, &body.email) {
+        (Some(id), None) => orgs::user_exists(&**client, schema, id)
+            .await
+            .map_err(ApiError::internal)?
+            .then(|| id.clone()),
+        (None, Some(email)) => orgs::user_id_by_email(&**client, schema, email.trim())
+            .await
+            .map_err(ApiError::internal)?,
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "give exactly one of email or user_id".into(),
+            ));
+        }
+    }
+    .ok_or_else(|| ApiError::Unprocessable("no such user: they must sign in once first".into()))?;
+    match orgs::add_member(&**client, organisation_id, &target, body.role)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        AddOutcome::AlreadyMember => Err(ApiError::Conflict("already a member".into())),
+        AddOutcome::Added => {
+            state.sessions.forget_user(&target);
+            let member = orgs::members(&**client, schema, organisation_id)
+                .await
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .find(|m| m.user_id == target)
+                .ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("member vanished after insert"))
+                })?;
+            Ok((StatusCode::CREATED, Json(member)))
+        }
+    }
+}
+
+async fn remove(
+    state: &AppState,
+    user: &CurrentUser,
+    organisation_id: Uuid,
+    target: &str,
+) -> Result<StatusCode, ApiError> {
+    let role = caller_role(state, organisation_id, user.id()).await?;
+    if target != user.id() {
+        let client = state.db.client().await.map_err(ApiError::internal)?;
+        let target_role = orgs::role_of(&**client, organisation_id, target)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or(ApiError::NotFound)?;
+        if !role.may_assign(target_role) {
+            return Err(ApiError::Forbidden(format!(
+                "A {} cannot remove a {}.",
+                role.as_str(),
+                target_role.as_str()
+            )));
+        }
+    }
+    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    match orgs::remove_member(&mut **client, organisation_id, target)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        RemoveOutcome::LastOwner => Err(ApiError::Conflict(
+            "the last owner cannot leave; make someone else owner first".into(),
+        )),
+        RemoveOutcome::NotMember => Err(ApiError::NotFound),
+        RemoveOutcome::Removed => {
+            state.sessions.forget_user(target);
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+/// Remove a member (or leave, when it is the caller). Admins remove members; owners anyone.
+#[utoipa::path(delete, path = "/api/orgs/{id}/members/{user_id}", tag = "organisations",
+    params(("id" = Uuid, Path, description = "Organisation id"), ("user_id" = String, Path, description = "Member to remove")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "The caller's role may not remove this member", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such organisation or member", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Would leave the organisation without an owner", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((organisation_id, target)): Path<(Uuid, String)>,
+) -> Result<StatusCode, ApiError> {
+    remove(&state, &user, organisation_id, &target).await
+}
+
+/// The same as the path form, for clients that address the collection.
+#[utoipa::path(delete, path = "/api/orgs/{id}/members", tag = "organisations",
+    params(("id" = Uuid, Path, description = "Organisation id"), MemberQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "The caller's role may not remove this member", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such organisation or member", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Would leave the organisation without an owner", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn remove_member_by_query(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(organisation_id): Path<Uuid>,
+    Query(query): Query<MemberQuery>,
+) -> Result<StatusCode, ApiError> {
+    remove(&state, &user, organisation_id, &query.user_id).await
+}

@@ -1,0 +1,278 @@
+//! Organisations (tenants), memberships and roles: the queries, with no HTTP in them.
+//!
+//! Every later resource belongs to exactly one organisation; the functions here are what
+//! decide whether a user may act in one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::DbError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+
+    /// Admins and owners manage members; only owners grant or remove admin and owner.
+    pub fn may_assign(self, role: Role) -> bool {
+        match self {
+            Role::Owner => true,
+            Role::Admin => role == Role::Member,
+            Role::Member => false,
+        }
+    }
+}
+
+/// One organisation as seen by one of its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Membership {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    /// The organisation made for this user when first seen.
+    pub personal: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Member {
+    pub user_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// Creates the user's personal organisation unless it exists. Safe under concurrency: the
+/// unique `personal_owner_id` makes the second insert a no-op.
+pub async fn ensure_personal_organisation(
+    client: &mut impl GenericClient,
+    user_id: &str,
+    display_name: &str,
+) -> Result<(), DbError> {
+    let transaction = client.transaction().await?;
+    let name = format!("{display_name}'s workspace");
+    let name: String = name.chars().take(200).collect();
+    transaction
+        .execute(
+            "insert into organisations (id, name, personal_owner_id) values ($1, $2, $3)
+             on conflict (personal_owner_id) do nothing",
+            &[&Uuid::now_v7(), &name, &user_id],
+        )
+        .await?;
+    transaction
+        .execute(
+            "insert into memberships (organisation_id, user_id, role)
+             select id, $1, 'owner' from organisations where personal_owner_id = $1
+             on conflict do nothing",
+            &[&user_id],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+pub async fn memberships_of(
+    client: &impl GenericClient,
+    user_id: &str,
+) -> Result<Vec<Membership>, DbError> {
+    let rows = client
+        .query(
+            "select o.id, o.name, m.role, o.personal_owner_id is not null as personal
+             from memberships m join organisations o on o.id = m.organisation_id
+             where m.user_id = $1 order by o.personal_owner_id is null, o.created_at, o.id",
+            &[&user_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            Some(Membership {
+                id: row.get(0),
+                name: row.get(1),
+                role: Role::parse(row.get(2))?,
+                personal: row.get(3),
+            })
+        })
+        .collect())
+}
+
+pub async fn create_organisation(
+    client: &mut impl GenericClient,
+    owner_id: &str,
+    name: &str,
+) -> Result<Membership, DbError> {
+    let transaction = client.transaction().await?;
+    let id = Uuid::now_v7();
+    transaction
+        .execute(
+            "insert into organisations (id, name) values ($1, $2)",
+            &[&id, &name],
+        )
+        .await?;
+    transaction
+        .execute(
+            "insert into memberships (organisation_id, user_id, role) values ($1, $2, 'owner')",
+            &[&id, &owner_id],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(Membership {
+        id,
+        name: name.to_owned(),
+        role: Role::Owner,
+        personal: false,
+    })
+}
+
+/// Members with their Auth.js profile (`schema` is validated at start-up).
+pub async fn members(
+    client: &impl GenericClient,
+    auth_schema: &str,
+    organisation_id: Uuid,
+) -> Result<Vec<Member>, DbError> {
+    let sql = format!(
+        "select m.user_id, u.name, u.email, m.role, m.created_at
+         from memberships m left join {auth_schema}.users u on u.id::text = m.user_id
+         where m.organisation_id = $1 order by m.created_at, m.user_id"
+    );
+    let rows = client.query(&sql, &[&organisation_id]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            Some(Member {
+                user_id: row.get(0),
+                name: row.get(1),
+                email: row.get(2),
+                role: Role::parse(row.get(3))?,
+                joined_at: row.get(4),
+            })
+        })
+        .collect())
+}
+
+/// The Auth.js user id for an email address, if that person has signed in before.
+pub async fn user_id_by_email(
+    client: &impl GenericClient,
+    auth_schema: &str,
+    email: &str,
+) -> Result<Option<String>, DbError> {
+    let sql = format!(
+        "select id::text from {auth_schema}.users where lower(email) = lower($1) order by id limit 1"
+    );
+    Ok(client
+        .query_opt(&sql, &[&email])
+        .await?
+        .map(|row| row.get(0)))
+}
+
+pub async fn user_exists(
+    client: &impl GenericClient,
+    auth_schema: &str,
+    user_id: &str,
+) -> Result<bool, DbError> {
+    let sql = format!("select 1 from {auth_schema}.users where id::text = $1");
+    Ok(client.query_opt(&sql, &[&user_id]).await?.is_some())
+}
+
+pub enum AddOutcome {
+    Added,
+    AlreadyMember,
+}
+
+pub async fn add_member(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    user_id: &str,
+    role: Role,
+) -> Result<AddOutcome, DbError> {
+    let inserted = client
+        .execute(
+            "insert into memberships (organisation_id, user_id, role) values ($1, $2, $3)
+             on conflict do nothing",
+            &[&organisation_id, &user_id, &role.as_str()],
+        )
+        .await?;
+    Ok(if inserted == 1 {
+        AddOutcome::Added
+    } else {
+        AddOutcome::AlreadyMember
+    })
+}
+
+pub enum RemoveOutcome {
+    Removed,
+    NotMember,
+    LastOwner,
+}
+
+/// Removes a membership, refusing to leave an organisation without an owner. The row locks
+/// on the organisation's owners make two concurrent removals of the last two owners safe.
+pub async fn remove_member(
+    client: &mut impl GenericClient,
+    organisation_id: Uuid,
+    user_id: &str,
+) -> Result<RemoveOutcome, DbError> {
+    let transaction = client.transaction().await?;
+    let owners: Vec<String> = transaction
+        .query(
+            "select user_id from memberships where organisation_id = $1 and role = 'owner' for update",
+            &[&organisation_id],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if owners.len() == 1 && owners[0] == user_id {
+        return Ok(RemoveOutcome::LastOwner);
+    }
+    let deleted = transaction
+        .execute(
+            "delete from memberships where organisation_id = $1 and user_id = $2",
+            &[&organisation_id, &user_id],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(if deleted == 1 {
+        RemoveOutcome::Removed
+    } else {
+        RemoveOutcome::NotMember
+    })
+}
+
+pub async fn role_of(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    user_id: &str,
+) -> Result<Option<Role>, DbError> {
+    Ok(client
+        .query_opt(
+            "select role from memberships where organisation_id = $1 and user_id = $2",
+            &[&organisation_id, &user_id],
+        )
+        .await?
+        .and_then(|row| Role::parse(row.get(0))))
+}
