@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::SessionResolver;
+use crate::auth::debug_access::AccessVerifier;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::http;
@@ -57,11 +58,15 @@ impl Application {
             .with_context(|| format!("binding {}:{}", config.bind_address, config.port))?;
         let sessions = Arc::new(SessionResolver::new(db.clone(), &config.auth));
         let state = AppState {
-            config: Arc::new(config),
             db,
             storage,
             metrics: http::metrics::recorder(),
             sessions,
+            access: match (&config.edge.cf_access_team_domain, &config.edge.cf_access_aud) {
+                (Some(team), Some(aud)) => Some(AccessVerifier::new(team, aud)),
+                _ => None,
+            },
+            config: Arc::new(config),
         };
         let router = http::router(state.clone());
         Ok(Self {

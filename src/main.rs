@@ -33,6 +33,12 @@ enum Command {
     Migrate,
     /// Exit 0 if the local server answers `/healthz` (the container HEALTHCHECK).
     Healthcheck,
+    /// Print a short-lived token for `/internal/debug/*` (X-Debug-Token header).
+    DebugToken {
+        /// Lifetime in seconds (at most 900).
+        #[arg(long, default_value_t = 300)]
+        ttl_secs: u64,
+    },
     /// Auth.js session maintenance.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -102,6 +108,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => unreachable!("handled before configuration is loaded"),
+        Command::DebugToken { ttl_secs } => {
+            anyhow::ensure!(!config.is_production(), "debug endpoints do not exist in production");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let token = callbridge::auth::debug_access::mint_debug_token(
+                config.auth.secret.expose().as_bytes(),
+                std::time::Duration::from_secs(ttl_secs),
+                now,
+            );
+            println!("{token}");
+            Ok(())
+        }
         Command::Auth(AuthCommand::MigrateTokens {
             batch_size,
             dry_run,

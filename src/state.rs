@@ -6,6 +6,7 @@ use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::SessionResolver;
+use crate::auth::debug_access::AccessVerifier;
 use crate::config::Config;
 use crate::db::Db;
 use crate::storage::Storage;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub storage: Storage,
     pub metrics: PrometheusHandle,
     pub sessions: Arc<SessionResolver>,
+    /// Cloudflare Access verification for `/internal/debug/*`, when configured.
+    pub access: Option<Arc<AccessVerifier>>,
 }
 
 impl FromRef<AppState> for Db {

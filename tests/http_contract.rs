@@ -192,7 +192,7 @@ async fn a_panicking_handler_becomes_a_500_problem_that_hides_the_cause() {
     async fn boom() -> &'static str {
         panic!("secret internal detail")
     }
-    let routes = callbridge::http::api_routes().route("/test/boom", get(boom));
+    let routes = callbridge::http::api_routes(true).route("/test/boom", get(boom));
     let router = callbridge::http::with_middleware(routes, app.state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

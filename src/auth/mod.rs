@@ -7,6 +7,7 @@
 mod cache;
 pub mod credential;
 pub mod csrf;
+pub mod debug_access;
 pub mod migrate_tokens;
 pub mod sessions;
 

@@ -48,7 +48,7 @@ pub enum LogFormat {
 }
 
 /// How Auth.js session tokens are stored in `{AUTH_SCHEMA}.sessions."sessionToken"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenStorage {
     /// The adapter's default: the token as issued.

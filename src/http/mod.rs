@@ -3,6 +3,7 @@
 //! Routes are registered through `utoipa_axum` so a route cannot exist without appearing in
 //! the OpenAPI document. Layer order (outermost first) is spelled out in [`router`].
 
+pub mod debug;
 pub mod extract;
 pub mod health;
 pub mod me;
@@ -33,7 +34,17 @@ use crate::config::Config;
 use crate::state::AppState;
 
 /// Every route, with its OpenAPI description, before state and middleware are applied.
-pub fn api_routes() -> OpenApiRouter<AppState> {
+/// Debug routes exist only when `include_debug` (never in production).
+pub fn api_routes(include_debug: bool) -> OpenApiRouter<AppState> {
+    let routes = public_routes();
+    if include_debug {
+        routes.routes(routes!(debug::session))
+    } else {
+        routes
+    }
+}
+
+fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -50,9 +61,10 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::remove_member))
 }
 
-/// The generated OpenAPI document (also used by `callbridge routes` and the shim's tooling).
+/// The generated OpenAPI document of a production deployment (also used by
+/// `callbridge routes` and the shim's tooling).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
+    api_routes(false).split_for_parts().1
 }
 
 fn cors(config: &Config) -> CorsLayer {
@@ -100,7 +112,8 @@ fn span_for(request: &Request<Body>) -> tracing::Span {
 
 /// The whole application router with its middleware, ready to serve.
 pub fn router(state: AppState) -> Router {
-    with_middleware(api_routes(), state)
+    let include_debug = !state.config.is_production();
+    with_middleware(api_routes(include_debug), state)
 }
 
 /// Applies fallbacks, the OpenAPI extension and the middleware stack to `routes`. Public so

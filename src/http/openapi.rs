@@ -25,6 +25,7 @@ use crate::error::Problem;
         (name = "ops", description = "Health, readiness, metrics and this contract"),
         (name = "auth", description = "The signed-in user (Auth.js sessions: cookie or bearer)"),
         (name = "organisations", description = "Tenants, members and roles"),
+        (name = "internal", description = "Operator diagnostics; absent in production"),
     ),
     components(schemas(Problem)),
 )]
