@@ -1,0 +1,63 @@
+// Owns the shape of the Worker's environment: every binding declared in wrangler.jsonc,
+// grouped by kind, each with what it is for. Nothing here reads the environment; handlers
+// receive `env` as an argument.
+
+/** Everything wrangler.jsonc (and `wrangler secret put`) gives the Worker. */
+export interface Env {
+  // ---- Plain variables ----
+
+  /**
+   * Base URL of the callbridge container that every non-edge route is proxied to
+   * (e.g. `http://127.0.0.1:8080` locally). A path prefix, if any, is kept.
+   */
+  ORIGIN_URL: string;
+
+  // ---- Secrets (wrangler secret put) ----
+
+  /**
+   * HMAC-SHA256 key signing every request forwarded to the container (`x-edge-signature`).
+   * Same value as the container's `EDGE_SHARED_SECRET`. Without it the shim refuses to proxy.
+   */
+  EDGE_SHARED_SECRET: string;
+  /** Telnyx Ed25519 public key (base64) for verifying webhooks once `/webhooks/telnyx` moves to the edge. */
+  TELNYX_PUBLIC_KEY: string;
+  /** Shared secret for verifying AssemblyAI webhooks once `/webhooks/assemblyai` moves to the edge. */
+  ASSEMBLYAI_WEBHOOK_SECRET: string;
+
+  // ---- Hyperdrive ----
+
+  /**
+   * Pooled Postgres (Neon) for edge-owned routes, e.g. writing `webhook_inbox` rows.
+   * Open one client per request with `HYPERDRIVE.connectionString`; Hyperdrive pools upstream.
+   */
+  HYPERDRIVE: Hyperdrive;
+
+  // ---- Queues ----
+
+  /** Producer for `callbridge-webhooks`: carries the container's JSON job envelope. */
+  WEBHOOKS: Queue;
+
+  // ---- R2 ----
+
+  /** The recordings bucket (the container's `R2_BUCKET`), for edge routes that read recordings. */
+  RECORDINGS: R2Bucket;
+}
+
+// `wrangler types` sees secrets only when a .dev.vars file exists, so the generated
+// Cloudflare.Env (what `env` from "cloudflare:workers" is typed as) is told about them here.
+declare global {
+  namespace Cloudflare {
+    interface Env {
+      EDGE_SHARED_SECRET: string;
+      TELNYX_PUBLIC_KEY: string;
+      ASSEMBLYAI_WEBHOOK_SECRET: string;
+    }
+  }
+}
+
+// Compile-time guard: this interface and the one `wrangler types` derives from wrangler.jsonc
+// (worker-configuration.d.ts) must list the same bindings with the same types. Regenerate with
+// `npm run types` after editing wrangler.jsonc; `npm run typecheck` then catches any drift.
+type SameShape<A, B> = [A] extends [B] ? ([B] extends [A] ? true : never) : never;
+const bindingsMatchWranglerConfig: SameShape<Env, Cloudflare.Env> = true;
+void bindingsMatchWranglerConfig;

@@ -1,0 +1,15 @@
+// Owns the errors the edge itself produces: RFC 9457 `application/problem+json`, the same
+// contract as the container's (docs/API_ERRORS.md), so a client cannot tell which side failed
+// by the shape of the body. Causes are logged by the caller, never put in the body.
+
+/** Builds a problem response carrying the request id (x-request-id, else cf-ray, else a new UUID). */
+export function problem(request: Request, status: number, title: string, detail?: string): Response {
+  const requestId = request.headers.get("x-request-id") ?? request.headers.get("cf-ray") ?? crypto.randomUUID();
+  const body: Record<string, unknown> = { type: "about:blank", title, status };
+  if (detail !== undefined) body.detail = detail;
+  body.request_id = requestId;
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/problem+json", "x-request-id": requestId },
+  });
+}

@@ -1,0 +1,65 @@
+// @ts-check
+// The fake container the tests proxy to. It runs as its own Worker inside the test's workerd
+// (vitest.config.ts makes it the test Worker's outboundService), so every fetch() the shim
+// makes lands here and nothing leaves the machine. By default it echoes what it received, so
+// tests can see exactly what the container would see. Plain JS: workerd loads it as is.
+
+/** Requests seen per `x-test-id`, so a test can prove the origin was (not) called. */
+const seen = new Map();
+
+export default {
+  /** @param {Request} request */
+  async fetch(request) {
+    const url = new URL(request.url);
+    const testId = request.headers.get("x-test-id");
+    if (url.pathname === "/__fake/seen") {
+      return Response.json({ count: seen.get(url.searchParams.get("id")) ?? 0 });
+    }
+    if (testId) seen.set(testId, (seen.get(testId) ?? 0) + 1);
+
+    if (url.hostname === "unreachable.test") throw new Error("connection refused (simulated)");
+
+    if (request.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      const pair = new WebSocketPair();
+      const client = pair[0];
+      const server = pair[1];
+      server.accept();
+      server.addEventListener("message", (event) => server.send(`echo:${event.data}`));
+      server.addEventListener("close", () => server.close(1000, "bye"));
+      return new Response(null, { status: 101, webSocket: client });
+    }
+
+    let m;
+    if ((m = /^\/api\/recordings\/([^/]+)\/download$/.exec(url.pathname))) {
+      return new Response(null, {
+        status: 302,
+        headers: { location: `https://recordings.example/${m[1]}?X-Amz-Signature=abc`, "set-cookie": "seen=1; Path=/" },
+      });
+    }
+    if (request.method === "GET" && (m = /^\/api\/calls\/([^/]+)$/.exec(url.pathname))) {
+      return Response.json(
+        { id: m[1], status: "ended", created_at: new Date().toISOString(), request_id: crypto.randomUUID() },
+        { headers: { "content-type": "application/json; charset=utf-8" } },
+      );
+    }
+    if (request.method === "POST" && (m = /^\/api\/calls\/([^/]+)\/hangup$/.exec(url.pathname))) {
+      const body = await request.text();
+      return Response.json(
+        { id: m[1], hung_up: true, received: body, request_id: crypto.randomUUID() },
+        { status: 202 },
+      );
+    }
+
+    const bytes = new Uint8Array(await request.arrayBuffer());
+    return Response.json(
+      {
+        method: request.method,
+        url: request.url,
+        headers: Object.fromEntries(request.headers),
+        body: new TextDecoder().decode(bytes),
+        bodyBase64: btoa(String.fromCharCode(...bytes)),
+      },
+      { headers: { "x-fake-origin": "1" } },
+    );
+  },
+};
