@@ -10,6 +10,7 @@ test: ## every test suite against real local servers
 lint: docker-lint ## formatting, clippy, Dockerfile and compose validation
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features sim -- -D warnings
 
 fmt:
 	cargo fmt
@@ -18,7 +19,7 @@ migrate: ## apply migrations to DATABASE_URL (DATABASE_DIRECT_URL if set)
 	cargo run --bin callbridge -- migrate
 
 bench: ## benchmarks; prints a table with ratios against an in-run baseline
-	cargo bench
+	.ci/bench.sh
 
 docker: ## build the production image (needs a Docker engine)
 	docker build -t callbridge:local .

@@ -20,8 +20,16 @@ psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database where datname li
   while read -r stale; do psql "$TEST_DATABASE_URL" -qc "drop database if exists \"$stale\" with (force)" >/dev/null 2>&1 || true; done
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast
+  cargo nextest run --all-targets --features sim --no-fail-fast
 else
-  cargo test --all-targets --no-fail-fast
+  cargo test --all-targets --features sim --no-fail-fast
 fi
 cargo test --doc
+
+# The edge shim: strict type-check and its tests inside workerd (offline).
+if command -v npm >/dev/null; then
+  (cd edge-shim && npm ci --no-audit --no-fund --loglevel=error && npx tsc --noEmit && npm test)
+else
+  echo "npm is required for the edge-shim tests (Node 20: see shared TOOLING.md)" >&2
+  exit 1
+fi

@@ -13,16 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::SessionResolver;
 use crate::auth::debug_access::AccessVerifier;
 use crate::config::Config;
-use crate::db::{self, Db};
+use crate::db::{self, Db, Listener};
 use crate::http;
+use crate::jobs::{self, Worker, WorkerConfig};
+use crate::providers::telnyx::{TelnyxClient, WebhookVerifier};
 use crate::state::AppState;
 use crate::storage::Storage;
-
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    state: AppState,
-}
 
 /// Applies migrations and, outside production, creates the Auth.js tables Auth.js would own.
 pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
@@ -38,47 +34,102 @@ pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects everything a process needs, for any role.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    crate::tls::install_crypto_provider();
+    if config.database.migrate_on_start {
+        prepare_database(&config).await?;
+    }
+    let db = Db::connect(&config.database)?;
+    let storage = Storage::new(&config.storage);
+    if config.storage.create_bucket_if_missing
+        && let Err(error) = storage.ensure_bucket().await
+    {
+        // Not fatal: /readyz names storage until the server is reachable.
+        tracing::warn!(error = %error, "could not create the development bucket");
+    }
+    let shutdown = CancellationToken::new();
+    let listener = Listener::start(
+        config.database.direct_url.clone(),
+        &[jobs::NOTIFY_CHANNEL, crate::events::NOTIFY_CHANNEL],
+        shutdown.clone(),
+    );
+    let telnyx = config.providers.telnyx.as_ref();
+    Ok(AppState {
+        sessions: Arc::new(SessionResolver::new(db.clone(), &config.auth)),
+        access: match (
+            &config.edge.cf_access_team_domain,
+            &config.edge.cf_access_aud,
+        ) {
+            (Some(team), Some(aud)) => Some(AccessVerifier::new(team, aud)),
+            _ => None,
+        },
+        telnyx: telnyx.map(TelnyxClient::new),
+        telnyx_webhooks: match telnyx {
+            Some(telnyx) => Some(
+                WebhookVerifier::from_base64(&telnyx.public_key)
+                    .map_err(|e| anyhow::anyhow!("TELNYX_PUBLIC_KEY: {e}"))?,
+            ),
+            None => None,
+        },
+        listener,
+        shutdown,
+        config: Arc::new(config),
+        db,
+        storage,
+        metrics: http::metrics::recorder(),
+    })
+}
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// HTTP only.
+    Serve,
+    /// Jobs and cron only; binds no port.
+    Worker,
+    /// Both (small deployments, `make dev`).
+    All,
+}
+
+pub struct Application {
+    listener: Option<TcpListener>,
+    router: Router,
+    state: AppState,
+    role: Role,
+}
+
 impl Application {
-    /// Connects, prepares (development), and binds the port; `PORT=0` picks a free one.
+    /// Connects, prepares (development), and binds the port unless the role is `Worker`;
+    /// `PORT=0` picks a free one.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        crate::tls::install_crypto_provider();
-        if config.database.migrate_on_start {
-            prepare_database(&config).await?;
-        }
-        let db = Db::connect(&config.database)?;
-        let storage = Storage::new(&config.storage);
-        if config.storage.create_bucket_if_missing
-            && let Err(error) = storage.ensure_bucket().await
-        {
-            // Not fatal: /readyz names storage until the server is reachable.
-            tracing::warn!(error = %error, "could not create the development bucket");
-        }
-        let listener = TcpListener::bind((config.bind_address, config.port))
-            .await
-            .with_context(|| format!("binding {}:{}", config.bind_address, config.port))?;
-        let sessions = Arc::new(SessionResolver::new(db.clone(), &config.auth));
-        let state = AppState {
-            db,
-            storage,
-            metrics: http::metrics::recorder(),
-            sessions,
-            access: match (&config.edge.cf_access_team_domain, &config.edge.cf_access_aud) {
-                (Some(team), Some(aud)) => Some(AccessVerifier::new(team, aud)),
-                _ => None,
-            },
-            config: Arc::new(config),
+        Self::build_role(config, Role::Serve).await
+    }
+
+    pub async fn build_role(config: Config, role: Role) -> anyhow::Result<Self> {
+        let (address, port) = (config.bind_address, config.port);
+        let state = build_state(config).await?;
+        let listener = match role {
+            Role::Worker => None,
+            Role::Serve | Role::All => Some(
+                TcpListener::bind((address, port))
+                    .await
+                    .with_context(|| format!("binding {address}:{port}"))?,
+            ),
         };
         let router = http::router(state.clone());
         Ok(Self {
             listener,
             router,
             state,
+            role,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.listener
-            .local_addr()
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
             .map(|addr| addr.port())
             .unwrap_or_default()
     }
@@ -87,15 +138,19 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` fires, then stops accepting and lets in-flight requests
-    /// finish for up to `SHUTDOWN_GRACE_SECS` before returning.
+    /// Runs the role until `shutdown` fires. HTTP stops accepting and lets in-flight
+    /// requests finish for up to `SHUTDOWN_GRACE_SECS`; the worker finishes jobs in hand.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let grace = self.state.config.http.shutdown_grace;
-        let address = self.listener.local_addr()?;
-        tracing::info!(%address, "listening");
+        let state = self.state.clone();
+        let internal = state.shutdown.clone();
+        let forward = shutdown.clone();
+        tokio::spawn(async move {
+            forward.cancelled().await;
+            internal.cancel();
+        });
 
-        let metrics = self.state.metrics.clone();
-        let upkeep_stop = shutdown.clone();
+        let metrics = state.metrics.clone();
+        let upkeep_stop = state.shutdown.clone();
         // Histograms buffer samples until drained; drain them even if nobody scrapes.
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -104,20 +159,43 @@ impl Application {
             }
         });
 
-        let server = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let worker = matches!(self.role, Role::Worker | Role::All).then(|| {
+            let worker = Worker::new(
+                state.clone(),
+                jobs::handlers::registry(),
+                WorkerConfig::default(),
+            );
+            tokio::spawn(worker.run(state.listener.clone(), state.shutdown.clone()))
+        });
 
-        tokio::select! {
-            result = server => result.context("HTTP server")?,
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace period; closing them");
-            }
+        if let Some(listener) = self.listener {
+            serve(listener, self.router, &state).await?;
+        } else {
+            state.shutdown.cancelled().await;
         }
-        tracing::info!("HTTP server stopped");
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
         Ok(())
     }
+}
+
+async fn serve(listener: TcpListener, router: Router, state: &AppState) -> anyhow::Result<()> {
+    let grace = state.config.http.shutdown_grace;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    let shutdown = state.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = server => result.context("HTTP server")?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace period; closing them");
+        }
+    }
+    tracing::info!("HTTP server stopped");
+    Ok(())
 }

@@ -108,6 +108,9 @@ pub enum ApiError {
     /// 503: the feature's provider has no credentials in this deployment.
     #[error(transparent)]
     ProviderDisabled(#[from] ProviderDisabled),
+    /// 502: a provider refused or failed the request we made for this one.
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: a dependency is down; safe to retry.
     #[error("{0}")]
     Unavailable(String),
@@ -131,6 +134,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::ProviderDisabled(_) | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -158,6 +162,11 @@ impl ApiError {
                     .detail(message.clone())
             }
             ApiError::NotFound => Problem::new(status).detail("No such resource."),
+            ApiError::BadGateway(message) => {
+                tracing::warn!(error = %message, "provider failure");
+                Problem::typed(status, "provider-failed", "Provider request failed")
+                    .detail(message.clone())
+            }
             other => Problem::new(status).detail(other.to_string()),
         }
     }
@@ -172,5 +181,11 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<crate::providers::telnyx::TelnyxError> for ApiError {
+    fn from(error: crate::providers::telnyx::TelnyxError) -> Self {
+        ApiError::BadGateway(error.to_string())
     }
 }

@@ -5,14 +5,21 @@
 
 pub mod app;
 pub mod auth;
+pub mod calls;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod http;
+pub mod jobs;
 pub mod orgs;
+pub mod providers;
 pub mod shutdown;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state;
 pub mod storage;
+pub mod strangler;
 pub mod telemetry;
 pub mod tls;
 

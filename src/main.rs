@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use callbridge::app::Role;
 use callbridge::config::Config;
 use callbridge::{Application, app, shutdown, telemetry};
 
@@ -29,8 +30,18 @@ struct Cli {
 enum Command {
     /// HTTP API, webhooks and the media bridge.
     Serve,
+    /// Background jobs and cron (binds no port).
+    Worker,
+    /// `serve` and `worker` in one process.
+    All,
     /// Apply database migrations (and, outside production, the Auth.js development tables).
     Migrate,
+    /// Print every route and who serves it (the edge manifest), and check the manifest.
+    Routes {
+        /// A manifest other than the one built in (edge-shim/routes.json).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
     /// Exit 0 if the local server answers `/healthz` (the container HEALTHCHECK).
     Healthcheck,
     /// Print a short-lived token for `/internal/debug/*` (X-Debug-Token header).
@@ -60,6 +71,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Healthcheck = cli.command {
         return healthcheck();
+    }
+    if let Command::Routes { manifest } = &cli.command {
+        return print_routes(manifest.as_deref());
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -98,19 +112,25 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     tracing::info!(config = %config.summary(), "starting");
     match command {
-        Command::Serve => {
-            let shutdown = shutdown::on_signal();
-            Application::build(config).await?.run(shutdown).await
-        }
+        Command::Serve => run_role(config, Role::Serve).await,
+        Command::Worker => run_role(config, Role::Worker).await,
+        Command::All => run_role(config, Role::All).await,
         Command::Migrate => {
             app::prepare_database(&config).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Healthcheck => unreachable!("handled before configuration is loaded"),
+        Command::Healthcheck | Command::Routes { .. } => {
+            unreachable!("handled before configuration is loaded")
+        }
         Command::DebugToken { ttl_secs } => {
-            anyhow::ensure!(!config.is_production(), "debug endpoints do not exist in production");
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            anyhow::ensure!(
+                !config.is_production(),
+                "debug endpoints do not exist in production"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
             let token = callbridge::auth::debug_access::mint_debug_token(
                 config.auth.secret.expose().as_bytes(),
                 std::time::Duration::from_secs(ttl_secs),
@@ -124,6 +144,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             dry_run,
         }) => migrate_tokens(&config, batch_size, dry_run).await,
     }
+}
+
+async fn run_role(config: Config, role: Role) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    Application::build_role(config, role)
+        .await?
+        .run(shutdown)
+        .await
 }
 
 async fn migrate_tokens(config: &Config, batch_size: i64, dry_run: bool) -> anyhow::Result<()> {
@@ -152,6 +180,44 @@ async fn migrate_tokens(config: &Config, batch_size: i64, dry_run: bool) -> anyh
     eprintln!();
     println!("hashed {rewritten} session token(s)");
     Ok(())
+}
+
+/// `callbridge routes`: the route table with edge/origin ownership; fails on a manifest
+/// route the container does not serve (rolling back to origin must always be possible).
+fn print_routes(manifest_path: Option<&std::path::Path>) -> ExitCode {
+    use callbridge::strangler::{self, Manifest};
+    let text = match manifest_path {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("callbridge: cannot read {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => strangler::EMBEDDED_MANIFEST.to_owned(),
+    };
+    let manifest = match Manifest::parse(&text) {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            eprintln!("callbridge: invalid manifest: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let spec = callbridge::http::openapi_document();
+    println!("{:<7} {:<40} owner", "method", "path");
+    for (method, path) in strangler::container_routes(&spec) {
+        println!("{method:<7} {path:<40} {}", manifest.owner(&method, &path));
+    }
+    let missing = strangler::missing_in_container(&manifest, &spec);
+    if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "callbridge: the manifest names routes the container does not serve: {}",
+            missing.join(", ")
+        );
+        ExitCode::FAILURE
+    }
 }
 
 /// A dependency-free probe: distroless images have no curl. Reads only `PORT`.

@@ -1,14 +1,17 @@
-//! The state every handler can reach: configuration, database, storage, metrics.
+//! The state every handler and job can reach: configuration, database, storage, metrics,
+//! sessions, the shared LISTEN connection, provider clients, and the shutdown signal.
 
 use std::sync::Arc;
 
 use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::SessionResolver;
 use crate::auth::debug_access::AccessVerifier;
-use crate::config::Config;
-use crate::db::Db;
+use crate::config::{Config, ProviderDisabled};
+use crate::db::{Db, Listener};
+use crate::providers::telnyx::{TelnyxClient, WebhookVerifier};
 use crate::storage::Storage;
 
 #[derive(Clone)]
@@ -20,6 +23,30 @@ pub struct AppState {
     pub sessions: Arc<SessionResolver>,
     /// Cloudflare Access verification for `/internal/debug/*`, when configured.
     pub access: Option<Arc<AccessVerifier>>,
+    /// Postgres notifications (job wake-ups, call events) for this process.
+    pub listener: Listener,
+    /// Cancelled when the process starts shutting down; long-lived streams end on it.
+    pub shutdown: CancellationToken,
+    pub telnyx: Option<TelnyxClient>,
+    pub telnyx_webhooks: Option<WebhookVerifier>,
+}
+
+impl AppState {
+    /// The Telnyx client, or the 503 that names the variables to set.
+    pub fn telnyx(&self) -> Result<&TelnyxClient, ProviderDisabled> {
+        match &self.telnyx {
+            Some(client) => Ok(client),
+            None => Err(self
+                .config
+                .providers
+                .telnyx()
+                .err()
+                .unwrap_or(ProviderDisabled {
+                    provider: "Telnyx",
+                    variables: &["TELNYX_API_KEY"],
+                })),
+        }
+    }
 }
 
 impl FromRef<AppState> for Db {

@@ -178,12 +178,20 @@ impl AccessVerifier {
             return Ok(());
         }
         let url = format!("{}/cdn-cgi/access/certs", self.issuer);
-        let jwks: Jwks = async { self.http.get(&url).send().await?.error_for_status()?.json().await }
-            .await
-            .map_err(|error: reqwest::Error| {
-                tracing::warn!(%error, "fetching Cloudflare Access keys failed");
-                Denied::KeysUnavailable
-            })?;
+        let jwks: Jwks = async {
+            self.http
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|error: reqwest::Error| {
+            tracing::warn!(%error, "fetching Cloudflare Access keys failed");
+            Denied::KeysUnavailable
+        })?;
         keys.keys = jwks
             .keys
             .into_iter()
@@ -221,7 +229,11 @@ impl AccessVerifier {
         else {
             return Err(Denied::MalformedJwt);
         };
-        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| Denied::MalformedJwt);
+        let decode = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| Denied::MalformedJwt)
+        };
         let header: JwtHeader =
             serde_json::from_slice(&decode(header)?).map_err(|_| Denied::MalformedJwt)?;
         // Only RS256: never let the token choose a weaker algorithm ("none", HS256).
@@ -231,8 +243,12 @@ impl AccessVerifier {
         let kid = header.kid.ok_or(Denied::MalformedJwt)?;
         let key = self.key(&kid).await?;
         let signed = &jwt[..jwt.len() - signature.len() - 1];
-        key.verify(&RSA_PKCS1_2048_8192_SHA256, signed.as_bytes(), &decode(signature)?)
-            .map_err(|_| Denied::BadSignature)?;
+        key.verify(
+            &RSA_PKCS1_2048_8192_SHA256,
+            signed.as_bytes(),
+            &decode(signature)?,
+        )
+        .map_err(|_| Denied::BadSignature)?;
         let claims: Claims =
             serde_json::from_slice(&decode(payload)?).map_err(|_| Denied::MalformedJwt)?;
         if !claims.aud.contains(&self.audience) {
@@ -261,13 +277,32 @@ mod tests {
         let secret = b"0123456789abcdef0123456789abcdef";
         let token = mint_debug_token(secret, Duration::from_secs(300), 1_000);
         assert_eq!(verify_debug_token(secret, &token, 1_000), Ok(()));
-        assert_eq!(verify_debug_token(secret, &token, 1_300), Err(Denied::Expired));
-        assert_eq!(verify_debug_token(b"another-secret", &token, 1_000), Err(Denied::BadSignature));
+        assert_eq!(
+            verify_debug_token(secret, &token, 1_300),
+            Err(Denied::Expired)
+        );
+        assert_eq!(
+            verify_debug_token(b"another-secret", &token, 1_000),
+            Err(Denied::BadSignature)
+        );
         let tampered = token.replace("v1.1300.", "v1.1900.");
-        assert_eq!(verify_debug_token(secret, &tampered, 1_000), Err(Denied::BadSignature));
+        assert_eq!(
+            verify_debug_token(secret, &tampered, 1_000),
+            Err(Denied::BadSignature)
+        );
         // A validly signed token that lives too long (minted elsewhere) is refused.
-        let long = format!("v1.{}.{}", 100_000, hex::encode(debug_mac(secret, 100_000).finalize().into_bytes()));
-        assert_eq!(verify_debug_token(secret, &long, 1_000), Err(Denied::TooLongLived));
-        assert_eq!(verify_debug_token(secret, "garbage", 1_000), Err(Denied::MalformedToken));
+        let long = format!(
+            "v1.{}.{}",
+            100_000,
+            hex::encode(debug_mac(secret, 100_000).finalize().into_bytes())
+        );
+        assert_eq!(
+            verify_debug_token(secret, &long, 1_000),
+            Err(Denied::TooLongLived)
+        );
+        assert_eq!(
+            verify_debug_token(secret, "garbage", 1_000),
+            Err(Denied::MalformedToken)
+        );
     }
 }

@@ -683,11 +683,15 @@ impl Reader {
             let api_base = self.url_or("TELNYX_API_BASE", "https://api.telnyx.com/v2");
             if let Some(key) = &public_key {
                 use base64::Engine as _;
-                let decoded = base64::engine::general_purpose::STANDARD.decode(key.expose());
-                if decoded.map(|bytes| bytes.len()) != Ok(32) {
+                let valid = base64::engine::general_purpose::STANDARD
+                    .decode(key.expose())
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .is_some_and(|bytes| ed25519_dalek::VerifyingKey::from_bytes(&bytes).is_ok());
+                if !valid {
                     self.problem(
                         "TELNYX_PUBLIC_KEY",
-                        "must be standard base64 of the raw 32-byte Ed25519 key",
+                        "must be standard base64 of the raw 32-byte Ed25519 public key",
                     );
                 }
             }

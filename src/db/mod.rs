@@ -5,6 +5,9 @@
 //! them and an insert plus its enqueue can commit in one transaction.
 
 pub mod authjs;
+mod listener;
+
+pub use listener::{Listener, Notice};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -24,7 +24,10 @@ const ACCESS_HEADER: &str = "cf-access-jwt-assertion";
 const DEBUG_TOKEN_HEADER: &str = "x-debug-token";
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// Proof that the caller may use debug endpoints; names who they are.
@@ -34,15 +37,23 @@ impl FromRequestParts<AppState> for DebugAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let deny = |denied: Denied| ApiError::Unauthorized(format!("Debug access refused: {denied}."));
+        let deny =
+            |denied: Denied| ApiError::Unauthorized(format!("Debug access refused: {denied}."));
         if let Some(token) = parts.headers.get(DEBUG_TOKEN_HEADER) {
             let token = token.to_str().map_err(|_| deny(Denied::MalformedToken))?;
-            debug_access::verify_debug_token(state.config.auth.secret.expose().as_bytes(), token, now_unix())
-                .map_err(deny)?;
+            debug_access::verify_debug_token(
+                state.config.auth.secret.expose().as_bytes(),
+                token,
+                now_unix(),
+            )
+            .map_err(deny)?;
             return Ok(DebugAccess("debug-token".into()));
         }
         if let Some(jwt) = parts.headers.get(ACCESS_HEADER) {
-            let verifier = state.access.as_ref().ok_or_else(|| deny(Denied::AccessNotConfigured))?;
+            let verifier = state
+                .access
+                .as_ref()
+                .ok_or_else(|| deny(Denied::AccessNotConfigured))?;
             let jwt = jwt.to_str().map_err(|_| deny(Denied::MalformedJwt))?;
             let who = verifier.verify(jwt, now_unix()).await.map_err(deny)?;
             return Ok(DebugAccess(who));

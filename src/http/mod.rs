@@ -3,6 +3,7 @@
 //! Routes are registered through `utoipa_axum` so a route cannot exist without appearing in
 //! the OpenAPI document. Layer order (outermost first) is spelled out in [`router`].
 
+pub mod calls;
 pub mod debug;
 pub mod extract;
 pub mod health;
@@ -10,8 +11,10 @@ pub mod me;
 pub mod metrics;
 pub mod openapi;
 pub mod orgs;
+pub mod phone_numbers;
 pub mod problems;
 pub mod request_id;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -59,6 +62,13 @@ fn public_routes() -> OpenApiRouter<AppState> {
             orgs::remove_member_by_query
         ))
         .routes(routes!(orgs::remove_member))
+        .routes(routes!(phone_numbers::create, phone_numbers::list))
+        .routes(routes!(phone_numbers::delete))
+        .routes(routes!(calls::create, calls::list))
+        .routes(routes!(calls::get))
+        .routes(routes!(calls::hangup))
+        .routes(routes!(calls::events))
+        .routes(routes!(webhooks::telnyx))
 }
 
 /// The generated OpenAPI document of a production deployment (also used by

@@ -26,6 +26,9 @@ use crate::error::Problem;
         (name = "auth", description = "The signed-in user (Auth.js sessions: cookie or bearer)"),
         (name = "organisations", description = "Tenants, members and roles"),
         (name = "internal", description = "Operator diagnostics; absent in production"),
+        (name = "calls", description = "Calls, their live events and transcripts"),
+        (name = "phone-numbers", description = "Numbers owned by the organisation (inbound routing)"),
+        (name = "webhooks", description = "Provider callbacks, verified before anything is stored"),
     ),
     components(schemas(Problem)),
 )]

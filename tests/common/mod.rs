@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 pub mod authjs;
+pub mod sse;
 pub mod tcp_proxy;
+#[cfg(feature = "sim")]
+pub mod telnyx;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -183,14 +186,21 @@ impl TestApp {
 
     /// Starts the app with configuration overrides (environment variable names).
     pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
-        let database = fresh_database().await;
         let bucket = format!("cbt-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
-        let url = overrides
-            .iter()
-            .find(|(k, _)| *k == "DATABASE_URL")
-            .map(|(_, v)| v.to_string())
-            .unwrap_or_else(|| database_url(&database));
-        let config = test_config(&url, &bucket, overrides);
+        // A test that brings its own DATABASE_URL (through a proxy, say) owns that database.
+        if let Some((_, url)) = overrides.iter().find(|(k, _)| *k == "DATABASE_URL") {
+            let name = url::Url::parse(url)
+                .unwrap()
+                .path()
+                .trim_start_matches('/')
+                .to_owned();
+            let config = test_config(url, &bucket, overrides);
+            let mut app = Self::start(config, name, bucket).await;
+            app.owns_database = false;
+            return app;
+        }
+        let database = fresh_database().await;
+        let config = test_config(&database_url(&database), &bucket, overrides);
         Self::start(config, database, bucket).await
     }
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark, each printing its table with in-run baselines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .ci/lib.sh
+ensure_postgres
+cargo bench --bench sessions

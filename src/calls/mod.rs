@@ -1,0 +1,498 @@
+//! Calls: the row per call, its forward-only state machine fed by Telnyx events, phone
+//! numbers, and the queries the API uses. No HTTP here.
+//!
+//! Out-of-order and duplicate events converge: statuses are ranked and only move forward
+//! (`call_status_rank` in SQL), timestamps are set once, `hangup` is terminal, and the
+//! stream state is last-writer-wins by `occurred_at`.
+
+pub mod stream_token;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::DbError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CallStatus {
+    Created,
+    Dialing,
+    Initiated,
+    Answered,
+    Ended,
+    Failed,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Created => "created",
+            CallStatus::Dialing => "dialing",
+            CallStatus::Initiated => "initiated",
+            CallStatus::Answered => "answered",
+            CallStatus::Ended => "ended",
+            CallStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "created" => CallStatus::Created,
+            "dialing" => CallStatus::Dialing,
+            "initiated" => CallStatus::Initiated,
+            "answered" => CallStatus::Answered,
+            "ended" => CallStatus::Ended,
+            "failed" => CallStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, CallStatus::Ended | CallStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Call {
+    pub id: Uuid,
+    pub organisation_id: Uuid,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    pub from: String,
+    pub to: String,
+    pub source_language: Option<String>,
+    pub target_language: Option<String>,
+    pub voice_id: Option<String>,
+    pub record: bool,
+    pub status: CallStatus,
+    pub stream_state: Option<String>,
+    pub hangup_cause: Option<String>,
+    pub hangup_source: Option<String>,
+    pub sip_hangup_cause: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub initiated_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub telnyx_call_control_id: Option<String>,
+}
+
+pub const CALL_COLUMNS: &str = "id, organisation_id, direction, from_number, to_number, source_language, \
+     target_language, voice_id, record, status, stream_state, hangup_cause, hangup_source, \
+     sip_hangup_cause, failure_reason, created_at, initiated_at, answered_at, ended_at, \
+     telnyx_call_control_id";
+
+pub fn call_from_row(row: &Row) -> Call {
+    Call {
+        id: row.get(0),
+        organisation_id: row.get(1),
+        direction: row.get(2),
+        from: row.get(3),
+        to: row.get(4),
+        source_language: row.get(5),
+        target_language: row.get(6),
+        voice_id: row.get(7),
+        record: row.get(8),
+        status: CallStatus::parse(row.get(9)).unwrap_or(CallStatus::Failed),
+        stream_state: row.get(10),
+        hangup_cause: row.get(11),
+        hangup_source: row.get(12),
+        sip_hangup_cause: row.get(13),
+        failure_reason: row.get(14),
+        created_at: row.get(15),
+        initiated_at: row.get(16),
+        answered_at: row.get(17),
+        ended_at: row.get(18),
+        telnyx_call_control_id: row.get(19),
+    }
+}
+
+pub struct NewCall<'a> {
+    pub organisation_id: Uuid,
+    pub direction: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub source_language: Option<&'a str>,
+    pub target_language: Option<&'a str>,
+    pub voice_id: Option<&'a str>,
+    pub record: bool,
+    pub created_by: Option<&'a str>,
+    pub status: CallStatus,
+    pub telnyx_call_control_id: Option<&'a str>,
+}
+
+/// Inserts a call. For inbound calls the unique `telnyx_call_control_id` makes a redelivered
+/// `call.initiated` find the existing row instead (`None`).
+pub async fn insert(
+    client: &impl GenericClient,
+    call: &NewCall<'_>,
+) -> Result<Option<Call>, DbError> {
+    let sql = format!(
+        "insert into calls (id, organisation_id, direction, from_number, to_number, source_language,
+                            target_language, voice_id, record, created_by, status, telnyx_call_control_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         on conflict (telnyx_call_control_id) do nothing
+         returning {CALL_COLUMNS}"
+    );
+    let row = client
+        .query_opt(
+            &sql,
+            &[
+                &Uuid::now_v7(),
+                &call.organisation_id,
+                &call.direction,
+                &call.from,
+                &call.to,
+                &call.source_language,
+                &call.target_language,
+                &call.voice_id,
+                &call.record,
+                &call.created_by,
+                &call.status.as_str(),
+                &call.telnyx_call_control_id,
+            ],
+        )
+        .await?;
+    Ok(row.as_ref().map(call_from_row))
+}
+
+/// A call of this organisation (another organisation's call is `None`, i.e. 404).
+pub async fn get(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Call>, DbError> {
+    let sql = format!("select {CALL_COLUMNS} from calls where id = $1 and organisation_id = $2");
+    Ok(client
+        .query_opt(&sql, &[&id, &organisation_id])
+        .await?
+        .as_ref()
+        .map(call_from_row))
+}
+
+pub async fn get_unscoped(client: &impl GenericClient, id: Uuid) -> Result<Option<Call>, DbError> {
+    let sql = format!("select {CALL_COLUMNS} from calls where id = $1");
+    Ok(client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(call_from_row))
+}
+
+pub async fn by_call_control_id(
+    client: &impl GenericClient,
+    ccid: &str,
+) -> Result<Option<Call>, DbError> {
+    let sql = format!("select {CALL_COLUMNS} from calls where telnyx_call_control_id = $1");
+    Ok(client
+        .query_opt(&sql, &[&ccid])
+        .await?
+        .as_ref()
+        .map(call_from_row))
+}
+
+/// Newest first, keyset-paginated on `(created_at, id)`.
+pub struct ListFilter {
+    pub status: Option<CallStatus>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+pub async fn list(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    filter: &ListFilter,
+) -> Result<Vec<Call>, DbError> {
+    let (before_at, before_id) = filter.before.unzip();
+    let sql = format!(
+        "select {CALL_COLUMNS} from calls
+         where organisation_id = $1
+           and ($2::text is null or status = $2)
+           and ($3::timestamptz is null or created_at >= $3)
+           and ($4::timestamptz is null or created_at < $4)
+           and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
+         order by created_at desc, id desc
+         limit $7"
+    );
+    let status = filter.status.map(CallStatus::as_str);
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &organisation_id,
+                &status,
+                &filter.since,
+                &filter.until,
+                &before_at,
+                &before_id,
+                &filter.limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(call_from_row).collect())
+}
+
+/// Moves a call forward to `status` (never backward) and fills Telnyx ids it lacks.
+pub async fn advance(
+    client: &impl GenericClient,
+    id: Uuid,
+    status: CallStatus,
+    telnyx_ids: (Option<&str>, Option<&str>, Option<&str>),
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "update calls set
+                status = case when call_status_rank($2) > call_status_rank(status) then $2 else status end,
+                telnyx_call_control_id = coalesce(telnyx_call_control_id, $3),
+                telnyx_call_leg_id = coalesce(telnyx_call_leg_id, $4),
+                telnyx_call_session_id = coalesce(telnyx_call_session_id, $5),
+                updated_at = now()
+             where id = $1",
+            &[&id, &status.as_str(), &telnyx_ids.0, &telnyx_ids.1, &telnyx_ids.2],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Applies one Telnyx lifecycle event. Order-independent by construction.
+pub async fn apply_event(
+    client: &impl GenericClient,
+    id: Uuid,
+    event_type: &str,
+    occurred_at: DateTime<Utc>,
+    payload: &serde_json::Value,
+) -> Result<(), DbError> {
+    let field = |name: &str| {
+        payload
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    match event_type {
+        "call.initiated" => {
+            client
+                .execute(
+                    "update calls set
+                        status = case when call_status_rank('initiated') > call_status_rank(status) then 'initiated' else status end,
+                        initiated_at = least(coalesce(initiated_at, $2), $2),
+                        telnyx_call_control_id = coalesce(telnyx_call_control_id, $3),
+                        telnyx_call_leg_id = coalesce(telnyx_call_leg_id, $4),
+                        telnyx_call_session_id = coalesce(telnyx_call_session_id, $5),
+                        updated_at = now()
+                     where id = $1",
+                    &[&id, &occurred_at, &field("call_control_id"), &field("call_leg_id"), &field("call_session_id")],
+                )
+                .await?;
+        }
+        "call.answered" => {
+            client
+                .execute(
+                    "update calls set
+                        status = case when call_status_rank('answered') > call_status_rank(status) then 'answered' else status end,
+                        answered_at = least(coalesce(answered_at, $2), $2),
+                        updated_at = now()
+                     where id = $1",
+                    &[&id, &occurred_at],
+                )
+                .await?;
+        }
+        "call.hangup" => {
+            client
+                .execute(
+                    "update calls set
+                        status = case when status = 'failed' then status else 'ended' end,
+                        ended_at = coalesce(ended_at, $2),
+                        hangup_cause = coalesce(hangup_cause, $3),
+                        hangup_source = coalesce(hangup_source, $4),
+                        sip_hangup_cause = coalesce(sip_hangup_cause, $5),
+                        updated_at = now()
+                     where id = $1",
+                    &[
+                        &id,
+                        &occurred_at,
+                        &field("hangup_cause"),
+                        &field("hangup_source"),
+                        &field("sip_hangup_cause"),
+                    ],
+                )
+                .await?;
+        }
+        streaming if streaming.starts_with("streaming.") => {
+            let state = streaming.trim_start_matches("streaming.");
+            client
+                .execute(
+                    "update calls set stream_state = $2, stream_state_at = $3, updated_at = now()
+                     where id = $1 and (stream_state_at is null or stream_state_at <= $3)",
+                    &[&id, &state, &occurred_at],
+                )
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub async fn mark_failed(
+    client: &impl GenericClient,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "update calls set status = 'failed', failure_reason = $2, ended_at = coalesce(ended_at, now()),
+                    updated_at = now()
+             where id = $1 and status not in ('ended', 'failed')",
+            &[&id, &reason],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records that our answer was accepted; returns false if it had already been recorded.
+pub async fn mark_answer_requested(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "update calls set answer_requested_at = now() where id = $1 and answer_requested_at is null",
+            &[&id],
+        )
+        .await?
+        == 1)
+}
+
+pub async fn answer_requested(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .query_one(
+            "select answer_requested_at is not null from calls where id = $1",
+            &[&id],
+        )
+        .await?
+        .get(0))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PhoneNumber {
+    pub id: Uuid,
+    /// E.164, e.g. `+14155550123`.
+    pub number: String,
+    pub label: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn number_from_row(row: &Row) -> PhoneNumber {
+    PhoneNumber {
+        id: row.get(0),
+        number: row.get(1),
+        label: row.get(2),
+        created_at: row.get(3),
+    }
+}
+
+/// `None` when the number is already owned (by anyone: numbers are globally unique).
+pub async fn add_number(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    e164: &str,
+    label: Option<&str>,
+) -> Result<Option<PhoneNumber>, DbError> {
+    let row = client
+        .query_opt(
+            "insert into phone_numbers (id, organisation_id, e164, label) values ($1, $2, $3, $4)
+             on conflict (e164) do nothing
+             returning id, e164, label, created_at",
+            &[&Uuid::now_v7(), &organisation_id, &e164, &label],
+        )
+        .await?;
+    Ok(row.as_ref().map(number_from_row))
+}
+
+pub async fn list_numbers(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+) -> Result<Vec<PhoneNumber>, DbError> {
+    let rows = client
+        .query(
+            "select id, e164, label, created_at from phone_numbers where organisation_id = $1 order by created_at, id",
+            &[&organisation_id],
+        )
+        .await?;
+    Ok(rows.iter().map(number_from_row).collect())
+}
+
+pub async fn delete_number(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    id: Uuid,
+) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "delete from phone_numbers where id = $1 and organisation_id = $2",
+            &[&id, &organisation_id],
+        )
+        .await?
+        == 1)
+}
+
+/// The organisation owning `e164`, for inbound routing.
+pub async fn owner_of_number(
+    client: &impl GenericClient,
+    e164: &str,
+) -> Result<Option<Uuid>, DbError> {
+    Ok(client
+        .query_opt(
+            "select organisation_id from phone_numbers where e164 = $1",
+            &[&e164],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+pub async fn org_owns_number(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    e164: &str,
+) -> Result<bool, DbError> {
+    Ok(owner_of_number(client, e164).await? == Some(organisation_id))
+}
+
+/// `+` then 2–15 digits, no leading zero (ITU E.164).
+pub fn is_e164(text: &str) -> bool {
+    let Some(digits) = text.strip_prefix('+') else {
+        return false;
+    };
+    (2..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// A language code like `en`, `de`, `pt-BR`, `zh-Hans`.
+pub fn is_language_code(text: &str) -> bool {
+    let mut parts = text.split('-');
+    let primary = parts.next().unwrap_or_default();
+    (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_lowercase())
+        && parts.all(|p| (2..=4).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && text.len() <= 12
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e164_and_language_validation() {
+        assert!(is_e164("+14155550123"));
+        assert!(!is_e164("14155550123"));
+        assert!(!is_e164("+04155550123"));
+        assert!(!is_e164("+1415555012345678"));
+        assert!(!is_e164("+1 415 555"));
+        assert!(is_language_code("en") && is_language_code("pt-BR") && is_language_code("zh-Hans"));
+        assert!(!is_language_code("EN") && !is_language_code("english") && !is_language_code(""));
+    }
+}

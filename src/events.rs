@@ -1,0 +1,148 @@
+//! The durable per-call event log (`call_events`) and its live fan-out to SSE subscribers on
+//! any replica (DESIGN.md §4): an append writes the row and `NOTIFY`s only `call_id:seq`;
+//! subscribers re-read the log after their last sequence number, so a lost notification, a
+//! lagging subscriber or a reconnect never loses or duplicates an event.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_postgres::GenericClient;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::{Db, DbError, Listener, Notice};
+
+pub const NOTIFY_CHANNEL: &str = "callbridge_call_events";
+/// Re-read the log this often even without a notification (belt and braces).
+const RECHECK: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CallEvent {
+    /// Per-call sequence number, 1, 2, 3…; the SSE `id`, so `Last-Event-ID` resumes after it.
+    pub seq: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Appends an event in one statement (sequence, row and notification commit together).
+pub async fn append(
+    client: &impl GenericClient,
+    call_id: Uuid,
+    kind: &str,
+    data: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "with next as (
+                 update calls set event_seq = event_seq + 1 where id = $1 returning event_seq
+             ), inserted as (
+                 insert into call_events (call_id, seq, kind, data, occurred_at)
+                 select $1, event_seq, $2, $3, $4 from next returning seq
+             )
+             select seq, pg_notify($5, $1::text || ':' || seq) from inserted",
+            &[&call_id, &kind, &data, &occurred_at, &NOTIFY_CHANNEL],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn after(
+    client: &impl GenericClient,
+    call_id: Uuid,
+    seq: i64,
+    limit: i64,
+) -> Result<Vec<CallEvent>, DbError> {
+    let rows = client
+        .query(
+            "select seq, kind, data, occurred_at from call_events
+             where call_id = $1 and seq > $2 order by seq limit $3",
+            &[&call_id, &seq, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| CallEvent {
+            seq: row.get(0),
+            kind: row.get(1),
+            data: row.get(2),
+            occurred_at: row.get(3),
+        })
+        .collect())
+}
+
+struct Follow {
+    db: Db,
+    call_id: Uuid,
+    prefix: String,
+    last: i64,
+    notices: tokio::sync::broadcast::Receiver<Notice>,
+    buffer: VecDeque<CallEvent>,
+    shutdown: CancellationToken,
+}
+
+/// Every event of `call_id` after `after_seq`, in order, then live ones as they are
+/// appended anywhere, until `shutdown`. Subscribes *before* the first read, so nothing
+/// appended in between is missed.
+pub fn follow(
+    db: Db,
+    listener: &Listener,
+    call_id: Uuid,
+    after_seq: i64,
+    shutdown: CancellationToken,
+) -> impl futures_util::Stream<Item = CallEvent> + Send + use<> {
+    let state = Follow {
+        db,
+        call_id,
+        prefix: format!("{call_id}:"),
+        last: after_seq,
+        notices: listener.subscribe(),
+        buffer: VecDeque::new(),
+        shutdown,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.buffer.pop_front() {
+                state.last = event.seq;
+                return Some((event, state));
+            }
+            let fetched = match state.db.client().await {
+                Ok(client) => after(&**client, state.call_id, state.last, 500).await,
+                Err(error) => Err(error),
+            };
+            match fetched {
+                Ok(events) if !events.is_empty() => {
+                    state.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "reading call events failed; retrying");
+                    tokio::select! {
+                        () = state.shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+            // Wait for something that may concern this call.
+            loop {
+                tokio::select! {
+                    () = state.shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(RECHECK) => break,
+                    notice = state.notices.recv() => match notice {
+                        Ok(Notice::Notification { channel, payload })
+                            if channel == NOTIFY_CHANNEL && payload.starts_with(&state.prefix) => break,
+                        Ok(Notice::Reconnected) | Err(RecvError::Lagged(_)) => break,
+                        Ok(Notice::Notification { .. }) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
+                }
+            }
+        }
+    })
+}

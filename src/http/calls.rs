@@ -1,0 +1,394 @@
+//! Calls: `POST|GET /api/calls`, `GET /api/calls/{id}`, `POST /api/calls/{id}/hangup`,
+//! `GET /api/calls/{id}/events` (Server-Sent Events). All scoped to the active organisation.
+
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::OrgContext;
+use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, stream_token};
+use crate::error::{ApiError, Problem};
+use crate::events::{self, CallEvent};
+use crate::http::extract::{Json, Path, Query};
+use crate::providers::telnyx::{self, DialRequest, StreamSettings};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCallRequest {
+    /// E.164 number to call.
+    #[schema(example = "+14155550123")]
+    pub to: String,
+    /// E.164 caller id: one of the organisation's phone numbers.
+    #[schema(example = "+14155550100")]
+    pub from: String,
+    /// Language the callee speaks, e.g. `en`, `pt-BR`.
+    pub source_language: String,
+    /// Language to translate into, e.g. `de`.
+    pub target_language: String,
+    /// ElevenLabs voice id for the spoken translation.
+    pub voice_id: Option<String>,
+    #[serde(default)]
+    pub record: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallPage {
+    pub calls: Vec<Call>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CallQuery {
+    /// Only calls in this status.
+    pub status: Option<CallStatus>,
+    /// Created at or after (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Created before (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// From the previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// 1–100, default 50.
+    pub limit: Option<i64>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn encode_cursor(call: &Call) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", call.created_at.to_rfc3339(), call.id))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let invalid = || ApiError::BadRequest("cursor is not one this API returned".into());
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?)
+        .map_err(|_| invalid())?;
+    let (at, id) = text.split_once('|').ok_or_else(invalid)?;
+    let at = DateTime::parse_from_rfc3339(at)
+        .map_err(|_| invalid())?
+        .with_timezone(&Utc);
+    Ok((at, id.parse().map_err(|_| invalid())?))
+}
+
+fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    if !calls::is_e164(&body.to) {
+        problems.push("to must be an E.164 number like +14155550123");
+    }
+    if !calls::is_e164(&body.from) {
+        problems.push("from must be an E.164 number like +14155550100");
+    }
+    if !calls::is_language_code(&body.source_language) {
+        problems.push("source_language must be a language code like en or pt-BR");
+    }
+    if !calls::is_language_code(&body.target_language) {
+        problems.push("target_language must be a language code like de or en-GB");
+    }
+    if body
+        .voice_id
+        .as_deref()
+        .is_some_and(|v| v.is_empty() || v.len() > 64)
+    {
+        problems.push("voice_id must be 1 to 64 characters");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(problems.join("; ")))
+    }
+}
+
+/// Places an outbound translated call: stores it, then dials through Telnyx with our call id
+/// in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
+#[utoipa::path(post, path = "/api/calls", tag = "calls", request_body = NewCallRequest,
+    params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 201, description = "Dialing", body = Call),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid numbers or languages, or `from` is not the organisation's", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Telnyx refused the dial; the call is stored as failed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Telnyx is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Json(body): Json<NewCallRequest>,
+) -> Result<(StatusCode, Json<Call>), ApiError> {
+    validate(&body)?;
+    let telnyx = state.telnyx()?;
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    if !calls::org_owns_number(&**client, org.organisation_id, &body.from)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::Unprocessable(
+            "from must be one of the organisation's phone numbers".into(),
+        ));
+    }
+    let new = NewCall {
+        organisation_id: org.organisation_id,
+        direction: "outbound",
+        from: &body.from,
+        to: &body.to,
+        source_language: Some(&body.source_language),
+        target_language: Some(&body.target_language),
+        voice_id: body.voice_id.as_deref(),
+        record: body.record,
+        created_by: Some(org.user.id()),
+        status: CallStatus::Created,
+        telnyx_call_control_id: None,
+    };
+    let call = calls::insert(&**client, &new)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new call conflicted")))?;
+    events::append(
+        &**client,
+        call.id,
+        "call.created",
+        json!({"direction": "outbound", "to": call.to}),
+        Utc::now(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+
+    let secret = state.config.auth.secret.expose().as_bytes();
+    let request = DialRequest {
+        from: body.from.clone(),
+        to: body.to.clone(),
+        client_state: telnyx::encode_client_state(call.id),
+        command_id: format!("dial:{}", call.id),
+        stream: StreamSettings::bidirectional_pcmu(stream_token::stream_url(
+            &state.config.public_base_url,
+            secret,
+            call.id,
+            now_unix(),
+        )),
+        record: body.record,
+        webhook_url: Some(format!(
+            "{}/webhooks/telnyx",
+            state.config.public_base_url.as_str().trim_end_matches('/')
+        )),
+    };
+    match telnyx.dial(&request).await {
+        Ok(dialed) => {
+            calls::advance(
+                &**client,
+                call.id,
+                CallStatus::Dialing,
+                (
+                    Some(&dialed.call_control_id),
+                    dialed.call_leg_id.as_deref(),
+                    dialed.call_session_id.as_deref(),
+                ),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+            events::append(
+                &**client,
+                call.id,
+                "call.dialing",
+                json!({"status": "dialing"}),
+                Utc::now(),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            calls::mark_failed(&**client, call.id, &reason)
+                .await
+                .map_err(ApiError::internal)?;
+            events::append(
+                &**client,
+                call.id,
+                "call.failed",
+                json!({"status": "failed", "failure_reason": reason}),
+                Utc::now(),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+            return Err(error.into());
+        }
+    }
+    let call = calls::get(&**client, org.organisation_id, call.id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    Ok((StatusCode::CREATED, Json(call)))
+}
+
+/// The organisation's calls, newest first.
+#[utoipa::path(get, path = "/api/calls", tag = "calls",
+    params(CallQuery, ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "A page of calls", body = CallPage),
+        (status = 400, description = "Bad cursor or filter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Query(query): Query<CallQuery>,
+) -> Result<Json<CallPage>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 100".into(),
+        ));
+    }
+    let filter = ListFilter {
+        status: query.status,
+        since: query.since,
+        until: query.until,
+        before: query.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: limit + 1,
+    };
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let mut page = calls::list(&**client, org.organisation_id, &filter)
+        .await
+        .map_err(ApiError::internal)?;
+    let next_cursor = if page.len() as i64 > limit {
+        page.truncate(limit as usize);
+        page.last().map(encode_cursor)
+    } else {
+        None
+    };
+    Ok(Json(CallPage {
+        calls: page,
+        next_cursor,
+    }))
+}
+
+/// One call of the organisation.
+#[utoipa::path(get, path = "/api/calls/{id}", tag = "calls",
+    params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "The call", body = Call),
+        (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Call>, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    calls::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+/// Asks Telnyx to hang up. Idempotent: hanging up an ended call succeeds.
+#[utoipa::path(post, path = "/api/calls/{id}/hangup", tag = "calls",
+    params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 202, description = "Hangup requested (or the call already ended)", body = Call),
+        (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The call was never dialled", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Telnyx refused", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn hangup(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, Json<Call>), ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let call = calls::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if !call.status.is_terminal() {
+        let ccid = call
+            .telnyx_call_control_id
+            .as_deref()
+            .ok_or_else(|| ApiError::Conflict("the call was never dialled".into()))?;
+        state
+            .telnyx()?
+            .hangup(ccid, &format!("hangup:{id}"))
+            .await?;
+        events::append(
+            &**client,
+            id,
+            "call.hangup_requested",
+            json!({"by": org.user.id()}),
+            Utc::now(),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(call)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// Resume after this sequence number (the `Last-Event-ID` header wins when both are sent).
+    pub after: Option<i64>,
+}
+
+/// Live call events as Server-Sent Events (`id` = per-call sequence). Reconnect with
+/// `Last-Event-ID` to resume without loss or duplicates, on any replica.
+#[utoipa::path(get, path = "/api/calls/{id}/events", tag = "calls",
+    params(("id" = Uuid, Path, description = "Call id"), EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON)", body = CallEvent, content_type = "text/event-stream"),
+        (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn events(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    calls::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    drop(client);
+    let after = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest("Last-Event-ID must be an event sequence number".into())
+            })?,
+        None => query.after.unwrap_or(0),
+    };
+    let stream = events::follow(
+        state.db.clone(),
+        &state.listener,
+        id,
+        after,
+        state.shutdown.clone(),
+    )
+    .map(|event| {
+        Ok(Event::default()
+            .id(event.seq.to_string())
+            .event(event.kind.clone())
+            .json_data(&event)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event")))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,344 @@
+//! The Postgres job queue every background task goes through (docs/JOBS.md).
+//!
+//! Enqueue inside the caller's transaction; workers claim with `FOR UPDATE SKIP LOCKED` under
+//! a lease, extend the lease while running, retry with exponential backoff and full jitter,
+//! and park a job as `dead` with its last error after `max_attempts`. A panic in a handler is
+//! caught and recorded like an error. Workers wake on `NOTIFY callbridge_jobs` (sent by a
+//! trigger on insert) and poll as a fallback for missed notifications, retries and leases.
+
+pub mod handlers;
+pub mod telnyx_event;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{DbError, Listener};
+use crate::state::AppState;
+
+pub const NOTIFY_CHANNEL: &str = "callbridge_jobs";
+
+/// The job envelope: what `enqueue` stores and what a Cloudflare Queue message would carry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewJob {
+    /// Names the handler, e.g. `telnyx.event`.
+    pub kind: String,
+    /// Handler input; keep it small (ids, not documents).
+    pub payload: serde_json::Value,
+    /// At most one job with this key ever exists; a second enqueue is a no-op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_key: Option<String>,
+    /// Not before this instant (default: now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i32>,
+}
+
+impl NewJob {
+    pub fn new(kind: &str, payload: serde_json::Value) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            payload,
+            dedupe_key: None,
+            run_at: None,
+            max_attempts: None,
+        }
+    }
+
+    pub fn dedupe(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+}
+
+/// Enqueues `job` with the caller's client or transaction. `None` when deduplicated.
+pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<Option<i64>, DbError> {
+    let row = client
+        .query_opt(
+            "insert into jobs (kind, payload, dedupe_key, run_at, max_attempts)
+             values ($1, $2, $3, coalesce($4, now()), coalesce($5, 10))
+             on conflict (dedupe_key) where dedupe_key is not null do nothing
+             returning id",
+            &[
+                &job.kind,
+                &job.payload,
+                &job.dedupe_key,
+                &job.run_at,
+                &job.max_attempts,
+            ],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// A claimed job as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// 1 on the first run.
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+/// Marks an error as not worth retrying: the job goes straight to `dead`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
+pub type Handler =
+    Arc<dyn Fn(AppState, Job) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// Which handler runs which kind. Production uses [`handlers::registry`]; tests may add.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Handler>,
+}
+
+impl Registry {
+    pub fn register<F, Fut>(mut self, kind: &str, handler: F) -> Self
+    where
+        F: Fn(AppState, Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.handlers.insert(
+            kind.to_owned(),
+            Arc::new(move |state, job| handler(state, job).boxed()),
+        );
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub batch: i64,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+            batch: 8,
+            base_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Backoff before attempt `attempt + 1`: exponential, capped, with full jitter in [½, 1].
+pub fn backoff(config: &WorkerConfig, attempt: i32) -> Duration {
+    let exponent = attempt.clamp(1, 30) as u32 - 1;
+    let ceiling = config
+        .base_backoff
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(config.max_backoff);
+    let factor = rand::rng().random_range(0.5..=1.0);
+    ceiling.mul_f64(factor)
+}
+
+pub struct Worker {
+    state: AppState,
+    registry: Registry,
+    config: WorkerConfig,
+    id: String,
+}
+
+impl Worker {
+    pub fn new(state: AppState, registry: Registry, config: WorkerConfig) -> Self {
+        let id = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
+        Self {
+            state,
+            registry,
+            config,
+            id,
+        }
+    }
+
+    /// Claims and runs ready jobs until none is left ready *now* (future retries wait).
+    /// Deterministic for tests: returns how many jobs ran.
+    pub async fn drain(&self) -> Result<usize, DbError> {
+        let mut total = 0;
+        loop {
+            let ran = self.run_batch().await?;
+            if ran == 0 {
+                return Ok(total);
+            }
+            total += ran;
+        }
+    }
+
+    /// Runs until `shutdown`; finishes the jobs in hand before returning.
+    pub async fn run(self, listener: Listener, shutdown: CancellationToken) {
+        let mut wake = listener.subscribe();
+        tracing::info!(worker = %self.id, "job worker started");
+        loop {
+            match self.run_batch().await {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(error) => tracing::warn!(%error, "claiming jobs failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = wake.recv() => {},
+                () = tokio::time::sleep(self.config.poll_interval) => {},
+            }
+        }
+        tracing::info!(worker = %self.id, "job worker stopped");
+    }
+
+    async fn claim(&self) -> Result<Vec<Job>, DbError> {
+        let client = self.state.db.client().await?;
+        let lease = self.config.lease.as_secs_f64();
+        let rows = client
+            .query(
+                "update jobs set status = 'running', attempts = attempts + 1,
+                        locked_until = now() + make_interval(secs => $1), locked_by = $2,
+                        updated_at = now()
+                 where id in (
+                     select id from jobs
+                     where (status = 'pending' and run_at <= now())
+                        or (status = 'running' and locked_until < now())
+                     order by run_at, id
+                     limit $3
+                     for update skip locked)
+                 returning id, kind, payload, attempts, max_attempts",
+                &[&lease, &self.id, &self.config.batch],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Job {
+                id: row.get(0),
+                kind: row.get(1),
+                payload: row.get(2),
+                attempt: row.get(3),
+                max_attempts: row.get(4),
+            })
+            .collect())
+    }
+
+    async fn run_batch(&self) -> Result<usize, DbError> {
+        let jobs = self.claim().await?;
+        let count = jobs.len();
+        let runs = jobs.into_iter().map(|job| self.execute(job));
+        for result in futures_util::future::join_all(runs).await {
+            result?;
+        }
+        Ok(count)
+    }
+
+    async fn execute(&self, job: Job) -> Result<(), DbError> {
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempt);
+        let outcome = match self.registry.handlers.get(&job.kind) {
+            None => Err(anyhow::Error::new(Permanent(format!(
+                "no handler for kind {:?}",
+                job.kind
+            )))),
+            Some(handler) => {
+                let run = AssertUnwindSafe(handler(self.state.clone(), job.clone())).catch_unwind();
+                let keep_lease = self.extend_lease_while(job.id);
+                tokio::pin!(run);
+                tokio::pin!(keep_lease);
+                let result = tokio::select! {
+                    result = &mut run => result,
+                    () = &mut keep_lease => unreachable!("the lease loop never ends"),
+                };
+                result.unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic".into());
+                    Err(anyhow::anyhow!("handler panicked: {message}"))
+                })
+            }
+        };
+        let _entered = span.enter();
+        let labels = [("kind", job.kind.clone())];
+        metrics::histogram!("job_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        let client = self.state.db.client().await?;
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("jobs_total", "kind" => job.kind.clone(), "outcome" => "done")
+                    .increment(1);
+                client
+                    .execute(
+                        "update jobs set status = 'done', finished_at = now(), updated_at = now(),
+                                locked_until = null, last_error = null
+                         where id = $1 and locked_by = $2",
+                        &[&job.id, &self.id],
+                    )
+                    .await?;
+            }
+            Err(error) => {
+                let permanent = error.downcast_ref::<Permanent>().is_some();
+                let message = format!("{error:#}");
+                if permanent || job.attempt >= job.max_attempts {
+                    tracing::error!(error = %message, "job is dead");
+                    metrics::counter!("jobs_total", "kind" => job.kind.clone(), "outcome" => "dead").increment(1);
+                    client
+                        .execute(
+                            "update jobs set status = 'dead', last_error = $3, finished_at = now(),
+                                    updated_at = now(), locked_until = null
+                             where id = $1 and locked_by = $2",
+                            &[&job.id, &self.id, &message],
+                        )
+                        .await?;
+                } else {
+                    let delay = backoff(&self.config, job.attempt).as_secs_f64();
+                    tracing::warn!(error = %message, retry_in_secs = delay, "job failed; will retry");
+                    metrics::counter!("jobs_total", "kind" => job.kind.clone(), "outcome" => "retry").increment(1);
+                    client
+                        .execute(
+                            "update jobs set status = 'pending', last_error = $3, updated_at = now(),
+                                    run_at = now() + make_interval(secs => $4), locked_until = null
+                             where id = $1 and locked_by = $2",
+                            &[&job.id, &self.id, &message, &delay],
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the lease alive while a long job runs (recording imports), so another worker
+    /// does not take it over; a worker that dies stops extending and the lease expires.
+    async fn extend_lease_while(&self, id: i64) {
+        let period = self.config.lease / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            if let Ok(client) = self.state.db.client().await {
+                let _ = client
+                    .execute(
+                        "update jobs set locked_until = now() + make_interval(secs => $3)
+                         where id = $1 and locked_by = $2 and status = 'running'",
+                        &[&id, &self.id, &self.config.lease.as_secs_f64()],
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into())
+}

@@ -1,0 +1,28 @@
+//! Clients for the vendors we call, one file per vendor, each with its base URL from config
+//! (so tests and `make dev` point it at a simulator) and the PROVIDERS.md section it follows.
+
+pub mod telnyx;
+
+use std::time::Duration;
+
+use rand::Rng as _;
+
+/// Backoff before retry `attempt` (1-based) of an idempotent request: 200 ms doubling, with
+/// full jitter in [½, 1] so retries from many calls do not synchronise.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let ceiling =
+        Duration::from_millis(200).saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+    ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+/// An HTTP client with the timeouts every provider call needs.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    crate::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}

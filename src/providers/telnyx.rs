@@ -1,0 +1,504 @@
+//! Telnyx: the Call Control API client and webhook signature verification.
+//!
+//! PROVIDERS.md §1.1 (signatures: Ed25519 over `"{timestamp}|{raw body}"`, ±300 s), §1.2
+//! (envelope), §1.5 (commands; `command_id` makes retries harmless; 422/90018 = call ended).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::Serialize;
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::config::{Secret, TelnyxConfig};
+
+/// `abs(now - timestamp)` beyond this is refused, in both directions (current SDKs).
+pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
+pub const SIGNATURE_HEADER: &str = "telnyx-signature-ed25519";
+pub const TIMESTAMP_HEADER: &str = "telnyx-timestamp";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing telnyx-signature-ed25519 or telnyx-timestamp header")]
+    Missing,
+    #[error("telnyx-timestamp is not unix seconds")]
+    BadTimestamp,
+    #[error("telnyx-timestamp is more than 300 s away from now")]
+    Stale,
+    #[error("the signature is not base64 of 64 bytes")]
+    BadEncoding,
+    #[error("the signature does not verify")]
+    Invalid,
+}
+
+#[derive(Clone)]
+pub struct WebhookVerifier {
+    key: VerifyingKey,
+}
+
+impl WebhookVerifier {
+    /// `TELNYX_PUBLIC_KEY`: base64 of the raw 32-byte key (validated at start-up).
+    pub fn from_base64(public_key: &str) -> Result<Self, String> {
+        let bytes = STANDARD
+            .decode(public_key.trim())
+            .map_err(|e| e.to_string())?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "the key must be 32 bytes".to_string())?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        Ok(Self { key })
+    }
+
+    /// Checks the timestamp window first, then the signature over the untouched body.
+    pub fn verify(
+        &self,
+        timestamp: Option<&[u8]>,
+        signature: Option<&[u8]>,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<(), SignatureError> {
+        let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
+            return Err(SignatureError::Missing);
+        };
+        if timestamp.is_empty() || timestamp.len() > 12 || !timestamp.iter().all(u8::is_ascii_digit)
+        {
+            return Err(SignatureError::BadTimestamp);
+        }
+        let seconds: i64 = std::str::from_utf8(timestamp)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or(SignatureError::BadTimestamp)?;
+        if (now_unix - seconds).abs() > TIMESTAMP_TOLERANCE_SECS {
+            return Err(SignatureError::Stale);
+        }
+        let signature = STANDARD
+            .decode(signature)
+            .map_err(|_| SignatureError::BadEncoding)?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| SignatureError::BadEncoding)?;
+        let mut message = Vec::with_capacity(timestamp.len() + 1 + body.len());
+        message.extend_from_slice(timestamp);
+        message.push(b'|');
+        message.extend_from_slice(body);
+        self.key
+            .verify_strict(&message, &Signature::from_bytes(&signature))
+            .map_err(|_| SignatureError::Invalid)
+    }
+}
+
+/// The parts of a webhook v2 envelope we route on (PROVIDERS.md §1.2).
+#[derive(Debug, Clone)]
+pub struct WebhookEvent {
+    pub id: String,
+    /// Normalised to dots: `call_initiated` arrives as `call.initiated` here.
+    pub event_type: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub payload: Value,
+}
+
+impl WebhookEvent {
+    pub fn parse(envelope: &Value) -> Result<Self, String> {
+        let data = envelope.get("data").ok_or("missing data")?;
+        let id = data
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty() && id.len() <= 200)
+            .ok_or("missing data.id")?
+            .to_owned();
+        let event_type = data
+            .get("event_type")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty() && t.len() <= 100)
+            .ok_or("missing data.event_type")?
+            .replace('_', ".");
+        let occurred_at = data
+            .get("occurred_at")
+            .and_then(Value::as_str)
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Ok(Self {
+            id,
+            event_type,
+            occurred_at,
+            payload: data.get("payload").cloned().unwrap_or(Value::Null),
+        })
+    }
+
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.payload.get(name).and_then(Value::as_str)
+    }
+}
+
+/// `client_state` is base64 of our JSON; we put `{"call_id": …}` in it.
+pub fn encode_client_state(call_id: uuid::Uuid) -> String {
+    STANDARD.encode(json!({ "call_id": call_id }).to_string())
+}
+
+pub fn decode_client_state(state: &str) -> Option<uuid::Uuid> {
+    let bytes = STANDARD.decode(state).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("call_id")?.as_str()?.parse().ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelnyxError {
+    /// Telnyx answered 4xx: retrying will not help.
+    #[error("Telnyx refused the command ({status}{}): {detail}", code.as_deref().map(|c| format!(", code {c}")).unwrap_or_default())]
+    Rejected {
+        status: u16,
+        code: Option<String>,
+        detail: String,
+    },
+    /// 5xx, 429, timeouts, connection errors, after our retries.
+    #[error("Telnyx is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Media stream settings for dial/answer/streaming_start (PROVIDERS.md §1.5 table).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSettings {
+    pub stream_url: String,
+    pub stream_track: &'static str,
+    pub stream_codec: &'static str,
+    pub stream_bidirectional_mode: &'static str,
+    pub stream_bidirectional_codec: &'static str,
+}
+
+impl StreamSettings {
+    /// Both tracks in, µ-law out: no transcoding anywhere (DESIGN.md §1).
+    pub fn bidirectional_pcmu(stream_url: String) -> Self {
+        Self {
+            stream_url,
+            stream_track: "both_tracks",
+            stream_codec: "PCMU",
+            stream_bidirectional_mode: "rtp",
+            stream_bidirectional_codec: "PCMU",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DialRequest {
+    pub from: String,
+    pub to: String,
+    pub client_state: String,
+    pub command_id: String,
+    pub stream: StreamSettings,
+    pub record: bool,
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialedCall {
+    pub call_control_id: String,
+    pub call_leg_id: Option<String>,
+    pub call_session_id: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct TelnyxClient {
+    http: reqwest::Client,
+    base: Url,
+    api_key: Secret<String>,
+    connection_id: String,
+    attempts: u32,
+}
+
+impl TelnyxClient {
+    pub fn new(config: &TelnyxConfig) -> Self {
+        Self {
+            http: super::http_client(Duration::from_secs(10)),
+            base: config.api_base.clone(),
+            api_key: config.api_key.clone(),
+            connection_id: config.connection_id.clone(),
+            attempts: 3,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base.as_str().trim_end_matches('/'), path)
+    }
+
+    /// POSTs a command, retrying 5xx/429/network failures with jitter. The body's
+    /// `command_id` makes a retried command a no-op at Telnyx.
+    async fn command(&self, path: &str, body: &Value) -> Result<Value, TelnyxError> {
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            if attempt > 1 {
+                tokio::time::sleep(super::retry_delay(attempt - 1)).await;
+            }
+            let response = self
+                .http
+                .post(self.url(path))
+                .bearer_auth(self.api_key.expose())
+                .json(body)
+                .send()
+                .await;
+            let response = match response {
+                Ok(response) => response,
+                Err(error) => {
+                    last = error.to_string();
+                    continue;
+                }
+            };
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if status.is_success() {
+                return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+            if status.is_server_error() || status.as_u16() == 429 {
+                last = format!("{status}: {}", truncate(&text));
+                continue;
+            }
+            let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let first_error = parsed.get("errors").and_then(|e| e.get(0));
+            return Err(TelnyxError::Rejected {
+                status: status.as_u16(),
+                code: first_error.and_then(|e| e.get("code")).map(|c| {
+                    c.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| c.to_string())
+                }),
+                detail: first_error
+                    .and_then(|e| e.get("detail").or_else(|| e.get("title")))
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| truncate(&text))
+                    .to_owned(),
+            });
+        }
+        Err(TelnyxError::Unavailable(last))
+    }
+
+    /// `POST /v2/calls`.
+    pub async fn dial(&self, request: &DialRequest) -> Result<DialedCall, TelnyxError> {
+        let mut body = json!({
+            "connection_id": self.connection_id,
+            "from": request.from,
+            "to": request.to,
+            "client_state": request.client_state,
+            "command_id": request.command_id,
+        });
+        merge(
+            &mut body,
+            serde_json::to_value(&request.stream).unwrap_or_default(),
+        );
+        if request.record {
+            merge(
+                &mut body,
+                json!({"record": "record-from-answer", "record_channels": "dual", "record_format": "wav"}),
+            );
+        }
+        if let Some(webhook_url) = &request.webhook_url {
+            merge(&mut body, json!({"webhook_url": webhook_url}));
+        }
+        let response = self.command("/calls", &body).await?;
+        let data = response.get("data").cloned().unwrap_or_default();
+        let call_control_id = data
+            .get("call_control_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                TelnyxError::Unavailable("dial answered without call_control_id".into())
+            })?
+            .to_owned();
+        Ok(DialedCall {
+            call_control_id,
+            call_leg_id: data
+                .get("call_leg_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            call_session_id: data
+                .get("call_session_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+
+    fn action_path(call_control_id: &str, action: &str) -> String {
+        let id: String = url::form_urlencoded::byte_serialize(call_control_id.as_bytes()).collect();
+        format!("/calls/{id}/actions/{action}")
+    }
+
+    pub async fn answer(
+        &self,
+        call_control_id: &str,
+        client_state: &str,
+        command_id: &str,
+        stream: &StreamSettings,
+    ) -> Result<(), TelnyxError> {
+        let mut body = json!({"client_state": client_state, "command_id": command_id});
+        merge(&mut body, serde_json::to_value(stream).unwrap_or_default());
+        self.command(&Self::action_path(call_control_id, "answer"), &body)
+            .await
+            .map(drop)
+    }
+
+    /// Hanging up a call that already ended (422, code 90018) counts as success.
+    pub async fn hangup(&self, call_control_id: &str, command_id: &str) -> Result<(), TelnyxError> {
+        let body = json!({"command_id": command_id});
+        match self
+            .command(&Self::action_path(call_control_id, "hangup"), &body)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(TelnyxError::Rejected {
+                status: 422,
+                code: Some(code),
+                ..
+            }) if code == "90018" => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn streaming_start(
+        &self,
+        call_control_id: &str,
+        command_id: &str,
+        stream: &StreamSettings,
+    ) -> Result<(), TelnyxError> {
+        let mut body = json!({"command_id": command_id});
+        merge(&mut body, serde_json::to_value(stream).unwrap_or_default());
+        self.command(
+            &Self::action_path(call_control_id, "streaming_start"),
+            &body,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn streaming_stop(
+        &self,
+        call_control_id: &str,
+        command_id: &str,
+    ) -> Result<(), TelnyxError> {
+        let body = json!({"command_id": command_id});
+        self.command(&Self::action_path(call_control_id, "streaming_stop"), &body)
+            .await
+            .map(drop)
+    }
+
+    /// Dual-channel WAV, one channel per party (what the post-call transcript wants).
+    pub async fn record_start(
+        &self,
+        call_control_id: &str,
+        command_id: &str,
+    ) -> Result<(), TelnyxError> {
+        let body = json!({"command_id": command_id, "channels": "dual", "format": "wav"});
+        self.command(&Self::action_path(call_control_id, "record_start"), &body)
+            .await
+            .map(drop)
+    }
+
+    pub async fn record_stop(
+        &self,
+        call_control_id: &str,
+        command_id: &str,
+    ) -> Result<(), TelnyxError> {
+        let body = json!({"command_id": command_id});
+        self.command(&Self::action_path(call_control_id, "record_stop"), &body)
+            .await
+            .map(drop)
+    }
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    if let (Some(target), Value::Object(extra)) = (target.as_object_mut(), extra) {
+        target.extend(extra);
+    }
+}
+
+fn truncate(text: &str) -> &str {
+    let end = text.char_indices().nth(300).map_or(text.len(), |(i, _)| i);
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer as _, SigningKey};
+
+    fn keys() -> (SigningKey, WebhookVerifier) {
+        let signing = SigningKey::from_bytes(&[42u8; 32]);
+        let verifier =
+            WebhookVerifier::from_base64(&STANDARD.encode(signing.verifying_key().as_bytes()))
+                .unwrap();
+        (signing, verifier)
+    }
+
+    fn sign(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
+        let mut message = timestamp.as_bytes().to_vec();
+        message.push(b'|');
+        message.extend_from_slice(body);
+        STANDARD.encode(key.sign(&message).to_bytes())
+    }
+
+    #[test]
+    fn signature_rules() {
+        let (signing, verifier) = keys();
+        let body = br#"{"data":{"id":"e1"}}"#;
+        let now = 1_700_000_000;
+        let good = sign(&signing, "1700000000", body);
+        let check = |ts: &str, sig: &str, body: &[u8]| {
+            verifier.verify(Some(ts.as_bytes()), Some(sig.as_bytes()), body, now)
+        };
+        assert_eq!(check("1700000000", &good, body), Ok(()));
+        assert_eq!(
+            check("1700000000", &good, br#"{"data":{"id":"e2"}}"#),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            check("1700000001", &good, body),
+            Err(SignatureError::Invalid),
+            "timestamp is signed"
+        );
+        let stale = sign(&signing, "1699999699", body);
+        assert_eq!(
+            check("1699999699", &stale, body),
+            Err(SignatureError::Stale)
+        );
+        let future = sign(&signing, "1700000301", body);
+        assert_eq!(
+            check("1700000301", &future, body),
+            Err(SignatureError::Stale)
+        );
+        let edge = sign(&signing, "1700000300", body);
+        assert_eq!(check("1700000300", &edge, body), Ok(()));
+        assert_eq!(
+            check("17e8", &good, body),
+            Err(SignatureError::BadTimestamp)
+        );
+        assert_eq!(
+            check("1700000000", "not base64!", body),
+            Err(SignatureError::BadEncoding)
+        );
+        assert_eq!(
+            verifier.verify(None, Some(good.as_bytes()), body, now),
+            Err(SignatureError::Missing)
+        );
+        let other = SigningKey::from_bytes(&[7u8; 32]);
+        assert_eq!(
+            check("1700000000", &sign(&other, "1700000000", body), body),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn envelope_parsing_normalises_event_types() {
+        let event = WebhookEvent::parse(&json!({"data": {"id": "x", "event_type": "call_hangup",
+            "occurred_at": "2025-11-23T03:30:00.076316Z", "payload": {"hangup_cause": "normal_clearing"}}})).unwrap();
+        assert_eq!(event.event_type, "call.hangup");
+        assert_eq!(event.field("hangup_cause"), Some("normal_clearing"));
+        assert!(event.occurred_at.is_some());
+        assert!(WebhookEvent::parse(&json!({"data": {"event_type": "call.hangup"}})).is_err());
+    }
+
+    #[test]
+    fn client_state_round_trips() {
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(decode_client_state(&encode_client_state(id)), Some(id));
+        assert_eq!(decode_client_state("bm90IGpzb24="), None);
+    }
+}

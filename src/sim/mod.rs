@@ -1,0 +1,4 @@
+//! Protocol-faithful provider simulators for tests, `make dev` and benchmarks
+//! (DESIGN.md §8). Built only with the `sim` feature; never in the production image.
+
+pub mod telnyx;

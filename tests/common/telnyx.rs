@@ -1,0 +1,70 @@
+//! A `TestApp` wired to the Telnyx simulator, plus helpers to drain the job queue.
+#![cfg(feature = "sim")]
+
+use callbridge::jobs::{Worker, WorkerConfig, handlers};
+use callbridge::sim::telnyx::TelnyxSim;
+
+use super::TestApp;
+use super::authjs::Session;
+
+pub struct TelnyxApp {
+    pub app: TestApp,
+    pub sim: TelnyxSim,
+}
+
+impl TelnyxApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let sim = TelnyxSim::start("sim-api-key", 0).await.unwrap();
+        let base = sim.api_base();
+        let key = sim.public_key_base64();
+        let mut overrides = vec![
+            ("TELNYX_API_KEY", "sim-api-key"),
+            ("TELNYX_PUBLIC_KEY", key.as_str()),
+            ("TELNYX_CONNECTION_ID", "sim-connection"),
+            ("TELNYX_API_BASE", base.as_str()),
+        ];
+        overrides.extend_from_slice(extra);
+        let app = TestApp::spawn_with(&overrides).await;
+        Self { app, sim }
+    }
+
+    pub fn webhook_url(&self) -> String {
+        self.app.url("/webhooks/telnyx")
+    }
+
+    /// Runs every ready job now (what `callbridge worker` does continuously).
+    pub async fn drain(&self) -> usize {
+        drain(&self.app).await
+    }
+
+    /// Registers `number` for the session's personal organisation.
+    pub async fn own_number(&self, session: &Session, number: &str) {
+        let response = self
+            .app
+            .request_as(reqwest::Method::POST, session, "/api/phone-numbers")
+            .json(&serde_json::json!({"number": number}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+}
+
+pub fn test_worker(app: &TestApp) -> Worker {
+    Worker::new(
+        app.state.clone(),
+        handlers::registry(),
+        WorkerConfig {
+            base_backoff: std::time::Duration::from_millis(5),
+            ..WorkerConfig::default()
+        },
+    )
+}
+
+pub async fn drain(app: &TestApp) -> usize {
+    test_worker(app).drain().await.expect("draining the queue")
+}
