@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/lib.sh
 ensure_postgres
-cargo bench --bench sessions
+cargo bench --features sim --bench sessions --bench http_load

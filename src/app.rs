@@ -74,6 +74,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         },
         listener,
         shutdown,
+        bridges: tokio_util::task::TaskTracker::new(),
         config: Arc::new(config),
         db,
         storage,
@@ -172,6 +173,14 @@ impl Application {
             serve(listener, self.router, &state).await?;
         } else {
             state.shutdown.cancelled().await;
+        }
+        // Live calls send Terminate and store their last turns before we exit.
+        state.bridges.close();
+        if tokio::time::timeout(state.config.http.shutdown_grace, state.bridges.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("media bridges outlived the shutdown grace period");
         }
         if let Some(worker) = worker {
             let _ = worker.await;

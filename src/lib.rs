@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod jobs;
+pub mod media;
 pub mod orgs;
 pub mod providers;
 pub mod shutdown;

@@ -36,6 +36,16 @@ enum Command {
     All,
     /// Apply database migrations (and, outside production, the Auth.js development tables).
     Migrate,
+    /// Provider simulators for tests and local development (feature `sim`).
+    #[cfg(feature = "sim")]
+    Sim {
+        /// Port of the Telnyx Call Control simulator.
+        #[arg(long, default_value_t = 9101)]
+        telnyx_port: u16,
+        /// API key the Telnyx simulator accepts.
+        #[arg(long, default_value = "sim-telnyx-key")]
+        telnyx_api_key: String,
+    },
     /// Print every route and who serves it (the edge manifest), and check the manifest.
     Routes {
         /// A manifest other than the one built in (edge-shim/routes.json).
@@ -74,6 +84,14 @@ fn main() -> ExitCode {
     }
     if let Command::Routes { manifest } = &cli.command {
         return print_routes(manifest.as_deref());
+    }
+    #[cfg(feature = "sim")]
+    if let Command::Sim {
+        telnyx_port,
+        telnyx_api_key,
+    } = &cli.command
+    {
+        return run_simulators(*telnyx_port, telnyx_api_key);
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -123,6 +141,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Healthcheck | Command::Routes { .. } => {
             unreachable!("handled before configuration is loaded")
         }
+        #[cfg(feature = "sim")]
+        Command::Sim { .. } => unreachable!("handled before configuration is loaded"),
         Command::DebugToken { ttl_secs } => {
             anyhow::ensure!(
                 !config.is_production(),
@@ -218,6 +238,42 @@ fn print_routes(manifest_path: Option<&std::path::Path>) -> ExitCode {
         );
         ExitCode::FAILURE
     }
+}
+
+/// Runs the simulators until ctrl-c, printing the settings that point callbridge at them.
+#[cfg(feature = "sim")]
+fn run_simulators(telnyx_port: u16, telnyx_api_key: &str) -> ExitCode {
+    callbridge::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("callbridge sim: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let telnyx =
+            match callbridge::sim::telnyx::TelnyxSim::start(telnyx_api_key, telnyx_port).await {
+                Ok(sim) => sim,
+                Err(error) => {
+                    eprintln!("callbridge sim: Telnyx simulator: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        println!(
+            "Telnyx simulator on http://{} (commands: GET /_sim/commands)",
+            telnyx.address
+        );
+        println!("  TELNYX_API_BASE={}", telnyx.api_base());
+        println!("  TELNYX_API_KEY={telnyx_api_key}");
+        println!("  TELNYX_PUBLIC_KEY={}", telnyx.public_key_base64());
+        println!("  TELNYX_CONNECTION_ID=sim-connection");
+        let _ = tokio::signal::ctrl_c().await;
+        ExitCode::SUCCESS
+    })
 }
 
 /// A dependency-free probe: distroless images have no curl. Reads only `PORT`.

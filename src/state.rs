@@ -29,6 +29,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub telnyx: Option<TelnyxClient>,
     pub telnyx_webhooks: Option<WebhookVerifier>,
+    /// Live media bridges, so shutdown can wait for their last transcripts.
+    pub bridges: tokio_util::task::TaskTracker,
 }
 
 impl AppState {

@@ -73,6 +73,21 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub sentry: Option<SentryConfig>,
     pub edge: EdgeConfig,
+    pub media: MediaConfig,
+}
+
+/// The realtime media bridge (docs/MEDIA_BRIDGE.md).
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// `ASSEMBLYAI_SPEECH_MODEL`: required by AssemblyAI v3.
+    pub speech_model: String,
+    /// `MEDIA_BATCH_MS`: audio per AssemblyAI chunk, 50–1000.
+    pub batch_ms: usize,
+    /// `MEDIA_REORDER_WINDOW`: frames held to put out-of-order frames back in order.
+    pub reorder_window: usize,
+    /// `MEDIA_REPLAY_BUFFER_SECS`: audio kept per track for replay after an AssemblyAI drop;
+    /// what overflows becomes a recorded gap.
+    pub replay_buffer_secs: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -654,6 +669,24 @@ impl Reader {
             cf_access_aud: self.string("CF_ACCESS_AUD"),
         };
 
+        let batch_ms = self.parsed("MEDIA_BATCH_MS", 100usize);
+        if !(50..=1000).contains(&batch_ms) {
+            self.problem(
+                "MEDIA_BATCH_MS",
+                "must be between 50 and 1000 (AssemblyAI's chunk limits)",
+            );
+        }
+        let media = MediaConfig {
+            speech_model: self
+                .string("ASSEMBLYAI_SPEECH_MODEL")
+                .unwrap_or_else(|| "universal-streaming-english".into()),
+            batch_ms,
+            reorder_window: self.parsed("MEDIA_REORDER_WINDOW", 4usize).clamp(1, 50),
+            replay_buffer_secs: self
+                .parsed("MEDIA_REPLAY_BUFFER_SECS", 5usize)
+                .clamp(1, 120),
+        };
+
         if !self.problems.is_empty() {
             return Err(ConfigError {
                 problems: self.problems,
@@ -672,6 +705,7 @@ impl Reader {
             providers,
             sentry,
             edge,
+            media,
         })
     }
 

@@ -6,8 +6,10 @@
 pub mod calls;
 pub mod debug;
 pub mod extract;
+pub mod forwarded;
 pub mod health;
 pub mod me;
+pub mod media;
 pub mod metrics;
 pub mod openapi;
 pub mod orgs;
@@ -69,6 +71,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(calls::hangup))
         .routes(routes!(calls::events))
         .routes(routes!(webhooks::telnyx))
+        .routes(routes!(media::telnyx_stream))
 }
 
 /// The generated OpenAPI document of a production deployment (also used by
@@ -133,12 +136,16 @@ pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Rout
     let config = state.config.clone();
 
     // Outermost first: Sentry hub per request → request id (everything below can quote it)
-    // → trace span → metrics → compression → CORS → problem+json for bare errors → panic
+    // → client identity (forwarded details only from a signed edge request) → trace span → metrics → compression → CORS → problem+json for bare errors → panic
     // catcher → timeout. Body size is enforced by the extractors (DefaultBodyLimit).
     let layers = ServiceBuilder::new()
         .layer(sentry::integrations::tower::NewSentryLayer::<Request<Body>>::new_from_top())
         .layer(sentry::integrations::tower::SentryHttpLayer::new().enable_transaction())
         .layer(middleware::from_fn(request_id::assign))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forwarded::identify,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(span_for)

@@ -29,6 +29,7 @@ use crate::error::Problem;
         (name = "calls", description = "Calls, their live events and transcripts"),
         (name = "phone-numbers", description = "Numbers owned by the organisation (inbound routing)"),
         (name = "webhooks", description = "Provider callbacks, verified before anything is stored"),
+        (name = "media", description = "Realtime media WebSockets"),
     ),
     components(schemas(Problem)),
 )]

@@ -1,4 +1,6 @@
 //! Protocol-faithful provider simulators for tests, `make dev` and benchmarks
 //! (DESIGN.md §8). Built only with the `sim` feature; never in the production image.
 
+pub mod assemblyai;
 pub mod telnyx;
+pub mod telnyx_media;

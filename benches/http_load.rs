@@ -1,0 +1,427 @@
+//! HTTP load on the release binary, run as its own process: Telnyx webhooks (verified +
+//! stored + deduplicated) per second and ack p99, and authenticated `GET /api/calls`
+//! (newest 50) at 64 connections. Baseline in the same run: `GET /healthz` through the same
+//! client (the HTTP ceiling of this machine with client, server and Postgres sharing it).
+//! Then a resilience phase: every event twice, shuffled, with PostgreSQL restarted midway;
+//! zero lost, zero doubled. Needs PostgreSQL (`BENCH_DATABASE_URL`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use callbridge::sim::telnyx::TelnyxSim;
+use rand::seq::SliceRandom as _;
+
+const CONNECTIONS: usize = 64;
+
+struct Outcome {
+    ok: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// `CONNECTIONS` tasks sending requests made by `make(i)` for `duration`.
+async fn load<F>(client: &reqwest::Client, duration: Duration, make: F) -> Outcome
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (make, counter, _client) = (make.clone(), counter.clone(), client.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut errors, mut latencies) = (0, 0, Vec::new());
+                while started.elapsed() < duration {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    match make(i).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            ok += 1;
+                            latencies.push(t.elapsed());
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (ok, errors, latencies)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (ok, errors, latencies) = task.await.unwrap();
+        outcome.ok += ok;
+        outcome.errors += errors;
+        outcome.latencies.extend(latencies);
+    }
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_server(database_url: &str, public_key: &str) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("APP_ENV", "development"),
+            ("BIND_ADDRESS", "127.0.0.1"),
+            ("PORT", &port.to_string()),
+            ("DATABASE_URL", database_url),
+            ("RUN_MIGRATIONS_ON_START", "true"),
+            ("DATABASE_POOL_MAX_SIZE", "24"),
+            ("DATABASE_POOL_TIMEOUT_MS", "5000"),
+            ("R2_ENDPOINT", "http://127.0.0.1:9"),
+            ("R2_CREATE_BUCKET", "false"),
+            ("LOG_LEVEL", "error"),
+            ("LOG_FORMAT", "json"),
+            ("TELNYX_API_KEY", "bench"),
+            ("TELNYX_PUBLIC_KEY", public_key),
+            ("TELNYX_CONNECTION_ID", "bench"),
+            ("TELNYX_API_BASE", "http://127.0.0.1:9/v2"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the release binary starts");
+    let server = Server { child, port };
+    for _ in 0..300 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server did not start");
+}
+
+fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    callbridge::tls::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+fn signed(sim: &TelnyxSim, envelope: &serde_json::Value) -> (Vec<u8>, String, String) {
+    let body = serde_json::to_vec(envelope).unwrap();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signature = sim.sign(ts, &body);
+    (body, ts.to_string(), signature)
+}
+
+async fn run() {
+    let admin_url = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
+    let admin = callbridge::db::connect_direct(&admin_url).await.unwrap();
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_path(&format!("/{name}"));
+    let sim = TelnyxSim::start("bench", 0).await.unwrap();
+    let server = start_server(url.as_str(), &sim.public_key_base64()).await;
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let db = callbridge::db::connect_direct(url.as_str()).await.unwrap();
+
+    // A signed-in user with 200 calls in their personal organisation.
+    let user: i32 = db
+        .query_one(
+            "insert into authjs.users (name, email) values ('Bench', 'b@example.com') returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let token = uuid::Uuid::new_v4().to_string();
+    db.execute(r#"insert into authjs.sessions ("userId", expires, "sessionToken") values ($1, now() + interval '1 day', $2)"#, &[&user, &token]).await.unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .unwrap();
+    let cookie = format!("authjs.session-token={token}");
+    let me: serde_json::Value = client
+        .get(format!("{base}/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org: uuid::Uuid = me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    db.execute(
+        "insert into calls (id, organisation_id, direction, from_number, to_number, status, created_at)
+         select gen_random_uuid(), $1, 'outbound', '+14155550100', '+14155550123', 'ended', now() - (g || ' seconds')::interval
+         from generate_series(1, 200) g",
+        &[&org],
+    ).await.unwrap();
+
+    let window = Duration::from_secs(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
+    let warm = Duration::from_secs(2);
+
+    let healthz = format!("{base}/healthz");
+    let c = client.clone();
+    load(&client, warm, move |_| c.get(&healthz)).await;
+    let healthz = format!("{base}/healthz");
+    let c = client.clone();
+    let baseline = load(&client, window, move |_| c.get(&healthz)).await;
+
+    let calls_url = format!("{base}/api/calls");
+    let (c, k) = (client.clone(), cookie.clone());
+    load(&client, warm, move |_| {
+        c.get(&calls_url).header("cookie", &k)
+    })
+    .await;
+    let calls_url = format!("{base}/api/calls");
+    let (c, k) = (client.clone(), cookie.clone());
+    let calls = load(&client, window, move |_| {
+        c.get(&calls_url).header("cookie", &k)
+    })
+    .await;
+
+    // Pre-signed unique events, so signing costs nothing inside the timed window.
+    let budget = 12_000 * window.as_secs() as usize;
+    let events: Arc<Vec<(Vec<u8>, String, String)>> = Arc::new((0..budget).map(|i| {
+        signed(&sim, &sim.event("call.initiated", serde_json::json!({"call_control_id": format!("v3:bench-{i}"), "direction": "outgoing"})))
+    }).collect());
+    let webhook_url = format!("{base}/webhooks/telnyx");
+    let (c, e) = (client.clone(), events.clone());
+    let webhooks = load(&client, window, move |i| {
+        let (body, ts, sig) = &e[i % e.len()];
+        c.post(&webhook_url)
+            .header("content-type", "application/json")
+            .header("telnyx-timestamp", ts)
+            .header("telnyx-signature-ed25519", sig)
+            .body(body.clone())
+    })
+    .await;
+    let stored: i64 = db
+        .query_one("select count(*) from webhook_inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let jobs: i64 = db
+        .query_one("select count(*) from jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Resilience: 3,000 events, each delivered twice, shuffled, Postgres restarted midway;
+    // the sender re-delivers on any non-2xx like Telnyx does.
+    db.batch_execute("truncate webhook_inbox; truncate jobs")
+        .await
+        .unwrap();
+    let unique = 3_000;
+    let mut deliveries: Vec<(Vec<u8>, String, String)> = (0..unique)
+        .map(|i| {
+            signed(
+                &sim,
+                &sim.event(
+                    "call.answered",
+                    serde_json::json!({"call_control_id": format!("v3:r-{i}")}),
+                ),
+            )
+        })
+        .collect();
+    deliveries.extend(deliveries.clone());
+    deliveries.shuffle(&mut rand::rng());
+    let deliveries = Arc::new(deliveries);
+    let next = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let restart = std::env::var("BENCH_RESTART_POSTGRES")
+        .map(|v| v != "0")
+        .unwrap_or(true)
+        && Command::new("pg_ctlcluster")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, d, n, r) = (
+                client.clone(),
+                deliveries.clone(),
+                next.clone(),
+                retries.clone(),
+            );
+            let url = format!("{base}/webhooks/telnyx");
+            tokio::spawn(async move {
+                loop {
+                    let i = n.fetch_add(1, Ordering::Relaxed);
+                    let Some((body, ts, sig)) = d.get(i) else {
+                        break;
+                    };
+                    loop {
+                        let sent = c
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header("telnyx-timestamp", ts)
+                            .header("telnyx-signature-ed25519", sig)
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        if sent.is_ok_and(|r| r.status().is_success()) {
+                            break;
+                        }
+                        r.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    if restart {
+        while next.load(Ordering::Relaxed) < deliveries.len() / 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let version = std::fs::read_dir("/etc/postgresql")
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let status = Command::new("pg_ctlcluster")
+            .args([
+                "--skip-systemctl-redirect",
+                &version,
+                "main",
+                "restart",
+                "-m",
+                "fast",
+            ])
+            .status();
+        println!(
+            "(PostgreSQL restarted mid-run: {:?})",
+            status.map(|s| s.success())
+        );
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let db = callbridge::db::connect_direct(url.as_str()).await.unwrap();
+    let resilient_stored: i64 = db
+        .query_one("select count(*) from webhook_inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let resilient_jobs: i64 = db
+        .query_one("select count(*) from jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    println!(
+        "\nHTTP load, {CONNECTIONS} connections, {}s windows; client, server and PostgreSQL share this 2-core machine\n",
+        window.as_secs()
+    );
+    println!("| scenario | ok req/s | errors | p50 | p99 | vs GET /healthz (same run) | goal |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| GET /healthz (baseline) | {:.0} | {} | {:.2?} | {:.2?} | 1.00x | |",
+        baseline.rate(),
+        baseline.errors,
+        baseline.quantile(0.5),
+        baseline.quantile(0.99)
+    );
+    println!(
+        "| GET /api/calls (session + newest 50) | {:.0} | {} | {:.2?} | {:.2?} | {:.2}x | >= 6000/s, p99 < 20 ms |",
+        calls.rate(),
+        calls.errors,
+        calls.quantile(0.5),
+        calls.quantile(0.99),
+        calls.rate() / baseline.rate()
+    );
+    println!(
+        "| POST /webhooks/telnyx (verify + store + enqueue) | {:.0} | {} | {:.2?} | {:.2?} | {:.2}x | >= 2000/s, ack p99 < 20 ms |",
+        webhooks.rate(),
+        webhooks.errors,
+        webhooks.quantile(0.5),
+        webhooks.quantile(0.99),
+        webhooks.rate() / baseline.rate()
+    );
+    println!(
+        "\nWebhooks accepted {} → inbox rows {stored}, jobs {jobs} (each must equal the unique events sent)",
+        webhooks.ok
+    );
+    println!(
+        "Resilience: {unique} unique events × 2 deliveries, shuffled, {} re-deliveries after non-2xx, PostgreSQL restart: {restart} → inbox {resilient_stored}, jobs {resilient_jobs} (lost {}, doubled {})",
+        retries.load(Ordering::Relaxed),
+        unique as i64 - resilient_stored.min(unique as i64),
+        (resilient_stored - unique as i64).max(0)
+    );
+
+    drop(server);
+    drop(db);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = callbridge::db::connect_direct(&admin_url).await.unwrap();
+    admin
+        .batch_execute(&format!("drop database {name} with (force)"))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,53 @@
+//! `GET /media/telnyx/{stream_token}`: where Telnyx connects a call's media stream. The token
+//! (signed, expiring, bound to one call) is checked *before* the upgrade; then the bridge
+//! task runs until the stream ends.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+
+use crate::calls::{self, stream_token};
+use crate::error::{ApiError, Problem};
+use crate::http::extract::Path;
+use crate::media::bridge;
+use crate::providers::assemblyai::AssemblyAiClient;
+use crate::state::AppState;
+
+/// Telnyx media stream (WebSocket, PROVIDERS.md §1.6).
+#[utoipa::path(get, path = "/media/telnyx/{stream_token}", tag = "media",
+    params(("stream_token" = String, Path, description = "Token from the stream_url we gave Telnyx")),
+    responses(
+        (status = 101, description = "Switching to the media WebSocket"),
+        (status = 401, description = "Invalid or expired stream token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The call does not exist or has ended", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn telnyx_stream(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let call_id =
+        stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
+            .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
+    let config = state.config.providers.assemblyai()?;
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let call = calls::get_unscoped(&**client, call_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if call.status.is_terminal() {
+        return Err(ApiError::NotFound);
+    }
+    drop(client);
+    let assemblyai = AssemblyAiClient::new(config);
+    let tracker = state.bridges.clone();
+    Ok(upgrade.max_message_size(1 << 20).on_upgrade(move |socket| {
+        tracker.track_future(bridge::run(state, call_id, assemblyai, socket))
+    }))
+}

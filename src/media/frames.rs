@@ -1,0 +1,225 @@
+//! Telnyx media-stream frames (PROVIDERS.md §1.6), parsed strictly: numbers arrive as
+//! strings, `stream_id` is top-level, the payload is base64 codec bytes. Anything that does
+//! not fit is an error the bridge counts and skips — never a panic.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Track {
+    /// The far end of the call leg (the callee on an outbound call).
+    Inbound,
+    /// What Telnyx sends into the leg (the other party, and our spoken translations).
+    Outbound,
+}
+
+impl Track {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Track::Inbound => "inbound",
+            Track::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub stream_id: String,
+    pub call_control_id: Option<String>,
+    pub encoding: String,
+    pub sample_rate: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Media {
+    pub track: Track,
+    /// Per-track frame counter; what the reorder buffer orders by.
+    pub chunk: u64,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Connected,
+    Start(Start),
+    Media(Media),
+    Dtmf { digit: String },
+    Mark { name: String },
+    Stop,
+    Error { code: String, title: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("not JSON")]
+    NotJson,
+    #[error("unknown event {0:?}")]
+    UnknownEvent(String),
+    #[error("missing or invalid field {0}")]
+    Field(&'static str),
+    #[error("payload is not base64")]
+    Payload,
+}
+
+/// Numbers arrive as strings ("4"); accept genuine numbers too.
+fn number(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::String(text) => text.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(value, |v, key| v.get(key))?.as_str()
+}
+
+/// A µ-law frame of 20 ms is 160 bytes; anything over 30 s (240 kB) is not a media frame.
+const MAX_PAYLOAD_BYTES: usize = 240_000;
+
+pub fn parse(raw: &str) -> Result<Frame, FrameError> {
+    let value: Value = serde_json::from_str(raw).map_err(|_| FrameError::NotJson)?;
+    let event = value
+        .get("event")
+        .and_then(Value::as_str)
+        .ok_or(FrameError::Field("event"))?;
+    Ok(match event {
+        "connected" => Frame::Connected,
+        "start" => {
+            let stream_id = value
+                .get("stream_id")
+                .and_then(Value::as_str)
+                .ok_or(FrameError::Field("stream_id"))?;
+            let format = value.get("start").and_then(|s| s.get("media_format"));
+            let encoding = format
+                .and_then(|f| f.get("encoding"))
+                .and_then(Value::as_str)
+                .unwrap_or("PCMU");
+            Frame::Start(Start {
+                stream_id: stream_id.to_owned(),
+                call_control_id: text(&value, &["start", "call_control_id"]).map(str::to_owned),
+                encoding: encoding.to_owned(),
+                sample_rate: number(format.and_then(|f| f.get("sample_rate"))).unwrap_or(8000)
+                    as u32,
+            })
+        }
+        "media" => {
+            let media = value.get("media").ok_or(FrameError::Field("media"))?;
+            let track = match media.get("track").and_then(Value::as_str) {
+                Some("inbound") => Track::Inbound,
+                Some("outbound") => Track::Outbound,
+                _ => return Err(FrameError::Field("media.track")),
+            };
+            let chunk = number(media.get("chunk"))
+                .or_else(|| number(value.get("sequence_number")))
+                .ok_or(FrameError::Field("media.chunk"))?;
+            let payload = media
+                .get("payload")
+                .and_then(Value::as_str)
+                .ok_or(FrameError::Field("media.payload"))?;
+            if payload.len() > MAX_PAYLOAD_BYTES * 4 / 3 + 4 {
+                return Err(FrameError::Payload);
+            }
+            let payload = STANDARD.decode(payload).map_err(|_| FrameError::Payload)?;
+            Frame::Media(Media {
+                track,
+                chunk,
+                payload,
+            })
+        }
+        "dtmf" => Frame::Dtmf {
+            digit: text(&value, &["dtmf", "digit"])
+                .ok_or(FrameError::Field("dtmf.digit"))?
+                .to_owned(),
+        },
+        "mark" => Frame::Mark {
+            name: text(&value, &["mark", "name"])
+                .ok_or(FrameError::Field("mark.name"))?
+                .to_owned(),
+        },
+        "stop" => Frame::Stop,
+        "error" => Frame::Error {
+            code: value
+                .get("error")
+                .and_then(|e| e.get("code"))
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            title: text(&value, &["error", "title"])
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        other => return Err(FrameError::UnknownEvent(other.chars().take(40).collect())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_shaped_frames_parse() {
+        let start = r#"{"event":"start","sequence_number":"1","stream_id":"s-1","start":{"user_id":"u","call_control_id":"v3:abc","call_session_id":"x","from":"+1","to":"+2","tags":[],"client_state":null,"custom_parameters":{},"media_format":{"encoding":"PCMU","sample_rate":8000,"channels":1}}}"#;
+        assert_eq!(
+            parse(start).unwrap(),
+            Frame::Start(Start {
+                stream_id: "s-1".into(),
+                call_control_id: Some("v3:abc".into()),
+                encoding: "PCMU".into(),
+                sample_rate: 8000,
+            })
+        );
+        let media = r#"{"event":"media","sequence_number":"4","stream_id":"s-1","media":{"track":"outbound","chunk":"2","timestamp":"5","payload":"/////w=="}}"#;
+        assert_eq!(
+            parse(media).unwrap(),
+            Frame::Media(Media {
+                track: Track::Outbound,
+                chunk: 2,
+                payload: vec![0xff; 4]
+            })
+        );
+        assert_eq!(parse(r#"{"event":"stop","sequence_number":"9","stream_id":"s-1","stop":{"user_id":"u","call_control_id":"v3:abc"}}"#).unwrap(), Frame::Stop);
+        assert_eq!(
+            parse(r#"{"event":"dtmf","stream_id":"s","dtmf":{"digit":"5"}}"#).unwrap(),
+            Frame::Dtmf { digit: "5".into() }
+        );
+        assert_eq!(
+            parse(r#"{"event":"mark","stream_id":"s","mark":{"name":"utt-1"}}"#).unwrap(),
+            Frame::Mark {
+                name: "utt-1".into()
+            }
+        );
+        assert!(matches!(parse(r#"{"event":"error","stream_id":"s","error":{"title":"malformed_frame","code":100003,"detail":"x"}}"#).unwrap(), Frame::Error { .. }));
+        assert_eq!(
+            parse(r#"{"event":"connected","version":"1.0.0"}"#).unwrap(),
+            Frame::Connected
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for (raw, expected) in [
+            ("not json", FrameError::NotJson),
+            (
+                r#"{"event":"dance"}"#,
+                FrameError::UnknownEvent("dance".into()),
+            ),
+            (
+                r#"{"event":"media","media":{"track":"sideways","chunk":"1","payload":""}}"#,
+                FrameError::Field("media.track"),
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"x","payload":""}}"#,
+                FrameError::Field("media.chunk"),
+            ),
+            (
+                r#"{"event":"media","media":{"track":"inbound","chunk":"1","payload":"***"}}"#,
+                FrameError::Payload,
+            ),
+            (r#"{"event":"start"}"#, FrameError::Field("stream_id")),
+            (r#"{"no":"event"}"#, FrameError::Field("event")),
+        ] {
+            assert_eq!(parse(raw), Err(expected), "{raw}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The realtime media bridge: Telnyx media streams ↔ AssemblyAI v3 streaming
+//! (docs/MEDIA_BRIDGE.md). `frames` parses, `audio` reorders and batches, `bridge` runs one
+//! task per call, `transcripts` stores what comes back.
+
+pub mod audio;
+pub mod bridge;
+pub mod frames;
+pub mod transcripts;

@@ -1,0 +1,278 @@
+//! AssemblyAI: the Universal Streaming v3 client and temporary tokens (PROVIDERS.md §2.1).
+//!
+//! The handshake carries the bare API key in `Authorization` (no "Bearer"); `speech_model`
+//! is required; audio goes as binary frames of 50–1000 ms; `{"type":"Terminate"}` ends a
+//! session and makes the server flush its last turn before `Termination`.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use url::Url;
+
+use crate::config::{AssemblyAiConfig, Secret};
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblyAiError {
+    #[error("connecting to AssemblyAI streaming failed: {0}")]
+    Connect(String),
+    #[error("AssemblyAI closed the session before Begin: {0}")]
+    NoBegin(String),
+    #[error("AssemblyAI token request failed: {0}")]
+    Token(String),
+}
+
+/// Streaming session parameters (query string).
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    pub speech_model: String,
+    /// `pcm_mulaw` for telephony, `pcm_s16le` for browsers.
+    pub encoding: &'static str,
+    pub sample_rate: u32,
+    pub format_turns: bool,
+}
+
+impl StreamParams {
+    /// Telnyx PCMU straight through: no transcoding (DESIGN.md §1).
+    pub fn telephony(speech_model: &str) -> Self {
+        Self {
+            speech_model: speech_model.to_owned(),
+            encoding: "pcm_mulaw",
+            sample_rate: 8000,
+            format_turns: true,
+        }
+    }
+
+    /// Bytes of audio per millisecond for these parameters.
+    pub fn bytes_per_ms(&self) -> usize {
+        let per_sample = if self.encoding == "pcm_mulaw" { 1 } else { 2 };
+        self.sample_rate as usize / 1000 * per_sample
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Word {
+    pub text: String,
+    /// Milliseconds from the start of the session's audio.
+    pub start: u64,
+    pub end: u64,
+    #[serde(default)]
+    pub confidence: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Turn {
+    pub turn_order: u64,
+    #[serde(default)]
+    pub turn_is_formatted: bool,
+    #[serde(default)]
+    pub end_of_turn: bool,
+    #[serde(default)]
+    pub transcript: String,
+    #[serde(default)]
+    pub end_of_turn_confidence: f64,
+    #[serde(default)]
+    pub words: Vec<Word>,
+}
+
+/// Server → client messages we act on; the rest are `Other`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage {
+    Begin { id: String },
+    Turn(Turn),
+    Termination,
+    Error { code: i64, message: String },
+    Other,
+}
+
+pub fn parse_server_message(text: &str) -> ServerMessage {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return ServerMessage::Other;
+    };
+    match value.get("type").and_then(|t| t.as_str()) {
+        Some("Begin") => ServerMessage::Begin {
+            id: value
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        Some("Turn") => serde_json::from_value(value)
+            .map(ServerMessage::Turn)
+            .unwrap_or(ServerMessage::Other),
+        Some("Termination") => ServerMessage::Termination,
+        Some("Error") => ServerMessage::Error {
+            code: value
+                .get("error_code")
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default(),
+            message: value
+                .get("error")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        _ => ServerMessage::Other,
+    }
+}
+
+pub fn terminate_message() -> Message {
+    Message::Text(r#"{"type":"Terminate"}"#.into())
+}
+
+#[derive(Clone)]
+pub struct AssemblyAiClient {
+    streaming_url: Url,
+    api_key: Secret<String>,
+    http: reqwest::Client,
+}
+
+impl AssemblyAiClient {
+    pub fn new(config: &AssemblyAiConfig) -> Self {
+        Self {
+            streaming_url: config.streaming_url.clone(),
+            api_key: config.api_key.clone(),
+            http: super::http_client(Duration::from_secs(10)),
+        }
+    }
+
+    pub fn session_url(&self, params: &StreamParams, token: Option<&str>) -> Url {
+        let mut url = self.streaming_url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("speech_model", &params.speech_model)
+                .append_pair("encoding", params.encoding)
+                .append_pair("sample_rate", &params.sample_rate.to_string())
+                .append_pair(
+                    "format_turns",
+                    if params.format_turns { "true" } else { "false" },
+                );
+            if let Some(token) = token {
+                query.append_pair("token", token);
+            }
+        }
+        url
+    }
+
+    /// Opens a session and waits for `Begin`; returns the socket and the session id.
+    pub async fn connect(
+        &self,
+        params: &StreamParams,
+    ) -> Result<(Socket, String), AssemblyAiError> {
+        let mut request = self
+            .session_url(params, None)
+            .as_str()
+            .into_client_request()
+            .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
+        let key = HeaderValue::from_str(self.api_key.expose())
+            .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
+        request.headers_mut().insert("authorization", key);
+        crate::tls::install_crypto_provider();
+        let (mut socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .map_err(|_| AssemblyAiError::Connect("handshake timed out".into()))?
+        .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
+        let begin = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(message) = socket.next().await {
+                match message {
+                    Ok(Message::Text(text)) => match parse_server_message(&text) {
+                        ServerMessage::Begin { id } => return Ok(id),
+                        ServerMessage::Error { code, message } => {
+                            return Err(format!("{code}: {message}"));
+                        }
+                        _ => {}
+                    },
+                    Ok(Message::Close(frame)) => return Err(describe_close(frame.as_ref())),
+                    Ok(_) => {}
+                    Err(error) => return Err(error.to_string()),
+                }
+            }
+            Err("connection closed".to_owned())
+        })
+        .await
+        .map_err(|_| AssemblyAiError::NoBegin("no Begin within 10 s".into()))?
+        .map_err(AssemblyAiError::NoBegin)?;
+        Ok((socket, begin))
+    }
+
+    /// A short-lived, single-use token a browser can stream with directly
+    /// (`GET /v3/token?expires_in_seconds=`, on the streaming host).
+    pub async fn temporary_token(
+        &self,
+        expires_in_seconds: u32,
+    ) -> Result<(String, u32), AssemblyAiError> {
+        let mut url = self.streaming_url.clone();
+        let scheme = if url.scheme() == "wss" {
+            "https"
+        } else {
+            "http"
+        };
+        url.set_scheme(scheme)
+            .map_err(|_| AssemblyAiError::Token("bad streaming URL".into()))?;
+        url.set_path("/v3/token");
+        url.set_query(None);
+        url.query_pairs_mut()
+            .append_pair("expires_in_seconds", &expires_in_seconds.to_string());
+        let response = self
+            .http
+            .get(url)
+            .header("authorization", self.api_key.expose())
+            .send()
+            .await
+            .map_err(|e| AssemblyAiError::Token(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(AssemblyAiError::Token(format!(
+                "status {}",
+                response.status()
+            )));
+        }
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| AssemblyAiError::Token(e.to_string()))?;
+        let token = body
+            .get("token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| AssemblyAiError::Token("no token".into()))?;
+        let expires = body
+            .get("expires_in_seconds")
+            .and_then(|t| t.as_u64())
+            .unwrap_or(u64::from(expires_in_seconds));
+        Ok((token.to_owned(), expires as u32))
+    }
+
+    /// The streaming URL a browser opens with a temporary token.
+    pub fn browser_url(&self, params: &StreamParams, token: &str) -> Url {
+        self.session_url(params, Some(token))
+    }
+}
+
+pub fn describe_close(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(frame) => format!("closed {}: {}", u16::from(frame.code), frame.reason),
+        None => "closed without a reason".into(),
+    }
+}
+
+/// Sends a binary audio chunk.
+pub async fn send_audio(
+    socket: &mut futures_util::stream::SplitSink<Socket, Message>,
+    chunk: Vec<u8>,
+) -> Result<(), String> {
+    socket
+        .send(Message::Binary(chunk.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
