@@ -33,3 +33,7 @@ else
   echo "npm is required for the edge-shim tests (Node 20: see shared TOOLING.md)" >&2
   exit 1
 fi
+
+# Edge ↔ container parity: the same cases against the container and through the shim in
+# workerd, with the binary nextest just built (docs/STRANGLER.md).
+bash .ci/parity.sh

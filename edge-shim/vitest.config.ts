@@ -4,8 +4,15 @@
 import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
 import vector from "./test/vectors/edge-signature.json" with { type: "json" };
+import telnyx from "./test/vectors/telnyx-webhook.json" with { type: "json" };
 
 export default defineConfig({
+  resolve: {
+    // pg (CommonJS) requires pg-protocol, whose package.json points `import` at an ES module
+    // shipped as .js in a CommonJS package; the workers pool's module loader follows `import`
+    // and fails. wrangler's own bundling (esbuild) is unaffected; tests get the CJS build.
+    alias: [{ find: /^pg-protocol$/, replacement: "pg-protocol/dist/index.js" }],
+  },
   plugins: [
     cloudflareTest({
       main: "./src/index.ts",
@@ -14,7 +21,7 @@ export default defineConfig({
         bindings: {
           ORIGIN_URL: "http://origin.test:8080",
           EDGE_SHARED_SECRET: vector.secret,
-          TELNYX_PUBLIC_KEY: "test-telnyx-public-key",
+          TELNYX_PUBLIC_KEY: telnyx.publicKey,
           ASSEMBLYAI_WEBHOOK_SECRET: "test-assemblyai-secret",
         },
         outboundService: "fake-origin",

@@ -11,6 +11,21 @@ export interface Env {
    * (e.g. `http://127.0.0.1:8080` locally). A path prefix, if any, is kept.
    */
   ORIGIN_URL: string;
+  /**
+   * Origins allowed to call the API from a browser (comma-separated), exactly the container's
+   * `ALLOWED_ORIGINS`: edge-answered routes echo an allowed `Origin` as the container's CORS
+   * layer does.
+   */
+  ALLOWED_ORIGINS: string;
+  /**
+   * How Auth.js session tokens are stored (`raw`, `hashed` = hex SHA-256, or `dual` = either);
+   * must equal the container's `AUTH_TOKEN_STORAGE`.
+   */
+  AUTH_TOKEN_STORAGE: string;
+  /** Schema of the Auth.js tables; the container's `AUTH_SCHEMA` (default `authjs`). */
+  AUTH_SCHEMA: string;
+  /** Largest webhook body the edge reads; the container's `HTTP_BODY_LIMIT_BYTES` (1 MiB). */
+  HTTP_BODY_LIMIT_BYTES: string;
 
   // ---- Secrets (wrangler secret put) ----
 
@@ -19,7 +34,11 @@ export interface Env {
    * Same value as the container's `EDGE_SHARED_SECRET`. Without it the shim refuses to proxy.
    */
   EDGE_SHARED_SECRET: string;
-  /** Telnyx Ed25519 public key (base64) for verifying webhooks once `/webhooks/telnyx` moves to the edge. */
+  /**
+   * Telnyx Ed25519 public key: base64 of the raw 32-byte key, the container's
+   * `TELNYX_PUBLIC_KEY`. Verifies `POST /webhooks/telnyx` when the edge answers it; without it
+   * the edge defers that route to the container.
+   */
   TELNYX_PUBLIC_KEY: string;
   /** Shared secret for verifying AssemblyAI webhooks once `/webhooks/assemblyai` moves to the edge. */
   ASSEMBLYAI_WEBHOOK_SECRET: string;
@@ -27,8 +46,8 @@ export interface Env {
   // ---- Hyperdrive ----
 
   /**
-   * Pooled Postgres (Neon) for edge-owned routes, e.g. writing `webhook_inbox` rows.
-   * Open one client per request with `HYPERDRIVE.connectionString`; Hyperdrive pools upstream.
+   * Pooled Postgres (Neon) for edge-owned routes: the `webhook_inbox` writer and the session
+   * lookups. One `pg` client per request (src/db.ts); Hyperdrive pools upstream.
    */
   HYPERDRIVE: Hyperdrive;
 

@@ -2,8 +2,10 @@
 // route's manifest key ("GET /api/calls/{id}"). A route may be `shadow` or `edge` in
 // routes.json only if it has a handler here; checkRegistry enforces that at start-up.
 
+import { listCalls, me } from "./api";
 import type { Env } from "./env";
 import type { CompiledRoute } from "./manifest";
+import { telnyxWebhook } from "./webhooks";
 
 /** What an edge handler gets besides the request. */
 export interface EdgeContext {
@@ -33,7 +35,11 @@ export interface ShadowRules {
   headers?: string[];
 }
 
-/** The edge's implementation of one route. */
+/**
+ * The edge's implementation of one route. To have the container answer a request the edge
+ * recognises but does not handle itself, throw DeferToOrigin (src/defer.ts) before any side
+ * effect; any other throw is a failure and falls back to the container too.
+ */
 export interface EdgeHandler {
   handle(request: Request, ctx: EdgeContext): Promise<Response>;
   shadow?: ShadowRules;
@@ -42,10 +48,15 @@ export interface EdgeHandler {
 export type HandlerRegistry = Readonly<Record<string, EdgeHandler>>;
 
 /**
- * The production registry. Empty while every route in routes.json is `origin`; a route's
- * handler lands here in the same change that flips it to `shadow` (docs/STRANGLER.md).
+ * The production registry. A handler may exist while its route is still `origin` (it is then
+ * never called); flipping the route to `shadow` or `edge` in routes.json puts it to work
+ * (docs/STRANGLER.md). The parity suite (parity/) runs every handler here as `edge`.
  */
-export const HANDLERS: HandlerRegistry = {};
+export const HANDLERS: HandlerRegistry = {
+  "POST /webhooks/telnyx": telnyxWebhook,
+  "GET /api/me": me,
+  "GET /api/calls": listCalls,
+};
 
 /** Throws when a `shadow`/`edge` route has no handler, or a handler names no manifest route. */
 export function checkRegistry(routes: readonly CompiledRoute[], handlers: HandlerRegistry): void {

@@ -2,9 +2,14 @@
 // contract as the container's (docs/API_ERRORS.md), so a client cannot tell which side failed
 // by the shape of the body. Causes are logged by the caller, never put in the body.
 
-/** Builds a problem response carrying the request id (x-request-id, else cf-ray, else a new UUID). */
+import { chooseRequestId } from "./respond";
+
+/**
+ * Builds a problem response carrying the request id, chosen as the container chooses it
+ * (an acceptable x-request-id, else cf-ray, else a new UUIDv7).
+ */
 export function problem(request: Request, status: number, title: string, detail?: string): Response {
-  const requestId = request.headers.get("x-request-id") ?? request.headers.get("cf-ray") ?? crypto.randomUUID();
+  const requestId = chooseRequestId(request.headers);
   const body: Record<string, unknown> = { type: "about:blank", title, status };
   if (detail !== undefined) body.detail = detail;
   body.request_id = requestId;

@@ -1,9 +1,11 @@
 // Owns the `shadow` owner: the origin answers the client; the edge computes its own answer
 // in dry-run mode alongside, and after the response (ctx.waitUntil) the two are compared and
-// any difference is logged as one structured `shadow_diff` line (`shadow_match` when equal).
+// any difference is logged as one structured `shadow_diff` line (`shadow_match` when equal,
+// `shadow_deferred` when the edge handler would have handed the request to the origin).
 // The comparison itself (compareResponses) is a pure function. Nothing here ever sends the
 // edge's answer to a client or replays a request for real.
 
+import { isDeferral } from "./defer";
 import type { Env } from "./env";
 import type { EdgeHandler, ShadowRules } from "./handlers";
 import type { RouteMatch } from "./manifest";
@@ -233,7 +235,10 @@ export async function captureResponse(
   return { ...base, body: new TextDecoder().decode(bytes) };
 }
 
-type EdgeOutcome = { ok: true; response: Response } | { ok: false; error: string };
+type EdgeOutcome =
+  | { ok: true; response: Response }
+  | { ok: false; error: string }
+  | { ok: false; deferred: string };
 
 /**
  * Serves a `shadow` route: returns the origin's response and schedules the comparison.
@@ -262,6 +267,7 @@ export async function serveShadowed(
       });
       return { ok: true as const, response };
     } catch (err) {
+      if (isDeferral(err)) return { ok: false as const, deferred: err.reason };
       return { ok: false as const, error: errorMessage(err) };
     }
   })();
@@ -290,6 +296,11 @@ async function report(
     const headerNames = rules.headers ?? DEFAULT_HEADERS;
     const origin = await captureResponse(originCopy, headerNames);
     const outcome = await edgeAnswer;
+    if (!outcome.ok && "deferred" in outcome) {
+      // The edge would have handed this request to the origin: nothing to compare.
+      console.log(JSON.stringify({ event: "shadow_deferred", route, method, path, reason: outcome.deferred }));
+      return;
+    }
     let differences: Difference[];
     let skipped = origin.skipped;
     if (outcome.ok) {
