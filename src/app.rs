@@ -51,7 +51,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let shutdown = CancellationToken::new();
     let listener = Listener::start(
         config.database.direct_url.clone(),
-        &[jobs::NOTIFY_CHANNEL, crate::events::NOTIFY_CHANNEL],
+        &[jobs::NOTIFY_CHANNEL, crate::events::NOTIFY_CHANNEL, crate::media::transcripts::PARTIALS_CHANNEL],
         shutdown.clone(),
     );
     let telnyx = config.providers.telnyx.as_ref();
@@ -166,8 +166,14 @@ impl Application {
                 jobs::handlers::registry(),
                 WorkerConfig::default(),
             );
+            // Calls whose media bridge died with another replica are re-attached here.
+            tokio::spawn(crate::media::reattach::run(state.clone(), state.shutdown.clone()));
             tokio::spawn(worker.run(state.listener.clone(), state.shutdown.clone()))
         });
+        // Cron (retention purge, stale calls, dead-job report): one replica per tick, by
+        // advisory lock (src/cron.rs).
+        let cron = matches!(self.role, Role::Worker | Role::All)
+            .then(|| tokio::spawn(crate::cron::run(state.clone(), state.shutdown.clone())));
 
         if let Some(listener) = self.listener {
             serve(listener, self.router, &state).await?;
@@ -184,6 +190,9 @@ impl Application {
         }
         if let Some(worker) = worker {
             let _ = worker.await;
+        }
+        if let Some(cron) = cron {
+            let _ = cron.await;
         }
         Ok(())
     }

@@ -76,13 +76,23 @@ pub async fn after(
         .collect())
 }
 
+/// What a follower receives: durable log entries, and live-only partial transcripts.
+#[derive(Debug, Clone)]
+pub enum FollowItem {
+    Durable(CallEvent),
+    /// A partial transcript: never stored, never replayed; dropped for a lagging subscriber.
+    Partial(serde_json::Value),
+}
+
 struct Follow {
     db: Db,
     call_id: Uuid,
     prefix: String,
+    partial_marker: String,
     last: i64,
     notices: tokio::sync::broadcast::Receiver<Notice>,
     buffer: VecDeque<CallEvent>,
+    partials: VecDeque<serde_json::Value>,
     shutdown: CancellationToken,
 }
 
@@ -95,21 +105,26 @@ pub fn follow(
     call_id: Uuid,
     after_seq: i64,
     shutdown: CancellationToken,
-) -> impl futures_util::Stream<Item = CallEvent> + Send + use<> {
+) -> impl futures_util::Stream<Item = FollowItem> + Send + use<> {
     let state = Follow {
         db,
         call_id,
         prefix: format!("{call_id}:"),
+        partial_marker: format!("\"call_id\":\"{call_id}\""),
         last: after_seq,
         notices: listener.subscribe(),
         buffer: VecDeque::new(),
+        partials: VecDeque::new(),
         shutdown,
     };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(event) = state.buffer.pop_front() {
                 state.last = event.seq;
-                return Some((event, state));
+                return Some((FollowItem::Durable(event), state));
+            }
+            if let Some(partial) = state.partials.pop_front() {
+                return Some((FollowItem::Partial(partial), state));
             }
             let fetched = match state.db.client().await {
                 Ok(client) => after(&**client, state.call_id, state.last, 500).await,
@@ -137,6 +152,17 @@ pub fn follow(
                     notice = state.notices.recv() => match notice {
                         Ok(Notice::Notification { channel, payload })
                             if channel == NOTIFY_CHANNEL && payload.starts_with(&state.prefix) => break,
+                        Ok(Notice::Notification { channel, payload })
+                            if channel == crate::media::transcripts::PARTIALS_CHANNEL && payload.contains(&state.partial_marker) => {
+                            // Keep only the newest few: a slow subscriber loses partials, never finals.
+                            if let Ok(value) = serde_json::from_str(&payload) {
+                                if state.partials.len() >= 8 {
+                                    state.partials.pop_front();
+                                }
+                                state.partials.push_back(value);
+                            }
+                            break;
+                        }
                         Ok(Notice::Reconnected) | Err(RecvError::Lagged(_)) => break,
                         Ok(Notice::Notification { .. }) => continue,
                         Err(RecvError::Closed) => return None,

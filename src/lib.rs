@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod calls;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -15,6 +16,7 @@ pub mod jobs;
 pub mod media;
 pub mod orgs;
 pub mod providers;
+pub mod recordings;
 pub mod shutdown;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -74,6 +74,35 @@ pub struct Config {
     pub sentry: Option<SentryConfig>,
     pub edge: EdgeConfig,
     pub media: MediaConfig,
+    pub recordings: RecordingsConfig,
+}
+
+/// Recordings, post-call transcripts and the cron (docs/RECORDINGS.md).
+#[derive(Debug, Clone)]
+pub struct RecordingsConfig {
+    /// `RECORDINGS_MAX_BYTES`: the largest recording, enforced while streaming.
+    pub max_bytes: u64,
+    /// `RECORDINGS_PART_SIZE_BYTES`: multipart part size (all parts equal but the last).
+    pub part_size: usize,
+    /// `RECORDINGS_UPLOAD_CONCURRENCY`: parts in flight while the next one fills.
+    pub upload_concurrency: usize,
+    /// `RECORDINGS_UPLOAD_TIMEOUT_SECS`: whole-request limit of `POST /api/recordings`
+    /// (instead of `HTTP_REQUEST_TIMEOUT_SECS`).
+    pub upload_timeout: Duration,
+    /// `RECORDINGS_UPLOAD_IDLE_SECS`: longest wait for the next chunk of an upload body.
+    pub upload_idle: Duration,
+    /// `RECORDINGS_PRESIGN_GET_SECS`: presigned GET lifetime for clients (at most 300).
+    pub presign_get_ttl: Duration,
+    /// `RECORDINGS_PRESIGN_PUT_SECS`: presigned PUT lifetime for direct uploads.
+    pub presign_put_ttl: Duration,
+    /// `RECORDINGS_TRANSCRIPTION_URL_SECS`: presigned GET lifetime handed to AssemblyAI.
+    pub transcription_url_ttl: Duration,
+    /// `RECORDINGS_RETENTION_DAYS`: default retention (organisations may override).
+    pub retention_days: i32,
+    /// `CRON_INTERVAL_SECS`: how often the worker's cron ticks.
+    pub cron_interval: Duration,
+    /// `CRON_STALE_CALL_MINUTES`: a non-terminal call untouched this long is failed.
+    pub stale_call_after: Duration,
 }
 
 /// The realtime media bridge (docs/MEDIA_BRIDGE.md).
@@ -687,6 +716,8 @@ impl Reader {
                 .clamp(1, 120),
         };
 
+        let recordings = self.recordings();
+
         if !self.problems.is_empty() {
             return Err(ConfigError {
                 problems: self.problems,
@@ -706,7 +737,65 @@ impl Reader {
             sentry,
             edge,
             media,
+            recordings,
         })
+    }
+
+    /// A number in `min..=max`, else a problem (and the default).
+    fn bounded(&mut self, variable: &str, default: u64, min: u64, max: u64) -> u64 {
+        let value = self.parsed(variable, default);
+        if !(min..=max).contains(&value) {
+            self.problem(variable, format!("must be between {min} and {max}"));
+            return default;
+        }
+        value
+    }
+
+    fn recordings(&mut self) -> RecordingsConfig {
+        const MIB: u64 = 1024 * 1024;
+        RecordingsConfig {
+            max_bytes: self.bounded("RECORDINGS_MAX_BYTES", 2048 * MIB, 1, 5 * 1024 * MIB),
+            // R2/S3: parts of 5 MiB – 5 GiB.
+            part_size: self.bounded("RECORDINGS_PART_SIZE_BYTES", 8 * MIB, 5 * MIB, 512 * MIB)
+                as usize,
+            upload_concurrency: self.bounded("RECORDINGS_UPLOAD_CONCURRENCY", 2, 1, 8) as usize,
+            upload_timeout: Duration::from_secs(self.bounded(
+                "RECORDINGS_UPLOAD_TIMEOUT_SECS",
+                3600,
+                1,
+                86_400,
+            )),
+            upload_idle: Duration::from_secs(self.bounded(
+                "RECORDINGS_UPLOAD_IDLE_SECS",
+                60,
+                1,
+                3600,
+            )),
+            presign_get_ttl: Duration::from_secs(self.bounded(
+                "RECORDINGS_PRESIGN_GET_SECS",
+                300,
+                1,
+                300,
+            )),
+            presign_put_ttl: Duration::from_secs(self.bounded(
+                "RECORDINGS_PRESIGN_PUT_SECS",
+                600,
+                1,
+                3600,
+            )),
+            // R2 presigned URLs live at most 7 days (PROVIDERS.md §5).
+            transcription_url_ttl: Duration::from_secs(self.bounded(
+                "RECORDINGS_TRANSCRIPTION_URL_SECS",
+                86_400,
+                60,
+                604_800,
+            )),
+            retention_days: self.bounded("RECORDINGS_RETENTION_DAYS", 90, 1, 3650) as i32,
+            cron_interval: Duration::from_secs(self.bounded("CRON_INTERVAL_SECS", 300, 1, 86_400)),
+            stale_call_after: Duration::from_secs(
+                60 * self.bounded("CRON_STALE_CALL_MINUTES", 240, 1, 10_080),
+            ),
+        }
     }
 
     fn providers(&mut self) -> ProvidersConfig {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::auth::OrgContext;
 use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, stream_token};
 use crate::error::{ApiError, Problem};
-use crate::events::{self, CallEvent};
+use crate::events::{self, CallEvent, FollowItem};
 use crate::http::extract::{Json, Path, Query};
 use crate::providers::telnyx::{self, DialRequest, StreamSettings};
 use crate::state::AppState;
@@ -383,12 +383,19 @@ pub async fn events(
         after,
         state.shutdown.clone(),
     )
-    .map(|event| {
-        Ok(Event::default()
-            .id(event.seq.to_string())
-            .event(event.kind.clone())
-            .json_data(&event)
-            .unwrap_or_else(|_| Event::default().comment("unserialisable event")))
+    .map(|item| {
+        Ok(match item {
+            FollowItem::Durable(event) => Event::default()
+                .id(event.seq.to_string())
+                .event(event.kind.clone())
+                .json_data(&event)
+                .unwrap_or_else(|_| Event::default().comment("unserialisable event")),
+            // No id: partials are not part of the resumable log.
+            FollowItem::Partial(partial) => Event::default()
+                .event("transcript.partial")
+                .json_data(&partial)
+                .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
+        })
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

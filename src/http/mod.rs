@@ -3,6 +3,7 @@
 //! Routes are registered through `utoipa_axum` so a route cannot exist without appearing in
 //! the OpenAPI document. Layer order (outermost first) is spelled out in [`router`].
 
+pub mod assemblyai_webhook;
 pub mod calls;
 pub mod debug;
 pub mod extract;
@@ -14,21 +15,23 @@ pub mod metrics;
 pub mod openapi;
 pub mod orgs;
 pub mod phone_numbers;
+pub mod realtime;
+pub mod recordings;
 pub mod problems;
 pub mod request_id;
+pub mod timeouts;
 pub mod webhooks;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::{Extension, Router, middleware};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi as _;
@@ -71,7 +74,11 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(calls::hangup))
         .routes(routes!(calls::events))
         .routes(routes!(webhooks::telnyx))
+        .routes(routes!(assemblyai_webhook::assemblyai))
+        .merge(recordings::routes())
         .routes(routes!(media::telnyx_stream))
+        .routes(routes!(realtime::token))
+        .routes(routes!(realtime::transcribe))
 }
 
 /// The generated OpenAPI document of a production deployment (also used by
@@ -158,9 +165,10 @@ pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Rout
         .layer(cors(&config))
         .layer(middleware::from_fn(problems::normalise))
         .layer(CatchPanicLayer::custom(problems::panic_response))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            config.http.request_timeout,
+        // Per-route request timeout: the streamed recording upload gets its own (timeouts.rs).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            timeouts::limit,
         ));
 
     routes

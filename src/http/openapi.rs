@@ -30,6 +30,8 @@ use crate::error::Problem;
         (name = "phone-numbers", description = "Numbers owned by the organisation (inbound routing)"),
         (name = "webhooks", description = "Provider callbacks, verified before anything is stored"),
         (name = "media", description = "Realtime media WebSockets"),
+        (name = "recordings", description = "Call recordings: streamed and direct uploads, immutable versions, presigned access"),
+        (name = "realtime", description = "Browser transcription: direct tokens or a proxy"),
     ),
     components(schemas(Problem)),
 )]

@@ -7,7 +7,9 @@
 //! trigger on insert) and poll as a fallback for missed notifications, retries and leases.
 
 pub mod handlers;
+pub mod recording_import;
 pub mod telnyx_event;
+pub mod transcript_fetch;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;

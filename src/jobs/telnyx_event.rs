@@ -105,6 +105,10 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         }
     }
     events::append(&**client, call.id, &event.event_type, data, occurred_at).await?;
+    if event.event_type == "call.recording.saved" {
+        // Telnyx's links expire in 10 minutes: copy the recording now (docs/RECORDINGS.md).
+        super::recording_import::enqueue(&**client, &updated, &event).await?;
+    }
     mark_processed(&state, &event_id).await
 }
 

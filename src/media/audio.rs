@@ -110,6 +110,57 @@ impl TrackAudio {
     }
 }
 
+/// Batches an arbitrary byte stream (a browser's audio) into chunks of `batch_ms`, for any
+/// encoding: AssemblyAI's 50–1000 ms rule applies whatever the sender's frame size.
+pub struct ByteBatcher {
+    buffer: Vec<u8>,
+    batch_bytes: usize,
+    min_bytes: usize,
+    max_bytes: usize,
+    silence: u8,
+    /// Bytes per sample: a chunk never splits a sample.
+    sample_bytes: usize,
+}
+
+impl ByteBatcher {
+    pub fn new(batch_ms: usize, bytes_per_ms: usize, sample_bytes: usize, silence: u8) -> Self {
+        let batch_ms = batch_ms.clamp(50, 1000);
+        Self {
+            buffer: Vec::new(),
+            batch_bytes: batch_ms * bytes_per_ms,
+            min_bytes: 50 * bytes_per_ms,
+            max_bytes: 1000 * bytes_per_ms,
+            silence,
+            sample_bytes: sample_bytes.max(1),
+        }
+    }
+
+    /// Appends audio; returns complete chunks. Holds at most one chunk plus the input.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        self.buffer.extend_from_slice(bytes);
+        let mut ready = Vec::new();
+        while self.buffer.len() >= self.batch_bytes {
+            let rest = self.buffer.split_off(self.batch_bytes);
+            ready.push(std::mem::replace(&mut self.buffer, rest));
+        }
+        ready
+    }
+
+    /// The remainder, padded with silence to 50 ms and cut on a sample boundary.
+    pub fn flush(&mut self) -> Option<Vec<u8>> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let mut tail = std::mem::take(&mut self.buffer);
+        tail.truncate(tail.len() - tail.len() % self.sample_bytes);
+        if tail.len() < self.min_bytes {
+            tail.resize(self.min_bytes, self.silence);
+        }
+        tail.truncate(self.max_bytes);
+        Some(tail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +214,21 @@ mod tests {
         let order: Vec<u8> = bytes.chunks(160).map(|c| c[0]).collect();
         assert_eq!(order, (0..10).collect::<Vec<u8>>());
         assert_eq!(audio.counters.frames_late, 0);
+    }
+
+    #[test]
+    fn browser_bytes_batch_on_sample_boundaries_within_limits() {
+        // 16 kHz S16LE: 32 bytes per ms; 100 ms = 3200 bytes.
+        let mut batcher = ByteBatcher::new(100, 32, 2, 0);
+        let mut chunks = Vec::new();
+        for _ in 0..7 {
+            chunks.extend(batcher.push(&[1u8; 1000]));
+        }
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks.iter().all(|c| c.len() == 3200));
+        let tail = batcher.flush().unwrap();
+        assert_eq!(tail.len(), 1600, "600 bytes padded to the 50 ms minimum");
+        assert!(batcher.flush().is_none());
     }
 
     #[test]

@@ -162,7 +162,14 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         bridge.close_gap(track);
     }
     while bridge.storage.join_next().await.is_some() {}
-    if let Err(error) = transcripts::stream_ended(&bridge.state.db, call_id).await {
+    // A stream stopped by our own shutdown is not over: the call goes on and another replica
+    // re-attaches it. Any other end (Telnyx stop, hangup) is final.
+    let recorded = if bridge.state.shutdown.is_cancelled() {
+        super::reattach::detach(&bridge.state, call_id).await
+    } else {
+        transcripts::stream_ended(&bridge.state.db, call_id).await
+    };
+    if let Err(error) = recorded {
         tracing::warn!(%error, %call_id, "recording the end of the media stream failed");
     }
     metrics::gauge!("media_live_calls").decrement(1.0);

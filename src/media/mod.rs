@@ -4,5 +4,7 @@
 
 pub mod audio;
 pub mod bridge;
+pub mod browser;
 pub mod frames;
+pub mod reattach;
 pub mod transcripts;

@@ -2,6 +2,7 @@
 //! (so tests and `make dev` point it at a simulator) and the PROVIDERS.md section it follows.
 
 pub mod assemblyai;
+pub mod assemblyai_async;
 pub mod telnyx;
 
 use std::time::Duration;

@@ -48,12 +48,18 @@ struct Inner {
     script: Vec<String>,
 }
 
+/// Called with every audio chunk a session receives (benchmarks attribute bytes to frames).
+pub type ChunkProbe = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AssemblyAiSim {
     pub address: SocketAddr,
     api_key: String,
     inner: Arc<Mutex<Inner>>,
     max_turn_ms: u64,
+    probe: Arc<Mutex<Option<ChunkProbe>>>,
+    /// Keep per-session chunk sizes (tests) or not (benchmarks with thousands of sessions).
+    record_chunks: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +84,8 @@ impl AssemblyAiSim {
                 ],
             })),
             max_turn_ms: 4_000,
+            probe: Arc::new(Mutex::new(None)),
+            record_chunks: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let router = Router::new()
             .route("/v3/ws", get(upgrade))
@@ -94,6 +102,13 @@ impl AssemblyAiSim {
 
     pub fn inject(&self, fault: StreamFault) {
         self.lock().faults.push_back(fault);
+    }
+
+    /// Benchmarks: observe every chunk, and stop keeping per-chunk records.
+    pub fn set_probe(&self, probe: ChunkProbe) {
+        *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
+        self.record_chunks
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_script(&self, lines: &[&str]) {

@@ -2,5 +2,7 @@
 //! (DESIGN.md §8). Built only with the `sim` feature; never in the production image.
 
 pub mod assemblyai;
+pub mod assemblyai_async;
+pub mod recordings;
 pub mod telnyx;
 pub mod telnyx_media;

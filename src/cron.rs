@@ -1,0 +1,289 @@
+//! The worker's cron: every `CRON_INTERVAL_SECS`, one replica — whichever takes the advisory
+//! lock — runs, in order:
+//!
+//! 1. **Retention purge**, per organisation (`organisations.recording_retention_days`, else
+//!    `RECORDINGS_RETENTION_DAYS`): objects of expired recordings are deleted first, then their
+//!    rows (versions and post-call transcripts cascade). A failed object delete keeps its rows,
+//!    so the next tick retries. Also: multipart uploads a dead process left (aborted), pending
+//!    versions older than a day (objects and rows), staging objects older than a day.
+//! 2. **Stale calls**: a call in a non-terminal status untouched for `CRON_STALE_CALL_MINUTES`
+//!    is failed (`failure_reason = 'stale: …'`) with a `call.failed` event.
+//! 3. **Dead jobs report**: counts per kind logged at WARN (new ones since the last tick) and
+//!    exported as the gauge `jobs_dead{kind}`.
+//!
+//! The lock is a session-level `pg_try_advisory_lock` on a dedicated unpooled connection
+//! (`DATABASE_DIRECT_URL`; transaction-mode poolers cannot hold session locks), held for the
+//! tick and released at its end or when the connection drops with the process.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::recordings::keys;
+use crate::recordings::store;
+use crate::state::AppState;
+
+/// `pg_try_advisory_lock` key of the cron (arbitrary, fixed: "cbcron").
+pub const LOCK_KEY: i64 = 0x6362_6372_6f6e;
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub recordings_purged: usize,
+    pub objects_deleted: usize,
+    pub uploads_aborted: usize,
+    pub pending_versions_dropped: usize,
+    pub staging_objects_deleted: usize,
+    pub stale_calls_failed: usize,
+    pub dead_jobs: HashMap<String, i64>,
+}
+
+/// Runs ticks until `shutdown`. The first tick runs at start-up.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.recordings.cron_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_dead: HashMap<String, i64> = HashMap::new();
+    tracing::info!("cron started");
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        match run_once(&state).await {
+            Ok(Some(report)) => {
+                for (kind, count) in &report.dead_jobs {
+                    let before = last_dead.get(kind).copied().unwrap_or_default();
+                    if *count > before {
+                        tracing::warn!(kind, dead = count, new = count - before, "dead jobs");
+                    }
+                }
+                last_dead = report.dead_jobs.clone();
+                tracing::info!(?report, "cron tick");
+            }
+            Ok(None) => tracing::debug!("cron tick skipped: another replica holds the lock"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "cron tick failed"),
+        }
+    }
+    tracing::info!("cron stopped");
+}
+
+/// One tick under the advisory lock; `None` when another replica holds it.
+pub async fn run_once(state: &AppState) -> anyhow::Result<Option<Report>> {
+    let lock = crate::db::connect_direct(state.config.database.direct_url.expose()).await?;
+    let locked: bool = lock
+        .query_one("select pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let result = tick(state).await;
+    // Dropping the connection would release it too; unlock explicitly to be prompt.
+    let _ = lock
+        .execute("select pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    result.map(Some)
+}
+
+/// The work of one tick, without the lock (tests call the parts directly).
+pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    purge_expired_recordings(state, &mut report).await?;
+    sweep_uploads(state, &mut report).await?;
+    report.stale_calls_failed = sweep_stale_calls(state).await?;
+    report.dead_jobs = dead_jobs(state).await?;
+    for (kind, count) in &report.dead_jobs {
+        metrics::gauge!("jobs_dead", "kind" => kind.clone()).set(*count as f64);
+    }
+    metrics::counter!("recordings_purged_total").increment(report.recordings_purged as u64);
+    metrics::counter!("calls_swept_stale_total").increment(report.stale_calls_failed as u64);
+    Ok(report)
+}
+
+/// Deletes recordings older than their organisation's retention: objects, then rows.
+pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> anyhow::Result<()> {
+    let client = state.db.client().await?;
+    loop {
+        let expired = client
+            .query(
+                "select r.id, r.organisation_id,
+                        coalesce(array_agg(v.object_key) filter (where v.object_key is not null), '{}'),
+                        coalesce(array_agg(v.staging_key) filter (where v.staging_key is not null), '{}')
+                 from recordings r
+                 join organisations o on o.id = r.organisation_id
+                 left join recording_versions v on v.recording_id = r.id
+                 where r.created_at < now() - make_interval(days => coalesce(o.recording_retention_days, $1))
+                 group by r.id, r.organisation_id
+                 order by r.created_at
+                 limit 200",
+                &[&state.config.recordings.retention_days],
+            )
+            .await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut purged = Vec::new();
+        for row in &expired {
+            let (id, organisation_id): (Uuid, Uuid) = (row.get(0), row.get(1));
+            let mut objects: Vec<String> = row.get(2);
+            objects.extend(row.get::<_, Vec<String>>(3));
+            let mut all_deleted = true;
+            for key in &objects {
+                if !keys::belongs_to(key, organisation_id) {
+                    tracing::error!(%key, %organisation_id, "refusing to delete a key outside its organisation");
+                    all_deleted = false;
+                    continue;
+                }
+                match store::delete(&state.storage, key).await {
+                    Ok(()) => report.objects_deleted += 1,
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "could not delete an expired recording object; retried next tick");
+                        all_deleted = false;
+                    }
+                }
+            }
+            if all_deleted {
+                purged.push(id);
+            }
+        }
+        if purged.is_empty() {
+            // Every object delete failed: stop rather than spin on the same rows.
+            return Ok(());
+        }
+        let deleted = client
+            .execute("delete from recordings where id = any($1)", &[&purged])
+            .await?;
+        report.recordings_purged += deleted as usize;
+        if expired.len() < 200 {
+            return Ok(());
+        }
+    }
+}
+
+/// Multipart uploads left by a dead process, pending versions older than a day (with their
+/// objects), and staging objects older than a day.
+pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Result<()> {
+    let client = state.db.client().await?;
+    let orphans = client
+        .query(
+            "select upload_id, object_key from multipart_uploads
+             where started_at < now() - interval '1 day' limit 500",
+            &[],
+        )
+        .await?;
+    for row in &orphans {
+        let (upload_id, key): (String, String) = (row.get(0), row.get(1));
+        store::abort_upload(&state.storage, &state.db, &key, &upload_id, Vec::new()).await;
+        report.uploads_aborted += 1;
+    }
+    let pending = client
+        .query(
+            "select v.recording_id, v.version, v.object_key, v.staging_key, r.organisation_id
+             from recording_versions v join recordings r on r.id = v.recording_id
+             where v.status = 'pending' and v.created_at < now() - interval '1 day' limit 500",
+            &[],
+        )
+        .await?;
+    for row in &pending {
+        let (recording_id, version): (Uuid, i32) = (row.get(0), row.get(1));
+        let organisation_id: Uuid = row.get(4);
+        let mut ok = true;
+        for key in [
+            Some(row.get::<_, String>(2)),
+            row.get::<_, Option<String>>(3),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if keys::belongs_to(&key, organisation_id) {
+                ok &= store::delete(&state.storage, &key).await.is_ok();
+            }
+        }
+        if ok {
+            crate::recordings::release(&**client, recording_id, version).await?;
+            report.pending_versions_dropped += 1;
+        }
+    }
+    let cutoff = Utc::now() - chrono::Duration::days(1);
+    let mut continuation: Option<String> = None;
+    loop {
+        let page = state
+            .storage
+            .client()
+            .list_objects_v2()
+            .bucket(state.storage.bucket())
+            .prefix(keys::STAGING_ROOT)
+            .set_continuation_token(continuation.take())
+            .send()
+            .await;
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&error), "listing staging objects failed");
+                break;
+            }
+        };
+        for object in page.contents() {
+            let old = object
+                .last_modified()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0))
+                .is_some_and(|t| t < cutoff);
+            if let (true, Some(key)) = (old, object.key())
+                && store::delete(&state.storage, key).await.is_ok()
+            {
+                report.staging_objects_deleted += 1;
+            }
+        }
+        match page.next_continuation_token() {
+            Some(token) if page.is_truncated() == Some(true) => continuation = Some(token.into()),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// Fails calls stuck in a non-terminal status; returns how many.
+pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
+    let client = state.db.client().await?;
+    let after = state.config.recordings.stale_call_after;
+    let reason = format!(
+        "stale: no terminal event within {} minutes",
+        after.as_secs() / 60
+    );
+    let rows = client
+        .query(
+            "update calls set status = 'failed', failure_reason = $2,
+                    ended_at = coalesce(ended_at, now()), updated_at = now()
+             where status not in ('ended', 'failed')
+               and updated_at < now() - make_interval(secs => $1)
+             returning id",
+            &[&after.as_secs_f64(), &reason],
+        )
+        .await?;
+    for row in &rows {
+        let id: Uuid = row.get(0);
+        crate::events::append(
+            &**client,
+            id,
+            "call.failed",
+            json!({"status": "failed", "failure_reason": reason}),
+            Utc::now(),
+        )
+        .await?;
+        tracing::warn!(call_id = %id, "stale call failed by the cron");
+    }
+    Ok(rows.len())
+}
+
+/// Dead jobs per kind.
+pub async fn dead_jobs(state: &AppState) -> anyhow::Result<HashMap<String, i64>> {
+    let client = state.db.client().await?;
+    Ok(client
+        .query(
+            "select kind, count(*) from jobs where status = 'dead' group by kind",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}

@@ -1,0 +1,111 @@
+//! `POST /webhooks/assemblyai`: AssemblyAI's "transcript done" callback (PROVIDERS.md §2.3).
+//!
+//! AssemblyAI signs nothing; it sends back the header we named when submitting
+//! (`x-callbridge-webhook-secret: ASSEMBLYAI_WEBHOOK_SECRET`), compared here in constant time
+//! (SHA-256 of both sides, so not even the length leaks). The body
+//! `{"transcript_id", "status"}` goes into `webhook_inbox` (provider `assemblyai`, event id
+//! `{transcript_id}:{status}`) and its job is enqueued in the same statement as the Telnyx
+//! receiver's; a retried delivery is a no-op. Answers within AssemblyAI's 10 s.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::error::{ApiError, Problem};
+use crate::http::extract::Json;
+use crate::http::webhooks::{INBOX_INSERT_SQL, Received};
+use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
+use crate::state::AppState;
+
+fn same_secret(sent: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(sent), Sha256::digest(expected));
+    a.ct_eq(&b).into()
+}
+
+/// AssemblyAI transcript webhooks.
+#[utoipa::path(post, path = "/webhooks/assemblyai", tag = "webhooks",
+    params(("x-callbridge-webhook-secret" = String, Header, description = "ASSEMBLYAI_WEBHOOK_SECRET, as configured when submitting")),
+    request_body(content = Object, description = "`{\"transcript_id\": \"…\", \"status\": \"completed\"|\"error\"}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored (or already stored)", body = Received),
+        (status = 400, description = "Not an AssemblyAI transcript webhook", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong auth header; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "AssemblyAI or its webhook secret is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn assemblyai(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Received>, ApiError> {
+    let config = state.config.providers.assemblyai()?;
+    let secret = config.webhook_secret.as_ref().ok_or_else(|| {
+        ApiError::from(crate::config::ProviderDisabled {
+            provider: "AssemblyAI webhooks",
+            variables: &["ASSEMBLYAI_WEBHOOK_SECRET"],
+        })
+    })?;
+    let sent = headers
+        .get(WEBHOOK_AUTH_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if sent.is_empty() || !same_secret(sent, secret.expose().as_bytes()) {
+        metrics::counter!("webhooks_rejected_total", "provider" => "assemblyai").increment(1);
+        return Err(ApiError::Unauthorized(
+            "Webhook auth header missing or wrong.".into(),
+        ));
+    }
+    let payload: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
+    let transcript_id = payload
+        .get("transcript_id")
+        .and_then(|v| v.as_str())
+        .filter(|id| !id.is_empty() && id.len() <= 200)
+        .ok_or_else(|| ApiError::BadRequest("missing transcript_id".into()))?;
+    let status = payload
+        .get("status")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty() && s.len() <= 40)
+        .ok_or_else(|| ApiError::BadRequest("missing status".into()))?;
+    let event_id = format!("{transcript_id}:{status}");
+    let event_type = format!("transcript.{status}");
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let statement = state
+        .db
+        .prepare(&client, INBOX_INSERT_SQL)
+        .await
+        .map_err(ApiError::internal)?;
+    let inserted: i64 = client
+        .query_one(
+            &statement,
+            &[
+                &"assemblyai",
+                &event_id,
+                &event_type,
+                &None::<chrono::DateTime<chrono::Utc>>,
+                &payload,
+                &"origin",
+            ],
+        )
+        .await
+        .map_err(ApiError::internal)?
+        .get(0);
+    let duplicate = inserted == 0;
+    metrics::counter!("webhooks_received_total", "provider" => "assemblyai", "duplicate" => duplicate.to_string())
+        .increment(1);
+    Ok(Json(Received {
+        event_id,
+        duplicate,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_compare_by_value() {
+        assert!(super::same_secret(b"s3cret", b"s3cret"));
+        assert!(!super::same_secret(b"s3cret", b"s3cret!"));
+        assert!(!super::same_secret(b"", b"s3cret"));
+    }
+}

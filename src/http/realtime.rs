@@ -1,0 +1,144 @@
+//! Browser transcription: `POST /api/realtime/token` (a short-lived AssemblyAI token for
+//! streaming directly from the browser — the recommended path for captions) and
+//! `GET /api/realtime/transcribe` (a WebSocket proxy through us, for when the turns must be
+//! stored against a call). docs/MEDIA_BRIDGE.md explains the choice.
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in};
+use crate::calls;
+use crate::error::{ApiError, Problem};
+use crate::http::extract::{Json, Query};
+use crate::media::browser;
+use crate::providers::assemblyai::{AssemblyAiClient, StreamParams};
+use crate::state::AppState;
+
+/// Browser tokens live one minute: enough to open the socket, useless if leaked later.
+const TOKEN_TTL_SECS: u32 = 60;
+
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
+pub struct AudioFormat {
+    /// `pcm_s16le` (default, little-endian 16-bit) or `pcm_mulaw`.
+    pub encoding: Option<String>,
+    /// Hz; default 16000.
+    pub sample_rate: Option<u32>,
+    /// Store final turns as this call's `browser` track (must be the caller's organisation's).
+    pub call_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RealtimeToken {
+    /// Single-use AssemblyAI streaming token.
+    pub token: String,
+    pub expires_in_seconds: u32,
+    /// Open this WebSocket from the browser (the token is in its query).
+    pub websocket_url: String,
+}
+
+fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiError> {
+    let encoding = match format.encoding.as_deref() {
+        None | Some("pcm_s16le") => "pcm_s16le",
+        Some("pcm_mulaw") => "pcm_mulaw",
+        Some(other) => {
+            return Err(ApiError::Unprocessable(format!(
+                "unsupported encoding {other:?}"
+            )));
+        }
+    };
+    let sample_rate = format.sample_rate.unwrap_or(16_000);
+    if !(8_000..=48_000).contains(&sample_rate) || sample_rate % 1000 != 0 {
+        return Err(ApiError::Unprocessable(
+            "sample_rate must be a whole kHz between 8000 and 48000".into(),
+        ));
+    }
+    Ok(StreamParams {
+        speech_model: state.config.media.speech_model.clone(),
+        encoding,
+        sample_rate,
+        format_turns: true,
+    })
+}
+
+/// A short-lived token to stream from the browser straight to AssemblyAI.
+#[utoipa::path(post, path = "/api/realtime/token", tag = "realtime", request_body(content = AudioFormat, description = "Optional audio format"),
+    responses(
+        (status = 200, description = "Token and the URL to open", body = RealtimeToken),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "AssemblyAI refused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn token(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+    body: axum::body::Bytes,
+) -> Result<Json<RealtimeToken>, ApiError> {
+    let config = state.config.providers.assemblyai()?;
+    // The body is optional: empty means the defaults.
+    let format = if body.iter().all(u8::is_ascii_whitespace) {
+        AudioFormat {
+            encoding: None,
+            sample_rate: None,
+            call_id: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("Failed to parse the request body as JSON: {e}"))
+        })?
+    };
+    let params = params(&state, &format)?;
+    let client = AssemblyAiClient::new(config);
+    let (token, expires_in_seconds) = client
+        .temporary_token(TOKEN_TTL_SECS)
+        .await
+        .map_err(|e| ApiError::BadGateway(e.to_string()))?;
+    let websocket_url = client.browser_url(&params, &token).to_string();
+    Ok(Json(RealtimeToken {
+        token,
+        expires_in_seconds,
+        websocket_url,
+    }))
+}
+
+/// Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out.
+#[utoipa::path(get, path = "/api/realtime/transcribe", tag = "realtime", params(AudioFormat),
+    responses(
+        (status = 101, description = "Switching to the transcription WebSocket"),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie session from a disallowed origin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "call_id is not the caller's organisation's", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn transcribe(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Query(format): Query<AudioFormat>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Browsers send cookies on cross-site WebSocket handshakes: check the origin ourselves.
+    if user.source == CredentialSource::Cookie {
+        csrf::check(&headers, &state.config.http.allowed_origins).map_err(|refused| {
+            ApiError::Forbidden(format!("Cross-site request refused: {refused}."))
+        })?;
+    }
+    let config = state.config.providers.assemblyai()?;
+    let params = params(&state, &format)?;
+    if let Some(call_id) = format.call_id {
+        let client = state.db.client().await.map_err(ApiError::internal)?;
+        let call = calls::get_unscoped(&**client, call_id)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or(ApiError::NotFound)?;
+        membership_in(&user, call.organisation_id)?;
+    }
+    let client = AssemblyAiClient::new(config);
+    let tracker = state.bridges.clone();
+    Ok(upgrade.on_upgrade(move |socket| {
+        tracker.track_future(browser::run(state, client, params, format.call_id, socket))
+    }))
+}

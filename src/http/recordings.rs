@@ -1,0 +1,674 @@
+//! Recordings: `POST /api/recordings` (streamed upload), `POST /api/recordings/upload-url`
+//! and `POST /api/recordings/{id}/complete` (direct upload), `GET /api/recordings/{id}`,
+//! `GET /api/recordings/{id}/download`, `GET /api/calls/{id}/recordings` and
+//! `GET /api/calls/{id}/transcript`. All scoped to the active organisation: another
+//! organisation's recording or call is 404 (docs/RECORDINGS.md).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::OrgContext;
+use crate::calls;
+use crate::error::{ApiError, Problem};
+use crate::http::extract::{Json, Path, Query};
+use crate::recordings::agreement::{self, Agreement};
+use crate::recordings::audio::{AudioFormat, SNIFF_LEN};
+use crate::recordings::store::{self, Limits, StoreError};
+use crate::recordings::{self, Recording, Target};
+use crate::state::AppState;
+
+/// The recordings routes. The streamed upload has no body-size extractor limit: it enforces
+/// `RECORDINGS_MAX_BYTES` itself while streaming (and `http::timeouts` gives it its own
+/// timeout).
+pub fn routes() -> OpenApiRouter<AppState> {
+    let (schemas, paths, upload_route) = routes!(upload);
+    OpenApiRouter::new()
+        .routes((
+            schemas,
+            paths,
+            upload_route.layer(DefaultBodyLimit::disable()),
+        ))
+        .routes(routes!(upload_url))
+        .routes(routes!(complete))
+        .routes(routes!(get))
+        .routes(routes!(download))
+        .routes(routes!(list_for_call))
+        .routes(routes!(transcript))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotAudio | StoreError::Mismatch { .. } => {
+                ApiError::UnsupportedMediaType(error.to_string())
+            }
+            StoreError::TooLarge { .. } => ApiError::PayloadTooLarge(error.to_string()),
+            StoreError::Empty | StoreError::Idle(_) | StoreError::Body(_) => {
+                ApiError::BadRequest(error.to_string())
+            }
+            StoreError::Storage(message) => {
+                ApiError::internal(anyhow::anyhow!("storage: {message}"))
+            }
+            StoreError::Db(error) => ApiError::internal(error),
+        }
+    }
+}
+
+fn limits(state: &AppState) -> Limits {
+    let config = &state.config.recordings;
+    Limits {
+        max_bytes: config.max_bytes,
+        part_size: config.part_size,
+        concurrency: config.upload_concurrency,
+        idle: config.upload_idle,
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// Tie a new recording to this call of the organisation.
+    pub call_id: Option<Uuid>,
+    /// Add a version to this existing recording instead of creating one.
+    pub recording_id: Option<Uuid>,
+}
+
+/// The target of a new version, checked against the organisation (404 otherwise).
+async fn target(
+    state: &AppState,
+    org: &OrgContext,
+    call_id: Option<Uuid>,
+    recording_id: Option<Uuid>,
+    source: &'static str,
+) -> Result<Target, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    match (recording_id, call_id) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "send call_id or recording_id, not both".into(),
+        )),
+        (Some(recording_id), None) => {
+            recordings::get(&**client, org.organisation_id, recording_id)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or(ApiError::NotFound)?;
+            Ok(Target::Existing {
+                organisation_id: org.organisation_id,
+                recording_id,
+            })
+        }
+        (None, call_id) => {
+            if let Some(call_id) = call_id {
+                calls::get(&**client, org.organisation_id, call_id)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .ok_or(ApiError::NotFound)?;
+            }
+            Ok(Target::New {
+                organisation_id: org.organisation_id,
+                call_id,
+                source,
+                telnyx_recording_id: None,
+                channels: None,
+            })
+        }
+    }
+}
+
+fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    AudioFormat::from_content_type(declared).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "Content-Type {declared:?} is not an audio type we accept \
+             (audio/wav, audio/mpeg, audio/ogg, audio/flac, audio/webm)"
+        ))
+    })
+}
+
+/// Streams an audio body into storage as a new recording (or a new version of one): a
+/// multipart upload of equal parts, the size limit enforced as bytes arrive, the format
+/// checked on the bytes. A client that disconnects leaves nothing behind.
+#[utoipa::path(post, path = "/api/recordings", tag = "recordings",
+    params(UploadQuery, ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    request_body(content = Vec<u8>, description = "The audio bytes (WAV, MP3, Ogg, FLAC or WebM)", content_type = "audio/wav"),
+    responses(
+        (status = 201, description = "Stored", body = Recording),
+        (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than RECORDINGS_MAX_BYTES; nothing kept", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not audio (by Content-Type or by its bytes)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn upload(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Recording>), ApiError> {
+    let declared = declared_format(&headers)?;
+    let limits = limits(&state);
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > limits.max_bytes) {
+        return Err(StoreError::TooLarge {
+            limit: limits.max_bytes,
+        }
+        .into());
+    }
+    let target = target(&state, &org, query.call_id, query.recording_id, "upload").await?;
+    let sniffed = store::sniff(body.into_data_stream(), Some(declared), &limits).await?;
+    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    let reserved = recordings::reserve(&mut client, &target, sniffed.format, None, false)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let stored = store::upload(
+        &state.storage,
+        &state.db,
+        &reserved.object_key,
+        sniffed.format,
+        sniffed.prefix,
+        sniffed.rest,
+        &limits,
+    )
+    .await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(error) => {
+            recordings::release(&**client, reserved.recording_id, reserved.version)
+                .await
+                .map_err(ApiError::internal)?;
+            return Err(error.into());
+        }
+    };
+    recordings::mark_stored(
+        &**client,
+        reserved.recording_id,
+        reserved.version,
+        stored.size as i64,
+        &stored.sha256,
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    metrics::counter!("recordings_uploaded_total", "path" => "stream").increment(1);
+    metrics::counter!("recording_bytes_uploaded_total").increment(stored.size);
+    let recording = recordings::get(&**client, org.organisation_id, reserved.recording_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    Ok((StatusCode::CREATED, Json(recording)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadUrlRequest {
+    /// The audio type the PUT must send (bound into the signature).
+    #[schema(example = "audio/wav")]
+    pub content_type: String,
+    /// Exact size of the file; `complete` checks it.
+    pub size_bytes: i64,
+    pub call_id: Option<Uuid>,
+    /// Add a version to this recording instead of creating one.
+    pub recording_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadUrl {
+    pub recording_id: Uuid,
+    pub version: i32,
+    /// `PUT` the bytes here, with exactly `headers`.
+    pub upload_url: String,
+    pub method: &'static str,
+    #[schema(value_type = Object)]
+    pub headers: serde_json::Map<String, Value>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A presigned PUT for a direct upload (short expiry, content type bound). Then call
+/// `POST /api/recordings/{id}/complete`.
+#[utoipa::path(post, path = "/api/recordings/upload-url", tag = "recordings",
+    request_body = UploadUrlRequest,
+    params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 201, description = "Upload URL", body = UploadUrl),
+        (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "size_bytes above RECORDINGS_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "content_type is not audio we accept", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "size_bytes is not positive", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn upload_url(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Json(body): Json<UploadUrlRequest>,
+) -> Result<(StatusCode, Json<UploadUrl>), ApiError> {
+    let format = AudioFormat::from_content_type(&body.content_type).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(format!(
+            "content_type {:?} is not an audio type we accept",
+            body.content_type
+        ))
+    })?;
+    if body.size_bytes <= 0 {
+        return Err(ApiError::Unprocessable(
+            "size_bytes must be positive".into(),
+        ));
+    }
+    let config = &state.config.recordings;
+    if body.size_bytes as u64 > config.max_bytes {
+        return Err(StoreError::TooLarge {
+            limit: config.max_bytes,
+        }
+        .into());
+    }
+    let target = target(&state, &org, body.call_id, body.recording_id, "direct").await?;
+    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    let reserved = recordings::reserve(&mut client, &target, format, Some(body.size_bytes), true)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let staging = reserved
+        .staging_key
+        .clone()
+        .expect("direct reservations stage");
+    let ttl = config.presign_put_ttl;
+    let (url, headers) =
+        store::presign_put(&state.storage, &staging, format.content_type(), ttl).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UploadUrl {
+            recording_id: reserved.recording_id,
+            version: reserved.version,
+            upload_url: url,
+            method: "PUT",
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+            expires_at: Utc::now() + ttl,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// The version `upload-url` returned.
+    pub version: i32,
+}
+
+/// Confirms a direct upload: the object must exist with the announced size and be audio; it
+/// is then copied to its immutable version key and hashed.
+#[utoipa::path(post, path = "/api/recordings/{id}/complete", tag = "recordings",
+    request_body = CompleteRequest,
+    params(("id" = Uuid, Path, description = "Recording id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "Stored (or already stored)", body = Recording),
+        (status = 404, description = "No such recording version in this organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nothing uploaded yet, or not the announced size", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The uploaded bytes are not audio; the upload is discarded", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn complete(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+    Json(body): Json<CompleteRequest>,
+) -> Result<Json<Recording>, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let row = recordings::version(&**client, org.organisation_id, id, body.version)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if row.status == "pending" {
+        let staging = row.staging_key.clone().ok_or_else(|| {
+            ApiError::Conflict("this version is being uploaded through the container".into())
+        })?;
+        if !crate::recordings::keys::belongs_to(&staging, org.organisation_id) {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "staging key outside its organisation"
+            )));
+        }
+        let expected = row.size_bytes.unwrap_or_default();
+        let size = store::head_size(&state.storage, &staging)
+            .await?
+            .ok_or_else(|| ApiError::Conflict("nothing has been uploaded yet".into()))?;
+        if size as i64 != expected {
+            return Err(ApiError::Conflict(format!(
+                "the upload is {size} bytes, not the announced {expected}"
+            )));
+        }
+        let prefix = store::read_prefix(&state.storage, &staging, SNIFF_LEN).await?;
+        let declared = AudioFormat::from_content_type(&row.content_type);
+        let sniffed = AudioFormat::sniff(&prefix);
+        if sniffed.is_none() || sniffed != declared {
+            store::delete(&state.storage, &staging).await?;
+            recordings::release(&**client, id, body.version)
+                .await
+                .map_err(ApiError::internal)?;
+            return Err(StoreError::NotAudio.into());
+        }
+        // Only we write version keys: a client re-using its URL can only touch staging.
+        store::copy(&state.storage, &staging, &row.object_key).await?;
+        store::delete(&state.storage, &staging).await?;
+        let (size, sha256) = store::hash_object(&state.storage, &row.object_key).await?;
+        if size as i64 != expected {
+            return Err(ApiError::Conflict(
+                "the upload changed while it was being completed".into(),
+            ));
+        }
+        recordings::mark_stored(&**client, id, body.version, size as i64, &sha256)
+            .await
+            .map_err(ApiError::internal)?;
+        metrics::counter!("recordings_uploaded_total", "path" => "direct").increment(1);
+    }
+    recordings::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct VersionQuery {
+    /// A stored version; default the latest.
+    pub version: Option<i32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Download {
+    pub version: i32,
+    /// Presigned GET, valid until `expires_at` (at most 5 minutes).
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingDetail {
+    #[serde(flatten)]
+    pub recording: Recording,
+    /// Absent while no version is stored.
+    pub download: Option<Download>,
+}
+
+async fn presigned(
+    state: &AppState,
+    org: &OrgContext,
+    id: Uuid,
+    version: Option<i32>,
+) -> Result<(Recording, Option<Download>), ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let recording = recordings::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let wanted = match version {
+        Some(v) => Some(
+            recording
+                .versions
+                .iter()
+                .find(|x| x.version == v)
+                .ok_or(ApiError::NotFound)?
+                .version,
+        ),
+        None => recording.versions.last().map(|v| v.version),
+    };
+    let Some(wanted) = wanted else {
+        return Ok((recording, None));
+    };
+    let row = recordings::version(&**client, org.organisation_id, id, wanted)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    if !crate::recordings::keys::belongs_to(&row.object_key, org.organisation_id) {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "object key outside its organisation"
+        )));
+    }
+    let ttl: Duration = state.config.recordings.presign_get_ttl;
+    let url = store::presign_get(&state.storage, &row.object_key, ttl).await?;
+    Ok((
+        recording,
+        Some(Download {
+            version: wanted,
+            url,
+            expires_at: Utc::now() + ttl,
+        }),
+    ))
+}
+
+/// Metadata, stored versions and a presigned GET of the latest (or `version`).
+#[utoipa::path(get, path = "/api/recordings/{id}", tag = "recordings",
+    params(("id" = Uuid, Path, description = "Recording id"), VersionQuery,
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "The recording", body = RecordingDetail),
+        (status = 404, description = "No such recording (or version) in this organisation", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+    Query(query): Query<VersionQuery>,
+) -> Result<Response, ApiError> {
+    let (recording, download) = presigned(&state, &org, id, query.version).await?;
+    let mut response = Json(RecordingDetail {
+        recording,
+        download,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// 302 to a presigned GET of the latest version (or `version`).
+#[utoipa::path(get, path = "/api/recordings/{id}/download", tag = "recordings",
+    params(("id" = Uuid, Path, description = "Recording id"), VersionQuery,
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 302, description = "Location: presigned GET (at most 5 minutes)"),
+        (status = 404, description = "No such recording, or nothing stored yet", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn download(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+    Query(query): Query<VersionQuery>,
+) -> Result<Response, ApiError> {
+    let (_, download) = presigned(&state, &org, id, query.version).await?;
+    let download = download.ok_or(ApiError::NotFound)?;
+    let location = HeaderValue::from_str(&download.url).map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordingList {
+    pub recordings: Vec<Recording>,
+}
+
+/// The call's recordings that have a stored version.
+#[utoipa::path(get, path = "/api/calls/{id}/recordings", tag = "recordings",
+    params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "Recordings, oldest first", body = RecordingList),
+        (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_for_call(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+) -> Result<Json<RecordingList>, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    calls::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let recordings = recordings::list_for_call(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(RecordingList { recordings }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostCallTranscript {
+    pub recording_id: Uuid,
+    pub version: i32,
+    /// `submitted`, `completed` or `error`.
+    pub status: String,
+    pub multichannel: bool,
+    pub text: Option<String>,
+    /// AssemblyAI words: `text`, `start`, `end` (ms), `confidence`, `speaker`, `channel`.
+    #[schema(value_type = Vec<Object>)]
+    pub words: Value,
+    /// AssemblyAI utterances (per speaker or channel).
+    #[schema(value_type = Vec<Object>)]
+    pub utterances: Value,
+    pub language_code: Option<String>,
+    pub audio_duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveTurn {
+    /// `inbound`, `outbound` or `browser`.
+    pub track: String,
+    pub turn_index: i32,
+    pub text: String,
+    #[schema(value_type = Vec<Object>)]
+    pub words: Value,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallTranscript {
+    pub call_id: Uuid,
+    /// Final turns from the realtime bridge, in time order.
+    pub live: Vec<LiveTurn>,
+    /// The latest post-call transcript, when one was made.
+    pub post_call: Option<PostCallTranscript>,
+    /// Word-level agreement of `live` and a completed `post_call` (docs/RECORDINGS.md).
+    pub agreement: Option<Agreement>,
+}
+
+/// The call's transcripts: live turns and the post-call transcript side by side, with how
+/// far they agree.
+#[utoipa::path(get, path = "/api/calls/{id}/transcript", tag = "calls",
+    params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+    responses(
+        (status = 200, description = "Live and post-call transcripts", body = CallTranscript),
+        (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn transcript(
+    State(state): State<AppState>,
+    org: OrgContext,
+    Path(id): Path<Uuid>,
+) -> Result<Json<CallTranscript>, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    calls::get(&**client, org.organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let live: Vec<LiveTurn> = client
+        .query(
+            "select track, turn_index, text, words, start_ms, end_ms from transcript_turns
+             where call_id = $1 order by start_ms nulls last, track, turn_index",
+            &[&id],
+        )
+        .await
+        .map_err(ApiError::internal)?
+        .iter()
+        .map(|row| LiveTurn {
+            track: row.get(0),
+            turn_index: row.get(1),
+            text: row.get(2),
+            words: row.get(3),
+            start_ms: row.get(4),
+            end_ms: row.get(5),
+        })
+        .collect();
+    let post_call = client
+        .query_opt(
+            "select recording_id, version, status, multichannel, text, coalesce(words, '[]'),
+                    coalesce(utterances, '[]'), language_code, audio_duration_ms, error,
+                    submitted_at, completed_at
+             from post_call_transcripts where call_id = $1 and organisation_id = $2
+             order by submitted_at desc limit 1",
+            &[&id, &org.organisation_id],
+        )
+        .await
+        .map_err(ApiError::internal)?
+        .map(|row| PostCallTranscript {
+            recording_id: row.get(0),
+            version: row.get(1),
+            status: row.get(2),
+            multichannel: row.get(3),
+            text: row.get(4),
+            words: row.get(5),
+            utterances: row.get(6),
+            language_code: row.get(7),
+            audio_duration_ms: row.get(8),
+            error: row.get(9),
+            submitted_at: row.get(10),
+            completed_at: row.get(11),
+        });
+    let agreement = post_call
+        .as_ref()
+        .filter(|p| p.status == "completed" && !live.is_empty())
+        .map(|post| {
+            let live_words: Vec<String> = live
+                .iter()
+                .flat_map(|turn| agreement::normalise(&turn.text))
+                .collect();
+            let mut words: Vec<(i64, &str)> = post
+                .words
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|w| {
+                            Some((
+                                w.get("start").and_then(Value::as_i64).unwrap_or_default(),
+                                w.get("text")?.as_str()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Channels interleave by time, as the live turns do.
+            words.sort_by_key(|(start, _)| *start);
+            let post_words: Vec<String> = words
+                .iter()
+                .flat_map(|(_, text)| agreement::normalise(text))
+                .collect();
+            agreement::score(&live_words, &post_words)
+        });
+    Ok(Json(CallTranscript {
+        call_id: id,
+        live,
+        post_call,
+        agreement,
+    }))
+}

@@ -1,0 +1,210 @@
+//! Job `recording.import`: copies a Telnyx recording into storage as soon as
+//! `call.recording.saved` arrives — its `recording_urls` expire after 10 minutes
+//! (PROVIDERS.md §1.3) — then enqueues `recording.transcribe` in the same transaction that
+//! marks the version stored.
+//!
+//! Idempotent: one job per Telnyx recording (dedupe key), and a recording already imported
+//! (unique `telnyx_recording_id` with a stored version) is not imported again. Downloads are
+//! retried in the job (3 tries, jittered) and then by the queue's backoff; an expired link
+//! (403) is permanent.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Job, NewJob, Permanent};
+use crate::calls::Call;
+use crate::providers::telnyx::WebhookEvent;
+use crate::recordings::store::{self, Limits, StoreError};
+use crate::recordings::{self, Target};
+use crate::state::AppState;
+
+pub const KIND: &str = "recording.import";
+pub const TRANSCRIBE_KIND: &str = "recording.transcribe";
+
+/// Telnyx's identity for a recording: `recording_id` when sent, else the call session and
+/// start time (both stable across redeliveries), else the event id.
+pub fn telnyx_recording_id(event: &WebhookEvent) -> String {
+    if let Some(id) = event.field("recording_id") {
+        return id.to_owned();
+    }
+    match (
+        event.field("call_session_id"),
+        event.field("recording_started_at"),
+    ) {
+        (Some(session), Some(started)) => format!("{session}@{started}"),
+        _ => format!("event:{}", event.id),
+    }
+}
+
+/// Called by the `telnyx.event` job for `call.recording.saved` of a known call.
+pub async fn enqueue(
+    client: &impl tokio_postgres::GenericClient,
+    call: &Call,
+    event: &WebhookEvent,
+) -> Result<(), crate::db::DbError> {
+    let recording_id = telnyx_recording_id(event);
+    let urls = event
+        .payload
+        .get("recording_urls")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let job = NewJob {
+        max_attempts: Some(6),
+        ..NewJob::new(
+            KIND,
+            json!({
+                "call_id": call.id,
+                "organisation_id": call.organisation_id,
+                "telnyx_recording_id": recording_id,
+                "urls": urls,
+                "channels": event.field("channels"),
+            }),
+        )
+        .dedupe(format!("{KIND}:{recording_id}"))
+    };
+    super::enqueue(client, &job).await?;
+    Ok(())
+}
+
+fn limits(state: &AppState) -> Limits {
+    let config = &state.config.recordings;
+    Limits {
+        max_bytes: config.max_bytes,
+        part_size: config.part_size,
+        concurrency: config.upload_concurrency,
+        idle: Duration::from_secs(60),
+    }
+}
+
+pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
+    let payload = &job.payload;
+    let text = |name: &str| payload.get(name).and_then(Value::as_str).map(str::to_owned);
+    let telnyx_id =
+        text("telnyx_recording_id").ok_or_else(|| Permanent("no telnyx_recording_id".into()))?;
+    let organisation_id: Uuid = text("organisation_id")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Permanent("no organisation_id".into()))?;
+    let call_id: Option<Uuid> = text("call_id").and_then(|s| s.parse().ok());
+    let channels = text("channels");
+    let urls = payload.get("urls").cloned().unwrap_or(Value::Null);
+    let url = ["wav", "mp3"]
+        .iter()
+        .find_map(|format| urls.get(format).and_then(Value::as_str))
+        .ok_or_else(|| Permanent("call.recording.saved has no recording_urls".into()))?
+        .to_owned();
+
+    let mut client = state.db.client().await?;
+    let existing = recordings::by_telnyx_id(&**client, &telnyx_id).await?;
+    if let Some((_, Some(_))) = existing {
+        tracing::info!(%telnyx_id, "recording already imported");
+        return Ok(());
+    }
+
+    let http = crate::providers::http_client(Duration::from_secs(600));
+    let limits = limits(&state);
+    let mut last_error = None;
+    for attempt in 1..=3u32 {
+        let response = match http.get(&url).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                last_error = Some(anyhow::anyhow!("downloading the recording: {error}"));
+                tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
+                continue;
+            }
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND {
+            // Telnyx's links are presigned for 10 minutes: a 403 will not get better.
+            return Err(Permanent(format!(
+                "the recording URL answered {status} (expired? Telnyx links last 10 minutes)"
+            ))
+            .into());
+        }
+        if !status.is_success() {
+            last_error = Some(anyhow::anyhow!("the recording URL answered {status}"));
+            tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
+            continue;
+        }
+        let sniffed = match store::sniff(response.bytes_stream(), None, &limits).await {
+            Ok(sniffed) => sniffed,
+            Err(StoreError::NotAudio | StoreError::Empty) => {
+                return Err(Permanent("the recording URL did not return audio".into()).into());
+            }
+            Err(error) => {
+                last_error = Some(error.into());
+                tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
+                continue;
+            }
+        };
+        // Looked up again: a failed attempt may have released what the last one made.
+        let target = match recordings::by_telnyx_id(&**client, &telnyx_id).await? {
+            Some((_, Some(_))) => return Ok(()),
+            Some((recording_id, None)) => Target::Existing {
+                organisation_id,
+                recording_id,
+            },
+            _ => Target::New {
+                organisation_id,
+                call_id,
+                source: "telnyx",
+                telnyx_recording_id: Some(telnyx_id.clone()),
+                channels: channels.clone(),
+            },
+        };
+        let reserved = recordings::reserve(&mut client, &target, sniffed.format, None, false)
+            .await
+            .context("reserving the recording version")?
+            .ok_or_else(|| Permanent("recording vanished".into()))?;
+        let stored = store::upload(
+            &state.storage,
+            &state.db,
+            &reserved.object_key,
+            sniffed.format,
+            sniffed.prefix,
+            sniffed.rest,
+            &limits,
+        )
+        .await;
+        match stored {
+            Ok(stored) => {
+                let transaction = client.transaction().await?;
+                recordings::mark_stored(
+                    &*transaction,
+                    reserved.recording_id,
+                    reserved.version,
+                    stored.size as i64,
+                    &stored.sha256,
+                )
+                .await?;
+                super::enqueue(
+                    &*transaction,
+                    &NewJob::new(
+                        TRANSCRIBE_KIND,
+                        json!({"recording_id": reserved.recording_id, "version": reserved.version}),
+                    )
+                    .dedupe(format!(
+                        "{TRANSCRIBE_KIND}:{}:{}",
+                        reserved.recording_id, reserved.version
+                    )),
+                )
+                .await?;
+                transaction.commit().await?;
+                metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);
+                tracing::info!(recording_id = %reserved.recording_id, bytes = stored.size, "Telnyx recording imported");
+                return Ok(());
+            }
+            Err(error) => {
+                recordings::release(&**client, reserved.recording_id, reserved.version).await?;
+                if matches!(error, StoreError::TooLarge { .. }) {
+                    return Err(Permanent(error.to_string()).into());
+                }
+                last_error = Some(error.into());
+                tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("import failed")))
+}

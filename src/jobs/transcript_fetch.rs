@@ -1,0 +1,188 @@
+//! Post-call transcripts (PROVIDERS.md §2.3), two jobs:
+//!
+//! - `recording.transcribe`: submits a stored version to AssemblyAI async with `audio_url` =
+//!   a presigned GET that outlives the queue (`RECORDINGS_TRANSCRIPTION_URL_SECS`), the
+//!   webhook `PUBLIC_BASE_URL/webhooks/assemblyai` with our auth header, and `multichannel`
+//!   for dual-channel recordings. Skipped (done) when AssemblyAI or its webhook secret is not
+//!   configured, or when the version was already submitted.
+//! - `assemblyai.event`: enqueued by `POST /webhooks/assemblyai` through `webhook_inbox`;
+//!   fetches `GET /v2/transcript/{id}` and stores text, words and utterances (with their
+//!   channel/speaker). Idempotent: only a `submitted` row changes, and only that change
+//!   appends the call event.
+
+use anyhow::Context as _;
+use chrono::Utc;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Job, Permanent};
+use crate::events;
+use crate::providers::assemblyai_async::{self, AsyncClient, SubmitRequest};
+use crate::recordings::{self, store};
+use crate::state::AppState;
+
+pub const FETCH_KIND: &str = "assemblyai.event";
+
+pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
+    let recording_id: Uuid = job
+        .payload
+        .get("recording_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Permanent("no recording_id".into()))?;
+    let version = job
+        .payload
+        .get("version")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Permanent("no version".into()))? as i32;
+    let Ok(config) = state.config.providers.assemblyai() else {
+        tracing::info!(%recording_id, "AssemblyAI is not configured: no post-call transcript");
+        return Ok(());
+    };
+    let Some(secret) = &config.webhook_secret else {
+        tracing::warn!(%recording_id, "ASSEMBLYAI_WEBHOOK_SECRET is not set: no post-call transcript");
+        return Ok(());
+    };
+    let client = state.db.client().await?;
+    let already = client
+        .query_opt(
+            "select 1 from post_call_transcripts where recording_id = $1 and version = $2",
+            &[&recording_id, &version],
+        )
+        .await?;
+    if already.is_some() {
+        return Ok(());
+    }
+    let row = recordings::version_unscoped(&**client, recording_id, version)
+        .await?
+        .ok_or_else(|| Permanent("recording version is gone (purged?)".into()))?;
+    if row.status != "stored" {
+        return Err(Permanent("recording version is not stored".into()).into());
+    }
+    let audio_url = store::presign_get(
+        &state.storage,
+        &row.object_key,
+        state.config.recordings.transcription_url_ttl,
+    )
+    .await?;
+    let multichannel = row.channels.as_deref() == Some("dual");
+    let request = SubmitRequest {
+        audio_url,
+        webhook_url: format!(
+            "{}/webhooks/assemblyai",
+            state.config.public_base_url.as_str().trim_end_matches('/')
+        ),
+        webhook_auth_header_name: assemblyai_async::WEBHOOK_AUTH_HEADER.into(),
+        webhook_auth_header_value: secret.expose().clone(),
+        multichannel,
+        language_detection: true,
+        // One speaker per channel already; labels only for single-channel audio.
+        speaker_labels: !multichannel,
+    };
+    let submitted = match AsyncClient::new(config).submit(&request).await {
+        Ok(submitted) => submitted,
+        Err(error) if error.is_permanent() => return Err(Permanent(error.to_string()).into()),
+        Err(error) => return Err(error.into()),
+    };
+    client
+        .execute(
+            "insert into post_call_transcripts
+                (recording_id, version, call_id, organisation_id, assemblyai_transcript_id, status, multichannel)
+             values ($1, $2, $3, $4, $5, 'submitted', $6)
+             on conflict do nothing",
+            &[&recording_id, &version, &row.call_id, &row.organisation_id, &submitted.id, &multichannel],
+        )
+        .await?;
+    metrics::counter!("post_call_transcripts_submitted_total").increment(1);
+    tracing::info!(%recording_id, transcript_id = %submitted.id, "submitted for post-call transcription");
+    Ok(())
+}
+
+pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
+    let event_id = job
+        .payload
+        .get("event_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Permanent("payload has no event_id".into()))?
+        .to_owned();
+    let client = state.db.client().await?;
+    let payload: Value = client
+        .query_opt(
+            "select payload from webhook_inbox where provider = 'assemblyai' and event_id = $1",
+            &[&event_id],
+        )
+        .await?
+        .ok_or_else(|| Permanent(format!("inbox has no event {event_id}")))?
+        .get(0);
+    let transcript_id = payload
+        .get("transcript_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Permanent("webhook has no transcript_id".into()))?
+        .to_owned();
+    let Some(row) = client
+        .query_opt(
+            "select recording_id, version, call_id from post_call_transcripts where assemblyai_transcript_id = $1",
+            &[&transcript_id],
+        )
+        .await?
+    else {
+        // The webhook can overtake our own insert after submitting: retried with backoff.
+        anyhow::bail!("no submitted transcript {transcript_id} yet");
+    };
+    let (recording_id, version, call_id): (Uuid, i32, Option<Uuid>) =
+        (row.get(0), row.get(1), row.get(2));
+    let config = state.config.providers.assemblyai()?;
+    let transcript = match AsyncClient::new(config).get(&transcript_id).await {
+        Ok(transcript) => transcript,
+        Err(error) if error.is_permanent() => return Err(Permanent(error.to_string()).into()),
+        Err(error) => return Err(error.into()),
+    };
+    let changed = match transcript.status.as_str() {
+        "completed" => {
+            let words = json!(transcript.words.unwrap_or_default());
+            let utterances = json!(transcript.utterances.unwrap_or_default());
+            let duration_ms = transcript.audio_duration.map(|s| (s * 1000.0).round() as i64);
+            client
+                .execute(
+                    "update post_call_transcripts set status = 'completed', text = $2, words = $3,
+                            utterances = $4, language_code = $5, audio_duration_ms = $6, error = null,
+                            completed_at = coalesce(completed_at, now())
+                     where assemblyai_transcript_id = $1 and status = 'submitted'",
+                    &[&transcript_id, &transcript.text, &words, &utterances, &transcript.language_code, &duration_ms],
+                )
+                .await?
+        }
+        "error" => {
+            client
+                .execute(
+                    "update post_call_transcripts set status = 'error', error = $2, completed_at = coalesce(completed_at, now())
+                     where assemblyai_transcript_id = $1 and status = 'submitted'",
+                    &[&transcript_id, &transcript.error.clone().unwrap_or_else(|| "unknown error".into())],
+                )
+                .await?
+        }
+        other => {
+            // A webhook is only sent when done; anything else is worth another look later.
+            anyhow::bail!("transcript {transcript_id} is still {other}");
+        }
+    };
+    if let Some(call_id) = call_id.filter(|_| changed == 1) {
+        events::append(
+            &**client,
+            call_id,
+            "transcript.post_call",
+            json!({"recording_id": recording_id, "version": version, "status": transcript.status}),
+            Utc::now(),
+        )
+        .await
+        .context("appending the call event")?;
+    }
+    client
+        .execute(
+            "update webhook_inbox set processed_at = now() where provider = 'assemblyai' and event_id = $1",
+            &[&event_id],
+        )
+        .await?;
+    metrics::counter!("post_call_transcripts_total", "status" => transcript.status).increment(1);
+    Ok(())
+}

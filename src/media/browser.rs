@@ -1,0 +1,127 @@
+//! Browser transcription through us: the browser streams audio over a WebSocket, we batch it
+//! to AssemblyAI's 50–1000 ms rule and relay AssemblyAI's messages back verbatim. When bound
+//! to a call, final turns are stored as that call's `browser` track.
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message as AaiMessage;
+use uuid::Uuid;
+
+use super::audio::ByteBatcher;
+use super::transcripts::{self, FinalTurn};
+use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
+use crate::state::AppState;
+
+/// Client messages we pass on; anything else from the browser is ignored.
+fn allowed_control(text: &str) -> bool {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    matches!(
+        value.get("type").and_then(|t| t.as_str()),
+        Some("Terminate" | "ForceEndpoint")
+    )
+}
+
+pub async fn run(
+    state: AppState,
+    client: AssemblyAiClient,
+    params: StreamParams,
+    call_id: Option<Uuid>,
+    socket: WebSocket,
+) {
+    let (mut browser_tx, mut browser_rx) = socket.split();
+    let (aai, session_id) = match client.connect(&params).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            let message = serde_json::json!({"type": "Error", "error_code": 1011, "error": error.to_string()});
+            let _ = browser_tx
+                .send(WsMessage::Text(message.to_string().into()))
+                .await;
+            let _ = browser_tx.close().await;
+            return;
+        }
+    };
+    let (mut aai_tx, mut aai_rx) = aai.split();
+    let begin = serde_json::json!({"type": "Begin", "id": session_id});
+    let _ = browser_tx
+        .send(WsMessage::Text(begin.to_string().into()))
+        .await;
+    let sample_bytes = if params.encoding == "pcm_mulaw" { 1 } else { 2 };
+    let silence = if params.encoding == "pcm_mulaw" {
+        0xFF
+    } else {
+        0
+    };
+    let mut batcher = ByteBatcher::new(
+        state.config.media.batch_ms,
+        params.bytes_per_ms(),
+        sample_bytes,
+        silence,
+    );
+    let mut turn_index = 0i32;
+    let mut terminating = false;
+    loop {
+        tokio::select! {
+            incoming = browser_rx.next(), if !terminating => match incoming {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    for chunk in batcher.push(&bytes) {
+                        if aai_tx.send(AaiMessage::Binary(chunk.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Ok(WsMessage::Text(text))) if allowed_control(&text) => {
+                    if text.contains("Terminate") {
+                        if let Some(tail) = batcher.flush() {
+                            let _ = aai_tx.send(AaiMessage::Binary(tail.into())).await;
+                        }
+                        terminating = true;
+                    }
+                    let _ = aai_tx.send(AaiMessage::Text(text.as_str().into())).await;
+                }
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
+                    // The browser left: finish the session so nothing is billed or lost.
+                    if let Some(tail) = batcher.flush() {
+                        let _ = aai_tx.send(AaiMessage::Binary(tail.into())).await;
+                    }
+                    let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                    terminating = true;
+                }
+                Some(Ok(_)) => {}
+            },
+            message = aai_rx.next() => match message {
+                Some(Ok(AaiMessage::Text(text))) => {
+                    if let (Some(call_id), ServerMessage::Turn(turn)) = (call_id, assemblyai::parse_server_message(&text))
+                        && turn.end_of_turn && turn.turn_is_formatted
+                    {
+                        let stored = FinalTurn {
+                            call_id,
+                            track: "browser",
+                            turn_index,
+                            session_id: session_id.clone(),
+                            text: turn.transcript.clone(),
+                            words: serde_json::to_value(turn.words.iter().map(|w| serde_json::json!({"text": w.text, "start_ms": w.start, "end_ms": w.end, "confidence": w.confidence})).collect::<Vec<_>>()).unwrap_or_default(),
+                            confidence: None,
+                            start_ms: turn.words.first().map(|w| w.start as i64),
+                            end_ms: turn.words.last().map(|w| w.end as i64),
+                        };
+                        turn_index += 1;
+                        if let Err(error) = transcripts::store_final(&state.db, &stored).await {
+                            tracing::warn!(%error, "storing a browser turn failed");
+                        }
+                    }
+                    if browser_tx.send(WsMessage::Text(text.as_str().into())).await.is_err() && !terminating {
+                        let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                        terminating = true;
+                    }
+                }
+                Some(Ok(AaiMessage::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            () = state.shutdown.cancelled(), if !terminating => {
+                let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                terminating = true;
+            }
+        }
+    }
+    let _ = browser_tx.close().await;
+}

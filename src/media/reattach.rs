@@ -1,0 +1,99 @@
+//! Calls survive a deploy: a live call whose media bridge died with its replica (crash: the
+//! heartbeat stops; deploy: the bridge marks its stream detached) gets its media stream
+//! restarted through Telnyx `streaming_start` on the same `call_control_id`, with a fresh
+//! stream URL, so Telnyx reconnects to whichever replica is healthy. The audio in between
+//! is recorded as a gap on both tracks.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::transcripts;
+use crate::calls::stream_token;
+use crate::events;
+use crate::providers::telnyx::StreamSettings;
+use crate::state::AppState;
+
+/// A bridge heart-beats every 5 s; three missed beats mean it is gone.
+pub const STALE_AFTER_SECS: i64 = 15;
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Restarts the streams of calls whose bridge is gone. Returns how many it restarted.
+/// Safe on several replicas at once: rows are claimed with `FOR UPDATE SKIP LOCKED`.
+pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
+    let telnyx = state.telnyx()?;
+    let mut client = state.db.client().await?;
+    let transaction = client.transaction().await?;
+    let rows = transaction
+        .query(
+            "select ms.call_id, c.telnyx_call_control_id,
+                    (extract(epoch from now() - ms.heartbeat_at) * 1000)::bigint as lost_ms,
+                    (extract(epoch from ms.heartbeat_at - coalesce(c.answered_at, ms.connected_at)) * 1000)::bigint as at_ms
+             from media_streams ms join calls c on c.id = ms.call_id
+             where ms.ended_at is null and c.status = 'answered' and c.telnyx_call_control_id is not null
+               and ms.heartbeat_at < now() - make_interval(secs => $1)
+             for update of ms skip locked",
+            &[&(STALE_AFTER_SECS as f64)],
+        )
+        .await?;
+    let mut claimed = Vec::new();
+    for row in &rows {
+        let call_id: Uuid = row.get(0);
+        // Claim it: nobody else retries it for another STALE_AFTER_SECS.
+        transaction
+            .execute("update media_streams set replica = 'reattach-requested', heartbeat_at = now() where call_id = $1", &[&call_id])
+            .await?;
+        claimed.push((call_id, row.get::<_, String>(1), row.get::<_, i64>(2), row.get::<_, i64>(3)));
+    }
+    transaction.commit().await?;
+    drop(client);
+
+    let secret = state.config.auth.secret.expose().as_bytes();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    for (call_id, ccid, lost_ms, at_ms) in &claimed {
+        let url = stream_token::stream_url(&state.config.public_base_url, secret, *call_id, now);
+        let command_id = format!("reattach:{call_id}:{now}");
+        if let Err(error) = telnyx.streaming_start(ccid, &command_id, &StreamSettings::bidirectional_pcmu(url)).await {
+            tracing::warn!(%call_id, %error, "restarting the media stream failed; will retry");
+            continue;
+        }
+        tracing::warn!(%call_id, lost_ms, "media bridge lost; stream restarted on a healthy replica");
+        metrics::counter!("media_reattaches_total").increment(1);
+        for track in ["inbound", "outbound"] {
+            if let Err(error) = transcripts::store_gap(&state.db, *call_id, track, (*at_ms).max(0), (*lost_ms).max(0), "bridge_lost").await {
+                tracing::error!(%error, "storing the re-attach gap failed");
+            }
+        }
+        let client = state.db.client().await?;
+        events::append(&**client, *call_id, "media.reattached", json!({"lost_ms": lost_ms}), chrono::Utc::now()).await?;
+    }
+    Ok(claimed.len())
+}
+
+/// Runs `sweep` every few seconds until `shutdown` (part of `callbridge worker`).
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    if state.telnyx.is_none() {
+        return;
+    }
+    while shutdown.run_until_cancelled(tokio::time::sleep(SWEEP_EVERY)).await.is_some() {
+        if let Err(error) = sweep(&state).await {
+            tracing::warn!(%error, "media re-attach sweep failed");
+        }
+    }
+}
+
+/// Called by a bridge that stops because this process is shutting down: its call is still
+/// live, so mark the stream for immediate re-attachment instead of ended.
+pub async fn detach(state: &AppState, call_id: Uuid) -> Result<(), crate::db::DbError> {
+    let client = state.db.client().await?;
+    client
+        .execute(
+            "update media_streams set replica = 'detached', heartbeat_at = now() - make_interval(secs => $2)
+             where call_id = $1 and ended_at is null",
+            &[&call_id, &((STALE_AFTER_SECS + 1) as f64)],
+        )
+        .await?;
+    Ok(())
+}
