@@ -5,3 +5,12 @@ cd "$(dirname "$0")/.."
 . .ci/lib.sh
 ensure_postgres
 cargo bench --features sim --bench sessions --bench http_load
+# The recording upload bench needs an S3 server (s3s-fs, as `make test` starts it).
+export BENCH_S3_ENDPOINT="${BENCH_S3_ENDPOINT:-http://127.0.0.1:9100}"
+export BENCH_S3_ACCESS_KEY="${BENCH_S3_ACCESS_KEY:-cbtest}"
+export BENCH_S3_SECRET_KEY="${BENCH_S3_SECRET_KEY:-cbtest-secret-key}"
+bench_dir="${TMPDIR:-/tmp}/callbridge-bench-$$"
+mkdir -p "$bench_dir"
+trap 'stop_pidfile "$bench_dir/s3.pid"; rm -rf "$bench_dir"' EXIT
+start_s3 "${BENCH_S3_ENDPOINT##*:}" "$bench_dir/s3" "$BENCH_S3_ACCESS_KEY" "$BENCH_S3_SECRET_KEY" "$bench_dir/s3.pid"
+cargo bench --features sim --bench recordings_upload

@@ -51,7 +51,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let shutdown = CancellationToken::new();
     let listener = Listener::start(
         config.database.direct_url.clone(),
-        &[jobs::NOTIFY_CHANNEL, crate::events::NOTIFY_CHANNEL, crate::media::transcripts::PARTIALS_CHANNEL],
+        &[
+            jobs::NOTIFY_CHANNEL,
+            crate::events::NOTIFY_CHANNEL,
+            crate::media::transcripts::PARTIALS_CHANNEL,
+        ],
         shutdown.clone(),
     );
     let telnyx = config.providers.telnyx.as_ref();
@@ -75,11 +79,30 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         listener,
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
+        translation: Arc::new(translation_service(&config, &db)),
+        tts: config.providers.elevenlabs.as_ref().map(|c| {
+            crate::providers::elevenlabs::ElevenLabsClient::new(c, &c.voice_id, &c.model_id)
+        }),
         config: Arc::new(config),
         db,
         storage,
         metrics: http::metrics::recorder(),
     })
+}
+
+fn translation_service(config: &Config, db: &Db) -> crate::translate::TranslationService {
+    use crate::translate::Translator;
+    let primary = config
+        .providers
+        .deepl
+        .as_ref()
+        .map(|c| Arc::new(crate::providers::deepl::DeepLClient::new(c)) as Arc<dyn Translator>);
+    let fallback =
+        config.providers.openai.as_ref().map(|c| {
+            Arc::new(crate::providers::openai::OpenAiClient::new(c)) as Arc<dyn Translator>
+        });
+    let breaker = crate::translate::breaker::Breaker::new(3, config.media.translation_cooldown);
+    crate::translate::TranslationService::new(db.clone(), primary, fallback, breaker)
 }
 
 /// What a process runs.
@@ -167,7 +190,10 @@ impl Application {
                 WorkerConfig::default(),
             );
             // Calls whose media bridge died with another replica are re-attached here.
-            tokio::spawn(crate::media::reattach::run(state.clone(), state.shutdown.clone()));
+            tokio::spawn(crate::media::reattach::run(
+                state.clone(),
+                state.shutdown.clone(),
+            ));
             tokio::spawn(worker.run(state.listener.clone(), state.shutdown.clone()))
         });
         // Cron (retention purge, stale calls, dead-job report): one replica per tick, by

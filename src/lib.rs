@@ -25,5 +25,6 @@ pub mod storage;
 pub mod strangler;
 pub mod telemetry;
 pub mod tls;
+pub mod translate;
 
 pub use app::Application;

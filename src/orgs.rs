@@ -95,18 +95,19 @@ pub async fn ensure_personal_organisation(
     Ok(())
 }
 
+const MEMBERSHIPS_SQL: &str =
+    "select o.id, o.name, m.role, o.personal_owner_id is not null as personal
+     from memberships m join organisations o on o.id = m.organisation_id
+     where m.user_id = $1 order by o.personal_owner_id is null, o.created_at, o.id";
+
+/// The user's organisations, personal first (through the statement cache: session lookups
+/// run it on every cache miss).
 pub async fn memberships_of(
-    client: &impl GenericClient,
+    db: &crate::db::Db,
+    client: &crate::db::Client,
     user_id: &str,
 ) -> Result<Vec<Membership>, DbError> {
-    let rows = client
-        .query(
-            "select o.id, o.name, m.role, o.personal_owner_id is not null as personal
-             from memberships m join organisations o on o.id = m.organisation_id
-             where m.user_id = $1 order by o.personal_owner_id is null, o.created_at, o.id",
-            &[&user_id],
-        )
-        .await?;
+    let rows = db.query(client, MEMBERSHIPS_SQL, &[&user_id]).await?;
     Ok(rows
         .iter()
         .filter_map(|row| {

@@ -31,6 +31,9 @@ pub struct AppState {
     pub telnyx_webhooks: Option<WebhookVerifier>,
     /// Live media bridges, so shutdown can wait for their last transcripts.
     pub bridges: tokio_util::task::TaskTracker,
+    /// DeepL with OpenAI as fallback, cached in Postgres.
+    pub translation: Arc<crate::translate::TranslationService>,
+    pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,
 }
 
 impl AppState {

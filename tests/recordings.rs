@@ -425,6 +425,43 @@ async fn direct_upload_round_trips_and_complete_checks_the_object() {
         .unwrap();
     let recording: Value = complete(2).await.unwrap().json().await.unwrap();
     assert_eq!(recording["versions"][1]["sha256"], sha256(&exact));
+
+    // A `complete` cut short after its copy (timeout, crash) can simply be called again.
+    let third = wav_bytes(7000, 12);
+    let grant: Value = app
+        .request_as(Method::POST, &ada, "/api/recordings/upload-url")
+        .json(&json!({"content_type": "audio/wav", "size_bytes": third.len(), "recording_id": id}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    http.put(grant["upload_url"].as_str().unwrap())
+        .header("content-type", "audio/wav")
+        .body(third.clone())
+        .send()
+        .await
+        .unwrap();
+    let staging: String = app
+        .db()
+        .await
+        .query_one(
+            "select staging_key from recording_versions where recording_id = $1 and version = 3",
+            &[&id.parse::<Uuid>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let key = object_key(&app, &id, 3).await;
+    callbridge::recordings::store::copy(&app.state.storage, &staging, &key)
+        .await
+        .unwrap();
+    callbridge::recordings::store::delete(&app.state.storage, &staging)
+        .await
+        .unwrap();
+    let recording: Value = complete(3).await.unwrap().json().await.unwrap();
+    assert_eq!(recording["versions"][2]["sha256"], sha256(&third));
 }
 
 #[tokio::test]

@@ -146,7 +146,7 @@ impl SessionResolver {
         } else {
             StoredForm::Hashed
         };
-        let mut memberships = orgs::memberships_of(&**client, &user.id).await?;
+        let mut memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
         if memberships.is_empty() {
             // First time we see this user: give them a personal organisation.
             let display = user
@@ -155,7 +155,7 @@ impl SessionResolver {
                 .or_else(|| user.email.clone())
                 .unwrap_or_else(|| "Personal".into());
             orgs::ensure_personal_organisation(&mut **client, &user.id, &display).await?;
-            memberships = orgs::memberships_of(&**client, &user.id).await?;
+            memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
         }
         Ok(Some(Principal {
             user,

@@ -206,25 +206,30 @@ pub struct ListFilter {
 }
 
 pub async fn list(
-    client: &impl GenericClient,
+    db: &crate::db::Db,
+    client: &crate::db::Client,
     organisation_id: Uuid,
     filter: &ListFilter,
 ) -> Result<Vec<Call>, DbError> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "select {CALL_COLUMNS} from calls
+             where organisation_id = $1
+               and ($2::text is null or status = $2)
+               and ($3::timestamptz is null or created_at >= $3)
+               and ($4::timestamptz is null or created_at < $4)
+               and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
+             order by created_at desc, id desc
+             limit $7"
+        )
+    });
     let (before_at, before_id) = filter.before.unzip();
-    let sql = format!(
-        "select {CALL_COLUMNS} from calls
-         where organisation_id = $1
-           and ($2::text is null or status = $2)
-           and ($3::timestamptz is null or created_at >= $3)
-           and ($4::timestamptz is null or created_at < $4)
-           and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
-         order by created_at desc, id desc
-         limit $7"
-    );
     let status = filter.status.map(CallStatus::as_str);
-    let rows = client
+    let rows = db
         .query(
-            &sql,
+            client,
+            sql,
             &[
                 &organisation_id,
                 &status,

@@ -117,6 +117,8 @@ pub struct MediaConfig {
     /// `MEDIA_REPLAY_BUFFER_SECS`: audio kept per track for replay after an AssemblyAI drop;
     /// what overflows becomes a recorded gap.
     pub replay_buffer_secs: usize,
+    /// `TRANSLATION_BREAKER_COOLDOWN_SECS`: how long DeepL is skipped after its circuit opens.
+    pub translation_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +229,10 @@ pub struct OpenAiConfig {
 pub struct ElevenLabsConfig {
     pub api_key: Secret<String>,
     pub api_base: Url,
+    /// `ELEVENLABS_VOICE_ID`: the voice when a call or request names none.
+    pub voice_id: String,
+    /// `ELEVENLABS_MODEL_ID`: default `eleven_flash_v2_5`, the lowest-latency model.
+    pub model_id: String,
 }
 
 /// A provider route was called while its credentials are not configured.
@@ -714,6 +720,9 @@ impl Reader {
             replay_buffer_secs: self
                 .parsed("MEDIA_REPLAY_BUFFER_SECS", 5usize)
                 .clamp(1, 120),
+            translation_cooldown: Duration::from_secs(
+                self.parsed("TRANSLATION_BREAKER_COOLDOWN_SECS", 30u64),
+            ),
         };
 
         let recordings = self.recordings();
@@ -869,7 +878,18 @@ impl Reader {
         let elevenlabs = {
             let api_key = self.provider_key("ELEVENLABS_API_KEY");
             let api_base = self.url_or("ELEVENLABS_API_BASE", "https://api.elevenlabs.io");
-            api_key.map(|api_key| ElevenLabsConfig { api_key, api_base })
+            let voice_id = self
+                .string("ELEVENLABS_VOICE_ID")
+                .unwrap_or_else(|| "21m00Tcm4TlvDq8ikWAM".into());
+            let model_id = self
+                .string("ELEVENLABS_MODEL_ID")
+                .unwrap_or_else(|| "eleven_flash_v2_5".into());
+            api_key.map(|api_key| ElevenLabsConfig {
+                api_key,
+                api_base,
+                voice_id,
+                model_id,
+            })
         };
         ProvidersConfig {
             telnyx,

@@ -85,6 +85,18 @@ impl Db {
         })
     }
 
+    /// Runs `sql` through the statement cache: one round trip instead of Parse + Execute.
+    /// For hot paths; the SQL must be a fixed string (it is the cache key).
+    pub async fn query(
+        &self,
+        client: &Client,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        let statement = self.prepare(client, sql).await?;
+        Ok(client.query(&statement, params).await?)
+    }
+
     /// One round trip through the pool: what `/readyz` reports as `database`.
     pub async fn ping(&self) -> Result<(), DbError> {
         let client = self.client().await?;

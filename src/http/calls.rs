@@ -261,7 +261,7 @@ pub async fn list(
         limit: limit + 1,
     };
     let client = state.db.client().await.map_err(ApiError::internal)?;
-    let mut page = calls::list(&**client, org.organisation_id, &filter)
+    let mut page = calls::list(&state.db, &client, org.organisation_id, &filter)
         .await
         .map_err(ApiError::internal)?;
     let next_cursor = if page.len() as i64 > limit {

@@ -15,11 +15,12 @@ pub mod metrics;
 pub mod openapi;
 pub mod orgs;
 pub mod phone_numbers;
+pub mod problems;
 pub mod realtime;
 pub mod recordings;
-pub mod problems;
 pub mod request_id;
 pub mod timeouts;
+pub mod translate;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -79,6 +80,8 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(media::telnyx_stream))
         .routes(routes!(realtime::token))
         .routes(routes!(realtime::transcribe))
+        .routes(routes!(translate::translate))
+        .routes(routes!(translate::tts))
 }
 
 /// The generated OpenAPI document of a production deployment (also used by

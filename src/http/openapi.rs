@@ -32,6 +32,7 @@ use crate::error::Problem;
         (name = "media", description = "Realtime media WebSockets"),
         (name = "recordings", description = "Call recordings: streamed and direct uploads, immutable versions, presigned access"),
         (name = "realtime", description = "Browser transcription: direct tokens or a proxy"),
+        (name = "translation", description = "Translation (DeepL, OpenAI fallback) and speech (ElevenLabs)"),
     ),
     components(schemas(Problem)),
 )]

@@ -51,7 +51,7 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
         }
     };
     let sample_rate = format.sample_rate.unwrap_or(16_000);
-    if !(8_000..=48_000).contains(&sample_rate) || sample_rate % 1000 != 0 {
+    if !(8_000..=48_000).contains(&sample_rate) || !sample_rate.is_multiple_of(1000) {
         return Err(ApiError::Unprocessable(
             "sample_rate must be a whole kHz between 8000 and 48000".into(),
         ));

@@ -171,11 +171,14 @@ pub async fn upload(
     }
     let target = target(&state, &org, query.call_id, query.recording_id, "upload").await?;
     let sniffed = store::sniff(body.into_data_stream(), Some(declared), &limits).await?;
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
-    let reserved = recordings::reserve(&mut client, &target, sniffed.format, None, false)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
+    let reserved = {
+        // No pooled connection is held while the body streams (that can take an hour).
+        let mut client = state.db.client().await.map_err(ApiError::internal)?;
+        recordings::reserve(&mut client, &target, sniffed.format, None, false)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or(ApiError::NotFound)?
+    };
     let stored = store::upload(
         &state.storage,
         &state.db,
@@ -186,6 +189,7 @@ pub async fn upload(
         &limits,
     )
     .await;
+    let client = state.db.client().await.map_err(ApiError::internal)?;
     let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
@@ -335,42 +339,54 @@ pub async fn complete(
         let staging = row.staging_key.clone().ok_or_else(|| {
             ApiError::Conflict("this version is being uploaded through the container".into())
         })?;
-        if !crate::recordings::keys::belongs_to(&staging, org.organisation_id) {
+        if !crate::recordings::keys::belongs_to(&staging, org.organisation_id)
+            || !crate::recordings::keys::belongs_to(&row.object_key, org.organisation_id)
+        {
             return Err(ApiError::internal(anyhow::anyhow!(
-                "staging key outside its organisation"
+                "recording key outside its organisation"
             )));
         }
         let expected = row.size_bytes.unwrap_or_default();
-        let size = store::head_size(&state.storage, &staging)
-            .await?
-            .ok_or_else(|| ApiError::Conflict("nothing has been uploaded yet".into()))?;
-        if size as i64 != expected {
-            return Err(ApiError::Conflict(format!(
-                "the upload is {size} bytes, not the announced {expected}"
-            )));
+        match store::head_size(&state.storage, &staging).await? {
+            Some(size) if size as i64 != expected => {
+                return Err(ApiError::Conflict(format!(
+                    "the upload is {size} bytes, not the announced {expected}"
+                )));
+            }
+            Some(_) => {
+                let prefix = store::read_prefix(&state.storage, &staging, SNIFF_LEN).await?;
+                let declared = AudioFormat::from_content_type(&row.content_type);
+                let sniffed = AudioFormat::sniff(&prefix);
+                if sniffed.is_none() || sniffed != declared {
+                    store::delete(&state.storage, &staging).await?;
+                    recordings::release(&**client, id, body.version)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    return Err(StoreError::NotAudio.into());
+                }
+                // Only we write version keys, and only while the version is pending: a
+                // client re-using its URL can only touch the staging key.
+                store::copy(&state.storage, &staging, &row.object_key).await?;
+            }
+            // An earlier `complete` copied it and was cut short before marking it stored.
+            None if store::head_size(&state.storage, &row.object_key)
+                .await?
+                .is_some() => {}
+            None => return Err(ApiError::Conflict("nothing has been uploaded yet".into())),
         }
-        let prefix = store::read_prefix(&state.storage, &staging, SNIFF_LEN).await?;
-        let declared = AudioFormat::from_content_type(&row.content_type);
-        let sniffed = AudioFormat::sniff(&prefix);
-        if sniffed.is_none() || sniffed != declared {
-            store::delete(&state.storage, &staging).await?;
-            recordings::release(&**client, id, body.version)
-                .await
-                .map_err(ApiError::internal)?;
-            return Err(StoreError::NotAudio.into());
-        }
-        // Only we write version keys: a client re-using its URL can only touch staging.
-        store::copy(&state.storage, &staging, &row.object_key).await?;
-        store::delete(&state.storage, &staging).await?;
         let (size, sha256) = store::hash_object(&state.storage, &row.object_key).await?;
         if size as i64 != expected {
             return Err(ApiError::Conflict(
-                "the upload changed while it was being completed".into(),
+                "the upload changed while it was being completed; upload it again".into(),
             ));
         }
         recordings::mark_stored(&**client, id, body.version, size as i64, &sha256)
             .await
             .map_err(ApiError::internal)?;
+        // Best effort: the cron deletes staging objects older than a day anyway.
+        if let Err(error) = store::delete(&state.storage, &staging).await {
+            tracing::warn!(%error, "could not delete a staging object");
+        }
         metrics::counter!("recordings_uploaded_total", "path" => "direct").increment(1);
     }
     recordings::get(&**client, org.organisation_id, id)

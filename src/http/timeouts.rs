@@ -1,7 +1,8 @@
 //! The request timeout, per route: `HTTP_REQUEST_TIMEOUT_SECS` for every route except the
-//! streamed recording upload, which gets `RECORDINGS_UPLOAD_TIMEOUT_SECS` (a 1 GiB body does
-//! not arrive in 30 s). That upload also has an idle limit per body chunk
-//! (`RECORDINGS_UPLOAD_IDLE_SECS`), so a stalled client is still cut quickly.
+//! streamed recording upload and the completion of a direct upload (copies and hashes the
+//! object), which get `RECORDINGS_UPLOAD_TIMEOUT_SECS` (a 1 GiB body does not arrive in
+//! 30 s). The upload also has an idle limit per body chunk (`RECORDINGS_UPLOAD_IDLE_SECS`),
+//! so a stalled client is still cut quickly.
 //!
 //! Like `tower_http`'s `TimeoutLayer` it bounds the time to the response head (streamed
 //! response bodies such as SSE are not cut) and answers a bare 504 that `problems::normalise`
@@ -15,7 +16,10 @@ use axum::response::{IntoResponse, Response};
 use crate::state::AppState;
 
 /// Routes (method, template) allowed the long upload timeout.
-pub const LONG_UPLOADS: &[(Method, &str)] = &[(Method::POST, "/api/recordings")];
+pub const LONG_UPLOADS: &[(Method, &str)] = &[
+    (Method::POST, "/api/recordings"),
+    (Method::POST, "/api/recordings/{id}/complete"),
+];
 
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let long = request

@@ -96,8 +96,10 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         .ok_or_else(|| Permanent("call.recording.saved has no recording_urls".into()))?
         .to_owned();
 
-    let mut client = state.db.client().await?;
-    let existing = recordings::by_telnyx_id(&**client, &telnyx_id).await?;
+    let existing = {
+        let client = state.db.client().await?;
+        recordings::by_telnyx_id(&**client, &telnyx_id).await?
+    };
     if let Some((_, Some(_))) = existing {
         tracing::info!(%telnyx_id, "recording already imported");
         return Ok(());
@@ -139,6 +141,8 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // No pooled connection is held while the download streams.
+        let mut client = state.db.client().await?;
         // Looked up again: a failed attempt may have released what the last one made.
         let target = match recordings::by_telnyx_id(&**client, &telnyx_id).await? {
             Some((_, Some(_))) => return Ok(()),
@@ -158,6 +162,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             .await
             .context("reserving the recording version")?
             .ok_or_else(|| Permanent("recording vanished".into()))?;
+        drop(client);
         let stored = store::upload(
             &state.storage,
             &state.db,
@@ -168,6 +173,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             &limits,
         )
         .await;
+        let mut client = state.db.client().await?;
         match stored {
             Ok(stored) => {
                 let transaction = client.transaction().await?;

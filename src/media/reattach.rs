@@ -45,29 +45,56 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         transaction
             .execute("update media_streams set replica = 'reattach-requested', heartbeat_at = now() where call_id = $1", &[&call_id])
             .await?;
-        claimed.push((call_id, row.get::<_, String>(1), row.get::<_, i64>(2), row.get::<_, i64>(3)));
+        claimed.push((
+            call_id,
+            row.get::<_, String>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        ));
     }
     transaction.commit().await?;
     drop(client);
 
     let secret = state.config.auth.secret.expose().as_bytes();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
     for (call_id, ccid, lost_ms, at_ms) in &claimed {
         let url = stream_token::stream_url(&state.config.public_base_url, secret, *call_id, now);
         let command_id = format!("reattach:{call_id}:{now}");
-        if let Err(error) = telnyx.streaming_start(ccid, &command_id, &StreamSettings::bidirectional_pcmu(url)).await {
+        if let Err(error) = telnyx
+            .streaming_start(ccid, &command_id, &StreamSettings::bidirectional_pcmu(url))
+            .await
+        {
             tracing::warn!(%call_id, %error, "restarting the media stream failed; will retry");
             continue;
         }
         tracing::warn!(%call_id, lost_ms, "media bridge lost; stream restarted on a healthy replica");
         metrics::counter!("media_reattaches_total").increment(1);
         for track in ["inbound", "outbound"] {
-            if let Err(error) = transcripts::store_gap(&state.db, *call_id, track, (*at_ms).max(0), (*lost_ms).max(0), "bridge_lost").await {
+            if let Err(error) = transcripts::store_gap(
+                &state.db,
+                *call_id,
+                track,
+                (*at_ms).max(0),
+                (*lost_ms).max(0),
+                "bridge_lost",
+            )
+            .await
+            {
                 tracing::error!(%error, "storing the re-attach gap failed");
             }
         }
         let client = state.db.client().await?;
-        events::append(&**client, *call_id, "media.reattached", json!({"lost_ms": lost_ms}), chrono::Utc::now()).await?;
+        events::append(
+            &**client,
+            *call_id,
+            "media.reattached",
+            json!({"lost_ms": lost_ms}),
+            chrono::Utc::now(),
+        )
+        .await?;
     }
     Ok(claimed.len())
 }
@@ -77,7 +104,11 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     if state.telnyx.is_none() {
         return;
     }
-    while shutdown.run_until_cancelled(tokio::time::sleep(SWEEP_EVERY)).await.is_some() {
+    while shutdown
+        .run_until_cancelled(tokio::time::sleep(SWEEP_EVERY))
+        .await
+        .is_some()
+    {
         if let Err(error) = sweep(&state).await {
             tracing::warn!(%error, "media re-attach sweep failed");
         }

@@ -3,6 +3,9 @@
 
 pub mod assemblyai;
 pub mod assemblyai_async;
+pub mod deepl;
+pub mod elevenlabs;
+pub mod openai;
 pub mod telnyx;
 
 use std::time::Duration;

@@ -322,11 +322,17 @@ async fn session(
         match message {
             Message::Binary(chunk) => {
                 chunks += 1;
-                record
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .chunk_bytes
-                    .push(chunk.len());
+                if sim.record_chunks.load(std::sync::atomic::Ordering::Relaxed) {
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .chunk_bytes
+                        .push(chunk.len());
+                }
+                let probe = sim.probe.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(probe) = probe {
+                    probe(&chunk);
+                }
                 let duration = chunk.len() as u64 / bytes_per_ms.max(1);
                 if !(50..=1000).contains(&duration) {
                     let error = format!(

@@ -6,3 +6,4 @@ pub mod assemblyai_async;
 pub mod recordings;
 pub mod telnyx;
 pub mod telnyx_media;
+pub mod translation;

@@ -1,0 +1,218 @@
+//! Translation behind a trait: DeepL first, OpenAI `gpt-4o-mini` as the fallback, a circuit
+//! breaker around DeepL (a 456 quota error or repeated failures open it; it half-opens after
+//! a cool-down), and a Postgres cache keyed by text and language pair.
+
+pub mod breaker;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::db::Db;
+use crate::providers::deepl::{DeepLClient, DeepLError};
+use crate::providers::openai::OpenAiClient;
+use breaker::Breaker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Deepl,
+    Openai,
+    Cache,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("no translation engine is configured (set DEEPL_API_KEY or OPENAI_API_KEY)")]
+    NotConfigured,
+    #[error("translation failed: {0}")]
+    Failed(String),
+}
+
+/// Anything that translates a batch of texts.
+pub trait Translator: Send + Sync {
+    fn translate<'a>(
+        &'a self,
+        texts: &'a [String],
+        source: Option<&'a str>,
+        target: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
+}
+
+impl Translator for DeepLClient {
+    fn translate<'a>(
+        &'a self,
+        texts: &'a [String],
+        source: Option<&'a str>,
+        target: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            DeepLClient::translate(self, texts, source, target)
+                .await
+                .map_err(|e| match e {
+                    DeepLError::Quota => "quota".to_owned(),
+                    other => other.to_string(),
+                })
+        })
+    }
+}
+
+impl Translator for OpenAiClient {
+    fn translate<'a>(
+        &'a self,
+        texts: &'a [String],
+        source: Option<&'a str>,
+        target: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(texts.len());
+            for text in texts {
+                out.push(
+                    OpenAiClient::translate(self, text, source, target)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            Ok(out)
+        })
+    }
+}
+
+pub struct TranslationService {
+    db: Db,
+    primary: Option<Arc<dyn Translator>>,
+    fallback: Option<Arc<dyn Translator>>,
+    breaker: Breaker,
+}
+
+fn cache_key(text: &str) -> Vec<u8> {
+    Sha256::digest(text.as_bytes()).to_vec()
+}
+
+impl TranslationService {
+    pub fn new(
+        db: Db,
+        primary: Option<Arc<dyn Translator>>,
+        fallback: Option<Arc<dyn Translator>>,
+        breaker: Breaker,
+    ) -> Self {
+        Self {
+            db,
+            primary,
+            fallback,
+            breaker,
+        }
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Translations in order, and which engine produced them (`cache` when all were cached).
+    pub async fn translate(
+        &self,
+        texts: &[String],
+        source: Option<&str>,
+        target: &str,
+    ) -> Result<(Vec<String>, Engine), TranslateError> {
+        if self.primary.is_none() && self.fallback.is_none() {
+            return Err(TranslateError::NotConfigured);
+        }
+        let source_key = source.unwrap_or("auto").to_owned();
+        let mut results: Vec<Option<String>> = vec![None; texts.len()];
+        if let Ok(client) = self.db.client().await {
+            let keys: Vec<Vec<u8>> = texts.iter().map(|t| cache_key(t)).collect();
+            if let Ok(rows) = client
+                .query(
+                    "select text_sha256, translation from translation_cache
+                     where text_sha256 = any($1) and source_language = $2 and target_language = $3",
+                    &[&keys, &source_key, &target],
+                )
+                .await
+            {
+                for row in rows {
+                    let key: Vec<u8> = row.get(0);
+                    let translation: String = row.get(1);
+                    for (i, k) in keys.iter().enumerate() {
+                        if *k == key {
+                            results[i] = Some(translation.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|i| results[*i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok((
+                results.into_iter().map(Option::unwrap_or_default).collect(),
+                Engine::Cache,
+            ));
+        }
+        let pending: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
+        let (translated, engine) = self.uncached(&pending, source, target).await?;
+        if let Ok(client) = self.db.client().await {
+            for (text, translation) in pending.iter().zip(&translated) {
+                let _ = client
+                    .execute(
+                        "insert into translation_cache (text_sha256, source_language, target_language, translation, engine)
+                         values ($1, $2, $3, $4, $5) on conflict do nothing",
+                        &[&cache_key(text), &source_key, &target, translation, &format!("{engine:?}").to_lowercase()],
+                    )
+                    .await;
+            }
+        }
+        for (index, translation) in missing.into_iter().zip(translated) {
+            results[index] = Some(translation);
+        }
+        Ok((
+            results.into_iter().map(Option::unwrap_or_default).collect(),
+            engine,
+        ))
+    }
+
+    async fn uncached(
+        &self,
+        texts: &[String],
+        source: Option<&str>,
+        target: &str,
+    ) -> Result<(Vec<String>, Engine), TranslateError> {
+        let mut failure = String::new();
+        if let Some(primary) = &self.primary
+            && self.breaker.allow()
+        {
+            match primary.translate(texts, source, target).await {
+                Ok(translations) => {
+                    self.breaker.success();
+                    metrics::counter!("translations_total", "engine" => "deepl").increment(1);
+                    return Ok((translations, Engine::Deepl));
+                }
+                Err(error) => {
+                    // A quota error will not heal in seconds: open at once.
+                    if error == "quota" {
+                        self.breaker.trip();
+                    } else {
+                        self.breaker.failure();
+                    }
+                    tracing::warn!(%error, "DeepL failed; trying the fallback");
+                    failure = error;
+                }
+            }
+        }
+        if let Some(fallback) = &self.fallback {
+            let translations = fallback
+                .translate(texts, source, target)
+                .await
+                .map_err(TranslateError::Failed)?;
+            metrics::counter!("translations_total", "engine" => "openai").increment(1);
+            return Ok((translations, Engine::Openai));
+        }
+        Err(TranslateError::Failed(if failure.is_empty() {
+            "DeepL circuit open and no fallback".into()
+        } else {
+            failure
+        }))
+    }
+}
