@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Edge ↔ container parity (DESIGN.md §7, docs/STRANGLER.md): one list of HTTP cases
-# (edge-shim/parity/cases.mjs) sent to the container directly and through the edge shim
-# running in workerd (`wrangler dev --local`) with the edge owning every route that has an
-# edge handler; status, bodies, the headers that matter and the database effects must match.
+# (edge-shim/parity/cases.mjs) and WebSocket cases (edge-shim/parity/ws-cases.mjs) sent to the
+# container directly and through the edge shim running in workerd (`wrangler dev --local`) with
+# the edge owning every route that has an edge handler; status, bodies, the headers that
+# matter, WebSocket messages and the database effects must match. Both sides stream to one
+# AssemblyAI simulator (edge-shim/parity/aai-sim.mjs, Node + ws) started here.
+# It also checks the edge's OpenAPI snapshot (edge-shim/openapi.json) against the container's
+# /api/openapi.json and that src/generated/openapi.d.ts is generated from that snapshot.
 #
 #   bash .ci/parity.sh                      # binary: ${CARGO_TARGET_DIR:-target}/debug/callbridge
 #   CALLBRIDGE_BIN=/path/to/callbridge bash .ci/parity.sh
@@ -11,7 +15,8 @@
 # "raw dual hashed"), starts the container and wrangler on free loopback ports with it and runs
 # edge-shim/parity/run.mjs; always stops both and drops the database. Prints a total
 # `parity: N passed, M failed`; exits non-zero on any mismatch or setup failure.
-# PARITY_KEEP_LOGS=1 keeps the container/wrangler logs and prints where.
+# PARITY_KEEP_LOGS=1 keeps the container/wrangler/simulator logs and prints where;
+# PARITY_VERBOSE=1 prints each case's (container) body or WebSocket messages.
 # Needs: the built container binary (this script never runs cargo), Node 20 + npm,
 # PostgreSQL on PGHOST:PGPORT (default 127.0.0.1:5432) reachable as PGUSER (default postgres)
 # without a password (trust), as the local cluster is set up.
@@ -30,6 +35,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/callbridge-parity.XXXXXX")
 EDGE_SECRET=parity-edge-shared-secret
 CONTAINER_PID=""
 WRANGLER_PID=""
+SIM_PID=""
+AAI_KEY=parity-assemblyai-key
 SUMMARY_PRINTED=""
 
 if [ ! -x "$BIN" ]; then
@@ -58,10 +65,11 @@ cleanup() {
   local status=$?
   set +e
   stop_servers
+  if [ -n "$SIM_PID" ]; then kill -TERM "$SIM_PID" 2>/dev/null; wait "$SIM_PID" 2>/dev/null; SIM_PID=""; fi
   psql -q -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres \
     -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1
   if [ "$status" -ne 0 ] && [ -z "${PARITY_KEEP_LOGS:-}" ]; then
-    for f in "$WORK"/container.log "$WORK"/wrangler.log; do
+    for f in "$WORK"/container.log "$WORK"/wrangler.log "$WORK"/aai-sim.log; do
       [ -s "$f" ] && { echo "---- last lines of $(basename "$f")" >&2; tail -n 40 "$f" >&2; }
     done
   fi
@@ -102,6 +110,19 @@ if [ ! -x node_modules/.bin/wrangler ] || [ ! -d node_modules/pg ] || [ package-
 fi
 TELNYX_PUBLIC_KEY=$(node --input-type=module -e 'import { TELNYX_PUBLIC_KEY } from "./parity/fixtures.mjs"; console.log(TELNYX_PUBLIC_KEY)')
 
+log "starting the AssemblyAI simulator (parity/aai-sim.mjs)"
+node parity/aai-sim.mjs --port 0 --key "$AAI_KEY" >"$WORK/aai-sim.log" 2>&1 &
+SIM_PID=$!
+SIM_PORT=""
+for _ in $(seq 1 100); do
+  SIM_PORT=$(sed -nE 's/^listening ([0-9]+)$/\1/p' "$WORK/aai-sim.log")
+  [ -n "$SIM_PORT" ] && break
+  kill -0 "$SIM_PID" 2>/dev/null || { echo "parity: the AssemblyAI simulator exited" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$SIM_PORT" ] || { echo "parity: the AssemblyAI simulator did not start" >&2; exit 1; }
+AAI_URL="ws://127.0.0.1:$SIM_PORT/v3/ws"
+
 log "creating database $DB"
 psql -q -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -c "create database \"$DB\"" >/dev/null
 
@@ -119,6 +140,7 @@ round() {
     TELNYX_API_KEY=parity TELNYX_CONNECTION_ID=parity TELNYX_PUBLIC_KEY="$TELNYX_PUBLIC_KEY" \
     TELNYX_API_BASE=http://127.0.0.1:9/v2 AUTH_TOKEN_STORAGE="$storage" AUTH_SESSION_CACHE_TTL_SECS=0 \
     ALLOWED_ORIGINS=http://localhost:3000 EDGE_SHARED_SECRET="$EDGE_SECRET" \
+    ASSEMBLYAI_API_KEY="$AAI_KEY" ASSEMBLYAI_STREAMING_URL="$AAI_URL" MEDIA_BATCH_MS=100 \
     "$BIN" serve >>"$WORK/container.log" 2>&1 &
   CONTAINER_PID=$!
   # /healthz, not /readyz: the R2 endpoint is deliberately unreachable here.
@@ -133,17 +155,36 @@ round() {
     --persist-to "$WORK/wrangler-state" --show-interactive-dev-session=false \
     --var "ORIGIN_URL:http://127.0.0.1:$DIRECT_PORT" --var "EDGE_SHARED_SECRET:$EDGE_SECRET" \
     --var "TELNYX_PUBLIC_KEY:$TELNYX_PUBLIC_KEY" --var "AUTH_TOKEN_STORAGE:$storage" --var PARITY_OWNER:edge \
+    --var "ASSEMBLYAI_API_KEY:$AAI_KEY" --var "ASSEMBLYAI_STREAMING_URL:$AAI_URL" --var MEDIA_BATCH_MS:100 \
     </dev/null >>"$WORK/wrangler.log" 2>&1 &
   WRANGLER_PID=$!
   wait_http "http://127.0.0.1:$SHIM_PORT/healthz" 90 "$WRANGLER_PID" wrangler
 
+  if [ -z "$OPENAPI_CHECKED" ]; then
+    OPENAPI_CHECKED=1
+    log "checking the edge's OpenAPI snapshot and generated types against the container"
+    if node scripts/openapi.mjs check "http://127.0.0.1:$DIRECT_PORT/api/openapi.json"; then
+      extra_passed=$((extra_passed + 1))
+    else
+      extra_failed=$((extra_failed + 1))
+    fi
+    if node scripts/openapi.mjs check-types; then
+      extra_passed=$((extra_passed + 1))
+    else
+      extra_failed=$((extra_failed + 1))
+    fi
+  fi
+
   log "[$storage] running the parity suite"
   # Its exit status is not needed: the counts decide (a crashed runner prints "0 passed, 1 failed").
   node parity/run.mjs --direct "http://127.0.0.1:$DIRECT_PORT" --shim "http://127.0.0.1:$SHIM_PORT" \
-    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --storage "$storage" | tee "$WORK/round-$storage.out" || true
+    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
   stop_servers
 }
 
+OPENAPI_CHECKED=""
+extra_passed=0
+extra_failed=0
 passed=0
 failed=0
 for storage in ${PARITY_STORAGES:-raw dual hashed}; do
@@ -155,6 +196,8 @@ for storage in ${PARITY_STORAGES:-raw dual hashed}; do
   passed=$((passed + p))
   failed=$((failed + f))
 done
+passed=$((passed + extra_passed))
+failed=$((failed + extra_failed))
 SUMMARY_PRINTED=1
 echo "parity: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -646,6 +646,62 @@ async fn the_size_limit_is_enforced_while_streaming_and_leaves_nothing() {
     );
 }
 
+/// A body that trickles in over about 2.4 s.
+fn slow_body(bytes: Vec<u8>) -> reqwest::Body {
+    let pieces: Vec<Vec<u8>> = bytes
+        .chunks(bytes.len().div_ceil(8))
+        .map(<[u8]>::to_vec)
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::unfold(
+        pieces.into_iter(),
+        |mut pieces| async move {
+            let piece = pieces.next()?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some((Ok::<_, std::io::Error>(piece), pieces))
+        },
+    ))
+}
+
+#[tokio::test]
+async fn a_long_upload_has_its_own_timeout_instead_of_the_global_one() {
+    // The global request timeout is 1 s; the upload takes longer and still succeeds.
+    let app = TestApp::spawn_with(&[("HTTP_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let ada = app.sign_in("Ada").await;
+    let bytes = wav_bytes(64 * 1024, 13);
+    let response = app
+        .request_as(Method::POST, &ada, "/api/recordings")
+        .header("content-type", "audio/wav")
+        .body(slow_body(bytes.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let recording: Value = response.json().await.unwrap();
+    assert_eq!(recording["versions"][0]["sha256"], sha256(&bytes));
+
+    // The upload's own timeout applies to it.
+    let app = TestApp::spawn_with(&[("RECORDINGS_UPLOAD_TIMEOUT_SECS", "1")]).await;
+    let ada = app.sign_in("Ada").await;
+    let response = app
+        .request_as(Method::POST, &ada, "/api/recordings")
+        .header("content-type", "audio/wav")
+        .body(slow_body(bytes))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 504).await;
+    // Cut off: nothing stored (a reserved version stays pending until the cron sweeps it).
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from recording_versions where status = 'stored'"
+        )
+        .await,
+        0
+    );
+    assert!(objects_under(&app, "orgs/").await.is_empty());
+}
+
 #[tokio::test]
 async fn non_audio_is_rejected_by_header_and_by_bytes() {
     let app = TestApp::spawn().await;

@@ -7,7 +7,11 @@
 // `parity: N passed, M failed`; exits 1 on any failure.
 //
 //   node parity/run.mjs --direct http://127.0.0.1:8080 --shim http://127.0.0.1:8787 \
-//        --db postgres://postgres@127.0.0.1:5432/parity [--storage raw|dual|hashed]
+//        --db postgres://postgres@127.0.0.1:5432/parity --aai http://127.0.0.1:9100 \
+//        [--storage raw|dual|hashed]
+//
+// The WebSocket cases (ws-cases.mjs, GET /api/realtime/transcribe) run in the same passes,
+// both sides streaming to the AssemblyAI simulator at --aai (aai-sim.mjs), reset per pass.
 //
 // .ci/parity.sh starts the container and `wrangler dev` and calls this.
 
@@ -17,19 +21,23 @@ import zlib from "node:zlib";
 import pg from "pg";
 import { CASES } from "./cases.mjs";
 import { seed, snapshot, telnyxSignature } from "./fixtures.mjs";
+import { WS_CASES } from "./ws-cases.mjs";
+import { resetSimulator, runWsCases } from "./ws-run.mjs";
 
 const { values: args } = parseArgs({
   options: {
     direct: { type: "string" },
     shim: { type: "string" },
     db: { type: "string" },
+    // The AssemblyAI simulator both sides stream to (parity/aai-sim.mjs).
+    aai: { type: "string" },
     // AUTH_TOKEN_STORAGE of both sides: how the fixtures store session tokens.
     storage: { type: "string", default: "raw" },
     verbose: { type: "boolean", default: false },
   },
 });
-if (!args.direct || !args.shim || !args.db) {
-  console.error("usage: run.mjs --direct URL --shim URL --db POSTGRES_URL [--storage raw|dual|hashed] [--verbose]");
+if (!args.direct || !args.shim || !args.db || !args.aai) {
+  console.error("usage: run.mjs --direct URL --shim URL --db POSTGRES_URL --aai SIMULATOR_URL [--storage raw|dual|hashed] [--verbose]");
   process.exit(2);
 }
 
@@ -174,7 +182,46 @@ async function pass(base, db, label) {
       out.push({ c, req, error: `${label}: ${err.message}` });
     }
   }
-  return { out, snap: await snapshot(db) };
+  await resetSimulator(args.aai);
+  const ws = (await runWsCases(WS_CASES, base, args.aai)).map((r) =>
+    r.error || r.res.error ? { ...r, error: `${label}: ${r.error ?? r.res.error}` } : { ...r, norm: normalise(r.res, r.c, fixed) },
+  );
+  const turns = await db.query(
+    `select call_id::text, track, turn_index, session_id, text, words::text as words, confidence, start_ms, end_ms
+     from transcript_turns order by call_id, track, turn_index`,
+  );
+  return { out, ws, turns: turns.rows, snap: await snapshot(db) };
+}
+
+/** A WebSocket case: the handshake as an HTTP answer, then the session on both sides. */
+function compareWs(c, d, s) {
+  const upgraded = d.res.status === 101 && s.res.status === 101;
+  // A refusal carries a request id like any answer; a 101 is not an HTTP answer to compare.
+  const problems = upgraded ? [] : [...d.norm.problems.map((p) => `direct: ${p}`), ...s.norm.problems.map((p) => `shim: ${p}`)];
+  if (d.res.status !== c.expect.status) problems.push(`container answered ${d.res.status}, the case expects ${c.expect.status}`);
+  const answeredBy = s.res.headers[ANSWERED_BY] === "edge" ? "answers" : "defers";
+  if (answeredBy !== c.expect.edge) problems.push(`through the shim the edge ${answeredBy}, expected ${c.expect.edge}`);
+  if (upgraded) {
+    const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+    if (c.end !== "leave") {
+      if (!same(d.res.messages, s.res.messages)) {
+        const i = d.res.messages.findIndex((m, k) => m !== s.res.messages[k]);
+        const at = i < 0 ? Math.min(d.res.messages.length, s.res.messages.length) : i;
+        problems.push(
+          `message ${at} of ${d.res.messages.length} vs ${s.res.messages.length}: ${JSON.stringify(d.res.messages[at] ?? null)?.slice(0, 160)} vs ${JSON.stringify(s.res.messages[at] ?? null)?.slice(0, 160)}`,
+        );
+      } else if (c.script.length > 0 && !d.res.messages.some((m) => m.includes('"Turn"')) && !c.fault) {
+        problems.push("no Turn message: the case proves nothing");
+      }
+    }
+    if (!same(d.res.close, s.res.close)) problems.push(`close ${JSON.stringify(d.res.close)} vs ${JSON.stringify(s.res.close)}`);
+    if (!same(d.sessions, s.sessions)) problems.push(`AssemblyAI received ${JSON.stringify(d.sessions).slice(0, 300)} vs ${JSON.stringify(s.sessions).slice(0, 300)}`);
+  } else {
+    const diff = firstDifference(d.norm, s.norm);
+    if (diff) problems.push(diff);
+    if (d.sessions.length + s.sessions.length > 0) problems.push("a refused handshake opened an AssemblyAI session");
+  }
+  return problems;
 }
 
 function compareSnapshots(direct, shim) {
@@ -279,7 +326,7 @@ async function main() {
   await db.connect();
   try {
     console.log(
-      `parity: ${CASES.length} cases, AUTH_TOKEN_STORAGE=${args.storage}, direct ${args.direct}, through the shim ${args.shim}`,
+      `parity: ${CASES.length} HTTP cases, ${WS_CASES.length} WebSocket cases, AUTH_TOKEN_STORAGE=${args.storage}, direct ${args.direct}, through the shim ${args.shim}`,
     );
     const direct = await pass(args.direct, db, "direct");
     const shim = await pass(args.shim, db, "shim");
@@ -301,6 +348,25 @@ async function main() {
       record(`${c.name} [${d.norm.status}${c.expect.edge === "defers" ? ", deferred" : ""}]`, problems.length === 0, problems.join("; "));
       if (args.verbose) console.log(`     ${d.norm.body.slice(0, 300)}`);
     }
+    for (let i = 0; i < WS_CASES.length; i++) {
+      const d = direct.ws[i];
+      const s = shim.ws[i];
+      const c = d.c;
+      if (d.error || s.error) {
+        record(c.name, false, d.error ?? s.error);
+        continue;
+      }
+      const problems = compareWs(c, d, s);
+      const label = `${d.res.status}${c.expect.edge === "defers" ? ", deferred" : ""}${d.res.messages?.length ? `, ${d.res.messages.length} messages` : ""}`;
+      record(`${c.name} [${label}]`, problems.length === 0, problems.join("; "));
+      if (args.verbose) console.log(`     ${JSON.stringify(d.res.messages ?? d.norm.body).slice(0, 400)} close ${JSON.stringify(d.res.close)}`);
+    }
+    const sameTurns = JSON.stringify(direct.turns) === JSON.stringify(shim.turns);
+    record(
+      `database: transcript_turns identical (${direct.turns.length} rows, stored by the container for call_id sessions)`,
+      direct.turns.length > 0 && sameTurns,
+      sameTurns ? "" : diffRows(direct.turns, shim.turns),
+    );
     compareSnapshots(direct.snap, shim.snap);
     await crossPaths(db);
   } finally {

@@ -27,6 +27,8 @@ const marked: HandlerRegistry = Object.fromEntries(
         const response = await handler.handle(request, ctx);
         const headers = new Headers(response.headers);
         headers.set(ANSWERED_BY, "edge");
+        // A 101 keeps its WebSocket (the edge's /api/realtime/transcribe).
+        if (response.webSocket) return new Response(null, { status: 101, headers, webSocket: response.webSocket });
         return new Response(response.body, { status: response.status, headers });
       },
     },

@@ -15,17 +15,34 @@ import { credentialFrom, MALFORMED } from "./credential";
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import type { EdgeContext, EdgeHandler } from "./handlers";
-import { answering, headerValue, jsonAnswer, problemAnswer, unauthorized, type Answering } from "./respond";
+import {
+  answering,
+  headerValue,
+  type JsonBody,
+  jsonAnswer,
+  problemAnswer,
+  type Schema,
+  unauthorized,
+  type Answering,
+} from "./respond";
 import { type CallRow, chronoText, type Principal, resolveSession } from "./sessions";
 
 /** The container's page size without `limit`. */
 export const DEFAULT_PAGE = 50;
-const CALL_STATUSES = new Set(["created", "dialing", "initiated", "answered", "ended", "failed"]);
+const CALL_STATUSES: ReadonlySet<string> = new Set<Schema<"CallStatus">>([
+  "created",
+  "dialing",
+  "initiated",
+  "answered",
+  "ended",
+  "failed",
+]);
+const isCallStatus = (s: string): s is Schema<"CallStatus"> => CALL_STATUSES.has(s);
 
-type Authenticated = { ok: true; principal: Principal; calls: CallRow[]; source: "cookie" | "bearer" };
+export type Authenticated = { ok: true; principal: Principal; calls: CallRow[]; source: "cookie" | "bearer" };
 
 /** Authenticates like the `CurrentUser` extractor; a Response is the 401 to send. */
-async function authenticate(
+export async function authenticate(
   request: Request,
   ctx: EdgeContext,
   a: Answering,
@@ -86,7 +103,7 @@ export const me: EdgeHandler = {
     } else {
       active = principal.memberships[0]?.id ?? null;
     }
-    return jsonAnswer(a, {
+    return jsonAnswer<JsonBody<"/api/me", "get", 200>>(a, {
       user: principal.user,
       organisations: principal.memberships,
       active_organisation_id: active,
@@ -115,7 +132,7 @@ export const listCalls: EdgeHandler = {
     const page = auth.calls.slice(0, DEFAULT_PAGE);
     const last = page.at(-1);
     const nextCursor = auth.calls.length > DEFAULT_PAGE && last !== undefined ? cursorOf(last) : null;
-    return jsonAnswer(a, { calls: page.map(callJson), next_cursor: nextCursor });
+    return jsonAnswer<JsonBody<"/api/calls", "get", 200>>(a, { calls: page.map(callJson), next_cursor: nextCursor });
   },
 };
 
@@ -124,7 +141,7 @@ function notFound(a: Answering): Response {
 }
 
 /** The container's `Call` as serde writes it (field order of the struct). */
-function callJson(row: CallRow): Record<string, unknown> {
+function callJson(row: CallRow): Schema<"Call"> {
   const at = (v: string | null) => (v === null ? null : chronoText(v));
   return {
     id: row[0],
@@ -136,7 +153,7 @@ function callJson(row: CallRow): Record<string, unknown> {
     target_language: row[6],
     voice_id: row[7],
     record: row[8],
-    status: CALL_STATUSES.has(row[9]) ? row[9] : "failed", // CallStatus::parse(..).unwrap_or(Failed)
+    status: isCallStatus(row[9]) ? row[9] : "failed", // CallStatus::parse(..).unwrap_or(Failed)
     stream_state: row[10],
     hangup_cause: row[11],
     hangup_source: row[12],

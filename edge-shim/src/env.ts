@@ -26,6 +26,15 @@ export interface Env {
   AUTH_SCHEMA: string;
   /** Largest webhook body the edge reads; the container's `HTTP_BODY_LIMIT_BYTES` (1 MiB). */
   HTTP_BODY_LIMIT_BYTES: string;
+  /**
+   * AssemblyAI Universal Streaming endpoint (`wss://streaming.assemblyai.com/v3/ws`); the
+   * container's `ASSEMBLYAI_STREAMING_URL`. Used by the edge's `/api/realtime/transcribe`.
+   */
+  ASSEMBLYAI_STREAMING_URL: string;
+  /** `speech_model` of every streaming session; the container's `ASSEMBLYAI_SPEECH_MODEL`. */
+  ASSEMBLYAI_SPEECH_MODEL: string;
+  /** Milliseconds of audio per chunk sent to AssemblyAI (50–1000); the container's `MEDIA_BATCH_MS`. */
+  MEDIA_BATCH_MS: string;
 
   // ---- Secrets (wrangler secret put) ----
 
@@ -42,6 +51,12 @@ export interface Env {
   TELNYX_PUBLIC_KEY: string;
   /** Shared secret for verifying AssemblyAI webhooks once `/webhooks/assemblyai` moves to the edge. */
   ASSEMBLYAI_WEBHOOK_SECRET: string;
+  /**
+   * AssemblyAI API key, the container's `ASSEMBLYAI_API_KEY`: sent bare in `Authorization`
+   * when the edge opens a streaming session for `/api/realtime/transcribe`. Without it that
+   * route answers the container's 503 (provider not configured).
+   */
+  ASSEMBLYAI_API_KEY: string;
 
   // ---- Hyperdrive ----
 
@@ -70,6 +85,7 @@ declare global {
       EDGE_SHARED_SECRET: string;
       TELNYX_PUBLIC_KEY: string;
       ASSEMBLYAI_WEBHOOK_SECRET: string;
+      ASSEMBLYAI_API_KEY: string;
     }
   }
 }

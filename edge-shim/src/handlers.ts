@@ -5,6 +5,7 @@
 import { listCalls, me } from "./api";
 import type { Env } from "./env";
 import type { CompiledRoute } from "./manifest";
+import { realtimeTranscribe } from "./realtime";
 import { telnyxWebhook } from "./webhooks";
 
 /** What an edge handler gets besides the request. */
@@ -56,6 +57,7 @@ export const HANDLERS: HandlerRegistry = {
   "POST /webhooks/telnyx": telnyxWebhook,
   "GET /api/me": me,
   "GET /api/calls": listCalls,
+  "GET /api/realtime/transcribe": realtimeTranscribe,
 };
 
 /** Throws when a `shadow`/`edge` route has no handler, or a handler names no manifest route. */

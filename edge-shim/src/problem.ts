@@ -2,7 +2,7 @@
 // contract as the container's (docs/API_ERRORS.md), so a client cannot tell which side failed
 // by the shape of the body. Causes are logged by the caller, never put in the body.
 
-import { chooseRequestId } from "./respond";
+import { chooseRequestId, type ProblemBody } from "./respond";
 
 /**
  * Builds a problem response carrying the request id, chosen as the container chooses it
@@ -10,9 +10,7 @@ import { chooseRequestId } from "./respond";
  */
 export function problem(request: Request, status: number, title: string, detail?: string): Response {
   const requestId = chooseRequestId(request.headers);
-  const body: Record<string, unknown> = { type: "about:blank", title, status };
-  if (detail !== undefined) body.detail = detail;
-  body.request_id = requestId;
+  const body: ProblemBody = { type: "about:blank", title, status, ...(detail === undefined ? {} : { detail }), request_id: requestId };
   return new Response(JSON.stringify(body), {
     status,
     headers: { "content-type": "application/problem+json", "x-request-id": requestId },

@@ -4,6 +4,23 @@
 // indistinguishable from the container, so each rule here cites the Rust it mirrors.
 
 import type { Env } from "./env";
+import type { components, paths } from "./generated/openapi";
+
+// ---- the container's contract (src/generated/openapi.d.ts, from its /api/openapi.json) ----
+
+/** A schema of the container's OpenAPI (`components.schemas`). */
+export type Schema<Name extends keyof components["schemas"]> = components["schemas"][Name];
+type Method = "get" | "post" | "put" | "patch" | "delete";
+type Responses<P extends keyof paths, M extends Method> = NonNullable<paths[P][M]> extends { responses: infer R } ? R : never;
+/**
+ * The `application/json` body the container documents for `status` of `METHOD path`. An edge
+ * handler's JSON answer is typed with it, so a contract change in the container (a field
+ * renamed, added as required, retyped) is a type error here after `npm run gen:types`.
+ */
+export type JsonBody<P extends keyof paths, M extends Method, S extends keyof Responses<P, M>> =
+  Responses<P, M>[S] extends { content: { "application/json": infer Body } } ? Body : never;
+/** The container's RFC 9457 problem (`Problem` in src/error.rs): its members plus extensions. */
+export type ProblemBody = Schema<"Problem">;
 
 /** src/http/request_id.rs `acceptable`: 1–128 of [A-Za-z0-9-_.:]. */
 const ACCEPTABLE_REQUEST_ID = /^[A-Za-z0-9\-_.:]{1,128}$/;
@@ -88,8 +105,11 @@ function containerHeaders(a: Answering, contentType: string, body: string): Head
   return headers;
 }
 
-/** A 2xx JSON answer, like axum's `Json` (`content-type: application/json`). */
-export function jsonAnswer(a: Answering, body: unknown, status = 200): Response {
+/**
+ * A 2xx JSON answer, like axum's `Json` (`content-type: application/json`). Callers name the
+ * contract: `jsonAnswer<JsonBody<"/api/me", "get", 200>>(a, {...})`.
+ */
+export function jsonAnswer<Body>(a: Answering, body: NoInfer<Body>, status = 200): Response {
   const text = JSON.stringify(body);
   return new Response(text, { status, headers: containerHeaders(a, "application/json", text) });
 }
@@ -102,6 +122,8 @@ export interface ProblemShape {
   /** Defaults to the status's canonical reason, as `Problem::new` does. */
   title?: string;
   detail: string;
+  /** Extension members, written after `request_id` (serde's `flatten`, keys sorted). */
+  extensions?: Record<string, unknown>;
 }
 
 const REASONS: Record<number, string> = {
@@ -110,19 +132,21 @@ const REASONS: Record<number, string> = {
   403: "Forbidden",
   404: "Not Found",
   413: "Payload Too Large",
+  422: "Unprocessable Entity",
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
 
 export function problemAnswer(a: Answering, p: ProblemShape): Response {
   // Field order as serde writes the Rust struct: type, title, status, detail, request_id.
-  const body = {
+  const body: ProblemBody = {
     type: p.type ?? "about:blank",
     title: p.title ?? REASONS[p.status] ?? "Error",
     status: p.status,
     detail: p.detail,
     request_id: a.requestId,
   };
+  for (const key of Object.keys(p.extensions ?? {}).sort()) body[key] = p.extensions![key];
   const text = JSON.stringify(body);
   return new Response(text, { status: p.status, headers: containerHeaders(a, "application/problem+json", text) });
 }

@@ -14,7 +14,7 @@
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import type { EdgeHandler } from "./handlers";
-import { answering, headerValue, jsonAnswer, problemAnswer, unauthorized } from "./respond";
+import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
 import { DEFER, occurredAtForPostgres } from "./rfc3339";
 import { type Json, member, parseSerdeJson } from "./serde-json";
 import { importTelnyxKey, SIGNATURE_ERRORS, SIGNATURE_HEADER, TIMESTAMP_HEADER, verifyTelnyx } from "./telnyx";
@@ -117,7 +117,7 @@ export const telnyxWebhook: EdgeHandler = {
       if (inserted === undefined) throw new Error("the inbox statement returned no row");
       duplicate = inserted === "0";
     }
-    return jsonAnswer(a, { event_id: event.id, duplicate });
+    return jsonAnswer<JsonBody<"/webhooks/telnyx", "post", 200>>(a, { event_id: event.id, duplicate });
   },
   // In a shadow (dry-run) call nothing is written, so whether the event is a duplicate is
   // not known; everything else is compared.

@@ -22,6 +22,7 @@ const routes = (owner: "edge" | "shadow") =>
       { method: "POST", path: "/webhooks/telnyx", owner },
       { method: "GET", path: "/api/me", owner },
       { method: "GET", path: "/api/calls", owner },
+      { method: "GET", path: "/api/realtime/transcribe", owner },
     ],
   });
 const atEdge = createShim(routes("edge"), HANDLERS);

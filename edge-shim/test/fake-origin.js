@@ -7,6 +7,48 @@
 /** Requests seen per `x-test-id`, so a test can prove the origin was (not) called. */
 const seen = new Map();
 
+/**
+ * A minimal AssemblyAI streaming endpoint on host `aai.test` (`aai-early-error.test`: an
+ * Error before Begin): checks the bare key, answers Begin with a numbered session id, says
+ * `{"type":"Got","bytes":N}` for each audio chunk, and answers Terminate with Termination and
+ * close 1000. Sessions are listed at origin.test/__fake/aai-sessions.
+ * @type {{id: string, url: string, authorization: string | null, chunks: number[], texts: string[], chunkBytes: number[][]}[]}
+ */
+const aaiSessions = [];
+
+/** @param {Request} request @param {URL} url */
+function fakeAssemblyAi(request, url) {
+  if (request.headers.get("authorization") !== "test-aai-key") return new Response("Invalid or missing credentials", { status: 401 });
+  const pair = new WebSocketPair();
+  const client = pair[0];
+  const server = pair[1];
+  server.accept();
+  server.binaryType = "arraybuffer";
+  const record = { id: `sess-${aaiSessions.length + 1}`, url: url.href, authorization: request.headers.get("authorization"), chunks: /** @type {number[]} */ ([]), texts: /** @type {string[]} */ ([]), chunkBytes: /** @type {number[][]} */ ([]) };
+  aaiSessions.push(record);
+  if (url.hostname === "aai-early-error.test") {
+    server.send(JSON.stringify({ error: "speech_model is required", error_code: 3006, type: "Error" }));
+    server.close(3006, "speech_model is required");
+  } else {
+    server.send(JSON.stringify({ expires_at: 1, id: record.id, type: "Begin" }));
+  }
+  server.addEventListener("message", (event) => {
+    if (typeof event.data === "string") {
+      record.texts.push(event.data);
+      if (JSON.parse(event.data).type === "Terminate") {
+        server.send(JSON.stringify({ type: "Termination" }));
+        server.close(1000, "");
+      }
+    } else {
+      const bytes = new Uint8Array(/** @type {ArrayBuffer} */ (event.data));
+      record.chunks.push(bytes.length);
+      record.chunkBytes.push(Array.from(bytes.slice(-4)));
+      server.send(JSON.stringify({ type: "Got", bytes: bytes.length }));
+    }
+  });
+  return new Response(null, { status: 101, webSocket: client });
+}
+
 export default {
   /** @param {Request} request */
   async fetch(request) {
@@ -18,6 +60,9 @@ export default {
     if (testId) seen.set(testId, (seen.get(testId) ?? 0) + 1);
 
     if (url.hostname === "unreachable.test") throw new Error("connection refused (simulated)");
+    if (url.pathname === "/__fake/aai-sessions") return Response.json(aaiSessions);
+    if (url.hostname === "aai-refuse.test") return new Response("simulated outage", { status: 503 });
+    if (url.hostname === "aai.test" || url.hostname === "aai-early-error.test") return fakeAssemblyAi(request, url);
 
     if (request.headers.get("upgrade")?.toLowerCase() === "websocket") {
       const pair = new WebSocketPair();

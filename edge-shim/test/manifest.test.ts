@@ -23,6 +23,8 @@ describe("routes.json", () => {
       "GET /api/me origin",
       "GET /api/calls origin",
       "POST /webhooks/telnyx origin",
+      "POST /webhooks/assemblyai origin",
+      "GET /api/realtime/transcribe origin",
     ]);
     expect(() => checkRegistry(ROUTES, HANDLERS)).not.toThrow();
   });

@@ -22,6 +22,7 @@ use crate::state::AppState;
 const TOKEN_TTL_SECS: u32 = 60;
 
 #[derive(Debug, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
 pub struct AudioFormat {
     /// `pcm_s16le` (default, little-endian 16-bit) or `pcm_mulaw`.
     pub encoding: Option<String>,

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use base64::Engine as _;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
+use super::playout::{self, ClearedThrough, Languages, Outbound, Utterance};
 use super::transcripts::{self, FinalTurn};
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
@@ -133,6 +135,21 @@ pub struct Bridge {
     stream_id: Option<String>,
     replica: String,
     stopping: Option<Instant>,
+    /// The live translation loop, when the call has two languages and TTS is configured.
+    speaker: Option<mpsc::Sender<Utterance>>,
+    next_utterance: i32,
+    /// Utterances sent into the call whose mark has not come back yet, oldest first.
+    playing: VecDeque<Playing>,
+    cleared: ClearedThrough,
+    clear_requested: bool,
+}
+
+struct Playing {
+    seq: i32,
+    listener: Track,
+    first_frame: Instant,
+    audio_ms: u64,
+    mark: Option<String>,
 }
 
 /// Runs the bridge for one Telnyx media WebSocket until the stream ends.
@@ -145,6 +162,22 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
         std::process::id()
     );
+    let (outbound_tx, outbound_rx) = mpsc::channel(256);
+    let cleared: ClearedThrough = playout::nothing_cleared();
+    let (speaker, speaker_task) = match languages(&state, call_id).await {
+        Some(languages) => {
+            let (tx, task) = playout::spawn(
+                state.clone(),
+                call_id,
+                languages,
+                outbound_tx.clone(),
+                cleared.clone(),
+            );
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    drop(outbound_tx);
     let mut bridge = Bridge {
         state,
         call_id,
@@ -156,8 +189,20 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         stream_id: None,
         replica,
         stopping: None,
+        speaker,
+        next_utterance: 0,
+        playing: VecDeque::new(),
+        cleared,
+        clear_requested: false,
     };
-    bridge.event_loop(socket, events_rx).await;
+    bridge.event_loop(socket, events_rx, outbound_rx).await;
+    bridge.speaker = None;
+    if let Some(task) = speaker_task {
+        let _ = tokio::time::timeout(STOP_DEADLINE, task).await;
+    }
+    if let Err(error) = playout::never_played(&bridge.state.db, call_id).await {
+        tracing::warn!(%error, "closing unplayed utterances failed");
+    }
     for track in [Track::Inbound, Track::Outbound] {
         bridge.close_gap(track);
     }
@@ -176,8 +221,27 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
     tracing::info!(%call_id, "media bridge finished");
 }
 
+/// The call's two languages, when translation can run (both set, differing, TTS configured).
+async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
+    state.tts.as_ref()?;
+    let client = state.db.client().await.ok()?;
+    let call = crate::calls::get_unscoped(&**client, call_id)
+        .await
+        .ok()??;
+    Some(Languages {
+        inbound: call.source_language?,
+        outbound: call.target_language?,
+        voice: call.voice_id,
+    })
+}
+
 impl Bridge {
-    async fn event_loop(&mut self, socket: WebSocket, mut events_rx: mpsc::Receiver<AaiEvent>) {
+    async fn event_loop(
+        &mut self,
+        socket: WebSocket,
+        mut events_rx: mpsc::Receiver<AaiEvent>,
+        mut outbound_rx: mpsc::Receiver<Outbound>,
+    ) {
         let (mut telnyx_tx, mut telnyx_rx) = socket.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let shutdown = self.state.shutdown.clone();
@@ -199,6 +263,12 @@ impl Bridge {
                     Some(Ok(_)) => {}
                 },
                 Some(event) = events_rx.recv() => self.on_aai_event(event).await,
+                Some(out) = outbound_rx.recv(), if telnyx_open => {
+                    let message = self.on_outbound(out);
+                    if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                        telnyx_open = false;
+                    }
+                }
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
                 _ = heartbeat.tick() => self.heartbeat(),
                 () = shutdown.cancelled(), if self.stopping.is_none() => {
@@ -213,6 +283,13 @@ impl Bridge {
                         track.phase = Phase::Finished;
                     }
                 }
+            }
+            if std::mem::take(&mut self.clear_requested) && telnyx_open {
+                // Barge-in: Telnyx drops the queued audio and flushes its marks.
+                let _ = telnyx_tx
+                    .send(WsMessage::Text(r#"{"event":"clear"}"#.into()))
+                    .await;
+                metrics::counter!("translation_barge_ins_total").increment(1);
             }
         }
         let _ = telnyx_tx.close().await;
@@ -276,7 +353,8 @@ impl Bridge {
             Frame::Error { code, title } => {
                 tracing::warn!(call_id = %self.call_id, %code, %title, "Telnyx reported a media stream error");
             }
-            Frame::Connected | Frame::Dtmf { .. } | Frame::Mark { .. } => {}
+            Frame::Mark { name } => self.on_mark(&name),
+            Frame::Connected | Frame::Dtmf { .. } => {}
         }
     }
 
@@ -516,10 +594,14 @@ impl Bridge {
 
     fn on_turn(&mut self, track: Track, turn: Turn) {
         let call_id = self.call_id;
+        let final_turn = turn.end_of_turn && (turn.turn_is_formatted || !self.params.format_turns);
+        if !turn.transcript.is_empty() {
+            // The listener of whatever is playing started talking: barge-in.
+            self.barge_in(track);
+        }
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
-        let final_turn = turn.end_of_turn && (turn.turn_is_formatted || !self.params.format_turns);
         if !final_turn {
             if turn.transcript != state.last_partial && !turn.transcript.is_empty() {
                 state.last_partial = turn.transcript.clone();
@@ -570,6 +652,22 @@ impl Bridge {
             end_ms: end_ms.map(|v| v as i64),
         };
         state.turn_index += 1;
+        if let Some(speaker) = &self.speaker
+            && !stored.text.trim().is_empty()
+        {
+            let utterance = Utterance {
+                seq: self.next_utterance,
+                source_track: track,
+                turn_index: stored.turn_index,
+                text: stored.text.clone(),
+                end_of_turn_at: chrono::Utc::now(),
+                end_of_turn: Instant::now(),
+            };
+            self.next_utterance += 1;
+            if speaker.try_send(utterance).is_err() {
+                tracing::warn!(call_id = %call_id, "translation queue full; utterance dropped");
+            }
+        }
         let db = self.state.db.clone();
         self.storage.spawn(async move {
             // Retry briefly: a final turn must not be lost to a transient database error.
@@ -583,6 +681,85 @@ impl Bridge {
                 }
             }
         });
+    }
+
+    /// Turns a speaker request into the Telnyx message, keeping playout accounting.
+    fn on_outbound(&mut self, out: Outbound) -> String {
+        match out {
+            Outbound::Media {
+                seq,
+                listener,
+                bytes,
+            } => {
+                if !self.playing.iter().any(|p| p.seq == seq) {
+                    self.playing.push_back(Playing {
+                        seq,
+                        listener,
+                        first_frame: Instant::now(),
+                        audio_ms: 0,
+                        mark: None,
+                    });
+                }
+                if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
+                    playing.audio_ms += (bytes.len() / MULAW_BYTES_PER_MS) as u64;
+                }
+                metrics::counter!("media_frames_out_total").increment(1);
+                let payload = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
+            }
+            Outbound::Mark { seq, name } => {
+                if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
+                    playing.mark = Some(name.clone());
+                }
+                serde_json::json!({"event": "mark", "mark": {"name": name}}).to_string()
+            }
+        }
+    }
+
+    /// Telnyx echoes a mark when the audio before it has played: the utterance was heard.
+    fn on_mark(&mut self, name: &str) {
+        let Some(position) = self
+            .playing
+            .iter()
+            .position(|p| p.mark.as_deref() == Some(name))
+        else {
+            return;
+        };
+        let playing = self.playing.remove(position).expect("found");
+        metrics::histogram!("translation_stage_seconds", "stage" => "mark")
+            .record(playing.first_frame.elapsed().as_secs_f64());
+        let (db, call_id) = (self.state.db.clone(), self.call_id);
+        self.storage.spawn(async move {
+            if let Err(error) = playout::played(&db, call_id, playing.seq).await {
+                tracing::warn!(%error, "recording a played utterance failed");
+            }
+        });
+    }
+
+    /// `track` is speaking: anything playing *to* it is cut off.
+    fn barge_in(&mut self, track: Track) {
+        let cut: Vec<Playing> = {
+            let (cut, keep): (Vec<Playing>, Vec<Playing>) =
+                self.playing.drain(..).partition(|p| p.listener == track);
+            self.playing = keep.into();
+            cut
+        };
+        if cut.is_empty() {
+            return;
+        }
+        self.clear_requested = true;
+        for playing in cut {
+            self.cleared
+                .fetch_max(playing.seq, std::sync::atomic::Ordering::SeqCst);
+            let at_ms =
+                (playing.first_frame.elapsed().as_millis() as u64).min(playing.audio_ms) as i32;
+            let (db, call_id) = (self.state.db.clone(), self.call_id);
+            self.storage.spawn(async move {
+                if let Err(error) = playout::cut(&db, call_id, playing.seq, at_ms).await {
+                    tracing::warn!(%error, "recording a cut utterance failed");
+                }
+            });
+        }
     }
 
     /// Flushes every track and asks AssemblyAI to finish.

@@ -6,5 +6,6 @@ pub mod audio;
 pub mod bridge;
 pub mod browser;
 pub mod frames;
+pub mod playout;
 pub mod reattach;
 pub mod transcripts;

@@ -166,12 +166,23 @@ where
 }
 
 /// Moves bytes from `chunk` into `buffer` up to `part_size`; returns the part once full.
-/// Every part but the last is therefore exactly `part_size` bytes.
-fn cut(buffer: &mut BytesMut, chunk: &mut Bytes, part_size: usize) -> Option<Bytes> {
+/// Every part but the last is therefore exactly `part_size` bytes. An exhausted `buffer` is
+/// refilled from `spare` (buffers of parts already sent) before a new one is allocated, so
+/// an upload of any length allocates at most `concurrency + 1` part buffers.
+fn cut(
+    buffer: &mut BytesMut,
+    spare: &mut Vec<BytesMut>,
+    chunk: &mut Bytes,
+    part_size: usize,
+) -> Option<Bytes> {
+    if buffer.capacity() < part_size {
+        *buffer = spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(part_size));
+    }
     let take = (part_size - buffer.len()).min(chunk.len());
     buffer.extend_from_slice(&chunk.split_to(take));
-    (buffer.len() == part_size)
-        .then(|| std::mem::replace(buffer, BytesMut::with_capacity(part_size)).freeze())
+    (buffer.len() == part_size).then(|| std::mem::take(buffer).freeze())
 }
 
 /// The multipart writer. Dropping it before `finish`/`abort` aborts in a spawned task.
@@ -183,7 +194,9 @@ struct Sink {
     limits: Limits,
     upload_id: Option<String>,
     buffer: BytesMut,
-    in_flight: VecDeque<JoinHandle<Result<CompletedPart, StoreError>>>,
+    /// Buffers of sent parts, reused for the next ones.
+    spare: Vec<BytesMut>,
+    in_flight: VecDeque<PartTask>,
     parts: Vec<CompletedPart>,
     next_part: i32,
     hasher: Sha256,
@@ -201,6 +214,7 @@ impl Sink {
             limits: *limits,
             upload_id: None,
             buffer: BytesMut::with_capacity(limits.part_size),
+            spare: Vec::new(),
             in_flight: VecDeque::new(),
             parts: Vec::new(),
             next_part: 1,
@@ -219,7 +233,12 @@ impl Sink {
         }
         self.hasher.update(&chunk);
         while !chunk.is_empty() {
-            if let Some(full) = cut(&mut self.buffer, &mut chunk, self.limits.part_size) {
+            if let Some(full) = cut(
+                &mut self.buffer,
+                &mut self.spare,
+                &mut chunk,
+                self.limits.part_size,
+            ) {
                 self.send_part(full).await?;
             }
         }
@@ -262,7 +281,8 @@ impl Sink {
         let upload_id = self.start().await?;
         while self.in_flight.len() >= self.limits.concurrency.max(1) {
             let first = self.in_flight.pop_front().expect("non-empty");
-            self.parts.push(join(first).await?);
+            let part = self.collect(first).await?;
+            self.parts.push(part);
         }
         let number = self.next_part;
         self.next_part += 1;
@@ -283,10 +303,11 @@ impl Sink {
                     .await
                 {
                     Ok(output) => {
-                        return Ok(CompletedPart::builder()
+                        let part = CompletedPart::builder()
                             .part_number(number)
                             .set_e_tag(output.e_tag().map(str::to_owned))
-                            .build());
+                            .build();
+                        return Ok((part, body));
                     }
                     Err(error) => {
                         last_error = Some(storage_error(error));
@@ -334,7 +355,8 @@ impl Sink {
             self.send_part(last).await?;
         }
         while let Some(handle) = self.in_flight.pop_front() {
-            self.parts.push(join(handle).await?);
+            let part = self.collect(handle).await?;
+            self.parts.push(part);
         }
         let upload_id = self.upload_id.clone().expect("started");
         self.storage
@@ -391,12 +413,24 @@ impl Drop for Sink {
     }
 }
 
-async fn join(
-    handle: JoinHandle<Result<CompletedPart, StoreError>>,
-) -> Result<CompletedPart, StoreError> {
-    handle
-        .await
-        .map_err(|e| StoreError::Storage(format!("part upload task: {e}")))?
+/// A part being sent: its completion and, back, its buffer.
+type PartTask = JoinHandle<Result<(CompletedPart, Bytes), StoreError>>;
+
+impl Sink {
+    /// Waits for a sent part and keeps its buffer for the next one when nothing else holds it.
+    async fn collect(&mut self, handle: PartTask) -> Result<CompletedPart, StoreError> {
+        let (part, body) = handle
+            .await
+            .map_err(|e| StoreError::Storage(format!("part upload task: {e}")))??;
+        if let Ok(mut buffer) = body.try_into_mut()
+            && buffer.capacity() >= self.limits.part_size
+            && self.spare.len() <= self.limits.concurrency
+        {
+            buffer.clear();
+            self.spare.push(buffer);
+        }
+        Ok(part)
+    }
 }
 
 /// Waits for parts still being sent (a part landing after the abort would be orphaned), then
@@ -407,7 +441,7 @@ pub async fn abort_upload(
     db: &Db,
     key: &str,
     upload_id: &str,
-    in_flight: Vec<JoinHandle<Result<CompletedPart, StoreError>>>,
+    in_flight: Vec<PartTask>,
 ) {
     for handle in in_flight {
         let _ = handle.await;
@@ -596,6 +630,7 @@ mod tests {
     fn chunks_are_cut_into_equal_parts() {
         let part_size = 10;
         let mut buffer = BytesMut::with_capacity(part_size);
+        let mut spare = Vec::new();
         let mut parts = Vec::new();
         let mut expected = Vec::new();
         let mut n = 0u8;
@@ -609,7 +644,7 @@ mod tests {
             expected.extend_from_slice(&bytes);
             let mut chunk = Bytes::from(bytes);
             while !chunk.is_empty() {
-                if let Some(part) = cut(&mut buffer, &mut chunk, part_size) {
+                if let Some(part) = cut(&mut buffer, &mut spare, &mut chunk, part_size) {
                     parts.push(part);
                 }
             }

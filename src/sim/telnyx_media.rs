@@ -3,6 +3,8 @@
 //! as allowed — optionally shuffled within a small window (Telnyx does not guarantee order),
 //! then sends `stop` and collects what the server sent back.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -11,6 +13,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use rand::seq::SliceRandom as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::assemblyai::linear_to_mulaw;
 
@@ -32,6 +35,8 @@ pub struct PlayOptions {
     pub send_stop: bool,
     /// Extra raw text frames sent right after `start` (malformed-frame tests).
     pub extra_frames: Vec<String>,
+    /// Wait this long after the audio before `stop` (translated speech still playing).
+    pub linger: Duration,
 }
 
 impl PlayOptions {
@@ -45,6 +50,7 @@ impl PlayOptions {
             shuffle_window: 0,
             send_stop: true,
             extra_frames: Vec::new(),
+            linger: Duration::ZERO,
         }
     }
 }
@@ -55,6 +61,11 @@ pub struct PlayResult {
     /// Text frames the server sent us (media, mark, clear), parsed.
     pub received: Vec<Value>,
     pub close_code: Option<u16>,
+    /// µ-law bytes the server streamed into the call.
+    pub media_bytes: usize,
+    /// Marks we echoed, in order (as Telnyx does once the audio before them has played).
+    pub marks_echoed: Vec<String>,
+    pub clears: usize,
 }
 
 /// Speech-like µ-law: a 220 Hz tone while `speaking`, silence otherwise.
@@ -91,41 +102,33 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
     let (socket, _) = tokio_tungstenite::connect_async(options.stream_url.as_str())
         .await
         .map_err(|e| e.to_string())?;
-    let (mut tx, mut rx) = socket.split();
+    let (tx, rx) = socket.split();
+    let tx = Arc::new(tokio::sync::Mutex::new(tx));
     let stream_id = uuid::Uuid::new_v4().to_string();
-    let reader = tokio::spawn(async move {
-        let mut result = PlayResult::default();
-        while let Some(Ok(message)) = rx.next().await {
-            match message {
-                Message::Text(text) => result
-                    .received
-                    .push(serde_json::from_str(&text).unwrap_or(Value::Null)),
-                Message::Close(frame) => {
-                    result.close_code = frame.map(|f| u16::from(f.code));
-                    break;
-                }
-                _ => {}
-            }
-        }
-        result
-    });
+    let reader = tokio::spawn(listen(rx, tx.clone(), stream_id.clone()));
     let send = |text: String| Message::Text(text.into());
-    tx.send(send(
-        json!({"event": "connected", "version": "1.0.0"}).to_string(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    tx.lock()
+        .await
+        .send(send(
+            json!({"event": "connected", "version": "1.0.0"}).to_string(),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
     let start = json!({
         "event": "start", "sequence_number": "1", "stream_id": stream_id,
         "start": {"user_id": "sim", "call_control_id": options.call_control_id, "call_session_id": "sim-session",
                   "from": "+15550000001", "to": "+15550000002", "tags": [], "client_state": null, "custom_parameters": {},
                   "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}},
     });
-    tx.send(send(start.to_string()))
+    tx.lock()
+        .await
+        .send(send(start.to_string()))
         .await
         .map_err(|e| e.to_string())?;
     for extra in &options.extra_frames {
-        tx.send(send(extra.clone()))
+        tx.lock()
+            .await
+            .send(send(extra.clone()))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -160,17 +163,19 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
             tokio::time::sleep_until(started + Duration::from_millis(index as u64 * 20)).await;
         }
         // The server may end the stream first (shutdown): stop sending, report what it said.
-        if tx.send(send(frame)).await.is_err() {
+        if tx.lock().await.send(send(frame)).await.is_err() {
             break;
         }
         sent += 1;
     }
     if options.send_stop {
+        // Like a real call, translated speech may still be playing when the audio ends.
+        tokio::time::sleep(options.linger).await;
         let stop = json!({"event": "stop", "sequence_number": sequence.to_string(), "stream_id": stream_id,
                           "stop": {"user_id": "sim", "call_control_id": options.call_control_id}});
-        let _ = tx.send(send(stop.to_string())).await;
+        let _ = tx.lock().await.send(send(stop.to_string())).await;
     } else {
-        let _ = tx.close().await;
+        let _ = tx.lock().await.close().await;
     }
     let mut result = tokio::time::timeout(Duration::from_secs(20), reader)
         .await
@@ -178,4 +183,88 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
         .map_err(|e| e.to_string())?;
     result.frames_sent = sent;
     Ok(result)
+}
+
+type Sink = Arc<
+    tokio::sync::Mutex<
+        futures_util::stream::SplitSink<
+            WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+            Message,
+        >,
+    >,
+>;
+
+/// Plays what the server sends in real time, like Telnyx: a mark is echoed once the audio
+/// queued before it has played; `clear` drops the queue and flushes pending marks at once.
+async fn listen(
+    mut rx: futures_util::stream::SplitStream<
+        WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    >,
+    tx: Sink,
+    stream_id: String,
+) -> PlayResult {
+    let mut result = PlayResult::default();
+    let mut queue_end = tokio::time::Instant::now();
+    let mut pending: VecDeque<(tokio::time::Instant, String)> = VecDeque::new();
+    let echo = |name: String| {
+        let (tx, stream_id) = (tx.clone(), stream_id.clone());
+        async move {
+            let message = json!({"event": "mark", "sequence_number": "0", "stream_id": stream_id, "mark": {"name": name}});
+            let _ = tx
+                .lock()
+                .await
+                .send(Message::Text(message.to_string().into()))
+                .await;
+        }
+    };
+    loop {
+        let due = pending.front().map(|(at, _)| *at);
+        tokio::select! {
+            message = rx.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    match value["event"].as_str() {
+                        Some("media") => {
+                            let bytes = value["media"]["payload"].as_str().and_then(|p| STANDARD.decode(p).ok()).map_or(0, |b| b.len());
+                            result.media_bytes += bytes;
+                            queue_end = queue_end.max(tokio::time::Instant::now()) + Duration::from_millis(bytes as u64 / 8);
+                        }
+                        Some("mark") => {
+                            let name = value["mark"]["name"].as_str().unwrap_or_default().to_owned();
+                            pending.push_back((queue_end.max(tokio::time::Instant::now()), name));
+                        }
+                        Some("clear") => {
+                            result.clears += 1;
+                            queue_end = tokio::time::Instant::now();
+                            for (_, name) in pending.drain(..) {
+                                echo(name.clone()).await;
+                                result.marks_echoed.push(name);
+                            }
+                        }
+                        _ => {}
+                    }
+                    result.received.push(value);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    result.close_code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            },
+            () = sleep_until(due), if due.is_some() => {
+                if let Some((_, name)) = pending.pop_front() {
+                    echo(name.clone()).await;
+                    result.marks_echoed.push(name);
+                }
+            }
+        }
+    }
+    result
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }

@@ -1,0 +1,320 @@
+//! The live translation loop: each final turn of one party is translated into the other
+//! party's language, synthesised by ElevenLabs as µ-law 8 kHz, and streamed back into the call
+//! as Telnyx `media` frames followed by a `mark` (PROVIDERS.md §1.6, §3, §4). Utterances play
+//! in order. The bridge turns Telnyx's mark echoes into *played*, and the listener talking
+//! over an utterance into `clear` and *cut*.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::frames::Track;
+use crate::db::Db;
+use crate::events;
+use crate::state::AppState;
+
+/// What the bridge sends into the Telnyx stream on the speaker's behalf.
+#[derive(Debug)]
+pub enum Outbound {
+    Media {
+        seq: i32,
+        listener: Track,
+        bytes: Vec<u8>,
+    },
+    Mark {
+        seq: i32,
+        name: String,
+    },
+}
+
+/// A final turn waiting to be spoken to the other party.
+#[derive(Debug, Clone)]
+pub struct Utterance {
+    pub seq: i32,
+    pub source_track: Track,
+    pub turn_index: i32,
+    pub text: String,
+    pub end_of_turn_at: DateTime<Utc>,
+    pub end_of_turn: Instant,
+}
+
+/// Who speaks which language on this call.
+#[derive(Debug, Clone)]
+pub struct Languages {
+    /// The far end (Telnyx `inbound` track): the call's `source_language`.
+    pub inbound: String,
+    /// The other party (`outbound` track): the call's `target_language`.
+    pub outbound: String,
+    pub voice: Option<String>,
+}
+
+impl Languages {
+    pub fn of(&self, track: Track) -> &str {
+        match track {
+            Track::Inbound => &self.inbound,
+            Track::Outbound => &self.outbound,
+        }
+    }
+}
+
+pub fn listener_of(track: Track) -> Track {
+    match track {
+        Track::Inbound => Track::Outbound,
+        Track::Outbound => Track::Inbound,
+    }
+}
+
+/// The highest utterance `seq` the listener cut in on (−1: none): the speaker stops
+/// streaming those.
+pub type ClearedThrough = Arc<AtomicI32>;
+
+pub fn nothing_cleared() -> ClearedThrough {
+    Arc::new(AtomicI32::new(-1))
+}
+
+/// Telnyx media messages hold 20 ms or more; ElevenLabs chunks can be smaller.
+const MIN_FRAME_BYTES: usize = 160;
+
+pub fn spawn(
+    state: AppState,
+    call_id: Uuid,
+    languages: Languages,
+    outbound: mpsc::Sender<Outbound>,
+    cleared: ClearedThrough,
+) -> (mpsc::Sender<Utterance>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Utterance>(32);
+    let handle = tokio::spawn(async move {
+        while let Some(utterance) = rx.recv().await {
+            speak(&state, call_id, &languages, &outbound, &cleared, utterance).await;
+        }
+    });
+    (tx, handle)
+}
+
+async fn speak(
+    state: &AppState,
+    call_id: Uuid,
+    languages: &Languages,
+    outbound: &mpsc::Sender<Outbound>,
+    cleared: &ClearedThrough,
+    u: Utterance,
+) {
+    let listener = listener_of(u.source_track);
+    let (source, target) = (
+        languages.of(u.source_track).to_owned(),
+        languages.of(listener).to_owned(),
+    );
+    let db = &state.db;
+    if let Err(error) = insert(db, call_id, &u, &source, &target).await {
+        tracing::warn!(%error, "storing an utterance failed");
+    }
+    if source == target {
+        return finish(
+            db,
+            call_id,
+            u.seq,
+            "never_played",
+            Some("same language on both sides"),
+        )
+        .await;
+    }
+    let translated = match state
+        .translation
+        .translate(std::slice::from_ref(&u.text), Some(&source), &target)
+        .await
+    {
+        Ok((mut texts, engine)) => (texts.pop().unwrap_or_default(), engine),
+        Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
+    };
+    let translated_at = Instant::now();
+    metrics::histogram!("translation_stage_seconds", "stage" => "translate")
+        .record((translated_at - u.end_of_turn).as_secs_f64());
+    let engine = format!("{:?}", translated.1).to_lowercase();
+    let Some(tts) = &state.tts else {
+        return finish(
+            db,
+            call_id,
+            u.seq,
+            "failed",
+            Some("ElevenLabs is not configured (ELEVENLABS_API_KEY)"),
+        )
+        .await;
+    };
+    let mut audio = match tts
+        .stream(
+            &translated.0,
+            languages.voice.as_deref(),
+            Some(&target),
+            "ulaw_8000",
+        )
+        .await
+    {
+        Ok(audio) => Box::pin(audio),
+        Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
+    };
+    let mut first_byte: Option<(Instant, DateTime<Utc>)> = None;
+    let mut first_frame: Option<DateTime<Utc>> = None;
+    let mut pending = Vec::new();
+    let mut audio_bytes = 0usize;
+    while let Some(chunk) = audio.next().await {
+        if cleared.load(Ordering::SeqCst) >= u.seq {
+            break; // the listener cut in: drop the rest
+        }
+        let Ok(chunk) = chunk else { break };
+        if first_byte.is_none() {
+            let now = Instant::now();
+            metrics::histogram!("translation_stage_seconds", "stage" => "tts_first_byte")
+                .record((now - translated_at).as_secs_f64());
+            first_byte = Some((now, Utc::now()));
+        }
+        pending.extend_from_slice(&chunk);
+        if pending.len() >= MIN_FRAME_BYTES {
+            audio_bytes += pending.len();
+            let bytes = std::mem::take(&mut pending);
+            if outbound
+                .send(Outbound::Media {
+                    seq: u.seq,
+                    listener,
+                    bytes,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if first_frame.is_none() {
+                let now = Instant::now();
+                metrics::histogram!("translation_stage_seconds", "stage" => "first_frame")
+                    .record((now - first_byte.map(|f| f.0).unwrap_or(now)).as_secs_f64());
+                metrics::histogram!("translation_end_of_turn_to_first_frame_seconds")
+                    .record((now - u.end_of_turn).as_secs_f64());
+                first_frame = Some(Utc::now());
+            }
+        }
+    }
+    if !pending.is_empty() && cleared.load(Ordering::SeqCst) < u.seq {
+        pending.resize(pending.len().max(MIN_FRAME_BYTES), 0xFF);
+        audio_bytes += pending.len();
+        let _ = outbound
+            .send(Outbound::Media {
+                seq: u.seq,
+                listener,
+                bytes: pending,
+            })
+            .await;
+    }
+    let _ = outbound
+        .send(Outbound::Mark {
+            seq: u.seq,
+            name: format!("utt-{}", u.seq),
+        })
+        .await;
+    let audio_ms = (audio_bytes / 8) as i32;
+    let client = match db.client().await {
+        Ok(client) => client,
+        Err(error) => return tracing::warn!(%error, "updating an utterance failed"),
+    };
+    // Only move forward: the bridge may already have marked it played or cut.
+    let _ = client
+        .execute(
+            "update utterances set translated_text = $3, engine = $4, audio_ms = $5, translated_at = $6,
+                    first_tts_byte_at = $7, first_frame_sent_at = $8,
+                    status = case when status = 'queued' then 'playing' else status end
+             where call_id = $1 and seq = $2",
+            &[&call_id, &u.seq, &translated.0, &engine, &audio_ms, &Utc::now(), &first_byte.map(|f| f.1), &first_frame],
+        )
+        .await;
+    let _ = events::append(
+        &**client,
+        call_id,
+        "utterance.spoken",
+        json!({"seq": u.seq, "source_track": u.source_track.as_str(), "original": u.text, "translated": translated.0, "engine": engine, "audio_ms": audio_ms}),
+        Utc::now(),
+    )
+    .await;
+}
+
+async fn insert(
+    db: &Db,
+    call_id: Uuid,
+    u: &Utterance,
+    source: &str,
+    target: &str,
+) -> Result<(), crate::db::DbError> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, source_language, target_language, end_of_turn_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing",
+            &[&call_id, &u.seq, &u.source_track.as_str(), &u.turn_index, &u.text, &source, &target, &u.end_of_turn_at],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn finish(db: &Db, call_id: Uuid, seq: i32, status: &str, error: Option<&str>) {
+    if let Ok(client) = db.client().await {
+        let _ = client
+            .execute(
+                "update utterances set status = $3, error = $4 where call_id = $1 and seq = $2",
+                &[&call_id, &seq, &status, &error],
+            )
+            .await;
+    }
+}
+
+/// The listener heard the utterance to its end (its mark came back).
+pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::DbError> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "update utterances set status = 'played', mark_echoed_at = now()
+             where call_id = $1 and seq = $2 and status in ('queued', 'playing')",
+            &[&call_id, &seq],
+        )
+        .await?;
+    events::append(
+        &**client,
+        call_id,
+        "utterance.played",
+        json!({"seq": seq}),
+        Utc::now(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The listener talked over it `at_ms` into the audio; the rest was cleared.
+pub async fn cut(db: &Db, call_id: Uuid, seq: i32, at_ms: i32) -> Result<(), crate::db::DbError> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "update utterances set status = 'cut', cut_at_ms = $3 where call_id = $1 and seq = $2 and status in ('queued', 'playing')",
+            &[&call_id, &seq, &at_ms],
+        )
+        .await?;
+    events::append(
+        &**client,
+        call_id,
+        "utterance.cut",
+        json!({"seq": seq, "cut_at_ms": at_ms}),
+        Utc::now(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// At the end of the stream, whatever never echoed was never (fully) heard.
+pub async fn never_played(db: &Db, call_id: Uuid) -> Result<(), crate::db::DbError> {
+    let client = db.client().await?;
+    client
+        .execute("update utterances set status = 'never_played' where call_id = $1 and status in ('queued', 'playing')", &[&call_id])
+        .await?;
+    Ok(())
+}
