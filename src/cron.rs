@@ -7,7 +7,8 @@
 //!    so the next tick retries. Also: multipart uploads a dead process left (aborted), pending
 //!    versions older than a day (objects and rows), staging objects older than a day.
 //! 2. **Stale calls**: a call in a non-terminal status untouched for `CRON_STALE_CALL_MINUTES`
-//!    is failed (`failure_reason = 'stale: …'`) with a `call.failed` event.
+//!    and without a live media bridge (heartbeat in the last 5 minutes) is failed
+//!    (`failure_reason = 'stale: …'`) with a `call.failed` event.
 //! 3. **Dead jobs report**: counts per kind logged at WARN (new ones since the last tick) and
 //!    exported as the gauge `jobs_dead{kind}`.
 //!
@@ -255,6 +256,10 @@ pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
                     ended_at = coalesce(ended_at, now()), updated_at = now()
              where status not in ('ended', 'failed')
                and updated_at < now() - make_interval(secs => $1)
+               -- A long call whose media bridge is alive is not stale.
+               and not exists (select 1 from media_streams m
+                               where m.call_id = calls.id and m.ended_at is null
+                                 and m.heartbeat_at > now() - interval '5 minutes')
              returning id",
             &[&after.as_secs_f64(), &reason],
         )

@@ -46,6 +46,17 @@ enum Command {
         #[arg(long, default_value = "sim-telnyx-key")]
         telnyx_api_key: String,
     },
+    /// Place one simulated translated call end to end and print what happened (feature `sim`).
+    #[cfg(feature = "sim")]
+    Demo {
+        /// An admin connection to PostgreSQL (a scratch database is created and dropped).
+        #[arg(
+            long,
+            env = "DEMO_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+    },
     /// Print every route and who serves it (the edge manifest), and check the manifest.
     Routes {
         /// A manifest other than the one built in (edge-shim/routes.json).
@@ -84,6 +95,24 @@ fn main() -> ExitCode {
     }
     if let Command::Routes { manifest } = &cli.command {
         return print_routes(manifest.as_deref());
+    }
+    #[cfg(feature = "sim")]
+    if let Command::Demo { database_url } = &cli.command {
+        callbridge::tls::install_crypto_provider();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build();
+        return match runtime.map(|r| r.block_on(callbridge::sim::demo::run(database_url))) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(error)) => {
+                eprintln!("callbridge demo: {error:#}");
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("callbridge demo: {error}");
+                ExitCode::FAILURE
+            }
+        };
     }
     #[cfg(feature = "sim")]
     if let Command::Sim {
@@ -142,7 +171,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             unreachable!("handled before configuration is loaded")
         }
         #[cfg(feature = "sim")]
-        Command::Sim { .. } => unreachable!("handled before configuration is loaded"),
+        Command::Sim { .. } | Command::Demo { .. } => {
+            unreachable!("handled before configuration is loaded")
+        }
         Command::DebugToken { ttl_secs } => {
             anyhow::ensure!(
                 !config.is_production(),
@@ -271,6 +302,48 @@ fn run_simulators(telnyx_port: u16, telnyx_api_key: &str) -> ExitCode {
         println!("  TELNYX_API_KEY={telnyx_api_key}");
         println!("  TELNYX_PUBLIC_KEY={}", telnyx.public_key_base64());
         println!("  TELNYX_CONNECTION_ID=sim-connection");
+        // The other providers on the next free ports (every base URL is configurable).
+        let started = async {
+            let streaming =
+                callbridge::sim::assemblyai::AssemblyAiSim::start("sim-assemblyai-key", 0).await?;
+            let batch = callbridge::sim::assemblyai_async::AssemblyAiAsyncSim::start(
+                "sim-assemblyai-key",
+                0,
+            )
+            .await?;
+            let speech = callbridge::sim::translation::TranslationSim::start(0).await?;
+            let recordings = callbridge::sim::recordings::RecordingServerSim::start(0).await?;
+            Ok::<_, std::io::Error>((streaming, batch, speech, recordings))
+        };
+        match started.await {
+            Ok((streaming, batch, speech, recordings)) => {
+                use callbridge::sim::translation as t;
+                println!("AssemblyAI (streaming + async), DeepL, OpenAI, ElevenLabs simulators:");
+                println!("  ASSEMBLYAI_API_KEY=sim-assemblyai-key");
+                println!("  ASSEMBLYAI_STREAMING_URL={}", streaming.streaming_url());
+                println!("  ASSEMBLYAI_API_BASE={}", batch.api_base());
+                println!(
+                    "  DEEPL_API_KEY={} DEEPL_API_BASE={}",
+                    t::DEEPL_KEY,
+                    speech.base()
+                );
+                println!(
+                    "  OPENAI_API_KEY={} OPENAI_API_BASE={}/v1",
+                    t::OPENAI_KEY,
+                    speech.base()
+                );
+                println!(
+                    "  ELEVENLABS_API_KEY={} ELEVENLABS_API_BASE={}",
+                    t::ELEVENLABS_KEY,
+                    speech.base()
+                );
+                println!(
+                    "Telnyx recording URL server on http://{}",
+                    recordings.address
+                );
+            }
+            Err(error) => eprintln!("callbridge sim: {error}"),
+        }
         let _ = tokio::signal::ctrl_c().await;
         ExitCode::SUCCESS
     })

@@ -82,7 +82,9 @@ async fn utterances(app: &TestApp, call_id: Uuid) -> Vec<Row> {
     for _ in 0..50 {
         let rows: Vec<Row> = app.db().await.query(
             "select source_track, original_text, translated_text, status, audio_ms, cut_at_ms,
-                    translated_at is not null and first_tts_byte_at is not null and first_frame_sent_at is not null
+                    coalesce(end_of_turn_at <= translated_at and translated_at <= first_tts_byte_at
+                             and first_tts_byte_at <= first_frame_sent_at
+                             and first_frame_sent_at <= coalesce(mark_echoed_at, first_frame_sent_at), false)
              from utterances where call_id = $1 order by seq", &[&call_id]).await.unwrap()
             .iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
         if rows.iter().all(|r| r.3 != "queued" && r.3 != "playing") && !rows.is_empty() {
@@ -130,7 +132,7 @@ async fn a_final_turn_is_translated_spoken_into_the_call_and_heard_in_full() {
     assert_eq!(status, "played");
     assert_eq!(audio_ms, Some(spoken_ms as i32));
     assert_eq!(cut_at, None);
-    assert!(stages, "every stage timestamp recorded");
+    assert!(stages, "every stage timestamp recorded, in order");
     let metrics = live.app.get("/metrics").await.text().await.unwrap();
     for stage in ["translate", "tts_first_byte", "first_frame", "mark"] {
         assert!(

@@ -315,7 +315,10 @@ async fn audio_that_overflows_the_buffer_while_disconnected_becomes_a_recorded_g
     let (_, start_ms, duration_ms, reason) = gaps.first().cloned().expect("a gap was recorded");
     assert!((0..3400).contains(&start_ms));
     // How much overflows depends on how fast the flood arrives; that some does, does not.
-    assert!(duration_ms > 0, "audio beyond the 1 s buffer was recorded as lost");
+    assert!(
+        duration_ms > 0,
+        "audio beyond the 1 s buffer was recorded as lost"
+    );
     assert_eq!(reason, "assemblyai_unavailable");
     assert!(
         gaps.iter().all(|g| g.2 <= 3400),

@@ -466,7 +466,7 @@ async fn direct_upload_round_trips_and_complete_checks_the_object() {
 
 #[tokio::test]
 async fn presigned_gets_are_refused_by_the_server_when_tampered_with_or_expired() {
-    let app = TestApp::spawn_with(&[("RECORDINGS_PRESIGN_GET_SECS", "2")]).await;
+    let app = TestApp::spawn_with(&[("RECORDINGS_PRESIGN_GET_SECS", "4")]).await;
     let ada = app.sign_in("Ada").await;
     let bytes = wav_bytes(10_000, 7);
     let recording: Value = upload(&app, &ada, "", "audio/wav", bytes.clone())
@@ -482,7 +482,7 @@ async fn presigned_gets_are_refused_by_the_server_when_tampered_with_or_expired(
         .await
         .unwrap();
     let url = detail["download"]["url"].as_str().unwrap().to_owned();
-    assert!(url.contains("X-Amz-Expires=2"), "{url}");
+    assert!(url.contains("X-Amz-Expires=4"), "{url}");
     let ok = fetch(&url).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.bytes().await.unwrap().as_ref(), bytes.as_slice());
@@ -495,10 +495,10 @@ async fn presigned_gets_are_refused_by_the_server_when_tampered_with_or_expired(
     let other_key = url.replacen("/v1.wav", "/v2.wav", 1);
     assert_ne!(other_key, url);
     assert_eq!(fetch(&other_key).await.status(), 403);
-    let longer = url.replacen("X-Amz-Expires=2", "X-Amz-Expires=3600", 1);
+    let longer = url.replacen("X-Amz-Expires=4", "X-Amz-Expires=3600", 1);
     assert_eq!(fetch(&longer).await.status(), 403);
 
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     let expired = fetch(&url).await;
     assert_eq!(expired.status(), 403);
     assert!(expired.text().await.unwrap().contains("expired"));
@@ -923,6 +923,20 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
     .unwrap();
     let stale = insert_call(&app, org, "dialing").await;
     let fresh = insert_call(&app, org, "answered").await;
+    // A long call, untouched by Telnyx for hours, whose media bridge is alive.
+    let long = insert_call(&app, org, "answered").await;
+    db.execute(
+        "update calls set updated_at = now() - interval '3 hours' where id = $1",
+        &[&long],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "insert into media_streams (call_id, replica) values ($1, 'replica-a')",
+        &[&long],
+    )
+    .await
+    .unwrap();
     db.execute(
         "update calls set updated_at = now() - interval '2 hours' where id = $1",
         &[&stale],
@@ -1044,6 +1058,7 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
     assert_eq!(stale_status, "failed");
     assert!(reason.unwrap().starts_with("stale"));
     assert_eq!(status(fresh).await.0, "answered");
+    assert_eq!(status(long).await.0, "answered");
     let events: i64 = db
         .query_one(
             "select count(*) from call_events where call_id = $1 and kind = 'call.failed'",

@@ -133,6 +133,7 @@ async fn speak(
         Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
     };
     let translated_at = Instant::now();
+    let translated_wall = Utc::now();
     metrics::histogram!("translation_stage_seconds", "stage" => "translate")
         .record((translated_at - u.end_of_turn).as_secs_f64());
     let engine = format!("{:?}", translated.1).to_lowercase();
@@ -227,7 +228,7 @@ async fn speak(
                     first_tts_byte_at = $7, first_frame_sent_at = $8,
                     status = case when status = 'queued' then 'playing' else status end
              where call_id = $1 and seq = $2",
-            &[&call_id, &u.seq, &translated.0, &engine, &audio_ms, &Utc::now(), &first_byte.map(|f| f.1), &first_frame],
+            &[&call_id, &u.seq, &translated.0, &engine, &audio_ms, &translated_wall, &first_byte.map(|f| f.1), &first_frame],
         )
         .await;
     let _ = events::append(

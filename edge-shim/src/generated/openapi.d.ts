@@ -384,6 +384,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/translate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Translate texts (DeepL first, OpenAI when DeepL fails or is out of quota). */
+        post: operations["translate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/tts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Speak text: the audio streams to the client as ElevenLabs produces it. */
+        post: operations["tts"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -622,6 +656,8 @@ export interface components {
             /** Format: int32 */
             version: number;
         };
+        /** @enum {string} */
+        Engine: "deepl" | "openai" | "cache";
         LiveTurn: {
             /** Format: int64 */
             end_ms?: number | null;
@@ -834,6 +870,28 @@ export interface components {
          * @enum {string}
          */
         TokenStorage: "raw" | "hashed" | "dual";
+        TranslateRequest: {
+            /** @description Omit to let the engine detect it. */
+            source_language?: string | null;
+            target_language: string;
+            /** @description 1–50 texts, 16 KiB in all. */
+            texts: string[];
+        };
+        TranslateResponse: {
+            /** @description Which engine answered: `deepl`, `openai`, or `cache`. */
+            engine: components["schemas"]["Engine"];
+            translations: string[];
+        };
+        TtsRequest: {
+            /**
+             * @description `ulaw_8000` (default, what calls use), `alaw_8000`, `pcm_16000`, `pcm_24000`,
+             *     `mp3_44100_128`, `mp3_22050_32`, `opus_48000_64`.
+             */
+            format?: string | null;
+            language?: string | null;
+            text: string;
+            voice_id?: string | null;
+        };
         UploadUrl: {
             /** Format: date-time */
             expires_at: string;
@@ -1711,16 +1769,16 @@ export interface operations {
     };
     transcribe: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
+            query?: {
                 /** @description `pcm_s16le` (default, little-endian 16-bit) or `pcm_mulaw`. */
-                encoding: string | null;
+                encoding?: string;
                 /** @description Hz; default 16000. */
-                sample_rate: number | null;
+                sample_rate?: number;
                 /** @description Store final turns as this call's `browser` track (must be the caller's organisation's). */
-                call_id: string | null;
+                call_id?: string;
             };
+            header?: never;
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
@@ -2022,6 +2080,117 @@ export interface operations {
             };
             /** @description No such recording, or nothing stored yet */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    translate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TranslateRequest"];
+            };
+        };
+        responses: {
+            /** @description Translations in order, and the engine */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TranslateResponse"];
+                };
+            };
+            /** @description Too many texts or too much text */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid language codes */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Every engine failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No engine configured */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    tts: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TtsRequest"];
+            };
+        };
+        responses: {
+            /** @description Audio, streamed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "audio/basic": unknown;
+                };
+            };
+            /** @description Empty or too long text, or an unknown format */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description ElevenLabs failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description ElevenLabs is not configured */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
