@@ -109,6 +109,8 @@ if [ ! -x node_modules/.bin/wrangler ] || [ ! -d node_modules/pg ] || [ package-
   npm ci --no-audit --no-fund --loglevel=error
 fi
 TELNYX_PUBLIC_KEY=$(node --input-type=module -e 'import { TELNYX_PUBLIC_KEY } from "./parity/fixtures.mjs"; console.log(TELNYX_PUBLIC_KEY)')
+# POST /webhooks/assemblyai: the same secret on both sides (parity/cases.mjs sends it).
+AAI_WEBHOOK_SECRET=$(node --input-type=module -e 'import { AAI_WEBHOOK_SECRET } from "./parity/fixtures.mjs"; console.log(AAI_WEBHOOK_SECRET)')
 
 log "starting the AssemblyAI simulator (parity/aai-sim.mjs)"
 node parity/aai-sim.mjs --port 0 --key "$AAI_KEY" >"$WORK/aai-sim.log" 2>&1 &
@@ -141,6 +143,7 @@ round() {
     TELNYX_API_BASE=http://127.0.0.1:9/v2 AUTH_TOKEN_STORAGE="$storage" AUTH_SESSION_CACHE_TTL_SECS=0 \
     ALLOWED_ORIGINS=http://localhost:3000 EDGE_SHARED_SECRET="$EDGE_SECRET" \
     ASSEMBLYAI_API_KEY="$AAI_KEY" ASSEMBLYAI_STREAMING_URL="$AAI_URL" MEDIA_BATCH_MS=100 \
+    ASSEMBLYAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET" \
     "$BIN" serve >>"$WORK/container.log" 2>&1 &
   CONTAINER_PID=$!
   # /healthz, not /readyz: the R2 endpoint is deliberately unreachable here.
@@ -156,6 +159,7 @@ round() {
     --var "ORIGIN_URL:http://127.0.0.1:$DIRECT_PORT" --var "EDGE_SHARED_SECRET:$EDGE_SECRET" \
     --var "TELNYX_PUBLIC_KEY:$TELNYX_PUBLIC_KEY" --var "AUTH_TOKEN_STORAGE:$storage" --var PARITY_OWNER:edge \
     --var "ASSEMBLYAI_API_KEY:$AAI_KEY" --var "ASSEMBLYAI_STREAMING_URL:$AAI_URL" --var MEDIA_BATCH_MS:100 \
+    --var "ASSEMBLYAI_WEBHOOK_SECRET:$AAI_WEBHOOK_SECRET" \
     </dev/null >>"$WORK/wrangler.log" 2>&1 &
   WRANGLER_PID=$!
   wait_http "http://127.0.0.1:$SHIM_PORT/healthz" 90 "$WRANGLER_PID" wrangler

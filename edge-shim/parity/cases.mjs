@@ -5,7 +5,7 @@
 // (`edge: "answers" | "defers"`). Requests are built at send time (webhook timestamps are
 // "now"). Header values are strings of ASCII, or Buffers sent byte for byte.
 
-import { ORG, TOKEN, otherSignature, telnyxSignature } from "./fixtures.mjs";
+import { AAI_WEBHOOK_SECRET, ORG, TOKEN, otherSignature, telnyxSignature } from "./fixtures.mjs";
 
 const now = () => Math.floor(Date.now() / 1000);
 
@@ -173,6 +173,109 @@ const webhookCases = [
   webhook("data.id 201 bytes", { body: `{"data":{"id":"${"é".repeat(100)}x","event_type":"call.initiated"}}`, status: 400 }),
   webhook("data.event_type missing", { body: '{"data":{"id":"evt-no-type"}}', status: 400 }),
   webhook("data.event_type 101 bytes", { body: `{"data":{"id":"evt-long-type","event_type":"${"t".repeat(101)}"}}`, status: 400 }),
+];
+
+// ---- POST /webhooks/assemblyai ----------------------------------------------------------
+
+/**
+ * An AssemblyAI transcript webhook: `body` text or Buffer; `secret` the
+ * x-callbridge-webhook-secret value (string or Buffer; null: no header), `secrets` for
+ * several such headers; `headers` extra [name, value] pairs.
+ */
+function aai(name, { body, secret = AAI_WEBHOOK_SECRET, secrets, requestId = true, headers = [], status, edge = "answers" }) {
+  return {
+    name: `assemblyai: ${name}`,
+    route: "POST /webhooks/assemblyai",
+    expect: { status, edge },
+    build() {
+      const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body, "utf8");
+      const h = [["content-type", "application/json"], ...headers];
+      if (requestId) h.push(["x-request-id", `parity-aai-${slug(name)}`]);
+      for (const s of secrets ?? (secret === null ? [] : [secret])) h.push(["x-callbridge-webhook-secret", s]);
+      return { method: "POST", path: "/webhooks/assemblyai", headers: h, body: bytes };
+    },
+  };
+}
+
+const transcript = (id, status = "completed", extra = {}) => JSON.stringify({ transcript_id: id, status, ...extra });
+
+const assemblyaiCases = [
+  aai("valid (completed)", { body: transcript("aai-valid-1"), status: 200 }),
+  aai("duplicate of valid (same transcript_id and status, new delivery)", {
+    body: transcript("aai-valid-1", "completed", { redelivered: true }),
+    status: 200,
+  }),
+  aai("same transcript_id, another status (a new event)", { body: transcript("aai-valid-1", "error"), status: 200 }),
+  aai("valid, no x-request-id (generated UUIDv7)", { body: transcript("aai-no-request-id"), requestId: false, status: 200 }),
+  aai("valid, allowed Origin echoed by CORS", {
+    body: transcript("aai-origin"),
+    headers: [["origin", "http://localhost:3000"]],
+    status: 200,
+  }),
+  aai("valid, text/plain content type (the body is read regardless)", {
+    body: transcript("aai-text-plain"),
+    headers: [["content-type", "text/plain"]],
+    status: 200,
+  }),
+  aai("valid, spaces around the header value (trimmed by the HTTP parser)", {
+    body: transcript("aai-spaces"),
+    secret: `  ${AAI_WEBHOOK_SECRET}\t`,
+    status: 200,
+  }),
+  aai("valid, pretty-printed with numbers, unicode and escapes (stored as serde_json keeps them)", {
+    body: '{\n "transcript_id": "aai-\\u00e9\\"q\\"/\\n",\n "status": "completed",\n "n": [1.0, -0, 1e2, 12345678901234567890, 0.1],\n "nested": {"b": 1, "a": null}\n}',
+    status: 200,
+  }),
+  aai("duplicate keys (the last wins)", { body: '{"transcript_id":"aai-first","transcript_id":"aai-dupkeys","status":"queued","status":"completed"}', status: 200 }),
+  aai("transcript_id 200 bytes (accepted)", { body: transcript("é".repeat(100)), status: 200 }),
+  aai("status 40 bytes (accepted)", { body: transcript("aai-status-40", "s".repeat(40)), status: 200 }),
+  aai("missing header", { body: transcript("aai-no-header"), secret: null, status: 401 }),
+  aai("empty header", { body: transcript("aai-empty-header"), secret: "", status: 401 }),
+  aai("wrong secret", { body: transcript("aai-wrong"), secret: "not-the-secret", status: 401 }),
+  aai("secret with one byte more", { body: transcript("aai-longer"), secret: `${AAI_WEBHOOK_SECRET}x`, status: 401 }),
+  aai("secret one byte short", { body: transcript("aai-shorter"), secret: AAI_WEBHOOK_SECRET.slice(0, -1), status: 401 }),
+  aai("secret in capitals", { body: transcript("aai-caps"), secret: AAI_WEBHOOK_SECRET.toUpperCase(), status: 401 }),
+  aai("secret sent as a bearer token instead", {
+    body: transcript("aai-bearer"),
+    secret: null,
+    headers: [["authorization", `Bearer ${AAI_WEBHOOK_SECRET}`]],
+    status: 401,
+  }),
+  aai("wrong secret and a malformed body (401 first)", { body: "{not json", secret: "nope", status: 401 }),
+  aai("no header and an empty body (401 first)", { body: "", secret: null, status: 401 }),
+  aai("header repeated, the first right (the container reads the first: deferred)", {
+    body: transcript("aai-repeated"),
+    secrets: [AAI_WEBHOOK_SECRET, "other"],
+    status: 200,
+    edge: "defers",
+  }),
+  aai("header repeated, the first wrong (deferred)", {
+    body: transcript("aai-repeated-wrong"),
+    secrets: ["other", AAI_WEBHOOK_SECRET],
+    status: 401,
+    edge: "defers",
+  }),
+  aai("header with a non-ASCII byte (deferred)", {
+    body: transcript("aai-latin1"),
+    secret: Buffer.concat([Buffer.from(AAI_WEBHOOK_SECRET), Buffer.from([0xe9])]),
+    status: 401,
+    edge: "defers",
+  }),
+  aai("malformed JSON (serde's message: deferred)", { body: '{"transcript_id": "aai-bad", ', status: 400, edge: "defers" }),
+  aai("empty body (deferred)", { body: "", status: 400, edge: "defers" }),
+  aai("trailing comma (deferred)", { body: '{"transcript_id":"aai-comma","status":"completed",}', status: 400, edge: "defers" }),
+  aai("missing transcript_id", { body: '{"status":"completed"}', status: 400 }),
+  aai("transcript_id empty", { body: transcript(""), status: 400 }),
+  aai("transcript_id a number", { body: '{"transcript_id":42,"status":"completed"}', status: 400 }),
+  aai("transcript_id null", { body: '{"transcript_id":null,"status":"completed"}', status: 400 }),
+  aai("transcript_id 201 bytes", { body: transcript(`${"é".repeat(100)}x`), status: 400 }),
+  aai("missing status", { body: '{"transcript_id":"aai-no-status"}', status: 400 }),
+  aai("status empty", { body: transcript("aai-status-empty", ""), status: 400 }),
+  aai("status 41 bytes", { body: transcript("aai-status-41", "s".repeat(41)), status: 400 }),
+  aai("status an object", { body: '{"transcript_id":"aai-status-obj","status":{"v":"completed"}}', status: 400 }),
+  aai("JSON array", { body: '[{"transcript_id":"aai-array","status":"completed"}]', status: 400 }),
+  aai("JSON null", { body: "null", status: 400 }),
+  aai("JSON string", { body: '"aai-string"', status: 400 }),
 ];
 
 // ---- GET /api/me and GET /api/calls --------------------------------------------------------
@@ -343,6 +446,7 @@ const routeOnly = [
 
 export const CASES = [
   ...webhookCases,
+  ...assemblyaiCases,
   ...authScenarios.map((s) => authCase("GET /api/me", "/api/me", s)),
   ...authScenarios.map((s) => authCase("GET /api/calls", "/api/calls", s)),
   ...routeOnly,

@@ -32,6 +32,9 @@ export const otherSignature = (timestamp, body) => telnyxSignature(timestamp, bo
 
 // ---- Database -------------------------------------------------------------------------------
 
+/** POST /webhooks/assemblyai: ASSEMBLYAI_WEBHOOK_SECRET on both sides (.ci/parity.sh reads it here). */
+export const AAI_WEBHOOK_SECRET = "parity-assemblyai-webhook-secret";
+
 export const ORG = {
   adaPersonal: "0190c0de-0000-7000-8000-00000000a001",
   team: "0190c0de-0000-7000-8000-00000000a002",

@@ -20,7 +20,7 @@ import { parseArgs } from "node:util";
 import zlib from "node:zlib";
 import pg from "pg";
 import { CASES } from "./cases.mjs";
-import { seed, snapshot, telnyxSignature } from "./fixtures.mjs";
+import { AAI_WEBHOOK_SECRET, seed, snapshot, telnyxSignature } from "./fixtures.mjs";
 import { WS_CASES } from "./ws-cases.mjs";
 import { resetSimulator, runWsCases } from "./ws-run.mjs";
 
@@ -238,7 +238,7 @@ function compareSnapshots(direct, shim) {
     viaDirect.size === 1 && viaDirect.has("origin"),
     [...viaDirect].join(","),
   );
-  const deferredIds = new Set(["evt-leap"]); // the edge hands these to the container
+  const deferredIds = new Set(["evt-leap", "aai-repeated:completed"]); // the edge hands these to the container
   const wrong = shim.inbox.filter((r) => r.received_via !== (deferredIds.has(r.event_id) ? "origin" : "edge"));
   record(
     "database: through the shim, rows say received_via = edge (origin for deferred events)",
@@ -264,61 +264,96 @@ function diffRows(a, b) {
   return "";
 }
 
-/** An event through one path, then re-delivered through the other: the second is a no-op. */
+/**
+ * An event through one path, then re-delivered through the other: the second is a no-op.
+ * Once per provider (Telnyx, AssemblyAI).
+ */
 async function crossPaths(db) {
-  const deliver = (base, id, attempt) => {
-    const body = Buffer.from(
-      JSON.stringify({
-        data: { record_type: "event", event_type: "call.answered", id, occurred_at: "2026-11-26T04:00:00.5Z", payload: { attempt } },
-        meta: { attempt },
-      }),
-    );
-    const ts = String(Math.floor(Date.now() / 1000));
-    return send(base, {
-      method: "POST",
-      path: "/webhooks/telnyx",
-      headers: [
-        ["content-type", "application/json"],
-        ["telnyx-timestamp", ts],
-        ["telnyx-signature-ed25519", telnyxSignature(ts, body)],
-      ],
-      body,
-    });
-  };
-  const state = async (id) => {
-    const inbox = await db.query("select received_via, payload->'meta'->>'attempt' as attempt from webhook_inbox where event_id = $1", [id]);
-    const jobs = await db.query("select count(*)::int as n from jobs where dedupe_key = $1", [`webhook:telnyx:${id}`]);
-    return { rows: inbox.rows, jobs: jobs.rows[0].n };
-  };
-  for (const [first, second, id, via] of [
-    [args.shim, args.direct, "evt-cross-shim-first", "edge"],
-    [args.direct, args.shim, "evt-cross-direct-first", "origin"],
-  ]) {
-    const a = await deliver(first, id, 1);
-    const b = await deliver(second, id, 2);
+  const providers = [
+    {
+      name: "telnyx",
+      prefix: "evt",
+      deliver(base, id, attempt) {
+        const body = Buffer.from(
+          JSON.stringify({
+            data: { record_type: "event", event_type: "call.answered", id, occurred_at: "2026-11-26T04:00:00.5Z", payload: { attempt } },
+            meta: { attempt },
+          }),
+        );
+        const ts = String(Math.floor(Date.now() / 1000));
+        return send(base, {
+          method: "POST",
+          path: "/webhooks/telnyx",
+          headers: [
+            ["content-type", "application/json"],
+            ["telnyx-timestamp", ts],
+            ["telnyx-signature-ed25519", telnyxSignature(ts, body)],
+          ],
+          body,
+        });
+      },
+      eventId: (id) => id,
+      attempt: "payload->'meta'->>'attempt'",
+    },
+    {
+      name: "assemblyai",
+      prefix: "aai",
+      deliver(base, id, attempt) {
+        const body = Buffer.from(JSON.stringify({ transcript_id: id, status: "completed", attempt }));
+        return send(base, {
+          method: "POST",
+          path: "/webhooks/assemblyai",
+          headers: [
+            ["content-type", "application/json"],
+            ["x-callbridge-webhook-secret", AAI_WEBHOOK_SECRET],
+          ],
+          body,
+        });
+      },
+      eventId: (id) => `${id}:completed`,
+      attempt: "payload->>'attempt'",
+    },
+  ];
+  for (const p of providers) {
+    const state = async (id) => {
+      const eventId = p.eventId(id);
+      const inbox = await db.query(
+        `select received_via, ${p.attempt} as attempt from webhook_inbox where provider = $1 and event_id = $2`,
+        [p.name, eventId],
+      );
+      const jobs = await db.query("select count(*)::int as n from jobs where dedupe_key = $1", [`webhook:${p.name}:${eventId}`]);
+      return { rows: inbox.rows, jobs: jobs.rows[0].n };
+    };
+    for (const [first, second, id, via] of [
+      [args.shim, args.direct, `${p.prefix}-cross-shim-first`, "edge"],
+      [args.direct, args.shim, `${p.prefix}-cross-direct-first`, "origin"],
+    ]) {
+      const a = await p.deliver(first, id, 1);
+      const b = await p.deliver(second, id, 2);
+      const s = await state(id);
+      const label = `${p.name}: ${first === args.shim ? "shim, then container" : "container, then shim"}`;
+      record(
+        `cross-path: ${label}: first stored, second answers duplicate:true`,
+        a.status === 200 && JSON.parse(a.body).duplicate === false && b.status === 200 && JSON.parse(b.body).duplicate === true,
+        `${a.status} ${a.body} / ${b.status} ${b.body}`,
+      );
+      record(
+        `cross-path: ${label}: one inbox row (the first delivery's, received_via=${via}) and one job`,
+        s.rows.length === 1 && s.rows[0].received_via === via && s.rows[0].attempt === "1" && s.jobs === 1,
+        JSON.stringify(s),
+      );
+    }
+    // Same event twice through the shim: the second is a no-op too.
+    const id = `${p.prefix}-cross-shim-twice`;
+    const a = await p.deliver(args.shim, id, 1);
+    const b = await p.deliver(args.shim, id, 2);
     const s = await state(id);
-    const label = first === args.shim ? "shim, then container" : "container, then shim";
     record(
-      `cross-path: ${label}: first stored, second answers duplicate:true`,
-      a.status === 200 && JSON.parse(a.body).duplicate === false && b.status === 200 && JSON.parse(b.body).duplicate === true,
-      `${a.status} ${a.body} / ${b.status} ${b.body}`,
-    );
-    record(
-      `cross-path: ${label}: one inbox row (the first delivery's, received_via=${via}) and one job`,
-      s.rows.length === 1 && s.rows[0].received_via === via && s.rows[0].attempt === "1" && s.jobs === 1,
+      `cross-path: ${p.name}: shim twice: duplicate:false then duplicate:true, one row, one job`,
+      a.status === 200 && JSON.parse(a.body).duplicate === false && JSON.parse(b.body).duplicate === true && s.rows.length === 1 && s.jobs === 1,
       JSON.stringify(s),
     );
   }
-  // Same event twice through the shim: the second is a no-op too.
-  const id = "evt-cross-shim-twice";
-  const a = await deliver(args.shim, id, 1);
-  const b = await deliver(args.shim, id, 2);
-  const s = await state(id);
-  record(
-    "cross-path: shim twice: duplicate:false then duplicate:true, one row, one job",
-    JSON.parse(a.body).duplicate === false && JSON.parse(b.body).duplicate === true && s.rows.length === 1 && s.jobs === 1,
-    JSON.stringify(s),
-  );
 }
 
 async function main() {

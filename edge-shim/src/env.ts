@@ -49,7 +49,11 @@ export interface Env {
    * the edge defers that route to the container.
    */
   TELNYX_PUBLIC_KEY: string;
-  /** Shared secret for verifying AssemblyAI webhooks once `/webhooks/assemblyai` moves to the edge. */
+  /**
+   * The container's `ASSEMBLYAI_WEBHOOK_SECRET`: compared (constant time) with the
+   * `x-callbridge-webhook-secret` header of `POST /webhooks/assemblyai` at the edge; without it
+   * (or without `ASSEMBLYAI_API_KEY`) the edge defers that route to the container.
+   */
   ASSEMBLYAI_WEBHOOK_SECRET: string;
   /**
    * AssemblyAI API key, the container's `ASSEMBLYAI_API_KEY`: sent bare in `Authorization`

@@ -3,6 +3,7 @@
 // routes.json only if it has a handler here; checkRegistry enforces that at start-up.
 
 import { listCalls, me } from "./api";
+import { assemblyaiWebhook } from "./assemblyai-webhook";
 import type { Env } from "./env";
 import type { CompiledRoute } from "./manifest";
 import { realtimeTranscribe } from "./realtime";
@@ -55,6 +56,7 @@ export type HandlerRegistry = Readonly<Record<string, EdgeHandler>>;
  */
 export const HANDLERS: HandlerRegistry = {
   "POST /webhooks/telnyx": telnyxWebhook,
+  "POST /webhooks/assemblyai": assemblyaiWebhook,
   "GET /api/me": me,
   "GET /api/calls": listCalls,
   "GET /api/realtime/transcribe": realtimeTranscribe,

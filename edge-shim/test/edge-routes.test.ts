@@ -20,6 +20,7 @@ const routes = (owner: "edge" | "shadow") =>
   compileManifest({
     routes: [
       { method: "POST", path: "/webhooks/telnyx", owner },
+      { method: "POST", path: "/webhooks/assemblyai", owner },
       { method: "GET", path: "/api/me", owner },
       { method: "GET", path: "/api/calls", owner },
       { method: "GET", path: "/api/realtime/transcribe", owner },
