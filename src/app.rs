@@ -229,6 +229,10 @@ async fn serve(listener: TcpListener, router: Router, state: &AppState) -> anyho
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     let shutdown = state.shutdown.clone();
+    // No Nagle: media frames and small JSON answers should leave at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -47,7 +47,12 @@ pub async fn telnyx_stream(
     drop(client);
     let assemblyai = AssemblyAiClient::new(config);
     let tracker = state.bridges.clone();
-    Ok(upgrade.max_message_size(1 << 20).on_upgrade(move |socket| {
-        tracker.track_future(bridge::run(state, call_id, assemblyai, socket))
-    }))
+    // Thousands of these live at once: small per-socket buffers (frames are ~300 bytes).
+    Ok(upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(1 << 20)
+        .on_upgrade(move |socket| {
+            tracker.track_future(bridge::run(state, call_id, assemblyai, socket))
+        }))
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
@@ -177,9 +177,14 @@ impl AssemblyAiClient {
             .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
         request.headers_mut().insert("authorization", key);
         crate::tls::install_crypto_provider();
+        // Small buffers (a call holds two of these sockets) and no Nagle: audio chunks are
+        // small and latency matters more than packet count.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
         let (mut socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
         )
         .await
         .map_err(|_| AssemblyAiError::Connect("handshake timed out".into()))?
