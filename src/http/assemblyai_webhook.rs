@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::error::{ApiError, Problem};
 use crate::http::extract::Json;
-use crate::http::webhooks::{INBOX_INSERT_SQL, Received};
+use crate::http::webhooks::{Received, store_in_inbox};
 use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
 use crate::state::AppState;
 
@@ -70,30 +70,8 @@ pub async fn assemblyai(
         .ok_or_else(|| ApiError::BadRequest("missing status".into()))?;
     let event_id = format!("{transcript_id}:{status}");
     let event_type = format!("transcript.{status}");
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let statement = state
-        .db
-        .prepare(&client, INBOX_INSERT_SQL)
-        .await
-        .map_err(ApiError::internal)?;
-    let inserted: i64 = client
-        .query_one(
-            &statement,
-            &[
-                &"assemblyai",
-                &event_id,
-                &event_type,
-                &None::<chrono::DateTime<chrono::Utc>>,
-                &payload,
-                &"origin",
-            ],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .get(0);
-    let duplicate = inserted == 0;
-    metrics::counter!("webhooks_received_total", "provider" => "assemblyai", "duplicate" => duplicate.to_string())
-        .increment(1);
+    let duplicate =
+        store_in_inbox(&state, "assemblyai", &event_id, &event_type, None, &payload).await?;
     Ok(Json(Received {
         event_id,
         duplicate,

@@ -38,6 +38,43 @@ pub const INBOX_INSERT_SQL: &str = "with inserted as (
     )
     select count(*) from inserted";
 
+/// Stores a verified event and enqueues its job (one statement, so both or neither), counting
+/// it. Returns whether the event id was already known (a duplicate delivery).
+pub async fn store_in_inbox(
+    state: &AppState,
+    provider: &'static str,
+    event_id: &str,
+    event_type: &str,
+    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    payload: &serde_json::Value,
+) -> Result<bool, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let statement = state
+        .db
+        .prepare(&client, INBOX_INSERT_SQL)
+        .await
+        .map_err(ApiError::internal)?;
+    let inserted: i64 = client
+        .query_one(
+            &statement,
+            &[
+                &provider,
+                &event_id,
+                &event_type,
+                &occurred_at,
+                payload,
+                &"origin",
+            ],
+        )
+        .await
+        .map_err(ApiError::internal)?
+        .get(0);
+    let duplicate = inserted == 0;
+    metrics::counter!("webhooks_received_total", "provider" => provider, "duplicate" => duplicate.to_string())
+        .increment(1);
+    Ok(duplicate)
+}
+
 /// Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4).
 #[utoipa::path(post, path = "/webhooks/telnyx", tag = "webhooks",
     params(
@@ -83,30 +120,15 @@ pub async fn telnyx(
         .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
     let event = WebhookEvent::parse(&envelope)
         .map_err(|e| ApiError::BadRequest(format!("not a Telnyx webhook: {e}")))?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let statement = state
-        .db
-        .prepare(&client, INBOX_INSERT_SQL)
-        .await
-        .map_err(ApiError::internal)?;
-    let inserted: i64 = client
-        .query_one(
-            &statement,
-            &[
-                &"telnyx",
-                &event.id,
-                &event.event_type,
-                &event.occurred_at,
-                &envelope,
-                &"origin",
-            ],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .get(0);
-    let duplicate = inserted == 0;
-    metrics::counter!("webhooks_received_total", "provider" => "telnyx", "duplicate" => duplicate.to_string())
-        .increment(1);
+    let duplicate = store_in_inbox(
+        &state,
+        "telnyx",
+        &event.id,
+        &event.event_type,
+        event.occurred_at,
+        &envelope,
+    )
+    .await?;
     Ok(Json(Received {
         event_id: event.id,
         duplicate,
