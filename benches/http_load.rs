@@ -5,7 +5,11 @@
 //! Then a resilience phase: every event twice, shuffled, with PostgreSQL restarted midway;
 //! zero lost, zero doubled. Needs PostgreSQL (`BENCH_DATABASE_URL`).
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{ChildGuard, ScratchDatabase, free_port};
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -81,24 +85,10 @@ where
     outcome
 }
 
+/// The server process (killed when this is dropped) and its port.
 struct Server {
-    child: Child,
+    _child: ChildGuard,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_server(database_url: &str, public_key: &str) -> Server {
@@ -128,7 +118,10 @@ async fn start_server(database_url: &str, public_key: &str) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the release binary starts");
-    let server = Server { child, port };
+    let server = Server {
+        _child: ChildGuard(child),
+        port,
+    };
     for _ in 0..300 {
         if reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
             .await
@@ -164,16 +157,8 @@ fn signed(sim: &TelnyxSim, envelope: &serde_json::Value) -> (Vec<u8>, String, St
 }
 
 async fn run() {
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = callbridge::db::connect_direct(&admin_url).await.unwrap();
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin_url).unwrap();
-    url.set_path(&format!("/{name}"));
+    let scratch = ScratchDatabase::create().await;
+    let url = scratch.url.clone();
     let sim = TelnyxSim::start("bench", 0).await.unwrap();
     let server = start_server(url.as_str(), &sim.public_key_base64()).await;
     let base = format!("http://127.0.0.1:{}", server.port);
@@ -419,9 +404,5 @@ async fn run() {
     drop(server);
     drop(db);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let admin = callbridge::db::connect_direct(&admin_url).await.unwrap();
-    admin
-        .batch_execute(&format!("drop database {name} with (force)"))
-        .await
-        .unwrap();
+    scratch.drop_now().await;
 }

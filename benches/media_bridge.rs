@@ -5,8 +5,12 @@
 //! (from /proc) and memory per live call. Baseline in the same run: a bare tokio WebSocket
 //! relay (parse, decode, batch, forward; nothing else) started from this binary.
 
+mod common;
+
+use common::{ChildGuard, ScratchDatabase, free_port};
+
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -92,22 +96,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn wait_for_port(port: u16) {
@@ -306,21 +294,13 @@ async fn relay(port: u16, upstream: String) {
 }
 
 async fn run() {
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = callbridge::db::connect_direct(&admin_url).await.unwrap();
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let mut db_url = url::Url::parse(&admin_url).unwrap();
-    db_url.set_path(&format!("/{name}"));
+    let scratch = ScratchDatabase::create().await;
+    let db_url = scratch.url.clone();
 
     let sim = AssemblyAiSim::start("bench-aai-key", 0).await.unwrap();
     let port = free_port();
     let secret = "bench-auth-secret-bench-auth-secret";
-    let server = Proc(
+    let server = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_callbridge"))
             .arg("serve")
             .env_clear()
@@ -349,7 +329,7 @@ async fn run() {
         "{}?speech_model=universal-streaming-english&encoding=pcm_mulaw&sample_rate=8000",
         sim.streaming_url()
     );
-    let relay = Proc(
+    let relay = ChildGuard(
         Command::new(std::env::current_exe().unwrap())
             .args(["--relay", &relay_port.to_string(), &upstream])
             .spawn()
@@ -444,8 +424,5 @@ async fn run() {
     println!("\nLargest N holding p99 < 5 ms added latency with zero frames lost: {largest_ok}");
     let _ = (relay, server);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    admin
-        .batch_execute(&format!("drop database {name} with (force)"))
-        .await
-        .unwrap();
+    scratch.drop_now().await;
 }

@@ -5,7 +5,11 @@
 //! (`BENCH_DATABASE_URL`) and an S3 server (`BENCH_S3_ENDPOINT`, default s3s-fs on
 //! 127.0.0.1:9100 as `.ci/bench.sh` starts it). `BENCH_RECORDING_BYTES` changes the size.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{ChildGuard, ScratchDatabase, free_port};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,23 +20,8 @@ use sha2::{Digest as _, Sha256};
 const CHUNK: usize = 1024 * 1024;
 
 struct Server {
-    child: Child,
+    child: ChildGuard,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `VmHWM` / `VmRSS` of a process, in KiB.
@@ -91,25 +80,17 @@ async fn run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024 * 1024 * 1024);
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let s3_endpoint =
         std::env::var("BENCH_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9100".into());
     let s3_key = std::env::var("BENCH_S3_ACCESS_KEY").unwrap_or_else(|_| "cbtest".into());
     let s3_secret =
         std::env::var("BENCH_S3_SECRET_KEY").unwrap_or_else(|_| "cbtest-secret-key".into());
-    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
     let bucket = format!(
         "cb-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
     );
-    let admin = callbridge::db::connect_direct(&admin_url).await.unwrap();
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin_url).unwrap();
-    url.set_path(&format!("/{name}"));
+    let scratch = ScratchDatabase::create().await;
+    let url = scratch.url.clone();
 
     let env: Vec<(String, String)> = [
         ("APP_ENV", "development"),
@@ -145,7 +126,10 @@ async fn run() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the release binary starts");
-    let server = Server { child, port };
+    let server = Server {
+        child: ChildGuard(child),
+        port,
+    };
     let base = format!("http://127.0.0.1:{}", server.port);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
@@ -185,7 +169,7 @@ async fn run() {
         hasher.update(&chunk);
     }
     let expected_sha = hex::encode(hasher.finalize());
-    let pid = server.child.id();
+    let pid = server.child.0.id();
     let rss_before = memory_kib(pid, "VmRSS:");
 
     // Through the container.
@@ -281,7 +265,5 @@ async fn run() {
         .send()
         .await;
     drop(db);
-    let _ = admin
-        .batch_execute(&format!("drop database if exists {name} with (force)"))
-        .await;
+    scratch.drop_now().await;
 }

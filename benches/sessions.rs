@@ -2,6 +2,10 @@
 //! baseline measured in the same run on the same machine. Needs PostgreSQL
 //! (`BENCH_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/postgres).
 
+mod common;
+
+use common::ScratchDatabase;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,18 +74,8 @@ fn main() {
 }
 
 async fn run() {
-    let admin_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("cb_bench_{}", uuid::Uuid::new_v4().simple());
-    let admin = callbridge::db::connect_direct(&admin_url)
-        .await
-        .expect("PostgreSQL reachable");
-    admin
-        .batch_execute(&format!("create database {name}"))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin_url).unwrap();
-    url.set_path(&format!("/{name}"));
+    let scratch = ScratchDatabase::create().await;
+    let url = scratch.url.clone();
 
     let env = |ttl: &str| {
         [
@@ -167,8 +161,5 @@ async fn run() {
     drop(uncached);
     drop(db);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    admin
-        .batch_execute(&format!("drop database {name} with (force)"))
-        .await
-        .unwrap();
+    scratch.drop_now().await;
 }
