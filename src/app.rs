@@ -77,6 +77,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             None => None,
         },
         listener,
+        job_bell: crate::jobs::bell::Bell::start(db.clone(), shutdown.clone()),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
         translation: Arc::new(translation_service(&config, &db)),

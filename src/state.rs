@@ -34,6 +34,8 @@ pub struct AppState {
     /// DeepL with OpenAI as fallback, cached in Postgres.
     pub translation: Arc<crate::translate::TranslationService>,
     pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,
+    /// Wakes job workers (here and on other replicas) after an enqueue commits.
+    pub job_bell: crate::jobs::bell::Bell,
 }
 
 impl AppState {

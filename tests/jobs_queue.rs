@@ -219,9 +219,58 @@ async fn a_running_worker_wakes_on_notify_without_waiting_for_its_poll() {
     let handle = tokio::spawn(worker.run(app.state.listener.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await; // the worker is idle, LISTENing
     enqueue(&app, NewJob::new("ping", json!({}))).await.unwrap();
+    // The enqueue committed; the bell sends the NOTIFY outside it.
+    app.state.job_bell.ring();
     tokio::time::timeout(Duration::from_secs(5), done.notified())
         .await
         .expect("woken by NOTIFY");
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_stored_by_the_edge_wakes_workers_from_its_own_transaction() {
+    // The edge shim inserts with received_via = 'edge' and rings no bell: the inbox trigger
+    // notifies for it. The container's own inserts ('origin') do not notify in-transaction.
+    let app = TestApp::spawn().await;
+    let done = Arc::new(tokio::sync::Notify::new());
+    let signal = done.clone();
+    let registry = Registry::default().register("telnyx.event", move |_: AppState, _: Job| {
+        let signal = signal.clone();
+        async move {
+            signal.notify_one();
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let worker = Worker::new(app.state.clone(), registry, config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run(app.state.listener.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let db = app.db().await;
+    let edge_sql = callbridge::http::webhooks::INBOX_INSERT_SQL;
+    let stored: i64 = db
+        .query_one(
+            edge_sql,
+            &[
+                &"telnyx",
+                &"evt-edge-1",
+                &"call.initiated",
+                &None::<chrono::DateTime<chrono::Utc>>,
+                &json!({}),
+                &"edge",
+            ],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+    tokio::time::timeout(Duration::from_secs(5), done.notified())
+        .await
+        .expect("woken by the inbox trigger's NOTIFY");
     stop.cancel();
     handle.await.unwrap();
 }

@@ -70,6 +70,9 @@ pub async fn store_in_inbox(
         .map_err(ApiError::internal)?
         .get(0);
     let duplicate = inserted == 0;
+    if !duplicate {
+        state.job_bell.ring();
+    }
     metrics::counter!("webhooks_received_total", "provider" => provider, "duplicate" => duplicate.to_string())
         .increment(1);
     Ok(duplicate)

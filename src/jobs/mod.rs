@@ -3,9 +3,11 @@
 //! Enqueue inside the caller's transaction; workers claim with `FOR UPDATE SKIP LOCKED` under
 //! a lease, extend the lease while running, retry with exponential backoff and full jitter,
 //! and park a job as `dead` with its last error after `max_attempts`. A panic in a handler is
-//! caught and recorded like an error. Workers wake on `NOTIFY callbridge_jobs` (sent by a
-//! trigger on insert) and poll as a fallback for missed notifications, retries and leases.
+//! caught and recorded like an error. Workers wake on `NOTIFY callbridge_jobs` (rung by `bell`
+//! after the enqueuing commit, or by the inbox trigger for edge writes) and poll as a fallback
+//! for missed notifications, retries and leases.
 
+pub mod bell;
 pub mod handlers;
 pub mod recording_import;
 pub mod telnyx_event;
@@ -63,7 +65,9 @@ impl NewJob {
     }
 }
 
-/// Enqueues `job` with the caller's client or transaction. `None` when deduplicated.
+/// Enqueues `job` with the caller's client or transaction. `None` when deduplicated. Ring
+/// `AppState::job_bell` once the transaction has committed (a worker finishing a job claims
+/// again at once, so jobs enqueued by job handlers need no ring).
 pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<Option<i64>, DbError> {
     let row = client
         .query_opt(
