@@ -34,6 +34,9 @@ type AaiSink = SplitSink<Socket, AaiMessage>;
 /// How long a stopping call waits for its last turns.
 const STOP_DEADLINE: Duration = Duration::from_secs(8);
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Audio kept for replay while no turn is open: AssemblyAI reports a turn's first words well
+/// within this, so anything older held no speech.
+const IDLE_REPLAY_MS: u64 = 2_000;
 
 enum AaiEvent {
     Connected {
@@ -96,6 +99,8 @@ struct TrackState {
     session_base_ms: u64,
     turn_index: i32,
     last_partial: String,
+    /// AssemblyAI has reported words of a turn that has not ended yet.
+    turn_open: bool,
     /// When each batch was sent, for AssemblyAI's end-of-turn latency; bounded.
     sent_at: VecDeque<(u64, Instant)>,
     open_gap: Option<(u64, u64)>,
@@ -118,6 +123,7 @@ impl TrackState {
             session_base_ms: 0,
             turn_index: 0,
             last_partial: String::new(),
+            turn_open: false,
             sent_at: VecDeque::new(),
             open_gap: None,
         }
@@ -142,6 +148,27 @@ pub struct Bridge {
     playing: VecDeque<Playing>,
     cleared: ClearedThrough,
     clear_requested: bool,
+    meters: Meters,
+}
+
+/// Handles to the per-frame metrics, resolved once per call: looking a metric up by name
+/// on every frame costs a registry lookup per frame.
+struct Meters {
+    frames_in: metrics::Counter,
+    frames_out: metrics::Counter,
+    batches_sent: metrics::Counter,
+    frame_latency: metrics::Histogram,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Self {
+            frames_in: metrics::counter!("media_frames_in_total"),
+            frames_out: metrics::counter!("media_frames_out_total"),
+            batches_sent: metrics::counter!("assemblyai_batches_sent_total"),
+            frame_latency: metrics::histogram!("media_bridge_latency_seconds"),
+        }
+    }
 }
 
 struct Playing {
@@ -194,6 +221,7 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         playing: VecDeque::new(),
         cleared,
         clear_requested: false,
+        meters: Meters::new(),
     };
     bridge.event_loop(socket, events_rx, outbound_rx).await;
     bridge.speaker = None;
@@ -245,6 +273,10 @@ impl Bridge {
         let (mut telnyx_tx, mut telnyx_rx) = socket.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let shutdown = self.state.shutdown.clone();
+        // One waiter for the whole call: a fresh `cancelled()` per loop turn would register
+        // and unregister on the token's shared lock for every frame of every call.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let mut telnyx_open = true;
         loop {
             if self.stopping.is_some() && self.tracks.values().all(|t| t.phase == Phase::Finished) {
@@ -271,7 +303,7 @@ impl Bridge {
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
                 _ = heartbeat.tick() => self.heartbeat(),
-                () = shutdown.cancelled(), if self.stopping.is_none() => {
+                () = &mut cancelled, if self.stopping.is_none() => {
                     self.begin_stop("shutdown").await;
                     // Going away: Telnyx ends the stream; another replica can re-attach.
                     let _ = telnyx_tx.send(WsMessage::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
@@ -333,7 +365,7 @@ impl Bridge {
                 }
             }
             Frame::Media(media) => {
-                metrics::counter!("media_frames_in_total").increment(1);
+                self.meters.frames_in.increment(1);
                 if self.stopping.is_some() {
                     return;
                 }
@@ -346,7 +378,8 @@ impl Bridge {
                 for batch in batches {
                     self.enqueue(media.track, batch).await;
                 }
-                metrics::histogram!("media_bridge_latency_seconds")
+                self.meters
+                    .frame_latency
                     .record(received.elapsed().as_secs_f64());
             }
             Frame::Stop => self.begin_stop("stop frame").await,
@@ -464,10 +497,22 @@ impl Bridge {
         };
         state.next_offset_ms = batch.end_ms();
         if state.phase == Phase::Live {
-            send_batch(state, &batch).await;
+            send_batch(state, &batch, &self.meters.batches_sent).await;
         }
         state.held_bytes += batch.bytes.len();
         state.held.push_back(batch);
+        if state.phase == Phase::Live && !state.turn_open {
+            // A live session has heard this and found no words in it: only the most recent
+            // audio (a turn may be starting there) is worth replaying. Silent tracks so
+            // hold seconds less audio per call.
+            let keep = IDLE_REPLAY_MS as usize * MULAW_BYTES_PER_MS;
+            while state.held_bytes > keep && state.held.len() > 1 {
+                let Some(oldest) = state.held.pop_front() else {
+                    break;
+                };
+                state.held_bytes -= oldest.bytes.len();
+            }
+        }
         let mut dropped = Vec::new();
         while state.held_bytes > state.cap_bytes {
             let Some(oldest) = state.held.pop_front() else {
@@ -519,7 +564,7 @@ impl Bridge {
                     })
                     .collect();
                 for batch in &held {
-                    send_batch(state, batch).await;
+                    send_batch(state, batch, &self.meters.batches_sent).await;
                 }
                 self.close_gap(track);
                 if stopping {
@@ -603,6 +648,7 @@ impl Bridge {
             return;
         };
         if !final_turn {
+            state.turn_open |= !turn.transcript.is_empty();
             if turn.transcript != state.last_partial && !turn.transcript.is_empty() {
                 state.last_partial = turn.transcript.clone();
                 let (db, text, order) = (
@@ -619,6 +665,7 @@ impl Bridge {
             return;
         }
         state.last_partial.clear();
+        state.turn_open = false;
         let base = state.session_base_ms;
         let start_ms = turn.words.first().map(|w| base + w.start);
         let end_ms = turn.words.last().map(|w| base + w.end);
@@ -703,7 +750,7 @@ impl Bridge {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.audio_ms += (bytes.len() / MULAW_BYTES_PER_MS) as u64;
                 }
-                metrics::counter!("media_frames_out_total").increment(1);
+                self.meters.frames_out.increment(1);
                 let payload = base64::engine::general_purpose::STANDARD.encode(&bytes);
                 serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
             }
@@ -854,7 +901,7 @@ impl Bridge {
     }
 }
 
-async fn send_batch(state: &mut TrackState, batch: &Batch) {
+async fn send_batch(state: &mut TrackState, batch: &Batch, sent: &metrics::Counter) {
     let Some(sink) = state.sink.as_mut() else {
         return;
     };
@@ -863,7 +910,7 @@ async fn send_batch(state: &mut TrackState, batch: &Batch) {
         .await
         .is_ok()
     {
-        metrics::counter!("assemblyai_batches_sent_total").increment(1);
+        sent.increment(1);
         state.sent_at.push_back((batch.end_ms(), Instant::now()));
         while state.sent_at.len() > 64 {
             state.sent_at.pop_front();
