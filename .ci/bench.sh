@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/lib.sh
 ensure_postgres
-cargo bench --features sim --bench sessions --bench http_load --bench media_bridge
+cargo bench --features sim --bench sessions --bench http_load --bench media_bridge --bench translated_calls
 # The recording upload bench needs an S3 server (s3s-fs, as `make test` starts it).
 export BENCH_S3_ENDPOINT="${BENCH_S3_ENDPOINT:-http://127.0.0.1:9100}"
 export BENCH_S3_ACCESS_KEY="${BENCH_S3_ACCESS_KEY:-cbtest}"

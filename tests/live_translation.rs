@@ -40,7 +40,8 @@ async fn spawn() -> Live {
     }
 }
 
-async fn call(app: &TestApp) -> Uuid {
+/// A live call in the caller's organisation, and the caller's session.
+async fn call(app: &TestApp) -> (Uuid, common::authjs::Session) {
     let session = app.sign_in("Caller").await;
     let me: serde_json::Value = app.get_as(&session, "/api/me").await.json().await.unwrap();
     let org: Uuid = me["organisations"][0]["id"]
@@ -52,7 +53,7 @@ async fn call(app: &TestApp) -> Uuid {
     app.db().await.execute(
         "insert into calls (id, organisation_id, direction, from_number, to_number, status, source_language, target_language, voice_id)
          values ($1, $2, 'outbound', '+14155550100', '+14155550123', 'answered', 'en', 'de', 'voice-1')", &[&id, &org]).await.unwrap();
-    id
+    (id, session)
 }
 
 fn url(app: &TestApp, call_id: Uuid) -> String {
@@ -98,7 +99,7 @@ async fn utterances(app: &TestApp, call_id: Uuid) -> Vec<Row> {
 #[tokio::test]
 async fn a_final_turn_is_translated_spoken_into_the_call_and_heard_in_full() {
     let live = spawn().await;
-    let call_id = call(&live.app).await;
+    let (call_id, session) = call(&live.app).await;
     let mut options = PlayOptions::new(
         url(&live.app, call_id),
         telnyx_media::speech_like(&[(1200, true), (2700, false)]),
@@ -143,12 +144,78 @@ async fn a_final_turn_is_translated_spoken_into_the_call_and_heard_in_full() {
         );
     }
     assert!(metrics.contains("translation_end_of_turn_to_first_frame_seconds"));
+
+    // The call shows its stage-latency summary; the transcript shows how it played.
+    let detail: serde_json::Value = live
+        .app
+        .get_as(&session, &format!("/api/calls/{call_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["id"], call_id.to_string());
+    let summary = &detail["translation"];
+    assert_eq!(
+        (summary["utterances"].as_i64(), summary["played"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let stages: Vec<&str> = summary["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "translate",
+            "tts_first_byte",
+            "first_frame",
+            "end_of_turn_to_first_frame",
+            "mark"
+        ]
+    );
+    for stage in summary["stages"].as_array().unwrap() {
+        assert_eq!(stage["count"], 1);
+        let (p50, max) = (
+            stage["p50_ms"].as_f64().unwrap(),
+            stage["max_ms"].as_f64().unwrap(),
+        );
+        assert!(p50 >= 0.0 && p50 == max, "{stage}");
+    }
+    // Spoken 1,920 ms of audio: the mark echoes after it has played.
+    let mark = summary["stages"][4]["p50_ms"].as_f64().unwrap();
+    assert!(
+        mark >= 1_800.0,
+        "mark echoed after the audio played: {mark} ms"
+    );
+    let transcript: serde_json::Value = live
+        .app
+        .get_as(&session, &format!("/api/calls/{call_id}/transcript"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let utterance = &transcript["utterances"][0];
+    assert_eq!(utterance["status"], "played");
+    assert_eq!(utterance["source_track"], "inbound");
+    assert_eq!(
+        utterance["source_turn_index"],
+        transcript["live"][0]["turn_index"]
+    );
+    assert_eq!(
+        utterance["translated_text"],
+        "[DE] Hello, this is a test call."
+    );
+    assert_eq!(utterance["engine"], "deepl");
+    assert_eq!(utterance["audio_ms"], spoken_ms);
+    assert!(utterance["end_of_turn_to_first_frame_ms"].as_f64().unwrap() >= 0.0);
 }
 
 #[tokio::test]
 async fn the_listener_talking_over_a_translation_clears_it_and_it_is_recorded_cut() {
     let live = spawn().await;
-    let call_id = call(&live.app).await;
+    let (call_id, session) = call(&live.app).await;
     let mut options = PlayOptions::new(
         url(&live.app, call_id),
         telnyx_media::speech_like(&[(1200, true), (3300, false)]),
@@ -174,12 +241,44 @@ async fn the_listener_talking_over_a_translation_clears_it_and_it_is_recorded_cu
         cut_at > 0 && cut_at < 1920,
         "cut partway: {cut_at} of {audio_ms} ms"
     );
+    let transcript: serde_json::Value = live
+        .app
+        .get_as(&session, &format!("/api/calls/{call_id}/transcript"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown = transcript["utterances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["original_text"] == "Hello, this is a test call.")
+        .unwrap();
+    assert_eq!(
+        (shown["status"].as_str(), shown["cut_at_ms"].as_i64()),
+        (Some("cut"), Some(cut_at as i64))
+    );
+    let detail: serde_json::Value = live
+        .app
+        .get_as(&session, &format!("/api/calls/{call_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(detail["translation"]["cut"].as_i64().unwrap() >= 1);
+    // Another organisation sees neither.
+    let stranger = live.app.sign_in("Stranger").await;
+    let hidden = live
+        .app
+        .get_as(&stranger, &format!("/api/calls/{call_id}/transcript"))
+        .await;
+    assert_eq!(hidden.status(), 404);
 }
 
 #[tokio::test]
 async fn an_utterance_still_playing_when_the_call_ends_was_never_heard_in_full() {
     let live = spawn().await;
-    let call_id = call(&live.app).await;
+    let (call_id, _) = call(&live.app).await;
     let mut options = PlayOptions::new(
         url(&live.app, call_id),
         telnyx_media::speech_like(&[(1200, true), (700, false)]),

@@ -66,6 +66,22 @@ async fn deepl_answers_with_regional_targets_and_the_cache_answers_next() {
     let request = providers.requests(Vendor::DeepL).pop().unwrap();
     assert_eq!(request["target_lang"], "EN-US");
     assert_eq!(request["source_lang"], "EN");
+    // The cache is written in the background (a listener never waits for it).
+    let db = app.db().await;
+    for _ in 0..100 {
+        let cached: i64 = db
+            .query_one(
+                "select count(*) from translation_cache where target_language = 'de'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if cached == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let before = providers.requests(Vendor::DeepL).len();
     let body: Value = translate(&app, &ada, &["Good morning"], "de")
         .await

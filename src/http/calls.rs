@@ -21,6 +21,7 @@ use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::events::{self, CallEvent, FollowItem};
 use crate::http::extract::{Json, Path, Query};
+use crate::media::utterances::{self, TranslationSummary};
 use crate::providers::telnyx::{self, DialRequest, StreamSettings};
 use crate::state::AppState;
 
@@ -276,24 +277,37 @@ pub async fn list(
     }))
 }
 
-/// One call of the organisation.
+/// One call with how its spoken translations went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallDetail {
+    #[serde(flatten)]
+    pub call: Call,
+    /// Utterances by playout outcome and each stage's latency (p50, p95, max) over this
+    /// call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
+    pub translation: TranslationSummary,
+}
+
+/// One call of the organisation, with its translation stage-latency summary.
 #[utoipa::path(get, path = "/api/calls/{id}", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
-        (status = 200, description = "The call", body = Call),
+        (status = 200, description = "The call", body = CallDetail),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
     State(state): State<AppState>,
     org: OrgContext,
     Path(id): Path<Uuid>,
-) -> Result<Json<Call>, ApiError> {
+) -> Result<Json<CallDetail>, ApiError> {
     let client = state.db.client().await.map_err(ApiError::internal)?;
-    calls::get(&**client, org.organisation_id, id)
+    let call = calls::get(&**client, org.organisation_id, id)
         .await
         .map_err(ApiError::internal)?
-        .map(Json)
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    let translation = utterances::summary(&**client, id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(CallDetail { call, translation }))
 }
 
 /// Asks Telnyx to hang up. Idempotent: hanging up an ended call succeeds.

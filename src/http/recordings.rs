@@ -22,6 +22,7 @@ use crate::auth::OrgContext;
 use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
+use crate::media::utterances::{self, Utterance};
 use crate::recordings::agreement::{self, Agreement};
 use crate::recordings::audio::{AudioFormat, SNIFF_LEN};
 use crate::recordings::store::{self, Limits, StoreError};
@@ -583,6 +584,9 @@ pub struct CallTranscript {
     pub call_id: Uuid,
     /// Final turns from the realtime bridge, in time order.
     pub live: Vec<LiveTurn>,
+    /// Each live turn translated and spoken to the other party, in playout order, with
+    /// whether it was heard (`status`) and its stage latencies.
+    pub utterances: Vec<Utterance>,
     /// The latest post-call transcript, when one was made.
     pub post_call: Option<PostCallTranscript>,
     /// Word-level agreement of `live` and a completed `post_call` (docs/RECORDINGS.md).
@@ -681,9 +685,13 @@ pub async fn transcript(
                 .collect();
             agreement::score(&live_words, &post_words)
         });
+    let utterances = utterances::for_call(&**client, id)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(CallTranscript {
         call_id: id,
         live,
+        utterances,
         post_call,
         agreement,
     }))

@@ -111,10 +111,10 @@ async fn speak(
         languages.of(listener).to_owned(),
     );
     let db = &state.db;
-    if let Err(error) = insert(db, call_id, &u, &source, &target).await {
-        tracing::warn!(%error, "storing an utterance failed");
-    }
     if source == target {
+        if let Err(error) = insert(db, call_id, &u, &source, &target).await {
+            tracing::warn!(%error, "storing an utterance failed");
+        }
         return finish(
             db,
             call_id,
@@ -124,11 +124,18 @@ async fn speak(
         )
         .await;
     }
-    let translated = match state
-        .translation
-        .translate(std::slice::from_ref(&u.text), Some(&source), &target)
-        .await
-    {
+    // Storing the utterance and translating it are independent: do both at once, so the
+    // row costs the listener no latency. Every later update waits for both.
+    let (stored, translated) = tokio::join!(
+        insert(db, call_id, &u, &source, &target),
+        state
+            .translation
+            .translate(std::slice::from_ref(&u.text), Some(&source), &target)
+    );
+    if let Err(error) = stored {
+        tracing::warn!(%error, "storing an utterance failed");
+    }
+    let translated = match translated {
         Ok((mut texts, engine)) => (texts.pop().unwrap_or_default(), engine),
         Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
     };

@@ -51,6 +51,10 @@ struct Inner {
 /// Called with every audio chunk a session receives (benchmarks attribute bytes to frames).
 pub type ChunkProbe = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Called with (session id, turn order) just before a session sends a turn's final
+/// end-of-turn message (benchmarks time what happens after the end of a turn).
+pub type TurnProbe = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AssemblyAiSim {
     pub address: SocketAddr,
@@ -58,6 +62,7 @@ pub struct AssemblyAiSim {
     inner: Arc<Mutex<Inner>>,
     max_turn_ms: u64,
     probe: Arc<Mutex<Option<ChunkProbe>>>,
+    turn_probe: Arc<Mutex<Option<TurnProbe>>>,
     /// Keep per-session chunk sizes (tests) or not (benchmarks with thousands of sessions).
     record_chunks: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -85,6 +90,7 @@ impl AssemblyAiSim {
             })),
             max_turn_ms: 4_000,
             probe: Arc::new(Mutex::new(None)),
+            turn_probe: Arc::new(Mutex::new(None)),
             record_chunks: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let router = Router::new()
@@ -111,6 +117,13 @@ impl AssemblyAiSim {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Benchmarks: observe the moment each turn ends.
+    pub fn set_turn_probe(&self, probe: TurnProbe) {
+        *self.turn_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
+    }
+
+    /// The lines turns say, in order, round-robin; `{session}` in a line is replaced by the
+    /// session's id.
     pub fn set_script(&self, lines: &[&str]) {
         self.lock().script = lines.iter().map(|l| l.to_string()).collect();
     }
@@ -307,7 +320,13 @@ async fn session(
     {
         return;
     }
-    let script = sim.lock().script.clone();
+    // `{session}` in a line becomes this session's id: every turn distinct (no cache hits).
+    let script: Vec<String> = sim
+        .lock()
+        .script
+        .iter()
+        .map(|line| line.replace("{session}", &session_id[..8]))
+        .collect();
     let mut turn = TurnState {
         order: 0,
         speech_ms: 0,
@@ -392,6 +411,17 @@ async fn session(
                         vec![false]
                     } {
                         let message = turn_message(&turn, line, shown, ends, formatted, audio_ms);
+                        // The final message of the turn: formatted when asked for, else raw.
+                        if ends && formatted == format_turns {
+                            let probe = sim
+                                .turn_probe
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .clone();
+                            if let Some(probe) = probe {
+                                probe(&session_id, turn.order);
+                            }
+                        }
                         if socket
                             .send(Message::Text(message.to_string().into()))
                             .await

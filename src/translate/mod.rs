@@ -153,17 +153,7 @@ impl TranslationService {
         }
         let pending: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
         let (translated, engine) = self.uncached(&pending, source, target).await?;
-        if let Ok(client) = self.db.client().await {
-            for (text, translation) in pending.iter().zip(&translated) {
-                let _ = client
-                    .execute(
-                        "insert into translation_cache (text_sha256, source_language, target_language, translation, engine)
-                         values ($1, $2, $3, $4, $5) on conflict do nothing",
-                        &[&cache_key(text), &source_key, &target, translation, &format!("{engine:?}").to_lowercase()],
-                    )
-                    .await;
-            }
-        }
+        self.remember(&pending, &translated, source_key, target, engine);
         for (index, translation) in missing.into_iter().zip(translated) {
             results[index] = Some(translation);
         }
@@ -171,6 +161,42 @@ impl TranslationService {
             results.into_iter().map(Option::unwrap_or_default).collect(),
             engine,
         ))
+    }
+
+    /// Writes new translations to the cache in the background, in one statement: the caller
+    /// (a listener waiting for speech) must not wait for a cache write, and a lost one only
+    /// costs a provider call later.
+    fn remember(
+        &self,
+        texts: &[String],
+        translations: &[String],
+        source_key: String,
+        target: &str,
+        engine: Engine,
+    ) {
+        let keys: Vec<Vec<u8>> = texts.iter().map(|t| cache_key(t)).collect();
+        let translations = translations.to_vec();
+        let (db, target, engine) = (
+            self.db.clone(),
+            target.to_owned(),
+            format!("{engine:?}").to_lowercase(),
+        );
+        tokio::spawn(async move {
+            let Ok(client) = db.client().await else {
+                return;
+            };
+            let written = client
+                .execute(
+                    "insert into translation_cache (text_sha256, source_language, target_language, translation, engine)
+                     select key, $2, $3, translation, $5 from unnest($1::bytea[], $4::text[]) as t (key, translation)
+                     on conflict do nothing",
+                    &[&keys, &source_key, &target, &translations, &engine],
+                )
+                .await;
+            if let Err(error) = written {
+                tracing::warn!(%error, "writing the translation cache failed");
+            }
+        });
     }
 
     async fn uncached(
