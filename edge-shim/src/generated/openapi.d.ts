@@ -32,7 +32,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One call of the organisation. */
+        /** One call of the organisation, with its translation stage-latency summary. */
         get: operations["get"];
         put?: never;
         post?: never;
@@ -598,6 +598,14 @@ export interface components {
             to: string;
             voice_id?: string | null;
         };
+        /** @description One call with how its spoken translations went. */
+        CallDetail: components["schemas"]["Call"] & {
+            /**
+             * @description Utterances by playout outcome and each stage's latency (p50, p95, max) over this
+             *     call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
+             */
+            translation: components["schemas"]["TranslationSummary"];
+        };
         CallEvent: {
             data: unknown;
             kind: string;
@@ -623,6 +631,11 @@ export interface components {
             /** @description Final turns from the realtime bridge, in time order. */
             live: components["schemas"]["LiveTurn"][];
             post_call?: null | components["schemas"]["PostCallTranscript"];
+            /**
+             * @description Each live turn translated and spoken to the other party, in playout order, with
+             *     whether it was heard (`status`) and its stage latencies.
+             */
+            utterances: components["schemas"]["Utterance"][];
         };
         Check: {
             /** @description A short class of failure (`timeout`, `unreachable`); details go to the logs only. */
@@ -863,6 +876,25 @@ export interface components {
             token_storage: components["schemas"]["TokenStorage"];
             user?: null | components["schemas"]["User"];
         };
+        /** @description How one stage went over a call's utterances. */
+        StageLatency: {
+            /**
+             * Format: int64
+             * @description Utterances that reached the end of this stage.
+             */
+            count: number;
+            /** Format: double */
+            max_ms: number;
+            /** Format: double */
+            p50_ms: number;
+            /** Format: double */
+            p95_ms: number;
+            /**
+             * @description `translate`, `tts_first_byte`, `first_frame`, `end_of_turn_to_first_frame` or `mark`
+             *     (see the transcript's utterances for what each spans).
+             */
+            stage: string;
+        };
         /** @enum {string} */
         StoredForm: "raw" | "hashed";
         /**
@@ -881,6 +913,26 @@ export interface components {
             /** @description Which engine answered: `deepl`, `openai`, or `cache`. */
             engine: components["schemas"]["Engine"];
             translations: string[];
+        };
+        /** @description A call's spoken translations at a glance. */
+        TranslationSummary: {
+            /** Format: int64 */
+            cut: number;
+            /** Format: int64 */
+            failed: number;
+            /**
+             * Format: int64
+             * @description Queued or playing now.
+             */
+            in_progress: number;
+            /** Format: int64 */
+            never_played: number;
+            /** Format: int64 */
+            played: number;
+            /** @description One entry per stage that has measurements, in pipeline order. */
+            stages: components["schemas"]["StageLatency"][];
+            /** Format: int64 */
+            utterances: number;
         };
         TtsRequest: {
             /**
@@ -929,6 +981,71 @@ export interface components {
             id: string;
             image?: string | null;
             name?: string | null;
+        };
+        /** @description One final turn translated and spoken to the other party. */
+        Utterance: {
+            /**
+             * Format: int32
+             * @description Length of the speech streamed into the call.
+             */
+            audio_ms?: number | null;
+            /**
+             * Format: int32
+             * @description Roughly how far into the audio the listener cut in.
+             */
+            cut_at_ms?: number | null;
+            /** Format: date-time */
+            end_of_turn_at: string;
+            /**
+             * Format: double
+             * @description End of turn → first audio frame sent to Telnyx (what the listener waits for).
+             */
+            end_of_turn_to_first_frame_ms?: number | null;
+            /** @description `deepl`, `openai` or `cache`. */
+            engine?: string | null;
+            error?: string | null;
+            /**
+             * Format: double
+             * @description First speech byte → first audio frame sent to Telnyx.
+             */
+            first_frame_ms?: number | null;
+            /**
+             * Format: double
+             * @description First audio frame sent → Telnyx echoed the mark (carrier-side playout).
+             */
+            mark_ms?: number | null;
+            original_text: string;
+            /**
+             * Format: int32
+             * @description Order of playout on the call, from 0.
+             */
+            seq: number;
+            source_language?: string | null;
+            /**
+             * @description The track whose final turn this translates (`inbound` or `outbound`); the listener
+             *     is the other one. With `source_turn_index` it names the live turn it came from.
+             */
+            source_track: string;
+            /** Format: int32 */
+            source_turn_index: number;
+            /**
+             * @description `queued` or `playing` while the call is live; then `played` (its mark echoed: heard
+             *     in full), `cut` (the listener talked over it; see `cut_at_ms`), `never_played`
+             *     (the stream ended first), or `failed` (translation or speech failed; see `error`).
+             */
+            status: string;
+            target_language?: string | null;
+            /**
+             * Format: double
+             * @description End of turn → translation done.
+             */
+            translate_ms?: number | null;
+            translated_text?: string | null;
+            /**
+             * Format: double
+             * @description Translation done → first byte of speech from ElevenLabs.
+             */
+            tts_first_byte_ms?: number | null;
         };
     };
     responses: never;
@@ -1075,7 +1192,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Call"];
+                    "application/json": components["schemas"]["CallDetail"];
                 };
             };
             /** @description No such call in this organisation */
