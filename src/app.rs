@@ -59,7 +59,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         shutdown.clone(),
     );
     let telnyx = config.providers.telnyx.as_ref();
-    Ok(AppState {
+    Ok(AppState::new(crate::state::Shared {
         sessions: Arc::new(SessionResolver::new(db.clone(), &config.auth)),
         access: match (
             &config.edge.cf_access_team_domain,
@@ -88,7 +88,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         db,
         storage,
         metrics: http::metrics::recorder(),
-    })
+    }))
 }
 
 fn translation_service(config: &Config, db: &Db) -> crate::translate::TranslationService {

@@ -14,8 +14,26 @@ use crate::db::{Db, Listener};
 use crate::providers::telnyx::{TelnyxClient, WebhookVerifier};
 use crate::storage::Storage;
 
+/// Cloned for every request and job, so one reference count: the fields live in
+/// [`Shared`], reached through `Deref` (`state.db` reads as before).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub db: Db,
     pub storage: Storage,
