@@ -29,14 +29,14 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 /// The callee: three one-second sentences, each followed by a second of silence, then
-/// time for the last translation to play.
+/// time for the translations (which queue behind each other) to finish playing.
 const SPEECH: &[(u64, bool)] = &[
     (1000, true),
     (1000, false),
     (1000, true),
     (1000, false),
     (1000, true),
-    (3000, false),
+    (5000, false),
 ];
 
 struct Clock(Instant);

@@ -293,6 +293,51 @@ async fn a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
 }
 
 #[tokio::test]
+async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
+    let m = MediaApp::spawn(&[("MEDIA_IDLE_REPLAY_MS", "1000")]).await;
+    let call_id = m.call().await;
+    // Three seconds of silence on both tracks; one session dies two seconds in.
+    m.aai.inject(StreamFault::DropAfterChunks(20));
+    let mut options = PlayOptions::new(
+        m.stream_url(call_id),
+        telnyx_media::speech_like(&[(3000, false)]),
+    );
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    let sessions = m.aai.sessions();
+    assert_eq!(sessions.len(), 3, "two tracks and one reconnect");
+    assert_eq!(
+        sessions[0]
+            .closed_with
+            .or(sessions[1].closed_with)
+            .is_some(),
+        true
+    );
+    let replayed: usize = sessions[2].chunk_bytes.iter().sum();
+    // The new session hears the newest second again, then the last second live — not the
+    // two seconds the dropped session had already found silent.
+    assert!(
+        (8_000..=16_800).contains(&replayed),
+        "{replayed} bytes after the reconnect"
+    );
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        gaps, 0,
+        "trimming audio a live session already heard is not a gap"
+    );
+}
+
+#[tokio::test]
 async fn audio_that_overflows_the_buffer_while_disconnected_becomes_a_recorded_gap() {
     let m = MediaApp::spawn(&[("MEDIA_REPLAY_BUFFER_SECS", "1")]).await;
     let call_id = m.call().await;

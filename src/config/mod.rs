@@ -117,6 +117,9 @@ pub struct MediaConfig {
     /// `MEDIA_REPLAY_BUFFER_SECS`: audio kept per track for replay after an AssemblyAI drop;
     /// what overflows becomes a recorded gap.
     pub replay_buffer_secs: usize,
+    /// `MEDIA_IDLE_REPLAY_MS`: while no turn is open, how much of the newest audio a live
+    /// session keeps for replay (AssemblyAI reports a turn's first words well within it).
+    pub idle_replay_ms: usize,
     /// `TRANSLATION_BREAKER_COOLDOWN_SECS`: how long DeepL is skipped after its circuit opens.
     pub translation_cooldown: Duration,
 }
@@ -720,6 +723,9 @@ impl Reader {
             replay_buffer_secs: self
                 .parsed("MEDIA_REPLAY_BUFFER_SECS", 5usize)
                 .clamp(1, 120),
+            idle_replay_ms: self
+                .parsed("MEDIA_IDLE_REPLAY_MS", 1000usize)
+                .clamp(batch_ms, 120_000),
             translation_cooldown: Duration::from_secs(
                 self.parsed("TRANSLATION_BREAKER_COOLDOWN_SECS", 30u64),
             ),

@@ -34,9 +34,6 @@ type AaiSink = SplitSink<Socket, AaiMessage>;
 /// How long a stopping call waits for its last turns.
 const STOP_DEADLINE: Duration = Duration::from_secs(8);
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Audio kept for replay while no turn is open: AssemblyAI reports a turn's first words well
-/// within this, so anything older held no speech.
-const IDLE_REPLAY_MS: u64 = 2_000;
 
 enum AaiEvent {
     Connected {
@@ -94,6 +91,8 @@ struct TrackState {
     held: VecDeque<Batch>,
     held_bytes: usize,
     cap_bytes: usize,
+    /// What a live session keeps while no turn is open (`MEDIA_IDLE_REPLAY_MS`).
+    idle_keep_bytes: usize,
     next_offset_ms: u64,
     /// Track offset at which the current session's audio begins (its word times start at 0).
     session_base_ms: u64,
@@ -119,6 +118,7 @@ impl TrackState {
             held: VecDeque::new(),
             held_bytes: 0,
             cap_bytes: config.replay_buffer_secs * 1000 * MULAW_BYTES_PER_MS,
+            idle_keep_bytes: config.idle_replay_ms * MULAW_BYTES_PER_MS,
             next_offset_ms: 0,
             session_base_ms: 0,
             turn_index: 0,
@@ -505,7 +505,7 @@ impl Bridge {
             // A live session has heard this and found no words in it: only the most recent
             // audio (a turn may be starting there) is worth replaying. Silent tracks so
             // hold seconds less audio per call.
-            let keep = IDLE_REPLAY_MS as usize * MULAW_BYTES_PER_MS;
+            let keep = state.idle_keep_bytes;
             while state.held_bytes > keep && state.held.len() > 1 {
                 let Some(oldest) = state.held.pop_front() else {
                     break;
@@ -912,7 +912,8 @@ async fn send_batch(state: &mut TrackState, batch: &Batch, sent: &metrics::Count
     {
         sent.increment(1);
         state.sent_at.push_back((batch.end_ms(), Instant::now()));
-        while state.sent_at.len() > 64 {
+        // Turns end within a second or so of the audio that ends them: 16 batches suffice.
+        while state.sent_at.len() > 16 {
             state.sent_at.pop_front();
         }
     }
