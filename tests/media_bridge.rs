@@ -306,12 +306,12 @@ async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
     telnyx_media::play(options).await.unwrap();
     let sessions = m.aai.sessions();
     assert_eq!(sessions.len(), 3, "two tracks and one reconnect");
-    assert_eq!(
+    assert!(
         sessions[0]
             .closed_with
             .or(sessions[1].closed_with)
             .is_some(),
-        true
+        "one of the first sessions was dropped"
     );
     let replayed: usize = sessions[2].chunk_bytes.iter().sum();
     // The new session hears the newest second again, then the last second live — not the
