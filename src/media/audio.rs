@@ -59,6 +59,13 @@ impl TrackAudio {
             self.counters.frames_late += 1;
             return Vec::new();
         }
+        if chunk == next && self.reorder.is_empty() {
+            // In order, nothing waiting: the usual case skips the reorder map.
+            let mut ready = Vec::new();
+            self.append(&payload, &mut ready);
+            self.next_chunk = Some(next + 1);
+            return ready;
+        }
         self.reorder.insert(chunk, payload);
         let mut ready = Vec::new();
         loop {
@@ -83,11 +90,18 @@ impl TrackAudio {
         ready
     }
 
-    fn append(&mut self, bytes: &[u8], ready: &mut Vec<Vec<u8>>) {
-        self.batch.extend_from_slice(bytes);
-        while self.batch.len() >= self.batch_bytes {
-            let rest = self.batch.split_off(self.batch_bytes);
-            ready.push(std::mem::replace(&mut self.batch, rest));
+    /// Batches leave with exactly their size as capacity: the bridge holds seconds of them
+    /// for replay, and a grown-by-doubling buffer would hold 1,280 bytes for every 800.
+    fn append(&mut self, mut bytes: &[u8], ready: &mut Vec<Vec<u8>>) {
+        while !bytes.is_empty() {
+            let room = self.batch_bytes - self.batch.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.batch.extend_from_slice(now);
+            bytes = later;
+            if self.batch.len() == self.batch_bytes {
+                let next = Vec::with_capacity(self.batch_bytes);
+                ready.push(std::mem::replace(&mut self.batch, next));
+            }
         }
     }
 
@@ -178,6 +192,10 @@ mod tests {
         }
         assert_eq!(batches.len(), 2);
         assert!(batches.iter().all(|b| b.len() == 800));
+        assert!(
+            batches.iter().all(|b| b.capacity() == 800),
+            "held for replay: no slack"
+        );
         assert_eq!(&batches[1][..160], &frame(5)[..]);
         let tail = audio.flush();
         assert_eq!(tail.len(), 1);
