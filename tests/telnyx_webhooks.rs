@@ -435,3 +435,42 @@ async fn inbound_calls_to_owned_numbers_are_answered_once_and_others_rejected() 
         "no row for a call we do not own"
     );
 }
+
+#[tokio::test]
+async fn a_stored_webhook_wakes_a_running_worker_without_waiting_for_its_poll() {
+    // The receiver rings the job bell after its commit (no NOTIFY inside the transaction).
+    let t = TelnyxApp::spawn().await;
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = done.clone();
+    let registry = callbridge::jobs::Registry::default().register(
+        "telnyx.event",
+        move |_: callbridge::state::AppState, _: callbridge::jobs::Job| {
+            let signal = signal.clone();
+            async move {
+                signal.notify_one();
+                Ok(())
+            }
+        },
+    );
+    let config = callbridge::jobs::WorkerConfig {
+        poll_interval: std::time::Duration::from_secs(3600),
+        ..callbridge::jobs::WorkerConfig::default()
+    };
+    let worker = callbridge::jobs::Worker::new(t.app.state.clone(), registry, config);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run(t.app.state.listener.clone(), stop.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let envelope = t.sim.event(
+        "call.initiated",
+        sim::call_payload("v3:bell", None, "+15550001", "+15550002", "outgoing"),
+    );
+    assert_eq!(
+        t.sim.deliver(&t.webhook_url(), &envelope).await.unwrap(),
+        200
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(5), done.notified())
+        .await
+        .expect("the worker was woken by the bell");
+    stop.cancel();
+    handle.await.unwrap();
+}
