@@ -73,6 +73,10 @@ where
                         }
                     }
                     let connection = sender.as_mut().expect("connected above");
+                    if connection.ready().await.is_err() {
+                        sender = None;
+                        continue;
+                    }
                     let i = counter.fetch_add(1, Ordering::Relaxed);
                     let t = Instant::now();
                     let answered = match connection.send_request(make(i)).await {
@@ -138,6 +142,18 @@ where
                     tokio::time::sleep_until(due).await;
                     if sender.is_none() {
                         sender = connect(port).await;
+                    }
+                    let Some(connection) = sender.as_mut() else {
+                        errors += 1;
+                        continue;
+                    };
+                    if connection.ready().await.is_err() {
+                        sender = connect(port).await;
+                        let Some(fresh) = sender.as_mut() else {
+                            errors += 1;
+                            continue;
+                        };
+                        let _ = fresh.ready().await;
                     }
                     let Some(connection) = sender.as_mut() else {
                         errors += 1;

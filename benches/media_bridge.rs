@@ -23,6 +23,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const FRAME: usize = 160;
 
+/// The bare relay runs from this binary: it gets the service's allocator, so the comparison
+/// is of the bridge's work, not of two allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Send instants (ns since the run began) by frame id, and whether each id arrived.
 struct Ledger {
     origin: Instant,
@@ -377,10 +382,9 @@ async fn run() {
 
     let mut rows = Vec::new();
     for &calls in &counts {
-        // Each N twice through the bridge: the first time N calls are live the process grows
-        // its allocator heaps, database pool and runtime buffers to that size once; the
-        // second run shows what N live calls cost a process that has been there. Latency and
-        // losses count the worse of the two.
+        // Each N twice through the bridge. Memory counts from the first (RSS growth while N
+        // calls are live); the second reuses pages the allocator kept from the first, so its
+        // growth is only a lower bound. Latency and losses count the worse of the two.
         let bridge_url = |i: usize| format!("ws://127.0.0.1:{port}/media/telnyx/{}", tokens[i]);
         let first = run_once(calls, seconds, server.0.id(), bridge_url, &sim).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -407,7 +411,7 @@ async fn run() {
         "\nMedia bridge: simulated calls × 2 tracks, 20 ms frames in real time for {seconds} s; clients, AssemblyAI simulator, server and PostgreSQL share this 2-core machine\n"
     );
     println!(
-        "| calls | frames sent, both runs (planned) | lost | added latency p50 | added p99 (goal < 5 ms) | bare relay added p99 | frame→AssemblyAI p99 incl. 100 ms batching | CPU/frame | bare relay CPU/frame | ratio (goal ≤ 1.5×) | RSS/call (goal < 100 KiB) | RSS/call the first time |"
+        "| calls | frames sent, both runs (planned) | lost | added latency p50 | added p99 (goal < 5 ms) | bare relay added p99 | frame→AssemblyAI p99 incl. 100 ms batching | CPU/frame | bare relay CPU/frame | ratio (goal ≤ 1.5×) | RSS/call, first time at N (goal < 100 KiB) | RSS/call, same N again (reuses freed pages: a lower bound) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut largest_ok = 0;
@@ -426,8 +430,8 @@ async fn run() {
             bridge.cpu_us_per_frame,
             bare.cpu_us_per_frame,
             ratio,
-            bridge.rss_per_call_kib,
-            bridge.first_rss_per_call_kib
+            bridge.first_rss_per_call_kib,
+            bridge.rss_per_call_kib
         );
         if bridge.added_p99 < Duration::from_millis(5) && bridge.lost == 0 {
             largest_ok = largest_ok.max(bridge.calls);

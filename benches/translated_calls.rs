@@ -269,8 +269,8 @@ async fn run() {
     // Distinct text per session: every turn goes to DeepL, none is a cache hit.
     aai.set_script(&[
         "good morning this is {session} calling about the order",
-        "could you tell me when it will arrive",
-        "thank you very much goodbye",
+        "could you tell {session} when it will arrive",
+        "thank you {session} very much goodbye",
     ]);
     let turn_ends: Arc<Mutex<HashMap<(String, u64), u64>>> = Arc::default();
     let (ends, probe_clock) = (turn_ends.clone(), clock.clone());
@@ -370,6 +370,18 @@ async fn run() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Join each turn's end (simulator clock) to its utterance's first frame (client clock).
+    let cached: i64 = db
+        .query_one(
+            "select count(*) from utterances where engine = 'cache'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        cached, 0,
+        "every turn must reach DeepL: the cache answered {cached}"
+    );
     let rows = db
         .query(
             "select u.call_id, u.seq, t.session_id, t.turn_index, u.status,

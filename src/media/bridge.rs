@@ -100,6 +100,10 @@ struct TrackState {
     last_partial: String,
     /// AssemblyAI has reported words of a turn that has not ended yet.
     turn_open: bool,
+    /// Not before this may a silent track trim its replay audio: a session that has just
+    /// been sent held audio has not yet had time to report words in it.
+    trim_after: Option<Instant>,
+    idle_window: Duration,
     /// When each batch was sent, for AssemblyAI's end-of-turn latency; bounded.
     sent_at: VecDeque<(u64, Instant)>,
     open_gap: Option<(u64, u64)>,
@@ -124,6 +128,8 @@ impl TrackState {
             turn_index: 0,
             last_partial: String::new(),
             turn_open: false,
+            trim_after: None,
+            idle_window: Duration::from_millis(config.idle_replay_ms as u64),
             sent_at: VecDeque::new(),
             open_gap: None,
         }
@@ -501,7 +507,10 @@ impl Bridge {
         }
         state.held_bytes += batch.bytes.len();
         state.held.push_back(batch);
-        if state.phase == Phase::Live && !state.turn_open {
+        if state.phase == Phase::Live
+            && !state.turn_open
+            && state.trim_after.is_none_or(|at| Instant::now() >= at)
+        {
             // A live session has heard this and found no words in it: only the most recent
             // audio (a turn may be starting there) is worth replaying. Silent tracks so
             // hold seconds less audio per call.
@@ -549,6 +558,7 @@ impl Bridge {
                 state.sink = Some(sink);
                 state.session_id = session_id;
                 state.phase = Phase::Live;
+                state.trim_after = Some(Instant::now() + state.idle_window);
                 state.attempts = 0;
                 state.session_base_ms = state
                     .held
@@ -912,8 +922,7 @@ async fn send_batch(state: &mut TrackState, batch: &Batch, sent: &metrics::Count
     {
         sent.increment(1);
         state.sent_at.push_back((batch.end_ms(), Instant::now()));
-        // Turns end within a second or so of the audio that ends them: 16 batches suffice.
-        while state.sent_at.len() > 16 {
+        while state.sent_at.len() > 64 {
             state.sent_at.pop_front();
         }
     }
