@@ -36,7 +36,7 @@ const SPEECH: &[(u64, bool)] = &[
     (1000, true),
     (1000, false),
     (1000, true),
-    (5000, false),
+    (7000, false),
 ];
 
 struct Clock(Instant);
