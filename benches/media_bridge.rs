@@ -308,8 +308,25 @@ async fn run() {
     let sim = AssemblyAiSim::start("bench-aai-key", 0).await.unwrap();
     let port = free_port();
     let secret = "bench-auth-secret-bench-auth-secret";
+    // BENCH_SERVER_BIN / BENCH_SERVER_WRAPPER: run another build of the server, or the same
+    // under a profiler (e.g. `heaptrack -o /tmp/bridge` with a `system-allocator` build).
+    let server_bin = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").into());
+    let wrapper: Vec<String> = std::env::var("BENCH_SERVER_WRAPPER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&server_bin);
+            command
+        }
+        None => Command::new(&server_bin),
+    };
     let server = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        command
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -69,6 +69,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             _ => None,
         },
         telnyx: telnyx.map(TelnyxClient::new),
+        assemblyai: config
+            .providers
+            .assemblyai
+            .as_ref()
+            .map(crate::providers::assemblyai::AssemblyAiClient::new),
         telnyx_webhooks: match telnyx {
             Some(telnyx) => Some(
                 WebhookVerifier::from_base64(&telnyx.public_key)

@@ -12,6 +12,7 @@ use callbridge::{Application, app, shutdown, telemetry};
 /// Many small, short-lived allocations on many threads (requests, frames, JSON): glibc's
 /// malloc spent a quarter of the CPU on them under load; mimalloc's thread-local free lists
 /// do not.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -11,6 +11,7 @@ use crate::auth::SessionResolver;
 use crate::auth::debug_access::AccessVerifier;
 use crate::config::{Config, ProviderDisabled};
 use crate::db::{Db, Listener};
+use crate::providers::assemblyai::AssemblyAiClient;
 use crate::providers::telnyx::{TelnyxClient, WebhookVerifier};
 use crate::storage::Storage;
 
@@ -46,6 +47,9 @@ pub struct Shared {
     /// Cancelled when the process starts shutting down; long-lived streams end on it.
     pub shutdown: CancellationToken,
     pub telnyx: Option<TelnyxClient>,
+    /// Built once: its HTTP client loads the TLS root store, which per call cost ~50 KiB
+    /// and a few milliseconds (a heap profile of the media bench found it).
+    pub assemblyai: Option<AssemblyAiClient>,
     pub telnyx_webhooks: Option<WebhookVerifier>,
     /// Live media bridges, so shutdown can wait for their last transcripts.
     pub bridges: tokio_util::task::TaskTracker,
@@ -57,6 +61,22 @@ pub struct Shared {
 }
 
 impl AppState {
+    /// The AssemblyAI client, or the 503 that names the variables to set.
+    pub fn assemblyai(&self) -> Result<&AssemblyAiClient, ProviderDisabled> {
+        match &self.assemblyai {
+            Some(client) => Ok(client),
+            None => Err(self
+                .config
+                .providers
+                .assemblyai()
+                .err()
+                .unwrap_or(ProviderDisabled {
+                    provider: "AssemblyAI",
+                    variables: &["ASSEMBLYAI_API_KEY"],
+                })),
+        }
+    }
+
     /// The Telnyx client, or the 503 that names the variables to set.
     pub fn telnyx(&self) -> Result<&TelnyxClient, ProviderDisabled> {
         match &self.telnyx {

@@ -11,7 +11,6 @@ use crate::calls::{self, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::http::extract::Path;
 use crate::media::bridge;
-use crate::providers::assemblyai::AssemblyAiClient;
 use crate::state::AppState;
 
 /// Telnyx media stream (WebSocket, PROVIDERS.md §1.6).
@@ -35,7 +34,7 @@ pub async fn telnyx_stream(
     let call_id =
         stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
             .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
-    let config = state.config.providers.assemblyai()?;
+    let assemblyai = state.assemblyai()?.clone();
     let client = state.db.client().await.map_err(ApiError::internal)?;
     let call = calls::get_unscoped(&**client, call_id)
         .await
@@ -45,7 +44,6 @@ pub async fn telnyx_stream(
         return Err(ApiError::NotFound);
     }
     drop(client);
-    let assemblyai = AssemblyAiClient::new(config);
     let tracker = state.bridges.clone();
     // Thousands of these live at once: small per-socket buffers (frames are ~300 bytes).
     Ok(upgrade

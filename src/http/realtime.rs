@@ -15,7 +15,7 @@ use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
 use crate::media::browser;
-use crate::providers::assemblyai::{AssemblyAiClient, StreamParams};
+use crate::providers::assemblyai::StreamParams;
 use crate::state::AppState;
 
 /// Browser tokens live one minute: enough to open the socket, useless if leaked later.
@@ -78,7 +78,7 @@ pub async fn token(
     _user: CurrentUser,
     body: axum::body::Bytes,
 ) -> Result<Json<RealtimeToken>, ApiError> {
-    let config = state.config.providers.assemblyai()?;
+    let client = state.assemblyai()?.clone();
     // The body is optional: empty means the defaults.
     let format = if body.iter().all(u8::is_ascii_whitespace) {
         AudioFormat {
@@ -92,7 +92,6 @@ pub async fn token(
         })?
     };
     let params = params(&state, &format)?;
-    let client = AssemblyAiClient::new(config);
     let (token, expires_in_seconds) = client
         .temporary_token(TOKEN_TTL_SECS)
         .await
@@ -127,7 +126,7 @@ pub async fn transcribe(
             ApiError::Forbidden(format!("Cross-site request refused: {refused}."))
         })?;
     }
-    let config = state.config.providers.assemblyai()?;
+    let assemblyai = state.assemblyai()?.clone();
     let params = params(&state, &format)?;
     if let Some(call_id) = format.call_id {
         let client = state.db.client().await.map_err(ApiError::internal)?;
@@ -137,9 +136,14 @@ pub async fn transcribe(
             .ok_or(ApiError::NotFound)?;
         membership_in(&user, call.organisation_id)?;
     }
-    let client = AssemblyAiClient::new(config);
     let tracker = state.bridges.clone();
     Ok(upgrade.on_upgrade(move |socket| {
-        tracker.track_future(browser::run(state, client, params, format.call_id, socket))
+        tracker.track_future(browser::run(
+            state,
+            assemblyai,
+            params,
+            format.call_id,
+            socket,
+        ))
     }))
 }
