@@ -56,11 +56,12 @@ async fn a_subscriber_on_another_replica_sees_every_event_and_resumes_exactly() 
         ["call.created", "call.dialing"]
     );
 
-    // Events written by A (webhook → job on A) arrive live on B.
+    // Events written by A (webhook → job on A) arrive live on B. One drain per event: jobs
+    // claimed in one batch run concurrently, and this part asserts their order.
     for event in &lifecycle[..2] {
         a.sim.deliver(&a.webhook_url(), event).await.unwrap();
+        a.drain().await;
     }
-    a.drain().await;
     for expected in ["call.initiated", "call.answered"] {
         let event = stream
             .next(Duration::from_secs(5))
