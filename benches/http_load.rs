@@ -47,59 +47,51 @@ impl Outcome {
 /// A request the load loop sends: method, path, headers, body.
 type Req = hyper::Request<Full<Bytes>>;
 
-/// `CONNECTIONS` keep-alive HTTP/1.1 connections, each sending requests made by `make(i)`
-/// back to back for `duration`. Raw hyper connections, not a pooled client: the load
-/// generator shares the two cores with the server and PostgreSQL, so it must be lean.
-async fn load<F>(port: u16, duration: Duration, make: F) -> Outcome
-where
-    F: Fn(usize) -> Req + Send + Sync + 'static,
-{
-    let make = Arc::new(make);
-    let counter = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            let (make, counter) = (make.clone(), counter.clone());
-            tokio::spawn(async move {
-                let (mut ok, mut errors, mut latencies) = (0, 0, Vec::new());
-                let mut sender = None;
-                while started.elapsed() < duration {
-                    if sender.is_none() {
-                        sender = connect(port).await;
-                        if sender.is_none() {
-                            errors += 1;
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    }
-                    let connection = sender.as_mut().expect("connected above");
-                    if connection.ready().await.is_err() {
-                        sender = None;
-                        continue;
-                    }
-                    let i = counter.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    let answered = match connection.send_request(make(i)).await {
-                        Ok(response) => {
-                            let success = response.status().is_success();
-                            response.into_body().collect().await.is_ok() && success
-                        }
-                        Err(_) => {
-                            sender = None;
-                            false
-                        }
-                    };
-                    if answered {
-                        ok += 1;
-                        latencies.push(t.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (ok, errors, latencies)
-            })
-        })
-        .collect();
+/// One keep-alive HTTP/1.1 connection of the load generator: raw hyper, not a pooled client
+/// (the generator shares the two cores with the server and PostgreSQL, so it must be lean).
+struct Connection {
+    port: u16,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    fn new(port: u16) -> Self {
+        Self { port, sender: None }
+    }
+
+    /// Sends one request, (re)connecting first when needed; whether it was answered 2xx
+    /// with its whole body. A failed connection is dropped, and the next send opens another.
+    async fn send(&mut self, request: Req) -> bool {
+        if self.sender.is_none() {
+            self.sender = connect(self.port).await;
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            return false;
+        };
+        if sender.ready().await.is_err() {
+            self.sender = None;
+            return false;
+        }
+        match sender.send_request(request).await {
+            Ok(response) => {
+                let success = response.status().is_success();
+                response.into_body().collect().await.is_ok() && success
+            }
+            Err(_) => {
+                self.sender = None;
+                false
+            }
+        }
+    }
+}
+
+/// What one connection's task counted: answered, failed, latencies of the answered.
+type Tally = (usize, usize, Vec<Duration>);
+
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+    elapsed: impl Fn() -> Duration,
+) -> Outcome {
     let mut outcome = Outcome {
         ok: 0,
         errors: 0,
@@ -112,8 +104,40 @@ where
         outcome.errors += errors;
         outcome.latencies.extend(latencies);
     }
-    outcome.elapsed = started.elapsed();
+    outcome.elapsed = elapsed();
     outcome
+}
+
+/// Closed loop: `CONNECTIONS` connections, each sending requests made by `make(i)` back to
+/// back for `duration`.
+async fn load<F>(port: u16, duration: Duration, make: F) -> Outcome
+where
+    F: Fn(usize) -> Req + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks = (0..CONNECTIONS)
+        .map(|_| {
+            let (make, counter) = (make.clone(), counter.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut errors, mut latencies) = (0, 0, Vec::new());
+                let mut connection = Connection::new(port);
+                while started.elapsed() < duration {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    if connection.send(make(i)).await {
+                        ok += 1;
+                        latencies.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (ok, errors, latencies)
+            })
+        })
+        .collect();
+    gather(tasks, || started.elapsed()).await
 }
 
 /// Open loop: request `i` is due at `start + i / rate`, whoever is free sends it, and its
@@ -127,12 +151,12 @@ where
     let counter = Arc::new(AtomicUsize::new(0));
     let total = (rate * duration.as_secs_f64()) as usize;
     let started = tokio::time::Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
+    let tasks = (0..CONNECTIONS)
         .map(|_| {
             let (make, counter) = (make.clone(), counter.clone());
             tokio::spawn(async move {
                 let (mut ok, mut errors, mut latencies) = (0, 0, Vec::new());
-                let mut sender = connect(port).await;
+                let mut connection = Connection::new(port);
                 loop {
                     let i = counter.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
@@ -140,36 +164,7 @@ where
                     }
                     let due = started + Duration::from_secs_f64(i as f64 / rate);
                     tokio::time::sleep_until(due).await;
-                    if sender.is_none() {
-                        sender = connect(port).await;
-                    }
-                    let Some(connection) = sender.as_mut() else {
-                        errors += 1;
-                        continue;
-                    };
-                    if connection.ready().await.is_err() {
-                        sender = connect(port).await;
-                        let Some(fresh) = sender.as_mut() else {
-                            errors += 1;
-                            continue;
-                        };
-                        let _ = fresh.ready().await;
-                    }
-                    let Some(connection) = sender.as_mut() else {
-                        errors += 1;
-                        continue;
-                    };
-                    let answered = match connection.send_request(make(i)).await {
-                        Ok(response) => {
-                            let success = response.status().is_success();
-                            response.into_body().collect().await.is_ok() && success
-                        }
-                        Err(_) => {
-                            sender = None;
-                            false
-                        }
-                    };
-                    if answered {
+                    if connection.send(make(i)).await {
                         ok += 1;
                         latencies.push(due.elapsed());
                     } else {
@@ -180,20 +175,7 @@ where
             })
         })
         .collect();
-    let mut outcome = Outcome {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
-    for task in tasks {
-        let (ok, errors, latencies) = task.await.unwrap();
-        outcome.ok += ok;
-        outcome.errors += errors;
-        outcome.latencies.extend(latencies);
-    }
-    outcome.elapsed = started.elapsed();
-    outcome
+    gather(tasks, || started.elapsed()).await
 }
 
 async fn connect(port: u16) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {

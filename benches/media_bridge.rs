@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{ChildGuard, ScratchDatabase, free_port};
+use common::{ChildGuard, ScratchDatabase, free_port, quantile, wait_for_port};
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -73,14 +73,6 @@ impl Ledger {
     }
 }
 
-fn quantile(values: &mut [u64], q: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    Duration::from_nanos(values[((values.len() as f64 * q) as usize).min(values.len() - 1)])
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -101,19 +93,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nothing listens on {port}");
 }
 
 /// Plays one call: both tracks, `frames` 20 ms frames each, paced in real time.

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{ChildGuard, ScratchDatabase, free_port};
+use common::{ChildGuard, ScratchDatabase, free_port, quantile, wait_for_port};
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -45,14 +45,6 @@ impl Clock {
     fn ns(&self) -> u64 {
         self.0.elapsed().as_nanos() as u64
     }
-}
-
-fn quantile(values: &mut [u64], q: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    Duration::from_nanos(values[((values.len() as f64 * q) as usize).min(values.len() - 1)])
 }
 
 fn media_frames(stream_id: &str, inbound: &[u8], outbound: &[u8]) -> Vec<String> {
@@ -230,19 +222,6 @@ async fn echo_server(listener: tokio::net::TcpListener) {
             }
         });
     }
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nothing listens on {port}");
 }
 
 fn main() {

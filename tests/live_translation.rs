@@ -69,6 +69,14 @@ fn url(app: &TestApp, call_id: Uuid) -> String {
     format!("ws://127.0.0.1:{}/media/telnyx/{token}", app.port)
 }
 
+async fn get_json(
+    app: &TestApp,
+    session: &common::authjs::Session,
+    path: &str,
+) -> serde_json::Value {
+    app.get_as(session, path).await.json().await.unwrap()
+}
+
 type Row = (
     String,
     String,
@@ -146,13 +154,7 @@ async fn a_final_turn_is_translated_spoken_into_the_call_and_heard_in_full() {
     assert!(metrics.contains("translation_end_of_turn_to_first_frame_seconds"));
 
     // The call shows its stage-latency summary; the transcript shows how it played.
-    let detail: serde_json::Value = live
-        .app
-        .get_as(&session, &format!("/api/calls/{call_id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail = get_json(&live.app, &session, &format!("/api/calls/{call_id}")).await;
     assert_eq!(detail["id"], call_id.to_string());
     let summary = &detail["translation"];
     assert_eq!(
@@ -189,13 +191,12 @@ async fn a_final_turn_is_translated_spoken_into_the_call_and_heard_in_full() {
         mark >= 1_800.0,
         "mark echoed after the audio played: {mark} ms"
     );
-    let transcript: serde_json::Value = live
-        .app
-        .get_as(&session, &format!("/api/calls/{call_id}/transcript"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let transcript = get_json(
+        &live.app,
+        &session,
+        &format!("/api/calls/{call_id}/transcript"),
+    )
+    .await;
     let utterance = &transcript["utterances"][0];
     assert_eq!(utterance["status"], "played");
     assert_eq!(utterance["source_track"], "inbound");
@@ -241,13 +242,12 @@ async fn the_listener_talking_over_a_translation_clears_it_and_it_is_recorded_cu
         cut_at > 0 && cut_at < 1920,
         "cut partway: {cut_at} of {audio_ms} ms"
     );
-    let transcript: serde_json::Value = live
-        .app
-        .get_as(&session, &format!("/api/calls/{call_id}/transcript"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let transcript = get_json(
+        &live.app,
+        &session,
+        &format!("/api/calls/{call_id}/transcript"),
+    )
+    .await;
     let shown = transcript["utterances"]
         .as_array()
         .unwrap()
@@ -258,13 +258,7 @@ async fn the_listener_talking_over_a_translation_clears_it_and_it_is_recorded_cu
         (shown["status"].as_str(), shown["cut_at_ms"].as_i64()),
         (Some("cut"), Some(cut_at as i64))
     );
-    let detail: serde_json::Value = live
-        .app
-        .get_as(&session, &format!("/api/calls/{call_id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail = get_json(&live.app, &session, &format!("/api/calls/{call_id}")).await;
     assert!(detail["translation"]["cut"].as_i64().unwrap() >= 1);
     // Another organisation sees neither.
     let stranger = live.app.sign_in("Stranger").await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::process::Child;
+use std::time::Duration;
 
 /// A database of its own, created on `BENCH_DATABASE_URL`'s server and dropped by `drop_now`.
 pub struct ScratchDatabase {
@@ -66,4 +67,27 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The `q` quantile of nanosecond samples (sorts them).
+pub fn quantile(values: &mut [u64], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values.sort_unstable();
+    Duration::from_nanos(values[((values.len() as f64 * q) as usize).min(values.len() - 1)])
+}
+
+/// Waits until something listens on the loopback `port` (a child server starting).
+pub async fn wait_for_port(port: u16) {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on {port}");
 }

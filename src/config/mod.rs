@@ -678,7 +678,9 @@ impl Reader {
             self.problem("R2_BUCKET", "must be 3-63 characters of a-z, 0-9 and -");
         }
         let storage = StorageConfig {
-            endpoint: endpoint.unwrap_or_else(|| Url::parse("http://invalid.localhost").unwrap()),
+            endpoint: endpoint.unwrap_or_else(|| {
+                Url::parse("http://invalid.localhost").expect("a literal, valid URL")
+            }),
             access_key_id: access_key_id.unwrap_or_default(),
             secret_access_key: Secret::new(secret_access_key.unwrap_or_default()),
             bucket: bucket.unwrap_or_default(),

@@ -91,8 +91,6 @@ struct TrackState {
     held: VecDeque<Batch>,
     held_bytes: usize,
     cap_bytes: usize,
-    /// What a live session keeps while no turn is open (`MEDIA_IDLE_REPLAY_MS`).
-    idle_keep_bytes: usize,
     next_offset_ms: u64,
     /// Track offset at which the current session's audio begins (its word times start at 0).
     session_base_ms: u64,
@@ -103,6 +101,7 @@ struct TrackState {
     /// Not before this may a silent track trim its replay audio: a session that has just
     /// been sent held audio has not yet had time to report words in it.
     trim_after: Option<Instant>,
+    /// What a live session keeps while no turn is open (`MEDIA_IDLE_REPLAY_MS`).
     idle_window: Duration,
     /// When each batch was sent, for AssemblyAI's end-of-turn latency; bounded.
     sent_at: VecDeque<(u64, Instant)>,
@@ -122,7 +121,6 @@ impl TrackState {
             held: VecDeque::new(),
             held_bytes: 0,
             cap_bytes: config.replay_buffer_secs * 1000 * MULAW_BYTES_PER_MS,
-            idle_keep_bytes: config.idle_replay_ms * MULAW_BYTES_PER_MS,
             next_offset_ms: 0,
             session_base_ms: 0,
             turn_index: 0,
@@ -514,7 +512,7 @@ impl Bridge {
             // A live session has heard this and found no words in it: only the most recent
             // audio (a turn may be starting there) is worth replaying. Silent tracks so
             // hold seconds less audio per call.
-            let keep = state.idle_keep_bytes;
+            let keep = state.idle_window.as_millis() as usize * MULAW_BYTES_PER_MS;
             while state.held_bytes > keep && state.held.len() > 1 {
                 let Some(oldest) = state.held.pop_front() else {
                     break;

@@ -8,6 +8,8 @@ pub mod elevenlabs;
 pub mod openai;
 pub mod telnyx;
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use rand::Rng as _;
@@ -20,14 +22,26 @@ pub fn retry_delay(attempt: u32) -> Duration {
     ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-/// An HTTP client with the timeouts every provider call needs.
+/// An HTTP client with the timeouts every provider call needs. Building one copies the TLS
+/// root store (tens of KiB, milliseconds), so one is built per timeout and shared: a clone
+/// shares its connection pool. Jobs and per-call code may call this freely.
 pub fn http_client(timeout: Duration) -> reqwest::Client {
-    crate::tls::install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+    static CLIENTS: OnceLock<Mutex<HashMap<Duration, reqwest::Client>>> = OnceLock::new();
+    let mut clients = CLIENTS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    clients
+        .entry(timeout)
+        .or_insert_with(|| {
+            crate::tls::install_crypto_provider();
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_default()
+        })
+        .clone()
 }
