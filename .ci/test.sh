@@ -15,8 +15,11 @@ mkdir -p "$run_dir"
 trap 'stop_pidfile "$run_dir/s3.pid"; rm -rf "$run_dir"' EXIT
 start_s3 "${TEST_S3_ENDPOINT##*:}" "$run_dir/s3" "$TEST_S3_ACCESS_KEY" "$TEST_S3_SECRET_KEY" "$run_dir/s3.pid"
 
-# Databases left by an interrupted run (templates are kept: they are reused).
-psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database where datname like 'cbt\_%' and datname not like 'cbt\_template\_%'" 2>/dev/null |
+# Databases left by an interrupted run (templates are kept: they are reused). Only those
+# created over an hour ago with nobody connected: another run on this machine may be live.
+psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database d where datname like 'cbt\_%' and datname not like 'cbt\_template\_%'
+    and (pg_stat_file('base/' || oid || '/PG_VERSION')).modification < now() - interval '1 hour'
+    and not exists (select 1 from pg_stat_activity a where a.datname = d.datname)" 2>/dev/null |
   while read -r stale; do psql "$TEST_DATABASE_URL" -qc "drop database if exists \"$stale\" with (force)" >/dev/null 2>&1 || true; done
 
 if cargo nextest --version >/dev/null 2>&1; then
