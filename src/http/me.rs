@@ -27,7 +27,7 @@ pub struct Me {
 }
 
 /// The caller, their organisations with roles, and the active organisation.
-#[utoipa::path(get, path = "/api/me", tag = "auth",
+#[utoipa::path(get, path = "/api/me", operation_id = "getMe", tag = "auth",
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 200, description = "The signed-in user", body = Me),

@@ -23,7 +23,7 @@ pub struct NewPhoneNumber {
 }
 
 /// Claim a number for the organisation (admins and owners).
-#[utoipa::path(post, path = "/api/phone-numbers", tag = "phone-numbers", request_body = NewPhoneNumber,
+#[utoipa::path(post, path = "/api/phone-numbers", operation_id = "createPhoneNumber", tag = "phone-numbers", request_body = NewPhoneNumber,
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 201, description = "Added", body = PhoneNumber),
@@ -65,7 +65,7 @@ pub async fn create(
 }
 
 /// The organisation's numbers.
-#[utoipa::path(get, path = "/api/phone-numbers", tag = "phone-numbers",
+#[utoipa::path(get, path = "/api/phone-numbers", operation_id = "listPhoneNumbers", tag = "phone-numbers",
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses((status = 200, description = "Numbers", body = Vec<PhoneNumber>)))]
 pub async fn list(
@@ -81,7 +81,7 @@ pub async fn list(
 }
 
 /// Release a number (admins and owners).
-#[utoipa::path(delete, path = "/api/phone-numbers/{id}", tag = "phone-numbers",
+#[utoipa::path(delete, path = "/api/phone-numbers/{id}", operation_id = "deletePhoneNumber", tag = "phone-numbers",
     params(("id" = Uuid, Path, description = "Phone number id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 204, description = "Removed"),

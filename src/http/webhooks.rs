@@ -79,7 +79,7 @@ pub async fn store_in_inbox(
 }
 
 /// Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4).
-#[utoipa::path(post, path = "/webhooks/telnyx", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks/telnyx", operation_id = "receiveTelnyxWebhook", security(), tag = "webhooks",
     params(
         ("telnyx-signature-ed25519" = String, Header, description = "base64 Ed25519 signature of `timestamp|body`"),
         ("telnyx-timestamp" = String, Header, description = "unix seconds; ±300 s"),
