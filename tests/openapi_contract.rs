@@ -403,10 +403,10 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
         }
         _ => {}
     }
-    let (content_type, media) = content.iter().next()?;
-    if content_type.starts_with("audio/") {
-        return Some((content_type.clone(), callbridge::sim::recordings::wav(500, 1, 8_000)));
+    if content.contains_key("audio/wav") {
+        return Some(("audio/wav".into(), callbridge::sim::recordings::wav(500, 1, 8_000)));
     }
+    let (content_type, media) = content.iter().next()?;
     Some((content_type.clone(), example(doc, &media["schema"]).to_string().into_bytes()))
 }
 

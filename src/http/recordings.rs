@@ -144,7 +144,9 @@ fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
 /// checked on the bytes. A client that disconnects leaves nothing behind.
 #[utoipa::path(post, path = "/api/recordings", operation_id = "uploadRecording", tag = "recordings",
     params(UploadQuery, ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
-    request_body(content = Vec<u8>, description = "The audio bytes (WAV, MP3, Ogg, FLAC or WebM)", content_type = "audio/wav"),
+    // Raw bytes: a media type without a schema (OpenAPI 3.1's form for binary bodies).
+    request_body(description = "The audio bytes (WAV, MP3, Ogg, FLAC or WebM); the bytes must match the type",
+        content(("audio/wav"), ("audio/mpeg"), ("audio/ogg"), ("audio/flac"), ("audio/webm"))),
     responses(
         (status = 201, description = "Stored", body = Recording),
         (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),

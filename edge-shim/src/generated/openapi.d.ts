@@ -12,13 +12,13 @@ export interface paths {
             cookie?: never;
         };
         /** The organisation's calls, newest first. */
-        get: operations["list"];
+        get: operations["listCalls"];
         put?: never;
         /**
          * Places an outbound translated call: stores it, then dials through Telnyx with our call id
          *     in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
          */
-        post: operations["create"];
+        post: operations["createCall"];
         delete?: never;
         options?: never;
         head?: never;
@@ -33,7 +33,7 @@ export interface paths {
             cookie?: never;
         };
         /** One call of the organisation, with its translation stage-latency summary. */
-        get: operations["get"];
+        get: operations["getCall"];
         put?: never;
         post?: never;
         delete?: never;
@@ -53,7 +53,7 @@ export interface paths {
          * Live call events as Server-Sent Events (`id` = per-call sequence). Reconnect with
          *     `Last-Event-ID` to resume without loss or duplicates, on any replica.
          */
-        get: operations["events"];
+        get: operations["streamCallEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -72,7 +72,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Asks Telnyx to hang up. Idempotent: hanging up an ended call succeeds. */
-        post: operations["hangup"];
+        post: operations["hangUpCall"];
         delete?: never;
         options?: never;
         head?: never;
@@ -87,7 +87,7 @@ export interface paths {
             cookie?: never;
         };
         /** The call's recordings that have a stored version. */
-        get: operations["list_for_call"];
+        get: operations["listCallRecordings"];
         put?: never;
         post?: never;
         delete?: never;
@@ -107,7 +107,7 @@ export interface paths {
          * The call's transcripts: live turns and the post-call transcript side by side, with how
          *     far they agree.
          */
-        get: operations["transcript"];
+        get: operations["getCallTranscript"];
         put?: never;
         post?: never;
         delete?: never;
@@ -124,7 +124,7 @@ export interface paths {
             cookie?: never;
         };
         /** Human-readable reference rendered from the same document. */
-        get: operations["docs"];
+        get: operations["getApiReference"];
         put?: never;
         post?: never;
         delete?: never;
@@ -141,7 +141,7 @@ export interface paths {
             cookie?: never;
         };
         /** The caller, their organisations with roles, and the active organisation. */
-        get: operations["me"];
+        get: operations["getMe"];
         put?: never;
         post?: never;
         delete?: never;
@@ -158,7 +158,7 @@ export interface paths {
             cookie?: never;
         };
         /** This document. */
-        get: operations["spec"];
+        get: operations["getOpenApiDocument"];
         put?: never;
         post?: never;
         delete?: never;
@@ -177,7 +177,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Create an organisation; the caller becomes its owner. */
-        post: operations["create"];
+        post: operations["createOrganisation"];
         delete?: never;
         options?: never;
         head?: never;
@@ -192,12 +192,12 @@ export interface paths {
             cookie?: never;
         };
         /** Members of an organisation the caller belongs to. */
-        get: operations["list_members"];
+        get: operations["listMembers"];
         put?: never;
         /** Add someone who has signed in before. Admins add members; owners add any role. */
-        post: operations["add_member"];
+        post: operations["addMember"];
         /** The same as the path form, for clients that address the collection. */
-        delete: operations["remove_member_by_query"];
+        delete: operations["removeMemberByQuery"];
         options?: never;
         head?: never;
         patch?: never;
@@ -214,7 +214,7 @@ export interface paths {
         put?: never;
         post?: never;
         /** Remove a member (or leave, when it is the caller). Admins remove members; owners anyone. */
-        delete: operations["remove_member"];
+        delete: operations["removeMember"];
         options?: never;
         head?: never;
         patch?: never;
@@ -228,10 +228,10 @@ export interface paths {
             cookie?: never;
         };
         /** The organisation's numbers. */
-        get: operations["list"];
+        get: operations["listPhoneNumbers"];
         put?: never;
         /** Claim a number for the organisation (admins and owners). */
-        post: operations["create"];
+        post: operations["createPhoneNumber"];
         delete?: never;
         options?: never;
         head?: never;
@@ -249,7 +249,7 @@ export interface paths {
         put?: never;
         post?: never;
         /** Release a number (admins and owners). */
-        delete: operations["delete"];
+        delete: operations["deletePhoneNumber"];
         options?: never;
         head?: never;
         patch?: never;
@@ -265,7 +265,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** A short-lived token to stream from the browser straight to AssemblyAI. */
-        post: operations["token"];
+        post: operations["createRealtimeToken"];
         delete?: never;
         options?: never;
         head?: never;
@@ -280,7 +280,7 @@ export interface paths {
             cookie?: never;
         };
         /** Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out. */
-        get: operations["transcribe"];
+        get: operations["connectRealtimeTranscription"];
         put?: never;
         post?: never;
         delete?: never;
@@ -303,7 +303,7 @@ export interface paths {
          *     multipart upload of equal parts, the size limit enforced as bytes arrive, the format
          *     checked on the bytes. A client that disconnects leaves nothing behind.
          */
-        post: operations["upload"];
+        post: operations["uploadRecording"];
         delete?: never;
         options?: never;
         head?: never;
@@ -323,7 +323,7 @@ export interface paths {
          * A presigned PUT for a direct upload (short expiry, content type bound). Then call
          *     `POST /api/recordings/{id}/complete`.
          */
-        post: operations["upload_url"];
+        post: operations["createRecordingUploadUrl"];
         delete?: never;
         options?: never;
         head?: never;
@@ -338,7 +338,7 @@ export interface paths {
             cookie?: never;
         };
         /** Metadata, stored versions and a presigned GET of the latest (or `version`). */
-        get: operations["get"];
+        get: operations["getRecording"];
         put?: never;
         post?: never;
         delete?: never;
@@ -360,7 +360,7 @@ export interface paths {
          * Confirms a direct upload: the object must exist with the announced size and be audio; it
          *     is then copied to its immutable version key and hashed.
          */
-        post: operations["complete"];
+        post: operations["completeRecordingUpload"];
         delete?: never;
         options?: never;
         head?: never;
@@ -375,7 +375,7 @@ export interface paths {
             cookie?: never;
         };
         /** 302 to a presigned GET of the latest version (or `version`). */
-        get: operations["download"];
+        get: operations["downloadRecording"];
         put?: never;
         post?: never;
         delete?: never;
@@ -394,7 +394,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Translate texts (DeepL first, OpenAI when DeepL fails or is out of quota). */
-        post: operations["translate"];
+        post: operations["translateTexts"];
         delete?: never;
         options?: never;
         head?: never;
@@ -411,7 +411,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Speak text: the audio streams to the client as ElevenLabs produces it. */
-        post: operations["tts"];
+        post: operations["synthesizeSpeech"];
         delete?: never;
         options?: never;
         head?: never;
@@ -426,7 +426,7 @@ export interface paths {
             cookie?: never;
         };
         /** Liveness: answers while the process can serve HTTP; checks nothing else. */
-        get: operations["healthz"];
+        get: operations["getHealth"];
         put?: never;
         post?: never;
         delete?: never;
@@ -443,7 +443,7 @@ export interface paths {
             cookie?: never;
         };
         /** How this request's session was (or was not) resolved. Never echoes the token. */
-        get: operations["session"];
+        get: operations["debugSession"];
         put?: never;
         post?: never;
         delete?: never;
@@ -460,7 +460,7 @@ export interface paths {
             cookie?: never;
         };
         /** Telnyx media stream (WebSocket, PROVIDERS.md §1.6). */
-        get: operations["telnyx_stream"];
+        get: operations["connectTelnyxMediaStream"];
         put?: never;
         post?: never;
         delete?: never;
@@ -477,7 +477,7 @@ export interface paths {
             cookie?: never;
         };
         /** Prometheus text exposition. When `METRICS_TOKEN` is set it must be sent as a bearer token. */
-        get: operations["render"];
+        get: operations["getMetrics"];
         put?: never;
         post?: never;
         delete?: never;
@@ -497,7 +497,7 @@ export interface paths {
          * Readiness: the database answers a query and the storage bucket is reachable. Nothing is
          *     cached, so it recovers by itself as soon as the dependency is back.
          */
-        get: operations["readyz"];
+        get: operations["getReadiness"];
         put?: never;
         post?: never;
         delete?: never;
@@ -516,7 +516,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** AssemblyAI transcript webhooks. */
-        post: operations["assemblyai"];
+        post: operations["receiveAssemblyAiWebhook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -533,7 +533,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4). */
-        post: operations["telnyx"];
+        post: operations["receiveTelnyxWebhook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1056,25 +1056,25 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    list: {
+    listCalls: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only calls in this status. */
+                status?: components["schemas"]["CallStatus"];
+                /** @description Created at or after (RFC 3339). */
+                since?: string;
+                /** @description Created before (RFC 3339). */
+                until?: string;
+                /** @description From the previous page's `next_cursor`. */
+                cursor?: string;
+                /** @description 1–100, default 50. */
+                limit?: number;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
             };
-            path: {
-                /** @description Only calls in this status. */
-                status: null | components["schemas"]["CallStatus"];
-                /** @description Created at or after (RFC 3339). */
-                since: string | null;
-                /** @description Created before (RFC 3339). */
-                until: string | null;
-                /** @description From the previous page's `next_cursor`. */
-                cursor: string | null;
-                /** @description 1–100, default 50. */
-                limit: number | null;
-            };
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
@@ -1106,9 +1106,36 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    create: {
+    createCall: {
         parameters: {
             query?: never;
             header?: {
@@ -1133,6 +1160,15 @@ export interface operations {
                     "application/json": components["schemas"]["Call"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
                 headers: {
@@ -1142,8 +1178,53 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid numbers or languages, or `from` is not the organisation's */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1171,7 +1252,7 @@ export interface operations {
             };
         };
     };
-    get: {
+    getCall: {
         parameters: {
             query?: never;
             header?: {
@@ -1195,6 +1276,33 @@ export interface operations {
                     "application/json": components["schemas"]["CallDetail"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1204,11 +1312,23 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    events: {
+    streamCallEvents: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Resume after this sequence number (the `Last-Event-ID` header wins when both are sent). */
+                after?: number;
+            };
             header?: {
                 /** @description Resume after this event */
                 "Last-Event-ID"?: number | null;
@@ -1218,8 +1338,6 @@ export interface operations {
             path: {
                 /** @description Call id */
                 id: string;
-                /** @description Resume after this sequence number (the `Last-Event-ID` header wins when both are sent). */
-                after: number | null;
             };
             cookie?: never;
         };
@@ -1234,6 +1352,33 @@ export interface operations {
                     "text/event-stream": components["schemas"]["CallEvent"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1243,9 +1388,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    hangup: {
+    hangUpCall: {
         parameters: {
             query?: never;
             header?: {
@@ -1269,6 +1423,33 @@ export interface operations {
                     "application/json": components["schemas"]["Call"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1287,6 +1468,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Telnyx refused */
             502: {
                 headers: {
@@ -1296,9 +1486,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Telnyx is not configured */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    list_for_call: {
+    listCallRecordings: {
         parameters: {
             query?: never;
             header?: {
@@ -1322,6 +1521,33 @@ export interface operations {
                     "application/json": components["schemas"]["RecordingList"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1331,9 +1557,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    transcript: {
+    getCallTranscript: {
         parameters: {
             query?: never;
             header?: {
@@ -1357,6 +1592,33 @@ export interface operations {
                     "application/json": components["schemas"]["CallTranscript"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1366,9 +1628,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    docs: {
+    getApiReference: {
         parameters: {
             query?: never;
             header?: never;
@@ -1386,9 +1657,18 @@ export interface operations {
                     "text/html": unknown;
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    me: {
+    getMe: {
         parameters: {
             query?: never;
             header?: {
@@ -1409,8 +1689,26 @@ export interface operations {
                     "application/json": components["schemas"]["Me"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1427,9 +1725,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    spec: {
+    getOpenApiDocument: {
         parameters: {
             query?: never;
             header?: never;
@@ -1447,9 +1754,18 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    create: {
+    createOrganisation: {
         parameters: {
             query?: never;
             header?: never;
@@ -1498,6 +1814,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid name */
             422: {
                 headers: {
@@ -1507,9 +1841,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    list_members: {
+    listMembers: {
         parameters: {
             query?: never;
             header?: never;
@@ -1530,6 +1873,15 @@ export interface operations {
                     "application/json": components["schemas"]["Member"][];
                 };
             };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
                 headers: {
@@ -1548,9 +1900,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    add_member: {
+    addMember: {
         parameters: {
             query?: never;
             header?: never;
@@ -1573,6 +1934,24 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Member"];
+                };
+            };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID). The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description The caller's role may not grant this role */
@@ -1602,6 +1981,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such user */
             422: {
                 headers: {
@@ -1611,17 +2008,27 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    remove_member_by_query: {
+    removeMemberByQuery: {
         parameters: {
-            query?: never;
+            query: {
+                /** @description The member to remove (alternative to the path form). */
+                user_id: string;
+            };
             header?: never;
             path: {
                 /** @description Organisation id */
                 id: string;
-                /** @description The member to remove (alternative to the path form). */
-                user_id: string;
             };
             cookie?: never;
         };
@@ -1633,6 +2040,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description The caller's role may not remove this member */
             403: {
@@ -1661,9 +2086,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    remove_member: {
+    removeMember: {
         parameters: {
             query?: never;
             header?: never;
@@ -1684,6 +2118,24 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The caller's role may not remove this member */
             403: {
                 headers: {
@@ -1711,9 +2163,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    list: {
+    listPhoneNumbers: {
         parameters: {
             query?: never;
             header?: {
@@ -1734,9 +2195,54 @@ export interface operations {
                     "application/json": components["schemas"]["PhoneNumber"][];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    create: {
+    createPhoneNumber: {
         parameters: {
             query?: never;
             header?: {
@@ -1761,8 +2267,35 @@ export interface operations {
                     "application/json": components["schemas"]["PhoneNumber"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Members cannot add numbers */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1779,6 +2312,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not an E.164 number */
             422: {
                 headers: {
@@ -1788,9 +2339,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    delete: {
+    deletePhoneNumber: {
         parameters: {
             query?: never;
             header?: {
@@ -1812,6 +2372,24 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Members cannot remove numbers */
             403: {
                 headers: {
@@ -1830,16 +2408,25 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    token: {
+    createRealtimeToken: {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** @description Optional audio format */
+        /** @description Optional audio format (no body: the defaults) */
         requestBody: {
             content: {
                 "application/json": components["schemas"]["AudioFormat"];
@@ -1855,8 +2442,62 @@ export interface operations {
                     "application/json": components["schemas"]["RealtimeToken"];
                 };
             };
-            /** @description No valid session */
+            /** @description The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unsupported encoding or sample rate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1884,7 +2525,7 @@ export interface operations {
             };
         };
     };
-    transcribe: {
+    connectRealtimeTranscription: {
         parameters: {
             query?: {
                 /** @description `pcm_s16le` (default, little-endian 16-bit) or `pcm_mulaw`. */
@@ -1906,6 +2547,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A query parameter does not parse, or a required one is missing. Not a WebSocket handshake (`Upgrade: websocket` and its headers) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description No valid session */
             401: {
@@ -1934,6 +2584,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI is not configured */
             503: {
                 headers: {
@@ -1945,25 +2604,29 @@ export interface operations {
             };
         };
     };
-    upload: {
+    uploadRecording: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Tie a new recording to this call of the organisation. */
+                call_id?: string;
+                /** @description Add a version to this existing recording instead of creating one. */
+                recording_id?: string;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
             };
-            path: {
-                /** @description Tie a new recording to this call of the organisation. */
-                call_id: string | null;
-                /** @description Add a version to this existing recording instead of creating one. */
-                recording_id: string | null;
-            };
+            path?: never;
             cookie?: never;
         };
-        /** @description The audio bytes (WAV, MP3, Ogg, FLAC or WebM) */
-        requestBody: {
+        /** @description The audio bytes (WAV, MP3, Ogg, FLAC or WebM); the bytes must match the type */
+        requestBody?: {
             content: {
-                "audio/wav": number[];
+                "audio/flac": unknown;
+                "audio/mpeg": unknown;
+                "audio/ogg": unknown;
+                "audio/wav": unknown;
+                "audio/webm": unknown;
             };
         };
         responses: {
@@ -1978,6 +2641,24 @@ export interface operations {
             };
             /** @description Body ended early, stalled, or empty */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2012,9 +2693,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    upload_url: {
+    createRecordingUploadUrl: {
         parameters: {
             query?: never;
             header?: {
@@ -2037,6 +2727,33 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UploadUrl"];
+                };
+            };
+            /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description No such call or recording in this organisation */
@@ -2075,11 +2792,23 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    get: {
+    getRecording: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description A stored version; default the latest. */
+                version?: number;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
@@ -2087,8 +2816,6 @@ export interface operations {
             path: {
                 /** @description Recording id */
                 id: string;
-                /** @description A stored version; default the latest. */
-                version: number | null;
             };
             cookie?: never;
         };
@@ -2103,6 +2830,33 @@ export interface operations {
                     "application/json": components["schemas"]["RecordingDetail"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such recording (or version) in this organisation */
             404: {
                 headers: {
@@ -2112,9 +2866,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    complete: {
+    completeRecordingUpload: {
         parameters: {
             query?: never;
             header?: {
@@ -2142,6 +2905,33 @@ export interface operations {
                     "application/json": components["schemas"]["Recording"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such recording version in this organisation */
             404: {
                 headers: {
@@ -2160,6 +2950,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The uploaded bytes are not audio; the upload is discarded */
             415: {
                 headers: {
@@ -2169,11 +2968,32 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The JSON does not match the request schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    download: {
+    downloadRecording: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description A stored version; default the latest. */
+                version?: number;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
@@ -2181,8 +3001,6 @@ export interface operations {
             path: {
                 /** @description Recording id */
                 id: string;
-                /** @description A stored version; default the latest. */
-                version: number | null;
             };
             cookie?: never;
         };
@@ -2195,6 +3013,33 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such recording, or nothing stored yet */
             404: {
                 headers: {
@@ -2204,9 +3049,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    translate: {
+    translateTexts: {
         parameters: {
             query?: never;
             header?: never;
@@ -2228,6 +3082,33 @@ export interface operations {
                     "application/json": components["schemas"]["TranslateResponse"];
                 };
             };
+            /** @description The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Too many texts or too much text */
             413: {
                 headers: {
@@ -2237,8 +3118,26 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid language codes */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2266,7 +3165,7 @@ export interface operations {
             };
         };
     };
-    tts: {
+    synthesizeSpeech: {
         parameters: {
             query?: never;
             header?: never;
@@ -2279,17 +3178,75 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Audio, streamed */
+            /** @description Audio in the requested `format`, streamed */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "audio/basic": unknown;
+                    "audio/x-alaw-basic": unknown;
+                    "audio/L16": unknown;
+                    "audio/mpeg": unknown;
+                    "audio/ogg": unknown;
+                };
+            };
+            /** @description The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Empty or too long text, or an unknown format */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2317,7 +3274,7 @@ export interface operations {
             };
         };
     };
-    healthz: {
+    getHealth: {
         parameters: {
             query?: never;
             header?: never;
@@ -2335,17 +3292,21 @@ export interface operations {
                     "application/json": components["schemas"]["Liveness"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    session: {
+    debugSession: {
         parameters: {
             query?: never;
-            header?: {
-                /** @description Cloudflare Access JWT */
-                "Cf-Access-Jwt-Assertion"?: string | null;
-                /** @description Token from `callbridge debug-token` */
-                "X-Debug-Token"?: string | null;
-            };
+            header?: never;
             path?: never;
             cookie?: never;
         };
@@ -2369,9 +3330,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    telnyx_stream: {
+    connectTelnyxMediaStream: {
         parameters: {
             query?: never;
             header?: never;
@@ -2389,6 +3359,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Not a WebSocket handshake (`Upgrade: websocket` and its headers) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description Invalid or expired stream token */
             401: {
@@ -2408,6 +3387,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI is not configured */
             503: {
                 headers: {
@@ -2419,7 +3407,7 @@ export interface operations {
             };
         };
     };
-    render: {
+    getMetrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -2446,9 +3434,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    readyz: {
+    getReadiness: {
         parameters: {
             query?: never;
             header?: never;
@@ -2466,6 +3463,15 @@ export interface operations {
                     "application/json": components["schemas"]["Readiness"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description A dependency failed; `checks` and `detail` name it */
             503: {
                 headers: {
@@ -2477,7 +3483,7 @@ export interface operations {
             };
         };
     };
-    assemblyai: {
+    receiveAssemblyAiWebhook: {
         parameters: {
             query?: never;
             header: {
@@ -2521,6 +3527,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI or its webhook secret is not configured */
             503: {
                 headers: {
@@ -2532,7 +3556,7 @@ export interface operations {
             };
         };
     };
-    telnyx: {
+    receiveTelnyxWebhook: {
         parameters: {
             query?: never;
             header: {
@@ -2571,6 +3595,24 @@ export interface operations {
             };
             /** @description Missing, stale or invalid signature; nothing stored */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
