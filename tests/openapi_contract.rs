@@ -62,7 +62,13 @@ fn now_unix() -> u64 {
         .as_secs()
 }
 
-async fn json_as(app: &TestApp, session: &Session, method: Method, path: &str, body: Value) -> Value {
+async fn json_as(
+    app: &TestApp,
+    session: &Session,
+    method: Method,
+    path: &str,
+    body: Value,
+) -> Value {
     let response = app
         .request_as(method.clone(), session, path)
         .json(&body)
@@ -71,14 +77,21 @@ async fn json_as(app: &TestApp, session: &Session, method: Method, path: &str, b
         .unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    assert!(status.is_success(), "fixture {method} {path}: {status} {text}");
+    assert!(
+        status.is_success(),
+        "fixture {method} {path}: {status} {text}"
+    );
     serde_json::from_str(&text).unwrap()
 }
 
 async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
     let session = app.sign_in("Contract").await;
     let me: Value = app.get_as(&session, "/api/me").await.json().await.unwrap();
-    let organisation_id: Uuid = me["active_organisation_id"].as_str().unwrap().parse().unwrap();
+    let organisation_id: Uuid = me["active_organisation_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let own_number = "+14155550100".to_owned();
     let number = json_as(
         app,
@@ -126,7 +139,11 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
     };
 
     let response = app
-        .request_as(Method::POST, &session, &format!("/api/recordings?call_id={call_id}"))
+        .request_as(
+            Method::POST,
+            &session,
+            &format!("/api/recordings?call_id={call_id}"),
+        )
         .header("content-type", "audio/wav")
         .body(callbridge::sim::recordings::wav(500, 1, 8_000))
         .send()
@@ -290,7 +307,11 @@ fn example(doc: &Value, schema: &Value) -> Value {
         return Value::Object(merged);
     }
     let types = schema_types(schema);
-    let kind = types.iter().find(|t| **t != "null").copied().unwrap_or("object");
+    let kind = types
+        .iter()
+        .find(|t| **t != "null")
+        .copied()
+        .unwrap_or("object");
     match kind {
         "string" => match schema["format"].as_str() {
             Some("uuid") => json!(Uuid::new_v4()),
@@ -374,29 +395,45 @@ fn malformed_value(doc: &Value, parameter: &Value) -> Option<&'static str> {
 /// The request body of a well-formed call: `(content type, bytes)`.
 fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8>)> {
     let content = op.value["requestBody"]["content"].as_object()?;
-    let json_body = |value: Value| Some(("application/json".to_owned(), value.to_string().into_bytes()));
+    let json_body = |value: Value| {
+        Some((
+            "application/json".to_owned(),
+            value.to_string().into_bytes(),
+        ))
+    };
     match op.id.as_str() {
         "createOrganisation" => return json_body(json!({"name": "Contract test"})),
         "addMember" => return json_body(json!({"email": f.addable_email, "role": "member"})),
-        "createPhoneNumber" => return json_body(json!({"number": "+14155550177", "label": "second"})),
+        "createPhoneNumber" => {
+            return json_body(json!({"number": "+14155550177", "label": "second"}));
+        }
         "createCall" => {
             return json_body(json!({"to": "+14155550123", "from": f.own_number,
                 "source_language": "en", "target_language": "de"}));
         }
         "createRecordingUploadUrl" => {
-            return json_body(json!({"content_type": "audio/wav", "size_bytes": 1044, "call_id": f.call_id}));
+            return json_body(
+                json!({"content_type": "audio/wav", "size_bytes": 1044, "call_id": f.call_id}),
+            );
         }
         "completeRecordingUpload" => return json_body(json!({"version": 1})),
-        "createRealtimeToken" => return json_body(json!({"encoding": "pcm_s16le", "sample_rate": 16000})),
-        "translateTexts" => return json_body(json!({"texts": ["Good morning"], "target_language": "de"})),
+        "createRealtimeToken" => {
+            return json_body(json!({"encoding": "pcm_s16le", "sample_rate": 16000}));
+        }
+        "translateTexts" => {
+            return json_body(json!({"texts": ["Good morning"], "target_language": "de"}));
+        }
         "synthesizeSpeech" => return json_body(json!({"text": "Good morning"})),
         "receiveAssemblyAiWebhook" => {
             return json_body(json!({"transcript_id": "contract-test", "status": "completed"}));
         }
         "receiveTelnyxWebhook" => {
             let envelope = match &f.telnyx {
-                Some(sim) => sim.event("call.initiated", json!({"call_control_id": "v3:contract-inbound",
-                    "direction": "incoming", "from": "+14155550123", "to": "+14155550199"})),
+                Some(sim) => sim.event(
+                    "call.initiated",
+                    json!({"call_control_id": "v3:contract-inbound",
+                    "direction": "incoming", "from": "+14155550123", "to": "+14155550199"}),
+                ),
                 None => json!({"data": {"event_type": "call.initiated", "id": Uuid::new_v4()}}),
             };
             return json_body(envelope);
@@ -404,10 +441,16 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
         _ => {}
     }
     if content.contains_key("audio/wav") {
-        return Some(("audio/wav".into(), callbridge::sim::recordings::wav(500, 1, 8_000)));
+        return Some((
+            "audio/wav".into(),
+            callbridge::sim::recordings::wav(500, 1, 8_000),
+        ));
     }
     let (content_type, media) = content.iter().next()?;
-    Some((content_type.clone(), example(doc, &media["schema"]).to_string().into_bytes()))
+    Some((
+        content_type.clone(),
+        example(doc, &media["schema"]).to_string().into_bytes(),
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -426,7 +469,13 @@ struct Call<'a> {
     malformed: Option<(&'a str, &'a str)>,
 }
 
-async fn send(app: &TestApp, doc: &Value, op: &Operation, f: &Fixtures, call: Call<'_>) -> reqwest::Response {
+async fn send(
+    app: &TestApp,
+    doc: &Value,
+    op: &Operation,
+    f: &Fixtures,
+    call: Call<'_>,
+) -> reqwest::Response {
     let mut path = op.path.clone();
     let mut query = Vec::new();
     let mut headers = reqwest::header::HeaderMap::new();
@@ -478,7 +527,10 @@ async fn send(app: &TestApp, doc: &Value, op: &Operation, f: &Fixtures, call: Ca
         {
             let timestamp = now_unix() as i64;
             headers.insert("telnyx-timestamp", timestamp.to_string().parse().unwrap());
-            headers.insert("telnyx-signature-ed25519", sim.sign(timestamp, &body).parse().unwrap());
+            headers.insert(
+                "telnyx-signature-ed25519",
+                sim.sign(timestamp, &body).parse().unwrap(),
+            );
         }
         request = request.header("content-type", content_type).body(body);
     }
@@ -486,7 +538,12 @@ async fn send(app: &TestApp, doc: &Value, op: &Operation, f: &Fixtures, call: Ca
 }
 
 /// Records a finding unless the answer is documented with a documented content type.
-fn check_documented(op: &Operation, what: &str, response: &reqwest::Response, findings: &mut Vec<String>) {
+fn check_documented(
+    op: &Operation,
+    what: &str,
+    response: &reqwest::Response,
+    findings: &mut Vec<String>,
+) {
     let status = response.status().as_u16();
     if !op.documents(status) {
         findings.push(format!(
@@ -505,7 +562,9 @@ fn check_documented(op: &Operation, what: &str, response: &reqwest::Response, fi
     let documented = op.content_types(status);
     if let Some(sent) = sent
         && !documented.is_empty()
-        && !documented.iter().any(|d| d.split(';').next().unwrap_or_default().trim() == sent)
+        && !documented
+            .iter()
+            .any(|d| d.split(';').next().unwrap_or_default().trim() == sent)
     {
         findings.push(format!(
             "{} {what} answered {status} as `{sent}`, the document says {documented:?}",
@@ -519,7 +578,17 @@ async fn walk(app: &TestApp, f: &Fixtures, pass: &str) -> (Vec<String>, BTreeMap
     let mut findings = Vec::new();
     let mut answered = BTreeMap::new();
     for op in operations(&doc) {
-        let wellformed = send(app, &doc, &op, f, Call { variant: Variant::WellFormed, malformed: None }).await;
+        let wellformed = send(
+            app,
+            &doc,
+            &op,
+            f,
+            Call {
+                variant: Variant::WellFormed,
+                malformed: None,
+            },
+        )
+        .await;
         let status = wellformed.status().as_u16();
         answered.insert(op.label(), status);
         if status == 400 {
@@ -531,11 +600,26 @@ async fn walk(app: &TestApp, f: &Fixtures, pass: &str) -> (Vec<String>, BTreeMap
                 op.label()
             ));
         } else {
-            check_documented(&op, &format!("[{pass}] well-formed"), &wellformed, &mut findings);
+            check_documented(
+                &op,
+                &format!("[{pass}] well-formed"),
+                &wellformed,
+                &mut findings,
+            );
         }
 
         if op.security_schemes().contains(SESSION_COOKIE) {
-            let response = send(app, &doc, &op, f, Call { variant: Variant::Anonymous, malformed: None }).await;
+            let response = send(
+                app,
+                &doc,
+                &op,
+                f,
+                Call {
+                    variant: Variant::Anonymous,
+                    malformed: None,
+                },
+            )
+            .await;
             if response.status() != 401 {
                 findings.push(format!(
                     "{} [{pass}] declares the session but answered {} without one: if the route is \
@@ -544,14 +628,31 @@ async fn walk(app: &TestApp, f: &Fixtures, pass: &str) -> (Vec<String>, BTreeMap
                     response.status()
                 ));
             }
-            check_documented(&op, &format!("[{pass}] without a session"), &response, &mut findings);
+            check_documented(
+                &op,
+                &format!("[{pass}] without a session"),
+                &response,
+                &mut findings,
+            );
         }
 
         for parameter in op.parameters() {
-            let Some(bad) = malformed_value(&doc, parameter) else { continue };
+            let Some(bad) = malformed_value(&doc, parameter) else {
+                continue;
+            };
             let name = parameter["name"].as_str().unwrap();
             let location = parameter["in"].as_str().unwrap();
-            let response = send(app, &doc, &op, f, Call { variant: Variant::Malformed, malformed: Some((name, bad)) }).await;
+            let response = send(
+                app,
+                &doc,
+                &op,
+                f,
+                Call {
+                    variant: Variant::Malformed,
+                    malformed: Some((name, bad)),
+                },
+            )
+            .await;
             if response.status() != 400 {
                 findings.push(format!(
                     "{} [{pass}] answered {} to {location} parameter `{name}` = {bad:?} (400 expected): \
@@ -561,12 +662,32 @@ async fn walk(app: &TestApp, f: &Fixtures, pass: &str) -> (Vec<String>, BTreeMap
                     response.status()
                 ));
             }
-            check_documented(&op, &format!("[{pass}] with a malformed `{name}`"), &response, &mut findings);
+            check_documented(
+                &op,
+                &format!("[{pass}] with a malformed `{name}`"),
+                &response,
+                &mut findings,
+            );
         }
 
         if op.is_websocket() {
-            let response = send(app, &doc, &op, f, Call { variant: Variant::PlainHttp, malformed: None }).await;
-            check_documented(&op, &format!("[{pass}] without the WebSocket handshake"), &response, &mut findings);
+            let response = send(
+                app,
+                &doc,
+                &op,
+                f,
+                Call {
+                    variant: Variant::PlainHttp,
+                    malformed: None,
+                },
+            )
+            .await;
+            check_documented(
+                &op,
+                &format!("[{pass}] without the WebSocket handshake"),
+                &response,
+                &mut findings,
+            );
         }
     }
     (findings, answered)
@@ -603,7 +724,9 @@ fn document_rules(doc: &Value) -> Vec<String> {
             )),
         }
         if op.value.get("security").is_none() {
-            findings.push(format!("{label}: no `security` (openapi::finish should have set it)"));
+            findings.push(format!(
+                "{label}: no `security` (openapi::finish should have set it)"
+            ));
         }
         let declared: HashSet<&str> = op
             .parameters()
@@ -622,7 +745,10 @@ fn document_rules(doc: &Value) -> Vec<String> {
             ));
         }
         let responses = op.value["responses"].as_object().unwrap();
-        if !responses.keys().any(|s| s.starts_with('2') || s == "101" || s.starts_with('3')) {
+        if !responses
+            .keys()
+            .any(|s| s.starts_with('2') || s == "101" || s.starts_with('3'))
+        {
             findings.push(format!("{label}: no success answer documented"));
         }
         for (status, response) in responses {
@@ -686,7 +812,10 @@ async fn every_operation_answers_as_documented_with_every_provider_simulated() {
         .iter()
         .filter(|(_, status)| !(200..400).contains(*status) && **status != 101)
         .collect();
-    assert!(failed.is_empty(), "operations that did not succeed with every provider simulated: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "operations that did not succeed with every provider simulated: {failed:?}"
+    );
 }
 
 #[tokio::test]
@@ -702,7 +831,10 @@ async fn the_document_follows_the_contract_rules() {
     let app = TestApp::spawn().await;
     let doc: Value = app.get("/api/openapi.json").await.json().await.unwrap();
     report(&document_rules(&doc));
-    assert_eq!(doc["servers"][0]["url"], "http://127.0.0.1:8080", "servers come from PUBLIC_BASE_URL");
+    assert_eq!(
+        doc["servers"][0]["url"], "http://127.0.0.1:8080",
+        "servers come from PUBLIC_BASE_URL"
+    );
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     for cookie in callbridge::config::DEFAULT_SESSION_COOKIES {
         assert_eq!(schemes[*cookie]["in"], "cookie");
@@ -721,9 +853,15 @@ async fn the_committed_snapshot_is_the_served_document() {
     // The same text as `node edge-shim/scripts/openapi.mjs fetch` writes: the document's own
     // key order, two-space indents.
     let config = &app.state.config;
-    let mut document = callbridge::http::api_routes(!config.is_production()).split_for_parts().1;
+    let mut document = callbridge::http::api_routes(!config.is_production())
+        .split_for_parts()
+        .1;
     callbridge::http::openapi::finish(&mut document, config);
-    assert_eq!(serde_json::to_value(&document).unwrap(), served, "the served document is finish()'s");
+    assert_eq!(
+        serde_json::to_value(&document).unwrap(),
+        served,
+        "the served document is finish()'s"
+    );
     let mut text = serde_json::to_string_pretty(&document).unwrap();
     text.push('\n');
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-shim/openapi.json");

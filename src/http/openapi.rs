@@ -147,9 +147,8 @@ pub fn finish(spec: &mut utoipa::openapi::OpenApi, config: &Config) {
                     true
                 }
                 Some(requirements) => requirements.iter().any(|r| {
-                    serde_json::to_value(r).is_ok_and(|v| {
-                        session_schemes.iter().any(|name| v.get(name).is_some())
-                    })
+                    serde_json::to_value(r)
+                        .is_ok_and(|v| session_schemes.iter().any(|name| v.get(name).is_some()))
                 }),
             };
             for (status, reason) in shared_answers(method, operation, uses_session) {
@@ -197,33 +196,57 @@ fn is_plain_string(parameter: &utoipa::openapi::path::Parameter) -> bool {
 /// The answers the shared extractors and layers give, by status, with why.
 fn shared_answers(method: &str, operation: &Operation, uses_session: bool) -> Vec<(u16, String)> {
     let mut reasons: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
-    let mut add = |status: u16, reason: &'static str| reasons.entry(status).or_default().push(reason);
+    let mut add =
+        |status: u16, reason: &'static str| reasons.entry(status).or_default().push(reason);
     let parameters = operation.parameters.as_deref().unwrap_or_default();
     if uses_session {
-        add(401, "No session credential, or an unknown, expired or malformed one");
+        add(
+            401,
+            "No session credential, or an unknown, expired or malformed one",
+        );
         if method != "GET" {
-            add(403, "A cookie session from an origin not in ALLOWED_ORIGINS (CSRF)");
+            add(
+                403,
+                "A cookie session from an origin not in ALLOWED_ORIGINS (CSRF)",
+            );
         }
     }
-    if parameters
-        .iter()
-        .any(|p| p.parameter_in == ParameterIn::Header && p.name.eq_ignore_ascii_case(X_ORG_ID.as_str()))
-    {
+    if parameters.iter().any(|p| {
+        p.parameter_in == ParameterIn::Header && p.name.eq_ignore_ascii_case(X_ORG_ID.as_str())
+    }) {
         add(400, "`X-Org-Id` is not a UUID");
-        add(403, "No `X-Org-Id` and the caller belongs to no organisation");
-        add(404, "`X-Org-Id` names an organisation the caller is not a member of");
+        add(
+            403,
+            "No `X-Org-Id` and the caller belongs to no organisation",
+        );
+        add(
+            404,
+            "`X-Org-Id` names an organisation the caller is not a member of",
+        );
     }
     if parameters
         .iter()
         .any(|p| p.parameter_in == ParameterIn::Path && !is_plain_string(p))
     {
-        add(400, "A path parameter does not parse (e.g. an id that is not a UUID)");
+        add(
+            400,
+            "A path parameter does not parse (e.g. an id that is not a UUID)",
+        );
     }
-    if parameters.iter().any(|p| p.parameter_in == ParameterIn::Query) {
-        add(400, "A query parameter does not parse, or a required one is missing");
+    if parameters
+        .iter()
+        .any(|p| p.parameter_in == ParameterIn::Query)
+    {
+        add(
+            400,
+            "A query parameter does not parse, or a required one is missing",
+        );
     }
     if operation.responses.responses.contains_key("101") {
-        add(400, "Not a WebSocket handshake (`Upgrade: websocket` and its headers)");
+        add(
+            400,
+            "Not a WebSocket handshake (`Upgrade: websocket` and its headers)",
+        );
     }
     if let Some(body) = &operation.request_body {
         add(413, "The body is larger than HTTP_BODY_LIMIT_BYTES");
@@ -237,7 +260,10 @@ fn shared_answers(method: &str, operation: &Operation, uses_session: bool) -> Ve
             }
         }
     }
-    add(500, "An unexpected error; quote the `request_id` when reporting it");
+    add(
+        500,
+        "An unexpected error; quote the `request_id` when reporting it",
+    );
     reasons
         .into_iter()
         .map(|(status, why)| (status, why.join(". ")))
