@@ -386,3 +386,62 @@ pub fn render_html(spec: &utoipa::openapi::OpenApi) -> String {
     html.push_str("</body></html>");
     html
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::load_from(
+            None,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .expect("development defaults are complete")
+    }
+
+    #[test]
+    fn cookie_names_become_valid_component_names() {
+        assert_eq!(
+            cookie_scheme("__Secure-authjs.session-token"),
+            "__Secure-authjs.session-token"
+        );
+        assert_eq!(cookie_scheme("my cookie/v2"), "my_cookie_v2");
+    }
+
+    #[test]
+    fn finish_follows_the_configuration_and_is_idempotent() {
+        let config = config(&[
+            ("PUBLIC_BASE_URL", "https://api.example.org/"),
+            ("AUTH_COOKIE_NAMES", "session,__Host-session"),
+        ]);
+        let mut spec = crate::http::openapi_document();
+        finish(&mut spec, &config);
+        let once = serde_json::to_value(&spec).unwrap();
+        finish(&mut spec, &config);
+        assert_eq!(serde_json::to_value(&spec).unwrap(), once);
+
+        assert_eq!(once["servers"][0]["url"], "https://api.example.org");
+        let schemes = once["components"]["securitySchemes"].as_object().unwrap();
+        assert_eq!(schemes["__Host-session"]["name"], "__Host-session");
+        assert!(!schemes.contains_key("authjs.session-token"));
+        let calls = &once["paths"]["/api/calls"]["get"];
+        let names: Vec<&str> = calls["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_object().unwrap().keys().map(String::as_str))
+            .collect();
+        assert_eq!(names, ["session", "__Host-session", BEARER_SCHEME]);
+        // Shared answers are added; the route's own description of a status is kept.
+        assert!(calls["responses"]["401"].is_object());
+        assert_eq!(
+            calls["responses"]["400"]["description"],
+            "Bad cursor or filter"
+        );
+        assert_eq!(
+            once["paths"]["/healthz"]["get"]["security"],
+            serde_json::json!([])
+        );
+        assert!(once["paths"]["/healthz"]["get"]["responses"]["401"].is_null());
+    }
+}
