@@ -711,7 +711,7 @@ fn document_rules(doc: &Value) -> Vec<String> {
         let label = op.label();
         if !camel(&op.id) {
             findings.push(format!(
-                "{label}: operationId must be camelCase verbNoun, e.g. `listCalls`: add `operation_id = \"…\"` to its #[utoipa::path]"
+                "{label}: operationId `{}` is not camelCase verbNoun (e.g. `listCalls`; without `operation_id` utoipa uses the function's name): add `operation_id = \"…\"` to its #[utoipa::path]", op.id
             ));
         }
         if !seen.insert(op.id.clone()) {
@@ -765,9 +765,13 @@ fn document_rules(doc: &Value) -> Vec<String> {
     findings
 }
 
+/// `verbNoun`: a lower-case verb, then at least one capitalised word, letters and digits only.
+/// A bare function name (`create`, `list_members`: utoipa's default) is not one.
 fn regex_lite_camel_case(id: &str) -> bool {
     let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_alphanumeric())
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && id.chars().all(|c| c.is_ascii_alphanumeric())
+        && id.chars().any(|c| c.is_ascii_uppercase())
 }
 
 fn report(findings: &[String]) {
