@@ -146,7 +146,8 @@ fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
     params(UploadQuery, ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     // Raw bytes: a media type without a schema (OpenAPI 3.1's form for binary bodies).
     request_body(description = "The audio bytes (WAV, MP3, Ogg, FLAC or WebM); the bytes must match the type",
-        content(("audio/wav"), ("audio/mpeg"), ("audio/ogg"), ("audio/flac"), ("audio/webm"))),
+        content((serde_json::Value = "audio/wav"), (serde_json::Value = "audio/mpeg"), (serde_json::Value = "audio/ogg"),
+            (serde_json::Value = "audio/flac"), (serde_json::Value = "audio/webm"))),
     responses(
         (status = 201, description = "Stored", body = Recording),
         (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),

@@ -128,4 +128,4 @@ CALLBRIDGE_URL="$BASE" SESSION_TOKEN="$SESSION_TOKEN" ALLOWED_ORIGIN="$ORIGIN" \
   MEMBER_USER_IDS="$MEMBER_A,$MEMBER_B" ADDABLE_EMAIL="$ADDABLE_EMAIL" DEBUG_TOKEN="$DEBUG_TOKEN" \
   TELNYX_SIM_URL="$TELNYX_SIM_URL" AAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET" \
   SNAPSHOT="$ROOT/edge-shim/openapi.json" \
-  node --test --test-concurrency=1 --test-timeout=120000 dist/test/*.test.js
+  node --test --test-concurrency=1 --test-timeout=120000 --test-force-exit dist/test/*.test.js

@@ -39,15 +39,23 @@ async function durable(stream: AsyncGenerator<CallStreamEvent>, count: number, c
 test("events are typed by kind and an explicit lastEventId resumes after it", async () => {
   const callId = await placeCall("+14155550111");
   const first = new AbortController();
-  const events = await durable(followCallEvents(cookieSession, callId, { signal: first.signal }), 2, first);
-  first.abort(); // an open stream would keep the test process alive
+  const stream = followCallEvents(cookieSession, callId, { signal: first.signal });
+  const events = await durable(stream, 2, first);
+  // Done with it: closing the generator cancels the response body.
+  first.abort();
+  await stream.return(undefined);
   assert.deepEqual(events, [
     { id: 1, kind: "call.created" },
     { id: 2, kind: "call.dialing" },
   ]);
   const again = new AbortController();
-  const resumed = await durable(followCallEvents({ ...cookieSession, bearer: config.sessionToken }, callId, { lastEventId: 1, signal: again.signal }), 1, again);
+  const resumedStream = followCallEvents({ ...cookieSession, bearer: config.sessionToken }, callId, {
+    lastEventId: 1,
+    signal: again.signal,
+  });
+  const resumed = await durable(resumedStream, 1, again);
   again.abort();
+  await resumedStream.return(undefined);
   assert.deepEqual(resumed, [{ id: 2, kind: "call.dialing" }]);
 });
 
@@ -91,6 +99,7 @@ test("a dropped connection resumes with Last-Event-ID, without loss or duplicate
   await ok(api.POST("/api/calls/{id}/hangup", { params: { path: { id: callId } } }));
   const third = await durable(stream, 1, controller);
   controller.abort();
+  await stream.return(undefined);
   assert.deepEqual([...firstTwo, ...third], [
     { id: 1, kind: "call.created" },
     { id: 2, kind: "call.dialing" },

@@ -2620,7 +2620,7 @@ export interface operations {
             cookie?: never;
         };
         /** @description The audio bytes (WAV, MP3, Ogg, FLAC or WebM); the bytes must match the type */
-        requestBody?: {
+        requestBody: {
             content: {
                 "audio/flac": unknown;
                 "audio/mpeg": unknown;
