@@ -2,7 +2,9 @@
 # Production image: cargo-chef caches the dependency build; the runtime is distroless,
 # non-root, and carries only the binary (no simulators: the `sim` feature is off).
 
-FROM rust:1.95-slim-bookworm AS chef
+# The exact toolchain of rust-toolchain.toml: rustup then uses the image's own and
+# downloads nothing.
+FROM rust:1.95.0-slim-bookworm AS chef
 RUN cargo install cargo-chef --locked --version 0.1.73
 WORKDIR /app
 

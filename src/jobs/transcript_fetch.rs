@@ -70,7 +70,7 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
         audio_url,
         webhook_url: format!(
             "{}/webhooks/assemblyai",
-            state.config.public_base_url.as_str().trim_end_matches('/')
+            state.config.webhook_base_url.as_str().trim_end_matches('/')
         ),
         webhook_auth_header_name: assemblyai_async::WEBHOOK_AUTH_HEADER.into(),
         webhook_auth_header_value: secret.expose().clone(),
