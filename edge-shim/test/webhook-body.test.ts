@@ -38,6 +38,7 @@ describe("numbers as serde_json holds and writes them", () => {
 
   it("computes f64 with serde's algorithm (one multiply or divide by 10^e)", () => {
     // serde_json without float_roundtrip: 123456789012345678901234567890 = 12345678901234567890 * 10^10.
+    // biome-ignore lint/correctness/noPrecisionLoss: the rounding of this literal is what the test reproduces
     expect(canonical("123456789012345678901234567890")).toBe(formatF64(12345678901234567890 * 1e10));
     expect(canonical("1234567.0e-3")).toBe(formatF64(12345670 / 1e4));
   });
