@@ -101,7 +101,7 @@ export const me: EdgeHandler = {
       if (!principal.memberships.some((m) => m.id === orgId)) return notFound(a);
       active = orgId;
     } else {
-      active = principal.memberships[0]?.id ?? null;
+      active = principal.activeOrganisationId ?? principal.memberships[0]?.id ?? null;
     }
     return jsonAnswer<JsonBody<"/api/me", "get", 200>>(a, {
       user: principal.user,

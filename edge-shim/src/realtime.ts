@@ -25,7 +25,7 @@ import { ByteBatcher, DEFAULT_BATCH_MS, type Encoding, MAX_CHUNK_MS, MIN_CHUNK_M
 import { DeferToOrigin } from "./defer";
 import type { Env } from "./env";
 import type { EdgeHandler } from "./handlers";
-import { answering, headerValue, problemAnswer, splitList, type Answering } from "./respond";
+import { answering, headerValue, originAllowed, problemAnswer, splitList, type Answering } from "./respond";
 import { member, parseSerdeJson } from "./serde-json";
 
 export const DEFAULT_STREAMING_URL = "wss://streaming.assemblyai.com/v3/ws";
@@ -160,7 +160,7 @@ export function crossSiteRefusal(headers: Headers, allowed: readonly string[]): 
     }
   }
   if (origin === null) return "a cookie-authenticated request must send Origin or Referer";
-  return allowed.includes(origin) ? null : "the request's origin is not allowed";
+  return originAllowed(origin, allowed) ? null : "the request's origin is not allowed";
 }
 
 /** `ApiError::ProviderDisabled` for AssemblyAI: 503 with `provider` and `variables`. */
