@@ -33,7 +33,7 @@ cargo test --doc
 if command -v npm >/dev/null; then
   (cd edge-shim && npm ci --no-audit --no-fund --loglevel=error && npx tsc --noEmit && npm test)
 else
-  echo "npm is required for the edge-shim tests (Node 20: see shared TOOLING.md)" >&2
+  echo "npm is required for the edge-shim tests (Node 20: see docs/TOOLING.md)" >&2
   exit 1
 fi
 

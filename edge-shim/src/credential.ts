@@ -1,5 +1,5 @@
 // Owns finding the Auth.js session credential in a request, rule for rule as the container's
-// src/auth/credential.rs (DESIGN.md §6): `Authorization: Bearer <token>` first (scheme
+// src/auth/credential.rs (docs/ARCHITECTURE.md, "Auth"): `Authorization: Bearer <token>` first (scheme
 // case-insensitive, the token not URL-decoded); else the session cookies in priority order,
 // the first occurrence of a name winning, its value URL-decoded exactly once. A malformed
 // credential is an error (401), never "anonymous".

@@ -1,6 +1,6 @@
 //! Configuration: defaults in code < optional TOML file (`--config`) < environment.
 //!
-//! Every setting is read by its environment variable name (DESIGN.md §5); a TOML file uses
+//! Every setting is read by its environment variable name (docs/SECRETS_TO_SET.md); a TOML file uses
 //! the same names in lower case (`database_url = "…"`). Validation collects *every* problem
 //! before failing, so an operator fixes a deployment in one pass. Secrets are wrapped in
 //! [`Secret`] from the moment they are read.
@@ -221,7 +221,7 @@ pub struct ProvidersConfig {
 #[derive(Debug, Clone)]
 pub struct TelnyxConfig {
     pub api_key: Secret<String>,
-    /// Base64 of the raw 32-byte Ed25519 key (PROVIDERS.md §1.1).
+    /// Base64 of the raw 32-byte Ed25519 key (docs/PROVIDERS.md §1.1).
     pub public_key: String,
     pub connection_id: String,
     pub api_base: Url,
@@ -335,7 +335,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Default cookie names, newest Auth.js first (DESIGN.md §6).
+/// Default cookie names, newest Auth.js first (docs/ARCHITECTURE.md, "Auth").
 pub const DEFAULT_SESSION_COOKIES: &[&str] = &[
     "__Secure-authjs.session-token",
     "authjs.session-token",
@@ -910,7 +910,7 @@ impl Reader {
                 1,
                 3600,
             )),
-            // R2 presigned URLs live at most 7 days (PROVIDERS.md §5).
+            // R2 presigned URLs live at most 7 days (docs/PROVIDERS.md §5).
             transcription_url_ttl: Duration::from_secs(self.bounded(
                 "RECORDINGS_TRANSCRIPTION_URL_SECS",
                 86_400,
@@ -980,7 +980,7 @@ impl Reader {
         };
         let deepl = {
             let api_key = self.provider_key("DEEPL_API_KEY");
-            // Free-plan keys end in ":fx" and only work on the free host (PROVIDERS.md §4.1).
+            // Free-plan keys end in ":fx" and only work on the free host (docs/PROVIDERS.md §4.1).
             let default_base = match &api_key {
                 Some(key) if key.expose().ends_with(":fx") => "https://api-free.deepl.com",
                 _ => "https://api.deepl.com",

@@ -1,4 +1,4 @@
-//! Post-call transcripts (PROVIDERS.md §2.3), two jobs:
+//! Post-call transcripts (docs/PROVIDERS.md §2.3), two jobs:
 //!
 //! - `recording.transcribe`: submits a stored version to AssemblyAI async with `audio_url` =
 //!   a presigned GET that outlives the queue (`RECORDINGS_TRANSCRIPTION_URL_SECS`), the

@@ -1,4 +1,4 @@
-//! A Telnyx simulator: the Call Control API (PROVIDERS.md §1.5) that records every command and
+//! A Telnyx simulator: the Call Control API (docs/PROVIDERS.md §1.5) that records every command and
 //! answers like Telnyx, with injectable faults; and a webhook sender that signs envelopes
 //! with a test Ed25519 key exactly as Telnyx does (§1.1–1.2), with delivery scenarios:
 //! duplicates, shuffled order, retries after a non-2xx.
@@ -209,7 +209,7 @@ impl TelnyxSim {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A webhook v2 envelope (PROVIDERS.md §1.2) with a fresh event id.
+    /// A webhook v2 envelope (docs/PROVIDERS.md §1.2) with a fresh event id.
     pub fn event(&self, event_type: &str, payload: Value) -> Value {
         json!({
             "data": {
@@ -300,7 +300,7 @@ impl Default for Delivery {
     }
 }
 
-/// The common payload fields of call events (PROVIDERS.md §1.2).
+/// The common payload fields of call events (docs/PROVIDERS.md §1.2).
 pub fn call_payload(
     call_control_id: &str,
     client_state: Option<&str>,

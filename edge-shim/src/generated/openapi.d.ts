@@ -479,7 +479,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Telnyx media stream (WebSocket, PROVIDERS.md §1.6). */
+        /** Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6). */
         get: operations["telnyx_stream"];
         put?: never;
         post?: never;
@@ -552,7 +552,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4). */
+        /** Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4). */
         post: operations["telnyx"];
         delete?: never;
         options?: never;
