@@ -43,7 +43,11 @@ enum Command {
     All,
     /// Apply database migrations (and, in development only, the Auth.js tables). Reads only
     /// the database variables, `AUTH_SCHEMA` and logging: no provider secret is needed.
-    Migrate,
+    Migrate {
+        /// List applied and pending migrations; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -161,8 +165,8 @@ fn main() -> ExitCode {
     if let Command::Config(ConfigCommand::Check) = &cli.command {
         return check_config(cli.config.as_deref());
     }
-    if let Command::Migrate = &cli.command {
-        return migrate(cli.config.as_deref());
+    if let Command::Migrate { dry_run } = &cli.command {
+        return migrate(cli.config.as_deref(), *dry_run);
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -206,7 +210,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::All => run_role(config, Role::All).await,
         Command::Healthcheck
         | Command::Routes { .. }
-        | Command::Migrate
+        | Command::Migrate { .. }
         | Command::Config(ConfigCommand::Check) => {
             unreachable!("handled before configuration is loaded")
         }
@@ -256,7 +260,7 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
 }
 
 /// `callbridge migrate`: only the database settings are read (CI holds no provider secret).
-fn migrate(file: Option<&std::path::Path>) -> ExitCode {
+fn migrate(file: Option<&std::path::Path>, dry_run: bool) -> ExitCode {
     let config = match Config::load_for_migrate(file) {
         Ok(config) => config,
         Err(error) => {
@@ -277,6 +281,33 @@ fn migrate(file: Option<&std::path::Path>) -> ExitCode {
         }
     };
     let target = callbridge::config::database_target(config.direct_url.expose());
+    if dry_run {
+        return match runtime.block_on(callbridge::db::migration_status(config.direct_url.expose()))
+        {
+            Ok(status) => {
+                let pending = status.iter().filter(|m| !m.applied).count();
+                for migration in &status {
+                    let state = if migration.applied {
+                        "applied"
+                    } else {
+                        "pending"
+                    };
+                    println!(
+                        "{:<8} {} {}",
+                        state, migration.version, migration.description
+                    );
+                }
+                println!(
+                    "{target}: {pending} pending migration(s); nothing was changed (--dry-run)"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("callbridge migrate --dry-run: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(app::migrate(&config)) {
         Ok(()) => {
             tracing::info!(
