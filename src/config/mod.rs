@@ -1146,6 +1146,63 @@ mod tests {
     }
 
     #[test]
+    fn webhook_and_media_base_urls_default_to_the_public_one() {
+        let config = load(&[("PUBLIC_BASE_URL", "https://api.example.com")]).unwrap();
+        assert_eq!(config.webhook_base_url.as_str(), "https://api.example.com/");
+        assert_eq!(config.media_base_url.as_str(), "https://api.example.com/");
+        let config = load(&[
+            ("PUBLIC_BASE_URL", "https://api.example.com"),
+            ("WEBHOOK_BASE_URL", "https://edge.example.com"),
+            ("MEDIA_BASE_URL", "https://origin.example.com/prefix"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.webhook_base_url.as_str(),
+            "https://edge.example.com/"
+        );
+        assert_eq!(
+            config.media_base_url.as_str(),
+            "https://origin.example.com/prefix"
+        );
+        let error = load(&[
+            ("MEDIA_BASE_URL", "not a url"),
+            ("WEBHOOK_BASE_URL", "ftp://x.example.com"),
+        ])
+        .unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, ["WEBHOOK_BASE_URL", "MEDIA_BASE_URL"]);
+    }
+
+    #[test]
+    fn migrate_reads_only_the_database_settings() {
+        let migrate = |vars: &[(&str, &str)]| {
+            Config::load_migrate_from(
+                None,
+                vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+        };
+        let config = migrate(&[
+            ("APP_ENV", "production"),
+            (
+                "DATABASE_DIRECT_URL",
+                "postgres://u:p@db.example.com/app?sslmode=require",
+            ),
+        ])
+        .expect("no provider, storage or auth secret is needed");
+        assert_eq!(config.app_env, AppEnv::Production);
+        assert_eq!(config.auth_schema, "authjs");
+        let error = migrate(&[("APP_ENV", "production")]).unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, ["DATABASE_URL"]);
+        let error = migrate(&[
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://u:p@db.example.com/app"),
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("sslmode=require"), "{error}");
+    }
+
+    #[test]
     fn half_configured_provider_names_the_missing_variables() {
         let error = load(&[("TELNYX_API_KEY", "KEY123")]).unwrap_err();
         let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();

@@ -184,15 +184,17 @@ impl TelnyxSim {
         };
         // Telnyx's first webhook usually lands after its dial answer has been read.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let lifecycle = outbound_lifecycle(&self, &ccid, &call.client_state, &call.from, &call.to);
         // initiated, then (after ringing) answered and streaming.started; hangup is separate.
-        self.deliver_until_accepted(&call.webhook_url, &lifecycle[0])
+        // Each event is made when it happens, so its occurred_at is true.
+        let lifecycle =
+            || outbound_lifecycle(&self, &ccid, &call.client_state, &call.from, &call.to);
+        self.deliver_until_accepted(&call.webhook_url, &lifecycle()[0])
             .await;
         tokio::time::sleep(autopilot.answer_after).await;
         if self.lock().ended.get(&ccid).copied().unwrap_or(false) {
             return;
         }
-        for event in &lifecycle[1..3] {
+        for event in &lifecycle()[1..3] {
             self.deliver_until_accepted(&call.webhook_url, event).await;
         }
         if let Some(after) = autopilot.hangup_after {
