@@ -92,8 +92,8 @@ export async function seed(db, storage = "raw") {
       (5, '2099-05-05T05:05:05Z', $8),
       -- same token, an older expiry: the newest-expiring match must win
       (2, '2090-01-01T00:00:00Z', $3)`,
-    [TOKEN.ada, TOKEN.ada2, TOKEN.grace, TOKEN.expired, TOKEN.newcomer, TOKEN.plusEquals, TOKEN.longest, TOKEN.newcomer2].map(
-      (t) => stored(t, storage),
+    [TOKEN.ada, TOKEN.ada2, TOKEN.grace, TOKEN.expired, TOKEN.newcomer, TOKEN.plusEquals, TOKEN.longest, TOKEN.newcomer2].map((t) =>
+      stored(t, storage),
     ),
   );
   await db.query(

@@ -79,8 +79,10 @@ function checkDeployable(name) {
   }
   const placeholders = (env.hyperdrive ?? []).filter((h) => /^0{24,}/.test(h.id));
   for (const h of placeholders) {
-    console.error(`env.${name}: Hyperdrive binding ${h.binding} still has the placeholder id ${h.id}; ` +
-      "create it (npx wrangler hyperdrive create …) and put its id in wrangler.jsonc");
+    console.error(
+      `env.${name}: Hyperdrive binding ${h.binding} still has the placeholder id ${h.id}; ` +
+        "create it (npx wrangler hyperdrive create …) and put its id in wrangler.jsonc",
+    );
   }
   return placeholders.length === 0 ? 0 : 1;
 }
@@ -96,7 +98,11 @@ function secretsJson(names) {
 }
 
 const [command, ...args] = process.argv.slice(2);
-const commands = { "dry-run": () => dryRun(args), "check-deployable": () => checkDeployable(args[0]), "secrets-json": () => secretsJson(args) };
+const commands = {
+  "dry-run": () => dryRun(args),
+  "check-deployable": () => checkDeployable(args[0]),
+  "secrets-json": () => secretsJson(args),
+};
 if (!(command in commands)) {
   console.error("usage: wrangler-env.mjs dry-run ENV... | check-deployable ENV | secrets-json VAR...");
   process.exit(2);

@@ -15,16 +15,7 @@ import { credentialFrom, MALFORMED } from "./credential";
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import type { EdgeContext, EdgeHandler } from "./handlers";
-import {
-  answering,
-  headerValue,
-  type JsonBody,
-  jsonAnswer,
-  problemAnswer,
-  type Schema,
-  unauthorized,
-  type Answering,
-} from "./respond";
+import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, type Schema, unauthorized, type Answering } from "./respond";
 import { type CallRow, chronoText, type Principal, resolveSession } from "./sessions";
 
 /** The container's page size without `limit`. */

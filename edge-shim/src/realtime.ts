@@ -133,10 +133,7 @@ export function isWebSocketHandshake(headers: Headers): boolean {
   const upgrade = headerValue(headers, "upgrade");
   const version = headerValue(headers, "sec-websocket-version");
   return (
-    upgrade !== null &&
-    upgrade.toLowerCase() === "websocket" &&
-    version === "13" &&
-    headerValue(headers, "sec-websocket-key") !== null
+    upgrade !== null && upgrade.toLowerCase() === "websocket" && version === "13" && headerValue(headers, "sec-websocket-key") !== null
   );
 }
 
@@ -382,7 +379,13 @@ export class TranscribeSession {
         for (;;) {
           const event = await this.events.next("aai");
           if (event.kind === "close") {
-            throw noBegin(event.code === undefined ? "connection closed" : event.code === 1005 ? "closed without a reason" : `closed ${event.code}: ${event.reason ?? ""}`);
+            throw noBegin(
+              event.code === undefined
+                ? "connection closed"
+                : event.code === 1005
+                  ? "closed without a reason"
+                  : `closed ${event.code}: ${event.reason ?? ""}`,
+            );
           }
           if (event.kind !== "text") continue;
           let value: unknown;

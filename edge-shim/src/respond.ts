@@ -17,8 +17,11 @@ type Responses<P extends keyof paths, M extends Method> = NonNullable<paths[P][M
  * handler's JSON answer is typed with it, so a contract change in the container (a field
  * renamed, added as required, retyped) is a type error here after `npm run gen:types`.
  */
-export type JsonBody<P extends keyof paths, M extends Method, S extends keyof Responses<P, M>> =
-  Responses<P, M>[S] extends { content: { "application/json": infer Body } } ? Body : never;
+export type JsonBody<P extends keyof paths, M extends Method, S extends keyof Responses<P, M>> = Responses<P, M>[S] extends {
+  content: { "application/json": infer Body };
+}
+  ? Body
+  : never;
 /** The container's RFC 9457 problem (`Problem` in src/error.rs): its members plus extensions. */
 export type ProblemBody = Schema<"Problem">;
 

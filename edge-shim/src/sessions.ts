@@ -174,11 +174,7 @@ export async function resolveSession(
   options: { orgId?: string | null; callLimit?: number } = {},
 ): Promise<Resolved | null> {
   const forms = await candidates(token, tokenStorage(env));
-  const result = await db.query<LookupRow>(lookupSql(authSchema(env)), [
-    forms,
-    options.orgId ?? null,
-    options.callLimit ?? 0,
-  ]);
+  const result = await db.query<LookupRow>(lookupSql(authSchema(env)), [forms, options.orgId ?? null, options.callLimit ?? 0]);
   const row = result.rows[0];
   if (row === undefined) return null;
   return {
