@@ -179,15 +179,9 @@ fn main() -> ExitCode {
     callbridge::tls::install_crypto_provider();
     // Sentry before the runtime, so worker threads inherit its hub (docs/PROVIDERS.md, Sentry).
     let _telemetry = telemetry::init(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("callbridge: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,6 +235,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// The multi-threaded Tokio runtime every async role runs on.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("callbridge: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
 /// `callbridge config check`: loads exactly as `serve` would, connects to nothing.
 fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     match Config::load(file) {
@@ -270,15 +275,9 @@ fn migrate(file: Option<&std::path::Path>, dry_run: bool) -> ExitCode {
     };
     callbridge::tls::install_crypto_provider();
     let _telemetry = telemetry::init_logs(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("callbridge: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let target = callbridge::config::database_target(config.direct_url.expose());
     if dry_run {

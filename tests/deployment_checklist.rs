@@ -35,32 +35,6 @@ fn checklist_commands() -> Vec<(String, String)> {
     commands
 }
 
-/// A production environment that passes `callbridge config check` (no host is contacted).
-const PRODUCTION: &[(&str, &str)] = &[
-    ("APP_ENV", "production"),
-    ("PUBLIC_BASE_URL", "https://api.callbridge.app"),
-    ("WEBHOOK_BASE_URL", "https://api.callbridge.app"),
-    ("MEDIA_BASE_URL", "https://origin.callbridge.app"),
-    ("ALLOWED_ORIGINS", "https://app.callbridge.app"),
-    ("AUTH_SECRET", "0123456789abcdef0123456789abcdef"),
-    ("R2_ENDPOINT", "https://account.r2.cloudflarestorage.com"),
-    ("R2_ACCESS_KEY_ID", "key"),
-    ("R2_SECRET_ACCESS_KEY", "secret"),
-    ("R2_BUCKET", "callbridge-recordings"),
-    ("TELNYX_API_KEY", "KEY"),
-    (
-        "TELNYX_PUBLIC_KEY",
-        "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
-    ),
-    ("TELNYX_CONNECTION_ID", "conn"),
-    ("ASSEMBLYAI_API_KEY", "aai"),
-    ("ASSEMBLYAI_WEBHOOK_SECRET", "aai-hook"),
-    ("DEEPL_API_KEY", "deepl"),
-    ("OPENAI_API_KEY", "openai"),
-    ("ELEVENLABS_API_KEY", "eleven"),
-    ("EDGE_SHARED_SECRET", "edge"),
-];
-
 #[tokio::test]
 async fn every_checklist_command_runs_in_its_dry_run_form() {
     let commands = checklist_commands();
@@ -91,7 +65,7 @@ async fn every_checklist_command_runs_in_its_dry_run_form() {
             .env("PATH", &path)
             .env("HOME", std::env::var("HOME").unwrap_or_default())
             .env("WRANGLER_SEND_METRICS", "false")
-            .envs(PRODUCTION.iter().copied())
+            .envs(common::PRODUCTION_ENV.iter().copied())
             // A local database needs no sslmode=require, even in production.
             .env("DATABASE_URL", common::database_url(&database))
             .env("DATABASE_DIRECT_URL", common::database_url(&database))
