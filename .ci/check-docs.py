@@ -78,10 +78,9 @@ def check_references(files: list[str]) -> list[str]:
     return problems
 
 
-CONTAINER_READ = re.compile(
-    r"\b(?:string|required|parsed|boolean|url|url_or|secret|provider_key|bounded|base_url_or_public)"
-    r"\(\s*\"([A-Z][A-Z0-9_]+)\""
-)
+# In src/config/: any reader method called with a variable name (`self.parsed("PORT", …)`,
+# and whatever reader a later change adds).
+CONTAINER_READ = re.compile(r"\.\w+\(\s*\"([A-Z][A-Z0-9_]+)\"")
 ENV_VAR = re.compile(r"env::var(?:_os)?\(\s*\"([A-Z][A-Z0-9_]+)\"")
 CLAP_ENV = re.compile(r"\benv\s*=\s*\"([A-Z][A-Z0-9_]+)\"")
 TS_ENV = re.compile(r"process\.env\.([A-Z][A-Z0-9_]+)|process\.env\[\"([A-Z][A-Z0-9_]+)\"\]")
@@ -96,7 +95,8 @@ def variables() -> dict[str, tuple[str, str]]:
             continue  # simulators configure themselves by argument, not environment
         text = path.read_text(encoding="utf-8")
         text = text.split("#[cfg(test)]", 1)[0]
-        for pattern in (CONTAINER_READ, ENV_VAR, CLAP_ENV):
+        patterns = (CONTAINER_READ, ENV_VAR, CLAP_ENV) if rel.startswith("src/config/") else (ENV_VAR, CLAP_ENV)
+        for pattern in patterns:
             for match in pattern.finditer(text):
                 line = text.count("\n", 0, match.start()) + 1
                 found.setdefault(match.group(1), ("container", f"{rel}:{line}"))
