@@ -135,8 +135,8 @@ impl FromRequestParts<AppState> for CurrentUser {
 }
 
 /// The organisation a request acts in (`X-Org-Id`, else the caller's stored active
-/// organisation, else their personal one) and the caller's role there. Not a member (or no such organisation) is 404: existence is not
-/// revealed to outsiders.
+/// organisation, else their personal one) and the caller's role there. Not a member (or no
+/// such organisation) is 404: existence is not revealed to outsiders.
 #[derive(Debug, Clone)]
 pub struct OrgContext {
     pub user: CurrentUser,
