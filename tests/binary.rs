@@ -246,6 +246,16 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     common::drop_database_blocking(&database);
 }
 
+/// A test that fails midway must not leave its server running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// An empty database (not the migrated template): what a newcomer's machine has.
 async fn empty_database() -> String {
     let name = format!("cbt_{}", uuid::Uuid::new_v4().simple());
