@@ -417,6 +417,7 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
             );
         }
         "completeRecordingUpload" => return json_body(json!({"version": 1})),
+        "setActiveOrganisation" => return json_body(json!({"organisation_id": f.organisation_id})),
         "createRealtimeToken" => {
             return json_body(json!({"encoding": "pcm_s16le", "sample_rate": 16000}));
         }

@@ -96,6 +96,8 @@ test("every operation of the document, through the typed client, answers as docu
   const me = await ok(api.GET("/api/me"));
   assert.ok(me.active_organisation_id, "a new user has a personal organisation");
   const orgId = me.active_organisation_id;
+  const active = await ok(api.PUT("/api/me/active-organisation", { body: { organisation_id: orgId } }));
+  assert.equal(active.active_organisation_id, orgId);
   const asBearer = await ok(createApiClient(bearerSession).GET("/api/me"));
   assert.equal(asBearer.session.source, "bearer");
   const debug = await ok(anonymous.GET("/internal/debug/session", { headers: { "X-Debug-Token": config.debugToken } }));
