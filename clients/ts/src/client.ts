@@ -75,8 +75,7 @@ export class ApiProblem extends Error {
       title: typeof fields.title === "string" ? fields.title : response.statusText || "Error",
       status: typeof fields.status === "number" ? fields.status : response.status,
       detail: typeof fields.detail === "string" ? fields.detail : null,
-      request_id:
-        typeof fields.request_id === "string" ? fields.request_id : (response.headers.get("x-request-id") ?? ""),
+      request_id: typeof fields.request_id === "string" ? fields.request_id : (response.headers.get("x-request-id") ?? ""),
     });
   }
 }

@@ -81,8 +81,7 @@ async function* frames(body: ReadableStream<Uint8Array>): AsyncGenerator<Frame> 
       const { value, done } = await reader.read();
       if (done) return;
       buffer += decoder.decode(value, { stream: true });
-      let newline: number;
-      while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      for (let newline = buffer.search(/\r\n|\r|\n/); newline >= 0; newline = buffer.search(/\r\n|\r|\n/)) {
         const line = buffer.slice(0, newline);
         buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
         if (line === "") {
@@ -159,7 +158,7 @@ export async function* followCallEvents(
         credentials: client.credentials ?? "include",
         ...(options.signal ? { signal: options.signal } : {}),
       });
-    } catch (error) {
+    } catch {
       if (options.signal?.aborted) return;
       continue; // the network: try again
     }
@@ -179,7 +178,7 @@ export async function* followCallEvents(
         if (event.id !== null) lastEventId = event.id;
         yield event;
       }
-    } catch (error) {
+    } catch {
       if (options.signal?.aborted) return;
       // A dropped connection: resume after the last event.
     }

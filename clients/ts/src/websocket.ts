@@ -7,7 +7,7 @@ import type { operations } from "./generated/openapi.js";
 type Query<Op extends keyof operations> = NonNullable<operations[Op]["parameters"]["query"]>;
 
 function wsUrl(baseUrl: string, path: string, query: Record<string, string | number | null | undefined>): string {
-  const url = new URL(path, baseUrl.replace(/\/+$/, "") + "/");
+  const url = new URL(path, `${baseUrl.replace(/\/+$/, "")}/`);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   for (const [name, value] of Object.entries(query)) {
     if (value !== undefined && value !== null) url.searchParams.set(name, String(value));
@@ -21,9 +21,6 @@ export function realtimeTranscriptionUrl(baseUrl: string, query: Query<"connectR
 }
 
 /** `GET /media/telnyx/{stream_token}` (connectTelnyxMediaStream): where Telnyx streams a call's media. */
-export function telnyxMediaStreamUrl(
-  baseUrl: string,
-  path: operations["connectTelnyxMediaStream"]["parameters"]["path"],
-): string {
+export function telnyxMediaStreamUrl(baseUrl: string, path: operations["connectTelnyxMediaStream"]["parameters"]["path"]): string {
   return wsUrl(baseUrl, `media/telnyx/${encodeURIComponent(path.stream_token)}`, {});
 }

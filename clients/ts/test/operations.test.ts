@@ -25,10 +25,7 @@ import {
 
 /** The Telnyx simulator's fixed test key (`callbridge sim`), to sign webhooks as Telnyx does. */
 const TELNYX_KEY = createPrivateKey({
-  key: Buffer.concat([
-    Buffer.from("302e020100300506032b657004220420", "hex"),
-    Buffer.from("callbridge-telnyx-sim-test-key!!", "ascii"),
-  ]),
+  key: Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), Buffer.from("callbridge-telnyx-sim-test-key!!", "ascii")]),
   format: "der",
   type: "pkcs8",
 });
@@ -111,9 +108,7 @@ test("every operation of the document, through the typed client, answers as docu
   for (const user_id of [first, second]) {
     await ok(api.POST("/api/orgs/{id}/members", { params: { path: { id: orgId } }, body: { user_id, role: "member" } }));
   }
-  const added = await ok(
-    api.POST("/api/orgs/{id}/members", { params: { path: { id: orgId } }, body: { email: config.addableEmail } }),
-  );
+  const added = await ok(api.POST("/api/orgs/{id}/members", { params: { path: { id: orgId } }, body: { email: config.addableEmail } }));
   assert.equal(added.role, "member");
   const members = await ok(api.GET("/api/orgs/{id}/members", { params: { path: { id: orgId } } }));
   assert.equal(members.length, 4);
@@ -255,23 +250,19 @@ test("error answers are typed ApiProblems carrying the request id", async () => 
   assert.equal(failure.type, "urn:callbridge:problem:unauthenticated");
   assert.ok(failure.requestId.length > 0);
 
-  const notFound = await ok(api.GET("/api/calls/{id}", { params: { path: { id: randomUUID() } } })).catch(
-    (error: unknown) => error,
-  );
+  const notFound = await ok(api.GET("/api/calls/{id}", { params: { path: { id: randomUUID() } } })).catch((error: unknown) => error);
   assert.ok(notFound instanceof ApiProblem);
   assert.equal(notFound.status, 404);
 
-  const invalid = await ok(api.POST("/api/phone-numbers", { body: { number: "not a number" } })).catch(
-    (error: unknown) => error,
-  );
+  const invalid = await ok(api.POST("/api/phone-numbers", { body: { number: "not a number" } })).catch((error: unknown) => error);
   assert.ok(invalid instanceof ApiProblem);
   assert.equal(invalid.status, 422);
   assert.match(invalid.detail ?? "", /E\.164/);
 
   // A malformed organisation id is a 400 the document lists (checked by checkingFetch).
-  const badOrg = await ok(
-    createApiClient({ ...cookieSession, organisationId: "not-a-uuid" }).GET("/api/phone-numbers"),
-  ).catch((error: unknown) => error);
+  const badOrg = await ok(createApiClient({ ...cookieSession, organisationId: "not-a-uuid" }).GET("/api/phone-numbers")).catch(
+    (error: unknown) => error,
+  );
   assert.ok(badOrg instanceof ApiProblem);
   assert.equal(badOrg.status, 400);
   assert.deepEqual(violations, []);

@@ -100,11 +100,14 @@ test("a dropped connection resumes with Last-Event-ID, without loss or duplicate
   const third = await durable(stream, 1, controller);
   controller.abort();
   await stream.return(undefined);
-  assert.deepEqual([...firstTwo, ...third], [
-    { id: 1, kind: "call.created" },
-    { id: 2, kind: "call.dialing" },
-    { id: 3, kind: "call.hangup_requested" },
-  ]);
+  assert.deepEqual(
+    [...firstTwo, ...third],
+    [
+      { id: 1, kind: "call.created" },
+      { id: 2, kind: "call.dialing" },
+      { id: 3, kind: "call.hangup_requested" },
+    ],
+  );
   assert.deepEqual(reconnects, [1]);
   assert.deepEqual(sentLastEventIds.slice(0, 2), [null, "1"]);
 });

@@ -42,19 +42,18 @@ export interface DocumentedOperation {
 
 export const document = (await (await fetch(`${config.baseUrl}/api/openapi.json`)).json()) as Json;
 
-export const operations: DocumentedOperation[] = Object.entries(document.paths as Record<string, Json>).flatMap(
-  ([path, item]) =>
-    METHODS.filter((m) => item[m] !== undefined).map((method) => {
-      const op = item[method] as Json;
-      const pattern = new RegExp(`^${path.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{[^}]+\}/g, "[^/]+")}$`);
-      return {
-        operationId: op.operationId as string,
-        method: method.toUpperCase(),
-        path,
-        pattern,
-        responses: op.responses as DocumentedOperation["responses"],
-      };
-    }),
+export const operations: DocumentedOperation[] = Object.entries(document.paths as Record<string, Json>).flatMap(([path, item]) =>
+  METHODS.filter((m) => item[m] !== undefined).map((method) => {
+    const op = item[method] as Json;
+    const pattern = new RegExp(`^${path.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{[^}]+\}/g, "[^/]+")}$`);
+    return {
+      operationId: op.operationId as string,
+      method: method.toUpperCase(),
+      path,
+      pattern,
+      responses: op.responses as DocumentedOperation["responses"],
+    };
+  }),
 );
 
 // Ajv reads the document itself as a schema resource, so `$ref`s into components resolve.
