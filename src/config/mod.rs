@@ -120,6 +120,9 @@ pub struct MediaConfig {
     /// `MEDIA_IDLE_REPLAY_MS`: while no turn is open, how much of the newest audio a live
     /// session keeps for replay (AssemblyAI reports a turn's first words well within it).
     pub idle_replay_ms: usize,
+    /// `MEDIA_TAIL_DELIVERY_SECS`: after a hang-up, how long a track keeps trying to reach
+    /// AssemblyAI with the audio it still holds before recording it as a gap.
+    pub tail_delivery: Duration,
     /// `TRANSLATION_BREAKER_COOLDOWN_SECS`: how long DeepL is skipped after its circuit opens.
     pub translation_cooldown: Duration,
 }
@@ -728,6 +731,9 @@ impl Reader {
             idle_replay_ms: self
                 .parsed("MEDIA_IDLE_REPLAY_MS", 1000usize)
                 .clamp(batch_ms, 120_000),
+            tail_delivery: Duration::from_secs(
+                self.parsed("MEDIA_TAIL_DELIVERY_SECS", 30u64).clamp(1, 600),
+            ),
             translation_cooldown: Duration::from_secs(
                 self.parsed("TRANSLATION_BREAKER_COOLDOWN_SECS", 30u64),
             ),
