@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod authjs;
+#[cfg(feature = "sim")]
+pub mod soak;
 pub mod sse;
 pub mod tcp_proxy;
 #[cfg(feature = "sim")]
