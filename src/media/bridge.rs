@@ -54,6 +54,13 @@ enum AaiEvent {
         generation: u64,
         message: ServerMessage,
     },
+    /// The session answered the ping sent after the batch ending at `through_ms`: it has
+    /// read all the audio up to there.
+    Heard {
+        track: Track,
+        generation: u64,
+        through_ms: u64,
+    },
     Closed {
         track: Track,
         generation: u64,
@@ -549,6 +556,16 @@ impl Bridge {
                                     return;
                                 }
                             }
+                            Some(Ok(AaiMessage::Pong(payload))) => {
+                                let Ok(through) = <[u8; 8]>::try_from(payload.as_ref()) else {
+                                    continue;
+                                };
+                                let through_ms = u64::from_be_bytes(through);
+                                let heard = AaiEvent::Heard { track, generation, through_ms };
+                                if events.send(heard).await.is_err() {
+                                    return;
+                                }
+                            }
                             Some(Ok(AaiMessage::Close(frame))) => {
                                 break assemblyai::describe_close(frame.as_ref());
                             }
@@ -603,7 +620,8 @@ impl Bridge {
             .saturating_sub((padding / MULAW_BYTES_PER_MS) as u64);
         state.next_offset_ms = batch.end_ms();
         if state.phase == Phase::Live {
-            batch.sent = send_batch(state, &batch, &self.meters.batches_sent).await;
+            let bytes = batch.bytes.clone();
+            send_batch(state, batch.offset_ms, batch.end_ms(), bytes, &self.meters.batches_sent).await;
         }
         state.replay.push(batch);
         if state.phase == Phase::Live
@@ -644,11 +662,14 @@ impl Bridge {
                 state.last_final_order = None;
                 // Replay what the last session never finished.
                 for index in 0..state.replay.len() {
-                    let Some(batch) = state.replay.take(index) else {
+                    let Some((offset_ms, end_ms, bytes)) = state
+                        .replay
+                        .get(index)
+                        .map(|b| (b.offset_ms, b.end_ms(), b.bytes.clone()))
+                    else {
                         break;
                     };
-                    let sent = send_batch(state, &batch, &self.meters.batches_sent).await;
-                    state.replay.put_back(index, batch, sent);
+                    send_batch(state, offset_ms, end_ms, bytes, &self.meters.batches_sent).await;
                 }
                 self.close_gap(track);
                 if stopping {
@@ -689,11 +710,24 @@ impl Bridge {
                     }
                     ServerMessage::Termination => {
                         if let Some(state) = self.tracks.get_mut(&track) {
+                            // After `Terminate`: the session processed all it was sent.
+                            state.replay.all_heard();
                             state.phase = Phase::Finished;
                             state.sink = None;
                         }
                     }
                     ServerMessage::Begin { .. } | ServerMessage::Other => {}
+                }
+            }
+            AaiEvent::Heard {
+                track,
+                generation,
+                through_ms,
+            } => {
+                if let Some(state) = self.tracks.get_mut(&track)
+                    && state.generation == generation
+                {
+                    state.replay.heard_through(through_ms);
                 }
             }
             AaiEvent::Closed {
@@ -710,8 +744,14 @@ impl Bridge {
                 }
                 state.sink = None;
                 match state.phase {
-                    Phase::Terminating | Phase::Finished => state.phase = Phase::Finished,
+                    Phase::Finished => {}
+                    Phase::Terminating => {
+                        // Closed without `Termination`: its last turn may never come.
+                        state.replay.session_dropped(state.turn_open);
+                        state.phase = Phase::Finished;
+                    }
                     _ => {
+                        state.replay.session_dropped(state.turn_open);
                         tracing::warn!(%call_id, track = track.as_str(), %reason, "AssemblyAI session dropped; reconnecting");
                         metrics::counter!("assemblyai_reconnects_total").increment(1);
                         schedule_retry(state);
@@ -950,8 +990,9 @@ impl Bridge {
             .get_mut(&track)
             .map(|t| t.replay.take_gaps())
             .unwrap_or_default();
-        for (start, end) in gaps {
-            self.record_gap(track, start, end - start, "assemblyai_unavailable");
+        for gap in gaps {
+            let duration = gap.end_ms - gap.start_ms;
+            self.record_gap(track, gap.start_ms, duration, gap.kind.reason());
         }
     }
 
@@ -997,18 +1038,23 @@ impl Bridge {
     }
 }
 
-/// Sends a batch to the track's session; true when the session took it.
-async fn send_batch(state: &mut TrackState, batch: &Batch, sent: &metrics::Counter) -> bool {
+/// Sends a batch to the track's session, followed by a ping carrying the batch's end: the
+/// pong tells which audio the session has read (`AaiEvent::Heard`). One flush for both.
+async fn send_batch(
+    state: &mut TrackState,
+    offset_ms: u64,
+    end_ms: u64,
+    bytes: Vec<u8>,
+    sent: &metrics::Counter,
+) {
     let Some(sink) = state.sink.as_mut() else {
-        return false;
+        return;
     };
-    let (offset_ms, end_ms) = (batch.offset_ms, batch.end_ms());
-    if sink
-        .send(AaiMessage::Binary(batch.bytes.clone().into()))
-        .await
-        .is_err()
+    let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
+    if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err()
+        || sink.send(ping).await.is_err()
     {
-        return false;
+        return;
     }
     sent.increment(1);
     state.session_base_ms.get_or_insert(offset_ms);
@@ -1016,7 +1062,6 @@ async fn send_batch(state: &mut TrackState, batch: &Batch, sent: &metrics::Count
     while state.sent_at.len() > 64 {
         state.sent_at.pop_front();
     }
-    true
 }
 
 fn schedule_retry(state: &mut TrackState) {

@@ -1,12 +1,47 @@
 //! The audio a track holds for replay to a new AssemblyAI session, and the account of what
-//! never reached AssemblyAI. Every batch remembers whether a session was sent it; a batch
-//! that leaves the buffer unsent (overflow while disconnected, or still held when the track
-//! gives up) is lost audio, reported as a gap in track milliseconds. Nothing else is a gap:
-//! audio a session already heard is not lost when it is trimmed. Pure and synchronous.
+//! was lost. Every batch knows whether a session *heard* it: the session answered a
+//! WebSocket ping sent after it (frames are read in order), finished cleanly, or transcribed
+//! it. Written is not heard: a session that drops has not read what was still in flight.
+//!
+//! A batch that leaves the buffer without a transcript (overflow while disconnected, or
+//! still held when the track gives up) is reported as a gap in track milliseconds, of one of
+//! two kinds: `Unheard` (AssemblyAI never read it) or `Untranscribed` (read only by a
+//! session that dropped in the middle of a turn, so its words never came back). Audio a
+//! live session heard with no turn open, and audio a final turn covers, is never a gap.
+//! Pure and synchronous.
 
 use std::collections::VecDeque;
 
 use super::audio::MULAW_BYTES_PER_MS;
+
+/// What AssemblyAI has done with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    No,
+    Yes,
+    /// Read by a session that dropped while a turn was open: its words are lost unless a
+    /// new session hears it again.
+    ByDroppedSession,
+}
+
+/// Why audio has no transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// AssemblyAI never read it.
+    Unheard,
+    /// Read by a session that dropped before finishing the turn, and not replayed.
+    Untranscribed,
+}
+
+impl GapKind {
+    /// The `reason` stored with the gap.
+    pub fn reason(self) -> &'static str {
+        match self {
+            GapKind::Unheard => "assemblyai_unavailable",
+            GapKind::Untranscribed => "assemblyai_dropped_turn",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Batch {
@@ -15,8 +50,7 @@ pub struct Batch {
     pub bytes: Vec<u8>,
     /// Audio it carries; less than `bytes` for a tail padded with silence.
     pub audio_ms: u64,
-    /// Some AssemblyAI session was sent it.
-    pub sent: bool,
+    pub heard: Heard,
 }
 
 impl Batch {
@@ -26,7 +60,7 @@ impl Batch {
             offset_ms,
             bytes,
             audio_ms,
-            sent: false,
+            heard: Heard::No,
         }
     }
 
@@ -35,13 +69,21 @@ impl Batch {
     }
 }
 
+/// A stretch of lost audio, `start_ms..end_ms` on the track's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub kind: GapKind,
+}
+
 pub struct ReplayBuffer {
     held: VecDeque<Batch>,
     held_bytes: usize,
     cap_bytes: usize,
     /// The gap growing now, and finished ones not yet taken.
-    open_gap: Option<(u64, u64)>,
-    gaps: Vec<(u64, u64)>,
+    open_gap: Option<Gap>,
+    gaps: Vec<Gap>,
 }
 
 impl ReplayBuffer {
@@ -55,7 +97,7 @@ impl ReplayBuffer {
         }
     }
 
-    /// Holds a batch; beyond the cap the oldest leave (lost if never sent).
+    /// Holds a batch; beyond the cap the oldest leave (a gap unless heard).
     pub fn push(&mut self, batch: Batch) {
         self.held_bytes += batch.bytes.len();
         self.held.push_back(batch);
@@ -72,28 +114,35 @@ impl ReplayBuffer {
         self.held.is_empty()
     }
 
-    pub fn first_offset(&self) -> Option<u64> {
-        self.held.front().map(|b| b.offset_ms)
+    /// The `index`th batch held, oldest first (a new session is sent them all).
+    pub fn get(&self, index: usize) -> Option<&Batch> {
+        self.held.get(index)
     }
 
-    /// Lends out the `index`th batch held, oldest first (a new session is sent them all),
-    /// leaving an empty one in its place until `put_back`.
-    pub fn take(&mut self, index: usize) -> Option<Batch> {
-        let slot = self.held.get_mut(index)?;
-        let empty = Batch {
-            offset_ms: slot.offset_ms,
-            bytes: Vec::new(),
-            audio_ms: slot.audio_ms,
-            sent: slot.sent,
-        };
-        Some(std::mem::replace(slot, empty))
+    /// A session read everything sent to it up to `end_ms` (its pong came back).
+    pub fn heard_through(&mut self, end_ms: u64) {
+        for batch in self.held.iter_mut().take_while(|b| b.end_ms() <= end_ms) {
+            batch.heard = Heard::Yes;
+        }
     }
 
-    /// Returns a batch lent by `take`, marked sent if the session took it.
-    pub fn put_back(&mut self, index: usize, mut batch: Batch, sent: bool) {
-        batch.sent |= sent;
-        if let Some(slot) = self.held.get_mut(index) {
-            *slot = batch;
+    /// A session finished cleanly after everything held was sent to it.
+    pub fn all_heard(&mut self) {
+        for batch in &mut self.held {
+            batch.heard = Heard::Yes;
+        }
+    }
+
+    /// The session dropped. With a turn open, what it heard since the last final turn has
+    /// no transcript yet: it counts as lost unless a new session hears it again.
+    pub fn session_dropped(&mut self, turn_open: bool) {
+        if !turn_open {
+            return;
+        }
+        for batch in &mut self.held {
+            if batch.heard == Heard::Yes {
+                batch.heard = Heard::ByDroppedSession;
+            }
         }
     }
 
@@ -105,22 +154,25 @@ impl ReplayBuffer {
         }
     }
 
-    /// A final turn covers the audio up to `end_ms`: it needs no replay.
+    /// A final turn covers the audio up to `end_ms`: it was heard and needs no replay.
     pub fn transcribed_through(&mut self, end_ms: u64) {
         while self.held.front().is_some_and(|b| b.end_ms() <= end_ms) {
+            if let Some(batch) = self.held.front_mut() {
+                batch.heard = Heard::Yes;
+            }
             self.discard_front();
         }
     }
 
-    /// The track gives up (its deadline passed): whatever was never sent is lost.
+    /// The track gives up (its deadline passed): whatever has no transcript is lost.
     pub fn abandon(&mut self) {
         while !self.held.is_empty() {
             self.discard_front();
         }
     }
 
-    /// The gaps recorded so far, `(start_ms, end_ms)`, oldest first; the buffer forgets them.
-    pub fn take_gaps(&mut self) -> Vec<(u64, u64)> {
+    /// The gaps recorded so far, oldest first; the buffer forgets them.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
         let mut gaps = std::mem::take(&mut self.gaps);
         gaps.extend(self.open_gap.take());
         gaps
@@ -131,17 +183,26 @@ impl ReplayBuffer {
             return;
         };
         self.held_bytes -= batch.bytes.len();
-        if !batch.sent {
-            self.lose(batch.offset_ms, batch.end_ms());
-        }
+        let kind = match batch.heard {
+            Heard::Yes => return,
+            Heard::No => GapKind::Unheard,
+            Heard::ByDroppedSession => GapKind::Untranscribed,
+        };
+        self.lose(Gap {
+            start_ms: batch.offset_ms,
+            end_ms: batch.end_ms(),
+            kind,
+        });
     }
 
-    fn lose(&mut self, start: u64, end: u64) {
+    fn lose(&mut self, lost: Gap) {
         match &mut self.open_gap {
-            Some(gap) if start <= gap.1 => gap.1 = gap.1.max(end),
+            Some(gap) if gap.kind == lost.kind && lost.start_ms <= gap.end_ms => {
+                gap.end_ms = gap.end_ms.max(lost.end_ms);
+            }
             open => {
                 self.gaps.extend(open.take());
-                *open = Some((start, end));
+                *open = Some(lost);
             }
         }
     }
@@ -151,14 +212,22 @@ impl ReplayBuffer {
 mod tests {
     use super::*;
 
-    fn batch(offset_ms: u64, sent: bool) -> Batch {
+    fn batch(offset_ms: u64, heard: bool) -> Batch {
         let mut batch = Batch::new(offset_ms, vec![0xFF; 800]);
-        batch.sent = sent;
+        batch.heard = if heard { Heard::Yes } else { Heard::No };
         batch
     }
 
+    fn unheard(start_ms: u64, end_ms: u64) -> Gap {
+        Gap {
+            start_ms,
+            end_ms,
+            kind: GapKind::Unheard,
+        }
+    }
+
     #[test]
-    fn overflow_of_unsent_audio_is_a_gap_and_sent_audio_is_not() {
+    fn overflow_of_unheard_audio_is_a_gap_and_heard_audio_is_not() {
         let mut buffer = ReplayBuffer::new(3 * 800);
         buffer.push(batch(0, true));
         buffer.push(batch(100, true));
@@ -170,7 +239,7 @@ mod tests {
         assert_eq!(buffer.first_offset(), Some(500));
         assert_eq!(
             buffer.take_gaps(),
-            vec![(200, 500)],
+            vec![unheard(200, 500)],
             "only audio no session heard"
         );
         assert!(buffer.take_gaps().is_empty(), "taken once");
@@ -183,7 +252,10 @@ mod tests {
         buffer.push(batch(100, true));
         buffer.push(batch(200, false));
         buffer.push(batch(300, false));
-        assert_eq!(buffer.take_gaps(), vec![(0, 100), (200, 300)]);
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![unheard(0, 100), unheard(200, 300)]
+        );
     }
 
     #[test]
@@ -200,7 +272,54 @@ mod tests {
     }
 
     #[test]
-    fn abandoning_reports_the_unsent_tail_with_its_real_length() {
+    fn a_pong_confirms_what_was_sent_before_it() {
+        let mut buffer = ReplayBuffer::new(2 * 800);
+        for offset in (0..400).step_by(100) {
+            buffer.push(batch(offset, false));
+            if offset == 100 {
+                buffer.heard_through(200);
+            }
+        }
+        // 0–200 heard before they overflowed; 200–400 still held.
+        assert!(buffer.take_gaps().is_empty());
+        buffer.heard_through(300);
+        buffer.abandon();
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![unheard(300, 400)],
+            "in flight when the track gave up"
+        );
+    }
+
+    #[test]
+    fn audio_a_dropped_session_heard_mid_turn_is_untranscribed_unless_heard_again() {
+        let mut buffer = ReplayBuffer::new(3 * 800);
+        buffer.push(batch(0, true));
+        buffer.push(batch(100, true));
+        buffer.session_dropped(true);
+        buffer.push(batch(200, false));
+        buffer.push(batch(300, false));
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![Gap {
+                start_ms: 0,
+                end_ms: 100,
+                kind: GapKind::Untranscribed
+            }]
+        );
+        buffer.heard_through(400); // replayed to a new session
+        buffer.abandon();
+        assert!(buffer.take_gaps().is_empty());
+
+        let mut silent = ReplayBuffer::new(800);
+        silent.push(batch(0, true));
+        silent.session_dropped(false);
+        silent.push(batch(100, false));
+        assert!(silent.take_gaps().is_empty(), "no turn was open: nothing lost");
+    }
+
+    #[test]
+    fn abandoning_reports_the_unheard_tail_with_its_real_length() {
         let mut buffer = ReplayBuffer::new(100 * 800);
         buffer.push(batch(0, true));
         buffer.push(batch(100, false));
@@ -209,6 +328,6 @@ mod tests {
         buffer.push(tail);
         buffer.abandon();
         assert!(buffer.is_empty());
-        assert_eq!(buffer.take_gaps(), vec![(100, 240)]);
+        assert_eq!(buffer.take_gaps(), vec![unheard(100, 240)]);
     }
 }

@@ -80,12 +80,15 @@ impl Heard {
     }
 }
 
-/// The gaps recorded for a call's track, `(start_ms, end_ms)`.
+/// The gaps recorded for a call's track for audio AssemblyAI never read (reasons
+/// `assemblyai_unavailable` and `bridge_lost`), `(start_ms, end_ms)`.
 pub async fn recorded_gaps(app: &TestApp, call_id: Uuid, track: &str) -> Vec<(u64, u64)> {
     app.db()
         .await
         .query(
-            "select start_ms, duration_ms from transcript_gaps where call_id = $1 and track = $2 order by start_ms",
+            "select start_ms, duration_ms from transcript_gaps
+             where call_id = $1 and track = $2 and reason in ('assemblyai_unavailable', 'bridge_lost')
+             order by start_ms",
             &[&call_id, &track],
         )
         .await
@@ -96,6 +99,21 @@ pub async fn recorded_gaps(app: &TestApp, call_id: Uuid, track: &str) -> Vec<(u6
             (start as u64, (start + duration) as u64)
         })
         .collect()
+}
+
+/// Milliseconds recorded as `assemblyai_dropped_turn`: audio AssemblyAI read on a session
+/// that dropped mid-turn and that could not be replayed.
+pub async fn untranscribed_ms(app: &TestApp, calls: &[Uuid]) -> i64 {
+    app.db()
+        .await
+        .query_one(
+            "select coalesce(sum(duration_ms), 0)::bigint from transcript_gaps
+             where call_id = any($1) and reason = 'assemblyai_dropped_turn'",
+            &[&calls],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 fn normalised(intervals: &[(u64, u64)]) -> Vec<(u64, u64)> {
