@@ -464,7 +464,10 @@ async fn an_assemblyai_outage_gap_is_exactly_the_audio_no_session_heard() {
         let lost = heard.lost(soak::stream_tag(0, t), frames);
         let recorded = soak::recorded_gaps(&m.app, call_id, track).await;
         let check = GapCheck::of(&lost, &recorded);
-        assert!(check.lost_ms > 0, "{track}: the outage outlasted the buffer");
+        assert!(
+            check.lost_ms > 0,
+            "{track}: the outage outlasted the buffer"
+        );
         assert!(
             check.within(100),
             "{track}: lost {lost:?}, recorded {recorded:?} ({check:?})"
@@ -487,7 +490,11 @@ async fn audio_held_at_hang_up_is_delivered_once_assemblyai_accepts_again() {
     let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
     soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
     let turns = m.turns(call_id).await;
-    assert_eq!(turns.len(), 2, "each track's last turn transcribed: {turns:?}");
+    assert_eq!(
+        turns.len(),
+        2,
+        "each track's last turn transcribed: {turns:?}"
+    );
     for (t, track) in soak::TRACKS.iter().enumerate() {
         assert!(
             heard.lost(soak::stream_tag(0, t), frames).is_empty(),

@@ -168,7 +168,10 @@ async fn a_deploy_detaches_live_streams_and_another_replica_restarts_them_at_onc
     let starts = a.sim.commands_named("streaming_start");
     assert_eq!(starts.len(), 1);
     assert_eq!(starts[0].call_control_id.as_deref(), Some(ccid.as_str()));
-    assert!(gaps(&b, call_id).await.is_empty(), "recorded when the stream returns");
+    assert!(
+        gaps(&b, call_id).await.is_empty(),
+        "recorded when the stream returns"
+    );
     let turns: i64 = b
         .db()
         .await

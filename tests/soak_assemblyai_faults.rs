@@ -100,12 +100,7 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         let played = player.await.unwrap().expect("the call streamed to its end");
         hung_up = hung_up.min(played.started.unwrap() + Duration::from_millis(call_ms));
     }
-    soak::wait_for_streams_to_end(
-        &app,
-        &ids,
-        Duration::from_secs(TAIL_DELIVERY_SECS + 10),
-    )
-    .await;
+    soak::wait_for_streams_to_end(&app, &ids, Duration::from_secs(TAIL_DELIVERY_SECS + 10)).await;
     let ended_after = hung_up.elapsed();
     let sessions_after_hang_up = aai.sessions().len() - sessions_before_hang_up;
 

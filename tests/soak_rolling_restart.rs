@@ -102,7 +102,10 @@ async fn a_rolling_restart_loses_no_turn_and_reports_the_time_away_as_the_gap() 
     a.app.stop().await;
     let mut call_clocks = Vec::new();
     for player in on_a {
-        let played = player.await.unwrap().expect("A streamed until its shutdown");
+        let played = player
+            .await
+            .unwrap()
+            .expect("A streamed until its shutdown");
         call_clocks.push(played.started.expect("the call's audio began"));
     }
 

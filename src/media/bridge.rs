@@ -370,9 +370,7 @@ impl Bridge {
         for track in self.tracks.values_mut() {
             let overdue = match track.phase {
                 Phase::Finished => false,
-                Phase::Terminating => {
-                    track.terminate_by.unwrap_or(stopping + STOP_DEADLINE) <= now
-                }
+                Phase::Terminating => track.terminate_by.unwrap_or(stopping + STOP_DEADLINE) <= now,
                 Phase::Live => stopping + STOP_DEADLINE <= now,
                 Phase::Connecting | Phase::Waiting(_) => stopping + tail_bound <= now,
             };
@@ -405,10 +403,7 @@ impl Bridge {
     fn positions(&self) -> Vec<(Track, u64, Duration)> {
         self.tracks
             .values()
-            .filter_map(|t| {
-                t.clock
-                    .map(|c| (t.track, c.end_ms(), c.since_last_frame()))
-            })
+            .filter_map(|t| t.clock.map(|c| (t.track, c.end_ms(), c.since_last_frame())))
             .collect()
     }
 
@@ -561,7 +556,11 @@ impl Bridge {
                                     continue;
                                 };
                                 let through_ms = u64::from_be_bytes(through);
-                                let heard = AaiEvent::Heard { track, generation, through_ms };
+                                let heard = AaiEvent::Heard {
+                                    track,
+                                    generation,
+                                    through_ms,
+                                };
                                 if events.send(heard).await.is_err() {
                                     return;
                                 }
@@ -621,7 +620,14 @@ impl Bridge {
         state.next_offset_ms = batch.end_ms();
         if state.phase == Phase::Live {
             let bytes = batch.bytes.clone();
-            send_batch(state, batch.offset_ms, batch.end_ms(), bytes, &self.meters.batches_sent).await;
+            send_batch(
+                state,
+                batch.offset_ms,
+                batch.end_ms(),
+                bytes,
+                &self.meters.batches_sent,
+            )
+            .await;
         }
         state.replay.push(batch);
         if state.phase == Phase::Live
@@ -937,7 +943,9 @@ impl Bridge {
         self.stopping = Some(Instant::now());
         if self.state.shutdown.is_cancelled() {
             // The process is going away: give up in time to record what is lost.
-            self.tail_bound = self.tail_bound.min(self.state.config.http.shutdown_grace / 2);
+            self.tail_bound = self
+                .tail_bound
+                .min(self.state.config.http.shutdown_grace / 2);
         }
         let tracks: Vec<Track> = self.tracks.keys().copied().collect();
         for track in tracks {
@@ -1051,8 +1059,7 @@ async fn send_batch(
         return;
     };
     let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
-    if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err()
-        || sink.send(ping).await.is_err()
+    if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err() || sink.send(ping).await.is_err()
     {
         return;
     }

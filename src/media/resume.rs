@@ -93,8 +93,7 @@ impl Resume {
     /// Where the track's first frame, `frame_ms` long and received at `at`, begins. Without
     /// a previous stream: 0. After one: where it left off plus the time no frame arrived.
     pub fn origin(&self, track: Track, frame_ms: u64, at: Instant) -> Origin {
-        let (Some(previous), Some(loaded_at)) =
-            (self.previous.get(track.as_str()), self.loaded_at)
+        let (Some(previous), Some(loaded_at)) = (self.previous.get(track.as_str()), self.loaded_at)
         else {
             return Origin {
                 start_ms: 0,

@@ -79,7 +79,12 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
                 turn_index: next,
             },
         ),
-        Some(proposed) => (proposed, Stored::New { turn_index: proposed }),
+        Some(proposed) => (
+            proposed,
+            Stored::New {
+                turn_index: proposed,
+            },
+        ),
         None => (next, Stored::New { turn_index: next }),
     };
     transaction
@@ -102,7 +107,11 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
     )
     .await?;
     transaction.commit().await?;
-    if let Stored::Renumbered { proposed, turn_index } = stored {
+    if let Stored::Renumbered {
+        proposed,
+        turn_index,
+    } = stored
+    {
         metrics::counter!("transcript_turns_renumbered_total").increment(1);
         tracing::warn!(call_id = %turn.call_id, track = turn.track, proposed, turn_index, "turn index already taken by another turn; stored under the next free one");
     }

@@ -202,7 +202,10 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
         }
     }
     let (started, skip) = match options.call_started {
-        Some(call_started) => (call_started, call_started.elapsed().as_millis() as usize / 20),
+        Some(call_started) => (
+            call_started,
+            call_started.elapsed().as_millis() as usize / 20,
+        ),
         None => (tokio::time::Instant::now(), 0),
     };
     let realtime = options.realtime || options.call_started.is_some();
@@ -313,6 +316,12 @@ async fn listen(
     result
 }
 
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,12 +338,9 @@ mod tests {
             .map(|b| super::super::assemblyai::mulaw_to_linear(*b).unsigned_abs())
             .max();
         assert!(loudest <= Some(120), "{loudest:?}");
-        assert!(frame_tags(&[0xFF; 800]).is_empty(), "filled silence has no tag");
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at).await;
+        assert!(
+            frame_tags(&[0xFF; 800]).is_empty(),
+            "filled silence has no tag"
+        );
     }
 }

@@ -181,12 +181,7 @@ impl GapCheck {
 
 /// An answered call with a Telnyx call control id, in `session`'s organisation.
 pub async fn answered_call(app: &TestApp, session: &Session) -> Uuid {
-    let me: serde_json::Value = app
-        .get_as(session, "/api/me")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: serde_json::Value = app.get_as(session, "/api/me").await.json().await.unwrap();
     let org: Uuid = me["organisations"][0]["id"]
         .as_str()
         .unwrap()
