@@ -445,6 +445,31 @@ async fn play_tagged(
     (soak::frames_in(&inbound), hung_up)
 }
 
+/// Both tracks' sessions drop after `chunks` chunks; then `refusals` reconnects are refused.
+fn drop_both_then_refuse(aai: &AssemblyAiSim, chunks: usize, refusals: usize) {
+    aai.inject(StreamFault::DropAfterChunks(chunks));
+    aai.inject(StreamFault::DropAfterChunks(chunks));
+    for _ in 0..refusals {
+        aai.inject(StreamFault::RefuseConnect);
+    }
+}
+
+/// Each track's recorded gaps against the audio the simulator never read.
+async fn gap_checks(m: &MediaApp, heard: &Heard, call_id: Uuid, frames: u32) -> Vec<GapCheck> {
+    let mut checks = Vec::new();
+    for (t, track) in soak::TRACKS.iter().enumerate() {
+        let lost = heard.lost(soak::stream_tag(0, t), frames);
+        let recorded = soak::recorded_gaps(&m.app, call_id, track).await;
+        let check = GapCheck::of(&lost, &recorded);
+        assert!(
+            check.within(100),
+            "{track}: lost {lost:?}, recorded {recorded:?} ({check:?})"
+        );
+        checks.push(check);
+    }
+    checks
+}
+
 #[tokio::test]
 async fn an_assemblyai_outage_gap_is_exactly_the_audio_no_session_heard() {
     let m = MediaApp::spawn(&[("MEDIA_REPLAY_BUFFER_SECS", "1")]).await;
@@ -453,25 +478,11 @@ async fn an_assemblyai_outage_gap_is_exactly_the_audio_no_session_heard() {
     // Both sessions drop 1.5 s into a turn; AssemblyAI then refuses reconnects for a while,
     // so the 1 s buffer overflows: first with audio the dropped session had read, then
     // with audio nobody read.
-    m.aai.inject(StreamFault::DropAfterChunks(15));
-    m.aai.inject(StreamFault::DropAfterChunks(15));
-    for _ in 0..10 {
-        m.aai.inject(StreamFault::RefuseConnect);
-    }
+    drop_both_then_refuse(&m.aai, 15, 10);
     let (frames, _) = play_tagged(&m, call_id, &[(6000, true), (1000, false)]).await;
     soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
-    for (t, track) in soak::TRACKS.iter().enumerate() {
-        let lost = heard.lost(soak::stream_tag(0, t), frames);
-        let recorded = soak::recorded_gaps(&m.app, call_id, track).await;
-        let check = GapCheck::of(&lost, &recorded);
-        assert!(
-            check.lost_ms > 0,
-            "{track}: the outage outlasted the buffer"
-        );
-        assert!(
-            check.within(100),
-            "{track}: lost {lost:?}, recorded {recorded:?} ({check:?})"
-        );
+    for check in gap_checks(&m, &heard, call_id, frames).await {
+        assert!(check.lost_ms > 0, "the outage outlasted the buffer");
     }
 }
 
@@ -482,11 +493,7 @@ async fn audio_held_at_hang_up_is_delivered_once_assemblyai_accepts_again() {
     let call_id = m.call().await;
     // Both sessions drop 3 s into the call, mid-turn; the reconnects are refused until
     // after the hang-up at 3.5 s.
-    m.aai.inject(StreamFault::DropAfterChunks(30));
-    m.aai.inject(StreamFault::DropAfterChunks(30));
-    for _ in 0..8 {
-        m.aai.inject(StreamFault::RefuseConnect);
-    }
+    drop_both_then_refuse(&m.aai, 30, 8);
     let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
     soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
     let turns = m.turns(call_id).await;
@@ -528,11 +535,7 @@ async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
     let heard = Heard::attach(&m.aai);
     let call_id = m.call().await;
     // Both sessions drop 2.5 s in, mid-turn, and AssemblyAI refuses every reconnect.
-    m.aai.inject(StreamFault::DropAfterChunks(25));
-    m.aai.inject(StreamFault::DropAfterChunks(25));
-    for _ in 0..200 {
-        m.aai.inject(StreamFault::RefuseConnect);
-    }
+    drop_both_then_refuse(&m.aai, 25, 200);
     let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
     soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
     let waited = hung_up.elapsed();
@@ -540,17 +543,10 @@ async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
         "gave up at the bound: {waited:?}"
     );
-    for (t, track) in soak::TRACKS.iter().enumerate() {
-        let lost = heard.lost(soak::stream_tag(0, t), frames);
-        let recorded = soak::recorded_gaps(&m.app, call_id, track).await;
-        let check = GapCheck::of(&lost, &recorded);
+    for check in gap_checks(&m, &heard, call_id, frames).await {
         assert!(
             check.lost_ms >= 900,
-            "{track}: the last second never reached AssemblyAI"
-        );
-        assert!(
-            check.within(100),
-            "{track}: the held tail is a gap: lost {lost:?}, recorded {recorded:?}"
+            "the last second never reached AssemblyAI and is a gap"
         );
     }
     // What the dropped sessions read of the open turn has no transcript either: said so.

@@ -200,24 +200,7 @@ async fn rolling_restart(away: Duration) -> RollingRestart {
     let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
     let heard = Heard::attach(&aai);
     let aai_url = aai.streaming_url();
-    let mut a = TelnyxApp::spawn_with(&[
-        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-    ])
-    .await;
-    let (key, base) = (a.sim.public_key_base64(), a.sim.api_base());
-    let b = TestApp::spawn_on(
-        &a.app.database,
-        &[
-            ("TELNYX_API_KEY", "sim-api-key"),
-            ("TELNYX_PUBLIC_KEY", key.as_str()),
-            ("TELNYX_CONNECTION_ID", "sim-connection"),
-            ("TELNYX_API_BASE", base.as_str()),
-            ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-            ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-        ],
-    )
-    .await;
+    let (mut a, b) = soak::two_replicas(&aai_url).await;
     let session = a.app.sign_in("Ada").await;
     let call_id = soak::answered_call(&a.app, &session).await;
     let (inbound, outbound) = soak::tagged_call_audio(0, 4);
@@ -235,15 +218,8 @@ async fn rolling_restart(away: Duration) -> RollingRestart {
         1
     );
     tokio::time::sleep(away).await;
-    let url = a.sim.commands_named("streaming_start")[0].body["stream_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = url.rsplit('/').next().unwrap();
-    let mut options = PlayOptions::new(
-        format!("ws://127.0.0.1:{}/media/telnyx/{token}", b.port),
-        inbound.clone(),
-    );
+    let url = soak::reattached_url(&a, &b, &soak::call_control_id(call_id));
+    let mut options = PlayOptions::new(url, inbound.clone());
     options.outbound = Some(outbound);
     options.call_started = Some(call_started);
     telnyx_media::play(options).await.unwrap();

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use callbridge::sim::assemblyai::AssemblyAiSim;
 use callbridge::sim::telnyx_media::{self, PlayOptions};
-use common::TestApp;
 use common::soak::{self, GapCheck, Heard, TRACKS};
-use common::telnyx::TelnyxApp;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -50,24 +48,7 @@ async fn a_rolling_restart_loses_no_turn_and_reports_the_time_away_as_the_gap() 
     let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
     let heard = Heard::attach(&aai);
     let aai_url = aai.streaming_url();
-    let mut a = TelnyxApp::spawn_with(&[
-        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-    ])
-    .await;
-    let (key, base) = (a.sim.public_key_base64(), a.sim.api_base());
-    let b = TestApp::spawn_on(
-        &a.app.database,
-        &[
-            ("TELNYX_API_KEY", "sim-api-key"),
-            ("TELNYX_PUBLIC_KEY", key.as_str()),
-            ("TELNYX_CONNECTION_ID", "sim-connection"),
-            ("TELNYX_API_BASE", base.as_str()),
-            ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-            ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-        ],
-    )
-    .await;
+    let (mut a, b) = soak::two_replicas(&aai_url).await;
 
     let session = a.app.sign_in("Soak").await;
     let mut calls = Vec::new();
@@ -112,21 +93,13 @@ async fn a_rolling_restart_loses_no_turn_and_reports_the_time_away_as_the_gap() 
     // B restarts the streams; Telnyx reconnects them to B while the calls go on.
     let restarted = callbridge::media::reattach::sweep(&b.state).await.unwrap();
     assert_eq!(restarted, scale.calls, "every live call re-attached");
-    let starts = a.sim.commands_named("streaming_start");
     tokio::time::sleep(scale.away).await;
     let on_b: Vec<_> = calls
         .iter()
         .zip(&audio)
         .zip(&call_clocks)
         .map(|((call, (inbound, outbound)), call_started)| {
-            let ccid = format!("v3:soak-{}", call.simple());
-            let start = starts
-                .iter()
-                .find(|c| c.call_control_id.as_deref() == Some(ccid.as_str()))
-                .expect("a streaming_start for the call");
-            let url = start.body["stream_url"].as_str().unwrap();
-            let token = url.rsplit('/').next().unwrap();
-            let url = format!("ws://127.0.0.1:{}/media/telnyx/{token}", b.port);
+            let url = soak::reattached_url(&a, &b, &soak::call_control_id(*call));
             // The call's audio went on while no stream carried it.
             let mut options = PlayOptions::new(url, inbound.clone());
             options.outbound = Some(outbound.clone());

@@ -16,6 +16,49 @@ use uuid::Uuid;
 use super::TestApp;
 use super::authjs::Session;
 use super::sse::SseReader;
+use super::telnyx::TelnyxApp;
+
+/// Replica A (with the Telnyx simulator) and replica B on A's database, both streaming to
+/// the AssemblyAI simulator at `aai_url`: the two sides of a rolling restart.
+pub async fn two_replicas(aai_url: &str) -> (TelnyxApp, TestApp) {
+    let a = TelnyxApp::spawn_with(&[
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", aai_url),
+    ])
+    .await;
+    let (key, base) = (a.sim.public_key_base64(), a.sim.api_base());
+    let b = TestApp::spawn_on(
+        &a.app.database,
+        &[
+            ("TELNYX_API_KEY", "sim-api-key"),
+            ("TELNYX_PUBLIC_KEY", key.as_str()),
+            ("TELNYX_CONNECTION_ID", "sim-connection"),
+            ("TELNYX_API_BASE", base.as_str()),
+            ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+            ("ASSEMBLYAI_STREAMING_URL", aai_url),
+        ],
+    )
+    .await;
+    (a, b)
+}
+
+/// Where the re-attach sweep told Telnyx to reconnect `call`'s stream, pointed at `b`.
+pub fn reattached_url(a: &TelnyxApp, b: &TestApp, ccid: &str) -> String {
+    let start = a
+        .sim
+        .commands_named("streaming_start")
+        .into_iter()
+        .find(|c| c.call_control_id.as_deref() == Some(ccid))
+        .expect("a streaming_start for the call");
+    let url = start.body["stream_url"].as_str().unwrap();
+    let token = url.rsplit('/').next().unwrap();
+    format!("ws://127.0.0.1:{}/media/telnyx/{token}", b.port)
+}
+
+/// The Telnyx call control id `answered_call` gives a call.
+pub fn call_control_id(call_id: Uuid) -> String {
+    format!("v3:soak-{}", call_id.simple())
+}
 
 /// Full scale (`make soak`) or the short form.
 pub fn is_long() -> bool {
@@ -193,7 +236,7 @@ pub async fn answered_call(app: &TestApp, session: &Session) -> Uuid {
         .execute(
             "insert into calls (id, organisation_id, direction, from_number, to_number, status, answered_at, telnyx_call_control_id)
              values ($1, $2, 'outbound', '+14155550100', '+14155550123', 'answered', now(), $3)",
-            &[&id, &org, &format!("v3:soak-{}", id.simple())],
+            &[&id, &org, &call_control_id(id)],
         )
         .await
         .unwrap();
