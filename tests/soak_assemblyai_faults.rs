@@ -2,8 +2,10 @@
 //! reconnects, over and over, through live calls and across their hang-up: the calls hang
 //! up while AssemblyAI refuses, so tracks hold their unsent tail at hang-up. Invariants: no
 //! final turn lost (turns the simulator produced = rows stored = `transcript.final`
-//! events), each track's gaps are the audio that never reached AssemblyAI within one frame
-//! batch, every stream ends within the hang-up bound, and the process stays healthy.
+//! events), no audio that never reached AssemblyAI goes unreported beyond one frame batch
+//! per gap, every stream ends within the hang-up bound, and the process stays healthy.
+//! Over-reporting is printed, not asserted: when a session is reset, the pongs still in
+//! flight are lost with it, and the bridge counts audio it cannot confirm as unread.
 //!
 //! `CALLBRIDGE_SOAK=long` (`make soak`): 20 calls of ≈54 s, hundreds of faults. Otherwise a
 //! short form for `make test`: 3 calls of ≈7 s.
@@ -114,13 +116,12 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
             let recorded = soak::recorded_gaps(&app, *id, track).await;
             let check = GapCheck::of(&lost, &recorded);
             assert!(
-                check.within(BATCH_MS),
+                check.misses_within(BATCH_MS),
                 "call {i} {track}: lost {lost:?}, recorded {recorded:?}"
             );
             lost_total[t] += check.lost_ms;
-            if check.error_ms >= worst[t].error_ms {
-                worst[t] = check;
-            }
+            worst[t].missed_ms = worst[t].missed_ms.max(check.missed_ms);
+            worst[t].extra_ms = worst[t].extra_ms.max(check.extra_ms);
         }
     }
     let untranscribed = soak::untranscribed_ms(&app, &ids).await;
@@ -132,13 +133,15 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         .unwrap_or("0")
         .to_owned();
     println!(
-        "SOAK assemblyai_faults: calls={calls} faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | turns produced={produced} stored={stored} events={events} lost={} | lost audio inbound={} ms outbound={} ms, gap error max inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
+        "SOAK assemblyai_faults: calls={calls} faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | turns produced={produced} stored={stored} events={events} lost={} | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
         calls * 2,
         produced.saturating_sub(stored as usize),
         lost_total[0],
         lost_total[1],
-        worst[0].error_ms,
-        worst[1].error_ms,
+        worst[0].missed_ms,
+        worst[1].missed_ms,
+        worst[0].extra_ms,
+        worst[1].extra_ms,
         ended_after.as_secs_f64(),
     );
     assert!(produced > 0);

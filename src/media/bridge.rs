@@ -159,6 +159,10 @@ pub struct Bridge {
     meters: Meters,
     /// Numbering and track positions continued from earlier streams of this call.
     resume: Resume,
+    /// When Telnyx connected, and when this task began reading frames: where a re-attached
+    /// stream's audio begins is measured from these (`audio_began`).
+    connected_at: Instant,
+    reading_since: Instant,
     /// After a hang-up, how long a track that is not connected keeps trying to deliver its
     /// held audio before it is recorded as a gap (`MEDIA_TAIL_DELIVERY_SECS`).
     tail_bound: Duration,
@@ -192,8 +196,15 @@ struct Playing {
     mark: Option<String>,
 }
 
-/// Runs the bridge for one Telnyx media WebSocket until the stream ends.
-pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socket: WebSocket) {
+/// Runs the bridge for one Telnyx media WebSocket, connected at `connected_at`, until the
+/// stream ends.
+pub async fn run(
+    state: AppState,
+    call_id: Uuid,
+    client: AssemblyAiClient,
+    socket: WebSocket,
+    connected_at: Instant,
+) {
     metrics::gauge!("media_live_calls").increment(1.0);
     let (events_tx, events_rx) = mpsc::channel(256);
     let params = StreamParams::telephony(&state.config.media.speech_model);
@@ -203,7 +214,7 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         std::process::id()
     );
     let tail_bound = state.config.media.tail_delivery;
-    let resume = Resume::load(&state.db, call_id)
+    let resume = Resume::load(&state.db, call_id, connected_at)
         .await
         .unwrap_or_else(|error| {
             // Numbering then starts at 0 and the database renumbers any collision (counted).
@@ -245,6 +256,8 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         meters: Meters::new(),
         tail_bound,
         resume,
+        connected_at,
+        reading_since: connected_at,
     };
     bridge.event_loop(socket, events_rx, outbound_rx).await;
     bridge.speaker = None;
@@ -299,6 +312,7 @@ impl Bridge {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut telnyx_open = true;
+        self.reading_since = Instant::now();
         loop {
             if self.stopping.is_some() && self.tracks.values().all(|t| t.phase == Phase::Finished) {
                 break;
@@ -387,6 +401,16 @@ impl Bridge {
     /// for a stream that continues the call.
     async fn finish_tracks(&mut self) {
         for track in [Track::Inbound, Track::Outbound] {
+            // A stream shorter than the settling second: its estimate is what we have.
+            let unsettled = self
+                .tracks
+                .get(&track)
+                .and_then(|t| t.clock)
+                .filter(|c| !c.settled())
+                .map(|c| c.began());
+            if let Some(began) = unsettled {
+                self.settle_origin(track, began);
+            }
             if let Some(state) = self.tracks.get_mut(&track) {
                 state.replay.abandon();
             }
@@ -486,25 +510,82 @@ impl Bridge {
 
     /// Moves the track's clock to this frame. The first frame places the track on the
     /// call's clock: at 0 on a new call, or where an earlier stream left off plus the time
-    /// no frame arrived, which a re-attach records as a `bridge_lost` gap.
+    /// no stream carried audio, which a re-attach records as a `bridge_lost` gap.
     fn observe_frame(&mut self, track: Track, chunk: u64, payload_bytes: usize, at: Instant) {
         let frame_ms = match (payload_bytes / MULAW_BYTES_PER_MS) as u64 {
             0 => 20,
             ms => ms,
         };
+        let since_connected = self
+            .audio_began(frame_ms, at)
+            .duration_since(self.connected_at);
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
         if let Some(clock) = state.clock.as_mut() {
-            clock.observe(chunk, frame_ms, at);
+            if let Some(began) = clock.observe(chunk, frame_ms, at) {
+                self.settle_origin(track, began);
+            }
             return;
         }
-        let origin = self.resume.origin(track, frame_ms, at);
-        state.clock = Some(TrackClock::start(origin.start_ms, chunk, frame_ms, at));
+        let origin = self.resume.origin(track, since_connected);
+        let began = at
+            .checked_sub(Duration::from_millis(frame_ms))
+            .unwrap_or(at);
+        state.clock = Some(TrackClock::start(
+            origin.start_ms,
+            chunk,
+            frame_ms,
+            at,
+            began,
+        ));
         state.next_offset_ms = origin.start_ms;
+    }
+
+    /// Once a second of frames has shown when the stream's audio really began (frames
+    /// waiting unread at first arrive in real time after), moves the track's clock there and
+    /// records the re-attach gap, if any.
+    fn settle_origin(&mut self, track: Track, began: Instant) {
+        let since_connected = began
+            .max(self.connected_at)
+            .duration_since(self.connected_at);
+        let origin = self.resume.origin(track, since_connected);
+        let Some(state) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let Some(clock) = state.clock.as_mut() else {
+            return;
+        };
+        let delta = origin.start_ms as i64 - clock.origin_ms() as i64;
+        if delta != 0 {
+            clock.shift(delta);
+            state.next_offset_ms = state.next_offset_ms.saturating_add_signed(delta);
+            state.replay.shift(delta);
+            if let Some(base) = state.session_base_ms.as_mut() {
+                *base = base.saturating_add_signed(delta);
+            }
+            for (end_ms, _) in &mut state.sent_at {
+                *end_ms = end_ms.saturating_add_signed(delta);
+            }
+        }
         if let Some((start, end)) = origin.gap {
             self.record_gap(track, start, end - start, "bridge_lost");
         }
+    }
+
+    /// When the audio of a stream's first frame (received at `at`) began. Telnyx streams
+    /// from the moment it connects, so a frame that arrives while we are reading began a
+    /// frame before it arrived; one that was already waiting when this task began reading
+    /// (a busy replica) arrived earlier than we saw it, and the connection time is the
+    /// better measure.
+    fn audio_began(&self, frame_ms: u64, at: Instant) -> Instant {
+        const WAITING: Duration = Duration::from_millis(5);
+        if at.saturating_duration_since(self.reading_since) < WAITING {
+            return self.connected_at;
+        }
+        at.checked_sub(Duration::from_millis(frame_ms))
+            .unwrap_or(at)
+            .max(self.connected_at)
     }
 
     fn connect(&mut self, track: Track) {

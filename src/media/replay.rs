@@ -171,6 +171,17 @@ impl ReplayBuffer {
         }
     }
 
+    /// The track's clock moved by `delta_ms` (its origin settled): so does everything held.
+    pub fn shift(&mut self, delta_ms: i64) {
+        for batch in &mut self.held {
+            batch.offset_ms = batch.offset_ms.saturating_add_signed(delta_ms);
+        }
+        for gap in self.gaps.iter_mut().chain(self.open_gap.as_mut()) {
+            gap.start_ms = gap.start_ms.saturating_add_signed(delta_ms);
+            gap.end_ms = gap.end_ms.saturating_add_signed(delta_ms);
+        }
+    }
+
     /// The gaps recorded so far, oldest first; the buffer forgets them.
     pub fn take_gaps(&mut self) -> Vec<Gap> {
         let mut gaps = std::mem::take(&mut self.gaps);

@@ -21,13 +21,12 @@ pub struct Resume {
     /// Whether the previous stream was still live (not ended): its track positions mark
     /// where lost audio begins.
     reattached: bool,
-    loaded_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Position {
     end_ms: u64,
-    /// How long before `loaded_at` that last frame arrived.
+    /// How long before the new stream connected that last frame arrived.
     age: Duration,
 }
 
@@ -40,7 +39,8 @@ pub struct Origin {
 }
 
 impl Resume {
-    pub async fn load(db: &Db, call_id: Uuid) -> Result<Self, DbError> {
+    /// What the stream of `call_id` that connected at `connected_at` continues from.
+    pub async fn load(db: &Db, call_id: Uuid, connected_at: Instant) -> Result<Self, DbError> {
         let client = db.client().await?;
         let mut resume = Resume::default();
         for row in client
@@ -73,15 +73,17 @@ impl Resume {
             let (track, end_ms, age_ms, live): (String, i64, i64, bool) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             resume.reattached |= live;
+            // The database measured the age now; the stream connected a little earlier.
+            let age = Duration::from_millis(age_ms.max(0) as u64)
+                .saturating_sub(loaded_at.saturating_duration_since(connected_at));
             resume.previous.insert(
                 track,
                 Position {
                     end_ms: end_ms.max(0) as u64,
-                    age: Duration::from_millis(age_ms.max(0) as u64),
+                    age,
                 },
             );
         }
-        resume.loaded_at = Some(loaded_at);
         Ok(resume)
     }
 
@@ -90,19 +92,17 @@ impl Resume {
         self.next_turn.get(track.as_str()).copied().unwrap_or(0)
     }
 
-    /// Where the track's first frame, `frame_ms` long and received at `at`, begins. Without
-    /// a previous stream: 0. After one: where it left off plus the time no frame arrived.
-    pub fn origin(&self, track: Track, frame_ms: u64, at: Instant) -> Origin {
-        let (Some(previous), Some(loaded_at)) = (self.previous.get(track.as_str()), self.loaded_at)
-        else {
+    /// Where the track's first frame begins on the call's clock, given that its audio
+    /// began `since_connected` after this stream connected. Without a previous stream: 0.
+    /// After one: where it left off plus the time no stream carried audio.
+    pub fn origin(&self, track: Track, since_connected: Duration) -> Origin {
+        let Some(previous) = self.previous.get(track.as_str()) else {
             return Origin {
                 start_ms: 0,
                 gap: None,
             };
         };
-        let since_last_frame = previous.age + at.saturating_duration_since(loaded_at);
-        // The first frame's audio began `frame_ms` before it arrived.
-        let away = (since_last_frame.as_millis() as u64).saturating_sub(frame_ms);
+        let away = (previous.age + since_connected).as_millis() as u64;
         let start_ms = previous.end_ms + away;
         Origin {
             start_ms,
@@ -111,36 +111,74 @@ impl Resume {
     }
 }
 
+/// Frames over which a stream's start is measured: frames arrive in real time, so once any
+/// backlog is read, `arrival - position` is when the stream's audio began.
+const SETTLE_FRAMES: u64 = 50;
+
 /// A track's position on the call's clock, from the frames received: the end of the
-/// furthest frame (by its `chunk` number) and when it arrived.
+/// furthest frame (by its `chunk` number) and when it arrived; and, over its first frames,
+/// when the stream's audio began.
 #[derive(Debug, Clone, Copy)]
 pub struct TrackClock {
     origin_ms: u64,
     first_chunk: u64,
     end_ms: u64,
     last_frame: Instant,
+    /// The earliest `arrival - (position + 1 frame)` seen so far, while still settling.
+    began: Instant,
+    settled: bool,
 }
 
 impl TrackClock {
-    pub fn start(origin_ms: u64, chunk: u64, frame_ms: u64, at: Instant) -> Self {
+    pub fn start(origin_ms: u64, chunk: u64, frame_ms: u64, at: Instant, began: Instant) -> Self {
         Self {
             origin_ms,
             first_chunk: chunk,
             end_ms: origin_ms + frame_ms,
             last_frame: at,
+            began,
+            settled: false,
         }
     }
 
-    /// Frames before the first one are late (the reorder buffer drops them too).
-    pub fn observe(&mut self, chunk: u64, frame_ms: u64, at: Instant) {
-        let Some(index) = chunk.checked_sub(self.first_chunk) else {
-            return;
-        };
+    /// Frames before the first one are late (the reorder buffer drops them too). Returns
+    /// when the stream's audio began once the estimate settles (once per stream).
+    pub fn observe(&mut self, chunk: u64, frame_ms: u64, at: Instant) -> Option<Instant> {
+        let index = chunk.checked_sub(self.first_chunk)?;
         let end = self.origin_ms + (index + 1) * frame_ms;
         if end > self.end_ms {
             self.end_ms = end;
             self.last_frame = at;
         }
+        if self.settled {
+            return None;
+        }
+        if let Some(began) = at.checked_sub(Duration::from_millis((index + 1) * frame_ms)) {
+            self.began = self.began.min(began);
+        }
+        if index + 1 >= SETTLE_FRAMES {
+            self.settled = true;
+            return Some(self.began);
+        }
+        None
+    }
+
+    /// The origin moved by `delta_ms` (a settled estimate of the stream's start).
+    pub fn shift(&mut self, delta_ms: i64) {
+        self.origin_ms = self.origin_ms.saturating_add_signed(delta_ms);
+        self.end_ms = self.end_ms.saturating_add_signed(delta_ms);
+    }
+
+    pub fn origin_ms(&self) -> u64 {
+        self.origin_ms
+    }
+
+    pub fn began(&self) -> Instant {
+        self.began
+    }
+
+    pub fn settled(&self) -> bool {
+        self.settled
     }
 
     pub fn end_ms(&self) -> u64 {
@@ -181,10 +219,9 @@ pub async fn save_positions(
 mod tests {
     use super::*;
 
-    fn resumed(end_ms: u64, age_ms: u64, reattached: bool, loaded_at: Instant) -> Resume {
+    fn resumed(end_ms: u64, age_ms: u64, reattached: bool) -> Resume {
         let mut resume = Resume {
             reattached,
-            loaded_at: Some(loaded_at),
             ..Resume::default()
         };
         resume.previous.insert(
@@ -199,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_first_stream_starts_at_zero_without_a_gap() {
-        let origin = Resume::default().origin(Track::Inbound, 20, Instant::now());
+        let origin = Resume::default().origin(Track::Inbound, Duration::ZERO);
         assert_eq!(
             origin,
             Origin {
@@ -211,15 +248,14 @@ mod tests {
 
     #[test]
     fn a_re_attached_stream_continues_where_the_old_one_left_off() {
-        let loaded = Instant::now();
-        // The old stream's last frame ended at 6,000 ms and arrived 4,000 ms before the load;
-        // the new stream's first 20 ms frame arrives 900 ms after the load.
-        let resume = resumed(6_000, 4_000, true, loaded);
-        let origin = resume.origin(Track::Inbound, 20, loaded + Duration::from_millis(900));
+        // The old stream's last frame ended at 6,000 ms and arrived 4,800 ms before the new
+        // stream connected; the new stream's audio began 80 ms after it connected.
+        let resume = resumed(6_000, 4_800, true);
+        let origin = resume.origin(Track::Inbound, Duration::from_millis(80));
         assert_eq!(origin.start_ms, 6_000 + 4_880);
         assert_eq!(origin.gap, Some((6_000, 10_880)));
         assert_eq!(
-            resume.origin(Track::Outbound, 20, loaded).gap,
+            resume.origin(Track::Outbound, Duration::ZERO).gap,
             None,
             "a track the old stream never saw starts fresh"
         );
@@ -227,8 +263,7 @@ mod tests {
 
     #[test]
     fn a_stream_after_one_that_ended_continues_the_clock_without_a_gap() {
-        let loaded = Instant::now();
-        let origin = resumed(6_000, 1_000, false, loaded).origin(Track::Inbound, 20, loaded);
+        let origin = resumed(6_000, 980, false).origin(Track::Inbound, Duration::ZERO);
         assert_eq!(origin.start_ms, 6_980);
         assert_eq!(origin.gap, None);
     }
@@ -236,7 +271,7 @@ mod tests {
     #[test]
     fn the_clock_follows_the_furthest_frame() {
         let at = Instant::now();
-        let mut clock = TrackClock::start(1_000, 5, 20, at);
+        let mut clock = TrackClock::start(1_000, 5, 20, at, at);
         assert_eq!(clock.end_ms(), 1_020);
         clock.observe(7, 20, at);
         assert_eq!(clock.end_ms(), 1_060);

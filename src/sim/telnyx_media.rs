@@ -144,12 +144,32 @@ fn media_frame(stream_id: &str, track: &str, chunk: u64, sequence: u64, payload:
 
 pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
     crate::tls::install_crypto_provider();
+    // Frames are built before connecting: once connected, Telnyx streams at once.
+    let stream_id = uuid::Uuid::new_v4().to_string();
+    let outbound = options
+        .outbound
+        .clone()
+        .unwrap_or_else(|| options.inbound.clone());
+    let inbound_frames: Vec<&[u8]> = options.inbound.chunks(FRAME_BYTES).collect();
+    let outbound_frames: Vec<&[u8]> = outbound.chunks(FRAME_BYTES).collect();
+    let mut frames = Vec::new();
+    let mut sequence = 2u64;
+    for i in 0..inbound_frames.len().max(outbound_frames.len()) {
+        for (track, list) in [("inbound", &inbound_frames), ("outbound", &outbound_frames)] {
+            if let Some(payload) = list.get(i) {
+                frames.push((
+                    i,
+                    media_frame(&stream_id, track, i as u64 + 1, sequence, payload),
+                ));
+                sequence += 1;
+            }
+        }
+    }
     let (socket, _) = tokio_tungstenite::connect_async(options.stream_url.as_str())
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = socket.split();
     let tx = Arc::new(tokio::sync::Mutex::new(tx));
-    let stream_id = uuid::Uuid::new_v4().to_string();
     let reader = tokio::spawn(listen(rx, tx.clone(), stream_id.clone()));
     let send = |text: String| Message::Text(text.into());
     tx.lock()
@@ -176,25 +196,6 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
             .send(send(extra.clone()))
             .await
             .map_err(|e| e.to_string())?;
-    }
-    let outbound = options
-        .outbound
-        .clone()
-        .unwrap_or_else(|| options.inbound.clone());
-    let inbound_frames: Vec<&[u8]> = options.inbound.chunks(FRAME_BYTES).collect();
-    let outbound_frames: Vec<&[u8]> = outbound.chunks(FRAME_BYTES).collect();
-    let mut frames = Vec::new();
-    let mut sequence = 2u64;
-    for i in 0..inbound_frames.len().max(outbound_frames.len()) {
-        for (track, list) in [("inbound", &inbound_frames), ("outbound", &outbound_frames)] {
-            if let Some(payload) = list.get(i) {
-                frames.push((
-                    i,
-                    media_frame(&stream_id, track, i as u64 + 1, sequence, payload),
-                ));
-                sequence += 1;
-            }
-        }
     }
     if options.shuffle_window > 1 {
         for window in frames.chunks_mut(options.shuffle_window * 2) {

@@ -176,9 +176,8 @@ fn measure(intervals: &[(u64, u64)]) -> u64 {
     intervals.iter().map(|(s, e)| e - s).sum()
 }
 
-/// Milliseconds covered by exactly one of the two interval sets: 0 when the recorded gaps
-/// are exactly the lost audio.
-pub fn symmetric_difference_ms(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
+/// Milliseconds covered by both interval sets.
+fn common_ms(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
     let (a, b) = (normalised(a), normalised(b));
     let mut common = 0;
     let (mut i, mut j) = (0, 0);
@@ -191,7 +190,7 @@ pub fn symmetric_difference_ms(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
             j += 1;
         }
     }
-    measure(&a) + measure(&b) - 2 * common
+    common
 }
 
 /// How the gaps recorded for one track compare with the audio that never reached
@@ -202,23 +201,41 @@ pub struct GapCheck {
     pub recorded_ms: u64,
     pub lost_gaps: usize,
     pub recorded_gaps: usize,
+    /// Lost audio no recorded gap covers (under-reporting).
+    pub missed_ms: u64,
+    /// Recorded as lost but read by AssemblyAI (over-reporting).
+    pub extra_ms: u64,
+    /// Both together: 0 when the recorded gaps are exactly the lost audio.
     pub error_ms: u64,
 }
 
 impl GapCheck {
     pub fn of(lost: &[(u64, u64)], recorded: &[(u64, u64)]) -> Self {
+        let (lost_ms, recorded_ms) = (measure(&normalised(lost)), measure(&normalised(recorded)));
+        let common = common_ms(lost, recorded);
         Self {
-            lost_ms: measure(&normalised(lost)),
-            recorded_ms: measure(&normalised(recorded)),
+            lost_ms,
+            recorded_ms,
             lost_gaps: normalised(lost).len(),
             recorded_gaps: recorded.len(),
-            error_ms: symmetric_difference_ms(lost, recorded),
+            missed_ms: lost_ms - common,
+            extra_ms: recorded_ms - common,
+            error_ms: lost_ms + recorded_ms - 2 * common,
         }
     }
 
-    /// Within one frame batch per gap.
+    fn gaps(&self) -> u64 {
+        self.lost_gaps.max(self.recorded_gaps).max(1) as u64
+    }
+
+    /// Within one frame batch per gap, both ways.
     pub fn within(&self, batch_ms: u64) -> bool {
-        self.error_ms <= batch_ms * self.lost_gaps.max(self.recorded_gaps).max(1) as u64
+        self.error_ms <= batch_ms * self.gaps()
+    }
+
+    /// No lost audio goes unreported beyond one frame batch per gap.
+    pub fn misses_within(&self, batch_ms: u64) -> bool {
+        self.missed_ms <= batch_ms * self.gaps()
     }
 }
 
