@@ -1,8 +1,10 @@
 //! Soak (c): AssemblyAI drops sessions (no close frame), closes them with errors and refuses
 //! reconnects, over and over, through live calls and across their hang-up: the calls hang
 //! up while AssemblyAI refuses, so tracks hold their unsent tail at hang-up. Invariants: no
-//! final turn lost (turns the simulator produced = rows stored = `transcript.final`
-//! events), no audio that never reached AssemblyAI goes unreported beyond one frame batch
+//! spoken turn lost without a trace (every stretch of speech has a stored turn or a
+//! recorded gap), every stored turn evented, no final the bridge received left unstored
+//! (stored ≤ finals the simulator sent; the difference is finals a connection reset
+//! destroyed in flight, whose audio the replay buffer had kept), no audio that never reached AssemblyAI goes unreported beyond one frame batch
 //! per gap, every stream ends within the hang-up bound, and the process stays healthy.
 //! Over-reporting is printed, not asserted: when a session is reset, the pongs still in
 //! flight are lost with it, and the bridge counts audio it cannot confirm as unread.
@@ -76,14 +78,20 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
 
     let stop_faults = CancellationToken::new();
     let injector = tokio::spawn(inject_faults(aai.clone(), stop_faults.clone()));
+    // Calls connect over a second, not all in the same millisecond.
     let players: Vec<_> = ids
         .iter()
         .zip(&audio)
-        .map(|(id, (inbound, outbound))| {
+        .enumerate()
+        .map(|(i, (id, (inbound, outbound)))| {
             let mut options = PlayOptions::new(soak::stream_url(&app, *id), inbound.clone());
             options.outbound = Some(outbound.clone());
             options.realtime = true;
-            tokio::spawn(telnyx_media::play(options))
+            let delay = Duration::from_millis(1000 * i as u64 / calls as u64);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                telnyx_media::play(options).await
+            })
         })
         .collect();
     // Shortly before the hang-up, AssemblyAI refuses the next reconnects (about one per
@@ -110,8 +118,12 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
     let (stored, events) = soak::stored_finals(&app, &ids).await;
     let mut worst = [GapCheck::default(); 2];
     let mut lost_total = [0u64; 2];
+    let mut unaccounted = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         for (t, track) in TRACKS.iter().enumerate() {
+            for span in soak::unaccounted_speech(&app, *id, track, turns).await {
+                unaccounted.push((i, *track, span));
+            }
             let lost = heard.lost(soak::stream_tag(i, t), soak::frames_in(&audio[i].0));
             let recorded = soak::recorded_gaps(&app, *id, track).await;
             let check = GapCheck::of(&lost, &recorded);
@@ -133,8 +145,10 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         .unwrap_or("0")
         .to_owned();
     println!(
-        "SOAK assemblyai_faults: calls={calls} faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | turns produced={produced} stored={stored} events={events} lost={} | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
+        "SOAK assemblyai_faults: calls={calls} faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | spoken turns={} lost without a trace={} | finals sent by the simulator={produced} stored={stored} events={events} (finals destroyed in flight by a reset={}) | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
         calls * 2,
+        calls * 2 * turns,
+        unaccounted.len(),
         produced.saturating_sub(stored as usize),
         lost_total[0],
         lost_total[1],
@@ -145,8 +159,18 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         ended_after.as_secs_f64(),
     );
     assert!(produced > 0);
-    assert_eq!(stored as usize, produced, "every final turn stored");
-    assert_eq!(events as usize, produced, "every final turn evented");
+    assert!(
+        unaccounted.is_empty(),
+        "speech with neither a turn nor a gap: {unaccounted:?}"
+    );
+    assert!(stored as usize <= produced, "nothing stored twice");
+    assert_eq!(events, stored, "every stored turn evented");
+    let lost_metric = metrics
+        .lines()
+        .find(|l| l.starts_with("transcript_turns_lost_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("0");
+    assert_eq!(lost_metric, "0", "no final failed to store");
     assert!(
         ended_after < Duration::from_secs(TAIL_DELIVERY_SECS + 9),
         "held audio waits a bounded time after the hang-up"

@@ -200,18 +200,20 @@ pub async fn save_positions(
     if positions.is_empty() {
         return Ok(());
     }
+    let tracks: Vec<&str> = positions.iter().map(|p| p.0.as_str()).collect();
+    let ends: Vec<i64> = positions.iter().map(|p| p.1 as i64).collect();
+    let since: Vec<f64> = positions.iter().map(|p| p.2.as_secs_f64()).collect();
     let client = db.client().await?;
-    for (track, end_ms, since) in positions {
-        client
-            .execute(
-                "insert into media_stream_positions (call_id, track, end_ms, frame_at)
-                 values ($1, $2, $3, now() - make_interval(secs => $4))
-                 on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
-                 where excluded.end_ms >= media_stream_positions.end_ms",
-                &[&call_id, &track.as_str(), &(*end_ms as i64), &since.as_secs_f64()],
-            )
-            .await?;
-    }
+    client
+        .execute(
+            "insert into media_stream_positions (call_id, track, end_ms, frame_at)
+             select $1, p.track, p.end_ms, now() - make_interval(secs => p.since)
+             from unnest($2::text[], $3::bigint[], $4::float8[]) as p (track, end_ms, since)
+             on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
+             where excluded.end_ms >= media_stream_positions.end_ms",
+            &[&call_id, &tracks, &ends, &since],
+        )
+        .await?;
     Ok(())
 }
 

@@ -144,6 +144,42 @@ pub async fn recorded_gaps(app: &TestApp, call_id: Uuid, track: &str) -> Vec<(u6
         .collect()
 }
 
+/// The spoken stretches of `tagged_call_audio(_, turns)` that no stored turn and no
+/// recorded gap (of any reason) overlaps: speech lost without a trace.
+pub async fn unaccounted_speech(
+    app: &TestApp,
+    call_id: Uuid,
+    track: &str,
+    turns: usize,
+) -> Vec<(i64, i64)> {
+    let db = app.db().await;
+    let mut spans: Vec<(i64, i64)> = db
+        .query(
+            "select start_ms, end_ms from transcript_turns
+             where call_id = $1 and track = $2 and start_ms is not null and end_ms is not null",
+            &[&call_id, &track],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    spans.extend(
+        db.query(
+            "select start_ms, start_ms + duration_ms from transcript_gaps where call_id = $1 and track = $2",
+            &[&call_id, &track],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))),
+    );
+    (0..turns as i64)
+        .map(|k| (k * 1800, k * 1800 + 1200))
+        .filter(|(start, end)| !spans.iter().any(|(s, e)| s < end && start < e))
+        .collect()
+}
+
 /// Milliseconds recorded as `assemblyai_dropped_turn`: audio AssemblyAI read on a session
 /// that dropped mid-turn and that could not be replayed.
 pub async fn untranscribed_ms(app: &TestApp, calls: &[Uuid]) -> i64 {
