@@ -476,3 +476,45 @@ async fn a_call_reaching_the_maximum_duration_is_warned_then_hung_up_once() {
         .get(0);
     assert_eq!(short_events, 0);
 }
+
+#[tokio::test]
+async fn an_answered_inbound_call_gets_the_same_maximum_duration() {
+    let t = TelnyxApp::spawn_with(&[("DIAL_MAX_CALL_DURATION_SECS", "600")]).await;
+    let ada = t.app.sign_in("Ada").await;
+    t.own_number(&ada, FROM).await;
+    let payload = callbridge::sim::telnyx::call_payload(
+        "v3:inbound-1",
+        None,
+        "+4930123456",
+        FROM,
+        "incoming",
+    );
+    let initiated = t.sim.event("call.initiated", payload);
+    for _ in 0..2 {
+        assert_eq!(
+            t.sim.deliver(&t.webhook_url(), &initiated).await.unwrap(),
+            200
+        );
+    }
+    t.drain().await;
+    assert_eq!(t.sim.commands_named("answer").len(), 1);
+    let steps: Vec<String> = t
+        .app
+        .db()
+        .await
+        .query(
+            "select j.payload->>'step' from jobs j join calls c on c.id::text = j.payload->>'call_id'
+             where j.kind = 'call.max_duration' and c.direction = 'inbound' order by j.run_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        steps,
+        ["warn", "hangup"],
+        "scheduled once despite the redelivery"
+    );
+}
