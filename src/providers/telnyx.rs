@@ -317,19 +317,29 @@ impl TelnyxClient {
         if let Some(locality) = search.locality {
             query.push(("filter[locality]", locality.to_owned()));
         }
+        self.list(
+            "/available_phone_numbers",
+            &query,
+            AvailableNumber::from_json,
+        )
+        .await
+    }
+
+    /// A GET whose `data` array is parsed item by item (unparseable items are skipped).
+    async fn list<T>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        parse: fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, TelnyxError> {
         let response = self
-            .send(
-                reqwest::Method::GET,
-                "/available_phone_numbers",
-                &query,
-                None,
-                self.attempts,
-            )
+            .send(reqwest::Method::GET, path, query, None, self.attempts)
             .await?;
-        Ok(data_array(&response)
-            .iter()
-            .filter_map(AvailableNumber::from_json)
-            .collect())
+        Ok(response
+            .get("data")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().filter_map(parse).collect())
+            .unwrap_or_default())
     }
 
     /// `GET /v2/phone_numbers`: numbers the account holds, optionally only those whose digits
@@ -347,19 +357,8 @@ impl TelnyxClient {
         if let Some(connection_id) = connection_id {
             query.push(("filter[connection_id]", connection_id.to_owned()));
         }
-        let response = self
-            .send(
-                reqwest::Method::GET,
-                "/phone_numbers",
-                &query,
-                None,
-                self.attempts,
-            )
-            .await?;
-        Ok(data_array(&response)
-            .iter()
-            .filter_map(AccountNumber::from_json)
-            .collect())
+        self.list("/phone_numbers", &query, AccountNumber::from_json)
+            .await
     }
 
     /// The account's number `e164`, if it holds it (filtered exactly: Telnyx's filter is a
@@ -418,18 +417,10 @@ impl TelnyxClient {
     ) -> Result<(), TelnyxError> {
         let body = json!({"payload": text, "voice": "female", "language": "en-US",
                           "command_id": command_id});
-        match self
-            .command(&Self::action_path(call_control_id, "speak"), &body)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(TelnyxError::Rejected {
-                status: 422,
-                code: Some(code),
-                ..
-            }) if code == "90018" => Ok(()),
-            Err(error) => Err(error),
-        }
+        ended_is_done(
+            self.command(&Self::action_path(call_control_id, "speak"), &body)
+                .await,
+        )
     }
 
     /// The Call Control App numbers must be attached to for us to receive their calls.
@@ -503,18 +494,10 @@ impl TelnyxClient {
     /// Hanging up a call that already ended (422, code 90018) counts as success.
     pub async fn hangup(&self, call_control_id: &str, command_id: &str) -> Result<(), TelnyxError> {
         let body = json!({"command_id": command_id});
-        match self
-            .command(&Self::action_path(call_control_id, "hangup"), &body)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(TelnyxError::Rejected {
-                status: 422,
-                code: Some(code),
-                ..
-            }) if code == "90018" => Ok(()),
-            Err(error) => Err(error),
-        }
+        ended_is_done(
+            self.command(&Self::action_path(call_control_id, "hangup"), &body)
+                .await,
+        )
     }
 
     pub async fn streaming_start(
@@ -660,12 +643,17 @@ pub struct NumberOrder {
     pub number_status: String,
 }
 
-fn data_array(response: &Value) -> &[Value] {
-    response
-        .get("data")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+/// A command on a call that already ended (422, code 90018) has nothing left to do: success.
+fn ended_is_done(result: Result<Value, TelnyxError>) -> Result<(), TelnyxError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(TelnyxError::Rejected {
+            status: 422,
+            code: Some(code),
+            ..
+        }) if code == "90018" => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 fn merge(target: &mut Value, extra: Value) {
