@@ -6,6 +6,7 @@
 
 mod common;
 
+use callbridge::sim::telnyx::Fault;
 use common::assert_problem;
 use common::authjs::Session;
 use common::telnyx::TelnyxApp;
@@ -254,9 +255,27 @@ async fn a_number_for_sale_is_ordered_onto_the_platform_connection() {
         .get(0);
     assert!(order_id.is_some());
 
+    // An order is sent once, never retried (a retry could buy twice): a 503 on it is a 502
+    // once the account confirms it does not hold the number, and nothing is stored.
+    t.sim.inject(Fault::Delay(std::time::Duration::ZERO)); // the account look-up
+    t.sim.inject(Fault::Delay(std::time::Duration::ZERO)); // the market look-up
+    t.sim.inject(Fault::Status(503)); // the order
+    let problem = assert_problem(claim(&t, &eve, "+14155550202").await, 502).await;
+    assert_eq!(problem["type"], "urn:callbridge:problem:provider-failed");
+    assert_eq!(
+        t.sim.commands_named("order_numbers").len(),
+        2,
+        "one more, not three"
+    );
+    assert_eq!(
+        t.sim.commands().last().map(|c| c.action.as_str()),
+        Some("list_numbers"),
+        "the account was asked after the ambiguous failure"
+    );
+
     // A Telnyx outage during the look-up is a 502, nothing stored.
     for _ in 0..3 {
-        t.sim.inject(callbridge::sim::telnyx::Fault::Status(503));
+        t.sim.inject(Fault::Status(503));
     }
     let problem = assert_problem(claim(&t, &eve, "+14155550201").await, 502).await;
     assert_eq!(problem["type"], "urn:callbridge:problem:provider-failed");
