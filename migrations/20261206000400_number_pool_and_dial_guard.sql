@@ -1,5 +1,5 @@
--- Phone numbers come from the platform's Telnyx account (docs/adr/0013-phone-numbers-from-the-telnyx-account.md)
--- and outbound dialing is guarded against toll fraud (docs/adr/0014-toll-fraud-guard-on-dialing.md).
+-- Phone numbers come from the platform's Telnyx account (docs/adr/0015-phone-numbers-from-the-telnyx-account.md)
+-- and outbound dialing is guarded against toll fraud (docs/adr/0016-toll-fraud-guard-on-dialing.md).
 
 -- Where an organisation's number came from: `account` (already held by the Telnyx account
 -- and unassigned) or `order` (bought for it through a number order). Rows from before this

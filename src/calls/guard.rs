@@ -1,5 +1,5 @@
 //! The toll-fraud guard on dialing: who may place a call, to which numbers, how many at once
-//! and how fast, and how long a call may last (docs/adr/0014-toll-fraud-guard-on-dialing.md).
+//! and how fast, and how long a call may last (docs/adr/0016-toll-fraud-guard-on-dialing.md).
 //!
 //! [`admit`] checks, in order: the caller's role (read from the database, not the session
 //! cache), premium-rate and satellite prefixes, the organisation's country allow-list, then

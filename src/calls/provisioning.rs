@@ -1,5 +1,5 @@
 //! Where an organisation's phone numbers come from: the platform's Telnyx account
-//! (docs/adr/0013-phone-numbers-from-the-telnyx-account.md). A number is either one the
+//! (docs/adr/0015-phone-numbers-from-the-telnyx-account.md). A number is either one the
 //! account already holds on the platform's connection and no organisation has (`account`),
 //! or one Telnyx offers for sale, ordered onto that connection (`order`). Anything else is
 //! refused with one answer, whether another organisation holds it or nobody can have it.
