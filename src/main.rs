@@ -445,10 +445,11 @@ fn run_simulators(
         println!("  TELNYX_PUBLIC_KEY={}", telnyx.public_key_base64());
         println!("  TELNYX_CONNECTION_ID=sim-connection");
         // The platform's pool: numbers the account holds on the connection, free to claim.
-        for number in ["+14155550100", "+14155550101", "+442079460100"] {
-            telnyx.hold_number(number, Some("sim-connection"));
-        }
-        println!("  pool numbers to claim: +14155550100, +14155550101, +442079460100");
+        telnyx.hold_dev_pool("sim-connection");
+        println!(
+            "  pool numbers to claim: {}",
+            callbridge::sim::telnyx::TelnyxSim::DEV_POOL.join(", ")
+        );
         // The other providers on the next free ports (every base URL is configurable).
         let started = async {
             let streaming =

@@ -193,6 +193,16 @@ impl TelnyxSim {
         });
     }
 
+    /// What `callbridge sim` puts in the pool of `connection_id` at start, so a local user
+    /// has numbers to claim.
+    pub const DEV_POOL: [&'static str; 3] = ["+14155550100", "+14155550101", "+442079460100"];
+
+    pub fn hold_dev_pool(&self, connection_id: &str) {
+        for number in Self::DEV_POOL {
+            self.hold_number(number, Some(connection_id));
+        }
+    }
+
     /// Offers `e164` for sale.
     pub fn offer_number(&self, e164: &str) {
         let mut inner = self.lock();
