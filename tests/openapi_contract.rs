@@ -32,6 +32,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 const ASSEMBLYAI_WEBHOOK_SECRET: &str = "contract-webhook-secret";
+/// The number `claimPhoneNumber` claims during the walk.
+const CLAIMED_IN_WALK: &str = "+14155550177";
 const FRONTEND_ORIGIN: &str = "https://app.example.com";
 /// The session cookie the requests carry (any accepted name would do).
 const SESSION_COOKIE: &str = "authjs.session-token";
@@ -93,15 +95,41 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
         .parse()
         .unwrap();
     let own_number = "+14155550100".to_owned();
-    let number = json_as(
-        app,
-        &session,
-        Method::POST,
-        "/api/phone-numbers",
-        json!({"number": own_number, "label": "contract"}),
-    )
-    .await;
-    let phone_number_id = number["id"].as_str().unwrap().parse().unwrap();
+    // Numbers come from the platform's Telnyx account: claimed through the API when Telnyx
+    // is simulated (the operator holds them first), else stored as claimed.
+    let phone_number_id = match &telnyx {
+        Some(sim) => {
+            sim.hold_number(&own_number, Some("sim-connection"));
+            sim.hold_number(CLAIMED_IN_WALK, Some("sim-connection"));
+            let number = json_as(
+                app,
+                &session,
+                Method::POST,
+                "/api/phone-numbers",
+                json!({"number": own_number, "label": "contract"}),
+            )
+            .await;
+            number["id"].as_str().unwrap().parse().unwrap()
+        }
+        None => {
+            let origin = callbridge::calls::NumberOrigin {
+                source: "account",
+                telnyx_phone_number_id: None,
+                telnyx_order_id: None,
+            };
+            callbridge::calls::add_number(
+                &app.db().await,
+                organisation_id,
+                &own_number,
+                Some("contract"),
+                origin,
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+        }
+    };
 
     // A dialled call: through the API when Telnyx is simulated, else stored as dialled.
     let call_id: Uuid = if telnyx.is_some() {
@@ -364,7 +392,11 @@ fn parameter_value(doc: &Value, op: &Operation, parameter: &Value, f: &Fixtures)
     if fixture.is_some() || !required {
         return fixture;
     }
-    Some(match example(doc, &parameter["schema"]) {
+    let value = match parameter.get("example") {
+        Some(example) => example.clone(),
+        None => example(doc, &parameter["schema"]),
+    };
+    Some(match value {
         Value::String(text) => text,
         other => other.to_string(),
     })
@@ -404,8 +436,11 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
     match op.id.as_str() {
         "createOrganisation" => return json_body(json!({"name": "Contract test"})),
         "addMember" => return json_body(json!({"email": f.addable_email, "role": "member"})),
-        "createPhoneNumber" => {
-            return json_body(json!({"number": "+14155550177", "label": "second"}));
+        "claimPhoneNumber" => {
+            return json_body(json!({"number": CLAIMED_IN_WALK, "label": "second"}));
+        }
+        "setDialingPolicy" => {
+            return json_body(json!({"allowed_countries": ["US"], "min_role": "member"}));
         }
         "createCall" => {
             return json_body(json!({"to": "+14155550123", "from": f.own_number,

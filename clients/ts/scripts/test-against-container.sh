@@ -98,6 +98,7 @@ CONTAINER_ENV=(
   R2_BUCKET="cbts-$$-$(date +%s)" R2_CREATE_BUCKET=true
   AUTH_SECRET=ts-client-tests-auth-secret-0123456789abcdef ALLOWED_ORIGINS="$ORIGIN"
   ASSEMBLYAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET" LOG_FORMAT=json LOG_LEVEL=warn
+  DIAL_MAX_CONCURRENT_PER_USER=20 DIAL_MAX_PER_MINUTE_PER_USER=60
   "${SIM_ENV[@]}"
 )
 log "starting the container on $BASE (database $DB)"

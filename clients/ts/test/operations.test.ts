@@ -115,6 +115,15 @@ test("every operation of the document, through the typed client, answers as docu
 
   // Phone numbers, calls and their live events.
   const number = await ok(api.POST("/api/phone-numbers", { body: { number: "+14155550100", label: "main" } }));
+  const offered = await ok(api.GET("/api/phone-numbers/available", { params: { query: { country: "US", limit: 5 } } }));
+  assert.ok(Array.isArray(offered));
+  const policy = await ok(api.GET("/api/orgs/{id}/dialing-policy", { params: { path: { id: orgId } } }));
+  await ok(
+    api.PUT("/api/orgs/{id}/dialing-policy", {
+      params: { path: { id: orgId } },
+      body: { allowed_countries: ["US", "GB"], min_role: policy.min_role },
+    }),
+  );
   const numbers = await ok(api.GET("/api/phone-numbers"));
   assert.deepEqual(
     numbers.map((n) => n.number),

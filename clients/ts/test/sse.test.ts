@@ -37,7 +37,7 @@ async function durable(stream: AsyncGenerator<CallStreamEvent>, count: number, c
 }
 
 test("events are typed by kind and an explicit lastEventId resumes after it", async () => {
-  const callId = await placeCall("+14155550111");
+  const callId = await placeCall("+14155550101");
   const first = new AbortController();
   const stream = followCallEvents(cookieSession, callId, { signal: first.signal });
   const events = await durable(stream, 2, first);
@@ -60,7 +60,7 @@ test("events are typed by kind and an explicit lastEventId resumes after it", as
 });
 
 test("a dropped connection resumes with Last-Event-ID, without loss or duplicates", async () => {
-  const callId = await placeCall("+14155550112");
+  const callId = await placeCall("+442079460100");
   let connections = 0;
   const sentLastEventIds: (string | null)[] = [];
   // The first connection breaks right after its first event, as a proxy timing out would.
