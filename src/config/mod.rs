@@ -5,6 +5,7 @@
 //! before failing, so an operator fixes a deployment in one pass. Secrets are wrapped in
 //! [`Secret`] from the moment they are read.
 
+pub mod speech;
 mod secret;
 
 use std::collections::HashMap;
@@ -108,8 +109,11 @@ pub struct RecordingsConfig {
 /// The realtime media bridge (docs/MEDIA_BRIDGE.md).
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
-    /// `ASSEMBLYAI_SPEECH_MODEL`: required by AssemblyAI v3.
+    /// `ASSEMBLYAI_SPEECH_MODEL`: required by AssemblyAI v3 (one-leg calls and browsers).
     pub speech_model: String,
+    /// `ASSEMBLYAI_SPEECH_MODELS`: the model per party language on interpreted calls
+    /// (docs/CALLS.md).
+    pub speech_models: speech::SpeechModels,
     /// `MEDIA_BATCH_MS`: audio per AssemblyAI chunk, 50–1000.
     pub batch_ms: usize,
     /// `MEDIA_REORDER_WINDOW`: frames held to put out-of-order frames back in order.
@@ -716,7 +720,15 @@ impl Reader {
                 "must be between 50 and 1000 (AssemblyAI's chunk limits)",
             );
         }
+        let speech_models = match self.string("ASSEMBLYAI_SPEECH_MODELS") {
+            None => speech::SpeechModels::defaults(),
+            Some(text) => speech::SpeechModels::parse(&text).unwrap_or_else(|e| {
+                self.problem("ASSEMBLYAI_SPEECH_MODELS", e);
+                speech::SpeechModels::defaults()
+            }),
+        };
         let media = MediaConfig {
+            speech_models,
             speech_model: self
                 .string("ASSEMBLYAI_SPEECH_MODEL")
                 .unwrap_or_else(|| "universal-streaming-english".into()),

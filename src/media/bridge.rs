@@ -1,5 +1,8 @@
-//! One task per live call: Telnyx media frames in, one AssemblyAI v3 session per track,
-//! transcripts out. Everything the task holds is bounded: the reorder window, one partial
+//! One task per live media stream: Telnyx media frames in, one AssemblyAI v3 session per
+//! track, transcripts out. A one-leg call's stream carries both tracks and its translations
+//! play back into it; each leg of an interpreted call has its own stream (the party's
+//! voice in), its party's speech model, and plays what the *other* party said, translated
+//! (the other leg's bridge hands it over through [`super::hub`]). Everything the task holds is bounded: the reorder window, one partial
 //! batch, and a replay buffer of at most `MEDIA_REPLAY_BUFFER_SECS` per track.
 //!
 //! When AssemblyAI drops a session (not after our `Terminate`), the track reconnects with
@@ -15,18 +18,20 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use base64::Engine as _;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 use uuid::Uuid;
 
 use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
-use super::playout::{self, ClearedThrough, Languages, Outbound, Utterance};
+use super::hub::{self, Delivery};
+use super::playout::{self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance};
 use super::transcripts::{self, FinalTurn};
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
+use crate::calls::legs::{Leg, Role};
 use crate::state::AppState;
 
 type AaiSink = SplitSink<Socket, AaiMessage>;
@@ -134,9 +139,30 @@ impl TrackState {
     }
 }
 
+/// What a media stream carries.
+pub enum Target {
+    /// A one-leg call: one stream with both tracks.
+    Call(Uuid),
+    /// One party of an interpreted call: their voice in (inbound track), the other party's
+    /// words, translated, out.
+    Leg(Leg),
+}
+
+/// The party an interpreted call's leg bridge serves.
+struct Party {
+    role: Role,
+    /// BCP-47, or `auto`.
+    language: String,
+    /// The language AssemblyAI reported for this party's latest turn (`auto` parties).
+    detected: watch::Sender<Option<String>>,
+    /// While held, the other leg's bridge can hand this party utterances.
+    _registration: Option<hub::Registration>,
+}
+
 pub struct Bridge {
     state: AppState,
     call_id: Uuid,
+    party: Option<Party>,
     client: AssemblyAiClient,
     params: StreamParams,
     tracks: HashMap<Track, TrackState>,
@@ -184,10 +210,13 @@ struct Playing {
 }
 
 /// Runs the bridge for one Telnyx media WebSocket until the stream ends.
-pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socket: WebSocket) {
+pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, socket: WebSocket) {
     metrics::gauge!("media_live_calls").increment(1.0);
     let (events_tx, events_rx) = mpsc::channel(256);
-    let params = StreamParams::telephony(&state.config.media.speech_model);
+    let call_id = match &target {
+        Target::Call(id) => *id,
+        Target::Leg(leg) => leg.call_id,
+    };
     let replica = format!(
         "{}-{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
@@ -195,23 +224,34 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
     );
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let cleared: ClearedThrough = playout::nothing_cleared();
-    let (speaker, speaker_task) = match languages(&state, call_id).await {
-        Some(languages) => {
-            let (tx, task) = playout::spawn(
-                state.clone(),
-                call_id,
-                languages,
-                outbound_tx.clone(),
-                cleared.clone(),
-            );
-            (Some(tx), Some(task))
+    let (params, party, speaker, speaker_task) = match target {
+        Target::Call(_) => {
+            let params = StreamParams::telephony(&state.config.media.speech_model);
+            match languages(&state, call_id).await {
+                Some(languages) => {
+                    let (tx, task) = playout::spawn(
+                        state.clone(),
+                        call_id,
+                        Listeners::Tracks(languages),
+                        outbound_tx.clone(),
+                        cleared.clone(),
+                    );
+                    (params, None, Some(tx), Some(task))
+                }
+                None => (params, None, None, None),
+            }
         }
-        None => (None, None),
+        Target::Leg(leg) => {
+            let (params, party, task) =
+                join_leg(&state, leg, outbound_tx.clone(), cleared.clone()).await;
+            (params, Some(party), None, task)
+        }
     };
     drop(outbound_tx);
     let mut bridge = Bridge {
         state,
         call_id,
+        party,
         client,
         params,
         tracks: HashMap::new(),
@@ -229,10 +269,14 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
     };
     bridge.event_loop(socket, events_rx, outbound_rx).await;
     bridge.speaker = None;
+    // No more utterances for this party: the speaker's queue closes once the hub lets go.
+    let role = bridge.party.take().map(|party| party.role);
     if let Some(task) = speaker_task {
         let _ = tokio::time::timeout(STOP_DEADLINE, task).await;
     }
-    if let Err(error) = playout::never_played(&bridge.state.db, call_id).await {
+    if let Err(error) =
+        playout::never_played(&bridge.state.db, call_id, role.map(Role::as_str)).await
+    {
         tracing::warn!(%error, "closing unplayed utterances failed");
     }
     for track in [Track::Inbound, Track::Outbound] {
@@ -251,6 +295,59 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
     }
     metrics::gauge!("media_live_calls").decrement(1.0);
     tracing::info!(%call_id, "media bridge finished");
+}
+
+/// An interpreted call's leg: the session for the party's language, and a speaker for what
+/// the other party says, registered with the hub (when TTS is configured).
+async fn join_leg(
+    state: &AppState,
+    leg: Leg,
+    outbound: mpsc::Sender<Outbound>,
+    cleared: ClearedThrough,
+) -> (StreamParams, Party, Option<tokio::task::JoinHandle<()>>) {
+    let language = leg.language.clone().unwrap_or_else(|| "auto".into());
+    let params = match state.config.media.speech_models.choose(&language) {
+        Ok(choice) => StreamParams::telephony_for(&choice.model, choice.language_detection),
+        Err(why) => {
+            // Refused at dial time; only a table changed since then gets here.
+            tracing::warn!(call_id = %leg.call_id, role = leg.role.as_str(), %why, "no speech model for the leg's language; using the default");
+            StreamParams::telephony(&state.config.media.speech_model)
+        }
+    };
+    let (detected, detected_rx) = watch::channel(None);
+    let mut party = Party {
+        role: leg.role,
+        language: language.clone(),
+        detected,
+        _registration: None,
+    };
+    if state.tts.is_none() {
+        return (params, party, None);
+    }
+    let listens_in = if language == "auto" {
+        PartyLanguage::Detected(detected_rx)
+    } else {
+        PartyLanguage::Fixed(language)
+    };
+    let (queue, task) = playout::spawn(
+        state.clone(),
+        leg.call_id,
+        Listeners::Party {
+            language: listens_in,
+            voice: leg.voice_id.clone(),
+        },
+        outbound,
+        cleared,
+    );
+    let first_seq = match playout::next_seq(&state.db, leg.call_id).await {
+        Ok(seq) => seq,
+        Err(error) => {
+            tracing::warn!(%error, "reading the call's utterance numbers failed");
+            0
+        }
+    };
+    party._registration = Some(state.hub.register(leg.call_id, leg.role, queue, first_seq));
+    (params, party, Some(task))
 }
 
 /// The call's two languages, when translation can run (both set, differing, TTS configured).
@@ -364,7 +461,7 @@ impl Bridge {
                 }
                 self.stream_id = Some(start.stream_id);
                 self.heartbeat();
-                for track in [Track::Inbound, Track::Outbound] {
+                for &track in self.tracks_carried() {
                     self.ensure_track(track);
                 }
             }
@@ -372,6 +469,10 @@ impl Bridge {
                 self.meters.frames_in.increment(1);
                 if self.stopping.is_some() {
                     return;
+                }
+                if !self.tracks_carried().contains(&media.track) {
+                    // A leg's stream carries its party only (`inbound_track`).
+                    return count_bad("unexpected_track");
                 }
                 self.ensure_track(media.track);
                 let batches = self
@@ -392,6 +493,23 @@ impl Bridge {
             }
             Frame::Mark { name } => self.on_mark(&name),
             Frame::Connected | Frame::Dtmf { .. } => {}
+        }
+    }
+
+    /// A one-leg call's stream carries both tracks; a leg's stream its party's voice only.
+    fn tracks_carried(&self) -> &'static [Track] {
+        if self.party.is_some() {
+            &[Track::Inbound]
+        } else {
+            &[Track::Inbound, Track::Outbound]
+        }
+    }
+
+    /// How a track's turns, gaps and partials are stored: the party on a leg's stream.
+    fn label(&self, track: Track) -> &'static str {
+        match &self.party {
+            Some(party) => party.role.as_str(),
+            None => track.as_str(),
         }
     }
 
@@ -647,6 +765,7 @@ impl Bridge {
 
     fn on_turn(&mut self, track: Track, turn: Turn) {
         let call_id = self.call_id;
+        let label = self.label(track);
         let final_turn = turn.end_of_turn && (turn.turn_is_formatted || !self.params.format_turns);
         if !turn.transcript.is_empty() {
             // The listener of whatever is playing started talking: barge-in.
@@ -665,9 +784,7 @@ impl Bridge {
                     turn.turn_order,
                 );
                 tokio::spawn(async move {
-                    let _ =
-                        transcripts::publish_partial(&db, call_id, track.as_str(), order, &text)
-                            .await;
+                    let _ = transcripts::publish_partial(&db, call_id, label, order, &text).await;
                 });
             }
             return;
@@ -695,9 +812,24 @@ impl Bridge {
         let confidence = (!turn.words.is_empty()).then(|| {
             turn.words.iter().map(|w| w.confidence).sum::<f64>() / turn.words.len() as f64
         });
+        // An `auto` party: AssemblyAI names the language of each turn; it drives what the
+        // turn is translated from, and what this party hears.
+        let language = match &self.party {
+            Some(party) if party.language == "auto" => {
+                if let Some(code) = &turn.language_code {
+                    party.detected.send_replace(Some(code.clone()));
+                }
+                turn.language_code
+                    .clone()
+                    .or_else(|| party.detected.borrow().clone())
+            }
+            Some(party) => Some(party.language.clone()),
+            None => None,
+        };
         let stored = FinalTurn {
             call_id,
-            track: track.as_str(),
+            track: label,
+            language: language.clone(),
             turn_index: state.turn_index,
             session_id: state.session_id.clone(),
             text: turn.transcript,
@@ -707,21 +839,18 @@ impl Bridge {
             end_ms: end_ms.map(|v| v as i64),
         };
         state.turn_index += 1;
-        if let Some(speaker) = &self.speaker
-            && !stored.text.trim().is_empty()
-        {
+        if !stored.text.trim().is_empty() {
             let utterance = Utterance {
                 seq: self.next_utterance,
                 source_track: track,
+                source: label,
+                source_language: language,
                 turn_index: stored.turn_index,
                 text: stored.text.clone(),
                 end_of_turn_at: chrono::Utc::now(),
                 end_of_turn: Instant::now(),
             };
-            self.next_utterance += 1;
-            if speaker.try_send(utterance).is_err() {
-                tracing::warn!(call_id = %call_id, "translation queue full; utterance dropped");
-            }
+            self.hand_over(utterance);
         }
         let db = self.state.db.clone();
         self.storage.spawn(async move {
@@ -736,6 +865,35 @@ impl Bridge {
                 }
             }
         });
+    }
+
+    /// A final turn goes to whoever hears it: the other track's speaker on a one-leg call,
+    /// the other party's leg on an interpreted call — never back to the one who said it.
+    fn hand_over(&mut self, utterance: Utterance) {
+        let call_id = self.call_id;
+        if let Some(party) = &self.party {
+            match self
+                .state
+                .hub
+                .deliver(call_id, party.role.other(), utterance)
+            {
+                Delivery::Queued => {}
+                Delivery::NoListener => {
+                    metrics::counter!("translation_no_listener_total").increment(1);
+                    tracing::info!(%call_id, from = party.role.as_str(), "the other party's stream is not live here; turn not spoken");
+                }
+                Delivery::Full => {
+                    tracing::warn!(%call_id, "translation queue full; utterance dropped");
+                }
+            }
+            return;
+        }
+        if let Some(speaker) = &self.speaker {
+            self.next_utterance += 1;
+            if speaker.try_send(utterance).is_err() {
+                tracing::warn!(%call_id, "translation queue full; utterance dropped");
+            }
+        }
     }
 
     /// Turns a speaker request into the Telnyx message, keeping playout accounting.
@@ -874,13 +1032,14 @@ impl Bridge {
         };
         let duration = end.saturating_sub(start);
         metrics::counter!("transcript_gap_seconds_total").increment(duration.div_ceil(1000));
-        tracing::warn!(call_id = %self.call_id, track = track.as_str(), start_ms = start, duration_ms = duration, "transcript gap");
+        let label = self.label(track);
+        tracing::warn!(call_id = %self.call_id, track = label, start_ms = start, duration_ms = duration, "transcript gap");
         let (db, call_id) = (self.state.db.clone(), self.call_id);
         self.storage.spawn(async move {
             if let Err(error) = transcripts::store_gap(
                 &db,
                 call_id,
-                track.as_str(),
+                label,
                 start as i64,
                 duration as i64,
                 "assemblyai_unavailable",

@@ -103,6 +103,7 @@ pub async fn run(
                             confidence: None,
                             start_ms: turn.words.first().map(|w| w.start as i64),
                             end_ms: turn.words.last().map(|w| w.end as i64),
+                            language: turn.language_code.clone(),
                         };
                         turn_index += 1;
                         if let Err(error) = transcripts::store_final(&state.db, &stored).await {

@@ -23,6 +23,8 @@ pub struct FinalTurn {
     pub confidence: Option<f64>,
     pub start_ms: Option<i64>,
     pub end_ms: Option<i64>,
+    /// The language AssemblyAI detected for the turn, or the party's when fixed.
+    pub language: Option<String>,
 }
 
 pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<(), DbError> {
@@ -30,14 +32,14 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<(), DbError> {
     let transaction = client.transaction().await?;
     let inserted = transaction
         .execute(
-            "insert into transcript_turns (call_id, track, turn_index, session_id, text, words, confidence, start_ms, end_ms)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing",
-            &[&turn.call_id, &turn.track, &turn.turn_index, &turn.session_id, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms],
+            "insert into transcript_turns (call_id, track, turn_index, session_id, text, words, confidence, start_ms, end_ms, language)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) on conflict do nothing",
+            &[&turn.call_id, &turn.track, &turn.turn_index, &turn.session_id, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language],
         )
         .await?;
     if inserted == 1 {
         let data = json!({
-            "track": turn.track, "turn_index": turn.turn_index, "text": turn.text,
+            "track": turn.track, "turn_index": turn.turn_index, "text": turn.text, "language": turn.language,
             "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
         });
         events::append(
