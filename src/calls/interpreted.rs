@@ -221,47 +221,59 @@ pub async fn dial_leg(
 }
 
 /// Carries out what [`legs::settle`] decided: ring the remote party, or end a leg whose
-/// party is gone. A refused remote dial fails that leg, which ends the agent's in turn.
+/// party is gone. Each command is claimed first, so concurrent jobs for the same call send
+/// it once; a refused remote dial fails that leg, which ends the agent's in turn.
 pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> anyhow::Result<()> {
     let telnyx = state.telnyx()?;
     for step in next {
+        let client = state.db.client().await?;
         match step {
-            legs::Next::DialRemote(remote) => match dial_leg(state, telnyx, call, &remote).await {
-                Ok(()) => {}
-                Err(DialError::Telnyx(error @ TelnyxError::Rejected { .. })) => {
-                    let client = state.db.client().await?;
-                    let reason = format!("the remote party could not be dialed: {error}");
-                    legs::mark_failed(&**client, remote.id, &reason).await?;
-                    events::append(
-                        &**client,
-                        call.id,
-                        "call.leg_failed",
-                        json!({"leg": "remote", "failure_reason": reason}),
-                        Utc::now(),
-                    )
-                    .await?;
-                    let more = legs::settle(&**client, call.id).await?;
-                    Box::pin(follow_up(state, call, more)).await?;
+            legs::Next::DialRemote(remote) => {
+                if !legs::claim_dial(&**client, remote.id).await? {
+                    continue;
                 }
-                // Unavailable after retries: the job runs again (same command id).
-                Err(error) => return Err(error.into()),
-            },
+                match dial_leg(state, telnyx, call, &remote).await {
+                    Ok(()) => {}
+                    Err(DialError::Telnyx(error @ TelnyxError::Rejected { .. })) => {
+                        let reason = format!("the remote party could not be dialed: {error}");
+                        legs::mark_failed(&**client, remote.id, &reason).await?;
+                        events::append(
+                            &**client,
+                            call.id,
+                            "call.leg_failed",
+                            json!({"leg": "remote", "failure_reason": reason}),
+                            Utc::now(),
+                        )
+                        .await?;
+                        let more = legs::settle(&**client, call.id).await?;
+                        Box::pin(follow_up(state, call, more)).await?;
+                    }
+                    // Unavailable after retries: the job runs again (same command id).
+                    Err(error) => {
+                        legs::release_dial(&**client, remote.id).await?;
+                        return Err(error.into());
+                    }
+                }
+            }
             legs::Next::HangUp(leg) => {
                 let Some(ccid) = leg.telnyx_call_control_id.as_deref() else {
                     continue;
                 };
-                telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await?;
-                let client = state.db.client().await?;
-                if legs::mark_hangup_requested(&**client, leg.id).await? {
-                    events::append(
-                        &**client,
-                        call.id,
-                        "call.hangup_requested",
-                        json!({"leg": leg.role.as_str(), "because": "the other party hung up"}),
-                        Utc::now(),
-                    )
-                    .await?;
+                if !legs::claim_hangup(&**client, leg.id).await? {
+                    continue;
                 }
+                if let Err(error) = telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await {
+                    legs::release_hangup(&**client, leg.id).await?;
+                    return Err(error.into());
+                }
+                events::append(
+                    &**client,
+                    call.id,
+                    "call.hangup_requested",
+                    json!({"leg": leg.role.as_str(), "because": "the other party's leg ended"}),
+                    Utc::now(),
+                )
+                .await?;
             }
         }
     }

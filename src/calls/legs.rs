@@ -237,15 +237,57 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Records that our hangup of this leg was accepted; false if it already was.
-pub async fn mark_hangup_requested(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+/// How long a claimed command may stay unconfirmed before another job may claim it again
+/// (the claimer died between claiming and sending).
+const CLAIM_LEASE_SECS: f64 = 30.0;
+
+/// Claims the right to dial this leg: true for exactly one of several concurrent jobs
+/// (events of one call are processed concurrently). Released by [`release_dial`] when the
+/// dial could not be sent; a dial that reached Telnyx records its ids ([`dialed`]).
+pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
     Ok(client
         .execute(
-            "update call_legs set hangup_requested_at = now() where id = $1 and hangup_requested_at is null",
-            &[&id],
+            "update call_legs set dial_requested_at = now(), updated_at = now()
+             where id = $1 and telnyx_call_control_id is null and status not in ('ended', 'failed')
+               and (dial_requested_at is null or dial_requested_at < now() - make_interval(secs => $2))",
+            &[&id, &CLAIM_LEASE_SECS],
         )
         .await?
         == 1)
+}
+
+pub async fn release_dial(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs set dial_requested_at = null where id = $1 and telnyx_call_control_id is null",
+            &[&id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Claims our hangup of this leg: true for exactly one job (see [`claim_dial`]).
+pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "update call_legs set hangup_requested_at = now()
+             where id = $1 and (hangup_requested_at is null
+                                or hangup_requested_at < now() - make_interval(secs => $2))
+               and status not in ('ended', 'failed')",
+            &[&id, &CLAIM_LEASE_SECS],
+        )
+        .await?
+        == 1)
+}
+
+pub async fn release_hangup(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs set hangup_requested_at = null where id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Applies one Telnyx lifecycle event to a leg. Order-independent by construction, like
@@ -362,7 +404,7 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
     }
     if agent.answered_at.is_some()
         && !agent.status.is_terminal()
-        && remote.dial_requested_at.is_none()
+        && remote.telnyx_call_control_id.is_none()
         && !remote.status.is_terminal()
     {
         next.push(Next::DialRemote(remote.clone()));
@@ -371,7 +413,6 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
         if ended.status.is_terminal()
             && !other.status.is_terminal()
             && other.telnyx_call_control_id.is_some()
-            && other.hangup_requested_at.is_none()
         {
             next.push(Next::HangUp(other.clone()));
         }
@@ -431,7 +472,10 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
                         &call_id,
                         &ended_at,
                         &first.hangup_cause,
-                        &first.hangup_source.as_ref().map(|s| format!("{}:{s}", first.role.as_str())),
+                        &first
+                            .hangup_source
+                            .as_ref()
+                            .map(|s| format!("{}:{s}", first.role.as_str())),
                     ],
                 )
                 .await?;

@@ -5,8 +5,8 @@
 //! before failing, so an operator fixes a deployment in one pass. Secrets are wrapped in
 //! [`Secret`] from the moment they are read.
 
-pub mod speech;
 mod secret;
+pub mod speech;
 
 use std::collections::HashMap;
 use std::fmt;

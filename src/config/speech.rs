@@ -3,7 +3,6 @@
 //! really supports, so an unsupported language is refused at dial time instead of becoming
 //! a silent English session.
 
-
 /// `key=model` entries separated by `;`, keys separated by `,`. A key is a primary language
 /// subtag (`pt` covers `pt-BR`), `auto` (the party's language is detected), or `*` (any
 /// other language).
@@ -68,7 +67,11 @@ impl SpeechModels {
             .0
             .iter()
             .find(|(k, _)| *k == key)
-            .or_else(|| (key != "auto").then(|| self.0.iter().find(|(k, _)| k == "*")).flatten())
+            .or_else(|| {
+                (key != "auto")
+                    .then(|| self.0.iter().find(|(k, _)| k == "*"))
+                    .flatten()
+            })
             .map(|(_, model)| model.as_str())
             .ok_or_else(|| format!("no speech model is configured for `{language}`"))?;
         if key == "auto" {
@@ -107,13 +110,13 @@ pub const SPEECH_MODELS: &[(&str, &[&str])] = &[
 
 /// Whisper's 99 languages.
 const WHISPER_LANGUAGES: &[&str] = &[
-    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy",
-    "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw",
-    "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn",
-    "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt",
-    "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si",
-    "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl",
-    "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "yue", "zh",
+    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy", "da",
+    "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw", "he",
+    "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn", "ko", "la",
+    "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "ne", "nl",
+    "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl", "sn", "so",
+    "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl", "tr", "tt", "uk", "ur", "uz",
+    "vi", "yi", "yo", "yue", "zh",
 ];
 
 /// The languages `model` transcribes; `None` for a model AssemblyAI does not have.

@@ -182,7 +182,9 @@ fn validate_interpreted(body: &InterpretedCallRequest) -> Result<(), ApiError> {
     }
     for (name, party) in [("agent", &body.agent), ("remote", &body.remote)] {
         if !calls::is_e164(&party.number) {
-            problems.push(format!("{name}.number must be an E.164 number like +14155550123"));
+            problems.push(format!(
+                "{name}.number must be an E.164 number like +14155550123"
+            ));
         }
         if party.language != "auto" && !calls::is_language_code(&party.language) {
             problems.push(format!(

@@ -31,9 +31,8 @@ pub async fn telnyx_stream(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let bound =
-        stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
-            .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
+    let bound = stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
+        .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
     let assemblyai = state.assemblyai()?.clone();
     let client = state.db.client().await.map_err(ApiError::internal)?;
     // A one-leg call's token names the call; an interpreted call's names one leg.

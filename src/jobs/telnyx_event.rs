@@ -146,7 +146,14 @@ async fn run_for_leg(
         tracing::info!(event_type = %event.event_type, %event_id, call_id = %call.id, "event for no leg of the call; ignored");
         return mark_processed(state, event_id).await;
     };
-    legs::apply_event(&**client, leg.id, &event.event_type, occurred_at, &event.payload).await?;
+    legs::apply_event(
+        &**client,
+        leg.id,
+        &event.event_type,
+        occurred_at,
+        &event.payload,
+    )
+    .await?;
     let next = legs::settle(&**client, call.id).await?;
     interpreted::follow_up(state, call, next).await?;
     let updated = calls::get_unscoped(&**client, call.id)
@@ -158,7 +165,13 @@ async fn run_for_leg(
         "status": updated.status,
         "occurred_at": occurred_at,
     });
-    for field in ["hangup_cause", "hangup_source", "sip_hangup_cause", "stream_id", "failure_reason"] {
+    for field in [
+        "hangup_cause",
+        "hangup_source",
+        "sip_hangup_cause",
+        "stream_id",
+        "failure_reason",
+    ] {
         if let Some(value) = event.field(field) {
             data[field] = json!(value);
         }

@@ -26,12 +26,14 @@ use uuid::Uuid;
 use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
-use super::playout::{self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance};
+use super::playout::{
+    self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance,
+};
 use super::transcripts::{self, FinalTurn};
+use crate::calls::legs::{Leg, Role};
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
-use crate::calls::legs::{Leg, Role};
 use crate::state::AppState;
 
 type AaiSink = SplitSink<Socket, AaiMessage>;

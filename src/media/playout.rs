@@ -101,11 +101,13 @@ impl PartyLanguage {
             PartyLanguage::Fixed(language) => Ok(language.clone()),
             PartyLanguage::Detected(detected) => {
                 let mut detected = detected.clone();
-                match tokio::time::timeout(DETECTION_WAIT, detected.wait_for(Option::is_some))
-                    .await
+                match tokio::time::timeout(DETECTION_WAIT, detected.wait_for(Option::is_some)).await
                 {
                     Ok(Ok(language)) => Ok(language.clone().unwrap_or_default()),
-                    _ => Err("the listener's language was not detected yet (they have not spoken)".into()),
+                    _ => Err(
+                        "the listener's language was not detected yet (they have not spoken)"
+                            .into(),
+                    ),
                 }
             }
         }
@@ -243,12 +245,7 @@ async fn speak(
         .await;
     };
     let mut audio = match tts
-        .stream(
-            &translated.0,
-            listeners.voice(),
-            Some(&target),
-            "ulaw_8000",
-        )
+        .stream(&translated.0, listeners.voice(), Some(&target), "ulaw_8000")
         .await
     {
         Ok(audio) => Box::pin(audio),
