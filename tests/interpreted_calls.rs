@@ -289,6 +289,40 @@ async fn each_party_hears_only_the_other_translated_with_the_remote_language_det
 
     let call = it.call(&id).await;
     assert_eq!(call["legs"][1]["detected_language"], "es");
+
+    // The conversation as the frontend shows it: both parties in time order.
+    let transcript: Value =
+        it.t.app
+            .get_as(&it.ada, &format!("/api/calls/{id}/transcript"))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let turns = transcript["conversation"].as_array().unwrap();
+    assert_eq!(turns.len(), 2, "{transcript}");
+    assert_eq!(turns[0]["speaker"], "agent");
+    assert_eq!(turns[0]["language"], "en");
+    assert_eq!(turns[0]["text"], "Hello, this is the clinic calling.");
+    assert_eq!(
+        turns[0]["translation"],
+        "[ES] Hello, this is the clinic calling."
+    );
+    assert_eq!(turns[0]["playout"], "played");
+    assert_eq!(turns[1]["speaker"], "remote");
+    assert_eq!(turns[1]["language"], "es");
+    assert_eq!(turns[1]["translation"], "[EN-US] Hola, necesito una cita.");
+    assert_eq!(turns[1]["playout"], "played");
+    for turn in turns {
+        let stages = &turn["interpretation"];
+        for stage in [
+            "translate_ms",
+            "tts_first_byte_ms",
+            "end_of_turn_to_first_frame_ms",
+            "mark_ms",
+        ] {
+            assert!(stages[stage].as_f64().is_some(), "{stage} missing: {turn}");
+        }
+    }
 }
 
 #[tokio::test]

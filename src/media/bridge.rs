@@ -943,9 +943,13 @@ impl Bridge {
         let playing = self.playing.remove(position).expect("found");
         metrics::histogram!("translation_stage_seconds", "stage" => "mark")
             .record(playing.first_frame.elapsed().as_secs_f64());
-        let (db, call_id) = (self.state.db.clone(), self.call_id);
+        let (db, call_id, listener) = (
+            self.state.db.clone(),
+            self.call_id,
+            self.label(playing.listener),
+        );
         self.storage.spawn(async move {
-            if let Err(error) = playout::played(&db, call_id, playing.seq).await {
+            if let Err(error) = playout::played(&db, call_id, playing.seq, listener).await {
                 tracing::warn!(%error, "recording a played utterance failed");
             }
         });
@@ -968,9 +972,13 @@ impl Bridge {
                 .fetch_max(playing.seq, std::sync::atomic::Ordering::SeqCst);
             let at_ms =
                 (playing.first_frame.elapsed().as_millis() as u64).min(playing.audio_ms) as i32;
-            let (db, call_id) = (self.state.db.clone(), self.call_id);
+            let (db, call_id, listener) = (
+                self.state.db.clone(),
+                self.call_id,
+                self.label(playing.listener),
+            );
             self.storage.spawn(async move {
-                if let Err(error) = playout::cut(&db, call_id, playing.seq, at_ms).await {
+                if let Err(error) = playout::cut(&db, call_id, playing.seq, at_ms, listener).await {
                     tracing::warn!(%error, "recording a cut utterance failed");
                 }
             });

@@ -385,7 +385,12 @@ pub async fn next_seq(db: &Db, call_id: Uuid) -> Result<i32, crate::db::DbError>
 }
 
 /// The listener heard the utterance to its end (its mark came back).
-pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::DbError> {
+pub async fn played(
+    db: &Db,
+    call_id: Uuid,
+    seq: i32,
+    listener: &str,
+) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;
     client
         .execute(
@@ -398,7 +403,7 @@ pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::D
         &**client,
         call_id,
         "utterance.played",
-        json!({"seq": seq}),
+        json!({"seq": seq, "listener": listener}),
         Utc::now(),
     )
     .await?;
@@ -406,7 +411,13 @@ pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::D
 }
 
 /// The listener talked over it `at_ms` into the audio; the rest was cleared.
-pub async fn cut(db: &Db, call_id: Uuid, seq: i32, at_ms: i32) -> Result<(), crate::db::DbError> {
+pub async fn cut(
+    db: &Db,
+    call_id: Uuid,
+    seq: i32,
+    at_ms: i32,
+    listener: &str,
+) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;
     client
         .execute(
@@ -418,7 +429,7 @@ pub async fn cut(db: &Db, call_id: Uuid, seq: i32, at_ms: i32) -> Result<(), cra
         &**client,
         call_id,
         "utterance.cut",
-        json!({"seq": seq, "cut_at_ms": at_ms}),
+        json!({"seq": seq, "cut_at_ms": at_ms, "listener": listener}),
         Utc::now(),
     )
     .await?;
