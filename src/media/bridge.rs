@@ -147,7 +147,7 @@ pub enum Target {
     Call(Uuid),
     /// One party of an interpreted call: their voice in (inbound track), the other party's
     /// words, translated, out.
-    Leg(Leg),
+    Leg(Box<Leg>),
 }
 
 /// The party an interpreted call's leg bridge serves.
@@ -245,7 +245,7 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
         }
         Target::Leg(leg) => {
             let (params, party, task) =
-                join_leg(&state, leg, outbound_tx.clone(), cleared.clone()).await;
+                join_leg(&state, *leg, outbound_tx.clone(), cleared.clone()).await;
             (params, Some(party), None, task)
         }
     };

@@ -232,7 +232,7 @@ fn wrap(text: &str) -> Vec<String> {
 /// Agent on the left, remote party on the right: what each said (and in which language),
 /// and under it, on the other side, what the other heard and how it played.
 fn print_conversation(transcript: &serde_json::Value) {
-    println!("{:<w$} │ {}", "AGENT (en)", "REMOTE (auto)", w = COLUMN);
+    println!("{:<w$} │ REMOTE (auto)", "AGENT (en)", w = COLUMN);
     println!("{}┼{}", "─".repeat(COLUMN + 1), "─".repeat(COLUMN + 1));
     let turns = transcript["conversation"]
         .as_array()
