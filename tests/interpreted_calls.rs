@@ -244,6 +244,9 @@ async fn each_party_hears_only_the_other_translated_with_the_remote_language_det
     assert!(!heard(&remote_heard).iter().any(|t| t.contains("cita")));
     assert_eq!(agent_heard.marks_echoed.len(), 1);
     assert_eq!(remote_heard.marks_echoed.len(), 1);
+    // `original_audio: off`: nothing but the translation reaches either party.
+    assert!(agent_heard.audio().starts_with(b"TTS:"));
+    assert!(remote_heard.audio().starts_with(b"TTS:"));
 
     // Each party's session uses the model for their language; detection for `auto`.
     let sessions = it.aai.sessions();
@@ -544,4 +547,60 @@ async fn a_one_leg_call_written_before_the_migration_still_reads() {
     assert_eq!(legs[0]["hangup_cause"], "normal_clearing");
     drop(app);
     common::drop_database_blocking(&name);
+}
+
+#[tokio::test]
+async fn with_ducked_original_audio_each_party_hears_the_other_at_the_configured_gain() {
+    let it = spawn().await;
+    let mut body = interpreted("es");
+    body["original_audio"] = json!("ducked");
+    let call = it.place(&body).await;
+    assert_eq!(call["original_audio"], "ducked");
+    let id = call["id"].as_str().unwrap().to_owned();
+    let (agent, remote) = it.answer_both(&id).await;
+    // The agent speaks (a 220 Hz tone at amplitude 8000); the remote party listens.
+    let agent_stream = party(it.stream_url(&agent), &[(1500, true), (5500, false)], 2000);
+    let remote_stream = party(it.stream_url(&remote), &[(7000, false)], 2000);
+    let (_, remote_heard) = tokio::join!(
+        telnyx_media::play(agent_stream),
+        telnyx_media::play(remote_stream)
+    );
+    let remote_heard = remote_heard.unwrap();
+    let audio = remote_heard.audio();
+    let translation_at = audio
+        .windows(4)
+        .position(|w| w == b"TTS:")
+        .expect("the translation was heard");
+    assert!(
+        translation_at >= 160 * 10,
+        "the agent's own voice came first"
+    );
+    let peak = audio[..translation_at]
+        .iter()
+        .map(|&b| (callbridge::media::mix::to_linear(b) as i32).abs())
+        .max()
+        .unwrap();
+    // −18 dB (the default ORIGINAL_AUDIO_DUCKED_DB) of 8000 is 1007; µ-law steps are ~3 %.
+    let expected = 8000.0 * 10f64.powf(-18.0 / 20.0);
+    assert!(
+        (peak as f64 - expected).abs() / expected < 0.06,
+        "peak {peak}, expected about {expected:.0}"
+    );
+    assert_eq!(
+        heard(&remote_heard),
+        vec!["[ES] Hello, this is the clinic calling."]
+    );
+    assert_eq!(
+        remote_heard.marks_echoed.len(),
+        1,
+        "the translation played in full"
+    );
+    // Paced: 20 ms frames, the audio spans the call in real time.
+    assert!(
+        remote_heard
+            .received
+            .iter()
+            .filter(|v| v["event"] == "media")
+            .all(|v| v["media"]["payload"].as_str().unwrap().len() == 216)
+    );
 }

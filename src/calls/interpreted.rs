@@ -83,12 +83,6 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     }
     speech_for(state, Role::Agent, &dial.agent.language)?;
     speech_for(state, Role::Remote, &dial.remote.language)?;
-    if dial.original_audio != "off" {
-        return Err(DialError::Invalid(format!(
-            "original_audio `{}` is not available yet; use `off` (docs/CALLS.md)",
-            dial.original_audio
-        )));
-    }
     let telnyx = state.telnyx()?;
     let mut client = state.db.client().await?;
     if !super::org_owns_number(&**client, dial.organisation_id, &dial.from).await? {

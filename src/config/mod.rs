@@ -114,6 +114,9 @@ pub struct MediaConfig {
     /// `ASSEMBLYAI_SPEECH_MODELS`: the model per party language on interpreted calls
     /// (docs/CALLS.md).
     pub speech_models: speech::SpeechModels,
+    /// `ORIGINAL_AUDIO_DUCKED_DB`: the level of the other party's own voice under the
+    /// translation with `original_audio: ducked` (−60 to 0 dB).
+    pub ducked_db: f64,
     /// `MEDIA_BATCH_MS`: audio per AssemblyAI chunk, 50–1000.
     pub batch_ms: usize,
     /// `MEDIA_REORDER_WINDOW`: frames held to put out-of-order frames back in order.
@@ -727,8 +730,13 @@ impl Reader {
                 speech::SpeechModels::defaults()
             }),
         };
+        let ducked_db = self.parsed("ORIGINAL_AUDIO_DUCKED_DB", -18.0f64);
+        if !(-60.0..=0.0).contains(&ducked_db) {
+            self.problem("ORIGINAL_AUDIO_DUCKED_DB", "must be between -60 and 0 (dB)");
+        }
         let media = MediaConfig {
             speech_models,
+            ducked_db,
             speech_model: self
                 .string("ASSEMBLYAI_SPEECH_MODEL")
                 .unwrap_or_else(|| "universal-streaming-english".into()),

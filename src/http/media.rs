@@ -63,7 +63,10 @@ pub async fn telnyx_stream(
     drop(client);
     let target = match leg {
         None => bridge::Target::Call(call_id),
-        Some(leg) => bridge::Target::Leg(Box::new(leg)),
+        Some(leg) => bridge::Target::Leg(
+            Box::new(leg),
+            bridge::OriginalAudio::parse(&call.original_audio),
+        ),
     };
     let tracker = state.bridges.clone();
     // Thousands of these live at once: small per-socket buffers (frames are ~300 bytes).

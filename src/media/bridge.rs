@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
+use super::mix::{self, FRAME};
 use super::playout::{
     self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance,
 };
@@ -147,8 +148,46 @@ pub enum Target {
     Call(Uuid),
     /// One party of an interpreted call: their voice in (inbound track), the other party's
     /// words, translated, out.
-    Leg(Box<Leg>),
+    Leg(Box<Leg>, OriginalAudio),
 }
+
+/// Whether a party hears the other's own voice under the translation (the call's
+/// `original_audio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginalAudio {
+    Off,
+    Ducked,
+    Full,
+}
+
+impl OriginalAudio {
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "ducked" => OriginalAudio::Ducked,
+            "full" => OriginalAudio::Full,
+            _ => OriginalAudio::Off,
+        }
+    }
+}
+
+/// Paces what a party hears in 20 ms frames when the other's own voice is mixed under
+/// the translation: Telnyx plays frames in arrival order, so mixing live audio with speech
+/// sent ahead of time needs us to send each frame when it is due.
+struct Mixer {
+    gain_q15: i32,
+    /// Translation frames and marks, in order.
+    queue: VecDeque<Paced>,
+    /// The other party's newest frames (bounded: a little jitter, never a backlog).
+    under: VecDeque<[u8; FRAME]>,
+}
+
+enum Paced {
+    Frame([u8; FRAME]),
+    Mark(String),
+}
+
+/// The other party's voice kept for mixing: 100 ms.
+const UNDER_FRAMES: usize = 5;
 
 /// The party an interpreted call's leg bridge serves.
 struct Party {
@@ -159,12 +198,18 @@ struct Party {
     detected: watch::Sender<Option<String>>,
     /// While held, the other leg's bridge can hand this party utterances.
     _registration: Option<hub::Registration>,
+    /// Whether the call shares each party's own voice with the other.
+    shares_original: bool,
+    /// Where this party's voice goes for the other to hear under the translation.
+    peer_original: Option<mpsc::Sender<[u8; FRAME]>>,
+    peer_checked: Option<Instant>,
 }
 
 pub struct Bridge {
     state: AppState,
     call_id: Uuid,
     party: Option<Party>,
+    mixer: Option<Mixer>,
     client: AssemblyAiClient,
     params: StreamParams,
     tracks: HashMap<Track, TrackState>,
@@ -217,7 +262,7 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
     let (events_tx, events_rx) = mpsc::channel(256);
     let call_id = match &target {
         Target::Call(id) => *id,
-        Target::Leg(leg) => leg.call_id,
+        Target::Leg(leg, _) => leg.call_id,
     };
     let replica = format!(
         "{}-{}",
@@ -226,6 +271,8 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
     );
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let cleared: ClearedThrough = playout::nothing_cleared();
+    let mut original_rx = None;
+    let mut mixer = None;
     let (params, party, speaker, speaker_task) = match target {
         Target::Call(_) => {
             let params = StreamParams::telephony(&state.config.media.speech_model);
@@ -243,10 +290,36 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
                 None => (params, None, None, None),
             }
         }
-        Target::Leg(leg) => {
+        Target::Leg(leg, original) => {
+            let gain = match original {
+                OriginalAudio::Off => None,
+                OriginalAudio::Ducked => Some(mix::gain_q15(state.config.media.ducked_db)),
+                OriginalAudio::Full => Some(mix::gain_q15(0.0)),
+            };
+            let (tx, rx) = match gain {
+                Some(_) => {
+                    let (tx, rx) = mpsc::channel(16);
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            };
+            original_rx = rx;
+            mixer = gain.map(|gain_q15| Mixer {
+                gain_q15,
+                queue: VecDeque::new(),
+                under: VecDeque::with_capacity(UNDER_FRAMES + 1),
+            });
             let (params, party, task) =
-                join_leg(&state, *leg, outbound_tx.clone(), cleared.clone()).await;
-            (params, Some(party), None, task)
+                join_leg(&state, *leg, tx, outbound_tx.clone(), cleared.clone()).await;
+            (
+                params,
+                Some(Party {
+                    shares_original: gain.is_some(),
+                    ..party
+                }),
+                None,
+                task,
+            )
         }
     };
     drop(outbound_tx);
@@ -254,6 +327,7 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
         state,
         call_id,
         party,
+        mixer,
         client,
         params,
         tracks: HashMap::new(),
@@ -269,7 +343,9 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
         clear_requested: false,
         meters: Meters::new(),
     };
-    bridge.event_loop(socket, events_rx, outbound_rx).await;
+    bridge
+        .event_loop(socket, events_rx, outbound_rx, original_rx)
+        .await;
     bridge.speaker = None;
     // No more utterances for this party: the speaker's queue closes once the hub lets go.
     let role = bridge.party.take().map(|party| party.role);
@@ -304,6 +380,7 @@ pub async fn run(state: AppState, target: Target, client: AssemblyAiClient, sock
 async fn join_leg(
     state: &AppState,
     leg: Leg,
+    original: Option<mpsc::Sender<[u8; FRAME]>>,
     outbound: mpsc::Sender<Outbound>,
     cleared: ClearedThrough,
 ) -> (StreamParams, Party, Option<tokio::task::JoinHandle<()>>) {
@@ -322,6 +399,9 @@ async fn join_leg(
         language: language.clone(),
         detected,
         _registration: None,
+        shares_original: false,
+        peer_original: None,
+        peer_checked: None,
     };
     if state.tts.is_none() {
         return (params, party, None);
@@ -348,7 +428,12 @@ async fn join_leg(
             0
         }
     };
-    party._registration = Some(state.hub.register(leg.call_id, leg.role, queue, first_seq));
+    party._registration =
+        Some(
+            state
+                .hub
+                .register(leg.call_id, leg.role, queue, original, first_seq),
+        );
     (params, party, Some(task))
 }
 
@@ -372,9 +457,12 @@ impl Bridge {
         socket: WebSocket,
         mut events_rx: mpsc::Receiver<AaiEvent>,
         mut outbound_rx: mpsc::Receiver<Outbound>,
+        mut original_rx: Option<mpsc::Receiver<[u8; FRAME]>>,
     ) {
         let (mut telnyx_tx, mut telnyx_rx) = socket.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        // Telnyx's frame pacing: one frame every 20 ms while mixing (late ticks catch up).
+        let mut pacer = tokio::time::interval(Duration::from_millis(20));
         let shutdown = self.state.shutdown.clone();
         // One waiter for the whole call: a fresh `cancelled()` per loop turn would register
         // and unregister on the token's shared lock for every frame of every call.
@@ -399,9 +487,19 @@ impl Bridge {
                 },
                 Some(event) = events_rx.recv() => self.on_aai_event(event).await,
                 Some(out) = outbound_rx.recv(), if telnyx_open => {
-                    let message = self.on_outbound(out);
-                    if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                    if let Some(message) = self.on_outbound(out)
+                        && telnyx_tx.send(WsMessage::Text(message.into())).await.is_err()
+                    {
                         telnyx_open = false;
+                    }
+                }
+                Some(frame) = recv_original(&mut original_rx) => self.on_original(frame),
+                _ = pacer.tick(), if self.mixer.is_some() && telnyx_open => {
+                    for message in self.paced() {
+                        if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                            telnyx_open = false;
+                            break;
+                        }
                     }
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
@@ -418,6 +516,12 @@ impl Bridge {
                         track.phase = Phase::Finished;
                     }
                 }
+            }
+            if self.clear_requested
+                && let Some(mixer) = self.mixer.as_mut()
+            {
+                // Barge-in: what we had not sent yet is dropped here.
+                mixer.queue.clear();
             }
             if std::mem::take(&mut self.clear_requested) && telnyx_open {
                 // Barge-in: Telnyx drops the queued audio and flushes its marks.
@@ -477,6 +581,7 @@ impl Bridge {
                     return count_bad("unexpected_track");
                 }
                 self.ensure_track(media.track);
+                self.share_original(&media.payload);
                 let batches = self
                     .tracks
                     .get_mut(&media.track)
@@ -899,7 +1004,7 @@ impl Bridge {
     }
 
     /// Turns a speaker request into the Telnyx message, keeping playout accounting.
-    fn on_outbound(&mut self, out: Outbound) -> String {
+    fn on_outbound(&mut self, out: Outbound) -> Option<String> {
         match out {
             Outbound::Media {
                 seq,
@@ -918,16 +1023,93 @@ impl Bridge {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.audio_ms += (bytes.len() / MULAW_BYTES_PER_MS) as u64;
                 }
-                self.meters.frames_out.increment(1);
-                let payload = base64::engine::general_purpose::STANDARD.encode(&bytes);
-                serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
+                if let Some(mixer) = self.mixer.as_mut() {
+                    // Sent when due, with the other party's voice under it.
+                    mixer
+                        .queue
+                        .extend(bytes.chunks(FRAME).map(|c| Paced::Frame(mix::frame_of(c))));
+                    return None;
+                }
+                Some(media_message(&bytes, &self.meters))
             }
             Outbound::Mark { seq, name } => {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.mark = Some(name.clone());
                 }
-                serde_json::json!({"event": "mark", "mark": {"name": name}}).to_string()
+                if let Some(mixer) = self.mixer.as_mut() {
+                    mixer.queue.push_back(Paced::Mark(name));
+                    return None;
+                }
+                Some(mark_message(&name))
             }
+        }
+    }
+
+    /// A frame of the other party's own voice, to mix under what this party hears.
+    fn on_original(&mut self, frame: [u8; FRAME]) {
+        if let Some(mixer) = self.mixer.as_mut() {
+            if mixer.under.len() >= UNDER_FRAMES {
+                mixer.under.pop_front();
+            }
+            mixer.under.push_back(frame);
+        }
+    }
+
+    /// One 20 ms tick while mixing: the next translation frame (or silence) with the other
+    /// party's voice under it, then the marks that follow it. Nothing when both are silent.
+    fn paced(&mut self) -> Vec<String> {
+        let mut messages = Vec::new();
+        let Some(mixer) = self.mixer.as_mut() else {
+            return messages;
+        };
+        let speech = match mixer.queue.front() {
+            Some(Paced::Frame(_)) => match mixer.queue.pop_front() {
+                Some(Paced::Frame(frame)) => Some(frame),
+                _ => None,
+            },
+            _ => None,
+        };
+        let under = mixer.under.pop_front();
+        if speech.is_some() || under.is_some() {
+            let mut frame = speech.unwrap_or([mix::SILENCE; FRAME]);
+            if let Some(under) = &under {
+                mix::mix_into(&mut frame, under, mixer.gain_q15);
+            }
+            messages.push(media_message(&frame, &self.meters));
+        }
+        while let Some(Paced::Mark(_)) = mixer.queue.front() {
+            if let Some(Paced::Mark(name)) = mixer.queue.pop_front() {
+                messages.push(mark_message(&name));
+            }
+        }
+        messages
+    }
+
+    /// This party's own voice, for the other party to hear under their translations. The
+    /// other leg's queue is looked up at most once a second until it is live.
+    fn share_original(&mut self, payload: &[u8]) {
+        let Some(party) = self.party.as_mut() else {
+            return;
+        };
+        if !party.shares_original {
+            return;
+        }
+        if party.peer_original.as_ref().is_none_or(|tx| tx.is_closed()) {
+            if party
+                .peer_checked
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            party.peer_checked = Some(Instant::now());
+            party.peer_original = self
+                .state
+                .hub
+                .original_for(self.call_id, party.role.other());
+        }
+        if let Some(peer) = &party.peer_original {
+            // A full queue means the other leg is behind: this frame is not worth waiting for.
+            let _ = peer.try_send(mix::frame_of(payload));
         }
     }
 
@@ -1103,6 +1285,23 @@ fn schedule_retry(state: &mut TrackState) {
 
 fn count_bad(reason: &'static str) {
     metrics::counter!("media_frames_bad_total", "reason" => reason).increment(1);
+}
+
+fn media_message(bytes: &[u8], meters: &Meters) -> String {
+    meters.frames_out.increment(1);
+    let payload = base64::engine::general_purpose::STANDARD.encode(bytes);
+    serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
+}
+
+fn mark_message(name: &str) -> String {
+    serde_json::json!({"event": "mark", "mark": {"name": name}}).to_string()
+}
+
+async fn recv_original(rx: &mut Option<mpsc::Receiver<[u8; FRAME]>>) -> Option<[u8; FRAME]> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

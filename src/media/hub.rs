@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use uuid::Uuid;
 
+use super::mix::FRAME;
 use super::playout::Utterance;
 use crate::calls::legs::Role;
 
@@ -25,7 +26,16 @@ pub struct Hub {
 
 struct CallEntry {
     next_seq: i32,
-    legs: Vec<(Role, u64, mpsc::Sender<Utterance>)>,
+    legs: Vec<LegEntry>,
+}
+
+struct LegEntry {
+    role: Role,
+    registration: u64,
+    queue: mpsc::Sender<Utterance>,
+    /// Where the other party's own voice goes, when this party hears it under the
+    /// translation (`original_audio` ducked or full).
+    original: Option<mpsc::Sender<[u8; FRAME]>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +60,7 @@ impl Hub {
         call_id: Uuid,
         role: Role,
         queue: mpsc::Sender<Utterance>,
+        original: Option<mpsc::Sender<[u8; FRAME]>>,
         first_seq: i32,
     ) -> Registration {
         let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
@@ -59,8 +70,13 @@ impl Hub {
             legs: Vec::new(),
         });
         entry.next_seq = entry.next_seq.max(first_seq);
-        entry.legs.retain(|(r, _, _)| *r != role);
-        entry.legs.push((role, id, queue));
+        entry.legs.retain(|leg| leg.role != role);
+        entry.legs.push(LegEntry {
+            role,
+            registration: id,
+            queue,
+            original,
+        });
         Registration {
             hub: self.clone(),
             call_id,
@@ -74,11 +90,11 @@ impl Hub {
         let Some(entry) = calls.get_mut(&call_id) else {
             return Delivery::NoListener;
         };
-        let Some((_, _, queue)) = entry.legs.iter().find(|(r, _, _)| *r == to) else {
+        let Some(leg) = entry.legs.iter().find(|leg| leg.role == to) else {
             return Delivery::NoListener;
         };
         utterance.seq = entry.next_seq;
-        match queue.try_send(utterance) {
+        match leg.queue.try_send(utterance) {
             Ok(()) => {
                 entry.next_seq += 1;
                 Delivery::Queued
@@ -86,6 +102,18 @@ impl Hub {
             Err(TrySendError::Full(_)) => Delivery::Full,
             Err(TrySendError::Closed(_)) => Delivery::NoListener,
         }
+    }
+
+    /// Where to send this party's own voice so that `to` hears it under the translation,
+    /// when `to` is live here and hears it.
+    pub fn original_for(&self, call_id: Uuid, to: Role) -> Option<mpsc::Sender<[u8; FRAME]>> {
+        self.lock()
+            .get(&call_id)?
+            .legs
+            .iter()
+            .find(|leg| leg.role == to)?
+            .original
+            .clone()
     }
 
     /// Calls with at least one live leg here (for tests and metrics).
@@ -105,7 +133,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut calls = self.hub.lock();
         if let Some(entry) = calls.get_mut(&self.call_id) {
-            entry.legs.retain(|(_, id, _)| *id != self.id);
+            entry.legs.retain(|leg| leg.registration != self.id);
             if entry.legs.is_empty() {
                 calls.remove(&self.call_id);
             }

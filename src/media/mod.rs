@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod browser;
 pub mod frames;
 pub mod hub;
+pub mod mix;
 pub mod playout;
 pub mod reattach;
 pub mod transcripts;
