@@ -61,6 +61,7 @@ fn interpreted(remote_language: &str) -> Value {
         "from": "+14155550100",
         "agent": {"number": "+14155550111", "language": "en", "voice_id": "voice-en"},
         "remote": {"number": "+34911222333", "language": remote_language, "voice_id": "voice-es"},
+        "original_audio": "off",
     })
 }
 
@@ -446,7 +447,11 @@ async fn a_language_no_model_transcribes_is_422_naming_it_and_each_language_gets
     assert!(it.t.sim.commands_named("dial").is_empty(), "nothing dialed");
 
     // Japanese is not one of the multilingual model's languages: whisper-rt transcribes it.
-    let call = it.place(&interpreted("ja")).await;
+    // (And without `original_audio`, each party hears the other ducked under translations.)
+    let mut body = interpreted("ja");
+    body.as_object_mut().unwrap().remove("original_audio");
+    let call = it.place(&body).await;
+    assert_eq!(call["original_audio"], "ducked");
     let id = call["id"].as_str().unwrap().to_owned();
     let (_agent, remote) = it.answer_both(&id).await;
     let mut stream = party(it.stream_url(&remote), &[(600, false)], 0);

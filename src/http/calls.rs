@@ -64,12 +64,13 @@ pub struct PartyRequest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OriginalAudio {
-    /// Only translations (the default).
-    #[default]
+    /// Only the translations.
     Off,
-    /// The other's voice at a low gain under the translation (not available yet: 422).
+    /// The other's own voice at a low gain (`ORIGINAL_AUDIO_DUCKED_DB`, default −18 dB)
+    /// under the translation, so each knows when the other is speaking (the default).
+    #[default]
     Ducked,
-    /// The other's voice at full level (not available yet: 422).
+    /// The other's own voice at full level under the translation.
     Full,
 }
 

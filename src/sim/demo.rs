@@ -188,8 +188,10 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
         detail["hangup_source"].as_str().unwrap_or_default()
     );
     println!(
-        "Heard on each leg (µ-law bytes streamed): agent {} · remote {}",
-        agent_heard.media_bytes, remote_heard.media_bytes
+        "Heard on each leg (µ-law bytes streamed, original audio {}): agent {} · remote {}",
+        detail["original_audio"].as_str().unwrap_or_default(),
+        agent_heard.media_bytes,
+        remote_heard.media_bytes
     );
     shutdown.cancel();
     let _ = server.await;
