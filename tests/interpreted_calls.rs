@@ -609,3 +609,43 @@ async fn with_ducked_original_audio_each_party_hears_the_other_at_the_configured
             .all(|v| v["media"]["payload"].as_str().unwrap().len() == 216)
     );
 }
+
+#[tokio::test]
+async fn the_agent_hears_ringback_until_the_remote_party_is_on_the_line() {
+    let it = spawn().await;
+    let call = it.place(&interpreted("es")).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let (agent, remote) = it.answer_both(&id).await;
+    // The agent's stream is live; the remote party's only 2.5 s later.
+    let agent_stream = party(it.stream_url(&agent), &[(4500, false)], 0);
+    let remote_stream = party(it.stream_url(&remote), &[(1500, false)], 0);
+    let (agent_heard, _) = tokio::join!(telnyx_media::play(agent_stream), async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        telnyx_media::play(remote_stream).await
+    });
+    let agent_heard = agent_heard.unwrap();
+    let audio = agent_heard.audio();
+    // Two seconds of the 440 + 480 Hz tone (a second at a time), then `clear`.
+    assert_eq!(audio.len(), 16_000, "one second at 1 s and 2 s");
+    let peak = audio
+        .iter()
+        .map(|&b| (callbridge::media::mix::to_linear(b) as i32).abs())
+        .max()
+        .unwrap();
+    assert!((3000..4000).contains(&peak), "ringback level {peak}");
+    assert_eq!(
+        agent_heard.clears, 1,
+        "the tone stops when the remote party is there"
+    );
+    let clear_at = agent_heard
+        .received
+        .iter()
+        .position(|v| v["event"] == "clear")
+        .unwrap();
+    assert!(
+        agent_heard.received[clear_at..]
+            .iter()
+            .all(|v| v["event"] != "media"),
+        "no ringback after the remote party answered"
+    );
+}

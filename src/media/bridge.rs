@@ -203,7 +203,18 @@ struct Party {
     /// Where this party's voice goes for the other to hear under the translation.
     peer_original: Option<mpsc::Sender<[u8; FRAME]>>,
     peer_checked: Option<Instant>,
+    /// The agent hears ringback until the remote party's stream is live (they answered).
+    ringing: Option<Ringing>,
 }
+
+struct Ringing {
+    since: Instant,
+    /// Where in the tone's cadence the next second starts.
+    offset: usize,
+}
+
+/// Ringback stops by itself after this long (Telnyx's own ring timeout is shorter).
+const RING_LIMIT: Duration = Duration::from_secs(90);
 
 pub struct Bridge {
     state: AppState,
@@ -402,6 +413,7 @@ async fn join_leg(
         shares_original: false,
         peer_original: None,
         peer_checked: None,
+        ringing: None,
     };
     if state.tts.is_none() {
         return (params, party, None);
@@ -434,6 +446,12 @@ async fn join_leg(
                 .hub
                 .register(leg.call_id, leg.role, queue, original, first_seq),
         );
+    if leg.role == Role::Agent {
+        party.ringing = Some(Ringing {
+            since: Instant::now(),
+            offset: 0,
+        });
+    }
     (params, party, Some(task))
 }
 
@@ -463,6 +481,12 @@ impl Bridge {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         // Telnyx's frame pacing: one frame every 20 ms while mixing (late ticks catch up).
         let mut pacer = tokio::time::interval(Duration::from_millis(20));
+        // Ringback a second at a time; the first after a second, by when a remote party who
+        // is already on the line has registered.
+        let mut ring = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         let shutdown = self.state.shutdown.clone();
         // One waiter for the whole call: a fresh `cancelled()` per loop turn would register
         // and unregister on the token's shared lock for every frame of every call.
@@ -494,6 +518,14 @@ impl Bridge {
                     }
                 }
                 Some(frame) = recv_original(&mut original_rx) => self.on_original(frame),
+                _ = ring.tick(), if telnyx_open && self.party.as_ref().is_some_and(|p| p.ringing.is_some()) => {
+                    for message in self.ring() {
+                        if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                            telnyx_open = false;
+                            break;
+                        }
+                    }
+                }
                 _ = pacer.tick(), if self.mixer.is_some() && telnyx_open => {
                     for message in self.paced() {
                         if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
@@ -1043,6 +1075,43 @@ impl Bridge {
                 Some(mark_message(&name))
             }
         }
+    }
+
+    /// The next second of ringback for the agent, or — once the remote party's stream is
+    /// live — the end of it (`clear` drops what Telnyx still holds of the tone).
+    fn ring(&mut self) -> Vec<String> {
+        let call_id = self.call_id;
+        let Some(party) = self.party.as_mut() else {
+            return Vec::new();
+        };
+        let Some(ringing) = party.ringing.as_mut() else {
+            return Vec::new();
+        };
+        if self.state.hub.is_live(call_id, party.role.other())
+            || ringing.since.elapsed() > RING_LIMIT
+        {
+            party.ringing = None;
+            if let Some(mixer) = self.mixer.as_mut() {
+                mixer.queue.clear();
+            }
+            return vec![r#"{"event":"clear"}"#.to_owned()];
+        }
+        let cadence = mix::ringback_cadence();
+        let second: Vec<u8> = cadence
+            .iter()
+            .cycle()
+            .skip(ringing.offset)
+            .take(8000)
+            .copied()
+            .collect();
+        ringing.offset = (ringing.offset + second.len()) % cadence.len();
+        if let Some(mixer) = self.mixer.as_mut() {
+            mixer
+                .queue
+                .extend(second.chunks(FRAME).map(|c| Paced::Frame(mix::frame_of(c))));
+            return Vec::new();
+        }
+        vec![media_message(&second, &self.meters)]
     }
 
     /// A frame of the other party's own voice, to mix under what this party hears.

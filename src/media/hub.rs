@@ -116,6 +116,13 @@ impl Hub {
             .clone()
     }
 
+    /// Whether `role`'s stream of the call is live in this process.
+    pub fn is_live(&self, call_id: Uuid, role: Role) -> bool {
+        self.lock()
+            .get(&call_id)
+            .is_some_and(|entry| entry.legs.iter().any(|leg| leg.role == role))
+    }
+
     /// Calls with at least one live leg here (for tests and metrics).
     pub fn live_calls(&self) -> usize {
         self.lock().len()

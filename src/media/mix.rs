@@ -90,6 +90,25 @@ pub fn frame_of(bytes: &[u8]) -> [u8; FRAME] {
     frame
 }
 
+/// One cadence of the North American ringback tone (440 Hz + 480 Hz, 2 s on, 4 s off) at
+/// about −19 dBm0: what the agent hears while the remote party's phone rings.
+pub fn ringback_cadence() -> &'static [u8] {
+    static CADENCE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    CADENCE.get_or_init(|| {
+        (0..6 * 8000)
+            .map(|n| {
+                if n >= 2 * 8000 {
+                    return SILENCE;
+                }
+                let t = n as f64 / 8000.0;
+                let tau = 2.0 * std::f64::consts::PI;
+                let sample = 1800.0 * ((tau * 440.0 * t).sin() + (tau * 480.0 * t).sin());
+                to_mulaw(sample as i32)
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
