@@ -649,3 +649,39 @@ async fn the_agent_hears_ringback_until_the_remote_party_is_on_the_line() {
         "no ringback after the remote party answered"
     );
 }
+
+#[tokio::test]
+async fn a_refused_agent_dial_stores_the_call_failed_and_answers_502() {
+    let it = spawn().await;
+    it.t.sim.inject(callbridge::sim::telnyx::Fault::Status(422));
+    let response =
+        it.t.app
+            .request_as(Method::POST, &it.ada, "/api/calls")
+            .json(&interpreted("es"))
+            .send()
+            .await
+            .unwrap();
+    assert_problem(response, 502).await;
+    let page: Value =
+        it.t.app
+            .get_as(&it.ada, "/api/calls")
+            .await
+            .json()
+            .await
+            .unwrap();
+    let call = &page["calls"][0];
+    assert_eq!(call["status"], "failed");
+    assert!(
+        call["failure_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the agent could not be dialed")
+    );
+    let detail = it.call(call["id"].as_str().unwrap()).await;
+    assert_eq!(detail["legs"][0]["status"], "failed");
+    assert_eq!(
+        detail["legs"][1]["status"], "failed",
+        "the remote party is never dialed"
+    );
+    assert_eq!(it.t.sim.commands_named("dial").len(), 1);
+}

@@ -143,8 +143,9 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
         if let DialError::Telnyx(telnyx_error) = &error {
             let reason = format!("the agent could not be dialed: {telnyx_error}");
             legs::mark_failed(&**client, agent.id, &reason).await?;
-            legs::settle(&**client, call.id).await?;
             super::mark_failed(&**client, call.id, &reason).await?;
+            // The remote party is then never dialed.
+            legs::settle(&**client, call.id).await?;
             events::append(
                 &**client,
                 call.id,
