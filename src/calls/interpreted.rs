@@ -181,7 +181,7 @@ pub async fn dial_leg(
         client_state: telnyx::encode_leg_client_state(call.id, leg.role.as_str()),
         command_id: format!("dial:{}", leg.id),
         stream: StreamSettings::inbound_pcmu(stream_token::stream_url(
-            &state.config.public_base_url,
+            &state.config.media_base_url,
             state.config.auth.secret.expose().as_bytes(),
             leg.id,
             now,
@@ -189,7 +189,7 @@ pub async fn dial_leg(
         record: call.record,
         webhook_url: Some(format!(
             "{}/webhooks/telnyx",
-            state.config.public_base_url.as_str().trim_end_matches('/')
+            state.config.webhook_base_url.as_str().trim_end_matches('/')
         )),
     };
     let dialed = telnyx.dial(&request).await?;

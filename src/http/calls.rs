@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::OrgContext;
+use crate::auth::{BrowserOrgContext, OrgContext};
 use crate::calls::legs::{self, Leg};
 use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, interpreted, stream_token};
 use crate::error::{ApiError, Problem};
@@ -345,7 +345,7 @@ pub async fn create(
         client_state: telnyx::encode_client_state(call.id),
         command_id: format!("dial:{}", call.id),
         stream: StreamSettings::bidirectional_pcmu(stream_token::stream_url(
-            &state.config.public_base_url,
+            &state.config.media_base_url,
             secret,
             call.id,
             now_unix(),
@@ -353,7 +353,7 @@ pub async fn create(
         record: body.record,
         webhook_url: Some(format!(
             "{}/webhooks/telnyx",
-            state.config.public_base_url.as_str().trim_end_matches('/')
+            state.config.webhook_base_url.as_str().trim_end_matches('/')
         )),
     };
     match telnyx.dial(&request).await {
@@ -563,14 +563,15 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/api/calls/{id}/events", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
-        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in"),
+        ("org_id" = Option<Uuid>, Query, description = "Organisation to act in, for clients that cannot send X-Org-Id (EventSource); must equal X-Org-Id when both are sent")),
     responses(
         (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON)", body = CallEvent, content_type = "text/event-stream"),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn events(
     State(state): State<AppState>,
-    org: OrgContext,
+    BrowserOrgContext(org): BrowserOrgContext,
     Path(id): Path<Uuid>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,

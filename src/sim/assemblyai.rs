@@ -1,4 +1,4 @@
-//! An AssemblyAI Universal Streaming v3 simulator (PROVIDERS.md §2.1) that enforces the
+//! An AssemblyAI Universal Streaming v3 simulator (docs/PROVIDERS.md §2.1) that enforces the
 //! rules the real service enforces: the bare-key `Authorization` header (or a single-use
 //! `?token=` from `GET /v3/token`), `speech_model` required and one of the real models
 //! (each transcribing only its languages; `language_code` on final turns when detection is
