@@ -48,6 +48,22 @@ async fn spawn() -> Interpreted {
     t.sim.send_hangup_webhooks(&t.webhook_url());
     let ada = t.app.sign_in("Ada").await;
     t.own_number(&ada, "+14155550100").await;
+    // The toll-fraud guard dials the organisation's own countries only until allowed more:
+    // the remote parties here are in Spain and Japan.
+    let me: Value = t.app.get_as(&ada, "/api/me").await.json().await.unwrap();
+    let org = me["organisations"][0]["id"].as_str().unwrap().to_owned();
+    let policy = t
+        .app
+        .request_as(
+            Method::PUT,
+            &ada,
+            &format!("/api/orgs/{org}/dialing-policy"),
+        )
+        .json(&json!({"allowed_countries": ["US", "ES", "JP"], "min_role": "member"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policy.status(), 200);
     Interpreted {
         t,
         aai,

@@ -45,6 +45,9 @@ pub enum DialError {
     /// Telnyx refused or was unreachable; the call is stored as failed.
     #[error(transparent)]
     Telnyx(#[from] TelnyxError),
+    /// The toll-fraud guard refused (403/429), for either party's number.
+    #[error(transparent)]
+    Guard(#[from] super::guard::GuardError),
     #[error(transparent)]
     Disabled(#[from] crate::config::ProviderDisabled),
     #[error(transparent)]
@@ -90,9 +93,18 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
             "from must be one of the organisation's phone numbers".into(),
         ));
     }
-    let transaction = client.transaction().await?;
+    // The toll-fraud guard, for both parties' numbers: the call is inserted under its locks.
+    let permit = super::guard::admit(
+        &mut client,
+        &state.config.telephony,
+        dial.organisation_id,
+        dial.created_by.as_deref().unwrap_or_default(),
+        &[&dial.agent.number, &dial.remote.number],
+    )
+    .await?;
+    let transaction = permit.transaction();
     let call = super::insert(
-        &*transaction,
+        transaction,
         &NewCall {
             organisation_id: dial.organisation_id,
             direction: "outbound",
@@ -113,7 +125,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     .ok_or_else(|| anyhow::anyhow!("new call conflicted"))?;
     for (role, party) in [(Role::Agent, &dial.agent), (Role::Remote, &dial.remote)] {
         legs::insert(
-            &*transaction,
+            transaction,
             &NewLeg {
                 call_id: call.id,
                 role,
@@ -127,14 +139,14 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
         .await?;
     }
     events::append(
-        &*transaction,
+        transaction,
         call.id,
         "call.created",
         json!({"direction": "outbound", "interpreted": true, "agent": dial.agent.number, "remote": dial.remote.number}),
         Utc::now(),
     )
     .await?;
-    transaction.commit().await?;
+    permit.commit(call.id).await?;
 
     let agent = legs::by_role(&**client, call.id, Role::Agent)
         .await?

@@ -1,7 +1,9 @@
 //! The realtime media bridge: Telnyx media streams ↔ AssemblyAI v3 streaming
 //! (docs/MEDIA_BRIDGE.md). `frames` parses, `audio` reorders and batches, `bridge` runs one
 //! task per stream (a one-leg call, or one leg of an interpreted call), `hub` joins an
-//! interpreted call's two legs, `transcripts` stores what comes back,
+//! interpreted call's two legs, `mix` mixes a party's voice under translations, `replay` holds audio for a new session and accounts for what was lost,
+//! `resume` continues numbering and the call's clock across streams, `transcripts` stores
+//! what comes back,
 //! `playout` speaks translations back and `utterances` reads how they went.
 
 pub mod audio;
@@ -12,5 +14,7 @@ pub mod hub;
 pub mod mix;
 pub mod playout;
 pub mod reattach;
+pub mod replay;
+pub mod resume;
 pub mod transcripts;
 pub mod utterances;

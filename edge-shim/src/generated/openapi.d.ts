@@ -15,9 +15,8 @@ export interface paths {
         get: operations["list"];
         put?: never;
         /**
-         * Places an outbound call. Interpreted (`agent` + `remote`): the agent's leg is dialed now
-         *     and the remote party's once the agent answers, each with its own media stream. One-leg
-         *     (deprecated): dials `to` with one stream carrying both tracks.
+         * Places an outbound translated call: stores it, then dials through Telnyx with our call id
+         *     in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
          */
         post: operations["create"];
         delete?: never;
@@ -205,6 +204,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/orgs/{id}/dialing-policy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's dialing policy and the platform's caps (any member). */
+        get: operations["getDialingPolicy"];
+        /**
+         * Replace the organisation's allow-list of destination countries and the least role that
+         *     may dial (owners only).
+         */
+        put: operations["setDialingPolicy"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/orgs/{id}/members": {
         parameters: {
             query?: never;
@@ -249,10 +269,34 @@ export interface paths {
             cookie?: never;
         };
         /** The organisation's numbers. */
-        get: operations["list"];
+        get: operations["listPhoneNumbers"];
         put?: never;
-        /** Claim a number for the organisation (admins and owners). */
-        post: operations["create"];
+        /**
+         * Claim a number for the organisation (admins and owners): one the platform's Telnyx
+         *     account holds unassigned, or one Telnyx sells (ordered now, onto the platform's
+         *     connection). Any other number is refused with the same 422, whoever holds it.
+         */
+        post: operations["claimPhoneNumber"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/phone-numbers/available": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Numbers the organisation can claim now (admins and owners): unassigned numbers the
+         *     platform's Telnyx account already holds, then numbers Telnyx offers for sale.
+         */
+        get: operations["searchAvailablePhoneNumbers"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -269,8 +313,11 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Release a number (admins and owners). */
-        delete: operations["delete"];
+        /**
+         * Release a number (admins and owners). It stays in the platform's Telnyx account, free
+         *     for another organisation to claim.
+         */
+        delete: operations["releasePhoneNumber"];
         options?: never;
         head?: never;
         patch?: never;
@@ -619,15 +666,8 @@ export interface components {
             id: string;
             /** Format: date-time */
             initiated_at?: string | null;
-            /**
-             * @description Two legs (agent and remote), each hearing the other translated; false for a one-leg
-             *     call, where translations play back into the one leg.
-             */
-            interpreted: boolean;
             /** Format: uuid */
             organisation_id: string;
-            /** @description `off`, `ducked` or `full`: whether a party also hears the other's original voice. */
-            original_audio: string;
             record: boolean;
             sip_hangup_cause?: string | null;
             source_language?: string | null;
@@ -639,11 +679,6 @@ export interface components {
         };
         /** @description One call with how its spoken translations went. */
         CallDetail: components["schemas"]["Call"] & {
-            /**
-             * @description The parties' legs, agent first: an interpreted call has two (`agent`, `remote`), a
-             *     one-leg call one (`remote`).
-             */
-            legs: components["schemas"]["Leg"][];
             /**
              * @description Utterances by playout outcome and each stage's latency (p50, p95, max) over this
              *     call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
@@ -672,11 +707,6 @@ export interface components {
             agreement?: null | components["schemas"]["Agreement"];
             /** Format: uuid */
             call_id: string;
-            /**
-             * @description Both parties' turns in time order, each with its translation, playout outcome and
-             *     stage latencies: what the frontend shows as the conversation.
-             */
-            conversation: components["schemas"]["ConversationTurn"][];
             /** @description Final turns from the realtime bridge, in time order. */
             live: components["schemas"]["LiveTurn"][];
             post_call?: null | components["schemas"]["PostCallTranscript"];
@@ -701,41 +731,6 @@ export interface components {
              */
             version: number;
         };
-        /** @description One finished turn of the conversation, and what the other party heard for it. */
-        ConversationTurn: {
-            /**
-             * Format: date-time
-             * @description When the turn ended (was transcribed in full): the conversation's order.
-             */
-            ended_at: string;
-            interpretation?: null | components["schemas"]["Utterance"];
-            /** @description The language spoken: detected per turn for an `auto` party, else the party's. */
-            language?: string | null;
-            /**
-             * @description `played`, `cut`, `never_played`, `failed`, or while live `queued`/`playing`; null
-             *     when nothing was spoken for it (the other party's stream was not connected).
-             */
-            playout?: string | null;
-            /**
-             * @description Who spoke: `agent` or `remote` on an interpreted call (`inbound` or `outbound` on a
-             *     one-leg call).
-             */
-            speaker: string;
-            /** @description What they said. */
-            text: string;
-            /** @description The translation spoken to the other party (null when there was none). */
-            translation?: string | null;
-            /**
-             * Format: int32
-             * @description The speaker's turn number (with `speaker`, names the entry in `live`).
-             */
-            turn_index: number;
-        };
-        /**
-         * @description `POST /api/calls` body: an interpreted call (`agent` and `remote`), or the older one-leg
-         *     translated call (`to`, `source_language`, `target_language`; deprecated).
-         */
-        CreateCallRequest: components["schemas"]["InterpretedCallRequest"] | components["schemas"]["NewCallRequest"];
         CredentialReport: {
             cookie_name?: string | null;
             /** @description Why the credential was rejected as malformed, if it was. */
@@ -745,6 +740,50 @@ export interface components {
         };
         /** @enum {string} */
         CredentialSource: "cookie" | "bearer";
+        /** @description The platform's caps, the same for every organisation (configuration). */
+        DialLimits: {
+            /**
+             * Format: int64
+             * @description Calls are hung up this long after they were placed (a spoken warning a minute before).
+             */
+            max_call_duration_secs: number;
+            /** Format: int64 */
+            max_calls_per_minute_per_org: number;
+            /** Format: int64 */
+            max_calls_per_minute_per_user: number;
+            /** Format: int64 */
+            max_concurrent_calls_per_org: number;
+            /** Format: int64 */
+            max_concurrent_calls_per_user: number;
+            /** Format: int64 */
+            max_phone_numbers_per_org: number;
+            /** @description When set, no organisation may call outside these countries. */
+            platform_countries?: string[] | null;
+        };
+        DialingPolicy: {
+            /**
+             * @description The organisation's own allow-list (ISO 3166-1 alpha-2); `null`: the countries of its
+             *     phone numbers.
+             */
+            allowed_countries?: string[] | null;
+            /**
+             * @description The countries dials may reach now: the list (or the numbers' countries), narrowed to
+             *     the platform's countries when those are set.
+             */
+            effective_countries: string[];
+            limits: components["schemas"]["DialLimits"];
+            /** @description The least role that may place calls. */
+            min_role: components["schemas"]["Role"];
+        };
+        DialingPolicyUpdate: {
+            /**
+             * @description ISO 3166-1 alpha-2 codes, at most 250; `null` or absent: the countries of the
+             *     organisation's phone numbers.
+             */
+            allowed_countries?: string[] | null;
+            /** @description The least role that may place calls. */
+            min_role: components["schemas"]["Role"];
+        };
         Download: {
             /** Format: date-time */
             expires_at: string;
@@ -755,60 +794,13 @@ export interface components {
         };
         /** @enum {string} */
         Engine: "deepl" | "openai" | "cache";
-        /**
-         * @description An interpreted call: the agent is rung first, the remote party once the agent answers;
-         *     each hears the other translated into their own language (docs/CALLS.md).
-         */
-        InterpretedCallRequest: {
-            /** @description The organisation's side: a language, not `auto`. */
-            agent: components["schemas"]["PartyRequest"];
-            /**
-             * @description E.164 caller id: one of the organisation's phone numbers (used on both legs).
-             * @example +14155550100
-             */
-            from: string;
-            original_audio?: components["schemas"]["OriginalAudio"];
-            /** @description Record each leg (one recording per leg). */
-            record?: boolean;
-            /** @description The other party. */
-            remote: components["schemas"]["PartyRequest"];
-        };
-        /** @description One party's leg as the API shows it. */
-        Leg: {
-            /** Format: date-time */
-            answered_at?: string | null;
-            /** @description The language AssemblyAI detected most recently for an `auto` party. */
-            detected_language?: string | null;
-            /** Format: date-time */
-            ended_at?: string | null;
-            /** @description Why the leg failed or was never dialed. */
-            failure_reason?: string | null;
-            hangup_cause?: string | null;
-            /** @description `caller`, `callee`, … as Telnyx reports it. */
-            hangup_source?: string | null;
-            /** Format: uuid */
-            id: string;
-            /** Format: date-time */
-            initiated_at?: string | null;
-            /** @description BCP-47 language, or `auto` (detected per turn). Null on legacy legs without one. */
-            language?: string | null;
-            /** @description E.164 number of this party. */
-            number: string;
-            role: components["schemas"]["Role"];
-            sip_hangup_cause?: string | null;
-            status: components["schemas"]["CallStatus"];
-            /** @description `started`, `stopped` or `failed`: the leg's media stream as Telnyx reported it. */
-            stream_state?: string | null;
-            /** @description ElevenLabs voice this party hears translations in. */
-            voice_id?: string | null;
-        };
         LiveTurn: {
             /** Format: int64 */
             end_ms?: number | null;
             /** Format: int64 */
             start_ms?: number | null;
             text: string;
-            /** @description `inbound`, `outbound` or `browser`; `agent` or `remote` on an interpreted call. */
+            /** @description `inbound`, `outbound` or `browser`. */
             track: string;
             /** Format: int32 */
             turn_index: number;
@@ -878,29 +870,29 @@ export interface components {
         };
         NewPhoneNumber: {
             label?: string | null;
-            /** @description E.164, e.g. `+14155550100`. */
+            /** @description E.164, e.g. `+14155550100`: one `GET /api/phone-numbers/available` offered. */
             number: string;
         };
-        /**
-         * @description Whether each party also hears the other's original voice under the translation.
-         * @enum {string}
-         */
-        OriginalAudio: "off" | "ducked" | "full";
-        /** @description One party of an interpreted call. */
-        PartyRequest: {
+        /** @description A number the organisation could have now. */
+        OfferedNumber: {
+            /** @description ISO 3166-1 alpha-2. */
+            country: string;
+            currency?: string | null;
+            locality?: string | null;
+            monthly_cost?: string | null;
             /**
-             * @description BCP-47 language this party speaks (`en`, `es-MX`), or `auto` (remote party only):
-             *     detected from what they say.
-             * @example en
+             * @description E.164; pass it to `POST /api/phone-numbers`.
+             * @example +14155550100
              */
-            language: string;
+            phone_number: string;
             /**
-             * @description E.164 number to ring.
-             * @example +14155550123
+             * @description `account`: already the platform's, assigned at no extra cost; `order`: bought from
+             *     Telnyx on claim.
+             * @example order
              */
-            number: string;
-            /** @description ElevenLabs voice this party hears translations in (default `ELEVENLABS_VOICE_ID`). */
-            voice_id?: string | null;
+            source: string;
+            /** @description Decimal strings as Telnyx quotes them; absent for `account` numbers. */
+            upfront_cost?: string | null;
         };
         PhoneNumber: {
             /** Format: date-time */
@@ -910,6 +902,11 @@ export interface components {
             label?: string | null;
             /** @description E.164, e.g. `+14155550123`. */
             number: string;
+            /**
+             * @description `account` (held by the platform's Telnyx account and assigned to this organisation),
+             *     `order` (bought for it) or `legacy` (registered before numbers came from Telnyx).
+             */
+            source: string;
         };
         PostCallTranscript: {
             /** Format: int64 */
@@ -1175,9 +1172,8 @@ export interface components {
             seq: number;
             source_language?: string | null;
             /**
-             * @description Whose final turn this translates: the track (`inbound` or `outbound`) on a one-leg
-             *     call, the party (`agent` or `remote`) on an interpreted one; the listener is the
-             *     other. With `source_turn_index` it names the live turn it came from.
+             * @description The track whose final turn this translates (`inbound` or `outbound`); the listener
+             *     is the other one. With `source_turn_index` it names the live turn it came from.
              */
             source_track: string;
             /** Format: int32 */
@@ -1274,17 +1270,17 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["CreateCallRequest"];
+                "application/json": components["schemas"]["NewCallRequest"];
             };
         };
         responses: {
-            /** @description Dialing (the agent's leg, for an interpreted call) */
+            /** @description Dialing */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["CallDetail"];
+                    "application/json": components["schemas"]["Call"];
                 };
             };
             /** @description No valid session */
@@ -1296,9 +1292,29 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid numbers or languages, a language no speech model transcribes (named), or `from` is not the organisation's */
+            /** @description Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid numbers or languages, or `from` is not the organisation's */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`); `Retry-After` says when to try again */
+            429: {
+                headers: {
+                    /** @description Seconds before a call may be placed again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1744,6 +1760,119 @@ export interface operations {
             };
         };
     };
+    getDialingPolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Organisation id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The policy in force */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DialingPolicy"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such organisation, or not a member */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    setDialingPolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Organisation id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DialingPolicyUpdate"];
+            };
+        };
+        responses: {
+            /** @description The policy now in force */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DialingPolicy"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Only owners change the dialing policy */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such organisation, or not a member */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unknown country, one outside `DIAL_PLATFORM_COUNTRIES`, or more than 250 */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     list_members: {
         parameters: {
             query?: never;
@@ -1948,7 +2077,7 @@ export interface operations {
             };
         };
     };
-    list: {
+    listPhoneNumbers: {
         parameters: {
             query?: never;
             header?: {
@@ -1971,7 +2100,7 @@ export interface operations {
             };
         };
     };
-    create: {
+    claimPhoneNumber: {
         parameters: {
             query?: never;
             header?: {
@@ -1987,13 +2116,129 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Added */
+            /** @description Assigned to the organisation */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["PhoneNumber"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Members cannot add numbers, or the organisation holds `PHONE_NUMBERS_MAX_PER_ORG` numbers (`urn:callbridge:problem:number-limit`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The organisation already holds this number */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an E.164 number, or not available (`urn:callbridge:problem:number-unavailable`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Telnyx refused or failed the look-up or the order */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Telnyx is not configured */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    searchAvailablePhoneNumbers: {
+        parameters: {
+            query: {
+                /**
+                 * @description ISO 3166-1 alpha-2 country, e.g. `US`.
+                 * @example US
+                 */
+                country: string;
+                /** @description NANP area code (3 digits), e.g. `415`. */
+                area_code?: string;
+                /** @description Digits the national number contains (1–10). */
+                contains?: string;
+                /** @description 1–50, default 20. */
+                limit?: number;
+            };
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Claimable numbers, the account's own first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OfferedNumber"][];
+                };
+            };
+            /** @description A query parameter is missing or malformed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Members cannot add numbers */
@@ -2005,8 +2250,8 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The number is already registered */
-            409: {
+            /** @description Unknown country, or a malformed area code, pattern or limit */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2014,8 +2259,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Not an E.164 number */
-            422: {
+            /** @description Telnyx refused or failed the search */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Telnyx is not configured */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2025,7 +2279,7 @@ export interface operations {
             };
         };
     };
-    delete: {
+    releasePhoneNumber: {
         parameters: {
             query?: never;
             header?: {
