@@ -58,7 +58,7 @@ migrate: ## apply migrations to DATABASE_URL (DATABASE_DIRECT_URL if set)
 bench: ## benchmarks; prints a table with ratios against an in-run baseline
 	.ci/bench.sh
 
-demo: ## one simulated translated call end to end: transcript, translations, latencies
+demo: ## one simulated interpreted call end to end (en agent, es remote): conversation, latencies
 	.ci/demo.sh
 
 docker: ## build the production image (needs a Docker engine)

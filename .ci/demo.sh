@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the service and every simulator in one process, one translated call.
+# `make demo`: the service and every simulator in one process, one interpreted call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/lib.sh

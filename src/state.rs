@@ -53,6 +53,8 @@ pub struct Shared {
     pub telnyx_webhooks: Option<WebhookVerifier>,
     /// Live media bridges, so shutdown can wait for their last transcripts.
     pub bridges: tokio_util::task::TaskTracker,
+    /// Interpreted calls' legs live in this process: where each party's turns are spoken.
+    pub hub: Arc<crate::media::hub::Hub>,
     /// DeepL with OpenAI as fallback, cached in Postgres.
     pub translation: Arc<crate::translate::TranslationService>,
     pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,

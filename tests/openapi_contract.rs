@@ -158,6 +158,8 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
                 created_by: Some(&session.user_id),
                 status: callbridge::calls::CallStatus::Dialing,
                 telnyx_call_control_id: Some("v3:contract-test"),
+                interpreted: false,
+                original_audio: "off",
             },
         )
         .await

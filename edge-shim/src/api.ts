@@ -154,6 +154,8 @@ function callJson(row: CallRow): Schema<"Call"> {
     initiated_at: at(row[16]),
     answered_at: at(row[17]),
     ended_at: at(row[18]),
+    interpreted: row[19],
+    original_audio: row[20],
   };
 }
 

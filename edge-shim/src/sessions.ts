@@ -94,6 +94,8 @@ export type CallRow = [
   initiated_at: string | null,
   answered_at: string | null,
   ended_at: string | null,
+  interpreted: boolean,
+  original_audio: string,
 ];
 
 export interface Resolved {
@@ -146,7 +148,7 @@ function lookupSql(schema: string): string {
                        p.source_language, p.target_language, p.voice_id, p.record, p.status,
                        p.stream_state, p.hangup_cause, p.hangup_source, p.sip_hangup_cause,
                        p.failure_reason, ${ts("p.created_at")}, ${ts("p.initiated_at")},
-                       ${ts("p.answered_at")}, ${ts("p.ended_at")})
+                       ${ts("p.answered_at")}, ${ts("p.ended_at")}, p.interpreted, p.original_audio)
                      order by p.created_at desc, p.id desc) from page p), '[]'::json) as calls
     from session`;
 }

@@ -7,6 +7,8 @@
 
 pub mod destinations;
 pub mod guard;
+pub mod interpreted;
+pub mod legs;
 pub mod provisioning;
 pub mod stream_token;
 
@@ -81,6 +83,11 @@ pub struct Call {
     pub initiated_at: Option<DateTime<Utc>>,
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Two legs (agent and remote), each hearing the other translated; false for a one-leg
+    /// call, where translations play back into the one leg.
+    pub interpreted: bool,
+    /// `off`, `ducked` or `full`: whether a party also hears the other's original voice.
+    pub original_audio: String,
     #[serde(skip)]
     pub telnyx_call_control_id: Option<String>,
 }
@@ -88,7 +95,7 @@ pub struct Call {
 pub const CALL_COLUMNS: &str = "id, organisation_id, direction, from_number, to_number, source_language, \
      target_language, voice_id, record, status, stream_state, hangup_cause, hangup_source, \
      sip_hangup_cause, failure_reason, created_at, initiated_at, answered_at, ended_at, \
-     telnyx_call_control_id";
+     telnyx_call_control_id, interpreted, original_audio";
 
 pub fn call_from_row(row: &Row) -> Call {
     Call {
@@ -112,6 +119,8 @@ pub fn call_from_row(row: &Row) -> Call {
         answered_at: row.get(17),
         ended_at: row.get(18),
         telnyx_call_control_id: row.get(19),
+        interpreted: row.get(20),
+        original_audio: row.get(21),
     }
 }
 
@@ -127,6 +136,8 @@ pub struct NewCall<'a> {
     pub created_by: Option<&'a str>,
     pub status: CallStatus,
     pub telnyx_call_control_id: Option<&'a str>,
+    pub interpreted: bool,
+    pub original_audio: &'a str,
 }
 
 /// Inserts a call. For inbound calls the unique `telnyx_call_control_id` makes a redelivered
@@ -137,8 +148,9 @@ pub async fn insert(
 ) -> Result<Option<Call>, DbError> {
     let sql = format!(
         "insert into calls (id, organisation_id, direction, from_number, to_number, source_language,
-                            target_language, voice_id, record, created_by, status, telnyx_call_control_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                            target_language, voice_id, record, created_by, status, telnyx_call_control_id,
+                            interpreted, original_audio)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          on conflict (telnyx_call_control_id) do nothing
          returning {CALL_COLUMNS}"
     );
@@ -158,10 +170,35 @@ pub async fn insert(
                 &call.created_by,
                 &call.status.as_str(),
                 &call.telnyx_call_control_id,
+                &call.interpreted,
+                &call.original_audio,
             ],
         )
         .await?;
-    Ok(row.as_ref().map(call_from_row))
+    let call = row.as_ref().map(call_from_row);
+    if let Some(created) = &call
+        && !created.interpreted
+    {
+        // A one-leg call has one leg too, so every call reads the same way.
+        legs::insert(
+            client,
+            &legs::NewLeg {
+                call_id: created.id,
+                role: legs::Role::Remote,
+                number: if created.direction == "outbound" {
+                    &created.to
+                } else {
+                    &created.from
+                },
+                language: created.source_language.as_deref(),
+                voice_id: created.voice_id.as_deref(),
+                status: created.status,
+                telnyx_call_control_id: created.telnyx_call_control_id.as_deref(),
+            },
+        )
+        .await?;
+    }
+    Ok(call)
 }
 
 /// A call of this organisation (another organisation's call is `None`, i.e. 404).
@@ -266,6 +303,30 @@ pub async fn advance(
             &[&id, &status.as_str(), &telnyx_ids.0, &telnyx_ids.1, &telnyx_ids.2],
         )
         .await?;
+    mirror_one_leg(client, id).await
+}
+
+/// A one-leg call's leg is a projection of the call: copy the call's state onto it.
+/// (An interpreted call is the other way round: [`legs::settle`] derives it from its legs.)
+async fn mirror_one_leg(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs l set status = c.status,
+                    telnyx_call_control_id = coalesce(l.telnyx_call_control_id, c.telnyx_call_control_id),
+                    telnyx_call_leg_id = coalesce(l.telnyx_call_leg_id, c.telnyx_call_leg_id),
+                    telnyx_call_session_id = coalesce(l.telnyx_call_session_id, c.telnyx_call_session_id),
+                    dial_requested_at = coalesce(l.dial_requested_at,
+                        case when c.telnyx_call_control_id is not null then now() end),
+                    stream_state = c.stream_state, stream_state_at = c.stream_state_at,
+                    hangup_cause = c.hangup_cause, hangup_source = c.hangup_source,
+                    sip_hangup_cause = c.sip_hangup_cause, failure_reason = c.failure_reason,
+                    initiated_at = c.initiated_at, answered_at = c.answered_at, ended_at = c.ended_at,
+                    updated_at = now()
+             from calls c
+             where c.id = $1 and l.call_id = c.id and not c.interpreted",
+            &[&id],
+        )
+        .await?;
     Ok(())
 }
 
@@ -344,7 +405,7 @@ pub async fn apply_event(
         }
         _ => {}
     }
-    Ok(())
+    mirror_one_leg(client, id).await
 }
 
 pub async fn mark_failed(
@@ -360,7 +421,7 @@ pub async fn mark_failed(
             &[&id, &reason],
         )
         .await?;
-    Ok(())
+    mirror_one_leg(client, id).await
 }
 
 /// Records that our answer was accepted; returns false if it had already been recorded.

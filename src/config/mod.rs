@@ -7,6 +7,7 @@
 
 mod origins;
 mod secret;
+pub mod speech;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -148,8 +149,14 @@ pub struct RecordingsConfig {
 /// The realtime media bridge (docs/MEDIA_BRIDGE.md).
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
-    /// `ASSEMBLYAI_SPEECH_MODEL`: required by AssemblyAI v3.
+    /// `ASSEMBLYAI_SPEECH_MODEL`: required by AssemblyAI v3 (one-leg calls and browsers).
     pub speech_model: String,
+    /// `ASSEMBLYAI_SPEECH_MODELS`: the model per party language on interpreted calls
+    /// (docs/CALLS.md).
+    pub speech_models: speech::SpeechModels,
+    /// `ORIGINAL_AUDIO_DUCKED_DB`: the level of the other party's own voice under the
+    /// translation with `original_audio: ducked` (−60 to 0 dB).
+    pub ducked_db: f64,
     /// `MEDIA_BATCH_MS`: audio per AssemblyAI chunk, 50–1000.
     pub batch_ms: usize,
     /// `MEDIA_REORDER_WINDOW`: frames held to put out-of-order frames back in order.
@@ -729,7 +736,20 @@ impl Reader {
                 "must be between 50 and 1000 (AssemblyAI's chunk limits)",
             );
         }
+        let speech_models = match self.string("ASSEMBLYAI_SPEECH_MODELS") {
+            None => speech::SpeechModels::defaults(),
+            Some(text) => speech::SpeechModels::parse(&text).unwrap_or_else(|e| {
+                self.problem("ASSEMBLYAI_SPEECH_MODELS", e);
+                speech::SpeechModels::defaults()
+            }),
+        };
+        let ducked_db = self.parsed("ORIGINAL_AUDIO_DUCKED_DB", -18.0f64);
+        if !(-60.0..=0.0).contains(&ducked_db) {
+            self.problem("ORIGINAL_AUDIO_DUCKED_DB", "must be between -60 and 0 (dB)");
+        }
         let media = MediaConfig {
+            speech_models,
+            ducked_db,
             speech_model: self
                 .string("ASSEMBLYAI_SPEECH_MODEL")
                 .unwrap_or_else(|| "universal-streaming-english".into()),

@@ -17,7 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{BrowserOrgContext, OrgContext};
-use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, guard, stream_token};
+use crate::calls::legs::{self, Leg};
+use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, guard, interpreted, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::events::{self, CallEvent, FollowItem};
 use crate::http::extract::{Json, Path, Query};
@@ -42,6 +43,94 @@ pub struct NewCallRequest {
     pub voice_id: Option<String>,
     #[serde(default)]
     pub record: bool,
+}
+
+/// One party of an interpreted call.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartyRequest {
+    /// E.164 number to ring.
+    #[schema(example = "+14155550123")]
+    pub number: String,
+    /// BCP-47 language this party speaks (`en`, `es-MX`), or `auto` (remote party only):
+    /// detected from what they say.
+    #[schema(example = "en")]
+    pub language: String,
+    /// ElevenLabs voice this party hears translations in (default `ELEVENLABS_VOICE_ID`).
+    pub voice_id: Option<String>,
+}
+
+/// Whether each party also hears the other's original voice under the translation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginalAudio {
+    /// Only the translations.
+    Off,
+    /// The other's own voice at a low gain (`ORIGINAL_AUDIO_DUCKED_DB`, default −18 dB)
+    /// under the translation, so each knows when the other is speaking (the default).
+    #[default]
+    Ducked,
+    /// The other's own voice at full level under the translation.
+    Full,
+}
+
+impl OriginalAudio {
+    fn as_str(self) -> &'static str {
+        match self {
+            OriginalAudio::Off => "off",
+            OriginalAudio::Ducked => "ducked",
+            OriginalAudio::Full => "full",
+        }
+    }
+}
+
+/// An interpreted call: the agent is rung first, the remote party once the agent answers;
+/// each hears the other translated into their own language (docs/CALLS.md).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InterpretedCallRequest {
+    /// E.164 caller id: one of the organisation's phone numbers (used on both legs).
+    #[schema(example = "+14155550100")]
+    pub from: String,
+    /// The organisation's side: a language, not `auto`.
+    pub agent: PartyRequest,
+    /// The other party.
+    pub remote: PartyRequest,
+    /// Record each leg (one recording per leg).
+    #[serde(default)]
+    pub record: bool,
+    #[serde(default)]
+    pub original_audio: OriginalAudio,
+}
+
+/// `POST /api/calls` body: an interpreted call (`agent` and `remote`), or the older one-leg
+/// translated call (`to`, `source_language`, `target_language`; deprecated).
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+pub enum CreateCallRequest {
+    Interpreted(InterpretedCallRequest),
+    OneLeg(NewCallRequest),
+}
+
+impl<'de> Deserialize<'de> for CreateCallRequest {
+    /// Chooses the shape by its keys so the error names the field that is wrong, instead
+    /// of serde's "data did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let interpreted = value
+            .as_object()
+            .is_some_and(|o| o.contains_key("agent") || o.contains_key("remote"));
+        if interpreted {
+            serde_json::from_value(value)
+                .map(CreateCallRequest::Interpreted)
+                .map_err(D::Error::custom)
+        } else {
+            serde_json::from_value(value)
+                .map(CreateCallRequest::OneLeg)
+                .map_err(D::Error::custom)
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,6 +177,78 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((at, id.parse().map_err(|_| invalid())?))
 }
 
+fn validate_interpreted(body: &InterpretedCallRequest) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    if !calls::is_e164(&body.from) {
+        problems.push("from must be an E.164 number like +14155550100".to_owned());
+    }
+    for (name, party) in [("agent", &body.agent), ("remote", &body.remote)] {
+        if !calls::is_e164(&party.number) {
+            problems.push(format!(
+                "{name}.number must be an E.164 number like +14155550123"
+            ));
+        }
+        if party.language != "auto" && !calls::is_language_code(&party.language) {
+            problems.push(format!(
+                "{name}.language must be a language code like en or pt-BR, or auto"
+            ));
+        }
+        if party
+            .voice_id
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.len() > 64)
+        {
+            problems.push(format!("{name}.voice_id must be 1 to 64 characters"));
+        }
+    }
+    if body.agent.number == body.remote.number && calls::is_e164(&body.agent.number) {
+        problems.push("agent.number and remote.number must differ".to_owned());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(problems.join("; ")))
+    }
+}
+
+impl From<interpreted::DialError> for ApiError {
+    fn from(error: interpreted::DialError) -> Self {
+        match error {
+            interpreted::DialError::Invalid(why) => ApiError::Unprocessable(why),
+            interpreted::DialError::Telnyx(error) => error.into(),
+            interpreted::DialError::Guard(refused) => refused.into(),
+            interpreted::DialError::Disabled(disabled) => disabled.into(),
+            interpreted::DialError::Internal(error) => ApiError::internal(error),
+        }
+    }
+}
+
+/// The interpreted call use case, from HTTP.
+async fn create_interpreted(
+    state: &AppState,
+    org: &OrgContext,
+    body: InterpretedCallRequest,
+) -> Result<(StatusCode, Json<CallDetail>), ApiError> {
+    validate_interpreted(&body)?;
+    let party = |p: PartyRequest| interpreted::Party {
+        number: p.number,
+        language: p.language,
+        voice_id: p.voice_id,
+    };
+    let dial = interpreted::Dial {
+        organisation_id: org.organisation_id,
+        created_by: Some(org.user.id().to_owned()),
+        from: body.from,
+        agent: party(body.agent),
+        remote: party(body.remote),
+        record: body.record,
+        original_audio: body.original_audio.as_str().to_owned(),
+    };
+    let call = interpreted::place(state, &dial).await?;
+    let detail = detail(state, org.organisation_id, call.id).await?;
+    Ok((StatusCode::CREATED, Json(detail)))
+}
+
 fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
     let mut problems = Vec::new();
     if !calls::is_e164(&body.to) {
@@ -116,15 +277,16 @@ fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Places an outbound translated call: stores it, then dials through Telnyx with our call id
-/// in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
-#[utoipa::path(post, path = "/api/calls", operation_id = "createCall", tag = "calls", request_body = NewCallRequest,
+/// Places an outbound call. Interpreted (`agent` + `remote`): the agent's leg is dialed now
+/// and the remote party's once the agent answers, each with its own media stream. One-leg
+/// (deprecated): dials `to` with one stream carrying both tracks.
+#[utoipa::path(post, path = "/api/calls", operation_id = "createCall", tag = "calls", request_body = CreateCallRequest,
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
-        (status = 201, description = "Dialing", body = Call),
+        (status = 201, description = "Dialing (the agent's leg, for an interpreted call)", body = CallDetail),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid numbers or languages, or `from` is not the organisation's", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid numbers or languages, a language no speech model transcribes (named), or `from` is not the organisation's", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`); `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds before a call may be placed again"))),
         (status = 502, description = "Telnyx refused the dial; the call is stored as failed", body = Problem, content_type = "application/problem+json"),
@@ -133,8 +295,14 @@ fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     org: OrgContext,
-    Json(body): Json<NewCallRequest>,
-) -> Result<(StatusCode, Json<Call>), ApiError> {
+    Json(body): Json<CreateCallRequest>,
+) -> Result<(StatusCode, Json<CallDetail>), ApiError> {
+    let body = match body {
+        CreateCallRequest::Interpreted(body) => {
+            return create_interpreted(&state, &org, body).await;
+        }
+        CreateCallRequest::OneLeg(body) => body,
+    };
     validate(&body)?;
     let telnyx = state.telnyx()?;
     let mut client = state.db.client().await.map_err(ApiError::internal)?;
@@ -158,6 +326,8 @@ pub async fn create(
         created_by: Some(org.user.id()),
         status: CallStatus::Created,
         telnyx_call_control_id: None,
+        interpreted: false,
+        original_audio: "off",
     };
     // The toll-fraud guard: role, destinations, caps; the call is inserted under its locks.
     let permit = guard::admit(
@@ -242,11 +412,9 @@ pub async fn create(
             return Err(error.into());
         }
     }
-    let call = calls::get(&**client, org.organisation_id, call.id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
-    Ok((StatusCode::CREATED, Json(call)))
+    drop(client);
+    let detail = detail(&state, org.organisation_id, call.id).await?;
+    Ok((StatusCode::CREATED, Json(detail)))
 }
 
 /// The organisation's calls, newest first.
@@ -296,9 +464,31 @@ pub async fn list(
 pub struct CallDetail {
     #[serde(flatten)]
     pub call: Call,
+    /// The parties' legs, agent first: an interpreted call has two (`agent`, `remote`), a
+    /// one-leg call one (`remote`).
+    pub legs: Vec<Leg>,
     /// Utterances by playout outcome and each stage's latency (p50, p95, max) over this
     /// call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
     pub translation: TranslationSummary,
+}
+
+async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<CallDetail, ApiError> {
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let call = calls::get(&**client, organisation_id, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound)?;
+    let legs = legs::for_call(&**client, id)
+        .await
+        .map_err(ApiError::internal)?;
+    let translation = utterances::summary(&**client, id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(CallDetail {
+        call,
+        legs,
+        translation,
+    })
 }
 
 /// One call of the organisation, with its translation stage-latency summary.
@@ -313,15 +503,7 @@ pub async fn get(
     org: OrgContext,
     Path(id): Path<Uuid>,
 ) -> Result<Json<CallDetail>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let call = calls::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
-    let translation = utterances::summary(&**client, id)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(CallDetail { call, translation }))
+    Ok(Json(detail(&state, org.organisation_id, id).await?))
 }
 
 /// Asks Telnyx to hang up. Idempotent: hanging up an ended call succeeds.
@@ -345,14 +527,34 @@ pub async fn hangup(
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
     if !call.status.is_terminal() {
-        let ccid = call
-            .telnyx_call_control_id
-            .as_deref()
-            .ok_or_else(|| ApiError::Conflict("the call was never dialled".into()))?;
-        state
-            .telnyx()?
-            .hangup(ccid, &format!("hangup:{id}"))
-            .await?;
+        if call.interpreted {
+            // Both parties: each live leg is hung up under its own command id.
+            let live: Vec<Leg> = legs::for_call(&**client, id)
+                .await
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .filter(|leg| !leg.status.is_terminal() && leg.telnyx_call_control_id.is_some())
+                .collect();
+            if live.is_empty() {
+                return Err(ApiError::Conflict("the call was never dialled".into()));
+            }
+            for leg in live {
+                let ccid = leg.telnyx_call_control_id.as_deref().unwrap_or_default();
+                state
+                    .telnyx()?
+                    .hangup(ccid, &format!("hangup:{}", leg.id))
+                    .await?;
+            }
+        } else {
+            let ccid = call
+                .telnyx_call_control_id
+                .as_deref()
+                .ok_or_else(|| ApiError::Conflict("the call was never dialled".into()))?;
+            state
+                .telnyx()?
+                .hangup(ccid, &format!("hangup:{id}"))
+                .await?;
+        }
         events::append(
             &**client,
             id,

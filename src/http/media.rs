@@ -1,5 +1,5 @@
 //! `GET /media/telnyx/{stream_token}`: where Telnyx connects a call's media stream. The token
-//! (signed, expiring, bound to one call) is checked *before* the upgrade; then the bridge
+//! (signed, expiring, bound to one call, or to one leg of an interpreted call) is checked *before* the upgrade; then the bridge
 //! task runs until the stream ends.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 
-use crate::calls::{self, stream_token};
+use crate::calls::{self, legs, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::http::extract::Path;
 use crate::media::bridge;
@@ -33,11 +33,28 @@ pub async fn telnyx_stream(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let call_id =
-        stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
-            .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
+    let bound = stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
+        .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
     let assemblyai = state.assemblyai()?.clone();
     let client = state.db.client().await.map_err(ApiError::internal)?;
+    // A one-leg call's token names the call; an interpreted call's names one leg.
+    let (call_id, leg) = match calls::get_unscoped(&**client, bound)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(call) if !call.interpreted => (call.id, None),
+        Some(_) => return Err(ApiError::NotFound),
+        None => {
+            let leg = legs::get(&**client, bound)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or(ApiError::NotFound)?;
+            if leg.status.is_terminal() {
+                return Err(ApiError::NotFound);
+            }
+            (leg.call_id, Some(leg))
+        }
+    };
     let call = calls::get_unscoped(&**client, call_id)
         .await
         .map_err(ApiError::internal)?
@@ -46,6 +63,13 @@ pub async fn telnyx_stream(
         return Err(ApiError::NotFound);
     }
     drop(client);
+    let target = match leg {
+        None => bridge::Target::Call(call_id),
+        Some(leg) => bridge::Target::Leg(
+            Box::new(leg),
+            bridge::OriginalAudio::parse(&call.original_audio),
+        ),
+    };
     let tracker = state.bridges.clone();
     // Thousands of these live at once: small per-socket buffers (frames are ~300 bytes).
     Ok(upgrade
@@ -53,12 +77,6 @@ pub async fn telnyx_stream(
         .write_buffer_size(0)
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| {
-            tracker.track_future(bridge::run(
-                state,
-                call_id,
-                assemblyai,
-                socket,
-                connected_at,
-            ))
+            tracker.track_future(bridge::run(state, target, assemblyai, socket, connected_at))
         }))
 }

@@ -62,6 +62,7 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
         encoding,
         sample_rate,
         format_turns: true,
+        language_detection: false,
     })
 }
 

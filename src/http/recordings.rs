@@ -22,7 +22,7 @@ use crate::auth::{BrowserOrgContext, OrgContext};
 use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
-use crate::media::utterances::{self, Utterance};
+use crate::media::utterances::{self, ConversationTurn, Utterance};
 use crate::recordings::agreement::{self, Agreement};
 use crate::recordings::audio::{AudioFormat, SNIFF_LEN};
 use crate::recordings::store::{self, Limits, StoreError};
@@ -575,7 +575,7 @@ pub struct PostCallTranscript {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LiveTurn {
-    /// `inbound`, `outbound` or `browser`.
+    /// `inbound`, `outbound` or `browser`; `agent` or `remote` on an interpreted call.
     pub track: String,
     pub turn_index: i32,
     pub text: String,
@@ -588,6 +588,9 @@ pub struct LiveTurn {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallTranscript {
     pub call_id: Uuid,
+    /// Both parties' turns in time order, each with its translation, playout outcome and
+    /// stage latencies: what the frontend shows as the conversation.
+    pub conversation: Vec<ConversationTurn>,
     /// Final turns from the realtime bridge, in time order.
     pub live: Vec<LiveTurn>,
     /// Each live turn translated and spoken to the other party, in playout order, with
@@ -694,8 +697,12 @@ pub async fn transcript(
     let utterances = utterances::for_call(&**client, id)
         .await
         .map_err(ApiError::internal)?;
+    let conversation = utterances::conversation(&**client, id)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(CallTranscript {
         call_id: id,
+        conversation,
         live,
         utterances,
         post_call,

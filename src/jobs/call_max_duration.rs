@@ -41,25 +41,44 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     };
     // Never dialled (its dial failed or is still in flight): nothing to hang up; a dial
     // that never completes is failed by the stale-call sweep.
-    let (false, Some(ccid)) = (call.status.is_terminal(), call.telnyx_call_control_id) else {
+    if call.status.is_terminal() {
         return Ok(());
+    }
+    // An interpreted call's parties are on their own legs: each live leg is warned and
+    // hung up (command ids per leg); a one-leg call has its one call control id.
+    let targets: Vec<(String, String)> = if call.interpreted {
+        calls::legs::for_call(&**client, call_id)
+            .await?
+            .into_iter()
+            .filter(|leg| !leg.status.is_terminal())
+            .filter_map(|leg| {
+                let ccid = leg.telnyx_call_control_id?;
+                Some((ccid, format!("{call_id}:{}", leg.role.as_str())))
+            })
+            .collect()
+    } else {
+        call.telnyx_call_control_id
+            .map(|ccid| (ccid, call_id.to_string()))
+            .into_iter()
+            .collect()
     };
+    if targets.is_empty() {
+        return Ok(());
+    }
     let telnyx = state.telnyx()?;
     let (column, kind) = match step {
         "warn" => {
-            telnyx
-                .speak(
-                    &ccid,
-                    &format!("max-duration-warning:{call_id}"),
-                    WARNING_TEXT,
-                )
-                .await?;
+            for (ccid, key) in &targets {
+                telnyx
+                    .speak(ccid, &format!("max-duration-warning:{key}"), WARNING_TEXT)
+                    .await?;
+            }
             ("max_duration_warned_at", "call.max_duration_warning")
         }
         "hangup" => {
-            telnyx
-                .hangup(&ccid, &format!("max-duration:{call_id}"))
-                .await?;
+            for (ccid, key) in &targets {
+                telnyx.hangup(ccid, &format!("max-duration:{key}")).await?;
+            }
             ("max_duration_hangup_at", "call.max_duration_reached")
         }
         other => return Err(Permanent(format!("unknown step {other:?}")).into()),

@@ -13,7 +13,8 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{Job, Permanent};
-use crate::calls::{self, CallStatus, NewCall, stream_token};
+use crate::calls::legs::{self, Role};
+use crate::calls::{self, CallStatus, NewCall, interpreted, stream_token};
 use crate::events;
 use crate::providers::telnyx::{self, StreamSettings, WebhookEvent};
 use crate::state::AppState;
@@ -55,7 +56,13 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     };
     let call = match (call, event.field("call_control_id")) {
         (Some(call), _) => Some(call),
-        (None, Some(ccid)) => calls::by_call_control_id(&**client, ccid).await?,
+        (None, Some(ccid)) => match calls::by_call_control_id(&**client, ccid).await? {
+            Some(call) => Some(call),
+            None => match legs::by_call_control_id(&**client, ccid).await? {
+                Some(leg) => calls::get_unscoped(&**client, leg.call_id).await?,
+                None => None,
+            },
+        },
         (None, None) => None,
     };
 
@@ -73,6 +80,9 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         }
     };
 
+    if call.interpreted {
+        return run_for_leg(&state, &call, &event, &event_id, occurred_at).await;
+    }
     calls::apply_event(
         &**client,
         call.id,
@@ -110,6 +120,70 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         super::recording_import::enqueue(&**client, &updated, &event).await?;
     }
     mark_processed(&state, &event_id).await
+}
+
+/// An event of one leg of an interpreted call: the leg moves forward, the call is derived
+/// from its legs, and what that requires (dial the remote party, hang up the other leg) is
+/// done before the event is logged, so a failed command retries the whole job.
+async fn run_for_leg(
+    state: &AppState,
+    call: &calls::Call,
+    event: &WebhookEvent,
+    event_id: &str,
+    occurred_at: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let client = state.db.client().await?;
+    let named = event
+        .field("client_state")
+        .and_then(telnyx::decode_client_state_leg)
+        .and_then(|role| Role::parse(&role));
+    let leg = match (named, event.field("call_control_id")) {
+        (Some(role), _) => legs::by_role(&**client, call.id, role).await?,
+        (None, Some(ccid)) => legs::by_call_control_id(&**client, ccid).await?,
+        (None, None) => None,
+    };
+    let Some(leg) = leg else {
+        tracing::info!(event_type = %event.event_type, %event_id, call_id = %call.id, "event for no leg of the call; ignored");
+        return mark_processed(state, event_id).await;
+    };
+    legs::apply_event(
+        &**client,
+        leg.id,
+        &event.event_type,
+        occurred_at,
+        &event.payload,
+    )
+    .await?;
+    let next = legs::settle(&**client, call.id).await?;
+    interpreted::follow_up(state, call, next).await?;
+    let updated = calls::get_unscoped(&**client, call.id)
+        .await?
+        .context("call vanished")?;
+    let mut data = json!({
+        "telnyx_event_id": event.id,
+        "leg": leg.role.as_str(),
+        "status": updated.status,
+        "occurred_at": occurred_at,
+    });
+    for field in [
+        "hangup_cause",
+        "hangup_source",
+        "sip_hangup_cause",
+        "stream_id",
+        "failure_reason",
+    ] {
+        if let Some(value) = event.field(field) {
+            data[field] = json!(value);
+        }
+    }
+    if let Some(reason) = &updated.failure_reason {
+        data["call_failure_reason"] = json!(reason);
+    }
+    events::append(&**client, call.id, &event.event_type, data, occurred_at).await?;
+    if event.event_type == "call.recording.saved" {
+        super::recording_import::enqueue(&**client, &updated, event).await?;
+    }
+    mark_processed(state, event_id).await
 }
 
 async fn mark_processed(state: &AppState, event_id: &str) -> anyhow::Result<()> {
@@ -157,6 +231,8 @@ async fn route_inbound(
         created_by: None,
         status: CallStatus::Initiated,
         telnyx_call_control_id: Some(ccid),
+        interpreted: false,
+        original_audio: "off",
     };
     let call = match calls::insert(&**client, &new).await? {
         Some(call) => {

@@ -1,5 +1,8 @@
-//! One task per live call: Telnyx media frames in, one AssemblyAI v3 session per track,
-//! transcripts out. Everything the task holds is bounded: the reorder window, one partial
+//! One task per live media stream: Telnyx media frames in, one AssemblyAI v3 session per
+//! track, transcripts out. A one-leg call's stream carries both tracks and its translations
+//! play back into it; each leg of an interpreted call has its own stream (the party's
+//! voice in), its party's speech model, and plays what the *other* party said, translated
+//! (the other leg's bridge hands it over through [`super::hub`]). Everything the task holds is bounded: the reorder window, one partial
 //! batch, and a replay buffer of at most `MEDIA_REPLAY_BUFFER_SECS` per track.
 //!
 //! When AssemblyAI drops a session (not after our `Terminate`), the track reconnects with
@@ -15,17 +18,22 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use base64::Engine as _;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 use uuid::Uuid;
 
 use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
-use super::playout::{self, ClearedThrough, Languages, Outbound, Utterance};
+use super::hub::{self, Delivery};
+use super::mix::{self, FRAME};
+use super::playout::{
+    self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance,
+};
 use super::replay::{Batch, ReplayBuffer};
 use super::resume::{Resume, TrackClock};
 use super::transcripts::{self, FinalTurn};
+use crate::calls::legs::{Leg, Role};
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
@@ -138,9 +146,85 @@ impl TrackState {
     }
 }
 
+/// What a media stream carries.
+pub enum Target {
+    /// A one-leg call: one stream with both tracks.
+    Call(Uuid),
+    /// One party of an interpreted call: their voice in (inbound track), the other party's
+    /// words, translated, out.
+    Leg(Box<Leg>, OriginalAudio),
+}
+
+/// Whether a party hears the other's own voice under the translation (the call's
+/// `original_audio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginalAudio {
+    Off,
+    Ducked,
+    Full,
+}
+
+impl OriginalAudio {
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "ducked" => OriginalAudio::Ducked,
+            "full" => OriginalAudio::Full,
+            _ => OriginalAudio::Off,
+        }
+    }
+}
+
+/// Paces what a party hears in 20 ms frames when the other's own voice is mixed under
+/// the translation: Telnyx plays frames in arrival order, so mixing live audio with speech
+/// sent ahead of time needs us to send each frame when it is due.
+struct Mixer {
+    gain_q15: i32,
+    /// Translation frames and marks, in order.
+    queue: VecDeque<Paced>,
+    /// The other party's newest frames (bounded: a little jitter, never a backlog).
+    under: VecDeque<[u8; FRAME]>,
+}
+
+enum Paced {
+    Frame([u8; FRAME]),
+    Mark(String),
+}
+
+/// The other party's voice kept for mixing: 100 ms.
+const UNDER_FRAMES: usize = 5;
+
+/// The party an interpreted call's leg bridge serves.
+struct Party {
+    role: Role,
+    /// BCP-47, or `auto`.
+    language: String,
+    /// The language AssemblyAI reported for this party's latest turn (`auto` parties).
+    detected: watch::Sender<Option<String>>,
+    /// While held, the other leg's bridge can hand this party utterances.
+    _registration: Option<hub::Registration>,
+    /// Whether the call shares each party's own voice with the other.
+    shares_original: bool,
+    /// Where this party's voice goes for the other to hear under the translation.
+    peer_original: Option<mpsc::Sender<[u8; FRAME]>>,
+    peer_checked: Option<Instant>,
+    /// The agent hears ringback until the remote party's stream is live (they answered).
+    ringing: Option<Ringing>,
+}
+
+struct Ringing {
+    since: Instant,
+    /// Where in the tone's cadence the next second starts.
+    offset: usize,
+}
+
+/// Ringback stops by itself after this long (Telnyx's own ring timeout is shorter).
+const RING_LIMIT: Duration = Duration::from_secs(90);
+
 pub struct Bridge {
     state: AppState,
     call_id: Uuid,
+    party: Option<Party>,
+    mixer: Option<Mixer>,
     client: AssemblyAiClient,
     params: StreamParams,
     tracks: HashMap<Track, TrackState>,
@@ -200,14 +284,17 @@ struct Playing {
 /// stream ends.
 pub async fn run(
     state: AppState,
-    call_id: Uuid,
+    target: Target,
     client: AssemblyAiClient,
     socket: WebSocket,
     connected_at: Instant,
 ) {
     metrics::gauge!("media_live_calls").increment(1.0);
     let (events_tx, events_rx) = mpsc::channel(256);
-    let params = StreamParams::telephony(&state.config.media.speech_model);
+    let call_id = match &target {
+        Target::Call(id) => *id,
+        Target::Leg(leg, _) => leg.call_id,
+    };
     let replica = format!(
         "{}-{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
@@ -223,23 +310,63 @@ pub async fn run(
         });
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let cleared: ClearedThrough = playout::nothing_cleared();
-    let (speaker, speaker_task) = match languages(&state, call_id).await {
-        Some(languages) => {
-            let (tx, task) = playout::spawn(
-                state.clone(),
-                call_id,
-                languages,
-                outbound_tx.clone(),
-                cleared.clone(),
-            );
-            (Some(tx), Some(task))
+    let mut original_rx = None;
+    let mut mixer = None;
+    let (params, party, speaker, speaker_task) = match target {
+        Target::Call(_) => {
+            let params = StreamParams::telephony(&state.config.media.speech_model);
+            match languages(&state, call_id).await {
+                Some(languages) => {
+                    let (tx, task) = playout::spawn(
+                        state.clone(),
+                        call_id,
+                        Listeners::Tracks(languages),
+                        outbound_tx.clone(),
+                        cleared.clone(),
+                    );
+                    (params, None, Some(tx), Some(task))
+                }
+                None => (params, None, None, None),
+            }
         }
-        None => (None, None),
+        Target::Leg(leg, original) => {
+            let gain = match original {
+                OriginalAudio::Off => None,
+                OriginalAudio::Ducked => Some(mix::gain_q15(state.config.media.ducked_db)),
+                OriginalAudio::Full => Some(mix::gain_q15(0.0)),
+            };
+            let (tx, rx) = match gain {
+                Some(_) => {
+                    let (tx, rx) = mpsc::channel(16);
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            };
+            original_rx = rx;
+            mixer = gain.map(|gain_q15| Mixer {
+                gain_q15,
+                queue: VecDeque::new(),
+                under: VecDeque::with_capacity(UNDER_FRAMES + 1),
+            });
+            let (params, party, task) =
+                join_leg(&state, *leg, tx, outbound_tx.clone(), cleared.clone()).await;
+            (
+                params,
+                Some(Party {
+                    shares_original: gain.is_some(),
+                    ..party
+                }),
+                None,
+                task,
+            )
+        }
     };
     drop(outbound_tx);
     let mut bridge = Bridge {
         state,
         call_id,
+        party,
+        mixer,
         client,
         params,
         tracks: HashMap::new(),
@@ -259,12 +386,18 @@ pub async fn run(
         connected_at,
         reading_since: connected_at,
     };
-    bridge.event_loop(socket, events_rx, outbound_rx).await;
+    bridge
+        .event_loop(socket, events_rx, outbound_rx, original_rx)
+        .await;
     bridge.speaker = None;
+    // No more utterances for this party: the speaker's queue closes once the hub lets go.
+    let role = bridge.party.take().map(|party| party.role);
     if let Some(task) = speaker_task {
         let _ = tokio::time::timeout(STOP_DEADLINE, task).await;
     }
-    if let Err(error) = playout::never_played(&bridge.state.db, call_id).await {
+    if let Err(error) =
+        playout::never_played(&bridge.state.db, call_id, role.map(Role::as_str)).await
+    {
         tracing::warn!(%error, "closing unplayed utterances failed");
     }
     bridge.finish_tracks().await;
@@ -281,6 +414,75 @@ pub async fn run(
     }
     metrics::gauge!("media_live_calls").decrement(1.0);
     tracing::info!(%call_id, "media bridge finished");
+}
+
+/// An interpreted call's leg: the session for the party's language, and a speaker for what
+/// the other party says, registered with the hub (when TTS is configured).
+async fn join_leg(
+    state: &AppState,
+    leg: Leg,
+    original: Option<mpsc::Sender<[u8; FRAME]>>,
+    outbound: mpsc::Sender<Outbound>,
+    cleared: ClearedThrough,
+) -> (StreamParams, Party, Option<tokio::task::JoinHandle<()>>) {
+    let language = leg.language.clone().unwrap_or_else(|| "auto".into());
+    let params = match state.config.media.speech_models.choose(&language) {
+        Ok(choice) => StreamParams::telephony_for(&choice.model, choice.language_detection),
+        Err(why) => {
+            // Refused at dial time; only a table changed since then gets here.
+            tracing::warn!(call_id = %leg.call_id, role = leg.role.as_str(), %why, "no speech model for the leg's language; using the default");
+            StreamParams::telephony(&state.config.media.speech_model)
+        }
+    };
+    let (detected, detected_rx) = watch::channel(None);
+    let mut party = Party {
+        role: leg.role,
+        language: language.clone(),
+        detected,
+        _registration: None,
+        shares_original: false,
+        peer_original: None,
+        peer_checked: None,
+        ringing: None,
+    };
+    if state.tts.is_none() {
+        return (params, party, None);
+    }
+    let listens_in = if language == "auto" {
+        PartyLanguage::Detected(detected_rx)
+    } else {
+        PartyLanguage::Fixed(language)
+    };
+    let (queue, task) = playout::spawn(
+        state.clone(),
+        leg.call_id,
+        Listeners::Party {
+            language: listens_in,
+            voice: leg.voice_id.clone(),
+        },
+        outbound,
+        cleared,
+    );
+    let first_seq = match playout::next_seq(&state.db, leg.call_id).await {
+        Ok(seq) => seq,
+        Err(error) => {
+            tracing::warn!(%error, "reading the call's utterance numbers failed");
+            0
+        }
+    };
+    party._registration =
+        Some(
+            state
+                .hub
+                .register(leg.call_id, leg.role, queue, original, first_seq),
+        );
+    if leg.role == Role::Agent {
+        party.ringing = Some(Ringing {
+            since: Instant::now(),
+            offset: 0,
+        });
+    }
+    (params, party, Some(task))
 }
 
 /// The call's two languages, when translation can run (both set, differing, TTS configured).
@@ -303,9 +505,18 @@ impl Bridge {
         socket: WebSocket,
         mut events_rx: mpsc::Receiver<AaiEvent>,
         mut outbound_rx: mpsc::Receiver<Outbound>,
+        mut original_rx: Option<mpsc::Receiver<[u8; FRAME]>>,
     ) {
         let (mut telnyx_tx, mut telnyx_rx) = socket.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        // Telnyx's frame pacing: one frame every 20 ms while mixing (late ticks catch up).
+        let mut pacer = tokio::time::interval(Duration::from_millis(20));
+        // Ringback a second at a time; the first after a second, by when a remote party who
+        // is already on the line has registered.
+        let mut ring = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         let shutdown = self.state.shutdown.clone();
         // One waiter for the whole call: a fresh `cancelled()` per loop turn would register
         // and unregister on the token's shared lock for every frame of every call.
@@ -331,9 +542,27 @@ impl Bridge {
                 },
                 Some(event) = events_rx.recv() => self.on_aai_event(event).await,
                 Some(out) = outbound_rx.recv(), if telnyx_open => {
-                    let message = self.on_outbound(out);
-                    if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                    if let Some(message) = self.on_outbound(out)
+                        && telnyx_tx.send(WsMessage::Text(message.into())).await.is_err()
+                    {
                         telnyx_open = false;
+                    }
+                }
+                Some(frame) = recv_original(&mut original_rx) => self.on_original(frame),
+                _ = ring.tick(), if telnyx_open && self.party.as_ref().is_some_and(|p| p.ringing.is_some()) => {
+                    for message in self.ring() {
+                        if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                            telnyx_open = false;
+                            break;
+                        }
+                    }
+                }
+                _ = pacer.tick(), if self.mixer.is_some() && telnyx_open => {
+                    for message in self.paced() {
+                        if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
+                            telnyx_open = false;
+                            break;
+                        }
                     }
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
@@ -345,6 +574,12 @@ impl Bridge {
                     telnyx_open = false;
                 }
                 () = sleep_until(deadline), if deadline.is_some() => self.give_up_overdue(),
+            }
+            if self.clear_requested
+                && let Some(mixer) = self.mixer.as_mut()
+            {
+                // Barge-in: what we had not sent yet is dropped here.
+                mixer.queue.clear();
             }
             if std::mem::take(&mut self.clear_requested) && telnyx_open {
                 // Barge-in: Telnyx drops the queued audio and flushes its marks.
@@ -464,7 +699,7 @@ impl Bridge {
                 }
                 self.stream_id = Some(start.stream_id);
                 self.heartbeat();
-                for track in [Track::Inbound, Track::Outbound] {
+                for &track in self.tracks_carried() {
                     self.ensure_track(track);
                 }
             }
@@ -473,7 +708,12 @@ impl Bridge {
                 if self.stopping.is_some() {
                     return;
                 }
+                if !self.tracks_carried().contains(&media.track) {
+                    // A leg's stream carries its party only (`inbound_track`).
+                    return count_bad("unexpected_track");
+                }
                 self.ensure_track(media.track);
+                self.share_original(&media.payload);
                 self.observe_frame(media.track, media.chunk, media.payload.len(), received);
                 let batches = self
                     .tracks
@@ -493,6 +733,23 @@ impl Bridge {
             }
             Frame::Mark { name } => self.on_mark(&name),
             Frame::Connected | Frame::Dtmf { .. } => {}
+        }
+    }
+
+    /// A one-leg call's stream carries both tracks; a leg's stream its party's voice only.
+    fn tracks_carried(&self) -> &'static [Track] {
+        if self.party.is_some() {
+            &[Track::Inbound]
+        } else {
+            &[Track::Inbound, Track::Outbound]
+        }
+    }
+
+    /// How a track's turns, gaps and partials are stored: the party on a leg's stream.
+    fn label(&self, track: Track) -> &'static str {
+        match &self.party {
+            Some(party) => party.role.as_str(),
+            None => track.as_str(),
         }
     }
 
@@ -850,6 +1107,7 @@ impl Bridge {
 
     fn on_turn(&mut self, track: Track, turn: Turn) {
         let call_id = self.call_id;
+        let label = self.label(track);
         let final_turn = turn.end_of_turn && (turn.turn_is_formatted || !self.params.format_turns);
         if !turn.transcript.is_empty() {
             // The listener of whatever is playing started talking: barge-in.
@@ -868,9 +1126,7 @@ impl Bridge {
                     turn.turn_order,
                 );
                 tokio::spawn(async move {
-                    let _ =
-                        transcripts::publish_partial(&db, call_id, track.as_str(), order, &text)
-                            .await;
+                    let _ = transcripts::publish_partial(&db, call_id, label, order, &text).await;
                 });
             }
             return;
@@ -900,10 +1156,25 @@ impl Bridge {
         let confidence = (!turn.words.is_empty()).then(|| {
             turn.words.iter().map(|w| w.confidence).sum::<f64>() / turn.words.len() as f64
         });
+        // An `auto` party: AssemblyAI names the language of each turn; it drives what the
+        // turn is translated from, and what this party hears.
+        let language = match &self.party {
+            Some(party) if party.language == "auto" => {
+                if let Some(code) = &turn.language_code {
+                    party.detected.send_replace(Some(code.clone()));
+                }
+                turn.language_code
+                    .clone()
+                    .or_else(|| party.detected.borrow().clone())
+            }
+            Some(party) => Some(party.language.clone()),
+            None => None,
+        };
         let turn_index = state.turn_index;
         let stored = FinalTurn {
             call_id,
-            track: track.as_str(),
+            track: label,
+            language: language.clone(),
             turn_index: Some(turn_index),
             session_id: state.session_id.clone(),
             turn_order: turn.turn_order as i64,
@@ -914,21 +1185,18 @@ impl Bridge {
             end_ms: end_ms.map(|v| v as i64),
         };
         state.turn_index += 1;
-        if let Some(speaker) = &self.speaker
-            && !stored.text.trim().is_empty()
-        {
+        if !stored.text.trim().is_empty() {
             let utterance = Utterance {
                 seq: self.next_utterance,
                 source_track: track,
+                source: label,
+                source_language: language,
                 turn_index,
                 text: stored.text.clone(),
                 end_of_turn_at: chrono::Utc::now(),
                 end_of_turn: Instant::now(),
             };
-            self.next_utterance += 1;
-            if speaker.try_send(utterance).is_err() {
-                tracing::warn!(call_id = %call_id, "translation queue full; utterance dropped");
-            }
+            self.hand_over(utterance);
         }
         let db = self.state.db.clone();
         self.storage.spawn(async move {
@@ -936,8 +1204,37 @@ impl Bridge {
         });
     }
 
+    /// A final turn goes to whoever hears it: the other track's speaker on a one-leg call,
+    /// the other party's leg on an interpreted call — never back to the one who said it.
+    fn hand_over(&mut self, utterance: Utterance) {
+        let call_id = self.call_id;
+        if let Some(party) = &self.party {
+            match self
+                .state
+                .hub
+                .deliver(call_id, party.role.other(), utterance)
+            {
+                Delivery::Queued => {}
+                Delivery::NoListener => {
+                    metrics::counter!("translation_no_listener_total").increment(1);
+                    tracing::info!(%call_id, from = party.role.as_str(), "the other party's stream is not live here; turn not spoken");
+                }
+                Delivery::Full => {
+                    tracing::warn!(%call_id, "translation queue full; utterance dropped");
+                }
+            }
+            return;
+        }
+        if let Some(speaker) = &self.speaker {
+            self.next_utterance += 1;
+            if speaker.try_send(utterance).is_err() {
+                tracing::warn!(%call_id, "translation queue full; utterance dropped");
+            }
+        }
+    }
+
     /// Turns a speaker request into the Telnyx message, keeping playout accounting.
-    fn on_outbound(&mut self, out: Outbound) -> String {
+    fn on_outbound(&mut self, out: Outbound) -> Option<String> {
         match out {
             Outbound::Media {
                 seq,
@@ -956,16 +1253,130 @@ impl Bridge {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.audio_ms += (bytes.len() / MULAW_BYTES_PER_MS) as u64;
                 }
-                self.meters.frames_out.increment(1);
-                let payload = base64::engine::general_purpose::STANDARD.encode(&bytes);
-                serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
+                if let Some(mixer) = self.mixer.as_mut() {
+                    // Sent when due, with the other party's voice under it.
+                    mixer
+                        .queue
+                        .extend(bytes.chunks(FRAME).map(|c| Paced::Frame(mix::frame_of(c))));
+                    return None;
+                }
+                Some(media_message(&bytes, &self.meters))
             }
             Outbound::Mark { seq, name } => {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.mark = Some(name.clone());
                 }
-                serde_json::json!({"event": "mark", "mark": {"name": name}}).to_string()
+                if let Some(mixer) = self.mixer.as_mut() {
+                    mixer.queue.push_back(Paced::Mark(name));
+                    return None;
+                }
+                Some(mark_message(&name))
             }
+        }
+    }
+
+    /// The next second of ringback for the agent, or — once the remote party's stream is
+    /// live — the end of it (`clear` drops what Telnyx still holds of the tone).
+    fn ring(&mut self) -> Vec<String> {
+        let call_id = self.call_id;
+        let Some(party) = self.party.as_mut() else {
+            return Vec::new();
+        };
+        let Some(ringing) = party.ringing.as_mut() else {
+            return Vec::new();
+        };
+        if self.state.hub.is_live(call_id, party.role.other())
+            || ringing.since.elapsed() > RING_LIMIT
+        {
+            party.ringing = None;
+            if let Some(mixer) = self.mixer.as_mut() {
+                mixer.queue.clear();
+            }
+            return vec![r#"{"event":"clear"}"#.to_owned()];
+        }
+        let cadence = mix::ringback_cadence();
+        let second: Vec<u8> = cadence
+            .iter()
+            .cycle()
+            .skip(ringing.offset)
+            .take(8000)
+            .copied()
+            .collect();
+        ringing.offset = (ringing.offset + second.len()) % cadence.len();
+        if let Some(mixer) = self.mixer.as_mut() {
+            mixer
+                .queue
+                .extend(second.chunks(FRAME).map(|c| Paced::Frame(mix::frame_of(c))));
+            return Vec::new();
+        }
+        vec![media_message(&second, &self.meters)]
+    }
+
+    /// A frame of the other party's own voice, to mix under what this party hears.
+    fn on_original(&mut self, frame: [u8; FRAME]) {
+        if let Some(mixer) = self.mixer.as_mut() {
+            if mixer.under.len() >= UNDER_FRAMES {
+                mixer.under.pop_front();
+            }
+            mixer.under.push_back(frame);
+        }
+    }
+
+    /// One 20 ms tick while mixing: the next translation frame (or silence) with the other
+    /// party's voice under it, then the marks that follow it. Nothing when both are silent.
+    fn paced(&mut self) -> Vec<String> {
+        let mut messages = Vec::new();
+        let Some(mixer) = self.mixer.as_mut() else {
+            return messages;
+        };
+        let speech = match mixer.queue.front() {
+            Some(Paced::Frame(_)) => match mixer.queue.pop_front() {
+                Some(Paced::Frame(frame)) => Some(frame),
+                _ => None,
+            },
+            _ => None,
+        };
+        let under = mixer.under.pop_front();
+        if speech.is_some() || under.is_some() {
+            let mut frame = speech.unwrap_or([mix::SILENCE; FRAME]);
+            if let Some(under) = &under {
+                mix::mix_into(&mut frame, under, mixer.gain_q15);
+            }
+            messages.push(media_message(&frame, &self.meters));
+        }
+        while let Some(Paced::Mark(_)) = mixer.queue.front() {
+            if let Some(Paced::Mark(name)) = mixer.queue.pop_front() {
+                messages.push(mark_message(&name));
+            }
+        }
+        messages
+    }
+
+    /// This party's own voice, for the other party to hear under their translations. The
+    /// other leg's queue is looked up at most once a second until it is live.
+    fn share_original(&mut self, payload: &[u8]) {
+        let Some(party) = self.party.as_mut() else {
+            return;
+        };
+        if !party.shares_original {
+            return;
+        }
+        if party.peer_original.as_ref().is_none_or(|tx| tx.is_closed()) {
+            if party
+                .peer_checked
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            party.peer_checked = Some(Instant::now());
+            party.peer_original = self
+                .state
+                .hub
+                .original_for(self.call_id, party.role.other());
+        }
+        if let Some(peer) = &party.peer_original {
+            // A full queue means the other leg is behind: this frame is not worth waiting for.
+            let _ = peer.try_send(mix::frame_of(payload));
         }
     }
 
@@ -981,9 +1392,13 @@ impl Bridge {
         let playing = self.playing.remove(position).expect("found");
         metrics::histogram!("translation_stage_seconds", "stage" => "mark")
             .record(playing.first_frame.elapsed().as_secs_f64());
-        let (db, call_id) = (self.state.db.clone(), self.call_id);
+        let (db, call_id, listener) = (
+            self.state.db.clone(),
+            self.call_id,
+            self.label(playing.listener),
+        );
         self.storage.spawn(async move {
-            if let Err(error) = playout::played(&db, call_id, playing.seq).await {
+            if let Err(error) = playout::played(&db, call_id, playing.seq, listener).await {
                 tracing::warn!(%error, "recording a played utterance failed");
             }
         });
@@ -1006,9 +1421,13 @@ impl Bridge {
                 .fetch_max(playing.seq, std::sync::atomic::Ordering::SeqCst);
             let at_ms =
                 (playing.first_frame.elapsed().as_millis() as u64).min(playing.audio_ms) as i32;
-            let (db, call_id) = (self.state.db.clone(), self.call_id);
+            let (db, call_id, listener) = (
+                self.state.db.clone(),
+                self.call_id,
+                self.label(playing.listener),
+            );
             self.storage.spawn(async move {
-                if let Err(error) = playout::cut(&db, call_id, playing.seq, at_ms).await {
+                if let Err(error) = playout::cut(&db, call_id, playing.seq, at_ms, listener).await {
                     tracing::warn!(%error, "recording a cut utterance failed");
                 }
             });
@@ -1088,13 +1507,14 @@ impl Bridge {
     /// Stores one gap (row, `transcript.gap` event, metric) in the background.
     fn record_gap(&mut self, track: Track, start_ms: u64, duration_ms: u64, reason: &'static str) {
         metrics::counter!("transcript_gap_seconds_total").increment(duration_ms.div_ceil(1000));
-        tracing::warn!(call_id = %self.call_id, track = track.as_str(), start_ms, duration_ms, reason, "transcript gap");
+        let label = self.label(track);
+        tracing::warn!(call_id = %self.call_id, track = label, start_ms, duration_ms, reason, "transcript gap");
         let (db, call_id) = (self.state.db.clone(), self.call_id);
         self.storage.spawn(async move {
             if let Err(error) = transcripts::store_gap(
                 &db,
                 call_id,
-                track.as_str(),
+                label,
                 start_ms as i64,
                 duration_ms as i64,
                 reason,
@@ -1160,6 +1580,23 @@ fn schedule_retry(state: &mut TrackState) {
 
 fn count_bad(reason: &'static str) {
     metrics::counter!("media_frames_bad_total", "reason" => reason).increment(1);
+}
+
+fn media_message(bytes: &[u8], meters: &Meters) -> String {
+    meters.frames_out.increment(1);
+    let payload = base64::engine::general_purpose::STANDARD.encode(bytes);
+    serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
+}
+
+fn mark_message(name: &str) -> String {
+    serde_json::json!({"event": "mark", "mark": {"name": name}}).to_string()
+}
+
+async fn recv_original(rx: &mut Option<mpsc::Receiver<[u8; FRAME]>>) -> Option<[u8; FRAME]> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -104,6 +104,7 @@ pub async fn run(
                             confidence: None,
                             start_ms: turn.words.first().map(|w| w.start as i64),
                             end_ms: turn.words.last().map(|w| w.end as i64),
+                            language: turn.language_code.clone(),
                         };
                         transcripts::store_final_retrying(&state.db, &stored).await;
                     }

@@ -1,6 +1,7 @@
 //! The realtime media bridge: Telnyx media streams ↔ AssemblyAI v3 streaming
 //! (docs/MEDIA_BRIDGE.md). `frames` parses, `audio` reorders and batches, `bridge` runs one
-//! task per call, `replay` holds audio for a new session and accounts for what was lost,
+//! task per stream (a one-leg call, or one leg of an interpreted call), `hub` joins an
+//! interpreted call's two legs, `mix` mixes a party's voice under translations, `replay` holds audio for a new session and accounts for what was lost,
 //! `resume` continues numbering and the call's clock across streams, `transcripts` stores
 //! what comes back,
 //! `playout` speaks translations back and `utterances` reads how they went.
@@ -9,6 +10,8 @@ pub mod audio;
 pub mod bridge;
 pub mod browser;
 pub mod frames;
+pub mod hub;
+pub mod mix;
 pub mod playout;
 pub mod reattach;
 pub mod replay;

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::frames::Track;
@@ -37,7 +37,14 @@ pub enum Outbound {
 #[derive(Debug, Clone)]
 pub struct Utterance {
     pub seq: i32,
+    /// The Telnyx track the words came in on (on an interpreted call's leg: `inbound`).
     pub source_track: Track,
+    /// Who said it, as stored: the track (one-leg call) or the party (`agent`, `remote`).
+    pub source: &'static str,
+    /// The speaker's language when the bridge knows it per turn (an interpreted call's
+    /// party: theirs, or the one AssemblyAI detected); `None` on a one-leg call, whose
+    /// languages come from [`Languages`].
+    pub source_language: Option<String>,
     pub turn_index: i32,
     pub text: String,
     pub end_of_turn_at: DateTime<Utc>,
@@ -63,6 +70,84 @@ impl Languages {
     }
 }
 
+/// Who hears what a speaker task plays, in which language and voice.
+#[derive(Debug, Clone)]
+pub enum Listeners {
+    /// A one-leg call: both tracks of one stream; each hears the other's language.
+    Tracks(Languages),
+    /// One party of an interpreted call, on their own leg's stream: everything the other
+    /// party says, in this party's language (fixed, or detected from their own turns) and
+    /// voice.
+    Party {
+        language: PartyLanguage,
+        voice: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum PartyLanguage {
+    Fixed(String),
+    /// `auto`: the language AssemblyAI reported for the party's latest turn.
+    Detected(watch::Receiver<Option<String>>),
+}
+
+/// How long a translation for an `auto` party waits for their language to be detected
+/// (they have not said anything yet) before it is given up as failed.
+const DETECTION_WAIT: Duration = Duration::from_secs(10);
+
+impl PartyLanguage {
+    async fn resolve(&self) -> Result<String, String> {
+        match self {
+            PartyLanguage::Fixed(language) => Ok(language.clone()),
+            PartyLanguage::Detected(detected) => {
+                let mut detected = detected.clone();
+                match tokio::time::timeout(DETECTION_WAIT, detected.wait_for(Option::is_some)).await
+                {
+                    Ok(Ok(language)) => Ok(language.clone().unwrap_or_default()),
+                    _ => Err(
+                        "the listener's language was not detected yet (they have not spoken)"
+                            .into(),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+impl Listeners {
+    /// The track the utterance plays to, and the source and target languages.
+    async fn route(&self, u: &Utterance) -> (Track, Option<String>, Result<String, String>) {
+        match self {
+            Listeners::Tracks(languages) => {
+                let listener = listener_of(u.source_track);
+                (
+                    listener,
+                    Some(languages.of(u.source_track).to_owned()),
+                    Ok(languages.of(listener).to_owned()),
+                )
+            }
+            Listeners::Party { language, .. } => (
+                Track::Inbound,
+                u.source_language.clone(),
+                language.resolve().await,
+            ),
+        }
+    }
+
+    fn voice(&self) -> Option<&str> {
+        match self {
+            Listeners::Tracks(languages) => languages.voice.as_deref(),
+            Listeners::Party { voice, .. } => voice.as_deref(),
+        }
+    }
+}
+
+/// `pt-BR` and `pt` are the same language to a listener.
+fn same_language(a: &str, b: &str) -> bool {
+    let primary = |l: &str| l.split('-').next().unwrap_or_default().to_ascii_lowercase();
+    primary(a) == primary(b)
+}
+
 pub fn listener_of(track: Track) -> Track {
     match track {
         Track::Inbound => Track::Outbound,
@@ -84,14 +169,14 @@ const MIN_FRAME_BYTES: usize = 160;
 pub fn spawn(
     state: AppState,
     call_id: Uuid,
-    languages: Languages,
+    listeners: Listeners,
     outbound: mpsc::Sender<Outbound>,
     cleared: ClearedThrough,
 ) -> (mpsc::Sender<Utterance>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Utterance>(32);
     let handle = tokio::spawn(async move {
         while let Some(utterance) = rx.recv().await {
-            speak(&state, call_id, &languages, &outbound, &cleared, utterance).await;
+            speak(&state, call_id, &listeners, &outbound, &cleared, utterance).await;
         }
     });
     (tx, handle)
@@ -100,19 +185,24 @@ pub fn spawn(
 async fn speak(
     state: &AppState,
     call_id: Uuid,
-    languages: &Languages,
+    listeners: &Listeners,
     outbound: &mpsc::Sender<Outbound>,
     cleared: &ClearedThrough,
     u: Utterance,
 ) {
-    let listener = listener_of(u.source_track);
-    let (source, target) = (
-        languages.of(u.source_track).to_owned(),
-        languages.of(listener).to_owned(),
-    );
+    let (listener, source, target) = listeners.route(&u).await;
     let db = &state.db;
-    if source == target {
-        if let Err(error) = insert(db, call_id, &u, &source, &target).await {
+    let target = match target {
+        Ok(target) => target,
+        Err(why) => {
+            if let Err(error) = insert(db, call_id, &u, source.as_deref(), None).await {
+                tracing::warn!(%error, "storing an utterance failed");
+            }
+            return finish(db, call_id, u.seq, "failed", Some(&why)).await;
+        }
+    };
+    if source.as_deref().is_some_and(|s| same_language(s, &target)) {
+        if let Err(error) = insert(db, call_id, &u, source.as_deref(), Some(&target)).await {
             tracing::warn!(%error, "storing an utterance failed");
         }
         return finish(
@@ -127,10 +217,10 @@ async fn speak(
     // Storing the utterance and translating it are independent: do both at once, so the
     // row costs the listener no latency. Every later update waits for both.
     let (stored, translated) = tokio::join!(
-        insert(db, call_id, &u, &source, &target),
+        insert(db, call_id, &u, source.as_deref(), Some(&target)),
         state
             .translation
-            .translate(std::slice::from_ref(&u.text), Some(&source), &target)
+            .translate(std::slice::from_ref(&u.text), source.as_deref(), &target)
     );
     if let Err(error) = stored {
         tracing::warn!(%error, "storing an utterance failed");
@@ -155,12 +245,7 @@ async fn speak(
         .await;
     };
     let mut audio = match tts
-        .stream(
-            &translated.0,
-            languages.voice.as_deref(),
-            Some(&target),
-            "ulaw_8000",
-        )
+        .stream(&translated.0, listeners.voice(), Some(&target), "ulaw_8000")
         .await
     {
         Ok(audio) => Box::pin(audio),
@@ -242,25 +327,35 @@ async fn speak(
         &**client,
         call_id,
         "utterance.spoken",
-        json!({"seq": u.seq, "source_track": u.source_track.as_str(), "original": u.text, "translated": translated.0, "engine": engine, "audio_ms": audio_ms}),
+        json!({"seq": u.seq, "source_track": u.source, "listener": listener_label(listeners, u.source), "source_language": source, "target_language": target, "original": u.text, "translated": translated.0, "engine": engine, "audio_ms": audio_ms}),
         Utc::now(),
     )
     .await;
+}
+
+/// Who hears it, as SSE subscribers see it: the other track or the other party.
+fn listener_label(listeners: &Listeners, source: &str) -> &'static str {
+    match (listeners, source) {
+        (Listeners::Tracks(_), "inbound") => "outbound",
+        (Listeners::Tracks(_), _) => "inbound",
+        (Listeners::Party { .. }, "agent") => "remote",
+        (Listeners::Party { .. }, _) => "agent",
+    }
 }
 
 async fn insert(
     db: &Db,
     call_id: Uuid,
     u: &Utterance,
-    source: &str,
-    target: &str,
+    source: Option<&str>,
+    target: Option<&str>,
 ) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;
     client
         .execute(
             "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, source_language, target_language, end_of_turn_at)
              values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing",
-            &[&call_id, &u.seq, &u.source_track.as_str(), &u.turn_index, &u.text, &source, &target, &u.end_of_turn_at],
+            &[&call_id, &u.seq, &u.source, &u.turn_index, &u.text, &source, &target, &u.end_of_turn_at],
         )
         .await?;
     Ok(())
@@ -277,8 +372,25 @@ async fn finish(db: &Db, call_id: Uuid, seq: i32, status: &str, error: Option<&s
     }
 }
 
+/// The next utterance number of the call not yet stored (a re-attached leg continues).
+pub async fn next_seq(db: &Db, call_id: Uuid) -> Result<i32, crate::db::DbError> {
+    let client = db.client().await?;
+    Ok(client
+        .query_one(
+            "select coalesce(max(seq) + 1, 0) from utterances where call_id = $1",
+            &[&call_id],
+        )
+        .await?
+        .get(0))
+}
+
 /// The listener heard the utterance to its end (its mark came back).
-pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::DbError> {
+pub async fn played(
+    db: &Db,
+    call_id: Uuid,
+    seq: i32,
+    listener: &str,
+) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;
     client
         .execute(
@@ -291,7 +403,7 @@ pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::D
         &**client,
         call_id,
         "utterance.played",
-        json!({"seq": seq}),
+        json!({"seq": seq, "listener": listener}),
         Utc::now(),
     )
     .await?;
@@ -299,7 +411,13 @@ pub async fn played(db: &Db, call_id: Uuid, seq: i32) -> Result<(), crate::db::D
 }
 
 /// The listener talked over it `at_ms` into the audio; the rest was cleared.
-pub async fn cut(db: &Db, call_id: Uuid, seq: i32, at_ms: i32) -> Result<(), crate::db::DbError> {
+pub async fn cut(
+    db: &Db,
+    call_id: Uuid,
+    seq: i32,
+    at_ms: i32,
+    listener: &str,
+) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;
     client
         .execute(
@@ -311,18 +429,30 @@ pub async fn cut(db: &Db, call_id: Uuid, seq: i32, at_ms: i32) -> Result<(), cra
         &**client,
         call_id,
         "utterance.cut",
-        json!({"seq": seq, "cut_at_ms": at_ms}),
+        json!({"seq": seq, "cut_at_ms": at_ms, "listener": listener}),
         Utc::now(),
     )
     .await?;
     Ok(())
 }
 
-/// At the end of the stream, whatever never echoed was never (fully) heard.
-pub async fn never_played(db: &Db, call_id: Uuid) -> Result<(), crate::db::DbError> {
+/// At the end of the stream, whatever never echoed was never (fully) heard. On an
+/// interpreted call's leg, only what was playing to that leg's party (`to_party`): the other
+/// leg may still be speaking.
+pub async fn never_played(
+    db: &Db,
+    call_id: Uuid,
+    to_party: Option<&str>,
+) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;
     client
-        .execute("update utterances set status = 'never_played' where call_id = $1 and status in ('queued', 'playing')", &[&call_id])
+        .execute(
+            "update utterances set status = 'never_played'
+             where call_id = $1 and status in ('queued', 'playing')
+               and ($2::text is null or source_track <> $2)",
+            // What a party hears is everything not said by them.
+            &[&call_id, &to_party],
+        )
         .await?;
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct FinalTurn {
     pub confidence: Option<f64>,
     pub start_ms: Option<i64>,
     pub end_ms: Option<i64>,
+    /// The language AssemblyAI detected for the turn, or the party's when fixed.
+    pub language: Option<String>,
 }
 
 /// What `store_final` did with a turn.
@@ -89,13 +91,13 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
     };
     transaction
         .execute(
-            "insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[&turn.call_id, &turn.track, &turn_index, &turn.session_id, &turn.turn_order, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms],
+            "insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[&turn.call_id, &turn.track, &turn_index, &turn.session_id, &turn.turn_order, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language],
         )
         .await?;
     let data = json!({
-        "track": turn.track, "turn_index": turn_index, "text": turn.text,
+        "track": turn.track, "turn_index": turn_index, "text": turn.text, "language": turn.language,
         "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
     });
     events::append(

@@ -15,8 +15,9 @@ use crate::db::DbError;
 pub struct Utterance {
     /// Order of playout on the call, from 0.
     pub seq: i32,
-    /// The track whose final turn this translates (`inbound` or `outbound`); the listener
-    /// is the other one. With `source_turn_index` it names the live turn it came from.
+    /// Whose final turn this translates: the track (`inbound` or `outbound`) on a one-leg
+    /// call, the party (`agent` or `remote`) on an interpreted one; the listener is the
+    /// other. With `source_turn_index` it names the live turn it came from.
     pub source_track: String,
     pub source_turn_index: i32,
     pub original_text: String,
@@ -115,6 +116,75 @@ pub async fn for_call(
             first_frame_ms: row.get(15),
             end_of_turn_to_first_frame_ms: row.get(16),
             mark_ms: row.get(17),
+        })
+        .collect())
+}
+
+/// One finished turn of the conversation, and what the other party heard for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationTurn {
+    /// Who spoke: `agent` or `remote` on an interpreted call (`inbound` or `outbound` on a
+    /// one-leg call).
+    pub speaker: String,
+    /// The speaker's turn number (with `speaker`, names the entry in `live`).
+    pub turn_index: i32,
+    /// When the turn ended (was transcribed in full): the conversation's order.
+    pub ended_at: DateTime<Utc>,
+    /// The language spoken: detected per turn for an `auto` party, else the party's.
+    pub language: Option<String>,
+    /// What they said.
+    pub text: String,
+    /// The translation spoken to the other party (null when there was none).
+    pub translation: Option<String>,
+    /// `played`, `cut`, `never_played`, `failed`, or while live `queued`/`playing`; null
+    /// when nothing was spoken for it (the other party's stream was not connected).
+    pub playout: Option<String>,
+    /// The spoken translation in full: engine, target language, audio length, where it was
+    /// cut, error, and each stage's latency.
+    pub interpretation: Option<Utterance>,
+}
+
+/// The call's turns of both parties in time order, each with its interpretation.
+pub async fn conversation(
+    client: &impl GenericClient,
+    call_id: Uuid,
+) -> Result<Vec<ConversationTurn>, DbError> {
+    let mut spoken: std::collections::HashMap<(String, i32), Utterance> = for_call(client, call_id)
+        .await?
+        .into_iter()
+        .map(|u| ((u.source_track.clone(), u.source_turn_index), u))
+        .collect();
+    let rows = client
+        .query(
+            "select track, turn_index, created_at, language, text from transcript_turns
+             where call_id = $1 and track <> 'browser'
+             order by created_at, track, turn_index",
+            &[&call_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let speaker: String = row.get(0);
+            let turn_index: i32 = row.get(1);
+            let interpretation = spoken.remove(&(speaker.clone(), turn_index));
+            let language: Option<String> = row.get(3);
+            ConversationTurn {
+                language: language.or_else(|| {
+                    interpretation
+                        .as_ref()
+                        .and_then(|u| u.source_language.clone())
+                }),
+                translation: interpretation
+                    .as_ref()
+                    .and_then(|u| u.translated_text.clone()),
+                playout: interpretation.as_ref().map(|u| u.status.clone()),
+                speaker,
+                turn_index,
+                ended_at: row.get(2),
+                text: row.get(4),
+                interpretation,
+            }
         })
         .collect())
 }

@@ -38,6 +38,8 @@ pub struct StreamParams {
     pub encoding: &'static str,
     pub sample_rate: u32,
     pub format_turns: bool,
+    /// `language_detection=true`: each final turn carries `language_code` (multilingual model).
+    pub language_detection: bool,
 }
 
 impl StreamParams {
@@ -48,6 +50,15 @@ impl StreamParams {
             encoding: "pcm_mulaw",
             sample_rate: 8000,
             format_turns: true,
+            language_detection: false,
+        }
+    }
+
+    /// A telephony session with the model chosen for a party's language.
+    pub fn telephony_for(speech_model: &str, language_detection: bool) -> Self {
+        Self {
+            language_detection,
+            ..Self::telephony(speech_model)
         }
     }
 
@@ -57,6 +68,9 @@ impl StreamParams {
         self.sample_rate as usize / 1000 * per_sample
     }
 }
+
+/// What each streaming model supports lives with the setting that picks models.
+pub use crate::config::speech::{SPEECH_MODELS, detects_language, model_languages};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Word {
@@ -81,6 +95,11 @@ pub struct Turn {
     pub end_of_turn_confidence: f64,
     #[serde(default)]
     pub words: Vec<Word>,
+    /// With `language_detection=true`: the language of this turn (`es`, `en`, …).
+    #[serde(default)]
+    pub language_code: Option<String>,
+    #[serde(default)]
+    pub language_confidence: Option<f64>,
 }
 
 /// Server → client messages we act on; the rest are `Other`.
@@ -156,6 +175,9 @@ impl AssemblyAiClient {
                     "format_turns",
                     if params.format_turns { "true" } else { "false" },
                 );
+            if params.language_detection {
+                query.append_pair("language_detection", "true");
+            }
             if let Some(token) = token {
                 query.append_pair("token", token);
             }

@@ -140,6 +140,18 @@ pub fn encode_client_state(call_id: uuid::Uuid) -> String {
     STANDARD.encode(json!({ "call_id": call_id }).to_string())
 }
 
+/// An interpreted call's leg: `{"call_id": …, "leg": "agent" | "remote"}`.
+pub fn encode_leg_client_state(call_id: uuid::Uuid, leg: &str) -> String {
+    STANDARD.encode(json!({ "call_id": call_id, "leg": leg }).to_string())
+}
+
+/// The leg named in `client_state`, when there is one.
+pub fn decode_client_state_leg(state: &str) -> Option<String> {
+    let bytes = STANDARD.decode(state).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    Some(value.get("leg")?.as_str()?.to_owned())
+}
+
 pub fn decode_client_state(state: &str) -> Option<uuid::Uuid> {
     let bytes = STANDARD.decode(state).ok()?;
     let value: Value = serde_json::from_slice(&bytes).ok()?;
@@ -179,6 +191,14 @@ impl StreamSettings {
             stream_codec: "PCMU",
             stream_bidirectional_mode: "rtp",
             stream_bidirectional_codec: "PCMU",
+        }
+    }
+
+    /// One party's leg of an interpreted call: their voice in, their translations out.
+    pub fn inbound_pcmu(stream_url: String) -> Self {
+        Self {
+            stream_track: "inbound_track",
+            ..Self::bidirectional_pcmu(stream_url)
         }
     }
 }

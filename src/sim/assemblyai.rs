@@ -1,6 +1,8 @@
 //! An AssemblyAI Universal Streaming v3 simulator (docs/PROVIDERS.md §2.1) that enforces the
 //! rules the real service enforces: the bare-key `Authorization` header (or a single-use
-//! `?token=` from `GET /v3/token`), `speech_model` required, binary chunks of 50–1000 ms
+//! `?token=` from `GET /v3/token`), `speech_model` required and one of the real models
+//! (each transcribing only its languages; `language_code` on final turns when detection is
+//! on), binary chunks of 50–1000 ms
 //! (else an `Error` 3007 and close 3007), `Begin` / `Turn` / `Termination`, `Terminate`
 //! flushing the last turn. Turns end on 400 ms of silence after speech (energy over µ-law or
 //! S16LE samples) or after `max_turn_ms`; their text comes from a script. Faults on demand.
@@ -48,6 +50,8 @@ struct Inner {
     sessions: Vec<Arc<Mutex<SessionRecord>>>,
     tokens: HashSet<String>,
     script: Vec<String>,
+    /// Per speech model: what a session of that model hears, and in which language.
+    model_scripts: Vec<(String, String, Vec<String>)>,
 }
 
 /// Called with every audio chunk a session receives (benchmarks attribute bytes to frames).
@@ -89,6 +93,7 @@ impl AssemblyAiSim {
                     "can you hear me clearly".into(),
                     "thank you, goodbye".into(),
                 ],
+                model_scripts: Vec::new(),
             })),
             max_turn_ms: 4_000,
             probe: Arc::new(Mutex::new(None)),
@@ -143,6 +148,22 @@ impl AssemblyAiSim {
     /// session's id.
     pub fn set_script(&self, lines: &[&str]) {
         self.lock().script = lines.iter().map(|l| l.to_string()).collect();
+    }
+
+    /// Sessions of `speech_model` hear these lines spoken in `language` (an interpreted
+    /// call's two parties use different models: each leg hears its own party). A model
+    /// that does not support `language` transcribes nothing of it, as the real one would
+    /// return nothing usable.
+    pub fn set_model_script(&self, speech_model: &str, language: &str, lines: &[&str]) {
+        let mut inner = self.lock();
+        inner
+            .model_scripts
+            .retain(|(model, _, _)| model != speech_model);
+        inner.model_scripts.push((
+            speech_model.to_owned(),
+            language.to_owned(),
+            lines.iter().map(|l| l.to_string()).collect(),
+        ));
     }
 
     pub fn sessions(&self) -> Vec<SessionRecord> {
@@ -305,6 +326,24 @@ async fn session(
         set_closed(3006);
         return;
     }
+    let speech_model = param("speech_model").unwrap_or_default();
+    if crate::config::speech::model_languages(&speech_model).is_none() {
+        let error = format!("Invalid speech_model: {speech_model}");
+        let _ = socket
+            .send(Message::Text(
+                json!({"type": "Error", "error_code": 3006, "error": error})
+                    .to_string()
+                    .into(),
+            ))
+            .await;
+        let _ = socket.send(close(3006, "invalid speech_model")).await;
+        set_closed(3006);
+        return;
+    }
+    // whisper-rt always detects; the multilingual model reports languages when asked.
+    let detects = speech_model == "whisper-rt"
+        || (speech_model == "universal-streaming-multilingual"
+            && param("language_detection").as_deref() == Some("true"));
     let encoding = param("encoding").unwrap_or_else(|| "pcm_s16le".into());
     let mulaw = match encoding.as_str() {
         "pcm_mulaw" => true,
@@ -338,12 +377,30 @@ async fn session(
         return;
     }
     // `{session}` in a line becomes this session's id: every turn distinct (no cache hits).
-    let script: Vec<String> = sim
-        .lock()
-        .script
+    let (spoken_language, lines) = {
+        let inner = sim.lock();
+        match inner
+            .model_scripts
+            .iter()
+            .find(|(model, _, _)| *model == speech_model)
+        {
+            Some((_, language, lines)) => (language.clone(), lines.clone()),
+            None => ("en".to_owned(), inner.script.clone()),
+        }
+    };
+    let understood = crate::config::speech::model_languages(&speech_model)
+        .is_some_and(|languages| languages.contains(&spoken_language.as_str()));
+    let script: Vec<String> = lines
         .iter()
-        .map(|line| line.replace("{session}", &session_id[..8]))
+        .map(|line| {
+            if understood {
+                line.replace("{session}", &session_id[..8])
+            } else {
+                String::new()
+            }
+        })
         .collect();
+    let detected = detects.then(|| spoken_language.clone());
     let mut turn = TurnState {
         order: 0,
         speech_ms: 0,
@@ -427,7 +484,12 @@ async fn session(
                     } else {
                         vec![false]
                     } {
-                        let message = turn_message(&turn, line, shown, ends, formatted, audio_ms);
+                        let mut message =
+                            turn_message(&turn, line, shown, ends, formatted, audio_ms);
+                        if let Some(language) = detected.as_deref().filter(|_| ends) {
+                            message["language_code"] = json!(language);
+                            message["language_confidence"] = json!(0.97);
+                        }
                         // The final message of the turn: formatted when asked for, else raw.
                         if ends && formatted == format_turns {
                             let probe = sim
@@ -475,8 +537,12 @@ async fn session(
                             } else {
                                 vec![false]
                             } {
-                                let message =
+                                let mut message =
                                     turn_message(&turn, line, words, true, formatted, audio_ms);
+                                if let Some(language) = &detected {
+                                    message["language_code"] = json!(language);
+                                    message["language_confidence"] = json!(0.97);
+                                }
                                 let sent = socket
                                     .send(Message::Text(message.to_string().into()))
                                     .await

@@ -1,13 +1,14 @@
-//! `make demo`: the service with every simulator, one translated call placed through the real
-//! API, and what happened printed: the transcript, the translations spoken back, whether
-//! they were heard, and each stage's latency.
+//! `make demo`: the service with every simulator, one interpreted call placed through the
+//! real API — an English-speaking agent and a Spanish-speaking remote party (`auto`
+//! detection), each on their own leg and stream — and the conversation printed in two
+//! columns, with each direction's stage latencies.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use super::assemblyai::AssemblyAiSim;
-use super::telnyx::{self, TelnyxSim};
+use super::telnyx::TelnyxSim;
 use super::telnyx_media::{self, PlayOptions};
 use super::translation::{self as providers, TranslationSim};
 use crate::app::{Application, Role};
@@ -88,99 +89,127 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
         .await?
         .error_for_status()?;
 
-    println!("▶ POST /api/calls  (+14155550100 → +4930123456, en → de)");
+    let webhook = format!("{base}/webhooks/telnyx");
+    carrier.send_hangup_webhooks(&webhook);
+    aai.set_model_script(
+        "universal-streaming-english",
+        "en",
+        &[
+            "hello, this is doctor smith's office",
+            "tuesday at ten works for us",
+        ],
+    );
+    aai.set_model_script(
+        "universal-streaming-multilingual",
+        "es",
+        &["hola, quería pedir una cita", "perfecto, muchas gracias"],
+    );
+
+    println!("▶ POST /api/calls  agent +14155550111 (en) · remote +34911222333 (auto)");
     let call: serde_json::Value = authed(http.post(format!("{base}/api/calls")))
-        .json(&json!({"from": "+14155550100", "to": "+4930123456", "source_language": "en", "target_language": "de", "voice_id": "demo-voice"}))
+        .json(&json!({"from": "+14155550100",
+                      "agent": {"number": "+14155550111", "language": "en", "voice_id": "demo-voice-en"},
+                      "remote": {"number": "+34911222333", "language": "auto", "voice_id": "demo-voice-es"}}))
         .send().await?.error_for_status()?.json().await?;
     let call_id = call["id"].as_str().unwrap_or_default().to_owned();
-    let dial = carrier
-        .commands_named("dial")
-        .pop()
-        .ok_or_else(|| anyhow::anyhow!("no dial reached Telnyx"))?;
-    let ccid = dial.call_control_id.clone().unwrap_or_default();
-    let client_state = dial.body["client_state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let lifecycle = telnyx::outbound_lifecycle(
-        &carrier,
-        &ccid,
-        &client_state,
-        "+14155550100",
-        "+4930123456",
-    );
-    for event in &lifecycle[..2] {
-        carrier
-            .deliver(&format!("{base}/webhooks/telnyx"), event)
-            .await?;
+    let agent = carrier
+        .dial_of_leg("agent")
+        .ok_or_else(|| anyhow::anyhow!("the agent was not dialed"))?;
+    println!("▶ Telnyx rings the agent; the agent answers");
+    for event in &carrier.leg_lifecycle(&agent, "caller")[..3] {
+        carrier.deliver(&webhook, event).await?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("▶ Telnyx connects the media stream and the callee speaks (two sentences, real time)");
-    let mut play = PlayOptions::new(
-        dial.body["stream_url"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        telnyx_media::speech_like(&[(1200, true), (700, false), (1000, true), (700, false)]),
-    );
-    play.outbound = Some(telnyx_media::speech_like(&[(3600, false)]));
-    play.realtime = true;
-    play.linger = Duration::from_millis(2500);
-    let played = telnyx_media::play(play)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    carrier
-        .deliver(&format!("{base}/webhooks/telnyx"), &lifecycle[3])
-        .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let remote = wait_for(|| carrier.dial_of_leg("remote")).await?;
+    println!("▶ the service rings the remote party; they answer");
+    for event in &carrier.leg_lifecycle(&remote, "callee")[..3] {
+        carrier.deliver(&webhook, event).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    println!("\nTranscript (live, AssemblyAI v3 per track):");
-    for row in db.query("select track, turn_index, text, start_ms, end_ms from transcript_turns where call_id = $1::text::uuid order by start_ms, track", &[&call_id]).await? {
-        println!("  [{:>8}] #{} {:>5}–{:<5} ms  {}", row.get::<_, String>(0), row.get::<_, i32>(1), row.get::<_, Option<i64>>(3).unwrap_or(0), row.get::<_, Option<i64>>(4).unwrap_or(0), row.get::<_, String>(2));
-    }
-    println!("\nTranslations spoken back (DeepL → ElevenLabs µ-law → Telnyx):");
-    println!(
-        "  {:<4} {:<30} {:<36} {:<8} {:>9} {:>8} {:>9} {:>9}",
-        "seq", "original", "translation", "heard", "translate", "tts 1st", "1st frame", "mark"
-    );
-    for row in db
-        .query(
-            "select seq, original_text, coalesce(translated_text, ''), status,
-                (extract(epoch from translated_at - end_of_turn_at) * 1000)::float8,
-                (extract(epoch from first_tts_byte_at - translated_at) * 1000)::float8,
-                (extract(epoch from first_frame_sent_at - first_tts_byte_at) * 1000)::float8,
-                (extract(epoch from mark_echoed_at - first_frame_sent_at) * 1000)::float8
-         from utterances where call_id = $1::text::uuid order by seq",
-            &[&call_id],
-        )
-        .await?
-    {
-        let ms = |i: usize| {
-            row.get::<_, Option<f64>>(i)
-                .map_or("-".into(), |v| format!("{v:.1} ms"))
-        };
-        println!(
-            "  {:<4} {:<30} {:<36} {:<8} {:>9} {:>8} {:>9} {:>9}",
-            row.get::<_, i32>(0),
-            row.get::<_, String>(1),
-            row.get::<_, String>(2),
-            row.get::<_, String>(3),
-            ms(4),
-            ms(5),
-            ms(6),
-            ms(7)
+    println!("▶ both parties talk on their own media streams (real time, ~14 s)\n");
+    let stream = |dial: &super::telnyx::RecordedCommand, pattern: &[(u64, bool)]| {
+        let mut play = PlayOptions::new(
+            dial.body["stream_url"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            telnyx_media::speech_like(pattern),
         );
+        play.inbound_only = true;
+        play.realtime = true;
+        play.linger = Duration::from_millis(3000);
+        play
+    };
+    // Turns take turns, as people do: nobody talks over a translation (that would cut it).
+    let agent_talks = stream(
+        &agent,
+        &[(1500, true), (5500, false), (1500, true), (5500, false)],
+    );
+    let remote_talks = stream(
+        &remote,
+        &[
+            (2000, false),
+            (1500, true),
+            (8000, false),
+            (1200, true),
+            (1300, false),
+        ],
+    );
+    let (agent_heard, remote_heard) = tokio::join!(
+        telnyx_media::play(agent_talks),
+        telnyx_media::play(remote_talks)
+    );
+    let (agent_heard, remote_heard) = (
+        agent_heard.map_err(|e| anyhow::anyhow!(e))?,
+        remote_heard.map_err(|e| anyhow::anyhow!(e))?,
+    );
+    // The remote party hangs up; the service hangs up the agent's leg.
+    carrier
+        .deliver(&webhook, &carrier.leg_lifecycle(&remote, "callee")[3])
+        .await?;
+    let mut detail = serde_json::Value::Null;
+    for _ in 0..50 {
+        detail = authed(http.get(format!("{base}/api/calls/{call_id}")))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if detail["status"] == "ended" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let status: String = db
-        .query_one(
-            "select status from calls where id = $1::text::uuid",
-            &[&call_id],
+    let transcript: serde_json::Value =
+        authed(http.get(format!("{base}/api/calls/{call_id}/transcript")))
+            .send()
+            .await?
+            .json()
+            .await?;
+    print_conversation(&transcript);
+    print_latencies(&transcript);
+    let leg = |i: usize| {
+        format!(
+            "{} {} ({})",
+            detail["legs"][i]["role"].as_str().unwrap_or_default(),
+            detail["legs"][i]["status"].as_str().unwrap_or_default(),
+            detail["legs"][i]["detected_language"]
+                .as_str()
+                .or(detail["legs"][i]["language"].as_str())
+                .unwrap_or_default()
         )
-        .await?
-        .get(0);
+    };
     println!(
-        "\nCall {call_id}: {status}; {} µ-law bytes played into the call, marks echoed {:?}",
-        played.media_bytes, played.marks_echoed
+        "\nCall {call_id}: {} · legs: {}, {} · hang-up: {}",
+        detail["status"].as_str().unwrap_or_default(),
+        leg(0),
+        leg(1),
+        detail["hangup_source"].as_str().unwrap_or_default()
+    );
+    println!(
+        "Heard on each leg (µ-law bytes streamed, original audio {}): agent {} · remote {}",
+        detail["original_audio"].as_str().unwrap_or_default(),
+        agent_heard.media_bytes,
+        remote_heard.media_bytes
     );
     shutdown.cancel();
     let _ = server.await;
@@ -189,4 +218,114 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
         .batch_execute(&format!("drop database {database} with (force)"))
         .await?;
     Ok(())
+}
+
+/// Polls until `probe` finds something (a webhook's job runs in the worker).
+async fn wait_for<T>(probe: impl Fn() -> Option<T>) -> anyhow::Result<T> {
+    for _ in 0..100 {
+        if let Some(found) = probe() {
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("timed out waiting for the service")
+}
+
+const COLUMN: usize = 46;
+
+fn wrap(text: &str) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("one line");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > COLUMN {
+            lines.push(word.to_owned());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
+}
+
+/// Agent on the left, remote party on the right: what each said (and in which language),
+/// and under it, on the other side, what the other heard and how it played.
+fn print_conversation(transcript: &serde_json::Value) {
+    println!("{:<w$} │ REMOTE (auto)", "AGENT (en)", w = COLUMN);
+    println!("{}┼{}", "─".repeat(COLUMN + 1), "─".repeat(COLUMN + 1));
+    let turns = transcript["conversation"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for turn in turns {
+        let agent_spoke = turn["speaker"] == "agent";
+        let said = format!(
+            "[{}] {}",
+            turn["language"].as_str().unwrap_or("?"),
+            turn["text"].as_str().unwrap_or_default()
+        );
+        let heard = match turn["translation"].as_str() {
+            Some(translation) => format!(
+                "hears: {translation}  ({}, {} ms to first audio)",
+                turn["playout"].as_str().unwrap_or("-"),
+                turn["interpretation"]["end_of_turn_to_first_frame_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.0}"))
+            ),
+            None => "(nothing spoken)".into(),
+        };
+        let (left, right) = if agent_spoke {
+            (wrap(&said), wrap(&heard))
+        } else {
+            (wrap(&heard), wrap(&said))
+        };
+        for i in 0..left.len().max(right.len()) {
+            println!(
+                "{:<w$} │ {}",
+                left.get(i).map_or("", String::as_str),
+                right.get(i).map_or("", String::as_str),
+                w = COLUMN
+            );
+        }
+        println!("{:<w$} │", "", w = COLUMN);
+    }
+}
+
+fn print_latencies(transcript: &serde_json::Value) {
+    let turns = transcript["conversation"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    println!("Stage latencies per direction (ms, p50 / max over the direction's turns):");
+    println!(
+        "  {:<18} {:>13} {:>13} {:>13} {:>13} {:>13}",
+        "direction", "translate", "tts 1st byte", "1st frame", "turn→frame", "mark"
+    );
+    for (speaker, label) in [("agent", "agent → remote"), ("remote", "remote → agent")] {
+        let stage = |name: &str| {
+            let mut values: Vec<f64> = turns
+                .iter()
+                .filter(|t| t["speaker"] == speaker)
+                .filter_map(|t| t["interpretation"][name].as_f64())
+                .collect();
+            values.sort_by(f64::total_cmp);
+            match (
+                values.get(values.len().saturating_sub(1) / 2),
+                values.last(),
+            ) {
+                (Some(p50), Some(max)) => format!("{p50:.1} / {max:.1}"),
+                _ => "-".into(),
+            }
+        };
+        println!(
+            "  {:<18} {:>13} {:>13} {:>13} {:>13} {:>13}",
+            label,
+            stage("translate_ms"),
+            stage("tts_first_byte_ms"),
+            stage("first_frame_ms"),
+            stage("end_of_turn_to_first_frame_ms"),
+            stage("mark_ms")
+        );
+    }
 }

@@ -70,6 +70,8 @@ struct Inner {
     commands: Vec<RecordedCommand>,
     faults: VecDeque<Fault>,
     ended: HashMap<String, bool>,
+    /// Once set: a hangup command makes the sim send that leg's `call.hangup` webhook here.
+    hangup_webhooks: Option<String>,
     account: Vec<HeldNumber>,
     market: Vec<MarketNumber>,
     /// Numbers a search returned: only these can be ordered.
@@ -176,6 +178,40 @@ impl TelnyxSim {
             .into_iter()
             .filter(|c| c.action == action)
             .collect()
+    }
+
+    /// Like Telnyx, answer a hangup command with the leg's `call.hangup` webhook (with the
+    /// dial's `client_state`), delivered to `webhook_url` (the service under test).
+    pub fn send_hangup_webhooks(&self, webhook_url: &str) {
+        self.lock().hangup_webhooks = Some(webhook_url.to_owned());
+    }
+
+    /// The dial of one leg of an interpreted call (`client_state` names the leg).
+    pub fn dial_of_leg(&self, leg: &str) -> Option<RecordedCommand> {
+        self.commands_named("dial").into_iter().find(|c| {
+            c.body["client_state"]
+                .as_str()
+                .and_then(crate::providers::telnyx::decode_client_state_leg)
+                .as_deref()
+                == Some(leg)
+        })
+    }
+
+    /// A leg's lifecycle events from its dial (initiated, answered, streaming.started,
+    /// hangup by `hangup_source`).
+    pub fn leg_lifecycle(&self, dial: &RecordedCommand, hangup_source: &str) -> Vec<Value> {
+        let body = &dial.body;
+        let mut events = outbound_lifecycle(
+            self,
+            dial.call_control_id.as_deref().unwrap_or_default(),
+            body["client_state"].as_str().unwrap_or_default(),
+            body["from"].as_str().unwrap_or_default(),
+            body["to"].as_str().unwrap_or_default(),
+        );
+        if let Some(hangup) = events.last_mut() {
+            hangup["data"]["payload"]["hangup_source"] = json!(hangup_source);
+        }
+        events
     }
 
     /// Puts `e164` in the account, active, attached to `connection_id` (what an operator
@@ -542,7 +578,20 @@ async fn action(
             let sim = sim.clone();
             tokio::spawn(async move { sim.pilot_hangup(&ccid, "caller").await });
         } else {
-            inner.ended.insert(ccid, true);
+            inner.ended.insert(ccid.clone(), true);
+            let dial = inner
+                .commands
+                .iter()
+                .find(|c| c.action == "dial" && c.call_control_id.as_deref() == Some(&ccid))
+                .cloned();
+            if let (Some(url), Some(dial)) = (inner.hangup_webhooks.clone(), dial) {
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    let mut hangup = sim.leg_lifecycle(&dial, "caller").pop().unwrap_or_default();
+                    hangup["data"]["payload"]["hangup_cause"] = json!("normal_clearing");
+                    let _ = sim.deliver(&url, &hangup).await;
+                });
+            }
         }
     }
     Json(json!({"data": {"result": "ok"}})).into_response()

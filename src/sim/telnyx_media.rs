@@ -37,6 +37,9 @@ pub struct PlayOptions {
     pub extra_frames: Vec<String>,
     /// Wait this long after the audio before `stop` (translated speech still playing).
     pub linger: Duration,
+    /// Send the inbound track only, as Telnyx does for `stream_track=inbound_track` (one
+    /// leg of an interpreted call).
+    pub inbound_only: bool,
     /// The call began then and its audio has been running since (a stream re-attached to a
     /// live call): the stream starts with the audio of the moment it is connected, paced on
     /// the call's clock, as Telnyx's would. Implies `realtime`.
@@ -55,6 +58,7 @@ impl PlayOptions {
             send_stop: true,
             extra_frames: Vec::new(),
             linger: Duration::ZERO,
+            inbound_only: false,
             call_started: None,
         }
     }
@@ -73,6 +77,19 @@ pub struct PlayResult {
     /// Marks we echoed, in order (as Telnyx does once the audio before them has played).
     pub marks_echoed: Vec<String>,
     pub clears: usize,
+}
+
+impl PlayResult {
+    /// The µ-law audio the server streamed into the call, in order.
+    pub fn audio(&self) -> Vec<u8> {
+        self.received
+            .iter()
+            .filter(|v| v["event"] == "media")
+            .filter_map(|v| v["media"]["payload"].as_str())
+            .filter_map(|p| STANDARD.decode(p).ok())
+            .flatten()
+            .collect()
+    }
 }
 
 /// Speech-like µ-law: a 220 Hz tone while `speaking`, silence otherwise.
@@ -155,7 +172,12 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
     let mut frames = Vec::new();
     let mut sequence = 2u64;
     for i in 0..inbound_frames.len().max(outbound_frames.len()) {
-        for (track, list) in [("inbound", &inbound_frames), ("outbound", &outbound_frames)] {
+        let tracks: &[(&str, &Vec<&[u8]>)] = if options.inbound_only {
+            &[("inbound", &inbound_frames)]
+        } else {
+            &[("inbound", &inbound_frames), ("outbound", &outbound_frames)]
+        };
+        for &(track, list) in tracks {
             if let Some(payload) = list.get(i) {
                 frames.push((
                     i,

@@ -192,6 +192,29 @@ async fn openai(
     .into_response()
 }
 
+const WATERMARK: &[u8] = b"TTS:";
+
+fn watermark(text: &str) -> Vec<u8> {
+    let mut mark = WATERMARK.to_vec();
+    mark.extend(text.bytes().take(150));
+    mark.push(0);
+    mark
+}
+
+/// The texts whose simulated speech is in `audio` (a call's received µ-law), in order: the
+/// first 20 ms of each clip carries its text (up to 150 bytes).
+pub fn spoken_texts(audio: &[u8]) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut rest = audio;
+    while let Some(at) = rest.windows(WATERMARK.len()).position(|w| w == WATERMARK) {
+        let after = &rest[at + WATERMARK.len()..];
+        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
+        texts.push(String::from_utf8_lossy(&after[..end]).into_owned());
+        rest = &after[end..];
+    }
+    texts
+}
+
 async fn elevenlabs(
     State(sim): State<TranslationSim>,
     Path(_voice): Path<String>,
@@ -228,23 +251,32 @@ async fn elevenlabs(
         _ => None,
     };
     let pace = sim.pace;
-    let stream = futures_util::stream::unfold(0usize, move |i| async move {
-        if i >= chunks {
-            return None;
+    let mark = watermark(text);
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let mark = mark.clone();
+        async move {
+            if i >= chunks {
+                return None;
+            }
+            if drop_after.is_some_and(|n| i >= n) {
+                return Some((
+                    Err::<Bytes, std::io::Error>(std::io::Error::other("simulated drop")),
+                    chunks,
+                ));
+            }
+            if i > 0 && pace > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(0.020 * pace)).await;
+            }
+            let mut chunk: Vec<u8> = (0..bytes_per_chunk)
+                .map(|n| if n % 16 < 8 { 0x10 } else { 0x90 })
+                .collect();
+            if i == 0 {
+                // Which text this audio speaks, readable from what a call received.
+                let n = mark.len().min(chunk.len());
+                chunk[..n].copy_from_slice(&mark[..n]);
+            }
+            Some((Ok(Bytes::from(chunk)), i + 1))
         }
-        if drop_after.is_some_and(|n| i >= n) {
-            return Some((
-                Err::<Bytes, std::io::Error>(std::io::Error::other("simulated drop")),
-                chunks,
-            ));
-        }
-        if i > 0 && pace > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(0.020 * pace)).await;
-        }
-        let chunk: Vec<u8> = (0..bytes_per_chunk)
-            .map(|n| if n % 16 < 8 { 0x10 } else { 0x90 })
-            .collect();
-        Some((Ok(Bytes::from(chunk)), i + 1))
     });
     Response::builder()
         .status(200)

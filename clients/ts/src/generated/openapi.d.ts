@@ -15,8 +15,9 @@ export interface paths {
         get: operations["listCalls"];
         put?: never;
         /**
-         * Places an outbound translated call: stores it, then dials through Telnyx with our call id
-         *     in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
+         * Places an outbound call. Interpreted (`agent` + `remote`): the agent's leg is dialed now
+         *     and the remote party's once the agent answers, each with its own media stream. One-leg
+         *     (deprecated): dials `to` with one stream carrying both tracks.
          */
         post: operations["createCall"];
         delete?: never;
@@ -666,8 +667,15 @@ export interface components {
             id: string;
             /** Format: date-time */
             initiated_at?: string | null;
+            /**
+             * @description Two legs (agent and remote), each hearing the other translated; false for a one-leg
+             *     call, where translations play back into the one leg.
+             */
+            interpreted: boolean;
             /** Format: uuid */
             organisation_id: string;
+            /** @description `off`, `ducked` or `full`: whether a party also hears the other's original voice. */
+            original_audio: string;
             record: boolean;
             sip_hangup_cause?: string | null;
             source_language?: string | null;
@@ -679,6 +687,11 @@ export interface components {
         };
         /** @description One call with how its spoken translations went. */
         CallDetail: components["schemas"]["Call"] & {
+            /**
+             * @description The parties' legs, agent first: an interpreted call has two (`agent`, `remote`), a
+             *     one-leg call one (`remote`).
+             */
+            legs: components["schemas"]["Leg"][];
             /**
              * @description Utterances by playout outcome and each stage's latency (p50, p95, max) over this
              *     call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
@@ -707,6 +720,11 @@ export interface components {
             agreement?: null | components["schemas"]["Agreement"];
             /** Format: uuid */
             call_id: string;
+            /**
+             * @description Both parties' turns in time order, each with its translation, playout outcome and
+             *     stage latencies: what the frontend shows as the conversation.
+             */
+            conversation: components["schemas"]["ConversationTurn"][];
             /** @description Final turns from the realtime bridge, in time order. */
             live: components["schemas"]["LiveTurn"][];
             post_call?: null | components["schemas"]["PostCallTranscript"];
@@ -731,6 +749,41 @@ export interface components {
              */
             version: number;
         };
+        /** @description One finished turn of the conversation, and what the other party heard for it. */
+        ConversationTurn: {
+            /**
+             * Format: date-time
+             * @description When the turn ended (was transcribed in full): the conversation's order.
+             */
+            ended_at: string;
+            interpretation?: null | components["schemas"]["Utterance"];
+            /** @description The language spoken: detected per turn for an `auto` party, else the party's. */
+            language?: string | null;
+            /**
+             * @description `played`, `cut`, `never_played`, `failed`, or while live `queued`/`playing`; null
+             *     when nothing was spoken for it (the other party's stream was not connected).
+             */
+            playout?: string | null;
+            /**
+             * @description Who spoke: `agent` or `remote` on an interpreted call (`inbound` or `outbound` on a
+             *     one-leg call).
+             */
+            speaker: string;
+            /** @description What they said. */
+            text: string;
+            /** @description The translation spoken to the other party (null when there was none). */
+            translation?: string | null;
+            /**
+             * Format: int32
+             * @description The speaker's turn number (with `speaker`, names the entry in `live`).
+             */
+            turn_index: number;
+        };
+        /**
+         * @description `POST /api/calls` body: an interpreted call (`agent` and `remote`), or the older one-leg
+         *     translated call (`to`, `source_language`, `target_language`; deprecated).
+         */
+        CreateCallRequest: components["schemas"]["InterpretedCallRequest"] | components["schemas"]["NewCallRequest"];
         CredentialReport: {
             cookie_name?: string | null;
             /** @description Why the credential was rejected as malformed, if it was. */
@@ -794,13 +847,60 @@ export interface components {
         };
         /** @enum {string} */
         Engine: "deepl" | "openai" | "cache";
+        /**
+         * @description An interpreted call: the agent is rung first, the remote party once the agent answers;
+         *     each hears the other translated into their own language (docs/CALLS.md).
+         */
+        InterpretedCallRequest: {
+            /** @description The organisation's side: a language, not `auto`. */
+            agent: components["schemas"]["PartyRequest"];
+            /**
+             * @description E.164 caller id: one of the organisation's phone numbers (used on both legs).
+             * @example +14155550100
+             */
+            from: string;
+            original_audio?: components["schemas"]["OriginalAudio"];
+            /** @description Record each leg (one recording per leg). */
+            record?: boolean;
+            /** @description The other party. */
+            remote: components["schemas"]["PartyRequest"];
+        };
+        /** @description One party's leg as the API shows it. */
+        Leg: {
+            /** Format: date-time */
+            answered_at?: string | null;
+            /** @description The language AssemblyAI detected most recently for an `auto` party. */
+            detected_language?: string | null;
+            /** Format: date-time */
+            ended_at?: string | null;
+            /** @description Why the leg failed or was never dialed. */
+            failure_reason?: string | null;
+            hangup_cause?: string | null;
+            /** @description `caller`, `callee`, … as Telnyx reports it. */
+            hangup_source?: string | null;
+            /** Format: uuid */
+            id: string;
+            /** Format: date-time */
+            initiated_at?: string | null;
+            /** @description BCP-47 language, or `auto` (detected per turn). Null on legacy legs without one. */
+            language?: string | null;
+            /** @description E.164 number of this party. */
+            number: string;
+            role: components["schemas"]["Role"];
+            sip_hangup_cause?: string | null;
+            status: components["schemas"]["CallStatus"];
+            /** @description `started`, `stopped` or `failed`: the leg's media stream as Telnyx reported it. */
+            stream_state?: string | null;
+            /** @description ElevenLabs voice this party hears translations in. */
+            voice_id?: string | null;
+        };
         LiveTurn: {
             /** Format: int64 */
             end_ms?: number | null;
             /** Format: int64 */
             start_ms?: number | null;
             text: string;
-            /** @description `inbound`, `outbound` or `browser`. */
+            /** @description `inbound`, `outbound` or `browser`; `agent` or `remote` on an interpreted call. */
             track: string;
             /** Format: int32 */
             turn_index: number;
@@ -893,6 +993,27 @@ export interface components {
             source: string;
             /** @description Decimal strings as Telnyx quotes them; absent for `account` numbers. */
             upfront_cost?: string | null;
+        };
+        /**
+         * @description Whether each party also hears the other's original voice under the translation.
+         * @enum {string}
+         */
+        OriginalAudio: "off" | "ducked" | "full";
+        /** @description One party of an interpreted call. */
+        PartyRequest: {
+            /**
+             * @description BCP-47 language this party speaks (`en`, `es-MX`), or `auto` (remote party only):
+             *     detected from what they say.
+             * @example en
+             */
+            language: string;
+            /**
+             * @description E.164 number to ring.
+             * @example +14155550123
+             */
+            number: string;
+            /** @description ElevenLabs voice this party hears translations in (default `ELEVENLABS_VOICE_ID`). */
+            voice_id?: string | null;
         };
         PhoneNumber: {
             /** Format: date-time */
@@ -1172,8 +1293,9 @@ export interface components {
             seq: number;
             source_language?: string | null;
             /**
-             * @description The track whose final turn this translates (`inbound` or `outbound`); the listener
-             *     is the other one. With `source_turn_index` it names the live turn it came from.
+             * @description Whose final turn this translates: the track (`inbound` or `outbound`) on a one-leg
+             *     call, the party (`agent` or `remote`) on an interpreted one; the listener is the
+             *     other. With `source_turn_index` it names the live turn it came from.
              */
             source_track: string;
             /** Format: int32 */
@@ -1297,17 +1419,17 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["NewCallRequest"];
+                "application/json": components["schemas"]["CreateCallRequest"];
             };
         };
         responses: {
-            /** @description Dialing */
+            /** @description Dialing (the agent's leg, for an interpreted call) */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Call"];
+                    "application/json": components["schemas"]["CallDetail"];
                 };
             };
             /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
@@ -1364,7 +1486,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid numbers or languages, or `from` is not the organisation's */
+            /** @description Invalid numbers or languages, a language no speech model transcribes (named), or `from` is not the organisation's */
             422: {
                 headers: {
                     [name: string]: unknown;

@@ -1,0 +1,288 @@
+//! Placing an interpreted call: two parties, each on their own Telnyx leg with their own
+//! media stream, language and voice. The agent is rung first; the remote party is dialed
+//! by the `telnyx.event` job once the agent answers (docs/adr, "interpreted calls"), and
+//! either party hanging up ends the other leg ([`super::legs::settle`]).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::legs::{self, Leg, NewLeg, Role};
+use super::{Call, CallStatus, NewCall, stream_token};
+use crate::config::speech::SpeechChoice;
+use crate::db::DbError;
+use crate::events;
+use crate::providers::telnyx::{self, DialRequest, StreamSettings, TelnyxError};
+use crate::state::AppState;
+
+/// One party as the caller of the API describes them.
+#[derive(Debug, Clone)]
+pub struct Party {
+    pub number: String,
+    /// BCP-47 or `auto`.
+    pub language: String,
+    pub voice_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub organisation_id: Uuid,
+    pub created_by: Option<String>,
+    pub from: String,
+    pub agent: Party,
+    pub remote: Party,
+    pub record: bool,
+    pub original_audio: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The request cannot be placed as asked (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// Telnyx refused or was unreachable; the call is stored as failed.
+    #[error(transparent)]
+    Telnyx(#[from] TelnyxError),
+    /// The toll-fraud guard refused (403/429), for either party's number.
+    #[error(transparent)]
+    Guard(#[from] super::guard::GuardError),
+    #[error(transparent)]
+    Disabled(#[from] crate::config::ProviderDisabled),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<tokio_postgres::Error> for DialError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        DialError::Internal(error.into())
+    }
+}
+
+impl From<DbError> for DialError {
+    fn from(error: DbError) -> Self {
+        DialError::Internal(error.into())
+    }
+}
+
+/// The speech model for a party's language, or a 422 naming the language.
+pub fn speech_for(state: &AppState, role: Role, language: &str) -> Result<SpeechChoice, DialError> {
+    state
+        .config
+        .media
+        .speech_models
+        .choose(language)
+        .map_err(|why| DialError::Invalid(format!("{}.language: {why}", role.as_str())))
+}
+
+/// Stores the call and both legs, then rings the agent. The remote party is dialed when
+/// the agent answers.
+pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
+    if dial.agent.language == "auto" {
+        return Err(DialError::Invalid(
+            "agent.language must be a language, not auto: the agent's language is the organisation's choice".into(),
+        ));
+    }
+    speech_for(state, Role::Agent, &dial.agent.language)?;
+    speech_for(state, Role::Remote, &dial.remote.language)?;
+    let telnyx = state.telnyx()?;
+    let mut client = state.db.client().await?;
+    if !super::org_owns_number(&**client, dial.organisation_id, &dial.from).await? {
+        return Err(DialError::Invalid(
+            "from must be one of the organisation's phone numbers".into(),
+        ));
+    }
+    // The toll-fraud guard, for both parties' numbers: the call is inserted under its locks.
+    let permit = super::guard::admit(
+        &mut client,
+        &state.config.telephony,
+        dial.organisation_id,
+        dial.created_by.as_deref().unwrap_or_default(),
+        &[&dial.agent.number, &dial.remote.number],
+    )
+    .await?;
+    let transaction = permit.transaction();
+    let call = super::insert(
+        transaction,
+        &NewCall {
+            organisation_id: dial.organisation_id,
+            direction: "outbound",
+            from: &dial.from,
+            to: &dial.remote.number,
+            source_language: Some(&dial.remote.language),
+            target_language: Some(&dial.agent.language),
+            voice_id: None,
+            record: dial.record,
+            created_by: dial.created_by.as_deref(),
+            status: CallStatus::Created,
+            telnyx_call_control_id: None,
+            interpreted: true,
+            original_audio: &dial.original_audio,
+        },
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("new call conflicted"))?;
+    for (role, party) in [(Role::Agent, &dial.agent), (Role::Remote, &dial.remote)] {
+        legs::insert(
+            transaction,
+            &NewLeg {
+                call_id: call.id,
+                role,
+                number: &party.number,
+                language: Some(&party.language),
+                voice_id: party.voice_id.as_deref(),
+                status: CallStatus::Created,
+                telnyx_call_control_id: None,
+            },
+        )
+        .await?;
+    }
+    events::append(
+        transaction,
+        call.id,
+        "call.created",
+        json!({"direction": "outbound", "interpreted": true, "agent": dial.agent.number, "remote": dial.remote.number}),
+        Utc::now(),
+    )
+    .await?;
+    permit.commit(call.id).await?;
+
+    let agent = legs::by_role(&**client, call.id, Role::Agent)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("agent leg vanished"))?;
+    if let Err(error) = dial_leg(state, telnyx, &call, &agent).await {
+        if let DialError::Telnyx(telnyx_error) = &error {
+            let reason = format!("the agent could not be dialed: {telnyx_error}");
+            legs::mark_failed(&**client, agent.id, &reason).await?;
+            super::mark_failed(&**client, call.id, &reason).await?;
+            // The remote party is then never dialed.
+            legs::settle(&**client, call.id).await?;
+            events::append(
+                &**client,
+                call.id,
+                "call.failed",
+                json!({"status": "failed", "leg": "agent", "failure_reason": reason}),
+                Utc::now(),
+            )
+            .await?;
+        }
+        return Err(error);
+    }
+    super::advance(&**client, call.id, CallStatus::Dialing, (None, None, None)).await?;
+    Ok(super::get_unscoped(&**client, call.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("call vanished"))?)
+}
+
+/// Dials one leg with its own media stream (inbound track, µ-law both ways) and our ids in
+/// `client_state`. Idempotent at Telnyx: the command id is the leg's.
+pub async fn dial_leg(
+    state: &AppState,
+    telnyx: &telnyx::TelnyxClient,
+    call: &Call,
+    leg: &Leg,
+) -> Result<(), DialError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let request = DialRequest {
+        from: call.from.clone(),
+        to: leg.number.clone(),
+        client_state: telnyx::encode_leg_client_state(call.id, leg.role.as_str()),
+        command_id: format!("dial:{}", leg.id),
+        stream: StreamSettings::inbound_pcmu(stream_token::stream_url(
+            &state.config.media_base_url,
+            state.config.auth.secret.expose().as_bytes(),
+            leg.id,
+            now,
+        )),
+        record: call.record,
+        webhook_url: Some(format!(
+            "{}/webhooks/telnyx",
+            state.config.webhook_base_url.as_str().trim_end_matches('/')
+        )),
+    };
+    let dialed = telnyx.dial(&request).await?;
+    let client = state.db.client().await?;
+    legs::dialed(
+        &**client,
+        leg.id,
+        (
+            &dialed.call_control_id,
+            dialed.call_leg_id.as_deref(),
+            dialed.call_session_id.as_deref(),
+        ),
+    )
+    .await?;
+    events::append(
+        &**client,
+        call.id,
+        "call.dialing",
+        json!({"status": "dialing", "leg": leg.role.as_str()}),
+        Utc::now(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Carries out what [`legs::settle`] decided: ring the remote party, or end a leg whose
+/// party is gone. Each command is claimed first, so concurrent jobs for the same call send
+/// it once; a refused remote dial fails that leg, which ends the agent's in turn.
+pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> anyhow::Result<()> {
+    let telnyx = state.telnyx()?;
+    for step in next {
+        let client = state.db.client().await?;
+        match step {
+            legs::Next::DialRemote(remote) => {
+                if !legs::claim_dial(&**client, remote.id).await? {
+                    continue;
+                }
+                match dial_leg(state, telnyx, call, &remote).await {
+                    Ok(()) => {}
+                    Err(DialError::Telnyx(error @ TelnyxError::Rejected { .. })) => {
+                        let reason = format!("the remote party could not be dialed: {error}");
+                        legs::mark_failed(&**client, remote.id, &reason).await?;
+                        events::append(
+                            &**client,
+                            call.id,
+                            "call.leg_failed",
+                            json!({"leg": "remote", "failure_reason": reason}),
+                            Utc::now(),
+                        )
+                        .await?;
+                        let more = legs::settle(&**client, call.id).await?;
+                        Box::pin(follow_up(state, call, more)).await?;
+                    }
+                    // Unavailable after retries: the job runs again (same command id).
+                    Err(error) => {
+                        legs::release_dial(&**client, remote.id).await?;
+                        return Err(error.into());
+                    }
+                }
+            }
+            legs::Next::HangUp(leg) => {
+                let Some(ccid) = leg.telnyx_call_control_id.as_deref() else {
+                    continue;
+                };
+                if !legs::claim_hangup(&**client, leg.id).await? {
+                    continue;
+                }
+                if let Err(error) = telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await {
+                    legs::release_hangup(&**client, leg.id).await?;
+                    return Err(error.into());
+                }
+                events::append(
+                    &**client,
+                    call.id,
+                    "call.hangup_requested",
+                    json!({"leg": leg.role.as_str(), "because": "the other party's leg ended"}),
+                    Utc::now(),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}

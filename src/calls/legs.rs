@@ -1,0 +1,505 @@
+//! Call legs: each party of a call on its own Telnyx leg, with its own language, voice,
+//! status and media stream. An interpreted call has an `agent` leg (the organisation's side,
+//! dialed first) and a `remote` leg (dialed once the agent answers); a one-leg call (legacy)
+//! has one `remote` leg mirroring the call.
+//!
+//! Like the call itself, a leg's state only moves forward and every update is
+//! order-independent. [`settle`] derives the call from its legs after each event and says
+//! what must happen next (dial the remote party, hang up the other leg), so a redelivered or
+//! reordered event converges on the same call and never repeats a command.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{GenericClient, Row};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::CallStatus;
+use crate::db::DbError;
+
+/// Which side of the conversation a leg carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The organisation's side.
+    Agent,
+    /// The other party.
+    Remote,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Remote => "remote",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "agent" => Some(Role::Agent),
+            "remote" => Some(Role::Remote),
+            _ => None,
+        }
+    }
+
+    pub fn other(self) -> Self {
+        match self {
+            Role::Agent => Role::Remote,
+            Role::Remote => Role::Agent,
+        }
+    }
+}
+
+/// One party's leg as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Leg {
+    pub id: Uuid,
+    pub role: Role,
+    /// E.164 number of this party.
+    pub number: String,
+    /// BCP-47 language, or `auto` (detected per turn). Null on legacy legs without one.
+    pub language: Option<String>,
+    /// The language AssemblyAI detected most recently for an `auto` party.
+    pub detected_language: Option<String>,
+    /// ElevenLabs voice this party hears translations in.
+    pub voice_id: Option<String>,
+    pub status: CallStatus,
+    /// `started`, `stopped` or `failed`: the leg's media stream as Telnyx reported it.
+    pub stream_state: Option<String>,
+    pub hangup_cause: Option<String>,
+    /// `caller`, `callee`, … as Telnyx reports it.
+    pub hangup_source: Option<String>,
+    pub sip_hangup_cause: Option<String>,
+    /// Why the leg failed or was never dialed.
+    pub failure_reason: Option<String>,
+    pub initiated_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub call_id: Uuid,
+    #[serde(skip)]
+    pub telnyx_call_control_id: Option<String>,
+    #[serde(skip)]
+    pub dial_requested_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub hangup_requested_at: Option<DateTime<Utc>>,
+}
+
+const LEG_COLUMNS: &str = "l.id, l.role, l.number, l.language, l.voice_id, l.status, l.stream_state, \
+     l.hangup_cause, l.hangup_source, l.sip_hangup_cause, l.failure_reason, l.initiated_at, \
+     l.answered_at, l.ended_at, l.call_id, l.telnyx_call_control_id, l.dial_requested_at, \
+     l.hangup_requested_at, \
+     (select t.language from transcript_turns t where t.call_id = l.call_id and t.track = l.role \
+        and t.language is not null order by t.created_at desc limit 1)";
+
+fn leg_from_row(row: &Row) -> Leg {
+    Leg {
+        id: row.get(0),
+        role: Role::parse(row.get(1)).unwrap_or(Role::Remote),
+        number: row.get(2),
+        language: row.get(3),
+        voice_id: row.get(4),
+        status: CallStatus::parse(row.get(5)).unwrap_or(CallStatus::Failed),
+        stream_state: row.get(6),
+        hangup_cause: row.get(7),
+        hangup_source: row.get(8),
+        sip_hangup_cause: row.get(9),
+        failure_reason: row.get(10),
+        initiated_at: row.get(11),
+        answered_at: row.get(12),
+        ended_at: row.get(13),
+        call_id: row.get(14),
+        telnyx_call_control_id: row.get(15),
+        dial_requested_at: row.get(16),
+        hangup_requested_at: row.get(17),
+        detected_language: row.get(18),
+    }
+}
+
+pub struct NewLeg<'a> {
+    pub call_id: Uuid,
+    pub role: Role,
+    pub number: &'a str,
+    pub language: Option<&'a str>,
+    pub voice_id: Option<&'a str>,
+    pub status: CallStatus,
+    pub telnyx_call_control_id: Option<&'a str>,
+}
+
+/// Inserts a leg; a leg that already exists for this call and role is left as it is.
+pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uuid, DbError> {
+    let row = client
+        .query_one(
+            "insert into call_legs (id, call_id, role, number, language, voice_id, status, telnyx_call_control_id)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (call_id, role) do update set role = excluded.role
+             returning id",
+            &[
+                &Uuid::now_v7(),
+                &leg.call_id,
+                &leg.role.as_str(),
+                &leg.number,
+                &leg.language,
+                &leg.voice_id,
+                &leg.status.as_str(),
+                &leg.telnyx_call_control_id,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The call's legs, agent first.
+pub async fn for_call(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Leg>, DbError> {
+    let sql = format!(
+        "select {LEG_COLUMNS} from call_legs l where l.call_id = $1
+         order by case l.role when 'agent' then 0 else 1 end"
+    );
+    Ok(client
+        .query(&sql, &[&call_id])
+        .await?
+        .iter()
+        .map(leg_from_row)
+        .collect())
+}
+
+pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<Leg>, DbError> {
+    let sql = format!("select {LEG_COLUMNS} from call_legs l where l.id = $1");
+    Ok(client
+        .query_opt(&sql, &[&id])
+        .await?
+        .as_ref()
+        .map(leg_from_row))
+}
+
+pub async fn by_role(
+    client: &impl GenericClient,
+    call_id: Uuid,
+    role: Role,
+) -> Result<Option<Leg>, DbError> {
+    let sql = format!("select {LEG_COLUMNS} from call_legs l where l.call_id = $1 and l.role = $2");
+    Ok(client
+        .query_opt(&sql, &[&call_id, &role.as_str()])
+        .await?
+        .as_ref()
+        .map(leg_from_row))
+}
+
+pub async fn by_call_control_id(
+    client: &impl GenericClient,
+    ccid: &str,
+) -> Result<Option<Leg>, DbError> {
+    let sql = format!("select {LEG_COLUMNS} from call_legs l where l.telnyx_call_control_id = $1");
+    Ok(client
+        .query_opt(&sql, &[&ccid])
+        .await?
+        .as_ref()
+        .map(leg_from_row))
+}
+
+/// Telnyx accepted our dial of this leg: it is `dialing` under these ids.
+pub async fn dialed(
+    client: &impl GenericClient,
+    id: Uuid,
+    telnyx_ids: (&str, Option<&str>, Option<&str>),
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs set
+                status = case when call_status_rank('dialing') > call_status_rank(status) then 'dialing' else status end,
+                telnyx_call_control_id = coalesce(telnyx_call_control_id, $2),
+                telnyx_call_leg_id = coalesce(telnyx_call_leg_id, $3),
+                telnyx_call_session_id = coalesce(telnyx_call_session_id, $4),
+                dial_requested_at = coalesce(dial_requested_at, now()),
+                updated_at = now()
+             where id = $1",
+            &[&id, &telnyx_ids.0, &telnyx_ids.1, &telnyx_ids.2],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The leg could not be placed (Telnyx refused the dial) or was never dialed.
+pub async fn mark_failed(
+    client: &impl GenericClient,
+    id: Uuid,
+    reason: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs set status = 'failed', failure_reason = coalesce(failure_reason, $2),
+                    ended_at = coalesce(ended_at, now()), updated_at = now()
+             where id = $1 and status not in ('ended', 'failed')",
+            &[&id, &reason],
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long a claimed command may stay unconfirmed before another job may claim it again
+/// (the claimer died between claiming and sending).
+const CLAIM_LEASE_SECS: f64 = 30.0;
+
+/// Claims the right to dial this leg: true for exactly one of several concurrent jobs
+/// (events of one call are processed concurrently). Released by [`release_dial`] when the
+/// dial could not be sent; a dial that reached Telnyx records its ids ([`dialed`]).
+pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "update call_legs set dial_requested_at = now(), updated_at = now()
+             where id = $1 and telnyx_call_control_id is null and status not in ('ended', 'failed')
+               and (dial_requested_at is null or dial_requested_at < now() - make_interval(secs => $2))",
+            &[&id, &CLAIM_LEASE_SECS],
+        )
+        .await?
+        == 1)
+}
+
+pub async fn release_dial(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs set dial_requested_at = null where id = $1 and telnyx_call_control_id is null",
+            &[&id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Claims our hangup of this leg: true for exactly one job (see [`claim_dial`]).
+pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "update call_legs set hangup_requested_at = now()
+             where id = $1 and (hangup_requested_at is null
+                                or hangup_requested_at < now() - make_interval(secs => $2))
+               and status not in ('ended', 'failed')",
+            &[&id, &CLAIM_LEASE_SECS],
+        )
+        .await?
+        == 1)
+}
+
+pub async fn release_hangup(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute(
+            "update call_legs set hangup_requested_at = null where id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Applies one Telnyx lifecycle event to a leg. Order-independent by construction, like
+/// [`super::apply_event`] for the call.
+pub async fn apply_event(
+    client: &impl GenericClient,
+    id: Uuid,
+    event_type: &str,
+    occurred_at: DateTime<Utc>,
+    payload: &serde_json::Value,
+) -> Result<(), DbError> {
+    let field = |name: &str| {
+        payload
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    match event_type {
+        "call.initiated" => {
+            client
+                .execute(
+                    "update call_legs set
+                        status = case when call_status_rank('initiated') > call_status_rank(status) then 'initiated' else status end,
+                        initiated_at = least(coalesce(initiated_at, $2), $2),
+                        telnyx_call_control_id = coalesce(telnyx_call_control_id, $3),
+                        telnyx_call_leg_id = coalesce(telnyx_call_leg_id, $4),
+                        telnyx_call_session_id = coalesce(telnyx_call_session_id, $5),
+                        updated_at = now()
+                     where id = $1",
+                    &[&id, &occurred_at, &field("call_control_id"), &field("call_leg_id"), &field("call_session_id")],
+                )
+                .await?;
+        }
+        "call.answered" => {
+            client
+                .execute(
+                    "update call_legs set
+                        status = case when call_status_rank('answered') > call_status_rank(status) then 'answered' else status end,
+                        answered_at = least(coalesce(answered_at, $2), $2),
+                        updated_at = now()
+                     where id = $1",
+                    &[&id, &occurred_at],
+                )
+                .await?;
+        }
+        "call.hangup" => {
+            client
+                .execute(
+                    "update call_legs set
+                        status = case when status = 'failed' then status else 'ended' end,
+                        ended_at = coalesce(ended_at, $2),
+                        hangup_cause = coalesce(hangup_cause, $3),
+                        hangup_source = coalesce(hangup_source, $4),
+                        sip_hangup_cause = coalesce(sip_hangup_cause, $5),
+                        updated_at = now()
+                     where id = $1",
+                    &[
+                        &id,
+                        &occurred_at,
+                        &field("hangup_cause"),
+                        &field("hangup_source"),
+                        &field("sip_hangup_cause"),
+                    ],
+                )
+                .await?;
+        }
+        streaming if streaming.starts_with("streaming.") => {
+            let state = streaming.trim_start_matches("streaming.");
+            client
+                .execute(
+                    "update call_legs set stream_state = $2, stream_state_at = $3, updated_at = now()
+                     where id = $1 and (stream_state_at is null or stream_state_at <= $3)",
+                    &[&id, &state, &occurred_at],
+                )
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// What the call needs next, after its legs changed.
+#[derive(Debug, Clone)]
+pub enum Next {
+    /// The agent answered: ring the remote party now.
+    DialRemote(Leg),
+    /// The other party hung up (or never connected): end this leg too.
+    HangUp(Leg),
+}
+
+/// Derives an interpreted call's status from its legs and returns what must happen next.
+///
+/// - `initiated` once the agent's leg is; `answered` once the remote party answers (both
+///   are on the line and the conversation starts).
+/// - Once every leg has ended, the call ends: `failed` with a reason naming the party if
+///   the leg that ended first never connected, else `ended`.
+/// - A leg that ends while the other is live makes us hang up the other; an agent who ends
+///   before the remote party was dialed leaves the remote leg `failed` ("not dialed").
+pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Next>, DbError> {
+    let legs = for_call(client, call_id).await?;
+    let (Some(agent), Some(remote)) = (
+        legs.iter().find(|l| l.role == Role::Agent),
+        legs.iter().find(|l| l.role == Role::Remote),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let mut next = Vec::new();
+    if agent.status.is_terminal()
+        && remote.telnyx_call_control_id.is_none()
+        && !remote.status.is_terminal()
+    {
+        mark_failed(client, remote.id, "not dialed: the agent's leg ended first").await?;
+        return Box::pin(settle(client, call_id)).await;
+    }
+    if agent.answered_at.is_some()
+        && !agent.status.is_terminal()
+        && remote.telnyx_call_control_id.is_none()
+        && !remote.status.is_terminal()
+    {
+        next.push(Next::DialRemote(remote.clone()));
+    }
+    for (ended, other) in [(agent, remote), (remote, agent)] {
+        if ended.status.is_terminal()
+            && !other.status.is_terminal()
+            && other.telnyx_call_control_id.is_some()
+        {
+            next.push(Next::HangUp(other.clone()));
+        }
+    }
+
+    if agent.initiated_at.is_some()
+        || matches!(agent.status, CallStatus::Initiated | CallStatus::Answered)
+    {
+        forward(client, call_id, CallStatus::Initiated, agent.initiated_at).await?;
+    }
+    if remote.answered_at.is_some() {
+        client
+            .execute(
+                "update calls set
+                    status = case when call_status_rank('answered') > call_status_rank(status) then 'answered' else status end,
+                    answered_at = least(coalesce(answered_at, $2), $2), updated_at = now()
+                 where id = $1",
+                &[&call_id, &remote.answered_at],
+            )
+            .await?;
+    }
+    if agent.status.is_terminal() && remote.status.is_terminal() {
+        let first = if agent.ended_at.unwrap_or_default() <= remote.ended_at.unwrap_or_default() {
+            agent
+        } else {
+            remote
+        };
+        let ended_at = agent.ended_at.max(remote.ended_at);
+        if first.answered_at.is_none() {
+            let who = match first.role {
+                Role::Agent => "the agent",
+                Role::Remote => "the remote party",
+            };
+            let why = first
+                .failure_reason
+                .clone()
+                .or_else(|| first.hangup_cause.clone())
+                .unwrap_or_else(|| "no answer".into());
+            let reason = format!("{who} did not connect ({why})");
+            client
+                .execute(
+                    "update calls set status = 'failed', failure_reason = coalesce(failure_reason, $2),
+                            ended_at = coalesce(ended_at, $3, now()), updated_at = now()
+                     where id = $1 and status not in ('ended', 'failed')",
+                    &[&call_id, &reason, &ended_at],
+                )
+                .await?;
+        } else {
+            client
+                .execute(
+                    "update calls set status = 'ended', ended_at = coalesce(ended_at, $2, now()),
+                            hangup_cause = coalesce(hangup_cause, $3),
+                            hangup_source = coalesce(hangup_source, $4),
+                            updated_at = now()
+                     where id = $1 and status not in ('ended', 'failed')",
+                    &[
+                        &call_id,
+                        &ended_at,
+                        &first.hangup_cause,
+                        &first
+                            .hangup_source
+                            .as_ref()
+                            .map(|s| format!("{}:{s}", first.role.as_str())),
+                    ],
+                )
+                .await?;
+        }
+    }
+    Ok(next)
+}
+
+async fn forward(
+    client: &impl GenericClient,
+    call_id: Uuid,
+    status: CallStatus,
+    at: Option<DateTime<Utc>>,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "update calls set
+                status = case when call_status_rank($2) > call_status_rank(status) then $2 else status end,
+                initiated_at = case when $3::timestamptz is null then initiated_at
+                                    else least(coalesce(initiated_at, $3), $3) end,
+                updated_at = now()
+             where id = $1",
+            &[&call_id, &status.as_str(), &at],
+        )
+        .await?;
+    Ok(())
+}

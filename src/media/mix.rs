@@ -1,0 +1,141 @@
+//! Original audio under the translation (`original_audio: ducked | full`): each 20 ms frame
+//! a party hears is the translation's frame (or silence) plus the other party's own voice at
+//! a gain, mixed µ-law → linear → sum → µ-law through two lookup tables built at compile
+//! time. Mixing a frame allocates nothing.
+
+/// One Telnyx frame: 20 ms of µ-law at 8 kHz.
+pub const FRAME: usize = 160;
+/// µ-law silence.
+pub const SILENCE: u8 = 0xFF;
+
+/// G.711 µ-law byte → 16-bit linear sample.
+const fn decode(byte: u8) -> i16 {
+    let byte = !byte;
+    let sign = byte & 0x80;
+    let exponent = ((byte >> 4) & 0x07) as i32;
+    let mantissa = (byte & 0x0F) as i32;
+    let magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84;
+    if sign != 0 {
+        -magnitude as i16
+    } else {
+        magnitude as i16
+    }
+}
+
+/// 16-bit linear sample → G.711 µ-law byte.
+const fn encode(sample: i32) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32_635;
+    let (sign, magnitude) = if sample < 0 {
+        (0x80, -sample)
+    } else {
+        (0, sample)
+    };
+    let value = (if magnitude > CLIP { CLIP } else { magnitude }) + BIAS;
+    let exponent = 7 - ((value >> 7) as u8).leading_zeros() as i32;
+    let mantissa = (value >> (exponent + 3)) & 0x0F;
+    !((sign | (exponent << 4) | mantissa) as u8)
+}
+
+static DECODE: [i16; 256] = {
+    let mut table = [0i16; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = decode(i as u8);
+        i += 1;
+    }
+    table
+};
+
+/// Indexed by the sample's top 14 bits (µ-law resolves nothing finer).
+static ENCODE: [u8; 1 << 14] = {
+    let mut table = [0u8; 1 << 14];
+    let mut i = 0;
+    while i < (1 << 14) {
+        table[i] = encode(((i as i32) - (1 << 13)) << 2);
+        i += 1;
+    }
+    table
+};
+
+#[inline]
+pub fn to_linear(byte: u8) -> i16 {
+    DECODE[byte as usize]
+}
+
+#[inline]
+pub fn to_mulaw(sample: i32) -> u8 {
+    let clamped = sample.clamp(i16::MIN as i32, i16::MAX as i32);
+    ENCODE[((clamped >> 2) + (1 << 13)) as usize]
+}
+
+/// A gain in Q15 (32768 = 0 dB) from decibels.
+pub fn gain_q15(db: f64) -> i32 {
+    (10f64.powf(db / 20.0) * 32768.0).round() as i32
+}
+
+/// `out` (the translation's frame, or silence) plus `under` at `gain_q15`, in place.
+pub fn mix_into(out: &mut [u8; FRAME], under: &[u8; FRAME], gain_q15: i32) {
+    for (o, u) in out.iter_mut().zip(under.iter()) {
+        let mixed = to_linear(*o) as i32 + ((to_linear(*u) as i32 * gain_q15) >> 15);
+        *o = to_mulaw(mixed);
+    }
+}
+
+/// A frame from up to `FRAME` bytes, padded with silence.
+pub fn frame_of(bytes: &[u8]) -> [u8; FRAME] {
+    let mut frame = [SILENCE; FRAME];
+    let n = bytes.len().min(FRAME);
+    frame[..n].copy_from_slice(&bytes[..n]);
+    frame
+}
+
+/// One cadence of the North American ringback tone (440 Hz + 480 Hz, 2 s on, 4 s off) at
+/// about −19 dBm0: what the agent hears while the remote party's phone rings.
+pub fn ringback_cadence() -> &'static [u8] {
+    static CADENCE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    CADENCE.get_or_init(|| {
+        (0..6 * 8000)
+            .map(|n| {
+                if n >= 2 * 8000 {
+                    return SILENCE;
+                }
+                let t = n as f64 / 8000.0;
+                let tau = 2.0 * std::f64::consts::PI;
+                let sample = 1800.0 * ((tau * 440.0 * t).sin() + (tau * 480.0 * t).sin());
+                to_mulaw(sample as i32)
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_round_trip_every_mulaw_byte() {
+        for byte in 0..=255u8 {
+            let back = to_mulaw(to_linear(byte) as i32);
+            // 0x7F and 0xFF are both zero; everything else round-trips exactly.
+            assert_eq!(to_linear(back), to_linear(byte), "{byte:#x}");
+        }
+    }
+
+    #[test]
+    fn ducking_scales_the_other_voice_and_keeps_the_translation() {
+        let gain = gain_q15(-18.0);
+        assert!((gain - 4125).abs() <= 1, "{gain}");
+        let loud = [to_mulaw(8000); FRAME];
+        let mut out = [SILENCE; FRAME];
+        mix_into(&mut out, &loud, gain);
+        let level = to_linear(out[0]) as f64;
+        assert!((level / 8000.0 - 0.126).abs() < 0.01, "{level}");
+        let mut speech = [to_mulaw(-3000); FRAME];
+        mix_into(&mut speech, &[SILENCE; FRAME], gain);
+        assert_eq!(to_linear(speech[0]), to_linear(to_mulaw(-3000)));
+        let mut clipped = [to_mulaw(32000); FRAME];
+        mix_into(&mut clipped, &loud, gain_q15(0.0));
+        assert!(to_linear(clipped[0]) > 30000);
+    }
+}
