@@ -36,6 +36,12 @@ where
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(rejection.body_text()),
                 _ => ApiError::BadRequest(rejection.body_text()),
             })?;
+        // JSON is UTF-8 (RFC 8259), but serde_json does not check the fields it skips.
+        if let Err(error) = std::str::from_utf8(&bytes) {
+            return Err(ApiError::BadRequest(format!(
+                "The request body is not UTF-8: {error}"
+            )));
+        }
         // A NUL can only be written as an escape in JSON text, so the fast path is one scan.
         let nul = bytes.windows(6).any(|window| window == b"\\u0000");
         let request = Request::from_parts(parts, Body::from(bytes.clone()));

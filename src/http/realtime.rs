@@ -87,8 +87,16 @@ pub async fn token(
             call_id: None,
         }
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::BadRequest(format!("Failed to parse the request body as JSON: {e}"))
+        // From text: serde_json does not check the UTF-8 of fields it skips.
+        let text = std::str::from_utf8(&body)
+            .map_err(|e| ApiError::BadRequest(format!("The request body is not UTF-8: {e}")))?;
+        serde_json::from_str(text).map_err(|e| {
+            let message = format!("Failed to parse the request body as JSON: {e}");
+            // As the Json extractor: well-formed but wrong is a 422, malformed a 400.
+            match e.classify() {
+                serde_json::error::Category::Data => ApiError::Unprocessable(message),
+                _ => ApiError::BadRequest(message),
+            }
         })?
     };
     let params = params(&state, &format)?;
