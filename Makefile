@@ -1,5 +1,5 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
-.PHONY: dev test lint fmt migrate bench demo docker docker-lint
+.PHONY: dev test lint fmt migrate bench demo docker docker-lint soak
 
 dev: ## run the service on local defaults (real PostgreSQL, s3s-fs, migrations applied)
 	.ci/dev.sh
@@ -20,6 +20,9 @@ migrate: ## apply migrations to DATABASE_URL (DATABASE_DIRECT_URL if set)
 
 bench: ## benchmarks; prints a table with ratios against an in-run baseline
 	.ci/bench.sh
+
+soak: ## stress runs at full scale (tests/soak_*.rs with CALLBRIDGE_SOAK=long) and the upload's RSS
+	.ci/soak.sh
 
 demo: ## one simulated translated call end to end: transcript, translations, latencies
 	.ci/demo.sh
