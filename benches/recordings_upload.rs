@@ -220,7 +220,9 @@ async fn run() {
     println!(
         "\nRecording upload, {mib:.0} MiB, release binary; client, server, S3 (s3s-fs) and PostgreSQL share this machine\n"
     );
-    println!("| path | seconds | MiB/s | vs direct (same run) | server peak RSS (VmRSS before) | goal |");
+    println!(
+        "| path | seconds | MiB/s | vs direct (same run) | server peak RSS (VmRSS before) | goal |"
+    );
     println!("|---|---:|---:|---:|---:|---|");
     println!(
         "| direct presigned PUT to S3 (baseline) | {:.2} | {:.1} | 1.00x | | |",
