@@ -69,12 +69,7 @@ function send(base, req) {
         method: req.method,
         path: url.pathname + url.search,
         // Array form: repeated names stay separate and nothing is added (so Host is ours).
-        headers: [
-          "host",
-          url.host,
-          ...headers.flat(),
-          ...(req.body ? ["content-length", String(req.body.length)] : []),
-        ],
+        headers: ["host", url.host, ...headers.flat(), ...(req.body ? ["content-length", String(req.body.length)] : [])],
       },
       (res) => {
         const chunks = [];
@@ -146,7 +141,8 @@ function normalise(res, req, fixedUuids) {
 function firstDifference(a, b) {
   if (a.status !== b.status) return `status ${a.status} vs ${b.status}`;
   for (const name of COMPARED_HEADERS) {
-    if (a.headers[name] !== b.headers[name]) return `header ${name}: ${JSON.stringify(a.headers[name])} vs ${JSON.stringify(b.headers[name])}`;
+    if (a.headers[name] !== b.headers[name])
+      return `header ${name}: ${JSON.stringify(a.headers[name])} vs ${JSON.stringify(b.headers[name])}`;
   }
   if (a.body !== b.body) {
     let i = 0;
@@ -168,9 +164,7 @@ function record(name, ok, detail = "") {
 async function pass(base, db, label) {
   await seed(db, args.storage);
   const fixed = new Set();
-  const seeded = await db.query(
-    "select id::text as id from organisations union all select id::text from calls",
-  );
+  const seeded = await db.query("select id::text as id from organisations union all select id::text from calls");
   for (const row of seeded.rows) fixed.add(row.id);
   const out = [];
   for (const c of CASES) {
@@ -215,7 +209,8 @@ function compareWs(c, d, s) {
       }
     }
     if (!same(d.res.close, s.res.close)) problems.push(`close ${JSON.stringify(d.res.close)} vs ${JSON.stringify(s.res.close)}`);
-    if (!same(d.sessions, s.sessions)) problems.push(`AssemblyAI received ${JSON.stringify(d.sessions).slice(0, 300)} vs ${JSON.stringify(s.sessions).slice(0, 300)}`);
+    if (!same(d.sessions, s.sessions))
+      problems.push(`AssemblyAI received ${JSON.stringify(d.sessions).slice(0, 300)} vs ${JSON.stringify(s.sessions).slice(0, 300)}`);
   } else {
     const diff = firstDifference(d.norm, s.norm);
     if (diff) problems.push(diff);
@@ -350,7 +345,11 @@ async function crossPaths(db) {
     const s = await state(id);
     record(
       `cross-path: ${p.name}: shim twice: duplicate:false then duplicate:true, one row, one job`,
-      a.status === 200 && JSON.parse(a.body).duplicate === false && JSON.parse(b.body).duplicate === true && s.rows.length === 1 && s.jobs === 1,
+      a.status === 200 &&
+        JSON.parse(a.body).duplicate === false &&
+        JSON.parse(b.body).duplicate === true &&
+        s.rows.length === 1 &&
+        s.jobs === 1,
       JSON.stringify(s),
     );
   }
@@ -394,7 +393,8 @@ async function main() {
       const problems = compareWs(c, d, s);
       const label = `${d.res.status}${c.expect.edge === "defers" ? ", deferred" : ""}${d.res.messages?.length ? `, ${d.res.messages.length} messages` : ""}`;
       record(`${c.name} [${label}]`, problems.length === 0, problems.join("; "));
-      if (args.verbose) console.log(`     ${JSON.stringify(d.res.messages ?? d.norm.body).slice(0, 400)} close ${JSON.stringify(d.res.close)}`);
+      if (args.verbose)
+        console.log(`     ${JSON.stringify(d.res.messages ?? d.norm.body).slice(0, 400)} close ${JSON.stringify(d.res.close)}`);
     }
     const sameTurns = JSON.stringify(direct.turns) === JSON.stringify(shim.turns);
     record(

@@ -35,6 +35,10 @@ export interface Env {
   ASSEMBLYAI_SPEECH_MODEL: string;
   /** Milliseconds of audio per chunk sent to AssemblyAI (50–1000); the container's `MEDIA_BATCH_MS`. */
   MEDIA_BATCH_MS: string;
+  /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
+  APP_ENV: string;
+  /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */
+  SENTRY_TRACES_SAMPLE_RATE: string;
 
   // ---- Secrets (wrangler secret put) ----
 
@@ -61,6 +65,8 @@ export interface Env {
    * route answers the container's 503 (provider not configured).
    */
   ASSEMBLYAI_API_KEY: string;
+  /** Sentry DSN for the Worker's errors (src/sentry.ts); unset: nothing is sent. */
+  SENTRY_DSN: string;
 
   // ---- Hyperdrive ----
 
@@ -90,6 +96,7 @@ declare global {
       TELNYX_PUBLIC_KEY: string;
       ASSEMBLYAI_WEBHOOK_SECRET: string;
       ASSEMBLYAI_API_KEY: string;
+      SENTRY_DSN: string;
     }
   }
 }

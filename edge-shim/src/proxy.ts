@@ -50,9 +50,7 @@ export async function proxyToOrigin(request: Request, env: Env): Promise<Respons
   try {
     // A WebSocket upgrade is an ordinary GET carrying `Upgrade: websocket`; fetch() answers it
     // with the origin's 101 and its .webSocket, which returned as-is proxies the socket.
-    return await fetch(
-      new Request(target, { method: request.method, headers, body: request.body, redirect: "manual" }),
-    );
+    return await fetch(new Request(target, { method: request.method, headers, body: request.body, redirect: "manual" }));
   } catch (err) {
     console.error(JSON.stringify({ event: "origin_unreachable", path: incoming.pathname, error: errorMessage(err) }));
     return problem(request, 502, "Bad Gateway", "The origin could not be reached.");

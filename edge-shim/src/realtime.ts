@@ -25,7 +25,7 @@ import { ByteBatcher, DEFAULT_BATCH_MS, type Encoding, MAX_CHUNK_MS, MIN_CHUNK_M
 import { DeferToOrigin } from "./defer";
 import type { Env } from "./env";
 import type { EdgeHandler } from "./handlers";
-import { answering, headerValue, problemAnswer, splitList, type Answering } from "./respond";
+import { answering, headerValue, originAllowed, problemAnswer, splitList, type Answering } from "./respond";
 import { member, parseSerdeJson } from "./serde-json";
 
 export const DEFAULT_STREAMING_URL = "wss://streaming.assemblyai.com/v3/ws";
@@ -133,10 +133,7 @@ export function isWebSocketHandshake(headers: Headers): boolean {
   const upgrade = headerValue(headers, "upgrade");
   const version = headerValue(headers, "sec-websocket-version");
   return (
-    upgrade !== null &&
-    upgrade.toLowerCase() === "websocket" &&
-    version === "13" &&
-    headerValue(headers, "sec-websocket-key") !== null
+    upgrade !== null && upgrade.toLowerCase() === "websocket" && version === "13" && headerValue(headers, "sec-websocket-key") !== null
   );
 }
 
@@ -160,7 +157,7 @@ export function crossSiteRefusal(headers: Headers, allowed: readonly string[]): 
     }
   }
   if (origin === null) return "a cookie-authenticated request must send Origin or Referer";
-  return allowed.includes(origin) ? null : "the request's origin is not allowed";
+  return originAllowed(origin, allowed) ? null : "the request's origin is not allowed";
 }
 
 /** `ApiError::ProviderDisabled` for AssemblyAI: 503 with `provider` and `variables`. */
@@ -382,7 +379,13 @@ export class TranscribeSession {
         for (;;) {
           const event = await this.events.next("aai");
           if (event.kind === "close") {
-            throw noBegin(event.code === undefined ? "connection closed" : event.code === 1005 ? "closed without a reason" : `closed ${event.code}: ${event.reason ?? ""}`);
+            throw noBegin(
+              event.code === undefined
+                ? "connection closed"
+                : event.code === 1005
+                  ? "closed without a reason"
+                  : `closed ${event.code}: ${event.reason ?? ""}`,
+            );
           }
           if (event.kind !== "text") continue;
           let value: unknown;

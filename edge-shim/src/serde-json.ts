@@ -272,9 +272,7 @@ class Parser {
         while (this.digit() !== null) this.at++;
         const c = this.peek();
         const exponent = exponentBefore + after;
-        return c === "e" || c === "E"
-          ? this.exponent(positive, significand, exponent)
-          : this.fromParts(positive, significand, exponent);
+        return c === "e" || c === "E" ? this.exponent(positive, significand, exponent) : this.fromParts(positive, significand, exponent);
       }
       this.at++;
       significand = significand * 10n + BigInt(d);
@@ -283,9 +281,7 @@ class Parser {
     if (after === 0) throw new Reject(); // no digit after the point
     const exponent = exponentBefore + after;
     const c = this.peek();
-    return c === "e" || c === "E"
-      ? this.exponent(positive, significand, exponent)
-      : this.fromParts(positive, significand, exponent);
+    return c === "e" || c === "E" ? this.exponent(positive, significand, exponent) : this.fromParts(positive, significand, exponent);
   }
 
   private exponent(positive: boolean, significand: bigint, startingExp: number): number {
@@ -408,7 +404,7 @@ export function serialise(value: Json): string {
 /**
  * The container's `db::replace_nul`: PostgreSQL refuses U+0000 in `jsonb` and `text`, so a
  * verified webhook has each NUL in its strings and keys replaced by U+FFFD before it is
- * stored (docs/adr/0013-nul-in-webhooks.md). Returns `value` itself when it holds no NUL.
+ * stored (docs/adr/0018-nul-in-webhooks.md). Returns `value` itself when it holds no NUL.
  */
 export function replaceNul(value: Json): Json {
   if (typeof value === "string") return value.includes("\u0000") ? value.replaceAll("\u0000", "\ufffd") : value;

@@ -52,9 +52,7 @@ describe("proxy to the origin", () => {
     expect(echo.headers.cookie).toBe("a=b");
     expect(echo.headers["content-type"]).toBe("application/octet-stream");
     expect(echo.bodyBase64).toBe(btoa(String.fromCharCode(...body)));
-    const text = await (
-      await worker.fetch(`${EDGE}/webhooks/telnyx`, { method: "POST", body: '{"data": {"id": "ev-1"}}  ' })
-    ).json();
+    const text = await (await worker.fetch(`${EDGE}/webhooks/telnyx`, { method: "POST", body: '{"data": {"id": "ev-1"}}  ' })).json();
     expect((text as Echo).body).toBe('{"data": {"id": "ev-1"}}  ');
   });
 

@@ -19,9 +19,7 @@ describe("edge signature", () => {
       forwardedHost: "",
     };
     expect(canonicalMessage(fields)).toBe("1700000000\nGET\n/healthz\n\n\n");
-    expect(await sign("s3cr\u00e9t", fields)).toBe(
-      "v1=d50c24083e4a7b3e647e8555ff23b2966862c30b2999795e7ec7f837a0740ac5",
-    );
+    expect(await sign("s3cr\u00e9t", fields)).toBe("v1=d50c24083e4a7b3e647e8555ff23b2966862c30b2999795e7ec7f837a0740ac5");
   });
 
   it("changes when any signed field changes", async () => {

@@ -111,7 +111,7 @@ impl Db {
 
 /// PostgreSQL refuses U+0000 in `text` and `jsonb`. Input we must keep (a signed webhook) has
 /// each NUL in its strings and keys replaced by U+FFFD, the Unicode replacement character
-/// (docs/adr/0013-nul-in-webhooks.md); API input is refused instead (`http::extract::Json`).
+/// (docs/adr/0018-nul-in-webhooks.md); API input is refused instead (`http::extract::Json`).
 /// Returns how many characters were replaced.
 pub fn replace_nul(value: &mut serde_json::Value) -> usize {
     use serde_json::Value;
@@ -179,6 +179,43 @@ pub async fn connect_direct(url: &str) -> Result<tokio_postgres::Client, DbError
         }
     });
     Ok(client)
+}
+
+/// One embedded migration and whether the database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+/// Every embedded migration, applied or pending, read without writing anything (the
+/// history table may not exist yet: then every migration is pending).
+pub async fn migration_status(direct_url: &str) -> Result<Vec<MigrationStatus>, DbError> {
+    let client = connect_direct(direct_url).await?;
+    let exists: bool = client
+        .query_one("select to_regclass('_sqlx_migrations') is not null", &[])
+        .await?
+        .get(0);
+    let applied: Vec<i64> = if exists {
+        client
+            .query("select version from _sqlx_migrations where success", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| MigrationStatus {
+            version: m.version,
+            description: m.description.to_string(),
+            applied: applied.contains(&m.version),
+        })
+        .collect())
 }
 
 /// Applies pending migrations over the unpooled URL (advisory-locked by sqlx, so replicas

@@ -78,9 +78,10 @@ pub async fn store_in_inbox(
     Ok(duplicate)
 }
 
+<<<<<<< HEAD
 /// Makes a verified body storable: PostgreSQL refuses U+0000 in `jsonb` and `text`, and a
 /// signed event must be stored, not answered 500 and retried until Telnyx gives up. Runs
-/// after the signature check, which saw the raw bytes (docs/adr/0013-nul-in-webhooks.md).
+/// after the signature check, which saw the raw bytes (docs/adr/0018-nul-in-webhooks.md).
 pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
     let replaced = crate::db::replace_nul(payload);
     if replaced > 0 {
@@ -90,6 +91,9 @@ pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
 }
 
 /// Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4).
+=======
+/// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
+>>>>>>> main
 #[utoipa::path(post, path = "/webhooks/telnyx", tag = "webhooks",
     params(
         ("telnyx-signature-ed25519" = String, Header, description = "base64 Ed25519 signature of `timestamp|body`"),

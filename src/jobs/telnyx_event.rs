@@ -203,7 +203,7 @@ async fn answer_once(
         .field("call_control_id")
         .ok_or_else(|| Permanent("no call_control_id".into()))?;
     let stream = StreamSettings::bidirectional_pcmu(stream_token::stream_url(
-        &state.config.public_base_url,
+        &state.config.media_base_url,
         state.config.auth.secret.expose().as_bytes(),
         call.id,
         now_unix(),
@@ -217,6 +217,18 @@ async fn answer_once(
             &stream,
         )
         .await?;
+<<<<<<< HEAD
     calls::mark_answer_requested(client, call.id).await?;
+=======
+    calls::mark_answer_requested(&**client, call.id).await?;
+    // Inbound minutes are paid for too: the same maximum duration as outbound calls
+    // (deduplicated, so a redelivered call.initiated schedules nothing twice).
+    calls::guard::schedule_max_duration(
+        &**client,
+        call.id,
+        state.config.telephony.max_call_duration,
+    )
+    .await?;
+>>>>>>> main
     Ok(())
 }
