@@ -1,15 +1,11 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
-<<<<<<< HEAD
-.PHONY: dev test lint fmt migrate bench demo docker docker-lint soak
-=======
 # `make help` lists every target.
-.PHONY: help dev test lint fmt migrate bench demo docker docker-lint
+.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak
 .PHONY: edge-deps ts-lint workflows-lint wrangler-lint docs-lint dev-session
 .DEFAULT_GOAL := help
 
 help: ## this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
->>>>>>> main
 
 dev: ## run the service on local defaults (real PostgreSQL, s3s-fs, migrations applied)
 	.ci/dev.sh

@@ -120,16 +120,13 @@ pub enum ApiError {
     /// 422: well-formed but semantically invalid.
     #[error("{0}")]
     Unprocessable(String),
-<<<<<<< HEAD
     /// 422: one field of the body is unacceptable; `field` is its JSON pointer (`/name`).
     #[error("{field}: {detail}")]
     InvalidField { field: String, detail: String },
-=======
     /// 403, 422 or 429: a named rule refused the request (the problem's `rule` member;
     /// 429 carries `Retry-After`). Typed problems, docs/API_ERRORS.md.
     #[error("{}", .0.detail)]
     Policy(PolicyRefusal),
->>>>>>> main
     /// 503: the feature's provider has no credentials in this deployment.
     #[error(transparent)]
     ProviderDisabled(#[from] ProviderDisabled),

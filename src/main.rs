@@ -23,21 +23,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `MIMALLOC_ALLOW_THP=0` does, without depending on the environment.
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
-    const PR_SET_THP_DISABLE: std::ffi::c_int = 41;
-    unsafe extern "C" {
-        fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
-    }
-    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) only sets a flag on this process; a
-    // kernel without it answers EINVAL, which changes nothing.
-    unsafe {
-        prctl(
-            PR_SET_THP_DISABLE,
-            1 as std::ffi::c_ulong,
-            0 as std::ffi::c_ulong,
-            0 as std::ffi::c_ulong,
-            0 as std::ffi::c_ulong,
-        );
-    }
+    // A kernel without PR_SET_THP_DISABLE answers EINVAL, which changes nothing.
+    let _ = nix::sys::prctl::set_thp_disable(true);
 }
 
 /// Exit status for a configuration error (sysexits EX_CONFIG).

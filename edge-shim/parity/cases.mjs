@@ -246,18 +246,14 @@ const assemblyaiCases = [
     body: '{\n "transcript_id": "aai-\\u00e9\\"q\\"/\\n",\n "status": "completed",\n "n": [1.0, -0, 1e2, 12345678901234567890, 0.1],\n "nested": {"b": 1, "a": null}\n}',
     status: 200,
   }),
-<<<<<<< HEAD
   aai("NUL in strings and a key (stored as U+FFFD, never a 500)", {
     body: '{"transcript_id":"aai-nul\\u0000","status":"completed","note\\u0000":"a\\u0000b"}',
     status: 200,
   }),
-  aai("duplicate keys (the last wins)", { body: '{"transcript_id":"aai-first","transcript_id":"aai-dupkeys","status":"queued","status":"completed"}', status: 200 }),
-=======
   aai("duplicate keys (the last wins)", {
     body: '{"transcript_id":"aai-first","transcript_id":"aai-dupkeys","status":"queued","status":"completed"}',
     status: 200,
   }),
->>>>>>> main
   aai("transcript_id 200 bytes (accepted)", { body: transcript("é".repeat(100)), status: 200 }),
   aai("status 40 bytes (accepted)", { body: transcript("aai-status-40", "s".repeat(40)), status: 200 }),
   aai("missing header", { body: transcript("aai-no-header"), secret: null, status: 401 }),

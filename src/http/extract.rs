@@ -64,7 +64,8 @@ pub fn nul_pointer(json: &[u8]) -> Option<String> {
             serde_json::Value::String(s) => s.contains('\0'),
             serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
                 path.truncate(start);
-                path.push_str(&format!("/{i}"));
+                path.push('/');
+                path.push_str(&i.to_string());
                 walk(item, path)
             }),
             serde_json::Value::Object(map) => map.iter().any(|(key, item)| {

@@ -78,7 +78,6 @@ pub async fn store_in_inbox(
     Ok(duplicate)
 }
 
-<<<<<<< HEAD
 /// Makes a verified body storable: PostgreSQL refuses U+0000 in `jsonb` and `text`, and a
 /// signed event must be stored, not answered 500 and retried until Telnyx gives up. Runs
 /// after the signature check, which saw the raw bytes (docs/adr/0018-nul-in-webhooks.md).
@@ -90,10 +89,7 @@ pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
     }
 }
 
-/// Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4).
-=======
 /// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
->>>>>>> main
 #[utoipa::path(post, path = "/webhooks/telnyx", tag = "webhooks",
     params(
         ("telnyx-signature-ed25519" = String, Header, description = "base64 Ed25519 signature of `timestamp|body`"),

@@ -217,18 +217,10 @@ async fn answer_once(
             &stream,
         )
         .await?;
-<<<<<<< HEAD
     calls::mark_answer_requested(client, call.id).await?;
-=======
-    calls::mark_answer_requested(&**client, call.id).await?;
     // Inbound minutes are paid for too: the same maximum duration as outbound calls
     // (deduplicated, so a redelivered call.initiated schedules nothing twice).
-    calls::guard::schedule_max_duration(
-        &**client,
-        call.id,
-        state.config.telephony.max_call_duration,
-    )
-    .await?;
->>>>>>> main
+    calls::guard::schedule_max_duration(client, call.id, state.config.telephony.max_call_duration)
+        .await?;
     Ok(())
 }
