@@ -404,7 +404,7 @@ export function serialise(value: Json): string {
 /**
  * The container's `db::replace_nul`: PostgreSQL refuses U+0000 in `jsonb` and `text`, so a
  * verified webhook has each NUL in its strings and keys replaced by U+FFFD before it is
- * stored (docs/adr/0018-nul-in-webhooks.md). Returns `value` itself when it holds no NUL.
+ * stored (docs/adr/0019-nul-in-webhooks.md). Returns `value` itself when it holds no NUL.
  */
 export function replaceNul(value: Json): Json {
   if (typeof value === "string") return value.includes("\u0000") ? value.replaceAll("\u0000", "\ufffd") : value;

@@ -111,7 +111,7 @@ impl Db {
 
 /// PostgreSQL refuses U+0000 in `text` and `jsonb`. Input we must keep (a signed webhook) has
 /// each NUL in its strings and keys replaced by U+FFFD, the Unicode replacement character
-/// (docs/adr/0018-nul-in-webhooks.md); API input is refused instead (`http::extract::Json`).
+/// (docs/adr/0019-nul-in-webhooks.md); API input is refused instead (`http::extract::Json`).
 /// Returns how many characters were replaced.
 pub fn replace_nul(value: &mut serde_json::Value) -> usize {
     use serde_json::Value;

@@ -80,7 +80,7 @@ pub async fn store_in_inbox(
 
 /// Makes a verified body storable: PostgreSQL refuses U+0000 in `jsonb` and `text`, and a
 /// signed event must be stored, not answered 500 and retried until Telnyx gives up. Runs
-/// after the signature check, which saw the raw bytes (docs/adr/0018-nul-in-webhooks.md).
+/// after the signature check, which saw the raw bytes (docs/adr/0019-nul-in-webhooks.md).
 pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
     let replaced = crate::db::replace_nul(payload);
     if replaced > 0 {
