@@ -40,6 +40,10 @@ cargo test --doc
 # The edge shim: strict type-check and its tests inside workerd (offline).
 (cd edge-shim && npx tsc --noEmit && npm test)
 
+# The frontend's TypeScript client (clients/ts): generated types current, tsc --strict, and
+# every operation called through it against the container built above (docs/API_CONTRACT.md).
+bash clients/ts/scripts/test-against-container.sh
+
 # Edge ↔ container parity: the same cases against the container and through the shim in
 # workerd, with the binary nextest just built (docs/STRANGLER.md).
 bash .ci/parity.sh

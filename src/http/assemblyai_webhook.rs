@@ -25,7 +25,7 @@ fn same_secret(sent: &[u8], expected: &[u8]) -> bool {
 }
 
 /// AssemblyAI transcript webhooks.
-#[utoipa::path(post, path = "/webhooks/assemblyai", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks/assemblyai", operation_id = "receiveAssemblyAiWebhook", security(), tag = "webhooks",
     params(("x-callbridge-webhook-secret" = String, Header, description = "ASSEMBLYAI_WEBHOOK_SECRET, as configured when submitting")),
     request_body(content = Object, description = "`{\"transcript_id\": \"…\", \"status\": \"completed\"|\"error\"}`", content_type = "application/json"),
     responses(

@@ -52,6 +52,7 @@ pub struct CallPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallQuery {
     /// Only calls in this status.
     pub status: Option<CallStatus>,
@@ -117,7 +118,7 @@ fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
 
 /// Places an outbound translated call: stores it, then dials through Telnyx with our call id
 /// in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
-#[utoipa::path(post, path = "/api/calls", tag = "calls", request_body = NewCallRequest,
+#[utoipa::path(post, path = "/api/calls", operation_id = "createCall", tag = "calls", request_body = NewCallRequest,
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 201, description = "Dialing", body = Call),
@@ -249,7 +250,7 @@ pub async fn create(
 }
 
 /// The organisation's calls, newest first.
-#[utoipa::path(get, path = "/api/calls", tag = "calls",
+#[utoipa::path(get, path = "/api/calls", operation_id = "listCalls", tag = "calls",
     params(CallQuery, ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 200, description = "A page of calls", body = CallPage),
@@ -301,7 +302,7 @@ pub struct CallDetail {
 }
 
 /// One call of the organisation, with its translation stage-latency summary.
-#[utoipa::path(get, path = "/api/calls/{id}", tag = "calls",
+#[utoipa::path(get, path = "/api/calls/{id}", operation_id = "getCall", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 200, description = "The call", body = CallDetail),
@@ -324,13 +325,14 @@ pub async fn get(
 }
 
 /// Asks Telnyx to hang up. Idempotent: hanging up an ended call succeeds.
-#[utoipa::path(post, path = "/api/calls/{id}/hangup", tag = "calls",
+#[utoipa::path(post, path = "/api/calls/{id}/hangup", operation_id = "hangUpCall", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 202, description = "Hangup requested (or the call already ended)", body = Call),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The call was never dialled", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Telnyx refused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Telnyx is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn hangup(
     State(state): State<AppState>,
@@ -365,6 +367,7 @@ pub async fn hangup(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Resume after this sequence number (the `Last-Event-ID` header wins when both are sent).
     pub after: Option<i64>,
@@ -372,7 +375,7 @@ pub struct EventsQuery {
 
 /// Live call events as Server-Sent Events (`id` = per-call sequence). Reconnect with
 /// `Last-Event-ID` to resume without loss or duplicates, on any replica.
-#[utoipa::path(get, path = "/api/calls/{id}/events", tag = "calls",
+#[utoipa::path(get, path = "/api/calls/{id}/events", operation_id = "streamCallEvents", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
         ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in"),

@@ -89,11 +89,8 @@ pub struct SessionReport {
 }
 
 /// How this request's session was (or was not) resolved. Never echoes the token.
-#[utoipa::path(get, path = "/internal/debug/session", tag = "internal",
-    params(
-        ("Cf-Access-Jwt-Assertion" = Option<String>, Header, description = "Cloudflare Access JWT"),
-        ("X-Debug-Token" = Option<String>, Header, description = "Token from `callbridge debug-token`"),
-    ),
+#[utoipa::path(get, path = "/internal/debug/session", operation_id = "debugSession", tag = "internal",
+    security(("debugToken" = []), ("cloudflareAccess" = [])),
     responses(
         (status = 200, description = "The resolution report", body = SessionReport),
         (status = 401, description = "No valid debug access", body = Problem, content_type = "application/problem+json"),

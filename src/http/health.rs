@@ -40,7 +40,7 @@ pub struct Readiness {
 }
 
 /// Liveness: answers while the process can serve HTTP; checks nothing else.
-#[utoipa::path(get, path = "/healthz", tag = "ops",
+#[utoipa::path(get, path = "/healthz", operation_id = "getHealth", security(), tag = "ops",
     responses((status = 200, description = "The process is alive", body = Liveness)))]
 pub async fn healthz() -> Json<Liveness> {
     Json(Liveness {
@@ -76,7 +76,7 @@ async fn timed<E: std::fmt::Display>(
 
 /// Readiness: the database answers a query and the storage bucket is reachable. Nothing is
 /// cached, so it recovers by itself as soon as the dependency is back.
-#[utoipa::path(get, path = "/readyz", tag = "ops",
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", security(), tag = "ops",
     responses(
         (status = 200, description = "Every dependency answered", body = Readiness),
         (status = 503, description = "A dependency failed; `checks` and `detail` name it",

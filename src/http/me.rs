@@ -32,7 +32,7 @@ pub struct Me {
 }
 
 /// The caller, their organisations with roles, and the active organisation.
-#[utoipa::path(get, path = "/api/me", tag = "auth",
+#[utoipa::path(get, path = "/api/me", operation_id = "getMe", tag = "auth",
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 200, description = "The signed-in user", body = Me),
@@ -77,7 +77,7 @@ pub struct ActiveOrganisation {
 
 /// Stores the organisation requests act in when they name none (no `X-Org-Id`, no `org_id`):
 /// what an `EventSource`, a WebSocket or a link uses. Kept across sessions and devices.
-#[utoipa::path(put, path = "/api/me/active-organisation", tag = "auth",
+#[utoipa::path(put, path = "/api/me/active-organisation", operation_id = "setActiveOrganisation", tag = "auth",
     request_body = ActiveOrganisationRequest,
     responses(
         (status = 200, description = "Stored", body = ActiveOrganisation),

@@ -14,7 +14,7 @@ use crate::media::bridge;
 use crate::state::AppState;
 
 /// Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6).
-#[utoipa::path(get, path = "/media/telnyx/{stream_token}", tag = "media",
+#[utoipa::path(get, path = "/media/telnyx/{stream_token}", operation_id = "connectTelnyxMediaStream", security(), tag = "media",
     params(("stream_token" = String, Path, description = "Token from the stream_url we gave Telnyx")),
     responses(
         (status = 101, description = "Switching to the media WebSocket"),

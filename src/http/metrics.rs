@@ -60,7 +60,9 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// Prometheus text exposition. When `METRICS_TOKEN` is set it must be sent as a bearer token.
-#[utoipa::path(get, path = "/metrics", tag = "ops",
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics",
+    // Open unless METRICS_TOKEN is set.
+    security((), ("metricsToken" = [])), tag = "ops",
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
         (status = 401, description = "METRICS_TOKEN is set and was not presented", body = Problem, content_type = "application/problem+json"),

@@ -144,8 +144,9 @@ pub fn router(state: AppState) -> Router {
 /// Applies fallbacks, the OpenAPI extension and the middleware stack to `routes`. Public so
 /// tests can wrap extra routes (a panicking handler, say) in exactly production's stack.
 pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Router {
-    let (routes, spec) = routes.split_for_parts();
+    let (routes, mut spec) = routes.split_for_parts();
     let config = state.config.clone();
+    openapi::finish(&mut spec, &config);
 
     // Outermost first: Sentry hub per request → request id (everything below can quote it)
     // → client identity (forwarded details only from a signed edge request) → trace span → metrics → compression → CORS → problem+json for bare errors → panic

@@ -37,6 +37,7 @@ fn default_role() -> Role {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MemberQuery {
     /// The member to remove (alternative to the path form).
     pub user_id: String,
@@ -55,7 +56,7 @@ async fn caller_role(
 }
 
 /// Create an organisation; the caller becomes its owner.
-#[utoipa::path(post, path = "/api/orgs", tag = "organisations", request_body = NewOrganisation,
+#[utoipa::path(post, path = "/api/orgs", operation_id = "createOrganisation", tag = "organisations", request_body = NewOrganisation,
     responses(
         (status = 201, description = "Created; the caller is owner", body = Membership),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
@@ -83,7 +84,7 @@ pub async fn create(
 }
 
 /// Members of an organisation the caller belongs to.
-#[utoipa::path(get, path = "/api/orgs/{id}/members", tag = "organisations",
+#[utoipa::path(get, path = "/api/orgs/{id}/members", operation_id = "listMembers", tag = "organisations",
     params(("id" = Uuid, Path, description = "Organisation id")),
     responses(
         (status = 200, description = "Members with their roles", body = Vec<Member>),
@@ -104,7 +105,7 @@ pub async fn list_members(
 }
 
 /// Add someone who has signed in before. Admins add members; owners add any role.
-#[utoipa::path(post, path = "/api/orgs/{id}/members", tag = "organisations", request_body = NewMember,
+#[utoipa::path(post, path = "/api/orgs/{id}/members", operation_id = "addMember", tag = "organisations", request_body = NewMember,
     params(("id" = Uuid, Path, description = "Organisation id")),
     responses(
         (status = 201, description = "Added", body = Member),
@@ -202,7 +203,7 @@ async fn remove(
 }
 
 /// Remove a member (or leave, when it is the caller). Admins remove members; owners anyone.
-#[utoipa::path(delete, path = "/api/orgs/{id}/members/{user_id}", tag = "organisations",
+#[utoipa::path(delete, path = "/api/orgs/{id}/members/{user_id}", operation_id = "removeMember", tag = "organisations",
     params(("id" = Uuid, Path, description = "Organisation id"), ("user_id" = String, Path, description = "Member to remove")),
     responses(
         (status = 204, description = "Removed"),
@@ -219,7 +220,7 @@ pub async fn remove_member(
 }
 
 /// The same as the path form, for clients that address the collection.
-#[utoipa::path(delete, path = "/api/orgs/{id}/members", tag = "organisations",
+#[utoipa::path(delete, path = "/api/orgs/{id}/members", operation_id = "removeMemberByQuery", tag = "organisations",
     params(("id" = Uuid, Path, description = "Organisation id"), MemberQuery),
     responses(
         (status = 204, description = "Removed"),

@@ -66,20 +66,24 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
 }
 
 /// A short-lived token to stream from the browser straight to AssemblyAI.
-#[utoipa::path(post, path = "/api/realtime/token", tag = "realtime", request_body(content = AudioFormat, description = "Optional audio format"),
+#[utoipa::path(post, path = "/api/realtime/token", operation_id = "createRealtimeToken", tag = "realtime",
+    request_body(content = AudioFormat, description = "Optional audio format (no body: the defaults)", content_type = "application/json"),
     responses(
         (status = 200, description = "Token and the URL to open", body = RealtimeToken),
-        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unsupported encoding or sample rate", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "AssemblyAI refused", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn token(
     State(state): State<AppState>,
     _user: CurrentUser,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<RealtimeToken>, ApiError> {
     let client = state.assemblyai()?.clone();
-    // The body is optional: empty means the defaults.
+    // The body is optional: empty means the defaults. One that is sent is read like every
+    // other JSON body (`http::extract::Json`): 415 without the JSON content type, 400 when
+    // it does not parse, 422 when it does not fit the schema.
     let format = if body.iter().all(u8::is_ascii_whitespace) {
         AudioFormat {
             encoding: None,
@@ -87,15 +91,26 @@ pub async fn token(
             call_id: None,
         }
     } else {
+        let json = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|essence| essence.trim().to_ascii_lowercase())
+            .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
+        }
         // From text: serde_json does not check the UTF-8 of fields it skips.
         let text = std::str::from_utf8(&body)
             .map_err(|e| ApiError::BadRequest(format!("The request body is not UTF-8: {e}")))?;
         serde_json::from_str(text).map_err(|e| {
             let message = format!("Failed to parse the request body as JSON: {e}");
-            // As the Json extractor: well-formed but wrong is a 422, malformed a 400.
-            match e.classify() {
-                serde_json::error::Category::Data => ApiError::Unprocessable(message),
-                _ => ApiError::BadRequest(message),
+            if e.is_data() {
+                ApiError::Unprocessable(message)
+            } else {
+                ApiError::BadRequest(message)
             }
         })?
     };
@@ -113,7 +128,7 @@ pub async fn token(
 }
 
 /// Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out.
-#[utoipa::path(get, path = "/api/realtime/transcribe", tag = "realtime", params(AudioFormat),
+#[utoipa::path(get, path = "/api/realtime/transcribe", operation_id = "connectRealtimeTranscription", tag = "realtime", params(AudioFormat),
     responses(
         (status = 101, description = "Switching to the transcription WebSocket"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),

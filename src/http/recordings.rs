@@ -77,6 +77,7 @@ fn limits(state: &AppState) -> Limits {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// Tie a new recording to this call of the organisation.
     pub call_id: Option<Uuid>,
@@ -141,9 +142,12 @@ fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
 /// Streams an audio body into storage as a new recording (or a new version of one): a
 /// multipart upload of equal parts, the size limit enforced as bytes arrive, the format
 /// checked on the bytes. A client that disconnects leaves nothing behind.
-#[utoipa::path(post, path = "/api/recordings", tag = "recordings",
+#[utoipa::path(post, path = "/api/recordings", operation_id = "uploadRecording", tag = "recordings",
     params(UploadQuery, ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
-    request_body(content = Vec<u8>, description = "The audio bytes (WAV, MP3, Ogg, FLAC or WebM)", content_type = "audio/wav"),
+    // Raw bytes: a media type without a schema (OpenAPI 3.1's form for binary bodies).
+    request_body(description = "The audio bytes (WAV, MP3, Ogg, FLAC or WebM); the bytes must match the type",
+        content((serde_json::Value = "audio/wav"), (serde_json::Value = "audio/mpeg"), (serde_json::Value = "audio/ogg"),
+            (serde_json::Value = "audio/flac"), (serde_json::Value = "audio/webm"))),
     responses(
         (status = 201, description = "Stored", body = Recording),
         (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),
@@ -245,7 +249,7 @@ pub struct UploadUrl {
 
 /// A presigned PUT for a direct upload (short expiry, content type bound). Then call
 /// `POST /api/recordings/{id}/complete`.
-#[utoipa::path(post, path = "/api/recordings/upload-url", tag = "recordings",
+#[utoipa::path(post, path = "/api/recordings/upload-url", operation_id = "createRecordingUploadUrl", tag = "recordings",
     request_body = UploadUrlRequest,
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
@@ -316,7 +320,7 @@ pub struct CompleteRequest {
 
 /// Confirms a direct upload: the object must exist with the announced size and be audio; it
 /// is then copied to its immutable version key and hashed.
-#[utoipa::path(post, path = "/api/recordings/{id}/complete", tag = "recordings",
+#[utoipa::path(post, path = "/api/recordings/{id}/complete", operation_id = "completeRecordingUpload", tag = "recordings",
     request_body = CompleteRequest,
     params(("id" = Uuid, Path, description = "Recording id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
@@ -398,6 +402,7 @@ pub async fn complete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VersionQuery {
     /// A stored version; default the latest.
     pub version: Option<i32>,
@@ -466,7 +471,7 @@ async fn presigned(
 }
 
 /// Metadata, stored versions and a presigned GET of the latest (or `version`).
-#[utoipa::path(get, path = "/api/recordings/{id}", tag = "recordings",
+#[utoipa::path(get, path = "/api/recordings/{id}", operation_id = "getRecording", tag = "recordings",
     params(("id" = Uuid, Path, description = "Recording id"), VersionQuery,
         ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
@@ -492,7 +497,7 @@ pub async fn get(
 }
 
 /// 302 to a presigned GET of the latest version (or `version`).
-#[utoipa::path(get, path = "/api/recordings/{id}/download", tag = "recordings",
+#[utoipa::path(get, path = "/api/recordings/{id}/download", operation_id = "downloadRecording", tag = "recordings",
     params(("id" = Uuid, Path, description = "Recording id"), VersionQuery,
         ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in"),
         ("org_id" = Option<Uuid>, Query, description = "Organisation to act in, for links and media elements that cannot send X-Org-Id; must equal X-Org-Id when both are sent")),
@@ -525,7 +530,7 @@ pub struct RecordingList {
 }
 
 /// The call's recordings that have a stored version.
-#[utoipa::path(get, path = "/api/calls/{id}/recordings", tag = "recordings",
+#[utoipa::path(get, path = "/api/calls/{id}/recordings", operation_id = "listCallRecordings", tag = "recordings",
     params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 200, description = "Recordings, oldest first", body = RecordingList),
@@ -596,7 +601,7 @@ pub struct CallTranscript {
 
 /// The call's transcripts: live turns and the post-call transcript side by side, with how
 /// far they agree.
-#[utoipa::path(get, path = "/api/calls/{id}/transcript", tag = "calls",
+#[utoipa::path(get, path = "/api/calls/{id}/transcript", operation_id = "getCallTranscript", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 200, description = "Live and post-call transcripts", body = CallTranscript),

@@ -40,7 +40,7 @@ pub struct TranslateResponse {
 }
 
 /// Translate texts (DeepL first, OpenAI when DeepL fails or is out of quota).
-#[utoipa::path(post, path = "/api/translate", tag = "translation", request_body = TranslateRequest,
+#[utoipa::path(post, path = "/api/translate", operation_id = "translateTexts", tag = "translation", request_body = TranslateRequest,
     responses(
         (status = 200, description = "Translations in order, and the engine", body = TranslateResponse),
         (status = 413, description = "Too many texts or too much text", body = Problem, content_type = "application/problem+json"),
@@ -106,9 +106,10 @@ pub struct TtsRequest {
 }
 
 /// Speak text: the audio streams to the client as ElevenLabs produces it.
-#[utoipa::path(post, path = "/api/tts", tag = "translation", request_body = TtsRequest,
+#[utoipa::path(post, path = "/api/tts", operation_id = "synthesizeSpeech", tag = "translation", request_body = TtsRequest,
     responses(
-        (status = 200, description = "Audio, streamed", content_type = "audio/basic"),
+        (status = 200, description = "Audio in the requested `format`, streamed",
+            content(("audio/basic"), ("audio/x-alaw-basic"), ("audio/L16"), ("audio/mpeg"), ("audio/ogg"))),
         (status = 422, description = "Empty or too long text, or an unknown format", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "ElevenLabs failed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "ElevenLabs is not configured", body = Problem, content_type = "application/problem+json"),

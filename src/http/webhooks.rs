@@ -90,7 +90,7 @@ pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
 }
 
 /// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
-#[utoipa::path(post, path = "/webhooks/telnyx", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks/telnyx", operation_id = "receiveTelnyxWebhook", security(), tag = "webhooks",
     params(
         ("telnyx-signature-ed25519" = String, Header, description = "base64 Ed25519 signature of `timestamp|body`"),
         ("telnyx-timestamp" = String, Header, description = "unix seconds; ±300 s"),

@@ -12,13 +12,13 @@ export interface paths {
             cookie?: never;
         };
         /** The organisation's calls, newest first. */
-        get: operations["list"];
+        get: operations["listCalls"];
         put?: never;
         /**
          * Places an outbound translated call: stores it, then dials through Telnyx with our call id
          *     in `client_state` and a signed media stream URL (both tracks, bidirectional PCMU).
          */
-        post: operations["create"];
+        post: operations["createCall"];
         delete?: never;
         options?: never;
         head?: never;
@@ -33,7 +33,7 @@ export interface paths {
             cookie?: never;
         };
         /** One call of the organisation, with its translation stage-latency summary. */
-        get: operations["get"];
+        get: operations["getCall"];
         put?: never;
         post?: never;
         delete?: never;
@@ -53,7 +53,7 @@ export interface paths {
          * Live call events as Server-Sent Events (`id` = per-call sequence). Reconnect with
          *     `Last-Event-ID` to resume without loss or duplicates, on any replica.
          */
-        get: operations["events"];
+        get: operations["streamCallEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -72,7 +72,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Asks Telnyx to hang up. Idempotent: hanging up an ended call succeeds. */
-        post: operations["hangup"];
+        post: operations["hangUpCall"];
         delete?: never;
         options?: never;
         head?: never;
@@ -87,7 +87,7 @@ export interface paths {
             cookie?: never;
         };
         /** The call's recordings that have a stored version. */
-        get: operations["list_for_call"];
+        get: operations["listCallRecordings"];
         put?: never;
         post?: never;
         delete?: never;
@@ -107,7 +107,7 @@ export interface paths {
          * The call's transcripts: live turns and the post-call transcript side by side, with how
          *     far they agree.
          */
-        get: operations["transcript"];
+        get: operations["getCallTranscript"];
         put?: never;
         post?: never;
         delete?: never;
@@ -124,7 +124,7 @@ export interface paths {
             cookie?: never;
         };
         /** Human-readable reference rendered from the same document. */
-        get: operations["docs"];
+        get: operations["getApiReference"];
         put?: never;
         post?: never;
         delete?: never;
@@ -141,7 +141,7 @@ export interface paths {
             cookie?: never;
         };
         /** The caller, their organisations with roles, and the active organisation. */
-        get: operations["me"];
+        get: operations["getMe"];
         put?: never;
         post?: never;
         delete?: never;
@@ -162,7 +162,7 @@ export interface paths {
          * Stores the organisation requests act in when they name none (no `X-Org-Id`, no `org_id`):
          *     what an `EventSource`, a WebSocket or a link uses. Kept across sessions and devices.
          */
-        put: operations["set_active_organisation"];
+        put: operations["setActiveOrganisation"];
         post?: never;
         delete?: never;
         options?: never;
@@ -178,7 +178,7 @@ export interface paths {
             cookie?: never;
         };
         /** This document. */
-        get: operations["spec"];
+        get: operations["getOpenApiDocument"];
         put?: never;
         post?: never;
         delete?: never;
@@ -197,7 +197,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Create an organisation; the caller becomes its owner. */
-        post: operations["create"];
+        post: operations["createOrganisation"];
         delete?: never;
         options?: never;
         head?: never;
@@ -233,12 +233,12 @@ export interface paths {
             cookie?: never;
         };
         /** Members of an organisation the caller belongs to. */
-        get: operations["list_members"];
+        get: operations["listMembers"];
         put?: never;
         /** Add someone who has signed in before. Admins add members; owners add any role. */
-        post: operations["add_member"];
+        post: operations["addMember"];
         /** The same as the path form, for clients that address the collection. */
-        delete: operations["remove_member_by_query"];
+        delete: operations["removeMemberByQuery"];
         options?: never;
         head?: never;
         patch?: never;
@@ -255,7 +255,7 @@ export interface paths {
         put?: never;
         post?: never;
         /** Remove a member (or leave, when it is the caller). Admins remove members; owners anyone. */
-        delete: operations["remove_member"];
+        delete: operations["removeMember"];
         options?: never;
         head?: never;
         patch?: never;
@@ -333,7 +333,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** A short-lived token to stream from the browser straight to AssemblyAI. */
-        post: operations["token"];
+        post: operations["createRealtimeToken"];
         delete?: never;
         options?: never;
         head?: never;
@@ -348,7 +348,7 @@ export interface paths {
             cookie?: never;
         };
         /** Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out. */
-        get: operations["transcribe"];
+        get: operations["connectRealtimeTranscription"];
         put?: never;
         post?: never;
         delete?: never;
@@ -371,7 +371,7 @@ export interface paths {
          *     multipart upload of equal parts, the size limit enforced as bytes arrive, the format
          *     checked on the bytes. A client that disconnects leaves nothing behind.
          */
-        post: operations["upload"];
+        post: operations["uploadRecording"];
         delete?: never;
         options?: never;
         head?: never;
@@ -391,7 +391,7 @@ export interface paths {
          * A presigned PUT for a direct upload (short expiry, content type bound). Then call
          *     `POST /api/recordings/{id}/complete`.
          */
-        post: operations["upload_url"];
+        post: operations["createRecordingUploadUrl"];
         delete?: never;
         options?: never;
         head?: never;
@@ -406,7 +406,7 @@ export interface paths {
             cookie?: never;
         };
         /** Metadata, stored versions and a presigned GET of the latest (or `version`). */
-        get: operations["get"];
+        get: operations["getRecording"];
         put?: never;
         post?: never;
         delete?: never;
@@ -428,7 +428,7 @@ export interface paths {
          * Confirms a direct upload: the object must exist with the announced size and be audio; it
          *     is then copied to its immutable version key and hashed.
          */
-        post: operations["complete"];
+        post: operations["completeRecordingUpload"];
         delete?: never;
         options?: never;
         head?: never;
@@ -443,7 +443,7 @@ export interface paths {
             cookie?: never;
         };
         /** 302 to a presigned GET of the latest version (or `version`). */
-        get: operations["download"];
+        get: operations["downloadRecording"];
         put?: never;
         post?: never;
         delete?: never;
@@ -462,7 +462,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Translate texts (DeepL first, OpenAI when DeepL fails or is out of quota). */
-        post: operations["translate"];
+        post: operations["translateTexts"];
         delete?: never;
         options?: never;
         head?: never;
@@ -479,7 +479,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Speak text: the audio streams to the client as ElevenLabs produces it. */
-        post: operations["tts"];
+        post: operations["synthesizeSpeech"];
         delete?: never;
         options?: never;
         head?: never;
@@ -494,7 +494,7 @@ export interface paths {
             cookie?: never;
         };
         /** Liveness: answers while the process can serve HTTP; checks nothing else. */
-        get: operations["healthz"];
+        get: operations["getHealth"];
         put?: never;
         post?: never;
         delete?: never;
@@ -511,7 +511,7 @@ export interface paths {
             cookie?: never;
         };
         /** How this request's session was (or was not) resolved. Never echoes the token. */
-        get: operations["session"];
+        get: operations["debugSession"];
         put?: never;
         post?: never;
         delete?: never;
@@ -528,7 +528,7 @@ export interface paths {
             cookie?: never;
         };
         /** Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6). */
-        get: operations["telnyx_stream"];
+        get: operations["connectTelnyxMediaStream"];
         put?: never;
         post?: never;
         delete?: never;
@@ -545,7 +545,7 @@ export interface paths {
             cookie?: never;
         };
         /** Prometheus text exposition. When `METRICS_TOKEN` is set it must be sent as a bearer token. */
-        get: operations["render"];
+        get: operations["getMetrics"];
         put?: never;
         post?: never;
         delete?: never;
@@ -565,7 +565,7 @@ export interface paths {
          * Readiness: the database answers a query and the storage bucket is reachable. Nothing is
          *     cached, so it recovers by itself as soon as the dependency is back.
          */
-        get: operations["readyz"];
+        get: operations["getReadiness"];
         put?: never;
         post?: never;
         delete?: never;
@@ -584,7 +584,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** AssemblyAI transcript webhooks. */
-        post: operations["assemblyai"];
+        post: operations["receiveAssemblyAiWebhook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -601,7 +601,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4). */
-        post: operations["telnyx"];
+        post: operations["receiveTelnyxWebhook"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1206,25 +1206,25 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    list: {
+    listCalls: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only calls in this status. */
+                status?: components["schemas"]["CallStatus"];
+                /** @description Created at or after (RFC 3339). */
+                since?: string;
+                /** @description Created before (RFC 3339). */
+                until?: string;
+                /** @description From the previous page's `next_cursor`. */
+                cursor?: string;
+                /** @description 1–100, default 50. */
+                limit?: number;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
             };
-            path: {
-                /** @description Only calls in this status. */
-                status: null | components["schemas"]["CallStatus"];
-                /** @description Created at or after (RFC 3339). */
-                since: string | null;
-                /** @description Created before (RFC 3339). */
-                until: string | null;
-                /** @description From the previous page's `next_cursor`. */
-                cursor: string | null;
-                /** @description 1–100, default 50. */
-                limit: number | null;
-            };
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
@@ -1256,9 +1256,36 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    create: {
+    createCall: {
         parameters: {
             query?: never;
             header?: {
@@ -1283,6 +1310,15 @@ export interface operations {
                     "application/json": components["schemas"]["Call"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
                 headers: {
@@ -1294,6 +1330,33 @@ export interface operations {
             };
             /** @description Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1321,6 +1384,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Telnyx refused the dial; the call is stored as failed */
             502: {
                 headers: {
@@ -1341,7 +1413,7 @@ export interface operations {
             };
         };
     };
-    get: {
+    getCall: {
         parameters: {
             query?: never;
             header?: {
@@ -1365,6 +1437,33 @@ export interface operations {
                     "application/json": components["schemas"]["CallDetail"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1374,11 +1473,22 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    events: {
+    streamCallEvents: {
         parameters: {
             query?: {
+                /** @description Resume after this sequence number (the `Last-Event-ID` header wins when both are sent). */
+                after?: number;
                 /** @description Organisation to act in, for clients that cannot send X-Org-Id (EventSource); must equal X-Org-Id when both are sent */
                 org_id?: string;
             };
@@ -1391,8 +1501,6 @@ export interface operations {
             path: {
                 /** @description Call id */
                 id: string;
-                /** @description Resume after this sequence number (the `Last-Event-ID` header wins when both are sent). */
-                after: number | null;
             };
             cookie?: never;
         };
@@ -1407,6 +1515,33 @@ export interface operations {
                     "text/event-stream": components["schemas"]["CallEvent"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1416,9 +1551,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    hangup: {
+    hangUpCall: {
         parameters: {
             query?: never;
             header?: {
@@ -1442,6 +1586,33 @@ export interface operations {
                     "application/json": components["schemas"]["Call"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1460,6 +1631,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Telnyx refused */
             502: {
                 headers: {
@@ -1469,9 +1649,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Telnyx is not configured */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    list_for_call: {
+    listCallRecordings: {
         parameters: {
             query?: never;
             header?: {
@@ -1495,6 +1684,33 @@ export interface operations {
                     "application/json": components["schemas"]["RecordingList"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1504,9 +1720,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    transcript: {
+    getCallTranscript: {
         parameters: {
             query?: never;
             header?: {
@@ -1530,6 +1755,33 @@ export interface operations {
                     "application/json": components["schemas"]["CallTranscript"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such call in this organisation */
             404: {
                 headers: {
@@ -1539,9 +1791,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    docs: {
+    getApiReference: {
         parameters: {
             query?: never;
             header?: never;
@@ -1559,9 +1820,18 @@ export interface operations {
                     "text/html": unknown;
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    me: {
+    getMe: {
         parameters: {
             query?: never;
             header?: {
@@ -1582,8 +1852,26 @@ export interface operations {
                     "application/json": components["schemas"]["Me"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1600,9 +1888,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    set_active_organisation: {
+    setActiveOrganisation: {
         parameters: {
             query?: never;
             header?: never;
@@ -1660,6 +1957,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not application/json */
             415: {
                 headers: {
@@ -1678,9 +1984,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    spec: {
+    getOpenApiDocument: {
         parameters: {
             query?: never;
             header?: never;
@@ -1698,9 +2013,18 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    create: {
+    createOrganisation: {
         parameters: {
             query?: never;
             header?: never;
@@ -1749,8 +2073,35 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid name */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1781,6 +2132,15 @@ export interface operations {
                     "application/json": components["schemas"]["DialingPolicy"];
                 };
             };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
                 headers: {
@@ -1792,6 +2152,15 @@ export interface operations {
             };
             /** @description No such organisation, or not a member */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1862,6 +2231,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unknown country, one outside `DIAL_PLATFORM_COUNTRIES`, or more than 250 */
             422: {
                 headers: {
@@ -1871,9 +2258,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    list_members: {
+    listMembers: {
         parameters: {
             query?: never;
             header?: never;
@@ -1894,6 +2290,15 @@ export interface operations {
                     "application/json": components["schemas"]["Member"][];
                 };
             };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No valid session */
             401: {
                 headers: {
@@ -1912,9 +2317,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    add_member: {
+    addMember: {
         parameters: {
             query?: never;
             header?: never;
@@ -1937,6 +2351,24 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Member"];
+                };
+            };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID). The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description The caller's role may not grant this role */
@@ -1966,6 +2398,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such user */
             422: {
                 headers: {
@@ -1975,17 +2425,27 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    remove_member_by_query: {
+    removeMemberByQuery: {
         parameters: {
-            query?: never;
+            query: {
+                /** @description The member to remove (alternative to the path form). */
+                user_id: string;
+            };
             header?: never;
             path: {
                 /** @description Organisation id */
                 id: string;
-                /** @description The member to remove (alternative to the path form). */
-                user_id: string;
             };
             cookie?: never;
         };
@@ -1997,6 +2457,24 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description The caller's role may not remove this member */
             403: {
@@ -2025,9 +2503,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    remove_member: {
+    removeMember: {
         parameters: {
             query?: never;
             header?: never;
@@ -2048,6 +2535,24 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The caller's role may not remove this member */
             403: {
                 headers: {
@@ -2068,6 +2573,15 @@ export interface operations {
             };
             /** @description Would leave the organisation without an owner */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2096,6 +2610,51 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PhoneNumber"][];
+                };
+            };
+            /** @description `X-Org-Id` is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
         };
@@ -2152,6 +2711,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The organisation already holds this number */
             409: {
                 headers: {
@@ -2161,8 +2729,35 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not an E.164 number, or not available (`urn:callbridge:problem:number-unavailable`) */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2250,8 +2845,26 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unknown country, or a malformed area code, pattern or limit */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2301,6 +2914,24 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Members cannot remove numbers */
             403: {
                 headers: {
@@ -2319,16 +2950,25 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    token: {
+    createRealtimeToken: {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** @description Optional audio format */
+        /** @description Optional audio format (no body: the defaults) */
         requestBody: {
             content: {
                 "application/json": components["schemas"]["AudioFormat"];
@@ -2344,8 +2984,62 @@ export interface operations {
                     "application/json": components["schemas"]["RealtimeToken"];
                 };
             };
-            /** @description No valid session */
+            /** @description The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unsupported encoding or sample rate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2373,7 +3067,7 @@ export interface operations {
             };
         };
     };
-    transcribe: {
+    connectRealtimeTranscription: {
         parameters: {
             query?: {
                 /** @description `pcm_s16le` (default, little-endian 16-bit) or `pcm_mulaw`. */
@@ -2395,6 +3089,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A query parameter does not parse, or a required one is missing. Not a WebSocket handshake (`Upgrade: websocket` and its headers) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description No valid session */
             401: {
@@ -2423,6 +3126,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI is not configured */
             503: {
                 headers: {
@@ -2434,25 +3146,29 @@ export interface operations {
             };
         };
     };
-    upload: {
+    uploadRecording: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Tie a new recording to this call of the organisation. */
+                call_id?: string;
+                /** @description Add a version to this existing recording instead of creating one. */
+                recording_id?: string;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
             };
-            path: {
-                /** @description Tie a new recording to this call of the organisation. */
-                call_id: string | null;
-                /** @description Add a version to this existing recording instead of creating one. */
-                recording_id: string | null;
-            };
+            path?: never;
             cookie?: never;
         };
-        /** @description The audio bytes (WAV, MP3, Ogg, FLAC or WebM) */
+        /** @description The audio bytes (WAV, MP3, Ogg, FLAC or WebM); the bytes must match the type */
         requestBody: {
             content: {
-                "audio/wav": number[];
+                "audio/flac": unknown;
+                "audio/mpeg": unknown;
+                "audio/ogg": unknown;
+                "audio/wav": unknown;
+                "audio/webm": unknown;
             };
         };
         responses: {
@@ -2467,6 +3183,24 @@ export interface operations {
             };
             /** @description Body ended early, stalled, or empty */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2501,9 +3235,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    upload_url: {
+    createRecordingUploadUrl: {
         parameters: {
             query?: never;
             header?: {
@@ -2526,6 +3269,33 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UploadUrl"];
+                };
+            };
+            /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description No such call or recording in this organisation */
@@ -2564,11 +3334,23 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    get: {
+    getRecording: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description A stored version; default the latest. */
+                version?: number;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
@@ -2576,8 +3358,6 @@ export interface operations {
             path: {
                 /** @description Recording id */
                 id: string;
-                /** @description A stored version; default the latest. */
-                version: number | null;
             };
             cookie?: never;
         };
@@ -2592,6 +3372,33 @@ export interface operations {
                     "application/json": components["schemas"]["RecordingDetail"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such recording (or version) in this organisation */
             404: {
                 headers: {
@@ -2601,9 +3408,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    complete: {
+    completeRecordingUpload: {
         parameters: {
             query?: never;
             header?: {
@@ -2631,6 +3447,33 @@ export interface operations {
                     "application/json": components["schemas"]["Recording"];
                 };
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such recording version in this organisation */
             404: {
                 headers: {
@@ -2649,6 +3492,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The uploaded bytes are not audio; the upload is discarded */
             415: {
                 headers: {
@@ -2658,11 +3510,31 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The JSON does not match the request schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    download: {
+    downloadRecording: {
         parameters: {
             query?: {
+                /** @description A stored version; default the latest. */
+                version?: number;
                 /** @description Organisation to act in, for links and media elements that cannot send X-Org-Id; must equal X-Org-Id when both are sent */
                 org_id?: string;
             };
@@ -2673,8 +3545,6 @@ export interface operations {
             path: {
                 /** @description Recording id */
                 id: string;
-                /** @description A stored version; default the latest. */
-                version: number | null;
             };
             cookie?: never;
         };
@@ -2687,6 +3557,33 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID). A query parameter does not parse, or a required one is missing */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description No such recording, or nothing stored yet */
             404: {
                 headers: {
@@ -2696,9 +3593,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    translate: {
+    translateTexts: {
         parameters: {
             query?: never;
             header?: never;
@@ -2720,6 +3626,33 @@ export interface operations {
                     "application/json": components["schemas"]["TranslateResponse"];
                 };
             };
+            /** @description The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Too many texts or too much text */
             413: {
                 headers: {
@@ -2729,8 +3662,26 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid language codes */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2758,7 +3709,7 @@ export interface operations {
             };
         };
     };
-    tts: {
+    synthesizeSpeech: {
         parameters: {
             query?: never;
             header?: never;
@@ -2771,17 +3722,75 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Audio, streamed */
+            /** @description Audio in the requested `format`, streamed */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "audio/basic": unknown;
+                    "audio/x-alaw-basic": unknown;
+                    "audio/L16": unknown;
+                    "audio/mpeg": unknown;
+                    "audio/ogg": unknown;
+                };
+            };
+            /** @description The body is not well-formed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Empty or too long text, or an unknown format */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2809,7 +3818,7 @@ export interface operations {
             };
         };
     };
-    healthz: {
+    getHealth: {
         parameters: {
             query?: never;
             header?: never;
@@ -2827,17 +3836,21 @@ export interface operations {
                     "application/json": components["schemas"]["Liveness"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    session: {
+    debugSession: {
         parameters: {
             query?: never;
-            header?: {
-                /** @description Cloudflare Access JWT */
-                "Cf-Access-Jwt-Assertion"?: string | null;
-                /** @description Token from `callbridge debug-token` */
-                "X-Debug-Token"?: string | null;
-            };
+            header?: never;
             path?: never;
             cookie?: never;
         };
@@ -2861,9 +3874,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    telnyx_stream: {
+    connectTelnyxMediaStream: {
         parameters: {
             query?: never;
             header?: never;
@@ -2881,6 +3903,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Not a WebSocket handshake (`Upgrade: websocket` and its headers) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             /** @description Invalid or expired stream token */
             401: {
@@ -2900,6 +3931,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI is not configured */
             503: {
                 headers: {
@@ -2911,7 +3951,7 @@ export interface operations {
             };
         };
     };
-    render: {
+    getMetrics: {
         parameters: {
             query?: never;
             header?: never;
@@ -2938,9 +3978,18 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
         };
     };
-    readyz: {
+    getReadiness: {
         parameters: {
             query?: never;
             header?: never;
@@ -2958,6 +4007,15 @@ export interface operations {
                     "application/json": components["schemas"]["Readiness"];
                 };
             };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description A dependency failed; `checks` and `detail` name it */
             503: {
                 headers: {
@@ -2969,7 +4027,7 @@ export interface operations {
             };
         };
     };
-    assemblyai: {
+    receiveAssemblyAiWebhook: {
         parameters: {
             query?: never;
             header: {
@@ -3013,6 +4071,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI or its webhook secret is not configured */
             503: {
                 headers: {
@@ -3024,7 +4100,7 @@ export interface operations {
             };
         };
     };
-    telnyx: {
+    receiveTelnyxWebhook: {
         parameters: {
             query?: never;
             header: {
@@ -3063,6 +4139,24 @@ export interface operations {
             };
             /** @description Missing, stale or invalid signature; nothing stored */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
