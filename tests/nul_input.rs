@@ -169,7 +169,10 @@ async fn a_signed_telnyx_event_with_nul_in_any_string_is_stored_and_moves_the_ca
     assert_eq!(replaced, delivered, "the NUL is stored as U+FFFD");
     assert!(t.drain().await >= delivered as usize);
     let unfinished: i64 = db
-        .query_one("select count(*) from jobs where kind = 'telnyx.event' and status <> 'done'", &[])
+        .query_one(
+            "select count(*) from jobs where kind = 'telnyx.event' and status <> 'done'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
