@@ -1,6 +1,6 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
 # `make help` lists every target.
-.PHONY: help dev test lint fmt migrate bench demo docker docker-lint
+.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak
 .PHONY: edge-deps ts-lint workflows-lint wrangler-lint docs-lint dev-session openapi-lint openapi
 .DEFAULT_GOAL := help
 
@@ -57,6 +57,9 @@ migrate: ## apply migrations to DATABASE_URL (DATABASE_DIRECT_URL if set)
 
 bench: ## benchmarks; prints a table with ratios against an in-run baseline
 	.ci/bench.sh
+
+soak: ## stress runs at full scale (tests/soak_*.rs with CALLBRIDGE_SOAK=long) and the upload's RSS
+	.ci/soak.sh
 
 demo: ## one simulated interpreted call end to end (en agent, es remote): conversation, latencies
 	.ci/demo.sh

@@ -120,6 +120,9 @@ pub enum ApiError {
     /// 422: well-formed but semantically invalid.
     #[error("{0}")]
     Unprocessable(String),
+    /// 422: one field of the body is unacceptable; `field` is its JSON pointer (`/name`).
+    #[error("{field}: {detail}")]
+    InvalidField { field: String, detail: String },
     /// 403, 422 or 429: a named rule refused the request (the problem's `rule` member;
     /// 429 carries `Retry-After`). Typed problems, docs/API_ERRORS.md.
     #[error("{}", .0.detail)]
@@ -152,7 +155,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::InvalidField { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Policy(refusal) => refusal.status,
             ApiError::ProviderDisabled(_) | ApiError::Unavailable(_) => {
@@ -182,6 +187,11 @@ impl ApiError {
                     .detail(message.clone())
             }
             ApiError::NotFound => Problem::new(status).detail("No such resource."),
+            ApiError::InvalidField { field, detail } => {
+                Problem::typed(status, "invalid-field", "Invalid field")
+                    .detail(format!("`{field}` {detail}"))
+                    .extension("field", field.clone().into())
+            }
             ApiError::BadGateway(message) => {
                 tracing::warn!(error = %message, "provider failure");
                 Problem::typed(status, "provider-failed", "Provider request failed")

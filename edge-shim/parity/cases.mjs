@@ -81,6 +81,10 @@ const webhookCases = [
     body: envelope("evt-underscores", { type: "call_recording_saved" }),
     status: 200,
   }),
+  webhook("NUL in the id, a payload string and a key (stored as U+FFFD, never a 500)", {
+    body: envelope("evt-nul-\u0000", { type: "call.hangup", payload: { hangup_cause: "normal\u0000", "x\u0000": ["\u0000"] } }),
+    status: 200,
+  }),
   webhook("valid, timestamp 290 s old", { body: envelope("evt-old-ok"), ts: -290, status: 200 }),
   webhook("valid, timestamp 290 s ahead", { body: envelope("evt-future-ok"), ts: 290, status: 200 }),
   webhook("tampered body", {
@@ -240,6 +244,10 @@ const assemblyaiCases = [
   }),
   aai("valid, pretty-printed with numbers, unicode and escapes (stored as serde_json keeps them)", {
     body: '{\n "transcript_id": "aai-\\u00e9\\"q\\"/\\n",\n "status": "completed",\n "n": [1.0, -0, 1e2, 12345678901234567890, 0.1],\n "nested": {"b": 1, "a": null}\n}',
+    status: 200,
+  }),
+  aai("NUL in strings and a key (stored as U+FFFD, never a 500)", {
+    body: '{"transcript_id":"aai-nul\\u0000","status":"completed","note\\u0000":"a\\u0000b"}',
     status: 200,
   }),
   aai("duplicate keys (the last wins)", {

@@ -20,7 +20,7 @@ import { DeferToOrigin } from "./defer";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
 import { type Json, member, parseSerdeJson } from "./serde-json";
-import { DEFAULT_BODY_LIMIT, INBOX_INSERT_SQL } from "./webhooks";
+import { DEFAULT_BODY_LIMIT, INBOX_INSERT_SQL, storable } from "./webhooks";
 
 /** src/providers/assemblyai_async.rs WEBHOOK_AUTH_HEADER. */
 export const WEBHOOK_AUTH_HEADER = "x-callbridge-webhook-secret";
@@ -91,7 +91,7 @@ export const assemblyaiWebhook: EdgeHandler = {
       return unauthorized(a, "Webhook auth header missing or wrong.");
     }
 
-    const parsed = parseSerdeJson(body);
+    const parsed = storable(parseSerdeJson(body));
     if (parsed === null) throw new DeferToOrigin("the body is not JSON as serde_json reads it");
     const event = parseTranscriptEvent(parsed.value);
     if ("error" in event) return problemAnswer(a, { status: 400, detail: event.error });

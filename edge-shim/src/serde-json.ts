@@ -401,6 +401,31 @@ export function serialise(value: Json): string {
   return value.text;
 }
 
+/**
+ * The container's `db::replace_nul`: PostgreSQL refuses U+0000 in `jsonb` and `text`, so a
+ * verified webhook has each NUL in its strings and keys replaced by U+FFFD before it is
+ * stored (docs/adr/0020-nul-in-webhooks.md). Returns `value` itself when it holds no NUL.
+ */
+export function replaceNul(value: Json): Json {
+  if (typeof value === "string") return value.includes("\u0000") ? value.replaceAll("\u0000", "\ufffd") : value;
+  if (Array.isArray(value)) {
+    const items = value.map(replaceNul);
+    return items.some((item, i) => item !== value[i]) ? items : value;
+  }
+  if (value instanceof Map) {
+    let changed = false;
+    const entries: [string, Json][] = [];
+    for (const [k, v] of value) {
+      const key = replaceNul(k) as string;
+      const item = replaceNul(v);
+      changed ||= key !== k || item !== v;
+      entries.push([key, item]);
+    }
+    return changed ? new Map(entries) : value;
+  }
+  return value;
+}
+
 /** `Value::get(key)`: the member of an object, undefined for anything else. */
 export function member(value: Json | undefined, key: string): Json | undefined {
   return value instanceof Map ? value.get(key) : undefined;

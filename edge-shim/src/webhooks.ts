@@ -16,7 +16,7 @@ import { DeferToOrigin } from "./defer";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
 import { DEFER, occurredAtForPostgres } from "./rfc3339";
-import { type Json, member, parseSerdeJson } from "./serde-json";
+import { type Json, member, type Parsed, parseSerdeJson, replaceNul, serialise } from "./serde-json";
 import { importTelnyxKey, SIGNATURE_ERRORS, SIGNATURE_HEADER, TIMESTAMP_HEADER, verifyTelnyx } from "./telnyx";
 
 /** src/http/webhooks.rs INBOX_INSERT_SQL, byte for byte. */
@@ -34,6 +34,18 @@ export const INBOX_INSERT_SQL = `with inserted as (
         returning id
     )
     select count(*) from inserted`;
+
+/**
+ * The container's `webhooks::storable`: after the signature check (on the raw bytes), every
+ * NUL becomes U+FFFD, since PostgreSQL refuses it, and the event must be stored, not answered
+ * 500 and retried until the sender gives up. Done before the envelope's fields are read, as
+ * there.
+ */
+export function storable(parsed: Parsed | null): Parsed | null {
+  if (parsed === null) return null;
+  const value = replaceNul(parsed.value);
+  return value === parsed.value ? parsed : { value, canonical: serialise(value) };
+}
 
 /** The container's default HTTP_BODY_LIMIT_BYTES. */
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -96,7 +108,7 @@ export const telnyxWebhook: EdgeHandler = {
     );
     if (rejected !== null) return unauthorized(a, `Webhook signature rejected: ${SIGNATURE_ERRORS[rejected]}.`);
 
-    const parsed = parseSerdeJson(body);
+    const parsed = storable(parseSerdeJson(body));
     if (parsed === null) throw new DeferToOrigin("the body is not JSON as serde_json reads it");
     const event = parseEvent(parsed.value);
     if ("error" in event) return problemAnswer(a, { status: 400, detail: `not a Telnyx webhook: ${event.error}` });

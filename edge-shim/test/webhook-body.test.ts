@@ -5,7 +5,7 @@
 import { describe, expect, it } from "vitest";
 import { DEFER, occurredAtForPostgres } from "../src/rfc3339";
 import { formatF64, parseSerdeJson } from "../src/serde-json";
-import { parseEvent } from "../src/webhooks";
+import { parseEvent, storable } from "../src/webhooks";
 
 const parse = (text: string | Uint8Array) => parseSerdeJson(typeof text === "string" ? new TextEncoder().encode(text) : text);
 const canonical = (text: string) => parse(text)?.canonical ?? null;
@@ -155,5 +155,20 @@ describe("occurred_at: chrono's RFC 3339, truncated to microseconds toward 2000"
     expect(occurredAtForPostgres("0000-06-01T00:00:00Z")).toBe(DEFER);
     expect(occurredAtForPostgres("9999-12-31T23:00:00-05:00")).toBe(DEFER);
     expect(occurredAtForPostgres("0001-01-01T00:00:00Z")).toBe("0001-01-01T00:00:00.000000Z");
+  });
+});
+
+describe("NUL characters in a verified body (PostgreSQL refuses U+0000)", () => {
+  it("are stored as U+FFFD in strings and keys at any depth, as the container stores them", () => {
+    const stored = storable(parse('{"data":{"id":"evt\\u0000","event_type":"call.hangup","payload":{"a\\u0000b":["x\\u0000"],"n":1.0}}}'));
+    expect(stored?.canonical).toBe('{"data":{"id":"evt\ufffd","event_type":"call.hangup","payload":{"a\ufffdb":["x\ufffd"],"n":1.0}}}');
+    expect(parseEvent(stored!.value)).toEqual({ id: "evt\ufffd", eventType: "call.hangup", occurredAt: null });
+  });
+
+  it("leave a body without NUL untouched, an escaped backslash included", () => {
+    const parsed = parse('{"a":"\\\\u0000","b":[1,-0]}');
+    expect(storable(parsed)).toBe(parsed);
+    expect(parsed?.canonical).toBe('{"a":"\\\\u0000","b":[1,-0.0]}');
+    expect(storable(null)).toBeNull();
   });
 });

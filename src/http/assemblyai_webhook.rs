@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::error::{ApiError, Problem};
 use crate::http::extract::Json;
-use crate::http::webhooks::{Received, store_in_inbox};
+use crate::http::webhooks::{Received, storable, store_in_inbox};
 use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
 use crate::state::AppState;
 
@@ -56,8 +56,9 @@ pub async fn assemblyai(
             "Webhook auth header missing or wrong.".into(),
         ));
     }
-    let payload: serde_json::Value = serde_json::from_slice(&body)
+    let mut payload: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
+    storable(&mut payload, "assemblyai");
     let transcript_id = payload
         .get("transcript_id")
         .and_then(|v| v.as_str())

@@ -103,7 +103,10 @@ pub async fn token(
                 "Expected request with `Content-Type: application/json`".into(),
             ));
         }
-        serde_json::from_slice(&body).map_err(|e| {
+        // From text: serde_json does not check the UTF-8 of fields it skips.
+        let text = std::str::from_utf8(&body)
+            .map_err(|e| ApiError::BadRequest(format!("The request body is not UTF-8: {e}")))?;
+        serde_json::from_str(text).map_err(|e| {
             let message = format!("Failed to parse the request body as JSON: {e}");
             if e.is_data() {
                 ApiError::Unprocessable(message)

@@ -78,6 +78,17 @@ pub async fn store_in_inbox(
     Ok(duplicate)
 }
 
+/// Makes a verified body storable: PostgreSQL refuses U+0000 in `jsonb` and `text`, and a
+/// signed event must be stored, not answered 500 and retried until Telnyx gives up. Runs
+/// after the signature check, which saw the raw bytes (docs/adr/0020-nul-in-webhooks.md).
+pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
+    let replaced = crate::db::replace_nul(payload);
+    if replaced > 0 {
+        metrics::counter!("webhook_nul_replaced_total", "provider" => provider)
+            .increment(replaced as u64);
+    }
+}
+
 /// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
 #[utoipa::path(post, path = "/webhooks/telnyx", operation_id = "receiveTelnyxWebhook", security(), tag = "webhooks",
     params(
@@ -119,8 +130,9 @@ pub async fn telnyx(
             metrics::counter!("webhooks_rejected_total", "provider" => "telnyx").increment(1);
             ApiError::Unauthorized(format!("Webhook signature rejected: {error}."))
         })?;
-    let envelope: serde_json::Value = serde_json::from_slice(&body)
+    let mut envelope: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
+    storable(&mut envelope, "telnyx");
     let event = WebhookEvent::parse(&envelope)
         .map_err(|e| ApiError::BadRequest(format!("not a Telnyx webhook: {e}")))?;
     let duplicate = store_in_inbox(

@@ -99,6 +99,35 @@ pub struct Job {
     /// 1 on the first run.
     pub attempt: i32,
     pub max_attempts: i32,
+    /// The worker holding the lease (`locked_by`).
+    pub worker: String,
+}
+
+/// Another worker claimed the job after this one's lease expired: its effects must not
+/// commit (the transaction calling [`Job::complete_in`] rolls back).
+#[derive(Debug, thiserror::Error)]
+#[error("job {0} was claimed by another worker (lease expired); this run's effects roll back")]
+pub struct LeaseLost(pub i64);
+
+impl Job {
+    /// Marks the job `done` inside the transaction that commits its effects, so the effect
+    /// and the completion commit together or not at all (docs/JOBS.md, "exactly-once
+    /// effects"). Fenced by the lease: fails with [`LeaseLost`] when another worker has
+    /// claimed the job meanwhile, so only one run's effects can ever commit.
+    pub async fn complete_in(&self, transaction: &impl GenericClient) -> anyhow::Result<()> {
+        let updated = transaction
+            .execute(
+                "update jobs set status = 'done', finished_at = now(), updated_at = now(),
+                        locked_until = null, last_error = null
+                 where id = $1 and locked_by = $2 and status = 'running'",
+                &[&self.id, &self.worker],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(LeaseLost(self.id).into());
+        }
+        Ok(())
+    }
 }
 
 /// Marks an error as not worth retrying: the job goes straight to `dead`.
@@ -265,6 +294,7 @@ impl Worker {
                 payload: row.get(2),
                 attempt: row.get(3),
                 max_attempts: row.get(4),
+                worker: self.id.clone(),
             })
             .collect())
     }
@@ -315,11 +345,12 @@ impl Worker {
             Ok(()) => {
                 metrics::counter!("jobs_total", "kind" => job.kind.clone(), "outcome" => "done")
                     .increment(1);
+                // A no-op for a handler that completed the job in its own transaction.
                 client
                     .execute(
                         "update jobs set status = 'done', finished_at = now(), updated_at = now(),
                                 locked_until = null, last_error = null
-                         where id = $1 and locked_by = $2",
+                         where id = $1 and locked_by = $2 and status = 'running'",
                         &[&job.id, &self.id],
                     )
                     .await?;
@@ -334,7 +365,7 @@ impl Worker {
                         .execute(
                             "update jobs set status = 'dead', last_error = $3, finished_at = now(),
                                     updated_at = now(), locked_until = null
-                             where id = $1 and locked_by = $2",
+                             where id = $1 and locked_by = $2 and status = 'running'",
                             &[&job.id, &self.id, &message],
                         )
                         .await?;
@@ -346,7 +377,7 @@ impl Worker {
                         .execute(
                             "update jobs set status = 'pending', last_error = $3, updated_at = now(),
                                     run_at = now() + make_interval(secs => $4), locked_until = null
-                             where id = $1 and locked_by = $2",
+                             where id = $1 and locked_by = $2 and status = 'running'",
                             &[&job.id, &self.id, &message, &delay],
                         )
                         .await?;

@@ -197,6 +197,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
                     )),
                 )
                 .await?;
+                job.complete_in(&*transaction).await?;
                 transaction.commit().await?;
                 metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);
                 tracing::info!(recording_id = %reserved.recording_id, bytes = stored.size, "Telnyx recording imported");

@@ -2,15 +2,19 @@
 //! state machine, answers owned inbound calls, rejects calls to unknown numbers, and appends
 //! what happened to the call's event log.
 //!
-//! Runs at least once per event; every effect is idempotent: state updates converge, the
-//! answer is sent at most once per call (`answer_requested_at`) and carries a stable
-//! `command_id`, so a retry after a crash cannot answer twice.
+//! Exactly once per event: every write of a run — the call row, its event log entry, a
+//! follow-up job, the inbox row's `processed_at` and the job's own `done` — commits in one
+//! transaction that starts by locking the inbox row, and a run that finds the row processed
+//! does nothing. So a crash or a database restart after the effect can never apply it twice
+//! (docs/JOBS.md). Commands sent to Telnyx inside the transaction carry a stable
+//! `command_id`, so the re-run of a rolled-back attempt cannot answer or hang up twice.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use chrono::Utc;
 use serde_json::json;
+use tokio_postgres::GenericClient;
 
 use super::{Job, Permanent};
 use crate::calls::legs::{self, Role};
@@ -33,15 +37,23 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         .and_then(|v| v.as_str())
         .ok_or_else(|| Permanent("payload has no event_id".into()))?
         .to_owned();
-    let client = state.db.client().await?;
-    let row = client
+    let mut client = state.db.client().await?;
+    let transaction = client.transaction().await?;
+    let tx = &*transaction;
+    // The row lock serialises runs of this event; `processed_at` says one already committed.
+    let row = tx
         .query_opt(
-            "select payload, occurred_at, received_at from webhook_inbox
-             where provider = 'telnyx' and event_id = $1",
+            "select payload, occurred_at, received_at, processed_at is not null from webhook_inbox
+             where provider = 'telnyx' and event_id = $1
+             for update",
             &[&event_id],
         )
         .await?
         .ok_or_else(|| Permanent(format!("inbox has no event {event_id}")))?;
+    if row.get::<_, bool>(3) {
+        tracing::info!(%event_id, "event already applied; nothing to do");
+        return finish(transaction, &job, &event_id).await;
+    }
     let envelope: serde_json::Value = row.get(0);
     let event =
         WebhookEvent::parse(&envelope).map_err(|e| Permanent(format!("unparseable event: {e}")))?;
@@ -51,15 +63,15 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         .field("client_state")
         .and_then(telnyx::decode_client_state)
     {
-        Some(call_id) => calls::get_unscoped(&**client, call_id).await?,
+        Some(call_id) => calls::get_unscoped(tx, call_id).await?,
         None => None,
     };
     let call = match (call, event.field("call_control_id")) {
         (Some(call), _) => Some(call),
-        (None, Some(ccid)) => match calls::by_call_control_id(&**client, ccid).await? {
+        (None, Some(ccid)) => match calls::by_call_control_id(tx, ccid).await? {
             Some(call) => Some(call),
-            None => match legs::by_call_control_id(&**client, ccid).await? {
-                Some(leg) => calls::get_unscoped(&**client, leg.call_id).await?,
+            None => match legs::by_call_control_id(tx, ccid).await? {
+                Some(leg) => calls::get_unscoped(tx, leg.call_id).await?,
                 None => None,
             },
         },
@@ -70,31 +82,28 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         && matches!(event.field("direction"), Some("incoming" | "inbound"));
     let call = match call {
         Some(call) => call,
-        None if is_inbound_start => match route_inbound(&state, &event).await? {
+        None if is_inbound_start => match route_inbound(&state, tx, &event).await? {
             Some(call) => call,
-            None => return mark_processed(&state, &event_id).await,
+            None => return finish(transaction, &job, &event_id).await,
         },
         None => {
             tracing::info!(event_type = %event.event_type, %event_id, "event for a call we do not know; ignored");
-            return mark_processed(&state, &event_id).await;
+            return finish(transaction, &job, &event_id).await;
         }
     };
 
     if call.interpreted {
-        return run_for_leg(&state, &call, &event, &event_id, occurred_at).await;
+        // The leg path writes through its own connections (its Telnyx commands are claimed
+        // in the database, and a claim must not wait on this transaction's locks); only the
+        // inbox mark and the job's done mark commit here. See docs/JOBS.md.
+        run_for_leg(&state, &call, &event, &event_id, occurred_at).await?;
+        return finish(transaction, &job, &event_id).await;
     }
-    calls::apply_event(
-        &**client,
-        call.id,
-        &event.event_type,
-        occurred_at,
-        &event.payload,
-    )
-    .await?;
+    calls::apply_event(tx, call.id, &event.event_type, occurred_at, &event.payload).await?;
     if is_inbound_start && call.direction == "inbound" {
-        answer_once(&state, &call, &event).await?;
+        answer_once(&state, tx, &call, &event).await?;
     }
-    let updated = calls::get_unscoped(&**client, call.id)
+    let updated = calls::get_unscoped(tx, call.id)
         .await?
         .context("call vanished")?;
     let mut data = json!({
@@ -114,12 +123,12 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             data[field] = json!(value);
         }
     }
-    events::append(&**client, call.id, &event.event_type, data, occurred_at).await?;
+    events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         // Telnyx's links expire in 10 minutes: copy the recording now (docs/RECORDINGS.md).
-        super::recording_import::enqueue(&**client, &updated, &event).await?;
+        super::recording_import::enqueue(tx, &updated, &event).await?;
     }
-    mark_processed(&state, &event_id).await
+    finish(transaction, &job, &event_id).await
 }
 
 /// An event of one leg of an interpreted call: the leg moves forward, the call is derived
@@ -144,7 +153,7 @@ async fn run_for_leg(
     };
     let Some(leg) = leg else {
         tracing::info!(event_type = %event.event_type, %event_id, call_id = %call.id, "event for no leg of the call; ignored");
-        return mark_processed(state, event_id).await;
+        return Ok(());
     };
     legs::apply_event(
         &**client,
@@ -183,17 +192,24 @@ async fn run_for_leg(
     if event.event_type == "call.recording.saved" {
         super::recording_import::enqueue(&**client, &updated, event).await?;
     }
-    mark_processed(state, event_id).await
+    Ok(())
 }
 
-async fn mark_processed(state: &AppState, event_id: &str) -> anyhow::Result<()> {
-    let client = state.db.client().await?;
-    client
+/// Marks the event processed and the job done with the run's effects, and commits them all.
+async fn finish(
+    transaction: deadpool_postgres::Transaction<'_>,
+    job: &Job,
+    event_id: &str,
+) -> anyhow::Result<()> {
+    transaction
         .execute(
-            "update webhook_inbox set processed_at = now() where provider = 'telnyx' and event_id = $1",
+            "update webhook_inbox set processed_at = coalesce(processed_at, now())
+             where provider = 'telnyx' and event_id = $1",
             &[&event_id],
         )
         .await?;
+    job.complete_in(&*transaction).await?;
+    transaction.commit().await?;
     Ok(())
 }
 
@@ -201,6 +217,7 @@ async fn mark_processed(state: &AppState, event_id: &str) -> anyhow::Result<()> 
 /// hung up (rejected) and logged. Returns the call row when we own it.
 async fn route_inbound(
     state: &AppState,
+    client: &impl GenericClient,
     event: &WebhookEvent,
 ) -> anyhow::Result<Option<calls::Call>> {
     let telnyx = state.telnyx()?;
@@ -209,8 +226,7 @@ async fn route_inbound(
         .ok_or_else(|| Permanent("no call_control_id".into()))?;
     let to = event.field("to").unwrap_or_default();
     let from = event.field("from").unwrap_or_default();
-    let client = state.db.client().await?;
-    let Some(organisation_id) = calls::owner_of_number(&**client, to).await? else {
+    let Some(organisation_id) = calls::owner_of_number(client, to).await? else {
         tracing::warn!(
             to,
             from,
@@ -234,10 +250,10 @@ async fn route_inbound(
         interpreted: false,
         original_audio: "off",
     };
-    let call = match calls::insert(&**client, &new).await? {
+    let call = match calls::insert(client, &new).await? {
         Some(call) => {
             events::append(
-                &**client,
+                client,
                 call.id,
                 "call.created",
                 json!({"direction": "inbound", "from": from, "to": to}),
@@ -247,7 +263,7 @@ async fn route_inbound(
             call
         }
         // A concurrent or earlier delivery created it.
-        None => calls::by_call_control_id(&**client, ccid)
+        None => calls::by_call_control_id(client, ccid)
             .await?
             .context("inbound call row missing")?,
     };
@@ -256,11 +272,11 @@ async fn route_inbound(
 
 async fn answer_once(
     state: &AppState,
+    client: &impl GenericClient,
     call: &calls::Call,
     event: &WebhookEvent,
 ) -> anyhow::Result<()> {
-    let client = state.db.client().await?;
-    if calls::answer_requested(&**client, call.id).await? {
+    if calls::answer_requested(client, call.id).await? {
         return Ok(());
     }
     let ccid = event
@@ -281,14 +297,10 @@ async fn answer_once(
             &stream,
         )
         .await?;
-    calls::mark_answer_requested(&**client, call.id).await?;
+    calls::mark_answer_requested(client, call.id).await?;
     // Inbound minutes are paid for too: the same maximum duration as outbound calls
     // (deduplicated, so a redelivered call.initiated schedules nothing twice).
-    calls::guard::schedule_max_duration(
-        &**client,
-        call.id,
-        state.config.telephony.max_call_duration,
-    )
-    .await?;
+    calls::guard::schedule_max_duration(client, call.id, state.config.telephony.max_call_duration)
+        .await?;
     Ok(())
 }

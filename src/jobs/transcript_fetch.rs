@@ -7,8 +7,9 @@
 //!   configured, or when the version was already submitted.
 //! - `assemblyai.event`: enqueued by `POST /webhooks/assemblyai` through `webhook_inbox`;
 //!   fetches `GET /v2/transcript/{id}` and stores text, words and utterances (with their
-//!   channel/speaker). Idempotent: only a `submitted` row changes, and only that change
-//!   appends the call event.
+//!   channel/speaker). Exactly once: the transcript update, its call event, the inbox row's
+//!   `processed_at` and the job's `done` commit in one transaction (docs/JOBS.md), and only a
+//!   `submitted` row changes, so a re-run appends nothing.
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -79,12 +80,15 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
         // One speaker per channel already; labels only for single-channel audio.
         speaker_labels: !multichannel,
     };
+    drop(client);
     let submitted = match AsyncClient::new(config).submit(&request).await {
         Ok(submitted) => submitted,
         Err(error) if error.is_permanent() => return Err(Permanent(error.to_string()).into()),
         Err(error) => return Err(error.into()),
     };
-    client
+    let mut client = state.db.client().await?;
+    let transaction = client.transaction().await?;
+    transaction
         .execute(
             "insert into post_call_transcripts
                 (recording_id, version, call_id, organisation_id, assemblyai_transcript_id, status, multichannel)
@@ -93,6 +97,8 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
             &[&recording_id, &version, &row.call_id, &row.organisation_id, &submitted.id, &multichannel],
         )
         .await?;
+    job.complete_in(&*transaction).await?;
+    transaction.commit().await?;
     metrics::counter!("post_call_transcripts_submitted_total").increment(1);
     tracing::info!(%recording_id, transcript_id = %submitted.id, "submitted for post-call transcription");
     Ok(())
@@ -105,70 +111,101 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         .and_then(Value::as_str)
         .ok_or_else(|| Permanent("payload has no event_id".into()))?
         .to_owned();
-    let client = state.db.client().await?;
-    let payload: Value = client
-        .query_opt(
-            "select payload from webhook_inbox where provider = 'assemblyai' and event_id = $1",
-            &[&event_id],
-        )
-        .await?
-        .ok_or_else(|| Permanent(format!("inbox has no event {event_id}")))?
-        .get(0);
+    let (payload, processed) = {
+        let client = state.db.client().await?;
+        let row = client
+            .query_opt(
+                "select payload, processed_at is not null from webhook_inbox
+                 where provider = 'assemblyai' and event_id = $1",
+                &[&event_id],
+            )
+            .await?
+            .ok_or_else(|| Permanent(format!("inbox has no event {event_id}")))?;
+        (row.get::<_, Value>(0), row.get::<_, bool>(1))
+    };
+    if processed {
+        return Ok(());
+    }
     let transcript_id = payload
         .get("transcript_id")
         .and_then(Value::as_str)
         .ok_or_else(|| Permanent("webhook has no transcript_id".into()))?
         .to_owned();
-    let Some(row) = client
-        .query_opt(
-            "select recording_id, version, call_id from post_call_transcripts where assemblyai_transcript_id = $1",
-            &[&transcript_id],
-        )
-        .await?
-    else {
+    let row = {
+        let client = state.db.client().await?;
+        client
+            .query_opt(
+                "select recording_id, version, call_id from post_call_transcripts where assemblyai_transcript_id = $1",
+                &[&transcript_id],
+            )
+            .await?
+    };
+    let Some(row) = row else {
         // The webhook can overtake our own insert after submitting: retried with backoff.
         anyhow::bail!("no submitted transcript {transcript_id} yet");
     };
     let (recording_id, version, call_id): (Uuid, i32, Option<Uuid>) =
         (row.get(0), row.get(1), row.get(2));
+    // No connection is held while AssemblyAI answers.
     let config = state.config.providers.assemblyai()?;
     let transcript = match AsyncClient::new(config).get(&transcript_id).await {
         Ok(transcript) => transcript,
         Err(error) if error.is_permanent() => return Err(Permanent(error.to_string()).into()),
         Err(error) => return Err(error.into()),
     };
-    let changed = match transcript.status.as_str() {
-        "completed" => {
-            let words = json!(transcript.words.unwrap_or_default());
-            let utterances = json!(transcript.utterances.unwrap_or_default());
-            let duration_ms = transcript.audio_duration.map(|s| (s * 1000.0).round() as i64);
-            client
-                .execute(
-                    "update post_call_transcripts set status = 'completed', text = $2, words = $3,
-                            utterances = $4, language_code = $5, audio_duration_ms = $6, error = null,
-                            completed_at = coalesce(completed_at, now())
-                     where assemblyai_transcript_id = $1 and status = 'submitted'",
-                    &[&transcript_id, &transcript.text, &words, &utterances, &transcript.language_code, &duration_ms],
-                )
-                .await?
-        }
-        "error" => {
-            client
-                .execute(
-                    "update post_call_transcripts set status = 'error', error = $2, completed_at = coalesce(completed_at, now())
-                     where assemblyai_transcript_id = $1 and status = 'submitted'",
-                    &[&transcript_id, &transcript.error.clone().unwrap_or_else(|| "unknown error".into())],
-                )
-                .await?
-        }
-        other => {
-            // A webhook is only sent when done; anything else is worth another look later.
-            anyhow::bail!("transcript {transcript_id} is still {other}");
-        }
+    if !matches!(transcript.status.as_str(), "completed" | "error") {
+        // A webhook is only sent when done; anything else is worth another look later.
+        anyhow::bail!("transcript {transcript_id} is still {}", transcript.status);
+    }
+
+    let mut client = state.db.client().await?;
+    let transaction = client.transaction().await?;
+    let tx = &*transaction;
+    // The row lock serialises runs of this event; `processed_at` says one already committed.
+    let processed: bool = tx
+        .query_one(
+            "select processed_at is not null from webhook_inbox
+             where provider = 'assemblyai' and event_id = $1
+             for update",
+            &[&event_id],
+        )
+        .await?
+        .get(0);
+    if processed {
+        return Ok(());
+    }
+    let changed = if transcript.status == "completed" {
+        let words = json!(transcript.words.unwrap_or_default());
+        let utterances = json!(transcript.utterances.unwrap_or_default());
+        let duration_ms = transcript
+            .audio_duration
+            .map(|s| (s * 1000.0).round() as i64);
+        tx.execute(
+            "update post_call_transcripts set status = 'completed', text = $2, words = $3,
+                    utterances = $4, language_code = $5, audio_duration_ms = $6, error = null,
+                    completed_at = coalesce(completed_at, now())
+             where assemblyai_transcript_id = $1 and status = 'submitted'",
+            &[
+                &transcript_id,
+                &transcript.text,
+                &words,
+                &utterances,
+                &transcript.language_code,
+                &duration_ms,
+            ],
+        )
+        .await?
+    } else {
+        tx.execute(
+            "update post_call_transcripts set status = 'error', error = $2, completed_at = coalesce(completed_at, now())
+             where assemblyai_transcript_id = $1 and status = 'submitted'",
+            &[&transcript_id, &transcript.error.clone().unwrap_or_else(|| "unknown error".into())],
+        )
+        .await?
     };
     if let Some(call_id) = call_id.filter(|_| changed == 1) {
         events::append(
-            &**client,
+            tx,
             call_id,
             "transcript.post_call",
             json!({"recording_id": recording_id, "version": version, "status": transcript.status}),
@@ -177,12 +214,13 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         .await
         .context("appending the call event")?;
     }
-    client
-        .execute(
-            "update webhook_inbox set processed_at = now() where provider = 'assemblyai' and event_id = $1",
-            &[&event_id],
-        )
-        .await?;
+    tx.execute(
+        "update webhook_inbox set processed_at = now() where provider = 'assemblyai' and event_id = $1",
+        &[&event_id],
+    )
+    .await?;
+    job.complete_in(tx).await?;
+    transaction.commit().await?;
     metrics::counter!("post_call_transcripts_total", "status" => transcript.status).increment(1);
     Ok(())
 }
