@@ -182,7 +182,7 @@ round() {
   log "[$storage] running the parity suite"
   # Its exit status is not needed: the counts decide (a crashed runner prints "0 passed, 1 failed").
   node parity/run.mjs --direct "http://127.0.0.1:$DIRECT_PORT" --shim "http://127.0.0.1:$SHIM_PORT" \
-    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
+    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" --bin "$BIN" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
   stop_servers
 }
 

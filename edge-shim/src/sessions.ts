@@ -35,15 +35,25 @@ export async function hashToken(token: string): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The stored forms to look for. */
+/** Whether `value` looks like the hashed storage form (64 hex characters, any case). */
+export function isHashShaped(value: string): boolean {
+  return /^[0-9a-fA-F]{64}$/.test(value);
+}
+
+/**
+ * The stored forms to look for. The raw form is compared only against rows that are not
+ * hash-shaped (a presented token equals a row exactly when both are), so a stored SHA-256
+ * read from the table never logs anyone in — as src/auth/sessions.rs `candidates`.
+ */
 export async function candidates(token: string, storage: TokenStorage): Promise<string[]> {
+  const raw = isHashShaped(token) ? [] : [token];
   switch (storage) {
     case "raw":
-      return [token];
+      return raw;
     case "hashed":
       return [await hashToken(token)];
     case "dual":
-      return [token, await hashToken(token)];
+      return [...raw, await hashToken(token)];
   }
 }
 

@@ -256,6 +256,14 @@ describe("session token storage (AUTH_TOKEN_STORAGE)", () => {
     expect(await candidates("test", "dual")).toEqual(["test", sha]);
   });
 
+  it("never compares a hash-shaped bearer in its raw form: a stored hash is not a login", async () => {
+    // What a reader of the sessions table sees after the backfill: the SHA-256 of a token.
+    const stored = await hashToken("0b1f7c1e-9f7a-4c52-9a0e-5d1c2b3a4f60");
+    expect(await candidates(stored, "dual")).toEqual([await hashToken(stored)]);
+    expect(await candidates(stored.toUpperCase(), "dual")).toEqual([await hashToken(stored.toUpperCase())]);
+    expect(await candidates(stored, "raw")).toEqual([]);
+  });
+
   it("reads the variable like the container (unset = raw) and refuses anything else", () => {
     expect(tokenStorage({ ...env, AUTH_TOKEN_STORAGE: "" })).toBe("raw");
     expect(tokenStorage({ ...env, AUTH_TOKEN_STORAGE: " dual " })).toBe("dual");

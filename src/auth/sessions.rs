@@ -57,6 +57,12 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Whether `value` looks like the `hashed` storage form (64 hex characters; case-insensitive,
+/// so an upper-cased copy of a stored hash is refused too).
+pub fn is_hash_shaped(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 pub struct SessionResolver {
     db: Db,
     storage: TokenStorage,
@@ -92,10 +98,15 @@ impl SessionResolver {
     }
 
     fn candidates(&self, token: &str) -> Vec<String> {
+        // The raw form is compared only against rows that are not hash-shaped: a presented
+        // token equal to a stored row is hash-shaped exactly when that row is, so dropping a
+        // hash-shaped raw candidate means a stored SHA-256 (read from a leaked table or a
+        // backup) never logs anyone in. Auth.js tokens are UUIDs, never hash-shaped (ADR 0005).
+        let raw = (!is_hash_shaped(token)).then(|| token.to_owned());
         match self.storage {
-            TokenStorage::Raw => vec![token.to_owned()],
+            TokenStorage::Raw => raw.into_iter().collect(),
             TokenStorage::Hashed => vec![hash_token(token)],
-            TokenStorage::Dual => vec![token.to_owned(), hash_token(token)],
+            TokenStorage::Dual => raw.into_iter().chain([hash_token(token)]).collect(),
         }
     }
 
