@@ -261,6 +261,7 @@ async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
         .await
         .ok()??;
     Some(Languages {
+        organisation_id: call.organisation_id,
         inbound: call.source_language?,
         outbound: call.target_language?,
         voice: call.voice_id,

@@ -47,6 +47,8 @@ pub struct Utterance {
 /// Who speaks which language on this call.
 #[derive(Debug, Clone)]
 pub struct Languages {
+    /// The call's tenant: the translation cache is per organisation.
+    pub organisation_id: Uuid,
     /// The far end (Telnyx `inbound` track): the call's `source_language`.
     pub inbound: String,
     /// The other party (`outbound` track): the call's `target_language`.
@@ -130,7 +132,12 @@ async fn speak(
         insert(db, call_id, &u, &source, &target),
         state
             .translation
-            .translate(std::slice::from_ref(&u.text), Some(&source), &target)
+            .translate(
+                languages.organisation_id,
+                std::slice::from_ref(&u.text),
+                Some(&source),
+                &target
+            )
     );
     if let Err(error) = stored {
         tracing::warn!(%error, "storing an utterance failed");
