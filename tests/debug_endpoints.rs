@@ -86,15 +86,22 @@ async fn debug_routes_do_not_exist_in_production() {
         Duration::from_secs(60),
         now(),
     );
+    // Production has EDGE_SHARED_SECRET: only requests signed by the edge get through.
     let response = app
-        .client
-        .get(app.url("/internal/debug/session"))
+        .signed("e", reqwest::Method::GET, "/internal/debug/session", b"")
         .header("x-debug-token", token)
         .send()
         .await
         .unwrap();
     assert_problem(response, 404).await;
-    let spec: serde_json::Value = app.get("/api/openapi.json").await.json().await.unwrap();
+    let spec: serde_json::Value = app
+        .signed("e", reqwest::Method::GET, "/api/openapi.json", b"")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(spec["paths"].get("/internal/debug/session").is_none());
 }
 

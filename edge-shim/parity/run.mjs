@@ -23,7 +23,7 @@ import zlib from "node:zlib";
 import PostgresAdapter from "@auth/pg-adapter";
 import pg from "pg";
 import { CASES } from "./cases.mjs";
-import { AAI_WEBHOOK_SECRET, hashToken, seed, snapshot, telnyxSignature } from "./fixtures.mjs";
+import { AAI_WEBHOOK_SECRET, edgeHeaders, hashToken, seed, snapshot, telnyxSignature } from "./fixtures.mjs";
 import { WS_CASES } from "./ws-cases.mjs";
 import { resetSimulator, runWsCases } from "./ws-run.mjs";
 
@@ -36,6 +36,8 @@ const { values: args } = parseArgs({
     aai: { type: "string" },
     // The container binary: `auth migrate-tokens` backfills in the dual round.
     bin: { type: "string" },
+    // The container's EDGE_SHARED_SECRET: requests sent to --direct are signed with it.
+    "edge-secret": { type: "string" },
     // AUTH_TOKEN_STORAGE of both sides: how the fixtures store session tokens.
     storage: { type: "string", default: "raw" },
     verbose: { type: "boolean", default: false },
@@ -62,10 +64,20 @@ const ANY_UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g
 
 // ---- HTTP ----------------------------------------------------------------------------------
 
+/** Signature headers for a request to the container directly (none through the shim). */
+function signFor(base) {
+  return (method, pathAndQuery, body) =>
+    base === args.direct && args["edge-secret"] ? edgeHeaders(args["edge-secret"], method, pathAndQuery, body) : {};
+}
+
 /** Sends a request with exact header bytes (Buffers go out as latin1, i.e. byte for byte). */
 function send(base, req) {
   const url = new URL(req.path, base);
-  const headers = req.headers.map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("latin1") : v]);
+  const signature = signFor(base)(req.method, url.pathname + url.search, req.body ?? Buffer.alloc(0));
+  const headers = [
+    ...req.headers.map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("latin1") : v]),
+    ...Object.entries(signature),
+  ];
   return new Promise((resolve, reject) => {
     const r = http.request(
       {
@@ -188,7 +200,7 @@ async function pass(base, db, label) {
     }
   }
   await resetSimulator(args.aai);
-  const ws = (await runWsCases(WS_CASES, base, args.aai)).map((r) =>
+  const ws = (await runWsCases(WS_CASES, base, args.aai, signFor(base))).map((r) =>
     r.error || r.res.error ? { ...r, error: `${label}: ${r.error ?? r.res.error}` } : { ...r, norm: normalise(r.res, r.c, fixed) },
   );
   const turns = await db.query(

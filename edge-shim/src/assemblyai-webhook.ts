@@ -17,10 +17,11 @@
 
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
+import { bodyLimit } from "./body";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
 import { type Json, member, parseSerdeJson } from "./serde-json";
-import { DEFAULT_BODY_LIMIT, INBOX_INSERT_SQL } from "./webhooks";
+import { INBOX_INSERT_SQL } from "./webhooks";
 
 /** src/providers/assemblyai_async.rs WEBHOOK_AUTH_HEADER. */
 export const WEBHOOK_AUTH_HEADER = "x-callbridge-webhook-secret";
@@ -67,10 +68,6 @@ function sentSecret(headers: Headers): string {
   return value;
 }
 
-function bodyLimit(raw: string | undefined): number {
-  const n = Number((raw ?? "").trim());
-  return Number.isSafeInteger(n) && n > 0 ? n : DEFAULT_BODY_LIMIT;
-}
 
 export const assemblyaiWebhook: EdgeHandler = {
   async handle(request, ctx) {

@@ -135,7 +135,11 @@ describe("POST /webhooks/telnyx at the edge", () => {
   });
 
   it("defers a body over HTTP_BODY_LIMIT_BYTES (the container answers 413)", async () => {
-    const res = await send("/webhooks/telnyx", webhook("x".repeat(65), {}), { ...env, HTTP_BODY_LIMIT_BYTES: "64" });
+    // A client sends Content-Length: the proxy streams the oversized body on, unbuffered.
+    const res = await send("/webhooks/telnyx", webhook("x".repeat(65), { "content-length": "65" }), {
+      ...env,
+      HTTP_BODY_LIMIT_BYTES: "64",
+    });
     expect(((await res.json()) as Echo).body).toHaveLength(65);
     expect(logged(log, "edge_deferred")).toMatchObject([{ reason: "body over HTTP_BODY_LIMIT_BYTES" }]);
   });

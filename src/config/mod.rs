@@ -185,7 +185,14 @@ pub struct SentryConfig {
 
 #[derive(Debug, Clone, Default)]
 pub struct EdgeConfig {
+    /// Set: every request must carry the shim's signature, except `unsigned_paths` and the
+    /// media stream (`http::forwarded`).
     pub shared_secret: Option<Secret<String>>,
+    /// `EDGE_UNSIGNED_PATHS`: path prefixes reachable without the edge's signature (probes and
+    /// scrapers that reach the container directly). Default `/healthz,/readyz,/metrics`.
+    pub unsigned_paths: Vec<String>,
+    /// `EDGE_SIGNATURE_WINDOW_SECS`: how far `x-edge-timestamp` may be from now (default 60).
+    pub signature_window: Duration,
     pub cf_access_team_domain: Option<String>,
     pub cf_access_aud: Option<String>,
 }
@@ -703,8 +710,16 @@ impl Reader {
             None => None,
         };
 
+        let unsigned_paths = self.path_prefixes("EDGE_UNSIGNED_PATHS", "/healthz,/readyz,/metrics");
         let edge = EdgeConfig {
             shared_secret: self.provider_key("EDGE_SHARED_SECRET"),
+            unsigned_paths,
+            signature_window: Duration::from_secs(self.bounded(
+                "EDGE_SIGNATURE_WINDOW_SECS",
+                60,
+                5,
+                300,
+            )),
             cf_access_team_domain: self.string("CF_ACCESS_TEAM_DOMAIN"),
             cf_access_aud: self.string("CF_ACCESS_AUD"),
         };
@@ -756,6 +771,21 @@ impl Reader {
             media,
             recordings,
         })
+    }
+
+    /// A comma-separated list of path prefixes, each starting with `/` (empty entries skipped).
+    fn path_prefixes(&mut self, variable: &str, default: &str) -> Vec<String> {
+        let raw = self.string(variable).unwrap_or_else(|| default.to_owned());
+        let prefixes: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if prefixes.iter().any(|p| !p.starts_with('/')) {
+            self.problem(variable, "every entry must be a path starting with /");
+        }
+        prefixes
     }
 
     /// A number in `min..=max`, else a problem (and the default).

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod authjs;
+pub mod edge;
 pub mod sse;
 pub mod tcp_proxy;
 #[cfg(feature = "sim")]

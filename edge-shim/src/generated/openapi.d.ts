@@ -910,7 +910,10 @@ export interface components {
             texts: string[];
         };
         TranslateResponse: {
-            /** @description Which engine answered: `deepl`, `openai`, or `cache`. */
+            /**
+             * @description Which engine answered: `deepl`, `openai`, or `cache` (every text was translated before
+             *     in this organisation; the cache is never shared between organisations).
+             */
             engine: components["schemas"]["Engine"];
             translations: string[];
         };
