@@ -242,7 +242,11 @@ async fn dual_storage_never_accepts_a_stored_hash_as_a_login() {
     };
     assert_eq!(bearer(session.token.clone()).await, 200, "the real token");
     assert_eq!(bearer(stored.clone()).await, 401, "the stored hash");
-    assert_eq!(bearer(stored.to_uppercase()).await, 401, "its upper-cased copy");
+    assert_eq!(
+        bearer(stored.to_uppercase()).await,
+        401,
+        "its upper-cased copy"
+    );
     let cookie = me_with_cookie(&app, &format!("authjs.session-token={stored}")).await;
     assert_problem(cookie, 401).await;
 }

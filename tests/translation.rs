@@ -261,7 +261,11 @@ async fn cached_rows(app: &TestApp, target: &str, count: i64) {
 
 async fn organisation_of(app: &TestApp, session: &common::authjs::Session) -> uuid::Uuid {
     let me: Value = app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"].as_str().unwrap().parse().unwrap()
+    me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Issue 14 item 3: another tenant asking for the same sentence must not learn that it was
@@ -300,7 +304,10 @@ async fn the_cache_is_per_organisation_and_never_reveals_another_tenants_sentenc
         .json()
         .await
         .unwrap();
-    assert_eq!(body["engine"], "cache", "the owner's own cache still answers");
+    assert_eq!(
+        body["engine"], "cache",
+        "the owner's own cache still answers"
+    );
     let owners: i64 = app
         .db()
         .await
@@ -365,7 +372,12 @@ async fn cached_text_transcripts_and_utterances_follow_the_recording_retention()
         .await
         .unwrap();
     assert_eq!(purged, 4, "one expired row in each of the four tables");
-    for table in ["transcript_turns", "transcript_gaps", "utterances", "translation_cache"] {
+    for table in [
+        "transcript_turns",
+        "transcript_gaps",
+        "utterances",
+        "translation_cache",
+    ] {
         let left: i64 = db
             .query_one(&format!("select count(*) from {table}"), &[])
             .await

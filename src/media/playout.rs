@@ -130,14 +130,12 @@ async fn speak(
     // row costs the listener no latency. Every later update waits for both.
     let (stored, translated) = tokio::join!(
         insert(db, call_id, &u, &source, &target),
-        state
-            .translation
-            .translate(
-                languages.organisation_id,
-                std::slice::from_ref(&u.text),
-                Some(&source),
-                &target
-            )
+        state.translation.translate(
+            languages.organisation_id,
+            std::slice::from_ref(&u.text),
+            Some(&source),
+            &target
+        )
     );
     if let Err(error) = stored {
         tracing::warn!(%error, "storing an utterance failed");
