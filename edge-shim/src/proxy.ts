@@ -6,9 +6,10 @@
 // so no body makes the Worker hold more than the limit. It never decides who answers a route
 // (router.ts does).
 
+import { bodyLimit, declaredLength, readBounded } from "./body";
 import type { Env } from "./env";
 import { problem } from "./problem";
-import { bodyLimit, declaredLength, readBounded } from "./body";
+import { scrubPath, scrubText } from "./redact";
 import {
   CONTENT_SHA256_HEADER,
   contentSha256,
@@ -86,7 +87,7 @@ export async function proxyToOrigin(request: Request, env: Env): Promise<Respons
       new Request(target, { method: request.method, headers, body, redirect: "manual" }),
     );
   } catch (err) {
-    console.error(JSON.stringify({ event: "origin_unreachable", path: incoming.pathname, error: errorMessage(err) }));
+    console.error(JSON.stringify({ event: "origin_unreachable", path: scrubPath(incoming.pathname), error: scrubText(errorMessage(err)) }));
     return problem(request, 502, "Bad Gateway", "The origin could not be reached.");
   }
 }

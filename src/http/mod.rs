@@ -129,7 +129,7 @@ fn span_for(request: &Request<Body>) -> tracing::Span {
         Some(route) => tracing::info_span!("http", method = %request.method(),
             route = route.as_str(), request_id),
         None => tracing::info_span!("http", method = %request.method(),
-            route = "unmatched", path = request.uri().path(), request_id),
+            route = "unmatched", path = %crate::telemetry::redact_text(request.uri().path()), request_id),
     }
 }
 
