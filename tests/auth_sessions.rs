@@ -391,3 +391,47 @@ async fn cached_resolution_answers_without_the_database() {
     );
     common::drop_database_blocking(&database);
 }
+
+/// Issue 14 item 10: in production only `__Secure-` cookie names are read, so a cookie planted
+/// by a sibling subdomain or over plain http (session fixation) is not a credential; and
+/// `/metrics` requires its token.
+#[tokio::test]
+async fn production_reads_only_secure_cookie_names_and_guards_metrics() {
+    use base64::Engine as _;
+    use common::edge::{PRODUCTION_EDGE_SECRET as EDGE, PRODUCTION_METRICS_TOKEN};
+    let key = base64::engine::general_purpose::STANDARD.encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let env = common::edge::production("production-auth-secret-with-32-plus-characters", &key);
+    let app = TestApp::spawn_with(&env).await;
+    let session = app.sign_in("Secure").await;
+    let me = |cookie: String| {
+        app.signed(EDGE, reqwest::Method::GET, "/api/me", b"")
+            .header("cookie", cookie)
+            .send()
+    };
+    for name in ["authjs.session-token", "next-auth.session-token"] {
+        let response = me(format!("{name}={}", session.token)).await.unwrap();
+        assert_problem(response, 401).await;
+    }
+    for name in [
+        "__Secure-authjs.session-token",
+        "__Secure-next-auth.session-token",
+    ] {
+        let response = me(format!("{name}={}", session.token)).await.unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+    }
+
+    // /metrics is on the unsigned allow-list (the scraper), so only its token guards it.
+    assert_problem(app.get("/metrics").await, 401).await;
+    let scraped = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(PRODUCTION_METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+}

@@ -99,6 +99,11 @@ pub struct RecordingsConfig {
     pub transcription_url_ttl: Duration,
     /// `RECORDINGS_RETENTION_DAYS`: default retention (organisations may override).
     pub retention_days: i32,
+    /// `RECORDINGS_IMPORT_HOSTS`: hosts (and their subdomains) Telnyx recordings are
+    /// downloaded from, over https only; redirects elsewhere are not followed.
+    pub import_hosts: Vec<String>,
+    /// Development only: `http://` on loopback addresses too (the local simulators).
+    pub import_allow_loopback: bool,
     /// `CRON_INTERVAL_SECS`: how often the worker's cron ticks.
     pub cron_interval: Duration,
     /// `CRON_STALE_CALL_MINUTES`: a non-terminal call untouched this long is failed.
@@ -588,6 +593,10 @@ impl Reader {
             shutdown_grace: Duration::from_secs(self.parsed("SHUTDOWN_GRACE_SECS", 25)),
             metrics_token: self.secret("METRICS_TOKEN"),
         };
+        if app_env == AppEnv::Production && http.metrics_token.is_none() {
+            // Metrics name routes, tenants' traffic and queue depths: not for the internet.
+            self.problem("METRICS_TOKEN", "required when APP_ENV=production");
+        }
 
         let database_url = self.required(
             "DATABASE_URL",
@@ -656,15 +665,29 @@ impl Reader {
         if strict && !auth_secret.is_empty() && auth_secret.len() < 32 {
             self.problem("AUTH_SECRET", "must be at least 32 characters");
         }
-        let cookie_names = self
-            .string("AUTH_COOKIE_NAMES")
-            .map(|raw| split_list(&raw))
-            .unwrap_or_else(|| {
-                DEFAULT_SESSION_COOKIES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
+        let configured_cookies = self.string("AUTH_COOKIE_NAMES").map(|raw| split_list(&raw));
+        // In production only `__Secure-`/`__Host-` names: the browser sets those only over
+        // https from the site itself, so a sibling subdomain or a plain-http response cannot
+        // plant a session cookie (fixation) under a name we would read.
+        let secure_only = app_env == AppEnv::Production;
+        let is_secure_name =
+            |name: &str| name.starts_with("__Secure-") || name.starts_with("__Host-");
+        if secure_only
+            && let Some(names) = &configured_cookies
+            && let Some(name) = names.iter().find(|name| !is_secure_name(name))
+        {
+            self.problem(
+                "AUTH_COOKIE_NAMES",
+                format!("{name:?}: only __Secure- or __Host- names when APP_ENV=production"),
+            );
+        }
+        let cookie_names = configured_cookies.unwrap_or_else(|| {
+            DEFAULT_SESSION_COOKIES
+                .iter()
+                .filter(|name| !secure_only || is_secure_name(name))
+                .map(|s| s.to_string())
+                .collect()
+        });
         let auth = AuthConfig {
             schema,
             token_storage,
@@ -838,6 +861,14 @@ impl Reader {
                 604_800,
             )),
             retention_days: self.bounded("RECORDINGS_RETENTION_DAYS", 90, 1, 3650) as i32,
+            import_hosts: self
+                .string("RECORDINGS_IMPORT_HOSTS")
+                .map(|raw| split_list(&raw))
+                .unwrap_or_else(|| vec!["telnyx.com".into(), "s3.amazonaws.com".into()])
+                .into_iter()
+                .map(|host| host.trim_start_matches('.').to_ascii_lowercase())
+                .collect(),
+            import_allow_loopback: !self.app_env.is_strict(),
             cron_interval: Duration::from_secs(self.bounded("CRON_INTERVAL_SECS", 300, 1, 86_400)),
             stale_call_after: Duration::from_secs(
                 60 * self.bounded("CRON_STALE_CALL_MINUTES", 240, 1, 10_080),
@@ -1031,6 +1062,7 @@ mod tests {
             "ASSEMBLYAI_API_KEY",
             "DEEPL_API_KEY",
             "EDGE_SHARED_SECRET",
+            "METRICS_TOKEN",
             "RUN_MIGRATIONS_ON_START",
         ] {
             if variable == "RUN_MIGRATIONS_ON_START" {
@@ -1094,6 +1126,44 @@ mod tests {
                 "AUTH_TOKEN_STORAGE"
             ]
         );
+    }
+
+    /// Issue 14 item 10: production reads only `__Secure-` session cookies.
+    #[test]
+    fn production_reads_only_secure_prefixed_session_cookies() {
+        let production = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                ("APP_ENV", "production"),
+                ("PUBLIC_BASE_URL", "https://api.example.com"),
+                (
+                    "AUTH_SECRET",
+                    "production-auth-secret-with-32-plus-characters",
+                ),
+            ];
+            vars.extend_from_slice(extra);
+            load(&vars).unwrap_err()
+        };
+        let error = production(&[]);
+        assert!(
+            !error
+                .problems
+                .iter()
+                .any(|p| p.variable == "AUTH_COOKIE_NAMES")
+        );
+        let error = production(&[(
+            "AUTH_COOKIE_NAMES",
+            "__Secure-authjs.session-token,authjs.session-token",
+        )]);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.variable == "AUTH_COOKIE_NAMES"
+                    && p.message.contains("\"authjs.session-token\"")),
+            "{error}"
+        );
+        let development = load(&[]).unwrap();
+        assert_eq!(development.auth.cookie_names.len(), 4);
     }
 
     #[test]

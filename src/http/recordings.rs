@@ -23,6 +23,7 @@ use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::media::utterances::{self, Utterance};
+use crate::orgs::Role;
 use crate::recordings::agreement::{self, Agreement};
 use crate::recordings::audio::{AudioFormat, SNIFF_LEN};
 use crate::recordings::store::{self, Limits, StoreError};
@@ -84,7 +85,10 @@ pub struct UploadQuery {
     pub recording_id: Option<Uuid>,
 }
 
-/// The target of a new version, checked against the organisation (404 otherwise).
+/// The target of a new version, checked against the organisation (404 otherwise). A new
+/// recording is any member's to make; a new version of an existing one replaces what everyone
+/// in the organisation hears by default, so it takes an admin
+/// (docs/adr/0015-who-may-add-a-recording-version.md).
 async fn target(
     state: &AppState,
     org: &OrgContext,
@@ -98,6 +102,7 @@ async fn target(
             "send call_id or recording_id, not both".into(),
         )),
         (Some(recording_id), None) => {
+            org.require(Role::Admin)?;
             recordings::get(&**client, org.organisation_id, recording_id)
                 .await
                 .map_err(ApiError::internal)?
@@ -147,6 +152,7 @@ fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
     responses(
         (status = 201, description = "Stored", body = Recording),
         (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A new version of an existing recording needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than RECORDINGS_MAX_BYTES; nothing kept", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not audio (by Content-Type or by its bytes)", body = Problem, content_type = "application/problem+json"),
@@ -250,6 +256,7 @@ pub struct UploadUrl {
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 201, description = "Upload URL", body = UploadUrl),
+        (status = 403, description = "A new version of an existing recording needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "size_bytes above RECORDINGS_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "content_type is not audio we accept", body = Problem, content_type = "application/problem+json"),

@@ -50,6 +50,31 @@ pub fn edge_headers(
     ]
 }
 
+/// The edge secret of [`PRODUCTION`].
+pub const PRODUCTION_EDGE_SECRET: &str = "production-edge-secret";
+/// The metrics token of [`PRODUCTION`].
+pub const PRODUCTION_METRICS_TOKEN: &str = "production-metrics-token";
+
+/// Everything `APP_ENV=production` requires besides the database and storage the harness
+/// sets: requests to such an app must be signed with [`PRODUCTION_EDGE_SECRET`].
+pub fn production<'a>(auth_secret: &'a str, telnyx_key: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("APP_ENV", "production"),
+        ("PUBLIC_BASE_URL", "https://api.example.com"),
+        ("AUTH_SECRET", auth_secret),
+        ("TELNYX_API_KEY", "k"),
+        ("TELNYX_PUBLIC_KEY", telnyx_key),
+        ("TELNYX_CONNECTION_ID", "c"),
+        ("ASSEMBLYAI_API_KEY", "k"),
+        ("ASSEMBLYAI_WEBHOOK_SECRET", "s"),
+        ("DEEPL_API_KEY", "k"),
+        ("OPENAI_API_KEY", "k"),
+        ("ELEVENLABS_API_KEY", "k"),
+        ("EDGE_SHARED_SECRET", PRODUCTION_EDGE_SECRET),
+        ("METRICS_TOKEN", PRODUCTION_METRICS_TOKEN),
+    ]
+}
+
 impl TestApp {
     /// A request signed now with `secret` for exactly this method, path and body.
     pub fn signed(
