@@ -176,6 +176,26 @@ impl SessionResolver {
         }))
     }
 
+    /// The principal for `token` straight from the database (the cache is refreshed, or
+    /// forgets the token when the session is gone): what long-lived streams re-check with.
+    pub async fn revalidate(&self, token: &str) -> Result<Option<Arc<Principal>>, DbError> {
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        let Some(principal) = self.lookup(token).await? else {
+            self.cache.remove(&digest);
+            return Ok(None);
+        };
+        let until_expiry = (principal.session_expires - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let principal = Arc::new(principal);
+        self.cache.insert(
+            digest,
+            principal.clone(),
+            Some(Instant::now() + until_expiry),
+        );
+        Ok(Some(principal))
+    }
+
     /// Sessions currently cached on this replica.
     pub fn cached(&self) -> usize {
         self.cache.len()

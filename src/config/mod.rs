@@ -169,6 +169,9 @@ pub struct AuthConfig {
     /// longest a deleted session keeps working (the revocation delay).
     pub session_cache_ttl: Duration,
     pub session_cache_capacity: usize,
+    /// `AUTH_STREAM_RECHECK_SECS`: how often SSE streams and browser WebSockets re-validate
+    /// their session and membership (default 30).
+    pub stream_recheck: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -693,8 +696,20 @@ impl Reader {
             token_storage,
             secret: Secret::new(auth_secret),
             cookie_names,
-            session_cache_ttl: Duration::from_secs(self.parsed("AUTH_SESSION_CACHE_TTL_SECS", 15)),
+            // Bounded: the TTL is the revocation delay of every request.
+            session_cache_ttl: Duration::from_secs(self.bounded(
+                "AUTH_SESSION_CACHE_TTL_SECS",
+                15,
+                0,
+                60,
+            )),
             session_cache_capacity: self.parsed("AUTH_SESSION_CACHE_CAPACITY", 10_000usize),
+            stream_recheck: Duration::from_secs(self.bounded(
+                "AUTH_STREAM_RECHECK_SECS",
+                30,
+                1,
+                300,
+            )),
         };
 
         let endpoint = self.required("R2_ENDPOINT", dev("http://127.0.0.1:9000"));

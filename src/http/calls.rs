@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::OrgContext;
+use crate::auth::{OrgContext, recheck};
 use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::events::{self, CallEvent, FollowItem};
@@ -364,7 +364,7 @@ pub struct EventsQuery {
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
         ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
-        (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON)", body = CallEvent, content_type = "text/event-stream"),
+        (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON). The session and membership are re-checked every AUTH_STREAM_RECHECK_SECS; when either is gone the stream ends with one `auth.revoked` event (data = RevokedEvent)", body = CallEvent, content_type = "text/event-stream"),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn events(
@@ -397,19 +397,56 @@ pub async fn events(
         after,
         state.shutdown.clone(),
     )
-    .map(|item| {
-        Ok(match item {
-            FollowItem::Durable(event) => Event::default()
-                .id(event.seq.to_string())
-                .event(event.kind.clone())
-                .json_data(&event)
-                .unwrap_or_else(|_| Event::default().comment("unserialisable event")),
-            // No id: partials are not part of the resumable log.
-            FollowItem::Partial(partial) => Event::default()
-                .event("transcript.partial")
-                .json_data(&partial)
-                .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
-        })
+    .map(|item| match item {
+        FollowItem::Durable(event) => Event::default()
+            .id(event.seq.to_string())
+            .event(event.kind.clone())
+            .json_data(&event)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event")),
+        // No id: partials are not part of the resumable log.
+        FollowItem::Partial(partial) => Event::default()
+            .event("transcript.partial")
+            .json_data(&partial)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
     });
+    let revoked = recheck::watch(&state, &org.user, Some(org.organisation_id));
+    let stream = until_revoked(Box::pin(stream), revoked).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `events` until the caller's authorisation ends, then one `auth.revoked` event and the end.
+fn until_revoked(
+    events: std::pin::Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>,
+    revoked: tokio::sync::oneshot::Receiver<recheck::Revoked>,
+) -> impl futures_util::Stream<Item = Event> {
+    futures_util::stream::unfold(
+        (events, Some(revoked), false),
+        |(mut events, mut revoked, done)| async move {
+            if done {
+                return None;
+            }
+            let outcome = match revoked.as_mut() {
+                Some(watch) => tokio::select! {
+                    item = events.next() => Ok(item),
+                    reason = watch => Err(reason.ok()),
+                },
+                None => Ok(events.next().await),
+            };
+            match outcome {
+                Ok(item) => item.map(|event| (event, (events, revoked, false))),
+                Err(Some(reason)) => {
+                    let last = Event::default()
+                        .event("auth.revoked")
+                        .json_data(reason.event())
+                        .unwrap_or_else(|_| Event::default().event("auth.revoked"));
+                    Some((last, (events, None, true)))
+                }
+                // The watcher is gone without a verdict: keep streaming unwatched.
+                Err(None) => events
+                    .next()
+                    .await
+                    .map(|event| (event, (events, None, false))),
+            }
+        },
+    )
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in};
+use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in, recheck};
 use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
@@ -107,7 +107,7 @@ pub async fn token(
 /// Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out.
 #[utoipa::path(get, path = "/api/realtime/transcribe", tag = "realtime", params(AudioFormat),
     responses(
-        (status = 101, description = "Switching to the transcription WebSocket"),
+        (status = 101, description = "Switching to the transcription WebSocket. The session (and, with call_id, the membership) is re-checked every AUTH_STREAM_RECHECK_SECS; the socket closes with 4401 (session ended) or 4403 (membership ended) when either is gone"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Cookie session from a disallowed origin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "call_id is not the caller's organisation's", body = Problem, content_type = "application/problem+json"),
@@ -128,6 +128,7 @@ pub async fn transcribe(
     }
     let assemblyai = state.assemblyai()?.clone();
     let params = params(&state, &format)?;
+    let mut organisation_id = None;
     if let Some(call_id) = format.call_id {
         let client = state.db.client().await.map_err(ApiError::internal)?;
         let call = calls::get_unscoped(&**client, call_id)
@@ -135,15 +136,19 @@ pub async fn transcribe(
             .map_err(ApiError::internal)?
             .ok_or(ApiError::NotFound)?;
         membership_in(&user, call.organisation_id)?;
+        organisation_id = Some(call.organisation_id);
     }
     let tracker = state.bridges.clone();
     Ok(upgrade.on_upgrade(move |socket| {
+        // Re-checked while the socket lives: a sign-out or a removal closes it (4401/4403).
+        let revoked = recheck::watch(&state, &user, organisation_id);
         tracker.track_future(browser::run(
             state,
             assemblyai,
             params,
             format.call_id,
             socket,
+            revoked,
         ))
     }))
 }
