@@ -67,6 +67,9 @@ pub struct SessionResolver {
     db: Db,
     storage: TokenStorage,
     cache: TtlCache<Principal>,
+    /// Tokens that resolved to nothing, briefly: a flood of made-up bearers costs one query
+    /// each per `AUTH_NEGATIVE_CACHE_SECS`, not one per request.
+    unknown: TtlCache<()>,
     lookup_sql: String,
 }
 
@@ -85,6 +88,7 @@ impl SessionResolver {
             db,
             storage: config.token_storage,
             cache: TtlCache::new(config.session_cache_ttl, config.session_cache_capacity),
+            unknown: TtlCache::new(config.negative_cache_ttl, config.session_cache_capacity),
             lookup_sql,
         }
     }
@@ -119,7 +123,12 @@ impl SessionResolver {
                 cache_hit: true,
             }));
         }
+        if self.unknown.get(&digest).is_some() {
+            metrics::counter!("auth_unknown_token_cached_total").increment(1);
+            return Ok(None);
+        }
         let Some(principal) = self.lookup(token).await? else {
+            self.unknown.insert(digest, Arc::new(()), None);
             return Ok(None);
         };
         let until_expiry = (principal.session_expires - Utc::now())

@@ -141,6 +141,8 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECS`: a request head must arrive within this (slowloris).
+    pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret<String>>,
@@ -169,6 +171,9 @@ pub struct AuthConfig {
     /// longest a deleted session keeps working (the revocation delay).
     pub session_cache_ttl: Duration,
     pub session_cache_capacity: usize,
+    /// `AUTH_NEGATIVE_CACHE_SECS`: how long an unknown token stays unknown without asking the
+    /// database again (default 5, at most 30; off when the session cache is off).
+    pub negative_cache_ttl: Duration,
     /// `AUTH_STREAM_RECHECK_SECS`: how often SSE streams and browser WebSockets re-validate
     /// their session and membership (default 30).
     pub stream_recheck: Duration,
@@ -593,6 +598,12 @@ impl Reader {
             allowed_origins,
             request_timeout: Duration::from_secs(self.parsed("HTTP_REQUEST_TIMEOUT_SECS", 30)),
             body_limit_bytes: self.parsed("HTTP_BODY_LIMIT_BYTES", 1024 * 1024),
+            header_read_timeout: Duration::from_secs(self.bounded(
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+                10,
+                1,
+                120,
+            )),
             shutdown_grace: Duration::from_secs(self.parsed("SHUTDOWN_GRACE_SECS", 25)),
             metrics_token: self.secret("METRICS_TOKEN"),
         };
@@ -691,18 +702,20 @@ impl Reader {
                 .map(|s| s.to_string())
                 .collect()
         });
+        let session_cache_ttl =
+            Duration::from_secs(self.bounded("AUTH_SESSION_CACHE_TTL_SECS", 15, 0, 60));
         let auth = AuthConfig {
             schema,
             token_storage,
             secret: Secret::new(auth_secret),
             cookie_names,
             // Bounded: the TTL is the revocation delay of every request.
-            session_cache_ttl: Duration::from_secs(self.bounded(
-                "AUTH_SESSION_CACHE_TTL_SECS",
-                15,
-                0,
-                60,
-            )),
+            session_cache_ttl,
+            negative_cache_ttl: if session_cache_ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(self.bounded("AUTH_NEGATIVE_CACHE_SECS", 5, 0, 30))
+            },
             session_cache_capacity: self.parsed("AUTH_SESSION_CACHE_CAPACITY", 10_000usize),
             stream_recheck: Duration::from_secs(self.bounded(
                 "AUTH_STREAM_RECHECK_SECS",
