@@ -275,6 +275,78 @@ async fn an_event_stored_by_the_edge_wakes_workers_from_its_own_transaction() {
     handle.await.unwrap();
 }
 
+#[tokio::test]
+async fn a_caption_storm_sends_no_worker_to_postgres() {
+    // Live partials and call events share the process's LISTEN connection with the job
+    // bell. Only job wake-ups (and the poll) may cause a claim query.
+    let app = TestApp::spawn().await;
+    let ran = Arc::new(AtomicU32::new(0));
+    let seen = ran.clone();
+    let registry = Registry::default().register("ping", move |_: AppState, _: Job| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let worker = Worker::new(app.state.clone(), registry, config);
+    let claims = worker.claim_counter();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(worker.run(app.state.listener.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle, LISTENing
+    let idle = claims.load(Ordering::SeqCst);
+
+    let call_id = uuid::Uuid::new_v4();
+    let db = app.db().await;
+    for order in 0..400u64 {
+        callbridge::media::transcripts::publish_partial(
+            &app.state.db,
+            call_id,
+            "inbound",
+            order,
+            "hola que tal",
+        )
+        .await
+        .unwrap();
+        if order % 4 == 0 {
+            db.execute(
+                "select pg_notify($1, $2)",
+                &[
+                    &callbridge::events::NOTIFY_CHANNEL,
+                    &format!("{call_id}:{order}"),
+                ],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    const JOBS: u32 = 3;
+    for _ in 0..JOBS {
+        enqueue(&app, NewJob::new("ping", json!({}))).await.unwrap();
+        app.state.job_bell.ring();
+    }
+    for _ in 0..500 {
+        if ran.load(Ordering::SeqCst) == JOBS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ran.load(Ordering::SeqCst), JOBS, "every job ran");
+    tokio::time::sleep(Duration::from_millis(300)).await; // late notices would claim now
+    stop.cancel();
+    handle.await.unwrap();
+    // Each wake-up claims until a claim comes back empty: at most two claims per job.
+    let storm = claims.load(Ordering::SeqCst) - idle;
+    assert!(
+        storm <= 2 * u64::from(JOBS),
+        "500 captions and events plus {JOBS} jobs caused {storm} claim queries"
+    );
+}
+
 #[test]
 fn backoff_grows_exponentially_with_jitter_and_is_capped() {
     let config = WorkerConfig::default();

@@ -16,6 +16,7 @@ pub mod transcript_fetch;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,10 +24,11 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{DbError, Listener};
+use crate::db::{DbError, Listener, Notice};
 use crate::state::AppState;
 
 pub const NOTIFY_CHANNEL: &str = "callbridge_jobs";
@@ -147,6 +149,22 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Waits for a notice that can mean new work. The process shares one LISTEN connection, so
+/// live partials and call events arrive here too; each of those used to send every worker to
+/// PostgreSQL with a claim that found nothing. A reconnection or a lagging receiver may have
+/// hidden a job wake-up, so both count as one.
+async fn job_wake(wake: &mut broadcast::Receiver<Notice>) {
+    loop {
+        match wake.recv().await {
+            Ok(Notice::Notification { channel, .. }) if channel == NOTIFY_CHANNEL => return,
+            Ok(Notice::Notification { .. }) => {}
+            Ok(Notice::Reconnected) | Err(RecvError::Lagged(_)) => return,
+            // The listener is gone (shutdown): only the poll interval wakes the worker now.
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
 /// Backoff before attempt `attempt + 1`: exponential, capped, with full jitter in [½, 1].
 pub fn backoff(config: &WorkerConfig, attempt: i32) -> Duration {
     let exponent = attempt.clamp(1, 30) as u32 - 1;
@@ -163,6 +181,7 @@ pub struct Worker {
     registry: Registry,
     config: WorkerConfig,
     id: String,
+    claims: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -173,7 +192,15 @@ impl Worker {
             registry,
             config,
             id,
+            claims: Arc::default(),
         }
+    }
+
+    /// How many claim queries this worker has sent so far; the handle stays live after
+    /// `run` takes the worker. Every claim is a round trip to PostgreSQL, so wake-ups that
+    /// cannot mean work must not cause one.
+    pub fn claim_counter(&self) -> Arc<AtomicU64> {
+        self.claims.clone()
     }
 
     /// Claims and runs ready jobs until none is left ready *now* (future retries wait).
@@ -201,7 +228,7 @@ impl Worker {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = wake.recv() => {},
+                () = job_wake(&mut wake) => {},
                 () = tokio::time::sleep(self.config.poll_interval) => {},
             }
         }
@@ -210,6 +237,8 @@ impl Worker {
 
     async fn claim(&self) -> Result<Vec<Job>, DbError> {
         let client = self.state.db.client().await?;
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("job_claim_queries_total").increment(1);
         let lease = self.config.lease.as_secs_f64();
         let rows = client
             .query(
