@@ -84,6 +84,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         job_bell: crate::jobs::bell::Bell::start(db.clone(), shutdown.clone()),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
+        limiter: Default::default(),
+        streams: Default::default(),
         translation: Arc::new(translation_service(&config, &db)),
         tts: config.providers.elevenlabs.as_ref().map(|c| {
             crate::providers::elevenlabs::ElevenLabsClient::new(c, &c.voice_id, &c.model_id)

@@ -287,3 +287,53 @@ async fn the_proxy_closes_when_the_session_or_the_membership_ends() {
     let (code, reason) = close_code(socket).await.expect("a close frame");
     assert_eq!(code, 4403, "{reason}");
 }
+
+/// Issue 14 item 7: token minting is capped per user, and the proxy refuses oversized messages.
+#[tokio::test]
+async fn token_minting_is_capped_and_oversized_messages_are_refused() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    let url = aai.streaming_url();
+    let app = TestApp::spawn_with(&[
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", url.as_str()),
+        ("REALTIME_TOKENS_PER_MIN", "2"),
+        ("REALTIME_MAX_MESSAGE_BYTES", "4096"),
+    ])
+    .await;
+    let ada = app.sign_in("Ada").await;
+    let mint = || {
+        app.request_as(reqwest::Method::POST, &ada, "/api/realtime/token")
+            .send()
+    };
+    assert_eq!(mint().await.unwrap().status(), 200);
+    assert_eq!(mint().await.unwrap().status(), 200);
+    let refused = mint().await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, 429).await;
+
+    let mut socket = open_proxy(&app, &ada.token, "https://app.example.com", "")
+        .await
+        .unwrap();
+    let _ = socket
+        .send(Message::Binary(vec![0u8; 64 * 1024].into()))
+        .await;
+    let mut closed = false;
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+        match next {
+            Some(Ok(Message::Close(frame))) => {
+                // The read fails with "message too big"; the session is wound down and closed.
+                if let Some(frame) = frame {
+                    assert_ne!(u16::from(frame.code), 1000, "{frame:?}");
+                }
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "an oversized message ends the socket");
+}

@@ -73,6 +73,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub sentry: Option<SentryConfig>,
     pub edge: EdgeConfig,
+    pub limits: LimitsConfig,
     pub media: MediaConfig,
     pub recordings: RecordingsConfig,
 }
@@ -194,6 +195,23 @@ pub struct StorageConfig {
 pub struct SentryConfig {
     pub dsn: Secret<String>,
     pub traces_sample_rate: f32,
+}
+
+/// Abuse limits (docs/SECURITY.md); 0 turns a limit off.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsConfig {
+    /// `RATE_LIMIT_ANONYMOUS_PER_MIN`: requests without a credential per client address.
+    pub anonymous_per_min: u32,
+    /// `RATE_LIMIT_SESSION_PER_MIN`: requests per session token.
+    pub session_per_min: u32,
+    /// `RATE_LIMIT_AUTH_FAILURES_PER_MIN`: unknown credentials per client address.
+    pub auth_failures_per_min: u32,
+    /// `STREAMS_PER_USER_MAX`: SSE streams and WebSockets open at once per user.
+    pub streams_per_user: usize,
+    /// `REALTIME_TOKENS_PER_MIN`: AssemblyAI temporary tokens minted per user.
+    pub realtime_tokens_per_min: u32,
+    /// `REALTIME_MAX_MESSAGE_BYTES`: largest browser transcription WebSocket message/frame.
+    pub realtime_max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -761,6 +779,20 @@ impl Reader {
             None => None,
         };
 
+        let limits = LimitsConfig {
+            anonymous_per_min: self.bounded("RATE_LIMIT_ANONYMOUS_PER_MIN", 120, 0, 100_000) as u32,
+            session_per_min: self.bounded("RATE_LIMIT_SESSION_PER_MIN", 600, 0, 100_000) as u32,
+            auth_failures_per_min: self.bounded("RATE_LIMIT_AUTH_FAILURES_PER_MIN", 30, 0, 100_000)
+                as u32,
+            streams_per_user: self.bounded("STREAMS_PER_USER_MAX", 8, 0, 1_000) as usize,
+            realtime_tokens_per_min: self.bounded("REALTIME_TOKENS_PER_MIN", 10, 0, 10_000) as u32,
+            realtime_max_message_bytes: self.bounded(
+                "REALTIME_MAX_MESSAGE_BYTES",
+                128 * 1024,
+                1024,
+                16 * 1024 * 1024,
+            ) as usize,
+        };
         let unsigned_paths = self.path_prefixes("EDGE_UNSIGNED_PATHS", "/healthz,/readyz,/metrics");
         let edge = EdgeConfig {
             shared_secret: self.provider_key("EDGE_SHARED_SECRET"),
@@ -821,6 +853,7 @@ impl Reader {
             edge,
             media,
             recordings,
+            limits,
         })
     }
 

@@ -366,6 +366,7 @@ pub struct EventsQuery {
     responses(
         (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON). The session and membership are re-checked every AUTH_STREAM_RECHECK_SECS; when either is gone the stream ends with one `auth.revoked` event (data = RevokedEvent)", body = CallEvent, content_type = "text/event-stream"),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "STREAMS_PER_USER_MAX live streams already open", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -380,6 +381,9 @@ pub async fn events(
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
     drop(client);
+    let slot = state
+        .streams
+        .acquire(org.user.id(), state.config.limits.streams_per_user)?;
     let after = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -410,7 +414,11 @@ pub async fn events(
             .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
     });
     let revoked = recheck::watch(&state, &org.user, Some(org.organisation_id));
-    let stream = until_revoked(Box::pin(stream), revoked).map(Ok);
+    // The slot is held as long as the stream lives.
+    let stream = until_revoked(Box::pin(stream), revoked).map(move |event| {
+        let _held = &slot;
+        Ok(event)
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -9,6 +9,7 @@ pub mod debug;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
+pub mod limits;
 pub mod me;
 pub mod media;
 pub mod metrics;
@@ -155,6 +156,11 @@ pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Rout
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forwarded::identify,
+        ))
+        // Rate limits (429 + Retry-After): after identify, which knows the client address.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::rate_limit,
         ))
         .layer(
             TraceLayer::new_for_http()

@@ -70,15 +70,27 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
     responses(
         (status = 200, description = "Token and the URL to open", body = RealtimeToken),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "REALTIME_TOKENS_PER_MIN reached", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "AssemblyAI refused", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn token(
     State(state): State<AppState>,
-    _user: CurrentUser,
+    user: CurrentUser,
     body: axum::body::Bytes,
 ) -> Result<Json<RealtimeToken>, ApiError> {
     let client = state.assemblyai()?.clone();
+    // Each token is billable AssemblyAI time the browser spends without us in between.
+    let per_minute = state.config.limits.realtime_tokens_per_min;
+    state
+        .limiter
+        .take(&format!("aai-token:{}", user.id()), per_minute)
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            detail: format!(
+                "At most {per_minute} transcription tokens a minute (REALTIME_TOKENS_PER_MIN)."
+            ),
+            retry_after,
+        })?;
     // The body is optional: empty means the defaults.
     let format = if body.iter().all(u8::is_ascii_whitespace) {
         AudioFormat {
@@ -111,6 +123,7 @@ pub async fn token(
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Cookie session from a disallowed origin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "call_id is not the caller's organisation's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "STREAMS_PER_USER_MAX live streams already open", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn transcribe(
@@ -138,17 +151,21 @@ pub async fn transcribe(
         membership_in(&user, call.organisation_id)?;
         organisation_id = Some(call.organisation_id);
     }
+    let slot = state
+        .streams
+        .acquire(user.id(), state.config.limits.streams_per_user)?;
     let tracker = state.bridges.clone();
+    // A browser sends 20–100 ms frames (a few KiB): anything far larger is refused (1009).
+    let max_message = state.config.limits.realtime_max_message_bytes;
+    let upgrade = upgrade
+        .max_message_size(max_message)
+        .max_frame_size(max_message);
     Ok(upgrade.on_upgrade(move |socket| {
         // Re-checked while the socket lives: a sign-out or a removal closes it (4401/4403).
         let revoked = recheck::watch(&state, &user, organisation_id);
-        tracker.track_future(browser::run(
-            state,
-            assemblyai,
-            params,
-            format.call_id,
-            socket,
-            revoked,
-        ))
+        tracker.track_future(async move {
+            browser::run(state, assemblyai, params, format.call_id, socket, revoked).await;
+            drop(slot);
+        })
     }))
 }
