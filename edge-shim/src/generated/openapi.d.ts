@@ -1228,7 +1228,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description text/event-stream of CallEvent (event name = kind, data = JSON) */
+            /** @description text/event-stream of CallEvent (event name = kind, data = JSON). The session and membership are re-checked every AUTH_STREAM_RECHECK_SECS; when either is gone the stream ends with one `auth.revoked` event (data = RevokedEvent) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1239,6 +1239,15 @@ export interface operations {
             };
             /** @description No such call in this organisation */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STREAMS_PER_USER_MAX live streams already open */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1867,6 +1876,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description REALTIME_TOKENS_PER_MIN reached */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description AssemblyAI refused */
             502: {
                 headers: {
@@ -1903,7 +1921,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Switching to the transcription WebSocket */
+            /** @description Switching to the transcription WebSocket. The session (and, with call_id, the membership) is re-checked every AUTH_STREAM_RECHECK_SECS; the socket closes with 4401 (session ended) or 4403 (membership ended) when either is gone */
             101: {
                 headers: {
                     [name: string]: unknown;
@@ -1930,6 +1948,15 @@ export interface operations {
             };
             /** @description call_id is not the caller's organisation's */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STREAMS_PER_USER_MAX live streams already open */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1981,6 +2008,15 @@ export interface operations {
             };
             /** @description Body ended early, stalled, or empty */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A new version of an existing recording needs the admin role */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2040,6 +2076,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UploadUrl"];
+                };
+            };
+            /** @description A new version of an existing recording needs the admin role */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description No such call or recording in this organisation */
