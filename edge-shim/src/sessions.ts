@@ -1,8 +1,8 @@
 // Owns resolving an Auth.js session token to the caller at the edge, as the container's
 // src/auth/sessions.rs and src/orgs.rs do: the token looked up in the form AUTH_TOKEN_STORAGE
 // says it is stored (raw, hashed = lowercase hex SHA-256, or dual = either), expired sessions
-// refused, the newest-expiring match winning, then the caller's memberships (personal
-// organisation first, then by age) — and, for GET /api/calls, the active organisation's
+// refused, the newest-expiring match winning, then the caller's memberships (their own
+// personal organisation first, then other personal ones, then by age) — and, for GET /api/calls, the active organisation's
 // newest calls. One statement, one round trip. Timestamps come back as text with all their
 // microseconds, so they can be written exactly as chrono writes them.
 //
@@ -106,6 +106,8 @@ export type CallRow = [
 
 export interface Resolved {
   principal: Principal;
+  /** Whether the user has their own personal organisation yet (else the container makes it). */
+  ownsPersonal: boolean;
   /** The active organisation's newest `callLimit` calls (empty when none were asked for). */
   calls: CallRow[];
 }
@@ -123,7 +125,8 @@ function lookupSql(schema: string): string {
       order by s.expires desc limit 1
     ), orgs as (
       select o.id, o.name, m.role, o.personal_owner_id is not null as personal,
-             row_number() over (order by o.personal_owner_id is null, o.created_at, o.id) as position
+             row_number() over (order by o.personal_owner_id is distinct from session.user_id,
+                                         o.personal_owner_id is null, o.created_at, o.id) as position
       from session
       join memberships m on m.user_id = session.user_id
       join organisations o on o.id = m.organisation_id
@@ -138,6 +141,7 @@ function lookupSql(schema: string): string {
     )
     select session.user_id, session.name, session.email, session.image,
            ${ts("session.expires")} as expires,
+           exists (select 1 from organisations where personal_owner_id = session.user_id) as owns_personal,
            coalesce((select json_agg(json_build_array(orgs.id::text, orgs.name, orgs.role, orgs.personal)
                                      order by orgs.position) from orgs), '[]'::json) as organisations,
            coalesce((select json_agg(json_build_array(
@@ -156,6 +160,7 @@ interface LookupRow {
   email: string | null;
   image: string | null;
   expires: string;
+  owns_personal: boolean;
   organisations: [string, string, Role, boolean][];
   calls: CallRow[];
 }
@@ -185,6 +190,7 @@ export async function resolveSession(
       sessionExpires: row.expires,
       memberships: row.organisations.map(([id, name, role, personal]) => ({ id, name, role, personal })),
     },
+    ownsPersonal: row.owns_personal,
     calls: row.calls,
   };
 }

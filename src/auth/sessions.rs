@@ -167,8 +167,9 @@ impl SessionResolver {
             StoredForm::Hashed
         };
         let mut memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
-        if memberships.is_empty() {
-            // First time we see this user: give them a personal organisation.
+        // Until the user has their own personal organisation — also when someone added them
+        // to theirs first — make it, so their default organisation is one they own.
+        if memberships.is_empty() || !orgs::owns_personal_organisation(&**client, &user.id).await? {
             let display = user
                 .name
                 .clone()
