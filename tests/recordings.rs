@@ -189,6 +189,51 @@ async fn insert_call(app: &TestApp, org: Uuid, status: &str) -> Uuid {
     id
 }
 
+/// Issue 14 item 7: an organisation cannot store more than RECORDINGS_QUOTA_BYTES_PER_ORG,
+/// streamed or direct; another organisation is unaffected.
+#[tokio::test]
+async fn uploads_stop_at_the_organisations_storage_quota() {
+    let first = wav_bytes(2000, 1);
+    let quota = (first.len() * 3 / 2).to_string();
+    let app = TestApp::spawn_with(&[("RECORDINGS_QUOTA_BYTES_PER_ORG", quota.as_str())]).await;
+    let ada = app.sign_in("Ada").await;
+    assert_eq!(
+        upload(&app, &ada, "", "audio/wav", first.clone())
+            .await
+            .status(),
+        201
+    );
+    let problem = assert_problem(
+        upload(&app, &ada, "", "audio/wav", first.clone()).await,
+        413,
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("RECORDINGS_QUOTA_BYTES_PER_ORG"),
+        "{problem}"
+    );
+    let direct = app
+        .request_as(Method::POST, &ada, "/api/recordings/upload-url")
+        .json(&json!({"content_type": "audio/wav", "size_bytes": first.len()}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(direct, 413).await;
+    assert_eq!(
+        count(&app, "select count(*) from recordings").await,
+        1,
+        "nothing kept"
+    );
+    let bob = app.sign_in("Bob").await;
+    assert_eq!(
+        upload(&app, &bob, "", "audio/wav", first).await.status(),
+        201
+    );
+}
+
 /// Issue 14 item 10: any member may store a new recording, but only an admin (or owner) may
 /// add a version to an existing one — a version replaces what everyone hears by default.
 #[tokio::test]

@@ -105,6 +105,9 @@ pub struct RecordingsConfig {
     pub import_hosts: Vec<String>,
     /// Development only: `http://` on loopback addresses too (the local simulators).
     pub import_allow_loopback: bool,
+    /// `RECORDINGS_QUOTA_BYTES_PER_ORG`: bytes of recording versions an organisation may
+    /// store (0: no quota).
+    pub quota_bytes_per_org: u64,
     /// `CRON_INTERVAL_SECS`: how often the worker's cron ticks.
     pub cron_interval: Duration,
     /// `CRON_STALE_CALL_MINUTES`: a non-terminal call untouched this long is failed.
@@ -930,6 +933,12 @@ impl Reader {
                 .map(|host| host.trim_start_matches('.').to_ascii_lowercase())
                 .collect(),
             import_allow_loopback: !self.app_env.is_strict(),
+            quota_bytes_per_org: self.bounded(
+                "RECORDINGS_QUOTA_BYTES_PER_ORG",
+                50 * 1024 * MIB,
+                0,
+                1024 * 1024 * 1024 * MIB,
+            ),
             cron_interval: Duration::from_secs(self.bounded("CRON_INTERVAL_SECS", 300, 1, 86_400)),
             stale_call_after: Duration::from_secs(
                 60 * self.bounded("CRON_STALE_CALL_MINUTES", 240, 1, 10_080),

@@ -77,6 +77,34 @@ fn limits(state: &AppState) -> Limits {
     }
 }
 
+/// Refuses (413) a new version of `size` bytes that would take the organisation past
+/// `RECORDINGS_QUOTA_BYTES_PER_ORG`; otherwise the bytes still free (`None`: no quota).
+/// Counted in PostgreSQL from the organisation's versions, so it holds across replicas; two
+/// uploads admitted at the same moment can overshoot by at most their own sizes.
+async fn within_quota(
+    state: &AppState,
+    organisation_id: Uuid,
+    size: u64,
+) -> Result<Option<u64>, ApiError> {
+    let quota = state.config.recordings.quota_bytes_per_org;
+    if quota == 0 {
+        return Ok(None);
+    }
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let used = recordings::bytes_used(&**client, organisation_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let remaining = quota.saturating_sub(used);
+    if size > remaining {
+        metrics::counter!("limits_refused_total", "limit" => "recordings_quota").increment(1);
+        return Err(ApiError::PayloadTooLarge(format!(
+            "The organisation's recordings would exceed its storage quota of {quota} bytes \
+             (RECORDINGS_QUOTA_BYTES_PER_ORG); {remaining} bytes are free."
+        )));
+    }
+    Ok(Some(remaining))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct UploadQuery {
     /// Tie a new recording to this call of the organisation.
@@ -154,7 +182,7 @@ fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
         (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A new version of an existing recording needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than RECORDINGS_MAX_BYTES; nothing kept", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG; nothing kept", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not audio (by Content-Type or by its bytes)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn upload(
@@ -165,7 +193,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Recording>), ApiError> {
     let declared = declared_format(&headers)?;
-    let limits = limits(&state);
+    let mut limits = limits(&state);
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -175,6 +203,10 @@ pub async fn upload(
             limit: limits.max_bytes,
         }
         .into());
+    }
+    // The quota caps the stream too, for a body without Content-Length.
+    if let Some(remaining) = within_quota(&state, org.organisation_id, length.unwrap_or(1)).await? {
+        limits.max_bytes = limits.max_bytes.min(remaining);
     }
     let target = target(&state, &org, query.call_id, query.recording_id, "upload").await?;
     let sniffed = store::sniff(body.into_data_stream(), Some(declared), &limits).await?;
@@ -258,7 +290,7 @@ pub struct UploadUrl {
         (status = 201, description = "Upload URL", body = UploadUrl),
         (status = 403, description = "A new version of an existing recording needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "size_bytes above RECORDINGS_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "size_bytes above RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "content_type is not audio we accept", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "size_bytes is not positive", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -285,6 +317,7 @@ pub async fn upload_url(
         }
         .into());
     }
+    within_quota(&state, org.organisation_id, body.size_bytes as u64).await?;
     let target = target(&state, &org, body.call_id, body.recording_id, "direct").await?;
     let mut client = state.db.client().await.map_err(ApiError::internal)?;
     let reserved = recordings::reserve(&mut client, &target, format, Some(body.size_bytes), true)
