@@ -2033,7 +2033,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Larger than RECORDINGS_MAX_BYTES; nothing kept */
+            /** @description Larger than RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG; nothing kept */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -2096,7 +2096,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description size_bytes above RECORDINGS_MAX_BYTES */
+            /** @description size_bytes above RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG */
             413: {
                 headers: {
                     [name: string]: unknown;
