@@ -40,7 +40,14 @@ const CALL_STATUSES: ReadonlySet<string> = new Set<Schema<"CallStatus">>([
 ]);
 const isCallStatus = (s: string): s is Schema<"CallStatus"> => CALL_STATUSES.has(s);
 
-export type Authenticated = { ok: true; principal: Principal; calls: CallRow[]; source: "cookie" | "bearer" };
+export type Authenticated = {
+  ok: true;
+  principal: Principal;
+  calls: CallRow[];
+  source: "cookie" | "bearer";
+  /** The presented session token: long-lived sockets re-check it. */
+  token: string;
+};
 
 /** Authenticates like the `CurrentUser` extractor; a Response is the 401 to send. */
 export async function authenticate(
@@ -58,7 +65,7 @@ export async function authenticate(
     // First sight, or someone added the user to their organisation before it.
     throw new DeferToOrigin("first sight of this user: the container creates the personal organisation");
   }
-  return { ok: true, principal: resolved.principal, calls: resolved.calls, source: credential.kind };
+  return { ok: true, principal: resolved.principal, calls: resolved.calls, source: credential.kind, token: credential.token };
 }
 
 /**

@@ -35,6 +35,11 @@ export interface Env {
   ASSEMBLYAI_SPEECH_MODEL: string;
   /** Milliseconds of audio per chunk sent to AssemblyAI (50–1000); the container's `MEDIA_BATCH_MS`. */
   MEDIA_BATCH_MS: string;
+  /**
+   * Seconds between re-checks of the session behind a transcription WebSocket (1–300, default
+   * 30); the container's `AUTH_STREAM_RECHECK_SECS`. A signed-out session closes it with 4401.
+   */
+  AUTH_STREAM_RECHECK_SECS: string;
 
   // ---- Secrets (wrangler secret put) ----
 
