@@ -2,7 +2,11 @@
 # Production image: cargo-chef caches the dependency build; the runtime is distroless,
 # non-root, and carries only the binary (no simulators: the `sim` feature is off).
 
-FROM rust:1.95-slim-bookworm AS chef
+# The exact toolchain of rust-toolchain.toml. RUSTUP_TOOLCHAIN overrides that file, so rustup
+# uses the image's own toolchain and does not fetch the file's rustfmt/clippy components
+# (the image's minimal profile lacks them; building needs neither).
+FROM rust:1.95.0-slim-bookworm AS chef
+ENV RUSTUP_TOOLCHAIN=1.95.0
 RUN cargo install cargo-chef --locked --version 0.1.73
 WORKDIR /app
 

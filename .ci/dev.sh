@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make dev`: the service on local defaults: real PostgreSQL, s3s-fs as the R2 stand-in,
-# migrations applied at start, providers disabled until their keys are set.
+# migrations applied at start, providers disabled until their keys are set. It runs the
+# `all` role: HTTP, webhooks and media *and* the worker (jobs, cron, stream re-attach), so a
+# webhook is processed and a call goes through its whole life with nothing else started.
+# tests/first_day.rs starts the binary exactly this way (same role, same defaults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/lib.sh
@@ -24,5 +27,8 @@ mkdir -p "$dev_dir"
 trap 'stop_pidfile "$dev_dir/s3.pid"' EXIT
 start_s3 "${R2_ENDPOINT##*:}" "$dev_dir/s3" "$R2_ACCESS_KEY_ID" "$R2_SECRET_ACCESS_KEY" "$dev_dir/s3.pid"
 
-log "starting callbridge on http://127.0.0.1:${PORT:-8080} (ctrl-c to stop)"
-cargo run --bin callbridge -- "${CALLBRIDGE_ROLE:-serve}"
+role="${CALLBRIDGE_ROLE:-all}"
+log "starting callbridge $role on http://127.0.0.1:${PORT:-8080} (ctrl-c to stop)"
+# The `sim` feature only adds the `sim`/`demo` subcommands; it keeps one build for
+# `make dev`, `make demo` and `make test` (no second compile of the crate).
+cargo run --features sim --bin callbridge -- "$role"

@@ -10,7 +10,7 @@ export PATH="$TOOLS_DIR/bin:$HOME/.cargo/bin:$PATH"
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # s3s-fs: a real S3 server that verifies SigV4 and presigned URLs and, like R2, has no
-# bucket versioning (shared/design/TOOLING.md). Newer versions need a newer rustc: pinned.
+# bucket versioning (docs/TOOLING.md). Newer versions need a newer rustc: pinned.
 ensure_s3s_fs() {
   if [ -x "$TOOLS_DIR/bin/s3s-fs" ] && "$TOOLS_DIR/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_VERSION"; then
     return

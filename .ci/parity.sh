@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Edge ↔ container parity (DESIGN.md §7, docs/STRANGLER.md): one list of HTTP cases
+# Edge ↔ container parity (docs/STRANGLER.md): one list of HTTP cases
 # (edge-shim/parity/cases.mjs) and WebSocket cases (edge-shim/parity/ws-cases.mjs) sent to the
 # container directly and through the edge shim running in workerd (`wrangler dev --local`) with
 # the edge owning every route that has an edge handler; status, bodies, the headers that

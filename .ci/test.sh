@@ -22,6 +22,14 @@ psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database d where datname 
     and not exists (select 1 from pg_stat_activity a where a.datname = d.datname)" 2>/dev/null |
   while read -r stale; do psql "$TEST_DATABASE_URL" -qc "drop database if exists \"$stale\" with (force)" >/dev/null 2>&1 || true; done
 
+# The edge shim's packages first: the Rust suites run its wrangler dry-runs too
+# (tests/deployment_checklist.rs).
+if ! command -v npm >/dev/null; then
+  echo "npm is required for the edge-shim tests (Node 20: see docs/TOOLING.md)" >&2
+  exit 1
+fi
+(cd edge-shim && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; })
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-targets --features sim --no-fail-fast
 else
@@ -30,12 +38,7 @@ fi
 cargo test --doc
 
 # The edge shim: strict type-check and its tests inside workerd (offline).
-if command -v npm >/dev/null; then
-  (cd edge-shim && npm ci --no-audit --no-fund --loglevel=error && npx tsc --noEmit && npm test)
-else
-  echo "npm is required for the edge-shim tests (Node 20: see shared TOOLING.md)" >&2
-  exit 1
-fi
+(cd edge-shim && npx tsc --noEmit && npm test)
 
 # Edge ↔ container parity: the same cases against the container and through the shim in
 # workerd, with the binary nextest just built (docs/STRANGLER.md).

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::SessionResolver;
 use crate::auth::debug_access::AccessVerifier;
-use crate::config::Config;
+use crate::config::{AppEnv, Config, MigrateConfig};
 use crate::db::{self, Db, Listener};
 use crate::http;
 use crate::jobs::{self, Worker, WorkerConfig};
@@ -19,18 +19,24 @@ use crate::providers::telnyx::{TelnyxClient, WebhookVerifier};
 use crate::state::AppState;
 use crate::storage::Storage;
 
-/// Applies migrations and, outside production, creates the Auth.js tables Auth.js would own.
-pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
-    db::migrate(config.database.direct_url.expose())
+/// Applies migrations and, in development only, creates the tables Auth.js would own
+/// (staging and production get them from the frontend's Auth.js, never from us).
+pub async fn migrate(config: &MigrateConfig) -> anyhow::Result<()> {
+    db::migrate(config.direct_url.expose())
         .await
         .context("applying migrations")?;
-    if !config.is_production() {
-        let client = db::connect_direct(config.database.direct_url.expose())
+    if config.app_env == AppEnv::Development {
+        let client = db::connect_direct(config.direct_url.expose())
             .await
             .context("connecting to create the Auth.js development tables")?;
-        db::authjs::ensure_dev_tables(&client, &config.auth.schema).await?;
+        db::authjs::ensure_dev_tables(&client, &config.auth_schema).await?;
     }
     Ok(())
+}
+
+/// [`migrate`] with a full configuration (start-up migrations, tests).
+pub async fn prepare_database(config: &Config) -> anyhow::Result<()> {
+    migrate(&config.migrate_config()).await
 }
 
 /// Connects everything a process needs, for any role.

@@ -1,5 +1,5 @@
 //! The durable per-call event log (`call_events`) and its live fan-out to SSE subscribers on
-//! any replica (DESIGN.md §4): an append writes the row and `NOTIFY`s only `call_id:seq`;
+//! any replica (docs/ARCHITECTURE.md, "Background work and fan-out"): an append writes the row and `NOTIFY`s only `call_id:seq`;
 //! subscribers re-read the log after their last sequence number, so a lost notification, a
 //! lagging subscriber or a reconnect never loses or duplicates an event.
 

@@ -1,4 +1,4 @@
-//! The `callbridge` binary: one executable, several roles (DESIGN.md §3).
+//! The `callbridge` binary: one executable, several roles (docs/ARCHITECTURE.md, "Roles").
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,8 +41,16 @@ enum Command {
     Worker,
     /// `serve` and `worker` in one process.
     All,
-    /// Apply database migrations (and, outside production, the Auth.js development tables).
-    Migrate,
+    /// Apply database migrations (and, in development only, the Auth.js tables). Reads only
+    /// the database variables, `AUTH_SCHEMA` and logging: no provider secret is needed.
+    Migrate {
+        /// List applied and pending migrations; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Provider simulators for tests and local development (feature `sim`).
     #[cfg(feature = "sim")]
     Sim {
@@ -52,6 +60,16 @@ enum Command {
         /// API key the Telnyx simulator accepts.
         #[arg(long, default_value = "sim-telnyx-key")]
         telnyx_api_key: String,
+        /// Milliseconds a dialled call rings before the simulated callee answers.
+        #[arg(long, default_value_t = 1000)]
+        answer_after_ms: u64,
+        /// Seconds after answering that the simulated callee hangs up (0: never; hang up
+        /// with `POST /api/calls/{id}/hangup`).
+        #[arg(long, default_value_t = 30)]
+        hangup_after_secs: u64,
+        /// Do not play dialled calls (webhooks are then delivered by hand or by tests).
+        #[arg(long)]
+        no_autopilot: bool,
     },
     /// Place one simulated translated call end to end and print what happened (feature `sim`).
     #[cfg(feature = "sim")]
@@ -81,6 +99,13 @@ enum Command {
     /// Auth.js session maintenance.
     #[command(subcommand)]
     Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (environment and `--config`) without connecting to
+    /// anything: prints every problem by variable name and exits 78, or prints a summary.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -125,9 +150,23 @@ fn main() -> ExitCode {
     if let Command::Sim {
         telnyx_port,
         telnyx_api_key,
+        answer_after_ms,
+        hangup_after_secs,
+        no_autopilot,
     } = &cli.command
     {
-        return run_simulators(*telnyx_port, telnyx_api_key);
+        let autopilot = (!no_autopilot).then(|| callbridge::sim::telnyx::Autopilot {
+            answer_after: std::time::Duration::from_millis(*answer_after_ms),
+            hangup_after: (*hangup_after_secs > 0)
+                .then(|| std::time::Duration::from_secs(*hangup_after_secs)),
+        });
+        return run_simulators(*telnyx_port, telnyx_api_key, autopilot);
+    }
+    if let Command::Config(ConfigCommand::Check) = &cli.command {
+        return check_config(cli.config.as_deref());
+    }
+    if let Command::Migrate { dry_run } = &cli.command {
+        return migrate(cli.config.as_deref(), *dry_run);
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -138,17 +177,11 @@ fn main() -> ExitCode {
     };
     // Before any HTTP client exists: Sentry's transport builds one in `telemetry::init`.
     callbridge::tls::install_crypto_provider();
-    // Sentry before the runtime, so worker threads inherit its hub (PROVIDERS.md §7).
+    // Sentry before the runtime, so worker threads inherit its hub (docs/PROVIDERS.md, Sentry).
     let _telemetry = telemetry::init(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("callbridge: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,12 +202,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Serve => run_role(config, Role::Serve).await,
         Command::Worker => run_role(config, Role::Worker).await,
         Command::All => run_role(config, Role::All).await,
-        Command::Migrate => {
-            app::prepare_database(&config).await?;
-            tracing::info!("migrations applied");
-            Ok(())
-        }
-        Command::Healthcheck | Command::Routes { .. } => {
+        Command::Healthcheck
+        | Command::Routes { .. }
+        | Command::Migrate { .. }
+        | Command::Config(ConfigCommand::Check) => {
             unreachable!("handled before configuration is loaded")
         }
         #[cfg(feature = "sim")]
@@ -201,6 +232,95 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             batch_size,
             dry_run,
         }) => migrate_tokens(&config, batch_size, dry_run).await,
+    }
+}
+
+/// The multi-threaded Tokio runtime every async role runs on.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("callbridge: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
+}
+
+/// `callbridge config check`: loads exactly as `serve` would, connects to nothing.
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "configuration is valid for APP_ENV={}",
+                config.app_env.as_str()
+            );
+            println!("{:#}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("callbridge config check: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `callbridge migrate`: only the database settings are read (CI holds no provider secret).
+fn migrate(file: Option<&std::path::Path>, dry_run: bool) -> ExitCode {
+    let config = match Config::load_for_migrate(file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("callbridge: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    callbridge::tls::install_crypto_provider();
+    let _telemetry = telemetry::init_logs(&config.log);
+    let runtime = match async_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let target = callbridge::config::database_target(config.direct_url.expose());
+    if dry_run {
+        return match runtime.block_on(callbridge::db::migration_status(config.direct_url.expose()))
+        {
+            Ok(status) => {
+                let pending = status.iter().filter(|m| !m.applied).count();
+                for migration in &status {
+                    let state = if migration.applied {
+                        "applied"
+                    } else {
+                        "pending"
+                    };
+                    println!(
+                        "{:<8} {} {}",
+                        state, migration.version, migration.description
+                    );
+                }
+                println!(
+                    "{target}: {pending} pending migration(s); nothing was changed (--dry-run)"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("callbridge migrate --dry-run: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match runtime.block_on(app::migrate(&config)) {
+        Ok(()) => {
+            tracing::info!(
+                database = target,
+                app_env = config.app_env.as_str(),
+                "migrations applied"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "migration failed");
+            eprintln!("callbridge migrate: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -280,7 +400,11 @@ fn print_routes(manifest_path: Option<&std::path::Path>) -> ExitCode {
 
 /// Runs the simulators until ctrl-c, printing the settings that point callbridge at them.
 #[cfg(feature = "sim")]
-fn run_simulators(telnyx_port: u16, telnyx_api_key: &str) -> ExitCode {
+fn run_simulators(
+    telnyx_port: u16,
+    telnyx_api_key: &str,
+    autopilot: Option<callbridge::sim::telnyx::Autopilot>,
+) -> ExitCode {
     callbridge::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -301,10 +425,21 @@ fn run_simulators(telnyx_port: u16, telnyx_api_key: &str) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+        telnyx.set_autopilot(autopilot);
         println!(
             "Telnyx simulator on http://{} (commands: GET /_sim/commands)",
             telnyx.address
         );
+        if let Some(autopilot) = autopilot {
+            println!(
+                "  dialled calls answer after {:?} and send their webhooks to the dial's webhook_url; \
+                 the callee hangs up after {}",
+                autopilot.answer_after,
+                autopilot
+                    .hangup_after
+                    .map_or("your hangup command".to_owned(), |d| format!("{d:?}")),
+            );
+        }
         println!("  TELNYX_API_BASE={}", telnyx.api_base());
         println!("  TELNYX_API_KEY={telnyx_api_key}");
         println!("  TELNYX_PUBLIC_KEY={}", telnyx.public_key_base64());

@@ -294,3 +294,42 @@ pub async fn role_of(
         .await?
         .and_then(|row| Role::parse(row.get(0))))
 }
+
+/// The user's stored active organisation, if it is still one of their memberships.
+pub async fn active_organisation_of(
+    db: &crate::db::Db,
+    client: &crate::db::Client,
+    user_id: &str,
+) -> Result<Option<Uuid>, DbError> {
+    let rows = db
+        .query(
+            client,
+            "select s.active_organisation_id from user_settings s
+             join memberships m on m.organisation_id = s.active_organisation_id and m.user_id = s.user_id
+             where s.user_id = $1",
+            &[&user_id],
+        )
+        .await?;
+    Ok(rows.first().map(|row| row.get(0)))
+}
+
+/// Stores `organisation_id` as the user's active organisation (membership checked by the
+/// caller, and again here: the insert selects from memberships, so a membership removed in
+/// between stores nothing). Returns whether it was stored.
+pub async fn set_active_organisation(
+    client: &impl GenericClient,
+    user_id: &str,
+    organisation_id: Uuid,
+) -> Result<bool, DbError> {
+    let stored = client
+        .execute(
+            "insert into user_settings (user_id, active_organisation_id, updated_at)
+             select m.user_id, m.organisation_id, now() from memberships m
+             where m.user_id = $1 and m.organisation_id = $2
+             on conflict (user_id) do update
+               set active_organisation_id = excluded.active_organisation_id, updated_at = now()",
+            &[&user_id, &organisation_id],
+        )
+        .await?;
+    Ok(stored == 1)
+}

@@ -1,6 +1,6 @@
 //! The edge route manifest (`edge-shim/routes.json`) as the container sees it: who owns each
 //! route today, and the guard that every manifest route exists here, so flipping any route
-//! back to `origin` is always safe (DESIGN.md §7, docs/STRANGLER.md).
+//! back to `origin` is always safe (docs/STRANGLER.md).
 
 use serde::Deserialize;
 

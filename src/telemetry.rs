@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogConfig, LogFormat};
 
 /// Keep alive for the life of the process: dropping it flushes Sentry.
 pub struct TelemetryGuard {
@@ -131,6 +131,11 @@ fn scrub_breadcrumb(
     Some(breadcrumb)
 }
 
+/// Logs only, no Sentry: for `callbridge migrate`, which reads no other setting.
+pub fn init_logs(log: &LogConfig) -> TelemetryGuard {
+    init_with(log, None)
+}
+
 /// Must run before the Tokio runtime starts so its worker threads inherit the Sentry hub.
 pub fn init(config: &Config) -> TelemetryGuard {
     let sentry_guard = config.sentry.as_ref().map(|sentry_config| {
@@ -145,15 +150,18 @@ pub fn init(config: &Config) -> TelemetryGuard {
                 .before_breadcrumb(scrub_breadcrumb),
         ))
     });
+    init_with(&config.log, sentry_guard)
+}
 
-    let filter = EnvFilter::try_new(&config.log.filter).unwrap_or_else(|error| {
+fn init_with(log: &LogConfig, sentry_guard: Option<sentry::ClientInitGuard>) -> TelemetryGuard {
+    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|error| {
         eprintln!(
             "LOG_LEVEL {:?} is not a valid filter ({error}); using info",
-            config.log.filter
+            log.filter
         );
         EnvFilter::new("info")
     });
-    let format = match config.log.format {
+    let format = match log.format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().pretty().boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -162,7 +170,7 @@ pub fn init(config: &Config) -> TelemetryGuard {
             .with_span_list(false)
             .boxed(),
     };
-    let sentry_layers = config.sentry.is_some().then(|| {
+    let sentry_layers = sentry_guard.is_some().then(|| {
         // ERROR events become Sentry events, except panic log lines: the panic hook already
         // reported those. INFO and WARN ride along as breadcrumbs; spans become traces.
         let errors = ErrorLayer::new().with_filter(filter_fn(|metadata| {

@@ -147,7 +147,9 @@ function session(socket, query, record, fault) {
       record.chunk_bytes.push(chunk.length);
       const duration = Math.floor(chunk.length / Math.max(bytesPerMs, 1));
       if (duration < 50 || duration > 1000) {
-        socket.send(serde({ type: "Error", error_code: 3007, error: `Input Duration Violation: ${duration} ms; chunks must be 50-1000 ms` }));
+        socket.send(
+          serde({ type: "Error", error_code: 3007, error: `Input Duration Violation: ${duration} ms; chunks must be 50-1000 ms` }),
+        );
         closeWith(3007, "Input Duration Violation");
         done = true;
         return;
@@ -242,7 +244,9 @@ const wss = new WebSocketServer({ noServer: true });
 server.on("upgrade", (req, socket, head) => {
   const url = new URL(req.url, "http://sim");
   const refuse = (status, text) => {
-    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
+    );
   };
   if (url.pathname !== "/v3/ws") return refuse(404, "not found");
   if (req.headers.authorization !== args.key) return refuse(401, "Invalid or missing credentials");

@@ -47,7 +47,11 @@ function webhook(name, { body, ts = 0, sign = "valid", tamper, requestId = true,
   };
 }
 
-const slug = (s) => s.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 100);
+const slug = (s) =>
+  s
+    .replace(/[^A-Za-z0-9]+/g, "-")
+    .replace(/^-|-$/g, "")
+    .slice(0, 100);
 
 const webhookCases = [
   webhook("valid", { body: envelope("evt-valid-1"), status: 200 }),
@@ -84,7 +88,11 @@ const webhookCases = [
     tamper: (b) => Buffer.from(b.toString().replace("call.initiated", "call.hangup")),
     status: 401,
   }),
-  webhook("one trailing byte added after signing", { body: envelope("evt-trailing"), tamper: (b) => Buffer.concat([b, Buffer.from("\n")]), status: 401 }),
+  webhook("one trailing byte added after signing", {
+    body: envelope("evt-trailing"),
+    tamper: (b) => Buffer.concat([b, Buffer.from("\n")]),
+    status: 401,
+  }),
   webhook("stale timestamp (310 s old)", { body: envelope("evt-stale"), ts: -310, status: 401 }),
   webhook("future timestamp (310 s ahead)", { body: envelope("evt-future"), ts: 310, status: 401 }),
   webhook("missing both headers", { body: envelope("evt-missing"), ts: null, sign: null, status: 401 }),
@@ -159,9 +167,17 @@ const webhookCases = [
   }),
   webhook("body not JSON (serde's message: deferred)", { body: "{not json", status: 400, edge: "defers" }),
   webhook("empty body (deferred)", { body: "", status: 400, edge: "defers" }),
-  webhook("body with a BOM (deferred)", { body: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(envelope("evt-bom"))]), status: 400, edge: "defers" }),
+  webhook("body with a BOM (deferred)", {
+    body: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(envelope("evt-bom"))]),
+    status: 400,
+    edge: "defers",
+  }),
   webhook("number out of range (deferred)", { body: '{"data":{"id":"evt-big","event_type":"x","n":1e400}}', status: 400, edge: "defers" }),
-  webhook("lone surrogate escape (deferred)", { body: '{"data":{"id":"evt-lone","event_type":"x","s":"\\ud800"}}', status: 400, edge: "defers" }),
+  webhook("lone surrogate escape (deferred)", {
+    body: '{"data":{"id":"evt-lone","event_type":"x","s":"\\ud800"}}',
+    status: 400,
+    edge: "defers",
+  }),
   webhook("trailing comma (deferred)", { body: '{"data":{"id":"evt-comma","event_type":"x",}}', status: 400, edge: "defers" }),
   webhook("JSON but no data", { body: '{"event_type":"call.initiated","id":"evt-flat"}', status: 400 }),
   webhook("JSON array", { body: "[1,2,3]", status: 400 }),
@@ -226,7 +242,10 @@ const assemblyaiCases = [
     body: '{\n "transcript_id": "aai-\\u00e9\\"q\\"/\\n",\n "status": "completed",\n "n": [1.0, -0, 1e2, 12345678901234567890, 0.1],\n "nested": {"b": 1, "a": null}\n}',
     status: 200,
   }),
-  aai("duplicate keys (the last wins)", { body: '{"transcript_id":"aai-first","transcript_id":"aai-dupkeys","status":"queued","status":"completed"}', status: 200 }),
+  aai("duplicate keys (the last wins)", {
+    body: '{"transcript_id":"aai-first","transcript_id":"aai-dupkeys","status":"queued","status":"completed"}',
+    status: 200,
+  }),
   aai("transcript_id 200 bytes (accepted)", { body: transcript("é".repeat(100)), status: 200 }),
   aai("status 40 bytes (accepted)", { body: transcript("aai-status-40", "s".repeat(40)), status: 200 }),
   aai("missing header", { body: transcript("aai-no-header"), secret: null, status: 401 }),
@@ -314,7 +333,11 @@ const authScenarios = [
   { name: "bearer with a space inside", headers: [["authorization", "Bearer abc def"]], status: 401 },
   { name: "bearer of 256 characters", headers: [["authorization", `Bearer ${"b".repeat(256)}`]], status: 401 },
   { name: "bearer not UTF-8", headers: [["authorization", Buffer.from([...Buffer.from("Bearer abc"), 0xff])]], status: 401 },
-  { name: "bearer with a no-break space after it (UTF-8, trimmed)", headers: [["authorization", Buffer.concat([Buffer.from(`Bearer ${TOKEN.ada}`), Buffer.from([0xc2, 0xa0])])]], status: 200 },
+  {
+    name: "bearer with a no-break space after it (UTF-8, trimmed)",
+    headers: [["authorization", Buffer.concat([Buffer.from(`Bearer ${TOKEN.ada}`), Buffer.from([0xc2, 0xa0])])]],
+    status: 200,
+  },
   {
     name: "cookie priority: __Secure-authjs beats authjs",
     headers: [["cookie", `authjs.session-token=${TOKEN.grace}; __Secure-authjs.session-token=${TOKEN.ada}`]],
@@ -335,7 +358,11 @@ const authScenarios = [
     headers: [["cookie", `authjs.session-token="${TOKEN.ada}"; authjs.session-token=${TOKEN.ada}`]],
     status: 401,
   },
-  { name: "a higher-priority malformed cookie is an error", headers: [["cookie", `__Secure-authjs.session-token=; authjs.session-token=${TOKEN.ada}`]], status: 401 },
+  {
+    name: "a higher-priority malformed cookie is an error",
+    headers: [["cookie", `__Secure-authjs.session-token=; authjs.session-token=${TOKEN.ada}`]],
+    status: 401,
+  },
   { name: "cookie decoded once", headers: [["cookie", `authjs.session-token=${encodeURIComponent(TOKEN.plusEquals)}`]], status: 200 },
   { name: "cookie raw + / = (no decoding needed)", headers: [["cookie", `authjs.session-token=${TOKEN.plusEquals}`]], status: 200 },
   {
@@ -349,11 +376,19 @@ const authScenarios = [
   { name: "cookie 255 characters (the longest token)", headers: [["cookie", `authjs.session-token=${TOKEN.longest}`]], status: 200 },
   { name: "cookie decodes to 256 characters", headers: [["cookie", `authjs.session-token=${"c".repeat(256)}`]], status: 401 },
   { name: "cookie over 765 raw bytes", headers: [["cookie", `authjs.session-token=${"%41".repeat(256)}`]], status: 401 },
-  { name: "cookie 765 raw bytes decoding to 255 (unknown session)", headers: [["cookie", `authjs.session-token=${"%41".repeat(255)}`]], status: 401 },
+  {
+    name: "cookie 765 raw bytes decoding to 255 (unknown session)",
+    headers: [["cookie", `authjs.session-token=${"%41".repeat(255)}`]],
+    status: 401,
+  },
   { name: "cookie decodes to a space", headers: [["cookie", "authjs.session-token=a%20b"]], status: 401 },
   { name: "cookie decodes to bytes that are not UTF-8", headers: [["cookie", "authjs.session-token=%FF%FE"]], status: 401 },
   { name: "cookie decodes to UTF-8 that is not ASCII", headers: [["cookie", "authjs.session-token=caf%C3%A9"]], status: 401 },
-  { name: "cookie raw bytes not UTF-8", headers: [["cookie", Buffer.from([...Buffer.from("authjs.session-token=abc"), 0xff, 0xfe])]], status: 401 },
+  {
+    name: "cookie raw bytes not UTF-8",
+    headers: [["cookie", Buffer.from([...Buffer.from("authjs.session-token=abc"), 0xff, 0xfe])]],
+    status: 401,
+  },
   { name: "cookie raw UTF-8 that is not ASCII", headers: [["cookie", Buffer.from("authjs.session-token=café", "utf8")]], status: 401 },
   { name: "cookie with a lone % (kept literally, invalid)", headers: [["cookie", "authjs.session-token=100%"]], status: 401 },
   { name: "cookie name differs in case (not ours)", headers: [["cookie", `Authjs.Session-Token=${TOKEN.ada}`]], status: 401 },
@@ -364,23 +399,71 @@ const authScenarios = [
   { name: "second session of the same user", headers: [["authorization", `Bearer ${TOKEN.ada2}`]], status: 200 },
   { name: "user with quotes in the name, member of two orgs", headers: [["authorization", `Bearer ${TOKEN.grace}`]], status: 200 },
   { name: "user with unicode, backslash and tab in the name", headers: [["authorization", `Bearer ${TOKEN.plusEquals}`]], status: 200 },
-  { name: "X-Org-Id of a membership", headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-org-id", ORG.team]], status: 200 },
+  {
+    name: "X-Org-Id of a membership",
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["x-org-id", ORG.team],
+    ],
+    status: 200,
+  },
   {
     name: "X-Org-Id in capitals, braced",
-    headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-org-id", `{${ORG.team.toUpperCase()}}`]],
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["x-org-id", `{${ORG.team.toUpperCase()}}`],
+    ],
     status: 200,
   },
   {
     name: "X-Org-Id as urn:uuid, simple form",
-    headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-org-id", `urn:uuid:${ORG.team}`]],
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["x-org-id", `urn:uuid:${ORG.team}`],
+    ],
     status: 200,
   },
-  { name: "X-Org-Id simple (no hyphens)", headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-org-id", ORG.team.replaceAll("-", "")]], status: 200 },
-  { name: "X-Org-Id not a UUID", headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-org-id", "team"]], status: 400 },
-  { name: "X-Org-Id of another organisation", headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-org-id", ORG.outsiders]], status: 404 },
+  {
+    name: "X-Org-Id simple (no hyphens)",
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["x-org-id", ORG.team.replaceAll("-", "")],
+    ],
+    status: 200,
+  },
+  {
+    name: "X-Org-Id not a UUID",
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["x-org-id", "team"],
+    ],
+    status: 400,
+  },
+  {
+    name: "X-Org-Id of another organisation",
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["x-org-id", ORG.outsiders],
+    ],
+    status: 404,
+  },
   { name: "X-Org-Id bad but no session (401 first)", headers: [["x-org-id", "team"]], status: 401 },
-  { name: "allowed Origin", headers: [["authorization", `Bearer ${TOKEN.ada}`], ["origin", "http://localhost:3000"]], status: 200 },
-  { name: "other Origin (not echoed)", headers: [["authorization", `Bearer ${TOKEN.ada}`], ["origin", "https://evil.example"]], status: 200 },
+  {
+    name: "allowed Origin",
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["origin", "http://localhost:3000"],
+    ],
+    status: 200,
+  },
+  {
+    name: "other Origin (not echoed)",
+    headers: [
+      ["authorization", `Bearer ${TOKEN.ada}`],
+      ["origin", "https://evil.example"],
+    ],
+    status: 200,
+  },
   { name: "no x-request-id (generated UUIDv7)", headers: [["authorization", `Bearer ${TOKEN.ada}`]], requestId: false, status: 200 },
   { name: "401 with no x-request-id", headers: [], requestId: false, status: 401 },
 ];
@@ -407,7 +490,10 @@ function firstSight(route, path, token) {
     build: () => ({
       method: "GET",
       path,
-      headers: [["authorization", `Bearer ${token}`], ["x-request-id", `parity-${slug(`${path} ${name}`)}`]],
+      headers: [
+        ["authorization", `Bearer ${token}`],
+        ["x-request-id", `parity-${slug(`${path} ${name}`)}`],
+      ],
       body: null,
     }),
   });
@@ -427,7 +513,10 @@ const routeOnly = [
     build: () => ({
       method: "GET",
       path: "/api/calls?limit=2&status=answered",
-      headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-request-id", "parity-calls-query"]],
+      headers: [
+        ["authorization", `Bearer ${TOKEN.ada}`],
+        ["x-request-id", "parity-calls-query"],
+      ],
       body: null,
     }),
   },
@@ -438,7 +527,10 @@ const routeOnly = [
     build: () => ({
       method: "GET",
       path: "/api/calls?",
-      headers: [["authorization", `Bearer ${TOKEN.ada}`], ["x-request-id", "parity-calls-bare-q"]],
+      headers: [
+        ["authorization", `Bearer ${TOKEN.ada}`],
+        ["x-request-id", "parity-calls-bare-q"],
+      ],
       body: null,
     }),
   },

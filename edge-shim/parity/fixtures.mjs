@@ -88,7 +88,7 @@ function stored(token, storage) {
 /** Truncates every table the suite touches and writes the fixed world. */
 export async function seed(db, storage = "raw") {
   await db.query(`truncate webhook_inbox, jobs, call_events, calls, phone_numbers, memberships, organisations,
-                  authjs.sessions, authjs.accounts, authjs.users restart identity cascade`);
+                  user_settings, authjs.sessions, authjs.accounts, authjs.users restart identity cascade`);
   await db.query(`insert into authjs.users (id, name, email, image) values
       (1, 'Ada Lovelace', 'ada@example.com', 'https://img.example/ada.png'),
       (2, 'Grace "Amazing" Hopper', null, null),
@@ -108,8 +108,8 @@ export async function seed(db, storage = "raw") {
       (5, '2099-05-05T05:05:05Z', $8),
       -- same token, an older expiry: the newest-expiring match must win
       (2, '2090-01-01T00:00:00Z', $3)`,
-    [TOKEN.ada, TOKEN.ada2, TOKEN.grace, TOKEN.expired, TOKEN.newcomer, TOKEN.plusEquals, TOKEN.longest, TOKEN.newcomer2].map(
-      (t) => stored(t, storage),
+    [TOKEN.ada, TOKEN.ada2, TOKEN.grace, TOKEN.expired, TOKEN.newcomer, TOKEN.plusEquals, TOKEN.longest, TOKEN.newcomer2].map((t) =>
+      stored(t, storage),
     ),
   );
   await db.query(
@@ -129,6 +129,15 @@ export async function seed(db, storage = "raw") {
       ($3, '2', 'owner', '2026-01-03T00:00:00Z'),
       ('0190c0de-0000-7000-8000-00000000a005', '4', 'owner', '2026-01-05T00:00:00Z')`,
     [ORG.adaPersonal, ORG.team, ORG.gracePersonal],
+  );
+  // Stored active organisations (PUT /api/me/active-organisation): Grace's is the team, so
+  // her /api/me and /api/calls answer for it on both sides; user 4's names an organisation
+  // they are not in, which both sides must ignore (personal organisation instead).
+  await db.query(
+    `insert into user_settings (user_id, active_organisation_id, updated_at) values
+      ('2', $1, '2026-01-07T00:00:00Z'),
+      ('4', $2, '2026-01-07T00:00:00Z')`,
+    [ORG.team, ORG.outsiders],
   );
   // 57 calls in Ada's workspace (more than a page), timestamps with no fraction, millisecond
   // and microsecond fractions, every status, nulls and values; 3 in the team; none for Grace.

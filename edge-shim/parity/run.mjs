@@ -74,10 +74,7 @@ function signFor(base) {
 function send(base, req) {
   const url = new URL(req.path, base);
   const signature = signFor(base)(req.method, url.pathname + url.search, req.body ?? Buffer.alloc(0));
-  const headers = [
-    ...req.headers.map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("latin1") : v]),
-    ...Object.entries(signature),
-  ];
+  const headers = [...req.headers.map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("latin1") : v]), ...Object.entries(signature)];
   return new Promise((resolve, reject) => {
     const r = http.request(
       {
@@ -86,12 +83,7 @@ function send(base, req) {
         method: req.method,
         path: url.pathname + url.search,
         // Array form: repeated names stay separate and nothing is added (so Host is ours).
-        headers: [
-          "host",
-          url.host,
-          ...headers.flat(),
-          ...(req.body ? ["content-length", String(req.body.length)] : []),
-        ],
+        headers: ["host", url.host, ...headers.flat(), ...(req.body ? ["content-length", String(req.body.length)] : [])],
       },
       (res) => {
         const chunks = [];
@@ -163,7 +155,8 @@ function normalise(res, req, fixedUuids) {
 function firstDifference(a, b) {
   if (a.status !== b.status) return `status ${a.status} vs ${b.status}`;
   for (const name of COMPARED_HEADERS) {
-    if (a.headers[name] !== b.headers[name]) return `header ${name}: ${JSON.stringify(a.headers[name])} vs ${JSON.stringify(b.headers[name])}`;
+    if (a.headers[name] !== b.headers[name])
+      return `header ${name}: ${JSON.stringify(a.headers[name])} vs ${JSON.stringify(b.headers[name])}`;
   }
   if (a.body !== b.body) {
     let i = 0;
@@ -185,9 +178,7 @@ function record(name, ok, detail = "") {
 async function pass(base, db, label) {
   await seed(db, args.storage);
   const fixed = new Set();
-  const seeded = await db.query(
-    "select id::text as id from organisations union all select id::text from calls",
-  );
+  const seeded = await db.query("select id::text as id from organisations union all select id::text from calls");
   for (const row of seeded.rows) fixed.add(row.id);
   const out = [];
   for (const c of CASES) {
@@ -232,7 +223,8 @@ function compareWs(c, d, s) {
       }
     }
     if (!same(d.res.close, s.res.close)) problems.push(`close ${JSON.stringify(d.res.close)} vs ${JSON.stringify(s.res.close)}`);
-    if (!same(d.sessions, s.sessions)) problems.push(`AssemblyAI received ${JSON.stringify(d.sessions).slice(0, 300)} vs ${JSON.stringify(s.sessions).slice(0, 300)}`);
+    if (!same(d.sessions, s.sessions))
+      problems.push(`AssemblyAI received ${JSON.stringify(d.sessions).slice(0, 300)} vs ${JSON.stringify(s.sessions).slice(0, 300)}`);
   } else {
     const diff = firstDifference(d.norm, s.norm);
     if (diff) problems.push(diff);
@@ -367,7 +359,11 @@ async function crossPaths(db) {
     const s = await state(id);
     record(
       `cross-path: ${p.name}: shim twice: duplicate:false then duplicate:true, one row, one job`,
-      a.status === 200 && JSON.parse(a.body).duplicate === false && JSON.parse(b.body).duplicate === true && s.rows.length === 1 && s.jobs === 1,
+      a.status === 200 &&
+        JSON.parse(a.body).duplicate === false &&
+        JSON.parse(b.body).duplicate === true &&
+        s.rows.length === 1 &&
+        s.jobs === 1,
       JSON.stringify(s),
     );
   }
@@ -389,9 +385,11 @@ async function storedHashIsNoLogin(db) {
     const user = await adapter.createUser({ name: "Hash Probe", email: "hash-probe@example.com", emailVerified: null });
     const token = crypto.randomUUID();
     await adapter.createSession({ sessionToken: token, userId: user.id, expires: new Date("2099-01-01T00:00:00Z") });
-    const me = (base, bearer) =>
-      send(base, { method: "GET", path: "/api/me", headers: [["authorization", `Bearer ${bearer}`]] });
-    for (const [label, base] of [["container", args.direct], ["shim", args.shim]]) {
+    const me = (base, bearer) => send(base, { method: "GET", path: "/api/me", headers: [["authorization", `Bearer ${bearer}`]] });
+    for (const [label, base] of [
+      ["container", args.direct],
+      ["shim", args.shim],
+    ]) {
       const res = await me(base, token);
       record(`dual: adapter session, raw token before the backfill logs in (${label})`, res.status === 200, `${res.status}`);
     }
@@ -404,7 +402,10 @@ async function storedHashIsNoLogin(db) {
     });
     const stored = (await db.query(`select "sessionToken" as t from authjs.sessions where "userId" = $1`, [Number(user.id)])).rows[0].t;
     record("dual: the backfill stored the session's SHA-256", stored === hashToken(token) && stored !== token, stored);
-    for (const [label, base] of [["container", args.direct], ["shim", args.shim]]) {
+    for (const [label, base] of [
+      ["container", args.direct],
+      ["shim", args.shim],
+    ]) {
       const raw = await me(base, token);
       const hash = await me(base, stored);
       const upper = await me(base, stored.toUpperCase());
@@ -457,7 +458,8 @@ async function main() {
       const problems = compareWs(c, d, s);
       const label = `${d.res.status}${c.expect.edge === "defers" ? ", deferred" : ""}${d.res.messages?.length ? `, ${d.res.messages.length} messages` : ""}`;
       record(`${c.name} [${label}]`, problems.length === 0, problems.join("; "));
-      if (args.verbose) console.log(`     ${JSON.stringify(d.res.messages ?? d.norm.body).slice(0, 400)} close ${JSON.stringify(d.res.close)}`);
+      if (args.verbose)
+        console.log(`     ${JSON.stringify(d.res.messages ?? d.norm.body).slice(0, 400)} close ${JSON.stringify(d.res.close)}`);
     }
     const sameTurns = JSON.stringify(direct.turns) === JSON.stringify(shim.turns);
     record(

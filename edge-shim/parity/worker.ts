@@ -42,9 +42,7 @@ function shimFor(owner: string): Shim {
   if (shim === undefined) {
     if (!["edge", "shadow", "origin"].includes(owner)) throw new Error(`PARITY_OWNER ${owner} is not edge, shadow or origin`);
     const routes = compileManifest({
-      routes: routesJson.routes.map((r) =>
-        HANDLERS[`${r.method} ${r.path}`] !== undefined ? { ...r, owner: owner as Owner } : r,
-      ),
+      routes: routesJson.routes.map((r) => (HANDLERS[`${r.method} ${r.path}`] !== undefined ? { ...r, owner: owner as Owner } : r)),
     });
     shim = createShim(routes, marked);
     shims.set(owner, shim);

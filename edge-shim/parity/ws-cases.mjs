@@ -74,7 +74,16 @@ const origin = (value = ALLOWED_ORIGIN) => ["origin", value];
  * in the simulator first. `http: true` sends a plain GET instead of a handshake.
  */
 function ws(name, { query = "", headers = [], status, edge = "answers", script = [], end = "terminate", fault, http = false }) {
-  return { name: `realtime: ${name}`, path: query === "" ? PATH : `${PATH}?${query}`, headers, expect: { status, edge }, script, end, fault, http };
+  return {
+    name: `realtime: ${name}`,
+    path: query === "" ? PATH : `${PATH}?${query}`,
+    headers,
+    expect: { status, edge },
+    script,
+    end,
+    fault,
+    http,
+  };
 }
 
 export const WS_CASES = [
@@ -106,8 +115,18 @@ export const WS_CASES = [
   }),
   ws("401 before 422: no credential, bad sample_rate", { query: "sample_rate=1", status: 401 }),
   ws("sample_rate not a number (serde's 400)", { query: "sample_rate=abc", headers: [bearer()], status: 400, edge: "defers" }),
-  ws("encoding given twice (serde's 400)", { query: "encoding=pcm_mulaw&encoding=pcm_s16le", headers: [bearer()], status: 400, edge: "defers" }),
-  ws("call_id of another organisation (404)", { query: `call_id=${ADA_CALL}`, headers: [bearer(TOKEN.grace)], status: 404, edge: "defers" }),
+  ws("encoding given twice (serde's 400)", {
+    query: "encoding=pcm_mulaw&encoding=pcm_s16le",
+    headers: [bearer()],
+    status: 400,
+    edge: "defers",
+  }),
+  ws("call_id of another organisation (404)", {
+    query: `call_id=${ADA_CALL}`,
+    headers: [bearer(TOKEN.grace)],
+    status: 404,
+    edge: "defers",
+  }),
   ws("call_id not a UUID (400)", { query: "call_id=42", headers: [bearer()], status: 400, edge: "defers" }),
   ws("not a WebSocket handshake (plain GET)", { headers: [bearer()], status: 400, edge: "defers", http: true }),
   ws("not a WebSocket handshake, no credential (401 first)", { status: 401, edge: "defers", http: true }),
@@ -121,7 +140,13 @@ export const WS_CASES = [
   ws("cookie + allowed Referer (no Origin), defaults", {
     headers: [cookie(TOKEN.grace), ["referer", `${ALLOWED_ORIGIN}/calls/1?tab=live`]],
     status: 101,
-    script: frames([["speech", 800], ["silence", 500]], { frame: 640 }),
+    script: frames(
+      [
+        ["speech", 800],
+        ["silence", 500],
+      ],
+      { frame: 640 },
+    ),
   }),
   ws("bearer ignores Origin: µ-law 8 kHz, 20 ms frames", {
     query: "encoding=pcm_mulaw&sample_rate=8000",
@@ -133,13 +158,25 @@ export const WS_CASES = [
     query: "sample_rate=16000&encoding=pcm_s16le",
     headers: [bearer()],
     status: 101,
-    script: frames([["speech", 1000], ["silence", 123]], { frame: 333 }),
+    script: frames(
+      [
+        ["speech", 1000],
+        ["silence", 123],
+      ],
+      { frame: 333 },
+    ),
   }),
   ws("µ-law 48 kHz, one big message (several chunks at once)", {
     query: "encoding=pcm_mulaw&sample_rate=48000",
     headers: [bearer()],
     status: 101,
-    script: frames([["speech", 1500], ["silence", 450]], { encoding: "pcm_mulaw", rate: 48000, frame: 48 * 1950 }),
+    script: frames(
+      [
+        ["speech", 1500],
+        ["silence", 450],
+      ],
+      { encoding: "pcm_mulaw", rate: 48000, frame: 48 * 1950 },
+    ),
   }),
   ws("ForceEndpoint ends the turn; other text is ignored; Terminate with extra members relayed as sent", {
     headers: [bearer()],
@@ -150,7 +187,13 @@ export const WS_CASES = [
       { text: '{"type":"UpdateConfiguration","max_turn_silence":900}' },
       { text: "not json" },
       { text: '{"type":"KeepAlive"}' },
-      ...frames([["silence", 100], ["speech", 400]], { frame: 640 }),
+      ...frames(
+        [
+          ["silence", 100],
+          ["speech", 400],
+        ],
+        { frame: 640 },
+      ),
       { text: '{"type": "Terminate", "reason": "done"}' },
     ],
     end: "wait",
@@ -158,13 +201,25 @@ export const WS_CASES = [
   ws("Terminate with no audio held back (nothing to flush)", {
     headers: [bearer()],
     status: 101,
-    script: frames([["speech", 500], ["silence", 500]], { frame: 3200 }),
+    script: frames(
+      [
+        ["speech", 500],
+        ["silence", 500],
+      ],
+      { frame: 3200 },
+    ),
   }),
   ws("Terminate before any audio", { headers: [bearer()], status: 101, script: [] }),
   ws("the browser leaves: remainder flushed, then Terminate", {
     headers: [bearer()],
     status: 101,
-    script: frames([["speech", 900], ["silence", 130]], { frame: 640 }),
+    script: frames(
+      [
+        ["speech", 900],
+        ["silence", 130],
+      ],
+      { frame: 640 },
+    ),
     end: "leave",
   }),
   ws("AssemblyAI errors after 3 chunks: Error relayed, then closed", {

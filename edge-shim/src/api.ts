@@ -16,16 +16,7 @@ import { credentialFrom, MALFORMED } from "./credential";
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import type { EdgeContext, EdgeHandler } from "./handlers";
-import {
-  answering,
-  headerValue,
-  type JsonBody,
-  jsonAnswer,
-  problemAnswer,
-  type Schema,
-  unauthorized,
-  type Answering,
-} from "./respond";
+import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, type Schema, unauthorized, type Answering } from "./respond";
 import { type CallRow, chronoText, type Principal, resolveSession } from "./sessions";
 
 /** The container's page size without `limit`. */
@@ -110,7 +101,7 @@ export const me: EdgeHandler = {
       if (!principal.memberships.some((m) => m.id === orgId)) return notFound(a);
       active = orgId;
     } else {
-      active = principal.memberships[0]?.id ?? null;
+      active = principal.activeOrganisationId ?? principal.memberships[0]?.id ?? null;
     }
     return jsonAnswer<JsonBody<"/api/me", "get", 200>>(a, {
       user: principal.user,

@@ -68,7 +68,6 @@ function sentSecret(headers: Headers): string {
   return value;
 }
 
-
 export const assemblyaiWebhook: EdgeHandler = {
   async handle(request, ctx) {
     const { env } = ctx;

@@ -1,7 +1,7 @@
 // Owns cutting a browser's audio into AssemblyAI-sized chunks, byte for byte as the container's
 // `ByteBatcher` (src/media/audio.rs) does: every chunk is exactly MEDIA_BATCH_MS of audio, and
 // the remainder, flushed on Terminate or when the browser leaves, is cut to a whole sample and
-// padded with silence to AssemblyAI's 50 ms minimum (PROVIDERS.md §2.1: 50–1000 ms per
+// padded with silence to AssemblyAI's 50 ms minimum (docs/PROVIDERS.md §2.1: 50–1000 ms per
 // message, else error 3007 and the session dies).
 
 /** AssemblyAI's limits on one binary message, in milliseconds of audio. */

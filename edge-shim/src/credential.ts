@@ -1,5 +1,5 @@
 // Owns finding the Auth.js session credential in a request, rule for rule as the container's
-// src/auth/credential.rs (DESIGN.md §6): `Authorization: Bearer <token>` first (scheme
+// src/auth/credential.rs (docs/ARCHITECTURE.md, "Auth"): `Authorization: Bearer <token>` first (scheme
 // case-insensitive, the token not URL-decoded); else the session cookies in priority order,
 // the first occurrence of a name winning, its value URL-decoded exactly once. A malformed
 // credential is an error (401), never "anonymous".
@@ -58,7 +58,8 @@ function checkToken(token: string): Malformed | null {
 }
 
 /** Rust's `str::trim`: Unicode White_Space (not JS's set, which adds U+FEFF and lacks U+0085). */
-const RUST_WHITESPACE = "\t\n\v\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000";
+const RUST_WHITESPACE =
+  "\t\n\v\f\r \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000";
 
 export function rustTrim(text: string): string {
   let start = 0;
@@ -159,9 +160,7 @@ export function credentialFrom(headers: Headers, cookieNames: readonly string[] 
       const first = pairs.find(([n]) => n === name);
       if (first !== undefined) {
         const decoded = decodeCookieValue(first[1]);
-        return "token" in decoded
-          ? { kind: "cookie", name, token: decoded.token }
-          : { kind: "malformed", reason: decoded.malformed };
+        return "token" in decoded ? { kind: "cookie", name, token: decoded.token } : { kind: "malformed", reason: decoded.malformed };
       }
     }
   }

@@ -35,6 +35,10 @@ export interface Env {
   ASSEMBLYAI_SPEECH_MODEL: string;
   /** Milliseconds of audio per chunk sent to AssemblyAI (50–1000); the container's `MEDIA_BATCH_MS`. */
   MEDIA_BATCH_MS: string;
+  /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
+  APP_ENV: string;
+  /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */
+  SENTRY_TRACES_SAMPLE_RATE: string;
   /**
    * Seconds between re-checks of the session behind a transcription WebSocket (1–300, default
    * 30); the container's `AUTH_STREAM_RECHECK_SECS`. A signed-out session closes it with 4401.
@@ -66,6 +70,8 @@ export interface Env {
    * route answers the container's 503 (provider not configured).
    */
   ASSEMBLYAI_API_KEY: string;
+  /** Sentry DSN for the Worker's errors (src/sentry.ts); unset: nothing is sent. */
+  SENTRY_DSN: string;
 
   // ---- Hyperdrive ----
 
@@ -95,6 +101,7 @@ declare global {
       TELNYX_PUBLIC_KEY: string;
       ASSEMBLYAI_WEBHOOK_SECRET: string;
       ASSEMBLYAI_API_KEY: string;
+      SENTRY_DSN: string;
     }
   }
 }

@@ -10,15 +10,7 @@ import { bodyLimit, declaredLength, readBounded } from "./body";
 import type { Env } from "./env";
 import { problem } from "./problem";
 import { scrubPath, scrubText } from "./redact";
-import {
-  CONTENT_SHA256_HEADER,
-  contentSha256,
-  SIGNATURE_HEADER,
-  sign,
-  TIMESTAMP_HEADER,
-  UNSIGNED_PAYLOAD,
-  unixSeconds,
-} from "./signing";
+import { CONTENT_SHA256_HEADER, contentSha256, SIGNATURE_HEADER, sign, TIMESTAMP_HEADER, UNSIGNED_PAYLOAD, unixSeconds } from "./signing";
 
 /** Client-supplied headers dropped before forwarding, so only the edge can set them. */
 const STRIPPED_PREFIXES = ["x-edge-", "x-forwarded-"];
@@ -83,9 +75,7 @@ export async function proxyToOrigin(request: Request, env: Env): Promise<Respons
   try {
     // A WebSocket upgrade is an ordinary GET carrying `Upgrade: websocket`; fetch() answers it
     // with the origin's 101 and its .webSocket, which returned as-is proxies the socket.
-    return await fetch(
-      new Request(target, { method: request.method, headers, body, redirect: "manual" }),
-    );
+    return await fetch(new Request(target, { method: request.method, headers, body, redirect: "manual" }));
   } catch (err) {
     console.error(JSON.stringify({ event: "origin_unreachable", path: scrubPath(incoming.pathname), error: scrubText(errorMessage(err)) }));
     return problem(request, 502, "Bad Gateway", "The origin could not be reached.");

@@ -30,7 +30,7 @@ import { ByteBatcher, DEFAULT_BATCH_MS, type Encoding, MAX_CHUNK_MS, MIN_CHUNK_M
 import { DeferToOrigin } from "./defer";
 import type { Env } from "./env";
 import type { EdgeHandler } from "./handlers";
-import { answering, headerValue, problemAnswer, splitList, type Answering } from "./respond";
+import { answering, headerValue, originAllowed, problemAnswer, splitList, type Answering } from "./respond";
 import { member, parseSerdeJson } from "./serde-json";
 import { resolveSession } from "./sessions";
 
@@ -139,10 +139,7 @@ export function isWebSocketHandshake(headers: Headers): boolean {
   const upgrade = headerValue(headers, "upgrade");
   const version = headerValue(headers, "sec-websocket-version");
   return (
-    upgrade !== null &&
-    upgrade.toLowerCase() === "websocket" &&
-    version === "13" &&
-    headerValue(headers, "sec-websocket-key") !== null
+    upgrade !== null && upgrade.toLowerCase() === "websocket" && version === "13" && headerValue(headers, "sec-websocket-key") !== null
   );
 }
 
@@ -166,7 +163,7 @@ export function crossSiteRefusal(headers: Headers, allowed: readonly string[]): 
     }
   }
   if (origin === null) return "a cookie-authenticated request must send Origin or Referer";
-  return allowed.includes(origin) ? null : "the request's origin is not allowed";
+  return originAllowed(origin, allowed) ? null : "the request's origin is not allowed";
 }
 
 /** `ApiError::ProviderDisabled` for AssemblyAI: 503 with `provider` and `variables`. */
@@ -209,8 +206,7 @@ export const realtimeTranscribe: EdgeHandler = {
     server.accept();
     const recheck: Recheck = {
       intervalMs: recheckSeconds(env.AUTH_STREAM_RECHECK_SECS) * 1000,
-      stillSignedIn: async () =>
-        (await withDb(env, ctx.waitUntil, (db) => resolveSession(db, env, auth.token))) !== null,
+      stillSignedIn: async () => (await withDb(env, ctx.waitUntil, (db) => resolveSession(db, env, auth.token))) !== null,
     };
     const session = new TranscribeSession(server, { ...settings, apiKey: env.ASSEMBLYAI_API_KEY }, format, recheck);
     ctx.waitUntil(session.run());
@@ -435,7 +431,13 @@ export class TranscribeSession {
         for (;;) {
           const event = await this.events.next("aai");
           if (event.kind === "close") {
-            throw noBegin(event.code === undefined ? "connection closed" : event.code === 1005 ? "closed without a reason" : `closed ${event.code}: ${event.reason ?? ""}`);
+            throw noBegin(
+              event.code === undefined
+                ? "connection closed"
+                : event.code === 1005
+                  ? "closed without a reason"
+                  : `closed ${event.code}: ${event.reason ?? ""}`,
+            );
           }
           if (event.kind !== "text") continue;
           let value: unknown;

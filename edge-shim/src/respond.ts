@@ -17,8 +17,11 @@ type Responses<P extends keyof paths, M extends Method> = NonNullable<paths[P][M
  * handler's JSON answer is typed with it, so a contract change in the container (a field
  * renamed, added as required, retyped) is a type error here after `npm run gen:types`.
  */
-export type JsonBody<P extends keyof paths, M extends Method, S extends keyof Responses<P, M>> =
-  Responses<P, M>[S] extends { content: { "application/json": infer Body } } ? Body : never;
+export type JsonBody<P extends keyof paths, M extends Method, S extends keyof Responses<P, M>> = Responses<P, M>[S] extends {
+  content: { "application/json": infer Body };
+}
+  ? Body
+  : never;
 /** The container's RFC 9457 problem (`Problem` in src/error.rs): its members plus extensions. */
 export type ProblemBody = Schema<"Problem">;
 
@@ -71,6 +74,22 @@ export function splitList(raw: string | undefined): string[] {
     .filter((s) => s !== "");
 }
 
+/**
+ * `AllowedOrigins::allows` in src/config/origins.rs: an entry is an exact origin, or
+ * `https://*.<domain>`, which admits exactly one DNS label (a-z, 0-9, `-`) in place of `*`
+ * over https on the default port (Cloudflare Pages previews). The container refuses unsafe
+ * entries at start-up (a bare `*`, `https://*.pages.dev`); the edge uses the same list.
+ */
+export function originAllowed(origin: string, allowed: readonly string[]): boolean {
+  return allowed.some((entry) => {
+    if (!entry.startsWith("https://*.")) return entry === origin;
+    const domain = entry.slice("https://*.".length).toLowerCase();
+    if (!origin.startsWith("https://") || !origin.endsWith(`.${domain}`)) return false;
+    const label = origin.slice("https://".length, origin.length - domain.length - 1);
+    return /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/.test(label);
+  });
+}
+
 /** Everything an answer needs from the request, computed once per request. */
 export interface Answering {
   requestId: string;
@@ -80,7 +99,7 @@ export interface Answering {
 
 export function answering(request: Request, env: Env): Answering {
   const origin = headerValue(request.headers, "origin");
-  const allowed = origin !== null && splitList(env.ALLOWED_ORIGINS).includes(origin);
+  const allowed = origin !== null && originAllowed(origin, splitList(env.ALLOWED_ORIGINS));
   return { requestId: chooseRequestId(request.headers), allowedOrigin: allowed ? origin : null };
 }
 

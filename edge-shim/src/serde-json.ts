@@ -272,9 +272,7 @@ class Parser {
         while (this.digit() !== null) this.at++;
         const c = this.peek();
         const exponent = exponentBefore + after;
-        return c === "e" || c === "E"
-          ? this.exponent(positive, significand, exponent)
-          : this.fromParts(positive, significand, exponent);
+        return c === "e" || c === "E" ? this.exponent(positive, significand, exponent) : this.fromParts(positive, significand, exponent);
       }
       this.at++;
       significand = significand * 10n + BigInt(d);
@@ -283,9 +281,7 @@ class Parser {
     if (after === 0) throw new Reject(); // no digit after the point
     const exponent = exponentBefore + after;
     const c = this.peek();
-    return c === "e" || c === "E"
-      ? this.exponent(positive, significand, exponent)
-      : this.fromParts(positive, significand, exponent);
+    return c === "e" || c === "E" ? this.exponent(positive, significand, exponent) : this.fromParts(positive, significand, exponent);
   }
 
   private exponent(positive: boolean, significand: bigint, startingExp: number): number {

@@ -79,6 +79,8 @@ export interface Principal {
   sessionExpires: string;
   /** Personal organisation first, then by creation, then id. */
   memberships: Membership[];
+  /** The stored active organisation (`user_settings`), when still a membership. */
+  activeOrganisationId: string | null;
 }
 
 /** One row of `calls` as the API writes it; timestamps as in Principal.sessionExpires. */
@@ -116,8 +118,9 @@ const UTC_TEXT = `'YYYY-MM-DD"T"HH24:MI:SS.US'`;
 const ts = (column: string) => `to_char(${column} at time zone 'UTC', ${UTC_TEXT})`;
 
 function lookupSql(schema: string): string {
-  // $1 text[]: stored forms; $2 uuid: the organisation whose calls to list (null: the first
-  // membership); $3 int: how many calls (0: none). Membership order = orgs::memberships_of.
+  // $1 text[]: stored forms; $2 uuid: the organisation whose calls to list (null: the stored
+  // active organisation, else the first membership — Principal::default_organisation);
+  // $3 int: how many calls (0: none). Membership order = orgs::memberships_of.
   return `with session as (
       select u.id::text as user_id, u.name, u.email, u.image, s.expires
       from ${schema}.sessions s join ${schema}.users u on u.id = s."userId"
@@ -131,8 +134,15 @@ function lookupSql(schema: string): string {
       join memberships m on m.user_id = session.user_id
       join organisations o on o.id = m.organisation_id
       where m.role in ('owner', 'admin', 'member')
+    ), stored as (
+      -- PUT /api/me/active-organisation's choice, only while it is a membership.
+      select orgs.id from session
+      join user_settings us on us.user_id = session.user_id
+      join orgs on orgs.id = us.active_organisation_id
     ), active as (
-      select id from orgs where case when $2::uuid is null then position = 1 else id = $2::uuid end
+      select id from orgs where case when $2::uuid is null
+        then id = coalesce((select id from stored), (select id from orgs where position = 1))
+        else id = $2::uuid end
     ), page as (
       select c.* from calls c
       where $3::int > 0 and c.organisation_id = (select id from active)
@@ -141,6 +151,7 @@ function lookupSql(schema: string): string {
     )
     select session.user_id, session.name, session.email, session.image,
            ${ts("session.expires")} as expires,
+           (select id::text from stored) as active_organisation_id,
            exists (select 1 from organisations where personal_owner_id = session.user_id) as owns_personal,
            coalesce((select json_agg(json_build_array(orgs.id::text, orgs.name, orgs.role, orgs.personal)
                                      order by orgs.position) from orgs), '[]'::json) as organisations,
@@ -162,6 +173,7 @@ interface LookupRow {
   expires: string;
   owns_personal: boolean;
   organisations: [string, string, Role, boolean][];
+  active_organisation_id: string | null;
   calls: CallRow[];
 }
 
@@ -177,11 +189,7 @@ export async function resolveSession(
   options: { orgId?: string | null; callLimit?: number } = {},
 ): Promise<Resolved | null> {
   const forms = await candidates(token, tokenStorage(env));
-  const result = await db.query<LookupRow>(lookupSql(authSchema(env)), [
-    forms,
-    options.orgId ?? null,
-    options.callLimit ?? 0,
-  ]);
+  const result = await db.query<LookupRow>(lookupSql(authSchema(env)), [forms, options.orgId ?? null, options.callLimit ?? 0]);
   const row = result.rows[0];
   if (row === undefined) return null;
   return {
@@ -189,6 +197,7 @@ export async function resolveSession(
       user: { id: row.user_id, name: row.name, email: row.email, image: row.image },
       sessionExpires: row.expires,
       memberships: row.organisations.map(([id, name, role, personal]) => ({ id, name, role, personal })),
+      activeOrganisationId: row.active_organisation_id,
     },
     ownsPersonal: row.owns_personal,
     calls: row.calls,

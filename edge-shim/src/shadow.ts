@@ -50,11 +50,7 @@ export type Difference =
  * (content-type compared case- and space-insensitively), and the body — JSON structurally
  * after dropping ignored fields, anything else byte for byte. Returns [] when they agree.
  */
-export function compareResponses(
-  origin: CapturedResponse,
-  edge: CapturedResponse,
-  rules: ShadowRules = {},
-): Difference[] {
+export function compareResponses(origin: CapturedResponse, edge: CapturedResponse, rules: ShadowRules = {}): Difference[] {
   const out: Difference[] = [];
   if (origin.status !== edge.status) out.push({ kind: "status", origin: origin.status, edge: edge.status });
 
@@ -235,10 +231,7 @@ export async function captureResponse(
   return { ...base, body: new TextDecoder().decode(bytes) };
 }
 
-type EdgeOutcome =
-  | { ok: true; response: Response }
-  | { ok: false; error: string }
-  | { ok: false; deferred: string };
+type EdgeOutcome = { ok: true; response: Response } | { ok: false; error: string } | { ok: false; deferred: string };
 
 /**
  * Serves a `shadow` route: returns the origin's response and schedules the comparison.

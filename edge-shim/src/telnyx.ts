@@ -1,5 +1,5 @@
 // Owns verifying a Telnyx webhook signature at the edge, rule for rule as the container's
-// `WebhookVerifier::verify` (src/providers/telnyx.rs; PROVIDERS.md §1.1): both headers present,
+// `WebhookVerifier::verify` (src/providers/telnyx.rs; docs/PROVIDERS.md §1.1): both headers present,
 // the timestamp 1–12 ASCII digits within ±300 s of now (checked before the signature), the
 // signature strict padded base64 of exactly 64 bytes, Ed25519 over
 // `${timestamp}|${raw body bytes}` with the raw 32-byte public key. WebCrypto does the

@@ -65,7 +65,6 @@ export function parseEvent(envelope: Json): TelnyxEvent | { error: string } {
   return { id, eventType: type.replaceAll("_", "."), occurredAt };
 }
 
-
 export const telnyxWebhook: EdgeHandler = {
   async handle(request, ctx) {
     const { env } = ctx;

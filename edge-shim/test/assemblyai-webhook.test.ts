@@ -14,8 +14,7 @@ import { type Echo, logged } from "./helpers";
 
 const EDGE = "https://api.callbridge.example";
 const SECRET = "test-assemblyai-secret"; // vitest.config.ts binds it
-const routes = (owner: "edge" | "shadow") =>
-  compileManifest({ routes: [{ method: "POST", path: "/webhooks/assemblyai", owner }] });
+const routes = (owner: "edge" | "shadow") => compileManifest({ routes: [{ method: "POST", path: "/webhooks/assemblyai", owner }] });
 const atEdge = createShim(routes("edge"), { "POST /webhooks/assemblyai": assemblyaiWebhook });
 const configured = { ...env, ASSEMBLYAI_API_KEY: "test-key", ASSEMBLYAI_WEBHOOK_SECRET: SECRET };
 const encode = (s: string) => new TextEncoder().encode(s);
@@ -62,7 +61,10 @@ describe("parseTranscriptEvent (the container's checks and 400 details)", () => 
   const parse = (text: string) => parseTranscriptEvent(parseSerdeJson(encode(text))!.value);
   it("builds the event id and type", () => {
     expect(parse('{"transcript_id":"t1","status":"completed"}')).toEqual({ eventId: "t1:completed", eventType: "transcript.completed" });
-    expect(parse('{"transcript_id":"a","transcript_id":"b","status":"error"}')).toEqual({ eventId: "b:error", eventType: "transcript.error" });
+    expect(parse('{"transcript_id":"a","transcript_id":"b","status":"error"}')).toEqual({
+      eventId: "b:error",
+      eventType: "transcript.error",
+    });
   });
   it("limits transcript_id to 1–200 and status to 1–40 UTF-8 bytes", () => {
     expect(parse(`{"transcript_id":"${"é".repeat(100)}","status":"${"s".repeat(40)}"}`)).not.toHaveProperty("error");

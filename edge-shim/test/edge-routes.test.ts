@@ -222,9 +222,7 @@ describe("answers shaped like the container's", () => {
     const small = jsonAnswer(a, { calls: [], next_cursor: null }); // 31 bytes
     expect(small.headers.get("vary")).toBe("origin, access-control-request-method, access-control-request-headers");
     const big = jsonAnswer(a, { calls: [], next_cursor: "xyz" }); // 32 bytes
-    expect(big.headers.get("vary")).toBe(
-      "origin, access-control-request-method, access-control-request-headers, accept-encoding",
-    );
+    expect(big.headers.get("vary")).toBe("origin, access-control-request-method, access-control-request-headers, accept-encoding");
     expect(small.headers.get("access-control-allow-origin")).toBeNull();
   });
 

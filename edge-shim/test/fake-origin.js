@@ -24,7 +24,14 @@ function fakeAssemblyAi(request, url) {
   const server = pair[1];
   server.accept();
   server.binaryType = "arraybuffer";
-  const record = { id: `sess-${aaiSessions.length + 1}`, url: url.href, authorization: request.headers.get("authorization"), chunks: /** @type {number[]} */ ([]), texts: /** @type {string[]} */ ([]), chunkBytes: /** @type {number[][]} */ ([]) };
+  const record = {
+    id: `sess-${aaiSessions.length + 1}`,
+    url: url.href,
+    authorization: request.headers.get("authorization"),
+    chunks: /** @type {number[]} */ ([]),
+    texts: /** @type {string[]} */ ([]),
+    chunkBytes: /** @type {number[][]} */ ([]),
+  };
   aaiSessions.push(record);
   if (url.hostname === "aai-early-error.test") {
     server.send(JSON.stringify({ error: "speech_model is required", error_code: 3006, type: "Error" }));
@@ -89,10 +96,7 @@ export default {
     }
     if (request.method === "POST" && (m = /^\/api\/calls\/([^/]+)\/hangup$/.exec(url.pathname))) {
       const body = await request.text();
-      return Response.json(
-        { id: m[1], hung_up: true, received: body, request_id: crypto.randomUUID() },
-        { status: 202 },
-      );
+      return Response.json({ id: m[1], hung_up: true, received: body, request_id: crypto.randomUUID() }, { status: 202 });
     }
 
     const bytes = new Uint8Array(await request.arrayBuffer());

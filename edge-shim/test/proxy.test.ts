@@ -52,9 +52,7 @@ describe("proxy to the origin", () => {
     expect(echo.headers.cookie).toBe("a=b");
     expect(echo.headers["content-type"]).toBe("application/octet-stream");
     expect(echo.bodyBase64).toBe(btoa(String.fromCharCode(...body)));
-    const text = await (
-      await worker.fetch(`${EDGE}/webhooks/telnyx`, { method: "POST", body: '{"data": {"id": "ev-1"}}  ' })
-    ).json();
+    const text = await (await worker.fetch(`${EDGE}/webhooks/telnyx`, { method: "POST", body: '{"data": {"id": "ev-1"}}  ' })).json();
     expect((text as Echo).body).toBe('{"data": {"id": "ev-1"}}  ');
   });
 
@@ -144,7 +142,8 @@ describe("proxy to the origin", () => {
     const chunked = (bytes: number) =>
       new ReadableStream<Uint8Array>({
         start(controller) {
-          for (let sent = 0; sent < bytes; sent += 64 * 1024) controller.enqueue(new Uint8Array(Math.min(64 * 1024, bytes - sent)).fill(97));
+          for (let sent = 0; sent < bytes; sent += 64 * 1024)
+            controller.enqueue(new Uint8Array(Math.min(64 * 1024, bytes - sent)).fill(97));
           controller.close();
         },
       });

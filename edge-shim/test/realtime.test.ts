@@ -178,10 +178,9 @@ describe("the handshake rules", () => {
 
 describe("the route through the shim (edge-owned)", () => {
   const EDGE = "https://api.callbridge.example";
-  const shim = createShim(
-    compileManifest({ routes: [{ method: "GET", path: "/api/realtime/transcribe", owner: "edge" }] }),
-    { "GET /api/realtime/transcribe": HANDLERS["GET /api/realtime/transcribe"]! },
-  );
+  const shim = createShim(compileManifest({ routes: [{ method: "GET", path: "/api/realtime/transcribe", owner: "edge" }] }), {
+    "GET /api/realtime/transcribe": HANDLERS["GET /api/realtime/transcribe"]!,
+  });
   const handshake = { upgrade: "websocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==" };
   let log: MockInstance<typeof console.log>;
   let error: MockInstance<typeof console.error>;
@@ -275,7 +274,9 @@ describe("a session (browser ↔ edge ↔ fake AssemblyAI)", () => {
     expect(aai).toHaveLength(1);
     const s = aai[0]!;
     expect(s.authorization).toBe("test-aai-key");
-    expect(s.url).toBe("https://aai.test/v3/ws?speech_model=universal-streaming-english&encoding=pcm_s16le&sample_rate=16000&format_turns=true");
+    expect(s.url).toBe(
+      "https://aai.test/v3/ws?speech_model=universal-streaming-english&encoding=pcm_s16le&sample_rate=16000&format_turns=true",
+    );
     expect(s.chunks).toEqual([3200, 1600]);
     expect(s.chunkBytes[1]).toEqual([0, 0, 0, 0]); // silence padding
     expect(s.texts).toEqual(['{"type":"ForceEndpoint"}', '{"type": "Terminate"}']);
@@ -329,8 +330,6 @@ describe("a session (browser ↔ edge ↔ fake AssemblyAI)", () => {
     const badKey = await play(() => {}, { apiKey: "wrong" });
     expect(badKey.received).toEqual([errorMessage("connecting to AssemblyAI streaming failed: HTTP error: 401 Unauthorized")]);
     const early = await play(() => {}, { host: "aai-early-error.test" });
-    expect(early.received).toEqual([
-      errorMessage("AssemblyAI closed the session before Begin: 3006: speech_model is required"),
-    ]);
+    expect(early.received).toEqual([errorMessage("AssemblyAI closed the session before Begin: 3006: speech_model is required")]);
   });
 });

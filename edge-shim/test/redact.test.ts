@@ -6,7 +6,7 @@ import { describeValue, scrubPath, scrubText } from "../src/redact";
 describe("log redaction", () => {
   it("replaces emails, phone numbers, credentials and stream tokens in text", () => {
     const text =
-      'connect to /media/telnyx/eyJjIjoiMSJ9.c2ln failed for ada@example.com calling +1 (415) 555-0100 ' +
+      "connect to /media/telnyx/eyJjIjoiMSJ9.c2ln failed for ada@example.com calling +1 (415) 555-0100 " +
       "or 4155550100 with Bearer 5f0c3a52-6d1b-4c9e-9a11-2f7d4c1e8b90 and key " +
       "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     const scrubbed = scrubText(text);

@@ -1,12 +1,6 @@
 // The pure shadow comparison: what counts as a difference and how it is reported.
 import { describe, expect, it } from "vitest";
-import {
-  type CapturedResponse,
-  captureResponse,
-  compareResponses,
-  MAX_DIFFERENCES,
-  normaliseJson,
-} from "../src/shadow";
+import { type CapturedResponse, captureResponse, compareResponses, MAX_DIFFERENCES, normaliseJson } from "../src/shadow";
 
 const json = (body: unknown, status = 200, contentType = "application/json"): CapturedResponse => ({
   status,

@@ -22,21 +22,11 @@ describe("edge signature", () => {
     };
     expect(fields.contentSha256).toBe("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     expect(canonicalMessage(fields)).toBe(`v2\n1700000000\nGET\n/healthz\n\n\n\n${fields.contentSha256}`);
-    expect(await sign("s3cr\u00e9t", fields)).toBe(
-      "v2=ec618823eb262ddfa23e63c75f1b1c4f637683ed73c5167cd1e27efc52c5289d",
-    );
+    expect(await sign("s3cr\u00e9t", fields)).toBe("v2=ec618823eb262ddfa23e63c75f1b1c4f637683ed73c5167cd1e27efc52c5289d");
   });
 
   it("changes when any signed field changes", async () => {
-    const fields = [
-      "timestamp",
-      "method",
-      "pathAndQuery",
-      "forwardedFor",
-      "forwardedProto",
-      "forwardedHost",
-      "contentSha256",
-    ] as const;
+    const fields = ["timestamp", "method", "pathAndQuery", "forwardedFor", "forwardedProto", "forwardedHost", "contentSha256"] as const;
     for (const field of fields) {
       const tampered = { ...vector, [field]: `${vector[field]}x` };
       expect(await sign(vector.secret, tampered), field).not.toBe(vector.signature);

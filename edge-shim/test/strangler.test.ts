@@ -127,9 +127,7 @@ describe("shadow", () => {
     });
     expect(res.status).toBe(202);
     expect(await res.json()).toMatchObject({ id: "c7", hung_up: true, received: '{"reason":"test"}' });
-    expect(calls).toEqual([
-      { route: "POST /api/calls/{id}/hangup", dryRun: true, body: '{"reason":"test"}', params: { id: "c7" } },
-    ]);
+    expect(calls).toEqual([{ route: "POST /api/calls/{id}/hangup", dryRun: true, body: '{"reason":"test"}', params: { id: "c7" } }]);
     expect(await originHits("hangup")).toBe(1);
     expect(logged(log, "shadow_match")).toHaveLength(1);
   });

@@ -7,18 +7,13 @@ import { DEFER, occurredAtForPostgres } from "../src/rfc3339";
 import { formatF64, parseSerdeJson } from "../src/serde-json";
 import { parseEvent } from "../src/webhooks";
 
-const parse = (text: string | Uint8Array) =>
-  parseSerdeJson(typeof text === "string" ? new TextEncoder().encode(text) : text);
+const parse = (text: string | Uint8Array) => parseSerdeJson(typeof text === "string" ? new TextEncoder().encode(text) : text);
 const canonical = (text: string) => parse(text)?.canonical ?? null;
 
 describe("numbers as serde_json holds and writes them", () => {
   it("keeps u64 and i64 exact and turns everything else into f64", () => {
-    expect(canonical("[0,7,18446744073709551615,-1,-9223372036854775808]")).toBe(
-      "[0,7,18446744073709551615,-1,-9223372036854775808]",
-    );
-    expect(canonical("[18446744073709551616,-9223372036854775809]")).toBe(
-      "[1.8446744073709552e+19,-9.223372036854776e+18]",
-    );
+    expect(canonical("[0,7,18446744073709551615,-1,-9223372036854775808]")).toBe("[0,7,18446744073709551615,-1,-9223372036854775808]");
+    expect(canonical("[18446744073709551616,-9223372036854775809]")).toBe("[1.8446744073709552e+19,-9.223372036854776e+18]");
     expect(canonical("[1.0,-0,-0.0,1e2,1.50,0.1,1E-7,2.5e+20,100000000000000000.0]")).toBe(
       "[1.0,-0.0,-0.0,100.0,1.5,0.1,1e-7,2.5e+20,1e+17]",
     );
@@ -38,12 +33,33 @@ describe("numbers as serde_json holds and writes them", () => {
 
   it("computes f64 with serde's algorithm (one multiply or divide by 10^e)", () => {
     // serde_json without float_roundtrip: 123456789012345678901234567890 = 12345678901234567890 * 10^10.
+    // biome-ignore lint/correctness/noPrecisionLoss: the rounding of this literal is what the test reproduces
     expect(canonical("123456789012345678901234567890")).toBe(formatF64(12345678901234567890 * 1e10));
     expect(canonical("1234567.0e-3")).toBe(formatF64(12345670 / 1e4));
   });
 
   it("rejects what serde rejects (the caller defers to the container)", () => {
-    for (const bad of ["", " ", "01", "1.", ".5", "+1", "1e", "1e+", "-", "1e400", "[1,]", '{"a":1,}', "{1:2}", "nul", "tru", '"\\x"', '"a\u0001"', "[1] x", "\ufeff[]"]) {
+    for (const bad of [
+      "",
+      " ",
+      "01",
+      "1.",
+      ".5",
+      "+1",
+      "1e",
+      "1e+",
+      "-",
+      "1e400",
+      "[1,]",
+      '{"a":1,}',
+      "{1:2}",
+      "nul",
+      "tru",
+      '"\\x"',
+      '"a\u0001"',
+      "[1] x",
+      "\ufeff[]",
+    ]) {
       expect(parse(bad), JSON.stringify(bad)).toBeNull();
     }
   });

@@ -1,7 +1,7 @@
 //! Finding the session credential in a request, strictly: this is where the known bug class
 //! (wrong cookie name, wrong decoding) is decided, so every rule is explicit and tested.
 //!
-//! Rules (DESIGN.md §6): `Authorization: Bearer <token>` first; else the configured cookie
+//! Rules (docs/ARCHITECTURE.md, "Auth"): `Authorization: Bearer <token>` first; else the configured cookie
 //! names in order, the first occurrence of a name winning. A cookie value is URL-decoded
 //! exactly once (Auth.js writes `encodeURIComponent(token)`); a value that is quoted, still
 //! percent-encoded after one decode, empty, over-long, not UTF-8 or not printable ASCII is

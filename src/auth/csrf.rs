@@ -5,6 +5,8 @@
 use axum::http::{HeaderMap, Method, header};
 use url::Url;
 
+use crate::config::AllowedOrigins;
+
 pub fn is_unsafe(method: &Method) -> bool {
     !matches!(
         *method,
@@ -13,7 +15,7 @@ pub fn is_unsafe(method: &Method) -> bool {
 }
 
 /// `Ok(())` when the request's origin is allowed; `Err` says why not.
-pub fn check(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str> {
+pub fn check(headers: &HeaderMap, allowed: &AllowedOrigins) -> Result<(), &'static str> {
     let origin = match headers.get(header::ORIGIN) {
         Some(value) => value.to_str().ok().map(str::to_owned),
         None => headers
@@ -24,7 +26,7 @@ pub fn check(headers: &HeaderMap, allowed: &[String]) -> Result<(), &'static str
     };
     match origin {
         None => Err("a cookie-authenticated request must send Origin or Referer"),
-        Some(origin) if allowed.contains(&origin) => Ok(()),
+        Some(origin) if allowed.allows(&origin) => Ok(()),
         Some(_) => Err("the request's origin is not allowed"),
     }
 }
@@ -34,8 +36,8 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn allowed() -> Vec<String> {
-        vec!["https://app.example.com".into()]
+    fn allowed() -> AllowedOrigins {
+        AllowedOrigins::parse(&["https://app.example.com".into()]).unwrap()
     }
 
     #[test]

@@ -140,9 +140,9 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
-/// The organisation a request acts in (`X-Org-Id`, else the caller's default) and the
-/// caller's role there. Not a member (or no such organisation) is 404: existence is not
-/// revealed to outsiders.
+/// The organisation a request acts in (`X-Org-Id`, else the caller's stored active
+/// organisation, else their personal one) and the caller's role there. Not a member (or no
+/// such organisation) is 404: existence is not revealed to outsiders.
 #[derive(Debug, Clone)]
 pub struct OrgContext {
     pub user: CurrentUser,
@@ -174,31 +174,78 @@ pub fn membership_in(user: &CurrentUser, organisation_id: Uuid) -> Result<Role, 
         .ok_or(ApiError::NotFound)
 }
 
+/// The query parameter naming the organisation on routes a browser opens without custom
+/// headers (`EventSource`, media elements, links): see [`BrowserOrgContext`].
+pub const ORG_QUERY_PARAMETER: &str = "org_id";
+
+fn parse_org_id(text: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text.trim())
+        .map_err(|_| ApiError::BadRequest(format!("{what} must be an organisation id (a UUID).")))
+}
+
+/// `org_id` from the query string, if present (the last one wins, as serde's would).
+fn org_id_from_query(parts: &Parts) -> Option<String> {
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| key == ORG_QUERY_PARAMETER)
+        .map(|(_, value)| value.into_owned())
+        .last()
+}
+
+/// Header, then (when `allow_query`) the `org_id` parameter, then the stored active
+/// organisation, then the personal one.
+async fn org_context(
+    parts: &mut Parts,
+    state: &AppState,
+    allow_query: bool,
+) -> Result<OrgContext, ApiError> {
+    let user = CurrentUser::from_request_parts(parts, state).await?;
+    let from_header = match parts.headers.get(&X_ORG_ID) {
+        Some(value) => Some(parse_org_id(value.to_str().unwrap_or(""), "X-Org-Id")?),
+        None => None,
+    };
+    let from_query = match allow_query.then(|| org_id_from_query(parts)).flatten() {
+        Some(text) => Some(parse_org_id(&text, ORG_QUERY_PARAMETER)?),
+        None => None,
+    };
+    let organisation_id = match (from_header, from_query) {
+        (Some(header), Some(query)) if header != query => {
+            return Err(ApiError::BadRequest(
+                "X-Org-Id and org_id name different organisations.".into(),
+            ));
+        }
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => user
+            .principal
+            .default_organisation()
+            .ok_or_else(|| ApiError::Forbidden("You belong to no organisation.".into()))?,
+    };
+    let role = membership_in(&user, organisation_id)?;
+    Ok(OrgContext {
+        user,
+        organisation_id,
+        role,
+    })
+}
+
 impl FromRequestParts<AppState> for OrgContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let user = CurrentUser::from_request_parts(parts, state).await?;
-        let organisation_id = match parts.headers.get(&X_ORG_ID) {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|text| Uuid::parse_str(text.trim()).ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest("X-Org-Id must be an organisation id (a UUID).".into())
-                })?,
-            None => user
-                .principal
-                .memberships
-                .first()
-                .map(|m| m.id)
-                .ok_or_else(|| ApiError::Forbidden("You belong to no organisation.".into()))?,
-        };
-        let role = membership_in(&user, organisation_id)?;
-        Ok(OrgContext {
-            user,
-            organisation_id,
-            role,
-        })
+        org_context(parts, state, false).await
+    }
+}
+
+/// [`OrgContext`] for routes a browser opens without custom headers (`EventSource`, a
+/// media element's `src`, a download link): the organisation may also be named by the
+/// `org_id` query parameter. A header and a parameter that disagree are a 400.
+#[derive(Debug, Clone)]
+pub struct BrowserOrgContext(pub OrgContext);
+
+impl FromRequestParts<AppState> for BrowserOrgContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        org_context(parts, state, true).await.map(BrowserOrgContext)
     }
 }

@@ -35,6 +35,9 @@ pub struct Principal {
     pub session_expires: DateTime<Utc>,
     /// Personal organisation first, then by age.
     pub memberships: Vec<Membership>,
+    /// The stored active organisation (`PUT /api/me/active-organisation`), when it is still
+    /// one of `memberships`.
+    pub active_organisation_id: Option<uuid::Uuid>,
     /// Which stored form matched: what the debug endpoint and the migration metrics report.
     pub stored_form: StoredForm,
 }
@@ -71,6 +74,15 @@ pub struct SessionResolver {
     /// each per `AUTH_NEGATIVE_CACHE_SECS`, not one per request.
     unknown: TtlCache<()>,
     lookup_sql: String,
+}
+
+impl Principal {
+    /// Where a request that names no organisation acts: the stored active organisation,
+    /// else the first membership (the personal one).
+    pub fn default_organisation(&self) -> Option<uuid::Uuid> {
+        self.active_organisation_id
+            .or_else(|| self.memberships.first().map(|m| m.id))
+    }
 }
 
 impl SessionResolver {
@@ -178,10 +190,13 @@ impl SessionResolver {
             orgs::ensure_personal_organisation(&mut **client, &user.id, &display).await?;
             memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
         }
+        let active_organisation_id =
+            orgs::active_organisation_of(&self.db, &client, &user.id).await?;
         Ok(Some(Principal {
             user,
             session_expires: row.get(4),
             memberships,
+            active_organisation_id,
             stored_form,
         }))
     }

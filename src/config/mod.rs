@@ -1,10 +1,11 @@
 //! Configuration: defaults in code < optional TOML file (`--config`) < environment.
 //!
-//! Every setting is read by its environment variable name (DESIGN.md §5); a TOML file uses
+//! Every setting is read by its environment variable name (docs/SECRETS_TO_SET.md); a TOML file uses
 //! the same names in lower case (`database_url = "…"`). Validation collects *every* problem
 //! before failing, so an operator fixes a deployment in one pass. Secrets are wrapped in
 //! [`Secret`] from the moment they are read.
 
+mod origins;
 mod secret;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub use origins::AllowedOrigins;
 pub use secret::Secret;
 use url::Url;
 
@@ -65,6 +67,12 @@ pub struct Config {
     pub bind_address: IpAddr,
     pub port: u16,
     pub public_base_url: Url,
+    /// `WEBHOOK_BASE_URL` (default `PUBLIC_BASE_URL`): where providers send webhooks — the
+    /// Worker's hostname once `/webhooks/*` are edge-owned.
+    pub webhook_base_url: Url,
+    /// `MEDIA_BASE_URL` (default `PUBLIC_BASE_URL`): the container's own hostname, which
+    /// Telnyx media streams must reach directly (never through the Worker).
+    pub media_base_url: Url,
     pub log: LogConfig,
     pub http: HttpConfig,
     pub database: DatabaseConfig,
@@ -76,6 +84,16 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub media: MediaConfig,
     pub recordings: RecordingsConfig,
+}
+
+/// The settings `callbridge migrate` reads: the database, the Auth.js schema, logging.
+#[derive(Debug, Clone)]
+pub struct MigrateConfig {
+    pub app_env: AppEnv,
+    pub log: LogConfig,
+    /// `DATABASE_DIRECT_URL`, else `DATABASE_URL` (migrations need a session, not a pooler).
+    pub direct_url: Secret<String>,
+    pub auth_schema: String,
 }
 
 /// Recordings, post-call transcripts and the cron (docs/RECORDINGS.md).
@@ -142,7 +160,8 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    pub allowed_origins: Vec<String>,
+    /// `ALLOWED_ORIGINS`: exact origins and `https://*.<domain>` preview patterns.
+    pub allowed_origins: AllowedOrigins,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
     /// `HTTP_HEADER_READ_TIMEOUT_SECS`: a request head must arrive within this (slowloris).
@@ -243,7 +262,7 @@ pub struct ProvidersConfig {
 #[derive(Debug, Clone)]
 pub struct TelnyxConfig {
     pub api_key: Secret<String>,
-    /// Base64 of the raw 32-byte Ed25519 key (PROVIDERS.md §1.1).
+    /// Base64 of the raw 32-byte Ed25519 key (docs/PROVIDERS.md §1.1).
     pub public_key: String,
     pub connection_id: String,
     pub api_base: Url,
@@ -357,7 +376,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Default cookie names, newest Auth.js first (DESIGN.md §6).
+/// Default cookie names, newest Auth.js first (docs/ARCHITECTURE.md, "Auth").
 pub const DEFAULT_SESSION_COOKIES: &[&str] = &[
     "__Secure-authjs.session-token",
     "authjs.session-token",
@@ -378,22 +397,29 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let env: HashMap<String, String> = env
-            .into_iter()
-            .map(|(key, value)| (key.to_ascii_lowercase(), value))
-            .collect();
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
+        Reader::new(layered_source(file, env)?).finish()
+    }
+
+    /// Only what migrations need (see [`MigrateConfig`]), from the same sources.
+    pub fn load_for_migrate(file: Option<&Path>) -> Result<MigrateConfig, ConfigError> {
+        Self::load_migrate_from(file, std::env::vars())
+    }
+
+    pub fn load_migrate_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<MigrateConfig, ConfigError> {
+        Reader::new(layered_source(file, env)?).finish_migrate()
+    }
+
+    /// The part of this configuration migrations use.
+    pub fn migrate_config(&self) -> MigrateConfig {
+        MigrateConfig {
+            app_env: self.app_env,
+            log: self.log.clone(),
+            direct_url: self.database.direct_url.clone(),
+            auth_schema: self.auth.schema.clone(),
         }
-        builder = builder.add_source(config::Environment::default().source(Some(env)));
-        let layered = builder.build().map_err(|error| ConfigError {
-            problems: vec![ConfigProblem {
-                variable: "--config".into(),
-                message: error.to_string(),
-            }],
-        })?;
-        Reader::new(layered).finish()
     }
 
     pub fn is_production(&self) -> bool {
@@ -406,6 +432,8 @@ impl Config {
             "app_env": self.app_env,
             "listen": format!("{}:{}", self.bind_address, self.port),
             "public_base_url": self.public_base_url.as_str(),
+            "webhook_base_url": self.webhook_base_url.as_str(),
+            "media_base_url": self.media_base_url.as_str(),
             "database": database_target(self.database.url.expose()),
             "storage": { "endpoint": self.storage.endpoint.as_str(), "bucket": self.storage.bucket },
             "auth": { "schema": self.auth.schema, "token_storage": self.auth.token_storage },
@@ -419,6 +447,28 @@ impl Config {
             "sentry": self.sentry.is_some(),
         })
     }
+}
+
+/// Defaults < TOML file < environment, as one `config` source.
+fn layered_source(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<config::Config, ConfigError> {
+    let env: HashMap<String, String> = env
+        .into_iter()
+        .map(|(key, value)| (key.to_ascii_lowercase(), value))
+        .collect();
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path).required(true));
+    }
+    builder = builder.add_source(config::Environment::default().source(Some(env)));
+    builder.build().map_err(|error| ConfigError {
+        problems: vec![ConfigProblem {
+            variable: "--config".into(),
+            message: error.to_string(),
+        }],
+    })
 }
 
 /// `host:port/dbname` of a Postgres URL, never the user or password.
@@ -581,40 +631,24 @@ impl Reader {
         {
             self.problem("PUBLIC_BASE_URL", "must be https outside development");
         }
+        let webhook_base_url = self.base_url_or_public("WEBHOOK_BASE_URL", &public_base_url);
+        let media_base_url = self.base_url_or_public("MEDIA_BASE_URL", &public_base_url);
 
-        let log = LogConfig {
-            format: match self.string("LOG_FORMAT").as_deref() {
-                Some("json") => LogFormat::Json,
-                Some("pretty") => LogFormat::Pretty,
-                None if strict => LogFormat::Json,
-                None => LogFormat::Pretty,
-                Some(other) => {
-                    self.problem(
-                        "LOG_FORMAT",
-                        format!("must be pretty or json, not {other:?}"),
-                    );
-                    LogFormat::Json
-                }
-            },
-            filter: self
-                .string("LOG_LEVEL")
-                .or_else(|| self.string("RUST_LOG"))
-                .unwrap_or_else(|| "info,tower_http=info".into()),
-        };
+        let log = self.log();
 
         let allowed_origins = self
             .required("ALLOWED_ORIGINS", dev("http://localhost:3000"))
             .map(|raw| split_list(&raw))
             .unwrap_or_default();
-        for origin in &allowed_origins {
-            match Url::parse(origin) {
-                Ok(url) if url.origin().ascii_serialization() == *origin => {}
-                _ => self.problem(
-                    "ALLOWED_ORIGINS",
-                    format!("{origin:?} is not an origin like https://app.example.com"),
-                ),
+        let allowed_origins = match AllowedOrigins::parse(&allowed_origins) {
+            Ok(origins) => origins,
+            Err(problems) => {
+                for problem in problems {
+                    self.problem("ALLOWED_ORIGINS", problem);
+                }
+                AllowedOrigins::default()
             }
-        }
+        };
         let http = HttpConfig {
             allowed_origins,
             request_timeout: Duration::from_secs(self.parsed("HTTP_REQUEST_TIMEOUT_SECS", 30)),
@@ -633,55 +667,9 @@ impl Reader {
             self.problem("METRICS_TOKEN", "required when APP_ENV=production");
         }
 
-        let database_url = self.required(
-            "DATABASE_URL",
-            dev("postgres://postgres@127.0.0.1:5432/callbridge"),
-        );
-        let direct_url = self.string("DATABASE_DIRECT_URL");
-        for (variable, value) in [
-            ("DATABASE_URL", &database_url),
-            ("DATABASE_DIRECT_URL", &direct_url),
-        ] {
-            let Some(url) = value else { continue };
-            match url.parse::<tokio_postgres::Config>() {
-                Err(_) => self.problem(variable, "not a valid postgres:// connection string"),
-                Ok(parsed) if strict && !tls_required_or_local(&parsed) => self.problem(
-                    variable,
-                    "must set sslmode=require for a non-local database outside development",
-                ),
-                Ok(_) => {}
-            }
-        }
-        let migrate_on_start = self.boolean("RUN_MIGRATIONS_ON_START", !strict);
-        if migrate_on_start && app_env == AppEnv::Production {
-            self.problem(
-                "RUN_MIGRATIONS_ON_START",
-                "not allowed in production: run `callbridge migrate` from CI",
-            );
-        }
-        let database = DatabaseConfig {
-            direct_url: Secret::new(
-                direct_url
-                    .clone()
-                    .or_else(|| database_url.clone())
-                    .unwrap_or_default(),
-            ),
-            url: Secret::new(database_url.unwrap_or_default()),
-            pool_max_size: self.parsed("DATABASE_POOL_MAX_SIZE", 16usize),
-            pool_timeout: Duration::from_millis(self.parsed("DATABASE_POOL_TIMEOUT_MS", 3000)),
-            statement_cache: self.boolean("DATABASE_STATEMENT_CACHE", true),
-            migrate_on_start,
-        };
+        let database = self.database();
 
-        let schema = self
-            .string("AUTH_SCHEMA")
-            .unwrap_or_else(|| "authjs".into());
-        if !is_sql_identifier(&schema) {
-            self.problem(
-                "AUTH_SCHEMA",
-                "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 bytes)",
-            );
-        }
+        let schema = self.auth_schema();
         let token_storage = match self.string("AUTH_TOKEN_STORAGE").as_deref() {
             None | Some("raw") => TokenStorage::Raw,
             Some("hashed") => TokenStorage::Hashed,
@@ -846,6 +834,8 @@ impl Reader {
             bind_address,
             port,
             public_base_url: public_base_url.expect("checked above"),
+            webhook_base_url: webhook_base_url.expect("checked above"),
+            media_base_url: media_base_url.expect("checked above"),
             log,
             http,
             database,
@@ -873,6 +863,126 @@ impl Reader {
             self.problem(variable, "every entry must be a path starting with /");
         }
         prefixes
+    }
+
+    /// `LOG_FORMAT` and `LOG_LEVEL` (else `RUST_LOG`).
+    fn log(&mut self) -> LogConfig {
+        LogConfig {
+            format: match self.string("LOG_FORMAT").as_deref() {
+                Some("json") => LogFormat::Json,
+                Some("pretty") => LogFormat::Pretty,
+                None if self.app_env.is_strict() => LogFormat::Json,
+                None => LogFormat::Pretty,
+                Some(other) => {
+                    self.problem(
+                        "LOG_FORMAT",
+                        format!("must be pretty or json, not {other:?}"),
+                    );
+                    LogFormat::Json
+                }
+            },
+            filter: self
+                .string("LOG_LEVEL")
+                .or_else(|| self.string("RUST_LOG"))
+                .unwrap_or_else(|| "info,tower_http=info".into()),
+        }
+    }
+
+    /// The `DATABASE_*` variables and `RUN_MIGRATIONS_ON_START`.
+    fn database(&mut self) -> DatabaseConfig {
+        let strict = self.app_env.is_strict();
+        let database_url = self.required(
+            "DATABASE_URL",
+            (!strict).then_some("postgres://postgres@127.0.0.1:5432/callbridge"),
+        );
+        let direct_url = self.string("DATABASE_DIRECT_URL");
+        for (variable, value) in [
+            ("DATABASE_URL", &database_url),
+            ("DATABASE_DIRECT_URL", &direct_url),
+        ] {
+            let Some(url) = value else { continue };
+            match url.parse::<tokio_postgres::Config>() {
+                Err(_) => self.problem(variable, "not a valid postgres:// connection string"),
+                Ok(parsed) if strict && !tls_required_or_local(&parsed) => self.problem(
+                    variable,
+                    "must set sslmode=require for a non-local database outside development",
+                ),
+                Ok(_) => {}
+            }
+        }
+        let migrate_on_start = self.boolean("RUN_MIGRATIONS_ON_START", !strict);
+        if migrate_on_start && self.app_env == AppEnv::Production {
+            self.problem(
+                "RUN_MIGRATIONS_ON_START",
+                "not allowed in production: run `callbridge migrate` from CI",
+            );
+        }
+        DatabaseConfig {
+            direct_url: Secret::new(
+                direct_url
+                    .clone()
+                    .or_else(|| database_url.clone())
+                    .unwrap_or_default(),
+            ),
+            url: Secret::new(database_url.unwrap_or_default()),
+            pool_max_size: self.parsed("DATABASE_POOL_MAX_SIZE", 16usize),
+            pool_timeout: Duration::from_millis(self.parsed("DATABASE_POOL_TIMEOUT_MS", 3000)),
+            statement_cache: self.boolean("DATABASE_STATEMENT_CACHE", true),
+            migrate_on_start,
+        }
+    }
+
+    fn auth_schema(&mut self) -> String {
+        let schema = self
+            .string("AUTH_SCHEMA")
+            .unwrap_or_else(|| "authjs".into());
+        if !is_sql_identifier(&schema) {
+            self.problem(
+                "AUTH_SCHEMA",
+                "must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 bytes)",
+            );
+        }
+        schema
+    }
+
+    /// What `callbridge migrate` needs and nothing else: no provider, storage or auth
+    /// secret is read, so CI can migrate with only the database variables.
+    fn finish_migrate(mut self) -> Result<MigrateConfig, ConfigError> {
+        let log = self.log();
+        let database = self.database();
+        if self.string("DATABASE_DIRECT_URL").is_some() {
+            // Migrations use the direct URL only: the pooled one may stay unset here.
+            self.problems
+                .retain(|p| !(p.variable == "DATABASE_URL" && p.message.starts_with("required")));
+        }
+        let auth_schema = self.auth_schema();
+        if !self.problems.is_empty() {
+            return Err(ConfigError {
+                problems: self.problems,
+            });
+        }
+        Ok(MigrateConfig {
+            app_env: self.app_env,
+            log,
+            direct_url: database.direct_url,
+            auth_schema,
+        })
+    }
+
+    /// A base URL that defaults to `PUBLIC_BASE_URL`; https outside development, like it.
+    fn base_url_or_public(&mut self, variable: &str, public: &Option<Url>) -> Option<Url> {
+        let value = self.string(variable);
+        let Some(raw) = value else {
+            return public.clone();
+        };
+        let url = self.url(variable, Some(raw))?;
+        if self.app_env.is_strict() && url.scheme() != "https" {
+            self.problem(variable, "must be https outside development");
+        }
+        if !matches!(url.scheme(), "http" | "https") {
+            self.problem(variable, "must be an http(s) URL");
+        }
+        Some(url)
     }
 
     /// A number in `min..=max`, else a problem (and the default).
@@ -917,7 +1027,7 @@ impl Reader {
                 1,
                 3600,
             )),
-            // R2 presigned URLs live at most 7 days (PROVIDERS.md §5).
+            // R2 presigned URLs live at most 7 days (docs/PROVIDERS.md §5).
             transcription_url_ttl: Duration::from_secs(self.bounded(
                 "RECORDINGS_TRANSCRIPTION_URL_SECS",
                 86_400,
@@ -1001,7 +1111,7 @@ impl Reader {
         };
         let deepl = {
             let api_key = self.provider_key("DEEPL_API_KEY");
-            // Free-plan keys end in ":fx" and only work on the free host (PROVIDERS.md §4.1).
+            // Free-plan keys end in ":fx" and only work on the free host (docs/PROVIDERS.md §4.1).
             let default_base = match &api_key {
                 Some(key) if key.expose().ends_with(":fx") => "https://api-free.deepl.com",
                 _ => "https://api.deepl.com",
@@ -1165,6 +1275,63 @@ mod tests {
             "file wins over defaults"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn webhook_and_media_base_urls_default_to_the_public_one() {
+        let config = load(&[("PUBLIC_BASE_URL", "https://api.example.com")]).unwrap();
+        assert_eq!(config.webhook_base_url.as_str(), "https://api.example.com/");
+        assert_eq!(config.media_base_url.as_str(), "https://api.example.com/");
+        let config = load(&[
+            ("PUBLIC_BASE_URL", "https://api.example.com"),
+            ("WEBHOOK_BASE_URL", "https://edge.example.com"),
+            ("MEDIA_BASE_URL", "https://origin.example.com/prefix"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.webhook_base_url.as_str(),
+            "https://edge.example.com/"
+        );
+        assert_eq!(
+            config.media_base_url.as_str(),
+            "https://origin.example.com/prefix"
+        );
+        let error = load(&[
+            ("MEDIA_BASE_URL", "not a url"),
+            ("WEBHOOK_BASE_URL", "ftp://x.example.com"),
+        ])
+        .unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, ["WEBHOOK_BASE_URL", "MEDIA_BASE_URL"]);
+    }
+
+    #[test]
+    fn migrate_reads_only_the_database_settings() {
+        let migrate = |vars: &[(&str, &str)]| {
+            Config::load_migrate_from(
+                None,
+                vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+        };
+        let config = migrate(&[
+            ("APP_ENV", "production"),
+            (
+                "DATABASE_DIRECT_URL",
+                "postgres://u:p@db.example.com/app?sslmode=require",
+            ),
+        ])
+        .expect("no provider, storage or auth secret is needed");
+        assert_eq!(config.app_env, AppEnv::Production);
+        assert_eq!(config.auth_schema, "authjs");
+        let error = migrate(&[("APP_ENV", "production")]).unwrap_err();
+        let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(named, ["DATABASE_URL"]);
+        let error = migrate(&[
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://u:p@db.example.com/app"),
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("sslmode=require"), "{error}");
     }
 
     #[test]

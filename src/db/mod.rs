@@ -139,6 +139,43 @@ pub async fn connect_direct(url: &str) -> Result<tokio_postgres::Client, DbError
     Ok(client)
 }
 
+/// One embedded migration and whether the database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+/// Every embedded migration, applied or pending, read without writing anything (the
+/// history table may not exist yet: then every migration is pending).
+pub async fn migration_status(direct_url: &str) -> Result<Vec<MigrationStatus>, DbError> {
+    let client = connect_direct(direct_url).await?;
+    let exists: bool = client
+        .query_one("select to_regclass('_sqlx_migrations') is not null", &[])
+        .await?
+        .get(0);
+    let applied: Vec<i64> = if exists {
+        client
+            .query("select version from _sqlx_migrations where success", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| MigrationStatus {
+            version: m.version,
+            description: m.description.to_string(),
+            applied: applied.contains(&m.version),
+        })
+        .collect())
+}
+
 /// Applies pending migrations over the unpooled URL (advisory-locked by sqlx, so replicas
 /// starting together do not race).
 pub async fn migrate(direct_url: &str) -> Result<(), DbError> {

@@ -1,4 +1,4 @@
-//! `POST /webhooks/assemblyai`: AssemblyAI's "transcript done" callback (PROVIDERS.md §2.3).
+//! `POST /webhooks/assemblyai`: AssemblyAI's "transcript done" callback (docs/PROVIDERS.md §2.3).
 //!
 //! AssemblyAI signs nothing; it sends back the header we named when submitting
 //! (`x-callbridge-webhook-secret: ASSEMBLYAI_WEBHOOK_SECRET`), compared here in constant time

@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{OrgContext, recheck};
+use crate::auth::{BrowserOrgContext, OrgContext, recheck};
 use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::events::{self, CallEvent, FollowItem};
@@ -176,7 +176,7 @@ pub async fn create(
         client_state: telnyx::encode_client_state(call.id),
         command_id: format!("dial:{}", call.id),
         stream: StreamSettings::bidirectional_pcmu(stream_token::stream_url(
-            &state.config.public_base_url,
+            &state.config.media_base_url,
             secret,
             call.id,
             now_unix(),
@@ -184,7 +184,7 @@ pub async fn create(
         record: body.record,
         webhook_url: Some(format!(
             "{}/webhooks/telnyx",
-            state.config.public_base_url.as_str().trim_end_matches('/')
+            state.config.webhook_base_url.as_str().trim_end_matches('/')
         )),
     };
     match telnyx.dial(&request).await {
@@ -362,7 +362,8 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/api/calls/{id}/events", tag = "calls",
     params(("id" = Uuid, Path, description = "Call id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event"),
-        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in"),
+        ("org_id" = Option<Uuid>, Query, description = "Organisation to act in, for clients that cannot send X-Org-Id (EventSource); must equal X-Org-Id when both are sent")),
     responses(
         (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON). The session and membership are re-checked every AUTH_STREAM_RECHECK_SECS; when either is gone the stream ends with one `auth.revoked` event (data = RevokedEvent)", body = CallEvent, content_type = "text/event-stream"),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
@@ -370,7 +371,7 @@ pub struct EventsQuery {
     ))]
 pub async fn events(
     State(state): State<AppState>,
-    org: OrgContext,
+    BrowserOrgContext(org): BrowserOrgContext,
     Path(id): Path<Uuid>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,

@@ -1,7 +1,10 @@
-//! `GET /api/me`: the signed-in user, their organisations and roles, and the active one.
+//! `GET /api/me`: the signed-in user, their organisations and roles, and the active one;
+//! `PUT /api/me/active-organisation`: choose the active one (stored, used when a request
+//! names none).
 
+use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -9,7 +12,8 @@ use crate::auth::sessions::User;
 use crate::auth::{CredentialSource, CurrentUser, X_ORG_ID, membership_in};
 use crate::error::{ApiError, Problem};
 use crate::http::extract::Json;
-use crate::orgs::Membership;
+use crate::orgs::{self, Membership};
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionInfo {
@@ -21,7 +25,8 @@ pub struct SessionInfo {
 pub struct Me {
     pub user: User,
     pub organisations: Vec<Membership>,
-    /// `X-Org-Id` when sent (and a membership), else the default: the personal organisation.
+    /// `X-Org-Id` when sent (and a membership), else the stored active organisation, else
+    /// the personal one: where a request that names no organisation acts.
     pub active_organisation_id: Option<Uuid>,
     pub session: SessionInfo,
 }
@@ -45,7 +50,7 @@ pub async fn me(user: CurrentUser, headers: axum::http::HeaderMap) -> Result<Jso
             membership_in(&user, id)?;
             Some(id)
         }
-        None => user.principal.memberships.first().map(|m| m.id),
+        None => user.principal.default_organisation(),
     };
     Ok(Json(Me {
         user: user.principal.user.clone(),
@@ -55,5 +60,52 @@ pub async fn me(user: CurrentUser, headers: axum::http::HeaderMap) -> Result<Jso
             expires: user.principal.session_expires,
             source: user.source,
         },
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveOrganisationRequest {
+    /// One of the caller's organisations.
+    pub organisation_id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActiveOrganisation {
+    pub active_organisation_id: Uuid,
+}
+
+/// Stores the organisation requests act in when they name none (no `X-Org-Id`, no `org_id`):
+/// what an `EventSource`, a WebSocket or a link uses. Kept across sessions and devices.
+#[utoipa::path(put, path = "/api/me/active-organisation", tag = "auth",
+    request_body = ActiveOrganisationRequest,
+    responses(
+        (status = 200, description = "Stored", body = ActiveOrganisation),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie session from a disallowed origin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not one of the caller's organisations", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "organisation_id missing or not a UUID", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn set_active_organisation(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Json(body): Json<ActiveOrganisationRequest>,
+) -> Result<Json<ActiveOrganisation>, ApiError> {
+    membership_in(&user, body.organisation_id)?;
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let stored = orgs::set_active_organisation(&**client, user.id(), body.organisation_id)
+        .await
+        .map_err(ApiError::internal)?;
+    if !stored {
+        // The membership went away after this replica cached the session.
+        state.sessions.forget_user(user.id());
+        return Err(ApiError::NotFound);
+    }
+    // This replica sees the choice at once; others within the session cache TTL.
+    state.sessions.forget_user(user.id());
+    Ok(Json(ActiveOrganisation {
+        active_organisation_id: body.organisation_id,
     }))
 }

@@ -13,7 +13,7 @@ use crate::http::extract::Path;
 use crate::media::bridge;
 use crate::state::AppState;
 
-/// Telnyx media stream (WebSocket, PROVIDERS.md §1.6).
+/// Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6).
 #[utoipa::path(get, path = "/media/telnyx/{stream_token}", tag = "media",
     params(("stream_token" = String, Path, description = "Token from the stream_url we gave Telnyx")),
     responses(

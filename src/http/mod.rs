@@ -62,6 +62,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::spec))
         .routes(routes!(openapi::docs))
         .routes(routes!(me::me))
+        .routes(routes!(me::set_active_organisation))
         .routes(routes!(orgs::create))
         .routes(routes!(
             orgs::list_members,
@@ -92,14 +93,12 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 fn cors(config: &Config) -> CorsLayer {
-    let origins: Vec<HeaderValue> = config
-        .http
-        .allowed_origins
-        .iter()
-        .filter_map(|origin| HeaderValue::from_str(origin).ok())
-        .collect();
+    // A predicate, not a list: `ALLOWED_ORIGINS` may hold preview patterns (config::origins).
+    let origins = config.http.allowed_origins.clone();
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|origin| origins.allows(origin))
+        }))
         .allow_credentials(true)
         .allow_methods([
             Method::GET,

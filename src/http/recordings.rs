@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::auth::OrgContext;
+use crate::auth::{BrowserOrgContext, OrgContext};
 use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
@@ -534,14 +534,15 @@ pub async fn get(
 /// 302 to a presigned GET of the latest version (or `version`).
 #[utoipa::path(get, path = "/api/recordings/{id}/download", tag = "recordings",
     params(("id" = Uuid, Path, description = "Recording id"), VersionQuery,
-        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in"),
+        ("org_id" = Option<Uuid>, Query, description = "Organisation to act in, for links and media elements that cannot send X-Org-Id; must equal X-Org-Id when both are sent")),
     responses(
         (status = 302, description = "Location: presigned GET (at most 5 minutes)"),
         (status = 404, description = "No such recording, or nothing stored yet", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn download(
     State(state): State<AppState>,
-    org: OrgContext,
+    BrowserOrgContext(org): BrowserOrgContext,
     Path(id): Path<Uuid>,
     Query(query): Query<VersionQuery>,
 ) -> Result<Response, ApiError> {

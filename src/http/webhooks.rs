@@ -78,7 +78,7 @@ pub async fn store_in_inbox(
     Ok(duplicate)
 }
 
-/// Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4).
+/// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
 #[utoipa::path(post, path = "/webhooks/telnyx", tag = "webhooks",
     params(
         ("telnyx-signature-ed25519" = String, Header, description = "base64 Ed25519 signature of `timestamp|body`"),

@@ -1,6 +1,6 @@
 //! Job `recording.import`: copies a Telnyx recording into storage as soon as
 //! `call.recording.saved` arrives — its `recording_urls` expire after 10 minutes
-//! (PROVIDERS.md §1.3) — then enqueues `recording.transcribe` in the same transaction that
+//! (docs/PROVIDERS.md §1.3) — then enqueues `recording.transcribe` in the same transaction that
 //! marks the version stored.
 //!
 //! Idempotent: one job per Telnyx recording (dedupe key), and a recording already imported

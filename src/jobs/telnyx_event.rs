@@ -191,7 +191,7 @@ async fn answer_once(
         .field("call_control_id")
         .ok_or_else(|| Permanent("no call_control_id".into()))?;
     let stream = StreamSettings::bidirectional_pcmu(stream_token::stream_url(
-        &state.config.public_base_url,
+        &state.config.media_base_url,
         state.config.auth.secret.expose().as_bytes(),
         call.id,
         now_unix(),

@@ -1,4 +1,4 @@
-//! Post-call transcripts (PROVIDERS.md §2.3), two jobs:
+//! Post-call transcripts (docs/PROVIDERS.md §2.3), two jobs:
 //!
 //! - `recording.transcribe`: submits a stored version to AssemblyAI async with `audio_url` =
 //!   a presigned GET that outlives the queue (`RECORDINGS_TRANSCRIPTION_URL_SECS`), the
@@ -70,7 +70,7 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
         audio_url,
         webhook_url: format!(
             "{}/webhooks/assemblyai",
-            state.config.public_base_url.as_str().trim_end_matches('/')
+            state.config.webhook_base_url.as_str().trim_end_matches('/')
         ),
         webhook_auth_header_name: assemblyai_async::WEBHOOK_AUTH_HEADER.into(),
         webhook_auth_header_value: secret.expose().clone(),

@@ -1,4 +1,4 @@
-//! Telnyx media-stream frames (PROVIDERS.md §1.6), parsed strictly: numbers arrive as
+//! Telnyx media-stream frames (docs/PROVIDERS.md §1.6), parsed strictly: numbers arrive as
 //! strings, `stream_id` is top-level, the payload is base64 codec bytes. Anything that does
 //! not fit is an error the bridge counts and skips — never a panic.
 

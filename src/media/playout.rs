@@ -1,6 +1,6 @@
 //! The live translation loop: each final turn of one party is translated into the other
 //! party's language, synthesised by ElevenLabs as µ-law 8 kHz, and streamed back into the call
-//! as Telnyx `media` frames followed by a `mark` (PROVIDERS.md §1.6, §3, §4). Utterances play
+//! as Telnyx `media` frames followed by a `mark` (docs/PROVIDERS.md §1.6, §3, §4). Utterances play
 //! in order. The bridge turns Telnyx's mark echoes into *played*, and the listener talking
 //! over an utterance into `clear` and *cut*.
 

@@ -61,7 +61,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         .map(|d| d.as_secs())
         .unwrap_or_default();
     for (call_id, ccid, lost_ms, at_ms) in &claimed {
-        let url = stream_token::stream_url(&state.config.public_base_url, secret, *call_id, now);
+        let url = stream_token::stream_url(&state.config.media_base_url, secret, *call_id, now);
         let command_id = format!("reattach:{call_id}:{now}");
         if let Err(error) = telnyx
             .streaming_start(ccid, &command_id, &StreamSettings::bidirectional_pcmu(url))

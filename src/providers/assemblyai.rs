@@ -1,4 +1,4 @@
-//! AssemblyAI: the Universal Streaming v3 client and temporary tokens (PROVIDERS.md §2.1).
+//! AssemblyAI: the Universal Streaming v3 client and temporary tokens (docs/PROVIDERS.md §2.1).
 //!
 //! The handshake carries the bare API key in `Authorization` (no "Bearer"); `speech_model`
 //! is required; audio goes as binary frames of 50–1000 ms; `{"type":"Terminate"}` ends a
@@ -41,7 +41,7 @@ pub struct StreamParams {
 }
 
 impl StreamParams {
-    /// Telnyx PCMU straight through: no transcoding (DESIGN.md §1).
+    /// Telnyx PCMU straight through: no transcoding (docs/MEDIA_BRIDGE.md).
     pub fn telephony(speech_model: &str) -> Self {
         Self {
             speech_model: speech_model.to_owned(),

@@ -1,4 +1,4 @@
-//! AssemblyAI async (pre-recorded) transcripts: submit and fetch (PROVIDERS.md §2.3).
+//! AssemblyAI async (pre-recorded) transcripts: submit and fetch (docs/PROVIDERS.md §2.3).
 //!
 //! `POST /v2/transcript` with `audio_url` (a presigned GET of ours), `webhook_url` and the
 //! auth header AssemblyAI echoes back on the webhook, `multichannel` for dual-channel Telnyx

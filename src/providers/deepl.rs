@@ -1,4 +1,4 @@
-//! DeepL `POST /v2/translate` (PROVIDERS.md §4.1): `Authorization: DeepL-Auth-Key`, the host
+//! DeepL `POST /v2/translate` (docs/PROVIDERS.md §4.1): `Authorization: DeepL-Auth-Key`, the host
 //! chosen from the key (`:fx` = free), deprecated targets `EN`/`PT` mapped to regional codes,
 //! ≤ 50 texts and ≤ 128 KiB per request, 429 and 5xx retried with backoff, 456 (quota) never
 //! retried — the caller fails over.

@@ -1,4 +1,4 @@
-//! ElevenLabs streaming TTS (PROVIDERS.md §3): `POST /v1/text-to-speech/{voice}/stream?output_format=…`
+//! ElevenLabs streaming TTS (docs/PROVIDERS.md §3): `POST /v1/text-to-speech/{voice}/stream?output_format=…`
 //! with `xi-api-key`; the response body is raw audio streamed as it is generated. For calls we
 //! ask for `ulaw_8000`: headerless µ-law that goes into Telnyx PCMU frames as is.
 

@@ -1,5 +1,5 @@
 //! Clients for the vendors we call, one file per vendor, each with its base URL from config
-//! (so tests and `make dev` point it at a simulator) and the PROVIDERS.md section it follows.
+//! (so tests and `make dev` point it at a simulator) and the docs/PROVIDERS.md section it follows.
 
 pub mod assemblyai;
 pub mod assemblyai_async;

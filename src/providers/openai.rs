@@ -1,4 +1,4 @@
-//! OpenAI chat completions as the translation fallback (PROVIDERS.md §4.2): `gpt-4o-mini`,
+//! OpenAI chat completions as the translation fallback (docs/PROVIDERS.md §4.2): `gpt-4o-mini`,
 //! temperature 0, a system prompt that allows the translation only.
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Telnyx: the Call Control API client and webhook signature verification.
 //!
-//! PROVIDERS.md §1.1 (signatures: Ed25519 over `"{timestamp}|{raw body}"`, ±300 s), §1.2
+//! docs/PROVIDERS.md §1.1 (signatures: Ed25519 over `"{timestamp}|{raw body}"`, ±300 s), §1.2
 //! (envelope), §1.5 (commands; `command_id` makes retries harmless; 422/90018 = call ended).
 
 use std::time::Duration;
@@ -90,7 +90,7 @@ impl WebhookVerifier {
     }
 }
 
-/// The parts of a webhook v2 envelope we route on (PROVIDERS.md §1.2).
+/// The parts of a webhook v2 envelope we route on (docs/PROVIDERS.md §1.2).
 #[derive(Debug, Clone)]
 pub struct WebhookEvent {
     pub id: String,
@@ -158,7 +158,7 @@ pub enum TelnyxError {
     Unavailable(String),
 }
 
-/// Media stream settings for dial/answer/streaming_start (PROVIDERS.md §1.5 table).
+/// Media stream settings for dial/answer/streaming_start (docs/PROVIDERS.md §1.5 table).
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamSettings {
     pub stream_url: String,
@@ -169,7 +169,7 @@ pub struct StreamSettings {
 }
 
 impl StreamSettings {
-    /// Both tracks in, µ-law out: no transcoding anywhere (DESIGN.md §1).
+    /// Both tracks in, µ-law out: no transcoding anywhere (docs/MEDIA_BRIDGE.md).
     pub fn bidirectional_pcmu(stream_url: String) -> Self {
         Self {
             stream_url,

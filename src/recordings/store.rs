@@ -1,5 +1,5 @@
 //! Streaming bytes into storage with flat memory: a multipart upload of equal-sized parts
-//! (R2 requires every part but the last to have the same size, PROVIDERS.md §5), a SHA-256
+//! (R2 requires every part but the last to have the same size, docs/PROVIDERS.md §5), a SHA-256
 //! computed on the way, a size limit enforced as bytes arrive, and an abort whenever the
 //! upload does not complete — including when the future is dropped (client gone).
 //!
@@ -289,7 +289,7 @@ impl Sink {
         let (storage, key) = (self.storage.clone(), self.key.clone());
         self.in_flight.push_back(tokio::spawn(async move {
             let mut last_error = None;
-            // Re-sending a part number replaces it, so a retry is safe (PROVIDERS.md §5).
+            // Re-sending a part number replaces it, so a retry is safe (docs/PROVIDERS.md §5).
             for attempt in 1..=3u32 {
                 match storage
                     .client()

@@ -1,4 +1,4 @@
-//! An AssemblyAI Universal Streaming v3 simulator (PROVIDERS.md §2.1) that enforces the
+//! An AssemblyAI Universal Streaming v3 simulator (docs/PROVIDERS.md §2.1) that enforces the
 //! rules the real service enforces: the bare-key `Authorization` header (or a single-use
 //! `?token=` from `GET /v3/token`), `speech_model` required, binary chunks of 50–1000 ms
 //! (else an `Error` 3007 and close 3007), `Begin` / `Turn` / `Termination`, `Terminate`

@@ -1,4 +1,4 @@
-//! AssemblyAI async transcripts (PROVIDERS.md §2.3): `POST /v2/transcript` (bare-key
+//! AssemblyAI async transcripts (docs/PROVIDERS.md §2.3): `POST /v2/transcript` (bare-key
 //! `Authorization`, `audio_url` required) answers `queued`; the simulator then downloads
 //! `audio_url` itself — so a presigned URL that does not work, or is not audio, ends as
 //! `status: error` exactly as with AssemblyAI — "transcribes" it from a script (words and

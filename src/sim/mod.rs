@@ -1,5 +1,5 @@
 //! Protocol-faithful provider simulators for tests, `make dev` and benchmarks
-//! (DESIGN.md §8). Built only with the `sim` feature; never in the production image.
+//! (docs/ARCHITECTURE.md, "Tests"). Built only with the `sim` feature; never in the production image.
 
 pub mod assemblyai;
 pub mod assemblyai_async;

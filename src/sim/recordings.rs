@@ -1,4 +1,4 @@
-//! Telnyx recording downloads (PROVIDERS.md §1.3): `recording_urls` are S3 presigned links
+//! Telnyx recording downloads (docs/PROVIDERS.md §1.3): `recording_urls` are S3 presigned links
 //! valid for 10 minutes (`X-Amz-Expires=600`). This server hands out links signed with its own
 //! key that stop working at their expiry (403 `AccessDenied`, "Request has expired", like
 //! S3) or when tampered with (403 `SignatureDoesNotMatch`), serves real WAV files generated
@@ -250,7 +250,7 @@ pub fn wav_duration_ms(bytes: &[u8]) -> Option<u64> {
     (byte_rate > 0).then(|| data_len * 1000 / byte_rate)
 }
 
-/// The payload of `call.recording.saved` (PROVIDERS.md §1.3) for these links.
+/// The payload of `call.recording.saved` (docs/PROVIDERS.md §1.3) for these links.
 pub fn recording_saved_payload(
     base: &Value,
     recording_id: &str,

@@ -1,4 +1,4 @@
-//! A Telnyx simulator: the Call Control API (PROVIDERS.md §1.5) that records every command and
+//! A Telnyx simulator: the Call Control API (docs/PROVIDERS.md §1.5) that records every command and
 //! answers like Telnyx, with injectable faults; and a webhook sender that signs envelopes
 //! with a test Ed25519 key exactly as Telnyx does (§1.1–1.2), with delivery scenarios:
 //! duplicates, shuffled order, retries after a non-2xx.
@@ -47,6 +47,29 @@ struct Inner {
     commands: Vec<RecordedCommand>,
     faults: VecDeque<Fault>,
     ended: HashMap<String, bool>,
+    autopilot: Option<Autopilot>,
+    /// Dialled calls the autopilot plays, by call_control_id.
+    piloted: HashMap<String, PilotedCall>,
+}
+
+/// Plays the far end of every dialled call, as Telnyx and a person answering would: the
+/// lifecycle webhooks go to the dial's `webhook_url`, signed, on their own. This is what
+/// lets `callbridge sim` + `make dev` take a call through its whole life with nothing else
+/// driving it (tests that script deliveries themselves leave it off).
+#[derive(Debug, Clone, Copy)]
+pub struct Autopilot {
+    /// Ringing: `call.initiated` at once, `call.answered` (+ `streaming.started`) after this.
+    pub answer_after: Duration,
+    /// The callee hangs up this long after answering; `None` waits for our hangup command.
+    pub hangup_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+struct PilotedCall {
+    webhook_url: String,
+    client_state: String,
+    from: String,
+    to: String,
 }
 
 #[derive(Clone)]
@@ -103,6 +126,83 @@ impl TelnyxSim {
             .collect()
     }
 
+    /// Turns the autopilot on (or off with `None`) for calls dialled from now on.
+    pub fn set_autopilot(&self, autopilot: Option<Autopilot>) {
+        self.lock().autopilot = autopilot;
+    }
+
+    /// Delivers the piloted call's `call.hangup` once (whoever hangs up first).
+    async fn pilot_hangup(&self, ccid: &str, source: &str) {
+        let call = {
+            let mut inner = self.lock();
+            if inner.ended.insert(ccid.to_owned(), true) == Some(true) {
+                return;
+            }
+            inner.piloted.get(ccid).cloned()
+        };
+        let Some(call) = call else { return };
+        let mut payload = call_payload(
+            ccid,
+            Some(&call.client_state),
+            &call.from,
+            &call.to,
+            "outgoing",
+        );
+        if let Some(p) = payload.as_object_mut() {
+            p.extend([
+                ("hangup_cause".into(), json!("normal_clearing")),
+                ("hangup_source".into(), json!(source)),
+                ("sip_hangup_cause".into(), json!("200")),
+                ("state".into(), json!("hangup")),
+            ]);
+        }
+        let event = self.event("call.hangup", payload);
+        self.deliver_until_accepted(&call.webhook_url, &event).await;
+    }
+
+    /// Re-delivers until a 2xx, as Telnyx does (bounded: 20 tries, 250 ms apart).
+    async fn deliver_until_accepted(&self, webhook_url: &str, envelope: &Value) {
+        let mut envelope = envelope.clone();
+        for attempt in 1..=20u32 {
+            envelope["meta"]["attempt"] = json!(attempt);
+            envelope["meta"]["delivered_to"] = json!(webhook_url);
+            match self.deliver(webhook_url, &envelope).await {
+                Ok(status) if (200..300).contains(&status) => return,
+                Ok(status) => tracing::warn!(status, webhook_url, "simulated webhook refused"),
+                Err(error) => {
+                    tracing::warn!(%error, webhook_url, "simulated webhook not delivered")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The piloted call's ringing, answer and (when configured) the callee's hang-up.
+    async fn pilot(self, ccid: String, autopilot: Autopilot) {
+        let Some(call) = self.lock().piloted.get(&ccid).cloned() else {
+            return;
+        };
+        // Telnyx's first webhook usually lands after its dial answer has been read.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // initiated, then (after ringing) answered and streaming.started; hangup is separate.
+        // Each event is made when it happens, so its occurred_at is true.
+        let lifecycle =
+            || outbound_lifecycle(&self, &ccid, &call.client_state, &call.from, &call.to);
+        self.deliver_until_accepted(&call.webhook_url, &lifecycle()[0])
+            .await;
+        tokio::time::sleep(autopilot.answer_after).await;
+        if self.lock().ended.get(&ccid).copied().unwrap_or(false) {
+            return;
+        }
+        for event in &lifecycle()[1..3] {
+            self.deliver_until_accepted(&call.webhook_url, event).await;
+        }
+        if let Some(after) = autopilot.hangup_after {
+            tokio::time::sleep(after).await;
+            self.pilot_hangup(&ccid, "callee").await;
+        }
+    }
+
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push_back(fault);
     }
@@ -111,7 +211,7 @@ impl TelnyxSim {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A webhook v2 envelope (PROVIDERS.md §1.2) with a fresh event id.
+    /// A webhook v2 envelope (docs/PROVIDERS.md §1.2) with a fresh event id.
     pub fn event(&self, event_type: &str, payload: Value) -> Value {
         json!({
             "data": {
@@ -202,7 +302,7 @@ impl Default for Delivery {
     }
 }
 
-/// The common payload fields of call events (PROVIDERS.md §1.2).
+/// The common payload fields of call events (docs/PROVIDERS.md §1.2).
 pub fn call_payload(
     call_control_id: &str,
     client_state: Option<&str>,
@@ -296,6 +396,20 @@ async fn dial(
     }
     let ccid = format!("v3:sim-{}", uuid::Uuid::new_v4().simple());
     let mut inner = sim.lock();
+    let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
+    if let (Some(autopilot), Some(webhook_url)) = (inner.autopilot, text("webhook_url")) {
+        inner.piloted.insert(
+            ccid.clone(),
+            PilotedCall {
+                webhook_url,
+                client_state: text("client_state").unwrap_or_default(),
+                from: text("from").unwrap_or_default(),
+                to: text("to").unwrap_or_default(),
+            },
+        );
+        // After this answer is sent: the service stores the call_control_id first.
+        tokio::spawn(sim.clone().pilot(ccid.clone(), autopilot));
+    }
     inner.commands.push(RecordedCommand {
         action: "dial".into(),
         call_control_id: Some(ccid.clone()),
@@ -330,7 +444,13 @@ async fn action(
         return telnyx_error(422, "90018", "Call has already ended");
     }
     if action == "hangup" {
-        inner.ended.insert(ccid, true);
+        if inner.piloted.contains_key(&ccid) {
+            drop(inner);
+            let sim = sim.clone();
+            tokio::spawn(async move { sim.pilot_hangup(&ccid, "caller").await });
+        } else {
+            inner.ended.insert(ccid, true);
+        }
     }
     Json(json!({"data": {"result": "ok"}})).into_response()
 }

@@ -1,4 +1,4 @@
-//! A Telnyx media-stream client (PROVIDERS.md §1.6): connects to our `stream_url` the way
+//! A Telnyx media-stream client (docs/PROVIDERS.md §1.6): connects to our `stream_url` the way
 //! Telnyx does and plays µ-law audio on both tracks in 20 ms frames — in real time or as fast
 //! as allowed — optionally shuffled within a small window (Telnyx does not guarantee order),
 //! then sends `stop` and collects what the server sent back.

@@ -1,4 +1,4 @@
-//! DeepL, OpenAI and ElevenLabs simulators (PROVIDERS.md §3, §4), one server with three
+//! DeepL, OpenAI and ElevenLabs simulators (docs/PROVIDERS.md §3, §4), one server with three
 //! route sets, each enforcing its vendor's auth header and request rules, with faults on
 //! demand: 429, 456, 5xx, a slow first byte, a dropped stream. Translations are deterministic
 //! (`[DE] text`), speech is paced µ-law (or the requested format's bytes) in 20 ms chunks.

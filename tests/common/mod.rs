@@ -139,6 +139,36 @@ pub fn drop_database_blocking(name: &str) {
     .join();
 }
 
+/// A complete production environment (every required variable, valid, no host that answers)
+/// but the database: what `callbridge config check` accepts.
+pub const PRODUCTION_ENV: &[(&str, &str)] = &[
+    ("APP_ENV", "production"),
+    ("PUBLIC_BASE_URL", "https://api.callbridge.invalid"),
+    ("WEBHOOK_BASE_URL", "https://edge.callbridge.invalid"),
+    ("MEDIA_BASE_URL", "https://origin.callbridge.invalid"),
+    (
+        "ALLOWED_ORIGINS",
+        "https://app.callbridge.invalid,https://*.callbridge-web.pages.dev",
+    ),
+    ("AUTH_SECRET", "0123456789abcdef0123456789abcdef"),
+    ("R2_ENDPOINT", "https://account.r2.cloudflarestorage.com"),
+    ("R2_ACCESS_KEY_ID", "key"),
+    ("R2_SECRET_ACCESS_KEY", "secret"),
+    ("R2_BUCKET", "callbridge-recordings"),
+    ("TELNYX_API_KEY", "KEY"),
+    (
+        "TELNYX_PUBLIC_KEY",
+        "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+    ),
+    ("TELNYX_CONNECTION_ID", "conn"),
+    ("ASSEMBLYAI_API_KEY", "aai"),
+    ("ASSEMBLYAI_WEBHOOK_SECRET", "aai-hook"),
+    ("DEEPL_API_KEY", "deepl"),
+    ("OPENAI_API_KEY", "openai"),
+    ("ELEVENLABS_API_KEY", "eleven"),
+    ("EDGE_SHARED_SECRET", "edge"),
+];
+
 /// The configuration a test app runs with, plus overrides.
 pub fn test_config(database_url: &str, bucket: &str, overrides: &[(&str, &str)]) -> Config {
     let mut env: HashMap<String, String> = [

@@ -150,6 +150,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/me/active-organisation": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Stores the organisation requests act in when they name none (no `X-Org-Id`, no `org_id`):
+         *     what an `EventSource`, a WebSocket or a link uses. Kept across sessions and devices.
+         */
+        put: operations["set_active_organisation"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/openapi.json": {
         parameters: {
             query?: never;
@@ -459,7 +479,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Telnyx media stream (WebSocket, PROVIDERS.md §1.6). */
+        /** Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6). */
         get: operations["telnyx_stream"];
         put?: never;
         post?: never;
@@ -532,7 +552,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Telnyx Call Control webhooks (PROVIDERS.md §1.1–1.4). */
+        /** Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4). */
         post: operations["telnyx"];
         delete?: never;
         options?: never;
@@ -544,6 +564,17 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        ActiveOrganisation: {
+            /** Format: uuid */
+            active_organisation_id: string;
+        };
+        ActiveOrganisationRequest: {
+            /**
+             * Format: uuid
+             * @description One of the caller's organisations.
+             */
+            organisation_id: string;
+        };
         Agreement: {
             common_words: number;
             live_words: number;
@@ -691,7 +722,8 @@ export interface components {
         Me: {
             /**
              * Format: uuid
-             * @description `X-Org-Id` when sent (and a membership), else the default: the personal organisation.
+             * @description `X-Org-Id` when sent (and a membership), else the stored active organisation, else
+             *     the personal one: where a request that names no organisation acts.
              */
             active_organisation_id?: string | null;
             organisations: components["schemas"]["Membership"][];
@@ -1211,7 +1243,10 @@ export interface operations {
     };
     events: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Organisation to act in, for clients that cannot send X-Org-Id (EventSource); must equal X-Org-Id when both are sent */
+                org_id?: string;
+            };
             header?: {
                 /** @description Resume after this event */
                 "Last-Event-ID"?: number | null;
@@ -1432,6 +1467,84 @@ export interface operations {
             };
             /** @description X-Org-Id names an organisation the caller is not in */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    set_active_organisation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ActiveOrganisationRequest"];
+            };
+        };
+        responses: {
+            /** @description Stored */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ActiveOrganisation"];
+                };
+            };
+            /** @description Malformed body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Cookie session from a disallowed origin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not one of the caller's organisations */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description organisation_id missing or not a UUID */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2221,7 +2334,10 @@ export interface operations {
     };
     download: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Organisation to act in, for links and media elements that cannot send X-Org-Id; must equal X-Org-Id when both are sent */
+                org_id?: string;
+            };
             header?: {
                 /** @description Organisation to act in */
                 "X-Org-Id"?: string | null;
