@@ -167,6 +167,7 @@ pub const PRODUCTION_ENV: &[(&str, &str)] = &[
     ("OPENAI_API_KEY", "openai"),
     ("ELEVENLABS_API_KEY", "eleven"),
     ("EDGE_SHARED_SECRET", "edge"),
+    ("METRICS_TOKEN", "metrics"),
 ];
 
 /// The configuration a test app runs with, plus overrides.
