@@ -79,6 +79,21 @@ impl IntoResponse for Problem {
     }
 }
 
+/// A refusal by a named rule (a limit, an allow-list): what the client needs to act on it.
+#[derive(Debug, Clone)]
+pub struct PolicyRefusal {
+    pub status: StatusCode,
+    /// The problem type's slug (`urn:callbridge:problem:<slug>`).
+    pub slug: &'static str,
+    pub title: &'static str,
+    /// The rule's stable name.
+    pub rule: &'static str,
+    pub detail: String,
+    pub limit: Option<i64>,
+    /// Sent as `Retry-After` (and `retry_after` in the body).
+    pub retry_after_secs: Option<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: the request is malformed; the message says how.
@@ -111,6 +126,10 @@ pub enum ApiError {
         detail: String,
         retry_after: std::time::Duration,
     },
+    /// 403, 422 or 429: a named rule refused the request (the problem's `rule` member;
+    /// 429 carries `Retry-After`). Typed problems, docs/API_ERRORS.md.
+    #[error("{}", .0.detail)]
+    Policy(PolicyRefusal),
     /// 503: the feature's provider has no credentials in this deployment.
     #[error(transparent)]
     ProviderDisabled(#[from] ProviderDisabled),
@@ -142,6 +161,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Policy(refusal) => refusal.status,
             ApiError::ProviderDisabled(_) | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -174,6 +194,18 @@ impl ApiError {
                 Problem::typed(status, "provider-failed", "Provider request failed")
                     .detail(message.clone())
             }
+            ApiError::Policy(refusal) => {
+                let mut problem = Problem::typed(status, refusal.slug, refusal.title)
+                    .detail(refusal.detail.clone())
+                    .extension("rule", refusal.rule.into());
+                if let Some(limit) = refusal.limit {
+                    problem = problem.extension("limit", limit.into());
+                }
+                if let Some(seconds) = refusal.retry_after_secs {
+                    problem = problem.extension("retry_after", seconds.into());
+                }
+                problem
+            }
             other => Problem::new(status).detail(other.to_string()),
         }
     }
@@ -182,6 +214,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = self.to_problem().into_response();
+        if let ApiError::Policy(PolicyRefusal {
+            retry_after_secs: Some(seconds),
+            ..
+        }) = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+        }
         if matches!(self, ApiError::Unauthorized(_)) {
             response
                 .headers_mut()
@@ -200,5 +241,67 @@ impl IntoResponse for ApiError {
 impl From<crate::providers::telnyx::TelnyxError> for ApiError {
     fn from(error: crate::providers::telnyx::TelnyxError) -> Self {
         ApiError::BadGateway(error.to_string())
+    }
+}
+
+impl From<crate::calls::guard::Refusal> for ApiError {
+    fn from(refusal: crate::calls::guard::Refusal) -> Self {
+        let retry_after_secs = refusal.retry_after_secs();
+        let (status, slug, title) = if retry_after_secs.is_some() {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "dial-rate-limited",
+                "Too many calls",
+            )
+        } else {
+            (StatusCode::FORBIDDEN, "dial-refused", "Dialing refused")
+        };
+        ApiError::Policy(PolicyRefusal {
+            status,
+            slug,
+            title,
+            rule: refusal.rule(),
+            detail: refusal.to_string(),
+            limit: refusal.limit(),
+            retry_after_secs,
+        })
+    }
+}
+
+impl From<crate::calls::guard::GuardError> for ApiError {
+    fn from(error: crate::calls::guard::GuardError) -> Self {
+        match error {
+            crate::calls::guard::GuardError::Refused(refusal) => refusal.into(),
+            crate::calls::guard::GuardError::Db(error) => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<crate::calls::provisioning::ClaimError> for ApiError {
+    fn from(error: crate::calls::provisioning::ClaimError) -> Self {
+        use crate::calls::provisioning::ClaimError;
+        match error {
+            ClaimError::Unavailable => ApiError::Policy(PolicyRefusal {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                slug: "number-unavailable",
+                title: "Number not available",
+                rule: "number-available",
+                detail: error.to_string(),
+                limit: None,
+                retry_after_secs: None,
+            }),
+            ClaimError::AlreadyYours => ApiError::Conflict(error.to_string()),
+            ClaimError::LimitReached { limit } => ApiError::Policy(PolicyRefusal {
+                status: StatusCode::FORBIDDEN,
+                slug: "number-limit",
+                title: "Phone number limit reached",
+                rule: "phone-numbers-per-org",
+                detail: error.to_string(),
+                limit: Some(limit),
+                retry_after_secs: None,
+            }),
+            ClaimError::Telnyx(error) => error.into(),
+            ClaimError::Db(error) => ApiError::internal(error),
+        }
     }
 }

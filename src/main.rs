@@ -444,6 +444,12 @@ fn run_simulators(
         println!("  TELNYX_API_KEY={telnyx_api_key}");
         println!("  TELNYX_PUBLIC_KEY={}", telnyx.public_key_base64());
         println!("  TELNYX_CONNECTION_ID=sim-connection");
+        // The platform's pool: numbers the account holds on the connection, free to claim.
+        telnyx.hold_dev_pool("sim-connection");
+        println!(
+            "  pool numbers to claim: {}",
+            callbridge::sim::telnyx::TelnyxSim::DEV_POOL.join(", ")
+        );
         // The other providers on the next free ports (every base URL is configurable).
         let started = async {
             let streaming =

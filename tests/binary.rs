@@ -449,6 +449,7 @@ async fn make_dev_takes_a_simulated_call_through_its_whole_life() {
 
     callbridge::tls::install_crypto_provider();
     let sim = TelnyxSim::start("sim-telnyx-key", 0).await.unwrap();
+    sim.hold_dev_pool("sim-connection");
     sim.set_autopilot(Some(Autopilot {
         answer_after: Duration::from_millis(300),
         hangup_after: None,

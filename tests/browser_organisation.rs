@@ -49,6 +49,7 @@ async fn call_in_a_team(t: &TelnyxApp, ada: &Session) -> TeamCall {
         .await
         .unwrap();
     let team = team["id"].as_str().unwrap().to_owned();
+    t.sim.hold_number("+14155550100", Some("sim-connection"));
     let number = t
         .app
         .request_as(Method::POST, ada, "/api/phone-numbers")

@@ -324,6 +324,8 @@ async fn calls_and_numbers_of_another_organisation_are_404() {
         404,
     )
     .await;
+    // Another tenant's number is simply not available (tests/phone_number_provisioning.rs
+    // checks the answer is the one any unavailable number gets).
     let taken = t
         .app
         .request_as(Method::POST, &eve, "/api/phone-numbers")
@@ -331,7 +333,8 @@ async fn calls_and_numbers_of_another_organisation_are_404() {
         .send()
         .await
         .unwrap();
-    assert_problem(taken, 409).await;
+    let problem = assert_problem(taken, 422).await;
+    assert_eq!(problem["type"], "urn:callbridge:problem:number-unavailable");
     let eves: Value = t
         .app
         .get_as(&eve, "/api/phone-numbers")

@@ -1,6 +1,8 @@
 //! The media bridge end to end against the AssemblyAI v3 simulator: token checks before the
 //! upgrade, µ-law batched per track, final turns stored and evented, malformed and shuffled
-//! frames, reconnect with replay, overflow recorded as a gap, and shutdown flushing.
+//! frames, reconnect with replay, overflow recorded as a gap measured against the audio
+//! AssemblyAI actually read, held audio at hang-up delivered or recorded, and shutdown
+//! flushing.
 #![cfg(feature = "sim")]
 
 mod common;
@@ -11,6 +13,7 @@ use callbridge::calls::stream_token;
 use callbridge::sim::assemblyai::{AssemblyAiSim, StreamFault};
 use callbridge::sim::telnyx_media::{self, PlayOptions};
 use common::TestApp;
+use common::soak::{self, GapCheck, Heard};
 use uuid::Uuid;
 
 struct MediaApp {
@@ -420,4 +423,146 @@ async fn shutdown_sends_terminate_and_stores_the_last_turn() {
         "each track's unfinished turn was flushed and stored: {turns:?}"
     );
     assert!(m.aai.sessions().iter().all(|s| s.terminated_by_client));
+}
+
+/// One call's two tracks of tagged audio, played in real time to the end (hang-up).
+/// Returns the frames per track and when the call hung up.
+async fn play_tagged(
+    m: &MediaApp,
+    call_id: Uuid,
+    pattern: &[(u64, bool)],
+) -> (u32, tokio::time::Instant) {
+    let audio = telnyx_media::speech_like(pattern);
+    let (mut inbound, mut outbound) = (audio.clone(), audio);
+    telnyx_media::tag_frames(&mut inbound, soak::stream_tag(0, 0), 0);
+    telnyx_media::tag_frames(&mut outbound, soak::stream_tag(0, 1), 0);
+    let mut options = PlayOptions::new(m.stream_url(call_id), inbound.clone());
+    options.outbound = Some(outbound);
+    options.realtime = true;
+    let played = telnyx_media::play(options).await.unwrap();
+    let audio_ms: u64 = pattern.iter().map(|(ms, _)| ms).sum();
+    let hung_up = played.started.unwrap() + Duration::from_millis(audio_ms);
+    (soak::frames_in(&inbound), hung_up)
+}
+
+/// Both tracks' sessions drop after `chunks` chunks; then `refusals` reconnects are refused.
+fn drop_both_then_refuse(aai: &AssemblyAiSim, chunks: usize, refusals: usize) {
+    aai.inject(StreamFault::DropAfterChunks(chunks));
+    aai.inject(StreamFault::DropAfterChunks(chunks));
+    for _ in 0..refusals {
+        aai.inject(StreamFault::RefuseConnect);
+    }
+}
+
+/// Each track's recorded gaps against the audio the simulator never read.
+async fn gap_checks(m: &MediaApp, heard: &Heard, call_id: Uuid, frames: u32) -> Vec<GapCheck> {
+    let mut checks = Vec::new();
+    for (t, track) in soak::TRACKS.iter().enumerate() {
+        let lost = heard.lost(soak::stream_tag(0, t), frames);
+        let recorded = soak::recorded_gaps(&m.app, call_id, track).await;
+        let check = GapCheck::of(&lost, &recorded);
+        assert!(
+            check.within(100),
+            "{track}: lost {lost:?}, recorded {recorded:?} ({check:?})"
+        );
+        checks.push(check);
+    }
+    checks
+}
+
+#[tokio::test]
+async fn an_assemblyai_outage_gap_is_exactly_the_audio_no_session_heard() {
+    let m = MediaApp::spawn(&[("MEDIA_REPLAY_BUFFER_SECS", "1")]).await;
+    let heard = Heard::attach(&m.aai);
+    let call_id = m.call().await;
+    // Both sessions drop 1.5 s into a turn; AssemblyAI then refuses reconnects for a while,
+    // so the 1 s buffer overflows: first with audio the dropped session had read, then
+    // with audio nobody read.
+    drop_both_then_refuse(&m.aai, 15, 10);
+    let (frames, _) = play_tagged(&m, call_id, &[(6000, true), (1000, false)]).await;
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    for check in gap_checks(&m, &heard, call_id, frames).await {
+        assert!(check.lost_ms > 0, "the outage outlasted the buffer");
+    }
+}
+
+#[tokio::test]
+async fn audio_held_at_hang_up_is_delivered_once_assemblyai_accepts_again() {
+    let m = MediaApp::spawn(&[("MEDIA_TAIL_DELIVERY_SECS", "10")]).await;
+    let heard = Heard::attach(&m.aai);
+    let call_id = m.call().await;
+    // Both sessions drop 3 s into the call, mid-turn; the reconnects are refused until
+    // after the hang-up at 3.5 s.
+    drop_both_then_refuse(&m.aai, 30, 8);
+    let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    let turns = m.turns(call_id).await;
+    assert_eq!(
+        turns.len(),
+        2,
+        "each track's last turn transcribed: {turns:?}"
+    );
+    for (t, track) in soak::TRACKS.iter().enumerate() {
+        assert!(
+            heard.lost(soak::stream_tag(0, t), frames).is_empty(),
+            "{track}: the tail reached AssemblyAI"
+        );
+    }
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gaps, 0);
+    let sessions = m.aai.sessions();
+    let last = sessions.iter().rev().take(2);
+    assert!(
+        last.clone().all(|s| s.terminated_by_client),
+        "Terminate after the replay"
+    );
+    assert!(hung_up.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
+    let m = MediaApp::spawn(&[("MEDIA_TAIL_DELIVERY_SECS", "2")]).await;
+    let heard = Heard::attach(&m.aai);
+    let call_id = m.call().await;
+    // Both sessions drop 2.5 s in, mid-turn, and AssemblyAI refuses every reconnect.
+    drop_both_then_refuse(&m.aai, 25, 200);
+    let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    let waited = hung_up.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+        "gave up at the bound: {waited:?}"
+    );
+    for check in gap_checks(&m, &heard, call_id, frames).await {
+        assert!(
+            check.lost_ms >= 900,
+            "the last second never reached AssemblyAI and is a gap"
+        );
+    }
+    // What the dropped sessions read of the open turn has no transcript either: said so.
+    assert!(soak::untranscribed_ms(&m.app, &[call_id]).await >= 2 * 1500);
+    let kinds: Vec<String> = m
+        .app
+        .db()
+        .await
+        .query(
+            "select kind from call_events where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(kinds.iter().filter(|k| *k == "transcript.gap").count() >= 2);
 }

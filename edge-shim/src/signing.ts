@@ -10,7 +10,7 @@
 // pathAndQuery is the path the container receives plus "?query" when there is one; a missing
 // forwarded value is the empty string. This module only computes; proxy.ts passes the exact
 // values it puts on the wire. test/vectors/edge-signature.json is the vector both sides test.
-// docs/adr/0013-edge-signature-enforced.md says why the body hash and the one exception.
+// docs/adr/0018-edge-signature-enforced.md says why the body hash and the one exception.
 
 export const TIMESTAMP_HEADER = "x-edge-timestamp";
 export const SIGNATURE_HEADER = "x-edge-signature";

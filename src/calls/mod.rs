@@ -5,6 +5,9 @@
 //! (`call_status_rank` in SQL), timestamps are set once, `hangup` is terminal, and the
 //! stream state is last-writer-wins by `occurred_at`.
 
+pub mod destinations;
+pub mod guard;
+pub mod provisioning;
 pub mod stream_token;
 
 use chrono::{DateTime, Utc};
@@ -387,8 +390,13 @@ pub struct PhoneNumber {
     /// E.164, e.g. `+14155550123`.
     pub number: String,
     pub label: Option<String>,
+    /// `account` (held by the platform's Telnyx account and assigned to this organisation),
+    /// `order` (bought for it) or `legacy` (registered before numbers came from Telnyx).
+    pub source: String,
     pub created_at: DateTime<Utc>,
 }
+
+const NUMBER_COLUMNS: &str = "id, e164, label, created_at, source";
 
 fn number_from_row(row: &Row) -> PhoneNumber {
     PhoneNumber {
@@ -396,7 +404,17 @@ fn number_from_row(row: &Row) -> PhoneNumber {
         number: row.get(1),
         label: row.get(2),
         created_at: row.get(3),
+        source: row.get(4),
     }
+}
+
+/// Where a number being assigned came from, at Telnyx.
+#[derive(Debug, Clone, Copy)]
+pub struct NumberOrigin<'a> {
+    /// `account` or `order`.
+    pub source: &'a str,
+    pub telnyx_phone_number_id: Option<&'a str>,
+    pub telnyx_order_id: Option<&'a str>,
 }
 
 /// `None` when the number is already owned (by anyone: numbers are globally unique).
@@ -405,13 +423,26 @@ pub async fn add_number(
     organisation_id: Uuid,
     e164: &str,
     label: Option<&str>,
+    origin: NumberOrigin<'_>,
 ) -> Result<Option<PhoneNumber>, DbError> {
     let row = client
         .query_opt(
-            "insert into phone_numbers (id, organisation_id, e164, label) values ($1, $2, $3, $4)
-             on conflict (e164) do nothing
-             returning id, e164, label, created_at",
-            &[&Uuid::now_v7(), &organisation_id, &e164, &label],
+            &format!(
+                "insert into phone_numbers (id, organisation_id, e164, label, source,
+                                            telnyx_phone_number_id, telnyx_order_id)
+                 values ($1, $2, $3, $4, $5, $6, $7)
+                 on conflict (e164) do nothing
+                 returning {NUMBER_COLUMNS}"
+            ),
+            &[
+                &Uuid::now_v7(),
+                &organisation_id,
+                &e164,
+                &label,
+                &origin.source,
+                &origin.telnyx_phone_number_id,
+                &origin.telnyx_order_id,
+            ],
         )
         .await?;
     Ok(row.as_ref().map(number_from_row))
@@ -423,7 +454,10 @@ pub async fn list_numbers(
 ) -> Result<Vec<PhoneNumber>, DbError> {
     let rows = client
         .query(
-            "select id, e164, label, created_at from phone_numbers where organisation_id = $1 order by created_at, id",
+            &format!(
+                "select {NUMBER_COLUMNS} from phone_numbers where organisation_id = $1
+                 order by created_at, id"
+            ),
             &[&organisation_id],
         )
         .await?;

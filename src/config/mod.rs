@@ -84,6 +84,28 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub media: MediaConfig,
     pub recordings: RecordingsConfig,
+    pub telephony: TelephonyConfig,
+}
+
+/// Phone numbers and the toll-fraud guard on dialing (docs/SECURITY.md, "Phone numbers and
+/// dialing"). The caps hold across replicas: they are counted in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct TelephonyConfig {
+    /// `PHONE_NUMBERS_MAX_PER_ORG`: numbers one organisation may hold.
+    pub max_numbers_per_org: i64,
+    /// `DIAL_MAX_CONCURRENT_PER_ORG`: outbound calls not yet ended, per organisation.
+    pub max_concurrent_per_org: i64,
+    /// `DIAL_MAX_CONCURRENT_PER_USER`: outbound calls not yet ended, per user (all organisations).
+    pub max_concurrent_per_user: i64,
+    /// `DIAL_MAX_PER_MINUTE_PER_ORG`: calls placed in any 60 s, per organisation.
+    pub max_per_minute_per_org: i64,
+    /// `DIAL_MAX_PER_MINUTE_PER_USER`: calls placed in any 60 s, per user (all organisations).
+    pub max_per_minute_per_user: i64,
+    /// `DIAL_MAX_CALL_DURATION_SECS`: a call is hung up this long after it was placed.
+    pub max_call_duration: Duration,
+    /// `DIAL_PLATFORM_COUNTRIES`: when set, the only countries any organisation may dial
+    /// (ISO 3166-1 alpha-2), whatever its own allow-list says.
+    pub platform_countries: Option<Vec<String>>,
 }
 
 /// The settings `callbridge migrate` reads: the database, the Auth.js schema, logging.
@@ -147,6 +169,9 @@ pub struct MediaConfig {
     /// `MEDIA_IDLE_REPLAY_MS`: while no turn is open, how much of the newest audio a live
     /// session keeps for replay (AssemblyAI reports a turn's first words well within it).
     pub idle_replay_ms: usize,
+    /// `MEDIA_TAIL_DELIVERY_SECS`: after a hang-up, how long a track keeps trying to reach
+    /// AssemblyAI with the audio it still holds before recording it as a gap.
+    pub tail_delivery: Duration,
     /// `TRANSLATION_BREAKER_COOLDOWN_SECS`: how long DeepL is skipped after its circuit opens.
     pub translation_cooldown: Duration,
 }
@@ -817,12 +842,16 @@ impl Reader {
             idle_replay_ms: self
                 .parsed("MEDIA_IDLE_REPLAY_MS", 1000usize)
                 .clamp(batch_ms, 120_000),
+            tail_delivery: Duration::from_secs(
+                self.parsed("MEDIA_TAIL_DELIVERY_SECS", 30u64).clamp(1, 600),
+            ),
             translation_cooldown: Duration::from_secs(
                 self.parsed("TRANSLATION_BREAKER_COOLDOWN_SECS", 30u64),
             ),
         };
 
         let recordings = self.recordings();
+        let telephony = self.telephony();
 
         if !self.problems.is_empty() {
             return Err(ConfigError {
@@ -847,6 +876,7 @@ impl Reader {
             media,
             recordings,
             limits,
+            telephony,
         })
     }
 
@@ -1053,6 +1083,42 @@ impl Reader {
             stale_call_after: Duration::from_secs(
                 60 * self.bounded("CRON_STALE_CALL_MINUTES", 240, 1, 10_080),
             ),
+        }
+    }
+
+    fn telephony(&mut self) -> TelephonyConfig {
+        let platform_countries = self.string("DIAL_PLATFORM_COUNTRIES").map(|raw| {
+            let countries: Vec<String> = split_list(&raw)
+                .into_iter()
+                .map(|c| c.to_ascii_uppercase())
+                .collect();
+            for country in &countries {
+                if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    self.problem(
+                        "DIAL_PLATFORM_COUNTRIES",
+                        format!("{country:?} is not an ISO 3166-1 alpha-2 country code"),
+                    );
+                }
+            }
+            countries
+        });
+        TelephonyConfig {
+            max_numbers_per_org: self.bounded("PHONE_NUMBERS_MAX_PER_ORG", 5, 0, 10_000) as i64,
+            max_concurrent_per_org: self.bounded("DIAL_MAX_CONCURRENT_PER_ORG", 10, 1, 100_000)
+                as i64,
+            max_concurrent_per_user: self.bounded("DIAL_MAX_CONCURRENT_PER_USER", 3, 1, 10_000)
+                as i64,
+            max_per_minute_per_org: self.bounded("DIAL_MAX_PER_MINUTE_PER_ORG", 20, 1, 100_000)
+                as i64,
+            max_per_minute_per_user: self.bounded("DIAL_MAX_PER_MINUTE_PER_USER", 6, 1, 10_000)
+                as i64,
+            max_call_duration: Duration::from_secs(self.bounded(
+                "DIAL_MAX_CALL_DURATION_SECS",
+                7200,
+                60,
+                86_400,
+            )),
+            platform_countries,
         }
     }
 

@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{BrowserOrgContext, OrgContext, recheck};
-use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, stream_token};
+use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, guard, stream_token};
 use crate::error::{ApiError, Problem};
 use crate::events::{self, CallEvent, FollowItem};
 use crate::http::extract::{Json, Path, Query};
@@ -122,7 +122,10 @@ fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "Dialing", body = Call),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid numbers or languages, or `from` is not the organisation's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`); `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds before a call may be placed again"))),
         (status = 502, description = "Telnyx refused the dial; the call is stored as failed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Telnyx is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -133,7 +136,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
     validate(&body)?;
     let telnyx = state.telnyx()?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let mut client = state.db.client().await.map_err(ApiError::internal)?;
     if !calls::org_owns_number(&**client, org.organisation_id, &body.from)
         .await
         .map_err(ApiError::internal)?
@@ -155,12 +158,21 @@ pub async fn create(
         status: CallStatus::Created,
         telnyx_call_control_id: None,
     };
-    let call = calls::insert(&**client, &new)
+    // The toll-fraud guard: role, destinations, caps; the call is inserted under its locks.
+    let permit = guard::admit(
+        &mut client,
+        &state.config.telephony,
+        org.organisation_id,
+        org.user.id(),
+        &[&body.to],
+    )
+    .await?;
+    let call = calls::insert(permit.transaction(), &new)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new call conflicted")))?;
     events::append(
-        &**client,
+        permit.transaction(),
         call.id,
         "call.created",
         json!({"direction": "outbound", "to": call.to}),
@@ -168,6 +180,7 @@ pub async fn create(
     )
     .await
     .map_err(ApiError::internal)?;
+    permit.commit(call.id).await.map_err(ApiError::internal)?;
 
     let secret = state.config.auth.secret.expose().as_bytes();
     let request = DialRequest {

@@ -15,7 +15,7 @@
 //! 403 — except the Telnyx media stream (Telnyx connects to it directly, authorised by the
 //! token in its path) and the `EDGE_UNSIGNED_PATHS` prefixes (probes, the metrics scraper).
 //! `X-Forwarded-For/-Proto/-Host` are honoured only on a signed request; anything else gets
-//! the socket's peer address. docs/adr/0013-edge-signature-enforced.md has the reasoning.
+//! the socket's peer address. docs/adr/0018-edge-signature-enforced.md has the reasoning.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

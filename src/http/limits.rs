@@ -1,5 +1,5 @@
 //! Request rate limits and the cap on concurrent streams, per replica and in memory
-//! (docs/adr/0016-limits-per-replica-or-shared.md says why not in PostgreSQL):
+//! (docs/adr/0021-limits-per-replica-or-shared.md says why not in PostgreSQL):
 //!
 //! - a request without a credential: `RATE_LIMIT_ANONYMOUS_PER_MIN` per client address;
 //! - a request with one: `RATE_LIMIT_SESSION_PER_MIN` per token;

@@ -2,7 +2,7 @@
 //! (signed, expiring, bound to one call) is checked *before* the upgrade; then the bridge
 //! task runs until the stream ends.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
@@ -27,6 +27,8 @@ pub async fn telnyx_stream(
     Path(token): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    // When Telnyx connected: a re-attached stream's audio starts here (media::resume).
+    let connected_at = Instant::now();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -51,6 +53,12 @@ pub async fn telnyx_stream(
         .write_buffer_size(0)
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| {
-            tracker.track_future(bridge::run(state, call_id, assemblyai, socket))
+            tracker.track_future(bridge::run(
+                state,
+                call_id,
+                assemblyai,
+                socket,
+                connected_at,
+            ))
         }))
 }

@@ -6,6 +6,7 @@
 pub mod assemblyai_webhook;
 pub mod calls;
 pub mod debug;
+pub mod dialing_policy;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
@@ -71,6 +72,8 @@ fn public_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(orgs::remove_member))
         .routes(routes!(phone_numbers::create, phone_numbers::list))
+        .routes(routes!(phone_numbers::available))
+        .routes(routes!(dialing_policy::get, dialing_policy::put))
         .routes(routes!(phone_numbers::delete))
         .routes(routes!(calls::create, calls::list))
         .routes(routes!(calls::get))

@@ -27,7 +27,7 @@ use crate::error::Problem;
         (name = "organisations", description = "Tenants, members and roles"),
         (name = "internal", description = "Operator diagnostics; absent in production"),
         (name = "calls", description = "Calls, their live events and transcripts"),
-        (name = "phone-numbers", description = "Numbers owned by the organisation (inbound routing)"),
+        (name = "phone-numbers", description = "Numbers from the platform's Telnyx account: search, claim, release (inbound routing, caller id)"),
         (name = "webhooks", description = "Provider callbacks, verified before anything is stored"),
         (name = "media", description = "Realtime media WebSockets"),
         (name = "recordings", description = "Call recordings: streamed and direct uploads, immutable versions, presigned access"),

@@ -116,7 +116,7 @@ pub struct UploadQuery {
 /// The target of a new version, checked against the organisation (404 otherwise). A new
 /// recording is any member's to make; a new version of an existing one replaces what everyone
 /// in the organisation hears by default, so it takes an admin
-/// (docs/adr/0015-who-may-add-a-recording-version.md).
+/// (docs/adr/0020-who-may-add-a-recording-version.md).
 async fn target(
     state: &AppState,
     org: &OrgContext,

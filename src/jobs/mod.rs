@@ -8,6 +8,7 @@
 //! for missed notifications, retries and leases.
 
 pub mod bell;
+pub mod call_max_duration;
 pub mod handlers;
 pub mod recording_import;
 pub mod telnyx_event;

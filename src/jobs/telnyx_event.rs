@@ -206,5 +206,13 @@ async fn answer_once(
         )
         .await?;
     calls::mark_answer_requested(&**client, call.id).await?;
+    // Inbound minutes are paid for too: the same maximum duration as outbound calls
+    // (deduplicated, so a redelivered call.initiated schedules nothing twice).
+    calls::guard::schedule_max_duration(
+        &**client,
+        call.id,
+        state.config.telephony.max_call_duration,
+    )
+    .await?;
     Ok(())
 }

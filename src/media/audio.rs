@@ -105,6 +105,11 @@ impl TrackAudio {
         }
     }
 
+    /// Audio bytes held and not yet batched (what `flush` returns before padding).
+    pub fn pending_bytes(&self) -> usize {
+        self.batch.len() + self.reorder.values().map(Vec::len).sum::<usize>()
+    }
+
     /// Everything still held (reordered frames, then the partial batch), split into chunks
     /// within the rules; a short tail is padded with silence to the 50 ms minimum.
     pub fn flush(&mut self) -> Vec<Vec<u8>> {

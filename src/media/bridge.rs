@@ -23,6 +23,8 @@ use uuid::Uuid;
 use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
 use super::playout::{self, ClearedThrough, Languages, Outbound, Utterance};
+use super::replay::{Batch, ReplayBuffer};
+use super::resume::{Resume, TrackClock};
 use super::transcripts::{self, FinalTurn};
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
@@ -52,6 +54,13 @@ enum AaiEvent {
         generation: u64,
         message: ServerMessage,
     },
+    /// The session answered the ping sent after the batch ending at `through_ms`: it has
+    /// read all the audio up to there.
+    Heard {
+        track: Track,
+        generation: u64,
+        through_ms: u64,
+    },
     Closed {
         track: Track,
         generation: u64,
@@ -68,17 +77,6 @@ enum Phase {
     Finished,
 }
 
-struct Batch {
-    offset_ms: u64,
-    bytes: Vec<u8>,
-}
-
-impl Batch {
-    fn end_ms(&self) -> u64 {
-        self.offset_ms + (self.bytes.len() / MULAW_BYTES_PER_MS) as u64
-    }
-}
-
 struct TrackState {
     track: Track,
     audio: TrackAudio,
@@ -87,14 +85,21 @@ struct TrackState {
     phase: Phase,
     attempts: u32,
     session_id: String,
-    /// Audio since the last final turn (sent or not): what a new session replays.
-    held: VecDeque<Batch>,
-    held_bytes: usize,
-    cap_bytes: usize,
+    /// Audio since the last final turn (sent or not): what a new session replays, and the
+    /// account of audio no session was sent (gaps).
+    replay: ReplayBuffer,
     next_offset_ms: u64,
-    /// Track offset at which the current session's audio begins (its word times start at 0).
-    session_base_ms: u64,
+    /// Where the track is on the call's clock, from its frames (set by the first frame).
+    clock: Option<TrackClock>,
+    /// Track offset at which the current session's audio begins (its word times start at 0):
+    /// the offset of the first batch it was sent.
+    session_base_ms: Option<u64>,
+    /// The next final turn's proposed index, continued from the database.
     turn_index: i32,
+    /// The current session's last final turn, to ignore a repeated one.
+    last_final_order: Option<u64>,
+    /// A stopping track waits for `Termination` until then.
+    terminate_by: Option<Instant>,
     last_partial: String,
     /// AssemblyAI has reported words of a turn that has not ended yet.
     turn_open: bool,
@@ -105,11 +110,10 @@ struct TrackState {
     idle_window: Duration,
     /// When each batch was sent, for AssemblyAI's end-of-turn latency; bounded.
     sent_at: VecDeque<(u64, Instant)>,
-    open_gap: Option<(u64, u64)>,
 }
 
 impl TrackState {
-    fn new(track: Track, config: &crate::config::MediaConfig) -> Self {
+    fn new(track: Track, config: &crate::config::MediaConfig, turn_index: i32) -> Self {
         Self {
             track,
             audio: TrackAudio::new(config.batch_ms, config.reorder_window),
@@ -118,18 +122,18 @@ impl TrackState {
             phase: Phase::Connecting,
             attempts: 0,
             session_id: String::new(),
-            held: VecDeque::new(),
-            held_bytes: 0,
-            cap_bytes: config.replay_buffer_secs * 1000 * MULAW_BYTES_PER_MS,
+            replay: ReplayBuffer::new(config.replay_buffer_secs * 1000 * MULAW_BYTES_PER_MS),
             next_offset_ms: 0,
-            session_base_ms: 0,
-            turn_index: 0,
+            clock: None,
+            session_base_ms: None,
+            turn_index,
+            last_final_order: None,
+            terminate_by: None,
             last_partial: String::new(),
             turn_open: false,
             trim_after: None,
             idle_window: Duration::from_millis(config.idle_replay_ms as u64),
             sent_at: VecDeque::new(),
-            open_gap: None,
         }
     }
 }
@@ -153,6 +157,15 @@ pub struct Bridge {
     cleared: ClearedThrough,
     clear_requested: bool,
     meters: Meters,
+    /// Numbering and track positions continued from earlier streams of this call.
+    resume: Resume,
+    /// When Telnyx connected, and when this task began reading frames: where a re-attached
+    /// stream's audio begins is measured from these (`audio_began`).
+    connected_at: Instant,
+    reading_since: Instant,
+    /// After a hang-up, how long a track that is not connected keeps trying to deliver its
+    /// held audio before it is recorded as a gap (`MEDIA_TAIL_DELIVERY_SECS`).
+    tail_bound: Duration,
 }
 
 /// Handles to the per-frame metrics, resolved once per call: looking a metric up by name
@@ -183,8 +196,15 @@ struct Playing {
     mark: Option<String>,
 }
 
-/// Runs the bridge for one Telnyx media WebSocket until the stream ends.
-pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socket: WebSocket) {
+/// Runs the bridge for one Telnyx media WebSocket, connected at `connected_at`, until the
+/// stream ends.
+pub async fn run(
+    state: AppState,
+    call_id: Uuid,
+    client: AssemblyAiClient,
+    socket: WebSocket,
+    connected_at: Instant,
+) {
     metrics::gauge!("media_live_calls").increment(1.0);
     let (events_tx, events_rx) = mpsc::channel(256);
     let params = StreamParams::telephony(&state.config.media.speech_model);
@@ -193,6 +213,14 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
         std::process::id()
     );
+    let tail_bound = state.config.media.tail_delivery;
+    let resume = Resume::load(&state.db, call_id, connected_at)
+        .await
+        .unwrap_or_else(|error| {
+            // Numbering then starts at 0 and the database renumbers any collision (counted).
+            tracing::warn!(%error, %call_id, "loading where the call's stream left off failed");
+            Resume::default()
+        });
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let cleared: ClearedThrough = playout::nothing_cleared();
     let (speaker, speaker_task) = match languages(&state, call_id).await {
@@ -221,11 +249,15 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
         replica,
         stopping: None,
         speaker,
-        next_utterance: 0,
+        next_utterance: resume.next_utterance,
         playing: VecDeque::new(),
         cleared,
         clear_requested: false,
         meters: Meters::new(),
+        tail_bound,
+        resume,
+        connected_at,
+        reading_since: connected_at,
     };
     bridge.event_loop(socket, events_rx, outbound_rx).await;
     bridge.speaker = None;
@@ -235,9 +267,7 @@ pub async fn run(state: AppState, call_id: Uuid, client: AssemblyAiClient, socke
     if let Err(error) = playout::never_played(&bridge.state.db, call_id).await {
         tracing::warn!(%error, "closing unplayed utterances failed");
     }
-    for track in [Track::Inbound, Track::Outbound] {
-        bridge.close_gap(track);
-    }
+    bridge.finish_tracks().await;
     while bridge.storage.join_next().await.is_some() {}
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
     // re-attaches it. Any other end (Telnyx stop, hangup) is final.
@@ -283,12 +313,13 @@ impl Bridge {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut telnyx_open = true;
+        self.reading_since = Instant::now();
         loop {
             if self.stopping.is_some() && self.tracks.values().all(|t| t.phase == Phase::Finished) {
                 break;
             }
             let retry_at = self.next_retry();
-            let deadline = self.stopping.map(|at| at + STOP_DEADLINE);
+            let deadline = self.stop_deadline();
             tokio::select! {
                 frame = telnyx_rx.next(), if telnyx_open => match frame {
                     Some(Ok(WsMessage::Text(text))) => self.on_frame(&text).await,
@@ -314,12 +345,7 @@ impl Bridge {
                     let _ = telnyx_tx.send(WsMessage::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
                     telnyx_open = false;
                 }
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    tracing::warn!(call_id = %self.call_id, "stopping tracks did not finish in time");
-                    for track in self.tracks.values_mut() {
-                        track.phase = Phase::Finished;
-                    }
-                }
+                () = sleep_until(deadline), if deadline.is_some() => self.give_up_overdue(),
             }
             if std::mem::take(&mut self.clear_requested) && telnyx_open {
                 // Barge-in: Telnyx drops the queued audio and flushes its marks.
@@ -330,6 +356,80 @@ impl Bridge {
             }
         }
         let _ = telnyx_tx.close().await;
+    }
+
+    /// When a stopping track stops waiting: for `Termination`, `STOP_DEADLINE` after its
+    /// `Terminate`; to deliver held audio while AssemblyAI is unreachable, `tail_bound`
+    /// after the stop. The earliest over the unfinished tracks.
+    fn stop_deadline(&self) -> Option<Instant> {
+        let stopping = self.stopping?;
+        self.tracks
+            .values()
+            .filter_map(|t| match t.phase {
+                Phase::Finished => None,
+                Phase::Terminating => Some(t.terminate_by.unwrap_or(stopping + STOP_DEADLINE)),
+                Phase::Live => Some(stopping + STOP_DEADLINE),
+                Phase::Connecting | Phase::Waiting(_) => Some(stopping + self.tail_bound),
+            })
+            .min()
+    }
+
+    /// Finishes the tracks whose stop deadline passed; what they never sent becomes a gap
+    /// (`finish_tracks`).
+    fn give_up_overdue(&mut self) {
+        let now = Instant::now();
+        let Some(stopping) = self.stopping else {
+            return;
+        };
+        let tail_bound = self.tail_bound;
+        for track in self.tracks.values_mut() {
+            let overdue = match track.phase {
+                Phase::Finished => false,
+                Phase::Terminating => track.terminate_by.unwrap_or(stopping + STOP_DEADLINE) <= now,
+                Phase::Live => stopping + STOP_DEADLINE <= now,
+                Phase::Connecting | Phase::Waiting(_) => stopping + tail_bound <= now,
+            };
+            if overdue {
+                tracing::warn!(call_id = %self.call_id, track = track.track.as_str(), phase = ?track.phase, "stopping track did not finish in time");
+                track.phase = Phase::Finished;
+                track.sink = None;
+            }
+        }
+    }
+
+    /// The stream is over: held audio no session was sent is lost (the replay buffer
+    /// reports it), each track's gaps are recorded, and where the tracks got to is saved
+    /// for a stream that continues the call.
+    async fn finish_tracks(&mut self) {
+        for track in [Track::Inbound, Track::Outbound] {
+            // A stream shorter than the settling second: its estimate is what we have.
+            let unsettled = self
+                .tracks
+                .get(&track)
+                .and_then(|t| t.clock)
+                .filter(|c| !c.settled())
+                .map(|c| c.began());
+            if let Some(began) = unsettled {
+                self.settle_origin(track, began);
+            }
+            if let Some(state) = self.tracks.get_mut(&track) {
+                state.replay.abandon();
+            }
+            self.close_gap(track);
+        }
+        if let Err(error) =
+            super::resume::save_positions(&self.state.db, self.call_id, &self.positions()).await
+        {
+            tracing::warn!(%error, call_id = %self.call_id, "saving the stream's track positions failed");
+        }
+    }
+
+    /// Each track's position on the call's clock and how long ago its last frame arrived.
+    fn positions(&self) -> Vec<(Track, u64, Duration)> {
+        self.tracks
+            .values()
+            .filter_map(|t| t.clock.map(|c| (t.track, c.end_ms(), c.since_last_frame())))
+            .collect()
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -375,13 +475,14 @@ impl Bridge {
                     return;
                 }
                 self.ensure_track(media.track);
+                self.observe_frame(media.track, media.chunk, media.payload.len(), received);
                 let batches = self
                     .tracks
                     .get_mut(&media.track)
                     .map(|t| t.audio.push(media.chunk, media.payload))
                     .unwrap_or_default();
                 for batch in batches {
-                    self.enqueue(media.track, batch).await;
+                    self.enqueue(media.track, batch, 0).await;
                 }
                 self.meters
                     .frame_latency
@@ -400,9 +501,92 @@ impl Bridge {
         if self.tracks.contains_key(&track) {
             return;
         }
-        self.tracks
-            .insert(track, TrackState::new(track, &self.state.config.media));
+        let turn_index = self.resume.next_turn_index(track);
+        self.tracks.insert(
+            track,
+            TrackState::new(track, &self.state.config.media, turn_index),
+        );
         self.connect(track);
+    }
+
+    /// Moves the track's clock to this frame. The first frame places the track on the
+    /// call's clock: at 0 on a new call, or where an earlier stream left off plus the time
+    /// no stream carried audio, which a re-attach records as a `bridge_lost` gap.
+    fn observe_frame(&mut self, track: Track, chunk: u64, payload_bytes: usize, at: Instant) {
+        let frame_ms = match (payload_bytes / MULAW_BYTES_PER_MS) as u64 {
+            0 => 20,
+            ms => ms,
+        };
+        let since_connected = self
+            .audio_began(frame_ms, at)
+            .duration_since(self.connected_at);
+        let Some(state) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if let Some(clock) = state.clock.as_mut() {
+            if let Some(began) = clock.observe(chunk, frame_ms, at) {
+                self.settle_origin(track, began);
+            }
+            return;
+        }
+        let origin = self.resume.origin(track, since_connected);
+        let began = at
+            .checked_sub(Duration::from_millis(frame_ms))
+            .unwrap_or(at);
+        state.clock = Some(TrackClock::start(
+            origin.start_ms,
+            chunk,
+            frame_ms,
+            at,
+            began,
+        ));
+        state.next_offset_ms = origin.start_ms;
+    }
+
+    /// Once a second of frames has shown when the stream's audio really began (frames
+    /// waiting unread at first arrive in real time after), moves the track's clock there and
+    /// records the re-attach gap, if any.
+    fn settle_origin(&mut self, track: Track, began: Instant) {
+        let since_connected = began
+            .max(self.connected_at)
+            .duration_since(self.connected_at);
+        let origin = self.resume.origin(track, since_connected);
+        let Some(state) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let Some(clock) = state.clock.as_mut() else {
+            return;
+        };
+        let delta = origin.start_ms as i64 - clock.origin_ms() as i64;
+        if delta != 0 {
+            clock.shift(delta);
+            state.next_offset_ms = state.next_offset_ms.saturating_add_signed(delta);
+            state.replay.shift(delta);
+            if let Some(base) = state.session_base_ms.as_mut() {
+                *base = base.saturating_add_signed(delta);
+            }
+            for (end_ms, _) in &mut state.sent_at {
+                *end_ms = end_ms.saturating_add_signed(delta);
+            }
+        }
+        if let Some((start, end)) = origin.gap {
+            self.record_gap(track, start, end - start, "bridge_lost");
+        }
+    }
+
+    /// When the audio of a stream's first frame (received at `at`) began. Telnyx streams
+    /// from the moment it connects, so a frame that arrives while we are reading began a
+    /// frame before it arrived; one that was already waiting when this task began reading
+    /// (a busy replica) arrived earlier than we saw it, and the connection time is the
+    /// better measure.
+    fn audio_began(&self, frame_ms: u64, at: Instant) -> Instant {
+        const WAITING: Duration = Duration::from_millis(5);
+        if at.saturating_duration_since(self.reading_since) < WAITING {
+            return self.connected_at;
+        }
+        at.checked_sub(Duration::from_millis(frame_ms))
+            .unwrap_or(at)
+            .max(self.connected_at)
     }
 
     fn connect(&mut self, track: Track) {
@@ -449,6 +633,20 @@ impl Bridge {
                                     return;
                                 }
                             }
+                            Some(Ok(AaiMessage::Pong(payload))) => {
+                                let Ok(through) = <[u8; 8]>::try_from(payload.as_ref()) else {
+                                    continue;
+                                };
+                                let through_ms = u64::from_be_bytes(through);
+                                let heard = AaiEvent::Heard {
+                                    track,
+                                    generation,
+                                    through_ms,
+                                };
+                                if events.send(heard).await.is_err() {
+                                    return;
+                                }
+                            }
                             Some(Ok(AaiMessage::Close(frame))) => {
                                 break assemblyai::describe_close(frame.as_ref());
                             }
@@ -491,21 +689,29 @@ impl Bridge {
         }
     }
 
-    /// Holds a batch for replay and sends it if the session is live.
-    async fn enqueue(&mut self, track: Track, bytes: Vec<u8>) {
+    /// Holds a batch for replay and sends it if the session is live. `padding` bytes at its
+    /// end are silence added to meet AssemblyAI's minimum, not audio of the call.
+    async fn enqueue(&mut self, track: Track, bytes: Vec<u8>, padding: usize) {
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
-        let batch = Batch {
-            offset_ms: state.next_offset_ms,
-            bytes,
-        };
+        let mut batch = Batch::new(state.next_offset_ms, bytes);
+        batch.audio_ms = batch
+            .audio_ms
+            .saturating_sub((padding / MULAW_BYTES_PER_MS) as u64);
         state.next_offset_ms = batch.end_ms();
         if state.phase == Phase::Live {
-            send_batch(state, &batch, &self.meters.batches_sent).await;
+            let bytes = batch.bytes.clone();
+            send_batch(
+                state,
+                batch.offset_ms,
+                batch.end_ms(),
+                bytes,
+                &self.meters.batches_sent,
+            )
+            .await;
         }
-        state.held_bytes += batch.bytes.len();
-        state.held.push_back(batch);
+        state.replay.push(batch);
         if state.phase == Phase::Live
             && !state.turn_open
             && state.trim_after.is_none_or(|at| Instant::now() >= at)
@@ -513,28 +719,9 @@ impl Bridge {
             // A live session has heard this and found no words in it: only the most recent
             // audio (a turn may be starting there) is worth replaying. Silent tracks so
             // hold seconds less audio per call.
-            let keep = state.idle_window.as_millis() as usize * MULAW_BYTES_PER_MS;
-            while state.held_bytes > keep && state.held.len() > 1 {
-                let Some(oldest) = state.held.pop_front() else {
-                    break;
-                };
-                state.held_bytes -= oldest.bytes.len();
-            }
-        }
-        let mut dropped = Vec::new();
-        while state.held_bytes > state.cap_bytes {
-            let Some(oldest) = state.held.pop_front() else {
-                break;
-            };
-            state.held_bytes -= oldest.bytes.len();
-            // Audio a live session already has is not lost; anything else is a gap.
-            if state.phase != Phase::Live {
-                dropped.push((oldest.offset_ms, oldest.end_ms()));
-            }
-        }
-        for (start, end) in dropped {
-            let gap = state.open_gap.get_or_insert((start, start));
-            gap.1 = end;
+            state
+                .replay
+                .trim_to(state.idle_window.as_millis() as usize * MULAW_BYTES_PER_MS);
         }
     }
 
@@ -553,27 +740,24 @@ impl Bridge {
                 if generation != state.generation {
                     return;
                 }
-                tracing::info!(call_id = %self.call_id, track = track.as_str(), %session_id, replayed_batches = state.held.len(), "AssemblyAI session open");
+                tracing::info!(call_id = %self.call_id, track = track.as_str(), %session_id, replayed_batches = state.replay.len(), "AssemblyAI session open");
                 state.sink = Some(sink);
                 state.session_id = session_id;
                 state.phase = Phase::Live;
                 state.trim_after = Some(Instant::now() + state.idle_window);
                 state.attempts = 0;
-                state.session_base_ms = state
-                    .held
-                    .front()
-                    .map_or(state.next_offset_ms, |b| b.offset_ms);
+                state.session_base_ms = None;
+                state.last_final_order = None;
                 // Replay what the last session never finished.
-                let held: Vec<Batch> = state
-                    .held
-                    .iter()
-                    .map(|b| Batch {
-                        offset_ms: b.offset_ms,
-                        bytes: b.bytes.clone(),
-                    })
-                    .collect();
-                for batch in &held {
-                    send_batch(state, batch, &self.meters.batches_sent).await;
+                for index in 0..state.replay.len() {
+                    let Some((offset_ms, end_ms, bytes)) = state
+                        .replay
+                        .get(index)
+                        .map(|b| (b.offset_ms, b.end_ms(), b.bytes.clone()))
+                    else {
+                        break;
+                    };
+                    send_batch(state, offset_ms, end_ms, bytes, &self.meters.batches_sent).await;
                 }
                 self.close_gap(track);
                 if stopping {
@@ -614,11 +798,24 @@ impl Bridge {
                     }
                     ServerMessage::Termination => {
                         if let Some(state) = self.tracks.get_mut(&track) {
+                            // After `Terminate`: the session processed all it was sent.
+                            state.replay.all_heard();
                             state.phase = Phase::Finished;
                             state.sink = None;
                         }
                     }
                     ServerMessage::Begin { .. } | ServerMessage::Other => {}
+                }
+            }
+            AaiEvent::Heard {
+                track,
+                generation,
+                through_ms,
+            } => {
+                if let Some(state) = self.tracks.get_mut(&track)
+                    && state.generation == generation
+                {
+                    state.replay.heard_through(through_ms);
                 }
             }
             AaiEvent::Closed {
@@ -635,8 +832,14 @@ impl Bridge {
                 }
                 state.sink = None;
                 match state.phase {
-                    Phase::Terminating | Phase::Finished => state.phase = Phase::Finished,
+                    Phase::Finished => {}
+                    Phase::Terminating => {
+                        // Closed without `Termination`: its last turn may never come.
+                        state.replay.session_dropped(state.turn_open);
+                        state.phase = Phase::Finished;
+                    }
                     _ => {
+                        state.replay.session_dropped(state.turn_open);
                         tracing::warn!(%call_id, track = track.as_str(), %reason, "AssemblyAI session dropped; reconnecting");
                         metrics::counter!("assemblyai_reconnects_total").increment(1);
                         schedule_retry(state);
@@ -675,15 +878,17 @@ impl Bridge {
         }
         state.last_partial.clear();
         state.turn_open = false;
-        let base = state.session_base_ms;
+        if state.last_final_order == Some(turn.turn_order) {
+            metrics::counter!("transcript_turns_duplicate_total").increment(1);
+            return;
+        }
+        state.last_final_order = Some(turn.turn_order);
+        let base = state.session_base_ms.unwrap_or(state.next_offset_ms);
         let start_ms = turn.words.first().map(|w| base + w.start);
         let end_ms = turn.words.last().map(|w| base + w.end);
         if let Some(end) = end_ms {
             // Audio up to the end of this turn is transcribed: no need to replay it.
-            while state.held.front().is_some_and(|b| b.end_ms() <= end) {
-                let batch = state.held.pop_front().expect("checked");
-                state.held_bytes -= batch.bytes.len();
-            }
+            state.replay.transcribed_through(end);
             if let Some(sent) = state.sent_at.iter().find(|(offset, _)| *offset >= end) {
                 metrics::histogram!("assemblyai_end_of_turn_latency_seconds")
                     .record(sent.1.elapsed().as_secs_f64());
@@ -696,11 +901,13 @@ impl Bridge {
         let confidence = (!turn.words.is_empty()).then(|| {
             turn.words.iter().map(|w| w.confidence).sum::<f64>() / turn.words.len() as f64
         });
+        let turn_index = state.turn_index;
         let stored = FinalTurn {
             call_id,
             track: track.as_str(),
-            turn_index: state.turn_index,
+            turn_index: Some(turn_index),
             session_id: state.session_id.clone(),
+            turn_order: turn.turn_order as i64,
             text: turn.transcript,
             words,
             confidence,
@@ -714,7 +921,7 @@ impl Bridge {
             let utterance = Utterance {
                 seq: self.next_utterance,
                 source_track: track,
-                turn_index: stored.turn_index,
+                turn_index,
                 text: stored.text.clone(),
                 end_of_turn_at: chrono::Utc::now(),
                 end_of_turn: Instant::now(),
@@ -726,16 +933,7 @@ impl Bridge {
         }
         let db = self.state.db.clone();
         self.storage.spawn(async move {
-            // Retry briefly: a final turn must not be lost to a transient database error.
-            for attempt in 0..5u32 {
-                match transcripts::store_final(&db, &stored).await {
-                    Ok(()) => return,
-                    Err(error) => {
-                        tracing::warn!(%error, attempt, "storing a final turn failed");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    }
-                }
-            }
+            transcripts::store_final_retrying(&db, &stored).await;
         });
     }
 
@@ -825,15 +1023,24 @@ impl Bridge {
         }
         tracing::info!(call_id = %self.call_id, why, "media stream stopping");
         self.stopping = Some(Instant::now());
+        if self.state.shutdown.is_cancelled() {
+            // The process is going away: give up in time to record what is lost.
+            self.tail_bound = self
+                .tail_bound
+                .min(self.state.config.http.shutdown_grace / 2);
+        }
         let tracks: Vec<Track> = self.tracks.keys().copied().collect();
         for track in tracks {
-            let tail = self
+            let (audio_bytes, tail) = self
                 .tracks
                 .get_mut(&track)
-                .map(|t| t.audio.flush())
+                .map(|t| (t.audio.pending_bytes(), t.audio.flush()))
                 .unwrap_or_default();
+            let mut audio_left = audio_bytes;
             for batch in tail {
-                self.enqueue(track, batch).await;
+                let padding = batch.len().saturating_sub(audio_left);
+                audio_left = audio_left.saturating_sub(batch.len());
+                self.enqueue(track, batch, padding).await;
             }
             let live = self
                 .tracks
@@ -860,31 +1067,38 @@ impl Bridge {
                 return;
             }
             state.phase = Phase::Terminating;
+            state.terminate_by = Some(Instant::now() + STOP_DEADLINE);
         } else {
             state.phase = Phase::Finished;
         }
     }
 
-    /// Records a pending gap of `track`, if any.
+    /// Records the gaps `track`'s replay buffer has counted (audio no session was sent).
     fn close_gap(&mut self, track: Track) {
-        let Some(state) = self.tracks.get_mut(&track) else {
-            return;
-        };
-        let Some((start, end)) = state.open_gap.take() else {
-            return;
-        };
-        let duration = end.saturating_sub(start);
-        metrics::counter!("transcript_gap_seconds_total").increment(duration.div_ceil(1000));
-        tracing::warn!(call_id = %self.call_id, track = track.as_str(), start_ms = start, duration_ms = duration, "transcript gap");
+        let gaps = self
+            .tracks
+            .get_mut(&track)
+            .map(|t| t.replay.take_gaps())
+            .unwrap_or_default();
+        for gap in gaps {
+            let duration = gap.end_ms - gap.start_ms;
+            self.record_gap(track, gap.start_ms, duration, gap.kind.reason());
+        }
+    }
+
+    /// Stores one gap (row, `transcript.gap` event, metric) in the background.
+    fn record_gap(&mut self, track: Track, start_ms: u64, duration_ms: u64, reason: &'static str) {
+        metrics::counter!("transcript_gap_seconds_total").increment(duration_ms.div_ceil(1000));
+        tracing::warn!(call_id = %self.call_id, track = track.as_str(), start_ms, duration_ms, reason, "transcript gap");
         let (db, call_id) = (self.state.db.clone(), self.call_id);
         self.storage.spawn(async move {
             if let Err(error) = transcripts::store_gap(
                 &db,
                 call_id,
                 track.as_str(),
-                start as i64,
-                duration as i64,
-                "assemblyai_unavailable",
+                start_ms as i64,
+                duration_ms as i64,
+                reason,
             )
             .await
             {
@@ -894,11 +1108,12 @@ impl Bridge {
     }
 
     fn heartbeat(&mut self) {
-        let (db, call_id, replica, stream_id) = (
+        let (db, call_id, replica, stream_id, positions) = (
             self.state.db.clone(),
             self.call_id,
             self.replica.clone(),
             self.stream_id.clone(),
+            self.positions(),
         );
         tokio::spawn(async move {
             if let Err(error) =
@@ -906,24 +1121,35 @@ impl Bridge {
             {
                 tracing::debug!(%error, "media heartbeat failed");
             }
+            if let Err(error) = super::resume::save_positions(&db, call_id, &positions).await {
+                tracing::debug!(%error, "saving track positions failed");
+            }
         });
     }
 }
 
-async fn send_batch(state: &mut TrackState, batch: &Batch, sent: &metrics::Counter) {
+/// Sends a batch to the track's session, followed by a ping carrying the batch's end: the
+/// pong tells which audio the session has read (`AaiEvent::Heard`). One flush for both.
+async fn send_batch(
+    state: &mut TrackState,
+    offset_ms: u64,
+    end_ms: u64,
+    bytes: Vec<u8>,
+    sent: &metrics::Counter,
+) {
     let Some(sink) = state.sink.as_mut() else {
         return;
     };
-    if sink
-        .send(AaiMessage::Binary(batch.bytes.clone().into()))
-        .await
-        .is_ok()
+    let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
+    if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err() || sink.send(ping).await.is_err()
     {
-        sent.increment(1);
-        state.sent_at.push_back((batch.end_ms(), Instant::now()));
-        while state.sent_at.len() > 64 {
-            state.sent_at.pop_front();
-        }
+        return;
+    }
+    sent.increment(1);
+    state.session_base_ms.get_or_insert(offset_ms);
+    state.sent_at.push_back((end_ms, Instant::now()));
+    while state.sent_at.len() > 64 {
+        state.sent_at.pop_front();
     }
 }
 

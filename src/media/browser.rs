@@ -61,7 +61,6 @@ pub async fn run(
         sample_bytes,
         silence,
     );
-    let mut turn_index = 0i32;
     let mut terminating = false;
     let mut watching = true;
     loop {
@@ -101,18 +100,17 @@ pub async fn run(
                         let stored = FinalTurn {
                             call_id,
                             track: "browser",
-                            turn_index,
+                            // A browser session's turns follow whatever the call has.
+                            turn_index: None,
                             session_id: session_id.clone(),
+                            turn_order: turn.turn_order as i64,
                             text: turn.transcript.clone(),
                             words: serde_json::to_value(turn.words.iter().map(|w| serde_json::json!({"text": w.text, "start_ms": w.start, "end_ms": w.end, "confidence": w.confidence})).collect::<Vec<_>>()).unwrap_or_default(),
                             confidence: None,
                             start_ms: turn.words.first().map(|w| w.start as i64),
                             end_ms: turn.words.last().map(|w| w.end as i64),
                         };
-                        turn_index += 1;
-                        if let Err(error) = transcripts::store_final(&state.db, &stored).await {
-                            tracing::warn!(%error, "storing a browser turn failed");
-                        }
+                        transcripts::store_final_retrying(&state.db, &stored).await;
                     }
                     if browser_tx.send(WsMessage::Text(text.as_str().into())).await.is_err() && !terminating {
                         let _ = aai_tx.send(assemblyai::terminate_message()).await;

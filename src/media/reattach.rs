@@ -1,8 +1,9 @@
 //! Calls survive a deploy: a live call whose media bridge died with its replica (crash: the
 //! heartbeat stops; deploy: the bridge marks its stream detached) gets its media stream
 //! restarted through Telnyx `streaming_start` on the same `call_control_id`, with a fresh
-//! stream URL, so Telnyx reconnects to whichever replica is healthy. The audio in between
-//! is recorded as a gap on both tracks.
+//! stream URL, so Telnyx reconnects to whichever replica is healthy. The new stream's bridge
+//! continues each track's clock from the old stream's last frame and records the audio in
+//! between as a gap (`resume`): measured from frames, not from heartbeats.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::transcripts;
 use crate::calls::stream_token;
 use crate::events;
 use crate::providers::telnyx::StreamSettings;
@@ -29,11 +29,11 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let rows = transaction
         .query(
             "select ms.call_id, c.telnyx_call_control_id,
-                    (extract(epoch from now() - ms.heartbeat_at) * 1000)::bigint as lost_ms,
-                    (extract(epoch from ms.heartbeat_at - coalesce(c.answered_at, ms.connected_at)) * 1000)::bigint as at_ms
+                    (select (extract(epoch from now() - max(p.frame_at)) * 1000)::bigint
+                     from media_stream_positions p where p.call_id = ms.call_id) as lost_ms
              from media_streams ms join calls c on c.id = ms.call_id
              where ms.ended_at is null and c.status = 'answered' and c.telnyx_call_control_id is not null
-               and ms.heartbeat_at < now() - make_interval(secs => $1)
+               and (ms.replica = 'detached' or ms.heartbeat_at < now() - make_interval(secs => $1))
              for update of ms skip locked",
             &[&(STALE_AFTER_SECS as f64)],
         )
@@ -48,8 +48,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         claimed.push((
             call_id,
             row.get::<_, String>(1),
-            row.get::<_, i64>(2),
-            row.get::<_, i64>(3),
+            row.get::<_, Option<i64>>(2),
         ));
     }
     transaction.commit().await?;
@@ -60,7 +59,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    for (call_id, ccid, lost_ms, at_ms) in &claimed {
+    for (call_id, ccid, lost_ms) in &claimed {
         let url = stream_token::stream_url(&state.config.media_base_url, secret, *call_id, now);
         let command_id = format!("reattach:{call_id}:{now}");
         if let Err(error) = telnyx
@@ -70,27 +69,15 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
             tracing::warn!(%call_id, %error, "restarting the media stream failed; will retry");
             continue;
         }
-        tracing::warn!(%call_id, lost_ms, "media bridge lost; stream restarted on a healthy replica");
+        tracing::warn!(%call_id, ?lost_ms, "media bridge lost; stream restarted on a healthy replica");
         metrics::counter!("media_reattaches_total").increment(1);
-        for track in ["inbound", "outbound"] {
-            if let Err(error) = transcripts::store_gap(
-                &state.db,
-                *call_id,
-                track,
-                (*at_ms).max(0),
-                (*lost_ms).max(0),
-                "bridge_lost",
-            )
-            .await
-            {
-                tracing::error!(%error, "storing the re-attach gap failed");
-            }
-        }
         let client = state.db.client().await?;
         events::append(
             &**client,
             *call_id,
             "media.reattached",
+            // Time since the old stream's last frame, so far; the gap itself is recorded by
+            // the new stream's bridge once its frames arrive.
             json!({"lost_ms": lost_ms}),
             chrono::Utc::now(),
         )
@@ -116,14 +103,14 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 }
 
 /// Called by a bridge that stops because this process is shutting down: its call is still
-/// live, so mark the stream for immediate re-attachment instead of ended.
+/// live, so mark the stream for immediate re-attachment instead of ended. The heartbeat is
+/// left as it was: nothing is measured from it.
 pub async fn detach(state: &AppState, call_id: Uuid) -> Result<(), crate::db::DbError> {
     let client = state.db.client().await?;
     client
         .execute(
-            "update media_streams set replica = 'detached', heartbeat_at = now() - make_interval(secs => $2)
-             where call_id = $1 and ended_at is null",
-            &[&call_id, &((STALE_AFTER_SECS + 1) as f64)],
+            "update media_streams set replica = 'detached' where call_id = $1 and ended_at is null",
+            &[&call_id],
         )
         .await?;
     Ok(())

@@ -16,8 +16,12 @@ const MAX_PARTIAL_TEXT: usize = 6000;
 pub struct FinalTurn {
     pub call_id: Uuid,
     pub track: &'static str,
-    pub turn_index: i32,
+    /// The display order the caller proposes (continued from the database when the stream
+    /// started); `None` takes the next free one. Never reused: a taken index is replaced.
+    pub turn_index: Option<i32>,
+    /// The turn's identity: the AssemblyAI session and its `turn_order` there.
     pub session_id: String,
+    pub turn_order: i64,
     pub text: String,
     pub words: serde_json::Value,
     pub confidence: Option<f64>,
@@ -25,32 +29,114 @@ pub struct FinalTurn {
     pub end_ms: Option<i64>,
 }
 
-pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<(), DbError> {
+/// What `store_final` did with a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored (and evented) under this index.
+    New { turn_index: i32 },
+    /// Stored, but the proposed index belonged to another turn (two writers on one track):
+    /// stored under the next free index instead. Counted and logged.
+    Renumbered { proposed: i32, turn_index: i32 },
+    /// This session's turn was already stored: a true duplicate, ignored. Counted.
+    Duplicate,
+}
+
+/// Stores a final turn and its `transcript.final` event in one transaction. Writers of one
+/// call's track are serialised by an advisory lock, so the index check and the insert cannot
+/// race; nothing is ever dropped on a key that new data can collide with.
+pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
     let mut client = db.client().await?;
     let transaction = client.transaction().await?;
-    let inserted = transaction
+    transaction
         .execute(
-            "insert into transcript_turns (call_id, track, turn_index, session_id, text, words, confidence, start_ms, end_ms)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing",
-            &[&turn.call_id, &turn.track, &turn.turn_index, &turn.session_id, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms],
+            "select pg_advisory_xact_lock(hashtext('transcript_turns:' || $1::uuid::text || ':' || $2::text))",
+            &[&turn.call_id, &turn.track],
         )
         .await?;
-    if inserted == 1 {
-        let data = json!({
-            "track": turn.track, "turn_index": turn.turn_index, "text": turn.text,
-            "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
-        });
-        events::append(
-            &*transaction,
-            turn.call_id,
-            "transcript.final",
-            data,
-            chrono::Utc::now(),
+    let row = transaction
+        .query_one(
+            "select exists (select 1 from transcript_turns
+                            where call_id = $1 and track = $2 and session_id = $3 and turn_order = $4),
+                    exists (select 1 from transcript_turns
+                            where call_id = $1 and track = $2 and turn_index = $5),
+                    coalesce(max(turn_index) + 1, 0)
+             from transcript_turns where call_id = $1 and track = $2",
+            &[&turn.call_id, &turn.track, &turn.session_id, &turn.turn_order, &turn.turn_index.unwrap_or(-1)],
         )
         .await?;
+    let (duplicate, taken, next): (bool, bool, i32) = (row.get(0), row.get(1), row.get(2));
+    if duplicate {
+        transaction.commit().await?;
+        metrics::counter!("transcript_turns_duplicate_total").increment(1);
+        tracing::debug!(call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, "duplicate final turn ignored");
+        return Ok(Stored::Duplicate);
     }
+    let (turn_index, stored) = match turn.turn_index {
+        Some(proposed) if taken => (
+            next,
+            Stored::Renumbered {
+                proposed,
+                turn_index: next,
+            },
+        ),
+        Some(proposed) => (
+            proposed,
+            Stored::New {
+                turn_index: proposed,
+            },
+        ),
+        None => (next, Stored::New { turn_index: next }),
+    };
+    transaction
+        .execute(
+            "insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[&turn.call_id, &turn.track, &turn_index, &turn.session_id, &turn.turn_order, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms],
+        )
+        .await?;
+    let data = json!({
+        "track": turn.track, "turn_index": turn_index, "text": turn.text,
+        "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
+    });
+    events::append(
+        &*transaction,
+        turn.call_id,
+        "transcript.final",
+        data,
+        chrono::Utc::now(),
+    )
+    .await?;
     transaction.commit().await?;
-    Ok(())
+    if let Stored::Renumbered {
+        proposed,
+        turn_index,
+    } = stored
+    {
+        metrics::counter!("transcript_turns_renumbered_total").increment(1);
+        tracing::warn!(call_id = %turn.call_id, track = turn.track, proposed, turn_index, "turn index already taken by another turn; stored under the next free one");
+    }
+    Ok(stored)
+}
+
+/// Stores a final turn, retrying transient database errors. A turn that still cannot be
+/// stored is counted (`transcript_turns_lost_total`) and logged as an error, never dropped
+/// quietly.
+pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 0..ATTEMPTS {
+        match store_final(db, turn).await {
+            Ok(stored) => return Some(stored),
+            Err(error) if attempt + 1 < ATTEMPTS => {
+                tracing::warn!(%error, attempt, "storing a final turn failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            Err(error) => {
+                metrics::counter!("transcript_turns_lost_total").increment(1);
+                tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
+            }
+        }
+    }
+    None
 }
 
 pub async fn store_gap(
@@ -113,7 +199,10 @@ pub async fn heartbeat(
         .execute(
             "insert into media_streams (call_id, replica, stream_id) values ($1, $2, $3)
              on conflict (call_id) do update set replica = $2, stream_id = coalesce($3, media_streams.stream_id),
-                 heartbeat_at = now(), ended_at = null",
+                 heartbeat_at = now(), ended_at = null
+             -- A beat still in flight from a stream that has since detached must not mark it
+             -- live again; a new stream of the call (another stream id) takes over.
+             where media_streams.replica <> 'detached' or media_streams.stream_id is distinct from $3",
             &[&call_id, &replica, &stream_id],
         )
         .await?;

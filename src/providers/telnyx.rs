@@ -2,6 +2,8 @@
 //!
 //! docs/PROVIDERS.md §1.1 (signatures: Ed25519 over `"{timestamp}|{raw body}"`, ±300 s), §1.2
 //! (envelope), §1.5 (commands; `command_id` makes retries harmless; 422/90018 = call ended).
+//! Numbers: search (`GET /available_phone_numbers`), the account's inventory
+//! (`GET /phone_numbers`) and orders (`POST /number_orders`), docs/TELNYX.md.
 
 use std::time::Duration;
 
@@ -226,19 +228,38 @@ impl TelnyxClient {
     /// POSTs a command, retrying 5xx/429/network failures with jitter. The body's
     /// `command_id` makes a retried command a no-op at Telnyx.
     async fn command(&self, path: &str, body: &Value) -> Result<Value, TelnyxError> {
+        self.send(reqwest::Method::POST, path, &[], Some(body), self.attempts)
+            .await
+    }
+
+    /// One API request with up to `attempts` tries (5xx, 429 and network failures are
+    /// retried with jitter; 4xx are final and parsed from Telnyx's `errors` array).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        attempts: u32,
+    ) -> Result<Value, TelnyxError> {
+        let mut url = Url::parse(&self.url(path))
+            .map_err(|e| TelnyxError::Unavailable(format!("bad Telnyx URL: {e}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let mut last = String::new();
-        for attempt in 1..=self.attempts {
+        for attempt in 1..=attempts.max(1) {
             if attempt > 1 {
                 tokio::time::sleep(super::retry_delay(attempt - 1)).await;
             }
-            let response = self
+            let mut request = self
                 .http
-                .post(self.url(path))
-                .bearer_auth(self.api_key.expose())
-                .json(body)
-                .send()
-                .await;
-            let response = match response {
+                .request(method.clone(), url.clone())
+                .bearer_auth(self.api_key.expose());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = match request.send().await {
                 Ok(response) => response,
                 Err(error) => {
                     last = error.to_string();
@@ -271,6 +292,140 @@ impl TelnyxClient {
             });
         }
         Err(TelnyxError::Unavailable(last))
+    }
+
+    /// `GET /v2/available_phone_numbers`: numbers Telnyx would sell now. Only numbers a
+    /// recent search returned can be ordered.
+    pub async fn search_available(
+        &self,
+        search: &NumberSearch<'_>,
+    ) -> Result<Vec<AvailableNumber>, TelnyxError> {
+        let mut query = vec![
+            ("filter[country_code]", search.country.to_owned()),
+            ("filter[limit]", search.limit.to_string()),
+            ("filter[features][]", "voice".to_owned()),
+        ];
+        if let Some(ndc) = search.national_destination_code {
+            query.push(("filter[national_destination_code]", ndc.to_owned()));
+        }
+        if let Some(starts_with) = search.starts_with {
+            query.push(("filter[phone_number][starts_with]", starts_with.to_owned()));
+        }
+        if let Some(contains) = search.contains {
+            query.push(("filter[phone_number][contains]", contains.to_owned()));
+        }
+        if let Some(locality) = search.locality {
+            query.push(("filter[locality]", locality.to_owned()));
+        }
+        self.list(
+            "/available_phone_numbers",
+            &query,
+            AvailableNumber::from_json,
+        )
+        .await
+    }
+
+    /// A GET whose `data` array is parsed item by item (unparseable items are skipped).
+    async fn list<T>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        parse: fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, TelnyxError> {
+        let response = self
+            .send(reqwest::Method::GET, path, query, None, self.attempts)
+            .await?;
+        Ok(response
+            .get("data")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().filter_map(parse).collect())
+            .unwrap_or_default())
+    }
+
+    /// `GET /v2/phone_numbers`: numbers the account holds, optionally only those whose digits
+    /// contain `digits` (Telnyx matches a substring of at least three digits) or attached to
+    /// `connection_id`. One page of 250: the pool of one platform stays well below it.
+    pub async fn account_numbers(
+        &self,
+        digits: Option<&str>,
+        connection_id: Option<&str>,
+    ) -> Result<Vec<AccountNumber>, TelnyxError> {
+        let mut query = vec![("page[size]", "250".to_owned())];
+        if let Some(digits) = digits {
+            query.push(("filter[phone_number]", digits.to_owned()));
+        }
+        if let Some(connection_id) = connection_id {
+            query.push(("filter[connection_id]", connection_id.to_owned()));
+        }
+        self.list("/phone_numbers", &query, AccountNumber::from_json)
+            .await
+    }
+
+    /// The account's number `e164`, if it holds it (filtered exactly: Telnyx's filter is a
+    /// substring match).
+    pub async fn account_number(&self, e164: &str) -> Result<Option<AccountNumber>, TelnyxError> {
+        let digits = e164.trim_start_matches('+');
+        Ok(self
+            .account_numbers(Some(digits), None)
+            .await?
+            .into_iter()
+            .find(|n| n.phone_number == e164))
+    }
+
+    /// `POST /v2/number_orders` for one number, attached to the platform's connection.
+    /// Sent once: a retried order could buy twice, so the caller checks the account after
+    /// an ambiguous failure instead.
+    pub async fn order_number(
+        &self,
+        e164: &str,
+        customer_reference: &str,
+    ) -> Result<NumberOrder, TelnyxError> {
+        let body = json!({
+            "phone_numbers": [{"phone_number": e164}],
+            "connection_id": self.connection_id,
+            "customer_reference": customer_reference,
+        });
+        let response = self
+            .send(reqwest::Method::POST, "/number_orders", &[], Some(&body), 1)
+            .await?;
+        let data = response.get("data").cloned().unwrap_or_default();
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let number = data
+            .get("phone_numbers")
+            .and_then(Value::as_array)
+            .and_then(|numbers| {
+                numbers
+                    .iter()
+                    .find(|n| n.get("phone_number").and_then(Value::as_str) == Some(e164))
+            });
+        Ok(NumberOrder {
+            id: text(&data, "id").ok_or_else(|| {
+                TelnyxError::Unavailable("number order answered without an id".into())
+            })?,
+            status: text(&data, "status").unwrap_or_default(),
+            number_status: number.and_then(|n| text(n, "status")).unwrap_or_default(),
+        })
+    }
+
+    /// `POST /v2/calls/{id}/actions/speak`: text-to-speech into the call. A call that
+    /// already ended (422, code 90018) counts as success, as for hangup.
+    pub async fn speak(
+        &self,
+        call_control_id: &str,
+        command_id: &str,
+        text: &str,
+    ) -> Result<(), TelnyxError> {
+        let body = json!({"payload": text, "voice": "female", "language": "en-US",
+                          "command_id": command_id});
+        ended_is_done(
+            self.command(&Self::action_path(call_control_id, "speak"), &body)
+                .await,
+        )
+    }
+
+    /// The Call Control App numbers must be attached to for us to receive their calls.
+    pub fn connection_id(&self) -> &str {
+        &self.connection_id
     }
 
     /// `POST /v2/calls`.
@@ -339,18 +494,10 @@ impl TelnyxClient {
     /// Hanging up a call that already ended (422, code 90018) counts as success.
     pub async fn hangup(&self, call_control_id: &str, command_id: &str) -> Result<(), TelnyxError> {
         let body = json!({"command_id": command_id});
-        match self
-            .command(&Self::action_path(call_control_id, "hangup"), &body)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(TelnyxError::Rejected {
-                status: 422,
-                code: Some(code),
-                ..
-            }) if code == "90018" => Ok(()),
-            Err(error) => Err(error),
-        }
+        ended_is_done(
+            self.command(&Self::action_path(call_control_id, "hangup"), &body)
+                .await,
+        )
     }
 
     pub async fn streaming_start(
@@ -401,6 +548,111 @@ impl TelnyxClient {
         self.command(&Self::action_path(call_control_id, "record_stop"), &body)
             .await
             .map(drop)
+    }
+}
+
+/// Filters of a number search (`filter[...]` on `GET /available_phone_numbers`).
+#[derive(Debug, Clone, Default)]
+pub struct NumberSearch<'a> {
+    /// ISO 3166-1 alpha-2; Telnyx requires it.
+    pub country: &'a str,
+    /// NANP area code.
+    pub national_destination_code: Option<&'a str>,
+    /// National digits the number starts with (after the area code when one is given).
+    pub starts_with: Option<&'a str>,
+    pub contains: Option<&'a str>,
+    pub locality: Option<&'a str>,
+    pub limit: u32,
+}
+
+/// One number for sale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AvailableNumber {
+    pub phone_number: String,
+    pub country: Option<String>,
+    pub locality: Option<String>,
+    pub upfront_cost: Option<String>,
+    pub monthly_cost: Option<String>,
+    pub currency: Option<String>,
+    pub features: Vec<String>,
+    /// Telnyx could not match every filter and widened the search.
+    pub best_effort: bool,
+}
+
+impl AvailableNumber {
+    fn from_json(value: &Value) -> Option<Self> {
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let region = |kind: &str| {
+            value
+                .get("region_information")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|r| r.get("region_type").and_then(Value::as_str) == Some(kind))
+                .and_then(|r| text(r, "region_name"))
+        };
+        let cost = value.get("cost_information").cloned().unwrap_or_default();
+        Some(Self {
+            phone_number: text(value, "phone_number")?,
+            country: region("country_code"),
+            locality: region("location").or_else(|| region("rate_center")),
+            upfront_cost: text(&cost, "upfront_cost"),
+            monthly_cost: text(&cost, "monthly_cost"),
+            currency: text(&cost, "currency"),
+            features: value
+                .get("features")
+                .and_then(Value::as_array)
+                .map(|features| features.iter().filter_map(|f| text(f, "name")).collect())
+                .unwrap_or_default(),
+            best_effort: value
+                .get("best_effort")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+}
+
+/// A number the Telnyx account holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountNumber {
+    pub id: String,
+    pub phone_number: String,
+    /// `active`, `purchase_pending`, `port_pending`, …
+    pub status: String,
+    pub connection_id: Option<String>,
+}
+
+impl AccountNumber {
+    fn from_json(value: &Value) -> Option<Self> {
+        let text = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some(Self {
+            id: text("id")?,
+            phone_number: text("phone_number")?,
+            status: text("status").unwrap_or_default(),
+            connection_id: text("connection_id").filter(|c| !c.is_empty()),
+        })
+    }
+}
+
+/// What a number order answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberOrder {
+    pub id: String,
+    /// The order's status: `pending`, `success` or `failure`.
+    pub status: String,
+    /// Our number's status within the order.
+    pub number_status: String,
+}
+
+/// A command on a call that already ended (422, code 90018) has nothing left to do: success.
+fn ended_is_done(result: Result<Value, TelnyxError>) -> Result<(), TelnyxError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(TelnyxError::Rejected {
+            status: 422,
+            code: Some(code),
+            ..
+        }) if code == "90018" => Ok(()),
+        Err(error) => Err(error),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct SessionRecord {
     pub chunk_bytes: Vec<usize>,
     pub terminated_by_client: bool,
     pub closed_with: Option<u16>,
+    /// Final turns sent (end of turn, formatted when asked for), including at `Terminate`.
+    pub finals: usize,
 }
 
 struct Inner {
@@ -108,6 +110,21 @@ impl AssemblyAiSim {
 
     pub fn inject(&self, fault: StreamFault) {
         self.lock().faults.push_back(fault);
+    }
+
+    /// Faults injected and not yet used.
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
+    /// Forgets the faults not yet used: from now on sessions are accepted and kept.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Final turns sent over all sessions so far.
+    pub fn finals_sent(&self) -> usize {
+        self.sessions().iter().map(|s| s.finals).sum()
     }
 
     /// Benchmarks: observe every chunk, and stop keeping per-chunk records.
@@ -421,6 +438,7 @@ async fn session(
                             if let Some(probe) = probe {
                                 probe(&session_id, turn.order);
                             }
+                            record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
                         }
                         if socket
                             .send(Message::Text(message.to_string().into()))
@@ -459,8 +477,13 @@ async fn session(
                             } {
                                 let message =
                                     turn_message(&turn, line, words, true, formatted, audio_ms);
-                                let _ =
-                                    socket.send(Message::Text(message.to_string().into())).await;
+                                let sent = socket
+                                    .send(Message::Text(message.to_string().into()))
+                                    .await
+                                    .is_ok();
+                                if sent && formatted == format_turns {
+                                    record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
+                                }
                             }
                         }
                         let termination = json!({

@@ -64,8 +64,26 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
     db.execute(r#"insert into authjs.sessions ("userId", expires, "sessionToken") values ($1, now() + interval '1 hour', $2)"#, &[&user, &token]).await?;
     let http = reqwest::Client::new();
     let authed = |request: reqwest::RequestBuilder| request.bearer_auth(&token);
+    // The operator put +14155550100 in the platform's Telnyx pool; the user claims it and,
+    // as owner, allows calls to Germany (by default only the numbers' own country).
+    carrier.hold_number("+14155550100", Some("demo-connection"));
     authed(http.post(format!("{base}/api/phone-numbers")))
         .json(&json!({"number": "+14155550100"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let me: serde_json::Value = authed(http.get(format!("{base}/api/me")))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let org = me["organisations"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    authed(http.put(format!("{base}/api/orgs/{org}/dialing-policy")))
+        .json(&json!({"allowed_countries": ["US", "DE"], "min_role": "member"}))
         .send()
         .await?
         .error_for_status()?;

@@ -2,13 +2,18 @@
 //! answers like Telnyx, with injectable faults; and a webhook sender that signs envelopes
 //! with a test Ed25519 key exactly as Telnyx does (§1.1–1.2), with delivery scenarios:
 //! duplicates, shuffled order, retries after a non-2xx.
+//!
+//! Numbers too: a market of numbers for sale (`GET /v2/available_phone_numbers`, with
+//! Telnyx's filters and its `best_effort` widening), orders (`POST /v2/number_orders`, only
+//! for numbers a search returned, as at Telnyx) and the account's inventory
+//! (`GET /v2/phone_numbers`, whose `filter[phone_number]` is a digit substring match).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,11 +47,33 @@ pub enum Fault {
     Delay(Duration),
 }
 
+/// A number the simulated account holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldNumber {
+    pub id: String,
+    pub phone_number: String,
+    /// `active` unless set otherwise.
+    pub status: String,
+    pub connection_id: Option<String>,
+    pub customer_reference: Option<String>,
+}
+
+/// A number for sale.
+#[derive(Debug, Clone)]
+struct MarketNumber {
+    phone_number: String,
+    locality: &'static str,
+}
+
 #[derive(Default)]
 struct Inner {
     commands: Vec<RecordedCommand>,
     faults: VecDeque<Fault>,
     ended: HashMap<String, bool>,
+    account: Vec<HeldNumber>,
+    market: Vec<MarketNumber>,
+    /// Numbers a search returned: only these can be ordered.
+    searched: HashSet<String>,
     autopilot: Option<Autopilot>,
     /// Dialled calls the autopilot plays, by call_control_id.
     piloted: HashMap<String, PilotedCall>,
@@ -72,6 +99,25 @@ struct PilotedCall {
     to: String,
 }
 
+/// What the market sells at start: ten San Francisco, five New York, five London and five
+/// Berlin numbers (fictional ranges).
+fn default_market() -> Vec<MarketNumber> {
+    let mut market = Vec::new();
+    let mut add = |prefix: &str, count: u32, locality: &'static str| {
+        for i in 0..count {
+            market.push(MarketNumber {
+                phone_number: format!("{prefix}{i:02}"),
+                locality,
+            });
+        }
+    };
+    add("+141555502", 10, "San Francisco");
+    add("+121255502", 5, "New York");
+    add("+4420794605", 5, "London");
+    add("+49301234560", 5, "Berlin");
+    market
+}
+
 #[derive(Clone)]
 pub struct TelnyxSim {
     pub address: SocketAddr,
@@ -89,7 +135,10 @@ impl TelnyxSim {
         let sim = Self {
             address: listener.local_addr()?,
             api_key: api_key.to_owned(),
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(Inner {
+                market: default_market(),
+                ..Inner::default()
+            })),
             signing: Arc::new(SigningKey::from_bytes(&TEST_SIGNING_SEED)),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -99,6 +148,9 @@ impl TelnyxSim {
         let router = Router::new()
             .route("/v2/calls", post(dial))
             .route("/v2/calls/{ccid}/actions/{action}", post(action))
+            .route("/v2/available_phone_numbers", get(search_numbers))
+            .route("/v2/number_orders", post(order_numbers))
+            .route("/v2/phone_numbers", get(list_numbers))
             .route("/_sim/commands", get(list_commands))
             .with_state(sim.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -124,6 +176,47 @@ impl TelnyxSim {
             .into_iter()
             .filter(|c| c.action == action)
             .collect()
+    }
+
+    /// Puts `e164` in the account, active, attached to `connection_id` (what an operator
+    /// does in Mission Control to add a number to the platform's pool). Off the market.
+    pub fn hold_number(&self, e164: &str, connection_id: Option<&str>) {
+        let mut inner = self.lock();
+        inner.market.retain(|n| n.phone_number != e164);
+        inner.account.retain(|n| n.phone_number != e164);
+        inner.account.push(HeldNumber {
+            id: uuid::Uuid::new_v4().to_string(),
+            phone_number: e164.to_owned(),
+            status: "active".into(),
+            connection_id: connection_id.map(str::to_owned),
+            customer_reference: None,
+        });
+    }
+
+    /// What `callbridge sim` puts in the pool of `connection_id` at start, so a local user
+    /// has numbers to claim.
+    pub const DEV_POOL: [&'static str; 3] = ["+14155550100", "+14155550101", "+442079460100"];
+
+    pub fn hold_dev_pool(&self, connection_id: &str) {
+        for number in Self::DEV_POOL {
+            self.hold_number(number, Some(connection_id));
+        }
+    }
+
+    /// Offers `e164` for sale.
+    pub fn offer_number(&self, e164: &str) {
+        let mut inner = self.lock();
+        if !inner.market.iter().any(|n| n.phone_number == e164) {
+            inner.market.push(MarketNumber {
+                phone_number: e164.to_owned(),
+                locality: "Simulated",
+            });
+        }
+    }
+
+    /// The account's numbers now.
+    pub fn held_numbers(&self) -> Vec<HeldNumber> {
+        self.lock().account.clone()
     }
 
     /// Turns the autopilot on (or off with `None`) for calls dialled from now on.
@@ -457,4 +550,294 @@ async fn action(
 
 async fn list_commands(State(sim): State<TelnyxSim>) -> Json<Vec<RecordedCommand>> {
     Json(sim.commands())
+}
+
+fn digits_after(e164: &str, calling_code: &str) -> String {
+    e164.trim_start_matches('+')
+        .get(calling_code.len()..)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn sim_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn validation_error(code: &str, title: &str, detail: &str, pointer: &str) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(
+            json!({"errors": [{"code": code, "title": title, "detail": detail,
+                                "source": {"pointer": pointer}}]}),
+        ),
+    )
+        .into_response()
+}
+
+fn record(sim: &TelnyxSim, action: &str, body: Value) {
+    sim.lock().commands.push(RecordedCommand {
+        action: action.into(),
+        call_control_id: None,
+        body,
+    });
+}
+
+/// `GET /v2/available_phone_numbers` with `filter[country_code]` (required),
+/// `filter[national_destination_code]`, `filter[phone_number][starts_with|contains|ends_with]`,
+/// `filter[locality]` and `filter[limit]`.
+async fn search_numbers(
+    State(sim): State<TelnyxSim>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    record(&sim, "search_numbers", json!(query));
+    if let Some(response) = check(&sim, &headers).await {
+        return response;
+    }
+    let Some(country) = query
+        .get("filter[country_code]")
+        .map(|c| c.to_ascii_uppercase())
+    else {
+        return validation_error(
+            "10015",
+            "Bad Request",
+            "filter[country_code] is required",
+            "/filter/country_code",
+        );
+    };
+    let limit: usize = query
+        .get("filter[limit]")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let filter = |key: &str| query.get(key).map(String::as_str);
+    let mut inner = sim.lock();
+    let in_country: Vec<MarketNumber> = inner
+        .market
+        .iter()
+        .filter(|n| {
+            crate::calls::destinations::classify(&n.phone_number)
+                .is_some_and(|d| d.country == country)
+        })
+        .cloned()
+        .collect();
+    let exact: Vec<&MarketNumber> = in_country
+        .iter()
+        .filter(|n| {
+            let Some(d) = crate::calls::destinations::classify(&n.phone_number) else {
+                return false;
+            };
+            let national = digits_after(&n.phone_number, d.calling_code);
+            let (ndc, rest) = match filter("filter[national_destination_code]") {
+                Some(ndc) if d.calling_code == "1" => (
+                    national.starts_with(ndc),
+                    national.get(3..).unwrap_or_default(),
+                ),
+                Some(_) => (false, national.as_str()),
+                None => (true, national.as_str()),
+            };
+            ndc && filter("filter[phone_number][starts_with]").is_none_or(|p| rest.starts_with(p))
+                && filter("filter[phone_number][contains]").is_none_or(|p| rest.contains(p))
+                && filter("filter[phone_number][ends_with]").is_none_or(|p| rest.ends_with(p))
+                && filter("filter[locality]").is_none_or(|l| n.locality.eq_ignore_ascii_case(l))
+        })
+        .take(limit)
+        .collect();
+    // Like Telnyx: when nothing matches, nearby numbers of the country, marked best effort.
+    let best_effort = exact.is_empty();
+    let results: Vec<&MarketNumber> = if best_effort {
+        in_country.iter().take(limit.min(3)).collect()
+    } else {
+        exact
+    };
+    let data: Vec<Value> = results
+        .iter()
+        .map(|n| {
+            json!({
+                "record_type": "available_phone_number",
+                "phone_number": n.phone_number,
+                "vanity_format": "",
+                "best_effort": best_effort,
+                "quickship": true,
+                "reservable": true,
+                "region_information": [
+                    {"region_type": "country_code", "region_name": country},
+                    {"region_type": "location", "region_name": n.locality},
+                ],
+                "cost_information": {"upfront_cost": "1.00", "monthly_cost": "1.00", "currency": "USD"},
+                "features": [{"name": "voice"}, {"name": "sms"}, {"name": "emergency"}],
+            })
+        })
+        .collect();
+    let numbers: Vec<String> = results.iter().map(|n| n.phone_number.clone()).collect();
+    inner.searched.extend(numbers);
+    let meta = json!({"total_results": data.len(),
+                      "best_effort_results": if best_effort { data.len() } else { 0 }});
+    Json(json!({"data": data, "meta": meta, "metadata": meta})).into_response()
+}
+
+/// `POST /v2/number_orders`: every number must be for sale and returned by a search.
+async fn order_numbers(
+    State(sim): State<TelnyxSim>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    record(&sim, "order_numbers", body.clone());
+    if let Some(response) = check(&sim, &headers).await {
+        return response;
+    }
+    let wanted: Vec<String> = body
+        .get("phone_numbers")
+        .and_then(Value::as_array)
+        .map(|numbers| {
+            numbers
+                .iter()
+                .filter_map(|n| n.get("phone_number").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if wanted.is_empty() {
+        return validation_error(
+            "10015",
+            "Bad Request",
+            "phone_numbers must list at least one phone_number",
+            "/phone_numbers",
+        );
+    }
+    let connection_id = body
+        .get("connection_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let customer_reference = body
+        .get("customer_reference")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut inner = sim.lock();
+    for number in &wanted {
+        let for_sale = inner.market.iter().any(|n| &n.phone_number == number);
+        if !for_sale || !inner.searched.contains(number) {
+            return validation_error(
+                "10002",
+                "Invalid phone number",
+                &format!("{number} is not available for purchase; search for it first"),
+                "/phone_numbers",
+            );
+        }
+    }
+    let order_id = uuid::Uuid::new_v4().to_string();
+    let now = sim_now();
+    let mut ordered = Vec::new();
+    for number in &wanted {
+        inner.market.retain(|n| &n.phone_number != number);
+        inner.searched.remove(number);
+        inner.account.push(HeldNumber {
+            id: uuid::Uuid::new_v4().to_string(),
+            phone_number: number.clone(),
+            status: "active".into(),
+            connection_id: connection_id.clone(),
+            customer_reference: customer_reference.clone(),
+        });
+        ordered.push(json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "record_type": "number_order_phone_number",
+            "phone_number": number,
+            "regulatory_requirements": [],
+            "requirements_met": true,
+            "status": "success",
+        }));
+    }
+    Json(json!({"data": {
+        "id": order_id,
+        "record_type": "number_order",
+        "phone_numbers_count": ordered.len(),
+        "connection_id": connection_id,
+        "messaging_profile_id": null,
+        "billing_group_id": null,
+        "phone_numbers": ordered,
+        "sub_number_orders_ids": [],
+        "status": "success",
+        "customer_reference": customer_reference,
+        "created_at": now,
+        "updated_at": now,
+        "requirements_met": true,
+    }}))
+    .into_response()
+}
+
+/// `GET /v2/phone_numbers` with `filter[phone_number]` (digits, a substring match; anything
+/// else matches nothing), `filter[connection_id]`, `filter[status]`, `page[number|size]`.
+async fn list_numbers(
+    State(sim): State<TelnyxSim>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    record(&sim, "list_numbers", json!(query));
+    if let Some(response) = check(&sim, &headers).await {
+        return response;
+    }
+    let size: usize = query
+        .get("page[size]")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    if !(1..=250).contains(&size) {
+        return validation_error(
+            "10015",
+            "Bad Request",
+            "page[size] must be between 1 and 250",
+            "/page/size",
+        );
+    }
+    let page: usize = query
+        .get("page[number]")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let digits = query.get("filter[phone_number]");
+    let inner = sim.lock();
+    let matching: Vec<&HeldNumber> = inner
+        .account
+        .iter()
+        .filter(|n| {
+            digits.is_none_or(|d| {
+                d.len() >= 3
+                    && d.bytes().all(|b| b.is_ascii_digit())
+                    && n.phone_number.contains(d.as_str())
+            }) && query
+                .get("filter[connection_id]")
+                .is_none_or(|c| n.connection_id.as_ref() == Some(c))
+                && query.get("filter[status]").is_none_or(|s| &n.status == s)
+        })
+        .collect();
+    let now = sim_now();
+    let data: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "record_type": "phone_number",
+                "phone_number": n.phone_number,
+                "status": n.status,
+                "connection_id": n.connection_id,
+                "connection_name": n.connection_id.as_ref().map(|c| format!("Call Control App {c}")),
+                "customer_reference": n.customer_reference,
+                "tags": [],
+                "country_iso_alpha2": crate::calls::destinations::classify(&n.phone_number).map(|d| d.country),
+                "phone_number_type": "local",
+                "purchased_at": now,
+                "created_at": now,
+                "updated_at": now,
+            })
+        })
+        .collect();
+    let total = matching.len();
+    Json(json!({"data": data, "meta": {
+        "total_pages": total.div_ceil(size).max(1),
+        "total_results": total,
+        "page_number": page,
+        "page_size": size,
+    }}))
+    .into_response()
 }

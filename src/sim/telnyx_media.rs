@@ -37,6 +37,10 @@ pub struct PlayOptions {
     pub extra_frames: Vec<String>,
     /// Wait this long after the audio before `stop` (translated speech still playing).
     pub linger: Duration,
+    /// The call began then and its audio has been running since (a stream re-attached to a
+    /// live call): the stream starts with the audio of the moment it is connected, paced on
+    /// the call's clock, as Telnyx's would. Implies `realtime`.
+    pub call_started: Option<tokio::time::Instant>,
 }
 
 impl PlayOptions {
@@ -51,6 +55,7 @@ impl PlayOptions {
             send_stop: true,
             extra_frames: Vec::new(),
             linger: Duration::ZERO,
+            call_started: None,
         }
     }
 }
@@ -58,6 +63,8 @@ impl PlayOptions {
 #[derive(Debug, Default)]
 pub struct PlayResult {
     pub frames_sent: usize,
+    /// The moment the first frame's audio began: the call's clock (see `call_started`).
+    pub started: Option<tokio::time::Instant>,
     /// Text frames the server sent us (media, mark, clear), parsed.
     pub received: Vec<Value>,
     pub close_code: Option<u16>,
@@ -87,6 +94,44 @@ pub fn speech_like(pattern: &[(u64, bool)]) -> Vec<u8> {
     audio
 }
 
+/// The first bytes of a tagged frame; tag bytes are µ-law values within ±120 of silence, so
+/// a tag does not change whether a frame sounds like speech.
+const TAG_MAGIC: [u8; 2] = [0xF3, 0xFC];
+const TAG_BYTES: usize = 9;
+
+/// Marks every 20 ms frame of `audio` with `stream` and the frame's index from
+/// `first_frame`, in its first nine samples, so a test can tell exactly which frames of
+/// which call and track reached AssemblyAI (`frame_tags`): the truth that gaps are checked
+/// against.
+pub fn tag_frames(audio: &mut [u8], stream: u8, first_frame: u32) {
+    for (index, frame) in audio.chunks_mut(FRAME_BYTES).enumerate() {
+        if frame.len() < TAG_BYTES {
+            continue;
+        }
+        let value = (u64::from(stream) << 20) | u64::from(first_frame + index as u32);
+        frame[..2].copy_from_slice(&TAG_MAGIC);
+        for (n, byte) in frame[2..TAG_BYTES].iter_mut().enumerate() {
+            *byte = 0xF0 | ((value >> (4 * (6 - n))) & 0x0F) as u8;
+        }
+    }
+}
+
+/// The `(stream, frame)` tags of the frames in an AssemblyAI chunk (untagged frames, such
+/// as silence the bridge filled in or padded with, are skipped).
+pub fn frame_tags(chunk: &[u8]) -> Vec<(u8, u32)> {
+    chunk
+        .chunks(FRAME_BYTES)
+        .filter(|f| f.len() >= TAG_BYTES && f[..2] == TAG_MAGIC)
+        .filter(|f| f[2..TAG_BYTES].iter().all(|b| b & 0xF0 == 0xF0))
+        .map(|f| {
+            let value = f[2..TAG_BYTES]
+                .iter()
+                .fold(0u64, |v, b| (v << 4) | u64::from(b & 0x0F));
+            ((value >> 20) as u8, (value & 0xF_FFFF) as u32)
+        })
+        .collect()
+}
+
 fn media_frame(stream_id: &str, track: &str, chunk: u64, sequence: u64, payload: &[u8]) -> String {
     json!({
         "event": "media",
@@ -99,12 +144,32 @@ fn media_frame(stream_id: &str, track: &str, chunk: u64, sequence: u64, payload:
 
 pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
     crate::tls::install_crypto_provider();
+    // Frames are built before connecting: once connected, Telnyx streams at once.
+    let stream_id = uuid::Uuid::new_v4().to_string();
+    let outbound = options
+        .outbound
+        .clone()
+        .unwrap_or_else(|| options.inbound.clone());
+    let inbound_frames: Vec<&[u8]> = options.inbound.chunks(FRAME_BYTES).collect();
+    let outbound_frames: Vec<&[u8]> = outbound.chunks(FRAME_BYTES).collect();
+    let mut frames = Vec::new();
+    let mut sequence = 2u64;
+    for i in 0..inbound_frames.len().max(outbound_frames.len()) {
+        for (track, list) in [("inbound", &inbound_frames), ("outbound", &outbound_frames)] {
+            if let Some(payload) = list.get(i) {
+                frames.push((
+                    i,
+                    media_frame(&stream_id, track, i as u64 + 1, sequence, payload),
+                ));
+                sequence += 1;
+            }
+        }
+    }
     let (socket, _) = tokio_tungstenite::connect_async(options.stream_url.as_str())
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = socket.split();
     let tx = Arc::new(tokio::sync::Mutex::new(tx));
-    let stream_id = uuid::Uuid::new_v4().to_string();
     let reader = tokio::spawn(listen(rx, tx.clone(), stream_id.clone()));
     let send = |text: String| Message::Text(text.into());
     tx.lock()
@@ -132,34 +197,22 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    let outbound = options
-        .outbound
-        .clone()
-        .unwrap_or_else(|| options.inbound.clone());
-    let inbound_frames: Vec<&[u8]> = options.inbound.chunks(FRAME_BYTES).collect();
-    let outbound_frames: Vec<&[u8]> = outbound.chunks(FRAME_BYTES).collect();
-    let mut frames = Vec::new();
-    let mut sequence = 2u64;
-    for i in 0..inbound_frames.len().max(outbound_frames.len()) {
-        for (track, list) in [("inbound", &inbound_frames), ("outbound", &outbound_frames)] {
-            if let Some(payload) = list.get(i) {
-                frames.push((
-                    i,
-                    media_frame(&stream_id, track, i as u64 + 1, sequence, payload),
-                ));
-                sequence += 1;
-            }
-        }
-    }
     if options.shuffle_window > 1 {
         for window in frames.chunks_mut(options.shuffle_window * 2) {
             window.shuffle(&mut rand::rng());
         }
     }
-    let started = tokio::time::Instant::now();
+    let (started, skip) = match options.call_started {
+        Some(call_started) => (
+            call_started,
+            call_started.elapsed().as_millis() as usize / 20,
+        ),
+        None => (tokio::time::Instant::now(), 0),
+    };
+    let realtime = options.realtime || options.call_started.is_some();
     let mut sent = 0;
-    for (index, frame) in frames {
-        if options.realtime {
+    for (index, frame) in frames.into_iter().filter(|(index, _)| *index >= skip) {
+        if realtime {
             tokio::time::sleep_until(started + Duration::from_millis(index as u64 * 20)).await;
         }
         // The server may end the stream first (shutdown): stop sending, report what it said.
@@ -182,6 +235,7 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
         .map_err(|_| "server never closed".to_string())?
         .map_err(|e| e.to_string())?;
     result.frames_sent = sent;
+    result.started = Some(started);
     Ok(result)
 }
 
@@ -266,5 +320,28 @@ async fn listen(
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_tags_round_trip_and_stay_near_silence() {
+        let mut audio = speech_like(&[(100, true), (100, false)]);
+        tag_frames(&mut audio, 19, 1_000);
+        let tags = frame_tags(&audio);
+        assert_eq!(tags, (1_000..1_010).map(|f| (19, f)).collect::<Vec<_>>());
+        let silent = &audio[5 * FRAME_BYTES..6 * FRAME_BYTES];
+        let loudest = silent
+            .iter()
+            .map(|b| super::super::assemblyai::mulaw_to_linear(*b).unsigned_abs())
+            .max();
+        assert!(loudest <= Some(120), "{loudest:?}");
+        assert!(
+            frame_tags(&[0xFF; 800]).is_empty(),
+            "filled silence has no tag"
+        );
     }
 }

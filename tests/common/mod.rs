@@ -5,6 +5,8 @@
 
 pub mod authjs;
 pub mod edge;
+#[cfg(feature = "sim")]
+pub mod soak;
 pub mod sse;
 pub mod tcp_proxy;
 #[cfg(feature = "sim")]
@@ -188,6 +190,12 @@ pub fn test_config(database_url: &str, bucket: &str, overrides: &[(&str, &str)])
         ("R2_SECRET_ACCESS_KEY", &s3_secret_key()),
         ("R2_BUCKET", bucket),
         ("SHUTDOWN_GRACE_SECS", "5"),
+        // Stories place calls back to back; the dial guard's caps have their own tests
+        // (tests/dial_guard.rs), which set them.
+        ("DIAL_MAX_CONCURRENT_PER_ORG", "1000"),
+        ("DIAL_MAX_CONCURRENT_PER_USER", "1000"),
+        ("DIAL_MAX_PER_MINUTE_PER_ORG", "1000"),
+        ("DIAL_MAX_PER_MINUTE_PER_USER", "1000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -41,8 +41,10 @@ impl TelnyxApp {
         drain(&self.app).await
     }
 
-    /// Registers `number` for the session's personal organisation.
+    /// Registers `number` for the session's personal organisation: the operator adds it to
+    /// the platform's Telnyx account (on the app's connection), then the user claims it.
     pub async fn own_number(&self, session: &Session, number: &str) {
+        self.sim.hold_number(number, Some("sim-connection"));
         let response = self
             .app
             .request_as(reqwest::Method::POST, session, "/api/phone-numbers")

@@ -204,6 +204,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/orgs/{id}/dialing-policy": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The organisation's dialing policy and the platform's caps (any member). */
+        get: operations["getDialingPolicy"];
+        /**
+         * Replace the organisation's allow-list of destination countries and the least role that
+         *     may dial (owners only).
+         */
+        put: operations["setDialingPolicy"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/orgs/{id}/members": {
         parameters: {
             query?: never;
@@ -248,10 +269,34 @@ export interface paths {
             cookie?: never;
         };
         /** The organisation's numbers. */
-        get: operations["list"];
+        get: operations["listPhoneNumbers"];
         put?: never;
-        /** Claim a number for the organisation (admins and owners). */
-        post: operations["create"];
+        /**
+         * Claim a number for the organisation (admins and owners): one the platform's Telnyx
+         *     account holds unassigned, or one Telnyx sells (ordered now, onto the platform's
+         *     connection). Any other number is refused with the same 422, whoever holds it.
+         */
+        post: operations["claimPhoneNumber"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/phone-numbers/available": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Numbers the organisation can claim now (admins and owners): unassigned numbers the
+         *     platform's Telnyx account already holds, then numbers Telnyx offers for sale.
+         */
+        get: operations["searchAvailablePhoneNumbers"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -268,8 +313,11 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Release a number (admins and owners). */
-        delete: operations["delete"];
+        /**
+         * Release a number (admins and owners). It stays in the platform's Telnyx account, free
+         *     for another organisation to claim.
+         */
+        delete: operations["releasePhoneNumber"];
         options?: never;
         head?: never;
         patch?: never;
@@ -692,6 +740,50 @@ export interface components {
         };
         /** @enum {string} */
         CredentialSource: "cookie" | "bearer";
+        /** @description The platform's caps, the same for every organisation (configuration). */
+        DialLimits: {
+            /**
+             * Format: int64
+             * @description Calls are hung up this long after they were placed (a spoken warning a minute before).
+             */
+            max_call_duration_secs: number;
+            /** Format: int64 */
+            max_calls_per_minute_per_org: number;
+            /** Format: int64 */
+            max_calls_per_minute_per_user: number;
+            /** Format: int64 */
+            max_concurrent_calls_per_org: number;
+            /** Format: int64 */
+            max_concurrent_calls_per_user: number;
+            /** Format: int64 */
+            max_phone_numbers_per_org: number;
+            /** @description When set, no organisation may call outside these countries. */
+            platform_countries?: string[] | null;
+        };
+        DialingPolicy: {
+            /**
+             * @description The organisation's own allow-list (ISO 3166-1 alpha-2); `null`: the countries of its
+             *     phone numbers.
+             */
+            allowed_countries?: string[] | null;
+            /**
+             * @description The countries dials may reach now: the list (or the numbers' countries), narrowed to
+             *     the platform's countries when those are set.
+             */
+            effective_countries: string[];
+            limits: components["schemas"]["DialLimits"];
+            /** @description The least role that may place calls. */
+            min_role: components["schemas"]["Role"];
+        };
+        DialingPolicyUpdate: {
+            /**
+             * @description ISO 3166-1 alpha-2 codes, at most 250; `null` or absent: the countries of the
+             *     organisation's phone numbers.
+             */
+            allowed_countries?: string[] | null;
+            /** @description The least role that may place calls. */
+            min_role: components["schemas"]["Role"];
+        };
         Download: {
             /** Format: date-time */
             expires_at: string;
@@ -778,8 +870,29 @@ export interface components {
         };
         NewPhoneNumber: {
             label?: string | null;
-            /** @description E.164, e.g. `+14155550100`. */
+            /** @description E.164, e.g. `+14155550100`: one `GET /api/phone-numbers/available` offered. */
             number: string;
+        };
+        /** @description A number the organisation could have now. */
+        OfferedNumber: {
+            /** @description ISO 3166-1 alpha-2. */
+            country: string;
+            currency?: string | null;
+            locality?: string | null;
+            monthly_cost?: string | null;
+            /**
+             * @description E.164; pass it to `POST /api/phone-numbers`.
+             * @example +14155550100
+             */
+            phone_number: string;
+            /**
+             * @description `account`: already the platform's, assigned at no extra cost; `order`: bought from
+             *     Telnyx on claim.
+             * @example order
+             */
+            source: string;
+            /** @description Decimal strings as Telnyx quotes them; absent for `account` numbers. */
+            upfront_cost?: string | null;
         };
         PhoneNumber: {
             /** Format: date-time */
@@ -789,6 +902,11 @@ export interface components {
             label?: string | null;
             /** @description E.164, e.g. `+14155550123`. */
             number: string;
+            /**
+             * @description `account` (held by the platform's Telnyx account and assigned to this organisation),
+             *     `order` (bought for it) or `legacy` (registered before numbers came from Telnyx).
+             */
+            source: string;
         };
         PostCallTranscript: {
             /** Format: int64 */
@@ -1177,9 +1295,29 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Invalid numbers or languages, or `from` is not the organisation's */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`); `Retry-After` says when to try again */
+            429: {
+                headers: {
+                    /** @description Seconds before a call may be placed again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1634,6 +1772,119 @@ export interface operations {
             };
         };
     };
+    getDialingPolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Organisation id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The policy in force */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DialingPolicy"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such organisation, or not a member */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    setDialingPolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Organisation id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DialingPolicyUpdate"];
+            };
+        };
+        responses: {
+            /** @description The policy now in force */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DialingPolicy"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Only owners change the dialing policy */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such organisation, or not a member */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unknown country, one outside `DIAL_PLATFORM_COUNTRIES`, or more than 250 */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     list_members: {
         parameters: {
             query?: never;
@@ -1838,7 +2089,7 @@ export interface operations {
             };
         };
     };
-    list: {
+    listPhoneNumbers: {
         parameters: {
             query?: never;
             header?: {
@@ -1861,7 +2112,7 @@ export interface operations {
             };
         };
     };
-    create: {
+    claimPhoneNumber: {
         parameters: {
             query?: never;
             header?: {
@@ -1877,13 +2128,129 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Added */
+            /** @description Assigned to the organisation */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["PhoneNumber"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Members cannot add numbers, or the organisation holds `PHONE_NUMBERS_MAX_PER_ORG` numbers (`urn:callbridge:problem:number-limit`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The organisation already holds this number */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not an E.164 number, or not available (`urn:callbridge:problem:number-unavailable`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Telnyx refused or failed the look-up or the order */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Telnyx is not configured */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    searchAvailablePhoneNumbers: {
+        parameters: {
+            query: {
+                /**
+                 * @description ISO 3166-1 alpha-2 country, e.g. `US`.
+                 * @example US
+                 */
+                country: string;
+                /** @description NANP area code (3 digits), e.g. `415`. */
+                area_code?: string;
+                /** @description Digits the national number contains (1–10). */
+                contains?: string;
+                /** @description 1–50, default 20. */
+                limit?: number;
+            };
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Claimable numbers, the account's own first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OfferedNumber"][];
+                };
+            };
+            /** @description A query parameter is missing or malformed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description Members cannot add numbers */
@@ -1895,8 +2262,8 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The number is already registered */
-            409: {
+            /** @description Unknown country, or a malformed area code, pattern or limit */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1904,8 +2271,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Not an E.164 number */
-            422: {
+            /** @description Telnyx refused or failed the search */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Telnyx is not configured */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1915,7 +2291,7 @@ export interface operations {
             };
         };
     };
-    delete: {
+    releasePhoneNumber: {
         parameters: {
             query?: never;
             header?: {

@@ -1,0 +1,89 @@
+//! Job `call.max_duration`: a call placed through the dial guard ends at
+//! `DIAL_MAX_CALL_DURATION_SECS`. Step `warn` (a minute before) speaks a notice into the call;
+//! step `hangup` hangs it up through Telnyx. Both are scheduled when the call is admitted
+//! (`calls::guard::Permit::commit`), so the limit survives restarts and holds whichever
+//! replica runs the job.
+//!
+//! At least once and harmless to repeat: a call already ended is left alone, Telnyx commands
+//! carry stable `command_id`s (`max-duration-warning:<id>`, `max-duration:<id>`), and each
+//! step is logged to the call's events once (`max_duration_warned_at`/`_hangup_at`).
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Job, Permanent};
+use crate::calls;
+use crate::events;
+use crate::state::AppState;
+
+pub use crate::calls::guard::MAX_DURATION_JOB as KIND;
+
+/// What the parties hear a minute before the end (Telnyx text-to-speech).
+pub const WARNING_TEXT: &str =
+    "This call has almost reached its maximum length and will end in one minute.";
+
+pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
+    let call_id: Uuid = job
+        .payload
+        .get("call_id")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Permanent("payload has no call_id".into()))?;
+    let step = job
+        .payload
+        .get("step")
+        .and_then(|v| v.as_str())
+        .unwrap_or("hangup");
+    let limit_secs = job.payload.get("limit_secs").cloned().unwrap_or_default();
+    let client = state.db.client().await?;
+    let Some(call) = calls::get_unscoped(&**client, call_id).await? else {
+        return Ok(());
+    };
+    // Never dialled (its dial failed or is still in flight): nothing to hang up; a dial
+    // that never completes is failed by the stale-call sweep.
+    let (false, Some(ccid)) = (call.status.is_terminal(), call.telnyx_call_control_id) else {
+        return Ok(());
+    };
+    let telnyx = state.telnyx()?;
+    let (column, kind) = match step {
+        "warn" => {
+            telnyx
+                .speak(
+                    &ccid,
+                    &format!("max-duration-warning:{call_id}"),
+                    WARNING_TEXT,
+                )
+                .await?;
+            ("max_duration_warned_at", "call.max_duration_warning")
+        }
+        "hangup" => {
+            telnyx
+                .hangup(&ccid, &format!("max-duration:{call_id}"))
+                .await?;
+            ("max_duration_hangup_at", "call.max_duration_reached")
+        }
+        other => return Err(Permanent(format!("unknown step {other:?}")).into()),
+    };
+    let mut client = client;
+    let transaction = (**client).transaction().await?;
+    let first = transaction
+        .execute(
+            &format!("update calls set {column} = now() where id = $1 and {column} is null"),
+            &[&call_id],
+        )
+        .await?
+        == 1;
+    if first {
+        events::append(
+            &transaction,
+            call_id,
+            kind,
+            json!({"limit_secs": limit_secs}),
+            chrono::Utc::now(),
+        )
+        .await?;
+        tracing::info!(%call_id, step, "maximum call duration enforced");
+    }
+    transaction.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The audio a track holds for replay to a new AssemblyAI session, and the account of what
+//! was lost. Every batch knows whether a session *heard* it: the session answered a
+//! WebSocket ping sent after it (frames are read in order), finished cleanly, or transcribed
+//! it. Written is not heard: a session that drops has not read what was still in flight.
+//!
+//! A batch that leaves the buffer without a transcript (overflow while disconnected, or
+//! still held when the track gives up) is reported as a gap in track milliseconds, of one of
+//! two kinds: `Unheard` (AssemblyAI never read it) or `Untranscribed` (read only by a
+//! session that dropped in the middle of a turn, so its words never came back). Audio a
+//! live session heard with no turn open, and audio a final turn covers, is never a gap.
+//! Pure and synchronous.
+
+use std::collections::VecDeque;
+
+use super::audio::MULAW_BYTES_PER_MS;
+
+/// What AssemblyAI has done with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    No,
+    Yes,
+    /// Read by a session that dropped while a turn was open: its words are lost unless a
+    /// new session hears it again.
+    ByDroppedSession,
+}
+
+/// Why audio has no transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// AssemblyAI never read it.
+    Unheard,
+    /// Read by a session that dropped before finishing the turn, and not replayed.
+    Untranscribed,
+}
+
+impl GapKind {
+    /// The `reason` stored with the gap.
+    pub fn reason(self) -> &'static str {
+        match self {
+            GapKind::Unheard => "assemblyai_unavailable",
+            GapKind::Untranscribed => "assemblyai_dropped_turn",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Batch {
+    /// Where the batch begins on the track's clock.
+    pub offset_ms: u64,
+    pub bytes: Vec<u8>,
+    /// Audio it carries; less than `bytes` for a tail padded with silence.
+    pub audio_ms: u64,
+    pub heard: Heard,
+}
+
+impl Batch {
+    pub fn new(offset_ms: u64, bytes: Vec<u8>) -> Self {
+        let audio_ms = (bytes.len() / MULAW_BYTES_PER_MS) as u64;
+        Self {
+            offset_ms,
+            bytes,
+            audio_ms,
+            heard: Heard::No,
+        }
+    }
+
+    pub fn end_ms(&self) -> u64 {
+        self.offset_ms + self.audio_ms
+    }
+}
+
+/// A stretch of lost audio, `start_ms..end_ms` on the track's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub kind: GapKind,
+}
+
+pub struct ReplayBuffer {
+    held: VecDeque<Batch>,
+    held_bytes: usize,
+    cap_bytes: usize,
+    /// The gap growing now, and finished ones not yet taken.
+    open_gap: Option<Gap>,
+    gaps: Vec<Gap>,
+}
+
+impl ReplayBuffer {
+    pub fn new(cap_bytes: usize) -> Self {
+        Self {
+            held: VecDeque::new(),
+            held_bytes: 0,
+            cap_bytes,
+            open_gap: None,
+            gaps: Vec::new(),
+        }
+    }
+
+    /// Holds a batch; beyond the cap the oldest leave (a gap unless heard).
+    pub fn push(&mut self, batch: Batch) {
+        self.held_bytes += batch.bytes.len();
+        self.held.push_back(batch);
+        while self.held_bytes > self.cap_bytes && !self.held.is_empty() {
+            self.discard_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The `index`th batch held, oldest first (a new session is sent them all).
+    pub fn get(&self, index: usize) -> Option<&Batch> {
+        self.held.get(index)
+    }
+
+    /// A session read everything sent to it up to `end_ms` (its pong came back).
+    pub fn heard_through(&mut self, end_ms: u64) {
+        for batch in self.held.iter_mut().take_while(|b| b.end_ms() <= end_ms) {
+            batch.heard = Heard::Yes;
+        }
+    }
+
+    /// A session finished cleanly after everything held was sent to it.
+    pub fn all_heard(&mut self) {
+        for batch in &mut self.held {
+            batch.heard = Heard::Yes;
+        }
+    }
+
+    /// The session dropped. With a turn open, what it heard since the last final turn has
+    /// no transcript yet: it counts as lost unless a new session hears it again.
+    pub fn session_dropped(&mut self, turn_open: bool) {
+        if !turn_open {
+            return;
+        }
+        for batch in &mut self.held {
+            if batch.heard == Heard::Yes {
+                batch.heard = Heard::ByDroppedSession;
+            }
+        }
+    }
+
+    /// A live session heard this audio and found no turn in it: keep only the newest
+    /// `keep_bytes` (at least one batch).
+    pub fn trim_to(&mut self, keep_bytes: usize) {
+        while self.held_bytes > keep_bytes && self.held.len() > 1 {
+            self.discard_front();
+        }
+    }
+
+    /// A final turn covers the audio up to `end_ms`: it was heard and needs no replay.
+    pub fn transcribed_through(&mut self, end_ms: u64) {
+        while self.held.front().is_some_and(|b| b.end_ms() <= end_ms) {
+            if let Some(batch) = self.held.front_mut() {
+                batch.heard = Heard::Yes;
+            }
+            self.discard_front();
+        }
+    }
+
+    /// The track gives up (its deadline passed): whatever has no transcript is lost.
+    pub fn abandon(&mut self) {
+        while !self.held.is_empty() {
+            self.discard_front();
+        }
+    }
+
+    /// The track's clock moved by `delta_ms` (its origin settled): so does everything held.
+    pub fn shift(&mut self, delta_ms: i64) {
+        for batch in &mut self.held {
+            batch.offset_ms = batch.offset_ms.saturating_add_signed(delta_ms);
+        }
+        for gap in self.gaps.iter_mut().chain(self.open_gap.as_mut()) {
+            gap.start_ms = gap.start_ms.saturating_add_signed(delta_ms);
+            gap.end_ms = gap.end_ms.saturating_add_signed(delta_ms);
+        }
+    }
+
+    /// The gaps recorded so far, oldest first; the buffer forgets them.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        let mut gaps = std::mem::take(&mut self.gaps);
+        gaps.extend(self.open_gap.take());
+        gaps
+    }
+
+    fn discard_front(&mut self) {
+        let Some(batch) = self.held.pop_front() else {
+            return;
+        };
+        self.held_bytes -= batch.bytes.len();
+        let kind = match batch.heard {
+            Heard::Yes => return,
+            Heard::No => GapKind::Unheard,
+            Heard::ByDroppedSession => GapKind::Untranscribed,
+        };
+        self.lose(Gap {
+            start_ms: batch.offset_ms,
+            end_ms: batch.end_ms(),
+            kind,
+        });
+    }
+
+    fn lose(&mut self, lost: Gap) {
+        match &mut self.open_gap {
+            Some(gap) if gap.kind == lost.kind && lost.start_ms <= gap.end_ms => {
+                gap.end_ms = gap.end_ms.max(lost.end_ms);
+            }
+            open => {
+                self.gaps.extend(open.take());
+                *open = Some(lost);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(offset_ms: u64, heard: bool) -> Batch {
+        let mut batch = Batch::new(offset_ms, vec![0xFF; 800]);
+        batch.heard = if heard { Heard::Yes } else { Heard::No };
+        batch
+    }
+
+    fn unheard(start_ms: u64, end_ms: u64) -> Gap {
+        Gap {
+            start_ms,
+            end_ms,
+            kind: GapKind::Unheard,
+        }
+    }
+
+    #[test]
+    fn overflow_of_unheard_audio_is_a_gap_and_heard_audio_is_not() {
+        let mut buffer = ReplayBuffer::new(3 * 800);
+        buffer.push(batch(0, true));
+        buffer.push(batch(100, true));
+        // Disconnected from here on.
+        for offset in (200..800).step_by(100) {
+            buffer.push(batch(offset, false));
+        }
+        assert_eq!(buffer.len(), 3);
+        assert_eq!(buffer.get(0).map(|b| b.offset_ms), Some(500));
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![unheard(200, 500)],
+            "only audio no session heard"
+        );
+        assert!(buffer.take_gaps().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn separate_losses_are_separate_gaps() {
+        let mut buffer = ReplayBuffer::new(800);
+        buffer.push(batch(0, false));
+        buffer.push(batch(100, true));
+        buffer.push(batch(200, false));
+        buffer.push(batch(300, false));
+        assert_eq!(buffer.take_gaps(), vec![unheard(0, 100), unheard(200, 300)]);
+    }
+
+    #[test]
+    fn trimming_heard_audio_and_transcribed_audio_loses_nothing() {
+        let mut buffer = ReplayBuffer::new(100 * 800);
+        for offset in (0..1000).step_by(100) {
+            buffer.push(batch(offset, true));
+        }
+        buffer.transcribed_through(300);
+        assert_eq!(buffer.get(0).map(|b| b.offset_ms), Some(300));
+        buffer.trim_to(2 * 800);
+        assert_eq!(buffer.len(), 2);
+        assert!(buffer.take_gaps().is_empty());
+    }
+
+    #[test]
+    fn a_pong_confirms_what_was_sent_before_it() {
+        let mut buffer = ReplayBuffer::new(2 * 800);
+        for offset in (0..400).step_by(100) {
+            buffer.push(batch(offset, false));
+            if offset == 100 {
+                buffer.heard_through(200);
+            }
+        }
+        // 0–200 heard before they overflowed; 200–400 still held.
+        assert!(buffer.take_gaps().is_empty());
+        buffer.heard_through(300);
+        buffer.abandon();
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![unheard(300, 400)],
+            "in flight when the track gave up"
+        );
+    }
+
+    #[test]
+    fn audio_a_dropped_session_heard_mid_turn_is_untranscribed_unless_heard_again() {
+        let mut buffer = ReplayBuffer::new(3 * 800);
+        buffer.push(batch(0, true));
+        buffer.push(batch(100, true));
+        buffer.session_dropped(true);
+        buffer.push(batch(200, false));
+        buffer.push(batch(300, false));
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![Gap {
+                start_ms: 0,
+                end_ms: 100,
+                kind: GapKind::Untranscribed
+            }]
+        );
+        buffer.heard_through(400); // replayed to a new session
+        buffer.abandon();
+        assert!(buffer.take_gaps().is_empty());
+
+        let mut silent = ReplayBuffer::new(800);
+        silent.push(batch(0, true));
+        silent.session_dropped(false);
+        silent.push(batch(100, false));
+        assert!(
+            silent.take_gaps().is_empty(),
+            "no turn was open: nothing lost"
+        );
+    }
+
+    #[test]
+    fn abandoning_reports_the_unheard_tail_with_its_real_length() {
+        let mut buffer = ReplayBuffer::new(100 * 800);
+        buffer.push(batch(0, true));
+        buffer.push(batch(100, false));
+        let mut tail = Batch::new(200, vec![0xFF; 400]);
+        tail.audio_ms = 40; // 40 ms of audio padded to the 50 ms minimum
+        buffer.push(tail);
+        buffer.abandon();
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.take_gaps(), vec![unheard(100, 240)]);
+    }
+}
