@@ -11,6 +11,9 @@
 #   bash .ci/parity.sh                      # binary: ${CARGO_TARGET_DIR:-target}/debug/callbridge
 #   CALLBRIDGE_BIN=/path/to/callbridge bash .ci/parity.sh
 #
+# The container enforces the edge signature (EDGE_SHARED_SECRET): run.mjs signs what it sends
+# to it directly as the shim would; /api/openapi.json is on its unsigned allow-list for the
+# snapshot check.
 # Creates a fresh database; then, for each AUTH_TOKEN_STORAGE in PARITY_STORAGES (default
 # "raw dual hashed"), starts the container and wrangler on free loopback ports with it and runs
 # edge-shim/parity/run.mjs; always stops both and drops the database. Prints a total
@@ -142,6 +145,7 @@ round() {
     TELNYX_API_KEY=parity TELNYX_CONNECTION_ID=parity TELNYX_PUBLIC_KEY="$TELNYX_PUBLIC_KEY" \
     TELNYX_API_BASE=http://127.0.0.1:9/v2 AUTH_TOKEN_STORAGE="$storage" AUTH_SESSION_CACHE_TTL_SECS=0 \
     ALLOWED_ORIGINS=http://localhost:3000 EDGE_SHARED_SECRET="$EDGE_SECRET" \
+    EDGE_UNSIGNED_PATHS=/healthz,/readyz,/metrics,/api/openapi.json \
     ASSEMBLYAI_API_KEY="$AAI_KEY" ASSEMBLYAI_STREAMING_URL="$AAI_URL" MEDIA_BATCH_MS=100 \
     ASSEMBLYAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET" \
     "$BIN" serve >>"$WORK/container.log" 2>&1 &
@@ -182,7 +186,7 @@ round() {
   log "[$storage] running the parity suite"
   # Its exit status is not needed: the counts decide (a crashed runner prints "0 passed, 1 failed").
   node parity/run.mjs --direct "http://127.0.0.1:$DIRECT_PORT" --shim "http://127.0.0.1:$SHIM_PORT" \
-    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
+    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" --bin "$BIN" --edge-secret "$EDGE_SECRET" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
   stop_servers
 }
 

@@ -311,6 +311,9 @@ async fn run() {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs([
                 ("APP_ENV", "development"),
+                // Load generators: the per-session and per-IP request limits would throttle them.
+                ("RATE_LIMIT_SESSION_PER_MIN", "0"),
+                ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
                 ("BIND_ADDRESS", "127.0.0.1"),
                 ("PORT", &port.to_string()),
                 ("DATABASE_URL", db_url.as_str()),

@@ -94,6 +94,9 @@ async fn run() {
 
     let env: Vec<(String, String)> = [
         ("APP_ENV", "development"),
+        // Load generators: the per-session and per-IP request limits would throttle them.
+        ("RATE_LIMIT_SESSION_PER_MIN", "0"),
+        ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("DATABASE_URL", url.as_str()),
         ("RUN_MIGRATIONS_ON_START", "true"),

@@ -85,7 +85,7 @@ async fn run() {
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()))
     };
-    let cached_config = Config::load_from(None, env("300")).unwrap();
+    let cached_config = Config::load_from(None, env("60")).unwrap();
     let uncached_config = Config::load_from(None, env("0")).unwrap();
     callbridge::app::prepare_database(&cached_config)
         .await

@@ -1,5 +1,5 @@
 -- A final turn is identified by the AssemblyAI session that produced it and its turn_order
--- there (docs/adr/0015-turn-identity-across-replicas.md): unique across reconnects, replicas
+-- there (docs/adr/0017-turn-identity-across-replicas.md): unique across reconnects, replicas
 -- and re-attached streams. The same (session, turn) twice is a true duplicate and is ignored;
 -- `turn_index` stays the per-call, per-track display order and is never reused.
 -- Rows stored before this migration have no turn_order (null) and read as before.

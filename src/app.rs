@@ -1,7 +1,6 @@
 //! Builds the whole service from a [`Config`]: shared by `main` and the tests, so the tests
 //! run exactly what production runs (the zero-to-production `Application` pattern).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +91,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
         hub: Default::default(),
+        limiter: Default::default(),
+        streams: Default::default(),
         translation: Arc::new(translation_service(&config, &db)),
         tts: config.providers.elevenlabs.as_ref().map(|c| {
             crate::providers::elevenlabs::ElevenLabsClient::new(c, &c.voice_id, &c.model_id)
@@ -237,23 +238,61 @@ impl Application {
     }
 }
 
+/// The accept loop: HTTP/1.1 with upgrades (WebSockets), the peer address as `ConnectInfo`,
+/// a header-read timeout (`HTTP_HEADER_READ_TIMEOUT_SECS`: a client trickling its request
+/// head — slowloris — is cut off), and graceful shutdown within `SHUTDOWN_GRACE_SECS`.
 async fn serve(listener: TcpListener, router: Router, state: &AppState) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::ServiceExt as _;
+
     let grace = state.config.http.shutdown_grace;
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     let shutdown = state.shutdown.clone();
-    // No Nagle: media frames and small JSON answers should leave at once.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.http.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        // No Nagle: media frames and small JSON answers should leave at once.
         let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(request)
+            });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        result = server => result.context("HTTP server")?,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the shutdown grace period; closing them");
         }
     }

@@ -5,7 +5,9 @@
 //!    `RECORDINGS_RETENTION_DAYS`): objects of expired recordings are deleted first, then their
 //!    rows (versions and post-call transcripts cascade). A failed object delete keeps its rows,
 //!    so the next tick retries. Also: multipart uploads a dead process left (aborted), pending
-//!    versions older than a day (objects and rows), staging objects older than a day.
+//!    versions older than a day (objects and rows), staging objects older than a day. Text
+//!    derived from calls follows the same retention: live transcript turns and gaps,
+//!    translated utterances and the organisation's translation cache.
 //! 2. **Stale calls**: a call in a non-terminal status untouched for `CRON_STALE_CALL_MINUTES`
 //!    and without a live media bridge (heartbeat in the last 5 minutes) is failed
 //!    (`failure_reason = 'stale: …'`) with a `call.failed` event.
@@ -38,6 +40,8 @@ pub struct Report {
     pub uploads_aborted: usize,
     pub pending_versions_dropped: usize,
     pub staging_objects_deleted: usize,
+    /// Transcript turns and gaps, utterances and translation cache rows past retention.
+    pub text_rows_purged: u64,
     pub stale_calls_failed: usize,
     pub dead_jobs: HashMap<String, i64>,
 }
@@ -89,6 +93,7 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<Option<Report>> {
 pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
     let mut report = Report::default();
     purge_expired_recordings(state, &mut report).await?;
+    report.text_rows_purged = purge_expired_text(state).await?;
     sweep_uploads(state, &mut report).await?;
     report.stale_calls_failed = sweep_stale_calls(state).await?;
     report.dead_jobs = dead_jobs(state).await?;
@@ -158,6 +163,31 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
             return Ok(());
         }
     }
+}
+
+/// Deletes call-derived text older than its organisation's recording retention: live
+/// transcripts (turns and gaps), translated utterances and cached translations. Each tick
+/// deletes only what expired since the last one, so single statements stay small.
+pub async fn purge_expired_text(state: &AppState) -> anyhow::Result<u64> {
+    const EXPIRED: &str =
+        "created_at < now() - make_interval(days => coalesce(o.recording_retention_days, $1))";
+    let client = state.db.client().await?;
+    let days = &state.config.recordings.retention_days;
+    let mut purged = 0;
+    for table in ["transcript_turns", "transcript_gaps", "utterances"] {
+        let sql = format!(
+            "delete from {table} t using calls c join organisations o on o.id = c.organisation_id
+             where c.id = t.call_id and t.{EXPIRED}"
+        );
+        purged += client.execute(&sql, &[days]).await?;
+    }
+    let sql = format!(
+        "delete from translation_cache t using organisations o
+         where o.id = t.organisation_id and t.{EXPIRED}"
+    );
+    purged += client.execute(&sql, &[days]).await?;
+    metrics::counter!("call_text_purged_total").increment(purged);
+    Ok(purged)
 }
 
 /// Multipart uploads left by a dead process, pending versions older than a day (with their

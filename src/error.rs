@@ -123,6 +123,12 @@ pub enum ApiError {
     /// 422: one field of the body is unacceptable; `field` is its JSON pointer (`/name`).
     #[error("{field}: {detail}")]
     InvalidField { field: String, detail: String },
+    /// 429: a limit is reached; `Retry-After` says when to try again.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     /// 403, 422 or 429: a named rule refused the request (the problem's `rule` member;
     /// 429 carries `Retry-After`). Typed problems, docs/API_ERRORS.md.
     #[error("{}", .0.detail)]
@@ -158,6 +164,7 @@ impl ApiError {
             ApiError::Unprocessable(_) | ApiError::InvalidField { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Policy(refusal) => refusal.status,
             ApiError::ProviderDisabled(_) | ApiError::Unavailable(_) => {
@@ -230,6 +237,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

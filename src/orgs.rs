@@ -98,9 +98,26 @@ pub async fn ensure_personal_organisation(
 const MEMBERSHIPS_SQL: &str =
     "select o.id, o.name, m.role, o.personal_owner_id is not null as personal
      from memberships m join organisations o on o.id = m.organisation_id
-     where m.user_id = $1 order by o.personal_owner_id is null, o.created_at, o.id";
+     where m.user_id = $1
+     order by o.personal_owner_id is distinct from $1, o.personal_owner_id is null, o.created_at, o.id";
 
-/// The user's organisations, personal first (through the statement cache: session lookups
+/// Whether `user_id` has their own personal organisation yet. Being a member of others'
+/// organisations does not count: someone who adds a user before their first request must not
+/// become their default organisation (pre-emption).
+pub async fn owns_personal_organisation(
+    client: &impl GenericClient,
+    user_id: &str,
+) -> Result<bool, DbError> {
+    Ok(client
+        .query_opt(
+            "select 1 from organisations where personal_owner_id = $1",
+            &[&user_id],
+        )
+        .await?
+        .is_some())
+}
+
+/// The user's organisations, their own personal one first (through the statement cache: session lookups
 /// run it on every cache miss).
 pub async fn memberships_of(
     db: &crate::db::Db,

@@ -60,6 +60,10 @@ pub struct Shared {
     pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,
     /// Wakes job workers (here and on other replicas) after an enqueue commits.
     pub job_bell: crate::jobs::bell::Bell,
+    /// Request rate limits (per replica, `http::limits`).
+    pub limiter: crate::http::limits::Limiter,
+    /// Open SSE streams and WebSockets per user (per replica).
+    pub streams: Arc<crate::http::limits::StreamSlots>,
 }
 
 impl AppState {

@@ -209,6 +209,48 @@ async fn storage_modes_raw_hashed_and_dual() {
     assert_eq!(status(&hashed_app, &hashed(&hashed_token)).await, 401);
 }
 
+/// Issue 14 item 4: with `dual` storage, the stored SHA-256 of a backfilled session (what
+/// anyone who reads the sessions table or a backup sees) must not work as a bearer or cookie.
+#[tokio::test]
+async fn dual_storage_never_accepts_a_stored_hash_as_a_login() {
+    let app = TestApp::spawn_with(&[
+        ("AUTH_TOKEN_STORAGE", "dual"),
+        ("AUTH_SESSION_CACHE_TTL_SECS", "0"),
+    ])
+    .await;
+    // A session as @auth/pg-adapter creates it (a random UUID stored raw) ...
+    let session = app.sign_in("Victim").await;
+    // ... then hashed in place by the backfill.
+    let client = app.db().await;
+    let done = callbridge::auth::migrate_tokens::run(&client, "authjs", 100, |_, _| {})
+        .await
+        .unwrap();
+    assert!(done >= 1);
+    let stored: String = client
+        .query_one(
+            r#"select "sessionToken" from authjs.sessions where "userId" = $1::text::int"#,
+            &[&session.user_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, hashed(&session.token));
+
+    let bearer = |token: String| {
+        let request = app.client.get(app.url("/api/me")).bearer_auth(token).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(bearer(session.token.clone()).await, 200, "the real token");
+    assert_eq!(bearer(stored.clone()).await, 401, "the stored hash");
+    assert_eq!(
+        bearer(stored.to_uppercase()).await,
+        401,
+        "its upper-cased copy"
+    );
+    let cookie = me_with_cookie(&app, &format!("authjs.session-token={stored}")).await;
+    assert_problem(cookie, 401).await;
+}
+
 #[tokio::test]
 async fn backfill_hashes_every_raw_token_resumably_while_dual_keeps_serving() {
     let app = TestApp::spawn_with(&[
@@ -348,4 +390,48 @@ async fn cached_resolution_answers_without_the_database() {
         "served from the cache"
     );
     common::drop_database_blocking(&database);
+}
+
+/// Issue 14 item 10: in production only `__Secure-` cookie names are read, so a cookie planted
+/// by a sibling subdomain or over plain http (session fixation) is not a credential; and
+/// `/metrics` requires its token.
+#[tokio::test]
+async fn production_reads_only_secure_cookie_names_and_guards_metrics() {
+    use base64::Engine as _;
+    use common::edge::{PRODUCTION_EDGE_SECRET as EDGE, PRODUCTION_METRICS_TOKEN};
+    let key = base64::engine::general_purpose::STANDARD.encode(
+        ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let env = common::edge::production("production-auth-secret-with-32-plus-characters", &key);
+    let app = TestApp::spawn_with(&env).await;
+    let session = app.sign_in("Secure").await;
+    let me = |cookie: String| {
+        app.signed(EDGE, reqwest::Method::GET, "/api/me", b"")
+            .header("cookie", cookie)
+            .send()
+    };
+    for name in ["authjs.session-token", "next-auth.session-token"] {
+        let response = me(format!("{name}={}", session.token)).await.unwrap();
+        assert_problem(response, 401).await;
+    }
+    for name in [
+        "__Secure-authjs.session-token",
+        "__Secure-next-auth.session-token",
+    ] {
+        let response = me(format!("{name}={}", session.token)).await.unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+    }
+
+    // /metrics is on the unsigned allow-list (the scraper), so only its token guards it.
+    assert_problem(app.get("/metrics").await, 401).await;
+    let scraped = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(PRODUCTION_METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
 }

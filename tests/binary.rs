@@ -382,6 +382,7 @@ fn config_check_names_every_missing_production_variable_and_exits_78() {
         "OPENAI_API_KEY",
         "ELEVENLABS_API_KEY",
         "EDGE_SHARED_SECRET",
+        "METRICS_TOKEN",
     ] {
         assert!(
             stderr.contains(&format!("{variable}: required when APP_ENV=production")),

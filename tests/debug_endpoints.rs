@@ -58,6 +58,8 @@ async fn jwks_server() -> String {
     format!("http://{address}")
 }
 
+const EDGE: &str = common::edge::PRODUCTION_EDGE_SECRET;
+
 #[tokio::test]
 async fn debug_routes_do_not_exist_in_production() {
     let key = base64::engine::general_purpose::STANDARD.encode(
@@ -66,35 +68,28 @@ async fn debug_routes_do_not_exist_in_production() {
             .as_bytes(),
     );
     let secret = "production-auth-secret-with-32-plus-characters";
-    let app = TestApp::spawn_with(&[
-        ("APP_ENV", "production"),
-        ("PUBLIC_BASE_URL", "https://api.example.com"),
-        ("AUTH_SECRET", secret),
-        ("TELNYX_API_KEY", "k"),
-        ("TELNYX_PUBLIC_KEY", key.as_str()),
-        ("TELNYX_CONNECTION_ID", "c"),
-        ("ASSEMBLYAI_API_KEY", "k"),
-        ("ASSEMBLYAI_WEBHOOK_SECRET", "s"),
-        ("DEEPL_API_KEY", "k"),
-        ("OPENAI_API_KEY", "k"),
-        ("ELEVENLABS_API_KEY", "k"),
-        ("EDGE_SHARED_SECRET", "e"),
-    ])
-    .await;
+    let app = TestApp::spawn_with(&common::edge::production(secret, &key)).await;
     let token = callbridge::auth::debug_access::mint_debug_token(
         secret.as_bytes(),
         Duration::from_secs(60),
         now(),
     );
+    // Production has EDGE_SHARED_SECRET: only requests signed by the edge get through.
     let response = app
-        .client
-        .get(app.url("/internal/debug/session"))
+        .signed(EDGE, reqwest::Method::GET, "/internal/debug/session", b"")
         .header("x-debug-token", token)
         .send()
         .await
         .unwrap();
     assert_problem(response, 404).await;
-    let spec: serde_json::Value = app.get("/api/openapi.json").await.json().await.unwrap();
+    let spec: serde_json::Value = app
+        .signed(EDGE, reqwest::Method::GET, "/api/openapi.json", b"")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(spec["paths"].get("/internal/debug/session").is_none());
 }
 

@@ -291,3 +291,47 @@ async fn json_errors_are_problems_that_say_what_went_wrong() {
     let invalid = post().json(&json!({"name": "   "})).send().await.unwrap();
     assert_problem(invalid, 422).await;
 }
+
+/// Issue 14 item 5 (in part): someone who adds a user to their organisation before that user's
+/// first request does not become the user's default organisation; the user still gets, and
+/// defaults to, a personal organisation they own.
+#[tokio::test]
+async fn a_new_users_default_organisation_cannot_be_pre_empted() {
+    let app = TestApp::spawn().await;
+    let mallory = app.sign_in("Mallory").await;
+    let malloys_org = personal_org(&app, &mallory).await;
+    // The victim has signed in to the frontend (Auth.js made the user and session) but has
+    // not called the API yet.
+    let victim_id = app
+        .create_user("Victim", "victim-preempt@example.com")
+        .await;
+    let token = uuid::Uuid::new_v4().to_string();
+    app.create_session(
+        &victim_id,
+        &token,
+        chrono::Utc::now() + chrono::Duration::days(1),
+    )
+    .await;
+    let victim = Session {
+        user_id: victim_id,
+        token,
+    };
+    let added = app
+        .request_as(
+            Method::POST,
+            &mallory,
+            &format!("/api/orgs/{malloys_org}/members"),
+        )
+        .json(&json!({"email": "victim-preempt@example.com", "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(added.status().is_success(), "{}", added.status());
+
+    let me: serde_json::Value = app.get_as(&victim, "/api/me").await.json().await.unwrap();
+    let first = &me["organisations"][0];
+    assert_ne!(first["id"].as_str().unwrap(), malloys_org, "{me}");
+    assert_eq!(first["role"], "owner", "{me}");
+    assert_eq!(first["personal"], true, "{me}");
+    assert_eq!(first["name"], "Victim's workspace");
+}

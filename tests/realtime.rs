@@ -217,3 +217,123 @@ async fn the_proxy_refuses_other_origins_strangers_and_other_organisations_calls
             .is_ok()
     );
 }
+
+/// Issue 14 item 6: a transcription socket does not outlive its session or its membership:
+/// within AUTH_STREAM_RECHECK_SECS it closes with 4401 (signed out) or 4403 (removed).
+#[tokio::test]
+async fn the_proxy_closes_when_the_session_or_the_membership_ends() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    let url = aai.streaming_url();
+    let app = TestApp::spawn_with(&[
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", url.as_str()),
+        ("AUTH_STREAM_RECHECK_SECS", "1"),
+    ])
+    .await;
+    let close_code = |mut socket: tokio_tungstenite::WebSocketStream<_>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    };
+
+    // Signed out mid-stream.
+    let ada = app.sign_in("Ada").await;
+    let socket = open_proxy(&app, &ada.token, "https://app.example.com", "")
+        .await
+        .unwrap();
+    app.delete_session(&ada.token).await;
+    let (code, reason) = close_code(socket).await.expect("a close frame");
+    assert_eq!(code, 4401, "{reason}");
+
+    // Removed from the organisation that owns the call the socket is bound to.
+    let owner = app.sign_in("Owner").await;
+    let me: serde_json::Value = app.get_as(&owner, "/api/me").await.json().await.unwrap();
+    let org: uuid::Uuid = me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let call_id = uuid::Uuid::now_v7();
+    let db = app.db().await;
+    db.execute("insert into calls (id, organisation_id, direction, from_number, to_number, status) values ($1, $2, 'outbound', '+1', '+2', 'answered')", &[&call_id, &org]).await.unwrap();
+    let bob = app.sign_in("Bob").await;
+    db.execute(
+        "insert into memberships (organisation_id, user_id, role) values ($1, $2, 'member')",
+        &[&org, &bob.user_id],
+    )
+    .await
+    .unwrap();
+    let socket = open_proxy(
+        &app,
+        &bob.token,
+        "https://app.example.com",
+        &format!("?call_id={call_id}"),
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "delete from memberships where organisation_id = $1 and user_id = $2",
+        &[&org, &bob.user_id],
+    )
+    .await
+    .unwrap();
+    let (code, reason) = close_code(socket).await.expect("a close frame");
+    assert_eq!(code, 4403, "{reason}");
+}
+
+/// Issue 14 item 7: token minting is capped per user, and the proxy refuses oversized messages.
+#[tokio::test]
+async fn token_minting_is_capped_and_oversized_messages_are_refused() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    let url = aai.streaming_url();
+    let app = TestApp::spawn_with(&[
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", url.as_str()),
+        ("REALTIME_TOKENS_PER_MIN", "2"),
+        ("REALTIME_MAX_MESSAGE_BYTES", "4096"),
+    ])
+    .await;
+    let ada = app.sign_in("Ada").await;
+    let mint = || {
+        app.request_as(reqwest::Method::POST, &ada, "/api/realtime/token")
+            .send()
+    };
+    assert_eq!(mint().await.unwrap().status(), 200);
+    assert_eq!(mint().await.unwrap().status(), 200);
+    let refused = mint().await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, 429).await;
+
+    let mut socket = open_proxy(&app, &ada.token, "https://app.example.com", "")
+        .await
+        .unwrap();
+    let _ = socket
+        .send(Message::Binary(vec![0u8; 64 * 1024].into()))
+        .await;
+    let mut closed = false;
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+        match next {
+            Some(Ok(Message::Close(frame))) => {
+                // The read fails with "message too big"; the session is wound down and closed.
+                if let Some(frame) = frame {
+                    assert_ne!(u16::from(frame.code), 1000, "{frame:?}");
+                }
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "an oversized message ends the socket");
+}

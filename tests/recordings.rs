@@ -189,6 +189,116 @@ async fn insert_call(app: &TestApp, org: Uuid, status: &str) -> Uuid {
     id
 }
 
+/// Issue 14 item 7: an organisation cannot store more than RECORDINGS_QUOTA_BYTES_PER_ORG,
+/// streamed or direct; another organisation is unaffected.
+#[tokio::test]
+async fn uploads_stop_at_the_organisations_storage_quota() {
+    let first = wav_bytes(2000, 1);
+    let quota = (first.len() * 3 / 2).to_string();
+    let app = TestApp::spawn_with(&[("RECORDINGS_QUOTA_BYTES_PER_ORG", quota.as_str())]).await;
+    let ada = app.sign_in("Ada").await;
+    assert_eq!(
+        upload(&app, &ada, "", "audio/wav", first.clone())
+            .await
+            .status(),
+        201
+    );
+    let problem = assert_problem(
+        upload(&app, &ada, "", "audio/wav", first.clone()).await,
+        413,
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("RECORDINGS_QUOTA_BYTES_PER_ORG"),
+        "{problem}"
+    );
+    let direct = app
+        .request_as(Method::POST, &ada, "/api/recordings/upload-url")
+        .json(&json!({"content_type": "audio/wav", "size_bytes": first.len()}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(direct, 413).await;
+    assert_eq!(
+        count(&app, "select count(*) from recordings").await,
+        1,
+        "nothing kept"
+    );
+    let bob = app.sign_in("Bob").await;
+    assert_eq!(
+        upload(&app, &bob, "", "audio/wav", first).await.status(),
+        201
+    );
+}
+
+/// Issue 14 item 10: any member may store a new recording, but only an admin (or owner) may
+/// add a version to an existing one — a version replaces what everyone hears by default.
+#[tokio::test]
+async fn only_admins_add_a_version_to_an_existing_recording() {
+    let app = TestApp::spawn().await;
+    let ada = app.sign_in("Ada").await;
+    let org = org_of(&app, &ada).await;
+    let created: Value = upload(&app, &ada, "", "audio/wav", wav_bytes(500, 1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let bob = app.sign_in("Bob").await;
+    app.db()
+        .await
+        .execute(
+            "insert into memberships (organisation_id, user_id, role) values ($1, $2, 'member')",
+            &[&org, &bob.user_id],
+        )
+        .await
+        .unwrap();
+    let as_bob = |query: String| {
+        app.request_as(Method::POST, &bob, &format!("/api/recordings{query}"))
+            .header("x-org-id", org.to_string())
+            .header("content-type", "audio/wav")
+            .body(wav_bytes(500, 1))
+            .send()
+    };
+    assert_eq!(
+        as_bob(String::new()).await.unwrap().status(),
+        201,
+        "a new recording"
+    );
+    let problem = assert_problem(as_bob(format!("?recording_id={id}")).await.unwrap(), 403).await;
+    assert!(problem["detail"].as_str().unwrap().contains("admin"));
+    let direct = app
+        .request_as(Method::POST, &bob, "/api/recordings/upload-url")
+        .header("x-org-id", org.to_string())
+        .json(&serde_json::json!({"content_type": "audio/wav", "size_bytes": 1000, "recording_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(direct, 403).await;
+    assert_eq!(
+        count(
+            &app,
+            &format!("select count(*) from recording_versions where recording_id = '{id}'")
+        )
+        .await,
+        1,
+        "no version was added"
+    );
+    // The owner may.
+    let response = upload(
+        &app,
+        &ada,
+        &format!("?recording_id={id}"),
+        "audio/wav",
+        wav_bytes(500, 1),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+}
+
 #[tokio::test]
 async fn streamed_upload_round_trips_in_equal_parts_and_new_uploads_are_new_versions() {
     let app = TestApp::spawn_with(&[("RECORDINGS_PART_SIZE_BYTES", PART)]).await;
@@ -1361,6 +1471,77 @@ mod with_simulators {
             count(app, "select count(*) from jobs where status = 'dead'").await,
             0
         );
+    }
+
+    /// Issue 14 item 10: a recording is fetched only from an allowed host over https (http on
+    /// loopback in development, for the simulator), and a redirect elsewhere is not followed.
+    #[tokio::test]
+    async fn recordings_are_imported_only_from_allowed_hosts_without_foreign_redirects() {
+        let w = world().await;
+        let app = &w.t.app;
+        let ada = app.sign_in("Ada").await;
+        let (_, ccid, client_state) = place_call(&w, &ada).await;
+        w.recordings.add("bounce.wav", rec_sim::wav(500, 1, 8_000));
+        // The allowed link answers 302 to the cloud metadata service.
+        w.recordings.inject(DownloadFault::Redirect(
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/".into(),
+        ));
+        let bounce = w.recordings.link("bounce.wav", Duration::from_secs(600));
+        let base = telnyx_sim::call_payload(
+            &ccid,
+            Some(&client_state),
+            "+14155550100",
+            "+14155550123",
+            "outgoing",
+        );
+        for (id, url) in [
+            ("bounce", bounce.as_str()),
+            ("metadata", "http://169.254.169.254/latest/meta-data/"),
+            (
+                "plain-http",
+                "http://telephony-recorder-prod.s3.amazonaws.com/r.wav",
+            ),
+            ("foreign", "https://attacker.example/r.wav"),
+            (
+                "lookalike",
+                "https://s3.amazonaws.com.attacker.example/r.wav",
+            ),
+        ] {
+            let payload = rec_sim::recording_saved_payload(&base, id, url, None, "single");
+            let event = w.t.sim.event("call.recording.saved", payload);
+            assert_eq!(
+                w.t.sim.deliver(&w.t.webhook_url(), &event).await.unwrap(),
+                200
+            );
+        }
+        common::telnyx::drain(app).await;
+        let rows = app
+            .db()
+            .await
+            .query(
+                "select status, attempts, last_error from jobs where kind = 'recording.import'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+        for row in &rows {
+            let error: String = row.get(2);
+            assert_eq!(row.get::<_, String>(0), "dead", "{error}");
+            assert_eq!(row.get::<_, i32>(1), 1, "not retried: {error}");
+            assert!(
+                error.contains("redirect")
+                    || error.contains("https only")
+                    || error.contains("RECORDINGS_IMPORT_HOSTS"),
+                "{error}"
+            );
+        }
+        // Only the allowed link was requested, once: the redirect was not followed.
+        assert_eq!(
+            w.recordings.requests(),
+            vec![("bounce.wav".to_string(), 302)]
+        );
+        assert_eq!(count(app, "select count(*) from recordings").await, 0);
     }
 
     #[tokio::test]

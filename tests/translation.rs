@@ -238,3 +238,164 @@ async fn tts_streams_audio_to_the_client_as_it_arrives() {
         .unwrap();
     assert_problem(failed, 502).await;
 }
+
+/// Waits until `count` rows of the cache answer `target` (the cache is written in the background).
+async fn cached_rows(app: &TestApp, target: &str, count: i64) {
+    let db = app.db().await;
+    for _ in 0..200 {
+        let cached: i64 = db
+            .query_one(
+                "select count(*) from translation_cache where target_language = $1",
+                &[&target],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if cached >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the cache never held {count} rows for {target}");
+}
+
+async fn organisation_of(app: &TestApp, session: &common::authjs::Session) -> uuid::Uuid {
+    let me: Value = app.get_as(session, "/api/me").await.json().await.unwrap();
+    me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 14 item 3: another tenant asking for the same sentence must not learn that it was
+/// translated before (no `engine: "cache"`, a real provider call), while the tenant that
+/// translated it still gets its own cache.
+#[tokio::test]
+async fn the_cache_is_per_organisation_and_never_reveals_another_tenants_sentence() {
+    let (app, providers, victim) = spawn(&[]).await;
+    let secret = "The merger with Initech closes on Friday";
+    let body: Value = translate(&app, &victim, &[secret], "fr")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["engine"], "deepl");
+    cached_rows(&app, "fr", 1).await;
+
+    // The attacker: an ordinary self-service account, so its own personal organisation.
+    let attacker = app.sign_in("Mallory").await;
+    let before = providers.requests(Vendor::DeepL).len();
+    let body: Value = translate(&app, &attacker, &[secret], "fr")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"translations": [format!("[FR] {secret}")], "engine": "deepl"}),
+        "a cache hit across organisations would confirm the sentence was spoken elsewhere"
+    );
+    assert_eq!(providers.requests(Vendor::DeepL).len(), before + 1);
+    cached_rows(&app, "fr", 2).await;
+
+    let body: Value = translate(&app, &victim, &[secret], "fr")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["engine"], "cache",
+        "the owner's own cache still answers"
+    );
+    let owners: i64 = app
+        .db()
+        .await
+        .query_one(
+            "select count(distinct organisation_id) from translation_cache where target_language = 'fr'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owners, 2, "one row per organisation");
+}
+
+/// Issue 14 item 3: cached translations, live transcript turns and gaps, and utterances
+/// go with the organisation's recording retention.
+#[tokio::test]
+async fn cached_text_transcripts_and_utterances_follow_the_recording_retention() {
+    let (app, _providers, session) = spawn(&[("RECORDINGS_RETENTION_DAYS", "30")]).await;
+    let org = organisation_of(&app, &session).await;
+    let db = app.db().await;
+    let call = uuid::Uuid::now_v7();
+    db.execute(
+        "insert into calls (id, organisation_id, direction, from_number, to_number, status)
+         values ($1, $2, 'outbound', '+14155550100', '+14155550123', 'ended')",
+        &[&call, &org],
+    )
+    .await
+    .unwrap();
+    // Two of each: one 40 days old (past retention), one fresh.
+    for (index, age) in [(0, 40), (1, 0)] {
+        let created = chrono::Utc::now() - chrono::Duration::days(age);
+        db.execute(
+            "insert into transcript_turns (call_id, track, turn_index, session_id, text, created_at)
+             values ($1, 'inbound', $2, 's', 'my card number is 4111', $3)",
+            &[&call, &index, &created],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "insert into transcript_gaps (call_id, track, start_ms, duration_ms, reason, created_at)
+             values ($1, 'inbound', 0, 10, 'test', $2)",
+            &[&call, &created],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, end_of_turn_at, created_at)
+             values ($1, $2, 'inbound', $2, 'my card number is 4111', $3, $3)",
+            &[&call, &index, &created],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "insert into translation_cache (organisation_id, text_sha256, source_language, target_language, translation, engine, created_at)
+             values ($1, $2, 'en', 'de', 'meine Kartennummer', 'deepl', $3)",
+            &[&org, &vec![index as u8; 32], &created],
+        )
+        .await
+        .unwrap();
+    }
+    let purged = callbridge::cron::purge_expired_text(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(purged, 4, "one expired row in each of the four tables");
+    for table in [
+        "transcript_turns",
+        "transcript_gaps",
+        "utterances",
+        "translation_cache",
+    ] {
+        let left: i64 = db
+            .query_one(&format!("select count(*) from {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 1, "{table}: the fresh row stays");
+    }
+    // A longer retention for the organisation keeps everything the next time.
+    db.execute(
+        "update organisations set recording_retention_days = 3650 where id = $1",
+        &[&org],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        callbridge::cron::purge_expired_text(&app.state)
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -56,6 +56,22 @@ export const TOKEN = {
   longest: `L${"x".repeat(254)}`,
 };
 
+/**
+ * The headers the edge shim adds when it forwards a request (edge-shim/src/signing.ts) with no
+ * X-Forwarded-*: the container has EDGE_SHARED_SECRET and refuses unsigned requests, so the
+ * direct pass signs as the shim would.
+ */
+export function edgeHeaders(secret, method, pathAndQuery, body) {
+  const timestamp = String(Math.floor(Date.now() / 1000));
+  const content = crypto.createHash("sha256").update(body).digest("hex");
+  const message = ["v2", timestamp, method, pathAndQuery, "", "", "", content].join("\n");
+  return {
+    "x-edge-timestamp": timestamp,
+    "x-edge-content-sha256": content,
+    "x-edge-signature": `v2=${crypto.createHmac("sha256", secret).update(message, "utf8").digest("hex")}`,
+  };
+}
+
 /** Hex SHA-256: how AUTH_TOKEN_STORAGE=hashed stores a session token. */
 export const hashToken = (token) => crypto.createHash("sha256").update(token, "utf8").digest("hex");
 

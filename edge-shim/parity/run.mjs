@@ -15,12 +15,15 @@
 //
 // .ci/parity.sh starts the container and `wrangler dev` and calls this.
 
+import { execFile } from "node:child_process";
+import crypto from "node:crypto";
 import http from "node:http";
-import { parseArgs } from "node:util";
+import { parseArgs, promisify } from "node:util";
 import zlib from "node:zlib";
+import PostgresAdapter from "@auth/pg-adapter";
 import pg from "pg";
 import { CASES } from "./cases.mjs";
-import { AAI_WEBHOOK_SECRET, seed, snapshot, telnyxSignature } from "./fixtures.mjs";
+import { AAI_WEBHOOK_SECRET, edgeHeaders, hashToken, seed, snapshot, telnyxSignature } from "./fixtures.mjs";
 import { WS_CASES } from "./ws-cases.mjs";
 import { resetSimulator, runWsCases } from "./ws-run.mjs";
 
@@ -31,6 +34,10 @@ const { values: args } = parseArgs({
     db: { type: "string" },
     // The AssemblyAI simulator both sides stream to (parity/aai-sim.mjs).
     aai: { type: "string" },
+    // The container binary: `auth migrate-tokens` backfills in the dual round.
+    bin: { type: "string" },
+    // The container's EDGE_SHARED_SECRET: requests sent to --direct are signed with it.
+    "edge-secret": { type: "string" },
     // AUTH_TOKEN_STORAGE of both sides: how the fixtures store session tokens.
     storage: { type: "string", default: "raw" },
     verbose: { type: "boolean", default: false },
@@ -57,10 +64,17 @@ const ANY_UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g
 
 // ---- HTTP ----------------------------------------------------------------------------------
 
+/** Signature headers for a request to the container directly (none through the shim). */
+function signFor(base) {
+  return (method, pathAndQuery, body) =>
+    base === args.direct && args["edge-secret"] ? edgeHeaders(args["edge-secret"], method, pathAndQuery, body) : {};
+}
+
 /** Sends a request with exact header bytes (Buffers go out as latin1, i.e. byte for byte). */
 function send(base, req) {
   const url = new URL(req.path, base);
-  const headers = req.headers.map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("latin1") : v]);
+  const signature = signFor(base)(req.method, url.pathname + url.search, req.body ?? Buffer.alloc(0));
+  const headers = [...req.headers.map(([k, v]) => [k, Buffer.isBuffer(v) ? v.toString("latin1") : v]), ...Object.entries(signature)];
   return new Promise((resolve, reject) => {
     const r = http.request(
       {
@@ -177,7 +191,7 @@ async function pass(base, db, label) {
     }
   }
   await resetSimulator(args.aai);
-  const ws = (await runWsCases(WS_CASES, base, args.aai)).map((r) =>
+  const ws = (await runWsCases(WS_CASES, base, args.aai, signFor(base))).map((r) =>
     r.error || r.res.error ? { ...r, error: `${label}: ${r.error ?? r.res.error}` } : { ...r, norm: normalise(r.res, r.c, fixed) },
   );
   const turns = await db.query(
@@ -355,6 +369,57 @@ async function crossPaths(db) {
   }
 }
 
+// ---- dual storage: a stored hash is not a login ---------------------------------------------
+
+/**
+ * Issue 14 item 4. A session made by the real @auth/pg-adapter (createUser, createSession with
+ * a random UUID, as Auth.js does), then hashed in place by the real backfill
+ * (`callbridge auth migrate-tokens`). Through both paths: the raw token logs in before and
+ * after; the stored SHA-256 — what anyone who can read the sessions table sees — never does,
+ * nor its upper-cased copy.
+ */
+async function storedHashIsNoLogin(db) {
+  const pool = new pg.Pool({ connectionString: args.db, options: "-c search_path=authjs", max: 1 });
+  try {
+    const adapter = PostgresAdapter(pool);
+    const user = await adapter.createUser({ name: "Hash Probe", email: "hash-probe@example.com", emailVerified: null });
+    const token = crypto.randomUUID();
+    await adapter.createSession({ sessionToken: token, userId: user.id, expires: new Date("2099-01-01T00:00:00Z") });
+    const me = (base, bearer) => send(base, { method: "GET", path: "/api/me", headers: [["authorization", `Bearer ${bearer}`]] });
+    for (const [label, base] of [
+      ["container", args.direct],
+      ["shim", args.shim],
+    ]) {
+      const res = await me(base, token);
+      record(`dual: adapter session, raw token before the backfill logs in (${label})`, res.status === 200, `${res.status}`);
+    }
+    if (!args.bin) {
+      record("dual: backfill", false, "run.mjs needs --bin (the container binary) for the backfill");
+      return;
+    }
+    await promisify(execFile)(args.bin, ["auth", "migrate-tokens"], {
+      env: { PATH: process.env.PATH, APP_ENV: "development", DATABASE_URL: args.db, AUTH_TOKEN_STORAGE: "dual" },
+    });
+    const stored = (await db.query(`select "sessionToken" as t from authjs.sessions where "userId" = $1`, [Number(user.id)])).rows[0].t;
+    record("dual: the backfill stored the session's SHA-256", stored === hashToken(token) && stored !== token, stored);
+    for (const [label, base] of [
+      ["container", args.direct],
+      ["shim", args.shim],
+    ]) {
+      const raw = await me(base, token);
+      const hash = await me(base, stored);
+      const upper = await me(base, stored.toUpperCase());
+      record(
+        `dual: after the backfill the raw token logs in, the stored hash does not (${label})`,
+        raw.status === 200 && hash.status === 401 && upper.status === 401,
+        `raw ${raw.status}, stored hash ${hash.status}, upper-cased ${upper.status}`,
+      );
+    }
+  } finally {
+    await pool.end();
+  }
+}
+
 async function main() {
   const db = new pg.Client({ connectionString: args.db });
   await db.connect();
@@ -404,6 +469,7 @@ async function main() {
     );
     compareSnapshots(direct.snap, shim.snap);
     await crossPaths(db);
+    if (args.storage === "dual") await storedHashIsNoLogin(db);
   } finally {
     await db.end();
   }

@@ -33,11 +33,17 @@ async function simCall(aai, method, path, body) {
 export const resetSimulator = (aai) => simCall(aai, "POST", "/__reset");
 
 /** A plain GET (not a handshake), answered like any HTTP request. */
-function plainGet(base, c) {
+function plainGet(base, c, sign) {
   const url = new URL(c.path, base);
   return new Promise((resolve, reject) => {
     const r = http.request(
-      { host: url.hostname, port: url.port, method: "GET", path: url.pathname + url.search, headers: Object.fromEntries(c.headers) },
+      {
+        host: url.hostname,
+        port: url.port,
+        method: "GET",
+        path: url.pathname + url.search,
+        headers: { ...Object.fromEntries(c.headers), ...sign("GET", url.pathname + url.search, Buffer.alloc(0)) },
+      },
       (res) => {
         const chunks = [];
         res.on("data", (d) => chunks.push(d));
@@ -52,7 +58,7 @@ function plainGet(base, c) {
 }
 
 /** One case against `base`: the handshake and, when it succeeds, the scripted session. */
-function session(base, c) {
+function session(base, c, sign) {
   const url = new URL(c.path, base.replace(/^http/, "ws"));
   return new Promise((resolve) => {
     const out = { status: null, headers: {}, body: "", messages: [], close: null };
@@ -69,7 +75,10 @@ function session(base, c) {
       } catch {}
       finish({ error: `no close within ${CASE_TIMEOUT_MS} ms` });
     }, CASE_TIMEOUT_MS);
-    const socket = new WebSocket(url, { headers: Object.fromEntries(c.headers), perMessageDeflate: false });
+    const socket = new WebSocket(url, {
+      headers: { ...Object.fromEntries(c.headers), ...sign("GET", url.pathname + url.search, Buffer.alloc(0)) },
+      perMessageDeflate: false,
+    });
     socket.on("unexpected-response", (_req, res) => {
       out.status = res.statusCode;
       out.headers = res.headers;
@@ -103,13 +112,17 @@ function session(base, c) {
 }
 
 /** Runs every case in order against `base`; returns one capture per case. */
-export async function runWsCases(cases, base, aai) {
+/**
+ * `sign(method, pathAndQuery, body)` gives the extra headers of each handshake: the edge's
+ * signature for the direct pass (the container enforces it), nothing through the shim.
+ */
+export async function runWsCases(cases, base, aai, sign = () => ({})) {
   const out = [];
   for (const c of cases) {
     try {
       const before = (await simCall(aai, "GET", "/__sessions")).length;
       if (c.fault) await simCall(aai, "POST", "/__fault", c.fault);
-      const res = c.http ? await plainGet(base, c) : await session(base, c);
+      const res = c.http ? await plainGet(base, c, sign) : await session(base, c, sign);
       if (c.end === "leave" && res.status === 101) {
         // The edge/container finishes the AssemblyAI session after the browser left: wait
         // for the simulator to see it closed.

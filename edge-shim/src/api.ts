@@ -6,7 +6,8 @@
 // caller is not in that organisation.
 //
 // Deferred to the container (DeferToOrigin, before anything is written):
-// - a user with no membership yet: the container creates their personal organisation on first
+// - a user without their own personal organisation yet (first sight, or added to someone
+//   else's organisation before it): the container creates it on first
 //   sight, and that write stays in one place;
 // - GET /api/calls with a query string (filters, cursor, limit): only the default page is
 //   implemented here.
@@ -30,7 +31,14 @@ const CALL_STATUSES: ReadonlySet<string> = new Set<Schema<"CallStatus">>([
 ]);
 const isCallStatus = (s: string): s is Schema<"CallStatus"> => CALL_STATUSES.has(s);
 
-export type Authenticated = { ok: true; principal: Principal; calls: CallRow[]; source: "cookie" | "bearer" };
+export type Authenticated = {
+  ok: true;
+  principal: Principal;
+  calls: CallRow[];
+  source: "cookie" | "bearer";
+  /** The presented session token: long-lived sockets re-check it. */
+  token: string;
+};
 
 /** Authenticates like the `CurrentUser` extractor; a Response is the 401 to send. */
 export async function authenticate(
@@ -44,10 +52,11 @@ export async function authenticate(
   if (credential.kind === "none") return unauthorized(a, "Sign in first: no session cookie or bearer token was sent.");
   const resolved = await withDb(ctx.env, ctx.waitUntil, (db) => resolveSession(db, ctx.env, credential.token, options));
   if (resolved === null) return unauthorized(a, "The session is unknown, expired or signed out.");
-  if (resolved.principal.memberships.length === 0) {
+  if (!resolved.ownsPersonal) {
+    // First sight, or someone added the user to their organisation before it.
     throw new DeferToOrigin("first sight of this user: the container creates the personal organisation");
   }
-  return { ok: true, principal: resolved.principal, calls: resolved.calls, source: credential.kind };
+  return { ok: true, principal: resolved.principal, calls: resolved.calls, source: credential.kind, token: credential.token };
 }
 
 /**

@@ -17,10 +17,11 @@
 
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
+import { bodyLimit } from "./body";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
 import { type Json, member, parseSerdeJson } from "./serde-json";
-import { DEFAULT_BODY_LIMIT, INBOX_INSERT_SQL, storable } from "./webhooks";
+import { INBOX_INSERT_SQL, storable } from "./webhooks";
 
 /** src/providers/assemblyai_async.rs WEBHOOK_AUTH_HEADER. */
 export const WEBHOOK_AUTH_HEADER = "x-callbridge-webhook-secret";
@@ -65,11 +66,6 @@ function sentSecret(headers: Headers): string {
   if (value.includes(",")) throw new DeferToOrigin(`${WEBHOOK_AUTH_HEADER} repeated or containing a comma`);
   if (!/^[\x20-\x7e\t]*$/.test(value)) throw new DeferToOrigin(`${WEBHOOK_AUTH_HEADER} not printable ASCII`);
   return value;
-}
-
-function bodyLimit(raw: string | undefined): number {
-  const n = Number((raw ?? "").trim());
-  return Number.isSafeInteger(n) && n > 0 ? n : DEFAULT_BODY_LIMIT;
 }
 
 export const assemblyaiWebhook: EdgeHandler = {

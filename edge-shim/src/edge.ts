@@ -9,6 +9,7 @@ import type { Env } from "./env";
 import type { EdgeHandler } from "./handlers";
 import type { RouteMatch } from "./manifest";
 import { errorMessage, proxyToOrigin } from "./proxy";
+import { scrubPath, scrubText } from "./redact";
 
 export async function serveAtEdge(
   request: Request,
@@ -36,7 +37,7 @@ export async function serveAtEdge(
         JSON.stringify({
           event: "edge_deferred",
           route: match.route.key,
-          path: new URL(request.url).pathname,
+          path: scrubPath(new URL(request.url).pathname),
           reason: err.reason,
         }),
       );
@@ -46,8 +47,8 @@ export async function serveAtEdge(
       JSON.stringify({
         event: "edge_fallback",
         route: match.route.key,
-        path: new URL(request.url).pathname,
-        error: errorMessage(err),
+        path: scrubPath(new URL(request.url).pathname),
+        error: scrubText(errorMessage(err)),
       }),
     );
     return proxyToOrigin(spare, env);

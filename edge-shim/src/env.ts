@@ -39,6 +39,11 @@ export interface Env {
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */
   SENTRY_TRACES_SAMPLE_RATE: string;
+  /**
+   * Seconds between re-checks of the session behind a transcription WebSocket (1–300, default
+   * 30); the container's `AUTH_STREAM_RECHECK_SECS`. A signed-out session closes it with 4401.
+   */
+  AUTH_STREAM_RECHECK_SECS: string;
 
   // ---- Secrets (wrangler secret put) ----
 

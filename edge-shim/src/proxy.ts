@@ -1,11 +1,16 @@
 // Owns forwarding a request to the container (ORIGIN_URL): same method, headers, body and
 // redirect behaviour, host rewritten, X-Forwarded-* set by us and only by us, every request
-// signed (signing.ts), WebSocket upgrades passed through. It never looks at bodies and never
-// decides who answers a route (router.ts does).
+// signed (signing.ts) with the hash of its body, WebSocket upgrades passed through. A body up
+// to HTTP_BODY_LIMIT_BYTES is buffered (bounded) to be hashed; a larger one with a
+// Content-Length streams through as UNSIGNED-PAYLOAD; a larger one without is refused (413),
+// so no body makes the Worker hold more than the limit. It never decides who answers a route
+// (router.ts does).
 
+import { bodyLimit, declaredLength, readBounded } from "./body";
 import type { Env } from "./env";
 import { problem } from "./problem";
-import { SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, unixSeconds } from "./signing";
+import { scrubPath, scrubText } from "./redact";
+import { CONTENT_SHA256_HEADER, contentSha256, SIGNATURE_HEADER, sign, TIMESTAMP_HEADER, UNSIGNED_PAYLOAD, unixSeconds } from "./signing";
 
 /** Client-supplied headers dropped before forwarding, so only the edge can set them. */
 const STRIPPED_PREFIXES = ["x-edge-", "x-forwarded-"];
@@ -33,8 +38,27 @@ export async function proxyToOrigin(request: Request, env: Env): Promise<Respons
   const target = originUrl(origin, incoming);
   const headers = forwardedHeaders(request, incoming);
 
+  const limit = bodyLimit(env.HTTP_BODY_LIMIT_BYTES);
+  let body: ReadableStream<Uint8Array> | Uint8Array | null = null;
+  let bodyHash = await contentSha256(new Uint8Array(0));
+  if (request.body !== null) {
+    const declared = declaredLength(request.headers);
+    if (declared !== null && declared > limit) {
+      body = request.body;
+      bodyHash = UNSIGNED_PAYLOAD;
+    } else {
+      const buffered = await readBounded(request.body, limit);
+      if (buffered === null) {
+        return problem(request, 413, "Payload Too Large", `A body without Content-Length may hold at most ${limit} bytes.`);
+      }
+      body = buffered;
+      bodyHash = await contentSha256(buffered);
+    }
+  }
+
   const timestamp = unixSeconds();
   headers.set(TIMESTAMP_HEADER, timestamp);
+  headers.set(CONTENT_SHA256_HEADER, bodyHash);
   headers.set(
     SIGNATURE_HEADER,
     await sign(env.EDGE_SHARED_SECRET, {
@@ -44,15 +68,16 @@ export async function proxyToOrigin(request: Request, env: Env): Promise<Respons
       forwardedFor: headers.get("x-forwarded-for") ?? "",
       forwardedProto: headers.get("x-forwarded-proto") ?? "",
       forwardedHost: headers.get("x-forwarded-host") ?? "",
+      contentSha256: bodyHash,
     }),
   );
 
   try {
     // A WebSocket upgrade is an ordinary GET carrying `Upgrade: websocket`; fetch() answers it
     // with the origin's 101 and its .webSocket, which returned as-is proxies the socket.
-    return await fetch(new Request(target, { method: request.method, headers, body: request.body, redirect: "manual" }));
+    return await fetch(new Request(target, { method: request.method, headers, body, redirect: "manual" }));
   } catch (err) {
-    console.error(JSON.stringify({ event: "origin_unreachable", path: incoming.pathname, error: errorMessage(err) }));
+    console.error(JSON.stringify({ event: "origin_unreachable", path: scrubPath(incoming.pathname), error: scrubText(errorMessage(err)) }));
     return problem(request, 502, "Bad Gateway", "The origin could not be reached.");
   }
 }

@@ -19,14 +19,20 @@
 //   `+`, repeated or unparsable parameters: the container's 400 quotes serde's message);
 // - a request that is not a WebSocket handshake (the container's own rejection answers it);
 // - a user with no membership yet (the container creates the personal organisation).
+//
+// While the socket lives, the session is re-checked every AUTH_STREAM_RECHECK_SECS (as the
+// container's src/auth/recheck.rs): once it is signed out, deleted or expired the AssemblyAI
+// session is terminated and the browser closed with 4401.
 
 import { authenticate } from "./api";
+import { withDb } from "./db";
 import { ByteBatcher, DEFAULT_BATCH_MS, type Encoding, MAX_CHUNK_MS, MIN_CHUNK_MS } from "./batcher";
 import { DeferToOrigin } from "./defer";
 import type { Env } from "./env";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, originAllowed, problemAnswer, splitList, type Answering } from "./respond";
 import { member, parseSerdeJson } from "./serde-json";
+import { resolveSession } from "./sessions";
 
 export const DEFAULT_STREAMING_URL = "wss://streaming.assemblyai.com/v3/ws";
 export const DEFAULT_SPEECH_MODEL = "universal-streaming-english";
@@ -198,7 +204,11 @@ export const realtimeTranscribe: EdgeHandler = {
     const pair = new WebSocketPair();
     const [client, server] = [pair[0], pair[1]];
     server.accept();
-    const session = new TranscribeSession(server, { ...settings, apiKey: env.ASSEMBLYAI_API_KEY }, format);
+    const recheck: Recheck = {
+      intervalMs: recheckSeconds(env.AUTH_STREAM_RECHECK_SECS) * 1000,
+      stillSignedIn: async () => (await withDb(env, ctx.waitUntil, (db) => resolveSession(db, env, auth.token))) !== null,
+    };
+    const session = new TranscribeSession(server, { ...settings, apiKey: env.ASSEMBLYAI_API_KEY }, format, recheck);
     ctx.waitUntil(session.run());
     return new Response(null, { status: 101, webSocket: client });
   },
@@ -230,7 +240,24 @@ const STATUS_TEXT: Record<number, string> = {
   504: "Gateway Timeout",
 };
 
+/** How a live socket re-checks its session (src/auth/recheck.rs in the container). */
+export interface Recheck {
+  intervalMs: number;
+  /** False once the session is signed out, deleted or expired; a throw skips one check. */
+  stillSignedIn: () => Promise<boolean>;
+}
+
+/** AUTH_STREAM_RECHECK_SECS as the container bounds it (1–300, default 30). */
+export function recheckSeconds(raw: string | undefined): number {
+  const n = Number((raw ?? "").trim());
+  return Number.isInteger(n) && n >= 1 && n <= 300 ? n : 30;
+}
+
+/** WebSocket close of a socket whose session ended (the container's 4401). */
+export const SESSION_ENDED = { code: 4401, reason: "The session ended (signed out, deleted or expired)." };
+
 type Event =
+  | { from: "auth"; kind: "revoked" }
   | { from: "browser" | "aai"; kind: "text"; text: string }
   | { from: "browser" | "aai"; kind: "binary"; bytes: Uint8Array }
   | { from: "browser" | "aai"; kind: "close"; code?: number; reason?: string };
@@ -269,6 +296,11 @@ class Events {
     });
     socket.addEventListener("close", (e) => later(() => ({ from, kind: "close", code: e.code, reason: e.reason })));
     socket.addEventListener("error", () => later(() => ({ from, kind: "close" })));
+  }
+
+  /** The session behind the socket is gone. */
+  revoke(): void {
+    this.push({ from: "auth", kind: "revoked" });
   }
 
   private push(event: Event): void {
@@ -351,8 +383,28 @@ export class TranscribeSession {
     private readonly browser: WebSocket,
     private readonly settings: AssemblyAiSettings,
     private readonly format: { encoding: Encoding; sampleRate: number },
+    private readonly recheck: Recheck | null = null,
   ) {
     this.events.listen(browser, "browser");
+  }
+
+  /** Re-checks the session until `stopped` says so; a failed check is retried next time. */
+  private watch(stopped: () => boolean): void {
+    const recheck = this.recheck;
+    if (recheck === null) return;
+    const tick = async () => {
+      if (stopped()) return;
+      let signedIn = true;
+      try {
+        signedIn = await recheck.stillSignedIn();
+      } catch {
+        // a database hiccup: keep the socket, check again next interval
+      }
+      if (stopped()) return;
+      if (!signedIn) this.events.revoke();
+      else setTimeout(() => void tick(), recheck.intervalMs);
+    };
+    setTimeout(() => void tick(), recheck.intervalMs);
   }
 
   /** Opens AssemblyAI and waits for Begin (providers/assemblyai.rs `connect`). */
@@ -428,8 +480,22 @@ export class TranscribeSession {
     trySend(browser, beginMessage(sessionId));
     const batcher = ByteBatcher.for(this.format.encoding, this.format.sampleRate, this.settings.batchMs);
     let terminating = false;
+    let finished = false;
+    this.watch(() => finished);
     for (;;) {
       const event = await this.events.next();
+      if (event.from === "auth") {
+        // The session ended: stop transcribing (nothing more is billed), relay nothing more.
+        finished = true;
+        trySend(aai, TERMINATE);
+        tryClose(aai);
+        try {
+          browser.close(SESSION_ENDED.code, SESSION_ENDED.reason);
+        } catch {
+          // already closed
+        }
+        return;
+      }
       if (event.from === "browser") {
         if (terminating) continue; // the container stops reading the browser here
         if (event.kind === "binary") {
@@ -463,6 +529,7 @@ export class TranscribeSession {
         break;
       }
     }
+    finished = true;
     tryClose(aai);
     tryClose(browser);
   }

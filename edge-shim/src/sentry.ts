@@ -4,6 +4,7 @@
 
 import type { CloudflareOptions, ErrorEvent } from "@sentry/cloudflare";
 import type { Env } from "./env";
+import { scrubPath } from "./redact";
 
 /** The container's SENSITIVE_HEADERS, lower case. */
 export const SENSITIVE_HEADERS: ReadonlySet<string> = new Set([
@@ -19,6 +20,7 @@ export const SENSITIVE_HEADERS: ReadonlySet<string> = new Set([
   "x-telnyx-streaming-auth-token",
   // Sent by the edge itself to the container and by AssemblyAI webhooks.
   "x-callbridge-webhook-secret",
+  "x-debug-token",
 ]);
 
 /** Removes credentials from an event's request data before it leaves the Worker. */
@@ -36,6 +38,8 @@ export function scrubEvent<E extends ErrorEvent>(event: E): E {
     if (request.url !== undefined) {
       const query = request.url.indexOf("?");
       if (query !== -1) request.url = request.url.slice(0, query);
+      // A media stream token in the path (src/redact.ts).
+      request.url = scrubPath(request.url);
     }
   }
   // Breadcrumbs of outbound fetches carry full URLs, whose query strings may hold tokens.

@@ -1,8 +1,8 @@
 // Owns resolving an Auth.js session token to the caller at the edge, as the container's
 // src/auth/sessions.rs and src/orgs.rs do: the token looked up in the form AUTH_TOKEN_STORAGE
 // says it is stored (raw, hashed = lowercase hex SHA-256, or dual = either), expired sessions
-// refused, the newest-expiring match winning, then the caller's memberships (personal
-// organisation first, then by age) — and, for GET /api/calls, the active organisation's
+// refused, the newest-expiring match winning, then the caller's memberships (their own
+// personal organisation first, then other personal ones, then by age) — and, for GET /api/calls, the active organisation's
 // newest calls. One statement, one round trip. Timestamps come back as text with all their
 // microseconds, so they can be written exactly as chrono writes them.
 //
@@ -35,15 +35,25 @@ export async function hashToken(token: string): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** The stored forms to look for. */
+/** Whether `value` looks like the hashed storage form (64 hex characters, any case). */
+export function isHashShaped(value: string): boolean {
+  return /^[0-9a-fA-F]{64}$/.test(value);
+}
+
+/**
+ * The stored forms to look for. The raw form is compared only against rows that are not
+ * hash-shaped (a presented token equals a row exactly when both are), so a stored SHA-256
+ * read from the table never logs anyone in — as src/auth/sessions.rs `candidates`.
+ */
 export async function candidates(token: string, storage: TokenStorage): Promise<string[]> {
+  const raw = isHashShaped(token) ? [] : [token];
   switch (storage) {
     case "raw":
-      return [token];
+      return raw;
     case "hashed":
       return [await hashToken(token)];
     case "dual":
-      return [token, await hashToken(token)];
+      return [...raw, await hashToken(token)];
   }
 }
 
@@ -100,6 +110,8 @@ export type CallRow = [
 
 export interface Resolved {
   principal: Principal;
+  /** Whether the user has their own personal organisation yet (else the container makes it). */
+  ownsPersonal: boolean;
   /** The active organisation's newest `callLimit` calls (empty when none were asked for). */
   calls: CallRow[];
 }
@@ -118,7 +130,8 @@ function lookupSql(schema: string): string {
       order by s.expires desc limit 1
     ), orgs as (
       select o.id, o.name, m.role, o.personal_owner_id is not null as personal,
-             row_number() over (order by o.personal_owner_id is null, o.created_at, o.id) as position
+             row_number() over (order by o.personal_owner_id is distinct from session.user_id,
+                                         o.personal_owner_id is null, o.created_at, o.id) as position
       from session
       join memberships m on m.user_id = session.user_id
       join organisations o on o.id = m.organisation_id
@@ -141,6 +154,7 @@ function lookupSql(schema: string): string {
     select session.user_id, session.name, session.email, session.image,
            ${ts("session.expires")} as expires,
            (select id::text from stored) as active_organisation_id,
+           exists (select 1 from organisations where personal_owner_id = session.user_id) as owns_personal,
            coalesce((select json_agg(json_build_array(orgs.id::text, orgs.name, orgs.role, orgs.personal)
                                      order by orgs.position) from orgs), '[]'::json) as organisations,
            coalesce((select json_agg(json_build_array(
@@ -159,6 +173,7 @@ interface LookupRow {
   email: string | null;
   image: string | null;
   expires: string;
+  owns_personal: boolean;
   organisations: [string, string, Role, boolean][];
   active_organisation_id: string | null;
   calls: CallRow[];
@@ -186,6 +201,7 @@ export async function resolveSession(
       memberships: row.organisations.map(([id, name, role, personal]) => ({ id, name, role, personal })),
       activeOrganisationId: row.active_organisation_id,
     },
+    ownsPersonal: row.owns_personal,
     calls: row.calls,
   };
 }

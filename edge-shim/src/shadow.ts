@@ -10,6 +10,7 @@ import type { Env } from "./env";
 import type { EdgeHandler, ShadowRules } from "./handlers";
 import type { RouteMatch } from "./manifest";
 import { errorMessage, proxyToOrigin } from "./proxy";
+import { describeValue, scrubPath, scrubText } from "./redact";
 
 /** Bodies larger than this are not compared (status and headers still are). */
 export const MAX_SHADOW_BODY_BYTES = 1024 * 1024;
@@ -57,7 +58,7 @@ export function compareResponses(origin: CapturedResponse, edge: CapturedRespons
     const name = raw.toLowerCase();
     const a = normaliseHeader(name, origin.headers[name] ?? null);
     const b = normaliseHeader(name, edge.headers[name] ?? null);
-    if (a !== b) out.push({ kind: "header", name, origin: origin.headers[name] ?? null, edge: edge.headers[name] ?? null });
+    if (a !== b) out.push({ kind: "header", name, origin: shown(origin.headers[name]), edge: shown(edge.headers[name]) });
   }
 
   // A body that was not read (see CapturedResponse.skipped) is not compared; report() says so.
@@ -181,12 +182,12 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** Keeps log lines small: long strings cut, containers described rather than dumped. */
-function summarise(value: unknown): unknown {
-  if (typeof value === "string") return value.length > 120 ? `${value.slice(0, 120)}…` : value;
-  if (Array.isArray(value)) return `[array of ${value.length}]`;
-  if (isObject(value)) return `{object with ${Object.keys(value).length} keys}`;
-  return value;
+/** Keeps log lines small and free of personal data (src/redact.ts). */
+const summarise = describeValue;
+
+/** A header value for a log line, credentials and personal data replaced. */
+function shown(value: string | null | undefined): string | null {
+  return value == null ? null : scrubText(value);
 }
 
 /** Reads the compared parts of a response without ever holding more than `maxBytes` of body. */
@@ -270,7 +271,7 @@ export async function serveShadowed(
     return originResponse;
   }
   const originCopy = originResponse.clone();
-  const path = new URL(request.url).pathname;
+  const path = scrubPath(new URL(request.url).pathname);
   ctx.waitUntil(report(match, request.method, path, originCopy, edgeAnswer, handler.shadow ?? {}));
   return originResponse;
 }
@@ -300,7 +301,7 @@ async function report(
       differences = compareResponses(origin, edge, rules);
       skipped ??= edge.skipped;
     } else {
-      differences = [{ kind: "edge_error", error: outcome.error }];
+      differences = [{ kind: "edge_error", error: scrubText(outcome.error) }];
     }
     const line: Record<string, unknown> = {
       event: differences.length === 0 ? "shadow_match" : "shadow_diff",
@@ -312,6 +313,6 @@ async function report(
     if (skipped !== undefined) line.body_not_compared = skipped;
     console.log(JSON.stringify(line));
   } catch (err) {
-    console.error(JSON.stringify({ event: "shadow_error", route, path, error: errorMessage(err) }));
+    console.error(JSON.stringify({ event: "shadow_error", route, path, error: scrubText(errorMessage(err)) }));
   }
 }

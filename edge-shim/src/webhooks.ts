@@ -11,6 +11,7 @@
 // exactly (a leap second). A database failure throws, so the container runs the same
 // idempotent statement again: a duplicate there is a no-op.
 
+import { bodyLimit } from "./body";
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import type { EdgeHandler } from "./handlers";
@@ -47,9 +48,6 @@ export function storable(parsed: Parsed | null): Parsed | null {
   return value === parsed.value ? parsed : { value, canonical: serialise(value) };
 }
 
-/** The container's default HTTP_BODY_LIMIT_BYTES. */
-export const DEFAULT_BODY_LIMIT = 1024 * 1024;
-
 export interface TelnyxEvent {
   id: string;
   /** `_` replaced by `.`. */
@@ -77,11 +75,6 @@ export function parseEvent(envelope: Json): TelnyxEvent | { error: string } {
     occurredAt = converted;
   }
   return { id, eventType: type.replaceAll("_", "."), occurredAt };
-}
-
-function bodyLimit(raw: string | undefined): number {
-  const n = Number((raw ?? "").trim());
-  return Number.isSafeInteger(n) && n > 0 ? n : DEFAULT_BODY_LIMIT;
 }
 
 export const telnyxWebhook: EdgeHandler = {

@@ -153,7 +153,7 @@ describe("POST /webhooks/assemblyai at the edge", () => {
   });
 
   it("defers a body over HTTP_BODY_LIMIT_BYTES (the container answers 413), even with a wrong header", async () => {
-    const res = await send(delivery("x".repeat(65), "wrong"), { ...configured, HTTP_BODY_LIMIT_BYTES: "64" });
+    const res = await send(delivery("x".repeat(65), "wrong", { "content-length": "65" }), { ...configured, HTTP_BODY_LIMIT_BYTES: "64" });
     expect(((await res.json()) as Echo).body).toHaveLength(65);
     expect(logged(log, "edge_deferred")).toMatchObject([{ reason: "body over HTTP_BODY_LIMIT_BYTES" }]);
   });

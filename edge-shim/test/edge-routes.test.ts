@@ -135,7 +135,11 @@ describe("POST /webhooks/telnyx at the edge", () => {
   });
 
   it("defers a body over HTTP_BODY_LIMIT_BYTES (the container answers 413)", async () => {
-    const res = await send("/webhooks/telnyx", webhook("x".repeat(65), {}), { ...env, HTTP_BODY_LIMIT_BYTES: "64" });
+    // A client sends Content-Length: the proxy streams the oversized body on, unbuffered.
+    const res = await send("/webhooks/telnyx", webhook("x".repeat(65), { "content-length": "65" }), {
+      ...env,
+      HTTP_BODY_LIMIT_BYTES: "64",
+    });
     expect(((await res.json()) as Echo).body).toHaveLength(65);
     expect(logged(log, "edge_deferred")).toMatchObject([{ reason: "body over HTTP_BODY_LIMIT_BYTES" }]);
   });
@@ -252,6 +256,14 @@ describe("session token storage (AUTH_TOKEN_STORAGE)", () => {
     expect(await candidates("test", "raw")).toEqual(["test"]);
     expect(await candidates("test", "hashed")).toEqual([sha]);
     expect(await candidates("test", "dual")).toEqual(["test", sha]);
+  });
+
+  it("never compares a hash-shaped bearer in its raw form: a stored hash is not a login", async () => {
+    // What a reader of the sessions table sees after the backfill: the SHA-256 of a token.
+    const stored = await hashToken("0b1f7c1e-9f7a-4c52-9a0e-5d1c2b3a4f60");
+    expect(await candidates(stored, "dual")).toEqual([await hashToken(stored)]);
+    expect(await candidates(stored.toUpperCase(), "dual")).toEqual([await hashToken(stored.toUpperCase())]);
+    expect(await candidates(stored, "raw")).toEqual([]);
   });
 
   it("reads the variable like the container (unset = raw) and refuses anything else", () => {

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { HANDLERS } from "../src/handlers";
 import { ROUTES } from "../src/manifest";
 import { createShim } from "../src/router";
-import { sign } from "../src/signing";
+import { contentSha256, sign } from "../src/signing";
 import { type Echo, originHits } from "./helpers";
 import vector from "./vectors/edge-signature.json";
 
@@ -77,7 +77,8 @@ describe("proxy to the origin", () => {
         "x-forwarded-host": "evil.example",
         "x-forwarded-proto": "http",
         "x-forwarded-port": "1",
-        "x-edge-signature": "v1=forged",
+        "x-edge-signature": "v2=forged",
+        "x-edge-content-sha256": "UNSIGNED-PAYLOAD",
         "x-edge-timestamp": "1",
         "x-edge-trusted": "yes",
         forwarded: "for=6.6.6.6",
@@ -90,7 +91,7 @@ describe("proxy to the origin", () => {
     expect(h["x-forwarded-port"]).toBeUndefined();
     expect(h["x-edge-trusted"]).toBeUndefined();
     expect(h.forwarded).toBeUndefined();
-    expect(h["x-edge-signature"]).toMatch(/^v1=[0-9a-f]{64}$/);
+    expect(h["x-edge-signature"]).toMatch(/^v2=[0-9a-f]{64}$/);
     expect(h["x-edge-timestamp"]).not.toBe("1");
   });
 
@@ -107,10 +108,11 @@ describe("proxy to the origin", () => {
     const res = await worker.fetch(`https://${vector.forwardedHost}${vector.pathAndQuery}`, {
       method: vector.method,
       headers: { "cf-connecting-ip": vector.forwardedFor },
-      body: "{}",
+      body: vector.body,
     });
     const h = ((await res.json()) as Echo).headers;
     expect(h["x-edge-timestamp"]).toBe(vector.timestamp);
+    expect(h["x-edge-content-sha256"]).toBe(vector.contentSha256);
     expect(h["x-edge-signature"]).toBe(vector.signature);
   });
 
@@ -130,8 +132,35 @@ describe("proxy to the origin", () => {
       forwardedFor: h["x-forwarded-for"] ?? "",
       forwardedProto: h["x-forwarded-proto"] ?? "",
       forwardedHost: h["x-forwarded-host"] ?? "",
+      contentSha256: await contentSha256(new Uint8Array(0)),
     });
+    expect(h["x-edge-content-sha256"]).toBe("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     expect(h["x-edge-signature"]).toBe(expected);
+  });
+
+  it("hashes a body without Content-Length and refuses one over HTTP_BODY_LIMIT_BYTES (413)", async () => {
+    const chunked = (bytes: number) =>
+      new ReadableStream<Uint8Array>({
+        start(controller) {
+          for (let sent = 0; sent < bytes; sent += 64 * 1024)
+            controller.enqueue(new Uint8Array(Math.min(64 * 1024, bytes - sent)).fill(97));
+          controller.close();
+        },
+      });
+    const small = await worker.fetch(`${EDGE}/api/translate`, { method: "POST", body: chunked(1000) });
+    const echo = (await small.json()) as Echo;
+    expect(echo.body).toBe("a".repeat(1000));
+    expect(echo.headers["x-edge-content-sha256"]).toBe(await contentSha256(new TextEncoder().encode("a".repeat(1000))));
+    const big = await worker.fetch(`${EDGE}/api/translate`, { method: "POST", body: chunked(1024 * 1024 + 1) });
+    expect(big.status).toBe(413);
+    expect(big.headers.get("content-type")).toBe("application/problem+json");
+  });
+
+  it("streams a body larger than the limit with a Content-Length as UNSIGNED-PAYLOAD", async () => {
+    const body = new Uint8Array(1024 * 1024 + 10).fill(98);
+    const echo = (await (await worker.fetch(`${EDGE}/api/recordings`, { method: "POST", body })).json()) as Echo;
+    expect(echo.headers["x-edge-content-sha256"]).toBe("UNSIGNED-PAYLOAD");
+    expect(echo.body.length).toBe(body.length);
   });
 
   it("passes a WebSocket upgrade through (the origin's 101)", async () => {

@@ -17,7 +17,9 @@ import {
   crossSiteRefusal,
   errorMessage,
   isWebSocketHandshake,
+  type Recheck,
   readQuery,
+  recheckSeconds,
   rustDebugAscii,
   sessionUrl,
   streamFormat,
@@ -217,7 +219,13 @@ describe("the route through the shim (edge-owned)", () => {
 /** Runs one session against the fake AssemblyAI: the test plays the browser. */
 async function play(
   steps: (browser: WebSocket) => void,
-  options: { host?: string; encoding?: "pcm_s16le" | "pcm_mulaw"; sampleRate?: number; apiKey?: string } = {},
+  options: {
+    host?: string;
+    encoding?: "pcm_s16le" | "pcm_mulaw";
+    sampleRate?: number;
+    apiKey?: string;
+    recheck?: Recheck;
+  } = {},
 ) {
   const pair = new WebSocketPair();
   const browser = pair[0];
@@ -236,6 +244,7 @@ async function play(
       batchMs: 100,
     },
     { encoding: options.encoding ?? "pcm_s16le", sampleRate: options.sampleRate ?? 16000 },
+    options.recheck ?? null,
   );
   const before = (await (await fetch("http://origin.test:8080/__fake/aai-sessions")).json()) as unknown[];
   const running = session.run();
@@ -277,6 +286,30 @@ describe("a session (browser ↔ edge ↔ fake AssemblyAI)", () => {
       '{"type":"Got","bytes":1600}',
       '{"type":"Termination"}',
     ]);
+  });
+
+  it("a signed-out session closes the socket with 4401 and terminates AssemblyAI (issue 14 item 6)", async () => {
+    let checks = 0;
+    const { code, aai } = await play(
+      (b) => {
+        b.send(bytes(640, 0x11)); // the browser keeps streaming and never closes
+      },
+      {
+        recheck: {
+          intervalMs: 20,
+          stillSignedIn: async () => {
+            checks += 1;
+            return checks < 3; // signed out before the third check
+          },
+        },
+      },
+    );
+    expect(checks).toBe(3);
+    expect(code).toBe(4401);
+    expect(aai[0]!.texts).toContain('{"type":"Terminate"}');
+    expect(recheckSeconds(undefined)).toBe(30);
+    expect(recheckSeconds("5")).toBe(5);
+    expect(recheckSeconds("0")).toBe(30);
   });
 
   it("the browser leaving flushes and sends Terminate", async () => {

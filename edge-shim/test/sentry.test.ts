@@ -26,7 +26,8 @@ describe("scrubEvent", () => {
       breadcrumbs: [{ category: "fetch", data: { url: "https://origin.example.com/api/calls?token=t", method: "GET" } }],
     } as unknown as ErrorEvent;
     const scrubbed = scrubEvent(event);
-    expect(scrubbed.request?.url).toBe("https://api.example.com/media/telnyx/tok");
+    // The media stream token in the path is a credential too (issue 14 item 9).
+    expect(scrubbed.request?.url).toBe("https://api.example.com/media/telnyx/[redacted]");
     expect(scrubbed.request?.query_string).toBeUndefined();
     expect(scrubbed.request?.cookies).toBeUndefined();
     expect(scrubbed.request?.data).toBeUndefined();

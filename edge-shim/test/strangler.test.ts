@@ -177,7 +177,7 @@ describe("edge", () => {
     const echo = (await res.json()) as Echo;
     expect(echo.method).toBe("POST");
     expect(echo.body).toBe(payload);
-    expect(echo.headers["x-edge-signature"]).toMatch(/^v1=/);
+    expect(echo.headers["x-edge-signature"]).toMatch(/^v2=/);
     expect(calls).toMatchObject([{ route: "POST /webhooks/assemblyai", body: payload, dryRun: false }]);
   });
 });

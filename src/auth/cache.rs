@@ -79,6 +79,10 @@ impl<V> TtlCache<V> {
         entries.insert(key, Entry { value, valid_until });
     }
 
+    pub fn remove(&self, key: &TokenDigest) {
+        self.lock().remove(key);
+    }
+
     pub fn remove_where(&self, mut predicate: impl FnMut(&V) -> bool) {
         self.lock().retain(|_, entry| !predicate(&entry.value));
     }

@@ -9,6 +9,7 @@ pub mod credential;
 pub mod csrf;
 pub mod debug_access;
 pub mod migrate_tokens;
+pub mod recheck;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::config::Secret;
 use crate::error::ApiError;
 use crate::orgs::Role;
 use crate::state::AppState;
@@ -43,6 +45,8 @@ pub struct CurrentUser {
     /// The cookie the session came from, when it came from one.
     pub cookie_name: Option<String>,
     pub cache_hit: bool,
+    /// The presented token: long-lived streams re-validate it (`recheck`).
+    pub token: Secret<String>,
 }
 
 impl CurrentUser {
@@ -83,6 +87,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Outcome, ApiErr
             ApiError::Forbidden(format!("Cross-site request refused: {refused}."))
         })?;
     }
+    let token = Secret::new(credential.token().to_owned());
     let (source, cookie_name) = match credential {
         Credential::Bearer(_) => (CredentialSource::Bearer, None),
         Credential::Cookie { name, .. } => (CredentialSource::Cookie, Some(name)),
@@ -92,6 +97,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Outcome, ApiErr
         source,
         cookie_name,
         cache_hit: resolved.cache_hit,
+        token,
     }))
 }
 

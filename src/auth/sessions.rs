@@ -60,10 +60,19 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Whether `value` looks like the `hashed` storage form (64 hex characters; case-insensitive,
+/// so an upper-cased copy of a stored hash is refused too).
+pub fn is_hash_shaped(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 pub struct SessionResolver {
     db: Db,
     storage: TokenStorage,
     cache: TtlCache<Principal>,
+    /// Tokens that resolved to nothing, briefly: a flood of made-up bearers costs one query
+    /// each per `AUTH_NEGATIVE_CACHE_SECS`, not one per request.
+    unknown: TtlCache<()>,
     lookup_sql: String,
 }
 
@@ -91,6 +100,7 @@ impl SessionResolver {
             db,
             storage: config.token_storage,
             cache: TtlCache::new(config.session_cache_ttl, config.session_cache_capacity),
+            unknown: TtlCache::new(config.negative_cache_ttl, config.session_cache_capacity),
             lookup_sql,
         }
     }
@@ -104,10 +114,15 @@ impl SessionResolver {
     }
 
     fn candidates(&self, token: &str) -> Vec<String> {
+        // The raw form is compared only against rows that are not hash-shaped: a presented
+        // token equal to a stored row is hash-shaped exactly when that row is, so dropping a
+        // hash-shaped raw candidate means a stored SHA-256 (read from a leaked table or a
+        // backup) never logs anyone in. Auth.js tokens are UUIDs, never hash-shaped (ADR 0005).
+        let raw = (!is_hash_shaped(token)).then(|| token.to_owned());
         match self.storage {
-            TokenStorage::Raw => vec![token.to_owned()],
+            TokenStorage::Raw => raw.into_iter().collect(),
             TokenStorage::Hashed => vec![hash_token(token)],
-            TokenStorage::Dual => vec![token.to_owned(), hash_token(token)],
+            TokenStorage::Dual => raw.into_iter().chain([hash_token(token)]).collect(),
         }
     }
 
@@ -120,7 +135,12 @@ impl SessionResolver {
                 cache_hit: true,
             }));
         }
+        if self.unknown.get(&digest).is_some() {
+            metrics::counter!("auth_unknown_token_cached_total").increment(1);
+            return Ok(None);
+        }
         let Some(principal) = self.lookup(token).await? else {
+            self.unknown.insert(digest, Arc::new(()), None);
             return Ok(None);
         };
         let until_expiry = (principal.session_expires - Utc::now())
@@ -159,8 +179,9 @@ impl SessionResolver {
             StoredForm::Hashed
         };
         let mut memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
-        if memberships.is_empty() {
-            // First time we see this user: give them a personal organisation.
+        // Until the user has their own personal organisation — also when someone added them
+        // to theirs first — make it, so their default organisation is one they own.
+        if memberships.is_empty() || !orgs::owns_personal_organisation(&**client, &user.id).await? {
             let display = user
                 .name
                 .clone()
@@ -178,6 +199,26 @@ impl SessionResolver {
             active_organisation_id,
             stored_form,
         }))
+    }
+
+    /// The principal for `token` straight from the database (the cache is refreshed, or
+    /// forgets the token when the session is gone): what long-lived streams re-check with.
+    pub async fn revalidate(&self, token: &str) -> Result<Option<Arc<Principal>>, DbError> {
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        let Some(principal) = self.lookup(token).await? else {
+            self.cache.remove(&digest);
+            return Ok(None);
+        };
+        let until_expiry = (principal.session_expires - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let principal = Arc::new(principal);
+        self.cache.insert(
+            digest,
+            principal.clone(),
+            Some(Instant::now() + until_expiry),
+        );
+        Ok(Some(principal))
     }
 
     /// Sessions currently cached on this replica.

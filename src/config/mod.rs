@@ -82,6 +82,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub sentry: Option<SentryConfig>,
     pub edge: EdgeConfig,
+    pub limits: LimitsConfig,
     pub media: MediaConfig,
     pub recordings: RecordingsConfig,
     pub telephony: TelephonyConfig,
@@ -140,6 +141,14 @@ pub struct RecordingsConfig {
     pub transcription_url_ttl: Duration,
     /// `RECORDINGS_RETENTION_DAYS`: default retention (organisations may override).
     pub retention_days: i32,
+    /// `RECORDINGS_IMPORT_HOSTS`: hosts (and their subdomains) Telnyx recordings are
+    /// downloaded from, over https only; redirects elsewhere are not followed.
+    pub import_hosts: Vec<String>,
+    /// Development only: `http://` on loopback addresses too (the local simulators).
+    pub import_allow_loopback: bool,
+    /// `RECORDINGS_QUOTA_BYTES_PER_ORG`: bytes of recording versions an organisation may
+    /// store (0: no quota).
+    pub quota_bytes_per_org: u64,
     /// `CRON_INTERVAL_SECS`: how often the worker's cron ticks.
     pub cron_interval: Duration,
     /// `CRON_STALE_CALL_MINUTES`: a non-terminal call untouched this long is failed.
@@ -187,6 +196,8 @@ pub struct HttpConfig {
     pub allowed_origins: AllowedOrigins,
     pub request_timeout: Duration,
     pub body_limit_bytes: usize,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECS`: a request head must arrive within this (slowloris).
+    pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret<String>>,
@@ -215,6 +226,12 @@ pub struct AuthConfig {
     /// longest a deleted session keeps working (the revocation delay).
     pub session_cache_ttl: Duration,
     pub session_cache_capacity: usize,
+    /// `AUTH_NEGATIVE_CACHE_SECS`: how long an unknown token stays unknown without asking the
+    /// database again (default 5, at most 30; off when the session cache is off).
+    pub negative_cache_ttl: Duration,
+    /// `AUTH_STREAM_RECHECK_SECS`: how often SSE streams and browser WebSockets re-validate
+    /// their session and membership (default 30).
+    pub stream_recheck: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -234,9 +251,33 @@ pub struct SentryConfig {
     pub traces_sample_rate: f32,
 }
 
+/// Abuse limits (docs/SECURITY.md); 0 turns a limit off.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsConfig {
+    /// `RATE_LIMIT_ANONYMOUS_PER_MIN`: requests without a credential per client address.
+    pub anonymous_per_min: u32,
+    /// `RATE_LIMIT_SESSION_PER_MIN`: requests per session token.
+    pub session_per_min: u32,
+    /// `RATE_LIMIT_AUTH_FAILURES_PER_MIN`: unknown credentials per client address.
+    pub auth_failures_per_min: u32,
+    /// `STREAMS_PER_USER_MAX`: SSE streams and WebSockets open at once per user.
+    pub streams_per_user: usize,
+    /// `REALTIME_TOKENS_PER_MIN`: AssemblyAI temporary tokens minted per user.
+    pub realtime_tokens_per_min: u32,
+    /// `REALTIME_MAX_MESSAGE_BYTES`: largest browser transcription WebSocket message/frame.
+    pub realtime_max_message_bytes: usize,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EdgeConfig {
+    /// Set: every request must carry the shim's signature, except `unsigned_paths` and the
+    /// media stream (`http::forwarded`).
     pub shared_secret: Option<Secret<String>>,
+    /// `EDGE_UNSIGNED_PATHS`: path prefixes reachable without the edge's signature (probes and
+    /// scrapers that reach the container directly). Default `/healthz,/readyz,/metrics`.
+    pub unsigned_paths: Vec<String>,
+    /// `EDGE_SIGNATURE_WINDOW_SECS`: how far `x-edge-timestamp` may be from now (default 60).
+    pub signature_window: Duration,
     pub cf_access_team_domain: Option<String>,
     pub cf_access_aud: Option<String>,
 }
@@ -644,9 +685,19 @@ impl Reader {
             allowed_origins,
             request_timeout: Duration::from_secs(self.parsed("HTTP_REQUEST_TIMEOUT_SECS", 30)),
             body_limit_bytes: self.parsed("HTTP_BODY_LIMIT_BYTES", 1024 * 1024),
+            header_read_timeout: Duration::from_secs(self.bounded(
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+                10,
+                1,
+                120,
+            )),
             shutdown_grace: Duration::from_secs(self.parsed("SHUTDOWN_GRACE_SECS", 25)),
             metrics_token: self.secret("METRICS_TOKEN"),
         };
+        if app_env == AppEnv::Production && http.metrics_token.is_none() {
+            // Metrics name routes, tenants' traffic and queue depths: not for the internet.
+            self.problem("METRICS_TOKEN", "required when APP_ENV=production");
+        }
 
         let database = self.database();
 
@@ -669,22 +720,50 @@ impl Reader {
         if strict && !auth_secret.is_empty() && auth_secret.len() < 32 {
             self.problem("AUTH_SECRET", "must be at least 32 characters");
         }
-        let cookie_names = self
-            .string("AUTH_COOKIE_NAMES")
-            .map(|raw| split_list(&raw))
-            .unwrap_or_else(|| {
-                DEFAULT_SESSION_COOKIES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
+        let configured_cookies = self.string("AUTH_COOKIE_NAMES").map(|raw| split_list(&raw));
+        // In production only `__Secure-`/`__Host-` names: the browser sets those only over
+        // https from the site itself, so a sibling subdomain or a plain-http response cannot
+        // plant a session cookie (fixation) under a name we would read.
+        let secure_only = app_env == AppEnv::Production;
+        let is_secure_name =
+            |name: &str| name.starts_with("__Secure-") || name.starts_with("__Host-");
+        if secure_only
+            && let Some(names) = &configured_cookies
+            && let Some(name) = names.iter().find(|name| !is_secure_name(name))
+        {
+            self.problem(
+                "AUTH_COOKIE_NAMES",
+                format!("{name:?}: only __Secure- or __Host- names when APP_ENV=production"),
+            );
+        }
+        let cookie_names = configured_cookies.unwrap_or_else(|| {
+            DEFAULT_SESSION_COOKIES
+                .iter()
+                .filter(|name| !secure_only || is_secure_name(name))
+                .map(|s| s.to_string())
+                .collect()
+        });
+        let session_cache_ttl =
+            Duration::from_secs(self.bounded("AUTH_SESSION_CACHE_TTL_SECS", 15, 0, 60));
         let auth = AuthConfig {
             schema,
             token_storage,
             secret: Secret::new(auth_secret),
             cookie_names,
-            session_cache_ttl: Duration::from_secs(self.parsed("AUTH_SESSION_CACHE_TTL_SECS", 15)),
+            // Bounded: the TTL is the revocation delay of every request.
+            session_cache_ttl,
+            negative_cache_ttl: if session_cache_ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(self.bounded("AUTH_NEGATIVE_CACHE_SECS", 5, 0, 30))
+            },
             session_cache_capacity: self.parsed("AUTH_SESSION_CACHE_CAPACITY", 10_000usize),
+            stream_recheck: Duration::from_secs(self.bounded(
+                "AUTH_STREAM_RECHECK_SECS",
+                30,
+                1,
+                300,
+            )),
         };
 
         let endpoint = self.required("R2_ENDPOINT", dev("http://127.0.0.1:9000"));
@@ -723,8 +802,30 @@ impl Reader {
             None => None,
         };
 
+        let limits = LimitsConfig {
+            anonymous_per_min: self.bounded("RATE_LIMIT_ANONYMOUS_PER_MIN", 120, 0, 100_000) as u32,
+            session_per_min: self.bounded("RATE_LIMIT_SESSION_PER_MIN", 600, 0, 100_000) as u32,
+            auth_failures_per_min: self.bounded("RATE_LIMIT_AUTH_FAILURES_PER_MIN", 30, 0, 100_000)
+                as u32,
+            streams_per_user: self.bounded("STREAMS_PER_USER_MAX", 8, 0, 1_000) as usize,
+            realtime_tokens_per_min: self.bounded("REALTIME_TOKENS_PER_MIN", 10, 0, 10_000) as u32,
+            realtime_max_message_bytes: self.bounded(
+                "REALTIME_MAX_MESSAGE_BYTES",
+                128 * 1024,
+                1024,
+                16 * 1024 * 1024,
+            ) as usize,
+        };
+        let unsigned_paths = self.path_prefixes("EDGE_UNSIGNED_PATHS", "/healthz,/readyz,/metrics");
         let edge = EdgeConfig {
             shared_secret: self.provider_key("EDGE_SHARED_SECRET"),
+            unsigned_paths,
+            signature_window: Duration::from_secs(self.bounded(
+                "EDGE_SIGNATURE_WINDOW_SECS",
+                60,
+                5,
+                300,
+            )),
             cf_access_team_domain: self.string("CF_ACCESS_TEAM_DOMAIN"),
             cf_access_aud: self.string("CF_ACCESS_AUD"),
         };
@@ -794,8 +895,24 @@ impl Reader {
             edge,
             media,
             recordings,
+            limits,
             telephony,
         })
+    }
+
+    /// A comma-separated list of path prefixes, each starting with `/` (empty entries skipped).
+    fn path_prefixes(&mut self, variable: &str, default: &str) -> Vec<String> {
+        let raw = self.string(variable).unwrap_or_else(|| default.to_owned());
+        let prefixes: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if prefixes.iter().any(|p| !p.starts_with('/')) {
+            self.problem(variable, "every entry must be a path starting with /");
+        }
+        prefixes
     }
 
     /// `LOG_FORMAT` and `LOG_LEVEL` (else `RUST_LOG`).
@@ -968,6 +1085,20 @@ impl Reader {
                 604_800,
             )),
             retention_days: self.bounded("RECORDINGS_RETENTION_DAYS", 90, 1, 3650) as i32,
+            import_hosts: self
+                .string("RECORDINGS_IMPORT_HOSTS")
+                .map(|raw| split_list(&raw))
+                .unwrap_or_else(|| vec!["telnyx.com".into(), "s3.amazonaws.com".into()])
+                .into_iter()
+                .map(|host| host.trim_start_matches('.').to_ascii_lowercase())
+                .collect(),
+            import_allow_loopback: !self.app_env.is_strict(),
+            quota_bytes_per_org: self.bounded(
+                "RECORDINGS_QUOTA_BYTES_PER_ORG",
+                50 * 1024 * MIB,
+                0,
+                1024 * 1024 * 1024 * MIB,
+            ),
             cron_interval: Duration::from_secs(self.bounded("CRON_INTERVAL_SECS", 300, 1, 86_400)),
             stale_call_after: Duration::from_secs(
                 60 * self.bounded("CRON_STALE_CALL_MINUTES", 240, 1, 10_080),
@@ -1197,6 +1328,7 @@ mod tests {
             "ASSEMBLYAI_API_KEY",
             "DEEPL_API_KEY",
             "EDGE_SHARED_SECRET",
+            "METRICS_TOKEN",
             "RUN_MIGRATIONS_ON_START",
         ] {
             if variable == "RUN_MIGRATIONS_ON_START" {
@@ -1317,6 +1449,44 @@ mod tests {
                 "AUTH_TOKEN_STORAGE"
             ]
         );
+    }
+
+    /// Issue 14 item 10: production reads only `__Secure-` session cookies.
+    #[test]
+    fn production_reads_only_secure_prefixed_session_cookies() {
+        let production = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                ("APP_ENV", "production"),
+                ("PUBLIC_BASE_URL", "https://api.example.com"),
+                (
+                    "AUTH_SECRET",
+                    "production-auth-secret-with-32-plus-characters",
+                ),
+            ];
+            vars.extend_from_slice(extra);
+            load(&vars).unwrap_err()
+        };
+        let error = production(&[]);
+        assert!(
+            !error
+                .problems
+                .iter()
+                .any(|p| p.variable == "AUTH_COOKIE_NAMES")
+        );
+        let error = production(&[(
+            "AUTH_COOKIE_NAMES",
+            "__Secure-authjs.session-token,authjs.session-token",
+        )]);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.variable == "AUTH_COOKIE_NAMES"
+                    && p.message.contains("\"authjs.session-token\"")),
+            "{error}"
+        );
+        let development = load(&[]).unwrap();
+        assert_eq!(development.auth.cookie_names.len(), 4);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{BrowserOrgContext, OrgContext};
+use crate::auth::{BrowserOrgContext, OrgContext, recheck};
 use crate::calls::legs::{self, Leg};
 use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, guard, interpreted, stream_token};
 use crate::error::{ApiError, Problem};
@@ -583,8 +583,9 @@ pub struct EventsQuery {
         ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in"),
         ("org_id" = Option<Uuid>, Query, description = "Organisation to act in, for clients that cannot send X-Org-Id (EventSource); must equal X-Org-Id when both are sent")),
     responses(
-        (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON)", body = CallEvent, content_type = "text/event-stream"),
+        (status = 200, description = "text/event-stream of CallEvent (event name = kind, data = JSON). The session and membership are re-checked every AUTH_STREAM_RECHECK_SECS; when either is gone the stream ends with one `auth.revoked` event (data = RevokedEvent)", body = CallEvent, content_type = "text/event-stream"),
         (status = 404, description = "No such call in this organisation", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "STREAMS_PER_USER_MAX live streams already open", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -599,6 +600,9 @@ pub async fn events(
         .map_err(ApiError::internal)?
         .ok_or(ApiError::NotFound)?;
     drop(client);
+    let slot = state
+        .streams
+        .acquire(org.user.id(), state.config.limits.streams_per_user)?;
     let after = match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
@@ -616,19 +620,60 @@ pub async fn events(
         after,
         state.shutdown.clone(),
     )
-    .map(|item| {
-        Ok(match item {
-            FollowItem::Durable(event) => Event::default()
-                .id(event.seq.to_string())
-                .event(event.kind.clone())
-                .json_data(&event)
-                .unwrap_or_else(|_| Event::default().comment("unserialisable event")),
-            // No id: partials are not part of the resumable log.
-            FollowItem::Partial(partial) => Event::default()
-                .event("transcript.partial")
-                .json_data(&partial)
-                .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
-        })
+    .map(|item| match item {
+        FollowItem::Durable(event) => Event::default()
+            .id(event.seq.to_string())
+            .event(event.kind.clone())
+            .json_data(&event)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event")),
+        // No id: partials are not part of the resumable log.
+        FollowItem::Partial(partial) => Event::default()
+            .event("transcript.partial")
+            .json_data(&partial)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
+    });
+    let revoked = recheck::watch(&state, &org.user, Some(org.organisation_id));
+    // The slot is held as long as the stream lives.
+    let stream = until_revoked(Box::pin(stream), revoked).map(move |event| {
+        let _held = &slot;
+        Ok(event)
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `events` until the caller's authorisation ends, then one `auth.revoked` event and the end.
+fn until_revoked(
+    events: std::pin::Pin<Box<dyn futures_util::Stream<Item = Event> + Send>>,
+    revoked: tokio::sync::oneshot::Receiver<recheck::Revoked>,
+) -> impl futures_util::Stream<Item = Event> {
+    futures_util::stream::unfold(
+        (events, Some(revoked), false),
+        |(mut events, mut revoked, done)| async move {
+            if done {
+                return None;
+            }
+            let outcome = match revoked.as_mut() {
+                Some(watch) => tokio::select! {
+                    item = events.next() => Ok(item),
+                    reason = watch => Err(reason.ok()),
+                },
+                None => Ok(events.next().await),
+            };
+            match outcome {
+                Ok(item) => item.map(|event| (event, (events, revoked, false))),
+                Err(Some(reason)) => {
+                    let last = Event::default()
+                        .event("auth.revoked")
+                        .json_data(reason.event())
+                        .unwrap_or_else(|_| Event::default().event("auth.revoked"));
+                    Some((last, (events, None, true)))
+                }
+                // The watcher is gone without a verdict: keep streaming unwatched.
+                Err(None) => events
+                    .next()
+                    .await
+                    .map(|event| (event, (events, None, false))),
+            }
+        },
+    )
 }

@@ -10,6 +10,7 @@ pub mod dialing_policy;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
+pub mod limits;
 pub mod me;
 pub mod media;
 pub mod metrics;
@@ -131,7 +132,7 @@ fn span_for(request: &Request<Body>) -> tracing::Span {
         Some(route) => tracing::info_span!("http", method = %request.method(),
             route = route.as_str(), request_id),
         None => tracing::info_span!("http", method = %request.method(),
-            route = "unmatched", path = request.uri().path(), request_id),
+            route = "unmatched", path = %crate::telemetry::redact_text(request.uri().path()), request_id),
     }
 }
 
@@ -158,6 +159,11 @@ pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Rout
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forwarded::identify,
+        ))
+        // Rate limits (429 + Retry-After): after identify, which knows the client address.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::rate_limit,
         ))
         .layer(
             TraceLayer::new_for_http()

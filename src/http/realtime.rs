@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in};
+use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in, recheck};
 use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
@@ -72,16 +72,29 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
     responses(
         (status = 200, description = "Token and the URL to open", body = RealtimeToken),
         (status = 422, description = "Unsupported encoding or sample rate", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "REALTIME_TOKENS_PER_MIN reached", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "AssemblyAI refused", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn token(
     State(state): State<AppState>,
-    _user: CurrentUser,
+    user: CurrentUser,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<RealtimeToken>, ApiError> {
     let client = state.assemblyai()?.clone();
+    // Each token is billable AssemblyAI time the browser spends without us in between.
+    let per_minute = state.config.limits.realtime_tokens_per_min;
+    state
+        .limiter
+        .take(&format!("aai-token:{}", user.id()), per_minute)
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            detail: format!(
+                "At most {per_minute} transcription tokens a minute (REALTIME_TOKENS_PER_MIN)."
+            ),
+            retry_after,
+        })?;
     // The body is optional: empty means the defaults. One that is sent is read like every
     // other JSON body (`http::extract::Json`): 415 without the JSON content type, 400 when
     // it does not parse, 422 when it does not fit the schema.
@@ -131,10 +144,11 @@ pub async fn token(
 /// Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out.
 #[utoipa::path(get, path = "/api/realtime/transcribe", operation_id = "connectRealtimeTranscription", tag = "realtime", params(AudioFormat),
     responses(
-        (status = 101, description = "Switching to the transcription WebSocket"),
+        (status = 101, description = "Switching to the transcription WebSocket. The session (and, with call_id, the membership) is re-checked every AUTH_STREAM_RECHECK_SECS; the socket closes with 4401 (session ended) or 4403 (membership ended) when either is gone"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Cookie session from a disallowed origin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "call_id is not the caller's organisation's", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "STREAMS_PER_USER_MAX live streams already open", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn transcribe(
@@ -152,6 +166,7 @@ pub async fn transcribe(
     }
     let assemblyai = state.assemblyai()?.clone();
     let params = params(&state, &format)?;
+    let mut organisation_id = None;
     if let Some(call_id) = format.call_id {
         let client = state.db.client().await.map_err(ApiError::internal)?;
         let call = calls::get_unscoped(&**client, call_id)
@@ -159,15 +174,23 @@ pub async fn transcribe(
             .map_err(ApiError::internal)?
             .ok_or(ApiError::NotFound)?;
         membership_in(&user, call.organisation_id)?;
+        organisation_id = Some(call.organisation_id);
     }
+    let slot = state
+        .streams
+        .acquire(user.id(), state.config.limits.streams_per_user)?;
     let tracker = state.bridges.clone();
+    // A browser sends 20–100 ms frames (a few KiB): anything far larger is refused (1009).
+    let max_message = state.config.limits.realtime_max_message_bytes;
+    let upgrade = upgrade
+        .max_message_size(max_message)
+        .max_frame_size(max_message);
     Ok(upgrade.on_upgrade(move |socket| {
-        tracker.track_future(browser::run(
-            state,
-            assemblyai,
-            params,
-            format.call_id,
-            socket,
-        ))
+        // Re-checked while the socket lives: a sign-out or a removal closes it (4401/4403).
+        let revoked = recheck::watch(&state, &user, organisation_id);
+        tracker.track_future(async move {
+            browser::run(state, assemblyai, params, format.call_id, socket, revoked).await;
+            drop(slot);
+        })
     }))
 }

@@ -23,6 +23,7 @@ use crate::calls;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::media::utterances::{self, ConversationTurn, Utterance};
+use crate::orgs::Role;
 use crate::recordings::agreement::{self, Agreement};
 use crate::recordings::audio::{AudioFormat, SNIFF_LEN};
 use crate::recordings::store::{self, Limits, StoreError};
@@ -76,6 +77,34 @@ fn limits(state: &AppState) -> Limits {
     }
 }
 
+/// Refuses (413) a new version of `size` bytes that would take the organisation past
+/// `RECORDINGS_QUOTA_BYTES_PER_ORG`; otherwise the bytes still free (`None`: no quota).
+/// Counted in PostgreSQL from the organisation's versions, so it holds across replicas; two
+/// uploads admitted at the same moment can overshoot by at most their own sizes.
+async fn within_quota(
+    state: &AppState,
+    organisation_id: Uuid,
+    size: u64,
+) -> Result<Option<u64>, ApiError> {
+    let quota = state.config.recordings.quota_bytes_per_org;
+    if quota == 0 {
+        return Ok(None);
+    }
+    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let used = recordings::bytes_used(&**client, organisation_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let remaining = quota.saturating_sub(used);
+    if size > remaining {
+        metrics::counter!("limits_refused_total", "limit" => "recordings_quota").increment(1);
+        return Err(ApiError::PayloadTooLarge(format!(
+            "The organisation's recordings would exceed its storage quota of {quota} bytes \
+             (RECORDINGS_QUOTA_BYTES_PER_ORG); {remaining} bytes are free."
+        )));
+    }
+    Ok(Some(remaining))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
@@ -85,7 +114,10 @@ pub struct UploadQuery {
     pub recording_id: Option<Uuid>,
 }
 
-/// The target of a new version, checked against the organisation (404 otherwise).
+/// The target of a new version, checked against the organisation (404 otherwise). A new
+/// recording is any member's to make; a new version of an existing one replaces what everyone
+/// in the organisation hears by default, so it takes an admin
+/// (docs/adr/0023-who-may-add-a-recording-version.md).
 async fn target(
     state: &AppState,
     org: &OrgContext,
@@ -99,6 +131,7 @@ async fn target(
             "send call_id or recording_id, not both".into(),
         )),
         (Some(recording_id), None) => {
+            org.require(Role::Admin)?;
             recordings::get(&**client, org.organisation_id, recording_id)
                 .await
                 .map_err(ApiError::internal)?
@@ -151,8 +184,9 @@ fn declared_format(headers: &HeaderMap) -> Result<AudioFormat, ApiError> {
     responses(
         (status = 201, description = "Stored", body = Recording),
         (status = 400, description = "Body ended early, stalled, or empty", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A new version of an existing recording needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than RECORDINGS_MAX_BYTES; nothing kept", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG; nothing kept", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not audio (by Content-Type or by its bytes)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn upload(
@@ -163,7 +197,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Recording>), ApiError> {
     let declared = declared_format(&headers)?;
-    let limits = limits(&state);
+    let mut limits = limits(&state);
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -173,6 +207,10 @@ pub async fn upload(
             limit: limits.max_bytes,
         }
         .into());
+    }
+    // The quota caps the stream too, for a body without Content-Length.
+    if let Some(remaining) = within_quota(&state, org.organisation_id, length.unwrap_or(1)).await? {
+        limits.max_bytes = limits.max_bytes.min(remaining);
     }
     let target = target(&state, &org, query.call_id, query.recording_id, "upload").await?;
     let sniffed = store::sniff(body.into_data_stream(), Some(declared), &limits).await?;
@@ -254,8 +292,9 @@ pub struct UploadUrl {
     params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation to act in")),
     responses(
         (status = 201, description = "Upload URL", body = UploadUrl),
+        (status = 403, description = "A new version of an existing recording needs the admin role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call or recording in this organisation", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "size_bytes above RECORDINGS_MAX_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "size_bytes above RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "content_type is not audio we accept", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "size_bytes is not positive", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -282,6 +321,7 @@ pub async fn upload_url(
         }
         .into());
     }
+    within_quota(&state, org.organisation_id, body.size_bytes as u64).await?;
     let target = target(&state, &org, body.call_id, body.recording_id, "direct").await?;
     let mut client = state.db.client().await.map_err(ApiError::internal)?;
     let reserved = recordings::reserve(&mut client, &target, format, Some(body.size_bytes), true)

@@ -35,7 +35,8 @@ pub struct TranslateRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TranslateResponse {
     pub translations: Vec<String>,
-    /// Which engine answered: `deepl`, `openai`, or `cache`.
+    /// Which engine answered: `deepl`, `openai`, or `cache` (every text was translated before
+    /// in this organisation; the cache is never shared between organisations).
     pub engine: Engine,
 }
 
@@ -50,7 +51,7 @@ pub struct TranslateResponse {
     ))]
 pub async fn translate(
     State(state): State<AppState>,
-    _org: OrgContext,
+    org: OrgContext,
     Json(body): Json<TranslateRequest>,
 ) -> Result<Json<TranslateResponse>, ApiError> {
     if body.texts.is_empty()
@@ -74,6 +75,7 @@ pub async fn translate(
     match state
         .translation
         .translate(
+            org.organisation_id,
             &body.texts,
             body.source_language.as_deref(),
             &body.target_language,

@@ -79,6 +79,84 @@ fn limits(state: &AppState) -> Limits {
     }
 }
 
+/// Where recordings may be downloaded from: https on `RECORDINGS_IMPORT_HOSTS` (a host or a
+/// subdomain of one), plus http on loopback in development (the simulators). Anything else —
+/// an internal address, another host, plain http — is refused before any request, and a
+/// redirect is followed only to an allowed source (docs/SECURITY.md).
+#[derive(Clone)]
+pub struct Sources {
+    hosts: Vec<String>,
+    loopback: bool,
+}
+
+impl Sources {
+    pub fn of(state: &AppState) -> Self {
+        Self {
+            hosts: state.config.recordings.import_hosts.clone(),
+            loopback: state.config.recordings.import_allow_loopback,
+        }
+    }
+
+    pub fn check(&self, url: &reqwest::Url) -> Result<(), String> {
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if self.loopback && loopback && matches!(url.scheme(), "http" | "https") {
+            return Ok(());
+        }
+        if url.scheme() != "https" {
+            return Err(format!(
+                "recordings are imported over https only, not {}",
+                url.scheme()
+            ));
+        }
+        let allowed = match url.host() {
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                self.hosts.iter().any(|host| {
+                    name == *host
+                        || name
+                            .strip_suffix(host.as_str())
+                            .is_some_and(|rest| rest.ends_with('.'))
+                })
+            }
+            _ => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "the recording host {} is not in RECORDINGS_IMPORT_HOSTS",
+                url.host_str().unwrap_or("(none)")
+            ))
+        }
+    }
+
+    /// A client that follows at most 3 redirects, each only to an allowed source.
+    fn client(&self) -> reqwest::Client {
+        let sources = self.clone();
+        crate::tls::install_crypto_provider();
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("callbridge/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 3 {
+                    attempt.error("too many redirects")
+                } else if let Err(refused) = sources.check(attempt.url()) {
+                    attempt.error(refused)
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()
+            .unwrap_or_default()
+    }
+}
+
 pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     let payload = &job.payload;
     let text = |name: &str| payload.get(name).and_then(Value::as_str).map(str::to_owned);
@@ -105,12 +183,19 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let http = crate::providers::http_client(Duration::from_secs(600));
+    let source = reqwest::Url::parse(&url)
+        .map_err(|_| Permanent("the recording URL is not a URL".into()))?;
+    let sources = Sources::of(&state);
+    sources.check(&source).map_err(Permanent)?;
+    let http = sources.client();
     let limits = limits(&state);
     let mut last_error = None;
     for attempt in 1..=3u32 {
-        let response = match http.get(&url).send().await {
+        let response = match http.get(source.clone()).send().await {
             Ok(response) => response,
+            Err(error) if error.is_redirect() => {
+                return Err(Permanent(format!("the recording URL redirected: {error}")).into());
+            }
             Err(error) => {
                 last_error = Some(anyhow::anyhow!("downloading the recording: {error}"));
                 tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
@@ -214,4 +299,52 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         }
     }
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("import failed")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sources;
+
+    fn check(url: &str, loopback: bool) -> Result<(), String> {
+        let sources = Sources {
+            hosts: vec!["telnyx.com".into(), "s3.amazonaws.com".into()],
+            loopback,
+        };
+        sources.check(&url.parse().unwrap())
+    }
+
+    #[test]
+    fn only_https_on_listed_hosts_outside_development() {
+        assert!(
+            check(
+                "https://s3.amazonaws.com/telephony-recorder-prod/a.wav?X-Amz-Expires=600",
+                false
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                "https://telephony-recorder-prod.s3.amazonaws.com/a.wav",
+                false
+            )
+            .is_ok()
+        );
+        assert!(check("https://api.telnyx.com/v2/recordings/a.wav", false).is_ok());
+        for refused in [
+            "http://s3.amazonaws.com/a.wav",
+            "https://evilamazonaws.com/a.wav",
+            "https://s3.amazonaws.com.evil.example/a.wav",
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[::1]/a.wav",
+            "http://127.0.0.1:9000/a.wav",
+            "file:///etc/passwd",
+        ] {
+            assert!(check(refused, false).is_err(), "{refused}");
+        }
+        assert!(
+            check("http://127.0.0.1:9000/a.wav", true).is_ok(),
+            "the simulator in development"
+        );
+        assert!(check("http://10.0.0.1/a.wav", true).is_err());
+    }
 }

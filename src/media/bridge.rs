@@ -448,6 +448,10 @@ async fn join_leg(
     if state.tts.is_none() {
         return (params, party, None);
     }
+    let Some(organisation_id) = organisation_of(state, leg.call_id).await else {
+        tracing::warn!(call_id = %leg.call_id, "the leg's call could not be read; it hears no translations");
+        return (params, party, None);
+    };
     let listens_in = if language == "auto" {
         PartyLanguage::Detected(detected_rx)
     } else {
@@ -457,6 +461,7 @@ async fn join_leg(
         state.clone(),
         leg.call_id,
         Listeners::Party {
+            organisation_id,
             language: listens_in,
             voice: leg.voice_id.clone(),
         },
@@ -485,6 +490,15 @@ async fn join_leg(
     (params, party, Some(task))
 }
 
+/// The tenant a call belongs to (the translation cache is scoped by it).
+async fn organisation_of(state: &AppState, call_id: Uuid) -> Option<Uuid> {
+    let client = state.db.client().await.ok()?;
+    let call = crate::calls::get_unscoped(&**client, call_id)
+        .await
+        .ok()??;
+    Some(call.organisation_id)
+}
+
 /// The call's two languages, when translation can run (both set, differing, TTS configured).
 async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
     state.tts.as_ref()?;
@@ -493,6 +507,7 @@ async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
         .await
         .ok()??;
     Some(Languages {
+        organisation_id: call.organisation_id,
         inbound: call.source_language?,
         outbound: call.target_language?,
         voice: call.voice_id,

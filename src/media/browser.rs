@@ -2,13 +2,16 @@
 //! to AssemblyAI's 50–1000 ms rule and relay AssemblyAI's messages back verbatim. When bound
 //! to a call, final turns are stored as that call's `browser` track.
 
+use axum::extract::ws::CloseFrame;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 use uuid::Uuid;
 
 use super::audio::ByteBatcher;
 use super::transcripts::{self, FinalTurn};
+use crate::auth::recheck::Revoked;
 use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
 use crate::state::AppState;
 
@@ -27,6 +30,7 @@ pub async fn run(
     params: StreamParams,
     call_id: Option<Uuid>,
     socket: WebSocket,
+    mut revoked: oneshot::Receiver<Revoked>,
 ) {
     let (mut browser_tx, mut browser_rx) = socket.split();
     let (aai, session_id) = match client.connect(&params).await {
@@ -58,6 +62,7 @@ pub async fn run(
         silence,
     );
     let mut terminating = false;
+    let mut watching = true;
     loop {
         tokio::select! {
             incoming = browser_rx.next(), if !terminating => match incoming {
@@ -116,6 +121,22 @@ pub async fn run(
                 Some(Ok(AaiMessage::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
+            verdict = &mut revoked, if watching => {
+                let Ok(reason) = verdict else {
+                    watching = false; // the watcher is gone without a verdict
+                    continue;
+                };
+                // Authorisation ended: stop transcribing (nothing more is billed) and tell the
+                // browser why, without relaying anything further to it.
+                let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                let _ = browser_tx
+                    .send(WsMessage::Close(Some(CloseFrame {
+                        code: reason.close_code(),
+                        reason: reason.detail().into(),
+                    })))
+                    .await;
+                return;
+            }
             () = state.shutdown.cancelled(), if !terminating => {
                 let _ = aai_tx.send(assemblyai::terminate_message()).await;
                 terminating = true;

@@ -54,6 +54,8 @@ pub struct Utterance {
 /// Who speaks which language on this call.
 #[derive(Debug, Clone)]
 pub struct Languages {
+    /// The call's tenant: the translation cache is per organisation.
+    pub organisation_id: Uuid,
     /// The far end (Telnyx `inbound` track): the call's `source_language`.
     pub inbound: String,
     /// The other party (`outbound` track): the call's `target_language`.
@@ -79,6 +81,8 @@ pub enum Listeners {
     /// party says, in this party's language (fixed, or detected from their own turns) and
     /// voice.
     Party {
+        /// The call's tenant: the translation cache is per organisation.
+        organisation_id: Uuid,
         language: PartyLanguage,
         voice: Option<String>,
     },
@@ -131,6 +135,15 @@ impl Listeners {
                 u.source_language.clone(),
                 language.resolve().await,
             ),
+        }
+    }
+
+    fn organisation_id(&self) -> Uuid {
+        match self {
+            Listeners::Tracks(languages) => languages.organisation_id,
+            Listeners::Party {
+                organisation_id, ..
+            } => *organisation_id,
         }
     }
 
@@ -218,9 +231,12 @@ async fn speak(
     // row costs the listener no latency. Every later update waits for both.
     let (stored, translated) = tokio::join!(
         insert(db, call_id, &u, source.as_deref(), Some(&target)),
-        state
-            .translation
-            .translate(std::slice::from_ref(&u.text), source.as_deref(), &target)
+        state.translation.translate(
+            listeners.organisation_id(),
+            std::slice::from_ref(&u.text),
+            source.as_deref(),
+            &target
+        )
     );
     if let Err(error) = stored {
         tracing::warn!(%error, "storing an utterance failed");

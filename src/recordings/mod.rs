@@ -346,3 +346,19 @@ pub async fn by_telnyx_id(
         .await?
         .map(|row| (row.get(0), row.get(1))))
 }
+
+/// Bytes of recording versions (stored, and pending direct uploads at their announced size)
+/// held by `organisation_id`: what its storage quota counts.
+pub async fn bytes_used(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+) -> Result<u64, crate::db::DbError> {
+    let row = client
+        .query_one(
+            "select coalesce(sum(v.size_bytes), 0)::bigint from recording_versions v
+             join recordings r on r.id = v.recording_id where r.organisation_id = $1",
+            &[&organisation_id],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}

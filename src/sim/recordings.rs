@@ -27,6 +27,8 @@ pub enum DownloadFault {
     Status(u16),
     /// Announce the full length, send this many bytes, then drop the connection.
     Truncate(usize),
+    /// Answer 302 with this `Location` (a presigned link that bounces somewhere else).
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -176,6 +178,13 @@ fn serve(sim: &RecordingServerSim, name: &str, query: &HashMap<String, String>) 
         Some(DownloadFault::Status(status)) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return s3_error(status, "InternalError", "Simulated failure");
+        }
+        Some(DownloadFault::Redirect(location)) => {
+            let mut response = StatusCode::FOUND.into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            return response;
         }
         Some(DownloadFault::Truncate(after)) => {
             let head = bytes.slice(..after.min(length));

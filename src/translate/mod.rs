@@ -1,6 +1,10 @@
 //! Translation behind a trait: DeepL first, OpenAI `gpt-4o-mini` as the fallback, a circuit
 //! breaker around DeepL (a 456 quota error or repeated failures open it; it half-opens after
-//! a cool-down), and a Postgres cache keyed by text and language pair.
+//! a cool-down), and a Postgres cache keyed by organisation, text and language pair.
+//!
+//! The cache is per organisation on purpose: a shared one would let any tenant learn, from
+//! `engine: "cache"` or from the latency, that an exact sentence was spoken in another
+//! tenant's call. Its rows are purged with the organisation's recording retention (`cron`).
 
 pub mod breaker;
 
@@ -10,6 +14,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::db::Db;
 use crate::providers::deepl::{DeepLClient, DeepLError};
@@ -114,6 +119,7 @@ impl TranslationService {
     /// Translations in order, and which engine produced them (`cache` when all were cached).
     pub async fn translate(
         &self,
+        organisation_id: Uuid,
         texts: &[String],
         source: Option<&str>,
         target: &str,
@@ -128,8 +134,9 @@ impl TranslationService {
             if let Ok(rows) = client
                 .query(
                     "select text_sha256, translation from translation_cache
-                     where text_sha256 = any($1) and source_language = $2 and target_language = $3",
-                    &[&keys, &source_key, &target],
+                     where organisation_id = $4 and text_sha256 = any($1)
+                       and source_language = $2 and target_language = $3",
+                    &[&keys, &source_key, &target, &organisation_id],
                 )
                 .await
             {
@@ -153,7 +160,14 @@ impl TranslationService {
         }
         let pending: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
         let (translated, engine) = self.uncached(&pending, source, target).await?;
-        self.remember(&pending, &translated, source_key, target, engine);
+        self.remember(
+            organisation_id,
+            &pending,
+            &translated,
+            source_key,
+            target,
+            engine,
+        );
         for (index, translation) in missing.into_iter().zip(translated) {
             results[index] = Some(translation);
         }
@@ -168,6 +182,7 @@ impl TranslationService {
     /// costs a provider call later.
     fn remember(
         &self,
+        organisation_id: Uuid,
         texts: &[String],
         translations: &[String],
         source_key: String,
@@ -187,10 +202,10 @@ impl TranslationService {
             };
             let written = client
                 .execute(
-                    "insert into translation_cache (text_sha256, source_language, target_language, translation, engine)
-                     select key, $2, $3, translation, $5 from unnest($1::bytea[], $4::text[]) as t (key, translation)
+                    "insert into translation_cache (organisation_id, text_sha256, source_language, target_language, translation, engine)
+                     select $6, key, $2, $3, translation, $5 from unnest($1::bytea[], $4::text[]) as t (key, translation)
                      on conflict do nothing",
-                    &[&keys, &source_key, &target, &translations, &engine],
+                    &[&keys, &source_key, &target, &translations, &engine, &organisation_id],
                 )
                 .await;
             if let Err(error) = written {

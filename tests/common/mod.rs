@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod authjs;
+pub mod edge;
 #[cfg(feature = "sim")]
 pub mod soak;
 pub mod sse;
@@ -168,6 +169,7 @@ pub const PRODUCTION_ENV: &[(&str, &str)] = &[
     ("OPENAI_API_KEY", "openai"),
     ("ELEVENLABS_API_KEY", "eleven"),
     ("EDGE_SHARED_SECRET", "edge"),
+    ("METRICS_TOKEN", "metrics"),
 ];
 
 /// The configuration a test app runs with, plus overrides.

@@ -1181,7 +1181,10 @@ export interface components {
             texts: string[];
         };
         TranslateResponse: {
-            /** @description Which engine answered: `deepl`, `openai`, or `cache`. */
+            /**
+             * @description Which engine answered: `deepl`, `openai`, or `cache` (every text was translated before
+             *     in this organisation; the cache is never shared between organisations).
+             */
             engine: components["schemas"]["Engine"];
             translations: string[];
         };
@@ -1628,7 +1631,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description text/event-stream of CallEvent (event name = kind, data = JSON) */
+            /** @description text/event-stream of CallEvent (event name = kind, data = JSON). The session and membership are re-checked every AUTH_STREAM_RECHECK_SECS; when either is gone the stream ends with one `auth.revoked` event (data = RevokedEvent) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1666,6 +1669,15 @@ export interface operations {
             };
             /** @description No such call in this organisation */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STREAMS_PER_USER_MAX live streams already open */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3115,7 +3127,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description No session credential, or an unknown, expired or malformed one */
+            /** @description No valid session */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3153,6 +3165,15 @@ export interface operations {
             };
             /** @description Unsupported encoding or sample rate */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description REALTIME_TOKENS_PER_MIN reached */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3205,7 +3226,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Switching to the transcription WebSocket */
+            /** @description Switching to the transcription WebSocket. The session (and, with call_id, the membership) is re-checked every AUTH_STREAM_RECHECK_SECS; the socket closes with 4401 (session ended) or 4403 (membership ended) when either is gone */
             101: {
                 headers: {
                     [name: string]: unknown;
@@ -3241,6 +3262,15 @@ export interface operations {
             };
             /** @description call_id is not the caller's organisation's */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description STREAMS_PER_USER_MAX live streams already open */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3321,7 +3351,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            /** @description A new version of an existing recording needs the admin role */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3339,7 +3369,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Larger than RECORDINGS_MAX_BYTES; nothing kept */
+            /** @description Larger than RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG; nothing kept */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -3411,7 +3441,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
+            /** @description A new version of an existing recording needs the admin role */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3429,7 +3459,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description size_bytes above RECORDINGS_MAX_BYTES */
+            /** @description size_bytes above RECORDINGS_MAX_BYTES or the organisation's RECORDINGS_QUOTA_BYTES_PER_ORG */
             413: {
                 headers: {
                     [name: string]: unknown;
