@@ -136,7 +136,9 @@ impl StreamSlots {
     }
 }
 
-fn exempt(path: &str) -> bool {
+/// Routes no request rate limit applies to (probes, signed webhooks, the media stream). The
+/// OpenAPI document lists a 429 on every other route.
+pub(crate) fn exempt(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
         || path.starts_with("/webhooks/")
         || path.starts_with(crate::http::forwarded::MEDIA_STREAM_PREFIX)

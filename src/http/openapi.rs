@@ -137,7 +137,8 @@ pub fn finish(spec: &mut utoipa::openapi::OpenApi, config: &Config) {
         .map(|name| SecurityRequirement::new(name, Vec::<String>::new()))
         .collect();
 
-    for item in spec.paths.paths.values_mut() {
+    for (path, item) in spec.paths.paths.iter_mut() {
+        let rate_limited = !crate::http::limits::exempt(path);
         for (method, operation) in operations_mut(item) {
             let operation = operation.as_mut().expect("filtered to present operations");
             // Not declared in the annotation: the route needs the session.
@@ -151,12 +152,19 @@ pub fn finish(spec: &mut utoipa::openapi::OpenApi, config: &Config) {
                         .is_ok_and(|v| session_schemes.iter().any(|name| v.get(name).is_some()))
                 }),
             };
-            for (status, reason) in shared_answers(method, operation, uses_session) {
+            let mut answers = shared_answers(method, operation, uses_session);
+            if rate_limited && !operation.responses.responses.contains_key("429") {
+                answers.push((429, "A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait".into()));
+            }
+            for (status, reason) in answers {
                 operation
                     .responses
                     .responses
                     .entry(status.to_string())
-                    .or_insert_with(|| problem_response(&reason));
+                    .or_insert_with(|| match status {
+                        429 => rate_limited_response(&reason),
+                        _ => problem_response(&reason),
+                    });
             }
         }
     }
@@ -174,6 +182,21 @@ fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
             )
             .build(),
     )
+}
+
+/// A 429 problem with its `Retry-After` header.
+fn rate_limited_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    let RefOr::T(mut response) = problem_response(description) else {
+        unreachable!("problem_response builds an inline response")
+    };
+    let mut retry_after = utoipa::openapi::header::Header::new(
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(0)),
+    );
+    retry_after.description = Some("Seconds before the request may be sent again".into());
+    response.headers.insert("Retry-After".into(), retry_after);
+    RefOr::T(response)
 }
 
 /// Whether a parameter's schema is a plain string (which any value satisfies).
