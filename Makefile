@@ -1,6 +1,6 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
 # `make help` lists every target.
-.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak
+.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak conformance
 .PHONY: edge-deps ts-lint workflows-lint wrangler-lint docs-lint dev-session openapi-lint openapi
 .DEFAULT_GOAL := help
 
@@ -60,6 +60,9 @@ bench: ## benchmarks; prints a table with ratios against an in-run baseline
 
 soak: ## stress runs at full scale (tests/soak_*.rs with CALLBRIDGE_SOAK=long) and the upload's RSS
 	.ci/soak.sh
+
+conformance: ## Schemathesis against the container + simulators: statuses, types, bodies as documented
+	.ci/schemathesis.sh
 
 demo: ## one simulated interpreted call end to end (en agent, es remote): conversation, latencies
 	.ci/demo.sh
