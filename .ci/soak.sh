@@ -28,13 +28,13 @@ log "soak scenarios at full scale (CALLBRIDGE_SOAK=long), one at a time"
 # One at a time (--no-capture runs serially): the figures are per scenario, not a contest
 # for the same cores.
 if cargo nextest --version >/dev/null 2>&1; then
-  CALLBRIDGE_SOAK=long cargo nextest run --features sim -E 'binary(/^soak_/)' \
+  CALLBRIDGE_SOAK=long cargo nextest run --features sim -E 'binary(/^soak_/)' --run-ignored all \
     --no-capture --no-fail-fast 2>&1 | tee "$run_dir/soak.log" || status=1
 else
   tests=()
   for file in tests/soak_*.rs; do tests+=(--test "$(basename "$file" .rs)"); done
   CALLBRIDGE_SOAK=long cargo test --features sim "${tests[@]}" --no-fail-fast -- \
-    --nocapture --test-threads 1 2>&1 | tee "$run_dir/soak.log" || status=1
+    --nocapture --include-ignored --test-threads 1 2>&1 | tee "$run_dir/soak.log" || status=1
 fi
 
 log "1 GiB upload: the server's memory from outside the process (VmHWM, VmRSS)"

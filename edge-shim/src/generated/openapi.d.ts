@@ -1399,6 +1399,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -1598,6 +1609,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -1765,6 +1787,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -1854,6 +1887,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -1925,6 +1969,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -1952,6 +2007,17 @@ export interface operations {
                 };
                 content: {
                     "text/html": unknown;
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description An unexpected error; quote the `request_id` when reporting it */
@@ -2016,6 +2082,17 @@ export interface operations {
             /** @description X-Org-Id names an organisation the caller is not in */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2118,6 +2195,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -2145,6 +2233,17 @@ export interface operations {
                 };
                 content: {
                     "application/json": unknown;
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description An unexpected error; quote the `request_id` when reporting it */
@@ -2234,6 +2333,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -2287,6 +2397,17 @@ export interface operations {
             /** @description No such organisation, or not a member */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2392,6 +2513,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -2445,6 +2577,17 @@ export interface operations {
             /** @description No such organisation, or not a member */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2559,6 +2702,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -2631,6 +2785,17 @@ export interface operations {
             /** @description Would leave the organisation without an owner */
             409: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2714,6 +2879,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -2776,6 +2952,17 @@ export interface operations {
             /** @description `X-Org-Id` names an organisation the caller is not a member of */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2890,6 +3077,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -2997,6 +3195,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -3078,6 +3287,17 @@ export interface operations {
             /** @description No such number in this organisation */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3387,6 +3607,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -3486,6 +3717,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -3554,6 +3796,17 @@ export interface operations {
             /** @description No such recording (or version) in this organisation */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3671,6 +3924,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -3739,6 +4003,17 @@ export interface operations {
             /** @description No such recording, or nothing stored yet */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3826,6 +4101,17 @@ export interface operations {
             /** @description Invalid language codes */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3941,6 +4227,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description An unexpected error; quote the `request_id` when reporting it */
             500: {
                 headers: {
@@ -4020,6 +4317,17 @@ export interface operations {
             /** @description No valid debug access */
             401: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
