@@ -20,6 +20,8 @@ use crate::db::DbError;
 /// Which side of the conversation a leg carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+// Named apart from the membership `Role` (owner/admin/member): one schema name each.
+#[schema(as = LegRole)]
 pub enum Role {
     /// The organisation's side.
     Agent,

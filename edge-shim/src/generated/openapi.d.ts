@@ -886,7 +886,7 @@ export interface components {
             language?: string | null;
             /** @description E.164 number of this party. */
             number: string;
-            role: components["schemas"]["Role"];
+            role: components["schemas"]["LegRole"];
             sip_hangup_cause?: string | null;
             status: components["schemas"]["CallStatus"];
             /** @description `started`, `stopped` or `failed`: the leg's media stream as Telnyx reported it. */
@@ -894,6 +894,11 @@ export interface components {
             /** @description ElevenLabs voice this party hears translations in. */
             voice_id?: string | null;
         };
+        /**
+         * @description Which side of the conversation a leg carries.
+         * @enum {string}
+         */
+        LegRole: "agent" | "remote";
         LiveTurn: {
             /** Format: int64 */
             end_ms?: number | null;
