@@ -292,8 +292,8 @@ pub async fn release_hangup(client: &impl GenericClient, id: Uuid) -> Result<(),
     Ok(())
 }
 
-/// Applies one Telnyx lifecycle event to a leg. Order-independent by construction, like
-/// [`super::apply_event`] for the call.
+/// Applies one Telnyx lifecycle event to a leg, by the same rules as the call's
+/// ([`super::apply_event`]).
 pub async fn apply_event(
     client: &impl GenericClient,
     id: Uuid,
@@ -301,74 +301,15 @@ pub async fn apply_event(
     occurred_at: DateTime<Utc>,
     payload: &serde_json::Value,
 ) -> Result<(), DbError> {
-    let field = |name: &str| {
-        payload
-            .get(name)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    };
-    match event_type {
-        "call.initiated" => {
-            client
-                .execute(
-                    "update call_legs set
-                        status = case when call_status_rank('initiated') > call_status_rank(status) then 'initiated' else status end,
-                        initiated_at = least(coalesce(initiated_at, $2), $2),
-                        telnyx_call_control_id = coalesce(telnyx_call_control_id, $3),
-                        telnyx_call_leg_id = coalesce(telnyx_call_leg_id, $4),
-                        telnyx_call_session_id = coalesce(telnyx_call_session_id, $5),
-                        updated_at = now()
-                     where id = $1",
-                    &[&id, &occurred_at, &field("call_control_id"), &field("call_leg_id"), &field("call_session_id")],
-                )
-                .await?;
-        }
-        "call.answered" => {
-            client
-                .execute(
-                    "update call_legs set
-                        status = case when call_status_rank('answered') > call_status_rank(status) then 'answered' else status end,
-                        answered_at = least(coalesce(answered_at, $2), $2),
-                        updated_at = now()
-                     where id = $1",
-                    &[&id, &occurred_at],
-                )
-                .await?;
-        }
-        "call.hangup" => {
-            client
-                .execute(
-                    "update call_legs set
-                        status = case when status = 'failed' then status else 'ended' end,
-                        ended_at = coalesce(ended_at, $2),
-                        hangup_cause = coalesce(hangup_cause, $3),
-                        hangup_source = coalesce(hangup_source, $4),
-                        sip_hangup_cause = coalesce(sip_hangup_cause, $5),
-                        updated_at = now()
-                     where id = $1",
-                    &[
-                        &id,
-                        &occurred_at,
-                        &field("hangup_cause"),
-                        &field("hangup_source"),
-                        &field("sip_hangup_cause"),
-                    ],
-                )
-                .await?;
-        }
-        streaming if streaming.starts_with("streaming.") => {
-            let state = streaming.trim_start_matches("streaming.");
-            client
-                .execute(
-                    "update call_legs set stream_state = $2, stream_state_at = $3, updated_at = now()
-                     where id = $1 and (stream_state_at is null or stream_state_at <= $3)",
-                    &[&id, &state, &occurred_at],
-                )
-                .await?;
-        }
-        _ => {}
-    }
-    Ok(())
+    super::apply_lifecycle(
+        client,
+        super::Lifecycle::Leg,
+        id,
+        event_type,
+        occurred_at,
+        payload,
+    )
+    .await
 }
 
 /// What the call needs next, after its legs changed.

@@ -338,24 +338,64 @@ pub async fn apply_event(
     occurred_at: DateTime<Utc>,
     payload: &serde_json::Value,
 ) -> Result<(), DbError> {
+    apply_lifecycle(
+        client,
+        Lifecycle::Call,
+        id,
+        event_type,
+        occurred_at,
+        payload,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The rows a Telnyx lifecycle event moves: a call, or one leg of an interpreted call. Both
+/// carry the same status, times, hang-up and stream columns.
+#[derive(Debug, Clone, Copy)]
+pub enum Lifecycle {
+    Call,
+    Leg,
+}
+
+impl Lifecycle {
+    fn table(self) -> &'static str {
+        match self {
+            Lifecycle::Call => "calls",
+            Lifecycle::Leg => "call_legs",
+        }
+    }
+}
+
+/// Moves `id`'s row in `rows` forward by one Telnyx lifecycle event: status only up the
+/// rank, first times kept, stream state only by a newer event.
+pub async fn apply_lifecycle(
+    client: &impl GenericClient,
+    rows: Lifecycle,
+    id: Uuid,
+    event_type: &str,
+    occurred_at: DateTime<Utc>,
+    payload: &serde_json::Value,
+) -> Result<(), DbError> {
     let field = |name: &str| {
         payload
             .get(name)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
+    let table = rows.table();
     match event_type {
         "call.initiated" => {
             client
                 .execute(
-                    "update calls set
+                    &format!("update {table} set
                         status = case when call_status_rank('initiated') > call_status_rank(status) then 'initiated' else status end,
                         initiated_at = least(coalesce(initiated_at, $2), $2),
                         telnyx_call_control_id = coalesce(telnyx_call_control_id, $3),
                         telnyx_call_leg_id = coalesce(telnyx_call_leg_id, $4),
                         telnyx_call_session_id = coalesce(telnyx_call_session_id, $5),
                         updated_at = now()
-                     where id = $1",
+                     where id = $1"),
                     &[&id, &occurred_at, &field("call_control_id"), &field("call_leg_id"), &field("call_session_id")],
                 )
                 .await?;
@@ -363,11 +403,11 @@ pub async fn apply_event(
         "call.answered" => {
             client
                 .execute(
-                    "update calls set
+                    &format!("update {table} set
                         status = case when call_status_rank('answered') > call_status_rank(status) then 'answered' else status end,
                         answered_at = least(coalesce(answered_at, $2), $2),
                         updated_at = now()
-                     where id = $1",
+                     where id = $1"),
                     &[&id, &occurred_at],
                 )
                 .await?;
@@ -375,14 +415,16 @@ pub async fn apply_event(
         "call.hangup" => {
             client
                 .execute(
-                    "update calls set
+                    &format!(
+                        "update {table} set
                         status = case when status = 'failed' then status else 'ended' end,
                         ended_at = coalesce(ended_at, $2),
                         hangup_cause = coalesce(hangup_cause, $3),
                         hangup_source = coalesce(hangup_source, $4),
                         sip_hangup_cause = coalesce(sip_hangup_cause, $5),
                         updated_at = now()
-                     where id = $1",
+                     where id = $1"
+                    ),
                     &[
                         &id,
                         &occurred_at,
@@ -397,15 +439,15 @@ pub async fn apply_event(
             let state = streaming.trim_start_matches("streaming.");
             client
                 .execute(
-                    "update calls set stream_state = $2, stream_state_at = $3, updated_at = now()
-                     where id = $1 and (stream_state_at is null or stream_state_at <= $3)",
+                    &format!("update {table} set stream_state = $2, stream_state_at = $3, updated_at = now()
+                     where id = $1 and (stream_state_at is null or stream_state_at <= $3)"),
                     &[&id, &state, &occurred_at],
                 )
                 .await?;
         }
         _ => {}
     }
-    mirror_one_leg(client, id).await
+    Ok(())
 }
 
 pub async fn mark_failed(
