@@ -88,6 +88,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         },
         listener,
         job_bell: crate::jobs::bell::Bell::start(db.clone(), shutdown.clone()),
+        heartbeats: crate::media::heartbeats::Heartbeats::start(
+            db.clone(),
+            crate::media::heartbeats::replica_name(),
+            shutdown.clone(),
+        ),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
         hub: Default::default(),

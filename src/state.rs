@@ -60,6 +60,8 @@ pub struct Shared {
     pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,
     /// Wakes job workers (here and on other replicas) after an enqueue commits.
     pub job_bell: crate::jobs::bell::Bell,
+    /// The replica's media stream heartbeats, written in batches.
+    pub heartbeats: crate::media::heartbeats::Heartbeats,
     /// Request rate limits (per replica, `http::limits`).
     pub limiter: crate::http::limits::Limiter,
     /// Open SSE streams and WebSockets per user (per replica).

@@ -295,11 +295,7 @@ pub async fn run(
         Target::Call(id) => *id,
         Target::Leg(leg, _) => leg.call_id,
     };
-    let replica = format!(
-        "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
-        std::process::id()
-    );
+    let replica = super::heartbeats::replica_name();
     let tail_bound = state.config.media.tail_delivery;
     let resume = Resume::load(&state.db, call_id, connected_at)
         .await
@@ -404,6 +400,7 @@ pub async fn run(
     while bridge.storage.join_next().await.is_some() {}
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
     // re-attaches it. Any other end (Telnyx stop, hangup) is final.
+    bridge.state.heartbeats.forget(call_id);
     let recorded = if bridge.state.shutdown.is_cancelled() {
         super::reattach::detach(&bridge.state, call_id).await
     } else {
@@ -713,7 +710,7 @@ impl Bridge {
                     tracing::warn!(encoding = %start.encoding, "unexpected media encoding; expected PCMU");
                 }
                 self.stream_id = Some(start.stream_id);
-                self.heartbeat();
+                self.heartbeat_now();
                 for &track in self.tracks_carried() {
                     self.ensure_track(track);
                 }
@@ -1541,7 +1538,17 @@ impl Bridge {
         });
     }
 
+    /// The periodic beat: batched with every other stream of this replica
+    /// (`media::heartbeats`), so live calls cost PostgreSQL a constant, not a statement each.
     fn heartbeat(&mut self) {
+        self.state
+            .heartbeats
+            .beat(self.call_id, self.stream_id.as_deref(), &self.positions());
+    }
+
+    /// The beat when the stream starts, written at once: the stream is claimed for this
+    /// replica before any sweep could think it abandoned.
+    fn heartbeat_now(&mut self) {
         let (db, call_id, replica, stream_id, positions) = (
             self.state.db.clone(),
             self.call_id,
