@@ -2,6 +2,8 @@
 //! ports, and child processes that die with the benchmark.
 #![allow(dead_code)]
 
+pub mod measure;
+
 use std::process::Child;
 use std::time::Duration;
 
