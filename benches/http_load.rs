@@ -7,6 +7,7 @@
 //! with PostgreSQL restarted midway. A webhook lost or doubled fails the run (exit 1).
 //! Baseline in the same run: `GET /healthz` through the same client. Writes
 //! `http_load.json` (docs/BENCHMARKS.md). Needs PostgreSQL (`BENCH_DATABASE_URL`).
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

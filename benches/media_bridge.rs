@@ -7,6 +7,7 @@
 //! live call, PostgreSQL transactions per live call per minute in steady state. The run
 //! fails (exit 1) when any frame is lost or doubled. Writes `media_bridge.json`
 //! (docs/BENCHMARKS.md).
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

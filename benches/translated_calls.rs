@@ -12,6 +12,7 @@
 //!
 //! Invariants asserted (exit 1): every turn became exactly one utterance, each played, and
 //! every one was timed. Writes `translated_calls.json` (docs/BENCHMARKS.md).
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

@@ -19,13 +19,9 @@ use crate::db::{Db, DbError};
 /// `reattach::STALE_AFTER_SECS`.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
-/// This process's name in `media_streams.replica`: host and process id.
-pub fn replica_name() -> String {
-    format!(
-        "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
-        std::process::id()
-    )
+/// This process's name in `media_streams.replica`: host (`HOSTNAME`) and process id.
+pub fn replica_name(hostname: Option<&str>) -> String {
+    format!("{}-{}", hostname.unwrap_or("local"), std::process::id())
 }
 
 #[derive(Default)]

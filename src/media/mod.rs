@@ -6,7 +6,6 @@
 //! what comes back, `heartbeats` writes the replica's stream heartbeats in batches,
 //! `playout` speaks translations back and `utterances` reads how they went.
 
-pub mod audio;
 pub mod bridge;
 pub mod browser;
 pub mod frames;
@@ -17,5 +16,6 @@ pub mod playout;
 pub mod reattach;
 pub mod replay;
 pub mod resume;
+pub mod shaping;
 pub mod transcripts;
 pub mod utterances;
