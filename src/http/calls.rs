@@ -370,6 +370,7 @@ pub async fn create(
             "{}/webhooks/telnyx",
             state.config.webhook_base_url.as_str().trim_end_matches('/')
         )),
+        timeout_secs: None,
     };
     match telnyx.dial(&request).await {
         Ok(dialed) => {
