@@ -58,6 +58,7 @@ async fn spawn(answer_after: Duration) -> Lines {
         hangup_after: None,
     }));
     t.sim.speak_for(Duration::from_millis(100));
+    t.sim.deliver_webhooks_to(&t.webhook_url());
     let ada = t.app.sign_in("Ada").await;
     t.own_number(&ada, LINE).await;
     let me: Value = t.app.get_as(&ada, "/api/me").await.json().await.unwrap();
@@ -156,6 +157,7 @@ impl Lines {
         })
         .await
     }
+
 
     async fn commands(&self, action: &str, at_least: usize) -> Vec<RecordedCommand> {
         self.until(&format!("{at_least} {action} commands"), async || {
@@ -446,15 +448,16 @@ async fn line_settings_are_checked_and_kept_to_the_organisation() {
     // Not a line yet; another organisation's number does not exist; members cannot
     // configure lines.
     assert_problem(it.t.app.get_as(&it.ada, &it.line_path()).await, 404).await;
-    let bob = it.t.app.sign_in("Bob").await;
+    let cy = it.t.app.sign_in("Cy").await;
     let others =
         it.t.app
-            .request_as(Method::PUT, &bob, &it.line_path())
+            .request_as(Method::PUT, &cy, &it.line_path())
             .json(&auto_line())
             .send()
             .await
             .unwrap();
     assert_problem(others, 404).await;
+    let bob = it.t.app.sign_in("Bob").await;
     let org: uuid::Uuid = it.org.parse().unwrap();
     it.t.app
         .db()

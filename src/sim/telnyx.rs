@@ -84,6 +84,9 @@ struct Inner {
     unanswered: HashSet<String>,
     /// How long a piloted call's `speak` plays before `call.speak.ended`.
     speak_duration: Option<Duration>,
+    /// Where piloted dials' webhooks go instead of the dial's `webhook_url` (a test's
+    /// service listens on a port its configured public URL does not name).
+    webhooks_to: Option<String>,
 }
 
 /// Plays the far end of every dialled call, as Telnyx and a person answering would: the
@@ -349,6 +352,11 @@ impl TelnyxSim {
             tokio::time::sleep(after).await;
             self.pilot_hangup(&ccid, "callee").await;
         }
+    }
+
+    /// Piloted dials send their webhooks to `webhook_url`, whatever the dial named.
+    pub fn deliver_webhooks_to(&self, webhook_url: &str) {
+        self.lock().webhooks_to = Some(webhook_url.to_owned());
     }
 
     /// Calls to `e164` ring until the dial's `timeout_secs` and are never answered
@@ -655,7 +663,8 @@ async fn dial(
     let ccid = format!("v3:sim-{}", uuid::Uuid::new_v4().simple());
     let mut inner = sim.lock();
     let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
-    if let (Some(autopilot), Some(webhook_url)) = (inner.autopilot, text("webhook_url")) {
+    let webhook_url = inner.webhooks_to.clone().or_else(|| text("webhook_url"));
+    if let (Some(autopilot), Some(webhook_url)) = (inner.autopilot, webhook_url) {
         inner.piloted.insert(
             ccid.clone(),
             PilotedCall {
