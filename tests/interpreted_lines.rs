@@ -134,7 +134,9 @@ impl Lines {
                 .json()
                 .await
                 .ok()?;
-            let id = page["calls"].as_array()?.first()?["id"].as_str()?.to_owned();
+            let id = page["calls"].as_array()?.first()?["id"]
+                .as_str()?
+                .to_owned();
             Some(self.call(&id).await)
         })
         .await
@@ -157,7 +159,6 @@ impl Lines {
         })
         .await
     }
-
 
     async fn commands(&self, action: &str, at_least: usize) -> Vec<RecordedCommand> {
         self.until(&format!("{at_least} {action} commands"), async || {
@@ -225,11 +226,10 @@ async fn a_caller_to_a_line_is_greeted_in_each_candidate_language_then_talks_wit
             .unwrap();
     assert_eq!(fetched, line);
 
-    let caller_ccid = it
-        .t
-        .sim
-        .inbound_call(&it.t.webhook_url(), CALLER, LINE)
-        .await;
+    let caller_ccid =
+        it.t.sim
+            .inbound_call(&it.t.webhook_url(), CALLER, LINE)
+            .await;
     let call = it.only_call().await;
     let id = call["id"].as_str().unwrap().to_owned();
     assert_eq!(call["direction"], "inbound");
@@ -322,11 +322,10 @@ async fn an_agent_who_does_not_answer_leaves_the_caller_an_apology_and_both_legs
     line["apology"] = json!("Nobody is free right now, sorry.");
     assert_eq!(it.put_line(&line).await.status(), 200);
 
-    let caller_ccid = it
-        .t
-        .sim
-        .inbound_call(&it.t.webhook_url(), CALLER, LINE)
-        .await;
+    let caller_ccid =
+        it.t.sim
+            .inbound_call(&it.t.webhook_url(), CALLER, LINE)
+            .await;
     let call = it.only_call().await;
     let id = call["id"].as_str().unwrap().to_owned();
     let dial = &it.commands("dial", 1).await[0];
@@ -343,7 +342,10 @@ async fn an_agent_who_does_not_answer_leaves_the_caller_an_apology_and_both_legs
     assert_eq!(call["legs"][0]["status"], "ended");
     assert_eq!(call["legs"][0]["hangup_cause"], "timeout");
     assert_eq!(call["legs"][1]["status"], "ended");
-    assert!(call["answered_at"].is_null(), "the conversation never began");
+    assert!(
+        call["answered_at"].is_null(),
+        "the conversation never began"
+    );
 
     let commands = it.t.sim.commands();
     let speaks: Vec<&RecordedCommand> = commands.iter().filter(|c| c.action == "speak").collect();
@@ -426,7 +428,12 @@ async fn line_settings_are_checked_and_kept_to_the_organisation() {
     refused(with("forward_to", json!("4155550111")), 422, "forward_to").await;
     refused(with("forward_to", json!(LINE)), 422, "platform").await;
     refused(with("greeting", json!("x".repeat(301))), 422, "greeting").await;
-    refused(with("agent_timeout_secs", json!(2)), 422, "agent_timeout_secs").await;
+    refused(
+        with("agent_timeout_secs", json!(2)),
+        422,
+        "agent_timeout_secs",
+    )
+    .await;
     refused(with("original_audio", json!("loud")), 422, "original_audio").await;
     // A language no speech model transcribes, named.
     refused(with("caller_languages", json!(["es", "tlh"])), 422, "tlh").await;

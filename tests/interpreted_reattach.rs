@@ -154,7 +154,10 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
         2,
         "B restarts each leg's stream"
     );
-    assert_eq!(callbridge::media::reattach::sweep(&b.state).await.unwrap(), 0);
+    assert_eq!(
+        callbridge::media::reattach::sweep(&b.state).await.unwrap(),
+        0
+    );
 
     let starts = a.sim.commands_named("streaming_start");
     assert_eq!(starts.len(), 2);

@@ -16,6 +16,7 @@
 //! A failure names the operation and says what to add; a new route usually needs nothing
 //! here, only a body in [`body_for`] when its request body has no schema examples.
 #![cfg(feature = "sim")]
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 
@@ -302,7 +303,11 @@ fn operations(doc: &Value) -> Vec<Operation> {
         let delete = op.method == Method::DELETE;
         (
             delete,
-            std::cmp::Reverse(if delete { op.path.matches('/').count() } else { 0 }),
+            std::cmp::Reverse(if delete {
+                op.path.matches('/').count()
+            } else {
+                0
+            }),
         )
     });
     all
@@ -462,8 +467,10 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
             return json_body(json!({"number": CLAIMED_IN_WALK, "label": "second"}));
         }
         "putPhoneNumberLine" => {
-            return json_body(json!({"forward_to": "+14155550111", "caller_language": "es",
-                "agent_language": "en", "greeting": "Thank you for calling."}));
+            return json_body(
+                json!({"forward_to": "+14155550111", "caller_language": "es",
+                "agent_language": "en", "greeting": "Thank you for calling."}),
+            );
         }
         "setDialingPolicy" => {
             return json_body(json!({"allowed_countries": ["US"], "min_role": "member"}));

@@ -348,7 +348,10 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
     };
     // An interpreted call that came in is a line's: its caller is on the line first.
     let inbound: bool = client
-        .query_opt("select direction = 'inbound' from calls where id = $1", &[&call_id])
+        .query_opt(
+            "select direction = 'inbound' from calls where id = $1",
+            &[&call_id],
+        )
         .await?
         .is_some_and(|row| row.get(0));
     let (first, second) = if inbound {

@@ -169,9 +169,8 @@ async fn check(
     }
     let auto = settings.caller_language == "auto";
     if !auto && !super::is_language_code(&settings.caller_language) {
-        problems.push(
-            "caller_language must be a language code like es or pt-BR, or auto".to_owned(),
-        );
+        problems
+            .push("caller_language must be a language code like es or pt-BR, or auto".to_owned());
     }
     if let Err(why) = models.choose(&settings.caller_language) {
         problems.push(format!("caller_language: {why}"));
@@ -228,10 +227,7 @@ async fn check(
     if !(5..=120).contains(&settings.agent_timeout_secs) {
         problems.push("agent_timeout_secs must be between 5 and 120".to_owned());
     }
-    if !matches!(
-        settings.original_audio.as_str(),
-        "off" | "ducked" | "full"
-    ) {
+    if !matches!(settings.original_audio.as_str(), "off" | "ducked" | "full") {
         problems.push("original_audio must be off, ducked or full".to_owned());
     }
     if !problems.is_empty() {
@@ -515,7 +511,14 @@ pub async fn answer_inbound(
         },
     )
     .await?;
-    legs::apply_event(client, caller, &event.event_type, occurred_at, &event.payload).await?;
+    legs::apply_event(
+        client,
+        caller,
+        &event.event_type,
+        occurred_at,
+        &event.payload,
+    )
+    .await?;
     legs::settle(client, call.id).await?;
     events::append(
         client,
@@ -552,8 +555,7 @@ pub async fn answer_inbound(
         )
         .await?;
     super::mark_answer_requested(client, call.id).await?;
-    guard::schedule_max_duration(client, call.id, state.config.telephony.max_call_duration)
-        .await?;
+    guard::schedule_max_duration(client, call.id, state.config.telephony.max_call_duration).await?;
     Ok(Some(call))
 }
 
@@ -708,9 +710,12 @@ pub async fn apologise(state: &AppState, call: &Call, caller: &Leg) -> anyhow::R
             .await?;
     }
     let detected = caller.detected_language.as_deref().map(primary);
-    let first = match detected
-        .and_then(|d| script.prompts.iter().position(|p| primary(&p.language) == d))
-    {
+    let first = match detected.and_then(|d| {
+        script
+            .prompts
+            .iter()
+            .position(|p| primary(&p.language) == d)
+    }) {
         Some(index) => Place {
             apology: true,
             index,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::auth::OrgContext;
 use crate::calls::lines::{self, DEFAULT_AGENT_TIMEOUT_SECS, Line, LineError, LineSettings};
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path};
 use crate::orgs::Role;
 use crate::state::AppState;
@@ -39,7 +39,9 @@ pub struct LineRequest {
     pub agent_voice_id: Option<String>,
     /// Spoken to each caller, translated into their language, while the agent is rung
     /// (1–300 characters).
-    #[schema(example = "Thank you for calling the clinic. Connecting you to an interpreter-assisted agent.")]
+    #[schema(
+        example = "Thank you for calling the clinic. Connecting you to an interpreter-assisted agent."
+    )]
     pub greeting: String,
     /// Spoken when the agent does not answer, translated likewise (1–300 characters;
     /// default: a short apology asking them to call again later).
@@ -102,7 +104,9 @@ pub async fn put(
         agent_voice_id: body.agent_voice_id,
         greeting: body.greeting,
         apology: body.apology,
-        agent_timeout_secs: body.agent_timeout_secs.unwrap_or(DEFAULT_AGENT_TIMEOUT_SECS),
+        agent_timeout_secs: body
+            .agent_timeout_secs
+            .unwrap_or(DEFAULT_AGENT_TIMEOUT_SECS),
         original_audio: body.original_audio.unwrap_or_else(|| "ducked".into()),
     };
     Ok(Json(

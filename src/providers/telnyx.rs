@@ -140,9 +140,9 @@ impl WebhookEvent {
 /// language's usual locale. `None`: Telnyx cannot speak the language.
 pub fn speak_locale(language: &str) -> Option<&'static str> {
     const EXACT: &[&str] = &[
-        "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-MX",
-        "es-US", "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO",
-        "nl-NL", "pl-PL", "pt-BR", "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR", "cmn-CN",
+        "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-MX", "es-US",
+        "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL",
+        "pt-BR", "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR", "cmn-CN",
     ];
     if let Some(exact) = EXACT.iter().find(|l| l.eq_ignore_ascii_case(language)) {
         return Some(exact);

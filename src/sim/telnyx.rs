@@ -274,7 +274,8 @@ impl TelnyxSim {
 
     /// Delivers the piloted call's `call.hangup` once (whoever hangs up first).
     async fn pilot_hangup(&self, ccid: &str, source: &str) {
-        self.pilot_hangup_with(ccid, source, "normal_clearing").await
+        self.pilot_hangup_with(ccid, source, "normal_clearing")
+            .await
     }
 
     async fn pilot_hangup_with(&self, ccid: &str, source: &str, cause: &str) {
@@ -674,7 +675,9 @@ async fn dial(
                 to: text("to").unwrap_or_default(),
                 direction: "outgoing",
                 timeout: Duration::from_secs(
-                    body.get("timeout_secs").and_then(Value::as_u64).unwrap_or(30),
+                    body.get("timeout_secs")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(30),
                 ),
             },
         );
@@ -731,7 +734,10 @@ async fn action(
         && let Some(duration) = inner.speak_duration
     {
         let client_state = text("client_state");
-        tokio::spawn(sim.clone().pilot_speak(ccid.clone(), client_state, duration));
+        tokio::spawn(
+            sim.clone()
+                .pilot_speak(ccid.clone(), client_state, duration),
+        );
     }
     if action == "hangup" {
         if inner.piloted.contains_key(&ccid) {
