@@ -6,7 +6,7 @@
 //! a line keeps the one-leg answer.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

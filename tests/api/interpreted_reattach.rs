@@ -4,7 +4,7 @@
 //! both to B, and the conversation goes on there: each party hears the other, translated.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
