@@ -843,6 +843,24 @@ mod tests {
     }
 
     #[test]
+    fn speak_locales_follow_the_language_and_refuse_what_telnyx_cannot_speak() {
+        assert_eq!(speak_locale("es"), Some("es-ES"));
+        assert_eq!(speak_locale("es-MX"), Some("es-MX"));
+        assert_eq!(speak_locale("pt-br"), Some("pt-BR"));
+        assert_eq!(speak_locale("pt"), Some("pt-PT"));
+        assert_eq!(speak_locale("en-NZ"), Some("en-US"));
+        assert_eq!(speak_locale("tlh"), None);
+        let id = uuid::Uuid::new_v4();
+        let state = encode_prompt_client_state(id, "remote", "apology:1/2");
+        assert_eq!(decode_client_state(&state), Some(id));
+        assert_eq!(decode_client_state_leg(&state).as_deref(), Some("remote"));
+        assert_eq!(
+            decode_client_state_prompt(&state).as_deref(),
+            Some("apology:1/2")
+        );
+    }
+
+    #[test]
     fn client_state_round_trips() {
         let id = uuid::Uuid::new_v4();
         assert_eq!(decode_client_state(&encode_client_state(id)), Some(id));
