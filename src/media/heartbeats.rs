@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::frames::Track;
 use crate::db::{Db, DbError};
 
 /// How often pending beats are written. A beat waits at most this long, so a live stream's
@@ -27,11 +26,14 @@ pub fn replica_name(hostname: Option<&str>) -> String {
 #[derive(Default)]
 struct Beat {
     stream_id: Option<String>,
-    /// Per track: its end on the call's clock and when its last frame arrived.
-    positions: HashMap<Track, (u64, Instant)>,
+    /// Per track (its label in `media_stream_positions`): its end on the call's clock and
+    /// when its last frame arrived.
+    positions: HashMap<&'static str, (u64, Instant)>,
 }
 
-type Pending = Arc<Mutex<HashMap<Uuid, Beat>>>;
+/// Pending beats by (call, leg): a one-leg call's stream is leg `call`, an interpreted
+/// call's legs each have their own row.
+type Pending = Arc<Mutex<HashMap<(Uuid, &'static str), Beat>>>;
 
 #[derive(Clone)]
 pub struct Heartbeats {
@@ -59,17 +61,17 @@ impl Heartbeats {
         Self { pending }
     }
 
-    /// Records a beat of `call_id`'s stream, written with the next batch. Two legs of one
-    /// call share the call's row: the later stream id wins, positions merge by track.
+    /// Records a beat of the stream of `call_id`'s `leg`, written with the next batch.
     pub fn beat(
         &self,
         call_id: Uuid,
+        leg: &'static str,
         stream_id: Option<&str>,
-        positions: &[(Track, u64, Duration)],
+        positions: &[(&'static str, u64, Duration)],
     ) {
         let now = Instant::now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let beat = pending.entry(call_id).or_default();
+        let beat = pending.entry((call_id, leg)).or_default();
         if stream_id.is_some() {
             beat.stream_id = stream_id.map(str::to_owned);
         }
@@ -81,26 +83,32 @@ impl Heartbeats {
 
     /// Drops a pending beat of a stream that has ended, so it cannot mark the stream live
     /// again after its end was recorded.
-    pub fn forget(&self, call_id: Uuid) {
+    pub fn forget(&self, call_id: Uuid, leg: &'static str) {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&call_id);
+            .remove(&(call_id, leg));
     }
 }
 
 /// One statement for the streams, one for the positions, whatever the number of calls.
-async fn write(db: &Db, replica: &str, beats: HashMap<Uuid, Beat>) -> Result<(), DbError> {
+async fn write(
+    db: &Db,
+    replica: &str,
+    beats: HashMap<(Uuid, &'static str), Beat>,
+) -> Result<(), DbError> {
     let mut calls = Vec::with_capacity(beats.len());
+    let mut legs = Vec::with_capacity(beats.len());
     let mut streams: Vec<Option<String>> = Vec::with_capacity(beats.len());
     let (mut position_calls, mut tracks, mut ends, mut since) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (call_id, beat) in beats {
+    for ((call_id, leg), beat) in beats {
         calls.push(call_id);
+        legs.push(leg);
         streams.push(beat.stream_id);
         for (track, (end_ms, last_frame)) in beat.positions {
             position_calls.push(call_id);
-            tracks.push(track.as_str());
+            tracks.push(track);
             ends.push(end_ms as i64);
             since.push(last_frame.elapsed().as_secs_f64());
         }
@@ -110,14 +118,15 @@ async fn write(db: &Db, replica: &str, beats: HashMap<Uuid, Beat>) -> Result<(),
     // revives a row whose end was recorded (a new stream of the call beats at once itself).
     client
         .execute(
-            "insert into media_streams (call_id, replica, stream_id)
-             select b.call_id, $1, b.stream_id from unnest($2::uuid[], $3::text[]) as b (call_id, stream_id)
-             on conflict (call_id) do update set replica = excluded.replica,
+            "insert into media_streams (call_id, leg, replica, stream_id)
+             select b.call_id, b.leg, $1, b.stream_id
+             from unnest($2::uuid[], $3::text[], $4::text[]) as b (call_id, leg, stream_id)
+             on conflict (call_id, leg) do update set replica = excluded.replica,
                  stream_id = coalesce(excluded.stream_id, media_streams.stream_id),
                  heartbeat_at = now(), ended_at = null
              where (media_streams.replica <> 'detached' and media_streams.ended_at is null)
                 or media_streams.stream_id is distinct from excluded.stream_id",
-            &[&replica, &calls, &streams],
+            &[&replica, &calls, &legs, &streams],
         )
         .await?;
     if !position_calls.is_empty() {
