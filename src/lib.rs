@@ -17,6 +17,7 @@ pub mod media;
 pub mod orgs;
 pub mod providers;
 pub mod recordings;
+pub mod retry;
 pub mod shutdown;
 #[cfg(feature = "sim")]
 pub mod sim;

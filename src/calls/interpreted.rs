@@ -3,10 +3,12 @@
 //! by the `telnyx.event` job once the agent answers (docs/adr, "interpreted calls"), and
 //! either party hanging up ends the other leg ([`super::legs::settle`]).
 
+use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use serde_json::json;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::legs::{self, Leg, NewLeg, Role};
@@ -151,7 +153,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     let agent = legs::by_role(&**client, call.id, Role::Agent)
         .await?
         .ok_or_else(|| anyhow::anyhow!("agent leg vanished"))?;
-    if let Err(error) = dial_leg(state, telnyx, &call, &agent).await {
+    if let Err(error) = dial_leg(state, &**client, telnyx, &call, &agent).await {
         if let DialError::Telnyx(telnyx_error) = &error {
             let reason = format!("the agent could not be dialed: {telnyx_error}");
             legs::mark_failed(&**client, agent.id, &reason).await?;
@@ -176,9 +178,11 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
 }
 
 /// Dials one leg with its own media stream (inbound track, µ-law both ways) and our ids in
-/// `client_state`. Idempotent at Telnyx: the command id is the leg's.
+/// `client_state`, and records the dial with `client` (the caller's transaction, when it
+/// holds the leg's row). Idempotent at Telnyx: the command id is the leg's.
 pub async fn dial_leg(
     state: &AppState,
+    client: &impl GenericClient,
     telnyx: &telnyx::TelnyxClient,
     call: &Call,
     leg: &Leg,
@@ -205,9 +209,8 @@ pub async fn dial_leg(
         )),
     };
     let dialed = telnyx.dial(&request).await?;
-    let client = state.db.client().await?;
     legs::dialed(
-        &**client,
+        client,
         leg.id,
         (
             &dialed.call_control_id,
@@ -217,7 +220,7 @@ pub async fn dial_leg(
     )
     .await?;
     events::append(
-        &**client,
+        client,
         call.id,
         "call.dialing",
         json!({"status": "dialing", "leg": leg.role.as_str()}),
@@ -228,53 +231,56 @@ pub async fn dial_leg(
 }
 
 /// Carries out what [`legs::settle`] decided: ring the remote party, or end a leg whose
-/// party is gone. Each command is claimed first, so concurrent jobs for the same call send
-/// it once; a refused remote dial fails that leg, which ends the agent's in turn.
-pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> anyhow::Result<()> {
+/// party is gone; a refused remote dial fails that leg, which ends the agent's in turn.
+///
+/// Runs inside the `telnyx.event` job's transaction (`client`), which holds the call's row:
+/// each command is claimed, sent and recorded there, so the claim, the command's record and
+/// the event commit together or not at all. A rolled-back run sends the command again with
+/// the same `command_id`, which Telnyx treats as the same command.
+pub async fn follow_up(
+    state: &AppState,
+    client: &impl GenericClient,
+    call: &Call,
+    next: Vec<legs::Next>,
+) -> anyhow::Result<()> {
     let telnyx = state.telnyx()?;
-    for step in next {
-        let client = state.db.client().await?;
+    let mut steps: VecDeque<legs::Next> = next.into();
+    while let Some(step) = steps.pop_front() {
         match step {
             legs::Next::DialRemote(remote) => {
-                if !legs::claim_dial(&**client, remote.id).await? {
+                if !legs::claim_dial(client, remote.id).await? {
                     continue;
                 }
-                match dial_leg(state, telnyx, call, &remote).await {
+                match dial_leg(state, client, telnyx, call, &remote).await {
                     Ok(()) => {}
                     Err(DialError::Telnyx(error @ TelnyxError::Rejected { .. })) => {
                         let reason = format!("the remote party could not be dialed: {error}");
-                        legs::mark_failed(&**client, remote.id, &reason).await?;
+                        legs::mark_failed(client, remote.id, &reason).await?;
                         events::append(
-                            &**client,
+                            client,
                             call.id,
                             "call.leg_failed",
                             json!({"leg": "remote", "failure_reason": reason}),
                             Utc::now(),
                         )
                         .await?;
-                        let more = legs::settle(&**client, call.id).await?;
-                        Box::pin(follow_up(state, call, more)).await?;
+                        steps.extend(legs::settle(client, call.id).await?);
                     }
-                    // Unavailable after retries: the job runs again (same command id).
-                    Err(error) => {
-                        legs::release_dial(&**client, remote.id).await?;
-                        return Err(error.into());
-                    }
+                    // Unavailable after retries: the job runs again (same command id), and
+                    // the claim rolls back with this run.
+                    Err(error) => return Err(error.into()),
                 }
             }
             legs::Next::HangUp(leg) => {
                 let Some(ccid) = leg.telnyx_call_control_id.as_deref() else {
                     continue;
                 };
-                if !legs::claim_hangup(&**client, leg.id).await? {
+                if !legs::claim_hangup(client, leg.id).await? {
                     continue;
                 }
-                if let Err(error) = telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await {
-                    legs::release_hangup(&**client, leg.id).await?;
-                    return Err(error.into());
-                }
+                telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await?;
                 events::append(
-                    &**client,
+                    client,
                     call.id,
                     "call.hangup_requested",
                     json!({"leg": leg.role.as_str(), "because": "the other party's leg ended"}),
