@@ -6,6 +6,9 @@
 //! a TCP proxy only this test uses, so other tests' database stays up). Asserts from the
 //! database: every event stored once and applied exactly once (0 twice, 0 lost), every job
 //! done, every call ended, the service ready again without a restart. Prints the figures.
+//! One run also fails late on purpose (as a pool timeout would), so the storm only ends once
+//! that job's retry has applied it: waiting only for jobs due *now* once made a pending retry
+//! look like a lost event (docs/JOBS.md).
 //!
 //! `CALLBRIDGE_SOAK=long` runs the full storm (3,000 deliveries over 100 calls, 16 senders,
 //! 5 s outage; `make soak`); otherwise a short form runs inside `make test`.
