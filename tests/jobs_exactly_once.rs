@@ -280,7 +280,7 @@ async fn an_interpreted_leg_event_whose_lease_was_taken_over_commits_nothing() {
         .await
         .expect_err("A's lease was lost");
     assert!(
-        error.downcast_ref::<jobs::LeaseLost>().is_some(),
+        error.downcast_ref::<queue::LeaseLost>().is_some(),
         "{error:#}"
     );
     let applied: i64 = db

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use callbridge::jobs::{self, Job, Worker, WorkerConfig, handlers};
+use callbridge::jobs::{self, Worker, WorkerConfig, handlers};
+use callbridge::queue::Job;
 use callbridge::sim::telnyx as sim;
 use callbridge::state::AppState;
 use common::tcp_proxy::TcpProxy;
