@@ -240,12 +240,12 @@ pub async fn mark_failed(
 }
 
 /// How long a claimed command may stay unconfirmed before another job may claim it again
-/// (the claimer died between claiming and sending).
+/// (a claim committed without the command's record, e.g. by an older version of this code).
 const CLAIM_LEASE_SECS: f64 = 30.0;
 
-/// Claims the right to dial this leg: true for exactly one of several concurrent jobs
-/// (events of one call are processed concurrently). Released by [`release_dial`] when the
-/// dial could not be sent; a dial that reached Telnyx records its ids ([`dialed`]).
+/// Claims the right to dial this leg: true for exactly one of several jobs. Taken inside the
+/// `telnyx.event` job's transaction, it commits with the dial's record ([`dialed`]) or rolls
+/// back with the run when the dial could not be sent.
 pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
     Ok(client
         .execute(
@@ -256,16 +256,6 @@ pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, D
         )
         .await?
         == 1)
-}
-
-pub async fn release_dial(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute(
-            "update call_legs set dial_requested_at = null where id = $1 and telnyx_call_control_id is null",
-            &[&id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Claims our hangup of this leg: true for exactly one job (see [`claim_dial`]).
@@ -280,16 +270,6 @@ pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool,
         )
         .await?
         == 1)
-}
-
-pub async fn release_hangup(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute(
-            "update call_legs set hangup_requested_at = null where id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Applies one Telnyx lifecycle event to a leg, by the same rules as the call's

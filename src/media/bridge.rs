@@ -1606,7 +1606,13 @@ async fn send_batch(
 
 fn schedule_retry(state: &mut TrackState) {
     state.attempts += 1;
-    let delay = crate::providers::retry_delay(state.attempts.min(5)).min(Duration::from_secs(5));
+    // AssemblyAI reconnects: the shared backoff (`crate::retry`), ceiling 200 ms doubling to
+    // 3.2 s from the fifth attempt on; never given up while the call lasts.
+    let delay = crate::retry::backoff(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        state.attempts.min(5),
+    );
     state.phase = Phase::Waiting(Instant::now() + delay);
 }
 

@@ -4825,9 +4825,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description AssemblyAI is not configured */
+            /** @description AssemblyAI is not configured (`provider-disabled`), or the database is busy or unreachable (`database-unavailable`: Telnyx reconnects after `Retry-After`) */
             503: {
                 headers: {
+                    /** @description With `database-unavailable`: seconds before reconnecting */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
