@@ -302,11 +302,7 @@ pub async fn run(
         Target::Call(id) => *id,
         Target::Leg(leg, _) => leg.call_id,
     };
-    let replica = format!(
-        "{}-{}",
-        state.config.hostname.as_deref().unwrap_or("local"),
-        std::process::id()
-    );
+    let replica = super::heartbeats::replica_name(state.config.hostname.as_deref());
     let tail_bound = state.config.media.tail_delivery;
     let leg = match &target {
         Target::Call(_) => CALL_STREAM,
@@ -417,6 +413,7 @@ pub async fn run(
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
     // re-attaches it. Any other end (Telnyx stop, hangup) is final.
     let leg = role.map_or(CALL_STREAM, Role::as_str);
+    bridge.state.heartbeats.forget(call_id, leg);
     let recorded = if bridge.state.shutdown.is_cancelled() {
         super::reattach::detach(&bridge.state, call_id, leg).await
     } else {
@@ -726,7 +723,7 @@ impl Bridge {
                     tracing::warn!(encoding = %start.encoding, "unexpected media encoding; expected PCMU");
                 }
                 self.stream_id = Some(start.stream_id);
-                self.heartbeat();
+                self.heartbeat_now();
                 for &track in self.tracks_carried() {
                     self.ensure_track(track);
                 }
@@ -1546,7 +1543,21 @@ impl Bridge {
         });
     }
 
+    /// The periodic beat: batched with every other stream of this replica
+    /// (`media::heartbeats`), so live calls cost PostgreSQL a constant, not a statement each.
     fn heartbeat(&mut self) {
+        let leg = self.party.as_ref().map_or(CALL_STREAM, |p| p.role.as_str());
+        self.state.heartbeats.beat(
+            self.call_id,
+            leg,
+            self.stream_id.as_deref(),
+            &self.positions(),
+        );
+    }
+
+    /// The beat when the stream starts, written at once: the stream is claimed for this
+    /// replica before any sweep could think it abandoned.
+    fn heartbeat_now(&mut self) {
         let (db, call_id, replica, stream_id, positions) = (
             self.state.db.clone(),
             self.call_id,

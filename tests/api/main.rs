@@ -29,6 +29,7 @@ mod jobs_exactly_once;
 mod jobs_queue;
 mod limits;
 mod live_translation;
+mod loadgen_invariants;
 mod media_bridge;
 mod media_reattach;
 mod nul_input;
