@@ -296,6 +296,8 @@ async fn run() {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
+    // `ledger`: USAGE_LEDGER, so the same run measures the usage ledger's cost (on vs off).
+    let spawn_server = |port: u16, ledger: bool| {
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
@@ -304,9 +306,10 @@ async fn run() {
         }
         None => Command::new(&server_bin),
     };
-    let server = ChildGuard(
+    ChildGuard(
         command
             .arg("serve")
+            .env("USAGE_LEDGER", if ledger { "true" } else { "false" })
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs([
@@ -329,7 +332,9 @@ async fn run() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    )
+    };
+    let server = spawn_server(port, true);
     wait_for_port(port).await;
     let relay_port = free_port();
     let upstream = format!(
@@ -363,7 +368,17 @@ async fn run() {
     )
     .await
     .unwrap();
-    let max_calls = counts.iter().copied().max().unwrap_or(0);
+    // BENCH_LEDGER_CALLS: calls of the ledger on/off comparison (0: skipped).
+    let ledger_calls: usize = std::env::var("BENCH_LEDGER_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let max_calls = counts
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(ledger_calls);
     let mut call_ids = Vec::new();
     for _ in 0..max_calls {
         let id = uuid::Uuid::now_v7();
@@ -406,6 +421,42 @@ async fn run() {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 
+    // The usage ledger's cost: the same N through a server with the ledger and one without,
+    // alternated twice (the least CPU/frame of each counts: the shared machine's noise only
+    // ever adds).
+    let mut ledger_rows = Vec::new();
+    if ledger_calls > 0 {
+        let off_port = free_port();
+        let server_off = spawn_server(off_port, false);
+        wait_for_port(off_port).await;
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        for _ in 0..2 {
+            let url_on = |i: usize| format!("ws://127.0.0.1:{port}/media/telnyx/{}", tokens[i]);
+            on.push(run_once(ledger_calls, seconds, server.0.id(), url_on, &sim).await);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let url_off =
+                |i: usize| format!("ws://127.0.0.1:{off_port}/media/telnyx/{}", tokens[i]);
+            off.push(run_once(ledger_calls, seconds, server_off.0.id(), url_off, &sim).await);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let best = |runs: &[RunResult]| {
+            runs.iter()
+                .map(|r| r.cpu_us_per_frame)
+                .fold(f64::INFINITY, f64::min)
+        };
+        let rows_written: i64 = db
+            .query_one(
+                "select count(*) from usage_ledger where organisation_id = $1",
+                &[&org],
+            )
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or(-1);
+        ledger_rows.push((best(&on), best(&off), rows_written));
+        drop(server_off);
+    }
+
     println!(
         "\nMedia bridge: simulated calls × 2 tracks, 20 ms frames in real time for {seconds} s; clients, AssemblyAI simulator, server and PostgreSQL share this 2-core machine\n"
     );
@@ -437,6 +488,12 @@ async fn run() {
         }
     }
     println!("\nLargest N holding p99 < 5 ms added latency with zero frames lost: {largest_ok}");
+    for (on, off, rows_written) in &ledger_rows {
+        println!(
+            "\nUsage ledger, {ledger_calls} calls, same run (best of 2 each): CPU/frame with the ledger {on:.2} µs, without {off:.2} µs: {:+.1} % (goal < 5 %); {rows_written} ledger rows written (one per AssemblyAI session)",
+            (on / off.max(0.001) - 1.0) * 100.0
+        );
+    }
     println!(
         "(When `frames sent` falls short of planned, the load generator itself could not keep real time on the shared cores.)"
     );

@@ -13,6 +13,9 @@
 //!    (`failure_reason = 'stale: …'`) with a `call.failed` event.
 //! 3. **Dead jobs report**: counts per kind logged at WARN (new ones since the last tick) and
 //!    exported as the gauge `jobs_dead{kind}`.
+//! 4. **Usage** (docs/USAGE.md): monthly quotas of live calls (`usage::quota::enforce`),
+//!    stored recording bytes per day (`byte_days`), and the reconciliation of AssemblyAI
+//!    streaming seconds (`usage::reconcile`).
 //!
 //! The lock is a session-level `pg_try_advisory_lock` on a dedicated unpooled connection
 //! (`DATABASE_DIRECT_URL`; transaction-mode poolers cannot hold session locks), held for the
@@ -44,6 +47,9 @@ pub struct Report {
     pub text_rows_purged: u64,
     pub stale_calls_failed: usize,
     pub dead_jobs: HashMap<String, i64>,
+    pub quotas: crate::usage::quota::Enforced,
+    pub storage_days_recorded: u64,
+    pub usage_drift_found: u64,
 }
 
 /// Runs ticks until `shutdown`. The first tick runs at start-up.
@@ -97,6 +103,13 @@ pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
     sweep_uploads(state, &mut report).await?;
     report.stale_calls_failed = sweep_stale_calls(state).await?;
     report.dead_jobs = dead_jobs(state).await?;
+    report.quotas = crate::usage::quota::enforce(state).await?;
+    {
+        let client = state.db.client().await?;
+        report.storage_days_recorded = crate::usage::record_storage_days(&**client).await?;
+        report.usage_drift_found =
+            crate::usage::reconcile::run(&**client, state.config.usage.reconcile_drift_secs).await?;
+    }
     for (kind, count) in &report.dead_jobs {
         metrics::gauge!("jobs_dead", "kind" => kind.clone()).set(*count as f64);
     }

@@ -26,5 +26,6 @@ pub mod strangler;
 pub mod telemetry;
 pub mod tls;
 pub mod translate;
+pub mod usage;
 
 pub use app::Application;

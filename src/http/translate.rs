@@ -82,10 +82,23 @@ pub async fn translate(
         )
         .await
     {
-        Ok((translations, engine)) => Ok(Json(TranslateResponse {
-            translations,
-            engine,
-        })),
+        Ok(translated) => {
+            // Off the request's path: the answer does not wait for the ledger.
+            let owner = crate::usage::Owner::Organisation {
+                organisation_id: org.organisation_id,
+                user_id: Some(org.user.id().to_owned()),
+            };
+            let key = format!("request:{}", uuid::Uuid::now_v7());
+            let metadata = serde_json::json!({"target_language": body.target_language});
+            crate::usage::record_later(
+                &state,
+                crate::usage::translation_entries(owner, &key, &translated.usage, metadata),
+            );
+            Ok(Json(TranslateResponse {
+                translations: translated.texts,
+                engine: translated.engine,
+            }))
+        }
         Err(TranslateError::NotConfigured) => Err(ApiError::ProviderDisabled(
             crate::config::ProviderDisabled {
                 provider: "DeepL or OpenAI",
