@@ -298,41 +298,41 @@ async fn run() {
         .collect();
     // `ledger`: USAGE_LEDGER, so the same run measures the usage ledger's cost (on vs off).
     let spawn_server = |port: u16, ledger: bool| {
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(&server_bin);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&server_bin);
+                command
+            }
+            None => Command::new(&server_bin),
+        };
+        ChildGuard(
             command
-        }
-        None => Command::new(&server_bin),
-    };
-    ChildGuard(
-        command
-            .arg("serve")
-            .env("USAGE_LEDGER", if ledger { "true" } else { "false" })
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs([
-                ("APP_ENV", "development"),
-                // Load generators: the per-session and per-IP request limits would throttle them.
-                ("RATE_LIMIT_SESSION_PER_MIN", "0"),
-                ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
-                ("BIND_ADDRESS", "127.0.0.1"),
-                ("PORT", &port.to_string()),
-                ("DATABASE_URL", db_url.as_str()),
-                ("RUN_MIGRATIONS_ON_START", "true"),
-                ("DATABASE_POOL_MAX_SIZE", "16"),
-                ("R2_ENDPOINT", "http://127.0.0.1:9"),
-                ("R2_CREATE_BUCKET", "false"),
-                ("LOG_LEVEL", "error"),
-                ("AUTH_SECRET", secret),
-                ("ASSEMBLYAI_API_KEY", "bench-aai-key"),
-                ("ASSEMBLYAI_STREAMING_URL", &sim.streaming_url()),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+                .arg("serve")
+                .env("USAGE_LEDGER", if ledger { "true" } else { "false" })
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs([
+                    ("APP_ENV", "development"),
+                    // Load generators: the per-session and per-IP request limits would throttle them.
+                    ("RATE_LIMIT_SESSION_PER_MIN", "0"),
+                    ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
+                    ("BIND_ADDRESS", "127.0.0.1"),
+                    ("PORT", &port.to_string()),
+                    ("DATABASE_URL", db_url.as_str()),
+                    ("RUN_MIGRATIONS_ON_START", "true"),
+                    ("DATABASE_POOL_MAX_SIZE", "16"),
+                    ("R2_ENDPOINT", "http://127.0.0.1:9"),
+                    ("R2_CREATE_BUCKET", "false"),
+                    ("LOG_LEVEL", "error"),
+                    ("AUTH_SECRET", secret),
+                    ("ASSEMBLYAI_API_KEY", "bench-aai-key"),
+                    ("ASSEMBLYAI_STREAMING_URL", &sim.streaming_url()),
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     };
     let server = spawn_server(port, true);
     wait_for_port(port).await;
@@ -373,12 +373,7 @@ async fn run() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
-    let max_calls = counts
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0)
-        .max(ledger_calls);
+    let max_calls = counts.iter().copied().max().unwrap_or(0).max(ledger_calls);
     let mut call_ids = Vec::new();
     for _ in 0..max_calls {
         let id = uuid::Uuid::now_v7();

@@ -74,7 +74,11 @@ async fn spawn_with(extra: &[(&str, &str)]) -> It {
 
 async fn org_of(t: &TelnyxApp, session: &Session) -> Uuid {
     let me: Value = t.app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"].as_str().unwrap().parse().unwrap()
+    me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn interpreted() -> Value {
@@ -244,7 +248,10 @@ async fn a_simulated_calls_ledger_equals_what_the_simulators_counted() {
         .collect();
     ours.sort_by(f64::total_cmp);
     for ((_, billed), ours) in carrier.iter().zip(&ours) {
-        assert!((billed - ours).abs() < 1.0, "carrier {billed} s, ledger {ours} s");
+        assert!(
+            (billed - ours).abs() < 1.0,
+            "carrier {billed} s, ledger {ours} s"
+        );
         assert!(*ours > 5.0, "the legs were up for the whole conversation");
     }
     // Speech to text, speech and translation: exactly what the vendors counted.
@@ -272,7 +279,9 @@ async fn a_simulated_calls_ledger_equals_what_the_simulators_counted() {
         .map(|v| v["vendor"].as_str().unwrap())
         .collect();
     assert_eq!(vendors, ["assemblyai", "deepl", "elevenlabs", "telnyx"]);
-    let usd = detail["usage"]["estimated_cost"][0]["amount"].as_f64().unwrap();
+    let usd = detail["usage"]["estimated_cost"][0]["amount"]
+        .as_f64()
+        .unwrap();
     assert_eq!(detail["usage"]["estimated_cost"][0]["currency"], "USD");
     assert!(usd > 0.0, "{detail}");
 
@@ -329,15 +338,19 @@ async fn the_caches_hits_cost_nothing() {
 
 async fn loop_report(it: &It, ready: impl Fn(&[Value]) -> bool) -> Value {
     for _ in 0..100 {
-        let report: Value = it
-            .t
-            .app
-            .get_as(&it.ada, "/api/usage?group_by=user")
-            .await
-            .json()
-            .await
-            .unwrap();
-        if ready(report["lines"].as_array().map(Vec::as_slice).unwrap_or_default()) {
+        let report: Value =
+            it.t.app
+                .get_as(&it.ada, "/api/usage?group_by=user")
+                .await
+                .json()
+                .await
+                .unwrap();
+        if ready(
+            report["lines"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        ) {
             return report;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -345,7 +358,14 @@ async fn loop_report(it: &It, ready: impl Fn(&[Value]) -> bool) -> Value {
     panic!("the usage report never got there");
 }
 
-async fn ledger_row(db: &tokio_postgres::Client, org: Uuid, vendor: &str, unit: &str, quantity: f64, key: &str) {
+async fn ledger_row(
+    db: &tokio_postgres::Client,
+    org: Uuid,
+    vendor: &str,
+    unit: &str,
+    quantity: f64,
+    key: &str,
+) {
     let entry = Entry {
         owner: Owner::Organisation {
             organisation_id: org,
@@ -385,7 +405,10 @@ async fn quotas_refuse_a_new_call_naming_the_quota() {
     assert_eq!(problem["type"], "urn:callbridge:problem:quota-exceeded");
     assert_eq!(problem["rule"], "quota-monthly-minutes");
     assert_eq!(problem["limit"], 10);
-    assert!(it.t.sim.dial_of_leg("agent").is_none(), "nothing was dialled");
+    assert!(
+        it.t.sim.dial_of_leg("agent").is_none(),
+        "nothing was dialled"
+    );
 
     // A spend cap: the default price table prices DeepL characters at 25 USD per million.
     db.execute(
@@ -412,14 +435,13 @@ async fn quotas_refuse_a_new_call_naming_the_quota() {
     let problem = assert_problem(response, 429).await;
     assert_eq!(problem["rule"], "quota-concurrent-calls");
 
-    let status: Value = it
-        .t
-        .app
-        .get_as(&it.ada, "/api/usage/quotas")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: Value =
+        it.t.app
+            .get_as(&it.ada, "/api/usage/quotas")
+            .await
+            .json()
+            .await
+            .unwrap();
     assert_eq!(status["concurrent_calls"], 1);
     assert_eq!(status["at_limit"], "continue");
     assert_eq!(status["minutes_used"], 10.0);
@@ -451,9 +473,12 @@ async fn a_running_call_is_warned_at_80_percent_and_ended_at_100_when_the_org_ch
     assert_eq!(spoken[0].body["payload"], quota::ANNOUNCEMENT);
     assert!(it.t.sim.commands_named("hangup").is_empty());
     // Once the announcement had its seconds:
-    db.execute("update usage_quota_marks set at = at - interval '1 minute'", &[])
-        .await
-        .unwrap();
+    db.execute(
+        "update usage_quota_marks set at = at - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
     let done = quota::enforce(&it.t.app.state).await.unwrap();
     assert_eq!(done.ended, 1);
     let hangups = it.t.sim.commands_named("hangup");
@@ -477,7 +502,11 @@ async fn a_running_call_is_warned_at_80_percent_and_ended_at_100_when_the_org_ch
         .collect();
     assert_eq!(
         kinds,
-        ["usage.quota_warning", "usage.quota_reached", "usage.quota_ended"]
+        [
+            "usage.quota_warning",
+            "usage.quota_reached",
+            "usage.quota_ended"
+        ]
     );
 }
 
@@ -489,9 +518,12 @@ async fn by_default_a_call_past_its_quota_continues_and_is_flagged() {
     ledger_row(&db, it.org, "telnyx", "call_seconds", 400.0, "test:over").await;
     let done = quota::enforce(&it.t.app.state).await.unwrap();
     assert_eq!((done.warned, done.reached, done.announced), (1, 1, 0));
-    db.execute("update usage_quota_marks set at = at - interval '1 minute'", &[])
-        .await
-        .unwrap();
+    db.execute(
+        "update usage_quota_marks set at = at - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(quota::enforce(&it.t.app.state).await.unwrap().ended, 0);
     assert!(it.t.sim.commands_named("hangup").is_empty());
     assert!(it.t.sim.commands_named("speak").is_empty());
@@ -516,61 +548,68 @@ async fn another_organisations_usage_is_never_visible() {
     .unwrap();
     usage::record(
         &db,
-        &[Entry::for_call(call_id, usage::unit::ELEVENLABS, usage::unit::CHARACTERS, 77.0, "test:ada-call".into())],
+        &[Entry::for_call(
+            call_id,
+            usage::unit::ELEVENLABS,
+            usage::unit::CHARACTERS,
+            77.0,
+            "test:ada-call".into(),
+        )],
     )
     .await
     .unwrap();
 
     let mallory = it.t.app.sign_in("Mallory").await;
     let theirs = org_of(&it.t, &mallory).await;
-    let report: Value = it
-        .t
-        .app
-        .get_as(&mallory, "/api/usage?group_by=call")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let report: Value =
+        it.t.app
+            .get_as(&mallory, "/api/usage?group_by=call")
+            .await
+            .json()
+            .await
+            .unwrap();
     assert_eq!(report["lines"], json!([]));
     // Naming Ada's organisation: not a member, so not found.
-    let response = it
-        .t
-        .app
-        .request_as(Method::GET, &mallory, "/api/usage")
-        .header("x-org-id", it.org.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response =
+        it.t.app
+            .request_as(Method::GET, &mallory, "/api/usage")
+            .header("x-org-id", it.org.to_string())
+            .send()
+            .await
+            .unwrap();
     assert_problem(response, 404).await;
     assert_problem(
-        it.t.app.get_as(&mallory, &format!("/api/calls/{call_id}")).await,
+        it.t.app
+            .get_as(&mallory, &format!("/api/calls/{call_id}"))
+            .await,
         404,
     )
     .await;
-    let csv = it
-        .t
-        .app
-        .request_as(Method::GET, &mallory, "/api/usage?format=csv")
-        .header("x-org-id", theirs.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv =
+        it.t.app
+            .request_as(Method::GET, &mallory, "/api/usage?format=csv")
+            .header("x-org-id", theirs.to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     assert_eq!(csv, "group,vendor,unit,quantity,currency,estimated_cost\n");
     // While Ada sees hers, per call and as CSV.
-    let csv = it
-        .t
-        .app
-        .request_as(Method::GET, &it.ada, "/api/usage?group_by=call")
-        .header("accept", "text/csv")
-        .send()
-        .await
-        .unwrap();
+    let csv =
+        it.t.app
+            .request_as(Method::GET, &it.ada, "/api/usage?group_by=call")
+            .header("accept", "text/csv")
+            .send()
+            .await
+            .unwrap();
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().await.unwrap();
-    assert!(csv.contains(&format!("{call_id},elevenlabs,characters,77,USD,")), "{csv}");
+    assert!(
+        csv.contains(&format!("{call_id},elevenlabs,characters,77,USD,")),
+        "{csv}"
+    );
     assert!(csv.contains(",deepl,characters,1234,USD,0.030850"), "{csv}");
 }
 
@@ -578,8 +617,16 @@ async fn another_organisations_usage_is_never_visible() {
 async fn the_report_validates_its_period() {
     let it = spawn_with(&[]).await;
     let bad = |path: &'static str| it.t.app.get_as(&it.ada, path);
-    assert_problem(bad("/api/usage?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z").await, 422).await;
-    assert_problem(bad("/api/usage?from=2024-01-01T00:00:00Z&to=2026-01-01T00:00:00Z").await, 422).await;
+    assert_problem(
+        bad("/api/usage?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z").await,
+        422,
+    )
+    .await;
+    assert_problem(
+        bad("/api/usage?from=2024-01-01T00:00:00Z&to=2026-01-01T00:00:00Z").await,
+        422,
+    )
+    .await;
     assert_problem(bad("/api/usage?group_by=week").await, 400).await;
     assert_problem(bad("/api/usage?from=yesterday").await, 400).await;
 }
@@ -591,7 +638,10 @@ async fn the_ledger_writes_each_source_event_once_and_never_rewrites_a_row() {
     ledger_row(&db, it.org, "deepl", "characters", 10.0, "test:once").await;
     ledger_row(&db, it.org, "deepl", "characters", 99.0, "test:once").await;
     let rows: Vec<f64> = db
-        .query("select quantity::float8 from usage_ledger where source_key = 'test:once'", &[])
+        .query(
+            "select quantity::float8 from usage_ledger where source_key = 'test:once'",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -599,10 +649,16 @@ async fn the_ledger_writes_each_source_event_once_and_never_rewrites_a_row() {
         .collect();
     assert_eq!(rows, [10.0]);
     let refused = db
-        .execute("update usage_ledger set quantity = 0 where source_key = 'test:once'", &[])
+        .execute(
+            "update usage_ledger set quantity = 0 where source_key = 'test:once'",
+            &[],
+        )
         .await
         .unwrap_err();
-    assert!(refused.to_string().contains("append-only") || format!("{refused:?}").contains("append-only"));
+    assert!(
+        refused.to_string().contains("append-only")
+            || format!("{refused:?}").contains("append-only")
+    );
 }
 
 #[tokio::test]
@@ -645,6 +701,9 @@ async fn assemblyai_drift_above_the_threshold_is_reported_once() {
         .collect();
     assert_eq!(
         found,
-        [("far".to_owned(), Some(60.0)), ("unreported".to_owned(), None)]
+        [
+            ("far".to_owned(), Some(60.0)),
+            ("unreported".to_owned(), None)
+        ]
     );
 }

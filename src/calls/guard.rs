@@ -20,10 +20,10 @@ use uuid::Uuid;
 use super::destinations::{self, BlockedKind};
 use crate::config::TelephonyConfig;
 use crate::config::usage::UsageConfig;
-use crate::usage::quota::{self, Exceeded, Quota};
 use crate::db::DbError;
 use crate::jobs::{self, NewJob};
 use crate::orgs::Role;
+use crate::usage::quota::{self, Exceeded, Quota};
 
 /// The job that warns and then hangs up a call at its maximum duration.
 pub const MAX_DURATION_JOB: &str = "call.max_duration";

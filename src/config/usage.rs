@@ -61,10 +61,16 @@ impl PriceTable {
                 ));
             }
             if !(row.price.is_finite() && row.price >= 0.0) {
-                return Err(format!("{}/{}: price must be 0 or more", row.vendor, row.unit));
+                return Err(format!(
+                    "{}/{}: price must be 0 or more",
+                    row.vendor, row.unit
+                ));
             }
             if !(row.per.is_finite() && row.per > 0.0) {
-                return Err(format!("{}/{}: per must be more than 0", row.vendor, row.unit));
+                return Err(format!(
+                    "{}/{}: per must be more than 0",
+                    row.vendor, row.unit
+                ));
             }
         }
         // Newest first within a vendor and unit, so a lookup takes the first row in effect.
@@ -82,7 +88,13 @@ impl PriceTable {
 
     /// What `quantity` of `vendor`/`unit` spent on `day` cost, per currency priced (a unit
     /// with no price in effect that day costs nothing and is reported unpriced by callers).
-    pub fn cost(&self, vendor: &str, unit: &str, day: NaiveDate, quantity: f64) -> Vec<(String, f64)> {
+    pub fn cost(
+        &self,
+        vendor: &str,
+        unit: &str,
+        day: NaiveDate,
+        quantity: f64,
+    ) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = Vec::new();
         for row in &self.0 {
             if row.vendor == vendor
@@ -175,8 +187,10 @@ impl super::Reader {
             ledger: self.boolean("USAGE_LEDGER", true),
             prices,
             currency,
-            monthly_minutes: self.bounded("USAGE_DEFAULT_MONTHLY_MINUTES", 0, 0, 100_000_000) as i64,
-            concurrent_calls: self.bounded("USAGE_DEFAULT_CONCURRENT_CALLS", 0, 0, 1_000_000) as i64,
+            monthly_minutes: self.bounded("USAGE_DEFAULT_MONTHLY_MINUTES", 0, 0, 100_000_000)
+                as i64,
+            concurrent_calls: self.bounded("USAGE_DEFAULT_CONCURRENT_CALLS", 0, 0, 1_000_000)
+                as i64,
             monthly_spend,
             end_at_limit,
             reconcile_drift_secs,
@@ -203,16 +217,29 @@ mod tests {
         assert_eq!(cost("2026-05-31"), vec![("USD".to_owned(), 20.0)]);
         assert_eq!(cost("2026-06-01"), vec![("USD".to_owned(), 25.0)]);
         assert!(cost("2025-12-31").is_empty());
-        assert!(table.cost("deepl", "tokens", day("2026-07-01"), 1.0).is_empty());
+        assert!(
+            table
+                .cost("deepl", "tokens", day("2026-07-01"), 1.0)
+                .is_empty()
+        );
     }
 
     #[test]
     fn bad_tables_are_refused_with_a_reason() {
         assert!(PriceTable::parse("nope").is_err());
-        assert!(PriceTable::parse(r#"[{"vendor":"x","unit":"u","currency":"usd","price":1,"from":"2026-01-01"}]"#)
+        assert!(
+            PriceTable::parse(
+                r#"[{"vendor":"x","unit":"u","currency":"usd","price":1,"from":"2026-01-01"}]"#
+            )
             .unwrap_err()
-            .contains("ISO 4217"));
-        assert!(PriceTable::parse(r#"[{"vendor":"x","unit":"u","currency":"USD","price":-1,"from":"2026-01-01"}]"#).is_err());
+            .contains("ISO 4217")
+        );
+        assert!(
+            PriceTable::parse(
+                r#"[{"vendor":"x","unit":"u","currency":"USD","price":-1,"from":"2026-01-01"}]"#
+            )
+            .is_err()
+        );
         assert!(PriceTable::parse(r#"[{"vendor":"x","unit":"u","currency":"USD","price":1,"per":0,"from":"2026-01-01"}]"#).is_err());
         assert_eq!(PriceTable::defaults().rows().len(), 10);
     }

@@ -143,7 +143,10 @@ pub async fn report(
     let mut estimated_cost: Vec<Money> = Vec::new();
     for line in &lines {
         for money in &line.estimated_cost {
-            match estimated_cost.iter_mut().find(|m| m.currency == money.currency) {
+            match estimated_cost
+                .iter_mut()
+                .find(|m| m.currency == money.currency)
+            {
                 Some(total) => total.amount += money.amount,
                 None => estimated_cost.push(money.clone()),
             }
@@ -203,7 +206,12 @@ pub async fn quotas(
         concurrent_calls: quotas.concurrent_calls,
         monthly_spend: quotas.monthly_spend,
         currency: config.currency.clone(),
-        at_limit: if quotas.end_at_limit { "end" } else { "continue" }.into(),
+        at_limit: if quotas.end_at_limit {
+            "end"
+        } else {
+            "continue"
+        }
+        .into(),
         minutes_used: used.minutes,
         spend_used: used.spend,
     }))

@@ -1552,7 +1552,8 @@ impl Bridge {
         } else {
             state.session_id.clone()
         };
-        let sent_audio_seconds = (state.session_sent_bytes / MULAW_BYTES_PER_MS as u64) as f64 / 1000.0;
+        let sent_audio_seconds =
+            (state.session_sent_bytes / MULAW_BYTES_PER_MS as u64) as f64 / 1000.0;
         let entry = crate::usage::Entry {
             owner: crate::usage::Owner::Call { call_id, leg_id },
             vendor: crate::usage::unit::ASSEMBLYAI,

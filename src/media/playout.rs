@@ -253,7 +253,10 @@ async fn speak(
                 state,
                 crate::usage::translation_entries(owner, &key, &translated.usage, metadata),
             );
-            (translated.texts.pop().unwrap_or_default(), translated.engine)
+            (
+                translated.texts.pop().unwrap_or_default(),
+                translated.engine,
+            )
         }
         Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
     };
@@ -286,7 +289,9 @@ async fn speak(
                 translated.0.chars().count() as f64,
                 format!("elevenlabs:characters:utterance:{call_id}:{}", u.seq),
             )
-            .metadata(json!({"utterance": u.seq, "voice_id": voice, "model_id": tts.default_model}));
+            .metadata(
+                json!({"utterance": u.seq, "voice_id": voice, "model_id": tts.default_model}),
+            );
             crate::usage::record_later(state, vec![entry]);
             Box::pin(audio)
         }

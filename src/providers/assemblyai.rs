@@ -105,7 +105,9 @@ pub struct Turn {
 /// Server → client messages we act on; the rest are `Other`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
-    Begin { id: String },
+    Begin {
+        id: String,
+    },
     Turn(Turn),
     /// The session's end, with what AssemblyAI bills: `session_duration_seconds` (wall
     /// clock, docs/PROVIDERS.md) and the audio it received.
@@ -113,7 +115,10 @@ pub enum ServerMessage {
         audio_seconds: Option<f64>,
         session_seconds: Option<f64>,
     },
-    Error { code: i64, message: String },
+    Error {
+        code: i64,
+        message: String,
+    },
     Other,
 }
 

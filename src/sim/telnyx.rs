@@ -415,7 +415,10 @@ impl TelnyxSim {
             .billing
             .iter()
             .filter_map(|(ccid, (answered, ended))| {
-                Some((ccid.clone(), (ended.as_ref()? .duration_since(*answered.as_ref()?)).as_secs_f64()))
+                Some((
+                    ccid.clone(),
+                    (ended.as_ref()?.duration_since(*answered.as_ref()?)).as_secs_f64(),
+                ))
             })
             .collect();
         billed.sort_by(|a, b| a.0.cmp(&b.0));

@@ -11,6 +11,7 @@ pub mod quota;
 pub mod reconcile;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -248,7 +249,12 @@ fn add(into: &mut Vec<Money>, costs: &[(String, f64)]) {
 /// Quantity per (key, vendor, unit, day): what pricing needs.
 type Buckets = BTreeMap<(String, String, String), Vec<(NaiveDate, f64)>>;
 
-fn priced(prices: &PriceTable, vendor: &str, unit: &str, days: &[(NaiveDate, f64)]) -> (f64, Vec<Money>) {
+fn priced(
+    prices: &PriceTable,
+    vendor: &str,
+    unit: &str,
+    days: &[(NaiveDate, f64)],
+) -> (f64, Vec<Money>) {
     let mut cost = Vec::new();
     let mut quantity = 0.0;
     for (day, q) in days {
@@ -284,7 +290,10 @@ pub async fn for_call(
     let mut total = Vec::new();
     for ((_, vendor, unit), days) in buckets {
         let (quantity, cost) = priced(prices, &vendor, &unit, &days);
-        let costs: Vec<(String, f64)> = cost.iter().map(|m| (m.currency.clone(), m.amount)).collect();
+        let costs: Vec<(String, f64)> = cost
+            .iter()
+            .map(|m| (m.currency.clone(), m.amount))
+            .collect();
         add(&mut total, &costs);
         let line = UnitUsage {
             unit,
@@ -408,10 +417,10 @@ pub fn to_csv(lines: &[ReportLine]) -> String {
             line.quantity
         );
         if line.estimated_cost.is_empty() {
-            out.push_str(&format!("{prefix},,\n"));
+            let _ = writeln!(out, "{prefix},,");
         }
         for money in &line.estimated_cost {
-            out.push_str(&format!("{prefix},{},{:.6}\n", money.currency, money.amount));
+            let _ = writeln!(out, "{prefix},{},{:.6}", money.currency, money.amount);
         }
     }
     out
@@ -468,8 +477,16 @@ pub fn translation_entries(
 ) -> Vec<Entry> {
     [
         (unit::DEEPL, unit::CHARACTERS, usage.deepl_characters),
-        (unit::OPENAI, unit::PROMPT_TOKENS, usage.openai_prompt_tokens),
-        (unit::OPENAI, unit::COMPLETION_TOKENS, usage.openai_completion_tokens),
+        (
+            unit::OPENAI,
+            unit::PROMPT_TOKENS,
+            usage.openai_prompt_tokens,
+        ),
+        (
+            unit::OPENAI,
+            unit::COMPLETION_TOKENS,
+            usage.openai_completion_tokens,
+        ),
         (unit::CACHE, unit::CHARACTERS, usage.cached_characters),
     ]
     .into_iter()
@@ -487,7 +504,12 @@ pub fn translation_entries(
 }
 
 /// A presigned GET issued for a recording version (R2 bills the read it allows).
-pub fn download_entry(organisation_id: Uuid, user_id: &str, recording_id: Uuid, version: i32) -> Entry {
+pub fn download_entry(
+    organisation_id: Uuid,
+    user_id: &str,
+    recording_id: Uuid,
+    version: i32,
+) -> Entry {
     Entry {
         owner: Owner::Organisation {
             organisation_id,

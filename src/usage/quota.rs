@@ -82,11 +82,15 @@ pub async fn quotas(
         .await?;
     let positive_i = |v: i64| (v > 0).then_some(v);
     let positive_f = |v: f64| (v > 0.0).then_some(v);
-    let (minutes, concurrent, spend, at_limit): (Option<i64>, Option<i64>, Option<f64>, Option<String>) =
-        match &row {
-            Some(row) => (row.get(0), row.get(1), row.get(2), row.get(3)),
-            None => (None, None, None, None),
-        };
+    let (minutes, concurrent, spend, at_limit): (
+        Option<i64>,
+        Option<i64>,
+        Option<f64>,
+        Option<String>,
+    ) = match &row {
+        Some(row) => (row.get(0), row.get(1), row.get(2), row.get(3)),
+        None => (None, None, None, None),
+    };
     // A column set to 0 on the organisation means "no quota", like the defaults' 0.
     Ok(Quotas {
         monthly_minutes: match minutes {
@@ -162,7 +166,12 @@ pub async fn month_to_date(
         .await?
         .get(0);
     total.minutes += live / 60.0;
-    total.spend += price(unit::TELNYX, unit::CALL_SECONDS, Utc::now().date_naive(), live);
+    total.spend += price(
+        unit::TELNYX,
+        unit::CALL_SECONDS,
+        Utc::now().date_naive(),
+        live,
+    );
     Ok(total)
 }
 
@@ -281,7 +290,11 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
         }
         let used = month_to_date(&**client, config, organisation_id).await?;
         let levels: Vec<(Quota, f64, f64)> = [
-            (Quota::MonthlyMinutes, used.minutes, quotas.monthly_minutes.map(|m| m as f64)),
+            (
+                Quota::MonthlyMinutes,
+                used.minutes,
+                quotas.monthly_minutes.map(|m| m as f64),
+            ),
             (Quota::MonthlySpend, used.spend, quotas.monthly_spend),
         ]
         .into_iter()
@@ -334,7 +347,8 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
                     }
                 }
                 if level == 100 && quotas.end_at_limit {
-                    done.ended += hang_up_after_announcement(state, &**client, call_id, *quota).await?;
+                    done.ended +=
+                        hang_up_after_announcement(state, &**client, call_id, *quota).await?;
                 }
             }
         }
@@ -342,7 +356,11 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
     Ok(done)
 }
 
-async fn announce(state: &AppState, client: &impl GenericClient, call_id: Uuid) -> anyhow::Result<()> {
+async fn announce(
+    state: &AppState,
+    client: &impl GenericClient,
+    call_id: Uuid,
+) -> anyhow::Result<()> {
     let telnyx = state.telnyx()?;
     for (ccid, key) in crate::calls::legs::live_control_ids(client, call_id).await? {
         telnyx

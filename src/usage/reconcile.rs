@@ -42,7 +42,8 @@ pub async fn run(client: &impl GenericClient, threshold_secs: f64) -> Result<u64
         );
     }
     if !found.is_empty() {
-        metrics::counter!("usage_drift_total", "vendor" => "assemblyai").increment(found.len() as u64);
+        metrics::counter!("usage_drift_total", "vendor" => "assemblyai")
+            .increment(found.len() as u64);
     }
     Ok(found.len() as u64)
 }
