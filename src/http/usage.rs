@@ -44,8 +44,10 @@ pub struct UsageQuery {
     pub from: Option<DateTime<Utc>>,
     /// Until this instant, exclusive (RFC 3339); default: now. At most 366 days after `from`.
     pub to: Option<DateTime<Utc>>,
+    #[param(inline)]
     pub group_by: Option<Grouping>,
     /// `csv` for CSV whatever `Accept` says; else `Accept: text/csv` chooses CSV.
+    #[param(inline)]
     pub format: Option<ReportFormat>,
 }
 
