@@ -24,13 +24,13 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::recordings::keys;
 use crate::recordings::store;
 use crate::state::AppState;
+use crate::storage::objects;
 
 /// `pg_try_advisory_lock` key of the cron (arbitrary, fixed: "cbcron").
 pub const LOCK_KEY: i64 = 0x6362_6372_6f6e;
@@ -47,7 +47,7 @@ pub struct Report {
     pub text_rows_purged: u64,
     pub stale_calls_failed: usize,
     pub dead_jobs: HashMap<String, i64>,
-    pub quotas: crate::usage::quota::Enforced,
+    pub quotas: QuotasEnforced,
     pub storage_days_recorded: u64,
     pub usage_drift_found: u64,
 }
@@ -103,7 +103,7 @@ pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
     sweep_uploads(state, &mut report).await?;
     report.stale_calls_failed = sweep_stale_calls(state).await?;
     report.dead_jobs = dead_jobs(state).await?;
-    report.quotas = crate::usage::quota::enforce(state).await?;
+    report.quotas = enforce_quotas(state).await?;
     {
         let client = state.db.client().await?;
         report.storage_days_recorded = crate::usage::record_storage_days(&**client).await?;
@@ -117,6 +117,54 @@ pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
     metrics::counter!("recordings_purged_total").increment(report.recordings_purged as u64);
     metrics::counter!("calls_swept_stale_total").increment(report.stale_calls_failed as u64);
     Ok(report)
+}
+
+/// What the quota pass did (docs/USAGE.md, "Quotas").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotasEnforced {
+    pub warned: usize,
+    pub reached: usize,
+    pub announced: usize,
+    pub ended: usize,
+}
+
+/// The monthly quotas of live calls: marks and events by `usage::quota::enforce`, then the
+/// announcement into each live leg of a call to end, and its hang-up once it had time to play
+/// (Telnyx command ids are stable per call and leg, so a repeated pass sends nothing twice).
+pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> {
+    use crate::usage::quota;
+    let client = state.db.client().await?;
+    let found = quota::enforce(&**client, &state.config.usage).await?;
+    let mut done = QuotasEnforced {
+        warned: found.warned,
+        reached: found.reached,
+        ..QuotasEnforced::default()
+    };
+    if found.announce.is_empty() && found.hang_up.is_empty() {
+        return Ok(done);
+    }
+    let telnyx = state.telnyx()?;
+    for (call_id, _) in &found.announce {
+        for (ccid, key) in crate::calls::legs::live_control_ids(&**client, *call_id).await? {
+            telnyx
+                .speak(
+                    &ccid,
+                    &format!("quota-announcement:{key}"),
+                    quota::ANNOUNCEMENT,
+                )
+                .await?;
+        }
+        done.announced += 1;
+    }
+    for (call_id, which) in &found.hang_up {
+        for (ccid, key) in crate::calls::legs::live_control_ids(&**client, *call_id).await? {
+            telnyx.hangup(&ccid, &format!("quota-end:{key}")).await?;
+        }
+        if quota::hung_up(&**client, *call_id, *which).await? {
+            done.ended += 1;
+        }
+    }
+    Ok(done)
 }
 
 /// Deletes recordings older than their organisation's retention: objects, then rows.
@@ -153,7 +201,7 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
                     all_deleted = false;
                     continue;
                 }
-                match store::delete(&state.storage, key).await {
+                match objects::delete(&state.storage, key).await {
                     Ok(()) => report.objects_deleted += 1,
                     Err(error) => {
                         tracing::warn!(%key, %error, "could not delete an expired recording object; retried next tick");
@@ -240,7 +288,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
         .flatten()
         {
             if keys::belongs_to(&key, organisation_id) {
-                ok &= store::delete(&state.storage, &key).await.is_ok();
+                ok &= objects::delete(&state.storage, &key).await.is_ok();
             }
         }
         if ok {
@@ -273,7 +321,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
                 .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0))
                 .is_some_and(|t| t < cutoff);
             if let (true, Some(key)) = (old, object.key())
-                && store::delete(&state.storage, key).await.is_ok()
+                && objects::delete(&state.storage, key).await.is_ok()
             {
                 report.staging_objects_deleted += 1;
             }
@@ -288,39 +336,38 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
 
 /// Fails calls stuck in a non-terminal status; returns how many.
 pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
-    let client = state.db.client().await?;
+    let mut client = state.db.client().await?;
     let after = state.config.recordings.stale_call_after;
     let reason = format!(
         "stale: no terminal event within {} minutes",
         after.as_secs() / 60
     );
-    let rows = client
+    // Locked while they are failed, so a Telnyx event applied meanwhile waits and then
+    // finds the call terminal (the state machine never moves a call back).
+    let transaction = client.transaction().await?;
+    let rows = transaction
         .query(
-            "update calls set status = 'failed', failure_reason = $2,
-                    ended_at = coalesce(ended_at, now()), updated_at = now()
+            "select id from calls
              where status not in ('ended', 'failed')
                and updated_at < now() - make_interval(secs => $1)
                -- A long call whose media bridge is alive is not stale.
                and not exists (select 1 from media_streams m
                                where m.call_id = calls.id and m.ended_at is null
                                  and m.heartbeat_at > now() - interval '5 minutes')
-             returning id",
-            &[&after.as_secs_f64(), &reason],
+             for update skip locked",
+            &[&after.as_secs_f64()],
         )
         .await?;
+    let mut failed = 0;
     for row in &rows {
-        let id: Uuid = row.get(0);
-        crate::events::append(
-            &**client,
-            id,
-            "call.failed",
-            json!({"status": "failed", "failure_reason": reason}),
-            Utc::now(),
-        )
-        .await?;
-        tracing::warn!(call_id = %id, "stale call failed by the cron");
+        let id: Uuid = row.get("id");
+        if crate::calls::fail(&*transaction, id, &reason, None).await? {
+            failed += 1;
+            tracing::warn!(call_id = %id, "stale call failed by the cron");
+        }
     }
-    Ok(rows.len())
+    transaction.commit().await?;
+    Ok(failed)
 }
 
 /// Dead jobs per kind.

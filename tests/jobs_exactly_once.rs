@@ -12,7 +12,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callbridge::jobs::{self, Job, Registry, Worker, WorkerConfig, handlers};
+use callbridge::jobs::{self, Registry, Worker, WorkerConfig, handlers};
+use callbridge::queue::{self, Job};
 use callbridge::sim::telnyx as sim;
 use callbridge::state::AppState;
 use common::tcp_proxy::TcpProxy;
@@ -193,7 +194,7 @@ async fn a_run_whose_lease_was_taken_over_commits_nothing() {
         .await
         .expect_err("A's lease was lost");
     assert!(
-        error.downcast_ref::<jobs::LeaseLost>().is_some()
+        error.downcast_ref::<queue::LeaseLost>().is_some()
             || error.to_string().contains("claimed by another worker"),
         "{error:#}"
     );

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use callbridge::jobs::{self, Job, NewJob, Registry, Worker, WorkerConfig};
+use callbridge::jobs::{self, Registry, Worker, WorkerConfig};
+use callbridge::queue::{self, Job, NewJob};
 use callbridge::state::AppState;
 use common::TestApp;
 use serde_json::json;
@@ -22,7 +23,7 @@ fn fast() -> WorkerConfig {
 }
 
 async fn enqueue(app: &TestApp, job: NewJob) -> Option<i64> {
-    jobs::enqueue(&app.db().await, &job).await.unwrap()
+    queue::enqueue(&app.db().await, &job).await.unwrap()
 }
 
 async fn job_row(app: &TestApp, id: i64) -> (String, i32, Option<String>) {
@@ -251,7 +252,7 @@ async fn an_event_stored_by_the_edge_wakes_workers_from_its_own_transaction() {
     let handle = tokio::spawn(worker.run(app.state.listener.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let db = app.db().await;
-    let edge_sql = callbridge::http::webhooks::INBOX_INSERT_SQL;
+    let edge_sql = callbridge::inbox::INBOX_INSERT_SQL;
     let stored: i64 = db
         .query_one(
             edge_sql,

@@ -564,10 +564,10 @@ async fn direct_upload_round_trips_and_complete_checks_the_object() {
         .unwrap()
         .get(0);
     let key = object_key(&app, &id, 3).await;
-    callbridge::recordings::store::copy(&app.state.storage, &staging, &key)
+    callbridge::storage::objects::copy(&app.state.storage, &staging, &key)
         .await
         .unwrap();
-    callbridge::recordings::store::delete(&app.state.storage, &staging)
+    callbridge::storage::objects::delete(&app.state.storage, &staging)
         .await
         .unwrap();
     let recording: Value = complete(3).await.unwrap().json().await.unwrap();

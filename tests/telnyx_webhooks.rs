@@ -446,7 +446,7 @@ async fn a_stored_webhook_wakes_a_running_worker_without_waiting_for_its_poll() 
     let signal = done.clone();
     let registry = callbridge::jobs::Registry::default().register(
         "telnyx.event",
-        move |_: callbridge::state::AppState, _: callbridge::jobs::Job| {
+        move |_: callbridge::state::AppState, _: callbridge::queue::Job| {
             let signal = signal.clone();
             async move {
                 signal.notify_one();

@@ -460,13 +460,23 @@ async fn a_running_call_is_warned_at_80_percent_and_ended_at_100_when_the_org_ch
     .unwrap();
     // 8.5 minutes this month: a warning, nothing more.
     ledger_row(&db, it.org, "telnyx", "call_seconds", 510.0, "test:eighty").await;
-    let done = quota::enforce(&it.t.app.state).await.unwrap();
+    let done = callbridge::cron::enforce_quotas(&it.t.app.state)
+        .await
+        .unwrap();
     assert_eq!((done.warned, done.reached), (1, 0));
     // A second pass says nothing again.
-    assert_eq!(quota::enforce(&it.t.app.state).await.unwrap().warned, 0);
+    assert_eq!(
+        callbridge::cron::enforce_quotas(&it.t.app.state)
+            .await
+            .unwrap()
+            .warned,
+        0
+    );
     // Past 10 minutes: the parties hear the announcement, then the call is hung up.
     ledger_row(&db, it.org, "telnyx", "call_seconds", 120.0, "test:hundred").await;
-    let done = quota::enforce(&it.t.app.state).await.unwrap();
+    let done = callbridge::cron::enforce_quotas(&it.t.app.state)
+        .await
+        .unwrap();
     assert_eq!((done.reached, done.announced, done.ended), (1, 1, 0));
     let spoken = it.t.sim.commands_named("speak");
     assert_eq!(spoken.len(), 2, "one announcement per leg");
@@ -479,7 +489,9 @@ async fn a_running_call_is_warned_at_80_percent_and_ended_at_100_when_the_org_ch
     )
     .await
     .unwrap();
-    let done = quota::enforce(&it.t.app.state).await.unwrap();
+    let done = callbridge::cron::enforce_quotas(&it.t.app.state)
+        .await
+        .unwrap();
     assert_eq!(done.ended, 1);
     let hangups = it.t.sim.commands_named("hangup");
     assert_eq!(hangups.len(), 2);
@@ -516,7 +528,9 @@ async fn by_default_a_call_past_its_quota_continues_and_is_flagged() {
     let (id, _agent, _remote) = it.answered_call().await;
     let db = it.t.app.db().await;
     ledger_row(&db, it.org, "telnyx", "call_seconds", 400.0, "test:over").await;
-    let done = quota::enforce(&it.t.app.state).await.unwrap();
+    let done = callbridge::cron::enforce_quotas(&it.t.app.state)
+        .await
+        .unwrap();
     assert_eq!((done.warned, done.reached, done.announced), (1, 1, 0));
     db.execute(
         "update usage_quota_marks set at = at - interval '1 minute'",
@@ -524,7 +538,13 @@ async fn by_default_a_call_past_its_quota_continues_and_is_flagged() {
     )
     .await
     .unwrap();
-    assert_eq!(quota::enforce(&it.t.app.state).await.unwrap().ended, 0);
+    assert_eq!(
+        callbridge::cron::enforce_quotas(&it.t.app.state)
+            .await
+            .unwrap()
+            .ended,
+        0
+    );
     assert!(it.t.sim.commands_named("hangup").is_empty());
     assert!(it.t.sim.commands_named("speak").is_empty());
     let call = it.call(&id).await;

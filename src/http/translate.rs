@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use crate::auth::OrgContext;
 use crate::calls;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
 use crate::providers::elevenlabs;
 use crate::state::AppState;
@@ -83,16 +83,13 @@ pub async fn translate(
         .await
     {
         Ok(translated) => {
-            // Off the request's path: the answer does not wait for the ledger.
-            let owner = crate::usage::Owner::Organisation {
-                organisation_id: org.organisation_id,
-                user_id: Some(org.user.id().to_owned()),
-            };
-            let key = format!("request:{}", uuid::Uuid::now_v7());
-            let metadata = serde_json::json!({"target_language": body.target_language});
-            crate::usage::record_later(
-                &state,
-                crate::usage::translation_entries(owner, &key, &translated.usage, metadata),
+            crate::usage::record_translation_request(
+                &state.db,
+                &state.config.usage,
+                org.organisation_id,
+                org.user.id(),
+                &translated.usage,
+                &body.target_language,
             );
             Ok(Json(TranslateResponse {
                 translations: translated.texts,

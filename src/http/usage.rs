@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::OrgContext;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
 use crate::state::AppState;
 use crate::usage::{self, GroupBy, Money, ReportLine, quota};

@@ -21,7 +21,7 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::usage::PriceTable;
+use crate::config::usage::{PriceTable, UsageConfig};
 use crate::db::{Db, DbError};
 
 /// Vendors and the units they bill (the ledger's `vendor`/`unit`; docs/USAGE.md).
@@ -190,9 +190,9 @@ pub fn spawn_record(db: Db, entries: Vec<Entry>) {
 }
 
 /// [`spawn_record`] when the ledger is on (`USAGE_LEDGER`).
-pub fn record_later(state: &crate::state::AppState, entries: Vec<Entry>) {
-    if state.config.usage.ledger {
-        spawn_record(state.db.clone(), entries);
+pub fn record_later(db: &Db, config: &UsageConfig, entries: Vec<Entry>) {
+    if config.ledger {
+        spawn_record(db.clone(), entries);
     }
 }
 
@@ -501,6 +501,29 @@ pub fn translation_entries(
         metadata: metadata.clone(),
     })
     .collect()
+}
+
+/// Records what a `POST /api/translate` cost, off the request's path (the answer does not
+/// wait for the ledger). Each request is its own source event.
+pub fn record_translation_request(
+    db: &Db,
+    config: &UsageConfig,
+    organisation_id: Uuid,
+    user_id: &str,
+    usage: &crate::translate::TranslationUsage,
+    target_language: &str,
+) {
+    let owner = Owner::Organisation {
+        organisation_id,
+        user_id: Some(user_id.to_owned()),
+    };
+    let key = format!("request:{}", Uuid::now_v7());
+    let metadata = serde_json::json!({"target_language": target_language});
+    record_later(
+        db,
+        config,
+        translation_entries(owner, &key, usage, metadata),
+    );
 }
 
 /// A presigned GET issued for a recording version (R2 bills the read it allows).

@@ -17,7 +17,6 @@ use super::unit;
 use crate::config::usage::UsageConfig;
 use crate::db::DbError;
 use crate::events;
-use crate::state::AppState;
 
 /// What the parties hear when a call is ended at a quota (Telnyx text-to-speech).
 pub const ANNOUNCEMENT: &str =
@@ -260,19 +259,25 @@ pub async fn check_dial(
     Ok(Ok(()))
 }
 
-/// What one [`enforce`] pass did.
+/// What one [`enforce`] pass found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Enforced {
     pub warned: usize,
     pub reached: usize,
-    pub announced: usize,
-    pub ended: usize,
+    /// Calls whose parties must now hear [`ANNOUNCEMENT`] (`at_limit = end`, just reached).
+    pub announce: Vec<(Uuid, Quota)>,
+    /// Calls whose announcement had its [`ANNOUNCEMENT_SECS`]: hang them up, then
+    /// [`hung_up`].
+    pub hang_up: Vec<(Uuid, Quota)>,
 }
 
-/// Checks the monthly quotas of every organisation with answered calls (docs above).
-pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
-    let config = &state.config.usage;
-    let client = state.db.client().await?;
+/// Checks the monthly quotas of every organisation with answered calls: writes the 80 % and
+/// 100 % marks and their call events (once per call), and says which calls to announce to
+/// and hang up. The caller (the cron) sends those Telnyx commands.
+pub async fn enforce(
+    client: &impl GenericClient,
+    config: &UsageConfig,
+) -> Result<Enforced, DbError> {
     let mut done = Enforced::default();
     let organisations: Vec<Uuid> = client
         .query(
@@ -284,11 +289,11 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
         .map(|row| row.get(0))
         .collect();
     for organisation_id in organisations {
-        let quotas = quotas(&**client, config, organisation_id).await?;
+        let quotas = quotas(client, config, organisation_id).await?;
         if !quotas.any_monthly() {
             continue;
         }
-        let used = month_to_date(&**client, config, organisation_id).await?;
+        let used = month_to_date(client, config, organisation_id).await?;
         let levels: Vec<(Quota, f64, f64)> = [
             (
                 Quota::MonthlyMinutes,
@@ -314,7 +319,7 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
             .map(|row| row.get(0))
             .collect();
         for call_id in calls {
-            for (quota, used, limit) in &levels {
+            for &(quota, used, limit) in &levels {
                 let level = if used >= limit { 100 } else { 80 };
                 let marks: &[i32] = if level == 100 { &[80, 100] } else { &[80] };
                 for &mark_level in marks {
@@ -329,9 +334,14 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
                     if !first {
                         continue;
                     }
+                    let action = match (mark_level, quotas.end_at_limit) {
+                        (80, _) => "none",
+                        (_, true) => "end",
+                        (_, false) => "continue",
+                    };
                     let data = json!({
-                        "quota": quota.as_str(), "used": used, "limit": limit, "percent": mark_level,
-                        "action": if mark_level < 100 { "none" } else if quotas.end_at_limit { "end" } else { "continue" },
+                        "quota": quota.as_str(), "used": used, "limit": limit,
+                        "percent": mark_level, "action": action,
                     });
                     let kind = if mark_level < 100 {
                         done.warned += 1;
@@ -340,15 +350,16 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
                         done.reached += 1;
                         "usage.quota_reached"
                     };
-                    events::append(&**client, call_id, kind, data, Utc::now()).await?;
+                    events::append(client, call_id, kind, data, Utc::now()).await?;
                     if mark_level == 100 && quotas.end_at_limit {
-                        announce(state, &**client, call_id).await?;
-                        done.announced += 1;
+                        done.announce.push((call_id, quota));
                     }
                 }
-                if level == 100 && quotas.end_at_limit {
-                    done.ended +=
-                        hang_up_after_announcement(state, &**client, call_id, *quota).await?;
+                if level == 100
+                    && quotas.end_at_limit
+                    && hang_up_due(client, call_id, quota).await?
+                {
+                    done.hang_up.push((call_id, quota));
                 }
             }
         }
@@ -356,28 +367,14 @@ pub async fn enforce(state: &AppState) -> anyhow::Result<Enforced> {
     Ok(done)
 }
 
-async fn announce(
-    state: &AppState,
-    client: &impl GenericClient,
-    call_id: Uuid,
-) -> anyhow::Result<()> {
-    let telnyx = state.telnyx()?;
-    for (ccid, key) in crate::calls::legs::live_control_ids(client, call_id).await? {
-        telnyx
-            .speak(&ccid, &format!("quota-announcement:{key}"), ANNOUNCEMENT)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Hangs up `call_id` once its announcement had [`ANNOUNCEMENT_SECS`] to play.
-async fn hang_up_after_announcement(
-    state: &AppState,
+/// Whether `call_id`'s announcement at `quota` had [`ANNOUNCEMENT_SECS`] to play and the call
+/// was not hung up for it yet.
+async fn hang_up_due(
     client: &impl GenericClient,
     call_id: Uuid,
     quota: Quota,
-) -> anyhow::Result<usize> {
-    let due = client
+) -> Result<bool, DbError> {
+    Ok(client
         .query_opt(
             "select 1 from usage_quota_marks
              where call_id = $1 and quota = $2 and level = 100 and hangup_at is null
@@ -385,15 +382,16 @@ async fn hang_up_after_announcement(
             &[&call_id, &quota.as_str(), &(ANNOUNCEMENT_SECS as f64)],
         )
         .await?
-        .is_some();
-    if !due {
-        return Ok(0);
-    }
-    let telnyx = state.telnyx()?;
-    for (ccid, key) in crate::calls::legs::live_control_ids(client, call_id).await? {
-        telnyx.hangup(&ccid, &format!("quota-end:{key}")).await?;
-    }
-    // Marked after the commands: a failed hang-up is retried by the next tick.
+        .is_some())
+}
+
+/// Records that `call_id` was hung up at `quota` (after the Telnyx commands succeeded, so a
+/// failed hang-up is retried by the next pass); the `usage.quota_ended` event once.
+pub async fn hung_up(
+    client: &impl GenericClient,
+    call_id: Uuid,
+    quota: Quota,
+) -> Result<bool, DbError> {
     let first = client
         .execute(
             "update usage_quota_marks set hangup_at = now()
@@ -411,7 +409,7 @@ async fn hang_up_after_announcement(
             Utc::now(),
         )
         .await?;
+        tracing::info!(%call_id, quota = quota.as_str(), "call ended at its organisation's quota");
     }
-    tracing::info!(%call_id, quota = quota.as_str(), "call ended at its organisation's quota");
-    Ok(usize::from(first))
+    Ok(first)
 }

@@ -2,6 +2,7 @@
 //! PostgreSQL database (cloned from a migrated template) and a real S3 server (s3s-fs,
 //! started by `make test`), with a bucket of its own.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 pub mod authjs;
 pub mod edge;

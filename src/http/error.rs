@@ -248,6 +248,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A database failure is a 500 (its cause logged once, by [`ApiError::to_problem`]).
+impl From<crate::db::DbError> for ApiError {
+    fn from(error: crate::db::DbError) -> Self {
+        ApiError::internal(error)
+    }
+}
+
+/// A query a handler ran itself failed: a 500 like [`crate::db::DbError`].
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        ApiError::internal(error)
+    }
+}
+
 impl From<crate::providers::telnyx::TelnyxError> for ApiError {
     fn from(error: crate::providers::telnyx::TelnyxError) -> Self {
         ApiError::BadGateway(error.to_string())

@@ -4,13 +4,17 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 
 use crate::calls::{self, legs, stream_token};
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Path;
 use crate::media::bridge;
+use crate::media::hub::Hub;
 use crate::state::AppState;
 
 /// Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6).
@@ -24,6 +28,7 @@ use crate::state::AppState;
     ))]
 pub async fn telnyx_stream(
     State(state): State<AppState>,
+    Extension(hub): Extension<Arc<Hub>>,
     Path(token): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
@@ -36,18 +41,14 @@ pub async fn telnyx_stream(
     let bound = stream_token::verify(state.config.auth.secret.expose().as_bytes(), &token, now)
         .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
     let assemblyai = state.assemblyai()?.clone();
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     // A one-leg call's token names the call; an interpreted call's names one leg.
-    let (call_id, leg) = match calls::get_unscoped(&**client, bound)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    let (call_id, leg) = match calls::get_unscoped(&**client, bound).await? {
         Some(call) if !call.interpreted => (call.id, None),
         Some(_) => return Err(ApiError::NotFound),
         None => {
             let leg = legs::get(&**client, bound)
-                .await
-                .map_err(ApiError::internal)?
+                .await?
                 .ok_or(ApiError::NotFound)?;
             if leg.status.is_terminal() {
                 return Err(ApiError::NotFound);
@@ -56,8 +57,7 @@ pub async fn telnyx_stream(
         }
     };
     let call = calls::get_unscoped(&**client, call_id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     if call.status.is_terminal() {
         return Err(ApiError::NotFound);
@@ -77,6 +77,13 @@ pub async fn telnyx_stream(
         .write_buffer_size(0)
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| {
-            tracker.track_future(bridge::run(state, target, assemblyai, socket, connected_at))
+            tracker.track_future(bridge::run(
+                state,
+                hub,
+                target,
+                assemblyai,
+                socket,
+                connected_at,
+            ))
         }))
 }
