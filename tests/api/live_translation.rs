@@ -3,7 +3,7 @@
 //! it *played*; the listener talking over it makes us send `clear` and record it *cut*.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

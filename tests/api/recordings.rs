@@ -4,7 +4,7 @@
 //! leave no parts; non-audio is refused; other organisations see 404; the Telnyx import and
 //! the post-call transcript run end to end on the simulators; the cron purges.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

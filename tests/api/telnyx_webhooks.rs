@@ -2,7 +2,7 @@
 //! processed exactly once through the queue, and applied correctly in any order.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

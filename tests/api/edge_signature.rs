@@ -2,7 +2,7 @@
 //! shim signed (method, path, timestamp, body hash), except the Telnyx media stream and the
 //! `EDGE_UNSIGNED_PATHS` prefixes. Each test is an attacker reaching the origin directly.
 
-mod common;
+use crate::common;
 
 use common::edge::{edge_headers, unix_now};
 use common::{TestApp, assert_problem};

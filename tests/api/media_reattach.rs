@@ -5,7 +5,7 @@
 //! as a gap from where the old stream left off, as long as it was away.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

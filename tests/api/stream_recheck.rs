@@ -1,7 +1,7 @@
 //! Issue 14 item 6: the call events stream re-checks the session and the membership every
 //! AUTH_STREAM_RECHECK_SECS and ends with one `auth.revoked` event when either is gone.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `/internal/debug/session`: absent in production; elsewhere it needs a Cloudflare Access
 //! JWT (RS256, verified against a JWKS served here) or a short-lived debug token.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use common::{TestApp, assert_problem};
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
 
 /// A test-only RSA key (generated for this suite; never used anywhere else).
-const TEST_KEY: &[u8] = include_bytes!("fixtures/cf-access-test-key.pk8");
+const TEST_KEY: &[u8] = include_bytes!("../fixtures/cf-access-test-key.pk8");
 const AUDIENCE: &str = "aud-callbridge-test";
 
 fn now() -> u64 {

@@ -3,7 +3,7 @@
 //! TTS streamed to the client as it arrives.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Auth.js session resolution: cookie names, bearer, decoding rules, expiry, sign-out, the
 //! storage modes and their backfill, and the cache's revocation window.
 
-mod common;
+use crate::common;
 
 use chrono::{Duration, Utc};
 use common::{TestApp, assert_problem};

@@ -4,7 +4,7 @@
 //! so Telnyx stops retrying and the call's state still moves.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use callbridge::sim::telnyx as sim;
 use common::telnyx::TelnyxApp;

@@ -1,6 +1,6 @@
 //! `/healthz` and `/readyz`, including a database outage and recovery without a restart.
 
-mod common;
+use crate::common;
 
 use common::tcp_proxy::TcpProxy;
 use common::{TestApp, assert_problem};

@@ -3,7 +3,7 @@
 //! concurrency caps (also across two replicas), and the maximum duration.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use common::authjs::Session;
 use common::telnyx::TelnyxApp;

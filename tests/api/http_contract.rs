@@ -1,7 +1,7 @@
 //! The HTTP contract every route shares: problem+json errors with request ids, the request id
 //! rules, CORS, metrics and the OpenAPI document.
 
-mod common;
+use crate::common;
 
 use axum::routing::get;
 use common::{TestApp, assert_problem};

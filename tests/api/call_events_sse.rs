@@ -3,7 +3,7 @@
 //! duplicates.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! stream settings, retries, failures, pagination, hangup, and tenant isolation.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use callbridge::sim::telnyx::Fault;
 use common::assert_problem;
@@ -324,7 +324,7 @@ async fn calls_and_numbers_of_another_organisation_are_404() {
         404,
     )
     .await;
-    // Another tenant's number is simply not available (tests/phone_number_provisioning.rs
+    // Another tenant's number is simply not available (tests/api/phone_number_provisioning.rs
     // checks the answer is the one any unavailable number gets).
     let taken = t
         .app

@@ -2,9 +2,8 @@
 //! its dry-run form (the `# dry run:` comment, else the command itself, which then must
 //! change nothing), with `callbridge` on PATH being the binary under test and a complete
 //! production configuration in the environment. Each must exit 0.
-#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

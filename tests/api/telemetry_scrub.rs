@@ -3,7 +3,7 @@
 //! scrubbed by `telemetry::scrub_event`, unit-tested there). One test per process: it installs
 //! the global log subscriber.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! hanging up ends the other leg; a remote party who never answers fails the call.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

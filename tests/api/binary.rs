@@ -1,9 +1,8 @@
 //! The `callbridge` binary as an operator runs it: configuration errors, secrets kept out of
 //! logs, graceful shutdown on SIGTERM, `migrate` with only the database, `config check`, and
 //! the first day: the binary started as `make dev` starts it takes a call through its life.
-#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -7,7 +7,7 @@
 //! handler returns, i.e. between the job's effect and the worker's `done` update.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! buys onto the platform's connection, and the per-organisation cap holds under concurrency.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use callbridge::sim::telnyx::Fault;
 use common::assert_problem;

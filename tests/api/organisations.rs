@@ -1,7 +1,7 @@
 //! Organisations, members and roles; CSRF on cookie sessions; tenant isolation (another
 //! organisation's resources are 404); and the JSON error contract on a real endpoint.
 
-mod common;
+use crate::common;
 
 use common::authjs::Session;
 use common::{TestApp, assert_problem};

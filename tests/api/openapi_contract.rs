@@ -16,9 +16,8 @@
 //! A failure names the operation and says what to add; a new route usually needs nothing
 //! here, only a body in [`body_for`] when its request body has no schema examples.
 #![cfg(feature = "sim")]
-#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

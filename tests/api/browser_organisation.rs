@@ -4,7 +4,7 @@
 //! (`PUT /api/me/active-organisation`).
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

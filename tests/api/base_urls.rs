@@ -2,7 +2,7 @@
 //! Telnyx media keeps reaching the container directly.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use common::telnyx::TelnyxApp;
 use reqwest::Method;

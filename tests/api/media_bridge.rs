@@ -5,7 +5,7 @@
 //! flushing.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -2,7 +2,7 @@
 //! request head (slowloris), and unknown bearer tokens are remembered briefly so a flood of
 //! made-up tokens does not cost a database query each.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! session-authenticated WebSocket proxy (batching, origin check, optional call binding).
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The job queue: retries with backoff, the dead state, lease expiry after a crashed worker,
 //! panics recorded, dedupe keys, unknown kinds, and NOTIFY wake-ups.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
