@@ -4,7 +4,7 @@
 //! drift is reported once.
 #![cfg(feature = "sim")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
