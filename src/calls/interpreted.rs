@@ -143,8 +143,18 @@ pub async fn dial_leg(
     call: &Call,
     leg: &Leg,
 ) -> Result<(), DialError> {
+    // A line's agent is rung from the line's number, for as long as the line allows.
+    let (from, timeout_secs) = if call.direction == "inbound" {
+        let client = state.db.client().await?;
+        (
+            call.to.clone(),
+            super::lines::agent_timeout(&**client, call.id).await?,
+        )
+    } else {
+        (call.from.clone(), None)
+    };
     let request = DialRequest {
-        from: call.from.clone(),
+        from,
         to: leg.number.clone(),
         client_state: telnyx::encode_leg_client_state(call.id, leg.role.as_str()),
         command_id: format!("dial:{}", leg.id),
@@ -159,6 +169,7 @@ pub async fn dial_leg(
             &state.config.webhook_base_url,
             crate::paths::TELNYX_WEBHOOK,
         )),
+        timeout_secs,
     };
     let dialed = telnyx.dial(&request).await?;
     let client = state.db.client().await?;
@@ -183,28 +194,32 @@ pub async fn dial_leg(
     Ok(())
 }
 
-/// Carries out what [`legs::settle`] decided: ring the remote party, or end a leg whose
-/// party is gone. Each command is claimed first, so concurrent jobs for the same call send
+/// Carries out what [`legs::settle`] decided: ring the second party, greet or apologise to
+/// a line's caller, or end a leg whose party is gone. Each command is claimed first, so concurrent jobs for the same call send
 /// it once; a refused remote dial fails that leg, which ends the agent's in turn.
 pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> anyhow::Result<()> {
     let telnyx = state.telnyx()?;
     for step in next {
         let client = state.db.client().await?;
         match step {
-            legs::Next::DialRemote(remote) => {
-                if !legs::claim_dial(&**client, remote.id).await? {
+            legs::Next::Dial(leg) => {
+                if !legs::claim_dial(&**client, leg.id).await? {
                     continue;
                 }
-                match dial_leg(state, telnyx, call, &remote).await {
+                match dial_leg(state, telnyx, call, &leg).await {
                     Ok(()) => {}
                     Err(DialError::Telnyx(error @ TelnyxError::Rejected { .. })) => {
-                        let reason = format!("the remote party could not be dialed: {error}");
-                        legs::mark_failed(&**client, remote.id, &reason).await?;
+                        let who = match leg.role {
+                            Role::Agent => "the agent",
+                            Role::Remote => "the remote party",
+                        };
+                        let reason = format!("{who} could not be dialed: {error}");
+                        legs::mark_failed(&**client, leg.id, &reason).await?;
                         events::append(
                             &**client,
                             call.id,
                             "call.leg_failed",
-                            json!({"leg": "remote", "failure_reason": reason}),
+                            json!({"leg": leg.role.as_str(), "failure_reason": reason}),
                             Utc::now(),
                         )
                         .await?;
@@ -213,11 +228,13 @@ pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> 
                     }
                     // Unavailable after retries: the job runs again (same command id).
                     Err(error) => {
-                        legs::release_dial(&**client, remote.id).await?;
+                        legs::release_dial(&**client, leg.id).await?;
                         return Err(error.into());
                     }
                 }
             }
+            legs::Next::Greet(caller) => super::lines::greet(state, call, &caller).await?,
+            legs::Next::Apologise(caller) => super::lines::apologise(state, call, &caller).await?,
             legs::Next::HangUp(leg) => {
                 let Some(ccid) = leg.telnyx_call_control_id.as_deref() else {
                     continue;

@@ -78,6 +78,14 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         && matches!(event.field("direction"), Some("incoming" | "inbound"));
     let call = match call {
         Some(call) => call,
+        // A call to an inbound line is stored, answered and logged in this transaction.
+        None if is_inbound_start
+            && calls::lines::answer_inbound(&state, tx, &event, occurred_at)
+                .await?
+                .is_some() =>
+        {
+            return finish(transaction, &job, &event_id).await;
+        }
         None if is_inbound_start => match route_inbound(&state, tx, &event).await? {
             Some(call) => call,
             None => return finish(transaction, &job, &event_id).await,
@@ -168,6 +176,7 @@ async fn run_for_leg(
         crate::usage::record_telephony(&**client, call.id).await?;
     }
     interpreted::follow_up(state, call, next).await?;
+    calls::lines::on_leg_event(state, call, &leg, event).await?;
     let updated = calls::get_unscoped(&**client, call.id)
         .await?
         .context("call vanished")?;

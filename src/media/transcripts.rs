@@ -189,33 +189,37 @@ pub async fn publish_partial(
     Ok(())
 }
 
+/// The stream of `call_id`'s `leg` (`call` for a one-leg call, else the leg's role) is
+/// alive on `replica`.
 pub async fn heartbeat(
     db: &Db,
     call_id: Uuid,
+    leg: &str,
     replica: &str,
     stream_id: Option<&str>,
 ) -> Result<(), DbError> {
     let client = db.client().await?;
     client
         .execute(
-            "insert into media_streams (call_id, replica, stream_id) values ($1, $2, $3)
-             on conflict (call_id) do update set replica = $2, stream_id = coalesce($3, media_streams.stream_id),
+            "insert into media_streams (call_id, replica, stream_id, leg) values ($1, $2, $3, $4)
+             on conflict (call_id, leg) do update set replica = $2, stream_id = coalesce($3, media_streams.stream_id),
                  heartbeat_at = now(), ended_at = null
              -- A beat still in flight from a stream that has since detached must not mark it
              -- live again; a new stream of the call (another stream id) takes over.
              where media_streams.replica <> 'detached' or media_streams.stream_id is distinct from $3",
-            &[&call_id, &replica, &stream_id],
+            &[&call_id, &replica, &stream_id, &leg],
         )
         .await?;
     Ok(())
 }
 
-pub async fn stream_ended(db: &Db, call_id: Uuid) -> Result<(), DbError> {
+pub async fn stream_ended(db: &Db, call_id: Uuid, leg: &str) -> Result<(), DbError> {
     let client = db.client().await?;
     client
         .execute(
-            "update media_streams set ended_at = now(), heartbeat_at = now() where call_id = $1",
-            &[&call_id],
+            "update media_streams set ended_at = now(), heartbeat_at = now()
+             where call_id = $1 and leg = $2",
+            &[&call_id, &leg],
         )
         .await?;
     Ok(())
