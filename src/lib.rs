@@ -31,5 +31,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod transcripts;
 pub mod translate;
+pub mod usage;
 
 pub use app::Application;

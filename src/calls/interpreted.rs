@@ -67,6 +67,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     let permit = super::guard::admit(
         &mut client,
         &state.config.telephony,
+        &state.config.usage,
         dial.organisation_id,
         dial.created_by.as_deref().unwrap_or_default(),
         &[&dial.agent.number, &dial.remote.number],

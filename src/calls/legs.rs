@@ -153,6 +153,37 @@ pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uui
 }
 
 /// The call's legs, agent first.
+/// The Telnyx call control ids to speak into or hang up to reach every live party of a
+/// call, each with a stable key for command ids: an interpreted call's live legs
+/// (`<call>:<role>`), or a one-leg call's own id (`<call>`).
+pub async fn live_control_ids(
+    client: &impl GenericClient,
+    call_id: Uuid,
+) -> Result<Vec<(String, String)>, DbError> {
+    let Some(call) = super::get_unscoped(client, call_id).await? else {
+        return Ok(Vec::new());
+    };
+    if call.status.is_terminal() {
+        return Ok(Vec::new());
+    }
+    Ok(if call.interpreted {
+        for_call(client, call_id)
+            .await?
+            .into_iter()
+            .filter(|leg| !leg.status.is_terminal())
+            .filter_map(|leg| {
+                let ccid = leg.telnyx_call_control_id?;
+                Some((ccid, format!("{call_id}:{}", leg.role.as_str())))
+            })
+            .collect()
+    } else {
+        call.telnyx_call_control_id
+            .map(|ccid| (ccid, call_id.to_string()))
+            .into_iter()
+            .collect()
+    })
+}
+
 pub async fn for_call(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Leg>, DbError> {
     let sql = format!(
         "select {LEG_COLUMNS} from call_legs l where l.call_id = $1

@@ -287,11 +287,28 @@ async fn translate_prompts(
                 if primary(&from) == primary(language) {
                     return Ok::<_, TranslateError>(text);
                 }
-                let (mut out, _) = state
+                let mut translated = state
                     .translation
                     .translate(organisation_id, &[text], Some(&from), language)
                     .await?;
-                Ok(out.pop().unwrap_or_default())
+                // The line's prompts are translated once per setting: billed to the
+                // organisation like any translation (docs/USAGE.md).
+                let owner = crate::usage::Owner::Organisation {
+                    organisation_id,
+                    user_id: None,
+                };
+                let key = format!("line-prompt:{}", uuid::Uuid::now_v7());
+                crate::usage::record_later(
+                    &state.db,
+                    &state.config.usage,
+                    crate::usage::translation_entries(
+                        owner,
+                        &key,
+                        &translated.usage,
+                        serde_json::json!({"target_language": language}),
+                    ),
+                );
+                Ok(translated.texts.pop().unwrap_or_default())
             }
         };
         prompts.push(Prompt {

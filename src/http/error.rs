@@ -298,7 +298,20 @@ impl From<crate::providers::telnyx::TelnyxError> for ApiError {
 impl From<crate::calls::guard::Refusal> for ApiError {
     fn from(refusal: crate::calls::guard::Refusal) -> Self {
         let retry_after_secs = refusal.retry_after_secs();
-        let (status, slug, title) = if retry_after_secs.is_some() {
+        let quota = matches!(refusal, crate::calls::guard::Refusal::Quota(_));
+        let (status, slug, title) = if refusal.payment_required() {
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                "quota-exceeded",
+                "Usage quota reached",
+            )
+        } else if quota {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Usage quota reached",
+            )
+        } else if retry_after_secs.is_some() {
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 "dial-rate-limited",

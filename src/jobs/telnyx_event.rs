@@ -104,6 +104,10 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         return finish(transaction, &job, &event_id).await;
     }
     calls::apply_event(tx, call.id, &event.event_type, occurred_at, &event.payload).await?;
+    if event.event_type == "call.hangup" {
+        // Answer → hang-up per leg, in this transaction: billed once with the event.
+        crate::usage::record_telephony(tx, call.id).await?;
+    }
     if is_inbound_start && call.direction == "inbound" {
         answer_once(&state, tx, &call, &event).await?;
     }
@@ -168,6 +172,9 @@ async fn run_for_leg(
     };
     legs::apply_event(tx, leg.id, &event.event_type, occurred_at, &event.payload).await?;
     let next = legs::settle(tx, call.id).await?;
+    if event.event_type == "call.hangup" {
+        crate::usage::record_telephony(tx, call.id).await?;
+    }
     interpreted::follow_up(state, tx, call, next).await?;
     calls::lines::on_leg_event(state, tx, call, &leg, event).await?;
     let updated = calls::get_unscoped(tx, call.id)

@@ -18,6 +18,14 @@ pub enum OpenAiError {
     Unavailable(String),
 }
 
+/// A translation and the tokens OpenAI billed for it (the response's `usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
 #[derive(Clone)]
 pub struct OpenAiClient {
     http: reqwest::Client,
@@ -39,7 +47,7 @@ impl OpenAiClient {
         text: &str,
         source: Option<&str>,
         target: &str,
-    ) -> Result<String, OpenAiError> {
+    ) -> Result<Completion, OpenAiError> {
         let from = source.map(|s| format!(" from {s}")).unwrap_or_default();
         let body = json!({
             "model": MODEL,
@@ -62,10 +70,21 @@ impl OpenAiClient {
             let status = response.status().as_u16();
             let value: serde_json::Value = response.json().await.unwrap_or_default();
             match status {
-                200 => value["choices"][0]["message"]["content"]
-                    .as_str()
-                    .map(|t| t.trim().to_owned())
-                    .ok_or_else(|| Failure::Final(OpenAiError::Unavailable("no content".into()))),
+                200 => {
+                    let text = value["choices"][0]["message"]["content"]
+                        .as_str()
+                        .map(|t| t.trim().to_owned())
+                        .ok_or_else(|| {
+                            Failure::Final(OpenAiError::Unavailable("no content".into()))
+                        })?;
+                    Ok(Completion {
+                        text,
+                        prompt_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                        completion_tokens: value["usage"]["completion_tokens"]
+                            .as_u64()
+                            .unwrap_or(0),
+                    })
+                }
                 // 429 is a rate limit (retry) unless the account is out of quota (do not).
                 429 if value["error"]["code"] == "insufficient_quota" => {
                     Err(Failure::Final(OpenAiError::Rejected(429)))

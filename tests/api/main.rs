@@ -42,3 +42,4 @@ mod stream_recheck;
 mod telemetry_scrub;
 mod telnyx_webhooks;
 mod translation;
+mod usage;
