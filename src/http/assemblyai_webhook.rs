@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::error::{ApiError, Problem};
 use crate::http::extract::Json;
-use crate::http::webhooks::{Received, storable, store_in_inbox};
+use crate::http::webhooks::{Received, store_in_inbox};
 use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
 use crate::state::AppState;
 
@@ -56,27 +56,8 @@ pub async fn assemblyai(
             "Webhook auth header missing or wrong.".into(),
         ));
     }
-    let mut payload: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
-    storable(&mut payload, "assemblyai");
-    let transcript_id = payload
-        .get("transcript_id")
-        .and_then(|v| v.as_str())
-        .filter(|id| !id.is_empty() && id.len() <= 200)
-        .ok_or_else(|| ApiError::BadRequest("missing transcript_id".into()))?;
-    let status = payload
-        .get("status")
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty() && s.len() <= 40)
-        .ok_or_else(|| ApiError::BadRequest("missing status".into()))?;
-    let event_id = format!("{transcript_id}:{status}");
-    let event_type = format!("transcript.{status}");
-    let duplicate =
-        store_in_inbox(&state, "assemblyai", &event_id, &event_type, None, &payload).await?;
-    Ok(Json(Received {
-        event_id,
-        duplicate,
-    }))
+    let received = store_in_inbox(&state, "assemblyai", &body, "").await?;
+    Ok(Json(received))
 }
 
 #[cfg(test)]
