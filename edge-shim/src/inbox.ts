@@ -9,10 +9,13 @@ import type { Db } from "./db";
 
 /** src/http/webhooks.rs INBOX_INSERT_SQL, byte for byte. $1 provider, $2 raw body, $3 received_via. */
 export const INBOX_INSERT_SQL = String.raw`with parsed as (
-        select regexp_replace($2::text, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g')::jsonb as body,
+        select read.body, read.refusal,
                (select count(*) from regexp_matches($2::text, '(?<!\\)((?:\\\\)*)\\u0000', 'g')) as nul_replaced
+        from webhook_body($2::text) read
     ), event as (
-        select body, nul_replaced, case $1::text
+        select body, nul_replaced, refusal is not null as not_json, case
+            when refusal is not null then 'the body is not JSON: ' || refusal
+            else case $1::text
             when 'telnyx' then case
                 when (jsonb_typeof(body) = 'object' and body ? 'data') is not true then 'missing data'
                 when (jsonb_typeof(body->'data'->'id') = 'string'
@@ -27,7 +30,7 @@ export const INBOX_INSERT_SQL = String.raw`with parsed as (
                       and octet_length(body->>'status') between 1 and 40) is not true then 'missing status'
                 end
             else 'unknown provider'
-            end as rejected,
+            end end as rejected,
             case $1::text when 'telnyx' then body->'data'->>'id'
                 else (body->>'transcript_id') || ':' || (body->>'status') end as event_id,
             case $1::text when 'telnyx' then replace(body->'data'->>'event_type', '_', '.')
@@ -37,7 +40,7 @@ export const INBOX_INSERT_SQL = String.raw`with parsed as (
     ), stamped as (
         select event.*, case
             when jsonb_typeof(body->'data'->'occurred_at') = 'string'
-             and occurred_text ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$'
+             and occurred_text ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$'
              and substr(occurred_text, 1, 4) <> '0000'
              and extract(month from make_date(substr(occurred_text, 1, 4)::int, substr(occurred_text, 6, 2)::int, 1)
                                     + (substr(occurred_text, 9, 2)::int - 1)) = substr(occurred_text, 6, 2)::int
@@ -57,10 +60,12 @@ export const INBOX_INSERT_SQL = String.raw`with parsed as (
         on conflict (dedupe_key) where dedupe_key is not null do nothing
         returning id
     )
-    select rejected, event_id, nul_replaced, (select count(*) from inserted) as inserted from stamped`;
+    select rejected, not_json, event_id, nul_replaced, (select count(*) from inserted) as inserted from stamped`;
 
 /** The container's 400 for a body that is not UTF-8 (PostgreSQL only takes text). */
 export const NOT_UTF8 = "the body is not JSON: it is not valid UTF-8";
+/** The container's 400 for a body with a NUL byte (never JSON; PostgreSQL refuses it in text). */
+export const NUL_BYTE = "the body is not JSON: it contains a NUL byte";
 
 export type Provider = "telnyx" | "assemblyai";
 
@@ -87,6 +92,7 @@ const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 interface Row {
   rejected: string | null;
+  not_json: boolean;
   event_id: string | null;
   inserted: string;
 }
@@ -103,12 +109,13 @@ export async function storeInInbox(db: Db, provider: Provider, body: Uint8Array,
   } catch {
     return { rejected: NOT_UTF8, notJson: true };
   }
+  if (text.includes("\0")) return { rejected: NUL_BYTE, notJson: true };
   if (dryRun) await db.query("begin");
   try {
     const result = await db.query<Row>(INBOX_INSERT_SQL, [provider, text, "edge"]);
     const row = result.rows[0];
     if (row === undefined) throw new Error("the inbox statement returned no row");
-    if (row.rejected !== null) return { rejected: row.rejected, notJson: false };
+    if (row.rejected !== null) return { rejected: row.rejected, notJson: row.not_json };
     return { eventId: row.event_id ?? "", duplicate: row.inserted === "0" };
   } catch (err) {
     const detail = notJson(err);

@@ -23,18 +23,22 @@ pub struct Received {
 
 /// Stores a verified webhook body and enqueues its job, in one statement that also reads it:
 /// `$1` the provider, `$2` the raw body as text, `$3` `received_via`. PostgreSQL is the one
-/// parser (`jsonb` from the raw text): it rejects what is not JSON (SQLSTATE class 22, or
-/// 54001 for nesting deeper than its stack), replaces each `\u0000` escape by `\ufffd`
-/// (ADR 0020), picks out the event id and type, and converts `data.occurred_at` when it is
-/// an RFC 3339 timestamp (else NULL). The answer is one row: `rejected` (why the body is not
-/// this provider's webhook, nothing stored), `event_id`, `nul_replaced` and `inserted` (0 for
-/// a duplicate). The edge shim runs this statement byte for byte through Hyperdrive
+/// parser: `webhook_body` (migration 20261206001300) reads the raw
+/// text as `jsonb` after replacing each `\u0000` escape by `\ufffd` (ADR 0020), or says why
+/// it will not; the statement picks out the event id and type, and converts
+/// `data.occurred_at` when it is an RFC 3339 timestamp (else NULL). The answer is one row:
+/// `rejected` (why nothing was stored: the 400's detail), `not_json` (the body is not JSON,
+/// as opposed to not this provider's webhook), `event_id`, `nul_replaced` and `inserted` (0
+/// for a duplicate). The edge shim runs this statement byte for byte through Hyperdrive
 /// (`received_via = 'edge'`), so both sides store identical rows (docs/STRANGLER.md).
 pub const INBOX_INSERT_SQL: &str = r#"with parsed as (
-        select regexp_replace($2::text, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g')::jsonb as body,
+        select read.body, read.refusal,
                (select count(*) from regexp_matches($2::text, '(?<!\\)((?:\\\\)*)\\u0000', 'g')) as nul_replaced
+        from webhook_body($2::text) read
     ), event as (
-        select body, nul_replaced, case $1::text
+        select body, nul_replaced, refusal is not null as not_json, case
+            when refusal is not null then 'the body is not JSON: ' || refusal
+            else case $1::text
             when 'telnyx' then case
                 when (jsonb_typeof(body) = 'object' and body ? 'data') is not true then 'missing data'
                 when (jsonb_typeof(body->'data'->'id') = 'string'
@@ -49,7 +53,7 @@ pub const INBOX_INSERT_SQL: &str = r#"with parsed as (
                       and octet_length(body->>'status') between 1 and 40) is not true then 'missing status'
                 end
             else 'unknown provider'
-            end as rejected,
+            end end as rejected,
             case $1::text when 'telnyx' then body->'data'->>'id'
                 else (body->>'transcript_id') || ':' || (body->>'status') end as event_id,
             case $1::text when 'telnyx' then replace(body->'data'->>'event_type', '_', '.')
@@ -59,7 +63,7 @@ pub const INBOX_INSERT_SQL: &str = r#"with parsed as (
     ), stamped as (
         select event.*, case
             when jsonb_typeof(body->'data'->'occurred_at') = 'string'
-             and occurred_text ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$'
+             and occurred_text ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$'
              and substr(occurred_text, 1, 4) <> '0000'
              and extract(month from make_date(substr(occurred_text, 1, 4)::int, substr(occurred_text, 6, 2)::int, 1)
                                     + (substr(occurred_text, 9, 2)::int - 1)) = substr(occurred_text, 6, 2)::int
@@ -79,7 +83,7 @@ pub const INBOX_INSERT_SQL: &str = r#"with parsed as (
         on conflict (dedupe_key) where dedupe_key is not null do nothing
         returning id
     )
-    select rejected, event_id, nul_replaced, (select count(*) from inserted) as inserted from stamped"#;
+    select rejected, not_json, event_id, nul_replaced, (select count(*) from inserted) as inserted from stamped"#;
 
 /// How a receiver answers a body PostgreSQL would not read as JSON. The detail quotes
 /// PostgreSQL's message and detail (never its context line, which echoes the body).
@@ -98,6 +102,9 @@ pub fn not_json(error: &tokio_postgres::Error) -> Option<String> {
 /// The 400 for a body that is not UTF-8 (PostgreSQL only takes text).
 pub const NOT_UTF8: &str = "the body is not JSON: it is not valid UTF-8";
 
+/// The 400 for a body with a NUL byte (never JSON; PostgreSQL refuses it in text).
+pub const NUL_BYTE: &str = "the body is not JSON: it contains a NUL byte";
+
 /// Stores a verified body (see [`INBOX_INSERT_SQL`]) and enqueues its job, counting it.
 /// Returns the event id and whether it was already known (a duplicate delivery), or the
 /// 400 for a body that is not JSON or whose fields are missing (`rejected`, prefixed by
@@ -109,6 +116,9 @@ pub async fn store_in_inbox(
     reject_prefix: &str,
 ) -> Result<Received, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest(NOT_UTF8.into()))?;
+    if text.contains('\0') {
+        return Err(ApiError::BadRequest(NUL_BYTE.into()));
+    }
     let client = state.db.client().await.map_err(ApiError::internal)?;
     let statement = state
         .db
@@ -123,7 +133,11 @@ pub async fn store_in_inbox(
             None => ApiError::internal(error),
         })?;
     if let Some(reason) = row.get::<_, Option<String>>("rejected") {
-        return Err(ApiError::BadRequest(format!("{reject_prefix}{reason}")));
+        return Err(ApiError::BadRequest(if row.get("not_json") {
+            reason
+        } else {
+            format!("{reject_prefix}{reason}")
+        }));
     }
     let replaced: i64 = row.get("nul_replaced");
     if replaced > 0 {
