@@ -1,4 +1,4 @@
--- Reads a verified webhook body for the inbox statement (src/http/webhooks.rs
+-- Reads a verified webhook body for the inbox statement (src/inbox.rs
 -- INBOX_INSERT_SQL, run by the container and, through Hyperdrive, by the edge shim): jsonb
 -- from the raw text, each `\u0000` escape (not one after an escaped backslash) replaced by
 -- `\ufffd` first (ADR 0020). A body PostgreSQL will not read (invalid JSON: class 22; nesting

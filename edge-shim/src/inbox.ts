@@ -1,5 +1,5 @@
-// Owns the webhook inbox at the edge: the container's one statement (src/http/webhooks.rs
-// INBOX_INSERT_SQL, byte for byte; tests/edge_inbox_sql.rs compares the two) that reads a
+// Owns the webhook inbox at the edge: the container's one statement (src/inbox.rs
+// INBOX_INSERT_SQL, byte for byte; a unit test there compares the two) that reads a
 // verified raw body, stores it in `webhook_inbox` and enqueues its job. PostgreSQL is the one
 // parser on both sides: it rejects what is not JSON, replaces `\u0000` escapes, reads the event
 // id, type and `occurred_at`, so the edge holds no JSON or timestamp rules of its own and both
@@ -7,7 +7,7 @@
 
 import type { Db } from "./db";
 
-/** src/http/webhooks.rs INBOX_INSERT_SQL, byte for byte. $1 provider, $2 raw body, $3 received_via. */
+/** src/inbox.rs INBOX_INSERT_SQL, byte for byte. $1 provider, $2 raw body, $3 received_via. */
 export const INBOX_INSERT_SQL = String.raw`with parsed as (
         select read.body, read.refusal,
                (select count(*) from regexp_matches($2::text, '(?<!\\)((?:\\\\)*)\\u0000', 'g')) as nul_replaced

@@ -13,9 +13,10 @@ use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
-use crate::http::webhooks::{Received, store_in_inbox};
+use crate::http::webhooks::{Received, store};
+use crate::inbox::Provider;
 use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
 use crate::state::AppState;
 
@@ -56,7 +57,7 @@ pub async fn assemblyai(
             "Webhook auth header missing or wrong.".into(),
         ));
     }
-    let received = store_in_inbox(&state, "assemblyai", &body, "").await?;
+    let received = store(&state, Provider::AssemblyAi, &body, "").await?;
     Ok(Json(received))
 }
 

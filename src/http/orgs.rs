@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::CurrentUser;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::orgs::{self, AddOutcome, Member, Membership, RemoveOutcome, Role};
 use crate::state::AppState;
@@ -48,10 +48,9 @@ async fn caller_role(
     organisation_id: Uuid,
     user_id: &str,
 ) -> Result<Role, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     orgs::role_of(&**client, organisation_id, user_id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)
 }
 
@@ -75,10 +74,8 @@ pub async fn create(
             "name must be 1 to 200 characters".into(),
         ));
     }
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
-    let membership = orgs::create_organisation(&mut **client, user.id(), name)
-        .await
-        .map_err(ApiError::internal)?;
+    let mut client = state.db.client().await?;
+    let membership = orgs::create_organisation(&mut **client, user.id(), name).await?;
     state.sessions.forget_user(user.id());
     Ok((StatusCode::CREATED, Json(membership)))
 }
@@ -97,10 +94,8 @@ pub async fn list_members(
     Path(organisation_id): Path<Uuid>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
     caller_role(&state, organisation_id, user.id()).await?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let members = orgs::members(&**client, &state.config.auth.schema, organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let members = orgs::members(&**client, &state.config.auth.schema, organisation_id).await?;
     Ok(Json(members))
 }
 
@@ -129,15 +124,12 @@ pub async fn add_member(
         )));
     }
     let schema = &state.config.auth.schema;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let target = match (&body.user_id, &body.email) {
         (Some(id), None) => orgs::user_exists(&**client, schema, id)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .then(|| id.clone()),
-        (None, Some(email)) => orgs::user_id_by_email(&**client, schema, email.trim())
-            .await
-            .map_err(ApiError::internal)?,
+        (None, Some(email)) => orgs::user_id_by_email(&**client, schema, email.trim()).await?,
         _ => {
             return Err(ApiError::Unprocessable(
                 "give exactly one of email or user_id".into(),
@@ -145,16 +137,12 @@ pub async fn add_member(
         }
     }
     .ok_or_else(|| ApiError::Unprocessable("no such user: they must sign in once first".into()))?;
-    match orgs::add_member(&**client, organisation_id, &target, body.role)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    match orgs::add_member(&**client, organisation_id, &target, body.role).await? {
         AddOutcome::AlreadyMember => Err(ApiError::Conflict("already a member".into())),
         AddOutcome::Added => {
             state.sessions.forget_user(&target);
             let member = orgs::members(&**client, schema, organisation_id)
-                .await
-                .map_err(ApiError::internal)?
+                .await?
                 .into_iter()
                 .find(|m| m.user_id == target)
                 .ok_or_else(|| {
@@ -173,10 +161,9 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let role = caller_role(state, organisation_id, user.id()).await?;
     if target != user.id() {
-        let client = state.db.client().await.map_err(ApiError::internal)?;
+        let client = state.db.client().await?;
         let target_role = orgs::role_of(&**client, organisation_id, target)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or(ApiError::NotFound)?;
         if !role.may_assign(target_role) {
             return Err(ApiError::Forbidden(format!(
@@ -186,11 +173,8 @@ async fn remove(
             )));
         }
     }
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
-    match orgs::remove_member(&mut **client, organisation_id, target)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    let mut client = state.db.client().await?;
+    match orgs::remove_member(&mut **client, organisation_id, target).await? {
         RemoveOutcome::LastOwner => Err(ApiError::Conflict(
             "the last owner cannot leave; make someone else owner first".into(),
         )),
