@@ -13,6 +13,7 @@ pub mod extract;
 pub mod forwarded;
 pub mod health;
 pub mod limits;
+pub mod lines;
 pub mod me;
 pub mod media_stream;
 pub mod metrics;
@@ -77,6 +78,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(phone_numbers::available))
         .routes(routes!(dialing_policy::get, dialing_policy::put))
         .routes(routes!(phone_numbers::delete))
+        .routes(routes!(lines::put, lines::get, lines::delete))
         .routes(routes!(calls::create, calls::list))
         .routes(routes!(calls::get))
         .routes(routes!(calls::hangup))
