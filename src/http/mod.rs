@@ -10,6 +10,7 @@ pub mod dialing_policy;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
+pub mod invitations;
 pub mod limits;
 pub mod me;
 pub mod media;
@@ -65,11 +66,12 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(me::me))
         .routes(routes!(me::set_active_organisation))
         .routes(routes!(orgs::create))
-        .routes(routes!(
-            orgs::list_members,
-            orgs::add_member,
-            orgs::remove_member_by_query
-        ))
+        .routes(routes!(orgs::list_members, orgs::remove_member_by_query))
+        .routes(routes!(invitations::create, invitations::list))
+        .routes(routes!(invitations::revoke))
+        .routes(routes!(invitations::received))
+        .routes(routes!(invitations::accept))
+        .routes(routes!(invitations::decline))
         .routes(routes!(orgs::remove_member))
         .routes(routes!(phone_numbers::create, phone_numbers::list))
         .routes(routes!(phone_numbers::available))
