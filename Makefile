@@ -25,7 +25,7 @@ openapi-lint: ## redocly lint of the API contract; Biome and tsc --strict for cl
 	cd clients/ts && npx biome ci . && npx tsc --noEmit -p .
 
 openapi: ## after an API change: rewrite the contract snapshot and both generated type files
-	UPDATE_OPENAPI_SNAPSHOT=1 cargo test --features sim --test openapi_contract the_committed_snapshot_is_the_served_document
+	UPDATE_OPENAPI_SNAPSHOT=1 cargo test --features sim --test api openapi_contract::the_committed_snapshot_is_the_served_document
 	cd edge-shim && npm run --silent gen:types
 	cd clients/ts && npm run --silent gen:types >/dev/null
 

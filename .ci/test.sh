@@ -23,7 +23,7 @@ psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database d where datname 
   while read -r stale; do psql "$TEST_DATABASE_URL" -qc "drop database if exists \"$stale\" with (force)" >/dev/null 2>&1 || true; done
 
 # The edge shim's packages first: the Rust suites run its wrangler dry-runs too
-# (tests/deployment_checklist.rs).
+# (tests/api/deployment_checklist.rs).
 if ! command -v npm >/dev/null; then
   echo "npm is required for the edge-shim tests (Node 20: see docs/TOOLING.md)" >&2
   exit 1

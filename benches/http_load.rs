@@ -4,6 +4,7 @@
 //! client (the HTTP ceiling of this machine with client, server and Postgres sharing it).
 //! Then a resilience phase: every event twice, shuffled, with PostgreSQL restarted midway;
 //! zero lost, zero doubled. Needs PostgreSQL (`BENCH_DATABASE_URL`).
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! lost, added latency (frame that completes a batch → batch at AssemblyAI), CPU per frame
 //! (from /proc) and memory per live call. Baseline in the same run: a bare tokio WebSocket
 //! relay (parse, decode, batch, forward; nothing else) started from this binary.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

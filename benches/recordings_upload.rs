@@ -4,6 +4,7 @@
 //! run (one presigned PUT, what a browser's direct upload does). Needs PostgreSQL
 //! (`BENCH_DATABASE_URL`) and an S3 server (`BENCH_S3_ENDPOINT`, default s3s-fs on
 //! 127.0.0.1:9100 as `.ci/bench.sh` starts it). `BENCH_RECORDING_BYTES` changes the size.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 
@@ -198,7 +199,7 @@ async fn run() {
 
     // Direct to the same S3 server: one presigned PUT of the same bytes.
     let direct_key = "bench/direct.wav";
-    let (put_url, _) = callbridge::recordings::store::presign_put(
+    let (put_url, _) = callbridge::storage::objects::presign_put(
         &storage,
         direct_key,
         "audio/wav",
@@ -269,7 +270,7 @@ async fn run() {
         .unwrap();
     for object in listed.contents() {
         if let Some(key) = object.key() {
-            let _ = callbridge::recordings::store::delete(&storage, key).await;
+            let _ = callbridge::storage::objects::delete(&storage, key).await;
         }
     }
     let _ = storage

@@ -1,6 +1,7 @@
 //! Session resolution: cached lookups/s and p99, uncached (database) p99, each against a
 //! baseline measured in the same run on the same machine. Needs PostgreSQL
 //! (`BENCH_DATABASE_URL`, default postgres://postgres@127.0.0.1:5432/postgres).
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

@@ -9,6 +9,7 @@
 //! Baseline in the same run and under the same load: the bare pipeline a bridge cannot
 //! avoid — one DeepL request, one ElevenLabs request to its first byte, one WebSocket frame
 //! over loopback — driven from this process while the calls run.
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

@@ -57,9 +57,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let listener = Listener::start(
         config.database.direct_url.clone(),
         &[
-            jobs::NOTIFY_CHANNEL,
+            crate::queue::NOTIFY_CHANNEL,
             crate::events::NOTIFY_CHANNEL,
-            crate::media::transcripts::PARTIALS_CHANNEL,
+            crate::events::PARTIALS_CHANNEL,
         ],
         shutdown.clone(),
     );
@@ -87,10 +87,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             None => None,
         },
         listener,
-        job_bell: crate::jobs::bell::Bell::start(db.clone(), shutdown.clone()),
+        job_bell: crate::queue::bell::Bell::start(db.clone(), shutdown.clone()),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
-        hub: Default::default(),
         limiter: Default::default(),
         streams: Default::default(),
         translation: Arc::new(translation_service(&config, &db)),

@@ -21,13 +21,13 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::recordings::keys;
 use crate::recordings::store;
 use crate::state::AppState;
+use crate::storage::objects;
 
 /// `pg_try_advisory_lock` key of the cron (arbitrary, fixed: "cbcron").
 pub const LOCK_KEY: i64 = 0x6362_6372_6f6e;
@@ -139,7 +139,7 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
                     all_deleted = false;
                     continue;
                 }
-                match store::delete(&state.storage, key).await {
+                match objects::delete(&state.storage, key).await {
                     Ok(()) => report.objects_deleted += 1,
                     Err(error) => {
                         tracing::warn!(%key, %error, "could not delete an expired recording object; retried next tick");
@@ -226,7 +226,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
         .flatten()
         {
             if keys::belongs_to(&key, organisation_id) {
-                ok &= store::delete(&state.storage, &key).await.is_ok();
+                ok &= objects::delete(&state.storage, &key).await.is_ok();
             }
         }
         if ok {
@@ -259,7 +259,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
                 .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0))
                 .is_some_and(|t| t < cutoff);
             if let (true, Some(key)) = (old, object.key())
-                && store::delete(&state.storage, key).await.is_ok()
+                && objects::delete(&state.storage, key).await.is_ok()
             {
                 report.staging_objects_deleted += 1;
             }
@@ -274,39 +274,38 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
 
 /// Fails calls stuck in a non-terminal status; returns how many.
 pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
-    let client = state.db.client().await?;
+    let mut client = state.db.client().await?;
     let after = state.config.recordings.stale_call_after;
     let reason = format!(
         "stale: no terminal event within {} minutes",
         after.as_secs() / 60
     );
-    let rows = client
+    // Locked while they are failed, so a Telnyx event applied meanwhile waits and then
+    // finds the call terminal (the state machine never moves a call back).
+    let transaction = client.transaction().await?;
+    let rows = transaction
         .query(
-            "update calls set status = 'failed', failure_reason = $2,
-                    ended_at = coalesce(ended_at, now()), updated_at = now()
+            "select id from calls
              where status not in ('ended', 'failed')
                and updated_at < now() - make_interval(secs => $1)
                -- A long call whose media bridge is alive is not stale.
                and not exists (select 1 from media_streams m
                                where m.call_id = calls.id and m.ended_at is null
                                  and m.heartbeat_at > now() - interval '5 minutes')
-             returning id",
-            &[&after.as_secs_f64(), &reason],
+             for update skip locked",
+            &[&after.as_secs_f64()],
         )
         .await?;
+    let mut failed = 0;
     for row in &rows {
-        let id: Uuid = row.get(0);
-        crate::events::append(
-            &**client,
-            id,
-            "call.failed",
-            json!({"status": "failed", "failure_reason": reason}),
-            Utc::now(),
-        )
-        .await?;
-        tracing::warn!(call_id = %id, "stale call failed by the cron");
+        let id: Uuid = row.get("id");
+        if crate::calls::fail(&*transaction, id, &reason, None).await? {
+            failed += 1;
+            tracing::warn!(call_id = %id, "stale call failed by the cron");
+        }
     }
-    Ok(rows.len())
+    transaction.commit().await?;
+    Ok(failed)
 }
 
 /// Dead jobs per kind.

@@ -17,6 +17,9 @@ use uuid::Uuid;
 use crate::db::{Db, DbError, Listener, Notice};
 
 pub const NOTIFY_CHANNEL: &str = "callbridge_call_events";
+/// Live partial transcript turns (not part of the durable log): the media bridge notifies,
+/// SSE followers on any replica pass them on.
+pub const PARTIALS_CHANNEL: &str = "callbridge_partials";
 /// Re-read the log this often even without a notification (belt and braces).
 const RECHECK: Duration = Duration::from_secs(15);
 
@@ -153,7 +156,7 @@ pub fn follow(
                         Ok(Notice::Notification { channel, payload })
                             if channel == NOTIFY_CHANNEL && payload.starts_with(&state.prefix) => break,
                         Ok(Notice::Notification { channel, payload })
-                            if channel == crate::media::transcripts::PARTIALS_CHANNEL && payload.contains(&state.partial_marker) => {
+                            if channel == PARTIALS_CHANNEL && payload.contains(&state.partial_marker) => {
                             // Keep only the newest few: a slow subscriber loses partials, never finals.
                             if let Ok(value) = serde_json::from_str(&payload) {
                                 if state.partials.len() >= 8 {

@@ -9,13 +9,16 @@ pub mod calls;
 pub mod config;
 pub mod cron;
 pub mod db;
-pub mod error;
 pub mod events;
 pub mod http;
+pub mod inbox;
 pub mod jobs;
+pub mod limits;
 pub mod media;
 pub mod orgs;
+pub mod paths;
 pub mod providers;
+pub mod queue;
 pub mod recordings;
 pub mod shutdown;
 #[cfg(feature = "sim")]
@@ -25,6 +28,7 @@ pub mod storage;
 pub mod strangler;
 pub mod telemetry;
 pub mod tls;
+pub mod transcripts;
 pub mod translate;
 
 pub use app::Application;

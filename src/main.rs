@@ -513,10 +513,7 @@ fn run_simulators(
 /// A dependency-free probe: distroless images have no curl. Reads only `PORT`.
 fn healthcheck() -> ExitCode {
     use std::io::{Read as _, Write as _};
-    let port = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(8080);
+    let port = callbridge::config::healthcheck_port();
     let timeout = std::time::Duration::from_secs(2);
     let probe = || -> std::io::Result<bool> {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,17 +52,15 @@ pub struct Shared {
     pub telnyx_webhooks: Option<WebhookVerifier>,
     /// Live media bridges, so shutdown can wait for their last transcripts.
     pub bridges: tokio_util::task::TaskTracker,
-    /// Interpreted calls' legs live in this process: where each party's turns are spoken.
-    pub hub: Arc<crate::media::hub::Hub>,
     /// DeepL with OpenAI as fallback, cached in Postgres.
     pub translation: Arc<crate::translate::TranslationService>,
     pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,
     /// Wakes job workers (here and on other replicas) after an enqueue commits.
-    pub job_bell: crate::jobs::bell::Bell,
-    /// Request rate limits (per replica, `http::limits`).
-    pub limiter: crate::http::limits::Limiter,
+    pub job_bell: crate::queue::bell::Bell,
+    /// Request rate limits (per replica, applied by `http::limits`).
+    pub limiter: crate::limits::Limiter,
     /// Open SSE streams and WebSockets per user (per replica).
-    pub streams: Arc<crate::http::limits::StreamSlots>,
+    pub streams: Arc<crate::limits::StreamSlots>,
 }
 
 impl AppState {
@@ -97,17 +94,5 @@ impl AppState {
                     variables: &["TELNYX_API_KEY"],
                 })),
         }
-    }
-}
-
-impl FromRef<AppState> for Db {
-    fn from_ref(state: &AppState) -> Self {
-        state.db.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<Config> {
-    fn from_ref(state: &AppState) -> Self {
-        state.config.clone()
     }
 }

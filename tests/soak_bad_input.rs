@@ -11,6 +11,7 @@
 //! `CALLBRIDGE_SOAK=long` (`make soak`) sends 20 MiB bodies and the sweep three times over;
 //! the short form (in `make test`) sends 2 MiB bodies once.
 #![cfg(feature = "sim")]
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

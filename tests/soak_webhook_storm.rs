@@ -10,6 +10,7 @@
 //! `CALLBRIDGE_SOAK=long` runs the full storm (3,000 deliveries over 100 calls, 16 senders,
 //! 5 s outage; `make soak`); otherwise a short form runs inside `make test`.
 #![cfg(feature = "sim")]
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 

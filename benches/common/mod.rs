@@ -1,6 +1,7 @@
 //! Set-up every benchmark shares: a scratch database on the bench's PostgreSQL, free loopback
 //! ports, and child processes that die with the benchmark.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 use std::process::Child;
 use std::time::Duration;

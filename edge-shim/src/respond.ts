@@ -22,7 +22,7 @@ export type JsonBody<P extends keyof paths, M extends Method, S extends keyof Re
 }
   ? Body
   : never;
-/** The container's RFC 9457 problem (`Problem` in src/error.rs): its members plus extensions. */
+/** The container's RFC 9457 problem (`Problem` in src/http/error.rs): its members plus extensions. */
 export type ProblemBody = Schema<"Problem">;
 
 /** src/http/request_id.rs `acceptable`: 1–128 of [A-Za-z0-9-_.:]. */
@@ -133,7 +133,7 @@ export function jsonAnswer<Body>(a: Answering, body: NoInfer<Body>, status = 200
   return new Response(text, { status, headers: containerHeaders(a, "application/json", text) });
 }
 
-/** RFC 9457 problem of the container's `Problem` type (src/error.rs), with `request_id`. */
+/** RFC 9457 problem of the container's `Problem` type (src/http/error.rs), with `request_id`. */
 export interface ProblemShape {
   status: number;
   /** `about:blank`, or `urn:callbridge:problem:<slug>` for a typed problem. */

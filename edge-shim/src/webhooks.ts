@@ -20,7 +20,7 @@ import { DEFER, occurredAtForPostgres } from "./rfc3339";
 import { type Json, member, type Parsed, parseSerdeJson, replaceNul, serialise } from "./serde-json";
 import { importTelnyxKey, SIGNATURE_ERRORS, SIGNATURE_HEADER, TIMESTAMP_HEADER, verifyTelnyx } from "./telnyx";
 
-/** src/http/webhooks.rs INBOX_INSERT_SQL, byte for byte. */
+/** src/inbox.rs INBOX_INSERT_SQL, byte for byte. */
 export const INBOX_INSERT_SQL = `with inserted as (
         insert into webhook_inbox (provider, event_id, event_type, occurred_at, payload, received_via)
         values ($1, $2, $3, $4, $5, $6)

@@ -7,13 +7,15 @@
 //! The check runs in its own task and reports through a oneshot channel, so the stream's
 //! select loop waits on something cancel-safe and a busy stream never starves the check.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::Serialize;
 use tokio::sync::oneshot;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::CurrentUser;
-use crate::state::AppState;
+use super::{CurrentUser, SessionResolver};
 
 /// Why a stream's authorisation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -60,14 +62,14 @@ impl Revoked {
 /// `AUTH_STREAM_RECHECK_SECS`; the receiver resolves once either is gone. Dropping the
 /// receiver stops the checks. A database error skips one check rather than ending a stream.
 pub fn watch(
-    state: &AppState,
+    sessions: &Arc<SessionResolver>,
+    interval: Duration,
     user: &CurrentUser,
     organisation_id: Option<Uuid>,
 ) -> oneshot::Receiver<Revoked> {
     let (tx, rx) = oneshot::channel();
-    let interval = state.config.auth.stream_recheck;
     let token = user.token.clone();
-    let state = state.clone();
+    let sessions = sessions.clone();
     tokio::spawn(async move {
         let mut tx = tx;
         loop {
@@ -75,7 +77,7 @@ pub fn watch(
                 () = tokio::time::sleep(interval) => {}
                 () = tx.closed() => return,
             }
-            match check(&state, token.expose(), organisation_id).await {
+            match check(&sessions, token.expose(), organisation_id).await {
                 Ok(None) => {}
                 Ok(Some(revoked)) => {
                     metrics::counter!("stream_auth_revoked_total").increment(1);
@@ -92,11 +94,11 @@ pub fn watch(
 }
 
 async fn check(
-    state: &AppState,
+    sessions: &SessionResolver,
     token: &str,
     organisation_id: Option<Uuid>,
 ) -> Result<Option<Revoked>, crate::db::DbError> {
-    let Some(principal) = state.sessions.revalidate(token).await? else {
+    let Some(principal) = sessions.revalidate(token).await? else {
         return Ok(Some(Revoked::SessionEnded));
     };
     let member = organisation_id.is_none_or(|id| principal.memberships.iter().any(|m| m.id == id));

@@ -12,18 +12,59 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
 use super::destinations::{self, BlockedKind};
 use crate::config::TelephonyConfig;
 use crate::db::DbError;
-use crate::jobs::{self, NewJob};
 use crate::orgs::Role;
+use crate::queue::{self, JobKind};
 
-/// The job that warns and then hangs up a call at its maximum duration.
-pub const MAX_DURATION_JOB: &str = "call.max_duration";
+/// Job `call.max_duration`: warns and then hangs up a call at its maximum duration
+/// (`jobs::call_max_duration`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaxDurationJob {
+    pub call_id: Uuid,
+    #[serde(default)]
+    pub step: MaxDurationStep,
+    /// The limit, for the call event.
+    #[serde(default)]
+    pub limit_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaxDurationStep {
+    /// A minute before the end: a spoken notice.
+    Warn,
+    #[default]
+    Hangup,
+}
+
+impl MaxDurationStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaxDurationStep::Warn => "warn",
+            MaxDurationStep::Hangup => "hangup",
+        }
+    }
+}
+
+impl JobKind for MaxDurationJob {
+    const KIND: &'static str = "call.max_duration";
+
+    /// Each step once per call.
+    fn dedupe_key(&self) -> Option<String> {
+        Some(format!(
+            "{}:{}:{}",
+            Self::KIND,
+            self.step.as_str(),
+            self.call_id
+        ))
+    }
+}
 /// How long before the limit the parties hear that the call is about to end.
 pub const MAX_DURATION_WARNING: Duration = Duration::from_secs(60);
 /// What a concurrency refusal suggests waiting: calls end at no predictable time.
@@ -244,22 +285,21 @@ pub async fn schedule_max_duration(
 ) -> Result<(), DbError> {
     let now = Utc::now();
     let at = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
+    let step = |step| MaxDurationJob {
+        call_id,
+        step,
+        limit_secs: Some(max_duration.as_secs()),
+    };
     if max_duration > 2 * MAX_DURATION_WARNING {
-        let mut warn = NewJob::new(
-            MAX_DURATION_JOB,
-            json!({"call_id": call_id, "step": "warn", "limit_secs": max_duration.as_secs()}),
-        )
-        .dedupe(format!("{MAX_DURATION_JOB}:warn:{call_id}"));
-        warn.run_at = Some(at(max_duration - MAX_DURATION_WARNING));
-        jobs::enqueue(client, &warn).await?;
+        let warn = step(MaxDurationStep::Warn)
+            .envelope()
+            .at(at(max_duration - MAX_DURATION_WARNING));
+        queue::enqueue(client, &warn).await?;
     }
-    let mut hangup = NewJob::new(
-        MAX_DURATION_JOB,
-        json!({"call_id": call_id, "step": "hangup", "limit_secs": max_duration.as_secs()}),
-    )
-    .dedupe(format!("{MAX_DURATION_JOB}:hangup:{call_id}"));
-    hangup.run_at = Some(at(max_duration));
-    jobs::enqueue(client, &hangup).await?;
+    let hangup = step(MaxDurationStep::Hangup)
+        .envelope()
+        .at(at(max_duration));
+    queue::enqueue(client, &hangup).await?;
     Ok(())
 }
 

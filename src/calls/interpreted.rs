@@ -3,16 +3,14 @@
 //! by the `telnyx.event` job once the agent answers (docs/adr, "interpreted calls"), and
 //! either party hanging up ends the other leg ([`super::legs::settle`]).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::dial::{DialError, NOT_OUR_NUMBER, now_unix};
 use super::legs::{self, Leg, NewLeg, Role};
 use super::{Call, CallStatus, NewCall, stream_token};
 use crate::config::speech::SpeechChoice;
-use crate::db::DbError;
 use crate::events;
 use crate::providers::telnyx::{self, DialRequest, StreamSettings, TelnyxError};
 use crate::state::AppState;
@@ -35,35 +33,6 @@ pub struct Dial {
     pub remote: Party,
     pub record: bool,
     pub original_audio: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    /// The request cannot be placed as asked (422).
-    #[error("{0}")]
-    Invalid(String),
-    /// Telnyx refused or was unreachable; the call is stored as failed.
-    #[error(transparent)]
-    Telnyx(#[from] TelnyxError),
-    /// The toll-fraud guard refused (403/429), for either party's number.
-    #[error(transparent)]
-    Guard(#[from] super::guard::GuardError),
-    #[error(transparent)]
-    Disabled(#[from] crate::config::ProviderDisabled),
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
-
-impl From<tokio_postgres::Error> for DialError {
-    fn from(error: tokio_postgres::Error) -> Self {
-        DialError::Internal(error.into())
-    }
-}
-
-impl From<DbError> for DialError {
-    fn from(error: DbError) -> Self {
-        DialError::Internal(error.into())
-    }
 }
 
 /// The speech model for a party's language, or a 422 naming the language.
@@ -89,9 +58,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     let telnyx = state.telnyx()?;
     let mut client = state.db.client().await?;
     if !super::org_owns_number(&**client, dial.organisation_id, &dial.from).await? {
-        return Err(DialError::Invalid(
-            "from must be one of the organisation's phone numbers".into(),
-        ));
+        return Err(DialError::Invalid(NOT_OUR_NUMBER.into()));
     }
     // The toll-fraud guard, for both parties' numbers: the call is inserted under its locks.
     let permit = super::guard::admit(
@@ -155,17 +122,9 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
         if let DialError::Telnyx(telnyx_error) = &error {
             let reason = format!("the agent could not be dialed: {telnyx_error}");
             legs::mark_failed(&**client, agent.id, &reason).await?;
-            super::mark_failed(&**client, call.id, &reason).await?;
+            super::fail(&**client, call.id, &reason, Some(Role::Agent)).await?;
             // The remote party is then never dialed.
             legs::settle(&**client, call.id).await?;
-            events::append(
-                &**client,
-                call.id,
-                "call.failed",
-                json!({"status": "failed", "leg": "agent", "failure_reason": reason}),
-                Utc::now(),
-            )
-            .await?;
         }
         return Err(error);
     }
@@ -183,10 +142,6 @@ pub async fn dial_leg(
     call: &Call,
     leg: &Leg,
 ) -> Result<(), DialError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
     let request = DialRequest {
         from: call.from.clone(),
         to: leg.number.clone(),
@@ -196,12 +151,12 @@ pub async fn dial_leg(
             &state.config.media_base_url,
             state.config.auth.secret.expose().as_bytes(),
             leg.id,
-            now,
+            now_unix(),
         )),
         record: call.record,
-        webhook_url: Some(format!(
-            "{}/webhooks/telnyx",
-            state.config.webhook_base_url.as_str().trim_end_matches('/')
+        webhook_url: Some(crate::paths::url(
+            &state.config.webhook_base_url,
+            crate::paths::TELNYX_WEBHOOK,
         )),
     };
     let dialed = telnyx.dial(&request).await?;

@@ -6,6 +6,7 @@
 //! stream state is last-writer-wins by `occurred_at`.
 
 pub mod destinations;
+pub mod dial;
 pub mod guard;
 pub mod interpreted;
 pub mod legs;
@@ -99,28 +100,28 @@ pub const CALL_COLUMNS: &str = "id, organisation_id, direction, from_number, to_
 
 pub fn call_from_row(row: &Row) -> Call {
     Call {
-        id: row.get(0),
-        organisation_id: row.get(1),
-        direction: row.get(2),
-        from: row.get(3),
-        to: row.get(4),
-        source_language: row.get(5),
-        target_language: row.get(6),
-        voice_id: row.get(7),
-        record: row.get(8),
-        status: CallStatus::parse(row.get(9)).unwrap_or(CallStatus::Failed),
-        stream_state: row.get(10),
-        hangup_cause: row.get(11),
-        hangup_source: row.get(12),
-        sip_hangup_cause: row.get(13),
-        failure_reason: row.get(14),
-        created_at: row.get(15),
-        initiated_at: row.get(16),
-        answered_at: row.get(17),
-        ended_at: row.get(18),
-        telnyx_call_control_id: row.get(19),
-        interpreted: row.get(20),
-        original_audio: row.get(21),
+        id: row.get("id"),
+        organisation_id: row.get("organisation_id"),
+        direction: row.get("direction"),
+        from: row.get("from_number"),
+        to: row.get("to_number"),
+        source_language: row.get("source_language"),
+        target_language: row.get("target_language"),
+        voice_id: row.get("voice_id"),
+        record: row.get("record"),
+        status: CallStatus::parse(row.get("status")).unwrap_or(CallStatus::Failed),
+        stream_state: row.get("stream_state"),
+        hangup_cause: row.get("hangup_cause"),
+        hangup_source: row.get("hangup_source"),
+        sip_hangup_cause: row.get("sip_hangup_cause"),
+        failure_reason: row.get("failure_reason"),
+        created_at: row.get("created_at"),
+        initiated_at: row.get("initiated_at"),
+        answered_at: row.get("answered_at"),
+        ended_at: row.get("ended_at"),
+        telnyx_call_control_id: row.get("telnyx_call_control_id"),
+        interpreted: row.get("interpreted"),
+        original_audio: row.get("original_audio"),
     }
 }
 
@@ -450,20 +451,37 @@ pub async fn apply_lifecycle(
     Ok(())
 }
 
-pub async fn mark_failed(
+/// Fails a call that has not ended and appends `call.failed` (with the reason) to its event
+/// log: the one way a call becomes failed, whether Telnyx refused its dial or the cron found
+/// it stale. `leg` names the party whose leg failed it, for an interpreted call. Returns
+/// false (and appends nothing) when the call had already ended or failed.
+pub async fn fail(
     client: &impl GenericClient,
     id: Uuid,
     reason: &str,
-) -> Result<(), DbError> {
-    client
+    leg: Option<legs::Role>,
+) -> Result<bool, DbError> {
+    let changed = client
         .execute(
             "update calls set status = 'failed', failure_reason = $2, ended_at = coalesce(ended_at, now()),
                     updated_at = now()
              where id = $1 and status not in ('ended', 'failed')",
             &[&id, &reason],
         )
-        .await?;
-    mirror_one_leg(client, id).await
+        .await?
+        == 1;
+    if !changed {
+        return Ok(false);
+    }
+    mirror_one_leg(client, id).await?;
+    let data = match leg {
+        Some(role) => {
+            serde_json::json!({"status": "failed", "leg": role.as_str(), "failure_reason": reason})
+        }
+        None => serde_json::json!({"status": "failed", "failure_reason": reason}),
+    };
+    crate::events::append(client, id, "call.failed", data, Utc::now()).await?;
+    Ok(true)
 }
 
 /// Records that our answer was accepted; returns false if it had already been recorded.

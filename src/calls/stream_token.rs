@@ -67,21 +67,11 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Uuid, TokenEr
     Ok(call_id)
 }
 
-/// `wss://<MEDIA_BASE_URL host>/media/telnyx/<token>` (`ws://` for an http base in development).
+/// The media stream URL for `call_id` (or a leg's id), with a fresh token
+/// (`crate::paths::media_stream_url`).
 pub fn stream_url(media_base: &url::Url, secret: &[u8], call_id: Uuid, now_unix: u64) -> String {
-    let scheme = if media_base.scheme() == "https" {
-        "wss"
-    } else {
-        "ws"
-    };
-    let host = media_base.host_str().unwrap_or("localhost");
-    let port = media_base
-        .port()
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    let prefix = media_base.path().trim_end_matches('/');
     let token = mint(secret, call_id, now_unix + STREAM_TOKEN_TTL_SECS);
-    format!("{scheme}://{host}{port}{prefix}/media/telnyx/{token}")
+    crate::paths::media_stream_url(media_base, &token)
 }
 
 #[cfg(test)]

@@ -74,6 +74,9 @@ pub struct Config {
     /// `MEDIA_BASE_URL` (default `PUBLIC_BASE_URL`): the container's own hostname, which
     /// Telnyx media streams must reach directly (never through the Worker).
     pub media_base_url: Url,
+    /// `HOSTNAME` (set by container platforms): names this process in job leases
+    /// (`jobs.locked_by`) and in the media bridge's replica id.
+    pub hostname: Option<String>,
     pub log: LogConfig,
     pub http: HttpConfig,
     pub database: DatabaseConfig,
@@ -420,6 +423,7 @@ const DEV_AUTH_SECRET: &str = "development-only-auth-secret-never-use-in-product
 
 impl Config {
     /// Load from the process environment and an optional TOML file.
+    #[allow(clippy::disallowed_methods)] // the one place the environment is read
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_from(file, std::env::vars())
     }
@@ -433,6 +437,7 @@ impl Config {
     }
 
     /// Only what migrations need (see [`MigrateConfig`]), from the same sources.
+    #[allow(clippy::disallowed_methods)] // the one place the environment is read
     pub fn load_for_migrate(file: Option<&Path>) -> Result<MigrateConfig, ConfigError> {
         Self::load_migrate_from(file, std::env::vars())
     }
@@ -501,6 +506,16 @@ fn layered_source(
             message: error.to_string(),
         }],
     })
+}
+
+/// The port `callbridge healthcheck` probes: `PORT`, else 8080. Read alone (the probe runs in
+/// a distroless image with no configuration beyond the environment).
+#[allow(clippy::disallowed_methods)] // the one place the environment is read
+pub fn healthcheck_port() -> u16 {
+    std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(8080)
 }
 
 /// `host:port/dbname` of a Postgres URL, never the user or password.
@@ -665,6 +680,7 @@ impl Reader {
         }
         let webhook_base_url = self.base_url_or_public("WEBHOOK_BASE_URL", &public_base_url);
         let media_base_url = self.base_url_or_public("MEDIA_BASE_URL", &public_base_url);
+        let hostname = self.string("HOSTNAME");
 
         let log = self.log();
 
@@ -885,6 +901,7 @@ impl Reader {
             public_base_url: public_base_url.expect("checked above"),
             webhook_base_url: webhook_base_url.expect("checked above"),
             media_base_url: media_base_url.expect("checked above"),
+            hostname,
             log,
             http,
             database,

@@ -13,9 +13,10 @@ use axum::http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
-use crate::http::webhooks::{Received, storable, store_in_inbox};
+use crate::http::webhooks::{Received, store};
+use crate::inbox::{self, Provider};
 use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
 use crate::state::AppState;
 
@@ -58,7 +59,7 @@ pub async fn assemblyai(
     }
     let mut payload: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
-    storable(&mut payload, "assemblyai");
+    inbox::storable(&mut payload, Provider::AssemblyAi);
     let transcript_id = payload
         .get("transcript_id")
         .and_then(|v| v.as_str())
@@ -71,8 +72,17 @@ pub async fn assemblyai(
         .ok_or_else(|| ApiError::BadRequest("missing status".into()))?;
     let event_id = format!("{transcript_id}:{status}");
     let event_type = format!("transcript.{status}");
-    let duplicate =
-        store_in_inbox(&state, "assemblyai", &event_id, &event_type, None, &payload).await?;
+    let duplicate = store(
+        &state,
+        &inbox::Event {
+            provider: Provider::AssemblyAi,
+            event_id: &event_id,
+            event_type: &event_type,
+            occurred_at: None,
+            payload: &payload,
+        },
+    )
+    .await?;
     Ok(Json(Received {
         event_id,
         duplicate,

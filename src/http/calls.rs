@@ -2,7 +2,7 @@
 //! `GET /api/calls/{id}/events` (Server-Sent Events). All scoped to the active organisation.
 
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -12,18 +12,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{BrowserOrgContext, OrgContext, recheck};
+use crate::calls::dial::{self, DialError, HangUpError};
 use crate::calls::legs::{self, Leg};
-use crate::calls::{self, Call, CallStatus, ListFilter, NewCall, guard, interpreted, stream_token};
-use crate::error::{ApiError, Problem};
+use crate::calls::{self, Call, CallStatus, ListFilter, interpreted};
 use crate::events::{self, CallEvent, FollowItem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::media::utterances::{self, TranslationSummary};
-use crate::providers::telnyx::{self, DialRequest, StreamSettings};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -155,13 +154,6 @@ pub struct CallQuery {
     pub limit: Option<i64>,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 fn encode_cursor(call: &Call) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{}", call.created_at.to_rfc3339(), call.id))
 }
@@ -211,31 +203,38 @@ fn validate_interpreted(body: &InterpretedCallRequest) -> Result<(), ApiError> {
     }
 }
 
-impl From<interpreted::DialError> for ApiError {
-    fn from(error: interpreted::DialError) -> Self {
+impl From<HangUpError> for ApiError {
+    fn from(error: HangUpError) -> Self {
         match error {
-            interpreted::DialError::Invalid(why) => ApiError::Unprocessable(why),
-            interpreted::DialError::Telnyx(error) => error.into(),
-            interpreted::DialError::Guard(refused) => refused.into(),
-            interpreted::DialError::Disabled(disabled) => disabled.into(),
-            interpreted::DialError::Internal(error) => ApiError::internal(error),
+            HangUpError::NotFound => ApiError::NotFound,
+            HangUpError::NeverDialled => ApiError::Conflict("the call was never dialled".into()),
+            HangUpError::Telnyx(error) => error.into(),
+            HangUpError::Disabled(disabled) => disabled.into(),
+            HangUpError::Internal(error) => ApiError::internal(error),
         }
     }
 }
 
-/// The interpreted call use case, from HTTP.
-async fn create_interpreted(
-    state: &AppState,
-    org: &OrgContext,
-    body: InterpretedCallRequest,
-) -> Result<(StatusCode, Json<CallDetail>), ApiError> {
-    validate_interpreted(&body)?;
+impl From<DialError> for ApiError {
+    fn from(error: DialError) -> Self {
+        match error {
+            DialError::Invalid(why) => ApiError::Unprocessable(why),
+            DialError::Telnyx(error) => error.into(),
+            DialError::Guard(refused) => refused.into(),
+            DialError::Disabled(disabled) => disabled.into(),
+            DialError::Internal(error) => ApiError::internal(error),
+        }
+    }
+}
+
+/// The interpreted call as the domain takes it.
+fn interpreted_dial(org: &OrgContext, body: InterpretedCallRequest) -> interpreted::Dial {
     let party = |p: PartyRequest| interpreted::Party {
         number: p.number,
         language: p.language,
         voice_id: p.voice_id,
     };
-    let dial = interpreted::Dial {
+    interpreted::Dial {
         organisation_id: org.organisation_id,
         created_by: Some(org.user.id().to_owned()),
         from: body.from,
@@ -243,10 +242,21 @@ async fn create_interpreted(
         remote: party(body.remote),
         record: body.record,
         original_audio: body.original_audio.as_str().to_owned(),
-    };
-    let call = interpreted::place(state, &dial).await?;
-    let detail = detail(state, org.organisation_id, call.id).await?;
-    Ok((StatusCode::CREATED, Json(detail)))
+    }
+}
+
+/// The one-leg call as the domain takes it.
+fn one_leg_dial(org: &OrgContext, body: NewCallRequest) -> dial::OneLeg {
+    dial::OneLeg {
+        organisation_id: org.organisation_id,
+        created_by: org.user.id().to_owned(),
+        from: body.from,
+        to: body.to,
+        source_language: body.source_language,
+        target_language: body.target_language,
+        voice_id: body.voice_id,
+        record: body.record,
+    }
 }
 
 fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
@@ -297,122 +307,17 @@ pub async fn create(
     org: OrgContext,
     Json(body): Json<CreateCallRequest>,
 ) -> Result<(StatusCode, Json<CallDetail>), ApiError> {
-    let body = match body {
+    let request = match body {
         CreateCallRequest::Interpreted(body) => {
-            return create_interpreted(&state, &org, body).await;
+            validate_interpreted(&body)?;
+            dial::Request::Interpreted(interpreted_dial(&org, body))
         }
-        CreateCallRequest::OneLeg(body) => body,
-    };
-    validate(&body)?;
-    let telnyx = state.telnyx()?;
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
-    if !calls::org_owns_number(&**client, org.organisation_id, &body.from)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        return Err(ApiError::Unprocessable(
-            "from must be one of the organisation's phone numbers".into(),
-        ));
-    }
-    let new = NewCall {
-        organisation_id: org.organisation_id,
-        direction: "outbound",
-        from: &body.from,
-        to: &body.to,
-        source_language: Some(&body.source_language),
-        target_language: Some(&body.target_language),
-        voice_id: body.voice_id.as_deref(),
-        record: body.record,
-        created_by: Some(org.user.id()),
-        status: CallStatus::Created,
-        telnyx_call_control_id: None,
-        interpreted: false,
-        original_audio: "off",
-    };
-    // The toll-fraud guard: role, destinations, caps; the call is inserted under its locks.
-    let permit = guard::admit(
-        &mut client,
-        &state.config.telephony,
-        org.organisation_id,
-        org.user.id(),
-        &[&body.to],
-    )
-    .await?;
-    let call = calls::insert(permit.transaction(), &new)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new call conflicted")))?;
-    events::append(
-        permit.transaction(),
-        call.id,
-        "call.created",
-        json!({"direction": "outbound", "to": call.to}),
-        Utc::now(),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    permit.commit(call.id).await.map_err(ApiError::internal)?;
-
-    let secret = state.config.auth.secret.expose().as_bytes();
-    let request = DialRequest {
-        from: body.from.clone(),
-        to: body.to.clone(),
-        client_state: telnyx::encode_client_state(call.id),
-        command_id: format!("dial:{}", call.id),
-        stream: StreamSettings::bidirectional_pcmu(stream_token::stream_url(
-            &state.config.media_base_url,
-            secret,
-            call.id,
-            now_unix(),
-        )),
-        record: body.record,
-        webhook_url: Some(format!(
-            "{}/webhooks/telnyx",
-            state.config.webhook_base_url.as_str().trim_end_matches('/')
-        )),
-    };
-    match telnyx.dial(&request).await {
-        Ok(dialed) => {
-            calls::advance(
-                &**client,
-                call.id,
-                CallStatus::Dialing,
-                (
-                    Some(&dialed.call_control_id),
-                    dialed.call_leg_id.as_deref(),
-                    dialed.call_session_id.as_deref(),
-                ),
-            )
-            .await
-            .map_err(ApiError::internal)?;
-            events::append(
-                &**client,
-                call.id,
-                "call.dialing",
-                json!({"status": "dialing"}),
-                Utc::now(),
-            )
-            .await
-            .map_err(ApiError::internal)?;
+        CreateCallRequest::OneLeg(body) => {
+            validate(&body)?;
+            dial::Request::OneLeg(one_leg_dial(&org, body))
         }
-        Err(error) => {
-            let reason = error.to_string();
-            calls::mark_failed(&**client, call.id, &reason)
-                .await
-                .map_err(ApiError::internal)?;
-            events::append(
-                &**client,
-                call.id,
-                "call.failed",
-                json!({"status": "failed", "failure_reason": reason}),
-                Utc::now(),
-            )
-            .await
-            .map_err(ApiError::internal)?;
-            return Err(error.into());
-        }
-    }
-    drop(client);
+    };
+    let call = dial::place(&state, &request).await?;
     let detail = detail(&state, org.organisation_id, call.id).await?;
     Ok((StatusCode::CREATED, Json(detail)))
 }
@@ -443,10 +348,8 @@ pub async fn list(
         before: query.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: limit + 1,
     };
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let mut page = calls::list(&state.db, &client, org.organisation_id, &filter)
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let mut page = calls::list(&state.db, &client, org.organisation_id, &filter).await?;
     let next_cursor = if page.len() as i64 > limit {
         page.truncate(limit as usize);
         page.last().map(encode_cursor)
@@ -473,17 +376,12 @@ pub struct CallDetail {
 }
 
 async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<CallDetail, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let call = calls::get(&**client, organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
-    let legs = legs::for_call(&**client, id)
-        .await
-        .map_err(ApiError::internal)?;
-    let translation = utterances::summary(&**client, id)
-        .await
-        .map_err(ApiError::internal)?;
+    let legs = legs::for_call(&**client, id).await?;
+    let translation = utterances::summary(&**client, id).await?;
     Ok(CallDetail {
         call,
         legs,
@@ -521,50 +419,7 @@ pub async fn hangup(
     org: OrgContext,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let call = calls::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound)?;
-    if !call.status.is_terminal() {
-        if call.interpreted {
-            // Both parties: each live leg is hung up under its own command id.
-            let live: Vec<Leg> = legs::for_call(&**client, id)
-                .await
-                .map_err(ApiError::internal)?
-                .into_iter()
-                .filter(|leg| !leg.status.is_terminal() && leg.telnyx_call_control_id.is_some())
-                .collect();
-            if live.is_empty() {
-                return Err(ApiError::Conflict("the call was never dialled".into()));
-            }
-            for leg in live {
-                let ccid = leg.telnyx_call_control_id.as_deref().unwrap_or_default();
-                state
-                    .telnyx()?
-                    .hangup(ccid, &format!("hangup:{}", leg.id))
-                    .await?;
-            }
-        } else {
-            let ccid = call
-                .telnyx_call_control_id
-                .as_deref()
-                .ok_or_else(|| ApiError::Conflict("the call was never dialled".into()))?;
-            state
-                .telnyx()?
-                .hangup(ccid, &format!("hangup:{id}"))
-                .await?;
-        }
-        events::append(
-            &**client,
-            id,
-            "call.hangup_requested",
-            json!({"by": org.user.id()}),
-            Utc::now(),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    }
+    let call = dial::hang_up(&state, org.organisation_id, id, org.user.id()).await?;
     Ok((StatusCode::ACCEPTED, Json(call)))
 }
 
@@ -594,10 +449,9 @@ pub async fn events(
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     calls::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     drop(client);
     let slot = state
@@ -632,7 +486,12 @@ pub async fn events(
             .json_data(&partial)
             .unwrap_or_else(|_| Event::default().comment("unserialisable partial")),
     });
-    let revoked = recheck::watch(&state, &org.user, Some(org.organisation_id));
+    let revoked = recheck::watch(
+        &state.sessions,
+        state.config.auth.stream_recheck,
+        &org.user,
+        Some(org.organisation_id),
+    );
     // The slot is held as long as the stream lives.
     let stream = until_revoked(Box::pin(stream), revoked).map(move |event| {
         let _held = &slot;

@@ -15,7 +15,7 @@ use crate::auth::debug_access::{self, Denied};
 use crate::auth::sessions::User;
 use crate::auth::{CredentialSource, StoredForm};
 use crate::config::TokenStorage;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
 use crate::orgs::Membership;
 use crate::state::AppState;
@@ -136,12 +136,7 @@ pub async fn session(
             report.credential.cookie_name = Some(name.clone());
         }
     }
-    if let Some(resolved) = state
-        .sessions
-        .resolve(credential.token())
-        .await
-        .map_err(ApiError::internal)?
-    {
+    if let Some(resolved) = state.sessions.resolve(credential.token()).await? {
         let principal = &resolved.principal;
         report.resolved = true;
         report.stored_form = Some(principal.stored_form);

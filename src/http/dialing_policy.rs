@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::auth::CurrentUser;
 use crate::calls::{destinations, guard};
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path};
 use crate::orgs::{self, Role};
 use crate::state::AppState;
@@ -57,14 +57,11 @@ pub struct DialingPolicyUpdate {
 
 async fn read(state: &AppState, organisation_id: Uuid) -> Result<DialingPolicy, ApiError> {
     let limits = &state.config.telephony;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let (allowed_countries, min_role) = guard::policy(&**client, organisation_id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
-    let effective_countries = guard::allowed_countries(&**client, limits, organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let effective_countries = guard::allowed_countries(&**client, limits, organisation_id).await?;
     Ok(DialingPolicy {
         allowed_countries,
         effective_countries,
@@ -86,10 +83,9 @@ async fn role(
     organisation_id: Uuid,
     user: &CurrentUser,
 ) -> Result<Role, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     orgs::role_of(&**client, organisation_id, user.id())
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)
 }
 
@@ -172,15 +168,14 @@ pub async fn put(
             }
         }
     }
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     guard::set_policy(
         &**client,
         organisation_id,
         countries.as_deref(),
         body.min_role,
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     drop(client);
     Ok(Json(read(&state, organisation_id).await?))
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// JSON body in, JSON body out.
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,6 +124,19 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+// Handlers may take the parts of the state they use (`State<Db>`, `State<Arc<Config>>`).
+impl axum::extract::FromRef<crate::state::AppState> for crate::db::Db {
+    fn from_ref(state: &crate::state::AppState) -> Self {
+        state.db.clone()
+    }
+}
+
+impl axum::extract::FromRef<crate::state::AppState> for std::sync::Arc<crate::config::Config> {
+    fn from_ref(state: &crate::state::AppState) -> Self {
+        state.config.clone()
     }
 }
 

@@ -29,7 +29,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 pub const SIGNATURE_HEADER: &str = "x-edge-signature";
@@ -38,7 +38,7 @@ pub const CONTENT_SHA256_HEADER: &str = "x-edge-content-sha256";
 /// The content hash of a body the shim streamed without buffering.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 /// Telnyx opens the media stream itself; the stream token in the path authorises it.
-pub const MEDIA_STREAM_PREFIX: &str = "/media/telnyx/";
+use crate::paths::MEDIA_STREAM_PREFIX;
 
 /// The client as we trust it, in the request extensions.
 #[derive(Debug, Clone)]

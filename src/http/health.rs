@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::Problem;
+use crate::http::error::Problem;
 use crate::http::extract::Json;
 use crate::state::AppState;
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::orgs::caller_role;
 use crate::auth::CurrentUser;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path};
 use crate::orgs::invitations::{
     self, Answered, Invitation, InviteRefused, IssuedInvitation, ReceivedInvitation,
@@ -65,7 +65,7 @@ pub async fn create(
             body.role.as_str()
         )));
     }
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    let mut client = state.db.client().await?;
     match invitations::invite(
         &mut **client,
         organisation_id,
@@ -73,8 +73,7 @@ pub async fn create(
         &body.email,
         body.role,
     )
-    .await
-    .map_err(ApiError::internal)?
+    .await?
     {
         Ok(issued) => Ok((StatusCode::CREATED, Json(issued))),
         Err(refused @ InviteRefused::InvalidEmail) => Err(ApiError::InvalidField {
@@ -106,10 +105,8 @@ pub async fn list(
             "Only admins and owners see invitations.".into(),
         ));
     }
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let pending = invitations::pending(&**client, organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let pending = invitations::pending(&**client, organisation_id).await?;
     Ok(Json(pending))
 }
 
@@ -132,11 +129,8 @@ pub async fn revoke(
             "Only admins and owners revoke invitations.".into(),
         ));
     }
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    if invitations::revoke(&**client, organisation_id, invitation_id)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    let client = state.db.client().await?;
+    if invitations::revoke(&**client, organisation_id, invitation_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -152,10 +146,8 @@ pub async fn received(
     State(state): State<AppState>,
     user: CurrentUser,
 ) -> Result<Json<Vec<ReceivedInvitation>>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let received = invitations::received(&**client, &state.config.auth.schema, user.id())
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let received = invitations::received(&**client, &state.config.auth.schema, user.id()).await?;
     Ok(Json(received))
 }
 
@@ -166,7 +158,7 @@ async fn answer(
     body: InvitationAnswer,
     accept: bool,
 ) -> Result<Answered, ApiError> {
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    let mut client = state.db.client().await?;
     let answered = invitations::answer(
         &mut **client,
         &state.config.auth.schema,
@@ -175,8 +167,7 @@ async fn answer(
         body.token.as_deref(),
         accept,
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     if matches!(answered, Answered::Accepted(_)) {
         // The new membership counts at once on this replica.
         state.sessions.forget_user(user.id());

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::sessions::User;
 use crate::auth::{CredentialSource, CurrentUser, X_ORG_ID, membership_in};
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
 use crate::orgs::{self, Membership};
 use crate::state::AppState;
@@ -47,7 +47,7 @@ pub async fn me(user: CurrentUser, headers: axum::http::HeaderMap) -> Result<Jso
                 .ok()
                 .and_then(|text| Uuid::parse_str(text.trim()).ok())
                 .ok_or_else(|| ApiError::BadRequest("X-Org-Id must be a UUID.".into()))?;
-            membership_in(&user, id)?;
+            membership_in(&user, id).ok_or(ApiError::NotFound)?;
             Some(id)
         }
         None => user.principal.default_organisation(),
@@ -93,11 +93,9 @@ pub async fn set_active_organisation(
     user: CurrentUser,
     Json(body): Json<ActiveOrganisationRequest>,
 ) -> Result<Json<ActiveOrganisation>, ApiError> {
-    membership_in(&user, body.organisation_id)?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let stored = orgs::set_active_organisation(&**client, user.id(), body.organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    membership_in(&user, body.organisation_id).ok_or(ApiError::NotFound)?;
+    let client = state.db.client().await?;
+    let stored = orgs::set_active_organisation(&**client, user.id(), body.organisation_id).await?;
     if !stored {
         // The membership went away after this replica cached the session.
         state.sessions.forget_user(user.id());

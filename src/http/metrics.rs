@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use subtle::ConstantTimeEq;
 
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::state::AppState;
 
 const LATENCY_BUCKETS: &[f64] = &[

@@ -4,16 +4,18 @@
 //! the OpenAPI document. Layer order (outermost first) is spelled out in [`router`].
 
 pub mod assemblyai_webhook;
+pub mod auth;
 pub mod calls;
 pub mod debug;
 pub mod dialing_policy;
+pub mod error;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
 pub mod invitations;
 pub mod limits;
 pub mod me;
-pub mod media;
+pub mod media_stream;
 pub mod metrics;
 pub mod openapi;
 pub mod orgs;
@@ -84,7 +86,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::telnyx))
         .routes(routes!(assemblyai_webhook::assemblyai))
         .merge(recordings::routes())
-        .routes(routes!(media::telnyx_stream))
+        .routes(routes!(media_stream::telnyx_stream))
         .routes(routes!(realtime::token))
         .routes(routes!(realtime::transcribe))
         .routes(routes!(translate::translate))
@@ -141,7 +143,9 @@ fn span_for(request: &Request<Body>) -> tracing::Span {
 /// The whole application router with its middleware, ready to serve.
 pub fn router(state: AppState) -> Router {
     let include_debug = !state.config.is_production();
-    with_middleware(api_routes(include_debug), state)
+    // The interpreted calls whose legs stream to this process: one per serving process.
+    let hub = Arc::new(crate::media::hub::Hub::default());
+    with_middleware(api_routes(include_debug), state).layer(Extension(hub))
 }
 
 /// Applies fallbacks, the OpenAPI extension and the middleware stack to `routes`. Public so

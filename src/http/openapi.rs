@@ -24,7 +24,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Server};
 
 use crate::auth::X_ORG_ID;
 use crate::config::Config;
-use crate::error::{PROBLEM_JSON, Problem};
+use crate::http::error::{PROBLEM_JSON, Problem};
 
 #[derive(OpenApi)]
 #[openapi(

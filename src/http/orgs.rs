@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::CurrentUser;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::orgs::{self, Member, Membership, RemoveOutcome, Role};
 use crate::state::AppState;
@@ -35,10 +35,9 @@ pub(super) async fn caller_role(
     organisation_id: Uuid,
     user_id: &str,
 ) -> Result<Role, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     orgs::role_of(&**client, organisation_id, user_id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)
 }
 
@@ -62,10 +61,8 @@ pub async fn create(
             "name must be 1 to 200 characters".into(),
         ));
     }
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
-    let membership = orgs::create_organisation(&mut **client, user.id(), name)
-        .await
-        .map_err(ApiError::internal)?;
+    let mut client = state.db.client().await?;
+    let membership = orgs::create_organisation(&mut **client, user.id(), name).await?;
     state.sessions.forget_user(user.id());
     Ok((StatusCode::CREATED, Json(membership)))
 }
@@ -84,10 +81,8 @@ pub async fn list_members(
     Path(organisation_id): Path<Uuid>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
     caller_role(&state, organisation_id, user.id()).await?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let members = orgs::members(&**client, &state.config.auth.schema, organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let members = orgs::members(&**client, &state.config.auth.schema, organisation_id).await?;
     Ok(Json(members))
 }
 
@@ -99,10 +94,9 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let role = caller_role(state, organisation_id, user.id()).await?;
     if target != user.id() {
-        let client = state.db.client().await.map_err(ApiError::internal)?;
+        let client = state.db.client().await?;
         let target_role = orgs::role_of(&**client, organisation_id, target)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or(ApiError::NotFound)?;
         if !role.may_assign(target_role) {
             return Err(ApiError::Forbidden(format!(
@@ -112,11 +106,8 @@ async fn remove(
             )));
         }
     }
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
-    match orgs::remove_member(&mut **client, organisation_id, target)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    let mut client = state.db.client().await?;
+    match orgs::remove_member(&mut **client, organisation_id, target).await? {
         RemoveOutcome::LastOwner => Err(ApiError::Conflict(
             "the last owner cannot leave; make someone else owner first".into(),
         )),

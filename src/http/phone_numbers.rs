@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::auth::OrgContext;
 use crate::calls::provisioning::{self, AvailableQuery, OfferedNumber};
 use crate::calls::{self, PhoneNumber, destinations};
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::orgs::Role;
 use crate::state::AppState;
@@ -153,11 +153,9 @@ pub async fn list(
     State(state): State<AppState>,
     org: OrgContext,
 ) -> Result<Json<Vec<PhoneNumber>>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     Ok(Json(
-        calls::list_numbers(&**client, org.organisation_id)
-            .await
-            .map_err(ApiError::internal)?,
+        calls::list_numbers(&**client, org.organisation_id).await?,
     ))
 }
 
@@ -177,11 +175,8 @@ pub async fn delete(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     org.require(Role::Admin)?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    if calls::delete_number(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    let client = state.db.client().await?;
+    if calls::delete_number(&**client, org.organisation_id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

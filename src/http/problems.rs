@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::{PROBLEM_JSON, Problem};
+use crate::http::error::{PROBLEM_JSON, Problem};
 
 pub async fn not_found(uri: Uri) -> Problem {
     Problem::new(StatusCode::NOT_FOUND).detail(format!("No route matches {}.", uri.path()))

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in, recheck};
 use crate::calls;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
 use crate::media::browser;
 use crate::providers::assemblyai::StreamParams;
@@ -168,12 +168,11 @@ pub async fn transcribe(
     let params = params(&state, &format)?;
     let mut organisation_id = None;
     if let Some(call_id) = format.call_id {
-        let client = state.db.client().await.map_err(ApiError::internal)?;
+        let client = state.db.client().await?;
         let call = calls::get_unscoped(&**client, call_id)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or(ApiError::NotFound)?;
-        membership_in(&user, call.organisation_id)?;
+        membership_in(&user, call.organisation_id).ok_or(ApiError::NotFound)?;
         organisation_id = Some(call.organisation_id);
     }
     let slot = state
@@ -187,7 +186,12 @@ pub async fn transcribe(
         .max_frame_size(max_message);
     Ok(upgrade.on_upgrade(move |socket| {
         // Re-checked while the socket lives: a sign-out or a removal closes it (4401/4403).
-        let revoked = recheck::watch(&state, &user, organisation_id);
+        let revoked = recheck::watch(
+            &state.sessions,
+            state.config.auth.stream_recheck,
+            &user,
+            organisation_id,
+        );
         tracker.track_future(async move {
             browser::run(state, assemblyai, params, format.call_id, socket, revoked).await;
             drop(slot);

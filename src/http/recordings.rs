@@ -20,15 +20,15 @@ use uuid::Uuid;
 
 use crate::auth::{BrowserOrgContext, OrgContext};
 use crate::calls;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
-use crate::media::utterances::{self, ConversationTurn, Utterance};
 use crate::orgs::Role;
-use crate::recordings::agreement::{self, Agreement};
-use crate::recordings::audio::{AudioFormat, SNIFF_LEN};
+use crate::recordings::format::{AudioFormat, SNIFF_LEN};
 use crate::recordings::store::{self, Limits, StoreError};
 use crate::recordings::{self, Recording, Target};
 use crate::state::AppState;
+use crate::storage::objects;
+use crate::transcripts::{self, CallTranscript};
 
 /// The recordings routes. The streamed upload has no body-size extractor limit: it enforces
 /// `RECORDINGS_MAX_BYTES` itself while streaming (and `http::timeouts` gives it its own
@@ -67,6 +67,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(error: crate::storage::StorageError) -> Self {
+        StoreError::from(error).into()
+    }
+}
+
 fn limits(state: &AppState) -> Limits {
     let config = &state.config.recordings;
     Limits {
@@ -90,10 +96,8 @@ async fn within_quota(
     if quota == 0 {
         return Ok(None);
     }
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let used = recordings::bytes_used(&**client, organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let used = recordings::bytes_used(&**client, organisation_id).await?;
     let remaining = quota.saturating_sub(used);
     if size > remaining {
         metrics::counter!("limits_refused_total", "limit" => "recordings_quota").increment(1);
@@ -125,7 +129,7 @@ async fn target(
     recording_id: Option<Uuid>,
     source: &'static str,
 ) -> Result<Target, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     match (recording_id, call_id) {
         (Some(_), Some(_)) => Err(ApiError::BadRequest(
             "send call_id or recording_id, not both".into(),
@@ -133,8 +137,7 @@ async fn target(
         (Some(recording_id), None) => {
             org.require(Role::Admin)?;
             recordings::get(&**client, org.organisation_id, recording_id)
-                .await
-                .map_err(ApiError::internal)?
+                .await?
                 .ok_or(ApiError::NotFound)?;
             Ok(Target::Existing {
                 organisation_id: org.organisation_id,
@@ -144,8 +147,7 @@ async fn target(
         (None, call_id) => {
             if let Some(call_id) = call_id {
                 calls::get(&**client, org.organisation_id, call_id)
-                    .await
-                    .map_err(ApiError::internal)?
+                    .await?
                     .ok_or(ApiError::NotFound)?;
             }
             Ok(Target::New {
@@ -216,10 +218,9 @@ pub async fn upload(
     let sniffed = store::sniff(body.into_data_stream(), Some(declared), &limits).await?;
     let reserved = {
         // No pooled connection is held while the body streams (that can take an hour).
-        let mut client = state.db.client().await.map_err(ApiError::internal)?;
+        let mut client = state.db.client().await?;
         recordings::reserve(&mut client, &target, sniffed.format, None, false)
-            .await
-            .map_err(ApiError::internal)?
+            .await?
             .ok_or(ApiError::NotFound)?
     };
     let stored = store::upload(
@@ -232,13 +233,11 @@ pub async fn upload(
         &limits,
     )
     .await;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
-            recordings::release(&**client, reserved.recording_id, reserved.version)
-                .await
-                .map_err(ApiError::internal)?;
+            recordings::release(&**client, reserved.recording_id, reserved.version).await?;
             return Err(error.into());
         }
     };
@@ -249,13 +248,11 @@ pub async fn upload(
         stored.size as i64,
         &stored.sha256,
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     metrics::counter!("recordings_uploaded_total", "path" => "stream").increment(1);
     metrics::counter!("recording_bytes_uploaded_total").increment(stored.size);
     let recording = recordings::get(&**client, org.organisation_id, reserved.recording_id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     Ok((StatusCode::CREATED, Json(recording)))
 }
@@ -323,10 +320,9 @@ pub async fn upload_url(
     }
     within_quota(&state, org.organisation_id, body.size_bytes as u64).await?;
     let target = target(&state, &org, body.call_id, body.recording_id, "direct").await?;
-    let mut client = state.db.client().await.map_err(ApiError::internal)?;
+    let mut client = state.db.client().await?;
     let reserved = recordings::reserve(&mut client, &target, format, Some(body.size_bytes), true)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     let staging = reserved
         .staging_key
@@ -334,7 +330,7 @@ pub async fn upload_url(
         .expect("direct reservations stage");
     let ttl = config.presign_put_ttl;
     let (url, headers) =
-        store::presign_put(&state.storage, &staging, format.content_type(), ttl).await?;
+        objects::presign_put(&state.storage, &staging, format.content_type(), ttl).await?;
     Ok((
         StatusCode::CREATED,
         Json(UploadUrl {
@@ -375,10 +371,9 @@ pub async fn complete(
     Path(id): Path<Uuid>,
     Json(body): Json<CompleteRequest>,
 ) -> Result<Json<Recording>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let row = recordings::version(&**client, org.organisation_id, id, body.version)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     if row.status == "pending" {
         let staging = row.staging_key.clone().ok_or_else(|| {
@@ -392,51 +387,46 @@ pub async fn complete(
             )));
         }
         let expected = row.size_bytes.unwrap_or_default();
-        match store::head_size(&state.storage, &staging).await? {
+        match objects::head_size(&state.storage, &staging).await? {
             Some(size) if size as i64 != expected => {
                 return Err(ApiError::Conflict(format!(
                     "the upload is {size} bytes, not the announced {expected}"
                 )));
             }
             Some(_) => {
-                let prefix = store::read_prefix(&state.storage, &staging, SNIFF_LEN).await?;
+                let prefix = objects::read_prefix(&state.storage, &staging, SNIFF_LEN).await?;
                 let declared = AudioFormat::from_content_type(&row.content_type);
                 let sniffed = AudioFormat::sniff(&prefix);
                 if sniffed.is_none() || sniffed != declared {
-                    store::delete(&state.storage, &staging).await?;
-                    recordings::release(&**client, id, body.version)
-                        .await
-                        .map_err(ApiError::internal)?;
+                    objects::delete(&state.storage, &staging).await?;
+                    recordings::release(&**client, id, body.version).await?;
                     return Err(StoreError::NotAudio.into());
                 }
                 // Only we write version keys, and only while the version is pending: a
                 // client re-using its URL can only touch the staging key.
-                store::copy(&state.storage, &staging, &row.object_key).await?;
+                objects::copy(&state.storage, &staging, &row.object_key).await?;
             }
             // An earlier `complete` copied it and was cut short before marking it stored.
-            None if store::head_size(&state.storage, &row.object_key)
+            None if objects::head_size(&state.storage, &row.object_key)
                 .await?
                 .is_some() => {}
             None => return Err(ApiError::Conflict("nothing has been uploaded yet".into())),
         }
-        let (size, sha256) = store::hash_object(&state.storage, &row.object_key).await?;
+        let (size, sha256) = objects::hash_object(&state.storage, &row.object_key).await?;
         if size as i64 != expected {
             return Err(ApiError::Conflict(
                 "the upload changed while it was being completed; upload it again".into(),
             ));
         }
-        recordings::mark_stored(&**client, id, body.version, size as i64, &sha256)
-            .await
-            .map_err(ApiError::internal)?;
+        recordings::mark_stored(&**client, id, body.version, size as i64, &sha256).await?;
         // Best effort: the cron deletes staging objects older than a day anyway.
-        if let Err(error) = store::delete(&state.storage, &staging).await {
+        if let Err(error) = objects::delete(&state.storage, &staging).await {
             tracing::warn!(%error, "could not delete a staging object");
         }
         metrics::counter!("recordings_uploaded_total", "path" => "direct").increment(1);
     }
     recordings::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
 }
@@ -470,10 +460,9 @@ async fn presigned(
     id: Uuid,
     version: Option<i32>,
 ) -> Result<(Recording, Option<Download>), ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let recording = recordings::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     let wanted = match version {
         Some(v) => Some(
@@ -490,8 +479,7 @@ async fn presigned(
         return Ok((recording, None));
     };
     let row = recordings::version(&**client, org.organisation_id, id, wanted)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     if !crate::recordings::keys::belongs_to(&row.object_key, org.organisation_id) {
         return Err(ApiError::internal(anyhow::anyhow!(
@@ -499,7 +487,7 @@ async fn presigned(
         )));
     }
     let ttl: Duration = state.config.recordings.presign_get_ttl;
-    let url = store::presign_get(&state.storage, &row.object_key, ttl).await?;
+    let url = objects::presign_get(&state.storage, &row.object_key, ttl).await?;
     Ok((
         recording,
         Some(Download {
@@ -581,65 +569,12 @@ pub async fn list_for_call(
     org: OrgContext,
     Path(id): Path<Uuid>,
 ) -> Result<Json<RecordingList>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     calls::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or(ApiError::NotFound)?;
-    let recordings = recordings::list_for_call(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?;
+    let recordings = recordings::list_for_call(&**client, org.organisation_id, id).await?;
     Ok(Json(RecordingList { recordings }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PostCallTranscript {
-    pub recording_id: Uuid,
-    pub version: i32,
-    /// `submitted`, `completed` or `error`.
-    pub status: String,
-    pub multichannel: bool,
-    pub text: Option<String>,
-    /// AssemblyAI words: `text`, `start`, `end` (ms), `confidence`, `speaker`, `channel`.
-    #[schema(value_type = Vec<Object>)]
-    pub words: Value,
-    /// AssemblyAI utterances (per speaker or channel).
-    #[schema(value_type = Vec<Object>)]
-    pub utterances: Value,
-    pub language_code: Option<String>,
-    pub audio_duration_ms: Option<i64>,
-    pub error: Option<String>,
-    pub submitted_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LiveTurn {
-    /// `inbound`, `outbound` or `browser`; `agent` or `remote` on an interpreted call.
-    pub track: String,
-    pub turn_index: i32,
-    pub text: String,
-    #[schema(value_type = Vec<Object>)]
-    pub words: Value,
-    pub start_ms: Option<i64>,
-    pub end_ms: Option<i64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CallTranscript {
-    pub call_id: Uuid,
-    /// Both parties' turns in time order, each with its translation, playout outcome and
-    /// stage latencies: what the frontend shows as the conversation.
-    pub conversation: Vec<ConversationTurn>,
-    /// Final turns from the realtime bridge, in time order.
-    pub live: Vec<LiveTurn>,
-    /// Each live turn translated and spoken to the other party, in playout order, with
-    /// whether it was heard (`status`) and its stage latencies.
-    pub utterances: Vec<Utterance>,
-    /// The latest post-call transcript, when one was made.
-    pub post_call: Option<PostCallTranscript>,
-    /// Word-level agreement of `live` and a completed `post_call` (docs/RECORDINGS.md).
-    pub agreement: Option<Agreement>,
 }
 
 /// The call's transcripts: live turns and the post-call transcript side by side, with how
@@ -655,97 +590,9 @@ pub async fn transcript(
     org: OrgContext,
     Path(id): Path<Uuid>,
 ) -> Result<Json<CallTranscript>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    calls::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+    let client = state.db.client().await?;
+    let transcript = transcripts::for_call(&**client, org.organisation_id, id)
+        .await?
         .ok_or(ApiError::NotFound)?;
-    let live: Vec<LiveTurn> = client
-        .query(
-            "select track, turn_index, text, words, start_ms, end_ms from transcript_turns
-             where call_id = $1 order by start_ms nulls last, track, turn_index",
-            &[&id],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .iter()
-        .map(|row| LiveTurn {
-            track: row.get(0),
-            turn_index: row.get(1),
-            text: row.get(2),
-            words: row.get(3),
-            start_ms: row.get(4),
-            end_ms: row.get(5),
-        })
-        .collect();
-    let post_call = client
-        .query_opt(
-            "select recording_id, version, status, multichannel, text, coalesce(words, '[]'),
-                    coalesce(utterances, '[]'), language_code, audio_duration_ms, error,
-                    submitted_at, completed_at
-             from post_call_transcripts where call_id = $1 and organisation_id = $2
-             order by submitted_at desc limit 1",
-            &[&id, &org.organisation_id],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .map(|row| PostCallTranscript {
-            recording_id: row.get(0),
-            version: row.get(1),
-            status: row.get(2),
-            multichannel: row.get(3),
-            text: row.get(4),
-            words: row.get(5),
-            utterances: row.get(6),
-            language_code: row.get(7),
-            audio_duration_ms: row.get(8),
-            error: row.get(9),
-            submitted_at: row.get(10),
-            completed_at: row.get(11),
-        });
-    let agreement = post_call
-        .as_ref()
-        .filter(|p| p.status == "completed" && !live.is_empty())
-        .map(|post| {
-            let live_words: Vec<String> = live
-                .iter()
-                .flat_map(|turn| agreement::normalise(&turn.text))
-                .collect();
-            let mut words: Vec<(i64, &str)> = post
-                .words
-                .as_array()
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|w| {
-                            Some((
-                                w.get("start").and_then(Value::as_i64).unwrap_or_default(),
-                                w.get("text")?.as_str()?,
-                            ))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Channels interleave by time, as the live turns do.
-            words.sort_by_key(|(start, _)| *start);
-            let post_words: Vec<String> = words
-                .iter()
-                .flat_map(|(_, text)| agreement::normalise(text))
-                .collect();
-            agreement::score(&live_words, &post_words)
-        });
-    let utterances = utterances::for_call(&**client, id)
-        .await
-        .map_err(ApiError::internal)?;
-    let conversation = utterances::conversation(&**client, id)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(CallTranscript {
-        call_id: id,
-        conversation,
-        live,
-        utterances,
-        post_call,
-        agreement,
-    }))
+    Ok(Json(transcript))
 }

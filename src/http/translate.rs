@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use crate::auth::OrgContext;
 use crate::calls;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
 use crate::providers::elevenlabs;
 use crate::state::AppState;

@@ -1,5 +1,5 @@
 //! Webhook receivers. Verify on the raw bytes before parsing anything; store the event in
-//! `webhook_inbox` and enqueue its processing job in one statement; answer at once.
+//! `webhook_inbox` and enqueue its processing job in one statement (`inbox`); answer at once.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,8 +9,9 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
+use crate::inbox::{self, Provider};
 use crate::providers::telnyx::{SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookEvent};
 use crate::state::AppState;
 
@@ -21,72 +22,14 @@ pub struct Received {
     pub duplicate: bool,
 }
 
-/// Inserts the event unless its id is known, and enqueues its job in the same statement.
-/// The edge shim runs this same statement through Hyperdrive (`received_via = 'edge'`).
-pub const INBOX_INSERT_SQL: &str = "with inserted as (
-        insert into webhook_inbox (provider, event_id, event_type, occurred_at, payload, received_via)
-        values ($1, $2, $3, $4, $5, $6)
-        on conflict (provider, event_id) do nothing
-        returning provider, event_id
-    ), enqueued as (
-        insert into jobs (kind, payload, dedupe_key)
-        select provider || '.event', jsonb_build_object('provider', provider, 'event_id', event_id),
-               'webhook:' || provider || ':' || event_id
-        from inserted
-        on conflict (dedupe_key) where dedupe_key is not null do nothing
-        returning id
-    )
-    select count(*) from inserted";
-
-/// Stores a verified event and enqueues its job (one statement, so both or neither), counting
-/// it. Returns whether the event id was already known (a duplicate delivery).
-pub async fn store_in_inbox(
-    state: &AppState,
-    provider: &'static str,
-    event_id: &str,
-    event_type: &str,
-    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
-    payload: &serde_json::Value,
-) -> Result<bool, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let statement = state
-        .db
-        .prepare(&client, INBOX_INSERT_SQL)
-        .await
-        .map_err(ApiError::internal)?;
-    let inserted: i64 = client
-        .query_one(
-            &statement,
-            &[
-                &provider,
-                &event_id,
-                &event_type,
-                &occurred_at,
-                payload,
-                &"origin",
-            ],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .get(0);
-    let duplicate = inserted == 0;
+/// Stores a verified event through the inbox and wakes the workers when it was new.
+/// Returns whether the event id was already known (a duplicate delivery).
+pub async fn store(state: &AppState, event: &inbox::Event<'_>) -> Result<bool, ApiError> {
+    let duplicate = inbox::store(&state.db, event).await?;
     if !duplicate {
         state.job_bell.ring();
     }
-    metrics::counter!("webhooks_received_total", "provider" => provider, "duplicate" => duplicate.to_string())
-        .increment(1);
     Ok(duplicate)
-}
-
-/// Makes a verified body storable: PostgreSQL refuses U+0000 in `jsonb` and `text`, and a
-/// signed event must be stored, not answered 500 and retried until Telnyx gives up. Runs
-/// after the signature check, which saw the raw bytes (docs/adr/0020-nul-in-webhooks.md).
-pub fn storable(payload: &mut serde_json::Value, provider: &'static str) {
-    let replaced = crate::db::replace_nul(payload);
-    if replaced > 0 {
-        metrics::counter!("webhook_nul_replaced_total", "provider" => provider)
-            .increment(replaced as u64);
-    }
 }
 
 /// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
@@ -132,16 +75,18 @@ pub async fn telnyx(
         })?;
     let mut envelope: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
-    storable(&mut envelope, "telnyx");
+    inbox::storable(&mut envelope, Provider::Telnyx);
     let event = WebhookEvent::parse(&envelope)
         .map_err(|e| ApiError::BadRequest(format!("not a Telnyx webhook: {e}")))?;
-    let duplicate = store_in_inbox(
+    let duplicate = store(
         &state,
-        "telnyx",
-        &event.id,
-        &event.event_type,
-        event.occurred_at,
-        &envelope,
+        &inbox::Event {
+            provider: Provider::Telnyx,
+            event_id: &event.id,
+            event_type: &event.event_type,
+            occurred_at: event.occurred_at,
+            payload: &envelope,
+        },
     )
     .await?;
     Ok(Json(Received {

@@ -9,32 +9,23 @@
 //! step is logged to the call's events once (`max_duration_warned_at`/`_hangup_at`).
 
 use serde_json::json;
-use uuid::Uuid;
 
-use super::{Job, Permanent};
 use crate::calls;
+use crate::calls::guard::{MaxDurationJob, MaxDurationStep};
 use crate::events;
+use crate::queue::Job;
 use crate::state::AppState;
-
-pub use crate::calls::guard::MAX_DURATION_JOB as KIND;
 
 /// What the parties hear a minute before the end (Telnyx text-to-speech).
 pub const WARNING_TEXT: &str =
     "This call has almost reached its maximum length and will end in one minute.";
 
 pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
-    let call_id: Uuid = job
-        .payload
-        .get("call_id")
-        .and_then(|v| v.as_str())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Permanent("payload has no call_id".into()))?;
-    let step = job
-        .payload
-        .get("step")
-        .and_then(|v| v.as_str())
-        .unwrap_or("hangup");
-    let limit_secs = job.payload.get("limit_secs").cloned().unwrap_or_default();
+    let MaxDurationJob {
+        call_id,
+        step,
+        limit_secs,
+    } = job.payload()?;
     let client = state.db.client().await?;
     let Some(call) = calls::get_unscoped(&**client, call_id).await? else {
         return Ok(());
@@ -67,7 +58,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     }
     let telnyx = state.telnyx()?;
     let (column, kind) = match step {
-        "warn" => {
+        MaxDurationStep::Warn => {
             for (ccid, key) in &targets {
                 telnyx
                     .speak(ccid, &format!("max-duration-warning:{key}"), WARNING_TEXT)
@@ -75,13 +66,12 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             }
             ("max_duration_warned_at", "call.max_duration_warning")
         }
-        "hangup" => {
+        MaxDurationStep::Hangup => {
             for (ccid, key) in &targets {
                 telnyx.hangup(ccid, &format!("max-duration:{key}")).await?;
             }
             ("max_duration_hangup_at", "call.max_duration_reached")
         }
-        other => return Err(Permanent(format!("unknown step {other:?}")).into()),
     };
     let mut client = client;
     let transaction = (**client).transaction().await?;
@@ -101,7 +91,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             chrono::Utc::now(),
         )
         .await?;
-        tracing::info!(%call_id, step, "maximum call duration enforced");
+        tracing::info!(%call_id, step = step.as_str(), "maximum call duration enforced");
     }
     transaction.commit().await?;
     Ok(())

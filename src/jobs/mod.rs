@@ -1,13 +1,13 @@
-//! The Postgres job queue every background task goes through (docs/JOBS.md).
+//! The job workers and one handler per job kind (docs/JOBS.md); what a job is and how it is
+//! enqueued is `queue`.
 //!
-//! Enqueue inside the caller's transaction; workers claim with `FOR UPDATE SKIP LOCKED` under
+//! Workers claim with `FOR UPDATE SKIP LOCKED` under
 //! a lease, extend the lease while running, retry with exponential backoff and full jitter,
 //! and park a job as `dead` with its last error after `max_attempts`. A panic in a handler is
-//! caught and recorded like an error. Workers wake on `NOTIFY callbridge_jobs` (rung by `bell`
+//! caught and recorded like an error. Workers wake on `NOTIFY callbridge_jobs` (rung by `queue::bell`
 //! after the enqueuing commit, or by the inbox trigger for edge writes) and poll as a fallback
 //! for missed notifications, retries and leases.
 
-pub mod bell;
 pub mod call_max_duration;
 pub mod handlers;
 pub mod recording_import;
@@ -20,120 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use rand::Rng as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbError, Listener, Notice};
+use crate::queue::{Job, JobKind, NOTIFY_CHANNEL, Permanent};
 use crate::state::AppState;
-
-pub const NOTIFY_CHANNEL: &str = "callbridge_jobs";
-
-/// The job envelope: what `enqueue` stores and what a Cloudflare Queue message would carry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NewJob {
-    /// Names the handler, e.g. `telnyx.event`.
-    pub kind: String,
-    /// Handler input; keep it small (ids, not documents).
-    pub payload: serde_json::Value,
-    /// At most one job with this key ever exists; a second enqueue is a no-op.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedupe_key: Option<String>,
-    /// Not before this instant (default: now).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<i32>,
-}
-
-impl NewJob {
-    pub fn new(kind: &str, payload: serde_json::Value) -> Self {
-        Self {
-            kind: kind.to_owned(),
-            payload,
-            dedupe_key: None,
-            run_at: None,
-            max_attempts: None,
-        }
-    }
-
-    pub fn dedupe(mut self, key: impl Into<String>) -> Self {
-        self.dedupe_key = Some(key.into());
-        self
-    }
-}
-
-/// Enqueues `job` with the caller's client or transaction. `None` when deduplicated. Ring
-/// `AppState::job_bell` once the transaction has committed (a worker finishing a job claims
-/// again at once, so jobs enqueued by job handlers need no ring).
-pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<Option<i64>, DbError> {
-    let row = client
-        .query_opt(
-            "insert into jobs (kind, payload, dedupe_key, run_at, max_attempts)
-             values ($1, $2, $3, coalesce($4, now()), coalesce($5, 10))
-             on conflict (dedupe_key) where dedupe_key is not null do nothing
-             returning id",
-            &[
-                &job.kind,
-                &job.payload,
-                &job.dedupe_key,
-                &job.run_at,
-                &job.max_attempts,
-            ],
-        )
-        .await?;
-    Ok(row.map(|row| row.get(0)))
-}
-
-/// A claimed job as a handler sees it.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: i64,
-    pub kind: String,
-    pub payload: serde_json::Value,
-    /// 1 on the first run.
-    pub attempt: i32,
-    pub max_attempts: i32,
-    /// The worker holding the lease (`locked_by`).
-    pub worker: String,
-}
-
-/// Another worker claimed the job after this one's lease expired: its effects must not
-/// commit (the transaction calling [`Job::complete_in`] rolls back).
-#[derive(Debug, thiserror::Error)]
-#[error("job {0} was claimed by another worker (lease expired); this run's effects roll back")]
-pub struct LeaseLost(pub i64);
-
-impl Job {
-    /// Marks the job `done` inside the transaction that commits its effects, so the effect
-    /// and the completion commit together or not at all (docs/JOBS.md, "exactly-once
-    /// effects"). Fenced by the lease: fails with [`LeaseLost`] when another worker has
-    /// claimed the job meanwhile, so only one run's effects can ever commit.
-    pub async fn complete_in(&self, transaction: &impl GenericClient) -> anyhow::Result<()> {
-        let updated = transaction
-            .execute(
-                "update jobs set status = 'done', finished_at = now(), updated_at = now(),
-                        locked_until = null, last_error = null
-                 where id = $1 and locked_by = $2 and status = 'running'",
-                &[&self.id, &self.worker],
-            )
-            .await?;
-        if updated == 0 {
-            return Err(LeaseLost(self.id).into());
-        }
-        Ok(())
-    }
-}
-
-/// Marks an error as not worth retrying: the job goes straight to `dead`.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Permanent(pub String);
 
 pub type Handler =
     Arc<dyn Fn(AppState, Job) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
@@ -145,6 +40,18 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Runs `J`'s jobs (kind [`JobKind::KIND`]); the handler reads its payload with
+    /// [`Job::payload`], which fails a payload that does not decode as [`Permanent`].
+    pub fn job<J, F, Fut>(self, handler: F) -> Self
+    where
+        J: JobKind,
+        F: Fn(AppState, Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.register(J::KIND, handler)
+    }
+
+    /// Runs jobs of `kind`, a name without a payload type (tests' ad-hoc kinds).
     pub fn register<F, Fut>(mut self, kind: &str, handler: F) -> Self
     where
         F: Fn(AppState, Job) -> Fut + Send + Sync + 'static,
@@ -216,7 +123,11 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(state: AppState, registry: Registry, config: WorkerConfig) -> Self {
-        let id = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
+        let id = format!(
+            "{}-{}",
+            state.config.hostname.as_deref().unwrap_or("worker"),
+            uuid::Uuid::new_v4().simple()
+        );
         Self {
             state,
             registry,
@@ -289,11 +200,11 @@ impl Worker {
         Ok(rows
             .iter()
             .map(|row| Job {
-                id: row.get(0),
-                kind: row.get(1),
-                payload: row.get(2),
-                attempt: row.get(3),
-                max_attempts: row.get(4),
+                id: row.get("id"),
+                kind: row.get("kind"),
+                payload: row.get("payload"),
+                attempt: row.get("attempts"),
+                max_attempts: row.get("max_attempts"),
                 worker: self.id.clone(),
             })
             .collect())
@@ -404,8 +315,4 @@ impl Worker {
             }
         }
     }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into())
 }

@@ -11,18 +11,41 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Job, NewJob, Permanent};
 use crate::calls::Call;
 use crate::providers::telnyx::WebhookEvent;
+use crate::queue::{self, Job, JobKind, Permanent};
 use crate::recordings::store::{self, Limits, StoreError};
 use crate::recordings::{self, Target};
 use crate::state::AppState;
 
-pub const KIND: &str = "recording.import";
-pub const TRANSCRIBE_KIND: &str = "recording.transcribe";
+use super::transcript_fetch::TranscribeJob;
+
+/// Job `recording.import`: one per Telnyx recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingImportJob {
+    pub call_id: Option<Uuid>,
+    pub organisation_id: Uuid,
+    pub telnyx_recording_id: String,
+    /// `recording_urls` of `call.recording.saved`: `wav`/`mp3` links valid 10 minutes.
+    #[serde(default)]
+    pub urls: Value,
+    /// `single` or `dual`.
+    #[serde(default)]
+    pub channels: Option<String>,
+}
+
+impl JobKind for RecordingImportJob {
+    const KIND: &'static str = "recording.import";
+    const MAX_ATTEMPTS: Option<i32> = Some(6);
+
+    fn dedupe_key(&self) -> Option<String> {
+        Some(format!("{}:{}", Self::KIND, self.telnyx_recording_id))
+    }
+}
 
 /// Telnyx's identity for a recording: `recording_id` when sent, else the call session and
 /// start time (both stable across redeliveries), else the event id.
@@ -51,21 +74,14 @@ pub async fn enqueue(
         .get("recording_urls")
         .cloned()
         .unwrap_or(Value::Null);
-    let job = NewJob {
-        max_attempts: Some(6),
-        ..NewJob::new(
-            KIND,
-            json!({
-                "call_id": call.id,
-                "organisation_id": call.organisation_id,
-                "telnyx_recording_id": recording_id,
-                "urls": urls,
-                "channels": event.field("channels"),
-            }),
-        )
-        .dedupe(format!("{KIND}:{recording_id}"))
+    let job = RecordingImportJob {
+        call_id: Some(call.id),
+        organisation_id: call.organisation_id,
+        telnyx_recording_id: recording_id,
+        urls,
+        channels: event.field("channels").map(str::to_owned),
     };
-    super::enqueue(client, &job).await?;
+    queue::enqueue(client, &job.envelope()).await?;
     Ok(())
 }
 
@@ -158,16 +174,13 @@ impl Sources {
 }
 
 pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
-    let payload = &job.payload;
-    let text = |name: &str| payload.get(name).and_then(Value::as_str).map(str::to_owned);
-    let telnyx_id =
-        text("telnyx_recording_id").ok_or_else(|| Permanent("no telnyx_recording_id".into()))?;
-    let organisation_id: Uuid = text("organisation_id")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Permanent("no organisation_id".into()))?;
-    let call_id: Option<Uuid> = text("call_id").and_then(|s| s.parse().ok());
-    let channels = text("channels");
-    let urls = payload.get("urls").cloned().unwrap_or(Value::Null);
+    let RecordingImportJob {
+        call_id,
+        organisation_id,
+        telnyx_recording_id: telnyx_id,
+        urls,
+        channels,
+    } = job.payload()?;
     let url = ["wav", "mp3"]
         .iter()
         .find_map(|format| urls.get(format).and_then(Value::as_str))
@@ -270,18 +283,11 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
                     &stored.sha256,
                 )
                 .await?;
-                super::enqueue(
-                    &*transaction,
-                    &NewJob::new(
-                        TRANSCRIBE_KIND,
-                        json!({"recording_id": reserved.recording_id, "version": reserved.version}),
-                    )
-                    .dedupe(format!(
-                        "{TRANSCRIBE_KIND}:{}:{}",
-                        reserved.recording_id, reserved.version
-                    )),
-                )
-                .await?;
+                let transcribe = TranscribeJob {
+                    recording_id: reserved.recording_id,
+                    version: reserved.version,
+                };
+                queue::enqueue(&*transaction, &transcribe.envelope()).await?;
                 job.complete_in(&*transaction).await?;
                 transaction.commit().await?;
                 metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);

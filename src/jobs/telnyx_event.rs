@@ -16,11 +16,12 @@ use chrono::Utc;
 use serde_json::json;
 use tokio_postgres::GenericClient;
 
-use super::{Job, Permanent};
 use crate::calls::legs::{self, Role};
 use crate::calls::{self, CallStatus, NewCall, interpreted, stream_token};
 use crate::events;
+use crate::inbox::{EventRef, TelnyxEventJob};
 use crate::providers::telnyx::{self, StreamSettings, WebhookEvent};
+use crate::queue::{Job, Permanent};
 use crate::state::AppState;
 
 fn now_unix() -> u64 {
@@ -31,12 +32,7 @@ fn now_unix() -> u64 {
 }
 
 pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
-    let event_id = job
-        .payload
-        .get("event_id")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Permanent("payload has no event_id".into()))?
-        .to_owned();
+    let TelnyxEventJob(EventRef { event_id, .. }) = job.payload()?;
     let mut client = state.db.client().await?;
     let transaction = client.transaction().await?;
     let tx = &*transaction;

@@ -13,29 +13,43 @@
 
 use anyhow::Context as _;
 use chrono::Utc;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Job, Permanent};
 use crate::events;
+use crate::inbox::{AssemblyAiEventJob, EventRef};
 use crate::providers::assemblyai_async::{self, AsyncClient, SubmitRequest};
-use crate::recordings::{self, store};
+use crate::queue::{Job, JobKind, Permanent};
+use crate::recordings;
 use crate::state::AppState;
+use crate::storage::objects;
 
-pub const FETCH_KIND: &str = "assemblyai.event";
+/// Job `recording.transcribe`: one per stored recording version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscribeJob {
+    pub recording_id: Uuid,
+    pub version: i32,
+}
+
+impl JobKind for TranscribeJob {
+    const KIND: &'static str = "recording.transcribe";
+
+    fn dedupe_key(&self) -> Option<String> {
+        Some(format!(
+            "{}:{}:{}",
+            Self::KIND,
+            self.recording_id,
+            self.version
+        ))
+    }
+}
 
 pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
-    let recording_id: Uuid = job
-        .payload
-        .get("recording_id")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Permanent("no recording_id".into()))?;
-    let version = job
-        .payload
-        .get("version")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| Permanent("no version".into()))? as i32;
+    let TranscribeJob {
+        recording_id,
+        version,
+    } = job.payload()?;
     let Ok(config) = state.config.providers.assemblyai() else {
         tracing::info!(%recording_id, "AssemblyAI is not configured: no post-call transcript");
         return Ok(());
@@ -60,7 +74,7 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
     if row.status != "stored" {
         return Err(Permanent("recording version is not stored".into()).into());
     }
-    let audio_url = store::presign_get(
+    let audio_url = objects::presign_get(
         &state.storage,
         &row.object_key,
         state.config.recordings.transcription_url_ttl,
@@ -69,9 +83,9 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
     let multichannel = row.channels.as_deref() == Some("dual");
     let request = SubmitRequest {
         audio_url,
-        webhook_url: format!(
-            "{}/webhooks/assemblyai",
-            state.config.webhook_base_url.as_str().trim_end_matches('/')
+        webhook_url: crate::paths::url(
+            &state.config.webhook_base_url,
+            crate::paths::ASSEMBLYAI_WEBHOOK,
         ),
         webhook_auth_header_name: assemblyai_async::WEBHOOK_AUTH_HEADER.into(),
         webhook_auth_header_value: secret.expose().clone(),
@@ -105,12 +119,7 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
 }
 
 pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
-    let event_id = job
-        .payload
-        .get("event_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Permanent("payload has no event_id".into()))?
-        .to_owned();
+    let AssemblyAiEventJob(EventRef { event_id, .. }) = job.payload()?;
     let (payload, processed) = {
         let client = state.db.client().await?;
         let row = client

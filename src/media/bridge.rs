@@ -12,6 +12,7 @@
 //! sends `Terminate`, and waits (bounded) for its last turns to be stored.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -23,7 +24,6 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 use uuid::Uuid;
 
-use super::audio::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
 use super::mix::{self, FRAME};
@@ -32,6 +32,7 @@ use super::playout::{
 };
 use super::replay::{Batch, ReplayBuffer};
 use super::resume::{Resume, TrackClock};
+use super::shaping::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::transcripts::{self, FinalTurn};
 use crate::calls::legs::{Leg, Role};
 use crate::providers::assemblyai::{
@@ -222,6 +223,8 @@ const RING_LIMIT: Duration = Duration::from_secs(90);
 
 pub struct Bridge {
     state: AppState,
+    /// This process's interpreted-call legs (one per process, from the router).
+    hub: Arc<hub::Hub>,
     call_id: Uuid,
     party: Option<Party>,
     mixer: Option<Mixer>,
@@ -284,6 +287,7 @@ struct Playing {
 /// stream ends.
 pub async fn run(
     state: AppState,
+    hub: Arc<hub::Hub>,
     target: Target,
     client: AssemblyAiClient,
     socket: WebSocket,
@@ -297,7 +301,7 @@ pub async fn run(
     };
     let replica = format!(
         "{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+        state.config.hostname.as_deref().unwrap_or("local"),
         std::process::id()
     );
     let tail_bound = state.config.media.tail_delivery;
@@ -349,7 +353,7 @@ pub async fn run(
                 under: VecDeque::with_capacity(UNDER_FRAMES + 1),
             });
             let (params, party, task) =
-                join_leg(&state, *leg, tx, outbound_tx.clone(), cleared.clone()).await;
+                join_leg(&state, &hub, *leg, tx, outbound_tx.clone(), cleared.clone()).await;
             (
                 params,
                 Some(Party {
@@ -364,6 +368,7 @@ pub async fn run(
     drop(outbound_tx);
     let mut bridge = Bridge {
         state,
+        hub,
         call_id,
         party,
         mixer,
@@ -420,6 +425,7 @@ pub async fn run(
 /// the other party says, registered with the hub (when TTS is configured).
 async fn join_leg(
     state: &AppState,
+    hub: &Arc<hub::Hub>,
     leg: Leg,
     original: Option<mpsc::Sender<[u8; FRAME]>>,
     outbound: mpsc::Sender<Outbound>,
@@ -475,12 +481,7 @@ async fn join_leg(
             0
         }
     };
-    party._registration =
-        Some(
-            state
-                .hub
-                .register(leg.call_id, leg.role, queue, original, first_seq),
-        );
+    party._registration = Some(hub.register(leg.call_id, leg.role, queue, original, first_seq));
     if leg.role == Role::Agent {
         party.ringing = Some(Ringing {
             since: Instant::now(),
@@ -1224,11 +1225,7 @@ impl Bridge {
     fn hand_over(&mut self, utterance: Utterance) {
         let call_id = self.call_id;
         if let Some(party) = &self.party {
-            match self
-                .state
-                .hub
-                .deliver(call_id, party.role.other(), utterance)
-            {
+            match self.hub.deliver(call_id, party.role.other(), utterance) {
                 Delivery::Queued => {}
                 Delivery::NoListener => {
                     metrics::counter!("translation_no_listener_total").increment(1);
@@ -1300,9 +1297,7 @@ impl Bridge {
         let Some(ringing) = party.ringing.as_mut() else {
             return Vec::new();
         };
-        if self.state.hub.is_live(call_id, party.role.other())
-            || ringing.since.elapsed() > RING_LIMIT
-        {
+        if self.hub.is_live(call_id, party.role.other()) || ringing.since.elapsed() > RING_LIMIT {
             party.ringing = None;
             if let Some(mixer) = self.mixer.as_mut() {
                 mixer.queue.clear();
@@ -1384,10 +1379,7 @@ impl Bridge {
                 return;
             }
             party.peer_checked = Some(Instant::now());
-            party.peer_original = self
-                .state
-                .hub
-                .original_for(self.call_id, party.role.other());
+            party.peer_original = self.hub.original_for(self.call_id, party.role.other());
         }
         if let Some(peer) = &party.peer_original {
             // A full queue means the other leg is behind: this frame is not worth waiting for.

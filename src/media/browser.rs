@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 use uuid::Uuid;
 
-use super::audio::ByteBatcher;
+use super::shaping::ByteBatcher;
 use super::transcripts::{self, FinalTurn};
 use crate::auth::recheck::Revoked;
 use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};

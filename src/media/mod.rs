@@ -6,7 +6,6 @@
 //! what comes back,
 //! `playout` speaks translations back and `utterances` reads how they went.
 
-pub mod audio;
 pub mod bridge;
 pub mod browser;
 pub mod frames;
@@ -16,5 +15,6 @@ pub mod playout;
 pub mod reattach;
 pub mod replay;
 pub mod resume;
+pub mod shaping;
 pub mod transcripts;
 pub mod utterances;

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use super::audio::MULAW_BYTES_PER_MS;
+use super::shaping::MULAW_BYTES_PER_MS;
 
 /// What AssemblyAI has done with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

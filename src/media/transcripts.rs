@@ -6,9 +6,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
-use crate::events;
+use crate::events::{self, PARTIALS_CHANNEL};
 
-pub const PARTIALS_CHANNEL: &str = "callbridge_partials";
 /// NOTIFY payloads must stay under 8000 bytes.
 const MAX_PARTIAL_TEXT: usize = 6000;
 

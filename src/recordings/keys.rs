@@ -10,7 +10,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use super::audio::AudioFormat;
+use super::format::AudioFormat;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {

@@ -7,7 +7,7 @@
 //! jobs and the cron use, which say so in their name.
 
 pub mod agreement;
-pub mod audio;
+pub mod format;
 pub mod keys;
 pub mod store;
 
@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::db::DbError;
-use audio::AudioFormat;
+use format::AudioFormat;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RecordingVersion {

@@ -1,4 +1,5 @@
-//! Streaming bytes into storage with flat memory: a multipart upload of equal-sized parts
+//! Streaming a recording into storage with flat memory (plain object operations are
+//! `storage::objects`): a multipart upload of equal-sized parts
 //! (R2 requires every part but the last to have the same size, docs/PROVIDERS.md §5), a SHA-256
 //! computed on the way, a size limit enforced as bytes arrive, and an abort whenever the
 //! upload does not complete — including when the future is dropped (client gone).
@@ -9,7 +10,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -17,9 +17,9 @@ use futures_util::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
-use super::audio::{AudioFormat, SNIFF_LEN};
+use super::format::{AudioFormat, SNIFF_LEN};
 use crate::db::{Db, DbError};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,7 +47,16 @@ pub enum StoreError {
 fn storage_error<E: std::error::Error + Send + Sync + 'static>(
     error: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError {
-    StoreError::Storage(aws_sdk_s3::error::DisplayErrorContext(&error).to_string())
+    crate::storage::request_error(error).into()
+}
+
+impl From<StorageError> for StoreError {
+    fn from(error: StorageError) -> Self {
+        StoreError::Storage(match error {
+            StorageError::Request(message) => message,
+            other => other.to_string(),
+        })
+    }
 }
 
 /// How a stream is stored.
@@ -118,7 +127,7 @@ where
     }
     let format = AudioFormat::sniff(&prefix).ok_or(StoreError::NotAudio)?;
     if let Some(declared) = declared
-        && !super::audio::declared_matches(declared, format)
+        && !super::format::declared_matches(declared, format)
     {
         return Err(StoreError::Mismatch {
             declared,
@@ -482,143 +491,6 @@ async fn forget_upload(db: &Db, upload_id: &str) {
             )
             .await;
     }
-}
-
-/// A presigned GET for `key` valid for `ttl` (R2: 1 s – 7 days).
-pub async fn presign_get(
-    storage: &Storage,
-    key: &str,
-    ttl: Duration,
-) -> Result<String, StoreError> {
-    let config = PresigningConfig::expires_in(ttl)
-        .map_err(|e| StoreError::Storage(format!("presigning: {e}")))?;
-    let request = storage
-        .client()
-        .get_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .presigned(config)
-        .await
-        .map_err(storage_error)?;
-    Ok(request.uri().to_owned())
-}
-
-/// A presigned PUT for `key` bound to `content_type` (a different type fails the signature).
-pub async fn presign_put(
-    storage: &Storage,
-    key: &str,
-    content_type: &str,
-    ttl: Duration,
-) -> Result<(String, Vec<(String, String)>), StoreError> {
-    let config = PresigningConfig::expires_in(ttl)
-        .map_err(|e| StoreError::Storage(format!("presigning: {e}")))?;
-    let request = storage
-        .client()
-        .put_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .content_type(content_type)
-        .presigned(config)
-        .await
-        .map_err(storage_error)?;
-    let headers = request
-        .headers()
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect();
-    Ok((request.uri().to_owned(), headers))
-}
-
-/// Size of `key`, or `None` when it does not exist.
-pub async fn head_size(storage: &Storage, key: &str) -> Result<Option<u64>, StoreError> {
-    match storage
-        .client()
-        .head_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .send()
-        .await
-    {
-        Ok(head) => Ok(Some(head.content_length().unwrap_or_default().max(0) as u64)),
-        Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-        Err(error) => Err(storage_error(error)),
-    }
-}
-
-/// The first `n` bytes of `key`.
-pub async fn read_prefix(storage: &Storage, key: &str, n: usize) -> Result<Bytes, StoreError> {
-    let object = storage
-        .client()
-        .get_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .range(format!("bytes=0-{}", n.saturating_sub(1)))
-        .send()
-        .await
-        .map_err(storage_error)?;
-    let bytes = object
-        .body
-        .collect()
-        .await
-        .map_err(|e| StoreError::Storage(e.to_string()))?
-        .into_bytes();
-    Ok(bytes.slice(..bytes.len().min(n)))
-}
-
-/// SHA-256 and size of `key`, streamed (flat memory).
-pub async fn hash_object(storage: &Storage, key: &str) -> Result<(u64, String), StoreError> {
-    let mut object = storage
-        .client()
-        .get_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .send()
-        .await
-        .map_err(storage_error)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = object
-        .body
-        .try_next()
-        .await
-        .map_err(|e| StoreError::Storage(e.to_string()))?
-    {
-        size += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    Ok((size, hex::encode(hasher.finalize())))
-}
-
-/// Server-side copy (one request; R2 and S3 allow up to 5 GiB).
-pub async fn copy(storage: &Storage, from: &str, to: &str) -> Result<(), StoreError> {
-    let source = format!(
-        "{}/{}",
-        storage.bucket(),
-        percent_encoding::utf8_percent_encode(from, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
-            .replace("%2F", "/")
-    );
-    storage
-        .client()
-        .copy_object()
-        .bucket(storage.bucket())
-        .key(to)
-        .copy_source(source)
-        .send()
-        .await
-        .map_err(storage_error)?;
-    Ok(())
-}
-
-pub async fn delete(storage: &Storage, key: &str) -> Result<(), StoreError> {
-    storage
-        .client()
-        .delete_object()
-        .bucket(storage.bucket())
-        .key(key)
-        .send()
-        .await
-        .map_err(storage_error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ impl AssemblyAiAsyncSim {
         let audio_url = request["audio_url"].as_str().unwrap_or_default().to_owned();
         let outcome = match self.http.get(&audio_url).send().await {
             Ok(response) if response.status().is_success() => match response.bytes().await {
-                Ok(bytes) => match crate::recordings::audio::AudioFormat::sniff(&bytes) {
+                Ok(bytes) => match crate::recordings::format::AudioFormat::sniff(&bytes) {
                     None => Err("File does not appear to contain audio.".to_string()),
                     Some(_) => {
                         let duration = super::recordings::wav_duration_ms(&bytes).unwrap_or(5_000);

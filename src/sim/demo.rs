@@ -89,7 +89,7 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
         .await?
         .error_for_status()?;
 
-    let webhook = format!("{base}/webhooks/telnyx");
+    let webhook = format!("{base}{}", crate::paths::TELNYX_WEBHOOK);
     carrier.send_hangup_webhooks(&webhook);
     aai.set_model_script(
         "universal-streaming-english",

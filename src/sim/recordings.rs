@@ -290,8 +290,8 @@ mod tests {
         assert_eq!(bytes.len(), 44 + 8000 * 3 / 2 * 4);
         assert_eq!(wav_duration_ms(&bytes), Some(1500));
         assert_eq!(
-            crate::recordings::audio::AudioFormat::sniff(&bytes),
-            Some(crate::recordings::audio::AudioFormat::Wav)
+            crate::recordings::format::AudioFormat::sniff(&bytes),
+            Some(crate::recordings::format::AudioFormat::Wav)
         );
     }
 }

@@ -14,12 +14,21 @@ use aws_smithy_http_client::tls;
 
 use crate::config::StorageConfig;
 
+pub mod objects;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("bucket {bucket} is not reachable: {message}")]
     Bucket { bucket: String, message: String },
     #[error("storage request failed: {0}")]
     Request(String),
+}
+
+/// A failed S3 request, with the SDK's full context (service code, message, cause).
+pub fn request_error<E: std::error::Error + Send + Sync + 'static>(
+    error: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StorageError {
+    StorageError::Request(aws_sdk_s3::error::DisplayErrorContext(&error).to_string())
 }
 
 #[derive(Clone)]

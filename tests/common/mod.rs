@@ -2,6 +2,7 @@
 //! PostgreSQL database (cloned from a migrated template) and a real S3 server (s3s-fs,
 //! started by `make test`), with a bucket of its own.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 pub mod authjs;
 pub mod edge;
@@ -191,7 +192,7 @@ pub fn test_config(database_url: &str, bucket: &str, overrides: &[(&str, &str)])
         ("R2_BUCKET", bucket),
         ("SHUTDOWN_GRACE_SECS", "5"),
         // Stories place calls back to back; the dial guard's caps have their own tests
-        // (tests/dial_guard.rs), which set them.
+        // (tests/api/dial_guard.rs), which set them.
         ("DIAL_MAX_CONCURRENT_PER_ORG", "1000"),
         ("DIAL_MAX_CONCURRENT_PER_USER", "1000"),
         ("DIAL_MAX_PER_MINUTE_PER_ORG", "1000"),

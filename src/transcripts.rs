@@ -1,0 +1,162 @@
+//! A call's transcript view: both parties' conversation, the live turns from the realtime
+//! bridge, the spoken translations, the latest post-call transcript and how far live and
+//! post-call agree (`GET /api/calls/{id}/transcript`). Reads only; scoped by organisation.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::DbError;
+use crate::media::utterances::{self, ConversationTurn, Utterance};
+use crate::recordings::agreement::{self, Agreement};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostCallTranscript {
+    pub recording_id: Uuid,
+    pub version: i32,
+    /// `submitted`, `completed` or `error`.
+    pub status: String,
+    pub multichannel: bool,
+    pub text: Option<String>,
+    /// AssemblyAI words: `text`, `start`, `end` (ms), `confidence`, `speaker`, `channel`.
+    #[schema(value_type = Vec<Object>)]
+    pub words: Value,
+    /// AssemblyAI utterances (per speaker or channel).
+    #[schema(value_type = Vec<Object>)]
+    pub utterances: Value,
+    pub language_code: Option<String>,
+    pub audio_duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveTurn {
+    /// `inbound`, `outbound` or `browser`; `agent` or `remote` on an interpreted call.
+    pub track: String,
+    pub turn_index: i32,
+    pub text: String,
+    #[schema(value_type = Vec<Object>)]
+    pub words: Value,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallTranscript {
+    pub call_id: Uuid,
+    /// Both parties' turns in time order, each with its translation, playout outcome and
+    /// stage latencies: what the frontend shows as the conversation.
+    pub conversation: Vec<ConversationTurn>,
+    /// Final turns from the realtime bridge, in time order.
+    pub live: Vec<LiveTurn>,
+    /// Each live turn translated and spoken to the other party, in playout order, with
+    /// whether it was heard (`status`) and its stage latencies.
+    pub utterances: Vec<Utterance>,
+    /// The latest post-call transcript, when one was made.
+    pub post_call: Option<PostCallTranscript>,
+    /// Word-level agreement of `live` and a completed `post_call` (docs/RECORDINGS.md).
+    pub agreement: Option<Agreement>,
+}
+
+/// The transcript view of an organisation's call; `None` when the organisation has no such
+/// call.
+pub async fn for_call(
+    client: &impl GenericClient,
+    organisation_id: Uuid,
+    id: Uuid,
+) -> Result<Option<CallTranscript>, DbError> {
+    if crate::calls::get(client, organisation_id, id)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let live: Vec<LiveTurn> = client
+        .query(
+            "select track, turn_index, text, words, start_ms, end_ms from transcript_turns
+             where call_id = $1 order by start_ms nulls last, track, turn_index",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|row| LiveTurn {
+            track: row.get("track"),
+            turn_index: row.get("turn_index"),
+            text: row.get("text"),
+            words: row.get("words"),
+            start_ms: row.get("start_ms"),
+            end_ms: row.get("end_ms"),
+        })
+        .collect();
+    let post_call = client
+        .query_opt(
+            "select recording_id, version, status, multichannel, text, coalesce(words, '[]') as words,
+                    coalesce(utterances, '[]') as utterances, language_code, audio_duration_ms, error,
+                    submitted_at, completed_at
+             from post_call_transcripts where call_id = $1 and organisation_id = $2
+             order by submitted_at desc limit 1",
+            &[&id, &organisation_id],
+        )
+        .await
+        ?
+        .map(|row| PostCallTranscript {
+            recording_id: row.get("recording_id"),
+            version: row.get("version"),
+            status: row.get("status"),
+            multichannel: row.get("multichannel"),
+            text: row.get("text"),
+            words: row.get("words"),
+            utterances: row.get("utterances"),
+            language_code: row.get("language_code"),
+            audio_duration_ms: row.get("audio_duration_ms"),
+            error: row.get("error"),
+            submitted_at: row.get("submitted_at"),
+            completed_at: row.get("completed_at"),
+        });
+    let agreement = post_call
+        .as_ref()
+        .filter(|p| p.status == "completed" && !live.is_empty())
+        .map(|post| {
+            let live_words: Vec<String> = live
+                .iter()
+                .flat_map(|turn| agreement::normalise(&turn.text))
+                .collect();
+            let mut words: Vec<(i64, &str)> = post
+                .words
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|w| {
+                            Some((
+                                w.get("start").and_then(Value::as_i64).unwrap_or_default(),
+                                w.get("text")?.as_str()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Channels interleave by time, as the live turns do.
+            words.sort_by_key(|(start, _)| *start);
+            let post_words: Vec<String> = words
+                .iter()
+                .flat_map(|(_, text)| agreement::normalise(text))
+                .collect();
+            agreement::score(&live_words, &post_words)
+        });
+    let utterances = utterances::for_call(client, id).await?;
+    let conversation = utterances::conversation(client, id).await?;
+    Ok(Some(CallTranscript {
+        call_id: id,
+        conversation,
+        live,
+        utterances,
+        post_call,
+        agreement,
+    }))
+}

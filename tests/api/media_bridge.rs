@@ -1,0 +1,568 @@
+//! The media bridge end to end against the AssemblyAI v3 simulator: token checks before the
+//! upgrade, µ-law batched per track, final turns stored and evented, malformed and shuffled
+//! frames, reconnect with replay, overflow recorded as a gap measured against the audio
+//! AssemblyAI actually read, held audio at hang-up delivered or recorded, and shutdown
+//! flushing.
+#![cfg(feature = "sim")]
+
+use crate::common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callbridge::calls::stream_token;
+use callbridge::sim::assemblyai::{AssemblyAiSim, StreamFault};
+use callbridge::sim::telnyx_media::{self, PlayOptions};
+use common::TestApp;
+use common::soak::{self, GapCheck, Heard};
+use uuid::Uuid;
+
+struct MediaApp {
+    app: TestApp,
+    aai: AssemblyAiSim,
+}
+
+impl MediaApp {
+    async fn spawn(extra: &[(&str, &str)]) -> Self {
+        let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+        let url = aai.streaming_url();
+        let mut overrides = vec![
+            ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+            ("ASSEMBLYAI_STREAMING_URL", url.as_str()),
+        ];
+        overrides.extend_from_slice(extra);
+        let app = TestApp::spawn_with(&overrides).await;
+        Self { app, aai }
+    }
+
+    /// An answered call in a fresh user's organisation.
+    async fn call(&self) -> Uuid {
+        let session = self.app.sign_in("Caller").await;
+        let me: serde_json::Value = self
+            .app
+            .get_as(&session, "/api/me")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let org: Uuid = me["organisations"][0]["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let id = Uuid::now_v7();
+        self.app
+            .db()
+            .await
+            .execute(
+                "insert into calls (id, organisation_id, direction, from_number, to_number, status)
+             values ($1, $2, 'outbound', '+14155550100', '+14155550123', 'answered')",
+                &[&id, &org],
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    fn stream_url(&self, call_id: Uuid) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = stream_token::mint(
+            self.app.state.config.auth.secret.expose().as_bytes(),
+            call_id,
+            now + 600,
+        );
+        format!("ws://127.0.0.1:{}/media/telnyx/{token}", self.app.port)
+    }
+
+    async fn turns(&self, call_id: Uuid) -> Vec<(String, i32, String)> {
+        self.app.db().await
+            .query("select track, turn_index, text from transcript_turns where call_id = $1 order by track, turn_index", &[&call_id])
+            .await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+    }
+
+    async fn wait_for_turns(&self, call_id: Uuid, count: usize) -> Vec<(String, i32, String)> {
+        for _ in 0..100 {
+            let turns = self.turns(call_id).await;
+            if turns.len() >= count {
+                return turns;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.turns(call_id).await
+    }
+}
+
+/// Two spoken turns separated by silence, 3.4 s.
+fn two_turns() -> Vec<u8> {
+    telnyx_media::speech_like(&[(1200, true), (600, false), (1000, true), (600, false)])
+}
+
+#[tokio::test]
+async fn each_track_gets_its_own_session_in_batches_and_its_turns_are_stored() {
+    let m = MediaApp::spawn(&[]).await;
+    let call_id = m.call().await;
+    let result = telnyx_media::play(PlayOptions::new(m.stream_url(call_id), two_turns()))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.frames_sent,
+        2 * 170,
+        "3.4 s per track in 20 ms frames"
+    );
+
+    let turns = m.wait_for_turns(call_id, 4).await;
+    assert_eq!(
+        turns,
+        vec![
+            ("inbound".into(), 0, "Hello, this is a test call.".into()),
+            ("inbound".into(), 1, "Can you hear me clearly.".into()),
+            ("outbound".into(), 0, "Hello, this is a test call.".into()),
+            ("outbound".into(), 1, "Can you hear me clearly.".into()),
+        ]
+    );
+    let sessions = m.aai.sessions();
+    assert_eq!(sessions.len(), 2, "one AssemblyAI session per track");
+    for session in &sessions {
+        let param = |k: &str| {
+            session
+                .query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(param("encoding"), Some("pcm_mulaw"));
+        assert_eq!(param("sample_rate"), Some("8000"));
+        assert_eq!(param("format_turns"), Some("true"));
+        assert_eq!(param("speech_model"), Some("universal-streaming-english"));
+        assert!(session.terminated_by_client, "Terminate sent at stop");
+        assert_eq!(session.closed_with, Some(1000));
+        let (last, rest) = session.chunk_bytes.split_last().unwrap();
+        assert!(
+            rest.iter().all(|b| *b == 800),
+            "100 ms chunks: {:?}",
+            session.chunk_bytes
+        );
+        assert!((400..=800).contains(last));
+        assert_eq!(
+            session.chunk_bytes.iter().sum::<usize>(),
+            27_200,
+            "every byte forwarded, none lost"
+        );
+    }
+    let events: Vec<String> = m
+        .app
+        .db()
+        .await
+        .query(
+            "select kind from call_events where call_id = $1 order by seq",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        events.iter().filter(|k| *k == "transcript.final").count(),
+        4
+    );
+    let words: serde_json::Value = m.app.db().await
+        .query_one("select words from transcript_turns where call_id = $1 and track = 'inbound' and turn_index = 1", &[&call_id]).await.unwrap().get(0);
+    assert!(
+        words[0]["start_ms"].as_u64().unwrap() >= 1800,
+        "word times are offsets into the call audio: {words}"
+    );
+}
+
+#[tokio::test]
+async fn the_stream_token_is_checked_before_the_upgrade() {
+    let m = MediaApp::spawn(&[]).await;
+    let call_id = m.call().await;
+    let status = |url: String| async move {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok(_) => 101,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    };
+    let base = format!("ws://127.0.0.1:{}/media/telnyx", m.app.port);
+    assert_eq!(status(format!("{base}/not-a-token")).await, 401);
+    let secret = m.app.state.config.auth.secret.expose().as_bytes().to_vec();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        status(format!(
+            "{base}/{}",
+            stream_token::mint(&secret, call_id, now - 1)
+        ))
+        .await,
+        401,
+        "expired"
+    );
+    assert_eq!(
+        status(format!(
+            "{base}/{}",
+            stream_token::mint(b"wrong-secret", call_id, now + 60)
+        ))
+        .await,
+        401,
+        "forged"
+    );
+    assert_eq!(
+        status(format!(
+            "{base}/{}",
+            stream_token::mint(&secret, Uuid::new_v4(), now + 60)
+        ))
+        .await,
+        404,
+        "no such call"
+    );
+    m.app
+        .db()
+        .await
+        .execute(
+            "update calls set status = 'ended' where id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status(m.stream_url(call_id)).await,
+        404,
+        "ended calls take no media"
+    );
+    assert!(m.aai.sessions().is_empty(), "nothing reached AssemblyAI");
+}
+
+#[tokio::test]
+async fn malformed_and_shuffled_frames_do_not_break_the_call() {
+    let m = MediaApp::spawn(&[]).await;
+    let call_id = m.call().await;
+    let mut options = PlayOptions::new(m.stream_url(call_id), two_turns());
+    options.shuffle_window = 3;
+    options.extra_frames = vec![
+        "not json at all".into(),
+        r#"{"event":"teleport"}"#.into(),
+        r#"{"event":"media","media":{"track":"sideways","chunk":"1","payload":""}}"#.into(),
+        r#"{"event":"media","media":{"track":"inbound","chunk":"9999999","payload":"%%%"}}"#.into(),
+    ];
+    telnyx_media::play(options).await.unwrap();
+    let turns = m.wait_for_turns(call_id, 4).await;
+    assert_eq!(turns.len(), 4, "{turns:?}");
+    let metrics = m.app.get("/metrics").await.text().await.unwrap();
+    for reason in ["not_json", "unknown_event", "field", "payload"] {
+        assert!(
+            metrics.contains(&format!("media_frames_bad_total{{reason=\"{reason}\"}}")),
+            "{reason} counted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
+    let m = MediaApp::spawn(&[]).await;
+    let call_id = m.call().await;
+    // The first session dies after five chunks (500 ms into the first turn).
+    m.aai.inject(StreamFault::DropAfterChunks(5));
+    let mut options = PlayOptions::new(m.stream_url(call_id), two_turns());
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    let turns = m.wait_for_turns(call_id, 4).await;
+    assert_eq!(turns.len(), 4, "no turn lost: {turns:?}");
+    assert!(
+        m.aai.sessions().len() >= 3,
+        "the dropped track opened a second session"
+    );
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gaps, 0, "the buffer covered the outage");
+    let metrics = m.app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("assemblyai_reconnects_total"));
+}
+
+#[tokio::test]
+async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
+    let m = MediaApp::spawn(&[("MEDIA_IDLE_REPLAY_MS", "1000")]).await;
+    let call_id = m.call().await;
+    // Three seconds of silence on both tracks; one session dies two seconds in.
+    m.aai.inject(StreamFault::DropAfterChunks(20));
+    let mut options = PlayOptions::new(
+        m.stream_url(call_id),
+        telnyx_media::speech_like(&[(3000, false)]),
+    );
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    let sessions = m.aai.sessions();
+    assert_eq!(sessions.len(), 3, "two tracks and one reconnect");
+    assert!(
+        sessions[0]
+            .closed_with
+            .or(sessions[1].closed_with)
+            .is_some(),
+        "one of the first sessions was dropped"
+    );
+    let replayed: usize = sessions[2].chunk_bytes.iter().sum();
+    // The new session hears the newest second again, then the last second live — not the
+    // two seconds the dropped session had already found silent.
+    assert!(
+        (8_000..=16_800).contains(&replayed),
+        "{replayed} bytes after the reconnect"
+    );
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        gaps, 0,
+        "trimming audio a live session already heard is not a gap"
+    );
+}
+
+#[tokio::test]
+async fn audio_that_overflows_the_buffer_while_disconnected_becomes_a_recorded_gap() {
+    let m = MediaApp::spawn(&[("MEDIA_REPLAY_BUFFER_SECS", "1")]).await;
+    let call_id = m.call().await;
+    m.aai.inject(StreamFault::DropAfterChunks(2));
+    // As fast as allowed: the rest of the call arrives long before the reconnect.
+    telnyx_media::play(PlayOptions::new(m.stream_url(call_id), two_turns()))
+        .await
+        .unwrap();
+    // Both tracks may overflow (the flood also outruns the first connect); each gap is a row.
+    let mut gaps = Vec::new();
+    for _ in 0..100 {
+        gaps = m.app.db().await
+            .query("select track, start_ms, duration_ms, reason from transcript_gaps where call_id = $1 order by duration_ms desc", &[&call_id])
+            .await.unwrap().iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, String>(3))).collect();
+        if !gaps.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, start_ms, duration_ms, reason) = gaps.first().cloned().expect("a gap was recorded");
+    assert!((0..3400).contains(&start_ms));
+    // How much overflows depends on how fast the flood arrives; that some does, does not.
+    assert!(
+        duration_ms > 0,
+        "audio beyond the 1 s buffer was recorded as lost"
+    );
+    assert_eq!(reason, "assemblyai_unavailable");
+    assert!(
+        gaps.iter().all(|g| g.2 <= 3400),
+        "a gap never exceeds the audio"
+    );
+    let kinds: Vec<String> = m
+        .app
+        .db()
+        .await
+        .query(
+            "select kind from call_events where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(kinds.contains(&"transcript.gap".to_string()));
+    assert!(
+        m.app
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("transcript_gap_seconds_total")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_sends_terminate_and_stores_the_last_turn() {
+    let mut m = MediaApp::spawn(&[]).await;
+    let call_id = m.call().await;
+    let mut options = PlayOptions::new(
+        m.stream_url(call_id),
+        telnyx_media::speech_like(&[(3000, true), (2000, false)]),
+    );
+    options.realtime = true;
+    options.send_stop = false;
+    let playing = tokio::spawn(telnyx_media::play(options));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // mid-sentence
+    m.app.stop().await; // SIGTERM: drains HTTP and waits for bridges
+    let result = playing.await.unwrap();
+    assert_eq!(
+        result.map(|r| r.close_code).unwrap_or_default(),
+        Some(1001),
+        "going away"
+    );
+    let turns = m.turns(call_id).await;
+    assert_eq!(
+        turns.len(),
+        2,
+        "each track's unfinished turn was flushed and stored: {turns:?}"
+    );
+    assert!(m.aai.sessions().iter().all(|s| s.terminated_by_client));
+}
+
+/// One call's two tracks of tagged audio, played in real time to the end (hang-up).
+/// Returns the frames per track and when the call hung up.
+async fn play_tagged(
+    m: &MediaApp,
+    call_id: Uuid,
+    pattern: &[(u64, bool)],
+) -> (u32, tokio::time::Instant) {
+    let audio = telnyx_media::speech_like(pattern);
+    let (mut inbound, mut outbound) = (audio.clone(), audio);
+    telnyx_media::tag_frames(&mut inbound, soak::stream_tag(0, 0), 0);
+    telnyx_media::tag_frames(&mut outbound, soak::stream_tag(0, 1), 0);
+    let mut options = PlayOptions::new(m.stream_url(call_id), inbound.clone());
+    options.outbound = Some(outbound);
+    options.realtime = true;
+    let played = telnyx_media::play(options).await.unwrap();
+    let audio_ms: u64 = pattern.iter().map(|(ms, _)| ms).sum();
+    let hung_up = played.started.unwrap() + Duration::from_millis(audio_ms);
+    (soak::frames_in(&inbound), hung_up)
+}
+
+/// Both tracks' sessions drop after `chunks` chunks; then `refusals` reconnects are refused.
+fn drop_both_then_refuse(aai: &AssemblyAiSim, chunks: usize, refusals: usize) {
+    aai.inject(StreamFault::DropAfterChunks(chunks));
+    aai.inject(StreamFault::DropAfterChunks(chunks));
+    for _ in 0..refusals {
+        aai.inject(StreamFault::RefuseConnect);
+    }
+}
+
+/// Each track's recorded gaps against the audio the simulator never read.
+async fn gap_checks(m: &MediaApp, heard: &Heard, call_id: Uuid, frames: u32) -> Vec<GapCheck> {
+    let mut checks = Vec::new();
+    for (t, track) in soak::TRACKS.iter().enumerate() {
+        let lost = heard.lost(soak::stream_tag(0, t), frames);
+        let recorded = soak::recorded_gaps(&m.app, call_id, track).await;
+        let check = GapCheck::of(&lost, &recorded);
+        assert!(
+            check.within(100),
+            "{track}: lost {lost:?}, recorded {recorded:?} ({check:?})"
+        );
+        checks.push(check);
+    }
+    checks
+}
+
+#[tokio::test]
+async fn an_assemblyai_outage_gap_is_exactly_the_audio_no_session_heard() {
+    let m = MediaApp::spawn(&[("MEDIA_REPLAY_BUFFER_SECS", "1")]).await;
+    let heard = Heard::attach(&m.aai);
+    let call_id = m.call().await;
+    // Both sessions drop 1.5 s into a turn; AssemblyAI then refuses reconnects for a while,
+    // so the 1 s buffer overflows: first with audio the dropped session had read, then
+    // with audio nobody read.
+    drop_both_then_refuse(&m.aai, 15, 10);
+    let (frames, _) = play_tagged(&m, call_id, &[(6000, true), (1000, false)]).await;
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    for check in gap_checks(&m, &heard, call_id, frames).await {
+        assert!(check.lost_ms > 0, "the outage outlasted the buffer");
+    }
+}
+
+#[tokio::test]
+async fn audio_held_at_hang_up_is_delivered_once_assemblyai_accepts_again() {
+    let m = MediaApp::spawn(&[("MEDIA_TAIL_DELIVERY_SECS", "10")]).await;
+    let heard = Heard::attach(&m.aai);
+    let call_id = m.call().await;
+    // Both sessions drop 3 s into the call, mid-turn; the reconnects are refused until
+    // after the hang-up at 3.5 s.
+    drop_both_then_refuse(&m.aai, 30, 8);
+    let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    let turns = m.turns(call_id).await;
+    assert_eq!(
+        turns.len(),
+        2,
+        "each track's last turn transcribed: {turns:?}"
+    );
+    for (t, track) in soak::TRACKS.iter().enumerate() {
+        assert!(
+            heard.lost(soak::stream_tag(0, t), frames).is_empty(),
+            "{track}: the tail reached AssemblyAI"
+        );
+    }
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gaps, 0);
+    let sessions = m.aai.sessions();
+    let last = sessions.iter().rev().take(2);
+    assert!(
+        last.clone().all(|s| s.terminated_by_client),
+        "Terminate after the replay"
+    );
+    assert!(hung_up.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
+    let m = MediaApp::spawn(&[("MEDIA_TAIL_DELIVERY_SECS", "2")]).await;
+    let heard = Heard::attach(&m.aai);
+    let call_id = m.call().await;
+    // Both sessions drop 2.5 s in, mid-turn, and AssemblyAI refuses every reconnect.
+    drop_both_then_refuse(&m.aai, 25, 200);
+    let (frames, hung_up) = play_tagged(&m, call_id, &[(500, false), (3000, true)]).await;
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    let waited = hung_up.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+        "gave up at the bound: {waited:?}"
+    );
+    for check in gap_checks(&m, &heard, call_id, frames).await {
+        assert!(
+            check.lost_ms >= 900,
+            "the last second never reached AssemblyAI and is a gap"
+        );
+    }
+    // What the dropped sessions read of the open turn has no transcript either: said so.
+    assert!(soak::untranscribed_ms(&m.app, &[call_id]).await >= 2 * 1500);
+    let kinds: Vec<String> = m
+        .app
+        .db()
+        .await
+        .query(
+            "select kind from call_events where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(kinds.iter().filter(|k| *k == "transcript.gap").count() >= 2);
+}
