@@ -20,6 +20,7 @@ pub mod paths;
 pub mod providers;
 pub mod queue;
 pub mod recordings;
+pub mod retry;
 pub mod shutdown;
 #[cfg(feature = "sim")]
 pub mod sim;

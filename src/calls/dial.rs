@@ -144,6 +144,7 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
             &state.config.webhook_base_url,
             crate::paths::TELNYX_WEBHOOK,
         )),
+        timeout_secs: None,
     };
     match telnyx.dial(&request).await {
         Ok(dialed) => {

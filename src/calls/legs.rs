@@ -240,12 +240,12 @@ pub async fn mark_failed(
 }
 
 /// How long a claimed command may stay unconfirmed before another job may claim it again
-/// (the claimer died between claiming and sending).
+/// (a claim committed without the command's record, e.g. by an older version of this code).
 const CLAIM_LEASE_SECS: f64 = 30.0;
 
-/// Claims the right to dial this leg: true for exactly one of several concurrent jobs
-/// (events of one call are processed concurrently). Released by [`release_dial`] when the
-/// dial could not be sent; a dial that reached Telnyx records its ids ([`dialed`]).
+/// Claims the right to dial this leg: true for exactly one of several jobs. Taken inside the
+/// `telnyx.event` job's transaction, it commits with the dial's record ([`dialed`]) or rolls
+/// back with the run when the dial could not be sent.
 pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
     Ok(client
         .execute(
@@ -256,16 +256,6 @@ pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, D
         )
         .await?
         == 1)
-}
-
-pub async fn release_dial(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute(
-            "update call_legs set dial_requested_at = null where id = $1 and telnyx_call_control_id is null",
-            &[&id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Claims our hangup of this leg: true for exactly one job (see [`claim_dial`]).
@@ -280,16 +270,6 @@ pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool,
         )
         .await?
         == 1)
-}
-
-pub async fn release_hangup(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute(
-            "update call_legs set hangup_requested_at = null where id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Applies one Telnyx lifecycle event to a leg, by the same rules as the call's
@@ -315,20 +295,29 @@ pub async fn apply_event(
 /// What the call needs next, after its legs changed.
 #[derive(Debug, Clone)]
 pub enum Next {
-    /// The agent answered: ring the remote party now.
-    DialRemote(Leg),
+    /// The party dialed first answered: ring this leg now (the remote party of an outbound
+    /// call once the agent answered; the agent once a line answered its caller).
+    Dial(Leg),
     /// The other party hung up (or never connected): end this leg too.
     HangUp(Leg),
+    /// A line answered this caller: speak the line's greeting to them.
+    Greet(Leg),
+    /// A line's agent did not answer (or could not be dialed): apologise to this caller,
+    /// then hang up ([`super::lines`]).
+    Apologise(Leg),
 }
 
 /// Derives an interpreted call's status from its legs and returns what must happen next.
 ///
-/// - `initiated` once the agent's leg is; `answered` once the remote party answers (both
+/// - The party dialed first is the agent on an outbound call and the caller (`remote`) on
+///   an inbound line; the other is dialed once the first answered.
+/// - `initiated` once the first leg is; `answered` once both parties have answered (both
 ///   are on the line and the conversation starts).
 /// - Once every leg has ended, the call ends: `failed` with a reason naming the party if
 ///   the leg that ended first never connected, else `ended`.
-/// - A leg that ends while the other is live makes us hang up the other; an agent who ends
-///   before the remote party was dialed leaves the remote leg `failed` ("not dialed").
+/// - A leg that ends while the other is live makes us hang up the other (a line's caller
+///   whose agent never answered hears an apology first); a first party who ends before the
+///   second was dialed leaves the second leg `failed` ("not dialed").
 pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Next>, DbError> {
     let legs = for_call(client, call_id).await?;
     let (Some(agent), Some(remote)) = (
@@ -337,45 +326,98 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
     ) else {
         return Ok(Vec::new());
     };
+    // An interpreted call that came in is a line's: its caller is on the line first.
+    let inbound: bool = client
+        .query_opt(
+            "select direction = 'inbound' from calls where id = $1",
+            &[&call_id],
+        )
+        .await?
+        .is_some_and(|row| row.get(0));
+    let (first, second) = if inbound {
+        (remote, agent)
+    } else {
+        (agent, remote)
+    };
     let mut next = Vec::new();
-    if agent.status.is_terminal()
-        && remote.telnyx_call_control_id.is_none()
-        && !remote.status.is_terminal()
+    if first.status.is_terminal()
+        && second.telnyx_call_control_id.is_none()
+        && !second.status.is_terminal()
     {
-        mark_failed(client, remote.id, "not dialed: the agent's leg ended first").await?;
+        let reason = if inbound {
+            "not dialed: the caller hung up first"
+        } else {
+            "not dialed: the agent's leg ended first"
+        };
+        mark_failed(client, second.id, reason).await?;
         return Box::pin(settle(client, call_id)).await;
     }
-    if agent.answered_at.is_some()
-        && !agent.status.is_terminal()
-        && remote.telnyx_call_control_id.is_none()
-        && !remote.status.is_terminal()
+    if first.answered_at.is_some()
+        && !first.status.is_terminal()
+        && second.telnyx_call_control_id.is_none()
+        && !second.status.is_terminal()
     {
-        next.push(Next::DialRemote(remote.clone()));
+        // The agent is rung first: a greeting that cannot be spoken yet must not delay them.
+        next.push(Next::Dial(second.clone()));
+        if inbound {
+            next.push(Next::Greet(first.clone()));
+        }
     }
     for (ended, other) in [(agent, remote), (remote, agent)] {
         if ended.status.is_terminal()
             && !other.status.is_terminal()
             && other.telnyx_call_control_id.is_some()
         {
-            next.push(Next::HangUp(other.clone()));
+            if inbound && ended.role == Role::Agent && ended.answered_at.is_none() {
+                next.push(Next::Apologise(other.clone()));
+            } else {
+                next.push(Next::HangUp(other.clone()));
+            }
         }
     }
 
-    if agent.initiated_at.is_some()
-        || matches!(agent.status, CallStatus::Initiated | CallStatus::Answered)
+    if first.initiated_at.is_some()
+        || matches!(first.status, CallStatus::Initiated | CallStatus::Answered)
     {
-        forward(client, call_id, CallStatus::Initiated, agent.initiated_at).await?;
+        forward(client, call_id, CallStatus::Initiated, first.initiated_at).await?;
     }
-    if remote.answered_at.is_some() {
+    if let (Some(agent_at), Some(remote_at)) = (agent.answered_at, remote.answered_at) {
         client
             .execute(
                 "update calls set
                     status = case when call_status_rank('answered') > call_status_rank(status) then 'answered' else status end,
                     answered_at = least(coalesce(answered_at, $2), $2), updated_at = now()
                  where id = $1",
-                &[&call_id, &remote.answered_at],
+                &[&call_id, &agent_at.max(remote_at)],
             )
             .await?;
+    }
+    if inbound {
+        // How the line's call turned out; the first outcome reached stays.
+        let outcome = if agent.answered_at.is_some() && remote.answered_at.is_some() {
+            Some("connected")
+        } else if agent.status.is_terminal()
+            && agent.answered_at.is_none()
+            && (!remote.status.is_terminal() || agent.ended_at <= remote.ended_at)
+        {
+            Some(if agent.telnyx_call_control_id.is_none() {
+                "agent_failed"
+            } else {
+                "agent_no_answer"
+            })
+        } else if remote.status.is_terminal() {
+            Some("caller_abandoned")
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            client
+                .execute(
+                    "update calls set line_outcome = coalesce(line_outcome, $2) where id = $1",
+                    &[&call_id, &outcome],
+                )
+                .await?;
+        }
     }
     if agent.status.is_terminal() && remote.status.is_terminal() {
         let first = if agent.ended_at.unwrap_or_default() <= remote.ended_at.unwrap_or_default() {

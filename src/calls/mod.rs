@@ -10,6 +10,7 @@ pub mod dial;
 pub mod guard;
 pub mod interpreted;
 pub mod legs;
+pub mod lines;
 pub mod provisioning;
 pub mod stream_token;
 
@@ -89,6 +90,11 @@ pub struct Call {
     pub interpreted: bool,
     /// `off`, `ducked` or `full`: whether a party also hears the other's original voice.
     pub original_audio: String,
+    /// A call that came in on an inbound line: the line's phone number id.
+    pub line_number_id: Option<Uuid>,
+    /// How a line's call turned out: `connected`, `agent_no_answer`, `agent_failed` (the
+    /// agent could not be dialed) or `caller_abandoned` (the caller hung up first).
+    pub line_outcome: Option<String>,
     #[serde(skip)]
     pub telnyx_call_control_id: Option<String>,
 }
@@ -96,7 +102,7 @@ pub struct Call {
 pub const CALL_COLUMNS: &str = "id, organisation_id, direction, from_number, to_number, source_language, \
      target_language, voice_id, record, status, stream_state, hangup_cause, hangup_source, \
      sip_hangup_cause, failure_reason, created_at, initiated_at, answered_at, ended_at, \
-     telnyx_call_control_id, interpreted, original_audio";
+     telnyx_call_control_id, interpreted, original_audio, line_number_id, line_outcome";
 
 pub fn call_from_row(row: &Row) -> Call {
     Call {
@@ -122,6 +128,8 @@ pub fn call_from_row(row: &Row) -> Call {
         telnyx_call_control_id: row.get("telnyx_call_control_id"),
         interpreted: row.get("interpreted"),
         original_audio: row.get("original_audio"),
+        line_number_id: row.get("line_number_id"),
+        line_outcome: row.get("line_outcome"),
     }
 }
 

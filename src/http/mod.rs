@@ -14,6 +14,7 @@ pub mod forwarded;
 pub mod health;
 pub mod invitations;
 pub mod limits;
+pub mod lines;
 pub mod me;
 pub mod media_stream;
 pub mod metrics;
@@ -79,6 +80,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(phone_numbers::available))
         .routes(routes!(dialing_policy::get, dialing_policy::put))
         .routes(routes!(phone_numbers::delete))
+        .routes(routes!(lines::put, lines::get, lines::delete))
         .routes(routes!(calls::create, calls::list))
         .routes(routes!(calls::get))
         .routes(routes!(calls::hangup))

@@ -93,6 +93,8 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         .await?;
         tracing::info!(%call_id, step = step.as_str(), "maximum call duration enforced");
     }
+    // Done with the step's record, in one transaction (docs/JOBS.md, exactly-once effects).
+    job.complete_in(&transaction).await?;
     transaction.commit().await?;
     Ok(())
 }

@@ -218,6 +218,9 @@ struct Ringing {
     offset: usize,
 }
 
+/// The `media_streams.leg` of a one-leg call's single stream (a leg's stream: its role).
+const CALL_STREAM: &str = "call";
+
 /// Ringback stops by itself after this long (Telnyx's own ring timeout is shorter).
 const RING_LIMIT: Duration = Duration::from_secs(90);
 
@@ -305,7 +308,11 @@ pub async fn run(
         std::process::id()
     );
     let tail_bound = state.config.media.tail_delivery;
-    let resume = Resume::load(&state.db, call_id, connected_at)
+    let leg = match &target {
+        Target::Call(_) => CALL_STREAM,
+        Target::Leg(leg, _) => leg.role.as_str(),
+    };
+    let resume = Resume::load(&state.db, call_id, leg, connected_at)
         .await
         .unwrap_or_else(|error| {
             // Numbering then starts at 0 and the database renumbers any collision (counted).
@@ -409,10 +416,11 @@ pub async fn run(
     while bridge.storage.join_next().await.is_some() {}
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
     // re-attaches it. Any other end (Telnyx stop, hangup) is final.
+    let leg = role.map_or(CALL_STREAM, Role::as_str);
     let recorded = if bridge.state.shutdown.is_cancelled() {
-        super::reattach::detach(&bridge.state, call_id).await
+        super::reattach::detach(&bridge.state, call_id, leg).await
     } else {
-        transcripts::stream_ended(&bridge.state.db, call_id).await
+        transcripts::stream_ended(&bridge.state.db, call_id, leg).await
     };
     if let Err(error) = recorded {
         tracing::warn!(%error, %call_id, "recording the end of the media stream failed");
@@ -674,11 +682,15 @@ impl Bridge {
         }
     }
 
-    /// Each track's position on the call's clock and how long ago its last frame arrived.
-    fn positions(&self) -> Vec<(Track, u64, Duration)> {
+    /// Each track's position on the call's clock and how long ago its last frame arrived,
+    /// by the track's label (a leg's stream: its party, so the two legs never mix).
+    fn positions(&self) -> Vec<(&'static str, u64, Duration)> {
         self.tracks
             .values()
-            .filter_map(|t| t.clock.map(|c| (t.track, c.end_ms(), c.since_last_frame())))
+            .filter_map(|t| {
+                t.clock
+                    .map(|c| (self.label(t.track), c.end_ms(), c.since_last_frame()))
+            })
             .collect()
     }
 
@@ -773,7 +785,7 @@ impl Bridge {
         if self.tracks.contains_key(&track) {
             return;
         }
-        let turn_index = self.resume.next_turn_index(track);
+        let turn_index = self.resume.next_turn_index(self.label(track));
         self.tracks.insert(
             track,
             TrackState::new(track, &self.state.config.media, turn_index),
@@ -792,6 +804,7 @@ impl Bridge {
         let since_connected = self
             .audio_began(frame_ms, at)
             .duration_since(self.connected_at);
+        let label = self.label(track);
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
@@ -801,7 +814,7 @@ impl Bridge {
             }
             return;
         }
-        let origin = self.resume.origin(track, since_connected);
+        let origin = self.resume.origin(label, since_connected);
         let began = at
             .checked_sub(Duration::from_millis(frame_ms))
             .unwrap_or(at);
@@ -822,7 +835,7 @@ impl Bridge {
         let since_connected = began
             .max(self.connected_at)
             .duration_since(self.connected_at);
-        let origin = self.resume.origin(track, since_connected);
+        let origin = self.resume.origin(self.label(track), since_connected);
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
@@ -1541,9 +1554,10 @@ impl Bridge {
             self.stream_id.clone(),
             self.positions(),
         );
+        let leg = self.party.as_ref().map_or(CALL_STREAM, |p| p.role.as_str());
         tokio::spawn(async move {
             if let Err(error) =
-                transcripts::heartbeat(&db, call_id, &replica, stream_id.as_deref()).await
+                transcripts::heartbeat(&db, call_id, leg, &replica, stream_id.as_deref()).await
             {
                 tracing::debug!(%error, "media heartbeat failed");
             }
@@ -1581,7 +1595,13 @@ async fn send_batch(
 
 fn schedule_retry(state: &mut TrackState) {
     state.attempts += 1;
-    let delay = crate::providers::retry_delay(state.attempts.min(5)).min(Duration::from_secs(5));
+    // AssemblyAI reconnects: the shared backoff (`crate::retry`), ceiling 200 ms doubling to
+    // 3.2 s from the fifth attempt on; never given up while the call lasts.
+    let delay = crate::retry::backoff(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        state.attempts.min(5),
+    );
     state.phase = Phase::Waiting(Instant::now() + delay);
 }
 

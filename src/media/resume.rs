@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::frames::Track;
 use crate::db::{Db, DbError};
 
 /// What a new stream of a call continues from.
@@ -39,8 +38,14 @@ pub struct Origin {
 }
 
 impl Resume {
-    /// What the stream of `call_id` that connected at `connected_at` continues from.
-    pub async fn load(db: &Db, call_id: Uuid, connected_at: Instant) -> Result<Self, DbError> {
+    /// What the stream of `call_id`'s `leg` (`call`, or a leg's role) that connected at
+    /// `connected_at` continues from.
+    pub async fn load(
+        db: &Db,
+        call_id: Uuid,
+        leg: &str,
+        connected_at: Instant,
+    ) -> Result<Self, DbError> {
         let client = db.client().await?;
         let mut resume = Resume::default();
         for row in client
@@ -64,9 +69,11 @@ impl Resume {
             .query(
                 "select p.track, p.end_ms, greatest(extract(epoch from now() - p.frame_at) * 1000, 0)::bigint,
                         s.ended_at is null and s.call_id is not null
-                 from media_stream_positions p left join media_streams s on s.call_id = p.call_id
-                 where p.call_id = $1",
-                &[&call_id],
+                 from media_stream_positions p
+                 left join media_streams s on s.call_id = p.call_id and s.leg = $2
+                 -- A leg's stream continues its own party's track only.
+                 where p.call_id = $1 and ($2 = 'call' or p.track = $2)",
+                &[&call_id, &leg],
             )
             .await?
         {
@@ -88,15 +95,16 @@ impl Resume {
     }
 
     /// The index the track's next final turn proposes.
-    pub fn next_turn_index(&self, track: Track) -> i32 {
-        self.next_turn.get(track.as_str()).copied().unwrap_or(0)
+    /// `label`: the track as stored (`inbound`/`outbound`, or a leg's party).
+    pub fn next_turn_index(&self, label: &str) -> i32 {
+        self.next_turn.get(label).copied().unwrap_or(0)
     }
 
     /// Where the track's first frame begins on the call's clock, given that its audio
     /// began `since_connected` after this stream connected. Without a previous stream: 0.
     /// After one: where it left off plus the time no stream carried audio.
-    pub fn origin(&self, track: Track, since_connected: Duration) -> Origin {
-        let Some(previous) = self.previous.get(track.as_str()) else {
+    pub fn origin(&self, label: &str, since_connected: Duration) -> Origin {
+        let Some(previous) = self.previous.get(label) else {
             return Origin {
                 start_ms: 0,
                 gap: None,
@@ -195,12 +203,12 @@ impl TrackClock {
 pub async fn save_positions(
     db: &Db,
     call_id: Uuid,
-    positions: &[(Track, u64, Duration)],
+    positions: &[(&str, u64, Duration)],
 ) -> Result<(), DbError> {
     if positions.is_empty() {
         return Ok(());
     }
-    let tracks: Vec<&str> = positions.iter().map(|p| p.0.as_str()).collect();
+    let tracks: Vec<&str> = positions.iter().map(|p| p.0).collect();
     let ends: Vec<i64> = positions.iter().map(|p| p.1 as i64).collect();
     let since: Vec<f64> = positions.iter().map(|p| p.2.as_secs_f64()).collect();
     let client = db.client().await?;
@@ -238,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_first_stream_starts_at_zero_without_a_gap() {
-        let origin = Resume::default().origin(Track::Inbound, Duration::ZERO);
+        let origin = Resume::default().origin("inbound", Duration::ZERO);
         assert_eq!(
             origin,
             Origin {
@@ -253,11 +261,11 @@ mod tests {
         // The old stream's last frame ended at 6,000 ms and arrived 4,800 ms before the new
         // stream connected; the new stream's audio began 80 ms after it connected.
         let resume = resumed(6_000, 4_800, true);
-        let origin = resume.origin(Track::Inbound, Duration::from_millis(80));
+        let origin = resume.origin("inbound", Duration::from_millis(80));
         assert_eq!(origin.start_ms, 6_000 + 4_880);
         assert_eq!(origin.gap, Some((6_000, 10_880)));
         assert_eq!(
-            resume.origin(Track::Outbound, Duration::ZERO).gap,
+            resume.origin("outbound", Duration::ZERO).gap,
             None,
             "a track the old stream never saw starts fresh"
         );
@@ -265,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_stream_after_one_that_ended_continues_the_clock_without_a_gap() {
-        let origin = resumed(6_000, 980, false).origin(Track::Inbound, Duration::ZERO);
+        let origin = resumed(6_000, 980, false).origin("inbound", Duration::ZERO);
         assert_eq!(origin.start_ms, 6_980);
         assert_eq!(origin.gap, None);
     }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::events::{self, PARTIALS_CHANNEL};
+use crate::retry::{self, Failure, Policy};
 
 /// NOTIFY payloads must stay under 8000 bytes.
 const MAX_PARTIAL_TEXT: usize = 6000;
@@ -123,21 +124,20 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
 /// stored is counted (`transcript_turns_lost_total`) and logged as an error, never dropped
 /// quietly.
 pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
-    const ATTEMPTS: u32 = 5;
-    for attempt in 0..ATTEMPTS {
-        match store_final(db, turn).await {
-            Ok(stored) => return Some(stored),
-            Err(error) if attempt + 1 < ATTEMPTS => {
-                tracing::warn!(%error, attempt, "storing a final turn failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-            }
-            Err(error) => {
-                metrics::counter!("transcript_turns_lost_total").increment(1);
-                tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
-            }
+    // About 3 s of database trouble is ridden out (200 ms doubling, five attempts).
+    let policy = Policy::provider(5);
+    match retry::run(&policy, "storing a final turn", |_| async {
+        store_final(db, turn).await.map_err(Failure::Transient)
+    })
+    .await
+    {
+        Ok(stored) => Some(stored),
+        Err(error) => {
+            metrics::counter!("transcript_turns_lost_total").increment(1);
+            tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
+            None
         }
     }
-    None
 }
 
 pub async fn store_gap(
@@ -189,33 +189,37 @@ pub async fn publish_partial(
     Ok(())
 }
 
+/// The stream of `call_id`'s `leg` (`call` for a one-leg call, else the leg's role) is
+/// alive on `replica`.
 pub async fn heartbeat(
     db: &Db,
     call_id: Uuid,
+    leg: &str,
     replica: &str,
     stream_id: Option<&str>,
 ) -> Result<(), DbError> {
     let client = db.client().await?;
     client
         .execute(
-            "insert into media_streams (call_id, replica, stream_id) values ($1, $2, $3)
-             on conflict (call_id) do update set replica = $2, stream_id = coalesce($3, media_streams.stream_id),
+            "insert into media_streams (call_id, replica, stream_id, leg) values ($1, $2, $3, $4)
+             on conflict (call_id, leg) do update set replica = $2, stream_id = coalesce($3, media_streams.stream_id),
                  heartbeat_at = now(), ended_at = null
              -- A beat still in flight from a stream that has since detached must not mark it
              -- live again; a new stream of the call (another stream id) takes over.
              where media_streams.replica <> 'detached' or media_streams.stream_id is distinct from $3",
-            &[&call_id, &replica, &stream_id],
+            &[&call_id, &replica, &stream_id, &leg],
         )
         .await?;
     Ok(())
 }
 
-pub async fn stream_ended(db: &Db, call_id: Uuid) -> Result<(), DbError> {
+pub async fn stream_ended(db: &Db, call_id: Uuid, leg: &str) -> Result<(), DbError> {
     let client = db.client().await?;
     client
         .execute(
-            "update media_streams set ended_at = now(), heartbeat_at = now() where call_id = $1",
-            &[&call_id],
+            "update media_streams set ended_at = now(), heartbeat_at = now()
+             where call_id = $1 and leg = $2",
+            &[&call_id, &leg],
         )
         .await?;
     Ok(())

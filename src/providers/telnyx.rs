@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::{Secret, TelnyxConfig};
+use crate::retry::{self, Failure, Policy};
 
 /// `abs(now - timestamp)` beyond this is refused, in both directions (current SDKs).
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
@@ -135,6 +136,45 @@ impl WebhookEvent {
     }
 }
 
+/// The locale Telnyx's `speak` (voice `female`) uses for a BCP-47 language, when it has
+/// one: the exact tag when Telnyx speaks it (`pt-BR`, `es-MX`), else the primary
+/// language's usual locale. `None`: Telnyx cannot speak the language.
+pub fn speak_locale(language: &str) -> Option<&'static str> {
+    const EXACT: &[&str] = &[
+        "cy-GB", "da-DK", "de-DE", "en-AU", "en-GB", "en-IN", "en-US", "es-ES", "es-MX", "es-US",
+        "fr-CA", "fr-FR", "hi-IN", "is-IS", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL",
+        "pt-BR", "pt-PT", "ro-RO", "ru-RU", "sv-SE", "tr-TR", "cmn-CN",
+    ];
+    if let Some(exact) = EXACT.iter().find(|l| l.eq_ignore_ascii_case(language)) {
+        return Some(exact);
+    }
+    let primary = language.split('-').next().unwrap_or_default();
+    Some(match primary.to_ascii_lowercase().as_str() {
+        "cy" => "cy-GB",
+        "da" => "da-DK",
+        "de" => "de-DE",
+        "en" => "en-US",
+        "es" => "es-ES",
+        "fr" => "fr-FR",
+        "hi" => "hi-IN",
+        "is" => "is-IS",
+        "it" => "it-IT",
+        "ja" => "ja-JP",
+        "ko" => "ko-KR",
+        "nb" | "no" => "nb-NO",
+        "nl" => "nl-NL",
+        "pl" => "pl-PL",
+        "pt" => "pt-PT",
+        "ro" => "ro-RO",
+        "ru" => "ru-RU",
+        "sv" => "sv-SE",
+        "tr" => "tr-TR",
+        "zh" | "cmn" => "cmn-CN",
+        "ar" => "arb",
+        _ => return None,
+    })
+}
+
 /// `client_state` is base64 of our JSON; we put `{"call_id": …}` in it.
 pub fn encode_client_state(call_id: uuid::Uuid) -> String {
     STANDARD.encode(json!({ "call_id": call_id }).to_string())
@@ -143,6 +183,19 @@ pub fn encode_client_state(call_id: uuid::Uuid) -> String {
 /// An interpreted call's leg: `{"call_id": …, "leg": "agent" | "remote"}`.
 pub fn encode_leg_client_state(call_id: uuid::Uuid, leg: &str) -> String {
     STANDARD.encode(json!({ "call_id": call_id, "leg": leg }).to_string())
+}
+
+/// A leg's state while a prompt of an inbound line plays: `prompt` is `greeting:<n>` or
+/// `apology:<n>`, so its `call.speak.ended` says which part ended.
+pub fn encode_prompt_client_state(call_id: uuid::Uuid, leg: &str, prompt: &str) -> String {
+    STANDARD.encode(json!({ "call_id": call_id, "leg": leg, "prompt": prompt }).to_string())
+}
+
+/// The prompt named in `client_state` ([`encode_prompt_client_state`]).
+pub fn decode_client_state_prompt(state: &str) -> Option<String> {
+    let bytes = STANDARD.decode(state).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    Some(value.get("prompt")?.as_str()?.to_owned())
 }
 
 /// The leg named in `client_state`, when there is one.
@@ -212,6 +265,9 @@ pub struct DialRequest {
     pub stream: StreamSettings,
     pub record: bool,
     pub webhook_url: Option<String>,
+    /// Ring this long before Telnyx gives up (`call.hangup` with cause `timeout`); Telnyx's
+    /// default when `None`.
+    pub timeout_secs: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,11 +323,8 @@ impl TelnyxClient {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let mut last = String::new();
-        for attempt in 1..=attempts.max(1) {
-            if attempt > 1 {
-                tokio::time::sleep(super::retry_delay(attempt - 1)).await;
-            }
+        let policy = Policy::provider(attempts);
+        retry::run(&policy, "a Telnyx request", |_| async {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -279,25 +332,24 @@ impl TelnyxClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    last = error.to_string();
-                    continue;
-                }
-            };
+            let response = request
+                .send()
+                .await
+                .map_err(|error| Failure::Transient(TelnyxError::Unavailable(error.to_string())))?;
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
             if status.is_success() {
                 return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
             }
             if status.is_server_error() || status.as_u16() == 429 {
-                last = format!("{status}: {}", truncate(&text));
-                continue;
+                return Err(Failure::Transient(TelnyxError::Unavailable(format!(
+                    "{status}: {}",
+                    truncate(&text)
+                ))));
             }
             let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let first_error = parsed.get("errors").and_then(|e| e.get(0));
-            return Err(TelnyxError::Rejected {
+            Err(Failure::Final(TelnyxError::Rejected {
                 status: status.as_u16(),
                 code: first_error.and_then(|e| e.get("code")).map(|c| {
                     c.as_str()
@@ -309,9 +361,9 @@ impl TelnyxClient {
                     .and_then(Value::as_str)
                     .unwrap_or_else(|| truncate(&text))
                     .to_owned(),
-            });
-        }
-        Err(TelnyxError::Unavailable(last))
+            }))
+        })
+        .await
     }
 
     /// `GET /v2/available_phone_numbers`: numbers Telnyx would sell now. Only numbers a
@@ -435,8 +487,25 @@ impl TelnyxClient {
         command_id: &str,
         text: &str,
     ) -> Result<(), TelnyxError> {
-        let body = json!({"payload": text, "voice": "female", "language": "en-US",
-                          "command_id": command_id});
+        self.speak_in(call_control_id, command_id, text, "en-US", None)
+            .await
+    }
+
+    /// Speaks `text` in `locale` (one of [`speak_locale`]'s). `client_state`, when given,
+    /// comes back on the `call.speak.started`/`call.speak.ended` webhooks (and later ones).
+    pub async fn speak_in(
+        &self,
+        call_control_id: &str,
+        command_id: &str,
+        text: &str,
+        locale: &str,
+        client_state: Option<&str>,
+    ) -> Result<(), TelnyxError> {
+        let mut body = json!({"payload": text, "voice": "female", "language": locale,
+                              "command_id": command_id});
+        if let Some(client_state) = client_state {
+            merge(&mut body, json!({"client_state": client_state}));
+        }
         ended_is_done(
             self.command(&Self::action_path(call_control_id, "speak"), &body)
                 .await,
@@ -469,6 +538,9 @@ impl TelnyxClient {
         }
         if let Some(webhook_url) = &request.webhook_url {
             merge(&mut body, json!({"webhook_url": webhook_url}));
+        }
+        if let Some(timeout_secs) = request.timeout_secs {
+            merge(&mut body, json!({"timeout_secs": timeout_secs}));
         }
         let response = self.command("/calls", &body).await?;
         let data = response.get("data").cloned().unwrap_or_default();
@@ -765,6 +837,24 @@ mod tests {
         assert_eq!(event.field("hangup_cause"), Some("normal_clearing"));
         assert!(event.occurred_at.is_some());
         assert!(WebhookEvent::parse(&json!({"data": {"event_type": "call.hangup"}})).is_err());
+    }
+
+    #[test]
+    fn speak_locales_follow_the_language_and_refuse_what_telnyx_cannot_speak() {
+        assert_eq!(speak_locale("es"), Some("es-ES"));
+        assert_eq!(speak_locale("es-MX"), Some("es-MX"));
+        assert_eq!(speak_locale("pt-br"), Some("pt-BR"));
+        assert_eq!(speak_locale("pt"), Some("pt-PT"));
+        assert_eq!(speak_locale("en-NZ"), Some("en-US"));
+        assert_eq!(speak_locale("tlh"), None);
+        let id = uuid::Uuid::new_v4();
+        let state = encode_prompt_client_state(id, "remote", "apology:1/2");
+        assert_eq!(decode_client_state(&state), Some(id));
+        assert_eq!(decode_client_state_leg(&state).as_deref(), Some("remote"));
+        assert_eq!(
+            decode_client_state_prompt(&state).as_deref(),
+            Some("apology:1/2")
+        );
     }
 
     #[test]

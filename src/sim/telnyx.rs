@@ -77,8 +77,16 @@ struct Inner {
     /// Numbers a search returned: only these can be ordered.
     searched: HashSet<String>,
     autopilot: Option<Autopilot>,
-    /// Dialled calls the autopilot plays, by call_control_id.
+    /// Dialled calls the autopilot plays, and inbound calls to the service, by
+    /// call_control_id.
     piloted: HashMap<String, PilotedCall>,
+    /// Numbers that ring until the dial's `timeout_secs` and are never answered.
+    unanswered: HashSet<String>,
+    /// How long a piloted call's `speak` plays before `call.speak.ended`.
+    speak_duration: Option<Duration>,
+    /// Where piloted dials' webhooks go instead of the dial's `webhook_url` (a test's
+    /// service listens on a port its configured public URL does not name).
+    webhooks_to: Option<String>,
 }
 
 /// Plays the far end of every dialled call, as Telnyx and a person answering would: the
@@ -99,6 +107,10 @@ struct PilotedCall {
     client_state: String,
     from: String,
     to: String,
+    /// `outgoing` (we dialed it) or `incoming` (a caller dialed one of our numbers).
+    direction: &'static str,
+    /// The dial's ring timeout (Telnyx's default: 30 s).
+    timeout: Duration,
 }
 
 /// What the market sells at start: ten San Francisco, five New York, five London and five
@@ -262,6 +274,11 @@ impl TelnyxSim {
 
     /// Delivers the piloted call's `call.hangup` once (whoever hangs up first).
     async fn pilot_hangup(&self, ccid: &str, source: &str) {
+        self.pilot_hangup_with(ccid, source, "normal_clearing")
+            .await
+    }
+
+    async fn pilot_hangup_with(&self, ccid: &str, source: &str, cause: &str) {
         let call = {
             let mut inner = self.lock();
             if inner.ended.insert(ccid.to_owned(), true) == Some(true) {
@@ -275,11 +292,11 @@ impl TelnyxSim {
             Some(&call.client_state),
             &call.from,
             &call.to,
-            "outgoing",
+            call.direction,
         );
         if let Some(p) = payload.as_object_mut() {
             p.extend([
-                ("hangup_cause".into(), json!("normal_clearing")),
+                ("hangup_cause".into(), json!(cause)),
                 ("hangup_source".into(), json!(source)),
                 ("sip_hangup_cause".into(), json!("200")),
                 ("state".into(), json!("hangup")),
@@ -319,6 +336,12 @@ impl TelnyxSim {
             || outbound_lifecycle(&self, &ccid, &call.client_state, &call.from, &call.to);
         self.deliver_until_accepted(&call.webhook_url, &lifecycle()[0])
             .await;
+        if self.lock().unanswered.contains(&call.to) {
+            // Rings out: Telnyx ends the dial at its `timeout_secs`.
+            tokio::time::sleep(call.timeout).await;
+            self.pilot_hangup_with(&ccid, "callee", "timeout").await;
+            return;
+        }
         tokio::time::sleep(autopilot.answer_after).await;
         if self.lock().ended.get(&ccid).copied().unwrap_or(false) {
             return;
@@ -330,6 +353,121 @@ impl TelnyxSim {
             tokio::time::sleep(after).await;
             self.pilot_hangup(&ccid, "callee").await;
         }
+    }
+
+    /// Piloted dials send their webhooks to `webhook_url`, whatever the dial named.
+    pub fn deliver_webhooks_to(&self, webhook_url: &str) {
+        self.lock().webhooks_to = Some(webhook_url.to_owned());
+    }
+
+    /// Calls to `e164` ring until the dial's `timeout_secs` and are never answered
+    /// (`call.hangup` with cause `timeout`), with the autopilot on.
+    pub fn never_answer(&self, e164: &str) {
+        self.lock().unanswered.insert(e164.to_owned());
+    }
+
+    /// Piloted calls' `speak` commands play for `duration` (`call.speak.started`, then
+    /// `call.speak.ended` with the command's `client_state`); off until set.
+    pub fn speak_for(&self, duration: Duration) {
+        self.lock().speak_duration = Some(duration);
+    }
+
+    /// A caller dials `to` (one of the service's numbers): `call.initiated` (incoming,
+    /// parked) is delivered to `webhook_url`; the call is piloted from then on — answering
+    /// it sends `call.answered` and `streaming.started`, a speak plays (see
+    /// [`Self::speak_for`]), a hangup ends it. Returns its call_control_id.
+    pub async fn inbound_call(&self, webhook_url: &str, from: &str, to: &str) -> String {
+        let ccid = format!("v3:sim-in-{}", uuid::Uuid::new_v4().simple());
+        self.lock().piloted.insert(
+            ccid.clone(),
+            PilotedCall {
+                webhook_url: webhook_url.to_owned(),
+                client_state: String::new(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+                direction: "incoming",
+                timeout: Duration::from_secs(30),
+            },
+        );
+        self.lock().ended.insert(ccid.clone(), false);
+        let event = self.event(
+            "call.initiated",
+            call_payload(&ccid, None, from, to, "incoming"),
+        );
+        self.deliver_until_accepted(webhook_url, &event).await;
+        ccid
+    }
+
+    /// The piloted party hangs up (`call.hangup`, source `caller` for an inbound call).
+    pub async fn party_hangs_up(&self, ccid: &str) {
+        let source = match self.lock().piloted.get(ccid).map(|c| c.direction) {
+            Some("incoming") => "caller",
+            _ => "callee",
+        };
+        self.pilot_hangup(ccid, source).await;
+    }
+
+    /// Our answer of a piloted inbound call: answered, then its stream started.
+    async fn pilot_answer(self, ccid: String, client_state: String) {
+        // Telnyx's webhook lands after its command answer has been read.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let call = {
+            let mut inner = self.lock();
+            let Some(call) = inner.piloted.get_mut(&ccid) else {
+                return;
+            };
+            call.client_state = client_state;
+            call.clone()
+        };
+        let base = call_payload(
+            &ccid,
+            Some(&call.client_state),
+            &call.from,
+            &call.to,
+            "incoming",
+        );
+        let mut answered = base.clone();
+        answered["codec"] = json!("PCMU");
+        answered["state"] = json!("answered");
+        let mut started = base;
+        started["stream_id"] = json!(format!("stream-{ccid}"));
+        for (kind, payload) in [("call.answered", answered), ("streaming.started", started)] {
+            let event = self.event(kind, payload);
+            self.deliver_until_accepted(&call.webhook_url, &event).await;
+        }
+    }
+
+    /// A piloted call's speak: started at once, ended after the configured duration.
+    async fn pilot_speak(self, ccid: String, client_state: Option<String>, duration: Duration) {
+        let call = {
+            let mut inner = self.lock();
+            let Some(call) = inner.piloted.get_mut(&ccid) else {
+                return;
+            };
+            // As at Telnyx, a command's client_state rides on every later webhook.
+            if let Some(state) = client_state {
+                call.client_state = state;
+            }
+            call.clone()
+        };
+        let payload = call_payload(
+            &ccid,
+            Some(&call.client_state),
+            &call.from,
+            &call.to,
+            call.direction,
+        );
+        let started = self.event("call.speak.started", payload.clone());
+        self.deliver_until_accepted(&call.webhook_url, &started)
+            .await;
+        tokio::time::sleep(duration).await;
+        if self.lock().ended.get(&ccid).copied().unwrap_or(false) {
+            return;
+        }
+        let mut ended_payload = payload;
+        ended_payload["status"] = json!("completed");
+        let ended = self.event("call.speak.ended", ended_payload);
+        self.deliver_until_accepted(&call.webhook_url, &ended).await;
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -526,7 +664,8 @@ async fn dial(
     let ccid = format!("v3:sim-{}", uuid::Uuid::new_v4().simple());
     let mut inner = sim.lock();
     let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
-    if let (Some(autopilot), Some(webhook_url)) = (inner.autopilot, text("webhook_url")) {
+    let webhook_url = inner.webhooks_to.clone().or_else(|| text("webhook_url"));
+    if let (Some(autopilot), Some(webhook_url)) = (inner.autopilot, webhook_url) {
         inner.piloted.insert(
             ccid.clone(),
             PilotedCall {
@@ -534,6 +673,12 @@ async fn dial(
                 client_state: text("client_state").unwrap_or_default(),
                 from: text("from").unwrap_or_default(),
                 to: text("to").unwrap_or_default(),
+                direction: "outgoing",
+                timeout: Duration::from_secs(
+                    body.get("timeout_secs")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(30),
+                ),
             },
         );
         // After this answer is sent: the service stores the call_control_id first.
@@ -571,6 +716,28 @@ async fn action(
     inner.commands.push(recorded);
     if inner.ended.get(&ccid).copied().unwrap_or(false) {
         return telnyx_error(422, "90018", "Call has already ended");
+    }
+    let text = |key: &str| {
+        inner
+            .commands
+            .last()
+            .and_then(|c| c.body.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if action == "answer" && inner.piloted.contains_key(&ccid) {
+        let client_state = text("client_state").unwrap_or_default();
+        tokio::spawn(sim.clone().pilot_answer(ccid.clone(), client_state));
+    }
+    if action == "speak"
+        && inner.piloted.contains_key(&ccid)
+        && let Some(duration) = inner.speak_duration
+    {
+        let client_state = text("client_state");
+        tokio::spawn(
+            sim.clone()
+                .pilot_speak(ccid.clone(), client_state, duration),
+        );
     }
     if action == "hangup" {
         if inner.piloted.contains_key(&ccid) {

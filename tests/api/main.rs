@@ -23,6 +23,8 @@ mod edge_signature;
 mod health;
 mod http_contract;
 mod interpreted_calls;
+mod interpreted_lines;
+mod interpreted_reattach;
 mod invitations;
 mod jobs_exactly_once;
 mod jobs_queue;

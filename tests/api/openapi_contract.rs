@@ -162,6 +162,19 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
         }
     };
 
+    // The number is an inbound line (stored, so reading it needs no translation engine).
+    app.db()
+        .await
+        .execute(
+            "insert into lines (phone_number_id, organisation_id, forward_to, caller_language,
+                                agent_language, greeting, prompts, agent_timeout_secs)
+             values ($1, $2, '+14155550111', 'es', 'en', 'Hello',
+                     '[{\"language\": \"es\", \"greeting\": \"Hola\", \"apology\": \"Lo siento\"}]', 30)",
+            &[&phone_number_id, &organisation_id],
+        )
+        .await
+        .unwrap();
+
     // A dialled call: through the API when Telnyx is simulated, else stored as dialled.
     let call_id: Uuid = if telnyx.is_some() {
         let call = json_as(
@@ -331,8 +344,19 @@ fn operations(doc: &Value) -> Vec<Operation> {
             }
         }
     }
-    // Removals last, so the resources the other operations address still exist.
-    all.sort_by_key(|op| op.method == Method::DELETE);
+    // Removals last, so the resources the other operations address still exist; a
+    // resource's parts (`…/{id}/line`) before the resource itself.
+    all.sort_by_key(|op| {
+        let delete = op.method == Method::DELETE;
+        (
+            delete,
+            std::cmp::Reverse(if delete {
+                op.path.matches('/').count()
+            } else {
+                0
+            }),
+        )
+    });
     all
 }
 
@@ -495,6 +519,12 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
         "declineInvitation" => return json_body(json!({"token": f.to_decline.1})),
         "claimPhoneNumber" => {
             return json_body(json!({"number": CLAIMED_IN_WALK, "label": "second"}));
+        }
+        "putPhoneNumberLine" => {
+            return json_body(
+                json!({"forward_to": "+14155550111", "caller_language": "es",
+                "agent_language": "en", "greeting": "Thank you for calling."}),
+            );
         }
         "setDialingPolicy" => {
             return json_body(json!({"allowed_countries": ["US"], "min_role": "member"}));

@@ -415,6 +415,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/phone-numbers/{id}/line": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The number's line settings. */
+        get: operations["getPhoneNumberLine"];
+        /**
+         * Make the number an inbound interpreted line, or change its settings (admins and
+         *     owners). Callers are greeted in their language, the agent is rung, and the call is
+         *     interpreted; the greeting and apology are translated now, and `prompts` shows what
+         *     callers will hear.
+         */
+        put: operations["putPhoneNumberLine"];
+        post?: never;
+        /** Stop the number being a line (admins and owners): its callers get a one-leg call again. */
+        delete: operations["deletePhoneNumberLine"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/realtime/token": {
         parameters: {
             query?: never;
@@ -763,6 +787,16 @@ export interface components {
              *     call, where translations play back into the one leg.
              */
             interpreted: boolean;
+            /**
+             * Format: uuid
+             * @description A call that came in on an inbound line: the line's phone number id.
+             */
+            line_number_id?: string | null;
+            /**
+             * @description How a line's call turned out: `connected`, `agent_no_answer`, `agent_failed` (the
+             *     agent could not be dialed) or `caller_abandoned` (the caller hung up first).
+             */
+            line_outcome?: string | null;
             /** Format: uuid */
             organisation_id: string;
             /** @description `off`, `ducked` or `full`: whether a party also hears the other's original voice. */
@@ -1033,6 +1067,90 @@ export interface components {
          * @enum {string}
          */
         LegRole: "agent" | "remote";
+        /** @description A number configured as an inbound interpreted line. */
+        Line: {
+            /** @description BCP-47 language of the agent, and of `greeting` and `apology` as written. */
+            agent_language: string;
+            /**
+             * Format: int32
+             * @description How long the agent is rung before the caller hears the apology.
+             */
+            agent_timeout_secs: number;
+            /** @description ElevenLabs voice the agent hears translations in. */
+            agent_voice_id?: string | null;
+            /** @description Null: the default apology. */
+            apology?: string | null;
+            /** @description BCP-47, or `auto`: detected from what the caller says. */
+            caller_language: string;
+            /** @description With `auto`: the languages the greeting and apology are spoken in, in order. */
+            caller_languages: string[];
+            /** @description ElevenLabs voice the caller hears translations in. */
+            caller_voice_id?: string | null;
+            /** Format: date-time */
+            created_at: string;
+            /** @description E.164 of the agent rung for each caller. */
+            forward_to: string;
+            greeting: string;
+            /** @description The line's number (E.164): what callers dial. */
+            number: string;
+            /** @description `off`, `ducked` or `full` for the line's calls. */
+            original_audio: string;
+            /** Format: uuid */
+            phone_number_id: string;
+            /** @description What callers hear, per caller language, as translated when the line was saved. */
+            prompts: components["schemas"]["Prompt"][];
+            /** Format: date-time */
+            updated_at: string;
+        };
+        /** @description A line's settings. */
+        LineRequest: {
+            /**
+             * @description BCP-47 language of the agent, in which `greeting` and `apology` are written.
+             * @example en
+             */
+            agent_language: string;
+            /**
+             * Format: int32
+             * @description How long the agent is rung before the caller hears the apology: 5–120 s, default 30.
+             */
+            agent_timeout_secs?: number | null;
+            /** @description ElevenLabs voice the agent hears translations in (default `ELEVENLABS_VOICE_ID`). */
+            agent_voice_id?: string | null;
+            /**
+             * @description Spoken when the agent does not answer, translated likewise (1–300 characters;
+             *     default: a short apology asking them to call again later).
+             */
+            apology?: string | null;
+            /**
+             * @description BCP-47 language callers speak (`es`, `pt-BR`), or `auto`: detected from what they say.
+             * @example auto
+             */
+            caller_language: string;
+            /**
+             * @description With `auto` (and only then): 2 to 4 languages the greeting and apology are spoken
+             *     in, in order.
+             */
+            caller_languages?: string[];
+            /** @description ElevenLabs voice the caller hears translations in (default `ELEVENLABS_VOICE_ID`). */
+            caller_voice_id?: string | null;
+            /**
+             * @description E.164 of the agent rung for each caller: not a number of this platform, and in a
+             *     country the organisation may dial.
+             * @example +14155550111
+             */
+            forward_to: string;
+            /**
+             * @description Spoken to each caller, translated into their language, while the agent is rung
+             *     (1–300 characters).
+             * @example Thank you for calling the clinic. Connecting you to an interpreter-assisted agent.
+             */
+            greeting: string;
+            /**
+             * @description `off`, `ducked` (default) or `full`: whether each party also hears the other's own
+             *     voice under the translation.
+             */
+            original_audio?: string | null;
+        };
         LiveTurn: {
             /** Format: int64 */
             end_ms?: number | null;
@@ -1210,6 +1328,15 @@ export interface components {
              * @example about:blank
              */
             type: string;
+        };
+        /** @description What a caller speaking `language` hears. */
+        Prompt: {
+            /** @description The apology when the agent does not answer, in this language. */
+            apology: string;
+            /** @description The greeting, in this language. */
+            greeting: string;
+            /** @description BCP-47. */
+            language: string;
         };
         Readiness: {
             checks: {
@@ -3902,6 +4029,299 @@ export interface operations {
             };
         };
     };
+    getPhoneNumberLine: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path: {
+                /** @description Phone number id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The line */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Line"];
+                };
+            };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such number in this organisation, or it is not a line */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    putPhoneNumberLine: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path: {
+                /** @description Phone number id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LineRequest"];
+            };
+        };
+        responses: {
+            /** @description The line as saved */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Line"];
+                };
+            };
+            /** @description Malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Members cannot configure lines, or the organisation may not dial `forward_to` (`urn:callbridge:problem:dial-refused`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such number in this organisation */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than HTTP_BODY_LIMIT_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `Content-Type` is not `application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid settings, naming each: numbers, a language without a speech model or a Telnyx voice, prompt lengths, timeout */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Every translation engine failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No translation engine is configured */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    deletePhoneNumberLine: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path: {
+                /** @description Phone number id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description No longer a line */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `X-Org-Id` is not a UUID. A path parameter does not parse (e.g. an id that is not a UUID) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No session credential, or an unknown, expired or malformed one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Members cannot configure lines */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such number in this organisation, or it is not a line */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     createRealtimeToken: {
         parameters: {
             query?: never;
@@ -4987,9 +5407,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description AssemblyAI is not configured */
+            /** @description AssemblyAI is not configured (`provider-disabled`), or the database is busy or unreachable (`database-unavailable`: Telnyx reconnects after `Retry-After`) */
             503: {
                 headers: {
+                    /** @description With `database-unavailable`: seconds before reconnecting */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

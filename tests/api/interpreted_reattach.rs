@@ -1,0 +1,227 @@
+//! An interpreted call survives a deploy: both legs' streams are on replica A, A shuts
+//! down mid-call, and replica B's sweep restarts each leg's stream on that leg's own
+//! `call_control_id` (inbound track, a stream token bound to the leg). Telnyx reconnects
+//! both to B, and the conversation goes on there: each party hears the other, translated.
+#![cfg(feature = "sim")]
+
+use crate::common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callbridge::calls::stream_token;
+use callbridge::sim::assemblyai::AssemblyAiSim;
+use callbridge::sim::telnyx::RecordedCommand;
+use callbridge::sim::telnyx_media::{self, PlayOptions};
+use callbridge::sim::translation::{self as sim, TranslationSim, spoken_texts};
+use common::TestApp;
+use common::telnyx::TelnyxApp;
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const AGENT_SAYS: &str = "hello, this is the clinic calling";
+const REMOTE_SAYS: &str = "hola, necesito una cita";
+
+fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64, stop: bool) -> PlayOptions {
+    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
+    options.inbound_only = true;
+    options.realtime = true;
+    options.linger = Duration::from_millis(linger_ms);
+    options.send_stop = stop;
+    options
+}
+
+fn local(url: &str, port: u16) -> String {
+    let token = url.rsplit('/').next().unwrap();
+    format!("ws://127.0.0.1:{port}/media/telnyx/{token}")
+}
+
+async fn deliver(t: &TelnyxApp, dial: &RecordedCommand, range: std::ops::Range<usize>) {
+    for event in &t.sim.leg_lifecycle(dial, "callee")[range] {
+        assert_eq!(t.sim.deliver(&t.webhook_url(), event).await.unwrap(), 200);
+    }
+    t.drain().await;
+}
+
+async fn media_streams(app: &TestApp, call_id: Uuid) -> Vec<(String, String, bool)> {
+    app.db()
+        .await
+        .query(
+            "select leg, replica, ended_at is null from media_streams where call_id = $1 order by leg",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    aai.set_model_script("universal-streaming-english", "en", &[AGENT_SAYS]);
+    aai.set_model_script("universal-streaming-multilingual", "es", &[REMOTE_SAYS]);
+    let providers = TranslationSim::start(0).await.unwrap();
+    let (aai_url, base) = (aai.streaming_url(), providers.base());
+    let vendors = [
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
+        ("DEEPL_API_KEY", sim::DEEPL_KEY),
+        ("DEEPL_API_BASE", base.as_str()),
+        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
+        ("ELEVENLABS_API_BASE", base.as_str()),
+    ];
+    let mut a = TelnyxApp::spawn_with(&vendors).await;
+    let ada = a.app.sign_in("Ada").await;
+    a.own_number(&ada, "+14155550100").await;
+    let call: Value = a
+        .app
+        .request_as(Method::POST, &ada, "/api/calls")
+        .json(&json!({
+            "from": "+14155550100",
+            "agent": {"number": "+14155550111", "language": "en"},
+            "remote": {"number": "+14155550122", "language": "es"},
+            "original_audio": "off",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
+    let leg_ids: Vec<Uuid> = call["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let agent = a.sim.dial_of_leg("agent").unwrap();
+    deliver(&a, &agent, 0..3).await;
+    let remote = a.sim.dial_of_leg("remote").unwrap();
+    deliver(&a, &remote, 0..3).await;
+
+    // Both legs stream to A (silence for now); A beats for each leg on its own.
+    let port = a.app.port;
+    let agent_on_a = tokio::spawn(telnyx_media::play(party(
+        local(agent.body["stream_url"].as_str().unwrap(), port),
+        &[(3000, false)],
+        0,
+        false,
+    )));
+    let remote_on_a = tokio::spawn(telnyx_media::play(party(
+        local(remote.body["stream_url"].as_str().unwrap(), port),
+        &[(3000, false)],
+        0,
+        false,
+    )));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let streams = media_streams(&a.app, call_id).await;
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert!(streams.iter().all(|(_, _, live)| *live));
+    assert_eq!(
+        streams.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        ["agent", "remote"]
+    );
+
+    let mut env: Vec<(&str, &str)> = vendors.to_vec();
+    let (key, telnyx_base) = (a.sim.public_key_base64(), a.sim.api_base());
+    env.extend([
+        ("TELNYX_API_KEY", "sim-api-key"),
+        ("TELNYX_PUBLIC_KEY", key.as_str()),
+        ("TELNYX_CONNECTION_ID", "sim-connection"),
+        ("TELNYX_API_BASE", telnyx_base.as_str()),
+    ]);
+    let b = TestApp::spawn_on(&a.app.database, &env).await;
+    assert_eq!(
+        callbridge::media::reattach::sweep(&b.state).await.unwrap(),
+        0,
+        "live legs are left alone"
+    );
+
+    a.app.stop().await; // the deploy: SIGTERM on A, both legs' bridges detach
+    let _ = agent_on_a.await;
+    let _ = remote_on_a.await;
+    assert!(
+        media_streams(&b, call_id)
+            .await
+            .iter()
+            .all(|(_, replica, live)| replica == "detached" && *live)
+    );
+    assert_eq!(
+        callbridge::media::reattach::sweep(&b.state).await.unwrap(),
+        2,
+        "B restarts each leg's stream"
+    );
+    assert_eq!(
+        callbridge::media::reattach::sweep(&b.state).await.unwrap(),
+        0
+    );
+
+    let starts = a.sim.commands_named("streaming_start");
+    assert_eq!(starts.len(), 2);
+    let secret = b.state.config.auth.secret.expose().as_bytes();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start_of = |dial: &RecordedCommand| {
+        starts
+            .iter()
+            .find(|s| s.call_control_id == dial.call_control_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no streaming_start on {:?}", dial.call_control_id))
+    };
+    let (agent_start, remote_start) = (start_of(&agent), start_of(&remote));
+    for (start, leg_id) in [(&agent_start, leg_ids[0]), (&remote_start, leg_ids[1])] {
+        assert_eq!(start.body["stream_track"], "inbound_track");
+        let url = start.body["stream_url"].as_str().unwrap();
+        let token = url.rsplit('/').next().unwrap();
+        assert_eq!(
+            stream_token::verify(secret, token, now),
+            Ok(leg_id),
+            "the new stream is bound to its leg"
+        );
+    }
+
+    // Telnyx reconnects both legs to B: the conversation goes on, each hearing the other.
+    let agent_on_b = party(
+        local(agent_start.body["stream_url"].as_str().unwrap(), b.port),
+        &[(1200, true), (5800, false)],
+        2500,
+        true,
+    );
+    let remote_on_b = party(
+        local(remote_start.body["stream_url"].as_str().unwrap(), b.port),
+        &[(2500, false), (1200, true), (3300, false)],
+        2500,
+        true,
+    );
+    let (agent_heard, remote_heard) = tokio::join!(
+        telnyx_media::play(agent_on_b),
+        telnyx_media::play(remote_on_b)
+    );
+    assert_eq!(
+        spoken_texts(&agent_heard.unwrap().audio()),
+        vec!["[EN-US] Hola, necesito una cita."]
+    );
+    assert_eq!(
+        spoken_texts(&remote_heard.unwrap().audio()),
+        vec!["[ES] Hello, this is the clinic calling."]
+    );
+    let kinds: Vec<Value> = b
+        .db()
+        .await
+        .query(
+            "select data from call_events where call_id = $1 and kind = 'media.reattached'",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, Value>(0)["leg"].clone())
+        .collect();
+    assert_eq!(kinds.len(), 2);
+    assert!(kinds.contains(&json!("agent")) && kinds.contains(&json!("remote")));
+}
