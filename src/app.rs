@@ -88,9 +88,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         },
         listener,
         job_bell: crate::queue::bell::Bell::start(db.clone(), shutdown.clone()),
-        heartbeats: crate::media::heartbeats::Heartbeats::start(
+        heartbeats: crate::heartbeats::Heartbeats::start(
             db.clone(),
-            crate::media::heartbeats::replica_name(config.hostname.as_deref()),
+            crate::heartbeats::replica_name(config.hostname.as_deref()),
             shutdown.clone(),
         ),
         shutdown,

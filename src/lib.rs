@@ -10,6 +10,7 @@ pub mod config;
 pub mod cron;
 pub mod db;
 pub mod events;
+pub mod heartbeats;
 pub mod http;
 pub mod inbox;
 pub mod jobs;

@@ -2,7 +2,7 @@
 //! declared type, and only a handful of leading bytes decide.
 #![no_main]
 
-use callbridge::recordings::audio::{self, AudioFormat, SNIFF_LEN};
+use callbridge::recordings::format::{self as audio, AudioFormat, SNIFF_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

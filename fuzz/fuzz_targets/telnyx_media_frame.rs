@@ -3,7 +3,7 @@
 //! buffer and batching exactly as the bridge feeds them.
 #![no_main]
 
-use callbridge::media::audio::TrackAudio;
+use callbridge::media::shaping::TrackAudio;
 use callbridge::media::frames::{self, Frame, Track};
 use libfuzzer_sys::fuzz_target;
 

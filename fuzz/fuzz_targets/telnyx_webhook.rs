@@ -51,15 +51,11 @@ fuzz_target!(|data: &[u8]| {
             .is_err()
     );
 
-    // The handler's reading of a verified body.
-    let Ok(mut envelope) = serde_json::from_slice::<serde_json::Value>(body) else {
+    // The job's reading of a stored body (PostgreSQL normalised it, NULs included:
+    // inbox::INBOX_INSERT_SQL); here serde reads the raw bytes, a superset of what it sees.
+    let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
     };
-    callbridge::db::replace_nul(&mut envelope);
-    assert!(
-        !envelope.to_string().contains("\\u0000"),
-        "a NUL survived replace_nul"
-    );
     if let Ok(event) = WebhookEvent::parse(&envelope) {
         assert!(!event.id.is_empty() && event.id.len() <= 200);
         assert!(!event.event_type.contains('_'));

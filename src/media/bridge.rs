@@ -310,7 +310,7 @@ pub async fn run(
         Target::Call(id) => (*id, None),
         Target::Leg(leg, _) => (leg.call_id, Some(leg.id)),
     };
-    let replica = super::heartbeats::replica_name(state.config.hostname.as_deref());
+    let replica = crate::heartbeats::replica_name(state.config.hostname.as_deref());
     let tail_bound = state.config.media.tail_delivery;
     let leg = match &target {
         Target::Call(_) => CALL_STREAM,
@@ -1612,7 +1612,7 @@ impl Bridge {
     }
 
     /// The periodic beat: batched with every other stream of this replica
-    /// (`media::heartbeats`), so live calls cost PostgreSQL a constant, not a statement each.
+    /// (`heartbeats`), so live calls cost PostgreSQL a constant, not a statement each.
     fn heartbeat(&mut self) {
         let leg = self.party.as_ref().map_or(CALL_STREAM, |p| p.role.as_str());
         self.state.heartbeats.beat(

@@ -9,7 +9,6 @@
 pub mod bridge;
 pub mod browser;
 pub mod frames;
-pub mod heartbeats;
 pub mod hub;
 pub mod mix;
 pub mod playout;

@@ -130,8 +130,29 @@ async fn write(
         )
         .await?;
     if !position_calls.is_empty() {
-        super::resume::save_positions_of(&**client, &position_calls, &tracks, &ends, &since)
-            .await?;
+        save_positions_of(&**client, &position_calls, &tracks, &ends, &since).await?;
     }
+    Ok(())
+}
+/// Track positions of many calls in one statement (`media::resume` reads them back): row `i` is
+/// `calls[i]`'s `tracks[i]` at `ends[i]` ms, its last frame `since[i]` seconds ago. A
+/// (call, track) appears at most once.
+pub async fn save_positions_of(
+    client: &impl tokio_postgres::GenericClient,
+    calls: &[Uuid],
+    tracks: &[&str],
+    ends: &[i64],
+    since: &[f64],
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "insert into media_stream_positions (call_id, track, end_ms, frame_at)
+             select p.call_id, p.track, p.end_ms, now() - make_interval(secs => p.since)
+             from unnest($1::uuid[], $2::text[], $3::bigint[], $4::float8[]) as p (call_id, track, end_ms, since)
+             on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
+             where excluded.end_ms >= media_stream_positions.end_ms",
+            &[&calls, &tracks, &ends, &since],
+        )
+        .await?;
     Ok(())
 }
