@@ -130,7 +130,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         // Telnyx's links expire in 10 minutes: copy the recording now (docs/RECORDINGS.md).
-        super::recording_import::enqueue(tx, &updated, &event).await?;
+        super::recording_import::enqueue(tx, &updated, None, &event).await?;
     }
     finish(transaction, &job, &event_id).await
 }
@@ -195,7 +195,7 @@ async fn run_for_leg(
     }
     events::append(&**client, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
-        super::recording_import::enqueue(&**client, &updated, event).await?;
+        super::recording_import::enqueue(&**client, &updated, Some(leg.role), event).await?;
     }
     Ok(())
 }
