@@ -86,8 +86,7 @@ fn agreement_with(live: &[LiveTurn], post_words: &Value, leg: Option<&str>) -> O
             items
                 .iter()
                 .filter(|w| {
-                    leg.is_none()
-                        || w.get("channel").and_then(Value::as_str) == Some(PARTY_CHANNEL)
+                    leg.is_none() || w.get("channel").and_then(Value::as_str) == Some(PARTY_CHANNEL)
                 })
                 .filter_map(|w| {
                     Some((
@@ -227,7 +226,10 @@ pub async fn for_call(
     // with that party's live turns only (ADR 0036).
     let leg: Option<String> = match &post_call {
         Some(post) => client
-            .query_opt("select leg from recordings where id = $1", &[&post.recording_id])
+            .query_opt(
+                "select leg from recordings where id = $1",
+                &[&post.recording_id],
+            )
             .await?
             .and_then(|row| row.get(0)),
         None => None,
