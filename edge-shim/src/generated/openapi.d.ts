@@ -748,6 +748,18 @@ export interface components {
             /** @description Pass as `cursor` for the next (older) page; absent on the last page. */
             next_cursor?: string | null;
         };
+        /**
+         * @description A recording of a call with how far its latest post-call transcript agrees with the live
+         *     turns it carries (`GET /api/calls/{id}/recordings`).
+         */
+        CallRecording: components["schemas"]["Recording"] & {
+            agreement?: null | components["schemas"]["Agreement"];
+            /**
+             * @description `submitted`, `completed` or `error` for the latest post-call transcript of this
+             *     recording; `null` when none was requested.
+             */
+            post_call_status?: string | null;
+        };
         /** @enum {string} */
         CallStatus: "created" | "dialing" | "initiated" | "answered" | "ended" | "failed";
         CallTranscript: {
@@ -1230,6 +1242,12 @@ export interface components {
             created_at: string;
             /** Format: uuid */
             id: string;
+            /**
+             * @description Whose leg of an interpreted call this recording is (`agent` or `remote`; ADR 0036):
+             *     that party's voice on channel 1, what they heard on channel 2. `null` for a one-leg
+             *     call's recording and for uploads.
+             */
+            leg?: string | null;
             /** Format: uuid */
             organisation_id: string;
             /** @description `upload`, `direct` or `telnyx`. */
@@ -1241,7 +1259,7 @@ export interface components {
             download?: null | components["schemas"]["Download"];
         };
         RecordingList: {
-            recordings: components["schemas"]["Recording"][];
+            recordings: components["schemas"]["CallRecording"][];
         };
         RecordingVersion: {
             content_type: string;
