@@ -300,6 +300,7 @@ async fn answer_once(
             &telnyx::encode_client_state(call.id),
             &format!("answer:{}", call.id),
             &stream,
+            call.record,
         )
         .await?;
     calls::mark_answer_requested(client, call.id).await?;
