@@ -977,6 +977,8 @@ export interface components {
             phone_number_id: string;
             /** @description What callers hear, per caller language, as translated when the line was saved. */
             prompts: components["schemas"]["Prompt"][];
+            /** @description Whether the line's calls are recorded (each party's leg on its own). */
+            record: boolean;
             /** Format: date-time */
             updated_at: string;
         };
@@ -1028,6 +1030,11 @@ export interface components {
              *     voice under the translation.
              */
             original_audio?: string | null;
+            /**
+             * @description Record each call of the line, one dual-channel recording per party (default false;
+             *     docs/RECORDINGS.md).
+             */
+            record?: boolean | null;
         };
         LiveTurn: {
             /** Format: int64 */
