@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# `make bench`: every benchmark, each printing its table with in-run baselines.
+# `make bench`: every benchmark, each printing its table with in-run floors and writing its
+# result file; then .ci/bench-report.py checks the files are complete (invariants held) and
+# regenerates docs/BENCHMARKS.md and docs/bench-results.json from them. Exits non-zero when a
+# benchmark failed or a result file is missing or incomplete.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/lib.sh
 ensure_postgres
-cargo bench --features sim --bench sessions --bench http_load --bench media_bridge --bench translated_calls
+export BENCH_RESULTS_DIR="${BENCH_RESULTS_DIR:-$PWD/target/bench-results}"
+rm -rf "$BENCH_RESULTS_DIR"
+mkdir -p "$BENCH_RESULTS_DIR"
+status=0
+cargo bench --no-fail-fast --features sim --bench sessions --bench http_load --bench media_bridge --bench translated_calls || status=1
 # The recording upload bench needs an S3 server (s3s-fs, as `make test` starts it).
 export BENCH_S3_ENDPOINT="${BENCH_S3_ENDPOINT:-http://127.0.0.1:9100}"
 export BENCH_S3_ACCESS_KEY="${BENCH_S3_ACCESS_KEY:-cbtest}"
@@ -13,4 +20,6 @@ bench_dir="${TMPDIR:-/tmp}/callbridge-bench-$$"
 mkdir -p "$bench_dir"
 trap 'stop_pidfile "$bench_dir/s3.pid"; rm -rf "$bench_dir"' EXIT
 start_s3 "${BENCH_S3_ENDPOINT##*:}" "$bench_dir/s3" "$BENCH_S3_ACCESS_KEY" "$BENCH_S3_SECRET_KEY" "$bench_dir/s3.pid"
-cargo bench --features sim --bench recordings_upload
+cargo bench --features sim --bench recordings_upload || status=1
+python3 .ci/bench-report.py "$BENCH_RESULTS_DIR" || status=1
+exit "$status"

@@ -1,293 +1,94 @@
-//! The media bridge under load: N simulated calls, both tracks, 20 ms frames in real time,
-//! through the release binary to the AssemblyAI simulator. Every frame carries a unique id in
-//! its first 8 bytes, so the simulator attributes every forwarded byte to its frame: frames
-//! lost, added latency (frame that completes a batch → batch at AssemblyAI), CPU per frame
-//! (from /proc) and memory per live call. Baseline in the same run: a bare tokio WebSocket
-//! relay (parse, decode, batch, forward; nothing else) started from this binary.
+//! The media bridge under load, measured so that it cannot flatter: N simulated calls, both
+//! tracks, each frame due on a fixed 20 ms grid (open loop, src/sim/loadgen.rs), latency from
+//! the due time of the frame completing each 100 ms batch to the batch's arrival at the
+//! AssemblyAI simulator, and the generator's own lag beside it. The floor, on the same
+//! ladder in the same run: a bare tokio WebSocket relay (byte search, base64 decode, batch,
+//! forward). CPU per frame of the service and of the PostgreSQL backends serving it, RSS per
+//! live call, PostgreSQL transactions per live call per minute in steady state. The run
+//! fails (exit 1) when any frame is lost or doubled. Writes `media_bridge.json`
+//! (docs/BENCHMARKS.md).
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 
-use common::{ChildGuard, ScratchDatabase, free_port, quantile, wait_for_port};
+use common::measure::{self, PgMeter, ResultFile};
+use common::{ChildGuard, ScratchDatabase, free_port, wait_for_port};
 
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use callbridge::sim::assemblyai::AssemblyAiSim;
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio_tungstenite::tungstenite::Message;
+use callbridge::sim::loadgen::{self, Fault, Ledger, Plan};
+use serde::Serialize;
 
-const FRAME: usize = 160;
-
-/// The bare relay runs from this binary: it gets the service's allocator, so the comparison
+/// The floor relay runs from this binary: it gets the service's allocator, so the comparison
 /// is of the bridge's work, not of two allocators.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Send instants (ns since the run began) by frame id, and whether each id arrived.
-struct Ledger {
-    origin: Instant,
-    sent_ns: Vec<AtomicU64>,
-    seen: Vec<AtomicU64>,
-    next_id: AtomicU64,
-    added: std::sync::Mutex<Vec<u64>>,
-    with_batching: std::sync::Mutex<Vec<u64>>,
-}
-
-impl Ledger {
-    fn new(capacity: usize) -> Self {
-        Self {
-            origin: Instant::now(),
-            sent_ns: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            seen: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            next_id: AtomicU64::new(1),
-            added: Default::default(),
-            with_batching: Default::default(),
-        }
-    }
-
-    fn on_chunk(&self, chunk: &[u8]) {
-        let now = self.origin.elapsed().as_nanos() as u64;
-        let blocks = chunk.len() / FRAME;
-        let mut batching = Vec::new();
-        for (index, block) in chunk.chunks_exact(FRAME).enumerate() {
-            let id = u64::from_le_bytes(block[..8].try_into().unwrap());
-            let Some(sent) = self.sent_ns.get(id as usize) else {
-                continue;
-            };
-            let sent = sent.load(Ordering::Relaxed);
-            if sent == 0 {
-                continue;
-            }
-            self.seen[id as usize].store(1, Ordering::Relaxed);
-            batching.push(now.saturating_sub(sent));
-            if index + 1 == blocks {
-                self.added.lock().unwrap().push(now.saturating_sub(sent));
-            }
-        }
-        self.with_batching.lock().unwrap().extend(batching);
-    }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Plays one call: both tracks, `frames` 20 ms frames each, paced in real time.
-async fn play_call(url: String, frames: usize, ledger: Arc<Ledger>) -> usize {
-    let Ok((socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
-        return 0;
-    };
-    let (mut tx, mut rx) = socket.split();
-    tokio::spawn(async move { while rx.next().await.is_some() {} });
-    let start = r#"{"event":"start","sequence_number":"1","stream_id":"bench","start":{"call_control_id":"v3:bench","media_format":{"encoding":"PCMU","sample_rate":8000,"channels":1}}}"#;
-    if tx.send(Message::Text(start.into())).await.is_err() {
-        return 0;
-    }
-    let began = tokio::time::Instant::now();
-    let mut sent = 0;
-    let mut payload = [0x55u8; FRAME];
-    for chunk in 1..=frames {
-        tokio::time::sleep_until(began + Duration::from_millis(chunk as u64 * 20)).await;
-        for track in ["inbound", "outbound"] {
-            let id = ledger.next_id.fetch_add(1, Ordering::Relaxed);
-            payload[..8].copy_from_slice(&id.to_le_bytes());
-            let frame = format!(
-                r#"{{"event":"media","sequence_number":"{chunk}","stream_id":"bench","media":{{"track":"{track}","chunk":"{chunk}","timestamp":"{}","payload":"{}"}}}}"#,
-                chunk * 20,
-                STANDARD.encode(payload)
-            );
-            if let Some(slot) = ledger.sent_ns.get(id as usize) {
-                slot.store(ledger.origin.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }
-            if tx.send(Message::Text(frame.into())).await.is_err() {
-                return sent;
-            }
-            sent += 1;
-        }
-    }
-    let _ = tx
-        .send(Message::Text(
-            r#"{"event":"stop","stream_id":"bench"}"#.into(),
-        ))
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sent
-}
-
-struct RunResult {
-    calls: usize,
-    frames_sent: usize,
-    lost: usize,
-    added_p50: Duration,
-    added_p99: Duration,
-    batching_p99: Duration,
-    cpu_us_per_frame: f64,
-    rss_per_call_kib: f64,
-    /// The same, the first time this process had N calls live (grows its heaps once).
-    first_rss_per_call_kib: f64,
-}
-
-async fn run_once(
-    calls: usize,
-    seconds: u64,
-    pid: u32,
-    urls: impl Fn(usize) -> String,
-    sim: &AssemblyAiSim,
-) -> RunResult {
-    let frames = (seconds * 50) as usize;
-    let ledger = Arc::new(Ledger::new(calls * frames * 2 + 16));
-    let probe_ledger = ledger.clone();
-    sim.set_probe(Arc::new(move |chunk| probe_ledger.on_chunk(chunk)));
-    let rss_before = rss_kib(pid);
-    let cpu_before = cpu_seconds(pid);
-    let mut tasks = Vec::new();
-    for i in 0..calls {
-        // Stagger call starts over a second, as real calls would not start in lockstep.
-        tokio::time::sleep(Duration::from_micros(1_000_000 / calls as u64)).await;
-        tasks.push(tokio::spawn(play_call(urls(i), frames, ledger.clone())));
-    }
-    tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
-    let rss_during = rss_kib(pid);
-    let mut frames_sent = 0;
-    for task in tasks {
-        frames_sent += task.await.unwrap_or(0);
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let seen = ledger
-        .seen
-        .iter()
-        .filter(|s| s.load(Ordering::Relaxed) == 1)
-        .count();
-    let mut added = std::mem::take(&mut *ledger.added.lock().unwrap());
-    let mut batching = std::mem::take(&mut *ledger.with_batching.lock().unwrap());
-    RunResult {
-        calls,
-        frames_sent,
-        lost: frames_sent.saturating_sub(seen),
-        added_p50: quantile(&mut added, 0.5),
-        added_p99: quantile(&mut added, 0.99),
-        batching_p99: quantile(&mut batching, 0.99),
-        cpu_us_per_frame: cpu * 1e6 / frames_sent.max(1) as f64,
-        rss_per_call_kib: rss_during.saturating_sub(rss_before) as f64 / calls as f64,
-        first_rss_per_call_kib: 0.0,
-    }
-}
+/// Where the generator (with the AssemblyAI simulator) and the relays run when pinned.
+const GENERATOR_CPU: usize = 1;
+const SERVICE_CPU: usize = 0;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(position) = args.iter().position(|a| a == "--relay") {
-        let port: u16 = args[position + 1].parse().unwrap();
+        let port: u16 = args[position + 1].parse().expect("a port");
         let upstream = args[position + 2].clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-            .unwrap();
-        runtime.block_on(relay(port, upstream));
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .expect("the relay's port");
+            loadgen::floor_relay(listener, upstream, "bench-aai-key".into()).await;
+        });
         return;
     }
     if !args.iter().any(|arg| arg == "--bench") {
         return;
     }
+    let pinned = measure::pinning() && measure::pin_self(GENERATOR_CPU);
     callbridge::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(run());
-}
-
-/// The comparison: a bare relay doing only what any bridge must (parse, decode, batch, send).
-async fn relay(port: u16, upstream: String) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let upstream = upstream.clone();
-        tokio::spawn(async move {
-            let Ok(socket) = tokio_tungstenite::accept_async(stream).await else {
-                return;
-            };
-            let (_, mut rx) = socket.split();
-            let mut sinks = HashMap::new();
-            let mut batches: HashMap<String, Vec<u8>> = HashMap::new();
-            while let Some(Ok(Message::Text(text))) = rx.next().await {
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-                    continue;
-                };
-                if value["event"] != "media" {
-                    continue;
-                }
-                let track = value["media"]["track"]
-                    .as_str()
-                    .unwrap_or("inbound")
-                    .to_owned();
-                let Ok(bytes) = STANDARD.decode(value["media"]["payload"].as_str().unwrap_or(""))
-                else {
-                    continue;
-                };
-                let batch = batches.entry(track.clone()).or_default();
-                batch.extend_from_slice(&bytes);
-                if batch.len() >= 800 {
-                    let chunk = std::mem::take(batch);
-                    if !sinks.contains_key(&track) {
-                        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(upstream.as_str()).unwrap();
-                        request
-                            .headers_mut()
-                            .insert("authorization", "bench-aai-key".parse().unwrap());
-                        let Ok((socket, _)) = tokio_tungstenite::connect_async(request).await
-                        else {
-                            return;
-                        };
-                        let (sink, mut stream) = socket.split();
-                        tokio::spawn(async move { while stream.next().await.is_some() {} });
-                        sinks.insert(track.clone(), sink);
-                    }
-                    let _ = sinks
-                        .get_mut(&track)
-                        .unwrap()
-                        .send(Message::Binary(chunk.into()))
-                        .await;
-                }
-            }
-        });
+        .expect("a runtime");
+    let passed = runtime.block_on(run(pinned));
+    if !passed {
+        std::process::exit(1);
     }
 }
 
-async fn run() {
+/// One run through one target (the bridge or the floor) at one N.
+#[derive(Serialize)]
+struct Row {
+    target: &'static str,
+    #[serde(flatten)]
+    report: loadgen::Report,
+    /// CPU of the process doing the relaying, µs per frame planned.
+    service_cpu_us_per_frame: f64,
+    /// CPU of the PostgreSQL backends serving the service, µs per frame.
+    postgres_cpu_us_per_frame: f64,
+    /// The generator's (and simulator's) share of its CPU while the run lasted.
+    generator_cpu_share: f64,
+    /// RSS growth from the idle service to the middle of this run, per live call (an upper
+    /// bound: it includes one-off growth of the process).
+    rss_kib_per_call: f64,
+    /// PostgreSQL transactions per live call per minute, in the middle of the run.
+    postgres_transactions_per_call_minute: f64,
+}
+
+async fn run(pinned: bool) -> bool {
     let scratch = ScratchDatabase::create().await;
     let db_url = scratch.url.clone();
-
     let sim = AssemblyAiSim::start("bench-aai-key", 0).await.unwrap();
     let port = free_port();
     let secret = "bench-auth-secret-bench-auth-secret";
+    let service_cpu = pinned.then_some(SERVICE_CPU);
     // BENCH_SERVER_BIN / BENCH_SERVER_WRAPPER: run another build of the server, or the same
     // under a profiler (e.g. `heaptrack -o /tmp/bridge` with a `system-allocator` build).
     let server_bin = std::env::var("BENCH_SERVER_BIN")
@@ -299,11 +100,11 @@ async fn run() {
         .collect();
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
-            let mut command = Command::new(program);
+            let mut command = measure::command_on(service_cpu, program);
             command.args(args).arg(&server_bin);
             command
         }
-        None => Command::new(&server_bin),
+        None => measure::command_on(service_cpu, &server_bin),
     };
     let server = ChildGuard(
         command
@@ -312,7 +113,6 @@ async fn run() {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs([
                 ("APP_ENV", "development"),
-                // Load generators: the per-session and per-IP request limits would throttle them.
                 ("RATE_LIMIT_SESSION_PER_MIN", "0"),
                 ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
                 ("BIND_ADDRESS", "127.0.0.1"),
@@ -338,22 +138,25 @@ async fn run() {
         sim.streaming_url()
     );
     let relay = ChildGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--relay", &relay_port.to_string(), &upstream])
-            .spawn()
-            .unwrap(),
+        measure::command_on(
+            service_cpu,
+            &std::env::current_exe().unwrap().to_string_lossy(),
+        )
+        .args(["--relay", &relay_port.to_string(), &upstream])
+        .spawn()
+        .unwrap(),
     );
     wait_for_port(relay_port).await;
 
     let counts: Vec<usize> = std::env::var("BENCH_CALLS")
-        .unwrap_or_else(|_| "100,250,500,1000".into())
+        .unwrap_or_else(|_| "250,500,1000,2000".into())
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
-    let seconds: u64 = std::env::var("BENCH_CALL_SECONDS")
+    let seconds: usize = std::env::var("BENCH_CALL_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(12);
     let db = callbridge::db::connect_direct(db_url.as_str())
         .await
         .unwrap();
@@ -365,83 +168,273 @@ async fn run() {
     .await
     .unwrap();
     let max_calls = counts.iter().copied().max().unwrap_or(0);
-    let mut call_ids = Vec::new();
-    for _ in 0..max_calls {
-        let id = uuid::Uuid::now_v7();
-        db.execute("insert into calls (id, organisation_id, direction, from_number, to_number, status) values ($1, $2, 'outbound', '+1', '+2', 'answered')", &[&id, &org]).await.unwrap();
-        call_ids.push(id);
-    }
+    let call_ids: Vec<uuid::Uuid> = db
+        .query(
+            "insert into calls (id, organisation_id, direction, from_number, to_number, status)
+             select gen_random_uuid(), $1, 'outbound', '+1', '+2', 'answered' from generate_series(1, $2)
+             returning id",
+            &[&org, &(max_calls as i32)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let tokens: Vec<String> = call_ids
-        .iter()
-        .map(|id| callbridge::calls::stream_token::mint(secret.as_bytes(), *id, now + 3600))
-        .collect();
+    let tokens: Arc<Vec<String>> = Arc::new(
+        call_ids
+            .iter()
+            .map(|id| callbridge::calls::stream_token::mint(secret.as_bytes(), *id, now + 3600))
+            .collect(),
+    );
+    let mut meter = PgMeter::new(db_url.as_str(), &scratch.name).await;
+    let service_idle_rss = measure::rss_kib(server.0.id());
+    let relay_idle_rss = measure::rss_kib(relay.0.id());
 
     let mut rows = Vec::new();
+    let mut failures = Vec::new();
     for &calls in &counts {
-        // Each N twice through the bridge. Memory counts from the first (RSS growth while N
-        // calls are live); the second reuses pages the allocator kept from the first, so its
-        // growth is only a lower bound. Latency and losses count the worse of the two.
-        let bridge_url = |i: usize| format!("ws://127.0.0.1:{port}/media/telnyx/{}", tokens[i]);
-        let first = run_once(calls, seconds, server.0.id(), bridge_url, &sim).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut bridge = run_once(calls, seconds, server.0.id(), bridge_url, &sim).await;
-        bridge.first_rss_per_call_kib = first.rss_per_call_kib;
-        bridge.lost += first.lost;
-        bridge.frames_sent += first.frames_sent;
-        bridge.added_p50 = bridge.added_p50.max(first.added_p50);
-        bridge.added_p99 = bridge.added_p99.max(first.added_p99);
-        bridge.batching_p99 = bridge.batching_p99.max(first.batching_p99);
-        let bare = run_once(
-            calls,
-            seconds,
-            relay.0.id(),
-            |_| format!("ws://127.0.0.1:{relay_port}/"),
-            &sim,
-        )
-        .await;
-        rows.push((bridge, bare));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-
-    println!(
-        "\nMedia bridge: simulated calls × 2 tracks, 20 ms frames in real time for {seconds} s; clients, AssemblyAI simulator, server and PostgreSQL share this 2-core machine\n"
-    );
-    println!(
-        "| calls | frames sent, both runs (planned) | lost | added latency p50 | added p99 (goal < 5 ms) | bare relay added p99 | frame→AssemblyAI p99 incl. 100 ms batching | CPU/frame | bare relay CPU/frame | ratio (goal ≤ 1.5×) | RSS/call, first time at N (goal < 100 KiB) | RSS/call, same N again (reuses freed pages: a lower bound) |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut largest_ok = 0;
-    for (bridge, bare) in &rows {
-        let ratio = bridge.cpu_us_per_frame / bare.cpu_us_per_frame.max(0.001);
-        println!(
-            "| {} | {} ({}) | {} | {:.2?} | {:.2?} | {:.2?} | {:.1?} | {:.1} µs | {:.1} µs | {:.2}x | {:.0} KiB | {:.0} KiB |",
-            bridge.calls,
-            bridge.frames_sent,
-            bridge.calls as u64 * seconds * 100 * 2,
-            bridge.lost,
-            bridge.added_p50,
-            bridge.added_p99,
-            bare.added_p99,
-            bridge.batching_p99,
-            bridge.cpu_us_per_frame,
-            bare.cpu_us_per_frame,
-            ratio,
-            bridge.first_rss_per_call_kib,
-            bridge.rss_per_call_kib
-        );
-        if bridge.added_p99 < Duration::from_millis(5) && bridge.lost == 0 {
-            largest_ok = largest_ok.max(bridge.calls);
+        for target in ["bridge", "floor"] {
+            // Each stream's frames on the grid: a multiple of 5 per track, so every frame
+            // belongs to a full 100 ms batch.
+            let plan = Plan {
+                calls,
+                frames: seconds * 50,
+                fault: Fault::None,
+            };
+            let (pid, idle_rss) = match target {
+                "bridge" => (server.0.id(), service_idle_rss),
+                _ => (relay.0.id(), relay_idle_rss),
+            };
+            let tokens = tokens.clone();
+            let url = move |i: usize| match target {
+                "bridge" => format!("ws://127.0.0.1:{port}/media/telnyx/{}", tokens[i]),
+                _ => format!("ws://127.0.0.1:{relay_port}/"),
+            };
+            let row = run_once(plan, &sim, pid, idle_rss, &mut meter, url, target).await;
+            println!(
+                "{target} {calls}: p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, {:.2} µs CPU/frame",
+                row.report.latency_p99_us,
+                row.report.generator_lag_p99_us,
+                row.report.lost,
+                row.report.doubled,
+                row.service_cpu_us_per_frame
+            );
+            if let Err(failure) = row.report.check() {
+                failures.push(format!("{target}: {failure}"));
+            }
+            rows.push(row);
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
-    println!("\nLargest N holding p99 < 5 ms added latency with zero frames lost: {largest_ok}");
-    println!(
-        "(When `frames sent` falls short of planned, the load generator itself could not keep real time on the shared cores.)"
+
+    print_table(&rows, seconds, pinned);
+    let mut result = ResultFile::new("media_bridge");
+    result.set("seconds_per_call", seconds);
+    result.set(
+        "pinning",
+        if pinned {
+            "generator and AssemblyAI simulator on CPU 1; service and floor relay on CPU 0; PostgreSQL unpinned"
+        } else {
+            "none"
+        },
     );
-    let _ = (relay, server);
+    result.set("rows", &rows);
+    let largest = |target: &str| {
+        rows.iter()
+            .filter(|r| {
+                r.target == target && r.report.latency_p99_us < 5_000 && r.report.check().is_ok()
+            })
+            .map(|r| r.report.calls)
+            .max()
+            .unwrap_or(0)
+    };
+    result.set("largest_calls_p99_under_5ms_bridge", largest("bridge"));
+    result.set("largest_calls_p99_under_5ms_floor", largest("floor"));
+    result.row(
+        "largest N at p99 < 5 ms from due time, 0 lost",
+        largest("bridge").to_string(),
+        largest("floor").to_string(),
+        "≥ 1,000",
+    );
+    for pair in rows.chunks(2) {
+        let [bridge, floor] = pair else { continue };
+        let n = bridge.report.calls;
+        let ms = |us: u32| format!("{:.2} ms", f64::from(us) / 1e3);
+        result.row(
+            &format!("{n} calls: added latency p99 from due time (generator lag p99)"),
+            format!(
+                "{} ({})",
+                ms(bridge.report.latency_p99_us),
+                ms(bridge.report.generator_lag_p99_us)
+            ),
+            format!(
+                "{} ({})",
+                ms(floor.report.latency_p99_us),
+                ms(floor.report.generator_lag_p99_us)
+            ),
+            "< 5 ms",
+        );
+        result.row(
+            &format!("{n} calls: CPU per frame, service + PostgreSQL"),
+            format!(
+                "{:.2} + {:.2} µs = {:.2}× floor",
+                bridge.service_cpu_us_per_frame,
+                bridge.postgres_cpu_us_per_frame,
+                (bridge.service_cpu_us_per_frame + bridge.postgres_cpu_us_per_frame)
+                    / floor.service_cpu_us_per_frame.max(1e-9)
+            ),
+            format!("{:.2} µs", floor.service_cpu_us_per_frame),
+            "≤ 3 µs, ≤ 1.5× floor",
+        );
+        result.row(
+            &format!("{n} calls: RSS per live call"),
+            format!("{:.0} KiB", bridge.rss_kib_per_call),
+            format!("{:.0} KiB", floor.rss_kib_per_call),
+            "≤ 64 KiB",
+        );
+        result.row(
+            &format!("{n} calls: PostgreSQL transactions per live call per minute"),
+            format!("{:.1}", bridge.postgres_transactions_per_call_minute),
+            String::new(),
+            "≤ 6 (one per 10 s)",
+        );
+        result.row(
+            &format!("{n} calls: frames planned / lost / doubled"),
+            format!(
+                "{} / {} / {}",
+                bridge.report.frames_planned, bridge.report.lost, bridge.report.doubled
+            ),
+            format!(
+                "{} / {} / {}",
+                floor.report.frames_planned, floor.report.lost, floor.report.doubled
+            ),
+            "0 lost, 0 doubled (asserted)",
+        );
+        result.row(
+            &format!("{n} calls: generator CPU share of its core"),
+            format!("{:.0}%", bridge.generator_cpu_share * 100.0),
+            format!("{:.0}%", floor.generator_cpu_share * 100.0),
+            "< 100% (else the generator is the ceiling)",
+        );
+    }
+    for failure in &failures {
+        eprintln!("INVARIANT BROKEN: {failure}");
+    }
+    result.write(failures.is_empty(), &failures);
+    drop((relay, server, db, meter));
     tokio::time::sleep(Duration::from_millis(500)).await;
     scratch.drop_now().await;
+    failures.is_empty()
+}
+
+async fn run_once(
+    plan: Plan,
+    sim: &AssemblyAiSim,
+    pid: u32,
+    idle_rss: u64,
+    meter: &mut PgMeter,
+    url: impl Fn(usize) -> String,
+    target: &'static str,
+) -> Row {
+    let ledger = Arc::new(Ledger::new(plan));
+    let probe = ledger.clone();
+    sim.set_probe(Arc::new(move |chunk| probe.on_chunk(chunk)));
+    let me = std::process::id();
+    let service_before = measure::cpu_seconds(pid);
+    let generator_before = measure::cpu_seconds(me);
+    meter.start().await;
+    let wall = Instant::now();
+    let streaming = Duration::from_millis(plan.frames as u64 * 20);
+    // In the middle of the run: RSS, and PostgreSQL's transactions over a window where
+    // every stream is live (after connecting and the first seconds, before any stops).
+    let sampler = {
+        let (url, database) = meter.connection();
+        tokio::spawn(async move {
+            let client = callbridge::db::connect_direct(&url).await.ok()?;
+            // The grid starts once every stream is connected; wait for the streams first.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let window = streaming.saturating_sub(Duration::from_secs(5));
+            let first = transactions(&client, &database).await;
+            tokio::time::sleep(window).await;
+            let rss = measure::rss_kib(pid);
+            let second = transactions(&client, &database).await;
+            // The first reading is two transactions of its own.
+            Some((rss, (second - first - 2).max(0), window))
+        })
+    };
+    let report = loadgen::play(plan, ledger, url, Duration::from_secs(1)).await;
+    let elapsed = wall.elapsed().as_secs_f64();
+    let service_cpu = measure::cpu_seconds(pid) - service_before;
+    let generator_cpu = measure::cpu_seconds(me) - generator_before;
+    let pg = meter.stop().await;
+    let (rss, mid_transactions, window) =
+        sampler
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or((0, 0, Duration::ZERO));
+    let frames = plan.frames_planned().max(1) as f64;
+    Row {
+        target,
+        service_cpu_us_per_frame: service_cpu * 1e6 / frames,
+        postgres_cpu_us_per_frame: pg.cpu_seconds * 1e6 / frames,
+        generator_cpu_share: generator_cpu / elapsed,
+        rss_kib_per_call: rss.saturating_sub(idle_rss) as f64 / plan.calls.max(1) as f64,
+        postgres_transactions_per_call_minute: if target == "bridge" && !window.is_zero() {
+            mid_transactions as f64 / plan.calls.max(1) as f64 / (window.as_secs_f64() / 60.0)
+        } else {
+            0.0
+        },
+        report,
+    }
+}
+
+/// Transactions committed or rolled back in the database so far (its statistics as
+/// flushed; each reading costs one transaction of its own, subtracted by the caller).
+async fn transactions(client: &tokio_postgres::Client, database: &str) -> i64 {
+    let _ = client
+        .batch_execute("select pg_stat_clear_snapshot()")
+        .await;
+    client
+        .query_one(
+            "select (xact_commit + xact_rollback)::bigint from pg_stat_database where datname = $1",
+            &[&database],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0)
+}
+
+fn print_table(rows: &[Row], seconds: usize, pinned: bool) {
+    println!(
+        "\nMedia bridge: simulated calls × 2 tracks, a frame per track due every 20 ms for {seconds} s (open loop); pinned: {pinned}\n"
+    );
+    println!(
+        "| target | calls | frames planned | sent | lost | doubled | p50 from due | p99 from due | generator lag p99 | generator CPU share | service CPU/frame | PostgreSQL CPU/frame | RSS/call | PG transactions/call/min |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let r = &row.report;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% | {:.2} µs | {:.2} µs | {:.0} KiB | {:.1} |",
+            row.target,
+            r.calls,
+            r.frames_planned,
+            r.frames_sent,
+            r.lost,
+            r.doubled,
+            f64::from(r.latency_p50_us) / 1e3,
+            f64::from(r.latency_p99_us) / 1e3,
+            f64::from(r.generator_lag_p99_us) / 1e3,
+            row.generator_cpu_share * 100.0,
+            row.service_cpu_us_per_frame,
+            row.postgres_cpu_us_per_frame,
+            row.rss_kib_per_call,
+            row.postgres_transactions_per_call_minute
+        );
+    }
 }

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::measure::ResultFile;
+
 use common::{ChildGuard, ScratchDatabase, free_port};
 
 use std::process::{Command, Stdio};
@@ -258,6 +260,27 @@ async fn run() {
             "MISSED"
         }
     );
+
+    let mut result = ResultFile::new("recordings_upload");
+    result.set("mib", mib);
+    result.set("direct_mib_per_second", rate(direct));
+    result.set("upload_mib_per_second", rate(through));
+    result.set("server_peak_rss_mib", peak_kib as f64 / 1024.0);
+    result.set("server_rss_before_mib", rss_before as f64 / 1024.0);
+    result.set("server_rss_after_mib", rss_after as f64 / 1024.0);
+    result.row(
+        "POST /api/recordings, 1 GiB: throughput",
+        format!("{:.1} MiB/s", rate(through)),
+        format!("direct presigned PUT {:.1} MiB/s", rate(direct)),
+        "",
+    );
+    result.row(
+        "POST /api/recordings, 1 GiB: server peak RSS (VmHWM)",
+        format!("{:.1} MiB", peak_kib as f64 / 1024.0),
+        format!("idle {:.1} MiB", rss_before as f64 / 1024.0),
+        "< 64 MiB",
+    );
+    result.write(true, &[]);
 
     // Leave no gigabytes behind.
     drop(server);

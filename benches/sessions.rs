@@ -6,6 +6,7 @@
 mod common;
 
 use common::ScratchDatabase;
+use common::measure::ResultFile;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -157,6 +158,35 @@ async fn run() {
         &baseline_db,
         "select 1 via the same pool",
     );
+
+    let figures = |stats: &Stats| {
+        serde_json::json!({
+            "per_second": stats.per_second,
+            "p50_us": stats.p50.as_secs_f64() * 1e6,
+            "p99_us": stats.p99.as_secs_f64() * 1e6,
+        })
+    };
+    let mut result = ResultFile::new("sessions");
+    result.set("cached", figures(&cached_stats));
+    result.set("cached_floor_mutex_hashmap", figures(&baseline_map));
+    result.set("uncached", figures(&uncached_stats));
+    result.set("uncached_floor_select_1", figures(&baseline_db));
+    result.row(
+        "cached lookup p99",
+        format!("{:.2?}", cached_stats.p99),
+        format!("Mutex<HashMap> get {:.2?}", baseline_map.p99),
+        "",
+    );
+    result.row(
+        "uncached lookup (session + user + organisations) p99",
+        format!(
+            "{:.2?} ({:.0}/s, one task)",
+            uncached_stats.p99, uncached_stats.per_second
+        ),
+        format!("select 1 via the same pool {:.2?}", baseline_db.p99),
+        "",
+    );
+    result.write(true, &[]);
 
     drop(cached);
     drop(uncached);

@@ -9,10 +9,14 @@
 //! Baseline in the same run and under the same load: the bare pipeline a bridge cannot
 //! avoid — one DeepL request, one ElevenLabs request to its first byte, one WebSocket frame
 //! over loopback — driven from this process while the calls run.
+//!
+//! Invariants asserted (exit 1): every turn became exactly one utterance, each played, and
+//! every one was timed. Writes `translated_calls.json` (docs/BENCHMARKS.md).
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 
+use common::measure::ResultFile;
 use common::{ChildGuard, ScratchDatabase, free_port, quantile, wait_for_port};
 
 use std::collections::HashMap;
@@ -234,10 +238,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run());
+    if !runtime.block_on(run()) {
+        std::process::exit(1);
+    }
 }
 
-async fn run() {
+async fn run() -> bool {
     let calls: usize = std::env::var("BENCH_TRANSLATED_CALLS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -425,6 +431,66 @@ async fn run() {
         baseline.len(),
         quantile(&mut server_side, 0.99).as_secs_f64() / base_p99.as_secs_f64().max(1e-9),
     );
+    // Invariants: one utterance per turn (none lost, none doubled), each played, each timed.
+    let distinct: i64 = db
+        .query_one(
+            "select count(distinct (call_id, source_track, source_turn_index)) from utterances",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let played = statuses.get("played").copied().unwrap_or(0);
+    let mut failures = Vec::new();
+    if rows.len() != expected || distinct as usize != expected {
+        failures.push(format!(
+            "{expected} turns → {} utterances ({distinct} distinct turns)",
+            rows.len()
+        ));
+    }
+    if played != expected {
+        failures.push(format!("{played} of {expected} utterances played"));
+    }
+    if measured.len() != expected {
+        failures.push(format!("{} of {expected} utterances timed", measured.len()));
+    }
+    let mut result = ResultFile::new("translated_calls");
+    result.set("calls", calls);
+    result.set("turns_expected", expected);
+    result.set("utterances", rows.len());
+    result.set("utterances_played", played);
+    result.set("turns_timed", measured.len());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    result.set(
+        "end_of_turn_to_first_frame_p50_ms",
+        ms(quantile(&mut measured, 0.5)),
+    );
+    result.set("end_of_turn_to_first_frame_p99_ms", ms(p99));
+    result.set(
+        "end_of_turn_to_first_frame_max_ms",
+        ms(quantile(&mut measured, 1.0)),
+    );
+    result.set(
+        "service_stamped_p99_ms",
+        ms(quantile(&mut server_side, 0.99)),
+    );
+    result.set("floor_p99_ms", ms(base_p99));
+    result.row(
+        &format!("{calls} calls: end of turn → first translated frame at Telnyx, p99"),
+        format!("{:.2} ms", ms(p99)),
+        format!("{:.2} ms", ms(base_p99)),
+        "< 20 ms",
+    );
+    result.row(
+        "utterances: turns / utterances / played / timed",
+        format!(
+            "{expected} / {} / {played} / {}",
+            rows.len(),
+            measured.len()
+        ),
+        String::new(),
+        "all equal (asserted)",
+    );
     let mut statuses: Vec<_> = statuses.into_iter().collect();
     statuses.sort();
     println!("\nPlayout: {statuses:?}");
@@ -436,7 +502,12 @@ async fn run() {
             "NOT met"
         }
     );
+    for failure in &failures {
+        eprintln!("INVARIANT BROKEN: {failure}");
+    }
+    result.write(failures.is_empty(), &failures);
     drop(server);
     drop(db);
     scratch.drop_now().await;
+    failures.is_empty()
 }

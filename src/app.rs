@@ -88,6 +88,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         },
         listener,
         job_bell: crate::queue::bell::Bell::start(db.clone(), shutdown.clone()),
+        heartbeats: crate::media::heartbeats::Heartbeats::start(
+            db.clone(),
+            crate::media::heartbeats::replica_name(config.hostname.as_deref()),
+            shutdown.clone(),
+        ),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
         limiter: Default::default(),

@@ -13,6 +13,9 @@
 //!    (`failure_reason = 'stale: …'`) with a `call.failed` event.
 //! 3. **Dead jobs report**: counts per kind logged at WARN (new ones since the last tick) and
 //!    exported as the gauge `jobs_dead{kind}`.
+//! 4. **Usage** (docs/USAGE.md): monthly quotas of live calls (`usage::quota::enforce`),
+//!    stored recording bytes per day (`byte_days`), and the reconciliation of AssemblyAI
+//!    streaming seconds (`usage::reconcile`).
 //!
 //! The lock is a session-level `pg_try_advisory_lock` on a dedicated unpooled connection
 //! (`DATABASE_DIRECT_URL`; transaction-mode poolers cannot hold session locks), held for the
@@ -44,6 +47,9 @@ pub struct Report {
     pub text_rows_purged: u64,
     pub stale_calls_failed: usize,
     pub dead_jobs: HashMap<String, i64>,
+    pub quotas: QuotasEnforced,
+    pub storage_days_recorded: u64,
+    pub usage_drift_found: u64,
 }
 
 /// Runs ticks until `shutdown`. The first tick runs at start-up.
@@ -97,12 +103,68 @@ pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
     sweep_uploads(state, &mut report).await?;
     report.stale_calls_failed = sweep_stale_calls(state).await?;
     report.dead_jobs = dead_jobs(state).await?;
+    report.quotas = enforce_quotas(state).await?;
+    {
+        let client = state.db.client().await?;
+        report.storage_days_recorded = crate::usage::record_storage_days(&**client).await?;
+        report.usage_drift_found =
+            crate::usage::reconcile::run(&**client, state.config.usage.reconcile_drift_secs)
+                .await?;
+    }
     for (kind, count) in &report.dead_jobs {
         metrics::gauge!("jobs_dead", "kind" => kind.clone()).set(*count as f64);
     }
     metrics::counter!("recordings_purged_total").increment(report.recordings_purged as u64);
     metrics::counter!("calls_swept_stale_total").increment(report.stale_calls_failed as u64);
     Ok(report)
+}
+
+/// What the quota pass did (docs/USAGE.md, "Quotas").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotasEnforced {
+    pub warned: usize,
+    pub reached: usize,
+    pub announced: usize,
+    pub ended: usize,
+}
+
+/// The monthly quotas of live calls: marks and events by `usage::quota::enforce`, then the
+/// announcement into each live leg of a call to end, and its hang-up once it had time to play
+/// (Telnyx command ids are stable per call and leg, so a repeated pass sends nothing twice).
+pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> {
+    use crate::usage::quota;
+    let client = state.db.client().await?;
+    let found = quota::enforce(&**client, &state.config.usage).await?;
+    let mut done = QuotasEnforced {
+        warned: found.warned,
+        reached: found.reached,
+        ..QuotasEnforced::default()
+    };
+    if found.announce.is_empty() && found.hang_up.is_empty() {
+        return Ok(done);
+    }
+    let telnyx = state.telnyx()?;
+    for (call_id, _) in &found.announce {
+        for (ccid, key) in crate::calls::legs::live_control_ids(&**client, *call_id).await? {
+            telnyx
+                .speak(
+                    &ccid,
+                    &format!("quota-announcement:{key}"),
+                    quota::ANNOUNCEMENT,
+                )
+                .await?;
+        }
+        done.announced += 1;
+    }
+    for (call_id, which) in &found.hang_up {
+        for (ccid, key) in crate::calls::legs::live_control_ids(&**client, *call_id).await? {
+            telnyx.hangup(&ccid, &format!("quota-end:{key}")).await?;
+        }
+        if quota::hung_up(&**client, *call_id, *which).await? {
+            done.ended += 1;
+        }
+    }
+    Ok(done)
 }
 
 /// Deletes recordings older than their organisation's retention: objects, then rows.

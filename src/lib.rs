@@ -20,6 +20,7 @@ pub mod paths;
 pub mod providers;
 pub mod queue;
 pub mod recordings;
+pub mod retry;
 pub mod shutdown;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -30,5 +31,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod transcripts;
 pub mod translate;
+pub mod usage;
 
 pub use app::Application;

@@ -95,11 +95,19 @@ pub async fn ensure_personal_organisation(
     Ok(())
 }
 
-const MEMBERSHIPS_SQL: &str =
-    "select o.id, o.name, m.role, o.personal_owner_id is not null as personal
-     from memberships m join organisations o on o.id = m.organisation_id
-     where m.user_id = $1
-     order by o.personal_owner_id is distinct from $1, o.personal_owner_id is null, o.created_at, o.id";
+/// The order of a user's organisations (`$1` the user id): their own personal one first, then
+/// other personal ones, then shared ones, oldest first. The session lookup uses it too.
+pub const MEMBERSHIPS_ORDER: &str =
+    "o.personal_owner_id is distinct from $1, o.personal_owner_id is null, o.created_at, o.id";
+
+static MEMBERSHIPS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "select o.id, o.name, m.role, o.personal_owner_id is not null as personal
+         from memberships m join organisations o on o.id = m.organisation_id
+         where m.user_id = $1
+         order by {MEMBERSHIPS_ORDER}"
+    )
+});
 
 /// Whether `user_id` has their own personal organisation yet. Being a member of others'
 /// organisations does not count: someone who adds a user before their first request must not
@@ -124,7 +132,7 @@ pub async fn memberships_of(
     client: &crate::db::Client,
     user_id: &str,
 ) -> Result<Vec<Membership>, DbError> {
-    let rows = db.query(client, MEMBERSHIPS_SQL, &[&user_id]).await?;
+    let rows = db.query(client, &MEMBERSHIPS_SQL, &[&user_id]).await?;
     Ok(rows
         .iter()
         .filter_map(|row| {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub tts: Option<crate::providers::elevenlabs::ElevenLabsClient>,
     /// Wakes job workers (here and on other replicas) after an enqueue commits.
     pub job_bell: crate::queue::bell::Bell,
+    /// The replica's media stream heartbeats, written in batches.
+    pub heartbeats: crate::media::heartbeats::Heartbeats,
     /// Request rate limits (per replica, applied by `http::limits`).
     pub limiter: crate::limits::Limiter,
     /// Open SSE streams and WebSockets per user (per replica).

@@ -64,6 +64,11 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         // Small enough that some outages overflow it: those are the gaps to check.
         ("MEDIA_REPLAY_BUFFER_SECS", "2"),
         ("MEDIA_TAIL_DELIVERY_SECS", tail.as_str()),
+        // Every call's stream connects at the same instant (20 upgrades, each reading the
+        // call, then 40 tracks storing turns): a pool sized for that burst. A smaller one
+        // answers the upgrade 503 `database-unavailable` (tests/media_bridge.rs), which this
+        // simulated Telnyx does not retry.
+        ("DATABASE_POOL_MAX_SIZE", "40"),
     ])
     .await;
     let session = app.sign_in("Soak").await;

@@ -149,6 +149,11 @@ async fn bad_bodies_on_every_write_route_never_answer_5xx() {
         ("DEEPL_API_BASE", "http://127.0.0.1:9"),
         ("ELEVENLABS_API_KEY", "soak-key"),
         ("ELEVENLABS_API_BASE", "http://127.0.0.1:9"),
+        // The sweep sends hundreds of bodies per route from one session: the per-user and
+        // per-session rate limits (tests/limits.rs) would answer 429 before the body is read.
+        ("REALTIME_TOKENS_PER_MIN", "10000"),
+        ("RATE_LIMIT_SESSION_PER_MIN", "100000"),
+        ("RATE_LIMIT_ANONYMOUS_PER_MIN", "100000"),
     ])
     .await;
     let ada = t.app.sign_in("Ada").await;

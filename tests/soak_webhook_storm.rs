@@ -6,6 +6,9 @@
 //! a TCP proxy only this test uses, so other tests' database stays up). Asserts from the
 //! database: every event stored once and applied exactly once (0 twice, 0 lost), every job
 //! done, every call ended, the service ready again without a restart. Prints the figures.
+//! One run also fails late on purpose (as a pool timeout would), so the storm only ends once
+//! that job's retry has applied it: waiting only for jobs due *now* once made a pending retry
+//! look like a lost event (docs/JOBS.md).
 //!
 //! `CALLBRIDGE_SOAK=long` runs the full storm (3,000 deliveries over 100 calls, 16 senders,
 //! 5 s outage; `make soak`); otherwise a short form runs inside `make test`.
@@ -16,11 +19,13 @@ mod common;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use callbridge::jobs::{Worker, WorkerConfig, handlers};
+use callbridge::jobs::{self, Worker, WorkerConfig, handlers};
+use callbridge::queue::Job;
 use callbridge::sim::telnyx as sim;
+use callbridge::state::AppState;
 use common::tcp_proxy::TcpProxy;
 use common::telnyx::TelnyxApp;
 use rand::seq::SliceRandom as _;
@@ -104,10 +109,6 @@ async fn deliver_until_accepted(t: &TelnyxApp, mut envelope: Value) -> (u64, u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-// Out of `make test` until it is understood: after the merge of the dialing guard and the
-// two-leg calls, one short run in three reports one event stored and processed with no
-// `call_events` row ("lost 1"). `make soak` still runs it (`--run-ignored all`).
-#[ignore = "flaky: one event in 250 processed without its call event (open, issue 19)"]
 async fn webhook_storm_through_a_postgres_outage_applies_every_event_exactly_once() {
     let scale = scale();
     let database = common::fresh_database().await;
@@ -151,17 +152,59 @@ async fn webhook_storm_through_a_postgres_outage_applies_every_event_exactly_onc
     deliveries.shuffle(&mut rng);
     let total = deliveries.len();
 
+    // One run fails late, as a pool timeout or a deadlock would: the last delivery's first
+    // run waits until every other event is applied, then fails. Its job then waits for its
+    // retry (`run_at` ahead, 0.5–1 s) with nothing else left to do, and the storm is not
+    // over until that retry has applied it.
+    let late = deliveries.last().unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delivered = Arc::new(AtomicBool::new(false));
+    let all_delivered = delivered.clone();
+    let registry =
+        handlers::registry().register("telnyx.event", move |state: AppState, job: Job| {
+            let (late, all_delivered) = (late.clone(), all_delivered.clone());
+            async move {
+                if job.attempt == 1 && job.payload["event_id"] == late.as_str() {
+                    while !all_delivered.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    loop {
+                        let others = match state.db.client().await {
+                            Ok(client) => client
+                                .query_one(
+                                    "select count(*) from jobs where kind = 'telnyx.event'
+                                 and status in ('pending', 'running') and id <> $1",
+                                    &[&job.id],
+                                )
+                                .await
+                                .map(|row| row.get::<_, i64>(0))
+                                .unwrap_or(1),
+                            Err(_) => 1,
+                        };
+                        if others == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    anyhow::bail!("simulated transient failure of the storm's last event");
+                }
+                jobs::telnyx_event::run(state, job).await
+            }
+        });
+
     // Workers run throughout, with a short lease so runs cut by the outage are re-run soon.
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
     for _ in 0..2 {
         let worker = Worker::new(
             t.app.state.clone(),
-            handlers::registry(),
+            registry.clone(),
             WorkerConfig {
                 lease: Duration::from_secs(3),
                 poll_interval: Duration::from_millis(250),
-                base_backoff: Duration::from_millis(200),
+                base_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(2),
                 ..WorkerConfig::default()
             },
@@ -204,23 +247,14 @@ async fn webhook_storm_through_a_postgres_outage_applies_every_event_exactly_onc
     for sender in senders {
         sender.await.unwrap();
     }
+    delivered.store(true, Ordering::SeqCst);
     let delivered_in = started.elapsed();
 
-    // Every job that is due finishes (runs cut by the outage are re-claimed once their lease
-    // expires). Jobs scheduled for later, such as an answered call's maximum-duration
-    // hang-up, are not part of the storm.
+    // Every job of the storm finishes, including one that waits for its retry.
     let db = t.app.db().await;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let open: i64 = db
-            .query_one(
-                "select count(*) from jobs
-                 where status = 'running' or (status = 'pending' and run_at <= now())",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let open = storm_jobs_open(&db).await;
         if open == 0 {
             break;
         }
@@ -252,16 +286,41 @@ async fn webhook_storm_through_a_postgres_outage_applies_every_event_exactly_onc
          where data ? 'telnyx_event_id' group by 1 having count(*) > 1) as dup",
     )
     .await;
-    let reruns = one("select coalesce(sum(attempts - 1), 0)::bigint from jobs").await;
+    let reruns =
+        one("select coalesce(sum(attempts - 1), 0)::bigint from jobs where kind = 'telnyx.event'")
+            .await;
     let ended = one("select count(*) from calls where status = 'ended'").await;
     let lost = unique.len() as i64 - applied;
+    if lost != 0 {
+        for row in db
+            .query(
+                "select i.event_type, i.processed_at is not null, j.status, j.attempts,
+                        (j.run_at > now())::text, coalesce(j.last_error, '')
+                 from webhook_inbox i left join jobs j on j.dedupe_key = 'webhook:telnyx:' || i.event_id
+                 where not exists (select 1 from call_events e where e.data->>'telnyx_event_id' = i.event_id)",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            println!(
+                "not applied: {} (processed {}, job {} after {} attempts, waiting for a retry {}, last error {:?})",
+                row.get::<_, String>(0),
+                row.get::<_, bool>(1),
+                row.get::<_, String>(2),
+                row.get::<_, i32>(3),
+                row.get::<_, String>(4),
+                row.get::<_, String>(5)
+            );
+        }
+    }
 
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
     println!(
         "soak webhook_storm: {total} deliveries ({} events, {} duplicates) over {} calls, {} senders, \
          PostgreSQL down {:.1} s: {:.0} deliveries/s overall, {:.0}/s through the outage window \
          ({} accepted in {:.1} s from the cut to recovery), {} 5xx and {} unanswered re-delivered; \
-         all processed in {:.1} s; applied twice {twice}, lost {lost}, dead jobs {dead}, job re-runs {reruns}",
+         all processed in {:.1} s; unprocessed {unprocessed}, applied twice {twice}, lost {lost}, dead jobs {dead}, job re-runs {reruns}",
         unique.len(),
         total - unique.len(),
         scale.calls,
@@ -285,6 +344,7 @@ async fn webhook_storm_through_a_postgres_outage_applies_every_event_exactly_onc
     assert_eq!(twice, 0, "no event applied twice");
     assert_eq!(lost, 0, "no event lost");
     assert_eq!(ended, call_ids.len() as i64, "every call ended");
+    assert!(reruns > 0, "the late failure was retried");
     assert!(
         server_errors.load(Ordering::Relaxed) > 0,
         "the outage was felt (5xx answered, so Telnyx re-delivers)"
@@ -295,4 +355,51 @@ async fn webhook_storm_through_a_postgres_outage_applies_every_event_exactly_onc
     drop(db);
     drop(t);
     common::drop_database_blocking(&database);
+}
+
+/// How many of the storm's jobs are not finished: every `telnyx.event` job still pending or
+/// running, *including* one waiting for its retry (`run_at` ahead: a run that failed late, on a
+/// pool timeout say). Jobs the calls schedule for later (a call's maximum-duration warning and
+/// hang-up, hours ahead) are not the storm's. Counting only jobs due now made the storm stop
+/// its workers while a retry was pending, and report that event as lost.
+async fn storm_jobs_open(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "select count(*) from jobs
+         where kind = 'telnyx.event' and status in ('pending', 'running')",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn the_storm_waits_for_a_job_waiting_for_its_retry_but_not_for_later_hang_ups() {
+    let app = common::TestApp::spawn().await;
+    let db = app.db().await;
+    // A storm job whose run failed: pending, its retry two seconds ahead.
+    db.execute(
+        "insert into jobs (kind, payload, status, attempts, run_at, last_error)
+         values ('telnyx.event', '{\"provider\": \"telnyx\", \"event_id\": \"late\"}', 'pending', 1,
+                 now() + interval '2 seconds', 'pool timed out')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // A call's maximum-duration hang-up, hours ahead.
+    db.execute(
+        "insert into jobs (kind, payload, run_at)
+         values ('call.max_duration', '{\"step\": \"hangup\"}', now() + interval '4 hours')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(storm_jobs_open(&db).await, 1, "the retry is still to come");
+    db.execute(
+        "update jobs set status = 'done' where kind = 'telnyx.event'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(storm_jobs_open(&db).await, 0, "the storm is over");
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
+pub mod measure;
+
 use std::process::Child;
 use std::time::Duration;
 

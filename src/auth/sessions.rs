@@ -89,12 +89,33 @@ impl SessionResolver {
     pub fn new(db: Db, config: &AuthConfig) -> Self {
         let schema = &config.schema;
         // `= any($1)` lets one statement serve all three modes; the index on
-        // "sessionToken" serves it. `expires > now()` refuses expired sessions.
+        // "sessionToken" serves it. `expires > now()` refuses expired sessions. The user's
+        // memberships (in `orgs::MEMBERSHIPS_ORDER`), whether they own their personal
+        // organisation and their active one come in the same statement: a cache miss is one
+        // round trip to PostgreSQL, not four (docs/BENCHMARKS.md).
+        let order = orgs::MEMBERSHIPS_ORDER.replace("$1", "x.user_id");
         let lookup_sql = format!(
-            r#"select u.id::text, u.name, u.email, u.image, s.expires, s."sessionToken" = $2 as raw_match
-               from {schema}.sessions s join {schema}.users u on u.id = s."userId"
-               where s."sessionToken" = any($1) and s.expires > now()
-               order by s.expires desc limit 1"#
+            r#"with x as (
+                 select u.id::text as user_id, u.name, u.email, u.image, s.expires,
+                        s."sessionToken" = $2 as raw_match
+                 from {schema}.sessions s join {schema}.users u on u.id = s."userId"
+                 where s."sessionToken" = any($1) and s.expires > now()
+                 order by s.expires desc limit 1
+               )
+               select x.user_id, x.name, x.email, x.image, x.expires, x.raw_match,
+                      exists (select 1 from organisations where personal_owner_id = x.user_id) as owns_personal,
+                      (select st.active_organisation_id from user_settings st
+                       join memberships am on am.organisation_id = st.active_organisation_id and am.user_id = st.user_id
+                       where st.user_id = x.user_id) as active_organisation_id,
+                      coalesce(ms.ids, '{{}}'), coalesce(ms.names, '{{}}'), coalesce(ms.roles, '{{}}'), coalesce(ms.personal, '{{}}')
+               from x left join lateral (
+                 select array_agg(o.id order by {order}) as ids,
+                        array_agg(o.name order by {order}) as names,
+                        array_agg(m.role order by {order}) as roles,
+                        array_agg(o.personal_owner_id is not null order by {order}) as personal
+                 from memberships m join organisations o on o.id = m.organisation_id
+                 where m.user_id = x.user_id
+               ) ms on true"#
         );
         Self {
             db,
@@ -178,10 +199,28 @@ impl SessionResolver {
         } else {
             StoredForm::Hashed
         };
-        let mut memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
+        let owns_personal: bool = row.get(6);
+        let mut active_organisation_id: Option<uuid::Uuid> = row.get(7);
+        let (ids, names, roles, personal): (Vec<uuid::Uuid>, Vec<String>, Vec<String>, Vec<bool>) =
+            (row.get(8), row.get(9), row.get(10), row.get(11));
+        let mut memberships: Vec<Membership> = ids
+            .into_iter()
+            .zip(names)
+            .zip(roles)
+            .zip(personal)
+            .filter_map(|(((id, name), role), personal)| {
+                Some(Membership {
+                    id,
+                    name,
+                    role: orgs::Role::parse(&role)?,
+                    personal,
+                })
+            })
+            .collect();
         // Until the user has their own personal organisation — also when someone added them
-        // to theirs first — make it, so their default organisation is one they own.
-        if memberships.is_empty() || !orgs::owns_personal_organisation(&**client, &user.id).await? {
+        // to theirs first — make it, so their default organisation is one they own. (Once
+        // per user: the common path above is the single statement.)
+        if memberships.is_empty() || !owns_personal {
             let display = user
                 .name
                 .clone()
@@ -189,9 +228,9 @@ impl SessionResolver {
                 .unwrap_or_else(|| "Personal".into());
             orgs::ensure_personal_organisation(&mut **client, &user.id, &display).await?;
             memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
+            active_organisation_id =
+                orgs::active_organisation_of(&self.db, &client, &user.id).await?;
         }
-        let active_organisation_id =
-            orgs::active_organisation_of(&self.db, &client, &user.id).await?;
         Ok(Some(Principal {
             user,
             session_expires: row.get(4),

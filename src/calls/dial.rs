@@ -110,6 +110,7 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
     let permit = guard::admit(
         &mut client,
         &state.config.telephony,
+        &state.config.usage,
         dial.organisation_id,
         &dial.created_by,
         &[&dial.to],

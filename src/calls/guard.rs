@@ -3,7 +3,8 @@
 //!
 //! [`admit`] checks, in order: the caller's role (read from the database, not the session
 //! cache), premium-rate and satellite prefixes, the organisation's country allow-list, then
-//! the concurrency and per-minute caps per organisation and per user. The caps are counted
+//! the concurrency and per-minute caps per organisation and per user, then the
+//! organisation's usage quotas (`usage::quota`, docs/USAGE.md). The caps are counted
 //! from `calls` under per-organisation and per-user advisory locks held by the returned
 //! [`Permit`]'s transaction, so they hold across replicas: the caller inserts its call in that
 //! transaction and [`Permit::commit`]s, which also schedules the call's maximum duration.
@@ -18,9 +19,11 @@ use uuid::Uuid;
 
 use super::destinations::{self, BlockedKind};
 use crate::config::TelephonyConfig;
+use crate::config::usage::UsageConfig;
 use crate::db::DbError;
 use crate::orgs::Role;
 use crate::queue::{self, JobKind};
+use crate::usage::quota::{self, Exceeded, Quota};
 
 /// Job `call.max_duration`: warns and then hangs up a call at its maximum duration
 /// (`jobs::call_max_duration`).
@@ -87,7 +90,7 @@ impl Scope {
 }
 
 /// Why a dial was refused. Each names its rule (`rule()`), which the API returns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
     #[error("placing calls in this organisation needs the {} role", required.as_str())]
     Role { required: Role },
@@ -117,6 +120,8 @@ pub enum Refusal {
         limit: i64,
         retry_after_secs: u64,
     },
+    #[error("{0}")]
+    Quota(Exceeded),
 }
 
 impl Refusal {
@@ -141,13 +146,23 @@ impl Refusal {
             Refusal::PerMinute {
                 scope: Scope::User, ..
             } => "user-calls-per-minute",
+            Refusal::Quota(exceeded) => exceeded.quota.rule(),
         }
+    }
+
+    /// A monthly quota is spent until the month turns (402); the other refusals are a
+    /// rule (403) or a cap that frees itself (429).
+    pub fn payment_required(&self) -> bool {
+        matches!(self, Refusal::Quota(e) if e.quota != Quota::ConcurrentCalls)
     }
 
     /// Caps are temporary (429 with this `Retry-After`); the other rules are not (403).
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Refusal::Concurrent { .. } => Some(CONCURRENCY_RETRY_AFTER_SECS),
+            Refusal::Quota(e) if e.quota == Quota::ConcurrentCalls => {
+                Some(CONCURRENCY_RETRY_AFTER_SECS)
+            }
             Refusal::PerMinute {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
@@ -158,6 +173,8 @@ impl Refusal {
     pub fn limit(&self) -> Option<i64> {
         match self {
             Refusal::Concurrent { limit, .. } | Refusal::PerMinute { limit, .. } => Some(*limit),
+            // A spend cap is an amount, not a count: the detail says it with its currency.
+            Refusal::Quota(e) if e.quota != Quota::MonthlySpend => Some(e.limit as i64),
             _ => None,
         }
     }
@@ -309,6 +326,7 @@ pub async fn schedule_max_duration(
 pub async fn admit<'a>(
     client: &'a mut tokio_postgres::Client,
     limits: &TelephonyConfig,
+    quotas: &UsageConfig,
     organisation_id: Uuid,
     user_id: &str,
     destinations: &[&str],
@@ -415,6 +433,9 @@ pub async fn admit<'a>(
             retry_after_secs: retry_after(counts.get(5)),
         }
         .into());
+    }
+    if let Err(exceeded) = quota::check_dial(&transaction, quotas, organisation_id).await? {
+        return Err(Refusal::Quota(exceeded).into());
     }
     Ok(Permit {
         transaction,

@@ -3,8 +3,11 @@
 //! by the `telnyx.event` job once the agent answers (docs/adr, "interpreted calls"), and
 //! either party hanging up ends the other leg ([`super::legs::settle`]).
 
+use std::collections::VecDeque;
+
 use chrono::Utc;
 use serde_json::json;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::dial::{DialError, NOT_OUR_NUMBER, now_unix};
@@ -64,6 +67,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     let permit = super::guard::admit(
         &mut client,
         &state.config.telephony,
+        &state.config.usage,
         dial.organisation_id,
         dial.created_by.as_deref().unwrap_or_default(),
         &[&dial.agent.number, &dial.remote.number],
@@ -118,7 +122,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     let agent = legs::by_role(&**client, call.id, Role::Agent)
         .await?
         .ok_or_else(|| anyhow::anyhow!("agent leg vanished"))?;
-    if let Err(error) = dial_leg(state, telnyx, &call, &agent).await {
+    if let Err(error) = dial_leg(state, &**client, telnyx, &call, &agent).await {
         if let DialError::Telnyx(telnyx_error) = &error {
             let reason = format!("the agent could not be dialed: {telnyx_error}");
             legs::mark_failed(&**client, agent.id, &reason).await?;
@@ -135,19 +139,20 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
 }
 
 /// Dials one leg with its own media stream (inbound track, µ-law both ways) and our ids in
-/// `client_state`. Idempotent at Telnyx: the command id is the leg's.
+/// `client_state`, and records the dial with `client` (the caller's transaction, when it
+/// holds the leg's row). Idempotent at Telnyx: the command id is the leg's.
 pub async fn dial_leg(
     state: &AppState,
+    client: &impl GenericClient,
     telnyx: &telnyx::TelnyxClient,
     call: &Call,
     leg: &Leg,
 ) -> Result<(), DialError> {
     // A line's agent is rung from the line's number, for as long as the line allows.
     let (from, timeout_secs) = if call.direction == "inbound" {
-        let client = state.db.client().await?;
         (
             call.to.clone(),
-            super::lines::agent_timeout(&**client, call.id).await?,
+            super::lines::agent_timeout(client, call.id).await?,
         )
     } else {
         (call.from.clone(), None)
@@ -171,9 +176,8 @@ pub async fn dial_leg(
         timeout_secs,
     };
     let dialed = telnyx.dial(&request).await?;
-    let client = state.db.client().await?;
     legs::dialed(
-        &**client,
+        client,
         leg.id,
         (
             &dialed.call_control_id,
@@ -183,7 +187,7 @@ pub async fn dial_leg(
     )
     .await?;
     events::append(
-        &**client,
+        client,
         call.id,
         "call.dialing",
         json!({"status": "dialing", "leg": leg.role.as_str()}),
@@ -194,18 +198,27 @@ pub async fn dial_leg(
 }
 
 /// Carries out what [`legs::settle`] decided: ring the second party, greet or apologise to
-/// a line's caller, or end a leg whose party is gone. Each command is claimed first, so concurrent jobs for the same call send
-/// it once; a refused remote dial fails that leg, which ends the agent's in turn.
-pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> anyhow::Result<()> {
+/// a line's caller, or end a leg whose party is gone; a refused remote dial fails that leg, which ends the agent's in turn.
+///
+/// Runs inside the `telnyx.event` job's transaction (`client`), which holds the call's row:
+/// each command is claimed, sent and recorded there, so the claim, the command's record and
+/// the event commit together or not at all. A rolled-back run sends the command again with
+/// the same `command_id`, which Telnyx treats as the same command.
+pub async fn follow_up(
+    state: &AppState,
+    client: &impl GenericClient,
+    call: &Call,
+    next: Vec<legs::Next>,
+) -> anyhow::Result<()> {
     let telnyx = state.telnyx()?;
-    for step in next {
-        let client = state.db.client().await?;
+    let mut steps: VecDeque<legs::Next> = next.into();
+    while let Some(step) = steps.pop_front() {
         match step {
             legs::Next::Dial(leg) => {
-                if !legs::claim_dial(&**client, leg.id).await? {
+                if !legs::claim_dial(client, leg.id).await? {
                     continue;
                 }
-                match dial_leg(state, telnyx, call, &leg).await {
+                match dial_leg(state, client, telnyx, call, &leg).await {
                     Ok(()) => {}
                     Err(DialError::Telnyx(error @ TelnyxError::Rejected { .. })) => {
                         let who = match leg.role {
@@ -213,40 +226,36 @@ pub async fn follow_up(state: &AppState, call: &Call, next: Vec<legs::Next>) -> 
                             Role::Remote => "the remote party",
                         };
                         let reason = format!("{who} could not be dialed: {error}");
-                        legs::mark_failed(&**client, leg.id, &reason).await?;
+                        legs::mark_failed(client, leg.id, &reason).await?;
                         events::append(
-                            &**client,
+                            client,
                             call.id,
                             "call.leg_failed",
                             json!({"leg": leg.role.as_str(), "failure_reason": reason}),
                             Utc::now(),
                         )
                         .await?;
-                        let more = legs::settle(&**client, call.id).await?;
-                        Box::pin(follow_up(state, call, more)).await?;
+                        steps.extend(legs::settle(client, call.id).await?);
                     }
-                    // Unavailable after retries: the job runs again (same command id).
-                    Err(error) => {
-                        legs::release_dial(&**client, leg.id).await?;
-                        return Err(error.into());
-                    }
+                    // Unavailable after retries: the job runs again (same command id), and
+                    // the claim rolls back with this run.
+                    Err(error) => return Err(error.into()),
                 }
             }
-            legs::Next::Greet(caller) => super::lines::greet(state, call, &caller).await?,
-            legs::Next::Apologise(caller) => super::lines::apologise(state, call, &caller).await?,
+            legs::Next::Greet(caller) => super::lines::greet(state, client, call, &caller).await?,
+            legs::Next::Apologise(caller) => {
+                super::lines::apologise(state, client, call, &caller).await?
+            }
             legs::Next::HangUp(leg) => {
                 let Some(ccid) = leg.telnyx_call_control_id.as_deref() else {
                     continue;
                 };
-                if !legs::claim_hangup(&**client, leg.id).await? {
+                if !legs::claim_hangup(client, leg.id).await? {
                     continue;
                 }
-                if let Err(error) = telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await {
-                    legs::release_hangup(&**client, leg.id).await?;
-                    return Err(error.into());
-                }
+                telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await?;
                 events::append(
-                    &**client,
+                    client,
                     call.id,
                     "call.hangup_requested",
                     json!({"leg": leg.role.as_str(), "because": "the other party's leg ended"}),

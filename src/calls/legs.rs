@@ -153,6 +153,37 @@ pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uui
 }
 
 /// The call's legs, agent first.
+/// The Telnyx call control ids to speak into or hang up to reach every live party of a
+/// call, each with a stable key for command ids: an interpreted call's live legs
+/// (`<call>:<role>`), or a one-leg call's own id (`<call>`).
+pub async fn live_control_ids(
+    client: &impl GenericClient,
+    call_id: Uuid,
+) -> Result<Vec<(String, String)>, DbError> {
+    let Some(call) = super::get_unscoped(client, call_id).await? else {
+        return Ok(Vec::new());
+    };
+    if call.status.is_terminal() {
+        return Ok(Vec::new());
+    }
+    Ok(if call.interpreted {
+        for_call(client, call_id)
+            .await?
+            .into_iter()
+            .filter(|leg| !leg.status.is_terminal())
+            .filter_map(|leg| {
+                let ccid = leg.telnyx_call_control_id?;
+                Some((ccid, format!("{call_id}:{}", leg.role.as_str())))
+            })
+            .collect()
+    } else {
+        call.telnyx_call_control_id
+            .map(|ccid| (ccid, call_id.to_string()))
+            .into_iter()
+            .collect()
+    })
+}
+
 pub async fn for_call(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Leg>, DbError> {
     let sql = format!(
         "select {LEG_COLUMNS} from call_legs l where l.call_id = $1
@@ -240,12 +271,12 @@ pub async fn mark_failed(
 }
 
 /// How long a claimed command may stay unconfirmed before another job may claim it again
-/// (the claimer died between claiming and sending).
+/// (a claim committed without the command's record, e.g. by an older version of this code).
 const CLAIM_LEASE_SECS: f64 = 30.0;
 
-/// Claims the right to dial this leg: true for exactly one of several concurrent jobs
-/// (events of one call are processed concurrently). Released by [`release_dial`] when the
-/// dial could not be sent; a dial that reached Telnyx records its ids ([`dialed`]).
+/// Claims the right to dial this leg: true for exactly one of several jobs. Taken inside the
+/// `telnyx.event` job's transaction, it commits with the dial's record ([`dialed`]) or rolls
+/// back with the run when the dial could not be sent.
 pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
     Ok(client
         .execute(
@@ -256,16 +287,6 @@ pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, D
         )
         .await?
         == 1)
-}
-
-pub async fn release_dial(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute(
-            "update call_legs set dial_requested_at = null where id = $1 and telnyx_call_control_id is null",
-            &[&id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Claims our hangup of this leg: true for exactly one job (see [`claim_dial`]).
@@ -280,16 +301,6 @@ pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool,
         )
         .await?
         == 1)
-}
-
-pub async fn release_hangup(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute(
-            "update call_legs set hangup_requested_at = null where id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Applies one Telnyx lifecycle event to a leg, by the same rules as the call's

@@ -291,11 +291,28 @@ async fn translate_prompts(
                 if primary(&from) == primary(language) {
                     return Ok::<_, TranslateError>(text);
                 }
-                let (mut out, _) = state
+                let mut translated = state
                     .translation
                     .translate(organisation_id, &[text], Some(&from), language)
                     .await?;
-                Ok(out.pop().unwrap_or_default())
+                // The line's prompts are translated once per setting: billed to the
+                // organisation like any translation (docs/USAGE.md).
+                let owner = crate::usage::Owner::Organisation {
+                    organisation_id,
+                    user_id: None,
+                };
+                let key = format!("line-prompt:{}", uuid::Uuid::now_v7());
+                crate::usage::record_later(
+                    &state.db,
+                    &state.config.usage,
+                    crate::usage::translation_entries(
+                        owner,
+                        &key,
+                        &translated.usage,
+                        serde_json::json!({"target_language": language}),
+                    ),
+                );
+                Ok(translated.texts.pop().unwrap_or_default())
             }
         };
         prompts.push(Prompt {
@@ -644,9 +661,13 @@ async fn speak(
 
 /// The line answered its caller: speak the greeting (each caller language in turn when
 /// the caller's language is `auto`). Once per call.
-pub async fn greet(state: &AppState, call: &Call, caller: &Leg) -> anyhow::Result<()> {
-    let client = state.db.client().await?;
-    let Some(script) = script(&**client, call.id).await? else {
+pub async fn greet(
+    state: &AppState,
+    client: &impl GenericClient,
+    call: &Call,
+    caller: &Leg,
+) -> anyhow::Result<()> {
+    let Some(script) = script(client, call.id).await? else {
         return Ok(());
     };
     let claimed = client
@@ -664,19 +685,12 @@ pub async fn greet(state: &AppState, call: &Call, caller: &Leg) -> anyhow::Resul
         index: 0,
         count: script.prompts.len(),
     };
-    if let Err(error) = speak(state, call, caller, &script, first).await {
-        // Retried with the job (same command id).
-        client
-            .execute(
-                "update calls set line_greeting_at = null where id = $1",
-                &[&call.id],
-            )
-            .await?;
-        return Err(error);
-    }
+    // A failure rolls the claim back with the job's transaction; the job retries with the
+    // same command id.
+    speak(state, call, caller, &script, first).await?;
     let languages: Vec<&str> = script.prompts.iter().map(|p| p.language.as_str()).collect();
     events::append(
-        &**client,
+        client,
         call.id,
         "line.greeting",
         json!({"leg": "remote", "languages": languages}),
@@ -689,9 +703,13 @@ pub async fn greet(state: &AppState, call: &Call, caller: &Leg) -> anyhow::Resul
 /// The agent did not answer (or could not be dialed): the caller hears the apology in
 /// their language — the one detected from what they said, else each caller language in
 /// turn — and is hung up once it has been spoken. Once per call.
-pub async fn apologise(state: &AppState, call: &Call, caller: &Leg) -> anyhow::Result<()> {
-    let client = state.db.client().await?;
-    let Some(script) = script(&**client, call.id).await? else {
+pub async fn apologise(
+    state: &AppState,
+    client: &impl GenericClient,
+    call: &Call,
+    caller: &Leg,
+) -> anyhow::Result<()> {
+    let Some(script) = script(client, call.id).await? else {
         return Ok(());
     };
     let claimed = client
@@ -705,7 +723,7 @@ pub async fn apologise(state: &AppState, call: &Call, caller: &Leg) -> anyhow::R
         return Ok(());
     }
     // The call's failure names why, in place of Telnyx's bare `timeout`.
-    if let Some(agent) = legs::by_role(&**client, call.id, Role::Agent).await?
+    if let Some(agent) = legs::by_role(client, call.id, Role::Agent).await?
         && agent.telnyx_call_control_id.is_some()
     {
         client
@@ -741,17 +759,10 @@ pub async fn apologise(state: &AppState, call: &Call, caller: &Leg) -> anyhow::R
     } else {
         speak(state, call, caller, &script, first).await
     };
-    if let Err(error) = spoken {
-        client
-            .execute(
-                "update calls set line_apology_at = null where id = $1",
-                &[&call.id],
-            )
-            .await?;
-        return Err(error);
-    }
+    // A failure rolls the claim back with the job's transaction.
+    spoken?;
     events::append(
-        &**client,
+        client,
         call.id,
         "line.agent_no_answer",
         json!({"leg": "remote", "agent_timeout_secs": script.agent_timeout_secs,
@@ -760,29 +771,30 @@ pub async fn apologise(state: &AppState, call: &Call, caller: &Leg) -> anyhow::R
     )
     .await?;
     if script.prompts.is_empty() {
-        hang_up_caller(state, call, caller).await?;
+        hang_up_caller(state, client, call, caller).await?;
     }
     Ok(())
 }
 
-async fn hang_up_caller(state: &AppState, call: &Call, caller: &Leg) -> anyhow::Result<()> {
+async fn hang_up_caller(
+    state: &AppState,
+    client: &impl GenericClient,
+    call: &Call,
+    caller: &Leg,
+) -> anyhow::Result<()> {
     let Some(ccid) = caller.telnyx_call_control_id.as_deref() else {
         return Ok(());
     };
-    let client = state.db.client().await?;
-    if !legs::claim_hangup(&**client, caller.id).await? {
+    if !legs::claim_hangup(client, caller.id).await? {
         return Ok(());
     }
-    if let Err(error) = state
+    // A failure rolls the claim back with the job's transaction (same command id next run).
+    state
         .telnyx()?
         .hangup(ccid, &format!("hangup:{}", caller.id))
-        .await
-    {
-        legs::release_hangup(&**client, caller.id).await?;
-        return Err(error.into());
-    }
+        .await?;
     events::append(
-        &**client,
+        client,
         call.id,
         "call.hangup_requested",
         json!({"leg": "remote", "because": "the agent did not answer"}),
@@ -797,6 +809,7 @@ async fn hang_up_caller(state: &AppState, call: &Call, caller: &Leg) -> anyhow::
 /// answered or the apology has begun.
 pub async fn on_leg_event(
     state: &AppState,
+    client: &impl GenericClient,
     call: &Call,
     leg: &Leg,
     event: &WebhookEvent,
@@ -811,11 +824,10 @@ pub async fn on_leg_event(
     else {
         return Ok(());
     };
-    let client = state.db.client().await?;
-    let Some(script) = script(&**client, call.id).await? else {
+    let Some(script) = script(client, call.id).await? else {
         return Ok(());
     };
-    let Some(caller) = legs::get(&**client, leg.id).await? else {
+    let Some(caller) = legs::get(client, leg.id).await? else {
         return Ok(());
     };
     if caller.status.is_terminal() {
@@ -829,7 +841,7 @@ pub async fn on_leg_event(
         if next.index < next.count.min(script.prompts.len()) {
             speak(state, call, &caller, &script, next).await?;
         } else {
-            hang_up_caller(state, call, &caller).await?;
+            hang_up_caller(state, client, call, &caller).await?;
         }
         return Ok(());
     }

@@ -8,6 +8,7 @@
 mod origins;
 mod secret;
 pub mod speech;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -89,6 +90,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub recordings: RecordingsConfig,
     pub telephony: TelephonyConfig,
+    /// Prices, default quotas, reconciliation (docs/USAGE.md).
+    pub usage: usage::UsageConfig,
 }
 
 /// Phone numbers and the toll-fraud guard on dialing (docs/SECURITY.md, "Phone numbers and
@@ -804,6 +807,7 @@ impl Reader {
         };
 
         let providers = self.providers();
+        let usage = self.usage();
 
         let sentry = match self.secret("SENTRY_DSN") {
             Some(dsn) => {
@@ -914,6 +918,7 @@ impl Reader {
             recordings,
             limits,
             telephony,
+            usage,
         })
     }
 

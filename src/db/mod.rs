@@ -36,6 +36,65 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
 }
 
+impl DbError {
+    /// The database could not serve this request now, through no fault of the request: every
+    /// pooled connection busy past `DATABASE_POOL_TIMEOUT_MS` (load), or the server unreachable,
+    /// restarting or out of connections. Retrying later may succeed, so HTTP answers 503 with
+    /// `Retry-After`, never 500 (docs/API_ERRORS.md, `database-unavailable`).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Pool(error) => pool_unavailable(error),
+            DbError::Postgres(error) => postgres_unavailable(error),
+            DbError::Config(_) | DbError::Migrate(_) | DbError::Sqlx(_) => false,
+        }
+    }
+}
+
+fn pool_unavailable(error: &deadpool_postgres::PoolError) -> bool {
+    use deadpool_postgres::PoolError;
+    match error {
+        PoolError::Timeout(_) => true,
+        PoolError::Backend(error) => postgres_unavailable(error),
+        _ => false,
+    }
+}
+
+fn postgres_unavailable(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        Some(code) => [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code),
+        // No SQL state: the connection itself failed (refused, reset, timed out).
+        None => {
+            std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+        }
+    }
+}
+
+/// Whether any error in `error`'s chain is the database being unavailable
+/// ([`DbError::is_unavailable`]), however it was wrapped on the way up.
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if let Some(error) = cause.downcast_ref::<DbError>() {
+            error.is_unavailable()
+        } else if let Some(error) = cause.downcast_ref::<deadpool_postgres::PoolError>() {
+            pool_unavailable(error)
+        } else if let Some(error) = cause.downcast_ref::<tokio_postgres::Error>() {
+            postgres_unavailable(error)
+        } else {
+            false
+        }
+    })
+}
+
 /// The pooled database handle shared by the whole process.
 #[derive(Clone)]
 pub struct Db {

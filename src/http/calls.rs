@@ -24,6 +24,7 @@ use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::media::utterances::{self, TranslationSummary};
 use crate::state::AppState;
+use crate::usage::{self, CallUsage};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -295,9 +296,10 @@ fn validate(body: &NewCallRequest) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "Dialing (the agent's leg, for an interpreted call)", body = CallDetail),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 402, description = "A monthly usage quota is spent (`urn:callbridge:problem:quota-exceeded`; `rule`: `quota-monthly-minutes` or `quota-monthly-spend`)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid numbers or languages, a language no speech model transcribes (named), or `from` is not the organisation's", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`); `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json",
+        (status = 429, description = "A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`), or the organisation's concurrent-calls quota (`urn:callbridge:problem:quota-exceeded`, `rule`: `quota-concurrent-calls`); `Retry-After` says when to try again", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds before a call may be placed again"))),
         (status = 502, description = "Telnyx refused the dial; the call is stored as failed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Telnyx is not configured", body = Problem, content_type = "application/problem+json"),
@@ -373,6 +375,9 @@ pub struct CallDetail {
     /// Utterances by playout outcome and each stage's latency (p50, p95, max) over this
     /// call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
     pub translation: TranslationSummary,
+    /// Units per vendor and their estimated cost (docs/USAGE.md); telephony seconds appear
+    /// when a leg hangs up, a speech session's when it ends.
+    pub usage: CallUsage,
 }
 
 async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<CallDetail, ApiError> {
@@ -382,10 +387,12 @@ async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<Cal
         .ok_or(ApiError::NotFound)?;
     let legs = legs::for_call(&**client, id).await?;
     let translation = utterances::summary(&**client, id).await?;
+    let usage = usage::for_call(&**client, &state.config.usage.prices, organisation_id, id).await?;
     Ok(CallDetail {
         call,
         legs,
         translation,
+        usage,
     })
 }
 

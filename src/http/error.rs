@@ -14,6 +14,10 @@ use crate::http::request_id;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// `Retry-After` of a 503 `database-unavailable`: about one pool wait, so a retry meets a
+/// freed connection or a restarted server rather than the same queue.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 1;
+
 /// An RFC 9457 problem details object, plus our `request_id` extension member.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
@@ -170,6 +174,10 @@ impl ApiError {
             ApiError::ProviderDisabled(_) | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            // Load or an outage, not a bug: the client may retry (docs/API_ERRORS.md).
+            ApiError::Internal(cause) if crate::db::is_unavailable(cause) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -177,6 +185,17 @@ impl ApiError {
     pub fn to_problem(&self) -> Problem {
         let status = self.status();
         match self {
+            ApiError::Internal(cause) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(
+                    error = format!("{cause:#}"),
+                    "database unavailable; answered 503"
+                );
+                Problem::typed(status, "database-unavailable", "Database unavailable")
+                    .detail(
+                        "The database is busy or unreachable; retry after `Retry-After` seconds.",
+                    )
+                    .extension("retry_after", DATABASE_RETRY_AFTER_SECS.into())
+            }
             ApiError::Internal(cause) => {
                 // The single place a 5xx cause is logged; Sentry picks up ERROR events.
                 tracing::error!(error = format!("{cause:#}"), "internal error");
@@ -238,6 +257,14 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && matches!(self, ApiError::Internal(_))
+        {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(DATABASE_RETRY_AFTER_SECS),
+            );
+        }
         if let ApiError::TooManyRequests { retry_after, .. } = &self {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             response
@@ -271,7 +298,20 @@ impl From<crate::providers::telnyx::TelnyxError> for ApiError {
 impl From<crate::calls::guard::Refusal> for ApiError {
     fn from(refusal: crate::calls::guard::Refusal) -> Self {
         let retry_after_secs = refusal.retry_after_secs();
-        let (status, slug, title) = if retry_after_secs.is_some() {
+        let quota = matches!(refusal, crate::calls::guard::Refusal::Quota(_));
+        let (status, slug, title) = if refusal.payment_required() {
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                "quota-exceeded",
+                "Usage quota reached",
+            )
+        } else if quota {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Usage quota reached",
+            )
+        } else if retry_after_secs.is_some() {
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 "dial-rate-limited",

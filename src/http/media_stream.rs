@@ -24,7 +24,8 @@ use crate::state::AppState;
         (status = 101, description = "Switching to the media WebSocket"),
         (status = 401, description = "Invalid or expired stream token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The call does not exist or has ended", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "AssemblyAI is not configured", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "AssemblyAI is not configured (`provider-disabled`), or the database is busy or unreachable (`database-unavailable`: Telnyx reconnects after `Retry-After`)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "With `database-unavailable`: seconds before reconnecting"))),
     ))]
 pub async fn telnyx_stream(
     State(state): State<AppState>,

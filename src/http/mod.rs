@@ -26,6 +26,7 @@ pub mod recordings;
 pub mod request_id;
 pub mod timeouts;
 pub mod translate;
+pub mod usage;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -91,6 +92,8 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(realtime::transcribe))
         .routes(routes!(translate::translate))
         .routes(routes!(translate::tts))
+        .routes(routes!(usage::report))
+        .routes(routes!(usage::quotas))
 }
 
 /// The generated OpenAPI document of a production deployment (also used by

@@ -45,6 +45,7 @@ use crate::http::error::{PROBLEM_JSON, Problem};
         (name = "recordings", description = "Call recordings: streamed and direct uploads, immutable versions, presigned access"),
         (name = "realtime", description = "Browser transcription: direct tokens or a proxy"),
         (name = "translation", description = "Translation (DeepL, OpenAI fallback) and speech (ElevenLabs)"),
+        (name = "usage", description = "Units per vendor, estimated cost and quotas"),
     ),
     components(schemas(Problem)),
 )]

@@ -82,10 +82,20 @@ pub async fn translate(
         )
         .await
     {
-        Ok((translations, engine)) => Ok(Json(TranslateResponse {
-            translations,
-            engine,
-        })),
+        Ok(translated) => {
+            crate::usage::record_translation_request(
+                &state.db,
+                &state.config.usage,
+                org.organisation_id,
+                org.user.id(),
+                &translated.usage,
+                &body.target_language,
+            );
+            Ok(Json(TranslateResponse {
+                translations: translated.texts,
+                engine: translated.engine,
+            }))
+        }
         Err(TranslateError::NotConfigured) => Err(ApiError::ProviderDisabled(
             crate::config::ProviderDisabled {
                 provider: "DeepL or OpenAI",

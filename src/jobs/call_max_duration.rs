@@ -37,22 +37,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     }
     // An interpreted call's parties are on their own legs: each live leg is warned and
     // hung up (command ids per leg); a one-leg call has its one call control id.
-    let targets: Vec<(String, String)> = if call.interpreted {
-        calls::legs::for_call(&**client, call_id)
-            .await?
-            .into_iter()
-            .filter(|leg| !leg.status.is_terminal())
-            .filter_map(|leg| {
-                let ccid = leg.telnyx_call_control_id?;
-                Some((ccid, format!("{call_id}:{}", leg.role.as_str())))
-            })
-            .collect()
-    } else {
-        call.telnyx_call_control_id
-            .map(|ccid| (ccid, call_id.to_string()))
-            .into_iter()
-            .collect()
-    };
+    let targets = calls::legs::live_control_ids(&**client, call_id).await?;
     if targets.is_empty() {
         return Ok(());
     }
@@ -93,6 +78,8 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         .await?;
         tracing::info!(%call_id, step = step.as_str(), "maximum call duration enforced");
     }
+    // Done with the step's record, in one transaction (docs/JOBS.md, exactly-once effects).
+    job.complete_in(&transaction).await?;
     transaction.commit().await?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! enqueued is `queue`.
 //!
 //! Workers claim with `FOR UPDATE SKIP LOCKED` under
-//! a lease, extend the lease while running, retry with exponential backoff and full jitter,
+//! a lease, extend the lease while running, retry with exponential backoff and equal jitter,
 //! and park a job as `dead` with its last error after `max_attempts`. A panic in a handler is
 //! caught and recorded like an error. Workers wake on `NOTIFY callbridge_jobs` (rung by `queue::bell`
 //! after the enqueuing commit, or by the inbox trigger for edge writes) and poll as a fallback
@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use rand::Rng as _;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -102,15 +101,14 @@ async fn job_wake(wake: &mut broadcast::Receiver<Notice>) {
     }
 }
 
-/// Backoff before attempt `attempt + 1`: exponential, capped, with full jitter in [½, 1].
+/// Backoff before attempt `attempt + 1`: exponential from `base_backoff`, capped at
+/// `max_backoff`, with equal jitter (`crate::retry`: uniformly in [½, 1] of the ceiling).
 pub fn backoff(config: &WorkerConfig, attempt: i32) -> Duration {
-    let exponent = attempt.clamp(1, 30) as u32 - 1;
-    let ceiling = config
-        .base_backoff
-        .saturating_mul(2u32.saturating_pow(exponent))
-        .min(config.max_backoff);
-    let factor = rand::rng().random_range(0.5..=1.0);
-    ceiling.mul_f64(factor)
+    crate::retry::backoff(
+        config.base_backoff,
+        config.max_backoff,
+        attempt.clamp(1, 31) as u32,
+    )
 }
 
 pub struct Worker {

@@ -5,7 +5,7 @@
 //!
 //! Idempotent: one job per Telnyx recording (dedupe key), and a recording already imported
 //! (unique `telnyx_recording_id` with a stored version) is not imported again. Downloads are
-//! retried in the job (3 tries, jittered) and then by the queue's backoff; an expired link
+//! retried in the job (3 attempts, `crate::retry`) and then by the queue's backoff; an expired link
 //! (403) is permanent.
 
 use std::time::Duration;
@@ -21,6 +21,7 @@ use crate::providers::telnyx::WebhookEvent;
 use crate::queue::{self, Job, JobKind, Permanent};
 use crate::recordings::store::{self, Limits, StoreError};
 use crate::recordings::{self, Target};
+use crate::retry::{self, Failure, Policy};
 use crate::state::AppState;
 
 use super::transcript_fetch::TranscribeJob;
@@ -211,65 +212,110 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     sources.check(&source).map_err(Permanent)?;
     let http = sources.client();
     let limits = limits(&state);
-    let mut last_error = None;
-    for attempt in 1..=3u32 {
-        let response = match http.get(source.clone()).send().await {
+    let import = Import {
+        state: &state,
+        job: &job,
+        telnyx_id: &telnyx_id,
+        organisation_id,
+        call_id,
+        channels: &channels,
+        leg: &leg,
+        source: &source,
+        http: &http,
+        limits: &limits,
+    };
+    // Three attempts here, then the queue's backoff.
+    retry::run(&Policy::provider(3), "importing a Telnyx recording", |_| {
+        import.once()
+    })
+    .await
+}
+
+/// What one download-and-store attempt needs.
+struct Import<'a> {
+    state: &'a AppState,
+    job: &'a Job,
+    telnyx_id: &'a str,
+    organisation_id: Uuid,
+    call_id: Option<Uuid>,
+    channels: &'a Option<String>,
+    leg: &'a Option<String>,
+    source: &'a reqwest::Url,
+    http: &'a reqwest::Client,
+    limits: &'a Limits,
+}
+
+impl Import<'_> {
+    /// One attempt: download, sniff, reserve a version, upload, mark it stored and enqueue
+    /// its transcription with the job's completion. A failed download or upload is worth
+    /// another attempt; an expired link, a non-audio body, a database error (the queue
+    /// retries those) end the run.
+    async fn once(&self) -> Result<(), Failure<anyhow::Error>> {
+        let stop = |error: anyhow::Error| Failure::Final(error);
+        let (state, job, limits) = (self.state, self.job, self.limits);
+        let response = match self.http.get(self.source.clone()).send().await {
             Ok(response) => response,
             Err(error) if error.is_redirect() => {
-                return Err(Permanent(format!("the recording URL redirected: {error}")).into());
+                return Err(stop(
+                    Permanent(format!("the recording URL redirected: {error}")).into(),
+                ));
             }
             Err(error) => {
-                last_error = Some(anyhow::anyhow!("downloading the recording: {error}"));
-                tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
-                continue;
+                return Err(Failure::Transient(anyhow::anyhow!(
+                    "downloading the recording: {error}"
+                )));
             }
         };
         let status = response.status();
         if status == reqwest::StatusCode::FORBIDDEN || status == reqwest::StatusCode::NOT_FOUND {
             // Telnyx's links are presigned for 10 minutes: a 403 will not get better.
-            return Err(Permanent(format!(
-                "the recording URL answered {status} (expired? Telnyx links last 10 minutes)"
-            ))
-            .into());
+            return Err(stop(
+                Permanent(format!(
+                    "the recording URL answered {status} (expired? Telnyx links last 10 minutes)"
+                ))
+                .into(),
+            ));
         }
         if !status.is_success() {
-            last_error = Some(anyhow::anyhow!("the recording URL answered {status}"));
-            tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
-            continue;
+            return Err(Failure::Transient(anyhow::anyhow!(
+                "the recording URL answered {status}"
+            )));
         }
-        let sniffed = match store::sniff(response.bytes_stream(), None, &limits).await {
+        let sniffed = match store::sniff(response.bytes_stream(), None, limits).await {
             Ok(sniffed) => sniffed,
             Err(StoreError::NotAudio | StoreError::Empty) => {
-                return Err(Permanent("the recording URL did not return audio".into()).into());
+                return Err(stop(
+                    Permanent("the recording URL did not return audio".into()).into(),
+                ));
             }
-            Err(error) => {
-                last_error = Some(error.into());
-                tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
-                continue;
-            }
+            Err(error) => return Err(Failure::Transient(error.into())),
         };
         // No pooled connection is held while the download streams.
-        let mut client = state.db.client().await?;
+        let mut client = state.db.client().await.map_err(|e| stop(e.into()))?;
         // Looked up again: a failed attempt may have released what the last one made.
-        let target = match recordings::by_telnyx_id(&**client, &telnyx_id).await? {
+        let target = match recordings::by_telnyx_id(&**client, self.telnyx_id)
+            .await
+            .map_err(|e| stop(e.into()))?
+        {
             Some((_, Some(_))) => return Ok(()),
             Some((recording_id, None)) => Target::Existing {
-                organisation_id,
+                organisation_id: self.organisation_id,
                 recording_id,
             },
             _ => Target::New {
-                organisation_id,
-                call_id,
+                organisation_id: self.organisation_id,
+                call_id: self.call_id,
                 source: "telnyx",
-                telnyx_recording_id: Some(telnyx_id.clone()),
-                channels: channels.clone(),
-                leg: leg.clone(),
+                telnyx_recording_id: Some(self.telnyx_id.to_owned()),
+                channels: self.channels.clone(),
+                leg: self.leg.clone(),
             },
         };
         let reserved = recordings::reserve(&mut client, &target, sniffed.format, None, false)
             .await
-            .context("reserving the recording version")?
-            .ok_or_else(|| Permanent("recording vanished".into()))?;
+            .context("reserving the recording version")
+            .map_err(stop)?
+            .ok_or_else(|| stop(Permanent("recording vanished".into()).into()))?;
         drop(client);
         let stored = store::upload(
             &state.storage,
@@ -278,43 +324,46 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             sniffed.format,
             sniffed.prefix,
             sniffed.rest,
-            &limits,
+            limits,
         )
         .await;
-        let mut client = state.db.client().await?;
-        match stored {
-            Ok(stored) => {
-                let transaction = client.transaction().await?;
-                recordings::mark_stored(
-                    &*transaction,
-                    reserved.recording_id,
-                    reserved.version,
-                    stored.size as i64,
-                    &stored.sha256,
-                )
-                .await?;
-                let transcribe = TranscribeJob {
-                    recording_id: reserved.recording_id,
-                    version: reserved.version,
-                };
-                queue::enqueue(&*transaction, &transcribe.envelope()).await?;
-                job.complete_in(&*transaction).await?;
-                transaction.commit().await?;
-                metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);
-                tracing::info!(recording_id = %reserved.recording_id, bytes = stored.size, "Telnyx recording imported");
-                return Ok(());
-            }
+        let mut client = state.db.client().await.map_err(|e| stop(e.into()))?;
+        let stored = match stored {
+            Ok(stored) => stored,
             Err(error) => {
-                recordings::release(&**client, reserved.recording_id, reserved.version).await?;
+                recordings::release(&**client, reserved.recording_id, reserved.version)
+                    .await
+                    .map_err(|e| stop(e.into()))?;
                 if matches!(error, StoreError::TooLarge { .. }) {
-                    return Err(Permanent(error.to_string()).into());
+                    return Err(stop(Permanent(error.to_string()).into()));
                 }
-                last_error = Some(error.into());
-                tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
+                return Err(Failure::Transient(error.into()));
             }
-        }
+        };
+        let commit = async {
+            let transaction = client.transaction().await?;
+            recordings::mark_stored(
+                &*transaction,
+                reserved.recording_id,
+                reserved.version,
+                stored.size as i64,
+                &stored.sha256,
+            )
+            .await?;
+            let transcribe = TranscribeJob {
+                recording_id: reserved.recording_id,
+                version: reserved.version,
+            };
+            queue::enqueue(&*transaction, &transcribe.envelope()).await?;
+            job.complete_in(&*transaction).await?;
+            transaction.commit().await?;
+            anyhow::Ok(())
+        };
+        commit.await.map_err(stop)?;
+        metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);
+        tracing::info!(recording_id = %reserved.recording_id, bytes = stored.size, "Telnyx recording imported");
+        Ok(())
     }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("import failed")))
 }
 
 #[cfg(test)]

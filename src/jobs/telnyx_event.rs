@@ -97,13 +97,17 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     };
 
     if call.interpreted {
-        // The leg path writes through its own connections (its Telnyx commands are claimed
-        // in the database, and a claim must not wait on this transaction's locks); only the
-        // inbox mark and the job's done mark commit here. See docs/JOBS.md.
-        run_for_leg(&state, &call, &event, &event_id, occurred_at).await?;
+        // Every write of the leg path — the leg, the derived call, the claims of the
+        // commands it sends, its events and follow-up jobs — commits here with the inbox
+        // and done marks, like the one-leg path below.
+        run_for_leg(&state, tx, &call, &event, &event_id, occurred_at).await?;
         return finish(transaction, &job, &event_id).await;
     }
     calls::apply_event(tx, call.id, &event.event_type, occurred_at, &event.payload).await?;
+    if event.event_type == "call.hangup" {
+        // Answer → hang-up per leg, in this transaction: billed once with the event.
+        crate::usage::record_telephony(tx, call.id).await?;
+    }
     if is_inbound_start && call.direction == "inbound" {
         answer_once(&state, tx, &call, &event).await?;
     }
@@ -137,40 +141,43 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
 
 /// An event of one leg of an interpreted call: the leg moves forward, the call is derived
 /// from its legs, and what that requires (dial the remote party, hang up the other leg) is
-/// done before the event is logged, so a failed command retries the whole job.
+/// done before the event is logged, so a failed command retries the whole job. Everything
+/// is written with the job's transaction `tx`.
 async fn run_for_leg(
     state: &AppState,
+    tx: &impl GenericClient,
     call: &calls::Call,
     event: &WebhookEvent,
     event_id: &str,
     occurred_at: chrono::DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let client = state.db.client().await?;
+    // The events of one call's two legs arrive together and each run writes both legs and
+    // the call: taking the call row first orders every run of this call the same way
+    // (no lock-order deadlock between the agent's and the remote party's events), and the
+    // second run sees the first one's legs when it settles.
+    tx.execute("select 1 from calls where id = $1 for update", &[&call.id])
+        .await?;
     let named = event
         .field("client_state")
         .and_then(telnyx::decode_client_state_leg)
         .and_then(|role| Role::parse(&role));
     let leg = match (named, event.field("call_control_id")) {
-        (Some(role), _) => legs::by_role(&**client, call.id, role).await?,
-        (None, Some(ccid)) => legs::by_call_control_id(&**client, ccid).await?,
+        (Some(role), _) => legs::by_role(tx, call.id, role).await?,
+        (None, Some(ccid)) => legs::by_call_control_id(tx, ccid).await?,
         (None, None) => None,
     };
     let Some(leg) = leg else {
         tracing::info!(event_type = %event.event_type, %event_id, call_id = %call.id, "event for no leg of the call; ignored");
         return Ok(());
     };
-    legs::apply_event(
-        &**client,
-        leg.id,
-        &event.event_type,
-        occurred_at,
-        &event.payload,
-    )
-    .await?;
-    let next = legs::settle(&**client, call.id).await?;
-    interpreted::follow_up(state, call, next).await?;
-    calls::lines::on_leg_event(state, call, &leg, event).await?;
-    let updated = calls::get_unscoped(&**client, call.id)
+    legs::apply_event(tx, leg.id, &event.event_type, occurred_at, &event.payload).await?;
+    let next = legs::settle(tx, call.id).await?;
+    if event.event_type == "call.hangup" {
+        crate::usage::record_telephony(tx, call.id).await?;
+    }
+    interpreted::follow_up(state, tx, call, next).await?;
+    calls::lines::on_leg_event(state, tx, call, &leg, event).await?;
+    let updated = calls::get_unscoped(tx, call.id)
         .await?
         .context("call vanished")?;
     let mut data = json!({
@@ -193,9 +200,9 @@ async fn run_for_leg(
     if let Some(reason) = &updated.failure_reason {
         data["call_failure_reason"] = json!(reason);
     }
-    events::append(&**client, call.id, &event.event_type, data, occurred_at).await?;
+    events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
-        super::recording_import::enqueue(&**client, &updated, Some(leg.role), event).await?;
+        super::recording_import::enqueue(tx, &updated, Some(leg.role), event).await?;
     }
     Ok(())
 }

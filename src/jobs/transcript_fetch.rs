@@ -212,6 +212,31 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         )
         .await?
     };
+    if changed == 1
+        && let Some(seconds) = transcript.audio_duration
+        && let Some(row) = tx
+            .query_opt(
+                "select organisation_id, call_id from post_call_transcripts where assemblyai_transcript_id = $1",
+                &[&transcript_id],
+            )
+            .await?
+    {
+        // AssemblyAI bills async transcription by the audio's duration; in this
+        // transaction, so the transcript and its cost commit together, once.
+        let entry = crate::usage::Entry {
+            owner: crate::usage::Owner::Object {
+                organisation_id: row.get(0),
+                call_id: row.get(1),
+            },
+            vendor: crate::usage::unit::ASSEMBLYAI,
+            unit: crate::usage::unit::ASYNC_AUDIO_SECONDS,
+            quantity: seconds,
+            source_key: format!("assemblyai:transcript:{transcript_id}"),
+            occurred_at: Utc::now(),
+            metadata: json!({"recording_id": recording_id, "version": version, "transcript_id": transcript_id}),
+        };
+        crate::usage::record(tx, &[entry]).await?;
+    }
     if let Some(call_id) = call_id.filter(|_| changed == 1) {
         events::append(
             tx,

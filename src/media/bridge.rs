@@ -119,6 +119,10 @@ struct TrackState {
     idle_window: Duration,
     /// When each batch was sent, for AssemblyAI's end-of-turn latency; bounded.
     sent_at: VecDeque<(u64, Instant)>,
+    /// The current session's usage, counted here and written to the ledger once when the
+    /// session ends (never per frame): when it opened and the audio bytes it was sent.
+    session_opened: Option<Instant>,
+    session_sent_bytes: u64,
 }
 
 impl TrackState {
@@ -143,6 +147,8 @@ impl TrackState {
             trim_after: None,
             idle_window: Duration::from_millis(config.idle_replay_ms as u64),
             sent_at: VecDeque::new(),
+            session_opened: None,
+            session_sent_bytes: 0,
         }
     }
 }
@@ -229,6 +235,8 @@ pub struct Bridge {
     /// This process's interpreted-call legs (one per process, from the router).
     hub: Arc<hub::Hub>,
     call_id: Uuid,
+    /// The leg this stream carries (an interpreted call's party), for the usage ledger.
+    leg_id: Option<Uuid>,
     party: Option<Party>,
     mixer: Option<Mixer>,
     client: AssemblyAiClient,
@@ -298,15 +306,11 @@ pub async fn run(
 ) {
     metrics::gauge!("media_live_calls").increment(1.0);
     let (events_tx, events_rx) = mpsc::channel(256);
-    let call_id = match &target {
-        Target::Call(id) => *id,
-        Target::Leg(leg, _) => leg.call_id,
+    let (call_id, leg_id) = match &target {
+        Target::Call(id) => (*id, None),
+        Target::Leg(leg, _) => (leg.call_id, Some(leg.id)),
     };
-    let replica = format!(
-        "{}-{}",
-        state.config.hostname.as_deref().unwrap_or("local"),
-        std::process::id()
-    );
+    let replica = super::heartbeats::replica_name(state.config.hostname.as_deref());
     let tail_bound = state.config.media.tail_delivery;
     let leg = match &target {
         Target::Call(_) => CALL_STREAM,
@@ -377,6 +381,7 @@ pub async fn run(
         state,
         hub,
         call_id,
+        leg_id,
         party,
         mixer,
         client,
@@ -413,10 +418,15 @@ pub async fn run(
         tracing::warn!(%error, "closing unplayed utterances failed");
     }
     bridge.finish_tracks().await;
+    // A session still open here (its close never reached us) is billed on our own clock.
+    for track in [Track::Inbound, Track::Outbound] {
+        bridge.record_session(track, None, None);
+    }
     while bridge.storage.join_next().await.is_some() {}
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
     // re-attaches it. Any other end (Telnyx stop, hangup) is final.
     let leg = role.map_or(CALL_STREAM, Role::as_str);
+    bridge.state.heartbeats.forget(call_id, leg);
     let recorded = if bridge.state.shutdown.is_cancelled() {
         super::reattach::detach(&bridge.state, call_id, leg).await
     } else {
@@ -726,7 +736,7 @@ impl Bridge {
                     tracing::warn!(encoding = %start.encoding, "unexpected media encoding; expected PCMU");
                 }
                 self.stream_id = Some(start.stream_id);
-                self.heartbeat();
+                self.heartbeat_now();
                 for &track in self.tracks_carried() {
                     self.ensure_track(track);
                 }
@@ -1028,6 +1038,8 @@ impl Bridge {
                 tracing::info!(call_id = %self.call_id, track = track.as_str(), %session_id, replayed_batches = state.replay.len(), "AssemblyAI session open");
                 state.sink = Some(sink);
                 state.session_id = session_id;
+                state.session_opened = Some(Instant::now());
+                state.session_sent_bytes = 0;
                 state.phase = Phase::Live;
                 state.trim_after = Some(Instant::now() + state.idle_window);
                 state.attempts = 0;
@@ -1081,7 +1093,11 @@ impl Bridge {
                     ServerMessage::Error { code, message } => {
                         tracing::warn!(call_id = %self.call_id, track = track.as_str(), code, %message, "AssemblyAI error");
                     }
-                    ServerMessage::Termination => {
+                    ServerMessage::Termination {
+                        audio_seconds,
+                        session_seconds,
+                    } => {
+                        self.record_session(track, session_seconds, audio_seconds);
                         if let Some(state) = self.tracks.get_mut(&track) {
                             // After `Terminate`: the session processed all it was sent.
                             state.replay.all_heard();
@@ -1116,6 +1132,11 @@ impl Bridge {
                     return;
                 }
                 state.sink = None;
+                // Closed without `Termination`: AssemblyAI reported nothing; bill our clock.
+                self.record_session(track, None, None);
+                let Some(state) = self.tracks.get_mut(&track) else {
+                    return;
+                };
                 match state.phase {
                     Phase::Finished => {}
                     Phase::Terminating => {
@@ -1511,6 +1532,50 @@ impl Bridge {
         }
     }
 
+    /// Writes `track`'s current session to the usage ledger, once (the session is then
+    /// forgotten): AssemblyAI's reported seconds when it sent `Termination`, else our own
+    /// measure of the connection. Both figures go in the metadata for reconciliation.
+    fn record_session(
+        &mut self,
+        track: Track,
+        reported_seconds: Option<f64>,
+        audio_seconds: Option<f64>,
+    ) {
+        let (call_id, leg_id) = (self.call_id, self.leg_id);
+        let Some(state) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let Some(opened) = state.session_opened.take() else {
+            return;
+        };
+        let measured = opened.elapsed().as_secs_f64();
+        let session_id = if state.session_id.is_empty() {
+            format!("{call_id}:{}:{}", track.as_str(), state.generation)
+        } else {
+            state.session_id.clone()
+        };
+        let sent_audio_seconds =
+            (state.session_sent_bytes / MULAW_BYTES_PER_MS as u64) as f64 / 1000.0;
+        let entry = crate::usage::Entry {
+            owner: crate::usage::Owner::Call { call_id, leg_id },
+            vendor: crate::usage::unit::ASSEMBLYAI,
+            unit: crate::usage::unit::STREAMING_SECONDS,
+            quantity: reported_seconds.unwrap_or(measured),
+            source_key: format!("assemblyai:session:{session_id}"),
+            occurred_at: chrono::Utc::now(),
+            metadata: serde_json::json!({
+                "session_id": session_id,
+                "track": track.as_str(),
+                "model": self.params.speech_model,
+                "reported_seconds": reported_seconds,
+                "audio_seconds": audio_seconds,
+                "measured_seconds": measured,
+                "sent_audio_seconds": sent_audio_seconds,
+            }),
+        };
+        crate::usage::record_later(&self.state.db, &self.state.config.usage, vec![entry]);
+    }
+
     /// Records the gaps `track`'s replay buffer has counted (audio no session was sent).
     fn close_gap(&mut self, track: Track) {
         let gaps = self
@@ -1546,7 +1611,21 @@ impl Bridge {
         });
     }
 
+    /// The periodic beat: batched with every other stream of this replica
+    /// (`media::heartbeats`), so live calls cost PostgreSQL a constant, not a statement each.
     fn heartbeat(&mut self) {
+        let leg = self.party.as_ref().map_or(CALL_STREAM, |p| p.role.as_str());
+        self.state.heartbeats.beat(
+            self.call_id,
+            leg,
+            self.stream_id.as_deref(),
+            &self.positions(),
+        );
+    }
+
+    /// The beat when the stream starts, written at once: the stream is claimed for this
+    /// replica before any sweep could think it abandoned.
+    fn heartbeat_now(&mut self) {
         let (db, call_id, replica, stream_id, positions) = (
             self.state.db.clone(),
             self.call_id,
@@ -1580,12 +1659,14 @@ async fn send_batch(
     let Some(sink) = state.sink.as_mut() else {
         return;
     };
+    let bytes_len = bytes.len();
     let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
     if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err() || sink.send(ping).await.is_err()
     {
         return;
     }
     sent.increment(1);
+    state.session_sent_bytes += bytes_len as u64;
     state.session_base_ms.get_or_insert(offset_ms);
     state.sent_at.push_back((end_ms, Instant::now()));
     while state.sent_at.len() > 64 {
@@ -1595,7 +1676,13 @@ async fn send_batch(
 
 fn schedule_retry(state: &mut TrackState) {
     state.attempts += 1;
-    let delay = crate::providers::retry_delay(state.attempts.min(5)).min(Duration::from_secs(5));
+    // AssemblyAI reconnects: the shared backoff (`crate::retry`), ceiling 200 ms doubling to
+    // 3.2 s from the fifth attempt on; never given up while the call lasts.
+    let delay = crate::retry::backoff(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        state.attempts.min(5),
+    );
     state.phase = Phase::Waiting(Instant::now() + delay);
 }
 

@@ -3,12 +3,13 @@
 //! task per stream (a one-leg call, or one leg of an interpreted call), `hub` joins an
 //! interpreted call's two legs, `mix` mixes a party's voice under translations, `replay` holds audio for a new session and accounts for what was lost,
 //! `resume` continues numbering and the call's clock across streams, `transcripts` stores
-//! what comes back,
+//! what comes back, `heartbeats` writes the replica's stream heartbeats in batches,
 //! `playout` speaks translations back and `utterances` reads how they went.
 
 pub mod bridge;
 pub mod browser;
 pub mod frames;
+pub mod heartbeats;
 pub mod hub;
 pub mod mix;
 pub mod playout;

@@ -242,7 +242,23 @@ async fn speak(
         tracing::warn!(%error, "storing an utterance failed");
     }
     let translated = match translated {
-        Ok((mut texts, engine)) => (texts.pop().unwrap_or_default(), engine),
+        Ok(mut translated) => {
+            let owner = crate::usage::Owner::Call {
+                call_id,
+                leg_id: None,
+            };
+            let key = format!("utterance:{call_id}:{}", u.seq);
+            let metadata = json!({"utterance": u.seq, "target_language": target});
+            crate::usage::record_later(
+                &state.db,
+                &state.config.usage,
+                crate::usage::translation_entries(owner, &key, &translated.usage, metadata),
+            );
+            (
+                translated.texts.pop().unwrap_or_default(),
+                translated.engine,
+            )
+        }
         Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
     };
     let translated_at = Instant::now();
@@ -264,7 +280,22 @@ async fn speak(
         .stream(&translated.0, listeners.voice(), Some(&target), "ulaw_8000")
         .await
     {
-        Ok(audio) => Box::pin(audio),
+        Ok(audio) => {
+            // ElevenLabs bills the characters of an accepted request, heard in full or not.
+            let voice = listeners.voice().unwrap_or(&tts.default_voice).to_owned();
+            let entry = crate::usage::Entry::for_call(
+                call_id,
+                crate::usage::unit::ELEVENLABS,
+                crate::usage::unit::CHARACTERS,
+                translated.0.chars().count() as f64,
+                format!("elevenlabs:characters:utterance:{call_id}:{}", u.seq),
+            )
+            .metadata(
+                json!({"utterance": u.seq, "voice_id": voice, "model_id": tts.default_model}),
+            );
+            crate::usage::record_later(&state.db, &state.config.usage, vec![entry]);
+            Box::pin(audio)
+        }
         Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,
     };
     let mut first_byte: Option<(Instant, DateTime<Utc>)> = None;

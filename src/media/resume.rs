@@ -208,18 +208,32 @@ pub async fn save_positions(
     if positions.is_empty() {
         return Ok(());
     }
+    let calls = vec![call_id; positions.len()];
     let tracks: Vec<&str> = positions.iter().map(|p| p.0).collect();
     let ends: Vec<i64> = positions.iter().map(|p| p.1 as i64).collect();
     let since: Vec<f64> = positions.iter().map(|p| p.2.as_secs_f64()).collect();
     let client = db.client().await?;
+    save_positions_of(&**client, &calls, &tracks, &ends, &since).await
+}
+
+/// The same for many calls in one statement (the replica's batched heartbeats): row `i` is
+/// `calls[i]`'s `tracks[i]` at `ends[i]` ms, its last frame `since[i]` seconds ago. A
+/// (call, track) appears at most once.
+pub async fn save_positions_of(
+    client: &impl tokio_postgres::GenericClient,
+    calls: &[Uuid],
+    tracks: &[&str],
+    ends: &[i64],
+    since: &[f64],
+) -> Result<(), DbError> {
     client
         .execute(
             "insert into media_stream_positions (call_id, track, end_ms, frame_at)
-             select $1, p.track, p.end_ms, now() - make_interval(secs => p.since)
-             from unnest($2::text[], $3::bigint[], $4::float8[]) as p (track, end_ms, since)
+             select p.call_id, p.track, p.end_ms, now() - make_interval(secs => p.since)
+             from unnest($1::uuid[], $2::text[], $3::bigint[], $4::float8[]) as p (call_id, track, end_ms, since)
              on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
              where excluded.end_ms >= media_stream_positions.end_ms",
-            &[&call_id, &tracks, &ends, &since],
+            &[&calls, &tracks, &ends, &since],
         )
         .await?;
     Ok(())

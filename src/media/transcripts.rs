@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::events::{self, PARTIALS_CHANNEL};
+use crate::retry::{self, Failure, Policy};
 
 /// NOTIFY payloads must stay under 8000 bytes.
 const MAX_PARTIAL_TEXT: usize = 6000;
@@ -123,21 +124,20 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
 /// stored is counted (`transcript_turns_lost_total`) and logged as an error, never dropped
 /// quietly.
 pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
-    const ATTEMPTS: u32 = 5;
-    for attempt in 0..ATTEMPTS {
-        match store_final(db, turn).await {
-            Ok(stored) => return Some(stored),
-            Err(error) if attempt + 1 < ATTEMPTS => {
-                tracing::warn!(%error, attempt, "storing a final turn failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-            }
-            Err(error) => {
-                metrics::counter!("transcript_turns_lost_total").increment(1);
-                tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
-            }
+    // About 3 s of database trouble is ridden out (200 ms doubling, five attempts).
+    let policy = Policy::provider(5);
+    match retry::run(&policy, "storing a final turn", |_| async {
+        store_final(db, turn).await.map_err(Failure::Transient)
+    })
+    .await
+    {
+        Ok(stored) => Some(stored),
+        Err(error) => {
+            metrics::counter!("transcript_turns_lost_total").increment(1);
+            tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
+            None
         }
     }
-    None
 }
 
 pub async fn store_gap(

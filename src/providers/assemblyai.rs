@@ -105,10 +105,20 @@ pub struct Turn {
 /// Server → client messages we act on; the rest are `Other`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
-    Begin { id: String },
+    Begin {
+        id: String,
+    },
     Turn(Turn),
-    Termination,
-    Error { code: i64, message: String },
+    /// The session's end, with what AssemblyAI bills: `session_duration_seconds` (wall
+    /// clock, docs/PROVIDERS.md) and the audio it received.
+    Termination {
+        audio_seconds: Option<f64>,
+        session_seconds: Option<f64>,
+    },
+    Error {
+        code: i64,
+        message: String,
+    },
     Other,
 }
 
@@ -127,7 +137,12 @@ pub fn parse_server_message(text: &str) -> ServerMessage {
         Some("Turn") => serde_json::from_value(value)
             .map(ServerMessage::Turn)
             .unwrap_or(ServerMessage::Other),
-        Some("Termination") => ServerMessage::Termination,
+        Some("Termination") => ServerMessage::Termination {
+            audio_seconds: value.get("audio_duration_seconds").and_then(|v| v.as_f64()),
+            session_seconds: value
+                .get("session_duration_seconds")
+                .and_then(|v| v.as_f64()),
+        },
         Some("Error") => ServerMessage::Error {
             code: value
                 .get("error_code")

@@ -13,6 +13,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::config::{AssemblyAiConfig, Secret};
+use crate::retry::{self, Failure, Policy};
 
 /// The header AssemblyAI sends back on our webhook, carrying `ASSEMBLYAI_WEBHOOK_SECRET`.
 pub const WEBHOOK_AUTH_HEADER: &str = "x-callbridge-webhook-secret";
@@ -108,30 +109,35 @@ impl AsyncClient {
         decode(response).await
     }
 
-    /// Fetches a transcript, retrying transport errors, 429 and 5xx three times.
+    /// Fetches a transcript in up to three attempts (transport errors, decoding, 408, 429 and
+    /// 5xx are retried).
     pub async fn get(&self, id: &str) -> Result<Transcript, AsyncError> {
         let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
         let url = self.url(&format!("/v2/transcript/{encoded}"));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match self
-                .http
-                .get(&url)
-                .header("authorization", self.key.expose())
-                .send()
-                .await
-            {
-                Ok(response) => decode(response).await,
-                Err(error) => Err(AsyncError::Transport(error.to_string())),
-            };
-            match result {
-                Err(error) if !error.is_permanent() && attempt < 3 => {
-                    tokio::time::sleep(super::retry_delay(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        retry::run(
+            &Policy::provider(3),
+            "fetching an AssemblyAI transcript",
+            |_| async {
+                let result = match self
+                    .http
+                    .get(&url)
+                    .header("authorization", self.key.expose())
+                    .send()
+                    .await
+                {
+                    Ok(response) => decode(response).await,
+                    Err(error) => Err(AsyncError::Transport(error.to_string())),
+                };
+                result.map_err(|error| {
+                    if error.is_permanent() {
+                        Failure::Final(error)
+                    } else {
+                        Failure::Transient(error)
+                    }
+                })
+            },
+        )
+        .await
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::config::{DeepLConfig, Secret};
+use crate::retry::{self, Failure, Policy};
 
 pub const MAX_TEXTS: usize = 50;
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
@@ -95,54 +96,54 @@ impl DeepLClient {
         if let Some(source) = source {
             body["source_lang"] = json!(source_code(source));
         }
-        let mut last = String::new();
-        for attempt in 1..=self.attempts {
-            if attempt > 1 {
-                // DeepL's SDK: 1 s × 1.6^n; we start lower because a live call is waiting.
-                tokio::time::sleep(super::retry_delay(attempt - 1)).await;
-            }
-            let response = self
-                .http
-                .post(format!("{}/v2/translate", self.base))
-                .header(
-                    "authorization",
-                    format!("DeepL-Auth-Key {}", self.key.expose()),
-                )
-                .json(&body)
-                .send()
-                .await;
-            let response = match response {
-                Ok(response) => response,
-                Err(error) => {
-                    last = error.to_string();
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            match status {
-                200 => {
-                    let value: Value = response
-                        .json()
-                        .await
-                        .map_err(|e| DeepLError::Unavailable(e.to_string()))?;
-                    let translations = value["translations"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    if translations.len() != texts.len() {
-                        return Err(DeepLError::Unavailable("translation count mismatch".into()));
+        // DeepL's SDK waits 1 s × 1.6^n; we start lower because a live call is waiting.
+        retry::run(
+            &Policy::provider(self.attempts),
+            "a DeepL translation",
+            |_| async {
+                let response = self
+                    .http
+                    .post(format!("{}/v2/translate", self.base))
+                    .header(
+                        "authorization",
+                        format!("DeepL-Auth-Key {}", self.key.expose()),
+                    )
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|error| {
+                        Failure::Transient(DeepLError::Unavailable(error.to_string()))
+                    })?;
+                let status = response.status().as_u16();
+                match status {
+                    200 => {
+                        let value: Value = response
+                            .json()
+                            .await
+                            .map_err(|e| Failure::Final(DeepLError::Unavailable(e.to_string())))?;
+                        let translations = value["translations"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default();
+                        if translations.len() != texts.len() {
+                            return Err(Failure::Final(DeepLError::Unavailable(
+                                "translation count mismatch".into(),
+                            )));
+                        }
+                        Ok(translations
+                            .iter()
+                            .map(|t| t["text"].as_str().unwrap_or_default().to_owned())
+                            .collect())
                     }
-                    return Ok(translations
-                        .iter()
-                        .map(|t| t["text"].as_str().unwrap_or_default().to_owned())
-                        .collect());
+                    456 => Err(Failure::Final(DeepLError::Quota)),
+                    429 | 500..=599 => Err(Failure::Transient(DeepLError::Unavailable(format!(
+                        "status {status}"
+                    )))),
+                    other => Err(Failure::Final(DeepLError::Rejected(other))),
                 }
-                456 => return Err(DeepLError::Quota),
-                429 | 500..=599 => last = format!("status {status}"),
-                other => return Err(DeepLError::Rejected(other)),
-            }
-        }
-        Err(DeepLError::Unavailable(last))
+            },
+        )
+        .await
     }
 }
 

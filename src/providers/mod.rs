@@ -12,16 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use rand::Rng as _;
-
-/// Backoff before retry `attempt` (1-based) of an idempotent request: 200 ms doubling, with
-/// full jitter in [½, 1] so retries from many calls do not synchronise.
-pub fn retry_delay(attempt: u32) -> Duration {
-    let ceiling =
-        Duration::from_millis(200).saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-    ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 /// An HTTP client with the timeouts every provider call needs. Building one copies the TLS
 /// root store (tens of KiB, milliseconds), so one is built per timeout and shared: a clone
 /// shares its connection pool. Jobs and per-call code may call this freely.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::{OpenAiConfig, Secret};
+use crate::retry::{self, Failure, Policy};
 
 pub const MODEL: &str = "gpt-4o-mini";
 
@@ -15,6 +16,14 @@ pub enum OpenAiError {
     Rejected(u16),
     #[error("OpenAI is unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A translation and the tokens OpenAI billed for it (the response's `usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 #[derive(Clone)]
@@ -38,7 +47,7 @@ impl OpenAiClient {
         text: &str,
         source: Option<&str>,
         target: &str,
-    ) -> Result<String, OpenAiError> {
+    ) -> Result<Completion, OpenAiError> {
         let from = source.map(|s| format!(" from {s}")).unwrap_or_default();
         let body = json!({
             "model": MODEL,
@@ -49,42 +58,43 @@ impl OpenAiClient {
                 {"role": "user", "content": text},
             ],
         });
-        let mut last = String::new();
-        for attempt in 1..=3u32 {
-            if attempt > 1 {
-                tokio::time::sleep(super::retry_delay(attempt - 1)).await;
-            }
-            let response = match self
+        retry::run(&Policy::provider(3), "an OpenAI translation", |_| async {
+            let response = self
                 .http
                 .post(format!("{}/chat/completions", self.base))
                 .bearer_auth(self.key.expose())
                 .json(&body)
                 .send()
                 .await
-            {
-                Ok(response) => response,
-                Err(error) => {
-                    last = error.to_string();
-                    continue;
-                }
-            };
+                .map_err(|error| Failure::Transient(OpenAiError::Unavailable(error.to_string())))?;
             let status = response.status().as_u16();
             let value: serde_json::Value = response.json().await.unwrap_or_default();
             match status {
                 200 => {
-                    return value["choices"][0]["message"]["content"]
+                    let text = value["choices"][0]["message"]["content"]
                         .as_str()
                         .map(|t| t.trim().to_owned())
-                        .ok_or_else(|| OpenAiError::Unavailable("no content".into()));
+                        .ok_or_else(|| {
+                            Failure::Final(OpenAiError::Unavailable("no content".into()))
+                        })?;
+                    Ok(Completion {
+                        text,
+                        prompt_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+                        completion_tokens: value["usage"]["completion_tokens"]
+                            .as_u64()
+                            .unwrap_or(0),
+                    })
                 }
                 // 429 is a rate limit (retry) unless the account is out of quota (do not).
                 429 if value["error"]["code"] == "insufficient_quota" => {
-                    return Err(OpenAiError::Rejected(429));
+                    Err(Failure::Final(OpenAiError::Rejected(429)))
                 }
-                429 | 500..=599 => last = format!("status {status}"),
-                other => return Err(OpenAiError::Rejected(other)),
+                429 | 500..=599 => Err(Failure::Transient(OpenAiError::Unavailable(format!(
+                    "status {status}"
+                )))),
+                other => Err(Failure::Final(OpenAiError::Rejected(other))),
             }
-        }
-        Err(OpenAiError::Unavailable(last))
+        })
+        .await
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::{Secret, TelnyxConfig};
+use crate::retry::{self, Failure, Policy};
 
 /// `abs(now - timestamp)` beyond this is refused, in both directions (current SDKs).
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
@@ -322,11 +323,8 @@ impl TelnyxClient {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let mut last = String::new();
-        for attempt in 1..=attempts.max(1) {
-            if attempt > 1 {
-                tokio::time::sleep(super::retry_delay(attempt - 1)).await;
-            }
+        let policy = Policy::provider(attempts);
+        retry::run(&policy, "a Telnyx request", |_| async {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -334,25 +332,24 @@ impl TelnyxClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    last = error.to_string();
-                    continue;
-                }
-            };
+            let response = request
+                .send()
+                .await
+                .map_err(|error| Failure::Transient(TelnyxError::Unavailable(error.to_string())))?;
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
             if status.is_success() {
                 return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
             }
             if status.is_server_error() || status.as_u16() == 429 {
-                last = format!("{status}: {}", truncate(&text));
-                continue;
+                return Err(Failure::Transient(TelnyxError::Unavailable(format!(
+                    "{status}: {}",
+                    truncate(&text)
+                ))));
             }
             let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let first_error = parsed.get("errors").and_then(|e| e.get(0));
-            return Err(TelnyxError::Rejected {
+            Err(Failure::Final(TelnyxError::Rejected {
                 status: status.as_u16(),
                 code: first_error.and_then(|e| e.get("code")).map(|c| {
                     c.as_str()
@@ -364,9 +361,9 @@ impl TelnyxClient {
                     .and_then(Value::as_str)
                     .unwrap_or_else(|| truncate(&text))
                     .to_owned(),
-            });
-        }
-        Err(TelnyxError::Unavailable(last))
+            }))
+        })
+        .await
     }
 
     /// `GET /v2/available_phone_numbers`: numbers Telnyx would sell now. Only numbers a

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::format::{AudioFormat, SNIFF_LEN};
 use crate::db::{Db, DbError};
+use crate::retry::{self, Failure, Policy};
 use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -297,34 +298,30 @@ impl Sink {
         self.next_part += 1;
         let (storage, key) = (self.storage.clone(), self.key.clone());
         self.in_flight.push_back(tokio::spawn(async move {
-            let mut last_error = None;
             // Re-sending a part number replaces it, so a retry is safe (docs/PROVIDERS.md §5).
-            for attempt in 1..=3u32 {
-                match storage
-                    .client()
-                    .upload_part()
-                    .bucket(storage.bucket())
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(ByteStream::from(body.clone()))
-                    .send()
-                    .await
-                {
-                    Ok(output) => {
-                        let part = CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(output.e_tag().map(str::to_owned))
-                            .build();
-                        return Ok((part, body));
-                    }
-                    Err(error) => {
-                        last_error = Some(storage_error(error));
-                        tokio::time::sleep(crate::providers::retry_delay(attempt)).await;
-                    }
-                }
-            }
-            Err(last_error.expect("three attempts failed"))
+            retry::run(
+                &Policy::provider(3),
+                "uploading a recording part",
+                |_| async {
+                    let output = storage
+                        .client()
+                        .upload_part()
+                        .bucket(storage.bucket())
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .body(ByteStream::from(body.clone()))
+                        .send()
+                        .await
+                        .map_err(|error| Failure::Transient(storage_error(error)))?;
+                    Ok(CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(output.e_tag().map(str::to_owned))
+                        .build())
+                },
+            )
+            .await
+            .map(|part| (part, body))
         }));
         Ok(())
     }

@@ -43,6 +43,10 @@ pub struct SessionRecord {
     pub closed_with: Option<u16>,
     /// Final turns sent (end of turn, formatted when asked for), including at `Terminate`.
     pub finals: usize,
+    /// What the session's `Termination` reported, which is what AssemblyAI bills: session
+    /// (wall-clock) seconds and audio seconds. `None` when it ended without one.
+    pub billed_session_seconds: Option<u64>,
+    pub billed_audio_seconds: Option<u64>,
 }
 
 struct Inner {
@@ -164,6 +168,15 @@ impl AssemblyAiSim {
             language.to_owned(),
             lines.iter().map(|l| l.to_string()).collect(),
         ));
+    }
+
+    /// For tests: the streaming seconds AssemblyAI would bill, per session id (the
+    /// `session_duration_seconds` each `Termination` reported).
+    pub fn billed_session_seconds(&self) -> Vec<(String, u64)> {
+        self.sessions()
+            .into_iter()
+            .filter_map(|s| Some((s.id.clone(), s.billed_session_seconds?)))
+            .collect()
     }
 
     pub fn sessions(&self) -> Vec<SessionRecord> {
@@ -552,10 +565,17 @@ async fn session(
                                 }
                             }
                         }
+                        let (audio_seconds, session_seconds) =
+                            (audio_ms / 1000, started.elapsed().as_secs());
+                        {
+                            let mut record = record.lock().unwrap_or_else(|p| p.into_inner());
+                            record.billed_session_seconds = Some(session_seconds);
+                            record.billed_audio_seconds = Some(audio_seconds);
+                        }
                         let termination = json!({
                             "type": "Termination",
-                            "audio_duration_seconds": audio_ms / 1000,
-                            "session_duration_seconds": started.elapsed().as_secs(),
+                            "audio_duration_seconds": audio_seconds,
+                            "session_duration_seconds": session_seconds,
                         });
                         let _ = socket
                             .send(Message::Text(termination.to_string().into()))

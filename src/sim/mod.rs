@@ -4,6 +4,7 @@
 pub mod assemblyai;
 pub mod assemblyai_async;
 pub mod demo;
+pub mod loadgen;
 pub mod recordings;
 pub mod telnyx;
 pub mod telnyx_media;

@@ -80,6 +80,9 @@ struct Inner {
     /// Dialled calls the autopilot plays, and inbound calls to the service, by
     /// call_control_id.
     piloted: HashMap<String, PilotedCall>,
+    /// What Telnyx would bill, by call_control_id: when its `call.answered` and then its
+    /// `call.hangup` were first accepted by the service.
+    billing: HashMap<String, (Option<std::time::Instant>, Option<std::time::Instant>)>,
     /// Numbers that ring until the dial's `timeout_secs` and are never answered.
     unanswered: HashSet<String>,
     /// How long a piloted call's `speak` plays before `call.speak.ended`.
@@ -516,7 +519,48 @@ impl TelnyxSim {
             .body(body)
             .send()
             .await?;
-        Ok(response.status().as_u16())
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            self.count_billing(envelope);
+        }
+        Ok(status)
+    }
+
+    fn count_billing(&self, envelope: &Value) {
+        let data = &envelope["data"];
+        let Some(ccid) = data["payload"]["call_control_id"].as_str() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut inner = self.lock();
+        let entry = inner.billing.entry(ccid.to_owned()).or_default();
+        match data["event_type"].as_str() {
+            Some("call.answered") => {
+                entry.0.get_or_insert(now);
+            }
+            Some("call.hangup") if entry.0.is_some() => {
+                entry.1.get_or_insert(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// For tests: the seconds each answered call leg was up, answer to hang-up as this
+    /// simulator delivered them, by call control id — what Telnyx would bill.
+    pub fn billed_call_seconds(&self) -> Vec<(String, f64)> {
+        let inner = self.lock();
+        let mut billed: Vec<(String, f64)> = inner
+            .billing
+            .iter()
+            .filter_map(|(ccid, (answered, ended))| {
+                Some((
+                    ccid.clone(),
+                    (ended.as_ref()?.duration_since(*answered.as_ref()?)).as_secs_f64(),
+                ))
+            })
+            .collect();
+        billed.sort_by(|a, b| a.0.cmp(&b.0));
+        billed
     }
 
     /// Delivers like Telnyx under load: every event possibly twice, in a shuffled order, and

@@ -36,6 +36,19 @@ pub enum Fault {
 struct Inner {
     faults: Vec<(Vendor, VecDeque<Fault>)>,
     requests: Vec<(Vendor, Value)>,
+    billed: Billed,
+}
+
+/// What the three vendors would bill for the requests they served (for tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Billed {
+    /// DeepL: characters of the source texts it translated.
+    pub deepl_characters: u64,
+    /// OpenAI: the `usage` it answered with.
+    pub openai_prompt_tokens: u64,
+    pub openai_completion_tokens: u64,
+    /// ElevenLabs: characters of the texts it accepted for synthesis.
+    pub elevenlabs_characters: u64,
 }
 
 #[derive(Clone)]
@@ -80,6 +93,15 @@ impl TranslationSim {
             Some((_, queue)) => queue.push_back(fault),
             None => inner.faults.push((vendor, VecDeque::from([fault]))),
         }
+    }
+
+    /// For tests: the units the vendors would bill so far.
+    pub fn billed(&self) -> Billed {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).billed
+    }
+
+    fn bill(&self, add: impl FnOnce(&mut Billed)) {
+        add(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()).billed);
     }
 
     pub fn requests(&self, vendor: Vendor) -> Vec<Value> {
@@ -146,6 +168,11 @@ async fn deepl(State(sim): State<TranslationSim>, headers: HeaderMap, body: Byte
     if target.is_empty() || target == "EN" || target == "PT" {
         return error(400, "Value for 'target_lang' not supported.");
     }
+    let characters: u64 = texts
+        .iter()
+        .map(|t| t.as_str().unwrap_or_default().chars().count() as u64)
+        .sum();
+    sim.bill(|b| b.deepl_characters += characters);
     let translations: Vec<Value> = texts
         .iter()
         .map(|t| json!({"detected_source_language": value["source_lang"].as_str().unwrap_or("EN"), "text": format!("[{target}] {}", t.as_str().unwrap_or_default())}))
@@ -184,10 +211,19 @@ async fn openai(
         .and_then(|m| m.last())
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default();
+    // Roughly a token per four characters, as OpenAI's tokenisers average for Latin text.
+    let content = format!("[{target}] {user}");
+    let tokens = |chars: usize| chars.div_ceil(4) as u64;
+    let prompt_tokens = tokens(system.chars().count() + user.chars().count()) + 7;
+    let completion_tokens = tokens(content.chars().count());
+    sim.bill(|b| {
+        b.openai_prompt_tokens += prompt_tokens;
+        b.openai_completion_tokens += completion_tokens;
+    });
     Json(json!({
         "id": "chatcmpl-sim", "object": "chat.completion", "created": 0, "model": value["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("[{target}] {user}"), "refusal": null}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": null}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
     }))
     .into_response()
 }
@@ -232,6 +268,7 @@ async fn elevenlabs(
     let Some(text) = value["text"].as_str().filter(|t| !t.is_empty()) else {
         return error(422, "text is required");
     };
+    sim.bill(|b| b.elevenlabs_characters += text.chars().count() as u64);
     let format = query
         .iter()
         .find(|(k, _)| k == "output_format")

@@ -37,6 +37,39 @@ pub enum TranslateError {
     Failed(String),
 }
 
+/// What an engine returned: the translations, and the tokens it billed (OpenAI; DeepL
+/// bills the characters sent, which the service counts itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineOutput {
+    pub texts: Vec<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// What one `translate` call cost, for the usage ledger (docs/USAGE.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TranslationUsage {
+    /// Characters sent to DeepL (what DeepL bills).
+    pub deepl_characters: u64,
+    pub openai_prompt_tokens: u64,
+    pub openai_completion_tokens: u64,
+    /// Characters answered from the cache: no vendor, no cost.
+    pub cached_characters: u64,
+}
+
+/// Translations in order, which engine produced them (`cache` when all were cached), and
+/// what they cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    pub texts: Vec<String>,
+    pub engine: Engine,
+    pub usage: TranslationUsage,
+}
+
+fn characters(texts: &[String]) -> u64 {
+    texts.iter().map(|t| t.chars().count() as u64).sum()
+}
+
 /// Anything that translates a batch of texts.
 pub trait Translator: Send + Sync {
     fn translate<'a>(
@@ -44,7 +77,7 @@ pub trait Translator: Send + Sync {
         texts: &'a [String],
         source: Option<&'a str>,
         target: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, String>>;
+    ) -> BoxFuture<'a, Result<EngineOutput, String>>;
 }
 
 impl Translator for DeepLClient {
@@ -53,10 +86,14 @@ impl Translator for DeepLClient {
         texts: &'a [String],
         source: Option<&'a str>,
         target: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    ) -> BoxFuture<'a, Result<EngineOutput, String>> {
         Box::pin(async move {
             DeepLClient::translate(self, texts, source, target)
                 .await
+                .map(|texts| EngineOutput {
+                    texts,
+                    ..EngineOutput::default()
+                })
                 .map_err(|e| match e {
                     DeepLError::Quota => "quota".to_owned(),
                     other => other.to_string(),
@@ -71,15 +108,19 @@ impl Translator for OpenAiClient {
         texts: &'a [String],
         source: Option<&'a str>,
         target: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<String>, String>> {
+    ) -> BoxFuture<'a, Result<EngineOutput, String>> {
         Box::pin(async move {
-            let mut out = Vec::with_capacity(texts.len());
+            let mut out = EngineOutput {
+                texts: Vec::with_capacity(texts.len()),
+                ..EngineOutput::default()
+            };
             for text in texts {
-                out.push(
-                    OpenAiClient::translate(self, text, source, target)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
+                let completion = OpenAiClient::translate(self, text, source, target)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                out.texts.push(completion.text);
+                out.prompt_tokens += completion.prompt_tokens;
+                out.completion_tokens += completion.completion_tokens;
             }
             Ok(out)
         })
@@ -116,14 +157,15 @@ impl TranslationService {
         &self.breaker
     }
 
-    /// Translations in order, and which engine produced them (`cache` when all were cached).
+    /// Translations in order, which engine produced them (`cache` when all were cached),
+    /// and what they cost.
     pub async fn translate(
         &self,
         organisation_id: Uuid,
         texts: &[String],
         source: Option<&str>,
         target: &str,
-    ) -> Result<(Vec<String>, Engine), TranslateError> {
+    ) -> Result<Translated, TranslateError> {
         if self.primary.is_none() && self.fallback.is_none() {
             return Err(TranslateError::NotConfigured);
         }
@@ -152,14 +194,31 @@ impl TranslationService {
             }
         }
         let missing: Vec<usize> = (0..texts.len()).filter(|i| results[*i].is_none()).collect();
+        let mut usage = TranslationUsage {
+            cached_characters: (0..texts.len())
+                .filter(|i| results[*i].is_some())
+                .map(|i| texts[i].chars().count() as u64)
+                .sum(),
+            ..TranslationUsage::default()
+        };
         if missing.is_empty() {
-            return Ok((
-                results.into_iter().map(Option::unwrap_or_default).collect(),
-                Engine::Cache,
-            ));
+            return Ok(Translated {
+                texts: results.into_iter().map(Option::unwrap_or_default).collect(),
+                engine: Engine::Cache,
+                usage,
+            });
         }
         let pending: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
-        let (translated, engine) = self.uncached(&pending, source, target).await?;
+        let (output, engine) = self.uncached(&pending, source, target).await?;
+        match engine {
+            Engine::Deepl => usage.deepl_characters = characters(&pending),
+            Engine::Openai => {
+                usage.openai_prompt_tokens = output.prompt_tokens;
+                usage.openai_completion_tokens = output.completion_tokens;
+            }
+            Engine::Cache => {}
+        }
+        let translated = output.texts;
         self.remember(
             organisation_id,
             &pending,
@@ -171,10 +230,11 @@ impl TranslationService {
         for (index, translation) in missing.into_iter().zip(translated) {
             results[index] = Some(translation);
         }
-        Ok((
-            results.into_iter().map(Option::unwrap_or_default).collect(),
+        Ok(Translated {
+            texts: results.into_iter().map(Option::unwrap_or_default).collect(),
             engine,
-        ))
+            usage,
+        })
     }
 
     /// Writes new translations to the cache in the background, in one statement: the caller
@@ -219,7 +279,7 @@ impl TranslationService {
         texts: &[String],
         source: Option<&str>,
         target: &str,
-    ) -> Result<(Vec<String>, Engine), TranslateError> {
+    ) -> Result<(EngineOutput, Engine), TranslateError> {
         let mut failure = String::new();
         if let Some(primary) = &self.primary
             && self.breaker.allow()

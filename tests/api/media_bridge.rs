@@ -566,3 +566,64 @@ async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
         .collect();
     assert!(kinds.iter().filter(|k| *k == "transcript.gap").count() >= 2);
 }
+
+/// Under load every pooled connection can be busy past `DATABASE_POOL_TIMEOUT_MS`. Telnyx's
+/// media WebSocket upgrade must then answer 503 `database-unavailable` with `Retry-After`
+/// (Telnyx reconnects), never 500. Deterministic: the pool's only connection is held.
+#[tokio::test]
+async fn a_media_upgrade_while_the_pool_is_exhausted_is_503_with_retry_after_not_500() {
+    let app = TestApp::spawn_with(&[
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("DATABASE_POOL_MAX_SIZE", "1"),
+        ("DATABASE_POOL_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let secret = app.state.config.auth.secret.expose().as_bytes().to_vec();
+    let token = stream_token::mint(&secret, Uuid::now_v7(), now + 60);
+    let held = app
+        .state
+        .db
+        .client()
+        .await
+        .expect("the pool's one connection");
+    let response = app
+        .client
+        .get(app.url(&format!("/media/telnyx/{token}")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let problem = common::assert_problem(response, 503).await;
+    assert_eq!(
+        problem["type"],
+        "urn:callbridge:problem:database-unavailable"
+    );
+    assert_eq!(problem["retry_after"], 1);
+    drop(held);
+    // With the connection back, the same token is checked against the database: no such call.
+    let response = app
+        .client
+        .get(app.url(&format!("/media/telnyx/{token}")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    common::assert_problem(response, 404).await;
+}

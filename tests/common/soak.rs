@@ -21,9 +21,12 @@ use super::telnyx::TelnyxApp;
 /// Replica A (with the Telnyx simulator) and replica B on A's database, both streaming to
 /// the AssemblyAI simulator at `aai_url`: the two sides of a rolling restart.
 pub async fn two_replicas(aai_url: &str) -> (TelnyxApp, TestApp) {
+    // One user follows every call (an SSE stream each): more than STREAMS_PER_USER_MAX's
+    // default allows at full scale.
     let a = TelnyxApp::spawn_with(&[
         ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
         ("ASSEMBLYAI_STREAMING_URL", aai_url),
+        ("STREAMS_PER_USER_MAX", "1000"),
     ])
     .await;
     let (key, base) = (a.sim.public_key_base64(), a.sim.api_base());
@@ -36,6 +39,7 @@ pub async fn two_replicas(aai_url: &str) -> (TelnyxApp, TestApp) {
             ("TELNYX_API_BASE", base.as_str()),
             ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
             ("ASSEMBLYAI_STREAMING_URL", aai_url),
+            ("STREAMS_PER_USER_MAX", "1000"),
         ],
     )
     .await;

@@ -511,6 +511,47 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Units and estimated cost of the organisation per vendor and unit, grouped by day, call
+         *     or user; as JSON, or CSV (`format=csv` or `Accept: text/csv`:
+         *     `group,vendor,unit,quantity,currency,estimated_cost`).
+         */
+        get: operations["getUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/usage/quotas": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The organisation's usage quotas and how much of them this month has used (any member;
+         *     operators set quotas, docs/USAGE.md).
+         */
+        get: operations["getUsageQuotas"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -731,6 +772,11 @@ export interface components {
              *     call; per-utterance figures are in `GET /api/calls/{id}/transcript`.
              */
             translation: components["schemas"]["TranslationSummary"];
+            /**
+             * @description Units per vendor and their estimated cost (docs/USAGE.md); telephony seconds appear
+             *     when a leg hangs up, a speech session's when it ends.
+             */
+            usage: components["schemas"]["CallUsage"];
         };
         CallEvent: {
             data: unknown;
@@ -779,6 +825,16 @@ export interface components {
              *     whether it was heard (`status`) and its stage latencies.
              */
             utterances: components["schemas"]["Utterance"][];
+        };
+        /** @description What a call used, per vendor, and its estimated cost. */
+        CallUsage: {
+            estimated_cost: components["schemas"]["Money"][];
+            /**
+             * @description Monthly quotas this call went past and continued (`monthly_minutes`,
+             *     `monthly_spend`); see docs/USAGE.md.
+             */
+            over_quota: string[];
+            vendors: components["schemas"]["VendorUsage"][];
         };
         Check: {
             /** @description A short class of failure (`timeout`, `unreachable`); details go to the logs only. */
@@ -893,6 +949,11 @@ export interface components {
         };
         /** @enum {string} */
         Engine: "deepl" | "openai" | "cache";
+        /**
+         * @description How lines are grouped.
+         * @enum {string}
+         */
+        Grouping: "day" | "call" | "user";
         /**
          * @description An interpreted call: the agent is rung first, the remote party once the agent answers;
          *     each hears the other translated into their own language (docs/CALLS.md).
@@ -1081,6 +1142,13 @@ export interface components {
             personal: boolean;
             role: components["schemas"]["Role"];
         };
+        /** @description An amount in one currency. */
+        Money: {
+            /** Format: double */
+            amount: number;
+            /** @description ISO 4217, e.g. `USD`. */
+            currency: string;
+        };
         NewCallRequest: {
             /**
              * @description E.164 caller id: one of the organisation's phone numbers.
@@ -1220,6 +1288,40 @@ export interface components {
             /** @description BCP-47. */
             language: string;
         };
+        /** @description The organisation's quotas in force and this month so far. */
+        QuotaStatus: {
+            /**
+             * @description At 100 % of a monthly quota: `end` (announce and hang up) or `continue` (flagged).
+             * @example continue
+             */
+            at_limit: string;
+            /**
+             * Format: int64
+             * @description Calls in progress at once; absent: none.
+             */
+            concurrent_calls?: number | null;
+            currency: string;
+            /**
+             * Format: double
+             * @description Call minutes this month, live calls included.
+             */
+            minutes_used: number;
+            /**
+             * Format: int64
+             * @description Call minutes per calendar month (UTC); absent: none.
+             */
+            monthly_minutes?: number | null;
+            /**
+             * Format: double
+             * @description Estimated spend per calendar month, in `currency`; absent: none.
+             */
+            monthly_spend?: number | null;
+            /**
+             * Format: double
+             * @description Estimated spend this month, in `currency`.
+             */
+            spend_used: number;
+        };
         Readiness: {
             checks: {
                 [key: string]: components["schemas"]["Check"];
@@ -1278,6 +1380,19 @@ export interface components {
             stored_at: string;
             /** Format: int32 */
             version: number;
+        };
+        /** @description One line of an organisation's usage report. */
+        ReportLine: {
+            estimated_cost: components["schemas"]["Money"][];
+            /**
+             * @description The day (`YYYY-MM-DD`, UTC), the call id or the user id, per `group_by`; empty for
+             *     units spent on no call (or by no user).
+             */
+            group: string;
+            /** Format: double */
+            quantity: number;
+            unit: string;
+            vendor: string;
         };
         /** @enum {string} */
         Role: "member" | "admin" | "owner";
@@ -1375,6 +1490,18 @@ export interface components {
             text: string;
             voice_id?: string | null;
         };
+        /** @description Units of one kind and what they cost. */
+        UnitUsage: {
+            /**
+             * @description Estimated from the price table at the rate of each day; empty when the unit has no
+             *     price.
+             */
+            estimated_cost: components["schemas"]["Money"][];
+            /** Format: double */
+            quantity: number;
+            /** @description `call_seconds`, `streaming_seconds`, `characters`, … (docs/USAGE.md). */
+            unit: string;
+        };
         UploadUrl: {
             /** Format: date-time */
             expires_at: string;
@@ -1405,6 +1532,18 @@ export interface components {
              * @description Exact size of the file; `complete` checks it.
              */
             size_bytes: number;
+        };
+        /** @description The organisation's usage over a period. */
+        UsageReport: {
+            /** @description The sum of the lines' estimated cost, per currency. */
+            estimated_cost: components["schemas"]["Money"][];
+            /** Format: date-time */
+            from: string;
+            group_by: components["schemas"]["Grouping"];
+            /** @description One line per group, vendor and unit, priced at the rate of each day. */
+            lines: components["schemas"]["ReportLine"][];
+            /** Format: date-time */
+            to: string;
         };
         User: {
             email?: string | null;
@@ -1478,6 +1617,13 @@ export interface components {
              * @description Translation done → first byte of speech from ElevenLabs.
              */
             tts_first_byte_ms?: number | null;
+        };
+        /** @description One vendor's units on a call. */
+        VendorUsage: {
+            estimated_cost: components["schemas"]["Money"][];
+            units: components["schemas"]["UnitUsage"][];
+            /** @description `telnyx`, `assemblyai`, `deepl`, `openai`, `elevenlabs`, `cache`, `r2`. */
+            vendor: string;
         };
     };
     responses: never;
@@ -1621,6 +1767,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description A monthly usage quota is spent (`urn:callbridge:problem:quota-exceeded`; `rule`: `quota-monthly-minutes` or `quota-monthly-spend`) */
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Refused by the toll-fraud guard (`urn:callbridge:problem:dial-refused`; `rule`: `dial-role`, `premium-rate`, `satellite` or `destination-country`) */
             403: {
                 headers: {
@@ -1666,7 +1821,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`); `Retry-After` says when to try again */
+            /** @description A calls cap was reached (`urn:callbridge:problem:dial-rate-limited`; `rule`: `org-concurrent-calls`, `user-concurrent-calls`, `org-calls-per-minute` or `user-calls-per-minute`), or the organisation's concurrent-calls quota (`urn:callbridge:problem:quota-exceeded`, `rule`: `quota-concurrent-calls`); `Retry-After` says when to try again */
             429: {
                 headers: {
                     /** @description Seconds before a call may be placed again */
@@ -4717,6 +4872,182 @@ export interface operations {
             };
         };
     };
+    getUsage: {
+        parameters: {
+            query?: {
+                /** @description From this instant, inclusive (RFC 3339); default: the start of this month (UTC). */
+                from?: string;
+                /** @description Until this instant, exclusive (RFC 3339); default: now. At most 366 days after `from`. */
+                to?: string;
+                group_by?: "day" | "call" | "user";
+                /** @description `csv` for CSV whatever `Accept` says; else `Accept: text/csv` chooses CSV. */
+                format?: "json" | "csv";
+            };
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The report */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageReport"];
+                    "text/csv": string;
+                };
+            };
+            /** @description Malformed parameters */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `from` not before `to`, or more than 366 days apart */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getUsageQuotas: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Organisation to act in */
+                "X-Org-Id"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Quotas and this month so far */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaStatus"];
+                };
+            };
+            /** @description `X-Org-Id` is not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No valid session */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No `X-Org-Id` and the caller belongs to no organisation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A request rate limit was reached (docs/SECURITY.md); `Retry-After` gives the seconds to wait */
+            429: {
+                headers: {
+                    /** @description Seconds before the request may be sent again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description An unexpected error; quote the `request_id` when reporting it */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     getHealth: {
         parameters: {
             query?: never;
@@ -4850,9 +5181,11 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description AssemblyAI is not configured */
+            /** @description AssemblyAI is not configured (`provider-disabled`), or the database is busy or unreachable (`database-unavailable`: Telnyx reconnects after `Retry-After`) */
             503: {
                 headers: {
+                    /** @description With `database-unavailable`: seconds before reconnecting */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

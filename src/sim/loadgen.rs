@@ -1,0 +1,447 @@
+//! Media load generator for benchmarks: simulated Telnyx media streams sending frames on a
+//! fixed 20 ms grid (open loop), the floor relay they are compared with, and the ledger that
+//! accounts for every frame — lost, doubled, and latency counted from when it was due.
+//!
+//! Why open loop: a sender that waits until it is able to send hides its own queueing
+//! (coordinated omission). Here every frame has a due time fixed before the run starts; a
+//! frame sent late carries its lateness into the latency, and the sender's own lag is
+//! reported apart, so a saturated generator is visible instead of flattering the service.
+//! docs/BENCHMARKS.md describes how the benchmarks use it.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One 20 ms frame of 8 kHz PCMU.
+pub const FRAME_BYTES: usize = 160;
+pub const FRAME_PERIOD: Duration = Duration::from_millis(20);
+/// Both tracks of a call (`inbound`, `outbound`).
+const TRACKS: usize = 2;
+
+/// A deliberate fault in the generator, so a test can show that the invariants catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// The frame with this id is planned (and counted as due) but never sent.
+    DropFrame(u64),
+    /// The frame with this id is sent twice.
+    DuplicateFrame(u64),
+}
+
+/// What to play: `calls` streams, `frames` frames per track each.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub calls: usize,
+    pub frames: usize,
+    pub fault: Fault,
+}
+
+impl Plan {
+    pub fn frames_planned(&self) -> usize {
+        self.calls * self.frames * TRACKS
+    }
+
+    /// Frame ids are dense from 1; 0 is never used, so zeroed bytes never count.
+    pub fn frame_id(&self, call: usize, chunk: usize, track: usize) -> u64 {
+        ((call * self.frames + chunk) * TRACKS + track) as u64 + 1
+    }
+
+    fn decode(&self, id: u64) -> Option<(usize, usize)> {
+        let index = id.checked_sub(1)? as usize;
+        if index >= self.frames_planned() {
+            return None;
+        }
+        let frame = index / TRACKS;
+        Some((frame / self.frames, frame % self.frames))
+    }
+}
+
+/// Every frame's arrivals and the latencies measured, shared by the generator and the
+/// AssemblyAI simulator's probe (which sees each forwarded chunk).
+pub struct Ledger {
+    plan: Plan,
+    origin: Instant,
+    /// When the grid starts (ns after `origin`); `u64::MAX` until the streams are connected.
+    grid_start_ns: AtomicU64,
+    /// Arrivals per frame id (saturating at 255).
+    seen: Vec<AtomicU8>,
+    /// µs from the due time of the frame completing each chunk to the chunk's arrival.
+    latency_us: Mutex<Vec<u32>>,
+    /// Blocks in arriving chunks that were not frames of this plan.
+    foreign: AtomicUsize,
+}
+
+impl Ledger {
+    pub fn new(plan: Plan) -> Self {
+        Self {
+            plan,
+            origin: Instant::now(),
+            grid_start_ns: AtomicU64::new(u64::MAX),
+            seen: (0..=plan.frames_planned())
+                .map(|_| AtomicU8::new(0))
+                .collect(),
+            latency_us: Mutex::new(Vec::with_capacity(plan.frames_planned() / 5 + 16)),
+            foreign: AtomicUsize::new(0),
+        }
+    }
+
+    /// ns after `origin` at which frame `chunk` of `call` is due. Calls are spread evenly over
+    /// one frame period, as real calls are not in phase with each other.
+    fn due_ns(&self, start_ns: u64, call: usize, chunk: usize) -> u64 {
+        let phase = FRAME_PERIOD.as_nanos() as u64 * call as u64 / self.plan.calls.max(1) as u64;
+        start_ns + phase + chunk as u64 * FRAME_PERIOD.as_nanos() as u64
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// The AssemblyAI simulator's probe: one chunk of audio as the service forwarded it.
+    pub fn on_chunk(&self, chunk: &[u8]) {
+        let now = self.now_ns();
+        let start = self.grid_start_ns.load(Ordering::Relaxed);
+        let blocks = chunk.len() / FRAME_BYTES;
+        for (index, block) in chunk.chunks_exact(FRAME_BYTES).enumerate() {
+            let id = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+            let Some((call, frame)) = self.plan.decode(id) else {
+                self.foreign.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let seen = &self.seen[id as usize];
+            let _ = seen.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+            if index + 1 == blocks && start != u64::MAX {
+                let due = self.due_ns(start, call, frame);
+                let micros = (now.saturating_sub(due) / 1_000).min(u64::from(u32::MAX)) as u32;
+                self.latency_us
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(micros);
+            }
+        }
+    }
+
+    /// Planned frames that never arrived, and frames that arrived more than once.
+    pub fn lost_and_doubled(&self) -> (usize, usize) {
+        let mut lost = 0;
+        let mut doubled = 0;
+        for seen in &self.seen[1..] {
+            match seen.load(Ordering::Relaxed) {
+                0 => lost += 1,
+                1 => {}
+                _ => doubled += 1,
+            }
+        }
+        (lost, doubled)
+    }
+}
+
+/// The outcome of one run: what the generator did and what arrived.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub calls: usize,
+    pub calls_connected: usize,
+    pub frames_planned: usize,
+    pub frames_sent: usize,
+    pub lost: usize,
+    pub doubled: usize,
+    /// Blocks that arrived but were not frames of the plan (corruption).
+    pub foreign: usize,
+    /// Latency from the due time of the frame completing a chunk to the chunk's arrival at
+    /// the AssemblyAI simulator, µs: everything the generator, the path and the service
+    /// added, including the generator's own lateness.
+    pub latency_p50_us: u32,
+    pub latency_p99_us: u32,
+    pub latency_max_us: u32,
+    /// How late the generator sent frames relative to their due time, µs (its own share).
+    pub generator_lag_p50_us: u32,
+    pub generator_lag_p99_us: u32,
+    pub generator_lag_max_us: u32,
+}
+
+impl Report {
+    /// The invariants a benchmark must not merely print: every planned frame arrived exactly
+    /// once and nothing foreign arrived. Latency goals are reported, not asserted.
+    pub fn check(&self) -> Result<(), String> {
+        let mut broken = Vec::new();
+        if self.lost > 0 {
+            broken.push(format!("{} frame(s) lost", self.lost));
+        }
+        if self.doubled > 0 {
+            broken.push(format!("{} frame(s) doubled", self.doubled));
+        }
+        if self.foreign > 0 {
+            broken.push(format!("{} unknown block(s) arrived", self.foreign));
+        }
+        if self.calls_connected < self.calls {
+            broken.push(format!(
+                "{} of {} streams connected",
+                self.calls_connected, self.calls
+            ));
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} calls: {}", self.calls, broken.join(", ")))
+        }
+    }
+}
+
+/// The `q` quantile of samples (sorts them); 0 when there are none.
+pub fn quantile_u32(values: &mut [u32], q: f64) -> u32 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    values[((values.len() as f64 * q) as usize).min(values.len() - 1)]
+}
+
+/// Plays `plan` against the streams `url(call)` gives, then waits `settle` for the last
+/// chunks to arrive. Connections are opened first (64 at a time); the grid starts once all
+/// are open, so connection set-up is not counted as frame latency.
+pub async fn play(
+    plan: Plan,
+    ledger: Arc<Ledger>,
+    url: impl Fn(usize) -> String,
+    settle: Duration,
+) -> Report {
+    let (start_tx, start_rx) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
+    let connect_slots = Arc::new(tokio::sync::Semaphore::new(64));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(plan.calls.max(1));
+    let mut tasks = Vec::with_capacity(plan.calls);
+    for call in 0..plan.calls {
+        let (url, mut start_rx, slots, ready) = (
+            url(call),
+            start_rx.clone(),
+            connect_slots.clone(),
+            ready_tx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let socket = {
+                let _slot = slots.acquire().await;
+                connect(&url).await
+            };
+            let _ = ready.send(socket.is_some()).await;
+            drop(ready);
+            let Some(socket) = socket else {
+                return (0, Vec::new());
+            };
+            let Some(start) = start_rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|s| *s)
+            else {
+                return (0, Vec::new());
+            };
+            stream_call(plan, call, socket, start).await
+        }));
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    for _ in 0..plan.calls {
+        match ready_rx.recv().await {
+            Some(ok) => connected += usize::from(ok),
+            None => break,
+        }
+    }
+    // The grid starts a little ahead, so every task is waiting for its first due time.
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    ledger.grid_start_ns.store(
+        (start.into_std() - ledger.origin).as_nanos() as u64,
+        Ordering::Relaxed,
+    );
+    let _ = start_tx.send(Some(start));
+    let mut frames_sent = 0;
+    let mut lag = Vec::with_capacity(plan.calls * plan.frames);
+    for task in tasks {
+        if let Ok((sent, lags)) = task.await {
+            frames_sent += sent;
+            lag.extend(lags);
+        }
+    }
+    tokio::time::sleep(settle).await;
+    let (lost, doubled) = ledger.lost_and_doubled();
+    let mut latency =
+        std::mem::take(&mut *ledger.latency_us.lock().unwrap_or_else(|p| p.into_inner()));
+    Report {
+        calls: plan.calls,
+        calls_connected: connected,
+        frames_planned: plan.frames_planned(),
+        frames_sent,
+        lost,
+        doubled,
+        foreign: ledger.foreign.load(Ordering::Relaxed),
+        latency_p50_us: quantile_u32(&mut latency, 0.5),
+        latency_p99_us: quantile_u32(&mut latency, 0.99),
+        latency_max_us: latency.last().copied().unwrap_or(0),
+        generator_lag_p50_us: quantile_u32(&mut lag, 0.5),
+        generator_lag_p99_us: quantile_u32(&mut lag, 0.99),
+        generator_lag_max_us: lag.last().copied().unwrap_or(0),
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Option<Socket> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+    let start = r#"{"event":"start","sequence_number":"1","stream_id":"bench","start":{"call_control_id":"v3:bench","media_format":{"encoding":"PCMU","sample_rate":8000,"channels":1}}}"#;
+    socket.send(Message::Text(start.into())).await.ok()?;
+    Some(socket)
+}
+
+/// One call: both tracks, a frame each per 20 ms slot, each slot due on the grid whatever
+/// happened to the previous one. Returns the frames sent and the lag of each slot (µs).
+async fn stream_call(
+    plan: Plan,
+    call: usize,
+    socket: Socket,
+    start: tokio::time::Instant,
+) -> (usize, Vec<u32>) {
+    let (mut tx, mut rx) = socket.split();
+    // The service may send marks or clears; read them so its writes never block.
+    let reader = tokio::spawn(async move { while rx.next().await.is_some() {} });
+    let phase = FRAME_PERIOD * call as u32 / plan.calls.max(1) as u32;
+    let mut sent = 0;
+    let mut lags = Vec::with_capacity(plan.frames);
+    let mut payload = [0x55u8; FRAME_BYTES];
+    let mut encoded = String::with_capacity(FRAME_BYTES * 4 / 3 + 4);
+    'grid: for chunk in 0..plan.frames {
+        let due = start + phase + FRAME_PERIOD * chunk as u32;
+        tokio::time::sleep_until(due).await;
+        lags.push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        for (track_index, track) in ["inbound", "outbound"].into_iter().enumerate() {
+            let id = plan.frame_id(call, chunk, track_index);
+            let copies = match plan.fault {
+                Fault::DropFrame(dropped) if dropped == id => 0,
+                Fault::DuplicateFrame(doubled) if doubled == id => 2,
+                _ => 1,
+            };
+            payload[..8].copy_from_slice(&id.to_le_bytes());
+            encoded.clear();
+            STANDARD.encode_string(payload, &mut encoded);
+            let sequence = chunk + 2;
+            let frame = format!(
+                r#"{{"event":"media","sequence_number":"{sequence}","stream_id":"bench","media":{{"track":"{track}","chunk":"{}","timestamp":"{}","payload":"{encoded}"}}}}"#,
+                chunk + 1,
+                (chunk + 1) * 20,
+            );
+            if copies == 2 && tx.feed(Message::Text(frame.clone().into())).await.is_ok() {
+                sent += 1;
+            }
+            if copies > 0 {
+                if tx.feed(Message::Text(frame.into())).await.is_err() {
+                    break 'grid;
+                }
+                sent += 1;
+            }
+        }
+        // Both tracks in one write, as Telnyx's frames of one instant travel together.
+        if tx.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = tx
+        .send(Message::Text(
+            r#"{"event":"stop","stream_id":"bench"}"#.into(),
+        ))
+        .await;
+    // Keep the socket open until the service has forwarded the tail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = tx.close().await;
+    reader.abort();
+    (sent, lags)
+}
+
+/// The floor: a bare tokio WebSocket relay doing only what any bridge must — find the
+/// track and the payload in each frame by byte search (no JSON tree, no per-frame
+/// allocation), decode the base64 into the track's batch, and forward 100 ms batches to an
+/// upstream socket per track. Runs until the listener fails.
+pub async fn floor_relay(listener: tokio::net::TcpListener, upstream: String, api_key: String) {
+    let upstream = Arc::new((upstream, api_key));
+    while let Ok((stream, _)) = listener.accept().await {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Ok(socket) = tokio_tungstenite::accept_async(stream).await {
+                relay_stream(socket, &upstream.0, &upstream.1).await;
+            }
+        });
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<Socket, Message>;
+
+async fn relay_stream(
+    socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    upstream: &str,
+    api_key: &str,
+) {
+    const BATCH: usize = 800;
+    let track_key = memchr::memmem::Finder::new(br#""track":""#);
+    let payload_key = memchr::memmem::Finder::new(br#""payload":""#);
+    let (_, mut rx) = socket.split();
+    let mut sinks: [Option<Sink>; TRACKS] = [None, None];
+    let mut batches = [
+        Vec::with_capacity(BATCH + 256),
+        Vec::with_capacity(BATCH + 256),
+    ];
+    while let Some(Ok(message)) = rx.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let bytes = text.as_bytes();
+        let (Some(track_at), Some(payload_at)) = (track_key.find(bytes), payload_key.find(bytes))
+        else {
+            continue;
+        };
+        let track = usize::from(bytes.get(track_at + 9) == Some(&b'o'));
+        let payload = &bytes[payload_at + 11..];
+        let Some(end) = memchr::memchr(b'"', payload) else {
+            continue;
+        };
+        let batch = &mut batches[track];
+        let filled = batch.len();
+        batch.resize(filled + FRAME_BYTES * 2, 0);
+        let Ok(decoded) = STANDARD.decode_slice(&payload[..end], &mut batch[filled..]) else {
+            batch.truncate(filled);
+            continue;
+        };
+        batch.truncate(filled + decoded);
+        if batch.len() < BATCH {
+            continue;
+        }
+        if sinks[track].is_none() {
+            let Some(sink) = open_upstream(upstream, api_key).await else {
+                return;
+            };
+            sinks[track] = Some(sink);
+        }
+        let chunk = bytes::Bytes::copy_from_slice(batch);
+        batch.clear();
+        if let Some(sink) = sinks[track].as_mut()
+            && sink.send(Message::Binary(chunk)).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn open_upstream(url: &str, api_key: &str) -> Option<Sink> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().ok()?;
+    request
+        .headers_mut()
+        .insert("authorization", api_key.parse().ok()?);
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+    let (sink, mut stream) = socket.split();
+    tokio::spawn(async move { while stream.next().await.is_some() {} });
+    Some(sink)
+}
