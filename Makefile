@@ -1,6 +1,6 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
 # `make help` lists every target.
-.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak conformance
+.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak conformance rehearse fuzz
 .PHONY: edge-deps ts-lint workflows-lint wrangler-lint docs-lint dev-session openapi-lint openapi
 .DEFAULT_GOAL := help
 
@@ -12,6 +12,9 @@ dev: ## run the service on local defaults (real PostgreSQL, s3s-fs, migrations a
 
 test: ## every test suite against real local servers
 	.ci/test.sh
+
+rehearse: ## retirement rehearsal: webhooks, telnyx.event and cron at the edge, no container worker (docs/STRANGLER.md)
+	PARITY_STORAGES=raw PARITY_REHEARSE=1 bash .ci/parity.sh
 
 lint: docker-lint ts-lint workflows-lint wrangler-lint docs-lint openapi-lint ## every static check (CI runs it)
 	cargo fmt --check
@@ -63,6 +66,9 @@ soak: ## stress runs at full scale (tests/soak_*.rs with CALLBRIDGE_SOAK=long) a
 
 conformance: ## Schemathesis against the container + simulators: statuses, types, bodies as documented
 	.ci/schemathesis.sh
+
+fuzz: ## cargo-fuzz targets for FUZZ_SECS each (600), then Schemathesis's long run (limits off and on)
+	.ci/fuzz.sh
 
 demo: ## one simulated interpreted call end to end (en agent, es remote): conversation, latencies
 	.ci/demo.sh

@@ -20,6 +20,9 @@
 # `parity: N passed, M failed`; exits non-zero on any mismatch or setup failure.
 # PARITY_KEEP_LOGS=1 keeps the container/wrangler/simulator logs and prints where;
 # PARITY_VERBOSE=1 prints each case's (container) body or WebSocket messages.
+# PARITY_REHEARSE=1 (`make rehearse`) runs only the job phase (parity/jobs-run.mjs) and the
+# retirement rehearsal: webhooks, telnyx.event and the cron tasks at the edge with no container
+# worker, then what still needs the container. The full suite (make test) runs both too.
 # Needs: the built container binary (this script never runs cargo), Node 20 + npm,
 # PostgreSQL on PGHOST:PGPORT (default 127.0.0.1:5432) reachable as PGUSER (default postgres)
 # without a password (trust), as the local cluster is set up.
@@ -139,16 +142,19 @@ round() {
   log "[$storage] starting the container ($BIN) on 127.0.0.1:$DIRECT_PORT"
   # AUTH_SESSION_CACHE_TTL_SECS=0: the suite resets the database between its two passes; a
   # session cached by the container in the first pass would outlive that reset.
-  env APP_ENV=development BIND_ADDRESS=127.0.0.1 PORT="$DIRECT_PORT" \
-    DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB" RUN_MIGRATIONS_ON_START=true \
-    R2_ENDPOINT=http://127.0.0.1:9 R2_CREATE_BUCKET=false LOG_FORMAT=json LOG_LEVEL=warn \
-    TELNYX_API_KEY=parity TELNYX_CONNECTION_ID=parity TELNYX_PUBLIC_KEY="$TELNYX_PUBLIC_KEY" \
-    TELNYX_API_BASE=http://127.0.0.1:9/v2 AUTH_TOKEN_STORAGE="$storage" AUTH_SESSION_CACHE_TTL_SECS=0 \
-    ALLOWED_ORIGINS=http://localhost:3000 EDGE_SHARED_SECRET="$EDGE_SECRET" \
-    EDGE_UNSIGNED_PATHS=/healthz,/readyz,/metrics,/api/openapi.json \
-    ASSEMBLYAI_API_KEY="$AAI_KEY" ASSEMBLYAI_STREAMING_URL="$AAI_URL" MEDIA_BATCH_MS=100 \
-    ASSEMBLYAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET" \
-    "$BIN" serve >>"$WORK/container.log" 2>&1 &
+  # The same settings for `serve` here and for the `worker` the job phase starts
+  # (parity/jobs-run.mjs; it points TELNYX_API_BASE at its own recorder).
+  local container_env=(APP_ENV=development BIND_ADDRESS=127.0.0.1 PORT="$DIRECT_PORT"
+    DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB" RUN_MIGRATIONS_ON_START=true
+    R2_ENDPOINT=http://127.0.0.1:9 R2_CREATE_BUCKET=false LOG_FORMAT=json LOG_LEVEL=warn
+    TELNYX_API_KEY=parity TELNYX_CONNECTION_ID=parity TELNYX_PUBLIC_KEY="$TELNYX_PUBLIC_KEY"
+    TELNYX_API_BASE=http://127.0.0.1:9/v2 AUTH_TOKEN_STORAGE="$storage" AUTH_SESSION_CACHE_TTL_SECS=0
+    ALLOWED_ORIGINS=http://localhost:3000 EDGE_SHARED_SECRET="$EDGE_SECRET"
+    EDGE_UNSIGNED_PATHS=/healthz,/readyz,/metrics,/api/openapi.json
+    ASSEMBLYAI_API_KEY="$AAI_KEY" ASSEMBLYAI_STREAMING_URL="$AAI_URL" MEDIA_BATCH_MS=100
+    ASSEMBLYAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET")
+  printf '%s\n' "${container_env[@]}" | grep -v '^PORT=' >"$WORK/worker.env"
+  env "${container_env[@]}" "$BIN" serve >>"$WORK/container.log" 2>&1 &
   CONTAINER_PID=$!
   # /healthz, not /readyz: the R2 endpoint is deliberately unreachable here.
   wait_http "http://127.0.0.1:$DIRECT_PORT/healthz" 60 "$CONTAINER_PID" container
@@ -163,7 +169,7 @@ round() {
     --var "ORIGIN_URL:http://127.0.0.1:$DIRECT_PORT" --var "EDGE_SHARED_SECRET:$EDGE_SECRET" \
     --var "TELNYX_PUBLIC_KEY:$TELNYX_PUBLIC_KEY" --var "AUTH_TOKEN_STORAGE:$storage" --var PARITY_OWNER:edge \
     --var "ASSEMBLYAI_API_KEY:$AAI_KEY" --var "ASSEMBLYAI_STREAMING_URL:$AAI_URL" --var MEDIA_BATCH_MS:100 \
-    --var "ASSEMBLYAI_WEBHOOK_SECRET:$AAI_WEBHOOK_SECRET" \
+    --var "ASSEMBLYAI_WEBHOOK_SECRET:$AAI_WEBHOOK_SECRET" --test-scheduled \
     </dev/null >>"$WORK/wrangler.log" 2>&1 &
   WRANGLER_PID=$!
   wait_http "http://127.0.0.1:$SHIM_PORT/healthz" 90 "$WRANGLER_PID" wrangler
@@ -186,7 +192,7 @@ round() {
   log "[$storage] running the parity suite"
   # Its exit status is not needed: the counts decide (a crashed runner prints "0 passed, 1 failed").
   node parity/run.mjs --direct "http://127.0.0.1:$DIRECT_PORT" --shim "http://127.0.0.1:$SHIM_PORT" \
-    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" --bin "$BIN" --edge-secret "$EDGE_SECRET" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
+    --db "postgres://$PGUSER@$PGHOST:$PGPORT/$DB" --aai "http://127.0.0.1:$SIM_PORT" --storage "$storage" --bin "$BIN" --worker-env "$WORK/worker.env" ${PARITY_REHEARSE:+--rehearse} --edge-secret "$EDGE_SECRET" ${PARITY_VERBOSE:+--verbose} | tee "$WORK/round-$storage.out" || true
   stop_servers
 }
 

@@ -44,6 +44,12 @@ cargo test --doc
 # every operation called through it against the container built above (docs/API_CONTRACT.md).
 bash clients/ts/scripts/test-against-container.sh
 
+# Schemathesis's short run (make conformance at ST_SHORT_EXAMPLES cases per operation) with
+# the same binary: no 5xx and no answer the document does not describe (docs/SECURITY.md,
+# "Schema testing"). The long run is in `make fuzz`.
+command -v st >/dev/null || pip install -q 'schemathesis>=4,<5'
+MAX_EXAMPLES=${ST_SHORT_EXAMPLES:-10} ST_TIMEOUT=${ST_SHORT_TIMEOUT:-240} bash .ci/schemathesis.sh
+
 # Edge ↔ container parity: the same cases against the container and through the shim in
 # workerd, with the binary nextest just built (docs/STRANGLER.md).
 bash .ci/parity.sh

@@ -95,16 +95,37 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<Option<Report>> {
     result.map(Some)
 }
 
-/// The work of one tick, without the lock (tests call the parts directly).
+/// The work of one tick, without the lock (tests call the parts directly): the tasks the
+/// embedded manifest leaves to the container.
 pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
+    tick_for(state, crate::strangler::embedded()).await
+}
+
+/// One tick's tasks that `manifest` gives the container (`origin`); a task the manifest
+/// gives the edge runs in the Worker's Cron Trigger instead, never here.
+pub async fn tick_for(
+    state: &AppState,
+    manifest: &crate::strangler::Manifest,
+) -> anyhow::Result<Report> {
+    let ours = |task: &str| manifest.cron_owner(task) == "origin";
     let mut report = Report::default();
-    purge_expired_recordings(state, &mut report).await?;
-    report.text_rows_purged = purge_expired_text(state).await?;
-    sweep_uploads(state, &mut report).await?;
-    report.stale_calls_failed = sweep_stale_calls(state).await?;
-    report.dead_jobs = dead_jobs(state).await?;
-    report.quotas = enforce_quotas(state).await?;
-    {
+    if ours("retention.purge") {
+        purge_expired_recordings(state, &mut report).await?;
+        report.text_rows_purged = purge_expired_text(state).await?;
+    }
+    if ours("uploads.sweep") {
+        sweep_uploads(state, &mut report).await?;
+    }
+    if ours("calls.stale_sweep") {
+        report.stale_calls_failed = sweep_stale_calls(state).await?;
+    }
+    if ours("jobs.dead_report") {
+        report.dead_jobs = dead_jobs(state).await?;
+    }
+    if ours("usage.quotas") {
+        report.quotas = enforce_quotas(state).await?;
+    }
+    if ours("usage.metering") {
         let client = state.db.client().await?;
         report.storage_days_recorded = crate::usage::record_storage_days(&**client).await?;
         report.usage_drift_found =

@@ -3,18 +3,63 @@
 //! jobs that process the events and the edge shim (which runs [`INBOX_INSERT_SQL`] byte for
 //! byte) all name the providers and job kinds through this module.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Db, DbError};
 use crate::queue::JobKind;
 
-/// Inserts the event unless its id is known, and enqueues its job in the same statement.
-/// The job's kind is `<provider>.event` ([`Provider::job_kind`]); the edge shim runs this
-/// same statement through Hyperdrive (`received_via = 'edge'`).
-pub const INBOX_INSERT_SQL: &str = "with inserted as (
+/// Stores a verified webhook body and enqueues its job, in one statement that also reads it:
+/// `$1` the provider, `$2` the raw body as text, `$3` `received_via`. PostgreSQL is the one
+/// parser: `webhook_body` (migration 20261206001210) reads the raw
+/// text as `jsonb` after replacing each `\u0000` escape by `\ufffd` (ADR 0020), or says why
+/// it will not; the statement picks out the event id and type, and converts
+/// `data.occurred_at` when it is an RFC 3339 timestamp (else NULL). The answer is one row:
+/// `rejected` (why nothing was stored: the 400's detail), `not_json` (the body is not JSON,
+/// as opposed to not this provider's webhook), `event_id`, `nul_replaced` and `inserted` (0
+/// for a duplicate). The edge shim runs this statement byte for byte through Hyperdrive
+/// (`received_via = 'edge'`), so both sides store identical rows (docs/STRANGLER.md; ADR 0030).
+pub const INBOX_INSERT_SQL: &str = r#"with parsed as (
+        select read.body, read.refusal,
+               (select count(*) from regexp_matches($2::text, '(?<!\\)((?:\\\\)*)\\u0000', 'g')) as nul_replaced
+        from webhook_body($2::text) read
+    ), event as (
+        select body, nul_replaced, refusal is not null as not_json, case
+            when refusal is not null then 'the body is not JSON: ' || refusal
+            else case $1::text
+            when 'telnyx' then case
+                when (jsonb_typeof(body) = 'object' and body ? 'data') is not true then 'missing data'
+                when (jsonb_typeof(body->'data'->'id') = 'string'
+                      and octet_length(body->'data'->>'id') between 1 and 200) is not true then 'missing data.id'
+                when (jsonb_typeof(body->'data'->'event_type') = 'string'
+                      and octet_length(body->'data'->>'event_type') between 1 and 100) is not true then 'missing data.event_type'
+                end
+            when 'assemblyai' then case
+                when (jsonb_typeof(body->'transcript_id') = 'string'
+                      and octet_length(body->>'transcript_id') between 1 and 200) is not true then 'missing transcript_id'
+                when (jsonb_typeof(body->'status') = 'string'
+                      and octet_length(body->>'status') between 1 and 40) is not true then 'missing status'
+                end
+            else 'unknown provider'
+            end end as rejected,
+            case $1::text when 'telnyx' then body->'data'->>'id'
+                else (body->>'transcript_id') || ':' || (body->>'status') end as event_id,
+            case $1::text when 'telnyx' then replace(body->'data'->>'event_type', '_', '.')
+                else 'transcript.' || (body->>'status') end as event_type,
+            case when $1::text = 'telnyx' then body->'data'->>'occurred_at' end as occurred_text
+        from parsed
+    ), stamped as (
+        select event.*, case
+            when jsonb_typeof(body->'data'->'occurred_at') = 'string'
+             and occurred_text ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$'
+             and substr(occurred_text, 1, 4) <> '0000'
+             and extract(month from make_date(substr(occurred_text, 1, 4)::int, substr(occurred_text, 6, 2)::int, 1)
+                                    + (substr(occurred_text, 9, 2)::int - 1)) = substr(occurred_text, 6, 2)::int
+            then occurred_text::timestamptz
+            end as occurred_at
+        from event
+    ), inserted as (
         insert into webhook_inbox (provider, event_id, event_type, occurred_at, payload, received_via)
-        values ($1, $2, $3, $4, $5, $6)
+        select $1, event_id, event_type, occurred_at, body, $3 from stamped where rejected is null
         on conflict (provider, event_id) do nothing
         returning provider, event_id
     ), enqueued as (
@@ -25,7 +70,7 @@ pub const INBOX_INSERT_SQL: &str = "with inserted as (
         on conflict (dedupe_key) where dedupe_key is not null do nothing
         returning id
     )
-    select count(*) from inserted";
+    select rejected, not_json, event_id, nul_replaced, (select count(*) from inserted) as inserted from stamped"#;
 
 /// A provider whose webhooks land in the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,60 +140,102 @@ impl JobKind for AssemblyAiEventJob {
     }
 }
 
-/// One verified event, as the receiver parsed it.
-#[derive(Debug)]
-pub struct Event<'a> {
-    pub provider: Provider,
-    pub event_id: &'a str,
-    pub event_type: &'a str,
-    pub occurred_at: Option<DateTime<Utc>>,
-    pub payload: &'a serde_json::Value,
+/// What the inbox statement made of a verified body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored (or already stored: `duplicate`) and its job enqueued.
+    Received { event_id: String, duplicate: bool },
+    /// Nothing stored: `reason` is the 400's detail. `not_json`: the body is not JSON (else
+    /// it is JSON but not this provider's webhook, and the receiver prefixes the reason).
+    Refused { reason: String, not_json: bool },
 }
 
-/// Stores a verified event and enqueues its job (one statement, so both or neither), counting
-/// it. Returns whether the event id was already known (a duplicate delivery). The caller
-/// rings the job bell when it was not.
-pub async fn store(db: &Db, event: &Event<'_>) -> Result<bool, DbError> {
+/// The 400 for a body that is not UTF-8 (PostgreSQL only takes text).
+pub const NOT_UTF8: &str = "the body is not JSON: it is not valid UTF-8";
+
+/// The 400 for a body with a NUL byte (never JSON; PostgreSQL refuses it in text).
+pub const NUL_BYTE: &str = "the body is not JSON: it contains a NUL byte";
+
+/// A body PostgreSQL would not read as JSON, should one reach it as an error rather than as
+/// `webhook_body`'s refusal: its message and detail (never its context line, which echoes
+/// the body).
+fn not_json(error: &tokio_postgres::Error) -> Option<String> {
+    let db = error.as_db_error()?;
+    let code = db.code().code();
+    if !(code.starts_with("22") || code == "54001") {
+        return None;
+    }
+    Some(match db.detail() {
+        Some(detail) => format!("the body is not JSON: {} ({detail})", db.message()),
+        None => format!("the body is not JSON: {}", db.message()),
+    })
+}
+
+/// Stores a verified body (see [`INBOX_INSERT_SQL`]) and enqueues its job, counting it. The
+/// caller rings the job bell when the event was new.
+pub async fn store(db: &Db, provider: Provider, body: &[u8]) -> Result<Stored, DbError> {
+    let refused = |reason: &str| Stored::Refused {
+        reason: reason.to_owned(),
+        not_json: true,
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(refused(NOT_UTF8));
+    };
+    if text.contains('\0') {
+        return Ok(refused(NUL_BYTE));
+    }
     let client = db.client().await?;
     let statement = db.prepare(&client, INBOX_INSERT_SQL).await?;
-    let inserted: i64 = client
-        .query_one(
-            &statement,
-            &[
-                &event.provider.as_str(),
-                &event.event_id,
-                &event.event_type,
-                &event.occurred_at,
-                event.payload,
-                &"origin",
-            ],
-        )
-        .await?
-        .get("count");
-    let duplicate = inserted == 0;
-    metrics::counter!(
-        "webhooks_received_total",
-        "provider" => event.provider.as_str(),
-        "duplicate" => duplicate.to_string()
-    )
-    .increment(1);
-    Ok(duplicate)
-}
-
-/// Makes a verified body storable: PostgreSQL refuses U+0000 in `jsonb` and `text`, and a
-/// signed event must be stored, not answered 500 and retried until the provider gives up.
-/// Runs after the signature check, which saw the raw bytes (docs/adr/0020-nul-in-webhooks.md).
-pub fn storable(payload: &mut serde_json::Value, provider: Provider) {
-    let replaced = crate::db::replace_nul(payload);
+    let row = match client
+        .query_one(&statement, &[&provider.as_str(), &text, &"origin"])
+        .await
+    {
+        Ok(row) => row,
+        Err(error) => match not_json(&error) {
+            Some(reason) => return Ok(refused(&reason)),
+            None => return Err(error.into()),
+        },
+    };
+    if let Some(reason) = row.get::<_, Option<String>>("rejected") {
+        return Ok(Stored::Refused {
+            reason,
+            not_json: row.get("not_json"),
+        });
+    }
+    let replaced: i64 = row.get("nul_replaced");
     if replaced > 0 {
         metrics::counter!("webhook_nul_replaced_total", "provider" => provider.as_str())
             .increment(replaced as u64);
     }
+    let duplicate = row.get::<_, i64>("inserted") == 0;
+    metrics::counter!(
+        "webhooks_received_total",
+        "provider" => provider.as_str(),
+        "duplicate" => duplicate.to_string()
+    )
+    .increment(1);
+    Ok(Stored::Received {
+        event_id: row.get("event_id"),
+        duplicate,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The edge shim runs the inbox statement through Hyperdrive; a copy that drifted would
+    /// store different rows from the edge. This pins the copy to the original.
+    #[test]
+    fn the_edge_runs_the_same_inbox_statement() {
+        let source = include_str!("../edge-shim/src/inbox.ts");
+        let start = source
+            .find("INBOX_INSERT_SQL = String.raw`")
+            .expect("edge-shim/src/inbox.ts declares INBOX_INSERT_SQL")
+            + "INBOX_INSERT_SQL = String.raw`".len();
+        let end = start + source[start..].find('`').expect("closing backtick");
+        assert_eq!(&source[start..end], INBOX_INSERT_SQL);
+    }
 
     #[test]
     fn the_job_kind_is_the_one_the_statement_builds() {

@@ -373,8 +373,9 @@ async fn migrate_tokens(config: &Config, batch_size: i64, dry_run: bool) -> anyh
     Ok(())
 }
 
-/// `callbridge routes`: the route table with edge/origin ownership; fails on a manifest
-/// route the container does not serve (rolling back to origin must always be possible).
+/// `callbridge routes`: the route, job kind and cron task tables with edge/origin ownership;
+/// fails on a manifest route the container does not serve, or a job kind or cron task it
+/// cannot run (rolling back to origin must always be possible).
 fn print_routes(manifest_path: Option<&std::path::Path>) -> ExitCode {
     use callbridge::strangler::{self, Manifest};
     let text = match manifest_path {
@@ -399,14 +400,36 @@ fn print_routes(manifest_path: Option<&std::path::Path>) -> ExitCode {
     for (method, path) in strangler::container_routes(&spec) {
         println!("{method:<7} {path:<40} {}", manifest.owner(&method, &path));
     }
+    let kinds = callbridge::jobs::handlers::registry().kinds();
+    let mut kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    kinds.sort_unstable();
+    println!();
+    println!("{:<48} owner", "job kind");
+    for kind in &kinds {
+        println!("{kind:<48} {}", manifest.job_owner(kind));
+    }
+    println!();
+    println!("{:<48} owner", "cron task");
+    for task in strangler::CRON_TASKS {
+        println!("{task:<48} {}", manifest.cron_owner(task));
+    }
     let missing = strangler::missing_in_container(&manifest, &spec);
-    if missing.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    let unknown = strangler::unknown_to_container(&manifest, &kinds);
+    if !missing.is_empty() {
         eprintln!(
             "callbridge: the manifest names routes the container does not serve: {}",
             missing.join(", ")
         );
+    }
+    if !unknown.is_empty() {
+        eprintln!(
+            "callbridge: the manifest names work the container cannot run: {}",
+            unknown.join(", ")
+        );
+    }
+    if missing.is_empty() && unknown.is_empty() {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     }
 }

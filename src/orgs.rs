@@ -3,6 +3,8 @@
 //! Every later resource belongs to exactly one organisation; the functions here are what
 //! decide whether a user may act in one.
 
+pub mod invitations;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
@@ -198,30 +200,6 @@ pub async fn members(
             })
         })
         .collect())
-}
-
-/// The Auth.js user id for an email address, if that person has signed in before.
-pub async fn user_id_by_email(
-    client: &impl GenericClient,
-    auth_schema: &str,
-    email: &str,
-) -> Result<Option<String>, DbError> {
-    let sql = format!(
-        "select id::text from {auth_schema}.users where lower(email) = lower($1) order by id limit 1"
-    );
-    Ok(client
-        .query_opt(&sql, &[&email])
-        .await?
-        .map(|row| row.get(0)))
-}
-
-pub async fn user_exists(
-    client: &impl GenericClient,
-    auth_schema: &str,
-    user_id: &str,
-) -> Result<bool, DbError> {
-    let sql = format!("select 1 from {auth_schema}.users where id::text = $1");
-    Ok(client.query_opt(&sql, &[&user_id]).await?.is_some())
 }
 
 pub enum AddOutcome {

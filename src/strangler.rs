@@ -1,6 +1,8 @@
-//! The edge route manifest (`edge-shim/routes.json`) as the container sees it: who owns each
-//! route today, and the guard that every manifest route exists here, so flipping any route
-//! back to `origin` is always safe (docs/STRANGLER.md).
+//! The edge manifest (`edge-shim/routes.json`) as the container sees it: who owns each route,
+//! each job kind and each cron task today, and the guards that every manifest route, kind and
+//! task exists here, so flipping any of them back to `origin` is always safe
+//! (docs/STRANGLER.md). The container refuses to run a job kind or cron task the manifest
+//! gives the edge.
 
 use serde::Deserialize;
 
@@ -15,9 +17,45 @@ pub struct ManifestRoute {
     pub owner: String,
 }
 
+/// Who runs a job kind: the container's PostgreSQL queue (`origin`) or the Worker's Queue
+/// consumer (`edge`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ManifestJob {
+    pub kind: String,
+    pub owner: String,
+}
+
+/// Who runs a cron task: the container's cron (`origin`) or the Worker's Cron Trigger (`edge`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ManifestCron {
+    pub task: String,
+    pub owner: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     pub routes: Vec<ManifestRoute>,
+    #[serde(default)]
+    pub jobs: Vec<ManifestJob>,
+    #[serde(default)]
+    pub cron: Vec<ManifestCron>,
+}
+
+/// The container's cron tasks, by their manifest names, in the order a tick runs them.
+pub const CRON_TASKS: [&str; 6] = [
+    "retention.purge",
+    "uploads.sweep",
+    "calls.stale_sweep",
+    "jobs.dead_report",
+    "usage.quotas",
+    "usage.metering",
+];
+
+/// The embedded manifest, parsed once (a build with an invalid one fails its unit tests).
+pub fn embedded() -> &'static Manifest {
+    static MANIFEST: std::sync::OnceLock<Manifest> = std::sync::OnceLock::new();
+    MANIFEST
+        .get_or_init(|| Manifest::parse(EMBEDDED_MANIFEST).expect("edge-shim/routes.json is valid"))
 }
 
 impl Manifest {
@@ -31,7 +69,51 @@ impl Manifest {
                 ));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for (what, name, owner) in manifest
+            .jobs
+            .iter()
+            .map(|j| ("job kind", &j.kind, &j.owner))
+            .chain(
+                manifest
+                    .cron
+                    .iter()
+                    .map(|c| ("cron task", &c.task, &c.owner)),
+            )
+        {
+            if !matches!(owner.as_str(), "origin" | "edge") {
+                return Err(format!("{what} {name}: owner must be origin or edge"));
+            }
+            if !seen.insert((what, name)) {
+                return Err(format!("{what} {name} is listed twice"));
+            }
+        }
         Ok(manifest)
+    }
+
+    /// Who runs `kind`; a kind the manifest does not list is the container's.
+    pub fn job_owner(&self, kind: &str) -> &str {
+        self.jobs
+            .iter()
+            .find(|j| j.kind == kind)
+            .map_or("origin", |j| j.owner.as_str())
+    }
+
+    /// The job kinds the edge runs: the container's workers never claim them.
+    pub fn edge_job_kinds(&self) -> Vec<String> {
+        self.jobs
+            .iter()
+            .filter(|j| j.owner == "edge")
+            .map(|j| j.kind.clone())
+            .collect()
+    }
+
+    /// Who runs cron task `task`; an unlisted task is the container's.
+    pub fn cron_owner(&self, task: &str) -> &str {
+        self.cron
+            .iter()
+            .find(|c| c.task == task)
+            .map_or("origin", |c| c.owner.as_str())
     }
 
     pub fn owner(&self, method: &str, path: &str) -> &str {
@@ -76,6 +158,22 @@ pub fn missing_in_container(manifest: &Manifest, spec: &utoipa::openapi::OpenApi
         .collect()
 }
 
+/// Manifest job kinds and cron tasks the container cannot run (must be empty): flipping
+/// one back to `origin` would leave its work undone.
+pub fn unknown_to_container(manifest: &Manifest, kinds: &[&str]) -> Vec<String> {
+    let jobs = manifest
+        .jobs
+        .iter()
+        .filter(|j| !kinds.contains(&j.kind.as_str()))
+        .map(|j| format!("job kind {}", j.kind));
+    let cron = manifest
+        .cron
+        .iter()
+        .filter(|c| !CRON_TASKS.contains(&c.task.as_str()))
+        .map(|c| format!("cron task {}", c.task));
+    jobs.chain(cron).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +183,59 @@ mod tests {
         let manifest = Manifest::parse(EMBEDDED_MANIFEST).expect("routes.json is valid");
         let spec = crate::http::openapi_document();
         assert_eq!(missing_in_container(&manifest, &spec), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_embedded_manifest_names_every_job_kind_and_cron_task_and_only_those() {
+        let manifest = Manifest::parse(EMBEDDED_MANIFEST).expect("routes.json is valid");
+        let kinds = crate::jobs::handlers::registry().kinds();
+        let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+        assert_eq!(
+            unknown_to_container(&manifest, &kinds),
+            Vec::<String>::new()
+        );
+        let mut listed: Vec<&str> = manifest.jobs.iter().map(|j| j.kind.as_str()).collect();
+        listed.sort_unstable();
+        let mut registered = kinds.clone();
+        registered.sort_unstable();
+        assert_eq!(
+            listed, registered,
+            "every job kind has an owner in routes.json"
+        );
+        let tasks: Vec<&str> = manifest.cron.iter().map(|c| c.task.as_str()).collect();
+        assert_eq!(
+            tasks, CRON_TASKS,
+            "every cron task has an owner in routes.json"
+        );
+    }
+
+    #[test]
+    fn the_guard_catches_a_kind_or_task_the_container_lacks() {
+        let manifest = Manifest::parse(
+            r#"{"routes": [], "jobs": [{"kind": "telnyx.event", "owner": "edge"},
+                {"kind": "fax.event", "owner": "origin"}],
+                "cron": [{"task": "retention.purge", "owner": "edge"}, {"task": "coffee", "owner": "edge"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            unknown_to_container(&manifest, &["telnyx.event"]),
+            vec![
+                "job kind fax.event".to_string(),
+                "cron task coffee".to_string()
+            ]
+        );
+        assert_eq!(manifest.job_owner("telnyx.event"), "edge");
+        assert_eq!(manifest.job_owner("recording.import"), "origin");
+        assert_eq!(manifest.edge_job_kinds(), vec!["telnyx.event".to_string()]);
+        assert_eq!(manifest.cron_owner("retention.purge"), "edge");
+        assert_eq!(manifest.cron_owner("calls.stale_sweep"), "origin");
+        for bad in [
+            r#"{"routes": [], "jobs": [{"kind": "x", "owner": "shadow"}]}"#,
+            r#"{"routes": [], "jobs": [{"kind": "x", "owner": "edge"}, {"kind": "x", "owner": "origin"}]}"#,
+            r#"{"routes": [], "cron": [{"task": "x", "owner": "cdn"}]}"#,
+        ] {
+            assert!(Manifest::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

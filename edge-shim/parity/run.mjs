@@ -25,6 +25,8 @@ import pg from "pg";
 import { CASES } from "./cases.mjs";
 import { AAI_WEBHOOK_SECRET, edgeHeaders, hashToken, seed, snapshot, telnyxSignature } from "./fixtures.mjs";
 import { WS_CASES } from "./ws-cases.mjs";
+import { readFileSync } from "node:fs";
+import { runJobParity } from "./jobs-run.mjs";
 import { resetSimulator, runWsCases } from "./ws-run.mjs";
 
 const { values: args } = parseArgs({
@@ -36,6 +38,8 @@ const { values: args } = parseArgs({
     aai: { type: "string" },
     // The container binary: `auth migrate-tokens` backfills in the dual round.
     bin: { type: "string" },
+    "worker-env": { type: "string" },
+    rehearse: { type: "boolean", default: false },
     // The container's EDGE_SHARED_SECRET: requests sent to --direct are signed with it.
     "edge-secret": { type: "string" },
     // AUTH_TOKEN_STORAGE of both sides: how the fixtures store session tokens.
@@ -247,7 +251,7 @@ function compareSnapshots(direct, shim) {
     viaDirect.size === 1 && viaDirect.has("origin"),
     [...viaDirect].join(","),
   );
-  const deferredIds = new Set(["evt-leap", "aai-repeated:completed"]); // the edge hands these to the container
+  const deferredIds = new Set(["aai-repeated:completed"]); // the edge hands these to the container
   const wrong = shim.inbox.filter((r) => r.received_via !== (deferredIds.has(r.event_id) ? "origin" : "edge"));
   record(
     "database: through the shim, rows say received_via = edge (origin for deferred events)",
@@ -420,6 +424,15 @@ async function storedHashIsNoLogin(db) {
   }
 }
 
+/** The container's settings for the `worker` the job phase starts (.ci/parity.sh writes them). */
+function readWorkerEnv() {
+  if (!args["worker-env"]) return null;
+  const lines = readFileSync(args["worker-env"], "utf8")
+    .split("\n")
+    .filter((l) => l.includes("="));
+  return Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+}
+
 async function main() {
   const db = new pg.Client({ connectionString: args.db });
   await db.connect();
@@ -427,6 +440,13 @@ async function main() {
     console.log(
       `parity: ${CASES.length} HTTP cases, ${WS_CASES.length} WebSocket cases, AUTH_TOKEN_STORAGE=${args.storage}, direct ${args.direct}, through the shim ${args.shim}`,
     );
+    if (args.rehearse) {
+      // `make rehearse`: the job phase and the retirement rehearsal only.
+      const workerEnv = readWorkerEnv();
+      await runJobParity({ db, send, direct: args.direct, shim: args.shim, bin: args.bin, workerEnv, storage: args.storage }, record);
+      await db.end();
+      return summary();
+    }
     const direct = await pass(args.direct, db, "direct");
     const shim = await pass(args.shim, db, "shim");
     for (let i = 0; i < CASES.length; i++) {
@@ -470,9 +490,18 @@ async function main() {
     compareSnapshots(direct.snap, shim.snap);
     await crossPaths(db);
     if (args.storage === "dual") await storedHashIsNoLogin(db);
+    // The job phase once (it does not depend on token storage): parity/jobs-run.mjs.
+    if (args.storage === "raw") {
+      const workerEnv = readWorkerEnv();
+      await runJobParity({ db, send, direct: args.direct, shim: args.shim, bin: args.bin, workerEnv, storage: args.storage }, record);
+    }
   } finally {
-    await db.end();
+    await db.end().catch(() => {});
   }
+  summary();
+}
+
+function summary() {
   const failed = results.filter((r) => !r.ok).length;
   console.log(`parity: ${results.length - failed} passed, ${failed} failed`);
   process.exit(failed === 0 ? 0 : 1);

@@ -3,11 +3,16 @@
 // an edge handler owned by PARITY_OWNER (default `edge`) instead of what routes.json says.
 // It also marks each answer an edge handler produced with `x-parity-answered-by: edge`, so
 // the suite can tell an edge answer from a deferral or fallback to the container (the header
-// is not part of the comparison). Never deployed: production owners come from routes.json.
+// is not part of the comparison). Its queue consumer and Cron Trigger are the production ones
+// with job owners the suite sets (`POST /__parity/work?telnyx.event=edge|origin`, held by
+// the isolate; parity/jobs-run.mjs). Never deployed: production owners come from routes.json.
 
+import { runCron } from "../src/cron";
 import type { Env } from "../src/env";
 import { type HandlerRegistry, HANDLERS } from "../src/handlers";
-import { compileManifest, type Owner } from "../src/manifest";
+import { consumeJobs } from "../src/jobs";
+import { compileManifest, compileWork, type Owner, type WorkManifest } from "../src/manifest";
+import { JOB_HANDLERS } from "../src/queue";
 import { createShim, type Shim } from "../src/router";
 import routesJson from "../routes.json";
 
@@ -18,13 +23,16 @@ interface ParityEnv extends Env {
   PARITY_OWNER?: string;
 }
 
+/** Job and cron owners for this isolate; the suite sets them between its job passes. */
+let work: WorkManifest = compileWork({ jobs: [{ kind: "telnyx.event", owner: "origin" }] });
+
 const marked: HandlerRegistry = Object.fromEntries(
   Object.entries(HANDLERS).map(([key, handler]) => [
     key,
     {
       ...handler,
       async handle(request, ctx) {
-        const response = await handler.handle(request, ctx);
+        const response = await handler.handle(request, { ...ctx, work });
         const headers = new Headers(response.headers);
         headers.set(ANSWERED_BY, "edge");
         // A 101 keeps its WebSocket (the edge's /api/realtime/transcribe).
@@ -50,6 +58,25 @@ function shimFor(owner: string): Shim {
   return shim;
 }
 
+function setWork(url: URL): Response {
+  const owner = url.searchParams.get("telnyx.event");
+  if (owner !== "edge" && owner !== "origin") return new Response("telnyx.event=edge|origin", { status: 400 });
+  work = compileWork({
+    jobs: [{ kind: "telnyx.event", owner }],
+    cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report"].map((task) => ({ task, owner })),
+  });
+  return new Response(null, { status: 204 });
+}
+
 export default {
-  fetch: (request, env, ctx) => shimFor(env.PARITY_OWNER || "edge").fetch(request, env, ctx),
+  fetch(request, env, ctx) {
+    const url = new URL(request.url);
+    if (url.pathname === "/__parity/work" && request.method === "POST") return setWork(url);
+    return shimFor(env.PARITY_OWNER || "edge").fetch(request, env, ctx);
+  },
+  queue: (batch, env) => consumeJobs(batch, env, work, JOB_HANDLERS),
+  async scheduled(_controller, env, ctx) {
+    const report = await runCron(env, work, (p) => ctx.waitUntil(p));
+    console.log(JSON.stringify({ event: "cron_tick", ...report }));
+  },
 } satisfies ExportedHandler<ParityEnv>;

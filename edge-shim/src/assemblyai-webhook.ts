@@ -1,33 +1,30 @@
 // Owns POST /webhooks/assemblyai at the edge, step for step as the container's
 // src/http/assemblyai_webhook.rs: the `x-callbridge-webhook-secret` header compared in constant
-// time with ASSEMBLYAI_WEBHOOK_SECRET (SHA-256 of both sides, so not even the length leaks), the
-// body read as serde_json reads it (serde-json.ts), `transcript_id` (1–200 bytes) and `status`
-// (1–40 bytes), then the container's one inbox + job statement (webhooks.ts INBOX_INSERT_SQL)
-// through Hyperdrive with provider `assemblyai`, event id `{transcript_id}:{status}`, event type
-// `transcript.{status}`, no occurred_at and received_via = 'edge'; answers
-// `{"event_id", "duplicate"}`.
+// time with ASSEMBLYAI_WEBHOOK_SECRET (SHA-256 of both sides, so not even the length leaks),
+// then the raw body handed to the container's one inbox + job statement (inbox.ts) through
+// Hyperdrive with provider `assemblyai` and received_via = 'edge': PostgreSQL reads
+// `transcript_id` (1–200 bytes) and `status` (1–40 bytes) and stores event id
+// `{transcript_id}:{status}`, event type `transcript.{status}`; answers
+// `{"event_id", "duplicate"}` or the container's 400.
 //
 // Deferred to the container (before anything is written): ASSEMBLYAI_API_KEY or
 // ASSEMBLYAI_WEBHOOK_SECRET missing at the edge (the container answers its own 503 or verifies
 // with its secret), a body over HTTP_BODY_LIMIT_BYTES (its 413), a header value the edge may not
 // see as the container does (a comma: several headers are joined by the Workers runtime, the
-// container reads the first; bytes outside printable ASCII), and a body serde_json would reject
-// or that this port is not sure about (its 400 quotes serde's message). A database failure
-// throws, so the container runs the same idempotent statement again.
+// container reads the first; bytes outside printable ASCII). A database failure throws, so
+// the container runs the same idempotent statement again.
 
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import { bodyLimit } from "./body";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
-import { type Json, member, parseSerdeJson } from "./serde-json";
-import { INBOX_INSERT_SQL, storable } from "./webhooks";
+import { storeInInbox } from "./inbox";
 
 /** src/providers/assemblyai_async.rs WEBHOOK_AUTH_HEADER. */
 export const WEBHOOK_AUTH_HEADER = "x-callbridge-webhook-secret";
 
 const encoder = new TextEncoder();
-const utf8Length = (s: string) => encoder.encode(s).length;
 
 /**
  * `same_secret`: SHA-256 of both sides compared without an early exit, so neither the
@@ -42,22 +39,6 @@ export async function sameSecret(sent: Uint8Array, expected: Uint8Array): Promis
   let diff = 0;
   for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!;
   return diff === 0;
-}
-
-export interface AssemblyAIEvent {
-  /** `{transcript_id}:{status}`. */
-  eventId: string;
-  /** `transcript.{status}`. */
-  eventType: string;
-}
-
-/** The container's checks of the parsed body, in its order, with its 400 details. */
-export function parseTranscriptEvent(payload: Json): AssemblyAIEvent | { error: string } {
-  const id = member(payload, "transcript_id");
-  if (typeof id !== "string" || id === "" || utf8Length(id) > 200) return { error: "missing transcript_id" };
-  const status = member(payload, "status");
-  if (typeof status !== "string" || status === "" || utf8Length(status) > 40) return { error: "missing status" };
-  return { eventId: `${id}:${status}`, eventType: `transcript.${status}` };
 }
 
 /** The header as the container reads it, or DeferToOrigin when the edge cannot be sure. */
@@ -87,30 +68,12 @@ export const assemblyaiWebhook: EdgeHandler = {
       return unauthorized(a, "Webhook auth header missing or wrong.");
     }
 
-    const parsed = storable(parseSerdeJson(body));
-    if (parsed === null) throw new DeferToOrigin("the body is not JSON as serde_json reads it");
-    const event = parseTranscriptEvent(parsed.value);
-    if ("error" in event) return problemAnswer(a, { status: 400, detail: event.error });
-
-    let duplicate = false;
-    if (!ctx.dryRun) {
-      const inserted = await withDb(env, ctx.waitUntil, async (db) => {
-        const result = await db.query<{ count: string }>(INBOX_INSERT_SQL, [
-          "assemblyai",
-          event.eventId,
-          event.eventType,
-          null,
-          parsed.canonical,
-          "edge",
-        ]);
-        return result.rows[0]?.count;
-      });
-      if (inserted === undefined) throw new Error("the inbox statement returned no row");
-      duplicate = inserted === "0";
-    }
-    return jsonAnswer<JsonBody<"/webhooks/assemblyai", "post", 200>>(a, { event_id: event.eventId, duplicate });
+    const receipt = await withDb(env, ctx.waitUntil, (db) => storeInInbox(db, "assemblyai", body, ctx.dryRun));
+    if ("rejected" in receipt) return problemAnswer(a, { status: 400, detail: receipt.rejected });
+    const { eventId, duplicate } = receipt;
+    return jsonAnswer<JsonBody<"/webhooks/assemblyai", "post", 200>>(a, { event_id: eventId, duplicate });
   },
-  // In a shadow (dry-run) call nothing is written, so whether the event is a duplicate is
-  // not known; everything else is compared.
+  // In a shadow (dry-run) call the statement is rolled back after the container has stored
+  // the event, so the edge sees a duplicate; everything else is compared.
   shadow: { ignoreFields: ["/duplicate"], headers: ["content-type", "www-authenticate"] },
 };

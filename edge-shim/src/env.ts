@@ -35,6 +35,17 @@ export interface Env {
   ASSEMBLYAI_SPEECH_MODEL: string;
   /** Milliseconds of audio per chunk sent to AssemblyAI (50–1000); the container's `MEDIA_BATCH_MS`. */
   MEDIA_BATCH_MS: string;
+  /**
+   * Default days a recording (and the text derived from its call) is kept when its
+   * organisation sets none; the container's `RECORDINGS_RETENTION_DAYS` (1–3650, default 90).
+   * Read by the edge's `retention.purge` cron task.
+   */
+  RECORDINGS_RETENTION_DAYS: string;
+  /**
+   * Minutes after which a non-terminal call nobody updated is failed; the container's
+   * `CRON_STALE_CALL_MINUTES` (1–10080, default 240). Read by the edge's `calls.stale_sweep`.
+   */
+  CRON_STALE_CALL_MINUTES: string;
   /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */

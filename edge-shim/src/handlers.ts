@@ -5,7 +5,7 @@
 import { listCalls, me } from "./api";
 import { assemblyaiWebhook } from "./assemblyai-webhook";
 import type { Env } from "./env";
-import type { CompiledRoute } from "./manifest";
+import type { CompiledRoute, WorkManifest } from "./manifest";
 import { realtimeTranscribe } from "./realtime";
 import { telnyxWebhook } from "./webhooks";
 
@@ -24,6 +24,8 @@ export interface EdgeContext {
   dryRun: boolean;
   /** ctx.waitUntil, for work that may finish after the response. */
   waitUntil(promise: Promise<unknown>): void;
+  /** Job and cron owners (routes.json's by default; tests and the parity Worker set their own). */
+  work?: WorkManifest;
 }
 
 /** Per-route rules for comparing the edge's answer with the origin's in shadow mode. */

@@ -1,6 +1,8 @@
-// Owns the route manifest (routes.json): validating it, compiling its path templates, and
-// matching a request's method + path to the entry that decides who answers. It knows nothing
-// about proxying or edge handlers; a request no entry matches belongs to the origin.
+// Owns the manifest (routes.json): validating it, compiling its route path templates, matching
+// a request's method + path to the entry that decides who answers, and who runs each job kind
+// and cron task (the container: `origin`; this Worker: `edge`). It knows nothing about
+// proxying, edge handlers or consumers; a request, kind or task no entry names belongs to the
+// origin.
 
 import routesJson from "../routes.json";
 
@@ -165,5 +167,52 @@ function moreSpecific(a: CompiledRoute, b: CompiledRoute): boolean {
   return false;
 }
 
+/** Who runs a job kind or cron task: the container's queue / cron, or this Worker. */
+export type WorkOwner = "origin" | "edge";
+
+/** The `jobs` and `cron` sections of routes.json: kind (or task) → owner. */
+export interface WorkManifest {
+  jobs: ReadonlyMap<string, WorkOwner>;
+  cron: ReadonlyMap<string, WorkOwner>;
+}
+
+/**
+ * Checks and reads the `jobs` ([{kind, owner}]) and `cron` ([{task, owner}]) sections; both
+ * optional. Throws one error listing every problem: an owner other than origin/edge, a name
+ * listed twice, a malformed entry.
+ */
+export function compileWork(manifest: unknown): WorkManifest {
+  const problems: string[] = [];
+  const read = (section: "jobs" | "cron", field: "kind" | "task"): Map<string, WorkOwner> => {
+    const out = new Map<string, WorkOwner>();
+    const raw = (manifest as Record<string, unknown> | null)?.[section];
+    if (raw === undefined) return out;
+    if (!Array.isArray(raw)) {
+      problems.push(`${section}: expected an array`);
+      return out;
+    }
+    raw.forEach((entry, i) => {
+      const name = (entry as Record<string, unknown> | null)?.[field];
+      const owner = (entry as Record<string, unknown> | null)?.owner;
+      if (typeof name !== "string" || name === "") problems.push(`${section}[${i}]: ${field} must be a non-empty string`);
+      else if (owner !== "origin" && owner !== "edge") problems.push(`${section}[${i}] (${name}): owner must be origin or edge`);
+      else if (out.has(name)) problems.push(`${section}[${i}]: ${name} is listed twice`);
+      else out.set(name, owner);
+    });
+    return out;
+  };
+  const work = { jobs: read("jobs", "kind"), cron: read("cron", "task") };
+  if (problems.length > 0) throw new Error(`manifest is invalid:\n  ${problems.join("\n  ")}`);
+  return work;
+}
+
+/** Who runs `name` (a job kind or cron task); unlisted work is the container's. */
+export function ownerOf(section: ReadonlyMap<string, WorkOwner>, name: string): WorkOwner {
+  return section.get(name) ?? "origin";
+}
+
 /** routes.json, validated and compiled once per isolate. An invalid manifest fails the deploy. */
 export const ROUTES: readonly CompiledRoute[] = compileManifest(routesJson);
+
+/** routes.json's job kinds and cron tasks, validated once per isolate. */
+export const WORK: WorkManifest = compileWork(routesJson);

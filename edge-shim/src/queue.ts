@@ -1,25 +1,20 @@
-// Owns the consumer of the callbridge-webhooks queue. Today nothing produces to it: the
-// webhook receivers are still `origin`, so the container writes the inbox itself. Until the
-// webhook route migration brings the edge's Hyperdrive inbox writer, each message is logged
-// and acknowledged; a message this consumer cannot parse is acknowledged too (retrying would
-// not make it parse) and logged as rejected.
+// Owns the Worker's `queue` handler: callbridge-webhooks (job envelopes) and its dead-letter
+// queue go to the edge job consumer (src/jobs.ts) with the manifest's job owners and the edge
+// job handlers registered here. A kind routes.json gives the edge must have a handler here;
+// the Worker refuses to start otherwise.
 
 import type { Env } from "./env";
+import { checkJobRegistry, consumeJobs, type JobRegistry } from "./jobs";
+import { WORK } from "./manifest";
+import { telnyxEvent } from "./telnyx-event";
 
-export async function consumeQueue(batch: MessageBatch, _env: Env, _ctx: ExecutionContext): Promise<void> {
-  for (const message of batch.messages) {
-    const body = message.body;
-    const wellFormed = typeof body === "object" && body !== null && !Array.isArray(body);
-    console.log(
-      JSON.stringify({
-        event: wellFormed ? "queue_message" : "queue_message_rejected",
-        queue: batch.queue,
-        id: message.id,
-        attempts: message.attempts,
-        sent_at: message.timestamp.toISOString(),
-        ...(wellFormed ? { fields: Object.keys(body).sort() } : { reason: "body is not a JSON object" }),
-      }),
-    );
-    message.ack();
-  }
+/** The job kinds the edge can run, by the container's kind names. */
+export const JOB_HANDLERS: JobRegistry = {
+  "telnyx.event": telnyxEvent,
+};
+
+checkJobRegistry(WORK, JOB_HANDLERS);
+
+export async function consumeQueue(batch: MessageBatch, env: Env, _ctx: ExecutionContext): Promise<void> {
+  await consumeJobs(batch, env, WORK, JOB_HANDLERS);
 }

@@ -31,7 +31,6 @@ import { DeferToOrigin } from "./defer";
 import type { Env } from "./env";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, originAllowed, problemAnswer, splitList, type Answering } from "./respond";
-import { member, parseSerdeJson } from "./serde-json";
 import { resolveSession } from "./sessions";
 
 export const DEFAULT_STREAMING_URL = "wss://streaming.assemblyai.com/v3/ws";
@@ -365,11 +364,32 @@ function tryClose(socket: WebSocket): void {
   }
 }
 
-/** `allowed_control`: a JSON text whose `type` is Terminate or ForceEndpoint (serde's reading). */
+/**
+ * `allowed_control`: a JSON text whose `type` is Terminate or ForceEndpoint, as serde_json reads
+ * it. `JSON.parse` accepts three things serde_json refuses, refused here too: a number outside
+ * f64 (`1e400`), a lone surrogate escape (`"\ud800"`), and nesting deeper than 127 containers
+ * (serde's recursion limit).
+ */
 export function allowedControl(text: string): boolean {
-  const parsed = parseSerdeJson(new TextEncoder().encode(text));
-  const type = parsed === null ? undefined : member(parsed.value, "type");
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return false;
+  }
+  if (!serdeWouldRead(value, 0)) return false;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  const type = (value as Record<string, unknown>).type;
   return type === "Terminate" || type === "ForceEndpoint";
+}
+
+function serdeWouldRead(value: unknown, depth: number): boolean {
+  if (typeof value === "number") return Number.isFinite(value);
+  if (typeof value === "string") return value.isWellFormed();
+  if (typeof value !== "object" || value === null) return true;
+  if (depth + 1 > 127) return false;
+  const entries = Array.isArray(value) ? value.map((v) => ["", v] as const) : Object.entries(value);
+  return entries.every(([key, item]) => key.isWellFormed() && serdeWouldRead(item, depth + 1));
 }
 
 /** The container's `json!` bodies as serde_json writes them (keys sorted: no preserve_order). */

@@ -5,12 +5,11 @@
 import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
-import { assemblyaiWebhook, parseTranscriptEvent, sameSecret, WEBHOOK_AUTH_HEADER } from "../src/assemblyai-webhook";
+import { assemblyaiWebhook, sameSecret, WEBHOOK_AUTH_HEADER } from "../src/assemblyai-webhook";
 import { HANDLERS } from "../src/handlers";
 import { compileManifest } from "../src/manifest";
 import { createShim } from "../src/router";
-import { parseSerdeJson } from "../src/serde-json";
-import { type Echo, logged } from "./helpers";
+import { type Echo, logged, query } from "./helpers";
 
 const EDGE = "https://api.callbridge.example";
 const SECRET = "test-assemblyai-secret"; // vitest.config.ts binds it
@@ -57,28 +56,36 @@ describe("sameSecret (constant time, over SHA-256 digests)", () => {
   });
 });
 
-describe("parseTranscriptEvent (the container's checks and 400 details)", () => {
-  const parse = (text: string) => parseTranscriptEvent(parseSerdeJson(encode(text))!.value);
-  it("builds the event id and type", () => {
-    expect(parse('{"transcript_id":"t1","status":"completed"}')).toEqual({ eventId: "t1:completed", eventType: "transcript.completed" });
-    expect(parse('{"transcript_id":"a","transcript_id":"b","status":"error"}')).toEqual({
-      eventId: "b:error",
-      eventType: "transcript.error",
-    });
+describe("the inbox statement's reading of a transcript webhook (the container's checks and 400 details)", () => {
+  const answer = async (text: string) => {
+    const res = await send(delivery(text));
+    return (await res.json()) as { event_id?: string; detail?: string };
+  };
+  it("builds the event id, the last of duplicate keys winning", async () => {
+    expect(await answer('{"transcript_id":"t1","status":"completed"}')).toMatchObject({ event_id: "t1:completed" });
+    expect(await answer('{"transcript_id":"a","transcript_id":"b","status":"error"}')).toMatchObject({ event_id: "b:error" });
+    const stored = await query<{ event_type: string }>("select event_type from webhook_inbox where event_id = 'b:error'");
+    expect(stored).toEqual([{ event_type: "transcript.error" }]);
   });
-  it("limits transcript_id to 1–200 and status to 1–40 UTF-8 bytes", () => {
-    expect(parse(`{"transcript_id":"${"é".repeat(100)}","status":"${"s".repeat(40)}"}`)).not.toHaveProperty("error");
-    expect(parse(`{"transcript_id":"${"é".repeat(100)}x","status":"completed"}`)).toEqual({ error: "missing transcript_id" });
-    expect(parse(`{"transcript_id":"t","status":"${"s".repeat(41)}"}`)).toEqual({ error: "missing status" });
+  it("limits transcript_id to 1–200 and status to 1–40 UTF-8 bytes", async () => {
+    expect(await answer(`{"transcript_id":"${"é".repeat(100)}","status":"${"s".repeat(40)}"}`)).toHaveProperty("event_id");
+    expect(await answer(`{"transcript_id":"${"é".repeat(100)}x","status":"completed"}`)).toMatchObject({ detail: "missing transcript_id" });
+    expect(await answer(`{"transcript_id":"t","status":"${"s".repeat(41)}"}`)).toMatchObject({ detail: "missing status" });
   });
-  it("checks transcript_id before status, and wants strings in an object", () => {
-    expect(parse("{}")).toEqual({ error: "missing transcript_id" });
-    expect(parse('{"transcript_id":""}')).toEqual({ error: "missing transcript_id" });
-    expect(parse('{"transcript_id":7,"status":"completed"}')).toEqual({ error: "missing transcript_id" });
-    expect(parse('{"transcript_id":"t"}')).toEqual({ error: "missing status" });
-    expect(parse('{"transcript_id":"t","status":null}')).toEqual({ error: "missing status" });
-    expect(parse('[{"transcript_id":"t","status":"completed"}]')).toEqual({ error: "missing transcript_id" });
-    expect(parse("null")).toEqual({ error: "missing transcript_id" });
+  it("checks transcript_id before status, and wants strings in an object", async () => {
+    expect(await answer("{}")).toMatchObject({ detail: "missing transcript_id" });
+    expect(await answer('{"transcript_id":""}')).toMatchObject({ detail: "missing transcript_id" });
+    expect(await answer('{"transcript_id":7,"status":"completed"}')).toMatchObject({ detail: "missing transcript_id" });
+    expect(await answer('{"transcript_id":"t"}')).toMatchObject({ detail: "missing status" });
+    expect(await answer('{"transcript_id":"t","status":null}')).toMatchObject({ detail: "missing status" });
+    expect(await answer('[{"transcript_id":"t","status":"completed"}]')).toMatchObject({ detail: "missing transcript_id" });
+    expect(await answer("null")).toMatchObject({ detail: "missing transcript_id" });
+  });
+  it("stores each \u0000 escape as U+FFFD, and an escaped backslash before u0000 as text", async () => {
+    const body = String.raw`{"transcript_id":"nul\u0000","status":"completed","n":"\\u0000","k\u0000":1}`;
+    expect(await answer(body)).toMatchObject({ event_id: "nul\uFFFD:completed" });
+    const [row] = await query<{ payload: unknown }>("select payload from webhook_inbox where event_id = $1", ["nul\uFFFD:completed"]);
+    expect(row!.payload).toEqual({ transcript_id: "nul\uFFFD", status: "completed", n: "\\u0000", "k\uFFFD": 1 });
   });
 });
 
@@ -122,15 +129,13 @@ describe("POST /webhooks/assemblyai at the edge", () => {
     expect(await res.text()).toBe(badRequest("missing status"));
   });
 
-  it("defers a body serde_json would reject (the container's 400 quotes serde), untouched", async () => {
+  it("answers a body that is not JSON with PostgreSQL's reading, as the container does", async () => {
     const res = await send(delivery('{"transcript_id":"t1",'));
-    const echo = (await res.json()) as Echo;
-    expect(echo.url).toBe("http://origin.test:8080/webhooks/assemblyai");
-    expect(echo.body).toBe('{"transcript_id":"t1",');
-    expect(echo.headers[WEBHOOK_AUTH_HEADER]).toBe(SECRET);
-    expect(logged(log, "edge_deferred")).toMatchObject([
-      { route: "POST /webhooks/assemblyai", reason: "the body is not JSON as serde_json reads it" },
-    ]);
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { detail: string }).detail).toBe(
+      "the body is not JSON: invalid input syntax for type json (The input string ended unexpectedly.)",
+    );
+    expect(logged(log, "edge_deferred")).toEqual([]);
     expect(logged(error, "edge_fallback")).toEqual([]);
   });
 
@@ -158,17 +163,20 @@ describe("POST /webhooks/assemblyai at the edge", () => {
     expect(logged(log, "edge_deferred")).toMatchObject([{ reason: "body over HTTP_BODY_LIMIT_BYTES" }]);
   });
 
-  it("in a dry run (shadow) checks and parses but writes nothing", async () => {
+  it("in a dry run (shadow) checks and reads the body in a rolled-back transaction: nothing is kept", async () => {
     const handler = HANDLERS["POST /webhooks/assemblyai"]!;
     expect(handler).toBe(assemblyaiWebhook);
     const request = new Request(`${EDGE}/webhooks/assemblyai`, delivery('{"transcript_id":"t\\"1","status":"completed"}'));
+    const ctx = createExecutionContext();
     const res = await handler.handle(request, {
-      env: { ...configured, HYPERDRIVE: undefined as unknown as Hyperdrive }, // would throw if touched
+      env: configured,
       route: routes("shadow")[0]!,
       params: {},
       dryRun: true,
-      waitUntil: () => {},
+      waitUntil: (p) => ctx.waitUntil(p),
     });
+    await waitOnExecutionContext(ctx);
+    expect(await query("select 1 from webhook_inbox where event_id = $1", ['t"1:completed'])).toEqual([]);
     expect(res.status).toBe(200);
     expect(await res.text()).toBe('{"event_id":"t\\"1:completed","duplicate":false}');
     expect(res.headers.get("content-type")).toBe("application/json");

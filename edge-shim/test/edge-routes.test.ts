@@ -1,7 +1,8 @@
-// The production edge handlers (src/handlers.ts) run as `edge` and `shadow` inside workerd,
-// on every path that needs no database: the container's exact 401/400 answers, deferrals to
-// the container, dry runs, and the response decorations. The database paths (inbox writes,
-// session lookups) are proved against the real container by the parity suite (parity/).
+// The production edge handlers (src/handlers.ts) run as `edge` and `shadow` inside workerd:
+// the container's exact 401/400 answers (the webhook 400s come from the inbox statement, so
+// from the test database), deferrals to the container, dry runs, and the response
+// decorations. That the edge's rows equal the container's is proved against the real
+// container by the parity suite (parity/).
 import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
@@ -12,7 +13,7 @@ import { compileManifest } from "../src/manifest";
 import { chooseRequestId, jsonAnswer, uuidv7 } from "../src/respond";
 import { createShim } from "../src/router";
 import { authSchema, candidates, chronoText, hashToken, tokenStorage } from "../src/sessions";
-import { type Echo, logged } from "./helpers";
+import { type Echo, logged, query } from "./helpers";
 import telnyx from "./vectors/telnyx-webhook.json";
 
 const EDGE = "https://api.callbridge.example";
@@ -49,12 +50,16 @@ async function send(path: string, init?: RequestInit, e: typeof env = env, shim 
 
 /** Signs like Telnyx with the simulator's key (seed "callbridge-telnyx-sim-test-key!!"). */
 async function sign(timestamp: string, body: string): Promise<string> {
+  return signBytes(new TextEncoder().encode(`${timestamp}|${body}`));
+}
+
+async function signBytes(message: Uint8Array): Promise<string> {
   const der = new Uint8Array([
     ...[0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20],
     ...new TextEncoder().encode("callbridge-telnyx-sim-test-key!!"),
   ]);
   const key = await crypto.subtle.importKey("pkcs8", der, { name: "Ed25519" }, false, ["sign"]);
-  const sig = await crypto.subtle.sign("Ed25519", key, new TextEncoder().encode(`${timestamp}|${body}`));
+  const sig = await crypto.subtle.sign("Ed25519", key, message);
   return btoa(String.fromCharCode(...new Uint8Array(sig)));
 }
 
@@ -112,20 +117,31 @@ describe("POST /webhooks/telnyx at the edge", () => {
     );
   });
 
-  it("defers a signed body that is not JSON to the container, untouched", async () => {
+  it("answers a signed body that is not JSON with PostgreSQL's reading of it, as the container does", async () => {
     const body = "{not json";
     const res = await send(
       "/webhooks/telnyx",
       webhook(body, { "telnyx-timestamp": telnyx.timestamp, "telnyx-signature-ed25519": await sign(telnyx.timestamp, body) }),
     );
-    const echo = (await res.json()) as Echo;
-    expect(echo.url).toBe("http://origin.test:8080/webhooks/telnyx");
-    expect(echo.body).toBe(body);
-    expect(echo.headers["telnyx-timestamp"]).toBe(telnyx.timestamp);
-    expect(logged(log, "edge_deferred")).toMatchObject([
-      { route: "POST /webhooks/telnyx", reason: "the body is not JSON as serde_json reads it" },
-    ]);
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { detail: string }).detail).toBe(
+      'the body is not JSON: invalid input syntax for type json (Token "not" is invalid.)',
+    );
+    expect(logged(log, "edge_deferred")).toEqual([]);
     expect(logged(error, "edge_fallback")).toEqual([]);
+  });
+
+  it("answers a signed body that is not UTF-8 with the container's 400", async () => {
+    const body = new Uint8Array([0x7b, 0xff, 0x7d]);
+    const timestamp = telnyx.timestamp;
+    const message = new Uint8Array([...new TextEncoder().encode(`${timestamp}|`), ...body]);
+    const res = await send("/webhooks/telnyx", {
+      method: "POST",
+      body,
+      headers: { "telnyx-timestamp": timestamp, "telnyx-signature-ed25519": await signBytes(message) },
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { detail: string }).detail).toBe("the body is not JSON: it is not valid UTF-8");
   });
 
   it("defers everything to the container when TELNYX_PUBLIC_KEY is missing", async () => {
@@ -144,22 +160,28 @@ describe("POST /webhooks/telnyx at the edge", () => {
     expect(logged(log, "edge_deferred")).toMatchObject([{ reason: "body over HTTP_BODY_LIMIT_BYTES" }]);
   });
 
-  it("in a dry run (shadow) verifies and parses but writes nothing", async () => {
+  it("in a dry run (shadow) verifies and reads the body in a rolled-back transaction: nothing is kept", async () => {
     const handler = HANDLERS["POST /webhooks/telnyx"]!;
     const request = new Request(
       `${EDGE}/webhooks/telnyx`,
       webhook(telnyx.body, { "telnyx-timestamp": telnyx.timestamp, "telnyx-signature-ed25519": telnyx.signature }),
     );
+    const ctx = createExecutionContext();
     const res = await handler.handle(request, {
-      env: { ...env, HYPERDRIVE: undefined as unknown as Hyperdrive }, // would throw if touched
+      env,
       route: routes("shadow")[0]!,
       params: {},
       dryRun: true,
-      waitUntil: () => {},
+      waitUntil: (p) => ctx.waitUntil(p),
     });
+    await waitOnExecutionContext(ctx);
     expect(res.status).toBe(200);
     expect(await res.text()).toBe('{"event_id":"0ccc7b54-4df3-4bca-a65a-3da1ecc777f0","duplicate":false}');
     expect(res.headers.get("content-type")).toBe("application/json");
+    const kept = await query<{ n: string }>(
+      "select count(*) as n from webhook_inbox where event_id = '0ccc7b54-4df3-4bca-a65a-3da1ecc777f0'",
+    );
+    expect(kept[0]!.n).toBe("0");
   });
 });
 

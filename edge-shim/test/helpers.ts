@@ -1,4 +1,7 @@
-// Shared test helpers: what the fake origin echoes, and reading its request counter.
+// Shared test helpers: what the fake origin echoes, reading its request counter, and the
+// test database (the Hyperdrive binding's, test/global-setup.ts).
+import { env } from "cloudflare:workers";
+import { Client } from "pg";
 
 /** The fake origin's default answer: the request exactly as the container would receive it. */
 export interface Echo {
@@ -29,4 +32,17 @@ export function logged(spy: { mock: { calls: unknown[][] } }, event: string): Re
       }
     })
     .filter((line): line is Record<string, unknown> => line !== null && line.event === event);
+}
+
+/** Runs one statement on the test database (the Hyperdrive binding's) and returns its rows. */
+export async function query<T extends Record<string, unknown>>(sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new Client({ connectionString: env.HYPERDRIVE.connectionString });
+  // Closing the socket ends its read with "Stream was cancelled", reported as an error.
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
 }

@@ -168,48 +168,6 @@ impl Db {
     }
 }
 
-/// PostgreSQL refuses U+0000 in `text` and `jsonb`. Input we must keep (a signed webhook) has
-/// each NUL in its strings and keys replaced by U+FFFD, the Unicode replacement character
-/// (docs/adr/0020-nul-in-webhooks.md); API input is refused instead (`http::extract::Json`).
-/// Returns how many characters were replaced.
-pub fn replace_nul(value: &mut serde_json::Value) -> usize {
-    use serde_json::Value;
-    fn fix(text: &str) -> Option<String> {
-        text.contains('\0').then(|| text.replace('\0', "\u{fffd}"))
-    }
-    match value {
-        Value::String(text) => match fix(text) {
-            Some(fixed) => {
-                let count = text.matches('\0').count();
-                *text = fixed;
-                count
-            }
-            None => 0,
-        },
-        Value::Array(items) => items.iter_mut().map(replace_nul).sum(),
-        Value::Object(map) => {
-            let mut count: usize = map.values_mut().map(replace_nul).sum();
-            if map.keys().any(|key| key.contains('\0')) {
-                // Rebuilt in order; a fixed key that collides with another keeps the later one,
-                // as a duplicate key in the body would.
-                let entries = std::mem::take(map);
-                for (key, item) in entries {
-                    let key = match fix(&key) {
-                        Some(fixed) => {
-                            count += key.matches('\0').count();
-                            fixed
-                        }
-                        None => key,
-                    };
-                    map.insert(key, item);
-                }
-            }
-            count
-        }
-        _ => 0,
-    }
-}
-
 /// Parses a connection URL. TLS is negotiated only for `sslmode=require`, and then the
 /// certificate is verified (Neon has a public one). libpq's default `prefer` would accept any
 /// certificate; we treat it as plaintext instead, and production validation refuses a
@@ -285,20 +243,4 @@ pub async fn migrate(direct_url: &str) -> Result<(), DbError> {
     MIGRATOR.run(&mut connection).await?;
     connection.close().await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    #[test]
-    fn nul_is_replaced_in_strings_and_keys_at_any_depth() {
-        let mut value = json!({"a\0": ["x\0y", {"b": "\0\0"}], "n": 1, "ok": "fine"});
-        assert_eq!(super::replace_nul(&mut value), 4);
-        assert_eq!(
-            value,
-            json!({"a\u{fffd}": ["x\u{fffd}y", {"b": "\u{fffd}\u{fffd}"}], "n": 1, "ok": "fine"})
-        );
-        assert_eq!(super::replace_nul(&mut value), 0);
-    }
 }

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq as _;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
 use crate::http::webhooks::{Received, store};
-use crate::inbox::{self, Provider};
+use crate::inbox::Provider;
 use crate::providers::assemblyai_async::WEBHOOK_AUTH_HEADER;
 use crate::state::AppState;
 
@@ -57,36 +57,8 @@ pub async fn assemblyai(
             "Webhook auth header missing or wrong.".into(),
         ));
     }
-    let mut payload: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
-    inbox::storable(&mut payload, Provider::AssemblyAi);
-    let transcript_id = payload
-        .get("transcript_id")
-        .and_then(|v| v.as_str())
-        .filter(|id| !id.is_empty() && id.len() <= 200)
-        .ok_or_else(|| ApiError::BadRequest("missing transcript_id".into()))?;
-    let status = payload
-        .get("status")
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty() && s.len() <= 40)
-        .ok_or_else(|| ApiError::BadRequest("missing status".into()))?;
-    let event_id = format!("{transcript_id}:{status}");
-    let event_type = format!("transcript.{status}");
-    let duplicate = store(
-        &state,
-        &inbox::Event {
-            provider: Provider::AssemblyAi,
-            event_id: &event_id,
-            event_type: &event_type,
-            occurred_at: None,
-            payload: &payload,
-        },
-    )
-    .await?;
-    Ok(Json(Received {
-        event_id,
-        duplicate,
-    }))
+    let received = store(&state, Provider::AssemblyAi, &body, "").await?;
+    Ok(Json(received))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
+pub mod invitations;
 pub mod limits;
 pub mod lines;
 pub mod me;
@@ -69,11 +70,12 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(me::me))
         .routes(routes!(me::set_active_organisation))
         .routes(routes!(orgs::create))
-        .routes(routes!(
-            orgs::list_members,
-            orgs::add_member,
-            orgs::remove_member_by_query
-        ))
+        .routes(routes!(orgs::list_members, orgs::remove_member_by_query))
+        .routes(routes!(invitations::create, invitations::list))
+        .routes(routes!(invitations::revoke))
+        .routes(routes!(invitations::received))
+        .routes(routes!(invitations::accept))
+        .routes(routes!(invitations::decline))
         .routes(routes!(orgs::remove_member))
         .routes(routes!(phone_numbers::create, phone_numbers::list))
         .routes(routes!(phone_numbers::available))

@@ -1,4 +1,5 @@
-//! Organisations and their members: `POST /api/orgs`, `GET|POST|DELETE /api/orgs/{id}/members`.
+//! Organisations and their members: `POST /api/orgs`, `GET|DELETE /api/orgs/{id}/members`.
+//! Members join by invitation only (`http::invitations`).
 //!
 //! Roles are read from the database here (not the session cache), so a just-removed admin
 //! cannot manage members during the cache window. Outsiders get 404 for every organisation.
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::CurrentUser;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
-use crate::orgs::{self, AddOutcome, Member, Membership, RemoveOutcome, Role};
+use crate::orgs::{self, Member, Membership, RemoveOutcome, Role};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -22,20 +23,6 @@ pub struct NewOrganisation {
     pub name: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewMember {
-    /// Email of someone who has signed in at least once; or give `user_id`.
-    pub email: Option<String>,
-    pub user_id: Option<String>,
-    #[serde(default = "default_role")]
-    pub role: Role,
-}
-
-fn default_role() -> Role {
-    Role::Member
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MemberQuery {
@@ -43,7 +30,7 @@ pub struct MemberQuery {
     pub user_id: String,
 }
 
-async fn caller_role(
+pub(super) async fn caller_role(
     state: &AppState,
     organisation_id: Uuid,
     user_id: &str,
@@ -97,60 +84,6 @@ pub async fn list_members(
     let client = state.db.client().await?;
     let members = orgs::members(&**client, &state.config.auth.schema, organisation_id).await?;
     Ok(Json(members))
-}
-
-/// Add someone who has signed in before. Admins add members; owners add any role.
-#[utoipa::path(post, path = "/api/orgs/{id}/members", operation_id = "addMember", tag = "organisations", request_body = NewMember,
-    params(("id" = Uuid, Path, description = "Organisation id")),
-    responses(
-        (status = 201, description = "Added", body = Member),
-        (status = 403, description = "The caller's role may not grant this role", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such organisation, or not a member", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Already a member", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No such user", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub async fn add_member(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
-    Json(body): Json<NewMember>,
-) -> Result<(StatusCode, Json<Member>), ApiError> {
-    let role = caller_role(&state, organisation_id, user.id()).await?;
-    if !role.may_assign(body.role) {
-        return Err(ApiError::Forbidden(format!(
-            "A {} cannot add a {}.",
-            role.as_str(),
-            body.role.as_str()
-        )));
-    }
-    let schema = &state.config.auth.schema;
-    let client = state.db.client().await?;
-    let target = match (&body.user_id, &body.email) {
-        (Some(id), None) => orgs::user_exists(&**client, schema, id)
-            .await?
-            .then(|| id.clone()),
-        (None, Some(email)) => orgs::user_id_by_email(&**client, schema, email.trim()).await?,
-        _ => {
-            return Err(ApiError::Unprocessable(
-                "give exactly one of email or user_id".into(),
-            ));
-        }
-    }
-    .ok_or_else(|| ApiError::Unprocessable("no such user: they must sign in once first".into()))?;
-    match orgs::add_member(&**client, organisation_id, &target, body.role).await? {
-        AddOutcome::AlreadyMember => Err(ApiError::Conflict("already a member".into())),
-        AddOutcome::Added => {
-            state.sessions.forget_user(&target);
-            let member = orgs::members(&**client, schema, organisation_id)
-                .await?
-                .into_iter()
-                .find(|m| m.user_id == target)
-                .ok_or_else(|| {
-                    ApiError::internal(anyhow::anyhow!("member vanished after insert"))
-                })?;
-            Ok((StatusCode::CREATED, Json(member)))
-        }
-    }
 }
 
 async fn remove(

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
 use crate::inbox::{self, Provider};
-use crate::providers::telnyx::{SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookEvent};
+use crate::providers::telnyx::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -22,14 +22,35 @@ pub struct Received {
     pub duplicate: bool,
 }
 
-/// Stores a verified event through the inbox and wakes the workers when it was new.
-/// Returns whether the event id was already known (a duplicate delivery).
-pub async fn store(state: &AppState, event: &inbox::Event<'_>) -> Result<bool, ApiError> {
-    let duplicate = inbox::store(&state.db, event).await?;
-    if !duplicate {
-        state.job_bell.ring();
+/// Stores a verified body through the inbox (PostgreSQL reads it: ADR 0030) and answers as the
+/// receivers do: the event id and whether it was a duplicate, or a 400 whose detail is the
+/// inbox's reason (prefixed with `reject_prefix` when the body is JSON but not this
+/// provider's webhook). Rings the job bell for a new event.
+pub async fn store(
+    state: &AppState,
+    provider: Provider,
+    body: &[u8],
+    reject_prefix: &str,
+) -> Result<Received, ApiError> {
+    match inbox::store(&state.db, provider, body).await? {
+        inbox::Stored::Received {
+            event_id,
+            duplicate,
+        } => {
+            if !duplicate {
+                state.job_bell.ring();
+            }
+            Ok(Received {
+                event_id,
+                duplicate,
+            })
+        }
+        inbox::Stored::Refused { reason, not_json } => Err(ApiError::BadRequest(if not_json {
+            reason
+        } else {
+            format!("{reject_prefix}{reason}")
+        })),
     }
-    Ok(duplicate)
 }
 
 /// Telnyx Call Control webhooks (docs/PROVIDERS.md §1.1–1.4).
@@ -73,24 +94,6 @@ pub async fn telnyx(
             metrics::counter!("webhooks_rejected_total", "provider" => "telnyx").increment(1);
             ApiError::Unauthorized(format!("Webhook signature rejected: {error}."))
         })?;
-    let mut envelope: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::BadRequest(format!("the body is not JSON: {error}")))?;
-    inbox::storable(&mut envelope, Provider::Telnyx);
-    let event = WebhookEvent::parse(&envelope)
-        .map_err(|e| ApiError::BadRequest(format!("not a Telnyx webhook: {e}")))?;
-    let duplicate = store(
-        &state,
-        &inbox::Event {
-            provider: Provider::Telnyx,
-            event_id: &event.id,
-            event_type: &event.event_type,
-            occurred_at: event.occurred_at,
-            payload: &envelope,
-        },
-    )
-    .await?;
-    Ok(Json(Received {
-        event_id: event.id,
-        duplicate,
-    }))
+    let received = store(&state, Provider::Telnyx, &body, "not a Telnyx webhook: ").await?;
+    Ok(Json(received))
 }

@@ -62,6 +62,11 @@ impl Registry {
         );
         self
     }
+
+    /// The kinds this registry runs (what the manifest guard checks against).
+    pub fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().cloned().collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +76,9 @@ pub struct WorkerConfig {
     pub batch: i64,
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Kinds the edge runs (`edge-shim/routes.json`): never claimed here, unless the edge
+    /// handed the job back (`handed_back_at`). Default: the embedded manifest's.
+    pub edge_kinds: Vec<String>,
 }
 
 impl Default for WorkerConfig {
@@ -81,6 +89,7 @@ impl Default for WorkerConfig {
             batch: 8,
             base_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(3600),
+            edge_kinds: crate::strangler::embedded().edge_job_kinds(),
         }
     }
 }
@@ -186,13 +195,19 @@ impl Worker {
                         updated_at = now()
                  where id in (
                      select id from jobs
-                     where (status = 'pending' and run_at <= now())
-                        or (status = 'running' and locked_until < now())
+                     where ((status = 'pending' and run_at <= now())
+                        or (status = 'running' and locked_until < now()))
+                       and (kind <> all($4) or handed_back_at is not null)
                      order by run_at, id
                      limit $3
                      for update skip locked)
                  returning id, kind, payload, attempts, max_attempts",
-                &[&lease, &self.id, &self.config.batch],
+                &[
+                    &lease,
+                    &self.id,
+                    &self.config.batch,
+                    &self.config.edge_kinds,
+                ],
             )
             .await?;
         Ok(rows

@@ -53,7 +53,11 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     let envelope: serde_json::Value = row.get(0);
     let event =
         WebhookEvent::parse(&envelope).map_err(|e| Permanent(format!("unparseable event: {e}")))?;
-    let occurred_at = event.occurred_at.unwrap_or_else(|| row.get(2));
+    // The instant PostgreSQL read from `data.occurred_at` when the event was stored (the one
+    // parser, inbox::INBOX_INSERT_SQL), else when it arrived.
+    let occurred_at = row
+        .get::<_, Option<chrono::DateTime<Utc>>>(1)
+        .unwrap_or_else(|| row.get(2));
 
     let call = match event
         .field("client_state")

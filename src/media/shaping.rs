@@ -63,7 +63,8 @@ impl TrackAudio {
             // In order, nothing waiting: the usual case skips the reorder map.
             let mut ready = Vec::new();
             self.append(&payload, &mut ready);
-            self.next_chunk = Some(next + 1);
+            // Saturating: the chunk number is the sender's; u64::MAX must not panic.
+            self.next_chunk = Some(next.saturating_add(1));
             return ready;
         }
         self.reorder.insert(chunk, payload);
@@ -72,7 +73,7 @@ impl TrackAudio {
             let next = self.next_chunk.unwrap_or(chunk);
             if let Some(payload) = self.reorder.remove(&next) {
                 self.append(&payload, &mut ready);
-                self.next_chunk = Some(next + 1);
+                self.next_chunk = Some(next.saturating_add(1));
             } else if self.reorder.len() > self.window {
                 // Waited long enough: the missing frames are gone. Fill a short hole with
                 // silence so AssemblyAI's clock stays aligned with the call's.
@@ -183,6 +184,18 @@ impl ByteBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_number_at_the_top_of_u64_is_taken_not_a_panic() {
+        let mut track = TrackAudio::new(100, 4);
+        track.push(u64::MAX - 1, vec![1; 160]);
+        track.push(u64::MAX, vec![2; 160]);
+        let mut other = TrackAudio::new(100, 4);
+        other.push(u64::MAX, vec![3; 160]);
+        other.push(u64::MAX - 2, vec![4; 160]);
+        assert_eq!(track.counters.frames_in, 2);
+        assert_eq!(other.counters.frames_late, 1);
+    }
 
     fn frame(n: u8) -> Vec<u8> {
         vec![n; 160]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -93,13 +92,13 @@ impl WebhookVerifier {
     }
 }
 
-/// The parts of a webhook v2 envelope we route on (docs/PROVIDERS.md §1.2).
+/// The parts of a stored webhook v2 envelope we route on (docs/PROVIDERS.md §1.2). Its
+/// `occurred_at` is read by PostgreSQL when the event is stored (`webhook_inbox.occurred_at`).
 #[derive(Debug, Clone)]
 pub struct WebhookEvent {
     pub id: String,
     /// Normalised to dots: `call_initiated` arrives as `call.initiated` here.
     pub event_type: String,
-    pub occurred_at: Option<DateTime<Utc>>,
     pub payload: Value,
 }
 
@@ -118,15 +117,9 @@ impl WebhookEvent {
             .filter(|t| !t.is_empty() && t.len() <= 100)
             .ok_or("missing data.event_type")?
             .replace('_', ".");
-        let occurred_at = data
-            .get("occurred_at")
-            .and_then(Value::as_str)
-            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-            .map(|t| t.with_timezone(&Utc));
         Ok(Self {
             id,
             event_type,
-            occurred_at,
             payload: data.get("payload").cloned().unwrap_or(Value::Null),
         })
     }
@@ -844,7 +837,6 @@ mod tests {
             "occurred_at": "2025-11-23T03:30:00.076316Z", "payload": {"hangup_cause": "normal_clearing"}}})).unwrap();
         assert_eq!(event.event_type, "call.hangup");
         assert_eq!(event.field("hangup_cause"), Some("normal_clearing"));
-        assert!(event.occurred_at.is_some());
         assert!(WebhookEvent::parse(&json!({"data": {"event_type": "call.hangup"}})).is_err());
     }
 

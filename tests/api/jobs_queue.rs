@@ -134,6 +134,55 @@ async fn unknown_kinds_are_dead_at_once_and_dedupe_keys_hold() {
 }
 
 #[tokio::test]
+async fn the_container_never_runs_a_kind_the_manifest_gives_the_edge_unless_handed_back() {
+    let app = TestApp::spawn().await;
+    let ran = Arc::new(AtomicU32::new(0));
+    let seen = ran.clone();
+    let registry = Registry::default().register("edge.kind", move |_: AppState, _: Job| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let config = WorkerConfig {
+        edge_kinds: vec!["edge.kind".into()],
+        ..fast()
+    };
+    let worker = Worker::new(app.state.clone(), registry, config);
+    let id = enqueue(&app, NewJob::new("edge.kind", json!({})).dedupe("edge-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.drain().await.unwrap(),
+        0,
+        "an edge-owned kind is not claimed"
+    );
+    assert_eq!(job_row(&app, id).await, ("pending".into(), 0, None));
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    // The edge's consumer hands a case it leaves to the container back (src/jobs.ts).
+    app.db()
+        .await
+        .execute(
+            "update jobs set handed_back_at = now() where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (status, attempts, _) = settle(&worker, &app, id).await;
+    assert_eq!((status.as_str(), attempts), ("done", 1));
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn by_default_the_container_leaves_the_embedded_manifests_edge_kinds() {
+    assert_eq!(
+        WorkerConfig::default().edge_kinds,
+        callbridge::strangler::embedded().edge_job_kinds()
+    );
+}
+
+#[tokio::test]
 async fn a_job_whose_worker_died_is_taken_over_when_its_lease_expires() {
     let app = TestApp::spawn().await;
     let id = enqueue(&app, NewJob::new("recoverable", json!({})))
@@ -258,16 +307,13 @@ async fn an_event_stored_by_the_edge_wakes_workers_from_its_own_transaction() {
             edge_sql,
             &[
                 &"telnyx",
-                &"evt-edge-1",
-                &"call.initiated",
-                &None::<chrono::DateTime<chrono::Utc>>,
-                &json!({}),
+                &r#"{"data": {"id": "evt-edge-1", "event_type": "call.initiated"}}"#,
                 &"edge",
             ],
         )
         .await
         .unwrap()
-        .get(0);
+        .get("inserted");
     assert_eq!(stored, 1);
     tokio::time::timeout(Duration::from_secs(5), done.notified())
         .await

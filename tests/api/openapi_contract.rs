@@ -50,8 +50,13 @@ struct Fixtures {
     /// Members that the two removal operations remove.
     member_by_path: String,
     member_by_query: String,
-    /// Someone who signed in once and is not yet a member.
-    addable_email: String,
+    /// An address to invite.
+    invitee_email: String,
+    /// Invitations to the session's user (id, token) to accept and to decline.
+    to_accept: (Uuid, String),
+    to_decline: (Uuid, String),
+    /// A pending invitation of the organisation, to revoke.
+    to_revoke: Uuid,
     stream_token: String,
     debug_token: String,
     telnyx: Option<TelnyxSim>,
@@ -84,6 +89,32 @@ async fn json_as(
         "fixture {method} {path}: {status} {text}"
     );
     serde_json::from_str(&text).unwrap()
+}
+
+async fn email_of(app: &TestApp, who: &Session) -> String {
+    let me: Value = app.get_as(who, "/api/me").await.json().await.unwrap();
+    me["user"]["email"].as_str().unwrap().to_owned()
+}
+
+/// Invites `email` as a member; the invitation's id and accept token.
+async fn invite(
+    app: &TestApp,
+    inviter: &Session,
+    organisation_id: Uuid,
+    email: &str,
+) -> (Uuid, String) {
+    let issued = json_as(
+        app,
+        inviter,
+        Method::POST,
+        &format!("/api/orgs/{organisation_id}/invitations"),
+        json!({"email": email, "role": "member"}),
+    )
+    .await;
+    (
+        issued["id"].as_str().unwrap().parse().unwrap(),
+        issued["token"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
@@ -196,21 +227,35 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
     let recording: Value = response.json().await.unwrap();
     let recording_id = recording["id"].as_str().unwrap().parse().unwrap();
 
+    // Members join by invitation: invited by address, accepted with the token.
     let mut members = Vec::new();
     for name in ["Removed-by-path", "Removed-by-query"] {
         let user = app.sign_in(name).await;
+        let (id, token) = invite(app, &session, organisation_id, &email_of(app, &user).await).await;
         json_as(
             app,
-            &session,
+            &user,
             Method::POST,
-            &format!("/api/orgs/{organisation_id}/members"),
-            json!({"user_id": user.user_id}),
+            &format!("/api/invitations/{id}/accept"),
+            json!({"token": token}),
         )
         .await;
         members.push(user.user_id);
     }
-    let addable_email = format!("addable-{}@example.com", Uuid::new_v4().simple());
-    app.create_user("Addable", &addable_email).await;
+    let mut invitations = Vec::new();
+    for name in ["Inviter-accepted", "Inviter-declined"] {
+        let inviter = app.sign_in(name).await;
+        let me: Value = app.get_as(&inviter, "/api/me").await.json().await.unwrap();
+        let their_org: Uuid = me["active_organisation_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        invitations.push(invite(app, &inviter, their_org, &email_of(app, &session).await).await);
+    }
+    let revocable = format!("revocable-{}@example.com", Uuid::new_v4().simple());
+    let (to_revoke, _) = invite(app, &session, organisation_id, &revocable).await;
+    let invitee_email = format!("invitee-{}@example.com", Uuid::new_v4().simple());
 
     let secret = app.state.config.auth.secret.expose().as_bytes().to_vec();
     Fixtures {
@@ -221,7 +266,10 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
         own_number,
         member_by_query: members.pop().unwrap(),
         member_by_path: members.pop().unwrap(),
-        addable_email,
+        invitee_email,
+        to_decline: invitations.pop().unwrap(),
+        to_accept: invitations.pop().unwrap(),
+        to_revoke,
         stream_token: callbridge::calls::stream_token::mint(&secret, call_id, now_unix() + 600),
         debug_token: callbridge::auth::debug_access::mint_debug_token(
             &secret,
@@ -399,8 +447,11 @@ fn parameter_value(doc: &Value, op: &Operation, parameter: &Value, f: &Fixtures)
             "recordings" => Some(f.recording_id.to_string()),
             "orgs" => Some(f.organisation_id.to_string()),
             "phone-numbers" => Some(f.phone_number_id.to_string()),
+            "invitations" if op.path.ends_with("/accept") => Some(f.to_accept.0.to_string()),
+            "invitations" if op.path.ends_with("/decline") => Some(f.to_decline.0.to_string()),
             _ => None,
         },
+        ("path", "invitation_id") => Some(f.to_revoke.to_string()),
         ("path", "user_id") => Some(f.member_by_path.clone()),
         ("path", "stream_token") => Some(f.stream_token.clone()),
         ("query", "user_id") => Some(f.member_by_query.clone()),
@@ -461,7 +512,11 @@ fn body_for(doc: &Value, op: &Operation, f: &Fixtures) -> Option<(String, Vec<u8
     };
     match op.id.as_str() {
         "createOrganisation" => return json_body(json!({"name": "Contract test"})),
-        "addMember" => return json_body(json!({"email": f.addable_email, "role": "member"})),
+        "createInvitation" => {
+            return json_body(json!({"email": f.invitee_email, "role": "member"}));
+        }
+        "acceptInvitation" => return json_body(json!({"token": f.to_accept.1})),
+        "declineInvitation" => return json_body(json!({"token": f.to_decline.1})),
         "claimPhoneNumber" => {
             return json_body(json!({"number": CLAIMED_IN_WALK, "label": "second"}));
         }

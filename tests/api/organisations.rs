@@ -119,8 +119,12 @@ async fn another_organisations_resources_are_404_on_every_endpoint() {
 
     assert_problem(app.get_as(&eve, &members).await, 404).await;
     let add = app
-        .request_as(Method::POST, &eve, &members)
-        .json(&json!({"user_id": eve.user_id, "role": "owner"}));
+        .request_as(
+            Method::POST,
+            &eve,
+            &format!("/api/orgs/{adas_org}/invitations"),
+        )
+        .json(&json!({"email": "eve@example.com", "role": "owner"}));
     assert_problem(add.send().await.unwrap(), 404).await;
     let remove = app.request_as(Method::DELETE, &eve, &format!("{members}/{}", ada.user_id));
     assert_problem(remove.send().await.unwrap(), 404).await;
@@ -146,6 +150,43 @@ async fn another_organisations_resources_are_404_on_every_endpoint() {
     assert_eq!(a["detail"], b["detail"]);
 }
 
+/// Invites `who` with `role` on behalf of `inviter` and accepts as `who` (with the token).
+async fn join(
+    app: &TestApp,
+    inviter: &Session,
+    org: &str,
+    who: &Session,
+    role: &str,
+) -> reqwest::StatusCode {
+    let response = app
+        .request_as(
+            Method::POST,
+            inviter,
+            &format!("/api/orgs/{org}/invitations"),
+        )
+        .json(&json!({"email": email_of(app, who).await, "role": role}))
+        .send()
+        .await
+        .unwrap();
+    if !response.status().is_success() {
+        return response.status();
+    }
+    let invitation: serde_json::Value = response.json().await.unwrap();
+    app.request_as(
+        Method::POST,
+        who,
+        &format!(
+            "/api/invitations/{}/accept",
+            invitation["id"].as_str().unwrap()
+        ),
+    )
+    .json(&json!({"token": invitation["token"]}))
+    .send()
+    .await
+    .unwrap()
+    .status()
+}
+
 #[tokio::test]
 async fn roles_decide_who_may_add_and_remove_whom() {
     let app = TestApp::spawn().await;
@@ -155,68 +196,17 @@ async fn roles_decide_who_may_add_and_remove_whom() {
     let newcomer = app.sign_in("Newcomer").await;
     let org = personal_org(&app, &owner).await;
     let members = format!("/api/orgs/{org}/members");
-    let add = |who: &Session, body: serde_json::Value| {
-        app.request_as(Method::POST, who, &members)
-            .json(&body)
-            .send()
-    };
 
+    assert_eq!(join(&app, &owner, &org, &admin, "admin").await, 200);
+    assert_eq!(join(&app, &owner, &org, &member, "member").await, 200);
     assert_eq!(
-        add(
-            &owner,
-            json!({"email": email_of(&app, &admin).await, "role": "admin"})
-        )
-        .await
-        .unwrap()
-        .status(),
-        201
-    );
-    assert_eq!(
-        add(&owner, json!({"user_id": member.user_id}))
-            .await
-            .unwrap()
-            .status(),
-        201,
-        "member by default"
-    );
-    assert_problem(
-        add(&owner, json!({"user_id": member.user_id}))
-            .await
-            .unwrap(),
+        join(&app, &owner, &org, &member, "member").await,
         409,
-    )
-    .await;
-    assert_problem(
-        add(&member, json!({"user_id": newcomer.user_id}))
-            .await
-            .unwrap(),
-        403,
-    )
-    .await;
-    assert_problem(
-        add(
-            &admin,
-            json!({"user_id": newcomer.user_id, "role": "admin"}),
-        )
-        .await
-        .unwrap(),
-        403,
-    )
-    .await;
-    assert_problem(
-        add(&admin, json!({"email": "nobody@example.com"}))
-            .await
-            .unwrap(),
-        422,
-    )
-    .await;
-    assert_eq!(
-        add(&admin, json!({"user_id": newcomer.user_id}))
-            .await
-            .unwrap()
-            .status(),
-        201
+        "already a member"
     );
+    assert_eq!(join(&app, &member, &org, &newcomer, "member").await, 403);
+    assert_eq!(join(&app, &admin, &org, &newcomer, "admin").await, 403);
+    assert_eq!(join(&app, &admin, &org, &newcomer, "member").await, 200);
 
     let listed: serde_json::Value = app.get_as(&member, &members).await.json().await.unwrap();
     let roles: Vec<(&str, &str)> = listed
@@ -290,48 +280,4 @@ async fn json_errors_are_problems_that_say_what_went_wrong() {
 
     let invalid = post().json(&json!({"name": "   "})).send().await.unwrap();
     assert_problem(invalid, 422).await;
-}
-
-/// Issue 14 item 5 (in part): someone who adds a user to their organisation before that user's
-/// first request does not become the user's default organisation; the user still gets, and
-/// defaults to, a personal organisation they own.
-#[tokio::test]
-async fn a_new_users_default_organisation_cannot_be_pre_empted() {
-    let app = TestApp::spawn().await;
-    let mallory = app.sign_in("Mallory").await;
-    let malloys_org = personal_org(&app, &mallory).await;
-    // The victim has signed in to the frontend (Auth.js made the user and session) but has
-    // not called the API yet.
-    let victim_id = app
-        .create_user("Victim", "victim-preempt@example.com")
-        .await;
-    let token = uuid::Uuid::new_v4().to_string();
-    app.create_session(
-        &victim_id,
-        &token,
-        chrono::Utc::now() + chrono::Duration::days(1),
-    )
-    .await;
-    let victim = Session {
-        user_id: victim_id,
-        token,
-    };
-    let added = app
-        .request_as(
-            Method::POST,
-            &mallory,
-            &format!("/api/orgs/{malloys_org}/members"),
-        )
-        .json(&json!({"email": "victim-preempt@example.com", "role": "admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(added.status().is_success(), "{}", added.status());
-
-    let me: serde_json::Value = app.get_as(&victim, "/api/me").await.json().await.unwrap();
-    let first = &me["organisations"][0];
-    assert_ne!(first["id"].as_str().unwrap(), malloys_org, "{me}");
-    assert_eq!(first["role"], "owner", "{me}");
-    assert_eq!(first["personal"], true, "{me}");
-    assert_eq!(first["name"], "Victim's workspace");
 }

@@ -1120,6 +1120,19 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
         .await
         .unwrap();
 
+    // Tasks the manifest gives the edge are not run here (the Worker's Cron Trigger runs them).
+    let edge_owned = callbridge::strangler::Manifest::parse(
+        r#"{"routes": [], "cron": [{"task": "retention.purge", "owner": "edge"},
+            {"task": "uploads.sweep", "owner": "edge"}, {"task": "calls.stale_sweep", "owner": "edge"},
+            {"task": "jobs.dead_report", "owner": "edge"}]}"#,
+    )
+    .unwrap();
+    let skipped = callbridge::cron::tick_for(&app.state, &edge_owned)
+        .await
+        .unwrap();
+    assert_eq!(skipped, callbridge::cron::Report::default());
+    assert!(object_exists(&app, &keys[0]).await);
+
     let report = callbridge::cron::run_once(&app.state)
         .await
         .unwrap()

@@ -118,15 +118,25 @@ SUFFIX=$$$(date +%s)
 MAIN_USER=$(user "TS Client" "ts-client-$SUFFIX@example.com")
 SESSION_TOKEN=$(node -e 'console.log(crypto.randomUUID())')
 sql "insert into authjs.sessions (\"userId\", expires, \"sessionToken\") values ($MAIN_USER, now() + interval '30 days', '$SESSION_TOKEN')" >/dev/null
+# Two more users with sessions: they join the main user's organisation by invitation, and
+# invite the main user into theirs.
+session() {
+  local token
+  token=$(node -e 'console.log(crypto.randomUUID())')
+  sql "insert into authjs.sessions (\"userId\", expires, \"sessionToken\") values ($1, now() + interval '30 days', '$token')" >/dev/null
+  echo "$token"
+}
 MEMBER_A=$(user "Member A" "member-a-$SUFFIX@example.com")
 MEMBER_B=$(user "Member B" "member-b-$SUFFIX@example.com")
+MEMBER_SESSIONS="$(session "$MEMBER_A"),$(session "$MEMBER_B")"
+MEMBER_EMAILS="member-a-$SUFFIX@example.com,member-b-$SUFFIX@example.com"
 ADDABLE_EMAIL="addable-$SUFFIX@example.com"
-user "Addable" "$ADDABLE_EMAIL" >/dev/null
 DEBUG_TOKEN=$(env "${CONTAINER_ENV[@]}" "$BIN" debug-token --ttl-secs 600 | tail -n1)
 
 log "clients/ts: node --test against the container"
 CALLBRIDGE_URL="$BASE" SESSION_TOKEN="$SESSION_TOKEN" ALLOWED_ORIGIN="$ORIGIN" \
-  MEMBER_USER_IDS="$MEMBER_A,$MEMBER_B" ADDABLE_EMAIL="$ADDABLE_EMAIL" DEBUG_TOKEN="$DEBUG_TOKEN" \
+  MEMBER_USER_IDS="$MEMBER_A,$MEMBER_B" MEMBER_SESSIONS="$MEMBER_SESSIONS" MEMBER_EMAILS="$MEMBER_EMAILS" \
+  ADDABLE_EMAIL="$ADDABLE_EMAIL" DEBUG_TOKEN="$DEBUG_TOKEN" \
   TELNYX_SIM_URL="$TELNYX_SIM_URL" AAI_WEBHOOK_SECRET="$AAI_WEBHOOK_SECRET" \
   SNAPSHOT="$ROOT/edge-shim/openapi.json" \
   node --test --test-concurrency=1 --test-timeout=120000 --test-force-exit dist/test/*.test.js

@@ -100,18 +100,57 @@ test("every operation of the document, through the typed client, answers as docu
   const debug = await ok(anonymous.GET("/internal/debug/session", { headers: { "X-Debug-Token": config.debugToken } }));
   assert.ok(debug);
 
-  // Organisations and members.
+  // Organisations and members: members join by invitation, accepted with the emailed token.
   const created = await ok(api.POST("/api/orgs", { body: { name: "TS client organisation" } }));
   assert.equal(created.role, "owner");
   const [first, second] = config.memberUserIds;
   assert.ok(first && second);
-  for (const user_id of [first, second]) {
-    await ok(api.POST("/api/orgs/{id}/members", { params: { path: { id: orgId } }, body: { user_id, role: "member" } }));
+  const memberClients = config.memberSessions.map((bearer) => createApiClient({ baseUrl: config.baseUrl, bearer, fetch: checkingFetch }));
+  for (const [index, member] of memberClients.entries()) {
+    const email = config.memberEmails[index] ?? "";
+    const invitation = await ok(
+      api.POST("/api/orgs/{id}/invitations", { params: { path: { id: orgId } }, body: { email, role: "member" } }),
+    );
+    assert.equal(invitation.email, email);
+    const joined = await ok(
+      member.POST("/api/invitations/{id}/accept", { params: { path: { id: invitation.id } }, body: { token: invitation.token } }),
+    );
+    assert.equal(joined.id, orgId);
   }
-  const added = await ok(api.POST("/api/orgs/{id}/members", { params: { path: { id: orgId } }, body: { email: config.addableEmail } }));
-  assert.equal(added.role, "member");
+  const pending = await ok(
+    api.POST("/api/orgs/{id}/invitations", { params: { path: { id: orgId } }, body: { email: config.addableEmail } }),
+  );
+  assert.equal(pending.role, "member");
+  const pendingListed = await ok(api.GET("/api/orgs/{id}/invitations", { params: { path: { id: orgId } } }));
+  assert.deepEqual(
+    pendingListed.map((invitation) => invitation.id),
+    [pending.id],
+  );
+  await ok(api.DELETE("/api/orgs/{id}/invitations/{invitation_id}", { params: { path: { id: orgId, invitation_id: pending.id } } }));
   const members = await ok(api.GET("/api/orgs/{id}/members", { params: { path: { id: orgId } } }));
-  assert.equal(members.length, 4);
+  assert.equal(members.length, 3);
+  // The members invite the signed-in user into their own organisations: one accepted, one
+  // declined. The address is not verified, so the in-app list is empty and the token decides.
+  const myEmail = me.user.email;
+  assert.ok(myEmail);
+  const toMe = [];
+  for (const member of memberClients) {
+    const theirs = await ok(member.GET("/api/me"));
+    assert.ok(theirs.active_organisation_id);
+    toMe.push(
+      await ok(
+        member.POST("/api/orgs/{id}/invitations", { params: { path: { id: theirs.active_organisation_id } }, body: { email: myEmail } }),
+      ),
+    );
+  }
+  assert.deepEqual(await ok(api.GET("/api/invitations")), []);
+  const [toAccept, toDecline] = toMe;
+  assert.ok(toAccept && toDecline);
+  const accepted = await ok(
+    api.POST("/api/invitations/{id}/accept", { params: { path: { id: toAccept.id } }, body: { token: toAccept.token } }),
+  );
+  assert.equal(accepted.id, toAccept.organisation_id);
+  await ok(api.POST("/api/invitations/{id}/decline", { params: { path: { id: toDecline.id } }, body: { token: toDecline.token } }));
 
   // Phone numbers, calls and their live events.
   const number = await ok(api.POST("/api/phone-numbers", { body: { number: "+14155550100", label: "main" } }));

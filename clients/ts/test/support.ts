@@ -22,6 +22,10 @@ export const config = {
   sessionToken: env("SESSION_TOKEN"),
   origin: env("ALLOWED_ORIGIN"),
   memberUserIds: env("MEMBER_USER_IDS").split(","),
+  /** Bearer tokens and addresses of the same two users. */
+  memberSessions: env("MEMBER_SESSIONS").split(","),
+  memberEmails: env("MEMBER_EMAILS").split(","),
+  /** An address invited and then revoked. */
   addableEmail: env("ADDABLE_EMAIL"),
   debugToken: env("DEBUG_TOKEN"),
   telnyxSimUrl: env("TELNYX_SIM_URL"),

@@ -1,0 +1,209 @@
+// Owns running jobs at the edge: the job envelope (the container's `jobs::NewJob`,
+// docs/JOBS.md), the registry of edge job handlers, and what the Queue consumer does with each
+// message — run it when routes.json gives its kind to the edge, leave it to the container
+// otherwise, retry with the container's backoff, and keep the container's `jobs` table as the
+// one ledger: the edge marks the job's row `done`, records each failed attempt on it, marks it
+// `dead` when the Queue gives up (the dead-letter consumer), or hands it back to the container.
+//
+// The row is found by the envelope's `dedupe_key`: every kind the edge can run has one.
+
+import { type Db, withDb } from "./db";
+import type { Env } from "./env";
+import { ownerOf, type WorkManifest } from "./manifest";
+
+/** The container's job envelope (`jobs::NewJob`), what a Queue message carries. */
+export interface JobEnvelope {
+  kind: string;
+  payload: Record<string, unknown>;
+  dedupe_key?: string;
+  run_at?: string;
+  max_attempts?: number;
+}
+
+/** A failure retrying will not fix (the container's `jobs::Permanent`): the job goes `dead`. */
+export class Permanent extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "Permanent";
+  }
+}
+
+/**
+ * The edge recognises the job but leaves this case to the container (an inbound call to
+ * answer, an interpreted call's legs): thrown before any effect, like DeferToOrigin for a
+ * route. The consumer sets the row's `handed_back_at`, and the container's workers claim it.
+ */
+export class HandBack extends Error {
+  constructor(readonly reason: string) {
+    super(`handed back to the container: ${reason}`);
+    this.name = "HandBack";
+  }
+}
+
+/** What an edge job handler gets. `db` is one connection; the handler owns its transaction. */
+export interface JobContext {
+  env: Env;
+  db: Db;
+  envelope: JobEnvelope;
+  /** 1 on the first delivery. */
+  attempt: number;
+}
+
+/**
+ * Runs one job to completion. It must be idempotent, and must commit its effects together
+ * with `completeIn` (the row's `done`) in one transaction, as the container's handlers do
+ * (docs/JOBS.md, "exactly-once effects"). Throws Permanent, HandBack, or anything else (retried).
+ */
+export type JobHandler = (ctx: JobContext) => Promise<void>;
+
+export type JobRegistry = Readonly<Record<string, JobHandler>>;
+
+/** The edge may own a kind only if it has a handler here; checked when the Worker starts. */
+export function checkJobRegistry(work: WorkManifest, handlers: JobRegistry): void {
+  const missing = [...work.jobs].filter(([kind, owner]) => owner === "edge" && handlers[kind] === undefined).map(([k]) => k);
+  if (missing.length > 0) throw new Error(`routes.json gives the edge job kinds it has no handler for: ${missing.join(", ")}`);
+}
+
+/**
+ * Marks the job `done` inside the handler's transaction, so the effect and the completion
+ * commit together. Only a row the container has not claimed (`pending`): one it is running
+ * is the container's to finish (the inbox lock makes the second run a no-op).
+ */
+export async function completeIn(db: Db, envelope: JobEnvelope): Promise<void> {
+  await db.query(
+    `update jobs set status = 'done', finished_at = now(), updated_at = now(), locked_by = 'edge',
+            locked_until = null, last_error = null
+     where dedupe_key = $1 and status = 'pending'`,
+    [envelope.dedupe_key],
+  );
+}
+
+/** The container's backoff (docs/JOBS.md): 2 s × 2^(attempt−1), at most 1 h, full jitter in [½, 1]. */
+export function backoffSeconds(attempt: number, random: () => number = Math.random): number {
+  const base = Math.min(2 * 2 ** Math.max(0, attempt - 1), 3600);
+  return Math.max(1, Math.round(base * (0.5 + random() / 2)));
+}
+
+/** Reads a message body as a job envelope; null when it is not one. */
+export function readEnvelope(body: unknown): JobEnvelope | null {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return null;
+  const { kind, payload, dedupe_key } = body as Record<string, unknown>;
+  if (typeof kind !== "string" || kind === "") return null;
+  if (typeof payload !== "object" || payload === null || Array.isArray(payload)) return null;
+  if (typeof dedupe_key !== "string" || dedupe_key === "") return null;
+  return body as JobEnvelope;
+}
+
+const log = (line: Record<string, unknown>) => console.log(JSON.stringify(line));
+
+/** The consumer of callbridge-webhooks (and of its dead-letter queue, by the queue's name). */
+export async function consumeJobs(
+  batch: MessageBatch,
+  env: Env,
+  work: WorkManifest,
+  handlers: JobRegistry,
+  random: () => number = Math.random,
+): Promise<void> {
+  const deadLetter = batch.queue.endsWith("-dlq");
+  // Connections are closed before the batch returns, so none outlives its invocation.
+  const closing: Promise<unknown>[] = [];
+  const waitUntil = (p: Promise<unknown>) => void closing.push(p);
+  try {
+    await consumeBatch();
+  } finally {
+    await Promise.allSettled(closing);
+  }
+
+  async function consumeBatch(): Promise<void> {
+    for (const message of batch.messages) {
+      const envelope = readEnvelope(message.body);
+      const base = { queue: batch.queue, id: message.id, attempts: message.attempts };
+      if (envelope === null) {
+        // Retrying would not make it an envelope.
+        log({ event: "queue_message_rejected", ...base, reason: "not a job envelope with kind, payload and dedupe_key" });
+        message.ack();
+        continue;
+      }
+      const job = { ...base, kind: envelope.kind, dedupe_key: envelope.dedupe_key };
+      if (deadLetter) {
+        await withDb(env, waitUntil, (db) => recordDead(db, envelope, `the Queue gave up after ${message.attempts} deliveries`));
+        log({ event: "job_dead", ...job });
+        message.ack();
+        continue;
+      }
+      const handler = handlers[envelope.kind];
+      if (ownerOf(work.jobs, envelope.kind) !== "edge" || handler === undefined) {
+        // The container runs it from its own row (the inbox statement enqueued it there too).
+        log({ event: "job_not_owned", ...job });
+        message.ack();
+        continue;
+      }
+      try {
+        await withDb(env, waitUntil, (db) => handler({ env, db, envelope, attempt: message.attempts }));
+        log({ event: "job_done", ...job });
+        message.ack();
+      } catch (err) {
+        const error = err instanceof Error ? err.message : String(err);
+        if (err instanceof HandBack) {
+          await withDb(env, waitUntil, (db) => handBack(db, envelope));
+          log({ event: "job_handed_back", ...job, reason: err.reason });
+          message.ack();
+        } else if (err instanceof Permanent) {
+          await withDb(env, waitUntil, (db) => recordDead(db, envelope, error));
+          log({ event: "job_dead", ...job, error });
+          message.ack();
+        } else {
+          // Best effort: the row shows the latest failure, as for the container's retries.
+          await withDb(env, waitUntil, (db) => recordFailure(db, envelope, message.attempts, error)).catch(() => {});
+          const delaySeconds = backoffSeconds(message.attempts, random);
+          log({ event: "job_retry", ...job, error, delay_seconds: delaySeconds });
+          message.retry({ delaySeconds });
+        }
+      }
+    }
+  }
+}
+
+/** A failed attempt, on the job's row (while the container has not claimed it). */
+async function recordFailure(db: Db, envelope: JobEnvelope, attempts: number, error: string): Promise<void> {
+  await db.query(
+    `update jobs set attempts = greatest(attempts, $2), last_error = $3, updated_at = now()
+     where dedupe_key = $1 and status = 'pending'`,
+    [envelope.dedupe_key, attempts, `edge: ${error}`],
+  );
+}
+
+/**
+ * The one dead-jobs list: the job's row becomes `dead` with the edge's error; a job with no
+ * row (none was stored) gets one, so operators find it where they look for the container's.
+ */
+export async function recordDead(db: Db, envelope: JobEnvelope, error: string): Promise<void> {
+  await db.query(
+    `with marked as (
+         update jobs set status = 'dead', finished_at = now(), updated_at = now(), locked_by = 'edge',
+                last_error = $4
+         where dedupe_key = $1 and status in ('pending', 'dead')
+         returning id
+     ), existing as (
+         select id from jobs where dedupe_key = $1
+     )
+     insert into jobs (kind, payload, dedupe_key, status, attempts, last_error, finished_at, locked_by)
+     select $2, $3, $1, 'dead', 1, $4, now(), 'edge'
+     where not exists (select 1 from marked) and not exists (select 1 from existing)
+     on conflict (dedupe_key) where dedupe_key is not null do nothing`,
+    [envelope.dedupe_key, envelope.kind, JSON.stringify(envelope.payload), `edge: ${error}`],
+  );
+}
+
+/** Hands the job to the container: its workers claim a handed-back row whatever its kind. */
+async function handBack(db: Db, envelope: JobEnvelope): Promise<void> {
+  await db.query(
+    `with handed as (
+         update jobs set handed_back_at = now(), run_at = now(), updated_at = now()
+         where dedupe_key = $1 and status = 'pending'
+         returning id
+     )
+     select pg_notify('callbridge_jobs', '') from handed`,
+    [envelope.dedupe_key],
+  );
+}

@@ -1,0 +1,163 @@
+// The edge's Cron Trigger inside workerd, against the test database and miniflare's R2 and
+// Queue: each task routes.json can give the edge (retention purge of objects and rows, the
+// stale-call sweep, the dead-job report), the single-runner lock shared with the container,
+// the per-task switch, and the relay of pending jobs of edge-owned kinds.
+import { createExecutionContext, createScheduledController, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { Client } from "pg";
+import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
+import { belongsTo, checkCron, LOCK_KEY, runCron } from "../src/cron";
+import worker from "../src/index";
+import { compileWork, type WorkManifest } from "../src/manifest";
+import { logged, query } from "./helpers";
+
+const EDGE_TASKS: WorkManifest = compileWork({
+  jobs: [{ kind: "telnyx.event", owner: "edge" }],
+  cron: [
+    { task: "retention.purge", owner: "edge" },
+    { task: "calls.stale_sweep", owner: "edge" },
+    { task: "jobs.dead_report", owner: "edge" },
+  ],
+});
+
+let log: MockInstance<typeof console.log>;
+beforeEach(() => {
+  log = vi.spyOn(console, "log").mockImplementation(() => {});
+});
+afterEach(() => vi.restoreAllMocks());
+
+async function organisation(retentionDays: number | null): Promise<string> {
+  const [org] = await query<{ id: string }>(
+    "insert into organisations (id, name, recording_retention_days) values (gen_random_uuid(), 'Cron', $1) returning id::text as id",
+    [retentionDays],
+  );
+  return org!.id;
+}
+
+/** A recording created `ageDays` ago with one stored version at `key`, its object in R2. */
+async function recording(orgId: string, ageDays: number, key: (id: string) => string): Promise<{ id: string; key: string }> {
+  const [rec] = await query<{ id: string }>(
+    `insert into recordings (id, organisation_id, source, created_at)
+     values (gen_random_uuid(), $1, 'upload', now() - make_interval(days => $2)) returning id::text as id`,
+    [orgId, ageDays],
+  );
+  const objectKey = key(rec!.id);
+  await query(
+    `insert into recording_versions (recording_id, version, object_key, status, content_type, size_bytes)
+     values ($1, 1, $2, 'stored', 'audio/mpeg', 3)`,
+    [rec!.id, objectKey],
+  );
+  await env.RECORDINGS.put(objectKey, "mp3");
+  return { id: rec!.id, key: objectKey };
+}
+
+const tick = () => {
+  const ctx = createExecutionContext();
+  return runCron(env, EDGE_TASKS, (p) => ctx.waitUntil(p)).finally(() => waitOnExecutionContext(ctx));
+};
+
+describe("the edge's cron tasks", () => {
+  it("purges expired recordings: R2 objects first, then rows; a key outside the organisation keeps its rows", async () => {
+    const org = await organisation(1);
+    const expired = await recording(org, 2, (id) => `orgs/${org}/calls/none/recordings/${id}/v1.mp3`);
+    const fresh = await recording(org, 0, (id) => `orgs/${org}/calls/none/recordings/${id}/v1.mp3`);
+    const stray = await recording(org, 2, (id) => `orgs/00000000-0000-0000-0000-000000000000/recordings/${id}/v1.mp3`);
+    const report = await tick();
+    expect(report.ran).toBe(true);
+    expect(report.tasks).toEqual(["retention.purge", "calls.stale_sweep", "jobs.dead_report"]);
+    expect(await env.RECORDINGS.head(expired.key)).toBeNull();
+    expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
+    expect(await env.RECORDINGS.head(fresh.key)).not.toBeNull();
+    expect(await query("select 1 from recordings where id = $1", [fresh.id])).toHaveLength(1);
+    expect(await env.RECORDINGS.head(stray.key)).not.toBeNull();
+    expect(await query("select 1 from recordings where id = $1", [stray.id])).toHaveLength(1);
+    expect(logged(log, "cron_refused_key")).toMatchObject([{ key: stray.key }]);
+    expect(belongsTo(`orgs/${org}/a/../b`, org)).toBe(false);
+    expect(belongsTo(`incoming/${org}/x.mp3`, org)).toBe(true);
+  });
+
+  it("fails a stale call with a call.failed event, and leaves one whose media bridge is alive", async () => {
+    const org = await organisation(null);
+    const [stale, bridged] = await query<{ id: string }>(
+      `insert into calls (id, organisation_id, direction, from_number, to_number, status, updated_at)
+       select gen_random_uuid(), $1, 'outbound', '+14155550100', '+14155550123', 'answered', now() - interval '5 hours'
+       from generate_series(1, 2) returning id::text as id`,
+      [org],
+    );
+    await query("insert into media_streams (call_id, replica) values ($1, 'r1')", [bridged!.id]);
+    const report = await tick();
+    expect(report.stale_calls_failed).toBeGreaterThanOrEqual(1);
+    const rows = await query<{ id: string; status: string; failure_reason: string | null }>(
+      "select id::text as id, status, failure_reason from calls where id = any($1::uuid[]) order by status",
+      [[stale!.id, bridged!.id]],
+    );
+    expect(rows).toEqual([
+      { id: bridged!.id, status: "answered", failure_reason: null },
+      { id: stale!.id, status: "failed", failure_reason: "stale: no terminal event within 240 minutes" },
+    ]);
+    const events = await query<{ kind: string; data: unknown }>("select kind, data from call_events where call_id = $1", [stale!.id]);
+    expect(events).toEqual([
+      { kind: "call.failed", data: { status: "failed", failure_reason: "stale: no terminal event within 240 minutes" } },
+    ]);
+  });
+
+  it("reports dead jobs per kind", async () => {
+    await query("insert into jobs (kind, status, last_error) values ('cron.test.kind', 'dead', 'x'), ('cron.test.kind', 'dead', 'y')");
+    const report = await tick();
+    expect(report.dead_jobs["cron.test.kind"]).toBe(2);
+    expect(logged(log, "cron_dead_jobs")).toHaveLength(1);
+  });
+
+  it("skips the tick while the container's cron holds its advisory lock (one runner)", async () => {
+    const org = await organisation(1);
+    const expired = await recording(org, 2, (id) => `orgs/${org}/calls/none/recordings/${id}/v1.mp3`);
+    const container = new Client({ connectionString: env.HYPERDRIVE.connectionString });
+    container.on("error", () => {});
+    await container.connect();
+    try {
+      await container.query("select pg_advisory_lock($1::bigint)", [LOCK_KEY]);
+      const report = await tick();
+      expect(report.ran).toBe(false);
+      expect(await env.RECORDINGS.head(expired.key)).not.toBeNull();
+      expect(await query("select 1 from recordings where id = $1", [expired.id])).toHaveLength(1);
+    } finally {
+      await container.end();
+    }
+    expect((await tick()).ran).toBe(true);
+    expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
+  });
+
+  it("runs no task routes.json leaves to the container (the default manifest: all origin)", async () => {
+    const org = await organisation(1);
+    const expired = await recording(org, 2, (id) => `orgs/${org}/calls/none/recordings/${id}/v1.mp3`);
+    const controller = createScheduledController({ cron: "*/5 * * * *", scheduledTime: Date.UTC(2026, 10, 26, 5, 5) });
+    const ctx = createExecutionContext();
+    await worker.scheduled(controller, env, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(logged(log, "cron_tick")).toMatchObject([{ cron: "*/5 * * * *", ran: false, tasks: [] }]);
+    expect(await query("select 1 from recordings where id = $1", [expired.id])).toHaveLength(1);
+    await query("delete from recordings where id = $1", [expired.id]);
+  });
+
+  it("relays a pending job of an edge-owned kind whose Queue message was never sent", async () => {
+    const key = `webhook:telnyx:relay-${Date.now()}`;
+    await query(
+      `insert into jobs (kind, payload, dedupe_key, run_at, updated_at)
+       values ('telnyx.event', '{"provider": "telnyx", "event_id": "relay"}', $1, now() - interval '10 minutes', now() - interval '10 minutes')`,
+      [key],
+    );
+    const send = vi.spyOn(env.WEBHOOKS, "sendBatch");
+    const report = await tick();
+    expect(report.jobs_relayed).toBeGreaterThanOrEqual(1);
+    const sent = send.mock.calls.flatMap(([messages]) => [...messages].map((m) => m.body as { dedupe_key: string }));
+    expect(sent.map((b) => b.dedupe_key)).toContain(key);
+    // Sent again only five minutes later.
+    const again = await tick();
+    expect(again.jobs_relayed).toBe(0);
+  });
+
+  it("refuses to give the edge a task it cannot run (uploads.sweep lists multipart uploads)", () => {
+    expect(() => checkCron(compileWork({ cron: [{ task: "uploads.sweep", owner: "edge" }] }))).toThrow(/cannot run: uploads.sweep/);
+    expect(() => checkCron(EDGE_TASKS)).not.toThrow();
+  });
+});
