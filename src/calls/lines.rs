@@ -48,6 +48,7 @@ pub struct LineSettings {
     pub apology: Option<String>,
     pub agent_timeout_secs: u32,
     pub original_audio: String,
+    pub record: bool,
 }
 
 /// What a caller speaking `language` hears.
@@ -86,6 +87,8 @@ pub struct Line {
     pub agent_timeout_secs: i32,
     /// `off`, `ducked` or `full` for the line's calls.
     pub original_audio: String,
+    /// Whether the line's calls are recorded (each party's leg on its own).
+    pub record: bool,
     /// What callers hear, per caller language, as translated when the line was saved.
     pub prompts: Vec<Prompt>,
     pub created_at: DateTime<Utc>,
@@ -95,7 +98,7 @@ pub struct Line {
 const LINE_COLUMNS: &str = "l.phone_number_id, n.e164, l.forward_to, l.caller_language, \
      l.caller_languages, l.agent_language, l.caller_voice_id, l.agent_voice_id, l.greeting, \
      l.apology, l.agent_timeout_secs, l.original_audio, l.prompts, l.created_at, l.updated_at, \
-     l.organisation_id";
+     l.organisation_id, l.record";
 
 fn line_from_row(row: &Row) -> Line {
     Line {
@@ -111,6 +114,7 @@ fn line_from_row(row: &Row) -> Line {
         apology: row.get(9),
         agent_timeout_secs: row.get(10),
         original_audio: row.get(11),
+        record: row.get(16),
         prompts: serde_json::from_value(row.get(12)).unwrap_or_default(),
         created_at: row.get(13),
         updated_at: row.get(14),
@@ -350,15 +354,16 @@ pub async fn put(
         .execute(
             "insert into lines (phone_number_id, organisation_id, forward_to, caller_language,
                                 caller_languages, agent_language, caller_voice_id, agent_voice_id,
-                                greeting, apology, prompts, agent_timeout_secs, original_audio)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                greeting, apology, prompts, agent_timeout_secs, original_audio, record)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              on conflict (phone_number_id) do update set
                 forward_to = excluded.forward_to, caller_language = excluded.caller_language,
                 caller_languages = excluded.caller_languages, agent_language = excluded.agent_language,
                 caller_voice_id = excluded.caller_voice_id, agent_voice_id = excluded.agent_voice_id,
                 greeting = excluded.greeting, apology = excluded.apology, prompts = excluded.prompts,
                 agent_timeout_secs = excluded.agent_timeout_secs,
-                original_audio = excluded.original_audio, updated_at = now()",
+                original_audio = excluded.original_audio, record = excluded.record,
+                updated_at = now()",
             &[
                 &phone_number_id,
                 &organisation_id,
@@ -373,6 +378,7 @@ pub async fn put(
                 &json!(prompts),
                 &(settings.agent_timeout_secs as i32),
                 &settings.original_audio,
+                &settings.record,
             ],
         )
         .await?;
@@ -481,7 +487,9 @@ pub async fn answer_inbound(
             source_language: Some(&line.caller_language),
             target_language: Some(&line.agent_language),
             voice_id: None,
-            record: false,
+            // The agent's leg is dialed recording from the call's `record`; the caller's leg
+            // is recorded from the answer command below.
+            record: line.record,
             created_by: None,
             status: CallStatus::Initiated,
             telnyx_call_control_id: None,
@@ -569,6 +577,7 @@ pub async fn answer_inbound(
             &telnyx::encode_leg_client_state(call.id, Role::Remote.as_str()),
             &format!("answer:{caller}"),
             &stream,
+            line.record,
         )
         .await?;
     super::mark_answer_requested(client, call.id).await?;

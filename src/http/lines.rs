@@ -51,6 +51,9 @@ pub struct LineRequest {
     /// `off`, `ducked` (default) or `full`: whether each party also hears the other's own
     /// voice under the translation.
     pub original_audio: Option<String>,
+    /// Record each call of the line, one dual-channel recording per party (default false;
+    /// docs/RECORDINGS.md).
+    pub record: Option<bool>,
 }
 
 impl From<LineError> for ApiError {
@@ -108,6 +111,7 @@ pub async fn put(
             .agent_timeout_secs
             .unwrap_or(DEFAULT_AGENT_TIMEOUT_SECS),
         original_audio: body.original_audio.unwrap_or_else(|| "ducked".into()),
+        record: body.record.unwrap_or(false),
     };
     Ok(Json(
         lines::put(&state, org.organisation_id, id, &settings).await?,

@@ -28,7 +28,7 @@ use crate::recordings::store::{self, Limits, StoreError};
 use crate::recordings::{self, Recording, Target};
 use crate::state::AppState;
 use crate::storage::objects;
-use crate::transcripts::{self, CallTranscript};
+use crate::transcripts::{self, CallRecording, CallTranscript};
 
 /// The recordings routes. The streamed upload has no body-size extractor limit: it enforces
 /// `RECORDINGS_MAX_BYTES` itself while streaming (and `http::timeouts` gives it its own
@@ -156,6 +156,7 @@ async fn target(
                 source,
                 telnyx_recording_id: None,
                 channels: None,
+                leg: None,
             })
         }
     }
@@ -564,7 +565,7 @@ pub async fn download(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingList {
-    pub recordings: Vec<Recording>,
+    pub recordings: Vec<CallRecording>,
 }
 
 /// The call's recordings that have a stored version.
@@ -580,10 +581,9 @@ pub async fn list_for_call(
     Path(id): Path<Uuid>,
 ) -> Result<Json<RecordingList>, ApiError> {
     let client = state.db.client().await?;
-    calls::get(&**client, org.organisation_id, id)
+    let recordings = transcripts::recordings_of_call(&**client, org.organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let recordings = recordings::list_for_call(&**client, org.organisation_id, id).await?;
     Ok(Json(RecordingList { recordings }))
 }
 

@@ -16,6 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::calls::Call;
+use crate::calls::legs::Role;
 use crate::providers::telnyx::WebhookEvent;
 use crate::queue::{self, Job, JobKind, Permanent};
 use crate::recordings::store::{self, Limits, StoreError};
@@ -37,6 +38,10 @@ pub struct RecordingImportJob {
     /// `single` or `dual`.
     #[serde(default)]
     pub channels: Option<String>,
+    /// `agent` or `remote` when the recording is of one leg of an interpreted call (ADR 0036);
+    /// absent for a one-leg call (and in jobs enqueued before legs were recorded).
+    #[serde(default)]
+    pub leg: Option<String>,
 }
 
 impl JobKind for RecordingImportJob {
@@ -63,10 +68,12 @@ pub fn telnyx_recording_id(event: &WebhookEvent) -> String {
     }
 }
 
-/// Called by the `telnyx.event` job for `call.recording.saved` of a known call.
+/// Called by the `telnyx.event` job for `call.recording.saved` of a known call; `leg` is the
+/// leg the event came on when the call is interpreted (each leg records itself).
 pub async fn enqueue(
     client: &impl tokio_postgres::GenericClient,
     call: &Call,
+    leg: Option<Role>,
     event: &WebhookEvent,
 ) -> Result<(), crate::db::DbError> {
     let recording_id = telnyx_recording_id(event);
@@ -81,6 +88,7 @@ pub async fn enqueue(
         telnyx_recording_id: recording_id,
         urls,
         channels: event.field("channels").map(str::to_owned),
+        leg: leg.map(|role| role.as_str().to_owned()),
     };
     queue::enqueue(client, &job.envelope()).await?;
     Ok(())
@@ -181,6 +189,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         telnyx_recording_id: telnyx_id,
         urls,
         channels,
+        leg,
     } = job.payload()?;
     let url = ["wav", "mp3"]
         .iter()
@@ -210,6 +219,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         organisation_id,
         call_id,
         channels: &channels,
+        leg: &leg,
         source: &source,
         http: &http,
         limits: &limits,
@@ -229,6 +239,7 @@ struct Import<'a> {
     organisation_id: Uuid,
     call_id: Option<Uuid>,
     channels: &'a Option<String>,
+    leg: &'a Option<String>,
     source: &'a reqwest::Url,
     http: &'a reqwest::Client,
     limits: &'a Limits,
@@ -297,6 +308,7 @@ impl Import<'_> {
                 source: "telnyx",
                 telnyx_recording_id: Some(self.telnyx_id.to_owned()),
                 channels: self.channels.clone(),
+                leg: self.leg.clone(),
             },
         };
         let reserved = recordings::reserve(&mut client, &target, sniffed.format, None, false)

@@ -138,7 +138,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         // Telnyx's links expire in 10 minutes: copy the recording now (docs/RECORDINGS.md).
-        super::recording_import::enqueue(tx, &updated, &event).await?;
+        super::recording_import::enqueue(tx, &updated, None, &event).await?;
     }
     finish(transaction, &job, &event_id).await
 }
@@ -206,7 +206,7 @@ async fn run_for_leg(
     }
     events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
-        super::recording_import::enqueue(tx, &updated, event).await?;
+        super::recording_import::enqueue(tx, &updated, Some(leg.role), event).await?;
     }
     Ok(())
 }
@@ -311,6 +311,7 @@ async fn answer_once(
             &telnyx::encode_client_state(call.id),
             &format!("answer:{}", call.id),
             &stream,
+            call.record,
         )
         .await?;
     calls::mark_answer_requested(client, call.id).await?;

@@ -524,10 +524,7 @@ impl TelnyxClient {
             serde_json::to_value(&request.stream).unwrap_or_default(),
         );
         if request.record {
-            merge(
-                &mut body,
-                json!({"record": "record-from-answer", "record_channels": "dual", "record_format": "wav"}),
-            );
+            merge(&mut body, record_from_answer());
         }
         if let Some(webhook_url) = &request.webhook_url {
             merge(&mut body, json!({"webhook_url": webhook_url}));
@@ -568,9 +565,15 @@ impl TelnyxClient {
         client_state: &str,
         command_id: &str,
         stream: &StreamSettings,
+        record: bool,
     ) -> Result<(), TelnyxError> {
         let mut body = json!({"client_state": client_state, "command_id": command_id});
         merge(&mut body, serde_json::to_value(stream).unwrap_or_default());
+        if record {
+            // Telnyx's answer takes the dial's recording fields: an answered leg (a line's
+            // caller) is recorded like a dialed one.
+            merge(&mut body, record_from_answer());
+        }
         self.command(&Self::action_path(call_control_id, "answer"), &body)
             .await
             .map(drop)
@@ -634,6 +637,12 @@ impl TelnyxClient {
             .await
             .map(drop)
     }
+}
+
+/// The recording fields of `dial` and `answer`: dual-channel WAV from the answer (the party on
+/// the first channel, what we played on the second; docs/RECORDINGS.md).
+fn record_from_answer() -> Value {
+    json!({"record": "record-from-answer", "record_channels": "dual", "record_format": "wav"})
 }
 
 /// Filters of a number search (`filter[...]` on `GET /available_phone_numbers`).

@@ -39,6 +39,10 @@ pub struct Recording {
     pub source: String,
     /// `single` or `dual` when known (Telnyx imports).
     pub channels: Option<String>,
+    /// Whose leg of an interpreted call this recording is (`agent` or `remote`; ADR 0036):
+    /// that party's voice on channel 1, what they heard on channel 2. `null` for a one-leg
+    /// call's recording and for uploads.
+    pub leg: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Stored versions, oldest first; the last is the current one.
     pub versions: Vec<RecordingVersion>,
@@ -102,6 +106,8 @@ pub enum Target {
         source: &'static str,
         telnyx_recording_id: Option<String>,
         channels: Option<String>,
+        /// `agent` or `remote` for a leg of an interpreted call.
+        leg: Option<String>,
     },
     /// Another version of an existing recording of this organisation.
     Existing {
@@ -128,13 +134,14 @@ pub async fn reserve(
             source,
             telnyx_recording_id,
             channels,
+            leg,
         } => {
             let id = Uuid::now_v7();
             transaction
                 .execute(
-                    "insert into recordings (id, organisation_id, call_id, source, telnyx_recording_id, channels)
-                     values ($1, $2, $3, $4, $5, $6)",
-                    &[&id, organisation_id, call_id, source, telnyx_recording_id, channels],
+                    "insert into recordings (id, organisation_id, call_id, source, telnyx_recording_id, channels, leg)
+                     values ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&id, organisation_id, call_id, source, telnyx_recording_id, channels, leg],
                 )
                 .await?;
             (id, *organisation_id, *call_id, true)
@@ -253,6 +260,7 @@ fn recording_from_row(row: &Row) -> Recording {
         call_id: row.get(2),
         source: row.get(3),
         channels: row.get(4),
+        leg: row.get(7),
         created_at: row.get(5),
         versions,
     }
@@ -263,7 +271,8 @@ const RECORDING_SQL: &str = "select r.id, r.organisation_id, r.call_id, r.source
                     'size_bytes', v.size_bytes, 'sha256', v.sha256,
                     'stored_at', to_char(v.stored_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
                   order by v.version)
-                  from recording_versions v where v.recording_id = r.id and v.status = 'stored'), '[]'::jsonb)
+                  from recording_versions v where v.recording_id = r.id and v.status = 'stored'), '[]'::jsonb),
+        r.leg
      from recordings r";
 
 /// A recording of this organisation with its stored versions (`None` = 404).

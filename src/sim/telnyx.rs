@@ -687,6 +687,27 @@ async fn check(sim: &TelnyxSim, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// `dial` and `answer` take the same recording fields, each with a closed set of values
+/// (docs/TELNYX.md): anything else is a 422, as Telnyx answers it.
+fn recording_fields_refused(body: &Value) -> Option<Response> {
+    for (field, allowed) in [
+        ("record", &["record-from-answer"][..]),
+        ("record_channels", &["single", "dual"][..]),
+        ("record_format", &["wav", "mp3"][..]),
+    ] {
+        if let Some(value) = body.get(field)
+            && !value.as_str().is_some_and(|v| allowed.contains(&v))
+        {
+            return Some(telnyx_error(
+                422,
+                "10015",
+                &format!("{field} must be one of {}", allowed.join(", ")),
+            ));
+        }
+    }
+    None
+}
+
 async fn dial(
     State(sim): State<TelnyxSim>,
     headers: HeaderMap,
@@ -704,6 +725,9 @@ async fn dial(
         if body.get(required).is_none() {
             return telnyx_error(422, "10015", &format!("{required} is required"));
         }
+    }
+    if let Some(refused) = recording_fields_refused(&body) {
+        return refused;
     }
     let ccid = format!("v3:sim-{}", uuid::Uuid::new_v4().simple());
     let mut inner = sim.lock();
@@ -756,10 +780,16 @@ async fn action(
         sim.lock().commands.push(recorded);
         return response;
     }
+    let refused = (action == "answer")
+        .then(|| recording_fields_refused(&recorded.body))
+        .flatten();
     let mut inner = sim.lock();
     inner.commands.push(recorded);
     if inner.ended.get(&ccid).copied().unwrap_or(false) {
         return telnyx_error(422, "90018", "Call has already ended");
+    }
+    if let Some(refused) = refused {
+        return refused;
     }
     let text = |key: &str| {
         inner
@@ -1100,4 +1130,29 @@ async fn list_numbers(
         "page_size": size,
     }}))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recording_fields_refused;
+    use serde_json::json;
+
+    #[test]
+    fn recording_fields_take_telnyx_values_only() {
+        assert!(recording_fields_refused(&json!({"to": "+1"})).is_none());
+        assert!(
+            recording_fields_refused(&json!({"record": "record-from-answer",
+                "record_channels": "dual", "record_format": "wav"}))
+            .is_none()
+        );
+        for bad in [
+            json!({"record": true}),
+            json!({"record": "record-from-ringing"}),
+            json!({"record_channels": "stereo"}),
+            json!({"record_format": "ogg"}),
+        ] {
+            let refused = recording_fields_refused(&bad).expect("refused");
+            assert_eq!(refused.status(), 422, "{bad}");
+        }
+    }
 }

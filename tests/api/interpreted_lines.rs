@@ -402,8 +402,87 @@ async fn a_number_that_is_no_longer_a_line_answers_one_leg_calls_again() {
     assert!(call["line_number_id"].is_null());
     let answer = &it.commands("answer", 1).await[0];
     assert_eq!(answer.body["stream_track"], "both_tracks");
+    assert!(
+        answer.body.get("record").is_none(),
+        "not recorded unless asked"
+    );
     assert!(it.t.sim.commands_named("dial").is_empty());
     assert!(it.t.sim.commands_named("speak").is_empty());
+}
+
+/// ADR 0036: a recorded line records each party on its own leg — the caller from the answer
+/// command (they are answered, not dialed), the agent from the dial — and the caller's
+/// `call.recording.saved` becomes the call's `remote` recording.
+#[tokio::test]
+async fn a_recorded_line_records_the_caller_from_the_answer_and_the_agent_from_the_dial() {
+    use callbridge::sim::recordings::{self as rec_sim, RecordingServerSim};
+    use callbridge::sim::telnyx as telnyx_sim;
+
+    let it = spawn(Duration::from_millis(200)).await;
+    let mut line = auto_line();
+    line["record"] = json!(true);
+    let saved: Value = it.put_line(&line).await.json().await.unwrap();
+    assert_eq!(saved["record"], true);
+    let read: Value =
+        it.t.app
+            .get_as(&it.ada, &it.line_path())
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(read["record"], true);
+
+    it.t.sim
+        .inbound_call(&it.t.webhook_url(), CALLER, LINE)
+        .await;
+    let call = it.only_call().await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    assert_eq!(call["record"], true);
+    let answer = it.commands("answer", 1).await.remove(0);
+    let dial = it.commands("dial", 1).await.remove(0);
+    for command in [&answer, &dial] {
+        assert_eq!(
+            command.body["record"], "record-from-answer",
+            "{}",
+            command.body
+        );
+        assert_eq!(command.body["record_channels"], "dual");
+        assert_eq!(command.body["record_format"], "wav");
+    }
+
+    // The caller's leg's recording is saved on the caller's call_control_id.
+    let server = RecordingServerSim::start(0).await.unwrap();
+    server.add("caller.wav", rec_sim::wav(1_000, 2, 8_000));
+    let link = server.link("caller.wav", Duration::from_secs(600));
+    let base = telnyx_sim::call_payload(
+        answer.call_control_id.as_deref().unwrap(),
+        answer.body["client_state"].as_str(),
+        CALLER,
+        LINE,
+        "incoming",
+    );
+    let payload = rec_sim::recording_saved_payload(&base, "rec-caller", &link, None, "dual");
+    let event = it.t.sim.event("call.recording.saved", payload);
+    assert_eq!(
+        it.t.sim.deliver(&it.t.webhook_url(), &event).await.unwrap(),
+        200
+    );
+    let listed = it
+        .until("the caller's recording", async || {
+            let listed: Value =
+                it.t.app
+                    .get_as(&it.ada, &format!("/api/calls/{id}/recordings"))
+                    .await
+                    .json()
+                    .await
+                    .ok()?;
+            let recordings = listed["recordings"].as_array()?.clone();
+            (!recordings.is_empty()).then_some(recordings)
+        })
+        .await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["leg"], "remote");
+    assert_eq!(listed[0]["channels"], "dual");
 }
 
 #[tokio::test]

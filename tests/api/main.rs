@@ -25,6 +25,7 @@ mod http_contract;
 mod interpreted_calls;
 mod interpreted_lines;
 mod interpreted_reattach;
+mod interpreted_recordings;
 mod invitations;
 mod jobs_exactly_once;
 mod jobs_queue;

@@ -1353,6 +1353,10 @@ mod with_simulators {
         let recording = &listed[0];
         assert_eq!(recording["source"], "telnyx");
         assert_eq!(recording["channels"], "dual");
+        assert!(
+            recording["leg"].is_null(),
+            "a one-leg call's recording has no leg"
+        );
         assert_eq!(recording["versions"][0]["sha256"], sha256(&wav));
         let id = recording["id"].as_str().unwrap();
         let org = org_of(app, &ada).await;
@@ -1452,6 +1456,15 @@ mod with_simulators {
         assert_eq!(agreement["post_call_words"], 19);
         assert_eq!(agreement["common_words"], 18);
         assert!((agreement["score"].as_f64().unwrap() - 36.0 / 38.0).abs() < 1e-9);
+        // The recordings list shows the same agreement for the call's one recording.
+        let listed: Value = app
+            .get_as(&ada, &format!("/api/calls/{call_id}/recordings"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["recordings"][0]["post_call_status"], "completed");
+        assert_eq!(&listed["recordings"][0]["agreement"], agreement);
 
         // The webhook: the header is checked, and a re-delivery is a no-op.
         let delivery = &w.assemblyai.deliveries()[0];

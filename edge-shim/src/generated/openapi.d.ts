@@ -885,6 +885,18 @@ export interface components {
             /** @description Pass as `cursor` for the next (older) page; absent on the last page. */
             next_cursor?: string | null;
         };
+        /**
+         * @description A recording of a call with how far its latest post-call transcript agrees with the live
+         *     turns it carries (`GET /api/calls/{id}/recordings`).
+         */
+        CallRecording: components["schemas"]["Recording"] & {
+            agreement?: null | components["schemas"]["Agreement"];
+            /**
+             * @description `submitted`, `completed` or `error` for the latest post-call transcript of this
+             *     recording; `null` when none was requested.
+             */
+            post_call_status?: string | null;
+        };
         /** @enum {string} */
         CallStatus: "created" | "dialing" | "initiated" | "answered" | "ended" | "failed";
         CallTranscript: {
@@ -1160,6 +1172,8 @@ export interface components {
             phone_number_id: string;
             /** @description What callers hear, per caller language, as translated when the line was saved. */
             prompts: components["schemas"]["Prompt"][];
+            /** @description Whether the line's calls are recorded (each party's leg on its own). */
+            record: boolean;
             /** Format: date-time */
             updated_at: string;
         };
@@ -1211,6 +1225,11 @@ export interface components {
              *     voice under the translation.
              */
             original_audio?: string | null;
+            /**
+             * @description Record each call of the line, one dual-channel recording per party (default false;
+             *     docs/RECORDINGS.md).
+             */
+            record?: boolean | null;
         };
         LiveTurn: {
             /** Format: int64 */
@@ -1480,6 +1499,12 @@ export interface components {
             created_at: string;
             /** Format: uuid */
             id: string;
+            /**
+             * @description Whose leg of an interpreted call this recording is (`agent` or `remote`; ADR 0036):
+             *     that party's voice on channel 1, what they heard on channel 2. `null` for a one-leg
+             *     call's recording and for uploads.
+             */
+            leg?: string | null;
             /** Format: uuid */
             organisation_id: string;
             /** @description `upload`, `direct` or `telnyx`. */
@@ -1491,7 +1516,7 @@ export interface components {
             download?: null | components["schemas"]["Download"];
         };
         RecordingList: {
-            recordings: components["schemas"]["Recording"][];
+            recordings: components["schemas"]["CallRecording"][];
         };
         RecordingVersion: {
             content_type: string;
