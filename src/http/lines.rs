@@ -131,10 +131,9 @@ pub async fn get(
     org: OrgContext,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Line>, ApiError> {
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     lines::get(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
 }
@@ -154,11 +153,8 @@ pub async fn delete(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     org.require(Role::Admin)?;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    if lines::delete(&**client, org.organisation_id, id)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    let client = state.db.client().await?;
+    if lines::delete(&**client, org.organisation_id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

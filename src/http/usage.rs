@@ -119,7 +119,7 @@ pub async fn report(
         Grouping::Call => GroupBy::Call,
         Grouping::User => GroupBy::User,
     };
-    let client = state.db.client().await.map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
     let lines = usage::report(
         &**client,
         &state.config.usage.prices,
@@ -128,8 +128,7 @@ pub async fn report(
         to,
         group_by,
     )
-    .await
-    .map_err(ApiError::internal)?;
+    .await?;
     if wants_csv(&query, &headers) {
         let mut response = usage::to_csv(&lines).into_response();
         response.headers_mut().insert(
@@ -196,13 +195,9 @@ pub async fn quotas(
     org: OrgContext,
 ) -> Result<Json<QuotaStatus>, ApiError> {
     let config = &state.config.usage;
-    let client = state.db.client().await.map_err(ApiError::internal)?;
-    let quotas = quota::quotas(&**client, config, org.organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
-    let used = quota::month_to_date(&**client, config, org.organisation_id)
-        .await
-        .map_err(ApiError::internal)?;
+    let client = state.db.client().await?;
+    let quotas = quota::quotas(&**client, config, org.organisation_id).await?;
+    let used = quota::month_to_date(&**client, config, org.organisation_id).await?;
     Ok(Json(QuotaStatus {
         monthly_minutes: quotas.monthly_minutes,
         concurrent_calls: quotas.concurrent_calls,
