@@ -22,9 +22,14 @@ describe("routes.json", () => {
       "GET /readyz origin",
       "GET /api/me origin",
       "GET /api/calls origin",
+      "PUT /api/phone-numbers/{id}/line origin",
+      "GET /api/phone-numbers/{id}/line origin",
+      "DELETE /api/phone-numbers/{id}/line origin",
       "POST /webhooks/telnyx origin",
       "POST /webhooks/assemblyai origin",
       "GET /api/realtime/transcribe origin",
+      "GET /api/usage origin",
+      "GET /api/usage/quotas origin",
     ]);
     expect(() => checkRegistry(ROUTES, HANDLERS)).not.toThrow();
   });
