@@ -168,6 +168,16 @@ test("every operation of the document, through the typed client, answers as docu
     numbers.map((n) => n.number),
     ["+14155550100"],
   );
+  // The number as an inbound interpreted line.
+  const line = await ok(
+    api.PUT("/api/phone-numbers/{id}/line", {
+      params: { path: { id: number.id } },
+      body: { forward_to: "+14155550777", caller_language: "es", agent_language: "en", greeting: "Thank you for calling." },
+    }),
+  );
+  assert.equal(line.forward_to, "+14155550777");
+  const lineRead = await ok(api.GET("/api/phone-numbers/{id}/line", { params: { path: { id: number.id } } }));
+  assert.equal(lineRead.phone_number_id, number.id);
   const call = await ok(
     api.POST("/api/calls", {
       params: { header: { "X-Org-Id": orgId } },
@@ -278,11 +288,18 @@ test("every operation of the document, through the typed client, answers as docu
   );
   assert.equal(transcriptDone.event_id, "ts-client:completed");
 
+  // What the organisation's calls cost, and its quotas.
+  const usage = await ok(api.GET("/api/usage", { params: { query: { group_by: "day" } } }));
+  assert.ok(usage);
+  const quotas = await ok(api.GET("/api/usage/quotas"));
+  assert.ok(quotas);
+
   // Ending the call; then the removals.
   const hungUp = await ok(api.POST("/api/calls/{id}/hangup", { params: { path: { id: call.id } } }));
   assert.equal(hungUp.id, call.id);
   await ok(api.DELETE("/api/orgs/{id}/members/{user_id}", { params: { path: { id: orgId, user_id: first } } }));
   await ok(api.DELETE("/api/orgs/{id}/members", { params: { path: { id: orgId }, query: { user_id: second } } }));
+  await ok(api.DELETE("/api/phone-numbers/{id}/line", { params: { path: { id: number.id } } }));
   await ok(api.DELETE("/api/phone-numbers/{id}", { params: { path: { id: number.id } } }));
 
   const missing = operations.map((op) => op.operationId).filter((id) => !covered.has(id));
