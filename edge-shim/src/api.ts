@@ -165,6 +165,8 @@ function callJson(row: CallRow): Schema<"Call"> {
     ended_at: at(row[18]),
     interpreted: row[19],
     original_audio: row[20],
+    line_number_id: row[21],
+    line_outcome: row[22],
   };
 }
 

@@ -106,6 +106,8 @@ export type CallRow = [
   ended_at: string | null,
   interpreted: boolean,
   original_audio: string,
+  line_number_id: string | null,
+  line_outcome: string | null,
 ];
 
 export interface Resolved {
@@ -162,7 +164,8 @@ function lookupSql(schema: string): string {
                        p.source_language, p.target_language, p.voice_id, p.record, p.status,
                        p.stream_state, p.hangup_cause, p.hangup_source, p.sip_hangup_cause,
                        p.failure_reason, ${ts("p.created_at")}, ${ts("p.initiated_at")},
-                       ${ts("p.answered_at")}, ${ts("p.ended_at")}, p.interpreted, p.original_audio)
+                       ${ts("p.answered_at")}, ${ts("p.ended_at")}, p.interpreted, p.original_audio,
+                       p.line_number_id::text, p.line_outcome)
                      order by p.created_at desc, p.id desc) from page p), '[]'::json) as calls
     from session`;
 }

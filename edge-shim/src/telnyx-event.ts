@@ -237,6 +237,8 @@ async function enqueueRecordingImport(
     telnyx_recording_id: recordingId,
     urls,
     channels: field("channels") ?? null,
+    // The leg of an interpreted call; this path only runs one-leg calls (the rest is handed back).
+    leg: null,
   };
   await db.query(
     `insert into jobs (kind, payload, dedupe_key, run_at, max_attempts)
