@@ -91,9 +91,11 @@ async function recordingSignature(name, date, expires) {
  * pattern (the tests regenerate it to check what was stored).
  * @param {number} length
  */
-export function wavHeader(length) {
+function wavHeader(length) {
   const h = new DataView(new ArrayBuffer(44));
-  const text = (/** @type {number} */ at, /** @type {string} */ s) => [...s].forEach((c, i) => h.setUint8(at + i, c.charCodeAt(0)));
+  const text = (/** @type {number} */ at, /** @type {string} */ s) => {
+    for (let i = 0; i < s.length; i++) h.setUint8(at + i, s.charCodeAt(i));
+  };
   text(0, "RIFF");
   h.setUint32(4, length - 8, true);
   text(8, "WAVE");
