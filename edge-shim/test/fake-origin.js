@@ -185,6 +185,63 @@ async function fakeRecording(url) {
   return answer(new Response(body, { status: 200, headers }));
 }
 
+/**
+ * AssemblyAI's async API on host `api.assemblyai.test`, the rules of the container's
+ * src/sim/assemblyai_async.rs that the edge can meet: the bare key in `Authorization` (401
+ * otherwise), `POST /v2/transcript` needs `audio_url` (400 otherwise) and answers `queued`
+ * with a new id, `GET /v2/transcript/{id}` answers the transcript (400 "transcript id not
+ * found" for an unknown one). Tests finish a transcript with POST /__fake/aai/finish
+ * (`{id, ...fields}`), queue answers with POST /__fake/aai/faults (`[{status}]`), and read
+ * every request made at /__fake/aai/requests.
+ * @type {Map<string, Record<string, unknown>>}
+ */
+const aaiTranscripts = new Map();
+/** @type {{method: string, path: string, authorization: string | null, body: unknown}[]} */
+const aaiRequests = [];
+/** @type {{status: number}[]} */
+const aaiFaults = [];
+
+/** @param {Request} request @param {URL} url */
+async function fakeAssemblyAiAsync(request, url) {
+  const body = request.method === "POST" ? await request.text() : "";
+  aaiRequests.push({
+    method: request.method,
+    path: url.pathname,
+    authorization: request.headers.get("authorization"),
+    body: body === "" ? null : JSON.parse(body),
+  });
+  if (request.headers.get("authorization") !== "test-aai-key") {
+    return Response.json({ error: "Authentication error, API token missing/invalid" }, { status: 401 });
+  }
+  const fault = aaiFaults.shift();
+  if (fault !== undefined) return Response.json({ error: "simulated failure" }, { status: fault.status });
+  if (request.method === "POST" && url.pathname === "/v2/transcript") {
+    const input = /** @type {Record<string, unknown>} */ (JSON.parse(body));
+    if (typeof input.audio_url !== "string") return Response.json({ error: "audio_url is required" }, { status: 400 });
+    const id = `aai-${crypto.randomUUID()}`;
+    const transcript = {
+      id,
+      status: "queued",
+      audio_url: input.audio_url,
+      text: null,
+      words: null,
+      utterances: null,
+      language_code: null,
+      audio_duration: null,
+      error: null,
+    };
+    aaiTranscripts.set(id, transcript);
+    return Response.json(transcript);
+  }
+  const m = /^\/v2\/transcript\/([^/]+)$/.exec(url.pathname);
+  if (request.method === "GET" && m) {
+    const transcript = aaiTranscripts.get(decodeURIComponent(/** @type {string} */ (m[1])));
+    if (transcript === undefined) return Response.json({ error: "Transcript lookup error: transcript id not found" }, { status: 400 });
+    return Response.json(transcript);
+  }
+  return Response.json({ error: "Not found" }, { status: 404 });
+}
+
 export default {
   /** @param {Request} request */
   async fetch(request) {
@@ -213,6 +270,17 @@ export default {
       });
       return Response.json({ url: `https://recordings.telnyx.com/${name}?${query}` });
     }
+    if (url.pathname === "/__fake/aai/finish" && request.method === "POST") {
+      const fields = /** @type {Record<string, unknown> & {id: string}} */ (await request.json());
+      aaiTranscripts.set(fields.id, { ...(aaiTranscripts.get(fields.id) ?? {}), ...fields });
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/aai/faults" && request.method === "POST") {
+      aaiFaults.splice(0, aaiFaults.length, .../** @type {{status: number}[]} */ (await request.json()));
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/aai/requests") return Response.json(aaiRequests.splice(0));
+    if (url.hostname === "api.assemblyai.test") return fakeAssemblyAiAsync(request, url);
     if (url.pathname === "/__fake/recordings/requests") return Response.json(recordingRequests.splice(0));
     if (url.hostname === "recordings.telnyx.com" || url.hostname.endsWith(".s3.amazonaws.com")) return fakeRecording(url);
     if (url.pathname === "/__fake/aai-sessions") return Response.json(aaiSessions);
