@@ -74,6 +74,12 @@ export interface Env {
   WEBHOOK_BASE_URL: string;
   /** The recordings bucket's name (the `RECORDINGS` binding's), the container's `R2_BUCKET`: presigned URLs name it. */
   R2_BUCKET: string;
+  /**
+   * Seconds of difference between what AssemblyAI reported for a streaming session and what the
+   * bridge measured above which the edge's `usage.metering` records drift; the container's
+   * `USAGE_RECONCILE_DRIFT_SECS` (default 5).
+   */
+  USAGE_RECONCILE_DRIFT_SECS: string;
   /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */

@@ -9,7 +9,7 @@
 
 import { type Db, withDb } from "./db";
 import type { Env } from "./env";
-import { ownerOf, type WorkManifest } from "./manifest";
+import { ownerOf, STAYS_WITH_THE_CONTAINER, type WorkManifest } from "./manifest";
 
 /** The container's job envelope (`jobs::NewJob`), what a Queue message carries. */
 export interface JobEnvelope {
@@ -66,7 +66,9 @@ export type JobRegistry = Readonly<Record<string, JobHandler>>;
 
 /** The edge may own a kind only if it has a handler here; checked when the Worker starts. */
 export function checkJobRegistry(work: WorkManifest, handlers: JobRegistry): void {
-  const missing = [...work.jobs].filter(([kind, owner]) => owner === "edge" && handlers[kind] === undefined).map(([k]) => k);
+  const missing = [...work.jobs]
+    .filter(([kind, owner]) => owner === "edge" && handlers[kind] === undefined)
+    .map(([k]) => (STAYS_WITH_THE_CONTAINER[k] ? `${k} (${STAYS_WITH_THE_CONTAINER[k]})` : k));
   if (missing.length > 0) throw new Error(`routes.json gives the edge job kinds it has no handler for: ${missing.join(", ")}`);
 }
 
