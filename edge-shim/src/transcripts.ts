@@ -66,8 +66,8 @@ export async function recordingTranscribe({ env, db, envelope }: JobContext): Pr
   if (!env.ASSEMBLYAI_API_KEY || !env.ASSEMBLYAI_WEBHOOK_SECRET) {
     throw new HandBack("ASSEMBLYAI_API_KEY or ASSEMBLYAI_WEBHOOK_SECRET is not set at the edge");
   }
-  if (!env.R2_ENDPOINT || !env.R2_ACCESS_KEY_ID || !env.R2_SECRET_ACCESS_KEY || !env.R2_BUCKET) {
-    throw new HandBack("the edge has no R2 S3 credentials to presign the recording for AssemblyAI");
+  if (!env.R2_ENDPOINT || !env.R2_ACCESS_KEY_ID || !env.R2_SECRET_ACCESS_KEY || !env.R2_BUCKET || !env.WEBHOOK_BASE_URL) {
+    throw new HandBack("the edge has no R2 S3 credentials (to presign the recording for AssemblyAI) or no WEBHOOK_BASE_URL");
   }
   await withLease(db, envelope, async (lease) => {
     const already = await db.query("select 1 from post_call_transcripts where recording_id = $1 and version = $2", [recordingId, version]);

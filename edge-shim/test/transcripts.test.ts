@@ -174,7 +174,7 @@ describe("recording.transcribe at the edge", () => {
     expect(await jobRow(v.envelope.dedupe_key!)).toMatchObject({ status: "pending", handed_back: true });
     expect(await aaiRequests()).toEqual([]);
     expect(logged(log, "job_handed_back")).toMatchObject([
-      { reason: "the edge has no R2 S3 credentials to presign the recording for AssemblyAI" },
+      { reason: "the edge has no R2 S3 credentials (to presign the recording for AssemblyAI) or no WEBHOOK_BASE_URL" },
     ]);
   });
 
