@@ -193,7 +193,7 @@ function presigned(url) {
   return `${u.origin}${u.pathname} expires=${u.searchParams.get("X-Amz-Expires")} credential=${credential[0]}/${credential.slice(2).join("/")}`;
 }
 
-async function snapshot(db, extra) {
+async function snapshot(db, way, extra) {
   await db.query("set timezone = 'UTC'");
   const recordings = await db.query(
     `select id::text, organisation_id::text, call_id::text, source, telnyx_recording_id, channels, leg from recordings order by telnyx_recording_id`,
@@ -225,7 +225,9 @@ async function snapshot(db, extra) {
     inbox: inbox.rows,
     ...extra,
   };
-  let text = JSON.stringify(snap);
+  // Each way's event id carries its number, so a late Queue message of an earlier way names no
+  // event of this one.
+  let text = JSON.stringify(snap).replaceAll(`rec-evt-${way}`, "rec-evt");
   // Recording ids are UUIDv7s each side mints.
   recordings.rows.forEach((r, i) => {
     text = text.replaceAll(r.id, `<recording ${i + 1}>`);
@@ -323,7 +325,7 @@ async function run(ctx, env, aai, { base, worker, edgeOwns }) {
       ...r,
       body: r.body && { ...r.body, audio_url: r.body.audio_url && presigned(r.body.audio_url) },
     }));
-    const snap = await snapshot(db, { objects, downloads: recorder.requests, assemblyai: aaiRequests });
+    const snap = await snapshot(db, way, { objects, downloads: recorder.requests, assemblyai: aaiRequests });
     return { problems, snap };
   } finally {
     const log = container ? await container.stop() : "";
@@ -332,13 +334,19 @@ async function run(ctx, env, aai, { base, worker, edgeOwns }) {
   }
 }
 
-function firstDiff(a, b) {
+/** Every part of the snapshot that differs, each shown from its first differing character. */
+function differences(a, b) {
+  const out = [];
   for (const key of Object.keys(a)) {
     const x = JSON.stringify(a[key]);
     const y = JSON.stringify(b[key]);
-    if (x !== y) return `${key}: ${x.slice(0, 600)} vs ${y.slice(0, 600)}`;
+    if (x === y) continue;
+    let at = 0;
+    while (x[at] === y[at]) at++;
+    const from = Math.max(0, at - 80);
+    out.push(`${key}: …${x.slice(from, at + 220)} vs …${y.slice(from, at + 220)}`);
   }
-  return "";
+  return out.join(" | ");
 }
 
 /** The recordings phase: four ways, each compared with the container's. */
@@ -387,7 +395,7 @@ export async function runRecordingParity(ctx, record) {
       try {
         const got = await run(ctx, env, aai, way);
         const problems = [...got.problems];
-        const diff = firstDiff(reference.snap, got.snap);
+        const diff = differences(reference.snap, got.snap);
         if (diff) problems.push(diff);
         record(
           `recordings: ${name} — same rows, objects and provider requests as the container`,
