@@ -156,7 +156,8 @@ async function until(db, sql, params, seconds = 60) {
     await new Promise((r) => setTimeout(r, 150));
   }
 }
-const jobDone = (db, kind) => until(db, "select bool_and(status = 'done') and count(*) > 0 as ok from jobs where kind = $1", [kind]);
+// Generous: on a loaded machine the container's worker may take a while to start.
+const jobDone = (db, kind) => until(db, "select bool_and(status = 'done') and count(*) > 0 as ok from jobs where kind = $1", [kind], 120);
 
 /** The container's objects: s3s-fs keeps each one as a file under DIR/bucket/key. */
 function containerObjects(dir, bucket, prefix) {
@@ -193,7 +194,7 @@ function presigned(url) {
   return `${u.origin}${u.pathname} expires=${u.searchParams.get("X-Amz-Expires")} credential=${credential[0]}/${credential.slice(2).join("/")}`;
 }
 
-async function snapshot(db, way, extra) {
+async function snapshot(db, way, recordingPort, extra) {
   await db.query("set timezone = 'UTC'");
   const recordings = await db.query(
     `select id::text, organisation_id::text, call_id::text, source, telnyx_recording_id, channels, leg from recordings order by telnyx_recording_id`,
@@ -226,8 +227,10 @@ async function snapshot(db, way, extra) {
     ...extra,
   };
   // Each way's event id carries its number, so a late Queue message of an earlier way names no
-  // event of this one.
-  let text = JSON.stringify(snap).replaceAll(`rec-evt-${way}`, "rec-evt");
+  // event of this one; each way's recording server has its own port.
+  let text = JSON.stringify(snap)
+    .replaceAll(`rec-evt-${way}`, "rec-evt")
+    .replaceAll(`127.0.0.1:${recordingPort}/`, "127.0.0.1:<recording server>/");
   // Recording ids are UUIDv7s each side mints.
   recordings.rows.forEach((r, i) => {
     text = text.replaceAll(r.id, `<recording ${i + 1}>`);
@@ -325,7 +328,7 @@ async function run(ctx, env, aai, { base, worker, edgeOwns }) {
       ...r,
       body: r.body && { ...r.body, audio_url: r.body.audio_url && presigned(r.body.audio_url) },
     }));
-    const snap = await snapshot(db, way, { objects, downloads: recorder.requests, assemblyai: aaiRequests });
+    const snap = await snapshot(db, way, recorder.port, { objects, downloads: recorder.requests, assemblyai: aaiRequests });
     return { problems, snap };
   } finally {
     const log = container ? await container.stop() : "";
