@@ -279,12 +279,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            refused.starts_with("job kind call.max_duration cannot be given to the edge: not ported"),
+            refused
+                .starts_with("job kind call.max_duration cannot be given to the edge: not ported"),
             "{refused}"
         );
-        let refused =
-            Manifest::parse(r#"{"routes": [], "cron": [{"task": "uploads.sweep", "owner": "edge"}]}"#)
-                .unwrap_err();
+        let refused = Manifest::parse(
+            r#"{"routes": [], "cron": [{"task": "uploads.sweep", "owner": "edge"}]}"#,
+        )
+        .unwrap_err();
         assert!(refused.contains("cannot list or abort"), "{refused}");
         assert!(
             Manifest::parse(
