@@ -273,19 +273,19 @@ async function deadJobs(db: Db): Promise<Record<string, number>> {
 async function relayPending(db: Db, env: Env, work: WorkManifest): Promise<number> {
   const kinds = [...work.jobs].filter(([, owner]) => owner === "edge").map(([kind]) => kind);
   if (kinds.length === 0) return 0;
-  const due = await db.query<{ kind: string; payload: Record<string, unknown>; dedupe_key: string }>(
+  const due = await db.query<{ kind: string; payload: Record<string, unknown>; dedupe_key: string; max_attempts: number }>(
     `update jobs set updated_at = now()
      where id in (select id from jobs
                   where status = 'pending' and kind = any($1) and handed_back_at is null
                     and dedupe_key is not null and run_at < now() - interval '1 minute'
                     and updated_at < now() - interval '5 minutes'
                   order by run_at limit 100 for update skip locked)
-     returning kind, payload, dedupe_key`,
+     returning kind, payload, dedupe_key, max_attempts`,
     [kinds],
   );
   if (due.rows.length === 0) return 0;
   const messages = due.rows.map((row) => ({
-    body: { kind: row.kind, payload: row.payload, dedupe_key: row.dedupe_key } satisfies JobEnvelope,
+    body: { kind: row.kind, payload: row.payload, dedupe_key: row.dedupe_key, max_attempts: row.max_attempts } satisfies JobEnvelope,
   }));
   await env.WEBHOOKS.sendBatch(messages.map((m) => ({ ...m, contentType: "json" as const })));
   return messages.length;

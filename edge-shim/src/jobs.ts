@@ -253,6 +253,13 @@ export async function consumeJobs(
           await withDb(env, waitUntil, (db) => recordDead(db, envelope, error));
           log({ event: "job_dead", ...job, error });
           message.ack();
+        } else if (envelope.max_attempts !== undefined && message.attempts >= envelope.max_attempts) {
+          // The kind's own limit (the container's `max_attempts`), before the Queue's.
+          await withDb(env, waitUntil, (db) =>
+            recordDead(db, envelope, `${error} (attempt ${message.attempts} of ${envelope.max_attempts})`),
+          );
+          log({ event: "job_dead", ...job, error });
+          message.ack();
         } else {
           // Best effort: the row shows the latest failure, as for the container's retries.
           await withDb(env, waitUntil, (db) => recordFailure(db, envelope, message.attempts, error)).catch(() => {});

@@ -111,7 +111,8 @@ const versions = (telnyxId: string) =>
 const hex = (buffer: ArrayBuffer) => [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
 const expectedSha = async (length: number) => hex(await crypto.subtle.digest("SHA-256", wavSlice(length, 0, length)));
 
-describe("recording.import at the edge", () => {
+// Downloads and R2 writes take seconds on a loaded machine.
+describe("recording.import at the edge", { timeout: 30_000 }, () => {
   it("imports end to end from call.recording.saved: the container's key, rows and checksum, the transcription job, once", async () => {
     const call = await answeredCall();
     const size = 300 * 1024 + 17;
@@ -182,6 +183,18 @@ describe("recording.import at the edge", () => {
     expect(rows).toMatchObject([{ version: 1, status: "stored", sha256: await expectedSha(70_000) }]);
     expect(await jobRow(envelope.dedupe_key!)).toMatchObject({ status: "done", attempts: 2 });
     expect((await downloads()).map((d) => d.status)).toEqual([500, 200]);
+  });
+
+  it("gives up after the kind's max_attempts (6), where the container would, into the one dead-jobs list", async () => {
+    const call = await answeredCall();
+    const { url } = await telnyxRecording(70_000, [{ status: 503 }]);
+    const envelope = await importJob(url, call);
+    const result = await deliver(envelope, 6);
+    expect(result.explicitAcks).toEqual(["m1"]);
+    expect(await jobRow(envelope.dedupe_key!)).toMatchObject({
+      status: "dead",
+      last_error: "edge: the recording URL answered 503 (attempt 6 of 6)",
+    });
   });
 
   it("a truncated body releases the version and its object; the retry stores the whole file under the same key", async () => {

@@ -91,7 +91,7 @@ const jobRow = (key: string) =>
     [key],
   ).then((rows) => rows[0]);
 
-describe("recording.transcribe at the edge", () => {
+describe("recording.transcribe at the edge", { timeout: 30_000 }, () => {
   it("submits once with the container's request, a presigned GET of the R2 object, and records the submission", async () => {
     const v = await storedVersion("dual");
     expect((await deliver(v.envelope)).explicitAcks).toEqual(["m1"]);
@@ -193,7 +193,7 @@ describe("recording.transcribe at the edge", () => {
   });
 });
 
-describe("assemblyai.event at the edge", () => {
+describe("assemblyai.event at the edge", { timeout: 30_000 }, () => {
   /** A submitted transcript, and the AssemblyAI webhook for it stored as the receiver stores it. */
   async function webhook(status: "completed" | "error") {
     const v = await storedVersion();
