@@ -18,6 +18,7 @@
 import { spawn } from "node:child_process";
 import http from "node:http";
 import { ORG, seed, telnyxSignature } from "./fixtures.mjs";
+import { runCronParity } from "./cron-run.mjs";
 import { runRecordingParity } from "./recordings-run.mjs";
 
 const CALL_A = "0190c0de-0000-7000-8000-0000000c0a01";
@@ -283,6 +284,7 @@ export async function runJobParity(ctx, record) {
     }
   }
   await runRecordingParity(ctx, record);
+  await runCronParity(ctx, record);
   await rehearse(ctx, record);
   // The HTTP passes compare pending jobs: the edge consumer must leave them alone.
   await setEdgeWork(ctx.shim, "origin").catch(() => {});

@@ -331,9 +331,24 @@ async function run(ctx, env, aai, { base, worker, edgeOwns }) {
     } else problems.push("nothing was submitted to AssemblyAI");
     // Let a duplicate run of the other side (way `both`) finish before looking.
     if (worker && edgeOwns) await new Promise((r) => setTimeout(r, 3000));
-    const objects = [...containerObjects(env.dir, env.bucket, prefix), ...(await edgeObjects(shim, prefix))].sort((a, b) =>
-      a.key.localeCompare(b.key),
+    const inContainer = containerObjects(env.dir, env.bucket, prefix);
+    const inR2 = await edgeObjects(shim, prefix);
+    const objects = [...inContainer, ...inR2].sort((a, b) => a.key.localeCompare(b.key));
+    // Who ran each kind: the edge's runs hold `edge…` in locked_by.
+    const runners = await db.query(
+      `select kind, bool_and(coalesce(locked_by, '') like 'edge%') as edge from jobs
+       where kind <> 'telnyx.event' or dedupe_key like 'webhook:telnyx:rec-evt-%' group by kind`,
     );
+    if (!worker && (inContainer.length !== 0 || inR2.length !== 1 || runners.rows.some((r) => !r.edge))) {
+      problems.push(
+        `the edge alone did not do it all: ${inContainer.length} object(s) in s3s-fs, ${inR2.length} in R2, runners ${JSON.stringify(runners.rows)}`,
+      );
+    }
+    if (worker && !edgeOwns && (inContainer.length !== 1 || inR2.length !== 0 || runners.rows.some((r) => r.edge))) {
+      problems.push(
+        `the container did not do it all: ${inContainer.length} object(s) in s3s-fs, ${inR2.length} in R2, runners ${JSON.stringify(runners.rows)}`,
+      );
+    }
     const aaiRequests = aai.requests.map((r) => ({
       ...r,
       body: r.body && { ...r.body, audio_url: r.body.audio_url && presigned(r.body.audio_url) },
