@@ -35,11 +35,12 @@ async function fixtures(db, storage) {
       ($1, $3, 'upload', now() - interval '3 days'), ($2, $3, 'upload', now())`,
     [EXPIRED, KEPT, ORG.adaPersonal],
   );
+  const key = (id) => `orgs/${ORG.adaPersonal}/calls/none/recordings/${id}/v1.wav`;
   await db.query(
     `insert into recording_versions (recording_id, version, object_key, status, content_type, size_bytes, sha256, stored_at) values
-      ($1, 1, 'orgs/' || $3 || '/calls/none/recordings/' || $1 || '/v1.wav', 'stored', 'audio/wav', 1234, repeat('a', 64), now() - interval '3 days'),
-      ($2, 1, 'orgs/' || $3 || '/calls/none/recordings/' || $2 || '/v1.wav', 'stored', 'audio/wav', 4321, repeat('b', 64), now() - interval '3 days')`,
-    [EXPIRED, KEPT, ORG.adaPersonal],
+      ($1, 1, $3, 'stored', 'audio/wav', 1234, repeat('a', 64), now() - interval '3 days'),
+      ($2, 1, $4, 'stored', 'audio/wav', 4321, repeat('b', 64), now() - interval '3 days')`,
+    [EXPIRED, KEPT, key(EXPIRED), key(KEPT)],
   );
   await db.query(
     `insert into usage_ledger (organisation_id, vendor, unit, quantity, source_key, occurred_at, metadata) values
