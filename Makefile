@@ -13,7 +13,7 @@ dev: ## run the service on local defaults (real PostgreSQL, s3s-fs, migrations a
 test: ## every test suite against real local servers
 	.ci/test.sh
 
-rehearse: ## retirement rehearsal: webhooks, telnyx.event and cron at the edge, no container worker (docs/STRANGLER.md)
+rehearse: ## retirement rehearsal: webhooks, telnyx.event, the recording → transcript jobs and cron at the edge, no container worker (docs/STRANGLER.md)
 	PARITY_STORAGES=raw PARITY_REHEARSE=1 bash .ci/parity.sh
 
 lint: docker-lint ts-lint workflows-lint wrangler-lint docs-lint openapi-lint ## every static check (CI runs it)

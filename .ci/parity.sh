@@ -72,6 +72,7 @@ cleanup() {
   set +e
   stop_servers
   if [ -n "$SIM_PID" ]; then kill -TERM "$SIM_PID" 2>/dev/null; wait "$SIM_PID" 2>/dev/null; SIM_PID=""; fi
+  stop_pidfile "$WORK/s3.pid"
   psql -q -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres \
     -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1
   if [ "$status" -ne 0 ] && [ -z "${PARITY_KEEP_LOGS:-}" ]; then
@@ -131,6 +132,16 @@ done
 [ -n "$SIM_PORT" ] || { echo "parity: the AssemblyAI simulator did not start" >&2; exit 1; }
 AAI_URL="ws://127.0.0.1:$SIM_PORT/v3/ws"
 
+# The recordings phase (parity/recordings-run.mjs): an s3s-fs the container's worker stores
+# recordings in (the edge stores them in its R2 binding), AssemblyAI's async API on a port both
+# sides are told (the phase serves it), and the webhook base both give AssemblyAI.
+S3_PORT=$(free_port)
+S3_DIR="$WORK/s3"
+start_s3 "$S3_PORT" "$S3_DIR" cbtest cbtest-secret-key "$WORK/s3.pid"
+export PARITY_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" PARITY_S3_DIR="$S3_DIR" PARITY_S3_BUCKET=parity-recordings
+PARITY_AAI_ASYNC_PORT=$(free_port)
+export PARITY_AAI_ASYNC_PORT PARITY_WEBHOOK_BASE=http://parity.test
+
 log "creating database $DB"
 psql -q -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -c "create database \"$DB\"" >/dev/null
 
@@ -170,6 +181,9 @@ round() {
     --var "TELNYX_PUBLIC_KEY:$TELNYX_PUBLIC_KEY" --var "AUTH_TOKEN_STORAGE:$storage" --var PARITY_OWNER:edge \
     --var "ASSEMBLYAI_API_KEY:$AAI_KEY" --var "ASSEMBLYAI_STREAMING_URL:$AAI_URL" --var MEDIA_BATCH_MS:100 \
     --var "ASSEMBLYAI_WEBHOOK_SECRET:$AAI_WEBHOOK_SECRET" --test-scheduled \
+    --var "ASSEMBLYAI_API_BASE:http://127.0.0.1:$PARITY_AAI_ASYNC_PORT" --var "WEBHOOK_BASE_URL:$PARITY_WEBHOOK_BASE" \
+    --var "R2_ENDPOINT:$PARITY_S3_ENDPOINT" --var "R2_BUCKET:$PARITY_S3_BUCKET" --var R2_ACCESS_KEY_ID:cbtest \
+    --var R2_SECRET_ACCESS_KEY:cbtest-secret-key \
     </dev/null >>"$WORK/wrangler.log" 2>&1 &
   WRANGLER_PID=$!
   wait_http "http://127.0.0.1:$SHIM_PORT/healthz" 90 "$WRANGLER_PID" wrangler

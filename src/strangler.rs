@@ -51,6 +51,24 @@ pub const CRON_TASKS: [&str; 6] = [
     "usage.metering",
 ];
 
+/// Job kinds and cron tasks the edge cannot run, and why: a manifest that gives one of them to
+/// the edge is refused here (and by the Worker, `edge-shim/src/manifest.ts` with the same
+/// reasons; docs/adr/0027-what-stays-with-the-container.md), so its work is never left undone.
+pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 3] = [
+    (
+        "uploads.sweep",
+        "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
+    ),
+    (
+        "usage.quotas",
+        "not ported: it announces into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
+    ),
+    (
+        "call.max_duration",
+        "not ported: it speaks into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
+    ),
+];
+
 /// The embedded manifest, parsed once (a build with an invalid one fails its unit tests).
 pub fn embedded() -> &'static Manifest {
     static MANIFEST: std::sync::OnceLock<Manifest> = std::sync::OnceLock::new();
@@ -86,6 +104,11 @@ impl Manifest {
             }
             if !seen.insert((what, name)) {
                 return Err(format!("{what} {name} is listed twice"));
+            }
+            if owner == "edge"
+                && let Some((_, why)) = STAYS_WITH_THE_CONTAINER.iter().find(|(n, _)| n == name)
+            {
+                return Err(format!("{what} {name} cannot be given to the edge: {why}"));
             }
         }
         Ok(manifest)
@@ -236,6 +259,42 @@ mod tests {
         ] {
             assert!(Manifest::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_worker_refuses_the_same_work_for_the_same_reasons() {
+        let worker = include_str!("../edge-shim/src/manifest.ts");
+        for (name, why) in STAYS_WITH_THE_CONTAINER {
+            assert!(
+                worker.contains(&format!("\"{name}\":")) && worker.contains(&format!("\"{why}\"")),
+                "edge-shim/src/manifest.ts STAYS_WITH_THE_CONTAINER lacks {name}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn work_that_stays_with_the_container_cannot_be_given_to_the_edge() {
+        let refused = Manifest::parse(
+            r#"{"routes": [], "jobs": [{"kind": "call.max_duration", "owner": "edge"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            refused
+                .starts_with("job kind call.max_duration cannot be given to the edge: not ported"),
+            "{refused}"
+        );
+        let refused = Manifest::parse(
+            r#"{"routes": [], "cron": [{"task": "uploads.sweep", "owner": "edge"}]}"#,
+        )
+        .unwrap_err();
+        assert!(refused.contains("cannot list or abort"), "{refused}");
+        assert!(
+            Manifest::parse(
+                r#"{"routes": [], "jobs": [{"kind": "recording.import", "owner": "edge"}],
+                    "cron": [{"task": "usage.metering", "owner": "edge"}, {"task": "usage.quotas", "owner": "origin"}]}"#
+            )
+            .is_ok()
+        );
     }
 
     #[test]

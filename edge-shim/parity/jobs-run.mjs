@@ -18,6 +18,8 @@
 import { spawn } from "node:child_process";
 import http from "node:http";
 import { ORG, seed, telnyxSignature } from "./fixtures.mjs";
+import { runCronParity } from "./cron-run.mjs";
+import { runRecordingParity } from "./recordings-run.mjs";
 
 const CALL_A = "0190c0de-0000-7000-8000-0000000c0a01";
 const CALL_B = "0190c0de-0000-7000-8000-0000000c0a02";
@@ -281,6 +283,8 @@ export async function runJobParity(ctx, record) {
       record(`jobs: ${name}`, false, err.message);
     }
   }
+  await runRecordingParity(ctx, record);
+  await runCronParity(ctx, record);
   await rehearse(ctx, record);
   // The HTTP passes compare pending jobs: the edge consumer must leave them alone.
   await setEdgeWork(ctx.shim, "origin").catch(() => {});
@@ -289,8 +293,7 @@ export async function runJobParity(ctx, record) {
 /** What still needs the container once every webhook route, job kind and cron task the edge can take is edge-owned. */
 const STILL_NEEDS_THE_CONTAINER = [
   "telnyx.event hand-backs: inbound calls (answer with a signed media-stream URL) and interpreted calls (leg commands)",
-  "recording.import, recording.transcribe, assemblyai.event (no edge handler yet: the next candidates)",
-  "call.max_duration (Telnyx speak / hang-up commands)",
+  "call.max_duration and usage.quotas (Telnyx speak / hang-up commands into live calls; not ported)",
   "uploads.sweep (S3 multipart uploads: the R2 binding cannot list or abort them)",
   "the media bridge (/media/telnyx/{token}), streamed and presigned uploads, every API route not in routes.json",
 ];

@@ -58,20 +58,57 @@ function shimFor(owner: string): Shim {
   return shim;
 }
 
+/**
+ * `?telnyx.event=edge|origin` (also the owner of every cron task the edge can run), and
+ * optionally the owner of each other kind with an edge handler (`&recording.import=edge`, …;
+ * unnamed: origin).
+ */
 function setWork(url: URL): Response {
   const owner = url.searchParams.get("telnyx.event");
   if (owner !== "edge" && owner !== "origin") return new Response("telnyx.event=edge|origin", { status: 400 });
-  work = compileWork({
-    jobs: [{ kind: "telnyx.event", owner }],
-    cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report"].map((task) => ({ task, owner })),
+  const jobs = Object.keys(JOB_HANDLERS).map((kind) => {
+    const o = kind === "telnyx.event" ? owner : (url.searchParams.get(kind) ?? "origin");
+    return { kind, owner: o };
   });
+  try {
+    work = compileWork({
+      jobs,
+      cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.metering"].map((task) => ({ task, owner })),
+    });
+  } catch (err) {
+    return new Response(String(err), { status: 400 });
+  }
   return new Response(null, { status: 204 });
+}
+
+const hex = (buffer: ArrayBuffer) => [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
+
+/** GET: the R2 objects under `prefix` with their size and SHA-256; DELETE: removes them. */
+async function r2(url: URL, request: Request, env: ParityEnv): Promise<Response> {
+  const prefix = url.searchParams.get("prefix") ?? "";
+  const listed = await env.RECORDINGS.list({ prefix });
+  if (request.method === "DELETE") {
+    if (listed.objects.length > 0) await env.RECORDINGS.delete(listed.objects.map((o) => o.key));
+    return new Response(null, { status: 204 });
+  }
+  const objects = [];
+  for (const o of listed.objects) {
+    const body = await env.RECORDINGS.get(o.key);
+    objects.push({
+      key: o.key,
+      size: o.size,
+      sha256: hex(await crypto.subtle.digest("SHA-256", await body!.arrayBuffer())),
+      contentType: body!.httpMetadata?.contentType ?? null,
+    });
+  }
+  return Response.json(objects);
 }
 
 export default {
   fetch(request, env, ctx) {
     const url = new URL(request.url);
     if (url.pathname === "/__parity/work" && request.method === "POST") return setWork(url);
+    if (url.pathname === "/__parity/r2") return r2(url, request, env);
     return shimFor(env.PARITY_OWNER || "edge").fetch(request, env, ctx);
   },
   queue: (batch, env) => consumeJobs(batch, env, work, JOB_HANDLERS),

@@ -5,7 +5,8 @@
 // Hyperdrive with provider `assemblyai` and received_via = 'edge': PostgreSQL reads
 // `transcript_id` (1–200 bytes) and `status` (1–40 bytes) and stores event id
 // `{transcript_id}:{status}`, event type `transcript.{status}`; answers
-// `{"event_id", "duplicate"}` or the container's 400.
+// `{"event_id", "duplicate"}` or the container's 400. When routes.json gives `assemblyai.event`
+// to the edge, a new event's job envelope also goes to the callbridge-webhooks Queue.
 //
 // Deferred to the container (before anything is written): ASSEMBLYAI_API_KEY or
 // ASSEMBLYAI_WEBHOOK_SECRET missing at the edge (the container answers its own 503 or verifies
@@ -19,7 +20,8 @@ import { DeferToOrigin } from "./defer";
 import { bodyLimit } from "./body";
 import type { EdgeHandler } from "./handlers";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
-import { storeInInbox } from "./inbox";
+import { sendToQueue, storeInInbox } from "./inbox";
+import { WORK } from "./manifest";
 
 /** src/providers/assemblyai_async.rs WEBHOOK_AUTH_HEADER. */
 export const WEBHOOK_AUTH_HEADER = "x-callbridge-webhook-secret";
@@ -71,6 +73,7 @@ export const assemblyaiWebhook: EdgeHandler = {
     const receipt = await withDb(env, ctx.waitUntil, (db) => storeInInbox(db, "assemblyai", body, ctx.dryRun));
     if ("rejected" in receipt) return problemAnswer(a, { status: 400, detail: receipt.rejected });
     const { eventId, duplicate } = receipt;
+    if (!ctx.dryRun && !duplicate) await sendToQueue(env, "assemblyai", eventId, ctx.work ?? WORK);
     return jsonAnswer<JsonBody<"/webhooks/assemblyai", "post", 200>>(a, { event_id: eventId, duplicate });
   },
   // In a shadow (dry-run) call the statement is rolled back after the container has stored

@@ -17,14 +17,15 @@
 // - `calls.stale_sweep`: calls in a non-terminal status untouched for CRON_STALE_CALL_MINUTES
 //   and without a live media bridge are failed, with a `call.failed` event.
 // - `jobs.dead_report`: dead jobs per kind, logged.
-// `uploads.sweep` cannot move: the R2 binding cannot list or abort the container's multipart
-// uploads (docs/STRANGLER.md). `usage.quotas` (ending or flagging calls past a quota) and
-// `usage.metering` (storage days, AssemblyAI reconciliation) are not ported yet.
+// - `usage.metering`: each stored version's bytes per UTC day kept (`byte_days`, src/usage/mod.rs
+//   `record_storage_days`), and the AssemblyAI streaming-seconds drift (src/usage/reconcile.rs).
+// Two tasks stay with the container, and routes.json may not give them to the edge (the
+// Worker refuses to start, the container's manifest guard too; STAYS_WITH_THE_CONTAINER).
 
 import { type Db, withDb } from "./db";
 import type { Env } from "./env";
 import type { JobEnvelope } from "./jobs";
-import { ownerOf, WORK, type WorkManifest } from "./manifest";
+import { ownerOf, STAYS_WITH_THE_CONTAINER, WORK, type WorkManifest } from "./manifest";
 
 /** src/cron.rs LOCK_KEY ("cbcron"). */
 export const LOCK_KEY = "109274226388846"; // 0x6362_6372_6f6e
@@ -39,7 +40,7 @@ export const CRON_TASKS = [
 ] as const;
 export type CronTask = (typeof CRON_TASKS)[number];
 /** Tasks the edge can run; routes.json may give it only these. */
-const EDGE_TASKS: readonly CronTask[] = ["retention.purge", "calls.stale_sweep", "jobs.dead_report"];
+const EDGE_TASKS: readonly CronTask[] = ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.metering"];
 
 export interface CronReport {
   ran: boolean;
@@ -49,6 +50,8 @@ export interface CronReport {
   text_rows_purged: number;
   stale_calls_failed: number;
   dead_jobs: Record<string, number>;
+  storage_days_recorded: number;
+  usage_drift_found: number;
   jobs_relayed: number;
 }
 
@@ -56,7 +59,7 @@ export interface CronReport {
 export function checkCron(work: WorkManifest): void {
   const wrong = [...work.cron]
     .filter(([task, owner]) => owner === "edge" && !(EDGE_TASKS as readonly string[]).includes(task))
-    .map(([t]) => t);
+    .map(([t]) => (STAYS_WITH_THE_CONTAINER[t] ? `${t} (${STAYS_WITH_THE_CONTAINER[t]})` : t));
   if (wrong.length > 0) throw new Error(`routes.json gives the edge cron tasks it cannot run: ${wrong.join(", ")}`);
 }
 
@@ -85,6 +88,8 @@ export async function runCron(env: Env, work: WorkManifest, waitUntil: (p: Promi
     text_rows_purged: 0,
     stale_calls_failed: 0,
     dead_jobs: {},
+    storage_days_recorded: 0,
+    usage_drift_found: 0,
     jobs_relayed: 0,
   };
   report.jobs_relayed = await withDb(env, waitUntil, (db) => relayPending(db, env, work));
@@ -104,6 +109,7 @@ export async function runCron(env: Env, work: WorkManifest, waitUntil: (p: Promi
         if (task === "retention.purge") await purgeExpired(db, env, report);
         else if (task === "calls.stale_sweep") report.stale_calls_failed = await sweepStaleCalls(db, env);
         else if (task === "jobs.dead_report") report.dead_jobs = await deadJobs(db);
+        else if (task === "usage.metering") await metering(db, env, report);
       }
       await db.query("commit");
     } catch (err) {
@@ -211,6 +217,47 @@ async function sweepStaleCalls(db: Db, env: Env): Promise<number> {
   return failed.rows.length;
 }
 
+/** src/usage/mod.rs `record_storage_days` then src/usage/reconcile.rs `run`, statement for statement. */
+async function metering(db: Db, env: Env, report: CronReport): Promise<void> {
+  const days = await db.query(
+    `insert into usage_ledger (organisation_id, call_id, vendor, unit, quantity, source_key, occurred_at, metadata)
+     select r.organisation_id, r.call_id, 'r2', 'byte_days', v.size_bytes,
+            'r2:byte_days:' || v.recording_id || ':' || v.version || ':' || to_char(d.day, 'YYYY-MM-DD'),
+            d.day at time zone 'UTC',
+            jsonb_build_object('recording_id', v.recording_id, 'version', v.version)
+     from recording_versions v
+     join recordings r on r.id = v.recording_id
+     cross join lateral generate_series(
+         greatest((coalesce(v.stored_at, v.created_at) at time zone 'UTC')::date,
+                  (now() at time zone 'UTC')::date - $1::int)::timestamp,
+         ((now() at time zone 'UTC')::date - 1)::timestamp, interval '1 day') as d (day)
+     where v.status = 'stored' and v.size_bytes is not null
+     on conflict (source_key) do nothing`,
+    [7],
+  );
+  report.storage_days_recorded = days.rowCount ?? 0;
+  const raw = Number((env.USAGE_RECONCILE_DRIFT_SECS ?? "").trim());
+  const threshold = env.USAGE_RECONCILE_DRIFT_SECS?.trim() && Number.isFinite(raw) && raw >= 0 ? raw : 5;
+  const drift = await db.query<{ session_id: string; call_id: string | null; measured: number; reported: number | null }>(
+    `insert into usage_drift (organisation_id, call_id, vendor, session_id, ledger_seconds, reported_seconds)
+     select l.organisation_id, l.call_id, 'assemblyai', l.metadata->>'session_id',
+            (l.metadata->>'measured_seconds')::numeric,
+            (l.metadata->>'reported_seconds')::numeric
+     from usage_ledger l
+     where l.vendor = 'assemblyai' and l.unit = 'streaming_seconds'
+       and l.recorded_at > now() - make_interval(hours => $2)
+       and l.metadata ? 'session_id' and jsonb_typeof(l.metadata->'measured_seconds') = 'number'
+       and (jsonb_typeof(l.metadata->'reported_seconds') is distinct from 'number'
+            or abs((l.metadata->>'reported_seconds')::float8
+                   - (l.metadata->>'measured_seconds')::float8) > $1)
+     on conflict (vendor, session_id) do nothing
+     returning session_id, call_id::text as call_id, ledger_seconds::float8 as measured, reported_seconds::float8 as reported`,
+    [threshold, 48],
+  );
+  for (const row of drift.rows) log({ event: "usage_drift", level: "warn", ...row, threshold_secs: threshold });
+  report.usage_drift_found = drift.rows.length;
+}
+
 async function deadJobs(db: Db): Promise<Record<string, number>> {
   const rows = await db.query<{ kind: string; n: string }>("select kind, count(*) as n from jobs where status = 'dead' group by kind");
   const dead = Object.fromEntries(rows.rows.map((r) => [r.kind, Number(r.n)]));
@@ -226,19 +273,19 @@ async function deadJobs(db: Db): Promise<Record<string, number>> {
 async function relayPending(db: Db, env: Env, work: WorkManifest): Promise<number> {
   const kinds = [...work.jobs].filter(([, owner]) => owner === "edge").map(([kind]) => kind);
   if (kinds.length === 0) return 0;
-  const due = await db.query<{ kind: string; payload: Record<string, unknown>; dedupe_key: string }>(
+  const due = await db.query<{ kind: string; payload: Record<string, unknown>; dedupe_key: string; max_attempts: number }>(
     `update jobs set updated_at = now()
      where id in (select id from jobs
                   where status = 'pending' and kind = any($1) and handed_back_at is null
                     and dedupe_key is not null and run_at < now() - interval '1 minute'
                     and updated_at < now() - interval '5 minutes'
                   order by run_at limit 100 for update skip locked)
-     returning kind, payload, dedupe_key`,
+     returning kind, payload, dedupe_key, max_attempts`,
     [kinds],
   );
   if (due.rows.length === 0) return 0;
   const messages = due.rows.map((row) => ({
-    body: { kind: row.kind, payload: row.payload, dedupe_key: row.dedupe_key } satisfies JobEnvelope,
+    body: { kind: row.kind, payload: row.payload, dedupe_key: row.dedupe_key, max_attempts: row.max_attempts } satisfies JobEnvelope,
   }));
   await env.WEBHOOKS.sendBatch(messages.map((m) => ({ ...m, contentType: "json" as const })));
   return messages.length;

@@ -46,6 +46,40 @@ export interface Env {
    * `CRON_STALE_CALL_MINUTES` (1–10080, default 240). Read by the edge's `calls.stale_sweep`.
    */
   CRON_STALE_CALL_MINUTES: string;
+  /**
+   * Hosts (and their subdomains) Telnyx recordings are downloaded from, over https only,
+   * comma-separated; the container's `RECORDINGS_IMPORT_HOSTS` (default `telnyx.com,s3.amazonaws.com`).
+   * Read by the edge's `recording.import`; in `development` http on loopback is accepted too.
+   */
+  RECORDINGS_IMPORT_HOSTS: string;
+  /** Largest recording in bytes; the container's `RECORDINGS_MAX_BYTES` (default 2 GiB, at most 5 GiB). */
+  RECORDINGS_MAX_BYTES: string;
+  /**
+   * Multipart part size in bytes for a download without a Content-Length; the container's
+   * `RECORDINGS_PART_SIZE_BYTES` (5 MiB – 512 MiB, default 8 MiB). The one buffer such an import holds.
+   */
+  RECORDINGS_PART_SIZE_BYTES: string;
+  /**
+   * Seconds the presigned GET given to AssemblyAI for a post-call transcript lasts; the
+   * container's `RECORDINGS_TRANSCRIPTION_URL_SECS` (60 s – 7 days, default 86400).
+   */
+  RECORDINGS_TRANSCRIPTION_URL_SECS: string;
+  /** AssemblyAI's REST base (`https://api.assemblyai.com`); the container's `ASSEMBLYAI_API_BASE`. */
+  ASSEMBLYAI_API_BASE: string;
+  /**
+   * Base URL of the webhooks given to providers; the container's `WEBHOOK_BASE_URL` (default its
+   * `PUBLIC_BASE_URL`). `recording.transcribe` at the edge asks AssemblyAI to call
+   * `WEBHOOK_BASE_URL/webhooks/assemblyai`.
+   */
+  WEBHOOK_BASE_URL: string;
+  /** The recordings bucket's name (the `RECORDINGS` binding's), the container's `R2_BUCKET`: presigned URLs name it. */
+  R2_BUCKET: string;
+  /**
+   * Seconds of difference between what AssemblyAI reported for a streaming session and what the
+   * bridge measured above which the edge's `usage.metering` records drift; the container's
+   * `USAGE_RECONCILE_DRIFT_SECS` (default 5).
+   */
+  USAGE_RECONCILE_DRIFT_SECS: string;
   /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */
@@ -83,6 +117,16 @@ export interface Env {
   ASSEMBLYAI_API_KEY: string;
   /** Sentry DSN for the Worker's errors (src/sentry.ts); unset: nothing is sent. */
   SENTRY_DSN: string;
+  /**
+   * The R2 S3 API endpoint (`https://<account>.r2.cloudflarestorage.com`), the container's
+   * `R2_ENDPOINT`, and an S3 API token's key pair (the container's `R2_ACCESS_KEY_ID` /
+   * `R2_SECRET_ACCESS_KEY`; read access is enough): the binding cannot presign, so the edge's
+   * `recording.transcribe` signs AssemblyAI's GET itself (src/presign.ts). Without them that
+   * job is handed back to the container.
+   */
+  R2_ENDPOINT: string;
+  R2_ACCESS_KEY_ID: string;
+  R2_SECRET_ACCESS_KEY: string;
 
   // ---- Hyperdrive ----
 
@@ -113,6 +157,9 @@ declare global {
       ASSEMBLYAI_WEBHOOK_SECRET: string;
       ASSEMBLYAI_API_KEY: string;
       SENTRY_DSN: string;
+      R2_ENDPOINT: string;
+      R2_ACCESS_KEY_ID: string;
+      R2_SECRET_ACCESS_KEY: string;
     }
   }
 }

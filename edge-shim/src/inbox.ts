@@ -6,6 +6,9 @@
 // sides store identical rows (proved by the parity suite).
 
 import type { Db } from "./db";
+import type { Env } from "./env";
+import type { JobEnvelope } from "./jobs";
+import { ownerOf, type WorkManifest } from "./manifest";
 
 /** src/inbox.rs INBOX_INSERT_SQL, byte for byte. $1 provider, $2 raw body, $3 received_via. */
 export const INBOX_INSERT_SQL = String.raw`with parsed as (
@@ -123,5 +126,22 @@ export async function storeInInbox(db: Db, provider: Provider, body: Uint8Array,
     return { rejected: detail, notJson: true };
   } finally {
     if (dryRun) await db.query("rollback");
+  }
+}
+
+/**
+ * The job the inbox statement enqueued (`<provider>.event`, key `webhook:<provider>:<event id>`),
+ * as a Queue message for the edge consumer when routes.json gives that kind to the edge. A
+ * failed send is logged, not thrown: the event is stored, and the edge cron's relay sends
+ * pending jobs of edge-owned kinds again (src/cron.ts).
+ */
+export async function sendToQueue(env: Env, provider: "telnyx" | "assemblyai", eventId: string, work: WorkManifest): Promise<void> {
+  const kind = `${provider}.event`;
+  if (ownerOf(work.jobs, kind) !== "edge") return;
+  const envelope: JobEnvelope = { kind, payload: { provider, event_id: eventId }, dedupe_key: `webhook:${provider}:${eventId}` };
+  try {
+    await env.WEBHOOKS.send(envelope, { contentType: "json" });
+  } catch (err) {
+    console.log(JSON.stringify({ event: "queue_send_failed", kind, error: String(err) }));
   }
 }

@@ -9,7 +9,7 @@
 
 import { type Db, withDb } from "./db";
 import type { Env } from "./env";
-import { ownerOf, type WorkManifest } from "./manifest";
+import { ownerOf, STAYS_WITH_THE_CONTAINER, type WorkManifest } from "./manifest";
 
 /** The container's job envelope (`jobs::NewJob`), what a Queue message carries. */
 export interface JobEnvelope {
@@ -47,6 +47,12 @@ export interface JobContext {
   envelope: JobEnvelope;
   /** 1 on the first delivery. */
   attempt: number;
+  /**
+   * Follow-up jobs the handler's committed transaction enqueued (their rows exist). The
+   * consumer sends those of edge-owned kinds to the Queue once the handler returns, so they
+   * do not wait for the cron's relay; the others the container's workers claim from the table.
+   */
+  enqueued: JobEnvelope[];
 }
 
 /**
@@ -60,7 +66,9 @@ export type JobRegistry = Readonly<Record<string, JobHandler>>;
 
 /** The edge may own a kind only if it has a handler here; checked when the Worker starts. */
 export function checkJobRegistry(work: WorkManifest, handlers: JobRegistry): void {
-  const missing = [...work.jobs].filter(([kind, owner]) => owner === "edge" && handlers[kind] === undefined).map(([k]) => k);
+  const missing = [...work.jobs]
+    .filter(([kind, owner]) => owner === "edge" && handlers[kind] === undefined)
+    .map(([k]) => (STAYS_WITH_THE_CONTAINER[k] ? `${k} (${STAYS_WITH_THE_CONTAINER[k]})` : k));
   if (missing.length > 0) throw new Error(`routes.json gives the edge job kinds it has no handler for: ${missing.join(", ")}`);
 }
 
@@ -76,6 +84,91 @@ export async function completeIn(db: Db, envelope: JobEnvelope): Promise<void> {
      where dedupe_key = $1 and status = 'pending'`,
     [envelope.dedupe_key],
   );
+}
+
+/**
+ * The edge's lease on a job row, for kinds whose effects reach outside the database (a download
+ * into R2, a submission to AssemblyAI), where no inbox row can serialise two runners. The edge
+ * claims the row as the container's worker does (`running`, `attempts + 1`, `locked_by`,
+ * `locked_until`), extends the lease while it works, and `complete` fences the effect's
+ * transaction on it exactly like the container's `Job::complete_in`: a runner whose lease was
+ * taken over cannot commit. A row leased by a live runner on either side is not claimed.
+ */
+export class LeaseLost extends Error {
+  constructor(readonly dedupeKey: string) {
+    super(`lost the lease on job ${dedupeKey}`);
+    this.name = "LeaseLost";
+  }
+}
+
+/** The container's lease (docs/JOBS.md): 60 s, extended every 20 s while the handler runs. */
+export const LEASE_SECONDS = 60;
+const EXTEND_EVERY_MS = 20_000;
+
+export interface Lease {
+  lockedBy: string;
+  /** Marks the row `done` inside the effect's transaction; throws LeaseLost (roll back) if not ours. */
+  complete(db: Db): Promise<void>;
+}
+
+/**
+ * Runs `work` holding the row's lease. Returns without running when the row is already
+ * `done` or `dead`; throws (a retry) while another runner's lease is live. On a throw the
+ * row goes back to `pending` for the Queue's retry (or the dead letter) with the error.
+ */
+export async function withLease(db: Db, envelope: JobEnvelope, work: (lease: Lease) => Promise<void>): Promise<void> {
+  const dedupeKey = envelope.dedupe_key!;
+  const lockedBy = `edge:${crypto.randomUUID()}`;
+  const claimed = await db.query(
+    `update jobs set status = 'running', attempts = attempts + 1, locked_by = $2,
+            locked_until = now() + make_interval(secs => $3), updated_at = now()
+     where dedupe_key = $1 and (status = 'pending' or (status = 'running' and locked_until < now()))
+     returning id`,
+    [dedupeKey, lockedBy, LEASE_SECONDS],
+  );
+  if (claimed.rowCount !== 1) {
+    const row = (await db.query<{ status: string }>("select status from jobs where dedupe_key = $1", [dedupeKey])).rows[0];
+    if (row === undefined) throw new Permanent(`no job row for ${dedupeKey}`);
+    if (row.status === "done" || row.status === "dead") return;
+    throw new Error(`job ${dedupeKey} is running elsewhere (its lease is live)`);
+  }
+  // Queries on one pg client run one after another, so an extension never interleaves with a
+  // statement of the handler; inside its open transaction it commits or rolls back with it.
+  const extend = setInterval(() => {
+    db.query(
+      `update jobs set locked_until = now() + make_interval(secs => $3), updated_at = now()
+       where dedupe_key = $1 and locked_by = $2 and status = 'running'`,
+      [dedupeKey, lockedBy, LEASE_SECONDS],
+    ).catch(() => {});
+  }, EXTEND_EVERY_MS);
+  const lease: Lease = {
+    lockedBy,
+    async complete(tx: Db) {
+      const done = await tx.query(
+        `update jobs set status = 'done', finished_at = now(), updated_at = now(), locked_until = null,
+                last_error = null
+         where dedupe_key = $1 and locked_by = $2 and status = 'running'`,
+        [dedupeKey, lockedBy],
+      );
+      if (done.rowCount !== 1) throw new LeaseLost(dedupeKey);
+    },
+  };
+  try {
+    await work(lease);
+  } catch (err) {
+    const error = err instanceof Error ? err.message : String(err);
+    await db
+      .query(
+        `update jobs set status = 'pending', locked_by = null, locked_until = null, run_at = now(),
+                last_error = $3, updated_at = now()
+         where dedupe_key = $1 and locked_by = $2 and status = 'running'`,
+        [dedupeKey, lockedBy, `edge: ${error}`],
+      )
+      .catch(() => {});
+    throw err;
+  } finally {
+    clearInterval(extend);
+  }
 }
 
 /** The container's backoff (docs/JOBS.md): 2 s × 2^(attempt−1), at most 1 h, full jitter in [½, 1]. */
@@ -139,9 +232,17 @@ export async function consumeJobs(
         continue;
       }
       try {
-        await withDb(env, waitUntil, (db) => handler({ env, db, envelope, attempt: message.attempts }));
+        const enqueued: JobEnvelope[] = [];
+        await withDb(env, waitUntil, (db) => handler({ env, db, envelope, attempt: message.attempts, enqueued }));
         log({ event: "job_done", ...job });
         message.ack();
+        const edgeOwned = enqueued.filter((e) => ownerOf(work.jobs, e.kind) === "edge");
+        if (edgeOwned.length > 0) {
+          // Best effort: a failed send leaves the row pending, and the cron's relay sends it.
+          await env.WEBHOOKS.sendBatch(edgeOwned.map((body) => ({ body, contentType: "json" as const }))).catch((err: unknown) =>
+            log({ event: "job_follow_up_send_failed", ...job, error: String(err) }),
+          );
+        }
       } catch (err) {
         const error = err instanceof Error ? err.message : String(err);
         if (err instanceof HandBack) {
@@ -150,6 +251,13 @@ export async function consumeJobs(
           message.ack();
         } else if (err instanceof Permanent) {
           await withDb(env, waitUntil, (db) => recordDead(db, envelope, error));
+          log({ event: "job_dead", ...job, error });
+          message.ack();
+        } else if (envelope.max_attempts !== undefined && message.attempts >= envelope.max_attempts) {
+          // The kind's own limit (the container's `max_attempts`), before the Queue's.
+          await withDb(env, waitUntil, (db) =>
+            recordDead(db, envelope, `${error} (attempt ${message.attempts} of ${envelope.max_attempts})`),
+          );
           log({ event: "job_dead", ...job, error });
           message.ack();
         } else {
@@ -182,7 +290,10 @@ export async function recordDead(db: Db, envelope: JobEnvelope, error: string): 
     `with marked as (
          update jobs set status = 'dead', finished_at = now(), updated_at = now(), locked_by = 'edge',
                 last_error = $4
-         where dedupe_key = $1 and status in ('pending', 'dead')
+         where dedupe_key = $1
+           and (status in ('pending', 'dead')
+                -- an edge run that died holding its lease (the isolate was evicted mid-job)
+                or (status = 'running' and locked_by like 'edge:%' and locked_until < now()))
          returning id
      ), existing as (
          select id from jobs where dedupe_key = $1

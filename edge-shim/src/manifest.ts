@@ -216,3 +216,16 @@ export const ROUTES: readonly CompiledRoute[] = compileManifest(routesJson);
 
 /** routes.json's job kinds and cron tasks, validated once per isolate. */
 export const WORK: WorkManifest = compileWork(routesJson);
+
+/**
+ * Job kinds and cron tasks that cannot move to the edge, and why: the Worker refuses to start
+ * when routes.json gives it one (src/strangler.rs STAYS_WITH_THE_CONTAINER says
+ * the same; docs/adr/0027-what-stays-with-the-container.md).
+ */
+export const STAYS_WITH_THE_CONTAINER: Readonly<Record<string, string>> = {
+  "uploads.sweep": "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
+  "usage.quotas":
+    "not ported: it announces into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
+  "call.max_duration":
+    "not ported: it speaks into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
+};

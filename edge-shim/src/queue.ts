@@ -6,11 +6,16 @@
 import type { Env } from "./env";
 import { checkJobRegistry, consumeJobs, type JobRegistry } from "./jobs";
 import { WORK } from "./manifest";
+import { recordingImport } from "./recording-import";
 import { telnyxEvent } from "./telnyx-event";
+import { assemblyaiEvent, recordingTranscribe } from "./transcripts";
 
 /** The job kinds the edge can run, by the container's kind names. */
 export const JOB_HANDLERS: JobRegistry = {
   "telnyx.event": telnyxEvent,
+  "recording.import": recordingImport,
+  "recording.transcribe": recordingTranscribe,
+  "assemblyai.event": assemblyaiEvent,
 };
 
 checkJobRegistry(WORK, JOB_HANDLERS);

@@ -12,7 +12,7 @@
 // command itself; the parity suite compares the commands each side leads to.
 
 import type { Db } from "./db";
-import { completeIn, HandBack, type JobContext, Permanent } from "./jobs";
+import { completeIn, HandBack, type JobContext, type JobEnvelope, Permanent } from "./jobs";
 import { chronoText } from "./sessions";
 import { decodeBase64Strict } from "./telnyx";
 
@@ -70,7 +70,7 @@ export function decodeClientState(state: string): string | null {
 /** The fields of `data.payload` the container copies into the call's event, in its order. */
 const EVENT_FIELDS = ["hangup_cause", "hangup_source", "sip_hangup_cause", "stream_id", "failure_reason", "channels"];
 
-export async function telnyxEvent({ db, envelope }: JobContext): Promise<void> {
+export async function telnyxEvent({ db, envelope, enqueued }: JobContext): Promise<void> {
   const eventId = envelope.payload.event_id;
   if (typeof eventId !== "string") throw new Permanent("payload has no event_id");
   await db.query("begin");
@@ -156,7 +156,10 @@ export async function telnyxEvent({ db, envelope }: JobContext): Promise<void> {
        select seq, pg_notify($5, $1::text || ':' || seq) from inserted`,
       [call.id, type, JSON.stringify(event), row.at, "callbridge_call_events"],
     );
-    if (type === "call.recording.saved") await enqueueRecordingImport(db, updated, id, payload, field);
+    if (type === "call.recording.saved") {
+      const followUp = await enqueueRecordingImport(db, updated, id, payload, field);
+      if (followUp !== null) enqueued.push(followUp);
+    }
     return finish();
   }
 
@@ -222,7 +225,7 @@ async function enqueueRecordingImport(
   eventId: string,
   payload: unknown,
   field: (name: string) => string | undefined,
-): Promise<void> {
+): Promise<JobEnvelope | null> {
   const session = field("call_session_id");
   const started = field("recording_started_at");
   const recordingId =
@@ -240,10 +243,18 @@ async function enqueueRecordingImport(
     // The leg of an interpreted call; this path only runs one-leg calls (the rest is handed back).
     leg: null,
   };
-  await db.query(
+  const envelope: JobEnvelope = {
+    kind: "recording.import",
+    payload: jobPayload,
+    dedupe_key: `recording.import:${recordingId}`,
+    max_attempts: 6,
+  };
+  const inserted = await db.query(
     `insert into jobs (kind, payload, dedupe_key, run_at, max_attempts)
      values ($1, $2, $3, now(), 6)
-     on conflict (dedupe_key) where dedupe_key is not null do nothing`,
-    ["recording.import", JSON.stringify(jobPayload), `recording.import:${recordingId}`],
+     on conflict (dedupe_key) where dedupe_key is not null do nothing
+     returning id`,
+    [envelope.kind, JSON.stringify(jobPayload), envelope.dedupe_key],
   );
+  return inserted.rowCount === 1 ? envelope : null;
 }

@@ -17,10 +17,8 @@ import { bodyLimit } from "./body";
 import { withDb } from "./db";
 import { DeferToOrigin } from "./defer";
 import type { EdgeHandler } from "./handlers";
-import { storeInInbox } from "./inbox";
-import type { JobEnvelope } from "./jobs";
-import { ownerOf, WORK, type WorkManifest } from "./manifest";
-import type { Env } from "./env";
+import { sendToQueue, storeInInbox } from "./inbox";
+import { WORK } from "./manifest";
 import { answering, headerValue, type JsonBody, jsonAnswer, problemAnswer, unauthorized } from "./respond";
 import { importTelnyxKey, SIGNATURE_ERRORS, SIGNATURE_HEADER, TIMESTAMP_HEADER, verifyTelnyx } from "./telnyx";
 
@@ -54,29 +52,10 @@ export const telnyxWebhook: EdgeHandler = {
       return problemAnswer(a, { status: 400, detail });
     }
     const { eventId, duplicate } = receipt;
-    if (!ctx.dryRun && !duplicate) await sendToQueue(env, eventId, ctx.work ?? WORK);
+    if (!ctx.dryRun && !duplicate) await sendToQueue(env, "telnyx", eventId, ctx.work ?? WORK);
     return jsonAnswer<JsonBody<"/webhooks/telnyx", "post", 200>>(a, { event_id: eventId, duplicate });
   },
   // In a shadow (dry-run) call the statement is rolled back after the container has stored
   // the event, so the edge sees a duplicate; everything else is compared.
   shadow: { ignoreFields: ["/duplicate"], headers: ["content-type", "www-authenticate"] },
 };
-
-/**
- * The job the inbox statement enqueued, as a Queue message for the edge consumer. A failed send
- * is logged, not thrown: the event is stored, and the edge cron's relay sends pending jobs of
- * edge-owned kinds again (src/cron.ts).
- */
-async function sendToQueue(env: Env, eventId: string, work: WorkManifest): Promise<void> {
-  if (ownerOf(work.jobs, "telnyx.event") !== "edge") return;
-  const envelope: JobEnvelope = {
-    kind: "telnyx.event",
-    payload: { provider: "telnyx", event_id: eventId },
-    dedupe_key: `webhook:telnyx:${eventId}`,
-  };
-  try {
-    await env.WEBHOOKS.send(envelope, { contentType: "json" });
-  } catch (err) {
-    console.log(JSON.stringify({ event: "queue_send_failed", kind: envelope.kind, error: String(err) }));
-  }
-}

@@ -17,6 +17,7 @@ const EDGE_TASKS: WorkManifest = compileWork({
     { task: "retention.purge", owner: "edge" },
     { task: "calls.stale_sweep", owner: "edge" },
     { task: "jobs.dead_report", owner: "edge" },
+    { task: "usage.metering", owner: "edge" },
   ],
 });
 
@@ -64,7 +65,7 @@ describe("the edge's cron tasks", () => {
     const stray = await recording(org, 2, (id) => `orgs/00000000-0000-0000-0000-000000000000/recordings/${id}/v1.mp3`);
     const report = await tick();
     expect(report.ran).toBe(true);
-    expect(report.tasks).toEqual(["retention.purge", "calls.stale_sweep", "jobs.dead_report"]);
+    expect(report.tasks).toEqual(["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.metering"]);
     expect(await env.RECORDINGS.head(expired.key)).toBeNull();
     expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
     expect(await env.RECORDINGS.head(fresh.key)).not.toBeNull();
@@ -156,8 +157,49 @@ describe("the edge's cron tasks", () => {
     expect(again.jobs_relayed).toBe(0);
   });
 
-  it("refuses to give the edge a task it cannot run (uploads.sweep lists multipart uploads)", () => {
-    expect(() => checkCron(compileWork({ cron: [{ task: "uploads.sweep", owner: "edge" }] }))).toThrow(/cannot run: uploads.sweep/);
+  it("refuses to give the edge a task it cannot run, saying why", () => {
+    expect(() => checkCron(compileWork({ cron: [{ task: "uploads.sweep", owner: "edge" }] }))).toThrow(
+      /cannot run: uploads.sweep \(the R2 binding cannot list or abort/,
+    );
+    expect(() => checkCron(compileWork({ cron: [{ task: "usage.quotas", owner: "edge" }] }))).toThrow(
+      /cannot run: usage.quotas \(not ported: it announces into and hangs up live calls/,
+    );
     expect(() => checkCron(EDGE_TASKS)).not.toThrow();
+  });
+
+  it("meters storage days once per version and day, and records AssemblyAI drift once per session", async () => {
+    const org = await organisation(null);
+    const [rec] = await query<{ id: string }>(
+      "insert into recordings (id, organisation_id, source) values (gen_random_uuid(), $1, 'upload') returning id::text as id",
+      [org],
+    );
+    await query(
+      `insert into recording_versions (recording_id, version, object_key, status, content_type, size_bytes, stored_at)
+       values ($1, 1, 'k', 'stored', 'audio/wav', 1000, now() - interval '3 days')`,
+      [rec!.id],
+    );
+    const session = `sess-${Date.now()}`;
+    await query(
+      `insert into usage_ledger (organisation_id, vendor, unit, quantity, source_key, occurred_at, metadata)
+       values ($1, 'assemblyai', 'streaming_seconds', 60, $2, now(), $3)`,
+      [org, `assemblyai:stream:${session}`, JSON.stringify({ session_id: session, measured_seconds: 60.0, reported_seconds: 52.5 })],
+    );
+    const first = await tick();
+    expect(first.storage_days_recorded).toBeGreaterThanOrEqual(3);
+    const days = await query<{ day: string; quantity: string }>(
+      `select to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD') as day, quantity::text from usage_ledger
+       where source_key like 'r2:byte_days:' || $1 || ':1:%' order by 1`,
+      [rec!.id],
+    );
+    // The day it was stored through yesterday: three UTC days, 1000 bytes each.
+    expect(days.map((d) => d.quantity)).toEqual(["1000", "1000", "1000"]);
+    const drift = await query("select vendor, ledger_seconds::text, reported_seconds::text from usage_drift where session_id = $1", [
+      session,
+    ]);
+    expect(drift).toEqual([{ vendor: "assemblyai", ledger_seconds: "60", reported_seconds: "52.5" }]);
+    expect(logged(log, "usage_drift")).toMatchObject([{ session_id: session, threshold_secs: 5 }]);
+    const again = await tick();
+    expect(await query("select 1 from usage_ledger where source_key like 'r2:byte_days:' || $1 || ':%'", [rec!.id])).toHaveLength(3);
+    expect(again.usage_drift_found).toBe(0);
   });
 });

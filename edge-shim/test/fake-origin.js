@@ -56,6 +56,192 @@ function fakeAssemblyAi(request, url) {
   return new Response(null, { status: 101, webSocket: client });
 }
 
+/**
+ * Telnyx recording downloads on host `recordings.telnyx.com` (and `*.s3.amazonaws.com`), as
+ * the container's src/sim/recordings.rs serves them: S3-style presigned links (`X-Amz-Date`,
+ * `X-Amz-Expires`, `X-Amz-Signature` = hex HMAC-SHA256 of `name\ndate\nexpires`) that answer 403
+ * `AccessDenied` "Request has expired" after their expiry and 403 `SignatureDoesNotMatch` when
+ * tampered with, 404 `NoSuchKey` for an unknown file, else the file with `Content-Type` and
+ * `Content-Length`, in 64 KiB chunks generated as they are sent (a large file is never held).
+ * Files are registered with POST /__fake/recordings (`{name, bytes}`: a PCM WAV of that
+ * length); faults, consumed one per download: `{status}` (S3's XML error), `{truncate}`
+ * (the connection drops after that many bytes), `{stall}` (that many bytes, then nothing for
+ * 30 s), `{delayMs}` (a pause before every chunk), `{chunked: true}` (no Content-Length),
+ * `{redirect}` (302 to that location). Downloads are listed at /__fake/recordings/requests.
+ * @type {Map<string, number>}
+ */
+const recordingFiles = new Map();
+/** @type {Record<string, unknown>[]} */
+const recordingFaults = [];
+/** @type {{name: string, status: number}[]} */
+const recordingRequests = [];
+const RECORDING_KEY = "fake-telnyx-recordings";
+
+/** @param {string} name @param {string} date @param {string} expires */
+async function recordingSignature(name, date, expires) {
+  const key = await crypto.subtle.importKey("raw", new TextEncoder().encode(RECORDING_KEY), { name: "HMAC", hash: "SHA-256" }, false, [
+    "sign",
+  ]);
+  const mac = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(`${name}\n${date}\n${expires}`));
+  return [...new Uint8Array(mac)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Byte `i` of the fake WAV of `length` bytes: a 44-byte PCM header, then a deterministic
+ * pattern (the tests regenerate it to check what was stored).
+ * @param {number} length
+ */
+function wavHeader(length) {
+  const h = new DataView(new ArrayBuffer(44));
+  const text = (/** @type {number} */ at, /** @type {string} */ s) => {
+    for (let i = 0; i < s.length; i++) h.setUint8(at + i, s.charCodeAt(i));
+  };
+  text(0, "RIFF");
+  h.setUint32(4, length - 8, true);
+  text(8, "WAVE");
+  text(12, "fmt ");
+  h.setUint32(16, 16, true);
+  h.setUint16(20, 1, true);
+  h.setUint16(22, 2, true);
+  h.setUint32(24, 8000, true);
+  h.setUint32(28, 32000, true);
+  h.setUint16(32, 4, true);
+  h.setUint16(34, 16, true);
+  text(36, "data");
+  h.setUint32(40, length - 44, true);
+  return new Uint8Array(h.buffer);
+}
+
+/** Bytes [start, end) of the fake WAV of `length` bytes. @param {number} length @param {number} start @param {number} end */
+export function wavSlice(length, start, end) {
+  const out = new Uint8Array(end - start);
+  const header = wavHeader(length);
+  for (let i = start; i < end; i++) out[i - start] = i < 44 ? /** @type {number} */ (header[i]) : (i * 31 + 7) & 0xff;
+  return out;
+}
+
+/** @param {number} status @param {string} code @param {string} message */
+function s3Error(status, code, message) {
+  return new Response(`<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`, {
+    status,
+    headers: { "content-type": "application/xml" },
+  });
+}
+
+/** @param {URL} url */
+async function fakeRecording(url) {
+  const name = url.pathname.slice(1);
+  const date = url.searchParams.get("X-Amz-Date");
+  const expires = url.searchParams.get("X-Amz-Expires");
+  const signature = url.searchParams.get("X-Amz-Signature");
+  const answer = (/** @type {Response} */ response) => {
+    recordingRequests.push({ name, status: response.status });
+    return response;
+  };
+  if (date === null || expires === null || signature === null) {
+    return answer(s3Error(403, "AccessDenied", "Query-string authentication requires the X-Amz parameters"));
+  }
+  if (signature !== (await recordingSignature(name, date, expires))) {
+    return answer(s3Error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided."));
+  }
+  if (Date.now() > Date.parse(date) + Number(expires) * 1000) return answer(s3Error(403, "AccessDenied", "Request has expired"));
+  const length = recordingFiles.get(name);
+  if (length === undefined) return answer(s3Error(404, "NoSuchKey", "The specified key does not exist."));
+  const fault =
+    /** @type {{status?: number, truncate?: number, stall?: number, delayMs?: number, chunked?: boolean, redirect?: string}} */ (
+      recordingFaults.shift() ?? {}
+    );
+  if (fault.status !== undefined) return answer(s3Error(fault.status, "InternalError", "Simulated failure"));
+  if (fault.redirect !== undefined) return answer(new Response(null, { status: 302, headers: { location: fault.redirect } }));
+  const CHUNK = 64 * 1024;
+  let sent = 0;
+  const body = new ReadableStream(
+    {
+      async pull(controller) {
+        if (fault.truncate !== undefined && sent >= fault.truncate) {
+          controller.error(new Error("simulated connection drop"));
+          return;
+        }
+        if (fault.stall !== undefined && sent >= fault.stall) {
+          await new Promise((resolve) => setTimeout(resolve, 30_000));
+        }
+        if (fault.delayMs !== undefined) await new Promise((resolve) => setTimeout(resolve, fault.delayMs));
+        if (sent >= length) {
+          controller.close();
+          return;
+        }
+        let end = Math.min(sent + CHUNK, length);
+        if (fault.truncate !== undefined) end = Math.min(end, Math.max(fault.truncate, sent + 1));
+        if (fault.stall !== undefined && sent < fault.stall) end = Math.min(end, fault.stall);
+        controller.enqueue(wavSlice(length, sent, end));
+        sent = end;
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  /** @type {Record<string, string>} */
+  const headers = { "content-type": name.endsWith(".mp3") ? "audio/mpeg" : "audio/wav" };
+  if (!fault.chunked) headers["content-length"] = String(length);
+  return answer(new Response(body, { status: 200, headers }));
+}
+
+/**
+ * AssemblyAI's async API on host `api.assemblyai.test`, the rules of the container's
+ * src/sim/assemblyai_async.rs that the edge can meet: the bare key in `Authorization` (401
+ * otherwise), `POST /v2/transcript` needs `audio_url` (400 otherwise) and answers `queued`
+ * with a new id, `GET /v2/transcript/{id}` answers the transcript (400 "transcript id not
+ * found" for an unknown one). Tests finish a transcript with POST /__fake/aai/finish
+ * (`{id, ...fields}`), queue answers with POST /__fake/aai/faults (`[{status}]`), and read
+ * every request made at /__fake/aai/requests.
+ * @type {Map<string, Record<string, unknown>>}
+ */
+const aaiTranscripts = new Map();
+/** @type {{method: string, path: string, authorization: string | null, body: unknown}[]} */
+const aaiRequests = [];
+/** @type {{status: number}[]} */
+const aaiFaults = [];
+
+/** @param {Request} request @param {URL} url */
+async function fakeAssemblyAiAsync(request, url) {
+  const body = request.method === "POST" ? await request.text() : "";
+  aaiRequests.push({
+    method: request.method,
+    path: url.pathname,
+    authorization: request.headers.get("authorization"),
+    body: body === "" ? null : JSON.parse(body),
+  });
+  if (request.headers.get("authorization") !== "test-aai-key") {
+    return Response.json({ error: "Authentication error, API token missing/invalid" }, { status: 401 });
+  }
+  const fault = aaiFaults.shift();
+  if (fault !== undefined) return Response.json({ error: "simulated failure" }, { status: fault.status });
+  if (request.method === "POST" && url.pathname === "/v2/transcript") {
+    const input = /** @type {Record<string, unknown>} */ (JSON.parse(body));
+    if (typeof input.audio_url !== "string") return Response.json({ error: "audio_url is required" }, { status: 400 });
+    const id = `aai-${crypto.randomUUID()}`;
+    const transcript = {
+      id,
+      status: "queued",
+      audio_url: input.audio_url,
+      text: null,
+      words: null,
+      utterances: null,
+      language_code: null,
+      audio_duration: null,
+      error: null,
+    };
+    aaiTranscripts.set(id, transcript);
+    return Response.json(transcript);
+  }
+  const m = /^\/v2\/transcript\/([^/]+)$/.exec(url.pathname);
+  if (request.method === "GET" && m) {
+    const transcript = aaiTranscripts.get(decodeURIComponent(/** @type {string} */ (m[1])));
+    if (transcript === undefined) return Response.json({ error: "Transcript lookup error: transcript id not found" }, { status: 400 });
+    return Response.json(transcript);
+  }
+  return Response.json({ error: "Not found" }, { status: 404 });
+}
+
 export default {
   /** @param {Request} request */
   async fetch(request) {
@@ -67,6 +253,36 @@ export default {
     if (testId) seen.set(testId, (seen.get(testId) ?? 0) + 1);
 
     if (url.hostname === "unreachable.test") throw new Error("connection refused (simulated)");
+    if (url.pathname === "/__fake/recordings" && request.method === "POST") {
+      const { name, bytes, faults, ttl } = /** @type {{name: string, bytes: number, faults?: Record<string, unknown>[], ttl?: number}} */ (
+        await request.json()
+      );
+      recordingFiles.set(name, bytes);
+      recordingFaults.splice(0, recordingFaults.length, ...(faults ?? []));
+      const date = new Date().toISOString();
+      const expires = String(ttl ?? 600);
+      const signature = await recordingSignature(name, date, expires);
+      const query = new URLSearchParams({
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Date": date,
+        "X-Amz-Expires": expires,
+        "X-Amz-Signature": signature,
+      });
+      return Response.json({ url: `https://recordings.telnyx.com/${name}?${query}` });
+    }
+    if (url.pathname === "/__fake/aai/finish" && request.method === "POST") {
+      const fields = /** @type {Record<string, unknown> & {id: string}} */ (await request.json());
+      aaiTranscripts.set(fields.id, { ...(aaiTranscripts.get(fields.id) ?? {}), ...fields });
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/aai/faults" && request.method === "POST") {
+      aaiFaults.splice(0, aaiFaults.length, .../** @type {{status: number}[]} */ (await request.json()));
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/aai/requests") return Response.json(aaiRequests.splice(0));
+    if (url.hostname === "api.assemblyai.test") return fakeAssemblyAiAsync(request, url);
+    if (url.pathname === "/__fake/recordings/requests") return Response.json(recordingRequests.splice(0));
+    if (url.hostname === "recordings.telnyx.com" || url.hostname.endsWith(".s3.amazonaws.com")) return fakeRecording(url);
     if (url.pathname === "/__fake/aai-sessions") return Response.json(aaiSessions);
     if (url.hostname === "aai-refuse.test") return new Response("simulated outage", { status: 503 });
     if (url.hostname === "aai.test" || url.hostname === "aai-early-error.test") return fakeAssemblyAi(request, url);

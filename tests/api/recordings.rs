@@ -1120,17 +1120,24 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
         .await
         .unwrap();
 
-    // Tasks the manifest gives the edge are not run here (the Worker's Cron Trigger runs them).
+    // Tasks the manifest gives the edge are not run here (the Worker's Cron Trigger runs them);
+    // uploads.sweep cannot be given to the edge (ADR 0027), so it runs here.
     let edge_owned = callbridge::strangler::Manifest::parse(
         r#"{"routes": [], "cron": [{"task": "retention.purge", "owner": "edge"},
-            {"task": "uploads.sweep", "owner": "edge"}, {"task": "calls.stale_sweep", "owner": "edge"},
-            {"task": "jobs.dead_report", "owner": "edge"}]}"#,
+            {"task": "calls.stale_sweep", "owner": "edge"}, {"task": "jobs.dead_report", "owner": "edge"},
+            {"task": "usage.metering", "owner": "edge"}]}"#,
     )
     .unwrap();
     let skipped = callbridge::cron::tick_for(&app.state, &edge_owned)
         .await
         .unwrap();
-    assert_eq!(skipped, callbridge::cron::Report::default());
+    assert_eq!(
+        skipped,
+        callbridge::cron::Report {
+            uploads_aborted: 1,
+            ..callbridge::cron::Report::default()
+        }
+    );
     assert!(object_exists(&app, &keys[0]).await);
 
     let report = callbridge::cron::run_once(&app.state)
@@ -1140,7 +1147,8 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
     assert_eq!(report.recordings_purged, 1);
     assert_eq!(report.objects_deleted, 1);
     assert_eq!(report.stale_calls_failed, 1);
-    assert_eq!(report.uploads_aborted, 1);
+    // The tick above swept the orphaned upload already.
+    assert_eq!(report.uploads_aborted, 0);
     assert_eq!(report.dead_jobs.get("test.kind"), Some(&2));
     // Objects and rows of the expired recording are gone; the other is kept.
     assert!(!object_exists(&app, &keys[0]).await);
