@@ -32,10 +32,10 @@ use super::playout::{
 };
 use super::replay::{Batch, ReplayBuffer};
 use super::resume::{Resume, TrackClock};
-use crate::heartbeats::wall_clock;
 use super::shaping::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::transcripts::{self, FinalTurn};
 use crate::calls::legs::{Leg, Role};
+use crate::heartbeats::wall_clock;
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
@@ -826,7 +826,9 @@ impl Bridge {
         // Provisional (settled a second later); the clock itself estimates from arrivals
         // only, so a connection time earlier than the audio never stands for its start.
         let origin = self.resume.origin(label, wall_clock(began));
-        let arrived = at.checked_sub(Duration::from_millis(frame_ms)).unwrap_or(at);
+        let arrived = at
+            .checked_sub(Duration::from_millis(frame_ms))
+            .unwrap_or(at);
         state.clock = Some(TrackClock::start(origin.start_ms, chunk, frame_ms, arrived));
         state.next_offset_ms = origin.start_ms;
     }
@@ -1162,14 +1164,10 @@ impl Bridge {
             state.turn_open |= !turn.transcript.is_empty();
             if turn.transcript != state.last_partial && !turn.transcript.is_empty() {
                 state.last_partial = turn.transcript.clone();
-                let (db, text, order) = (
-                    self.state.db.clone(),
-                    turn.transcript.clone(),
-                    turn.turn_order,
-                );
-                tokio::spawn(async move {
-                    let _ = transcripts::publish_partial(&db, call_id, label, order, &text).await;
-                });
+                // Batched per replica: a checkout per partial swamped the pool under load.
+                self.state
+                    .partials
+                    .publish(call_id, label, turn.turn_order, &turn.transcript);
             }
             return;
         }

@@ -321,8 +321,7 @@ async fn connect(url: &str) -> Result<(Socket, Vec<u16>), String> {
                 refused.len()
             ));
         }
-        let backoff =
-            crate::retry::backoff(RECONNECT_BASE, RECONNECT_MAX, refused.len() as u32);
+        let backoff = crate::retry::backoff(RECONNECT_BASE, RECONNECT_MAX, refused.len() as u32);
         tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
     }
 }

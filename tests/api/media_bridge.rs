@@ -627,3 +627,62 @@ async fn a_media_upgrade_while_the_pool_is_exhausted_is_503_with_retry_after_not
         .unwrap();
     common::assert_problem(response, 404).await;
 }
+
+/// The simulated Telnyx tries a refused stream again (ADR 0026): the upgrade answered 503
+/// while the pool was exhausted is retried after `Retry-After`, and once a connection is
+/// free the stream connects and the call is transcribed.
+#[tokio::test]
+async fn the_simulated_telnyx_reconnects_a_stream_whose_upgrade_was_refused() {
+    let media = MediaApp::spawn(&[
+        ("DATABASE_POOL_MAX_SIZE", "2"),
+        ("DATABASE_POOL_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let call_id = media.call().await;
+    let db = media.app.state.db.clone();
+    let held = vec![db.client().await.unwrap(), db.client().await.unwrap()];
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(held);
+    });
+    let mut options = PlayOptions::new(
+        media.stream_url(call_id),
+        // The call's audio runs on while the stream is refused: speech after 3 s.
+        telnyx_media::speech_like(&[(3000, false), (1200, true), (800, false)]),
+    );
+    options.realtime = true;
+    let played = telnyx_media::play(options)
+        .await
+        .expect("connected in the end");
+    release.await.unwrap();
+    assert!(!played.refused.is_empty(), "the first upgrade was refused");
+    assert!(
+        played.refused.iter().all(|status| *status == 503),
+        "{:?}",
+        played.refused
+    );
+    assert!(played.frames_sent > 0);
+    assert_eq!(
+        media.wait_for_turns(call_id, 2).await.len(),
+        2,
+        "the stream that came back was transcribed (a turn per track)"
+    );
+}
+
+/// A replica that has just started takes a burst at once (every re-attached stream of a
+/// rolling restart upgrades within a second): half its pool is opened at start, so that
+/// burst does not wait for connections to be opened on a busy machine (ADR 0026).
+#[tokio::test]
+async fn a_started_replica_opens_half_its_pool_before_the_first_burst() {
+    let app = TestApp::spawn_with(&[("DATABASE_POOL_MAX_SIZE", "8")]).await;
+    let mut status = app.state.db.pool_status();
+    for _ in 0..50 {
+        if status.size >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = app.state.db.pool_status();
+    }
+    assert!(status.size >= 4, "{status:?}");
+    assert!(status.available >= 3, "idle, ready for the burst: {status:?}");
+}

@@ -357,7 +357,6 @@ async fn a_re_attach_gap_is_measured_from_frame_positions_when_the_old_replica_r
     let run = rolling_restart(Restart {
         away,
         late_from: Some((90, Duration::from_millis(300))),
-        ..Restart::default()
     })
     .await;
     assert_the_gap_is_the_lost_audio(&run, away).await;
