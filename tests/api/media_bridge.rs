@@ -684,5 +684,66 @@ async fn a_started_replica_opens_half_its_pool_before_the_first_burst() {
         status = app.state.db.pool_status();
     }
     assert!(status.size >= 4, "{status:?}");
-    assert!(status.available >= 3, "idle, ready for the burst: {status:?}");
+    assert!(
+        status.available >= 3,
+        "idle, ready for the burst: {status:?}"
+    );
+}
+
+/// `store_final` in one statement keeps ADR 0017's rules: a taken index is replaced by the
+/// next free one (never a drop), the same session's turn again is a duplicate, and each
+/// stored turn has its `transcript.final` event with the index it was stored under.
+#[tokio::test]
+async fn a_final_turn_is_stored_once_under_a_free_index_with_its_event() {
+    use callbridge::media::transcripts::{FinalTurn, Stored, store_final};
+    let media = MediaApp::spawn(&[]).await;
+    let call_id = media.call().await;
+    let turn = |session: &str, order: i64, index: i32| FinalTurn {
+        call_id,
+        track: "inbound",
+        turn_index: Some(index),
+        session_id: session.to_owned(),
+        turn_order: order,
+        text: format!("{session} {order}"),
+        words: serde_json::json!([]),
+        confidence: Some(0.9),
+        start_ms: Some(0),
+        end_ms: Some(100),
+        language: None,
+    };
+    let db = &media.app.state.db;
+    assert_eq!(
+        store_final(db, &turn("a", 0, 0)).await.unwrap(),
+        Stored::New { turn_index: 0 }
+    );
+    assert_eq!(
+        store_final(db, &turn("b", 0, 0)).await.unwrap(),
+        Stored::Renumbered {
+            proposed: 0,
+            turn_index: 1
+        },
+        "another session's turn proposing a taken index"
+    );
+    assert_eq!(
+        store_final(db, &turn("a", 0, 5)).await.unwrap(),
+        Stored::Duplicate
+    );
+    let events: Vec<(i64, serde_json::Value)> = media
+        .app
+        .db()
+        .await
+        .query(
+            "select seq, data from call_events where call_id = $1 and kind = 'transcript.final' order by seq",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].1["turn_index"], 0);
+    assert_eq!(events[1].1["turn_index"], 1);
+    assert_eq!(events[1].1["text"], "b 0");
+    assert_eq!(events[1].0, events[0].0 + 1);
 }
