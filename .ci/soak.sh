@@ -42,8 +42,17 @@ cargo bench --features sim --bench recordings_upload 2>&1 | tee "$run_dir/upload
 
 echo
 log "soak figures"
-grep -h '^soak ' "$run_dir/soak.log" || echo "(no scenario printed its figures)"
-grep -h '^upload memory' "$run_dir/upload.log" || echo "(the upload bench printed no memory figures)"
+# One line per scenario, each with the figures issue #19 asks for: turns produced vs stored
+# and the gap error per track (rolling_restart), deliveries per second overall and through
+# the PostgreSQL restart (webhook_storm), the 5xx count (bad_input), and the AssemblyAI
+# faults' turns and gaps; then the upload's peak and growth RSS. A scenario that printed
+# nothing (it failed before its figures) is named, so a missing figure cannot go unnoticed.
+for file in tests/soak_*.rs; do
+  name="$(basename "$file" .rs)"
+  name="${name#soak_}"
+  grep -h "^soak $name:" "$run_dir/soak.log" || { echo "soak $name: (no figures: the scenario failed before printing them)"; status=1; }
+done
+grep -h '^upload memory' "$run_dir/upload.log" || { echo "upload memory: (no figures: the bench failed before printing them)"; status=1; }
 if [ "$status" -ne 0 ]; then
   echo "make soak: FAILED (see above)" >&2
 fi

@@ -46,6 +46,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         prepare_database(&config).await?;
     }
     let db = Db::connect(&config.database)?;
+    // Half the pool: what a burst of stream upgrades and their first writes use at once.
+    db.warm(config.database.pool_max_size.div_ceil(2));
     let storage = Storage::new(&config.storage);
     if config.storage.create_bucket_if_missing
         && let Err(error) = storage.ensure_bucket().await
@@ -93,6 +95,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             crate::heartbeats::replica_name(config.hostname.as_deref()),
             shutdown.clone(),
         ),
+        partials: crate::partials::Partials::start(db.clone(), shutdown.clone()),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
         limiter: Default::default(),

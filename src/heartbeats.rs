@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,11 +24,19 @@ pub fn replica_name(hostname: Option<&str>) -> String {
     format!("{}-{}", hostname.unwrap_or("local"), std::process::id())
 }
 
+/// The wall-clock time of `at`, a moment this process measured (now or earlier). Track
+/// positions are stored as wall-clock times converted at once, so a wait for a connection
+/// or a slow write cannot shift them (ADR 0026).
+pub fn wall_clock(at: Instant) -> DateTime<Utc> {
+    let ago = chrono::Duration::from_std(at.elapsed()).unwrap_or(chrono::Duration::zero());
+    Utc::now() - ago
+}
+
 #[derive(Default)]
 struct Beat {
     stream_id: Option<String>,
     /// Per track (its label in `media_stream_positions`): its end on the call's clock and
-    /// when its last frame arrived.
+    /// when that audio ended (from the frames: `media::resume::TrackClock::ended_at`).
     positions: HashMap<&'static str, (u64, Instant)>,
 }
 
@@ -67,17 +76,15 @@ impl Heartbeats {
         call_id: Uuid,
         leg: &'static str,
         stream_id: Option<&str>,
-        positions: &[(&'static str, u64, Duration)],
+        positions: &[(&'static str, u64, Instant)],
     ) {
-        let now = Instant::now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let beat = pending.entry((call_id, leg)).or_default();
         if stream_id.is_some() {
             beat.stream_id = stream_id.map(str::to_owned);
         }
-        for &(track, end_ms, since) in positions {
-            beat.positions
-                .insert(track, (end_ms, now.checked_sub(since).unwrap_or(now)));
+        for &(track, end_ms, ended_at) in positions {
+            beat.positions.insert(track, (end_ms, ended_at));
         }
     }
 
@@ -100,17 +107,17 @@ async fn write(
     let mut calls = Vec::with_capacity(beats.len());
     let mut legs = Vec::with_capacity(beats.len());
     let mut streams: Vec<Option<String>> = Vec::with_capacity(beats.len());
-    let (mut position_calls, mut tracks, mut ends, mut since) =
+    let (mut position_calls, mut tracks, mut ends, mut ended) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((call_id, leg), beat) in beats {
         calls.push(call_id);
         legs.push(leg);
         streams.push(beat.stream_id);
-        for (track, (end_ms, last_frame)) in beat.positions {
+        for (track, (end_ms, ended_at)) in beat.positions {
             position_calls.push(call_id);
             tracks.push(track);
             ends.push(end_ms as i64);
-            since.push(last_frame.elapsed().as_secs_f64());
+            ended.push(wall_clock(ended_at));
         }
     }
     let client = db.client().await?;
@@ -130,28 +137,28 @@ async fn write(
         )
         .await?;
     if !position_calls.is_empty() {
-        save_positions_of(&**client, &position_calls, &tracks, &ends, &since).await?;
+        save_positions_of(&**client, &position_calls, &tracks, &ends, &ended).await?;
     }
     Ok(())
 }
 /// Track positions of many calls in one statement (`media::resume` reads them back): row `i` is
-/// `calls[i]`'s `tracks[i]` at `ends[i]` ms, its last frame `since[i]` seconds ago. A
-/// (call, track) appears at most once.
+/// `calls[i]`'s `tracks[i]` at `ends[i]` ms, whose audio ended at `ended[i]`. A (call, track)
+/// appears at most once.
 pub async fn save_positions_of(
     client: &impl tokio_postgres::GenericClient,
     calls: &[Uuid],
     tracks: &[&str],
     ends: &[i64],
-    since: &[f64],
+    ended: &[DateTime<Utc>],
 ) -> Result<(), DbError> {
     client
         .execute(
             "insert into media_stream_positions (call_id, track, end_ms, frame_at)
-             select p.call_id, p.track, p.end_ms, now() - make_interval(secs => p.since)
-             from unnest($1::uuid[], $2::text[], $3::bigint[], $4::float8[]) as p (call_id, track, end_ms, since)
+             select p.call_id, p.track, p.end_ms, p.ended
+             from unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) as p (call_id, track, end_ms, ended)
              on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
              where excluded.end_ms >= media_stream_positions.end_ms",
-            &[&calls, &tracks, &ends, &since],
+            &[&calls, &tracks, &ends, &ended],
         )
         .await?;
     Ok(())

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod limits;
 pub mod media;
 pub mod orgs;
+pub mod partials;
 pub mod paths;
 pub mod providers;
 pub mod queue;

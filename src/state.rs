@@ -59,6 +59,8 @@ pub struct Shared {
     pub job_bell: crate::queue::bell::Bell,
     /// The replica's media stream heartbeats, written in batches.
     pub heartbeats: crate::heartbeats::Heartbeats,
+    /// The replica's live partial turns, published in batches.
+    pub partials: crate::partials::Partials,
     /// Request rate limits (per replica, applied by `http::limits`).
     pub limiter: crate::limits::Limiter,
     /// Open SSE streams and WebSockets per user (per replica).

@@ -64,11 +64,6 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         // Small enough that some outages overflow it: those are the gaps to check.
         ("MEDIA_REPLAY_BUFFER_SECS", "2"),
         ("MEDIA_TAIL_DELIVERY_SECS", tail.as_str()),
-        // Every call's stream connects at the same instant (20 upgrades, each reading the
-        // call, then 40 tracks storing turns): a pool sized for that burst. A smaller one
-        // answers the upgrade 503 `database-unavailable` (tests/media_bridge.rs), which this
-        // simulated Telnyx does not retry.
-        ("DATABASE_POOL_MAX_SIZE", "40"),
     ])
     .await;
     let session = app.sign_in("Soak").await;
@@ -111,9 +106,11 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         aai.inject(StreamFault::RefuseConnect);
     }
     let mut hung_up = tokio::time::Instant::now();
+    let mut refused = Vec::new();
     for player in players {
         let played = player.await.unwrap().expect("the call streamed to its end");
         hung_up = hung_up.min(played.started.unwrap() + Duration::from_millis(call_ms));
+        refused.extend(played.refused);
     }
     soak::wait_for_streams_to_end(&app, &ids, Duration::from_secs(TAIL_DELIVERY_SECS + 10)).await;
     let ended_after = hung_up.elapsed();
@@ -124,6 +121,7 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
     let mut worst = [GapCheck::default(); 2];
     let mut lost_total = [0u64; 2];
     let mut unaccounted = Vec::new();
+    let mut unreported = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         for (t, track) in TRACKS.iter().enumerate() {
             for span in soak::unaccounted_speech(&app, *id, track, turns).await {
@@ -132,10 +130,11 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
             let lost = heard.lost(soak::stream_tag(i, t), soak::frames_in(&audio[i].0));
             let recorded = soak::recorded_gaps(&app, *id, track).await;
             let check = GapCheck::of(&lost, &recorded);
-            assert!(
-                check.misses_within(BATCH_MS),
-                "call {i} {track}: lost {lost:?}, recorded {recorded:?}"
-            );
+            if !check.misses_within(BATCH_MS) {
+                unreported.push(format!(
+                    "call {i} {track}: lost {lost:?}, recorded {recorded:?}"
+                ));
+            }
             lost_total[t] += check.lost_ms;
             worst[t].missed_ms = worst[t].missed_ms.max(check.missed_ms);
             worst[t].extra_ms = worst[t].extra_ms.max(check.extra_ms);
@@ -150,7 +149,8 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         .unwrap_or("0")
         .to_owned();
     println!(
-        "SOAK assemblyai_faults: calls={calls} faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | spoken turns={} lost without a trace={} | finals sent by the simulator={produced} stored={stored} events={events} (finals destroyed in flight by a reset={}) | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
+        "soak assemblyai_faults: calls={calls} (stream upgrades refused and retried: {} {refused:?}) faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | spoken turns={} lost without a trace={} | finals sent by the simulator={produced} stored={stored} events={events} (finals destroyed in flight by a reset={}) | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
+        refused.len(),
         calls * 2,
         calls * 2 * turns,
         unaccounted.len(),
@@ -162,6 +162,12 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         worst[0].extra_ms,
         worst[1].extra_ms,
         ended_after.as_secs_f64(),
+    );
+    // The figures are printed first, so a failing run shows them too.
+    assert!(
+        unreported.is_empty(),
+        "lost audio unreported beyond one batch per gap:\n{}",
+        unreported.join("\n")
     );
     assert!(produced > 0);
     assert!(

@@ -120,29 +120,36 @@ async fn a_rolling_restart_loses_no_turn_and_reports_the_time_away_as_the_gap() 
     let produced = aai.finals_sent();
     let (stored, events) = soak::stored_finals(&b, &calls).await;
     let mut worst = [GapCheck::default(); 2];
+    let mut wrong = Vec::new();
     for (i, call) in calls.iter().enumerate() {
         for (t, track) in TRACKS.iter().enumerate() {
             let frames = soak::frames_in(&audio[i].0);
             let lost = heard.lost(soak::stream_tag(i, t), frames);
             let recorded = soak::recorded_gaps(&b, *call, track).await;
             let check = GapCheck::of(&lost, &recorded);
-            assert!(
-                check.within(BATCH_MS),
-                "call {i} {track}: lost {lost:?}, recorded {recorded:?}"
-            );
-            assert!(check.lost_ms > 0, "the time away was lost audio");
+            if !check.within(BATCH_MS) || check.lost_ms == 0 {
+                wrong.push(format!(
+                    "call {i} {track}: lost {lost:?}, recorded {recorded:?}"
+                ));
+            }
             if check.error_ms >= worst[t].error_ms {
                 worst[t] = check;
             }
         }
     }
     println!(
-        "SOAK rolling_restart: calls={} turns produced={produced} stored={stored} events={events} received_on_b={received_on_b} lost={} | gap error max: inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms; lost audio per track ≈{} ms)",
+        "soak rolling_restart: calls={} turns produced={produced} stored={stored} events={events} received_on_b={received_on_b} lost={} | gap error max: inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms; lost audio per track ≈{} ms)",
         scale.calls,
         produced.saturating_sub(stored as usize),
         worst[0].error_ms,
         worst[1].error_ms,
         worst[0].lost_ms,
+    );
+    // The figures are printed first, so a failing run shows them too.
+    assert!(
+        wrong.is_empty(),
+        "gaps other than the lost audio within one batch (or no audio lost):\n{}",
+        wrong.join("\n")
     );
     assert!(produced > 0);
     assert_eq!(stored as usize, produced, "every final turn stored");

@@ -130,6 +130,23 @@ impl Db {
         })
     }
 
+    /// Opens up to `connections` pooled connections in the background. A replica that has
+    /// just started is the one that takes a burst at once (in a rolling restart every
+    /// re-attached stream upgrades within a second), and a connection opened during that
+    /// burst, on a busy machine, can take longer than `DATABASE_POOL_TIMEOUT_MS`: the
+    /// upgrade is then refused with 503. Best effort: a database that is down now is
+    /// reported by `/readyz`, and the pool opens connections on demand as before.
+    pub fn warm(&self, connections: usize) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let opened = futures_util::future::join_all((0..connections).map(|_| pool.get())).await;
+            let failed = opened.iter().filter(|c| c.is_err()).count();
+            if failed > 0 {
+                tracing::debug!(failed, "warming the database pool: some connections failed");
+            }
+        });
+    }
+
     pub async fn client(&self) -> Result<Client, DbError> {
         Ok(self.pool.get().await?)
     }

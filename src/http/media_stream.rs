@@ -43,9 +43,10 @@ pub async fn telnyx_stream(
         .map_err(|error| ApiError::Unauthorized(format!("Stream token rejected: {error}.")))?;
     let assemblyai = state.assemblyai()?.clone();
     let client = state.db.client().await?;
-    // A one-leg call's token names the call; an interpreted call's names one leg.
-    let (call_id, leg) = match calls::get_unscoped(&**client, bound).await? {
-        Some(call) if !call.interpreted => (call.id, None),
+    // A one-leg call's token names the call; an interpreted call's names one leg. One
+    // query for a one-leg call: every stream (re)connecting at once reads here.
+    let (call, leg) = match calls::get_unscoped(&**client, bound).await? {
+        Some(call) if !call.interpreted => (call, None),
         Some(_) => return Err(ApiError::NotFound),
         None => {
             let leg = legs::get(&**client, bound)
@@ -54,16 +55,17 @@ pub async fn telnyx_stream(
             if leg.status.is_terminal() {
                 return Err(ApiError::NotFound);
             }
-            (leg.call_id, Some(leg))
+            let call = calls::get_unscoped(&**client, leg.call_id)
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            (call, Some(leg))
         }
     };
-    let call = calls::get_unscoped(&**client, call_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    drop(client);
     if call.status.is_terminal() {
         return Err(ApiError::NotFound);
     }
-    drop(client);
+    let call_id = call.id;
     let target = match leg {
         None => bridge::Target::Call(call_id),
         Some(leg) => bridge::Target::Leg(

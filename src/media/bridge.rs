@@ -35,6 +35,7 @@ use super::resume::{Resume, TrackClock};
 use super::shaping::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::transcripts::{self, FinalTurn};
 use crate::calls::legs::{Leg, Role};
+use crate::heartbeats::wall_clock;
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
@@ -316,7 +317,7 @@ pub async fn run(
         Target::Call(_) => CALL_STREAM,
         Target::Leg(leg, _) => leg.role.as_str(),
     };
-    let resume = Resume::load(&state.db, call_id, leg, connected_at)
+    let resume = Resume::load(&state.db, call_id, leg)
         .await
         .unwrap_or_else(|error| {
             // Numbering then starts at 0 and the database renumbers any collision (counted).
@@ -692,14 +693,14 @@ impl Bridge {
         }
     }
 
-    /// Each track's position on the call's clock and how long ago its last frame arrived,
-    /// by the track's label (a leg's stream: its party, so the two legs never mix).
-    fn positions(&self) -> Vec<(&'static str, u64, Duration)> {
+    /// Each track's position on the call's clock and when the audio there ended (from the
+    /// frames), by the track's label (a leg's stream: its party, so the two legs never mix).
+    fn positions(&self) -> Vec<(&'static str, u64, Instant)> {
         self.tracks
             .values()
             .filter_map(|t| {
                 t.clock
-                    .map(|c| (self.label(t.track), c.end_ms(), c.since_last_frame()))
+                    .map(|c| (self.label(t.track), c.end_ms(), c.ended_at()))
             })
             .collect()
     }
@@ -811,9 +812,7 @@ impl Bridge {
             0 => 20,
             ms => ms,
         };
-        let since_connected = self
-            .audio_began(frame_ms, at)
-            .duration_since(self.connected_at);
+        let began = self.audio_began(frame_ms, at);
         let label = self.label(track);
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
@@ -824,17 +823,13 @@ impl Bridge {
             }
             return;
         }
-        let origin = self.resume.origin(label, since_connected);
-        let began = at
+        // Provisional (settled a second later); the clock itself estimates from arrivals
+        // only, so a connection time earlier than the audio never stands for its start.
+        let origin = self.resume.origin(label, wall_clock(began));
+        let arrived = at
             .checked_sub(Duration::from_millis(frame_ms))
             .unwrap_or(at);
-        state.clock = Some(TrackClock::start(
-            origin.start_ms,
-            chunk,
-            frame_ms,
-            at,
-            began,
-        ));
+        state.clock = Some(TrackClock::start(origin.start_ms, chunk, frame_ms, arrived));
         state.next_offset_ms = origin.start_ms;
     }
 
@@ -842,10 +837,9 @@ impl Bridge {
     /// waiting unread at first arrive in real time after), moves the track's clock there and
     /// records the re-attach gap, if any.
     fn settle_origin(&mut self, track: Track, began: Instant) {
-        let since_connected = began
-            .max(self.connected_at)
-            .duration_since(self.connected_at);
-        let origin = self.resume.origin(self.label(track), since_connected);
+        let origin = self
+            .resume
+            .origin(self.label(track), wall_clock(began.max(self.connected_at)));
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
@@ -1170,14 +1164,10 @@ impl Bridge {
             state.turn_open |= !turn.transcript.is_empty();
             if turn.transcript != state.last_partial && !turn.transcript.is_empty() {
                 state.last_partial = turn.transcript.clone();
-                let (db, text, order) = (
-                    self.state.db.clone(),
-                    turn.transcript.clone(),
-                    turn.turn_order,
-                );
-                tokio::spawn(async move {
-                    let _ = transcripts::publish_partial(&db, call_id, label, order, &text).await;
-                });
+                // Batched per replica: a checkout per partial swamped the pool under load.
+                self.state
+                    .partials
+                    .publish(call_id, label, turn.turn_order, &turn.transcript);
             }
             return;
         }

@@ -3,13 +3,20 @@
 //! position on the call's clock, measured from the frames. A stream that replaces one which
 //! never ended (a re-attach after a deploy or crash) continues the clock from where the old
 //! stream's last frame left off, and the time it was away is the re-attach gap.
+//!
+//! Both ends of that time come from frame positions, never from when a busy task happened
+//! to read a frame or write a row: a stream's start is the earliest `arrival − position`
+//! over its frames, and its end is that start plus the furthest frame's position. Both are
+//! kept as wall-clock times (ADR 0026), so a pool wait or a slow write cannot move them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
+use crate::heartbeats::wall_clock;
 
 /// What a new stream of a call continues from.
 #[derive(Debug, Default)]
@@ -25,8 +32,8 @@ pub struct Resume {
 #[derive(Debug, Clone, Copy)]
 struct Position {
     end_ms: u64,
-    /// How long before the new stream connected that last frame arrived.
-    age: Duration,
+    /// When the audio of that furthest frame ended (wall clock, from the frames).
+    ended_at: DateTime<Utc>,
 }
 
 /// Where a track's first frame sits on the call's clock.
@@ -38,14 +45,8 @@ pub struct Origin {
 }
 
 impl Resume {
-    /// What the stream of `call_id`'s `leg` (`call`, or a leg's role) that connected at
-    /// `connected_at` continues from.
-    pub async fn load(
-        db: &Db,
-        call_id: Uuid,
-        leg: &str,
-        connected_at: Instant,
-    ) -> Result<Self, DbError> {
+    /// What the stream of `call_id`'s `leg` (`call`, or a leg's role) continues from.
+    pub async fn load(db: &Db, call_id: Uuid, leg: &str) -> Result<Self, DbError> {
         let client = db.client().await?;
         let mut resume = Resume::default();
         for row in client
@@ -64,10 +65,9 @@ impl Resume {
             )
             .await?
             .get(0);
-        let loaded_at = Instant::now();
         for row in client
             .query(
-                "select p.track, p.end_ms, greatest(extract(epoch from now() - p.frame_at) * 1000, 0)::bigint,
+                "select p.track, p.end_ms, p.frame_at,
                         s.ended_at is null and s.call_id is not null
                  from media_stream_positions p
                  left join media_streams s on s.call_id = p.call_id and s.leg = $2
@@ -77,17 +77,14 @@ impl Resume {
             )
             .await?
         {
-            let (track, end_ms, age_ms, live): (String, i64, i64, bool) =
+            let (track, end_ms, ended_at, live): (String, i64, DateTime<Utc>, bool) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             resume.reattached |= live;
-            // The database measured the age now; the stream connected a little earlier.
-            let age = Duration::from_millis(age_ms.max(0) as u64)
-                .saturating_sub(loaded_at.saturating_duration_since(connected_at));
             resume.previous.insert(
                 track,
                 Position {
                     end_ms: end_ms.max(0) as u64,
-                    age,
+                    ended_at,
                 },
             );
         }
@@ -100,17 +97,18 @@ impl Resume {
         self.next_turn.get(label).copied().unwrap_or(0)
     }
 
-    /// Where the track's first frame begins on the call's clock, given that its audio
-    /// began `since_connected` after this stream connected. Without a previous stream: 0.
-    /// After one: where it left off plus the time no stream carried audio.
-    pub fn origin(&self, label: &str, since_connected: Duration) -> Origin {
+    /// Where the track's first frame begins on the call's clock, given that this stream's
+    /// audio began at `began` (wall clock). Without a previous stream: 0. After one: where it
+    /// left off plus the time no stream carried audio, from the old stream's last frame's
+    /// end to the new stream's first frame's start.
+    pub fn origin(&self, label: &str, began: DateTime<Utc>) -> Origin {
         let Some(previous) = self.previous.get(label) else {
             return Origin {
                 start_ms: 0,
                 gap: None,
             };
         };
-        let away = (previous.age + since_connected).as_millis() as u64;
+        let away = (began - previous.ended_at).num_milliseconds().max(0) as u64;
         let start_ms = previous.end_ms + away;
         Origin {
             start_ms,
@@ -119,56 +117,64 @@ impl Resume {
     }
 }
 
-/// Frames over which a stream's start is measured: frames arrive in real time, so once any
-/// backlog is read, `arrival - position` is when the stream's audio began.
+/// Frames over which a stream's start is measured before the track is placed on the call's
+/// clock (a second): frames arrive in real time, so once any backlog is read,
+/// `arrival - position` is when the stream's audio began.
 const SETTLE_FRAMES: u64 = 50;
 
+/// Frames in each half of the window over which the stream's start is estimated (5 s):
+/// long enough to see past a burst of late reads, short enough to follow a sender whose
+/// clock runs a little fast or slow against ours (100 ppm is 360 ms an hour).
+const WINDOW_FRAMES: u64 = 250;
+
 /// A track's position on the call's clock, from the frames received: the end of the
-/// furthest frame (by its `chunk` number) and when it arrived; and, over its first frames,
-/// when the stream's audio began.
+/// furthest frame (by its `chunk` number), and when the stream's audio began.
 #[derive(Debug, Clone, Copy)]
 pub struct TrackClock {
     origin_ms: u64,
     first_chunk: u64,
     end_ms: u64,
-    last_frame: Instant,
-    /// The earliest `arrival - (position + 1 frame)` seen so far, while still settling.
-    began: Instant,
+    /// The earliest `arrival - (position + 1 frame)` over the frames of the current and the
+    /// previous half window: when the stream's first frame began. A frame read late (a busy
+    /// task, a stalled network) only ever makes its own estimate later, so the earliest one
+    /// is the truth to within the quickest delivery.
+    began_now: Option<Instant>,
+    began_before: Option<Instant>,
+    frames_now: u64,
     settled: bool,
 }
 
 impl TrackClock {
-    pub fn start(origin_ms: u64, chunk: u64, frame_ms: u64, at: Instant, began: Instant) -> Self {
+    pub fn start(origin_ms: u64, chunk: u64, frame_ms: u64, began: Instant) -> Self {
         Self {
             origin_ms,
             first_chunk: chunk,
             end_ms: origin_ms + frame_ms,
-            last_frame: at,
-            began,
+            began_now: Some(began),
+            began_before: None,
+            frames_now: 1,
             settled: false,
         }
     }
 
     /// Frames before the first one are late (the reorder buffer drops them too). Returns
-    /// when the stream's audio began once the estimate settles (once per stream).
+    /// when the stream's audio began once the first estimate settles (once per stream).
     pub fn observe(&mut self, chunk: u64, frame_ms: u64, at: Instant) -> Option<Instant> {
         let index = chunk.checked_sub(self.first_chunk)?;
-        let end = self.origin_ms + (index + 1) * frame_ms;
-        if end > self.end_ms {
-            self.end_ms = end;
-            self.last_frame = at;
-        }
-        if self.settled {
-            return None;
+        self.end_ms = self.end_ms.max(self.origin_ms + (index + 1) * frame_ms);
+        if self.frames_now >= WINDOW_FRAMES {
+            self.began_before = self.began_now.take();
+            self.frames_now = 0;
         }
         if let Some(began) = at.checked_sub(Duration::from_millis((index + 1) * frame_ms)) {
-            self.began = self.began.min(began);
+            self.began_now = Some(self.began_now.map_or(began, |b| b.min(began)));
         }
-        if index + 1 >= SETTLE_FRAMES {
-            self.settled = true;
-            return Some(self.began);
+        self.frames_now += 1;
+        if self.settled || index + 1 < SETTLE_FRAMES {
+            return None;
         }
-        None
+        self.settled = true;
+        Some(self.began())
     }
 
     /// The origin moved by `delta_ms` (a settled estimate of the stream's start).
@@ -182,7 +188,12 @@ impl TrackClock {
     }
 
     pub fn began(&self) -> Instant {
-        self.began
+        match (self.began_now, self.began_before) {
+            (Some(now), Some(before)) => now.min(before),
+            (Some(began), None) | (None, Some(began)) => began,
+            // Never both empty: a rollover moves the current estimate into `before`.
+            (None, None) => Instant::now(),
+        }
     }
 
     pub fn settled(&self) -> bool {
@@ -193,17 +204,21 @@ impl TrackClock {
         self.end_ms
     }
 
-    pub fn since_last_frame(&self) -> Duration {
-        self.last_frame.elapsed()
+    /// When the audio of the furthest frame ended: the stream's start plus that frame's
+    /// position in the stream. Not when it was read: a frame read late says nothing about
+    /// when its audio was spoken.
+    pub fn ended_at(&self) -> Instant {
+        self.began() + Duration::from_millis(self.end_ms.saturating_sub(self.origin_ms))
     }
 }
 
 /// Records how far each track has got (called with the heartbeat and when the stream
-/// ends). A position never moves back: a late write from an older heartbeat is ignored.
+/// ends): its end on the call's clock and when that audio ended (`TrackClock::ended_at`).
+/// A position never moves back: a late write from an older heartbeat is ignored.
 pub async fn save_positions(
     db: &Db,
     call_id: Uuid,
-    positions: &[(&str, u64, Duration)],
+    positions: &[(&str, u64, Instant)],
 ) -> Result<(), DbError> {
     if positions.is_empty() {
         return Ok(());
@@ -211,16 +226,22 @@ pub async fn save_positions(
     let calls = vec![call_id; positions.len()];
     let tracks: Vec<&str> = positions.iter().map(|p| p.0).collect();
     let ends: Vec<i64> = positions.iter().map(|p| p.1 as i64).collect();
-    let since: Vec<f64> = positions.iter().map(|p| p.2.as_secs_f64()).collect();
+    // Converted before waiting for a connection: the wait cannot move the time.
+    let ended: Vec<DateTime<Utc>> = positions.iter().map(|p| wall_clock(p.2)).collect();
     let client = db.client().await?;
-    crate::heartbeats::save_positions_of(&**client, &calls, &tracks, &ends, &since).await
+    crate::heartbeats::save_positions_of(&**client, &calls, &tracks, &ends, &ended).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn resumed(end_ms: u64, age_ms: u64, reattached: bool) -> Resume {
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    /// The old stream's last frame ended at `end_ms` on the call's clock, at wall time 0.
+    fn resumed(end_ms: u64, reattached: bool) -> Resume {
         let mut resume = Resume {
             reattached,
             ..Resume::default()
@@ -229,7 +250,7 @@ mod tests {
             "inbound".into(),
             Position {
                 end_ms,
-                age: Duration::from_millis(age_ms),
+                ended_at: at(0),
             },
         );
         resume
@@ -237,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_first_stream_starts_at_zero_without_a_gap() {
-        let origin = Resume::default().origin("inbound", Duration::ZERO);
+        let origin = Resume::default().origin("inbound", at(0));
         assert_eq!(
             origin,
             Origin {
@@ -249,14 +270,14 @@ mod tests {
 
     #[test]
     fn a_re_attached_stream_continues_where_the_old_one_left_off() {
-        // The old stream's last frame ended at 6,000 ms and arrived 4,800 ms before the new
-        // stream connected; the new stream's audio began 80 ms after it connected.
-        let resume = resumed(6_000, 4_800, true);
-        let origin = resume.origin("inbound", Duration::from_millis(80));
+        // The old stream's last frame ended at 6,000 ms on the call's clock; the new
+        // stream's audio began 4,880 ms later.
+        let resume = resumed(6_000, true);
+        let origin = resume.origin("inbound", at(4_880));
         assert_eq!(origin.start_ms, 6_000 + 4_880);
         assert_eq!(origin.gap, Some((6_000, 10_880)));
         assert_eq!(
-            resume.origin("outbound", Duration::ZERO).gap,
+            resume.origin("outbound", at(0)).gap,
             None,
             "a track the old stream never saw starts fresh"
         );
@@ -264,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_stream_after_one_that_ended_continues_the_clock_without_a_gap() {
-        let origin = resumed(6_000, 980, false).origin("inbound", Duration::ZERO);
+        let origin = resumed(6_000, false).origin("inbound", at(980));
         assert_eq!(origin.start_ms, 6_980);
         assert_eq!(origin.gap, None);
     }
@@ -272,12 +293,69 @@ mod tests {
     #[test]
     fn the_clock_follows_the_furthest_frame() {
         let at = Instant::now();
-        let mut clock = TrackClock::start(1_000, 5, 20, at, at);
+        let mut clock = TrackClock::start(1_000, 5, 20, at);
         assert_eq!(clock.end_ms(), 1_020);
         clock.observe(7, 20, at);
         assert_eq!(clock.end_ms(), 1_060);
         clock.observe(6, 20, at);
         clock.observe(4, 20, at);
         assert_eq!(clock.end_ms(), 1_060, "late frames do not move it back");
+    }
+
+    #[test]
+    fn the_end_of_the_audio_comes_from_frame_positions_not_from_when_frames_were_read() {
+        // 100 frames sent in real time from t0; the last 15 were held up (a busy task, a
+        // stalled network) and read together 300 ms late.
+        let t0 = Instant::now();
+        let frame = |i: u64| t0 + Duration::from_millis(20 * (i + 1));
+        let mut clock = TrackClock::start(0, 1, 20, frame(0));
+        for i in 1..85 {
+            clock.observe(i + 1, 20, frame(i));
+        }
+        let late = frame(99) + Duration::from_millis(300);
+        for i in 85..100 {
+            clock.observe(i + 1, 20, late);
+        }
+        assert_eq!(clock.end_ms(), 2_000);
+        assert_eq!(clock.began(), t0);
+        assert_eq!(
+            clock.ended_at(),
+            frame(99),
+            "the last frame's audio ended 2 s after the stream began, however late it was read"
+        );
+    }
+
+    #[test]
+    fn the_estimate_follows_a_sender_whose_clock_runs_slow() {
+        // Each frame arrives 20.02 ms after the one before (1,000 ppm, exaggerated): after
+        // a minute the stream's frames are 60 ms behind their positions.
+        let t0 = Instant::now();
+        let frame = |i: u64| t0 + Duration::from_micros(20_020 * (i + 1));
+        let mut clock = TrackClock::start(0, 1, 20, t0);
+        for i in 1..3_000 {
+            clock.observe(i + 1, 20, frame(i));
+        }
+        let behind = frame(2_999).duration_since(clock.ended_at());
+        assert!(
+            behind < Duration::from_millis(15),
+            "within the window's drift, not a minute's: {behind:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_read_late_is_corrected_by_the_frames_that_follow() {
+        // The first 30 frames waited unread for 400 ms, then frames came in real time.
+        let t0 = Instant::now();
+        let frame = |i: u64| t0 + Duration::from_millis(20 * (i + 1));
+        let backlog = frame(29) + Duration::from_millis(400);
+        let mut clock = TrackClock::start(0, 1, 20, backlog - Duration::from_millis(20));
+        let mut settled = None;
+        for i in 1..30 {
+            settled = settled.or(clock.observe(i + 1, 20, backlog));
+        }
+        for i in 30..60 {
+            settled = settled.or(clock.observe(i + 1, 20, frame(i)));
+        }
+        assert_eq!(settled, Some(t0));
     }
 }

@@ -1,16 +1,13 @@
 //! Where the bridge's results go: final turns and gaps (durable, each with a call event in
-//! the same transaction), partial turns (live only, a NOTIFY that SSE subscribers on any
-//! replica receive), and the per-call bridge heartbeat.
+//! the same transaction) and the per-call bridge heartbeat. Partial turns (live only) go
+//! through the replica's batched publisher (`crate::partials`).
 
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
-use crate::events::{self, PARTIALS_CHANNEL};
+use crate::events;
 use crate::retry::{self, Failure, Policy};
-
-/// NOTIFY payloads must stay under 8000 bytes.
-const MAX_PARTIAL_TEXT: usize = 6000;
 
 #[derive(Debug, Clone)]
 pub struct FinalTurn {
@@ -43,81 +40,72 @@ pub enum Stored {
     Duplicate,
 }
 
-/// Stores a final turn and its `transcript.final` event in one transaction. Writers of one
-/// call's track are serialised by an advisory lock, so the index check and the insert cannot
-/// race; nothing is ever dropped on a key that new data can collide with.
+/// Stores a final turn and its `transcript.final` event in one statement (so one round trip
+/// and one implicit transaction): nothing is ever dropped on a key that new data can collide
+/// with. The identity (session, turn order) is the only conflict that is ignored — a true
+/// duplicate. A proposed `turn_index` that another turn holds is replaced by the next free
+/// one; if two writers of one track take the same free index at once, the primary key
+/// refuses the second and its retry (`store_final_retrying`) takes the next.
+///
+/// One statement, not a transaction of several: under load a transaction held its pooled
+/// connection, its advisory lock and the call's row lock across every round trip while the
+/// task waited to be polled again, and the pool ran dry (ADR 0026).
 pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
-    let mut client = db.client().await?;
-    let transaction = client.transaction().await?;
-    transaction
-        .execute(
-            "select pg_advisory_xact_lock(hashtext('transcript_turns:' || $1::uuid::text || ':' || $2::text))",
-            &[&turn.call_id, &turn.track],
+    let data = json!({
+        "track": turn.track, "text": turn.text, "language": turn.language,
+        "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
+    });
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            // As `events::append` (sequence, row and notification in one statement), for
+            // the turn just inserted; nothing is appended for a duplicate.
+            "with proposed as (
+                 select case
+                     when $5::int >= 0 and not exists (select 1 from transcript_turns
+                                                       where call_id = $1 and track = $2 and turn_index = $5)
+                     then $5::int
+                     else (select coalesce(max(turn_index) + 1, 0)::int from transcript_turns
+                           where call_id = $1 and track = $2)
+                 end as turn_index
+             ), inserted as (
+                 insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
+                 select $1, $2, p.turn_index, $3, $4, $6, $7, $8, $9, $10, $11 from proposed p
+                 on conflict (call_id, track, session_id, turn_order) do nothing
+                 returning turn_index
+             ), next as (
+                 update calls set event_seq = event_seq + 1
+                 where id = $1 and exists (select 1 from inserted) returning event_seq
+             ), appended as (
+                 insert into call_events (call_id, seq, kind, data, occurred_at)
+                 select $1, n.event_seq, 'transcript.final', $12::jsonb || jsonb_build_object('turn_index', i.turn_index), $13
+                 from next n cross join inserted i
+                 returning seq
+             )
+             select i.turn_index, pg_notify($14, $1::text || ':' || a.seq)
+             from inserted i cross join appended a",
+            &[&turn.call_id, &turn.track, &turn.session_id, &turn.turn_order, &turn.turn_index.unwrap_or(-1),
+              &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language,
+              &data, &chrono::Utc::now(), &events::NOTIFY_CHANNEL],
         )
         .await?;
-    let row = transaction
-        .query_one(
-            "select exists (select 1 from transcript_turns
-                            where call_id = $1 and track = $2 and session_id = $3 and turn_order = $4),
-                    exists (select 1 from transcript_turns
-                            where call_id = $1 and track = $2 and turn_index = $5),
-                    coalesce(max(turn_index) + 1, 0)
-             from transcript_turns where call_id = $1 and track = $2",
-            &[&turn.call_id, &turn.track, &turn.session_id, &turn.turn_order, &turn.turn_index.unwrap_or(-1)],
-        )
-        .await?;
-    let (duplicate, taken, next): (bool, bool, i32) = (row.get(0), row.get(1), row.get(2));
-    if duplicate {
-        transaction.commit().await?;
+    let Some(row) = row else {
         metrics::counter!("transcript_turns_duplicate_total").increment(1);
         tracing::debug!(call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, "duplicate final turn ignored");
         return Ok(Stored::Duplicate);
-    }
-    let (turn_index, stored) = match turn.turn_index {
-        Some(proposed) if taken => (
-            next,
-            Stored::Renumbered {
-                proposed,
-                turn_index: next,
-            },
-        ),
-        Some(proposed) => (
-            proposed,
-            Stored::New {
-                turn_index: proposed,
-            },
-        ),
-        None => (next, Stored::New { turn_index: next }),
     };
-    transaction
-        .execute(
-            "insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[&turn.call_id, &turn.track, &turn_index, &turn.session_id, &turn.turn_order, &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language],
-        )
-        .await?;
-    let data = json!({
-        "track": turn.track, "turn_index": turn_index, "text": turn.text, "language": turn.language,
-        "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
-    });
-    events::append(
-        &*transaction,
-        turn.call_id,
-        "transcript.final",
-        data,
-        chrono::Utc::now(),
-    )
-    .await?;
-    transaction.commit().await?;
-    if let Stored::Renumbered {
-        proposed,
-        turn_index,
-    } = stored
-    {
-        metrics::counter!("transcript_turns_renumbered_total").increment(1);
-        tracing::warn!(call_id = %turn.call_id, track = turn.track, proposed, turn_index, "turn index already taken by another turn; stored under the next free one");
+    let turn_index: i32 = row.get(0);
+    match turn.turn_index {
+        Some(proposed) if proposed != turn_index => {
+            metrics::counter!("transcript_turns_renumbered_total").increment(1);
+            tracing::warn!(call_id = %turn.call_id, track = turn.track, proposed, turn_index, "turn index already taken by another turn; stored under the next free one");
+            Ok(Stored::Renumbered {
+                proposed,
+                turn_index,
+            })
+        }
+        _ => Ok(Stored::New { turn_index }),
     }
-    Ok(stored)
 }
 
 /// Stores a final turn, retrying transient database errors. A turn that still cannot be
@@ -140,6 +128,8 @@ pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
     }
 }
 
+/// Stores a gap and its `transcript.gap` event in one statement (one round trip, as
+/// `store_final`).
 pub async fn store_gap(
     db: &Db,
     call_id: Uuid,
@@ -148,43 +138,34 @@ pub async fn store_gap(
     duration_ms: i64,
     reason: &str,
 ) -> Result<(), DbError> {
-    let mut client = db.client().await?;
-    let transaction = client.transaction().await?;
-    transaction
-        .execute(
-            "insert into transcript_gaps (call_id, track, start_ms, duration_ms, reason) values ($1, $2, $3, $4, $5)",
-            &[&call_id, &track, &start_ms, &duration_ms, &reason],
-        )
-        .await?;
     let data =
         json!({"track": track, "start_ms": start_ms, "duration_ms": duration_ms, "reason": reason});
-    events::append(
-        &*transaction,
-        call_id,
-        "transcript.gap",
-        data,
-        chrono::Utc::now(),
-    )
-    .await?;
-    transaction.commit().await?;
-    Ok(())
-}
-
-/// Live only: subscribers that are connected now see it; nobody replays it.
-pub async fn publish_partial(
-    db: &Db,
-    call_id: Uuid,
-    track: &str,
-    turn_order: u64,
-    text: &str,
-) -> Result<(), DbError> {
-    let text: String = text.chars().take(MAX_PARTIAL_TEXT / 4).collect();
-    let payload =
-        json!({"call_id": call_id, "track": track, "turn_order": turn_order, "text": text})
-            .to_string();
     let client = db.client().await?;
     client
-        .execute("select pg_notify($1, $2)", &[&PARTIALS_CHANNEL, &payload])
+        .query_one(
+            // As `events::append`, after the gap's row.
+            "with gap as (
+                 insert into transcript_gaps (call_id, track, start_ms, duration_ms, reason)
+                 values ($1, $2, $3, $4, $5) returning call_id
+             ), next as (
+                 update calls set event_seq = event_seq + 1
+                 where id = $1 and exists (select 1 from gap) returning event_seq
+             ), appended as (
+                 insert into call_events (call_id, seq, kind, data, occurred_at)
+                 select $1, event_seq, 'transcript.gap', $6, $7 from next returning seq
+             )
+             select pg_notify($8, $1::text || ':' || seq) from appended",
+            &[
+                &call_id,
+                &track,
+                &start_ms,
+                &duration_ms,
+                &reason,
+                &data,
+                &chrono::Utc::now(),
+                &events::NOTIFY_CHANNEL,
+            ],
+        )
         .await?;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! A Telnyx media-stream client (docs/PROVIDERS.md §1.6): connects to our `stream_url` the way
 //! Telnyx does and plays µ-law audio on both tracks in 20 ms frames — in real time or as fast
 //! as allowed — optionally shuffled within a small window (Telnyx does not guarantee order),
-//! then sends `stop` and collects what the server sent back.
+//! then sends `stop` and collects what the server sent back. An upgrade answered with a 5xx,
+//! 408 or 429, or a connection that fails, is tried again with backoff (at least
+//! `Retry-After`) for up to `RECONNECT_FOR` while the call's audio runs on (ADR 0026).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -44,6 +46,9 @@ pub struct PlayOptions {
     /// live call): the stream starts with the audio of the moment it is connected, paced on
     /// the call's clock, as Telnyx's would. Implies `realtime`.
     pub call_started: Option<tokio::time::Instant>,
+    /// From frame `.0` (of the call's audio) on, every frame reaches the server `.1` late: a
+    /// congested network, or a server too busy to read on time. Implies `realtime`.
+    pub late_from: Option<(usize, Duration)>,
 }
 
 impl PlayOptions {
@@ -60,12 +65,15 @@ impl PlayOptions {
             linger: Duration::ZERO,
             inbound_only: false,
             call_started: None,
+            late_from: None,
         }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct PlayResult {
+    /// Upgrades refused before the stream connected (their HTTP status, 0 when no answer).
+    pub refused: Vec<u16>,
     pub frames_sent: usize,
     /// The moment the first frame's audio began: the call's clock (see `call_started`).
     pub started: Option<tokio::time::Instant>,
@@ -187,9 +195,12 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
             }
         }
     }
-    let (socket, _) = tokio_tungstenite::connect_async(options.stream_url.as_str())
-        .await
-        .map_err(|e| e.to_string())?;
+    // The call's audio runs from the first attempt (or from when the call began): a stream
+    // that connects late starts with the audio of that moment.
+    let call_started = options
+        .call_started
+        .unwrap_or_else(tokio::time::Instant::now);
+    let (socket, refused) = connect(&options.stream_url).await?;
     let (tx, rx) = socket.split();
     let tx = Arc::new(tokio::sync::Mutex::new(tx));
     let reader = tokio::spawn(listen(rx, tx.clone(), stream_id.clone()));
@@ -224,18 +235,25 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
             window.shuffle(&mut rand::rng());
         }
     }
-    let (started, skip) = match options.call_started {
-        Some(call_started) => (
+    let late_start = options.call_started.is_some() || !refused.is_empty();
+    let (started, skip) = if late_start {
+        (
             call_started,
             call_started.elapsed().as_millis() as usize / 20,
-        ),
-        None => (tokio::time::Instant::now(), 0),
+        )
+    } else {
+        (tokio::time::Instant::now(), 0)
     };
-    let realtime = options.realtime || options.call_started.is_some();
+    let realtime = options.realtime || late_start || options.late_from.is_some();
     let mut sent = 0;
     for (index, frame) in frames.into_iter().filter(|(index, _)| *index >= skip) {
         if realtime {
-            tokio::time::sleep_until(started + Duration::from_millis(index as u64 * 20)).await;
+            let late = match options.late_from {
+                Some((from, late)) if index >= from => late,
+                _ => Duration::ZERO,
+            };
+            tokio::time::sleep_until(started + Duration::from_millis(index as u64 * 20) + late)
+                .await;
         }
         // The server may end the stream first (shutdown): stop sending, report what it said.
         if tx.lock().await.send(send(frame)).await.is_err() {
@@ -258,7 +276,54 @@ pub async fn play(options: PlayOptions) -> Result<PlayResult, String> {
         .map_err(|e| e.to_string())?;
     result.frames_sent = sent;
     result.started = Some(started);
+    result.refused = refused;
     Ok(result)
+}
+
+/// How long the simulated Telnyx keeps trying to open a stream whose upgrade failed.
+pub const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// Backoff between attempts: equal jitter from 250 ms doubling to 4 s (`retry::backoff`).
+const RECONNECT_BASE: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(4);
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the stream as Telnyx would retry it (ADR 0026): a 5xx, 408 or 429 answer or no
+/// answer at all is tried again after the backoff, or after `Retry-After` when that is
+/// longer; any other refusal (401, 404: a wrong URL or an ended call) is final. Returns the
+/// socket and the statuses of the refused attempts.
+async fn connect(url: &str) -> Result<(Socket, Vec<u16>), String> {
+    use tokio_tungstenite::tungstenite::Error;
+    let first = tokio::time::Instant::now();
+    let mut refused = Vec::new();
+    loop {
+        let error = match tokio_tungstenite::connect_async(url).await {
+            Ok((socket, _)) => return Ok((socket, refused)),
+            Err(error) => error,
+        };
+        let (status, retry_after) = match &error {
+            Error::Http(response) => (
+                response.status().as_u16(),
+                response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs),
+            ),
+            _ => (0, None),
+        };
+        let retryable = status == 0 || status >= 500 || status == 408 || status == 429;
+        refused.push(status);
+        if !retryable || first.elapsed() >= RECONNECT_FOR {
+            return Err(format!(
+                "the stream upgrade failed {} times (last: {error})",
+                refused.len()
+            ));
+        }
+        let backoff = crate::retry::backoff(RECONNECT_BASE, RECONNECT_MAX, refused.len() as u32);
+        tokio::time::sleep(backoff.max(retry_after.unwrap_or_default())).await;
+    }
 }
 
 type Sink = Arc<

@@ -627,3 +627,123 @@ async fn a_media_upgrade_while_the_pool_is_exhausted_is_503_with_retry_after_not
         .unwrap();
     common::assert_problem(response, 404).await;
 }
+
+/// The simulated Telnyx tries a refused stream again (ADR 0026): the upgrade answered 503
+/// while the pool was exhausted is retried after `Retry-After`, and once a connection is
+/// free the stream connects and the call is transcribed.
+#[tokio::test]
+async fn the_simulated_telnyx_reconnects_a_stream_whose_upgrade_was_refused() {
+    let media = MediaApp::spawn(&[
+        ("DATABASE_POOL_MAX_SIZE", "2"),
+        ("DATABASE_POOL_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let call_id = media.call().await;
+    let db = media.app.state.db.clone();
+    let held = vec![db.client().await.unwrap(), db.client().await.unwrap()];
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(held);
+    });
+    let mut options = PlayOptions::new(
+        media.stream_url(call_id),
+        // The call's audio runs on while the stream is refused: speech after 3 s.
+        telnyx_media::speech_like(&[(3000, false), (1200, true), (800, false)]),
+    );
+    options.realtime = true;
+    let played = telnyx_media::play(options)
+        .await
+        .expect("connected in the end");
+    release.await.unwrap();
+    assert!(!played.refused.is_empty(), "the first upgrade was refused");
+    assert!(
+        played.refused.iter().all(|status| *status == 503),
+        "{:?}",
+        played.refused
+    );
+    assert!(played.frames_sent > 0);
+    assert_eq!(
+        media.wait_for_turns(call_id, 2).await.len(),
+        2,
+        "the stream that came back was transcribed (a turn per track)"
+    );
+}
+
+/// A replica that has just started takes a burst at once (every re-attached stream of a
+/// rolling restart upgrades within a second): half its pool is opened at start, so that
+/// burst does not wait for connections to be opened on a busy machine (ADR 0026).
+#[tokio::test]
+async fn a_started_replica_opens_half_its_pool_before_the_first_burst() {
+    let app = TestApp::spawn_with(&[("DATABASE_POOL_MAX_SIZE", "8")]).await;
+    let mut status = app.state.db.pool_status();
+    for _ in 0..50 {
+        if status.size >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = app.state.db.pool_status();
+    }
+    assert!(status.size >= 4, "{status:?}");
+    assert!(
+        status.available >= 3,
+        "idle, ready for the burst: {status:?}"
+    );
+}
+
+/// `store_final` in one statement keeps ADR 0017's rules: a taken index is replaced by the
+/// next free one (never a drop), the same session's turn again is a duplicate, and each
+/// stored turn has its `transcript.final` event with the index it was stored under.
+#[tokio::test]
+async fn a_final_turn_is_stored_once_under_a_free_index_with_its_event() {
+    use callbridge::media::transcripts::{FinalTurn, Stored, store_final};
+    let media = MediaApp::spawn(&[]).await;
+    let call_id = media.call().await;
+    let turn = |session: &str, order: i64, index: i32| FinalTurn {
+        call_id,
+        track: "inbound",
+        turn_index: Some(index),
+        session_id: session.to_owned(),
+        turn_order: order,
+        text: format!("{session} {order}"),
+        words: serde_json::json!([]),
+        confidence: Some(0.9),
+        start_ms: Some(0),
+        end_ms: Some(100),
+        language: None,
+    };
+    let db = &media.app.state.db;
+    assert_eq!(
+        store_final(db, &turn("a", 0, 0)).await.unwrap(),
+        Stored::New { turn_index: 0 }
+    );
+    assert_eq!(
+        store_final(db, &turn("b", 0, 0)).await.unwrap(),
+        Stored::Renumbered {
+            proposed: 0,
+            turn_index: 1
+        },
+        "another session's turn proposing a taken index"
+    );
+    assert_eq!(
+        store_final(db, &turn("a", 0, 5)).await.unwrap(),
+        Stored::Duplicate
+    );
+    let events: Vec<(i64, serde_json::Value)> = media
+        .app
+        .db()
+        .await
+        .query(
+            "select seq, data from call_events where call_id = $1 and kind = 'transcript.final' order by seq",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].1["turn_index"], 0);
+    assert_eq!(events[1].1["turn_index"], 1);
+    assert_eq!(events[1].1["text"], "b 0");
+    assert_eq!(events[1].0, events[0].0 + 1);
+}

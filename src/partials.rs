@@ -1,0 +1,95 @@
+//! Live partial transcript turns, published in batches: each media bridge hands its newest
+//! partial per track to `Partials`, and one task per replica sends everything pending as
+//! `NOTIFY`s in one statement, then waits for more. Partials are live only (docs/MEDIA_BRIDGE.md)
+//! and a newer one of a track supersedes the older, so only the newest per track is kept.
+//! However many calls and partials, they hold at most one pooled connection at a time: one
+//! spawned checkout per partial once queued hundreds of tasks on the pool under load, and
+//! the media WebSocket upgrades behind them timed out (503, ADR 0026).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::{Db, DbError};
+use crate::events::PARTIALS_CHANNEL;
+
+/// NOTIFY payloads must stay under 8000 bytes (text is at most 4 bytes a character).
+const MAX_PARTIAL_TEXT: usize = 6000;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Partial {
+    turn_order: u64,
+    text: String,
+}
+
+/// The newest unpublished partial per (call, track label).
+type Pending = Arc<Mutex<HashMap<(Uuid, &'static str), Partial>>>;
+
+#[derive(Clone)]
+pub struct Partials {
+    pending: Pending,
+    wake: Arc<Notify>,
+}
+
+impl Partials {
+    /// Starts the publisher; it stops with `shutdown`.
+    pub fn start(db: Db, shutdown: CancellationToken) -> Self {
+        let partials = Self {
+            pending: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        };
+        let (pending, wake) = (partials.pending.clone(), partials.wake.clone());
+        tokio::spawn(async move {
+            while shutdown
+                .run_until_cancelled(wake.notified())
+                .await
+                .is_some()
+            {
+                let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+                if batch.is_empty() {
+                    continue;
+                }
+                metrics::histogram!("transcript_partials_batch_size").record(batch.len() as f64);
+                if let Err(error) = publish(&db, batch).await {
+                    // Live only: a partial that missed its moment is not worth a retry.
+                    tracing::debug!(%error, "publishing partial turns failed");
+                }
+            }
+        });
+        partials
+    }
+
+    /// Queues `text` as the newest partial of `call_id`'s `track`; published with the next
+    /// batch (at once when none is in flight).
+    pub fn publish(&self, call_id: Uuid, track: &'static str, turn_order: u64, text: &str) {
+        let text: String = text.chars().take(MAX_PARTIAL_TEXT / 4).collect();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((call_id, track), Partial { turn_order, text });
+        self.wake.notify_one();
+    }
+}
+
+/// Every pending partial in one statement: one `pg_notify` per partial.
+async fn publish(db: &Db, batch: HashMap<(Uuid, &'static str), Partial>) -> Result<(), DbError> {
+    let payloads: Vec<String> = batch
+        .into_iter()
+        .map(|((call_id, track), partial)| {
+            json!({"call_id": call_id, "track": track, "turn_order": partial.turn_order, "text": partial.text})
+                .to_string()
+        })
+        .collect();
+    let client = db.client().await?;
+    client
+        .execute(
+            "select pg_notify($1, p) from unnest($2::text[]) as p",
+            &[&PARTIALS_CHANNEL, &payloads],
+        )
+        .await?;
+    Ok(())
+}
