@@ -130,7 +130,7 @@ async fn write(
         )
         .await?;
     if !position_calls.is_empty() {
-        save_positions_of(&**client, &position_calls, &tracks, &ends, &since).await?;
+        save_positions_of(&client, &position_calls, &tracks, &ends, &since).await?;
     }
     Ok(())
 }
@@ -138,7 +138,7 @@ async fn write(
 /// `calls[i]`'s `tracks[i]` at `ends[i]` ms, its last frame `since[i]` seconds ago. A
 /// (call, track) appears at most once.
 pub async fn save_positions_of(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl crate::db::GenericClient,
     calls: &[Uuid],
     tracks: &[&str],
     ends: &[i64],
