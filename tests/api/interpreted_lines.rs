@@ -180,7 +180,7 @@ impl Lines {
             )
             .await
             .unwrap();
-        rows.iter().map(|r| r.get(0)).collect()
+        rows.iter().map(|r| r.get("kind")).collect()
     }
 
     fn stream_url(&self, command: &RecordedCommand) -> String {

@@ -47,13 +47,13 @@ async fn media_streams(app: &TestApp, call_id: Uuid) -> Vec<(String, String, boo
     app.db()
         .await
         .query(
-            "select leg, replica, ended_at is null from media_streams where call_id = $1 order by leg",
+            "select leg, replica, ended_at is null as live from media_streams where call_id = $1 order by leg",
             &[&call_id],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get("leg"), r.get("replica"), r.get("live")))
         .collect()
 }
 
@@ -220,7 +220,7 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get::<_, Value>(0)["leg"].clone())
+        .map(|r| r.get::<_, Value>("data")["leg"].clone())
         .collect();
     assert_eq!(kinds.len(), 2);
     assert!(kinds.contains(&json!("agent")) && kinds.contains(&json!("remote")));
