@@ -23,12 +23,10 @@ const AGENT_SAYS: &str = "hello, this is the clinic calling";
 const REMOTE_SAYS: &str = "hola, necesito una cita";
 
 fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64, stop: bool) -> PlayOptions {
-    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
-    options.inbound_only = true;
-    options.realtime = true;
-    options.linger = Duration::from_millis(linger_ms);
-    options.send_stop = stop;
-    options
+    PlayOptions {
+        send_stop: stop,
+        ..common::telnyx::party(url, pattern, linger_ms)
+    }
 }
 
 fn local(url: &str, port: u16) -> String {
