@@ -27,6 +27,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db::GenericClient;
 use crate::recordings::keys;
 use crate::recordings::store;
 use crate::state::AppState;
@@ -81,9 +82,9 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 pub async fn run_once(state: &AppState) -> anyhow::Result<Option<Report>> {
     let lock = crate::db::connect_direct(state.config.database.direct_url.expose()).await?;
     let locked: bool = lock
-        .query_one("select pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .query_one("select pg_try_advisory_lock($1) as locked", &[&LOCK_KEY])
         .await?
-        .get(0);
+        .get("locked");
     if !locked {
         return Ok(None);
     }
@@ -127,9 +128,9 @@ pub async fn tick_for(
     }
     if ours("usage.metering") {
         let client = state.db.client().await?;
-        report.storage_days_recorded = crate::usage::record_storage_days(&**client).await?;
+        report.storage_days_recorded = crate::usage::record_storage_days(client.tokio()).await?;
         report.usage_drift_found =
-            crate::usage::reconcile::run(&**client, state.config.usage.reconcile_drift_secs)
+            crate::usage::reconcile::run(client.tokio(), state.config.usage.reconcile_drift_secs)
                 .await?;
     }
     for (kind, count) in &report.dead_jobs {
@@ -155,7 +156,7 @@ pub struct QuotasEnforced {
 pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> {
     use crate::usage::quota;
     let client = state.db.client().await?;
-    let found = quota::enforce(&**client, &state.config.usage).await?;
+    let found = quota::enforce(client.tokio(), &state.config.usage).await?;
     let mut done = QuotasEnforced {
         warned: found.warned,
         reached: found.reached,
@@ -166,7 +167,7 @@ pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> 
     }
     let telnyx = state.telnyx()?;
     for (call_id, _) in &found.announce {
-        for (ccid, key) in crate::calls::legs::live_control_ids(&**client, *call_id).await? {
+        for (ccid, key) in crate::calls::legs::live_control_ids(&client, *call_id).await? {
             telnyx
                 .speak(
                     &ccid,
@@ -178,10 +179,10 @@ pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> 
         done.announced += 1;
     }
     for (call_id, which) in &found.hang_up {
-        for (ccid, key) in crate::calls::legs::live_control_ids(&**client, *call_id).await? {
+        for (ccid, key) in crate::calls::legs::live_control_ids(&client, *call_id).await? {
             telnyx.hangup(&ccid, &format!("quota-end:{key}")).await?;
         }
-        if quota::hung_up(&**client, *call_id, *which).await? {
+        if quota::hung_up(client.tokio(), *call_id, *which).await? {
             done.ended += 1;
         }
     }
@@ -195,8 +196,10 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
         let expired = client
             .query(
                 "select r.id, r.organisation_id,
-                        coalesce(array_agg(v.object_key) filter (where v.object_key is not null), '{}'),
+                        coalesce(array_agg(v.object_key) filter (where v.object_key is not null), '{}')
+                          as object_keys,
                         coalesce(array_agg(v.staging_key) filter (where v.staging_key is not null), '{}')
+                          as staging_keys
                  from recordings r
                  join organisations o on o.id = r.organisation_id
                  left join recording_versions v on v.recording_id = r.id
@@ -212,9 +215,9 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
         }
         let mut purged = Vec::new();
         for row in &expired {
-            let (id, organisation_id): (Uuid, Uuid) = (row.get(0), row.get(1));
-            let mut objects: Vec<String> = row.get(2);
-            objects.extend(row.get::<_, Vec<String>>(3));
+            let (id, organisation_id): (Uuid, Uuid) = (row.get("id"), row.get("organisation_id"));
+            let mut objects: Vec<String> = row.get("object_keys");
+            objects.extend(row.get::<_, Vec<String>>("staging_keys"));
             let mut all_deleted = true;
             for key in &objects {
                 if !keys::belongs_to(key, organisation_id) {
@@ -285,7 +288,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
         )
         .await?;
     for row in &orphans {
-        let (upload_id, key): (String, String) = (row.get(0), row.get(1));
+        let (upload_id, key): (String, String) = (row.get("upload_id"), row.get("object_key"));
         store::abort_upload(&state.storage, &state.db, &key, &upload_id, Vec::new()).await;
         report.uploads_aborted += 1;
     }
@@ -298,12 +301,12 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
         )
         .await?;
     for row in &pending {
-        let (recording_id, version): (Uuid, i32) = (row.get(0), row.get(1));
-        let organisation_id: Uuid = row.get(4);
+        let (recording_id, version): (Uuid, i32) = (row.get("recording_id"), row.get("version"));
+        let organisation_id: Uuid = row.get("organisation_id");
         let mut ok = true;
         for key in [
-            Some(row.get::<_, String>(2)),
-            row.get::<_, Option<String>>(3),
+            Some(row.get::<_, String>("object_key")),
+            row.get::<_, Option<String>>("staging_key"),
         ]
         .into_iter()
         .flatten()
@@ -313,7 +316,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
             }
         }
         if ok {
-            crate::recordings::release(&**client, recording_id, version).await?;
+            crate::recordings::release(&client, recording_id, version).await?;
             report.pending_versions_dropped += 1;
         }
     }
@@ -382,7 +385,7 @@ pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
     let mut failed = 0;
     for row in &rows {
         let id: Uuid = row.get("id");
-        if crate::calls::fail(&*transaction, id, &reason, None).await? {
+        if crate::calls::fail(&transaction, id, &reason, None).await? {
             failed += 1;
             tracing::warn!(call_id = %id, "stale call failed by the cron");
         }
@@ -396,11 +399,11 @@ pub async fn dead_jobs(state: &AppState) -> anyhow::Result<HashMap<String, i64>>
     let client = state.db.client().await?;
     Ok(client
         .query(
-            "select kind, count(*) from jobs where status = 'dead' group by kind",
+            "select kind, count(*) as dead from jobs where status = 'dead' group by kind",
             &[],
         )
         .await?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| (row.get("kind"), row.get("dead")))
         .collect())
 }

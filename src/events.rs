@@ -6,10 +6,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -33,8 +33,11 @@ pub struct CallEvent {
 }
 
 /// Appends an event in one statement (sequence, row and notification commit together).
+///
+/// Takes `tokio_postgres::GenericClient` until `usage` (which calls it with its own) takes
+/// `db::GenericClient`: pass `client.tokio()` (docs/adr/0039-one-way-structure.md).
 pub async fn append(
-    client: &impl GenericClient,
+    client: &impl tokio_postgres::GenericClient,
     call_id: Uuid,
     kind: &str,
     data: serde_json::Value,
@@ -52,7 +55,7 @@ pub async fn append(
             &[&call_id, &kind, &data, &occurred_at, &NOTIFY_CHANNEL],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.get("seq"))
 }
 
 pub async fn after(
@@ -71,10 +74,10 @@ pub async fn after(
     Ok(rows
         .iter()
         .map(|row| CallEvent {
-            seq: row.get(0),
-            kind: row.get(1),
-            data: row.get(2),
-            occurred_at: row.get(3),
+            seq: row.get("seq"),
+            kind: row.get("kind"),
+            data: row.get("data"),
+            occurred_at: row.get("occurred_at"),
         })
         .collect())
 }
@@ -130,7 +133,7 @@ pub fn follow(
                 return Some((FollowItem::Partial(partial), state));
             }
             let fetched = match state.db.client().await {
-                Ok(client) => after(&**client, state.call_id, state.last, 500).await,
+                Ok(client) => after(&client, state.call_id, state.last, 500).await,
                 Err(error) => Err(error),
             };
             match fetched {

@@ -137,7 +137,7 @@ async fn write(
         )
         .await?;
     if !position_calls.is_empty() {
-        save_positions_of(&**client, &position_calls, &tracks, &ends, &ended).await?;
+        save_positions_of(&client, &position_calls, &tracks, &ends, &ended).await?;
     }
     Ok(())
 }
@@ -145,7 +145,7 @@ async fn write(
 /// `calls[i]`'s `tracks[i]` at `ends[i]` ms, whose audio ended at `ended[i]`. A (call, track)
 /// appears at most once.
 pub async fn save_positions_of(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl crate::db::GenericClient,
     calls: &[Uuid],
     tracks: &[&str],
     ends: &[i64],

@@ -17,60 +17,10 @@ use crate::queue::JobKind;
 /// `rejected` (why nothing was stored: the 400's detail), `not_json` (the body is not JSON,
 /// as opposed to not this provider's webhook), `event_id`, `nul_replaced` and `inserted` (0
 /// for a duplicate). The edge shim runs this statement byte for byte through Hyperdrive
-/// (`received_via = 'edge'`), so both sides store identical rows (docs/STRANGLER.md; ADR 0030).
-pub const INBOX_INSERT_SQL: &str = r#"with parsed as (
-        select read.body, read.refusal,
-               (select count(*) from regexp_matches($2::text, '(?<!\\)((?:\\\\)*)\\u0000', 'g')) as nul_replaced
-        from webhook_body($2::text) read
-    ), event as (
-        select body, nul_replaced, refusal is not null as not_json, case
-            when refusal is not null then 'the body is not JSON: ' || refusal
-            else case $1::text
-            when 'telnyx' then case
-                when (jsonb_typeof(body) = 'object' and body ? 'data') is not true then 'missing data'
-                when (jsonb_typeof(body->'data'->'id') = 'string'
-                      and octet_length(body->'data'->>'id') between 1 and 200) is not true then 'missing data.id'
-                when (jsonb_typeof(body->'data'->'event_type') = 'string'
-                      and octet_length(body->'data'->>'event_type') between 1 and 100) is not true then 'missing data.event_type'
-                end
-            when 'assemblyai' then case
-                when (jsonb_typeof(body->'transcript_id') = 'string'
-                      and octet_length(body->>'transcript_id') between 1 and 200) is not true then 'missing transcript_id'
-                when (jsonb_typeof(body->'status') = 'string'
-                      and octet_length(body->>'status') between 1 and 40) is not true then 'missing status'
-                end
-            else 'unknown provider'
-            end end as rejected,
-            case $1::text when 'telnyx' then body->'data'->>'id'
-                else (body->>'transcript_id') || ':' || (body->>'status') end as event_id,
-            case $1::text when 'telnyx' then replace(body->'data'->>'event_type', '_', '.')
-                else 'transcript.' || (body->>'status') end as event_type,
-            case when $1::text = 'telnyx' then body->'data'->>'occurred_at' end as occurred_text
-        from parsed
-    ), stamped as (
-        select event.*, case
-            when jsonb_typeof(body->'data'->'occurred_at') = 'string'
-             and occurred_text ~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$'
-             and substr(occurred_text, 1, 4) <> '0000'
-             and extract(month from make_date(substr(occurred_text, 1, 4)::int, substr(occurred_text, 6, 2)::int, 1)
-                                    + (substr(occurred_text, 9, 2)::int - 1)) = substr(occurred_text, 6, 2)::int
-            then occurred_text::timestamptz
-            end as occurred_at
-        from event
-    ), inserted as (
-        insert into webhook_inbox (provider, event_id, event_type, occurred_at, payload, received_via)
-        select $1, event_id, event_type, occurred_at, body, $3 from stamped where rejected is null
-        on conflict (provider, event_id) do nothing
-        returning provider, event_id
-    ), enqueued as (
-        insert into jobs (kind, payload, dedupe_key)
-        select provider || '.event', jsonb_build_object('provider', provider, 'event_id', event_id),
-               'webhook:' || provider || ':' || event_id
-        from inserted
-        on conflict (dedupe_key) where dedupe_key is not null do nothing
-        returning id
-    )
-    select rejected, not_json, event_id, nul_replaced, (select count(*) from inserted) as inserted from stamped"#;
+/// (`received_via = 'edge'`), so both sides store identical rows (docs/STRANGLER.md; ADR 0030):
+/// the text lives in `edge-shim/src/webhook_inbox_insert.sql`, which the Worker imports as a
+/// Text module and this constant includes (ADR 0039).
+pub const INBOX_INSERT_SQL: &str = include_str!("../edge-shim/src/webhook_inbox_insert.sql");
 
 /// A provider whose webhooks land in the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,17 +174,33 @@ pub async fn store(db: &Db, provider: Provider, body: &[u8]) -> Result<Stored, D
 mod tests {
     use super::*;
 
-    /// The edge shim runs the inbox statement through Hyperdrive; a copy that drifted would
-    /// store different rows from the edge. This pins the copy to the original.
+    /// The edge shim runs the inbox statement through Hyperdrive and must run this very text:
+    /// `edge-shim/src/inbox.ts` imports the file this module includes (a wrangler `Text`
+    /// module), so there is no copy to drift. Resolving its import proves it names the same
+    /// file; the edge's own test (`test/inbox-sql.test.ts`) proves the Worker receives the
+    /// file's bytes unchanged.
     #[test]
-    fn the_edge_runs_the_same_inbox_statement() {
-        let source = include_str!("../edge-shim/src/inbox.ts");
-        let start = source
-            .find("INBOX_INSERT_SQL = String.raw`")
-            .expect("edge-shim/src/inbox.ts declares INBOX_INSERT_SQL")
-            + "INBOX_INSERT_SQL = String.raw`".len();
-        let end = start + source[start..].find('`').expect("closing backtick");
-        assert_eq!(&source[start..end], INBOX_INSERT_SQL);
+    fn the_edge_imports_the_same_inbox_statement() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let edge = std::fs::read_to_string(root.join("edge-shim/src/inbox.ts")).unwrap();
+        let import = edge
+            .lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix("import INBOX_INSERT_SQL from \"")?;
+                rest.strip_suffix("\";")
+            })
+            .expect("edge-shim/src/inbox.ts imports INBOX_INSERT_SQL from a .sql file");
+        let imported = root
+            .join("edge-shim/src")
+            .join(import)
+            .canonicalize()
+            .unwrap();
+        let ours = root
+            .join("edge-shim/src/webhook_inbox_insert.sql")
+            .canonicalize()
+            .unwrap();
+        assert_eq!(imported, ours);
+        assert_eq!(std::fs::read_to_string(ours).unwrap(), INBOX_INSERT_SQL);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 
 pub mod invitations;
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -48,6 +48,8 @@ impl Role {
         }
     }
 }
+
+crate::db::text_enum!(Role);
 
 /// One organisation as seen by one of its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -139,10 +141,10 @@ pub async fn memberships_of(
         .iter()
         .filter_map(|row| {
             Some(Membership {
-                id: row.get(0),
-                name: row.get(1),
-                role: Role::parse(row.get(2))?,
-                personal: row.get(3),
+                id: row.get("id"),
+                name: row.get("name"),
+                role: row.try_get("role").ok()?,
+                personal: row.get("personal"),
             })
         })
         .collect())
@@ -183,7 +185,7 @@ pub async fn members(
     organisation_id: Uuid,
 ) -> Result<Vec<Member>, DbError> {
     let sql = format!(
-        "select m.user_id, u.name, u.email, m.role, m.created_at
+        "select m.user_id, u.name, u.email, m.role, m.created_at as joined_at
          from memberships m left join {auth_schema}.users u on u.id::text = m.user_id
          where m.organisation_id = $1 order by m.created_at, m.user_id"
     );
@@ -192,11 +194,11 @@ pub async fn members(
         .iter()
         .filter_map(|row| {
             Some(Member {
-                user_id: row.get(0),
-                name: row.get(1),
-                email: row.get(2),
-                role: Role::parse(row.get(3))?,
-                joined_at: row.get(4),
+                user_id: row.get("user_id"),
+                name: row.get("name"),
+                email: row.get("email"),
+                role: row.try_get("role").ok()?,
+                joined_at: row.get("joined_at"),
             })
         })
         .collect())
@@ -217,7 +219,7 @@ pub async fn add_member(
         .execute(
             "insert into memberships (organisation_id, user_id, role) values ($1, $2, $3)
              on conflict do nothing",
-            &[&organisation_id, &user_id, &role.as_str()],
+            &[&organisation_id, &user_id, &role],
         )
         .await?;
     Ok(if inserted == 1 {
@@ -248,7 +250,7 @@ pub async fn remove_member(
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("user_id"))
         .collect();
     if owners.len() == 1 && owners[0] == user_id {
         return Ok(RemoveOutcome::LastOwner);
@@ -278,7 +280,7 @@ pub async fn role_of(
             &[&organisation_id, &user_id],
         )
         .await?
-        .and_then(|row| Role::parse(row.get(0))))
+        .and_then(|row| row.try_get("role").ok()))
 }
 
 /// The user's stored active organisation, if it is still one of their memberships.
@@ -296,7 +298,7 @@ pub async fn active_organisation_of(
             &[&user_id],
         )
         .await?;
-    Ok(rows.first().map(|row| row.get(0)))
+    Ok(rows.first().map(|row| row.get("active_organisation_id")))
 }
 
 /// Stores `organisation_id` as the user's active organisation (membership checked by the

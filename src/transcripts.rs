@@ -2,10 +2,10 @@
 //! bridge, the spoken translations, the latest post-call transcript and how far live and
 //! post-call agree (`GET /api/calls/{id}/transcript`). Reads only; scoped by organisation.
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -138,15 +138,15 @@ pub async fn recordings_of_call(
     for recording in recordings::list_for_call(client, organisation_id, id).await? {
         let post = client
             .query_opt(
-                "select status, coalesce(words, '[]') from post_call_transcripts
+                "select status, coalesce(words, '[]') as words from post_call_transcripts
                  where recording_id = $1 order by version desc, submitted_at desc limit 1",
                 &[&recording.id],
             )
             .await?;
         let (post_call_status, agreement) = match post {
             Some(row) => {
-                let status: String = row.get(0);
-                let words: Value = row.get(1);
+                let status: String = row.get("status");
+                let words: Value = row.get("words");
                 let agreement = (status == "completed")
                     .then(|| agreement_with(&live, &words, recording.leg.as_deref()))
                     .flatten();
@@ -231,15 +231,15 @@ pub async fn for_call(
                 &[&post.recording_id],
             )
             .await?
-            .and_then(|row| row.get(0)),
+            .and_then(|row| row.get("leg")),
         None => None,
     };
     let agreement = post_call
         .as_ref()
         .filter(|p| p.status == "completed")
         .and_then(|post| agreement_with(&live, &post.words, leg.as_deref()));
-    let utterances = utterances::for_call(client, id).await?;
-    let conversation = utterances::conversation(client, id).await?;
+    let utterances = utterances::for_call(client.tokio(), id).await?;
+    let conversation = utterances::conversation(client.tokio(), id).await?;
     Ok(Some(CallTranscript {
         call_id: id,
         conversation,

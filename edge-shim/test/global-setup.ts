@@ -4,13 +4,23 @@
 // holds it (Miniflare's Hyperdrive proxy may still: forcing would reset its sockets), and
 // drops earlier runs' databases that nobody holds any more. The database
 // paths of the edge (inbox writes, the queue consumer, cron) are tested against it, as the
-// container's suites test against PostgreSQL: a real database, no mock.
+// container's suites test against PostgreSQL: a real database, no mock. It also hands the
+// tests the inbox statement's file as read from disk (test/inbox-sql.test.ts).
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
+import type { TestProject } from "vitest/node";
 import { adminUrl, testDatabase } from "./database";
 
-export async function setup(): Promise<() => Promise<void>> {
+declare module "vitest" {
+  export interface ProvidedContext {
+    /** The bytes of src/webhook_inbox_insert.sql as Node reads them (test/inbox-sql.test.ts). */
+    inboxSqlFile: string;
+  }
+}
+
+export async function setup(project: TestProject): Promise<() => Promise<void>> {
+  project.provide("inboxSqlFile", readFileSync(join(import.meta.dirname, "..", "src", "webhook_inbox_insert.sql"), "utf8"));
   const admin = new pg.Client({ connectionString: adminUrl() });
   await admin.connect();
   const stale = await admin.query<{ datname: string }>(

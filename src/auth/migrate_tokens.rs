@@ -6,7 +6,7 @@
 //! PostgreSQL (`sha256(convert_to(token, 'UTF8'))`), byte-identical to `hash_token`. Readers
 //! must accept both forms (`AUTH_TOKEN_STORAGE=dual`) before this runs.
 
-use tokio_postgres::GenericClient;
+use crate::db::GenericClient;
 
 use crate::config::is_sql_identifier;
 use crate::db::DbError;
@@ -17,9 +17,9 @@ pub const HASHED_PATTERN: &str = "^[0-9a-f]{64}$";
 pub async fn remaining(client: &impl GenericClient, schema: &str) -> Result<i64, DbError> {
     check_schema(schema)?;
     let sql = format!(
-        r#"select count(*) from {schema}.sessions where "sessionToken" !~ '{HASHED_PATTERN}'"#
+        r#"select count(*) as remaining from {schema}.sessions where "sessionToken" !~ '{HASHED_PATTERN}'"#
     );
-    Ok(client.query_one(&sql, &[]).await?.get(0))
+    Ok(client.query_one(&sql, &[]).await?.get("remaining"))
 }
 
 fn check_schema(schema: &str) -> Result<(), DbError> {
@@ -50,7 +50,7 @@ pub async fn run(
            update {schema}.sessions s
            set "sessionToken" = encode(sha256(convert_to(s."sessionToken", 'UTF8')), 'hex')
            from batch where s.id = batch.id
-           returning s.id::bigint"#
+           returning s.id::bigint as id"#
     );
     let mut last_id: i64 = 0;
     let mut done: u64 = 0;
@@ -62,7 +62,7 @@ pub async fn run(
         }
         last_id = rows
             .iter()
-            .map(|row| row.get::<_, i64>(0))
+            .map(|row| row.get::<_, i64>("id"))
             .max()
             .unwrap_or(last_id);
         done += rows.len() as u64;

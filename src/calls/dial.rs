@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{Call, CallStatus, NewCall, guard, interpreted, stream_token};
 use crate::db::DbError;
+use crate::db::GenericClient;
 use crate::events;
 use crate::providers::telnyx::{self, DialRequest, StreamSettings, TelnyxError};
 use crate::state::AppState;
@@ -88,7 +89,7 @@ pub(super) fn now_unix() -> u64 {
 async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
     let telnyx = state.telnyx()?;
     let mut client = state.db.client().await?;
-    if !super::org_owns_number(&**client, dial.organisation_id, &dial.from).await? {
+    if !super::org_owns_number(&client, dial.organisation_id, &dial.from).await? {
         return Err(DialError::Invalid(NOT_OUR_NUMBER.into()));
     }
     let new = NewCall {
@@ -150,7 +151,7 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
     match telnyx.dial(&request).await {
         Ok(dialed) => {
             super::advance(
-                &**client,
+                &client,
                 call.id,
                 CallStatus::Dialing,
                 (
@@ -161,7 +162,7 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
             )
             .await?;
             events::append(
-                &**client,
+                client.tokio(),
                 call.id,
                 "call.dialing",
                 json!({"status": "dialing"}),
@@ -170,11 +171,11 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
             .await?;
         }
         Err(error) => {
-            super::fail(&**client, call.id, &error.to_string(), None).await?;
+            super::fail(&client, call.id, &error.to_string(), None).await?;
             return Err(error.into());
         }
     }
-    Ok(super::get_unscoped(&**client, call.id)
+    Ok(super::get_unscoped(&client, call.id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("call vanished"))?)
 }
@@ -203,7 +204,7 @@ pub async fn hang_up(
     by: &str,
 ) -> Result<Call, HangUpError> {
     let client = state.db.client().await?;
-    let call = super::get(&**client, organisation_id, id)
+    let call = super::get(&client, organisation_id, id)
         .await?
         .ok_or(HangUpError::NotFound)?;
     if call.status.is_terminal() {
@@ -211,7 +212,7 @@ pub async fn hang_up(
     }
     if call.interpreted {
         // Both parties: each live leg is hung up under its own command id.
-        let live: Vec<_> = super::legs::for_call(&**client, id)
+        let live: Vec<_> = super::legs::for_call(&client, id)
             .await?
             .into_iter()
             .filter(|leg| !leg.status.is_terminal() && leg.telnyx_call_control_id.is_some())
@@ -237,7 +238,7 @@ pub async fn hang_up(
             .await?;
     }
     events::append(
-        &**client,
+        client.tokio(),
         id,
         "call.hangup_requested",
         json!({"by": by}),

@@ -12,9 +12,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::db::GenericClient;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::destinations::{self, BlockedKind};
@@ -222,7 +223,7 @@ pub async fn allowed_countries(
             &[&organisation_id],
         )
         .await?
-        .and_then(|row| row.get(0));
+        .and_then(|row| row.get("dial_countries"));
     let mut countries: BTreeSet<String> = match own {
         Some(list) => list.into_iter().collect(),
         None => client
@@ -232,7 +233,7 @@ pub async fn allowed_countries(
             )
             .await?
             .iter()
-            .filter_map(|row| destinations::classify(row.get(0)))
+            .filter_map(|row| destinations::classify(row.get("e164")))
             .map(|d| d.country.to_owned())
             .collect(),
     };
@@ -254,7 +255,12 @@ pub async fn policy(
             &[&organisation_id],
         )
         .await?
-        .map(|row| (row.get(0), Role::parse(row.get(1)).unwrap_or(Role::Member))))
+        .map(|row| {
+            (
+                row.get("dial_countries"),
+                row.try_get("dial_min_role").unwrap_or(Role::Member),
+            )
+        }))
 }
 
 pub async fn set_policy(
@@ -266,7 +272,7 @@ pub async fn set_policy(
     client
         .execute(
             "update organisations set dial_countries = $2, dial_min_role = $3 where id = $1",
-            &[&organisation_id, &countries, &min_role.as_str()],
+            &[&organisation_id, &countries, &min_role],
         )
         .await?;
     Ok(())
@@ -353,8 +359,8 @@ pub async fn admit<'a>(
         .await?;
     let (min_role, role) = match &policy {
         Some(row) => (
-            Role::parse(row.get(0)).unwrap_or(Role::Member),
-            row.get::<_, Option<&str>>(1).and_then(Role::parse),
+            row.try_get("dial_min_role").unwrap_or(Role::Member),
+            row.try_get::<_, Option<Role>>("role").ok().flatten(),
         ),
         None => (Role::Owner, None),
     };
@@ -381,22 +387,26 @@ pub async fn admit<'a>(
     let counts = transaction
         .query_one(
             "select
-                count(*) filter (where organisation_id = $1 and status not in ('ended', 'failed')),
-                count(*) filter (where created_by = $2 and status not in ('ended', 'failed')),
-                count(*) filter (where organisation_id = $1 and created_at > now() - interval '60 seconds'),
-                count(*) filter (where created_by = $2 and created_at > now() - interval '60 seconds'),
-                min(created_at) filter (where organisation_id = $1 and created_at > now() - interval '60 seconds'),
-                min(created_at) filter (where created_by = $2 and created_at > now() - interval '60 seconds'),
-                now()
+                count(*) filter (where organisation_id = $1 and status not in ('ended', 'failed')) as org_live,
+                count(*) filter (where created_by = $2 and status not in ('ended', 'failed')) as user_live,
+                count(*) filter (where organisation_id = $1 and created_at > now() - interval '60 seconds') as org_minute,
+                count(*) filter (where created_by = $2 and created_at > now() - interval '60 seconds') as user_minute,
+                min(created_at) filter (where organisation_id = $1 and created_at > now() - interval '60 seconds') as org_oldest,
+                min(created_at) filter (where created_by = $2 and created_at > now() - interval '60 seconds') as user_oldest,
+                now() as now
              from calls
              where direction = 'outbound' and (organisation_id = $1 or created_by = $2)
                and (status not in ('ended', 'failed') or created_at > now() - interval '60 seconds')",
             &[&organisation_id, &user_id],
         )
         .await?;
-    let (org_live, user_live, org_minute, user_minute): (i64, i64, i64, i64) =
-        (counts.get(0), counts.get(1), counts.get(2), counts.get(3));
-    let now: chrono::DateTime<Utc> = counts.get(6);
+    let (org_live, user_live, org_minute, user_minute): (i64, i64, i64, i64) = (
+        counts.get("org_live"),
+        counts.get("user_live"),
+        counts.get("org_minute"),
+        counts.get("user_minute"),
+    );
+    let now: chrono::DateTime<Utc> = counts.get("now");
     // The window frees a place when its oldest call turns 60 s old.
     let retry_after = |oldest: Option<chrono::DateTime<Utc>>| {
         oldest.map_or(1, |oldest| {
@@ -422,7 +432,7 @@ pub async fn admit<'a>(
         return Err(Refusal::PerMinute {
             scope: Scope::Organisation,
             limit: limits.max_per_minute_per_org,
-            retry_after_secs: retry_after(counts.get(4)),
+            retry_after_secs: retry_after(counts.get("org_oldest")),
         }
         .into());
     }
@@ -430,7 +440,7 @@ pub async fn admit<'a>(
         return Err(Refusal::PerMinute {
             scope: Scope::User,
             limit: limits.max_per_minute_per_user,
-            retry_after_secs: retry_after(counts.get(5)),
+            retry_after_secs: retry_after(counts.get("user_oldest")),
         }
         .into());
     }

@@ -5,9 +5,9 @@
 
 use std::collections::VecDeque;
 
+use crate::db::GenericClient;
 use chrono::Utc;
 use serde_json::json;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::dial::{DialError, NOT_OUR_NUMBER, now_unix};
@@ -60,7 +60,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     speech_for(state, Role::Remote, &dial.remote.language)?;
     let telnyx = state.telnyx()?;
     let mut client = state.db.client().await?;
-    if !super::org_owns_number(&**client, dial.organisation_id, &dial.from).await? {
+    if !super::org_owns_number(&client, dial.organisation_id, &dial.from).await? {
         return Err(DialError::Invalid(NOT_OUR_NUMBER.into()));
     }
     // The toll-fraud guard, for both parties' numbers: the call is inserted under its locks.
@@ -110,7 +110,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
         .await?;
     }
     events::append(
-        transaction,
+        transaction.tokio(),
         call.id,
         "call.created",
         json!({"direction": "outbound", "interpreted": true, "agent": dial.agent.number, "remote": dial.remote.number}),
@@ -119,21 +119,21 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
     .await?;
     permit.commit(call.id).await?;
 
-    let agent = legs::by_role(&**client, call.id, Role::Agent)
+    let agent = legs::by_role(&client, call.id, Role::Agent)
         .await?
         .ok_or_else(|| anyhow::anyhow!("agent leg vanished"))?;
-    if let Err(error) = dial_leg(state, &**client, telnyx, &call, &agent).await {
+    if let Err(error) = dial_leg(state, &client, telnyx, &call, &agent).await {
         if let DialError::Telnyx(telnyx_error) = &error {
             let reason = format!("the agent could not be dialed: {telnyx_error}");
-            legs::mark_failed(&**client, agent.id, &reason).await?;
-            super::fail(&**client, call.id, &reason, Some(Role::Agent)).await?;
+            legs::mark_failed(&client, agent.id, &reason).await?;
+            super::fail(&client, call.id, &reason, Some(Role::Agent)).await?;
             // The remote party is then never dialed.
-            legs::settle(&**client, call.id).await?;
+            legs::settle(&client, call.id).await?;
         }
         return Err(error);
     }
-    super::advance(&**client, call.id, CallStatus::Dialing, (None, None, None)).await?;
-    Ok(super::get_unscoped(&**client, call.id)
+    super::advance(&client, call.id, CallStatus::Dialing, (None, None, None)).await?;
+    Ok(super::get_unscoped(&client, call.id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("call vanished"))?)
 }
@@ -187,7 +187,7 @@ pub async fn dial_leg(
     )
     .await?;
     events::append(
-        client,
+        client.tokio(),
         call.id,
         "call.dialing",
         json!({"status": "dialing", "leg": leg.role.as_str()}),
@@ -228,7 +228,7 @@ pub async fn follow_up(
                         let reason = format!("{who} could not be dialed: {error}");
                         legs::mark_failed(client, leg.id, &reason).await?;
                         events::append(
-                            client,
+                            client.tokio(),
                             call.id,
                             "call.leg_failed",
                             json!({"leg": leg.role.as_str(), "failure_reason": reason}),
@@ -255,7 +255,7 @@ pub async fn follow_up(
                 }
                 telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await?;
                 events::append(
-                    client,
+                    client.tokio(),
                     call.id,
                     "call.hangup_requested",
                     json!({"leg": leg.role.as_str(), "because": "the other party's leg ended"}),

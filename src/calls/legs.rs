@@ -8,9 +8,10 @@
 //! what must happen next (dial the remote party, hang up the other leg), so a redelivered or
 //! reordered event converges on the same call and never repeats a command.
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,6 +54,8 @@ impl Role {
     }
 }
 
+crate::db::text_enum!(Role);
+
 /// One party's leg as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Leg {
@@ -93,29 +96,29 @@ const LEG_COLUMNS: &str = "l.id, l.role, l.number, l.language, l.voice_id, l.sta
      l.answered_at, l.ended_at, l.call_id, l.telnyx_call_control_id, l.dial_requested_at, \
      l.hangup_requested_at, \
      (select t.language from transcript_turns t where t.call_id = l.call_id and t.track = l.role \
-        and t.language is not null order by t.created_at desc limit 1)";
+        and t.language is not null order by t.created_at desc limit 1) as detected_language";
 
 fn leg_from_row(row: &Row) -> Leg {
     Leg {
-        id: row.get(0),
-        role: Role::parse(row.get(1)).unwrap_or(Role::Remote),
-        number: row.get(2),
-        language: row.get(3),
-        voice_id: row.get(4),
-        status: CallStatus::parse(row.get(5)).unwrap_or(CallStatus::Failed),
-        stream_state: row.get(6),
-        hangup_cause: row.get(7),
-        hangup_source: row.get(8),
-        sip_hangup_cause: row.get(9),
-        failure_reason: row.get(10),
-        initiated_at: row.get(11),
-        answered_at: row.get(12),
-        ended_at: row.get(13),
-        call_id: row.get(14),
-        telnyx_call_control_id: row.get(15),
-        dial_requested_at: row.get(16),
-        hangup_requested_at: row.get(17),
-        detected_language: row.get(18),
+        id: row.get("id"),
+        role: row.try_get("role").unwrap_or(Role::Remote),
+        number: row.get("number"),
+        language: row.get("language"),
+        voice_id: row.get("voice_id"),
+        status: row.try_get("status").unwrap_or(CallStatus::Failed),
+        stream_state: row.get("stream_state"),
+        hangup_cause: row.get("hangup_cause"),
+        hangup_source: row.get("hangup_source"),
+        sip_hangup_cause: row.get("sip_hangup_cause"),
+        failure_reason: row.get("failure_reason"),
+        initiated_at: row.get("initiated_at"),
+        answered_at: row.get("answered_at"),
+        ended_at: row.get("ended_at"),
+        call_id: row.get("call_id"),
+        telnyx_call_control_id: row.get("telnyx_call_control_id"),
+        dial_requested_at: row.get("dial_requested_at"),
+        hangup_requested_at: row.get("hangup_requested_at"),
+        detected_language: row.get("detected_language"),
     }
 }
 
@@ -140,16 +143,16 @@ pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uui
             &[
                 &Uuid::now_v7(),
                 &leg.call_id,
-                &leg.role.as_str(),
+                &leg.role,
                 &leg.number,
                 &leg.language,
                 &leg.voice_id,
-                &leg.status.as_str(),
+                &leg.status,
                 &leg.telnyx_call_control_id,
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.get("id"))
 }
 
 /// The call's legs, agent first.
@@ -213,7 +216,7 @@ pub async fn by_role(
 ) -> Result<Option<Leg>, DbError> {
     let sql = format!("select {LEG_COLUMNS} from call_legs l where l.call_id = $1 and l.role = $2");
     Ok(client
-        .query_opt(&sql, &[&call_id, &role.as_str()])
+        .query_opt(&sql, &[&call_id, &role])
         .await?
         .as_ref()
         .map(leg_from_row))
@@ -360,11 +363,11 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
     // An interpreted call that came in is a line's: its caller is on the line first.
     let inbound: bool = client
         .query_opt(
-            "select direction = 'inbound' from calls where id = $1",
+            "select direction = 'inbound' as inbound from calls where id = $1",
             &[&call_id],
         )
         .await?
-        .is_some_and(|row| row.get(0));
+        .is_some_and(|row| row.get("inbound"));
     let (first, second) = if inbound {
         (remote, agent)
     } else {
@@ -514,7 +517,7 @@ async fn forward(
                                     else least(coalesce(initiated_at, $3), $3) end,
                 updated_at = now()
              where id = $1",
-            &[&call_id, &status.as_str(), &at],
+            &[&call_id, &status, &at],
         )
         .await?;
     Ok(())

@@ -9,10 +9,11 @@
 //! Prompts are spoken by Telnyx (`speak`) one after the other: each carries its place in
 //! `client_state`, and its `call.speak.ended` webhook starts the next.
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -95,29 +96,29 @@ pub struct Line {
     pub updated_at: DateTime<Utc>,
 }
 
-const LINE_COLUMNS: &str = "l.phone_number_id, n.e164, l.forward_to, l.caller_language, \
+const LINE_COLUMNS: &str = "l.phone_number_id, n.e164 as number, l.forward_to, l.caller_language, \
      l.caller_languages, l.agent_language, l.caller_voice_id, l.agent_voice_id, l.greeting, \
      l.apology, l.agent_timeout_secs, l.original_audio, l.prompts, l.created_at, l.updated_at, \
      l.organisation_id, l.record";
 
 fn line_from_row(row: &Row) -> Line {
     Line {
-        phone_number_id: row.get(0),
-        number: row.get(1),
-        forward_to: row.get(2),
-        caller_language: row.get(3),
-        caller_languages: row.get(4),
-        agent_language: row.get(5),
-        caller_voice_id: row.get(6),
-        agent_voice_id: row.get(7),
-        greeting: row.get(8),
-        apology: row.get(9),
-        agent_timeout_secs: row.get(10),
-        original_audio: row.get(11),
-        record: row.get(16),
-        prompts: serde_json::from_value(row.get(12)).unwrap_or_default(),
-        created_at: row.get(13),
-        updated_at: row.get(14),
+        phone_number_id: row.get("phone_number_id"),
+        number: row.get("number"),
+        forward_to: row.get("forward_to"),
+        caller_language: row.get("caller_language"),
+        caller_languages: row.get("caller_languages"),
+        agent_language: row.get("agent_language"),
+        caller_voice_id: row.get("caller_voice_id"),
+        agent_voice_id: row.get("agent_voice_id"),
+        greeting: row.get("greeting"),
+        apology: row.get("apology"),
+        agent_timeout_secs: row.get("agent_timeout_secs"),
+        original_audio: row.get("original_audio"),
+        record: row.get("record"),
+        prompts: serde_json::from_value(row.get("prompts")).unwrap_or_default(),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
     }
 }
 
@@ -343,7 +344,7 @@ pub async fn put(
     }
     check(
         state,
-        &**client,
+        &client,
         &state.config.telephony,
         organisation_id,
         settings,
@@ -382,7 +383,7 @@ pub async fn put(
             ],
         )
         .await?;
-    get(&**client, organisation_id, phone_number_id)
+    get(&client, organisation_id, phone_number_id)
         .await?
         .ok_or(LineError::NotFound)
 }
@@ -431,7 +432,7 @@ async fn by_number(
     Ok(client
         .query_opt(&sql, &[&e164])
         .await?
-        .map(|row| (line_from_row(&row), row.get(15))))
+        .map(|row| (line_from_row(&row), row.get("organisation_id"))))
 }
 
 /// What one call of a line plays to its caller, copied from the line when it arrived.
@@ -446,7 +447,7 @@ async fn script(client: &impl GenericClient, call_id: Uuid) -> Result<Option<Scr
     Ok(client
         .query_opt("select line_script from calls where id = $1", &[&call_id])
         .await?
-        .and_then(|row| row.get::<_, Option<serde_json::Value>>(0))
+        .and_then(|row| row.get::<_, Option<serde_json::Value>>("line_script"))
         .and_then(|value| serde_json::from_value(value).ok()))
 }
 
@@ -546,7 +547,7 @@ pub async fn answer_inbound(
     .await?;
     legs::settle(client, call.id).await?;
     events::append(
-        client,
+        client.tokio(),
         call.id,
         "call.created",
         json!({"direction": "inbound", "interpreted": true, "line": line.number,
@@ -555,7 +556,7 @@ pub async fn answer_inbound(
     )
     .await?;
     events::append(
-        client,
+        client.tokio(),
         call.id,
         &event.event_type,
         json!({"telnyx_event_id": event.id, "leg": "remote", "status": "initiated",
@@ -690,7 +691,7 @@ pub async fn greet(
     speak(state, call, caller, &script, first).await?;
     let languages: Vec<&str> = script.prompts.iter().map(|p| p.language.as_str()).collect();
     events::append(
-        client,
+        client.tokio(),
         call.id,
         "line.greeting",
         json!({"leg": "remote", "languages": languages}),
@@ -762,7 +763,7 @@ pub async fn apologise(
     // A failure rolls the claim back with the job's transaction.
     spoken?;
     events::append(
-        client,
+        client.tokio(),
         call.id,
         "line.agent_no_answer",
         json!({"leg": "remote", "agent_timeout_secs": script.agent_timeout_secs,
@@ -794,7 +795,7 @@ async fn hang_up_caller(
         .hangup(ccid, &format!("hangup:{}", caller.id))
         .await?;
     events::append(
-        client,
+        client.tokio(),
         call.id,
         "call.hangup_requested",
         json!({"leg": "remote", "because": "the agent did not answer"}),
@@ -847,11 +848,11 @@ pub async fn on_leg_event(
     }
     let row = client
         .query_one(
-            "select line_apology_at is null and status <> 'answered' from calls where id = $1",
+            "select line_apology_at is null and status <> 'answered' as keep_apologising from calls where id = $1",
             &[&call.id],
         )
         .await?;
-    if row.get::<_, bool>(0) && next.index < next.count.min(script.prompts.len()) {
+    if row.get::<_, bool>("keep_apologising") && next.index < next.count.min(script.prompts.len()) {
         speak(state, call, &caller, &script, next).await?;
     }
     Ok(())

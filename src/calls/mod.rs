@@ -14,9 +14,9 @@ pub mod lines;
 pub mod provisioning;
 pub mod stream_token;
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::GenericClient;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -62,6 +62,8 @@ impl CallStatus {
         matches!(self, CallStatus::Ended | CallStatus::Failed)
     }
 }
+
+crate::db::text_enum!(CallStatus);
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Call {
@@ -115,7 +117,7 @@ pub fn call_from_row(row: &Row) -> Call {
         target_language: row.get("target_language"),
         voice_id: row.get("voice_id"),
         record: row.get("record"),
-        status: CallStatus::parse(row.get("status")).unwrap_or(CallStatus::Failed),
+        status: row.try_get("status").unwrap_or(CallStatus::Failed),
         stream_state: row.get("stream_state"),
         hangup_cause: row.get("hangup_cause"),
         hangup_source: row.get("hangup_source"),
@@ -177,7 +179,7 @@ pub async fn insert(
                 &call.voice_id,
                 &call.record,
                 &call.created_by,
-                &call.status.as_str(),
+                &call.status,
                 &call.telnyx_call_control_id,
                 &call.interpreted,
                 &call.original_audio,
@@ -309,7 +311,7 @@ pub async fn advance(
                 telnyx_call_session_id = coalesce(telnyx_call_session_id, $5),
                 updated_at = now()
              where id = $1",
-            &[&id, &status.as_str(), &telnyx_ids.0, &telnyx_ids.1, &telnyx_ids.2],
+            &[&id, &status, &telnyx_ids.0, &telnyx_ids.1, &telnyx_ids.2],
         )
         .await?;
     mirror_one_leg(client, id).await
@@ -488,7 +490,7 @@ pub async fn fail(
         }
         None => serde_json::json!({"status": "failed", "failure_reason": reason}),
     };
-    crate::events::append(client, id, "call.failed", data, Utc::now()).await?;
+    crate::events::append(client.tokio(), id, "call.failed", data, Utc::now()).await?;
     Ok(true)
 }
 
@@ -506,11 +508,11 @@ pub async fn mark_answer_requested(client: &impl GenericClient, id: Uuid) -> Res
 pub async fn answer_requested(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
     Ok(client
         .query_one(
-            "select answer_requested_at is not null from calls where id = $1",
+            "select answer_requested_at is not null as requested from calls where id = $1",
             &[&id],
         )
         .await?
-        .get(0))
+        .get("requested"))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -525,15 +527,15 @@ pub struct PhoneNumber {
     pub created_at: DateTime<Utc>,
 }
 
-const NUMBER_COLUMNS: &str = "id, e164, label, created_at, source";
+const NUMBER_COLUMNS: &str = "id, e164 as number, label, created_at, source";
 
 fn number_from_row(row: &Row) -> PhoneNumber {
     PhoneNumber {
-        id: row.get(0),
-        number: row.get(1),
-        label: row.get(2),
-        created_at: row.get(3),
-        source: row.get(4),
+        id: row.get("id"),
+        number: row.get("number"),
+        label: row.get("label"),
+        created_at: row.get("created_at"),
+        source: row.get("source"),
     }
 }
 
@@ -618,7 +620,7 @@ pub async fn owner_of_number(
             &[&e164],
         )
         .await?
-        .map(|row| row.get(0)))
+        .map(|row| row.get("organisation_id")))
 }
 
 pub async fn org_owns_number(

@@ -113,7 +113,7 @@ pub async fn search(
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("e164"))
         .collect();
     drop(client);
     let mut offers: Vec<OfferedNumber> = candidates
@@ -178,17 +178,14 @@ async fn for_sale(telnyx: &TelnyxClient, e164: &str) -> Result<bool, TelnyxError
     Ok(offers.iter().any(|n| n.phone_number == e164))
 }
 
-async fn count_numbers(
-    client: &impl tokio_postgres::GenericClient,
-    org: Uuid,
-) -> Result<i64, DbError> {
+async fn count_numbers(client: &impl crate::db::GenericClient, org: Uuid) -> Result<i64, DbError> {
     Ok(client
         .query_one(
-            "select count(*) from phone_numbers where organisation_id = $1",
+            "select count(*) as numbers from phone_numbers where organisation_id = $1",
             &[&org],
         )
         .await?
-        .get(0))
+        .get("numbers"))
 }
 
 /// Assigns `e164` to `organisation_id`: from the account's pool when it is there and free,
@@ -205,7 +202,7 @@ pub async fn claim(
 ) -> Result<PhoneNumber, ClaimError> {
     {
         let client = db.client().await?;
-        if count_numbers(&**client, organisation_id).await? >= limits.max_numbers_per_org {
+        if count_numbers(&client, organisation_id).await? >= limits.max_numbers_per_org {
             return Err(ClaimError::LimitReached {
                 limit: limits.max_numbers_per_org,
             });
@@ -219,7 +216,7 @@ pub async fn claim(
     let orderable = for_sale(telnyx, e164).await? && held.is_none();
 
     let mut client = db.client().await?;
-    let transaction = (**client).transaction().await?;
+    let transaction = client.transaction().await?;
     // One claim per organisation at a time, so the cap holds across replicas.
     transaction
         .execute(
@@ -238,7 +235,7 @@ pub async fn claim(
             &[&e164],
         )
         .await?
-        .map(|row| row.get(0));
+        .map(|row| row.get("organisation_id"));
     match owner {
         Some(owner) if owner == organisation_id => return Err(ClaimError::AlreadyYours),
         Some(_) => return Err(ClaimError::Unavailable),

@@ -685,8 +685,54 @@ impl Reader {
         let media_base_url = self.base_url_or_public("MEDIA_BASE_URL", &public_base_url);
         let hostname = self.string("HOSTNAME");
 
+        // Each section in the order its problems are reported.
         let log = self.log();
+        let http = self.http();
+        let database = self.database();
+        let auth = self.auth();
+        let storage = self.storage();
+        let providers = self.providers();
+        let usage = self.usage();
+        let sentry = self.sentry();
+        let limits = self.limits();
+        let edge = self.edge();
+        let media = self.media();
+        let recordings = self.recordings();
+        let telephony = self.telephony();
 
+        if !self.problems.is_empty() {
+            return Err(ConfigError {
+                problems: self.problems,
+            });
+        }
+        Ok(Config {
+            app_env,
+            bind_address,
+            port,
+            public_base_url: public_base_url.expect("checked above"),
+            webhook_base_url: webhook_base_url.expect("checked above"),
+            media_base_url: media_base_url.expect("checked above"),
+            hostname,
+            log,
+            http,
+            database,
+            auth,
+            storage,
+            providers,
+            sentry,
+            edge,
+            media,
+            recordings,
+            limits,
+            telephony,
+            usage,
+        })
+    }
+
+    /// `ALLOWED_ORIGINS`, the HTTP server's limits and timeouts, `METRICS_TOKEN`.
+    fn http(&mut self) -> HttpConfig {
+        let strict = self.app_env.is_strict();
+        let dev = |value: &'static str| (!strict).then_some(value);
         let allowed_origins = self
             .required("ALLOWED_ORIGINS", dev("http://localhost:3000"))
             .map(|raw| split_list(&raw))
@@ -713,13 +759,18 @@ impl Reader {
             shutdown_grace: Duration::from_secs(self.parsed("SHUTDOWN_GRACE_SECS", 25)),
             metrics_token: self.secret("METRICS_TOKEN"),
         };
-        if app_env == AppEnv::Production && http.metrics_token.is_none() {
+        if self.app_env == AppEnv::Production && http.metrics_token.is_none() {
             // Metrics name routes, tenants' traffic and queue depths: not for the internet.
             self.problem("METRICS_TOKEN", "required when APP_ENV=production");
         }
+        http
+    }
 
-        let database = self.database();
-
+    /// `AUTH_*`: the Auth.js schema, token storage, secret, cookie names and session cache.
+    fn auth(&mut self) -> AuthConfig {
+        let app_env = self.app_env;
+        let strict = app_env.is_strict();
+        let dev = |value: &'static str| (!strict).then_some(value);
         let schema = self.auth_schema();
         let token_storage = match self.string("AUTH_TOKEN_STORAGE").as_deref() {
             None | Some("raw") => TokenStorage::Raw,
@@ -764,7 +815,7 @@ impl Reader {
         });
         let session_cache_ttl =
             Duration::from_secs(self.bounded("AUTH_SESSION_CACHE_TTL_SECS", 15, 0, 60));
-        let auth = AuthConfig {
+        AuthConfig {
             schema,
             token_storage,
             secret: Secret::new(auth_secret),
@@ -783,8 +834,13 @@ impl Reader {
                 1,
                 300,
             )),
-        };
+        }
+    }
 
+    /// `R2_*`: the object store.
+    fn storage(&mut self) -> StorageConfig {
+        let strict = self.app_env.is_strict();
+        let dev = |value: &'static str| (!strict).then_some(value);
         let endpoint = self.required("R2_ENDPOINT", dev("http://127.0.0.1:9000"));
         let endpoint = self.url("R2_ENDPOINT", endpoint);
         let access_key_id = self.required("R2_ACCESS_KEY_ID", dev("callbridge-dev"));
@@ -795,7 +851,7 @@ impl Reader {
         {
             self.problem("R2_BUCKET", "must be 3-63 characters of a-z, 0-9 and -");
         }
-        let storage = StorageConfig {
+        StorageConfig {
             endpoint: endpoint.unwrap_or_else(|| {
                 Url::parse("http://invalid.localhost").expect("a literal, valid URL")
             }),
@@ -804,12 +860,12 @@ impl Reader {
             bucket: bucket.unwrap_or_default(),
             force_path_style: self.boolean("R2_FORCE_PATH_STYLE", !strict),
             create_bucket_if_missing: self.boolean("R2_CREATE_BUCKET", !strict),
-        };
+        }
+    }
 
-        let providers = self.providers();
-        let usage = self.usage();
-
-        let sentry = match self.secret("SENTRY_DSN") {
+    /// `SENTRY_DSN` and its sample rate; `None` without a DSN.
+    fn sentry(&mut self) -> Option<SentryConfig> {
+        match self.secret("SENTRY_DSN") {
             Some(dsn) => {
                 if dsn.expose().parse::<sentry::types::Dsn>().is_err() {
                     self.problem("SENTRY_DSN", "not a valid Sentry DSN");
@@ -820,9 +876,12 @@ impl Reader {
                 })
             }
             None => None,
-        };
+        }
+    }
 
-        let limits = LimitsConfig {
+    /// Rate limits and per-user caps (`RATE_LIMIT_*`, `STREAMS_PER_USER_MAX`, `REALTIME_*`).
+    fn limits(&mut self) -> LimitsConfig {
+        LimitsConfig {
             anonymous_per_min: self.bounded("RATE_LIMIT_ANONYMOUS_PER_MIN", 120, 0, 100_000) as u32,
             session_per_min: self.bounded("RATE_LIMIT_SESSION_PER_MIN", 600, 0, 100_000) as u32,
             auth_failures_per_min: self.bounded("RATE_LIMIT_AUTH_FAILURES_PER_MIN", 30, 0, 100_000)
@@ -835,9 +894,13 @@ impl Reader {
                 1024,
                 16 * 1024 * 1024,
             ) as usize,
-        };
+        }
+    }
+
+    /// `EDGE_*` and Cloudflare Access: what the Worker in front signs and how.
+    fn edge(&mut self) -> EdgeConfig {
         let unsigned_paths = self.path_prefixes("EDGE_UNSIGNED_PATHS", "/healthz,/readyz,/metrics");
-        let edge = EdgeConfig {
+        EdgeConfig {
             shared_secret: self.provider_key("EDGE_SHARED_SECRET"),
             unsigned_paths,
             signature_window: Duration::from_secs(self.bounded(
@@ -848,8 +911,11 @@ impl Reader {
             )),
             cf_access_team_domain: self.string("CF_ACCESS_TEAM_DOMAIN"),
             cf_access_aud: self.string("CF_ACCESS_AUD"),
-        };
+        }
+    }
 
+    /// `MEDIA_*`, the speech models and the original-audio level of the media bridge.
+    fn media(&mut self) -> MediaConfig {
         let batch_ms = self.parsed("MEDIA_BATCH_MS", 100usize);
         if !(50..=1000).contains(&batch_ms) {
             self.problem(
@@ -868,7 +934,7 @@ impl Reader {
         if !(-60.0..=0.0).contains(&ducked_db) {
             self.problem("ORIGINAL_AUDIO_DUCKED_DB", "must be between -60 and 0 (dB)");
         }
-        let media = MediaConfig {
+        MediaConfig {
             speech_models,
             ducked_db,
             speech_model: self
@@ -888,38 +954,7 @@ impl Reader {
             translation_cooldown: Duration::from_secs(
                 self.parsed("TRANSLATION_BREAKER_COOLDOWN_SECS", 30u64),
             ),
-        };
-
-        let recordings = self.recordings();
-        let telephony = self.telephony();
-
-        if !self.problems.is_empty() {
-            return Err(ConfigError {
-                problems: self.problems,
-            });
         }
-        Ok(Config {
-            app_env,
-            bind_address,
-            port,
-            public_base_url: public_base_url.expect("checked above"),
-            webhook_base_url: webhook_base_url.expect("checked above"),
-            media_base_url: media_base_url.expect("checked above"),
-            hostname,
-            log,
-            http,
-            database,
-            auth,
-            storage,
-            providers,
-            sentry,
-            edge,
-            media,
-            recordings,
-            limits,
-            telephony,
-            usage,
-        })
     }
 
     /// A comma-separated list of path prefixes, each starting with `/` (empty entries skipped).

@@ -1,12 +1,16 @@
 //! PostgreSQL access: the deadpool pool every request and job uses, migrations, and the
 //! development-only bootstrap of the Auth.js tables.
 //!
-//! Query functions elsewhere take a `&impl GenericClient` so a handler and a job can share
-//! them and an insert plus its enqueue can commit in one transaction.
+//! Query functions elsewhere take a `&impl GenericClient` ([`GenericClient`], this module's
+//! own) so a handler and a job can share them and an insert plus its enqueue can commit in
+//! one transaction; callers pass `&client` or `&transaction` as they hold it.
 
 pub mod authjs;
+mod generic;
 mod listener;
 
+pub use generic::GenericClient;
+pub(crate) use generic::text_enum;
 pub use listener::{Listener, Notice};
 
 use std::str::FromStr;
@@ -228,15 +232,18 @@ pub struct MigrationStatus {
 pub async fn migration_status(direct_url: &str) -> Result<Vec<MigrationStatus>, DbError> {
     let client = connect_direct(direct_url).await?;
     let exists: bool = client
-        .query_one("select to_regclass('_sqlx_migrations') is not null", &[])
+        .query_one(
+            "select to_regclass('_sqlx_migrations') is not null as history_exists",
+            &[],
+        )
         .await?
-        .get(0);
+        .get("history_exists");
     let applied: Vec<i64> = if exists {
         client
             .query("select version from _sqlx_migrations where success", &[])
             .await?
             .iter()
-            .map(|row| row.get(0))
+            .map(|row| row.get("version"))
             .collect()
     } else {
         Vec::new()

@@ -19,6 +19,7 @@ use crate::auth::{BrowserOrgContext, OrgContext, recheck};
 use crate::calls::dial::{self, DialError, HangUpError};
 use crate::calls::legs::{self, Leg};
 use crate::calls::{self, Call, CallStatus, ListFilter, interpreted};
+use crate::db::GenericClient;
 use crate::events::{self, CallEvent, FollowItem};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
@@ -382,12 +383,18 @@ pub struct CallDetail {
 
 async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<CallDetail, ApiError> {
     let client = state.db.client().await?;
-    let call = calls::get(&**client, organisation_id, id)
+    let call = calls::get(&client, organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let legs = legs::for_call(&**client, id).await?;
-    let translation = utterances::summary(&**client, id).await?;
-    let usage = usage::for_call(&**client, &state.config.usage.prices, organisation_id, id).await?;
+    let legs = legs::for_call(&client, id).await?;
+    let translation = utterances::summary(client.tokio(), id).await?;
+    let usage = usage::for_call(
+        client.tokio(),
+        &state.config.usage.prices,
+        organisation_id,
+        id,
+    )
+    .await?;
     Ok(CallDetail {
         call,
         legs,
@@ -457,7 +464,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let client = state.db.client().await?;
-    calls::get(&**client, org.organisation_id, id)
+    calls::get(&client, org.organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     drop(client);

@@ -58,10 +58,10 @@ pub struct DialingPolicyUpdate {
 async fn read(state: &AppState, organisation_id: Uuid) -> Result<DialingPolicy, ApiError> {
     let limits = &state.config.telephony;
     let client = state.db.client().await?;
-    let (allowed_countries, min_role) = guard::policy(&**client, organisation_id)
+    let (allowed_countries, min_role) = guard::policy(&client, organisation_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let effective_countries = guard::allowed_countries(&**client, limits, organisation_id).await?;
+    let effective_countries = guard::allowed_countries(&client, limits, organisation_id).await?;
     Ok(DialingPolicy {
         allowed_countries,
         effective_countries,
@@ -84,7 +84,7 @@ async fn role(
     user: &CurrentUser,
 ) -> Result<Role, ApiError> {
     let client = state.db.client().await?;
-    orgs::role_of(&**client, organisation_id, user.id())
+    orgs::role_of(&client, organisation_id, user.id())
         .await?
         .ok_or(ApiError::NotFound)
 }
@@ -170,7 +170,7 @@ pub async fn put(
     }
     let client = state.db.client().await?;
     guard::set_policy(
-        &**client,
+        &client,
         organisation_id,
         countries.as_deref(),
         body.min_role,

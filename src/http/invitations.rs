@@ -67,7 +67,7 @@ pub async fn create(
     }
     let mut client = state.db.client().await?;
     match invitations::invite(
-        &mut **client,
+        &mut client,
         organisation_id,
         user.id(),
         &body.email,
@@ -106,7 +106,7 @@ pub async fn list(
         ));
     }
     let client = state.db.client().await?;
-    let pending = invitations::pending(&**client, organisation_id).await?;
+    let pending = invitations::pending(&client, organisation_id).await?;
     Ok(Json(pending))
 }
 
@@ -130,7 +130,7 @@ pub async fn revoke(
         ));
     }
     let client = state.db.client().await?;
-    if invitations::revoke(&**client, organisation_id, invitation_id).await? {
+    if invitations::revoke(&client, organisation_id, invitation_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -147,7 +147,7 @@ pub async fn received(
     user: CurrentUser,
 ) -> Result<Json<Vec<ReceivedInvitation>>, ApiError> {
     let client = state.db.client().await?;
-    let received = invitations::received(&**client, &state.config.auth.schema, user.id()).await?;
+    let received = invitations::received(&client, &state.config.auth.schema, user.id()).await?;
     Ok(Json(received))
 }
 
@@ -160,7 +160,7 @@ async fn answer(
 ) -> Result<Answered, ApiError> {
     let mut client = state.db.client().await?;
     let answered = invitations::answer(
-        &mut **client,
+        &mut client,
         &state.config.auth.schema,
         user.id(),
         invitation_id,

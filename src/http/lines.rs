@@ -132,7 +132,7 @@ pub async fn get(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Line>, ApiError> {
     let client = state.db.client().await?;
-    lines::get(&**client, org.organisation_id, id)
+    lines::get(&client, org.organisation_id, id)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
@@ -154,7 +154,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     org.require(Role::Admin)?;
     let client = state.db.client().await?;
-    if lines::delete(&**client, org.organisation_id, id).await? {
+    if lines::delete(&client, org.organisation_id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

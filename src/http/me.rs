@@ -95,7 +95,7 @@ pub async fn set_active_organisation(
 ) -> Result<Json<ActiveOrganisation>, ApiError> {
     membership_in(&user, body.organisation_id).ok_or(ApiError::NotFound)?;
     let client = state.db.client().await?;
-    let stored = orgs::set_active_organisation(&**client, user.id(), body.organisation_id).await?;
+    let stored = orgs::set_active_organisation(&client, user.id(), body.organisation_id).await?;
     if !stored {
         // The membership went away after this replica cached the session.
         state.sessions.forget_user(user.id());

@@ -36,7 +36,7 @@ pub(super) async fn caller_role(
     user_id: &str,
 ) -> Result<Role, ApiError> {
     let client = state.db.client().await?;
-    orgs::role_of(&**client, organisation_id, user_id)
+    orgs::role_of(&client, organisation_id, user_id)
         .await?
         .ok_or(ApiError::NotFound)
 }
@@ -62,7 +62,7 @@ pub async fn create(
         ));
     }
     let mut client = state.db.client().await?;
-    let membership = orgs::create_organisation(&mut **client, user.id(), name).await?;
+    let membership = orgs::create_organisation(&mut client, user.id(), name).await?;
     state.sessions.forget_user(user.id());
     Ok((StatusCode::CREATED, Json(membership)))
 }
@@ -82,7 +82,7 @@ pub async fn list_members(
 ) -> Result<Json<Vec<Member>>, ApiError> {
     caller_role(&state, organisation_id, user.id()).await?;
     let client = state.db.client().await?;
-    let members = orgs::members(&**client, &state.config.auth.schema, organisation_id).await?;
+    let members = orgs::members(&client, &state.config.auth.schema, organisation_id).await?;
     Ok(Json(members))
 }
 
@@ -95,7 +95,7 @@ async fn remove(
     let role = caller_role(state, organisation_id, user.id()).await?;
     if target != user.id() {
         let client = state.db.client().await?;
-        let target_role = orgs::role_of(&**client, organisation_id, target)
+        let target_role = orgs::role_of(&client, organisation_id, target)
             .await?
             .ok_or(ApiError::NotFound)?;
         if !role.may_assign(target_role) {
@@ -107,7 +107,7 @@ async fn remove(
         }
     }
     let mut client = state.db.client().await?;
-    match orgs::remove_member(&mut **client, organisation_id, target).await? {
+    match orgs::remove_member(&mut client, organisation_id, target).await? {
         RemoveOutcome::LastOwner => Err(ApiError::Conflict(
             "the last owner cannot leave; make someone else owner first".into(),
         )),

@@ -155,7 +155,7 @@ pub async fn list(
 ) -> Result<Json<Vec<PhoneNumber>>, ApiError> {
     let client = state.db.client().await?;
     Ok(Json(
-        calls::list_numbers(&**client, org.organisation_id).await?,
+        calls::list_numbers(&client, org.organisation_id).await?,
     ))
 }
 
@@ -176,7 +176,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     org.require(Role::Admin)?;
     let client = state.db.client().await?;
-    if calls::delete_number(&**client, org.organisation_id, id).await? {
+    if calls::delete_number(&client, org.organisation_id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

@@ -15,7 +15,7 @@ use crate::calls;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
 use crate::media::browser;
-use crate::providers::assemblyai::StreamParams;
+use crate::providers::assemblyai::{AudioEncoding, StreamParams};
 use crate::state::AppState;
 
 /// Browser tokens live one minute: enough to open the socket, useless if leaked later.
@@ -43,13 +43,9 @@ pub struct RealtimeToken {
 
 fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiError> {
     let encoding = match format.encoding.as_deref() {
-        None | Some("pcm_s16le") => "pcm_s16le",
-        Some("pcm_mulaw") => "pcm_mulaw",
-        Some(other) => {
-            return Err(ApiError::Unprocessable(format!(
-                "unsupported encoding {other:?}"
-            )));
-        }
+        None => AudioEncoding::PcmS16le,
+        Some(name) => AudioEncoding::parse(name)
+            .ok_or_else(|| ApiError::Unprocessable(format!("unsupported encoding {name:?}")))?,
     };
     let sample_rate = format.sample_rate.unwrap_or(16_000);
     if !(8_000..=48_000).contains(&sample_rate) || !sample_rate.is_multiple_of(1000) {
@@ -169,7 +165,7 @@ pub async fn transcribe(
     let mut organisation_id = None;
     if let Some(call_id) = format.call_id {
         let client = state.db.client().await?;
-        let call = calls::get_unscoped(&**client, call_id)
+        let call = calls::get_unscoped(&client, call_id)
             .await?
             .ok_or(ApiError::NotFound)?;
         membership_in(&user, call.organisation_id).ok_or(ApiError::NotFound)?;

@@ -97,7 +97,7 @@ async fn within_quota(
         return Ok(None);
     }
     let client = state.db.client().await?;
-    let used = recordings::bytes_used(&**client, organisation_id).await?;
+    let used = recordings::bytes_used(&client, organisation_id).await?;
     let remaining = quota.saturating_sub(used);
     if size > remaining {
         metrics::counter!("limits_refused_total", "limit" => "recordings_quota").increment(1);
@@ -136,7 +136,7 @@ async fn target(
         )),
         (Some(recording_id), None) => {
             org.require(Role::Admin)?;
-            recordings::get(&**client, org.organisation_id, recording_id)
+            recordings::get(&client, org.organisation_id, recording_id)
                 .await?
                 .ok_or(ApiError::NotFound)?;
             Ok(Target::Existing {
@@ -146,7 +146,7 @@ async fn target(
         }
         (None, call_id) => {
             if let Some(call_id) = call_id {
-                calls::get(&**client, org.organisation_id, call_id)
+                calls::get(&client, org.organisation_id, call_id)
                     .await?
                     .ok_or(ApiError::NotFound)?;
             }
@@ -238,12 +238,12 @@ pub async fn upload(
     let stored = match stored {
         Ok(stored) => stored,
         Err(error) => {
-            recordings::release(&**client, reserved.recording_id, reserved.version).await?;
+            recordings::release(&client, reserved.recording_id, reserved.version).await?;
             return Err(error.into());
         }
     };
     recordings::mark_stored(
-        &**client,
+        &client,
         reserved.recording_id,
         reserved.version,
         stored.size as i64,
@@ -252,7 +252,7 @@ pub async fn upload(
     .await?;
     metrics::counter!("recordings_uploaded_total", "path" => "stream").increment(1);
     metrics::counter!("recording_bytes_uploaded_total").increment(stored.size);
-    let recording = recordings::get(&**client, org.organisation_id, reserved.recording_id)
+    let recording = recordings::get(&client, org.organisation_id, reserved.recording_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok((StatusCode::CREATED, Json(recording)))
@@ -373,7 +373,7 @@ pub async fn complete(
     Json(body): Json<CompleteRequest>,
 ) -> Result<Json<Recording>, ApiError> {
     let client = state.db.client().await?;
-    let row = recordings::version(&**client, org.organisation_id, id, body.version)
+    let row = recordings::version(&client, org.organisation_id, id, body.version)
         .await?
         .ok_or(ApiError::NotFound)?;
     if row.status == "pending" {
@@ -400,7 +400,7 @@ pub async fn complete(
                 let sniffed = AudioFormat::sniff(&prefix);
                 if sniffed.is_none() || sniffed != declared {
                     objects::delete(&state.storage, &staging).await?;
-                    recordings::release(&**client, id, body.version).await?;
+                    recordings::release(&client, id, body.version).await?;
                     return Err(StoreError::NotAudio.into());
                 }
                 // Only we write version keys, and only while the version is pending: a
@@ -419,14 +419,14 @@ pub async fn complete(
                 "the upload changed while it was being completed; upload it again".into(),
             ));
         }
-        recordings::mark_stored(&**client, id, body.version, size as i64, &sha256).await?;
+        recordings::mark_stored(&client, id, body.version, size as i64, &sha256).await?;
         // Best effort: the cron deletes staging objects older than a day anyway.
         if let Err(error) = objects::delete(&state.storage, &staging).await {
             tracing::warn!(%error, "could not delete a staging object");
         }
         metrics::counter!("recordings_uploaded_total", "path" => "direct").increment(1);
     }
-    recordings::get(&**client, org.organisation_id, id)
+    recordings::get(&client, org.organisation_id, id)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
@@ -462,7 +462,7 @@ async fn presigned(
     version: Option<i32>,
 ) -> Result<(Recording, Option<Download>), ApiError> {
     let client = state.db.client().await?;
-    let recording = recordings::get(&**client, org.organisation_id, id)
+    let recording = recordings::get(&client, org.organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let wanted = match version {
@@ -479,7 +479,7 @@ async fn presigned(
     let Some(wanted) = wanted else {
         return Ok((recording, None));
     };
-    let row = recordings::version(&**client, org.organisation_id, id, wanted)
+    let row = recordings::version(&client, org.organisation_id, id, wanted)
         .await?
         .ok_or(ApiError::NotFound)?;
     if !crate::recordings::keys::belongs_to(&row.object_key, org.organisation_id) {
@@ -581,7 +581,7 @@ pub async fn list_for_call(
     Path(id): Path<Uuid>,
 ) -> Result<Json<RecordingList>, ApiError> {
     let client = state.db.client().await?;
-    let recordings = transcripts::recordings_of_call(&**client, org.organisation_id, id)
+    let recordings = transcripts::recordings_of_call(&client, org.organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(RecordingList { recordings }))
@@ -601,7 +601,7 @@ pub async fn transcript(
     Path(id): Path<Uuid>,
 ) -> Result<Json<CallTranscript>, ApiError> {
     let client = state.db.client().await?;
-    let transcript = transcripts::for_call(&**client, org.organisation_id, id)
+    let transcript = transcripts::for_call(&client, org.organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(transcript))

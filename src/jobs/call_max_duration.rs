@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::calls;
 use crate::calls::guard::{MaxDurationJob, MaxDurationStep};
+use crate::db::GenericClient;
 use crate::events;
 use crate::queue::Job;
 use crate::state::AppState;
@@ -27,7 +28,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         limit_secs,
     } = job.payload()?;
     let client = state.db.client().await?;
-    let Some(call) = calls::get_unscoped(&**client, call_id).await? else {
+    let Some(call) = calls::get_unscoped(&client, call_id).await? else {
         return Ok(());
     };
     // Never dialled (its dial failed or is still in flight): nothing to hang up; a dial
@@ -37,7 +38,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     }
     // An interpreted call's parties are on their own legs: each live leg is warned and
     // hung up (command ids per leg); a one-leg call has its one call control id.
-    let targets = calls::legs::live_control_ids(&**client, call_id).await?;
+    let targets = calls::legs::live_control_ids(&client, call_id).await?;
     if targets.is_empty() {
         return Ok(());
     }
@@ -59,7 +60,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         }
     };
     let mut client = client;
-    let transaction = (**client).transaction().await?;
+    let transaction = client.transaction().await?;
     let first = transaction
         .execute(
             &format!("update calls set {column} = now() where id = $1 and {column} is null"),
@@ -69,7 +70,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         == 1;
     if first {
         events::append(
-            &transaction,
+            transaction.tokio(),
             call_id,
             kind,
             json!({"limit_secs": limit_secs}),

@@ -11,6 +11,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -19,8 +21,9 @@ use crate::calls::Call;
 use crate::calls::legs::Role;
 use crate::providers::telnyx::WebhookEvent;
 use crate::queue::{self, Job, JobKind, Permanent};
-use crate::recordings::store::{self, Limits, StoreError};
-use crate::recordings::{self, Target};
+use crate::recordings::format::AudioFormat;
+use crate::recordings::store::{self, Limits, Sniffed, StoreError, Stored};
+use crate::recordings::{self, Reserved, Target};
 use crate::retry::{self, Failure, Policy};
 use crate::state::AppState;
 
@@ -71,7 +74,7 @@ pub fn telnyx_recording_id(event: &WebhookEvent) -> String {
 /// Called by the `telnyx.event` job for `call.recording.saved` of a known call; `leg` is the
 /// leg the event came on when the call is interpreted (each leg records itself).
 pub async fn enqueue(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl crate::db::GenericClient,
     call: &Call,
     leg: Option<Role>,
     event: &WebhookEvent,
@@ -199,7 +202,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
 
     let existing = {
         let client = state.db.client().await?;
-        recordings::by_telnyx_id(&**client, &telnyx_id).await?
+        recordings::by_telnyx_id(&client, &telnyx_id).await?
     };
     if let Some((_, Some(_))) = existing {
         tracing::info!(%telnyx_id, "recording already imported");
@@ -245,14 +248,37 @@ struct Import<'a> {
     limits: &'a Limits,
 }
 
+/// The result of one step of an attempt: a [`Failure::Transient`] is worth another attempt.
+type Attempt<T> = Result<T, Failure<anyhow::Error>>;
+
+/// Ends the run: the queue's own backoff (or `Permanent`) decides what happens next.
+fn stop(error: anyhow::Error) -> Failure<anyhow::Error> {
+    Failure::Final(error)
+}
+
 impl Import<'_> {
     /// One attempt: download, sniff, reserve a version, upload, mark it stored and enqueue
     /// its transcription with the job's completion. A failed download or upload is worth
     /// another attempt; an expired link, a non-audio body, a database error (the queue
     /// retries those) end the run.
-    async fn once(&self) -> Result<(), Failure<anyhow::Error>> {
-        let stop = |error: anyhow::Error| Failure::Final(error);
-        let (state, job, limits) = (self.state, self.job, self.limits);
+    async fn once(&self) -> Attempt<()> {
+        let sniffed = self.download().await?;
+        // No pooled connection is held while the download streams.
+        let Some(reserved) = self.reserve(sniffed.format).await? else {
+            return Ok(());
+        };
+        let stored = self.upload(&reserved, sniffed).await?;
+        self.commit(&reserved, &stored).await?;
+        metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);
+        tracing::info!(recording_id = %reserved.recording_id, bytes = stored.size, "Telnyx recording imported");
+        Ok(())
+    }
+
+    /// Starts the download and reads enough of it to recognise the audio. An expired link
+    /// (403/404), a redirect or a body that is not audio is permanent.
+    async fn download(
+        &self,
+    ) -> Attempt<Sniffed<impl Stream<Item = reqwest::Result<Bytes>> + Unpin>> {
         let response = match self.http.get(self.source.clone()).send().await {
             Ok(response) => response,
             Err(error) if error.is_redirect() => {
@@ -281,23 +307,24 @@ impl Import<'_> {
                 "the recording URL answered {status}"
             )));
         }
-        let sniffed = match store::sniff(response.bytes_stream(), None, limits).await {
-            Ok(sniffed) => sniffed,
-            Err(StoreError::NotAudio | StoreError::Empty) => {
-                return Err(stop(
-                    Permanent("the recording URL did not return audio".into()).into(),
-                ));
-            }
-            Err(error) => return Err(Failure::Transient(error.into())),
-        };
-        // No pooled connection is held while the download streams.
-        let mut client = state.db.client().await.map_err(|e| stop(e.into()))?;
+        match store::sniff(response.bytes_stream(), None, self.limits).await {
+            Ok(sniffed) => Ok(sniffed),
+            Err(StoreError::NotAudio | StoreError::Empty) => Err(stop(
+                Permanent("the recording URL did not return audio".into()).into(),
+            )),
+            Err(error) => Err(Failure::Transient(error.into())),
+        }
+    }
+
+    /// Reserves the next version of this Telnyx recording; `None` when one is stored already.
+    async fn reserve(&self, format: AudioFormat) -> Attempt<Option<Reserved>> {
+        let mut client = self.state.db.client().await.map_err(|e| stop(e.into()))?;
         // Looked up again: a failed attempt may have released what the last one made.
-        let target = match recordings::by_telnyx_id(&**client, self.telnyx_id)
+        let target = match recordings::by_telnyx_id(&client, self.telnyx_id)
             .await
             .map_err(|e| stop(e.into()))?
         {
-            Some((_, Some(_))) => return Ok(()),
+            Some((_, Some(_))) => return Ok(None),
             Some((recording_id, None)) => Target::Existing {
                 organisation_id: self.organisation_id,
                 recording_id,
@@ -311,39 +338,53 @@ impl Import<'_> {
                 leg: self.leg.clone(),
             },
         };
-        let reserved = recordings::reserve(&mut client, &target, sniffed.format, None, false)
+        recordings::reserve(&mut client, &target, format, None, false)
             .await
             .context("reserving the recording version")
             .map_err(stop)?
-            .ok_or_else(|| stop(Permanent("recording vanished".into()).into()))?;
-        drop(client);
+            .ok_or_else(|| stop(Permanent("recording vanished".into()).into()))
+            .map(Some)
+    }
+
+    /// Streams the body into the reserved version's object. On failure the version is
+    /// released; a body over the limit is permanent.
+    async fn upload<S>(&self, reserved: &Reserved, sniffed: Sniffed<S>) -> Attempt<Stored>
+    where
+        S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    {
         let stored = store::upload(
-            &state.storage,
-            &state.db,
+            &self.state.storage,
+            &self.state.db,
             &reserved.object_key,
             sniffed.format,
             sniffed.prefix,
             sniffed.rest,
-            limits,
+            self.limits,
         )
         .await;
-        let mut client = state.db.client().await.map_err(|e| stop(e.into()))?;
-        let stored = match stored {
-            Ok(stored) => stored,
+        match stored {
+            Ok(stored) => Ok(stored),
             Err(error) => {
-                recordings::release(&**client, reserved.recording_id, reserved.version)
+                let client = self.state.db.client().await.map_err(|e| stop(e.into()))?;
+                recordings::release(&client, reserved.recording_id, reserved.version)
                     .await
                     .map_err(|e| stop(e.into()))?;
                 if matches!(error, StoreError::TooLarge { .. }) {
                     return Err(stop(Permanent(error.to_string()).into()));
                 }
-                return Err(Failure::Transient(error.into()));
+                Err(Failure::Transient(error.into()))
             }
-        };
+        }
+    }
+
+    /// Marks the version stored, enqueues its transcription and completes this job, in one
+    /// transaction.
+    async fn commit(&self, reserved: &Reserved, stored: &Stored) -> Attempt<()> {
         let commit = async {
+            let mut client = self.state.db.client().await?;
             let transaction = client.transaction().await?;
             recordings::mark_stored(
-                &*transaction,
+                &transaction,
                 reserved.recording_id,
                 reserved.version,
                 stored.size as i64,
@@ -354,15 +395,12 @@ impl Import<'_> {
                 recording_id: reserved.recording_id,
                 version: reserved.version,
             };
-            queue::enqueue(&*transaction, &transcribe.envelope()).await?;
-            job.complete_in(&*transaction).await?;
+            queue::enqueue(&transaction, &transcribe.envelope()).await?;
+            self.job.complete_in(&transaction).await?;
             transaction.commit().await?;
             anyhow::Ok(())
         };
-        commit.await.map_err(stop)?;
-        metrics::counter!("recordings_imported_total", "provider" => "telnyx").increment(1);
-        tracing::info!(recording_id = %reserved.recording_id, bytes = stored.size, "Telnyx recording imported");
-        Ok(())
+        commit.await.map_err(stop)
     }
 }
 

@@ -11,10 +11,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::db::GenericClient;
 use anyhow::Context as _;
 use chrono::Utc;
 use serde_json::json;
-use tokio_postgres::GenericClient;
 
 use crate::calls::legs::{self, Role};
 use crate::calls::{self, CallStatus, NewCall, interpreted, stream_token};
@@ -35,29 +35,29 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     let TelnyxEventJob(EventRef { event_id, .. }) = job.payload()?;
     let mut client = state.db.client().await?;
     let transaction = client.transaction().await?;
-    let tx = &*transaction;
+    let tx = &transaction;
     // The row lock serialises runs of this event; `processed_at` says one already committed.
     let row = tx
         .query_opt(
-            "select payload, occurred_at, received_at, processed_at is not null from webhook_inbox
+            "select payload, occurred_at, received_at, processed_at is not null as processed from webhook_inbox
              where provider = 'telnyx' and event_id = $1
              for update",
             &[&event_id],
         )
         .await?
         .ok_or_else(|| Permanent(format!("inbox has no event {event_id}")))?;
-    if row.get::<_, bool>(3) {
+    if row.get::<_, bool>("processed") {
         tracing::info!(%event_id, "event already applied; nothing to do");
         return finish(transaction, &job, &event_id).await;
     }
-    let envelope: serde_json::Value = row.get(0);
+    let envelope: serde_json::Value = row.get("payload");
     let event =
         WebhookEvent::parse(&envelope).map_err(|e| Permanent(format!("unparseable event: {e}")))?;
     // The instant PostgreSQL read from `data.occurred_at` when the event was stored (the one
     // parser, inbox::INBOX_INSERT_SQL), else when it arrived.
     let occurred_at = row
-        .get::<_, Option<chrono::DateTime<Utc>>>(1)
-        .unwrap_or_else(|| row.get(2));
+        .get::<_, Option<chrono::DateTime<Utc>>>("occurred_at")
+        .unwrap_or_else(|| row.get("received_at"));
 
     let call = match event
         .field("client_state")
@@ -110,7 +110,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     calls::apply_event(tx, call.id, &event.event_type, occurred_at, &event.payload).await?;
     if event.event_type == "call.hangup" {
         // Answer → hang-up per leg, in this transaction: billed once with the event.
-        crate::usage::record_telephony(tx, call.id).await?;
+        crate::usage::record_telephony(tx.tokio(), call.id).await?;
     }
     if is_inbound_start && call.direction == "inbound" {
         answer_once(&state, tx, &call, &event).await?;
@@ -135,7 +135,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             data[field] = json!(value);
         }
     }
-    events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
+    events::append(tx.tokio(), call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         // Telnyx's links expire in 10 minutes: copy the recording now (docs/RECORDINGS.md).
         super::recording_import::enqueue(tx, &updated, None, &event).await?;
@@ -177,7 +177,7 @@ async fn run_for_leg(
     legs::apply_event(tx, leg.id, &event.event_type, occurred_at, &event.payload).await?;
     let next = legs::settle(tx, call.id).await?;
     if event.event_type == "call.hangup" {
-        crate::usage::record_telephony(tx, call.id).await?;
+        crate::usage::record_telephony(tx.tokio(), call.id).await?;
     }
     interpreted::follow_up(state, tx, call, next).await?;
     calls::lines::on_leg_event(state, tx, call, &leg, event).await?;
@@ -204,7 +204,7 @@ async fn run_for_leg(
     if let Some(reason) = &updated.failure_reason {
         data["call_failure_reason"] = json!(reason);
     }
-    events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
+    events::append(tx.tokio(), call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         super::recording_import::enqueue(tx, &updated, Some(leg.role), event).await?;
     }
@@ -213,7 +213,7 @@ async fn run_for_leg(
 
 /// Marks the event processed and the job done with the run's effects, and commits them all.
 async fn finish(
-    transaction: deadpool_postgres::Transaction<'_>,
+    transaction: tokio_postgres::Transaction<'_>,
     job: &Job,
     event_id: &str,
 ) -> anyhow::Result<()> {
@@ -224,7 +224,7 @@ async fn finish(
             &[&event_id],
         )
         .await?;
-    job.complete_in(&*transaction).await?;
+    job.complete_in(&transaction).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -269,7 +269,7 @@ async fn route_inbound(
     let call = match calls::insert(client, &new).await? {
         Some(call) => {
             events::append(
-                client,
+                client.tokio(),
                 call.id,
                 "call.created",
                 json!({"direction": "inbound", "from": from, "to": to}),

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::db::GenericClient;
 use crate::events;
 use crate::inbox::{AssemblyAiEventJob, EventRef};
 use crate::providers::assemblyai_async::{self, AsyncClient, SubmitRequest};
@@ -68,7 +69,7 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
     if already.is_some() {
         return Ok(());
     }
-    let row = recordings::version_unscoped(&**client, recording_id, version)
+    let row = recordings::version_unscoped(&client, recording_id, version)
         .await?
         .ok_or_else(|| Permanent("recording version is gone (purged?)".into()))?;
     if row.status != "stored" {
@@ -111,7 +112,7 @@ pub async fn transcribe(state: AppState, job: Job) -> anyhow::Result<()> {
             &[&recording_id, &version, &row.call_id, &row.organisation_id, &submitted.id, &multichannel],
         )
         .await?;
-    job.complete_in(&*transaction).await?;
+    job.complete_in(&transaction).await?;
     transaction.commit().await?;
     metrics::counter!("post_call_transcripts_submitted_total").increment(1);
     tracing::info!(%recording_id, transcript_id = %submitted.id, "submitted for post-call transcription");
@@ -124,13 +125,16 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         let client = state.db.client().await?;
         let row = client
             .query_opt(
-                "select payload, processed_at is not null from webhook_inbox
+                "select payload, processed_at is not null as processed from webhook_inbox
                  where provider = 'assemblyai' and event_id = $1",
                 &[&event_id],
             )
             .await?
             .ok_or_else(|| Permanent(format!("inbox has no event {event_id}")))?;
-        (row.get::<_, Value>(0), row.get::<_, bool>(1))
+        (
+            row.get::<_, Value>("payload"),
+            row.get::<_, bool>("processed"),
+        )
     };
     if processed {
         return Ok(());
@@ -153,8 +157,11 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         // The webhook can overtake our own insert after submitting: retried with backoff.
         anyhow::bail!("no submitted transcript {transcript_id} yet");
     };
-    let (recording_id, version, call_id): (Uuid, i32, Option<Uuid>) =
-        (row.get(0), row.get(1), row.get(2));
+    let (recording_id, version, call_id): (Uuid, i32, Option<Uuid>) = (
+        row.get("recording_id"),
+        row.get("version"),
+        row.get("call_id"),
+    );
     // No connection is held while AssemblyAI answers.
     let config = state.config.providers.assemblyai()?;
     let transcript = match AsyncClient::new(config).get(&transcript_id).await {
@@ -169,17 +176,17 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
 
     let mut client = state.db.client().await?;
     let transaction = client.transaction().await?;
-    let tx = &*transaction;
+    let tx = &transaction;
     // The row lock serialises runs of this event; `processed_at` says one already committed.
     let processed: bool = tx
         .query_one(
-            "select processed_at is not null from webhook_inbox
+            "select processed_at is not null as processed from webhook_inbox
              where provider = 'assemblyai' and event_id = $1
              for update",
             &[&event_id],
         )
         .await?
-        .get(0);
+        .get("processed");
     if processed {
         return Ok(());
     }
@@ -225,8 +232,8 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         // transaction, so the transcript and its cost commit together, once.
         let entry = crate::usage::Entry {
             owner: crate::usage::Owner::Object {
-                organisation_id: row.get(0),
-                call_id: row.get(1),
+                organisation_id: row.get("organisation_id"),
+                call_id: row.get("call_id"),
             },
             vendor: crate::usage::unit::ASSEMBLYAI,
             unit: crate::usage::unit::ASYNC_AUDIO_SECONDS,
@@ -235,11 +242,11 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
             occurred_at: Utc::now(),
             metadata: json!({"recording_id": recording_id, "version": version, "transcript_id": transcript_id}),
         };
-        crate::usage::record(tx, &[entry]).await?;
+        crate::usage::record(tx.tokio(), &[entry]).await?;
     }
     if let Some(call_id) = call_id.filter(|_| changed == 1) {
         events::append(
-            tx,
+            tx.tokio(),
             call_id,
             "transcript.post_call",
             json!({"recording_id": recording_id, "version": version, "status": transcript.status}),

@@ -7,13 +7,13 @@
 //! an email that matches, proven either by Auth.js (`emailVerified`) or by the accept token the
 //! invitation email carried. A foreign or unknown invitation is "not found", never "not yours".
 
+use crate::db::GenericClient;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -146,11 +146,11 @@ pub async fn invite(
         .await?;
     let pending: i64 = transaction
         .query_one(
-            "select count(*) from invitations where organisation_id = $1 and lower(email) <> lower($2)",
+            "select count(*) as pending from invitations where organisation_id = $1 and lower(email) <> lower($2)",
             &[&organisation_id, &email],
         )
         .await?
-        .get(0);
+        .get("pending");
     if pending >= MAX_PENDING_PER_ORGANISATION {
         return Ok(Err(InviteRefused::TooManyPending));
     }
@@ -167,7 +167,7 @@ pub async fn invite(
                 &Uuid::now_v7(),
                 &organisation_id,
                 &email,
-                &role.as_str(),
+                &role,
                 &token_digest(&token),
                 &invited_by,
                 &expires_at,
@@ -176,13 +176,13 @@ pub async fn invite(
         .await?;
     transaction.commit().await?;
     Ok(Ok(IssuedInvitation {
-        id: row.get(0),
+        id: row.get("id"),
         organisation_id,
         email,
         role,
         invited_by: invited_by.to_owned(),
-        created_at: row.get(1),
-        expires_at: row.get(2),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
         token,
     }))
 }
@@ -204,13 +204,13 @@ pub async fn pending(
         .iter()
         .filter_map(|row| {
             Some(Invitation {
-                id: row.get(0),
-                organisation_id: row.get(1),
-                email: row.get(2),
-                role: Role::parse(row.get(3))?,
-                invited_by: row.get(4),
-                created_at: row.get(5),
-                expires_at: row.get(6),
+                id: row.get("id"),
+                organisation_id: row.get("organisation_id"),
+                email: row.get("email"),
+                role: row.try_get("role").ok()?,
+                invited_by: row.get("invited_by"),
+                created_at: row.get("created_at"),
+                expires_at: row.get("expires_at"),
             })
         })
         .collect())
@@ -240,7 +240,7 @@ pub async fn received(
     user_id: &str,
 ) -> Result<Vec<ReceivedInvitation>, DbError> {
     let sql = format!(
-        r#"select i.id, i.organisation_id, o.name, i.role, i.expires_at
+        r#"select i.id, i.organisation_id, o.name as organisation_name, i.role, i.expires_at
            from {auth_schema}.users u
            join invitations i on lower(i.email) = lower(u.email)
            join organisations o on o.id = i.organisation_id
@@ -252,11 +252,11 @@ pub async fn received(
         .iter()
         .filter_map(|row| {
             Some(ReceivedInvitation {
-                id: row.get(0),
-                organisation_id: row.get(1),
-                organisation_name: row.get(2),
-                role: Role::parse(row.get(3))?,
-                expires_at: row.get(4),
+                id: row.get("id"),
+                organisation_id: row.get("organisation_id"),
+                organisation_name: row.get("organisation_name"),
+                role: row.try_get("role").ok()?,
+                expires_at: row.get("expires_at"),
             })
         })
         .collect())
@@ -277,7 +277,7 @@ pub async fn answer(
     let digest = token.map(token_digest);
     let transaction = client.transaction().await?;
     let sql = format!(
-        r#"select i.organisation_id, i.role, o.name, o.personal_owner_id is not null
+        r#"select i.organisation_id, i.role, o.name, o.personal_owner_id is not null as personal
            from invitations i
            join organisations o on o.id = i.organisation_id
            join {auth_schema}.users u on u.id::text = $2 and lower(u.email) = lower(i.email)
@@ -294,8 +294,8 @@ pub async fn answer(
     else {
         return Ok(Answered::NotFound);
     };
-    let organisation_id: Uuid = row.get(0);
-    let Some(role) = Role::parse(row.get(1)) else {
+    let organisation_id: Uuid = row.get("organisation_id");
+    let Ok(role) = row.try_get::<_, Role>("role") else {
         return Ok(Answered::NotFound);
     };
     transaction
@@ -311,9 +311,9 @@ pub async fn answer(
     } else {
         Answered::Accepted(Membership {
             id: organisation_id,
-            name: row.get(2),
+            name: row.get("name"),
             role,
-            personal: row.get(3),
+            personal: row.get("personal"),
         })
     };
     transaction.commit().await?;

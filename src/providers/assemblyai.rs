@@ -30,12 +30,54 @@ pub enum AssemblyAiError {
     Token(String),
 }
 
+/// The audio encodings AssemblyAI streaming takes (its `encoding` query parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioEncoding {
+    /// G.711 µ-law, one byte a sample: telephony (Telnyx PCMU) straight through.
+    PcmMulaw,
+    /// Little-endian 16-bit linear PCM: browsers.
+    PcmS16le,
+}
+
+impl AudioEncoding {
+    /// The wire name AssemblyAI and our API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioEncoding::PcmMulaw => "pcm_mulaw",
+            AudioEncoding::PcmS16le => "pcm_s16le",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pcm_mulaw" => Some(AudioEncoding::PcmMulaw),
+            "pcm_s16le" => Some(AudioEncoding::PcmS16le),
+            _ => None,
+        }
+    }
+
+    pub fn bytes_per_sample(self) -> usize {
+        match self {
+            AudioEncoding::PcmMulaw => 1,
+            AudioEncoding::PcmS16le => 2,
+        }
+    }
+}
+
+/// Compares with a wire name: `media/browser.rs` still does (`params.encoding == "pcm_mulaw"`);
+/// remove once it asks [`AudioEncoding::bytes_per_sample`] instead (docs/adr/0039-one-way-structure.md).
+impl PartialEq<&str> for AudioEncoding {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Streaming session parameters (query string).
 #[derive(Debug, Clone)]
 pub struct StreamParams {
     pub speech_model: String,
-    /// `pcm_mulaw` for telephony, `pcm_s16le` for browsers.
-    pub encoding: &'static str,
+    /// µ-law for telephony, 16-bit PCM for browsers.
+    pub encoding: AudioEncoding,
     pub sample_rate: u32,
     pub format_turns: bool,
     /// `language_detection=true`: each final turn carries `language_code` (multilingual model).
@@ -47,7 +89,7 @@ impl StreamParams {
     pub fn telephony(speech_model: &str) -> Self {
         Self {
             speech_model: speech_model.to_owned(),
-            encoding: "pcm_mulaw",
+            encoding: AudioEncoding::PcmMulaw,
             sample_rate: 8000,
             format_turns: true,
             language_detection: false,
@@ -64,8 +106,7 @@ impl StreamParams {
 
     /// Bytes of audio per millisecond for these parameters.
     pub fn bytes_per_ms(&self) -> usize {
-        let per_sample = if self.encoding == "pcm_mulaw" { 1 } else { 2 };
-        self.sample_rate as usize / 1000 * per_sample
+        self.sample_rate as usize / 1000 * self.encoding.bytes_per_sample()
     }
 }
 
@@ -184,7 +225,7 @@ impl AssemblyAiClient {
             let mut query = url.query_pairs_mut();
             query
                 .append_pair("speech_model", &params.speech_model)
-                .append_pair("encoding", params.encoding)
+                .append_pair("encoding", params.encoding.as_str())
                 .append_pair("sample_rate", &params.sample_rate.to_string())
                 .append_pair(
                     "format_turns",

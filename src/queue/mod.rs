@@ -6,10 +6,10 @@
 
 pub mod bell;
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::GenericClient;
 
 use crate::db::DbError;
 

@@ -11,9 +11,10 @@ pub mod format;
 pub mod keys;
 pub mod store;
 
+use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -83,16 +84,16 @@ const VERSION_ROW_SQL: &str =
 
 fn version_row(row: &Row) -> VersionRow {
     VersionRow {
-        recording_id: row.get(0),
-        organisation_id: row.get(1),
-        call_id: row.get(2),
-        version: row.get(3),
-        object_key: row.get(4),
-        staging_key: row.get(5),
-        status: row.get(6),
-        content_type: row.get(7),
-        size_bytes: row.get(8),
-        channels: row.get(9),
+        recording_id: row.get("recording_id"),
+        organisation_id: row.get("organisation_id"),
+        call_id: row.get("call_id"),
+        version: row.get("version"),
+        object_key: row.get("object_key"),
+        staging_key: row.get("staging_key"),
+        status: row.get("status"),
+        content_type: row.get("content_type"),
+        size_bytes: row.get("size_bytes"),
+        channels: row.get("channels"),
     }
 }
 
@@ -159,16 +160,16 @@ pub async fn reserve(
             else {
                 return Ok(None);
             };
-            (*recording_id, *organisation_id, row.get(0), false)
+            (*recording_id, *organisation_id, row.get("call_id"), false)
         }
     };
     let version: i32 = transaction
         .query_one(
-            "select coalesce(max(version), 0) + 1 from recording_versions where recording_id = $1",
+            "select coalesce(max(version), 0) + 1 as next_version from recording_versions where recording_id = $1",
             &[&recording_id],
         )
         .await?
-        .get(0);
+        .get("next_version");
     let object_key = keys::version_key_for(organisation_id, call_id, recording_id, version, format)
         .map_err(|e| DbError::Config(e.to_string()))?;
     let staging_key = direct
@@ -236,7 +237,7 @@ pub async fn release(
 }
 
 fn recording_from_row(row: &Row) -> Recording {
-    let versions: serde_json::Value = row.get(6);
+    let versions: serde_json::Value = row.get("versions");
     let versions = versions
         .as_array()
         .map(|items| {
@@ -255,13 +256,13 @@ fn recording_from_row(row: &Row) -> Recording {
         })
         .unwrap_or_default();
     Recording {
-        id: row.get(0),
-        organisation_id: row.get(1),
-        call_id: row.get(2),
-        source: row.get(3),
-        channels: row.get(4),
-        leg: row.get(7),
-        created_at: row.get(5),
+        id: row.get("id"),
+        organisation_id: row.get("organisation_id"),
+        call_id: row.get("call_id"),
+        source: row.get("source"),
+        channels: row.get("channels"),
+        leg: row.get("leg"),
+        created_at: row.get("created_at"),
         versions,
     }
 }
@@ -271,7 +272,8 @@ const RECORDING_SQL: &str = "select r.id, r.organisation_id, r.call_id, r.source
                     'size_bytes', v.size_bytes, 'sha256', v.sha256,
                     'stored_at', to_char(v.stored_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
                   order by v.version)
-                  from recording_versions v where v.recording_id = r.id and v.status = 'stored'), '[]'::jsonb),
+                  from recording_versions v where v.recording_id = r.id and v.status = 'stored'), '[]'::jsonb)
+          as versions,
         r.leg
      from recordings r";
 
@@ -348,12 +350,12 @@ pub async fn by_telnyx_id(
     Ok(client
         .query_opt(
             "select r.id, (select max(version) from recording_versions v
-                           where v.recording_id = r.id and v.status = 'stored')
+                           where v.recording_id = r.id and v.status = 'stored') as stored_version
              from recordings r where r.telnyx_recording_id = $1",
             &[&telnyx_recording_id],
         )
         .await?
-        .map(|row| (row.get(0), row.get(1))))
+        .map(|row| (row.get("id"), row.get("stored_version"))))
 }
 
 /// Bytes of recording versions (stored, and pending direct uploads at their announced size)
@@ -364,10 +366,10 @@ pub async fn bytes_used(
 ) -> Result<u64, crate::db::DbError> {
     let row = client
         .query_one(
-            "select coalesce(sum(v.size_bytes), 0)::bigint from recording_versions v
+            "select coalesce(sum(v.size_bytes), 0)::bigint as used from recording_versions v
              join recordings r on r.id = v.recording_id where r.organisation_id = $1",
             &[&organisation_id],
         )
         .await?;
-    Ok(row.get::<_, i64>(0).max(0) as u64)
+    Ok(row.get::<_, i64>("used").max(0) as u64)
 }

@@ -304,12 +304,29 @@ pub fn linear_to_mulaw(sample: i16) -> u8 {
     !((sign | (exponent << 4) | mantissa) as u8)
 }
 
+#[derive(Default)]
 struct TurnState {
     order: u64,
     speech_ms: u64,
     silence_ms: u64,
     start_ms: u64,
     words_shown: usize,
+}
+
+/// What the query string asked for, once it passed the real service's checks.
+struct Params {
+    speech_model: String,
+    /// `language_code` on final turns.
+    detects: bool,
+    mulaw: bool,
+    bytes_per_ms: u64,
+    format_turns: bool,
+}
+
+/// Whether the session goes on after a message.
+enum Next {
+    Continue,
+    Stop,
 }
 
 async fn session(
@@ -319,59 +336,17 @@ async fn session(
     record: Arc<Mutex<SessionRecord>>,
 ) {
     let started = Instant::now();
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let set_closed =
-        |code: u16| record.lock().unwrap_or_else(|p| p.into_inner()).closed_with = Some(code);
-    if param("speech_model").is_none() {
-        let _ = socket
-            .send(Message::Text(
-                json!({"type": "Error", "error_code": 3006, "error": "speech_model is required"})
-                    .to_string()
-                    .into(),
-            ))
-            .await;
-        let _ = socket.send(close(3006, "speech_model is required")).await;
-        set_closed(3006);
-        return;
-    }
-    let speech_model = param("speech_model").unwrap_or_default();
-    if crate::config::speech::model_languages(&speech_model).is_none() {
-        let error = format!("Invalid speech_model: {speech_model}");
-        let _ = socket
-            .send(Message::Text(
-                json!({"type": "Error", "error_code": 3006, "error": error})
-                    .to_string()
-                    .into(),
-            ))
-            .await;
-        let _ = socket.send(close(3006, "invalid speech_model")).await;
-        set_closed(3006);
-        return;
-    }
-    // whisper-rt always detects; the multilingual model reports languages when asked.
-    let detects = speech_model == "whisper-rt"
-        || (speech_model == "universal-streaming-multilingual"
-            && param("language_detection").as_deref() == Some("true"));
-    let encoding = param("encoding").unwrap_or_else(|| "pcm_s16le".into());
-    let mulaw = match encoding.as_str() {
-        "pcm_mulaw" => true,
-        "pcm_s16le" => false,
-        _ => {
-            let _ = socket.send(close(3006, "unsupported encoding")).await;
-            set_closed(3006);
+    let params = match Params::read(&query) {
+        Ok(params) => params,
+        Err((code, reason, error)) => {
+            if let Some(error) = error {
+                let _ = socket.send(error_message(code, &error)).await;
+            }
+            let _ = socket.send(close(code, reason)).await;
+            set_closed(&record, code);
             return;
         }
     };
-    let sample_rate: u64 = param("sample_rate")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(16_000);
-    let format_turns = param("format_turns").as_deref() == Some("true");
-    let bytes_per_ms = sample_rate / 1000 * if mulaw { 1 } else { 2 };
     let fault = sim.lock().faults.pop_front();
     if let Some(StreamFault::DelayBegin(delay)) = &fault {
         tokio::time::sleep(*delay).await;
@@ -389,19 +364,98 @@ async fn session(
     {
         return;
     }
+    let (script, detected) = script_for(&sim, &params, &session_id);
+    let mut session = Session {
+        sim,
+        socket,
+        record,
+        params,
+        fault,
+        session_id,
+        script,
+        detected,
+        started,
+        turn: TurnState::default(),
+        audio_ms: 0,
+        chunks: 0,
+    };
+    while let Some(Ok(message)) = session.socket.recv().await {
+        let next = match message {
+            Message::Binary(chunk) => session.audio(&chunk).await,
+            Message::Text(text) => session.control(&text).await,
+            Message::Close(_) => Next::Stop,
+            _ => Next::Continue,
+        };
+        if let Next::Stop = next {
+            return;
+        }
+    }
+}
+
+impl Params {
+    /// The query string checked as the real service checks it; else the close code, its
+    /// reason and the `Error` message sent before it (if any).
+    fn read(query: &[(String, String)]) -> Result<Self, (u16, &'static str, Option<String>)> {
+        let param = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let Some(speech_model) = param("speech_model") else {
+            return Err((
+                3006,
+                "speech_model is required",
+                Some("speech_model is required".into()),
+            ));
+        };
+        if crate::config::speech::model_languages(&speech_model).is_none() {
+            let error = format!("Invalid speech_model: {speech_model}");
+            return Err((3006, "invalid speech_model", Some(error)));
+        }
+        // whisper-rt always detects; the multilingual model reports languages when asked.
+        let detects = speech_model == "whisper-rt"
+            || (speech_model == "universal-streaming-multilingual"
+                && param("language_detection").as_deref() == Some("true"));
+        let encoding = param("encoding").unwrap_or_else(|| "pcm_s16le".into());
+        let mulaw = match encoding.as_str() {
+            "pcm_mulaw" => true,
+            "pcm_s16le" => false,
+            _ => return Err((3006, "unsupported encoding", None)),
+        };
+        let sample_rate: u64 = param("sample_rate")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(16_000);
+        Ok(Self {
+            speech_model,
+            detects,
+            mulaw,
+            bytes_per_ms: sample_rate / 1000 * if mulaw { 1 } else { 2 },
+            format_turns: param("format_turns").as_deref() == Some("true"),
+        })
+    }
+}
+
+/// The lines this session transcribes (empty ones when the model does not understand the
+/// scripted language) and the language it reports, when it detects one.
+fn script_for(
+    sim: &AssemblyAiSim,
+    params: &Params,
+    session_id: &str,
+) -> (Vec<String>, Option<String>) {
     // `{session}` in a line becomes this session's id: every turn distinct (no cache hits).
     let (spoken_language, lines) = {
         let inner = sim.lock();
         match inner
             .model_scripts
             .iter()
-            .find(|(model, _, _)| *model == speech_model)
+            .find(|(model, _, _)| *model == params.speech_model)
         {
             Some((_, language, lines)) => (language.clone(), lines.clone()),
             None => ("en".to_owned(), inner.script.clone()),
         }
     };
-    let understood = crate::config::speech::model_languages(&speech_model)
+    let understood = crate::config::speech::model_languages(&params.speech_model)
         .is_some_and(|languages| languages.contains(&spoken_language.as_str()));
     let script: Vec<String> = lines
         .iter()
@@ -413,185 +467,243 @@ async fn session(
             }
         })
         .collect();
-    let detected = detects.then(|| spoken_language.clone());
-    let mut turn = TurnState {
-        order: 0,
-        speech_ms: 0,
-        silence_ms: 0,
-        start_ms: 0,
-        words_shown: 0,
-    };
-    let mut audio_ms: u64 = 0;
-    let mut chunks = 0usize;
+    let detected = params.detects.then_some(spoken_language);
+    (script, detected)
+}
 
-    while let Some(Ok(message)) = socket.recv().await {
-        match message {
-            Message::Binary(chunk) => {
-                chunks += 1;
-                if sim.record_chunks.load(std::sync::atomic::Ordering::Relaxed) {
-                    record
+fn error_message(code: u16, error: &str) -> Message {
+    Message::Text(
+        json!({"type": "Error", "error_code": code, "error": error})
+            .to_string()
+            .into(),
+    )
+}
+
+fn set_closed(record: &Mutex<SessionRecord>, code: u16) {
+    record.lock().unwrap_or_else(|p| p.into_inner()).closed_with = Some(code);
+}
+
+/// One open session after `Begin`.
+struct Session {
+    sim: AssemblyAiSim,
+    socket: WebSocket,
+    record: Arc<Mutex<SessionRecord>>,
+    params: Params,
+    fault: Option<StreamFault>,
+    session_id: String,
+    script: Vec<String>,
+    detected: Option<String>,
+    started: Instant,
+    turn: TurnState,
+    audio_ms: u64,
+    chunks: usize,
+}
+
+impl Session {
+    /// A binary audio chunk: checked (duration, injected faults), then fed to the turn.
+    async fn audio(&mut self, chunk: &[u8]) -> Next {
+        self.chunks += 1;
+        if self
+            .sim
+            .record_chunks
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.record
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .chunk_bytes
+                .push(chunk.len());
+        }
+        let probe = self
+            .sim
+            .probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(probe) = probe {
+            probe(chunk);
+        }
+        let duration = chunk.len() as u64 / self.params.bytes_per_ms.max(1);
+        if !(50..=1000).contains(&duration) {
+            let error =
+                format!("Input Duration Violation: {duration} ms; chunks must be 50-1000 ms");
+            let _ = self.socket.send(error_message(3007, &error)).await;
+            let _ = self
+                .socket
+                .send(close(3007, "Input Duration Violation"))
+                .await;
+            set_closed(&self.record, 3007);
+            return Next::Stop;
+        }
+        match &self.fault {
+            Some(StreamFault::DropAfterChunks(n)) if self.chunks >= *n => {
+                set_closed(&self.record, 1006);
+                return Next::Stop; // dropping the socket without a close frame
+            }
+            Some(StreamFault::ErrorAfterChunks { chunks: n, code }) if self.chunks >= *n => {
+                let code = *code;
+                let _ = self
+                    .socket
+                    .send(error_message(code, "simulated server error"))
+                    .await;
+                let _ = self
+                    .socket
+                    .send(close(code, "simulated server error"))
+                    .await;
+                set_closed(&self.record, code);
+                return Next::Stop;
+            }
+            _ => {}
+        }
+        self.advance_turn(energy(chunk, self.params.mulaw) > 0.02, duration);
+        if self.turn.speech_ms == 0 {
+            return Next::Continue;
+        }
+        self.report_turn().await
+    }
+
+    /// Counts `duration` ms of speech or silence into the current turn.
+    fn advance_turn(&mut self, speaking: bool, duration: u64) {
+        let turn = &mut self.turn;
+        self.audio_ms += duration;
+        if speaking {
+            if turn.speech_ms == 0 {
+                turn.start_ms = self.audio_ms - duration;
+            }
+            turn.speech_ms += duration;
+            turn.silence_ms = 0;
+        } else if turn.speech_ms > 0 {
+            turn.silence_ms += duration;
+        }
+    }
+
+    /// Sends the turn when it shows more words or ends (400 ms of silence or `max_turn_ms`
+    /// of speech); an ended turn starts the next.
+    async fn report_turn(&mut self) -> Next {
+        let line = self.line().to_owned();
+        let total_words = line.split_whitespace().count();
+        let ends = self.turn.silence_ms >= 400 || self.turn.speech_ms >= self.sim.max_turn_ms;
+        let shown = if ends {
+            total_words
+        } else {
+            ((self.turn.speech_ms / 300) as usize + 1).min(total_words)
+        };
+        if shown > self.turn.words_shown || ends {
+            self.turn.words_shown = shown;
+            for formatted in self.variants(ends) {
+                let mut message =
+                    turn_message(&self.turn, &line, shown, ends, formatted, self.audio_ms);
+                if let Some(language) = self.detected.as_deref().filter(|_| ends) {
+                    message["language_code"] = json!(language);
+                    message["language_confidence"] = json!(0.97);
+                }
+                // The final message of the turn: formatted when asked for, else raw.
+                if ends && formatted == self.params.format_turns {
+                    let probe = self
+                        .sim
+                        .turn_probe
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .chunk_bytes
-                        .push(chunk.len());
-                }
-                let probe = sim.probe.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(probe) = probe {
-                    probe(&chunk);
-                }
-                let duration = chunk.len() as u64 / bytes_per_ms.max(1);
-                if !(50..=1000).contains(&duration) {
-                    let error = format!(
-                        "Input Duration Violation: {duration} ms; chunks must be 50-1000 ms"
-                    );
-                    let _ = socket
-                        .send(Message::Text(
-                            json!({"type": "Error", "error_code": 3007, "error": error})
-                                .to_string()
-                                .into(),
-                        ))
-                        .await;
-                    let _ = socket.send(close(3007, "Input Duration Violation")).await;
-                    set_closed(3007);
-                    return;
-                }
-                match &fault {
-                    Some(StreamFault::DropAfterChunks(n)) if chunks >= *n => {
-                        set_closed(1006);
-                        return; // dropping the socket without a close frame
+                        .clone();
+                    if let Some(probe) = probe {
+                        probe(&self.session_id, self.turn.order);
                     }
-                    Some(StreamFault::ErrorAfterChunks { chunks: n, code }) if chunks >= *n => {
-                        let _ = socket.send(Message::Text(json!({"type": "Error", "error_code": code, "error": "simulated server error"}).to_string().into())).await;
-                        let _ = socket.send(close(*code, "simulated server error")).await;
-                        set_closed(*code);
-                        return;
-                    }
-                    _ => {}
+                    self.record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
                 }
-                let speaking = energy(&chunk, mulaw) > 0.02;
-                audio_ms += duration;
-                if speaking {
-                    if turn.speech_ms == 0 {
-                        turn.start_ms = audio_ms - duration;
-                    }
-                    turn.speech_ms += duration;
-                    turn.silence_ms = 0;
-                } else if turn.speech_ms > 0 {
-                    turn.silence_ms += duration;
-                }
-                if turn.speech_ms == 0 {
-                    continue;
-                }
-                let line = &script[(turn.order as usize) % script.len().max(1)];
-                let total_words = line.split_whitespace().count();
-                let ends = turn.silence_ms >= 400 || turn.speech_ms >= sim.max_turn_ms;
-                let shown = if ends {
-                    total_words
-                } else {
-                    ((turn.speech_ms / 300) as usize + 1).min(total_words)
-                };
-                if shown > turn.words_shown || ends {
-                    turn.words_shown = shown;
-                    for formatted in if ends && format_turns {
-                        vec![false, true]
-                    } else {
-                        vec![false]
-                    } {
-                        let mut message =
-                            turn_message(&turn, line, shown, ends, formatted, audio_ms);
-                        if let Some(language) = detected.as_deref().filter(|_| ends) {
-                            message["language_code"] = json!(language);
-                            message["language_confidence"] = json!(0.97);
-                        }
-                        // The final message of the turn: formatted when asked for, else raw.
-                        if ends && formatted == format_turns {
-                            let probe = sim
-                                .turn_probe
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .clone();
-                            if let Some(probe) = probe {
-                                probe(&session_id, turn.order);
-                            }
-                            record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
-                        }
-                        if socket
-                            .send(Message::Text(message.to_string().into()))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                if ends {
-                    turn = TurnState {
-                        order: turn.order + 1,
-                        speech_ms: 0,
-                        silence_ms: 0,
-                        start_ms: 0,
-                        words_shown: 0,
-                    };
+                if self
+                    .socket
+                    .send(Message::Text(message.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return Next::Stop;
                 }
             }
-            Message::Text(text) => {
-                let value: Value = serde_json::from_str(&text).unwrap_or_default();
-                match value.get("type").and_then(Value::as_str) {
-                    Some("Terminate") => {
-                        record
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .terminated_by_client = true;
-                        if turn.speech_ms > 0 {
-                            let line = &script[(turn.order as usize) % script.len().max(1)];
-                            let words = line.split_whitespace().count();
-                            for formatted in if format_turns {
-                                vec![false, true]
-                            } else {
-                                vec![false]
-                            } {
-                                let mut message =
-                                    turn_message(&turn, line, words, true, formatted, audio_ms);
-                                if let Some(language) = &detected {
-                                    message["language_code"] = json!(language);
-                                    message["language_confidence"] = json!(0.97);
-                                }
-                                let sent = socket
-                                    .send(Message::Text(message.to_string().into()))
-                                    .await
-                                    .is_ok();
-                                if sent && formatted == format_turns {
-                                    record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
-                                }
-                            }
-                        }
-                        let (audio_seconds, session_seconds) =
-                            (audio_ms / 1000, started.elapsed().as_secs());
-                        {
-                            let mut record = record.lock().unwrap_or_else(|p| p.into_inner());
-                            record.billed_session_seconds = Some(session_seconds);
-                            record.billed_audio_seconds = Some(audio_seconds);
-                        }
-                        let termination = json!({
-                            "type": "Termination",
-                            "audio_duration_seconds": audio_seconds,
-                            "session_duration_seconds": session_seconds,
-                        });
-                        let _ = socket
-                            .send(Message::Text(termination.to_string().into()))
-                            .await;
-                        let _ = socket.send(close(1000, "")).await;
-                        set_closed(1000);
-                        return;
-                    }
-                    Some("ForceEndpoint") if turn.speech_ms > 0 => {
-                        turn.silence_ms = 400;
-                    }
-                    _ => {}
+        }
+        if ends {
+            self.turn = TurnState {
+                order: self.turn.order + 1,
+                ..TurnState::default()
+            };
+        }
+        Next::Continue
+    }
+
+    /// A JSON control message: `Terminate` or `ForceEndpoint`; anything else is ignored.
+    async fn control(&mut self, text: &str) -> Next {
+        let value: Value = serde_json::from_str(text).unwrap_or_default();
+        match value.get("type").and_then(Value::as_str) {
+            Some("Terminate") => {
+                self.terminate().await;
+                Next::Stop
+            }
+            Some("ForceEndpoint") if self.turn.speech_ms > 0 => {
+                self.turn.silence_ms = 400;
+                Next::Continue
+            }
+            _ => Next::Continue,
+        }
+    }
+
+    /// Flushes the turn in progress as final, reports what is billed in `Termination` and
+    /// closes normally.
+    async fn terminate(&mut self) {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .terminated_by_client = true;
+        if self.turn.speech_ms > 0 {
+            let line = self.line().to_owned();
+            let words = line.split_whitespace().count();
+            for formatted in self.variants(true) {
+                let mut message =
+                    turn_message(&self.turn, &line, words, true, formatted, self.audio_ms);
+                if let Some(language) = &self.detected {
+                    message["language_code"] = json!(language);
+                    message["language_confidence"] = json!(0.97);
+                }
+                let sent = self
+                    .socket
+                    .send(Message::Text(message.to_string().into()))
+                    .await
+                    .is_ok();
+                if sent && formatted == self.params.format_turns {
+                    self.record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
                 }
             }
-            Message::Close(_) => return,
-            _ => {}
+        }
+        let (audio_seconds, session_seconds) =
+            (self.audio_ms / 1000, self.started.elapsed().as_secs());
+        {
+            let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+            record.billed_session_seconds = Some(session_seconds);
+            record.billed_audio_seconds = Some(audio_seconds);
+        }
+        let termination = json!({
+            "type": "Termination",
+            "audio_duration_seconds": audio_seconds,
+            "session_duration_seconds": session_seconds,
+        });
+        let _ = self
+            .socket
+            .send(Message::Text(termination.to_string().into()))
+            .await;
+        let _ = self.socket.send(close(1000, "")).await;
+        set_closed(&self.record, 1000);
+    }
+
+    /// The script line of the current turn.
+    fn line(&self) -> &str {
+        &self.script[(self.turn.order as usize) % self.script.len().max(1)]
+    }
+
+    /// The messages a turn is sent as: raw, and formatted too when it ends and
+    /// `format_turns` was asked for.
+    fn variants(&self, ends: bool) -> Vec<bool> {
+        if ends && self.params.format_turns {
+            vec![false, true]
+        } else {
+            vec![false]
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
 
     // A signed-in user (as Auth.js would create them) with a number.
     let db = crate::db::connect_direct(url.as_str()).await?;
-    let user: i32 = db.query_one("insert into authjs.users (name, email) values ('Demo', 'demo@example.com') returning id", &[]).await?.get(0);
+    let user: i32 = db.query_one("insert into authjs.users (name, email) values ('Demo', 'demo@example.com') returning id", &[]).await?.get("id");
     let token = uuid::Uuid::new_v4().to_string();
     db.execute(r#"insert into authjs.sessions ("userId", expires, "sessionToken") values ($1, now() + interval '1 hour', $2)"#, &[&user, &token]).await?;
     let http = reqwest::Client::new();

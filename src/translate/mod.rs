@@ -183,8 +183,8 @@ impl TranslationService {
                 .await
             {
                 for row in rows {
-                    let key: Vec<u8> = row.get(0);
-                    let translation: String = row.get(1);
+                    let key: Vec<u8> = row.get("text_sha256");
+                    let translation: String = row.get("translation");
                     for (i, k) in keys.iter().enumerate() {
                         if *k == key {
                             results[i] = Some(translation.clone());

@@ -282,10 +282,10 @@ async fn connect(database: &str) -> tokio_postgres::Client {
 
 async fn table_exists(client: &tokio_postgres::Client, table: &str) -> bool {
     client
-        .query_one("select to_regclass($1) is not null", &[&table])
+        .query_one("select to_regclass($1) is not null as present", &[&table])
         .await
         .unwrap()
-        .get(0)
+        .get("present")
 }
 
 #[tokio::test]
@@ -497,7 +497,7 @@ async fn make_dev_takes_a_simulated_call_through_its_whole_life() {
         )
         .await
         .expect("make dev created the development Auth.js tables")
-        .get(0);
+        .get("id");
     let token = uuid::Uuid::new_v4().to_string();
     db.execute(
         r#"insert into authjs.sessions ("userId", expires, "sessionToken") values ($1, now() + interval '1 hour', $2)"#,
@@ -573,12 +573,12 @@ async fn make_dev_takes_a_simulated_call_through_its_whole_life() {
 
     let inbox = db
         .query_one(
-            "select count(*), count(processed_at) from webhook_inbox where provider = 'telnyx'",
+            "select count(*) as stored, count(processed_at) as processed from webhook_inbox where provider = 'telnyx'",
             &[],
         )
         .await
         .unwrap();
-    let (stored, processed): (i64, i64) = (inbox.get(0), inbox.get(1));
+    let (stored, processed): (i64, i64) = (inbox.get("stored"), inbox.get("processed"));
     assert!(
         stored >= 4,
         "initiated, answered, streaming.started, hangup: {stored}"
@@ -591,7 +591,7 @@ async fn make_dev_takes_a_simulated_call_through_its_whole_life() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(unfinished, 0, "every webhook job ran to completion");
     let kinds: Vec<String> = db
         .query(
@@ -601,7 +601,7 @@ async fn make_dev_takes_a_simulated_call_through_its_whole_life() {
         .await
         .unwrap()
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("kind"))
         .collect();
     for kind in [
         "call.created",

@@ -131,7 +131,7 @@ async fn migrate_dry_run_lists_pending_migrations_on_an_empty_database_and_write
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(tables, 0, "a dry run creates nothing");
     drop(client);
     common::drop_database_blocking(&name);

@@ -27,11 +27,6 @@ async fn dial(app: &TestApp, who: &Session, to: &str, org: Option<&str>) -> reqw
     request.send().await.unwrap()
 }
 
-async fn org_of(app: &TestApp, who: &Session) -> String {
-    let me: Value = app.get_as(who, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"].as_str().unwrap().to_owned()
-}
-
 /// Makes `who` a member of `org` with `role` (the membership API is another story's).
 async fn join(app: &TestApp, who: &Session, org: &str, role: &str) {
     let org: uuid::Uuid = org.parse().unwrap();
@@ -51,7 +46,7 @@ async fn call_count(app: &TestApp) -> i64 {
         .query_one("select count(*) from calls", &[])
         .await
         .unwrap()
-        .get(0)
+        .get("count")
 }
 
 #[tokio::test]
@@ -59,7 +54,7 @@ async fn premium_rate_and_satellite_numbers_are_never_dialled() {
     let t = TelnyxApp::spawn().await;
     let ada = t.app.sign_in("Ada").await;
     t.own_number(&ada, FROM).await;
-    let org = org_of(&t.app, &ada).await;
+    let org = t.app.organisation_of(&ada).await.to_string();
     // Even an owner who allows every country cannot reach these.
     let everything = t
         .app
@@ -102,7 +97,7 @@ async fn only_the_countries_of_the_organisation_are_dialled_until_the_owner_allo
     let ada = t.app.sign_in("Ada").await;
     let bob = t.app.sign_in("Bob").await;
     t.own_number(&ada, FROM).await;
-    let org = org_of(&t.app, &ada).await;
+    let org = t.app.organisation_of(&ada).await.to_string();
     let policy_path = format!("/api/orgs/{org}/dialing-policy");
 
     let policy: Value = t.app.get_as(&ada, &policy_path).await.json().await.unwrap();
@@ -161,7 +156,7 @@ async fn the_platform_country_ceiling_wins_over_an_organisation_list() {
     let t = TelnyxApp::spawn_with(&[("DIAL_PLATFORM_COUNTRIES", "US,CA")]).await;
     let ada = t.app.sign_in("Ada").await;
     t.own_number(&ada, FROM).await;
-    let org = org_of(&t.app, &ada).await;
+    let org = t.app.organisation_of(&ada).await.to_string();
     let response = t
         .app
         .request_as(
@@ -195,7 +190,7 @@ async fn members_below_the_organisations_minimum_role_cannot_dial() {
     let ada = t.app.sign_in("Ada").await;
     let bob = t.app.sign_in("Bob").await;
     t.own_number(&ada, FROM).await;
-    let org = org_of(&t.app, &ada).await;
+    let org = t.app.organisation_of(&ada).await.to_string();
     join(&t.app, &bob, &org, "member").await;
     assert_eq!(
         dial(&t.app, &bob, "+14155550123", Some(&org))
@@ -231,7 +226,7 @@ async fn per_minute_caps_answer_429_with_retry_after_per_user_and_per_organisati
     let ada = t.app.sign_in("Ada").await;
     let bob = t.app.sign_in("Bob").await;
     t.own_number(&ada, FROM).await;
-    let org = org_of(&t.app, &ada).await;
+    let org = t.app.organisation_of(&ada).await.to_string();
     join(&t.app, &bob, &org, "member").await;
     for _ in 0..3 {
         assert_eq!(dial(&t.app, &ada, "+14155550123", None).await.status(), 201);
@@ -371,14 +366,14 @@ async fn a_call_reaching_the_maximum_duration_is_warned_then_hung_up_once() {
     let db = t.app.db().await;
     let scheduled: Vec<(String, f64)> = db
         .query(
-            "select payload->>'step', extract(epoch from run_at - now())::float8 from jobs
+            "select payload->>'step' as step, extract(epoch from run_at - now())::float8 as due_in from jobs
              where kind = 'call.max_duration' and payload->>'call_id' = $1 order by run_at",
             &[&long_id],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get("step"), r.get("due_in")))
         .collect();
     assert_eq!(scheduled.len(), 2);
     assert_eq!(scheduled[0].0, "warn");
@@ -457,7 +452,7 @@ async fn a_call_reaching_the_maximum_duration_is_warned_then_hung_up_once() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("kind"))
         .collect();
     assert_eq!(
         kinds
@@ -473,7 +468,7 @@ async fn a_call_reaching_the_maximum_duration_is_warned_then_hung_up_once() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(short_events, 0);
 }
 
@@ -503,14 +498,14 @@ async fn an_answered_inbound_call_gets_the_same_maximum_duration() {
         .db()
         .await
         .query(
-            "select j.payload->>'step' from jobs j join calls c on c.id::text = j.payload->>'call_id'
+            "select j.payload->>'step' as step from jobs j join calls c on c.id::text = j.payload->>'call_id'
              where j.kind = 'call.max_duration' and c.direction = 'inbound' order by j.run_at",
             &[],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("step"))
         .collect();
     assert_eq!(
         steps,

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use callbridge::sim::assemblyai::AssemblyAiSim;
 use callbridge::sim::telnyx::RecordedCommand;
-use callbridge::sim::telnyx_media::{self, PlayOptions, PlayResult};
+use callbridge::sim::telnyx_media::{self, PlayResult};
 use callbridge::sim::translation::{self as sim, TranslationSim, spoken_texts};
 use common::assert_problem;
 use common::authjs::Session;
-use common::telnyx::TelnyxApp;
+use common::telnyx::{TelnyxApp, party};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -189,14 +189,6 @@ impl Interpreted {
 }
 
 /// One party's media stream: their speech on the inbound track only, in real time.
-fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64) -> PlayOptions {
-    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
-    options.inbound_only = true;
-    options.realtime = true;
-    options.linger = Duration::from_millis(linger_ms);
-    options
-}
-
 fn heard(result: &PlayResult) -> Vec<String> {
     spoken_texts(&result.audio())
 }

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use callbridge::sim::assemblyai::AssemblyAiSim;
 use callbridge::sim::telnyx::{Autopilot, RecordedCommand};
-use callbridge::sim::telnyx_media::{self, PlayOptions};
+use callbridge::sim::telnyx_media;
 use callbridge::sim::translation::{self as sim, TranslationSim, spoken_texts};
 use common::assert_problem;
 use common::authjs::Session;
-use common::telnyx::TelnyxApp;
+use common::telnyx::{TelnyxApp, party};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -180,7 +180,7 @@ impl Lines {
             )
             .await
             .unwrap();
-        rows.iter().map(|r| r.get(0)).collect()
+        rows.iter().map(|r| r.get("kind")).collect()
     }
 
     fn stream_url(&self, command: &RecordedCommand) -> String {
@@ -188,14 +188,6 @@ impl Lines {
         let token = url.rsplit('/').next().unwrap();
         format!("ws://127.0.0.1:{}/media/telnyx/{token}", self.t.app.port)
     }
-}
-
-fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64) -> PlayOptions {
-    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
-    options.inbound_only = true;
-    options.realtime = true;
-    options.linger = Duration::from_millis(linger_ms);
-    options
 }
 
 #[tokio::test]

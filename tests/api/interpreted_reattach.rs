@@ -23,12 +23,10 @@ const AGENT_SAYS: &str = "hello, this is the clinic calling";
 const REMOTE_SAYS: &str = "hola, necesito una cita";
 
 fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64, stop: bool) -> PlayOptions {
-    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
-    options.inbound_only = true;
-    options.realtime = true;
-    options.linger = Duration::from_millis(linger_ms);
-    options.send_stop = stop;
-    options
+    PlayOptions {
+        send_stop: stop,
+        ..common::telnyx::party(url, pattern, linger_ms)
+    }
 }
 
 fn local(url: &str, port: u16) -> String {
@@ -47,13 +45,13 @@ async fn media_streams(app: &TestApp, call_id: Uuid) -> Vec<(String, String, boo
     app.db()
         .await
         .query(
-            "select leg, replica, ended_at is null from media_streams where call_id = $1 order by leg",
+            "select leg, replica, ended_at is null as live from media_streams where call_id = $1 order by leg",
             &[&call_id],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get("leg"), r.get("replica"), r.get("live")))
         .collect()
 }
 
@@ -220,7 +218,7 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get::<_, Value>(0)["leg"].clone())
+        .map(|r| r.get::<_, Value>("data")["leg"].clone())
         .collect();
     assert_eq!(kinds.len(), 2);
     assert!(kinds.contains(&json!("agent")) && kinds.contains(&json!("remote")));

@@ -198,6 +198,6 @@ async fn each_leg_is_its_own_recording_with_its_own_transcript_and_agreement() {
         .query_one("select count(*) from jobs where status = 'dead'", &[])
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(dead, 0);
 }

@@ -11,24 +11,6 @@ use common::{TestApp, assert_problem};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn me(app: &TestApp, session: &Session) -> Value {
-    app.get_as(session, "/api/me").await.json().await.unwrap()
-}
-
-async fn personal_org(app: &TestApp, session: &Session) -> String {
-    me(app, session).await["organisations"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn email_of(app: &TestApp, session: &Session) -> String {
-    me(app, session).await["user"]["email"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn invite(
     app: &TestApp,
     inviter: &Session,
@@ -99,9 +81,9 @@ async fn nobody_joins_without_accepting() {
     let app = TestApp::spawn().await;
     let owner = app.sign_in("Owner").await;
     let bob = app.sign_in("Bob").await;
-    let org = personal_org(&app, &owner).await;
+    let org = app.organisation_of(&owner).await.to_string();
 
-    let response = invite(&app, &owner, &org, &email_of(&app, &bob).await, "admin").await;
+    let response = invite(&app, &owner, &org, &app.email_of(&bob).await, "admin").await;
     assert_eq!(response.status(), 201);
     let invitation: Value = response.json().await.unwrap();
     assert_eq!(invitation["role"], "admin");
@@ -119,7 +101,7 @@ async fn nobody_joins_without_accepting() {
         vec![owner.user_id.clone()]
     );
     assert!(
-        !me(&app, &bob).await["organisations"]
+        !app.me(&bob).await["organisations"]
             .as_array()
             .unwrap()
             .iter()
@@ -168,10 +150,10 @@ async fn inviting_reveals_nothing_about_the_address() {
     let app = TestApp::spawn().await;
     let owner = app.sign_in("Owner").await;
     let known = app.sign_in("Known").await;
-    let org = personal_org(&app, &owner).await;
+    let org = app.organisation_of(&owner).await.to_string();
     let unknown = format!("nobody-{}@example.com", uuid::Uuid::new_v4().simple());
 
-    let a = invite(&app, &owner, &org, &email_of(&app, &known).await, "member").await;
+    let a = invite(&app, &owner, &org, &app.email_of(&known).await, "member").await;
     let b = invite(&app, &owner, &org, &unknown, "member").await;
     assert_eq!(a.status(), b.status());
     assert_eq!(a.status(), 201);
@@ -223,8 +205,8 @@ async fn only_the_addressee_accepts() {
     let owner = app.sign_in("Owner").await;
     let bob = app.sign_in("Bob").await;
     let eve = app.sign_in("Eve").await;
-    let org = personal_org(&app, &owner).await;
-    let invitation: Value = invite(&app, &owner, &org, &email_of(&app, &bob).await, "member")
+    let org = app.organisation_of(&owner).await.to_string();
+    let invitation: Value = invite(&app, &owner, &org, &app.email_of(&bob).await, "member")
         .await
         .json()
         .await
@@ -271,10 +253,10 @@ async fn a_verified_invitee_lists_and_answers_without_the_token() {
     let acme_owner = app.sign_in("Acme").await;
     let globex_owner = app.sign_in("Globex").await;
     let bob = app.sign_in("Bob").await;
-    let acme = personal_org(&app, &acme_owner).await;
-    let globex = personal_org(&app, &globex_owner).await;
+    let acme = app.organisation_of(&acme_owner).await.to_string();
+    let globex = app.organisation_of(&globex_owner).await.to_string();
     // Upper case: addresses match case-insensitively.
-    let bob_email = email_of(&app, &bob).await.to_uppercase();
+    let bob_email = app.email_of(&bob).await.to_uppercase();
     invite(&app, &acme_owner, &acme, &bob_email, "member").await;
     invite(&app, &globex_owner, &globex, &bob_email, "admin").await;
 
@@ -346,9 +328,9 @@ async fn roles_and_tenancy_bound_invitations() {
     let admin = app.sign_in("Admin").await;
     let member = app.sign_in("Member").await;
     let outsider = app.sign_in("Outsider").await;
-    let org = personal_org(&app, &owner).await;
+    let org = app.organisation_of(&owner).await.to_string();
     for (who, role) in [(&admin, "admin"), (&member, "member")] {
-        let invitation: Value = invite(&app, &owner, &org, &email_of(&app, who).await, role)
+        let invitation: Value = invite(&app, &owner, &org, &app.email_of(who).await, role)
             .await
             .json()
             .await
@@ -394,7 +376,7 @@ async fn roles_and_tenancy_bound_invitations() {
     assert_problem(app.get_as(&outsider, &invitations).await, 404).await;
 
     let carol = app.sign_in("Carol").await;
-    let by_admin: Value = invite(&app, &admin, &org, &email_of(&app, &carol).await, "member")
+    let by_admin: Value = invite(&app, &admin, &org, &app.email_of(&carol).await, "member")
         .await
         .json()
         .await
@@ -468,8 +450,8 @@ async fn an_expired_invitation_lets_nobody_in() {
     let owner = app.sign_in("Owner").await;
     let bob = app.sign_in("Bob").await;
     verify_email(&app, &bob).await;
-    let org = personal_org(&app, &owner).await;
-    let email = email_of(&app, &bob).await;
+    let org = app.organisation_of(&owner).await.to_string();
+    let email = app.email_of(&bob).await;
     let invitation: Value = invite(&app, &owner, &org, &email, "member")
         .await
         .json()
@@ -550,7 +532,7 @@ async fn an_expired_invitation_lets_nobody_in() {
 async fn a_new_users_default_organisation_cannot_be_pre_empted() {
     let app = TestApp::spawn().await;
     let mallory = app.sign_in("Mallory").await;
-    let mallorys_org = personal_org(&app, &mallory).await;
+    let mallorys_org = app.organisation_of(&mallory).await.to_string();
     // The victim has signed in to the frontend (Auth.js made the user and session) but has
     // not called the API yet.
     let victim_id = app
@@ -579,7 +561,7 @@ async fn a_new_users_default_organisation_cannot_be_pre_empted() {
     .await
     .unwrap();
 
-    let before = me(&app, &victim).await;
+    let before = app.me(&victim).await;
     let organisations = before["organisations"].as_array().unwrap();
     assert_eq!(organisations.len(), 1, "{before}");
     assert_eq!(organisations[0]["role"], "owner", "{before}");
@@ -597,7 +579,7 @@ async fn a_new_users_default_organisation_cannot_be_pre_empted() {
     )
     .await;
     assert_eq!(accepted.status(), 200);
-    let after = me(&app, &victim).await;
+    let after = app.me(&victim).await;
     assert_eq!(
         after["organisations"].as_array().unwrap().len(),
         2,
@@ -612,7 +594,7 @@ async fn a_new_users_default_organisation_cannot_be_pre_empted() {
 async fn pending_invitations_per_organisation_are_capped() {
     let app = TestApp::spawn().await;
     let owner = app.sign_in("Owner").await;
-    let org = personal_org(&app, &owner).await;
+    let org = app.organisation_of(&owner).await.to_string();
     assert_eq!(
         invite(&app, &owner, &org, "x1@example.com", "member")
             .await

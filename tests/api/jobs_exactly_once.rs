@@ -103,7 +103,7 @@ async fn an_event_applied_just_before_the_database_stopped_is_not_applied_again(
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(applied, 1, "the event was applied exactly once");
     let job = db
         .query_one(
@@ -112,20 +112,20 @@ async fn an_event_applied_just_before_the_database_stopped_is_not_applied_again(
         )
         .await
         .unwrap();
-    assert_eq!(job.get::<_, String>(0), "done");
+    assert_eq!(job.get::<_, String>("status"), "done");
     assert_eq!(
-        (job.get::<_, i32>(1), reran),
+        (job.get::<_, i32>("attempts"), reran),
         (1, 0),
         "completed with its effect"
     );
     let processed: bool = db
         .query_one(
-            "select processed_at is not null from webhook_inbox where event_id = $1",
+            "select processed_at is not null as processed from webhook_inbox where event_id = $1",
             &[&event_id],
         )
         .await
         .unwrap()
-        .get(0);
+        .get("processed");
     assert!(processed);
     let status: String = db
         .query_one(
@@ -134,7 +134,7 @@ async fn an_event_applied_just_before_the_database_stopped_is_not_applied_again(
         )
         .await
         .unwrap()
-        .get(0);
+        .get("status");
     assert_eq!(status, "answered");
     drop(t);
     common::drop_database_blocking(&database);
@@ -177,7 +177,7 @@ async fn a_run_whose_lease_was_taken_over_commits_nothing() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("id");
     let stalled = Job {
         id: job_id,
         kind: "telnyx.event".into(),
@@ -206,7 +206,7 @@ async fn a_run_whose_lease_was_taken_over_commits_nothing() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(applied, 1);
 }
 
@@ -259,7 +259,7 @@ async fn an_interpreted_leg_event_whose_lease_was_taken_over_commits_nothing() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("id");
     let stalled = Job {
         id: job_id,
         kind: "telnyx.event".into(),
@@ -291,7 +291,7 @@ async fn an_interpreted_leg_event_whose_lease_was_taken_over_commits_nothing() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(applied, 1, "the agent's answer is in the call's log once");
     let dialing: i64 = db
         .query_one(
@@ -300,7 +300,7 @@ async fn an_interpreted_leg_event_whose_lease_was_taken_over_commits_nothing() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(dialing, 2, "one dialing entry per leg");
     assert_eq!(
         t.sim.commands_named("dial").len(),
@@ -375,7 +375,7 @@ async fn an_interpreted_leg_event_applied_just_before_the_database_stopped_is_no
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(
         (applied, reran),
         (1, 0),
@@ -394,7 +394,7 @@ async fn an_interpreted_leg_event_applied_just_before_the_database_stopped_is_no
         )
         .await
         .unwrap()
-        .get(0);
+        .get("telnyx_call_control_id");
     assert!(remote_ccid.is_some(), "the remote dial is recorded");
     drop(t);
     common::drop_database_blocking(&database);

@@ -36,7 +36,11 @@ async fn job_row(app: &TestApp, id: i64) -> (String, i32, Option<String>) {
         )
         .await
         .unwrap();
-    (row.get(0), row.get(1), row.get(2))
+    (
+        row.get("status"),
+        row.get("attempts"),
+        row.get("last_error"),
+    )
 }
 
 /// Drains until the job leaves `pending`/`running` (retries wait out their backoff).

@@ -93,9 +93,9 @@ async fn utterances(app: &TestApp, call_id: Uuid) -> Vec<Row> {
             "select source_track, original_text, translated_text, status, audio_ms, cut_at_ms,
                     coalesce(end_of_turn_at <= translated_at and translated_at <= first_tts_byte_at
                              and first_tts_byte_at <= first_frame_sent_at
-                             and first_frame_sent_at <= coalesce(mark_echoed_at, first_frame_sent_at), false)
+                             and first_frame_sent_at <= coalesce(mark_echoed_at, first_frame_sent_at), false) as in_order
              from utterances where call_id = $1 order by seq", &[&call_id]).await.unwrap()
-            .iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))).collect();
+            .iter().map(|r| (r.get("source_track"), r.get("original_text"), r.get("translated_text"), r.get("status"), r.get("audio_ms"), r.get("cut_at_ms"), r.get("in_order"))).collect();
         if rows.iter().all(|r| r.3 != "queued" && r.3 != "playing") && !rows.is_empty() {
             return rows;
         }

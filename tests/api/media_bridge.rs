@@ -79,7 +79,7 @@ impl MediaApp {
     async fn turns(&self, call_id: Uuid) -> Vec<(String, i32, String)> {
         self.app.db().await
             .query("select track, turn_index, text from transcript_turns where call_id = $1 order by track, turn_index", &[&call_id])
-            .await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+            .await.unwrap().iter().map(|r| (r.get("track"), r.get("turn_index"), r.get("text"))).collect()
     }
 
     async fn wait_for_turns(&self, call_id: Uuid, count: usize) -> Vec<(String, i32, String)> {
@@ -162,14 +162,14 @@ async fn each_track_gets_its_own_session_in_batches_and_its_turns_are_stored() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("kind"))
         .collect();
     assert_eq!(
         events.iter().filter(|k| *k == "transcript.final").count(),
         4
     );
     let words: serde_json::Value = m.app.db().await
-        .query_one("select words from transcript_turns where call_id = $1 and track = 'inbound' and turn_index = 1", &[&call_id]).await.unwrap().get(0);
+        .query_one("select words from transcript_turns where call_id = $1 and track = 'inbound' and turn_index = 1", &[&call_id]).await.unwrap().get("words");
     assert!(
         words[0]["start_ms"].as_u64().unwrap() >= 1800,
         "word times are offsets into the call audio: {words}"
@@ -289,7 +289,7 @@ async fn a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(gaps, 0, "the buffer covered the outage");
     let metrics = m.app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("assemblyai_reconnects_total"));
@@ -333,7 +333,7 @@ async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(
         gaps, 0,
         "trimming audio a live session already heard is not a gap"
@@ -354,7 +354,7 @@ async fn audio_that_overflows_the_buffer_while_disconnected_becomes_a_recorded_g
     for _ in 0..100 {
         gaps = m.app.db().await
             .query("select track, start_ms, duration_ms, reason from transcript_gaps where call_id = $1 order by duration_ms desc", &[&call_id])
-            .await.unwrap().iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, String>(3))).collect();
+            .await.unwrap().iter().map(|r| (r.get::<_, String>("track"), r.get::<_, i64>("start_ms"), r.get::<_, i64>("duration_ms"), r.get::<_, String>("reason"))).collect();
         if !gaps.is_empty() {
             break;
         }
@@ -383,7 +383,7 @@ async fn audio_that_overflows_the_buffer_while_disconnected_becomes_a_recorded_g
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("kind"))
         .collect();
     assert!(kinds.contains(&"transcript.gap".to_string()));
     assert!(
@@ -518,7 +518,7 @@ async fn audio_held_at_hang_up_is_delivered_once_assemblyai_accepts_again() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(gaps, 0);
     let sessions = m.aai.sessions();
     let last = sessions.iter().rev().take(2);
@@ -562,7 +562,7 @@ async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("kind"))
         .collect();
     assert!(kinds.iter().filter(|k| *k == "transcript.gap").count() >= 2);
 }

@@ -50,7 +50,7 @@ async fn gaps(app: &TestApp, call_id: Uuid) -> Vec<(String, String)> {
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get("track"), r.get("reason")))
         .collect()
 }
 
@@ -108,7 +108,7 @@ async fn a_bridge_that_stopped_heart_beating_is_re_attached_once() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("kind"))
         .collect();
     assert!(kinds.contains(&"media.reattached".to_string()));
 }
@@ -181,7 +181,7 @@ async fn a_deploy_detaches_live_streams_and_another_replica_restarts_them_at_onc
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(turns, 2, "A stored each track's last turn before leaving");
 }
 
@@ -261,7 +261,7 @@ async fn a_re_attached_stream_continues_turn_numbering_and_loses_no_turn() {
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get("track"), r.get("turn_index"), r.get("start_ms")))
         .collect();
     let produced = run.aai.finals_sent();
     assert!(produced >= 6, "A's turns and B's turns: {produced}");
@@ -291,7 +291,7 @@ async fn a_re_attached_stream_continues_turn_numbering_and_loses_no_turn() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(events as usize, produced);
 }
 
@@ -311,7 +311,7 @@ async fn assert_the_gap_is_the_lost_audio(run: &RollingRestart, away: Duration) 
             .await
             .unwrap()
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| (r.get("start_ms"), r.get("duration_ms"), r.get("reason")))
             .collect();
         assert_eq!(recorded.len(), 1, "{track}: {recorded:?}");
         let (start, duration, reason) = recorded[0].clone();

@@ -91,11 +91,6 @@ async fn json_as(
     serde_json::from_str(&text).unwrap()
 }
 
-async fn email_of(app: &TestApp, who: &Session) -> String {
-    let me: Value = app.get_as(who, "/api/me").await.json().await.unwrap();
-    me["user"]["email"].as_str().unwrap().to_owned()
-}
-
 /// Invites `email` as a member; the invitation's id and accept token.
 async fn invite(
     app: &TestApp,
@@ -231,7 +226,7 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
     let mut members = Vec::new();
     for name in ["Removed-by-path", "Removed-by-query"] {
         let user = app.sign_in(name).await;
-        let (id, token) = invite(app, &session, organisation_id, &email_of(app, &user).await).await;
+        let (id, token) = invite(app, &session, organisation_id, &app.email_of(&user).await).await;
         json_as(
             app,
             &user,
@@ -251,7 +246,7 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
             .unwrap()
             .parse()
             .unwrap();
-        invitations.push(invite(app, &inviter, their_org, &email_of(app, &session).await).await);
+        invitations.push(invite(app, &inviter, their_org, &app.email_of(&session).await).await);
     }
     let revocable = format!("revocable-{}@example.com", Uuid::new_v4().simple());
     let (to_revoke, _) = invite(app, &session, organisation_id, &revocable).await;

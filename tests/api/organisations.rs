@@ -8,16 +8,6 @@ use common::{TestApp, assert_problem};
 use reqwest::Method;
 use serde_json::json;
 
-async fn personal_org(app: &TestApp, session: &Session) -> String {
-    let me: serde_json::Value = app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"].as_str().unwrap().to_owned()
-}
-
-async fn email_of(app: &TestApp, session: &Session) -> String {
-    let me: serde_json::Value = app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["user"]["email"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn creating_an_organisation_makes_the_caller_owner() {
     let app = TestApp::spawn().await;
@@ -114,7 +104,7 @@ async fn another_organisations_resources_are_404_on_every_endpoint() {
     let app = TestApp::spawn().await;
     let ada = app.sign_in("Ada").await;
     let eve = app.sign_in("Eve").await;
-    let adas_org = personal_org(&app, &ada).await;
+    let adas_org = app.organisation_of(&ada).await.to_string();
     let members = format!("/api/orgs/{adas_org}/members");
 
     assert_problem(app.get_as(&eve, &members).await, 404).await;
@@ -164,7 +154,7 @@ async fn join(
             inviter,
             &format!("/api/orgs/{org}/invitations"),
         )
-        .json(&json!({"email": email_of(app, who).await, "role": role}))
+        .json(&json!({"email": app.email_of(who).await, "role": role}))
         .send()
         .await
         .unwrap();
@@ -194,7 +184,7 @@ async fn roles_decide_who_may_add_and_remove_whom() {
     let admin = app.sign_in("Admin").await;
     let member = app.sign_in("Member").await;
     let newcomer = app.sign_in("Newcomer").await;
-    let org = personal_org(&app, &owner).await;
+    let org = app.organisation_of(&owner).await.to_string();
     let members = format!("/api/orgs/{org}/members");
 
     assert_eq!(join(&app, &owner, &org, &admin, "admin").await, 200);

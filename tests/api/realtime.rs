@@ -171,7 +171,7 @@ async fn the_proxy_batches_browser_audio_and_relays_turns_storing_them_for_a_cal
         )
         .await
         .unwrap()
-        .get(0);
+        .get("text");
     assert_eq!(text, "Hello, this is a test call.");
 }
 

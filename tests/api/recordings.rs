@@ -49,15 +49,6 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-async fn org_of(app: &TestApp, session: &Session) -> Uuid {
-    let me: Value = app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 async fn upload(
     app: &TestApp,
     session: &Session,
@@ -86,11 +77,7 @@ async fn object_key(app: &TestApp, recording: &str, version: i32) -> String {
         )
         .await
         .unwrap()
-        .get(0)
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    app.db().await.query_one(sql, &[]).await.unwrap().get(0)
+        .get("object_key")
 }
 
 async fn object_exists(app: &TestApp, key: &str) -> bool {
@@ -223,7 +210,7 @@ async fn uploads_stop_at_the_organisations_storage_quota() {
         .unwrap();
     assert_problem(direct, 413).await;
     assert_eq!(
-        count(&app, "select count(*) from recordings").await,
+        app.count("select count(*) from recordings", &[]).await,
         1,
         "nothing kept"
     );
@@ -240,7 +227,7 @@ async fn uploads_stop_at_the_organisations_storage_quota() {
 async fn only_admins_add_a_version_to_an_existing_recording() {
     let app = TestApp::spawn().await;
     let ada = app.sign_in("Ada").await;
-    let org = org_of(&app, &ada).await;
+    let org = app.organisation_of(&ada).await;
     let created: Value = upload(&app, &ada, "", "audio/wav", wav_bytes(500, 1))
         .await
         .json()
@@ -279,9 +266,9 @@ async fn only_admins_add_a_version_to_an_existing_recording() {
         .unwrap();
     assert_problem(direct, 403).await;
     assert_eq!(
-        count(
-            &app,
-            &format!("select count(*) from recording_versions where recording_id = '{id}'")
+        app.count(
+            &format!("select count(*) from recording_versions where recording_id = '{id}'"),
+            &[]
         )
         .await,
         1,
@@ -303,7 +290,7 @@ async fn only_admins_add_a_version_to_an_existing_recording() {
 async fn streamed_upload_round_trips_in_equal_parts_and_new_uploads_are_new_versions() {
     let app = TestApp::spawn_with(&[("RECORDINGS_PART_SIZE_BYTES", PART)]).await;
     let ada = app.sign_in("Ada").await;
-    let org = org_of(&app, &ada).await;
+    let org = app.organisation_of(&ada).await;
     let original = wav_bytes(12 * MIB + 12_345, 1);
 
     let response = upload(&app, &ada, "", "audio/wav", original.clone()).await;
@@ -420,7 +407,7 @@ async fn streamed_upload_round_trips_in_equal_parts_and_new_uploads_are_new_vers
 async fn direct_upload_round_trips_and_complete_checks_the_object() {
     let app = TestApp::spawn().await;
     let ada = app.sign_in("Ada").await;
-    let org = org_of(&app, &ada).await;
+    let org = app.organisation_of(&ada).await;
     let bytes = wav_bytes(300_000, 4);
 
     let response = app
@@ -446,7 +433,7 @@ async fn direct_upload_round_trips_and_complete_checks_the_object() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("staging_key");
     assert!(staging.starts_with(&format!("incoming/{org}/{id}/v1-")));
 
     // Nothing uploaded yet.
@@ -562,7 +549,7 @@ async fn direct_upload_round_trips_and_complete_checks_the_object() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get("staging_key");
     let key = object_key(&app, &id, 3).await;
     callbridge::storage::objects::copy(&app.state.storage, &staging, &key)
         .await
@@ -645,7 +632,7 @@ async fn read_status(socket: &mut tokio::net::TcpStream) -> Option<u16> {
 async fn a_client_that_disconnects_mid_upload_leaves_no_parts_behind() {
     let app = TestApp::spawn_with(&[("RECORDINGS_PART_SIZE_BYTES", PART)]).await;
     let ada = app.sign_in("Ada").await;
-    let org = org_of(&app, &ada).await;
+    let org = app.organisation_of(&ada).await;
     let body = wav_bytes(20 * MIB, 8);
     let mut socket =
         raw_upload_head(&app, &ada, &format!("Content-Length: {}\r\n", body.len())).await;
@@ -659,7 +646,7 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_parts_behind() {
             .query_opt("select upload_id, object_key from multipart_uploads", &[])
             .await
             .unwrap();
-        upload = row.map(|r| (r.get(0), r.get(1)));
+        upload = row.map(|r| (r.get("upload_id"), r.get("object_key")));
         if upload.is_some() {
             break;
         }
@@ -677,7 +664,10 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_parts_behind() {
 
     let app_ref = &app;
     wait_until("the abort", move || async move {
-        count(app_ref, "select count(*) from multipart_uploads").await == 0
+        app_ref
+            .count("select count(*) from multipart_uploads", &[])
+            .await
+            == 0
     })
     .await;
     assert_eq!(
@@ -690,9 +680,9 @@ async fn a_client_that_disconnects_mid_upload_leaves_no_parts_behind() {
     }
     assert!(objects_under(&app, "orgs/").await.is_empty());
     assert_eq!(
-        count(
-            &app,
-            "select count(*) from recording_versions where status = 'stored'"
+        app.count(
+            "select count(*) from recording_versions where status = 'stored'",
+            &[]
         )
         .await,
         0
@@ -739,14 +729,17 @@ async fn the_size_limit_is_enforced_while_streaming_and_leaves_nothing() {
 
     let app_ref = &app;
     wait_until("the abort", move || async move {
-        count(app_ref, "select count(*) from multipart_uploads").await == 0
+        app_ref
+            .count("select count(*) from multipart_uploads", &[])
+            .await
+            == 0
     })
     .await;
     assert!(objects_under(&app, "orgs/").await.is_empty());
     if let Some(open) = multipart_uploads_listed(&app).await {
         assert_eq!(open, 0);
     }
-    assert_eq!(count(&app, "select count(*) from recordings").await, 0);
+    assert_eq!(app.count("select count(*) from recordings", &[]).await, 0);
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics
@@ -802,9 +795,9 @@ async fn a_long_upload_has_its_own_timeout_instead_of_the_global_one() {
     assert_problem(response, 504).await;
     // Cut off: nothing stored (a reserved version stays pending until the cron sweeps it).
     assert_eq!(
-        count(
-            &app,
-            "select count(*) from recording_versions where status = 'stored'"
+        app.count(
+            "select count(*) from recording_versions where status = 'stored'",
+            &[]
         )
         .await,
         0
@@ -850,7 +843,7 @@ async fn non_audio_is_rejected_by_header_and_by_bytes() {
             "{content_type}"
         );
     }
-    assert_eq!(count(&app, "select count(*) from recordings").await, 4);
+    assert_eq!(app.count("select count(*) from recordings", &[]).await, 4);
 
     // Direct uploads: the declared type, then the bytes once uploaded.
     let response = app
@@ -891,7 +884,7 @@ async fn non_audio_is_rejected_by_header_and_by_bytes() {
         .unwrap();
     assert_problem(response, 415).await;
     assert!(objects_under(&app, "incoming/").await.is_empty());
-    assert_eq!(count(&app, "select count(*) from recordings").await, 4);
+    assert_eq!(app.count("select count(*) from recordings", &[]).await, 4);
 }
 
 #[tokio::test]
@@ -899,7 +892,7 @@ async fn another_organisations_recordings_are_404() {
     let app = TestApp::spawn().await;
     let ada = app.sign_in("Ada").await;
     let eve = app.sign_in("Eve").await;
-    let ada_org = org_of(&app, &ada).await;
+    let ada_org = app.organisation_of(&ada).await;
     let call = insert_call(&app, ada_org, "ended").await;
     let recording: Value = upload(
         &app,
@@ -981,7 +974,8 @@ async fn another_organisations_recordings_are_404() {
         .unwrap();
     assert_problem(response, 404).await;
     assert_eq!(
-        count(&app, "select count(*) from recording_versions").await,
+        app.count("select count(*) from recording_versions", &[])
+            .await,
         1
     );
 }
@@ -994,7 +988,7 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
     ])
     .await;
     let ada = app.sign_in("Ada").await;
-    let org = org_of(&app, &ada).await;
+    let org = app.organisation_of(&ada).await;
     let mut ids = Vec::new();
     for seed in 0..2 {
         let recording: Value = upload(&app, &ada, "", "audio/wav", wav_bytes(3000, seed))
@@ -1163,7 +1157,7 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
             .query_one(&format!("select count(*) from {table} = $1"), &[&id0])
             .await
             .unwrap()
-            .get(0);
+            .get("count");
         assert_eq!(n, 0, "{table}");
     }
     assert_problem(
@@ -1182,7 +1176,10 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
                 )
                 .await
                 .unwrap();
-            (row.get::<_, String>(0), row.get::<_, Option<String>>(1))
+            (
+                row.get::<_, String>("status"),
+                row.get::<_, Option<String>>("failure_reason"),
+            )
         }
     };
     let (stale_status, reason) = status(stale).await;
@@ -1197,7 +1194,7 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(events, 1);
 
     // Retention is per organisation: a longer one keeps, a shorter one purges.
@@ -1367,7 +1364,7 @@ mod with_simulators {
         );
         assert_eq!(recording["versions"][0]["sha256"], sha256(&wav));
         let id = recording["id"].as_str().unwrap();
-        let org = org_of(app, &ada).await;
+        let org = app.organisation_of(&ada).await;
         assert_eq!(
             object_key(app, id, 1).await,
             format!("orgs/{org}/calls/{call_id}/recordings/{id}/v1.wav")
@@ -1383,15 +1380,16 @@ mod with_simulators {
         let statuses: Vec<u16> = w.recordings.requests().iter().map(|r| r.1).collect();
         assert_eq!(statuses, vec![500, 200, 200], "retried after each failure");
         assert_eq!(
-            count(
-                app,
-                "select count(*) from jobs where kind = 'recording.import'"
+            app.count(
+                "select count(*) from jobs where kind = 'recording.import'",
+                &[]
             )
             .await,
             1
         );
         assert_eq!(
-            count(app, "select count(*) from multipart_uploads").await,
+            app.count("select count(*) from multipart_uploads", &[])
+                .await,
             0
         );
 
@@ -1494,15 +1492,16 @@ mod with_simulators {
             .unwrap();
         assert_eq!(again["duplicate"], true);
         assert_eq!(
-            count(
-                app,
-                "select count(*) from webhook_inbox where provider = 'assemblyai'"
+            app.count(
+                "select count(*) from webhook_inbox where provider = 'assemblyai'",
+                &[]
             )
             .await,
             1
         );
         assert_eq!(
-            count(app, "select count(*) from jobs where status = 'dead'").await,
+            app.count("select count(*) from jobs where status = 'dead'", &[])
+                .await,
             0
         );
     }
@@ -1560,9 +1559,9 @@ mod with_simulators {
             .unwrap();
         assert_eq!(rows.len(), 5);
         for row in &rows {
-            let error: String = row.get(2);
-            assert_eq!(row.get::<_, String>(0), "dead", "{error}");
-            assert_eq!(row.get::<_, i32>(1), 1, "not retried: {error}");
+            let error: String = row.get("last_error");
+            assert_eq!(row.get::<_, String>("status"), "dead", "{error}");
+            assert_eq!(row.get::<_, i32>("attempts"), 1, "not retried: {error}");
             assert!(
                 error.contains("redirect")
                     || error.contains("https only")
@@ -1575,7 +1574,7 @@ mod with_simulators {
             w.recordings.requests(),
             vec![("bounce.wav".to_string(), 302)]
         );
-        assert_eq!(count(app, "select count(*) from recordings").await, 0);
+        assert_eq!(app.count("select count(*) from recordings", &[]).await, 0);
     }
 
     #[tokio::test]
@@ -1612,11 +1611,11 @@ mod with_simulators {
             )
             .await
             .unwrap();
-        assert_eq!(row.get::<_, String>(0), "dead");
-        assert_eq!(row.get::<_, i32>(1), 1, "not retried");
-        assert!(row.get::<_, String>(2).contains("expired"));
+        assert_eq!(row.get::<_, String>("status"), "dead");
+        assert_eq!(row.get::<_, i32>("attempts"), 1, "not retried");
+        assert!(row.get::<_, String>("last_error").contains("expired"));
         assert_eq!(w.recordings.requests(), vec![("late.wav".to_string(), 403)]);
-        assert_eq!(count(app, "select count(*) from recordings").await, 0);
+        assert_eq!(app.count("select count(*) from recordings", &[]).await, 0);
         assert!(w.assemblyai.submissions().is_empty());
     }
 }

@@ -23,15 +23,6 @@ async fn call_in(app: &TestApp, org: Uuid) -> Uuid {
     call_id
 }
 
-async fn personal_org(app: &TestApp, session: &common::authjs::Session) -> Uuid {
-    let me: serde_json::Value = app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The `auth.revoked` event, then the end of the stream.
 async fn revocation(stream: &mut SseReader) -> serde_json::Value {
     let event = stream
@@ -50,7 +41,7 @@ async fn revocation(stream: &mut SseReader) -> serde_json::Value {
 async fn a_signed_out_session_ends_the_events_stream() {
     let app = TestApp::spawn_with(&[("AUTH_STREAM_RECHECK_SECS", "1")]).await;
     let ada = app.sign_in("Ada").await;
-    let call = call_in(&app, personal_org(&app, &ada).await).await;
+    let call = call_in(&app, app.organisation_of(&ada).await).await;
     let response = app.get_as(&ada, &format!("/api/calls/{call}/events")).await;
     assert_eq!(response.status(), 200);
     let mut stream = SseReader::new(response);
@@ -65,7 +56,7 @@ async fn a_signed_out_session_ends_the_events_stream() {
 async fn a_removed_member_stops_receiving_the_organisations_events() {
     let app = TestApp::spawn_with(&[("AUTH_STREAM_RECHECK_SECS", "1")]).await;
     let owner = app.sign_in("Owner").await;
-    let org = personal_org(&app, &owner).await;
+    let org = app.organisation_of(&owner).await;
     let call = call_in(&app, org).await;
     let bob = app.sign_in("Bob").await;
     let db = app.db().await;
@@ -110,7 +101,7 @@ async fn a_removed_member_stops_receiving_the_organisations_events() {
 async fn a_valid_session_keeps_its_stream() {
     let app = TestApp::spawn_with(&[("AUTH_STREAM_RECHECK_SECS", "1")]).await;
     let ada = app.sign_in("Ada").await;
-    let call = call_in(&app, personal_org(&app, &ada).await).await;
+    let call = call_in(&app, app.organisation_of(&ada).await).await;
     let mut stream = SseReader::new(app.get_as(&ada, &format!("/api/calls/{call}/events")).await);
     // Three intervals pass with nothing revoked: no auth.revoked, the stream still open.
     assert!(stream.next(Duration::from_millis(3500)).await.is_none());

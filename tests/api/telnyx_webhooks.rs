@@ -11,15 +11,6 @@ use common::telnyx::TelnyxApp;
 use common::{TestApp, assert_problem};
 use serde_json::{Value, json};
 
-async fn count(app: &TestApp, table: &str) -> i64 {
-    app.db()
-        .await
-        .query_one(&format!("select count(*) from {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,8 +106,11 @@ async fn bad_signatures_are_401_and_store_nothing() {
             "{name}: {problem}"
         );
     }
-    assert_eq!(count(&t.app, "webhook_inbox").await, 0);
-    assert_eq!(count(&t.app, "jobs").await, 0);
+    assert_eq!(
+        t.app.count("select count(*) from webhook_inbox", &[]).await,
+        0
+    );
+    assert_eq!(t.app.count("select count(*) from jobs", &[]).await, 0);
 
     // Within the window, either side, is fine.
     let ts = now() - 290;
@@ -148,8 +142,11 @@ async fn a_duplicate_is_a_2xx_no_op_and_underscored_types_are_accepted() {
             200
         );
     }
-    assert_eq!(count(&t.app, "webhook_inbox").await, 1);
-    assert_eq!(count(&t.app, "jobs").await, 1);
+    assert_eq!(
+        t.app.count("select count(*) from webhook_inbox", &[]).await,
+        1
+    );
+    assert_eq!(t.app.count("select count(*) from jobs", &[]).await, 1);
     let row = t
         .app
         .db()
@@ -157,8 +154,8 @@ async fn a_duplicate_is_a_2xx_no_op_and_underscored_types_are_accepted() {
         .query_one("select event_type, received_via from webhook_inbox", &[])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "call.initiated");
-    assert_eq!(row.get::<_, String>(1), "origin");
+    assert_eq!(row.get::<_, String>("event_type"), "call.initiated");
+    assert_eq!(row.get::<_, String>("received_via"), "origin");
     assert_eq!(t.drain().await, 1);
     assert_eq!(t.drain().await, 0, "processed exactly once");
 }
@@ -294,7 +291,7 @@ async fn shuffled_duplicated_retried_delivery_is_processed_exactly_once() {
     t.drain().await;
     let kinds: Vec<String> = t.app.db().await
         .query("select kind from call_events where call_id = $1::text::uuid and kind like 'call.%' or kind like 'streaming.%'", &[&call_id])
-        .await.unwrap().iter().map(|r| r.get(0)).collect();
+        .await.unwrap().iter().map(|r| r.get("kind")).collect();
     for kind in [
         "call.initiated",
         "call.answered",
@@ -308,7 +305,12 @@ async fn shuffled_duplicated_retried_delivery_is_processed_exactly_once() {
         );
     }
     assert_eq!(
-        count(&t.app, "webhook_inbox where processed_at is not null").await,
+        t.app
+            .count(
+                "select count(*) from webhook_inbox where processed_at is not null",
+                &[]
+            )
+            .await,
         4
     );
 }
@@ -349,8 +351,11 @@ async fn a_non_2xx_is_retried_by_telnyx_and_then_stored_once() {
         .await
         .unwrap();
     assert_eq!(*statuses.last().unwrap(), 200);
-    assert_eq!(count(&t.app, "webhook_inbox").await, 1);
-    assert_eq!(count(&t.app, "jobs").await, 1);
+    assert_eq!(
+        t.app.count("select count(*) from webhook_inbox", &[]).await,
+        1
+    );
+    assert_eq!(t.app.count("select count(*) from jobs", &[]).await, 1);
     common::drop_database_blocking(&database);
 }
 
@@ -432,7 +437,7 @@ async fn inbound_calls_to_owned_numbers_are_answered_once_and_others_rejected() 
     assert_eq!(hangups.len(), 1);
     assert_eq!(hangups[0].call_control_id.as_deref(), Some("v3:unknown"));
     assert_eq!(
-        count(&t.app, "calls").await,
+        t.app.count("select count(*) from calls", &[]).await,
         1,
         "no row for a call we do not own"
     );

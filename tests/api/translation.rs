@@ -76,7 +76,7 @@ async fn deepl_answers_with_regional_targets_and_the_cache_answers_next() {
             )
             .await
             .unwrap()
-            .get(0);
+            .get("count");
         if cached == 2 {
             break;
         }
@@ -250,7 +250,7 @@ async fn cached_rows(app: &TestApp, target: &str, count: i64) {
             )
             .await
             .unwrap()
-            .get(0);
+            .get("count");
         if cached >= count {
             return;
         }
@@ -317,7 +317,7 @@ async fn the_cache_is_per_organisation_and_never_reveals_another_tenants_sentenc
         )
         .await
         .unwrap()
-        .get(0);
+        .get("count");
     assert_eq!(owners, 2, "one row per organisation");
 }
 
@@ -382,7 +382,7 @@ async fn cached_text_transcripts_and_utterances_follow_the_recording_retention()
             .query_one(&format!("select count(*) from {table}"), &[])
             .await
             .unwrap()
-            .get(0);
+            .get("count");
         assert_eq!(left, 1, "{table}: the fresh row stays");
     }
     // A longer retention for the organisation keeps everything the next time.

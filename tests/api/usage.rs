@@ -50,7 +50,7 @@ async fn spawn_with(extra: &[(&str, &str)]) -> It {
     t.sim.send_hangup_webhooks(&t.webhook_url());
     let ada = t.app.sign_in("Ada").await;
     t.own_number(&ada, "+14155550100").await;
-    let org = org_of(&t, &ada).await;
+    let org = t.app.organisation_of(&ada).await;
     let policy = t
         .app
         .request_as(
@@ -70,15 +70,6 @@ async fn spawn_with(extra: &[(&str, &str)]) -> It {
         ada,
         org,
     }
-}
-
-async fn org_of(t: &TelnyxApp, session: &Session) -> Uuid {
-    let me: Value = t.app.get_as(session, "/api/me").await.json().await.unwrap();
-    me["organisations"][0]["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn interpreted() -> Value {
@@ -178,7 +169,7 @@ impl It {
                 .await
                 .unwrap()
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .map(|r| (r.get("vendor"), r.get("unit"), r.get("quantity")))
                 .collect();
             if ready(&rows) {
                 return rows;
@@ -510,7 +501,7 @@ async fn a_running_call_is_warned_at_80_percent_and_ended_at_100_when_the_org_ch
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("kind"))
         .collect();
     assert_eq!(
         kinds,
@@ -580,7 +571,7 @@ async fn another_organisations_usage_is_never_visible() {
     .unwrap();
 
     let mallory = it.t.app.sign_in("Mallory").await;
-    let theirs = org_of(&it.t, &mallory).await;
+    let theirs = it.t.app.organisation_of(&mallory).await;
     let report: Value =
         it.t.app
             .get_as(&mallory, "/api/usage?group_by=call")
@@ -665,7 +656,7 @@ async fn the_ledger_writes_each_source_event_once_and_never_rewrites_a_row() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r.get("quantity"))
         .collect();
     assert_eq!(rows, [10.0]);
     let refused = db
@@ -717,7 +708,7 @@ async fn assemblyai_drift_above_the_threshold_is_reported_once() {
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get("session_id"), r.get("reported_seconds")))
         .collect();
     assert_eq!(
         found,

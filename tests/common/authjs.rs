@@ -24,7 +24,7 @@ impl TestApp {
             )
             .await
             .unwrap();
-        row.get::<_, i32>(0).to_string()
+        row.get::<_, i32>("id").to_string()
     }
 
     /// The adapter's `createSession`, with the token stored as given.
@@ -88,5 +88,27 @@ impl TestApp {
             .request(method, self.url(path))
             .header("cookie", format!("authjs.session-token={}", session.token))
             .header("origin", "https://app.example.com")
+    }
+
+    /// `GET /api/me` as `session`.
+    pub async fn me(&self, session: &Session) -> serde_json::Value {
+        self.get_as(session, "/api/me").await.json().await.unwrap()
+    }
+
+    /// The session's first organisation (`/api/me`): a new user's personal one.
+    pub async fn organisation_of(&self, session: &Session) -> uuid::Uuid {
+        self.me(session).await["organisations"][0]["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// The session's user's email (`/api/me`).
+    pub async fn email_of(&self, session: &Session) -> String {
+        self.me(session).await["user"]["email"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }

@@ -298,6 +298,20 @@ impl TestApp {
         client
     }
 
+    /// The `count` column of `sql` (a `select count(*) …`) on a fresh connection.
+    pub async fn count(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> i64 {
+        self.db()
+            .await
+            .query_one(sql, params)
+            .await
+            .unwrap()
+            .get("count")
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();

@@ -70,3 +70,19 @@ pub fn test_worker(app: &TestApp) -> Worker {
 pub async fn drain(app: &TestApp) -> usize {
     test_worker(app).drain().await.expect("draining the queue")
 }
+
+/// One party of a call played into its media stream as the interpreted-call stories do: the
+/// inbound track only, in real time, `pattern` as speech-like audio (milliseconds, speaking
+/// or not), the socket kept open `linger_ms` after the audio.
+pub fn party(
+    url: String,
+    pattern: &[(u64, bool)],
+    linger_ms: u64,
+) -> callbridge::sim::telnyx_media::PlayOptions {
+    use callbridge::sim::telnyx_media::{self, PlayOptions};
+    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
+    options.inbound_only = true;
+    options.realtime = true;
+    options.linger = std::time::Duration::from_millis(linger_ms);
+    options
+}
