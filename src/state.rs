@@ -59,6 +59,8 @@ pub struct Shared {
     pub job_bell: crate::queue::bell::Bell,
     /// The replica's media stream heartbeats, written in batches.
     pub heartbeats: crate::heartbeats::Heartbeats,
+    /// The replica's usage ledger writer: entries are written in batches.
+    pub ledger: crate::usage::Recorder,
     /// Request rate limits (per replica, applied by `http::limits`).
     pub limiter: crate::limits::Limiter,
     /// Open SSE streams and WebSockets per user (per replica).
