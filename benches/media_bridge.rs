@@ -91,7 +91,7 @@ async fn run(pinned: bool) -> bool {
     let service_cpu = pinned.then_some(SERVICE_CPU);
     let server = start_server(
         port,
-        &db_url,
+        db_url.as_str(),
         secret,
         &sim.streaming_url(),
         service_cpu,
@@ -210,7 +210,7 @@ async fn run(pinned: bool) -> bool {
         let off_port = free_port();
         let off_server = start_server(
             off_port,
-            &db_url,
+            db_url.as_str(),
             secret,
             &sim.streaming_url(),
             service_cpu,

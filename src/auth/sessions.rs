@@ -282,7 +282,7 @@ impl SessionResolver {
         // Until the user has their own personal organisation — also when someone added them
         // to theirs first — make it, so their default organisation is one they own. (Once
         // per user: the common path above is the single statement.)
-        let as_read = !(memberships.is_empty() || !owns_personal);
+        let as_read = !memberships.is_empty() && owns_personal;
         if !as_read {
             let display = user
                 .name

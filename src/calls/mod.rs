@@ -113,7 +113,7 @@ pub fn call_from_row(row: &Row) -> Call {
 /// column is a scan of the row's columns, per row of every page).
 pub fn call_from_row_at(row: &Row, first: usize) -> Call {
     Call {
-        id: row.get(first + 0),
+        id: row.get(first),
         organisation_id: row.get(first + 1),
         direction: row.get(first + 2),
         from: row.get(first + 3),
