@@ -654,7 +654,7 @@ async fn a_live_call_costs_postgresql_at_most_one_statement_per_10_s() {
     let idle = statements(&wire.trips());
 
     // Silence: no turns, so nothing but the streams themselves.
-    let silence = vec![0xFFu8; 8 * 1000 * (WINDOW.as_secs() as usize + 8)];
+    let silence = vec![0xFFu8; 8 * 1000 * (WINDOW.as_secs() as usize + 12)];
     let players: Vec<_> = calls
         .iter()
         .map(|&call_id| {
@@ -663,8 +663,21 @@ async fn a_live_call_costs_postgresql_at_most_one_statement_per_10_s() {
             tokio::spawn(telnyx_media::play(options))
         })
         .collect();
-    // Past connecting (token check, claim, sessions opening) into the steady state.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past connecting (token check, where the call left off, the claim of the stream) into
+    // the steady state: every stream's claim is its last statement of setting up.
+    for _ in 0..600 {
+        let claims = wire
+            .trips()
+            .iter()
+            .flatten()
+            .filter(|sql| sql.contains("insert into media_streams (call_id, replica"))
+            .count();
+        if claims >= CALLS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     wire.reset();
     tokio::time::sleep(WINDOW).await;
     let trips = wire.trips();
