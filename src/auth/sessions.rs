@@ -157,10 +157,12 @@ impl SessionResolver {
         // The rider's statement: the same principal, the organisation the request acts in
         // (`$3` when named, else the active one, else the first membership; null unless the
         // user is a member), and the rider's rows numbered in their order. The principal's
-        // arrays are sent with the first row only: PostgreSQL's CPU is the scarce one.
+        // arrays are sent with the first row only: PostgreSQL's CPU is the scarce one. The
+        // principal is materialised: inlined, its subqueries ran again for every row (and
+        // for every mention of its active organisation).
         let ride_template = format!(
-            r#"{session}, p0 as ({principal}),
-               p as (select p0.*, case when o.id = any(p0.ids) then o.id end as organisation_id
+            r#"{session}, p0 as materialized ({principal}),
+               p as materialized (select p0.*, case when o.id = any(p0.ids) then o.id end as organisation_id
                      from p0 cross join lateral
                        (select coalesce($3::uuid, p0.active_organisation_id, p0.ids[1]) as id) o)
                select p.user_id, p.name, p.email, p.image, p.expires, p.raw_match,
