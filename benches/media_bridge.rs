@@ -89,47 +89,13 @@ async fn run(pinned: bool) -> bool {
     let port = free_port();
     let secret = "bench-auth-secret-bench-auth-secret";
     let service_cpu = pinned.then_some(SERVICE_CPU);
-    // BENCH_SERVER_BIN / BENCH_SERVER_WRAPPER: run another build of the server, or the same
-    // under a profiler (e.g. `heaptrack -o /tmp/bridge` with a `system-allocator` build).
-    let server_bin = std::env::var("BENCH_SERVER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").into());
-    let wrapper: Vec<String> = std::env::var("BENCH_SERVER_WRAPPER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut command = measure::command_on(service_cpu, program);
-            command.args(args).arg(&server_bin);
-            command
-        }
-        None => measure::command_on(service_cpu, &server_bin),
-    };
-    let server = ChildGuard(
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs([
-                ("APP_ENV", "development"),
-                ("RATE_LIMIT_SESSION_PER_MIN", "0"),
-                ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
-                ("BIND_ADDRESS", "127.0.0.1"),
-                ("PORT", &port.to_string()),
-                ("DATABASE_URL", db_url.as_str()),
-                ("RUN_MIGRATIONS_ON_START", "true"),
-                ("DATABASE_POOL_MAX_SIZE", "16"),
-                ("R2_ENDPOINT", "http://127.0.0.1:9"),
-                ("R2_CREATE_BUCKET", "false"),
-                ("LOG_LEVEL", "error"),
-                ("AUTH_SECRET", secret),
-                ("ASSEMBLYAI_API_KEY", "bench-aai-key"),
-                ("ASSEMBLYAI_STREAMING_URL", &sim.streaming_url()),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let server = start_server(
+        port,
+        db_url.as_str(),
+        secret,
+        &sim.streaming_url(),
+        service_cpu,
+        true,
     );
     wait_for_port(port).await;
     let relay_port = free_port();
@@ -231,7 +197,56 @@ async fn run(pinned: bool) -> bool {
         }
     }
 
+    // Issue 17: what the usage ledger costs per frame, same run, same calls: a second
+    // service with `USAGE_LEDGER=false`, alternated with the first (on, off, on, off) so
+    // drift in the machine's load falls on both.
+    let ledger_calls: usize = std::env::var("BENCH_LEDGER_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500)
+        .min(max_calls);
+    let mut ledger_rows = Vec::new();
+    if ledger_calls > 0 {
+        let off_port = free_port();
+        let off_server = start_server(
+            off_port,
+            db_url.as_str(),
+            secret,
+            &sim.streaming_url(),
+            service_cpu,
+            false,
+        );
+        wait_for_port(off_port).await;
+        let off_idle_rss = measure::rss_kib(off_server.0.id());
+        for target in ["bridge", "bridge-ledger-off", "bridge", "bridge-ledger-off"] {
+            let plan = Plan {
+                calls: ledger_calls,
+                frames: seconds * 50,
+                fault: Fault::None,
+            };
+            let (pid, idle_rss, target_port) = match target {
+                "bridge" => (server.0.id(), service_idle_rss, port),
+                _ => (off_server.0.id(), off_idle_rss, off_port),
+            };
+            let tokens = tokens.clone();
+            let url =
+                move |i: usize| format!("ws://127.0.0.1:{target_port}/media/telnyx/{}", tokens[i]);
+            let row = run_once(plan, &sim, pid, idle_rss, &mut meter, url, target).await;
+            println!(
+                "{target} {ledger_calls} (ledger comparison): {:.2} µs CPU/frame, lost {}, doubled {}",
+                row.service_cpu_us_per_frame, row.report.lost, row.report.doubled
+            );
+            if let Err(failure) = row.report.check() {
+                failures.push(format!("{target} (ledger comparison): {failure}"));
+            }
+            ledger_rows.push(row);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        drop(off_server);
+    }
+
     print_table(&rows, seconds, pinned);
+    print_table(&ledger_rows, seconds, pinned);
     let mut result = ResultFile::new("media_bridge");
     result.set("seconds_per_call", seconds);
     result.set(
@@ -243,6 +258,7 @@ async fn run(pinned: bool) -> bool {
         },
     );
     result.set("rows", &rows);
+    result.set("ledger_rows", &ledger_rows);
     let largest = |target: &str| {
         rows.iter()
             .filter(|r| {
@@ -321,6 +337,32 @@ async fn run(pinned: bool) -> bool {
             "< 100% (else the generator is the ceiling)",
         );
     }
+    if !ledger_rows.is_empty() {
+        let mean = |target: &str, figure: fn(&Row) -> f64| {
+            let picked: Vec<f64> = ledger_rows
+                .iter()
+                .filter(|r| r.target == target)
+                .map(figure)
+                .collect();
+            picked.iter().sum::<f64>() / picked.len().max(1) as f64
+        };
+        let service = |r: &Row| r.service_cpu_us_per_frame;
+        let postgres = |r: &Row| r.postgres_cpu_us_per_frame;
+        let on = mean("bridge", service) + mean("bridge", postgres);
+        let off = mean("bridge-ledger-off", service) + mean("bridge-ledger-off", postgres);
+        let added = (on - off) / off.max(1e-9) * 100.0;
+        result.set("ledger_cpu_us_per_frame_on", on);
+        result.set("ledger_cpu_us_per_frame_off", off);
+        result.set("ledger_added_cpu_percent", added);
+        result.row(
+            &format!(
+                "{ledger_calls} calls: CPU per frame (service + PostgreSQL), usage ledger on vs off (mean of two runs each, alternated)"
+            ),
+            format!("on {on:.2} µs, off {off:.2} µs: {added:+.1} %"),
+            String::new(),
+            "< 5 % added (issue 17)",
+        );
+    }
     for failure in &failures {
         eprintln!("INVARIANT BROKEN: {failure}");
     }
@@ -329,6 +371,61 @@ async fn run(pinned: bool) -> bool {
     tokio::time::sleep(Duration::from_millis(500)).await;
     scratch.drop_now().await;
     failures.is_empty()
+}
+
+/// The service under test, pinned to `cpu` when given; `ledger` is `USAGE_LEDGER`.
+/// BENCH_SERVER_BIN / BENCH_SERVER_WRAPPER: run another build of the server, or the same
+/// under a profiler (e.g. `heaptrack -o /tmp/bridge` with a `system-allocator` build, or
+/// `valgrind --tool=callgrind` for instructions per frame).
+fn start_server(
+    port: u16,
+    db_url: &str,
+    secret: &str,
+    streaming_url: &str,
+    cpu: Option<usize>,
+    ledger: bool,
+) -> ChildGuard {
+    let server_bin = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").into());
+    let wrapper: Vec<String> = std::env::var("BENCH_SERVER_WRAPPER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = measure::command_on(cpu, program);
+            command.args(args).arg(&server_bin);
+            command
+        }
+        None => measure::command_on(cpu, &server_bin),
+    };
+    ChildGuard(
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs([
+                ("APP_ENV", "development"),
+                ("RATE_LIMIT_SESSION_PER_MIN", "0"),
+                ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
+                ("BIND_ADDRESS", "127.0.0.1"),
+                ("PORT", &port.to_string()),
+                ("DATABASE_URL", db_url),
+                ("RUN_MIGRATIONS_ON_START", "true"),
+                ("DATABASE_POOL_MAX_SIZE", "16"),
+                ("R2_ENDPOINT", "http://127.0.0.1:9"),
+                ("R2_CREATE_BUCKET", "false"),
+                ("LOG_LEVEL", "error"),
+                ("AUTH_SECRET", secret),
+                ("ASSEMBLYAI_API_KEY", "bench-aai-key"),
+                ("ASSEMBLYAI_STREAMING_URL", streaming_url),
+                ("USAGE_LEDGER", if ledger { "true" } else { "false" }),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 async fn run_once(
@@ -384,7 +481,8 @@ async fn run_once(
         postgres_cpu_us_per_frame: pg.cpu_seconds * 1e6 / frames,
         generator_cpu_share: generator_cpu / elapsed,
         rss_kib_per_call: rss.saturating_sub(idle_rss) as f64 / plan.calls.max(1) as f64,
-        postgres_transactions_per_call_minute: if target == "bridge" && !window.is_zero() {
+        postgres_transactions_per_call_minute: if target.starts_with("bridge") && !window.is_zero()
+        {
             mid_transactions as f64 / plan.calls.max(1) as f64 / (window.as_secs_f64() / 60.0)
         } else {
             0.0

@@ -96,6 +96,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             shutdown.clone(),
         ),
         partials: crate::partials::Partials::start(db.clone(), shutdown.clone()),
+        ledger: crate::usage::Recorder::start(db.clone(), config.usage.ledger),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),
         limiter: Default::default(),
@@ -235,6 +236,8 @@ impl Application {
         {
             tracing::warn!("media bridges outlived the shutdown grace period");
         }
+        // Their last speech sessions (and anything else pending) reach the ledger.
+        state.ledger.flush().await;
         if let Some(worker) = worker {
             let _ = worker.await;
         }

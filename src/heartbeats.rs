@@ -121,26 +121,41 @@ async fn write(
         }
     }
     let client = db.client().await?;
-    // As `transcripts::heartbeat`, for many calls; and a beat of the same stream never
-    // revives a row whose end was recorded (a new stream of the call beats at once itself).
+    // Through the statement cache: an unprepared statement is three round trips (prepare,
+    // execute, close), and these run every 5 s for as long as the replica carries a call.
+    let streams_upsert = db.prepare(&client, STREAMS_SQL).await?;
     client
-        .execute(
-            "insert into media_streams (call_id, leg, replica, stream_id)
-             select b.call_id, b.leg, $1, b.stream_id
-             from unnest($2::uuid[], $3::text[], $4::text[]) as b (call_id, leg, stream_id)
-             on conflict (call_id, leg) do update set replica = excluded.replica,
-                 stream_id = coalesce(excluded.stream_id, media_streams.stream_id),
-                 heartbeat_at = now(), ended_at = null
-             where (media_streams.replica <> 'detached' and media_streams.ended_at is null)
-                or media_streams.stream_id is distinct from excluded.stream_id",
-            &[&replica, &calls, &legs, &streams],
-        )
+        .execute(&streams_upsert, &[&replica, &calls, &legs, &streams])
         .await?;
     if !position_calls.is_empty() {
-        save_positions_of(&client, &position_calls, &tracks, &ends, &ended).await?;
+        let positions_upsert = db.prepare(&client, POSITIONS_SQL).await?;
+        client
+            .execute(
+                &positions_upsert,
+                &[&position_calls, &tracks, &ends, &ended],
+            )
+            .await?;
     }
     Ok(())
 }
+
+/// As `transcripts::heartbeat`, for many calls; and a beat of the same stream never revives a
+/// row whose end was recorded (a new stream of the call beats at once itself).
+const STREAMS_SQL: &str = "insert into media_streams (call_id, leg, replica, stream_id)
+     select b.call_id, b.leg, $1, b.stream_id
+     from unnest($2::uuid[], $3::text[], $4::text[]) as b (call_id, leg, stream_id)
+     on conflict (call_id, leg) do update set replica = excluded.replica,
+         stream_id = coalesce(excluded.stream_id, media_streams.stream_id),
+         heartbeat_at = now(), ended_at = null
+     where (media_streams.replica <> 'detached' and media_streams.ended_at is null)
+        or media_streams.stream_id is distinct from excluded.stream_id";
+
+const POSITIONS_SQL: &str = "insert into media_stream_positions (call_id, track, end_ms, frame_at)
+     select p.call_id, p.track, p.end_ms, p.ended
+     from unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) as p (call_id, track, end_ms, ended)
+     on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
+     where excluded.end_ms >= media_stream_positions.end_ms";
+
 /// Track positions of many calls in one statement (`media::resume` reads them back): row `i` is
 /// `calls[i]`'s `tracks[i]` at `ends[i]` ms, whose audio ended at `ended[i]`. A (call, track)
 /// appears at most once.
@@ -152,14 +167,7 @@ pub async fn save_positions_of(
     ended: &[DateTime<Utc>],
 ) -> Result<(), DbError> {
     client
-        .execute(
-            "insert into media_stream_positions (call_id, track, end_ms, frame_at)
-             select p.call_id, p.track, p.end_ms, p.ended
-             from unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) as p (call_id, track, end_ms, ended)
-             on conflict (call_id, track) do update set end_ms = excluded.end_ms, frame_at = excluded.frame_at
-             where excluded.end_ms >= media_stream_positions.end_ms",
-            &[&calls, &tracks, &ends, &ended],
-        )
+        .execute(POSITIONS_SQL, &[&calls, &tracks, &ends, &ended])
         .await?;
     Ok(())
 }

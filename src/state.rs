@@ -61,6 +61,8 @@ pub struct Shared {
     pub heartbeats: crate::heartbeats::Heartbeats,
     /// The replica's live partial turns, published in batches.
     pub partials: crate::partials::Partials,
+    /// The replica's usage ledger writer: entries are written in batches.
+    pub ledger: crate::usage::Recorder,
     /// Request rate limits (per replica, applied by `http::limits`).
     pub limiter: crate::limits::Limiter,
     /// Open SSE streams and WebSockets per user (per replica).

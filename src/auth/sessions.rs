@@ -5,12 +5,15 @@
 //! stored: `raw` (the adapter's default), `hashed` (hex SHA-256) or `dual` (either, for the
 //! zero-downtime move). Results are cached briefly (see `cache`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use utoipa::ToSchema;
 
 use super::cache::{TokenDigest, TtlCache};
@@ -49,6 +52,32 @@ pub enum StoredForm {
     Hashed,
 }
 
+/// A query that runs in the statement of a session lookup on a cache miss
+/// ([`SessionResolver::resolve_riding`]).
+pub trait Rider {
+    type Output;
+    /// A subquery, fixed text (its address names its prepared statement), that reads the
+    /// organisation the request acts in as `p.organisation_id` (null unless the caller is a
+    /// member) and takes its own parameters from `$4` on; its rows keep their order.
+    fn sql(&self) -> &'static str;
+    /// `$4`, `$5`, … of [`Self::sql`].
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
+    /// The answer from `rows` (empty when the subquery returned none), whose own columns
+    /// start at `first`.
+    fn read(&self, rows: &[Row], first: usize) -> Self::Output;
+}
+
+/// What a [`Rider`] answered, and for which organisation.
+pub struct Ridden<T> {
+    pub organisation_id: uuid::Uuid,
+    pub output: T,
+}
+
+/// Where a rider's row keeps the organisation the statement chose.
+const RIDER_ORGANISATION_COLUMN: usize = 12;
+/// Where a rider's own columns start (after the organisation and the row number).
+const RIDER_FIRST_COLUMN: usize = 14;
+
 pub struct Resolved {
     pub principal: Arc<Principal>,
     pub cache_hit: bool,
@@ -74,6 +103,10 @@ pub struct SessionResolver {
     /// each per `AUTH_NEGATIVE_CACHE_SECS`, not one per request.
     unknown: TtlCache<()>,
     lookup_sql: String,
+    /// The lookup with a rider: `{rider}` stands for the rider's subquery.
+    ride_template: String,
+    /// Each rider's whole statement, built once (by the address of its fixed SQL).
+    ride_sql: Mutex<HashMap<usize, Arc<str>>>,
 }
 
 impl Principal {
@@ -94,20 +127,23 @@ impl SessionResolver {
         // organisation and their active one come in the same statement: a cache miss is one
         // round trip to PostgreSQL, not four (docs/BENCHMARKS.md).
         let order = orgs::MEMBERSHIPS_ORDER.replace("$1", "x.user_id");
-        let lookup_sql = format!(
+        let session = format!(
             r#"with x as (
                  select u.id::text as user_id, u.name, u.email, u.image, s.expires,
                         s."sessionToken" = $2 as raw_match
                  from {schema}.sessions s join {schema}.users u on u.id = s."userId"
                  where s."sessionToken" = any($1) and s.expires > now()
                  order by s.expires desc limit 1
-               )
-               select x.user_id, x.name, x.email, x.image, x.expires, x.raw_match,
+               )"#
+        );
+        let principal = format!(
+            r#"select x.user_id, x.name, x.email, x.image, x.expires, x.raw_match,
                       exists (select 1 from organisations where personal_owner_id = x.user_id) as owns_personal,
                       (select st.active_organisation_id from user_settings st
                        join memberships am on am.organisation_id = st.active_organisation_id and am.user_id = st.user_id
                        where st.user_id = x.user_id) as active_organisation_id,
-                      coalesce(ms.ids, '{{}}'), coalesce(ms.names, '{{}}'), coalesce(ms.roles, '{{}}'), coalesce(ms.personal, '{{}}')
+                      coalesce(ms.ids, '{{}}') as ids, coalesce(ms.names, '{{}}') as names,
+                      coalesce(ms.roles, '{{}}') as roles, coalesce(ms.personal, '{{}}') as personal
                from x left join lateral (
                  select array_agg(o.id order by {order}) as ids,
                         array_agg(o.name order by {order}) as names,
@@ -117,12 +153,37 @@ impl SessionResolver {
                  where m.user_id = x.user_id
                ) ms on true"#
         );
+        let lookup_sql = format!("{session} {principal}");
+        // The rider's statement: the same principal, the organisation the request acts in
+        // (`$3` when named, else the active one, else the first membership; null unless the
+        // user is a member), and the rider's rows numbered in their order. The principal's
+        // arrays are sent with the first row only: PostgreSQL's CPU is the scarce one. The
+        // principal is materialised: inlined, its subqueries ran again for every row (and
+        // for every mention of its active organisation).
+        let ride_template = format!(
+            r#"{session}, p0 as materialized ({principal}),
+               p as materialized (select p0.*, case when o.id = any(p0.ids) then o.id end as organisation_id
+                     from p0 cross join lateral
+                       (select coalesce($3::uuid, p0.active_organisation_id, p0.ids[1]) as id) o)
+               select p.user_id, p.name, p.email, p.image, p.expires, p.raw_match,
+                      p.owns_personal, p.active_organisation_id,
+                      case when r.n is null or r.n = 1 then p.ids end,
+                      case when r.n is null or r.n = 1 then p.names end,
+                      case when r.n is null or r.n = 1 then p.roles end,
+                      case when r.n is null or r.n = 1 then p.personal end,
+                      p.organisation_id, r.*
+               from p left join lateral
+                 (select row_number() over () as n, q.* from ({{rider}}) q) r on true
+               order by r.n"#
+        );
         Self {
             db,
             storage: config.token_storage,
             cache: TtlCache::new(config.session_cache_ttl, config.session_cache_capacity),
             unknown: TtlCache::new(config.negative_cache_ttl, config.session_cache_capacity),
             lookup_sql,
+            ride_template,
+            ride_sql: Mutex::new(HashMap::new()),
         }
     }
 
@@ -164,17 +225,8 @@ impl SessionResolver {
             self.unknown.insert(digest, Arc::new(()), None);
             return Ok(None);
         };
-        let until_expiry = (principal.session_expires - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        let principal = Arc::new(principal);
-        self.cache.insert(
-            digest,
-            principal.clone(),
-            Some(Instant::now() + until_expiry),
-        );
         Ok(Some(Resolved {
-            principal,
+            principal: self.remember(digest, principal),
             cache_hit: false,
         }))
     }
@@ -188,6 +240,18 @@ impl SessionResolver {
         else {
             return Ok(None);
         };
+        let (principal, _) = self.principal_from(&mut client, &row).await?;
+        Ok(Some(principal))
+    }
+
+    /// The principal in the first 12 columns of `row`, and whether it is as the row says
+    /// (`false` when the user's personal organisation had to be made first, so the
+    /// memberships were read again).
+    async fn principal_from(
+        &self,
+        client: &mut crate::db::Client,
+        row: &Row,
+    ) -> Result<(Principal, bool), DbError> {
         let user = User {
             id: row.get(0),
             name: row.get(1),
@@ -220,24 +284,111 @@ impl SessionResolver {
         // Until the user has their own personal organisation — also when someone added them
         // to theirs first — make it, so their default organisation is one they own. (Once
         // per user: the common path above is the single statement.)
-        if memberships.is_empty() || !owns_personal {
+        let as_read = !memberships.is_empty() && owns_personal;
+        if !as_read {
             let display = user
                 .name
                 .clone()
                 .or_else(|| user.email.clone())
                 .unwrap_or_else(|| "Personal".into());
-            orgs::ensure_personal_organisation(&mut **client, &user.id, &display).await?;
-            memberships = orgs::memberships_of(&self.db, &client, &user.id).await?;
+            orgs::ensure_personal_organisation(&mut ***client, &user.id, &display).await?;
+            memberships = orgs::memberships_of(&self.db, client, &user.id).await?;
             active_organisation_id =
-                orgs::active_organisation_of(&self.db, &client, &user.id).await?;
+                orgs::active_organisation_of(&self.db, client, &user.id).await?;
         }
-        Ok(Some(Principal {
+        let principal = Principal {
             user,
             session_expires: row.get(4),
             memberships,
             active_organisation_id,
             stored_form,
-        }))
+        };
+        Ok((principal, as_read))
+    }
+
+    /// Caches `principal` for `digest` (never past the session's expiry).
+    fn remember(&self, digest: TokenDigest, principal: Principal) -> Arc<Principal> {
+        let until_expiry = (principal.session_expires - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        let principal = Arc::new(principal);
+        self.cache.insert(
+            digest,
+            principal.clone(),
+            Some(Instant::now() + until_expiry),
+        );
+        principal
+    }
+
+    /// [`Self::resolve`], and on a cache miss `rider` in the same statement: an
+    /// authenticated request whose session is not cached still costs one round trip to
+    /// PostgreSQL (docs/adr/0038-one-round-trip-per-request.md). `named` is the
+    /// organisation the request names, if any. The rider's answer is `None` on a cache hit,
+    /// and when the caller is not a member of the organisation the statement chose or the
+    /// lookup had to change the user's memberships first: the caller then runs its query
+    /// alone, after deciding the organisation as always.
+    pub async fn resolve_riding<R: Rider>(
+        &self,
+        token: &str,
+        named: Option<uuid::Uuid>,
+        rider: &R,
+    ) -> Result<Option<(Resolved, Option<Ridden<R::Output>>)>, DbError> {
+        let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
+        if let Some(principal) = self.cache.get(&digest) {
+            let resolved = Resolved {
+                principal,
+                cache_hit: true,
+            };
+            return Ok(Some((resolved, None)));
+        }
+        if self.unknown.get(&digest).is_some() {
+            metrics::counter!("auth_unknown_token_cached_total").increment(1);
+            return Ok(None);
+        }
+        let sql = self.ride_sql(rider.sql());
+        let candidates = self.candidates(token);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&candidates, &token, &named];
+        params.extend(rider.params());
+        let mut client = self.db.client().await?;
+        let statement = self.db.prepare(&client, &sql).await?;
+        let rows = client.query(&statement, &params).await?;
+        let Some(first) = rows.first() else {
+            self.unknown.insert(digest, Arc::new(()), None);
+            return Ok(None);
+        };
+        let (principal, as_read) = self.principal_from(&mut client, first).await?;
+        let organisation_id: Option<uuid::Uuid> = first.get(RIDER_ORGANISATION_COLUMN);
+        let ridden = match organisation_id {
+            Some(organisation_id) if as_read => {
+                // A rider that returned nothing still leaves the one row of the left join.
+                let numbered = if first
+                    .get::<_, Option<i64>>(RIDER_FIRST_COLUMN - 1)
+                    .is_some()
+                {
+                    &rows[..]
+                } else {
+                    &rows[..0]
+                };
+                Some(Ridden {
+                    organisation_id,
+                    output: rider.read(numbered, RIDER_FIRST_COLUMN),
+                })
+            }
+            _ => None,
+        };
+        let resolved = Resolved {
+            principal: self.remember(digest, principal),
+            cache_hit: false,
+        };
+        Ok(Some((resolved, ridden)))
+    }
+
+    fn ride_sql(&self, rider: &'static str) -> Arc<str> {
+        let mut built = self.ride_sql.lock().unwrap_or_else(|p| p.into_inner());
+        built
+            .entry(rider.as_ptr() as usize)
+            .or_insert_with(|| self.ride_template.replace("{rider}", rider).into())
+            .clone()
     }
 
     /// The principal for `token` straight from the database (the cache is refreshed, or
@@ -248,16 +399,7 @@ impl SessionResolver {
             self.cache.remove(&digest);
             return Ok(None);
         };
-        let until_expiry = (principal.session_expires - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        let principal = Arc::new(principal);
-        self.cache.insert(
-            digest,
-            principal.clone(),
-            Some(Instant::now() + until_expiry),
-        );
-        Ok(Some(principal))
+        Ok(Some(self.remember(digest, principal)))
     }
 
     /// Sessions currently cached on this replica.

@@ -303,16 +303,12 @@ async fn translate_prompts(
                     user_id: None,
                 };
                 let key = format!("line-prompt:{}", uuid::Uuid::now_v7());
-                crate::usage::record_later(
-                    &state.db,
-                    &state.config.usage,
-                    crate::usage::translation_entries(
-                        owner,
-                        &key,
-                        &translated.usage,
-                        serde_json::json!({"target_language": language}),
-                    ),
-                );
+                state.ledger.record(crate::usage::translation_entries(
+                    owner,
+                    &key,
+                    &translated.usage,
+                    serde_json::json!({"target_language": language}),
+                ));
                 Ok(translated.texts.pop().unwrap_or_default())
             }
         };

@@ -18,6 +18,7 @@ use crate::db::GenericClient;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -107,31 +108,37 @@ pub const CALL_COLUMNS: &str = "id, organisation_id, direction, from_number, to_
      telnyx_call_control_id, interpreted, original_audio, line_number_id, line_outcome";
 
 pub fn call_from_row(row: &Row) -> Call {
+    call_from_row_at(row, 0)
+}
+
+/// The call in [`CALL_COLUMNS`] from column `first` on (by position: a name lookup per
+/// column is a scan of the row's columns, per row of every page).
+pub fn call_from_row_at(row: &Row, first: usize) -> Call {
     Call {
-        id: row.get("id"),
-        organisation_id: row.get("organisation_id"),
-        direction: row.get("direction"),
-        from: row.get("from_number"),
-        to: row.get("to_number"),
-        source_language: row.get("source_language"),
-        target_language: row.get("target_language"),
-        voice_id: row.get("voice_id"),
-        record: row.get("record"),
-        status: row.try_get("status").unwrap_or(CallStatus::Failed),
-        stream_state: row.get("stream_state"),
-        hangup_cause: row.get("hangup_cause"),
-        hangup_source: row.get("hangup_source"),
-        sip_hangup_cause: row.get("sip_hangup_cause"),
-        failure_reason: row.get("failure_reason"),
-        created_at: row.get("created_at"),
-        initiated_at: row.get("initiated_at"),
-        answered_at: row.get("answered_at"),
-        ended_at: row.get("ended_at"),
-        telnyx_call_control_id: row.get("telnyx_call_control_id"),
-        interpreted: row.get("interpreted"),
-        original_audio: row.get("original_audio"),
-        line_number_id: row.get("line_number_id"),
-        line_outcome: row.get("line_outcome"),
+        id: row.get(first),
+        organisation_id: row.get(first + 1),
+        direction: row.get(first + 2),
+        from: row.get(first + 3),
+        to: row.get(first + 4),
+        source_language: row.get(first + 5),
+        target_language: row.get(first + 6),
+        voice_id: row.get(first + 7),
+        record: row.get(first + 8),
+        status: row.try_get(first + 9).unwrap_or(CallStatus::Failed),
+        stream_state: row.get(first + 10),
+        hangup_cause: row.get(first + 11),
+        hangup_source: row.get(first + 12),
+        sip_hangup_cause: row.get(first + 13),
+        failure_reason: row.get(first + 14),
+        created_at: row.get(first + 15),
+        initiated_at: row.get(first + 16),
+        answered_at: row.get(first + 17),
+        ended_at: row.get(first + 18),
+        telnyx_call_control_id: row.get(first + 19),
+        interpreted: row.get(first + 20),
+        original_audio: row.get(first + 21),
+        line_number_id: row.get(first + 22),
+        line_outcome: row.get(first + 23),
     }
 }
 
@@ -256,43 +263,103 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
+/// A page of calls of the organisation `organisation` (an SQL expression), newest first;
+/// the filter's parameters are `$first`..`$first+5`.
+fn list_sql(organisation: &str, first: usize) -> String {
+    let [status, since, until, before_at, before_id, limit] =
+        std::array::from_fn::<usize, 6, _>(|i| first + i);
+    format!(
+        "select {CALL_COLUMNS} from calls
+         where organisation_id = {organisation}
+           and (${status}::text is null or status = ${status})
+           and (${since}::timestamptz is null or created_at >= ${since})
+           and (${until}::timestamptz is null or created_at < ${until})
+           and (${before_at}::timestamptz is null or (created_at, id) < (${before_at}, ${before_id}::uuid))
+         order by created_at desc, id desc
+         limit ${limit}"
+    )
+}
+
+static LIST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| list_sql("$1", 2));
+static LIST_RIDER_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| list_sql("p.organisation_id", 4));
+
+/// A page of calls as [`ListFilter`] says, in a form that can also ride on a session lookup
+/// ([`crate::auth::sessions::Rider`]): `GET /api/calls` with its session not cached is then
+/// one round trip to PostgreSQL.
+pub struct ListPage {
+    status: Option<&'static str>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    before_at: Option<DateTime<Utc>>,
+    before_id: Option<Uuid>,
+    limit: i64,
+}
+
+impl ListPage {
+    pub fn new(filter: &ListFilter) -> Self {
+        let (before_at, before_id) = filter.before.unzip();
+        Self {
+            status: filter.status.map(CallStatus::as_str),
+            since: filter.since,
+            until: filter.until,
+            before_at,
+            before_id,
+            limit: filter.limit,
+        }
+    }
+
+    fn filter_params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.status,
+            &self.since,
+            &self.until,
+            &self.before_at,
+            &self.before_id,
+            &self.limit,
+        ]
+    }
+
+    /// The page of `organisation_id`, alone (the session was cached).
+    pub async fn run(
+        &self,
+        db: &crate::db::Db,
+        client: &crate::db::Client,
+        organisation_id: Uuid,
+    ) -> Result<Vec<Call>, DbError> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(7);
+        params.push(&organisation_id);
+        params.extend(self.filter_params());
+        let rows = db.query(client, &LIST_SQL, &params).await?;
+        Ok(rows.iter().map(call_from_row).collect())
+    }
+}
+
+impl crate::auth::sessions::Rider for ListPage {
+    type Output = Vec<Call>;
+
+    fn sql(&self) -> &'static str {
+        LIST_RIDER_SQL.as_str()
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.filter_params().to_vec()
+    }
+
+    fn read(&self, rows: &[Row], first: usize) -> Vec<Call> {
+        rows.iter()
+            .map(|row| call_from_row_at(row, first))
+            .collect()
+    }
+}
+
 pub async fn list(
     db: &crate::db::Db,
     client: &crate::db::Client,
     organisation_id: Uuid,
     filter: &ListFilter,
 ) -> Result<Vec<Call>, DbError> {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "select {CALL_COLUMNS} from calls
-             where organisation_id = $1
-               and ($2::text is null or status = $2)
-               and ($3::timestamptz is null or created_at >= $3)
-               and ($4::timestamptz is null or created_at < $4)
-               and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
-             order by created_at desc, id desc
-             limit $7"
-        )
-    });
-    let (before_at, before_id) = filter.before.unzip();
-    let status = filter.status.map(CallStatus::as_str);
-    let rows = db
-        .query(
-            client,
-            sql,
-            &[
-                &organisation_id,
-                &status,
-                &filter.since,
-                &filter.until,
-                &before_at,
-                &before_id,
-                &filter.limit,
-            ],
-        )
-        .await?;
-    Ok(rows.iter().map(call_from_row).collect())
+    ListPage::new(filter).run(db, client, organisation_id).await
 }
 
 /// Moves a call forward to `status` (never backward) and fills Telnyx ids it lacks.

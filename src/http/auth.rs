@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use uuid::Uuid;
 
 use crate::auth::credential::{self, Credential};
+use crate::auth::sessions::{Resolved, Rider};
 use crate::auth::{
     BrowserOrgContext, CredentialSource, CurrentUser, MaybeUser, ORG_QUERY_PARAMETER, OrgContext,
     RoleTooLow, X_ORG_ID, csrf, membership_in,
@@ -40,22 +41,36 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Outcome, ApiErr
         return Ok(Outcome::NotFound);
     };
     if credential.is_cookie() && csrf::is_unsafe(&parts.method) {
-        csrf::check(&parts.headers, &state.config.http.allowed_origins).map_err(|refused| {
-            ApiError::Forbidden(format!("Cross-site request refused: {refused}."))
-        })?;
+        csrf::check(&parts.headers, &state.config.http.allowed_origins).map_err(csrf_refused)?;
     }
+    Ok(Outcome::User(current_user(credential, &resolved)))
+}
+
+fn current_user(credential: Credential, resolved: &Resolved) -> CurrentUser {
     let token = Secret::new(credential.token().to_owned());
     let (source, cookie_name) = match credential {
         Credential::Bearer(_) => (CredentialSource::Bearer, None),
         Credential::Cookie { name, .. } => (CredentialSource::Cookie, Some(name)),
     };
-    Ok(Outcome::User(CurrentUser {
-        principal: resolved.principal,
+    CurrentUser {
+        principal: resolved.principal.clone(),
         source,
         cookie_name,
         cache_hit: resolved.cache_hit,
         token,
-    }))
+    }
+}
+
+fn sign_in_first() -> ApiError {
+    ApiError::Unauthorized("Sign in first: no session cookie or bearer token was sent.".into())
+}
+
+fn session_unknown() -> ApiError {
+    ApiError::Unauthorized("The session is unknown, expired or signed out.".into())
+}
+
+fn csrf_refused(refused: &str) -> ApiError {
+    ApiError::Forbidden(format!("Cross-site request refused: {refused}."))
 }
 
 impl FromRequestParts<AppState> for MaybeUser {
@@ -87,12 +102,8 @@ impl FromRequestParts<AppState> for CurrentUser {
                 parts.extensions.insert(user.clone());
                 Ok(user)
             }
-            Outcome::Anonymous => Err(ApiError::Unauthorized(
-                "Sign in first: no session cookie or bearer token was sent.".into(),
-            )),
-            Outcome::NotFound => Err(ApiError::Unauthorized(
-                "The session is unknown, expired or signed out.".into(),
-            )),
+            Outcome::Anonymous => Err(sign_in_first()),
+            Outcome::NotFound => Err(session_unknown()),
         }
     }
 }
@@ -119,14 +130,31 @@ async fn org_context(
     allow_query: bool,
 ) -> Result<OrgContext, ApiError> {
     let user = CurrentUser::from_request_parts(parts, state).await?;
-    let from_header = match parts.headers.get(&X_ORG_ID) {
-        Some(value) => Some(parse_org_id(value.to_str().unwrap_or(""), "X-Org-Id")?),
-        None => None,
-    };
+    let from_header = org_id_from_header(parts)?;
     let from_query = match allow_query.then(|| org_id_from_query(parts)).flatten() {
         Some(text) => Some(parse_org_id(&text, ORG_QUERY_PARAMETER)?),
         None => None,
     };
+    choose_organisation(user, from_header, from_query)
+}
+
+fn org_id_from_header(parts: &Parts) -> Result<Option<Uuid>, ApiError> {
+    match parts.headers.get(&X_ORG_ID) {
+        Some(value) => Ok(Some(parse_org_id(
+            value.to_str().unwrap_or(""),
+            "X-Org-Id",
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// The organisation named (header, then query), else the user's default; the caller must
+/// be a member (else 404).
+fn choose_organisation(
+    user: CurrentUser,
+    from_header: Option<Uuid>,
+    from_query: Option<Uuid>,
+) -> Result<OrgContext, ApiError> {
     let organisation_id = match (from_header, from_query) {
         (Some(header), Some(query)) if header != query => {
             return Err(ApiError::BadRequest(
@@ -160,5 +188,92 @@ impl FromRequestParts<AppState> for BrowserOrgContext {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         org_context(parts, state, true).await.map(BrowserOrgContext)
+    }
+}
+
+/// What a request presents (its credential, the organisation its `X-Org-Id` names and the
+/// CSRF verdict), read from its headers without the database: for a handler whose first
+/// query can ride on the session lookup, so that a request whose session is not cached is
+/// still one round trip to PostgreSQL ([`Caller::org_context_riding`]). Errors come in the
+/// same order as [`OrgContext`]'s.
+pub struct Caller {
+    credential: Option<Credential>,
+    named: Result<Option<Uuid>, ApiError>,
+    csrf_refusal: Option<&'static str>,
+    known: Option<CurrentUser>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let named = org_id_from_header(parts);
+        if let Some(user) = parts.extensions.get::<CurrentUser>() {
+            return Ok(Caller {
+                credential: None,
+                named,
+                csrf_refusal: None,
+                known: Some(user.clone()),
+            });
+        }
+        let credential = credential::from_headers(&parts.headers, &state.config.auth.cookie_names)
+            .map_err(|malformed| {
+                ApiError::Unauthorized(format!("Malformed credential: {malformed}."))
+            })?;
+        let csrf_refusal = match &credential {
+            Some(credential) if credential.is_cookie() && csrf::is_unsafe(&parts.method) => {
+                csrf::check(&parts.headers, &state.config.http.allowed_origins).err()
+            }
+            _ => None,
+        };
+        Ok(Caller {
+            credential,
+            named,
+            csrf_refusal,
+            known: None,
+        })
+    }
+}
+
+impl Caller {
+    /// The [`OrgContext`] and, when the session was not cached, `rider`'s answer for that
+    /// organisation from the same statement; `None` when the handler must run its query
+    /// itself (a cache hit, or the statement chose another organisation).
+    pub async fn org_context_riding<R: Rider>(
+        self,
+        state: &AppState,
+        rider: Option<&R>,
+    ) -> Result<(OrgContext, Option<R::Output>), ApiError> {
+        let (user, ridden) = match self.known {
+            Some(user) => (user, None),
+            None => {
+                let credential = self.credential.ok_or_else(sign_in_first)?;
+                let named = self.named.as_ref().ok().copied().flatten();
+                let (resolved, ridden) = match rider {
+                    Some(rider) => state
+                        .sessions
+                        .resolve_riding(credential.token(), named, rider)
+                        .await?
+                        .ok_or_else(session_unknown)?,
+                    None => (
+                        state
+                            .sessions
+                            .resolve(credential.token())
+                            .await?
+                            .ok_or_else(session_unknown)?,
+                        None,
+                    ),
+                };
+                if let Some(refused) = self.csrf_refusal {
+                    return Err(csrf_refused(refused));
+                }
+                (current_user(credential, &resolved), ridden)
+            }
+        };
+        let org = choose_organisation(user, self.named?, None)?;
+        let output = ridden
+            .filter(|ridden| ridden.organisation_id == org.organisation_id)
+            .map(|ridden| ridden.output);
+        Ok((org, output))
     }
 }

@@ -21,6 +21,7 @@ use crate::calls::legs::{self, Leg};
 use crate::calls::{self, Call, CallStatus, ListFilter, interpreted};
 use crate::db::GenericClient;
 use crate::events::{self, CallEvent, FollowItem};
+use crate::http::auth::Caller;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
 use crate::media::utterances::{self, TranslationSummary};
@@ -335,24 +336,23 @@ pub async fn create(
     ))]
 pub async fn list(
     State(state): State<AppState>,
-    org: OrgContext,
-    Query(query): Query<CallQuery>,
+    caller: Caller,
+    query: Result<Query<CallQuery>, ApiError>,
 ) -> Result<Json<CallPage>, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 100".into(),
-        ));
-    }
-    let filter = ListFilter {
-        status: query.status,
-        since: query.since,
-        until: query.until,
-        before: query.cursor.as_deref().map(decode_cursor).transpose()?,
-        limit: limit + 1,
+    // The filter is checked after the caller, as with any other extractor order: a request
+    // without a valid session is a 401 whatever its query.
+    let filter = query.and_then(|Query(query)| list_filter(query));
+    let page = filter.as_ref().ok().map(calls::ListPage::new);
+    let (org, ridden) = caller.org_context_riding(&state, page.as_ref()).await?;
+    let filter = filter?;
+    let limit = filter.limit - 1;
+    let mut page = match ridden {
+        Some(calls) => calls,
+        None => {
+            let client = state.db.client().await?;
+            calls::list(&state.db, &client, org.organisation_id, &filter).await?
+        }
     };
-    let client = state.db.client().await?;
-    let mut page = calls::list(&state.db, &client, org.organisation_id, &filter).await?;
     let next_cursor = if page.len() as i64 > limit {
         page.truncate(limit as usize);
         page.last().map(encode_cursor)
@@ -363,6 +363,23 @@ pub async fn list(
         calls: page,
         next_cursor,
     }))
+}
+
+/// The page `query` asks for, one row more than its limit (to know whether a next exists).
+fn list_filter(query: CallQuery) -> Result<ListFilter, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 100".into(),
+        ));
+    }
+    Ok(ListFilter {
+        status: query.status,
+        since: query.since,
+        until: query.until,
+        before: query.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: limit + 1,
+    })
 }
 
 /// One call with how its spoken translations went.

@@ -489,16 +489,12 @@ async fn presigned(
     }
     let ttl: Duration = state.config.recordings.presign_get_ttl;
     let url = objects::presign_get(&state.storage, &row.object_key, ttl).await?;
-    crate::usage::record_later(
-        &state.db,
-        &state.config.usage,
-        vec![crate::usage::download_entry(
-            org.organisation_id,
-            org.user.id(),
-            id,
-            wanted,
-        )],
-    );
+    state.ledger.record(vec![crate::usage::download_entry(
+        org.organisation_id,
+        org.user.id(),
+        id,
+        wanted,
+    )]);
     Ok((
         recording,
         Some(Download {

@@ -84,8 +84,7 @@ pub async fn translate(
     {
         Ok(translated) => {
             crate::usage::record_translation_request(
-                &state.db,
-                &state.config.usage,
+                &state.ledger,
                 org.organisation_id,
                 org.user.id(),
                 &translated.usage,

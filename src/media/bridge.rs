@@ -1563,7 +1563,7 @@ impl Bridge {
                 "sent_audio_seconds": sent_audio_seconds,
             }),
         };
-        crate::usage::record_later(&self.state.db, &self.state.config.usage, vec![entry]);
+        self.state.ledger.record(vec![entry]);
     }
 
     /// Records the gaps `track`'s replay buffer has counted (audio no session was sent).

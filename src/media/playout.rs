@@ -249,11 +249,12 @@ async fn speak(
             };
             let key = format!("utterance:{call_id}:{}", u.seq);
             let metadata = json!({"utterance": u.seq, "target_language": target});
-            crate::usage::record_later(
-                &state.db,
-                &state.config.usage,
-                crate::usage::translation_entries(owner, &key, &translated.usage, metadata),
-            );
+            state.ledger.record(crate::usage::translation_entries(
+                owner,
+                &key,
+                &translated.usage,
+                metadata,
+            ));
             (
                 translated.texts.pop().unwrap_or_default(),
                 translated.engine,
@@ -293,7 +294,7 @@ async fn speak(
             .metadata(
                 json!({"utterance": u.seq, "voice_id": voice, "model_id": tts.default_model}),
             );
-            crate::usage::record_later(&state.db, &state.config.usage, vec![entry]);
+            state.ledger.record(vec![entry]);
             Box::pin(audio)
         }
         Err(error) => return finish(db, call_id, u.seq, "failed", Some(&error.to_string())).await,

@@ -4,15 +4,18 @@
 //!
 //! Providers return the figures they were billed for (a `Termination`'s seconds, a
 //! response's tokens); the domain code that called them turns those into [`Entry`]s. The
-//! media path never writes here per frame: a session's seconds are written once when it ends,
-//! off the task that reads frames ([`spawn_record`]).
+//! media path never writes here per frame: a session's seconds are counted in memory and handed
+//! to the replica's [`Recorder`] when it ends, which writes a second's entries in one
+//! statement off the task that reads frames.
 
 pub mod quota;
 pub mod reconcile;
+mod recorder;
+
+pub use recorder::Recorder;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -21,8 +24,8 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::config::usage::{PriceTable, UsageConfig};
-use crate::db::{Db, DbError};
+use crate::config::usage::PriceTable;
+use crate::db::DbError;
 
 /// Vendors and the units they bill (the ledger's `vendor`/`unit`; docs/USAGE.md).
 pub mod unit {
@@ -108,7 +111,47 @@ impl Entry {
 /// are new. Counts new units in `usage_units_total{vendor,unit}` (thousandths:
 /// `usage_milliunits_total`, since seconds are fractional).
 pub async fn record(client: &impl GenericClient, entries: &[Entry]) -> Result<u64, DbError> {
-    let mut written = 0;
+    record_with(client, RECORD_SQL, entries).await
+}
+
+/// All entries in one statement (the replica's writer batches a second of them); a call's
+/// entry takes the call's organisation and placer.
+pub(crate) const RECORD_SQL: &str =
+    "insert into usage_ledger (organisation_id, call_id, leg_id, user_id, vendor, unit,
+                                   quantity, source_key, occurred_at, metadata)
+     select coalesce(e.organisation_id, c.organisation_id), e.call_id, e.leg_id,
+            coalesce(e.user_id, c.created_by), e.vendor, e.unit, e.quantity::numeric,
+            e.source_key, e.occurred_at, e.metadata
+     from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                 $7::float8[], $8::text[], $9::timestamptz[], $10::jsonb[])
+          as e (organisation_id, call_id, leg_id, user_id, vendor, unit, quantity,
+                source_key, occurred_at, metadata)
+     left join calls c on c.id = e.call_id
+     where coalesce(e.organisation_id, c.organisation_id) is not null
+     on conflict (source_key) do nothing
+     returning vendor, unit, quantity::float8";
+
+/// [`record`] through `statement` (the SQL, or the writer's prepared copy of it).
+pub(crate) async fn record_with<T: ?Sized + tokio_postgres::ToStatement + Sync + Send>(
+    client: &impl GenericClient,
+    statement: &T,
+    entries: &[Entry],
+) -> Result<u64, DbError> {
+    let n = entries.len();
+    let (mut organisations, mut calls, mut legs, mut users) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut vendors, mut units, mut quantities, mut keys, mut times, mut metadata) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for entry in entries {
         if !(entry.quantity.is_finite() && entry.quantity >= 0.0) {
             tracing::warn!(key = %entry.source_key, quantity = entry.quantity, "usage quantity out of range; not recorded");
@@ -119,81 +162,52 @@ pub async fn record(client: &impl GenericClient, entries: &[Entry]) -> Result<u6
             Owner::Organisation {
                 organisation_id,
                 user_id,
-            } => (Some(*organisation_id), None, None, user_id.clone()),
+            } => (Some(*organisation_id), None, None, user_id.as_deref()),
             Owner::Object {
                 organisation_id,
                 call_id,
             } => (Some(*organisation_id), *call_id, None, None),
         };
-        let inserted = client
-            .execute(
-                "insert into usage_ledger (organisation_id, call_id, leg_id, user_id, vendor, unit,
-                                           quantity, source_key, occurred_at, metadata)
-                 select coalesce($1, c.organisation_id), $2, $3, coalesce($4, c.created_by), $5, $6,
-                        $7::float8::numeric, $8, $9, $10
-                 from (select 1) as one left join calls c on c.id = $2
-                 where coalesce($1, c.organisation_id) is not null
-                 on conflict (source_key) do nothing",
-                &[
-                    &organisation_id,
-                    &call_id,
-                    &leg_id,
-                    &user_id,
-                    &entry.vendor,
-                    &entry.unit,
-                    &entry.quantity,
-                    &entry.source_key,
-                    &entry.occurred_at,
-                    &entry.metadata,
-                ],
-            )
-            .await?;
-        if inserted == 1 {
-            written += 1;
-            let labels = [("vendor", entry.vendor), ("unit", entry.unit)];
-            metrics::counter!("usage_records_total", &labels).increment(1);
-            metrics::counter!("usage_milliunits_total", &labels)
-                .increment((entry.quantity * 1000.0).round() as u64);
-        }
+        organisations.push(organisation_id);
+        calls.push(call_id);
+        legs.push(leg_id);
+        users.push(user_id);
+        vendors.push(entry.vendor);
+        units.push(entry.unit);
+        quantities.push(entry.quantity);
+        keys.push(entry.source_key.as_str());
+        times.push(entry.occurred_at);
+        metadata.push(&entry.metadata);
     }
-    Ok(written)
-}
-
-/// Writes `entries` from a task of its own, so the caller (the media task, the live
-/// translation loop) never waits on the database. Retries for about a minute; what still
-/// fails is logged at ERROR with its keys (Sentry) for an operator to replay.
-pub fn spawn_record(db: Db, entries: Vec<Entry>) {
-    if entries.is_empty() {
-        return;
+    if keys.is_empty() {
+        return Ok(0);
     }
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(250);
-        for attempt in 1..=8 {
-            let outcome = match db.client().await {
-                Ok(client) => record(&**client, &entries).await,
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(_) => return,
-                Err(error) if attempt < 8 => {
-                    tracing::warn!(%error, attempt, "recording usage failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(15));
-                }
-                Err(error) => {
-                    let keys: Vec<&str> = entries.iter().map(|e| e.source_key.as_str()).collect();
-                    tracing::error!(%error, ?keys, "usage could not be recorded");
-                }
-            }
-        }
-    });
-}
-
-/// [`spawn_record`] when the ledger is on (`USAGE_LEDGER`).
-pub fn record_later(db: &Db, config: &UsageConfig, entries: Vec<Entry>) {
-    if config.ledger {
-        spawn_record(db.clone(), entries);
+    let inserted = client
+        .query(
+            statement,
+            &[
+                &organisations,
+                &calls,
+                &legs,
+                &users,
+                &vendors,
+                &units,
+                &quantities,
+                &keys,
+                &times,
+                &metadata,
+            ],
+        )
+        .await?;
+    for row in &inserted {
+        let (vendor, unit): (&str, &str) = (row.get(0), row.get(1));
+        let quantity: f64 = row.get(2);
+        let labels = [("vendor", vendor.to_owned()), ("unit", unit.to_owned())];
+        metrics::counter!("usage_records_total", &labels).increment(1);
+        metrics::counter!("usage_milliunits_total", &labels)
+            .increment((quantity * 1000.0).round() as u64);
     }
+    Ok(inserted.len() as u64)
 }
 
 /// An amount in one currency.
@@ -506,8 +520,7 @@ pub fn translation_entries(
 /// Records what a `POST /api/translate` cost, off the request's path (the answer does not
 /// wait for the ledger). Each request is its own source event.
 pub fn record_translation_request(
-    db: &Db,
-    config: &UsageConfig,
+    recorder: &Recorder,
     organisation_id: Uuid,
     user_id: &str,
     usage: &crate::translate::TranslationUsage,
@@ -519,11 +532,7 @@ pub fn record_translation_request(
     };
     let key = format!("request:{}", Uuid::now_v7());
     let metadata = serde_json::json!({"target_language": target_language});
-    record_later(
-        db,
-        config,
-        translation_entries(owner, &key, usage, metadata),
-    );
+    recorder.record(translation_entries(owner, &key, usage, metadata));
 }
 
 /// A presigned GET issued for a recording version (R2 bills the read it allows).

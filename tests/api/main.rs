@@ -40,6 +40,7 @@ mod organisations;
 mod phone_number_provisioning;
 mod realtime;
 mod recordings;
+mod round_trips;
 mod stream_recheck;
 mod telemetry_scrub;
 mod telnyx_webhooks;

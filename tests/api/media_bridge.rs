@@ -747,3 +747,114 @@ async fn a_final_turn_is_stored_once_under_a_free_index_with_its_event() {
     assert_eq!(events[1].1["text"], "b 0");
     assert_eq!(events[1].0, events[0].0 + 1);
 }
+
+/// Issue 15 item 9: in steady state a live call costs PostgreSQL at most one statement per
+/// 10 s (heartbeats and positions are batched per replica), and calls ending together write
+/// their speech sessions to the usage ledger in the replica's batch, not a statement each
+/// (issue 17). Counted on the wire (`common::pg_wire`), against the same service idle for
+/// as long, so the count does not depend on the machine's load.
+#[tokio::test]
+async fn a_live_call_costs_postgresql_at_most_one_statement_per_10_s() {
+    const CALLS: usize = 12;
+    const WINDOW: Duration = Duration::from_secs(10);
+    let database = common::fresh_database().await;
+    let wire = common::pg_wire::PgWire::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = format!("postgres://postgres@{}/{database}", wire.address);
+    let m = MediaApp::spawn(&[("DATABASE_URL", url.as_str())]).await;
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        calls.push(m.call().await);
+    }
+    // Every round trip counts, a statement's preparation on a pooled connection too.
+    let statements = |trips: &[common::pg_wire::RoundTrip]| -> usize {
+        trips.iter().map(|trip| trip.len().max(1)).sum()
+    };
+    wire.reset();
+    tokio::time::sleep(WINDOW).await;
+    let idle = statements(&wire.trips());
+
+    // Silence: no turns, so nothing but the streams themselves.
+    let silence = vec![0xFFu8; 8 * 1000 * (WINDOW.as_secs() as usize + 12)];
+    let players: Vec<_> = calls
+        .iter()
+        .map(|&call_id| {
+            let mut options = PlayOptions::new(m.stream_url(call_id), silence.clone());
+            options.realtime = true;
+            tokio::spawn(telnyx_media::play(options))
+        })
+        .collect();
+    // Past connecting (token check, where the call left off, the claim of the stream) into
+    // the steady state: every stream's claim is its last statement of setting up.
+    for _ in 0..600 {
+        let claims = wire
+            .trips()
+            .iter()
+            .flatten()
+            .filter(|sql| sql.contains("insert into media_streams (call_id, replica"))
+            .count();
+        if claims >= CALLS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wire.reset();
+    tokio::time::sleep(WINDOW).await;
+    let trips = wire.trips();
+    let live = statements(&trips);
+    let per_call = live.saturating_sub(idle) as f64 / CALLS as f64;
+    eprintln!(
+        "{live} statements in {WINDOW:?} with {CALLS} live calls, {idle} idle: {per_call:.2} per call per 10 s"
+    );
+    assert!(
+        per_call <= 1.0,
+        "{live} statements in {WINDOW:?} with {CALLS} live calls, {idle} idle: \
+         {per_call:.2} per call per 10 s: {trips:#?}"
+    );
+
+    // The calls end together: their 2 × CALLS speech sessions reach the usage ledger in
+    // the replica's batch (one statement a second), not one statement each.
+    wire.reset();
+    for player in players {
+        let played = player.await.unwrap().unwrap();
+        assert!(played.frames_sent > 0);
+    }
+    let db = m.app.db().await;
+    for _ in 0..100 {
+        let rows: i64 = db
+            .query_one(
+                "select count(*) from usage_ledger where unit = 'streaming_seconds'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if rows == 2 * CALLS as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    m.app.state.ledger.flush().await;
+    let inserts = wire
+        .trips()
+        .iter()
+        .flatten()
+        .filter(|sql| sql.contains("insert into usage_ledger"))
+        .count();
+    let rows: i64 = db
+        .query_one(
+            "select count(*) from usage_ledger where unit = 'streaming_seconds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!("{rows} speech sessions ledgered in {inserts} statements");
+    assert_eq!(rows, 2 * CALLS as i64, "every session in the ledger");
+    assert!(
+        inserts <= 3,
+        "{} sessions took {inserts} ledger statements",
+        2 * CALLS
+    );
+    common::drop_database_blocking(&database);
+}

@@ -6,6 +6,7 @@
 
 pub mod authjs;
 pub mod edge;
+pub mod pg_wire;
 #[cfg(feature = "sim")]
 pub mod soak;
 pub mod sse;

@@ -1,0 +1,175 @@
+//! What a request costs PostgreSQL, counted on the wire (issue 15 item 9): `GET /api/calls`
+//! is one round trip and one statement whether its session is cached or not
+//! (docs/adr/0038-one-round-trip-per-request.md). A proxy between the service and
+//! PostgreSQL records every round trip (`common::pg_wire`), so the count does not depend on
+//! how loaded the machine is.
+
+use crate::common;
+
+use common::TestApp;
+use common::authjs::Session;
+use common::pg_wire::{PgWire, RoundTrip};
+use serde_json::Value;
+
+/// The round trips that served `GET /api/calls`: those that looked up a session or read a
+/// page of calls (the service's background work touches neither).
+fn request_trips(trips: &[RoundTrip]) -> Vec<&RoundTrip> {
+    trips
+        .iter()
+        .filter(|trip| {
+            trip.iter().any(|sql| {
+                sql.contains("\"sessionToken\"")
+                    || sql.contains("order by created_at desc, id desc")
+            })
+        })
+        .collect()
+}
+
+struct Counted {
+    app: TestApp,
+    wire: PgWire,
+    database: String,
+    ada: Session,
+    shared: uuid::Uuid,
+    outsider: uuid::Uuid,
+}
+
+/// Ada with 60 calls in her personal organisation and 3 in a shared one, and an
+/// organisation she is not in; the service reaches PostgreSQL through the counting proxy.
+async fn counted(overrides: &[(&str, &str)]) -> Counted {
+    let database = common::fresh_database().await;
+    let wire = PgWire::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = format!("postgres://postgres@{}/{database}", wire.address);
+    let mut settings = vec![("DATABASE_URL", url.as_str())];
+    settings.extend_from_slice(overrides);
+    let app = TestApp::spawn_with(&settings).await;
+    let ada = app.sign_in("Ada").await;
+    // The first request makes her personal organisation.
+    assert_eq!(app.get_as(&ada, "/api/calls").await.status(), 200);
+    let db = app.db().await;
+    let personal: uuid::Uuid = db
+        .query_one(
+            "select id from organisations where personal_owner_id = $1",
+            &[&ada.user_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (shared, outsider) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (org, name) in [(shared, "Shared"), (outsider, "Outsiders")] {
+        db.execute(
+            "insert into organisations (id, name) values ($1, $2)",
+            &[&org, &name],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute(
+        "insert into memberships (organisation_id, user_id, role) values ($1, $2, 'member')",
+        &[&shared, &ada.user_id],
+    )
+    .await
+    .unwrap();
+    for (org, count) in [(personal, 60), (shared, 3), (outsider, 2)] {
+        db.execute(
+            "insert into calls (id, organisation_id, direction, from_number, to_number, status, created_at)
+             select gen_random_uuid(), $1, 'outbound', '+14155550100', '+14155550123', 'ended',
+                    now() - (g || ' seconds')::interval
+             from generate_series(1, $2) g",
+            &[&org, &count],
+        )
+        .await
+        .unwrap();
+    }
+    app.state.sessions.forget_user(&ada.user_id);
+    Counted {
+        app,
+        wire,
+        database,
+        ada,
+        shared,
+        outsider,
+    }
+}
+
+async fn page(app: &TestApp, session: &Session, org: Option<uuid::Uuid>) -> (u16, Value) {
+    let mut request = app
+        .client
+        .get(app.url("/api/calls"))
+        .header("cookie", format!("authjs.session-token={}", session.token));
+    if let Some(org) = org {
+        request = request.header("x-org-id", org.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+const REQUESTS: usize = 20;
+
+#[tokio::test]
+async fn listing_calls_without_the_session_cache_is_one_round_trip() {
+    let it = counted(&[("AUTH_SESSION_CACHE_TTL_SECS", "0")]).await;
+    // Each pooled connection prepares a statement once; count after that.
+    for _ in 0..3 {
+        page(&it.app, &it.ada, None).await;
+    }
+    it.wire.reset();
+    for _ in 0..REQUESTS {
+        let (status, body) = page(&it.app, &it.ada, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["calls"].as_array().unwrap().len(), 50);
+        assert!(body["next_cursor"].is_string());
+    }
+    let trips = it.wire.trips();
+    let served = request_trips(&trips);
+    assert_eq!(
+        served.len(),
+        REQUESTS,
+        "one round trip per request, not {} for {REQUESTS}: {served:#?}",
+        served.len()
+    );
+    assert!(
+        served.iter().all(|trip| trip.len() == 1),
+        "one statement each: {served:#?}"
+    );
+
+    // The organisation a request names rides in the same statement; one it is not a
+    // member of is 404 without another round trip, and never answers its calls.
+    it.wire.reset();
+    let (status, body) = page(&it.app, &it.ada, Some(it.shared)).await;
+    assert_eq!(status, 200);
+    let calls = body["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls
+            .iter()
+            .all(|call| call["organisation_id"] == it.shared.to_string())
+    );
+    let (status, body) = page(&it.app, &it.ada, Some(it.outsider)).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(request_trips(&it.wire.trips()).len(), 2);
+    common::drop_database_blocking(&it.database);
+}
+
+#[tokio::test]
+async fn listing_calls_with_the_session_cache_is_one_round_trip_too() {
+    let it = counted(&[("AUTH_SESSION_CACHE_TTL_SECS", "60")]).await;
+    for _ in 0..3 {
+        page(&it.app, &it.ada, None).await;
+    }
+    it.wire.reset();
+    for _ in 0..REQUESTS {
+        assert_eq!(page(&it.app, &it.ada, None).await.0, 200);
+    }
+    let trips = it.wire.trips();
+    let served = request_trips(&trips);
+    assert_eq!(served.len(), REQUESTS, "{served:#?}");
+    assert!(
+        served
+            .iter()
+            .all(|trip| trip.len() == 1 && !trip[0].contains("\"sessionToken\"")),
+        "a cache hit reads only the page: {served:#?}"
+    );
+    common::drop_database_blocking(&it.database);
+}
