@@ -262,7 +262,8 @@ async fn legs_on_two_replicas_hear_each_other_in_order_exactly_once_across_a_re_
 
 /// SIGTERM with a two-leg call in flight, both parties mid-sentence: each leg's bridge
 /// flushes its party's unfinished turn (stored under that party), ends its AssemblyAI
-/// session with `Terminate`, and leaves its stream `detached` for another replica.
+/// session with `Terminate`, records where its party's track stopped (what the re-attached
+/// stream continues from) and leaves its stream `detached` for another replica.
 #[tokio::test]
 async fn shutdown_flushes_both_legs_unfinished_turns() {
     let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
@@ -341,6 +342,30 @@ async fn shutdown_flushes_both_legs_unfinished_turns() {
         1,
         "remote's turn flushed"
     );
+    let positions: Vec<(String, i64)> = a
+        .app
+        .db()
+        .await
+        .query(
+            "select track, end_ms from media_stream_positions where call_id = $1 order by track",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        positions.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        ["agent", "remote"],
+        "each leg's position under its party, never a one-leg track: {positions:?}"
+    );
+    for (track, end_ms) in &positions {
+        assert!(
+            (1500..2600).contains(end_ms),
+            "{track}: where its stream stopped, at SIGTERM: {end_ms}"
+        );
+    }
     let sessions = aai.sessions();
     assert_eq!(sessions.len(), 2, "one session per leg");
     assert!(sessions.iter().all(|s| s.terminated_by_client));
