@@ -184,6 +184,12 @@ impl Hub {
                 Vec::new()
             }
         };
+        self.caught_up(call_id, id, missed);
+    }
+
+    /// Queues `missed` with what arrived while they were read, in turn order, each once;
+    /// deliveries go straight to the queue again.
+    fn caught_up(&self, call_id: Uuid, id: u64, missed: Vec<Utterance>) {
         let mut calls = self.lock();
         let Some(entry) = calls.get_mut(&call_id) else {
             return;
@@ -471,5 +477,84 @@ impl Drop for Registration {
                 calls.remove(&self.call_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(index: i32) -> Utterance {
+        utterance_of(
+            Role::Agent,
+            index,
+            format!("turn {index}"),
+            None,
+            Utc::now(),
+        )
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Utterance>) -> Vec<(i32, i32)> {
+        let mut got = Vec::new();
+        while let Ok(u) = rx.try_recv() {
+            got.push((u.turn_index, u.seq));
+        }
+        got
+    }
+
+    #[test]
+    fn deliveries_wait_for_the_catch_up_then_everything_is_queued_in_turn_order_once() {
+        let hub = Arc::new(Hub::default());
+        let call = Uuid::now_v7();
+        let (tx, mut rx) = mpsc::channel(8);
+        let registration = hub.register(call, Role::Remote, tx, None, 4);
+        // Turn 2 arrives (NOTIFY or in process) while the missed turns are being read.
+        assert_eq!(hub.deliver(call, Role::Remote, turn(2)), Delivery::Queued);
+        assert_eq!(
+            hub.deliver(call, Role::Remote, turn(2)),
+            Delivery::Duplicate
+        );
+        assert!(received(&mut rx).is_empty(), "nothing before the catch-up");
+        // The read found turns 1 and 2 (2 was stored before it was announced).
+        hub.caught_up(call, registration.id, vec![turn(1), turn(2)]);
+        // The remote party hears odd numbers, from the call's next one.
+        assert_eq!(received(&mut rx), [(1, 5), (2, 7)]);
+        assert_eq!(
+            hub.deliver(call, Role::Remote, turn(1)),
+            Delivery::Duplicate
+        );
+        assert_eq!(hub.deliver(call, Role::Remote, turn(3)), Delivery::Queued);
+        assert_eq!(received(&mut rx), [(3, 9)]);
+        assert_eq!(
+            hub.deliver(call, Role::Agent, turn(0)),
+            Delivery::NoListener
+        );
+    }
+
+    #[test]
+    fn each_listener_takes_its_own_parity_so_two_hubs_never_collide() {
+        let (a, b) = (Arc::new(Hub::default()), Arc::new(Hub::default()));
+        let call = Uuid::now_v7();
+        let (agent_tx, mut agent_rx) = mpsc::channel(8);
+        let (remote_tx, mut remote_rx) = mpsc::channel(8);
+        // Two replicas read the same next number when their legs registered.
+        let on_a = a.register(call, Role::Agent, agent_tx, None, 3);
+        let on_b = b.register(call, Role::Remote, remote_tx, None, 3);
+        a.caught_up(call, on_a.id, Vec::new());
+        b.caught_up(call, on_b.id, Vec::new());
+        for index in 0..3 {
+            assert_eq!(a.deliver(call, Role::Agent, turn(index)), Delivery::Queued);
+            assert_eq!(b.deliver(call, Role::Remote, turn(index)), Delivery::Queued);
+        }
+        let agent: Vec<i32> = received(&mut agent_rx).iter().map(|t| t.1).collect();
+        let remote: Vec<i32> = received(&mut remote_rx).iter().map(|t| t.1).collect();
+        assert_eq!(agent, [4, 6, 8]);
+        assert_eq!(remote, [3, 5, 7]);
+        drop(on_a);
+        assert_eq!(
+            a.live_calls(),
+            0,
+            "the call leaves the hub with its last leg"
+        );
     }
 }
