@@ -11,7 +11,7 @@ export BENCH_RESULTS_DIR="${BENCH_RESULTS_DIR:-$PWD/target/bench-results}"
 rm -rf "$BENCH_RESULTS_DIR"
 mkdir -p "$BENCH_RESULTS_DIR"
 status=0
-cargo bench --no-fail-fast --features sim --bench sessions --bench http_load --bench media_bridge --bench translated_calls || status=1
+cargo bench --no-fail-fast --features sim --bench sessions --bench http_load --bench media_bridge --bench translated_calls --bench interpreted_calls || status=1
 # The recording upload bench needs an S3 server (s3s-fs, as `make test` starts it).
 export BENCH_S3_ENDPOINT="${BENCH_S3_ENDPOINT:-http://127.0.0.1:9100}"
 export BENCH_S3_ACCESS_KEY="${BENCH_S3_ACCESS_KEY:-cbtest}"

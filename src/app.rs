@@ -62,6 +62,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             crate::queue::NOTIFY_CHANNEL,
             crate::events::NOTIFY_CHANNEL,
             crate::events::PARTIALS_CHANNEL,
+            crate::media::hub::NOTIFY_CHANNEL,
         ],
         shutdown.clone(),
     );

@@ -149,7 +149,7 @@ fn span_for(request: &Request<Body>) -> tracing::Span {
 pub fn router(state: AppState) -> Router {
     let include_debug = !state.config.is_production();
     // The interpreted calls whose legs stream to this process: one per serving process.
-    let hub = Arc::new(crate::media::hub::Hub::default());
+    let hub = crate::media::hub::Hub::start(&state);
     with_middleware(api_routes(include_debug), state).layer(Extension(hub))
 }
 

@@ -2,7 +2,8 @@
 //! track, transcripts out. A one-leg call's stream carries both tracks and its translations
 //! play back into it; each leg of an interpreted call has its own stream (the party's
 //! voice in), its party's speech model, and plays what the *other* party said, translated
-//! (the other leg's bridge hands it over through [`super::hub`]). Everything the task holds is bounded: the reorder window, one partial
+//! (the other leg's bridge hands it over through [`super::hub`], across replicas through
+//! PostgreSQL). Everything the task holds is bounded: the reorder window, one partial
 //! batch, and a replay buffer of at most `MEDIA_REPLAY_BUFFER_SECS` per track.
 //!
 //! When AssemblyAI drops a session (not after our `Terminate`), the track reconnects with
@@ -217,10 +218,16 @@ struct Party {
     peer_checked: Option<Instant>,
     /// The agent hears ringback until the remote party's stream is live (they answered).
     ringing: Option<Ringing>,
+    /// This leg's turns were handed to another replica and its party's voice is not
+    /// carried there (counted once).
+    split_counted: bool,
 }
 
 struct Ringing {
     since: Instant,
+    /// Set once the remote party's stream is live on any replica (read from the database
+    /// while ringing: their stream may not reach this process).
+    answered_elsewhere: Arc<std::sync::atomic::AtomicBool>,
     /// Where in the tone's cadence the next second starts.
     offset: usize,
 }
@@ -265,6 +272,9 @@ pub struct Bridge {
     /// After a hang-up, how long a track that is not connected keeps trying to deliver its
     /// held audio before it is recorded as a gap (`MEDIA_TAIL_DELIVERY_SECS`).
     tail_bound: Duration,
+    /// Fires once the last turn announced to another replica has been announced: the next
+    /// announcement waits for it, so the listener is told in the order the turns were said.
+    announced: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Handles to the per-frame metrics, resolved once per call: looking a metric up by name
@@ -403,13 +413,18 @@ pub async fn run(
         resume,
         connected_at,
         reading_since: connected_at,
+        announced: None,
     };
     bridge
         .event_loop(socket, events_rx, outbound_rx, original_rx)
         .await;
     bridge.speaker = None;
     // No more utterances for this party: the speaker's queue closes once the hub lets go.
-    let role = bridge.party.take().map(|party| party.role);
+    // The party itself stays: the tracks are finished (gaps, positions) under its name.
+    let role = bridge.party.as_mut().map(|party| {
+        party._registration = None;
+        party.role
+    });
     if let Some(task) = speaker_task {
         let _ = tokio::time::timeout(STOP_DEADLINE, task).await;
     }
@@ -469,6 +484,7 @@ async fn join_leg(
         peer_original: None,
         peer_checked: None,
         ringing: None,
+        split_counted: false,
     };
     if state.tts.is_none() {
         return (params, party, None);
@@ -500,14 +516,58 @@ async fn join_leg(
             0
         }
     };
-    party._registration = Some(hub.register(leg.call_id, leg.role, queue, original, first_seq));
+    let registration = hub.register(leg.call_id, leg.role, queue, original, first_seq);
+    // What the other party said before this stream registered (a leg re-attached mid-call,
+    // a turn announced before the stream reached this replica) is queued first.
+    registration.catch_up(&state.db).await;
+    party._registration = Some(registration);
     if leg.role == Role::Agent {
+        let answered_elsewhere = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(watch_remote_stream(
+            state.db.clone(),
+            leg.call_id,
+            Arc::downgrade(&answered_elsewhere),
+        ));
         party.ringing = Some(Ringing {
             since: Instant::now(),
+            answered_elsewhere,
             offset: 0,
         });
     }
     (params, party, Some(task))
+}
+
+/// Sets `live` once the call's remote leg has a live stream on any replica; gives up when
+/// the agent's bridge has dropped it (ringing over) or after [`RING_LIMIT`].
+async fn watch_remote_stream(
+    db: crate::db::Db,
+    call_id: Uuid,
+    live: std::sync::Weak<std::sync::atomic::AtomicBool>,
+) {
+    let since = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    while since.elapsed() < RING_LIMIT {
+        tick.tick().await;
+        let Some(flag) = live.upgrade() else {
+            return;
+        };
+        let found = match db.client().await {
+            Ok(client) => client
+                .query_one(
+                    "select exists (select 1 from media_streams
+                                    where call_id = $1 and leg = 'remote' and ended_at is null)",
+                    &[&call_id],
+                )
+                .await
+                .map(|row| row.get::<_, bool>(0))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if found {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    }
 }
 
 /// The tenant a call belongs to (the translation cache is scoped by it).
@@ -1225,6 +1285,7 @@ impl Bridge {
             end_ms: end_ms.map(|v| v as i64),
         };
         state.turn_index += 1;
+        let mut hand_over = None;
         if !stored.text.trim().is_empty() {
             let utterance = Utterance {
                 seq: self.next_utterance,
@@ -1236,30 +1297,74 @@ impl Bridge {
                 end_of_turn_at: chrono::Utc::now(),
                 end_of_turn: Instant::now(),
             };
-            self.hand_over(utterance);
+            let end_of_turn_at = utterance.end_of_turn_at;
+            if self.hand_over(utterance) {
+                hand_over = Some(end_of_turn_at);
+            }
         }
         let db = self.state.db.clone();
+        let Some(end_of_turn_at) = hand_over else {
+            self.storage.spawn(async move {
+                transcripts::store_final_retrying(&db, &stored).await;
+            });
+            return;
+        };
+        // The listener is on another replica: announce the turn once it is stored, after
+        // the turns announced before it (their stores may finish in any order).
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let previous = self.announced.replace(finished);
         self.storage.spawn(async move {
-            transcripts::store_final_retrying(&db, &stored).await;
+            let stored_as = transcripts::store_final_retrying(&db, &stored).await;
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let turn_index = match stored_as {
+                Some(transcripts::Stored::New { turn_index })
+                | Some(transcripts::Stored::Renumbered { turn_index, .. }) => turn_index,
+                // Already stored (and announced) by an earlier session, or lost (counted).
+                Some(transcripts::Stored::Duplicate) | None => return,
+            };
+            let announcement = hub::HandOver {
+                call_id: stored.call_id,
+                speaker: stored.track.to_owned(),
+                turn_index,
+                end_of_turn_at,
+            };
+            match hub::announce(&db, &announcement).await {
+                Ok(()) => metrics::counter!("translation_handovers_sent_total").increment(1),
+                Err(error) => {
+                    // Its listener reads it when it next (re)registers or its LISTEN reconnects.
+                    tracing::warn!(%error, call_id = %stored.call_id, turn_index, "announcing a turn to the other replica failed");
+                }
+            }
+            let _ = done.send(());
         });
     }
 
     /// A final turn goes to whoever hears it: the other track's speaker on a one-leg call,
     /// the other party's leg on an interpreted call — never back to the one who said it.
-    fn hand_over(&mut self, utterance: Utterance) {
+    /// True when the other party's stream is not in this process: the turn is to be
+    /// announced to the other replicas once stored (docs/adr/0035-cross-replica-legs.md).
+    fn hand_over(&mut self, utterance: Utterance) -> bool {
         let call_id = self.call_id;
-        if let Some(party) = &self.party {
+        if let Some(party) = self.party.as_mut() {
             match self.hub.deliver(call_id, party.role.other(), utterance) {
-                Delivery::Queued => {}
+                Delivery::Queued | Delivery::Duplicate => return false,
                 Delivery::NoListener => {
-                    metrics::counter!("translation_no_listener_total").increment(1);
-                    tracing::info!(%call_id, from = party.role.as_str(), "the other party's stream is not live here; turn not spoken");
+                    if party.shares_original && !party.split_counted {
+                        // The other party's voice cannot reach them under the translation
+                        // from here: NOTIFY carries turns, not 50 frames a second.
+                        party.split_counted = true;
+                        metrics::counter!("original_audio_not_carried_legs_total").increment(1);
+                        tracing::info!(%call_id, from = party.role.as_str(), "the legs stream to different replicas: original audio is not carried");
+                    }
+                    return true;
                 }
                 Delivery::Full => {
                     tracing::warn!(%call_id, "translation queue full; utterance dropped");
+                    return false;
                 }
             }
-            return;
         }
         if let Some(speaker) = &self.speaker {
             self.next_utterance += 1;
@@ -1267,6 +1372,7 @@ impl Bridge {
                 tracing::warn!(%call_id, "translation queue full; utterance dropped");
             }
         }
+        false
     }
 
     /// Turns a speaker request into the Telnyx message, keeping playout accounting.
@@ -1321,7 +1427,12 @@ impl Bridge {
         let Some(ringing) = party.ringing.as_mut() else {
             return Vec::new();
         };
-        if self.hub.is_live(call_id, party.role.other()) || ringing.since.elapsed() > RING_LIMIT {
+        if self.hub.is_live(call_id, party.role.other())
+            || ringing
+                .answered_elsewhere
+                .load(std::sync::atomic::Ordering::Relaxed)
+            || ringing.since.elapsed() > RING_LIMIT
+        {
             party.ringing = None;
             if let Some(mixer) = self.mixer.as_mut() {
                 mixer.queue.clear();

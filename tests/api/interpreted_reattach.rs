@@ -100,17 +100,18 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
     let remote = a.sim.dial_of_leg("remote").unwrap();
     deliver(&a, &remote, 0..3).await;
 
-    // Both legs stream to A (silence for now); A beats for each leg on its own.
+    // Both legs stream to A (silence for now, until A goes away: starting replica B can
+    // take seconds on a loaded machine); A beats for each leg on its own.
     let port = a.app.port;
     let agent_on_a = tokio::spawn(telnyx_media::play(party(
         local(agent.body["stream_url"].as_str().unwrap(), port),
-        &[(3000, false)],
+        &[(20_000, false)],
         0,
         false,
     )));
     let remote_on_a = tokio::spawn(telnyx_media::play(party(
         local(remote.body["stream_url"].as_str().unwrap(), port),
-        &[(3000, false)],
+        &[(20_000, false)],
         0,
         false,
     )));

@@ -26,6 +26,7 @@ mod interpreted_calls;
 mod interpreted_lines;
 mod interpreted_reattach;
 mod interpreted_recordings;
+mod interpreted_split;
 mod invitations;
 mod jobs_exactly_once;
 mod jobs_queue;

@@ -1,0 +1,392 @@
+//! An interpreted call whose two legs stream to two replicas (docs/adr/0035): the agent's
+//! stream on replica A, the remote party's on replica B, one database. Each party's turns
+//! are handed over through PostgreSQL `NOTIFY` and played into the other leg, in order,
+//! exactly once. Then B goes away mid-call: the agent speaks while the remote leg has no
+//! stream, A re-attaches the remote leg, and the remote party hears that turn too.
+#![cfg(feature = "sim")]
+
+use crate::common;
+
+use std::time::Duration;
+
+use callbridge::sim::assemblyai::AssemblyAiSim;
+use callbridge::sim::telnyx::RecordedCommand;
+use callbridge::sim::telnyx_media::{self, PlayOptions};
+use callbridge::sim::translation::{self as sim, TranslationSim, spoken_texts};
+use common::TestApp;
+use common::telnyx::TelnyxApp;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+const AGENT_SAYS: [&str; 4] = [
+    "hello, this is the clinic calling",
+    "your appointment is on monday",
+    "please bring your insurance card",
+    "see you then",
+];
+const REMOTE_SAYS: [&str; 2] = ["hola, necesito una cita", "muy bien, gracias"];
+
+fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64) -> PlayOptions {
+    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
+    options.inbound_only = true;
+    options.realtime = true;
+    options.linger = Duration::from_millis(linger_ms);
+    options.send_stop = true;
+    options
+}
+
+fn local(url: &str, port: u16) -> String {
+    let token = url.rsplit('/').next().unwrap();
+    format!("ws://127.0.0.1:{port}/media/telnyx/{token}")
+}
+
+async fn deliver(t: &TelnyxApp, dial: &RecordedCommand) {
+    for event in &t.sim.leg_lifecycle(dial, "callee")[0..3] {
+        assert_eq!(t.sim.deliver(&t.webhook_url(), event).await.unwrap(), 200);
+    }
+    t.drain().await;
+}
+
+/// The party's stored turns, in order: what the other party must hear, each once.
+async fn turns(app: &TestApp, call_id: Uuid, track: &str) -> Vec<String> {
+    app.db()
+        .await
+        .query(
+            "select text from transcript_turns where call_id = $1 and track = $2 order by turn_index",
+            &[&call_id, &track],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn legs_on_two_replicas_hear_each_other_in_order_exactly_once_across_a_re_attach() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    aai.set_model_script("universal-streaming-english", "en", &AGENT_SAYS);
+    aai.set_model_script("universal-streaming-multilingual", "es", &REMOTE_SAYS);
+    let providers = TranslationSim::start(0).await.unwrap();
+    let (aai_url, base) = (aai.streaming_url(), providers.base());
+    let vendors = [
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
+        ("DEEPL_API_KEY", sim::DEEPL_KEY),
+        ("DEEPL_API_BASE", base.as_str()),
+        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
+        ("ELEVENLABS_API_BASE", base.as_str()),
+    ];
+    let a = TelnyxApp::spawn_with(&vendors).await;
+    let mut env: Vec<(&str, &str)> = vendors.to_vec();
+    let (key, telnyx_base) = (a.sim.public_key_base64(), a.sim.api_base());
+    env.extend([
+        ("TELNYX_API_KEY", "sim-api-key"),
+        ("TELNYX_PUBLIC_KEY", key.as_str()),
+        ("TELNYX_CONNECTION_ID", "sim-connection"),
+        ("TELNYX_API_BASE", telnyx_base.as_str()),
+    ]);
+    let mut b = TestApp::spawn_on(&a.app.database, &env).await;
+
+    let ada = a.app.sign_in("Ada").await;
+    a.own_number(&ada, "+14155550100").await;
+    let call: Value = a
+        .app
+        .request_as(Method::POST, &ada, "/api/calls")
+        .json(&json!({
+            "from": "+14155550100",
+            "agent": {"number": "+14155550111", "language": "en"},
+            "remote": {"number": "+14155550122", "language": "es"},
+            "original_audio": "off",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
+    let agent = a.sim.dial_of_leg("agent").unwrap();
+    deliver(&a, &agent).await;
+    let remote = a.sim.dial_of_leg("remote").unwrap();
+    deliver(&a, &remote).await;
+
+    // t = 0: the agent's stream reaches A, the remote party's B. They take turns.
+    let t0 = Instant::now();
+    let agent_on_a = tokio::spawn(telnyx_media::play(party(
+        local(agent.body["stream_url"].as_str().unwrap(), a.app.port),
+        &[
+            (300, false),
+            (1200, true), // 0.3 s: turn 0, handed to B
+            (9200, false),
+            (1200, true), // 10.7 s: turn 1, handed to B
+            (9600, false),
+            (1200, true), // 21.5 s: turn 2, while the remote leg has no stream
+            (5300, false),
+            (1200, true), // 28 s: turn 3, in process on A (the remote leg re-attached there)
+            (2800, false),
+        ],
+        4000,
+    )));
+    // The remote party's audio for the whole call (32 s); each stream carries what is said
+    // while it is connected. Nobody speaks while a translation plays to them (no barge-in).
+    let remote_pattern = [
+        (5500, false),
+        (1200, true), // 5.5 s: turn 0, handed to A
+        (9200, false),
+        (1200, true), // 15.9 s: turn 1, handed to A
+        (14_900, false),
+    ];
+    let remote_on_b = tokio::spawn(telnyx_media::play(party(
+        local(remote.body["stream_url"].as_str().unwrap(), b.port),
+        &remote_pattern,
+        0,
+    )));
+
+    // 20.5 s: B goes away (a deploy): the remote leg's bridge detaches.
+    tokio::time::sleep_until(t0 + Duration::from_millis(20_500)).await;
+    b.stop().await;
+    let remote_heard_on_b = remote_on_b.await.unwrap().unwrap();
+
+    // 24.5 s: A's sweep restarts the remote leg's stream, and Telnyx connects it to A.
+    tokio::time::sleep_until(t0 + Duration::from_millis(24_500)).await;
+    assert_eq!(
+        callbridge::media::reattach::sweep(&a.app.state)
+            .await
+            .unwrap(),
+        1,
+        "only the remote leg lost its stream"
+    );
+    let start = a
+        .sim
+        .commands_named("streaming_start")
+        .into_iter()
+        .find(|s| s.call_control_id == remote.call_control_id)
+        .expect("the remote leg's stream is restarted");
+    let mut remote_on_a = party(
+        local(start.body["stream_url"].as_str().unwrap(), a.app.port),
+        &remote_pattern,
+        4000,
+    );
+    // Telnyx's new stream carries the call's audio from the moment it connects.
+    remote_on_a.call_started = remote_heard_on_b.started;
+    let (remote_heard_on_a, agent_heard) =
+        tokio::join!(telnyx_media::play(remote_on_a), agent_on_a);
+    let remote_heard_on_a = remote_heard_on_a.unwrap();
+    let agent_heard = agent_heard.unwrap().unwrap();
+
+    let agent_turns = turns(&a.app, call_id, "agent").await;
+    let remote_turns = turns(&a.app, call_id, "remote").await;
+    assert_eq!(agent_turns.len(), 4, "{agent_turns:?}");
+    assert_eq!(remote_turns.len(), 2, "{remote_turns:?}");
+    // The agent heard each of the remote party's turns once, in order, through B → A.
+    assert_eq!(
+        spoken_texts(&agent_heard.audio()),
+        remote_turns
+            .iter()
+            .map(|t| format!("[EN-US] {t}"))
+            .collect::<Vec<_>>()
+    );
+    // The remote party heard turns 0 and 1 on B, and on A both the turn said while their
+    // leg had no stream and the one after: each once, in order, none of their own.
+    let expected: Vec<String> = agent_turns.iter().map(|t| format!("[ES] {t}")).collect();
+    assert_eq!(spoken_texts(&remote_heard_on_b.audio()), expected[..2]);
+    assert_eq!(spoken_texts(&remote_heard_on_a.audio()), expected[2..]);
+
+    // One utterance per turn and listener, numbers unique across the two hubs.
+    let rows = a
+        .app
+        .db()
+        .await
+        .query(
+            "select seq, source_track, source_turn_index, status from utterances
+             where call_id = $1 order by source_track, source_turn_index",
+            &[&call_id],
+        )
+        .await
+        .unwrap();
+    let summary: Vec<(String, i32, String)> = rows
+        .iter()
+        .map(|r| (r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("agent".into(), 0, "played".into()),
+            ("agent".into(), 1, "played".into()),
+            ("agent".into(), 2, "played".into()),
+            ("agent".into(), 3, "played".into()),
+            ("remote".into(), 0, "played".into()),
+            ("remote".into(), 1, "played".into()),
+        ]
+    );
+    for row in &rows {
+        let (seq, source): (i32, String) = (row.get(0), row.get(1));
+        // The remote party hears the agent's turns (odd numbers), the agent even ones.
+        assert_eq!(seq % 2, if source == "agent" { 1 } else { 0 }, "{seq}");
+    }
+
+    // The remote leg's stream was away from where B's left off until A's began: that is
+    // the remote party's gap, and the agent, whose stream never moved, has none.
+    let total_frames = 32_000 / 20;
+    let left_off = remote_heard_on_b.frames_sent as i64 * 20;
+    let came_back = (total_frames - remote_heard_on_a.frames_sent as i64) * 20;
+    let gaps: Vec<(String, i64, i64, String)> = a
+        .app
+        .db()
+        .await
+        .query(
+            "select track, start_ms, duration_ms, reason from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (track, start, duration, reason) = gaps[0].clone();
+    assert_eq!((track.as_str(), reason.as_str()), ("remote", "bridge_lost"));
+    assert!(
+        (start - left_off).abs() <= 100,
+        "starts where B's stream left off: {start} vs {left_off}"
+    );
+    assert!(
+        (duration - (came_back - left_off)).abs() <= 100,
+        "lasts while the leg had no stream: {duration} vs {}",
+        came_back - left_off
+    );
+}
+
+/// SIGTERM with a two-leg call in flight, both parties mid-sentence: each leg's bridge
+/// flushes its party's unfinished turn (stored under that party), ends its AssemblyAI
+/// session with `Terminate`, records where its party's track stopped (what the re-attached
+/// stream continues from) and leaves its stream `detached` for another replica.
+#[tokio::test]
+async fn shutdown_flushes_both_legs_unfinished_turns() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    aai.set_model_script("universal-streaming-english", "en", &AGENT_SAYS);
+    aai.set_model_script("universal-streaming-multilingual", "es", &REMOTE_SAYS);
+    let providers = TranslationSim::start(0).await.unwrap();
+    let (aai_url, base) = (aai.streaming_url(), providers.base());
+    let mut a = TelnyxApp::spawn_with(&[
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
+        ("DEEPL_API_KEY", sim::DEEPL_KEY),
+        ("DEEPL_API_BASE", base.as_str()),
+        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
+        ("ELEVENLABS_API_BASE", base.as_str()),
+    ])
+    .await;
+    let ada = a.app.sign_in("Ada").await;
+    a.own_number(&ada, "+14155550100").await;
+    let call: Value = a
+        .app
+        .request_as(Method::POST, &ada, "/api/calls")
+        .json(&json!({
+            "from": "+14155550100",
+            "agent": {"number": "+14155550111", "language": "en"},
+            "remote": {"number": "+14155550122", "language": "es"},
+            "original_audio": "ducked",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
+    let agent = a.sim.dial_of_leg("agent").unwrap();
+    deliver(&a, &agent).await;
+    let remote = a.sim.dial_of_leg("remote").unwrap();
+    deliver(&a, &remote).await;
+
+    let port = a.app.port;
+    let mut agent_stream = party(
+        local(agent.body["stream_url"].as_str().unwrap(), port),
+        &[(3000, true), (2000, false)],
+        0,
+    );
+    agent_stream.send_stop = false;
+    let mut remote_stream = party(
+        local(remote.body["stream_url"].as_str().unwrap(), port),
+        &[(500, false), (3000, true), (1500, false)],
+        0,
+    );
+    remote_stream.send_stop = false;
+    let agent_playing = tokio::spawn(telnyx_media::play(agent_stream));
+    let remote_playing = tokio::spawn(telnyx_media::play(remote_stream));
+    tokio::time::sleep(Duration::from_millis(1800)).await; // both mid-sentence
+    assert!(turns(&a.app, call_id, "agent").await.is_empty());
+    a.app.stop().await; // SIGTERM: drains HTTP and waits for the bridges
+    for playing in [agent_playing, remote_playing] {
+        assert_eq!(
+            playing
+                .await
+                .unwrap()
+                .map(|r| r.close_code)
+                .unwrap_or_default(),
+            Some(1001),
+            "going away"
+        );
+    }
+    assert_eq!(
+        turns(&a.app, call_id, "agent").await.len(),
+        1,
+        "agent's turn flushed"
+    );
+    assert_eq!(
+        turns(&a.app, call_id, "remote").await.len(),
+        1,
+        "remote's turn flushed"
+    );
+    let positions: Vec<(String, i64)> = a
+        .app
+        .db()
+        .await
+        .query(
+            "select track, end_ms from media_stream_positions where call_id = $1 order by track",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        positions.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        ["agent", "remote"],
+        "each leg's position under its party, never a one-leg track: {positions:?}"
+    );
+    for (track, end_ms) in &positions {
+        assert!(
+            (1500..2600).contains(end_ms),
+            "{track}: where its stream stopped, at SIGTERM: {end_ms}"
+        );
+    }
+    let sessions = aai.sessions();
+    assert_eq!(sessions.len(), 2, "one session per leg");
+    assert!(sessions.iter().all(|s| s.terminated_by_client));
+    let streams: Vec<(String, String)> = a
+        .app
+        .db()
+        .await
+        .query(
+            "select leg, replica from media_streams where call_id = $1 and ended_at is null order by leg",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        streams,
+        [
+            ("agent".to_owned(), "detached".to_owned()),
+            ("remote".to_owned(), "detached".to_owned())
+        ]
+    );
+}
