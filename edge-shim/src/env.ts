@@ -80,6 +80,11 @@ export interface Env {
    * `USAGE_RECONCILE_DRIFT_SECS` (default 5).
    */
   USAGE_RECONCILE_DRIFT_SECS: string;
+  /**
+   * Telnyx's REST base (`https://api.telnyx.com/v2`); the container's `TELNYX_API_BASE`. The
+   * edge's Call Control commands (src/telnyx-commands.ts: `call.max_duration`) go here.
+   */
+  TELNYX_API_BASE: string;
   /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */
@@ -115,6 +120,12 @@ export interface Env {
    * route answers the container's 503 (provider not configured).
    */
   ASSEMBLYAI_API_KEY: string;
+  /**
+   * Telnyx API key, the container's `TELNYX_API_KEY`: the bearer token of the edge's Call
+   * Control commands (speak, hang up). Without it `call.max_duration` is handed back to the
+   * container.
+   */
+  TELNYX_API_KEY: string;
   /** Sentry DSN for the Worker's errors (src/sentry.ts); unset: nothing is sent. */
   SENTRY_DSN: string;
   /**
@@ -156,6 +167,7 @@ declare global {
       TELNYX_PUBLIC_KEY: string;
       ASSEMBLYAI_WEBHOOK_SECRET: string;
       ASSEMBLYAI_API_KEY: string;
+      TELNYX_API_KEY: string;
       SENTRY_DSN: string;
       R2_ENDPOINT: string;
       R2_ACCESS_KEY_ID: string;
