@@ -61,7 +61,7 @@ pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 2] = [
     ),
     (
         "usage.quotas",
-        "not ported: it announces into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
+        "not ported: it prices the month's usage with the container's price table (USAGE_PRICES, per day) before it announces into and hangs up calls over quota, and the edge has no price table yet",
     ),
 ];
 

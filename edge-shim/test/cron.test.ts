@@ -162,7 +162,7 @@ describe("the edge's cron tasks", () => {
       /cannot run: uploads.sweep \(the R2 binding cannot list or abort/,
     );
     expect(() => checkCron(compileWork({ cron: [{ task: "usage.quotas", owner: "edge" }] }))).toThrow(
-      /cannot run: usage.quotas \(not ported: it announces into and hangs up live calls/,
+      /cannot run: usage.quotas \(not ported: it prices the month's usage with the container's price table/,
     );
     expect(() => checkCron(EDGE_TASKS)).not.toThrow();
   });
