@@ -82,7 +82,9 @@ function telnyxRecorder(port) {
       body += c;
     });
     req.on("end", () => {
-      requests.push(`${req.method} ${req.url} ${req.headers.authorization ?? ""} ${JSON.stringify(JSON.parse(body || "null"), Object.keys(JSON.parse(body || "{}")).sort())}`);
+      // Keys sorted: the container's serde_json writes them sorted, the Worker in its order.
+      const parsed = JSON.parse(body || "{}");
+      requests.push(`${req.method} ${req.url} ${req.headers.authorization ?? ""} ${JSON.stringify(parsed, Object.keys(parsed).sort())}`);
       res.writeHead(200, { "content-type": "application/json" });
       res.end('{"data":{"result":"ok"}}');
     });
