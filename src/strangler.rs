@@ -54,14 +54,10 @@ pub const CRON_TASKS: [&str; 6] = [
 /// Job kinds and cron tasks the edge cannot run, and why: a manifest that gives one of them to
 /// the edge is refused here (and by the Worker, `edge-shim/src/manifest.ts` with the same
 /// reasons; docs/adr/0027-what-stays-with-the-container.md), so its work is never left undone.
-pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 2] = [
+pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 1] = [
     (
         "uploads.sweep",
         "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
-    ),
-    (
-        "usage.quotas",
-        "not ported: it prices the month's usage with the container's price table (USAGE_PRICES, per day) before it announces into and hangs up calls over quota, and the edge has no price table yet",
     ),
 ];
 
@@ -285,14 +281,6 @@ mod tests {
     #[test]
     fn work_that_stays_with_the_container_cannot_be_given_to_the_edge() {
         let refused = Manifest::parse(
-            r#"{"routes": [], "cron": [{"task": "usage.quotas", "owner": "edge"}]}"#,
-        )
-        .unwrap_err();
-        assert!(
-            refused.starts_with("cron task usage.quotas cannot be given to the edge: not ported"),
-            "{refused}"
-        );
-        let refused = Manifest::parse(
             r#"{"routes": [], "cron": [{"task": "uploads.sweep", "owner": "edge"}]}"#,
         )
         .unwrap_err();
@@ -300,7 +288,7 @@ mod tests {
         assert!(
             Manifest::parse(
                 r#"{"routes": [], "jobs": [{"kind": "recording.import", "owner": "edge"}, {"kind": "call.max_duration", "owner": "edge"}],
-                    "cron": [{"task": "usage.metering", "owner": "edge"}, {"task": "usage.quotas", "owner": "origin"}]}"#
+                    "cron": [{"task": "usage.metering", "owner": "edge"}, {"task": "usage.quotas", "owner": "edge"}]}"#
             )
             .is_ok()
         );

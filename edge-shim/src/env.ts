@@ -85,6 +85,16 @@ export interface Env {
    * edge's Call Control commands (src/telnyx-commands.ts: `call.max_duration`) go here.
    */
   TELNYX_API_BASE: string;
+  /**
+   * `usage.quotas` at the edge (src/quotas.ts), the container's variables of the same names:
+   * the price table (inline JSON; empty: the documented default table), the currency of
+   * spend caps, and the default quotas (0: none; `continue` or `end` at 100 %).
+   */
+  USAGE_PRICES: string;
+  USAGE_CURRENCY: string;
+  USAGE_DEFAULT_MONTHLY_MINUTES: string;
+  USAGE_DEFAULT_MONTHLY_SPEND: string;
+  USAGE_DEFAULT_AT_LIMIT: string;
   /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */

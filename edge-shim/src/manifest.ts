@@ -224,6 +224,4 @@ export const WORK: WorkManifest = compileWork(routesJson);
  */
 export const STAYS_WITH_THE_CONTAINER: Readonly<Record<string, string>> = {
   "uploads.sweep": "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
-  "usage.quotas":
-    "not ported: it prices the month's usage with the container's price table (USAGE_PRICES, per day) before it announces into and hangs up calls over quota, and the edge has no price table yet",
 };
