@@ -54,12 +54,10 @@ pub const CRON_TASKS: [&str; 6] = [
 /// Job kinds and cron tasks the edge cannot run, and why: a manifest that gives one of them to
 /// the edge is refused here (and by the Worker, `edge-shim/src/manifest.ts` with the same
 /// reasons; docs/adr/0027-what-stays-with-the-container.md), so its work is never left undone.
-pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 1] = [
-    (
-        "uploads.sweep",
-        "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
-    ),
-];
+pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 1] = [(
+    "uploads.sweep",
+    "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
+)];
 
 /// The embedded manifest, parsed once (a build with an invalid one fails its unit tests).
 pub fn embedded() -> &'static Manifest {
