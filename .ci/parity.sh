@@ -141,6 +141,10 @@ start_s3 "$S3_PORT" "$S3_DIR" cbtest cbtest-secret-key "$WORK/s3.pid"
 export PARITY_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" PARITY_S3_DIR="$S3_DIR" PARITY_S3_BUCKET=parity-recordings
 PARITY_AAI_ASYNC_PORT=$(free_port)
 export PARITY_AAI_ASYNC_PORT PARITY_WEBHOOK_BASE=http://parity.test
+# The Telnyx Call Control stand-in of the call.max_duration phase (parity/max-duration-run.mjs)
+# listens here while the phase runs; the parity Worker's TELNYX_API_BASE names it.
+PARITY_TELNYX_PORT=$(free_port)
+export PARITY_TELNYX_PORT
 
 log "creating database $DB"
 psql -q -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -c "create database \"$DB\"" >/dev/null
@@ -184,6 +188,7 @@ round() {
     --var "ASSEMBLYAI_API_BASE:http://127.0.0.1:$PARITY_AAI_ASYNC_PORT" --var "WEBHOOK_BASE_URL:$PARITY_WEBHOOK_BASE" \
     --var "R2_ENDPOINT:$PARITY_S3_ENDPOINT" --var "R2_BUCKET:$PARITY_S3_BUCKET" --var R2_ACCESS_KEY_ID:cbtest \
     --var R2_SECRET_ACCESS_KEY:cbtest-secret-key \
+    --var "TELNYX_API_BASE:http://127.0.0.1:$PARITY_TELNYX_PORT/v2" --var TELNYX_API_KEY:parity \
     </dev/null >>"$WORK/wrangler.log" 2>&1 &
   WRANGLER_PID=$!
   wait_http "http://127.0.0.1:$SHIM_PORT/healthz" 90 "$WRANGLER_PID" wrangler

@@ -19,6 +19,7 @@ import { spawn } from "node:child_process";
 import http from "node:http";
 import { ORG, seed, telnyxSignature } from "./fixtures.mjs";
 import { runCronParity } from "./cron-run.mjs";
+import { runMaxDurationParity } from "./max-duration-run.mjs";
 import { runRecordingParity } from "./recordings-run.mjs";
 
 const CALL_A = "0190c0de-0000-7000-8000-0000000c0a01";
@@ -285,6 +286,7 @@ export async function runJobParity(ctx, record) {
   }
   await runRecordingParity(ctx, record);
   await runCronParity(ctx, record);
+  await runMaxDurationParity(ctx, record);
   await rehearse(ctx, record);
   // The HTTP passes compare pending jobs: the edge consumer must leave them alone.
   await setEdgeWork(ctx.shim, "origin").catch(() => {});
@@ -293,7 +295,6 @@ export async function runJobParity(ctx, record) {
 /** What still needs the container once every webhook route, job kind and cron task the edge can take is edge-owned. */
 const STILL_NEEDS_THE_CONTAINER = [
   "telnyx.event hand-backs: inbound calls (answer with a signed media-stream URL) and interpreted calls (leg commands)",
-  "call.max_duration and usage.quotas (Telnyx speak / hang-up commands into live calls; not ported)",
   "uploads.sweep (S3 multipart uploads: the R2 binding cannot list or abort them)",
   "the media bridge (/media/telnyx/{token}), streamed and presigned uploads, every API route not in routes.json",
 ];

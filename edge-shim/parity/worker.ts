@@ -73,7 +73,7 @@ function setWork(url: URL): Response {
   try {
     work = compileWork({
       jobs,
-      cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.metering"].map((task) => ({ task, owner })),
+      cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.quotas", "usage.metering"].map((task) => ({ task, owner })),
     });
   } catch (err) {
     return new Response(String(err), { status: 400 });

@@ -17,15 +17,17 @@
 // - `calls.stale_sweep`: calls in a non-terminal status untouched for CRON_STALE_CALL_MINUTES
 //   and without a live media bridge are failed, with a `call.failed` event.
 // - `jobs.dead_report`: dead jobs per kind, logged.
+// - `usage.quotas`: the monthly quotas of answered calls, src/quotas.ts (ADR 0041).
 // - `usage.metering`: each stored version's bytes per UTC day kept (`byte_days`, src/usage/mod.rs
 //   `record_storage_days`), and the AssemblyAI streaming-seconds drift (src/usage/reconcile.rs).
-// Two tasks stay with the container, and routes.json may not give them to the edge (the
+// One task stays with the container, and routes.json may not give it to the edge (the
 // Worker refuses to start, the container's manifest guard too; STAYS_WITH_THE_CONTAINER).
 
 import { type Db, withDb } from "./db";
 import type { Env } from "./env";
 import type { JobEnvelope } from "./jobs";
 import { ownerOf, STAYS_WITH_THE_CONTAINER, WORK, type WorkManifest } from "./manifest";
+import { enforceQuotas, type QuotasEnforced } from "./quotas";
 
 /** src/cron.rs LOCK_KEY ("cbcron"). */
 export const LOCK_KEY = "109274226388846"; // 0x6362_6372_6f6e
@@ -40,7 +42,7 @@ export const CRON_TASKS = [
 ] as const;
 export type CronTask = (typeof CRON_TASKS)[number];
 /** Tasks the edge can run; routes.json may give it only these. */
-const EDGE_TASKS: readonly CronTask[] = ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.metering"];
+const EDGE_TASKS: readonly CronTask[] = ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.quotas", "usage.metering"];
 
 export interface CronReport {
   ran: boolean;
@@ -52,6 +54,7 @@ export interface CronReport {
   dead_jobs: Record<string, number>;
   storage_days_recorded: number;
   usage_drift_found: number;
+  quotas: QuotasEnforced;
   jobs_relayed: number;
 }
 
@@ -90,6 +93,7 @@ export async function runCron(env: Env, work: WorkManifest, waitUntil: (p: Promi
     dead_jobs: {},
     storage_days_recorded: 0,
     usage_drift_found: 0,
+    quotas: { warned: 0, reached: 0, announced: 0, ended: 0 },
     jobs_relayed: 0,
   };
   report.jobs_relayed = await withDb(env, waitUntil, (db) => relayPending(db, env, work));
@@ -109,6 +113,7 @@ export async function runCron(env: Env, work: WorkManifest, waitUntil: (p: Promi
         if (task === "retention.purge") await purgeExpired(db, env, report);
         else if (task === "calls.stale_sweep") report.stale_calls_failed = await sweepStaleCalls(db, env);
         else if (task === "jobs.dead_report") report.dead_jobs = await deadJobs(db);
+        else if (task === "usage.quotas") report.quotas = await enforceQuotas(db, env);
         else if (task === "usage.metering") await metering(db, env, report);
       }
       await db.query("commit");

@@ -80,6 +80,21 @@ export interface Env {
    * `USAGE_RECONCILE_DRIFT_SECS` (default 5).
    */
   USAGE_RECONCILE_DRIFT_SECS: string;
+  /**
+   * Telnyx's REST base (`https://api.telnyx.com/v2`); the container's `TELNYX_API_BASE`. The
+   * edge's Call Control commands (src/telnyx-commands.ts: `call.max_duration`) go here.
+   */
+  TELNYX_API_BASE: string;
+  /**
+   * `usage.quotas` at the edge (src/quotas.ts), the container's variables of the same names:
+   * the price table (inline JSON; empty: the documented default table), the currency of
+   * spend caps, and the default quotas (0: none; `continue` or `end` at 100 %).
+   */
+  USAGE_PRICES: string;
+  USAGE_CURRENCY: string;
+  USAGE_DEFAULT_MONTHLY_MINUTES: string;
+  USAGE_DEFAULT_MONTHLY_SPEND: string;
+  USAGE_DEFAULT_AT_LIMIT: string;
   /** `development`, `staging` or `production`: Sentry's environment tag (the container's `APP_ENV`). */
   APP_ENV: string;
   /** Share of requests Sentry traces (0–1; the container's `SENTRY_TRACES_SAMPLE_RATE`). */
@@ -115,6 +130,12 @@ export interface Env {
    * route answers the container's 503 (provider not configured).
    */
   ASSEMBLYAI_API_KEY: string;
+  /**
+   * Telnyx API key, the container's `TELNYX_API_KEY`: the bearer token of the edge's Call
+   * Control commands (speak, hang up). Without it `call.max_duration` is handed back to the
+   * container.
+   */
+  TELNYX_API_KEY: string;
   /** Sentry DSN for the Worker's errors (src/sentry.ts); unset: nothing is sent. */
   SENTRY_DSN: string;
   /**
@@ -156,6 +177,7 @@ declare global {
       TELNYX_PUBLIC_KEY: string;
       ASSEMBLYAI_WEBHOOK_SECRET: string;
       ASSEMBLYAI_API_KEY: string;
+      TELNYX_API_KEY: string;
       SENTRY_DSN: string;
       R2_ENDPOINT: string;
       R2_ACCESS_KEY_ID: string;

@@ -224,8 +224,4 @@ export const WORK: WorkManifest = compileWork(routesJson);
  */
 export const STAYS_WITH_THE_CONTAINER: Readonly<Record<string, string>> = {
   "uploads.sweep": "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
-  "usage.quotas":
-    "not ported: it announces into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
-  "call.max_duration":
-    "not ported: it speaks into and hangs up live calls (Telnyx speak/hangup, per leg of an interpreted call), and the edge has no Telnyx command client yet",
 };

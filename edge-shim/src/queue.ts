@@ -6,6 +6,7 @@
 import type { Env } from "./env";
 import { checkJobRegistry, consumeJobs, type JobRegistry } from "./jobs";
 import { WORK } from "./manifest";
+import { callMaxDuration } from "./max-duration";
 import { recordingImport } from "./recording-import";
 import { telnyxEvent } from "./telnyx-event";
 import { assemblyaiEvent, recordingTranscribe } from "./transcripts";
@@ -16,6 +17,7 @@ export const JOB_HANDLERS: JobRegistry = {
   "recording.import": recordingImport,
   "recording.transcribe": recordingTranscribe,
   "assemblyai.event": assemblyaiEvent,
+  "call.max_duration": callMaxDuration,
 };
 
 checkJobRegistry(WORK, JOB_HANDLERS);

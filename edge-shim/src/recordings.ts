@@ -267,6 +267,12 @@ const hex = (buffer: ArrayBuffer) => [...new Uint8Array(buffer)].map((b) => b.to
  * against the MD5 of what was sent. Returns only once the object is complete and checked; on
  * any failure nothing remains under `key`.
  */
+/**
+ * How much a streamed import with a Content-Length joins before hashing and handing it to R2
+ * (ADR 0028: 256 MiB took 109 s in 4 KiB reads). Held at once: this plus one read.
+ */
+export const GATHER_BYTES = 1024 * 1024;
+
 export async function streamToR2(
   bucket: R2Bucket,
   key: string,
@@ -293,21 +299,44 @@ export async function streamToR2(
   /** What went wrong reading the source: R2's own error about the aborted stream says less. */
   let sourceError: unknown = null;
 
-  /** The next chunk, counted and hashed; null at the end. */
-  async function next(): Promise<Uint8Array | null> {
+  /**
+   * The next chunk, counted and hashed; null at the end. With `gather`, the runtime's reads
+   * (4 KiB each in workerd) are joined until at least that many bytes: one digest write and
+   * one R2 pull per gathered chunk instead of per read, which is where the time went (ADR
+   * 0028), holding at most `gather` bytes plus one read.
+   */
+  async function next(gather = 0): Promise<Uint8Array | null> {
     let chunk: Uint8Array;
     if (pending !== null) {
       chunk = pending;
       pending = null;
     } else {
-      const { done, value } = await readWithin(reader, limits.idleMs);
-      if (done) {
+      const reads: Uint8Array[] = [];
+      let gathered = 0;
+      do {
+        const { done, value } = await readWithin(reader, limits.idleMs);
+        if (done) break;
+        reads.push(value);
+        gathered += value.byteLength;
+        // Checked per read, so an oversized body stops at once, not a gathered chunk later.
+        if (size + gathered > limits.maxBytes) throw new StoreError(`the body is larger than the limit of ${limits.maxBytes} bytes`, false);
+        if (length !== null && size + gathered > length) throw new StoreError(`the body is longer than its ${length} bytes`, true);
+      } while (gathered < gather);
+      if (reads.length === 0) {
         if (length !== null && size !== length) {
           throw new StoreError(`the body ended after ${size} of its ${length} bytes`, true);
         }
         return null;
       }
-      chunk = value;
+      if (reads.length === 1) chunk = reads[0]!;
+      else {
+        chunk = new Uint8Array(gathered);
+        let at = 0;
+        for (const read of reads) {
+          chunk.set(read, at);
+          at += read.byteLength;
+        }
+      }
     }
     size += chunk.byteLength;
     peakHeldBytes = Math.max(peakHeldBytes, chunk.byteLength);
@@ -327,7 +356,7 @@ export async function streamToR2(
         {
           async pull(controller) {
             try {
-              const chunk = await next();
+              const chunk = await next(GATHER_BYTES);
               if (chunk === null) controller.close();
               else controller.enqueue(chunk);
             } catch (err) {

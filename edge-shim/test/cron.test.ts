@@ -161,9 +161,8 @@ describe("the edge's cron tasks", () => {
     expect(() => checkCron(compileWork({ cron: [{ task: "uploads.sweep", owner: "edge" }] }))).toThrow(
       /cannot run: uploads.sweep \(the R2 binding cannot list or abort/,
     );
-    expect(() => checkCron(compileWork({ cron: [{ task: "usage.quotas", owner: "edge" }] }))).toThrow(
-      /cannot run: usage.quotas \(not ported: it announces into and hangs up live calls/,
-    );
+    // Ported with ADR 0041 (src/quotas.ts).
+    expect(() => checkCron(compileWork({ cron: [{ task: "usage.quotas", owner: "edge" }] }))).not.toThrow();
     expect(() => checkCron(EDGE_TASKS)).not.toThrow();
   });
 

@@ -242,6 +242,43 @@ async function fakeAssemblyAiAsync(request, url) {
   return Response.json({ error: "Not found" }, { status: 404 });
 }
 
+/**
+ * Telnyx Call Control commands on host `api.telnyx.test` (base `https://api.telnyx.test/v2`),
+ * the rules of the container's src/sim/telnyx.rs the edge can meet: `Bearer test-telnyx-key`
+ * (401 otherwise), `POST /v2/calls/{id}/actions/{action}` answers 200 with the command's
+ * result, 422 with code 90018 for a call listed as ended (POST /__fake/telnyx/ended
+ * `[ccid]`). Tests queue answers with POST /__fake/telnyx/faults (`[{status}]`) and read every
+ * request made at /__fake/telnyx/requests.
+ * @type {{method: string, path: string, authorization: string | null, body: unknown}[]}
+ */
+const telnyxRequests = [];
+/** @type {{status: number}[]} */
+const telnyxFaults = [];
+/** @type {Set<string>} */
+const telnyxEnded = new Set();
+
+/** @param {Request} request @param {URL} url */
+async function fakeTelnyx(request, url) {
+  const body = await request.text();
+  telnyxRequests.push({
+    method: request.method,
+    path: url.pathname,
+    authorization: request.headers.get("authorization"),
+    body: body === "" ? null : JSON.parse(body),
+  });
+  if (request.headers.get("authorization") !== "Bearer test-telnyx-key") {
+    return Response.json({ errors: [{ code: "10009", title: "Authentication failed" }] }, { status: 401 });
+  }
+  const fault = telnyxFaults.shift();
+  if (fault !== undefined) return Response.json({ errors: [{ code: "10007", title: "simulated failure" }] }, { status: fault.status });
+  const m = /^\/v2\/calls\/([^/]+)\/actions\/([a-z_]+)$/.exec(url.pathname);
+  if (request.method !== "POST" || !m) return Response.json({ errors: [{ code: "10005", title: "Resource not found" }] }, { status: 404 });
+  if (telnyxEnded.has(decodeURIComponent(/** @type {string} */ (m[1])))) {
+    return Response.json({ errors: [{ code: "90018", title: "Call has already ended" }] }, { status: 422 });
+  }
+  return Response.json({ data: { result: "ok" } });
+}
+
 export default {
   /** @param {Request} request */
   async fetch(request) {
@@ -281,6 +318,17 @@ export default {
     }
     if (url.pathname === "/__fake/aai/requests") return Response.json(aaiRequests.splice(0));
     if (url.hostname === "api.assemblyai.test") return fakeAssemblyAiAsync(request, url);
+    if (url.pathname === "/__fake/telnyx/faults" && request.method === "POST") {
+      telnyxFaults.splice(0, telnyxFaults.length, .../** @type {{status: number}[]} */ (await request.json()));
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/telnyx/ended" && request.method === "POST") {
+      for (const ccid of /** @type {string[]} */ (await request.json())) telnyxEnded.add(ccid);
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/telnyx/requests") return Response.json(telnyxRequests.splice(0));
+    if (url.hostname === "api.telnyx.test") return fakeTelnyx(request, url);
+
     if (url.pathname === "/__fake/recordings/requests") return Response.json(recordingRequests.splice(0));
     if (url.hostname === "recordings.telnyx.com" || url.hostname.endsWith(".s3.amazonaws.com")) return fakeRecording(url);
     if (url.pathname === "/__fake/aai-sessions") return Response.json(aaiSessions);

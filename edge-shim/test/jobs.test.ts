@@ -213,9 +213,11 @@ describe("the job consumer", () => {
 
 describe("the manifest's job kinds", () => {
   it("refuses an edge-owned kind without an edge handler, an unknown owner and a kind listed twice", () => {
-    expect(() => checkJobRegistry(compileWork({ jobs: [{ kind: "call.max_duration", owner: "edge" }] }), JOB_HANDLERS)).toThrow(
-      /no handler for: call.max_duration \(not ported: it speaks into and hangs up live calls/,
+    expect(() => checkJobRegistry(compileWork({ jobs: [{ kind: "calls.redial", owner: "edge" }] }), JOB_HANDLERS)).toThrow(
+      /no handler for: calls.redial$/,
     );
+    // Ported with ADR 0041: the edge has a handler for it.
+    expect(() => checkJobRegistry(compileWork({ jobs: [{ kind: "call.max_duration", owner: "edge" }] }), JOB_HANDLERS)).not.toThrow();
     expect(() => checkJobRegistry(EDGE_OWNS, JOB_HANDLERS)).not.toThrow();
     expect(() => compileWork({ jobs: [{ kind: "x", owner: "shadow" }] })).toThrow(/owner must be origin or edge/);
     expect(() =>
