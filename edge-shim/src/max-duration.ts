@@ -3,7 +3,7 @@
 // of the call (`max-duration-warning:<key>`), step `hangup` hangs each up
 // (`max-duration:<key>`), where `<key>` is `<call>:<role>` per live leg of an interpreted call
 // or `<call>` for a one-leg call (src/calls/legs.rs `live_control_ids`). A call already ended
-// is left alone.
+// is left alone, and so is a warning whose call was already hung up at its limit.
 //
 // Exactly once across both sides: the edge holds the job row's lease (src/jobs.ts
 // `withLease`), so a row the container is running or has done is not run again here; the
@@ -69,7 +69,13 @@ export async function callMaxDuration({ env, db, envelope }: JobContext): Promis
   if (telnyx === null) throw new HandBack("TELNYX_API_KEY is not set at the edge");
   const { column, kind, prefix } = STEPS[step];
   await withLease(db, envelope, async (lease) => {
-    const targets = await liveControlIds(db, callId);
+    // Late enough that the hang-up already ran (a backlog after an outage): no warning into
+    // a call that was just ended, as the container.
+    const hungUp =
+      step === "warn" &&
+      (await db.query<{ hung_up: boolean }>("select max_duration_hangup_at is not null as hung_up from calls where id = $1", [callId]))
+        .rows[0]?.hung_up === true;
+    const targets = hungUp ? [] : await liveControlIds(db, callId);
     for (const [ccid, key] of targets) {
       if (step === "warn") await speak(telnyx, ccid, `${prefix}:${key}`, WARNING_TEXT);
       else await hangup(telnyx, ccid, `${prefix}:${key}`);

@@ -4,7 +4,8 @@
 //! (`calls::guard::Permit::commit`), so the limit survives restarts and holds whichever
 //! replica runs the job.
 //!
-//! At least once and harmless to repeat: a call already ended is left alone, Telnyx commands
+//! At least once and harmless to repeat: a call already ended is left alone (and a warning
+//! that runs after the hang-up does nothing), Telnyx commands
 //! carry stable `command_id`s (`max-duration-warning:<id>`, `max-duration:<id>`), and each
 //! step is logged to the call's events once (`max_duration_warned_at`/`_hangup_at`).
 
@@ -44,6 +45,9 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     }
     let telnyx = state.telnyx()?;
     let (column, kind) = match step {
+        // Late enough that the hang-up already ran (a backlog after an outage): a warning
+        // into a call that was just ended would only log an event out of order.
+        MaxDurationStep::Warn if hung_up(&client, call_id).await? => return Ok(()),
         MaxDurationStep::Warn => {
             for (ccid, key) in &targets {
                 telnyx
@@ -83,4 +87,15 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     job.complete_in(&transaction).await?;
     transaction.commit().await?;
     Ok(())
+}
+
+/// Whether the call's `hangup` step has already been enforced.
+async fn hung_up(client: &impl GenericClient, call_id: uuid::Uuid) -> anyhow::Result<bool> {
+    let row = client
+        .query_one(
+            "select max_duration_hangup_at is not null as hung_up from calls where id = $1",
+            &[&call_id],
+        )
+        .await?;
+    Ok(row.get("hung_up"))
 }

@@ -399,14 +399,16 @@ async fn a_call_reaching_the_maximum_duration_is_warned_then_hung_up_once() {
     t.sim.deliver(&t.webhook_url(), &hangup).await.unwrap();
     t.drain().await;
 
-    // Ten minutes pass.
-    db.execute(
-        "update jobs set run_at = now() where kind = 'call.max_duration'",
-        &[],
-    )
-    .await
-    .unwrap();
-    assert_eq!(t.drain().await, 4);
+    // Nine minutes pass (the warning is due), then the tenth (the hang-up).
+    for step in ["warn", "hangup"] {
+        db.execute(
+            "update jobs set run_at = now() where kind = 'call.max_duration' and payload->>'step' = $1",
+            &[&step],
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.drain().await, 2, "{step}: one job per call");
+    }
     let long_ccid = dials
         .iter()
         .find(|d| d.body["to"] == "+14155550123")
@@ -444,6 +446,11 @@ async fn a_call_reaching_the_maximum_duration_is_warned_then_hung_up_once() {
     .await
     .unwrap();
     t.drain().await;
+    assert_eq!(
+        t.sim.commands_named("speak").len(),
+        1,
+        "a warning that runs after the hang-up speaks into nothing"
+    );
     let kinds: Vec<String> = db
         .query(
             "select kind from call_events where call_id = $1::text::uuid order by seq",
