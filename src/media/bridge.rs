@@ -265,6 +265,9 @@ pub struct Bridge {
     /// After a hang-up, how long a track that is not connected keeps trying to deliver its
     /// held audio before it is recorded as a gap (`MEDIA_TAIL_DELIVERY_SECS`).
     tail_bound: Duration,
+    /// The last frame's decoded payload, cleared and decoded into again (`frames::parse_reusing`):
+    /// one allocation per call instead of one per frame.
+    spare_payload: Vec<u8>,
 }
 
 /// Handles to the per-frame metrics, resolved once per call: looking a metric up by name
@@ -403,6 +406,7 @@ pub async fn run(
         resume,
         connected_at,
         reading_since: connected_at,
+        spare_payload: Vec::new(),
     };
     bridge
         .event_loop(socket, events_rx, outbound_rx, original_rx)
@@ -717,7 +721,7 @@ impl Bridge {
 
     async fn on_frame(&mut self, text: &str) {
         let received = Instant::now();
-        let frame = match frames::parse(text) {
+        let frame = match frames::parse_reusing(text, &mut self.spare_payload) {
             Ok(frame) => frame,
             Err(error) => {
                 count_bad(match error {
@@ -742,7 +746,7 @@ impl Bridge {
                     self.ensure_track(track);
                 }
             }
-            Frame::Media(media) => {
+            Frame::Media(mut media) => {
                 self.meters.frames_in.increment(1);
                 if self.stopping.is_some() {
                     return;
@@ -757,8 +761,13 @@ impl Bridge {
                 let batches = self
                     .tracks
                     .get_mut(&media.track)
-                    .map(|t| t.audio.push(media.chunk, media.payload))
+                    .map(|t| t.audio.push(media.chunk, &mut media.payload))
                     .unwrap_or_default();
+                // Empty when the reorder buffer kept it: the next frame allocates afresh. An
+                // oversized frame's buffer is not kept: thousands of calls each hold theirs.
+                if media.payload.capacity() <= SPARE_PAYLOAD_MAX {
+                    self.spare_payload = media.payload;
+                }
                 for batch in batches {
                     self.enqueue(media.track, batch, 0).await;
                 }
@@ -1675,6 +1684,10 @@ fn schedule_retry(state: &mut TrackState) {
     );
     state.phase = Phase::Waiting(Instant::now() + delay);
 }
+
+/// The largest decode buffer a call keeps between frames: 20 ms of µ-law is 160 bytes,
+/// 60 ms 480; 4 KiB covers any sane frame.
+const SPARE_PAYLOAD_MAX: usize = 4096;
 
 fn count_bad(reason: &'static str) {
     metrics::counter!("media_frames_bad_total", "reason" => reason).increment(1);
