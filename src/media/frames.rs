@@ -146,11 +146,17 @@ fn media_from(frame: MediaFrame<'_>, spare: &mut Vec<u8>) -> Result<Frame, Frame
     if payload.len() > MAX_PAYLOAD_BYTES * 4 / 3 + 4 {
         return Err(FrameError::Payload);
     }
+    // Decoded over the spare's old bytes in place: only a growth is zero-filled, where
+    // `decode`/`decode_vec` would zero (or allocate) the whole estimate for every frame.
     let mut decoded = std::mem::take(spare);
-    decoded.clear();
-    STANDARD
-        .decode_vec(payload, &mut decoded)
+    let needed = base64::decoded_len_estimate(payload.len());
+    if decoded.len() < needed {
+        decoded.resize(needed, 0);
+    }
+    let written = STANDARD
+        .decode_slice(payload, &mut decoded)
         .map_err(|_| FrameError::Payload)?;
+    decoded.truncate(written);
     Ok(Frame::Media(Media {
         track,
         chunk,

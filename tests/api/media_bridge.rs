@@ -859,14 +859,15 @@ async fn a_live_call_costs_postgresql_at_most_one_statement_per_10_s() {
     common::drop_database_blocking(&database);
 }
 
-/// Harness for the bridge's cost per frame, run by hand under callgrind (docs/BENCHMARKS.md):
+/// Harness for the bridge's cost per frame, run by hand under callgrind:
 /// `FRAME_COST_FRAMES` frames per track (default 500) on each of 20 calls, both tracks, on
 /// the open-loop grid of src/sim/loadgen.rs through the real upgrade and bridge into the
-/// AssemblyAI simulator. Instruction counts do not depend on the machine's load; running it
-/// at two frame counts and dividing the difference by the extra frames gives the marginal
-/// cost of a frame without the set-up (`FRAME_COST_SETTLE_SECS`, default 2, waits for the
-/// last batches; under callgrind 60 is enough). Ignored: it is a measurement, not a check, though it
-/// still fails when a frame is lost or doubled.
+/// AssemblyAI simulator. Instruction counts do not depend on the machine's load: the
+/// inclusive cost of `Bridge::on_frame` (and of `Bridge::event_loop`) from
+/// `callgrind_annotate --inclusive=yes`, divided by its call count, is the bridge's work per
+/// frame. Under callgrind everything runs ~50× slower: 100 frames with
+/// `FRAME_COST_SETTLE_SECS=45` (default 2) lets the last batches arrive. Ignored: it is a
+/// measurement, not a check, though it still fails when a frame is lost or doubled.
 #[tokio::test]
 #[ignore = "a measurement harness; run by hand under callgrind"]
 async fn frame_cost_harness() {
