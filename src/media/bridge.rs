@@ -275,6 +275,9 @@ pub struct Bridge {
     /// Fires once the last turn announced to another replica has been announced: the next
     /// announcement waits for it, so the listener is told in the order the turns were said.
     announced: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The last frame's decoded payload, cleared and decoded into again (`frames::parse_reusing`):
+    /// one allocation per call instead of one per frame.
+    spare_payload: Vec<u8>,
 }
 
 /// Handles to the per-frame metrics, resolved once per call: looking a metric up by name
@@ -414,6 +417,7 @@ pub async fn run(
         connected_at,
         reading_since: connected_at,
         announced: None,
+        spare_payload: Vec::new(),
     };
     bridge
         .event_loop(socket, events_rx, outbound_rx, original_rx)
@@ -777,7 +781,7 @@ impl Bridge {
 
     async fn on_frame(&mut self, text: &str) {
         let received = Instant::now();
-        let frame = match frames::parse(text) {
+        let frame = match frames::parse_reusing(text, &mut self.spare_payload) {
             Ok(frame) => frame,
             Err(error) => {
                 count_bad(match error {
@@ -802,7 +806,7 @@ impl Bridge {
                     self.ensure_track(track);
                 }
             }
-            Frame::Media(media) => {
+            Frame::Media(mut media) => {
                 self.meters.frames_in.increment(1);
                 if self.stopping.is_some() {
                     return;
@@ -817,8 +821,13 @@ impl Bridge {
                 let batches = self
                     .tracks
                     .get_mut(&media.track)
-                    .map(|t| t.audio.push(media.chunk, media.payload))
+                    .map(|t| t.audio.push(media.chunk, &mut media.payload))
                     .unwrap_or_default();
+                // Empty when the reorder buffer kept it: the next frame allocates afresh. An
+                // oversized frame's buffer is not kept: thousands of calls each hold theirs.
+                if media.payload.capacity() <= SPARE_PAYLOAD_MAX {
+                    self.spare_payload = media.payload;
+                }
                 for batch in batches {
                     self.enqueue(media.track, batch, 0).await;
                 }
@@ -1786,6 +1795,10 @@ fn schedule_retry(state: &mut TrackState) {
     );
     state.phase = Phase::Waiting(Instant::now() + delay);
 }
+
+/// The largest decode buffer a call keeps between frames: 20 ms of µ-law is 160 bytes,
+/// 60 ms 480; 4 KiB covers any sane frame.
+const SPARE_PAYLOAD_MAX: usize = 4096;
 
 fn count_bad(reason: &'static str) {
     metrics::counter!("media_frames_bad_total", "reason" => reason).increment(1);

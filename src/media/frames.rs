@@ -130,7 +130,7 @@ impl<'de> Deserialize<'de> for Counter {
     }
 }
 
-fn media_from(frame: MediaFrame<'_>) -> Result<Frame, FrameError> {
+fn media_from(frame: MediaFrame<'_>, spare: &mut Vec<u8>) -> Result<Frame, FrameError> {
     let media = frame.media.ok_or(FrameError::Field("media"))?;
     let track = match media.track {
         Some("inbound") => Track::Inbound,
@@ -146,21 +146,38 @@ fn media_from(frame: MediaFrame<'_>) -> Result<Frame, FrameError> {
     if payload.len() > MAX_PAYLOAD_BYTES * 4 / 3 + 4 {
         return Err(FrameError::Payload);
     }
-    let payload = STANDARD.decode(payload).map_err(|_| FrameError::Payload)?;
+    // Decoded over the spare's old bytes in place: only a growth is zero-filled, where
+    // `decode`/`decode_vec` would zero (or allocate) the whole estimate for every frame.
+    let mut decoded = std::mem::take(spare);
+    let needed = base64::decoded_len_estimate(payload.len());
+    if decoded.len() < needed {
+        decoded.resize(needed, 0);
+    }
+    let written = STANDARD
+        .decode_slice(payload, &mut decoded)
+        .map_err(|_| FrameError::Payload)?;
+    decoded.truncate(written);
     Ok(Frame::Media(Media {
         track,
         chunk,
-        payload,
+        payload: decoded,
     }))
 }
 
 pub fn parse(raw: &str) -> Result<Frame, FrameError> {
+    parse_reusing(raw, &mut Vec::new())
+}
+
+/// [`parse`], decoding a media payload into `spare`'s allocation (taken, cleared) instead of
+/// a fresh one: the bridge hands back the previous frame's buffer, so a call's frames reuse
+/// one allocation instead of allocating and freeing one per frame.
+pub fn parse_reusing(raw: &str, spare: &mut Vec<u8>) -> Result<Frame, FrameError> {
     // The hot path. Anything it cannot borrow (escaped strings, other events, odd shapes)
     // takes the general path below, which decides what is valid.
     if let Ok(frame) = serde_json::from_str::<MediaFrame<'_>>(raw)
         && frame.event == "media"
     {
-        return media_from(frame);
+        return media_from(frame, spare);
     }
     let value: Value = serde_json::from_str(raw).map_err(|_| FrameError::NotJson)?;
     let event = value
@@ -239,6 +256,20 @@ pub fn parse(raw: &str) -> Result<Frame, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_media_payload_is_decoded_into_the_spare_buffer_not_a_fresh_one() {
+        let raw = r#"{"event":"media","media":{"track":"inbound","chunk":"2","timestamp":"40","payload":"/////w=="}}"#;
+        let mut spare = Vec::with_capacity(160);
+        spare.extend_from_slice(b"stale bytes of the previous frame");
+        let at = spare.as_ptr();
+        let Ok(Frame::Media(media)) = parse_reusing(raw, &mut spare) else {
+            panic!("a media frame");
+        };
+        assert_eq!(media.payload, vec![0xff; 4], "cleared, then decoded");
+        assert_eq!(media.payload.as_ptr(), at, "the spare's allocation, reused");
+        assert_eq!(Ok(Frame::Media(media)), parse(raw));
+    }
 
     #[test]
     fn real_shaped_frames_parse() {

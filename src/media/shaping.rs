@@ -48,8 +48,10 @@ impl TrackAudio {
         }
     }
 
-    /// Adds one frame; returns the batches that became complete, in order.
-    pub fn push(&mut self, chunk: u64, payload: Vec<u8>) -> Vec<Vec<u8>> {
+    /// Adds one frame; returns the batches that became complete, in order. The payload is
+    /// taken (left empty) only when the frame must wait in the reorder buffer: otherwise it
+    /// is copied into the batch and the caller keeps the buffer to decode the next frame into.
+    pub fn push(&mut self, chunk: u64, payload: &mut Vec<u8>) -> Vec<Vec<u8>> {
         self.counters.frames_in += 1;
         if !payload.is_empty() {
             self.frame_bytes = payload.len();
@@ -62,12 +64,12 @@ impl TrackAudio {
         if chunk == next && self.reorder.is_empty() {
             // In order, nothing waiting: the usual case skips the reorder map.
             let mut ready = Vec::new();
-            self.append(&payload, &mut ready);
+            self.append(payload, &mut ready);
             // Saturating: the chunk number is the sender's; u64::MAX must not panic.
             self.next_chunk = Some(next.saturating_add(1));
             return ready;
         }
-        self.reorder.insert(chunk, payload);
+        self.reorder.insert(chunk, std::mem::take(payload));
         let mut ready = Vec::new();
         loop {
             let next = self.next_chunk.unwrap_or(chunk);
@@ -188,11 +190,11 @@ mod tests {
     #[test]
     fn a_chunk_number_at_the_top_of_u64_is_taken_not_a_panic() {
         let mut track = TrackAudio::new(100, 4);
-        track.push(u64::MAX - 1, vec![1; 160]);
-        track.push(u64::MAX, vec![2; 160]);
+        track.push(u64::MAX - 1, &mut vec![1; 160]);
+        track.push(u64::MAX, &mut vec![2; 160]);
         let mut other = TrackAudio::new(100, 4);
-        other.push(u64::MAX, vec![3; 160]);
-        other.push(u64::MAX - 2, vec![4; 160]);
+        other.push(u64::MAX, &mut vec![3; 160]);
+        other.push(u64::MAX - 2, &mut vec![4; 160]);
         assert_eq!(track.counters.frames_in, 2);
         assert_eq!(other.counters.frames_late, 1);
     }
@@ -206,7 +208,7 @@ mod tests {
         let mut audio = TrackAudio::new(100, 4);
         let mut batches = Vec::new();
         for n in 0..12u8 {
-            batches.extend(audio.push(u64::from(n), frame(n)));
+            batches.extend(audio.push(u64::from(n), &mut frame(n)));
         }
         assert_eq!(batches.len(), 2);
         assert!(batches.iter().all(|b| b.len() == 800));
@@ -240,7 +242,7 @@ mod tests {
         let mut audio = TrackAudio::new(100, 4);
         let mut bytes = Vec::new();
         for n in [0u8, 2, 1, 4, 3, 6, 5, 8, 7, 9] {
-            for batch in audio.push(u64::from(n), frame(n)) {
+            for batch in audio.push(u64::from(n), &mut frame(n)) {
                 bytes.extend(batch);
             }
         }
@@ -272,7 +274,7 @@ mod tests {
         let mut audio = TrackAudio::new(100, 2);
         let mut bytes = Vec::new();
         for n in [0u8, 1, 1, 3, 4, 5, 6, 2] {
-            for batch in audio.push(u64::from(n), frame(n)) {
+            for batch in audio.push(u64::from(n), &mut frame(n)) {
                 bytes.extend(batch);
             }
         }
