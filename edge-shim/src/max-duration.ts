@@ -3,7 +3,7 @@
 // of the call (`max-duration-warning:<key>`), step `hangup` hangs each up
 // (`max-duration:<key>`), where `<key>` is `<call>:<role>` per live leg of an interpreted call
 // or `<call>` for a one-leg call (src/calls/legs.rs `live_control_ids`). A call already ended
-// is left alone, and so is a warning whose call was already hung up at its limit.
+// is left alone, and so is a warning whose hang-up is due or done.
 //
 // Exactly once across both sides: the edge holds the job row's lease (src/jobs.ts
 // `withLease`), so a row the container is running or has done is not run again here; the
@@ -20,6 +20,11 @@ import { hangup, speak, type TelnyxCommands } from "./telnyx-commands";
 export const WARNING_TEXT = "This call has almost reached its maximum length and will end in one minute.";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** src/jobs/call_max_duration.rs `HANG_UP_DUE_SQL`. */
+const HANG_UP_DUE_SQL = `select exists (select 1 from calls where id = $1::uuid and max_duration_hangup_at is not null)
+        or exists (select 1 from jobs where kind = 'call.max_duration' and payload->>'call_id' = $1
+                   and coalesce(payload->>'step', 'hangup') = 'hangup' and run_at <= now()) as due`;
 
 const STEPS = {
   warn: { column: "max_duration_warned_at", kind: "call.max_duration_warning", prefix: "max-duration-warning" },
@@ -69,12 +74,10 @@ export async function callMaxDuration({ env, db, envelope }: JobContext): Promis
   if (telnyx === null) throw new HandBack("TELNYX_API_KEY is not set at the edge");
   const { column, kind, prefix } = STEPS[step];
   await withLease(db, envelope, async (lease) => {
-    // Late enough that the hang-up already ran (a backlog after an outage): no warning into
-    // a call that was just ended, as the container.
+    // Late enough that the hang-up is due or done (a backlog after an outage): no warning a
+    // minute before an end that is already here, as the container (HANG_UP_DUE_SQL).
     const hungUp =
-      step === "warn" &&
-      (await db.query<{ hung_up: boolean }>("select max_duration_hangup_at is not null as hung_up from calls where id = $1", [callId]))
-        .rows[0]?.hung_up === true;
+      step === "warn" && (await db.query<{ due: boolean }>(HANG_UP_DUE_SQL, [callId])).rows[0]?.due === true;
     const targets = hungUp ? [] : await liveControlIds(db, callId);
     for (const [ccid, key] of targets) {
       if (step === "warn") await speak(telnyx, ccid, `${prefix}:${key}`, WARNING_TEXT);

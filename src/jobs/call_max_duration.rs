@@ -5,7 +5,7 @@
 //! replica runs the job.
 //!
 //! At least once and harmless to repeat: a call already ended is left alone (and a warning
-//! that runs after the hang-up does nothing), Telnyx commands
+//! that runs once the hang-up is due or done does nothing), Telnyx commands
 //! carry stable `command_id`s (`max-duration-warning:<id>`, `max-duration:<id>`), and each
 //! step is logged to the call's events once (`max_duration_warned_at`/`_hangup_at`).
 
@@ -45,9 +45,10 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     }
     let telnyx = state.telnyx()?;
     let (column, kind) = match step {
-        // Late enough that the hang-up already ran (a backlog after an outage): a warning
-        // into a call that was just ended would only log an event out of order.
-        MaxDurationStep::Warn if hung_up(&client, call_id).await? => return Ok(()),
+        // Late enough that the hang-up is due or done (a backlog after an outage): a warning
+        // a minute before an end that is already here would only log an event out of order,
+        // and whether it did would depend on which step a worker picked first.
+        MaxDurationStep::Warn if hang_up_due(&client, call_id).await? => return Ok(()),
         MaxDurationStep::Warn => {
             for (ccid, key) in &targets {
                 telnyx
@@ -89,13 +90,16 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the call's `hangup` step has already been enforced.
-async fn hung_up(client: &impl GenericClient, call_id: uuid::Uuid) -> anyhow::Result<bool> {
+/// Whether the call's `hangup` step has been enforced or is itself due now.
+async fn hang_up_due(client: &impl GenericClient, call_id: uuid::Uuid) -> anyhow::Result<bool> {
     let row = client
-        .query_one(
-            "select max_duration_hangup_at is not null as hung_up from calls where id = $1",
-            &[&call_id],
-        )
+        .query_one(HANG_UP_DUE_SQL, &[&call_id.to_string()])
         .await?;
-    Ok(row.get("hung_up"))
+    Ok(row.get("due"))
 }
+
+/// Also run by the edge (edge-shim/src/max-duration.ts), word for word.
+const HANG_UP_DUE_SQL: &str =
+    "select exists (select 1 from calls where id = $1::uuid and max_duration_hangup_at is not null)
+        or exists (select 1 from jobs where kind = 'call.max_duration' and payload->>'call_id' = $1
+                   and coalesce(payload->>'step', 'hangup') = 'hangup' and run_at <= now()) as due";
