@@ -22,8 +22,8 @@ export const WARNING_TEXT = "This call has almost reached its maximum length and
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** src/jobs/call_max_duration.rs `HANG_UP_DUE_SQL`. */
-const HANG_UP_DUE_SQL = `select exists (select 1 from calls where id = $1::uuid and max_duration_hangup_at is not null)
-        or exists (select 1 from jobs where kind = 'call.max_duration' and payload->>'call_id' = $1
+const HANG_UP_DUE_SQL = `select exists (select 1 from calls where id = $1::text::uuid and max_duration_hangup_at is not null)
+        or exists (select 1 from jobs where kind = 'call.max_duration' and payload->>'call_id' = $1::text
                    and coalesce(payload->>'step', 'hangup') = 'hangup' and run_at <= now()) as due`;
 
 const STEPS = {

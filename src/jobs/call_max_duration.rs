@@ -100,6 +100,6 @@ async fn hang_up_due(client: &impl GenericClient, call_id: uuid::Uuid) -> anyhow
 
 /// Also run by the edge (edge-shim/src/max-duration.ts), word for word.
 const HANG_UP_DUE_SQL: &str =
-    "select exists (select 1 from calls where id = $1::uuid and max_duration_hangup_at is not null)
-        or exists (select 1 from jobs where kind = 'call.max_duration' and payload->>'call_id' = $1
+    "select exists (select 1 from calls where id = $1::text::uuid and max_duration_hangup_at is not null)
+        or exists (select 1 from jobs where kind = 'call.max_duration' and payload->>'call_id' = $1::text
                    and coalesce(payload->>'step', 'hangup') = 'hangup' and run_at <= now()) as due";
