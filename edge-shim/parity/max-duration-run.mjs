@@ -126,7 +126,9 @@ async function setOwner(shim, owner) {
 async function allDone(db, seconds = 60) {
   const deadline = Date.now() + seconds * 1000;
   for (;;) {
-    const { rows } = await db.query("select count(*)::int as n from jobs where kind = 'call.max_duration' and status <> 'done' and run_at <= now()");
+    const { rows } = await db.query(
+      "select count(*)::int as n from jobs where kind = 'call.max_duration' and status <> 'done' and run_at <= now()",
+    );
     if (rows[0].n === 0) return true;
     if (Date.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 200));

@@ -76,8 +76,7 @@ export async function callMaxDuration({ env, db, envelope }: JobContext): Promis
   await withLease(db, envelope, async (lease) => {
     // Late enough that the hang-up is due or done (a backlog after an outage): no warning a
     // minute before an end that is already here, as the container (HANG_UP_DUE_SQL).
-    const hungUp =
-      step === "warn" && (await db.query<{ due: boolean }>(HANG_UP_DUE_SQL, [callId])).rows[0]?.due === true;
+    const hungUp = step === "warn" && (await db.query<{ due: boolean }>(HANG_UP_DUE_SQL, [callId])).rows[0]?.due === true;
     const targets = hungUp ? [] : await liveControlIds(db, callId);
     for (const [ccid, key] of targets) {
       if (step === "warn") await speak(telnyx, ccid, `${prefix}:${key}`, WARNING_TEXT);
