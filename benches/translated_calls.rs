@@ -17,10 +17,9 @@
 mod common;
 
 use common::measure::ResultFile;
-use common::{ChildGuard, ScratchDatabase, free_port, quantile, wait_for_port};
+use common::{ScratchDatabase, free_port, quantile, wait_for_port};
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -268,36 +267,12 @@ async fn run() -> bool {
     let speech = TranslationSim::start(0).await.unwrap();
 
     let port = free_port();
-    let secret = "bench-auth-secret-bench-auth-secret";
-    let server = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_callbridge"))
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs([
-                ("APP_ENV", "development"),
-                // Load generators: the per-session and per-IP request limits would throttle them.
-                ("RATE_LIMIT_SESSION_PER_MIN", "0"),
-                ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
-                ("BIND_ADDRESS", "127.0.0.1"),
-                ("PORT", &port.to_string()),
-                ("DATABASE_URL", scratch.url.as_str()),
-                ("RUN_MIGRATIONS_ON_START", "true"),
-                ("DATABASE_POOL_MAX_SIZE", "16"),
-                ("R2_ENDPOINT", "http://127.0.0.1:9"),
-                ("R2_CREATE_BUCKET", "false"),
-                ("LOG_LEVEL", "error"),
-                ("AUTH_SECRET", secret),
-                ("ASSEMBLYAI_API_KEY", "bench-aai-key"),
-                ("ASSEMBLYAI_STREAMING_URL", &aai.streaming_url()),
-                ("DEEPL_API_KEY", providers::DEEPL_KEY),
-                ("DEEPL_API_BASE", &speech.base()),
-                ("ELEVENLABS_API_KEY", providers::ELEVENLABS_KEY),
-                ("ELEVENLABS_API_BASE", &speech.base()),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let secret = common::translating::SECRET;
+    let server = common::translating::serve(
+        port,
+        scratch.url.as_str(),
+        &aai.streaming_url(),
+        &speech.base(),
     );
     wait_for_port(port).await;
 

@@ -4,6 +4,8 @@
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 pub mod measure;
+#[cfg(feature = "sim")]
+pub mod translating;
 
 use std::process::Child;
 use std::time::Duration;
