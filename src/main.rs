@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use callbridge::app::Role;
 use callbridge::config::Config;
+use callbridge::usage::quota::Setting;
 use callbridge::{Application, app, shutdown, telemetry};
 
 /// Many small, short-lived allocations on many threads (requests, frames, JSON): glibc's
@@ -110,6 +111,39 @@ enum Command {
     /// Auth.js session maintenance.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// An organisation's usage quotas (docs/USAGE.md): operators cap what a tenant can spend.
+    #[command(subcommand)]
+    Quotas(QuotasCommand),
+}
+
+#[derive(Subcommand)]
+enum QuotasCommand {
+    /// Print the quotas in effect and this month so far.
+    Show {
+        /// The organisation's id.
+        #[arg(long)]
+        org: uuid::Uuid,
+    },
+    /// Change some of an organisation's quotas; the others stay. Each takes a value (`0`: no
+    /// quota) or `default` (the deployment's `USAGE_DEFAULT_*`).
+    Set {
+        /// The organisation's id.
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// Call minutes per calendar month (UTC), every leg counted.
+        #[arg(long, value_name = "MINUTES|default", allow_negative_numbers = true)]
+        monthly_minutes: Option<Setting<i64>>,
+        /// Calls live at once.
+        #[arg(long, value_name = "CALLS|default", allow_negative_numbers = true)]
+        concurrent_calls: Option<Setting<i64>>,
+        /// Estimated spend per calendar month, in USAGE_CURRENCY.
+        #[arg(long, value_name = "AMOUNT|default", allow_negative_numbers = true)]
+        monthly_spend_cap: Option<Setting<f64>>,
+        /// At 100 % of a monthly quota: `end` live calls (with an announcement) or `continue`
+        /// them, flagged.
+        #[arg(long, value_name = "end|continue|default")]
+        at_limit: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,7 +279,81 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             batch_size,
             dry_run,
         }) => migrate_tokens(&config, batch_size, dry_run).await,
+        Command::Quotas(command) => quotas(&config, command).await,
     }
+}
+
+/// `callbridge quotas`: show or change one organisation's quotas, then print them.
+async fn quotas(config: &Config, command: QuotasCommand) -> anyhow::Result<()> {
+    use callbridge::usage::quota::{self, QuotaChange};
+
+    let client = callbridge::db::connect_direct(config.database.direct_url.expose()).await?;
+    let organisation_id = match &command {
+        QuotasCommand::Show { org } | QuotasCommand::Set { org, .. } => *org,
+    };
+    let in_effect = match command {
+        QuotasCommand::Show { .. } => {
+            let known = client
+                .query_opt(
+                    "select 1 from organisations where id = $1",
+                    &[&organisation_id],
+                )
+                .await?;
+            anyhow::ensure!(known.is_some(), "no organisation {organisation_id}");
+            quota::quotas(&client, &config.usage, organisation_id).await?
+        }
+        QuotasCommand::Set {
+            monthly_minutes,
+            concurrent_calls,
+            monthly_spend_cap,
+            at_limit,
+            ..
+        } => {
+            let end_at_limit = match at_limit.as_deref() {
+                None => Setting::Keep,
+                Some("default") => Setting::Default,
+                Some("end") => Setting::To(true),
+                Some("continue") => Setting::To(false),
+                Some(other) => {
+                    anyhow::bail!("--at-limit must be end, continue or default, not {other:?}")
+                }
+            };
+            let change = QuotaChange {
+                monthly_minutes: monthly_minutes.unwrap_or(Setting::Keep),
+                concurrent_calls: concurrent_calls.unwrap_or(Setting::Keep),
+                monthly_spend_cap: monthly_spend_cap.unwrap_or(Setting::Keep),
+                end_at_limit,
+            };
+            quota::set(&client, &config.usage, organisation_id, change).await?
+        }
+    };
+    let so_far = quota::month_to_date(&client, &config.usage, organisation_id).await?;
+    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    println!("organisation       {organisation_id}");
+    println!(
+        "monthly minutes    {} (used {:.1})",
+        show(in_effect.monthly_minutes.map(|v| v.to_string())),
+        so_far.minutes
+    );
+    println!(
+        "concurrent calls   {}",
+        show(in_effect.concurrent_calls.map(|v| v.to_string()))
+    );
+    println!(
+        "monthly spend cap  {} {} (spent {:.2})",
+        show(in_effect.monthly_spend.map(|v| format!("{v:.2}"))),
+        config.usage.currency,
+        so_far.spend
+    );
+    println!(
+        "at the limit       {}",
+        if in_effect.end_at_limit {
+            "end"
+        } else {
+            "continue"
+        }
+    );
+    Ok(())
 }
 
 /// The multi-threaded Tokio runtime every async role runs on.

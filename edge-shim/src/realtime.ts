@@ -18,7 +18,13 @@
 // - a query string the edge does not read exactly as serde_urlencoded does (percent escapes,
 //   `+`, repeated or unparsable parameters: the container's 400 quotes serde's message);
 // - a request that is not a WebSocket handshake (the container's own rejection answers it);
-// - a user with no membership yet (the container creates the personal organisation).
+// - a user with no membership yet (the container creates the personal organisation);
+// - `X-Org-Id` or `org_id`: naming the organisation billed is the container's (400/404).
+//
+// Each session's seconds go to the usage ledger when it ends, as the container's
+// `media::browser` writes them: the `session_duration_seconds` of AssemblyAI's `Termination`
+// (what it bills), else the edge's own measure from `Begin`, under the same source key
+// (`assemblyai:session:<id>`), billed to the caller's active organisation (docs/USAGE.md).
 //
 // While the socket lives, the session is re-checked every AUTH_STREAM_RECHECK_SECS (as the
 // container's src/auth/recheck.rs): once it is signed out, deleted or expired the AssemblyAI
@@ -93,6 +99,7 @@ export function readQuery(search: string): AudioQuery | { defer: string } {
     const key = eq < 0 ? pair : pair.slice(0, eq);
     const value = eq < 0 ? "" : pair.slice(eq + 1);
     if (/[%+]/.test(key)) return { defer: "a percent-encoded query parameter name" };
+    if (key === "org_id") return { defer: "org_id: the container chooses the organisation billed" };
     if (key !== "encoding" && key !== "sample_rate" && key !== "call_id") continue;
     if (seen.has(key)) return { defer: `${key} given twice` };
     seen.add(key);
@@ -184,11 +191,15 @@ export const realtimeTranscribe: EdgeHandler = {
     if ("defer" in query) throw new DeferToOrigin(`query string: ${query.defer}`);
     if (query.callId !== undefined) throw new DeferToOrigin("call_id: the container stores the call's final turns");
     if (!isWebSocketHandshake(request.headers)) throw new DeferToOrigin("not a WebSocket handshake");
+    if (request.headers.has("x-org-id")) throw new DeferToOrigin("X-Org-Id: the container chooses the organisation billed");
     const settings = assemblyAiSettings(env); // a misconfigured edge falls back to the container
 
     const a = answering(request, env);
     const auth = await authenticate(request, ctx, a);
     if (auth instanceof Response) return auth;
+    // `default_organisation` in the container: the stored active one, else the personal one.
+    const organisationId = auth.principal.activeOrganisationId ?? auth.principal.memberships[0]?.id ?? null;
+    if (organisationId === null) throw new DeferToOrigin("no organisation to bill: the container answers");
     if (auth.source === "cookie") {
       const refused = crossSiteRefusal(request.headers, splitList(env.ALLOWED_ORIGINS));
       if (refused !== null) return problemAnswer(a, { status: 403, detail: `Cross-site request refused: ${refused}.` });
@@ -207,7 +218,9 @@ export const realtimeTranscribe: EdgeHandler = {
       intervalMs: recheckSeconds(env.AUTH_STREAM_RECHECK_SECS) * 1000,
       stillSignedIn: async () => (await withDb(env, ctx.waitUntil, (db) => resolveSession(db, env, auth.token))) !== null,
     };
-    const session = new TranscribeSession(server, { ...settings, apiKey: env.ASSEMBLYAI_API_KEY }, format, recheck);
+    const meter: Meter = (bill) =>
+      withDb(env, ctx.waitUntil, (db) => recordSession(db, organisationId, auth.principal.user.id, settings.speechModel, bill));
+    const session = new TranscribeSession(server, { ...settings, apiKey: env.ASSEMBLYAI_API_KEY }, format, recheck, meter);
     ctx.waitUntil(session.run());
     return new Response(null, { status: 101, webSocket: client });
   },
@@ -250,6 +263,67 @@ export interface Recheck {
 export function recheckSeconds(raw: string | undefined): number {
   const n = Number((raw ?? "").trim());
   return Number.isInteger(n) && n >= 1 && n <= 300 ? n : 30;
+}
+
+/** What one session is billed, when it ends (the container's `SessionMeter`). */
+export interface SessionBill {
+  sessionId: string;
+  /** `Termination`'s `session_duration_seconds`, when AssemblyAI sent one. */
+  reportedSeconds: number | null;
+  audioSeconds: number | null;
+  /** From `Begin` to the end, by the edge's clock. */
+  measuredSeconds: number;
+}
+
+export type Meter = (bill: SessionBill) => Promise<unknown>;
+
+/**
+ * usage::record for a browser session billed to an organisation: one ledger row per session
+ * (its source key), the container's columns and metadata keys.
+ */
+export async function recordSession(
+  db: { query: (sql: string, params: unknown[]) => Promise<unknown> },
+  organisationId: string,
+  userId: string,
+  model: string,
+  bill: SessionBill,
+): Promise<void> {
+  await db.query(
+    `insert into usage_ledger (organisation_id, call_id, leg_id, user_id, vendor, unit,
+                               quantity, source_key, occurred_at, metadata)
+     values ($1, null, null, $2, 'assemblyai', 'streaming_seconds', $3::float8::numeric, $4, now(), $5)
+     on conflict (source_key) do nothing`,
+    [
+      organisationId,
+      userId,
+      bill.reportedSeconds ?? bill.measuredSeconds,
+      `assemblyai:session:${bill.sessionId}`,
+      JSON.stringify({
+        audio_seconds: bill.audioSeconds,
+        measured_seconds: bill.measuredSeconds,
+        model,
+        reported_seconds: bill.reportedSeconds,
+        session_id: bill.sessionId,
+        track: "browser",
+      }),
+    ],
+  );
+}
+
+/** `Termination`'s billed figures, or null for any other message. */
+export function terminationFigures(text: string): { session: number | null; audio: number | null } | null {
+  if (!text.includes("Termination")) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof value !== "object" || value === null) return null;
+  const message = value as Record<string, unknown>;
+  if (message.type !== "Termination") return null;
+  const number = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+  return { session: number(message.session_duration_seconds), audio: number(message.audio_duration_seconds) };
 }
 
 /** WebSocket close of a socket whose session ended (the container's 4401). */
@@ -404,6 +478,7 @@ export class TranscribeSession {
     private readonly settings: AssemblyAiSettings,
     private readonly format: { encoding: Encoding; sampleRate: number },
     private readonly recheck: Recheck | null = null,
+    private readonly meter: Meter | null = null,
   ) {
     this.events.listen(browser, "browser");
   }
@@ -497,6 +572,25 @@ export class TranscribeSession {
       return;
     }
     const { aai, sessionId } = connected;
+    const bill: SessionBill = { sessionId, reportedSeconds: null, audioSeconds: null, measuredSeconds: 0 };
+    const opened = Date.now();
+    try {
+      await this.relay(aai, sessionId, bill);
+    } finally {
+      // Whichever way the session ended, it is billed once.
+      bill.measuredSeconds = (Date.now() - opened) / 1000;
+      if (this.meter !== null) {
+        try {
+          await this.meter(bill);
+        } catch (err) {
+          console.error(JSON.stringify({ message: "usage ledger write failed", session_id: sessionId, error: String(err) }));
+        }
+      }
+    }
+  }
+
+  private async relay(aai: WebSocket, sessionId: string, bill: SessionBill): Promise<void> {
+    const { browser } = this;
     trySend(browser, beginMessage(sessionId));
     const batcher = ByteBatcher.for(this.format.encoding, this.format.sampleRate, this.settings.batchMs);
     let terminating = false;
@@ -541,6 +635,11 @@ export class TranscribeSession {
           terminating = true;
         }
       } else if (event.kind === "text") {
+        const figures = terminationFigures(event.text);
+        if (figures !== null) {
+          bill.reportedSeconds = figures.session;
+          bill.audioSeconds = figures.audio;
+        }
         if (!trySend(browser, event.text) && !terminating) {
           trySend(aai, TERMINATE);
           terminating = true;

@@ -31,6 +31,9 @@ function fakeAssemblyAi(request, url) {
     chunks: /** @type {number[]} */ ([]),
     texts: /** @type {string[]} */ ([]),
     chunkBytes: /** @type {number[][]} */ ([]),
+    opened: Date.now(),
+    /** @type {number | null} */
+    billedSeconds: null,
   };
   aaiSessions.push(record);
   if (url.hostname === "aai-early-error.test") {
@@ -43,7 +46,11 @@ function fakeAssemblyAi(request, url) {
     if (typeof event.data === "string") {
       record.texts.push(event.data);
       if (JSON.parse(event.data).type === "Terminate") {
-        server.send(JSON.stringify({ type: "Termination" }));
+        // What AssemblyAI bills: whole seconds since the session opened (at least 1 here, so a
+        // test can tell the reported figure from the edge's own measure).
+        const seconds = Math.max(1, Math.round((Date.now() - record.opened) / 1000));
+        record.billedSeconds = seconds;
+        server.send(JSON.stringify({ type: "Termination", audio_duration_seconds: 0, session_duration_seconds: seconds }));
         server.close(1000, "");
       }
     } else {

@@ -19,6 +19,8 @@ import {
   isWebSocketHandshake,
   type Recheck,
   readQuery,
+  recordSession,
+  type SessionBill,
   recheckSeconds,
   rustDebugAscii,
   sessionUrl,
@@ -26,7 +28,8 @@ import {
   TranscribeSession,
 } from "../src/realtime";
 import { createShim } from "../src/router";
-import { type Echo, logged } from "./helpers";
+import { Client } from "pg";
+import { type Echo, logged, query } from "./helpers";
 
 const bytes = (n: number, fill = 1) => new Uint8Array(n).fill(fill);
 
@@ -98,6 +101,8 @@ describe("the handshake rules", () => {
     expect(readQuery("?encoding=pcm_mulaw&sample_rate=8000&x=%zz&x=1")).toEqual({ encoding: "pcm_mulaw", sampleRate: 8000 });
     expect(readQuery("?sample_rate=016000&&encoding")).toEqual({ sampleRate: 16000, encoding: "" });
     expect(readQuery("?call_id=abc")).toEqual({ callId: "abc" });
+    // Naming the organisation billed is the container's (its 400/404 words).
+    expect(readQuery("?org_id=6f1c1b1e-0000-4000-8000-000000000000")).toHaveProperty("defer");
     expect(readQuery("?encoding=pcm%5Fmulaw")).toHaveProperty("defer");
     expect(readQuery("?encoding=a+b")).toHaveProperty("defer");
     expect(readQuery("?enc%6Fding=x")).toHaveProperty("defer");
@@ -227,6 +232,7 @@ async function play(
     recheck?: Recheck;
   } = {},
 ) {
+  const bills: SessionBill[] = [];
   const pair = new WebSocketPair();
   const browser = pair[0];
   const edgeSide = pair[1];
@@ -245,6 +251,7 @@ async function play(
     },
     { encoding: options.encoding ?? "pcm_s16le", sampleRate: options.sampleRate ?? 16000 },
     options.recheck ?? null,
+    async (bill) => bills.push(bill),
   );
   const before = (await (await fetch("http://origin.test:8080/__fake/aai-sessions")).json()) as unknown[];
   const running = session.run();
@@ -258,8 +265,9 @@ async function play(
     chunks: number[];
     texts: string[];
     chunkBytes: number[][];
+    billedSeconds: number | null;
   }[];
-  return { received, code, aai: sessions.slice(before.length) };
+  return { received, code, aai: sessions.slice(before.length), bills };
 }
 
 describe("a session (browser ↔ edge ↔ fake AssemblyAI)", () => {
@@ -284,7 +292,71 @@ describe("a session (browser ↔ edge ↔ fake AssemblyAI)", () => {
       '{"id":"sess-' + s.id.slice(5) + '","type":"Begin"}',
       '{"type":"Got","bytes":3200}',
       '{"type":"Got","bytes":1600}',
-      '{"type":"Termination"}',
+      `{"type":"Termination","audio_duration_seconds":0,"session_duration_seconds":${s.billedSeconds}}`,
+    ]);
+  });
+
+  it("bills each session once, at the seconds AssemblyAI's Termination reported", async () => {
+    const { aai, bills } = await play((b) => {
+      b.send(bytes(640, 0x11));
+      b.send('{"type":"Terminate"}');
+    });
+    expect(bills).toHaveLength(1);
+    expect(bills[0]!.sessionId).toBe(aai[0]!.id);
+    expect(bills[0]!.reportedSeconds).toBe(aai[0]!.billedSeconds);
+    expect(bills[0]!.audioSeconds).toBe(0);
+    expect(bills[0]!.measuredSeconds).toBeGreaterThanOrEqual(0);
+    // A session that ended without Termination (signed out) is billed at the edge's measure.
+    let checks = 0;
+    const revoked = await play((b) => b.send(bytes(640, 0x11)), {
+      recheck: { intervalMs: 20, stillSignedIn: async () => ++checks < 2 },
+    });
+    expect(revoked.bills).toHaveLength(1);
+    expect(revoked.bills[0]!.reportedSeconds).toBeNull();
+    expect(revoked.bills[0]!.measuredSeconds).toBeGreaterThan(0);
+    // A refused session never began: nothing is billed.
+    const refused = await play(() => {}, { host: "aai-refuse.test" });
+    expect(refused.bills).toEqual([]);
+  });
+
+  it("writes the container's ledger row, once per session", async () => {
+    const [org] = await query<{ id: string }>(
+      "insert into organisations (id, name) values (gen_random_uuid(), 'Browser') returning id::text as id",
+    );
+    const bill: SessionBill = { sessionId: `sess-${crypto.randomUUID()}`, reportedSeconds: 7, audioSeconds: 6.5, measuredSeconds: 7.2 };
+    const client = new Client({ connectionString: env.HYPERDRIVE.connectionString });
+    client.on("error", () => {});
+    await client.connect();
+    try {
+      await recordSession(client, org!.id, "user-1", "universal-streaming-english", bill);
+      await recordSession(client, org!.id, "user-1", "universal-streaming-english", { ...bill, reportedSeconds: 9 });
+    } finally {
+      await client.end();
+    }
+    const rows = await query<{
+      unit: string;
+      quantity: number;
+      call_id: string | null;
+      user_id: string;
+      metadata: Record<string, unknown>;
+    }>("select unit, quantity::float8 as quantity, call_id, user_id, metadata from usage_ledger where source_key = $1", [
+      `assemblyai:session:${bill.sessionId}`,
+    ]);
+    expect(rows).toEqual([
+      {
+        unit: "streaming_seconds",
+        quantity: 7,
+        call_id: null,
+        user_id: "user-1",
+        metadata: {
+          audio_seconds: 6.5,
+          measured_seconds: 7.2,
+          model: "universal-streaming-english",
+          reported_seconds: 7,
+          session_id: bill.sessionId,
+          track: "browser",
+        },
+      },
     ]);
   });
 

@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in, recheck};
+use crate::auth::{BrowserOrgContext, CredentialSource, OrgContext, csrf, membership_in, recheck};
 use crate::calls;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
 use crate::media::browser;
 use crate::providers::assemblyai::{AudioEncoding, StreamParams};
 use crate::state::AppState;
+use crate::usage::{self, Owner};
 
 /// Browser tokens live one minute: enough to open the socket, useless if leaked later.
 const TOKEN_TTL_SECS: u32 = 60;
@@ -62,8 +63,11 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
     })
 }
 
-/// A short-lived token to stream from the browser straight to AssemblyAI.
+/// A short-lived token to stream from the browser straight to AssemblyAI. The token is counted
+/// in the organisation's usage (`assemblyai` `direct_sessions`: the session's seconds pass
+/// AssemblyAI without us, docs/USAGE.md).
 #[utoipa::path(post, path = "/api/realtime/token", operation_id = "createRealtimeToken", tag = "realtime",
+    params(("X-Org-Id" = Option<Uuid>, Header, description = "Organisation the session is billed to")),
     request_body(content = AudioFormat, description = "Optional audio format (no body: the defaults)", content_type = "application/json"),
     responses(
         (status = 200, description = "Token and the URL to open", body = RealtimeToken),
@@ -75,7 +79,7 @@ fn params(state: &AppState, format: &AudioFormat) -> Result<StreamParams, ApiErr
     ))]
 pub async fn token(
     State(state): State<AppState>,
-    user: CurrentUser,
+    org: OrgContext,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<RealtimeToken>, ApiError> {
@@ -84,7 +88,7 @@ pub async fn token(
     let per_minute = state.config.limits.realtime_tokens_per_min;
     state
         .limiter
-        .take(&format!("aai-token:{}", user.id()), per_minute)
+        .take(&format!("aai-token:{}", org.user.id()), per_minute)
         .map_err(|retry_after| ApiError::TooManyRequests {
             detail: format!(
                 "At most {per_minute} transcription tokens a minute (REALTIME_TOKENS_PER_MIN)."
@@ -130,6 +134,12 @@ pub async fn token(
         .await
         .map_err(|e| ApiError::BadGateway(e.to_string()))?;
     let websocket_url = client.browser_url(&params, &token).to_string();
+    state.ledger.record(vec![usage::direct_session_entry(
+        org.organisation_id,
+        org.user.id(),
+        &params.speech_model,
+        expires_in_seconds,
+    )]);
     Ok(Json(RealtimeToken {
         token,
         expires_in_seconds,
@@ -137,8 +147,13 @@ pub async fn token(
     }))
 }
 
-/// Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out.
-#[utoipa::path(get, path = "/api/realtime/transcribe", operation_id = "connectRealtimeTranscription", tag = "realtime", params(AudioFormat),
+/// Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out. The
+/// session's seconds are billed to the call's organisation (with `call_id`), else to the
+/// organisation chosen as for every other route (docs/USAGE.md).
+#[utoipa::path(get, path = "/api/realtime/transcribe", operation_id = "connectRealtimeTranscription", tag = "realtime",
+    params(AudioFormat,
+        ("X-Org-Id" = Option<Uuid>, Header, description = "Organisation the session is billed to (without call_id)"),
+        ("org_id" = Option<Uuid>, Query, description = "Organisation the session is billed to, for clients that cannot send X-Org-Id (a browser WebSocket); must equal X-Org-Id when both are sent")),
     responses(
         (status = 101, description = "Switching to the transcription WebSocket. The session (and, with call_id, the membership) is re-checked every AUTH_STREAM_RECHECK_SECS; the socket closes with 4401 (session ended) or 4403 (membership ended) when either is gone"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
@@ -149,11 +164,12 @@ pub async fn token(
     ))]
 pub async fn transcribe(
     State(state): State<AppState>,
-    user: CurrentUser,
+    BrowserOrgContext(org): BrowserOrgContext,
     headers: HeaderMap,
     Query(format): Query<AudioFormat>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    let user = &org.user;
     // Browsers send cookies on cross-site WebSocket handshakes: check the origin ourselves.
     if user.source == CredentialSource::Cookie {
         csrf::check(&headers, &state.config.http.allowed_origins).map_err(|refused| {
@@ -163,13 +179,21 @@ pub async fn transcribe(
     let assemblyai = state.assemblyai()?.clone();
     let params = params(&state, &format)?;
     let mut organisation_id = None;
+    let mut owner = Owner::Organisation {
+        organisation_id: org.organisation_id,
+        user_id: Some(user.id().to_owned()),
+    };
     if let Some(call_id) = format.call_id {
         let client = state.db.client().await?;
         let call = calls::get_unscoped(&client, call_id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        membership_in(&user, call.organisation_id).ok_or(ApiError::NotFound)?;
+        membership_in(user, call.organisation_id).ok_or(ApiError::NotFound)?;
         organisation_id = Some(call.organisation_id);
+        owner = Owner::Call {
+            call_id,
+            leg_id: None,
+        };
     }
     let slot = state
         .streams
@@ -185,11 +209,20 @@ pub async fn transcribe(
         let revoked = recheck::watch(
             &state.sessions,
             state.config.auth.stream_recheck,
-            &user,
+            &org.user,
             organisation_id,
         );
         tracker.track_future(async move {
-            browser::run(state, assemblyai, params, format.call_id, socket, revoked).await;
+            browser::run(
+                state,
+                assemblyai,
+                params,
+                format.call_id,
+                owner,
+                socket,
+                revoked,
+            )
+            .await;
             drop(slot);
         })
     }))

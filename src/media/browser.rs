@@ -1,12 +1,15 @@
 //! Browser transcription through us: the browser streams audio over a WebSocket, we batch it
 //! to AssemblyAI's 50–1000 ms rule and relay AssemblyAI's messages back verbatim. When bound
-//! to a call, final turns are stored as that call's `browser` track.
+//! to a call, final turns are stored as that call's `browser` track. Each session's seconds go
+//! to the usage ledger when it ends, like a call track's (docs/USAGE.md).
 
 use axum::extract::ws::CloseFrame;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
+use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
+
 use uuid::Uuid;
 
 use super::shaping::ByteBatcher;
@@ -14,6 +17,7 @@ use super::transcripts::{self, FinalTurn};
 use crate::auth::recheck::Revoked;
 use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
 use crate::state::AppState;
+use crate::usage::{self, Owner, Recorder};
 
 /// Client messages we pass on; anything else from the browser is ignored.
 fn allowed_control(text: &str) -> bool {
@@ -24,11 +28,56 @@ fn allowed_control(text: &str) -> bool {
     )
 }
 
+/// One browser session's bill: written to the ledger once, when the session is dropped, whichever
+/// way it ended (the browser left, AssemblyAI closed, authorisation ended, shutdown). AssemblyAI
+/// bills wall-clock session time: its `Termination`'s `session_duration_seconds` when it sent
+/// one, else our own measure of the connection (as `media::bridge` does for call tracks).
+struct SessionMeter {
+    ledger: Recorder,
+    owner: Owner,
+    session_id: String,
+    model: String,
+    opened: Instant,
+    reported_seconds: Option<f64>,
+    audio_seconds: Option<f64>,
+}
+
+impl SessionMeter {
+    fn entry(&self) -> usage::Entry {
+        let measured = self.opened.elapsed().as_secs_f64();
+        usage::Entry {
+            owner: self.owner.clone(),
+            vendor: usage::unit::ASSEMBLYAI,
+            unit: usage::unit::STREAMING_SECONDS,
+            quantity: self.reported_seconds.unwrap_or(measured),
+            source_key: format!("assemblyai:session:{}", self.session_id),
+            occurred_at: chrono::Utc::now(),
+            metadata: serde_json::json!({
+                "session_id": self.session_id,
+                "track": "browser",
+                "model": self.model,
+                "reported_seconds": self.reported_seconds,
+                "audio_seconds": self.audio_seconds,
+                "measured_seconds": measured,
+            }),
+        }
+    }
+}
+
+impl Drop for SessionMeter {
+    fn drop(&mut self) {
+        self.ledger.record(vec![self.entry()]);
+    }
+}
+
+/// `owner` is whom the session's seconds are billed to: the call's organisation when the
+/// session is bound to a call, else the caller's.
 pub async fn run(
     state: AppState,
     client: AssemblyAiClient,
     params: StreamParams,
     call_id: Option<Uuid>,
+    owner: Owner,
     socket: WebSocket,
     mut revoked: oneshot::Receiver<Revoked>,
 ) {
@@ -43,6 +92,16 @@ pub async fn run(
             let _ = browser_tx.close().await;
             return;
         }
+    };
+    let mut meter = SessionMeter {
+        ledger: state.ledger.clone(),
+        owner,
+        session_id: session_id.clone(),
+        model: params.speech_model.clone(),
+        // From `Begin`: what AssemblyAI counts as the session.
+        opened: Instant::now(),
+        reported_seconds: None,
+        audio_seconds: None,
     };
     let (mut aai_tx, mut aai_rx) = aai.split();
     let begin = serde_json::json!({"type": "Begin", "id": session_id});
@@ -94,7 +153,12 @@ pub async fn run(
             },
             message = aai_rx.next() => match message {
                 Some(Ok(AaiMessage::Text(text))) => {
-                    if let (Some(call_id), ServerMessage::Turn(turn)) = (call_id, assemblyai::parse_server_message(&text))
+                    let message = assemblyai::parse_server_message(&text);
+                    if let ServerMessage::Termination { audio_seconds, session_seconds } = &message {
+                        meter.reported_seconds = *session_seconds;
+                        meter.audio_seconds = *audio_seconds;
+                    }
+                    if let (Some(call_id), ServerMessage::Turn(turn)) = (call_id, &message)
                         && turn.end_of_turn && turn.turn_is_formatted
                     {
                         let stored = FinalTurn {

@@ -46,6 +46,9 @@ pub mod unit {
     pub const COMPLETION_TOKENS: &str = "completion_tokens";
     pub const BYTE_DAYS: &str = "byte_days";
     pub const DOWNLOADS: &str = "downloads";
+    /// A browser's single-use token for a session straight to AssemblyAI: its seconds pass
+    /// without us, so the token is what we can count.
+    pub const DIRECT_SESSIONS: &str = "direct_sessions";
 }
 
 /// Whose the units are: a call's (its organisation and placer are looked up), or named.
@@ -533,6 +536,33 @@ pub fn record_translation_request(
     let key = format!("request:{}", Uuid::now_v7());
     let metadata = serde_json::json!({"target_language": target_language});
     recorder.record(translation_entries(owner, &key, usage, metadata));
+}
+
+/// A token issued for a browser's own AssemblyAI session (`POST /api/realtime/token`). The
+/// session's seconds are billed to our key but never pass through us, so the ledger counts the
+/// token (one per session: tokens are single-use); its price, if any, is the operator's flat
+/// estimate per session (docs/USAGE.md).
+pub fn direct_session_entry(
+    organisation_id: Uuid,
+    user_id: &str,
+    speech_model: &str,
+    expires_in_seconds: u32,
+) -> Entry {
+    Entry {
+        owner: Owner::Organisation {
+            organisation_id,
+            user_id: Some(user_id.to_owned()),
+        },
+        vendor: unit::ASSEMBLYAI,
+        unit: unit::DIRECT_SESSIONS,
+        quantity: 1.0,
+        source_key: format!("assemblyai:direct_sessions:{}", Uuid::now_v7()),
+        occurred_at: Utc::now(),
+        metadata: serde_json::json!({
+            "model": speech_model,
+            "expires_in_seconds": expires_in_seconds,
+        }),
+    }
 }
 
 /// A presigned GET issued for a recording version (R2 bills the read it allows).

@@ -413,3 +413,124 @@ pub async fn hung_up(
     }
     Ok(first)
 }
+
+/// One column of an organisation's own quotas as an operator sets it (`callbridge quotas set`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Setting<T> {
+    /// Leave the column as it is.
+    Keep,
+    /// Back to the deployment's default (`USAGE_DEFAULT_*`): the column becomes null.
+    Default,
+    /// This value (`0`: no quota).
+    To(T),
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Setting<T> {
+    type Err = String;
+
+    /// `default`, or a value.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "default" {
+            return Ok(Setting::Default);
+        }
+        text.parse()
+            .map(Setting::To)
+            .map_err(|_| format!("{text:?} is neither a value nor `default`"))
+    }
+}
+
+impl<T: Copy> Setting<T> {
+    fn apply(self, current: Option<T>) -> Option<T> {
+        match self {
+            Setting::Keep => current,
+            Setting::Default => None,
+            Setting::To(value) => Some(value),
+        }
+    }
+}
+
+/// An operator's change to one organisation's quotas.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaChange {
+    pub monthly_minutes: Setting<i64>,
+    pub concurrent_calls: Setting<i64>,
+    /// In `USAGE_CURRENCY`.
+    pub monthly_spend_cap: Setting<f64>,
+    /// `true`: end live calls at 100 %; `false`: let them continue, flagged.
+    pub end_at_limit: Setting<bool>,
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no organisation {0}")]
+    NoSuchOrganisation(Uuid),
+    #[error("{0} must be 0 (no quota) or more")]
+    Negative(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Applies `change` to `organisation_id`'s own quotas in one statement (the columns it keeps
+/// are read and written under the row's lock), then answers the quotas now in effect. Checks
+/// at dial time and in the cron read the row afresh, so the change holds from the next call
+/// placed and the next cron tick.
+pub async fn set(
+    client: &impl GenericClient,
+    config: &UsageConfig,
+    organisation_id: Uuid,
+    change: QuotaChange,
+) -> Result<Quotas, ChangeError> {
+    let negative_i = |s: Setting<i64>| matches!(s, Setting::To(v) if v < 0);
+    if negative_i(change.monthly_minutes) {
+        return Err(ChangeError::Negative("monthly minutes"));
+    }
+    if negative_i(change.concurrent_calls) {
+        return Err(ChangeError::Negative("concurrent calls"));
+    }
+    if matches!(change.monthly_spend_cap, Setting::To(v) if !(v.is_finite() && v >= 0.0)) {
+        return Err(ChangeError::Negative("the monthly spend cap"));
+    }
+    let known = client
+        .query_opt(
+            "select 1 from organisations where id = $1",
+            &[&organisation_id],
+        )
+        .await
+        .map_err(DbError::from)?;
+    if known.is_none() {
+        return Err(ChangeError::NoSuchOrganisation(organisation_id));
+    }
+    // "Keep" is a flag per column, so one upsert serves every combination.
+    let at_limit = match change.end_at_limit.apply(None) {
+        Some(true) => Some("end"),
+        Some(false) => Some("continue"),
+        None => None,
+    };
+    client
+        .execute(
+            "insert into usage_quotas (organisation_id, monthly_minutes, concurrent_calls,
+                                       monthly_spend_cap, at_limit)
+             values ($1, $2, $3, $4::float8::numeric, $5)
+             on conflict (organisation_id) do update set
+               monthly_minutes = case when $6 then usage_quotas.monthly_minutes else excluded.monthly_minutes end,
+               concurrent_calls = case when $7 then usage_quotas.concurrent_calls else excluded.concurrent_calls end,
+               monthly_spend_cap = case when $8 then usage_quotas.monthly_spend_cap else excluded.monthly_spend_cap end,
+               at_limit = case when $9 then usage_quotas.at_limit else excluded.at_limit end,
+               updated_at = now()",
+            &[
+                &organisation_id,
+                &change.monthly_minutes.apply(None),
+                &change.concurrent_calls.apply(None),
+                &change.monthly_spend_cap.apply(None),
+                &at_limit,
+                &(change.monthly_minutes == Setting::Keep),
+                &(change.concurrent_calls == Setting::Keep),
+                &(change.monthly_spend_cap == Setting::Keep),
+                &(change.end_at_limit == Setting::Keep),
+            ],
+        )
+        .await
+        .map_err(DbError::from)?;
+    Ok(quotas(client, config, organisation_id).await?)
+}

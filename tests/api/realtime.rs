@@ -337,3 +337,151 @@ async fn token_minting_is_capped_and_oversized_messages_are_refused() {
     }
     assert!(closed, "an oversized message ends the socket");
 }
+
+/// The ledger rows of `source_key` prefix `prefix` for `organisation`, once `ready` holds.
+async fn ledger_rows(
+    app: &TestApp,
+    organisation: uuid::Uuid,
+    ready: impl Fn(&[(String, f64, Option<uuid::Uuid>, String)]) -> bool,
+) -> Vec<(String, f64, Option<uuid::Uuid>, String)> {
+    let db = app.db().await;
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = db
+            .query(
+                "select unit, quantity::float8 as quantity, call_id, source_key from usage_ledger
+                 where organisation_id = $1 and vendor = 'assemblyai' order by id",
+                &[&organisation],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get("unit"),
+                    r.get("quantity"),
+                    r.get("call_id"),
+                    r.get("source_key"),
+                )
+            })
+            .collect();
+        if ready(&rows) {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the ledger never got there: {rows:?}");
+}
+
+#[tokio::test]
+async fn browser_sessions_are_metered_to_the_organisation_that_opened_them() {
+    let (app, aai) = spawn().await;
+    let ada = app.sign_in("Ada").await;
+    let me: serde_json::Value = app.get_as(&ada, "/api/me").await.json().await.unwrap();
+    let org: uuid::Uuid = me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bob = app.sign_in("Bob").await;
+    let bobs: serde_json::Value = app.get_as(&bob, "/api/me").await.json().await.unwrap();
+    let bobs_org: uuid::Uuid = bobs["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // A direct session: its seconds never pass us, so the token is what is counted.
+    let response = app
+        .request_as(reqwest::Method::POST, &ada, "/api/realtime/token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let rows = ledger_rows(&app, org, |rows| !rows.is_empty()).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1), ("direct_sessions", 1.0));
+
+    // A session through the proxy, not bound to a call: billed to Ada's organisation at the
+    // seconds AssemblyAI's Termination reported (what it bills).
+    let mut socket = open_proxy(&app, &ada.token, "https://app.example.com", "")
+        .await
+        .unwrap();
+    for chunk in pcm16(1500, 700).chunks(640) {
+        socket
+            .send(Message::Binary(chunk.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    // Long enough that the session's wall-clock seconds are not zero.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    socket
+        .send(Message::Text(r#"{"type":"Terminate"}"#.into()))
+        .await
+        .unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {}
+    let billed = aai.billed_session_seconds();
+    assert_eq!(
+        billed.len(),
+        1,
+        "one session reached AssemblyAI: {billed:?}"
+    );
+    let (session_id, seconds) = billed[0].clone();
+    assert!(seconds >= 1, "the simulator billed {seconds} s");
+    let rows = ledger_rows(&app, org, |rows| rows.len() == 2).await;
+    let streamed = &rows[1];
+    assert_eq!(streamed.0, "streaming_seconds");
+    assert_eq!(
+        streamed.1, seconds as f64,
+        "the ledger bills what AssemblyAI billed"
+    );
+    assert_eq!(streamed.2, None, "not bound to a call");
+    assert_eq!(streamed.3, format!("assemblyai:session:{session_id}"));
+
+    // Bound to a call: billed to the call.
+    let call_id = uuid::Uuid::now_v7();
+    app.db().await.execute("insert into calls (id, organisation_id, direction, from_number, to_number, status) values ($1, $2, 'outbound', '+1', '+2', 'answered')", &[&call_id, &org]).await.unwrap();
+    let mut socket = open_proxy(
+        &app,
+        &ada.token,
+        "https://app.example.com",
+        &format!("?call_id={call_id}"),
+    )
+    .await
+    .unwrap();
+    for chunk in pcm16(600, 300).chunks(640) {
+        socket
+            .send(Message::Binary(chunk.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    // The browser leaves without `Terminate`: the session is still ended and billed.
+    socket.close(None).await.unwrap();
+    let rows = ledger_rows(&app, org, |rows| rows.len() == 3).await;
+    assert_eq!(rows[2].0, "streaming_seconds");
+    assert_eq!(rows[2].2, Some(call_id));
+
+    // Nothing of it is Bob's, and Bob's usage report shows none of it.
+    let bobs_rows = app
+        .db()
+        .await
+        .query(
+            "select 1 from usage_ledger where organisation_id = $1",
+            &[&bobs_org],
+        )
+        .await
+        .unwrap();
+    assert!(bobs_rows.is_empty());
+    // Ada's own report shows both units.
+    let report: serde_json::Value = app
+        .get_as(&ada, "/api/usage?group_by=day")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = report.to_string();
+    assert!(
+        text.contains("direct_sessions") && text.contains("streaming_seconds"),
+        "{report}"
+    );
+}

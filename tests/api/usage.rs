@@ -82,6 +82,18 @@ fn interpreted() -> Value {
 }
 
 impl It {
+    /// `callbridge quotas <args> --org <this organisation>`, as an operator runs it; its
+    /// standard output (the quotas now in effect).
+    fn quotas(&self, args: &[&str]) -> String {
+        let output = quotas_command(&self.t.app, args, self.org);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     async fn dial(&self) -> reqwest::Response {
         self.t
             .app
@@ -178,6 +190,97 @@ impl It {
         }
         panic!("the ledger never got there: {rows:?}");
     }
+}
+
+fn quotas_command(app: &common::TestApp, args: &[&str], org: Uuid) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        .arg("quotas")
+        .args(args)
+        .args(["--org", &org.to_string()])
+        .env_clear()
+        .env("DATABASE_URL", common::database_url(&app.database))
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_quotas_command_keeps_what_it_is_not_told_and_refuses_nonsense() {
+    let app = common::TestApp::spawn().await;
+    let ada = app.sign_in("Ada").await;
+    let org = app.organisation_of(&ada).await;
+    let run = |args: &[&str]| quotas_command(&app, args, org);
+    let row = || async {
+        let row = app
+            .db()
+            .await
+            .query_one(
+                "select monthly_minutes, concurrent_calls, monthly_spend_cap::float8 as cap, at_limit
+                 from usage_quotas where organisation_id = $1",
+                &[&org],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, Option<i64>>("monthly_minutes"),
+            row.get::<_, Option<i64>>("concurrent_calls"),
+            row.get::<_, Option<f64>>("cap"),
+            row.get::<_, Option<String>>("at_limit"),
+        )
+    };
+    let set = run(&["set", "--monthly-minutes", "6000", "--at-limit", "end"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert_eq!(row().await, (Some(6000), None, None, Some("end".into())));
+    let set = run(&["set", "--monthly-spend-cap", "250"]);
+    assert!(set.status.success());
+    assert_eq!(
+        row().await,
+        (Some(6000), None, Some(250.0), Some("end".into())),
+        "what it was not told stays"
+    );
+    let shown = run(&["show"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("monthly minutes    6000 (used 0.0)"),
+        "{text}"
+    );
+    assert!(text.contains("monthly spend cap  250.00 USD"), "{text}");
+    assert!(text.contains("at the limit       end"), "{text}");
+    let set = run(&["set", "--at-limit", "default", "--monthly-minutes", "0"]);
+    assert!(set.status.success());
+    assert_eq!(row().await, (Some(0), None, Some(250.0), None));
+
+    for (args, says) in [
+        (
+            &["set", "--monthly-minutes", "-5"][..],
+            "must be 0 (no quota) or more",
+        ),
+        (
+            &["set", "--at-limit", "sometimes"][..],
+            "--at-limit must be end, continue or default",
+        ),
+        (
+            &["set", "--concurrent-calls", "many"][..],
+            "is neither a value nor `default`",
+        ),
+    ] {
+        let refused = run(args);
+        assert!(!refused.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        row().await,
+        (Some(0), None, Some(250.0), None),
+        "refusals change nothing"
+    );
+    let stranger = quotas_command(&app, &["show"], Uuid::now_v7());
+    assert!(!stranger.status.success());
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("no organisation"));
 }
 
 fn total(rows: &[(String, String, f64)], vendor: &str, unit: &str) -> f64 {
@@ -394,12 +497,8 @@ async fn quotas_refuse_a_new_call_naming_the_quota() {
     let db = it.t.app.db().await;
     // 10 minutes used this month; the quota is 10.
     ledger_row(&db, it.org, "telnyx", "call_seconds", 600.0, "test:minutes").await;
-    db.execute(
-        "insert into usage_quotas (organisation_id, monthly_minutes) values ($1, 10)",
-        &[&it.org],
-    )
-    .await
-    .unwrap();
+    // Set as an operator does: `callbridge quotas set`.
+    it.quotas(&["set", "--monthly-minutes", "10"]);
     let problem = assert_problem(it.dial().await, 402).await;
     assert_eq!(problem["type"], "urn:callbridge:problem:quota-exceeded");
     assert_eq!(problem["rule"], "quota-monthly-minutes");
@@ -410,24 +509,31 @@ async fn quotas_refuse_a_new_call_naming_the_quota() {
     );
 
     // A spend cap: the default price table prices DeepL characters at 25 USD per million.
-    db.execute(
-        "update usage_quotas set monthly_minutes = null, monthly_spend_cap = 0.5 where organisation_id = $1",
-        &[&it.org],
-    )
-    .await
-    .unwrap();
+    it.quotas(&[
+        "set",
+        "--monthly-minutes",
+        "default",
+        "--monthly-spend-cap",
+        "0.5",
+    ]);
     ledger_row(&db, it.org, "deepl", "characters", 20_000.0, "test:spend").await;
     let problem = assert_problem(it.dial().await, 402).await;
     assert_eq!(problem["rule"], "quota-monthly-spend");
     assert!(problem["detail"].as_str().unwrap().contains("USD"));
 
     // Concurrent calls: one live call is the quota.
-    db.execute(
-        "update usage_quotas set monthly_spend_cap = null, concurrent_calls = 1 where organisation_id = $1",
-        &[&it.org],
-    )
-    .await
-    .unwrap();
+    let shown = it.quotas(&[
+        "set",
+        "--monthly-spend-cap",
+        "default",
+        "--concurrent-calls",
+        "1",
+    ]);
+    assert!(shown.contains("concurrent calls   1"), "{shown}");
+    assert!(
+        shown.contains("monthly minutes    none (used 10.0)"),
+        "{shown}"
+    );
     assert_eq!(it.dial().await.status(), 201);
     let response = it.dial().await;
     assert_eq!(response.headers()["retry-after"], "30");

@@ -448,7 +448,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** A short-lived token to stream from the browser straight to AssemblyAI. */
+        /**
+         * A short-lived token to stream from the browser straight to AssemblyAI. The token is counted
+         *     in the organisation's usage (`assemblyai` `direct_sessions`: the session's seconds pass
+         *     AssemblyAI without us, docs/USAGE.md).
+         */
         post: operations["createRealtimeToken"];
         delete?: never;
         options?: never;
@@ -463,7 +467,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out. */
+        /**
+         * Stream audio through us (WebSocket): binary audio in, AssemblyAI's JSON messages out. The
+         *     session's seconds are billed to the call's organisation (with `call_id`), else to the
+         *     organisation chosen as for every other route (docs/USAGE.md).
+         */
         get: operations["connectRealtimeTranscription"];
         put?: never;
         post?: never;
@@ -4505,7 +4513,10 @@ export interface operations {
     createRealtimeToken: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Organisation the session is billed to */
+                "X-Org-Id"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4525,7 +4536,7 @@ export interface operations {
                     "application/json": components["schemas"]["RealtimeToken"];
                 };
             };
-            /** @description The body is not well-formed JSON */
+            /** @description `X-Org-Id` is not a UUID. The body is not well-formed JSON */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -4543,8 +4554,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF) */
+            /** @description A cookie session from an origin not in ALLOWED_ORIGINS (CSRF). No `X-Org-Id` and the caller belongs to no organisation */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description `X-Org-Id` names an organisation the caller is not a member of */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4626,8 +4646,13 @@ export interface operations {
                 sample_rate?: number;
                 /** @description Store final turns as this call's `browser` track (must be the caller's organisation's). */
                 call_id?: string;
+                /** @description Organisation the session is billed to, for clients that cannot send X-Org-Id (a browser WebSocket); must equal X-Org-Id when both are sent */
+                org_id?: string;
             };
-            header?: never;
+            header?: {
+                /** @description Organisation the session is billed to (without call_id) */
+                "X-Org-Id"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -4640,7 +4665,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description A query parameter does not parse, or a required one is missing. Not a WebSocket handshake (`Upgrade: websocket` and its headers) */
+            /** @description `X-Org-Id` is not a UUID. A query parameter does not parse, or a required one is missing. Not a WebSocket handshake (`Upgrade: websocket` and its headers) */
             400: {
                 headers: {
                     [name: string]: unknown;
