@@ -7,7 +7,7 @@
 // with job owners the suite sets (`POST /__parity/work?telnyx.event=edge|origin`, held by
 // the isolate; parity/jobs-run.mjs). Never deployed: production owners come from routes.json.
 
-import { runCron } from "../src/cron";
+import { CRON_TASKS, runCron } from "../src/cron";
 import type { Env } from "../src/env";
 import { type HandlerRegistry, HANDLERS } from "../src/handlers";
 import { consumeJobs } from "../src/jobs";
@@ -73,7 +73,7 @@ function setWork(url: URL): Response {
   try {
     work = compileWork({
       jobs,
-      cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.quotas", "usage.metering"].map((task) => ({ task, owner })),
+      cron: CRON_TASKS.map((task) => ({ task, owner })),
     });
   } catch (err) {
     return new Response(String(err), { status: 400 });
