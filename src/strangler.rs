@@ -65,6 +65,22 @@ pub fn embedded() -> &'static Manifest {
         .get_or_init(|| Manifest::parse(EMBEDDED_MANIFEST).expect("edge-shim/routes.json is valid"))
 }
 
+/// The owners this container acts on (ADR 0042): the embedded manifest's when the Worker in
+/// front runs work (`EDGE_RUNS_WORK`), else none at all — every kind and task is the
+/// container's, as `make dev` (the container alone) and the tests need.
+pub fn work_owners(edge_runs_work: bool) -> &'static Manifest {
+    static CONTAINER_ALONE: Manifest = Manifest {
+        routes: Vec::new(),
+        jobs: Vec::new(),
+        cron: Vec::new(),
+    };
+    if edge_runs_work {
+        embedded()
+    } else {
+        &CONTAINER_ALONE
+    }
+}
+
 impl Manifest {
     pub fn parse(json: &str) -> Result<Self, String> {
         let manifest: Manifest = serde_json::from_str(json).map_err(|e| e.to_string())?;

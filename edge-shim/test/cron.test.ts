@@ -8,7 +8,7 @@ import { Client } from "pg";
 import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
 import { belongsTo, CRON_TASKS, checkCron, LOCK_KEY, runCron } from "../src/cron";
 import worker from "../src/index";
-import { compileWork, type WorkManifest } from "../src/manifest";
+import { compileWork, WORK, type WorkManifest } from "../src/manifest";
 import { logged, query } from "./helpers";
 
 const EDGE_TASKS: WorkManifest = compileWork({
@@ -128,16 +128,33 @@ describe("the edge's cron tasks", () => {
     expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
   });
 
-  it("runs no task routes.json leaves to the container (the default manifest: all origin)", async () => {
+  it("runs exactly the tasks routes.json gives the edge (ADR 0042), none it leaves to the container", async () => {
+    expect([...WORK.cron].filter(([, owner]) => owner === "edge").map(([task]) => task)).toEqual([
+      "retention.purge",
+      "uploads.sweep",
+      "calls.stale_sweep",
+      "usage.metering",
+    ]);
     const org = await organisation(1);
     const expired = await recording(org, 2, (id) => `orgs/${org}/calls/none/recordings/${id}/v1.mp3`);
+    await query("insert into jobs (kind, status, last_error) values ('cron.routes-json', 'dead', 'gone')");
     const controller = createScheduledController({ cron: "*/5 * * * *", scheduledTime: Date.UTC(2026, 10, 26, 5, 5) });
     const ctx = createExecutionContext();
     await worker.scheduled(controller, env, ctx);
     await waitOnExecutionContext(ctx);
-    expect(logged(log, "cron_tick")).toMatchObject([{ cron: "*/5 * * * *", ran: false, tasks: [] }]);
-    expect(await query("select 1 from recordings where id = $1", [expired.id])).toHaveLength(1);
-    await query("delete from recordings where id = $1", [expired.id]);
+    const [line] = logged(log, "cron_tick");
+    expect(line).toMatchObject({
+      cron: "*/5 * * * *",
+      ran: true,
+      tasks: ["retention.purge", "uploads.sweep", "calls.stale_sweep", "usage.metering"],
+    });
+    // jobs.dead_report and usage.quotas stay with the container: no report, no quota pass.
+    expect(line?.dead_jobs).toEqual({});
+    expect(line?.quotas).toEqual({ warned: 0, reached: 0, announced: 0, ended: 0 });
+    expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
+    // The test Worker has no R2 S3 variables: the sweep says so and waits.
+    expect(logged(log, "uploads_sweep_unconfigured")).toHaveLength(1);
+    await query("delete from jobs where kind = 'cron.routes-json'");
   });
 
   it("relays a pending job of an edge-owned kind whose Queue message was never sent", async () => {
