@@ -20,7 +20,8 @@
 // storage-days and drift rows, the quota marks, the Telnyx commands each side sent (to a
 // recorder on PARITY_TELNYX_PORT, which both sides' TELNYX_API_BASE name), and for the sweep
 // the multipart_uploads and pending version rows, the parts left in each upload and the keys
-// left in the bucket. The edge owns every cron task in its ways (every one is movable).
+// left in the bucket, and the dead jobs per kind jobs.dead_report reported (the container's
+// `dead jobs` log lines, the edge's tick report). The edge owns every cron task in its ways.
 
 import { spawn } from "node:child_process";
 import crypto from "node:crypto";
@@ -207,11 +208,27 @@ const ticked = (db) => async () => {
 
 function startWorker(bin, workerEnv) {
   const child = spawn(bin, ["worker"], { env: { ...process.env, ...workerEnv, LOG_LEVEL: "warn" }, stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (c) => {
+    stderr += c;
+  });
   return {
+    /** Stops the worker; returns what its jobs.dead_report logged (`dead jobs` at WARN: kind → count). */
     async stop() {
-      if (child.exitCode !== null) return;
-      child.kill("SIGTERM");
-      await new Promise((r) => child.once("exit", r));
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await new Promise((r) => child.once("exit", r));
+      }
+      const dead = {};
+      for (const line of stderr.split("\n")) {
+        try {
+          // LOG_FORMAT=json flattens the event's fields into the line.
+          const event = JSON.parse(line);
+          const fields = event.fields ?? event;
+          if (fields.message === "dead jobs") dead[fields.kind] = Number(fields.dead);
+        } catch {}
+      }
+      return dead;
     },
   };
 }
@@ -267,7 +284,12 @@ async function run(ctx, { container, edge }) {
     const done = await until(ticked(db));
     // A second tick (the other side's, a later one) would show up as extra commands.
     await new Promise((r) => setTimeout(r, 1500));
-    return { done, snap: { ...(await snapshot(db)), telnyx: [...recorder.requests].sort(), sweep: await sweepSnapshot(db, uploads) } };
+    const snap = { ...(await snapshot(db)), telnyx: [...recorder.requests].sort(), sweep: await sweepSnapshot(db, uploads) };
+    // jobs.dead_report: what each side that ticked reported (the container's log, the edge's tick report).
+    const reported = {};
+    if (worker) Object.assign(reported, await worker.stop());
+    if (edge) Object.assign(reported, (await (await fetch(new URL("/__parity/cron", shim))).json())?.dead_jobs ?? {});
+    return { done, snap: { ...snap, deadReported: reported } };
   } finally {
     await new Promise((r) => recorder.server.close(r));
     await worker?.stop();
@@ -303,6 +325,9 @@ export async function runCronParity(ctx, record) {
       staging: [STAGING("new-1")],
       objects: [SWEEP_KEY(PENDING_NEW)],
     };
+    if (JSON.stringify(reference.snap.deadReported) !== JSON.stringify({ "parity.kind": 1 })) {
+      problems.push(`jobs.dead_report reported ${JSON.stringify(reference.snap.deadReported)}, not the one dead parity.kind job`);
+    }
     if (JSON.stringify(reference.snap.sweep) !== JSON.stringify(expectSweep)) {
       problems.push(`uploads.sweep left ${JSON.stringify(reference.snap.sweep)}, expected ${JSON.stringify(expectSweep)}`);
     }

@@ -23,6 +23,9 @@ interface ParityEnv extends Env {
   PARITY_OWNER?: string;
 }
 
+/** The last Cron Trigger's report (GET /__parity/cron): the cron phase compares what jobs.dead_report found. */
+let lastCron: unknown = null;
+
 /** Job and cron owners for this isolate; the suite sets them between its job passes. */
 let work: WorkManifest = compileWork({ jobs: [{ kind: "telnyx.event", owner: "origin" }] });
 
@@ -109,11 +112,13 @@ export default {
     const url = new URL(request.url);
     if (url.pathname === "/__parity/work" && request.method === "POST") return setWork(url);
     if (url.pathname === "/__parity/r2") return r2(url, request, env);
+    if (url.pathname === "/__parity/cron") return Response.json(lastCron);
     return shimFor(env.PARITY_OWNER || "edge").fetch(request, env, ctx);
   },
   queue: (batch, env) => consumeJobs(batch, env, work, JOB_HANDLERS),
   async scheduled(_controller, env, ctx) {
     const report = await runCron(env, work, (p) => ctx.waitUntil(p));
+    lastCron = report;
     console.log(JSON.stringify({ event: "cron_tick", ...report }));
   },
 } satisfies ExportedHandler<ParityEnv>;
