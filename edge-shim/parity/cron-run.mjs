@@ -207,10 +207,11 @@ const ticked = (db) => async () => {
 };
 
 function startWorker(bin, workerEnv) {
-  const child = spawn(bin, ["worker"], { env: { ...process.env, ...workerEnv, LOG_LEVEL: "warn" }, stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (c) => {
-    stderr += c;
+  const child = spawn(bin, ["worker"], { env: { ...process.env, ...workerEnv, LOG_LEVEL: "warn" }, stdio: ["ignore", "pipe", "ignore"] });
+  // The container logs to stdout.
+  let stdout = "";
+  child.stdout.on("data", (c) => {
+    stdout += c;
   });
   return {
     /** Stops the worker; returns what its jobs.dead_report logged (`dead jobs` at WARN: kind → count). */
@@ -220,7 +221,7 @@ function startWorker(bin, workerEnv) {
         await new Promise((r) => child.once("exit", r));
       }
       const dead = {};
-      for (const line of stderr.split("\n")) {
+      for (const line of stdout.split("\n")) {
         try {
           // LOG_FORMAT=json flattens the event's fields into the line.
           const event = JSON.parse(line);
