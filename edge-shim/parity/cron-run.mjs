@@ -4,10 +4,11 @@
 //
 //   container   the container's cron (a `callbridge worker` ticks once as it starts) owns
 //               every task (the reference)
-//   edge        the Worker's Cron Trigger owns retention.purge, calls.stale_sweep,
-//               jobs.dead_report and usage.metering; no container worker
-//   both        both tick together, each owning what it is given (the edge those four, the
+//   edge        the Worker's Cron Trigger owns every task; no container worker
+//   both        both tick together, each owning what it is given (the edge every task, the
 //               container all: one runner at a time under the shared lock, one effect)
+//   origin      the container owns every task and ticks; the edge's Cron Trigger fires too
+//               and must run none of them (its tick report lists no task)
 //
 //   (the edge's tasks include usage.quotas since ADR 0041: two answered calls of organisations
 //   over their monthly minutes, one `continue` (flagged) and one `end` (announced into); and
@@ -260,7 +261,7 @@ async function setOwner(shim, owner) {
   if (res.status !== 204) throw new Error(`the parity Worker did not take owner ${owner}: ${res.status}`);
 }
 
-async function run(ctx, { container, edge }) {
+async function run(ctx, { container, edge, trigger = edge }) {
   const { db, shim, bin, storage } = ctx;
   await fixtures(db, storage);
   const uploads = await sweepFixtures(db);
@@ -278,7 +279,7 @@ async function run(ctx, { container, edge }) {
   const recorder = await telnyxRecorder(Number(process.env.PARITY_TELNYX_PORT));
   const worker = container ? startWorker(bin, workerEnv) : null;
   try {
-    if (edge) {
+    if (trigger) {
       const res = await fetch(new URL("/__scheduled?cron=*%2F5+*+*+*+*", shim));
       if (!res.ok) throw new Error(`the Cron Trigger answered ${res.status}`);
     }
@@ -289,8 +290,9 @@ async function run(ctx, { container, edge }) {
     // jobs.dead_report: what each side that ticked reported (the container's log, the edge's tick report).
     const reported = {};
     if (worker) Object.assign(reported, await worker.stop());
-    if (edge) Object.assign(reported, (await (await fetch(new URL("/__parity/cron", shim))).json())?.dead_jobs ?? {});
-    return { done, snap: { ...snap, deadReported: reported } };
+    const edgeReport = trigger ? await (await fetch(new URL("/__parity/cron", shim))).json() : null;
+    if (edge) Object.assign(reported, edgeReport?.dead_jobs ?? {});
+    return { done, edgeTasks: edgeReport?.tasks ?? [], snap: { ...snap, deadReported: reported } };
   } finally {
     await new Promise((r) => recorder.server.close(r));
     await worker?.stop();
@@ -340,14 +342,18 @@ export async function runCronParity(ctx, record) {
     for (const [name, way] of [
       ["the edge's Cron Trigger owns all six tasks, no container worker", { container: false, edge: true }],
       ["both tick at once (one runner under the shared lock, one effect)", { container: true, edge: true }],
+      ["the container owns every task, the edge's Cron Trigger fires and runs none", { container: true, edge: false, trigger: true }],
     ]) {
       try {
         const got = await run(ctx, way);
         const diff = differences(reference.snap, got.snap);
+        const strayTasks = way.edge ? [] : got.edgeTasks;
         record(
           `cron: ${name} — same rows as the container`,
-          got.done && diff === "",
-          [got.done ? "" : "the tick did not happen", diff].filter(Boolean).join("; "),
+          got.done && diff === "" && strayTasks.length === 0,
+          [got.done ? "" : "the tick did not happen", diff, strayTasks.length ? `the edge ran ${strayTasks.join(", ")}` : ""]
+            .filter(Boolean)
+            .join("; "),
         );
       } catch (err) {
         record(`cron: ${name}`, false, err.message);
