@@ -210,7 +210,11 @@ impl Application {
             let worker = Worker::new(
                 state.clone(),
                 jobs::handlers::registry(),
-                WorkerConfig::default(),
+                WorkerConfig {
+                    edge_kinds: crate::strangler::work_owners(state.config.edge.runs_work)
+                        .edge_job_kinds(),
+                    ..WorkerConfig::default()
+                },
             );
             // Calls whose media bridge died with another replica are re-attached here.
             tokio::spawn(crate::media::reattach::run(

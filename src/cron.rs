@@ -97,9 +97,14 @@ pub async fn run_once(state: &AppState) -> anyhow::Result<Option<Report>> {
 }
 
 /// The work of one tick, without the lock (tests call the parts directly): the tasks the
-/// embedded manifest leaves to the container.
+/// embedded manifest leaves to the container when the Worker runs work (`EDGE_RUNS_WORK`),
+/// every task otherwise (ADR 0042).
 pub async fn tick(state: &AppState) -> anyhow::Result<Report> {
-    tick_for(state, crate::strangler::embedded()).await
+    tick_for(
+        state,
+        crate::strangler::work_owners(state.config.edge.runs_work),
+    )
+    .await
 }
 
 /// One tick's tasks that `manifest` gives the container (`origin`); a task the manifest

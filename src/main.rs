@@ -521,6 +521,11 @@ fn print_routes(manifest_path: Option<&std::path::Path>) -> ExitCode {
     for task in strangler::CRON_TASKS {
         println!("{task:<48} {}", manifest.cron_owner(task));
     }
+    println!();
+    println!(
+        "(the container leaves edge-owned kinds and tasks to the Worker only with EDGE_RUNS_WORK=true; \
+         alone it runs them all: ADR 0042)"
+    );
     let missing = strangler::missing_in_container(&manifest, &spec);
     let unknown = strangler::unknown_to_container(&manifest, &kinds);
     if !missing.is_empty() {

@@ -54,16 +54,31 @@ pub const CRON_TASKS: [&str; 6] = [
 /// Job kinds and cron tasks the edge cannot run, and why: a manifest that gives one of them to
 /// the edge is refused here (and by the Worker, `edge-shim/src/manifest.ts` with the same
 /// reasons; docs/adr/0027-what-stays-with-the-container.md), so its work is never left undone.
-pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 1] = [(
-    "uploads.sweep",
-    "the R2 binding cannot list or abort the S3 multipart uploads the container starts",
-)];
+/// Empty since `uploads.sweep` runs at the edge through the S3 API (ADR 0043); kept, so work
+/// that cannot move is refused by both sides with its reason.
+pub const STAYS_WITH_THE_CONTAINER: [(&str, &str); 0] = [];
 
 /// The embedded manifest, parsed once (a build with an invalid one fails its unit tests).
 pub fn embedded() -> &'static Manifest {
     static MANIFEST: std::sync::OnceLock<Manifest> = std::sync::OnceLock::new();
     MANIFEST
         .get_or_init(|| Manifest::parse(EMBEDDED_MANIFEST).expect("edge-shim/routes.json is valid"))
+}
+
+/// The owners this container acts on (ADR 0042): the embedded manifest's when the Worker in
+/// front runs work (`EDGE_RUNS_WORK`), else none at all — every kind and task is the
+/// container's, as `make dev` (the container alone) and the tests need.
+pub fn work_owners(edge_runs_work: bool) -> &'static Manifest {
+    static CONTAINER_ALONE: Manifest = Manifest {
+        routes: Vec::new(),
+        jobs: Vec::new(),
+        cron: Vec::new(),
+    };
+    if edge_runs_work {
+        embedded()
+    } else {
+        &CONTAINER_ALONE
+    }
 }
 
 impl Manifest {
@@ -277,12 +292,24 @@ mod tests {
     }
 
     #[test]
-    fn work_that_stays_with_the_container_cannot_be_given_to_the_edge() {
-        let refused = Manifest::parse(
-            r#"{"routes": [], "cron": [{"task": "uploads.sweep", "owner": "edge"}]}"#,
-        )
-        .unwrap_err();
-        assert!(refused.contains("cannot list or abort"), "{refused}");
+    fn every_kind_and_task_can_be_given_to_the_edge() {
+        // uploads.sweep was the last one refused (ADR 0027), until ADR 0043.
+        let all = format!(
+            r#"{{"routes": [], "jobs": [{}], "cron": [{}]}}"#,
+            embedded()
+                .jobs
+                .iter()
+                .map(|j| format!(r#"{{"kind": "{}", "owner": "edge"}}"#, j.kind))
+                .collect::<Vec<_>>()
+                .join(", "),
+            CRON_TASKS
+                .iter()
+                .map(|t| format!(r#"{{"task": "{t}", "owner": "edge"}}"#))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let manifest = Manifest::parse(&all).unwrap();
+        assert_eq!(manifest.cron_owner("uploads.sweep"), "edge");
         assert!(
             Manifest::parse(
                 r#"{"routes": [], "jobs": [{"kind": "recording.import", "owner": "edge"}, {"kind": "call.max_duration", "owner": "edge"}],

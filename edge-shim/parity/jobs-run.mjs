@@ -295,7 +295,6 @@ export async function runJobParity(ctx, record) {
 /** What still needs the container once every webhook route, job kind and cron task the edge can take is edge-owned. */
 const STILL_NEEDS_THE_CONTAINER = [
   "telnyx.event hand-backs: inbound calls (answer with a signed media-stream URL) and interpreted calls (leg commands)",
-  "uploads.sweep (S3 multipart uploads: the R2 binding cannot list or abort them)",
   "the media bridge (/media/telnyx/{token}), streamed and presigned uploads, every API route not in routes.json",
 ];
 

@@ -11,6 +11,10 @@
 //   both        the edge owns the kind AND a container worker runs too (cross-side
 //               duplicates: whichever takes a row's lease runs it; one effect)
 //
+// One more call's hang-up is due SOON_SECS after the fixtures are written (ADR 0043): the edge's
+// one cron tick sends it ahead with a Queue delay, so it must run on time — within LATE_SECS of
+// its run_at on every way — with no second tick (before, it waited for the tick after it was due).
+//
 // Compared: the calls' marks (`max_duration_warned_at` / `_hangup_at`) and event counters,
 // their call events, the job rows' status, and the Telnyx Call Control requests each side made
 // (method, path, bearer token and body, as a sorted list: the two sides may take the calls in
@@ -24,13 +28,17 @@ import { ORG, seed } from "./fixtures.mjs";
 const ONE_LEG = "0190c0de-0000-7000-8000-0000000c0d01";
 const INTERPRETED = "0190c0de-0000-7000-8000-0000000c0d02";
 const ENDED = "0190c0de-0000-7000-8000-0000000c0d03";
-const CALLS = [ONE_LEG, INTERPRETED, ENDED];
+const SOON = "0190c0de-0000-7000-8000-0000000c0d04";
+const CALLS = [ONE_LEG, INTERPRETED, ENDED, SOON];
 const STEPS = [
   [ONE_LEG, "warn"],
   [ONE_LEG, "hangup"],
   [INTERPRETED, "hangup"],
   [ENDED, "hangup"],
+  [SOON, "hangup"],
 ];
+const SOON_SECS = 12;
+const LATE_SECS = 8;
 
 async function fixtures(db, storage) {
   await seed(db, storage);
@@ -39,8 +47,9 @@ async function fixtures(db, storage) {
     `insert into calls (id, organisation_id, direction, from_number, to_number, status, interpreted, telnyx_call_control_id, answered_at) values
       ($1, $4, 'outbound', '+14155550100', '+4930777', 'answered', false, 'v3:md-one', now() - interval '10 minutes'),
       ($2, $4, 'outbound', '+14155550100', '+4930888', 'answered', true, null, now() - interval '10 minutes'),
-      ($3, $4, 'outbound', '+14155550100', '+4930999', 'ended', false, 'v3:md-ended', now() - interval '10 minutes')`,
-    [ONE_LEG, INTERPRETED, ENDED, ORG.adaPersonal],
+      ($3, $4, 'outbound', '+14155550100', '+4930999', 'ended', false, 'v3:md-ended', now() - interval '10 minutes'),
+      ($5, $4, 'outbound', '+14155550100', '+4930666', 'answered', false, 'v3:md-soon', now() - interval '10 minutes')`,
+    [ONE_LEG, INTERPRETED, ENDED, ORG.adaPersonal, SOON],
   );
   await db.query(
     `insert into call_legs (id, call_id, role, number, status, telnyx_call_control_id) values
@@ -52,14 +61,16 @@ async function fixtures(db, storage) {
   // leaves a row alone for a minute after it is due, and five after its last send).
   // The one-leg call's hang-up is a minute after its warning, as the dial guard schedules
   // them: not due yet, so the warning is spoken (a warning whose hang-up is due is skipped).
+  // The SOON call's hang-up is scheduled as the dial guard does (run_at ahead, the row untouched since).
   for (const [call, step] of STEPS) {
     await db.query(
       `insert into jobs (kind, payload, dedupe_key, run_at, updated_at)
-       values ('call.max_duration', $1, $2, now() + $3::interval, now() - interval '10 minutes')`,
+       values ('call.max_duration', $1, $2, now() + $3::interval, now() + $4::interval)`,
       [
         JSON.stringify({ call_id: call, step, limit_secs: 600 }),
         `call.max_duration:${step}:${call}`,
-        call === ONE_LEG && step === "hangup" ? "1 hour" : "-2 minutes",
+        call === SOON ? `${SOON_SECS} seconds` : call === ONE_LEG && step === "hangup" ? "1 hour" : "-2 minutes",
+        call === SOON ? "0 seconds" : "-10 minutes",
       ],
     );
   }
@@ -123,6 +134,17 @@ async function setOwner(shim, owner) {
   if (res.status !== 204) throw new Error(`the parity Worker did not take call.max_duration=${owner}: ${res.status}`);
 }
 
+/** The first truthy answer of `check`, polled every 200 ms; null after `seconds`. */
+async function until(check, seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const got = await check();
+    if (got) return got;
+    if (Date.now() > deadline) return null;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 async function allDone(db, seconds = 60) {
   const deadline = Date.now() + seconds * 1000;
   for (;;) {
@@ -146,10 +168,19 @@ async function run(ctx, port, { container, edgeOwns }) {
     // container owns the kind: then the rows must still be the container's to run).
     const res = await fetch(new URL("/__scheduled?cron=*%2F5+*+*+*+*", shim));
     if (!res.ok) throw new Error(`the Cron Trigger answered ${res.status}`);
-    const done = await allDone(db);
+    // The SOON step: done, and how late after its run_at (the edge runs it only on its Queue delay).
+    const soon = await until(async () => {
+      const { rows } = await db.query(
+        `select extract(epoch from finished_at - run_at)::float8 as late from jobs
+         where dedupe_key = $1 and status = 'done'`,
+        [`call.max_duration:hangup:${SOON}`],
+      );
+      return rows[0] ?? null;
+    }, SOON_SECS + 30);
+    const done = (await allDone(db)) && soon !== null;
     // Late duplicates (a redelivery, the other side's poll) would show up as extra requests.
     await new Promise((r) => setTimeout(r, 1500));
-    return { done, snap: await snapshot(db), requests: [...recorder.requests].sort() };
+    return { done, late: soon?.late ?? null, snap: await snapshot(db), requests: [...recorder.requests].sort() };
   } finally {
     const log = worker ? await worker.stop() : "";
     await new Promise((r) => recorder.server.close(r));
@@ -175,11 +206,13 @@ export async function runMaxDurationParity(ctx, record) {
     const reference = await run(ctx, port, { container: true, edgeOwns: false });
     const problems = [];
     if (!reference.done) problems.push("the container's worker did not finish every call.max_duration job");
-    // The one-leg call's warning, a hang-up per leg of the interpreted one, none for the ended call.
-    if (reference.requests.length !== 3) problems.push(`${reference.requests.length} Telnyx requests, not 3`);
-    if (reference.snap.events.length !== 2) problems.push(`${reference.snap.events.length} call events, not 2`);
+    // The one-leg call's warning, a hang-up per leg of the interpreted one, none for the ended
+    // call, the SOON call's hang-up.
+    if (reference.requests.length !== 4) problems.push(`${reference.requests.length} Telnyx requests, not 4`);
+    if (reference.snap.events.length !== 3) problems.push(`${reference.snap.events.length} call events, not 3`);
+    if (reference.late === null || reference.late > LATE_SECS) problems.push(`the step due later ran ${reference.late} s late`);
     record(
-      `call.max_duration: the container's worker warns and hangs up (${reference.requests.length} commands, ${reference.snap.events.length} events)`,
+      `call.max_duration: the container's worker warns and hangs up (${reference.requests.length} commands, ${reference.snap.events.length} events, the later step ${reference.late?.toFixed(1)} s after due)`,
       problems.length === 0,
       problems.join("; "),
     );
@@ -196,10 +229,13 @@ export async function runMaxDurationParity(ctx, record) {
             ? ""
             : `Telnyx requests ${JSON.stringify(reference.requests)} vs ${JSON.stringify(got.requests)}`,
         ].filter(Boolean);
+        const onTime = got.late !== null && got.late <= LATE_SECS;
         record(
-          `call.max_duration: ${name} — same rows, events and Telnyx commands as the container`,
-          got.done && diff.length === 0,
-          [got.done ? "" : "not every job reached done", ...diff].filter(Boolean).join("; "),
+          `call.max_duration: ${name} — same rows, events and Telnyx commands as the container, the later step on time (${got.late?.toFixed(1)} s after due)`,
+          got.done && onTime && diff.length === 0,
+          [got.done ? "" : "not every job reached done", onTime ? "" : `the step due later ran ${got.late} s late`, ...diff]
+            .filter(Boolean)
+            .join("; "),
         );
       } catch (err) {
         record(`call.max_duration: ${name}`, false, err.message);

@@ -7,7 +7,7 @@
 // with job owners the suite sets (`POST /__parity/work?telnyx.event=edge|origin`, held by
 // the isolate; parity/jobs-run.mjs). Never deployed: production owners come from routes.json.
 
-import { runCron } from "../src/cron";
+import { CRON_TASKS, runCron } from "../src/cron";
 import type { Env } from "../src/env";
 import { type HandlerRegistry, HANDLERS } from "../src/handlers";
 import { consumeJobs } from "../src/jobs";
@@ -22,6 +22,9 @@ interface ParityEnv extends Env {
   /** Owner for every route with an edge handler: `edge` (default), `shadow` or `origin`. */
   PARITY_OWNER?: string;
 }
+
+/** The last Cron Trigger's report (GET /__parity/cron): the cron phase compares what jobs.dead_report found. */
+let lastCron: unknown = null;
 
 /** Job and cron owners for this isolate; the suite sets them between its job passes. */
 let work: WorkManifest = compileWork({ jobs: [{ kind: "telnyx.event", owner: "origin" }] });
@@ -73,7 +76,7 @@ function setWork(url: URL): Response {
   try {
     work = compileWork({
       jobs,
-      cron: ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.quotas", "usage.metering"].map((task) => ({ task, owner })),
+      cron: CRON_TASKS.map((task) => ({ task, owner })),
     });
   } catch (err) {
     return new Response(String(err), { status: 400 });
@@ -109,11 +112,13 @@ export default {
     const url = new URL(request.url);
     if (url.pathname === "/__parity/work" && request.method === "POST") return setWork(url);
     if (url.pathname === "/__parity/r2") return r2(url, request, env);
+    if (url.pathname === "/__parity/cron") return Response.json(lastCron);
     return shimFor(env.PARITY_OWNER || "edge").fetch(request, env, ctx);
   },
   queue: (batch, env) => consumeJobs(batch, env, work, JOB_HANDLERS),
   async scheduled(_controller, env, ctx) {
     const report = await runCron(env, work, (p) => ctx.waitUntil(p));
+    lastCron = report;
     console.log(JSON.stringify({ event: "cron_tick", ...report }));
   },
 } satisfies ExportedHandler<ParityEnv>;

@@ -20,14 +20,16 @@
 // - `usage.quotas`: the monthly quotas of answered calls, src/quotas.ts (ADR 0041).
 // - `usage.metering`: each stored version's bytes per UTC day kept (`byte_days`, src/usage/mod.rs
 //   `record_storage_days`), and the AssemblyAI streaming-seconds drift (src/usage/reconcile.rs).
-// One task stays with the container, and routes.json may not give it to the edge (the
-// Worker refuses to start, the container's manifest guard too; STAYS_WITH_THE_CONTAINER).
+// - `uploads.sweep`: multipart uploads, pending versions and staging objects a dead process
+//   left, through the bucket's S3 API (src/uploads-sweep.ts, ADR 0043); without the R2 S3
+//   variables the task is skipped with an `uploads_sweep_unconfigured` error line.
 
 import { type Db, withDb } from "./db";
 import type { Env } from "./env";
-import type { JobEnvelope } from "./jobs";
+import { type JobEnvelope, MAX_QUEUE_DELAY_SECONDS } from "./jobs";
 import { ownerOf, STAYS_WITH_THE_CONTAINER, WORK, type WorkManifest } from "./manifest";
 import { enforceQuotas, type QuotasEnforced } from "./quotas";
+import { s3Credentials, sweepUploads } from "./uploads-sweep";
 
 /** src/cron.rs LOCK_KEY ("cbcron"). */
 export const LOCK_KEY = "109274226388846"; // 0x6362_6372_6f6e
@@ -41,8 +43,8 @@ export const CRON_TASKS = [
   "usage.metering",
 ] as const;
 export type CronTask = (typeof CRON_TASKS)[number];
-/** Tasks the edge can run; routes.json may give it only these. */
-const EDGE_TASKS: readonly CronTask[] = ["retention.purge", "calls.stale_sweep", "jobs.dead_report", "usage.quotas", "usage.metering"];
+/** Tasks the edge can run (every one since ADR 0043); routes.json may give it only these. */
+const EDGE_TASKS: readonly CronTask[] = CRON_TASKS;
 
 export interface CronReport {
   ran: boolean;
@@ -50,6 +52,9 @@ export interface CronReport {
   recordings_purged: number;
   objects_deleted: number;
   text_rows_purged: number;
+  uploads_aborted: number;
+  pending_versions_dropped: number;
+  staging_objects_deleted: number;
   stale_calls_failed: number;
   dead_jobs: Record<string, number>;
   storage_days_recorded: number;
@@ -89,6 +94,9 @@ export async function runCron(env: Env, work: WorkManifest, waitUntil: (p: Promi
     recordings_purged: 0,
     objects_deleted: 0,
     text_rows_purged: 0,
+    uploads_aborted: 0,
+    pending_versions_dropped: 0,
+    staging_objects_deleted: 0,
     stale_calls_failed: 0,
     dead_jobs: {},
     storage_days_recorded: 0,
@@ -111,6 +119,7 @@ export async function runCron(env: Env, work: WorkManifest, waitUntil: (p: Promi
       for (const task of tasks) {
         report.tasks.push(task);
         if (task === "retention.purge") await purgeExpired(db, env, report);
+        else if (task === "uploads.sweep") await uploadsSweep(db, env, report);
         else if (task === "calls.stale_sweep") report.stale_calls_failed = await sweepStaleCalls(db, env);
         else if (task === "jobs.dead_report") report.dead_jobs = await deadJobs(db);
         else if (task === "usage.quotas") report.quotas = await enforceQuotas(db, env);
@@ -192,6 +201,15 @@ async function purgeExpired(db: Db, env: Env, report: CronReport): Promise<void>
   report.text_rows_purged += r.rowCount ?? 0;
 }
 
+async function uploadsSweep(db: Db, env: Env, report: CronReport): Promise<void> {
+  const creds = s3Credentials(env);
+  if (Array.isArray(creds)) {
+    log({ event: "uploads_sweep_unconfigured", level: "error", missing: creds });
+    return;
+  }
+  Object.assign(report, await sweepUploads(db, creds));
+}
+
 async function sweepStaleCalls(db: Db, env: Env): Promise<number> {
   const minutes = bounded(env.CRON_STALE_CALL_MINUTES, 240, 1, 10_080);
   const reason = `stale: no terminal event within ${minutes} minutes`;
@@ -271,27 +289,43 @@ async function deadJobs(db: Db): Promise<Record<string, number>> {
 }
 
 /**
- * Jobs of edge-owned kinds still pending a minute after they were due: their Queue message was
- * never sent (a failed send, or the kind moved to the edge while they waited in the
- * container's queue). Each is sent again, at most once per five minutes (`updated_at`).
+ * Sends pending jobs of edge-owned kinds to the Queue (ADR 0043):
+ * - **scheduled ahead**: a row due later, within the Queue's 12-hour delay limit, that no one has
+ *   touched since it was enqueued (`updated_at <= created_at`: the container's dial guard
+ *   schedules `call.max_duration` steps this way) is sent once, with `delaySeconds` until its
+ *   `run_at`, so it runs on time rather than at the next tick after it is due; sending marks it
+ *   (`updated_at`). A row further ahead waits for a tick within 12 hours of it.
+ * - **overdue**: a row still pending a minute after it was due — its message was lost or
+ *   never sent (a failed send, a kind that moved to the edge while its rows waited) — is sent
+ *   again at once, at most once per five minutes (`updated_at`).
+ * Relaying twice is harmless: the consumer runs a row only while it is pending and due
+ * (`withLease`), and one that arrives early is sent back with the delay left.
  */
 async function relayPending(db: Db, env: Env, work: WorkManifest): Promise<number> {
   const kinds = [...work.jobs].filter(([, owner]) => owner === "edge").map(([kind]) => kind);
   if (kinds.length === 0) return 0;
-  const due = await db.query<{ kind: string; payload: Record<string, unknown>; dedupe_key: string; max_attempts: number }>(
-    `update jobs set updated_at = now()
-     where id in (select id from jobs
-                  where status = 'pending' and kind = any($1) and handed_back_at is null
-                    and dedupe_key is not null and run_at < now() - interval '1 minute'
-                    and updated_at < now() - interval '5 minutes'
-                  order by run_at limit 100 for update skip locked)
-     returning kind, payload, dedupe_key, max_attempts`,
-    [kinds],
+  const due = await db.query<{ kind: string; payload: Record<string, unknown>; dedupe_key: string; max_attempts: number; delay: number }>(
+    `with picked as (
+         select id, greatest(0, least($2::int, ceil(extract(epoch from run_at - now()))::int)) as delay
+         from jobs
+         where status = 'pending' and kind = any($1) and handed_back_at is null and dedupe_key is not null
+           and ((run_at < now() - interval '1 minute' and updated_at < now() - interval '5 minutes')
+                or (run_at > now() and run_at <= now() + make_interval(secs => $2)
+                    and updated_at <= created_at))
+         order by run_at limit 100 for update skip locked
+     )
+     update jobs set updated_at = greatest(now(), jobs.created_at + interval '1 microsecond')
+     from picked where jobs.id = picked.id
+     returning jobs.kind, jobs.payload, jobs.dedupe_key, jobs.max_attempts, picked.delay`,
+    [kinds, MAX_QUEUE_DELAY_SECONDS],
   );
   if (due.rows.length === 0) return 0;
-  const messages = due.rows.map((row) => ({
-    body: { kind: row.kind, payload: row.payload, dedupe_key: row.dedupe_key, max_attempts: row.max_attempts } satisfies JobEnvelope,
-  }));
-  await env.WEBHOOKS.sendBatch(messages.map((m) => ({ ...m, contentType: "json" as const })));
-  return messages.length;
+  await env.WEBHOOKS.sendBatch(
+    due.rows.map((row) => ({
+      body: { kind: row.kind, payload: row.payload, dedupe_key: row.dedupe_key, max_attempts: row.max_attempts } satisfies JobEnvelope,
+      contentType: "json" as const,
+      ...(row.delay > 0 ? { delaySeconds: row.delay } : {}),
+    })),
+  );
+  return due.rows.length;
 }

@@ -40,6 +40,21 @@ export class HandBack extends Error {
   }
 }
 
+/** Cloudflare Queues delay a message at most 12 hours (`delaySeconds`). */
+export const MAX_QUEUE_DELAY_SECONDS = 43_200;
+
+/**
+ * The row is pending but not due yet (`run_at` ahead): a message that arrived early — the
+ * relay's delay rounded, clocks apart, or a row whose `run_at` a retry moved later. The
+ * consumer sends it again with the delay left instead of running it early (ADR 0043).
+ */
+export class NotYet extends Error {
+  constructor(readonly seconds: number) {
+    super(`not due for ${seconds} s`);
+    this.name = "NotYet";
+  }
+}
+
 /** What an edge job handler gets. `db` is one connection; the handler owns its transaction. */
 export interface JobContext {
   env: Env;
@@ -122,14 +137,20 @@ export async function withLease(db: Db, envelope: JobEnvelope, work: (lease: Lea
   const claimed = await db.query(
     `update jobs set status = 'running', attempts = attempts + 1, locked_by = $2,
             locked_until = now() + make_interval(secs => $3), updated_at = now()
-     where dedupe_key = $1 and (status = 'pending' or (status = 'running' and locked_until < now()))
+     where dedupe_key = $1 and ((status = 'pending' and run_at <= now()) or (status = 'running' and locked_until < now()))
      returning id`,
     [dedupeKey, lockedBy, LEASE_SECONDS],
   );
   if (claimed.rowCount !== 1) {
-    const row = (await db.query<{ status: string }>("select status from jobs where dedupe_key = $1", [dedupeKey])).rows[0];
+    const row = (
+      await db.query<{ status: string; wait: number }>(
+        "select status, ceil(extract(epoch from run_at - now()))::int as wait from jobs where dedupe_key = $1",
+        [dedupeKey],
+      )
+    ).rows[0];
     if (row === undefined) throw new Permanent(`no job row for ${dedupeKey}`);
     if (row.status === "done" || row.status === "dead") return;
+    if (row.status === "pending" && row.wait > 0) throw new NotYet(row.wait);
     throw new Error(`job ${dedupeKey} is running elsewhere (its lease is live)`);
   }
   // Queries on one pg client run one after another, so an extension never interleaves with a
@@ -245,7 +266,13 @@ export async function consumeJobs(
         }
       } catch (err) {
         const error = err instanceof Error ? err.message : String(err);
-        if (err instanceof HandBack) {
+        if (err instanceof NotYet) {
+          // Not an attempt: the same envelope again, due when its row is (the Queue's limit: 12 h).
+          const delaySeconds = Math.min(Math.max(err.seconds, 1), MAX_QUEUE_DELAY_SECONDS);
+          await env.WEBHOOKS.send(envelope, { contentType: "json", delaySeconds });
+          log({ event: "job_not_due", ...job, delay_seconds: delaySeconds });
+          message.ack();
+        } else if (err instanceof HandBack) {
           await withDb(env, waitUntil, (db) => handBack(db, envelope));
           log({ event: "job_handed_back", ...job, reason: err.reason });
           message.ack();

@@ -6,9 +6,9 @@ import { createExecutionContext, createScheduledController, waitOnExecutionConte
 import { env } from "cloudflare:workers";
 import { Client } from "pg";
 import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
-import { belongsTo, checkCron, LOCK_KEY, runCron } from "../src/cron";
+import { belongsTo, CRON_TASKS, checkCron, LOCK_KEY, runCron } from "../src/cron";
 import worker from "../src/index";
-import { compileWork, type WorkManifest } from "../src/manifest";
+import { compileWork, WORK, type WorkManifest } from "../src/manifest";
 import { logged, query } from "./helpers";
 
 const EDGE_TASKS: WorkManifest = compileWork({
@@ -128,16 +128,33 @@ describe("the edge's cron tasks", () => {
     expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
   });
 
-  it("runs no task routes.json leaves to the container (the default manifest: all origin)", async () => {
+  it("runs exactly the tasks routes.json gives the edge (ADR 0042), none it leaves to the container", async () => {
+    expect([...WORK.cron].filter(([, owner]) => owner === "edge").map(([task]) => task)).toEqual([
+      "retention.purge",
+      "uploads.sweep",
+      "calls.stale_sweep",
+      "usage.metering",
+    ]);
     const org = await organisation(1);
     const expired = await recording(org, 2, (id) => `orgs/${org}/calls/none/recordings/${id}/v1.mp3`);
+    await query("insert into jobs (kind, status, last_error) values ('cron.routes-json', 'dead', 'gone')");
     const controller = createScheduledController({ cron: "*/5 * * * *", scheduledTime: Date.UTC(2026, 10, 26, 5, 5) });
     const ctx = createExecutionContext();
     await worker.scheduled(controller, env, ctx);
     await waitOnExecutionContext(ctx);
-    expect(logged(log, "cron_tick")).toMatchObject([{ cron: "*/5 * * * *", ran: false, tasks: [] }]);
-    expect(await query("select 1 from recordings where id = $1", [expired.id])).toHaveLength(1);
-    await query("delete from recordings where id = $1", [expired.id]);
+    const [line] = logged(log, "cron_tick");
+    expect(line).toMatchObject({
+      cron: "*/5 * * * *",
+      ran: true,
+      tasks: ["retention.purge", "uploads.sweep", "calls.stale_sweep", "usage.metering"],
+    });
+    // jobs.dead_report and usage.quotas stay with the container: no report, no quota pass.
+    expect(line?.dead_jobs).toEqual({});
+    expect(line?.quotas).toEqual({ warned: 0, reached: 0, announced: 0, ended: 0 });
+    expect(await query("select 1 from recordings where id = $1", [expired.id])).toEqual([]);
+    // The test Worker has no R2 S3 variables: the sweep says so and waits.
+    expect(logged(log, "uploads_sweep_unconfigured")).toHaveLength(1);
+    await query("delete from jobs where kind = 'cron.routes-json'");
   });
 
   it("relays a pending job of an edge-owned kind whose Queue message was never sent", async () => {
@@ -157,12 +174,12 @@ describe("the edge's cron tasks", () => {
     expect(again.jobs_relayed).toBe(0);
   });
 
-  it("refuses to give the edge a task it cannot run, saying why", () => {
-    expect(() => checkCron(compileWork({ cron: [{ task: "uploads.sweep", owner: "edge" }] }))).toThrow(
-      /cannot run: uploads.sweep \(the R2 binding cannot list or abort/,
+  it("refuses to give the edge a task it does not know, and takes every task the container has", () => {
+    expect(() => checkCron(compileWork({ cron: [{ task: "uploads.purge", owner: "edge" }] }))).toThrow(
+      /gives the edge cron tasks it cannot run: uploads.purge/,
     );
-    // Ported with ADR 0041 (src/quotas.ts).
-    expect(() => checkCron(compileWork({ cron: [{ task: "usage.quotas", owner: "edge" }] }))).not.toThrow();
+    // Ported with ADR 0041 (src/quotas.ts) and ADR 0043 (src/uploads-sweep.ts).
+    expect(() => checkCron(compileWork({ cron: CRON_TASKS.map((task) => ({ task, owner: "edge" })) }))).not.toThrow();
     expect(() => checkCron(EDGE_TASKS)).not.toThrow();
   });
 
@@ -200,5 +217,126 @@ describe("the edge's cron tasks", () => {
     const again = await tick();
     expect(await query("select 1 from usage_ledger where source_key like 'r2:byte_days:' || $1 || ':%'", [rec!.id])).toHaveLength(3);
     expect(again.usage_drift_found).toBe(0);
+  });
+});
+
+describe("uploads.sweep at the edge (the container's sweep_uploads through the S3 API)", () => {
+  const SWEEP = compileWork({ cron: [{ task: "uploads.sweep", owner: "edge" }] });
+  const s3Env = {
+    ...env,
+    R2_ENDPOINT: "https://s3.test",
+    R2_BUCKET: "recordings",
+    R2_ACCESS_KEY_ID: "test-s3-key",
+    R2_SECRET_ACCESS_KEY: "test-s3-secret",
+  };
+  const sweep = (e: typeof env = s3Env) => {
+    const ctx = createExecutionContext();
+    return runCron(e, SWEEP, (p) => ctx.waitUntil(p)).finally(() => waitOnExecutionContext(ctx));
+  };
+  const s3State = async () =>
+    (await (await fetch("http://origin.test:8080/__fake/s3/state")).json()) as { objects: string[]; uploads: string[]; requests: string[] };
+
+  it("aborts day-old uploads, drops day-old pending versions with their objects, deletes day-old staging objects", async () => {
+    const org = await organisation(null);
+    const other = await organisation(null);
+    const tag = crypto.randomUUID();
+    const key = (name: string) => `orgs/${org}/calls/none/recordings/${name}/v1.wav`;
+    const staging = (name: string) => `incoming/${org}/${name}`;
+    // Uploads: one to abort, one S3 no longer knows (forgotten), one whose abort fails (kept), one fresh (kept).
+    await query(
+      `insert into multipart_uploads (upload_id, object_key, started_at) values
+         ($1, $5, now() - interval '2 days'), ($2, $6, now() - interval '2 days'),
+         ($3, $7, now() - interval '2 days'), ($4, $8, now() - interval '1 hour')`,
+      [`old-${tag}`, `gone-${tag}`, `fail-${tag}`, `fresh-${tag}`, key("u1"), key("u2"), key("u3"), key("u4")],
+    );
+    // Pending versions: a day-old one with its object and staging object, a day-old one whose key is
+    // another organisation's (left alone, the version still released), a fresh one.
+    const recs = await query<{ id: string }>(
+      `insert into recordings (id, organisation_id, source) select gen_random_uuid(), $1, 'upload' from generate_series(1, 3) returning id::text as id`,
+      [org],
+    );
+    const [oldRec, foreignRec, freshRec] = recs.map((r) => r.id);
+    await query(
+      `insert into recording_versions (recording_id, version, object_key, staging_key, status, content_type, created_at) values
+         ($1, 1, $4, $5, 'pending', 'audio/wav', now() - interval '2 days'),
+         ($2, 1, $6, null, 'pending', 'audio/wav', now() - interval '2 days'),
+         ($3, 1, $7, null, 'pending', 'audio/wav', now())`,
+      [
+        oldRec,
+        foreignRec,
+        freshRec,
+        key(oldRec!),
+        staging(`v-${tag}`),
+        `orgs/${other}/calls/none/recordings/${foreignRec}/v1.wav`,
+        key(freshRec!),
+      ],
+    );
+    await fetch("http://origin.test:8080/__fake/s3/state", {
+      method: "POST",
+      body: JSON.stringify({
+        objects: [
+          { key: key(oldRec!), ageDays: 2 },
+          { key: staging(`v-${tag}`), ageDays: 0 },
+          { key: `orgs/${other}/calls/none/recordings/${foreignRec}/v1.wav`, ageDays: 2 },
+          { key: key(freshRec!), ageDays: 0 },
+          { key: staging("a-old"), ageDays: 2 },
+          { key: staging("b-old"), ageDays: 1.5 },
+          { key: staging("c-old"), ageDays: 3 },
+          { key: staging("d-new"), ageDays: 0.5 },
+          { key: key("kept"), ageDays: 9 },
+        ],
+        uploads: [
+          { id: `old-${tag}`, key: key("u1") },
+          { id: `fresh-${tag}`, key: key("u4") },
+        ],
+      }),
+    });
+
+    const report = await sweep();
+    expect(report.tasks).toEqual(["uploads.sweep"]);
+    expect(report.uploads_aborted).toBeGreaterThanOrEqual(3);
+    expect(report.pending_versions_dropped).toBeGreaterThanOrEqual(2);
+    expect(report.staging_objects_deleted).toBe(3);
+    const uploads = await query<{ upload_id: string }>(
+      "select upload_id from multipart_uploads where upload_id like '%' || $1 order by 1",
+      [tag],
+    );
+    expect(uploads.map((u) => u.upload_id)).toEqual([`fail-${tag}`, `fresh-${tag}`]);
+    const versions = await query<{ id: string }>(
+      "select recording_id::text as id from recording_versions where recording_id = any($1::uuid[])",
+      [recs.map((r) => r.id)],
+    );
+    expect(versions.map((v) => v.id)).toEqual([freshRec]);
+    const left = await query<{ id: string }>("select id::text from recordings where id = any($1::uuid[])", [recs.map((r) => r.id)]);
+    expect(left.map((r) => r.id)).toEqual([freshRec]);
+    const state = await s3State();
+    expect(state.uploads).toEqual([`fresh-${tag}`]);
+    expect(state.objects).toEqual(
+      [`orgs/${other}/calls/none/recordings/${foreignRec}/v1.wav`, key(freshRec!), key("kept"), staging("d-new")].sort(),
+    );
+    // Four staging keys were left to list (the pending version's went with it): two pages of two, under incoming/ only.
+    expect(state.requests.filter((r) => r.startsWith("GET /recordings?"))).toHaveLength(2);
+    expect(state.requests.every((r) => !r.startsWith("GET") || r.includes("prefix=incoming%2F"))).toBe(true);
+    expect(logged(log, "uploads_sweep_abort_failed").map((l) => l.status)).toEqual([500]);
+
+    // A second tick finds only the upload whose abort keeps failing.
+    const again = await sweep();
+    expect(again.staging_objects_deleted).toBe(0);
+    expect((await s3State()).requests.filter((r) => r.startsWith("DELETE") && r.includes(tag))).toEqual([
+      `DELETE /recordings/${encodeURIComponent(key("u3")).replace(/%2F/g, "/")}?uploadId=fail-${tag}`,
+    ]);
+  });
+
+  it("is skipped, with an error line, without the bucket's S3 variables; the rows wait", async () => {
+    const tag = crypto.randomUUID();
+    await query("insert into multipart_uploads (upload_id, object_key, started_at) values ($1, 'orgs/x/y', now() - interval '2 days')", [
+      tag,
+    ]);
+    const report = await sweep({ ...s3Env, R2_SECRET_ACCESS_KEY: "" });
+    expect(report.ran).toBe(true);
+    expect(report.uploads_aborted).toBe(0);
+    expect(logged(log, "uploads_sweep_unconfigured")[0]?.missing).toEqual(["R2_SECRET_ACCESS_KEY"]);
+    expect(await query("select 1 from multipart_uploads where upload_id = $1", [tag])).toHaveLength(1);
+    await query("delete from multipart_uploads where upload_id = $1", [tag]);
   });
 });

@@ -286,6 +286,65 @@ async function fakeTelnyx(request, url) {
   return Response.json({ data: { result: "ok" } });
 }
 
+/**
+ * The recordings bucket's S3 API on host `s3.test` (path style, bucket `recordings`), what
+ * uploads.sweep uses: ListObjectsV2 (two keys a page, so listings paginate), DeleteObject and
+ * AbortMultipartUpload (NoSuchUpload for an unknown upload; an upload id starting with `fail-`
+ * answers 500). Requests must carry a SigV4 `Authorization` for key `test-s3-key`.
+ * POST /__fake/s3/state `{objects: [{key, ageDays}], uploads: [{id, key}]}` resets it; GET
+ * /__fake/s3/state reads the objects, the uploads and every request made since.
+ */
+const s3 = {
+  /** @type {Map<string, number>} key → last modified (ms) */
+  objects: new Map(),
+  /** @type {Map<string, string>} upload id → key */
+  uploads: new Map(),
+  /** @type {string[]} */
+  requests: [],
+};
+
+/** @param {string} text */
+const xml = (text) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+/** @param {Request} request @param {URL} url */
+function fakeS3(request, url) {
+  s3.requests.push(`${request.method} ${url.pathname}${url.search}`);
+  const auth = request.headers.get("authorization") ?? "";
+  if (!auth.startsWith("AWS4-HMAC-SHA256 Credential=test-s3-key/") || !request.headers.get("x-amz-date")) {
+    return new Response("<Error><Code>AccessDenied</Code></Error>", { status: 403 });
+  }
+  const [, bucket, ...rest] = url.pathname.split("/");
+  if (bucket !== "recordings") return new Response("<Error><Code>NoSuchBucket</Code></Error>", { status: 404 });
+  const key = decodeURIComponent(rest.join("/"));
+  if (request.method === "GET" && key === "" && url.searchParams.get("list-type") === "2") {
+    const prefix = url.searchParams.get("prefix") ?? "";
+    const after = url.searchParams.has("continuation-token") ? atob(url.searchParams.get("continuation-token") ?? "") : "";
+    const keys = [...s3.objects.keys()].filter((k) => k.startsWith(prefix) && k > after).sort();
+    const page = keys.slice(0, 2);
+    const truncated = keys.length > page.length;
+    const contents = page
+      .map((k) => `<Contents><Key>${xml(k)}</Key><LastModified>${new Date(s3.objects.get(k) ?? 0).toISOString()}</LastModified></Contents>`)
+      .join("");
+    const next = truncated ? `<NextContinuationToken>${btoa(page[page.length - 1] ?? "")}</NextContinuationToken>` : "";
+    return new Response(
+      `<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>recordings</Name><Prefix>${xml(prefix)}</Prefix><KeyCount>${page.length}</KeyCount><IsTruncated>${truncated}</IsTruncated>${contents}${next}</ListBucketResult>`,
+      { headers: { "content-type": "application/xml" } },
+    );
+  }
+  if (request.method === "DELETE" && key !== "" && url.searchParams.has("uploadId")) {
+    const id = url.searchParams.get("uploadId") ?? "";
+    if (id.startsWith("fail-")) return new Response("<Error><Code>InternalError</Code></Error>", { status: 500 });
+    if (s3.uploads.get(id) !== key) return new Response("<Error><Code>NoSuchUpload</Code></Error>", { status: 404 });
+    s3.uploads.delete(id);
+    return new Response(null, { status: 204 });
+  }
+  if (request.method === "DELETE" && key !== "") {
+    s3.objects.delete(key);
+    return new Response(null, { status: 204 });
+  }
+  return new Response("<Error><Code>NotImplemented</Code></Error>", { status: 501 });
+}
+
 export default {
   /** @param {Request} request */
   async fetch(request) {
@@ -335,6 +394,21 @@ export default {
     }
     if (url.pathname === "/__fake/telnyx/requests") return Response.json(telnyxRequests.splice(0));
     if (url.hostname === "api.telnyx.test") return fakeTelnyx(request, url);
+    if (url.pathname === "/__fake/s3/state" && request.method === "POST") {
+      const state = /** @type {{objects: {key: string, ageDays: number}[], uploads: {id: string, key: string}[]}} */ (await request.json());
+      s3.objects = new Map(state.objects.map((o) => [o.key, Date.now() - o.ageDays * 86_400_000]));
+      s3.uploads = new Map(state.uploads.map((u) => [u.id, u.key]));
+      s3.requests = [];
+      return Response.json({ ok: true });
+    }
+    if (url.pathname === "/__fake/s3/state") {
+      return Response.json({
+        objects: [...s3.objects.keys()].sort(),
+        uploads: [...s3.uploads.keys()].sort(),
+        requests: s3.requests.splice(0),
+      });
+    }
+    if (url.hostname === "s3.test") return fakeS3(request, url);
 
     if (url.pathname === "/__fake/recordings/requests") return Response.json(recordingRequests.splice(0));
     if (url.hostname === "recordings.telnyx.com" || url.hostname.endsWith(".s3.amazonaws.com")) return fakeRecording(url);

@@ -7,7 +7,8 @@ import { createExecutionContext, createMessageBatch, getQueueResult } from "clou
 import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it, type MockInstance, vi } from "vitest";
 import type { Env } from "../src/env";
-import { consumeJobs, type JobEnvelope } from "../src/jobs";
+import { runCron } from "../src/cron";
+import { consumeJobs, type JobEnvelope, MAX_QUEUE_DELAY_SECONDS } from "../src/jobs";
 import { compileWork, type WorkManifest } from "../src/manifest";
 import { WARNING_TEXT } from "../src/max-duration";
 import { JOB_HANDLERS } from "../src/queue";
@@ -190,5 +191,68 @@ describe("call.max_duration at the edge", { timeout: 30_000 }, () => {
     const bad = await liveCall("hangup");
     await deliver({ ...bad.envelope, payload: { call_id: "not-a-uuid", step: "hangup" } });
     expect(await jobRow(bad.envelope.dedupe_key!)).toMatchObject({ status: "dead" });
+  });
+});
+
+describe("call.max_duration on time: the relay sends scheduled steps ahead with a Queue delay (ADR 0043)", { timeout: 30_000 }, () => {
+  const relay = () => {
+    const ctx = createExecutionContext();
+    return runCron(EDGE_ENV, EDGE_OWNS, (p) => ctx.waitUntil(p));
+  };
+  type Sent = { body: JobEnvelope; delaySeconds?: number };
+  const sentFor = (spy: MockInstance, key: string): Sent[] =>
+    spy.mock.calls.flatMap(([messages]) => [...(messages as Iterable<Sent>)]).filter((m) => m.body.dedupe_key === key);
+
+  it("sends a step due later once, delayed to its run_at, and leaves one beyond the Queue's 12 hours for later", async () => {
+    const soon = await liveCall("hangup");
+    const far = await liveCall("warn");
+    await query("update jobs set run_at = now() + interval '90 seconds', updated_at = created_at where dedupe_key = $1", [
+      soon.envelope.dedupe_key,
+    ]);
+    await query("update jobs set run_at = now() + interval '13 hours', updated_at = created_at where dedupe_key = $1", [
+      far.envelope.dedupe_key,
+    ]);
+    const send = vi.spyOn(EDGE_ENV.WEBHOOKS, "sendBatch");
+    await relay();
+    const [sent, ...more] = sentFor(send, soon.envelope.dedupe_key!);
+    expect(more).toEqual([]);
+    expect(sent!.body).toMatchObject({ kind: "call.max_duration", payload: soon.envelope.payload });
+    expect(sent!.delaySeconds).toBeGreaterThanOrEqual(88);
+    expect(sent!.delaySeconds).toBeLessThanOrEqual(MAX_QUEUE_DELAY_SECONDS);
+    expect(sent!.delaySeconds).toBeLessThanOrEqual(90);
+    expect(sentFor(send, far.envelope.dedupe_key!)).toEqual([]);
+    // The next tick sends neither again: the first is marked, the second still too far.
+    send.mockClear();
+    await relay();
+    expect(sentFor(send, soon.envelope.dedupe_key!)).toEqual([]);
+    expect(sentFor(send, far.envelope.dedupe_key!)).toEqual([]);
+    // Within 12 hours of it, the far one goes with the longest delay the Queue allows.
+    await query("update jobs set run_at = now() + interval '12 hours' where dedupe_key = $1", [far.envelope.dedupe_key]);
+    await relay();
+    expect(sentFor(send, far.envelope.dedupe_key!).map((m) => m.delaySeconds)).toEqual([MAX_QUEUE_DELAY_SECONDS]);
+    // Still pending and never run: the delay, not an early run, makes it on time.
+    expect(await jobRow(soon.envelope.dedupe_key!)).toMatchObject({ status: "pending", attempts: 0 });
+    expect(await telnyxRequests()).toEqual([]);
+  });
+
+  it("sends back, with the delay left, a message that arrives before its row is due; runs it once due", async () => {
+    const c = await liveCall("hangup");
+    await query("update jobs set run_at = now() + interval '60 seconds' where dedupe_key = $1", [c.envelope.dedupe_key]);
+    const send = vi.spyOn(EDGE_ENV.WEBHOOKS, "send");
+    expect((await deliver(c.envelope)).explicitAcks).toEqual(["m1"]);
+    expect(send).toHaveBeenCalledTimes(1);
+    const [body, options] = send.mock.calls[0]!;
+    expect(body).toEqual(c.envelope);
+    expect(options?.delaySeconds).toBeGreaterThanOrEqual(58);
+    expect(options?.delaySeconds).toBeLessThanOrEqual(60);
+    expect(logged(log, "job_not_due")).toHaveLength(1);
+    expect(await telnyxRequests()).toEqual([]);
+    expect(await jobRow(c.envelope.dedupe_key!)).toMatchObject({ status: "pending", attempts: 0, last_error: null });
+    // Due now (the delayed copy arrives): it runs, once.
+    await query("update jobs set run_at = now() where dedupe_key = $1", [c.envelope.dedupe_key]);
+    expect((await deliver(c.envelope)).explicitAcks).toEqual(["m1"]);
+    expect((await deliver(c.envelope)).explicitAcks).toEqual(["m1"]);
+    expect((await telnyxRequests()).map((r) => r.path)).toEqual([`/v2/calls/${formUrlencode(c.ccid)}/actions/hangup`]);
+    expect(await jobRow(c.envelope.dedupe_key!)).toMatchObject({ status: "done" });
   });
 });

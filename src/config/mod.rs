@@ -284,6 +284,10 @@ pub struct EdgeConfig {
     pub unsigned_paths: Vec<String>,
     /// `EDGE_SIGNATURE_WINDOW_SECS`: how far `x-edge-timestamp` may be from now (default 60).
     pub signature_window: Duration,
+    /// `EDGE_RUNS_WORK`: the Worker in front runs the job kinds and cron tasks
+    /// `edge-shim/routes.json` gives the edge, so this container leaves them (ADR 0042). Off by
+    /// default: the container alone (`make dev`, tests) runs every kind and task.
+    pub runs_work: bool,
     pub cf_access_team_domain: Option<String>,
     pub cf_access_aud: Option<String>,
 }
@@ -909,6 +913,7 @@ impl Reader {
                 5,
                 300,
             )),
+            runs_work: self.boolean("EDGE_RUNS_WORK", false),
             cf_access_team_domain: self.string("CF_ACCESS_TEAM_DOMAIN"),
             cf_access_aud: self.string("CF_ACCESS_AUD"),
         }

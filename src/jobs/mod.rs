@@ -77,7 +77,8 @@ pub struct WorkerConfig {
     pub base_backoff: Duration,
     pub max_backoff: Duration,
     /// Kinds the edge runs (`edge-shim/routes.json`): never claimed here, unless the edge
-    /// handed the job back (`handed_back_at`). Default: the embedded manifest's.
+    /// handed the job back (`handed_back_at`). Default: none (the container alone); the
+    /// service sets the embedded manifest's when `EDGE_RUNS_WORK` is on (ADR 0042).
     pub edge_kinds: Vec<String>,
 }
 
@@ -89,7 +90,7 @@ impl Default for WorkerConfig {
             batch: 8,
             base_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(3600),
-            edge_kinds: crate::strangler::embedded().edge_job_kinds(),
+            edge_kinds: Vec::new(),
         }
     }
 }

@@ -179,10 +179,22 @@ async fn the_container_never_runs_a_kind_the_manifest_gives_the_edge_unless_hand
 }
 
 #[test]
-fn by_default_the_container_leaves_the_embedded_manifests_edge_kinds() {
+fn the_container_leaves_the_manifests_edge_kinds_only_when_the_worker_runs_work() {
+    use callbridge::strangler::{embedded, work_owners};
+    // The container alone (make dev, EDGE_RUNS_WORK unset) runs every kind and task.
+    assert!(WorkerConfig::default().edge_kinds.is_empty());
+    assert!(work_owners(false).edge_job_kinds().is_empty());
+    for task in callbridge::strangler::CRON_TASKS {
+        assert_eq!(work_owners(false).cron_owner(task), "origin", "{task}");
+        assert_eq!(
+            work_owners(true).cron_owner(task),
+            embedded().cron_owner(task),
+            "{task}"
+        );
+    }
     assert_eq!(
-        WorkerConfig::default().edge_kinds,
-        callbridge::strangler::embedded().edge_job_kinds()
+        work_owners(true).edge_job_kinds(),
+        embedded().edge_job_kinds()
     );
 }
 

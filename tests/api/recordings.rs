@@ -1115,7 +1115,7 @@ async fn the_cron_purges_expired_recordings_sweeps_stale_calls_and_reports_dead_
         .unwrap();
 
     // Tasks the manifest gives the edge are not run here (the Worker's Cron Trigger runs them);
-    // uploads.sweep cannot be given to the edge (ADR 0027), so it runs here.
+    // uploads.sweep is not given to the edge by this manifest, so it runs here.
     let edge_owned = callbridge::strangler::Manifest::parse(
         r#"{"routes": [], "cron": [{"task": "retention.purge", "owner": "edge"},
             {"task": "calls.stale_sweep", "owner": "edge"}, {"task": "jobs.dead_report", "owner": "edge"},
