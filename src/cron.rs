@@ -128,9 +128,9 @@ pub async fn tick_for(
     }
     if ours("usage.metering") {
         let client = state.db.client().await?;
-        report.storage_days_recorded = crate::usage::record_storage_days(client.tokio()).await?;
+        report.storage_days_recorded = crate::usage::record_storage_days(&client).await?;
         report.usage_drift_found =
-            crate::usage::reconcile::run(client.tokio(), state.config.usage.reconcile_drift_secs)
+            crate::usage::reconcile::run(&client, state.config.usage.reconcile_drift_secs)
                 .await?;
     }
     for (kind, count) in &report.dead_jobs {
@@ -156,7 +156,7 @@ pub struct QuotasEnforced {
 pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> {
     use crate::usage::quota;
     let client = state.db.client().await?;
-    let found = quota::enforce(client.tokio(), &state.config.usage).await?;
+    let found = quota::enforce(&client, &state.config.usage).await?;
     let mut done = QuotasEnforced {
         warned: found.warned,
         reached: found.reached,
@@ -182,7 +182,7 @@ pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> 
         for (ccid, key) in crate::calls::legs::live_control_ids(&client, *call_id).await? {
             telnyx.hangup(&ccid, &format!("quota-end:{key}")).await?;
         }
-        if quota::hung_up(client.tokio(), *call_id, *which).await? {
+        if quota::hung_up(&client, *call_id, *which).await? {
             done.ended += 1;
         }
     }

@@ -33,11 +33,8 @@ pub struct CallEvent {
 }
 
 /// Appends an event in one statement (sequence, row and notification commit together).
-///
-/// Takes `tokio_postgres::GenericClient` until `usage` (which calls it with its own) takes
-/// `db::GenericClient`: pass `client.tokio()` (docs/adr/0039-one-way-structure.md).
 pub async fn append(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl GenericClient,
     call_id: Uuid,
     kind: &str,
     data: serde_json::Value,

@@ -238,8 +238,8 @@ pub async fn for_call(
         .as_ref()
         .filter(|p| p.status == "completed")
         .and_then(|post| agreement_with(&live, &post.words, leg.as_deref()));
-    let utterances = utterances::for_call(client.tokio(), id).await?;
-    let conversation = utterances::conversation(client.tokio(), id).await?;
+    let utterances = utterances::for_call(client, id).await?;
+    let conversation = utterances::conversation(client, id).await?;
     Ok(Some(CallTranscript {
         call_id: id,
         conversation,

@@ -247,6 +247,10 @@ impl SessionResolver {
     /// The principal in the first 12 columns of `row`, and whether it is as the row says
     /// (`false` when the user's personal organisation had to be made first, so the
     /// memberships were read again).
+    ///
+    /// Read by position on purpose: it runs on every session cache miss, a name lookup
+    /// scans the row's columns on each read, and in the rider's statement the rider's own
+    /// columns (`r.*`) follow ours and may share their names.
     async fn principal_from(
         &self,
         client: &mut crate::db::Client,
@@ -291,7 +295,7 @@ impl SessionResolver {
                 .clone()
                 .or_else(|| user.email.clone())
                 .unwrap_or_else(|| "Personal".into());
-            orgs::ensure_personal_organisation(&mut ***client, &user.id, &display).await?;
+            orgs::ensure_personal_organisation(client, &user.id, &display).await?;
             memberships = orgs::memberships_of(&self.db, client, &user.id).await?;
             active_organisation_id =
                 orgs::active_organisation_of(&self.db, client, &user.id).await?;

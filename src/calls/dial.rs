@@ -162,7 +162,7 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
             )
             .await?;
             events::append(
-                client.tokio(),
+                &client,
                 call.id,
                 "call.dialing",
                 json!({"status": "dialing"}),
@@ -238,7 +238,7 @@ pub async fn hang_up(
             .await?;
     }
     events::append(
-        client.tokio(),
+        &client,
         id,
         "call.hangup_requested",
         json!({"by": by}),

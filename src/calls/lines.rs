@@ -543,7 +543,7 @@ pub async fn answer_inbound(
     .await?;
     legs::settle(client, call.id).await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "call.created",
         json!({"direction": "inbound", "interpreted": true, "line": line.number,
@@ -552,7 +552,7 @@ pub async fn answer_inbound(
     )
     .await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         &event.event_type,
         json!({"telnyx_event_id": event.id, "leg": "remote", "status": "initiated",
@@ -687,7 +687,7 @@ pub async fn greet(
     speak(state, call, caller, &script, first).await?;
     let languages: Vec<&str> = script.prompts.iter().map(|p| p.language.as_str()).collect();
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "line.greeting",
         json!({"leg": "remote", "languages": languages}),
@@ -759,7 +759,7 @@ pub async fn apologise(
     // A failure rolls the claim back with the job's transaction.
     spoken?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "line.agent_no_answer",
         json!({"leg": "remote", "agent_timeout_secs": script.agent_timeout_secs,
@@ -791,7 +791,7 @@ async fn hang_up_caller(
         .hangup(ccid, &format!("hangup:{}", caller.id))
         .await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "call.hangup_requested",
         json!({"leg": "remote", "because": "the agent did not answer"}),

@@ -557,7 +557,7 @@ pub async fn fail(
         }
         None => serde_json::json!({"status": "failed", "failure_reason": reason}),
     };
-    crate::events::append(client.tokio(), id, "call.failed", data, Utc::now()).await?;
+    crate::events::append(client, id, "call.failed", data, Utc::now()).await?;
     Ok(true)
 }
 

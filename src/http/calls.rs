@@ -404,9 +404,9 @@ async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<Cal
         .await?
         .ok_or(ApiError::NotFound)?;
     let legs = legs::for_call(&client, id).await?;
-    let translation = utterances::summary(client.tokio(), id).await?;
+    let translation = utterances::summary(&client, id).await?;
     let usage = usage::for_call(
-        client.tokio(),
+        &client,
         &state.config.usage.prices,
         organisation_id,
         id,

@@ -75,7 +75,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         == 1;
     if first {
         events::append(
-            transaction.tokio(),
+            &transaction,
             call_id,
             kind,
             json!({"limit_secs": limit_secs}),

@@ -242,11 +242,11 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
             occurred_at: Utc::now(),
             metadata: json!({"recording_id": recording_id, "version": version, "transcript_id": transcript_id}),
         };
-        crate::usage::record(tx.tokio(), &[entry]).await?;
+        crate::usage::record(tx, &[entry]).await?;
     }
     if let Some(call_id) = call_id.filter(|_| changed == 1) {
         events::append(
-            tx.tokio(),
+            tx,
             call_id,
             "transcript.post_call",
             json!({"recording_id": recording_id, "version": version, "status": transcript.status}),

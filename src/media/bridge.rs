@@ -559,11 +559,12 @@ async fn watch_remote_stream(
             Ok(client) => client
                 .query_one(
                     "select exists (select 1 from media_streams
-                                    where call_id = $1 and leg = 'remote' and ended_at is null)",
+                                    where call_id = $1 and leg = 'remote' and ended_at is null)
+                     as remote_live",
                     &[&call_id],
                 )
                 .await
-                .map(|row| row.get::<_, bool>(0))
+                .map(|row| row.get::<_, bool>("remote_live"))
                 .unwrap_or(false),
             Err(_) => false,
         };
@@ -577,7 +578,7 @@ async fn watch_remote_stream(
 /// The tenant a call belongs to (the translation cache is scoped by it).
 async fn organisation_of(state: &AppState, call_id: Uuid) -> Option<Uuid> {
     let client = state.db.client().await.ok()?;
-    let call = crate::calls::get_unscoped(&**client, call_id)
+    let call = crate::calls::get_unscoped(&client, call_id)
         .await
         .ok()??;
     Some(call.organisation_id)
@@ -587,7 +588,7 @@ async fn organisation_of(state: &AppState, call_id: Uuid) -> Option<Uuid> {
 async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
     state.tts.as_ref()?;
     let client = state.db.client().await.ok()?;
-    let call = crate::calls::get_unscoped(&**client, call_id)
+    let call = crate::calls::get_unscoped(&client, call_id)
         .await
         .ok()??;
     Some(Languages {

@@ -315,7 +315,15 @@ async fn missed_turns(db: &Db, call_id: Uuid, listener: Role) -> Result<Vec<Utte
         .await?;
     Ok(rows
         .iter()
-        .map(|row| utterance_of(speaker, row.get(0), row.get(1), row.get(2), row.get(3)))
+        .map(|row| {
+            utterance_of(
+                speaker,
+                row.get("turn_index"),
+                row.get("text"),
+                row.get("language"),
+                row.get("created_at"),
+            )
+        })
         .collect())
 }
 
@@ -340,8 +348,8 @@ async fn load_turn(db: &Db, hand_over: &HandOver) -> Result<Option<Utterance>, D
         utterance_of(
             speaker,
             hand_over.turn_index,
-            row.get(0),
-            row.get(1),
+            row.get("text"),
+            row.get("language"),
             hand_over.end_of_turn_at,
         )
     }))

@@ -372,7 +372,7 @@ async fn speak(
         )
         .await;
     let _ = events::append(
-        &**client,
+        &client,
         call_id,
         "utterance.spoken",
         json!({"seq": u.seq, "source_track": u.source, "listener": listener_label(listeners, u.source), "source_language": source, "target_language": target, "original": u.text, "translated": translated.0, "engine": engine, "audio_ms": audio_ms}),
@@ -425,11 +425,11 @@ pub async fn next_seq(db: &Db, call_id: Uuid) -> Result<i32, crate::db::DbError>
     let client = db.client().await?;
     Ok(client
         .query_one(
-            "select coalesce(max(seq) + 1, 0) from utterances where call_id = $1",
+            "select coalesce(max(seq) + 1, 0) as next_seq from utterances where call_id = $1",
             &[&call_id],
         )
         .await?
-        .get(0))
+        .get("next_seq"))
 }
 
 /// The listener heard the utterance to its end (its mark came back).
@@ -448,7 +448,7 @@ pub async fn played(
         )
         .await?;
     events::append(
-        &**client,
+        &client,
         call_id,
         "utterance.played",
         json!({"seq": seq, "listener": listener}),
@@ -474,7 +474,7 @@ pub async fn cut(
         )
         .await?;
     events::append(
-        &**client,
+        &client,
         call_id,
         "utterance.cut",
         json!({"seq": seq, "cut_at_ms": at_ms, "listener": listener}),

@@ -31,7 +31,8 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let transaction = client.transaction().await?;
     let rows = transaction
         .query(
-            "select ms.call_id, ms.leg, coalesce(l.telnyx_call_control_id, c.telnyx_call_control_id), l.id,
+            "select ms.call_id, ms.leg,
+                    coalesce(l.telnyx_call_control_id, c.telnyx_call_control_id) as ccid, l.id as leg_id,
                     (select (extract(epoch from now() - max(p.frame_at)) * 1000)::bigint
                      from media_stream_positions p
                      where p.call_id = ms.call_id and (ms.leg = 'call' or p.track = ms.leg)) as lost_ms
@@ -49,7 +50,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         .await?;
     let mut claimed = Vec::new();
     for row in &rows {
-        let (call_id, leg): (Uuid, String) = (row.get(0), row.get(1));
+        let (call_id, leg): (Uuid, String) = (row.get("call_id"), row.get("leg"));
         // Claim it: nobody else retries it for another STALE_AFTER_SECS.
         transaction
             .execute(
@@ -61,9 +62,9 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         claimed.push(Lost {
             call_id,
             leg,
-            ccid: row.get(2),
-            leg_id: row.get(3),
-            lost_ms: row.get(4),
+            ccid: row.get("ccid"),
+            leg_id: row.get("leg_id"),
+            lost_ms: row.get("lost_ms"),
         });
     }
     transaction.commit().await?;
@@ -112,7 +113,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
             data["leg"] = json!(lost.leg);
         }
         events::append(
-            &**client,
+            &client,
             call_id,
             "media.reattached",
             // Time since the old stream's last frame, so far; the gap itself is recorded by

@@ -51,24 +51,25 @@ impl Resume {
         let mut resume = Resume::default();
         for row in client
             .query(
-                "select track, max(turn_index) + 1 from transcript_turns where call_id = $1 group by track",
+                "select track, max(turn_index) + 1 as next_turn from transcript_turns
+                 where call_id = $1 group by track",
                 &[&call_id],
             )
             .await?
         {
-            resume.next_turn.insert(row.get(0), row.get(1));
+            resume.next_turn.insert(row.get("track"), row.get("next_turn"));
         }
         resume.next_utterance = client
             .query_one(
-                "select coalesce(max(seq) + 1, 0) from utterances where call_id = $1",
+                "select coalesce(max(seq) + 1, 0) as next_seq from utterances where call_id = $1",
                 &[&call_id],
             )
             .await?
-            .get(0);
+            .get("next_seq");
         for row in client
             .query(
                 "select p.track, p.end_ms, p.frame_at,
-                        s.ended_at is null and s.call_id is not null
+                        (s.ended_at is null and s.call_id is not null) as live
                  from media_stream_positions p
                  left join media_streams s on s.call_id = p.call_id and s.leg = $2
                  -- A leg's stream continues its own party's track only.
@@ -78,7 +79,7 @@ impl Resume {
             .await?
         {
             let (track, end_ms, ended_at, live): (String, i64, DateTime<Utc>, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+                (row.get("track"), row.get("end_ms"), row.get("frame_at"), row.get("live"));
             resume.reattached |= live;
             resume.previous.insert(
                 track,
@@ -229,7 +230,7 @@ pub async fn save_positions(
     // Converted before waiting for a connection: the wait cannot move the time.
     let ended: Vec<DateTime<Utc>> = positions.iter().map(|p| wall_clock(p.2)).collect();
     let client = db.client().await?;
-    crate::heartbeats::save_positions_of(&**client, &calls, &tracks, &ends, &ended).await
+    crate::heartbeats::save_positions_of(&client, &calls, &tracks, &ends, &ended).await
 }
 
 #[cfg(test)]

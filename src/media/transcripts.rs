@@ -94,7 +94,7 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
         tracing::debug!(call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, "duplicate final turn ignored");
         return Ok(Stored::Duplicate);
     };
-    let turn_index: i32 = row.get(0);
+    let turn_index: i32 = row.get("turn_index");
     match turn.turn_index {
         Some(proposed) if proposed != turn_index => {
             metrics::counter!("transcript_turns_renumbered_total").increment(1);

@@ -20,12 +20,11 @@ use std::fmt::Write as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::usage::PriceTable;
-use crate::db::DbError;
+use crate::db::{DbError, GenericClient};
 
 /// Vendors and the units they bill (the ledger's `vendor`/`unit`; docs/USAGE.md).
 pub mod unit {
@@ -129,7 +128,7 @@ pub(crate) const RECORD_SQL: &str =
      left join calls c on c.id = e.call_id
      where coalesce(e.organisation_id, c.organisation_id) is not null
      on conflict (source_key) do nothing
-     returning vendor, unit, quantity::float8";
+     returning vendor, unit, quantity::float8 as quantity";
 
 /// [`record`] through `statement` (the SQL, or the writer's prepared copy of it).
 pub(crate) async fn record_with<T: ?Sized + tokio_postgres::ToStatement + Sync + Send>(
@@ -200,8 +199,8 @@ pub(crate) async fn record_with<T: ?Sized + tokio_postgres::ToStatement + Sync +
         )
         .await?;
     for row in &inserted {
-        let (vendor, unit): (&str, &str) = (row.get(0), row.get(1));
-        let quantity: f64 = row.get(2);
+        let (vendor, unit): (&str, &str) = (row.get("vendor"), row.get("unit"));
+        let quantity: f64 = row.get("quantity");
         let labels = [("vendor", vendor.to_owned()), ("unit", unit.to_owned())];
         metrics::counter!("usage_records_total", &labels).increment(1);
         metrics::counter!("usage_milliunits_total", &labels)
@@ -287,7 +286,8 @@ pub async fn for_call(
 ) -> Result<CallUsage, DbError> {
     let rows = client
         .query(
-            "select vendor, unit, (occurred_at at time zone 'UTC')::date, sum(quantity)::float8
+            "select vendor, unit, (occurred_at at time zone 'UTC')::date as day,
+                    sum(quantity)::float8 as quantity
              from usage_ledger where organisation_id = $1 and call_id = $2
              group by 1, 2, 3 order by 1, 2, 3",
             &[&organisation_id, &call_id],
@@ -296,9 +296,9 @@ pub async fn for_call(
     let mut buckets: Buckets = BTreeMap::new();
     for row in rows {
         buckets
-            .entry((String::new(), row.get(0), row.get(1)))
+            .entry((String::new(), row.get("vendor"), row.get("unit")))
             .or_default()
-            .push((row.get(2), row.get(3)));
+            .push((row.get("day"), row.get("quantity")));
     }
     let mut vendors: Vec<VendorUsage> = Vec::new();
     let mut total = Vec::new();
@@ -334,7 +334,7 @@ pub async fn for_call(
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("quota"))
         .collect();
     Ok(CallUsage {
         vendors,
@@ -380,7 +380,8 @@ pub async fn report(
     let rows = client
         .query(
             &format!(
-                "select {key}, vendor, unit, (occurred_at at time zone 'UTC')::date, sum(quantity)::float8
+                "select {key} as group_key, vendor, unit,
+                        (occurred_at at time zone 'UTC')::date as day, sum(quantity)::float8 as quantity
                  from usage_ledger
                  where organisation_id = $1 and occurred_at >= $2 and occurred_at < $3
                  group by 1, 2, 3, 4 order by 1, 2, 3, 4"
@@ -391,9 +392,9 @@ pub async fn report(
     let mut buckets: Buckets = BTreeMap::new();
     for row in rows {
         buckets
-            .entry((row.get(0), row.get(1), row.get(2)))
+            .entry((row.get("group_key"), row.get("vendor"), row.get("unit")))
             .or_default()
-            .push((row.get(3), row.get(4)));
+            .push((row.get("day"), row.get("quantity")));
     }
     Ok(buckets
         .into_iter()
@@ -446,10 +447,11 @@ pub fn to_csv(lines: &[ReportLine]) -> String {
 pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Result<u64, DbError> {
     let rows = client
         .query(
-            "select l.id, l.role, c.direction,
+            "select l.id as leg_id, l.role, c.direction,
                     extract(epoch from (coalesce(case when c.interpreted then l.ended_at else c.ended_at end, now())
-                                        - case when c.interpreted then l.answered_at else c.answered_at end))::float8,
-                    case when c.interpreted then l.ended_at else c.ended_at end
+                                        - case when c.interpreted then l.answered_at else c.answered_at end))::float8
+                        as seconds,
+                    case when c.interpreted then l.ended_at else c.ended_at end as ended_at
              from calls c join call_legs l on l.call_id = c.id
              where c.id = $1
                and (case when c.interpreted then l.answered_at else c.answered_at end) is not null
@@ -460,9 +462,9 @@ pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Res
     let entries: Vec<Entry> = rows
         .iter()
         .map(|row| {
-            let leg_id: Uuid = row.get(0);
-            let role: String = row.get(1);
-            let direction: String = row.get(2);
+            let leg_id: Uuid = row.get("leg_id");
+            let role: String = row.get("role");
+            let direction: String = row.get("direction");
             Entry {
                 owner: Owner::Call {
                     call_id,
@@ -470,9 +472,9 @@ pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Res
                 },
                 vendor: unit::TELNYX,
                 unit: unit::CALL_SECONDS,
-                quantity: row.get::<_, f64>(3).max(0.0),
+                quantity: row.get::<_, f64>("seconds").max(0.0),
                 source_key: format!("telnyx:call_seconds:{leg_id}"),
-                occurred_at: row.get(4),
+                occurred_at: row.get("ended_at"),
                 metadata: serde_json::json!({"leg": role, "direction": direction}),
             }
         })

@@ -10,12 +10,11 @@
 
 use chrono::{NaiveDate, Utc};
 use serde_json::json;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::unit;
 use crate::config::usage::UsageConfig;
-use crate::db::DbError;
+use crate::db::{DbError, GenericClient};
 use crate::events;
 
 /// What the parties hear when a call is ended at a quota (Telnyx text-to-speech).
@@ -74,7 +73,8 @@ pub async fn quotas(
 ) -> Result<Quotas, DbError> {
     let row = client
         .query_opt(
-            "select monthly_minutes, concurrent_calls, monthly_spend_cap::float8, at_limit
+            "select monthly_minutes, concurrent_calls, monthly_spend_cap::float8 as monthly_spend,
+                    at_limit
              from usage_quotas where organisation_id = $1",
             &[&organisation_id],
         )
@@ -87,7 +87,12 @@ pub async fn quotas(
         Option<f64>,
         Option<String>,
     ) = match &row {
-        Some(row) => (row.get(0), row.get(1), row.get(2), row.get(3)),
+        Some(row) => (
+            row.get("monthly_minutes"),
+            row.get("concurrent_calls"),
+            row.get("monthly_spend"),
+            row.get("at_limit"),
+        ),
         None => (None, None, None, None),
     };
     // A column set to 0 on the organisation means "no quota", like the defaults' 0.
@@ -127,7 +132,8 @@ pub async fn month_to_date(
 ) -> Result<MonthToDate, DbError> {
     let rows = client
         .query(
-            "select vendor, unit, (occurred_at at time zone 'UTC')::date, sum(quantity)::float8
+            "select vendor, unit, (occurred_at at time zone 'UTC')::date as day,
+                    sum(quantity)::float8 as quantity
              from usage_ledger
              where organisation_id = $1
                and occurred_at >= date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'
@@ -147,7 +153,7 @@ pub async fn month_to_date(
     };
     for row in rows {
         let (vendor, unit_name, day, quantity): (String, String, NaiveDate, f64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+            (row.get("vendor"), row.get("unit"), row.get("day"), row.get("quantity"));
         if vendor == unit::TELNYX && unit_name == unit::CALL_SECONDS {
             total.minutes += quantity / 60.0;
         }
@@ -156,14 +162,14 @@ pub async fn month_to_date(
     // Legs answered and not ended yet: their seconds so far (the ledger has them at hang-up).
     let live: f64 = client
         .query_one(
-            "select coalesce(sum(extract(epoch from now() - l.answered_at)), 0)::float8
+            "select coalesce(sum(extract(epoch from now() - l.answered_at)), 0)::float8 as seconds
              from call_legs l join calls c on c.id = l.call_id
              where c.organisation_id = $1 and l.answered_at is not null and l.ended_at is null
                and l.status not in ('ended', 'failed')",
             &[&organisation_id],
         )
         .await?
-        .get(0);
+        .get("seconds");
     total.minutes += live / 60.0;
     total.spend += price(
         unit::TELNYX,
@@ -222,7 +228,7 @@ pub async fn check_dial(
                 &[&organisation_id],
             )
             .await?
-            .get(0);
+            .get("count");
         if live >= limit {
             return Ok(Err(Exceeded {
                 quota: Quota::ConcurrentCalls,
@@ -286,7 +292,7 @@ pub async fn enforce(
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("organisation_id"))
         .collect();
     for organisation_id in organisations {
         let quotas = quotas(client, config, organisation_id).await?;
@@ -316,7 +322,7 @@ pub async fn enforce(
             )
             .await?
             .iter()
-            .map(|row| row.get(0))
+            .map(|row| row.get("id"))
             .collect();
         for call_id in calls {
             for &(quota, used, limit) in &levels {
