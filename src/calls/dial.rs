@@ -11,7 +11,6 @@ use uuid::Uuid;
 
 use super::{Call, CallStatus, NewCall, guard, interpreted, stream_token};
 use crate::db::DbError;
-use crate::db::GenericClient;
 use crate::events;
 use crate::providers::telnyx::{self, DialRequest, StreamSettings, TelnyxError};
 use crate::state::AppState;

@@ -19,7 +19,6 @@ use crate::auth::{BrowserOrgContext, OrgContext, recheck};
 use crate::calls::dial::{self, DialError, HangUpError};
 use crate::calls::legs::{self, Leg};
 use crate::calls::{self, Call, CallStatus, ListFilter, interpreted};
-use crate::db::GenericClient;
 use crate::events::{self, CallEvent, FollowItem};
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, Problem};
