@@ -130,8 +130,7 @@ pub async fn tick_for(
         let client = state.db.client().await?;
         report.storage_days_recorded = crate::usage::record_storage_days(&client).await?;
         report.usage_drift_found =
-            crate::usage::reconcile::run(&client, state.config.usage.reconcile_drift_secs)
-                .await?;
+            crate::usage::reconcile::run(&client, state.config.usage.reconcile_drift_secs).await?;
     }
     for (kind, count) in &report.dead_jobs {
         metrics::gauge!("jobs_dead", "kind" => kind.clone()).set(*count as f64);

@@ -404,13 +404,7 @@ async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<Cal
         .ok_or(ApiError::NotFound)?;
     let legs = legs::for_call(&client, id).await?;
     let translation = utterances::summary(&client, id).await?;
-    let usage = usage::for_call(
-        &client,
-        &state.config.usage.prices,
-        organisation_id,
-        id,
-    )
-    .await?;
+    let usage = usage::for_call(&client, &state.config.usage.prices, organisation_id, id).await?;
     Ok(CallDetail {
         call,
         legs,

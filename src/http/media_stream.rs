@@ -49,9 +49,7 @@ pub async fn telnyx_stream(
         Some(call) if !call.interpreted => (call, None),
         Some(_) => return Err(ApiError::NotFound),
         None => {
-            let leg = legs::get(&client, bound)
-                .await?
-                .ok_or(ApiError::NotFound)?;
+            let leg = legs::get(&client, bound).await?.ok_or(ApiError::NotFound)?;
             if leg.status.is_terminal() {
                 return Err(ApiError::NotFound);
             }

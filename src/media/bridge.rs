@@ -578,9 +578,7 @@ async fn watch_remote_stream(
 /// The tenant a call belongs to (the translation cache is scoped by it).
 async fn organisation_of(state: &AppState, call_id: Uuid) -> Option<Uuid> {
     let client = state.db.client().await.ok()?;
-    let call = crate::calls::get_unscoped(&client, call_id)
-        .await
-        .ok()??;
+    let call = crate::calls::get_unscoped(&client, call_id).await.ok()??;
     Some(call.organisation_id)
 }
 
@@ -588,9 +586,7 @@ async fn organisation_of(state: &AppState, call_id: Uuid) -> Option<Uuid> {
 async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
     state.tts.as_ref()?;
     let client = state.db.client().await.ok()?;
-    let call = crate::calls::get_unscoped(&client, call_id)
-        .await
-        .ok()??;
+    let call = crate::calls::get_unscoped(&client, call_id).await.ok()??;
     Some(Languages {
         organisation_id: call.organisation_id,
         inbound: call.source_language?,

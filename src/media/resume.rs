@@ -57,7 +57,9 @@ impl Resume {
             )
             .await?
         {
-            resume.next_turn.insert(row.get("track"), row.get("next_turn"));
+            resume
+                .next_turn
+                .insert(row.get("track"), row.get("next_turn"));
         }
         resume.next_utterance = client
             .query_one(
@@ -78,8 +80,12 @@ impl Resume {
             )
             .await?
         {
-            let (track, end_ms, ended_at, live): (String, i64, DateTime<Utc>, bool) =
-                (row.get("track"), row.get("end_ms"), row.get("frame_at"), row.get("live"));
+            let (track, end_ms, ended_at, live): (String, i64, DateTime<Utc>, bool) = (
+                row.get("track"),
+                row.get("end_ms"),
+                row.get("frame_at"),
+                row.get("live"),
+            );
             resume.reattached |= live;
             resume.previous.insert(
                 track,

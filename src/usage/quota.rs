@@ -152,8 +152,12 @@ pub async fn month_to_date(
             .sum::<f64>()
     };
     for row in rows {
-        let (vendor, unit_name, day, quantity): (String, String, NaiveDate, f64) =
-            (row.get("vendor"), row.get("unit"), row.get("day"), row.get("quantity"));
+        let (vendor, unit_name, day, quantity): (String, String, NaiveDate, f64) = (
+            row.get("vendor"),
+            row.get("unit"),
+            row.get("day"),
+            row.get("quantity"),
+        );
         if vendor == unit::TELNYX && unit_name == unit::CALL_SECONDS {
             total.minutes += quantity / 60.0;
         }
