@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::GenericClient;
+use crate::ids::{CallId, OrgId};
 use crate::recordings::keys;
 use crate::recordings::store;
 use crate::state::AppState;
@@ -214,7 +215,7 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
         }
         let mut purged = Vec::new();
         for row in &expired {
-            let (id, organisation_id): (Uuid, Uuid) = (row.get("id"), row.get("organisation_id"));
+            let (id, organisation_id): (Uuid, OrgId) = (row.get("id"), row.get("organisation_id"));
             let mut objects: Vec<String> = row.get("object_keys");
             objects.extend(row.get::<_, Vec<String>>("staging_keys"));
             let mut all_deleted = true;
@@ -301,7 +302,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
         .await?;
     for row in &pending {
         let (recording_id, version): (Uuid, i32) = (row.get("recording_id"), row.get("version"));
-        let organisation_id: Uuid = row.get("organisation_id");
+        let organisation_id: OrgId = row.get("organisation_id");
         let mut ok = true;
         for key in [
             Some(row.get::<_, String>("object_key")),
@@ -383,7 +384,7 @@ pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
         .await?;
     let mut failed = 0;
     for row in &rows {
-        let id: Uuid = row.get("id");
+        let id: CallId = row.get("id");
         if crate::calls::fail(&transaction, id, &reason, None).await? {
             failed += 1;
             tracing::warn!(call_id = %id, "stale call failed by the cron");

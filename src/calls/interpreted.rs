@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 
 use crate::db::GenericClient;
+use crate::ids::OrgId;
 use chrono::Utc;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::dial::{DialError, NOT_OUR_NUMBER, now_unix};
 use super::legs::{self, Leg, NewLeg, Role};
@@ -29,7 +29,7 @@ pub struct Party {
 
 #[derive(Debug, Clone)]
 pub struct Dial {
-    pub organisation_id: Uuid,
+    pub organisation_id: OrgId,
     pub created_by: Option<String>,
     pub from: String,
     pub agent: Party,

@@ -14,6 +14,7 @@ use crate::auth::{CredentialSource, CurrentUser, csrf, membership_in, recheck};
 use crate::calls;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
+use crate::ids::CallId;
 use crate::media::browser;
 use crate::providers::assemblyai::{AudioEncoding, StreamParams};
 use crate::state::AppState;
@@ -163,7 +164,7 @@ pub async fn transcribe(
     let assemblyai = state.assemblyai()?.clone();
     let params = params(&state, &format)?;
     let mut organisation_id = None;
-    if let Some(call_id) = format.call_id {
+    if let Some(call_id) = format.call_id.map(CallId::from) {
         let client = state.db.client().await?;
         let call = calls::get_unscoped(&client, call_id)
             .await?
@@ -189,7 +190,15 @@ pub async fn transcribe(
             organisation_id,
         );
         tracker.track_future(async move {
-            browser::run(state, assemblyai, params, format.call_id, socket, revoked).await;
+            browser::run(
+                state,
+                assemblyai,
+                params,
+                format.call_id.map(CallId::from),
+                socket,
+                revoked,
+            )
+            .await;
             drop(slot);
         })
     }))

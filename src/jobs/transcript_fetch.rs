@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::db::GenericClient;
 use crate::events;
+use crate::ids::CallId;
 use crate::inbox::{AssemblyAiEventJob, EventRef};
 use crate::providers::assemblyai_async::{self, AsyncClient, SubmitRequest};
 use crate::queue::{Job, JobKind, Permanent};
@@ -157,7 +158,7 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         // The webhook can overtake our own insert after submitting: retried with backoff.
         anyhow::bail!("no submitted transcript {transcript_id} yet");
     };
-    let (recording_id, version, call_id): (Uuid, i32, Option<Uuid>) = (
+    let (recording_id, version, call_id): (Uuid, i32, Option<CallId>) = (
         row.get("recording_id"),
         row.get("version"),
         row.get("call_id"),

@@ -7,11 +7,11 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
-use uuid::Uuid;
 
 use super::shaping::ByteBatcher;
 use super::transcripts::{self, FinalTurn};
 use crate::auth::recheck::Revoked;
+use crate::ids::CallId;
 use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
 use crate::state::AppState;
 
@@ -28,7 +28,7 @@ pub async fn run(
     state: AppState,
     client: AssemblyAiClient,
     params: StreamParams,
-    call_id: Option<Uuid>,
+    call_id: Option<CallId>,
     socket: WebSocket,
     mut revoked: oneshot::Receiver<Revoked>,
 ) {

@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::heartbeats::wall_clock;
+use crate::ids::CallId;
 
 /// What a new stream of a call continues from.
 #[derive(Debug, Default)]
@@ -46,7 +46,7 @@ pub struct Origin {
 
 impl Resume {
     /// What the stream of `call_id`'s `leg` (`call`, or a leg's role) continues from.
-    pub async fn load(db: &Db, call_id: Uuid, leg: &str) -> Result<Self, DbError> {
+    pub async fn load(db: &Db, call_id: CallId, leg: &str) -> Result<Self, DbError> {
         let client = db.client().await?;
         let mut resume = Resume::default();
         for row in client
@@ -224,7 +224,7 @@ impl TrackClock {
 /// A position never moves back: a late write from an older heartbeat is ignored.
 pub async fn save_positions(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     positions: &[(&str, u64, Instant)],
 ) -> Result<(), DbError> {
     if positions.is_empty() {

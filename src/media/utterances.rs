@@ -5,9 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::db::{DbError, GenericClient};
+use crate::ids::CallId;
 
 /// One final turn translated and spoken to the other party.
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,7 +85,7 @@ pub const STAGES: [&str; 5] = [
 
 pub async fn for_call(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<Vec<Utterance>, DbError> {
     let sql = format!(
         "select seq, source_track, source_turn_index, original_text, translated_text, source_language,
@@ -146,7 +146,7 @@ pub struct ConversationTurn {
 /// The call's turns of both parties in time order, each with its interpretation.
 pub async fn conversation(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<Vec<ConversationTurn>, DbError> {
     let mut spoken: std::collections::HashMap<(String, i32), Utterance> = for_call(client, call_id)
         .await?
@@ -217,7 +217,7 @@ pub struct TranslationSummary {
 
 pub async fn summary(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<TranslationSummary, DbError> {
     let mut summary = TranslationSummary::default();
     for row in client

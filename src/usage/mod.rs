@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::config::usage::PriceTable;
 use crate::db::{DbError, GenericClient};
+use crate::ids::{CallId, LegId, OrgId};
 
 /// Vendors and the units they bill (the ledger's `vendor`/`unit`; docs/USAGE.md).
 pub mod unit {
@@ -51,17 +52,17 @@ pub mod unit {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Owner {
     Call {
-        call_id: Uuid,
-        leg_id: Option<Uuid>,
+        call_id: CallId,
+        leg_id: Option<LegId>,
     },
     Organisation {
-        organisation_id: Uuid,
+        organisation_id: OrgId,
         user_id: Option<String>,
     },
     /// An organisation's object (a recording) that may belong to a call.
     Object {
-        organisation_id: Uuid,
-        call_id: Option<Uuid>,
+        organisation_id: OrgId,
+        call_id: Option<CallId>,
     },
 }
 
@@ -80,7 +81,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn for_call(
-        call_id: Uuid,
+        call_id: CallId,
         vendor: &'static str,
         unit: &'static str,
         quantity: f64,
@@ -281,8 +282,8 @@ fn priced(
 pub async fn for_call(
     client: &impl GenericClient,
     prices: &PriceTable,
-    organisation_id: Uuid,
-    call_id: Uuid,
+    organisation_id: OrgId,
+    call_id: CallId,
 ) -> Result<CallUsage, DbError> {
     let rows = client
         .query(
@@ -367,7 +368,7 @@ pub struct ReportLine {
 pub async fn report(
     client: &impl GenericClient,
     prices: &PriceTable,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     group_by: GroupBy,
@@ -444,7 +445,10 @@ pub fn to_csv(lines: &[ReportLine]) -> String {
 /// Telephony seconds of `call_id`'s legs that have been answered and have ended (answer →
 /// hang-up, from the webhooks), each written once per leg. Called with every lifecycle
 /// event's transaction; a leg still live writes nothing yet.
-pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Result<u64, DbError> {
+pub async fn record_telephony(
+    client: &impl GenericClient,
+    call_id: CallId,
+) -> Result<u64, DbError> {
     let rows = client
         .query(
             "select l.id as leg_id, l.role, c.direction,
@@ -462,7 +466,7 @@ pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Res
     let entries: Vec<Entry> = rows
         .iter()
         .map(|row| {
-            let leg_id: Uuid = row.get("leg_id");
+            let leg_id: LegId = row.get("leg_id");
             let role: String = row.get("role");
             let direction: String = row.get("direction");
             Entry {
@@ -523,7 +527,7 @@ pub fn translation_entries(
 /// wait for the ledger). Each request is its own source event.
 pub fn record_translation_request(
     recorder: &Recorder,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     usage: &crate::translate::TranslationUsage,
     target_language: &str,
@@ -539,7 +543,7 @@ pub fn record_translation_request(
 
 /// A presigned GET issued for a recording version (R2 bills the read it allows).
 pub fn download_entry(
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     recording_id: Uuid,
     version: i32,

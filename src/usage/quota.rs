@@ -10,12 +10,12 @@
 
 use chrono::{NaiveDate, Utc};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::unit;
 use crate::config::usage::UsageConfig;
 use crate::db::{DbError, GenericClient};
 use crate::events;
+use crate::ids::{CallId, OrgId};
 
 /// What the parties hear when a call is ended at a quota (Telnyx text-to-speech).
 pub const ANNOUNCEMENT: &str =
@@ -69,7 +69,7 @@ impl Quotas {
 pub async fn quotas(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Quotas, DbError> {
     let row = client
         .query_opt(
@@ -128,7 +128,7 @@ pub struct MonthToDate {
 pub async fn month_to_date(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<MonthToDate, DbError> {
     let rows = client
         .query(
@@ -221,7 +221,7 @@ impl std::fmt::Display for Exceeded {
 pub async fn check_dial(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Result<(), Exceeded>, DbError> {
     let quotas = quotas(client, config, organisation_id).await?;
     if let Some(limit) = quotas.concurrent_calls {
@@ -275,10 +275,10 @@ pub struct Enforced {
     pub warned: usize,
     pub reached: usize,
     /// Calls whose parties must now hear [`ANNOUNCEMENT`] (`at_limit = end`, just reached).
-    pub announce: Vec<(Uuid, Quota)>,
+    pub announce: Vec<(CallId, Quota)>,
     /// Calls whose announcement had its [`ANNOUNCEMENT_SECS`]: hang them up, then
     /// [`hung_up`].
-    pub hang_up: Vec<(Uuid, Quota)>,
+    pub hang_up: Vec<(CallId, Quota)>,
 }
 
 /// Checks the monthly quotas of every organisation with answered calls: writes the 80 % and
@@ -289,7 +289,7 @@ pub async fn enforce(
     config: &UsageConfig,
 ) -> Result<Enforced, DbError> {
     let mut done = Enforced::default();
-    let organisations: Vec<Uuid> = client
+    let organisations: Vec<OrgId> = client
         .query(
             "select distinct organisation_id from calls where status = 'answered'",
             &[],
@@ -319,7 +319,7 @@ pub async fn enforce(
         if levels.is_empty() {
             continue;
         }
-        let calls: Vec<Uuid> = client
+        let calls: Vec<CallId> = client
             .query(
                 "select id from calls where organisation_id = $1 and status = 'answered'",
                 &[&organisation_id],
@@ -381,7 +381,7 @@ pub async fn enforce(
 /// was not hung up for it yet.
 async fn hang_up_due(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     quota: Quota,
 ) -> Result<bool, DbError> {
     Ok(client
@@ -399,7 +399,7 @@ async fn hang_up_due(
 /// failed hang-up is retried by the next pass); the `usage.quota_ended` event once.
 pub async fn hung_up(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     quota: Quota,
 ) -> Result<bool, DbError> {
     let first = client

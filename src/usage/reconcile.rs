@@ -5,6 +5,7 @@
 //! `usage_drift`, a WARN log line and `usage_drift_total` for operators (docs/USAGE.md).
 
 use crate::db::{DbError, GenericClient};
+use crate::ids::CallId;
 
 /// Sessions looked at per run: those recorded in this window (older ones were looked at).
 const WINDOW_HOURS: i32 = 48;
@@ -32,7 +33,7 @@ pub async fn run(client: &impl GenericClient, threshold_secs: f64) -> Result<u64
         .await?;
     for row in &found {
         let session_id: String = row.get("session_id");
-        let call_id: Option<uuid::Uuid> = row.get("call_id");
+        let call_id: Option<CallId> = row.get("call_id");
         let measured: f64 = row.get("measured");
         let reported: Option<f64> = row.get("reported");
         tracing::warn!(

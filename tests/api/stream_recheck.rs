@@ -87,7 +87,7 @@ async fn a_removed_member_stops_receiving_the_organisations_events() {
     // A call event written after the removal is never delivered to Bob.
     callbridge::events::append(
         &app.state.db.client().await.unwrap(),
-        call,
+        call.into(),
         "call.ended",
         serde_json::json!({"status": "ended"}),
         chrono::Utc::now(),
@@ -107,7 +107,7 @@ async fn a_valid_session_keeps_its_stream() {
     assert!(stream.next(Duration::from_millis(3500)).await.is_none());
     callbridge::events::append(
         &app.state.db.client().await.unwrap(),
-        call,
+        call.into(),
         "call.ended",
         serde_json::json!({"status": "ended"}),
         chrono::Utc::now(),
