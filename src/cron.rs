@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::GenericClient;
+use crate::ids::{CallId, OrgId};
 use crate::recordings::keys;
 use crate::recordings::store;
 use crate::state::AppState;
@@ -133,10 +134,9 @@ pub async fn tick_for(
     }
     if ours("usage.metering") {
         let client = state.db.client().await?;
-        report.storage_days_recorded = crate::usage::record_storage_days(client.tokio()).await?;
+        report.storage_days_recorded = crate::usage::record_storage_days(&client).await?;
         report.usage_drift_found =
-            crate::usage::reconcile::run(client.tokio(), state.config.usage.reconcile_drift_secs)
-                .await?;
+            crate::usage::reconcile::run(&client, state.config.usage.reconcile_drift_secs).await?;
     }
     for (kind, count) in &report.dead_jobs {
         metrics::gauge!("jobs_dead", "kind" => kind.clone()).set(*count as f64);
@@ -161,7 +161,7 @@ pub struct QuotasEnforced {
 pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> {
     use crate::usage::quota;
     let client = state.db.client().await?;
-    let found = quota::enforce(client.tokio(), &state.config.usage).await?;
+    let found = quota::enforce(&client, &state.config.usage).await?;
     let mut done = QuotasEnforced {
         warned: found.warned,
         reached: found.reached,
@@ -187,7 +187,7 @@ pub async fn enforce_quotas(state: &AppState) -> anyhow::Result<QuotasEnforced> 
         for (ccid, key) in crate::calls::legs::live_control_ids(&client, *call_id).await? {
             telnyx.hangup(&ccid, &format!("quota-end:{key}")).await?;
         }
-        if quota::hung_up(client.tokio(), *call_id, *which).await? {
+        if quota::hung_up(&client, *call_id, *which).await? {
             done.ended += 1;
         }
     }
@@ -220,7 +220,7 @@ pub async fn purge_expired_recordings(state: &AppState, report: &mut Report) -> 
         }
         let mut purged = Vec::new();
         for row in &expired {
-            let (id, organisation_id): (Uuid, Uuid) = (row.get("id"), row.get("organisation_id"));
+            let (id, organisation_id): (Uuid, OrgId) = (row.get("id"), row.get("organisation_id"));
             let mut objects: Vec<String> = row.get("object_keys");
             objects.extend(row.get::<_, Vec<String>>("staging_keys"));
             let mut all_deleted = true;
@@ -307,7 +307,7 @@ pub async fn sweep_uploads(state: &AppState, report: &mut Report) -> anyhow::Res
         .await?;
     for row in &pending {
         let (recording_id, version): (Uuid, i32) = (row.get("recording_id"), row.get("version"));
-        let organisation_id: Uuid = row.get("organisation_id");
+        let organisation_id: OrgId = row.get("organisation_id");
         let mut ok = true;
         for key in [
             Some(row.get::<_, String>("object_key")),
@@ -389,7 +389,7 @@ pub async fn sweep_stale_calls(state: &AppState) -> anyhow::Result<usize> {
         .await?;
     let mut failed = 0;
     for row in &rows {
-        let id: Uuid = row.get("id");
+        let id: CallId = row.get("id");
         if crate::calls::fail(&transaction, id, &reason, None).await? {
             failed += 1;
             tracing::warn!(call_id = %id, "stale call failed by the cron");

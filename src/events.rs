@@ -7,12 +7,12 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::db::GenericClient;
+use crate::ids::CallId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::db::{Db, DbError, Listener, Notice};
 
@@ -33,12 +33,9 @@ pub struct CallEvent {
 }
 
 /// Appends an event in one statement (sequence, row and notification commit together).
-///
-/// Takes `tokio_postgres::GenericClient` until `usage` (which calls it with its own) takes
-/// `db::GenericClient`: pass `client.tokio()` (docs/adr/0039-one-way-structure.md).
 pub async fn append(
-    client: &impl tokio_postgres::GenericClient,
-    call_id: Uuid,
+    client: &impl GenericClient,
+    call_id: CallId,
     kind: &str,
     data: serde_json::Value,
     occurred_at: DateTime<Utc>,
@@ -60,7 +57,7 @@ pub async fn append(
 
 pub async fn after(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     seq: i64,
     limit: i64,
 ) -> Result<Vec<CallEvent>, DbError> {
@@ -92,7 +89,7 @@ pub enum FollowItem {
 
 struct Follow {
     db: Db,
-    call_id: Uuid,
+    call_id: CallId,
     prefix: String,
     partial_marker: String,
     last: i64,
@@ -108,7 +105,7 @@ struct Follow {
 pub fn follow(
     db: Db,
     listener: &Listener,
-    call_id: Uuid,
+    call_id: CallId,
     after_seq: i64,
     shutdown: CancellationToken,
 ) -> impl futures_util::Stream<Item = FollowItem> + Send + use<> {

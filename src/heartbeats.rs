@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::db::{Db, DbError};
+use crate::ids::CallId;
 
 /// How often pending beats are written. A beat waits at most this long, so a live stream's
 /// `heartbeat_at` is at most bridge interval + this old, well inside
@@ -42,7 +42,7 @@ struct Beat {
 
 /// Pending beats by (call, leg): a one-leg call's stream is leg `call`, an interpreted
 /// call's legs each have their own row.
-type Pending = Arc<Mutex<HashMap<(Uuid, &'static str), Beat>>>;
+type Pending = Arc<Mutex<HashMap<(CallId, &'static str), Beat>>>;
 
 #[derive(Clone)]
 pub struct Heartbeats {
@@ -73,7 +73,7 @@ impl Heartbeats {
     /// Records a beat of the stream of `call_id`'s `leg`, written with the next batch.
     pub fn beat(
         &self,
-        call_id: Uuid,
+        call_id: CallId,
         leg: &'static str,
         stream_id: Option<&str>,
         positions: &[(&'static str, u64, Instant)],
@@ -90,7 +90,7 @@ impl Heartbeats {
 
     /// Drops a pending beat of a stream that has ended, so it cannot mark the stream live
     /// again after its end was recorded.
-    pub fn forget(&self, call_id: Uuid, leg: &'static str) {
+    pub fn forget(&self, call_id: CallId, leg: &'static str) {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -102,7 +102,7 @@ impl Heartbeats {
 async fn write(
     db: &Db,
     replica: &str,
-    beats: HashMap<(Uuid, &'static str), Beat>,
+    beats: HashMap<(CallId, &'static str), Beat>,
 ) -> Result<(), DbError> {
     let mut calls = Vec::with_capacity(beats.len());
     let mut legs = Vec::with_capacity(beats.len());
@@ -161,7 +161,7 @@ const POSITIONS_SQL: &str = "insert into media_stream_positions (call_id, track,
 /// appears at most once.
 pub async fn save_positions_of(
     client: &impl crate::db::GenericClient,
-    calls: &[Uuid],
+    calls: &[CallId],
     tracks: &[&str],
     ends: &[i64],
     ended: &[DateTime<Utc>],

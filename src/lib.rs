@@ -12,6 +12,7 @@ pub mod db;
 pub mod events;
 pub mod heartbeats;
 pub mod http;
+pub mod ids;
 pub mod inbox;
 pub mod jobs;
 pub mod limits;

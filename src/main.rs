@@ -300,7 +300,7 @@ async fn quotas(config: &Config, command: QuotasCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             anyhow::ensure!(known.is_some(), "no organisation {organisation_id}");
-            quota::quotas(&client, &config.usage, organisation_id).await?
+            quota::quotas(&client, &config.usage, organisation_id.into()).await?
         }
         QuotasCommand::Set {
             monthly_minutes,
@@ -324,10 +324,10 @@ async fn quotas(config: &Config, command: QuotasCommand) -> anyhow::Result<()> {
                 monthly_spend_cap: monthly_spend_cap.unwrap_or(Setting::Keep),
                 end_at_limit,
             };
-            quota::set(&client, &config.usage, organisation_id, change).await?
+            quota::set(&client, &config.usage, organisation_id.into(), change).await?
         }
     };
-    let so_far = quota::month_to_date(&client, &config.usage, organisation_id).await?;
+    let so_far = quota::month_to_date(&client, &config.usage, organisation_id.into()).await?;
     let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
     println!("organisation       {organisation_id}");
     println!(

@@ -6,10 +6,10 @@
 pub mod invitations;
 
 use crate::db::GenericClient;
+use crate::ids::OrgId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::db::DbError;
 
@@ -54,7 +54,8 @@ crate::db::text_enum!(Role);
 /// One organisation as seen by one of its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Membership {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: OrgId,
     pub name: String,
     pub role: Role,
     /// The organisation made for this user when first seen.
@@ -84,7 +85,7 @@ pub async fn ensure_personal_organisation(
         .execute(
             "insert into organisations (id, name, personal_owner_id) values ($1, $2, $3)
              on conflict (personal_owner_id) do nothing",
-            &[&Uuid::now_v7(), &name, &user_id],
+            &[&OrgId::new(), &name, &user_id],
         )
         .await?;
     transaction
@@ -156,7 +157,7 @@ pub async fn create_organisation(
     name: &str,
 ) -> Result<Membership, DbError> {
     let transaction = client.transaction().await?;
-    let id = Uuid::now_v7();
+    let id = OrgId::new();
     transaction
         .execute(
             "insert into organisations (id, name) values ($1, $2)",
@@ -182,7 +183,7 @@ pub async fn create_organisation(
 pub async fn members(
     client: &impl GenericClient,
     auth_schema: &str,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Vec<Member>, DbError> {
     let sql = format!(
         "select m.user_id, u.name, u.email, m.role, m.created_at as joined_at
@@ -211,7 +212,7 @@ pub enum AddOutcome {
 
 pub async fn add_member(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     role: Role,
 ) -> Result<AddOutcome, DbError> {
@@ -239,7 +240,7 @@ pub enum RemoveOutcome {
 /// on the organisation's owners make two concurrent removals of the last two owners safe.
 pub async fn remove_member(
     client: &mut impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
 ) -> Result<RemoveOutcome, DbError> {
     let transaction = client.transaction().await?;
@@ -271,7 +272,7 @@ pub async fn remove_member(
 
 pub async fn role_of(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
 ) -> Result<Option<Role>, DbError> {
     Ok(client
@@ -288,7 +289,7 @@ pub async fn active_organisation_of(
     db: &crate::db::Db,
     client: &crate::db::Client,
     user_id: &str,
-) -> Result<Option<Uuid>, DbError> {
+) -> Result<Option<OrgId>, DbError> {
     let rows = db
         .query(
             client,
@@ -307,7 +308,7 @@ pub async fn active_organisation_of(
 pub async fn set_active_organisation(
     client: &impl GenericClient,
     user_id: &str,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<bool, DbError> {
     let stored = client
         .execute(

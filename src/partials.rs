@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::events::PARTIALS_CHANNEL;
+use crate::ids::CallId;
 
 /// NOTIFY payloads must stay under 8000 bytes (text is at most 4 bytes a character).
 const MAX_PARTIAL_TEXT: usize = 6000;
@@ -27,7 +27,7 @@ struct Partial {
 }
 
 /// The newest unpublished partial per (call, track label).
-type Pending = Arc<Mutex<HashMap<(Uuid, &'static str), Partial>>>;
+type Pending = Arc<Mutex<HashMap<(CallId, &'static str), Partial>>>;
 
 #[derive(Clone)]
 pub struct Partials {
@@ -65,7 +65,7 @@ impl Partials {
 
     /// Queues `text` as the newest partial of `call_id`'s `track`; published with the next
     /// batch (at once when none is in flight).
-    pub fn publish(&self, call_id: Uuid, track: &'static str, turn_order: u64, text: &str) {
+    pub fn publish(&self, call_id: CallId, track: &'static str, turn_order: u64, text: &str) {
         let text: String = text.chars().take(MAX_PARTIAL_TEXT / 4).collect();
         self.pending
             .lock()
@@ -76,7 +76,7 @@ impl Partials {
 }
 
 /// Every pending partial in one statement: one `pg_notify` per partial.
-async fn publish(db: &Db, batch: HashMap<(Uuid, &'static str), Partial>) -> Result<(), DbError> {
+async fn publish(db: &Db, batch: HashMap<(CallId, &'static str), Partial>) -> Result<(), DbError> {
     let payloads: Vec<String> = batch
         .into_iter()
         .map(|((call_id, track), partial)| {

@@ -3,6 +3,7 @@
 //! post-call agree (`GET /api/calls/{id}/transcript`). Reads only; scoped by organisation.
 
 use crate::db::GenericClient;
+use crate::ids::{CallId, OrgId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -49,7 +50,8 @@ pub struct LiveTurn {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallTranscript {
-    pub call_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub call_id: CallId,
     /// Both parties' turns in time order, each with its translation, playout outcome and
     /// stage latencies: what the frontend shows as the conversation.
     pub conversation: Vec<ConversationTurn>,
@@ -124,8 +126,8 @@ pub struct CallRecording {
 /// post-call status and agreement; `None` when the organisation has no such call.
 pub async fn recordings_of_call(
     client: &impl GenericClient,
-    organisation_id: Uuid,
-    id: Uuid,
+    organisation_id: OrgId,
+    id: CallId,
 ) -> Result<Option<Vec<CallRecording>>, DbError> {
     if crate::calls::get(client, organisation_id, id)
         .await?
@@ -163,7 +165,7 @@ pub async fn recordings_of_call(
     Ok(Some(out))
 }
 
-async fn live_turns(client: &impl GenericClient, id: Uuid) -> Result<Vec<LiveTurn>, DbError> {
+async fn live_turns(client: &impl GenericClient, id: CallId) -> Result<Vec<LiveTurn>, DbError> {
     Ok(client
         .query(
             "select track, turn_index, text, words, start_ms, end_ms from transcript_turns
@@ -187,8 +189,8 @@ async fn live_turns(client: &impl GenericClient, id: Uuid) -> Result<Vec<LiveTur
 /// call.
 pub async fn for_call(
     client: &impl GenericClient,
-    organisation_id: Uuid,
-    id: Uuid,
+    organisation_id: OrgId,
+    id: CallId,
 ) -> Result<Option<CallTranscript>, DbError> {
     if crate::calls::get(client, organisation_id, id)
         .await?
@@ -238,8 +240,8 @@ pub async fn for_call(
         .as_ref()
         .filter(|p| p.status == "completed")
         .and_then(|post| agreement_with(&live, &post.words, leg.as_deref()));
-    let utterances = utterances::for_call(client.tokio(), id).await?;
-    let conversation = utterances::conversation(client.tokio(), id).await?;
+    let utterances = utterances::for_call(client, id).await?;
+    let conversation = utterances::conversation(client, id).await?;
     Ok(Some(CallTranscript {
         call_id: id,
         conversation,

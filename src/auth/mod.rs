@@ -18,9 +18,9 @@ use std::sync::Arc;
 use axum::http::HeaderName;
 use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::config::Secret;
+use crate::ids::OrgId;
 use crate::orgs::Role;
 pub use sessions::{Principal, SessionResolver, StoredForm};
 
@@ -62,7 +62,7 @@ pub struct MaybeUser(pub Option<CurrentUser>);
 #[derive(Debug, Clone)]
 pub struct OrgContext {
     pub user: CurrentUser,
-    pub organisation_id: Uuid,
+    pub organisation_id: OrgId,
     pub role: Role,
 }
 
@@ -84,7 +84,7 @@ pub struct RoleTooLow(pub Role);
 
 /// The caller's role in `organisation_id`; `None` when not a member (answered 404:
 /// existence is not revealed).
-pub fn membership_in(user: &CurrentUser, organisation_id: Uuid) -> Option<Role> {
+pub fn membership_in(user: &CurrentUser, organisation_id: OrgId) -> Option<Role> {
     user.principal
         .memberships
         .iter()

@@ -13,9 +13,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::{CurrentUser, SessionResolver};
+
+use crate::ids::OrgId;
 
 /// Why a stream's authorisation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -65,7 +66,7 @@ pub fn watch(
     sessions: &Arc<SessionResolver>,
     interval: Duration,
     user: &CurrentUser,
-    organisation_id: Option<Uuid>,
+    organisation_id: Option<OrgId>,
 ) -> oneshot::Receiver<Revoked> {
     let (tx, rx) = oneshot::channel();
     let token = user.token.clone();
@@ -96,7 +97,7 @@ pub fn watch(
 async fn check(
     sessions: &SessionResolver,
     token: &str,
-    organisation_id: Option<Uuid>,
+    organisation_id: Option<OrgId>,
 ) -> Result<Option<Revoked>, crate::db::DbError> {
     let Some(principal) = sessions.revalidate(token).await? else {
         return Ok(Some(Revoked::SessionEnded));

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use super::cache::{TokenDigest, TtlCache};
 use crate::config::{AuthConfig, TokenStorage};
 use crate::db::{Db, DbError};
+use crate::ids::OrgId;
 use crate::orgs::{self, Membership};
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -40,7 +41,7 @@ pub struct Principal {
     pub memberships: Vec<Membership>,
     /// The stored active organisation (`PUT /api/me/active-organisation`), when it is still
     /// one of `memberships`.
-    pub active_organisation_id: Option<uuid::Uuid>,
+    pub active_organisation_id: Option<OrgId>,
     /// Which stored form matched: what the debug endpoint and the migration metrics report.
     pub stored_form: StoredForm,
 }
@@ -69,7 +70,7 @@ pub trait Rider {
 
 /// What a [`Rider`] answered, and for which organisation.
 pub struct Ridden<T> {
-    pub organisation_id: uuid::Uuid,
+    pub organisation_id: OrgId,
     pub output: T,
 }
 
@@ -112,7 +113,7 @@ pub struct SessionResolver {
 impl Principal {
     /// Where a request that names no organisation acts: the stored active organisation,
     /// else the first membership (the personal one).
-    pub fn default_organisation(&self) -> Option<uuid::Uuid> {
+    pub fn default_organisation(&self) -> Option<OrgId> {
         self.active_organisation_id
             .or_else(|| self.memberships.first().map(|m| m.id))
     }
@@ -247,6 +248,10 @@ impl SessionResolver {
     /// The principal in the first 12 columns of `row`, and whether it is as the row says
     /// (`false` when the user's personal organisation had to be made first, so the
     /// memberships were read again).
+    ///
+    /// Read by position on purpose: it runs on every session cache miss, a name lookup
+    /// scans the row's columns on each read, and in the rider's statement the rider's own
+    /// columns (`r.*`) follow ours and may share their names.
     async fn principal_from(
         &self,
         client: &mut crate::db::Client,
@@ -264,8 +269,8 @@ impl SessionResolver {
             StoredForm::Hashed
         };
         let owns_personal: bool = row.get(6);
-        let mut active_organisation_id: Option<uuid::Uuid> = row.get(7);
-        let (ids, names, roles, personal): (Vec<uuid::Uuid>, Vec<String>, Vec<String>, Vec<bool>) =
+        let mut active_organisation_id: Option<OrgId> = row.get(7);
+        let (ids, names, roles, personal): (Vec<OrgId>, Vec<String>, Vec<String>, Vec<bool>) =
             (row.get(8), row.get(9), row.get(10), row.get(11));
         let mut memberships: Vec<Membership> = ids
             .into_iter()
@@ -291,7 +296,7 @@ impl SessionResolver {
                 .clone()
                 .or_else(|| user.email.clone())
                 .unwrap_or_else(|| "Personal".into());
-            orgs::ensure_personal_organisation(&mut ***client, &user.id, &display).await?;
+            orgs::ensure_personal_organisation(client, &user.id, &display).await?;
             memberships = orgs::memberships_of(&self.db, client, &user.id).await?;
             active_organisation_id =
                 orgs::active_organisation_of(&self.db, client, &user.id).await?;
@@ -330,7 +335,7 @@ impl SessionResolver {
     pub async fn resolve_riding<R: Rider>(
         &self,
         token: &str,
-        named: Option<uuid::Uuid>,
+        named: Option<OrgId>,
         rider: &R,
     ) -> Result<Option<(Resolved, Option<Ridden<R::Output>>)>, DbError> {
         let digest: TokenDigest = Sha256::digest(token.as_bytes()).into();
@@ -357,7 +362,7 @@ impl SessionResolver {
             return Ok(None);
         };
         let (principal, as_read) = self.principal_from(&mut client, first).await?;
-        let organisation_id: Option<uuid::Uuid> = first.get(RIDER_ORGANISATION_COLUMN);
+        let organisation_id: Option<OrgId> = first.get(RIDER_ORGANISATION_COLUMN);
         let ridden = match organisation_id {
             Some(organisation_id) if as_read => {
                 // A rider that returned nothing still leaves the one row of the left join.

@@ -7,12 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{Call, CallStatus, NewCall, guard, interpreted, stream_token};
 use crate::db::DbError;
-use crate::db::GenericClient;
 use crate::events;
+use crate::ids::{CallId, OrgId};
 use crate::providers::telnyx::{self, DialRequest, StreamSettings, TelnyxError};
 use crate::state::AppState;
 
@@ -28,7 +27,7 @@ pub enum Request {
 /// A one-leg translated call: `to` is rung with one stream carrying both tracks.
 #[derive(Debug, Clone)]
 pub struct OneLeg {
-    pub organisation_id: Uuid,
+    pub organisation_id: OrgId,
     pub created_by: String,
     pub from: String,
     pub to: String,
@@ -162,7 +161,7 @@ async fn one_leg(state: &AppState, dial: &OneLeg) -> Result<Call, DialError> {
             )
             .await?;
             events::append(
-                client.tokio(),
+                &client,
                 call.id,
                 "call.dialing",
                 json!({"status": "dialing"}),
@@ -199,8 +198,8 @@ pub enum HangUpError {
 /// ids, and records who asked. Returns the call as it was; an ended call is returned as is.
 pub async fn hang_up(
     state: &AppState,
-    organisation_id: Uuid,
-    id: Uuid,
+    organisation_id: OrgId,
+    id: CallId,
     by: &str,
 ) -> Result<Call, HangUpError> {
     let client = state.db.client().await?;
@@ -238,7 +237,7 @@ pub async fn hang_up(
             .await?;
     }
     events::append(
-        client.tokio(),
+        &client,
         id,
         "call.hangup_requested",
         json!({"by": by}),

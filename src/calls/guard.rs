@@ -13,10 +13,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::db::GenericClient;
+use crate::ids::{CallId, OrgId};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Transaction;
-use uuid::Uuid;
 
 use super::destinations::{self, BlockedKind};
 use crate::config::TelephonyConfig;
@@ -30,7 +30,7 @@ use crate::usage::quota::{self, Exceeded, Quota};
 /// (`jobs::call_max_duration`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaxDurationJob {
-    pub call_id: Uuid,
+    pub call_id: CallId,
     #[serde(default)]
     pub step: MaxDurationStep,
     /// The limit, for the call event.
@@ -215,7 +215,7 @@ pub fn check_prefix(number: &str) -> Result<(), Refusal> {
 pub async fn allowed_countries(
     client: &impl GenericClient,
     limits: &TelephonyConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Vec<String>, DbError> {
     let own: Option<Vec<String>> = client
         .query_opt(
@@ -247,7 +247,7 @@ pub async fn allowed_countries(
 /// its numbers) and the least role that may dial.
 pub async fn policy(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Option<(Option<Vec<String>>, Role)>, DbError> {
     Ok(client
         .query_opt(
@@ -265,7 +265,7 @@ pub async fn policy(
 
 pub async fn set_policy(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     countries: Option<&[String]>,
     min_role: Role,
 ) -> Result<(), DbError> {
@@ -292,7 +292,7 @@ impl<'a> Permit<'a> {
 
     /// Schedules the admitted call's warning and hang-up at the maximum duration, then
     /// commits (the call row and its schedule become visible together).
-    pub async fn commit(self, call_id: Uuid) -> Result<(), DbError> {
+    pub async fn commit(self, call_id: CallId) -> Result<(), DbError> {
         schedule_max_duration(&self.transaction, call_id, self.max_duration).await?;
         self.transaction.commit().await?;
         Ok(())
@@ -303,7 +303,7 @@ impl<'a> Permit<'a> {
 /// hang-up of `call_id`, each once (dedupe keys).
 pub async fn schedule_max_duration(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     max_duration: Duration,
 ) -> Result<(), DbError> {
     let now = Utc::now();
@@ -333,7 +333,7 @@ pub async fn admit<'a>(
     client: &'a mut tokio_postgres::Client,
     limits: &TelephonyConfig,
     quotas: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     destinations: &[&str],
 ) -> Result<Permit<'a>, GuardError> {

@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 
 use crate::db::GenericClient;
+use crate::ids::OrgId;
 use chrono::Utc;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::dial::{DialError, NOT_OUR_NUMBER, now_unix};
 use super::legs::{self, Leg, NewLeg, Role};
@@ -29,7 +29,7 @@ pub struct Party {
 
 #[derive(Debug, Clone)]
 pub struct Dial {
-    pub organisation_id: Uuid,
+    pub organisation_id: OrgId,
     pub created_by: Option<String>,
     pub from: String,
     pub agent: Party,
@@ -110,7 +110,7 @@ pub async fn place(state: &AppState, dial: &Dial) -> Result<Call, DialError> {
         .await?;
     }
     events::append(
-        transaction.tokio(),
+        transaction,
         call.id,
         "call.created",
         json!({"direction": "outbound", "interpreted": true, "agent": dial.agent.number, "remote": dial.remote.number}),
@@ -187,7 +187,7 @@ pub async fn dial_leg(
     )
     .await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "call.dialing",
         json!({"status": "dialing", "leg": leg.role.as_str()}),
@@ -228,7 +228,7 @@ pub async fn follow_up(
                         let reason = format!("{who} could not be dialed: {error}");
                         legs::mark_failed(client, leg.id, &reason).await?;
                         events::append(
-                            client.tokio(),
+                            client,
                             call.id,
                             "call.leg_failed",
                             json!({"leg": leg.role.as_str(), "failure_reason": reason}),
@@ -255,7 +255,7 @@ pub async fn follow_up(
                 }
                 telnyx.hangup(ccid, &format!("hangup:{}", leg.id)).await?;
                 events::append(
-                    client.tokio(),
+                    client,
                     call.id,
                     "call.hangup_requested",
                     json!({"leg": leg.role.as_str(), "because": "the other party's leg ended"}),

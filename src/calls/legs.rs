@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use utoipa::ToSchema;
-use uuid::Uuid;
+
+use crate::ids::{CallId, LegId};
 
 use super::CallStatus;
 use crate::db::DbError;
@@ -59,7 +60,8 @@ crate::db::text_enum!(Role);
 /// One party's leg as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Leg {
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: LegId,
     pub role: Role,
     /// E.164 number of this party.
     pub number: String,
@@ -82,7 +84,7 @@ pub struct Leg {
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     #[serde(skip)]
-    pub call_id: Uuid,
+    pub call_id: CallId,
     #[serde(skip)]
     pub telnyx_call_control_id: Option<String>,
     #[serde(skip)]
@@ -123,7 +125,7 @@ fn leg_from_row(row: &Row) -> Leg {
 }
 
 pub struct NewLeg<'a> {
-    pub call_id: Uuid,
+    pub call_id: CallId,
     pub role: Role,
     pub number: &'a str,
     pub language: Option<&'a str>,
@@ -133,7 +135,7 @@ pub struct NewLeg<'a> {
 }
 
 /// Inserts a leg; a leg that already exists for this call and role is left as it is.
-pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uuid, DbError> {
+pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<LegId, DbError> {
     let row = client
         .query_one(
             "insert into call_legs (id, call_id, role, number, language, voice_id, status, telnyx_call_control_id)
@@ -141,7 +143,7 @@ pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uui
              on conflict (call_id, role) do update set role = excluded.role
              returning id",
             &[
-                &Uuid::now_v7(),
+                &LegId::new(),
                 &leg.call_id,
                 &leg.role,
                 &leg.number,
@@ -161,7 +163,7 @@ pub async fn insert(client: &impl GenericClient, leg: &NewLeg<'_>) -> Result<Uui
 /// (`<call>:<role>`), or a one-leg call's own id (`<call>`).
 pub async fn live_control_ids(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<Vec<(String, String)>, DbError> {
     let Some(call) = super::get_unscoped(client, call_id).await? else {
         return Ok(Vec::new());
@@ -187,7 +189,7 @@ pub async fn live_control_ids(
     })
 }
 
-pub async fn for_call(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Leg>, DbError> {
+pub async fn for_call(client: &impl GenericClient, call_id: CallId) -> Result<Vec<Leg>, DbError> {
     let sql = format!(
         "select {LEG_COLUMNS} from call_legs l where l.call_id = $1
          order by case l.role when 'agent' then 0 else 1 end"
@@ -200,7 +202,7 @@ pub async fn for_call(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<
         .collect())
 }
 
-pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<Leg>, DbError> {
+pub async fn get(client: &impl GenericClient, id: LegId) -> Result<Option<Leg>, DbError> {
     let sql = format!("select {LEG_COLUMNS} from call_legs l where l.id = $1");
     Ok(client
         .query_opt(&sql, &[&id])
@@ -211,7 +213,7 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<Leg>, D
 
 pub async fn by_role(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     role: Role,
 ) -> Result<Option<Leg>, DbError> {
     let sql = format!("select {LEG_COLUMNS} from call_legs l where l.call_id = $1 and l.role = $2");
@@ -237,7 +239,7 @@ pub async fn by_call_control_id(
 /// Telnyx accepted our dial of this leg: it is `dialing` under these ids.
 pub async fn dialed(
     client: &impl GenericClient,
-    id: Uuid,
+    id: LegId,
     telnyx_ids: (&str, Option<&str>, Option<&str>),
 ) -> Result<(), DbError> {
     client
@@ -259,7 +261,7 @@ pub async fn dialed(
 /// The leg could not be placed (Telnyx refused the dial) or was never dialed.
 pub async fn mark_failed(
     client: &impl GenericClient,
-    id: Uuid,
+    id: LegId,
     reason: &str,
 ) -> Result<(), DbError> {
     client
@@ -280,7 +282,7 @@ const CLAIM_LEASE_SECS: f64 = 30.0;
 /// Claims the right to dial this leg: true for exactly one of several jobs. Taken inside the
 /// `telnyx.event` job's transaction, it commits with the dial's record ([`dialed`]) or rolls
 /// back with the run when the dial could not be sent.
-pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+pub async fn claim_dial(client: &impl GenericClient, id: LegId) -> Result<bool, DbError> {
     Ok(client
         .execute(
             "update call_legs set dial_requested_at = now(), updated_at = now()
@@ -293,7 +295,7 @@ pub async fn claim_dial(client: &impl GenericClient, id: Uuid) -> Result<bool, D
 }
 
 /// Claims our hangup of this leg: true for exactly one job (see [`claim_dial`]).
-pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+pub async fn claim_hangup(client: &impl GenericClient, id: LegId) -> Result<bool, DbError> {
     Ok(client
         .execute(
             "update call_legs set hangup_requested_at = now()
@@ -310,15 +312,14 @@ pub async fn claim_hangup(client: &impl GenericClient, id: Uuid) -> Result<bool,
 /// ([`super::apply_event`]).
 pub async fn apply_event(
     client: &impl GenericClient,
-    id: Uuid,
+    id: LegId,
     event_type: &str,
     occurred_at: DateTime<Utc>,
     payload: &serde_json::Value,
 ) -> Result<(), DbError> {
     super::apply_lifecycle(
         client,
-        super::Lifecycle::Leg,
-        id,
+        super::Lifecycle::Leg(id),
         event_type,
         occurred_at,
         payload,
@@ -352,7 +353,7 @@ pub enum Next {
 /// - A leg that ends while the other is live makes us hang up the other (a line's caller
 ///   whose agent never answered hears an apology first); a first party who ends before the
 ///   second was dialed leaves the second leg `failed` ("not dialed").
-pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Next>, DbError> {
+pub async fn settle(client: &impl GenericClient, call_id: CallId) -> Result<Vec<Next>, DbError> {
     let legs = for_call(client, call_id).await?;
     let (Some(agent), Some(remote)) = (
         legs.iter().find(|l| l.role == Role::Agent),
@@ -505,7 +506,7 @@ pub async fn settle(client: &impl GenericClient, call_id: Uuid) -> Result<Vec<Ne
 
 async fn forward(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     status: CallStatus,
     at: Option<DateTime<Utc>>,
 ) -> Result<(), DbError> {

@@ -10,6 +10,7 @@
 //! `client_state`, and its `call.speak.ended` webhook starts the next.
 
 use crate::db::GenericClient;
+use crate::ids::{CallId, OrgId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -159,7 +160,7 @@ async fn check(
     state: &AppState,
     client: &impl GenericClient,
     limits: &TelephonyConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     settings: &LineSettings,
 ) -> Result<(), LineError> {
     let mut problems = Vec::new();
@@ -275,7 +276,7 @@ fn caller_languages(settings: &LineSettings) -> Vec<&String> {
 /// The greeting and apology in each caller language.
 async fn translate_prompts(
     state: &AppState,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     settings: &LineSettings,
 ) -> Result<Vec<Prompt>, LineError> {
     let (apology, apology_language) = match &settings.apology {
@@ -324,7 +325,7 @@ async fn translate_prompts(
 /// Makes `phone_number_id` a line with `settings` (or replaces its settings).
 pub async fn put(
     state: &AppState,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     phone_number_id: Uuid,
     settings: &LineSettings,
 ) -> Result<Line, LineError> {
@@ -387,7 +388,7 @@ pub async fn put(
 /// The line on this organisation's number, if the number is one.
 pub async fn get(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     phone_number_id: Uuid,
 ) -> Result<Option<Line>, DbError> {
     let sql = format!(
@@ -404,7 +405,7 @@ pub async fn get(
 /// The number stops being a line: its next caller gets a one-leg call again.
 pub async fn delete(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     phone_number_id: Uuid,
 ) -> Result<bool, DbError> {
     Ok(client
@@ -420,7 +421,7 @@ pub async fn delete(
 async fn by_number(
     client: &impl GenericClient,
     e164: &str,
-) -> Result<Option<(Line, Uuid)>, DbError> {
+) -> Result<Option<(Line, OrgId)>, DbError> {
     let sql = format!(
         "select {LINE_COLUMNS} from lines l join phone_numbers n on n.id = l.phone_number_id
          where n.e164 = $1 and n.organisation_id = l.organisation_id"
@@ -439,7 +440,7 @@ struct Script {
     prompts: Vec<Prompt>,
 }
 
-async fn script(client: &impl GenericClient, call_id: Uuid) -> Result<Option<Script>, DbError> {
+async fn script(client: &impl GenericClient, call_id: CallId) -> Result<Option<Script>, DbError> {
     Ok(client
         .query_opt("select line_script from calls where id = $1", &[&call_id])
         .await?
@@ -450,7 +451,7 @@ async fn script(client: &impl GenericClient, call_id: Uuid) -> Result<Option<Scr
 /// How long a line's agent is rung, for a call that came in on a line.
 pub async fn agent_timeout(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<Option<u32>, DbError> {
     Ok(script(client, call_id).await?.map(|s| s.agent_timeout_secs))
 }
@@ -543,7 +544,7 @@ pub async fn answer_inbound(
     .await?;
     legs::settle(client, call.id).await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "call.created",
         json!({"direction": "inbound", "interpreted": true, "line": line.number,
@@ -552,7 +553,7 @@ pub async fn answer_inbound(
     )
     .await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         &event.event_type,
         json!({"telnyx_event_id": event.id, "leg": "remote", "status": "initiated",
@@ -687,7 +688,7 @@ pub async fn greet(
     speak(state, call, caller, &script, first).await?;
     let languages: Vec<&str> = script.prompts.iter().map(|p| p.language.as_str()).collect();
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "line.greeting",
         json!({"leg": "remote", "languages": languages}),
@@ -759,7 +760,7 @@ pub async fn apologise(
     // A failure rolls the claim back with the job's transaction.
     spoken?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "line.agent_no_answer",
         json!({"leg": "remote", "agent_timeout_secs": script.agent_timeout_secs,
@@ -791,7 +792,7 @@ async fn hang_up_caller(
         .hangup(ccid, &format!("hangup:{}", caller.id))
         .await?;
     events::append(
-        client.tokio(),
+        client,
         call.id,
         "call.hangup_requested",
         json!({"leg": "remote", "because": "the agent did not answer"}),

@@ -22,6 +22,8 @@ use tokio_postgres::types::ToSql;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::ids::{CallId, OrgId};
+
 use crate::db::DbError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -68,8 +70,10 @@ crate::db::text_enum!(CallStatus);
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Call {
-    pub id: Uuid,
-    pub organisation_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: CallId,
+    #[schema(value_type = Uuid)]
+    pub organisation_id: OrgId,
     /// `outbound` or `inbound`.
     pub direction: String,
     pub from: String,
@@ -143,7 +147,7 @@ pub fn call_from_row_at(row: &Row, first: usize) -> Call {
 }
 
 pub struct NewCall<'a> {
-    pub organisation_id: Uuid,
+    pub organisation_id: OrgId,
     pub direction: &'a str,
     pub from: &'a str,
     pub to: &'a str,
@@ -176,7 +180,7 @@ pub async fn insert(
         .query_opt(
             &sql,
             &[
-                &Uuid::now_v7(),
+                &CallId::new(),
                 &call.organisation_id,
                 &call.direction,
                 &call.from,
@@ -222,8 +226,8 @@ pub async fn insert(
 /// A call of this organisation (another organisation's call is `None`, i.e. 404).
 pub async fn get(
     client: &impl GenericClient,
-    organisation_id: Uuid,
-    id: Uuid,
+    organisation_id: OrgId,
+    id: CallId,
 ) -> Result<Option<Call>, DbError> {
     let sql = format!("select {CALL_COLUMNS} from calls where id = $1 and organisation_id = $2");
     Ok(client
@@ -233,7 +237,10 @@ pub async fn get(
         .map(call_from_row))
 }
 
-pub async fn get_unscoped(client: &impl GenericClient, id: Uuid) -> Result<Option<Call>, DbError> {
+pub async fn get_unscoped(
+    client: &impl GenericClient,
+    id: CallId,
+) -> Result<Option<Call>, DbError> {
     let sql = format!("select {CALL_COLUMNS} from calls where id = $1");
     Ok(client
         .query_opt(&sql, &[&id])
@@ -325,7 +332,7 @@ impl ListPage {
         &self,
         db: &crate::db::Db,
         client: &crate::db::Client,
-        organisation_id: Uuid,
+        organisation_id: OrgId,
     ) -> Result<Vec<Call>, DbError> {
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(7);
         params.push(&organisation_id);
@@ -356,7 +363,7 @@ impl crate::auth::sessions::Rider for ListPage {
 pub async fn list(
     db: &crate::db::Db,
     client: &crate::db::Client,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     filter: &ListFilter,
 ) -> Result<Vec<Call>, DbError> {
     ListPage::new(filter).run(db, client, organisation_id).await
@@ -365,7 +372,7 @@ pub async fn list(
 /// Moves a call forward to `status` (never backward) and fills Telnyx ids it lacks.
 pub async fn advance(
     client: &impl GenericClient,
-    id: Uuid,
+    id: CallId,
     status: CallStatus,
     telnyx_ids: (Option<&str>, Option<&str>, Option<&str>),
 ) -> Result<(), DbError> {
@@ -386,7 +393,7 @@ pub async fn advance(
 
 /// A one-leg call's leg is a projection of the call: copy the call's state onto it.
 /// (An interpreted call is the other way round: [`legs::settle`] derives it from its legs.)
-async fn mirror_one_leg(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+async fn mirror_one_leg(client: &impl GenericClient, id: CallId) -> Result<(), DbError> {
     client
         .execute(
             "update call_legs l set status = c.status,
@@ -411,15 +418,14 @@ async fn mirror_one_leg(client: &impl GenericClient, id: Uuid) -> Result<(), DbE
 /// Applies one Telnyx lifecycle event. Order-independent by construction.
 pub async fn apply_event(
     client: &impl GenericClient,
-    id: Uuid,
+    id: CallId,
     event_type: &str,
     occurred_at: DateTime<Utc>,
     payload: &serde_json::Value,
 ) -> Result<(), DbError> {
     apply_lifecycle(
         client,
-        Lifecycle::Call,
-        id,
+        Lifecycle::Call(id),
         event_type,
         occurred_at,
         payload,
@@ -432,25 +438,31 @@ pub async fn apply_event(
 /// carry the same status, times, hang-up and stream columns.
 #[derive(Debug, Clone, Copy)]
 pub enum Lifecycle {
-    Call,
-    Leg,
+    Call(CallId),
+    Leg(crate::ids::LegId),
 }
 
 impl Lifecycle {
     fn table(self) -> &'static str {
         match self {
-            Lifecycle::Call => "calls",
-            Lifecycle::Leg => "call_legs",
+            Lifecycle::Call(_) => "calls",
+            Lifecycle::Leg(_) => "call_legs",
+        }
+    }
+
+    fn id(self) -> Uuid {
+        match self {
+            Lifecycle::Call(id) => id.uuid(),
+            Lifecycle::Leg(id) => id.uuid(),
         }
     }
 }
 
-/// Moves `id`'s row in `rows` forward by one Telnyx lifecycle event: status only up the
+/// Moves the row `rows` names forward by one Telnyx lifecycle event: status only up the
 /// rank, first times kept, stream state only by a newer event.
 pub async fn apply_lifecycle(
     client: &impl GenericClient,
     rows: Lifecycle,
-    id: Uuid,
     event_type: &str,
     occurred_at: DateTime<Utc>,
     payload: &serde_json::Value,
@@ -461,7 +473,7 @@ pub async fn apply_lifecycle(
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
-    let table = rows.table();
+    let (table, id) = (rows.table(), rows.id());
     match event_type {
         "call.initiated" => {
             client
@@ -534,7 +546,7 @@ pub async fn apply_lifecycle(
 /// false (and appends nothing) when the call had already ended or failed.
 pub async fn fail(
     client: &impl GenericClient,
-    id: Uuid,
+    id: CallId,
     reason: &str,
     leg: Option<legs::Role>,
 ) -> Result<bool, DbError> {
@@ -557,12 +569,15 @@ pub async fn fail(
         }
         None => serde_json::json!({"status": "failed", "failure_reason": reason}),
     };
-    crate::events::append(client.tokio(), id, "call.failed", data, Utc::now()).await?;
+    crate::events::append(client, id, "call.failed", data, Utc::now()).await?;
     Ok(true)
 }
 
 /// Records that our answer was accepted; returns false if it had already been recorded.
-pub async fn mark_answer_requested(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+pub async fn mark_answer_requested(
+    client: &impl GenericClient,
+    id: CallId,
+) -> Result<bool, DbError> {
     Ok(client
         .execute(
             "update calls set answer_requested_at = now() where id = $1 and answer_requested_at is null",
@@ -572,7 +587,7 @@ pub async fn mark_answer_requested(client: &impl GenericClient, id: Uuid) -> Res
         == 1)
 }
 
-pub async fn answer_requested(client: &impl GenericClient, id: Uuid) -> Result<bool, DbError> {
+pub async fn answer_requested(client: &impl GenericClient, id: CallId) -> Result<bool, DbError> {
     Ok(client
         .query_one(
             "select answer_requested_at is not null as requested from calls where id = $1",
@@ -618,7 +633,7 @@ pub struct NumberOrigin<'a> {
 /// `None` when the number is already owned (by anyone: numbers are globally unique).
 pub async fn add_number(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     e164: &str,
     label: Option<&str>,
     origin: NumberOrigin<'_>,
@@ -648,7 +663,7 @@ pub async fn add_number(
 
 pub async fn list_numbers(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Vec<PhoneNumber>, DbError> {
     let rows = client
         .query(
@@ -664,7 +679,7 @@ pub async fn list_numbers(
 
 pub async fn delete_number(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     id: Uuid,
 ) -> Result<bool, DbError> {
     Ok(client
@@ -680,7 +695,7 @@ pub async fn delete_number(
 pub async fn owner_of_number(
     client: &impl GenericClient,
     e164: &str,
-) -> Result<Option<Uuid>, DbError> {
+) -> Result<Option<OrgId>, DbError> {
     Ok(client
         .query_opt(
             "select organisation_id from phone_numbers where e164 = $1",
@@ -692,7 +707,7 @@ pub async fn owner_of_number(
 
 pub async fn org_owns_number(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     e164: &str,
 ) -> Result<bool, DbError> {
     Ok(owner_of_number(client, e164).await? == Some(organisation_id))

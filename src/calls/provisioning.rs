@@ -6,12 +6,12 @@
 
 use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::destinations;
 use super::{NumberOrigin, PhoneNumber};
 use crate::config::TelephonyConfig;
 use crate::db::{Db, DbError};
+use crate::ids::OrgId;
 use crate::providers::telnyx::{AccountNumber, NumberSearch, TelnyxClient, TelnyxError};
 
 /// What a search may ask for.
@@ -178,7 +178,7 @@ async fn for_sale(telnyx: &TelnyxClient, e164: &str) -> Result<bool, TelnyxError
     Ok(offers.iter().any(|n| n.phone_number == e164))
 }
 
-async fn count_numbers(client: &impl crate::db::GenericClient, org: Uuid) -> Result<i64, DbError> {
+async fn count_numbers(client: &impl crate::db::GenericClient, org: OrgId) -> Result<i64, DbError> {
     Ok(client
         .query_one(
             "select count(*) as numbers from phone_numbers where organisation_id = $1",
@@ -196,7 +196,7 @@ pub async fn claim(
     db: &Db,
     telnyx: &TelnyxClient,
     limits: &TelephonyConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     e164: &str,
     label: Option<&str>,
 ) -> Result<PhoneNumber, ClaimError> {
@@ -229,7 +229,7 @@ pub async fn claim(
             limit: limits.max_numbers_per_org,
         });
     }
-    let owner: Option<Uuid> = transaction
+    let owner: Option<OrgId> = transaction
         .query_opt(
             "select organisation_id from phone_numbers where e164 = $1",
             &[&e164],

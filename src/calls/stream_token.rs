@@ -23,7 +23,9 @@ fn tag(secret: &[u8], body: &[u8]) -> [u8; 16] {
     short
 }
 
-pub fn mint(secret: &[u8], call_id: Uuid, expires_unix: u64) -> String {
+/// A token for `call_id`, or a leg's id (a `CallId` or `LegId`: the token binds either).
+pub fn mint(secret: &[u8], call_id: impl Into<Uuid>, expires_unix: u64) -> String {
+    let call_id: Uuid = call_id.into();
     let mut body = Vec::with_capacity(24);
     body.extend_from_slice(call_id.as_bytes());
     body.extend_from_slice(&expires_unix.to_be_bytes());
@@ -69,7 +71,12 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Uuid, TokenEr
 
 /// The media stream URL for `call_id` (or a leg's id), with a fresh token
 /// (`crate::paths::media_stream_url`).
-pub fn stream_url(media_base: &url::Url, secret: &[u8], call_id: Uuid, now_unix: u64) -> String {
+pub fn stream_url(
+    media_base: &url::Url,
+    secret: &[u8],
+    call_id: impl Into<Uuid>,
+    now_unix: u64,
+) -> String {
     let token = mint(secret, call_id, now_unix + STREAM_TOKEN_TTL_SECS);
     crate::paths::media_stream_url(media_base, &token)
 }

@@ -3,7 +3,7 @@
 //! `&transaction` as it holds it (docs/adr/0039-one-way-structure.md).
 //!
 //! `tokio_postgres::GenericClient` is implemented for `tokio_postgres::Client` only, so a
-//! pooled `deadpool_postgres::Client` had to be dereferenced twice (`&**client`) at each call;
+//! pooled `deadpool_postgres::Client` had to be dereferenced twice at each call;
 //! `deadpool_postgres::GenericClient` covers the pooled client but not a plain
 //! `tokio_postgres::Transaction` or a direct connection. Both are sealed, so this is a small
 //! local trait of the methods the code uses, each delegating to tokio-postgres.
@@ -60,14 +60,6 @@ pub trait GenericClient: Sync + Send {
 
     /// A transaction (a savepoint when `self` is one already).
     fn transaction(&mut self) -> impl Future<Output = Result<Transaction<'_>, Error>> + Send;
-
-    /// The tokio-postgres handle underneath, for the functions that still take
-    /// `tokio_postgres::GenericClient`: `usage`, `media::utterances` and `events::append`
-    /// (which `usage` calls with its own). It goes when they take this trait (ADR 0039).
-    type Tokio: tokio_postgres::GenericClient + Sync + Send;
-
-    /// See [`GenericClient::Tokio`].
-    fn tokio(&self) -> &Self::Tokio;
 }
 
 /// Implements [`GenericClient`] for `$ty` by delegating to `$target` (which `$ty` is or
@@ -75,12 +67,6 @@ pub trait GenericClient: Sync + Send {
 macro_rules! delegate {
     ($([$($lt:lifetime)?] $ty:ty => $target:ty),+ $(,)?) => {$(
         impl$(<$lt>)? GenericClient for $ty {
-            type Tokio = $target;
-
-            fn tokio(&self) -> &Self::Tokio {
-                self
-            }
-
             fn execute<T>(
                 &self,
                 query: &T,

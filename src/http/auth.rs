@@ -4,7 +4,6 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use uuid::Uuid;
 
 use crate::auth::credential::{self, Credential};
 use crate::auth::sessions::{Resolved, Rider};
@@ -14,6 +13,7 @@ use crate::auth::{
 };
 use crate::config::Secret;
 use crate::http::error::ApiError;
+use crate::ids::OrgId;
 use crate::state::AppState;
 
 impl From<RoleTooLow> for ApiError {
@@ -108,8 +108,9 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
-fn parse_org_id(text: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text.trim())
+fn parse_org_id(text: &str, what: &str) -> Result<OrgId, ApiError> {
+    text.trim()
+        .parse::<OrgId>()
         .map_err(|_| ApiError::BadRequest(format!("{what} must be an organisation id (a UUID).")))
 }
 
@@ -138,7 +139,7 @@ async fn org_context(
     choose_organisation(user, from_header, from_query)
 }
 
-fn org_id_from_header(parts: &Parts) -> Result<Option<Uuid>, ApiError> {
+fn org_id_from_header(parts: &Parts) -> Result<Option<OrgId>, ApiError> {
     match parts.headers.get(&X_ORG_ID) {
         Some(value) => Ok(Some(parse_org_id(
             value.to_str().unwrap_or(""),
@@ -152,8 +153,8 @@ fn org_id_from_header(parts: &Parts) -> Result<Option<Uuid>, ApiError> {
 /// be a member (else 404).
 fn choose_organisation(
     user: CurrentUser,
-    from_header: Option<Uuid>,
-    from_query: Option<Uuid>,
+    from_header: Option<OrgId>,
+    from_query: Option<OrgId>,
 ) -> Result<OrgContext, ApiError> {
     let organisation_id = match (from_header, from_query) {
         (Some(header), Some(query)) if header != query => {
@@ -198,7 +199,7 @@ impl FromRequestParts<AppState> for BrowserOrgContext {
 /// same order as [`OrgContext`]'s.
 pub struct Caller {
     credential: Option<Credential>,
-    named: Result<Option<Uuid>, ApiError>,
+    named: Result<Option<OrgId>, ApiError>,
     csrf_refusal: Option<&'static str>,
     known: Option<CurrentUser>,
 }

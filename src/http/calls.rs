@@ -19,11 +19,11 @@ use crate::auth::{BrowserOrgContext, OrgContext, recheck};
 use crate::calls::dial::{self, DialError, HangUpError};
 use crate::calls::legs::{self, Leg};
 use crate::calls::{self, Call, CallStatus, ListFilter, interpreted};
-use crate::db::GenericClient;
 use crate::events::{self, CallEvent, FollowItem};
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
+use crate::ids::{CallId, OrgId};
 use crate::media::utterances::{self, TranslationSummary};
 use crate::state::AppState;
 use crate::usage::{self, CallUsage};
@@ -398,20 +398,18 @@ pub struct CallDetail {
     pub usage: CallUsage,
 }
 
-async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<CallDetail, ApiError> {
+async fn detail(
+    state: &AppState,
+    organisation_id: OrgId,
+    id: CallId,
+) -> Result<CallDetail, ApiError> {
     let client = state.db.client().await?;
     let call = calls::get(&client, organisation_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let legs = legs::for_call(&client, id).await?;
-    let translation = utterances::summary(client.tokio(), id).await?;
-    let usage = usage::for_call(
-        client.tokio(),
-        &state.config.usage.prices,
-        organisation_id,
-        id,
-    )
-    .await?;
+    let translation = utterances::summary(&client, id).await?;
+    let usage = usage::for_call(&client, &state.config.usage.prices, organisation_id, id).await?;
     Ok(CallDetail {
         call,
         legs,
@@ -430,7 +428,7 @@ async fn detail(state: &AppState, organisation_id: Uuid, id: Uuid) -> Result<Cal
 pub async fn get(
     State(state): State<AppState>,
     org: OrgContext,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CallId>,
 ) -> Result<Json<CallDetail>, ApiError> {
     Ok(Json(detail(&state, org.organisation_id, id).await?))
 }
@@ -448,7 +446,7 @@ pub async fn get(
 pub async fn hangup(
     State(state): State<AppState>,
     org: OrgContext,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CallId>,
 ) -> Result<(StatusCode, Json<Call>), ApiError> {
     let call = dial::hang_up(&state, org.organisation_id, id, org.user.id()).await?;
     Ok((StatusCode::ACCEPTED, Json(call)))
@@ -476,7 +474,7 @@ pub struct EventsQuery {
 pub async fn events(
     State(state): State<AppState>,
     BrowserOrgContext(org): BrowserOrgContext,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CallId>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {

@@ -8,12 +8,12 @@
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::auth::CurrentUser;
 use crate::calls::{destinations, guard};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path};
+use crate::ids::OrgId;
 use crate::orgs::{self, Role};
 use crate::state::AppState;
 
@@ -55,7 +55,7 @@ pub struct DialingPolicyUpdate {
     pub min_role: Role,
 }
 
-async fn read(state: &AppState, organisation_id: Uuid) -> Result<DialingPolicy, ApiError> {
+async fn read(state: &AppState, organisation_id: OrgId) -> Result<DialingPolicy, ApiError> {
     let limits = &state.config.telephony;
     let client = state.db.client().await?;
     let (allowed_countries, min_role) = guard::policy(&client, organisation_id)
@@ -80,7 +80,7 @@ async fn read(state: &AppState, organisation_id: Uuid) -> Result<DialingPolicy, 
 
 async fn role(
     state: &AppState,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user: &CurrentUser,
 ) -> Result<Role, ApiError> {
     let client = state.db.client().await?;
@@ -101,7 +101,7 @@ async fn role(
 pub async fn get(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
+    Path(organisation_id): Path<OrgId>,
 ) -> Result<Json<DialingPolicy>, ApiError> {
     role(&state, organisation_id, &user).await?;
     Ok(Json(read(&state, organisation_id).await?))
@@ -123,7 +123,7 @@ pub async fn get(
 pub async fn put(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
+    Path(organisation_id): Path<OrgId>,
     Json(body): Json<DialingPolicyUpdate>,
 ) -> Result<Json<DialingPolicy>, ApiError> {
     if role(&state, organisation_id, &user).await? != Role::Owner {

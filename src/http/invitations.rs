@@ -12,6 +12,7 @@ use super::orgs::caller_role;
 use crate::auth::CurrentUser;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path};
+use crate::ids::OrgId;
 use crate::orgs::invitations::{
     self, Answered, Invitation, InviteRefused, IssuedInvitation, ReceivedInvitation,
 };
@@ -54,7 +55,7 @@ pub struct InvitationAnswer {
 pub async fn create(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
+    Path(organisation_id): Path<OrgId>,
     Json(body): Json<NewInvitation>,
 ) -> Result<(StatusCode, Json<IssuedInvitation>), ApiError> {
     let role = caller_role(&state, organisation_id, user.id()).await?;
@@ -97,7 +98,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
+    Path(organisation_id): Path<OrgId>,
 ) -> Result<Json<Vec<Invitation>>, ApiError> {
     let role = caller_role(&state, organisation_id, user.id()).await?;
     if role < Role::Admin {
@@ -121,7 +122,7 @@ pub async fn list(
 pub async fn revoke(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path((organisation_id, invitation_id)): Path<(Uuid, Uuid)>,
+    Path((organisation_id, invitation_id)): Path<(OrgId, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     let role = caller_role(&state, organisation_id, user.id()).await?;
     if role < Role::Admin {

@@ -6,12 +6,12 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::auth::sessions::User;
 use crate::auth::{CredentialSource, CurrentUser, X_ORG_ID, membership_in};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Json;
+use crate::ids::OrgId;
 use crate::orgs::{self, Membership};
 use crate::state::AppState;
 
@@ -27,7 +27,8 @@ pub struct Me {
     pub organisations: Vec<Membership>,
     /// `X-Org-Id` when sent (and a membership), else the stored active organisation, else
     /// the personal one: where a request that names no organisation acts.
-    pub active_organisation_id: Option<Uuid>,
+    #[schema(value_type = Option<Uuid>)]
+    pub active_organisation_id: Option<OrgId>,
     pub session: SessionInfo,
 }
 
@@ -45,7 +46,7 @@ pub async fn me(user: CurrentUser, headers: axum::http::HeaderMap) -> Result<Jso
             let id = value
                 .to_str()
                 .ok()
-                .and_then(|text| Uuid::parse_str(text.trim()).ok())
+                .and_then(|text| text.trim().parse::<OrgId>().ok())
                 .ok_or_else(|| ApiError::BadRequest("X-Org-Id must be a UUID.".into()))?;
             membership_in(&user, id).ok_or(ApiError::NotFound)?;
             Some(id)
@@ -67,12 +68,14 @@ pub async fn me(user: CurrentUser, headers: axum::http::HeaderMap) -> Result<Jso
 #[serde(deny_unknown_fields)]
 pub struct ActiveOrganisationRequest {
     /// One of the caller's organisations.
-    pub organisation_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub organisation_id: OrgId,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActiveOrganisation {
-    pub active_organisation_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub active_organisation_id: OrgId,
 }
 
 /// Stores the organisation requests act in when they name none (no `X-Org-Id`, no `org_id`):

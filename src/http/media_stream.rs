@@ -13,6 +13,7 @@ use axum::response::Response;
 use crate::calls::{self, legs, stream_token};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Path;
+use crate::ids::{CallId, LegId};
 use crate::media::bridge;
 use crate::media::hub::Hub;
 use crate::state::AppState;
@@ -45,17 +46,17 @@ pub async fn telnyx_stream(
     let client = state.db.client().await?;
     // A one-leg call's token names the call; an interpreted call's names one leg. One
     // query for a one-leg call: every stream (re)connecting at once reads here.
-    let (call, leg) = match calls::get_unscoped(&**client, bound).await? {
+    let (call, leg) = match calls::get_unscoped(&client, CallId::from(bound)).await? {
         Some(call) if !call.interpreted => (call, None),
         Some(_) => return Err(ApiError::NotFound),
         None => {
-            let leg = legs::get(&**client, bound)
+            let leg = legs::get(&client, LegId::from(bound))
                 .await?
                 .ok_or(ApiError::NotFound)?;
             if leg.status.is_terminal() {
                 return Err(ApiError::NotFound);
             }
-            let call = calls::get_unscoped(&**client, leg.call_id)
+            let call = calls::get_unscoped(&client, leg.call_id)
                 .await?
                 .ok_or(ApiError::NotFound)?;
             (call, Some(leg))

@@ -8,11 +8,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use crate::auth::CurrentUser;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
+use crate::ids::OrgId;
 use crate::orgs::{self, Member, Membership, RemoveOutcome, Role};
 use crate::state::AppState;
 
@@ -32,7 +32,7 @@ pub struct MemberQuery {
 
 pub(super) async fn caller_role(
     state: &AppState,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
 ) -> Result<Role, ApiError> {
     let client = state.db.client().await?;
@@ -78,7 +78,7 @@ pub async fn create(
 pub async fn list_members(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
+    Path(organisation_id): Path<OrgId>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
     caller_role(&state, organisation_id, user.id()).await?;
     let client = state.db.client().await?;
@@ -89,7 +89,7 @@ pub async fn list_members(
 async fn remove(
     state: &AppState,
     user: &CurrentUser,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     target: &str,
 ) -> Result<StatusCode, ApiError> {
     let role = caller_role(state, organisation_id, user.id()).await?;
@@ -131,7 +131,7 @@ async fn remove(
 pub async fn remove_member(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path((organisation_id, target)): Path<(Uuid, String)>,
+    Path((organisation_id, target)): Path<(OrgId, String)>,
 ) -> Result<StatusCode, ApiError> {
     remove(&state, &user, organisation_id, &target).await
 }
@@ -148,7 +148,7 @@ pub async fn remove_member(
 pub async fn remove_member_by_query(
     State(state): State<AppState>,
     user: CurrentUser,
-    Path(organisation_id): Path<Uuid>,
+    Path(organisation_id): Path<OrgId>,
     Query(query): Query<MemberQuery>,
 ) -> Result<StatusCode, ApiError> {
     remove(&state, &user, organisation_id, &query.user_id).await

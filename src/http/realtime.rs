@@ -14,6 +14,7 @@ use crate::auth::{BrowserOrgContext, CredentialSource, OrgContext, csrf, members
 use crate::calls;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
+use crate::ids::CallId;
 use crate::media::browser;
 use crate::providers::assemblyai::{AudioEncoding, StreamParams};
 use crate::state::AppState;
@@ -183,7 +184,7 @@ pub async fn transcribe(
         organisation_id: org.organisation_id,
         user_id: Some(user.id().to_owned()),
     };
-    if let Some(call_id) = format.call_id {
+    if let Some(call_id) = format.call_id.map(CallId::from) {
         let client = state.db.client().await?;
         let call = calls::get_unscoped(&client, call_id)
             .await?
@@ -217,7 +218,7 @@ pub async fn transcribe(
                 state,
                 assemblyai,
                 params,
-                format.call_id,
+                format.call_id.map(CallId::from),
                 owner,
                 socket,
                 revoked,

@@ -22,6 +22,7 @@ use crate::auth::{BrowserOrgContext, OrgContext};
 use crate::calls;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Path, Query};
+use crate::ids::{CallId, OrgId};
 use crate::orgs::Role;
 use crate::recordings::format::{AudioFormat, SNIFF_LEN};
 use crate::recordings::store::{self, Limits, StoreError};
@@ -89,7 +90,7 @@ fn limits(state: &AppState) -> Limits {
 /// uploads admitted at the same moment can overshoot by at most their own sizes.
 async fn within_quota(
     state: &AppState,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     size: u64,
 ) -> Result<Option<u64>, ApiError> {
     let quota = state.config.recordings.quota_bytes_per_org;
@@ -125,7 +126,7 @@ pub struct UploadQuery {
 async fn target(
     state: &AppState,
     org: &OrgContext,
-    call_id: Option<Uuid>,
+    call_id: Option<CallId>,
     recording_id: Option<Uuid>,
     source: &'static str,
 ) -> Result<Target, ApiError> {
@@ -215,7 +216,14 @@ pub async fn upload(
     if let Some(remaining) = within_quota(&state, org.organisation_id, length.unwrap_or(1)).await? {
         limits.max_bytes = limits.max_bytes.min(remaining);
     }
-    let target = target(&state, &org, query.call_id, query.recording_id, "upload").await?;
+    let target = target(
+        &state,
+        &org,
+        query.call_id.map(CallId::from),
+        query.recording_id,
+        "upload",
+    )
+    .await?;
     let sniffed = store::sniff(body.into_data_stream(), Some(declared), &limits).await?;
     let reserved = {
         // No pooled connection is held while the body streams (that can take an hour).
@@ -320,7 +328,14 @@ pub async fn upload_url(
         .into());
     }
     within_quota(&state, org.organisation_id, body.size_bytes as u64).await?;
-    let target = target(&state, &org, body.call_id, body.recording_id, "direct").await?;
+    let target = target(
+        &state,
+        &org,
+        body.call_id.map(CallId::from),
+        body.recording_id,
+        "direct",
+    )
+    .await?;
     let mut client = state.db.client().await?;
     let reserved = recordings::reserve(&mut client, &target, format, Some(body.size_bytes), true)
         .await?
@@ -574,7 +589,7 @@ pub struct RecordingList {
 pub async fn list_for_call(
     State(state): State<AppState>,
     org: OrgContext,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CallId>,
 ) -> Result<Json<RecordingList>, ApiError> {
     let client = state.db.client().await?;
     let recordings = transcripts::recordings_of_call(&client, org.organisation_id, id)
@@ -594,7 +609,7 @@ pub async fn list_for_call(
 pub async fn transcript(
     State(state): State<AppState>,
     org: OrgContext,
-    Path(id): Path<Uuid>,
+    Path(id): Path<CallId>,
 ) -> Result<Json<CallTranscript>, ApiError> {
     let client = state.db.client().await?;
     let transcript = transcripts::for_call(&client, org.organisation_id, id)

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::OrgContext;
-use crate::db::GenericClient;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Json, Query};
 use crate::state::AppState;
@@ -122,7 +121,7 @@ pub async fn report(
     };
     let client = state.db.client().await?;
     let lines = usage::report(
-        client.tokio(),
+        &client,
         &state.config.usage.prices,
         org.organisation_id,
         from,
@@ -197,8 +196,8 @@ pub async fn quotas(
 ) -> Result<Json<QuotaStatus>, ApiError> {
     let config = &state.config.usage;
     let client = state.db.client().await?;
-    let quotas = quota::quotas(client.tokio(), config, org.organisation_id).await?;
-    let used = quota::month_to_date(client.tokio(), config, org.organisation_id).await?;
+    let quotas = quota::quotas(&client, config, org.organisation_id).await?;
+    let used = quota::month_to_date(&client, config, org.organisation_id).await?;
     Ok(Json(QuotaStatus {
         monthly_minutes: quotas.monthly_minutes,
         concurrent_calls: quotas.concurrent_calls,

@@ -15,6 +15,7 @@ use crate::calls;
 use crate::calls::guard::{MaxDurationJob, MaxDurationStep};
 use crate::db::GenericClient;
 use crate::events;
+use crate::ids::CallId;
 use crate::queue::Job;
 use crate::state::AppState;
 
@@ -75,7 +76,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
         == 1;
     if first {
         events::append(
-            transaction.tokio(),
+            &transaction,
             call_id,
             kind,
             json!({"limit_secs": limit_secs}),
@@ -91,7 +92,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
 }
 
 /// Whether the call's `hangup` step has been enforced or is itself due now.
-async fn hang_up_due(client: &impl GenericClient, call_id: uuid::Uuid) -> anyhow::Result<bool> {
+async fn hang_up_due(client: &impl GenericClient, call_id: CallId) -> anyhow::Result<bool> {
     let row = client
         .query_one(HANG_UP_DUE_SQL, &[&call_id.to_string()])
         .await?;

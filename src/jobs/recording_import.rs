@@ -15,10 +15,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::calls::Call;
 use crate::calls::legs::Role;
+use crate::ids::{CallId, OrgId};
 use crate::providers::telnyx::WebhookEvent;
 use crate::queue::{self, Job, JobKind, Permanent};
 use crate::recordings::format::AudioFormat;
@@ -32,8 +32,8 @@ use super::transcript_fetch::TranscribeJob;
 /// Job `recording.import`: one per Telnyx recording.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordingImportJob {
-    pub call_id: Option<Uuid>,
-    pub organisation_id: Uuid,
+    pub call_id: Option<CallId>,
+    pub organisation_id: OrgId,
     pub telnyx_recording_id: String,
     /// `recording_urls` of `call.recording.saved`: `wav`/`mp3` links valid 10 minutes.
     #[serde(default)]
@@ -239,8 +239,8 @@ struct Import<'a> {
     state: &'a AppState,
     job: &'a Job,
     telnyx_id: &'a str,
-    organisation_id: Uuid,
-    call_id: Option<Uuid>,
+    organisation_id: OrgId,
+    call_id: Option<CallId>,
     channels: &'a Option<String>,
     leg: &'a Option<String>,
     source: &'a reqwest::Url,

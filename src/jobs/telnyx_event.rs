@@ -110,7 +110,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
     calls::apply_event(tx, call.id, &event.event_type, occurred_at, &event.payload).await?;
     if event.event_type == "call.hangup" {
         // Answer → hang-up per leg, in this transaction: billed once with the event.
-        crate::usage::record_telephony(tx.tokio(), call.id).await?;
+        crate::usage::record_telephony(tx, call.id).await?;
     }
     if is_inbound_start && call.direction == "inbound" {
         answer_once(&state, tx, &call, &event).await?;
@@ -135,7 +135,7 @@ pub async fn run(state: AppState, job: Job) -> anyhow::Result<()> {
             data[field] = json!(value);
         }
     }
-    events::append(tx.tokio(), call.id, &event.event_type, data, occurred_at).await?;
+    events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         // Telnyx's links expire in 10 minutes: copy the recording now (docs/RECORDINGS.md).
         super::recording_import::enqueue(tx, &updated, None, &event).await?;
@@ -177,7 +177,7 @@ async fn run_for_leg(
     legs::apply_event(tx, leg.id, &event.event_type, occurred_at, &event.payload).await?;
     let next = legs::settle(tx, call.id).await?;
     if event.event_type == "call.hangup" {
-        crate::usage::record_telephony(tx.tokio(), call.id).await?;
+        crate::usage::record_telephony(tx, call.id).await?;
     }
     interpreted::follow_up(state, tx, call, next).await?;
     calls::lines::on_leg_event(state, tx, call, &leg, event).await?;
@@ -204,7 +204,7 @@ async fn run_for_leg(
     if let Some(reason) = &updated.failure_reason {
         data["call_failure_reason"] = json!(reason);
     }
-    events::append(tx.tokio(), call.id, &event.event_type, data, occurred_at).await?;
+    events::append(tx, call.id, &event.event_type, data, occurred_at).await?;
     if event.event_type == "call.recording.saved" {
         super::recording_import::enqueue(tx, &updated, Some(leg.role), event).await?;
     }
@@ -269,7 +269,7 @@ async fn route_inbound(
     let call = match calls::insert(client, &new).await? {
         Some(call) => {
             events::append(
-                client.tokio(),
+                client,
                 call.id,
                 "call.created",
                 json!({"direction": "inbound", "from": from, "to": to}),

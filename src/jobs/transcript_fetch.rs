@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::db::GenericClient;
 use crate::events;
+use crate::ids::CallId;
 use crate::inbox::{AssemblyAiEventJob, EventRef};
 use crate::providers::assemblyai_async::{self, AsyncClient, SubmitRequest};
 use crate::queue::{Job, JobKind, Permanent};
@@ -157,7 +158,7 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
         // The webhook can overtake our own insert after submitting: retried with backoff.
         anyhow::bail!("no submitted transcript {transcript_id} yet");
     };
-    let (recording_id, version, call_id): (Uuid, i32, Option<Uuid>) = (
+    let (recording_id, version, call_id): (Uuid, i32, Option<CallId>) = (
         row.get("recording_id"),
         row.get("version"),
         row.get("call_id"),
@@ -242,11 +243,11 @@ pub async fn fetch(state: AppState, job: Job) -> anyhow::Result<()> {
             occurred_at: Utc::now(),
             metadata: json!({"recording_id": recording_id, "version": version, "transcript_id": transcript_id}),
         };
-        crate::usage::record(tx.tokio(), &[entry]).await?;
+        crate::usage::record(tx, &[entry]).await?;
     }
     if let Some(call_id) = call_id.filter(|_| changed == 1) {
         events::append(
-            tx.tokio(),
+            tx,
             call_id,
             "transcript.post_call",
             json!({"recording_id": recording_id, "version": version, "status": transcript.status}),

@@ -23,7 +23,6 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
-use uuid::Uuid;
 
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
@@ -37,6 +36,7 @@ use super::shaping::{MULAW_BYTES_PER_MS, TrackAudio};
 use super::transcripts::{self, FinalTurn};
 use crate::calls::legs::{Leg, Role};
 use crate::heartbeats::wall_clock;
+use crate::ids::{CallId, LegId, OrgId};
 use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
@@ -158,7 +158,7 @@ impl TrackState {
 /// What a media stream carries.
 pub enum Target {
     /// A one-leg call: one stream with both tracks.
-    Call(Uuid),
+    Call(CallId),
     /// One party of an interpreted call: their voice in (inbound track), the other party's
     /// words, translated, out.
     Leg(Box<Leg>, OriginalAudio),
@@ -242,9 +242,9 @@ pub struct Bridge {
     state: AppState,
     /// This process's interpreted-call legs (one per process, from the router).
     hub: Arc<hub::Hub>,
-    call_id: Uuid,
+    call_id: CallId,
     /// The leg this stream carries (an interpreted call's party), for the usage ledger.
-    leg_id: Option<Uuid>,
+    leg_id: Option<LegId>,
     party: Option<Party>,
     mixer: Option<Mixer>,
     client: AssemblyAiClient,
@@ -545,7 +545,7 @@ async fn join_leg(
 /// the agent's bridge has dropped it (ringing over) or after [`RING_LIMIT`].
 async fn watch_remote_stream(
     db: crate::db::Db,
-    call_id: Uuid,
+    call_id: CallId,
     live: std::sync::Weak<std::sync::atomic::AtomicBool>,
 ) {
     let since = Instant::now();
@@ -559,11 +559,12 @@ async fn watch_remote_stream(
             Ok(client) => client
                 .query_one(
                     "select exists (select 1 from media_streams
-                                    where call_id = $1 and leg = 'remote' and ended_at is null)",
+                                    where call_id = $1 and leg = 'remote' and ended_at is null)
+                     as remote_live",
                     &[&call_id],
                 )
                 .await
-                .map(|row| row.get::<_, bool>(0))
+                .map(|row| row.get::<_, bool>("remote_live"))
                 .unwrap_or(false),
             Err(_) => false,
         };
@@ -575,21 +576,17 @@ async fn watch_remote_stream(
 }
 
 /// The tenant a call belongs to (the translation cache is scoped by it).
-async fn organisation_of(state: &AppState, call_id: Uuid) -> Option<Uuid> {
+async fn organisation_of(state: &AppState, call_id: CallId) -> Option<OrgId> {
     let client = state.db.client().await.ok()?;
-    let call = crate::calls::get_unscoped(&**client, call_id)
-        .await
-        .ok()??;
+    let call = crate::calls::get_unscoped(&client, call_id).await.ok()??;
     Some(call.organisation_id)
 }
 
 /// The call's two languages, when translation can run (both set, differing, TTS configured).
-async fn languages(state: &AppState, call_id: Uuid) -> Option<Languages> {
+async fn languages(state: &AppState, call_id: CallId) -> Option<Languages> {
     state.tts.as_ref()?;
     let client = state.db.client().await.ok()?;
-    let call = crate::calls::get_unscoped(&**client, call_id)
-        .await
-        .ok()??;
+    let call = crate::calls::get_unscoped(&client, call_id).await.ok()??;
     Some(Languages {
         organisation_id: call.organisation_id,
         inbound: call.source_language?,

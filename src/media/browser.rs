@@ -10,11 +10,10 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 
-use uuid::Uuid;
-
 use super::shaping::ByteBatcher;
 use super::transcripts::{self, FinalTurn};
 use crate::auth::recheck::Revoked;
+use crate::ids::CallId;
 use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
 use crate::state::AppState;
 use crate::usage::{self, Owner, Recorder};
@@ -76,7 +75,7 @@ pub async fn run(
     state: AppState,
     client: AssemblyAiClient,
     params: StreamParams,
-    call_id: Option<Uuid>,
+    call_id: Option<CallId>,
     owner: Owner,
     socket: WebSocket,
     mut revoked: oneshot::Receiver<Revoked>,

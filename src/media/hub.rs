@@ -24,13 +24,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use uuid::Uuid;
 
 use super::frames::Track;
 use super::mix::FRAME;
 use super::playout::Utterance;
 use crate::calls::legs::Role;
 use crate::db::{Db, DbError, Notice};
+use crate::ids::CallId;
 use crate::state::AppState;
 
 /// The channel a speaker's bridge announces a stored turn on when its listener is not here.
@@ -45,7 +45,7 @@ const CATCH_UP_LIMIT: i64 = 64;
 
 #[derive(Default)]
 pub struct Hub {
-    calls: Mutex<HashMap<Uuid, CallEntry>>,
+    calls: Mutex<HashMap<CallId, CallEntry>>,
     next_registration: AtomicU64,
 }
 
@@ -82,7 +82,7 @@ pub enum Delivery {
 /// stream is not in its process: only the turn's identity and when it ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandOver {
-    pub call_id: Uuid,
+    pub call_id: CallId,
     /// The party who said it (their `transcript_turns.track`).
     pub speaker: String,
     pub turn_index: i32,
@@ -110,7 +110,7 @@ impl Hub {
         hub
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CallEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, CallEntry>> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -120,7 +120,7 @@ impl Hub {
     /// [`Registration::catch_up`] has read what the party missed.
     pub fn register(
         self: &Arc<Self>,
-        call_id: Uuid,
+        call_id: CallId,
         role: Role,
         queue: mpsc::Sender<Utterance>,
         original: Option<mpsc::Sender<[u8; FRAME]>>,
@@ -151,7 +151,7 @@ impl Hub {
     }
 
     /// Numbers `utterance` and queues it to be spoken to `to`.
-    pub fn deliver(&self, call_id: Uuid, to: Role, utterance: Utterance) -> Delivery {
+    pub fn deliver(&self, call_id: CallId, to: Role, utterance: Utterance) -> Delivery {
         let mut calls = self.lock();
         let Some(entry) = calls.get_mut(&call_id) else {
             return Delivery::NoListener;
@@ -176,7 +176,7 @@ impl Hub {
     /// than the last one its party was handed (stored utterances), said after its leg
     /// answered — and queues them in order with whatever arrived meanwhile. Also run again
     /// when the LISTEN connection was lost (notifications may have been missed).
-    async fn catch_up(&self, db: &Db, call_id: Uuid, role: Role, id: u64) {
+    async fn catch_up(&self, db: &Db, call_id: CallId, role: Role, id: u64) {
         let missed = match missed_turns(db, call_id, role).await {
             Ok(missed) => missed,
             Err(error) => {
@@ -189,7 +189,7 @@ impl Hub {
 
     /// Queues `missed` with what arrived while they were read, in turn order, each once;
     /// deliveries go straight to the queue again.
-    fn caught_up(&self, call_id: Uuid, id: u64, missed: Vec<Utterance>) {
+    fn caught_up(&self, call_id: CallId, id: u64, missed: Vec<Utterance>) {
         let mut calls = self.lock();
         let Some(entry) = calls.get_mut(&call_id) else {
             return;
@@ -222,7 +222,7 @@ impl Hub {
 
     /// Where to send this party's own voice so that `to` hears it under the translation,
     /// when `to` is live here and hears it.
-    pub fn original_for(&self, call_id: Uuid, to: Role) -> Option<mpsc::Sender<[u8; FRAME]>> {
+    pub fn original_for(&self, call_id: CallId, to: Role) -> Option<mpsc::Sender<[u8; FRAME]>> {
         self.lock()
             .get(&call_id)?
             .legs
@@ -233,7 +233,7 @@ impl Hub {
     }
 
     /// Whether `role`'s stream of the call is live in this process.
-    pub fn is_live(&self, call_id: Uuid, role: Role) -> bool {
+    pub fn is_live(&self, call_id: CallId, role: Role) -> bool {
         self.lock()
             .get(&call_id)
             .is_some_and(|entry| entry.legs.iter().any(|leg| leg.role == role))
@@ -291,7 +291,7 @@ fn utterance_of(
 }
 
 /// The other party's stored turns `listener` was not given yet (see [`Registration::catch_up`]).
-async fn missed_turns(db: &Db, call_id: Uuid, listener: Role) -> Result<Vec<Utterance>, DbError> {
+async fn missed_turns(db: &Db, call_id: CallId, listener: Role) -> Result<Vec<Utterance>, DbError> {
     let speaker = listener.other();
     let client = db.client().await?;
     let rows = client
@@ -315,7 +315,15 @@ async fn missed_turns(db: &Db, call_id: Uuid, listener: Role) -> Result<Vec<Utte
         .await?;
     Ok(rows
         .iter()
-        .map(|row| utterance_of(speaker, row.get(0), row.get(1), row.get(2), row.get(3)))
+        .map(|row| {
+            utterance_of(
+                speaker,
+                row.get("turn_index"),
+                row.get("text"),
+                row.get("language"),
+                row.get("created_at"),
+            )
+        })
         .collect())
 }
 
@@ -340,8 +348,8 @@ async fn load_turn(db: &Db, hand_over: &HandOver) -> Result<Option<Utterance>, D
         utterance_of(
             speaker,
             hand_over.turn_index,
-            row.get(0),
-            row.get(1),
+            row.get("text"),
+            row.get("language"),
             hand_over.end_of_turn_at,
         )
     }))
@@ -419,7 +427,7 @@ async fn take_hand_overs(state: AppState, hub: std::sync::Weak<Hub>) {
 
 impl Hub {
     /// Every live registration here, to read again what it may have missed.
-    fn registrations(&self) -> Vec<(Uuid, Role, u64)> {
+    fn registrations(&self) -> Vec<(CallId, Role, u64)> {
         self.lock()
             .iter()
             .flat_map(|(call_id, entry)| {
@@ -431,7 +439,7 @@ impl Hub {
             .collect()
     }
 
-    async fn catch_up_again(&self, db: &Db, (call_id, role, id): (Uuid, Role, u64)) {
+    async fn catch_up_again(&self, db: &Db, (call_id, role, id): (CallId, Role, u64)) {
         {
             let mut calls = self.lock();
             let Some(leg) = calls
@@ -453,7 +461,7 @@ impl Hub {
 /// Unregisters the leg when its bridge ends.
 pub struct Registration {
     hub: Arc<Hub>,
-    call_id: Uuid,
+    call_id: CallId,
     role: Role,
     id: u64,
 }
@@ -505,7 +513,7 @@ mod tests {
     #[test]
     fn deliveries_wait_for_the_catch_up_then_everything_is_queued_in_turn_order_once() {
         let hub = Arc::new(Hub::default());
-        let call = Uuid::now_v7();
+        let call = CallId::new();
         let (tx, mut rx) = mpsc::channel(8);
         let registration = hub.register(call, Role::Remote, tx, None, 4);
         // Turn 2 arrives (NOTIFY or in process) while the missed turns are being read.
@@ -534,7 +542,7 @@ mod tests {
     #[test]
     fn each_listener_takes_its_own_parity_so_two_hubs_never_collide() {
         let (a, b) = (Arc::new(Hub::default()), Arc::new(Hub::default()));
-        let call = Uuid::now_v7();
+        let call = CallId::new();
         let (agent_tx, mut agent_rx) = mpsc::channel(8);
         let (remote_tx, mut remote_rx) = mpsc::channel(8);
         // Two replicas read the same next number when their legs registered.

@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
-use uuid::Uuid;
 
 use super::frames::Track;
 use crate::db::Db;
 use crate::events;
+use crate::ids::{CallId, OrgId};
 use crate::state::AppState;
 
 /// What the bridge sends into the Telnyx stream on the speaker's behalf.
@@ -55,7 +55,7 @@ pub struct Utterance {
 #[derive(Debug, Clone)]
 pub struct Languages {
     /// The call's tenant: the translation cache is per organisation.
-    pub organisation_id: Uuid,
+    pub organisation_id: OrgId,
     /// The far end (Telnyx `inbound` track): the call's `source_language`.
     pub inbound: String,
     /// The other party (`outbound` track): the call's `target_language`.
@@ -82,7 +82,7 @@ pub enum Listeners {
     /// voice.
     Party {
         /// The call's tenant: the translation cache is per organisation.
-        organisation_id: Uuid,
+        organisation_id: OrgId,
         language: PartyLanguage,
         voice: Option<String>,
     },
@@ -138,7 +138,7 @@ impl Listeners {
         }
     }
 
-    fn organisation_id(&self) -> Uuid {
+    fn organisation_id(&self) -> OrgId {
         match self {
             Listeners::Tracks(languages) => languages.organisation_id,
             Listeners::Party {
@@ -181,7 +181,7 @@ const MIN_FRAME_BYTES: usize = 160;
 
 pub fn spawn(
     state: AppState,
-    call_id: Uuid,
+    call_id: CallId,
     listeners: Listeners,
     outbound: mpsc::Sender<Outbound>,
     cleared: ClearedThrough,
@@ -197,7 +197,7 @@ pub fn spawn(
 
 async fn speak(
     state: &AppState,
-    call_id: Uuid,
+    call_id: CallId,
     listeners: &Listeners,
     outbound: &mpsc::Sender<Outbound>,
     cleared: &ClearedThrough,
@@ -372,7 +372,7 @@ async fn speak(
         )
         .await;
     let _ = events::append(
-        &**client,
+        &client,
         call_id,
         "utterance.spoken",
         json!({"seq": u.seq, "source_track": u.source, "listener": listener_label(listeners, u.source), "source_language": source, "target_language": target, "original": u.text, "translated": translated.0, "engine": engine, "audio_ms": audio_ms}),
@@ -393,7 +393,7 @@ fn listener_label(listeners: &Listeners, source: &str) -> &'static str {
 
 async fn insert(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     u: &Utterance,
     source: Option<&str>,
     target: Option<&str>,
@@ -409,7 +409,7 @@ async fn insert(
     Ok(())
 }
 
-async fn finish(db: &Db, call_id: Uuid, seq: i32, status: &str, error: Option<&str>) {
+async fn finish(db: &Db, call_id: CallId, seq: i32, status: &str, error: Option<&str>) {
     if let Ok(client) = db.client().await {
         let _ = client
             .execute(
@@ -421,21 +421,21 @@ async fn finish(db: &Db, call_id: Uuid, seq: i32, status: &str, error: Option<&s
 }
 
 /// The next utterance number of the call not yet stored (a re-attached leg continues).
-pub async fn next_seq(db: &Db, call_id: Uuid) -> Result<i32, crate::db::DbError> {
+pub async fn next_seq(db: &Db, call_id: CallId) -> Result<i32, crate::db::DbError> {
     let client = db.client().await?;
     Ok(client
         .query_one(
-            "select coalesce(max(seq) + 1, 0) from utterances where call_id = $1",
+            "select coalesce(max(seq) + 1, 0) as next_seq from utterances where call_id = $1",
             &[&call_id],
         )
         .await?
-        .get(0))
+        .get("next_seq"))
 }
 
 /// The listener heard the utterance to its end (its mark came back).
 pub async fn played(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     seq: i32,
     listener: &str,
 ) -> Result<(), crate::db::DbError> {
@@ -448,7 +448,7 @@ pub async fn played(
         )
         .await?;
     events::append(
-        &**client,
+        &client,
         call_id,
         "utterance.played",
         json!({"seq": seq, "listener": listener}),
@@ -461,7 +461,7 @@ pub async fn played(
 /// The listener talked over it `at_ms` into the audio; the rest was cleared.
 pub async fn cut(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     seq: i32,
     at_ms: i32,
     listener: &str,
@@ -474,7 +474,7 @@ pub async fn cut(
         )
         .await?;
     events::append(
-        &**client,
+        &client,
         call_id,
         "utterance.cut",
         json!({"seq": seq, "cut_at_ms": at_ms, "listener": listener}),
@@ -489,7 +489,7 @@ pub async fn cut(
 /// leg may still be speaking.
 pub async fn never_played(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     to_party: Option<&str>,
 ) -> Result<(), crate::db::DbError> {
     let client = db.client().await?;

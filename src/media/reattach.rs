@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::calls::stream_token;
 use crate::events;
+use crate::ids::{CallId, LegId};
 use crate::providers::telnyx::StreamSettings;
 use crate::state::AppState;
 
@@ -31,7 +31,8 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let transaction = client.transaction().await?;
     let rows = transaction
         .query(
-            "select ms.call_id, ms.leg, coalesce(l.telnyx_call_control_id, c.telnyx_call_control_id), l.id,
+            "select ms.call_id, ms.leg,
+                    coalesce(l.telnyx_call_control_id, c.telnyx_call_control_id) as ccid, l.id as leg_id,
                     (select (extract(epoch from now() - max(p.frame_at)) * 1000)::bigint
                      from media_stream_positions p
                      where p.call_id = ms.call_id and (ms.leg = 'call' or p.track = ms.leg)) as lost_ms
@@ -49,7 +50,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         .await?;
     let mut claimed = Vec::new();
     for row in &rows {
-        let (call_id, leg): (Uuid, String) = (row.get(0), row.get(1));
+        let (call_id, leg): (CallId, String) = (row.get("call_id"), row.get("leg"));
         // Claim it: nobody else retries it for another STALE_AFTER_SECS.
         transaction
             .execute(
@@ -61,9 +62,9 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         claimed.push(Lost {
             call_id,
             leg,
-            ccid: row.get(2),
-            leg_id: row.get(3),
-            lost_ms: row.get(4),
+            ccid: row.get("ccid"),
+            leg_id: row.get("leg_id"),
+            lost_ms: row.get("lost_ms"),
         });
     }
     transaction.commit().await?;
@@ -112,7 +113,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
             data["leg"] = json!(lost.leg);
         }
         events::append(
-            &**client,
+            &client,
             call_id,
             "media.reattached",
             // Time since the old stream's last frame, so far; the gap itself is recorded by
@@ -127,12 +128,12 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
 
 /// A stream whose bridge is gone, claimed for restarting.
 struct Lost {
-    call_id: Uuid,
+    call_id: CallId,
     /// `call`, or the leg's role.
     leg: String,
     ccid: String,
     /// The leg's id when the stream is a leg's.
-    leg_id: Option<Uuid>,
+    leg_id: Option<LegId>,
     lost_ms: Option<i64>,
 }
 
@@ -155,7 +156,11 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 /// Called by a bridge that stops because this process is shutting down: its call is still
 /// live, so mark the stream (of `leg`: `call` or a leg's role) for immediate re-attachment
 /// instead of ended. The heartbeat is left as it was: nothing is measured from it.
-pub async fn detach(state: &AppState, call_id: Uuid, leg: &str) -> Result<(), crate::db::DbError> {
+pub async fn detach(
+    state: &AppState,
+    call_id: CallId,
+    leg: &str,
+) -> Result<(), crate::db::DbError> {
     let client = state.db.client().await?;
     client
         .execute(

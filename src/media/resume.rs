@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::heartbeats::wall_clock;
+use crate::ids::CallId;
 
 /// What a new stream of a call continues from.
 #[derive(Debug, Default)]
@@ -46,29 +46,32 @@ pub struct Origin {
 
 impl Resume {
     /// What the stream of `call_id`'s `leg` (`call`, or a leg's role) continues from.
-    pub async fn load(db: &Db, call_id: Uuid, leg: &str) -> Result<Self, DbError> {
+    pub async fn load(db: &Db, call_id: CallId, leg: &str) -> Result<Self, DbError> {
         let client = db.client().await?;
         let mut resume = Resume::default();
         for row in client
             .query(
-                "select track, max(turn_index) + 1 from transcript_turns where call_id = $1 group by track",
+                "select track, max(turn_index) + 1 as next_turn from transcript_turns
+                 where call_id = $1 group by track",
                 &[&call_id],
             )
             .await?
         {
-            resume.next_turn.insert(row.get(0), row.get(1));
+            resume
+                .next_turn
+                .insert(row.get("track"), row.get("next_turn"));
         }
         resume.next_utterance = client
             .query_one(
-                "select coalesce(max(seq) + 1, 0) from utterances where call_id = $1",
+                "select coalesce(max(seq) + 1, 0) as next_seq from utterances where call_id = $1",
                 &[&call_id],
             )
             .await?
-            .get(0);
+            .get("next_seq");
         for row in client
             .query(
                 "select p.track, p.end_ms, p.frame_at,
-                        s.ended_at is null and s.call_id is not null
+                        (s.ended_at is null and s.call_id is not null) as live
                  from media_stream_positions p
                  left join media_streams s on s.call_id = p.call_id and s.leg = $2
                  -- A leg's stream continues its own party's track only.
@@ -77,8 +80,12 @@ impl Resume {
             )
             .await?
         {
-            let (track, end_ms, ended_at, live): (String, i64, DateTime<Utc>, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (track, end_ms, ended_at, live): (String, i64, DateTime<Utc>, bool) = (
+                row.get("track"),
+                row.get("end_ms"),
+                row.get("frame_at"),
+                row.get("live"),
+            );
             resume.reattached |= live;
             resume.previous.insert(
                 track,
@@ -217,7 +224,7 @@ impl TrackClock {
 /// A position never moves back: a late write from an older heartbeat is ignored.
 pub async fn save_positions(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     positions: &[(&str, u64, Instant)],
 ) -> Result<(), DbError> {
     if positions.is_empty() {
@@ -229,7 +236,7 @@ pub async fn save_positions(
     // Converted before waiting for a connection: the wait cannot move the time.
     let ended: Vec<DateTime<Utc>> = positions.iter().map(|p| wall_clock(p.2)).collect();
     let client = db.client().await?;
-    crate::heartbeats::save_positions_of(&**client, &calls, &tracks, &ends, &ended).await
+    crate::heartbeats::save_positions_of(&client, &calls, &tracks, &ends, &ended).await
 }
 
 #[cfg(test)]

@@ -3,15 +3,15 @@
 //! through the replica's batched publisher (`crate::partials`).
 
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::events;
+use crate::ids::CallId;
 use crate::retry::{self, Failure, Policy};
 
 #[derive(Debug, Clone)]
 pub struct FinalTurn {
-    pub call_id: Uuid,
+    pub call_id: CallId,
     pub track: &'static str,
     /// The display order the caller proposes (continued from the database when the stream
     /// started); `None` takes the next free one. Never reused: a taken index is replaced.
@@ -94,7 +94,7 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
         tracing::debug!(call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, "duplicate final turn ignored");
         return Ok(Stored::Duplicate);
     };
-    let turn_index: i32 = row.get(0);
+    let turn_index: i32 = row.get("turn_index");
     match turn.turn_index {
         Some(proposed) if proposed != turn_index => {
             metrics::counter!("transcript_turns_renumbered_total").increment(1);
@@ -132,7 +132,7 @@ pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
 /// `store_final`).
 pub async fn store_gap(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     track: &str,
     start_ms: i64,
     duration_ms: i64,
@@ -174,7 +174,7 @@ pub async fn store_gap(
 /// alive on `replica`.
 pub async fn heartbeat(
     db: &Db,
-    call_id: Uuid,
+    call_id: CallId,
     leg: &str,
     replica: &str,
     stream_id: Option<&str>,
@@ -194,7 +194,7 @@ pub async fn heartbeat(
     Ok(())
 }
 
-pub async fn stream_ended(db: &Db, call_id: Uuid, leg: &str) -> Result<(), DbError> {
+pub async fn stream_ended(db: &Db, call_id: CallId, leg: &str) -> Result<(), DbError> {
     let client = db.client().await?;
     client
         .execute(

@@ -4,11 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
-use crate::db::DbError;
+use crate::db::{DbError, GenericClient};
+use crate::ids::CallId;
 
 /// One final turn translated and spoken to the other party.
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,7 +85,7 @@ pub const STAGES: [&str; 5] = [
 
 pub async fn for_call(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<Vec<Utterance>, DbError> {
     let sql = format!(
         "select seq, source_track, source_turn_index, original_text, translated_text, source_language,
@@ -98,24 +97,24 @@ pub async fn for_call(
         .await?
         .iter()
         .map(|row| Utterance {
-            seq: row.get(0),
-            source_track: row.get(1),
-            source_turn_index: row.get(2),
-            original_text: row.get(3),
-            translated_text: row.get(4),
-            source_language: row.get(5),
-            target_language: row.get(6),
-            engine: row.get(7),
-            status: row.get(8),
-            audio_ms: row.get(9),
-            cut_at_ms: row.get(10),
-            error: row.get(11),
-            end_of_turn_at: row.get(12),
-            translate_ms: row.get(13),
-            tts_first_byte_ms: row.get(14),
-            first_frame_ms: row.get(15),
-            end_of_turn_to_first_frame_ms: row.get(16),
-            mark_ms: row.get(17),
+            seq: row.get("seq"),
+            source_track: row.get("source_track"),
+            source_turn_index: row.get("source_turn_index"),
+            original_text: row.get("original_text"),
+            translated_text: row.get("translated_text"),
+            source_language: row.get("source_language"),
+            target_language: row.get("target_language"),
+            engine: row.get("engine"),
+            status: row.get("status"),
+            audio_ms: row.get("audio_ms"),
+            cut_at_ms: row.get("cut_at_ms"),
+            error: row.get("error"),
+            end_of_turn_at: row.get("end_of_turn_at"),
+            translate_ms: row.get("translate_ms"),
+            tts_first_byte_ms: row.get("tts_first_byte_ms"),
+            first_frame_ms: row.get("first_frame_ms"),
+            end_of_turn_to_first_frame_ms: row.get("end_of_turn_to_first_frame_ms"),
+            mark_ms: row.get("mark_ms"),
         })
         .collect())
 }
@@ -147,7 +146,7 @@ pub struct ConversationTurn {
 /// The call's turns of both parties in time order, each with its interpretation.
 pub async fn conversation(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<Vec<ConversationTurn>, DbError> {
     let mut spoken: std::collections::HashMap<(String, i32), Utterance> = for_call(client, call_id)
         .await?
@@ -165,10 +164,10 @@ pub async fn conversation(
     Ok(rows
         .iter()
         .map(|row| {
-            let speaker: String = row.get(0);
-            let turn_index: i32 = row.get(1);
+            let speaker: String = row.get("track");
+            let turn_index: i32 = row.get("turn_index");
             let interpretation = spoken.remove(&(speaker.clone(), turn_index));
-            let language: Option<String> = row.get(3);
+            let language: Option<String> = row.get("language");
             ConversationTurn {
                 language: language.or_else(|| {
                     interpretation
@@ -181,8 +180,8 @@ pub async fn conversation(
                 playout: interpretation.as_ref().map(|u| u.status.clone()),
                 speaker,
                 turn_index,
-                ended_at: row.get(2),
-                text: row.get(4),
+                ended_at: row.get("created_at"),
+                text: row.get("text"),
                 interpretation,
             }
         })
@@ -218,7 +217,7 @@ pub struct TranslationSummary {
 
 pub async fn summary(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
 ) -> Result<TranslationSummary, DbError> {
     let mut summary = TranslationSummary::default();
     for row in client
@@ -228,7 +227,7 @@ pub async fn summary(
         )
         .await?
     {
-        let (status, count): (String, i64) = (row.get(0), row.get(1));
+        let (status, count): (String, i64) = (row.get("status"), row.get("count"));
         summary.utterances += count;
         match status.as_str() {
             "played" => summary.played += count,
@@ -248,22 +247,22 @@ pub async fn summary(
                   (values (0, u.translate_ms), (1, u.tts_first_byte_ms), (2, u.first_frame_ms),
                           (3, u.end_of_turn_to_first_frame_ms), (4, u.mark_ms))
                   as s (position, ms) where s.ms is not null)
-         select position, count(*), percentile_cont(0.5) within group (order by ms),
-                percentile_cont(0.95) within group (order by ms), max(ms)
+         select position, count(*), percentile_cont(0.5) within group (order by ms) as p50_ms,
+                percentile_cont(0.95) within group (order by ms) as p95_ms, max(ms) as max_ms
          from stage group by position order by position"
     );
     for row in client.query(&sql, &[&call_id]).await? {
-        let position: i32 = row.get(0);
+        let position: i32 = row.get("position");
         summary.stages.push(StageLatency {
             stage: STAGES
                 .get(position as usize)
                 .copied()
                 .unwrap_or("unknown")
                 .to_owned(),
-            count: row.get(1),
-            p50_ms: row.get(2),
-            p95_ms: row.get(3),
-            max_ms: row.get(4),
+            count: row.get("count"),
+            p50_ms: row.get("p50_ms"),
+            p95_ms: row.get("p95_ms"),
+            max_ms: row.get("max_ms"),
         });
     }
     Ok(summary)

@@ -8,6 +8,7 @@
 //! invitation email carried. A foreign or unknown invitation is "not found", never "not yours".
 
 use crate::db::GenericClient;
+use crate::ids::OrgId;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
@@ -32,7 +33,8 @@ const MAX_EMAIL_LEN: usize = 320;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Invitation {
     pub id: Uuid,
-    pub organisation_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub organisation_id: OrgId,
     /// The address invited, as the inviter wrote it (matched case-insensitively).
     pub email: String,
     /// The role the invitee gets on accepting.
@@ -48,7 +50,8 @@ pub struct Invitation {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct IssuedInvitation {
     pub id: Uuid,
-    pub organisation_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub organisation_id: OrgId,
     pub email: String,
     pub role: Role,
     pub invited_by: String,
@@ -63,7 +66,8 @@ pub struct IssuedInvitation {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReceivedInvitation {
     pub id: Uuid,
-    pub organisation_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub organisation_id: OrgId,
     pub organisation_name: String,
     pub role: Role,
     pub expires_at: DateTime<Utc>,
@@ -120,7 +124,7 @@ fn new_token() -> String {
 /// token, role and expiry, same id.
 pub async fn invite(
     client: &mut impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     invited_by: &str,
     email: &str,
     role: Role,
@@ -190,7 +194,7 @@ pub async fn invite(
 /// The organisation's pending invitations, oldest first.
 pub async fn pending(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Vec<Invitation>, DbError> {
     let rows = client
         .query(
@@ -219,7 +223,7 @@ pub async fn pending(
 /// Withdraws a pending invitation; whether there was one.
 pub async fn revoke(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     invitation_id: Uuid,
 ) -> Result<bool, DbError> {
     Ok(client
@@ -294,7 +298,7 @@ pub async fn answer(
     else {
         return Ok(Answered::NotFound);
     };
-    let organisation_id: Uuid = row.get("organisation_id");
+    let organisation_id: OrgId = row.get("organisation_id");
     let Ok(role) = row.try_get::<_, Role>("role") else {
         return Ok(Answered::NotFound);
     };

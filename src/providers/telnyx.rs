@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::{Secret, TelnyxConfig};
+use crate::ids::CallId;
 use crate::retry::{self, Failure, Policy};
 
 /// `abs(now - timestamp)` beyond this is refused, in both directions (current SDKs).
@@ -169,18 +170,18 @@ pub fn speak_locale(language: &str) -> Option<&'static str> {
 }
 
 /// `client_state` is base64 of our JSON; we put `{"call_id": …}` in it.
-pub fn encode_client_state(call_id: uuid::Uuid) -> String {
+pub fn encode_client_state(call_id: CallId) -> String {
     STANDARD.encode(json!({ "call_id": call_id }).to_string())
 }
 
 /// An interpreted call's leg: `{"call_id": …, "leg": "agent" | "remote"}`.
-pub fn encode_leg_client_state(call_id: uuid::Uuid, leg: &str) -> String {
+pub fn encode_leg_client_state(call_id: CallId, leg: &str) -> String {
     STANDARD.encode(json!({ "call_id": call_id, "leg": leg }).to_string())
 }
 
 /// A leg's state while a prompt of an inbound line plays: `prompt` is `greeting:<n>` or
 /// `apology:<n>`, so its `call.speak.ended` says which part ended.
-pub fn encode_prompt_client_state(call_id: uuid::Uuid, leg: &str, prompt: &str) -> String {
+pub fn encode_prompt_client_state(call_id: CallId, leg: &str, prompt: &str) -> String {
     STANDARD.encode(json!({ "call_id": call_id, "leg": leg, "prompt": prompt }).to_string())
 }
 
@@ -198,7 +199,7 @@ pub fn decode_client_state_leg(state: &str) -> Option<String> {
     Some(value.get("leg")?.as_str()?.to_owned())
 }
 
-pub fn decode_client_state(state: &str) -> Option<uuid::Uuid> {
+pub fn decode_client_state(state: &str) -> Option<CallId> {
     let bytes = STANDARD.decode(state).ok()?;
     let value: Value = serde_json::from_slice(&bytes).ok()?;
     value.get("call_id")?.as_str()?.parse().ok()
@@ -848,7 +849,7 @@ mod tests {
         assert_eq!(speak_locale("pt"), Some("pt-PT"));
         assert_eq!(speak_locale("en-NZ"), Some("en-US"));
         assert_eq!(speak_locale("tlh"), None);
-        let id = uuid::Uuid::new_v4();
+        let id = CallId::new();
         let state = encode_prompt_client_state(id, "remote", "apology:1/2");
         assert_eq!(decode_client_state(&state), Some(id));
         assert_eq!(decode_client_state_leg(&state).as_deref(), Some("remote"));
@@ -860,7 +861,7 @@ mod tests {
 
     #[test]
     fn client_state_round_trips() {
-        let id = uuid::Uuid::new_v4();
+        let id = CallId::new();
         assert_eq!(decode_client_state(&encode_client_state(id)), Some(id));
         assert_eq!(decode_client_state("bm90IGpzb24="), None);
     }

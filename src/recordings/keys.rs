@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 use super::format::AudioFormat;
 
+use crate::ids::{CallId, OrgId};
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("key segment {0:?} is empty, too long, or has characters other than A-Z a-z 0-9 _ -")]
@@ -38,8 +40,8 @@ impl Segment {
         }
     }
 
-    fn uuid(id: Uuid) -> Self {
-        Self(id.to_string())
+    fn uuid(id: impl Into<Uuid>) -> Self {
+        Self(id.into().to_string())
     }
 }
 
@@ -50,12 +52,12 @@ impl fmt::Display for Segment {
 }
 
 /// Where every stored version of one organisation lives.
-pub fn organisation_prefix(organisation_id: Uuid) -> String {
+pub fn organisation_prefix(organisation_id: OrgId) -> String {
     format!("orgs/{}/", Segment::uuid(organisation_id))
 }
 
 /// Where direct uploads of one organisation land before `complete`.
-pub fn staging_prefix(organisation_id: Uuid) -> String {
+pub fn staging_prefix(organisation_id: OrgId) -> String {
     format!("{STAGING_ROOT}{}/", Segment::uuid(organisation_id))
 }
 
@@ -84,8 +86,8 @@ pub fn version_key(
 
 /// [`version_key`] from ids (which are always valid segments).
 pub fn version_key_for(
-    organisation_id: Uuid,
-    call_id: Option<Uuid>,
+    organisation_id: OrgId,
+    call_id: Option<CallId>,
     recording_id: Uuid,
     version: i32,
     format: AudioFormat,
@@ -102,7 +104,7 @@ pub fn version_key_for(
 /// Where a presigned PUT writes before `complete` copies it to its version key. The nonce
 /// makes the staging key unguessable from the version key.
 pub fn staging_key_for(
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     recording_id: Uuid,
     version: i32,
     format: AudioFormat,
@@ -121,7 +123,7 @@ pub fn staging_key_for(
 
 /// True when `key` is inside one of the organisation's prefixes and has no path tricks: a
 /// last check before any delete or presign.
-pub fn belongs_to(key: &str, organisation_id: Uuid) -> bool {
+pub fn belongs_to(key: &str, organisation_id: OrgId) -> bool {
     let rest = key
         .strip_prefix(&organisation_prefix(organisation_id))
         .or_else(|| key.strip_prefix(&staging_prefix(organisation_id)));
@@ -144,9 +146,9 @@ mod tests {
 
     #[test]
     fn keys_follow_the_layout() {
-        let org = Uuid::nil();
+        let org = OrgId::from(Uuid::nil());
         let rec = Uuid::from_u128(7);
-        let call = Uuid::from_u128(9);
+        let call = CallId::from(Uuid::from_u128(9));
         let key = version_key_for(org, Some(call), rec, 3, AudioFormat::Wav).unwrap();
         assert_eq!(
             key,
@@ -158,7 +160,7 @@ mod tests {
             format!("orgs/{org}/calls/none/recordings/{rec}/v1.mp3")
         );
         assert!(belongs_to(&key, org));
-        assert!(!belongs_to(&key, Uuid::from_u128(1)));
+        assert!(!belongs_to(&key, OrgId::from(Uuid::from_u128(1))));
         let staging = staging_key_for(org, rec, 2, AudioFormat::Flac).unwrap();
         assert!(staging.starts_with(&format!("incoming/{org}/{rec}/v2-")));
         assert!(staging.ends_with(".flac") && belongs_to(&staging, org));
@@ -191,7 +193,7 @@ mod tests {
             version_key("org", None, "rec", 0, AudioFormat::Wav),
             Err(KeyError::BadVersion)
         );
-        let org = Uuid::nil();
+        let org = OrgId::from(Uuid::nil());
         for escaping in [
             format!("orgs/{org}/../other/x.wav"),
             format!("orgs/{org}/"),

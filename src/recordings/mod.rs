@@ -12,6 +12,7 @@ pub mod keys;
 pub mod store;
 
 use crate::db::GenericClient;
+use crate::ids::{CallId, OrgId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -34,8 +35,10 @@ pub struct RecordingVersion {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Recording {
     pub id: Uuid,
-    pub organisation_id: Uuid,
-    pub call_id: Option<Uuid>,
+    #[schema(value_type = Uuid)]
+    pub organisation_id: OrgId,
+    #[schema(value_type = Option<Uuid>)]
+    pub call_id: Option<CallId>,
     /// `upload`, `direct` or `telnyx`.
     pub source: String,
     /// `single` or `dual` when known (Telnyx imports).
@@ -53,8 +56,8 @@ pub struct Recording {
 #[derive(Debug, Clone)]
 pub struct Reserved {
     pub recording_id: Uuid,
-    pub organisation_id: Uuid,
-    pub call_id: Option<Uuid>,
+    pub organisation_id: OrgId,
+    pub call_id: Option<CallId>,
     pub version: i32,
     pub object_key: String,
     pub staging_key: Option<String>,
@@ -66,8 +69,8 @@ pub struct Reserved {
 #[derive(Debug, Clone)]
 pub struct VersionRow {
     pub recording_id: Uuid,
-    pub organisation_id: Uuid,
-    pub call_id: Option<Uuid>,
+    pub organisation_id: OrgId,
+    pub call_id: Option<CallId>,
     pub version: i32,
     pub object_key: String,
     pub staging_key: Option<String>,
@@ -102,8 +105,8 @@ fn version_row(row: &Row) -> VersionRow {
 pub enum Target {
     /// A new recording, optionally of a call (already checked to be the organisation's).
     New {
-        organisation_id: Uuid,
-        call_id: Option<Uuid>,
+        organisation_id: OrgId,
+        call_id: Option<CallId>,
         source: &'static str,
         telnyx_recording_id: Option<String>,
         channels: Option<String>,
@@ -112,7 +115,7 @@ pub enum Target {
     },
     /// Another version of an existing recording of this organisation.
     Existing {
-        organisation_id: Uuid,
+        organisation_id: OrgId,
         recording_id: Uuid,
     },
 }
@@ -280,7 +283,7 @@ const RECORDING_SQL: &str = "select r.id, r.organisation_id, r.call_id, r.source
 /// A recording of this organisation with its stored versions (`None` = 404).
 pub async fn get(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     id: Uuid,
 ) -> Result<Option<Recording>, DbError> {
     let sql = format!("{RECORDING_SQL} where r.id = $1 and r.organisation_id = $2");
@@ -294,8 +297,8 @@ pub async fn get(
 /// The recordings of a call of this organisation that have at least one stored version.
 pub async fn list_for_call(
     client: &impl GenericClient,
-    organisation_id: Uuid,
-    call_id: Uuid,
+    organisation_id: OrgId,
+    call_id: CallId,
 ) -> Result<Vec<Recording>, DbError> {
     let sql = format!(
         "{RECORDING_SQL} where r.call_id = $1 and r.organisation_id = $2
@@ -313,7 +316,7 @@ pub async fn list_for_call(
 /// One version of this organisation's recording, any status.
 pub async fn version(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     recording_id: Uuid,
     version: i32,
 ) -> Result<Option<VersionRow>, DbError> {
@@ -362,7 +365,7 @@ pub async fn by_telnyx_id(
 /// held by `organisation_id`: what its storage quota counts.
 pub async fn bytes_used(
     client: &impl GenericClient,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<u64, crate::db::DbError> {
     let row = client
         .query_one(

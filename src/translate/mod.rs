@@ -14,9 +14,9 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::db::Db;
+use crate::ids::OrgId;
 use crate::providers::deepl::{DeepLClient, DeepLError};
 use crate::providers::openai::OpenAiClient;
 use breaker::Breaker;
@@ -161,7 +161,7 @@ impl TranslationService {
     /// and what they cost.
     pub async fn translate(
         &self,
-        organisation_id: Uuid,
+        organisation_id: OrgId,
         texts: &[String],
         source: Option<&str>,
         target: &str,
@@ -242,7 +242,7 @@ impl TranslationService {
     /// costs a provider call later.
     fn remember(
         &self,
-        organisation_id: Uuid,
+        organisation_id: OrgId,
         texts: &[String],
         translations: &[String],
         source_key: String,

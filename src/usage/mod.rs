@@ -20,12 +20,12 @@ use std::fmt::Write as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::usage::PriceTable;
-use crate::db::DbError;
+use crate::db::{DbError, GenericClient};
+use crate::ids::{CallId, LegId, OrgId};
 
 /// Vendors and the units they bill (the ledger's `vendor`/`unit`; docs/USAGE.md).
 pub mod unit {
@@ -55,17 +55,17 @@ pub mod unit {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Owner {
     Call {
-        call_id: Uuid,
-        leg_id: Option<Uuid>,
+        call_id: CallId,
+        leg_id: Option<LegId>,
     },
     Organisation {
-        organisation_id: Uuid,
+        organisation_id: OrgId,
         user_id: Option<String>,
     },
     /// An organisation's object (a recording) that may belong to a call.
     Object {
-        organisation_id: Uuid,
-        call_id: Option<Uuid>,
+        organisation_id: OrgId,
+        call_id: Option<CallId>,
     },
 }
 
@@ -84,7 +84,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn for_call(
-        call_id: Uuid,
+        call_id: CallId,
         vendor: &'static str,
         unit: &'static str,
         quantity: f64,
@@ -132,7 +132,7 @@ pub(crate) const RECORD_SQL: &str =
      left join calls c on c.id = e.call_id
      where coalesce(e.organisation_id, c.organisation_id) is not null
      on conflict (source_key) do nothing
-     returning vendor, unit, quantity::float8";
+     returning vendor, unit, quantity::float8 as quantity";
 
 /// [`record`] through `statement` (the SQL, or the writer's prepared copy of it).
 pub(crate) async fn record_with<T: ?Sized + tokio_postgres::ToStatement + Sync + Send>(
@@ -203,8 +203,8 @@ pub(crate) async fn record_with<T: ?Sized + tokio_postgres::ToStatement + Sync +
         )
         .await?;
     for row in &inserted {
-        let (vendor, unit): (&str, &str) = (row.get(0), row.get(1));
-        let quantity: f64 = row.get(2);
+        let (vendor, unit): (&str, &str) = (row.get("vendor"), row.get("unit"));
+        let quantity: f64 = row.get("quantity");
         let labels = [("vendor", vendor.to_owned()), ("unit", unit.to_owned())];
         metrics::counter!("usage_records_total", &labels).increment(1);
         metrics::counter!("usage_milliunits_total", &labels)
@@ -285,12 +285,13 @@ fn priced(
 pub async fn for_call(
     client: &impl GenericClient,
     prices: &PriceTable,
-    organisation_id: Uuid,
-    call_id: Uuid,
+    organisation_id: OrgId,
+    call_id: CallId,
 ) -> Result<CallUsage, DbError> {
     let rows = client
         .query(
-            "select vendor, unit, (occurred_at at time zone 'UTC')::date, sum(quantity)::float8
+            "select vendor, unit, (occurred_at at time zone 'UTC')::date as day,
+                    sum(quantity)::float8 as quantity
              from usage_ledger where organisation_id = $1 and call_id = $2
              group by 1, 2, 3 order by 1, 2, 3",
             &[&organisation_id, &call_id],
@@ -299,9 +300,9 @@ pub async fn for_call(
     let mut buckets: Buckets = BTreeMap::new();
     for row in rows {
         buckets
-            .entry((String::new(), row.get(0), row.get(1)))
+            .entry((String::new(), row.get("vendor"), row.get("unit")))
             .or_default()
-            .push((row.get(2), row.get(3)));
+            .push((row.get("day"), row.get("quantity")));
     }
     let mut vendors: Vec<VendorUsage> = Vec::new();
     let mut total = Vec::new();
@@ -337,7 +338,7 @@ pub async fn for_call(
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("quota"))
         .collect();
     Ok(CallUsage {
         vendors,
@@ -370,7 +371,7 @@ pub struct ReportLine {
 pub async fn report(
     client: &impl GenericClient,
     prices: &PriceTable,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     group_by: GroupBy,
@@ -383,7 +384,8 @@ pub async fn report(
     let rows = client
         .query(
             &format!(
-                "select {key}, vendor, unit, (occurred_at at time zone 'UTC')::date, sum(quantity)::float8
+                "select {key} as group_key, vendor, unit,
+                        (occurred_at at time zone 'UTC')::date as day, sum(quantity)::float8 as quantity
                  from usage_ledger
                  where organisation_id = $1 and occurred_at >= $2 and occurred_at < $3
                  group by 1, 2, 3, 4 order by 1, 2, 3, 4"
@@ -394,9 +396,9 @@ pub async fn report(
     let mut buckets: Buckets = BTreeMap::new();
     for row in rows {
         buckets
-            .entry((row.get(0), row.get(1), row.get(2)))
+            .entry((row.get("group_key"), row.get("vendor"), row.get("unit")))
             .or_default()
-            .push((row.get(3), row.get(4)));
+            .push((row.get("day"), row.get("quantity")));
     }
     Ok(buckets
         .into_iter()
@@ -446,13 +448,17 @@ pub fn to_csv(lines: &[ReportLine]) -> String {
 /// Telephony seconds of `call_id`'s legs that have been answered and have ended (answer →
 /// hang-up, from the webhooks), each written once per leg. Called with every lifecycle
 /// event's transaction; a leg still live writes nothing yet.
-pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Result<u64, DbError> {
+pub async fn record_telephony(
+    client: &impl GenericClient,
+    call_id: CallId,
+) -> Result<u64, DbError> {
     let rows = client
         .query(
-            "select l.id, l.role, c.direction,
+            "select l.id as leg_id, l.role, c.direction,
                     extract(epoch from (coalesce(case when c.interpreted then l.ended_at else c.ended_at end, now())
-                                        - case when c.interpreted then l.answered_at else c.answered_at end))::float8,
-                    case when c.interpreted then l.ended_at else c.ended_at end
+                                        - case when c.interpreted then l.answered_at else c.answered_at end))::float8
+                        as seconds,
+                    case when c.interpreted then l.ended_at else c.ended_at end as ended_at
              from calls c join call_legs l on l.call_id = c.id
              where c.id = $1
                and (case when c.interpreted then l.answered_at else c.answered_at end) is not null
@@ -463,9 +469,9 @@ pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Res
     let entries: Vec<Entry> = rows
         .iter()
         .map(|row| {
-            let leg_id: Uuid = row.get(0);
-            let role: String = row.get(1);
-            let direction: String = row.get(2);
+            let leg_id: LegId = row.get("leg_id");
+            let role: String = row.get("role");
+            let direction: String = row.get("direction");
             Entry {
                 owner: Owner::Call {
                     call_id,
@@ -473,9 +479,9 @@ pub async fn record_telephony(client: &impl GenericClient, call_id: Uuid) -> Res
                 },
                 vendor: unit::TELNYX,
                 unit: unit::CALL_SECONDS,
-                quantity: row.get::<_, f64>(3).max(0.0),
+                quantity: row.get::<_, f64>("seconds").max(0.0),
                 source_key: format!("telnyx:call_seconds:{leg_id}"),
-                occurred_at: row.get(4),
+                occurred_at: row.get("ended_at"),
                 metadata: serde_json::json!({"leg": role, "direction": direction}),
             }
         })
@@ -524,7 +530,7 @@ pub fn translation_entries(
 /// wait for the ledger). Each request is its own source event.
 pub fn record_translation_request(
     recorder: &Recorder,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     usage: &crate::translate::TranslationUsage,
     target_language: &str,
@@ -543,7 +549,7 @@ pub fn record_translation_request(
 /// token (one per session: tokens are single-use); its price, if any, is the operator's flat
 /// estimate per session (docs/USAGE.md).
 pub fn direct_session_entry(
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     speech_model: &str,
     expires_in_seconds: u32,
@@ -567,7 +573,7 @@ pub fn direct_session_entry(
 
 /// A presigned GET issued for a recording version (R2 bills the read it allows).
 pub fn download_entry(
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     user_id: &str,
     recording_id: Uuid,
     version: i32,

@@ -10,13 +10,12 @@
 
 use chrono::{NaiveDate, Utc};
 use serde_json::json;
-use tokio_postgres::GenericClient;
-use uuid::Uuid;
 
 use super::unit;
 use crate::config::usage::UsageConfig;
-use crate::db::DbError;
+use crate::db::{DbError, GenericClient};
 use crate::events;
+use crate::ids::{CallId, OrgId};
 
 /// What the parties hear when a call is ended at a quota (Telnyx text-to-speech).
 pub const ANNOUNCEMENT: &str =
@@ -70,11 +69,12 @@ impl Quotas {
 pub async fn quotas(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Quotas, DbError> {
     let row = client
         .query_opt(
-            "select monthly_minutes, concurrent_calls, monthly_spend_cap::float8, at_limit
+            "select monthly_minutes, concurrent_calls, monthly_spend_cap::float8 as monthly_spend,
+                    at_limit
              from usage_quotas where organisation_id = $1",
             &[&organisation_id],
         )
@@ -87,7 +87,12 @@ pub async fn quotas(
         Option<f64>,
         Option<String>,
     ) = match &row {
-        Some(row) => (row.get(0), row.get(1), row.get(2), row.get(3)),
+        Some(row) => (
+            row.get("monthly_minutes"),
+            row.get("concurrent_calls"),
+            row.get("monthly_spend"),
+            row.get("at_limit"),
+        ),
         None => (None, None, None, None),
     };
     // A column set to 0 on the organisation means "no quota", like the defaults' 0.
@@ -123,11 +128,12 @@ pub struct MonthToDate {
 pub async fn month_to_date(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<MonthToDate, DbError> {
     let rows = client
         .query(
-            "select vendor, unit, (occurred_at at time zone 'UTC')::date, sum(quantity)::float8
+            "select vendor, unit, (occurred_at at time zone 'UTC')::date as day,
+                    sum(quantity)::float8 as quantity
              from usage_ledger
              where organisation_id = $1
                and occurred_at >= date_trunc('month', now() at time zone 'UTC') at time zone 'UTC'
@@ -146,8 +152,12 @@ pub async fn month_to_date(
             .sum::<f64>()
     };
     for row in rows {
-        let (vendor, unit_name, day, quantity): (String, String, NaiveDate, f64) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (vendor, unit_name, day, quantity): (String, String, NaiveDate, f64) = (
+            row.get("vendor"),
+            row.get("unit"),
+            row.get("day"),
+            row.get("quantity"),
+        );
         if vendor == unit::TELNYX && unit_name == unit::CALL_SECONDS {
             total.minutes += quantity / 60.0;
         }
@@ -156,14 +166,14 @@ pub async fn month_to_date(
     // Legs answered and not ended yet: their seconds so far (the ledger has them at hang-up).
     let live: f64 = client
         .query_one(
-            "select coalesce(sum(extract(epoch from now() - l.answered_at)), 0)::float8
+            "select coalesce(sum(extract(epoch from now() - l.answered_at)), 0)::float8 as seconds
              from call_legs l join calls c on c.id = l.call_id
              where c.organisation_id = $1 and l.answered_at is not null and l.ended_at is null
                and l.status not in ('ended', 'failed')",
             &[&organisation_id],
         )
         .await?
-        .get(0);
+        .get("seconds");
     total.minutes += live / 60.0;
     total.spend += price(
         unit::TELNYX,
@@ -211,7 +221,7 @@ impl std::fmt::Display for Exceeded {
 pub async fn check_dial(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
 ) -> Result<Result<(), Exceeded>, DbError> {
     let quotas = quotas(client, config, organisation_id).await?;
     if let Some(limit) = quotas.concurrent_calls {
@@ -222,7 +232,7 @@ pub async fn check_dial(
                 &[&organisation_id],
             )
             .await?
-            .get(0);
+            .get("count");
         if live >= limit {
             return Ok(Err(Exceeded {
                 quota: Quota::ConcurrentCalls,
@@ -265,10 +275,10 @@ pub struct Enforced {
     pub warned: usize,
     pub reached: usize,
     /// Calls whose parties must now hear [`ANNOUNCEMENT`] (`at_limit = end`, just reached).
-    pub announce: Vec<(Uuid, Quota)>,
+    pub announce: Vec<(CallId, Quota)>,
     /// Calls whose announcement had its [`ANNOUNCEMENT_SECS`]: hang them up, then
     /// [`hung_up`].
-    pub hang_up: Vec<(Uuid, Quota)>,
+    pub hang_up: Vec<(CallId, Quota)>,
 }
 
 /// Checks the monthly quotas of every organisation with answered calls: writes the 80 % and
@@ -279,14 +289,14 @@ pub async fn enforce(
     config: &UsageConfig,
 ) -> Result<Enforced, DbError> {
     let mut done = Enforced::default();
-    let organisations: Vec<Uuid> = client
+    let organisations: Vec<OrgId> = client
         .query(
             "select distinct organisation_id from calls where status = 'answered'",
             &[],
         )
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("organisation_id"))
         .collect();
     for organisation_id in organisations {
         let quotas = quotas(client, config, organisation_id).await?;
@@ -309,14 +319,14 @@ pub async fn enforce(
         if levels.is_empty() {
             continue;
         }
-        let calls: Vec<Uuid> = client
+        let calls: Vec<CallId> = client
             .query(
                 "select id from calls where organisation_id = $1 and status = 'answered'",
                 &[&organisation_id],
             )
             .await?
             .iter()
-            .map(|row| row.get(0))
+            .map(|row| row.get("id"))
             .collect();
         for call_id in calls {
             for &(quota, used, limit) in &levels {
@@ -371,7 +381,7 @@ pub async fn enforce(
 /// was not hung up for it yet.
 async fn hang_up_due(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     quota: Quota,
 ) -> Result<bool, DbError> {
     Ok(client
@@ -389,7 +399,7 @@ async fn hang_up_due(
 /// failed hang-up is retried by the next pass); the `usage.quota_ended` event once.
 pub async fn hung_up(
     client: &impl GenericClient,
-    call_id: Uuid,
+    call_id: CallId,
     quota: Quota,
 ) -> Result<bool, DbError> {
     let first = client
@@ -464,7 +474,7 @@ pub struct QuotaChange {
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
     #[error("no organisation {0}")]
-    NoSuchOrganisation(Uuid),
+    NoSuchOrganisation(OrgId),
     #[error("{0} must be 0 (no quota) or more")]
     Negative(&'static str),
     #[error(transparent)]
@@ -478,7 +488,7 @@ pub enum ChangeError {
 pub async fn set(
     client: &impl GenericClient,
     config: &UsageConfig,
-    organisation_id: Uuid,
+    organisation_id: OrgId,
     change: QuotaChange,
 ) -> Result<Quotas, ChangeError> {
     let negative_i = |s: Setting<i64>| matches!(s, Setting::To(v) if v < 0);

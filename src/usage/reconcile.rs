@@ -4,9 +4,8 @@
 //! `USAGE_RECONCILE_DRIFT_SECS`, or a session AssemblyAI never reported, is drift: a row in
 //! `usage_drift`, a WARN log line and `usage_drift_total` for operators (docs/USAGE.md).
 
-use tokio_postgres::GenericClient;
-
-use crate::db::DbError;
+use crate::db::{DbError, GenericClient};
+use crate::ids::CallId;
 
 /// Sessions looked at per run: those recorded in this window (older ones were looked at).
 const WINDOW_HOURS: i32 = 48;
@@ -27,15 +26,16 @@ pub async fn run(client: &impl GenericClient, threshold_secs: f64) -> Result<u64
                     or abs((l.metadata->>'reported_seconds')::float8
                            - (l.metadata->>'measured_seconds')::float8) > $1)
              on conflict (vendor, session_id) do nothing
-             returning session_id, call_id, ledger_seconds::float8, reported_seconds::float8",
+             returning session_id, call_id, ledger_seconds::float8 as measured,
+                       reported_seconds::float8 as reported",
             &[&threshold_secs, &WINDOW_HOURS],
         )
         .await?;
     for row in &found {
-        let session_id: String = row.get(0);
-        let call_id: Option<uuid::Uuid> = row.get(1);
-        let measured: f64 = row.get(2);
-        let reported: Option<f64> = row.get(3);
+        let session_id: String = row.get("session_id");
+        let call_id: Option<CallId> = row.get("call_id");
+        let measured: f64 = row.get("measured");
+        let reported: Option<f64> = row.get("reported");
         tracing::warn!(
             %session_id, ?call_id, measured, ?reported, threshold_secs,
             "AssemblyAI streaming seconds drift from what the bridge measured"

@@ -102,7 +102,7 @@ async fn write_pending(db: &Db, pending: &Mutex<Vec<Entry>>, writing: &tokio::sy
         let client = db.client().await?;
         // Prepared once per connection: unprepared, each write would be three round trips.
         let statement = db.prepare(&client, super::RECORD_SQL).await?;
-        super::record_with(&**client, &statement, &entries).await
+        super::record_with(&client, &statement, &entries).await
     }
     .await;
     match outcome {
@@ -119,7 +119,7 @@ async fn write_pending(db: &Db, pending: &Mutex<Vec<Entry>>, writing: &tokio::sy
             tracing::warn!(%error, entries = entries.len(), "a batch of usage was refused; writing its entries one by one");
             for entry in entries {
                 let outcome = match db.client().await {
-                    Ok(client) => super::record(&**client, std::slice::from_ref(&entry)).await,
+                    Ok(client) => super::record(&client, std::slice::from_ref(&entry)).await,
                     Err(error) => Err(error),
                 };
                 if let Err(error) = outcome {

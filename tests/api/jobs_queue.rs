@@ -368,9 +368,12 @@ async fn a_caption_storm_sends_no_worker_to_postgres() {
     for order in 0..400u64 {
         // A call each: the publisher keeps only the newest partial per call and track, and
         // the storm is 400 notifications.
-        app.state
-            .partials
-            .publish(uuid::Uuid::new_v4(), "inbound", order, "hola que tal");
+        app.state.partials.publish(
+            uuid::Uuid::new_v4().into(),
+            "inbound",
+            order,
+            "hola que tal",
+        );
         if order % 4 == 0 {
             db.execute(
                 "select pg_notify($1, $2)",

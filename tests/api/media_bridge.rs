@@ -699,7 +699,7 @@ async fn a_final_turn_is_stored_once_under_a_free_index_with_its_event() {
     let media = MediaApp::spawn(&[]).await;
     let call_id = media.call().await;
     let turn = |session: &str, order: i64, index: i32| FinalTurn {
-        call_id,
+        call_id: call_id.into(),
         track: "inbound",
         turn_index: Some(index),
         session_id: session.to_owned(),

@@ -145,7 +145,7 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
             };
             callbridge::calls::add_number(
                 &app.db().await,
-                organisation_id,
+                organisation_id.into(),
                 &own_number,
                 Some("contract"),
                 origin,
@@ -186,7 +186,7 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
         callbridge::calls::insert(
             &client,
             &callbridge::calls::NewCall {
-                organisation_id,
+                organisation_id: organisation_id.into(),
                 direction: "outbound",
                 from: &own_number,
                 to: "+14155550123",
@@ -205,6 +205,7 @@ async fn fixtures(app: &TestApp, telnyx: Option<TelnyxSim>) -> Fixtures {
         .unwrap()
         .unwrap()
         .id
+        .uuid()
     };
 
     let response = app

@@ -86,8 +86,8 @@ async fn a_removed_member_stops_receiving_the_organisations_events() {
     assert_eq!(data["reason"], "membership_ended");
     // A call event written after the removal is never delivered to Bob.
     callbridge::events::append(
-        &**app.state.db.client().await.unwrap(),
-        call,
+        &app.state.db.client().await.unwrap(),
+        call.into(),
         "call.ended",
         serde_json::json!({"status": "ended"}),
         chrono::Utc::now(),
@@ -106,8 +106,8 @@ async fn a_valid_session_keeps_its_stream() {
     // Three intervals pass with nothing revoked: no auth.revoked, the stream still open.
     assert!(stream.next(Duration::from_millis(3500)).await.is_none());
     callbridge::events::append(
-        &**app.state.db.client().await.unwrap(),
-        call,
+        &app.state.db.client().await.unwrap(),
+        call.into(),
         "call.ended",
         serde_json::json!({"status": "ended"}),
         chrono::Utc::now(),

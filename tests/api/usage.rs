@@ -470,7 +470,7 @@ async fn ledger_row(
 ) {
     let entry = Entry {
         owner: Owner::Organisation {
-            organisation_id: org,
+            organisation_id: org.into(),
             user_id: None,
         },
         vendor: match vendor {
@@ -674,7 +674,7 @@ async fn another_organisations_usage_is_never_visible() {
     usage::record(
         &db,
         &[Entry::for_call(
-            call_id,
+            call_id.into(),
             usage::unit::ELEVENLABS,
             usage::unit::CHARACTERS,
             77.0,
@@ -792,7 +792,7 @@ async fn assemblyai_drift_above_the_threshold_is_reported_once() {
     let db = it.t.app.db().await;
     let session = |id: &str, reported: Option<f64>, measured: f64| Entry {
         owner: Owner::Organisation {
-            organisation_id: it.org,
+            organisation_id: it.org.into(),
             user_id: None,
         },
         vendor: usage::unit::ASSEMBLYAI,
