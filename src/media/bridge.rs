@@ -12,7 +12,7 @@
 //! recorded as a *gap*. On `stop`, socket close or process shutdown every track flushes,
 //! sends `Terminate`, and waits (bounded) for its last turns to be stored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,48 @@ impl TrackState {
     }
 }
 
+/// A stream's tracks, one slot per [`Track`]: looked up several times per frame, so an
+/// index into two slots rather than a hash of the key each time.
+#[derive(Default)]
+struct Tracks([Option<TrackState>; 2]);
+
+impl Tracks {
+    fn slot(track: Track) -> usize {
+        match track {
+            Track::Inbound => 0,
+            Track::Outbound => 1,
+        }
+    }
+
+    fn get(&self, track: &Track) -> Option<&TrackState> {
+        self.0[Self::slot(*track)].as_ref()
+    }
+
+    fn get_mut(&mut self, track: &Track) -> Option<&mut TrackState> {
+        self.0[Self::slot(*track)].as_mut()
+    }
+
+    fn contains_key(&self, track: &Track) -> bool {
+        self.get(track).is_some()
+    }
+
+    fn insert(&mut self, track: Track, state: TrackState) {
+        self.0[Self::slot(track)] = Some(state);
+    }
+
+    fn values(&self) -> impl Iterator<Item = &TrackState> {
+        self.0.iter().flatten()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut TrackState> {
+        self.0.iter_mut().flatten()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Track> {
+        self.values().map(|state| &state.track)
+    }
+}
+
 /// What a media stream carries.
 pub enum Target {
     /// A one-leg call: one stream with both tracks.
@@ -249,7 +291,7 @@ pub struct Bridge {
     mixer: Option<Mixer>,
     client: AssemblyAiClient,
     params: StreamParams,
-    tracks: HashMap<Track, TrackState>,
+    tracks: Tracks,
     events_tx: mpsc::Sender<AaiEvent>,
     storage: JoinSet<()>,
     stream_id: Option<String>,
@@ -400,7 +442,7 @@ pub async fn run(
         mixer,
         client,
         params,
-        tracks: HashMap::new(),
+        tracks: Tracks::default(),
         events_tx,
         storage: JoinSet::new(),
         stream_id: None,
@@ -617,10 +659,10 @@ impl Bridge {
             Duration::from_secs(1),
         );
         let shutdown = self.state.shutdown.clone();
-        // One waiter for the whole call: a fresh `cancelled()` per loop turn would register
-        // and unregister on the token's shared lock for every frame of every call.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // One waiter for the whole call (a fresh `cancelled()` per loop turn would register
+        // and unregister on the token's shared lock for every frame of every call), polled
+        // through `Quiet`: lock-free on the turns it did not wake.
+        let mut cancelled = Quiet::new(shutdown.cancelled());
         let mut telnyx_open = true;
         self.reading_since = Instant::now();
         loop {
@@ -1763,7 +1805,7 @@ async fn send_batch(
     state: &mut TrackState,
     offset_ms: u64,
     end_ms: u64,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     sent: &metrics::Counter,
 ) {
     let Some(sink) = state.sink.as_mut() else {
@@ -1771,18 +1813,23 @@ async fn send_batch(
     };
     let bytes_len = bytes.len();
     let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
-    if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err() || sink.send(ping).await.is_err()
+    if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err()
     {
         return;
     }
     sent.increment(1);
     state.session_sent_bytes += bytes_len as u64;
     state.session_base_ms.get_or_insert(offset_ms);
-    state.sent_at.push_back((end_ms, Instant::now()));
-    while state.sent_at.len() > 64 {
+    // Oldest out before the newest in: the queue never holds more than `SENT_AT_KEPT`,
+    // so its allocation stops at that many instead of doubling past it (ADR 0045).
+    while state.sent_at.len() >= SENT_AT_KEPT {
         state.sent_at.pop_front();
     }
+    state.sent_at.push_back((end_ms, Instant::now()));
 }
+
+/// Sent batches remembered for end-of-turn latency: 6.4 s at 100 ms batches.
+const SENT_AT_KEPT: usize = 64;
 
 fn schedule_retry(state: &mut TrackState) {
     state.attempts += 1;
@@ -1825,5 +1872,121 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What `Quiet` hands the future it wraps as its waker: records that the future was woken,
+/// then wakes the task.
+struct WakeFlag {
+    woken: std::sync::atomic::AtomicBool,
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+/// A future polled on every turn of a busy loop but rarely ready (the process's shutdown):
+/// polled for real only when it woke the task (or the task's waker changed), otherwise
+/// `Pending` after one atomic load. Polling a `CancellationToken`'s future locks the token's
+/// mutex and its `Notify`'s, both shared by every call in the process: on each frame of each
+/// call that was two contended locks for a signal that fires once in the process's life.
+struct Quiet<F> {
+    inner: std::pin::Pin<Box<F>>,
+    flag: Option<Arc<WakeFlag>>,
+}
+
+impl<F: Future> Quiet<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            flag: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Quiet<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        use std::sync::atomic::Ordering;
+        let this = self.get_mut();
+        let flag = match &this.flag {
+            Some(flag) if flag.task.will_wake(cx.waker()) => {
+                // Cleared before polling: a wake while we poll sets it again for next time.
+                if !flag.woken.swap(false, Ordering::AcqRel) {
+                    return std::task::Poll::Pending;
+                }
+                flag.clone()
+            }
+            // First poll, or a different task waker: the inner future must hold a waker
+            // that reaches this task.
+            _ => Arc::new(WakeFlag {
+                woken: std::sync::atomic::AtomicBool::new(false),
+                task: cx.waker().clone(),
+            }),
+        };
+        let waker = std::task::Waker::from(flag.clone());
+        this.flag = Some(flag);
+        this.inner
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_quiet_shutdown_is_seen_once_the_token_fires_whichever_waker_polled_it() {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut quiet = std::pin::pin!(Quiet::new(token.cancelled()));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(quiet.as_mut().poll(&mut cx).is_pending());
+        }
+        // Another task's waker re-registers: that one is woken, not the first.
+        let other = Arc::new(Count(AtomicUsize::new(0)));
+        let other_waker = Waker::from(other.clone());
+        assert!(
+            quiet
+                .as_mut()
+                .poll(&mut Context::from_waker(&other_waker))
+                .is_pending()
+        );
+        token.cancel();
+        assert_eq!(other.0.load(Ordering::SeqCst), 1, "the cancel wakes the task");
+        assert!(
+            quiet
+                .as_mut()
+                .poll(&mut Context::from_waker(&other_waker))
+                .is_ready()
+        );
+        // Already cancelled before the first poll: ready at once.
+        let mut late = std::pin::pin!(Quiet::new(token.cancelled()));
+        assert_eq!(late.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 }
