@@ -210,9 +210,13 @@ pub fn parse_reusing(raw: &str, spare: &mut Vec<u8>) -> Result<Frame, FrameError
     // escapes, duplicate keys, odd types, invalid JSON) it leaves to serde, which decides
     // what is valid and which error it is: the scanner only ever answers where serde would
     // answer the same.
-    if let Some(fields) = scan::media(raw) {
-        return media_from(fields, spare);
+    if let Some(fields) = scan::media(raw)
+        && let Ok(frame) = media_from(fields, spare)
+    {
+        return Ok(frame);
     }
+    // A frame the scanner read but that is not a valid media frame is serde's to name too
+    // (the scanner leaves the payload's bytes to the base64 decoder: `scan::media`).
     parse_with_serde(raw, spare)
 }
 
@@ -509,7 +513,7 @@ mod tests {
             r#"{"event":"media","media":{"track":"inbound","chunk":12,"payload":"//8A/w==","x":[1,{"y":"é"}]}}"#,
             r#"{"event":"start","sequence_number":"1","stream_id":"s-1","start":{"call_control_id":"v3:abc","media_format":{"encoding":"PCMU","sample_rate":8000}}}"#,
         ];
-        let alphabet = b"{}[]\":,\\ \n0123456789-.eE+/=abcdeilmnortu";
+        let alphabet = b"{}[]\":,\\ \n\t\x01\x1f0123456789-.eE+/=abcdeilmnortu";
         for _ in 0..60_000 {
             let mut bytes = seeds[rng.below(seeds.len())].as_bytes().to_vec();
             for _ in 0..1 + rng.below(3) {
@@ -557,6 +561,11 @@ mod tests {
             (
                 r#"{"event":"media","media":{"track":"inbound","chunk":"1","payload":"***"}}"#,
                 FrameError::Payload,
+            ),
+            // A raw control byte in the payload is invalid JSON, not a bad payload.
+            (
+                "{\"event\":\"media\",\"media\":{\"track\":\"inbound\",\"chunk\":\"1\",\"payload\":\"//\u{1}8\"}}",
+                FrameError::NotJson,
             ),
             (r#"{"event":"start"}"#, FrameError::Field("stream_id")),
             (r#"{"no":"event"}"#, FrameError::Field("event")),

@@ -4,7 +4,8 @@
 //! without building anything. It answers only where serde would give the same answer; for
 //! anything it is not sure about (another event, an escape, a duplicate key, an unusual type,
 //! a number with an exponent, deep nesting, invalid JSON) it returns `None` and the caller
-//! takes serde's path, which decides what is valid and which error it is (ADR 0045).
+//! takes serde's path, which decides what is valid and which error it is (ADR 0045). So does
+//! a frame it read that then fails (a payload that is not base64).
 
 use super::MediaFields;
 
@@ -105,6 +106,20 @@ impl<'a> Scanner<'a> {
         self.raw.get(start..start + end)
     }
 
+    /// The payload string, borrowed, with only its end found: a control byte in it (invalid
+    /// JSON) is not looked for, because it is not base64 either, so the decoder refuses the
+    /// frame and the caller asks serde which error it is.
+    fn payload(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let end = memchr::memchr2(b'"', b'\\', &self.bytes()[start..])?;
+        if self.bytes()[start + end] == b'\\' {
+            return None;
+        }
+        self.at = start + end + 1;
+        self.raw.get(start..start + end)
+    }
+
     /// A counter as serde's `Counter` reads it: a string parsed as `u64` (anything else in
     /// it is `None`, as there), or a plain non-negative integer that fits. Signs, fractions,
     /// exponents, `null` and booleans are left to serde.
@@ -159,7 +174,7 @@ impl<'a> Scanner<'a> {
                 }
                 "payload" if !payload => {
                     payload = true;
-                    fields.payload = Some(self.string()?);
+                    fields.payload = Some(self.payload()?);
                 }
                 "track" | "chunk" | "payload" => return None,
                 _ => self.skip_value(1)?,
