@@ -48,11 +48,14 @@ type AaiSink = SplitSink<Socket, AaiMessage>;
 const STOP_DEADLINE: Duration = Duration::from_secs(8);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// What a track's session task tells the bridge. The large payloads are boxed: a call's
+/// channel allocates its slots 32 at a time whatever it carries, so every byte of the
+/// largest variant is held 32 times per call (ADR 0045).
 enum AaiEvent {
     Connected {
         track: Track,
         generation: u64,
-        sink: AaiSink,
+        sink: Box<AaiSink>,
         session_id: String,
     },
     ConnectFailed {
@@ -63,7 +66,7 @@ enum AaiEvent {
     Message {
         track: Track,
         generation: u64,
-        message: ServerMessage,
+        message: Box<ServerMessage>,
     },
     /// The session answered the ping sent after the batch ending at `through_ms`: it has
     /// read all the audio up to there.
@@ -1002,14 +1005,18 @@ impl Bridge {
             self.events_tx.clone(),
         );
         tokio::spawn(async move {
-            match client.connect(&params).await {
+            // Boxed: a task's future keeps the size of its largest state for as long as it
+            // runs, and the handshake's (~12 KiB) would stay allocated beside the small
+            // reading loop for the whole session (two per call, thousands of calls).
+            let connected = Box::pin(client.connect(&params)).await;
+            match connected {
                 Ok((socket, session_id)) => {
                     let (sink, mut stream) = socket.split();
                     if events
                         .send(AaiEvent::Connected {
                             track,
                             generation,
-                            sink,
+                            sink: Box::new(sink),
                             session_id,
                         })
                         .await
@@ -1020,7 +1027,7 @@ impl Bridge {
                     let reason = loop {
                         match stream.next().await {
                             Some(Ok(AaiMessage::Text(text))) => {
-                                let message = assemblyai::parse_server_message(&text);
+                                let message = Box::new(assemblyai::parse_server_message(&text));
                                 if events
                                     .send(AaiEvent::Message {
                                         track,
@@ -1141,7 +1148,7 @@ impl Bridge {
                     return;
                 }
                 tracing::info!(call_id = %self.call_id, track = track.as_str(), %session_id, replayed_batches = state.replay.len(), "AssemblyAI session open");
-                state.sink = Some(sink);
+                state.sink = Some(*sink);
                 state.session_id = session_id;
                 state.session_opened = Some(Instant::now());
                 state.session_sent_bytes = 0;
@@ -1193,7 +1200,7 @@ impl Bridge {
                 {
                     return;
                 }
-                match message {
+                match *message {
                     ServerMessage::Turn(turn) => self.on_turn(track, turn),
                     ServerMessage::Error { code, message } => {
                         tracing::warn!(call_id = %self.call_id, track = track.as_str(), code, %message, "AssemblyAI error");
