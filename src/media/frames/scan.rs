@@ -96,26 +96,28 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        let rest = &self.bytes()[start..];
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[end] == b'\\' || rest[..end].iter().any(|&b| b < 0x20) {
-            return None;
+        // Keys and values here are short (names, numbers, a stream id): one pass, byte by
+        // byte, is cheaper than a vectorised search's set-up.
+        loop {
+            match self.next()? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => {}
+            }
         }
-        self.at = start + end + 1;
         // Both ends are at ASCII quotes, so on character boundaries.
-        self.raw.get(start..start + end)
+        self.raw.get(start..self.at - 1)
     }
 
-    /// The payload string, borrowed, with only its end found: a control byte in it (invalid
-    /// JSON) is not looked for, because it is not base64 either, so the decoder refuses the
-    /// frame and the caller asks serde which error it is.
+    /// The payload string, borrowed, with only its end found: a control byte or an escape
+    /// in it (invalid JSON, or text serde must unescape) is not looked for, because neither
+    /// is base64, so the decoder refuses the frame and the caller asks serde.
     fn payload(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        let end = memchr::memchr2(b'"', b'\\', &self.bytes()[start..])?;
-        if self.bytes()[start + end] == b'\\' {
-            return None;
-        }
+        // Only the closing quote is looked for: an escape leaves a backslash in the slice,
+        // which is not base64 either.
+        let end = memchr::memchr(b'"', &self.bytes()[start..])?;
         self.at = start + end + 1;
         self.raw.get(start..start + end)
     }
