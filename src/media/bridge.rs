@@ -1820,8 +1820,7 @@ async fn send_batch(
     };
     let bytes_len = bytes.len();
     let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
-    if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err()
-    {
+    if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err() {
         return;
     }
     sent.increment(1);
@@ -1985,7 +1984,11 @@ mod tests {
                 .is_pending()
         );
         token.cancel();
-        assert_eq!(other.0.load(Ordering::SeqCst), 1, "the cancel wakes the task");
+        assert_eq!(
+            other.0.load(Ordering::SeqCst),
+            1,
+            "the cancel wakes the task"
+        );
         assert!(
             quiet
                 .as_mut()

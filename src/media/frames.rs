@@ -442,9 +442,12 @@ mod tests {
         );
         // An escape in the payload is read as is: it is not base64, so the decoder refuses
         // it and serde, which unescapes, reads the frame.
-        let escaped = r#"{"event":"media","media":{"track":"inbound","chunk":"1","payload":"\/w=="}}"#;
+        let escaped =
+            r#"{"event":"media","media":{"track":"inbound","chunk":"1","payload":"\/w=="}}"#;
         assert_eq!(scan::media(escaped).and_then(|f| f.payload), Some(r"\/w=="));
-        assert!(matches!(parse(escaped), Ok(Frame::Media(Media { payload, .. })) if payload == [0xff]));
+        assert!(
+            matches!(parse(escaped), Ok(Frame::Media(Media { payload, .. })) if payload == [0xff])
+        );
         // Left to serde: other events, escapes, duplicates, exponents, trailing bytes.
         for raw in [
             r#"{"event":"stop"}"#,
@@ -463,16 +466,48 @@ mod tests {
 
     #[test]
     fn the_scanner_and_serde_agree_on_generated_and_mutated_frames() {
+        use std::fmt::Write as _;
         let keys = [
-            "event", "media", "sequence_number", "stream_id", "track", "chunk", "payload",
-            "timestamp", "extra",
+            "event",
+            "media",
+            "sequence_number",
+            "stream_id",
+            "track",
+            "chunk",
+            "payload",
+            "timestamp",
+            "extra",
         ];
         let values = [
-            r#""media""#, r#""stop""#, r#""inbound""#, r#""outbound""#, r#""3""#, r#""x""#,
-            r#""+5""#, r#""18446744073709551616""#, "7", "0", "-1", "1.5", "2e1", "007",
-            "18446744073709551615", "99999999999999999999", "null", "true", "false", "[]",
-            "[1,[2,{}]]", r#"{"a":{"b":[null]}}"#, r#""/////w==""#, r#""//8A/w==""#,
-            r#""***""#, r#""""#, r#""\/w==""#, r#""é""#, "{}",
+            r#""media""#,
+            r#""stop""#,
+            r#""inbound""#,
+            r#""outbound""#,
+            r#""3""#,
+            r#""x""#,
+            r#""+5""#,
+            r#""18446744073709551616""#,
+            "7",
+            "0",
+            "-1",
+            "1.5",
+            "2e1",
+            "007",
+            "18446744073709551615",
+            "99999999999999999999",
+            "null",
+            "true",
+            "false",
+            "[]",
+            "[1,[2,{}]]",
+            r#"{"a":{"b":[null]}}"#,
+            r#""/////w==""#,
+            r#""//8A/w==""#,
+            r#""***""#,
+            r#""""#,
+            r#""\/w==""#,
+            r#""é""#,
+            "{}",
         ];
         let spaces = ["", "", "", " ", "\n", "\t ", "\r\n"];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -492,7 +527,7 @@ mod tests {
                     _ => rng.pick(&values),
                 };
                 let gap = rng.pick(&spaces);
-                media.push_str(&format!("{gap}\"{key}\"{gap}:{gap}{value}{gap}"));
+                let _ = write!(media, "{gap}\"{key}\"{gap}:{gap}{value}{gap}");
             }
             media.push('}');
             let mut frame = String::from("{");
@@ -507,7 +542,7 @@ mod tests {
                     _ => rng.pick(&values),
                 };
                 let gap = rng.pick(&spaces);
-                frame.push_str(&format!("{gap}\"{key}\"{gap}:{gap}{value}{gap}"));
+                let _ = write!(frame, "{gap}\"{key}\"{gap}:{gap}{value}{gap}");
             }
             frame.push('}');
             cases.push(frame);
