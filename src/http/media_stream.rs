@@ -75,9 +75,12 @@ pub async fn telnyx_stream(
         ),
     };
     let tracker = state.bridges.clone();
-    // Thousands of these live at once: small per-socket buffers (frames are ~300 bytes).
+    // Thousands of these live at once: small per-socket buffers (ADR 0045). A media frame
+    // is ~370 bytes and both tracks' frames arrive together every 20 ms, so 2 KiB reads a
+    // burst of five in one call; the whole buffer is resident (each read zero-fills it), so
+    // tungstenite's 128 KiB would be 128 KiB per call. Writes go out as they are made.
     Ok(upgrade
-        .read_buffer_size(4096)
+        .read_buffer_size(2048)
         .write_buffer_size(0)
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| {

@@ -12,7 +12,7 @@
 //! recorded as a *gap*. On `stop`, socket close or process shutdown every track flushes,
 //! sends `Terminate`, and waits (bounded) for its last turns to be stored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,14 @@ type AaiSink = SplitSink<Socket, AaiMessage>;
 const STOP_DEADLINE: Duration = Duration::from_secs(8);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// What a track's session task tells the bridge. The large payloads are boxed: a call's
+/// channel allocates its slots 32 at a time whatever it carries, so every byte of the
+/// largest variant is held 32 times per call (ADR 0045).
 enum AaiEvent {
     Connected {
         track: Track,
         generation: u64,
-        sink: AaiSink,
+        sink: Box<AaiSink>,
         session_id: String,
     },
     ConnectFailed {
@@ -63,7 +66,7 @@ enum AaiEvent {
     Message {
         track: Track,
         generation: u64,
-        message: ServerMessage,
+        message: Box<ServerMessage>,
     },
     /// The session answered the ping sent after the batch ending at `through_ms`: it has
     /// read all the audio up to there.
@@ -152,6 +155,48 @@ impl TrackState {
             session_opened: None,
             session_sent_bytes: 0,
         }
+    }
+}
+
+/// A stream's tracks, one slot per [`Track`]: looked up several times per frame, so an
+/// index into two slots rather than a hash of the key each time.
+#[derive(Default)]
+struct Tracks([Option<TrackState>; 2]);
+
+impl Tracks {
+    fn slot(track: Track) -> usize {
+        match track {
+            Track::Inbound => 0,
+            Track::Outbound => 1,
+        }
+    }
+
+    fn get(&self, track: &Track) -> Option<&TrackState> {
+        self.0[Self::slot(*track)].as_ref()
+    }
+
+    fn get_mut(&mut self, track: &Track) -> Option<&mut TrackState> {
+        self.0[Self::slot(*track)].as_mut()
+    }
+
+    fn contains_key(&self, track: &Track) -> bool {
+        self.get(track).is_some()
+    }
+
+    fn insert(&mut self, track: Track, state: TrackState) {
+        self.0[Self::slot(track)] = Some(state);
+    }
+
+    fn values(&self) -> impl Iterator<Item = &TrackState> {
+        self.0.iter().flatten()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut TrackState> {
+        self.0.iter_mut().flatten()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Track> {
+        self.values().map(|state| &state.track)
     }
 }
 
@@ -249,7 +294,7 @@ pub struct Bridge {
     mixer: Option<Mixer>,
     client: AssemblyAiClient,
     params: StreamParams,
-    tracks: HashMap<Track, TrackState>,
+    tracks: Tracks,
     events_tx: mpsc::Sender<AaiEvent>,
     storage: JoinSet<()>,
     stream_id: Option<String>,
@@ -400,7 +445,7 @@ pub async fn run(
         mixer,
         client,
         params,
-        tracks: HashMap::new(),
+        tracks: Tracks::default(),
         events_tx,
         storage: JoinSet::new(),
         stream_id: None,
@@ -614,10 +659,10 @@ impl Bridge {
             Duration::from_secs(1),
         );
         let shutdown = self.state.shutdown.clone();
-        // One waiter for the whole call: a fresh `cancelled()` per loop turn would register
-        // and unregister on the token's shared lock for every frame of every call.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // One waiter for the whole call (a fresh `cancelled()` per loop turn would register
+        // and unregister on the token's shared lock for every frame of every call), polled
+        // through `Quiet`: lock-free on the turns it did not wake.
+        let mut cancelled = Quiet::new(shutdown.cancelled());
         let mut telnyx_open = true;
         self.reading_since = Instant::now();
         loop {
@@ -957,14 +1002,18 @@ impl Bridge {
             self.events_tx.clone(),
         );
         tokio::spawn(async move {
-            match client.connect(&params).await {
+            // Boxed: a task's future keeps the size of its largest state for as long as it
+            // runs, and the handshake's (~12 KiB) would stay allocated beside the small
+            // reading loop for the whole session (two per call, thousands of calls).
+            let connected = Box::pin(client.connect(&params)).await;
+            match connected {
                 Ok((socket, session_id)) => {
                     let (sink, mut stream) = socket.split();
                     if events
                         .send(AaiEvent::Connected {
                             track,
                             generation,
-                            sink,
+                            sink: Box::new(sink),
                             session_id,
                         })
                         .await
@@ -975,7 +1024,7 @@ impl Bridge {
                     let reason = loop {
                         match stream.next().await {
                             Some(Ok(AaiMessage::Text(text))) => {
-                                let message = assemblyai::parse_server_message(&text);
+                                let message = Box::new(assemblyai::parse_server_message(&text));
                                 if events
                                     .send(AaiEvent::Message {
                                         track,
@@ -1096,7 +1145,7 @@ impl Bridge {
                     return;
                 }
                 tracing::info!(call_id = %self.call_id, track = track.as_str(), %session_id, replayed_batches = state.replay.len(), "AssemblyAI session open");
-                state.sink = Some(sink);
+                state.sink = Some(*sink);
                 state.session_id = session_id;
                 state.session_opened = Some(Instant::now());
                 state.session_sent_bytes = 0;
@@ -1148,7 +1197,7 @@ impl Bridge {
                 {
                     return;
                 }
-                match message {
+                match *message {
                     ServerMessage::Turn(turn) => self.on_turn(track, turn),
                     ServerMessage::Error { code, message } => {
                         tracing::warn!(call_id = %self.call_id, track = track.as_str(), code, %message, "AssemblyAI error");
@@ -1760,7 +1809,7 @@ async fn send_batch(
     state: &mut TrackState,
     offset_ms: u64,
     end_ms: u64,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     sent: &metrics::Counter,
 ) {
     let Some(sink) = state.sink.as_mut() else {
@@ -1768,18 +1817,22 @@ async fn send_batch(
     };
     let bytes_len = bytes.len();
     let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
-    if sink.feed(AaiMessage::Binary(bytes.into())).await.is_err() || sink.send(ping).await.is_err()
-    {
+    if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err() {
         return;
     }
     sent.increment(1);
     state.session_sent_bytes += bytes_len as u64;
     state.session_base_ms.get_or_insert(offset_ms);
-    state.sent_at.push_back((end_ms, Instant::now()));
-    while state.sent_at.len() > 64 {
+    // Oldest out before the newest in: the queue never holds more than `SENT_AT_KEPT`,
+    // so its allocation stops at that many instead of doubling past it (ADR 0045).
+    while state.sent_at.len() >= SENT_AT_KEPT {
         state.sent_at.pop_front();
     }
+    state.sent_at.push_back((end_ms, Instant::now()));
 }
+
+/// Sent batches remembered for end-of-turn latency: 6.4 s at 100 ms batches.
+const SENT_AT_KEPT: usize = 64;
 
 fn schedule_retry(state: &mut TrackState) {
     state.attempts += 1;
@@ -1822,5 +1875,125 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What `Quiet` hands the future it wraps as its waker: records that the future was woken,
+/// then wakes the task.
+struct WakeFlag {
+    woken: std::sync::atomic::AtomicBool,
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+/// A future polled on every turn of a busy loop but rarely ready (the process's shutdown):
+/// polled for real only when it woke the task (or the task's waker changed), otherwise
+/// `Pending` after one atomic load. Polling a `CancellationToken`'s future locks the token's
+/// mutex and its `Notify`'s, both shared by every call in the process: on each frame of each
+/// call that was two contended locks for a signal that fires once in the process's life.
+struct Quiet<F> {
+    inner: std::pin::Pin<Box<F>>,
+    flag: Option<Arc<WakeFlag>>,
+}
+
+impl<F: Future> Quiet<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            flag: None,
+        }
+    }
+}
+
+impl<F: Future> Future for Quiet<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        use std::sync::atomic::Ordering;
+        let this = self.get_mut();
+        let flag = match &this.flag {
+            Some(flag) if flag.task.will_wake(cx.waker()) => {
+                // Cleared before polling: a wake while we poll sets it again for next time.
+                if !flag.woken.swap(false, Ordering::AcqRel) {
+                    return std::task::Poll::Pending;
+                }
+                flag.clone()
+            }
+            // First poll, or a different task waker: the inner future must hold a waker
+            // that reaches this task.
+            _ => Arc::new(WakeFlag {
+                woken: std::sync::atomic::AtomicBool::new(false),
+                task: cx.waker().clone(),
+            }),
+        };
+        let waker = std::task::Waker::from(flag.clone());
+        this.flag = Some(flag);
+        this.inner
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_quiet_shutdown_is_seen_once_the_token_fires_whichever_waker_polled_it() {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut quiet = std::pin::pin!(Quiet::new(token.cancelled()));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(quiet.as_mut().poll(&mut cx).is_pending());
+        }
+        // Another task's waker re-registers: that one is woken, not the first.
+        let other = Arc::new(Count(AtomicUsize::new(0)));
+        let other_waker = Waker::from(other.clone());
+        assert!(
+            quiet
+                .as_mut()
+                .poll(&mut Context::from_waker(&other_waker))
+                .is_pending()
+        );
+        token.cancel();
+        assert_eq!(
+            other.0.load(Ordering::SeqCst),
+            1,
+            "the cancel wakes the task"
+        );
+        assert!(
+            quiet
+                .as_mut()
+                .poll(&mut Context::from_waker(&other_waker))
+                .is_ready()
+        );
+        // Already cancelled before the first poll: ready at once.
+        let mut late = std::pin::pin!(Quiet::new(token.cancelled()));
+        assert_eq!(late.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 }

@@ -7,6 +7,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod scan;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Track {
     /// The far end of the call leg (the callee on an outbound call).
@@ -130,19 +132,50 @@ impl<'de> Deserialize<'de> for Counter {
     }
 }
 
-fn media_from(frame: MediaFrame<'_>, spare: &mut Vec<u8>) -> Result<Frame, FrameError> {
-    let media = frame.media.ok_or(FrameError::Field("media"))?;
-    let track = match media.track {
+/// The fields of a media frame that matter, wherever they were read from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MediaFields<'a> {
+    /// Whether the frame has a `media` object at all.
+    pub media: bool,
+    pub track: Option<&'a str>,
+    pub chunk: Option<u64>,
+    pub sequence_number: Option<u64>,
+    pub payload: Option<&'a str>,
+}
+
+impl<'a> From<MediaFrame<'a>> for MediaFields<'a> {
+    fn from(frame: MediaFrame<'a>) -> Self {
+        let sequence_number = frame.sequence_number.and_then(|c| c.0);
+        match frame.media {
+            None => Self {
+                sequence_number,
+                ..Self::default()
+            },
+            Some(media) => Self {
+                media: true,
+                track: media.track,
+                chunk: media.chunk.and_then(|c| c.0),
+                sequence_number,
+                payload: media.payload,
+            },
+        }
+    }
+}
+
+fn media_from(frame: MediaFields<'_>, spare: &mut Vec<u8>) -> Result<Frame, FrameError> {
+    if !frame.media {
+        return Err(FrameError::Field("media"));
+    }
+    let track = match frame.track {
         Some("inbound") => Track::Inbound,
         Some("outbound") => Track::Outbound,
         _ => return Err(FrameError::Field("media.track")),
     };
-    let chunk = media
+    let chunk = frame
         .chunk
-        .and_then(|c| c.0)
-        .or_else(|| frame.sequence_number.and_then(|c| c.0))
+        .or(frame.sequence_number)
         .ok_or(FrameError::Field("media.chunk"))?;
-    let payload = media.payload.ok_or(FrameError::Field("media.payload"))?;
+    let payload = frame.payload.ok_or(FrameError::Field("media.payload"))?;
     if payload.len() > MAX_PAYLOAD_BYTES * 4 / 3 + 4 {
         return Err(FrameError::Payload);
     }
@@ -172,12 +205,28 @@ pub fn parse(raw: &str) -> Result<Frame, FrameError> {
 /// a fresh one: the bridge hands back the previous frame's buffer, so a call's frames reuse
 /// one allocation instead of allocating and freeing one per frame.
 pub fn parse_reusing(raw: &str, spare: &mut Vec<u8>) -> Result<Frame, FrameError> {
-    // The hot path. Anything it cannot borrow (escaped strings, other events, odd shapes)
-    // takes the general path below, which decides what is valid.
+    // The hot path: 50 media frames a second per track, read by a byte scanner
+    // (`super::scan`) that builds no tree. Whatever it is not sure about (other events,
+    // escapes, duplicate keys, odd types, invalid JSON) it leaves to serde, which decides
+    // what is valid and which error it is: the scanner only ever answers where serde would
+    // answer the same.
+    if let Some(fields) = scan::media(raw)
+        && let Ok(frame) = media_from(fields, spare)
+    {
+        return Ok(frame);
+    }
+    // A frame the scanner read but that is not a valid media frame is serde's to name too
+    // (the scanner leaves the payload's bytes to the base64 decoder: `scan::media`).
+    parse_with_serde(raw, spare)
+}
+
+/// The general path: every event, and media frames the scanner leaves alone.
+fn parse_with_serde(raw: &str, spare: &mut Vec<u8>) -> Result<Frame, FrameError> {
+    // Media frames it can borrow from (no escapes) first: no JSON tree.
     if let Ok(frame) = serde_json::from_str::<MediaFrame<'_>>(raw)
         && frame.event == "media"
     {
-        return media_from(frame, spare);
+        return media_from(frame.into(), spare);
     }
     let value: Value = serde_json::from_str(raw).map_err(|_| FrameError::NotJson)?;
     let event = value
@@ -341,6 +390,198 @@ mod tests {
         }
     }
 
+    /// xorshift64*: the same inputs on every run, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// Both paths from scratch, with the same kind of spare buffer.
+    fn both(raw: &str) -> (Result<Frame, FrameError>, Result<Frame, FrameError>) {
+        let mut spare = b"old".to_vec();
+        let scanned = parse_reusing(raw, &mut spare);
+        let mut spare = b"old".to_vec();
+        (scanned, parse_with_serde(raw, &mut spare))
+    }
+
+    #[test]
+    fn the_scanner_reads_telnyx_media_frames_without_serde() {
+        let raw = r#"{"event":"media","sequence_number":"4","stream_id":"s-1","media":{"track":"outbound","chunk":"2","timestamp":"5","payload":"/////w=="}}"#;
+        assert_eq!(
+            scan::media(raw),
+            Some(MediaFields {
+                media: true,
+                track: Some("outbound"),
+                chunk: Some(2),
+                sequence_number: Some(4),
+                payload: Some("/////w=="),
+            })
+        );
+        let spaced = " {\n \"media\" : { \"payload\":\"\", \"chunk\" : 7 , \"x\":[1,-2.5,{\"y\":null},true,false]} ,\"event\":\"media\"}\r\n";
+        assert_eq!(
+            scan::media(spaced),
+            Some(MediaFields {
+                media: true,
+                track: None,
+                chunk: Some(7),
+                sequence_number: None,
+                payload: Some(""),
+            })
+        );
+        // An escape in the payload is read as is: it is not base64, so the decoder refuses
+        // it and serde, which unescapes, reads the frame.
+        let escaped =
+            r#"{"event":"media","media":{"track":"inbound","chunk":"1","payload":"\/w=="}}"#;
+        assert_eq!(scan::media(escaped).and_then(|f| f.payload), Some(r"\/w=="));
+        assert!(
+            matches!(parse(escaped), Ok(Frame::Media(Media { payload, .. })) if payload == [0xff])
+        );
+        // Left to serde: other events, escapes, duplicates, exponents, trailing bytes.
+        for raw in [
+            r#"{"event":"stop"}"#,
+            r#"{"event":"media","media":{"track":"in\u0062ound","chunk":"1","payload":""}}"#,
+            r#"{"event":"media","event":"media","media":{}}"#,
+            r#"{"event":"media","media":{"track":"inbound","track":"inbound"}}"#,
+            r#"{"event":"media","x":1e3,"media":{}}"#,
+            r#"{"event":"media","media":{}} x"#,
+            r#"{"event":"media","media":null}"#,
+            r#"{"event":"media","media":{"chunk":-1}}"#,
+            r#"{"event":"media","media":{"chunk":01}}"#,
+        ] {
+            assert_eq!(scan::media(raw), None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_scanner_and_serde_agree_on_generated_and_mutated_frames() {
+        use std::fmt::Write as _;
+        let keys = [
+            "event",
+            "media",
+            "sequence_number",
+            "stream_id",
+            "track",
+            "chunk",
+            "payload",
+            "timestamp",
+            "extra",
+        ];
+        let values = [
+            r#""media""#,
+            r#""stop""#,
+            r#""inbound""#,
+            r#""outbound""#,
+            r#""3""#,
+            r#""x""#,
+            r#""+5""#,
+            r#""18446744073709551616""#,
+            "7",
+            "0",
+            "-1",
+            "1.5",
+            "2e1",
+            "007",
+            "18446744073709551615",
+            "99999999999999999999",
+            "null",
+            "true",
+            "false",
+            "[]",
+            "[1,[2,{}]]",
+            r#"{"a":{"b":[null]}}"#,
+            r#""/////w==""#,
+            r#""//8A/w==""#,
+            r#""***""#,
+            r#""""#,
+            r#""\/w==""#,
+            r#""é""#,
+            "{}",
+        ];
+        let spaces = ["", "", "", " ", "\n", "\t ", "\r\n"];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut scanned = 0;
+        let mut cases = Vec::new();
+        // Frames put together from plausible parts: key order, duplicates and types vary.
+        for _ in 0..20_000 {
+            let mut media = String::from("{");
+            for i in 0..rng.below(5) {
+                if i > 0 {
+                    media.push(',');
+                }
+                let key = rng.pick(&keys);
+                let value = match key {
+                    "track" if rng.below(2) == 0 => rng.pick(&[r#""inbound""#, r#""outbound""#]),
+                    "payload" if rng.below(2) == 0 => r#""/////w==""#,
+                    _ => rng.pick(&values),
+                };
+                let gap = rng.pick(&spaces);
+                let _ = write!(media, "{gap}\"{key}\"{gap}:{gap}{value}{gap}");
+            }
+            media.push('}');
+            let mut frame = String::from("{");
+            for i in 0..1 + rng.below(4) {
+                if i > 0 {
+                    frame.push(',');
+                }
+                let key = rng.pick(&keys);
+                let value = match key {
+                    "event" if rng.below(4) > 0 => r#""media""#,
+                    "media" if rng.below(4) > 0 => media.as_str(),
+                    _ => rng.pick(&values),
+                };
+                let gap = rng.pick(&spaces);
+                let _ = write!(frame, "{gap}\"{key}\"{gap}:{gap}{value}{gap}");
+            }
+            frame.push('}');
+            cases.push(frame);
+        }
+        // Real frames with a few bytes changed, deleted or inserted.
+        let seeds = [
+            r#"{"event":"media","sequence_number":"4","stream_id":"s-1","media":{"track":"outbound","chunk":"2","timestamp":"5","payload":"/////w=="}}"#,
+            r#"{"event":"media","media":{"track":"inbound","chunk":12,"payload":"//8A/w==","x":[1,{"y":"é"}]}}"#,
+            r#"{"event":"start","sequence_number":"1","stream_id":"s-1","start":{"call_control_id":"v3:abc","media_format":{"encoding":"PCMU","sample_rate":8000}}}"#,
+        ];
+        let alphabet = b"{}[]\":,\\ \n\t\x01\x1f0123456789-.eE+/=abcdeilmnortu";
+        for _ in 0..60_000 {
+            let mut bytes = seeds[rng.below(seeds.len())].as_bytes().to_vec();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(bytes.len() + 1);
+                let byte = alphabet[rng.below(alphabet.len())];
+                match rng.below(3) {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            if let Ok(text) = String::from_utf8(bytes) {
+                cases.push(text);
+            }
+        }
+        for raw in &cases {
+            if scan::media(raw).is_some() {
+                scanned += 1;
+            }
+            let (fast, general) = both(raw);
+            assert_eq!(fast, general, "{raw}");
+        }
+        // The comparison means something only if the scanner answered often.
+        assert!(scanned > 10_000, "the scanner answered {scanned} times");
+    }
+
     #[test]
     fn malformed_frames_are_errors_not_panics() {
         for (raw, expected) in [
@@ -360,6 +601,11 @@ mod tests {
             (
                 r#"{"event":"media","media":{"track":"inbound","chunk":"1","payload":"***"}}"#,
                 FrameError::Payload,
+            ),
+            // A raw control byte in the payload is invalid JSON, not a bad payload.
+            (
+                "{\"event\":\"media\",\"media\":{\"track\":\"inbound\",\"chunk\":\"1\",\"payload\":\"//\u{1}8\"}}",
+                FrameError::NotJson,
             ),
             (r#"{"event":"start"}"#, FrameError::Field("stream_id")),
             (r#"{"no":"event"}"#, FrameError::Field("event")),

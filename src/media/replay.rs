@@ -47,7 +47,8 @@ impl GapKind {
 pub struct Batch {
     /// Where the batch begins on the track's clock.
     pub offset_ms: u64,
-    pub bytes: Vec<u8>,
+    /// Shared, not copied, with the send that goes to the session (and any replay).
+    pub bytes: bytes::Bytes,
     /// Audio it carries; less than `bytes` for a tail padded with silence.
     pub audio_ms: u64,
     pub heard: Heard,
@@ -58,7 +59,7 @@ impl Batch {
         let audio_ms = (bytes.len() / MULAW_BYTES_PER_MS) as u64;
         Self {
             offset_ms,
-            bytes,
+            bytes: bytes.into(),
             audio_ms,
             heard: Heard::No,
         }

@@ -210,6 +210,11 @@ pub struct AssemblyAiClient {
     http: reqwest::Client,
 }
 
+/// Per-session socket buffers (see `AssemblyAiClient::connect`).
+const AAI_READ_BUFFER: usize = 2048;
+/// Above the largest default batch plus its ping (800 + 14 + 14 bytes of frame headers).
+const AAI_WRITE_BUFFER: usize = 1024;
+
 impl AssemblyAiClient {
     pub fn new(config: &AssemblyAiConfig) -> Self {
         Self {
@@ -255,11 +260,15 @@ impl AssemblyAiClient {
             .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
         request.headers_mut().insert("authorization", key);
         crate::tls::install_crypto_provider();
-        // Small buffers (a call holds two of these sockets) and no Nagle: audio chunks are
-        // small and latency matters more than packet count.
+        // A call holds two of these sockets, a replica thousands (ADR 0045). Reads: what
+        // comes back is small JSON (`Turn`s of a few KiB at most, a longer one reserves its
+        // length once) and 8-byte pongs, so 2 KiB, not tungstenite's 128 KiB. Writes: a
+        // batch (800 bytes at 100 ms) and the ping after it wait in the buffer until the
+        // ping's flush, one write instead of two; anything larger goes out at once. No
+        // Nagle: latency matters more than packet count.
         let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
+            .read_buffer_size(AAI_READ_BUFFER)
+            .write_buffer_size(AAI_WRITE_BUFFER);
         let (mut socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_tungstenite::connect_async_with_config(request, Some(config), true),
