@@ -29,7 +29,7 @@ use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
 use super::mix::{self, FRAME};
 use super::playout::{
-    self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance,
+    self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, TurnId, Utterance,
 };
 use super::replay::{Batch, ReplayBuffer};
 use super::resume::{Resume, TrackClock};
@@ -1302,6 +1302,10 @@ impl Bridge {
                 source: label,
                 source_language: language,
                 turn_index,
+                turn: Some(TurnId {
+                    session_id: stored.session_id.clone(),
+                    turn_order: stored.turn_order,
+                }),
                 text: stored.text.clone(),
                 end_of_turn_at: chrono::Utc::now(),
                 end_of_turn: Instant::now(),
