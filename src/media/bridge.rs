@@ -255,6 +255,9 @@ pub struct Bridge {
     stream_id: Option<String>,
     replica: String,
     stopping: Option<Instant>,
+    /// Why the stream stopped (the first reason): a `stop` frame, the socket closing, or
+    /// our shutdown.
+    stopped_by: Option<&'static str>,
     /// The live translation loop, when the call has two languages and TTS is configured.
     speaker: Option<mpsc::Sender<Utterance>>,
     next_utterance: i32,
@@ -406,6 +409,7 @@ pub async fn run(
         stream_id: None,
         replica,
         stopping: None,
+        stopped_by: None,
         speaker,
         next_utterance: resume.next_utterance,
         playing: VecDeque::new(),
@@ -444,10 +448,22 @@ pub async fn run(
     }
     while bridge.storage.join_next().await.is_some() {}
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
-    // re-attaches it. Any other end (Telnyx stop, hangup) is final.
+    // re-attaches it. So is a leg's stream that dropped without Telnyx's `stop` while its
+    // leg is still up (a network fault, a proxy restart): the re-attach sweep restarts it on
+    // the leg's call control id, and the new stream continues numbering and clock
+    // (`resume`). Any other end (Telnyx stop, the leg hung up) is final.
     let leg = role.map_or(CALL_STREAM, Role::as_str);
     bridge.state.heartbeats.forget(call_id, leg);
-    let recorded = if bridge.state.shutdown.is_cancelled() {
+    let dropped = bridge.stopped_by == Some(SOCKET_CLOSED)
+        && match leg_id {
+            Some(leg_id) => leg_still_up(&bridge.state, leg_id).await,
+            None => false,
+        };
+    if dropped {
+        metrics::counter!("media_leg_streams_dropped_total").increment(1);
+        tracing::warn!(%call_id, leg, "the leg's media stream dropped without stop; waiting for it to be re-attached");
+    }
+    let recorded = if bridge.state.shutdown.is_cancelled() || dropped {
         super::reattach::detach(&bridge.state, call_id, leg).await
     } else {
         transcripts::stream_ended(&bridge.state.db, call_id, leg).await
@@ -457,6 +473,28 @@ pub async fn run(
     }
     metrics::gauge!("media_live_calls").decrement(1.0);
     tracing::info!(%call_id, "media bridge finished");
+}
+
+/// `begin_stop`'s reason when the Telnyx socket closed (or failed) without a `stop` frame.
+const SOCKET_CLOSED: &str = "media socket closed";
+
+/// Whether the leg's call control still has the party on the line: answered, not ended, and
+/// not being hung up by us. Unknown (the database unreachable) counts as up: a re-attach
+/// of a leg that has since ended is refused by the sweep, which reads the leg again.
+async fn leg_still_up(state: &AppState, leg_id: Uuid) -> bool {
+    let Ok(client) = state.db.client().await else {
+        return true;
+    };
+    match client
+        .query_opt(
+            "select status = 'answered' and hangup_requested_at is null from call_legs where id = $1",
+            &[&leg_id],
+        )
+        .await
+    {
+        Ok(row) => row.is_some_and(|row| row.get::<_, bool>(0)),
+        Err(_) => true,
+    }
 }
 
 /// An interpreted call's leg: the session for the party's language, and a speaker for what
@@ -1590,12 +1628,13 @@ impl Bridge {
     }
 
     /// Flushes every track and asks AssemblyAI to finish.
-    async fn begin_stop(&mut self, why: &str) {
+    async fn begin_stop(&mut self, why: &'static str) {
         if self.stopping.is_some() {
             return;
         }
         tracing::info!(call_id = %self.call_id, why, "media stream stopping");
         self.stopping = Some(Instant::now());
+        self.stopped_by = Some(why);
         if self.state.shutdown.is_cancelled() {
             // The process is going away: give up in time to record what is lost.
             self.tail_bound = self
