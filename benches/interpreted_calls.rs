@@ -19,12 +19,23 @@
 //! Invariants asserted (exit 1): every turn stored, every turn became exactly one utterance
 //! for the other party, each played, each heard exactly once by the listener and never by
 //! the speaker. Writes `interpreted_calls.json` (docs/BENCHMARKS.md). Calls per phase:
-//! `BENCH_INTERPRETED_CALLS` (default 100).
+//! `BENCH_INTERPRETED_CALLS` (default 100). `BENCH_INTERPRETED_PHASES=off` or `=ducked` runs
+//! one phase only (for a profiler; no result file is written).
+//!
+//! Pinning (as `media_bridge`): with `taskset` and two CPUs or more, unless `BENCH_PIN=0`,
+//! this process (clients and simulators) runs on CPU 1 and the service on CPU 0, so the
+//! load generator never takes the service's CPU; the output says whether it was pinned.
+//! PostgreSQL is not pinned. `BENCH_SERVER_BIN` / `BENCH_SERVER_WRAPPER`: another build of
+//! the service, or the same under a profiler (`common::translating::serve`). Under
+//! `valgrind --tool=callgrind` each phase is its own dump (counters zeroed when the phase
+//! starts, dumped when it ends: `callgrind_control`), so instructions per call compare off
+//! and ducked without start-up in either; the service is stopped with SIGTERM so the last
+//! dump is written.
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 
-use common::measure::{ResultFile, cpu_seconds, rss_kib};
+use common::measure::{self, ResultFile, cpu_seconds, rss_kib};
 use common::{ScratchDatabase, free_port, quantile, wait_for_port};
 
 use std::collections::HashMap;
@@ -63,6 +74,10 @@ const LINGER: Duration = Duration::from_secs(4);
 /// base64 of the simulator's clip watermark's first three bytes (`TTS`): a frame that
 /// starts a translated clip starts with it.
 const CLIP_START: &str = "VFRT";
+
+/// Where the clients and simulators run, and the service, when pinned.
+const GENERATOR_CPU: usize = 1;
+const SERVICE_CPU: usize = 0;
 
 struct Clock(Instant);
 
@@ -193,12 +208,14 @@ fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
+    // Before the runtime: its threads inherit the CPU.
+    let pinned = measure::pinning() && measure::pin_self(GENERATOR_CPU);
     callbridge::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    if !runtime.block_on(run()) {
+    if !runtime.block_on(run(pinned)) {
         std::process::exit(1);
     }
 }
@@ -277,6 +294,7 @@ async fn run_phase(
     // frame's due time is fixed here, before the first is sent.
     let stagger = Duration::from_millis(2000) / n.max(1) as u32;
     let began = Instant::now() + Duration::from_millis(500);
+    callgrind_control(server_pid, "-z");
     let cpu_before = cpu_seconds(server_pid);
     let mut tasks = Vec::new();
     for (i, call) in calls.iter().enumerate() {
@@ -298,11 +316,45 @@ async fn run_phase(
     let wall = began.elapsed();
     // The bridges store their last rows as the streams end.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    callgrind_control(server_pid, "-d");
     Phase {
         calls,
         heard,
         cpu_seconds: cpu_seconds(server_pid) - cpu_before,
         wall,
+    }
+}
+
+/// Whether the service runs under callgrind (`BENCH_SERVER_WRAPPER`).
+fn under_callgrind() -> bool {
+    std::env::var("BENCH_SERVER_WRAPPER").is_ok_and(|w| w.contains("callgrind"))
+}
+
+/// `callgrind_control <flag> <pid>` when the service runs under callgrind: `-z` zeroes the
+/// counters, `-d` dumps them (one file per phase).
+fn callgrind_control(pid: u32, flag: &str) {
+    if under_callgrind() {
+        let _ = std::process::Command::new("callgrind_control")
+            .args([flag, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A profiler writes its results when the service exits: SIGTERM and time to finish, before
+/// the guard's kill.
+fn stop_gently(server: &mut common::ChildGuard) {
+    if std::env::var("BENCH_SERVER_WRAPPER").is_err() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status();
+    for _ in 0..600 {
+        if let Ok(Some(_)) = server.0.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -436,11 +488,14 @@ async fn check(
     }
 }
 
-async fn run() -> bool {
+async fn run(pinned: bool) -> bool {
     let calls: usize = std::env::var("BENCH_INTERPRETED_CALLS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100);
+    let phases = std::env::var("BENCH_INTERPRETED_PHASES").unwrap_or_else(|_| "off,ducked".into());
+    let runs = |name: &str| phases.split(',').any(|p| p.trim() == name);
+    let (run_off, run_ducked) = (runs("off"), runs("ducked"));
     let scratch = ScratchDatabase::create().await;
     let clock = Arc::new(Clock(Instant::now()));
 
@@ -467,11 +522,12 @@ async fn run() -> bool {
 
     let port = free_port();
     let secret = common::translating::SECRET;
-    let server = common::translating::serve(
+    let mut server = common::translating::serve(
         port,
         scratch.url.as_str(),
         &aai.streaming_url(),
         &speech.base(),
+        pinned.then_some(SERVICE_CPU),
     );
     let server_pid = server.0.id();
     wait_for_port(port).await;
@@ -489,9 +545,30 @@ async fn run() -> bool {
 
     // The floor first (translations only), then the same load with the other party's voice
     // mixed under every translation.
-    let off = run_phase(&db, org, calls, "off", port, secret, server_pid, &clock).await;
+    let per_phase = |run: bool| if run { calls } else { 0 };
+    let off = run_phase(
+        &db,
+        org,
+        per_phase(run_off),
+        "off",
+        port,
+        secret,
+        server_pid,
+        &clock,
+    )
+    .await;
     let rss_after_off = rss_kib(server_pid);
-    let ducked = run_phase(&db, org, calls, "ducked", port, secret, server_pid, &clock).await;
+    let ducked = run_phase(
+        &db,
+        org,
+        per_phase(run_ducked),
+        "ducked",
+        port,
+        secret,
+        server_pid,
+        &clock,
+    )
+    .await;
     let rss_after_ducked = rss_kib(server_pid);
     let ends = turn_ends.lock().unwrap().clone();
     let mut off_checked = check(&db, &off, "off", &ends).await;
@@ -511,8 +588,13 @@ async fn run() -> bool {
     } else {
         0.0
     };
+    let placement = if pinned {
+        "pinned: clients and simulators on CPU 1, the service on CPU 0, PostgreSQL unpinned"
+    } else {
+        "not pinned: clients, simulators, service and PostgreSQL share every CPU"
+    };
     println!(
-        "\nInterpreted calls: {calls} concurrent two-leg calls per phase, both parties speaking in real time, both directions translated; simulators answer at once; clients, simulators, server and PostgreSQL share this machine\n"
+        "\nInterpreted calls: {calls} concurrent two-leg calls per phase ({phases}), both parties speaking in real time, both directions translated; simulators answer at once; one machine, {placement}\n"
     );
     println!(
         "| phase | turns | p50 | p95 | p99 | max | client lag p99 | CPU per call | frames to clients | wall |"
@@ -610,10 +692,16 @@ async fn run() -> bool {
         String::new(),
         "all equal (asserted)",
     );
+    result.set("pinned", pinned);
     for failure in &failures {
         eprintln!("INVARIANT BROKEN: {failure}");
     }
-    result.write(failures.is_empty(), &failures);
+    if run_off && run_ducked {
+        result.write(failures.is_empty(), &failures);
+    } else {
+        println!("one phase only ({phases}): no result file written");
+    }
+    stop_gently(&mut server);
     drop(server);
     drop(db);
     scratch.drop_now().await;

@@ -273,6 +273,7 @@ async fn run() -> bool {
         scratch.url.as_str(),
         &aai.streaming_url(),
         &speech.base(),
+        None,
     );
     wait_for_port(port).await;
 

@@ -2,20 +2,44 @@
 //! benches run it (`translated_calls`, `interpreted_calls`): one set-up, so the two measure
 //! the same service.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use callbridge::sim::translation as providers;
 
-use super::ChildGuard;
+use super::{ChildGuard, measure};
 
 /// The `AUTH_SECRET` the server signs stream tokens with (the benches mint their own).
 pub const SECRET: &str = "bench-auth-secret-bench-auth-secret";
 
 /// Starts the service on `port` with `database_url`, AssemblyAI at `streaming_url` and DeepL
-/// and ElevenLabs at `speech_base`.
-pub fn serve(port: u16, database_url: &str, streaming_url: &str, speech_base: &str) -> ChildGuard {
+/// and ElevenLabs at `speech_base`, on `cpu` when given (`measure::command_on`).
+/// `BENCH_SERVER_BIN` runs another build of the server (e.g. main's, for a before/after with
+/// the same load), `BENCH_SERVER_WRAPPER` runs it under a profiler (e.g.
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p` for instructions per call).
+pub fn serve(
+    port: u16,
+    database_url: &str,
+    streaming_url: &str,
+    speech_base: &str,
+    cpu: Option<usize>,
+) -> ChildGuard {
+    let server_bin = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").into());
+    let wrapper: Vec<String> = std::env::var("BENCH_SERVER_WRAPPER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = measure::command_on(cpu, program);
+            command.args(args).arg(&server_bin);
+            command
+        }
+        None => measure::command_on(cpu, &server_bin),
+    };
     ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_callbridge"))
+        command
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

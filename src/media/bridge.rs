@@ -28,7 +28,7 @@ use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
 use super::mix::{self, FRAME};
 use super::playout::{
-    self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, Utterance,
+    self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, TurnId, Utterance,
 };
 use super::replay::{Batch, ReplayBuffer};
 use super::resume::{Resume, TrackClock};
@@ -230,18 +230,37 @@ impl OriginalAudio {
 
 /// Paces what a party hears in 20 ms frames when the other's own voice is mixed under
 /// the translation: Telnyx plays frames in arrival order, so mixing live audio with speech
-/// sent ahead of time needs us to send each frame when it is due.
+/// sent ahead of time needs us to send each frame when it is due. While nothing is queued
+/// the other party's frames go out as they arrive (their own stream paces them) and no
+/// timer runs (docs/adr/0047-ducked-audio-only-when-audible.md).
 struct Mixer {
-    gain_q15: i32,
+    gain: mix::Gain,
     /// Translation frames and marks, in order.
     queue: VecDeque<Paced>,
     /// The other party's newest frames (bounded: a little jitter, never a backlog).
     under: VecDeque<[u8; FRAME]>,
+    /// When the next paced frame is due; `None` while idle (nothing queued, nothing held).
+    next_due: Option<tokio::time::Instant>,
 }
+
+/// Telnyx's frame length: one paced frame per this.
+const PACE: Duration = Duration::from_millis(20);
+
+/// A party's voice keeps being shared this many frames after its last audible one, so a
+/// word's soft tail and the short pauses inside a sentence are not chopped (200 ms).
+const HANGOVER_FRAMES: u32 = 10;
 
 enum Paced {
     Frame([u8; FRAME]),
     Mark(String),
+}
+
+/// What a paced tick sent: a translation (or ringback) frame, or the other party's voice
+/// alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Speech,
+    Original,
 }
 
 /// The other party's voice kept for mixing: 100 ms.
@@ -256,8 +275,11 @@ struct Party {
     detected: watch::Sender<Option<String>>,
     /// While held, the other leg's bridge can hand this party utterances.
     _registration: Option<hub::Registration>,
-    /// Whether the call shares each party's own voice with the other.
-    shares_original: bool,
+    /// Whether the call shares each party's own voice with the other, at which gain (only
+    /// frames the other would hear are shared).
+    shares_original: Option<mix::Gain>,
+    /// Frames since this party's voice was last audible under the gain.
+    quiet_frames: u32,
     /// Where this party's voice goes for the other to hear under the translation.
     peer_original: Option<mpsc::Sender<[u8; FRAME]>>,
     peer_checked: Option<Instant>,
@@ -300,6 +322,9 @@ pub struct Bridge {
     stream_id: Option<String>,
     replica: String,
     stopping: Option<Instant>,
+    /// Why the stream stopped (the first reason): a `stop` frame, the socket closing, or
+    /// our shutdown.
+    stopped_by: Option<&'static str>,
     /// The live translation loop, when the call has two languages and TTS is configured.
     speaker: Option<mpsc::Sender<Utterance>>,
     next_utterance: i32,
@@ -323,6 +348,48 @@ pub struct Bridge {
     /// The last frame's decoded payload, cleared and decoded into again (`frames::parse_reusing`):
     /// one allocation per call instead of one per frame.
     spare_payload: Vec<u8>,
+    /// Outgoing `media` messages are written here (see [`Envelope`]).
+    envelope: Envelope,
+    /// What this turn of the event loop sends into the stream, written with one flush.
+    outbox: Vec<WsMessage>,
+}
+
+/// Telnyx `media` messages built into one buffer: the JSON around the payload is constant,
+/// the base64 is encoded straight into the buffer, and the buffer's memory is used again
+/// once the socket has copied the previous messages out — no allocation per frame.
+struct Envelope {
+    buf: bytes::BytesMut,
+}
+
+impl Envelope {
+    const HEAD: &'static [u8] = br#"{"event":"media","media":{"payload":""#;
+    const TAIL: &'static [u8] = br#""}}"#;
+
+    fn new() -> Self {
+        Self {
+            buf: bytes::BytesMut::with_capacity(4096),
+        }
+    }
+
+    fn media(&mut self, audio: &[u8]) -> WsMessage {
+        let encoded = audio.len().div_ceil(3) * 4;
+        self.buf
+            .reserve(Self::HEAD.len() + encoded + Self::TAIL.len());
+        self.buf.extend_from_slice(Self::HEAD);
+        let start = self.buf.len();
+        self.buf.resize(start + encoded, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(audio, &mut self.buf[start..])
+            .unwrap_or(0);
+        self.buf.truncate(start + written);
+        self.buf.extend_from_slice(Self::TAIL);
+        let message = self.buf.split().freeze();
+        // ASCII by construction; the check is a pass over ~250 bytes.
+        match axum::extract::ws::Utf8Bytes::try_from(message) {
+            Ok(text) => WsMessage::Text(text),
+            Err(_) => WsMessage::Text(axum::extract::ws::Utf8Bytes::from_static("")),
+        }
+    }
 }
 
 /// Handles to the per-frame metrics, resolved once per call: looking a metric up by name
@@ -418,16 +485,17 @@ pub async fn run(
             };
             original_rx = rx;
             mixer = gain.map(|gain_q15| Mixer {
-                gain_q15,
+                gain: mix::Gain::new(gain_q15),
                 queue: VecDeque::new(),
                 under: VecDeque::with_capacity(UNDER_FRAMES + 1),
+                next_due: None,
             });
             let (params, party, task) =
                 join_leg(&state, &hub, *leg, tx, outbound_tx.clone(), cleared.clone()).await;
             (
                 params,
                 Some(Party {
-                    shares_original: gain.is_some(),
+                    shares_original: gain.map(mix::Gain::new),
                     ..party
                 }),
                 None,
@@ -451,6 +519,7 @@ pub async fn run(
         stream_id: None,
         replica,
         stopping: None,
+        stopped_by: None,
         speaker,
         next_utterance: resume.next_utterance,
         playing: VecDeque::new(),
@@ -463,6 +532,8 @@ pub async fn run(
         reading_since: connected_at,
         announced: None,
         spare_payload: Vec::new(),
+        envelope: Envelope::new(),
+        outbox: Vec::new(),
     };
     bridge
         .event_loop(socket, events_rx, outbound_rx, original_rx)
@@ -489,10 +560,22 @@ pub async fn run(
     }
     while bridge.storage.join_next().await.is_some() {}
     // A stream stopped by our own shutdown is not over: the call goes on and another replica
-    // re-attaches it. Any other end (Telnyx stop, hangup) is final.
+    // re-attaches it. So is a leg's stream that dropped without Telnyx's `stop` while its
+    // leg is still up (a network fault, a proxy restart): the re-attach sweep restarts it on
+    // the leg's call control id, and the new stream continues numbering and clock
+    // (`resume`). Any other end (Telnyx stop, the leg hung up) is final.
     let leg = role.map_or(CALL_STREAM, Role::as_str);
     bridge.state.heartbeats.forget(call_id, leg);
-    let recorded = if bridge.state.shutdown.is_cancelled() {
+    let dropped = bridge.stopped_by == Some(SOCKET_CLOSED)
+        && match leg_id {
+            Some(leg_id) => leg_still_up(&bridge.state, leg_id).await,
+            None => false,
+        };
+    if dropped {
+        metrics::counter!("media_leg_streams_dropped_total").increment(1);
+        tracing::warn!(%call_id, leg, "the leg's media stream dropped without stop; waiting for it to be re-attached");
+    }
+    let recorded = if bridge.state.shutdown.is_cancelled() || dropped {
         super::reattach::detach(&bridge.state, call_id, leg).await
     } else {
         transcripts::stream_ended(&bridge.state.db, call_id, leg).await
@@ -502,6 +585,28 @@ pub async fn run(
     }
     metrics::gauge!("media_live_calls").decrement(1.0);
     tracing::info!(%call_id, "media bridge finished");
+}
+
+/// `begin_stop`'s reason when the Telnyx socket closed (or failed) without a `stop` frame.
+const SOCKET_CLOSED: &str = "media socket closed";
+
+/// Whether the leg's call control still has the party on the line: answered, not ended, and
+/// not being hung up by us. Unknown (the database unreachable) counts as up: a re-attach
+/// of a leg that has since ended is refused by the sweep, which reads the leg again.
+async fn leg_still_up(state: &AppState, leg_id: LegId) -> bool {
+    let Ok(client) = state.db.client().await else {
+        return true;
+    };
+    match client
+        .query_opt(
+            "select status = 'answered' and hangup_requested_at is null from call_legs where id = $1",
+            &[&leg_id],
+        )
+        .await
+    {
+        Ok(row) => row.is_some_and(|row| row.get::<_, bool>(0)),
+        Err(_) => true,
+    }
 }
 
 /// An interpreted call's leg: the session for the party's language, and a speaker for what
@@ -529,7 +634,8 @@ async fn join_leg(
         language: language.clone(),
         detected,
         _registration: None,
-        shares_original: false,
+        shares_original: None,
+        quiet_frames: HANGOVER_FRAMES,
         peer_original: None,
         peer_checked: None,
         ringing: None,
@@ -650,8 +756,6 @@ impl Bridge {
     ) {
         let (mut telnyx_tx, mut telnyx_rx) = socket.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        // Telnyx's frame pacing: one frame every 20 ms while mixing (late ticks catch up).
-        let mut pacer = tokio::time::interval(Duration::from_millis(20));
         // Ringback a second at a time; the first after a second, by when a remote party who
         // is already on the line has registered.
         let mut ring = tokio::time::interval_at(
@@ -671,41 +775,23 @@ impl Bridge {
             }
             let retry_at = self.next_retry();
             let deadline = self.stop_deadline();
+            // Telnyx's frame pacing while mixing: armed only while frames are queued.
+            let pace_at = self.mixer.as_ref().and_then(|m| m.next_due);
             tokio::select! {
                 frame = telnyx_rx.next(), if telnyx_open => match frame {
                     Some(Ok(WsMessage::Text(text))) => self.on_frame(&text).await,
                     Some(Ok(WsMessage::Binary(_))) => count_bad("binary"),
                     Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
                         telnyx_open = false;
-                        self.begin_stop("media socket closed").await;
+                        self.begin_stop(SOCKET_CLOSED).await;
                     }
                     Some(Ok(_)) => {}
                 },
                 Some(event) = events_rx.recv() => self.on_aai_event(event).await,
-                Some(out) = outbound_rx.recv(), if telnyx_open => {
-                    if let Some(message) = self.on_outbound(out)
-                        && telnyx_tx.send(WsMessage::Text(message.into())).await.is_err()
-                    {
-                        telnyx_open = false;
-                    }
-                }
+                Some(out) = outbound_rx.recv(), if telnyx_open => self.on_outbound(out),
                 Some(frame) = recv_original(&mut original_rx) => self.on_original(frame),
-                _ = ring.tick(), if telnyx_open && self.party.as_ref().is_some_and(|p| p.ringing.is_some()) => {
-                    for message in self.ring() {
-                        if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
-                            telnyx_open = false;
-                            break;
-                        }
-                    }
-                }
-                _ = pacer.tick(), if self.mixer.is_some() && telnyx_open => {
-                    for message in self.paced() {
-                        if telnyx_tx.send(WsMessage::Text(message.into())).await.is_err() {
-                            telnyx_open = false;
-                            break;
-                        }
-                    }
-                }
+                _ = ring.tick(), if telnyx_open && self.party.as_ref().is_some_and(|p| p.ringing.is_some()) => self.ring(),
+                () = sleep_until_tokio(pace_at), if pace_at.is_some() && telnyx_open => self.paced(),
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
                 _ = heartbeat.tick() => self.heartbeat(),
                 () = &mut cancelled, if self.stopping.is_none() => {
@@ -724,10 +810,17 @@ impl Bridge {
             }
             if std::mem::take(&mut self.clear_requested) && telnyx_open {
                 // Barge-in: Telnyx drops the queued audio and flushes its marks.
-                let _ = telnyx_tx
-                    .send(WsMessage::Text(r#"{"event":"clear"}"#.into()))
-                    .await;
+                self.outbox.push(clear_message());
                 metrics::counter!("translation_barge_ins_total").increment(1);
+            }
+            if telnyx_open {
+                self.pace_if_idle();
+            }
+            if !self.outbox.is_empty() {
+                if telnyx_open && send_all(&mut telnyx_tx, &mut self.outbox).await.is_err() {
+                    telnyx_open = false;
+                }
+                self.outbox.clear();
             }
         }
         let _ = telnyx_tx.close().await;
@@ -1348,6 +1441,10 @@ impl Bridge {
                 source: label,
                 source_language: language,
                 turn_index,
+                turn: Some(TurnId {
+                    session_id: stored.session_id.clone(),
+                    turn_order: stored.turn_order,
+                }),
                 text: stored.text.clone(),
                 end_of_turn_at: chrono::Utc::now(),
                 end_of_turn: Instant::now(),
@@ -1406,7 +1503,7 @@ impl Bridge {
             match self.hub.deliver(call_id, party.role.other(), utterance) {
                 Delivery::Queued | Delivery::Duplicate => return false,
                 Delivery::NoListener => {
-                    if party.shares_original && !party.split_counted {
+                    if party.shares_original.is_some() && !party.split_counted {
                         // The other party's voice cannot reach them under the translation
                         // from here: NOTIFY carries turns, not 50 frames a second.
                         party.split_counted = true;
@@ -1430,8 +1527,9 @@ impl Bridge {
         false
     }
 
-    /// Turns a speaker request into the Telnyx message, keeping playout accounting.
-    fn on_outbound(&mut self, out: Outbound) -> Option<String> {
+    /// Turns a speaker request into the Telnyx message (into the outbox, or the mixer's
+    /// queue when paced), keeping playout accounting.
+    fn on_outbound(&mut self, out: Outbound) {
         match out {
             Outbound::Media {
                 seq,
@@ -1455,9 +1553,10 @@ impl Bridge {
                     mixer
                         .queue
                         .extend(bytes.chunks(FRAME).map(|c| Paced::Frame(mix::frame_of(c))));
-                    return None;
+                    return;
                 }
-                Some(media_message(&bytes, &self.meters))
+                let message = self.media(&bytes);
+                self.outbox.push(message);
             }
             Outbound::Mark { seq, name } => {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
@@ -1465,22 +1564,22 @@ impl Bridge {
                 }
                 if let Some(mixer) = self.mixer.as_mut() {
                     mixer.queue.push_back(Paced::Mark(name));
-                    return None;
+                    return;
                 }
-                Some(mark_message(&name))
+                self.outbox.push(mark_message(&name));
             }
         }
     }
 
     /// The next second of ringback for the agent, or — once the remote party's stream is
     /// live — the end of it (`clear` drops what Telnyx still holds of the tone).
-    fn ring(&mut self) -> Vec<String> {
+    fn ring(&mut self) {
         let call_id = self.call_id;
         let Some(party) = self.party.as_mut() else {
-            return Vec::new();
+            return;
         };
         let Some(ringing) = party.ringing.as_mut() else {
-            return Vec::new();
+            return;
         };
         if self.hub.is_live(call_id, party.role.other())
             || ringing
@@ -1492,7 +1591,8 @@ impl Bridge {
             if let Some(mixer) = self.mixer.as_mut() {
                 mixer.queue.clear();
             }
-            return vec![r#"{"event":"clear"}"#.to_owned()];
+            self.outbox.push(clear_message());
+            return;
         }
         let cadence = mix::ringback_cadence();
         let second: Vec<u8> = cadence
@@ -1507,28 +1607,78 @@ impl Bridge {
             mixer
                 .queue
                 .extend(second.chunks(FRAME).map(|c| Paced::Frame(mix::frame_of(c))));
-            return Vec::new();
+            return;
         }
-        vec![media_message(&second, &self.meters)]
+        let message = self.media(&second);
+        self.outbox.push(message);
     }
 
-    /// A frame of the other party's own voice, to mix under what this party hears.
+    /// A `media` message of `audio` (counted).
+    fn media(&mut self, audio: &[u8]) -> WsMessage {
+        self.meters.frames_out.increment(1);
+        self.envelope.media(audio)
+    }
+
+    /// A frame of the other party's own voice, to mix under what this party hears. With
+    /// nothing queued it is sent at once, on its own at the gain: the other party's stream
+    /// paces it. Otherwise it waits for its paced frame.
     fn on_original(&mut self, frame: [u8; FRAME]) {
-        if let Some(mixer) = self.mixer.as_mut() {
-            if mixer.under.len() >= UNDER_FRAMES {
-                mixer.under.pop_front();
-            }
-            mixer.under.push_back(frame);
+        let Some(mixer) = self.mixer.as_mut() else {
+            return;
+        };
+        if mixer.next_due.is_none() && mixer.queue.is_empty() && mixer.under.is_empty() {
+            let mut out = [mix::SILENCE; FRAME];
+            mixer.gain.alone_into(&mut out, &frame);
+            let message = self.media(&out);
+            self.outbox.push(message);
+            return;
+        }
+        if mixer.under.len() >= UNDER_FRAMES {
+            mixer.under.pop_front();
+        }
+        mixer.under.push_back(frame);
+    }
+
+    /// A paced frame is due: the next translation frame (or silence) with the other party's
+    /// voice under it, then the marks that follow it. The pacer stays armed while anything
+    /// is queued or held, and for one frame after a translation frame (so the next one,
+    /// still on its way from ElevenLabs, keeps the 20 ms spacing); then it stops.
+    fn paced(&mut self) {
+        let speech = self.pace_one() == Some(Sent::Speech);
+        let Some(mixer) = self.mixer.as_mut() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        mixer.next_due = match mixer.next_due {
+            _ if !speech && mixer.queue.is_empty() && mixer.under.is_empty() => None,
+            // Late ticks catch up (Telnyx must not run dry mid-utterance), within reason.
+            Some(due) if due + PACE * 5 > now => Some(due + PACE),
+            _ => Some(now + PACE),
+        };
+    }
+
+    /// With the pacer idle, what was just queued starts at once (no wait for a tick): the
+    /// first frame of a translation is not delayed; the pacer takes it from there.
+    fn pace_if_idle(&mut self) {
+        let idle_with_work = self
+            .mixer
+            .as_ref()
+            .is_some_and(|m| m.next_due.is_none() && !(m.queue.is_empty() && m.under.is_empty()));
+        if !idle_with_work {
+            return;
+        }
+        let sent = self.pace_one();
+        if let Some(mixer) = self.mixer.as_mut()
+            && (sent == Some(Sent::Speech) || !mixer.under.is_empty())
+        {
+            mixer.next_due = Some(tokio::time::Instant::now() + PACE);
         }
     }
 
-    /// One 20 ms tick while mixing: the next translation frame (or silence) with the other
-    /// party's voice under it, then the marks that follow it. Nothing when both are silent.
-    fn paced(&mut self) -> Vec<String> {
-        let mut messages = Vec::new();
-        let Some(mixer) = self.mixer.as_mut() else {
-            return messages;
-        };
+    /// Writes one paced frame and the marks after it into the outbox; what kind of frame
+    /// went, if any.
+    fn pace_one(&mut self) -> Option<Sent> {
+        let mixer = self.mixer.as_mut()?;
         let speech = match mixer.queue.front() {
             Some(Paced::Frame(_)) => match mixer.queue.pop_front() {
                 Some(Paced::Frame(frame)) => Some(frame),
@@ -1537,19 +1687,38 @@ impl Bridge {
             _ => None,
         };
         let under = mixer.under.pop_front();
-        if speech.is_some() || under.is_some() {
-            let mut frame = speech.unwrap_or([mix::SILENCE; FRAME]);
-            if let Some(under) = &under {
-                mix::mix_into(&mut frame, under, mixer.gain_q15);
+        let speaking = speech.is_some();
+        let frame = match (speech, under) {
+            (Some(mut speech), Some(under)) => {
+                mixer.gain.mix_into(&mut speech, &under);
+                Some(speech)
             }
-            messages.push(media_message(&frame, &self.meters));
+            (Some(speech), None) => Some(speech),
+            (None, Some(under)) => {
+                let mut out = [mix::SILENCE; FRAME];
+                mixer.gain.alone_into(&mut out, &under);
+                Some(out)
+            }
+            (None, None) => None,
+        };
+        let sent = match (&frame, speaking) {
+            (None, _) => None,
+            (Some(_), true) => Some(Sent::Speech),
+            (Some(_), false) => Some(Sent::Original),
+        };
+        if let Some(frame) = frame {
+            let message = self.media(&frame);
+            self.outbox.push(message);
         }
+        let Some(mixer) = self.mixer.as_mut() else {
+            return sent;
+        };
         while let Some(Paced::Mark(_)) = mixer.queue.front() {
             if let Some(Paced::Mark(name)) = mixer.queue.pop_front() {
-                messages.push(mark_message(&name));
+                self.outbox.push(mark_message(&name));
             }
         }
-        messages
+        sent
     }
 
     /// This party's own voice, for the other party to hear under their translations. The
@@ -1558,8 +1727,17 @@ impl Bridge {
         let Some(party) = self.party.as_mut() else {
             return;
         };
-        if !party.shares_original {
+        let Some(gain) = &party.shares_original else {
             return;
+        };
+        // Only what the other would hear is shared: silence (and line noise below
+        // audibility at the gain) costs neither leg anything (ADR 0047).
+        if gain.audible(payload) {
+            party.quiet_frames = 0;
+        } else if party.quiet_frames >= HANGOVER_FRAMES {
+            return;
+        } else {
+            party.quiet_frames += 1;
         }
         if party.peer_original.as_ref().is_none_or(|tx| tx.is_closed()) {
             if party
@@ -1632,12 +1810,13 @@ impl Bridge {
     }
 
     /// Flushes every track and asks AssemblyAI to finish.
-    async fn begin_stop(&mut self, why: &str) {
+    async fn begin_stop(&mut self, why: &'static str) {
         if self.stopping.is_some() {
             return;
         }
         tracing::info!(call_id = %self.call_id, why, "media stream stopping");
         self.stopping = Some(Instant::now());
+        self.stopped_by = Some(why);
         if self.state.shutdown.is_cancelled() {
             // The process is going away: give up in time to record what is lost.
             self.tail_bound = self
@@ -1854,14 +2033,36 @@ fn count_bad(reason: &'static str) {
     metrics::counter!("media_frames_bad_total", "reason" => reason).increment(1);
 }
 
-fn media_message(bytes: &[u8], meters: &Meters) -> String {
-    meters.frames_out.increment(1);
-    let payload = base64::engine::general_purpose::STANDARD.encode(bytes);
-    serde_json::json!({"event": "media", "media": {"payload": payload}}).to_string()
+fn mark_message(name: &str) -> WsMessage {
+    WsMessage::Text(
+        serde_json::json!({"event": "mark", "mark": {"name": name}})
+            .to_string()
+            .into(),
+    )
 }
 
-fn mark_message(name: &str) -> String {
-    serde_json::json!({"event": "mark", "mark": {"name": name}}).to_string()
+fn clear_message() -> WsMessage {
+    WsMessage::Text(axum::extract::ws::Utf8Bytes::from_static(
+        r#"{"event":"clear"}"#,
+    ))
+}
+
+/// Writes the messages and flushes once: one write to the socket for all of them.
+async fn send_all(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    messages: &mut Vec<WsMessage>,
+) -> Result<(), axum::Error> {
+    for message in messages.drain(..) {
+        sink.feed(message).await?;
+    }
+    sink.flush().await
+}
+
+async fn sleep_until_tokio(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_original(rx: &mut Option<mpsc::Receiver<[u8; FRAME]>>) -> Option<[u8; FRAME]> {

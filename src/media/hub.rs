@@ -27,7 +27,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use super::frames::Track;
 use super::mix::FRAME;
-use super::playout::Utterance;
+use super::playout::{TurnId, Utterance};
 use crate::calls::legs::Role;
 use crate::db::{Db, DbError, Notice};
 use crate::ids::CallId;
@@ -61,10 +61,30 @@ struct LegEntry {
     /// Where the other party's own voice goes, when this party hears it under the
     /// translation (`original_audio` ducked or full).
     original: Option<mpsc::Sender<[u8; FRAME]>>,
-    /// The other party's turn indices already queued to this registration, newest last.
-    delivered: VecDeque<i32>,
+    /// The other party's turns already queued to this registration, newest last.
+    delivered: VecDeque<Seen>,
     /// While the registration reads the turns it missed, deliveries wait here.
     catching_up: Option<Vec<Utterance>>,
+}
+
+/// What makes two deliveries the same turn: its identity (ADR 0017). Never the index
+/// alone when the identity is known: the speaker's bridge hands a turn over under the index
+/// it proposed, which the store may replace (renumbered, two writers of one track), so one
+/// turn can come under two indices and two turns under one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Turn(TurnId),
+    /// A turn stored before identities (a legacy row): its index is all there is.
+    Index(i32),
+}
+
+impl Seen {
+    fn of(utterance: &Utterance) -> Self {
+        match &utterance.turn {
+            Some(turn) => Seen::Turn(turn.clone()),
+            None => Seen::Index(utterance.turn_index),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,11 +179,12 @@ impl Hub {
         let Some(leg) = entry.legs.iter_mut().find(|leg| leg.role == to) else {
             return Delivery::NoListener;
         };
-        if leg.delivered.contains(&utterance.turn_index) {
+        let seen = Seen::of(&utterance);
+        if leg.delivered.contains(&seen) {
             return Delivery::Duplicate;
         }
         if let Some(waiting) = leg.catching_up.as_mut() {
-            if waiting.iter().any(|u| u.turn_index == utterance.turn_index) {
+            if waiting.iter().any(|u| Seen::of(u) == seen) {
                 return Delivery::Duplicate;
             }
             waiting.push(utterance);
@@ -199,12 +220,12 @@ impl Hub {
         };
         let mut all = leg.catching_up.take().unwrap_or_default();
         all.extend(missed);
-        // One speaker's turns, in the order they said them; each once.
+        // One speaker's turns, in the order they said them; each once (by identity: the
+        // same turn can come under the index proposed and the one it was stored under).
         all.sort_by_key(|u| u.turn_index);
-        all.dedup_by_key(|u| u.turn_index);
         let mut caught_up = 0;
         for utterance in all {
-            if leg.delivered.contains(&utterance.turn_index) {
+            if leg.delivered.contains(&Seen::of(&utterance)) {
                 continue;
             }
             match queue_one(&mut entry.next_seq, leg, utterance) {
@@ -246,7 +267,7 @@ impl Hub {
 }
 
 fn queue_one(next_seq: &mut i32, leg: &mut LegEntry, mut utterance: Utterance) -> Delivery {
-    let turn_index = utterance.turn_index;
+    let seen = Seen::of(&utterance);
     utterance.seq = seq_for(*next_seq, leg.role);
     let seq = utterance.seq;
     match leg.queue.try_send(utterance) {
@@ -255,7 +276,7 @@ fn queue_one(next_seq: &mut i32, leg: &mut LegEntry, mut utterance: Utterance) -
             if leg.delivered.len() >= REMEMBERED_TURNS {
                 leg.delivered.pop_front();
             }
-            leg.delivered.push_back(turn_index);
+            leg.delivered.push_back(seen);
             Delivery::Queued
         }
         Err(TrySendError::Full(_)) => Delivery::Full,
@@ -273,6 +294,7 @@ fn instant_of(at: DateTime<Utc>) -> Instant {
 fn utterance_of(
     speaker: Role,
     turn_index: i32,
+    turn: Option<TurnId>,
     text: String,
     language: Option<String>,
     end_of_turn_at: DateTime<Utc>,
@@ -284,6 +306,7 @@ fn utterance_of(
         source: speaker.as_str(),
         source_language: language,
         turn_index,
+        turn,
         text,
         end_of_turn_at,
         end_of_turn: instant_of(end_of_turn_at),
@@ -296,11 +319,16 @@ async fn missed_turns(db: &Db, call_id: CallId, listener: Role) -> Result<Vec<Ut
     let client = db.client().await?;
     let rows = client
         .query(
-            "select t.turn_index, t.text, t.language, t.created_at
+            "select t.turn_index, t.text, t.language, t.created_at, t.session_id, t.turn_order
              from transcript_turns t
              where t.call_id = $1 and t.track = $2 and btrim(t.text) <> ''
                and t.turn_index > coalesce((select max(source_turn_index) from utterances
                                             where call_id = $1 and source_track = $2), -1)
+               -- Given already under the index its speaker proposed (renumbered, ADR 0017).
+               and not exists (select 1 from utterances u
+                               where u.call_id = $1 and u.source_track = $2
+                                 and u.source_session_id = t.session_id
+                                 and u.source_turn_order = t.turn_order)
                and t.created_at >= coalesce((select answered_at from call_legs
                                              where call_id = $1 and role = $3), '-infinity')
              order by t.turn_index
@@ -319,6 +347,7 @@ async fn missed_turns(db: &Db, call_id: CallId, listener: Role) -> Result<Vec<Ut
             utterance_of(
                 speaker,
                 row.get("turn_index"),
+                turn_id(row.get("session_id"), row.get("turn_order")),
                 row.get("text"),
                 row.get("language"),
                 row.get("created_at"),
@@ -335,7 +364,7 @@ async fn load_turn(db: &Db, hand_over: &HandOver) -> Result<Option<Utterance>, D
     let client = db.client().await?;
     let row = client
         .query_opt(
-            "select text, language from transcript_turns
+            "select text, language, session_id, turn_order from transcript_turns
              where call_id = $1 and track = $2 and turn_index = $3",
             &[
                 &hand_over.call_id,
@@ -348,11 +377,20 @@ async fn load_turn(db: &Db, hand_over: &HandOver) -> Result<Option<Utterance>, D
         utterance_of(
             speaker,
             hand_over.turn_index,
+            turn_id(row.get("session_id"), row.get("turn_order")),
             row.get("text"),
             row.get("language"),
             hand_over.end_of_turn_at,
         )
     }))
+}
+
+/// A stored turn's identity; a row from before identities has no turn order.
+fn turn_id(session_id: String, turn_order: Option<i64>) -> Option<TurnId> {
+    turn_order.map(|turn_order| TurnId {
+        session_id,
+        turn_order,
+    })
 }
 
 /// Announces a stored turn for a listener on another replica.
@@ -493,10 +531,16 @@ mod tests {
     use super::*;
 
     fn turn(index: i32) -> Utterance {
+        said(index, "s1", index as i64)
+    }
+
+    /// Turn `order` of `session`, handed over under `index`.
+    fn said(index: i32, session: &str, order: i64) -> Utterance {
         utterance_of(
             Role::Agent,
             index,
-            format!("turn {index}"),
+            turn_id(session.to_owned(), Some(order)),
+            format!("{session} turn {order}"),
             None,
             Utc::now(),
         )
@@ -537,6 +581,54 @@ mod tests {
             hub.deliver(call, Role::Agent, turn(0)),
             Delivery::NoListener
         );
+    }
+
+    /// ADR 0017 with two writers of one track (a restarted stream whose old bridge still
+    /// runs): both propose index 5 for different turns, and the store renumbers one. The
+    /// listener hears both, each once, whatever index each comes under.
+    #[test]
+    fn a_renumbered_turn_is_one_turn_and_two_turns_under_one_index_are_two() {
+        let hub = Arc::new(Hub::default());
+        let call = CallId::new();
+        let (tx, mut rx) = mpsc::channel(8);
+        let registration = hub.register(call, Role::Remote, tx, None, 0);
+        hub.caught_up(call, registration.id, Vec::new());
+        // The old bridge's turn and the new bridge's turn, both proposing 5, in process.
+        assert_eq!(
+            hub.deliver(call, Role::Remote, said(5, "old", 3)),
+            Delivery::Queued
+        );
+        assert_eq!(
+            hub.deliver(call, Role::Remote, said(5, "new", 0)),
+            Delivery::Queued
+        );
+        // The new bridge's turn was stored as 6; a catch-up (LISTEN reconnect) or an
+        // announcement brings it under its stored index: the same turn.
+        assert_eq!(
+            hub.deliver(call, Role::Remote, said(6, "new", 0)),
+            Delivery::Duplicate
+        );
+        let got: Vec<i32> = received(&mut rx).iter().map(|t| t.0).collect();
+        assert_eq!(got, [5, 5], "both turns, once each");
+        // The same in a catch-up: what waited and what was read are one turn under two
+        // indices, and another turn under the first one's index.
+        let registration = {
+            drop(registration);
+            let (tx, rx2) = mpsc::channel(8);
+            rx = rx2;
+            hub.register(call, Role::Remote, tx, None, 0)
+        };
+        assert_eq!(
+            hub.deliver(call, Role::Remote, said(7, "new", 1)),
+            Delivery::Queued
+        );
+        hub.caught_up(
+            call,
+            registration.id,
+            vec![said(7, "old", 4), said(8, "new", 1)],
+        );
+        let got: Vec<(i32, i32)> = received(&mut rx);
+        assert_eq!(got.len(), 2, "{got:?}");
     }
 
     #[test]

@@ -82,6 +82,59 @@ pub fn mix_into(out: &mut [u8; FRAME], under: &[u8; FRAME], gain_q15: i32) {
     }
 }
 
+/// Below this peak (16-bit linear, about −60 dBFS) the other party's voice, after the gain,
+/// is not sent on its own: a listener hears nothing they could tell from silence, and the
+/// leg is spared 50 frames a second of it (docs/adr/0047-ducked-audio-only-when-audible.md).
+pub const AUDIBLE_PEAK: i32 = 32;
+
+/// One call's gain for the other party's voice, as tables built once per leg: each µ-law
+/// byte already scaled (linear), and already scaled and re-encoded (the frame played when
+/// no translation is), so mixing a sample is two or three table reads and an add.
+pub struct Gain {
+    scaled: [i16; 256],
+    alone: [u8; 256],
+    /// Whether a sample is audible after the gain.
+    audible: [bool; 256],
+}
+
+impl Gain {
+    pub fn new(gain_q15: i32) -> Self {
+        let mut scaled = [0i16; 256];
+        let mut alone = [SILENCE; 256];
+        let mut audible = [false; 256];
+        for byte in 0..=255u8 {
+            let value = (to_linear(byte) as i32 * gain_q15) >> 15;
+            scaled[byte as usize] = value.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            alone[byte as usize] = to_mulaw(value);
+            audible[byte as usize] = value.abs() >= AUDIBLE_PEAK;
+        }
+        Self {
+            scaled,
+            alone,
+            audible,
+        }
+    }
+
+    /// Whether any sample of `frame` is audible after the gain (see [`AUDIBLE_PEAK`]).
+    pub fn audible(&self, frame: &[u8]) -> bool {
+        frame.iter().any(|&b| self.audible[b as usize])
+    }
+
+    /// `out` (the translation's frame) plus `under` at this gain, in place.
+    pub fn mix_into(&self, out: &mut [u8; FRAME], under: &[u8; FRAME]) {
+        for (o, u) in out.iter_mut().zip(under.iter()) {
+            *o = to_mulaw(to_linear(*o) as i32 + self.scaled[*u as usize] as i32);
+        }
+    }
+
+    /// `under` at this gain with no translation over it.
+    pub fn alone_into(&self, out: &mut [u8; FRAME], under: &[u8; FRAME]) {
+        for (o, u) in out.iter_mut().zip(under.iter()) {
+            *o = self.alone[*u as usize];
+        }
+    }
+}
+
 /// A frame from up to `FRAME` bytes, padded with silence.
 pub fn frame_of(bytes: &[u8]) -> [u8; FRAME] {
     let mut frame = [SILENCE; FRAME];
@@ -137,5 +190,48 @@ mod tests {
         let mut clipped = [to_mulaw(32000); FRAME];
         mix_into(&mut clipped, &loud, gain_q15(0.0));
         assert!(to_linear(clipped[0]) > 30000);
+    }
+
+    #[test]
+    fn the_gain_tables_mix_as_the_arithmetic_does() {
+        for db in [-18.0, -6.0, 0.0] {
+            let q15 = gain_q15(db);
+            let gain = Gain::new(q15);
+            let under: [u8; FRAME] = std::array::from_fn(|i| (i * 37 % 256) as u8);
+            let speech: [u8; FRAME] = std::array::from_fn(|i| (i * 11 % 256) as u8);
+            let (mut by_table, mut by_hand) = (speech, speech);
+            gain.mix_into(&mut by_table, &under);
+            mix_into(&mut by_hand, &under, q15);
+            assert_eq!(by_table, by_hand, "{db} dB");
+            let (mut alone, mut on_silence) = ([0u8; FRAME], [SILENCE; FRAME]);
+            gain.alone_into(&mut alone, &under);
+            mix_into(&mut on_silence, &under, q15);
+            assert_eq!(alone, on_silence, "{db} dB alone");
+        }
+    }
+
+    #[test]
+    fn only_a_voice_audible_after_the_gain_counts_as_audible() {
+        let ducked = Gain::new(gain_q15(-18.0));
+        assert!(!ducked.audible(&[SILENCE; FRAME]));
+        // Line noise at about −50 dBFS is below −60 dBFS once ducked by 18 dB...
+        let mut noise = [SILENCE; FRAME];
+        noise[7] = to_mulaw(-100);
+        assert!(!ducked.audible(&noise));
+        // ...but heard at full level.
+        assert!(Gain::new(gain_q15(0.0)).audible(&noise));
+        // Speech at −32 dBFS (about 800) is heard ducked; one sample is enough.
+        let mut word = [SILENCE; FRAME];
+        word[159] = to_mulaw(800);
+        assert!(ducked.audible(&word));
+        // The threshold sits where the scaled peak crosses AUDIBLE_PEAK.
+        for byte in 0..=255u8 {
+            let scaled = (to_linear(byte) as i32 * gain_q15(-18.0)) >> 15;
+            assert_eq!(
+                ducked.audible(&[byte]),
+                scaled.abs() >= AUDIBLE_PEAK,
+                "{byte:#x}"
+            );
+        }
     }
 }

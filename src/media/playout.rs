@@ -45,10 +45,21 @@ pub struct Utterance {
     /// party: theirs, or the one AssemblyAI detected); `None` on a one-leg call, whose
     /// languages come from [`Languages`].
     pub source_language: Option<String>,
+    /// The index proposed for (or stored with) the turn: its display order.
     pub turn_index: i32,
+    /// The turn's identity, when known (every turn stored since ADR 0017): what says two
+    /// deliveries are the same turn, whatever index each carries.
+    pub turn: Option<TurnId>,
     pub text: String,
     pub end_of_turn_at: DateTime<Utc>,
     pub end_of_turn: Instant,
+}
+
+/// A final turn's identity: its AssemblyAI session and its `turn_order` there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnId {
+    pub session_id: String,
+    pub turn_order: i64,
 }
 
 /// Who speaks which language on this call.
@@ -401,9 +412,18 @@ async fn insert(
     let client = db.client().await?;
     client
         .execute(
-            "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, source_language, target_language, end_of_turn_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing",
-            &[&call_id, &u.seq, &u.source, &u.turn_index, &u.text, &source, &target, &u.end_of_turn_at],
+            // The turn may already be stored under another index than proposed (renumbered,
+            // ADR 0017): link to the one it has. A turn stored later re-links its utterance
+            // itself (`transcripts::store_final`).
+            "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, source_language, target_language, end_of_turn_at,
+                                     source_session_id, source_turn_order)
+             values ($1, $2, $3,
+                     coalesce((select turn_index from transcript_turns
+                               where call_id = $1 and track = $3 and session_id = $9 and turn_order = $10), $4),
+                     $5, $6, $7, $8, $9, $10)
+             on conflict do nothing",
+            &[&call_id, &u.seq, &u.source, &u.turn_index, &u.text, &source, &target, &u.end_of_turn_at,
+              &u.turn.as_ref().map(|t| t.session_id.as_str()), &u.turn.as_ref().map(|t| t.turn_order)],
         )
         .await?;
     Ok(())

@@ -73,6 +73,13 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
                  select $1, $2, p.turn_index, $3, $4, $6, $7, $8, $9, $10, $11 from proposed p
                  on conflict (call_id, track, session_id, turn_order) do nothing
                  returning turn_index
+             ), relinked as (
+                 -- Stored under another index than proposed: an utterance already made of
+                 -- the turn (handed over before storing) follows it there (ADR 0017).
+                 update utterances u set source_turn_index = i.turn_index
+                 from inserted i
+                 where u.call_id = $1 and u.source_track = $2 and u.source_session_id = $3
+                   and u.source_turn_order = $4 and u.source_turn_index <> i.turn_index
              ), next as (
                  update calls set event_seq = event_seq + 1
                  where id = $1 and exists (select 1 from inserted) returning event_seq

@@ -224,3 +224,133 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
     assert_eq!(kinds.len(), 2);
     assert!(kinds.contains(&json!("agent")) && kinds.contains(&json!("remote")));
 }
+
+/// A leg's stream that drops without Telnyx's `stop` (a network fault, not a hangup) is not
+/// the end of the leg: it is left for the re-attach sweep, which restarts it on that leg's
+/// own call control id, while the other leg streams on. A stream that drops after its leg's
+/// call control reported the hangup is over.
+#[tokio::test]
+async fn a_leg_stream_dropped_without_stop_waits_for_re_attach_unless_the_leg_hung_up() {
+    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+    let providers = TranslationSim::start(0).await.unwrap();
+    let (aai_url, base) = (aai.streaming_url(), providers.base());
+    let vendors = [
+        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
+        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
+        ("DEEPL_API_KEY", sim::DEEPL_KEY),
+        ("DEEPL_API_BASE", base.as_str()),
+        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
+        ("ELEVENLABS_API_BASE", base.as_str()),
+    ];
+    let a = TelnyxApp::spawn_with(&vendors).await;
+    let ada = a.app.sign_in("Ada").await;
+    a.own_number(&ada, "+14155550100").await;
+    let call: Value = a
+        .app
+        .request_as(Method::POST, &ada, "/api/calls")
+        .json(&json!({
+            "from": "+14155550100",
+            "agent": {"number": "+14155550111", "language": "en"},
+            "remote": {"number": "+14155550122", "language": "es"},
+            "original_audio": "ducked",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
+    let agent = a.sim.dial_of_leg("agent").unwrap();
+    deliver(&a, &agent, 0..3).await;
+    let remote = a.sim.dial_of_leg("remote").unwrap();
+    deliver(&a, &remote, 0..3).await;
+    let port = a.app.port;
+
+    // The agent's stream drops after a second, no `stop`; the remote party's goes on.
+    let remote_on_a = tokio::spawn(telnyx_media::play(party(
+        local(remote.body["stream_url"].as_str().unwrap(), port),
+        &[(6_000, false)],
+        0,
+        false,
+    )));
+    telnyx_media::play(party(
+        local(agent.body["stream_url"].as_str().unwrap(), port),
+        &[(1_000, false)],
+        0,
+        false,
+    ))
+    .await
+    .unwrap();
+    let detached = async {
+        loop {
+            let streams = media_streams(&a.app, call_id).await;
+            if streams
+                .iter()
+                .any(|(leg, replica, _)| leg == "agent" && replica == "detached")
+            {
+                return streams;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let streams = tokio::time::timeout(Duration::from_secs(10), detached)
+        .await
+        .expect("the dropped stream is marked for re-attach");
+    assert!(
+        streams.iter().all(|(_, _, live)| *live),
+        "neither stream is ended: {streams:?}"
+    );
+    let leg_status: String = a
+        .app
+        .db()
+        .await
+        .query_one(
+            "select status from call_legs where call_id = $1 and role = 'agent'",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leg_status, "answered", "the leg goes on");
+    assert_eq!(
+        callbridge::media::reattach::sweep(&a.app.state)
+            .await
+            .unwrap(),
+        1,
+        "the sweep restarts the dropped leg's stream"
+    );
+    let starts = a.sim.commands_named("streaming_start");
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].call_control_id, agent.call_control_id);
+    assert_eq!(starts[0].body["stream_track"], "inbound_track");
+
+    // The remote party hangs up; their stream then drops without `stop`: that is the end.
+    deliver(&a, &remote, 3..4).await;
+    let _ = remote_on_a.await;
+    let ended = async {
+        loop {
+            let streams = media_streams(&a.app, call_id).await;
+            if streams
+                .iter()
+                .any(|(leg, _, live)| leg == "remote" && !live)
+            {
+                return streams;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let streams = tokio::time::timeout(Duration::from_secs(15), ended)
+        .await
+        .expect("the hung-up leg's stream ends");
+    let remote_stream = streams.iter().find(|s| s.0 == "remote").unwrap();
+    assert_ne!(remote_stream.1, "detached", "{streams:?}");
+    assert_eq!(
+        callbridge::media::reattach::sweep(&a.app.state)
+            .await
+            .unwrap(),
+        0,
+        "nothing more to restart"
+    );
+    assert_eq!(a.sim.commands_named("streaming_start").len(), 1);
+}

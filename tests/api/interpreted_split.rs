@@ -390,3 +390,108 @@ async fn shutdown_flushes_both_legs_unfinished_turns() {
         ]
     );
 }
+
+/// ADR 0017 with two writers of the agent's track (a restarted stream whose old bridge still
+/// runs): the new bridge's turn, handed to the listener under the index it proposed (0),
+/// is stored as 1 because the old bridge's turn holds 0. Its utterance, written before the
+/// store, follows it to 1; and a listener that registers later (a re-attach) never hears
+/// it again — not even when the utterance still names the proposed index (both writes at
+/// the same moment) — while a newer turn it does hear.
+#[tokio::test]
+async fn a_renumbered_turn_is_relinked_and_never_heard_twice_by_a_late_listener() {
+    use callbridge::calls::legs::Role;
+    use callbridge::media::hub::Hub;
+    use callbridge::media::transcripts::{FinalTurn, Stored, store_final};
+    let app = TestApp::spawn().await;
+    let session = app.sign_in("Ada").await;
+    let me: Value = app.get_as(&session, "/api/me").await.json().await.unwrap();
+    let org: Uuid = me["organisations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let call_id = Uuid::now_v7();
+    let db = app.db().await;
+    db.execute(
+        "insert into calls (id, organisation_id, direction, from_number, to_number, status, interpreted)
+         values ($1, $2, 'outbound', '+14155550100', '+14155550123', 'answered', true)",
+        &[&call_id, &org],
+    )
+    .await
+    .unwrap();
+    let turn = |session: &str, order: i64, index: i32, text: &str| FinalTurn {
+        call_id: call_id.into(),
+        track: "agent",
+        turn_index: Some(index),
+        session_id: session.to_owned(),
+        turn_order: order,
+        text: text.to_owned(),
+        words: json!([]),
+        confidence: None,
+        start_ms: None,
+        end_ms: None,
+        language: Some("en".into()),
+    };
+    let store = &app.state.db;
+    assert_eq!(
+        store_final(store, &turn("old", 3, 0, "first"))
+            .await
+            .unwrap(),
+        Stored::New { turn_index: 0 }
+    );
+    // The new bridge's turn reached the remote party under index 0: its utterance...
+    db.execute(
+        "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, end_of_turn_at,
+                                 source_session_id, source_turn_order)
+         values ($1, 1, 'agent', 0, 'second', now(), 'new', 0)",
+        &[&call_id],
+    )
+    .await
+    .unwrap();
+    // ...then the turn is stored, under the next free index, and the utterance follows it.
+    assert_eq!(
+        store_final(store, &turn("new", 0, 0, "second"))
+            .await
+            .unwrap(),
+        Stored::Renumbered {
+            proposed: 0,
+            turn_index: 1
+        }
+    );
+    let linked: i32 = db
+        .query_one(
+            "select source_turn_index from utterances where call_id = $1 and seq = 1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        linked, 1,
+        "the utterance names the index the turn was stored under"
+    );
+
+    // Worst case: the link still names the proposed index. A newer turn is said.
+    db.execute(
+        "update utterances set source_turn_index = 0 where call_id = $1 and seq = 1",
+        &[&call_id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store_final(store, &turn("new", 1, 2, "third"))
+            .await
+            .unwrap(),
+        Stored::New { turn_index: 2 }
+    );
+    // The remote party's stream re-attaches and reads what it missed.
+    let hub = std::sync::Arc::new(Hub::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let registration = hub.register(call_id.into(), Role::Remote, tx, None, 3);
+    registration.catch_up(store).await;
+    let mut heard = Vec::new();
+    while let Ok(utterance) = rx.try_recv() {
+        heard.push(utterance.text);
+    }
+    assert_eq!(heard, ["third"], "the renumbered turn is not heard twice");
+}
