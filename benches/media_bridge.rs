@@ -104,6 +104,10 @@ struct Row {
     /// The service's statements per live call per minute in the same window, by cause (read
     /// on the wire: every executed statement, a preparation counted as one).
     postgres_statements_per_call_minute: Vec<(String, f64)>,
+    /// Transactions beyond the service's statements, per live call per minute: PostgreSQL
+    /// runs one in the replica's `LISTEN` backend for each notifying transaction it reads
+    /// (final turns and partial batches notify), so they are NOTIFY's cost, not statements.
+    postgres_listener_transactions_per_call_minute: f64,
     /// Wall-clock seconds of the whole phase (connecting, streaming, draining, metering).
     wall_seconds: f64,
     /// Upstream sessions of earlier phases still open when this one started (its
@@ -423,9 +427,7 @@ async fn run(pinned: bool) -> bool {
     result.set("ledger_rows", &ledger_rows);
     let largest = |target: &str| {
         rows.iter()
-            .filter(|r| {
-                r.target == target && r.report.latency_p99_us < 5_000 && r.check().is_ok()
-            })
+            .filter(|r| r.target == target && r.report.latency_p99_us < 5_000 && r.check().is_ok())
             .map(|r| r.report.calls)
             .max()
             .unwrap_or(0)
@@ -439,7 +441,10 @@ async fn run(pinned: bool) -> bool {
         "≥ 1,000",
     );
     for &n in &counts {
-        let find = |target: &str| rows.iter().find(|r| r.target == target && r.report.calls == n);
+        let find = |target: &str| {
+            rows.iter()
+                .find(|r| r.target == target && r.report.calls == n)
+        };
         let (Some(bridge), floor) = (find("bridge"), find("floor")) else {
             continue;
         };
@@ -501,11 +506,14 @@ async fn run(pinned: bool) -> bool {
             "≤ 64 KiB",
         );
         result.row(
-            &format!("{n} calls: PostgreSQL transactions per live call per minute (statements by cause)"),
+            &format!(
+                "{n} calls: PostgreSQL transactions per live call per minute (statements by cause)"
+            ),
             format!(
-                "{:.1} ({})",
+                "{:.1} (statements: {}; listener reading notifications {:.2})",
                 bridge.postgres_transactions_per_call_minute,
-                by_cause(&bridge.postgres_statements_per_call_minute)
+                by_cause(&bridge.postgres_statements_per_call_minute),
+                bridge.postgres_listener_transactions_per_call_minute
             ),
             String::new(),
             "≤ 6 (one per 10 s)",
@@ -804,26 +812,26 @@ async fn run_once(
     let sampled = sampler.await.ok().flatten();
     let frames = plan.frames_planned().max(1) as f64;
     let calls = plan.calls.max(1) as f64;
-    let (service_cpu, service_share, generator_share, rss, transactions, statements) =
-        match sampled {
-            Some(((at, service_at_grid, generator_before), rss, transactions, trips, window)) => {
-                // Shares from the grid's start until the drain ended.
-                let elapsed = after.duration_since(at).as_secs_f64();
-                let minutes = window.as_secs_f64() / 60.0;
-                (
-                    service_after - service_before,
-                    (service_after - service_at_grid) / elapsed.max(1e-9),
-                    (generator_after - generator_before) / elapsed.max(1e-9),
-                    rss,
-                    transactions as f64 / calls / minutes.max(1e-9),
-                    statements_by_cause(&trips)
-                        .into_iter()
-                        .map(|(cause, n)| (cause, n as f64 / calls / minutes.max(1e-9)))
-                        .collect(),
-                )
-            }
-            None => (service_after - service_before, 0.0, 0.0, 0, 0.0, Vec::new()),
-        };
+    let (service_cpu, service_share, generator_share, rss, transactions, statements) = match sampled
+    {
+        Some(((at, service_at_grid, generator_before), rss, transactions, trips, window)) => {
+            // Shares from the grid's start until the drain ended.
+            let elapsed = after.duration_since(at).as_secs_f64();
+            let minutes = window.as_secs_f64() / 60.0;
+            (
+                service_after - service_before,
+                (service_after - service_at_grid) / elapsed.max(1e-9),
+                (generator_after - generator_before) / elapsed.max(1e-9),
+                rss,
+                transactions as f64 / calls / minutes.max(1e-9),
+                statements_by_cause(&trips)
+                    .into_iter()
+                    .map(|(cause, n)| (cause, n as f64 / calls / minutes.max(1e-9)))
+                    .collect(),
+            )
+        }
+        None => (service_after - service_before, 0.0, 0.0, 0, 0.0, Vec::new()),
+    };
     let frame_period_us = loadgen::FRAME_PERIOD.as_micros() as u32;
     let generator_saturated =
         generator_share >= 0.95 || report.generator_lag_p99_us > frame_period_us;
@@ -844,6 +852,11 @@ async fn run_once(
         target_saturated,
         rss_kib_per_call: rss.saturating_sub(target.idle_rss) as f64 / calls,
         postgres_transactions_per_call_minute: if is_bridge { transactions } else { 0.0 },
+        postgres_listener_transactions_per_call_minute: if is_bridge {
+            (transactions - statements.iter().map(|(_, n)| n).sum::<f64>()).max(0.0)
+        } else {
+            0.0
+        },
         postgres_statements_per_call_minute: if is_bridge { statements } else { Vec::new() },
         wall_seconds: phase_started.elapsed().as_secs_f64(),
         leftover_sessions: 0,
@@ -856,10 +869,7 @@ async fn run_once(
 /// preparations (a statement the connection had not prepared yet), and the rest.
 fn statements_by_cause(trips: &[pg_wire::RoundTrip]) -> Vec<(String, usize)> {
     const CAUSES: [(&str, &[&str]); 4] = [
-        (
-            "heartbeats",
-            &["media_streams", "media_stream_positions"],
-        ),
+        ("heartbeats", &["media_streams", "media_stream_positions"]),
         ("turns", &["transcript_turns"]),
         ("partials", &["pg_notify($1, p)"]),
         ("usage", &["usage_ledger"]),
@@ -906,13 +916,15 @@ fn print_table(rows: &[Row], seconds: usize, pinned: bool) {
         "\nMedia bridge: simulated calls × 2 tracks, a frame per track due every 20 ms for {seconds} s (open loop); pinned: {pinned}\n"
     );
     println!(
-        "| target | calls | frames planned | sent | lost | doubled | stale | drain | p50 from due | p99 from due | generator lag p99 | generator CPU share | target CPU share | service CPU/frame | PostgreSQL CPU/frame | RSS/call | PG transactions/call/min | statements/call/min by cause | phase |"
+        "| target | calls | frames planned | sent | lost | doubled | stale | drain | p50 from due | p99 from due | generator lag p99 | generator CPU share | target CPU share | service CPU/frame | PostgreSQL CPU/frame | RSS/call | PG transactions/call/min | statements/call/min by cause | listener transactions/call/min | phase |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    );
     for row in rows {
         let r = &row.report;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% | {:.0}% | {:.2} µs | {:.2} µs | {:.0} KiB | {:.1} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% | {:.0}% | {:.2} µs | {:.2} µs | {:.0} KiB | {:.1} | {} | {:.2} | {:.1} s |",
             row.target,
             r.calls,
             r.frames_planned,
@@ -931,6 +943,7 @@ fn print_table(rows: &[Row], seconds: usize, pinned: bool) {
             row.rss_kib_per_call,
             row.postgres_transactions_per_call_minute,
             by_cause(&row.postgres_statements_per_call_minute),
+            row.postgres_listener_transactions_per_call_minute,
             row.wall_seconds,
         );
     }

@@ -118,13 +118,8 @@ async fn consecutive_phases_drain_and_stay_apart() {
                 move || sim.open_sessions()
             }),
         };
-        let report = loadgen::play_drained(
-            plan,
-            ledger,
-            |_| format!("ws://127.0.0.1:{port}/"),
-            drain,
-        )
-        .await;
+        let report =
+            loadgen::play_drained(plan, ledger, |_| format!("ws://127.0.0.1:{port}/"), drain).await;
         assert!(report.drained, "phase {phase}: {report:?}");
         assert_eq!(report.stale, 0, "phase {phase}: {report:?}");
         report.check().expect("every frame once, nothing stale");
