@@ -14,6 +14,7 @@ its file through benches/common/measure.rs (`ResultFile`) and is added to REQUIR
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 
@@ -26,6 +27,15 @@ END = "<!-- bench-results:end -->"
 # The benchmarks `make bench` runs; each must leave a complete file.
 REQUIRED = ["sessions", "http_load", "media_bridge", "translated_calls", "interpreted_calls", "recordings_upload"]
 PROVENANCE = ["benchmark", "commit", "dirty_tree", "date", "host", "cpu_model", "cpus", "load_average", "table"]
+# Figures a benchmark's file must carry to be complete (beyond its table): a run cut short,
+# or one that skipped a phase `make bench` depends on, is refused rather than rendered.
+REQUIRED_FIGURES = {
+    "media_bridge": ["rows", "ledger_rows", "ledger_comparison", "bench_seconds"],
+}
+# Per-phase invariants, checked again here in case a file says complete when a phase did
+# not hold them (each phase row of these lists must show nothing lost, doubled or stale and
+# a finished drain).
+PHASE_LISTS = ["rows", "ledger_rows"]
 
 TITLES = {
     "sessions": "Session resolution (benches/sessions.rs)",
@@ -59,6 +69,19 @@ def load(results: pathlib.Path) -> tuple[dict[str, dict], list[str]]:
             problems.append(f"{name}: invariants failed: {failures}")
         if not result.get("table"):
             problems.append(f"{name}: no figures in its table")
+        for key in REQUIRED_FIGURES.get(name, []):
+            if result.get(key) in (None, [], {}):
+                problems.append(f"{name}: incomplete, lacks {key}")
+        for key in PHASE_LISTS:
+            for row in result.get(key) or []:
+                if not isinstance(row, dict):
+                    continue
+                label = f"{name}: {row.get('target', '?')} at {row.get('calls', '?')} calls"
+                for counter in ("lost", "doubled", "stale", "foreign", "leftover_sessions"):
+                    if row.get(counter, 0):
+                        problems.append(f"{label}: {row[counter]} {counter}")
+                if row.get("drained") is False:
+                    problems.append(f"{label}: not drained")
     return found, problems
 
 
@@ -73,7 +96,12 @@ def render(found: dict[str, dict]) -> str:
         "",
         f"Measured at commit {', '.join(commits)} by `make bench` "
         f"(every figure: [bench-results.json](bench-results.json)). These figures are void as soon as "
-        "the measured path changes; rerun `make bench` rather than quoting them after such a change.",
+        "the measured path changes; rerun `make bench` rather than quoting them after such a change."
+        + (
+            f" The run took {int(os.environ['BENCH_TOTAL_SECONDS']) / 60:.1f} minutes of bench time (build excluded)."
+            if os.environ.get("BENCH_TOTAL_SECONDS", "").isdigit()
+            else ""
+        ),
         "",
     ]
     for name in sorted(found, key=lambda n: (n not in REQUIRED, REQUIRED.index(n) if n in REQUIRED else 0, n)):

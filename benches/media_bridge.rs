@@ -4,12 +4,24 @@
 //! AssemblyAI simulator, and the generator's own lag beside it. The floor, on the same
 //! ladder in the same run: a bare tokio WebSocket relay (byte search, base64 decode, batch,
 //! forward). CPU per frame of the service and of the PostgreSQL backends serving it, RSS per
-//! live call, PostgreSQL transactions per live call per minute in steady state. The run
-//! fails (exit 1) when any frame is lost or doubled. Writes `media_bridge.json`
-//! (docs/BENCHMARKS.md).
+//! live call, PostgreSQL transactions per live call per minute in steady state and the
+//! statements behind them by cause (read on the wire). Each phase (one target at one N) has
+//! calls of its own, frames tagged with the phase, and ends with a drain: every upstream
+//! session closed and nothing more arriving, so no phase's leftovers count in the next. The
+//! run fails (exit 1) when any frame is lost, doubled, or arrives in another phase. Writes
+//! `media_bridge.json` (docs/BENCHMARKS.md, ADR 0046).
+//!
+//! Settings: `BENCH_CALLS` (the ladder, default `250,500,1000,2000`), `BENCH_CALL_SECONDS`
+//! (default 12), `BENCH_TARGETS` (`bridge,floor`), `BENCH_LEDGER_CALLS` (default 500; 0 skips
+//! the ledger comparison), `BENCH_LEDGER_REPEATS` (on/off pairs, default 3),
+//! `BENCH_LEDGER_SECONDS` (default 10), `BENCH_PIN` (0: no pinning).
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
+/// The PostgreSQL wire reader the tests count statements with (ADR 0038): here it tells
+/// which cause each statement of a live call's steady state belongs to.
+#[path = "../tests/common/pg_wire.rs"]
+mod pg_wire;
 
 use common::measure::{self, PgMeter, ResultFile};
 use common::{ChildGuard, ScratchDatabase, free_port, wait_for_port};
@@ -19,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callbridge::sim::assemblyai::AssemblyAiSim;
-use callbridge::sim::loadgen::{self, Fault, Ledger, Plan};
+use callbridge::sim::loadgen::{self, Drain, Fault, Ledger, Plan};
 use serde::Serialize;
 
 /// The floor relay runs from this binary: it gets the service's allocator, so the comparison
@@ -63,7 +75,7 @@ fn main() {
     }
 }
 
-/// One run through one target (the bridge or the floor) at one N.
+/// One phase: one target (the bridge, the floor, or the bridge with the ledger off) at one N.
 #[derive(Serialize)]
 struct Row {
     target: &'static str,
@@ -71,27 +83,198 @@ struct Row {
     report: loadgen::Report,
     /// CPU of the process doing the relaying, µs per frame planned.
     service_cpu_us_per_frame: f64,
+    /// Its share of its core while the phase ran (from the grid's start to the drain's end).
+    service_cpu_share: f64,
     /// CPU of the PostgreSQL backends serving the service, µs per frame.
     postgres_cpu_us_per_frame: f64,
-    /// The generator's (and simulator's) share of its CPU while the run lasted.
+    /// The generator's (and simulator's) share of its CPU while the phase ran.
     generator_cpu_share: f64,
+    /// The generator could not keep its own schedule: its lag p99 is over a frame period, or
+    /// its core was (nearly) full. The phase then measures the generator, not the target.
+    generator_saturated: bool,
+    /// The target fell behind the offered load: a frame's audio arrived more than a frame
+    /// period late at p99 while the generator kept its schedule, or its core was (nearly)
+    /// full. Reported, not a failure (ADR 0046); loss is a failure whatever the load.
+    target_saturated: bool,
     /// RSS growth from the idle service to the middle of this run, per live call (an upper
     /// bound: it includes one-off growth of the process).
     rss_kib_per_call: f64,
     /// PostgreSQL transactions per live call per minute, in the middle of the run.
     postgres_transactions_per_call_minute: f64,
+    /// The service's statements per live call per minute in the same window, by cause (read
+    /// on the wire: every executed statement, a preparation counted as one).
+    postgres_statements_per_call_minute: Vec<(String, f64)>,
+    /// Transactions beyond the service's statements, per live call per minute: PostgreSQL
+    /// runs one in the replica's `LISTEN` backend for each notifying transaction it reads
+    /// (final turns and partial batches notify), so they are NOTIFY's cost, not statements.
+    postgres_listener_transactions_per_call_minute: f64,
+    /// Wall-clock seconds of the whole phase (connecting, streaming, draining, metering).
+    wall_seconds: f64,
+    /// Upstream sessions of earlier phases still open when this one started (its
+    /// isolation failed; asserted 0).
+    leftover_sessions: usize,
+}
+
+impl Row {
+    /// The invariants: the report's (nothing lost, doubled, stale or undrained) and a clean
+    /// slate at the start.
+    fn check(&self) -> Result<(), String> {
+        let mut broken = Vec::new();
+        if let Err(failure) = self.report.check() {
+            broken.push(failure);
+        }
+        if self.leftover_sessions > 0 {
+            broken.push(format!(
+                "{} upstream session(s) of an earlier phase still open at its start",
+                self.leftover_sessions
+            ));
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(broken.join("; "))
+        }
+    }
+}
+
+/// One phase's target: its name, the process doing the relaying and its idle RSS, and the
+/// URL of the stream for a call's token.
+struct Target {
+    name: &'static str,
+    pid: u32,
+    idle_rss: u64,
+    url: Arc<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+/// What every phase shares: the simulator, the meter, the wire reader, and calls to stream.
+struct Phases {
+    sim: AssemblyAiSim,
+    meter: PgMeter,
+    wire: Arc<pg_wire::PgWire>,
+    db: tokio_postgres::Client,
+    org: uuid::Uuid,
+    secret: &'static str,
+}
+
+impl Phases {
+    /// `n` calls of their own for one phase, and their stream tokens: a phase never
+    /// streams a call an earlier phase streamed, so nothing of the service's state for a
+    /// call (a stream to re-attach, positions, replayed audio) carries over between phases.
+    async fn fresh_calls(&self, n: usize) -> Vec<String> {
+        let ids: Vec<uuid::Uuid> = self
+            .db
+            .query(
+                "insert into calls (id, organisation_id, direction, from_number, to_number, status)
+                 select gen_random_uuid(), $1, 'outbound', '+1', '+2', 'answered' from generate_series(1, $2)
+                 returning id",
+                &[&self.org, &(n as i32)],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        ids.iter()
+            .map(|id| {
+                callbridge::calls::stream_token::mint(self.secret.as_bytes(), *id, now + 3600)
+            })
+            .collect()
+    }
+
+    /// Runs one phase: `calls` fresh calls for `seconds` through `target`, then drains.
+    async fn run(&mut self, target: &Target, calls: usize, seconds: usize) -> Row {
+        let phase_started = Instant::now();
+        // The previous phase drained: nothing of it may still be open upstream.
+        let leftover = self.sim.open_sessions();
+        let tokens = Arc::new(self.fresh_calls(calls).await);
+        // Each stream's frames on the grid: a multiple of 5 per track, so every frame
+        // belongs to a full 100 ms batch.
+        let plan = Plan {
+            calls,
+            frames: seconds * 50,
+            fault: Fault::None,
+        };
+        let row = run_once(
+            plan,
+            &self.sim,
+            target,
+            &mut self.meter,
+            &self.wire,
+            move |i| tokens[i].clone(),
+            phase_started,
+        )
+        .await;
+        let mut row = row;
+        row.leftover_sessions = leftover;
+        println!(
+            "{} {calls}: p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, stale {}, drained in {} ms, {:.2} µs CPU/frame ({:.0}% of its core), generator {:.0}%, {:.1} s",
+            target.name,
+            row.report.latency_p99_us,
+            row.report.generator_lag_p99_us,
+            row.report.lost,
+            row.report.doubled,
+            row.report.stale,
+            row.report.drain_ms,
+            row.service_cpu_us_per_frame,
+            row.service_cpu_share * 100.0,
+            row.generator_cpu_share * 100.0,
+            row.wall_seconds,
+        );
+        row
+    }
+}
+
+/// `Max open files` (soft) of this process: each call is a socket here and three in the
+/// relaying process (the stream and one upstream per track).
+fn open_files_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default)
 }
 
 async fn run(pinned: bool) -> bool {
+    let bench_started = Instant::now();
     let scratch = ScratchDatabase::create().await;
     let db_url = scratch.url.clone();
     let sim = AssemblyAiSim::start("bench-aai-key", 0).await.unwrap();
+    // The service reaches PostgreSQL through the wire reader, which sorts its statements by
+    // cause; the meter and the bench's own connections go direct.
+    let pg_address = format!(
+        "{}:{}",
+        db_url.host_str().unwrap_or("127.0.0.1"),
+        db_url.port().unwrap_or(5432)
+    );
+    let pg_address: std::net::SocketAddr = tokio::net::lookup_host(pg_address.as_str())
+        .await
+        .unwrap()
+        .next()
+        .expect("PostgreSQL's address");
+    let wire = Arc::new(pg_wire::PgWire::start(pg_address).await);
+    let mut service_db_url = db_url.clone();
+    service_db_url.set_ip_host(wire.address.ip()).unwrap();
+    service_db_url.set_port(Some(wire.address.port())).unwrap();
     let port = free_port();
     let secret = "bench-auth-secret-bench-auth-secret";
     let service_cpu = pinned.then_some(SERVICE_CPU);
     let server = start_server(
         port,
-        db_url.as_str(),
+        service_db_url.as_str(),
         secret,
         &sim.streaming_url(),
         service_cpu,
@@ -119,10 +302,22 @@ async fn run(pinned: bool) -> bool {
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
-    let seconds: usize = std::env::var("BENCH_CALL_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    let targets: Vec<String> = std::env::var("BENCH_TARGETS")
+        .unwrap_or_else(|_| "bridge,floor".into())
+        .split(',')
+        .map(|t| t.trim().to_owned())
+        .collect();
+    let seconds: usize = setting("BENCH_CALL_SECONDS", 12);
+    let max_calls = counts.iter().copied().max().unwrap_or(0);
+    let open_files = open_files_limit();
+    if let Some(limit) = open_files
+        && (limit as usize) < max_calls * 4 + 256
+    {
+        eprintln!(
+            "warning: open files limit {limit} is below what {max_calls} calls need (about {}): raise `ulimit -n`",
+            max_calls * 4 + 256
+        );
+    }
     let db = callbridge::db::connect_direct(db_url.as_str())
         .await
         .unwrap();
@@ -133,122 +328,93 @@ async fn run(pinned: bool) -> bool {
     )
     .await
     .unwrap();
-    let max_calls = counts.iter().copied().max().unwrap_or(0);
-    let call_ids: Vec<uuid::Uuid> = db
-        .query(
-            "insert into calls (id, organisation_id, direction, from_number, to_number, status)
-             select gen_random_uuid(), $1, 'outbound', '+1', '+2', 'answered' from generate_series(1, $2)
-             returning id",
-            &[&org, &(max_calls as i32)],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let tokens: Arc<Vec<String>> = Arc::new(
-        call_ids
-            .iter()
-            .map(|id| callbridge::calls::stream_token::mint(secret.as_bytes(), *id, now + 3600))
-            .collect(),
-    );
-    let mut meter = PgMeter::new(db_url.as_str(), &scratch.name).await;
-    let service_idle_rss = measure::rss_kib(server.0.id());
-    let relay_idle_rss = measure::rss_kib(relay.0.id());
+    let meter = PgMeter::new(db_url.as_str(), &scratch.name).await;
+    let mut phases = Phases {
+        sim,
+        meter,
+        wire,
+        db,
+        org,
+        secret,
+    };
+    let bridge = Target {
+        name: "bridge",
+        pid: server.0.id(),
+        idle_rss: measure::rss_kib(server.0.id()),
+        url: Arc::new(move |token: &str| format!("ws://127.0.0.1:{port}/media/telnyx/{token}")),
+    };
+    let floor = Target {
+        name: "floor",
+        pid: relay.0.id(),
+        idle_rss: measure::rss_kib(relay.0.id()),
+        url: Arc::new(move |_: &str| format!("ws://127.0.0.1:{relay_port}/")),
+    };
 
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for &calls in &counts {
-        for target in ["bridge", "floor"] {
-            // Each stream's frames on the grid: a multiple of 5 per track, so every frame
-            // belongs to a full 100 ms batch.
-            let plan = Plan {
-                calls,
-                frames: seconds * 50,
-                fault: Fault::None,
-            };
-            let (pid, idle_rss) = match target {
-                "bridge" => (server.0.id(), service_idle_rss),
-                _ => (relay.0.id(), relay_idle_rss),
-            };
-            let tokens = tokens.clone();
-            let url = move |i: usize| match target {
-                "bridge" => format!("ws://127.0.0.1:{port}/media/telnyx/{}", tokens[i]),
-                _ => format!("ws://127.0.0.1:{relay_port}/"),
-            };
-            let row = run_once(plan, &sim, pid, idle_rss, &mut meter, url, target).await;
-            println!(
-                "{target} {calls}: p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, {:.2} µs CPU/frame",
-                row.report.latency_p99_us,
-                row.report.generator_lag_p99_us,
-                row.report.lost,
-                row.report.doubled,
-                row.service_cpu_us_per_frame
-            );
-            if let Err(failure) = row.report.check() {
-                failures.push(format!("{target}: {failure}"));
+        for target in [&bridge, &floor] {
+            if !targets.iter().any(|t| t == target.name) {
+                continue;
+            }
+            let row = phases.run(target, calls, seconds).await;
+            if let Err(failure) = row.check() {
+                failures.push(format!("{}: {failure}", target.name));
             }
             rows.push(row);
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 
-    // Issue 17: what the usage ledger costs per frame, same run, same calls: a second
-    // service with `USAGE_LEDGER=false`, alternated with the first (on, off, on, off) so
-    // drift in the machine's load falls on both.
-    let ledger_calls: usize = std::env::var("BENCH_LEDGER_CALLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500)
-        .min(max_calls);
+    // Issue 17: what the usage ledger costs per frame, same run: a second service started
+    // with `USAGE_LEDGER=false`, alternated with the first in the order on, off, off, on, …
+    // (so a steady drift of the machine's load falls on both equally), each phase with
+    // calls of its own and drained like the ladder's. Median and spread of each, and of the
+    // difference within each adjacent on/off pair.
+    let ledger_calls: usize = setting("BENCH_LEDGER_CALLS", 500usize);
+    let ledger_repeats: usize = setting("BENCH_LEDGER_REPEATS", 3usize);
+    let ledger_seconds: usize = setting("BENCH_LEDGER_SECONDS", 10usize);
     let mut ledger_rows = Vec::new();
-    if ledger_calls > 0 {
+    if ledger_calls > 0 && ledger_repeats > 0 {
         let off_port = free_port();
         let off_server = start_server(
             off_port,
-            db_url.as_str(),
+            service_db_url.as_str(),
             secret,
-            &sim.streaming_url(),
+            &phases.sim.streaming_url(),
             service_cpu,
             false,
         );
         wait_for_port(off_port).await;
-        let off_idle_rss = measure::rss_kib(off_server.0.id());
-        for target in ["bridge", "bridge-ledger-off", "bridge", "bridge-ledger-off"] {
-            let plan = Plan {
-                calls: ledger_calls,
-                frames: seconds * 50,
-                fault: Fault::None,
+        let bridge_off = Target {
+            name: "bridge-ledger-off",
+            pid: off_server.0.id(),
+            idle_rss: measure::rss_kib(off_server.0.id()),
+            url: Arc::new(move |token: &str| {
+                format!("ws://127.0.0.1:{off_port}/media/telnyx/{token}")
+            }),
+        };
+        for pair in 0..ledger_repeats {
+            let order = if pair % 2 == 0 {
+                [&bridge, &bridge_off]
+            } else {
+                [&bridge_off, &bridge]
             };
-            let (pid, idle_rss, target_port) = match target {
-                "bridge" => (server.0.id(), service_idle_rss, port),
-                _ => (off_server.0.id(), off_idle_rss, off_port),
-            };
-            let tokens = tokens.clone();
-            let url =
-                move |i: usize| format!("ws://127.0.0.1:{target_port}/media/telnyx/{}", tokens[i]);
-            let row = run_once(plan, &sim, pid, idle_rss, &mut meter, url, target).await;
-            println!(
-                "{target} {ledger_calls} (ledger comparison): {:.2} µs CPU/frame, lost {}, doubled {}",
-                row.service_cpu_us_per_frame, row.report.lost, row.report.doubled
-            );
-            if let Err(failure) = row.report.check() {
-                failures.push(format!("{target} (ledger comparison): {failure}"));
+            for target in order {
+                let row = phases.run(target, ledger_calls, ledger_seconds).await;
+                if let Err(failure) = row.check() {
+                    failures.push(format!("{} (ledger comparison): {failure}", target.name));
+                }
+                ledger_rows.push(row);
             }
-            ledger_rows.push(row);
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
         drop(off_server);
     }
 
     print_table(&rows, seconds, pinned);
-    print_table(&ledger_rows, seconds, pinned);
+    print_table(&ledger_rows, ledger_seconds, pinned);
     let mut result = ResultFile::new("media_bridge");
     result.set("seconds_per_call", seconds);
+    result.set("open_files_limit", open_files);
     result.set(
         "pinning",
         if pinned {
@@ -261,9 +427,7 @@ async fn run(pinned: bool) -> bool {
     result.set("ledger_rows", &ledger_rows);
     let largest = |target: &str| {
         rows.iter()
-            .filter(|r| {
-                r.target == target && r.report.latency_p99_us < 5_000 && r.report.check().is_ok()
-            })
+            .filter(|r| r.target == target && r.report.latency_p99_us < 5_000 && r.check().is_ok())
             .map(|r| r.report.calls)
             .max()
             .unwrap_or(0)
@@ -276,101 +440,250 @@ async fn run(pinned: bool) -> bool {
         largest("floor").to_string(),
         "≥ 1,000",
     );
-    for pair in rows.chunks(2) {
-        let [bridge, floor] = pair else { continue };
-        let n = bridge.report.calls;
+    for &n in &counts {
+        let find = |target: &str| {
+            rows.iter()
+                .find(|r| r.target == target && r.report.calls == n)
+        };
+        let (Some(bridge), floor) = (find("bridge"), find("floor")) else {
+            continue;
+        };
+        let on_floor = |figure: &dyn Fn(&Row) -> String| floor.map(figure).unwrap_or_default();
         let ms = |us: u32| format!("{:.2} ms", f64::from(us) / 1e3);
+        let saturated = |row: &Row| {
+            let mut notes = Vec::new();
+            if row.target_saturated {
+                notes.push("target saturated");
+            }
+            if row.generator_saturated {
+                notes.push("generator saturated");
+            }
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", notes.join(", "))
+            }
+        };
         result.row(
             &format!("{n} calls: added latency p99 from due time (generator lag p99)"),
             format!(
-                "{} ({})",
+                "{} ({}){}",
                 ms(bridge.report.latency_p99_us),
-                ms(bridge.report.generator_lag_p99_us)
+                ms(bridge.report.generator_lag_p99_us),
+                saturated(bridge)
             ),
-            format!(
-                "{} ({})",
-                ms(floor.report.latency_p99_us),
-                ms(floor.report.generator_lag_p99_us)
-            ),
+            on_floor(&|floor| {
+                format!(
+                    "{} ({}){}",
+                    ms(floor.report.latency_p99_us),
+                    ms(floor.report.generator_lag_p99_us),
+                    saturated(floor)
+                )
+            }),
             "< 5 ms",
         );
         result.row(
             &format!("{n} calls: CPU per frame, service + PostgreSQL"),
             format!(
-                "{:.2} + {:.2} µs = {:.2}× floor",
+                "{:.2} + {:.2} µs{}",
                 bridge.service_cpu_us_per_frame,
                 bridge.postgres_cpu_us_per_frame,
-                (bridge.service_cpu_us_per_frame + bridge.postgres_cpu_us_per_frame)
-                    / floor.service_cpu_us_per_frame.max(1e-9)
+                floor
+                    .map(|floor| format!(
+                        " = {:.2}× floor",
+                        (bridge.service_cpu_us_per_frame + bridge.postgres_cpu_us_per_frame)
+                            / floor.service_cpu_us_per_frame.max(1e-9)
+                    ))
+                    .unwrap_or_default()
             ),
-            format!("{:.2} µs", floor.service_cpu_us_per_frame),
+            on_floor(&|floor| format!("{:.2} µs", floor.service_cpu_us_per_frame)),
             "≤ 3 µs, ≤ 1.5× floor",
         );
         result.row(
             &format!("{n} calls: RSS per live call"),
             format!("{:.0} KiB", bridge.rss_kib_per_call),
-            format!("{:.0} KiB", floor.rss_kib_per_call),
+            on_floor(&|floor| format!("{:.0} KiB", floor.rss_kib_per_call)),
             "≤ 64 KiB",
         );
         result.row(
-            &format!("{n} calls: PostgreSQL transactions per live call per minute"),
-            format!("{:.1}", bridge.postgres_transactions_per_call_minute),
+            &format!(
+                "{n} calls: PostgreSQL transactions per live call per minute (statements by cause)"
+            ),
+            format!(
+                "{:.1} (statements: {}; listener reading notifications {:.2})",
+                bridge.postgres_transactions_per_call_minute,
+                by_cause(&bridge.postgres_statements_per_call_minute),
+                bridge.postgres_listener_transactions_per_call_minute
+            ),
             String::new(),
             "≤ 6 (one per 10 s)",
         );
         result.row(
-            &format!("{n} calls: frames planned / lost / doubled"),
+            &format!("{n} calls: frames planned / lost / doubled / stale (drain)"),
             format!(
-                "{} / {} / {}",
-                bridge.report.frames_planned, bridge.report.lost, bridge.report.doubled
+                "{} / {} / {} / {} ({:.1} s)",
+                bridge.report.frames_planned,
+                bridge.report.lost,
+                bridge.report.doubled,
+                bridge.report.stale,
+                bridge.report.drain_ms as f64 / 1e3
             ),
-            format!(
-                "{} / {} / {}",
-                floor.report.frames_planned, floor.report.lost, floor.report.doubled
-            ),
-            "0 lost, 0 doubled (asserted)",
+            on_floor(&|floor| {
+                format!(
+                    "{} / {} / {} / {} ({:.1} s)",
+                    floor.report.frames_planned,
+                    floor.report.lost,
+                    floor.report.doubled,
+                    floor.report.stale,
+                    floor.report.drain_ms as f64 / 1e3
+                )
+            }),
+            "0 lost, 0 doubled, 0 stale (asserted)",
         );
         result.row(
-            &format!("{n} calls: generator CPU share of its core"),
-            format!("{:.0}%", bridge.generator_cpu_share * 100.0),
-            format!("{:.0}%", floor.generator_cpu_share * 100.0),
-            "< 100% (else the generator is the ceiling)",
+            &format!("{n} calls: CPU share of its core, target (generator)"),
+            format!(
+                "{:.0}% ({:.0}%)",
+                bridge.service_cpu_share * 100.0,
+                bridge.generator_cpu_share * 100.0
+            ),
+            on_floor(&|floor| {
+                format!(
+                    "{:.0}% ({:.0}%)",
+                    floor.service_cpu_share * 100.0,
+                    floor.generator_cpu_share * 100.0
+                )
+            }),
+            "generator < 100% (else it is the ceiling)",
         );
     }
     if !ledger_rows.is_empty() {
-        let mean = |target: &str, figure: fn(&Row) -> f64| {
-            let picked: Vec<f64> = ledger_rows
-                .iter()
-                .filter(|r| r.target == target)
-                .map(figure)
-                .collect();
-            picked.iter().sum::<f64>() / picked.len().max(1) as f64
-        };
-        let service = |r: &Row| r.service_cpu_us_per_frame;
-        let postgres = |r: &Row| r.postgres_cpu_us_per_frame;
-        let on = mean("bridge", service) + mean("bridge", postgres);
-        let off = mean("bridge-ledger-off", service) + mean("bridge-ledger-off", postgres);
-        let added = (on - off) / off.max(1e-9) * 100.0;
-        result.set("ledger_cpu_us_per_frame_on", on);
-        result.set("ledger_cpu_us_per_frame_off", off);
-        result.set("ledger_added_cpu_percent", added);
+        let comparison = LedgerComparison::of(&ledger_rows);
+        result.set("ledger_comparison", &comparison);
         result.row(
             &format!(
-                "{ledger_calls} calls: CPU per frame (service + PostgreSQL), usage ledger on vs off (mean of two runs each, alternated)"
+                "{ledger_calls} calls: CPU per frame (service + PostgreSQL), usage ledger on vs off ({} alternated pairs: median [min–max])",
+                comparison.pairs
             ),
-            format!("on {on:.2} µs, off {off:.2} µs: {added:+.1} %"),
+            format!(
+                "on {:.2} [{:.2}–{:.2}] µs, off {:.2} [{:.2}–{:.2}] µs: {:+.1} % (pairs {:+.1} to {:+.1} %): {}",
+                comparison.on_median,
+                comparison.on_min,
+                comparison.on_max,
+                comparison.off_median,
+                comparison.off_min,
+                comparison.off_max,
+                comparison.added_percent_median,
+                comparison.added_percent_min,
+                comparison.added_percent_max,
+                comparison.verdict
+            ),
             String::new(),
             "< 5 % added (issue 17)",
         );
     }
+    let bench_seconds = bench_started.elapsed().as_secs_f64();
+    result.set("bench_seconds", bench_seconds);
+    println!("\nmedia_bridge: {bench_seconds:.0} s in all");
     for failure in &failures {
         eprintln!("INVARIANT BROKEN: {failure}");
     }
     result.write(failures.is_empty(), &failures);
-    drop((relay, server, db, meter));
+    drop((relay, server, phases));
     tokio::time::sleep(Duration::from_millis(500)).await;
     scratch.drop_now().await;
     failures.is_empty()
+}
+
+/// `heartbeats 0.4, turns 28.0, …` (statements per live call per minute by cause).
+fn by_cause(causes: &[(String, f64)]) -> String {
+    causes
+        .iter()
+        .map(|(cause, n)| format!("{cause} {n:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The ledger's cost from alternated phases: CPU per frame (service + PostgreSQL) of each
+/// side as median and range, and the added cost within each adjacent on/off pair (the
+/// phases closest in time, so the least apart in the machine's load).
+#[derive(Serialize)]
+struct LedgerComparison {
+    pairs: usize,
+    on_median: f64,
+    on_min: f64,
+    on_max: f64,
+    off_median: f64,
+    off_min: f64,
+    off_max: f64,
+    added_percent_median: f64,
+    added_percent_min: f64,
+    added_percent_max: f64,
+    /// `shown` when every pair added < 5 %, `refuted` when every pair added ≥ 5 %, else
+    /// `not decided (noise)`: the pairs disagree.
+    verdict: &'static str,
+}
+
+impl LedgerComparison {
+    fn of(rows: &[Row]) -> Self {
+        let cpu = |r: &Row| r.service_cpu_us_per_frame + r.postgres_cpu_us_per_frame;
+        let mut on: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.target == "bridge")
+            .map(cpu)
+            .collect();
+        let mut off: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.target == "bridge-ledger-off")
+            .map(cpu)
+            .collect();
+        let mut added: Vec<f64> = rows
+            .chunks(2)
+            .filter_map(|pair| {
+                let [a, b] = pair else { return None };
+                let (on, off) = if a.target == "bridge" { (a, b) } else { (b, a) };
+                Some((cpu(on) - cpu(off)) / cpu(off).max(1e-9) * 100.0)
+            })
+            .collect();
+        let (on_median, on_min, on_max) = spread(&mut on);
+        let (off_median, off_min, off_max) = spread(&mut off);
+        let (_, added_percent_min, added_percent_max) = spread(&mut added);
+        let verdict = if added_percent_max < 5.0 {
+            "shown"
+        } else if added_percent_min >= 5.0 {
+            "refuted"
+        } else {
+            "not decided (noise)"
+        };
+        Self {
+            pairs: added.len(),
+            on_median,
+            on_min,
+            on_max,
+            off_median,
+            off_min,
+            off_max,
+            added_percent_median: (on_median - off_median) / off_median.max(1e-9) * 100.0,
+            added_percent_min,
+            added_percent_max,
+            verdict,
+        }
+    }
+}
+
+/// Median, minimum and maximum (sorts the values); zeros when there are none.
+fn spread(values: &mut [f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[0], values[n - 1])
 }
 
 /// The service under test, pinned to `cpu` when given; `ledger` is `USAGE_LEDGER`.
@@ -428,67 +741,158 @@ fn start_server(
     )
 }
 
+/// How long a phase may take to drain after its last frame was sent before the frames still
+/// missing count as lost: far beyond any backlog a phase builds in 12 s.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// Nothing arriving for this long (with every upstream session closed) ends the drain.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
 async fn run_once(
     plan: Plan,
     sim: &AssemblyAiSim,
-    pid: u32,
-    idle_rss: u64,
+    target: &Target,
     meter: &mut PgMeter,
-    url: impl Fn(usize) -> String,
-    target: &'static str,
+    wire: &Arc<pg_wire::PgWire>,
+    token: impl Fn(usize) -> String,
+    phase_started: Instant,
 ) -> Row {
     let ledger = Arc::new(Ledger::new(plan));
     let probe = ledger.clone();
     sim.set_probe(Arc::new(move |chunk| probe.on_chunk(chunk)));
+    let pid = target.pid;
     let me = std::process::id();
+    // Every CPU of the phase counts per frame, connecting and draining included.
     let service_before = measure::cpu_seconds(pid);
-    let generator_before = measure::cpu_seconds(me);
     meter.start().await;
-    let wall = Instant::now();
     let streaming = Duration::from_millis(plan.frames as u64 * 20);
-    // In the middle of the run: RSS, and PostgreSQL's transactions over a window where
-    // every stream is live (after connecting and the first seconds, before any stops).
+    // From the grid's start: CPU of the target and of the generator, and in the middle of
+    // the run (every stream live, past its first seconds, before any stops) RSS,
+    // PostgreSQL's transactions and the service's statements by cause.
     let sampler = {
         let (url, database) = meter.connection();
+        let (ledger, wire) = (ledger.clone(), wire.clone());
         tokio::spawn(async move {
             let client = callbridge::db::connect_direct(&url).await.ok()?;
-            // The grid starts once every stream is connected; wait for the streams first.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let window = streaming.saturating_sub(Duration::from_secs(5));
+            while !ledger.started() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let cpu = (
+                Instant::now(),
+                measure::cpu_seconds(pid),
+                measure::cpu_seconds(me),
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let window = streaming.saturating_sub(Duration::from_secs(4));
             let first = transactions(&client, &database).await;
+            wire.reset();
             tokio::time::sleep(window).await;
+            let trips = wire.trips();
             let rss = measure::rss_kib(pid);
             let second = transactions(&client, &database).await;
             // The first reading is two transactions of its own.
-            Some((rss, (second - first - 2).max(0), window))
+            Some((cpu, rss, (second - first - 2).max(0), trips, window))
         })
     };
-    let report = loadgen::play(plan, ledger, url, Duration::from_secs(1)).await;
-    let elapsed = wall.elapsed().as_secs_f64();
-    let service_cpu = measure::cpu_seconds(pid) - service_before;
-    let generator_cpu = measure::cpu_seconds(me) - generator_before;
+    let drain = Drain {
+        quiet: DRAIN_QUIET,
+        limit: DRAIN_LIMIT,
+        open: Box::new({
+            let sim = sim.clone();
+            move || sim.open_sessions()
+        }),
+    };
+    let url = target.url.clone();
+    let report = loadgen::play_drained(plan, ledger, |i| url(&token(i)), drain).await;
+    let (service_after, generator_after, after) = (
+        measure::cpu_seconds(pid),
+        measure::cpu_seconds(me),
+        Instant::now(),
+    );
     let pg = meter.stop().await;
-    let (rss, mid_transactions, window) =
-        sampler
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or((0, 0, Duration::ZERO));
+    let sampled = sampler.await.ok().flatten();
     let frames = plan.frames_planned().max(1) as f64;
+    let calls = plan.calls.max(1) as f64;
+    let (service_cpu, service_share, generator_share, rss, transactions, statements) = match sampled
+    {
+        Some(((at, service_at_grid, generator_before), rss, transactions, trips, window)) => {
+            // Shares from the grid's start until the drain ended.
+            let elapsed = after.duration_since(at).as_secs_f64();
+            let minutes = window.as_secs_f64() / 60.0;
+            (
+                service_after - service_before,
+                (service_after - service_at_grid) / elapsed.max(1e-9),
+                (generator_after - generator_before) / elapsed.max(1e-9),
+                rss,
+                transactions as f64 / calls / minutes.max(1e-9),
+                statements_by_cause(&trips)
+                    .into_iter()
+                    .map(|(cause, n)| (cause, n as f64 / calls / minutes.max(1e-9)))
+                    .collect(),
+            )
+        }
+        None => (service_after - service_before, 0.0, 0.0, 0, 0.0, Vec::new()),
+    };
+    let frame_period_us = loadgen::FRAME_PERIOD.as_micros() as u32;
+    let generator_saturated =
+        generator_share >= 0.95 || report.generator_lag_p99_us > frame_period_us;
+    let target_saturated = service_share >= 0.95
+        || (!generator_saturated
+            && report
+                .latency_p99_us
+                .saturating_sub(report.generator_lag_p99_us)
+                > frame_period_us);
+    let is_bridge = target.name.starts_with("bridge");
     Row {
-        target,
+        target: target.name,
         service_cpu_us_per_frame: service_cpu * 1e6 / frames,
+        service_cpu_share: service_share,
         postgres_cpu_us_per_frame: pg.cpu_seconds * 1e6 / frames,
-        generator_cpu_share: generator_cpu / elapsed,
-        rss_kib_per_call: rss.saturating_sub(idle_rss) as f64 / plan.calls.max(1) as f64,
-        postgres_transactions_per_call_minute: if target.starts_with("bridge") && !window.is_zero()
-        {
-            mid_transactions as f64 / plan.calls.max(1) as f64 / (window.as_secs_f64() / 60.0)
+        generator_cpu_share: generator_share,
+        generator_saturated,
+        target_saturated,
+        rss_kib_per_call: rss.saturating_sub(target.idle_rss) as f64 / calls,
+        postgres_transactions_per_call_minute: if is_bridge { transactions } else { 0.0 },
+        postgres_listener_transactions_per_call_minute: if is_bridge {
+            (transactions - statements.iter().map(|(_, n)| n).sum::<f64>()).max(0.0)
         } else {
             0.0
         },
+        postgres_statements_per_call_minute: if is_bridge { statements } else { Vec::new() },
+        wall_seconds: phase_started.elapsed().as_secs_f64(),
+        leftover_sessions: 0,
         report,
     }
+}
+
+/// The service's statements on the wire, by what caused them: the batched heartbeats and
+/// stream claims, final turns stored, partial captions published, usage ledger writes,
+/// preparations (a statement the connection had not prepared yet), and the rest.
+fn statements_by_cause(trips: &[pg_wire::RoundTrip]) -> Vec<(String, usize)> {
+    const CAUSES: [(&str, &[&str]); 4] = [
+        ("heartbeats", &["media_streams", "media_stream_positions"]),
+        ("turns", &["transcript_turns"]),
+        ("partials", &["pg_notify($1, p)"]),
+        ("usage", &["usage_ledger"]),
+    ];
+    let mut counts: Vec<(String, usize)> = CAUSES
+        .iter()
+        .map(|(cause, _)| (cause.to_string(), 0))
+        .chain([("prepare".to_string(), 0), ("other".to_string(), 0)])
+        .collect();
+    for trip in trips {
+        if trip.is_empty() {
+            counts[CAUSES.len()].1 += 1;
+            continue;
+        }
+        for sql in trip {
+            let cause = CAUSES
+                .iter()
+                .position(|(_, needles)| needles.iter().any(|n| sql.contains(n)))
+                .unwrap_or(CAUSES.len() + 1);
+            counts[cause].1 += 1;
+        }
+    }
+    counts
 }
 
 /// Transactions committed or rolled back in the database so far (its statistics as
@@ -512,27 +916,35 @@ fn print_table(rows: &[Row], seconds: usize, pinned: bool) {
         "\nMedia bridge: simulated calls × 2 tracks, a frame per track due every 20 ms for {seconds} s (open loop); pinned: {pinned}\n"
     );
     println!(
-        "| target | calls | frames planned | sent | lost | doubled | p50 from due | p99 from due | generator lag p99 | generator CPU share | service CPU/frame | PostgreSQL CPU/frame | RSS/call | PG transactions/call/min |"
+        "| target | calls | frames planned | sent | lost | doubled | stale | drain | p50 from due | p99 from due | generator lag p99 | generator CPU share | target CPU share | service CPU/frame | PostgreSQL CPU/frame | RSS/call | PG transactions/call/min | statements/call/min by cause | listener transactions/call/min | phase |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    );
     for row in rows {
         let r = &row.report;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% | {:.2} µs | {:.2} µs | {:.0} KiB | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% | {:.0}% | {:.2} µs | {:.2} µs | {:.0} KiB | {:.1} | {} | {:.2} | {:.1} s |",
             row.target,
             r.calls,
             r.frames_planned,
             r.frames_sent,
             r.lost,
             r.doubled,
+            r.stale,
+            r.drain_ms as f64 / 1e3,
             f64::from(r.latency_p50_us) / 1e3,
             f64::from(r.latency_p99_us) / 1e3,
             f64::from(r.generator_lag_p99_us) / 1e3,
             row.generator_cpu_share * 100.0,
+            row.service_cpu_share * 100.0,
             row.service_cpu_us_per_frame,
             row.postgres_cpu_us_per_frame,
             row.rss_kib_per_call,
-            row.postgres_transactions_per_call_minute
+            row.postgres_transactions_per_call_minute,
+            by_cause(&row.postgres_statements_per_call_minute),
+            row.postgres_listener_transactions_per_call_minute,
+            row.wall_seconds,
         );
     }
 }

@@ -56,8 +56,11 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
         "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
     });
     let client = db.client().await?;
-    let row = client
-        .query_opt(
+    // Through the statement cache: unprepared, each turn cost three round trips (prepare,
+    // execute, close), and turns are most of a live call's statements (benches/media_bridge.rs).
+    let row = db
+        .query(
+            &client,
             // As `events::append` (sequence, row and notification in one statement), for
             // the turn just inserted; nothing is appended for a duplicate.
             "with proposed as (
@@ -95,7 +98,9 @@ pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
               &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language,
               &data, &chrono::Utc::now(), &events::NOTIFY_CHANNEL],
         )
-        .await?;
+        .await?
+        .into_iter()
+        .next();
     let Some(row) = row else {
         metrics::counter!("transcript_turns_duplicate_total").increment(1);
         tracing::debug!(call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, "duplicate final turn ignored");

@@ -75,7 +75,30 @@ pub struct AssemblyAiSim {
     turn_probe: Arc<Mutex<Option<TurnProbe>>>,
     /// Keep per-session chunk sizes (tests) or not (benchmarks with thousands of sessions).
     record_chunks: Arc<std::sync::atomic::AtomicBool>,
+    /// Sessions upgraded and not yet ended (benchmarks wait for 0 between phases).
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Counts a session as open from its upgrade until it ends (or the upgrade is abandoned).
+struct OpenSession(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenSession {
+    fn new(open: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Connections waiting to be accepted: a benchmark opens thousands of sessions at once, and
+/// the default (1,024) made the kernel drop handshakes past it, each retried only after a
+/// second or more.
+const ACCEPT_BACKLOG: u32 = 8_192;
 
 #[derive(Debug, Deserialize)]
 struct TokenQuery {
@@ -84,7 +107,10 @@ struct TokenQuery {
 
 impl AssemblyAiSim {
     pub async fn start(api_key: &str, port: u16) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let listener = socket.listen(ACCEPT_BACKLOG)?;
         let sim = Self {
             address: listener.local_addr()?,
             api_key: api_key.to_owned(),
@@ -103,6 +129,7 @@ impl AssemblyAiSim {
             probe: Arc::new(Mutex::new(None)),
             turn_probe: Arc::new(Mutex::new(None)),
             record_chunks: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            open: Arc::default(),
         };
         let router = Router::new()
             .route("/v3/ws", get(upgrade))
@@ -141,6 +168,12 @@ impl AssemblyAiSim {
         *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
         self.record_chunks
             .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sessions open now (upgraded, not yet ended): 0 once every client has closed its
+    /// sessions and the simulator has seen them end.
+    pub fn open_sessions(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Benchmarks: observe the moment each turn ends.
@@ -246,7 +279,11 @@ async fn upgrade(
         ..SessionRecord::default()
     }));
     sim.lock().sessions.push(record.clone());
-    ws.on_upgrade(move |socket| session(sim, socket, query, record))
+    let open = OpenSession::new(&sim.open);
+    ws.on_upgrade(move |socket| async move {
+        session(sim, socket, query, record).await;
+        drop(open);
+    })
 }
 
 fn close(code: u16, reason: &str) -> Message {

@@ -6,7 +6,12 @@
 //! (coordinated omission). Here every frame has a due time fixed before the run starts; a
 //! frame sent late carries its lateness into the latency, and the sender's own lag is
 //! reported apart, so a saturated generator is visible instead of flattering the service.
-//! docs/BENCHMARKS.md describes how the benchmarks use it.
+//!
+//! Phases are isolated: every `Ledger` has a tag of its own, written into each frame beside
+//! its id, so a block that arrives from an earlier phase is counted as stale (and fails the
+//! phase) instead of passing for a frame of this one; and a phase is counted only once it has
+//! drained (every upstream session closed, nothing more arriving), so a slow path shows up as
+//! latency, not as loss. docs/BENCHMARKS.md describes how the benchmarks use it.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -24,6 +29,10 @@ pub const FRAME_BYTES: usize = 160;
 pub const FRAME_PERIOD: Duration = Duration::from_millis(20);
 /// Both tracks of a call (`inbound`, `outbound`).
 const TRACKS: usize = 2;
+/// The high half of every phase tag (bytes 8..16 of a frame): a block carrying it with
+/// another phase's low half is a late frame of that phase, not corruption.
+const TAG_MAGIC: u64 = 0xCB1D_6E00_0000_0000;
+const TAG_MAGIC_MASK: u64 = 0xFFFF_FF00_0000_0000;
 
 /// A deliberate fault in the generator, so a test can show that the invariants catch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +85,18 @@ pub struct Ledger {
     latency_us: Mutex<Vec<u32>>,
     /// Blocks in arriving chunks that were not frames of this plan.
     foreign: AtomicUsize,
+    /// This phase's tag, in bytes 8..16 of each of its frames.
+    tag: u64,
+    /// Blocks carrying another phase's tag: late frames of an earlier phase.
+    stale: AtomicUsize,
+    /// Blocks seen so far (any kind), to tell when nothing more arrives.
+    arrivals: AtomicUsize,
+}
+
+/// A tag per ledger in this process: phases never share one.
+fn next_tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    TAG_MAGIC | (NEXT.fetch_add(1, Ordering::Relaxed) & !TAG_MAGIC_MASK)
 }
 
 impl Ledger {
@@ -89,7 +110,25 @@ impl Ledger {
                 .collect(),
             latency_us: Mutex::new(Vec::with_capacity(plan.frames_planned() / 5 + 16)),
             foreign: AtomicUsize::new(0),
+            tag: next_tag(),
+            stale: AtomicUsize::new(0),
+            arrivals: AtomicUsize::new(0),
         }
+    }
+
+    /// This phase's tag (written into every frame it plays).
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Whether the grid has started (every stream connected, frames falling due).
+    pub fn started(&self) -> bool {
+        self.grid_start_ns.load(Ordering::Relaxed) != u64::MAX
+    }
+
+    /// Blocks that arrived so far, of this phase or not.
+    pub fn arrivals(&self) -> usize {
+        self.arrivals.load(Ordering::Relaxed)
     }
 
     /// ns after `origin` at which frame `chunk` of `call` is due. Calls are spread evenly over
@@ -108,8 +147,22 @@ impl Ledger {
         let now = self.now_ns();
         let start = self.grid_start_ns.load(Ordering::Relaxed);
         let blocks = chunk.len() / FRAME_BYTES;
+        self.arrivals.fetch_add(blocks.max(1), Ordering::Relaxed);
+        if !chunk.len().is_multiple_of(FRAME_BYTES) {
+            self.foreign.fetch_add(1, Ordering::Relaxed);
+        }
         for (index, block) in chunk.chunks_exact(FRAME_BYTES).enumerate() {
             let id = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+            let tag = u64::from_le_bytes(block[8..16].try_into().expect("8 bytes"));
+            if tag != self.tag {
+                let counter = if tag & TAG_MAGIC_MASK == TAG_MAGIC {
+                    &self.stale
+                } else {
+                    &self.foreign
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let Some((call, frame)) = self.plan.decode(id) else {
                 self.foreign.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -153,6 +206,14 @@ pub struct Report {
     pub doubled: usize,
     /// Blocks that arrived but were not frames of the plan (corruption).
     pub foreign: usize,
+    /// Blocks of an earlier phase that arrived during this one (its drain failed).
+    pub stale: usize,
+    /// From the last frame sent to the end of the drain: every upstream session closed and
+    /// nothing more arriving for the quiet period (or the drain's limit reached).
+    pub drain_ms: u64,
+    /// Whether the drain ended because everything was delivered and closed (else its limit
+    /// was reached, and frames still missing are lost).
+    pub drained: bool,
     /// Latency from the due time of the frame completing a chunk to the chunk's arrival at
     /// the AssemblyAI simulator, µs: everything the generator, the path and the service
     /// added, including the generator's own lateness.
@@ -179,6 +240,18 @@ impl Report {
         if self.foreign > 0 {
             broken.push(format!("{} unknown block(s) arrived", self.foreign));
         }
+        if self.stale > 0 {
+            broken.push(format!(
+                "{} block(s) of an earlier phase arrived (phases not isolated)",
+                self.stale
+            ));
+        }
+        if !self.drained {
+            broken.push(format!(
+                "not drained after {} ms (upstream sessions still open or audio still arriving)",
+                self.drain_ms
+            ));
+        }
         if self.calls_connected < self.calls {
             broken.push(format!(
                 "{} of {} streams connected",
@@ -202,19 +275,74 @@ pub fn quantile_u32(values: &mut [u32], q: f64) -> u32 {
     values[((values.len() as f64 * q) as usize).min(values.len() - 1)]
 }
 
+/// When a phase has delivered everything it will: `open()` (the upstream sessions still
+/// open, e.g. `AssemblyAiSim::open_sessions`) is 0 and no block arrived for `quiet`; at the
+/// latest after `limit`.
+pub struct Drain {
+    pub quiet: Duration,
+    pub limit: Duration,
+    pub open: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl Drain {
+    /// Only quiet: no block for `quiet` (no way to see the sessions close).
+    pub fn quiet(quiet: Duration) -> Self {
+        Self {
+            quiet,
+            limit: quiet.max(Duration::from_secs(30)),
+            open: Box::new(|| 0),
+        }
+    }
+}
+
 /// Plays `plan` against the streams `url(call)` gives, then waits `settle` for the last
-/// chunks to arrive. Connections are opened first (64 at a time); the grid starts once all
-/// are open, so connection set-up is not counted as frame latency.
+/// chunks to arrive (no chunk for `settle`). Connections are opened first (64 at a time);
+/// the grid starts once all are open, so connection set-up is not counted as frame latency.
 pub async fn play(
     plan: Plan,
     ledger: Arc<Ledger>,
     url: impl Fn(usize) -> String,
     settle: Duration,
 ) -> Report {
+    play_drained(plan, ledger, url, Drain::quiet(settle)).await
+}
+
+/// Waits until `drain` says the phase delivered everything; whether it did, and how long.
+async fn wait_drained(ledger: &Ledger, drain: &Drain) -> (bool, Duration) {
+    let started = tokio::time::Instant::now();
+    let poll = Duration::from_millis(50);
+    let mut last = ledger.arrivals();
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(poll).await;
+        let now = ledger.arrivals();
+        if now != last {
+            last = now;
+            quiet_since = tokio::time::Instant::now();
+        }
+        if (drain.open)() == 0 && quiet_since.elapsed() >= drain.quiet {
+            return (true, started.elapsed());
+        }
+        if started.elapsed() >= drain.limit {
+            return (false, started.elapsed());
+        }
+    }
+}
+
+/// As [`play`], with the end of the phase decided by `drain`: frames are counted lost only
+/// once every upstream session has closed and nothing more arrives, so a path that is slow
+/// (or a floor at its ceiling) shows as latency, not as loss.
+pub async fn play_drained(
+    plan: Plan,
+    ledger: Arc<Ledger>,
+    url: impl Fn(usize) -> String,
+    drain: Drain,
+) -> Report {
     let (start_tx, start_rx) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
     let connect_slots = Arc::new(tokio::sync::Semaphore::new(64));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(plan.calls.max(1));
     let mut tasks = Vec::with_capacity(plan.calls);
+    let tag = ledger.tag;
     for call in 0..plan.calls {
         let (url, mut start_rx, slots, ready) = (
             url(call),
@@ -240,7 +368,7 @@ pub async fn play(
             else {
                 return (0, Vec::new());
             };
-            stream_call(plan, call, socket, start).await
+            stream_call(plan, call, socket, start, tag).await
         }));
     }
     drop(ready_tx);
@@ -266,7 +394,7 @@ pub async fn play(
             lag.extend(lags);
         }
     }
-    tokio::time::sleep(settle).await;
+    let (drained, drain_time) = wait_drained(&ledger, &drain).await;
     let (lost, doubled) = ledger.lost_and_doubled();
     let mut latency =
         std::mem::take(&mut *ledger.latency_us.lock().unwrap_or_else(|p| p.into_inner()));
@@ -278,6 +406,9 @@ pub async fn play(
         lost,
         doubled,
         foreign: ledger.foreign.load(Ordering::Relaxed),
+        stale: ledger.stale.load(Ordering::Relaxed),
+        drain_ms: drain_time.as_millis() as u64,
+        drained,
         latency_p50_us: quantile_u32(&mut latency, 0.5),
         latency_p99_us: quantile_u32(&mut latency, 0.99),
         latency_max_us: latency.last().copied().unwrap_or(0),
@@ -304,6 +435,7 @@ async fn stream_call(
     call: usize,
     socket: Socket,
     start: tokio::time::Instant,
+    tag: u64,
 ) -> (usize, Vec<u32>) {
     let (mut tx, mut rx) = socket.split();
     // The service may send marks or clears; read them so its writes never block.
@@ -312,6 +444,7 @@ async fn stream_call(
     let mut sent = 0;
     let mut lags = Vec::with_capacity(plan.frames);
     let mut payload = [0x55u8; FRAME_BYTES];
+    payload[8..16].copy_from_slice(&tag.to_le_bytes());
     let mut encoded = String::with_capacity(FRAME_BYTES * 4 / 3 + 4);
     'grid: for chunk in 0..plan.frames {
         let due = start + phase + FRAME_PERIOD * chunk as u32;
@@ -364,6 +497,11 @@ async fn stream_call(
 /// track and the payload in each frame by byte search (no JSON tree, no per-frame
 /// allocation), decode the base64 into the track's batch, and forward 100 ms batches to an
 /// upstream socket per track. Runs until the listener fails.
+///
+/// Like the bridge, it opens its upstream sessions when a stream starts (not when the first
+/// batch is full, which made thousands of streams connect upstream in the same 100 ms and
+/// overflow the simulator's accept queue), and closes them when the stream ends, so the
+/// upstream side sees every session end and a benchmark can wait for that (its drain).
 pub async fn floor_relay(listener: tokio::net::TcpListener, upstream: String, api_key: String) {
     let upstream = Arc::new((upstream, api_key));
     while let Ok((stream, _)) = listener.accept().await {
@@ -388,14 +526,22 @@ async fn relay_stream(
     let track_key = memchr::memmem::Finder::new(br#""track":""#);
     let payload_key = memchr::memmem::Finder::new(br#""payload":""#);
     let (_, mut rx) = socket.split();
-    let mut sinks: [Option<Sink>; TRACKS] = [None, None];
+    let (Some(inbound), Some(outbound)) = (
+        open_upstream(upstream, api_key).await,
+        open_upstream(upstream, api_key).await,
+    ) else {
+        return;
+    };
+    let mut sinks: [Sink; TRACKS] = [inbound, outbound];
     let mut batches = [
         Vec::with_capacity(BATCH + 256),
         Vec::with_capacity(BATCH + 256),
     ];
     while let Some(Ok(message)) = rx.next().await {
-        let Message::Text(text) = message else {
-            continue;
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue,
         };
         let bytes = text.as_bytes();
         let (Some(track_at), Some(payload_at)) = (track_key.find(bytes), payload_key.find(bytes))
@@ -418,19 +564,15 @@ async fn relay_stream(
         if batch.len() < BATCH {
             continue;
         }
-        if sinks[track].is_none() {
-            let Some(sink) = open_upstream(upstream, api_key).await else {
-                return;
-            };
-            sinks[track] = Some(sink);
-        }
         let chunk = bytes::Bytes::copy_from_slice(batch);
         batch.clear();
-        if let Some(sink) = sinks[track].as_mut()
-            && sink.send(Message::Binary(chunk)).await.is_err()
-        {
+        if sinks[track].send(Message::Binary(chunk)).await.is_err() {
             return;
         }
+    }
+    // The stream ended: end the upstream sessions (a close frame each), as the bridge does.
+    for sink in &mut sinks {
+        let _ = sink.close().await;
     }
 }
 
@@ -444,4 +586,54 @@ async fn open_upstream(url: &str, api_key: &str) -> Option<Sink> {
     let (sink, mut stream) = socket.split();
     tokio::spawn(async move { while stream.next().await.is_some() {} });
     Some(sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One 100 ms chunk of `call`'s first five frames on `track`, tagged `tag`.
+    fn chunk(plan: &Plan, tag: u64, call: usize, track: usize) -> Vec<u8> {
+        let mut chunk = Vec::new();
+        for frame in 0..5 {
+            let mut block = [0x55u8; FRAME_BYTES];
+            block[..8].copy_from_slice(&plan.frame_id(call, frame, track).to_le_bytes());
+            block[8..16].copy_from_slice(&tag.to_le_bytes());
+            chunk.extend_from_slice(&block);
+        }
+        chunk
+    }
+
+    #[test]
+    fn a_late_frame_of_an_earlier_phase_is_stale_not_a_frame_of_this_one() {
+        let plan = Plan {
+            calls: 2,
+            frames: 5,
+            fault: Fault::None,
+        };
+        let earlier = Ledger::new(plan);
+        let current = Ledger::new(plan);
+        assert_ne!(earlier.tag(), current.tag(), "every phase has its own tag");
+        // The earlier phase's frames have the same ids as this phase's.
+        current.on_chunk(&chunk(&plan, earlier.tag(), 0, 0));
+        current.on_chunk(&chunk(&plan, current.tag(), 0, 0));
+        assert_eq!(current.stale.load(Ordering::Relaxed), 5);
+        assert_eq!(current.foreign.load(Ordering::Relaxed), 0);
+        // Only this phase's copy counts: call 0's inbound track once, the rest missing.
+        assert_eq!(current.lost_and_doubled(), (15, 0));
+        assert_eq!(current.arrivals(), 10);
+    }
+
+    #[test]
+    fn a_block_without_a_phase_tag_is_foreign() {
+        let plan = Plan {
+            calls: 1,
+            frames: 5,
+            fault: Fault::None,
+        };
+        let ledger = Ledger::new(plan);
+        ledger.on_chunk(&chunk(&plan, 0x5555_5555_5555_5555, 0, 1));
+        assert_eq!(ledger.foreign.load(Ordering::Relaxed), 5);
+        assert_eq!(ledger.stale.load(Ordering::Relaxed), 0);
+    }
 }

@@ -83,3 +83,47 @@ async fn a_deliberately_doubled_frame_fails_the_run() {
     let error = report.check().expect_err("a doubled frame fails the run");
     assert!(error.contains("doubled"), "{error}");
 }
+
+/// Two phases through the same relay and simulator, as the media benchmark runs them: each
+/// ends with a drain (every upstream session closed, nothing more arriving), so the second
+/// sees nothing of the first, and the relay leaves no session open behind it.
+#[tokio::test]
+async fn consecutive_phases_drain_and_stay_apart() {
+    let sim = AssemblyAiSim::start("loadgen-key", 0).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = format!(
+        "{}?speech_model=universal-streaming-english&encoding=pcm_mulaw&sample_rate=8000",
+        sim.streaming_url()
+    );
+    let relay = tokio::spawn(loadgen::floor_relay(
+        listener,
+        upstream,
+        "loadgen-key".into(),
+    ));
+    for phase in 0..2 {
+        let plan = Plan {
+            calls: 4,
+            frames: 10,
+            fault: Fault::None,
+        };
+        let ledger = Arc::new(Ledger::new(plan));
+        let probe = ledger.clone();
+        sim.set_probe(Arc::new(move |chunk| probe.on_chunk(chunk)));
+        let drain = loadgen::Drain {
+            quiet: Duration::from_millis(200),
+            limit: Duration::from_secs(20),
+            open: Box::new({
+                let sim = sim.clone();
+                move || sim.open_sessions()
+            }),
+        };
+        let report =
+            loadgen::play_drained(plan, ledger, |_| format!("ws://127.0.0.1:{port}/"), drain).await;
+        assert!(report.drained, "phase {phase}: {report:?}");
+        assert_eq!(report.stale, 0, "phase {phase}: {report:?}");
+        report.check().expect("every frame once, nothing stale");
+        assert_eq!(sim.open_sessions(), 0, "the relay closed its sessions");
+    }
+    relay.abort();
+}
