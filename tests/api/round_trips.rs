@@ -173,3 +173,62 @@ async fn listing_calls_with_the_session_cache_is_one_round_trip_too() {
     );
     common::drop_database_blocking(&it.database);
 }
+
+/// The rows of a page that rides on the session lookup come back unsorted from the statement
+/// (it has no outer sort: docs/adr/0048-cheaper-one-round-trip-page.md); the answer is still
+/// newest first, and walking the cursor visits every call once, in the order PostgreSQL
+/// sorts them, one round trip a page.
+#[tokio::test]
+async fn a_ridden_page_walks_every_call_newest_first() {
+    let it = counted(&[("AUTH_SESSION_CACHE_TTL_SECS", "0")]).await;
+    let db = it.app.db().await;
+    let expected: Vec<String> = db
+        .query(
+            "select c.id::text from calls c join organisations o on o.id = c.organisation_id
+             where o.personal_owner_id = $1 order by c.created_at desc, c.id desc",
+            &[&it.ada.user_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(expected.len(), 60);
+    for _ in 0..3 {
+        page(&it.app, &it.ada, None).await;
+    }
+    it.wire.reset();
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let mut url = "/api/calls?limit=25".to_owned();
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let response = it
+            .app
+            .client
+            .get(it.app.url(&url))
+            .header("cookie", format!("authjs.session-token={}", it.ada.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let body: Value = response.json().await.unwrap();
+        pages += 1;
+        seen.extend(
+            body["calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|call| call["id"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected);
+    assert_eq!(request_trips(&it.wire.trips()).len(), pages);
+    common::drop_database_blocking(&it.database);
+}
