@@ -1495,6 +1495,24 @@ mod tests {
     }
 
     #[test]
+    fn random_page_cost_defaults_to_memory_resident_and_zero_keeps_the_servers() {
+        let cost = |value: Option<&str>| {
+            let vars: Vec<(&str, &str)> = value
+                .map(|v| vec![("DATABASE_RANDOM_PAGE_COST", v)])
+                .unwrap_or_default();
+            load(&vars).map(|config| config.database.random_page_cost)
+        };
+        assert_eq!(cost(None).unwrap(), Some(1.1));
+        assert_eq!(cost(Some("2")).unwrap(), Some(2.0));
+        assert_eq!(cost(Some("0")).unwrap(), None);
+        for bad in ["-1", "NaN", "cheap"] {
+            let error = cost(Some(bad)).unwrap_err();
+            let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+            assert_eq!(named, ["DATABASE_RANDOM_PAGE_COST"], "{bad}");
+        }
+    }
+
+    #[test]
     fn half_configured_provider_names_the_missing_variables() {
         let error = load(&[("TELNYX_API_KEY", "KEY123")]).unwrap_err();
         let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();

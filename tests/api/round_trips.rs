@@ -232,3 +232,36 @@ async fn a_ridden_page_walks_every_call_newest_first() {
     assert_eq!(request_trips(&it.wire.trips()).len(), pages);
     common::drop_database_blocking(&it.database);
 }
+
+/// The service's pooled connections plan with `DATABASE_RANDOM_PAGE_COST` (1.1 unless set),
+/// except behind a transaction-mode pooler, where a session setting would outlive the
+/// transaction on a server connection other clients share.
+#[tokio::test]
+async fn pooled_connections_plan_for_pages_in_memory() {
+    async fn setting(overrides: &[(&str, &str)]) -> String {
+        let app = TestApp::spawn_with(overrides).await;
+        let client = app.state.db.client().await.unwrap();
+        let rows = client.simple_query("show random_page_cost").await.unwrap();
+        rows.iter()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap()
+    }
+    assert_eq!(setting(&[]).await, "1.1");
+    assert_eq!(
+        setting(&[("DATABASE_RANDOM_PAGE_COST", "2.5")]).await,
+        "2.5"
+    );
+    let server = setting(&[("DATABASE_RANDOM_PAGE_COST", "0")]).await;
+    assert_eq!(
+        setting(&[("DATABASE_STATEMENT_CACHE", "false")]).await,
+        server,
+        "behind a transaction-mode pooler the server's own setting stays"
+    );
+    assert_ne!(
+        server, "1.1",
+        "the cluster's own setting must differ for this test to mean anything"
+    );
+}
