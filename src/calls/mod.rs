@@ -367,7 +367,7 @@ impl crate::auth::sessions::Rider for ListPage {
             .collect();
         // The page's own order, newest first (the statement does not sort the rows it joins;
         // they come in this order already, which the sort checks in one pass).
-        calls.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        calls.sort_by_key(|call| std::cmp::Reverse((call.created_at, call.id)));
         calls
     }
 }

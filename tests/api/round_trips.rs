@@ -200,10 +200,10 @@ async fn a_ridden_page_walks_every_call_newest_first() {
     it.wire.reset();
     let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
     loop {
-        let mut url = "/api/calls?limit=25".to_owned();
-        if let Some(cursor) = &cursor {
-            url.push_str(&format!("&cursor={cursor}"));
-        }
+        let url = match &cursor {
+            Some(cursor) => format!("/api/calls?limit=25&cursor={cursor}"),
+            None => "/api/calls?limit=25".to_owned(),
+        };
         let response = it
             .app
             .client
