@@ -7,6 +7,10 @@
 //! with PostgreSQL restarted midway. A webhook lost or doubled fails the run (exit 1).
 //! Baseline in the same run: `GET /healthz` through the same client. Writes
 //! `http_load.json` (docs/BENCHMARKS.md). Needs PostgreSQL (`BENCH_DATABASE_URL`).
+//!
+//! To compare two builds of the service back to back with the same load generator,
+//! `BENCH_SERVER_BIN` names the service binary to start instead of this build's, and
+//! `BENCH_SERVER_ENV` (`NAME=value,NAME=value`) adds settings to the service's environment.
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
@@ -239,7 +243,14 @@ async fn start_server(
     extra: &[(&str, &str)],
 ) -> Server {
     let port = free_port();
-    let child = measure::command_on(cpu, env!("CARGO_BIN_EXE_callbridge"))
+    let binary = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").to_owned());
+    let settings = std::env::var("BENCH_SERVER_ENV").unwrap_or_default();
+    let settings = settings
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.trim(), value.trim()));
+    let child = measure::command_on(cpu, &binary)
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -263,6 +274,7 @@ async fn start_server(
             ("TELNYX_CONNECTION_ID", "bench"),
             ("TELNYX_API_BASE", "http://127.0.0.1:9/v2"),
         ])
+        .envs(settings)
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

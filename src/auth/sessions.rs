@@ -57,9 +57,13 @@ pub enum StoredForm {
 /// ([`SessionResolver::resolve_riding`]).
 pub trait Rider {
     type Output;
+    /// How many columns [`Self::sql`] returns (the principal's row fills them with nulls).
+    const COLUMNS: usize;
     /// A subquery, fixed text (its address names its prepared statement), that reads the
     /// organisation the request acts in as `p.organisation_id` (null unless the caller is a
-    /// member) and takes its own parameters from `$4` on; its rows keep their order.
+    /// member) and takes its own parameters from `$4` on. Its rows reach [`Self::read`] in
+    /// no promised order: the statement has no outer sort (it cost PostgreSQL more than the
+    /// rest of the page), so `read` puts them in order itself.
     fn sql(&self) -> &'static str;
     /// `$4`, `$5`, … of [`Self::sql`].
     fn params(&self) -> Vec<&(dyn ToSql + Sync)>;
@@ -74,10 +78,10 @@ pub struct Ridden<T> {
     pub output: T,
 }
 
-/// Where a rider's row keeps the organisation the statement chose.
+/// Where the principal's row of a ridden statement keeps the organisation it chose.
 const RIDER_ORGANISATION_COLUMN: usize = 12;
-/// Where a rider's own columns start (after the organisation and the row number).
-const RIDER_FIRST_COLUMN: usize = 14;
+/// Where a rider's own columns start (after the principal's and the organisation).
+const RIDER_FIRST_COLUMN: usize = 13;
 
 pub struct Resolved {
     pub principal: Arc<Principal>,
@@ -104,7 +108,8 @@ pub struct SessionResolver {
     /// each per `AUTH_NEGATIVE_CACHE_SECS`, not one per request.
     unknown: TtlCache<()>,
     lookup_sql: String,
-    /// The lookup with a rider: `{rider}` stands for the rider's subquery.
+    /// The lookup with a rider: `{rider}` stands for the rider's subquery, `{rider_nulls}`
+    /// for a null per rider column.
     ride_template: String,
     /// Each rider's whole statement, built once (by the address of its fixed SQL).
     ride_sql: Mutex<HashMap<usize, Arc<str>>>,
@@ -128,54 +133,60 @@ impl SessionResolver {
         // organisation and their active one come in the same statement: a cache miss is one
         // round trip to PostgreSQL, not four (docs/BENCHMARKS.md).
         let order = orgs::MEMBERSHIPS_ORDER.replace("$1", "x.user_id");
+        // The session's row first, then its user by primary key: with the session as a
+        // one-row subquery the planner probes `users` by key instead of hashing the table.
         let session = format!(
             r#"with x as (
-                 select u.id::text as user_id, u.name, u.email, u.image, s.expires,
-                        s."sessionToken" = $2 as raw_match
-                 from {schema}.sessions s join {schema}.users u on u.id = s."userId"
-                 where s."sessionToken" = any($1) and s.expires > now()
-                 order by s.expires desc limit 1
+                 select u.id::text as user_id, u.name, u.email, u.image, s.expires, s.raw_match
+                 from (select s."userId", s.expires, s."sessionToken" = $2 as raw_match
+                       from {schema}.sessions s
+                       where s."sessionToken" = any($1) and s.expires > now()
+                       order by s.expires desc limit 1) s
+                 join {schema}.users u on u.id = s."userId"
                )"#
         );
-        let principal = format!(
-            r#"select x.user_id, x.name, x.email, x.image, x.expires, x.raw_match,
-                      exists (select 1 from organisations where personal_owner_id = x.user_id) as owns_personal,
-                      (select st.active_organisation_id from user_settings st
-                       join memberships am on am.organisation_id = st.active_organisation_id and am.user_id = st.user_id
-                       where st.user_id = x.user_id) as active_organisation_id,
-                      coalesce(ms.ids, '{{}}') as ids, coalesce(ms.names, '{{}}') as names,
-                      coalesce(ms.roles, '{{}}') as roles, coalesce(ms.personal, '{{}}') as personal
-               from x left join lateral (
-                 select array_agg(o.id order by {order}) as ids,
-                        array_agg(o.name order by {order}) as names,
-                        array_agg(m.role order by {order}) as roles,
-                        array_agg(o.personal_owner_id is not null order by {order}) as personal
-                 from memberships m join organisations o on o.id = m.organisation_id
-                 where m.user_id = x.user_id
-               ) ms on true"#
+        // The memberships sorted once and aggregated (an `order by` per `array_agg` sorted
+        // them four times); the stored active organisation counts only while it is one of
+        // them, checked against the aggregate rather than by reading memberships again.
+        let tables = format!(
+            r#"from x
+               cross join lateral (
+                 select coalesce(array_agg(t.id), '{{}}') as ids, coalesce(array_agg(t.name), '{{}}') as names,
+                        coalesce(array_agg(t.role), '{{}}') as roles, coalesce(array_agg(t.personal), '{{}}') as personal
+                 from (select o.id, o.name, m.role, o.personal_owner_id is not null as personal
+                       from memberships m join organisations o on o.id = m.organisation_id
+                       where m.user_id = x.user_id
+                       order by {order}) t
+               ) ms
+               left join user_settings st on st.user_id = x.user_id
+               cross join lateral (
+                 select case when st.active_organisation_id = any(ms.ids) then st.active_organisation_id end
+                          as active_organisation_id
+               ) a"#
         );
-        let lookup_sql = format!("{session} {principal}");
-        // The rider's statement: the same principal, the organisation the request acts in
+        let principal_columns = "x.user_id, x.name, x.email, x.image, x.expires, x.raw_match,
+                      exists (select 1 from organisations where personal_owner_id = x.user_id) as owns_personal,
+                      a.active_organisation_id, ms.ids, ms.names, ms.roles, ms.personal";
+        let lookup_sql = format!("{session} select {principal_columns} {tables}");
+        // The rider's statement: the principal and the organisation the request acts in
         // (`$3` when named, else the active one, else the first membership; null unless the
-        // user is a member), and the rider's rows numbered in their order. The principal's
-        // arrays are sent with the first row only: PostgreSQL's CPU is the scarce one. The
-        // principal is materialised: inlined, its subqueries ran again for every row (and
-        // for every mention of its active organisation).
+        // user is a member) in one row, then the rider's rows, each padded with nulls where
+        // the other has columns. The principal is sent once, not with every row, and nothing
+        // is numbered or sorted: a row number and the sort on it, or the principal's columns
+        // repeated as `case` on every row, each cost PostgreSQL more than the two statements
+        // this one replaced (docs/adr/0048-cheaper-one-round-trip-page.md). The principal is
+        // materialised because both branches read it.
         let ride_template = format!(
-            r#"{session}, p0 as materialized ({principal}),
-               p as materialized (select p0.*, case when o.id = any(p0.ids) then o.id end as organisation_id
-                     from p0 cross join lateral
-                       (select coalesce($3::uuid, p0.active_organisation_id, p0.ids[1]) as id) o)
-               select p.user_id, p.name, p.email, p.image, p.expires, p.raw_match,
-                      p.owns_personal, p.active_organisation_id,
-                      case when r.n is null or r.n = 1 then p.ids end,
-                      case when r.n is null or r.n = 1 then p.names end,
-                      case when r.n is null or r.n = 1 then p.roles end,
-                      case when r.n is null or r.n = 1 then p.personal end,
-                      p.organisation_id, r.*
-               from p left join lateral
-                 (select row_number() over () as n, q.* from ({{rider}}) q) r on true
-               order by r.n"#
+            r#"{session}, p as materialized (
+                 select {principal_columns},
+                        case when o.id = any(ms.ids) then o.id end as organisation_id
+                 {tables}
+                 cross join lateral (select coalesce($3::uuid, a.active_organisation_id, ms.ids[1]) as id) o
+               )
+               select p.*, {{rider_nulls}} from p
+               union all
+               select {principal_nulls}, q.* from p cross join lateral ({{rider}}) q"#,
+            principal_nulls = ["null"; RIDER_FIRST_COLUMN].join(", ")
         );
         Self {
             db,
@@ -350,35 +361,30 @@ impl SessionResolver {
             metrics::counter!("auth_unknown_token_cached_total").increment(1);
             return Ok(None);
         }
-        let sql = self.ride_sql(rider.sql());
+        let sql = self.ride_sql(rider.sql(), R::COLUMNS);
         let candidates = self.candidates(token);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&candidates, &token, &named];
         params.extend(rider.params());
         let mut client = self.db.client().await?;
         let statement = self.db.prepare(&client, &sql).await?;
-        let rows = client.query(&statement, &params).await?;
-        let Some(first) = rows.first() else {
+        let mut rows = client.query(&statement, &params).await?;
+        // The principal's row is the one with a user (a rider's rows have none there);
+        // PostgreSQL sends it first, but nothing in the statement promises that.
+        let Some(at) = rows
+            .iter()
+            .position(|row| row.get::<_, Option<&str>>(0).is_some())
+        else {
             self.unknown.insert(digest, Arc::new(()), None);
             return Ok(None);
         };
-        let (principal, as_read) = self.principal_from(&mut client, first).await?;
+        let first = rows.swap_remove(at);
+        let (principal, as_read) = self.principal_from(&mut client, &first).await?;
         let organisation_id: Option<OrgId> = first.get(RIDER_ORGANISATION_COLUMN);
         let ridden = match organisation_id {
-            Some(organisation_id) if as_read => {
-                // A rider that returned nothing still leaves the one row of the left join.
-                let numbered = if first
-                    .get::<_, Option<i64>>(RIDER_FIRST_COLUMN - 1)
-                    .is_some()
-                {
-                    &rows[..]
-                } else {
-                    &rows[..0]
-                };
-                Some(Ridden {
-                    organisation_id,
-                    output: rider.read(numbered, RIDER_FIRST_COLUMN),
-                })
-            }
+            Some(organisation_id) if as_read => Some(Ridden {
+                organisation_id,
+                output: rider.read(&rows, RIDER_FIRST_COLUMN),
+            }),
             _ => None,
         };
         let resolved = Resolved {
@@ -388,11 +394,16 @@ impl SessionResolver {
         Ok(Some((resolved, ridden)))
     }
 
-    fn ride_sql(&self, rider: &'static str) -> Arc<str> {
+    fn ride_sql(&self, rider: &'static str, columns: usize) -> Arc<str> {
         let mut built = self.ride_sql.lock().unwrap_or_else(|p| p.into_inner());
         built
             .entry(rider.as_ptr() as usize)
-            .or_insert_with(|| self.ride_template.replace("{rider}", rider).into())
+            .or_insert_with(|| {
+                self.ride_template
+                    .replace("{rider_nulls}", &vec!["null"; columns].join(", "))
+                    .replace("{rider}", rider)
+                    .into()
+            })
             .clone()
     }
 

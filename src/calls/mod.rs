@@ -111,6 +111,19 @@ pub const CALL_COLUMNS: &str = "id, organisation_id, direction, from_number, to_
      sip_hangup_cause, failure_reason, created_at, initiated_at, answered_at, ended_at, \
      telnyx_call_control_id, interpreted, original_audio, line_number_id, line_outcome";
 
+/// How many columns [`CALL_COLUMNS`] names.
+pub const CALL_COLUMN_COUNT: usize = {
+    let bytes = CALL_COLUMNS.as_bytes();
+    let (mut i, mut commas) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            commas += 1;
+        }
+        i += 1;
+    }
+    commas + 1
+};
+
 pub fn call_from_row(row: &Row) -> Call {
     call_from_row_at(row, 0)
 }
@@ -344,6 +357,7 @@ impl ListPage {
 
 impl crate::auth::sessions::Rider for ListPage {
     type Output = Vec<Call>;
+    const COLUMNS: usize = CALL_COLUMN_COUNT;
 
     fn sql(&self) -> &'static str {
         LIST_RIDER_SQL.as_str()
@@ -354,9 +368,14 @@ impl crate::auth::sessions::Rider for ListPage {
     }
 
     fn read(&self, rows: &[Row], first: usize) -> Vec<Call> {
-        rows.iter()
+        let mut calls: Vec<Call> = rows
+            .iter()
             .map(|row| call_from_row_at(row, first))
-            .collect()
+            .collect();
+        // The page's own order, newest first (the statement does not sort the rows it joins;
+        // they come in this order already, which the sort checks in one pass).
+        calls.sort_by_key(|call| std::cmp::Reverse((call.created_at, call.id)));
+        calls
     }
 }
 

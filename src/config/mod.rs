@@ -219,6 +219,9 @@ pub struct DatabaseConfig {
     pub pool_timeout: Duration,
     /// Off for transaction-mode poolers that cannot keep named prepared statements.
     pub statement_cache: bool,
+    /// `DATABASE_RANDOM_PAGE_COST`: the planner's `random_page_cost` on the service's
+    /// session connections (`None`: the server's own). See `db::Db::connect`.
+    pub random_page_cost: Option<f64>,
     pub migrate_on_start: bool,
 }
 
@@ -1040,8 +1043,22 @@ impl Reader {
             pool_max_size: self.parsed("DATABASE_POOL_MAX_SIZE", 16usize),
             pool_timeout: Duration::from_millis(self.parsed("DATABASE_POOL_TIMEOUT_MS", 3000)),
             statement_cache: self.boolean("DATABASE_STATEMENT_CACHE", true),
+            random_page_cost: self.random_page_cost(),
             migrate_on_start,
         }
+    }
+
+    /// `DATABASE_RANDOM_PAGE_COST`: `1.1` unless set; `0` leaves the server's setting.
+    fn random_page_cost(&mut self) -> Option<f64> {
+        let cost: f64 = self.parsed("DATABASE_RANDOM_PAGE_COST", 1.1);
+        if !cost.is_finite() || cost < 0.0 {
+            self.problem(
+                "DATABASE_RANDOM_PAGE_COST",
+                format!("must be 0 (the server's setting) or a positive number, not {cost}"),
+            );
+            return Some(1.1);
+        }
+        (cost > 0.0).then_some(cost)
     }
 
     fn auth_schema(&mut self) -> String {
@@ -1480,6 +1497,24 @@ mod tests {
         ])
         .unwrap_err();
         assert!(error.to_string().contains("sslmode=require"), "{error}");
+    }
+
+    #[test]
+    fn random_page_cost_defaults_to_memory_resident_and_zero_keeps_the_servers() {
+        let cost = |value: Option<&str>| {
+            let vars: Vec<(&str, &str)> = value
+                .map(|v| vec![("DATABASE_RANDOM_PAGE_COST", v)])
+                .unwrap_or_default();
+            load(&vars).map(|config| config.database.random_page_cost)
+        };
+        assert_eq!(cost(None).unwrap(), Some(1.1));
+        assert_eq!(cost(Some("2")).unwrap(), Some(2.0));
+        assert_eq!(cost(Some("0")).unwrap(), None);
+        for bad in ["-1", "NaN", "cheap"] {
+            let error = cost(Some(bad)).unwrap_err();
+            let named: Vec<&str> = error.problems.iter().map(|p| p.variable.as_str()).collect();
+            assert_eq!(named, ["DATABASE_RANDOM_PAGE_COST"], "{bad}");
+        }
     }
 
     #[test]

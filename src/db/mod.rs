@@ -58,7 +58,10 @@ fn pool_unavailable(error: &deadpool_postgres::PoolError) -> bool {
     use deadpool_postgres::PoolError;
     match error {
         PoolError::Timeout(_) => true,
-        PoolError::Backend(error) => postgres_unavailable(error),
+        PoolError::Backend(error)
+        | PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(error)) => {
+            postgres_unavailable(error)
+        }
         _ => false,
     }
 }
@@ -120,7 +123,27 @@ impl Db {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
+        let mut builder = Pool::builder(manager);
+        // The working set of this service's queries is in memory, so a random page costs
+        // about what a sequential one does; with PostgreSQL's default (4, for disks) the
+        // planner scans and hashes small tables (sessions, users, memberships) where a key
+        // probe costs a fraction of the CPU (docs/adr/0048-cheaper-one-round-trip-page.md).
+        // Session connections only: behind a transaction-mode pooler a session `set` would
+        // leak to whichever client gets the server connection next.
+        if let Some(cost) = config.random_page_cost.filter(|_| config.statement_cache) {
+            let set = format!("set random_page_cost = {cost}");
+            builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    client
+                        .simple_query(&set)
+                        .await
+                        .map(drop)
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }));
+        }
+        let pool = builder
             .max_size(config.pool_max_size)
             .wait_timeout(Some(config.pool_timeout))
             .create_timeout(Some(config.pool_timeout))

@@ -163,9 +163,18 @@ pub fn with_middleware(routes: OpenApiRouter<AppState>, state: AppState) -> Rout
     // Outermost first: Sentry hub per request → request id (everything below can quote it)
     // → client identity (forwarded details only from a signed edge request) → trace span → metrics → compression → CORS → problem+json for bare errors → panic
     // catcher → timeout. Body size is enforced by the extractors (DefaultBodyLimit).
+    // The Sentry layers only with Sentry configured: per request they copy every header
+    // into a Sentry request, parse the URL and start a transaction, work wasted without a
+    // client to send it to (docs/adr/0048-cheaper-one-round-trip-page.md).
+    let sentry = config.sentry.is_some();
     let layers = ServiceBuilder::new()
-        .layer(sentry::integrations::tower::NewSentryLayer::<Request<Body>>::new_from_top())
-        .layer(sentry::integrations::tower::SentryHttpLayer::new().enable_transaction())
+        .option_layer(
+            sentry.then(sentry::integrations::tower::NewSentryLayer::<Request<Body>>::new_from_top),
+        )
+        .option_layer(
+            sentry
+                .then(|| sentry::integrations::tower::SentryHttpLayer::new().enable_transaction()),
+        )
         .layer(middleware::from_fn(request_id::assign))
         .layer(middleware::from_fn_with_state(
             state.clone(),

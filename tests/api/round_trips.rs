@@ -173,3 +173,95 @@ async fn listing_calls_with_the_session_cache_is_one_round_trip_too() {
     );
     common::drop_database_blocking(&it.database);
 }
+
+/// The rows of a page that rides on the session lookup come back unsorted from the statement
+/// (it has no outer sort: docs/adr/0048-cheaper-one-round-trip-page.md); the answer is still
+/// newest first, and walking the cursor visits every call once, in the order PostgreSQL
+/// sorts them, one round trip a page.
+#[tokio::test]
+async fn a_ridden_page_walks_every_call_newest_first() {
+    let it = counted(&[("AUTH_SESSION_CACHE_TTL_SECS", "0")]).await;
+    let db = it.app.db().await;
+    let expected: Vec<String> = db
+        .query(
+            "select c.id::text from calls c join organisations o on o.id = c.organisation_id
+             where o.personal_owner_id = $1 order by c.created_at desc, c.id desc",
+            &[&it.ada.user_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(expected.len(), 60);
+    for _ in 0..3 {
+        page(&it.app, &it.ada, None).await;
+    }
+    it.wire.reset();
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let url = match &cursor {
+            Some(cursor) => format!("/api/calls?limit=25&cursor={cursor}"),
+            None => "/api/calls?limit=25".to_owned(),
+        };
+        let response = it
+            .app
+            .client
+            .get(it.app.url(&url))
+            .header("cookie", format!("authjs.session-token={}", it.ada.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let body: Value = response.json().await.unwrap();
+        pages += 1;
+        seen.extend(
+            body["calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|call| call["id"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected);
+    assert_eq!(request_trips(&it.wire.trips()).len(), pages);
+    common::drop_database_blocking(&it.database);
+}
+
+/// The service's pooled connections plan with `DATABASE_RANDOM_PAGE_COST` (1.1 unless set),
+/// except behind a transaction-mode pooler, where a session setting would outlive the
+/// transaction on a server connection other clients share.
+#[tokio::test]
+async fn pooled_connections_plan_for_pages_in_memory() {
+    async fn setting(overrides: &[(&str, &str)]) -> String {
+        let app = TestApp::spawn_with(overrides).await;
+        let client = app.state.db.client().await.unwrap();
+        let rows = client.simple_query("show random_page_cost").await.unwrap();
+        rows.iter()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap()
+    }
+    assert_eq!(setting(&[]).await, "1.1");
+    assert_eq!(
+        setting(&[("DATABASE_RANDOM_PAGE_COST", "2.5")]).await,
+        "2.5"
+    );
+    let server = setting(&[("DATABASE_RANDOM_PAGE_COST", "0")]).await;
+    assert_eq!(
+        setting(&[("DATABASE_STATEMENT_CACHE", "false")]).await,
+        server,
+        "behind a transaction-mode pooler the server's own setting stays"
+    );
+    assert_ne!(
+        server, "1.1",
+        "the cluster's own setting must differ for this test to mean anything"
+    );
+}
