@@ -599,12 +599,13 @@ async fn leg_still_up(state: &AppState, leg_id: LegId) -> bool {
     };
     match client
         .query_opt(
-            "select status = 'answered' and hangup_requested_at is null from call_legs where id = $1",
+            "select status = 'answered' and hangup_requested_at is null as up
+             from call_legs where id = $1",
             &[&leg_id],
         )
         .await
     {
-        Ok(row) => row.is_some_and(|row| row.get::<_, bool>(0)),
+        Ok(row) => row.is_some_and(|row| row.get::<_, bool>("up")),
         Err(_) => true,
     }
 }
