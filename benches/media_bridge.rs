@@ -687,9 +687,8 @@ fn spread(values: &mut [f64]) -> (f64, f64, f64) {
 }
 
 /// The service under test, pinned to `cpu` when given; `ledger` is `USAGE_LEDGER`.
-/// BENCH_SERVER_BIN / BENCH_SERVER_WRAPPER: run another build of the server, or the same
-/// under a profiler (e.g. `heaptrack -o /tmp/bridge` with a `system-allocator` build, or
-/// `valgrind --tool=callgrind` for instructions per frame).
+/// `measure::serve_command` reads BENCH_SERVER_BIN / BENCH_SERVER_WRAPPER (e.g.
+/// `heaptrack -o /tmp/bridge` with a `system-allocator` build, or callgrind).
 fn start_server(
     port: u16,
     db_url: &str,
@@ -698,39 +697,9 @@ fn start_server(
     cpu: Option<usize>,
     ledger: bool,
 ) -> ChildGuard {
-    let server_bin = std::env::var("BENCH_SERVER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").into());
-    let wrapper: Vec<String> = std::env::var("BENCH_SERVER_WRAPPER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut command = measure::command_on(cpu, program);
-            command.args(args).arg(&server_bin);
-            command
-        }
-        None => measure::command_on(cpu, &server_bin),
-    };
     ChildGuard(
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+        measure::serve_command(cpu, port, db_url, secret)
             .envs([
-                ("APP_ENV", "development"),
-                ("RATE_LIMIT_SESSION_PER_MIN", "0"),
-                ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
-                ("BIND_ADDRESS", "127.0.0.1"),
-                ("PORT", &port.to_string()),
-                ("DATABASE_URL", db_url),
-                ("RUN_MIGRATIONS_ON_START", "true"),
-                ("DATABASE_POOL_MAX_SIZE", "16"),
-                ("R2_ENDPOINT", "http://127.0.0.1:9"),
-                ("R2_CREATE_BUCKET", "false"),
-                ("LOG_LEVEL", "error"),
-                ("AUTH_SECRET", secret),
                 ("ASSEMBLYAI_API_KEY", "bench-aai-key"),
                 ("ASSEMBLYAI_STREAMING_URL", streaming_url),
                 ("USAGE_LEDGER", if ledger { "true" } else { "false" }),

@@ -184,6 +184,54 @@ pub fn command_on(cpu: Option<usize>, program: &str) -> Command {
     }
 }
 
+/// `callbridge serve` on `port`, pinned to `cpu` when given, with the settings every bench's
+/// service shares (development, no per-session or per-IP limits that would throttle a load
+/// generator, migrations on start, no R2, quiet logs); callers add their providers' settings
+/// and spawn it. `BENCH_SERVER_BIN` runs another build of the server (a before/after with the
+/// same load), `BENCH_SERVER_WRAPPER` runs it under a profiler (e.g.
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p`).
+pub fn serve_command(
+    cpu: Option<usize>,
+    port: u16,
+    database_url: &str,
+    auth_secret: &str,
+) -> Command {
+    let server_bin = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_callbridge").into());
+    let wrapper: Vec<String> = std::env::var("BENCH_SERVER_WRAPPER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = command_on(cpu, program);
+            command.args(args).arg(&server_bin);
+            command
+        }
+        None => command_on(cpu, &server_bin),
+    };
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("APP_ENV", "development"),
+            ("RATE_LIMIT_SESSION_PER_MIN", "0"),
+            ("RATE_LIMIT_ANONYMOUS_PER_MIN", "0"),
+            ("BIND_ADDRESS", "127.0.0.1"),
+            ("PORT", &port.to_string()),
+            ("DATABASE_URL", database_url),
+            ("RUN_MIGRATIONS_ON_START", "true"),
+            ("DATABASE_POOL_MAX_SIZE", "16"),
+            ("R2_ENDPOINT", "http://127.0.0.1:9"),
+            ("R2_CREATE_BUCKET", "false"),
+            ("LOG_LEVEL", "error"),
+            ("AUTH_SECRET", auth_secret),
+        ]);
+    command
+}
+
 /// The result file of one benchmark: `$BENCH_RESULTS_DIR/<name>.json` (default
 /// `target/bench-results`), with where and when it was measured. `.ci/bench-report.py`
 /// checks every file is complete and renders docs/BENCHMARKS.md from them.
