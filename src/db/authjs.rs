@@ -66,7 +66,11 @@ create index if not exists sessions_session_token_idx on {schema}.sessions ("ses
 }
 
 /// Creates the Auth.js tables if they are missing. Idempotent; serialised by an advisory
-/// lock so parallel test processes and replicas do not race on `create schema`.
+/// lock so parallel test processes and replicas do not race on `create schema`. The lock is
+/// the transaction's: a multi-statement simple query is one implicit transaction, so a
+/// session lock released by its last statement would let the next replica in before this
+/// one's schema was committed, and its `create schema if not exists` would then fail on the
+/// catalog's unique index (seen with three services started at once).
 pub async fn ensure_dev_tables(
     client: &tokio_postgres::Client,
     schema: &str,
@@ -76,10 +80,7 @@ pub async fn ensure_dev_tables(
             "AUTH_SCHEMA {schema:?} is not a plain identifier"
         )));
     }
-    let sql = format!(
-        "select pg_advisory_lock(7423001);\n{}\nselect pg_advisory_unlock(7423001);",
-        ddl(schema)
-    );
+    let sql = format!("select pg_advisory_xact_lock(7423001);\n{}", ddl(schema));
     client.batch_execute(&sql).await?;
     Ok(())
 }

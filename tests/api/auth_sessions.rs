@@ -435,3 +435,38 @@ async fn production_reads_only_secure_cookie_names_and_guards_metrics() {
         .unwrap();
     assert_eq!(scraped.status(), 200);
 }
+
+/// Replicas starting together each create the Auth.js tables in development: all of them
+/// must succeed (a session-level advisory lock released inside the batch's implicit
+/// transaction let the second in before the first had committed its schema).
+#[tokio::test]
+async fn replicas_creating_the_auth_js_tables_at_once_all_succeed() {
+    let database = common::fresh_database().await;
+    let url = common::database_url(&database);
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        starts.push(tokio::spawn(async move {
+            let client = callbridge::db::connect_direct(&url).await.unwrap();
+            callbridge::db::authjs::ensure_dev_tables(&client, "authjs_race").await
+        }));
+    }
+    for start in starts {
+        start
+            .await
+            .unwrap()
+            .expect("every replica creates or finds the tables");
+    }
+    let client = callbridge::db::connect_direct(&url).await.unwrap();
+    let tables: i64 = client
+        .query_one(
+            "select count(*) from information_schema.tables where table_schema = 'authjs_race'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tables >= 4, "the adapter's tables exist: {tables}");
+    drop(client);
+    common::drop_database_blocking(&database);
+}
