@@ -225,7 +225,12 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_secs(5));
     }
-    pg.application_name("callbridge");
+    // An `application_name` in the URL tells replicas apart in `pg_stat_activity` (the media
+    // bench meters two services' backends apart by it); otherwise every connection says
+    // what it is.
+    if pg.get_application_name().is_none() {
+        pg.application_name("callbridge");
+    }
     Ok(pg)
 }
 
