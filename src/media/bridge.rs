@@ -281,7 +281,7 @@ struct Party {
     /// Frames since this party's voice was last audible under the gain.
     quiet_frames: u32,
     /// Where this party's voice goes for the other to hear under the translation.
-    peer_original: Option<mpsc::Sender<[u8; FRAME]>>,
+    peer_original: Option<mpsc::Sender<Outbound>>,
     peer_checked: Option<Instant>,
     /// The agent hears ringback until the remote party's stream is live (they answered).
     ringing: Option<Ringing>,
@@ -451,7 +451,6 @@ pub async fn run(
         });
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let cleared: ClearedThrough = playout::nothing_cleared();
-    let mut original_rx = None;
     let mut mixer = None;
     let (params, party, speaker, speaker_task) = match target {
         Target::Call(_) => {
@@ -476,14 +475,8 @@ pub async fn run(
                 OriginalAudio::Ducked => Some(mix::gain_q15(state.config.media.ducked_db)),
                 OriginalAudio::Full => Some(mix::gain_q15(0.0)),
             };
-            let (tx, rx) = match gain {
-                Some(_) => {
-                    let (tx, rx) = mpsc::channel(16);
-                    (Some(tx), Some(rx))
-                }
-                None => (None, None),
-            };
-            original_rx = rx;
+            // The other party's voice comes in on this leg's own outbound channel.
+            let tx = gain.map(|_| outbound_tx.clone());
             mixer = gain.map(|gain_q15| Mixer {
                 gain: mix::Gain::new(gain_q15),
                 queue: VecDeque::new(),
@@ -535,9 +528,7 @@ pub async fn run(
         envelope: Envelope::new(),
         outbox: Vec::new(),
     };
-    bridge
-        .event_loop(socket, events_rx, outbound_rx, original_rx)
-        .await;
+    bridge.event_loop(socket, events_rx, outbound_rx).await;
     bridge.speaker = None;
     // No more utterances for this party: the speaker's queue closes once the hub lets go.
     // The party itself stays: the tracks are finished (gaps, positions) under its name.
@@ -616,7 +607,7 @@ async fn join_leg(
     state: &AppState,
     hub: &Arc<hub::Hub>,
     leg: Leg,
-    original: Option<mpsc::Sender<[u8; FRAME]>>,
+    original: Option<mpsc::Sender<Outbound>>,
     outbound: mpsc::Sender<Outbound>,
     cleared: ClearedThrough,
 ) -> (StreamParams, Party, Option<tokio::task::JoinHandle<()>>) {
@@ -753,7 +744,6 @@ impl Bridge {
         socket: WebSocket,
         mut events_rx: mpsc::Receiver<AaiEvent>,
         mut outbound_rx: mpsc::Receiver<Outbound>,
-        mut original_rx: Option<mpsc::Receiver<[u8; FRAME]>>,
     ) {
         let (mut telnyx_tx, mut telnyx_rx) = socket.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -790,7 +780,6 @@ impl Bridge {
                 },
                 Some(event) = events_rx.recv() => self.on_aai_event(event).await,
                 Some(out) = outbound_rx.recv(), if telnyx_open => self.on_outbound(out),
-                Some(frame) = recv_original(&mut original_rx) => self.on_original(frame),
                 _ = ring.tick(), if telnyx_open && self.party.as_ref().is_some_and(|p| p.ringing.is_some()) => self.ring(),
                 () = sleep_until_tokio(pace_at), if pace_at.is_some() && telnyx_open => self.paced(),
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
@@ -1559,6 +1548,7 @@ impl Bridge {
                 let message = self.media(&bytes);
                 self.outbox.push(message);
             }
+            Outbound::Original(frame) => self.on_original(*frame),
             Outbound::Mark { seq, name } => {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.mark = Some(name.clone());
@@ -1752,7 +1742,7 @@ impl Bridge {
         }
         if let Some(peer) = &party.peer_original {
             // A full queue means the other leg is behind: this frame is not worth waiting for.
-            let _ = peer.try_send(mix::frame_of(payload));
+            let _ = peer.try_send(Outbound::Original(Box::new(mix::frame_of(payload))));
         }
     }
 
@@ -2062,13 +2052,6 @@ async fn send_all(
 async fn sleep_until_tokio(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_original(rx: &mut Option<mpsc::Receiver<[u8; FRAME]>>) -> Option<[u8; FRAME]> {
-    match rx {
-        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -26,8 +26,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::frames::Track;
-use super::mix::FRAME;
-use super::playout::{TurnId, Utterance};
+use super::playout::{Outbound, TurnId, Utterance};
 use crate::calls::legs::Role;
 use crate::db::{Db, DbError, Notice};
 use crate::ids::CallId;
@@ -60,7 +59,7 @@ struct LegEntry {
     queue: mpsc::Sender<Utterance>,
     /// Where the other party's own voice goes, when this party hears it under the
     /// translation (`original_audio` ducked or full).
-    original: Option<mpsc::Sender<[u8; FRAME]>>,
+    original: Option<mpsc::Sender<Outbound>>,
     /// The other party's turns already queued to this registration, newest last.
     delivered: VecDeque<Seen>,
     /// While the registration reads the turns it missed, deliveries wait here.
@@ -143,7 +142,7 @@ impl Hub {
         call_id: CallId,
         role: Role,
         queue: mpsc::Sender<Utterance>,
-        original: Option<mpsc::Sender<[u8; FRAME]>>,
+        original: Option<mpsc::Sender<Outbound>>,
         first_seq: i32,
     ) -> Registration {
         let id = self.next_registration.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +242,7 @@ impl Hub {
 
     /// Where to send this party's own voice so that `to` hears it under the translation,
     /// when `to` is live here and hears it.
-    pub fn original_for(&self, call_id: CallId, to: Role) -> Option<mpsc::Sender<[u8; FRAME]>> {
+    pub fn original_for(&self, call_id: CallId, to: Role) -> Option<mpsc::Sender<Outbound>> {
         self.lock()
             .get(&call_id)?
             .legs

@@ -31,6 +31,11 @@ pub enum Outbound {
         seq: i32,
         name: String,
     },
+    /// A frame of the other party's own voice, to mix under what this party hears
+    /// (`original_audio` ducked or full). It shares the channel so that the bridge's loop
+    /// waits on one receiver fewer: a second channel was polled, and its waker registered,
+    /// on every turn of every leg's loop. Boxed, so the channel's slots stay small.
+    Original(Box<[u8; crate::media::mix::FRAME]>),
 }
 
 /// A final turn waiting to be spoken to the other party.
