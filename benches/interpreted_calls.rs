@@ -2,40 +2,49 @@
 //! English-speaking agent and a German-speaking remote party, each on their own media stream
 //! (inbound track only, as Telnyx sends a leg), each saying two sentences in real time. Every
 //! final turn is translated into the other party's language (DeepL simulator), spoken
-//! (ElevenLabs simulator, µ-law) and streamed into the **other** leg. The run has two phases
-//! with the same load, one after the other: `original_audio: off` (translations only) and
-//! `ducked` (each party also hears the other's voice under the translation, mixed and paced
-//! by the service every 20 ms), so the CPU of ducked mixing is measured against its floor in
-//! the same run.
+//! (ElevenLabs simulator, µ-law) and streamed into the **other** leg.
+//!
+//! Each round runs every kind of call at once, each kind on a service of its own (started
+//! for the round, stopped after it), `BENCH_INTERPRETED_CALLS` calls of each, the same
+//! conversation in all: `one-leg` (a one-leg call: one stream carries both voices and every
+//! translation plays into it, the product before two legs), `off` (two legs, translations
+//! only) and `ducked` (each party also hears the other's voice under the translation, mixed
+//! and paced by the service every 20 ms). The machine's CPU per unit of work drifts by
+//! ±15 % between minutes, so kinds are compared within a round, at the same moment under the
+//! same load (all services on the service's CPU), never across rounds: CPU and RSS of an
+//! interpreted call beside a one-leg call's, and the cost of ducked mixing beside its floor.
+//! `BENCH_INTERPRETED_ROUNDS` (default 2) repeats the comparison.
 //!
 //! Measured: end of turn (the moment the AssemblyAI simulator sends it, a probe in this
 //! process) → the first frame of its translation at the listener's Telnyx client (this
 //! process, same clock); the simulator's clip names its text in its first bytes, so each
 //! frame is joined to its turn by text. Frames are due on a fixed 20 ms grid from a start
 //! fixed before the run (ADR 0040): the client's own lag is reported beside the latency.
-//! CPU of the service per call in each phase, and the extra CPU of `ducked` per extra frame
-//! it sends.
+//! Service CPU per call of each kind (connecting and the last rows included); RSS per call
+//! as its service's growth from idle to the middle of the round (every call live); the extra
+//! CPU of `ducked` within each pair, and per extra frame it sends.
 //!
 //! Invariants asserted (exit 1): every turn stored, every turn became exactly one utterance
-//! for the other party, each played, each heard exactly once by the listener and never by
-//! the speaker. Writes `interpreted_calls.json` (docs/BENCHMARKS.md). Calls per phase:
-//! `BENCH_INTERPRETED_CALLS` (default 100). `BENCH_INTERPRETED_PHASES=off` or `=ducked` runs
-//! one phase only (for a profiler; no result file is written).
+//! for the other party (the one-leg stream), each played, each heard exactly once by the
+//! listener and never by the speaker. Writes `interpreted_calls.json` (docs/BENCHMARKS.md).
+//! Calls of each kind per round: `BENCH_INTERPRETED_CALLS` (default 100).
+//! `BENCH_INTERPRETED_PHASES` (the kinds, default `one-leg,off,ducked`): e.g. `ducked` alone
+//! for a profiler; the result file is written only when every kind ran.
 //!
 //! Pinning (as `media_bridge`): with `taskset` and two CPUs or more, unless `BENCH_PIN=0`,
 //! this process (clients and simulators) runs on CPU 1 and the service on CPU 0, so the
 //! load generator never takes the service's CPU; the output says whether it was pinned.
 //! PostgreSQL is not pinned. `BENCH_SERVER_BIN` / `BENCH_SERVER_WRAPPER`: another build of
 //! the service, or the same under a profiler (`common::translating::serve`). Under
-//! `valgrind --tool=callgrind` each phase is its own dump (counters zeroed when the phase
-//! starts, dumped when it ends: `callgrind_control`), so instructions per call compare off
-//! and ducked without start-up in either; the service is stopped with SIGTERM so the last
+//! `valgrind --tool=callgrind` each kind's service is its own profile, its counters zeroed
+//! when the round starts and dumped when it ends (`callgrind_control`), so instructions per
+//! call compare kinds without start-up; each service is stopped with SIGTERM so its last
 //! dump is written.
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
 
-use common::measure::{self, ResultFile, cpu_seconds, rss_kib};
+use common::measure::{self, ResultFile, cpu_user_system, rss_kib};
 use common::{ScratchDatabase, free_port, quantile, wait_for_port};
 
 use std::collections::HashMap;
@@ -97,25 +106,41 @@ struct Heard {
     lag: Vec<u64>,
 }
 
-fn media_frames(audio: &[u8]) -> Vec<String> {
-    audio
-        .chunks(FRAME_BYTES)
-        .enumerate()
-        .map(|(i, payload)| {
+/// What a client sends every 20 ms: one leg's frame (its party's voice, inbound track), or
+/// a one-leg call's two (the far end's voice inbound, the near end's outbound).
+type Slots = Vec<Vec<String>>;
+
+/// Telnyx `media` messages for `tracks` (name and audio), one slot per 20 ms.
+fn media_frames(tracks: &[(&str, &[u8])]) -> Slots {
+    let mut sequence = 2u64;
+    let slots = tracks
+        .iter()
+        .map(|(_, audio)| audio.len().div_ceil(FRAME_BYTES))
+        .max()
+        .unwrap_or(0);
+    (0..slots)
+        .map(|i| {
             let chunk = i + 1;
-            format!(
-                r#"{{"event":"media","sequence_number":"{}","stream_id":"bench","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":"{}"}}}}"#,
-                chunk + 1,
-                chunk * 20,
-                STANDARD.encode(payload)
-            )
+            tracks
+                .iter()
+                .filter_map(|(track, audio)| {
+                    let payload = audio.chunks(FRAME_BYTES).nth(i)?;
+                    let message = format!(
+                        r#"{{"event":"media","sequence_number":"{sequence}","stream_id":"bench","media":{{"track":"{track}","chunk":"{chunk}","timestamp":"{}","payload":"{}"}}}}"#,
+                        chunk * 20,
+                        STANDARD.encode(payload)
+                    );
+                    sequence += 1;
+                    Some(message)
+                })
+                .collect()
         })
         .collect()
 }
 
 /// One leg as Telnyx plays it: its party's frames due every 20 ms from `due`; marks echoed
 /// once the audio before them has played.
-async fn play_leg(url: String, frames: Arc<Vec<String>>, clock: Arc<Clock>, due: Instant) -> Heard {
+async fn play_leg(url: String, frames: Arc<Slots>, clock: Arc<Clock>, due: Instant) -> Heard {
     let Ok((socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
         return Heard::default();
     };
@@ -173,18 +198,15 @@ async fn play_leg(url: String, frames: Arc<Vec<String>>, clock: Arc<Clock>, due:
         return Heard::default();
     }
     let mut lag = Vec::with_capacity(frames.len());
-    for (index, frame) in frames.iter().enumerate() {
+    'slots: for (index, slot) in frames.iter().enumerate() {
         let due_at = due + Duration::from_millis(index as u64 * 20);
         tokio::time::sleep_until(due_at.into()).await;
         lag.push(Instant::now().saturating_duration_since(due_at).as_nanos() as u64);
-        if tx
-            .lock()
-            .await
-            .send(Message::Text(frame.clone().into()))
-            .await
-            .is_err()
-        {
-            break;
+        let mut tx = tx.lock().await;
+        for frame in slot {
+            if tx.send(Message::Text(frame.clone().into())).await.is_err() {
+                break 'slots;
+            }
         }
     }
     tokio::time::sleep(LINGER).await;
@@ -220,49 +242,98 @@ fn main() {
     }
 }
 
-/// One phase's calls: the call and its two legs (agent, remote).
+/// What a phase runs: the same conversation (the agent's and the remote party's two
+/// sentences each, both directions translated) carried by one leg, or by two legs with the
+/// other party's voice off or ducked under the translations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A one-leg call (no `interpreted`): one stream carries both voices (the remote party
+    /// inbound, the agent outbound) and every translation plays into it.
+    OneLeg,
+    Off,
+    Ducked,
+}
+
+impl Kind {
+    fn parse(name: &str) -> Option<Self> {
+        match name.trim() {
+            "one-leg" => Some(Kind::OneLeg),
+            "off" => Some(Kind::Off),
+            "ducked" => Some(Kind::Ducked),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::OneLeg => "one-leg",
+            Kind::Off => "off",
+            Kind::Ducked => "ducked",
+        }
+    }
+}
+
+/// One phase's calls: the call and its streams, each with the key its client's heard audio
+/// is kept under (`agent` and `remote` legs, or the one-leg call's single `stream`).
 struct Call {
     id: Uuid,
-    agent: Uuid,
-    remote: Uuid,
+    streams: Vec<(Uuid, &'static str)>,
 }
 
 struct Phase {
+    kind: Kind,
     calls: Vec<Call>,
-    /// Per (call, role): what that leg's client heard.
+    /// Per (call, stream key): what that stream's client heard.
     heard: HashMap<(Uuid, &'static str), Heard>,
     cpu_seconds: f64,
+    /// The kernel's part of `cpu_seconds` (system calls, loopback sockets, wake-ups).
+    system_seconds: f64,
+    /// Service CPU in the [`LINGER_WINDOW`] after the phase (its calls all ended): should be
+    /// next to nothing; reported so that work a phase leaves behind cannot hide.
+    lingering_seconds: f64,
+    /// Service RSS growth from idle to the middle of the phase (every call live), per call.
+    rss_kib_per_call: f64,
     wall: Duration,
 }
 
-async fn create_calls(
-    db: &tokio_postgres::Client,
-    org: Uuid,
-    n: usize,
-    original_audio: &str,
-) -> Vec<Call> {
+async fn create_calls(db: &tokio_postgres::Client, org: Uuid, n: usize, kind: Kind) -> Vec<Call> {
     let mut calls = Vec::new();
     for _ in 0..n {
+        let id = Uuid::now_v7();
+        if kind == Kind::OneLeg {
+            db.execute(
+                "insert into calls (id, organisation_id, direction, from_number, to_number, status, source_language, target_language, voice_id)
+                 values ($1, $2, 'outbound', '+14155550100', '+4930123456', 'answered', 'de', 'en', 'bench-voice')",
+                &[&id, &org],
+            )
+            .await
+            .unwrap();
+            calls.push(Call {
+                id,
+                streams: vec![(id, "stream")],
+            });
+            continue;
+        }
         let call = Call {
-            id: Uuid::now_v7(),
-            agent: Uuid::now_v7(),
-            remote: Uuid::now_v7(),
+            id,
+            streams: vec![(Uuid::now_v7(), "agent"), (Uuid::now_v7(), "remote")],
         };
         db.execute(
             "insert into calls (id, organisation_id, direction, from_number, to_number, status, interpreted, original_audio)
              values ($1, $2, 'outbound', '+14155550100', '+4930123456', 'answered', true, $3)",
-            &[&call.id, &org, &original_audio],
+            &[&call.id, &org, &kind.label()],
         )
         .await
         .unwrap();
-        for (leg, role, number, language) in [
-            (call.agent, "agent", "+14155550111", "en"),
-            (call.remote, "remote", "+4930123456", "de"),
-        ] {
+        for ((leg, role), (number, language)) in call
+            .streams
+            .iter()
+            .zip([("+14155550111", "en"), ("+4930123456", "de")])
+        {
             db.execute(
                 "insert into call_legs (id, call_id, role, number, language, voice_id, status, initiated_at, answered_at)
                  values ($1, $2, $3, $4, $5, 'bench-voice', 'answered', now(), now())",
-                &[&leg, &call.id, &role, &number, &language],
+                &[leg, &call.id, role, &number, &language],
             )
             .await
             .unwrap();
@@ -272,56 +343,147 @@ async fn create_calls(
     calls
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_phase(
-    db: &tokio_postgres::Client,
+/// How long after a phase its service's leftover CPU is read.
+const LINGER_WINDOW: Duration = Duration::from_secs(3);
+
+fn cpu_seconds_of((user, system): (f64, f64)) -> f64 {
+    user + system
+}
+
+/// What every phase shares: the database, the simulators, the clock and the pinning.
+struct Bench {
+    db: tokio_postgres::Client,
+    database_url: String,
     org: Uuid,
-    n: usize,
-    original_audio: &str,
-    port: u16,
-    secret: &str,
-    server_pid: u32,
-    clock: &Arc<Clock>,
-) -> Phase {
-    let calls = create_calls(db, org, n, original_audio).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let agent_frames = Arc::new(media_frames(&speech_like(AGENT_SPEECH)));
-    let remote_frames = Arc::new(media_frames(&speech_like(REMOTE_SPEECH)));
-    // Calls start spread over two seconds, as real calls do not start in lockstep; every
-    // frame's due time is fixed here, before the first is sent.
-    let stagger = Duration::from_millis(2000) / n.max(1) as u32;
-    let began = Instant::now() + Duration::from_millis(500);
-    callgrind_control(server_pid, "-z");
-    let cpu_before = cpu_seconds(server_pid);
-    let mut tasks = Vec::new();
-    for (i, call) in calls.iter().enumerate() {
-        let due = began + stagger * i as u32;
-        for (leg, role, frames) in [
-            (call.agent, "agent", &agent_frames),
-            (call.remote, "remote", &remote_frames),
-        ] {
-            let token = callbridge::calls::stream_token::mint(secret.as_bytes(), leg, now + 3600);
-            let url = format!("ws://127.0.0.1:{port}/media/telnyx/{token}");
-            let task = tokio::spawn(play_leg(url, frames.clone(), clock.clone(), due));
-            tasks.push(((call.id, role), task));
+    streaming_url: String,
+    speech_base: String,
+    clock: Arc<Clock>,
+    pinned: bool,
+}
+
+impl Bench {
+    /// One round: every kind at once, each on a service of its own (started for the round,
+    /// stopped after it), `n` calls each, their starts interleaved. The machine's CPU per
+    /// unit of work drifts by ±15 % from one minute to the next here (the same phase run
+    /// twice in a row moved that much), so kinds are compared within a round, under the
+    /// same load at the same moment, never across rounds.
+    async fn run_round(&self, kinds: &[Kind], n: usize) -> Vec<Phase> {
+        let secret = common::translating::SECRET;
+        let mut services = Vec::new();
+        for _ in kinds {
+            let port = free_port();
+            let server = common::translating::serve(
+                port,
+                &self.database_url,
+                &self.streaming_url,
+                &self.speech_base,
+                self.pinned.then_some(SERVICE_CPU),
+            );
+            services.push((port, server));
         }
-    }
-    let mut heard = HashMap::new();
-    for (key, task) in tasks {
-        heard.insert(key, task.await.unwrap_or_default());
-    }
-    let wall = began.elapsed();
-    // The bridges store their last rows as the streams end.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    callgrind_control(server_pid, "-d");
-    Phase {
-        calls,
-        heard,
-        cpu_seconds: cpu_seconds(server_pid) - cpu_before,
-        wall,
+        for (port, _) in &services {
+            wait_for_port(*port).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pids: Vec<u32> = services.iter().map(|(_, s)| s.0.id()).collect();
+        let idle_rss: Vec<u64> = pids.iter().map(|&pid| rss_kib(pid)).collect();
+        let mut calls = Vec::new();
+        for &kind in kinds {
+            calls.push(create_calls(&self.db, self.org, n, kind).await);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (agent, remote) = (speech_like(AGENT_SPEECH), speech_like(REMOTE_SPEECH));
+        let (agent, remote) = (agent.as_slice(), remote.as_slice());
+        let agent_frames = Arc::new(media_frames(&[("inbound", agent)]));
+        let remote_frames = Arc::new(media_frames(&[("inbound", remote)]));
+        let one_leg_frames = Arc::new(media_frames(&[("inbound", remote), ("outbound", agent)]));
+        // Calls start spread over two seconds, as real calls do not start in lockstep, the
+        // kinds' calls interleaved; every frame's due time is fixed here, before the first
+        // is sent.
+        let stagger = Duration::from_millis(2000) / (n * kinds.len()).max(1) as u32;
+        let began = Instant::now() + Duration::from_millis(500);
+        // RSS with every call live: past the stagger, before the first stream ends.
+        let rss_sampler = {
+            let pids = pids.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until((began + Duration::from_secs(10)).into()).await;
+                pids.iter().map(|&pid| rss_kib(pid)).collect::<Vec<_>>()
+            })
+        };
+        for &pid in &pids {
+            callgrind_control(pid, "-z");
+        }
+        let cpu_before: Vec<(f64, f64)> = pids.iter().map(|&pid| cpu_user_system(pid)).collect();
+        let mut tasks = Vec::new();
+        // Call i of every kind in turn, so no kind's calls all start first.
+        for i in 0..n {
+            for (k, ((port, _), kind_calls)) in services.iter().zip(&calls).enumerate() {
+                let call = &kind_calls[i];
+                let due = began + stagger * (i * kinds.len() + k) as u32;
+                for &(stream, key) in &call.streams {
+                    let frames = match key {
+                        "agent" => &agent_frames,
+                        "remote" => &remote_frames,
+                        _ => &one_leg_frames,
+                    };
+                    let token = callbridge::calls::stream_token::mint(
+                        secret.as_bytes(),
+                        stream,
+                        now + 3600,
+                    );
+                    let url = format!("ws://127.0.0.1:{port}/media/telnyx/{token}");
+                    let task = tokio::spawn(play_leg(url, frames.clone(), self.clock.clone(), due));
+                    tasks.push((k, (call.id, key), task));
+                }
+            }
+        }
+        let mut heard: Vec<HashMap<(Uuid, &'static str), Heard>> =
+            kinds.iter().map(|_| HashMap::new()).collect();
+        for (k, key, task) in tasks {
+            heard[k].insert(key, task.await.unwrap_or_default());
+        }
+        let wall = began.elapsed();
+        // The bridges store their last rows as the streams end.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for &pid in &pids {
+            callgrind_control(pid, "-d");
+        }
+        let cpu_after: Vec<(f64, f64)> = pids.iter().map(|&pid| cpu_user_system(pid)).collect();
+        // What the calls leave running once they have ended (timers, tasks, retries) would
+        // fall in the next round on a shared service; here it is measured on its own.
+        tokio::time::sleep(LINGER_WINDOW).await;
+        let lingering: Vec<f64> = pids
+            .iter()
+            .zip(&cpu_after)
+            .map(|(&pid, after)| cpu_seconds_of(cpu_user_system(pid)) - cpu_seconds_of(*after))
+            .collect();
+        let live_rss = rss_sampler.await.unwrap_or_else(|_| idle_rss.clone());
+        for (_, mut server) in services {
+            stop_gently(&mut server);
+        }
+        kinds
+            .iter()
+            .zip(calls)
+            .zip(heard)
+            .enumerate()
+            .map(|(k, ((&kind, calls), heard))| {
+                let system_seconds = cpu_after[k].1 - cpu_before[k].1;
+                Phase {
+                    kind,
+                    calls,
+                    heard,
+                    cpu_seconds: cpu_seconds_of(cpu_after[k]) - cpu_seconds_of(cpu_before[k]),
+                    system_seconds,
+                    lingering_seconds: lingering[k],
+                    rss_kib_per_call: live_rss[k].saturating_sub(idle_rss[k]) as f64
+                        / n.max(1) as f64,
+                    wall,
+                }
+            })
+            .collect()
     }
 }
 
@@ -410,7 +572,13 @@ async fn check(
         if status == "played" {
             played += 1;
         }
-        let listener = if source == "agent" { "remote" } else { "agent" };
+        // Who must hear the turn, and who must not: the other leg and never the speaker's
+        // own; a one-leg call's single stream hears every translation.
+        let (listener, speaker) = match (phase.kind, source.as_str()) {
+            (Kind::OneLeg, _) => ("stream", None),
+            (_, "agent") => ("remote", Some("agent")),
+            _ => ("agent", Some("remote")),
+        };
         let matches = |heard: Option<&Heard>| -> Vec<u64> {
             heard
                 .map(|h| {
@@ -426,7 +594,9 @@ async fn check(
                 .unwrap_or_default()
         };
         let to_listener = matches(phase.heard.get(&(call_id, listener)));
-        let to_speaker = matches(phase.heard.get(&(call_id, source.as_str())));
+        let to_speaker = speaker
+            .map(|speaker| matches(phase.heard.get(&(call_id, speaker))))
+            .unwrap_or_default();
         if !to_speaker.is_empty() {
             failures.push(format!(
                 "{label}: {call_id} {source} heard their own turn {index}"
@@ -489,13 +659,21 @@ async fn check(
 }
 
 async fn run(pinned: bool) -> bool {
-    let calls: usize = std::env::var("BENCH_INTERPRETED_CALLS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
-    let phases = std::env::var("BENCH_INTERPRETED_PHASES").unwrap_or_else(|_| "off,ducked".into());
-    let runs = |name: &str| phases.split(',').any(|p| p.trim() == name);
-    let (run_off, run_ducked) = (runs("off"), runs("ducked"));
+    let setting = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    // Latency: this many interpreted calls alone on the machine, ducked, then off.
+    let latency_calls = setting("BENCH_INTERPRETED_CALLS", 100);
+    // CPU and memory: this many calls of each kind per round, the kinds at once.
+    let calls = setting("BENCH_INTERPRETED_COMPARE_CALLS", 50);
+    // Every kind in every round, at once; rounds repeat the comparison.
+    let phases =
+        std::env::var("BENCH_INTERPRETED_PHASES").unwrap_or_else(|_| "one-leg,off,ducked".into());
+    let kinds: Vec<Kind> = phases.split(',').filter_map(Kind::parse).collect();
+    let rounds = setting("BENCH_INTERPRETED_ROUNDS", 2);
     let scratch = ScratchDatabase::create().await;
     let clock = Arc::new(Clock(Instant::now()));
 
@@ -520,18 +698,9 @@ async fn run(pinned: bool) -> bool {
     }));
     let speech = TranslationSim::start(0).await.unwrap();
 
-    let port = free_port();
-    let secret = common::translating::SECRET;
-    let mut server = common::translating::serve(
-        port,
-        scratch.url.as_str(),
-        &aai.streaming_url(),
-        &speech.base(),
-        pinned.then_some(SERVICE_CPU),
-    );
-    let server_pid = server.0.id();
-    wait_for_port(port).await;
-
+    // Each phase starts a service of its own (which would migrate too): the schema first,
+    // for the bench's own rows.
+    callbridge::db::migrate(scratch.url.as_str()).await.unwrap();
     let db = callbridge::db::connect_direct(scratch.url.as_str())
         .await
         .unwrap();
@@ -542,49 +711,119 @@ async fn run(pinned: bool) -> bool {
     )
     .await
     .unwrap();
+    let bench = Bench {
+        db,
+        database_url: scratch.url.to_string(),
+        org,
+        streaming_url: aai.streaming_url(),
+        speech_base: speech.base(),
+        clock,
+        pinned,
+    };
 
-    // The floor first (translations only), then the same load with the other party's voice
-    // mixed under every translation.
-    let per_phase = |run: bool| if run { calls } else { 0 };
-    let off = run_phase(
-        &db,
-        org,
-        per_phase(run_off),
-        "off",
-        port,
-        secret,
-        server_pid,
-        &clock,
-    )
-    .await;
-    let rss_after_off = rss_kib(server_pid);
-    let ducked = run_phase(
-        &db,
-        org,
-        per_phase(run_ducked),
-        "ducked",
-        port,
-        secret,
-        server_pid,
-        &clock,
-    )
-    .await;
-    let rss_after_ducked = rss_kib(server_pid);
+    let report = |label: String, phase: &Phase| {
+        println!(
+            "{label}: {}: {:.1} ms CPU per call ({:.0} % in the kernel; {:.0} ms in all in the {:?} after), {:.0} KiB RSS per call, {:.1?}",
+            phase.kind.label(),
+            phase.cpu_seconds / phase.calls.len().max(1) as f64 * 1e3,
+            phase.system_seconds / phase.cpu_seconds.max(1e-9) * 100.0,
+            phase.lingering_seconds * 1e3,
+            LINGER_WINDOW,
+            phase.rss_kib_per_call,
+            phase.wall
+        );
+    };
+    // The latency goal's load: interpreted calls alone on the machine, with ducked audio,
+    // then off (the same load, translations only: its floor).
+    let mut alone = Vec::new();
+    if latency_calls > 0 {
+        for kind in [Kind::Ducked, Kind::Off] {
+            let phase = bench.run_round(&[kind], latency_calls).await.remove(0);
+            report("alone".into(), &phase);
+            alone.push(phase);
+        }
+    }
+    let mut done = Vec::new();
+    for round in 0..rounds {
+        for phase in bench.run_round(&kinds, calls).await {
+            report(format!("round {}", round + 1), &phase);
+            done.push(phase);
+        }
+    }
     let ends = turn_ends.lock().unwrap().clone();
-    let mut off_checked = check(&db, &off, "off", &ends).await;
-    let mut ducked_checked = check(&db, &ducked, "ducked", &ends).await;
+    let mut checked = Vec::new();
+    for phase in &done {
+        checked.push(check(&bench.db, phase, phase.kind.label(), &ends).await);
+    }
+    let mut alone_checked = Vec::new();
+    for phase in &alone {
+        let label = format!("{} alone", phase.kind.label());
+        alone_checked.push(check(&bench.db, phase, &label, &ends).await);
+    }
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let cpu_off = off.cpu_seconds / calls as f64;
-    let cpu_ducked = ducked.cpu_seconds / calls as f64;
-    let extra_frames = ducked_checked.frames.saturating_sub(off_checked.frames);
-    let mix_us_per_frame = if extra_frames > 0 {
-        (ducked.cpu_seconds - off.cpu_seconds).max(0.0) * 1e6 / extra_frames as f64
+    let per_call = |phase: &Phase| phase.cpu_seconds / phase.calls.len().max(1) as f64;
+    let mean = |values: &[f64]| {
+        if values.is_empty() {
+            0.0
+        } else {
+            values.iter().sum::<f64>() / values.len() as f64
+        }
+    };
+    let of_kind = |kind: Kind, figure: &dyn Fn(usize) -> f64| -> Vec<f64> {
+        (0..done.len())
+            .filter(|&i| done[i].kind == kind)
+            .map(figure)
+            .collect()
+    };
+    let cpu_ms = |kind: Kind| mean(&of_kind(kind, &|i| per_call(&done[i]) * 1e3));
+    let rss_kib = |kind: Kind| mean(&of_kind(kind, &|i| done[i].rss_kib_per_call));
+    let latencies = |kind: Kind| -> Vec<u64> {
+        (0..done.len())
+            .filter(|&i| done[i].kind == kind)
+            .flat_map(|i| checked[i].latency.iter().copied())
+            .collect()
+    };
+    // Each round's off and ducked phases: the cost of mixing, under the same load at the
+    // same moment.
+    let pairs: Vec<(usize, usize)> = (0..rounds)
+        .filter_map(|round| {
+            let at = |kind: Kind| {
+                kinds
+                    .iter()
+                    .position(|k| *k == kind)
+                    .map(|k| round * kinds.len() + k)
+            };
+            Some((at(Kind::Off)?, at(Kind::Ducked)?))
+        })
+        .filter(|&(off, ducked)| off < done.len() && ducked < done.len())
+        .collect();
+    let pair_percent: Vec<f64> = pairs
+        .iter()
+        .map(|&(off, ducked)| {
+            (per_call(&done[ducked]) / per_call(&done[off]).max(1e-12) - 1.0) * 100.0
+        })
+        .collect();
+    let (off_cpu, ducked_cpu, one_leg_cpu) = (
+        cpu_ms(Kind::Off),
+        cpu_ms(Kind::Ducked),
+        cpu_ms(Kind::OneLeg),
+    );
+    let mixing_share = if off_cpu > 0.0 {
+        (ducked_cpu / off_cpu - 1.0) * 100.0
     } else {
         0.0
     };
-    let mixing_share = if cpu_off > 0.0 {
-        (cpu_ducked / cpu_off - 1.0) * 100.0
+    let extra_frames: i64 = pairs
+        .iter()
+        .map(|&(off, ducked)| checked[ducked].frames as i64 - checked[off].frames as i64)
+        .sum();
+    let extra_cpu: f64 = pairs
+        .iter()
+        .map(|&(off, ducked)| done[ducked].cpu_seconds - done[off].cpu_seconds)
+        .sum();
+    let mix_us_per_frame = if extra_frames > 0 {
+        extra_cpu.max(0.0) * 1e6 / extra_frames as f64
     } else {
         0.0
     };
@@ -594,101 +833,190 @@ async fn run(pinned: bool) -> bool {
         "not pinned: clients, simulators, service and PostgreSQL share every CPU"
     };
     println!(
-        "\nInterpreted calls: {calls} concurrent two-leg calls per phase ({phases}), both parties speaking in real time, both directions translated; simulators answer at once; one machine, {placement}\n"
+        "\nInterpreted calls: {rounds} round(s), each running {calls} calls of every kind ({phases}) at once, each kind on a service of its own; the same conversation in every call (both parties speaking in real time, both directions translated); simulators answer at once; one machine, {placement}\n"
     );
     println!(
-        "| phase | turns | p50 | p95 | p99 | max | client lag p99 | CPU per call | frames to clients | wall |"
+        "| phase | turns | p50 | p95 | p99 | max | client lag p99 | CPU per call (kernel) | RSS per call | frames to clients | wall |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (label, phase, checked, cpu) in [
-        ("off (translations only)", &off, &mut off_checked, cpu_off),
-        ("ducked", &ducked, &mut ducked_checked, cpu_ducked),
-    ] {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, (phase, checked)) in done.iter().zip(&checked).enumerate() {
+        let (mut latency, mut lag) = (checked.latency.clone(), checked.lag.clone());
         println!(
-            "| {label} | {} of {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.1} ms | {} | {:.1?} |",
+            "| {} (round {}) | {} of {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.1} ms ({:.0} %) | {:.0} KiB | {} | {:.1?} |",
+            phase.kind.label(),
+            i / kinds.len().max(1) + 1,
             checked.latency.len(),
             phase.calls.len() * TURNS_PER_CALL,
-            quantile(&mut checked.latency, 0.5),
-            quantile(&mut checked.latency, 0.95),
-            quantile(&mut checked.latency, 0.99),
-            quantile(&mut checked.latency, 1.0),
-            quantile(&mut checked.lag, 0.99),
-            cpu * 1e3,
+            quantile(&mut latency, 0.5),
+            quantile(&mut latency, 0.95),
+            quantile(&mut latency, 0.99),
+            quantile(&mut latency, 1.0),
+            quantile(&mut lag, 0.99),
+            per_call(phase) * 1e3,
+            phase.system_seconds / phase.cpu_seconds.max(1e-9) * 100.0,
+            phase.rss_kib_per_call,
             checked.frames,
             phase.wall,
         );
     }
+    let pair_list = pair_percent
+        .iter()
+        .map(|p| format!("{p:+.1} %"))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "\nducked original audio: +{mixing_share:.1} % CPU per call (goal < 10 %), {mix_us_per_frame:.2} µs per extra frame mixed, paced and sent ({extra_frames} frames)"
-    );
-    println!(
-        "service RSS: {rss_after_off} KiB after the off phase, {rss_after_ducked} KiB after the ducked phase"
+        "\nducked original audio: {mixing_share:+.1} % CPU per call (rounds: {pair_list}; goal < 10 %), {mix_us_per_frame:.2} µs per extra frame mixed, paced and sent ({extra_frames} frames)"
     );
 
-    let mut failures = off_checked.failures.clone();
-    failures.extend(ducked_checked.failures.clone());
+    let failures: Vec<String> = checked
+        .iter()
+        .chain(&alone_checked)
+        .flat_map(|c| c.failures.clone())
+        .collect();
     let mut result = ResultFile::new("interpreted_calls");
-    result.set("calls_per_phase", calls);
-    for (label, checked) in [("off", &mut off_checked), ("ducked", &mut ducked_checked)] {
-        result.set(&format!("{label}_turns_expected"), calls * TURNS_PER_CALL);
-        result.set(&format!("{label}_turns_stored"), checked.turns);
-        result.set(&format!("{label}_utterances"), checked.utterances);
-        result.set(&format!("{label}_utterances_played"), checked.played);
-        result.set(&format!("{label}_turns_timed"), checked.latency.len());
+    result.set("calls_per_kind_per_round", calls);
+    result.set("latency_calls", latency_calls);
+    let alone_of = |kind: Kind| alone.iter().position(|p| p.kind == kind);
+    let alone_p99 = |kind: Kind| {
+        alone_of(kind)
+            .map(|i| ms(quantile(&mut alone_checked[i].latency.clone(), 0.99)))
+            .unwrap_or(0.0)
+    };
+    let alone_lag = |kind: Kind| {
+        alone_of(kind)
+            .map(|i| ms(quantile(&mut alone_checked[i].lag.clone(), 0.99)))
+            .unwrap_or(0.0)
+    };
+    for kind in [Kind::Ducked, Kind::Off] {
+        let label = kind.label();
+        result.set(
+            &format!("alone_{label}_end_of_turn_to_first_frame_p99_ms"),
+            alone_p99(kind),
+        );
+        result.set(&format!("alone_{label}_client_lag_p99_ms"), alone_lag(kind));
+        if let Some(i) = alone_of(kind) {
+            result.set(
+                &format!("alone_{label}_turns_timed"),
+                alone_checked[i].latency.len(),
+            );
+            result.set(
+                &format!("alone_{label}_cpu_ms_per_call"),
+                per_call(&alone[i]) * 1e3,
+            );
+        }
+    }
+    result.set("phases", &phases);
+    for kind in [Kind::OneLeg, Kind::Off, Kind::Ducked] {
+        let label = kind.label().replace('-', "_");
+        let mut latency = latencies(kind);
+        let runs: Vec<&Checked> = (0..done.len())
+            .filter(|&i| done[i].kind == kind)
+            .map(|i| &checked[i])
+            .collect();
+        let mut lag: Vec<u64> = runs.iter().flat_map(|c| c.lag.iter().copied()).collect();
+        result.set(&format!("{label}_phases"), runs.len());
+        result.set(
+            &format!("{label}_turns_expected"),
+            runs.len() * calls * TURNS_PER_CALL,
+        );
+        result.set(
+            &format!("{label}_turns_stored"),
+            runs.iter().map(|c| c.turns).sum::<usize>(),
+        );
+        result.set(
+            &format!("{label}_utterances"),
+            runs.iter().map(|c| c.utterances).sum::<usize>(),
+        );
+        result.set(
+            &format!("{label}_utterances_played"),
+            runs.iter().map(|c| c.played).sum::<usize>(),
+        );
+        result.set(&format!("{label}_turns_timed"), latency.len());
         result.set(
             &format!("{label}_end_of_turn_to_first_frame_p50_ms"),
-            ms(quantile(&mut checked.latency, 0.5)),
+            ms(quantile(&mut latency, 0.5)),
         );
         result.set(
             &format!("{label}_end_of_turn_to_first_frame_p99_ms"),
-            ms(quantile(&mut checked.latency, 0.99)),
+            ms(quantile(&mut latency, 0.99)),
         );
         result.set(
             &format!("{label}_client_lag_p99_ms"),
-            ms(quantile(&mut checked.lag, 0.99)),
+            ms(quantile(&mut lag, 0.99)),
         );
-        result.set(&format!("{label}_frames_to_clients"), checked.frames);
+        result.set(
+            &format!("{label}_frames_to_clients"),
+            runs.iter().map(|c| c.frames).sum::<usize>(),
+        );
+        result.set(&format!("{label}_cpu_ms_per_call"), cpu_ms(kind));
+        result.set(&format!("{label}_rss_kib_per_call"), rss_kib(kind));
+        result.set(
+            &format!("{label}_cpu_ms_after_calls_ended"),
+            mean(&of_kind(kind, &|i| done[i].lingering_seconds * 1e3)),
+        );
+        result.set(
+            &format!("{label}_kernel_cpu_percent"),
+            mean(&of_kind(kind, &|i| {
+                done[i].system_seconds / done[i].cpu_seconds.max(1e-9) * 100.0
+            })),
+        );
     }
-    result.set("off_cpu_ms_per_call", cpu_off * 1e3);
-    result.set("ducked_cpu_ms_per_call", cpu_ducked * 1e3);
     result.set("ducked_extra_cpu_percent", mixing_share);
+    result.set("ducked_extra_cpu_percent_rounds", &pair_percent);
+    result.set("rounds", rounds);
     result.set("ducked_cpu_us_per_extra_frame", mix_us_per_frame);
-    result.set("service_rss_kib_after_off", rss_after_off);
-    result.set("service_rss_kib_after_ducked", rss_after_ducked);
+    result.set("ducked_extra_frames", extra_frames);
     result.row(
-        &format!("{calls} interpreted calls, ducked: end of turn → first translated frame on the other leg, p99"),
-        format!("{:.2} ms", ms(quantile(&mut ducked_checked.latency, 0.99))),
+        &format!("{latency_calls} interpreted calls alone, ducked: end of turn → first translated frame on the other leg, p99 (client lag p99)"),
         format!(
-            "{:.2} ms (same load, translations only)",
-            ms(quantile(&mut off_checked.latency, 0.99))
+            "{:.2} ms ({:.2} ms)",
+            alone_p99(Kind::Ducked),
+            alone_lag(Kind::Ducked)
+        ),
+        format!(
+            "{:.2} ms ({:.2} ms): the same load, translations only",
+            alone_p99(Kind::Off),
+            alone_lag(Kind::Off)
         ),
         "< 20 ms",
     );
     result.row(
-        "service CPU per interpreted call (off / ducked)",
-        format!("{:.1} ms / {:.1} ms", cpu_off * 1e3, cpu_ducked * 1e3),
-        String::new(),
+        &format!("per call, the same conversation, {calls} calls of each kind at once (service CPU / RSS): interpreted off, interpreted ducked"),
+        format!(
+            "off {off_cpu:.1} ms / {:.0} KiB; ducked {ducked_cpu:.1} ms / {:.0} KiB",
+            rss_kib(Kind::Off),
+            rss_kib(Kind::Ducked)
+        ),
+        format!(
+            "one-leg call {one_leg_cpu:.1} ms / {:.0} KiB",
+            rss_kib(Kind::OneLeg)
+        ),
         "",
     );
     result.row(
-        "ducked original audio: extra CPU per call; per extra frame (mix + pace + send)",
-        format!("+{mixing_share:.1} %; {mix_us_per_frame:.2} µs"),
+        "ducked original audio: extra CPU per call (each round's off and ducked, at once); per extra frame (mix + pace + send)",
+        format!("{mixing_share:+.1} % (rounds {pair_list}); {mix_us_per_frame:.2} µs"),
         String::new(),
         "< 10 %",
     );
     result.row(
-        "turns: stored / utterances / played / heard once by the other party (each phase)",
-        format!(
-            "off {} / {} / {} / {}; ducked {} / {} / {} / {}",
-            off_checked.turns,
-            off_checked.utterances,
-            off_checked.played,
-            off_checked.latency.len(),
-            ducked_checked.turns,
-            ducked_checked.utterances,
-            ducked_checked.played,
-            ducked_checked.latency.len()
-        ),
+        "turns: stored / utterances / played / heard once by the listener (each phase)",
+        alone
+            .iter()
+            .zip(&alone_checked)
+            .chain(done.iter().zip(&checked))
+            .map(|(phase, c)| {
+                format!(
+                    "{} {} / {} / {} / {}",
+                    phase.kind.label(),
+                    c.turns,
+                    c.utterances,
+                    c.played,
+                    c.latency.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
         String::new(),
         "all equal (asserted)",
     );
@@ -696,14 +1024,17 @@ async fn run(pinned: bool) -> bool {
     for failure in &failures {
         eprintln!("INVARIANT BROKEN: {failure}");
     }
-    if run_off && run_ducked {
+    let complete_set = [Kind::OneLeg, Kind::Off, Kind::Ducked]
+        .iter()
+        .all(|kind| kinds.contains(kind))
+        && !pairs.is_empty()
+        && alone.len() == 2;
+    if complete_set {
         result.write(failures.is_empty(), &failures);
     } else {
-        println!("one phase only ({phases}): no result file written");
+        println!("not every kind of phase ran ({phases}): no result file written");
     }
-    stop_gently(&mut server);
-    drop(server);
-    drop(db);
+    drop(bench);
     scratch.drop_now().await;
     failures.is_empty()
 }

@@ -13,7 +13,7 @@
 //!
 //! Settings: `BENCH_CALLS` (the ladder, default `250,500,1000,2000`), `BENCH_CALL_SECONDS`
 //! (default 12), `BENCH_TARGETS` (`bridge,floor`), `BENCH_LEDGER_CALLS` (default 500; 0 skips
-//! the ledger comparison), `BENCH_LEDGER_REPEATS` (on/off pairs, default 3),
+//! the ledger comparison), `BENCH_LEDGER_REPEATS` (split on/off phases, default 3),
 //! `BENCH_LEDGER_SECONDS` (default 10), `BENCH_PIN` (0: no pinning).
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
@@ -75,7 +75,7 @@ fn main() {
     }
 }
 
-/// One phase: one target (the bridge, the floor, or the bridge with the ledger off) at one N.
+/// One phase of one target (the bridge, the floor, or one side of the ledger comparison).
 #[derive(Serialize)]
 struct Row {
     target: &'static str,
@@ -113,6 +113,11 @@ struct Row {
     /// Upstream sessions of earlier phases still open when this one started (its
     /// isolation failed; asserted 0).
     leftover_sessions: usize,
+    /// Ledger comparison phases: usage rows the phase's calls left, and the number expected
+    /// (one per AssemblyAI session with the ledger on, none with it off); asserted equal.
+    ledger_entries: Option<(i64, i64)>,
+    /// Calls this target carried (the ledger comparison splits a phase's calls between two).
+    calls_routed: usize,
 }
 
 impl Row {
@@ -122,6 +127,13 @@ impl Row {
         let mut broken = Vec::new();
         if let Err(failure) = self.report.check() {
             broken.push(failure);
+        }
+        if let Some((found, expected)) = self.ledger_entries
+            && found != expected
+        {
+            broken.push(format!(
+                "usage ledger: {found} row(s) for the phase's calls, {expected} expected"
+            ));
         }
         if self.leftover_sessions > 0 {
             broken.push(format!(
@@ -141,6 +153,12 @@ impl Row {
 /// URL of the stream for a call's token.
 struct Target {
     name: &'static str,
+    /// The ledger comparison's services: `USAGE_LEDGER` on or off, and the phase then
+    /// checks the ledger rows its calls left (each session's, or none).
+    ledger: Option<bool>,
+    /// The `application_name` its connections give PostgreSQL, when two targets share a
+    /// phase (their backends' CPU is then told apart by it).
+    application: Option<&'static str>,
     pid: u32,
     idle_rss: u64,
     url: Arc<dyn Fn(&str) -> String + Send + Sync>,
@@ -160,7 +178,7 @@ impl Phases {
     /// `n` calls of their own for one phase, and their stream tokens: a phase never
     /// streams a call an earlier phase streamed, so nothing of the service's state for a
     /// call (a stream to re-attach, positions, replayed audio) carries over between phases.
-    async fn fresh_calls(&self, n: usize) -> Vec<String> {
+    async fn fresh_calls(&self, n: usize) -> (Vec<uuid::Uuid>, Vec<String>) {
         let ids: Vec<uuid::Uuid> = self
             .db
             .query(
@@ -178,11 +196,13 @@ impl Phases {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        ids.iter()
+        let tokens = ids
+            .iter()
             .map(|id| {
                 callbridge::calls::stream_token::mint(self.secret.as_bytes(), *id, now + 3600)
             })
-            .collect()
+            .collect();
+        (ids, tokens)
     }
 
     /// Runs one phase: `calls` fresh calls for `seconds` through `target`, then drains.
@@ -190,7 +210,8 @@ impl Phases {
         let phase_started = Instant::now();
         // The previous phase drained: nothing of it may still be open upstream.
         let leftover = self.sim.open_sessions();
-        let tokens = Arc::new(self.fresh_calls(calls).await);
+        let (ids, tokens) = self.fresh_calls(calls).await;
+        let tokens = Arc::new(tokens);
         // Each stream's frames on the grid: a multiple of 5 per track, so every frame
         // belongs to a full 100 ms batch.
         let plan = Plan {
@@ -198,17 +219,19 @@ impl Phases {
             frames: seconds * 50,
             fault: Fault::None,
         };
-        let row = run_once(
+        let mut rows = run_once(
             plan,
             &self.sim,
-            target,
+            &[target],
+            |_| 0,
             &mut self.meter,
             &self.wire,
             move |i| tokens[i].clone(),
             phase_started,
+            target.ledger.map(|_| (&self.db, ids.as_slice())),
         )
         .await;
-        let mut row = row;
+        let mut row = rows.remove(0);
         row.leftover_sessions = leftover;
         println!(
             "{} {calls}: p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, stale {}, drained in {} ms, {:.2} µs CPU/frame ({:.0}% of its core), generator {:.0}%, {:.1} s",
@@ -225,6 +248,55 @@ impl Phases {
             row.wall_seconds,
         );
         row
+    }
+}
+
+impl Phases {
+    /// The ledger comparison's phase: `calls` fresh calls for `seconds`, every other call
+    /// through `first` and the rest through `second`, at the same time; a row for each.
+    async fn run_split(
+        &mut self,
+        first: &Target,
+        second: &Target,
+        calls: usize,
+        seconds: usize,
+    ) -> Vec<Row> {
+        let phase_started = Instant::now();
+        let leftover = self.sim.open_sessions();
+        let (ids, tokens) = self.fresh_calls(calls).await;
+        let tokens = Arc::new(tokens);
+        let plan = Plan {
+            calls,
+            frames: seconds * 50,
+            fault: Fault::None,
+        };
+        let mut rows = run_once(
+            plan,
+            &self.sim,
+            &[first, second],
+            |i| i % 2,
+            &mut self.meter,
+            &self.wire,
+            move |i| tokens[i].clone(),
+            phase_started,
+            Some((&self.db, ids.as_slice())),
+        )
+        .await;
+        for row in &mut rows {
+            row.leftover_sessions = leftover;
+            println!(
+                "{} {} of {calls} (at once with the other): {:.2} + {:.2} µs CPU/frame (service + PostgreSQL), ledger rows {:?}, p99 {} µs from due, lost {}, {:.1} s",
+                row.target,
+                row.calls_routed,
+                row.service_cpu_us_per_frame,
+                row.postgres_cpu_us_per_frame,
+                row.ledger_entries,
+                row.report.latency_p99_us,
+                row.report.lost,
+                row.wall_seconds,
+            );
+        }
+        rows
     }
 }
 
@@ -339,12 +411,16 @@ async fn run(pinned: bool) -> bool {
     };
     let bridge = Target {
         name: "bridge",
+        ledger: None,
+        application: None,
         pid: server.0.id(),
         idle_rss: measure::rss_kib(server.0.id()),
         url: Arc::new(move |token: &str| format!("ws://127.0.0.1:{port}/media/telnyx/{token}")),
     };
     let floor = Target {
         name: "floor",
+        ledger: None,
+        application: None,
         pid: relay.0.id(),
         idle_rss: measure::rss_kib(relay.0.id()),
         url: Arc::new(move |_: &str| format!("ws://127.0.0.1:{relay_port}/")),
@@ -365,49 +441,76 @@ async fn run(pinned: bool) -> bool {
         }
     }
 
-    // Issue 17: what the usage ledger costs per frame, same run: a second service started
-    // with `USAGE_LEDGER=false`, alternated with the first in the order on, off, off, on, …
-    // (so a steady drift of the machine's load falls on both equally), each phase with
-    // calls of its own and drained like the ladder's. Median and spread of each, and of the
-    // difference within each adjacent on/off pair.
+    // Issue 17: what the usage ledger costs per frame, same run. Two fresh services, started
+    // together, identical but for `USAGE_LEDGER` (the ladder's service, grown by 2,000
+    // calls, would carry its history into one side), serve the same phase at the same time:
+    // every other call through each, so the machine's noise (which moved one service's CPU
+    // per frame by ±15 % from one phase to the next) falls on both alike. Each phase has
+    // calls of its own, is drained like the ladder's, and its ledger rows are checked (each
+    // session's with the ledger on, none with it off). Which service takes the even calls
+    // alternates between repeats. Compared: CPU per frame, service + PostgreSQL (its own
+    // backends, by `application_name`), within each phase.
     let ledger_calls: usize = setting("BENCH_LEDGER_CALLS", 500usize);
     let ledger_repeats: usize = setting("BENCH_LEDGER_REPEATS", 3usize);
     let ledger_seconds: usize = setting("BENCH_LEDGER_SECONDS", 10usize);
     let mut ledger_rows = Vec::new();
     if ledger_calls > 0 && ledger_repeats > 0 {
-        let off_port = free_port();
-        let off_server = start_server(
-            off_port,
-            service_db_url.as_str(),
-            secret,
-            &phases.sim.streaming_url(),
-            service_cpu,
-            false,
-        );
-        wait_for_port(off_port).await;
-        let bridge_off = Target {
-            name: "bridge-ledger-off",
-            pid: off_server.0.id(),
-            idle_rss: measure::rss_kib(off_server.0.id()),
-            url: Arc::new(move |token: &str| {
-                format!("ws://127.0.0.1:{off_port}/media/telnyx/{token}")
-            }),
+        let twin = |on: bool, application: &str| {
+            let port = free_port();
+            let mut url = service_db_url.clone();
+            url.query_pairs_mut()
+                .append_pair("application_name", application);
+            let server = start_server(
+                port,
+                url.as_str(),
+                secret,
+                &phases.sim.streaming_url(),
+                service_cpu,
+                on,
+            );
+            (port, server)
         };
-        for pair in 0..ledger_repeats {
-            let order = if pair % 2 == 0 {
-                [&bridge, &bridge_off]
+        let ((on_port, on_server), (off_port, off_server)) =
+            (twin(true, LEDGER_ON), twin(false, LEDGER_OFF));
+        wait_for_port(on_port).await;
+        wait_for_port(off_port).await;
+        let target = |name: &'static str, on: bool, port: u16, server: &ChildGuard| Target {
+            name,
+            ledger: Some(on),
+            application: Some(name),
+            pid: server.0.id(),
+            idle_rss: measure::rss_kib(server.0.id()),
+            url: Arc::new(move |token: &str| format!("ws://127.0.0.1:{port}/media/telnyx/{token}")),
+        };
+        let bridge_on = target(LEDGER_ON, true, on_port, &on_server);
+        let bridge_off = target(LEDGER_OFF, false, off_port, &off_server);
+        // A service's first calls pay for its pool's connections and first preparations:
+        // one short phase first, checked but not compared.
+        for row in phases
+            .run_split(&bridge_on, &bridge_off, ledger_calls, 4)
+            .await
+        {
+            if let Err(failure) = row.check() {
+                failures.push(format!("{} (ledger warm-up): {failure}", row.target));
+            }
+        }
+        for repeat in 0..ledger_repeats {
+            let (first, second) = if repeat % 2 == 0 {
+                (&bridge_on, &bridge_off)
             } else {
-                [&bridge_off, &bridge]
+                (&bridge_off, &bridge_on)
             };
-            for target in order {
-                let row = phases.run(target, ledger_calls, ledger_seconds).await;
+            for row in phases
+                .run_split(first, second, ledger_calls, ledger_seconds)
+                .await
+            {
                 if let Err(failure) = row.check() {
-                    failures.push(format!("{} (ledger comparison): {failure}", target.name));
+                    failures.push(format!("{} (ledger comparison): {failure}", row.target));
                 }
                 ledger_rows.push(row);
             }
         }
-        drop(off_server);
+        drop((on_server, off_server));
     }
 
     print_table(&rows, seconds, pinned);
@@ -562,11 +665,11 @@ async fn run(pinned: bool) -> bool {
         result.set("ledger_comparison", &comparison);
         result.row(
             &format!(
-                "{ledger_calls} calls: CPU per frame (service + PostgreSQL), usage ledger on vs off ({} alternated pairs: median [min–max])",
+                "{ledger_calls} calls: CPU per frame (service + PostgreSQL), usage ledger on vs off, half the calls each at the same time ({} phases: median [min–max])",
                 comparison.pairs
             ),
             format!(
-                "on {:.2} [{:.2}–{:.2}] µs, off {:.2} [{:.2}–{:.2}] µs: {:+.1} % (pairs {:+.1} to {:+.1} %): {}",
+                "on {:.2} [{:.2}–{:.2}] µs, off {:.2} [{:.2}–{:.2}] µs: {:+.1} % (phases {:+.1} to {:+.1} %): {}",
                 comparison.on_median,
                 comparison.on_min,
                 comparison.on_max,
@@ -604,9 +707,13 @@ fn by_cause(causes: &[(String, f64)]) -> String {
         .join(", ")
 }
 
-/// The ledger's cost from alternated phases: CPU per frame (service + PostgreSQL) of each
-/// side as median and range, and the added cost within each adjacent on/off pair (the
-/// phases closest in time, so the least apart in the machine's load).
+/// The ledger comparison's two services.
+const LEDGER_ON: &str = "bridge-ledger-on";
+const LEDGER_OFF: &str = "bridge-ledger-off";
+
+/// The ledger's cost from the split phases: CPU per frame (service + PostgreSQL) of each
+/// side as median and range, and the added cost within each phase (both sides served it at
+/// the same time, so the machine's load was the same for both).
 #[derive(Serialize)]
 struct LedgerComparison {
     pairs: usize,
@@ -629,19 +736,23 @@ impl LedgerComparison {
         let cpu = |r: &Row| r.service_cpu_us_per_frame + r.postgres_cpu_us_per_frame;
         let mut on: Vec<f64> = rows
             .iter()
-            .filter(|r| r.target == "bridge")
+            .filter(|r| r.target == LEDGER_ON)
             .map(cpu)
             .collect();
         let mut off: Vec<f64> = rows
             .iter()
-            .filter(|r| r.target == "bridge-ledger-off")
+            .filter(|r| r.target == LEDGER_OFF)
             .map(cpu)
             .collect();
         let mut added: Vec<f64> = rows
             .chunks(2)
             .filter_map(|pair| {
                 let [a, b] = pair else { return None };
-                let (on, off) = if a.target == "bridge" { (a, b) } else { (b, a) };
+                let (on, off) = if a.target == LEDGER_ON {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
                 Some((cpu(on) - cpu(off)) / cpu(off).max(1e-9) * 100.0)
             })
             .collect();
@@ -716,30 +827,41 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// Nothing arriving for this long (with every upstream session closed) ends the drain.
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
+/// One phase of `plan` through `targets`, call `i` through `targets[route(i)]`: one row per
+/// target. With two targets (the ledger comparison) both serve at the same moment, so the
+/// machine's noise falls on both alike; each row's CPU is its own process's and its own
+/// PostgreSQL backends' (told apart by `application_name`), per frame it was sent. The
+/// frame report, transactions and statements are the phase's, shared by its rows.
+#[allow(clippy::too_many_arguments)]
 async fn run_once(
     plan: Plan,
     sim: &AssemblyAiSim,
-    target: &Target,
+    targets: &[&Target],
+    route: impl Fn(usize) -> usize,
     meter: &mut PgMeter,
     wire: &Arc<pg_wire::PgWire>,
     token: impl Fn(usize) -> String,
     phase_started: Instant,
-) -> Row {
+    usage: Option<(&tokio_postgres::Client, &[uuid::Uuid])>,
+) -> Vec<Row> {
     let ledger = Arc::new(Ledger::new(plan));
     let probe = ledger.clone();
     sim.set_probe(Arc::new(move |chunk| probe.on_chunk(chunk)));
-    let pid = target.pid;
+    let pids: Vec<u32> = targets.iter().map(|t| t.pid).collect();
+    let calls_of: Vec<usize> = (0..targets.len())
+        .map(|t| (0..plan.calls).filter(|&i| route(i) == t).count())
+        .collect();
     let me = std::process::id();
     // Every CPU of the phase counts per frame, connecting and draining included.
-    let service_before = measure::cpu_seconds(pid);
+    let service_before: Vec<f64> = pids.iter().map(|&pid| measure::cpu_seconds(pid)).collect();
     meter.start().await;
     let streaming = Duration::from_millis(plan.frames as u64 * 20);
-    // From the grid's start: CPU of the target and of the generator, and in the middle of
+    // From the grid's start: CPU of the targets and of the generator, and in the middle of
     // the run (every stream live, past its first seconds, before any stops) RSS,
     // PostgreSQL's transactions and the service's statements by cause.
     let sampler = {
         let (url, database) = meter.connection();
-        let (ledger, wire) = (ledger.clone(), wire.clone());
+        let (ledger, wire, pids) = (ledger.clone(), wire.clone(), pids.clone());
         tokio::spawn(async move {
             let client = callbridge::db::connect_direct(&url).await.ok()?;
             while !ledger.started() {
@@ -747,7 +869,9 @@ async fn run_once(
             }
             let cpu = (
                 Instant::now(),
-                measure::cpu_seconds(pid),
+                pids.iter()
+                    .map(|&pid| measure::cpu_seconds(pid))
+                    .collect::<Vec<_>>(),
                 measure::cpu_seconds(me),
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -756,7 +880,7 @@ async fn run_once(
             wire.reset();
             tokio::time::sleep(window).await;
             let trips = wire.trips();
-            let rss = measure::rss_kib(pid);
+            let rss: Vec<u64> = pids.iter().map(|&pid| measure::rss_kib(pid)).collect();
             let second = transactions(&client, &database).await;
             // The first reading is two transactions of its own.
             Some((cpu, rss, (second - first - 2).max(0), trips, window))
@@ -770,67 +894,126 @@ async fn run_once(
             move || sim.open_sessions()
         }),
     };
-    let url = target.url.clone();
-    let report = loadgen::play_drained(plan, ledger, |i| url(&token(i)), drain).await;
-    let (service_after, generator_after, after) = (
-        measure::cpu_seconds(pid),
+    let urls: Vec<_> = targets.iter().map(|t| t.url.clone()).collect();
+    let report = loadgen::play_drained(plan, ledger, |i| urls[route(i)](&token(i)), drain).await;
+    let (service_drained, generator_after, after) = (
+        pids.iter()
+            .map(|&pid| measure::cpu_seconds(pid))
+            .collect::<Vec<_>>(),
         measure::cpu_seconds(me),
         Instant::now(),
     );
+    // The ledger comparison counts the ledger's whole cost: its rows are written (within a
+    // second of each session's end, by the replica's writer) before any CPU is read, and
+    // the rows are checked, so "on" cannot look cheap by writing nothing.
+    let mut ledger_entries = vec![None; targets.len()];
+    if let Some((db, ids)) = usage {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (t, target) in targets.iter().enumerate() {
+            let Some(on) = target.ledger else { continue };
+            let mine: Vec<uuid::Uuid> = (0..ids.len())
+                .filter(|&i| route(i) == t)
+                .map(|i| ids[i])
+                .collect();
+            let expected = if on { 2 * mine.len() as i64 } else { 0 };
+            let found = loop {
+                let found = ledger_rows_of(db, &mine).await;
+                if found == expected || Instant::now() >= deadline {
+                    break found;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            ledger_entries[t] = Some((found, expected));
+        }
+    }
     let pg = meter.stop().await;
+    let mut pg_cpu = vec![pg.cpu_seconds; targets.len()];
+    if targets.len() > 1 {
+        for (t, target) in targets.iter().enumerate() {
+            pg_cpu[t] = match target.application {
+                Some(application) => meter.cpu_of_application(application).await,
+                None => 0.0,
+            };
+        }
+    }
+    let service_after: Vec<f64> = match usage {
+        // Read after the writer's statement and PostgreSQL's statistics (`meter.stop`).
+        Some(_) => pids.iter().map(|&pid| measure::cpu_seconds(pid)).collect(),
+        None => service_drained.clone(),
+    };
     let sampled = sampler.await.ok().flatten();
-    let frames = plan.frames_planned().max(1) as f64;
-    let calls = plan.calls.max(1) as f64;
-    let (service_cpu, service_share, generator_share, rss, transactions, statements) = match sampled
-    {
-        Some(((at, service_at_grid, generator_before), rss, transactions, trips, window)) => {
-            // Shares from the grid's start until the drain ended.
-            let elapsed = after.duration_since(at).as_secs_f64();
+    let all_calls = plan.calls.max(1) as f64;
+    let frame_period_us = loadgen::FRAME_PERIOD.as_micros() as u32;
+    let (generator_share, window_figures) = match &sampled {
+        Some(((at, _, generator_before), _, transactions, trips, window)) => {
+            let elapsed = after.duration_since(*at).as_secs_f64();
             let minutes = window.as_secs_f64() / 60.0;
+            let statements: Vec<(String, f64)> = statements_by_cause(trips)
+                .into_iter()
+                .map(|(cause, n)| (cause, n as f64 / all_calls / minutes.max(1e-9)))
+                .collect();
             (
-                service_after - service_before,
-                (service_after - service_at_grid) / elapsed.max(1e-9),
                 (generator_after - generator_before) / elapsed.max(1e-9),
-                rss,
-                transactions as f64 / calls / minutes.max(1e-9),
-                statements_by_cause(&trips)
-                    .into_iter()
-                    .map(|(cause, n)| (cause, n as f64 / calls / minutes.max(1e-9)))
-                    .collect(),
+                Some((
+                    *transactions as f64 / all_calls / minutes.max(1e-9),
+                    statements,
+                )),
             )
         }
-        None => (service_after - service_before, 0.0, 0.0, 0, 0.0, Vec::new()),
+        None => (0.0, None),
     };
-    let frame_period_us = loadgen::FRAME_PERIOD.as_micros() as u32;
     let generator_saturated =
         generator_share >= 0.95 || report.generator_lag_p99_us > frame_period_us;
-    let target_saturated = service_share >= 0.95
-        || (!generator_saturated
-            && report
-                .latency_p99_us
-                .saturating_sub(report.generator_lag_p99_us)
-                > frame_period_us);
-    let is_bridge = target.name.starts_with("bridge");
-    Row {
-        target: target.name,
-        service_cpu_us_per_frame: service_cpu * 1e6 / frames,
-        service_cpu_share: service_share,
-        postgres_cpu_us_per_frame: pg.cpu_seconds * 1e6 / frames,
-        generator_cpu_share: generator_share,
-        generator_saturated,
-        target_saturated,
-        rss_kib_per_call: rss.saturating_sub(target.idle_rss) as f64 / calls,
-        postgres_transactions_per_call_minute: if is_bridge { transactions } else { 0.0 },
-        postgres_listener_transactions_per_call_minute: if is_bridge {
-            (transactions - statements.iter().map(|(_, n)| n).sum::<f64>()).max(0.0)
-        } else {
-            0.0
-        },
-        postgres_statements_per_call_minute: if is_bridge { statements } else { Vec::new() },
-        wall_seconds: phase_started.elapsed().as_secs_f64(),
-        leftover_sessions: 0,
-        report,
-    }
+    targets
+        .iter()
+        .enumerate()
+        .map(|(t, target)| {
+            let share = calls_of[t] as f64 / all_calls;
+            let frames = (plan.frames_planned() as f64 * share).max(1.0);
+            let calls = calls_of[t].max(1) as f64;
+            let (service_share, rss) = match &sampled {
+                Some(((at, service_at_grid, _), rss, ..)) => (
+                    (service_drained[t] - service_at_grid[t])
+                        / after.duration_since(*at).as_secs_f64().max(1e-9),
+                    rss[t],
+                ),
+                None => (0.0, 0),
+            };
+            let target_saturated = service_share >= 0.95
+                || (!generator_saturated
+                    && report
+                        .latency_p99_us
+                        .saturating_sub(report.generator_lag_p99_us)
+                        > frame_period_us);
+            let is_bridge = target.name.starts_with("bridge");
+            let (transactions, statements) = match (&window_figures, is_bridge) {
+                (Some((transactions, statements)), true) => (*transactions, statements.clone()),
+                _ => (0.0, Vec::new()),
+            };
+            Row {
+                target: target.name,
+                service_cpu_us_per_frame: (service_after[t] - service_before[t]) * 1e6 / frames,
+                service_cpu_share: service_share,
+                postgres_cpu_us_per_frame: pg_cpu[t] * 1e6 / frames,
+                generator_cpu_share: generator_share,
+                generator_saturated,
+                target_saturated,
+                rss_kib_per_call: rss.saturating_sub(target.idle_rss) as f64 / calls,
+                postgres_transactions_per_call_minute: transactions,
+                postgres_listener_transactions_per_call_minute: if is_bridge {
+                    (transactions - statements.iter().map(|(_, n)| n).sum::<f64>()).max(0.0)
+                } else {
+                    0.0
+                },
+                postgres_statements_per_call_minute: statements,
+                wall_seconds: phase_started.elapsed().as_secs_f64(),
+                leftover_sessions: 0,
+                ledger_entries: ledger_entries[t],
+                calls_routed: calls_of[t],
+                report: report.clone(),
+            }
+        })
+        .collect()
 }
 
 /// The service's statements on the wire, by what caused them: the batched heartbeats and
@@ -864,6 +1047,17 @@ fn statements_by_cause(trips: &[pg_wire::RoundTrip]) -> Vec<(String, usize)> {
     counts
 }
 
+/// Usage ledger rows of `calls`.
+async fn ledger_rows_of(db: &tokio_postgres::Client, calls: &[uuid::Uuid]) -> i64 {
+    db.query_one(
+        "select count(*) from usage_ledger where call_id = any($1)",
+        &[&calls],
+    )
+    .await
+    .map(|r| r.get(0))
+    .unwrap_or(-1)
+}
+
 /// Transactions committed or rolled back in the database so far (its statistics as
 /// flushed; each reading costs one transaction of its own, subtracted by the caller).
 async fn transactions(client: &tokio_postgres::Client, database: &str) -> i64 {
@@ -895,7 +1089,7 @@ fn print_table(rows: &[Row], seconds: usize, pinned: bool) {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} ms | {:.0}% | {:.0}% | {:.2} µs | {:.2} µs | {:.0} KiB | {:.1} | {} | {:.2} | {:.1} s |",
             row.target,
-            r.calls,
+            row.calls_routed,
             r.frames_planned,
             r.frames_sent,
             r.lost,

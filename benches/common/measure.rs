@@ -6,6 +6,13 @@ use std::process::Command;
 
 /// User + system CPU seconds of a process (or a thread of it), from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_user_system(pid);
+    user + system
+}
+
+/// User and system (kernel: system calls, the loopback network stack, wake-ups) CPU seconds
+/// of a process, apart: where the work goes tells what to make cheaper.
+pub fn cpu_user_system(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -13,9 +20,9 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / clock_ticks_per_second()
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    let hz = clock_ticks_per_second();
+    (ticks(11) / hz, ticks(12) / hz)
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -66,14 +73,47 @@ impl PgMeter {
     }
 
     async fn backend_pids(&self) -> Vec<u32> {
+        self.backends_by_application()
+            .await
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// The database's backends (but the meter's own) and the `application_name` each
+    /// connected with.
+    async fn backends_by_application(&self) -> Vec<(u32, String)> {
         self.client
             .query(
-                "select pid from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+                "select pid, application_name from pg_stat_activity
+                 where datname = $1 and pid <> pg_backend_pid()",
                 &[&self.database],
             )
             .await
-            .map(|rows| rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, String>(1)))
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// CPU seconds since `start` of the backends that connected as `application` (call
+    /// after [`Self::stop`], which waits for the statistics).
+    pub async fn cpu_of_application(&self, application: &str) -> f64 {
+        let mut cpu = 0.0;
+        for (pid, name) in self.backends_by_application().await {
+            if name != application {
+                continue;
+            }
+            let before = self
+                .backends
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map_or(0.0, |(_, c)| *c);
+            cpu += (cpu_seconds(pid) - before).max(0.0);
+        }
+        cpu
     }
 
     async fn transactions_now(&self) -> i64 {
