@@ -205,8 +205,16 @@ impl Phases {
         (ids, tokens)
     }
 
-    /// Runs one phase: `calls` fresh calls for `seconds` through `target`, then drains.
-    async fn run(&mut self, target: &Target, calls: usize, seconds: usize) -> Row {
+    /// One phase: `calls` fresh calls for `seconds`, call `i` through `targets[route(i)]`,
+    /// then drained; a row per target. The ledger rows are checked when a target is one of
+    /// the ledger comparison's.
+    async fn run_on(
+        &mut self,
+        targets: &[&Target],
+        route: impl Fn(usize) -> usize,
+        calls: usize,
+        seconds: usize,
+    ) -> Vec<Row> {
         let phase_started = Instant::now();
         // The previous phase drained: nothing of it may still be open upstream.
         let leftover = self.sim.open_sessions();
@@ -219,20 +227,31 @@ impl Phases {
             frames: seconds * 50,
             fault: Fault::None,
         };
+        let checks_ledger = targets.iter().any(|t| t.ledger.is_some());
         let mut rows = run_once(
             plan,
             &self.sim,
-            &[target],
-            |_| 0,
+            targets,
+            route,
             &mut self.meter,
             &self.wire,
             move |i| tokens[i].clone(),
             phase_started,
-            target.ledger.map(|_| (&self.db, ids.as_slice())),
+            checks_ledger.then_some((&self.db, ids.as_slice())),
         )
         .await;
-        let mut row = rows.remove(0);
-        row.leftover_sessions = leftover;
+        for row in &mut rows {
+            row.leftover_sessions = leftover;
+        }
+        rows
+    }
+
+    /// Runs one phase: `calls` fresh calls for `seconds` through `target`, then drains.
+    async fn run(&mut self, target: &Target, calls: usize, seconds: usize) -> Row {
+        let row = self
+            .run_on(&[target], |_| 0, calls, seconds)
+            .await
+            .remove(0);
         println!(
             "{} {calls}: p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, stale {}, drained in {} ms, {:.2} µs CPU/frame ({:.0}% of its core), generator {:.0}%, {:.1} s",
             target.name,
@@ -249,9 +268,7 @@ impl Phases {
         );
         row
     }
-}
 
-impl Phases {
     /// The ledger comparison's phase: `calls` fresh calls for `seconds`, every other call
     /// through `first` and the rest through `second`, at the same time; a row for each.
     async fn run_split(
@@ -261,29 +278,10 @@ impl Phases {
         calls: usize,
         seconds: usize,
     ) -> Vec<Row> {
-        let phase_started = Instant::now();
-        let leftover = self.sim.open_sessions();
-        let (ids, tokens) = self.fresh_calls(calls).await;
-        let tokens = Arc::new(tokens);
-        let plan = Plan {
-            calls,
-            frames: seconds * 50,
-            fault: Fault::None,
-        };
-        let mut rows = run_once(
-            plan,
-            &self.sim,
-            &[first, second],
-            |i| i % 2,
-            &mut self.meter,
-            &self.wire,
-            move |i| tokens[i].clone(),
-            phase_started,
-            Some((&self.db, ids.as_slice())),
-        )
-        .await;
-        for row in &mut rows {
-            row.leftover_sessions = leftover;
+        let rows = self
+            .run_on(&[first, second], |i| i % 2, calls, seconds)
+            .await;
+        for row in &rows {
             println!(
                 "{} {} of {calls} (at once with the other): {:.2} + {:.2} µs CPU/frame (service + PostgreSQL), ledger rows {:?}, p99 {} µs from due, lost {}, {:.1} s",
                 row.target,
