@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message as AaiMessage;
 
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
-use super::mix::{self, FRAME};
+use super::mix::{self, FRAME, FRAMES_PER_MESSAGE};
 use super::playout::{
     self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, TurnId, Utterance,
 };
@@ -228,11 +228,12 @@ impl OriginalAudio {
     }
 }
 
-/// Paces what a party hears in 20 ms frames when the other's own voice is mixed under
-/// the translation: Telnyx plays frames in arrival order, so mixing live audio with speech
-/// sent ahead of time needs us to send each frame when it is due. While nothing is queued
-/// the other party's frames go out as they arrive (their own stream paces them) and no
-/// timer runs (docs/adr/0047-ducked-audio-only-when-audible.md).
+/// Paces what a party hears when the other's own voice is mixed under the translation:
+/// Telnyx plays audio in arrival order, so mixing live audio with speech sent ahead of time
+/// needs us to send each frame when it is due, [`FRAMES_PER_MESSAGE`] frames a message.
+/// While nothing is queued the other party's frames go out as they arrive (their own stream
+/// paces them) and no timer runs (docs/adr/0047-ducked-audio-only-when-audible.md,
+/// docs/adr/0051-ducked-audio-in-40-ms-messages.md).
 struct Mixer {
     gain: mix::Gain,
     /// Translation frames and marks, in order.
@@ -243,7 +244,8 @@ struct Mixer {
     next_due: Option<tokio::time::Instant>,
 }
 
-/// Telnyx's frame length: one paced frame per this.
+/// Telnyx's frame length: a paced message of `n` frames is followed by the next `n` of
+/// these later.
 const PACE: Duration = Duration::from_millis(20);
 
 /// A party's voice keeps being shared this many frames after its last audible one, so a
@@ -280,6 +282,9 @@ struct Party {
     shares_original: Option<mix::Gain>,
     /// Frames since this party's voice was last audible under the gain.
     quiet_frames: u32,
+    /// Shared frames waiting for the rest of their message (the next frames of this
+    /// party's stream, whatever they hold, complete it).
+    held: Vec<[u8; FRAME]>,
     /// Where this party's voice goes for the other to hear under the translation.
     peer_original: Option<mpsc::Sender<Outbound>>,
     peer_checked: Option<Instant>,
@@ -628,6 +633,7 @@ async fn join_leg(
         _registration: None,
         shares_original: None,
         quiet_frames: HANGOVER_FRAMES,
+        held: Vec::with_capacity(FRAMES_PER_MESSAGE),
         peer_original: None,
         peer_checked: None,
         ringing: None,
@@ -1558,7 +1564,7 @@ impl Bridge {
                 let message = self.media(&bytes);
                 self.outbox.push(message);
             }
-            Outbound::Original(frame) => self.on_original(*frame),
+            Outbound::Original(frames) => self.on_original(*frames),
             Outbound::Mark { seq, name } => {
                 if let Some(playing) = self.playing.iter_mut().find(|p| p.seq == seq) {
                     playing.mark = Some(name.clone());
@@ -1620,32 +1626,39 @@ impl Bridge {
         self.envelope.media(audio)
     }
 
-    /// A frame of the other party's own voice, to mix under what this party hears. With
-    /// nothing queued it is sent at once, on its own at the gain: the other party's stream
-    /// paces it. Otherwise it waits for its paced frame.
-    fn on_original(&mut self, frame: [u8; FRAME]) {
+    /// Frames of the other party's own voice, to mix under what this party hears. With
+    /// nothing queued they are sent at once, in one message at the gain: the other party's
+    /// stream paces them. Otherwise they wait for their paced frames.
+    fn on_original(&mut self, frames: [[u8; FRAME]; FRAMES_PER_MESSAGE]) {
         let Some(mixer) = self.mixer.as_mut() else {
             return;
         };
         if mixer.next_due.is_none() && mixer.queue.is_empty() && mixer.under.is_empty() {
-            let mut out = [mix::SILENCE; FRAME];
-            mixer.gain.alone_into(&mut out, &frame);
-            let message = self.media(&out);
+            let mut out = [[mix::SILENCE; FRAME]; FRAMES_PER_MESSAGE];
+            for (out, frame) in out.iter_mut().zip(&frames) {
+                mixer.gain.alone_into(out, frame);
+            }
+            let message = self.media(out.as_flattened());
             self.outbox.push(message);
             return;
         }
-        if mixer.under.len() >= UNDER_FRAMES {
-            mixer.under.pop_front();
+        for frame in frames {
+            if mixer.under.len() >= UNDER_FRAMES {
+                mixer.under.pop_front();
+            }
+            mixer.under.push_back(frame);
         }
-        mixer.under.push_back(frame);
     }
 
-    /// A paced frame is due: the next translation frame (or silence) with the other party's
-    /// voice under it, then the marks that follow it. The pacer stays armed while anything
-    /// is queued or held, and for one frame after a translation frame (so the next one,
-    /// still on its way from ElevenLabs, keeps the 20 ms spacing); then it stops.
+    /// A paced message is due: the next translation frames (or silence) with the other
+    /// party's voice under them, then the marks that follow. The pacer stays armed while
+    /// anything is queued or held, and for one message after translation audio (so the
+    /// next, still on its way from ElevenLabs, keeps the spacing); then it stops.
     fn paced(&mut self) {
-        let speech = self.pace_one() == Some(Sent::Speech);
+        let sent = self.pace_one();
+        let speech = sent.is_some_and(|(kind, _)| kind == Sent::Speech);
+        // What went out plays for this long; nothing went: the next look is a frame away.
+        let played = PACE * sent.map_or(1, |(_, frames)| frames);
         let Some(mixer) = self.mixer.as_mut() else {
             return;
         };
@@ -1653,8 +1666,8 @@ impl Bridge {
         mixer.next_due = match mixer.next_due {
             _ if !speech && mixer.queue.is_empty() && mixer.under.is_empty() => None,
             // Late ticks catch up (Telnyx must not run dry mid-utterance), within reason.
-            Some(due) if due + PACE * 5 > now => Some(due + PACE),
-            _ => Some(now + PACE),
+            Some(due) if due + PACE * 5 > now => Some(due + played),
+            _ => Some(now + played),
         };
     }
 
@@ -1670,60 +1683,66 @@ impl Bridge {
         }
         let sent = self.pace_one();
         if let Some(mixer) = self.mixer.as_mut()
-            && (sent == Some(Sent::Speech) || !mixer.under.is_empty())
+            && let Some((kind, frames)) = sent
+            && (kind == Sent::Speech || !mixer.under.is_empty())
         {
-            mixer.next_due = Some(tokio::time::Instant::now() + PACE);
+            mixer.next_due = Some(tokio::time::Instant::now() + PACE * frames);
         }
     }
 
-    /// Writes one paced frame and the marks after it into the outbox; what kind of frame
-    /// went, if any.
-    fn pace_one(&mut self) -> Option<Sent> {
+    /// Writes one paced message (up to [`FRAMES_PER_MESSAGE`] frames) and the marks after
+    /// it into the outbox; what kind of audio went and how many frames, if any.
+    fn pace_one(&mut self) -> Option<(Sent, u32)> {
         let mixer = self.mixer.as_mut()?;
-        let speech = match mixer.queue.front() {
-            Some(Paced::Frame(_)) => match mixer.queue.pop_front() {
-                Some(Paced::Frame(frame)) => Some(frame),
+        let mut out = [[mix::SILENCE; FRAME]; FRAMES_PER_MESSAGE];
+        let (mut frames, mut speaking) = (0, false);
+        while frames < FRAMES_PER_MESSAGE {
+            let speech = match mixer.queue.front() {
+                Some(Paced::Frame(_)) => match mixer.queue.pop_front() {
+                    Some(Paced::Frame(frame)) => Some(frame),
+                    _ => None,
+                },
                 _ => None,
-            },
-            _ => None,
-        };
-        let under = mixer.under.pop_front();
-        let speaking = speech.is_some();
-        let frame = match (speech, under) {
-            (Some(mut speech), Some(under)) => {
-                mixer.gain.mix_into(&mut speech, &under);
-                Some(speech)
+            };
+            let under = mixer.under.pop_front();
+            let slot = &mut out[frames];
+            match (speech, under) {
+                (Some(speech), Some(under)) => {
+                    *slot = speech;
+                    mixer.gain.mix_into(slot, &under);
+                }
+                (Some(speech), None) => *slot = speech,
+                (None, Some(under)) => mixer.gain.alone_into(slot, &under),
+                (None, None) => break,
             }
-            (Some(speech), None) => Some(speech),
-            (None, Some(under)) => {
-                let mut out = [mix::SILENCE; FRAME];
-                mixer.gain.alone_into(&mut out, &under);
-                Some(out)
+            speaking |= speech.is_some();
+            frames += 1;
+            // A mark goes right after the audio it follows: it says an utterance was heard.
+            if matches!(mixer.queue.front(), Some(Paced::Mark(_))) {
+                break;
             }
-            (None, None) => None,
-        };
-        let sent = match (&frame, speaking) {
-            (None, _) => None,
-            (Some(_), true) => Some(Sent::Speech),
-            (Some(_), false) => Some(Sent::Original),
-        };
-        if let Some(frame) = frame {
-            let message = self.media(&frame);
+        }
+        if frames > 0 {
+            let message = self.media(out[..frames].as_flattened());
             self.outbox.push(message);
         }
-        let Some(mixer) = self.mixer.as_mut() else {
-            return sent;
-        };
+        let mixer = self.mixer.as_mut()?;
         while let Some(Paced::Mark(_)) = mixer.queue.front() {
             if let Some(Paced::Mark(name)) = mixer.queue.pop_front() {
                 self.outbox.push(mark_message(&name));
             }
         }
-        sent
+        let kind = if speaking {
+            Sent::Speech
+        } else {
+            Sent::Original
+        };
+        (frames > 0).then_some((kind, frames as u32))
     }
 
-    /// This party's own voice, for the other party to hear under their translations. The
-    /// other leg's queue is looked up at most once a second until it is live.
+    /// This party's own voice, for the other party to hear under their translations, a
+    /// message's worth at a time. The other leg's queue is looked up at most once a second
+    /// until it is live.
     fn share_original(&mut self, payload: &[u8]) {
         let Some(party) = self.party.as_mut() else {
             return;
@@ -1732,13 +1751,22 @@ impl Bridge {
             return;
         };
         // Only what the other would hear is shared: silence (and line noise below
-        // audibility at the gain) costs neither leg anything (ADR 0047).
+        // audibility at the gain) costs neither leg anything (ADR 0047). Frames that complete
+        // a message already begun go whatever they hold.
         if gain.audible(payload) {
             party.quiet_frames = 0;
-        } else if party.quiet_frames >= HANGOVER_FRAMES {
+        } else if party.quiet_frames >= HANGOVER_FRAMES && party.held.is_empty() {
             return;
         } else {
-            party.quiet_frames += 1;
+            party.quiet_frames = party.quiet_frames.saturating_add(1);
+        }
+        party.held.push(mix::frame_of(payload));
+        if party.held.len() < FRAMES_PER_MESSAGE {
+            return;
+        }
+        let mut frames = [[mix::SILENCE; FRAME]; FRAMES_PER_MESSAGE];
+        for (frame, held) in frames.iter_mut().zip(party.held.drain(..)) {
+            *frame = held;
         }
         if party.peer_original.as_ref().is_none_or(|tx| tx.is_closed()) {
             if party
@@ -1751,8 +1779,9 @@ impl Bridge {
             party.peer_original = self.hub.original_for(self.call_id, party.role.other());
         }
         if let Some(peer) = &party.peer_original {
-            // A full queue means the other leg is behind: this frame is not worth waiting for.
-            let _ = peer.try_send(Outbound::Original(Box::new(mix::frame_of(payload))));
+            // A full queue means the other leg is behind: these frames are not worth waiting
+            // for.
+            let _ = peer.try_send(Outbound::Original(Box::new(frames)));
         }
     }
 

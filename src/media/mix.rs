@@ -5,6 +5,12 @@
 
 /// One Telnyx frame: 20 ms of µ-law at 8 kHz.
 pub const FRAME: usize = 160;
+/// Frames per `media` message when a party's voice is carried under the translation: 40 ms.
+/// Telnyx takes 20 ms to 30 s per message; every message costs a WebSocket write (a
+/// syscall and a JSON envelope), so two frames a message halve what ducked audio costs, for
+/// 20 ms more delay on a voice that is only there as a cue
+/// (docs/adr/0051-ducked-audio-in-40-ms-messages.md).
+pub const FRAMES_PER_MESSAGE: usize = 2;
 /// µ-law silence.
 pub const SILENCE: u8 = 0xFF;
 

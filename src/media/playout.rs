@@ -31,11 +31,13 @@ pub enum Outbound {
         seq: i32,
         name: String,
     },
-    /// A frame of the other party's own voice, to mix under what this party hears
-    /// (`original_audio` ducked or full). It shares the channel so that the bridge's loop
-    /// waits on one receiver fewer: a second channel was polled, and its waker registered,
-    /// on every turn of every leg's loop. Boxed, so the channel's slots stay small.
-    Original(Box<[u8; crate::media::mix::FRAME]>),
+    /// Frames of the other party's own voice, to mix under what this party hears
+    /// (`original_audio` ducked or full), in the order they were spoken: one message's worth
+    /// ([`crate::media::mix::FRAMES_PER_MESSAGE`]). It shares the channel so that the
+    /// bridge's loop waits on one receiver fewer: a second channel was polled, and its waker
+    /// registered, on every turn of every leg's loop. Boxed, so the channel's slots stay
+    /// small.
+    Original(Box<[[u8; crate::media::mix::FRAME]; crate::media::mix::FRAMES_PER_MESSAGE]>),
 }
 
 /// A final turn waiting to be spoken to the other party.

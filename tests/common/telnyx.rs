@@ -41,6 +41,30 @@ impl TelnyxApp {
         drain(&self.app).await
     }
 
+    /// Delivers each of Telnyx's `events` (each must be acknowledged 200), then runs the
+    /// jobs they queued.
+    pub async fn deliver_all(&self, events: &[serde_json::Value]) {
+        for event in events {
+            assert_eq!(
+                self.sim.deliver(&self.webhook_url(), event).await.unwrap(),
+                200
+            );
+        }
+        self.drain().await;
+    }
+
+    /// Telnyx's events for the leg `dial` placed (`range` of initiated, answered,
+    /// streaming.started, hangup, as `source` sees them), delivered and processed.
+    pub async fn deliver_leg(
+        &self,
+        dial: &callbridge::sim::telnyx::RecordedCommand,
+        range: std::ops::Range<usize>,
+        source: &str,
+    ) {
+        self.deliver_all(&self.sim.leg_lifecycle(dial, source)[range])
+            .await;
+    }
+
     /// Registers `number` for the session's personal organisation: the operator adds it to
     /// the platform's Telnyx account (on the app's connection), then the user claims it.
     pub async fn own_number(&self, session: &Session, number: &str) {
