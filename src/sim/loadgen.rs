@@ -214,6 +214,9 @@ pub struct Report {
     /// Whether the drain ended because everything was delivered and closed (else its limit
     /// was reached, and frames still missing are lost).
     pub drained: bool,
+    /// From every call connected to every upstream session open (`Drain::sessions_per_call`),
+    /// before the grid started.
+    pub upstream_ready_ms: u64,
     /// Latency from the due time of the frame completing a chunk to the chunk's arrival at
     /// the AssemblyAI simulator, µs: everything the generator, the path and the service
     /// added, including the generator's own lateness.
@@ -282,6 +285,11 @@ pub struct Drain {
     pub quiet: Duration,
     pub limit: Duration,
     pub open: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Upstream sessions each connected call opens when its stream starts: the grid starts
+    /// once `open()` shows them all (at the latest after `limit`), so the phase measures
+    /// calls streaming, not thousands of session handshakes in its first second. 0: start
+    /// at once.
+    pub sessions_per_call: usize,
 }
 
 impl Drain {
@@ -291,6 +299,7 @@ impl Drain {
             quiet,
             limit: quiet.max(Duration::from_secs(30)),
             open: Box::new(|| 0),
+            sessions_per_call: 0,
         }
     }
 }
@@ -379,6 +388,12 @@ pub async fn play_drained(
             None => break,
         }
     }
+    let waiting = Instant::now();
+    let sessions = drain.sessions_per_call * connected;
+    while (drain.open)() < sessions && waiting.elapsed() < drain.limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let upstream_ready_ms = waiting.elapsed().as_millis() as u64;
     // The grid starts a little ahead, so every task is waiting for its first due time.
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     ledger.grid_start_ns.store(
@@ -409,6 +424,7 @@ pub async fn play_drained(
         stale: ledger.stale.load(Ordering::Relaxed),
         drain_ms: drain_time.as_millis() as u64,
         drained,
+        upstream_ready_ms,
         latency_p50_us: quantile_u32(&mut latency, 0.5),
         latency_p99_us: quantile_u32(&mut latency, 0.99),
         latency_max_us: latency.last().copied().unwrap_or(0),

@@ -117,9 +117,15 @@ async fn consecutive_phases_drain_and_stay_apart() {
                 let sim = sim.clone();
                 move || sim.open_sessions()
             }),
+            // The relay opens a session per track when a stream starts.
+            sessions_per_call: 2,
         };
         let report =
             loadgen::play_drained(plan, ledger, |_| format!("ws://127.0.0.1:{port}/"), drain).await;
+        assert!(
+            report.upstream_ready_ms < 10_000,
+            "phase {phase}: the grid waited for sessions that never opened: {report:?}"
+        );
         assert!(report.drained, "phase {phase}: {report:?}");
         assert_eq!(report.stale, 0, "phase {phase}: {report:?}");
         report.check().expect("every frame once, nothing stale");
