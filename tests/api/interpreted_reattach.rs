@@ -9,13 +9,11 @@ use crate::common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callbridge::calls::stream_token;
-use callbridge::sim::assemblyai::AssemblyAiSim;
 use callbridge::sim::telnyx::RecordedCommand;
 use callbridge::sim::telnyx_media::{self, PlayOptions};
-use callbridge::sim::translation::{self as sim, TranslationSim, spoken_texts};
+use callbridge::sim::translation::spoken_texts;
 use common::TestApp;
-use common::telnyx::TelnyxApp;
-use reqwest::Method;
+use common::interpreted::{AnsweredCall, Vendors, place_answered, stream_url_on};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -27,18 +25,6 @@ fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64, stop: bool) -> Pl
         send_stop: stop,
         ..common::telnyx::party(url, pattern, linger_ms)
     }
-}
-
-fn local(url: &str, port: u16) -> String {
-    let token = url.rsplit('/').next().unwrap();
-    format!("ws://127.0.0.1:{port}/media/telnyx/{token}")
-}
-
-async fn deliver(t: &TelnyxApp, dial: &RecordedCommand, range: std::ops::Range<usize>) {
-    for event in &t.sim.leg_lifecycle(dial, "callee")[range] {
-        assert_eq!(t.sim.deliver(&t.webhook_url(), event).await.unwrap(), 200);
-    }
-    t.drain().await;
 }
 
 async fn media_streams(app: &TestApp, call_id: Uuid) -> Vec<(String, String, bool)> {
@@ -57,60 +43,27 @@ async fn media_streams(app: &TestApp, call_id: Uuid) -> Vec<(String, String, boo
 
 #[tokio::test]
 async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() {
-    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
-    aai.set_model_script("universal-streaming-english", "en", &[AGENT_SAYS]);
-    aai.set_model_script("universal-streaming-multilingual", "es", &[REMOTE_SAYS]);
-    let providers = TranslationSim::start(0).await.unwrap();
-    let (aai_url, base) = (aai.streaming_url(), providers.base());
-    let vendors = [
-        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-        ("DEEPL_API_KEY", sim::DEEPL_KEY),
-        ("DEEPL_API_BASE", base.as_str()),
-        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
-        ("ELEVENLABS_API_BASE", base.as_str()),
-    ];
-    let mut a = TelnyxApp::spawn_with(&vendors).await;
-    let ada = a.app.sign_in("Ada").await;
-    a.own_number(&ada, "+14155550100").await;
-    let call: Value = a
-        .app
-        .request_as(Method::POST, &ada, "/api/calls")
-        .json(&json!({
-            "from": "+14155550100",
-            "agent": {"number": "+14155550111", "language": "en"},
-            "remote": {"number": "+14155550122", "language": "es"},
-            "original_audio": "off",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
-    let leg_ids: Vec<Uuid> = call["legs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().parse().unwrap())
-        .collect();
-    let agent = a.sim.dial_of_leg("agent").unwrap();
-    deliver(&a, &agent, 0..3).await;
-    let remote = a.sim.dial_of_leg("remote").unwrap();
-    deliver(&a, &remote, 0..3).await;
+    let vendors = Vendors::start(&[AGENT_SAYS], &[REMOTE_SAYS]).await;
+    let mut a = vendors.replica().await;
+    let AnsweredCall {
+        call_id,
+        leg_ids,
+        agent,
+        remote,
+        ..
+    } = place_answered(&a, "off").await;
 
     // Both legs stream to A (silence for now, until A goes away: starting replica B can
     // take seconds on a loaded machine); A beats for each leg on its own.
     let port = a.app.port;
     let agent_on_a = tokio::spawn(telnyx_media::play(party(
-        local(agent.body["stream_url"].as_str().unwrap(), port),
+        stream_url_on(agent.body["stream_url"].as_str().unwrap(), port),
         &[(20_000, false)],
         0,
         false,
     )));
     let remote_on_a = tokio::spawn(telnyx_media::play(party(
-        local(remote.body["stream_url"].as_str().unwrap(), port),
+        stream_url_on(remote.body["stream_url"].as_str().unwrap(), port),
         &[(20_000, false)],
         0,
         false,
@@ -124,15 +77,7 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
         ["agent", "remote"]
     );
 
-    let mut env: Vec<(&str, &str)> = vendors.to_vec();
-    let (key, telnyx_base) = (a.sim.public_key_base64(), a.sim.api_base());
-    env.extend([
-        ("TELNYX_API_KEY", "sim-api-key"),
-        ("TELNYX_PUBLIC_KEY", key.as_str()),
-        ("TELNYX_CONNECTION_ID", "sim-connection"),
-        ("TELNYX_API_BASE", telnyx_base.as_str()),
-    ]);
-    let b = TestApp::spawn_on(&a.app.database, &env).await;
+    let b = vendors.second_replica(&a).await;
     assert_eq!(
         callbridge::media::reattach::sweep(&b.state).await.unwrap(),
         0,
@@ -186,13 +131,13 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
 
     // Telnyx reconnects both legs to B: the conversation goes on, each hearing the other.
     let agent_on_b = party(
-        local(agent_start.body["stream_url"].as_str().unwrap(), b.port),
+        stream_url_on(agent_start.body["stream_url"].as_str().unwrap(), b.port),
         &[(1200, true), (5800, false)],
         2500,
         true,
     );
     let remote_on_b = party(
-        local(remote_start.body["stream_url"].as_str().unwrap(), b.port),
+        stream_url_on(remote_start.body["stream_url"].as_str().unwrap(), b.port),
         &[(2500, false), (1200, true), (3300, false)],
         2500,
         true,
@@ -231,51 +176,25 @@ async fn a_two_leg_call_is_re_attached_leg_by_leg_after_its_replica_goes_away() 
 /// call control reported the hangup is over.
 #[tokio::test]
 async fn a_leg_stream_dropped_without_stop_waits_for_re_attach_unless_the_leg_hung_up() {
-    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
-    let providers = TranslationSim::start(0).await.unwrap();
-    let (aai_url, base) = (aai.streaming_url(), providers.base());
-    let vendors = [
-        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-        ("DEEPL_API_KEY", sim::DEEPL_KEY),
-        ("DEEPL_API_BASE", base.as_str()),
-        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
-        ("ELEVENLABS_API_BASE", base.as_str()),
-    ];
-    let a = TelnyxApp::spawn_with(&vendors).await;
-    let ada = a.app.sign_in("Ada").await;
-    a.own_number(&ada, "+14155550100").await;
-    let call: Value = a
-        .app
-        .request_as(Method::POST, &ada, "/api/calls")
-        .json(&json!({
-            "from": "+14155550100",
-            "agent": {"number": "+14155550111", "language": "en"},
-            "remote": {"number": "+14155550122", "language": "es"},
-            "original_audio": "ducked",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
-    let agent = a.sim.dial_of_leg("agent").unwrap();
-    deliver(&a, &agent, 0..3).await;
-    let remote = a.sim.dial_of_leg("remote").unwrap();
-    deliver(&a, &remote, 0..3).await;
+    let vendors = Vendors::start(&[], &[]).await;
+    let a = vendors.replica().await;
+    let AnsweredCall {
+        call_id,
+        agent,
+        remote,
+        ..
+    } = place_answered(&a, "ducked").await;
     let port = a.app.port;
 
     // The agent's stream drops after a second, no `stop`; the remote party's goes on.
     let remote_on_a = tokio::spawn(telnyx_media::play(party(
-        local(remote.body["stream_url"].as_str().unwrap(), port),
+        stream_url_on(remote.body["stream_url"].as_str().unwrap(), port),
         &[(6_000, false)],
         0,
         false,
     )));
     telnyx_media::play(party(
-        local(agent.body["stream_url"].as_str().unwrap(), port),
+        stream_url_on(agent.body["stream_url"].as_str().unwrap(), port),
         &[(1_000, false)],
         0,
         false,
@@ -326,7 +245,7 @@ async fn a_leg_stream_dropped_without_stop_waits_for_re_attach_unless_the_leg_hu
     assert_eq!(starts[0].body["stream_track"], "inbound_track");
 
     // The remote party hangs up; their stream then drops without `stop`: that is the end.
-    deliver(&a, &remote, 3..4).await;
+    a.deliver_leg(&remote, 3..4, "callee").await;
     let _ = remote_on_a.await;
     let ended = async {
         loop {

@@ -29,13 +29,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn deliver(t: &TelnyxApp, events: &[Value]) {
-    for event in events {
-        assert_eq!(t.sim.deliver(&t.webhook_url(), event).await.unwrap(), 200);
-    }
-    t.drain().await;
-}
-
 /// `call.recording.saved` on `dial`'s leg for a stored dual-channel WAV.
 async fn recording_saved(
     t: &TelnyxApp,
@@ -54,7 +47,7 @@ async fn recording_saved(
     );
     let payload = rec_sim::recording_saved_payload(&base, name, &link, None, "dual");
     let event = t.sim.event("call.recording.saved", payload);
-    deliver(t, &[event]).await;
+    t.deliver_all(&[event]).await;
 }
 
 #[tokio::test]
@@ -97,9 +90,9 @@ async fn each_leg_is_its_own_recording_with_its_own_transcript_and_agreement() {
 
     // Both legs are dialed recording from answer, dual-channel.
     let agent = t.sim.dial_of_leg("agent").unwrap();
-    deliver(&t, &t.sim.leg_lifecycle(&agent, "caller")[0..3]).await;
+    t.deliver_leg(&agent, 0..3, "caller").await;
     let remote = t.sim.dial_of_leg("remote").unwrap();
-    deliver(&t, &t.sim.leg_lifecycle(&remote, "callee")[0..3]).await;
+    t.deliver_leg(&remote, 0..3, "callee").await;
     for dial in [&agent, &remote] {
         assert_eq!(dial.body["record"], "record-from-answer", "{}", dial.body);
         assert_eq!(dial.body["record_channels"], "dual");

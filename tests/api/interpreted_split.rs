@@ -9,13 +9,10 @@ use crate::common;
 
 use std::time::Duration;
 
-use callbridge::sim::assemblyai::AssemblyAiSim;
-use callbridge::sim::telnyx::RecordedCommand;
 use callbridge::sim::telnyx_media::{self, PlayOptions};
-use callbridge::sim::translation::{self as sim, TranslationSim, spoken_texts};
+use callbridge::sim::translation::spoken_texts;
 use common::TestApp;
-use common::telnyx::TelnyxApp;
-use reqwest::Method;
+use common::interpreted::{AnsweredCall, Vendors, place_answered, stream_url_on};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -28,25 +25,12 @@ const AGENT_SAYS: [&str; 4] = [
 ];
 const REMOTE_SAYS: [&str; 2] = ["hola, necesito una cita", "muy bien, gracias"];
 
+/// One party's stream, ended with Telnyx's `stop`.
 fn party(url: String, pattern: &[(u64, bool)], linger_ms: u64) -> PlayOptions {
-    let mut options = PlayOptions::new(url, telnyx_media::speech_like(pattern));
-    options.inbound_only = true;
-    options.realtime = true;
-    options.linger = Duration::from_millis(linger_ms);
-    options.send_stop = true;
-    options
-}
-
-fn local(url: &str, port: u16) -> String {
-    let token = url.rsplit('/').next().unwrap();
-    format!("ws://127.0.0.1:{port}/media/telnyx/{token}")
-}
-
-async fn deliver(t: &TelnyxApp, dial: &RecordedCommand) {
-    for event in &t.sim.leg_lifecycle(dial, "callee")[0..3] {
-        assert_eq!(t.sim.deliver(&t.webhook_url(), event).await.unwrap(), 200);
+    PlayOptions {
+        send_stop: true,
+        ..common::telnyx::party(url, pattern, linger_ms)
     }
-    t.drain().await;
 }
 
 /// The party's stored turns, in order: what the other party must hear, each once.
@@ -66,57 +50,20 @@ async fn turns(app: &TestApp, call_id: Uuid, track: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn legs_on_two_replicas_hear_each_other_in_order_exactly_once_across_a_re_attach() {
-    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
-    aai.set_model_script("universal-streaming-english", "en", &AGENT_SAYS);
-    aai.set_model_script("universal-streaming-multilingual", "es", &REMOTE_SAYS);
-    let providers = TranslationSim::start(0).await.unwrap();
-    let (aai_url, base) = (aai.streaming_url(), providers.base());
-    let vendors = [
-        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-        ("DEEPL_API_KEY", sim::DEEPL_KEY),
-        ("DEEPL_API_BASE", base.as_str()),
-        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
-        ("ELEVENLABS_API_BASE", base.as_str()),
-    ];
-    let a = TelnyxApp::spawn_with(&vendors).await;
-    let mut env: Vec<(&str, &str)> = vendors.to_vec();
-    let (key, telnyx_base) = (a.sim.public_key_base64(), a.sim.api_base());
-    env.extend([
-        ("TELNYX_API_KEY", "sim-api-key"),
-        ("TELNYX_PUBLIC_KEY", key.as_str()),
-        ("TELNYX_CONNECTION_ID", "sim-connection"),
-        ("TELNYX_API_BASE", telnyx_base.as_str()),
-    ]);
-    let mut b = TestApp::spawn_on(&a.app.database, &env).await;
-
-    let ada = a.app.sign_in("Ada").await;
-    a.own_number(&ada, "+14155550100").await;
-    let call: Value = a
-        .app
-        .request_as(Method::POST, &ada, "/api/calls")
-        .json(&json!({
-            "from": "+14155550100",
-            "agent": {"number": "+14155550111", "language": "en"},
-            "remote": {"number": "+14155550122", "language": "es"},
-            "original_audio": "off",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
-    let agent = a.sim.dial_of_leg("agent").unwrap();
-    deliver(&a, &agent).await;
-    let remote = a.sim.dial_of_leg("remote").unwrap();
-    deliver(&a, &remote).await;
+    let vendors = Vendors::start(&AGENT_SAYS, &REMOTE_SAYS).await;
+    let a = vendors.replica().await;
+    let mut b = vendors.second_replica(&a).await;
+    let AnsweredCall {
+        call_id,
+        agent,
+        remote,
+        ..
+    } = place_answered(&a, "off").await;
 
     // t = 0: the agent's stream reaches A, the remote party's B. They take turns.
     let t0 = Instant::now();
     let agent_on_a = tokio::spawn(telnyx_media::play(party(
-        local(agent.body["stream_url"].as_str().unwrap(), a.app.port),
+        stream_url_on(agent.body["stream_url"].as_str().unwrap(), a.app.port),
         &[
             (300, false),
             (1200, true), // 0.3 s: turn 0, handed to B
@@ -140,7 +87,7 @@ async fn legs_on_two_replicas_hear_each_other_in_order_exactly_once_across_a_re_
         (14_900, false),
     ];
     let remote_on_b = tokio::spawn(telnyx_media::play(party(
-        local(remote.body["stream_url"].as_str().unwrap(), b.port),
+        stream_url_on(remote.body["stream_url"].as_str().unwrap(), b.port),
         &remote_pattern,
         0,
     )));
@@ -166,7 +113,7 @@ async fn legs_on_two_replicas_hear_each_other_in_order_exactly_once_across_a_re_
         .find(|s| s.call_control_id == remote.call_control_id)
         .expect("the remote leg's stream is restarted");
     let mut remote_on_a = party(
-        local(start.body["stream_url"].as_str().unwrap(), a.app.port),
+        stream_url_on(start.body["stream_url"].as_str().unwrap(), a.app.port),
         &remote_pattern,
         4000,
     );
@@ -266,52 +213,24 @@ async fn legs_on_two_replicas_hear_each_other_in_order_exactly_once_across_a_re_
 /// stream continues from) and leaves its stream `detached` for another replica.
 #[tokio::test]
 async fn shutdown_flushes_both_legs_unfinished_turns() {
-    let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
-    aai.set_model_script("universal-streaming-english", "en", &AGENT_SAYS);
-    aai.set_model_script("universal-streaming-multilingual", "es", &REMOTE_SAYS);
-    let providers = TranslationSim::start(0).await.unwrap();
-    let (aai_url, base) = (aai.streaming_url(), providers.base());
-    let mut a = TelnyxApp::spawn_with(&[
-        ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
-        ("ASSEMBLYAI_STREAMING_URL", aai_url.as_str()),
-        ("DEEPL_API_KEY", sim::DEEPL_KEY),
-        ("DEEPL_API_BASE", base.as_str()),
-        ("ELEVENLABS_API_KEY", sim::ELEVENLABS_KEY),
-        ("ELEVENLABS_API_BASE", base.as_str()),
-    ])
-    .await;
-    let ada = a.app.sign_in("Ada").await;
-    a.own_number(&ada, "+14155550100").await;
-    let call: Value = a
-        .app
-        .request_as(Method::POST, &ada, "/api/calls")
-        .json(&json!({
-            "from": "+14155550100",
-            "agent": {"number": "+14155550111", "language": "en"},
-            "remote": {"number": "+14155550122", "language": "es"},
-            "original_audio": "ducked",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let call_id: Uuid = call["id"].as_str().unwrap().parse().unwrap();
-    let agent = a.sim.dial_of_leg("agent").unwrap();
-    deliver(&a, &agent).await;
-    let remote = a.sim.dial_of_leg("remote").unwrap();
-    deliver(&a, &remote).await;
+    let vendors = Vendors::start(&AGENT_SAYS, &REMOTE_SAYS).await;
+    let mut a = vendors.replica().await;
+    let AnsweredCall {
+        call_id,
+        agent,
+        remote,
+        ..
+    } = place_answered(&a, "ducked").await;
 
     let port = a.app.port;
     let mut agent_stream = party(
-        local(agent.body["stream_url"].as_str().unwrap(), port),
+        stream_url_on(agent.body["stream_url"].as_str().unwrap(), port),
         &[(3000, true), (2000, false)],
         0,
     );
     agent_stream.send_stop = false;
     let mut remote_stream = party(
-        local(remote.body["stream_url"].as_str().unwrap(), port),
+        stream_url_on(remote.body["stream_url"].as_str().unwrap(), port),
         &[(500, false), (3000, true), (1500, false)],
         0,
     );
@@ -366,7 +285,7 @@ async fn shutdown_flushes_both_legs_unfinished_turns() {
             "{track}: where its stream stopped, at SIGTERM: {end_ms}"
         );
     }
-    let sessions = aai.sessions();
+    let sessions = vendors.aai.sessions();
     assert_eq!(sessions.len(), 2, "one session per leg");
     assert!(sessions.iter().all(|s| s.terminated_by_client));
     let streams: Vec<(String, String)> = a

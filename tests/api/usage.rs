@@ -115,16 +115,7 @@ impl It {
     }
 
     async fn deliver(&self, dial: &RecordedCommand, range: std::ops::Range<usize>, source: &str) {
-        for event in &self.t.sim.leg_lifecycle(dial, source)[range] {
-            let status = self
-                .t
-                .sim
-                .deliver(&self.t.webhook_url(), event)
-                .await
-                .unwrap();
-            assert_eq!(status, 200);
-        }
-        self.t.drain().await;
+        self.t.deliver_leg(dial, range, source).await;
     }
 
     fn dial_of(&self, leg: &str) -> RecordedCommand {

@@ -6,6 +6,8 @@
 
 pub mod authjs;
 pub mod edge;
+#[cfg(feature = "sim")]
+pub mod interpreted;
 pub mod pg_wire;
 #[cfg(feature = "sim")]
 pub mod soak;
