@@ -101,7 +101,10 @@ impl Clock {
 struct Heard {
     /// (when, text) of each translated clip's first frame.
     clips: Vec<(u64, String)>,
+    /// Audio received, in 20 ms frames (a `media` message may hold several).
     frames: usize,
+    /// `media` messages received.
+    messages: usize,
     /// How late the client sent its frames behind their due time, ns.
     lag: Vec<u64>,
 }
@@ -156,9 +159,6 @@ async fn play_leg(url: String, frames: Arc<Slots>, clock: Arc<Clock>, due: Insta
                 continue;
             };
             if text.contains(r#""event":"media""#) {
-                heard.frames += 1;
-                played_until = played_until.max(tokio::time::Instant::now())
-                    + Duration::from_millis(FRAME_BYTES as u64 / 8);
                 let at = reader_clock.ns();
                 let Some(payload) = text
                     .split(r#""payload":""#)
@@ -167,6 +167,13 @@ async fn play_leg(url: String, frames: Arc<Slots>, clock: Arc<Clock>, due: Insta
                 else {
                     continue;
                 };
+                // µ-law at 8 kHz: a byte a sample, 8 bytes a millisecond.
+                let bytes = payload.len() / 4 * 3
+                    - payload.bytes().rev().take_while(|&b| b == b'=').count();
+                heard.messages += 1;
+                heard.frames += bytes.div_ceil(FRAME_BYTES);
+                played_until = played_until.max(tokio::time::Instant::now())
+                    + Duration::from_millis(bytes as u64 / 8);
                 if payload.starts_with(CLIP_START)
                     && let Ok(bytes) = STANDARD.decode(payload)
                     && let Some(said) = spoken_texts(&bytes).into_iter().next()
@@ -524,6 +531,7 @@ struct Checked {
     latency: Vec<u64>,
     lag: Vec<u64>,
     frames: usize,
+    messages: usize,
     failures: Vec<String>,
     turns: usize,
     utterances: usize,
@@ -651,6 +659,7 @@ async fn check(
             .flat_map(|h| h.lag.iter().copied())
             .collect(),
         frames: phase.heard.values().map(|h| h.frames).sum(),
+        messages: phase.heard.values().map(|h| h.messages).sum(),
         failures,
         turns: turns as usize,
         utterances: rows.len(),
@@ -827,6 +836,10 @@ async fn run(pinned: bool) -> bool {
     } else {
         0.0
     };
+    let extra_messages: i64 = pairs
+        .iter()
+        .map(|&(off, ducked)| checked[ducked].messages as i64 - checked[off].messages as i64)
+        .sum();
     let placement = if pinned {
         "pinned: clients and simulators on CPU 1, the service on CPU 0, PostgreSQL unpinned"
     } else {
@@ -836,13 +849,13 @@ async fn run(pinned: bool) -> bool {
         "\nInterpreted calls: {rounds} round(s), each running {calls} calls of every kind ({phases}) at once, each kind on a service of its own; the same conversation in every call (both parties speaking in real time, both directions translated); simulators answer at once; one machine, {placement}\n"
     );
     println!(
-        "| phase | turns | p50 | p95 | p99 | max | client lag p99 | CPU per call (kernel) | RSS per call | frames to clients | wall |"
+        "| phase | turns | p50 | p95 | p99 | max | client lag p99 | CPU per call (kernel) | RSS per call | audio to clients, 20 ms frames (messages) | wall |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, (phase, checked)) in done.iter().zip(&checked).enumerate() {
         let (mut latency, mut lag) = (checked.latency.clone(), checked.lag.clone());
         println!(
-            "| {} (round {}) | {} of {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.1} ms ({:.0} %) | {:.0} KiB | {} | {:.1?} |",
+            "| {} (round {}) | {} of {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.1} ms ({:.0} %) | {:.0} KiB | {} ({}) | {:.1?} |",
             phase.kind.label(),
             i / kinds.len().max(1) + 1,
             checked.latency.len(),
@@ -856,6 +869,7 @@ async fn run(pinned: bool) -> bool {
             phase.system_seconds / phase.cpu_seconds.max(1e-9) * 100.0,
             phase.rss_kib_per_call,
             checked.frames,
+            checked.messages,
             phase.wall,
         );
     }
@@ -865,7 +879,7 @@ async fn run(pinned: bool) -> bool {
         .collect::<Vec<_>>()
         .join(", ");
     println!(
-        "\nducked original audio: {mixing_share:+.1} % CPU per call (rounds: {pair_list}; goal < 10 %), {mix_us_per_frame:.2} µs per extra frame mixed, paced and sent ({extra_frames} frames)"
+        "\nducked original audio: {mixing_share:+.1} % CPU per call (rounds: {pair_list}; goal < 10 %), {mix_us_per_frame:.2} µs per extra 20 ms frame mixed, paced and sent ({extra_frames} frames in {extra_messages} more messages)"
     );
 
     let failures: Vec<String> = checked
@@ -948,6 +962,10 @@ async fn run(pinned: bool) -> bool {
             &format!("{label}_frames_to_clients"),
             runs.iter().map(|c| c.frames).sum::<usize>(),
         );
+        result.set(
+            &format!("{label}_messages_to_clients"),
+            runs.iter().map(|c| c.messages).sum::<usize>(),
+        );
         result.set(&format!("{label}_cpu_ms_per_call"), cpu_ms(kind));
         result.set(&format!("{label}_rss_kib_per_call"), rss_kib(kind));
         result.set(
@@ -966,6 +984,7 @@ async fn run(pinned: bool) -> bool {
     result.set("rounds", rounds);
     result.set("ducked_cpu_us_per_extra_frame", mix_us_per_frame);
     result.set("ducked_extra_frames", extra_frames);
+    result.set("ducked_extra_messages", extra_messages);
     result.row(
         &format!("{latency_calls} interpreted calls alone, ducked: end of turn → first translated frame on the other leg, p99 (client lag p99)"),
         format!(
@@ -994,8 +1013,8 @@ async fn run(pinned: bool) -> bool {
         "",
     );
     result.row(
-        "ducked original audio: extra CPU per call (each round's off and ducked, at once); per extra frame (mix + pace + send)",
-        format!("{mixing_share:+.1} % (rounds {pair_list}); {mix_us_per_frame:.2} µs"),
+        "ducked original audio: extra CPU per call (each round's off and ducked, at once); per extra 20 ms frame of audio (mix + pace + send); extra messages",
+        format!("{mixing_share:+.1} % (rounds {pair_list}); {mix_us_per_frame:.2} µs; {extra_frames} frames in {extra_messages} messages"),
         String::new(),
         "< 10 %",
     );
