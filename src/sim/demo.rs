@@ -66,7 +66,8 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let authed = |request: reqwest::RequestBuilder| request.bearer_auth(&token);
     // The operator put +14155550100 in the platform's Telnyx pool; the user claims it and,
-    // as owner, allows calls to Germany (by default only the numbers' own country).
+    // as owner, allows calls to Spain, where the remote party is (by default only the
+    // numbers' own country: the toll-fraud guard answers 403 to anything else).
     carrier.hold_number("+14155550100", Some("demo-connection"));
     authed(http.post(format!("{base}/api/phone-numbers")))
         .json(&json!({"number": "+14155550100"}))
@@ -84,7 +85,7 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     authed(http.put(format!("{base}/api/orgs/{org}/dialing-policy")))
-        .json(&json!({"allowed_countries": ["US", "DE"], "min_role": "member"}))
+        .json(&json!({"allowed_countries": ["US", "ES"], "min_role": "member"}))
         .send()
         .await?
         .error_for_status()?;
@@ -217,7 +218,48 @@ pub async fn run(admin_url: &str) -> anyhow::Result<()> {
     admin
         .batch_execute(&format!("drop database {database} with (force)"))
         .await?;
-    Ok(())
+    whole(&detail, &transcript)
+}
+
+/// The demo fails unless the call went as scripted: it ended, each party's two turns were
+/// translated and played to the other, and the remote party's language was detected.
+fn whole(detail: &serde_json::Value, transcript: &serde_json::Value) -> anyhow::Result<()> {
+    let turns = transcript["conversation"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let played = |speaker: &str| {
+        turns
+            .iter()
+            .filter(|t| t["speaker"] == speaker && t["playout"] == "played")
+            .count()
+    };
+    let mut wrong = Vec::new();
+    if detail["status"] != "ended" {
+        wrong.push(format!("the call is {}, not ended", detail["status"]));
+    }
+    for speaker in ["agent", "remote"] {
+        if played(speaker) != 2 {
+            wrong.push(format!(
+                "{} of the {speaker}'s 2 turns were translated and played",
+                played(speaker)
+            ));
+        }
+    }
+    if detail["legs"][1]["detected_language"] != "es" {
+        wrong.push(format!(
+            "the remote party's language was detected as {}",
+            detail["legs"][1]["detected_language"]
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "the demo call went wrong: {}",
+            wrong.join("; ")
+        ))
+    }
 }
 
 /// Polls until `probe` finds something (a webhook's job runs in the worker).

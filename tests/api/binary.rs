@@ -621,3 +621,28 @@ async fn make_dev_takes_a_simulated_call_through_its_whole_life() {
     drop(db);
     common::drop_database_blocking(&database);
 }
+
+/// `make demo` as a newcomer runs it: the binary's `demo` role places one interpreted call
+/// through the real API against the simulators and fails unless the conversation came out
+/// whole (the call ended, each party's turns translated and played to the other, the remote
+/// party's language detected). It once answered 403: the demo's dialing policy allowed a
+/// country the remote party was not in.
+#[cfg(feature = "sim")]
+#[test]
+fn make_demo_runs_one_interpreted_call_end_to_end() {
+    let output = base_command()
+        .args(["demo", "--database-url", &common::admin_database_url()])
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("agent → remote"), "{stdout}");
+    assert!(
+        stdout.contains("· legs: agent ended (en), remote ended (es)"),
+        "{stdout}"
+    );
+}
