@@ -324,6 +324,9 @@ async fn run(pinned: bool) -> bool {
     let scratch = ScratchDatabase::create().await;
     let db_url = scratch.url.clone();
     let sim = AssemblyAiSim::start("bench-aai-key", 0).await.unwrap();
+    // The generator's audio never pauses, so every track's turn would end at the same moment
+    // every 4 s; spread, the same turns arrive as independent conversations' do.
+    sim.spread_turn_ends();
     // The service reaches PostgreSQL through the wire reader, which sorts its statements by
     // cause; the meter and the bench's own connections go direct.
     let pg_address = format!(

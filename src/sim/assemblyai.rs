@@ -77,6 +77,10 @@ pub struct AssemblyAiSim {
     record_chunks: Arc<std::sync::atomic::AtomicBool>,
     /// Sessions upgraded and not yet ended (benchmarks wait for 0 between phases).
     open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether each session's first turn is cut at a length of its own (see
+    /// [`AssemblyAiSim::spread_turn_ends`]), and how many sessions have begun.
+    spread_turns: Arc<std::sync::atomic::AtomicBool>,
+    begun: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts a session as open from its upgrade until it ends (or the upgrade is abandoned).
@@ -130,6 +134,8 @@ impl AssemblyAiSim {
             turn_probe: Arc::new(Mutex::new(None)),
             record_chunks: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             open: Arc::default(),
+            spread_turns: Arc::default(),
+            begun: Arc::default(),
         };
         let router = Router::new()
             .route("/v3/ws", get(upgrade))
@@ -168,6 +174,16 @@ impl AssemblyAiSim {
         *self.probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
         self.record_chunks
             .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Benchmarks whose audio never pauses: each session's first turn is cut after a length
+    /// of its own between 0 and `max_turn_ms` (evenly spread over the sessions), the next
+    /// ones after `max_turn_ms` as usual. Without it every session that started within the
+    /// same 20 ms ends its turns within the same 20 ms, every 4 s: a burst of thousands of
+    /// finals no real set of conversations produces. The number of turns stays the same.
+    pub fn spread_turn_ends(&self) {
+        self.spread_turns
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sessions open now (upgraded, not yet ended): 0 once every client has closed its
@@ -414,6 +430,13 @@ async fn session(
         return;
     }
     let (script, detected) = script_for(&sim, &params, &session_id);
+    let ordinal = sim.begun.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // A step coprime with 4,000 walks every length before repeating one.
+    let turn_limit_ms = if sim.spread_turns.load(std::sync::atomic::Ordering::Relaxed) {
+        1 + ordinal.wrapping_mul(2_473) % sim.max_turn_ms
+    } else {
+        sim.max_turn_ms
+    };
     let mut session = Session {
         sim,
         socket,
@@ -425,6 +448,7 @@ async fn session(
         detected,
         started,
         turn: TurnState::default(),
+        turn_limit_ms,
         audio_ms: 0,
         chunks: 0,
     };
@@ -544,6 +568,9 @@ struct Session {
     detected: Option<String>,
     started: Instant,
     turn: TurnState,
+    /// Speech after which the current turn ends without a pause: `max_turn_ms`, or for a
+    /// spread session's first turn a length of its own.
+    turn_limit_ms: u64,
     audio_ms: u64,
     chunks: usize,
 }
@@ -631,7 +658,7 @@ impl Session {
     async fn report_turn(&mut self) -> Next {
         let line = self.line().to_owned();
         let total_words = line.split_whitespace().count();
-        let ends = self.turn.silence_ms >= 400 || self.turn.speech_ms >= self.sim.max_turn_ms;
+        let ends = self.turn.silence_ms >= 400 || self.turn.speech_ms >= self.turn_limit_ms;
         let shown = if ends {
             total_words
         } else {
@@ -674,6 +701,7 @@ impl Session {
                 order: self.turn.order + 1,
                 ..TurnState::default()
             };
+            self.turn_limit_ms = self.sim.max_turn_ms;
         }
         Next::Continue
     }
