@@ -29,6 +29,7 @@ pub struct CallEvent {
     pub seq: i64,
     pub kind: String,
     pub data: serde_json::Value,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub occurred_at: DateTime<Utc>,
 }
 

@@ -31,6 +31,7 @@ pub mod state;
 pub mod storage;
 pub mod strangler;
 pub mod telemetry;
+pub mod timestamps;
 pub mod tls;
 pub mod transcripts;
 pub mod translate;

@@ -68,6 +68,7 @@ pub struct Member {
     pub name: Option<String>,
     pub email: Option<String>,
     pub role: Role,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub joined_at: DateTime<Utc>,
 }
 

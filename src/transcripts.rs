@@ -32,7 +32,9 @@ pub struct PostCallTranscript {
     pub language_code: Option<String>,
     pub audio_duration_ms: Option<i64>,
     pub error: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub submitted_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub completed_at: Option<DateTime<Utc>>,
 }
 

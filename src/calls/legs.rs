@@ -80,8 +80,11 @@ pub struct Leg {
     pub sip_hangup_cause: Option<String>,
     /// Why the leg failed or was never dialed.
     pub failure_reason: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub initiated_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub answered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub ended_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub call_id: CallId,

@@ -93,7 +93,9 @@ pub struct Line {
     pub record: bool,
     /// What callers hear, per caller language, as translated when the line was saved.
     pub prompts: Vec<Prompt>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -88,9 +88,13 @@ pub struct Call {
     pub hangup_source: Option<String>,
     pub sip_hangup_cause: Option<String>,
     pub failure_reason: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub initiated_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub answered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub ended_at: Option<DateTime<Utc>>,
     /// Two legs (agent and remote), each hearing the other translated; false for a one-leg
     /// call, where translations play back into the one leg.
@@ -625,6 +629,7 @@ pub struct PhoneNumber {
     /// `account` (held by the platform's Telnyx account and assigned to this organisation),
     /// `order` (bought for it) or `legacy` (registered before numbers came from Telnyx).
     pub source: String,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -84,6 +84,7 @@ pub struct SessionReport {
     /// The revocation delay: how long a deleted session may keep working.
     pub cache_ttl_secs: u64,
     pub user: Option<User>,
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub session_expires: Option<DateTime<Utc>>,
     pub organisations: Vec<Membership>,
 }

@@ -17,6 +17,7 @@ use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionInfo {
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub expires: DateTime<Utc>,
     pub source: CredentialSource,
 }

@@ -288,6 +288,7 @@ pub struct UploadUrl {
     pub method: &'static str,
     #[schema(value_type = Object)]
     pub headers: serde_json::Map<String, Value>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -459,6 +460,7 @@ pub struct Download {
     pub version: i32,
     /// Presigned GET, valid until `expires_at` (at most 5 minutes).
     pub url: String,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 

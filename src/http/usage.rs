@@ -54,7 +54,9 @@ pub struct UsageQuery {
 /// The organisation's usage over a period.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageReport {
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub from: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub to: DateTime<Utc>,
     pub group_by: Grouping,
     /// One line per group, vendor and unit, priced at the rate of each day.

@@ -105,6 +105,7 @@ pub struct HandOver {
     /// The party who said it (their `transcript_turns.track`).
     pub speaker: String,
     pub turn_index: i32,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub end_of_turn_at: DateTime<Utc>,
 }
 

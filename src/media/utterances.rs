@@ -34,6 +34,7 @@ pub struct Utterance {
     /// Roughly how far into the audio the listener cut in.
     pub cut_at_ms: Option<i32>,
     pub error: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub end_of_turn_at: DateTime<Utc>,
     /// End of turn → translation done.
     pub translate_ms: Option<f64>,
@@ -128,6 +129,7 @@ pub struct ConversationTurn {
     /// The speaker's turn number (with `speaker`, names the entry in `live`).
     pub turn_index: i32,
     /// When the turn ended (was transcribed in full): the conversation's order.
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub ended_at: DateTime<Utc>,
     /// The language spoken: detected per turn for an `auto` party, else the party's.
     pub language: Option<String>,

@@ -41,7 +41,9 @@ pub struct Invitation {
     pub role: Role,
     /// User id of the admin or owner who invited.
     pub invited_by: String,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 
@@ -55,7 +57,9 @@ pub struct IssuedInvitation {
     pub email: String,
     pub role: Role,
     pub invited_by: String,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub expires_at: DateTime<Utc>,
     /// Proves the invitee received the email: `POST /api/invitations/{id}/accept` takes it
     /// from an account whose email matches but is not verified. 43 URL-safe characters.
@@ -70,6 +74,7 @@ pub struct ReceivedInvitation {
     pub organisation_id: OrgId,
     pub organisation_name: String,
     pub role: Role,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub expires_at: DateTime<Utc>,
 }
 

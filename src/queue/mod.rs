@@ -53,6 +53,7 @@ pub struct NewJob {
     pub dedupe_key: Option<String>,
     /// Not before this instant (default: now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::timestamps::option::serialize")]
     pub run_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<i32>,

@@ -29,6 +29,7 @@ pub struct RecordingVersion {
     pub size_bytes: i64,
     /// Hex SHA-256 of the stored bytes.
     pub sha256: String,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub stored_at: DateTime<Utc>,
 }
 
@@ -47,6 +48,7 @@ pub struct Recording {
     /// that party's voice on channel 1, what they heard on channel 2. `null` for a one-leg
     /// call's recording and for uploads.
     pub leg: Option<String>,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
     /// Stored versions, oldest first; the last is the current one.
     pub versions: Vec<RecordingVersion>,
