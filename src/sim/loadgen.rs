@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -347,68 +347,36 @@ pub async fn play_drained(
     url: impl Fn(usize) -> String,
     drain: Drain,
 ) -> Report {
-    let (start_tx, start_rx) = tokio::sync::watch::channel(None::<tokio::time::Instant>);
     let connect_slots = Arc::new(tokio::sync::Semaphore::new(64));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(plan.calls.max(1));
-    let mut tasks = Vec::with_capacity(plan.calls);
-    let tag = ledger.tag;
-    for call in 0..plan.calls {
-        let (url, mut start_rx, slots, ready) = (
-            url(call),
-            start_rx.clone(),
-            connect_slots.clone(),
-            ready_tx.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let socket = {
+    let connecting: Vec<_> = (0..plan.calls)
+        .map(|call| {
+            let (url, slots) = (url(call), connect_slots.clone());
+            tokio::spawn(async move {
                 let _slot = slots.acquire().await;
                 connect(&url).await
-            };
-            let _ = ready.send(socket.is_some()).await;
-            drop(ready);
-            let Some(socket) = socket else {
-                return (0, Vec::new());
-            };
-            let Some(start) = start_rx
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|s| *s)
-            else {
-                return (0, Vec::new());
-            };
-            stream_call(plan, call, socket, start, tag).await
-        }));
-    }
-    drop(ready_tx);
-    let mut connected = 0;
-    for _ in 0..plan.calls {
-        match ready_rx.recv().await {
-            Some(ok) => connected += usize::from(ok),
-            None => break,
+            })
+        })
+        .collect();
+    let mut sockets = Vec::with_capacity(plan.calls);
+    for (call, task) in connecting.into_iter().enumerate() {
+        if let Ok(Some(socket)) = task.await {
+            sockets.push((call, socket));
         }
     }
+    let connected = sockets.len();
     let waiting = Instant::now();
     let sessions = drain.sessions_per_call * connected;
     while (drain.open)() < sessions && waiting.elapsed() < drain.limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let upstream_ready_ms = waiting.elapsed().as_millis() as u64;
-    // The grid starts a little ahead, so every task is waiting for its first due time.
+    // The grid starts a little ahead, so the sender is waiting for its first due time.
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     ledger.grid_start_ns.store(
         (start.into_std() - ledger.origin).as_nanos() as u64,
         Ordering::Relaxed,
     );
-    let _ = start_tx.send(Some(start));
-    let mut frames_sent = 0;
-    let mut lag = Vec::with_capacity(plan.calls * plan.frames);
-    for task in tasks {
-        if let Ok((sent, lags)) = task.await {
-            frames_sent += sent;
-            lag.extend(lags);
-        }
-    }
+    let (frames_sent, mut lag) = stream_all(plan, sockets, start, ledger.tag).await;
     let (drained, drain_time) = wait_drained(&ledger, &drain).await;
     let (lost, doubled) = ledger.lost_and_doubled();
     let mut latency =
@@ -444,68 +412,120 @@ async fn connect(url: &str) -> Option<Socket> {
     Some(socket)
 }
 
-/// One call: both tracks, a frame each per 20 ms slot, each slot due on the grid whatever
-/// happened to the previous one. Returns the frames sent and the lag of each slot (µs).
-async fn stream_call(
-    plan: Plan,
+/// One call's side of the grid: its write half, and whether the last flush is still under
+/// way (its bytes wait in the socket's buffer and go with the next flush).
+struct Stream {
     call: usize,
-    socket: Socket,
+    tx: futures_util::stream::SplitSink<Socket, Message>,
+    reader: tokio::task::JoinHandle<()>,
+    open: bool,
+}
+
+/// Every connected call, both tracks, a frame each per 20 ms slot, each slot due on the grid
+/// whatever happened to the previous one. One task sends for all calls in due order and
+/// sleeps only when it is ahead of the next due time: a timer and a task wake-up per call
+/// and slot (50,000 a second at 1,000 calls) cost the generator's core more than the
+/// sending, and made the generator the ceiling (docs/BENCHMARKS.md). A flush the socket
+/// cannot take at once is left to finish with the call's next one rather than waited for,
+/// so a call whose socket is full does not hold up the others; a frame is never skipped.
+/// Returns the frames sent and the lag of each call's slot (µs).
+async fn stream_all(
+    plan: Plan,
+    sockets: Vec<(usize, Socket)>,
     start: tokio::time::Instant,
     tag: u64,
 ) -> (usize, Vec<u32>) {
-    let (mut tx, mut rx) = socket.split();
-    // The service may send marks or clears; read them so its writes never block.
-    let reader = tokio::spawn(async move { while rx.next().await.is_some() {} });
-    let phase = FRAME_PERIOD * call as u32 / plan.calls.max(1) as u32;
+    let mut streams: Vec<Stream> = sockets
+        .into_iter()
+        .map(|(call, socket)| {
+            let (tx, mut rx) = socket.split();
+            // The service may send marks or clears; read them so its writes never block.
+            let reader = tokio::spawn(async move { while rx.next().await.is_some() {} });
+            Stream {
+                call,
+                tx,
+                reader,
+                open: true,
+            }
+        })
+        .collect();
     let mut sent = 0;
-    let mut lags = Vec::with_capacity(plan.frames);
+    let mut lags = Vec::with_capacity(streams.len() * plan.frames);
     let mut payload = [0x55u8; FRAME_BYTES];
     payload[8..16].copy_from_slice(&tag.to_le_bytes());
     let mut encoded = String::with_capacity(FRAME_BYTES * 4 / 3 + 4);
-    'grid: for chunk in 0..plan.frames {
-        let due = start + phase + FRAME_PERIOD * chunk as u32;
-        tokio::time::sleep_until(due).await;
-        lags.push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-        for (track_index, track) in ["inbound", "outbound"].into_iter().enumerate() {
-            let id = plan.frame_id(call, chunk, track_index);
-            let copies = match plan.fault {
-                Fault::DropFrame(dropped) if dropped == id => 0,
-                Fault::DuplicateFrame(doubled) if doubled == id => 2,
-                _ => 1,
-            };
-            payload[..8].copy_from_slice(&id.to_le_bytes());
-            encoded.clear();
-            STANDARD.encode_string(payload, &mut encoded);
-            let sequence = chunk + 2;
-            let frame = format!(
-                r#"{{"event":"media","sequence_number":"{sequence}","stream_id":"bench","media":{{"track":"{track}","chunk":"{}","timestamp":"{}","payload":"{encoded}"}}}}"#,
-                chunk + 1,
-                (chunk + 1) * 20,
-            );
-            if copies == 2 && tx.feed(Message::Text(frame.clone().into())).await.is_ok() {
-                sent += 1;
+    // Calls sent for at most in a row before the sender lets other tasks run.
+    const YIELD_EVERY: usize = 8;
+    let mut unyielded = 0;
+    for chunk in 0..plan.frames {
+        for stream in streams.iter_mut().filter(|s| s.open) {
+            let call = stream.call;
+            let phase = FRAME_PERIOD * call as u32 / plan.calls.max(1) as u32;
+            let due = start + phase + FRAME_PERIOD * chunk as u32;
+            if tokio::time::Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+                unyielded = 0;
+            } else if unyielded == YIELD_EVERY {
+                // Behind the grid: let the other tasks of this runtime (the simulator
+                // timestamping what arrives) run, or arrivals would queue behind the sender.
+                tokio::task::yield_now().await;
+                unyielded = 0;
             }
-            if copies > 0 {
-                if tx.feed(Message::Text(frame.into())).await.is_err() {
-                    break 'grid;
+            unyielded += 1;
+            lags.push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            for (track_index, track) in ["inbound", "outbound"].into_iter().enumerate() {
+                let id = plan.frame_id(call, chunk, track_index);
+                let copies = match plan.fault {
+                    Fault::DropFrame(dropped) if dropped == id => 0,
+                    Fault::DuplicateFrame(doubled) if doubled == id => 2,
+                    _ => 1,
+                };
+                payload[..8].copy_from_slice(&id.to_le_bytes());
+                encoded.clear();
+                STANDARD.encode_string(payload, &mut encoded);
+                let sequence = chunk + 2;
+                let frame = format!(
+                    r#"{{"event":"media","sequence_number":"{sequence}","stream_id":"bench","media":{{"track":"{track}","chunk":"{}","timestamp":"{}","payload":"{encoded}"}}}}"#,
+                    chunk + 1,
+                    (chunk + 1) * 20,
+                );
+                if copies == 2
+                    && stream
+                        .tx
+                        .feed(Message::Text(frame.clone().into()))
+                        .await
+                        .is_ok()
+                {
+                    sent += 1;
                 }
-                sent += 1;
+                if copies > 0 {
+                    if stream.tx.feed(Message::Text(frame.into())).await.is_err() {
+                        stream.open = false;
+                        break;
+                    }
+                    sent += 1;
+                }
             }
-        }
-        // Both tracks in one write, as Telnyx's frames of one instant travel together.
-        if tx.flush().await.is_err() {
-            break;
+            // Both tracks in one write, as Telnyx's frames of one instant travel together.
+            if stream.open && matches!(stream.tx.flush().now_or_never(), Some(Err(_))) {
+                stream.open = false;
+            }
         }
     }
-    let _ = tx
-        .send(Message::Text(
-            r#"{"event":"stop","stream_id":"bench"}"#.into(),
-        ))
-        .await;
-    // Keep the socket open until the service has forwarded the tail.
+    for stream in streams.iter_mut().filter(|s| s.open) {
+        let _ = stream
+            .tx
+            .send(Message::Text(
+                r#"{"event":"stop","stream_id":"bench"}"#.into(),
+            ))
+            .await;
+    }
+    // Keep the sockets open until the service has forwarded the tail.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = tx.close().await;
-    reader.abort();
+    for mut stream in streams {
+        let _ = stream.tx.close().await;
+        stream.reader.abort();
+    }
     (sent, lags)
 }
 
