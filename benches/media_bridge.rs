@@ -253,7 +253,7 @@ impl Phases {
             .await
             .remove(0);
         println!(
-            "{} {calls}: sessions open in {} ms, p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, stale {}, drained in {} ms, {:.2} µs CPU/frame ({:.0}% of its core), generator {:.0}%, {:.1} s",
+            "{} {calls}: sessions open in {} ms, p99 {} µs from due, lag p99 {} µs, lost {}, doubled {}, stale {}, drained in {} ms, {:.2} µs CPU/frame ({:.0}% of its core), generator {:.0}%, {} flushes deferred, {:.1} s",
             target.name,
             row.report.upstream_ready_ms,
             row.report.latency_p99_us,
@@ -265,6 +265,7 @@ impl Phases {
             row.service_cpu_us_per_frame,
             row.service_cpu_share * 100.0,
             row.generator_cpu_share * 100.0,
+            row.report.deferred_flushes,
             row.wall_seconds,
         );
         row

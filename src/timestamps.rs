@@ -142,8 +142,14 @@ mod tests {
             .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
             .unwrap()
             .and_utc();
+        let leap_start = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_000_000_000)
+            .unwrap()
+            .and_utc();
         for at in [
             leap,
+            leap_start,
             Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
             Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),

@@ -227,6 +227,9 @@ pub struct Report {
     pub generator_lag_p50_us: u32,
     pub generator_lag_p99_us: u32,
     pub generator_lag_max_us: u32,
+    /// Flushes a call's socket did not take at once (its frames waited in the write buffer
+    /// until the sender next retried): a receiver that falls behind shows here.
+    pub deferred_flushes: usize,
 }
 
 impl Report {
@@ -376,7 +379,16 @@ pub async fn play_drained(
         (start.into_std() - ledger.origin).as_nanos() as u64,
         Ordering::Relaxed,
     );
-    let (frames_sent, mut lag) = stream_all(plan, sockets, start, ledger.tag).await;
+    // A task of its own, on the runtime's workers like the simulator it must let run (a
+    // `yield_now` outside a worker does not yield).
+    let sent = tokio::spawn(stream_all(plan, sockets, start, ledger.tag))
+        .await
+        .unwrap_or(Sent {
+            frames: 0,
+            lags: Vec::new(),
+            deferred_flushes: 0,
+        });
+    let (frames_sent, mut lag) = (sent.frames, sent.lags);
     let (drained, drain_time) = wait_drained(&ledger, &drain).await;
     let (lost, doubled) = ledger.lost_and_doubled();
     let mut latency =
@@ -399,6 +411,7 @@ pub async fn play_drained(
         generator_lag_p50_us: quantile_u32(&mut lag, 0.5),
         generator_lag_p99_us: quantile_u32(&mut lag, 0.99),
         generator_lag_max_us: lag.last().copied().unwrap_or(0),
+        deferred_flushes: sent.deferred_flushes,
     }
 }
 
@@ -412,13 +425,33 @@ async fn connect(url: &str) -> Option<Socket> {
     Some(socket)
 }
 
-/// One call's side of the grid: its write half, and whether the last flush is still under
-/// way (its bytes wait in the socket's buffer and go with the next flush).
+/// One call's side of the grid: its write half, and whether its last flush is still under
+/// way (the socket did not take every byte at once; the rest waits in the write buffer).
 struct Stream {
     call: usize,
     tx: futures_util::stream::SplitSink<Socket, Message>,
     reader: tokio::task::JoinHandle<()>,
     open: bool,
+    pending: bool,
+}
+
+impl Stream {
+    /// Pushes what is buffered towards the socket without waiting for it.
+    fn flush_now(&mut self) {
+        match self.tx.flush().now_or_never() {
+            Some(Ok(())) => self.pending = false,
+            Some(Err(_)) => self.open = false,
+            None => self.pending = true,
+        }
+    }
+}
+
+/// What [`stream_all`] did: frames sent, each slot's lag (µs) and the flushes the socket did
+/// not take at once.
+struct Sent {
+    frames: usize,
+    lags: Vec<u32>,
+    deferred_flushes: usize,
 }
 
 /// Every connected call, both tracks, a frame each per 20 ms slot, each slot due on the grid
@@ -426,15 +459,15 @@ struct Stream {
 /// sleeps only when it is ahead of the next due time: a timer and a task wake-up per call
 /// and slot (50,000 a second at 1,000 calls) cost the generator's core more than the
 /// sending, and made the generator the ceiling (docs/BENCHMARKS.md). A flush the socket
-/// cannot take at once is left to finish with the call's next one rather than waited for,
-/// so a call whose socket is full does not hold up the others; a frame is never skipped.
-/// Returns the frames sent and the lag of each call's slot (µs).
+/// does not take at once is not waited for (so one slow socket does not hold up the other
+/// calls while its write buffer has room): it is retried before the sender next sleeps, and
+/// counted. A frame is never skipped.
 async fn stream_all(
     plan: Plan,
     sockets: Vec<(usize, Socket)>,
     start: tokio::time::Instant,
     tag: u64,
-) -> (usize, Vec<u32>) {
+) -> Sent {
     let mut streams: Vec<Stream> = sockets
         .into_iter()
         .map(|(call, socket)| {
@@ -446,23 +479,36 @@ async fn stream_all(
                 tx,
                 reader,
                 open: true,
+                pending: false,
             }
         })
         .collect();
-    let mut sent = 0;
-    let mut lags = Vec::with_capacity(streams.len() * plan.frames);
+    let mut sent = Sent {
+        frames: 0,
+        lags: Vec::with_capacity(streams.len() * plan.frames),
+        deferred_flushes: 0,
+    };
     let mut payload = [0x55u8; FRAME_BYTES];
     payload[8..16].copy_from_slice(&tag.to_le_bytes());
     let mut encoded = String::with_capacity(FRAME_BYTES * 4 / 3 + 4);
     // Calls sent for at most in a row before the sender lets other tasks run.
     const YIELD_EVERY: usize = 8;
     let mut unyielded = 0;
+    let mut pending: Vec<usize> = Vec::new();
     for chunk in 0..plan.frames {
-        for stream in streams.iter_mut().filter(|s| s.open) {
-            let call = stream.call;
+        for index in 0..streams.len() {
+            if !streams[index].open {
+                continue;
+            }
+            let call = streams[index].call;
             let phase = FRAME_PERIOD * call as u32 / plan.calls.max(1) as u32;
             let due = start + phase + FRAME_PERIOD * chunk as u32;
             if tokio::time::Instant::now() < due {
+                // Ahead of the grid: first what the sockets did not take, then sleep.
+                pending.retain(|&waiting| {
+                    streams[waiting].flush_now();
+                    streams[waiting].pending && streams[waiting].open
+                });
                 tokio::time::sleep_until(due).await;
                 unyielded = 0;
             } else if unyielded == YIELD_EVERY {
@@ -472,7 +518,9 @@ async fn stream_all(
                 unyielded = 0;
             }
             unyielded += 1;
-            lags.push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            sent.lags
+                .push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            let stream = &mut streams[index];
             for (track_index, track) in ["inbound", "outbound"].into_iter().enumerate() {
                 let id = plan.frame_id(call, chunk, track_index);
                 let copies = match plan.fault {
@@ -496,37 +544,53 @@ async fn stream_all(
                         .await
                         .is_ok()
                 {
-                    sent += 1;
+                    sent.frames += 1;
                 }
                 if copies > 0 {
                     if stream.tx.feed(Message::Text(frame.into())).await.is_err() {
                         stream.open = false;
                         break;
                     }
-                    sent += 1;
+                    sent.frames += 1;
                 }
             }
             // Both tracks in one write, as Telnyx's frames of one instant travel together.
-            if stream.open && matches!(stream.tx.flush().now_or_never(), Some(Err(_))) {
-                stream.open = false;
+            if stream.open {
+                let was_pending = stream.pending;
+                stream.flush_now();
+                if stream.pending {
+                    sent.deferred_flushes += 1;
+                    if !was_pending {
+                        pending.push(index);
+                    }
+                }
             }
         }
     }
-    for stream in streams.iter_mut().filter(|s| s.open) {
-        let _ = stream
-            .tx
-            .send(Message::Text(
-                r#"{"event":"stop","stream_id":"bench"}"#.into(),
-            ))
-            .await;
-    }
+    // Every call's stop at once, and a bound on the whole: one peer that stopped reading
+    // must not hold up the others' stops, nor the phase.
+    let stop = r#"{"event":"stop","stream_id":"bench"}"#;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all(
+            streams
+                .iter_mut()
+                .filter(|s| s.open)
+                .map(|s| s.tx.send(Message::Text(stop.into()))),
+        ),
+    )
+    .await;
     // Keep the sockets open until the service has forwarded the tail.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for mut stream in streams {
-        let _ = stream.tx.close().await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(streams.iter_mut().map(|s| s.tx.close())),
+    )
+    .await;
+    for stream in streams {
         stream.reader.abort();
     }
-    (sent, lags)
+    sent
 }
 
 /// The floor: a bare tokio WebSocket relay doing only what any bridge must — find the
