@@ -555,21 +555,19 @@ async fn stream_all(
             }
             // Both tracks in one write, as Telnyx's frames of one instant travel together.
             if stream.open {
-                let was_pending = stream.pending;
-                stream.flush_now();
-                if stream.pending {
-                    // Most often the call's reader holds the socket for a moment (the two
-                    // halves share it): wait that out, but not a socket that is full.
-                    match tokio::time::timeout(FLUSH_WAIT, stream.tx.flush()).await {
-                        Ok(Ok(())) => stream.pending = false,
-                        Ok(Err(_)) => stream.open = false,
-                        Err(_) => {}
-                    }
-                }
-                if stream.open && stream.pending {
-                    sent.deferred_flushes += 1;
-                    if !was_pending {
-                        pending.push(index);
+                // Most often a flush that does not go through at once is the call's reader
+                // holding the socket for a moment (the two halves share it): wait that out,
+                // but not a socket that is full. (The timer starts only if the flush does
+                // not complete on its first poll.)
+                match tokio::time::timeout(FLUSH_WAIT, stream.tx.flush()).await {
+                    Ok(Ok(())) => stream.pending = false,
+                    Ok(Err(_)) => stream.open = false,
+                    Err(_) => {
+                        sent.deferred_flushes += 1;
+                        if !stream.pending {
+                            stream.pending = true;
+                            pending.push(index);
+                        }
                     }
                 }
             }
