@@ -317,8 +317,11 @@ pub struct Bridge {
     call_id: CallId,
     /// The leg this stream carries (an interpreted call's party), for the usage ledger.
     leg_id: Option<LegId>,
-    party: Option<Party>,
-    mixer: Option<Mixer>,
+    /// An interpreted call's party and the mixer of the other party's original voice.
+    /// Boxed: over 1 KiB each, and a one-leg call has neither; inline they doubled the
+    /// size of every call's task (docs/BENCHMARKS.md, "Memory per live call").
+    party: Option<Box<Party>>,
+    mixer: Option<Box<Mixer>>,
     client: AssemblyAiClient,
     params: StreamParams,
     tracks: Tracks,
@@ -361,34 +364,37 @@ pub struct Bridge {
 
 /// Telnyx `media` messages built into one buffer: the JSON around the payload is constant,
 /// the base64 is encoded straight into the buffer, and the buffer's memory is used again
-/// once the socket has copied the previous messages out — no allocation per frame.
+/// once the socket has copied the previous messages out — no allocation per frame. The
+/// buffer is made by the first message: most streams never play anything into the call
+/// (no second language, no TTS), and 4 KiB held by each of them was 3 % of a live call's
+/// memory.
+#[derive(Default)]
 struct Envelope {
-    buf: bytes::BytesMut,
+    buf: Option<bytes::BytesMut>,
 }
 
 impl Envelope {
     const HEAD: &'static [u8] = br#"{"event":"media","media":{"payload":""#;
     const TAIL: &'static [u8] = br#""}}"#;
-
-    fn new() -> Self {
-        Self {
-            buf: bytes::BytesMut::with_capacity(4096),
-        }
-    }
+    /// Room for several 20 ms messages (~250 bytes each) between two flushes; kept as the
+    /// buffer's original capacity, so later allocations are this size too.
+    const CAPACITY: usize = 4096;
 
     fn media(&mut self, audio: &[u8]) -> WsMessage {
+        let buf = self
+            .buf
+            .get_or_insert_with(|| bytes::BytesMut::with_capacity(Self::CAPACITY));
         let encoded = audio.len().div_ceil(3) * 4;
-        self.buf
-            .reserve(Self::HEAD.len() + encoded + Self::TAIL.len());
-        self.buf.extend_from_slice(Self::HEAD);
-        let start = self.buf.len();
-        self.buf.resize(start + encoded, 0);
+        buf.reserve(Self::HEAD.len() + encoded + Self::TAIL.len());
+        buf.extend_from_slice(Self::HEAD);
+        let start = buf.len();
+        buf.resize(start + encoded, 0);
         let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(audio, &mut self.buf[start..])
+            .encode_slice(audio, &mut buf[start..])
             .unwrap_or(0);
-        self.buf.truncate(start + written);
-        self.buf.extend_from_slice(Self::TAIL);
-        let message = self.buf.split().freeze();
+        buf.truncate(start + written);
+        buf.extend_from_slice(Self::TAIL);
+        let message = buf.split().freeze();
         // ASCII by construction; the check is a pass over ~250 bytes.
         match axum::extract::ws::Utf8Bytes::try_from(message) {
             Ok(text) => WsMessage::Text(text),
@@ -447,7 +453,10 @@ pub async fn run(
         Target::Call(_) => CALL_STREAM,
         Target::Leg(leg, _) => leg.role.as_str(),
     };
-    let resume = Resume::load(&state.db, call_id, leg)
+    // The futures of the start and of the end are boxed: a call's task is as large as the
+    // largest future it awaits, for the whole call, and these (database round trips, 1.7-3.8
+    // KiB each) are larger than the event loop's; boxed, they hold memory only while they run.
+    let resume = Box::pin(Resume::load(&state.db, call_id, leg))
         .await
         .unwrap_or_else(|error| {
             // Numbering then starts at 0 and the database renumbers any collision (counted).
@@ -460,7 +469,7 @@ pub async fn run(
     let (params, party, speaker, speaker_task) = match target {
         Target::Call(_) => {
             let params = StreamParams::telephony(&state.config.media.speech_model);
-            match languages(&state, call_id).await {
+            match Box::pin(languages(&state, call_id)).await {
                 Some(languages) => {
                     let (tx, task) = playout::spawn(
                         state.clone(),
@@ -482,20 +491,29 @@ pub async fn run(
             };
             // The other party's voice comes in on this leg's own outbound channel.
             let tx = gain.map(|_| outbound_tx.clone());
-            mixer = gain.map(|gain_q15| Mixer {
-                gain: mix::Gain::new(gain_q15),
-                queue: VecDeque::new(),
-                under: VecDeque::with_capacity(UNDER_FRAMES + 1),
-                next_due: None,
+            mixer = gain.map(|gain_q15| {
+                Box::new(Mixer {
+                    gain: mix::Gain::new(gain_q15),
+                    queue: VecDeque::new(),
+                    under: VecDeque::with_capacity(UNDER_FRAMES + 1),
+                    next_due: None,
+                })
             });
-            let (params, party, task) =
-                join_leg(&state, &hub, *leg, tx, outbound_tx.clone(), cleared.clone()).await;
+            let (params, party, task) = Box::pin(join_leg(
+                &state,
+                &hub,
+                *leg,
+                tx,
+                outbound_tx.clone(),
+                cleared.clone(),
+            ))
+            .await;
             (
                 params,
-                Some(Party {
+                Some(Box::new(Party {
                     shares_original: gain.map(mix::Gain::new),
                     ..party
-                }),
+                })),
                 None,
                 task,
             )
@@ -530,7 +548,7 @@ pub async fn run(
         reading_since: connected_at,
         announced: None,
         spare_payload: Vec::new(),
-        envelope: Envelope::new(),
+        envelope: Envelope::default(),
         outbox: Vec::new(),
     };
     bridge.event_loop(socket, events_rx, outbound_rx).await;
@@ -544,12 +562,16 @@ pub async fn run(
     if let Some(task) = speaker_task {
         let _ = tokio::time::timeout(STOP_DEADLINE, task).await;
     }
-    if let Err(error) =
-        playout::never_played(&bridge.state.db, call_id, role.map(Role::as_str)).await
+    if let Err(error) = Box::pin(playout::never_played(
+        &bridge.state.db,
+        call_id,
+        role.map(Role::as_str),
+    ))
+    .await
     {
         tracing::warn!(%error, "closing unplayed utterances failed");
     }
-    bridge.finish_tracks().await;
+    Box::pin(bridge.finish_tracks()).await;
     // A session still open here (its close never reached us) is billed on our own clock.
     for track in [Track::Inbound, Track::Outbound] {
         bridge.record_session(track, None, None);
@@ -564,7 +586,7 @@ pub async fn run(
     bridge.state.heartbeats.forget(call_id, leg);
     let dropped = bridge.stopped_by == Some(SOCKET_CLOSED)
         && match leg_id {
-            Some(leg_id) => leg_still_up(&bridge.state, leg_id).await,
+            Some(leg_id) => Box::pin(leg_still_up(&bridge.state, leg_id)).await,
             None => false,
         };
     if dropped {
@@ -572,9 +594,9 @@ pub async fn run(
         tracing::warn!(%call_id, leg, "the leg's media stream dropped without stop; waiting for it to be re-attached");
     }
     let recorded = if bridge.state.shutdown.is_cancelled() || dropped {
-        super::reattach::detach(&bridge.state, call_id, leg).await
+        Box::pin(super::reattach::detach(&bridge.state, call_id, leg)).await
     } else {
-        transcripts::stream_ended(&bridge.state.db, call_id, leg).await
+        Box::pin(transcripts::stream_ended(&bridge.state.db, call_id, leg)).await
     };
     if let Err(error) = recorded {
         tracing::warn!(%error, %call_id, "recording the end of the media stream failed");
