@@ -215,6 +215,19 @@ const AAI_READ_BUFFER: usize = 2048;
 /// Above the largest default batch plus its ping (800 + 14 + 14 bytes of frame headers).
 const AAI_WRITE_BUFFER: usize = 1024;
 
+/// The buffers of a session's socket. A call holds two of these sockets, a replica
+/// thousands (ADR 0045). Reads: what comes back is small JSON (`Turn`s of a few KiB at most,
+/// a longer one reserves its length once) and 8-byte pongs, so 2 KiB, not tungstenite's
+/// 128 KiB (all of it resident: each read zero-fills its free part). Writes: a batch (800
+/// bytes at 100 ms) and the ping after it wait in the buffer until the ping's flush, one
+/// write instead of two; anything larger goes out at once. Public for the benchmark's floor
+/// relay, which must not pay for buffers the bridge does not have.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(AAI_READ_BUFFER)
+        .write_buffer_size(AAI_WRITE_BUFFER)
+}
+
 impl AssemblyAiClient {
     pub fn new(config: &AssemblyAiConfig) -> Self {
         Self {
@@ -260,18 +273,10 @@ impl AssemblyAiClient {
             .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
         request.headers_mut().insert("authorization", key);
         crate::tls::install_crypto_provider();
-        // A call holds two of these sockets, a replica thousands (ADR 0045). Reads: what
-        // comes back is small JSON (`Turn`s of a few KiB at most, a longer one reserves its
-        // length once) and 8-byte pongs, so 2 KiB, not tungstenite's 128 KiB. Writes: a
-        // batch (800 bytes at 100 ms) and the ping after it wait in the buffer until the
-        // ping's flush, one write instead of two; anything larger goes out at once. No
-        // Nagle: latency matters more than packet count.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(AAI_READ_BUFFER)
-            .write_buffer_size(AAI_WRITE_BUFFER);
+        // No Nagle: latency matters more than packet count.
         let (mut socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+            tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true),
         )
         .await
         .map_err(|_| AssemblyAiError::Connect("handshake timed out".into()))?

@@ -296,10 +296,13 @@ async fn upgrade(
     }));
     sim.lock().sessions.push(record.clone());
     let open = OpenSession::new(&sim.open);
-    ws.on_upgrade(move |socket| async move {
-        session(sim, socket, query, record).await;
-        drop(open);
-    })
+    // 2 KiB reads, as the bridge's sockets have: with tungstenite's 128 KiB each of a
+    // benchmark's thousands of sessions zero-filled 128 KiB per read on the generator's core.
+    ws.read_buffer_size(2048)
+        .on_upgrade(move |socket| async move {
+            session(sim, socket, query, record).await;
+            drop(open);
+        })
 }
 
 fn close(code: u16, reason: &str) -> Message {

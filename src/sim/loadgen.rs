@@ -614,7 +614,10 @@ pub async fn floor_relay(listener: tokio::net::TcpListener, upstream: String, ap
         let upstream = upstream.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Ok(socket) = tokio_tungstenite::accept_async(stream).await {
+            if let Ok(socket) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(telnyx_side_config()))
+                    .await
+            {
                 relay_stream(socket, &upstream.0, &upstream.1).await;
             }
         });
@@ -622,6 +625,17 @@ pub async fn floor_relay(listener: tokio::net::TcpListener, upstream: String, ap
 }
 
 type Sink = futures_util::stream::SplitSink<Socket, Message>;
+
+/// The floor's Telnyx-side socket has the bridge's buffers (src/http/media_stream.rs): 2 KiB
+/// reads, writes out as they are made. With tungstenite's defaults the floor zero-filled
+/// 128 KiB on every read and held 128 KiB per socket, so it cost more CPU per frame and
+/// memory per call than the bridge it is the floor of (docs/BENCHMARKS.md).
+fn telnyx_side_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(2048)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+}
 
 async fn relay_stream(
     socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
@@ -688,7 +702,14 @@ async fn open_upstream(url: &str, api_key: &str) -> Option<Sink> {
     request
         .headers_mut()
         .insert("authorization", api_key.parse().ok()?);
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+    // The bridge's upstream sockets: its buffers, and no Nagle.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(
+        request,
+        Some(crate::providers::assemblyai::socket_config()),
+        true,
+    )
+    .await
+    .ok()?;
     let (sink, mut stream) = socket.split();
     tokio::spawn(async move { while stream.next().await.is_some() {} });
     Some(sink)
