@@ -217,8 +217,9 @@ const AAI_WRITE_BUFFER: usize = 1024;
 
 /// The buffers of a session's socket. A call holds two of these sockets, a replica
 /// thousands (ADR 0045). Reads: what comes back is small JSON (`Turn`s of a few KiB at most,
-/// a longer one reserves its length once) and 8-byte pongs, so 2 KiB, not tungstenite's
-/// 128 KiB (all of it resident: each read zero-fills its free part). Writes: a batch (800
+/// a longer one reserves its length once) and 8-byte pongs, so at most 2 KiB a read, not
+/// tungstenite's 128 KiB (each read zero-fills that much). The buffer itself stays the
+/// handshake's 4 KiB, which tungstenite keeps whatever this says (ADR 0053). Writes: a batch (800
 /// bytes at 100 ms) and the ping after it wait in the buffer until the ping's flush, one
 /// write instead of two; anything larger goes out at once. Public for the benchmark's floor
 /// relay, which must not pay for buffers the bridge does not have.
