@@ -14,8 +14,8 @@ use crate::calls::{self, legs, stream_token};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::Path;
 use crate::ids::{CallId, LegId};
-use crate::media::bridge;
 use crate::media::hub::Hub;
+use crate::media::{bridge, frames};
 use crate::state::AppState;
 
 /// Telnyx media stream (WebSocket, docs/PROVIDERS.md §1.6).
@@ -75,14 +75,11 @@ pub async fn telnyx_stream(
         ),
     };
     let tracker = state.bridges.clone();
-    // Thousands of these live at once: small per-socket buffers (ADR 0045). A media frame
-    // is ~370 bytes and both tracks' frames arrive together every 20 ms, so 2 KiB reads a
-    // burst of five in one call; the whole buffer is resident (each read zero-fills it), so
-    // tungstenite's 128 KiB would be 128 KiB per call. Writes go out as they are made.
+    // Small per-socket buffers (`frames::SOCKET_READ_BUFFER`); writes go out as they are made.
     Ok(upgrade
-        .read_buffer_size(2048)
+        .read_buffer_size(frames::SOCKET_READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(1 << 20)
+        .max_message_size(frames::SOCKET_MAX_MESSAGE)
         .on_upgrade(move |socket| {
             tracker.track_future(bridge::run(
                 state,

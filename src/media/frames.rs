@@ -9,6 +9,14 @@ use serde_json::Value;
 
 mod scan;
 
+/// A Telnyx media socket's read buffer. Thousands of these live at once (ADR 0045): a frame
+/// is ~370 bytes and both tracks' frames arrive together every 20 ms, so 2 KiB reads a
+/// burst of five in one call; the whole buffer is resident (each read zero-fills it), so
+/// tungstenite's 128 KiB would be 128 KiB per call. A larger message reserves its length.
+pub const SOCKET_READ_BUFFER: usize = 2048;
+/// The largest message a Telnyx media socket accepts.
+pub const SOCKET_MAX_MESSAGE: usize = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Track {
     /// The far end of the call leg (the callee on an outbound call).

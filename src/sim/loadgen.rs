@@ -62,6 +62,13 @@ impl Plan {
         ((call * self.frames + chunk) * TRACKS + track) as u64 + 1
     }
 
+    /// When a call's frame is due, after the grid's start: every 20 ms, each call offset by
+    /// its share of one frame period, as real calls are not in phase with each other. The
+    /// generator sends on it and the ledger measures from it: one grid for both.
+    fn due_after_start(&self, call: usize, chunk: usize) -> Duration {
+        FRAME_PERIOD * call as u32 / self.calls.max(1) as u32 + FRAME_PERIOD * chunk as u32
+    }
+
     fn decode(&self, id: u64) -> Option<(usize, usize)> {
         let index = id.checked_sub(1)? as usize;
         if index >= self.frames_planned() {
@@ -134,8 +141,7 @@ impl Ledger {
     /// ns after `origin` at which frame `chunk` of `call` is due. Calls are spread evenly over
     /// one frame period, as real calls are not in phase with each other.
     fn due_ns(&self, start_ns: u64, call: usize, chunk: usize) -> u64 {
-        let phase = FRAME_PERIOD.as_nanos() as u64 * call as u64 / self.plan.calls.max(1) as u64;
-        start_ns + phase + chunk as u64 * FRAME_PERIOD.as_nanos() as u64
+        start_ns + self.plan.due_after_start(call, chunk).as_nanos() as u64
     }
 
     fn now_ns(&self) -> u64 {
@@ -507,8 +513,7 @@ async fn stream_all(
                 continue;
             }
             let call = streams[index].call;
-            let phase = FRAME_PERIOD * call as u32 / plan.calls.max(1) as u32;
-            let due = start + phase + FRAME_PERIOD * chunk as u32;
+            let due = start + plan.due_after_start(call, chunk);
             if tokio::time::Instant::now() < due {
                 // Ahead of the grid: first what the sockets did not take, then sleep.
                 pending.retain(|&waiting| {
@@ -626,15 +631,15 @@ pub async fn floor_relay(listener: tokio::net::TcpListener, upstream: String, ap
 
 type Sink = futures_util::stream::SplitSink<Socket, Message>;
 
-/// The floor's Telnyx-side socket has the bridge's buffers (src/http/media_stream.rs): 2 KiB
-/// reads, writes out as they are made. With tungstenite's defaults the floor zero-filled
+/// The floor's Telnyx-side socket has the bridge's buffers (`media::frames`): 2 KiB reads,
+/// writes out as they are made. With tungstenite's defaults the floor zero-filled
 /// 128 KiB on every read and held 128 KiB per socket, so it cost more CPU per frame and
 /// memory per call than the bridge it is the floor of (docs/BENCHMARKS.md).
 fn telnyx_side_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(2048)
+        .read_buffer_size(crate::media::frames::SOCKET_READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
+        .max_message_size(Some(crate::media::frames::SOCKET_MAX_MESSAGE))
 }
 
 async fn relay_stream(
