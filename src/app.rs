@@ -97,6 +97,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             shutdown.clone(),
         ),
         partials: crate::partials::Partials::start(db.clone(), shutdown.clone()),
+        turns: crate::turns::TurnWriter::start(db.clone()),
         ledger: crate::usage::Recorder::start(db.clone(), config.usage.ledger),
         shutdown,
         bridges: tokio_util::task::TaskTracker::new(),

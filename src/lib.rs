@@ -35,6 +35,7 @@ pub mod timestamps;
 pub mod tls;
 pub mod transcripts;
 pub mod translate;
+pub mod turns;
 pub mod usage;
 
 pub use app::Application;

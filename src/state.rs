@@ -61,6 +61,8 @@ pub struct Shared {
     pub heartbeats: crate::heartbeats::Heartbeats,
     /// The replica's live partial turns, published in batches.
     pub partials: crate::partials::Partials,
+    /// The replica's final turns, stored in batches (`crate::turns`).
+    pub turns: crate::turns::TurnWriter,
     /// The replica's usage ledger writer: entries are written in batches.
     pub ledger: crate::usage::Recorder,
     /// Request rate limits (per replica, applied by `http::limits`).

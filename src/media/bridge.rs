@@ -33,7 +33,7 @@ use super::playout::{
 use super::replay::{Batch, ReplayBuffer};
 use super::resume::{Resume, TrackClock};
 use super::shaping::{MULAW_BYTES_PER_MS, TrackAudio};
-use super::transcripts::{self, FinalTurn};
+use super::transcripts;
 use crate::calls::legs::{Leg, Role};
 use crate::heartbeats::wall_clock;
 use crate::ids::{CallId, LegId, OrgId};
@@ -41,6 +41,7 @@ use crate::providers::assemblyai::{
     self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
 };
 use crate::state::AppState;
+use crate::turns::{self, FinalTurn};
 
 type AaiSink = SplitSink<Socket, AaiMessage>;
 
@@ -1482,10 +1483,10 @@ impl Bridge {
                 hand_over = Some(end_of_turn_at);
             }
         }
-        let db = self.state.db.clone();
+        let (db, writer) = (self.state.db.clone(), self.state.turns.clone());
         let Some(end_of_turn_at) = hand_over else {
             self.storage.spawn(async move {
-                transcripts::store_final_retrying(&db, &stored).await;
+                writer.store(stored).await;
             });
             return;
         };
@@ -1494,19 +1495,21 @@ impl Bridge {
         let (done, finished) = tokio::sync::oneshot::channel();
         let previous = self.announced.replace(finished);
         self.storage.spawn(async move {
-            let stored_as = transcripts::store_final_retrying(&db, &stored).await;
+            let call_id = stored.call_id;
+            let speaker = stored.track.to_owned();
+            let stored_as = writer.store(stored).await;
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
             let turn_index = match stored_as {
-                Some(transcripts::Stored::New { turn_index })
-                | Some(transcripts::Stored::Renumbered { turn_index, .. }) => turn_index,
+                Some(turns::Stored::New { turn_index })
+                | Some(turns::Stored::Renumbered { turn_index, .. }) => turn_index,
                 // Already stored (and announced) by an earlier session, or lost (counted).
-                Some(transcripts::Stored::Duplicate) | None => return,
+                Some(turns::Stored::Duplicate) | None => return,
             };
             let announcement = hub::HandOver {
-                call_id: stored.call_id,
-                speaker: stored.track.to_owned(),
+                call_id,
+                speaker,
                 turn_index,
                 end_of_turn_at,
             };
@@ -1514,7 +1517,7 @@ impl Bridge {
                 Ok(()) => metrics::counter!("translation_handovers_sent_total").increment(1),
                 Err(error) => {
                     // Its listener reads it when it next (re)registers or its LISTEN reconnects.
-                    tracing::warn!(%error, call_id = %stored.call_id, turn_index, "announcing a turn to the other replica failed");
+                    tracing::warn!(%error, %call_id, turn_index, "announcing a turn to the other replica failed");
                 }
             }
             let _ = done.send(());

@@ -11,11 +11,11 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as AaiMessage;
 
 use super::shaping::ByteBatcher;
-use super::transcripts::{self, FinalTurn};
 use crate::auth::recheck::Revoked;
 use crate::ids::CallId;
 use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
 use crate::state::AppState;
+use crate::turns::FinalTurn;
 use crate::usage::{self, Owner, Recorder};
 
 /// Client messages we pass on; anything else from the browser is ignored.
@@ -174,7 +174,7 @@ pub async fn run(
                             end_ms: turn.words.last().map(|w| w.end as i64),
                             language: turn.language_code.clone(),
                         };
-                        transcripts::store_final_retrying(&state.db, &stored).await;
+                        state.turns.store(stored).await;
                     }
                     if browser_tx.send(WsMessage::Text(text.as_str().into())).await.is_err() && !terminating {
                         let _ = aai_tx.send(assemblyai::terminate_message()).await;

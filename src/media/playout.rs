@@ -421,7 +421,7 @@ async fn insert(
         .execute(
             // The turn may already be stored under another index than proposed (renumbered,
             // ADR 0017): link to the one it has. A turn stored later re-links its utterance
-            // itself (`transcripts::store_final`).
+            // itself (`turns::store_final`).
             "insert into utterances (call_id, seq, source_track, source_turn_index, original_text, source_language, target_language, end_of_turn_at,
                                      source_session_id, source_turn_order)
              values ($1, $2, $3,

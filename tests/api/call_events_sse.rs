@@ -113,3 +113,64 @@ async fn a_subscriber_on_another_replica_sees_every_event_and_resumes_exactly() 
         "gap-free per-call sequence"
     );
 }
+
+/// Partials go out at most every 50 ms per replica (each batch is a commit that wakes every
+/// listening backend), the first after a pause at once, and the newest of a track is never
+/// held back: a track publishing every 5 ms reaches LISTEN in a batch per 50 ms, and its
+/// last partial arrives.
+#[tokio::test]
+async fn partials_go_out_at_most_every_50_ms_and_the_newest_always_arrives() {
+    let app = TestApp::spawn().await;
+    let mut notices = app.state.listener.subscribe();
+    tokio::time::sleep(Duration::from_millis(300)).await; // LISTENing
+    let call_id = uuid::Uuid::new_v4();
+    let started = std::time::Instant::now();
+    app.state
+        .partials
+        .publish(call_id.into(), "inbound", 0, "first");
+    let first = loop {
+        match tokio::time::timeout(Duration::from_secs(5), notices.recv()).await {
+            Ok(Ok(callbridge::db::Notice::Notification { channel, payload }))
+                if channel == callbridge::events::PARTIALS_CHANNEL
+                    && payload.contains(&call_id.to_string()) =>
+            {
+                break started.elapsed();
+            }
+            Ok(Ok(_)) => continue,
+            other => panic!("no partial arrived: {other:?}"),
+        }
+    };
+    assert!(
+        first < Duration::from_millis(45),
+        "after a pause a partial goes at once: {first:?}"
+    );
+    let publishing = std::time::Instant::now();
+    for order in 1..=120u64 {
+        app.state
+            .partials
+            .publish(call_id.into(), "inbound", order, &format!("word {order}"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let publishing = publishing.elapsed();
+    let mut batches = 0u128;
+    let mut last = 0;
+    while let Ok(Ok(notice)) =
+        tokio::time::timeout(Duration::from_millis(500), notices.recv()).await
+    {
+        if let callbridge::db::Notice::Notification { channel, payload } = notice
+            && channel == callbridge::events::PARTIALS_CHANNEL
+            && payload.contains(&call_id.to_string())
+        {
+            batches += 1;
+            let partial: Value = serde_json::from_str(&payload).unwrap();
+            last = partial["turn_order"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(last, 120, "the newest partial arrived");
+    // One batch per 50 ms while they came, and one more at each edge.
+    let most = publishing.as_millis() / 50 + 2;
+    assert!(
+        (2..=most).contains(&batches),
+        "{batches} batches for 120 partials in {publishing:?} (at most {most})"
+    );
+}

@@ -320,7 +320,7 @@ async fn shutdown_flushes_both_legs_unfinished_turns() {
 async fn a_renumbered_turn_is_relinked_and_never_heard_twice_by_a_late_listener() {
     use callbridge::calls::legs::Role;
     use callbridge::media::hub::Hub;
-    use callbridge::media::transcripts::{FinalTurn, Stored, store_final};
+    use callbridge::turns::{FinalTurn, Stored, store_final};
     let app = TestApp::spawn().await;
     let session = app.sign_in("Ada").await;
     let me: Value = app.get_as(&session, "/api/me").await.json().await.unwrap();

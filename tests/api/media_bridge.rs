@@ -698,7 +698,7 @@ async fn a_started_replica_opens_half_its_pool_before_the_first_burst() {
 /// stored turn has its `transcript.final` event with the index it was stored under.
 #[tokio::test]
 async fn a_final_turn_is_stored_once_under_a_free_index_with_its_event() {
-    use callbridge::media::transcripts::{FinalTurn, Stored, store_final};
+    use callbridge::turns::{FinalTurn, Stored, store_final};
     let media = MediaApp::spawn(&[]).await;
     let call_id = media.call().await;
     let turn = |session: &str, order: i64, index: i32| FinalTurn {
@@ -749,6 +749,198 @@ async fn a_final_turn_is_stored_once_under_a_free_index_with_its_event() {
     assert_eq!(events[1].1["turn_index"], 1);
     assert_eq!(events[1].1["text"], "b 0");
     assert_eq!(events[1].0, events[0].0 + 1);
+}
+
+/// `store_finals` keeps `store_final`'s rules for a set of turns in one statement: two calls'
+/// turns and both tracks of one call, a taken index replaced by the next free one, a
+/// duplicate ignored; each call's events numbered on from its sequence, in queue order.
+#[tokio::test]
+async fn final_turns_stored_together_keep_the_rules_of_one() {
+    use callbridge::turns::{FinalTurn, Stored, store_final, store_finals};
+    let media = MediaApp::spawn(&[]).await;
+    let (first, second) = (media.call().await, media.call().await);
+    let turn =
+        |call: uuid::Uuid, track: &'static str, session: &str, order: i64, index: i32| FinalTurn {
+            call_id: call.into(),
+            track,
+            turn_index: Some(index),
+            session_id: session.to_owned(),
+            turn_order: order,
+            text: format!("{track} {session} {order}"),
+            words: serde_json::json!([{"text": "w", "start": 0, "end": 10}]),
+            confidence: (order == 0).then_some(0.8),
+            start_ms: Some(order * 1000),
+            end_ms: None,
+            language: (track == "outbound").then(|| "de".to_owned()),
+        };
+    let db = &media.app.state.db;
+    store_final(db, &turn(first, "inbound", "a", 0, 0))
+        .await
+        .unwrap();
+    let outcomes = store_finals(
+        db,
+        &[
+            turn(first, "inbound", "b", 0, 0),  // index 0 is taken: stored as 1
+            turn(first, "outbound", "c", 0, 0), // the other track: 0 is free
+            turn(second, "inbound", "d", 0, 0), // another call
+            turn(second, "outbound", "e", 7, 3), // a proposed index kept as proposed
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Stored::Renumbered {
+                proposed: 0,
+                turn_index: 1
+            },
+            Stored::New { turn_index: 0 },
+            Stored::New { turn_index: 0 },
+            Stored::New { turn_index: 3 },
+        ]
+    );
+    let again = store_finals(
+        db,
+        &[
+            turn(first, "inbound", "b", 0, 4), // the same identity: a duplicate
+            turn(second, "inbound", "d", 1, 1), // the next turn of that track
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again,
+        vec![Stored::Duplicate, Stored::New { turn_index: 1 }]
+    );
+    let client = media.app.db().await;
+    let events = |call: uuid::Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "select seq, data from call_events where call_id = $1 and kind = 'transcript.final' order by seq",
+                    &[&call],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, serde_json::Value>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let of_first = events(first).await;
+    assert_eq!(
+        of_first
+            .iter()
+            .map(|(_, d)| (
+                d["track"].as_str().unwrap().to_owned(),
+                d["turn_index"].as_i64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("inbound".into(), 0),
+            ("inbound".into(), 1),
+            ("outbound".into(), 0)
+        ],
+        "queue order within a call"
+    );
+    let of_second = events(second).await;
+    assert_eq!(of_second.len(), 3, "{of_second:?}");
+    for seqs in [&of_first, &of_second] {
+        let seqs: Vec<i64> = seqs.iter().map(|(seq, _)| *seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "no sequence number skipped or shared: {seqs:?}"
+        );
+    }
+    assert_eq!(of_second[1].1["language"], "de");
+    assert_eq!(of_second[1].1["turn_index"], 3);
+    let (sequence, stored): (i64, i64) = {
+        let row = client
+            .query_one(
+                "select (select event_seq from calls where id = $1), (select count(*) from transcript_turns where call_id = $1)",
+                &[&second],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        sequence,
+        of_second.last().unwrap().0,
+        "the call's sequence moved on"
+    );
+    assert_eq!(stored, 3);
+}
+
+/// The replica's `TurnWriter` stores what it is handed, in order per track, whatever the
+/// batch: a track's second turn queued beside its first waits for the next statement, and a
+/// turn the database refuses for good (its call does not exist) costs only itself.
+#[tokio::test]
+async fn the_turn_writer_stores_every_turn_in_order_and_isolates_a_refused_one() {
+    use callbridge::turns::{FinalTurn, Stored};
+    let media = MediaApp::spawn(&[]).await;
+    let call = media.call().await;
+    let turn = |call: uuid::Uuid, track: &'static str, order: i64| FinalTurn {
+        call_id: call.into(),
+        track,
+        turn_index: Some(order as i32),
+        session_id: "s".to_owned(),
+        turn_order: order,
+        text: format!("{track} {order}"),
+        words: serde_json::json!([]),
+        confidence: None,
+        start_ms: None,
+        end_ms: None,
+        language: None,
+    };
+    let writer = media.app.state.turns.clone();
+    let mut stores = Vec::new();
+    for order in 0..20 {
+        for track in ["inbound", "outbound"] {
+            let writer = writer.clone();
+            let turn = turn(call, track, order);
+            // Queued all at once: the writer sees several of a track together.
+            stores.push(tokio::spawn(async move { writer.store(turn).await }));
+        }
+    }
+    let refused = writer.store(turn(uuid::Uuid::new_v4(), "inbound", 0));
+    let (refused, stored) = tokio::join!(refused, futures_util::future::join_all(stores));
+    assert_eq!(refused, None, "a turn of no call cannot be stored");
+    let stored: Vec<Option<Stored>> = stored.into_iter().map(|r| r.unwrap()).collect();
+    for (i, outcome) in stored.iter().enumerate() {
+        assert_eq!(
+            *outcome,
+            Some(Stored::New {
+                turn_index: (i / 2) as i32
+            }),
+            "turn {i}"
+        );
+    }
+    let rows = media
+        .app
+        .db()
+        .await
+        .query(
+            "select data->>'track', (data->>'turn_index')::int from call_events
+             where call_id = $1 and kind = 'transcript.final' order by seq",
+            &[&call],
+        )
+        .await
+        .unwrap();
+    for track in ["inbound", "outbound"] {
+        let indexes: Vec<i32> = rows
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == track)
+            .map(|r| r.get(1))
+            .collect();
+        assert_eq!(
+            indexes,
+            (0..20).collect::<Vec<_>>(),
+            "{track}: each once, in order"
+        );
+    }
 }
 
 /// Issue 15 item 9: in steady state a live call costs PostgreSQL at most one statement per

@@ -1,0 +1,355 @@
+//! Final transcript turns, stored durably: each with its `transcript.final` call event and
+//! `NOTIFY` in the same statement, and under the identity and index rules of ADR 0017. The
+//! media bridge and the browser proxy hand their turns to the replica's [`TurnWriter`],
+//! which stores whatever is waiting in one statement (ADR 0054).
+
+use std::collections::{HashSet, VecDeque};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{Db, DbError};
+use crate::events;
+use crate::ids::CallId;
+use crate::retry::{self, Failure, Policy};
+
+#[derive(Debug, Clone)]
+pub struct FinalTurn {
+    pub call_id: CallId,
+    pub track: &'static str,
+    /// The display order the caller proposes (continued from the database when the stream
+    /// started); `None` takes the next free one. Never reused: a taken index is replaced.
+    pub turn_index: Option<i32>,
+    /// The turn's identity: the AssemblyAI session and its `turn_order` there.
+    pub session_id: String,
+    pub turn_order: i64,
+    pub text: String,
+    pub words: serde_json::Value,
+    pub confidence: Option<f64>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    /// The language AssemblyAI detected for the turn, or the party's when fixed.
+    pub language: Option<String>,
+}
+
+/// What `store_final` did with a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored (and evented) under this index.
+    New { turn_index: i32 },
+    /// Stored, but the proposed index belonged to another turn (two writers on one track):
+    /// stored under the next free index instead. Counted and logged.
+    Renumbered { proposed: i32, turn_index: i32 },
+    /// This session's turn was already stored: a true duplicate, ignored. Counted.
+    Duplicate,
+}
+
+/// Stores a final turn and its `transcript.final` event in one statement (so one round trip
+/// and one implicit transaction): nothing is ever dropped on a key that new data can collide
+/// with. The identity (session, turn order) is the only conflict that is ignored — a true
+/// duplicate. A proposed `turn_index` that another turn holds is replaced by the next free
+/// one; if two writers of one track take the same free index at once, the primary key
+/// refuses the second and its retry (`store_final_retrying`) takes the next.
+///
+/// One statement, not a transaction of several: under load a transaction held its pooled
+/// connection, its advisory lock and the call's row lock across every round trip while the
+/// task waited to be polled again, and the pool ran dry (ADR 0026).
+pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
+    let data = event_data(turn);
+    let client = db.client().await?;
+    // Through the statement cache: unprepared, each turn cost three round trips (prepare,
+    // execute, close), and turns are most of a live call's statements (benches/media_bridge.rs).
+    let row = db
+        .query(
+            &client,
+            // As `events::append` (sequence, row and notification in one statement), for
+            // the turn just inserted; nothing is appended for a duplicate.
+            "with proposed as (
+                 select case
+                     when $5::int >= 0 and not exists (select 1 from transcript_turns
+                                                       where call_id = $1 and track = $2 and turn_index = $5)
+                     then $5::int
+                     else (select coalesce(max(turn_index) + 1, 0)::int from transcript_turns
+                           where call_id = $1 and track = $2)
+                 end as turn_index
+             ), inserted as (
+                 insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
+                 select $1, $2, p.turn_index, $3, $4, $6, $7, $8, $9, $10, $11 from proposed p
+                 on conflict (call_id, track, session_id, turn_order) do nothing
+                 returning turn_index
+             ), relinked as (
+                 -- Stored under another index than proposed: an utterance already made of
+                 -- the turn (handed over before storing) follows it there (ADR 0017).
+                 update utterances u set source_turn_index = i.turn_index
+                 from inserted i
+                 where u.call_id = $1 and u.source_track = $2 and u.source_session_id = $3
+                   and u.source_turn_order = $4 and u.source_turn_index <> i.turn_index
+             ), next as (
+                 update calls set event_seq = event_seq + 1
+                 where id = $1 and exists (select 1 from inserted) returning event_seq
+             ), appended as (
+                 insert into call_events (call_id, seq, kind, data, occurred_at)
+                 select $1, n.event_seq, 'transcript.final', $12::jsonb || jsonb_build_object('turn_index', i.turn_index), $13
+                 from next n cross join inserted i
+                 returning seq
+             )
+             select i.turn_index, pg_notify($14, $1::text || ':' || a.seq)
+             from inserted i cross join appended a",
+            &[&turn.call_id, &turn.track, &turn.session_id, &turn.turn_order, &turn.turn_index.unwrap_or(-1),
+              &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language,
+              &data, &chrono::Utc::now(), &events::NOTIFY_CHANNEL],
+        )
+        .await?
+        .into_iter()
+        .next();
+    Ok(outcome(turn, row.map(|row| row.get("turn_index"))))
+}
+
+/// What became of `turn`, from the index it was stored under (`None`: not stored, as its
+/// identity was already there).
+fn outcome(turn: &FinalTurn, stored_as: Option<i32>) -> Stored {
+    let Some(turn_index) = stored_as else {
+        metrics::counter!("transcript_turns_duplicate_total").increment(1);
+        tracing::debug!(call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, "duplicate final turn ignored");
+        return Stored::Duplicate;
+    };
+    match turn.turn_index {
+        Some(proposed) if proposed != turn_index => {
+            metrics::counter!("transcript_turns_renumbered_total").increment(1);
+            tracing::warn!(call_id = %turn.call_id, track = turn.track, proposed, turn_index, "turn index already taken by another turn; stored under the next free one");
+            Stored::Renumbered {
+                proposed,
+                turn_index,
+            }
+        }
+        _ => Stored::New { turn_index },
+    }
+}
+
+/// The event data of a turn's `transcript.final` (its `turn_index` is added once known).
+fn event_data(turn: &FinalTurn) -> serde_json::Value {
+    json!({
+        "track": turn.track, "text": turn.text, "language": turn.language,
+        "confidence": turn.confidence, "start_ms": turn.start_ms, "end_ms": turn.end_ms,
+    })
+}
+
+/// Stores `turns` and their `transcript.final` events in one statement: `store_final` for
+/// many turns, with one commit, one plan and one round trip for all of them. At most one
+/// turn per call and track (their indexes are chosen from the same snapshot); the caller
+/// (`TurnWriter`) sees to it. Returns each turn's outcome, in order. One failure fails
+/// them all: the writer then stores them one by one.
+pub async fn store_finals(db: &Db, turns: &[FinalTurn]) -> Result<Vec<Stored>, DbError> {
+    let call_ids: Vec<CallId> = turns.iter().map(|t| t.call_id).collect();
+    let tracks: Vec<&str> = turns.iter().map(|t| t.track).collect();
+    let proposed: Vec<i32> = turns.iter().map(|t| t.turn_index.unwrap_or(-1)).collect();
+    let session_ids: Vec<&str> = turns.iter().map(|t| t.session_id.as_str()).collect();
+    let turn_orders: Vec<i64> = turns.iter().map(|t| t.turn_order).collect();
+    let texts: Vec<&str> = turns.iter().map(|t| t.text.as_str()).collect();
+    let words: Vec<&serde_json::Value> = turns.iter().map(|t| &t.words).collect();
+    let confidences: Vec<Option<f64>> = turns.iter().map(|t| t.confidence).collect();
+    let starts: Vec<Option<i64>> = turns.iter().map(|t| t.start_ms).collect();
+    let ends: Vec<Option<i64>> = turns.iter().map(|t| t.end_ms).collect();
+    let languages: Vec<Option<&str>> = turns.iter().map(|t| t.language.as_deref()).collect();
+    let data: Vec<serde_json::Value> = turns.iter().map(event_data).collect();
+    let client = db.client().await?;
+    let rows = db
+        .query(
+            &client,
+            // `store_final`'s statement over a set: the same choice of index, the same
+            // relinking, and each call's sequence moved on by its number of new turns,
+            // numbered in the order the turns were queued.
+            "with input as (
+                 select * from unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::text[],
+                                      $7::jsonb[], $8::float8[], $9::bigint[], $10::bigint[], $11::text[], $12::jsonb[])
+                     with ordinality as t(call_id, track, proposed, session_id, turn_order, text, words,
+                                          confidence, start_ms, end_ms, language, data, n)
+             ), proposed as (
+                 select i.*, case
+                     when i.proposed >= 0 and not exists (select 1 from transcript_turns tt
+                                                          where tt.call_id = i.call_id and tt.track = i.track
+                                                            and tt.turn_index = i.proposed)
+                     then i.proposed
+                     else (select coalesce(max(tt.turn_index) + 1, 0)::int from transcript_turns tt
+                           where tt.call_id = i.call_id and tt.track = i.track)
+                 end as turn_index
+                 from input i
+             ), inserted as (
+                 insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
+                 select call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language
+                 from proposed
+                 on conflict (call_id, track, session_id, turn_order) do nothing
+                 returning call_id, track, turn_index, session_id, turn_order
+             ), relinked as (
+                 -- As in `store_final` (ADR 0017).
+                 update utterances u set source_turn_index = i.turn_index
+                 from inserted i
+                 where u.call_id = i.call_id and u.source_track = i.track and u.source_session_id = i.session_id
+                   and u.source_turn_order = i.turn_order and u.source_turn_index <> i.turn_index
+             ), counted as (
+                 select call_id, count(*) as new_turns from inserted group by call_id
+             ), next as (
+                 update calls c set event_seq = c.event_seq + k.new_turns
+                 from counted k where c.id = k.call_id
+                 returning c.id, c.event_seq - k.new_turns as before
+             ), numbered as (
+                 select i.call_id, i.track, i.turn_index, p.data,
+                        nx.before + row_number() over (partition by i.call_id order by p.n) as seq
+                 from inserted i
+                 join input p on p.call_id = i.call_id and p.track = i.track
+                 join next nx on nx.id = i.call_id
+             ), appended as (
+                 insert into call_events (call_id, seq, kind, data, occurred_at)
+                 select call_id, seq, 'transcript.final', data || jsonb_build_object('turn_index', turn_index), $13
+                 from numbered
+                 returning call_id, seq
+             )
+             select nb.call_id, nb.track, nb.turn_index, pg_notify($14, a.call_id::text || ':' || a.seq)
+             from numbered nb join appended a on a.call_id = nb.call_id and a.seq = nb.seq",
+            &[&call_ids, &tracks, &proposed, &session_ids, &turn_orders, &texts, &words,
+              &confidences, &starts, &ends, &languages, &data, &chrono::Utc::now(), &events::NOTIFY_CHANNEL],
+        )
+        .await?;
+    let stored: Vec<(CallId, String, i32)> = rows
+        .iter()
+        .map(|row| (row.get("call_id"), row.get("track"), row.get("turn_index")))
+        .collect();
+    Ok(turns
+        .iter()
+        .map(|turn| {
+            let index = stored
+                .iter()
+                .find(|(call_id, track, _)| *call_id == turn.call_id && track == turn.track)
+                .map(|(_, _, index)| *index);
+            outcome(turn, index)
+        })
+        .collect())
+}
+
+/// The most turns one statement stores.
+const MAX_BATCH: usize = 256;
+
+/// Turns waiting for the writer; a full queue makes `store` wait (never drops).
+const QUEUE: usize = 4096;
+
+struct Job {
+    turn: FinalTurn,
+    done: oneshot::Sender<Option<Stored>>,
+}
+
+/// The replica's final-turn writer. One task stores whatever turns are waiting in one
+/// statement (`store_finals`), then takes the next lot: a turn is written at once when the
+/// writer is idle, and under load the turns that arrive during a write share the next
+/// one. A statement per turn was one commit (a WAL flush), one executor start and one
+/// notification wake-up per turn; at 1,000 live calls that was most of PostgreSQL's work
+/// (ADR 0054). Cheap to clone; the task ends when the last clone is gone, after the turns
+/// queued before.
+#[derive(Clone)]
+pub struct TurnWriter {
+    db: Db,
+    queue: mpsc::Sender<Job>,
+}
+
+impl TurnWriter {
+    pub fn start(db: Db) -> Self {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        tokio::spawn(write_all(db.clone(), jobs));
+        Self { db, queue }
+    }
+
+    /// Stores `turn` (retrying transient database errors, as `store_final_retrying`) and
+    /// says how; `None` when it could not be stored (counted and logged).
+    pub async fn store(&self, turn: FinalTurn) -> Option<Stored> {
+        let (done, outcome) = oneshot::channel();
+        match self.queue.send(Job { turn, done }).await {
+            Ok(()) => outcome.await.ok().flatten(),
+            // The writer is gone (it never stops while a clone is alive): store directly.
+            Err(mpsc::error::SendError(job)) => store_final_retrying(&self.db, &job.turn).await,
+        }
+    }
+}
+
+async fn write_all(db: Db, mut jobs: mpsc::Receiver<Job>) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv().await {
+                Some(job) => waiting.push_back(job),
+                None => return,
+            }
+        }
+        while waiting.len() < QUEUE
+            && let Ok(job) = jobs.try_recv()
+        {
+            waiting.push_back(job);
+        }
+        let batch = next_batch(&mut waiting);
+        metrics::histogram!("transcript_turns_batch_size").record(batch.len() as f64);
+        write_batch(&db, batch).await;
+    }
+}
+
+/// Up to `MAX_BATCH` of the waiting turns, oldest first, at most one per call and track:
+/// a track's later turn waits for the next statement, so each track's turns are stored in
+/// the order they came.
+fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
+    let mut taken = HashSet::new();
+    let mut batch = Vec::new();
+    let mut left = VecDeque::with_capacity(waiting.len());
+    for job in waiting.drain(..) {
+        if batch.len() < MAX_BATCH && taken.insert((job.turn.call_id, job.turn.track)) {
+            batch.push(job);
+        } else {
+            taken.insert((job.turn.call_id, job.turn.track));
+            left.push_back(job);
+        }
+    }
+    *waiting = left;
+    batch
+}
+
+async fn write_batch(db: &Db, batch: Vec<Job>) {
+    let turns: Vec<FinalTurn> = batch.iter().map(|job| job.turn.clone()).collect();
+    match store_finals(db, &turns).await {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.done.send(Some(outcome));
+            }
+        }
+        Err(error) => {
+            // One at a time, each with its own retries: a turn the database refuses for
+            // good (its call deleted, say) costs only itself, and a passing outage is
+            // ridden out as before batching.
+            tracing::warn!(%error, turns = batch.len(), "storing a batch of final turns failed; storing them one by one");
+            let db = db.clone();
+            futures_util::future::join_all(batch.into_iter().map(|job| {
+                let db = db.clone();
+                async move {
+                    let outcome = store_final_retrying(&db, &job.turn).await;
+                    let _ = job.done.send(outcome);
+                }
+            }))
+            .await;
+        }
+    }
+}
+
+/// Stores a final turn, retrying transient database errors. A turn that still cannot be
+/// stored is counted (`transcript_turns_lost_total`) and logged as an error, never dropped
+/// quietly.
+pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
+    // About 3 s of database trouble is ridden out (200 ms doubling, five attempts).
+    let policy = Policy::provider(5);
+    match retry::run(&policy, "storing a final turn", |_| async {
+        store_final(db, turn).await.map_err(Failure::Transient)
+    })
+    .await
+    {
+        Ok(stored) => Some(stored),
+        Err(error) => {
+            metrics::counter!("transcript_turns_lost_total").increment(1);
+            tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
+            None
+        }
+    }
+}
