@@ -80,7 +80,7 @@ impl Partials {
     }
 
     /// Queues `text` as the newest partial of `call_id`'s `track`; published with the next
-    /// batch (at once when none is in flight).
+    /// batch (at once when none was published in the last `BATCH_GAP`).
     pub fn publish(&self, call_id: CallId, track: &'static str, turn_order: u64, text: &str) {
         let text: String = text.chars().take(MAX_PARTIAL_TEXT / 4).collect();
         self.pending

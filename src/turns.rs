@@ -5,6 +5,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use futures_util::StreamExt as _;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -139,7 +140,7 @@ fn event_data(turn: &FinalTurn) -> serde_json::Value {
 /// turn per call and track (their indexes are chosen from the same snapshot); the caller
 /// (`TurnWriter`) sees to it. Returns each turn's outcome, in order. One failure fails
 /// them all: the writer then stores them one by one.
-pub async fn store_finals(db: &Db, turns: &[FinalTurn]) -> Result<Vec<Stored>, DbError> {
+pub async fn store_finals(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<Stored>, DbError> {
     let call_ids: Vec<CallId> = turns.iter().map(|t| t.call_id).collect();
     let tracks: Vec<&str> = turns.iter().map(|t| t.track).collect();
     let proposed: Vec<i32> = turns.iter().map(|t| t.turn_index.unwrap_or(-1)).collect();
@@ -151,7 +152,7 @@ pub async fn store_finals(db: &Db, turns: &[FinalTurn]) -> Result<Vec<Stored>, D
     let starts: Vec<Option<i64>> = turns.iter().map(|t| t.start_ms).collect();
     let ends: Vec<Option<i64>> = turns.iter().map(|t| t.end_ms).collect();
     let languages: Vec<Option<&str>> = turns.iter().map(|t| t.language.as_deref()).collect();
-    let data: Vec<serde_json::Value> = turns.iter().map(event_data).collect();
+    let data: Vec<serde_json::Value> = turns.iter().map(|t| event_data(t)).collect();
     let client = db.client().await?;
     let rows = db
         .query(
@@ -164,6 +165,11 @@ pub async fn store_finals(db: &Db, turns: &[FinalTurn]) -> Result<Vec<Stored>, D
                                       $7::jsonb[], $8::float8[], $9::bigint[], $10::bigint[], $11::text[], $12::jsonb[])
                      with ordinality as t(call_id, track, proposed, session_id, turn_order, text, words,
                                           confidence, start_ms, end_ms, language, data, n)
+             ), locked as (
+                 -- The calls' rows in id order, before anything else touches them: two
+                 -- replicas' batches (the legs of an interpreted call stream to either)
+                 -- take them in the same order and never deadlock.
+                 select c.id from calls c where c.id = any($1::uuid[]) order by c.id for no key update
              ), proposed as (
                  select i.*, case
                      when i.proposed >= 0 and not exists (select 1 from transcript_turns tt
@@ -173,7 +179,7 @@ pub async fn store_finals(db: &Db, turns: &[FinalTurn]) -> Result<Vec<Stored>, D
                      else (select coalesce(max(tt.turn_index) + 1, 0)::int from transcript_turns tt
                            where tt.call_id = i.call_id and tt.track = i.track)
                  end as turn_index
-                 from input i
+                 from input i cross join (select count(*) from locked) l
              ), inserted as (
                  insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
                  select call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language
@@ -232,6 +238,10 @@ const MAX_BATCH: usize = 256;
 /// Turns waiting for the writer; a full queue makes `store` wait (never drops).
 const QUEUE: usize = 4096;
 
+/// Pooled connections a refused batch's turns use at once, stored one by one: a checkout
+/// per turn of a 256-turn batch would queue the media upgrades behind them (ADR 0026).
+const FALLBACK_AT_ONCE: usize = 4;
+
 struct Job {
     turn: FinalTurn,
     done: oneshot::Sender<Option<Stored>>,
@@ -262,7 +272,15 @@ impl TurnWriter {
     pub async fn store(&self, turn: FinalTurn) -> Option<Stored> {
         let (done, outcome) = oneshot::channel();
         match self.queue.send(Job { turn, done }).await {
-            Ok(()) => outcome.await.ok().flatten(),
+            Ok(()) => match outcome.await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // The writer dropped the turn unanswered: it panicked mid-batch.
+                    metrics::counter!("transcript_turns_lost_total").increment(1);
+                    tracing::error!("the final-turn writer stopped; a turn was not stored");
+                    None
+                }
+            },
             // The writer is gone (it never stops while a clone is alive): store directly.
             Err(mpsc::error::SendError(job)) => store_final_retrying(&self.db, &job.turn).await,
         }
@@ -291,7 +309,7 @@ async fn write_all(db: Db, mut jobs: mpsc::Receiver<Job>) {
 
 /// Up to `MAX_BATCH` of the waiting turns, oldest first, at most one per call and track:
 /// a track's later turn waits for the next statement, so each track's turns are stored in
-/// the order they came.
+/// the order they reached the writer.
 fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
     let mut taken = HashSet::new();
     let mut batch = Vec::new();
@@ -309,7 +327,7 @@ fn next_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
 }
 
 async fn write_batch(db: &Db, batch: Vec<Job>) {
-    let turns: Vec<FinalTurn> = batch.iter().map(|job| job.turn.clone()).collect();
+    let turns: Vec<&FinalTurn> = batch.iter().map(|job| &job.turn).collect();
     match store_finals(db, &turns).await {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
@@ -317,21 +335,31 @@ async fn write_batch(db: &Db, batch: Vec<Job>) {
             }
         }
         Err(error) => {
-            // One at a time, each with its own retries: a turn the database refuses for
-            // good (its call deleted, say) costs only itself, and a passing outage is
-            // ridden out as before batching.
+            // One at a time, each with its own retries, a few at once: a turn the
+            // database refuses for good (its call deleted, say) fails at once and costs only
+            // itself, and a passing outage is ridden out as before batching.
             tracing::warn!(%error, turns = batch.len(), "storing a batch of final turns failed; storing them one by one");
-            let db = db.clone();
-            futures_util::future::join_all(batch.into_iter().map(|job| {
-                let db = db.clone();
-                async move {
-                    let outcome = store_final_retrying(&db, &job.turn).await;
+            futures_util::stream::iter(batch)
+                .for_each_concurrent(FALLBACK_AT_ONCE, |job| async move {
+                    let outcome = store_final_retrying(db, &job.turn).await;
                     let _ = job.done.send(outcome);
-                }
-            }))
-            .await;
+                })
+                .await;
         }
     }
+}
+
+/// An integrity error no retry can mend (the call is gone, a check fails). A unique
+/// violation is not one: two writers that took the same free index at once get it, and
+/// the retry takes the next.
+fn refused_for_good(error: &DbError) -> bool {
+    let DbError::Postgres(error) = error else {
+        return false;
+    };
+    error.code().is_some_and(|code| {
+        let code = code.code();
+        code.starts_with("23") && code != "23505"
+    })
 }
 
 /// Stores a final turn, retrying transient database errors. A turn that still cannot be
@@ -341,7 +369,13 @@ pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
     // About 3 s of database trouble is ridden out (200 ms doubling, five attempts).
     let policy = Policy::provider(5);
     match retry::run(&policy, "storing a final turn", |_| async {
-        store_final(db, turn).await.map_err(Failure::Transient)
+        store_final(db, turn).await.map_err(|error| {
+            if refused_for_good(&error) {
+                Failure::Final(error)
+            } else {
+                Failure::Transient(error)
+            }
+        })
     })
     .await
     {
@@ -351,5 +385,79 @@ pub async fn store_final_retrying(db: &Db, turn: &FinalTurn) -> Option<Stored> {
             tracing::error!(%error, call_id = %turn.call_id, track = turn.track, session_id = %turn.session_id, turn_order = turn.turn_order, text = %turn.text, "a final turn could not be stored");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(call: u128, track: &'static str, order: i64) -> Job {
+        Job {
+            turn: FinalTurn {
+                call_id: uuid::Uuid::from_u128(call).into(),
+                track,
+                turn_index: None,
+                session_id: "s".into(),
+                turn_order: order,
+                text: String::new(),
+                words: serde_json::Value::Null,
+                confidence: None,
+                start_ms: None,
+                end_ms: None,
+                language: None,
+            },
+            done: oneshot::channel().0,
+        }
+    }
+
+    fn keys(jobs: &[Job]) -> Vec<(u128, &'static str, i64)> {
+        jobs.iter()
+            .map(|j| {
+                (
+                    j.turn.call_id.uuid().as_u128(),
+                    j.turn.track,
+                    j.turn.turn_order,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_one_turn_per_call_and_track_and_the_rest_keep_their_order() {
+        let mut waiting: VecDeque<Job> = [
+            job(1, "inbound", 0),
+            job(1, "outbound", 0),
+            job(1, "inbound", 1),
+            job(2, "inbound", 0),
+            job(1, "inbound", 2),
+            job(1, "outbound", 1),
+        ]
+        .into_iter()
+        .collect();
+        let first = next_batch(&mut waiting);
+        assert_eq!(
+            keys(&first),
+            [(1, "inbound", 0), (1, "outbound", 0), (2, "inbound", 0)]
+        );
+        let second = next_batch(&mut waiting);
+        assert_eq!(keys(&second), [(1, "inbound", 1), (1, "outbound", 1)]);
+        let third = next_batch(&mut waiting);
+        assert_eq!(keys(&third), [(1, "inbound", 2)]);
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn a_full_batch_leaves_the_rest_in_order() {
+        let mut waiting: VecDeque<Job> = (0..MAX_BATCH as u128 + 3)
+            .map(|call| job(call, "inbound", 0))
+            .collect();
+        assert_eq!(next_batch(&mut waiting).len(), MAX_BATCH);
+        assert_eq!(
+            keys(waiting.make_contiguous()),
+            (MAX_BATCH as u128..MAX_BATCH as u128 + 3)
+                .map(|call| (call, "inbound", 0))
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -115,35 +115,29 @@ async fn a_subscriber_on_another_replica_sees_every_event_and_resumes_exactly() 
 }
 
 /// Partials go out at most every 50 ms per replica (each batch is a commit that wakes every
-/// listening backend), the first after a pause at once, and the newest of a track is never
-/// held back: a track publishing every 5 ms reaches LISTEN in a batch per 50 ms, and its
-/// last partial arrives.
+/// listening backend), and the newest of a track is never held back: a track publishing
+/// every 5 ms reaches LISTEN in a batch per 50 ms, and its last partial arrives.
 #[tokio::test]
 async fn partials_go_out_at_most_every_50_ms_and_the_newest_always_arrives() {
     let app = TestApp::spawn().await;
     let mut notices = app.state.listener.subscribe();
     tokio::time::sleep(Duration::from_millis(300)).await; // LISTENing
     let call_id = uuid::Uuid::new_v4();
-    let started = std::time::Instant::now();
     app.state
         .partials
         .publish(call_id.into(), "inbound", 0, "first");
-    let first = loop {
+    loop {
         match tokio::time::timeout(Duration::from_secs(5), notices.recv()).await {
             Ok(Ok(callbridge::db::Notice::Notification { channel, payload }))
                 if channel == callbridge::events::PARTIALS_CHANNEL
                     && payload.contains(&call_id.to_string()) =>
             {
-                break started.elapsed();
+                break;
             }
             Ok(Ok(_)) => continue,
             other => panic!("no partial arrived: {other:?}"),
         }
-    };
-    assert!(
-        first < Duration::from_millis(45),
-        "after a pause a partial goes at once: {first:?}"
-    );
+    }
     let publishing = std::time::Instant::now();
     for order in 1..=120u64 {
         app.state

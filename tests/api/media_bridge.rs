@@ -780,10 +780,11 @@ async fn final_turns_stored_together_keep_the_rules_of_one() {
     let outcomes = store_finals(
         db,
         &[
-            turn(first, "inbound", "b", 0, 0),  // index 0 is taken: stored as 1
-            turn(first, "outbound", "c", 0, 0), // the other track: 0 is free
-            turn(second, "inbound", "d", 0, 0), // another call
-            turn(second, "outbound", "e", 7, 3), // a proposed index kept as proposed
+            // Queued outbound first: events follow the queue, not the tracks' names.
+            &turn(first, "outbound", "c", 0, 0), // 0 is free on this track
+            &turn(first, "inbound", "b", 0, 0),  // index 0 is taken: stored as 1
+            &turn(second, "inbound", "d", 0, 0), // another call
+            &turn(second, "outbound", "e", 7, 3), // a proposed index kept as proposed
         ],
     )
     .await
@@ -791,11 +792,11 @@ async fn final_turns_stored_together_keep_the_rules_of_one() {
     assert_eq!(
         outcomes,
         vec![
+            Stored::New { turn_index: 0 },
             Stored::Renumbered {
                 proposed: 0,
                 turn_index: 1
             },
-            Stored::New { turn_index: 0 },
             Stored::New { turn_index: 0 },
             Stored::New { turn_index: 3 },
         ]
@@ -803,8 +804,8 @@ async fn final_turns_stored_together_keep_the_rules_of_one() {
     let again = store_finals(
         db,
         &[
-            turn(first, "inbound", "b", 0, 4), // the same identity: a duplicate
-            turn(second, "inbound", "d", 1, 1), // the next turn of that track
+            &turn(first, "inbound", "b", 0, 4), // the same identity: a duplicate
+            &turn(second, "inbound", "d", 1, 1), // the next turn of that track
         ],
     )
     .await
@@ -840,8 +841,8 @@ async fn final_turns_stored_together_keep_the_rules_of_one() {
             .collect::<Vec<_>>(),
         vec![
             ("inbound".into(), 0),
-            ("inbound".into(), 1),
-            ("outbound".into(), 0)
+            ("outbound".into(), 0),
+            ("inbound".into(), 1)
         ],
         "queue order within a call"
     );
@@ -905,10 +906,11 @@ async fn the_turn_writer_stores_every_turn_in_order_and_isolates_a_refused_one()
             stores.push(tokio::spawn(async move { writer.store(turn).await }));
         }
     }
-    let refused = writer.store(turn(uuid::Uuid::new_v4(), "inbound", 0));
-    let (refused, stored) = tokio::join!(refused, futures_util::future::join_all(stores));
-    assert_eq!(refused, None, "a turn of no call cannot be stored");
-    let stored: Vec<Option<Stored>> = stored.into_iter().map(|r| r.unwrap()).collect();
+    let stored: Vec<Option<Stored>> = futures_util::future::join_all(stores)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     for (i, outcome) in stored.iter().enumerate() {
         assert_eq!(
             *outcome,
@@ -941,6 +943,20 @@ async fn the_turn_writer_stores_every_turn_in_order_and_isolates_a_refused_one()
             "{track}: each once, in order"
         );
     }
+    // A turn of no call fails its batch; the batch is stored one by one, at once (a
+    // foreign-key error is not retried), and the call's turn beside it is stored.
+    let started = std::time::Instant::now();
+    let (refused, beside) = tokio::join!(
+        writer.store(turn(uuid::Uuid::new_v4(), "inbound", 0)),
+        writer.store(turn(call, "inbound", 20)),
+    );
+    assert_eq!(refused, None, "a turn of no call cannot be stored");
+    assert_eq!(beside, Some(Stored::New { turn_index: 20 }));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused for good without retries: {:?}",
+        started.elapsed()
+    );
 }
 
 /// Issue 15 item 9: in steady state a live call costs PostgreSQL at most one statement per
