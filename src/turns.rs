@@ -56,54 +56,8 @@ pub enum Stored {
 /// connection, its advisory lock and the call's row lock across every round trip while the
 /// task waited to be polled again, and the pool ran dry (ADR 0026).
 pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
-    let data = event_data(turn);
-    let client = db.client().await?;
-    // Through the statement cache: unprepared, each turn cost three round trips (prepare,
-    // execute, close), and turns are most of a live call's statements (benches/media_bridge.rs).
-    let row = db
-        .query(
-            &client,
-            // As `events::append` (sequence, row and notification in one statement), for
-            // the turn just inserted; nothing is appended for a duplicate.
-            "with proposed as (
-                 select case
-                     when $5::int >= 0 and not exists (select 1 from transcript_turns
-                                                       where call_id = $1 and track = $2 and turn_index = $5)
-                     then $5::int
-                     else (select coalesce(max(turn_index) + 1, 0)::int from transcript_turns
-                           where call_id = $1 and track = $2)
-                 end as turn_index
-             ), inserted as (
-                 insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words, confidence, start_ms, end_ms, language)
-                 select $1, $2, p.turn_index, $3, $4, $6, $7, $8, $9, $10, $11 from proposed p
-                 on conflict (call_id, track, session_id, turn_order) do nothing
-                 returning turn_index
-             ), relinked as (
-                 -- Stored under another index than proposed: an utterance already made of
-                 -- the turn (handed over before storing) follows it there (ADR 0017).
-                 update utterances u set source_turn_index = i.turn_index
-                 from inserted i
-                 where u.call_id = $1 and u.source_track = $2 and u.source_session_id = $3
-                   and u.source_turn_order = $4 and u.source_turn_index <> i.turn_index
-             ), next as (
-                 update calls set event_seq = event_seq + 1
-                 where id = $1 and exists (select 1 from inserted) returning event_seq
-             ), appended as (
-                 insert into call_events (call_id, seq, kind, data, occurred_at)
-                 select $1, n.event_seq, 'transcript.final', $12::jsonb || jsonb_build_object('turn_index', i.turn_index), $13
-                 from next n cross join inserted i
-                 returning seq
-             )
-             select i.turn_index, pg_notify($14, $1::text || ':' || a.seq)
-             from inserted i cross join appended a",
-            &[&turn.call_id, &turn.track, &turn.session_id, &turn.turn_order, &turn.turn_index.unwrap_or(-1),
-              &turn.text, &turn.words, &turn.confidence, &turn.start_ms, &turn.end_ms, &turn.language,
-              &data, &chrono::Utc::now(), &events::NOTIFY_CHANNEL],
-        )
-        .await?
-        .into_iter()
-        .next();
-    Ok(outcome(turn, row.map(|row| row.get("turn_index"))))
+    let stored = insert(db, &[turn]).await?;
+    Ok(outcome(turn, index_of(&stored, turn)))
 }
 
 /// What became of `turn`, from the index it was stored under (`None`: not stored, as its
@@ -141,6 +95,27 @@ fn event_data(turn: &FinalTurn) -> serde_json::Value {
 /// (`TurnWriter`) sees to it. Returns each turn's outcome, in order. One failure fails
 /// them all: the writer then stores them one by one.
 pub async fn store_finals(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<Stored>, DbError> {
+    let stored = insert(db, turns).await?;
+    Ok(turns
+        .iter()
+        .map(|turn| outcome(turn, index_of(&stored, turn)))
+        .collect())
+}
+
+/// A stored turn: its call, track and the index it was stored under.
+type StoredRow = (CallId, String, i32);
+
+/// The index `turn` was stored under, if it was (at most one turn per call and track).
+fn index_of(stored: &[StoredRow], turn: &FinalTurn) -> Option<i32> {
+    stored
+        .iter()
+        .find(|(call_id, track, _)| *call_id == turn.call_id && track == turn.track)
+        .map(|(_, _, index)| *index)
+}
+
+/// The one statement behind `store_final` and `store_finals`: the turns not yet stored, as
+/// stored.
+async fn insert(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<StoredRow>, DbError> {
     let call_ids: Vec<CallId> = turns.iter().map(|t| t.call_id).collect();
     let tracks: Vec<&str> = turns.iter().map(|t| t.track).collect();
     let proposed: Vec<i32> = turns.iter().map(|t| t.turn_index.unwrap_or(-1)).collect();
@@ -216,19 +191,9 @@ pub async fn store_finals(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<Stored>, 
               &confidences, &starts, &ends, &languages, &data, &chrono::Utc::now(), &events::NOTIFY_CHANNEL],
         )
         .await?;
-    let stored: Vec<(CallId, String, i32)> = rows
+    Ok(rows
         .iter()
         .map(|row| (row.get("call_id"), row.get("track"), row.get("turn_index")))
-        .collect();
-    Ok(turns
-        .iter()
-        .map(|turn| {
-            let index = stored
-                .iter()
-                .find(|(call_id, track, _)| *call_id == turn.call_id && track == turn.track)
-                .map(|(_, _, index)| *index);
-            outcome(turn, index)
-        })
         .collect())
 }
 

@@ -1483,7 +1483,7 @@ impl Bridge {
                 hand_over = Some(end_of_turn_at);
             }
         }
-        let (db, writer) = (self.state.db.clone(), self.state.turns.clone());
+        let writer = self.state.turns.clone();
         let Some(end_of_turn_at) = hand_over else {
             self.storage.spawn(async move {
                 writer.store(stored).await;
@@ -1494,6 +1494,7 @@ impl Bridge {
         // the turns announced before it (their stores may finish in any order).
         let (done, finished) = tokio::sync::oneshot::channel();
         let previous = self.announced.replace(finished);
+        let db = self.state.db.clone();
         self.storage.spawn(async move {
             let call_id = stored.call_id;
             let speaker = stored.track.to_owned();
