@@ -143,13 +143,20 @@ async fn insert(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<StoredRow>, DbError
              ), locked as (
                  -- The calls' rows in id order, before anything else touches them: two
                  -- replicas' batches (the legs of an interpreted call stream to either)
-                 -- take them in the same order and never deadlock.
-                 select c.id from calls c where c.id = any($1::uuid[]) order by c.id for no key update
+                 -- take them in the same order and never deadlock. One key lookup per
+                 -- call: a lock in a lateral subquery cannot become a join, and the
+                 -- planner would otherwise read every row of a table of a few thousand
+                 -- calls (ADR 0055).
+                 select c.id
+                 from (select distinct id from unnest($1::uuid[]) as u (id) order by id) u,
+                      lateral (select c.id from calls c where c.id = u.id for no key update) c
              ), proposed as (
                  select i.*, case
+                     -- `offset 0`: a key lookup per turn. Without it the planner may hash
+                     -- the whole table once per statement instead (ADR 0055).
                      when i.proposed >= 0 and not exists (select 1 from transcript_turns tt
                                                           where tt.call_id = i.call_id and tt.track = i.track
-                                                            and tt.turn_index = i.proposed)
+                                                            and tt.turn_index = i.proposed offset 0)
                      then i.proposed
                      else (select coalesce(max(tt.turn_index) + 1, 0)::int from transcript_turns tt
                            where tt.call_id = i.call_id and tt.track = i.track)
@@ -167,11 +174,13 @@ async fn insert(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<StoredRow>, DbError
                  from inserted i
                  where u.call_id = i.call_id and u.source_track = i.track and u.source_session_id = i.session_id
                    and u.source_turn_order = i.turn_order and u.source_turn_index <> i.turn_index
+                   -- The keys as an array: an index scan whatever the table's size (ADR 0055).
+                   and u.call_id = any(array(select call_id from inserted))
              ), counted as (
                  select call_id, count(*) as new_turns from inserted group by call_id
              ), next as (
                  update calls c set event_seq = c.event_seq + k.new_turns
-                 from counted k where c.id = k.call_id
+                 from counted k where c.id = k.call_id and c.id = any(array(select call_id from counted))
                  returning c.id, c.event_seq - k.new_turns as before
              ), numbered as (
                  select i.call_id, i.track, i.turn_index, p.data,

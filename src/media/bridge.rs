@@ -69,13 +69,6 @@ enum AaiEvent {
         generation: u64,
         message: Box<ServerMessage>,
     },
-    /// The session answered the ping sent after the batch ending at `through_ms`: it has
-    /// read all the audio up to there.
-    Heard {
-        track: Track,
-        generation: u64,
-        through_ms: u64,
-    },
     Closed {
         track: Track,
         generation: u64,
@@ -1118,6 +1111,8 @@ impl Bridge {
         state.generation += 1;
         state.phase = Phase::Connecting;
         let generation = state.generation;
+        // The session's pongs go to the replay buffer directly, not through the call's task.
+        let pongs = state.replay.listen();
         let (client, params, events) = (
             self.client.clone(),
             self.params.clone(),
@@ -1163,15 +1158,7 @@ impl Bridge {
                                 let Ok(through) = <[u8; 8]>::try_from(payload.as_ref()) else {
                                     continue;
                                 };
-                                let through_ms = u64::from_be_bytes(through);
-                                let heard = AaiEvent::Heard {
-                                    track,
-                                    generation,
-                                    through_ms,
-                                };
-                                if events.send(heard).await.is_err() {
-                                    return;
-                                }
+                                pongs.record(u64::from_be_bytes(through));
                             }
                             Some(Ok(AaiMessage::Close(frame))) => {
                                 break assemblyai::describe_close(frame.as_ref());
@@ -1337,17 +1324,6 @@ impl Bridge {
                         }
                     }
                     ServerMessage::Begin { .. } | ServerMessage::Other => {}
-                }
-            }
-            AaiEvent::Heard {
-                track,
-                generation,
-                through_ms,
-            } => {
-                if let Some(state) = self.tracks.get_mut(&track)
-                    && state.generation == generation
-                {
-                    state.replay.heard_through(through_ms);
                 }
             }
             AaiEvent::Closed {
@@ -2039,7 +2015,7 @@ impl Bridge {
 }
 
 /// Sends a batch to the track's session, followed by a ping carrying the batch's end: the
-/// pong tells which audio the session has read (`AaiEvent::Heard`). One flush for both.
+/// pong tells which audio the session has read (`replay::PongMark`). One flush for both.
 async fn send_batch(
     state: &mut TrackState,
     offset_ms: u64,

@@ -8,9 +8,12 @@
 //! two kinds: `Unheard` (AssemblyAI never read it) or `Untranscribed` (read only by a
 //! session that dropped in the middle of a turn, so its words never came back). Audio a
 //! live session heard with no turn open, and audio a final turn covers, is never a gap.
-//! Pure and synchronous.
+//! Synchronous; the one thing shared is the current session's [`PongMark`], which its
+//! reader task moves forward and the buffer reads before it next changes.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::shaping::MULAW_BYTES_PER_MS;
 
@@ -78,6 +81,33 @@ pub struct Gap {
     pub kind: GapKind,
 }
 
+/// Where a session's pongs have got to: the end of the last batch whose ping came back, on
+/// the track's clock as it was when the ping was sent. The session's reader moves it
+/// forward; the call's task reads it only when its buffer next changes, so a pong wakes the
+/// reader alone and not the call's task too (ten pongs a second per track).
+#[derive(Clone, Default)]
+pub struct PongMark(Arc<AtomicU64>);
+
+impl PongMark {
+    /// The session answered the ping sent after the batch ending at `through_ms`.
+    pub fn record(&self, through_ms: u64) {
+        self.0.fetch_max(through_ms, Ordering::Release);
+    }
+
+    fn through(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The current session's [`PongMark`], and how much of it the buffer has applied.
+struct Listening {
+    mark: PongMark,
+    applied: u64,
+    /// How far the track's clock moved since the session began (`shift`): its pongs carry
+    /// the clock of their pings.
+    shifted_ms: i64,
+}
+
 pub struct ReplayBuffer {
     held: VecDeque<Batch>,
     held_bytes: usize,
@@ -85,6 +115,7 @@ pub struct ReplayBuffer {
     /// The gap growing now, and finished ones not yet taken.
     open_gap: Option<Gap>,
     gaps: Vec<Gap>,
+    listening: Option<Listening>,
 }
 
 impl ReplayBuffer {
@@ -95,11 +126,42 @@ impl ReplayBuffer {
             cap_bytes,
             open_gap: None,
             gaps: Vec::new(),
+            listening: None,
+        }
+    }
+
+    /// A new session's pongs will count from now on (a fresh mark, for its reader); the
+    /// last session's are applied first and then no longer read.
+    pub fn listen(&mut self) -> PongMark {
+        self.catch_up();
+        let mark = PongMark::default();
+        self.listening = Some(Listening {
+            mark: mark.clone(),
+            applied: 0,
+            shifted_ms: 0,
+        });
+        mark
+    }
+
+    /// Applies the pongs that came back since last time: what they confirm was heard.
+    fn catch_up(&mut self) {
+        let Some(listening) = self.listening.as_mut() else {
+            return;
+        };
+        let through = listening.mark.through();
+        if through <= listening.applied {
+            return;
+        }
+        listening.applied = through;
+        let end_ms = through.saturating_add_signed(listening.shifted_ms);
+        for batch in self.held.iter_mut().take_while(|b| b.end_ms() <= end_ms) {
+            batch.heard = Heard::Yes;
         }
     }
 
     /// Holds a batch; beyond the cap the oldest leave (a gap unless heard).
     pub fn push(&mut self, batch: Batch) {
+        self.catch_up();
         self.held_bytes += batch.bytes.len();
         self.held.push_back(batch);
         while self.held_bytes > self.cap_bytes && !self.held.is_empty() {
@@ -120,13 +182,6 @@ impl ReplayBuffer {
         self.held.get(index)
     }
 
-    /// A session read everything sent to it up to `end_ms` (its pong came back).
-    pub fn heard_through(&mut self, end_ms: u64) {
-        for batch in self.held.iter_mut().take_while(|b| b.end_ms() <= end_ms) {
-            batch.heard = Heard::Yes;
-        }
-    }
-
     /// A session finished cleanly after everything held was sent to it.
     pub fn all_heard(&mut self) {
         for batch in &mut self.held {
@@ -137,6 +192,9 @@ impl ReplayBuffer {
     /// The session dropped. With a turn open, what it heard since the last final turn has
     /// no transcript yet: it counts as lost unless a new session hears it again.
     pub fn session_dropped(&mut self, turn_open: bool) {
+        // Its reader recorded every pong before it reported the drop.
+        self.catch_up();
+        self.listening = None;
         if !turn_open {
             return;
         }
@@ -150,6 +208,7 @@ impl ReplayBuffer {
     /// A live session heard this audio and found no turn in it: keep only the newest
     /// `keep_bytes` (at least one batch).
     pub fn trim_to(&mut self, keep_bytes: usize) {
+        self.catch_up();
         while self.held_bytes > keep_bytes && self.held.len() > 1 {
             self.discard_front();
         }
@@ -157,6 +216,7 @@ impl ReplayBuffer {
 
     /// A final turn covers the audio up to `end_ms`: it was heard and needs no replay.
     pub fn transcribed_through(&mut self, end_ms: u64) {
+        self.catch_up();
         while self.held.front().is_some_and(|b| b.end_ms() <= end_ms) {
             if let Some(batch) = self.held.front_mut() {
                 batch.heard = Heard::Yes;
@@ -167,6 +227,7 @@ impl ReplayBuffer {
 
     /// The track gives up (its deadline passed): whatever has no transcript is lost.
     pub fn abandon(&mut self) {
+        self.catch_up();
         while !self.held.is_empty() {
             self.discard_front();
         }
@@ -174,6 +235,10 @@ impl ReplayBuffer {
 
     /// The track's clock moved by `delta_ms` (its origin settled): so does everything held.
     pub fn shift(&mut self, delta_ms: i64) {
+        self.catch_up();
+        if let Some(listening) = self.listening.as_mut() {
+            listening.shifted_ms += delta_ms;
+        }
         for batch in &mut self.held {
             batch.offset_ms = batch.offset_ms.saturating_add_signed(delta_ms);
         }
@@ -283,15 +348,17 @@ mod tests {
     #[test]
     fn a_pong_confirms_what_was_sent_before_it() {
         let mut buffer = ReplayBuffer::new(2 * 800);
+        let pongs = buffer.listen();
         for offset in (0..400).step_by(100) {
             buffer.push(batch(offset, false));
             if offset == 100 {
-                buffer.heard_through(200);
+                pongs.record(200);
             }
         }
         // 0–200 heard before they overflowed; 200–400 still held.
         assert!(buffer.take_gaps().is_empty());
-        buffer.heard_through(300);
+        pongs.record(300);
+        pongs.record(100); // out of order: the mark never goes back
         buffer.abandon();
         assert_eq!(
             buffer.take_gaps(),
@@ -303,9 +370,12 @@ mod tests {
     #[test]
     fn audio_a_dropped_session_heard_mid_turn_is_untranscribed_unless_heard_again() {
         let mut buffer = ReplayBuffer::new(3 * 800);
-        buffer.push(batch(0, true));
-        buffer.push(batch(100, true));
+        let first = buffer.listen();
+        buffer.push(batch(0, false));
+        buffer.push(batch(100, false));
+        first.record(200);
         buffer.session_dropped(true);
+        first.record(400); // a dropped session's mark is read no more
         buffer.push(batch(200, false));
         buffer.push(batch(300, false));
         assert_eq!(
@@ -316,7 +386,7 @@ mod tests {
                 kind: GapKind::Untranscribed
             }]
         );
-        buffer.heard_through(400); // replayed to a new session
+        buffer.listen().record(400); // replayed to a new session
         buffer.abandon();
         assert!(buffer.take_gaps().is_empty());
 
@@ -328,6 +398,21 @@ mod tests {
             silent.take_gaps().is_empty(),
             "no turn was open: nothing lost"
         );
+    }
+
+    #[test]
+    fn a_pong_is_read_on_the_clock_its_ping_was_sent_on() {
+        let mut buffer = ReplayBuffer::new(100 * 800);
+        let pongs = buffer.listen();
+        buffer.push(batch(0, false));
+        buffer.push(batch(100, false));
+        // The track's origin settles 1 s later: everything held moves with it, and the
+        // pong for the ping sent after 0–200 still confirms both batches.
+        buffer.shift(1000);
+        pongs.record(200);
+        buffer.push(batch(1200, false));
+        buffer.abandon();
+        assert_eq!(buffer.take_gaps(), vec![unheard(1200, 1300)]);
     }
 
     #[test]

@@ -875,6 +875,158 @@ async fn final_turns_stored_together_keep_the_rules_of_one() {
     assert_eq!(stored, 3);
 }
 
+/// A batch of turns reads the rows it needs by key, whatever the planner's page costs and
+/// the tables' sizes. With the server's default costs (`DATABASE_RANDOM_PAGE_COST=0`, or
+/// behind a transaction-mode pooler) the planner read every call twice per batch on a table
+/// of thousands of calls; with the service's own (1.1) it still did on a young deployment's
+/// table of a thousand (ADR 0055). Counted by PostgreSQL's own statistics, on databases
+/// nothing else uses.
+#[tokio::test]
+async fn a_batch_of_turns_reads_only_the_rows_it_stores() {
+    for (costs, calls) in [("1.1", 1_000), ("0", 5_000)] {
+        let read_in_full = tables_a_batch_reads_in_full(costs, calls).await;
+        assert!(
+            read_in_full.is_empty(),
+            "DATABASE_RANDOM_PAGE_COST={costs}, {calls} calls: a batch of 50 turns read these tables in full: {read_in_full:?}"
+        );
+    }
+}
+
+/// Stores 50 turns (one per call) among `calls` calls, the first thousand with 20 turns and
+/// 20 utterances each, through a pool with `DATABASE_RANDOM_PAGE_COST=costs`; returns the
+/// tables the statement scanned sequentially, and how often.
+async fn tables_a_batch_reads_in_full(costs: &str, calls: i32) -> Vec<String> {
+    use callbridge::turns::{FinalTurn, Stored, store_finals};
+    let database = common::fresh_database().await;
+    let url = common::database_url(&database);
+    let config = common::test_config(&url, "unused", &[("DATABASE_RANDOM_PAGE_COST", costs)]);
+    let admin = common::connect(&url).await;
+    admin
+        .execute(
+            "insert into organisations (id, name) values ('00000000-0000-0000-0000-0000000000aa', 'o')",
+            &[],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "insert into calls (id, organisation_id, direction, from_number, to_number, status)
+             select gen_random_uuid(), '00000000-0000-0000-0000-0000000000aa', 'outbound', '+1', '+2', 'answered'
+             from generate_series(1, $1)",
+            &[&calls],
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "insert into transcript_turns (call_id, track, turn_index, session_id, turn_order, text, words)
+                 select c.id, 'inbound', g, 'old', g, 'earlier', '[]'
+                 from (select id from calls order by id limit 1000) c, generate_series(0, 19) g;
+             insert into utterances (call_id, seq, source_track, source_turn_index, original_text, end_of_turn_at,
+                                     source_session_id, source_turn_order)
+                 select call_id, turn_index, track, turn_index, text, now(), session_id, turn_order
+                 from transcript_turns;
+             -- Statistics, as a live database's autovacuum keeps them.
+             analyze calls, transcript_turns, utterances;
+             select pg_stat_force_next_flush();",
+        )
+        .await
+        .unwrap();
+    // Each backend reports its counts to the statistics a little after its transactions
+    // (or as it exits): a reading is complete once the rows it inserted are counted.
+    let inserted = |table: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "select n_tup_ins from pg_stat_user_tables where relname = $1",
+                    &[&table],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap()
+        }
+    };
+    let counted = |table: &'static str, rows: i64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while inserted(table).await < rows {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the statistics never counted {table}'s rows"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    counted("utterances", 20_000).await;
+    let sequential = |table: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "select seq_scan from pg_stat_user_tables where relname = $1",
+                    &[&table],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap()
+        }
+    };
+    let tables = ["calls", "transcript_turns", "utterances"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(sequential(table).await);
+    }
+    let ids: Vec<Uuid> = admin
+        .query("select id from calls order by id limit 50", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let turns: Vec<FinalTurn> = ids
+        .iter()
+        .map(|&call| FinalTurn {
+            call_id: call.into(),
+            track: "inbound",
+            // Taken by an earlier turn: both lookups run (is it free, what comes next).
+            turn_index: Some(5),
+            session_id: "new".to_owned(),
+            turn_order: 0,
+            text: "hello".to_owned(),
+            words: serde_json::json!([]),
+            confidence: None,
+            start_ms: Some(0),
+            end_ms: Some(100),
+            language: None,
+        })
+        .collect();
+    let db = callbridge::db::Db::connect(&config.database).unwrap();
+    let stored = store_finals(&db, &turns.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|s| *s
+            == Stored::Renumbered {
+                proposed: 5,
+                turn_index: 20
+            }),
+        "each after its call's 20 earlier turns: {stored:?}"
+    );
+    // Its backend reports as it exits.
+    drop(db);
+    counted("transcript_turns", 20_050).await;
+    let mut read_in_full = Vec::new();
+    for (table, seq_before) in tables.iter().zip(before) {
+        let scans = sequential(table).await - seq_before;
+        if scans > 0 {
+            read_in_full.push(format!("{table} ({scans} times)"));
+        }
+    }
+    drop(admin);
+    common::drop_database_blocking(&database);
+    read_in_full
+}
+
 /// The replica's `TurnWriter` stores what it is handed, in order per track, whatever the
 /// batch: a track's second turn queued beside its first waits for the next statement, and a
 /// turn the database refuses for good (its call does not exist) costs only itself.

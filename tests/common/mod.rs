@@ -48,6 +48,15 @@ pub fn database_url(name: &str) -> String {
     url.to_string()
 }
 
+/// A plain connection to `url`, outside any app's pool.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 async fn admin_client() -> tokio_postgres::Client {
     let (client, connection) =
         tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
@@ -293,12 +302,7 @@ impl TestApp {
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(&database_url(&self.database), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        client
+        connect(&database_url(&self.database)).await
     }
 
     /// The `count` column of `sql` (a `select count(*) …`) on a fresh connection.
