@@ -881,6 +881,10 @@ impl Bridge {
             };
             if overdue {
                 tracing::warn!(call_id = %self.call_id, track = track.track.as_str(), phase = ?track.phase, "stopping track did not finish in time");
+                if matches!(track.phase, Phase::Live | Phase::Terminating) {
+                    // Given up as if it dropped: what it heard of an open turn has no words.
+                    track.replay.session_dropped(track.turn_open);
+                }
                 track.phase = Phase::Finished;
                 track.sink = None;
             }
@@ -1889,6 +1893,8 @@ impl Bridge {
         };
         if let Some(sink) = state.sink.as_mut() {
             if sink.send(assemblyai::terminate_message()).await.is_err() {
+                // The session is gone: what it heard of an open turn has no words.
+                state.replay.session_dropped(state.turn_open);
                 state.phase = Phase::Finished;
                 return;
             }
@@ -2027,7 +2033,8 @@ async fn send_batch(
         return;
     };
     let bytes_len = bytes.len();
-    let ping = AaiMessage::Ping(end_ms.to_be_bytes().to_vec().into());
+    let ping_payload = state.replay.ping_payload(end_ms);
+    let ping = AaiMessage::Ping(ping_payload.to_be_bytes().to_vec().into());
     if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err() {
         return;
     }

@@ -82,7 +82,8 @@ pub struct Gap {
 }
 
 /// Where a session's pongs have got to: the end of the last batch whose ping came back, on
-/// the track's clock as it was when the ping was sent. The session's reader moves it
+/// the session's own clock (the track's as it was when the session began: see
+/// [`ReplayBuffer::ping_payload`]). The session's reader moves it
 /// forward; the call's task reads it only when its buffer next changes, so a pong wakes the
 /// reader alone and not the call's task too (ten pongs a second per track).
 #[derive(Clone, Default)]
@@ -103,8 +104,8 @@ impl PongMark {
 struct Listening {
     mark: PongMark,
     applied: u64,
-    /// How far the track's clock moved since the session began (`shift`): its pongs carry
-    /// the clock of their pings.
+    /// How far the track's clock moved since the session began (`shift`): its pings carry
+    /// the session's clock, so its pongs stay comparable across a shift.
     shifted_ms: i64,
 }
 
@@ -141,6 +142,14 @@ impl ReplayBuffer {
             shifted_ms: 0,
         });
         mark
+    }
+
+    /// What the ping after the batch ending at `end_ms` (on the track's clock now) carries:
+    /// that end on the current session's clock, so pings sent before and after a shift
+    /// mean the same thing when their pongs come back.
+    pub fn ping_payload(&self, end_ms: u64) -> u64 {
+        let shifted_ms = self.listening.as_ref().map_or(0, |l| l.shifted_ms);
+        end_ms.saturating_add_signed(-shifted_ms)
     }
 
     /// Applies the pongs that came back since last time: what they confirm was heard.
@@ -401,18 +410,28 @@ mod tests {
     }
 
     #[test]
-    fn a_pong_is_read_on_the_clock_its_ping_was_sent_on() {
+    fn pongs_mean_the_same_audio_before_and_after_the_tracks_clock_moves() {
         let mut buffer = ReplayBuffer::new(100 * 800);
         let pongs = buffer.listen();
         buffer.push(batch(0, false));
+        let before_shift = buffer.ping_payload(100);
         buffer.push(batch(100, false));
         // The track's origin settles 1 s later: everything held moves with it, and the
-        // pong for the ping sent after 0–200 still confirms both batches.
+        // pong for the ping sent after 100–200 (in flight) still confirms both batches.
+        let in_flight = buffer.ping_payload(200);
         buffer.shift(1000);
-        pongs.record(200);
+        pongs.record(before_shift);
+        pongs.record(in_flight);
         buffer.push(batch(1200, false));
+        buffer.push(batch(1300, false));
+        // A ping sent after the shift, for the batch ending at 1300 on the new clock.
+        pongs.record(buffer.ping_payload(1300));
         buffer.abandon();
-        assert_eq!(buffer.take_gaps(), vec![unheard(1200, 1300)]);
+        assert_eq!(
+            buffer.take_gaps(),
+            vec![unheard(1300, 1400)],
+            "only the batch whose ping never came back"
+        );
     }
 
     #[test]
