@@ -932,30 +932,36 @@ async fn tables_a_batch_reads_in_full(costs: &str, calls: i32) -> Vec<String> {
         )
         .await
         .unwrap();
-    // Each backend reports its counts to the statistics a little after its transactions
-    // (or as it exits): a reading is complete once the rows it inserted are counted.
-    let inserted = |table: &'static str| {
+    // A table's statistics: rows inserted, sequential scans, rows read by any scan. Each
+    // backend reports its counts a little after its transactions (or as it exits): a
+    // reading is complete once the rows it inserted are counted.
+    let statistics = |table: &'static str| {
         let admin = &admin;
         async move {
             admin
                 .query_one(
-                    "select n_tup_ins from pg_stat_user_tables where relname = $1",
+                    "select n_tup_ins, seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0)
+                     from pg_stat_user_tables where relname = $1",
                     &[&table],
                 )
                 .await
-                .map(|r| r.get::<_, i64>(0))
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
                 .unwrap()
         }
     };
     let counted = |table: &'static str, rows: i64| async move {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while inserted(table).await < rows {
+        while statistics(table).await.0 < rows {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the statistics never counted {table}'s rows"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    };
+    let reads = |table: &'static str| async move {
+        let (_, scans, rows) = statistics(table).await;
+        (scans, rows)
     };
     counted("utterances", 20_000).await;
     let ids: Vec<Uuid> = admin
@@ -965,21 +971,6 @@ async fn tables_a_batch_reads_in_full(costs: &str, calls: i32) -> Vec<String> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // Sequential scans, and rows read by any scan.
-    let reads = |table: &'static str| {
-        let admin = &admin;
-        async move {
-            admin
-                .query_one(
-                    "select seq_scan, seq_tup_read + coalesce(idx_tup_fetch, 0)
-                     from pg_stat_user_tables where relname = $1",
-                    &[&table],
-                )
-                .await
-                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
-                .unwrap()
-        }
-    };
     let tables = [
         ("calls", i64::from(calls)),
         ("transcript_turns", 20_000),
