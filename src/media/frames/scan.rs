@@ -60,6 +60,20 @@ pub(crate) fn media(raw: &str) -> Option<MediaFields<'_>> {
     Some(fields)
 }
 
+/// The bytes that end the plain run of a JSON string: its closing quote, an escape, or a
+/// control byte (invalid JSON).
+static ENDS_STRING: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 struct Scanner<'a> {
     raw: &'a str,
     at: usize,
@@ -96,17 +110,17 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        // Keys and values here are short (names, numbers, a stream id): one pass, byte by
-        // byte, is cheaper than a vectorised search's set-up.
-        loop {
-            match self.next()? {
-                b'"' => break,
-                b'\\' | 0..=0x1f => return None,
-                _ => {}
-            }
+        let rest = self.bytes().get(start..)?;
+        // Keys and values here are short (names, numbers, a stream id): one pass, a table
+        // lookup a byte, is cheaper than a vectorised search's set-up (and than three
+        // comparisons a byte: a tenth of the scanner's instructions).
+        let len = rest.iter().position(|&b| ENDS_STRING[usize::from(b)])?;
+        if rest.get(len) != Some(&b'"') {
+            return None;
         }
+        self.at = start + len + 1;
         // Both ends are at ASCII quotes, so on character boundaries.
-        self.raw.get(start..self.at - 1)
+        self.raw.get(start..start + len)
     }
 
     /// The payload string, borrowed, with only its end found: a control byte or an escape
