@@ -862,7 +862,7 @@ async fn run_once(
     // Every CPU of the phase counts per frame, connecting and draining included.
     let service_before: Vec<f64> = pids.iter().map(|&pid| measure::cpu_seconds(pid)).collect();
     meter.start().await;
-    let streaming = Duration::from_millis(plan.frames as u64 * 20);
+    let streaming = loadgen::FRAME_PERIOD * plan.slots() as u32;
     // From the grid's start: CPU of the targets and of the generator, and in the middle of
     // the run (every stream live, past its first seconds, before any stops) RSS,
     // PostgreSQL's transactions and the service's statements by cause.

@@ -29,6 +29,8 @@ pub const FRAME_BYTES: usize = 160;
 pub const FRAME_PERIOD: Duration = Duration::from_millis(20);
 /// Both tracks of a call (`inbound`, `outbound`).
 const TRACKS: usize = 2;
+/// Frames in one 100 ms batch, the bridge's and the floor's (800 bytes of µ-law).
+const BATCH_FRAMES: usize = 5;
 /// The high half of every phase tag (bytes 8..16 of a frame): a block carrying it with
 /// another phase's low half is a late frame of that phase, not corruption.
 const TAG_MAGIC: u64 = 0xCB1D_6E00_0000_0000;
@@ -63,10 +65,25 @@ impl Plan {
     }
 
     /// When a call's frame is due, after the grid's start: every 20 ms, each call offset by
-    /// its share of one frame period, as real calls are not in phase with each other. The
-    /// generator sends on it and the ledger measures from it: one grid for both.
+    /// its share of one frame period and by 0–4 whole frames (its `lead`), as real calls
+    /// are not in phase with each other. Not within a frame period, and not within a batch
+    /// either: a stream's batches end at every fifth frame, so calls whose frames were only
+    /// spread over 20 ms all ended their batches in the same 20 ms of every 100 ms, and the
+    /// latency, measured at the frame that completes a batch, was sampled only there. The
+    /// generator sends on this grid and the ledger measures from it: one grid for both.
     fn due_after_start(&self, call: usize, chunk: usize) -> Duration {
-        FRAME_PERIOD * call as u32 / self.calls.max(1) as u32 + FRAME_PERIOD * chunk as u32
+        FRAME_PERIOD * call as u32 / self.calls.max(1) as u32
+            + FRAME_PERIOD * (chunk + self.lead(call)) as u32
+    }
+
+    /// Whole frames by which `call` starts after the first: calls take turns over one batch.
+    fn lead(&self, call: usize) -> usize {
+        call % BATCH_FRAMES
+    }
+
+    /// 20 ms slots the grid spans: every call's frames, the leads included.
+    pub fn slots(&self) -> usize {
+        self.frames + BATCH_FRAMES - 1
     }
 
     fn decode(&self, id: u64) -> Option<(usize, usize)> {
@@ -507,12 +524,20 @@ async fn stream_all(
     payload[8..16].copy_from_slice(&tag.to_le_bytes());
     let mut encoded = String::with_capacity(FRAME_BYTES * 4 / 3 + 4);
     let mut pending: Vec<usize> = Vec::new();
-    for chunk in 0..plan.frames {
+    // Slot by slot, and in each slot the calls in call order, which is due order (a call's
+    // share of the frame period grows with its number).
+    for slot in 0..plan.slots() {
         for index in 0..streams.len() {
             if !streams[index].open {
                 continue;
             }
             let call = streams[index].call;
+            let Some(chunk) = slot
+                .checked_sub(plan.lead(call))
+                .filter(|&chunk| chunk < plan.frames)
+            else {
+                continue;
+            };
             let due = start + plan.due_after_start(call, chunk);
             if tokio::time::Instant::now() < due {
                 // Ahead of the grid: first what the sockets did not take, then sleep.
@@ -647,7 +672,7 @@ async fn relay_stream(
     upstream: &str,
     api_key: &str,
 ) {
-    const BATCH: usize = 800;
+    const BATCH: usize = BATCH_FRAMES * FRAME_BYTES;
     let track_key = memchr::memmem::Finder::new(br#""track":""#);
     let payload_key = memchr::memmem::Finder::new(br#""payload":""#);
     let (_, mut rx) = socket.split();
@@ -754,6 +779,42 @@ mod tests {
         // Only this phase's copy counts: call 0's inbound track once, the rest missing.
         assert_eq!(current.lost_and_doubled(), (15, 0));
         assert_eq!(current.arrivals(), 10);
+    }
+
+    #[test]
+    fn calls_end_their_batches_spread_over_a_batch_and_are_sent_in_due_order() {
+        let plan = Plan {
+            calls: 500,
+            frames: 50,
+            fault: Fault::None,
+        };
+        // The frame that completes each call's first batch falls in each 20 ms of the
+        // 100 ms batch period for a fifth of the calls.
+        let mut per_window = [0usize; BATCH_FRAMES];
+        for call in 0..plan.calls {
+            let ends = plan.due_after_start(call, BATCH_FRAMES - 1) - FRAME_PERIOD * 4;
+            per_window[(ends.as_millis() / FRAME_PERIOD.as_millis()) as usize] += 1;
+        }
+        assert_eq!(per_window, [100; BATCH_FRAMES]);
+        // The sender's order (slot by slot, calls in order) is due order, and every frame
+        // of every call is in it once.
+        let mut previous = Duration::ZERO;
+        let mut sent = 0;
+        for slot in 0..plan.slots() {
+            for call in 0..plan.calls {
+                let Some(chunk) = slot.checked_sub(plan.lead(call)) else {
+                    continue;
+                };
+                if chunk >= plan.frames {
+                    continue;
+                }
+                let due = plan.due_after_start(call, chunk);
+                assert!(due >= previous, "call {call} chunk {chunk}");
+                previous = due;
+                sent += 1;
+            }
+        }
+        assert_eq!(sent * TRACKS, plan.frames_planned());
     }
 
     #[test]
