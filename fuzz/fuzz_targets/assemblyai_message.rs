@@ -1,8 +1,9 @@
 //! AssemblyAI Universal-Streaming v3 server messages (text frames of the realtime WebSocket):
 //! any text is one of the messages we act on or `Other`, never a panic, the same text
 //! always reads the same way, and the one-pass reading agrees with the tolerant tree reading
-//! on any text that is JSON (it skips the fields it does not read, so it also reads a
-//! message whose unread number is out of range, which the tree refuses).
+//! whenever the tree can be built. (It skips the fields it does not read, so it also reads a
+//! message with an out-of-range number, a lone surrogate or nesting deeper than 128 in such
+//! a field, which the tree refuses: the unit test of `parse_server_message` covers those.)
 #![no_main]
 
 use callbridge::providers::assemblyai::{

@@ -86,6 +86,17 @@ impl Plan {
         self.frames + BATCH_FRAMES - 1
     }
 
+    /// Every `(call, chunk)` once, in due order: slot by slot, and in each slot the calls
+    /// in call order (a call's share of the frame period grows with its number).
+    fn send_order(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.slots()).flat_map(move |slot| {
+            (0..self.calls).filter_map(move |call| {
+                let chunk = slot.checked_sub(self.lead(call))?;
+                (chunk < self.frames).then_some((call, chunk))
+            })
+        })
+    }
+
     fn decode(&self, id: u64) -> Option<(usize, usize)> {
         let index = id.checked_sub(1)? as usize;
         if index >= self.frames_planned() {
@@ -155,8 +166,7 @@ impl Ledger {
         self.arrivals.load(Ordering::Relaxed)
     }
 
-    /// ns after `origin` at which frame `chunk` of `call` is due. Calls are spread evenly over
-    /// one frame period, as real calls are not in phase with each other.
+    /// ns after `origin` at which frame `chunk` of `call` is due (`Plan::due_after_start`).
     fn due_ns(&self, start_ns: u64, call: usize, chunk: usize) -> u64 {
         start_ns + self.plan.due_after_start(call, chunk).as_nanos() as u64
     }
@@ -524,80 +534,79 @@ async fn stream_all(
     payload[8..16].copy_from_slice(&tag.to_le_bytes());
     let mut encoded = String::with_capacity(FRAME_BYTES * 4 / 3 + 4);
     let mut pending: Vec<usize> = Vec::new();
-    // Slot by slot, and in each slot the calls in call order, which is due order (a call's
-    // share of the frame period grows with its number).
-    for slot in 0..plan.slots() {
-        for index in 0..streams.len() {
-            if !streams[index].open {
-                continue;
-            }
-            let call = streams[index].call;
-            let Some(chunk) = slot
-                .checked_sub(plan.lead(call))
-                .filter(|&chunk| chunk < plan.frames)
-            else {
-                continue;
+    // The calls that connected, by call number.
+    let mut stream_of: Vec<Option<usize>> = vec![None; plan.calls];
+    for (index, stream) in streams.iter().enumerate() {
+        if let Some(slot) = stream_of.get_mut(stream.call) {
+            *slot = Some(index);
+        }
+    }
+    for (call, chunk) in plan.send_order() {
+        let Some(index) = stream_of[call] else {
+            continue;
+        };
+        if !streams[index].open {
+            continue;
+        }
+        let due = start + plan.due_after_start(call, chunk);
+        if tokio::time::Instant::now() < due {
+            // Ahead of the grid: first what the sockets did not take, then sleep.
+            pending.retain(|&waiting| {
+                streams[waiting].flush_now();
+                streams[waiting].pending && streams[waiting].open
+            });
+            tokio::time::sleep_until(due).await;
+        }
+        sent.lags
+            .push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        let stream = &mut streams[index];
+        for (track_index, track) in ["inbound", "outbound"].into_iter().enumerate() {
+            let id = plan.frame_id(call, chunk, track_index);
+            let copies = match plan.fault {
+                Fault::DropFrame(dropped) if dropped == id => 0,
+                Fault::DuplicateFrame(doubled) if doubled == id => 2,
+                _ => 1,
             };
-            let due = start + plan.due_after_start(call, chunk);
-            if tokio::time::Instant::now() < due {
-                // Ahead of the grid: first what the sockets did not take, then sleep.
-                pending.retain(|&waiting| {
-                    streams[waiting].flush_now();
-                    streams[waiting].pending && streams[waiting].open
-                });
-                tokio::time::sleep_until(due).await;
+            payload[..8].copy_from_slice(&id.to_le_bytes());
+            encoded.clear();
+            STANDARD.encode_string(payload, &mut encoded);
+            let sequence = chunk + 2;
+            let frame = format!(
+                r#"{{"event":"media","sequence_number":"{sequence}","stream_id":"bench","media":{{"track":"{track}","chunk":"{}","timestamp":"{}","payload":"{encoded}"}}}}"#,
+                chunk + 1,
+                (chunk + 1) * 20,
+            );
+            if copies == 2
+                && stream
+                    .tx
+                    .feed(Message::Text(frame.clone().into()))
+                    .await
+                    .is_ok()
+            {
+                sent.frames += 1;
             }
-            sent.lags
-                .push(due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-            let stream = &mut streams[index];
-            for (track_index, track) in ["inbound", "outbound"].into_iter().enumerate() {
-                let id = plan.frame_id(call, chunk, track_index);
-                let copies = match plan.fault {
-                    Fault::DropFrame(dropped) if dropped == id => 0,
-                    Fault::DuplicateFrame(doubled) if doubled == id => 2,
-                    _ => 1,
-                };
-                payload[..8].copy_from_slice(&id.to_le_bytes());
-                encoded.clear();
-                STANDARD.encode_string(payload, &mut encoded);
-                let sequence = chunk + 2;
-                let frame = format!(
-                    r#"{{"event":"media","sequence_number":"{sequence}","stream_id":"bench","media":{{"track":"{track}","chunk":"{}","timestamp":"{}","payload":"{encoded}"}}}}"#,
-                    chunk + 1,
-                    (chunk + 1) * 20,
-                );
-                if copies == 2
-                    && stream
-                        .tx
-                        .feed(Message::Text(frame.clone().into()))
-                        .await
-                        .is_ok()
-                {
-                    sent.frames += 1;
+            if copies > 0 {
+                if stream.tx.feed(Message::Text(frame.into())).await.is_err() {
+                    stream.open = false;
+                    break;
                 }
-                if copies > 0 {
-                    if stream.tx.feed(Message::Text(frame.into())).await.is_err() {
-                        stream.open = false;
-                        break;
-                    }
-                    sent.frames += 1;
-                }
+                sent.frames += 1;
             }
-            // Both tracks in one write, as Telnyx's frames of one instant travel together.
-            if stream.open {
-                // Most often a flush that does not go through at once is the call's reader
-                // holding the socket for a moment (the two halves share it): wait that out,
-                // but not a socket that is full. (The timer starts only if the flush does
-                // not complete on its first poll.)
-                match tokio::time::timeout(FLUSH_WAIT, stream.tx.flush()).await {
-                    Ok(Ok(())) => stream.pending = false,
-                    Ok(Err(_)) => stream.open = false,
-                    Err(_) => {
-                        sent.deferred_flushes += 1;
-                        if !stream.pending {
-                            stream.pending = true;
-                            pending.push(index);
-                        }
+        }
+        // Both tracks in one write, as Telnyx's frames of one instant travel together.
+        if stream.open {
+            // Most often a flush that does not go through at once is the call's reader
+            // holding the socket for a moment (the two halves share it): wait that out,
+            // but not a socket that is full. (The timer starts only if the flush does
+            // not complete on its first poll.)
+            match tokio::time::timeout(FLUSH_WAIT, stream.tx.flush()).await {
+                Ok(Ok(())) => stream.pending = false,
+                Ok(Err(_)) => stream.open = false,
+                Err(_) => {
+                    sent.deferred_flushes += 1;
+                    if !stream.pending {
+                        stream.pending = true;
+                        pending.push(index);
                     }
                 }
             }
@@ -783,38 +792,37 @@ mod tests {
 
     #[test]
     fn calls_end_their_batches_spread_over_a_batch_and_are_sent_in_due_order() {
-        let plan = Plan {
-            calls: 500,
-            frames: 50,
-            fault: Fault::None,
-        };
-        // The frame that completes each call's first batch falls in each 20 ms of the
-        // 100 ms batch period for a fifth of the calls.
-        let mut per_window = [0usize; BATCH_FRAMES];
-        for call in 0..plan.calls {
-            let ends = plan.due_after_start(call, BATCH_FRAMES - 1) - FRAME_PERIOD * 4;
-            per_window[(ends.as_millis() / FRAME_PERIOD.as_millis()) as usize] += 1;
-        }
-        assert_eq!(per_window, [100; BATCH_FRAMES]);
-        // The sender's order (slot by slot, calls in order) is due order, and every frame
-        // of every call is in it once.
-        let mut previous = Duration::ZERO;
-        let mut sent = 0;
-        for slot in 0..plan.slots() {
+        for calls in [3, 7, 500] {
+            let plan = Plan {
+                calls,
+                frames: 50,
+                fault: Fault::None,
+            };
+            // Where in the 100 ms batch period each call's batches end: calls take turns
+            // over its five 20 ms windows.
+            let mut per_window = [0usize; BATCH_FRAMES];
             for call in 0..plan.calls {
-                let Some(chunk) = slot.checked_sub(plan.lead(call)) else {
-                    continue;
-                };
-                if chunk >= plan.frames {
-                    continue;
-                }
-                let due = plan.due_after_start(call, chunk);
-                assert!(due >= previous, "call {call} chunk {chunk}");
-                previous = due;
-                sent += 1;
+                let first_end = plan.due_after_start(call, BATCH_FRAMES - 1);
+                let window = first_end.as_millis() / FRAME_PERIOD.as_millis() - 4;
+                per_window[window as usize] += 1;
             }
+            let expected: Vec<usize> = (0..BATCH_FRAMES)
+                .map(|w| (calls + BATCH_FRAMES - 1 - w) / BATCH_FRAMES)
+                .collect();
+            assert_eq!(per_window.to_vec(), expected, "{calls} calls");
+            // The sender's order is due order, and has every frame of every call once.
+            let order: Vec<(usize, usize)> = plan.send_order().collect();
+            let dues: Vec<Duration> = order
+                .iter()
+                .map(|&(call, chunk)| plan.due_after_start(call, chunk))
+                .collect();
+            assert!(dues.is_sorted(), "{calls} calls");
+            let mut each: Vec<(usize, usize)> = order.clone();
+            each.sort_unstable();
+            each.dedup();
+            assert_eq!(each.len(), order.len(), "{calls} calls: a frame twice");
+            assert_eq!(order.len() * TRACKS, plan.frames_planned(), "{calls} calls");
         }
-        assert_eq!(sent * TRACKS, plan.frames_planned());
     }
 
     #[test]
