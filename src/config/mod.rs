@@ -429,6 +429,10 @@ pub const DEFAULT_SESSION_COOKIES: &[&str] = &[
     "next-auth.session-token",
 ];
 
+/// `MEDIA_BATCH_MS` when unset: 100 ms of audio per AssemblyAI chunk. The bench's
+/// generator and floor relay batch as the bridge does by default.
+pub const DEFAULT_MEDIA_BATCH_MS: usize = 100;
+
 const DEV_AUTH_SECRET: &str = "development-only-auth-secret-never-use-in-production";
 
 impl Config {
@@ -924,7 +928,7 @@ impl Reader {
 
     /// `MEDIA_*`, the speech models and the original-audio level of the media bridge.
     fn media(&mut self) -> MediaConfig {
-        let batch_ms = self.parsed("MEDIA_BATCH_MS", 100usize);
+        let batch_ms = self.parsed("MEDIA_BATCH_MS", DEFAULT_MEDIA_BATCH_MS);
         if !(50..=1000).contains(&batch_ms) {
             self.problem(
                 "MEDIA_BATCH_MS",

@@ -29,8 +29,9 @@ pub const FRAME_BYTES: usize = 160;
 pub const FRAME_PERIOD: Duration = Duration::from_millis(20);
 /// Both tracks of a call (`inbound`, `outbound`).
 const TRACKS: usize = 2;
-/// Frames in one 100 ms batch, the bridge's and the floor's (800 bytes of µ-law).
-const BATCH_FRAMES: usize = 5;
+/// Frames in one batch, the bridge's by default and the floor's (100 ms, 800 bytes of µ-law).
+const BATCH_FRAMES: usize =
+    crate::config::DEFAULT_MEDIA_BATCH_MS / FRAME_PERIOD.as_millis() as usize;
 /// The high half of every phase tag (bytes 8..16 of a frame): a block carrying it with
 /// another phase's low half is a late frame of that phase, not corruption.
 const TAG_MAGIC: u64 = 0xCB1D_6E00_0000_0000;
