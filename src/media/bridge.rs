@@ -781,6 +781,7 @@ impl Bridge {
         // through `Quiet`: lock-free on the turns it did not wake.
         let mut cancelled = Quiet::new(shutdown.cancelled());
         let mut telnyx_open = true;
+        let mut outbound_open = true;
         self.reading_since = Instant::now();
         // The pacer's one timer, moved rather than made anew: a fresh sleep on every turn of
         // the loop while frames are paced inserted and removed a timer-wheel entry each
@@ -818,7 +819,13 @@ impl Bridge {
                     }
                 }
                 Some(event) = events_rx.recv() => self.on_aai_event(event).await,
-                Some(out) = outbound_rx.recv(), if telnyx_open => self.on_outbound(out),
+                out = outbound_rx.recv(), if telnyx_open && outbound_open => match out {
+                    Some(out) => self.on_outbound(out),
+                    // Nothing can send any more (no translation, no original audio from a
+                    // peer): the closed channel is not polled again. Polled on every turn,
+                    // its empty queue was a cache miss per turn of every call (ADR 0058).
+                    None => outbound_open = false,
+                },
                 _ = ring.tick(), if telnyx_open && self.party.as_ref().is_some_and(|p| p.ringing.is_some()) => self.ring(),
                 () = &mut pacer, if pace_at.is_some() && telnyx_open => self.paced(),
                 () = sleep_until(retry_at), if retry_at.is_some() => self.reconnect_due(),
