@@ -200,10 +200,10 @@ impl Application {
         let metrics = state.metrics.clone();
         let upkeep_stop = state.shutdown.clone();
         // Histograms buffer every sample until drained; drain them even if nobody scrapes.
-        // Each second: the media bridge records a latency sample per batch (20 per live
-        // call per second; once per frame, five seconds of them were ~6 KiB of every live
-        // call's memory: docs/BENCHMARKS.md, "Memory per live call"). Draining costs the
-        // same per sample however often it runs.
+        // Each second: the media bridge records a latency sample per batch (10 a second per
+        // track at 100 ms batches; once per frame, five seconds of them were ~6 KiB of every
+        // live call's memory: docs/BENCHMARKS.md, "Memory per live call"). A drain's cost
+        // per sample does not depend on how often it runs.
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             while upkeep_stop.run_until_cancelled(tick.tick()).await.is_some() {

@@ -100,6 +100,12 @@ struct Follow {
     shutdown: CancellationToken,
 }
 
+/// What a call's partials carry (`partials`), so a follower picks them out of the channel's
+/// notifications before parsing any.
+pub fn partial_marker(call_id: CallId) -> String {
+    format!("\"call_id\":\"{call_id}\"")
+}
+
 /// Every event of `call_id` after `after_seq`, in order, then live ones as they are
 /// appended anywhere, until `shutdown`. Subscribes *before* the first read, so nothing
 /// appended in between is missed.
@@ -114,7 +120,7 @@ pub fn follow(
         db,
         call_id,
         prefix: format!("{call_id}:"),
-        partial_marker: format!("\"call_id\":\"{call_id}\""),
+        partial_marker: partial_marker(call_id),
         last: after_seq,
         notices: listener.subscribe(),
         buffer: VecDeque::new(),

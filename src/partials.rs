@@ -20,6 +20,10 @@ use crate::ids::CallId;
 
 /// NOTIFY payloads must stay under 8000 bytes (text is at most 4 bytes a character).
 const MAX_PARTIAL_TEXT: usize = 6000;
+/// The largest payload PostgreSQL takes (it refuses 8000 bytes or more). Escaping can take a
+/// text past it (a control character is six bytes escaped), and one payload refused fails
+/// the whole batch's statement, every call's partials with it.
+const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
 /// The least time between two batches. Each batch is a transaction that commits and wakes
 /// every listening backend, whatever it carries: published as fast as they could go, the
@@ -82,9 +86,15 @@ impl Partials {
     /// Queues `text` as the newest partial of `call_id`'s `track`; published with the next
     /// batch (at once when none was published in the last `BATCH_GAP`).
     pub fn publish(&self, call_id: CallId, track: &'static str, turn_order: u64, text: &str) {
-        let text = match text.char_indices().nth(MAX_PARTIAL_TEXT / 4) {
-            Some((cut, _)) => text[..cut].to_owned(),
-            None => text.to_owned(),
+        let limit = MAX_PARTIAL_TEXT / 4;
+        // A text of no more bytes than the limit has no more characters: not counted.
+        let text = if text.len() <= limit {
+            text.to_owned()
+        } else {
+            match text.char_indices().nth(limit) {
+                Some((cut, _)) => text[..cut].to_owned(),
+                None => text.to_owned(),
+            }
         };
         self.pending
             .lock()
@@ -107,20 +117,7 @@ struct Payload<'a> {
 
 /// Every pending partial in one statement: one `pg_notify` per partial.
 async fn publish(db: &Db, batch: HashMap<(CallId, &'static str), Partial>) -> Result<(), DbError> {
-    // Written straight from the fields: through a `json!` tree, building and dropping a map
-    // per partial cost more than the statement's own client side (ADR 0058).
-    let payloads: Vec<String> = batch
-        .iter()
-        .filter_map(|((call_id, track), partial)| {
-            serde_json::to_string(&Payload {
-                call_id: *call_id,
-                track,
-                turn_order: partial.turn_order,
-                text: &partial.text,
-            })
-            .ok()
-        })
-        .collect();
+    let payloads = payloads(&batch);
     let client = db.client().await?;
     // Through the statement cache: one round trip per batch instead of three (prepare,
     // execute, close).
@@ -129,6 +126,36 @@ async fn publish(db: &Db, batch: HashMap<(CallId, &'static str), Partial>) -> Re
         .execute(&statement, &[&PARTIALS_CHANNEL, &payloads])
         .await?;
     Ok(())
+}
+
+/// The batch's payloads. Written straight from the fields: through a `json!` tree, each
+/// partial built and dropped a map of four keys (ADR 0058).
+fn payloads(batch: &HashMap<(CallId, &'static str), Partial>) -> Vec<String> {
+    batch
+        .iter()
+        .filter_map(|(&(call_id, track), partial)| payload(call_id, track, partial))
+        .collect()
+}
+
+/// One partial's payload, its text halved until the payload fits NOTIFY (only escapes can
+/// take it past: `publish` already cut the text to `MAX_PARTIAL_TEXT` bytes at most).
+fn payload(call_id: CallId, track: &str, partial: &Partial) -> Option<String> {
+    let mut text = partial.text.as_str();
+    loop {
+        let payload = Payload {
+            call_id,
+            track,
+            turn_order: partial.turn_order,
+            text,
+        };
+        // A struct of strings and integers always serialises; `None` is never reached.
+        let json = serde_json::to_string(&payload).ok()?;
+        if json.len() <= MAX_NOTIFY_PAYLOAD {
+            return Some(json);
+        }
+        let half = text.chars().count() / 2;
+        text = &text[..text.char_indices().nth(half).map_or(0, |(cut, _)| cut)];
+    }
 }
 
 #[cfg(test)]
@@ -146,35 +173,68 @@ mod tests {
     fn a_long_partial_is_cut_at_a_character_not_a_byte() {
         let partials = partials();
         let call_id = CallId::new();
-        let long = "é".repeat(MAX_PARTIAL_TEXT);
-        partials.publish(call_id, "inbound", 3, &long);
-        partials.publish(call_id, "outbound", 4, "short");
-        let pending = partials.pending.lock().unwrap();
-        let cut = &pending[&(call_id, "inbound")];
-        assert_eq!(cut.text.chars().count(), MAX_PARTIAL_TEXT / 4);
-        assert!(cut.text.len() <= MAX_PARTIAL_TEXT, "under NOTIFY's limit");
-        assert_eq!(pending[&(call_id, "outbound")].text, "short");
+        let limit = MAX_PARTIAL_TEXT / 4;
+        for (track, text, kept) in [
+            ("a", "é".repeat(limit + 1), limit),
+            ("b", "é".repeat(limit), limit),
+            ("c", "x".repeat(limit + 1), limit),
+            ("d", String::new(), 0),
+        ] {
+            partials.publish(call_id, track, 1, &text);
+            let pending = partials.pending.lock().unwrap();
+            let stored = &pending[&(call_id, track)].text;
+            assert_eq!(stored.chars().count(), kept, "{track}");
+            assert!(text.starts_with(stored.as_str()), "{track}: a prefix");
+        }
+    }
+
+    fn batch_of(call_id: CallId, text: &str) -> HashMap<(CallId, &'static str), Partial> {
+        HashMap::from([(
+            (call_id, "agent"),
+            Partial {
+                turn_order: 7,
+                text: text.to_owned(),
+            },
+        )])
     }
 
     #[test]
     fn the_payload_carries_what_a_follower_matches_and_reads() {
         let call_id = CallId::new();
-        let payload = serde_json::to_string(&Payload {
-            call_id,
-            track: "agent",
-            turn_order: 7,
-            text: "say \"hi\"\n",
-        })
-        .unwrap();
-        // `events::follow` picks a call's partials out by this marker before parsing.
+        let payloads = payloads(&batch_of(call_id, "say \"hi\"\n"));
+        let [payload] = payloads.as_slice() else {
+            panic!("one payload: {payloads:?}");
+        };
         assert!(
-            payload.contains(&format!("\"call_id\":\"{call_id}\"")),
+            payload.contains(&crate::events::partial_marker(call_id)),
             "{payload}"
         );
-        let value: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        let value: serde_json::Value = serde_json::from_str(payload).unwrap();
         assert_eq!(
             value,
             serde_json::json!({"call_id": call_id, "track": "agent", "turn_order": 7, "text": "say \"hi\"\n"})
         );
+    }
+
+    #[test]
+    fn a_payload_fits_notify_whatever_its_text_escapes_to() {
+        let call_id = CallId::new();
+        let limit = MAX_PARTIAL_TEXT / 4;
+        // Four bytes a character, nothing escaped: kept whole.
+        let wide = "😀".repeat(limit);
+        // Six bytes a character once escaped: 9,000 bytes, so it is shortened.
+        let controls = "\u{1}".repeat(limit);
+        for (text, whole) in [(wide, true), (controls, false)] {
+            let payloads = payloads(&batch_of(call_id, &text));
+            let [payload] = payloads.as_slice() else {
+                panic!("one payload");
+            };
+            assert!(payload.len() < 8000, "{} bytes", payload.len());
+            let value: serde_json::Value = serde_json::from_str(payload).unwrap();
+            let sent = value["text"].as_str().unwrap();
+            assert!(text.starts_with(sent));
+            assert_eq!(sent.len() == text.len(), whole);
+            assert!(!sent.is_empty());
+        }
     }
 }
