@@ -86,16 +86,7 @@ impl Partials {
     /// Queues `text` as the newest partial of `call_id`'s `track`; published with the next
     /// batch (at once when none was published in the last `BATCH_GAP`).
     pub fn publish(&self, call_id: CallId, track: &'static str, turn_order: u64, text: &str) {
-        let limit = MAX_PARTIAL_TEXT / 4;
-        // A text of no more bytes than the limit has no more characters: not counted.
-        let text = if text.len() <= limit {
-            text.to_owned()
-        } else {
-            match text.char_indices().nth(limit) {
-                Some((cut, _)) => text[..cut].to_owned(),
-                None => text.to_owned(),
-            }
-        };
+        let text = first_chars(text, MAX_PARTIAL_TEXT / 4).to_owned();
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -153,9 +144,19 @@ fn payload(call_id: CallId, track: &str, partial: &Partial) -> Option<String> {
         if json.len() <= MAX_NOTIFY_PAYLOAD {
             return Some(json);
         }
-        let half = text.chars().count() / 2;
-        text = &text[..text.char_indices().nth(half).map_or(0, |(cut, _)| cut)];
+        text = first_chars(text, text.chars().count() / 2);
     }
+}
+
+/// The first `n` characters of `text` (all of it when it has no more).
+fn first_chars(text: &str, n: usize) -> &str {
+    // No more bytes than `n` means no more characters: not counted.
+    if text.len() <= n {
+        return text;
+    }
+    text.char_indices()
+        .nth(n)
+        .map_or(text, |(cut, _)| &text[..cut])
 }
 
 #[cfg(test)]
