@@ -3,8 +3,9 @@
 //! up while AssemblyAI refuses, so tracks hold their unsent tail at hang-up. Invariants: no
 //! spoken turn lost without a trace (every stretch of speech has a stored turn or a
 //! recorded gap), every stored turn evented, no final the bridge received left unstored
-//! (stored ≤ finals the simulator sent; the difference is finals a connection reset
-//! destroyed in flight, whose audio the replay buffer had kept), no audio that never reached AssemblyAI goes unreported beyond one frame batch
+//! (stored finals ≤ finals the simulator sent; the difference is finals a connection reset
+//! destroyed in flight, whose audio the replay buffer had kept; any other stored turn holds
+//! the final words of a turn whose session ended without `Termination`), no audio that never reached AssemblyAI goes unreported beyond one frame batch
 //! per gap, every stream ends within the hang-up bound, and the process stays healthy.
 //! Over-reporting is printed, not asserted: when a session is reset, the pongs still in
 //! flight are lost with it, and the bridge counts audio it cannot confirm as unread.
@@ -140,6 +141,17 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
             worst[t].extra_ms = worst[t].extra_ms.max(check.extra_ms);
         }
     }
+    // A stored turn is a final the simulator sent, or the final words of a turn a session
+    // left open when it ended without `Termination` (stored on their own, ADR 0059).
+    let sessions = aai.sessions();
+    let (finals, leftovers): (Vec<_>, Vec<_>) = soak::stored_turn_identities(&app, &ids)
+        .await
+        .into_iter()
+        .partition(|(id, order)| {
+            sessions
+                .iter()
+                .any(|s| &s.id == id && s.final_orders.contains(&(*order as u64)))
+        });
     let untranscribed = soak::untranscribed_ms(&app, &ids).await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
     let reconnects = metrics
@@ -149,11 +161,12 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         .unwrap_or("0")
         .to_owned();
     println!(
-        "soak assemblyai_faults: calls={calls} (stream upgrades refused and retried: {} {refused:?}) faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | spoken turns={} lost without a trace={} | finals sent by the simulator={produced} stored={stored} events={events} (finals destroyed in flight by a reset={}) | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
+        "soak assemblyai_faults: calls={calls} (stream upgrades refused and retried: {} {refused:?}) faults injected={injected} (+{} refusals at hang-up) reconnects={reconnects} sessions opened after hang-up={sessions_after_hang_up} | spoken turns={} lost without a trace={} | finals sent by the simulator={produced} stored={stored} (of which final words left open by a drop={}) events={events} (finals destroyed in flight by a reset={}) | lost audio inbound={} ms outbound={} ms, gap error max per call: unreported inbound={} ms outbound={} ms, over-reported inbound={} ms outbound={} ms (one batch = {BATCH_MS} ms), read but untranscribed {untranscribed} ms | streams ended {:.1} s after hang-up (bound {TAIL_DELIVERY_SECS} s)",
         refused.len(),
         calls * 2,
         calls * 2 * turns,
         unaccounted.len(),
+        leftovers.len(),
         produced.saturating_sub(stored as usize),
         lost_total[0],
         lost_total[1],
@@ -174,7 +187,14 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         unaccounted.is_empty(),
         "speech with neither a turn nor a gap: {unaccounted:?}"
     );
-    assert!(stored as usize <= produced, "nothing stored twice");
+    assert!(finals.len() <= produced, "nothing stored twice");
+    for (id, order) in &leftovers {
+        let session = sessions.iter().find(|s| &s.id == id);
+        assert!(
+            session.is_some_and(|s| s.billed_session_seconds.is_none()),
+            "turn {order} of {id} stored without a final: its session did not end cleanly"
+        );
+    }
     assert_eq!(events, stored, "every stored turn evented");
     let lost_metric = metrics
         .lines()

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message as AaiMessage;
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
 use super::mix::{self, FRAME, FRAMES_PER_MESSAGE};
+use super::open_turn::{OpenTurn, TurnWords};
 use super::playout::{
     self, ClearedThrough, Languages, Listeners, Outbound, PartyLanguage, TurnId, Utterance,
 };
@@ -111,13 +112,14 @@ struct TrackState {
     last_partial: String,
     /// AssemblyAI has reported words of a turn that has not ended yet.
     turn_open: bool,
+    /// That turn's final words, held instead of their audio, and words carried from a
+    /// session that dropped mid-turn (ADR 0059).
+    open_turn: OpenTurn,
     /// Not before this may a silent track trim its replay audio: a session that has just
     /// been sent held audio has not yet had time to report words in it.
     trim_after: Option<Instant>,
     /// What a live session keeps while no turn is open (`MEDIA_IDLE_REPLAY_MS`).
     idle_window: Duration,
-    /// When each batch was sent, for AssemblyAI's end-of-turn latency; bounded.
-    sent_at: VecDeque<(u64, Instant)>,
     /// The current session's usage, counted here and written to the ledger once when the
     /// session ends (never per frame): when it opened and the audio bytes it was sent.
     session_opened: Option<Instant>,
@@ -125,6 +127,14 @@ struct TrackState {
 }
 
 impl TrackState {
+    /// The current session is gone (dropped, or given up): what it heard of an open turn
+    /// has no transcript unless a new session hears it again, and the open turn's final
+    /// words wait for the next final turn.
+    fn session_lost(&mut self) {
+        self.replay.session_dropped(self.turn_open);
+        self.open_turn.session_dropped(&self.session_id);
+    }
+
     fn new(track: Track, config: &crate::config::MediaConfig, turn_index: i32) -> Self {
         Self {
             track,
@@ -143,9 +153,9 @@ impl TrackState {
             terminate_by: None,
             last_partial: String::new(),
             turn_open: false,
+            open_turn: OpenTurn::default(),
             trim_after: None,
             idle_window: Duration::from_millis(config.idle_replay_ms as u64),
-            sent_at: VecDeque::new(),
             session_opened: None,
             session_sent_bytes: 0,
         }
@@ -911,8 +921,8 @@ impl Bridge {
             if overdue {
                 tracing::warn!(call_id = %self.call_id, track = track.track.as_str(), phase = ?track.phase, "stopping track did not finish in time");
                 if matches!(track.phase, Phase::Live | Phase::Terminating) {
-                    // Given up as if it dropped: what it heard of an open turn has no words.
-                    track.replay.session_dropped(track.turn_open);
+                    // Given up as if it dropped.
+                    track.session_lost();
                 }
                 track.phase = Phase::Finished;
                 track.sink = None;
@@ -920,8 +930,9 @@ impl Bridge {
         }
     }
 
-    /// The stream is over: held audio no session was sent is lost (the replay buffer
-    /// reports it), each track's gaps are recorded, and where the tracks got to is saved
+    /// The stream is over: final words no final turn took are stored as a turn, held
+    /// audio no session was sent is lost (the replay buffer reports it), each track's gaps
+    /// are recorded, and where the tracks got to is saved
     /// for a stream that continues the call.
     async fn finish_tracks(&mut self) {
         for track in [Track::Inbound, Track::Outbound] {
@@ -936,7 +947,12 @@ impl Bridge {
                 self.settle_origin(track, began);
             }
             if let Some(state) = self.tracks.get_mut(&track) {
+                // Final words no final turn took are a turn of their own, not a gap.
+                let leftover = state.open_turn.leftover(&state.session_id);
                 state.replay.abandon();
+                if let Some(leftover) = leftover {
+                    self.store_turn(track, leftover, None);
+                }
             }
             self.close_gap(track);
         }
@@ -1117,11 +1133,9 @@ impl Bridge {
             clock.shift(delta);
             state.next_offset_ms = state.next_offset_ms.saturating_add_signed(delta);
             state.replay.shift(delta);
+            state.open_turn.shift(delta);
             if let Some(base) = state.session_base_ms.as_mut() {
                 *base = base.saturating_add_signed(delta);
-            }
-            for (end_ms, _) in &mut state.sent_at {
-                *end_ms = end_ms.saturating_add_signed(delta);
             }
         }
         if let Some((start, end)) = origin.gap {
@@ -1255,7 +1269,7 @@ impl Bridge {
         state.next_offset_ms = batch.end_ms();
         if state.phase == Phase::Live {
             let bytes = batch.bytes.clone();
-            send_batch(
+            batch.sent_at = send_batch(
                 state,
                 batch.offset_ms,
                 batch.end_ms(),
@@ -1312,7 +1326,12 @@ impl Bridge {
                     else {
                         break;
                     };
-                    send_batch(state, offset_ms, end_ms, bytes, &self.meters.batches_sent).await;
+                    let sent =
+                        send_batch(state, offset_ms, end_ms, bytes, &self.meters.batches_sent)
+                            .await;
+                    if let Some(at) = sent {
+                        state.replay.sent(index, at);
+                    }
                 }
                 self.close_gap(track);
                 if stopping {
@@ -1388,11 +1407,11 @@ impl Bridge {
                     Phase::Finished => {}
                     Phase::Terminating => {
                         // Closed without `Termination`: its last turn may never come.
-                        state.replay.session_dropped(state.turn_open);
+                        state.session_lost();
                         state.phase = Phase::Finished;
                     }
                     _ => {
-                        state.replay.session_dropped(state.turn_open);
+                        state.session_lost();
                         tracing::warn!(%call_id, track = track.as_str(), %reason, "AssemblyAI session dropped; reconnecting");
                         metrics::counter!("assemblyai_reconnects_total").increment(1);
                         schedule_retry(state);
@@ -1413,14 +1432,30 @@ impl Bridge {
         let Some(state) = self.tracks.get_mut(&track) else {
             return;
         };
+        let base = state.session_base_ms.unwrap_or(state.next_offset_ms);
         if !final_turn {
             state.turn_open |= !turn.transcript.is_empty();
+            if let Some(end) = state.open_turn.partial(turn.turn_order, turn.words, base) {
+                // Its final words are kept: a new session need not hear their audio again.
+                state.replay.transcribed_through(end);
+            }
             if turn.transcript != state.last_partial && !turn.transcript.is_empty() {
-                state.last_partial = turn.transcript.clone();
                 // Batched per replica: a checkout per partial swamped the pool under load.
-                self.state
-                    .partials
-                    .publish(call_id, label, turn.turn_order, &turn.transcript);
+                match state.open_turn.carried_text() {
+                    Some(carried) => self.state.partials.publish(
+                        call_id,
+                        label,
+                        turn.turn_order,
+                        &format!("{carried} {}", turn.transcript),
+                    ),
+                    None => self.state.partials.publish(
+                        call_id,
+                        label,
+                        turn.turn_order,
+                        &turn.transcript,
+                    ),
+                }
+                state.last_partial = turn.transcript;
             }
             return;
         }
@@ -1431,19 +1466,42 @@ impl Bridge {
             return;
         }
         state.last_final_order = Some(turn.turn_order);
-        let base = state.session_base_ms.unwrap_or(state.next_offset_ms);
-        let start_ms = turn.words.first().map(|w| base + w.start);
-        let end_ms = turn.words.last().map(|w| base + w.end);
-        if let Some(end) = end_ms {
+        if let Some(end) = turn.words.last().map(|w| base + w.end) {
+            if let Some(sent) = state.replay.sent_at(end) {
+                metrics::histogram!("assemblyai_end_of_turn_latency_seconds")
+                    .record(sent.elapsed().as_secs_f64());
+            }
             // Audio up to the end of this turn is transcribed: no need to replay it.
             state.replay.transcribed_through(end);
-            if let Some(sent) = state.sent_at.iter().find(|(offset, _)| *offset >= end) {
-                metrics::histogram!("assemblyai_end_of_turn_latency_seconds")
-                    .record(sent.1.elapsed().as_secs_f64());
-            }
         }
+        let words = turn.words.into_iter().map(|mut w| {
+            w.start += base;
+            w.end += base;
+            w
+        });
+        let (words, text) = state.open_turn.finish(words.collect(), turn.transcript);
+        let session_id = state.session_id.clone();
+        self.store_turn(
+            track,
+            TurnWords {
+                session_id,
+                turn_order: turn.turn_order,
+                text,
+                words,
+            },
+            turn.language_code,
+        );
+    }
+
+    /// Stores a track's finished turn (words on the track's clock) and hands it to whoever
+    /// hears it: a final turn, or final words no final turn took (`OpenTurn::leftover`).
+    fn store_turn(&mut self, track: Track, turn: TurnWords, language_code: Option<String>) {
+        let call_id = self.call_id;
+        let label = self.label(track);
+        let start_ms = turn.words.first().map(|w| w.start);
+        let end_ms = turn.words.last().map(|w| w.end);
         let words = serde_json::to_value(
-            turn.words.iter().map(|w| serde_json::json!({"text": w.text, "start_ms": base + w.start, "end_ms": base + w.end, "confidence": w.confidence})).collect::<Vec<_>>(),
+            turn.words.iter().map(|w| serde_json::json!({"text": w.text, "start_ms": w.start, "end_ms": w.end, "confidence": w.confidence})).collect::<Vec<_>>(),
         )
         .unwrap_or_default();
         let confidence = (!turn.words.is_empty()).then(|| {
@@ -1453,15 +1511,16 @@ impl Bridge {
         // turn is translated from, and what this party hears.
         let language = match &self.party {
             Some(party) if party.language == "auto" => {
-                if let Some(code) = &turn.language_code {
+                if let Some(code) = &language_code {
                     party.detected.send_replace(Some(code.clone()));
                 }
-                turn.language_code
-                    .clone()
-                    .or_else(|| party.detected.borrow().clone())
+                language_code.or_else(|| party.detected.borrow().clone())
             }
             Some(party) => Some(party.language.clone()),
             None => None,
+        };
+        let Some(state) = self.tracks.get_mut(&track) else {
+            return;
         };
         let turn_index = state.turn_index;
         let stored = FinalTurn {
@@ -1469,9 +1528,9 @@ impl Bridge {
             track: label,
             language: language.clone(),
             turn_index: Some(turn_index),
-            session_id: state.session_id.clone(),
+            session_id: turn.session_id,
             turn_order: turn.turn_order as i64,
-            text: turn.transcript,
+            text: turn.text,
             words,
             confidence,
             start_ms: start_ms.map(|v| v as i64),
@@ -1929,8 +1988,8 @@ impl Bridge {
         };
         if let Some(sink) = state.sink.as_mut() {
             if sink.send(assemblyai::terminate_message()).await.is_err() {
-                // The session is gone: what it heard of an open turn has no words.
-                state.replay.session_dropped(state.turn_open);
+                // The session is gone.
+                state.session_lost();
                 state.phase = Phase::Finished;
                 return;
             }
@@ -2058,39 +2117,30 @@ impl Bridge {
 
 /// Sends a batch to the track's session, followed by a ping carrying the batch's end: the
 /// pong tells which audio the session has read (`replay::PongMark`). One flush for both.
+/// When it was sent, if it was: the batch keeps that for AssemblyAI's end-of-turn latency.
 async fn send_batch(
     state: &mut TrackState,
     offset_ms: u64,
     end_ms: u64,
     bytes: bytes::Bytes,
     sent: &metrics::Counter,
-) {
-    let Some(sink) = state.sink.as_mut() else {
-        return;
-    };
+) -> Option<Instant> {
+    let sink = state.sink.as_mut()?;
     let bytes_len = bytes.len();
     let ping_payload = state.replay.ping_payload(end_ms);
     let ping = AaiMessage::Ping(ping_payload.to_be_bytes().to_vec().into());
     if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err() {
-        return;
+        return None;
     }
     sent.increment(1);
     state.session_sent_bytes += bytes_len as u64;
     state.session_base_ms.get_or_insert(offset_ms);
-    // Oldest out before the newest in: the queue never holds more than `SENT_AT_KEPT`,
-    // so its allocation stops at that many instead of doubling past it (ADR 0045).
-    while state.sent_at.len() >= SENT_AT_KEPT {
-        state.sent_at.pop_front();
-    }
-    state.sent_at.push_back((end_ms, Instant::now()));
+    Some(Instant::now())
 }
 
 /// Telnyx frames read on after one that woke the call's task, before the select again: a
 /// one-leg call's two tracks arrive together, so one more is the common case.
 const FRAMES_READ_ON: usize = 3;
-
-/// Sent batches remembered for end-of-turn latency: 6.4 s at 100 ms batches.
-const SENT_AT_KEPT: usize = 64;
 
 fn schedule_retry(state: &mut TrackState) {
     state.attempts += 1;

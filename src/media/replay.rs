@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use super::shaping::MULAW_BYTES_PER_MS;
 
@@ -55,6 +56,8 @@ pub struct Batch {
     /// Audio it carries; less than `bytes` for a tail padded with silence.
     pub audio_ms: u64,
     pub heard: Heard,
+    /// When it was last sent to a session, for AssemblyAI's end-of-turn latency.
+    pub sent_at: Option<Instant>,
 }
 
 impl Batch {
@@ -65,6 +68,7 @@ impl Batch {
             bytes: bytes.into(),
             audio_ms,
             heard: Heard::No,
+            sent_at: None,
         }
     }
 
@@ -117,6 +121,9 @@ pub struct ReplayBuffer {
     open_gap: Option<Gap>,
     gaps: Vec<Gap>,
     listening: Option<Listening>,
+    /// The end and send time of the last batch transcribed words released, which may
+    /// still be the one a final turn's last word ends in (`sent_at`).
+    released: Option<(u64, Option<Instant>)>,
 }
 
 impl ReplayBuffer {
@@ -128,6 +135,7 @@ impl ReplayBuffer {
             open_gap: None,
             gaps: Vec::new(),
             listening: None,
+            released: None,
         }
     }
 
@@ -191,6 +199,26 @@ impl ReplayBuffer {
         self.held.get(index)
     }
 
+    /// The `index`th batch was sent (again) to a session at `at`.
+    pub fn sent(&mut self, index: usize, at: Instant) {
+        if let Some(batch) = self.held.get_mut(index) {
+            batch.sent_at = Some(at);
+        }
+    }
+
+    /// When the first batch ending at or after `end_ms` was last sent: the audio a turn's
+    /// last word ends in. Looked up before the turn releases it.
+    pub fn sent_at(&self, end_ms: u64) -> Option<Instant> {
+        match self.released {
+            Some((released_end, sent_at)) if released_end >= end_ms => sent_at,
+            _ => self
+                .held
+                .iter()
+                .find(|b| b.end_ms() >= end_ms)
+                .and_then(|b| b.sent_at),
+        }
+    }
+
     /// A session finished cleanly after everything held was sent to it.
     pub fn all_heard(&mut self) {
         for batch in &mut self.held {
@@ -223,12 +251,14 @@ impl ReplayBuffer {
         }
     }
 
-    /// A final turn covers the audio up to `end_ms`: it was heard and needs no replay.
+    /// Words that will not change (a final turn's, or an open turn's final words) cover the
+    /// audio up to `end_ms`: it was heard and needs no replay.
     pub fn transcribed_through(&mut self, end_ms: u64) {
         self.catch_up();
         while self.held.front().is_some_and(|b| b.end_ms() <= end_ms) {
             if let Some(batch) = self.held.front_mut() {
                 batch.heard = Heard::Yes;
+                self.released = Some((batch.end_ms(), batch.sent_at));
             }
             self.discard_front();
         }
@@ -250,6 +280,9 @@ impl ReplayBuffer {
         }
         for batch in &mut self.held {
             batch.offset_ms = batch.offset_ms.saturating_add_signed(delta_ms);
+        }
+        if let Some((end_ms, _)) = self.released.as_mut() {
+            *end_ms = end_ms.saturating_add_signed(delta_ms);
         }
         for gap in self.gaps.iter_mut().chain(self.open_gap.as_mut()) {
             gap.start_ms = gap.start_ms.saturating_add_signed(delta_ms);
@@ -432,6 +465,26 @@ mod tests {
             vec![unheard(1300, 1400)],
             "only the batch whose ping never came back"
         );
+    }
+
+    #[test]
+    fn a_turns_last_word_is_timed_from_the_send_of_the_batch_it_ends_in() {
+        let mut buffer = ReplayBuffer::new(100 * 800);
+        let start = Instant::now();
+        let at = |ms| start + std::time::Duration::from_millis(ms);
+        for (index, offset) in (0..400).step_by(100).enumerate() {
+            buffer.push(batch(offset, true));
+            buffer.sent(index, at(offset));
+        }
+        assert_eq!(buffer.sent_at(150), Some(at(100)));
+        // An open turn's final words end exactly where a batch does: it leaves, and is
+        // still the one a final turn ending there is timed from.
+        buffer.transcribed_through(200);
+        assert_eq!(buffer.sent_at(200), Some(at(100)));
+        assert_eq!(buffer.sent_at(201), Some(at(200)));
+        buffer.sent(0, at(1000)); // replayed to a new session
+        assert_eq!(buffer.sent_at(250), Some(at(1000)));
+        assert_eq!(buffer.sent_at(500), None, "not sent yet");
     }
 
     #[test]

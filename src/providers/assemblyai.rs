@@ -121,6 +121,10 @@ pub struct Word {
     pub end: u64,
     #[serde(default)]
     pub confidence: f64,
+    /// AssemblyAI will not change this word again (its text and times are fixed), although
+    /// the turn it belongs to is still open: what the bridge keeps instead of its audio.
+    #[serde(default)]
+    pub word_is_final: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

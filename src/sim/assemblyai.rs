@@ -43,6 +43,8 @@ pub struct SessionRecord {
     pub closed_with: Option<u16>,
     /// Final turns sent (end of turn, formatted when asked for), including at `Terminate`.
     pub finals: usize,
+    /// The `turn_order` of each of those finals.
+    pub final_orders: Vec<u64>,
     /// What the session's `Termination` reported, which is what AssemblyAI bills: session
     /// (wall-clock) seconds and audio seconds. `None` when it ended without one.
     pub billed_session_seconds: Option<u64>,
@@ -379,6 +381,28 @@ struct TurnState {
     silence_ms: u64,
     start_ms: u64,
     words_shown: usize,
+    /// The times of the words already sent as final (`word_is_final`): as AssemblyAI's,
+    /// they never change in a later message of the turn.
+    fixed: Vec<(u64, u64)>,
+}
+
+impl TurnState {
+    /// Each of the first `shown` words' times at `audio_ms`: the final ones as they were
+    /// sent, the rest sharing the speech since. `finals` of them are final (fixed from now
+    /// on).
+    fn word_times(&mut self, shown: usize, finals: usize, audio_ms: u64) -> Vec<(u64, u64)> {
+        let mut times = self.fixed.clone();
+        times.truncate(shown);
+        for i in times.len()..shown {
+            let start = times.last().map_or(self.start_ms, |&(_, end)| end);
+            let per_word = (audio_ms.saturating_sub(start) / (shown - i) as u64).max(1);
+            times.push((start, start + per_word));
+        }
+        if finals > self.fixed.len() {
+            self.fixed = times[..finals].to_vec();
+        }
+        times
+    }
 }
 
 /// What the query string asked for, once it passed the real service's checks.
@@ -469,6 +493,20 @@ async fn session(
 }
 
 impl Params {
+    /// How many of a turn's `shown` words are final: all when it ends; while it is open,
+    /// every word but the newest for the Universal-Streaming models (a word is fixed once
+    /// the next one is heard), none for Universal-3 Pro, whose partials are revised whole
+    /// until the end of the turn.
+    fn final_words(&self, shown: usize, end_of_turn: bool) -> usize {
+        if end_of_turn {
+            shown
+        } else if self.speech_model == "u3-rt-pro" {
+            0
+        } else {
+            shown.saturating_sub(1)
+        }
+    }
+
     /// The query string checked as the real service checks it; else the close code, its
     /// reason and the `Error` message sent before it (if any).
     fn read(query: &[(String, String)]) -> Result<Self, (u16, &'static str, Option<String>)> {
@@ -669,9 +707,11 @@ impl Session {
         };
         if shown > self.turn.words_shown || ends {
             self.turn.words_shown = shown;
+            let finals = self.params.final_words(shown, ends);
+            let times = self.turn.word_times(shown, finals, self.audio_ms);
             for formatted in self.variants(ends) {
                 let mut message =
-                    turn_message(&self.turn, &line, shown, ends, formatted, self.audio_ms);
+                    turn_message(self.turn.order, &line, &times, finals, ends, formatted);
                 if let Some(language) = self.detected.as_deref().filter(|_| ends) {
                     message["language_code"] = json!(language);
                     message["language_confidence"] = json!(0.97);
@@ -687,7 +727,9 @@ impl Session {
                     if let Some(probe) = probe {
                         probe(&self.session_id, self.turn.order);
                     }
-                    self.record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
+                    let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+                    record.finals += 1;
+                    record.final_orders.push(self.turn.order);
                 }
                 if self
                     .socket
@@ -735,9 +777,10 @@ impl Session {
         if self.turn.speech_ms > 0 {
             let line = self.line().to_owned();
             let words = line.split_whitespace().count();
+            let times = self.turn.word_times(words, words, self.audio_ms);
             for formatted in self.variants(true) {
                 let mut message =
-                    turn_message(&self.turn, &line, words, true, formatted, self.audio_ms);
+                    turn_message(self.turn.order, &line, &times, words, true, formatted);
                 if let Some(language) = &self.detected {
                     message["language_code"] = json!(language);
                     message["language_confidence"] = json!(0.97);
@@ -748,7 +791,9 @@ impl Session {
                     .await
                     .is_ok();
                 if sent && formatted == self.params.format_turns {
-                    self.record.lock().unwrap_or_else(|p| p.into_inner()).finals += 1;
+                    let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+                    record.finals += 1;
+                    record.final_orders.push(self.turn.order);
                 }
             }
         }
@@ -788,23 +833,23 @@ impl Session {
     }
 }
 
+/// A `Turn` message showing the line's first `times.len()` words at those times, the first
+/// `finals` of them final.
 fn turn_message(
-    turn: &TurnState,
+    order: u64,
     line: &str,
-    shown: usize,
+    times: &[(u64, u64)],
+    finals: usize,
     end_of_turn: bool,
     formatted: bool,
-    audio_ms: u64,
 ) -> Value {
-    let words: Vec<&str> = line.split_whitespace().take(shown).collect();
-    let span = audio_ms.saturating_sub(turn.start_ms).max(1);
-    let per_word = span / words.len().max(1) as u64;
+    let words: Vec<&str> = line.split_whitespace().take(times.len()).collect();
     let word_items: Vec<Value> = words
         .iter()
+        .zip(times)
         .enumerate()
-        .map(|(i, w)| {
-            let start = turn.start_ms + per_word * i as u64;
-            json!({"text": w, "start": start, "end": start + per_word, "confidence": 0.93, "word_is_final": end_of_turn || i + 1 < words.len()})
+        .map(|(i, (w, &(start, end)))| {
+            json!({"text": w, "start": start, "end": end, "confidence": 0.93, "word_is_final": i < finals})
         })
         .collect();
     let mut transcript = words.join(" ");
@@ -820,7 +865,7 @@ fn turn_message(
     }
     json!({
         "type": "Turn",
-        "turn_order": turn.order,
+        "turn_order": order,
         "turn_is_formatted": formatted,
         "end_of_turn": end_of_turn,
         "transcript": transcript,
@@ -832,6 +877,35 @@ fn turn_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_final_words_times_never_change_and_only_universal_streaming_finalises_early() {
+        let mut turn = TurnState {
+            start_ms: 500,
+            ..TurnState::default()
+        };
+        let streaming = Params {
+            speech_model: "universal-streaming-english".into(),
+            detects: false,
+            mulaw: true,
+            bytes_per_ms: 8,
+            format_turns: true,
+        };
+        let first = turn.word_times(2, streaming.final_words(2, false), 900);
+        assert_eq!(first, vec![(500, 700), (700, 900)]);
+        // Later, more speech: the final first word keeps its times, the open one stretches.
+        let later = turn.word_times(2, streaming.final_words(2, false), 1300);
+        assert_eq!(later, vec![(500, 700), (700, 1300)]);
+        let message = turn_message(0, "one two", &later, 1, false, false);
+        assert_eq!(message["words"][0]["word_is_final"], true);
+        assert_eq!(message["words"][1]["word_is_final"], false);
+        let pro = Params {
+            speech_model: "u3-rt-pro".into(),
+            ..streaming
+        };
+        assert_eq!(pro.final_words(5, false), 0);
+        assert_eq!(pro.final_words(5, true), 5);
+    }
 
     #[test]
     fn mulaw_round_trips_within_quantisation() {

@@ -295,6 +295,98 @@ async fn a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
     assert!(metrics.contains("assemblyai_reconnects_total"));
 }
 
+/// The words the turn's transcript and timing are read from, for the track that dropped.
+async fn words_of(m: &MediaApp, call_id: Uuid, session_id: &str) -> (String, Vec<(String, i64)>) {
+    let row = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select text, words from transcript_turns where call_id = $1 and session_id = $2",
+            &[&call_id, &session_id],
+        )
+        .await
+        .unwrap();
+    let words: serde_json::Value = row.get("words");
+    let words = words
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["text"].as_str().unwrap().to_owned(),
+                w["start_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    (row.get("text"), words)
+}
+
+#[tokio::test]
+async fn a_session_dropped_mid_turn_leaves_its_final_words_and_replays_only_what_follows() {
+    let m = MediaApp::spawn(&[]).await;
+    m.aai
+        .set_script(&["alpha bravo charlie delta echo foxtrot golf hotel india juliet"]);
+    let call_id = m.call().await;
+    // 0.5 s of silence, then 2.5 s of one turn: one track's session dies 1.5 s in, when
+    // its partials have made the turn's first three words final (they end 1.14 s in).
+    m.aai.inject(StreamFault::DropAfterChunks(15));
+    let mut options = PlayOptions::new(
+        m.stream_url(call_id),
+        telnyx_media::speech_like(&[(500, false), (2500, true), (800, false)]),
+    );
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    let turns = m.wait_for_turns(call_id, 2).await;
+    assert_eq!(turns.len(), 2, "one turn per track: {turns:?}");
+    let sessions = m.aai.sessions();
+    assert_eq!(sessions.len(), 3, "two tracks and one reconnect");
+    let (dropped, kept) = if sessions[0].closed_with == Some(1006) {
+        (&sessions[0], &sessions[1])
+    } else {
+        (&sessions[1], &sessions[0])
+    };
+    assert_eq!(dropped.closed_with, Some(1006));
+    // The new session hears from the batch where the last final word ended (1.1 s) to the
+    // end (3.8 s), not the turn from its start again (the batches since 0.5 s, or earlier).
+    let heard_again: usize = sessions[2].chunk_bytes.iter().sum();
+    assert!(
+        heard_again <= (3800 - 1000) * 8,
+        "{heard_again} bytes after the reconnect"
+    );
+    // Its turn begins with the dropped session's final words, at their own times, then
+    // what the new session transcribed (the simulator's script starts again).
+    let (text, words) = words_of(&m, call_id, &sessions[2].id).await;
+    assert!(
+        text.starts_with("alpha bravo charlie Alpha bravo"),
+        "carried words first, then the new session's formatted turn: {text}"
+    );
+    assert_eq!(words.len(), 3 + 10, "{words:?}");
+    let (first, carried_end, next) = (words[0].1, words[2].1, words[3].1);
+    assert!(
+        (450..=650).contains(&first),
+        "the turn starts where its speech did, on the track's clock: {words:?}"
+    );
+    assert!(
+        carried_end < next && next >= 1050,
+        "the new session's words follow the carried ones: {words:?}"
+    );
+    let (kept_text, kept_words) = words_of(&m, call_id, &kept.id).await;
+    assert_eq!(kept_words.len(), 10, "{kept_text}");
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get("count");
+    assert_eq!(gaps, 0, "nothing lost");
+}
+
 #[tokio::test]
 async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
     let m = MediaApp::spawn(&[("MEDIA_IDLE_REPLAY_MS", "1000")]).await;
@@ -549,8 +641,20 @@ async fn audio_held_at_hang_up_that_cannot_be_delivered_in_time_is_a_gap() {
             "the last second never reached AssemblyAI and is a gap"
         );
     }
-    // What the dropped sessions read of the open turn has no transcript either: said so.
-    assert!(soak::untranscribed_ms(&m.app, &[call_id]).await >= 2 * 1500);
+    // The open turn's final words (the script's first five, fixed by 1.7 s into the
+    // audio) are each track's turn; what the dropped sessions read after them has no
+    // transcript: said so, and no more than that.
+    let turns = m.turns(call_id).await;
+    assert_eq!(
+        turns.iter().map(|t| t.2.as_str()).collect::<Vec<_>>(),
+        vec!["hello, this is a test"; 2],
+        "{turns:?}"
+    );
+    let untranscribed = soak::untranscribed_ms(&m.app, &[call_id]).await;
+    assert!(
+        (2 * 400..=2 * 1000).contains(&untranscribed),
+        "from the last final word to the drop, per track: {untranscribed} ms"
+    );
     let kinds: Vec<String> = m
         .app
         .db()

@@ -376,6 +376,21 @@ pub async fn stored_finals(app: &TestApp, calls: &[Uuid]) -> (i64, i64) {
     (turns, events)
 }
 
+/// Each stored turn's identity: the AssemblyAI session and its `turn_order` there.
+pub async fn stored_turn_identities(app: &TestApp, calls: &[Uuid]) -> Vec<(String, i64)> {
+    app.db()
+        .await
+        .query(
+            "select session_id, turn_order from transcript_turns where call_id = any($1)",
+            &[&calls],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// Waits until every call's media stream has ended (its bridge stored everything).
 pub async fn wait_for_streams_to_end(app: &TestApp, calls: &[Uuid], within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
