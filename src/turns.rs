@@ -244,19 +244,25 @@ impl TurnWriter {
     /// Stores `turn` (retrying transient database errors, as `store_final_retrying`) and
     /// says how; `None` when it could not be stored (counted and logged).
     pub async fn store(&self, turn: FinalTurn) -> Option<Stored> {
-        let (done, outcome) = oneshot::channel();
-        match self.queue.send(Job { turn, done }).await {
-            Ok(()) => match outcome.await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    // The writer dropped the turn unanswered: it panicked mid-batch.
-                    metrics::counter!("transcript_turns_lost_total").increment(1);
-                    tracing::error!("the final-turn writer stopped; a turn was not stored");
-                    None
-                }
-            },
+        // A place in the queue first, then the turn moved into it: a live call has a few of
+        // these futures waiting while PostgreSQL answers, and `send(job)` would hold a
+        // second copy of the turn in its own future.
+        let Ok(place) = self.queue.reserve().await else {
             // The writer is gone (it never stops while a clone is alive): store directly.
-            Err(mpsc::error::SendError(job)) => store_final_retrying(&self.db, &job.turn).await,
+            // Boxed: its statement futures would otherwise be part of every waiting turn's
+            // future, though this path is almost never taken.
+            return Box::pin(store_final_retrying(&self.db, &turn)).await;
+        };
+        let (done, outcome) = oneshot::channel();
+        place.send(Job { turn, done });
+        match outcome.await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The writer dropped the turn unanswered: it panicked mid-batch.
+                metrics::counter!("transcript_turns_lost_total").increment(1);
+                tracing::error!("the final-turn writer stopped; a turn was not stored");
+                None
+            }
         }
     }
 }
@@ -383,6 +389,34 @@ mod tests {
             },
             done: oneshot::channel().0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_turn_waiting_for_the_writer_holds_little_more_than_the_turn() {
+        let url = crate::config::Secret::new("postgres://nobody@127.0.0.1:1/none".to_owned());
+        let db = Db::connect(&crate::config::DatabaseConfig {
+            url: url.clone(),
+            direct_url: url,
+            pool_max_size: 1,
+            pool_timeout: std::time::Duration::from_secs(1),
+            statement_cache: true,
+            random_page_cost: None,
+            migrate_on_start: false,
+        })
+        .expect("a lazy pool");
+        let writer = TurnWriter::start(db);
+        // A live call has a few of these in flight while PostgreSQL answers (one per final
+        // turn): the fallback's statement futures are boxed out of it.
+        let store = writer.store(job(1, "inbound", 0).turn);
+        let (size, turn) = (
+            std::mem::size_of_val(&store),
+            std::mem::size_of::<FinalTurn>(),
+        );
+        println!("store future {size} bytes, FinalTurn {turn}");
+        assert!(
+            size <= 2 * turn + 256,
+            "{size} bytes for a {turn}-byte turn"
+        );
     }
 
     fn keys(jobs: &[Job]) -> Vec<(u128, &'static str, i64)> {
