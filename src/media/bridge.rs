@@ -947,10 +947,10 @@ impl Bridge {
                 self.settle_origin(track, began);
             }
             if let Some(state) = self.tracks.get_mut(&track) {
-                // Final words no final turn took are a turn of their own, not a gap.
-                let leftover = state.open_turn.leftover(&state.session_id);
+                // Final words no final turn took are turns of their own, not gaps.
+                let leftovers = state.open_turn.leftovers(&state.session_id);
                 state.replay.abandon();
-                if let Some(leftover) = leftover {
+                for leftover in leftovers {
                     self.store_turn(track, leftover, None);
                 }
             }
@@ -1435,7 +1435,12 @@ impl Bridge {
         let base = state.session_base_ms.unwrap_or(state.next_offset_ms);
         if !final_turn {
             state.turn_open |= !turn.transcript.is_empty();
-            if let Some(end) = state.open_turn.partial(turn.turn_order, turn.words, base) {
+            let words = turn.words;
+            if let Some(end) =
+                state
+                    .open_turn
+                    .partial(turn.turn_order, words, base, turn.end_of_turn)
+            {
                 // Its final words are kept: a new session need not hear their audio again.
                 state.replay.transcribed_through(end);
             }
@@ -1481,6 +1486,10 @@ impl Bridge {
         });
         let (words, text) = state.open_turn.finish(words.collect(), turn.transcript);
         let session_id = state.session_id.clone();
+        // A dropped session's whole turns that never came formatted go first.
+        for ended in state.open_turn.take_ended() {
+            self.store_turn(track, ended, None);
+        }
         self.store_turn(
             track,
             TurnWords {

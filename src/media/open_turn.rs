@@ -1,7 +1,8 @@
 //! The words of a track's open turn that AssemblyAI has made final (`word_is_final`): held
 //! instead of their audio (ADR 0059), carried over when the session drops mid-turn, put
 //! before the next final turn of the session that follows, or stored on their own when no
-//! final turn comes. Synchronous, on the track's clock throughout.
+//! final turn comes (or when the turn had ended and only its formatted version was still to
+//! come). Synchronous, on the track's clock throughout.
 
 use crate::providers::assemblyai::Word;
 
@@ -12,6 +13,12 @@ pub struct OpenTurn {
     current: Vec<Word>,
     /// That turn's `turn_order` in the current session.
     current_order: u64,
+    /// AssemblyAI ended that turn (`end_of_turn`) and its formatted version is still to
+    /// come: if the session drops now, the words are a whole turn, not the start of one.
+    current_ended: bool,
+    /// Whole turns whose session dropped before their formatted version came, oldest first:
+    /// stored before the track's next turn.
+    ended: Vec<TurnWords>,
     /// Final words of turns that sessions left open when they dropped, oldest first.
     carried: Vec<Word>,
     /// Where the oldest carried words come from (session id, `turn_order`): their
@@ -50,13 +57,21 @@ pub fn joined(words: &[Word]) -> String {
 
 impl OpenTurn {
     /// A partial turn of the current session, whose audio began at `base_ms` on the
-    /// track's clock. Its final words (they come first: a word is final before the next
-    /// one is) replace the ones kept from its last partial. Returns where the last of them
-    /// ends: the audio before it need not be held for replay.
-    pub fn partial(&mut self, turn_order: u64, mut words: Vec<Word>, base_ms: u64) -> Option<u64> {
+    /// track's clock (or its unformatted end, `end_of_turn`, when the formatted one is
+    /// what the bridge stores). Its final words (they come first: a word is final before
+    /// the next one is) replace the ones kept from its last partial. Returns where the last
+    /// of them ends: the audio before it need not be held for replay.
+    pub fn partial(
+        &mut self,
+        turn_order: u64,
+        mut words: Vec<Word>,
+        base_ms: u64,
+        end_of_turn: bool,
+    ) -> Option<u64> {
         let finals = words.iter().take_while(|w| w.word_is_final).count();
         words.truncate(finals);
         self.current_order = turn_order;
+        self.current_ended = end_of_turn;
         self.current.clear();
         self.current
             .extend(words.into_iter().map(|w| on_track_clock(w, base_ms)));
@@ -67,6 +82,16 @@ impl OpenTurn {
     /// words wait for the next session's final turn.
     pub fn session_dropped(&mut self, session_id: &str) {
         if self.current.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.current_ended) {
+            let words = std::mem::take(&mut self.current);
+            self.ended.push(TurnWords {
+                session_id: session_id.to_owned(),
+                turn_order: self.current_order,
+                text: joined(&words),
+                words,
+            });
             return;
         }
         if self.carried.is_empty() {
@@ -86,6 +111,7 @@ impl OpenTurn {
     /// formatted transcript covers only the current session's part).
     pub fn finish(&mut self, words: Vec<Word>, transcript: String) -> (Vec<Word>, String) {
         self.current.clear();
+        self.current_ended = false;
         self.carried_from = None;
         if self.carried.is_empty() {
             return (words, transcript);
@@ -108,18 +134,28 @@ impl OpenTurn {
         }
     }
 
-    /// The track is finished: final words no final turn took (carried, or of a turn still
-    /// open when the session ended), as a turn of their own.
-    pub fn leftover(&mut self, session_id: &str) -> Option<TurnWords> {
+    /// Whole turns a dropped session ended but never sent formatted, oldest first: to be
+    /// stored before anything the track says next.
+    pub fn take_ended(&mut self) -> Vec<TurnWords> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// The track is finished: final words no final turn took (whole turns never sent
+    /// formatted, then what was carried or still open when the session ended), each a turn
+    /// of its own, in order.
+    pub fn leftovers(&mut self, session_id: &str) -> Vec<TurnWords> {
         self.session_dropped(session_id);
-        let (session_id, turn_order) = self.carried_from.take()?;
-        let words = std::mem::take(&mut self.carried);
-        Some(TurnWords {
-            session_id,
-            turn_order,
-            text: joined(&words),
-            words,
-        })
+        let mut turns = self.take_ended();
+        if let Some((session_id, turn_order)) = self.carried_from.take() {
+            let words = std::mem::take(&mut self.carried);
+            turns.push(TurnWords {
+                session_id,
+                turn_order,
+                text: joined(&words),
+                words,
+            });
+        }
+        turns
     }
 }
 
@@ -152,16 +188,16 @@ mod tests {
             word("two", 300, 600, true),
             word("three", 600, 900, false),
         ];
-        assert_eq!(open.partial(0, words, 1000), Some(1600));
+        assert_eq!(open.partial(0, words, 1000, false), Some(1600));
         assert_eq!(
-            open.partial(0, vec![word("one", 0, 300, false)], 1000),
+            open.partial(0, vec![word("one", 0, 300, false)], 1000, false),
             None
         );
         assert!(
             open.current.is_empty(),
             "a later partial replaces the earlier"
         );
-        assert_eq!(open.leftover("s1"), None, "nothing final, nothing left");
+        assert_eq!(open.leftovers("s1"), vec![], "nothing final, nothing left");
     }
 
     #[test]
@@ -171,6 +207,7 @@ mod tests {
             3,
             vec![word("hello", 0, 300, true), word("there", 300, 500, false)],
             1000,
+            false,
         );
         open.session_dropped("s1");
         assert_eq!(open.carried_text().as_deref(), Some("hello"));
@@ -183,45 +220,62 @@ mod tests {
             vec![("hello", 1000, 1300), ("world", 1300, 1700)]
         );
         assert_eq!(open.carried_text(), None);
-        assert_eq!(open.leftover("s2"), None, "taken by the final turn");
+        assert_eq!(open.leftovers("s2"), vec![], "taken by the final turn");
     }
 
     #[test]
     fn words_no_final_turn_took_are_left_over_under_their_first_sessions_identity() {
         let mut open = OpenTurn::default();
-        open.partial(
-            3,
-            vec![word("a", 0, 100, true), word("b", 100, 200, false)],
-            0,
-        );
+        let (a, b) = (word("a", 0, 100, true), word("b", 100, 200, false));
+        open.partial(3, vec![a, b], 0, false);
         open.session_dropped("s1");
         // The second session drops too, mid-turn, after more final words.
-        open.partial(0, vec![word("c", 0, 100, true)], 500);
+        open.partial(0, vec![word("c", 0, 100, true)], 500, false);
         open.session_dropped("s2");
-        open.partial(0, vec![word("d", 0, 100, true)], 900);
-        let left = open.leftover("s3").expect("words left");
+        open.partial(0, vec![word("d", 0, 100, true)], 900, false);
+        let left = open.leftovers("s3");
+        assert_eq!(left.len(), 1, "{left:?}");
+        let ids = (left[0].session_id.as_str(), left[0].turn_order);
+        assert_eq!((ids, left[0].text.as_str()), (("s1", 3), "a c d"));
         assert_eq!(
-            (
-                left.session_id.as_str(),
-                left.turn_order,
-                left.text.as_str()
-            ),
-            ("s1", 3, "a c d")
-        );
-        assert_eq!(
-            texts(&left.words),
+            texts(&left[0].words),
             vec![("a", 0, 100), ("c", 500, 600), ("d", 900, 1000)]
         );
-        assert_eq!(open.leftover("s3"), None, "once");
+        assert_eq!(open.leftovers("s3"), vec![], "once");
+    }
+
+    #[test]
+    fn a_turn_ended_but_not_yet_formatted_is_a_whole_turn_when_its_session_drops() {
+        let mut open = OpenTurn::default();
+        let ended = vec![word("all", 0, 100, true), word("done", 100, 200, true)];
+        assert_eq!(open.partial(4, ended, 1000, true), Some(1200));
+        open.session_dropped("s1");
+        assert_eq!(open.carried_text(), None, "not the start of the next turn");
+        // The next session's turn is its own.
+        let next = vec![on_track_clock(word("next", 0, 100, true), 1200)];
+        let (words, text) = open.finish(next, "Next.".to_owned());
+        assert_eq!((words.len(), text.as_str()), (1, "Next."));
+        let stored_first = open.take_ended();
+        assert_eq!(stored_first.len(), 1);
+        let ids = (
+            stored_first[0].session_id.as_str(),
+            stored_first[0].turn_order,
+        );
+        assert_eq!(
+            (ids, stored_first[0].text.as_str()),
+            (("s1", 4), "all done")
+        );
+        assert_eq!(open.leftovers("s2"), vec![]);
     }
 
     #[test]
     fn a_drop_with_no_final_words_carries_nothing() {
         let mut open = OpenTurn::default();
-        open.partial(0, vec![word("x", 0, 100, false)], 0);
+        open.partial(0, vec![word("x", 0, 100, false)], 0, false);
         open.session_dropped("s1");
         assert_eq!(open.carried_text(), None);
         let (words, text) = open.finish(Vec::new(), String::new());
         assert!(words.is_empty() && text.is_empty());
+        assert!(open.take_ended().is_empty());
     }
 }

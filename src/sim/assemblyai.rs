@@ -29,6 +29,9 @@ pub enum StreamFault {
     ErrorAfterChunks { chunks: usize, code: u16 },
     /// Wait this long before `Begin`.
     DelayBegin(Duration),
+    /// Drop the TCP connection (no close frame) right after the first turn's unformatted
+    /// end of turn, before its formatted version (with `format_turns`).
+    DropBeforeFormatted,
     /// Refuse the handshake with HTTP 503.
     RefuseConnect,
 }
@@ -737,6 +740,14 @@ impl Session {
                     .await
                     .is_err()
                 {
+                    return Next::Stop;
+                }
+                if ends
+                    && !formatted
+                    && self.params.format_turns
+                    && matches!(self.fault, Some(StreamFault::DropBeforeFormatted))
+                {
+                    set_closed(&self.record, 1006);
                     return Next::Stop;
                 }
             }

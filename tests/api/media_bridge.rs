@@ -388,6 +388,37 @@ async fn a_session_dropped_mid_turn_leaves_its_final_words_and_replays_only_what
 }
 
 #[tokio::test]
+async fn a_turn_ended_but_dropped_before_its_formatted_version_is_stored_as_it_ended() {
+    let m = MediaApp::spawn(&[]).await;
+    m.aai.set_script(&["first turn here", "second one"]);
+    let call_id = m.call().await;
+    // One track's session sends its first turn's unformatted end, then dies before the
+    // formatted version; the second turn goes to a new session.
+    m.aai.inject(StreamFault::DropBeforeFormatted);
+    let mut options = PlayOptions::new(m.stream_url(call_id), two_turns());
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    let turns = m.wait_for_turns(call_id, 4).await;
+    let texts: Vec<&str> = turns.iter().map(|t| t.2.as_str()).collect();
+    assert_eq!(texts.len(), 4, "two turns per track: {turns:?}");
+    // The dropped track's first turn is the words AssemblyAI ended it with, unformatted;
+    // its second is the new session's own (its script starts again), not the two merged.
+    let sessions = m.aai.sessions();
+    let dropped = sessions
+        .iter()
+        .find(|s| s.closed_with == Some(1006))
+        .expect("a dropped session");
+    let (text, words) = words_of(&m, call_id, &dropped.id).await;
+    assert_eq!(text, "first turn here");
+    assert_eq!(words.len(), 3);
+    assert_eq!(
+        texts.iter().filter(|t| **t == "First turn here.").count(),
+        2,
+        "the other track's first turn, and the new session's: {texts:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
     let m = MediaApp::spawn(&[("MEDIA_IDLE_REPLAY_MS", "1000")]).await;
     let call_id = m.call().await;
