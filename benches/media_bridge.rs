@@ -328,6 +328,15 @@ async fn run(pinned: bool) -> bool {
     // The generator's audio never pauses, so every track's turn would end at the same moment
     // every 4 s; spread, the same turns arrive as independent conversations' do.
     sim.spread_turn_ends();
+    // Four seconds of non-stop speech is a dozen words or more, not the default script's
+    // three to six: with lines that short a turn ran out of words after a second and a
+    // half, its partials stopped growing, and the bridge held the rest of the turn's audio
+    // (ADR 0059) where a real speaker's words would have kept coming and been made final.
+    sim.set_script(&[
+        "hello this is a test call from the benchmark and we will keep on talking for a while",
+        "can you hear me clearly now because the line seems to be working well from this side",
+        "thank you very much for your help today I think that is everything we needed to cover",
+    ]);
     // The service reaches PostgreSQL through the wire reader, which sorts its statements by
     // cause; the meter and the bench's own connections go direct.
     let pg_address = format!(
