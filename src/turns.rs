@@ -413,10 +413,9 @@ mod tests {
             std::mem::size_of::<FinalTurn>(),
         );
         println!("store future {size} bytes, FinalTurn {turn}");
-        assert!(
-            size <= 2 * turn + 256,
-            "{size} bytes for a {turn}-byte turn"
-        );
+        // 3,248 bytes in a debug build before the place was reserved first and the direct
+        // store boxed; 560 after.
+        assert!(size < 1024, "{size} bytes for a {turn}-byte turn");
     }
 
     fn keys(jobs: &[Job]) -> Vec<(u128, &'static str, i64)> {

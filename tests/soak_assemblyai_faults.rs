@@ -122,11 +122,15 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
     let mut worst = [GapCheck::default(); 2];
     let mut lost_total = [0u64; 2];
     let mut unaccounted = Vec::new();
+    let mut overlapping = Vec::new();
     let mut unreported = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         for (t, track) in TRACKS.iter().enumerate() {
             for span in soak::unaccounted_speech(&app, *id, track, turns).await {
                 unaccounted.push((i, *track, span));
+            }
+            for pair in soak::overlapping_turns(&app, *id, track, BATCH_MS as i64).await {
+                overlapping.push((i, *track, pair));
             }
             let lost = heard.lost(soak::stream_tag(i, t), soak::frames_in(&audio[i].0));
             let recorded = soak::recorded_gaps(&app, *id, track).await;
@@ -188,6 +192,10 @@ async fn repeated_drops_and_refusals_lose_no_turn_and_gaps_are_the_unheard_audio
         "speech with neither a turn nor a gap: {unaccounted:?}"
     );
     assert!(finals.len() <= produced, "nothing stored twice");
+    assert!(
+        overlapping.is_empty(),
+        "no words stored in two turns: {overlapping:?}"
+    );
     for (id, order) in &leftovers {
         let session = sessions.iter().find(|s| &s.id == id);
         assert!(

@@ -112,6 +112,8 @@ struct TrackState {
     last_partial: String,
     /// AssemblyAI has reported words of a turn that has not ended yet.
     turn_open: bool,
+    /// The current session has reported words (a turn's transcript not empty).
+    session_reported_words: bool,
     /// That turn's final words, held instead of their audio, and words carried from a
     /// session that dropped mid-turn (ADR 0059).
     open_turn: OpenTurn,
@@ -153,6 +155,7 @@ impl TrackState {
             terminate_by: None,
             last_partial: String::new(),
             turn_open: false,
+            session_reported_words: false,
             open_turn: OpenTurn::default(),
             trim_after: None,
             idle_window: Duration::from_millis(config.idle_replay_ms as u64),
@@ -928,6 +931,21 @@ impl Bridge {
                 track.sink = None;
             }
         }
+        for track in [Track::Inbound, Track::Outbound] {
+            self.store_ended(track);
+        }
+    }
+
+    /// Stores the whole turns `track`'s dropped sessions ended but never sent formatted
+    /// (`OpenTurn::take_ended`): at once, not when the party next speaks.
+    fn store_ended(&mut self, track: Track) {
+        let ended = match self.tracks.get_mut(&track) {
+            Some(state) => state.open_turn.take_ended(),
+            None => return,
+        };
+        for turn in ended {
+            self.store_turn(track, turn, None);
+        }
     }
 
     /// The stream is over: final words no final turn took are stored as a turn, held
@@ -1280,6 +1298,20 @@ impl Bridge {
         }
         state.replay.push(batch);
         if state.phase == Phase::Live
+            && state.turn_open
+            && !state.session_reported_words
+            && state.trim_after.is_some_and(|at| Instant::now() >= at)
+        {
+            // A session that followed a drop mid-turn has heard what was replayed and
+            // found no words: the turn ended in the pause the drop fell in. Its carried
+            // final words are that turn, and the track goes back to trimming.
+            state.turn_open = false;
+            if let Some(turn) = state.open_turn.flush_carried() {
+                self.store_turn(track, turn, None);
+            }
+            return;
+        }
+        if state.phase == Phase::Live
             && !state.turn_open
             && state.trim_after.is_none_or(|at| Instant::now() >= at)
         {
@@ -1317,6 +1349,7 @@ impl Bridge {
                 state.attempts = 0;
                 state.session_base_ms = None;
                 state.last_final_order = None;
+                state.session_reported_words = false;
                 // Replay what the last session never finished.
                 for index in 0..state.replay.len() {
                     let Some((offset_ms, end_ms, bytes)) = state
@@ -1417,6 +1450,7 @@ impl Bridge {
                         schedule_retry(state);
                     }
                 }
+                self.store_ended(track);
             }
         }
     }
@@ -1433,14 +1467,15 @@ impl Bridge {
             return;
         };
         let base = state.session_base_ms.unwrap_or(state.next_offset_ms);
+        state.session_reported_words |= !turn.transcript.is_empty();
         if !final_turn {
             state.turn_open |= !turn.transcript.is_empty();
-            let words = turn.words;
-            if let Some(end) =
+            let (order, ended) = (turn.turn_order, turn.end_of_turn);
+            let partial =
                 state
                     .open_turn
-                    .partial(turn.turn_order, words, base, turn.end_of_turn)
-            {
+                    .partial(&state.session_id, order, turn.words, base, ended);
+            if let Some(end) = partial {
                 // Its final words are kept: a new session need not hear their audio again.
                 state.replay.transcribed_through(end);
             }
@@ -1484,7 +1519,10 @@ impl Bridge {
             w.end += base;
             w
         });
-        let (words, text) = state.open_turn.finish(words.collect(), turn.transcript);
+        let (words, text) =
+            state
+                .open_turn
+                .finish(turn.turn_order, words.collect(), turn.transcript);
         let session_id = state.session_id.clone();
         // A dropped session's whole turns that never came formatted go first.
         for ended in state.open_turn.take_ended() {
@@ -2000,6 +2038,7 @@ impl Bridge {
                 // The session is gone.
                 state.session_lost();
                 state.phase = Phase::Finished;
+                self.store_ended(track);
                 return;
             }
             state.phase = Phase::Terminating;

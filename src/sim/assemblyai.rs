@@ -497,14 +497,16 @@ async fn session(
 
 impl Params {
     /// How many of a turn's `shown` words are final: all when it ends; while it is open,
-    /// every word but the newest for the Universal-Streaming models (a word is fixed once
-    /// the next one is heard), none for Universal-3 Pro, whose partials are revised whole
-    /// until the end of the turn.
-    fn final_words(&self, shown: usize, end_of_turn: bool) -> usize {
+    /// for the Universal-Streaming models every word but the newest while the speaker
+    /// talks and all of them once they pause (a pause may or may not end the turn), none
+    /// for Universal-3 Pro, whose partials are revised whole until the end of the turn.
+    fn final_words(&self, shown: usize, end_of_turn: bool, pausing: bool) -> usize {
         if end_of_turn {
             shown
         } else if self.speech_model == "u3-rt-pro" {
             0
+        } else if pausing {
+            shown
         } else {
             shown.saturating_sub(1)
         }
@@ -708,9 +710,11 @@ impl Session {
         } else {
             ((self.turn.speech_ms / 300) as usize + 1).min(total_words)
         };
-        if shown > self.turn.words_shown || ends {
+        let finals = self
+            .params
+            .final_words(shown, ends, self.turn.silence_ms > 0);
+        if shown > self.turn.words_shown || ends || finals > self.turn.fixed.len() {
             self.turn.words_shown = shown;
-            let finals = self.params.final_words(shown, ends);
             let times = self.turn.word_times(shown, finals, self.audio_ms);
             for formatted in self.variants(ends) {
                 let mut message =
@@ -902,10 +906,10 @@ mod tests {
             bytes_per_ms: 8,
             format_turns: true,
         };
-        let first = turn.word_times(2, streaming.final_words(2, false), 900);
+        let first = turn.word_times(2, streaming.final_words(2, false, false), 900);
         assert_eq!(first, vec![(500, 700), (700, 900)]);
         // Later, more speech: the final first word keeps its times, the open one stretches.
-        let later = turn.word_times(2, streaming.final_words(2, false), 1300);
+        let later = turn.word_times(2, streaming.final_words(2, false, false), 1300);
         assert_eq!(later, vec![(500, 700), (700, 1300)]);
         let message = turn_message(0, "one two", &later, 1, false, false);
         assert_eq!(message["words"][0]["word_is_final"], true);
@@ -914,8 +918,13 @@ mod tests {
             speech_model: "u3-rt-pro".into(),
             ..streaming
         };
-        assert_eq!(pro.final_words(5, false), 0);
-        assert_eq!(pro.final_words(5, true), 5);
+        assert_eq!(pro.final_words(5, false, true), 0);
+        assert_eq!(pro.final_words(5, true, false), 5);
+        assert_eq!(
+            streaming.final_words(5, false, true),
+            5,
+            "a pause fixes them all"
+        );
     }
 
     #[test]

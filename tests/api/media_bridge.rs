@@ -419,6 +419,56 @@ async fn a_turn_ended_but_dropped_before_its_formatted_version_is_stored_as_it_e
 }
 
 #[tokio::test]
+async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_are_stored_at_once() {
+    let m = MediaApp::spawn(&[]).await;
+    m.aai.set_script(&["one two three"]);
+    let call_id = m.call().await;
+    // 1.2 s of speech, then silence: the first silent batch makes every word final, and
+    // one track's session dies on the next, before the pause ends the turn. The new
+    // session is replayed only silence and reports nothing.
+    m.aai.inject(StreamFault::DropAfterChunks(14));
+    let mut options = PlayOptions::new(
+        m.stream_url(call_id),
+        telnyx_media::speech_like(&[(1200, true), (5000, false)]),
+    );
+    options.realtime = true;
+    let started = std::time::Instant::now();
+    let player = tokio::spawn(telnyx_media::play(options));
+    // Well before the hang-up at 6.2 s: the words are a turn once the new session has had
+    // the idle window (1 s) to find words in what it was replayed.
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed())).await;
+    let turns = m.turns(call_id).await;
+    assert!(!player.is_finished(), "still on the call");
+    let sessions = m.aai.sessions();
+    let dropped = sessions
+        .iter()
+        .find(|s| s.closed_with == Some(1006))
+        .expect("a dropped session");
+    assert_eq!(
+        turns.len(),
+        2,
+        "each track's turn, during the call: {turns:?}"
+    );
+    let (text, words) = words_of(&m, call_id, &dropped.id).await;
+    assert_eq!((text.as_str(), words.len()), ("one two three", 3));
+    player.await.unwrap().unwrap();
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    assert_eq!(m.turns(call_id).await.len(), 2, "nothing stored twice");
+    let gaps: i64 = m
+        .app
+        .db()
+        .await
+        .query_one(
+            "select count(*) from transcript_gaps where call_id = $1",
+            &[&call_id],
+        )
+        .await
+        .unwrap()
+        .get("count");
+    assert_eq!(gaps, 0, "nothing lost");
+}
+
+#[tokio::test]
 async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
     let m = MediaApp::spawn(&[("MEDIA_IDLE_REPLAY_MS", "1000")]).await;
     let call_id = m.call().await;

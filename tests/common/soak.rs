@@ -376,6 +376,37 @@ pub async fn stored_finals(app: &TestApp, calls: &[Uuid]) -> (i64, i64) {
     (turns, events)
 }
 
+/// Turns of one track that overlap by more than `slack_ms` on the track's clock, as
+/// `(earlier, later)` spans: a turn stored twice (a final, and the same words stored on
+/// their own) would. Replay after a drop resumes at a batch boundary, so a new session may
+/// hear up to one batch of the last word it follows again.
+pub async fn overlapping_turns(
+    app: &TestApp,
+    call_id: Uuid,
+    track: &str,
+    slack_ms: i64,
+) -> Vec<((i64, i64), (i64, i64))> {
+    let spans: Vec<(i64, i64)> = app
+        .db()
+        .await
+        .query(
+            "select start_ms, end_ms from transcript_turns
+             where call_id = $1 and track = $2 and start_ms is not null and end_ms is not null
+             order by start_ms",
+            &[&call_id, &track],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    spans
+        .windows(2)
+        .filter(|w| w[1].0 < w[0].1 - slack_ms)
+        .map(|w| (w[0], w[1]))
+        .collect()
+}
+
 /// Each stored turn's identity: the AssemblyAI session and its `turn_order` there.
 pub async fn stored_turn_identities(app: &TestApp, calls: &[Uuid]) -> Vec<(String, i64)> {
     app.db()
