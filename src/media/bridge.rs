@@ -1300,11 +1300,15 @@ impl Bridge {
         if state.phase == Phase::Live
             && state.turn_open
             && !state.session_reported_words
+            && state.open_turn.carries_words()
             && state.trim_after.is_some_and(|at| Instant::now() >= at)
+            && state.replay.heard_all_but_newest()
         {
             // A session that followed a drop mid-turn has heard what was replayed and
-            // found no words: the turn ended in the pause the drop fell in. Its carried
-            // final words are that turn, and the track goes back to trimming.
+            // found no words in the idle window since: the turn ended in the pause the drop
+            // fell in. Its carried final words are that turn, and the track goes back to
+            // trimming. (Without carried words, as with Universal-3 Pro, whose words are
+            // final only at the end, the turn stays open until its final.)
             state.turn_open = false;
             if let Some(turn) = state.open_turn.flush_carried() {
                 self.store_turn(track, turn, None);
@@ -1467,7 +1471,23 @@ impl Bridge {
             return;
         };
         let base = state.session_base_ms.unwrap_or(state.next_offset_ms);
-        state.session_reported_words |= !turn.transcript.is_empty();
+        if !state.session_reported_words && !turn.transcript.is_empty() {
+            // This session's first words: if they start a pause long enough to end a turn
+            // after the words carried from a drop, those were a turn of their own.
+            state.session_reported_words = true;
+            let first = turn.words.first().map(|w| base + w.start);
+            if let Some(alone) = first.and_then(|at| state.open_turn.split_if_paused(at)) {
+                self.store_turn(track, alone, None);
+            }
+        }
+        let Some(state) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if turn.end_of_turn && state.last_final_order == Some(turn.turn_order) {
+            // A stored turn's end again (its unformatted version after the formatted one).
+            metrics::counter!("transcript_turns_duplicate_total").increment(1);
+            return;
+        }
         if !final_turn {
             state.turn_open |= !turn.transcript.is_empty();
             let (order, ended) = (turn.turn_order, turn.end_of_turn);

@@ -4,7 +4,15 @@
 //! final turn comes (or when the turn had ended and only its formatted version was still to
 //! come). Synchronous, on the track's clock throughout.
 
+use std::collections::VecDeque;
+
 use crate::providers::assemblyai::Word;
+
+/// A pause at least this long between the words carried from a dropped session and the
+/// next session's first word ended the turn they were in (AssemblyAI's default
+/// `min_end_of_turn_silence_when_confident`, and the simulator's rule): they are stored on
+/// their own rather than put before the next turn.
+pub const PAUSE_ENDS_TURN_MS: u64 = 400;
 
 /// Words kept for one track.
 #[derive(Debug, Default)]
@@ -19,9 +27,10 @@ pub struct OpenTurn {
     /// Where the oldest carried words come from (session id, `turn_order`): their
     /// identity if they are stored on their own.
     carried_from: Option<(String, u64)>,
-    /// A turn the current session ended unformatted (`end_of_turn`), with the carried
-    /// words before it: the formatted version, which the bridge stores, is still to come.
-    awaiting: Option<Awaiting>,
+    /// Turns the current session ended unformatted (`end_of_turn`), the first with the
+    /// carried words before it, oldest first: their formatted versions, which the bridge
+    /// stores, are still to come.
+    awaiting: VecDeque<Awaiting>,
     /// Whole turns no formatted version will come for (their session dropped, or a later
     /// turn came first), oldest first: stored before anything the track says next.
     ended: Vec<TurnWords>,
@@ -102,14 +111,17 @@ impl OpenTurn {
             return self.current.last().map(|w| w.end);
         }
         // The turn ended; the carried words are its start.
-        let (prefix, identity) = match self.awaiting.take() {
+        let same = self
+            .awaiting
+            .iter()
+            .position(|a| a.turn_order == turn_order);
+        let (prefix, identity) = match same.and_then(|i| self.awaiting.remove(i)) {
             // The same end again: keep what was carried before it.
-            Some(mut same) if same.turn_order == turn_order => {
+            Some(mut same) => {
                 same.words.truncate(same.carried);
                 (same.words, same.identity)
             }
-            earlier => {
-                self.ended.extend(earlier.map(Awaiting::into_turn));
+            None => {
                 let from = self.carried_from.take();
                 let identity = from.unwrap_or_else(|| (session_id.to_owned(), turn_order));
                 (std::mem::take(&mut self.carried), identity)
@@ -122,12 +134,16 @@ impl OpenTurn {
         let mut all = prefix;
         all.extend(words);
         let end = all.last().map(|w| w.end);
-        self.awaiting = Some(Awaiting {
-            identity,
-            turn_order,
-            carried,
-            words: all,
-        });
+        let at = self.awaiting.partition_point(|a| a.turn_order < turn_order);
+        self.awaiting.insert(
+            at,
+            Awaiting {
+                identity,
+                turn_order,
+                carried,
+                words: all,
+            },
+        );
         end
     }
 
@@ -136,7 +152,7 @@ impl OpenTurn {
     /// the next session's final turn.
     pub fn session_dropped(&mut self, session_id: &str) {
         self.ended
-            .extend(self.awaiting.take().map(Awaiting::into_turn));
+            .extend(self.awaiting.drain(..).map(Awaiting::into_turn));
         if self.current.is_empty() {
             return;
         }
@@ -150,6 +166,22 @@ impl OpenTurn {
     /// partials, so a caption does not lose the start of its sentence.
     pub fn carried_text(&self) -> Option<String> {
         (!self.carried.is_empty()).then(|| joined(&self.carried))
+    }
+
+    /// Words are carried from a dropped session.
+    pub fn carries_words(&self) -> bool {
+        !self.carried.is_empty()
+    }
+
+    /// The next session's first word starts at `start_ms` on the track's clock: if that is
+    /// [`PAUSE_ENDS_TURN_MS`] or more after the carried words, the drop fell in the pause
+    /// that ended their turn, and they are a turn of their own.
+    pub fn split_if_paused(&mut self, start_ms: u64) -> Option<TurnWords> {
+        let last_end = self.carried.last()?.end;
+        if start_ms < last_end + PAUSE_ENDS_TURN_MS {
+            return None;
+        }
+        self.flush_carried()
     }
 
     /// The session after a drop heard what was replayed and reported no words: the
@@ -177,14 +209,26 @@ impl OpenTurn {
         if self.current_order == turn_order {
             self.current.clear();
         }
-        let prefix = match self.awaiting.take() {
-            Some(mut same) if same.turn_order == turn_order => {
+        // Earlier turns whose formatted versions never came are stored first; later ones
+        // still wait for theirs.
+        while self
+            .awaiting
+            .front()
+            .is_some_and(|a| a.turn_order < turn_order)
+        {
+            self.ended
+                .extend(self.awaiting.pop_front().map(Awaiting::into_turn));
+        }
+        let same = self
+            .awaiting
+            .front()
+            .is_some_and(|a| a.turn_order == turn_order);
+        let prefix = match same.then(|| self.awaiting.pop_front()).flatten() {
+            Some(mut same) => {
                 same.words.truncate(same.carried);
                 same.words
             }
-            earlier => {
-                // An earlier turn's formatted version never came: it is stored first.
-                self.ended.extend(earlier.map(Awaiting::into_turn));
+            None => {
                 self.carried_from = None;
                 std::mem::take(&mut self.carried)
             }
@@ -205,6 +249,7 @@ impl OpenTurn {
     /// The track's clock moved by `delta_ms` (its origin settled): so do the words kept.
     pub fn shift(&mut self, delta_ms: i64) {
         let awaiting = self.awaiting.iter_mut().flat_map(|a| a.words.iter_mut());
+
         let ended = self.ended.iter_mut().flat_map(|t| t.words.iter_mut());
         for word in self
             .current
@@ -400,6 +445,38 @@ mod tests {
         let ended = open.take_ended();
         assert_eq!(ended.len(), 1);
         assert_eq!(ids(&ended[0]), ("s1", 0, "first"));
+    }
+
+    #[test]
+    fn carried_words_a_turn_ending_pause_follows_are_kept_apart() {
+        let mut open = OpenTurn::default();
+        open.partial("s1", 2, vec![word("done", 0, 200, true)], 1000, false);
+        open.session_dropped("s1");
+        // The next session's first word starts less than a turn-ending pause later.
+        assert_eq!(open.split_if_paused(1200 + PAUSE_ENDS_TURN_MS - 1), None);
+        assert!(open.carries_words());
+        // Or at least that much later: a turn of its own.
+        let alone = open.split_if_paused(1200 + PAUSE_ENDS_TURN_MS);
+        assert_eq!(alone.as_ref().map(ids), Some(("s1", 2, "done")));
+        assert!(!open.carries_words());
+        let (words, text) = open.finish(0, Vec::new(), "Next.".to_owned());
+        assert_eq!((words.len(), text.as_str()), (0, "Next."));
+    }
+
+    #[test]
+    fn a_later_turns_end_before_an_earlier_formatted_end_waits_its_turn() {
+        let mut open = OpenTurn::default();
+        open.partial("s1", 0, vec![word("one", 0, 100, true)], 0, true);
+        open.partial("s1", 1, vec![word("two", 200, 300, true)], 0, true);
+        let (_, text) = open.finish(0, Vec::new(), "One.".to_owned());
+        assert_eq!(text, "One.");
+        assert!(
+            open.take_ended().is_empty(),
+            "turn 1 still waits for its formatted end"
+        );
+        let (_, text) = open.finish(1, Vec::new(), "Two.".to_owned());
+        assert_eq!(text, "Two.");
+        assert!(open.take_ended().is_empty(), "each stored once, formatted");
     }
 
     #[test]

@@ -219,6 +219,17 @@ impl ReplayBuffer {
         }
     }
 
+    /// The current session has heard every batch held but the newest (whose pong may
+    /// still be on its way): what it was replayed, and what followed.
+    pub fn heard_all_but_newest(&mut self) -> bool {
+        self.catch_up();
+        self.held
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|b| b.heard == Heard::Yes)
+    }
+
     /// A session finished cleanly after everything held was sent to it.
     pub fn all_heard(&mut self) {
         for batch in &mut self.held {

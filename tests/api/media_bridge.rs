@@ -469,6 +469,37 @@ async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_are_stored_a
 }
 
 #[tokio::test]
+async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_stay_apart_from_the_next() {
+    let m = MediaApp::spawn(&[]).await;
+    m.aai.set_script(&["one two three"]);
+    let call_id = m.call().await;
+    // As above, but the party speaks again 0.8 s after the first turn, before the new
+    // session's idle window is over: its first word comes more than a turn-ending pause
+    // after the carried ones.
+    m.aai.inject(StreamFault::DropAfterChunks(14));
+    let mut options = PlayOptions::new(
+        m.stream_url(call_id),
+        telnyx_media::speech_like(&[(1200, true), (800, false), (1000, true), (1000, false)]),
+    );
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
+    let sessions = m.aai.sessions();
+    let dropped = sessions
+        .iter()
+        .find(|s| s.closed_with == Some(1006))
+        .expect("a dropped session");
+    let (text, _) = words_of(&m, call_id, &dropped.id).await;
+    assert_eq!(text, "one two three", "the first turn on its own");
+    let turns = m.turns(call_id).await;
+    assert_eq!(turns.len(), 4, "two turns per track: {turns:?}");
+    assert!(
+        turns.iter().all(|t| t.2.split_whitespace().count() == 3),
+        "no two turns merged: {turns:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
     let m = MediaApp::spawn(&[("MEDIA_IDLE_REPLAY_MS", "1000")]).await;
     let call_id = m.call().await;
