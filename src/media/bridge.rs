@@ -12,6 +12,7 @@
 //! recorded as a *gap*. On `stop`, socket close or process shutdown every track flushes,
 //! sends `Terminate`, and waits (bounded) for its last turns to be stored.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1501,20 +1502,13 @@ impl Bridge {
             }
             if turn.transcript != state.last_partial && !turn.transcript.is_empty() {
                 // Batched per replica: a checkout per partial swamped the pool under load.
-                match state.open_turn.carried_text() {
-                    Some(carried) => self.state.partials.publish(
-                        call_id,
-                        label,
-                        turn.turn_order,
-                        &format!("{carried} {}", turn.transcript),
-                    ),
-                    None => self.state.partials.publish(
-                        call_id,
-                        label,
-                        turn.turn_order,
-                        &turn.transcript,
-                    ),
-                }
+                let shown = match state.open_turn.carried_text() {
+                    Some(carried) => Cow::Owned(format!("{carried} {}", turn.transcript)),
+                    None => Cow::Borrowed(turn.transcript.as_str()),
+                };
+                self.state
+                    .partials
+                    .publish(call_id, label, turn.turn_order, &shown);
                 state.last_partial = turn.transcript;
             }
             return;

@@ -48,6 +48,13 @@ struct Awaiting {
 }
 
 impl Awaiting {
+    /// The words carried into it from dropped sessions, without its own: what another
+    /// end of the same turn starts with.
+    fn into_carried(mut self) -> Vec<Word> {
+        self.words.truncate(self.carried);
+        self.words
+    }
+
     fn into_turn(self) -> TurnWords {
         TurnWords {
             session_id: self.identity.0,
@@ -118,8 +125,8 @@ impl OpenTurn {
         let (prefix, identity) = match same.and_then(|i| self.awaiting.remove(i)) {
             // The same end again: keep what was carried before it.
             Some(mut same) => {
-                same.words.truncate(same.carried);
-                (same.words, same.identity)
+                let identity = std::mem::take(&mut same.identity);
+                (same.into_carried(), identity)
             }
             None => {
                 let from = self.carried_from.take();
@@ -224,10 +231,7 @@ impl OpenTurn {
             .front()
             .is_some_and(|a| a.turn_order == turn_order);
         let prefix = match same.then(|| self.awaiting.pop_front()).flatten() {
-            Some(mut same) => {
-                same.words.truncate(same.carried);
-                same.words
-            }
+            Some(same) => same.into_carried(),
             None => {
                 self.carried_from = None;
                 std::mem::take(&mut self.carried)

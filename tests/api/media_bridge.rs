@@ -76,6 +76,20 @@ impl MediaApp {
         format!("ws://127.0.0.1:{}/media/telnyx/{token}", self.app.port)
     }
 
+    /// How many transcript gaps (of any reason) the call recorded.
+    async fn gap_count(&self, call_id: Uuid) -> i64 {
+        self.app
+            .db()
+            .await
+            .query_one(
+                "select count(*) from transcript_gaps where call_id = $1",
+                &[&call_id],
+            )
+            .await
+            .unwrap()
+            .get("count")
+    }
+
     async fn turns(&self, call_id: Uuid) -> Vec<(String, i32, String)> {
         self.app.db().await
             .query("select track, turn_index, text from transcript_turns where call_id = $1 order by track, turn_index", &[&call_id])
@@ -279,17 +293,7 @@ async fn a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
         m.aai.sessions().len() >= 3,
         "the dropped track opened a second session"
     );
-    let gaps: i64 = m
-        .app
-        .db()
-        .await
-        .query_one(
-            "select count(*) from transcript_gaps where call_id = $1",
-            &[&call_id],
-        )
-        .await
-        .unwrap()
-        .get("count");
+    let gaps = m.gap_count(call_id).await;
     assert_eq!(gaps, 0, "the buffer covered the outage");
     let metrics = m.app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("assemblyai_reconnects_total"));
@@ -373,17 +377,7 @@ async fn a_session_dropped_mid_turn_leaves_its_final_words_and_replays_only_what
     );
     let (kept_text, kept_words) = words_of(&m, call_id, &kept.id).await;
     assert_eq!(kept_words.len(), 10, "{kept_text}");
-    let gaps: i64 = m
-        .app
-        .db()
-        .await
-        .query_one(
-            "select count(*) from transcript_gaps where call_id = $1",
-            &[&call_id],
-        )
-        .await
-        .unwrap()
-        .get("count");
+    let gaps = m.gap_count(call_id).await;
     assert_eq!(gaps, 0, "nothing lost");
 }
 
@@ -454,17 +448,7 @@ async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_are_stored_a
     player.await.unwrap().unwrap();
     soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
     assert_eq!(m.turns(call_id).await.len(), 2, "nothing stored twice");
-    let gaps: i64 = m
-        .app
-        .db()
-        .await
-        .query_one(
-            "select count(*) from transcript_gaps where call_id = $1",
-            &[&call_id],
-        )
-        .await
-        .unwrap()
-        .get("count");
+    let gaps = m.gap_count(call_id).await;
     assert_eq!(gaps, 0, "nothing lost");
 }
 
@@ -527,17 +511,7 @@ async fn a_silent_track_replays_only_its_newest_audio_after_a_drop() {
         (8_000..=16_800).contains(&replayed),
         "{replayed} bytes after the reconnect"
     );
-    let gaps: i64 = m
-        .app
-        .db()
-        .await
-        .query_one(
-            "select count(*) from transcript_gaps where call_id = $1",
-            &[&call_id],
-        )
-        .await
-        .unwrap()
-        .get("count");
+    let gaps = m.gap_count(call_id).await;
     assert_eq!(
         gaps, 0,
         "trimming audio a live session already heard is not a gap"
@@ -712,17 +686,7 @@ async fn audio_held_at_hang_up_is_delivered_once_assemblyai_accepts_again() {
             "{track}: the tail reached AssemblyAI"
         );
     }
-    let gaps: i64 = m
-        .app
-        .db()
-        .await
-        .query_one(
-            "select count(*) from transcript_gaps where call_id = $1",
-            &[&call_id],
-        )
-        .await
-        .unwrap()
-        .get("count");
+    let gaps = m.gap_count(call_id).await;
     assert_eq!(gaps, 0);
     let sessions = m.aai.sessions();
     let last = sessions.iter().rev().take(2);

@@ -156,20 +156,11 @@ pub async fn unaccounted_speech(
     track: &str,
     turns: usize,
 ) -> Vec<(i64, i64)> {
-    let db = app.db().await;
-    let mut spans: Vec<(i64, i64)> = db
-        .query(
-            "select start_ms, end_ms from transcript_turns
-             where call_id = $1 and track = $2 and start_ms is not null and end_ms is not null",
-            &[&call_id, &track],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let mut spans = turn_spans(app, call_id, track).await;
     spans.extend(
-        db.query(
+        app.db()
+            .await
+            .query(
             "select start_ms, start_ms + duration_ms from transcript_gaps where call_id = $1 and track = $2",
             &[&call_id, &track],
         )
@@ -386,8 +377,17 @@ pub async fn overlapping_turns(
     track: &str,
     slack_ms: i64,
 ) -> Vec<((i64, i64), (i64, i64))> {
-    let spans: Vec<(i64, i64)> = app
-        .db()
+    turn_spans(app, call_id, track)
+        .await
+        .windows(2)
+        .filter(|w| w[1].0 < w[0].1 - slack_ms)
+        .map(|w| (w[0], w[1]))
+        .collect()
+}
+
+/// The track's stored turns as `(start_ms, end_ms)` on the call's clock, in start order.
+async fn turn_spans(app: &TestApp, call_id: Uuid, track: &str) -> Vec<(i64, i64)> {
+    app.db()
         .await
         .query(
             "select start_ms, end_ms from transcript_turns
@@ -399,11 +399,6 @@ pub async fn overlapping_turns(
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    spans
-        .windows(2)
-        .filter(|w| w[1].0 < w[0].1 - slack_ms)
-        .map(|w| (w[0], w[1]))
         .collect()
 }
 
