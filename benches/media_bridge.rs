@@ -14,7 +14,8 @@
 //! Settings: `BENCH_CALLS` (the ladder, default `250,500,1000,2000`), `BENCH_CALL_SECONDS`
 //! (default 12), `BENCH_TARGETS` (`bridge,floor`), `BENCH_LEDGER_CALLS` (default 500; 0 skips
 //! the ledger comparison), `BENCH_LEDGER_REPEATS` (split on/off phases, default 3),
-//! `BENCH_LEDGER_SECONDS` (default 10), `BENCH_PIN` (0: no pinning).
+//! `BENCH_LEDGER_SECONDS` (default 10), `BENCH_PIN` (0: no pinning), `BENCH_AAI_TLS` (0: the
+//! AssemblyAI simulator over plain `ws://` instead of TLS).
 #![allow(clippy::disallowed_methods)] // tests and benchmarks read their own TEST_*/BENCH_* settings
 
 mod common;
@@ -324,7 +325,14 @@ async fn run(pinned: bool) -> bool {
     let bench_started = Instant::now();
     let scratch = ScratchDatabase::create().await;
     let db_url = scratch.url.clone();
-    let sim = AssemblyAiSim::start("bench-aai-key", 0).await.unwrap();
+    // AssemblyAI is reached over TLS in production, by the bridge and the floor alike
+    // (ADR 0060); BENCH_AAI_TLS=0 for a binary without the simulators' test root.
+    let sim = if setting("BENCH_AAI_TLS", 1) == 1 {
+        AssemblyAiSim::start_tls("bench-aai-key", 0).await
+    } else {
+        AssemblyAiSim::start("bench-aai-key", 0).await
+    }
+    .unwrap();
     // The generator's audio never pauses, so every track's turn would end at the same moment
     // every 4 s; spread, the same turns arrive as independent conversations' do.
     sim.spread_turn_ends();

@@ -4,6 +4,7 @@
 //! is required; audio goes as binary frames of 50–1000 ms; `{"type":"Terminate"}` ends a
 //! session and makes the server flush its last turn before `Termination`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -13,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::config::{AssemblyAiConfig, Secret};
@@ -299,6 +300,8 @@ pub struct AssemblyAiClient {
     streaming_url: Url,
     api_key: Secret<String>,
     http: reqwest::Client,
+    /// Shared by every session's socket (ADR 0060).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// Per-session socket buffers (see `AssemblyAiClient::connect`).
@@ -326,6 +329,7 @@ impl AssemblyAiClient {
             streaming_url: config.streaming_url.clone(),
             api_key: config.api_key.clone(),
             http: super::http_client(Duration::from_secs(10)),
+            tls: crate::tls::websocket_client_config(),
         }
     }
 
@@ -364,11 +368,15 @@ impl AssemblyAiClient {
         let key = HeaderValue::from_str(self.api_key.expose())
             .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
         request.headers_mut().insert("authorization", key);
-        crate::tls::install_crypto_provider();
         // No Nagle: latency matters more than packet count.
         let (mut socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(socket_config()),
+                true,
+                Some(Connector::Rustls(self.tls.clone())),
+            ),
         )
         .await
         .map_err(|_| AssemblyAiError::Connect("handshake timed out".into()))?
@@ -469,6 +477,55 @@ pub async fn send_audio(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod tls {
+        use super::*;
+
+        fn config(streaming_url: &str) -> AssemblyAiConfig {
+            AssemblyAiConfig {
+                api_key: Secret::new("sim-aai-key".to_owned()),
+                api_base: "https://api.assemblyai.com".parse().unwrap(),
+                streaming_url: streaming_url.parse().unwrap(),
+                webhook_secret: None,
+            }
+        }
+
+        /// Two sessions, one after the other, to the simulator over `wss://`: the second
+        /// resumes the first's TLS session, which a config per connection (tokio-tungstenite's
+        /// default) never can, its session cache being new and empty.
+        #[cfg(feature = "sim")]
+        #[tokio::test]
+        async fn every_session_shares_one_tls_config_so_a_reconnect_resumes() {
+            use rustls::HandshakeKind;
+            let sim = crate::sim::assemblyai::AssemblyAiSim::start_tls("sim-aai-key", 0)
+                .await
+                .unwrap();
+            let client = AssemblyAiClient::new(&config(&sim.streaming_url()));
+            let params = StreamParams::telephony("universal-streaming-english");
+            for (session, expected) in [HandshakeKind::Full, HandshakeKind::Resumed]
+                .into_iter()
+                .enumerate()
+            {
+                let (mut socket, _) = client.connect(&params).await.unwrap();
+                let MaybeTlsStream::Rustls(stream) = socket.get_ref() else {
+                    panic!("session {session} is not over TLS");
+                };
+                let kind = stream.get_ref().1.handshake_kind();
+                assert_eq!(kind, Some(expected), "session {session}");
+                socket.close(None).await.unwrap();
+            }
+        }
+
+        #[test]
+        fn every_client_shares_the_process_tls_config() {
+            let config = config("wss://streaming.assemblyai.com/v3/ws");
+            let (one, other) = (
+                AssemblyAiClient::new(&config),
+                AssemblyAiClient::new(&config),
+            );
+            assert!(Arc::ptr_eq(&one.tls, &other.tls));
+        }
+    }
 
     fn partial_with_words(n: usize) -> String {
         let words: Vec<String> = (0..n)

@@ -73,6 +73,8 @@ pub type TurnProbe = Arc<dyn Fn(&str, u64) + Send + Sync>;
 #[derive(Clone)]
 pub struct AssemblyAiSim {
     pub address: SocketAddr,
+    /// Sessions come over `wss://`.
+    tls: bool,
     api_key: String,
     inner: Arc<Mutex<Inner>>,
     max_turn_ms: u64,
@@ -115,13 +117,25 @@ struct TokenQuery {
 }
 
 impl AssemblyAiSim {
+    /// Over plain `ws://`.
     pub async fn start(api_key: &str, port: u16) -> std::io::Result<Self> {
+        Self::start_with(api_key, port, false).await
+    }
+
+    /// Over `wss://`, as AssemblyAI is reached in production (`sim::tls`; a `sim` build of
+    /// the service trusts its certificate).
+    pub async fn start_tls(api_key: &str, port: u16) -> std::io::Result<Self> {
+        Self::start_with(api_key, port, true).await
+    }
+
+    async fn start_with(api_key: &str, port: u16, tls: bool) -> std::io::Result<Self> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
         socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
         let listener = socket.listen(ACCEPT_BACKLOG)?;
         let sim = Self {
             address: listener.local_addr()?,
+            tls,
             api_key: api_key.to_owned(),
             inner: Arc::new(Mutex::new(Inner {
                 faults: VecDeque::new(),
@@ -146,13 +160,19 @@ impl AssemblyAiSim {
             .route("/v3/ws", get(upgrade))
             .route("/v3/token", get(token))
             .with_state(sim.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        if tls {
+            let listener = super::tls::TlsListener::new(listener)?;
+            tokio::spawn(async move { axum::serve(listener, router).await });
+        } else {
+            tokio::spawn(async move { axum::serve(listener, router).await });
+        }
         Ok(sim)
     }
 
     /// `ASSEMBLYAI_STREAMING_URL` for the service under test.
     pub fn streaming_url(&self) -> String {
-        format!("ws://{}/v3/ws", self.address)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/v3/ws", self.address)
     }
 
     pub fn inject(&self, fault: StreamFault) {

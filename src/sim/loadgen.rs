@@ -742,11 +742,14 @@ async fn open_upstream(url: &str, api_key: &str) -> Option<Sink> {
     request
         .headers_mut()
         .insert("authorization", api_key.parse().ok()?);
-    // The bridge's upstream sockets: its buffers, and no Nagle.
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(
+    // The bridge's upstream sockets: its buffers, no Nagle, its TLS config.
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(crate::providers::assemblyai::socket_config()),
         true,
+        Some(tokio_tungstenite::Connector::Rustls(
+            crate::tls::websocket_client_config(),
+        )),
     )
     .await
     .ok()?;

@@ -8,4 +8,5 @@ pub mod loadgen;
 pub mod recordings;
 pub mod telnyx;
 pub mod telnyx_media;
+pub mod tls;
 pub mod translation;

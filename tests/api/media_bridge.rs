@@ -24,6 +24,16 @@ struct MediaApp {
 impl MediaApp {
     async fn spawn(extra: &[(&str, &str)]) -> Self {
         let aai = AssemblyAiSim::start("sim-aai-key", 0).await.unwrap();
+        Self::spawn_with(aai, extra).await
+    }
+
+    /// AssemblyAI reached over `wss://`, as in production.
+    async fn spawn_tls() -> Self {
+        let aai = AssemblyAiSim::start_tls("sim-aai-key", 0).await.unwrap();
+        Self::spawn_with(aai, &[]).await
+    }
+
+    async fn spawn_with(aai: AssemblyAiSim, extra: &[(&str, &str)]) -> Self {
         let url = aai.streaming_url();
         let mut overrides = vec![
             ("ASSEMBLYAI_API_KEY", "sim-aai-key"),
@@ -297,6 +307,25 @@ async fn a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
     assert_eq!(gaps, 0, "the buffer covered the outage");
     let metrics = m.app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("assemblyai_reconnects_total"));
+}
+
+#[tokio::test]
+async fn over_tls_a_dropped_session_reconnects_and_replays_the_unfinished_turn() {
+    let m = MediaApp::spawn_tls().await;
+    assert!(m.aai.streaming_url().starts_with("wss://"));
+    let call_id = m.call().await;
+    m.aai.inject(StreamFault::DropAfterChunks(5));
+    let mut options = PlayOptions::new(m.stream_url(call_id), two_turns());
+    options.realtime = true;
+    telnyx_media::play(options).await.unwrap();
+    let turns = m.wait_for_turns(call_id, 4).await;
+    assert_eq!(turns.len(), 4, "no turn lost: {turns:?}");
+    assert!(m.aai.sessions().len() >= 3, "the dropped track reconnected");
+    assert_eq!(
+        m.gap_count(call_id).await,
+        0,
+        "the buffer covered the outage"
+    );
 }
 
 /// The words the turn's transcript and timing are read from, for the track that dropped.
