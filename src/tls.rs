@@ -30,8 +30,8 @@ fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
 
 /// The TLS client of every outbound WebSocket (AssemblyAI's sessions), built once. Given no
 /// config, tokio-tungstenite builds one per connection, and each socket then holds its own
-/// copy of the root store and an empty resumption cache sized for 256 servers for as long as
-/// it lives: 24 KiB of heap a socket, two sockets a call. One shared config also lets a
+/// copy of the root store and an empty resumption cache (256 tickets, allocated up front) for
+/// as long as it lives: 24 KiB of heap a socket, two sockets a call. One shared config also lets a
 /// reconnect after a dropped session resume its TLS session (ADR 0060).
 pub fn websocket_client_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
@@ -49,13 +49,14 @@ pub fn websocket_client_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// The root that signed the simulators' `localhost` certificate (`sim::tls`; valid until
-/// 2126). Its private key was discarded once it had signed: it vouches for that one
-/// certificate and nothing else.
+/// The root that signed the simulators' `localhost` certificate (`sim::tls`), valid from
+/// 2025 to 2125. Its private key was never written down, and its name constraints permit
+/// only `localhost` and 127.0.0.1: it vouches for that one certificate and nothing else.
+/// Kept here, not in `sim`, because what the service trusts is this module's to say.
 #[cfg(feature = "sim")]
-pub fn simulator_root() -> rustls::pki_types::CertificateDer<'static> {
+fn simulator_root() -> rustls::pki_types::CertificateDer<'static> {
     use rustls::pki_types::pem::PemObject as _;
-    rustls::pki_types::CertificateDer::from_pem_slice(include_bytes!("sim/tls/test-root.pem"))
+    rustls::pki_types::CertificateDer::from_pem_slice(include_bytes!("tls/simulator-root.pem"))
         .expect("the test root is PEM")
 }
 

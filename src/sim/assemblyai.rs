@@ -123,7 +123,8 @@ impl AssemblyAiSim {
     }
 
     /// Over `wss://`, as AssemblyAI is reached in production (`sim::tls`; a `sim` build of
-    /// the service trusts its certificate).
+    /// the service trusts its certificate for WebSockets). For streaming only: `/v3/token`
+    /// is then https too, which the service's HTTP client does not trust.
     pub async fn start_tls(api_key: &str, port: u16) -> std::io::Result<Self> {
         Self::start_with(api_key, port, true).await
     }

@@ -41,25 +41,43 @@ pub struct TlsListener {
     address: SocketAddr,
 }
 
+/// A client that opens a connection and never finishes its handshake is let go after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl TlsListener {
     pub fn new(listener: TcpListener) -> io::Result<Self> {
         let address = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(server_config());
         let (handed_over, connections) = mpsc::channel(1024);
         tokio::spawn(async move {
-            while !handed_over.is_closed() {
-                let (tcp, peer) = match listener.accept().await {
+            loop {
+                let accepted = tokio::select! {
+                    // The server went away: stop accepting, and free the port.
+                    () = handed_over.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(accepted) => accepted,
-                    // Out of descriptors, or a connection reset while queued: as axum does.
-                    Err(_) => {
+                    // Out of descriptors, or a connection reset while queued: wait a little
+                    // rather than spin.
+                    Err(error) => {
+                        tracing::debug!(%error, "simulator accept failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
                 let (acceptor, handed_over) = (acceptor.clone(), handed_over.clone());
                 tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(tcp).await {
-                        let _ = handed_over.send((tls, peer)).await;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = handed_over.send((tls, peer)).await;
+                        }
+                        // A client that does not trust the simulator's root ends here: say
+                        // so, or it would look like audio lost for no reason.
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, %peer, "simulator TLS handshake failed");
+                        }
+                        Err(_) => tracing::warn!(%peer, "simulator TLS handshake timed out"),
                     }
                 });
             }
