@@ -441,20 +441,23 @@ async fn a_turn_ended_but_dropped_before_its_formatted_version_is_stored_as_it_e
     );
 }
 
-#[tokio::test]
-async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_are_stored_at_once() {
+/// A call whose party says "one two three" in 1.2 s of `speech`: the first silent batch
+/// makes every word final, and one track's session dies on the next, before the pause ends
+/// the turn. Returns the real-time playback, not yet started.
+async fn drop_in_the_closing_pause(speech: &[(u64, bool)]) -> (MediaApp, Uuid, PlayOptions) {
     let m = MediaApp::spawn(&[]).await;
     m.aai.set_script(&["one two three"]);
     let call_id = m.call().await;
-    // 1.2 s of speech, then silence: the first silent batch makes every word final, and
-    // one track's session dies on the next, before the pause ends the turn. The new
-    // session is replayed only silence and reports nothing.
     m.aai.inject(StreamFault::DropAfterChunks(14));
-    let mut options = PlayOptions::new(
-        m.stream_url(call_id),
-        telnyx_media::speech_like(&[(1200, true), (5000, false)]),
-    );
+    let mut options = PlayOptions::new(m.stream_url(call_id), telnyx_media::speech_like(speech));
     options.realtime = true;
+    (m, call_id, options)
+}
+
+#[tokio::test]
+async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_are_stored_at_once() {
+    // Then silence: the new session is replayed only silence and reports nothing.
+    let (m, call_id, options) = drop_in_the_closing_pause(&[(1200, true), (5000, false)]).await;
     let started = std::time::Instant::now();
     let player = tokio::spawn(telnyx_media::play(options));
     // Well before the hang-up at 6.2 s: the words are a turn once the new session has had
@@ -483,18 +486,11 @@ async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_are_stored_a
 
 #[tokio::test]
 async fn words_of_a_turn_whose_session_dropped_in_its_closing_pause_stay_apart_from_the_next() {
-    let m = MediaApp::spawn(&[]).await;
-    m.aai.set_script(&["one two three"]);
-    let call_id = m.call().await;
-    // As above, but the party speaks again 0.8 s after the first turn, before the new
-    // session's idle window is over: its first word comes more than a turn-ending pause
-    // after the carried ones.
-    m.aai.inject(StreamFault::DropAfterChunks(14));
-    let mut options = PlayOptions::new(
-        m.stream_url(call_id),
-        telnyx_media::speech_like(&[(1200, true), (800, false), (1000, true), (1000, false)]),
-    );
-    options.realtime = true;
+    // The party speaks again 0.8 s after the first turn, before the new session's idle
+    // window is over: its first word comes more than a turn-ending pause after the
+    // carried ones.
+    let (m, call_id, options) =
+        drop_in_the_closing_pause(&[(1200, true), (800, false), (1000, true), (1000, false)]).await;
     telnyx_media::play(options).await.unwrap();
     soak::wait_for_streams_to_end(&m.app, &[call_id], Duration::from_secs(20)).await;
     let sessions = m.aai.sessions();
