@@ -37,5 +37,6 @@ pub mod transcripts;
 pub mod translate;
 pub mod turns;
 pub mod usage;
+pub mod ws_client;
 
 pub use app::Application;

@@ -23,7 +23,6 @@ use futures_util::stream::SplitSink;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message as AaiMessage;
 
 use super::frames::{self, Frame, Track};
 use super::hub::{self, Delivery};
@@ -40,12 +39,12 @@ use crate::calls::legs::{Leg, Role};
 use crate::heartbeats::wall_clock;
 use crate::ids::{CallId, LegId, OrgId};
 use crate::providers::assemblyai::{
-    self, AssemblyAiClient, ServerMessage, Socket, StreamParams, Turn,
+    self, AssemblyAiClient, Incoming, Outgoing, ServerMessage, Socket, StreamParams, Turn,
 };
 use crate::state::AppState;
 use crate::turns::{self, FinalTurn};
 
-type AaiSink = SplitSink<Socket, AaiMessage>;
+type AaiSink = assemblyai::Writer;
 
 /// How long a stopping call waits for its last turns.
 const STOP_DEADLINE: Duration = Duration::from_secs(8);
@@ -1198,7 +1197,11 @@ impl Bridge {
             let connected = Box::pin(client.connect(&params)).await;
             match connected {
                 Ok((socket, session_id)) => {
-                    let (sink, mut stream) = socket.split();
+                    let Socket {
+                        reader: mut stream,
+                        writer: sink,
+                        ..
+                    } = socket;
                     if events
                         .send(AaiEvent::Connected {
                             track,
@@ -1213,8 +1216,8 @@ impl Bridge {
                     }
                     let reason = loop {
                         match stream.next().await {
-                            Some(Ok(AaiMessage::Text(text))) => {
-                                let message = Box::new(assemblyai::parse_server_message(&text));
+                            Ok(Incoming::Text(text)) => {
+                                let message = Box::new(assemblyai::parse_server_message(text));
                                 if events
                                     .send(AaiEvent::Message {
                                         track,
@@ -1227,18 +1230,17 @@ impl Bridge {
                                     return;
                                 }
                             }
-                            Some(Ok(AaiMessage::Pong(payload))) => {
-                                let Ok(through) = <[u8; 8]>::try_from(payload.as_ref()) else {
+                            Ok(Incoming::Pong(payload)) => {
+                                let Ok(through) = <[u8; 8]>::try_from(payload) else {
                                     continue;
                                 };
                                 pongs.record(u64::from_be_bytes(through));
                             }
-                            Some(Ok(AaiMessage::Close(frame))) => {
-                                break assemblyai::describe_close(frame.as_ref());
+                            Ok(Incoming::Close(frame)) => {
+                                break assemblyai::describe_close(frame);
                             }
-                            Some(Ok(_)) => {}
-                            Some(Err(error)) => break error.to_string(),
-                            None => break "connection lost".to_owned(),
+                            Ok(Incoming::Binary(_)) => {}
+                            Err(error) => break error.to_string(),
                         }
                     };
                     let _ = events
@@ -2048,7 +2050,7 @@ impl Bridge {
             return;
         };
         if let Some(sink) = state.sink.as_mut() {
-            if sink.send(assemblyai::terminate_message()).await.is_err() {
+            if sink.send(&[assemblyai::TERMINATE]).await.is_err() {
                 // The session is gone.
                 state.session_lost();
                 state.phase = Phase::Finished;
@@ -2190,8 +2192,9 @@ async fn send_batch(
     let sink = state.sink.as_mut()?;
     let bytes_len = bytes.len();
     let ping_payload = state.replay.ping_payload(end_ms);
-    let ping = AaiMessage::Ping(ping_payload.to_be_bytes().to_vec().into());
-    if sink.feed(AaiMessage::Binary(bytes)).await.is_err() || sink.send(ping).await.is_err() {
+    let ping = ping_payload.to_be_bytes();
+    let frames = [Outgoing::Binary(&bytes), Outgoing::Ping(&ping)];
+    if sink.send(&frames).await.is_err() {
         return None;
     }
     sent.increment(1);

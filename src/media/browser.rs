@@ -8,12 +8,13 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::time::Instant;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message as AaiMessage;
 
 use super::shaping::ByteBatcher;
 use crate::auth::recheck::Revoked;
 use crate::ids::CallId;
-use crate::providers::assemblyai::{self, AssemblyAiClient, ServerMessage, StreamParams};
+use crate::providers::assemblyai::{
+    self, AssemblyAiClient, Incoming, Outgoing, ServerMessage, Socket, StreamParams,
+};
 use crate::state::AppState;
 use crate::turns::FinalTurn;
 use crate::usage::{self, Owner, Recorder};
@@ -102,7 +103,11 @@ pub async fn run(
         reported_seconds: None,
         audio_seconds: None,
     };
-    let (mut aai_tx, mut aai_rx) = aai.split();
+    let Socket {
+        reader: mut aai_rx,
+        writer: mut aai_tx,
+        ..
+    } = aai;
     let begin = serde_json::json!({"type": "Begin", "id": session_id});
     let _ = browser_tx
         .send(WsMessage::Text(begin.to_string().into()))
@@ -126,7 +131,7 @@ pub async fn run(
             incoming = browser_rx.next(), if !terminating => match incoming {
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     for chunk in batcher.push(&bytes) {
-                        if aai_tx.send(AaiMessage::Binary(chunk.into())).await.is_err() {
+                        if aai_tx.send(&[Outgoing::Binary(&chunk)]).await.is_err() {
                             return;
                         }
                     }
@@ -134,25 +139,25 @@ pub async fn run(
                 Some(Ok(WsMessage::Text(text))) if allowed_control(&text) => {
                     if text.contains("Terminate") {
                         if let Some(tail) = batcher.flush() {
-                            let _ = aai_tx.send(AaiMessage::Binary(tail.into())).await;
+                            let _ = aai_tx.send(&[Outgoing::Binary(&tail)]).await;
                         }
                         terminating = true;
                     }
-                    let _ = aai_tx.send(AaiMessage::Text(text.as_str().into())).await;
+                    let _ = aai_tx.send(&[Outgoing::Text(text.as_str())]).await;
                 }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
                     // The browser left: finish the session so nothing is billed or lost.
                     if let Some(tail) = batcher.flush() {
-                        let _ = aai_tx.send(AaiMessage::Binary(tail.into())).await;
+                        let _ = aai_tx.send(&[Outgoing::Binary(&tail)]).await;
                     }
-                    let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                    let _ = aai_tx.send(&[assemblyai::TERMINATE]).await;
                     terminating = true;
                 }
                 Some(Ok(_)) => {}
             },
             message = aai_rx.next() => match message {
-                Some(Ok(AaiMessage::Text(text))) => {
-                    let message = assemblyai::parse_server_message(&text);
+                Ok(Incoming::Text(text)) => {
+                    let message = assemblyai::parse_server_message(text);
                     if let ServerMessage::Termination { audio_seconds, session_seconds } = &message {
                         meter.reported_seconds = *session_seconds;
                         meter.audio_seconds = *audio_seconds;
@@ -176,13 +181,13 @@ pub async fn run(
                         };
                         state.turns.store(stored).await;
                     }
-                    if browser_tx.send(WsMessage::Text(text.as_str().into())).await.is_err() && !terminating {
-                        let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                    if browser_tx.send(WsMessage::Text(text.into())).await.is_err() && !terminating {
+                        let _ = aai_tx.send(&[assemblyai::TERMINATE]).await;
                         terminating = true;
                     }
                 }
-                Some(Ok(AaiMessage::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
+                Ok(Incoming::Close(_)) | Err(_) => break,
+                Ok(Incoming::Pong(_) | Incoming::Binary(_)) => {}
             },
             verdict = &mut revoked, if watching => {
                 let Ok(reason) = verdict else {
@@ -191,7 +196,7 @@ pub async fn run(
                 };
                 // Authorisation ended: stop transcribing (nothing more is billed) and tell the
                 // browser why, without relaying anything further to it.
-                let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                let _ = aai_tx.send(&[assemblyai::TERMINATE]).await;
                 let _ = browser_tx
                     .send(WsMessage::Close(Some(CloseFrame {
                         code: reason.close_code(),
@@ -201,7 +206,7 @@ pub async fn run(
                 return;
             }
             () = state.shutdown.cancelled(), if !terminating => {
-                let _ = aai_tx.send(assemblyai::terminate_message()).await;
+                let _ = aai_tx.send(&[assemblyai::TERMINATE]).await;
                 terminating = true;
             }
         }

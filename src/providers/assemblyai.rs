@@ -7,19 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::config::{AssemblyAiConfig, Secret};
-
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::ws_client;
+/// A session's socket (its reading and writing halves) and what goes over it.
+pub use crate::ws_client::{Incoming, Outgoing, Socket, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssemblyAiError {
@@ -291,9 +287,8 @@ pub fn parse_server_message_loosely(text: &str) -> ServerMessage {
     }
 }
 
-pub fn terminate_message() -> Message {
-    Message::Text(r#"{"type":"Terminate"}"#.into())
-}
+/// Ends a session: the server flushes its last turn, then sends `Termination`.
+pub const TERMINATE: Outgoing<'static> = Outgoing::Text(r#"{"type":"Terminate"}"#);
 
 #[derive(Clone)]
 pub struct AssemblyAiClient {
@@ -304,23 +299,22 @@ pub struct AssemblyAiClient {
     tls: Arc<rustls::ClientConfig>,
 }
 
-/// Per-session socket buffers (see `AssemblyAiClient::connect`).
-const AAI_READ_BUFFER: usize = 2048;
-/// Above the largest default batch plus its ping (800 + 14 + 14 bytes of frame headers).
-const AAI_WRITE_BUFFER: usize = 1024;
-
 /// The buffers of a session's socket. A call holds two of these sockets, a replica
-/// thousands (ADR 0045). Reads: what comes back is small JSON (`Turn`s of a few KiB at most,
-/// a longer one reserves its length once) and 8-byte pongs, so at most 2 KiB a read, not
-/// tungstenite's 128 KiB (each read zero-fills that much). The buffer itself stays the
-/// handshake's 4 KiB, which tungstenite keeps whatever this says (ADR 0053). Writes: a batch (800
-/// bytes at 100 ms) and the ping after it wait in the buffer until the ping's flush, one
-/// write instead of two; anything larger goes out at once. Public for the benchmark's floor
-/// relay, which must not pay for buffers the bridge does not have.
-pub fn socket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(AAI_READ_BUFFER)
-        .write_buffer_size(AAI_WRITE_BUFFER)
+/// thousands (ADR 0045). Reads: what comes back is JSON (`Turn`s of a few KiB, longer with a
+/// long turn's words) and 8-byte pongs. The read buffer holds 2 KiB whatever comes; a larger
+/// message takes a buffer of its own only while it is read (ADR 0061). Writes: a batch (800
+/// bytes at 100 ms) and the ping after it go out in one write; a replay of a longer batch
+/// takes more only for that write. Public for the benchmark's floor relay, which must not pay
+/// for buffers the bridge does not have.
+pub fn socket_options() -> ws_client::Options {
+    ws_client::Options {
+        read_buffer: 2048,
+        // Above the largest default batch plus its ping (800 + 14 + 14 bytes of frame headers).
+        write_buffer: 1024,
+        // A Turn carries its words (about 100 bytes each): an hour of speech in one turn.
+        max_message: 4 << 20,
+        handshake_timeout: Duration::from_secs(10),
+    }
 }
 
 impl AssemblyAiClient {
@@ -368,35 +362,24 @@ impl AssemblyAiClient {
         let key = HeaderValue::from_str(self.api_key.expose())
             .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
         request.headers_mut().insert("authorization", key);
-        // No Nagle: latency matters more than packet count.
-        let (mut socket, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async_tls_with_config(
-                request,
-                Some(socket_config()),
-                true,
-                Some(Connector::Rustls(self.tls.clone())),
-            ),
-        )
-        .await
-        .map_err(|_| AssemblyAiError::Connect("handshake timed out".into()))?
-        .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
+        let mut socket = ws_client::connect(request, &self.tls, socket_options())
+            .await
+            .map_err(|e| AssemblyAiError::Connect(e.to_string()))?;
         let begin = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(message) = socket.next().await {
-                match message {
-                    Ok(Message::Text(text)) => match parse_server_message(&text) {
+            loop {
+                match socket.reader.next().await {
+                    Ok(Incoming::Text(text)) => match parse_server_message(text) {
                         ServerMessage::Begin { id } => return Ok(id),
                         ServerMessage::Error { code, message } => {
                             return Err(format!("{code}: {message}"));
                         }
                         _ => {}
                     },
-                    Ok(Message::Close(frame)) => return Err(describe_close(frame.as_ref())),
+                    Ok(Incoming::Close(frame)) => return Err(describe_close(frame)),
                     Ok(_) => {}
                     Err(error) => return Err(error.to_string()),
                 }
             }
-            Err("connection closed".to_owned())
         })
         .await
         .map_err(|_| AssemblyAiError::NoBegin("no Begin within 10 s".into()))?
@@ -456,22 +439,12 @@ impl AssemblyAiClient {
     }
 }
 
-pub fn describe_close(frame: Option<&CloseFrame>) -> String {
+/// A close frame's code and reason, as the session's end reason.
+pub fn describe_close(frame: Option<(u16, &str)>) -> String {
     match frame {
-        Some(frame) => format!("closed {}: {}", u16::from(frame.code), frame.reason),
+        Some((code, reason)) => format!("closed {code}: {reason}"),
         None => "closed without a reason".into(),
     }
-}
-
-/// Sends a binary audio chunk.
-pub async fn send_audio(
-    socket: &mut futures_util::stream::SplitSink<Socket, Message>,
-    chunk: Vec<u8>,
-) -> Result<(), String> {
-    socket
-        .send(Message::Binary(chunk.into()))
-        .await
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -507,12 +480,8 @@ mod tests {
                 .enumerate()
             {
                 let (mut socket, _) = client.connect(&params).await.unwrap();
-                let MaybeTlsStream::Rustls(stream) = socket.get_ref() else {
-                    panic!("session {session} is not over TLS");
-                };
-                let kind = stream.get_ref().1.handshake_kind();
-                assert_eq!(kind, Some(expected), "session {session}");
-                socket.close(None).await.unwrap();
+                assert_eq!(socket.tls_handshake, Some(expected), "session {session}");
+                socket.writer.close(1000, "").await.unwrap();
             }
         }
 

@@ -664,7 +664,7 @@ pub async fn floor_relay(listener: tokio::net::TcpListener, upstream: String, ap
     }
 }
 
-type Sink = futures_util::stream::SplitSink<Socket, Message>;
+type Sink = crate::ws_client::Writer;
 
 /// The floor's Telnyx-side socket has the bridge's buffers (`media::frames`): 2 KiB reads,
 /// writes out as they are made. With tungstenite's defaults the floor zero-filled
@@ -724,15 +724,17 @@ async fn relay_stream(
         if batch.len() < BATCH {
             continue;
         }
-        let chunk = bytes::Bytes::copy_from_slice(batch);
+        let sent = sinks[track]
+            .send(&[crate::ws_client::Outgoing::Binary(batch)])
+            .await;
         batch.clear();
-        if sinks[track].send(Message::Binary(chunk)).await.is_err() {
+        if sent.is_err() {
             return;
         }
     }
     // The stream ended: end the upstream sessions (a close frame each), as the bridge does.
     for sink in &mut sinks {
-        let _ = sink.close().await;
+        let _ = sink.close(1000, "").await;
     }
 }
 
@@ -742,20 +744,23 @@ async fn open_upstream(url: &str, api_key: &str) -> Option<Sink> {
     request
         .headers_mut()
         .insert("authorization", api_key.parse().ok()?);
-    // The bridge's upstream sockets: its buffers, no Nagle, its TLS config.
-    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+    // The bridge's upstream sockets: its client, buffers and TLS config.
+    let socket = crate::ws_client::connect(
         request,
-        Some(crate::providers::assemblyai::socket_config()),
-        true,
-        Some(tokio_tungstenite::Connector::Rustls(
-            crate::tls::websocket_client_config(),
-        )),
+        &crate::tls::websocket_client_config(),
+        crate::providers::assemblyai::socket_options(),
     )
     .await
     .ok()?;
-    let (sink, mut stream) = socket.split();
-    tokio::spawn(async move { while stream.next().await.is_some() {} });
-    Some(sink)
+    let mut reader = socket.reader;
+    tokio::spawn(async move {
+        while let Ok(incoming) = reader.next().await {
+            if matches!(incoming, crate::ws_client::Incoming::Close(_)) {
+                break;
+            }
+        }
+    });
+    Some(socket.writer)
 }
 
 #[cfg(test)]
