@@ -5,8 +5,8 @@
 //! tungstenite reads into one buffer that grows to fit the largest message it has seen and
 //! never shrinks, and reserves a message's whole length on top of what it already holds. A
 //! Turn of 20 words (about 2.5 KB) doubled each AssemblyAI socket's buffer to 8 KiB, and a
-//! Turn of a minute's monologue would keep 32 KiB per socket for the rest of the call, two
-//! sockets a call, thousands of calls a replica. Here a message that fits the fixed read
+//! Turn of a minute's monologue (30–40 KB) left one of twice its size for the rest of the
+//! call: two sockets a call, thousands of calls a replica. Here a message that fits the fixed read
 //! buffer is handed out from it; a larger one, or one in fragments, is read into a buffer of
 //! its exact size that the next read frees.
 //!
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BufMut as _;
+use futures_util::FutureExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -45,7 +46,7 @@ pub enum Error {
     #[error("invalid WebSocket URL: {0}")]
     Url(String),
     #[error("HTTP error: {0}")]
-    Http(u16),
+    Http(tokio_tungstenite::tungstenite::http::StatusCode),
     #[error("WebSocket handshake refused: {0}")]
     Handshake(&'static str),
     #[error("WebSocket protocol error: {0}")]
@@ -56,6 +57,8 @@ pub enum Error {
     TooLong(u64),
     #[error("connection lost")]
     Eof,
+    #[error("handshake timed out")]
+    HandshakeTimeout,
     #[error("the WebSocket is closed")]
     Closed,
 }
@@ -65,6 +68,7 @@ pub enum Error {
 pub struct Options {
     /// The read buffer's size, all a connection keeps for reading between messages: it holds
     /// any message up to this size; a larger one takes a buffer of its own while it is read.
+    /// At least 256 bytes (a control frame must fit whole); less is raised to that.
     pub read_buffer: usize,
     /// The write buffer kept between writes; a larger write takes more only while it lasts.
     pub write_buffer: usize,
@@ -91,7 +95,7 @@ pub async fn connect(
 ) -> Result<Socket, Error> {
     tokio::time::timeout(options.handshake_timeout, handshake(request, tls, options))
         .await
-        .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(|_| Error::HandshakeTimeout)?
 }
 
 async fn handshake(
@@ -174,6 +178,7 @@ async fn handshake(
         message: None,
         spilling: None,
         handed_out: false,
+        done: false,
         max_message: options.max_message,
         out: out.clone(),
     };
@@ -188,7 +193,7 @@ async fn handshake(
 /// and no subprotocol (we offer neither).
 fn verify(response: &Response, key: &str) -> Result<(), Error> {
     if response.status().as_u16() != 101 {
-        return Err(Error::Http(response.status().as_u16()));
+        return Err(Error::Http(response.status()));
     }
     let headers = response.headers();
     let is = |name: &str, value: &str| {
@@ -263,6 +268,8 @@ pub struct Reader {
     spilling: Option<(u64, bool)>,
     /// `spill` holds the message handed out last.
     handed_out: bool,
+    /// A close or an error was handed out: the connection reads nothing more.
+    done: bool,
     max_message: usize,
     out: Arc<Mutex<Out>>,
 }
@@ -271,6 +278,9 @@ impl Reader {
     /// The next message or control frame the caller sees. After an error or a close the
     /// connection is done.
     pub async fn next(&mut self) -> Result<Incoming<'_>, Error> {
+        if self.done {
+            return Err(Error::Closed);
+        }
         let ready = match self.read_message().await {
             Ok(ready) => ready,
             Err(error) => {
@@ -278,13 +288,19 @@ impl Reader {
                     Error::Protocol(_) => 1002,
                     Error::NotUtf8 => 1007,
                     Error::TooLong(_) => 1009,
-                    _ => return Err(error),
+                    _ => 0,
                 };
-                // RFC 6455 §7.1.7: a close frame with the reason, then the connection drops.
-                let _ = self.out.lock().await.close(code, "").await;
+                if code != 0 {
+                    // RFC 6455 §7.1.7: a close frame saying why, before the connection drops.
+                    let mut out = self.out.lock().await;
+                    out.queue_close(code, "");
+                    out.flush_now();
+                }
+                self.done = true;
                 return Err(error);
             }
         };
+        self.done = matches!(ready, Ready::Buffered(OpCode::Control(Control::Close), _));
         Ok(match ready {
             Ready::Buffered(OpCode::Control(Control::Pong), range) => {
                 Incoming::Pong(&self.buf[range])
@@ -326,6 +342,10 @@ impl Reader {
                 return Ok(Ready::Spilled(kind));
             }
             let (header, length, header_length) = self.peek_header().await?;
+            // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+            if length >> 63 != 0 {
+                return Err(Error::Protocol("frame length out of range"));
+            }
             if header.mask.is_some() {
                 return Err(Error::Protocol("masked frame from the server"));
             }
@@ -344,10 +364,13 @@ impl Reader {
                     let range = self.start + header_length..self.start + frame;
                     match control {
                         Control::Ping => {
+                            // Queued, and written if the socket takes it now, else by the
+                            // next send: the reader waits for a send in progress, never for
+                            // the socket.
                             let mut out = self.out.lock().await;
                             out.queue_pong(&self.buf[range]);
                             self.start += frame;
-                            out.flush().await?;
+                            out.flush_now();
                         }
                         Control::Pong => {
                             self.start += frame;
@@ -359,7 +382,7 @@ impl Reader {
                             // Answered with its code (§5.5.1); nothing is sent after it.
                             out.queue_close(close.unwrap_or(1000), "");
                             self.start += frame;
-                            let _ = out.flush().await;
+                            out.flush_now();
                             return Ok(Ready::Buffered(header.opcode, range));
                         }
                         Control::Reserved(_) => return Err(Error::Protocol("reserved opcode")),
@@ -421,11 +444,16 @@ impl Reader {
         length: u64,
         ends: bool,
     ) -> Result<(), Error> {
-        let total = self.spill.len() as u64 + length;
-        if total > self.max_message as u64 {
-            return Err(Error::TooLong(total));
+        if length > self.max_message.saturating_sub(self.spill.len()) as u64 {
+            return Err(Error::TooLong(self.spill.len() as u64 + length));
         }
-        self.spill.reserve_exact(length as usize);
+        if self.spill.is_empty() {
+            // A message's first frame: its own size, which a single frame never outgrows.
+            self.spill.reserve_exact(length as usize);
+        } else {
+            // Fragments: amortised growth, not a copy per fragment.
+            self.spill.reserve(length as usize);
+        }
         self.start += header_length;
         self.spilling = Some((length, ends));
         Ok(())
@@ -445,6 +473,9 @@ impl Reader {
                 let n = self.early.len().min(left as usize);
                 self.spill.extend_from_slice(&self.early[..n]);
                 self.early.drain(..n);
+                if self.early.is_empty() {
+                    self.early = Vec::new();
+                }
                 n
             } else {
                 let mut room = (&mut self.spill).limit(left as usize);
@@ -510,8 +541,13 @@ fn close_check(payload: &[u8]) -> Result<Option<u16>, Error> {
         [] => Ok(None),
         [_] => Err(Error::Protocol("close code cut short")),
         [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            // §7.4: the codes an endpoint may send; 1005, 1006 and 1015 are for reporting only.
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(Error::Protocol("close code not allowed"));
+            }
             std::str::from_utf8(reason).map_err(|_| Error::NotUtf8)?;
-            Ok(Some(u16::from_be_bytes([*high, *low])))
+            Ok(Some(code))
         }
     }
 }
@@ -563,8 +599,8 @@ impl Writer {
         out.flush().await
     }
 
-    /// Sends a close frame (code 1000 unless told); nothing can be sent after it. The server
-    /// answers it and closes the connection, which the reader sees.
+    /// Sends a close frame with `code` and `reason` (cut to fit 123 bytes); nothing can be sent
+    /// after it. The server answers it and closes the connection, which the reader sees.
     pub async fn close(&mut self, code: u16, reason: &str) -> Result<(), Error> {
         self.out.lock().await.close(code, reason).await
     }
@@ -580,7 +616,7 @@ struct Out {
     written: usize,
     /// The write buffer's size between writes.
     keep: usize,
-    /// A close frame was queued: nothing is sent after it.
+    /// A close frame was queued, or a write failed: nothing more is queued.
     closed: bool,
 }
 
@@ -606,21 +642,35 @@ impl Out {
         }
     }
 
-    /// Writes what is queued.
+    /// Writes what is queued. After a failed write the connection takes nothing more.
     async fn flush(&mut self) -> Result<(), Error> {
-        while self.written < self.buf.len() {
-            match self.io.write(&self.buf[self.written..]).await? {
-                0 => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
-                n => self.written += n,
-            }
+        let written = self.write_queued().await;
+        if written.is_err() {
+            self.closed = true;
         }
         self.buf.clear();
         self.written = 0;
         if self.buf.capacity() > self.keep {
             self.buf.shrink_to(self.keep);
         }
+        written
+    }
+
+    async fn write_queued(&mut self) -> Result<(), Error> {
+        while self.written < self.buf.len() {
+            match self.io.write(&self.buf[self.written..]).await? {
+                0 => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
+                n => self.written += n,
+            }
+        }
         self.io.flush().await?;
         Ok(())
+    }
+
+    /// Writes what is queued if the socket takes it now; what it does not take stays queued
+    /// for the next write (the buffer keeps how far it got).
+    fn flush_now(&mut self) {
+        let _ = self.flush().now_or_never();
     }
 
     fn queue_pong(&mut self, payload: &[u8]) {
@@ -645,10 +695,8 @@ impl Out {
         self.frame(OpCode::Control(Control::Close), &payload);
     }
 
+    /// Queues a close (unless one was) and writes whatever is queued.
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Error> {
-        if self.closed {
-            return Ok(());
-        }
         self.queue_close(code, reason);
         self.flush().await
     }
@@ -789,7 +837,6 @@ mod tests {
         })
         .await;
         let mut socket = open(port).await;
-        assert_eq!(socket.tls_handshake, None);
         let large = "x".repeat(100_000);
         socket
             .writer
@@ -818,16 +865,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(socket.reader.next().await.unwrap(), Incoming::Text("after"));
-        // The large message's buffer went with it; the read buffer kept its size.
+        // The large message's buffer went with it, and the write buffer is back to its size.
         assert_eq!(socket.reader.spill.capacity(), 0);
-        assert_eq!(socket.reader.buf.len(), OPTIONS.read_buffer);
-        // So did the write buffer, after the large write.
         assert!(socket.writer.out.lock().await.buf.capacity() <= OPTIONS.write_buffer);
         socket.writer.close(1000, "done").await.unwrap();
         assert!(matches!(
             socket.reader.next().await,
             Ok(Incoming::Close(Some((1000, _))))
         ));
+        // Nothing is read after a close.
+        assert!(matches!(socket.reader.next().await, Err(Error::Closed)));
         server.await.unwrap();
     }
 
@@ -872,6 +919,8 @@ mod tests {
         after.extend(frame(0x81, b"last", None));
         let (port, server) = raw_server(upgrade, after).await;
         let mut socket = open(port).await;
+        // The server's write came in one piece, more than the buffer holds.
+        assert!(!socket.reader.early.is_empty());
         assert_eq!(
             socket.reader.next().await.unwrap(),
             Incoming::Text(r#"{"type":"Begin"}"#)
@@ -888,10 +937,25 @@ mod tests {
     #[tokio::test]
     async fn a_refused_or_wrong_upgrade_fails_the_connection() {
         type Respond = fn(&str) -> String;
-        let cases: [(Respond, &str); 4] = [
+        let cases: [(Respond, &str); 7] = [
             (
                 |_| "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".to_owned(),
-                "HTTP error: 401",
+                "HTTP error: 401 Unauthorized",
+            ),
+            (
+                |key| upgrade(key).replace("Connection: Upgrade\r\n", ""),
+                "WebSocket handshake refused: no Connection: upgrade",
+            ),
+            (
+                |key| upgrade(key).replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n"),
+                "WebSocket handshake refused: a subprotocol we did not offer",
+            ),
+            (
+                |key| {
+                    let padding = format!("X-Padding: {}\r\n", "p".repeat(MAX_RESPONSE_HEAD));
+                    upgrade(key).replace("\r\n\r\n", &format!("\r\n{padding}\r\n"))
+                },
+                "WebSocket handshake refused: response head too long",
             ),
             (
                 |_| upgrade("not the key"),
@@ -1039,5 +1103,74 @@ mod tests {
         drop(socket);
         let sent = client_frames(&server.await.unwrap());
         assert_eq!(sent, vec![(0x8A, b"ping".to_vec())]);
+    }
+
+    /// What the client sent back after `after` was read: the frames, each (first byte,
+    /// payload), and the error the read gave.
+    async fn answer_to(after: Vec<u8>, options: Options) -> (Error, Vec<(u8, Vec<u8>)>) {
+        let (port, server) = raw_server(upgrade, after).await;
+        let request = format!("ws://127.0.0.1:{port}/")
+            .into_client_request()
+            .unwrap();
+        let mut socket = connect(request, &crate::tls::websocket_client_config(), options)
+            .await
+            .unwrap();
+        let error = loop {
+            match socket.reader.next().await {
+                Ok(_) => continue,
+                Err(error) => break error,
+            }
+        };
+        // Sticky: nothing more is read.
+        assert!(matches!(socket.reader.next().await, Err(Error::Closed)));
+        drop(socket);
+        (error, client_frames(&server.await.unwrap()))
+    }
+
+    fn close_with(code: u16) -> Vec<(u8, Vec<u8>)> {
+        vec![(0x88, code.to_be_bytes().to_vec())]
+    }
+
+    #[tokio::test]
+    async fn a_fragment_whose_length_overflows_fails_the_connection_without_a_panic() {
+        let mut after = frame(0x01, b"a", None);
+        after.extend_from_slice(&[0x80, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+        let (error, sent) = answer_to(after, OPTIONS).await;
+        assert!(matches!(
+            error,
+            Error::Protocol("frame length out of range")
+        ));
+        assert_eq!(sent, close_with(1002));
+        // The largest length RFC 6455 allows, on a message already begun: over the limit.
+        let mut after = frame(0x01, b"a", None);
+        after.extend_from_slice(&[0x80, 0x7F, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+        let (error, sent) = answer_to(after, OPTIONS).await;
+        assert!(matches!(error, Error::TooLong(_)), "{error}");
+        assert_eq!(sent, close_with(1009));
+    }
+
+    #[tokio::test]
+    async fn fragments_over_the_limit_together_fail_the_connection_with_1009() {
+        let options = Options {
+            max_message: 100,
+            ..OPTIONS
+        };
+        let mut after = frame(0x02, &[1; 60], None);
+        after.extend(frame(0x80, &[2; 60], None));
+        let (error, sent) = answer_to(after, options).await;
+        assert!(matches!(error, Error::TooLong(120)), "{error}");
+        assert_eq!(sent, close_with(1009));
+    }
+
+    #[tokio::test]
+    async fn a_close_with_a_code_no_endpoint_may_send_is_answered_with_1002() {
+        for code in [999u16, 1005, 1006, 1015, 5000] {
+            let (error, sent) = answer_to(frame(0x88, &code.to_be_bytes(), None), OPTIONS).await;
+            assert!(
+                matches!(error, Error::Protocol("close code not allowed")),
+                "{code}"
+            );
+            assert_eq!(sent, close_with(1002), "{code}");
+        }
     }
 }
