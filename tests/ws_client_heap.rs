@@ -150,7 +150,7 @@ async fn a_socket_keeps_its_read_buffer_small_after_a_long_turn() {
             "{label} of {length} bytes: heap per connection (server side included), tungstenite {tungstenite} B, ws_client {ours} B: {saved} B less"
         );
         // tungstenite keeps its handshake's 4 KiB buffer, doubled by a Turn over 2 KiB and
-        // grown past a long Turn's size; ws_client keeps its 2 KiB read buffer, the Turn's
+        // grown past a long Turn's size; ws_client keeps its 512-byte read buffer, the Turn's
         // own buffer freed by the next read.
         let expected = if length < 4096 {
             4 * 1024

@@ -300,15 +300,17 @@ pub struct AssemblyAiClient {
 }
 
 /// The buffers of a session's socket. A call holds two of these sockets, a replica
-/// thousands (ADR 0045). Reads: what comes back is JSON (`Turn`s of a few KiB, longer with a
-/// long turn's words) and 8-byte pongs. The read buffer holds 2 KiB whatever comes; a larger
-/// message takes a buffer of its own only while it is read (ADR 0061). Writes: a batch (800
-/// bytes at 100 ms) and the ping after it go out in one write; a replay of a longer batch
-/// takes more only for that write. Public for the benchmark's floor relay, which must not pay
-/// for buffers the bridge does not have.
+/// thousands (ADR 0045). Reads: what comes back is 8-byte pongs, ten a second, and JSON
+/// (`Begin`, partial and final `Turn`s of a few hundred bytes to a few KiB, more with a long
+/// turn's words), a few a second. The read buffer is sized for the pongs and the short
+/// messages; a larger message takes a buffer of exactly its size while it is read, one
+/// allocation a message, and the socket keeps 512 bytes between messages (ADR 0061). Writes:
+/// a batch (800 bytes at 100 ms) and the ping after it go out in one write; a replay of a
+/// longer batch takes more only for that write. Public for the benchmark's floor relay,
+/// which must not pay for buffers the bridge does not have.
 pub fn socket_options() -> ws_client::Options {
     ws_client::Options {
-        read_buffer: 2048,
+        read_buffer: 512,
         // Above the largest default batch plus its ping (800 + 14 + 14 bytes of frame headers).
         write_buffer: 1024,
         // A Turn carries its words (about 100 bytes each): an hour of speech in one turn.
