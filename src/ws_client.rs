@@ -4,11 +4,11 @@
 //!
 //! tungstenite reads into one buffer that grows to fit the largest message it has seen and
 //! never shrinks, and reserves a message's whole length on top of what it already holds. A
-//! Turn of 20 words (about 2.5 KB) doubled each AssemblyAI socket's buffer to 8 KiB, and a
-//! Turn of a minute's monologue (30–40 KB) left one of twice its size for the rest of the
-//! call: two sockets a call, thousands of calls a replica. Here a message that fits the fixed read
-//! buffer is handed out from it; a larger one, or one in fragments, is read into a buffer of
-//! its exact size that the next read frees.
+//! Turn of 20 words (about 2.5 KB) doubled each AssemblyAI socket's buffer to 8 KiB, and the
+//! Turn of a long monologue (about 100 bytes a word: tens of KB) left one of twice its size
+//! for the rest of the call: two sockets a call, thousands of calls a replica. Here a message
+//! that fits the fixed read buffer is handed out from it; a larger one is read into a buffer
+//! of its exact size (one in fragments, into one grown to fit), which the next read frees.
 //!
 //! What this does not do: extensions (none is offered, so a frame with a reserved bit fails
 //! the connection), subprotocols, redirects, proxies. tungstenite still does the parts that
@@ -258,8 +258,8 @@ pub struct Reader {
     end: usize,
     /// Frames that came with the handshake response and did not fit `buf` (almost never).
     early: Vec<u8>,
-    /// The message too large for `buf`, or in fragments: exactly its size, freed by the next
-    /// read.
+    /// The message too large for `buf` (exactly its size), or in fragments (grown to fit, at
+    /// most `max_message`); freed by the next read.
     spill: Vec<u8>,
     /// The kind of the message being read into `spill`.
     message: Option<Data>,
@@ -290,13 +290,16 @@ impl Reader {
                     Error::TooLong(_) => 1009,
                     _ => 0,
                 };
+                // Done before anything is awaited: a `next()` cancelled below must not read on
+                // past a message it has already consumed.
+                self.done = true;
+                self.spill = Vec::new();
                 if code != 0 {
                     // RFC 6455 §7.1.7: a close frame saying why, before the connection drops.
                     let mut out = self.out.lock().await;
                     out.queue_close(code, "");
                     out.flush_now();
                 }
-                self.done = true;
                 return Err(error);
             }
         };
@@ -447,12 +450,12 @@ impl Reader {
         if length > self.max_message.saturating_sub(self.spill.len()) as u64 {
             return Err(Error::TooLong(self.spill.len() as u64 + length));
         }
-        if self.spill.is_empty() {
-            // A message's first frame: its own size, which a single frame never outgrows.
-            self.spill.reserve_exact(length as usize);
-        } else {
-            // Fragments: amortised growth, not a copy per fragment.
-            self.spill.reserve(length as usize);
+        // A single frame: exactly its size. Fragments: room at least doubles (not a copy per
+        // fragment), but never past `max_message`.
+        let needed = self.spill.len() + length as usize;
+        if needed > self.spill.capacity() {
+            let room = needed.max(self.spill.capacity() * 2).min(self.max_message);
+            self.spill.reserve_exact(room - self.spill.len());
         }
         self.start += header_length;
         self.spilling = Some((length, ends));
@@ -581,6 +584,11 @@ impl Writer {
     pub async fn send(&mut self, frames: &[Outgoing<'_>]) -> Result<(), Error> {
         let mut out = self.out.lock().await;
         if out.closed {
+            // What was queued before the close (the close itself, a reply the reader could
+            // not write at once) still goes.
+            if out.written < out.buf.len() {
+                let _ = out.flush().await;
+            }
             return Err(Error::Closed);
         }
         if frames
@@ -670,11 +678,16 @@ impl Out {
     /// Writes what is queued if the socket takes it now; what it does not take stays queued
     /// for the next write (the buffer keeps how far it got).
     fn flush_now(&mut self) {
-        let _ = self.flush().now_or_never();
+        // Unconstrained: a task that has used its cooperative budget on reads would get
+        // `Pending` from a socket that is writable.
+        let _ = tokio::task::unconstrained(self.flush()).now_or_never();
     }
 
+    /// Queues a pong unless the socket has not taken what is queued already (a server that
+    /// pings without reading would make the queue grow): the latest ping may go unanswered
+    /// then, as RFC 6455 §5.5.3 allows.
     fn queue_pong(&mut self, payload: &[u8]) {
-        if !self.closed {
+        if !self.closed && self.buf.len() - self.written <= self.keep {
             self.frame(OpCode::Control(Control::Pong), payload);
         }
     }
@@ -1160,6 +1173,29 @@ mod tests {
         let (error, sent) = answer_to(after, options).await;
         assert!(matches!(error, Error::TooLong(120)), "{error}");
         assert_eq!(sent, close_with(1009));
+    }
+
+    #[tokio::test]
+    async fn a_message_in_fragments_never_takes_more_than_the_limit() {
+        let mut after = frame(0x02, &[1; 60], None);
+        after.extend(frame(0x80, &[2; 40], None));
+        let (port, _server) = raw_server(upgrade, after).await;
+        let request = format!("ws://127.0.0.1:{port}/")
+            .into_client_request()
+            .unwrap();
+        let options = Options {
+            max_message: 100,
+            ..OPTIONS
+        };
+        let mut socket = connect(request, &crate::tls::websocket_client_config(), options)
+            .await
+            .unwrap();
+        let Incoming::Binary(message) = socket.reader.next().await.unwrap() else {
+            panic!("not binary");
+        };
+        assert_eq!(message.len(), 100);
+        // Doubling the first fragment's 60 bytes would have taken 120.
+        assert!(socket.reader.spill.capacity() <= 100);
     }
 
     #[tokio::test]
