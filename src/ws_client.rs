@@ -765,18 +765,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                tcp.read_exact(&mut byte).await.unwrap();
-                request.push(byte[0]);
-            }
-            let request = String::from_utf8(request).unwrap();
-            let key = request
-                .lines()
-                .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap()
-                .to_owned();
+            let key = upgrade_key(&mut tcp).await;
             let mut head = response(&key).into_bytes();
             head.extend_from_slice(&after);
             tcp.write_all(&head).await.unwrap();
@@ -785,6 +774,23 @@ mod tests {
             sent
         });
         (port, task)
+    }
+
+    /// Reads a client's upgrade request, byte by byte so that nothing after it is taken,
+    /// and returns its key.
+    async fn upgrade_key(tcp: &mut TcpStream) -> String {
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            request.push(byte[0]);
+        }
+        String::from_utf8(request)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .to_owned()
     }
 
     fn upgrade(key: &str) -> String {
@@ -1080,18 +1086,8 @@ mod tests {
         stream.extend(frame(0x80, b"gment", None));
         let server = tokio::spawn(async move {
             let (mut tcp, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                tcp.read_exact(&mut byte).await.unwrap();
-                request.push(byte[0]);
-            }
-            let request = String::from_utf8(request).unwrap();
-            let key = request
-                .lines()
-                .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap();
-            tcp.write_all(upgrade(key).as_bytes()).await.unwrap();
+            let key = upgrade_key(&mut tcp).await;
+            tcp.write_all(upgrade(&key).as_bytes()).await.unwrap();
             for chunk in stream.chunks(37) {
                 tcp.write_all(chunk).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(2)).await;
