@@ -309,7 +309,8 @@ impl Reader {
                 Incoming::Pong(&self.buf[range])
             }
             Ready::Buffered(OpCode::Control(_), range) => {
-                Incoming::Close(close_payload(&self.buf[range]))
+                // Checked in `read_message`.
+                Incoming::Close(close_payload(&self.buf[range]).unwrap_or_default())
             }
             Ready::Buffered(OpCode::Data(Data::Text), range) => {
                 // Checked in `read_message`.
@@ -380,7 +381,8 @@ impl Reader {
                             return Ok(Ready::Buffered(header.opcode, range));
                         }
                         Control::Close => {
-                            let close = close_check(&self.buf[range.clone()])?;
+                            let close =
+                                close_payload(&self.buf[range.clone()])?.map(|(code, _)| code);
                             let mut out = self.out.lock().await;
                             // Answered with its code (§5.5.1); nothing is sent after it.
                             out.queue_close(close.unwrap_or(1000), "");
@@ -537,9 +539,9 @@ impl Reader {
     }
 }
 
-/// A close frame's payload checked (RFC 6455 §5.5.1): empty, or a code and a UTF-8 reason.
-/// Returns the code.
-fn close_check(payload: &[u8]) -> Result<Option<u16>, Error> {
+/// A close frame's code and reason, checked (RFC 6455 §5.5.1): empty, or a code an endpoint
+/// may send and a UTF-8 reason.
+fn close_payload(payload: &[u8]) -> Result<Option<(u16, &str)>, Error> {
     match payload {
         [] => Ok(None),
         [_] => Err(Error::Protocol("close code cut short")),
@@ -549,20 +551,9 @@ fn close_check(payload: &[u8]) -> Result<Option<u16>, Error> {
             if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
                 return Err(Error::Protocol("close code not allowed"));
             }
-            std::str::from_utf8(reason).map_err(|_| Error::NotUtf8)?;
-            Ok(Some(code))
+            let reason = std::str::from_utf8(reason).map_err(|_| Error::NotUtf8)?;
+            Ok(Some((code, reason)))
         }
-    }
-}
-
-/// A checked close frame's code and reason.
-fn close_payload(payload: &[u8]) -> Option<(u16, &str)> {
-    match payload {
-        [high, low, reason @ ..] => Some((
-            u16::from_be_bytes([*high, *low]),
-            std::str::from_utf8(reason).unwrap_or_default(),
-        )),
-        _ => None,
     }
 }
 
@@ -732,10 +723,14 @@ mod tests {
     };
 
     async fn open(port: u16) -> Socket {
+        open_with(port, OPTIONS).await
+    }
+
+    async fn open_with(port: u16, options: Options) -> Socket {
         let request = format!("ws://127.0.0.1:{port}/v3/ws?x=1")
             .into_client_request()
             .unwrap();
-        connect(request, &crate::tls::websocket_client_config(), OPTIONS)
+        connect(request, &crate::tls::websocket_client_config(), options)
             .await
             .unwrap()
     }
@@ -1033,16 +1028,11 @@ mod tests {
     #[tokio::test]
     async fn a_message_over_the_limit_fails_the_connection_with_1009() {
         let (port, server) = raw_server(upgrade, frame(0x82, &[0; 200], None)).await;
-        let request = format!("ws://127.0.0.1:{port}/")
-            .into_client_request()
-            .unwrap();
         let options = Options {
             max_message: 100,
             ..OPTIONS
         };
-        let mut socket = connect(request, &crate::tls::websocket_client_config(), options)
-            .await
-            .unwrap();
+        let mut socket = open_with(port, options).await;
         assert!(matches!(
             socket.reader.next().await,
             Err(Error::TooLong(200))
@@ -1118,12 +1108,7 @@ mod tests {
     /// payload), and the error the read gave.
     async fn answer_to(after: Vec<u8>, options: Options) -> (Error, Vec<(u8, Vec<u8>)>) {
         let (port, server) = raw_server(upgrade, after).await;
-        let request = format!("ws://127.0.0.1:{port}/")
-            .into_client_request()
-            .unwrap();
-        let mut socket = connect(request, &crate::tls::websocket_client_config(), options)
-            .await
-            .unwrap();
+        let mut socket = open_with(port, options).await;
         let error = loop {
             match socket.reader.next().await {
                 Ok(_) => continue,
@@ -1176,16 +1161,11 @@ mod tests {
         let mut after = frame(0x02, &[1; 60], None);
         after.extend(frame(0x80, &[2; 40], None));
         let (port, _server) = raw_server(upgrade, after).await;
-        let request = format!("ws://127.0.0.1:{port}/")
-            .into_client_request()
-            .unwrap();
         let options = Options {
             max_message: 100,
             ..OPTIONS
         };
-        let mut socket = connect(request, &crate::tls::websocket_client_config(), options)
-            .await
-            .unwrap();
+        let mut socket = open_with(port, options).await;
         let Incoming::Binary(message) = socket.reader.next().await.unwrap() else {
             panic!("not binary");
         };
