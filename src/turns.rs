@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Db, DbError};
+use crate::db::{Client, Db, DbError};
 use crate::events;
 use crate::ids::CallId;
 use crate::retry::{self, Failure, Policy};
@@ -56,7 +56,7 @@ pub enum Stored {
 /// connection, its advisory lock and the call's row lock across every round trip while the
 /// task waited to be polled again, and the pool ran dry (ADR 0026).
 pub async fn store_final(db: &Db, turn: &FinalTurn) -> Result<Stored, DbError> {
-    let stored = insert(db, &[turn]).await?;
+    let stored = insert(db, &db.client().await?, &[turn]).await?;
     Ok(outcome(turn, index_of(&stored, turn)))
 }
 
@@ -94,8 +94,12 @@ fn event_data(turn: &FinalTurn) -> serde_json::Value {
 /// turn per call and track (their indexes are chosen from the same snapshot); the caller
 /// (`TurnWriter`) sees to it. Returns each turn's outcome, in order. One failure fails
 /// them all: the writer then stores them one by one.
+///
+/// On the connection whose statements run their generic plan: planning this statement cost
+/// PostgreSQL more than running it for a few turns, and its generic plan is key lookups
+/// only (ADR 0062).
 pub async fn store_finals(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<Stored>, DbError> {
-    let stored = insert(db, turns).await?;
+    let stored = insert(db, &db.generic_plan_client().await?, turns).await?;
     Ok(turns
         .iter()
         .map(|turn| outcome(turn, index_of(&stored, turn)))
@@ -115,7 +119,7 @@ fn index_of(stored: &[StoredRow], turn: &FinalTurn) -> Option<i32> {
 
 /// The one statement behind `store_final` and `store_finals`: the turns not yet stored, as
 /// stored.
-async fn insert(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<StoredRow>, DbError> {
+async fn insert(db: &Db, client: &Client, turns: &[&FinalTurn]) -> Result<Vec<StoredRow>, DbError> {
     let call_ids: Vec<CallId> = turns.iter().map(|t| t.call_id).collect();
     let tracks: Vec<&str> = turns.iter().map(|t| t.track).collect();
     let proposed: Vec<i32> = turns.iter().map(|t| t.turn_index.unwrap_or(-1)).collect();
@@ -128,10 +132,9 @@ async fn insert(db: &Db, turns: &[&FinalTurn]) -> Result<Vec<StoredRow>, DbError
     let ends: Vec<Option<i64>> = turns.iter().map(|t| t.end_ms).collect();
     let languages: Vec<Option<&str>> = turns.iter().map(|t| t.language.as_deref()).collect();
     let data: Vec<serde_json::Value> = turns.iter().map(|t| event_data(t)).collect();
-    let client = db.client().await?;
     let rows = db
         .query(
-            &client,
+            client,
             // `store_final`'s statement over a set: the same choice of index, the same
             // relinking, and each call's sequence moved on by its number of new turns,
             // numbered in the order the turns were queued.

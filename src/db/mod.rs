@@ -106,53 +106,81 @@ pub fn is_unavailable(error: &anyhow::Error) -> bool {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// Connections on which a prepared statement always runs its generic plan
+    /// ([`Db::generic_plan_client`]); `None` behind a transaction-mode pooler.
+    generic_plans: Option<Pool>,
     statement_cache: bool,
+}
+
+/// Connections a replica keeps for [`Db::generic_plan_client`], on top of
+/// `DATABASE_POOL_MAX_SIZE`: its one user, the turn writer, runs one statement at a time.
+const GENERIC_PLAN_CONNECTIONS: usize = 1;
+
+/// A pool of connections to `config`'s database, each running `settings` once when it opens.
+fn open_pool(
+    config: &DatabaseConfig,
+    max_size: usize,
+    settings: Vec<String>,
+) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        pg_config(config.url.expose())?,
+        crate::tls::postgres_connector(),
+        ManagerConfig {
+            // `Fast` only checks the socket is open; a dead server shows up as a
+            // closed connection after a restart, which is what lets /readyz recover.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let mut builder = Pool::builder(manager);
+    if !settings.is_empty() {
+        // One round trip for all of them.
+        let settings = settings.join("; ");
+        builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                client
+                    .simple_query(&settings)
+                    .await
+                    .map(drop)
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }));
+    }
+    builder
+        .max_size(max_size)
+        .wait_timeout(Some(config.pool_timeout))
+        .create_timeout(Some(config.pool_timeout))
+        .recycle_timeout(Some(config.pool_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
 }
 
 impl Db {
     /// Builds the pool; connections are opened lazily, so a database that is down at start
     /// is reported by `/readyz` instead of crashing the process.
     pub fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
-        let pg = pg_config(config.url.expose())?;
-        let manager = Manager::from_config(
-            pg,
-            crate::tls::postgres_connector(),
-            ManagerConfig {
-                // `Fast` only checks the socket is open; a dead server shows up as a
-                // closed connection after a restart, which is what lets /readyz recover.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let mut builder = Pool::builder(manager);
         // The working set of this service's queries is in memory, so a random page costs
         // about what a sequential one does; with PostgreSQL's default (4, for disks) the
         // planner scans and hashes small tables (sessions, users, memberships) where a key
         // probe costs a fraction of the CPU (docs/adr/0048-cheaper-one-round-trip-page.md).
         // Session connections only: behind a transaction-mode pooler a session `set` would
         // leak to whichever client gets the server connection next.
+        let mut settings = Vec::new();
         if let Some(cost) = config.random_page_cost.filter(|_| config.statement_cache) {
-            let set = format!("set random_page_cost = {cost}");
-            builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
-                let set = set.clone();
-                Box::pin(async move {
-                    client
-                        .simple_query(&set)
-                        .await
-                        .map(drop)
-                        .map_err(deadpool_postgres::HookError::Backend)
-                })
-            }));
+            settings.push(format!("set random_page_cost = {cost}"));
         }
-        let pool = builder
-            .max_size(config.pool_max_size)
-            .wait_timeout(Some(config.pool_timeout))
-            .create_timeout(Some(config.pool_timeout))
-            .recycle_timeout(Some(config.pool_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| DbError::Config(e.to_string()))?;
+        let pool = open_pool(config, config.pool_max_size, settings.clone())?;
+        // Without the statement cache nothing keeps a plan, so there is nothing to pin.
+        let generic_plans = if config.statement_cache {
+            settings.push("set plan_cache_mode = force_generic_plan".to_owned());
+            Some(open_pool(config, GENERIC_PLAN_CONNECTIONS, settings)?)
+        } else {
+            None
+        };
         Ok(Self {
             pool,
+            generic_plans,
             statement_cache: config.statement_cache,
         })
     }
@@ -162,12 +190,21 @@ impl Db {
     /// re-attached stream upgrades within a second), and a connection opened during that
     /// burst, on a busy machine, can take longer than `DATABASE_POOL_TIMEOUT_MS`: the
     /// upgrade is then refused with 503. Best effort: a database that is down now is
-    /// reported by `/readyz`, and the pool opens connections on demand as before.
+    /// reported by `/readyz`, and the pool opens connections on demand as before. The
+    /// turn writer's connection ([`Db::generic_plan_client`]) is opened as well.
     pub fn warm(&self, connections: usize) {
         let pool = self.pool.clone();
+        let generic_plans = self.generic_plans.clone();
         tokio::spawn(async move {
-            let opened = futures_util::future::join_all((0..connections).map(|_| pool.get())).await;
-            let failed = opened.iter().filter(|c| c.is_err()).count();
+            let opened = futures_util::future::join_all((0..connections).map(|_| pool.get()));
+            let writer = async {
+                match &generic_plans {
+                    Some(pool) => pool.get().await.is_err(),
+                    None => false,
+                }
+            };
+            let (opened, writer_failed) = tokio::join!(opened, writer);
+            let failed = opened.iter().filter(|c| c.is_err()).count() + usize::from(writer_failed);
             if failed > 0 {
                 tracing::debug!(failed, "warming the database pool: some connections failed");
             }
@@ -176,6 +213,20 @@ impl Db {
 
     pub async fn client(&self) -> Result<Client, DbError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection on which every prepared statement runs its generic plan
+    /// (`plan_cache_mode = force_generic_plan`), planned once per connection instead of on
+    /// every execution. Only for a statement whose generic plan is key lookups whatever its
+    /// arrays hold, and whose planning costs more than its execution: PostgreSQL itself
+    /// never chooses the generic plan of a statement over arrays, whose custom plans it
+    /// costs by the arrays' actual lengths (ADR 0062). Behind a transaction-mode pooler
+    /// (`DATABASE_STATEMENT_CACHE=false`) no plan is kept: a pooled connection.
+    pub async fn generic_plan_client(&self) -> Result<Client, DbError> {
+        match &self.generic_plans {
+            Some(pool) => Ok(pool.get().await?),
+            None => self.client().await,
+        }
     }
 
     /// Prepares through the per-connection cache unless a transaction-mode pooler forbids

@@ -1235,6 +1235,83 @@ async fn tables_a_batch_reads_in_full(costs: &str, calls: i32) -> Vec<String> {
     read_in_full
 }
 
+/// The writer's statement is planned once per connection, not on every execution: planning
+/// it cost PostgreSQL more than storing a turn, and PostgreSQL alone never settles on the
+/// generic plan of a statement over arrays (ADR 0062). Counted by PostgreSQL on the
+/// writer's own connection, which a turn stored outside the writer (`store_final`, the
+/// fallback) does not use.
+#[tokio::test]
+async fn the_turn_writers_statement_is_planned_once_per_connection() {
+    use callbridge::turns::{FinalTurn, Stored, store_final, store_finals};
+    let database = common::fresh_database().await;
+    let url = common::database_url(&database);
+    let config = common::test_config(&url, "unused", &[]);
+    let admin = common::connect(&url).await;
+    let call: Uuid = admin
+        .query_one(
+            "with o as (insert into organisations (id, name) values (gen_random_uuid(), 'o') returning id)
+             insert into calls (id, organisation_id, direction, from_number, to_number, status)
+             select gen_random_uuid(), o.id, 'outbound', '+1', '+2', 'answered' from o returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let turn = |order: i64| FinalTurn {
+        call_id: call.into(),
+        track: "inbound",
+        turn_index: None,
+        session_id: "s".to_owned(),
+        turn_order: order,
+        text: "hello".to_owned(),
+        words: serde_json::json!([]),
+        confidence: None,
+        start_ms: None,
+        end_ms: None,
+        language: None,
+    };
+    let db = callbridge::db::Db::connect(&config.database).unwrap();
+    for order in 0..8 {
+        let stored = store_finals(&db, &[&turn(order)]).await.unwrap();
+        assert_eq!(
+            stored,
+            [Stored::New {
+                turn_index: order as i32
+            }]
+        );
+    }
+    for order in 8..16 {
+        let stored = store_final(&db, &turn(order)).await.unwrap();
+        assert_eq!(
+            stored,
+            Stored::New {
+                turn_index: order as i32
+            }
+        );
+    }
+    let plans = |client: callbridge::db::Client| async move {
+        let row = client
+            .query_one(
+                "select generic_plans, custom_plans from pg_prepared_statements
+                 where statement like 'with input as%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    // Eight generic plans, one per turn, and no custom one: without the setting PostgreSQL
+    // tries five custom plans first, and on a table of thousands of calls keeps to them.
+    // The turns stored on their own went through the shared pool.
+    assert_eq!(
+        plans(db.generic_plan_client().await.unwrap()).await,
+        (8, 0),
+        "the writer's connection: (generic, custom) plans"
+    );
+    drop((db, admin));
+    common::drop_database_blocking(&database);
+}
+
 /// The replica's `TurnWriter` stores what it is handed, in order per track, whatever the
 /// batch: a track's second turn queued beside its first waits for the next statement, and a
 /// turn the database refuses for good (its call does not exist) costs only itself.
