@@ -1563,13 +1563,10 @@ impl Bridge {
         let label = self.label(track);
         let start_ms = turn.words.first().map(|w| w.start);
         let end_ms = turn.words.last().map(|w| w.end);
-        let words = serde_json::to_value(
-            turn.words.iter().map(|w| serde_json::json!({"text": w.text, "start_ms": w.start, "end_ms": w.end, "confidence": w.confidence})).collect::<Vec<_>>(),
-        )
-        .unwrap_or_default();
         let confidence = (!turn.words.is_empty()).then(|| {
             turn.words.iter().map(|w| w.confidence).sum::<f64>() / turn.words.len() as f64
         });
+        let words = turn.words.into_iter().map(turns::Word::from).collect();
         // An `auto` party: AssemblyAI names the language of each turn; it drives what the
         // turn is translated from, and what this party hears.
         let language = match &self.party {

@@ -16,7 +16,7 @@ use crate::providers::assemblyai::{
     self, AssemblyAiClient, Incoming, Outgoing, ServerMessage, Socket, StreamParams,
 };
 use crate::state::AppState;
-use crate::turns::FinalTurn;
+use crate::turns::{self, FinalTurn};
 use crate::usage::{self, Owner, Recorder};
 
 /// Client messages we pass on; anything else from the browser is ignored.
@@ -173,7 +173,7 @@ pub async fn run(
                             session_id: session_id.clone(),
                             turn_order: turn.turn_order as i64,
                             text: turn.transcript.clone(),
-                            words: serde_json::to_value(turn.words.iter().map(|w| serde_json::json!({"text": w.text, "start_ms": w.start, "end_ms": w.end, "confidence": w.confidence})).collect::<Vec<_>>()).unwrap_or_default(),
+                            words: turn.words.iter().cloned().map(turns::Word::from).collect(),
                             confidence: None,
                             start_ms: turn.words.first().map(|w| w.start as i64),
                             end_ms: turn.words.last().map(|w| w.end as i64),

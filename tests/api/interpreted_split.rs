@@ -345,7 +345,7 @@ async fn a_renumbered_turn_is_relinked_and_never_heard_twice_by_a_late_listener(
         session_id: session.to_owned(),
         turn_order: order,
         text: text.to_owned(),
-        words: json!([]),
+        words: Vec::new(),
         confidence: None,
         start_ms: None,
         end_ms: None,
