@@ -13,7 +13,7 @@ use callbridge::sim::telnyx_media::{self, PlayOptions};
 use callbridge::sim::translation::spoken_texts;
 use common::TestApp;
 use common::interpreted::{AnsweredCall, Vendors, place_answered, stream_url_on};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
