@@ -22,7 +22,7 @@ ROOT=$PWD
 . .ci/lib.sh
 
 FUZZ_SECS=${FUZZ_SECS:-600}
-FUZZ_TARGETS=${FUZZ_TARGETS:-"telnyx_webhook telnyx_media_frame assemblyai_message auth_credential audio_sniff"}
+FUZZ_TARGETS=${FUZZ_TARGETS:-"telnyx_webhook telnyx_media_frame assemblyai_message auth_credential audio_sniff ws_client_frames"}
 FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-$ROOT/target/fuzz}
 FUZZ_REPORT=${FUZZ_REPORT:-$ROOT/target/fuzz-report.txt}
 # libFuzzer's per-input limits: a parser that takes a second or a gigabyte on one input is a

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use bytes::BufMut as _;
 use futures_util::FutureExt as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::MaybeTlsStream;
@@ -30,7 +32,8 @@ use tokio_tungstenite::tungstenite::handshake::machine::TryParse as _;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-type Stream = MaybeTlsStream<TcpStream>;
+/// What [`connect`] opens: TCP, with TLS for `wss://`.
+pub type Stream = MaybeTlsStream<TcpStream>;
 
 /// The most a server's handshake response may take (its status line and headers).
 const MAX_RESPONSE_HEAD: usize = 8 * 1024;
@@ -79,9 +82,9 @@ pub struct Options {
 }
 
 /// An open connection, in its two halves: one task reads while another writes.
-pub struct Socket {
-    pub reader: Reader,
-    pub writer: Writer,
+pub struct Socket<S = Stream> {
+    pub reader: Reader<S>,
+    pub writer: Writer<S>,
     /// Whether TLS was resumed (`None` for plain `ws://`).
     pub tls_handshake: Option<rustls::HandshakeKind>,
 }
@@ -155,6 +158,22 @@ async fn handshake(
     };
     verify(&response_head, &key)?;
 
+    let (reader, writer) = over(stream, &response[length..], options);
+    Ok(Socket {
+        reader,
+        writer,
+        tls_handshake,
+    })
+}
+
+/// The two halves of a connection over `stream`, whose upgrade is done: `early` is what was
+/// read after the response's head (frames already). [`connect`] ends with this; a transport
+/// of one's own (an in-memory one in the fuzz target) starts here.
+pub fn over<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    early: &[u8],
+    options: Options,
+) -> (Reader<S>, Writer<S>) {
     let (read, write) = tokio::io::split(stream);
     let out = Arc::new(Mutex::new(Out {
         io: write,
@@ -164,16 +183,15 @@ async fn handshake(
         closed: false,
     }));
     let mut buf = vec![0u8; options.read_buffer.max(MIN_READ_BUFFER)].into_boxed_slice();
-    let tail = &response[length..];
     // Frames that came with the response: the buffer takes what it can, the rest waits.
-    let held = tail.len().min(buf.len());
-    buf[..held].copy_from_slice(&tail[..held]);
+    let held = early.len().min(buf.len());
+    buf[..held].copy_from_slice(&early[..held]);
     let reader = Reader {
         io: read,
         buf,
         start: 0,
         end: held,
-        early: tail[held..].to_vec(),
+        early: early[held..].to_vec(),
         spill: Vec::new(),
         message: None,
         spilling: None,
@@ -182,11 +200,7 @@ async fn handshake(
         max_message: options.max_message,
         out: out.clone(),
     };
-    Ok(Socket {
-        reader,
-        writer: Writer { out },
-        tls_handshake,
-    })
+    (reader, Writer { out })
 }
 
 /// RFC 6455 §4.1: a 101 with the upgrade's headers and our key's accept value, no extension
@@ -248,8 +262,8 @@ enum Ready {
 ///
 /// Cancel-safe: what has been read is kept in the reader, never in `next`'s future, so
 /// `next` may lose a race in a `select!` and be called again.
-pub struct Reader {
-    io: ReadHalf<Stream>,
+pub struct Reader<S = Stream> {
+    io: ReadHalf<S>,
     /// Fixed size: what `Options::read_buffer` says, whatever comes.
     buf: Box<[u8]>,
     /// The unread bytes are `buf[start..end]`. A frame that fits stays there, header and
@@ -271,10 +285,10 @@ pub struct Reader {
     /// A close or an error was handed out: the connection reads nothing more.
     done: bool,
     max_message: usize,
-    out: Arc<Mutex<Out>>,
+    out: Arc<Mutex<Out<S>>>,
 }
 
-impl Reader {
+impl<S: AsyncRead + AsyncWrite> Reader<S> {
     /// The next message or control frame the caller sees. After an error or a close the
     /// connection is done.
     pub async fn next(&mut self) -> Result<Incoming<'_>, Error> {
@@ -566,11 +580,11 @@ pub enum Outgoing<'a> {
 }
 
 /// The writing half.
-pub struct Writer {
-    out: Arc<Mutex<Out>>,
+pub struct Writer<S = Stream> {
+    out: Arc<Mutex<Out<S>>>,
 }
 
-impl Writer {
+impl<S: AsyncRead + AsyncWrite> Writer<S> {
     /// Sends `frames` in one write.
     pub async fn send(&mut self, frames: &[Outgoing<'_>]) -> Result<(), Error> {
         let mut out = self.out.lock().await;
@@ -607,8 +621,8 @@ impl Writer {
 
 /// The write side both halves use: the writer for its frames, the reader for its answers
 /// to pings and closes.
-struct Out {
-    io: WriteHalf<Stream>,
+struct Out<S> {
+    io: WriteHalf<S>,
     /// Frames not yet written; `buf[written..]` is what is left of them. Kept here, not in a
     /// future, so that a write cancelled halfway goes on with the next one.
     buf: Vec<u8>,
@@ -619,7 +633,7 @@ struct Out {
     closed: bool,
 }
 
-impl Out {
+impl<S: AsyncRead + AsyncWrite> Out<S> {
     /// Adds a masked frame to the buffer (every client frame is masked, with a fresh key:
     /// RFC 6455 §5.3).
     fn frame(&mut self, opcode: OpCode, payload: &[u8]) {
@@ -703,6 +717,103 @@ impl Out {
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Error> {
         self.queue_close(code, reason);
         self.flush().await
+    }
+}
+
+/// A server's bytes read through a connection, handed over a few at a time: what the fuzz
+/// target (`fuzz/fuzz_targets/ws_client_frames.rs`) and the tests compare, since a message's
+/// reading must not depend on how its bytes were cut.
+#[cfg(any(test, fuzzing))]
+pub mod scripted {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::{Incoming, Options, over};
+
+    /// What one read gave, owned so that two readings can be compared.
+    #[derive(Debug, PartialEq)]
+    pub enum Read {
+        Text(String),
+        Binary(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+        /// The error that ended reading, as displayed.
+        Error(String),
+    }
+
+    /// Reads everything `server` sent until the connection is done: the first `early` bytes
+    /// as if they had come with the handshake's response, the rest at most `chunk` bytes a
+    /// read. The client's writes (pongs, close replies) are taken and dropped.
+    pub fn read_all(server: &[u8], early: usize, chunk: usize, options: Options) -> Vec<Read> {
+        let early = early.min(server.len());
+        let transport = Trickle {
+            rest: &server[early..],
+            chunk: chunk.max(1),
+        };
+        let (mut reader, _writer) = over(transport, &server[..early], options);
+        let mut reads = Vec::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime needs no resources");
+        runtime.block_on(async {
+            loop {
+                let read = match reader.next().await {
+                    Ok(Incoming::Text(text)) => Read::Text(text.to_owned()),
+                    Ok(Incoming::Binary(bytes)) => Read::Binary(bytes.to_vec()),
+                    Ok(Incoming::Pong(bytes)) => Read::Pong(bytes.to_vec()),
+                    Ok(Incoming::Close(close)) => {
+                        Read::Close(close.map(|(code, reason)| (code, reason.to_owned())))
+                    }
+                    Err(error) => Read::Error(error.to_string()),
+                };
+                let done = matches!(read, Read::Close(_) | Read::Error(_));
+                reads.push(read);
+                if done {
+                    break;
+                }
+            }
+        });
+        reads
+    }
+
+    /// A transport that hands over at most `chunk` bytes a read and takes every write.
+    struct Trickle<'a> {
+        rest: &'a [u8],
+        chunk: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.rest.len().min(self.chunk).min(buf.remaining());
+            let (now, rest) = self.rest.split_at(n);
+            buf.put_slice(now);
+            self.rest = rest;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Trickle<'_> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
     }
 }
 
@@ -1183,6 +1294,83 @@ mod tests {
                 "{code}"
             );
             assert_eq!(sent, close_with(1002), "{code}");
+        }
+    }
+
+    /// Server frames, unmasked, as bytes on the wire.
+    fn wire(frames: Vec<Frame>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for frame in frames {
+            frame.format(&mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// However the server's bytes are cut (one at a time, a few, part with the handshake's
+    /// response), the same messages come out, and the same error ends them.
+    #[test]
+    fn a_reading_does_not_depend_on_how_the_bytes_were_cut() {
+        use scripted::{Read, read_all};
+        let long = "w".repeat(3_000);
+        let message = |payload: &[u8], data: Data, last: bool| {
+            Frame::message(payload.to_vec(), OpCode::Data(data), last)
+        };
+        let good = wire(vec![
+            message(b"short", Data::Text, true),
+            message(long.as_bytes(), Data::Text, true),
+            message(b"frag", Data::Binary, false),
+            Frame::ping(b"keepalive".to_vec()),
+            message(&[7; 700], Data::Continue, true),
+            Frame::pong(b"p".to_vec()),
+            Frame::close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "bye".into(),
+            })),
+        ]);
+        let expected = vec![
+            Read::Text("short".to_owned()),
+            Read::Text(long.clone()),
+            Read::Binary([b"frag".to_vec(), vec![7; 700]].concat()),
+            Read::Pong(b"p".to_vec()),
+            Read::Close(Some((1000, "bye".to_owned()))),
+        ];
+        // A message over the limit, after one that is not; then bytes cut short.
+        let mut bad = wire(vec![message(b"fine", Data::Text, true)]);
+        bad.extend(wire(vec![message(&[1; 5_000], Data::Binary, true)]));
+        let mut cut = wire(vec![message(b"whole", Data::Text, true)]);
+        cut.extend(&wire(vec![message(long.as_bytes(), Data::Text, true)])[..1_000]);
+        let options = Options {
+            max_message: 4_096,
+            ..OPTIONS
+        };
+        let cases = [
+            (&good, expected),
+            (
+                &bad,
+                vec![
+                    Read::Text("fine".to_owned()),
+                    Read::Error(Error::TooLong(5_000).to_string()),
+                ],
+            ),
+            (
+                &cut,
+                vec![
+                    Read::Text("whole".to_owned()),
+                    Read::Error(Error::Eof.to_string()),
+                ],
+            ),
+        ];
+        for (server, expected) in cases {
+            assert_eq!(read_all(server, 0, usize::MAX, options), expected);
+            for chunk in [1, 2, 3, 7, 64, 513] {
+                for early in [0, 5, 600, server.len()] {
+                    assert_eq!(
+                        read_all(server, early, chunk, options),
+                        expected,
+                        "{chunk} bytes a read, {early} with the response"
+                    );
+                }
+            }
         }
     }
 }
