@@ -1,6 +1,6 @@
 # The two commands that matter: `make dev` runs the service, `make test` runs every test.
 # `make help` lists every target.
-.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak conformance rehearse fuzz
+.PHONY: help dev test lint fmt migrate bench demo docker docker-lint soak conformance rehearse fuzz fuzz-check
 .PHONY: edge-deps ts-lint workflows-lint wrangler-lint docs-lint dev-session openapi-lint openapi
 .DEFAULT_GOAL := help
 
@@ -16,10 +16,15 @@ test: ## every test suite against real local servers
 rehearse: ## retirement rehearsal: webhooks, telnyx.event, the recording → transcript jobs and cron at the edge, no container worker (docs/STRANGLER.md)
 	PARITY_STORAGES=raw PARITY_REHEARSE=1 bash .ci/parity.sh
 
-lint: docker-lint ts-lint workflows-lint wrangler-lint docs-lint openapi-lint ## every static check (CI runs it)
+lint: docker-lint ts-lint workflows-lint wrangler-lint docs-lint openapi-lint fuzz-check ## every static check (CI runs it)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features sim -- -D warnings
+
+# The fuzz targets type-check against the library as it is (stable, no sanitizer): only
+# `make fuzz` builds them for real, so an API change could otherwise break them unseen.
+fuzz-check: ## cargo check of the cargo-fuzz targets
+	cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 
 # The contract (edge-shim/openapi.json) with Redocly's recommended rules: 0 errors, reviewed
 # warnings ignored with their reasons (clients/ts/redocly.yaml, .redocly.lint-ignore.yaml).

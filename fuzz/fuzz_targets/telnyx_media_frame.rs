@@ -19,13 +19,13 @@ fuzz_target!(|data: &[u8]| {
     let mut outbound = TrackAudio::new(BATCH_MS, WINDOW);
     let mut largest_frame = 0;
     for line in text.split('\n') {
-        if let Ok(Frame::Media(media)) = frames::parse(line) {
+        if let Ok(Frame::Media(mut media)) = frames::parse(line) {
             largest_frame = largest_frame.max(media.payload.len());
             let track = match media.track {
                 Track::Inbound => &mut inbound,
                 Track::Outbound => &mut outbound,
             };
-            for batch in track.push(media.chunk, media.payload) {
+            for batch in track.push(media.chunk, &mut media.payload) {
                 assert_eq!(batch.len(), BATCH_MS * 8, "batches are exactly 100 ms");
             }
             // What one track holds is bounded by its window, not by the sender.
