@@ -23,8 +23,10 @@ lint: docker-lint ts-lint workflows-lint wrangler-lint docs-lint openapi-lint fu
 
 # The fuzz targets type-check against the library as it is (stable, no sanitizer): only
 # `make fuzz` builds them for real, so an API change could otherwise break them unseen.
+# `--cfg fuzzing` as cargo-fuzz sets it (ws_client::scripted), in a directory of its own so
+# the other flags' builds are not redone.
 fuzz-check: ## cargo check of the cargo-fuzz targets
-	cargo check --locked --manifest-path fuzz/Cargo.toml --bins
+	RUSTFLAGS="--cfg fuzzing" cargo check --locked --manifest-path fuzz/Cargo.toml --bins --target-dir "$${CARGO_TARGET_DIR:-$(CURDIR)/target}/fuzz-check"
 
 # The contract (edge-shim/openapi.json) with Redocly's recommended rules: 0 errors, reviewed
 # warnings ignored with their reasons (clients/ts/redocly.yaml, .redocly.lint-ignore.yaml).
